@@ -1,0 +1,28 @@
+"""One Definitions object for every task spec: bundled specs plus any in ``MEDDIAG_TASKS_DIR``."""
+
+
+import dagster as dg
+
+from meddiag_pipelines.defs.resources import build_resources
+from meddiag_pipelines.defs.tabular import build_tabular_assets
+from meddiag_pipelines.specs import TaskSpec, load_specs
+
+BUILDERS = {"tabular": build_tabular_assets}
+
+
+def build_definitions(specs: list[TaskSpec] | None = None, data_dir=None) -> dg.Definitions:
+    specs = load_specs() if specs is None else specs
+    assets, checks = [], []
+    for spec in specs:
+        builder = BUILDERS.get(spec.modality)
+        if builder is None:
+            continue
+        for item in builder(spec):
+            (checks if isinstance(item, dg.AssetChecksDefinition) else assets).append(item)
+    jobs = [dg.define_asset_job(f"{s.name}_job", selection=dg.AssetSelection.groups(s.name),
+                                description=f"Bring {s.name} fully up to date from its landing folder.")
+            for s in specs if s.modality in BUILDERS]  # fmt: skip
+    return dg.Definitions(assets=assets, asset_checks=checks, jobs=jobs, resources=build_resources(data_dir))
+
+
+defs = build_definitions()

@@ -1,0 +1,401 @@
+"""Wiring shared by every modality: metadata helpers, the split asset and the model lifecycle
+(evaluation, champion, predictions). A modality supplies how to score rows with a model folder."""
+
+
+import base64
+import hashlib
+import json
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import dagster as dg
+import numpy as np
+import polars as pl
+
+from meddiag_pipelines import __version__
+from meddiag_pipelines.atomic import atomic_write, atomic_write_bytes, atomic_write_json, publish_dir, staging_dir
+from meddiag_pipelines.defs.resources import MeddiagStorage
+from meddiag_pipelines.evaluation import (
+    EvaluationInput,
+    ModelCardInfo,
+    evaluate,
+    render_model_card,
+    render_plots,
+    render_report_html,
+    standardized_mean_differences,
+    summary_markdown,
+)
+from meddiag_pipelines.features.split import SPLIT_COLUMN, SPLITS, assign_split, check_split
+from meddiag_pipelines.ingestion.batches import IngestSummary, ValidationSummary, reconcile
+from meddiag_pipelines.ingestion.tabular import BATCH_COLUMN
+from meddiag_pipelines.registry.promotion import decide
+from meddiag_pipelines.specs import TaskSpec
+from meddiag_pipelines.training.device import torch_device
+from meddiag_pipelines.validation.suites import CheckFailure, feature_columns
+
+# predictor_factory(plan) -> predict(model_dir, rows) -> probabilities
+Predictor = Callable[[Path, pl.DataFrame], np.ndarray]
+PredictorFactory = Callable[[dict], Predictor]
+NUMERIC_METRICS = ("auroc", "auprc", "brier", "scaled_brier", "accuracy", "macro_f1", "calibration_slope",
+                   "calibration_intercept")  # fmt: skip
+
+
+# -- small helpers ------------------------------------------------------------------------------------------
+def asset_tags(spec: TaskSpec) -> dict:
+    return {"group_name": spec.name, "owners": [spec.owner], "tags": {"modality": spec.modality}}
+
+
+def pool(spec: TaskSpec) -> str:
+    """One concurrency pool per task: a sensor run and the schedule never train or publish at once."""
+    return f"meddiag_{spec.name}"
+
+
+def hashed_id(value: str) -> str:
+    """Record ids shown in metadata or logs are hashed, never shown."""
+    return hashlib.sha256(value.encode("utf-8")).hexdigest()[:12]
+
+
+def code_version() -> str:
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                             text=True, timeout=5).stdout.strip()  # fmt: skip
+    except OSError:
+        sha = ""
+    return f"{__version__}+{sha}" if sha else __version__
+
+
+def run_version(context: dg.AssetExecutionContext) -> str:
+    """The model version of this run: creation time of the run, then its id (sortable, unique)."""
+    record = context.instance.get_run_record_by_id(context.run_id)
+    created = record.create_timestamp.timestamp() if record else time.time()
+    return f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime(created))}-{context.run_id[:8]}"
+
+
+def class_list(spec: TaskSpec, frame: pl.DataFrame) -> list[str]:
+    """Class order used by every model: binary tasks put the positive class last."""
+    classes = list(spec.classes) if spec.classes else sorted(frame[spec.label].drop_nulls().unique().to_list())
+    if spec.is_binary:
+        negatives = [c for c in classes if c != spec.positive]
+        if len(negatives) != 1:
+            raise ValueError(f"task {spec.name}: binary task needs exactly one negative class, found {negatives}")
+        classes = [negatives[0], spec.positive]
+    return classes
+
+
+def encode_labels(labels: pl.Series, classes: list[str]) -> np.ndarray:
+    index = {c: i for i, c in enumerate(classes)}
+    return np.array([index[v] for v in labels.cast(pl.String).to_list()], dtype=np.int64)
+
+
+def markdown_table(rows: list[dict], limit: int = 40) -> str:
+    if not rows:
+        return "_none_"
+    columns = list(rows[0])
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows[:limit]:
+        cells = [f"{v:.3f}" if isinstance(v, float) else str(v) for v in (row.get(c) for c in columns)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def png_markdown(png: bytes, title: str) -> dg.MetadataValue:
+    return dg.MetadataValue.md(f"![{title}](data:image/png;base64,{base64.b64encode(png).decode()})")
+
+
+def failures_result(failures: list[CheckFailure]) -> dg.AssetCheckResult:
+    rows = [{"column": f.column, "problem": f.problem} for f in failures]
+    return dg.AssetCheckResult(
+        passed=not failures, severity=dg.AssetCheckSeverity.ERROR,
+        metadata={"n_failures": len(failures), "failures": dg.MetadataValue.md(markdown_table(rows))},
+    )  # fmt: skip
+
+
+# -- ingestion metadata ---------------------------------------------------------------------------------------
+def ingest_result(context, spec: TaskSpec, storage: MeddiagStorage, summary: IngestSummary) -> dg.MaterializeResult:
+    for q in summary.quarantined:
+        context.log.warning(f"{spec.name}: batch {q['batch']} quarantined: {q['file']}: {q['problem']}")
+    counts = reconcile(spec, storage.warehouse)
+    return dg.MaterializeResult(metadata={
+        "new_batches": len(summary.ingested), "new_rows": summary.rows, "quarantined_now": len(summary.quarantined),
+        "already_ingested": summary.skipped_known, **counts,
+        "quarantined": dg.MetadataValue.md(markdown_table(summary.quarantined)),
+    })  # fmt: skip
+
+
+def log_validation(context, spec: TaskSpec, summary: ValidationSummary) -> None:
+    for q in summary.quarantined:
+        problems = "; ".join(f"{f['column']}: {f['problem']}" for f in q["failures"])
+        context.log.warning(f"{spec.name}: batch {q['batch']} failed validation and was quarantined: {problems}")
+
+
+def validation_metadata(spec: TaskSpec, storage: MeddiagStorage, records: pl.DataFrame, summary: ValidationSummary) -> dict:
+    counts = reconcile(spec, storage.warehouse)
+    labelled = records.filter(pl.col(spec.label).is_not_null()).height if spec.label in records.columns else 0
+    return {"dagster/row_count": records.height, "labelled_rows": labelled, "unlabelled_rows": records.height - labelled,
+            "validated_now": len(summary.validated), "quarantined_now": len(summary.quarantined), **counts}  # fmt: skip
+
+
+# -- split ------------------------------------------------------------------------------------------------------
+def build_split_asset(spec: TaskSpec, upstream, tags: dict) -> list:
+    name = spec.name
+
+    @dg.asset(key=[name, "split"], io_manager_key="warehouse_io_manager", kinds={"polars"},
+              description=f"{name}: train / val / test by a stable hash of "
+              f"{spec.patient_id or spec.id}; unlabelled rows are 'score'.", **tags)  # fmt: skip
+    def split(validated_records: pl.DataFrame) -> dg.Output:
+        frame = assign_split(validated_records, spec)
+        table = check_split(frame, spec)
+        rows = [{"split": s, **{str(k): v for k, v in sorted(table[s].items())}} for s in SPLITS]
+        counts = {f"n_{s}": int(frame.filter(pl.col(SPLIT_COLUMN) == s).height) for s in (*SPLITS, "score")}
+        return dg.Output(frame, metadata={**counts, "by_class": dg.MetadataValue.md(markdown_table(rows))})
+
+    return [split]
+
+
+# -- model handles ------------------------------------------------------------------------------------------------
+def model_handle(context, spec: TaskSpec, version: str, model_dir: Path, meta: dict, plan: dict) -> dict:
+    """What a model asset passes on: where the weights are and how to use them (not the weights)."""
+    handle = {"task": spec.name, "version": version, "dir": str(model_dir), "name": meta["name"],
+              "framework": meta["framework"], "params": meta.get("params", {}), "val_score": meta.get("val_score"),
+              "plan": plan, "classes": meta.get("classes"), "device": meta.get("device", torch_device())}  # fmt: skip
+    context.add_output_metadata({"version": version, "model": meta["name"], "val_score": float(meta.get("val_score") or 0),
+                                 "params": dg.MetadataValue.json(meta.get("params", {}))})  # fmt: skip
+    return handle
+
+
+def numeric_shift(frame: pl.DataFrame, spec: TaskSpec) -> list[dict]:
+    columns = [c for c in feature_columns(spec, frame.columns) if c != SPLIT_COLUMN and frame.schema[c].is_numeric()]
+    dev = frame.filter(pl.col(SPLIT_COLUMN).is_in(["train", "val"]))
+    test = frame.filter(pl.col(SPLIT_COLUMN) == "test")
+
+    def arrays(part: pl.DataFrame) -> dict:
+        return {c: part[c].cast(pl.Float64).to_numpy() for c in columns}
+
+    return standardized_mean_differences(arrays(dev), arrays(test))
+
+
+def _evaluation_input(spec: TaskSpec, split: pl.DataFrame, handle: dict, predict_rows: Callable,
+                      comparator: tuple[str, np.ndarray] | None, flow: dict, missing: list[dict]) -> EvaluationInput:  # fmt: skip
+    classes = handle["classes"]
+    test = split.filter(pl.col(SPLIT_COLUMN) == "test")
+    val = split.filter(pl.col(SPLIT_COLUMN) == "val")
+    counts = {s: split.filter(pl.col(SPLIT_COLUMN) == s).height for s in SPLITS}
+    return EvaluationInput(
+        task=spec.name, model_version=handle["version"], model_name=handle["name"],
+        kind="binary" if spec.is_binary else "multiclass", classes=classes,
+        y_true=encode_labels(test[spec.label], classes), proba=predict_rows(handle, test),
+        settings=spec.evaluation, n_train=counts["train"], n_val=counts["val"], n_test=counts["test"],
+        val_y_true=encode_labels(val[spec.label], classes), val_proba=predict_rows(handle, val),
+        baseline_name=comparator[0] if comparator else None, baseline_proba=comparator[1] if comparator else None,
+        subgroups={c: np.asarray(test[c].cast(pl.String).to_list(), dtype=object) for c in spec.subgroups if c in test.columns},
+        flow=flow, missing_data=missing, shift=numeric_shift(split, spec),
+    )  # fmt: skip
+
+
+def _test_predictions(spec: TaskSpec, test: pl.DataFrame, proba: np.ndarray, classes: list[str]) -> pl.DataFrame:
+    base = test.select(pl.col(spec.id).cast(pl.String).alias("id"), pl.col(spec.label).alias("label"))
+    if proba.ndim == 1:
+        return base.with_columns(pl.Series("probability", proba.astype(np.float64)))
+    cols = [pl.Series(f"p_{c}", proba[:, i].astype(np.float64)) for i, c in enumerate(classes)]
+    return base.with_columns(*cols, pl.Series("predicted", [classes[i] for i in proba.argmax(axis=1)]))
+
+
+def _write_report(storage: MeddiagStorage, spec: TaskSpec, files: dict[str, bytes]) -> Path:
+    """Build the whole report folder aside, then swap ``latest`` to it in one rename."""
+    final = storage.layout.reports(spec.name) / "latest"
+    staging = staging_dir(final)
+    for filename, data in files.items():
+        atomic_write_bytes(staging / filename, data)
+    return publish_dir(staging, final)
+
+
+def _parquet_bytes(frame: pl.DataFrame) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    frame.write_parquet(buffer)
+    return buffer.getvalue()
+
+
+def _ui_metadata(metrics: dict, plots: dict[str, bytes]) -> dict:
+    meta: dict = {k: float(metrics[k]) for k in NUMERIC_METRICS if isinstance(metrics.get(k), (int, float))}
+    baseline = metrics.get("baseline") or {}
+    if isinstance(baseline.get("auroc"), (int, float)):
+        meta["baseline_auroc"] = float(baseline["auroc"])
+    meta["summary"] = dg.MetadataValue.md(summary_markdown(metrics))
+    for name in ("roc", "calibration"):
+        if name in plots:
+            meta[f"{name}_plot"] = png_markdown(plots[name], name)
+    return meta
+
+
+def flow_counts(spec: TaskSpec, storage: MeddiagStorage, split: pl.DataFrame) -> dict:
+    counts = reconcile(spec, storage.warehouse)
+    counts.update({s: split.filter(pl.col(SPLIT_COLUMN) == s).height for s in (*SPLITS, "score")})
+    counts["unlabelled"] = counts.pop("score")
+    return counts
+
+
+# -- evaluation, champion, predictions ----------------------------------------------------------------------------
+def build_model_lifecycle_assets(spec: TaskSpec, tags: dict, split_asset: list, predictor_factory: PredictorFactory,
+                                 explain: Callable | None, missing_data: Callable[[pl.DataFrame, dict], list[dict]],
+                                 card_extras: Callable[[dict], list[tuple[str, str]]] | None = None) -> list:  # fmt: skip
+    name = spec.name
+    split_key = dg.AssetKey([name, "split"])
+
+    def predict_rows(handle: dict, rows: pl.DataFrame) -> np.ndarray:
+        return predictor_factory(handle["plan"])(Path(handle["dir"]), rows)
+
+    @dg.asset(key=[name, "evaluation"], ins={"split": dg.AssetIn(split_key)}, kinds={"scikitlearn", "html"},
+              description=f"{name}: the shared evaluator on the test split (TRIPOD+AI style): discrimination and "
+              "calibration with CIs, decision curve, thresholds, subgroups, flow, baseline comparison. Writes "
+              "reports/<task>/latest/ atomically.", pool=pool(spec), **tags)  # fmt: skip
+    def evaluation(context: dg.AssetExecutionContext, storage: MeddiagStorage, split: pl.DataFrame,
+                   candidate_model: dict, baseline_model: dict) -> dict:  # fmt: skip
+        train_rows = split.filter(pl.col(SPLIT_COLUMN) == "train")
+        test = split.filter(pl.col(SPLIT_COLUMN) == "test")
+        baseline_proba = predict_rows(baseline_model, test)
+        inp = _evaluation_input(spec, split, candidate_model, predict_rows, (baseline_model["name"], baseline_proba),
+                                flow_counts(spec, storage, split), missing_data(train_rows, candidate_model["plan"]))  # fmt: skip
+        metrics = evaluate(inp)
+        plots = render_plots(inp, metrics)
+        extras = card_extras(candidate_model) if card_extras else []
+        card = render_model_card(metrics, ModelCardInfo(
+            task=name, description=spec.description, intended_use="Assisted diagnosis: a second reader for "
+            "clinicians, never a sole basis for a decision.", modality=spec.modality,
+            training_data=f"{inp.n_train} training and {inp.n_val} validation rows from the landed batches "
+            "listed in the model manifest.", model_name=candidate_model["name"], model_version=candidate_model["version"],
+            hyperparameters=candidate_model["params"], limitations=["Evaluated on a hash split of the same sources; "
+            "external validation is needed before clinical use."], ethical_notes=["Check the subgroup table for "
+            "unequal performance before use."]))  # fmt: skip
+        files = {
+            "metrics.json": (json.dumps(metrics, indent=2, allow_nan=False) + "\n").encode(),
+            "report.html": render_report_html(metrics, plots, extras).encode(),
+            "model_card.md": card.encode(),
+            "test_predictions.parquet": _parquet_bytes(_test_predictions(spec, test, inp.proba, candidate_model["classes"])),
+        }  # fmt: skip
+        path = _write_report(storage, spec, files)
+        context.add_output_metadata({**_ui_metadata(metrics, plots), "report": dg.MetadataValue.path(str(path / "report.html"))})
+        return metrics
+
+    @dg.asset(key=[name, "champion"], ins={"split": dg.AssetIn(split_key)}, kinds={"python"}, pool=pool(spec),
+              description=f"{name}: champion/challenger decision on the current test set; publishes the candidate "
+              "as an immutable registry version with its decision, and moves champion.json when it wins.", **tags)  # fmt: skip
+    def champion(context: dg.AssetExecutionContext, storage: MeddiagStorage, split: pl.DataFrame,
+                 candidate_model: dict, baseline_model: dict, evaluation: dict) -> dict:  # fmt: skip
+        registry = storage.registry
+        pointer = registry.champion(name)
+        flow = flow_counts(spec, storage, split)
+        candidate_vs, champion_metrics = evaluation, None
+        if pointer:
+            champ_dir = registry.version_dir(name, pointer["version"])
+            champ_handle = {**registry.manifest(name, pointer["version"])["model"], "dir": str(champ_dir / "model"),
+                            "plan": json.loads((champ_dir / "plan.json").read_text())}  # fmt: skip
+            test = split.filter(pl.col(SPLIT_COLUMN) == "test")
+            champ_proba = predict_rows(champ_handle, test)
+            candidate_vs = evaluate(_evaluation_input(spec, split, candidate_model, predict_rows,
+                                                      ("champion", champ_proba), flow, []))  # fmt: skip
+            champion_metrics = evaluate(_evaluation_input(spec, split, champ_handle, predict_rows, None, flow, []))
+        decision = decide(candidate_vs, champion_metrics, spec.promotion, pinned=bool(pointer and pointer.get("pinned")))
+        version = candidate_model["version"]
+        manifest = _manifest(spec, storage, candidate_model, baseline_model, evaluation, pointer, decision.as_dict())
+        staging = registry.staging_dir(name, version)
+        atomic_write_json(staging / "plan.json", candidate_model["plan"])
+        registry.publish(name, version, manifest)
+        if decision.promote:
+            pointer = registry.set_champion(name, version, "; ".join(decision.reasons))
+        for reason in decision.reasons:
+            context.log.info(f"{name} {version}: {reason}")
+        context.add_output_metadata({
+            "candidate": version, "promoted": decision.promote, "champion": pointer["version"] if pointer else "none",
+            "reasons": dg.MetadataValue.md("\n".join(f"- {r}" for r in decision.reasons)),
+        })  # fmt: skip
+        return {"champion": pointer["version"] if pointer else None, "candidate": version, "decision": decision.as_dict()}
+
+    @dg.asset_check(asset=champion, blocking=True, description="The model in force (champion.json) exists, is "
+                    "published, and cleared the absolute AUROC floor (or is a pinned rollback).")  # fmt: skip
+    def champion_fit_for_use(storage: MeddiagStorage) -> dg.AssetCheckResult:
+        return champion_check(spec, storage)
+
+    @dg.asset(key=[name, "predictions"], ins={"split": dg.AssetIn(split_key)}, deps=[champion], kinds={"parquet"},
+              description=f"{name}: unlabelled rows of every batch scored by the champion into "
+              "predictions/<task>/<batch>.parquet; rescored when the champion changes.", **tags)  # fmt: skip
+    def predictions(context: dg.AssetExecutionContext, storage: MeddiagStorage, split: pl.DataFrame) -> dg.MaterializeResult:
+        return score_unlabelled(context, spec, storage, split, predictor_factory, explain)
+
+    return [evaluation, champion, champion_fit_for_use, predictions]
+
+
+def _manifest(spec, storage, candidate, baseline, metrics, parent, decision) -> dict:
+    ledger = storage.warehouse.ledger(spec.name).filter(pl.col("status") == "validated")
+    summary = {k: metrics.get(k) for k in ("auroc", "auroc_ci", "auprc", "brier", "calibration_slope",
+                                            "calibration_intercept", "macro_f1", "accuracy", "n_test")}  # fmt: skip
+    return {
+        "task": spec.name, "created_at": time.time(), "code_version": code_version(),
+        "batches": [{"batch_id": r["batch_id"], "content_hash": r["content_hash"], "n_rows": r["n_rows"]}
+                    for r in ledger.iter_rows(named=True)],
+        "model": {k: candidate[k] for k in ("name", "framework", "params", "val_score", "classes", "version", "device")},
+        "baseline": {k: baseline[k] for k in ("name", "framework", "params", "val_score")},
+        "hyperparameters": candidate["params"], "metrics": summary,
+        "thresholds": metrics.get("thresholds"), "operating_threshold": metrics.get("operating_threshold"),
+        "parent_champion": parent["version"] if parent else None, "decision": decision,
+    }  # fmt: skip
+
+
+def champion_check(spec: TaskSpec, storage: MeddiagStorage) -> dg.AssetCheckResult:
+    pointer = storage.registry.champion(spec.name)
+    if pointer is None:
+        return dg.AssetCheckResult(passed=False, description="no model has cleared the promotion gate yet")
+    manifest = storage.registry.manifest(spec.name, pointer["version"])
+    auroc = manifest["metrics"].get("auroc")
+    ok = pointer.get("pinned") or (auroc is not None and auroc >= spec.promotion.auroc_floor)
+    return dg.AssetCheckResult(passed=bool(ok), metadata={"champion": pointer["version"], "auroc": float(auroc or 0),
+                                                          "pinned": bool(pointer.get("pinned"))})  # fmt: skip
+
+
+def risk_bands(proba: np.ndarray, manifest: dict) -> list[str | None]:
+    """Binary: 'high' at or above the operating threshold, 'intermediate' at or above the threshold that
+    reaches the target sensitivity, else 'low'. Multi-class tasks have no bands."""
+    if proba.ndim > 1:
+        return [None] * len(proba)
+    rows = {r["name"]: r["threshold"] for r in manifest.get("thresholds") or []}
+    high = (manifest.get("operating_threshold") or {}).get("value", 0.5)
+    sensitive = min(rows.get("target_sensitivity", high), high)
+    return ["high" if p >= high else "intermediate" if p >= sensitive else "low" for p in proba]
+
+
+def score_unlabelled(context, spec: TaskSpec, storage: MeddiagStorage, split: pl.DataFrame,
+                     predictor_factory: PredictorFactory, explain: Callable | None) -> dg.MaterializeResult:  # fmt: skip
+    pointer = storage.registry.champion(spec.name)
+    rows = split.filter(pl.col(SPLIT_COLUMN) == "score")
+    if pointer is None or rows.is_empty():
+        return dg.MaterializeResult(metadata={"scored_rows": 0, "batches_written": 0,
+                                              "champion": pointer["version"] if pointer else "none"})  # fmt: skip
+    version = pointer["version"]
+    manifest = storage.registry.manifest(spec.name, version)
+    model_dir = storage.registry.version_dir(spec.name, version) / "model"
+    plan = json.loads((storage.registry.version_dir(spec.name, version) / "plan.json").read_text())
+    out_dir = storage.layout.predictions(spec.name)
+    written = 0
+    for (batch_id,), batch_rows in rows.group_by(BATCH_COLUMN, maintain_order=True):
+        target = out_dir / f"{batch_id}.parquet"
+        if target.exists() and _scored_by(target) == version:
+            continue  # already scored by this champion
+        proba = predictor_factory(plan)(model_dir, batch_rows)
+        frame = _test_predictions(spec, batch_rows.with_columns(pl.lit(None).alias(spec.label)), proba,
+                                  manifest["model"]["classes"]).drop("label")  # fmt: skip
+        frame = frame.with_columns(pl.Series("risk_band", risk_bands(proba, manifest), dtype=pl.String),
+                                   pl.lit(version).alias("model_version"))  # fmt: skip
+        if explain is not None:
+            top = explain(model_dir, batch_rows, plan)
+            frame = frame.with_columns(pl.Series("top_features", ["; ".join(f"{n} {v:+.3f}" for n, v in r) for r in top]))
+        atomic_write(target, frame.write_parquet)
+        written += 1
+    return dg.MaterializeResult(metadata={"scored_rows": rows.height, "batches_written": written, "champion": version})
+
+
+def _scored_by(path: Path) -> str | None:
+    versions = pl.read_parquet(path, columns=["model_version"])["model_version"].unique().to_list()
+    return versions[0] if len(versions) == 1 else None

@@ -1,0 +1,120 @@
+"""The asset graph of one tabular task (group = task name). Logic lives in the pure modules; this file only
+wires inputs, resources and metadata."""
+
+
+import dagster as dg
+import numpy as np
+import polars as pl
+
+from meddiag_pipelines.defs import common
+from meddiag_pipelines.defs.resources import MeddiagStorage
+from meddiag_pipelines.features.split import SPLIT_COLUMN
+from meddiag_pipelines.features.tabular import FeaturePlan, fit_plan, missing_data_table, transform
+from meddiag_pipelines.ingestion.batches import ingest_new_batches, validate_pending_batches
+from meddiag_pipelines.ingestion.tabular import read_tabular_batch
+from meddiag_pipelines.specs import TaskSpec
+from meddiag_pipelines.training.tabular_models import predict_tabular, top_contributions, train_logistic, train_xgboost
+from meddiag_pipelines.validation.suites import identifier_columns, run_suite, tabular_expectations, validate_tabular
+
+FEATURE_PREFIX = "f__"
+
+
+def feature_matrix(frame: pl.DataFrame) -> tuple[np.ndarray, list[str]]:
+    columns = [c for c in frame.columns if c.startswith(FEATURE_PREFIX)]
+    return frame.select(columns).to_numpy().astype(np.float32), [c[len(FEATURE_PREFIX):] for c in columns]
+
+
+def _tabular_predictor(plan: dict):
+    """Score raw rows with a model folder: transform with the model's own feature plan, then predict."""
+    feature_plan = FeaturePlan.from_dict(plan)
+
+    def predict(model_dir, rows: pl.DataFrame) -> np.ndarray:
+        return predict_tabular(model_dir, transform(rows, feature_plan).to_numpy())
+
+    return predict
+
+
+def build_tabular_assets(spec: TaskSpec) -> list:
+    name = spec.name
+    tags = common.asset_tags(spec)
+
+    @dg.asset(key=[name, "raw_records"], description=f"{name}: new landed batches, read once and appended to the "
+              "warehouse; unreadable batches quarantined.", kinds={"duckdb", "polars"}, **tags)  # fmt: skip
+    def raw_records(context: dg.AssetExecutionContext, storage: MeddiagStorage) -> dg.MaterializeResult:
+        summary = ingest_new_batches(spec, storage.layout, storage.warehouse, read_tabular_batch)
+        return common.ingest_result(context, spec, storage, summary)
+
+    @dg.asset(key=[name, "validated_records"], deps=[raw_records], io_manager_key="warehouse_io_manager",
+              description=f"{name}: rows of every batch that passed the Great Expectations suite built from the spec.",
+              kinds={"duckdb", "polars", "great_expectations"}, **tags)  # fmt: skip
+    def validated_records(context: dg.AssetExecutionContext, storage: MeddiagStorage) -> pl.DataFrame:
+        records, summary = validate_pending_batches(spec, storage.layout, storage.warehouse, validate_tabular)
+        common.log_validation(context, spec, summary)
+        context.add_output_metadata(common.validation_metadata(spec, storage, records, summary))
+        return records
+
+    @dg.asset_check(asset=validated_records, blocking=True, description="The spec's GX suite over all validated rows "
+                    "(columns, types, label domain, ranges, null rates, unique ids across batches).")  # fmt: skip
+    def validated_records_suite(validated_records: pl.DataFrame) -> dg.AssetCheckResult:
+        if validated_records.is_empty():
+            return dg.AssetCheckResult(passed=False, description="no validated rows: nothing to learn from")
+        failures = run_suite(validated_records, tabular_expectations(spec, validated_records.columns),
+                             identifier_columns(spec), name)  # fmt: skip
+        return common.failures_result(failures)
+
+    split = common.build_split_asset(spec, validated_records, tags)
+
+    @dg.multi_asset(
+        outs={
+            "features": dg.AssetOut(key=[name, "features"], io_manager_key="warehouse_io_manager", kinds={"polars"},
+                                    description=f"{name}: model inputs (imputed, indicator and one-hot columns "
+                                    f"prefixed {FEATURE_PREFIX}) beside the keys and split.", **tags),
+            "feature_plan": dg.AssetOut(key=[name, "feature_plan"], kinds={"python"},
+                                        description=f"{name}: imputation and encoding fitted on training rows only.",
+                                        **tags),
+        },  # fmt: skip
+    )
+    def features(context: dg.AssetExecutionContext, split: pl.DataFrame):
+        plan = fit_plan(split.filter(pl.col(SPLIT_COLUMN) == "train"), spec)
+        matrix = transform(split, plan)
+        keys = [c for c in split.columns if c in {spec.id, spec.label, spec.patient_id, SPLIT_COLUMN, "_batch_id", *spec.subgroups}]
+        frame = pl.concat([split.select(keys), matrix.rename(lambda c: FEATURE_PREFIX + c)], how="horizontal")
+        meta = {"n_features": len(plan.feature_names), "n_rows": frame.height,
+                "missing_data": dg.MetadataValue.md(common.markdown_table(missing_data_table(split, plan)))}  # fmt: skip
+        yield dg.Output(frame, output_name="features", metadata=meta)
+        yield dg.Output(plan.as_dict(), output_name="feature_plan", metadata={"features": plan.feature_names[:50]})
+
+    def _fit(trainer, features: pl.DataFrame, out_dir):
+        classes = common.class_list(spec, features)
+        y = common.encode_labels(features[spec.label], classes)
+        X, names = feature_matrix(features)
+        train, val = (features[SPLIT_COLUMN] == "train").to_numpy(), (features[SPLIT_COLUMN] == "val").to_numpy()
+        return {**trainer(X[train], y[train], X[val], y[val], len(classes), out_dir, names), "classes": classes}
+
+    @dg.asset(key=[name, "candidate_model"], description=f"{name}: XGBoost (hist; CUDA when present) with early "
+              "stopping and a bounded optuna search; saved as UBJ in the registry's staging area.",
+              kinds={"xgboost", "optuna"}, pool=common.pool(spec), **tags)  # fmt: skip
+    def candidate_model(context: dg.AssetExecutionContext, storage: MeddiagStorage, features: pl.DataFrame,
+                        feature_plan: dict) -> dict:  # fmt: skip
+        version = common.run_version(context)
+        out = storage.registry.staging_dir(name, version) / "model"
+        meta = _fit(lambda *a: train_xgboost(*a[:5], spec.training, *a[5:]), features, out)
+        return common.model_handle(context, spec, version, out, meta, feature_plan)
+
+    @dg.asset(key=[name, "baseline_model"], description=f"{name}: L2 logistic regression on standardised features "
+              "(C chosen on validation), the plain baseline every model is compared with.",
+              kinds={"scikitlearn"}, pool=common.pool(spec), **tags)  # fmt: skip
+    def baseline_model(context: dg.AssetExecutionContext, storage: MeddiagStorage, features: pl.DataFrame,
+                       feature_plan: dict) -> dict:  # fmt: skip
+        version = common.run_version(context)
+        out = storage.registry.staging_dir(name, version) / "baseline"
+        meta = _fit(train_logistic, features, out)
+        return common.model_handle(context, spec, version, out, meta, feature_plan)
+
+    downstream = common.build_model_lifecycle_assets(
+        spec, tags, split_asset=split, predictor_factory=_tabular_predictor,
+        explain=lambda model_dir, rows, plan: top_contributions(model_dir, transform(rows, FeaturePlan.from_dict(plan)).to_numpy()),
+        missing_data=lambda train_rows, plan: missing_data_table(train_rows, FeaturePlan.from_dict(plan)),
+    )  # fmt: skip
+    return [raw_records, validated_records, validated_records_suite, *split, features, candidate_model,
+            baseline_model, *downstream]  # fmt: skip

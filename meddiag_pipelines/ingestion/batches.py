@@ -1,0 +1,129 @@
+"""Batch bookkeeping shared by every modality: read new batches once, validate them, quarantine failures.
+
+Each landed batch ends in exactly one ledger state: ``read`` (waiting for validation), ``validated`` or
+``quarantined`` (moved to ``<data>/quarantine/<task>/`` with a ``reason.json``). :func:`reconcile` proves
+that every landed batch is accounted for.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import duckdb
+import polars as pl
+
+from meddiag_pipelines.ingestion.errors import BatchRejected
+from meddiag_pipelines.ingestion.landing import LandedBatch, describe_batch, ready_batch_dirs
+from meddiag_pipelines.ingestion.quarantine import quarantine_path
+from meddiag_pipelines.ingestion.tabular import BATCH_COLUMN
+from meddiag_pipelines.ingestion.warehouse import Warehouse
+from meddiag_pipelines.layout import DataLayout
+from meddiag_pipelines.specs import TaskSpec
+from meddiag_pipelines.validation.suites import CheckFailure
+
+log = logging.getLogger(__name__)
+RAW_TABLE = "raw_records"
+
+Reader = Callable[[LandedBatch, TaskSpec], pl.DataFrame]
+Validator = Callable[[pl.DataFrame, TaskSpec, set[str]], list[CheckFailure]]
+
+
+@dataclass
+class IngestSummary:
+    ingested: list[str] = field(default_factory=list)
+    quarantined: list[dict] = field(default_factory=list)  # {batch, file, problem}
+    rows: int = 0
+    skipped_known: int = 0
+
+
+def _reason(stage: str, batch: str, file: str, problem: str, **extra) -> dict:
+    return {"stage": stage, "batch": batch, "file": file, "problem": problem, "at": time.time(), **extra}
+
+
+def _quarantine(spec: TaskSpec, layout: DataLayout, warehouse: Warehouse, batch: LandedBatch, reason: dict,
+                n_rows: int, columns: list[str]) -> None:  # fmt: skip
+    quarantine_path(batch.path, layout.quarantine(spec.name), reason)
+    warehouse.set_batch_status(spec.name, batch.batch_id, batch.content_hash, "quarantined", n_rows,
+                               list(batch.files), columns, reason)  # fmt: skip
+    log.warning("task %s: batch %s quarantined: %s: %s", spec.name, batch.batch_id, reason["file"], reason["problem"])
+
+
+def ingest_new_batches(spec: TaskSpec, layout: DataLayout, warehouse: Warehouse, reader: Reader) -> IngestSummary:
+    """Read every ready batch not yet in the ledger, append it to the raw table, or quarantine it."""
+    known = set(warehouse.ledger(spec.name)["batch_id"].to_list())
+    summary = IngestSummary()
+    for batch_dir in ready_batch_dirs(layout.landing(spec.name), spec.landing):
+        if batch_dir.name in known:
+            summary.skipped_known += 1
+            continue
+        batch = describe_batch(spec.name, batch_dir)
+        try:
+            frame = reader(batch, spec)
+            warehouse.append(spec.name, RAW_TABLE, frame)
+        except BatchRejected as exc:
+            reason = _reason("read", batch.batch_id, exc.file, exc.problem, **exc.details)
+            _quarantine(spec, layout, warehouse, batch, reason, 0, [])
+            summary.quarantined.append({"batch": batch.batch_id, "file": exc.file, "problem": exc.problem})
+            continue
+        except duckdb.Error as exc:
+            problem = f"columns do not match earlier batches of this task: {str(exc).splitlines()[0][:300]}"
+            _quarantine(spec, layout, warehouse, batch, _reason("read", batch.batch_id, batch.batch_id, problem), 0, [])
+            summary.quarantined.append({"batch": batch.batch_id, "file": batch.batch_id, "problem": problem})
+            continue
+        columns = [c for c in frame.columns if c != BATCH_COLUMN]
+        warehouse.set_batch_status(spec.name, batch.batch_id, batch.content_hash, "read", frame.height,
+                                   list(batch.files), columns, None)  # fmt: skip
+        summary.ingested.append(batch.batch_id)
+        summary.rows += frame.height
+    return summary
+
+
+@dataclass
+class ValidationSummary:
+    validated: list[str] = field(default_factory=list)
+    quarantined: list[dict] = field(default_factory=list)  # {batch, failures}
+
+
+def validate_pending_batches(spec: TaskSpec, layout: DataLayout, warehouse: Warehouse, validator: Validator
+                             ) -> tuple[pl.DataFrame, ValidationSummary]:  # fmt: skip
+    """Validate batches in state ``read``; return every validated row (all batches) and what happened."""
+    ledger = warehouse.ledger(spec.name)
+    validated = ledger.filter(pl.col("status") == "validated")["batch_id"].to_list()
+    known_ids: set[str] = set()
+    if validated:
+        known_ids = set(warehouse.read(spec.name, RAW_TABLE, validated)[spec.id].cast(pl.String).to_list())
+    summary = ValidationSummary()
+    for row in ledger.filter(pl.col("status") == "read").iter_rows(named=True):
+        batch_id = row["batch_id"]
+        # The raw table is the union of every batch's columns: look at this batch's own columns only.
+        columns = json.loads(row["columns"])
+        frame = warehouse.read(spec.name, RAW_TABLE, [batch_id]).select(columns)
+        failures = validator(frame, spec, known_ids)
+        files = json.loads(row["files"])
+        if failures:
+            batch = LandedBatch(spec.name, batch_id, layout.landing(spec.name) / batch_id, tuple(files), row["content_hash"], 0)
+            reason = _reason("validate", batch_id, batch_id, "failed validation", failures=[f.as_dict() for f in failures])
+            _quarantine(spec, layout, warehouse, batch, reason, row["n_rows"], columns)
+            summary.quarantined.append({"batch": batch_id, "failures": [f.as_dict() for f in failures]})
+            continue
+        warehouse.set_batch_status(spec.name, batch_id, row["content_hash"], "validated", row["n_rows"], files, columns, None)
+        known_ids |= set(frame[spec.id].cast(pl.String).to_list())
+        summary.validated.append(batch_id)
+        validated.append(batch_id)
+    records = warehouse.read(spec.name, RAW_TABLE, validated) if validated else pl.DataFrame()
+    return records, summary
+
+
+def reconcile(spec: TaskSpec, warehouse: Warehouse) -> dict[str, int]:
+    """Counts of landed batches and rows by ledger state: every landed batch is in exactly one."""
+    ledger = warehouse.ledger(spec.name)
+    counts = {"landed_batches": ledger.height, "landed_rows": int(ledger["n_rows"].sum() or 0)}
+    for status in ("read", "validated", "quarantined"):
+        part = ledger.filter(pl.col("status") == status)
+        counts[f"{status}_batches"] = part.height
+        counts[f"{status}_rows"] = int(part["n_rows"].sum() or 0)
+    return counts

@@ -1,0 +1,89 @@
+"""The landing folder: ``<data>/landing/<task>/<batch>/`` holds the files of one export.
+
+A batch counts once it is complete: it holds a ``_READY`` marker (the default), or, with
+``landing.ready: quiet``, its files have not changed for ``landing.quiet_seconds``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from meddiag_pipelines.specs import LandingSpec
+
+READY_MARKER = "_READY"
+_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class LandedBatch:
+    task: str
+    batch_id: str
+    path: Path
+    files: tuple[str, ...]  # data files, relative to ``path``, sorted
+    content_hash: str
+    total_bytes: int
+
+
+def is_data_file(rel: Path) -> bool:
+    """Markers and hidden files (``_READY``, ``.DS_Store``, partial uploads) are not data."""
+    return not any(part.startswith(("_", ".")) for part in rel.parts)
+
+
+def data_files(batch_dir: Path) -> list[Path]:
+    """Every data file under the batch, relative to it; links are listed too (readers refuse them)."""
+    found = []
+    for p in sorted(batch_dir.rglob("*")):
+        rel = p.relative_to(batch_dir)
+        if (p.is_file() or p.is_symlink()) and is_data_file(rel):
+            found.append(rel)
+    return found
+
+
+def content_hash(batch_dir: Path, files: list[Path]) -> str:
+    """SHA-256 over every file's name and bytes: the same export hashes the same wherever it lands."""
+    digest = hashlib.sha256()
+    for rel in files:
+        digest.update(str(rel).encode("utf-8", "surrogateescape") + b"\0")
+        path = batch_dir / rel
+        if path.is_symlink():
+            digest.update(b"<symlink>")
+            continue
+        with open(path, "rb") as fh:
+            while chunk := fh.read(_CHUNK):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def is_ready(batch_dir: Path, landing: LandingSpec, now: float | None = None) -> bool:
+    if landing.ready == "marker":
+        return (batch_dir / READY_MARKER).exists()
+    now = time.time() if now is None else now
+    newest = max((p.lstat().st_mtime for p in batch_dir.rglob("*")), default=batch_dir.stat().st_mtime)
+    return now - newest >= landing.quiet_seconds
+
+
+def ready_batch_dirs(task_landing: Path, landing: LandingSpec, now: float | None = None) -> list[Path]:
+    """Complete batch folders of one task, oldest name first; hidden folders are in-flight copies."""
+    if not task_landing.is_dir():
+        return []
+    return [
+        d
+        for d in sorted(task_landing.iterdir())
+        if d.is_dir() and not d.name.startswith((".", "_")) and is_ready(d, landing, now)
+    ]
+
+
+def describe_batch(task: str, batch_dir: Path) -> LandedBatch:
+    files = data_files(batch_dir)
+    total = sum(0 if (batch_dir / f).is_symlink() else (batch_dir / f).stat().st_size for f in files)
+    return LandedBatch(
+        task=task,
+        batch_id=batch_dir.name,
+        path=batch_dir,
+        files=tuple(str(f) for f in files),
+        content_hash=content_hash(batch_dir, files),
+        total_bytes=total,
+    )

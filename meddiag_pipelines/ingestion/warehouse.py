@@ -1,0 +1,86 @@
+"""The warehouse: one DuckDB file holding each task's raw records and the ingestion ledger.
+
+Raw records are appended batch by batch, so adding a batch costs the batch, not the history. The ledger
+records every batch that landed, with its content hash, row count and outcome, so nothing is read twice
+and nothing disappears unaccounted for.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+import polars as pl
+
+_LEDGER_DDL = (
+    "CREATE TABLE IF NOT EXISTS ingest_ledger (task VARCHAR, batch_id VARCHAR, content_hash VARCHAR, "
+    "status VARCHAR, n_rows BIGINT, files VARCHAR, columns VARCHAR, reason VARCHAR, updated_at DOUBLE, "
+    "PRIMARY KEY (task, batch_id))"
+)
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+@dataclass(frozen=True)
+class Warehouse:
+    database: Path
+
+    @contextmanager
+    def connect(self):
+        self.database.parent.mkdir(parents=True, exist_ok=True)
+        con = duckdb.connect(str(self.database))
+        try:
+            con.execute(_LEDGER_DDL)
+            yield con
+        finally:
+            con.close()
+
+    # -- ledger -------------------------------------------------------------------------------------
+    def ledger(self, task: str) -> pl.DataFrame:
+        with self.connect() as con:
+            return con.execute("SELECT * FROM ingest_ledger WHERE task = ? ORDER BY batch_id", [task]).pl()
+
+    def set_batch_status(self, task: str, batch_id: str, content_hash: str, status: str, n_rows: int,
+                         files: list[str], columns: list[str], reason: dict | None) -> None:  # fmt: skip
+        row = [task, batch_id, content_hash, status, n_rows, json.dumps(files), json.dumps(columns),
+               json.dumps(reason) if reason else None, time.time()]  # fmt: skip
+        with self.connect() as con:
+            con.execute("INSERT OR REPLACE INTO ingest_ledger VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
+
+    # -- record tables --------------------------------------------------------------------------------
+    def append(self, task: str, table: str, frame: pl.DataFrame) -> None:
+        """Append rows by column name, adding columns the table has not seen; one transaction."""
+        target = f"{_quote(task)}.{_quote(table)}"
+        with self.connect() as con:
+            con.execute("BEGIN")
+            con.execute(f"CREATE SCHEMA IF NOT EXISTS {_quote(task)}")
+            con.register("incoming", frame)
+            con.execute(f"CREATE TABLE IF NOT EXISTS {target} AS SELECT * FROM incoming LIMIT 0")
+            existing = {r[0] for r in con.execute(f"DESCRIBE {target}").fetchall()}
+            for name, dtype, *_ in con.execute("DESCRIBE incoming").fetchall():
+                if name not in existing:
+                    con.execute(f"ALTER TABLE {target} ADD COLUMN {_quote(name)} {dtype}")
+            con.execute(f"INSERT INTO {target} BY NAME SELECT * FROM incoming")
+            con.execute("COMMIT")
+
+    def read(self, task: str, table: str, where_batches: list[str] | None = None) -> pl.DataFrame:
+        target = f"{_quote(task)}.{_quote(table)}"
+        with self.connect() as con:
+            if not self.has_table(con, task, table):
+                return pl.DataFrame()
+            if where_batches is None:
+                return con.execute(f"SELECT * FROM {target}").pl()
+            return con.execute(f"SELECT * FROM {target} WHERE _batch_id IN (SELECT unnest(?))", [where_batches]).pl()
+
+    @staticmethod
+    def has_table(con: duckdb.DuckDBPyConnection, task: str, table: str) -> bool:
+        found = con.execute(
+            "SELECT count(*) FROM information_schema.tables WHERE table_schema = ? AND table_name = ?", [task, table]
+        ).fetchone()
+        return bool(found and found[0])

@@ -1,0 +1,79 @@
+"""The champion/challenger decision, a pure function of evaluation results on the same test rows.
+
+A candidate becomes champion only if
+* there is no champion yet and its AUROC clears ``promotion.auroc_floor``; or
+* it is non-inferior to the champion: the lower bound of the paired-bootstrap 95% CI of
+  (candidate AUROC - champion AUROC) lies above ``-promotion.margin``;
+and, in both cases, its calibration slope lies within ``promotion.slope_band`` (binary tasks) and no subgroup's
+AUROC falls by more than ``promotion.max_subgroup_drop`` below the champion's. A pinned champion (a rollback)
+is never replaced automatically.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from meddiag_pipelines.specs import PromotionSpec
+
+
+@dataclass
+class Decision:
+    promote: bool
+    reasons: list[str] = field(default_factory=list)
+    figures: dict = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _subgroup_aurocs(metrics: dict) -> dict[tuple[str, str], float]:
+    out = {}
+    for column, rows in (metrics.get("subgroups") or {}).items():
+        for row in rows:
+            if row.get("status") == "ok" and row.get("auroc") is not None:
+                out[(column, str(row["value"]))] = row["auroc"]
+    return out
+
+
+def _gate_checks(candidate: dict, champion: dict | None, settings: PromotionSpec) -> list[tuple[bool, str]]:
+    checks: list[tuple[bool, str]] = []
+    auroc = candidate.get("auroc")
+    if auroc is None:
+        return [(False, "candidate AUROC could not be computed on the test set")]
+    slope = candidate.get("calibration_slope")
+    if slope is not None:
+        low, high = settings.slope_band
+        checks.append((low <= slope <= high, f"calibration slope {slope:.3f} {'within' if low <= slope <= high else 'outside'} [{low}, {high}]"))
+    if champion is None:
+        ok = auroc >= settings.auroc_floor
+        checks.append((ok, f"first model: AUROC {auroc:.3f} {'clears' if ok else 'is below'} the floor {settings.auroc_floor}"))
+        return checks
+    comparison = candidate.get("comparison") or {}
+    ci = comparison.get("auroc_difference_ci")
+    diff = comparison.get("auroc_difference")
+    if ci is None or diff is None:
+        checks.append((False, "the paired AUROC difference against the champion could not be computed"))
+    else:
+        ok = ci[0] > -settings.margin
+        checks.append((ok, f"AUROC difference vs champion {diff:+.3f} (95% CI {ci[0]:+.3f} to {ci[1]:+.3f}) "
+                           f"{'is' if ok else 'is not'} non-inferior at margin {settings.margin}"))  # fmt: skip
+    before = _subgroup_aurocs(champion)
+    for key, value in _subgroup_aurocs(candidate).items():
+        if key in before and before[key] - value > settings.max_subgroup_drop:
+            checks.append((False, f"subgroup {key[0]}={key[1]}: AUROC falls {before[key]:.3f} -> {value:.3f}, "
+                                  f"more than {settings.max_subgroup_drop}"))  # fmt: skip
+    return checks
+
+
+def decide(candidate: dict, champion: dict | None, settings: PromotionSpec, pinned: bool = False) -> Decision:
+    """``candidate``: evaluation of the candidate with the champion as its comparator (so ``comparison`` is
+    candidate minus champion); ``champion``: evaluation of the champion on the same test rows, or ``None``."""
+    checks = _gate_checks(candidate, champion, settings)
+    reasons = [text for _, text in checks]
+    promote = all(ok for ok, _ in checks)
+    if pinned and promote:
+        promote = False
+        reasons.append("the champion is pinned (rollback); unpin it to allow promotion")
+    figures = {"candidate_auroc": candidate.get("auroc"), "champion_auroc": champion.get("auroc") if champion else None,
+               "calibration_slope": candidate.get("calibration_slope")}  # fmt: skip
+    return Decision(promote, reasons, figures)

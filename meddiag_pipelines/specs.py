@@ -1,0 +1,191 @@
+"""Task specs: one YAML file describes one diagnostic task.
+
+Bundled specs live in ``meddiag_pipelines/tasks``; every ``*.yaml`` in the folder named by
+``MEDDIAG_TASKS_DIR`` is added too. A bad spec fails at load with the file, the key and the problem.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+BUNDLED_TASKS_DIR = Path(__file__).parent / "tasks"
+TASK_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+
+
+class SpecError(ValueError):
+    """A task spec that cannot be used; the message names the file, the key and the problem."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SplitSpec(_Section):
+    """Fractions of patients (or records) sent to each split by a stable hash."""
+
+    train: float = Field(0.6, gt=0, lt=1)
+    val: float = Field(0.2, gt=0, lt=1)
+    test: float = Field(0.2, gt=0, lt=1)
+    salt: str = "meddiag"
+
+    @model_validator(mode="after")
+    def _sums_to_one(self) -> SplitSpec:
+        if abs(self.train + self.val + self.test - 1.0) > 1e-6:
+            raise ValueError("train + val + test must sum to 1")
+        return self
+
+
+class TrainingSpec(_Section):
+    seed: int = 42
+    trials: int = Field(12, ge=1, description="optuna trials for the main model")
+    timeout_s: float = Field(60.0, gt=0, description="wall-clock bound of the optuna search")
+    max_rounds: int = Field(600, ge=10)
+    early_stopping_rounds: int = Field(30, ge=1)
+    # Imaging / text models (ignored by tabular tasks).
+    epochs: int = Field(20, ge=1)
+    batch_size: int = Field(128, ge=1)
+    learning_rate: float = Field(1e-3, gt=0)
+    patience: int = Field(5, ge=1)
+    time_budget_s: float = Field(1200.0, gt=0, description="training stops after this many seconds")
+
+
+class EvaluationSpec(_Section):
+    target_sensitivity: float = Field(0.90, gt=0, lt=1)
+    operating_threshold: Literal["youden", "target_sensitivity", "0.5"] | float = "youden"
+    min_subgroup_n: int = Field(30, ge=1, description="subgroups smaller than this are 'too few to judge'")
+    n_bootstrap: int = Field(1000, ge=100)
+    seed: int = 2024
+
+
+class PromotionSpec(_Section):
+    margin: float = Field(0.01, ge=0, description="non-inferiority margin on the AUROC difference")
+    slope_band: tuple[float, float] = (0.8, 1.25)
+    max_subgroup_drop: float = Field(0.05, ge=0)
+    auroc_floor: float = Field(0.70, ge=0, le=1, description="absolute floor for the first model")
+
+
+class ScheduleSpec(_Section):
+    enabled: bool = True
+    cron: str = "0 2 * * *"
+    timezone: str = "UTC"
+
+
+class LandingSpec(_Section):
+    ready: Literal["marker", "quiet"] = "marker"
+    quiet_seconds: float = Field(60.0, ge=0)
+    max_file_mb: float = Field(512.0, gt=0)
+
+
+class ImageSpec(_Section):
+    format: Literal["folder", "dicom", "npz"] = "folder"
+    file_column: str = "file"
+    size: Literal[28, 64, 128, 224] = 28
+    channels: Literal[1, 3] = 1
+    multi_label: bool = False
+    augment: list[Literal["hflip", "vflip", "affine"]] = Field(default_factory=lambda: ["hflip", "affine"])
+    max_pixels: int = Field(50_000_000, gt=0, description="decompression-bomb guard")
+
+
+class TaskSpec(_Section):
+    name: str
+    modality: Literal["tabular", "image", "text"]
+    description: str = ""
+    label: str
+    positive: str | None = None
+    classes: list[str] | None = None
+    id: str
+    patient_id: str | None = None
+    subgroups: list[str] = Field(default_factory=list)
+    # Tabular: declared feature columns; undeclared columns are inferred from their type.
+    numeric: list[str] = Field(default_factory=list)
+    categorical: list[str] = Field(default_factory=list)
+    exclude: list[str] = Field(default_factory=list, description="columns never used as features")
+    ranges: dict[str, tuple[float | None, float | None]] = Field(default_factory=dict)
+    null_values: dict[str, list[float | str]] = Field(
+        default_factory=dict, description="per column, codes that mean 'not recorded' (e.g. cholesterol 0)"
+    )
+    max_null_rate: float = Field(0.5, ge=0, le=1)
+    # Text: the column holding the free text.
+    text: str | None = None
+    min_text_chars: int = Field(3, ge=1)
+    image: ImageSpec | None = None
+    owner: str = "team:diagnostics"
+    split: SplitSpec = Field(default_factory=SplitSpec)
+    training: TrainingSpec = Field(default_factory=TrainingSpec)
+    evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
+    promotion: PromotionSpec = Field(default_factory=PromotionSpec)
+    schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
+    landing: LandingSpec = Field(default_factory=LandingSpec)
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_identifier(cls, v: str) -> str:
+        if not TASK_NAME.match(v):
+            raise ValueError("must be lower-case letters, digits and underscores, starting with a letter")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TaskSpec:
+        if self.modality == "text" and not self.text:
+            raise ValueError("text tasks need the 'text' key naming the text column")
+        if self.modality == "image" and self.image is None:
+            self.image = ImageSpec()
+        if self.positive is not None and self.classes and self.positive not in self.classes:
+            raise ValueError(f"positive class {self.positive!r} is not among classes {self.classes}")
+        if self.classes is not None and len(set(self.classes)) < 2:
+            raise ValueError("classes must list at least two distinct labels")
+        return self
+
+    @property
+    def is_binary(self) -> bool:
+        return self.positive is not None
+
+
+def _describe(err: ValidationError) -> str:
+    parts = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        parts.append(f"key '{key}': {e['msg']}")
+    return "; ".join(parts)
+
+
+def load_spec(path: Path) -> TaskSpec:
+    """Read and validate one spec file; every failure names the file."""
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise SpecError(f"{path}: cannot read YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise SpecError(f"{path}: a spec must be a YAML mapping, got {type(raw).__name__}")
+    try:
+        return TaskSpec.model_validate(raw)
+    except ValidationError as exc:
+        raise SpecError(f"{path}: {_describe(exc)}") from exc
+
+
+def spec_dirs() -> list[Path]:
+    dirs = [BUNDLED_TASKS_DIR]
+    extra = os.environ.get("MEDDIAG_TASKS_DIR")
+    if extra:
+        dirs.append(Path(extra))
+    return dirs
+
+
+def load_specs(dirs: list[Path] | None = None) -> list[TaskSpec]:
+    """All specs, bundled first; a name used twice is an error naming both files."""
+    specs: dict[str, tuple[TaskSpec, Path]] = {}
+    for folder in dirs if dirs is not None else spec_dirs():
+        if not folder.is_dir():
+            raise SpecError(f"{folder}: MEDDIAG_TASKS_DIR is not a folder")
+        for path in sorted(folder.glob("*.yaml")):
+            spec = load_spec(path)
+            if spec.name in specs:
+                raise SpecError(f"{path}: key 'name': task {spec.name!r} is already defined in {specs[spec.name][1]}")
+            specs[spec.name] = (spec, path)
+    return [s for s, _ in specs.values()]

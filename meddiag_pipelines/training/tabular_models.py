@@ -1,0 +1,150 @@
+"""Tabular models: XGBoost (``hist``, CUDA when present) tuned by a bounded optuna search, and a regularised
+logistic-regression baseline. Both are saved in safe formats (XGBoost UBJ, JSON coefficients), never pickled.
+
+A model folder holds ``model.json`` (what the model is, its classes and feature names) beside its weights.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import optuna
+import xgboost as xgb
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
+
+from meddiag_pipelines.atomic import atomic_write_bytes, atomic_write_json
+from meddiag_pipelines.specs import TrainingSpec
+from meddiag_pipelines.training.device import xgboost_device
+
+BASELINE_C_GRID = (0.01, 0.1, 1.0, 10.0)
+
+
+def validation_score(y: np.ndarray, proba: np.ndarray) -> float:
+    """AUROC for binary tasks, macro one-vs-rest AUROC for multi-class; NaN when it is undefined."""
+    try:
+        if proba.ndim == 1:
+            return float(roc_auc_score(y, proba))
+        return float(roc_auc_score(y, proba, multi_class="ovr", average="macro", labels=list(range(proba.shape[1]))))
+    except ValueError:
+        return float(np.mean(proba.argmax(1) == y) if proba.ndim > 1 else np.nan)
+
+
+def _xgb_params(n_classes: int, trial_params: dict, seed: int) -> dict:
+    objective = {"objective": "binary:logistic", "eval_metric": "logloss"} if n_classes == 2 else {
+        "objective": "multi:softprob", "eval_metric": "mlogloss", "num_class": n_classes}  # fmt: skip
+    return {"tree_method": "hist", "device": xgboost_device(), "seed": seed, "verbosity": 0, **objective, **trial_params}
+
+
+def _suggest(trial: optuna.Trial) -> dict:
+    return {
+        "max_depth": trial.suggest_int("max_depth", 2, 8),
+        "eta": trial.suggest_float("eta", 0.01, 0.3, log=True),
+        "min_child_weight": trial.suggest_float("min_child_weight", 0.5, 20, log=True),
+        "subsample": trial.suggest_float("subsample", 0.6, 1.0),
+        "colsample_bytree": trial.suggest_float("colsample_bytree", 0.5, 1.0),
+        "lambda": trial.suggest_float("lambda", 1e-3, 10, log=True),
+    }
+
+
+def _predict(booster: xgb.Booster, data: xgb.DMatrix, n_classes: int) -> np.ndarray:
+    proba = booster.predict(data, iteration_range=(0, booster.best_iteration + 1))
+    return proba if n_classes > 2 else proba.reshape(-1)
+
+
+def train_xgboost(X_train, y_train, X_val, y_val, n_classes: int, settings: TrainingSpec, out_dir: Path,
+                  feature_names: list[str]) -> dict:  # fmt: skip
+    """Tune within ``settings.trials`` and ``settings.timeout_s``, refit the best, save to ``out_dir``."""
+    start = time.perf_counter()
+    dtrain = xgb.QuantileDMatrix(X_train, label=y_train, feature_names=feature_names)
+    dval = xgb.DMatrix(X_val, label=y_val, feature_names=feature_names)
+
+    def fit(trial_params: dict) -> tuple[xgb.Booster, float]:
+        booster = xgb.train(
+            _xgb_params(n_classes, trial_params, settings.seed), dtrain, num_boost_round=settings.max_rounds,
+            evals=[(dval, "val")], early_stopping_rounds=settings.early_stopping_rounds, verbose_eval=False,
+        )  # fmt: skip
+        return booster, validation_score(y_val, _predict(booster, dval, n_classes))
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=settings.seed))
+    study.optimize(lambda t: fit(_suggest(t))[1], n_trials=settings.trials, timeout=settings.timeout_s)
+    booster, score = fit(study.best_params)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out_dir / "model.ubj", bytes(booster.save_raw(raw_format="ubj")))
+    meta = {
+        "framework": "xgboost", "name": "xgboost", "n_classes": n_classes, "feature_names": feature_names,
+        "params": _xgb_params(n_classes, study.best_params, settings.seed), "best_iteration": booster.best_iteration,
+        "val_score": score, "n_trials": len(study.trials), "seconds": time.perf_counter() - start,
+    }  # fmt: skip
+    atomic_write_json(out_dir / "model.json", meta)
+    return meta
+
+
+def train_logistic(X_train, y_train, X_val, y_val, n_classes: int, out_dir: Path, feature_names: list[str]) -> dict:
+    """Standardised L2 logistic regression, C chosen on validation; saved as JSON coefficients."""
+    mean = X_train.mean(axis=0)
+    scale = X_train.std(axis=0)
+    scale[scale == 0] = 1.0
+    best = None
+    for c in BASELINE_C_GRID:
+        model = LogisticRegression(C=c, max_iter=2000).fit((X_train - mean) / scale, y_train)
+        proba = model.predict_proba((X_val - mean) / scale)
+        score = validation_score(y_val, proba[:, 1] if n_classes == 2 else proba)
+        if best is None or score > best[0]:
+            best = (score, c, model)
+    score, c, model = best
+    meta = {
+        "framework": "logistic", "name": "logistic_regression", "n_classes": n_classes, "feature_names": feature_names,
+        "params": {"C": c, "penalty": "l2"}, "val_score": score, "mean": mean.tolist(), "scale": scale.tolist(),
+        "coef": model.coef_.tolist(), "intercept": model.intercept_.tolist(),
+    }  # fmt: skip
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out_dir / "model.json", meta)
+    return meta
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def read_meta(model_dir: Path) -> dict:
+    return json.loads((model_dir / "model.json").read_text())
+
+
+def load_booster(model_dir: Path) -> xgb.Booster:
+    booster = xgb.Booster()
+    booster.load_model(bytearray((model_dir / "model.ubj").read_bytes()))
+    booster.set_param({"device": xgboost_device()})
+    return booster
+
+
+def predict_tabular(model_dir: Path, X: np.ndarray) -> np.ndarray:
+    """Binary: P(positive) per row; multi-class: (n, k) class probabilities."""
+    meta = read_meta(model_dir)
+    if meta["framework"] == "xgboost":
+        booster = load_booster(model_dir)
+        return _predict(booster, xgb.DMatrix(X, feature_names=meta["feature_names"]), meta["n_classes"])
+    z = ((X - np.asarray(meta["mean"])) / np.asarray(meta["scale"])) @ np.asarray(meta["coef"]).T + np.asarray(meta["intercept"])
+    if meta["n_classes"] == 2:
+        return 1.0 / (1.0 + np.exp(-z.reshape(-1)))
+    return _softmax(z)
+
+
+def top_contributions(model_dir: Path, X: np.ndarray, k: int = 3) -> list[list[tuple[str, float]]]:
+    """Per row, the k features that pushed the XGBoost score up the most (SHAP values, positive class)."""
+    meta = read_meta(model_dir)
+    booster = load_booster(model_dir)
+    contribs = booster.predict(xgb.DMatrix(X, feature_names=meta["feature_names"]), pred_contribs=True,
+                               iteration_range=(0, meta["best_iteration"] + 1))  # fmt: skip
+    if contribs.ndim == 3:  # multi-class: explain the predicted class
+        contribs = contribs[np.arange(len(X)), contribs.sum(axis=2).argmax(axis=1)]
+    contribs = contribs[:, :-1]  # the last column is the bias
+    names = meta["feature_names"]
+    order = np.argsort(-contribs, axis=1)[:, :k]
+    return [[(names[j], float(contribs[i, j])) for j in row] for i, row in enumerate(order)]

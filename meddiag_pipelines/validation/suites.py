@@ -1,0 +1,115 @@
+"""Great Expectations 1.x suites built from a task spec, run on Polars frames in an ephemeral context.
+
+dagster-ge does not support GX 1.x, so the Dagster asset checks call :func:`run_suite` directly. Failures
+never carry identifier or free-text values: only counts and, for other columns, a few example values.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+
+import great_expectations as gx
+import great_expectations.expectations as gxe
+import polars as pl
+from great_expectations.data_context.types.base import ProgressBarsConfig
+
+from meddiag_pipelines.specs import TaskSpec
+
+NUMERIC_TYPES = ["int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "float32", "float64",
+                 "Int8", "Int16", "Int32", "Int64", "Float32", "Float64"]  # fmt: skip
+FINITE_LIMIT = 1e300  # a bound that only infinities exceed
+MAX_EXAMPLES = 5
+
+
+@dataclass
+class CheckFailure:
+    expectation: str
+    column: str | None
+    problem: str
+    unexpected_count: int | None = None
+    examples: list = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def identifier_columns(spec: TaskSpec) -> set[str]:
+    return {c for c in (spec.id, spec.patient_id, spec.text) if c}
+
+
+def feature_columns(spec: TaskSpec, columns: list[str]) -> list[str]:
+    """Columns used as model inputs: everything but keys, internal columns and explicit exclusions."""
+    skip = identifier_columns(spec) | {spec.label, *spec.exclude}
+    return [c for c in columns if c not in skip and not c.startswith("_")]
+
+
+def tabular_expectations(spec: TaskSpec, columns: list[str]) -> list[gxe.Expectation]:
+    required = [spec.id, spec.label, *spec.numeric, *spec.categorical, *spec.subgroups]
+    if spec.patient_id:
+        required.append(spec.patient_id)
+    exps: list[gxe.Expectation] = [gxe.ExpectColumnToExist(column=c) for c in dict.fromkeys(required)]
+    exps += [gxe.ExpectColumnValuesToNotBeNull(column=spec.id), gxe.ExpectColumnValuesToBeUnique(column=spec.id)]
+    if spec.classes:
+        exps.append(gxe.ExpectColumnValuesToBeInSet(column=spec.label, value_set=list(spec.classes)))
+    for c in spec.numeric:
+        exps.append(gxe.ExpectColumnValuesToBeInTypeList(column=c, type_list=NUMERIC_TYPES))
+        low, high = spec.ranges.get(c, (None, None))
+        exps.append(gxe.ExpectColumnValuesToBeBetween(
+            column=c,
+            min_value=-FINITE_LIMIT if low is None else low,
+            max_value=FINITE_LIMIT if high is None else high,
+        ))
+    for c in feature_columns(spec, columns):
+        exps.append(gxe.ExpectColumnValuesToNotBeNull(column=c, mostly=round(1.0 - spec.max_null_rate, 6)))
+    return exps
+
+
+def _context():
+    logging.getLogger("great_expectations").setLevel(logging.WARNING)
+    context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = ProgressBarsConfig(globally=False)
+    return context
+
+
+def _describe(result, hidden: set[str], schema: pl.Schema) -> CheckFailure:
+    cfg = result.expectation_config
+    column = cfg.kwargs.get("column")
+    info = result.result or {}
+    if result.exception_info and result.exception_info.get("raised_exception"):
+        problem = f"could not be evaluated: {str(result.exception_info.get('exception_message'))[:200]}"
+    elif cfg.type == "expect_column_to_exist":
+        problem = "required column is missing"
+    elif cfg.type == "expect_column_values_to_be_in_type_list":
+        problem = f"has type {schema.get(column)}, expected a numeric type"
+    elif info.get("unexpected_count") is None:
+        problem = f"could not be evaluated on this column's values ({cfg.type})"
+    else:
+        problem = f"{info['unexpected_count']} rows break {cfg.type}"
+    examples = [] if column in hidden else [str(v) for v in (info.get("partial_unexpected_list") or [])[:MAX_EXAMPLES]]
+    return CheckFailure(cfg.type, column, problem, info.get("unexpected_count"), examples)
+
+
+def run_suite(frame: pl.DataFrame, expectations: list[gxe.Expectation], hidden: set[str], name: str) -> list[CheckFailure]:
+    """Validate ``frame`` (converted to pandas at this boundary); an empty list means it passed."""
+    batch = (
+        _context()
+        .data_sources.add_pandas("polars_frames")
+        .add_dataframe_asset(name=name)
+        .add_batch_definition_whole_dataframe("whole")
+        .get_batch(batch_parameters={"dataframe": frame.to_pandas()})
+    )
+    suite = gx.ExpectationSuite(name=name, expectations=expectations)
+    result = batch.validate(suite, result_format="SUMMARY")
+    return [_describe(r, hidden, frame.schema) for r in result.results if not r.success]
+
+
+def validate_tabular(frame: pl.DataFrame, spec: TaskSpec, known_ids: set[str] | None = None) -> list[CheckFailure]:
+    """The spec's suite, plus ids already ingested from earlier batches (a re-export)."""
+    failures = run_suite(frame, tabular_expectations(spec, frame.columns), identifier_columns(spec), spec.name)
+    if known_ids and spec.id in frame.columns:
+        repeated = frame.filter(pl.col(spec.id).is_in(list(known_ids))).height
+        if repeated:
+            failures.append(CheckFailure("ids_unique_across_batches", spec.id,
+                                         f"{repeated} ids were already ingested from earlier batches", repeated))
+    return failures
