@@ -1,6 +1,8 @@
 """One Definitions object for every task spec: bundled specs plus any in ``MEDDIAG_TASKS_DIR``."""
 
 
+import os
+
 import dagster as dg
 
 from meddiag_pipelines.defs.resources import build_resources
@@ -22,7 +24,16 @@ def build_definitions(specs: list[TaskSpec] | None = None, data_dir=None) -> dg.
     jobs = [dg.define_asset_job(f"{s.name}_job", selection=dg.AssetSelection.groups(s.name),
                                 description=f"Bring {s.name} fully up to date from its landing folder.")
             for s in specs if s.modality in BUILDERS]  # fmt: skip
-    return dg.Definitions(assets=assets, asset_checks=checks, jobs=jobs, resources=build_resources(data_dir))
+    return dg.Definitions(assets=assets, asset_checks=checks, jobs=jobs, resources=build_resources(data_dir),
+                          executor=executor())
+
+
+def executor() -> dg.ExecutorDefinition:
+    """In-process by default: on a small machine each step's process start costs more than its work.
+    ``MEDDIAG_EXECUTOR=multiprocess`` runs steps in parallel processes (the code keeps no in-process state)."""
+    if os.environ.get("MEDDIAG_EXECUTOR") == "multiprocess":
+        return dg.multiprocess_executor
+    return dg.in_process_executor
 
 
 defs = build_definitions()

@@ -65,6 +65,7 @@ def build_tabular_assets(spec: TaskSpec) -> list:
     split = common.build_split_asset(spec, validated_records, tags)
 
     @dg.multi_asset(
+        name=f"{name}__features",
         outs={
             "features": dg.AssetOut(key=[name, "features"], io_manager_key="warehouse_io_manager", kinds={"polars"},
                                     description=f"{name}: model inputs (imputed, indicator and one-hot columns "
@@ -86,10 +87,11 @@ def build_tabular_assets(spec: TaskSpec) -> list:
 
     def _fit(trainer, features: pl.DataFrame, out_dir):
         classes = common.class_list(spec, features)
-        y = common.encode_labels(features[spec.label], classes)
-        X, names = feature_matrix(features)
-        train, val = (features[SPLIT_COLUMN] == "train").to_numpy(), (features[SPLIT_COLUMN] == "val").to_numpy()
-        return {**trainer(X[train], y[train], X[val], y[val], len(classes), out_dir, names), "classes": classes}
+        train = features.filter(pl.col(SPLIT_COLUMN) == "train")
+        val = features.filter(pl.col(SPLIT_COLUMN) == "val")
+        (X_train, names), (X_val, _) = feature_matrix(train), feature_matrix(val)
+        y_train, y_val = common.encode_labels(train[spec.label], classes), common.encode_labels(val[spec.label], classes)
+        return {**trainer(X_train, y_train, X_val, y_val, len(classes), out_dir, names), "classes": classes}
 
     @dg.asset(key=[name, "candidate_model"], description=f"{name}: XGBoost (hist; CUDA when present) with early "
               "stopping and a bounded optuna search; saved as UBJ in the registry's staging area.",

@@ -20,7 +20,7 @@ from meddiag_pipelines.ingestion.errors import BatchRejected
 from meddiag_pipelines.ingestion.landing import LandedBatch, describe_batch, ready_batch_dirs
 from meddiag_pipelines.ingestion.quarantine import quarantine_path
 from meddiag_pipelines.ingestion.tabular import BATCH_COLUMN
-from meddiag_pipelines.ingestion.warehouse import Warehouse
+from meddiag_pipelines.ingestion.warehouse import SchemaConflict, Warehouse
 from meddiag_pipelines.layout import DataLayout
 from meddiag_pipelines.specs import TaskSpec
 from meddiag_pipelines.validation.suites import CheckFailure
@@ -69,8 +69,10 @@ def ingest_new_batches(spec: TaskSpec, layout: DataLayout, warehouse: Warehouse,
             _quarantine(spec, layout, warehouse, batch, reason, 0, [])
             summary.quarantined.append({"batch": batch.batch_id, "file": exc.file, "problem": exc.problem})
             continue
-        except duckdb.Error as exc:
-            problem = f"columns do not match earlier batches of this task: {str(exc).splitlines()[0][:300]}"
+        except (SchemaConflict, duckdb.Error) as exc:
+            # DuckDB's own message may quote a value; only our SchemaConflict text is safe to keep.
+            detail = str(exc) if isinstance(exc, SchemaConflict) else type(exc).__name__
+            problem = f"does not match the columns of earlier batches of this task: {detail}"
             _quarantine(spec, layout, warehouse, batch, _reason("read", batch.batch_id, batch.batch_id, problem), 0, [])
             summary.quarantined.append({"batch": batch.batch_id, "file": batch.batch_id, "problem": problem})
             continue

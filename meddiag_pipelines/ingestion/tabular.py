@@ -45,10 +45,24 @@ def _read_file(path: Path, rel: str) -> pl.DataFrame:
     return frame
 
 
-def normalise(frame: pl.DataFrame, spec: TaskSpec) -> pl.DataFrame:
-    """Key columns as text, empty labels as null (cases to score) and the spec's 'not recorded' codes as null."""
+def _as_float(frame: pl.DataFrame, column: str, rel: str) -> pl.Expr:
+    if frame.schema[column] == pl.Null or frame.schema[column].is_numeric():
+        return pl.col(column).cast(pl.Float64)
+    try:
+        frame[column].cast(pl.Float64, strict=True)
+    except (pl.exceptions.InvalidOperationError, pl.exceptions.ComputeError) as exc:
+        raise BatchRejected(rel, f"column {column!r} is declared numeric but holds {frame.schema[column]} values "
+                                 "that are not numbers") from exc  # fmt: skip
+    return pl.col(column).cast(pl.Float64)
+
+
+def normalise(frame: pl.DataFrame, spec: TaskSpec, rel: str) -> pl.DataFrame:
+    """Key columns as text; declared-numeric and all numeric columns as Float64 (so batches agree whether a
+    column came as integers or decimals); empty labels as null (cases to score); 'not recorded' codes as null."""
     keys = [c for c in (spec.id, spec.label, spec.patient_id, *spec.subgroups) if c and c in frame.columns]
     frame = frame.with_columns(pl.col(c).cast(pl.String).str.strip_chars() for c in keys)
+    numeric = [c for c in frame.columns if c not in keys and (c in spec.numeric or frame.schema[c].is_numeric())]
+    frame = frame.with_columns(_as_float(frame, c, rel) for c in numeric)
     if spec.label in frame.columns:
         frame = frame.with_columns(
             pl.when(pl.col(spec.label) == "").then(None).otherwise(pl.col(spec.label)).alias(spec.label)
@@ -69,9 +83,9 @@ def read_tabular_batch(batch: LandedBatch, spec: TaskSpec) -> pl.DataFrame:
     frames = []
     for rel in batch.files:
         path = check_file(batch, rel, spec.landing.max_file_mb)
-        frames.append(_read_file(path, rel))
+        frames.append(normalise(_read_file(path, rel), spec, rel))
     try:
         frame = pl.concat(frames, how="diagonal_relaxed")
     except Exception as exc:
         raise BatchRejected(batch.batch_id, f"its files have incompatible columns: {exc}") from exc
-    return normalise(frame, spec).with_columns(pl.lit(batch.batch_id).alias(BATCH_COLUMN))
+    return frame.with_columns(pl.lit(batch.batch_id).alias(BATCH_COLUMN))

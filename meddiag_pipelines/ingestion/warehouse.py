@@ -23,6 +23,25 @@ _LEDGER_DDL = (
 )
 
 
+class SchemaConflict(ValueError):
+    """A column whose values cannot take the type earlier batches gave it; the message names no value."""
+
+
+def _conform(frame: pl.DataFrame, existing: pl.Schema) -> pl.DataFrame:
+    """Cast shared columns to the table's types, or name the first column that cannot be cast."""
+    casts = []
+    for name, dtype in frame.schema.items():
+        want = existing.get(name)
+        if want is None or want == dtype or dtype == pl.Null:
+            continue
+        try:
+            frame[name].cast(want, strict=True)
+        except (pl.exceptions.InvalidOperationError, pl.exceptions.ComputeError) as exc:
+            raise SchemaConflict(f"column {name!r} holds {dtype} values where earlier batches held {want}") from exc
+        casts.append(pl.col(name).cast(want))
+    return frame.with_columns(casts) if casts else frame
+
+
 def _quote(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
@@ -60,6 +79,8 @@ class Warehouse:
         with self.connect() as con:
             con.execute("BEGIN")
             con.execute(f"CREATE SCHEMA IF NOT EXISTS {_quote(task)}")
+            if self.has_table(con, task, table):
+                frame = _conform(frame, con.execute(f"SELECT * FROM {target} LIMIT 0").pl().schema)
             con.register("incoming", frame)
             con.execute(f"CREATE TABLE IF NOT EXISTS {target} AS SELECT * FROM incoming LIMIT 0")
             existing = {r[0] for r in con.execute(f"DESCRIBE {target}").fetchall()}

@@ -50,6 +50,24 @@ def _suggest(trial: optuna.Trial) -> dict:
     }
 
 
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(p, 1e-6, 1 - 1e-6)
+    return np.log(p / (1 - p))
+
+
+def fit_recalibration(y_val: np.ndarray, p_val: np.ndarray) -> dict:
+    """Logistic recalibration (Platt scaling on the logit) fitted on validation: boosted trees stopped early
+    tend to give too moderate probabilities, which the calibration-slope gate would rightly refuse."""
+    model = LogisticRegression(C=1e4, max_iter=1000).fit(_logit(p_val).reshape(-1, 1), y_val)
+    return {"a": float(model.intercept_[0]), "b": float(model.coef_[0, 0])}
+
+
+def _recalibrate(p: np.ndarray, recalibration: dict | None) -> np.ndarray:
+    if not recalibration:
+        return p
+    return 1.0 / (1.0 + np.exp(-(recalibration["a"] + recalibration["b"] * _logit(p))))
+
+
 def _predict(booster: xgb.Booster, data: xgb.DMatrix, n_classes: int) -> np.ndarray:
     proba = booster.predict(data, iteration_range=(0, booster.best_iteration + 1))
     return proba if n_classes > 2 else proba.reshape(-1)
@@ -73,12 +91,14 @@ def train_xgboost(X_train, y_train, X_val, y_val, n_classes: int, settings: Trai
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=settings.seed))
     study.optimize(lambda t: fit(_suggest(t))[1], n_trials=settings.trials, timeout=settings.timeout_s)
     booster, score = fit(study.best_params)
+    recalibration = fit_recalibration(y_val, _predict(booster, dval, n_classes)) if n_classes == 2 else None
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out_dir / "model.ubj", bytes(booster.save_raw(raw_format="ubj")))
     meta = {
         "framework": "xgboost", "name": "xgboost", "n_classes": n_classes, "feature_names": feature_names,
         "params": _xgb_params(n_classes, study.best_params, settings.seed), "best_iteration": booster.best_iteration,
         "val_score": score, "n_trials": len(study.trials), "seconds": time.perf_counter() - start,
+        "recalibration": recalibration, "device": xgboost_device(),
     }  # fmt: skip
     atomic_write_json(out_dir / "model.json", meta)
     return meta
@@ -129,7 +149,8 @@ def predict_tabular(model_dir: Path, X: np.ndarray) -> np.ndarray:
     meta = read_meta(model_dir)
     if meta["framework"] == "xgboost":
         booster = load_booster(model_dir)
-        return _predict(booster, xgb.DMatrix(X, feature_names=meta["feature_names"]), meta["n_classes"])
+        proba = _predict(booster, xgb.DMatrix(X, feature_names=meta["feature_names"]), meta["n_classes"])
+        return _recalibrate(proba, meta.get("recalibration"))
     z = ((X - np.asarray(meta["mean"])) / np.asarray(meta["scale"])) @ np.asarray(meta["coef"]).T + np.asarray(meta["intercept"])
     if meta["n_classes"] == 2:
         return 1.0 / (1.0 + np.exp(-z.reshape(-1)))

@@ -1,0 +1,86 @@
+"""Shared fixtures: a temporary data root, small fast specs and landed batches."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from meddiag_pipelines.layout import DataLayout
+from meddiag_pipelines.specs import BUNDLED_TASKS_DIR, TaskSpec, load_spec
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def fast(spec: TaskSpec, **updates) -> TaskSpec:
+    """The same task with a small search and bootstrap, so tests take seconds."""
+    training = spec.training.model_copy(update={"trials": 2, "timeout_s": 20, "max_rounds": 200})
+    evaluation = spec.evaluation.model_copy(update={"n_bootstrap": 200})
+    return spec.model_copy(update={"training": training, "evaluation": evaluation, **updates})
+
+
+@pytest.fixture
+def layout(tmp_path: Path) -> DataLayout:
+    return DataLayout(tmp_path / "data")
+
+
+@pytest.fixture
+def breast_spec() -> TaskSpec:
+    return fast(load_spec(BUNDLED_TASKS_DIR / "breast_cancer.yaml"))
+
+
+@pytest.fixture
+def heart_spec() -> TaskSpec:
+    return fast(load_spec(BUNDLED_TASKS_DIR / "heart_disease.yaml"))
+
+
+def land(layout: DataLayout, task: str, batch: str, frame: pl.DataFrame | None = None, *, ready: bool = True,
+         filename: str = "records.csv", raw: bytes | None = None) -> Path:  # fmt: skip
+    """Write one batch into the landing folder (CSV or Parquet by file name, or raw bytes)."""
+    folder = layout.landing(task) / batch
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / filename
+    if raw is not None:
+        target.write_bytes(raw)
+    elif filename.endswith(".parquet"):
+        frame.write_parquet(target)
+    else:
+        frame.write_csv(target)
+    if ready:
+        (folder / "_READY").touch()
+    return folder
+
+
+def bundled_frame(task: str) -> pl.DataFrame:
+    return pl.read_csv(REPO / "data" / "landing" / task / "batch_0001" / "records.csv")
+
+
+def synthetic_records(n: int, seed: int, start: int = 0, label_noise: float = 0.0) -> pl.DataFrame:
+    """SYNTHETIC patient records with a learnable outcome, patient ids (2 records each) and a subgroup."""
+    rng = np.random.default_rng(seed)
+    x1, x2 = rng.normal(size=n), rng.normal(size=n)
+    group = rng.choice(["A", "B"], size=n)
+    logit = 1.8 * x1 - 1.2 * x2 + 0.5 * (group == "A")
+    y = rng.random(n) < 1 / (1 + np.exp(-logit))
+    flip = rng.random(n) < label_noise
+    y = np.where(flip, ~y, y)
+    ids = np.arange(start, start + n)
+    return pl.DataFrame({
+        "rid": [f"r{i}" for i in ids], "pid": [f"p{i // 2}" for i in ids], "x1": x1, "x2": x2,
+        "x3": np.where(rng.random(n) < 0.1, np.nan, rng.normal(size=n)), "group": group,
+        "outcome": np.where(y, "yes", "no"),
+    }).with_columns(pl.col("x3").fill_nan(None))  # fmt: skip
+
+
+SYNTHETIC_SPEC = {
+    "name": "synthetic_risk", "modality": "tabular", "description": "SYNTHETIC test task", "label": "outcome",
+    "positive": "yes", "classes": ["no", "yes"], "id": "rid", "patient_id": "pid", "subgroups": ["group"],
+    "numeric": ["x1", "x2", "x3"], "promotion": {"auroc_floor": 0.6},
+}  # fmt: skip
+
+
+@pytest.fixture
+def synthetic_spec() -> TaskSpec:
+    return fast(TaskSpec.model_validate(SYNTHETIC_SPEC))

@@ -1,0 +1,35 @@
+"""Pin the code location: a renamed asset, group, job or check shows up here, not in production."""
+
+import dagster as dg
+
+from meddiag_pipelines.definitions import defs
+
+TASK_ASSETS = ["raw_records", "validated_records", "split", "features", "feature_plan", "candidate_model",
+               "baseline_model", "evaluation", "champion", "predictions"]  # fmt: skip
+
+
+def test_definitions_load_with_pinned_assets_and_groups():
+    graph = defs.resolve_asset_graph()
+    keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
+    for task in ("heart_disease", "breast_cancer"):
+        assert {f"{task}/{a}" for a in TASK_ASSETS} <= keys
+        for asset in TASK_ASSETS:
+            node = graph.get(dg.AssetKey([task, asset]))
+            assert node.group_name == task
+            assert node.description and node.kinds and node.owners
+
+
+def test_jobs_and_blocking_checks_are_pinned():
+    for task in ("heart_disease", "breast_cancer"):
+        assert defs.resolve_job_def(f"{task}_job").name == f"{task}_job"
+    check_keys = {(k.asset_key.to_user_string(), k.name) for k in defs.resolve_asset_graph().asset_check_keys}
+    assert ("heart_disease/validated_records", "validated_records_suite") in check_keys
+    assert ("heart_disease/champion", "champion_fit_for_use") in check_keys
+
+
+def test_lineage_takes_real_inputs():
+    graph = defs.resolve_asset_graph()
+    parents = {p.path[-1] for p in graph.get(dg.AssetKey(["heart_disease", "evaluation"])).parent_keys}
+    assert parents == {"split", "candidate_model", "baseline_model"}
+    parents = {p.path[-1] for p in graph.get(dg.AssetKey(["heart_disease", "candidate_model"])).parent_keys}
+    assert parents == {"features", "feature_plan"}

@@ -1,0 +1,74 @@
+"""The whole tabular graph in-process against a temporary data folder."""
+
+import json
+
+import dagster as dg
+import polars as pl
+import pytest
+
+from meddiag_pipelines.definitions import build_definitions
+from meddiag_pipelines_tests.conftest import land, synthetic_records
+
+pytestmark = pytest.mark.slow
+
+
+def materialize(spec, layout):
+    defs = build_definitions([spec], layout.root)
+    with dg.instance_for_test() as instance:
+        result = defs.resolve_job_def(f"{spec.name}_job").execute_in_process(instance=instance, raise_on_error=False)
+    return result
+
+
+def test_task_end_to_end_then_new_batch(synthetic_spec, layout):
+    task = synthetic_spec.name
+    land(layout, task, "batch_0001", synthetic_records(600, seed=1))
+    first = materialize(synthetic_spec, layout)
+    assert first.success
+
+    latest = layout.reports(task) / "latest"
+    metrics = json.loads((latest / "metrics.json").read_text())
+    for key in ("task", "model_version", "n_train", "n_val", "n_test", "auroc", "auroc_ci", "auprc", "brier",
+                "accuracy", "macro_f1", "baseline", "calibration_slope", "decision_curve", "thresholds", "subgroups", "flow"):
+        assert key in metrics, key
+    assert metrics["auroc"] > 0.8 and metrics["auroc_ci"][0] < metrics["auroc"] < metrics["auroc_ci"][1]
+    assert metrics["baseline"]["name"] == "logistic_regression" and metrics["baseline"]["auroc"] > 0.8
+    assert metrics["n_train"] + metrics["n_val"] + metrics["n_test"] == 600
+    assert metrics["flow"]["validated_batches"] == 1
+    html = (latest / "report.html").read_text()
+    assert "https://" not in html and "data:image/png;base64," in html
+    preds = pl.read_parquet(latest / "test_predictions.parquet")
+    assert preds.columns == ["id", "label", "probability"] and preds.height == metrics["n_test"]
+
+    registry = layout.root / "models" / task
+    champion = json.loads((registry / "champion.json").read_text())
+    manifest = json.loads((registry / champion["version"] / "manifest.json").read_text())
+    assert manifest["decision"]["promote"] is True and manifest["batches"][0]["batch_id"] == "batch_0001"
+    assert (registry / champion["version"] / "model" / "model.ubj").exists()
+    splits_before = pl.read_parquet(latest / "test_predictions.parquet")["id"].to_list()
+
+    # A second export: more labelled rows and three cases to score.
+    second = synthetic_records(300, seed=2, start=600).with_columns(
+        pl.when(pl.col("rid").is_in(["r600", "r601", "r602"])).then(None).otherwise(pl.col("outcome")).alias("outcome"))
+    land(layout, task, "batch_0002", second)
+    assert materialize(synthetic_spec, layout).success
+    metrics2 = json.loads((latest / "metrics.json").read_text())
+    assert metrics2["model_version"] != metrics["model_version"]
+    test_ids = set(pl.read_parquet(latest / "test_predictions.parquet")["id"].to_list())
+    assert set(splits_before) <= test_ids  # nobody moved out of the test split
+    versions = sorted(p.name for p in registry.iterdir() if (p / "manifest.json").exists())
+    assert len(versions) == 2
+    newest = json.loads((registry / versions[-1] / "manifest.json").read_text())
+    assert newest["parent_champion"] == champion["version"] and newest["decision"]["reasons"]
+    scored = pl.read_parquet(layout.predictions(task) / "batch_0002.parquet")
+    assert sorted(scored["id"].to_list()) == ["r600", "r601", "r602"]
+    assert {"probability", "risk_band", "model_version", "top_features"} <= set(scored.columns)
+    current = json.loads((registry / "champion.json").read_text())["version"]
+    assert scored["model_version"].unique().to_list() == [current]
+
+
+def test_bad_only_landing_stops_at_the_blocking_check(synthetic_spec, layout):
+    land(layout, synthetic_spec.name, "b1", synthetic_records(50, seed=1).drop("outcome"))
+    result = materialize(synthetic_spec, layout)
+    assert not result.success
+    assert (layout.quarantine(synthetic_spec.name) / "b1" / "reason.json").exists()
+    assert not (layout.root / "models" / synthetic_spec.name).exists()

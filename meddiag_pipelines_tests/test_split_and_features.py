@@ -1,0 +1,64 @@
+import numpy as np
+import polars as pl
+import pytest
+
+from meddiag_pipelines.features.split import SplitError, assign_split, check_split
+from meddiag_pipelines.features.tabular import OTHER, fit_plan, missing_data_table, transform
+from meddiag_pipelines_tests.conftest import synthetic_records
+
+
+def test_split_is_stable_when_a_batch_is_added(synthetic_spec):
+    first = synthetic_records(400, seed=1)
+    both = pl.concat([first, synthetic_records(400, seed=2, start=400)])
+    before = assign_split(first, synthetic_spec).select("rid", "split")
+    after = assign_split(both, synthetic_spec).select("rid", "split")
+    joined = before.join(after, on="rid", suffix="_after")
+    assert joined.height == first.height
+    assert (joined["split"] == joined["split_after"]).all()
+
+
+def test_patients_never_straddle_splits_and_unlabelled_rows_are_scored(synthetic_spec):
+    frame = synthetic_records(600, seed=3).with_columns(
+        pl.when(pl.col("rid").is_in(["r0", "r5"])).then(None).otherwise(pl.col("outcome")).alias("outcome"))
+    split = assign_split(frame, synthetic_spec)
+    labelled = split.filter(pl.col("split") != "score")
+    assert labelled.group_by("pid").agg(pl.col("split").n_unique())["split"].max() == 1
+    assert set(split.filter(pl.col("split") == "score")["rid"]) == {"r0", "r5"}
+    fractions = labelled["split"].value_counts(normalize=True)
+    train = fractions.filter(pl.col("split") == "train")["proportion"][0]
+    assert 0.5 < train < 0.7
+    table = check_split(split, synthetic_spec)
+    assert all(set(table[s]) == {"no", "yes"} for s in ("train", "val", "test"))
+
+
+def test_split_without_a_class_fails_clearly(synthetic_spec):
+    frame = synthetic_records(200, seed=4).with_columns(pl.lit("no").alias("outcome"))
+    frame = pl.concat([frame, synthetic_records(1, seed=5, start=999).with_columns(pl.lit("yes").alias("outcome"))])
+    with pytest.raises(SplitError, match="has no rows of class"):
+        check_split(assign_split(frame, synthetic_spec), synthetic_spec)
+
+
+def test_features_are_fitted_on_training_rows_only(synthetic_spec):
+    train = pl.DataFrame({"rid": ["a", "b", "c", "d", "e", "f"], "x1": [1.0, 2.0, 3.0, None, 5.0, 100.0],
+                          "x2": [0.0] * 6, "x3": [1.0] * 6, "group": ["A"] * 5 + ["B"], "outcome": ["no", "yes"] * 3})  # fmt: skip
+    plan = fit_plan(train.head(5), synthetic_spec)
+    assert plan.medians["x1"] == pytest.approx(2.5)  # the 100.0 of the held-back row does not leak in
+    assert plan.indicators == ["x1"]
+    assert plan.categorical["group"] == ["A", OTHER]  # B is unseen in training, A is frequent enough
+    out = transform(train, plan)
+    assert out.columns == plan.feature_names
+    assert out["x1"].to_list()[3] == pytest.approx(2.5) and out["x1__missing"].to_list()[3] == 1.0
+    assert out[f"group={OTHER}"].to_list()[-1] == 1.0
+    assert out.dtypes == [pl.Float32] * out.width
+    table = {r["feature"]: r for r in missing_data_table(train.head(5), plan)}
+    assert table["x1"]["n_missing"] == 1 and "indicator" in table["x1"]["handling"]
+
+
+def test_null_codes_and_types_survive_the_plan(heart_spec):
+    frame = pl.DataFrame({"record_id": ["1", "2"], "Age": [50, 60], "Cholesterol": [None, 200], "RestingBP": [120, 130],
+                          "MaxHR": [150, 140], "Oldpeak": [0.5, np.nan], "HeartDisease": ["0", "1"]})  # fmt: skip
+    for c in ("Sex", "ChestPainType", "FastingBS", "RestingECG", "ExerciseAngina", "ST_Slope"):
+        frame = frame.with_columns(pl.lit("x").alias(c))
+    plan = fit_plan(frame, heart_spec)
+    out = transform(frame, plan)
+    assert not out.select(pl.all().is_nan().any()).row(0)[0] and out.null_count().sum_horizontal()[0] == 0
