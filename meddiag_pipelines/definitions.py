@@ -5,6 +5,7 @@ import os
 
 import dagster as dg
 
+from meddiag_pipelines.defs.automation import build_landing_sensor, build_schedule
 from meddiag_pipelines.defs.resources import build_resources
 from meddiag_pipelines.defs.tabular import build_tabular_assets
 from meddiag_pipelines.specs import TaskSpec, load_specs
@@ -21,11 +22,17 @@ def build_definitions(specs: list[TaskSpec] | None = None, data_dir=None) -> dg.
             continue
         for item in builder(spec):
             (checks if isinstance(item, dg.AssetChecksDefinition) else assets).append(item)
-    jobs = [dg.define_asset_job(f"{s.name}_job", selection=dg.AssetSelection.groups(s.name),
-                                description=f"Bring {s.name} fully up to date from its landing folder.")
-            for s in specs if s.modality in BUILDERS]  # fmt: skip
-    return dg.Definitions(assets=assets, asset_checks=checks, jobs=jobs, resources=build_resources(data_dir),
-                          executor=executor())
+    jobs, sensors, schedules = [], [], []
+    for spec in specs:
+        if spec.modality not in BUILDERS:
+            continue
+        job = dg.define_asset_job(f"{spec.name}_job", selection=dg.AssetSelection.groups(spec.name),
+                                  description=f"Bring {spec.name} fully up to date from its landing folder.")  # fmt: skip
+        jobs.append(job)
+        sensors.append(build_landing_sensor(spec, job))
+        schedules.append(build_schedule(spec, job))
+    return dg.Definitions(assets=assets, asset_checks=checks, jobs=jobs, sensors=sensors, schedules=schedules,
+                          resources=build_resources(data_dir), executor=executor())
 
 
 def executor() -> dg.ExecutorDefinition:

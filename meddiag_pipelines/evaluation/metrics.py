@@ -347,9 +347,10 @@ def calibration_intercept_slope(y_true: np.ndarray, proba: np.ndarray) -> tuple[
     return intercept, slope
 
 
-def _logistic_slopes(x: np.ndarray, y: np.ndarray, iterations: int = 30) -> np.ndarray:
-    """Slopes b of logit P(y) = a + b x, fitted by Newton's method for every row of (B, n) resamples at once.
-    Near-separated resamples diverge; their slopes are capped at +-1e3 so the percentile CI stays defined."""
+def _logistic_slopes(x: np.ndarray, y: np.ndarray, iterations: int = 60) -> np.ndarray:
+    """Slopes b of logit P(y) = a + b x, fitted by damped Newton steps (each step at most 1 in either
+    parameter) for every row of (B, n) resamples at once. Separated resamples drift towards infinity; their
+    slopes are capped at +-1e3 so the percentile CI stays defined."""
     a = np.zeros(x.shape[0])
     b = np.ones(x.shape[0])
     for _ in range(iterations):
@@ -359,8 +360,8 @@ def _logistic_slopes(x: np.ndarray, y: np.ndarray, iterations: int = 30) -> np.n
         g_a, g_b = r.sum(1), (r * x).sum(1)
         h_aa, h_ab, h_bb = w.sum(1), (w * x).sum(1), (w * x * x).sum(1)
         det = np.maximum(h_aa * h_bb - h_ab**2, 1e-12)
-        a = a + (h_bb * g_a - h_ab * g_b) / det
-        b = np.clip(b + (h_aa * g_b - h_ab * g_a) / det, -1e3, 1e3)
+        a = a + np.clip((h_bb * g_a - h_ab * g_b) / det, -1.0, 1.0)
+        b = np.clip(b + np.clip((h_aa * g_b - h_ab * g_a) / det, -1.0, 1.0), -1e3, 1e3)
     return b
 
 

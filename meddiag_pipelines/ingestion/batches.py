@@ -12,14 +12,14 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import duckdb
 import polars as pl
 
 from meddiag_pipelines.ingestion.errors import BatchRejected
-from meddiag_pipelines.ingestion.landing import LandedBatch, describe_batch, ready_batch_dirs
+from meddiag_pipelines.ingestion.landing import BATCH_COLUMN, LandedBatch, describe_batch, ready_batch_dirs
 from meddiag_pipelines.ingestion.quarantine import quarantine_path
-from meddiag_pipelines.ingestion.tabular import BATCH_COLUMN
 from meddiag_pipelines.ingestion.warehouse import SchemaConflict, Warehouse
 from meddiag_pipelines.layout import DataLayout
 from meddiag_pipelines.specs import TaskSpec
@@ -28,14 +28,24 @@ from meddiag_pipelines.validation.suites import CheckFailure
 log = logging.getLogger(__name__)
 RAW_TABLE = "raw_records"
 
-Reader = Callable[[LandedBatch, TaskSpec], pl.DataFrame]
+
+
+@dataclass
+class ReadOutcome:
+    """What a reader returns when one file, not the whole batch, is the unit of rejection (images, texts)."""
+
+    records: pl.DataFrame
+    rejected: list[tuple[str, str]] = field(default_factory=list)  # (file relative to the batch, problem)
+
+
+Reader = Callable[[LandedBatch, TaskSpec], pl.DataFrame | ReadOutcome]
 Validator = Callable[[pl.DataFrame, TaskSpec, set[str]], list[CheckFailure]]
 
 
 @dataclass
 class IngestSummary:
     ingested: list[str] = field(default_factory=list)
-    quarantined: list[dict] = field(default_factory=list)  # {batch, file, problem}
+    quarantined: list[dict] = field(default_factory=list)  # {batch, file, problem}: whole batches or single files
     rows: int = 0
     skipped_known: int = 0
 
@@ -52,6 +62,19 @@ def _quarantine(spec: TaskSpec, layout: DataLayout, warehouse: Warehouse, batch:
     log.warning("task %s: batch %s quarantined: %s: %s", spec.name, batch.batch_id, reason["file"], reason["problem"])
 
 
+def _quarantine_files(spec: TaskSpec, layout: DataLayout, batch: LandedBatch, rejected: list[tuple[str, str]]) -> list[dict]:
+    """Move each rejected file (not its batch) to ``quarantine/<task>/<batch>/<file>/`` with its reason."""
+    moved = []
+    for rel, problem in rejected:
+        source = batch.path / rel
+        if source.exists() or source.is_symlink():
+            reason = _reason("read", batch.batch_id, rel, problem)
+            quarantine_path(source, layout.quarantine(spec.name) / batch.batch_id / Path(rel).parent, reason)
+        log.warning("task %s: batch %s: file %s quarantined: %s", spec.name, batch.batch_id, rel, problem)
+        moved.append({"batch": batch.batch_id, "file": rel, "problem": problem})
+    return moved
+
+
 def ingest_new_batches(spec: TaskSpec, layout: DataLayout, warehouse: Warehouse, reader: Reader) -> IngestSummary:
     """Read every ready batch not yet in the ledger, append it to the raw table, or quarantine it."""
     known = set(warehouse.ledger(spec.name)["batch_id"].to_list())
@@ -62,7 +85,11 @@ def ingest_new_batches(spec: TaskSpec, layout: DataLayout, warehouse: Warehouse,
             continue
         batch = describe_batch(spec.name, batch_dir)
         try:
-            frame = reader(batch, spec)
+            outcome = reader(batch, spec)
+            outcome = outcome if isinstance(outcome, ReadOutcome) else ReadOutcome(outcome)
+            if outcome.records.is_empty():
+                raise BatchRejected(batch.batch_id, "holds no readable records", {"rejected_files": outcome.rejected})
+            frame = outcome.records.with_columns(pl.lit(batch.batch_id).alias(BATCH_COLUMN))
             warehouse.append(spec.name, RAW_TABLE, frame)
         except BatchRejected as exc:
             reason = _reason("read", batch.batch_id, exc.file, exc.problem, **exc.details)
@@ -76,9 +103,11 @@ def ingest_new_batches(spec: TaskSpec, layout: DataLayout, warehouse: Warehouse,
             _quarantine(spec, layout, warehouse, batch, _reason("read", batch.batch_id, batch.batch_id, problem), 0, [])
             summary.quarantined.append({"batch": batch.batch_id, "file": batch.batch_id, "problem": problem})
             continue
+        rejected = _quarantine_files(spec, layout, batch, outcome.rejected)
+        summary.quarantined += rejected
         columns = [c for c in frame.columns if c != BATCH_COLUMN]
         warehouse.set_batch_status(spec.name, batch.batch_id, batch.content_hash, "read", frame.height,
-                                   list(batch.files), columns, None)  # fmt: skip
+                                   list(batch.files), columns, {"rejected_files": rejected} if rejected else None)  # fmt: skip
         summary.ingested.append(batch.batch_id)
         summary.rows += frame.height
     return summary
@@ -121,9 +150,20 @@ def validate_pending_batches(spec: TaskSpec, layout: DataLayout, warehouse: Ware
 
 
 def reconcile(spec: TaskSpec, warehouse: Warehouse) -> dict[str, int]:
-    """Counts of landed batches and rows by ledger state: every landed batch is in exactly one."""
+    """Counts by ledger state: every landed batch is in exactly one, and every landed file was either
+    ingested or quarantined (``landed_files == ingested_files + quarantined_files``)."""
     ledger = warehouse.ledger(spec.name)
     counts = {"landed_batches": ledger.height, "landed_rows": int(ledger["n_rows"].sum() or 0)}
+    landed_files = quarantined_files = 0
+    for row in ledger.iter_rows(named=True):
+        files = len(json.loads(row["files"]))
+        landed_files += files
+        if row["status"] == "quarantined":
+            quarantined_files += files
+        elif row["reason"]:
+            quarantined_files += len(json.loads(row["reason"]).get("rejected_files", []))
+    counts.update(landed_files=landed_files, quarantined_files=quarantined_files,
+                  ingested_files=landed_files - quarantined_files)  # fmt: skip
     for status in ("read", "validated", "quarantined"):
         part = ledger.filter(pl.col("status") == status)
         counts[f"{status}_batches"] = part.height

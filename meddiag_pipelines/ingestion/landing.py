@@ -14,6 +14,7 @@ from pathlib import Path
 from meddiag_pipelines.specs import LandingSpec
 
 READY_MARKER = "_READY"
+BATCH_COLUMN = "_batch_id"  # added by ingestion to every record: which batch it came from
 _CHUNK = 1 << 20
 
 

@@ -10,7 +10,6 @@ from meddiag_pipelines.ingestion.errors import BatchRejected
 from meddiag_pipelines.ingestion.landing import LandedBatch
 from meddiag_pipelines.specs import TaskSpec
 
-BATCH_COLUMN = "_batch_id"
 READERS = {".csv": "csv", ".parquet": "parquet"}
 
 
@@ -88,4 +87,4 @@ def read_tabular_batch(batch: LandedBatch, spec: TaskSpec) -> pl.DataFrame:
         frame = pl.concat(frames, how="diagonal_relaxed")
     except Exception as exc:
         raise BatchRejected(batch.batch_id, f"its files have incompatible columns: {exc}") from exc
-    return frame.with_columns(pl.lit(batch.batch_id).alias(BATCH_COLUMN))
+    return frame

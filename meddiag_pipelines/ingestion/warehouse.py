@@ -42,6 +42,20 @@ def _conform(frame: pl.DataFrame, existing: pl.Schema) -> pl.DataFrame:
     return frame.with_columns(casts) if casts else frame
 
 
+def _connect_with_retry(database: Path, attempts: int = 12) -> duckdb.DuckDBPyConnection:
+    """DuckDB lets one process write a file at a time; another run's step may hold it for a moment."""
+    delay = 0.05
+    for attempt in range(attempts):
+        try:
+            return duckdb.connect(str(database))
+        except duckdb.IOException:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+    raise AssertionError("unreachable")
+
+
 def _quote(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
@@ -53,7 +67,7 @@ class Warehouse:
     @contextmanager
     def connect(self):
         self.database.parent.mkdir(parents=True, exist_ok=True)
-        con = duckdb.connect(str(self.database))
+        con = _connect_with_retry(self.database)
         try:
             con.execute(_LEDGER_DDL)
             yield con

@@ -41,9 +41,9 @@ def _xgb_params(n_classes: int, trial_params: dict, seed: int) -> dict:
 
 def _suggest(trial: optuna.Trial) -> dict:
     return {
-        "max_depth": trial.suggest_int("max_depth", 2, 8),
+        "max_depth": trial.suggest_int("max_depth", 2, 6),
         "eta": trial.suggest_float("eta", 0.01, 0.3, log=True),
-        "min_child_weight": trial.suggest_float("min_child_weight", 0.5, 20, log=True),
+        "min_child_weight": trial.suggest_float("min_child_weight", 1.0, 20, log=True),
         "subsample": trial.suggest_float("subsample", 0.6, 1.0),
         "colsample_bytree": trial.suggest_float("colsample_bytree", 0.5, 1.0),
         "lambda": trial.suggest_float("lambda", 1e-3, 10, log=True),

@@ -1,0 +1,199 @@
+"""Preprocessed image cache: one memory-mapped ``.npy`` per batch, built once, read many times.
+
+For each batch ``update_cache`` writes, in this order and each atomically:
+
+* ``<cache_dir>/<batch_id>.npy``          uint8 ``(N, C, S, S)``, S = ``spec.image.size``, C = ``spec.image.channels``
+* ``<cache_dir>/<batch_id>.index.parquet`` ``id``, ``row`` (row of the npy), ``source``
+* ``<cache_dir>/<batch_id>.json``         the manifest, written last: its presence means the batch is complete.
+
+Each image goes through :func:`~meddiag_pipelines.imaging.readers.load_pixels` (windowing, [0, 1]), is padded
+to a square (centred, zero fill: the aspect ratio is kept and nothing is cropped), resized to S x S with Pillow's
+antialiased bilinear filter, and stored as uint8 (``round(255 * x)``; MedMNIST uint8 images round-trip exactly).
+A batch whose manifest matches (same ids / sources / pixel hashes, same size, channels and cache version) is not
+recomputed. :func:`load_cached` gathers any ids across batches through ``np.load(mmap_mode='r')`` and returns
+float32 in [0, 1]; the per-channel mean / std normalisation is part of the model (see ``model.py``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import polars as pl
+
+from meddiag_pipelines.atomic import atomic_write, atomic_write_json
+from meddiag_pipelines.imaging.readers import ImageRejected, load_pixels
+
+if TYPE_CHECKING:
+    from meddiag_pipelines.specs import TaskSpec
+
+CACHE_VERSION = 1
+_BATCH_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.=-]{0,200}$")
+
+# Incremented each time a batch is actually (re)built; tests use it to prove a second call reuses the cache.
+BUILD_COUNT = 0
+
+
+def _paths(cache_dir: Path, batch_id: str) -> tuple[Path, Path, Path]:
+    if not _BATCH_ID.match(batch_id) or ".." in batch_id:
+        raise ValueError(f"batch id {batch_id!r}: use letters, digits, '_', '-', '.', '='")
+    return cache_dir / f"{batch_id}.npy", cache_dir / f"{batch_id}.index.parquet", cache_dir / f"{batch_id}.json"
+
+
+def _fingerprint(records: pl.DataFrame, size: int, channels: int) -> str:
+    h = hashlib.sha256(f"v{CACHE_VERSION}|{size}|{channels}|uint8|".encode())
+    cols = [c for c in ("id", "source", "sha256") if c in records.columns]
+    for row in records.select(cols).iter_rows():
+        h.update(("\x1f".join("" if v is None else str(v) for v in row) + "\x1e").encode())
+    return h.hexdigest()
+
+
+def _file_sha(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def resize_square(img: np.ndarray, size: int) -> np.ndarray:
+    """(C, H, W) float in [0, 1] -> (C, size, size): centred zero padding to a square, then antialiased resize."""
+    from PIL import Image
+
+    c, h, w = img.shape
+    if h == size and w == size:
+        return img.astype(np.float32, copy=False)
+    side = max(h, w)
+    if h != w:
+        padded = np.zeros((c, side, side), dtype=np.float32)
+        top, left = (side - h) // 2, (side - w) // 2
+        padded[:, top : top + h, left : left + w] = img
+        img = padded
+    out = np.empty((c, size, size), dtype=np.float32)
+    for k in range(c):
+        im = Image.fromarray(np.ascontiguousarray(img[k], dtype=np.float32), mode="F")
+        out[k] = np.asarray(im.resize((size, size), Image.Resampling.BILINEAR), dtype=np.float32)
+    return np.clip(out, 0.0, 1.0)
+
+
+def to_uint8(img: np.ndarray) -> np.ndarray:
+    return np.clip(np.rint(img * 255.0), 0, 255).astype(np.uint8)
+
+
+def update_cache(cache_dir: Path, batch_dir: Path, batch_id: str, records: pl.DataFrame, spec: TaskSpec) -> dict:
+    """Build (or reuse) the cache of one batch; returns its manifest.
+
+    Manifest keys: ``path`` (the npy), ``index``, ``n`` (images cached), ``shape``, ``dtype``, ``sha`` (sha256 of
+    the npy), ``fingerprint``, ``size``, ``channels``, ``failed`` (list of [id, problem] for records whose file no
+    longer reads), ``reused`` (True when nothing was recomputed).
+    """
+    assert spec.image is not None, "image tasks only"
+    cache_dir = Path(cache_dir)
+    npy, index, manifest_path = _paths(cache_dir, batch_id)
+    size, channels = int(spec.image.size), int(spec.image.channels)
+    fingerprint = _fingerprint(records, size, channels)
+    if manifest_path.exists() and npy.exists() and index.exists():
+        try:
+            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            manifest = {}
+        if manifest.get("fingerprint") == fingerprint and manifest.get("version") == CACHE_VERSION:
+            return {**manifest, "reused": True}
+
+    global BUILD_COUNT
+    BUILD_COUNT += 1
+    ids = records["id"].to_list()
+    sources = records["source"].to_list()
+    n = len(ids)
+    shape = (n, channels, size, size)
+    ok_rows: list[int] = []
+    failed: list[list[str]] = []
+
+    def write_npy(tmp: Path) -> None:
+        arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
+        for i, source in enumerate(sources):
+            try:
+                arr[i] = to_uint8(resize_square(load_pixels(batch_dir, source, spec), size))
+                ok_rows.append(i)
+            except ImageRejected as exc:
+                arr[i] = 0
+                failed.append([ids[i], str(exc)])
+        arr.flush()
+        del arr
+
+    atomic_write(npy, write_npy)
+    idx = pl.DataFrame(
+        {
+            "id": [ids[i] for i in ok_rows],
+            "row": pl.Series([i for i in ok_rows], dtype=pl.Int64),
+            "source": [sources[i] for i in ok_rows],
+        }
+    )
+    atomic_write(index, lambda tmp: idx.write_parquet(tmp))
+    manifest = {
+        "version": CACHE_VERSION,
+        "batch_id": batch_id,
+        "path": str(npy),
+        "index": str(index),
+        "n": len(ok_rows),
+        "shape": list(shape),
+        "dtype": "uint8",
+        "size": size,
+        "channels": channels,
+        "sha": _file_sha(npy),
+        "fingerprint": fingerprint,
+        "failed": failed,
+    }
+    atomic_write_json(manifest_path, manifest)
+    return {**manifest, "reused": False}
+
+
+def _index(cache_dir: Path) -> dict[str, tuple[str, int]]:
+    """id -> (batch_id, row) over every complete batch; batches in sorted order, a later one wins a repeated id."""
+    out: dict[str, tuple[str, int]] = {}
+    for manifest_path in sorted(Path(cache_dir).glob("*.json")):
+        batch_id = manifest_path.name.removesuffix(".json")
+        index = cache_dir / f"{batch_id}.index.parquet"
+        if not index.exists() or not (cache_dir / f"{batch_id}.npy").exists():
+            continue
+        df = pl.read_parquet(index, columns=["id", "row"])
+        out.update({i: (batch_id, r) for i, r in zip(df["id"].to_list(), df["row"].to_list(), strict=True)})
+    return out
+
+
+def cached_ids(cache_dir: Path) -> list[str]:
+    return list(_index(Path(cache_dir)))
+
+
+def load_cached(cache_dir: Path, ids: list[str]) -> np.ndarray:
+    """float32 (N, C, S, S) in [0, 1] for ``ids`` in that order, gathered from the memory-mapped batch files."""
+    cache_dir = Path(cache_dir)
+    where = _index(cache_dir)
+    missing = [i for i in ids if i not in where]
+    if missing:
+        raise KeyError(f"{len(missing)} id(s) not in the image cache {cache_dir}, e.g. {missing[:5]}")
+    by_batch: dict[str, list[tuple[int, int]]] = {}
+    for pos, i in enumerate(ids):
+        batch, row = where[i]
+        by_batch.setdefault(batch, []).append((pos, row))
+    out: np.ndarray | None = None
+    for batch, pairs in by_batch.items():
+        arr = np.load(cache_dir / f"{batch}.npy", mmap_mode="r")
+        if out is None:
+            out = np.empty((len(ids), *arr.shape[1:]), dtype=np.float32)
+        elif arr.shape[1:] != out.shape[1:]:
+            raise ValueError(f"{batch}: cached shape {arr.shape[1:]} differs from {out.shape[1:]}; rebuild the cache")
+        pos = np.fromiter((p for p, _ in pairs), dtype=np.int64, count=len(pairs))
+        rows = np.fromiter((r for _, r in pairs), dtype=np.int64, count=len(pairs))
+        order = np.argsort(rows, kind="stable")  # sequential reads from the memory map
+        out[pos[order]] = arr[rows[order]].astype(np.float32) / 255.0
+    if out is None:
+        return np.empty((0, 0, 0, 0), dtype=np.float32)
+    return out
+
+
+__all__ = ["BUILD_COUNT", "cached_ids", "load_cached", "resize_square", "to_uint8", "update_cache"]

@@ -1,0 +1,95 @@
+"""Grad-CAM heat maps for the imaging CNN and a PNG panel of them (matplotlib Agg, no pyplot state).
+
+Grad-CAM (Selvaraju et al., 2017) on the last convolutional stage (``layer4``): the feature maps weighted by the
+spatial mean of the gradient of the target logit, ReLU, bilinear upsampling to the input size, then scaled to
+[0, 1] per image (an all-zero map stays zero). The target is ``target_index`` when given, else the binary
+model's single logit (evidence for the positive class), or the predicted class / most probable label.
+At 28 px the last stage is 4x4, so maps are coarse; they show where the evidence is, not a segmentation.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from meddiag_pipelines.imaging.train import load_image_model
+
+BATCH = 64
+
+
+def grad_cam(model_dir: Path, X: np.ndarray, target_index: int | None = None, device: str | None = None) -> np.ndarray:
+    """Heat maps (n, S, S) in [0, 1] for images ``X`` (n, C, S, S) in [0, 1]."""
+    model, meta = load_image_model(model_dir, device or "cpu")
+    device = next(model.parameters()).device
+    X = np.asarray(X, dtype=np.float32)
+    if X.ndim != 4:
+        raise ValueError(f"images must be (n, C, S, S), got {X.shape}")
+    n_out = int(meta["n_outputs"])
+    if target_index is not None and not 0 <= target_index < n_out:
+        raise ValueError(f"target_index {target_index} outside [0, {n_out})")
+    size = X.shape[2:]
+    maps = []
+    for start in range(0, len(X), BATCH):
+        xb = torch.from_numpy(X[start : start + BATCH]).to(device)
+        with torch.enable_grad():
+            feats = model.features(xb)
+            feats.retain_grad()
+            logits = model.head(feats)
+            if target_index is not None:
+                idx = torch.full((len(xb),), target_index, dtype=torch.long, device=device)
+            elif n_out == 1:
+                idx = torch.zeros(len(xb), dtype=torch.long, device=device)
+            else:
+                idx = logits.argmax(dim=1)
+            score = logits.gather(1, idx[:, None]).sum()
+            (grads,) = torch.autograd.grad(score, feats)
+        weights = grads.mean(dim=(2, 3), keepdim=True)
+        cam = F.relu((weights * feats).sum(dim=1, keepdim=True)).detach()
+        cam = F.interpolate(cam, size=size, mode="bilinear", align_corners=False)[:, 0]
+        peak = cam.flatten(1).max(dim=1).values.clamp_min(1e-12)[:, None, None]
+        cam = torch.where(peak > 1e-12, cam / peak, torch.zeros_like(cam))
+        maps.append(cam.clamp(0, 1).cpu().numpy())
+    if not maps:
+        return np.empty((0, *size), dtype=np.float32)
+    return np.concatenate(maps).astype(np.float32)
+
+
+def saliency_panel_png(images: np.ndarray, heatmaps: np.ndarray, titles: list[str], columns: int = 4) -> bytes:
+    """A PNG: each image (greyscale, or RGB when C = 3) with its heat map overlaid, and a title under it.
+
+    ``images``: (n, C, S, S) or (n, S, S) in [0, 1]; ``heatmaps``: (n, S, S) in [0, 1].
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    images = np.asarray(images, dtype=np.float32)
+    heatmaps = np.asarray(heatmaps, dtype=np.float32)
+    n = len(images)
+    if len(heatmaps) != n or len(titles) != n:
+        raise ValueError("images, heatmaps and titles must have the same length")
+    cols = max(1, min(columns, n))
+    rows = max(1, -(-n // cols))
+    fig = Figure(figsize=(2.4 * cols, 2.6 * rows), dpi=100)
+    FigureCanvasAgg(fig)
+    for i in range(rows * cols):
+        ax = fig.add_subplot(rows, cols, i + 1)
+        ax.set_axis_off()
+        if i >= n:
+            continue
+        img = images[i]
+        if img.ndim == 3:
+            img = img[0] if img.shape[0] == 1 else np.transpose(img, (1, 2, 0))
+        ax.imshow(np.clip(img, 0, 1), cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=1, interpolation="nearest")
+        ax.imshow(np.clip(heatmaps[i], 0, 1), cmap="jet", alpha=0.35, vmin=0, vmax=1, interpolation="bilinear")
+        ax.set_title(str(titles[i]), fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
+__all__ = ["grad_cam", "saliency_panel_png"]

@@ -1,0 +1,592 @@
+"""Training and inference of the imaging CNN (:class:`~meddiag_pipelines.imaging.model.ResNet18Small`).
+
+* Inputs: ``X`` float (N, C, S, S) in [0, 1] (``preprocess.load_cached``); ``y``: binary (N,) 0/1, multiclass (N,)
+  class indices, multilabel (N, k) 0/1. A binary model has ONE logit whatever ``n_outputs`` says (1 or 2).
+* AdamW (weight decay 1e-2) with a short linear warm-up then cosine decay over ``epochs x steps``; class weighting
+  (binary ``pos_weight = n_neg / n_pos``, multiclass inverse-frequency weights, multilabel per-label
+  ``pos_weight`` capped at ``MULTILABEL_POS_WEIGHT_CAP``); augmentation of each batch in torch from
+  ``spec.image.augment`` (hflip / vflip with p = 0.5; affine: rotation +-10 deg, scale 0.9-1.1, shift +-6 %).
+* Early stopping on validation AUROC (macro over classes / labels) with ``spec.training.patience``; at most
+  ``spec.training.epochs`` epochs and ``spec.training.time_budget_s`` seconds (checked every step, summed over
+  resumed runs). The best epoch's weights are kept.
+* Seeded; on CPU deterministic (``torch.use_deterministic_algorithms``, fixed thread count, explicit generators
+  for shuffling and augmentation), so two runs give the same weights. On CUDA: bf16 autocast, channels_last,
+  pinned memory and DataLoader workers (not bit-deterministic).
+* ``out_dir/checkpoint.pt`` (model, optimizer, scheduler, epoch, RNG states, best state, history) is written
+  atomically after every epoch; calling again with the same ``out_dir`` and the same data / settings resumes from
+  it (different data or settings start afresh). Final model: ``out_dir/model.pt`` (state dict only) and
+  ``out_dir/model.json``. Every ``torch.load`` uses ``weights_only=True``.
+
+CPU throughput, 2 cores, 28 px, batch 128, one training step = forward + backward + AdamW (:func:`bench`), idle
+machine, 2 threads: width 16 ~ 800 img/s, width 32 ~ 200-260 img/s, width 64 ~ 75 img/s (on a machine shared
+with other jobs, 1 thread: 440 / 130 / 37 img/s). :func:`choose_width` therefore picks 32 on CPU (PneumoniaMNIST's
+4,708 images: ~20-35 s an epoch) and 16 when an epoch would be large (ChestMNIST's 78k images: ~100-180 s an
+epoch instead of ~6-10 min), and 64 (the original ResNet-18 width) on CUDA.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from meddiag_pipelines.atomic import atomic_write, atomic_write_json
+from meddiag_pipelines.imaging.model import ResNet18Small, build_model
+from meddiag_pipelines.training.device import torch_device
+
+if TYPE_CHECKING:
+    from meddiag_pipelines.specs import TaskSpec
+
+log = logging.getLogger(__name__)
+
+Kind = Literal["binary", "multiclass", "multilabel"]
+WEIGHT_DECAY = 1e-2
+MULTILABEL_POS_WEIGHT_CAP = 10.0
+CHECKPOINT = "checkpoint.pt"
+MODEL_PT = "model.pt"
+MODEL_JSON = "model.json"
+EVAL_BATCH = 512
+
+
+@dataclass
+class ImageTrainResult:
+    model_dir: Path
+    best_epoch: int
+    best_val_auroc: float
+    history: list[dict]
+    device: str
+    seconds: float
+    stopped: str = "epochs"  # "epochs" | "early_stopping" | "time_budget"
+    resumed_from_epoch: int = 0
+    config: dict = field(default_factory=dict)
+
+
+def cpu_threads() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def training_threads() -> int:
+    """Threads for CPU training: ``MEDDIAG_TORCH_THREADS`` if set, else the CPUs not already busy.
+
+    OpenMP threads that share an oversubscribed CPU spin against each other: on 2 cores with two other busy
+    processes, 2 threads trained at ~10 img/s where 1 thread did ~400 img/s, so the current load is subtracted.
+    """
+    env = os.environ.get("MEDDIAG_TORCH_THREADS")
+    if env:
+        return max(1, int(env))
+    cpus = cpu_threads()
+    try:
+        busy = int(os.getloadavg()[0] + 0.5)
+    except OSError:
+        busy = 0
+    return max(1, min(cpus, cpus - busy + 1))
+
+
+def choose_width(n_train: int, size: int, device: str) -> int:
+    """Base width of the ResNet: 64 on CUDA; on CPU 32, or 16 when an epoch is large (> 20k images at 28 px)."""
+    if device.startswith("cuda"):
+        return 64
+    cost = n_train * (size / 28.0) ** 2
+    return 16 if cost > 20_000 else 32
+
+
+@contextmanager
+def _torch_settings(device: str, deterministic: bool, threads: int | None = None) -> Iterator[None]:
+    """Thread count and determinism for the run, restored afterwards (the caller's process is shared)."""
+    prev_threads = torch.get_num_threads()
+    prev_det = torch.are_deterministic_algorithms_enabled()
+    prev_warn = torch.is_deterministic_algorithms_warn_only_enabled()
+    prev_bench = torch.backends.cudnn.benchmark
+    try:
+        if device == "cpu":
+            torch.set_num_threads(threads or training_threads())
+        if deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        if device.startswith("cuda"):
+            torch.backends.cudnn.benchmark = True
+        yield
+    finally:
+        torch.set_num_threads(prev_threads)
+        torch.use_deterministic_algorithms(prev_det, warn_only=prev_warn)
+        torch.backends.cudnn.benchmark = prev_bench
+
+
+# ------------------------------------------------------------------------------------------------ targets
+
+
+def _targets(y: np.ndarray, kind: Kind, n_outputs: int) -> torch.Tensor:
+    y = np.asarray(y)
+    if kind == "binary":
+        y = y.reshape(-1)
+        if not np.isin(y, (0, 1)).all():
+            raise ValueError("binary targets must be 0/1")
+        return torch.as_tensor(y.astype(np.float32)).reshape(-1, 1)
+    if kind == "multiclass":
+        y = y.reshape(-1)
+        if (y < 0).any() or (y >= n_outputs).any() or not np.all(y == np.round(y)):
+            raise ValueError(f"multiclass targets must be class indices in [0, {n_outputs})")
+        return torch.as_tensor(y.astype(np.int64))
+    if kind == "multilabel":
+        if y.ndim != 2 or y.shape[1] != n_outputs or not np.isin(y, (0, 1)).all():
+            raise ValueError(f"multilabel targets must be an (n, {n_outputs}) 0/1 matrix")
+        return torch.as_tensor(y.astype(np.float32))
+    raise ValueError(f"unknown kind {kind!r}")
+
+
+def _loss_fn(y: torch.Tensor, kind: Kind, n_outputs: int) -> nn.Module:
+    if kind == "binary":
+        pos = float(y.sum())
+        neg = float(len(y) - pos)
+        return nn.BCEWithLogitsLoss(pos_weight=torch.tensor([neg / pos if pos > 0 and neg > 0 else 1.0]))
+    if kind == "multiclass":
+        counts = torch.bincount(y, minlength=n_outputs).float()
+        weights = torch.where(counts > 0, len(y) / (n_outputs * counts.clamp_min(1)), torch.zeros_like(counts))
+        return nn.CrossEntropyLoss(weight=weights)
+    pos = y.sum(0)
+    neg = len(y) - pos
+    pos_weight = torch.where(pos > 0, neg / pos.clamp_min(1), torch.ones_like(pos)).clamp(1.0 / MULTILABEL_POS_WEIGHT_CAP, MULTILABEL_POS_WEIGHT_CAP)
+    return nn.BCEWithLogitsLoss(pos_weight=pos_weight)
+
+
+def _probabilities(logits: torch.Tensor, kind: str) -> torch.Tensor:
+    if kind == "binary":
+        return torch.sigmoid(logits[:, 0])
+    if kind == "multiclass":
+        return torch.softmax(logits, dim=1)
+    return torch.sigmoid(logits)
+
+
+def macro_auroc(y: np.ndarray, p: np.ndarray, kind: str) -> float:
+    """Binary AUROC, or the macro one-vs-rest AUROC over classes / labels that have both outcomes (NaN if none)."""
+    from sklearn.metrics import roc_auc_score
+
+    y = np.asarray(y)
+    if kind == "binary":
+        y = y.reshape(-1)
+        return float(roc_auc_score(y, p)) if len(np.unique(y)) == 2 else float("nan")
+    if kind == "multiclass":
+        y = y.reshape(-1).astype(int)
+        onehot = np.eye(p.shape[1])[y]
+    else:
+        onehot = y
+    scores = [roc_auc_score(onehot[:, k], p[:, k]) for k in range(p.shape[1]) if 0 < onehot[:, k].sum() < len(onehot)]
+    return float(np.mean(scores)) if scores else float("nan")
+
+
+# ------------------------------------------------------------------------------------------------ data
+
+
+def augment_batch(x: torch.Tensor, ops: list[str], gen: torch.Generator) -> torch.Tensor:
+    """Random flips / small affine of a batch (N, C, H, W) in [0, 1]; random numbers drawn from ``gen`` (CPU)."""
+    n = x.shape[0]
+    if n == 0 or not ops:
+        return x
+    if "hflip" in ops:
+        m = (torch.rand(n, generator=gen) < 0.5).to(x.device).view(-1, 1, 1, 1)
+        x = torch.where(m, x.flip(3), x)
+    if "vflip" in ops:
+        m = (torch.rand(n, generator=gen) < 0.5).to(x.device).view(-1, 1, 1, 1)
+        x = torch.where(m, x.flip(2), x)
+    if "affine" in ops:
+        angle = (torch.rand(n, generator=gen) * 2 - 1) * math.radians(10)
+        scale = 0.9 + 0.2 * torch.rand(n, generator=gen)
+        shift = (torch.rand(n, 2, generator=gen) * 2 - 1) * 0.12  # +-6 % of the side in [-1, 1] coordinates
+        cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+        theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
+        grid = F.affine_grid(theta.to(x.device, x.dtype), list(x.shape), align_corners=False)
+        x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return x
+
+
+class _Batches(torch.utils.data.Dataset):
+    """Whole batches by index (a DataLoader with ``batch_size=None`` over it pins and prefetches them)."""
+
+    def __init__(self, X: torch.Tensor, y: torch.Tensor, batches: list[torch.Tensor]) -> None:
+        self.X, self.y, self.batches = X, y, batches
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = self.batches[i]
+        return self.X[idx], self.y[idx]
+
+
+def _iterate(X: torch.Tensor, y: torch.Tensor, batches: list[torch.Tensor], device: str):
+    data = _Batches(X, y, batches)
+    if device.startswith("cuda"):
+        workers = min(4, max(0, cpu_threads() - 1))
+        return torch.utils.data.DataLoader(
+            data, batch_size=None, shuffle=False, num_workers=workers, pin_memory=True, persistent_workers=False
+        )
+    return (data[i] for i in range(len(data)))
+
+
+def _as_tensor(X: np.ndarray) -> torch.Tensor:
+    X = np.asarray(X)
+    if X.ndim != 4:
+        raise ValueError(f"images must be (N, C, S, S), got {X.shape}")
+    return torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32))
+
+
+def _data_hash(*arrays: np.ndarray) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    for a in arrays:
+        a = np.ascontiguousarray(a)
+        h.update(f"{a.dtype}{a.shape}".encode())
+        flat = a.reshape(-1).view(np.uint8)
+        for start in range(0, len(flat), 1 << 26):
+            h.update(flat[start : start + (1 << 26)].data)
+    return h.hexdigest()
+
+
+def _channel_stats(X: torch.Tensor) -> tuple[list[float], list[float]]:
+    c = X.shape[1]
+    s = torch.zeros(c, dtype=torch.float64)
+    s2 = torch.zeros(c, dtype=torch.float64)
+    for start in range(0, len(X), 4096):
+        chunk = X[start : start + 4096].double()
+        s += chunk.sum(dim=(0, 2, 3))
+        s2 += (chunk**2).sum(dim=(0, 2, 3))
+    count = X.shape[0] * X.shape[2] * X.shape[3]
+    mean = s / count
+    std = (s2 / count - mean**2).clamp_min(1e-8).sqrt()
+    return mean.tolist(), std.tolist()
+
+
+@torch.inference_mode()
+def _predict(model: nn.Module, X: torch.Tensor, kind: str, device: str) -> np.ndarray:
+    model.eval()
+    outs = []
+    cuda = device.startswith("cuda")
+    for start in range(0, len(X), EVAL_BATCH):
+        xb = X[start : start + EVAL_BATCH].to(device, non_blocking=cuda)
+        if cuda:
+            xb = xb.contiguous(memory_format=torch.channels_last)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+            logits = model(xb)
+        outs.append(_probabilities(logits.float(), kind).cpu())
+    if not outs:
+        return np.empty((0,) if kind == "binary" else (0, 0), dtype=np.float32)
+    return torch.cat(outs).numpy().astype(np.float32)
+
+
+# ------------------------------------------------------------------------------------------------ training
+
+
+def _lr_lambda(total_steps: int, warmup: int) -> Callable[[int], float]:
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+        return 0.02 + 0.98 * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return f
+
+
+def train_image_model(
+    X_train: np.ndarray,
+    y_train: np.ndarray,
+    X_val: np.ndarray,
+    y_val: np.ndarray,
+    kind: Kind,
+    n_outputs: int,
+    spec: TaskSpec,
+    out_dir: Path,
+    device: str | None = None,
+    *,
+    width: int | None = None,
+    num_threads: int | None = None,
+    on_epoch_end: Callable[[int, dict], None] | None = None,
+) -> ImageTrainResult:
+    """Train (or resume training) the CNN; writes ``out_dir/model.pt`` + ``model.json`` and returns the summary.
+
+    ``width``: base width of the ResNet (default :func:`choose_width`). ``num_threads``: CPU threads (default
+    :func:`training_threads`; fix it for bit-identical reruns, the thread count can change float reductions).
+    ``on_epoch_end(epoch, row)`` is called
+    after each epoch's checkpoint is on disk (progress logging; tests raise from it to simulate a crash).
+    """
+    t_start = time.perf_counter()
+    device = device or torch_device()
+    cuda = device.startswith("cuda")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    training = spec.training
+    image_spec = spec.image
+    augment = list(image_spec.augment) if image_spec is not None else []
+    if kind == "binary":
+        n_outputs = 1
+    elif n_outputs < 2:
+        raise ValueError(f"{kind} needs n_outputs >= 2")
+
+    Xt, Xv = _as_tensor(X_train), _as_tensor(X_val)
+    yt, yv = _targets(y_train, kind, n_outputs), _targets(y_val, kind, n_outputs)
+    if len(Xt) != len(yt) or len(Xv) != len(yv):
+        raise ValueError("X and y lengths differ")
+    if len(Xt) == 0:
+        raise ValueError("no training images")
+    n_train, channels, size = Xt.shape[0], Xt.shape[1], Xt.shape[2]
+    width = width or choose_width(n_train, size, device)
+    batch_size = min(training.batch_size, n_train)
+    steps_per_epoch = math.ceil(n_train / batch_size)
+    total_steps = steps_per_epoch * training.epochs
+    warmup = max(1, min(100, total_steps // 20))
+    fingerprint = json.dumps(
+        {
+            "kind": kind,
+            "n_outputs": n_outputs,
+            "width": width,
+            "seed": training.seed,
+            "epochs": training.epochs,
+            "lr": training.learning_rate,
+            "batch_size": batch_size,
+            "augment": augment,
+            "data": _data_hash(np.asarray(X_train), np.asarray(y_train), np.asarray(X_val), np.asarray(y_val)),
+        },
+        sort_keys=True,
+    )
+
+    threads = num_threads or training_threads()
+    with _torch_settings(device, deterministic=not cuda, threads=threads):
+        torch.manual_seed(training.seed)
+        model = ResNet18Small(channels, n_outputs, width, size)
+        mean, std = _channel_stats(Xt)
+        model.set_normalisation(mean, std)
+        model = model.to(device)
+        if cuda or width <= 32:  # measured faster on CPU at widths 16 / 32, slower at 64
+            model = model.to(memory_format=torch.channels_last)
+        loss_fn = _loss_fn(yt, kind, n_outputs).to(device)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=training.learning_rate, weight_decay=WEIGHT_DECAY)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(total_steps, warmup))
+        shuffle_gen = torch.Generator().manual_seed(training.seed)
+        aug_gen = torch.Generator().manual_seed(training.seed + 1)
+
+        state = {"epoch": 0, "best_auroc": float("-inf"), "best_epoch": 0, "bad_epochs": 0, "elapsed": 0.0}
+        history: list[dict] = []
+        best_state: dict[str, torch.Tensor] | None = None
+        finished = False
+        stopped = "epochs"
+        resumed_from = 0
+        ckpt_path = out_dir / CHECKPOINT
+        if ckpt_path.exists():
+            ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+            if ckpt.get("fingerprint") == fingerprint:
+                model.load_state_dict(ckpt["model"])
+                optimizer.load_state_dict(ckpt["optimizer"])
+                scheduler.load_state_dict(ckpt["scheduler"])
+                shuffle_gen.set_state(ckpt["shuffle_rng"])
+                aug_gen.set_state(ckpt["aug_rng"])
+                torch.set_rng_state(ckpt["torch_rng"])
+                state = dict(ckpt["state"])
+                history = list(ckpt["history"])
+                best_state = ckpt["best_state"]
+                finished = bool(ckpt["finished"])
+                stopped = str(ckpt.get("stopped", "epochs"))
+                resumed_from = int(state["epoch"])
+                if finished and stopped == "time_budget" and state["elapsed"] < training.time_budget_s:
+                    finished = state["epoch"] >= training.epochs  # called again with more time: carry on
+                log.info("resuming image training in %s after epoch %d", out_dir, resumed_from)
+            else:
+                log.warning("%s: checkpoint is for other data or settings; training afresh", ckpt_path)
+
+        def save_checkpoint() -> None:
+            ckpt = {
+                "fingerprint": fingerprint,
+                "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "shuffle_rng": shuffle_gen.get_state(),
+                "aug_rng": aug_gen.get_state(),
+                "torch_rng": torch.get_rng_state(),
+                "state": state,
+                "history": history,
+                "best_state": best_state,
+                "finished": finished,
+                "stopped": stopped,
+            }
+            atomic_write(ckpt_path, lambda tmp: torch.save(ckpt, tmp))
+
+        run_start = time.perf_counter()
+        elapsed_before = float(state["elapsed"])
+
+        def over_budget() -> bool:
+            return elapsed_before + (time.perf_counter() - run_start) > training.time_budget_s
+
+        epoch = int(state["epoch"])
+        while not finished and epoch < training.epochs:
+            epoch += 1
+            model.train()
+            t_epoch = time.perf_counter()
+            perm = torch.randperm(n_train, generator=shuffle_gen)
+            batches = [perm[i : i + batch_size] for i in range(0, n_train, batch_size)]
+            if len(batches) > 1 and len(batches[-1]) < 2:  # BatchNorm cannot train on a batch of one
+                batches = batches[:-1]
+            total_loss, seen, cut = 0.0, 0, False
+            for xb, yb in _iterate(Xt, yt, batches, device):
+                xb = xb.to(device, non_blocking=cuda)
+                yb = yb.to(device, non_blocking=cuda)
+                xb = augment_batch(xb, augment, aug_gen).contiguous(memory_format=torch.channels_last)
+                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+                    logits = model(xb)
+                loss = loss_fn(logits.float(), yb)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                scheduler.step()
+                total_loss += float(loss.detach()) * len(xb)
+                seen += len(xb)
+                if over_budget():
+                    cut = True
+                    break
+            train_seconds = time.perf_counter() - t_epoch
+            p_val = _predict(model, Xv, kind, device)
+            auroc = macro_auroc(yv.numpy(), p_val, kind) if len(Xv) else float("nan")
+            row = {
+                "epoch": epoch,
+                "train_loss": total_loss / max(1, seen),
+                "val_auroc": auroc,
+                "lr": float(optimizer.param_groups[0]["lr"]),
+                "train_seconds": train_seconds,
+                "images_per_second": seen / train_seconds if train_seconds > 0 else float("nan"),
+                "seconds": time.perf_counter() - t_epoch,
+            }
+            history.append(row)
+            if not math.isnan(auroc) and auroc > state["best_auroc"] + 1e-6:
+                state.update(best_auroc=auroc, best_epoch=epoch, bad_epochs=0)
+                best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            else:
+                state["bad_epochs"] += 1
+            state["epoch"] = epoch
+            state["elapsed"] = elapsed_before + (time.perf_counter() - run_start)
+            log.info("image epoch %d: loss %.4f val AUROC %.4f (%.0f img/s)", epoch, row["train_loss"], auroc, row["images_per_second"])
+            if cut or over_budget():
+                finished, stopped = True, "time_budget"
+            elif state["bad_epochs"] >= training.patience:
+                finished, stopped = True, "early_stopping"
+            elif epoch >= training.epochs:
+                finished, stopped = True, "epochs"
+            save_checkpoint()
+            if on_epoch_end is not None:
+                on_epoch_end(epoch, row)
+
+        if best_state is None:  # no usable validation AUROC: keep the last weights
+            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            state["best_epoch"] = int(state["epoch"])
+        final = build_model(model.config.to_dict())
+        final.load_state_dict(best_state)
+        config = {
+            "architecture": "ResNet18Small",
+            "model_config": final.config.to_dict(),
+            "kind": kind,
+            "n_outputs": n_outputs,
+            "input_size": size,
+            "channels": channels,
+            "normalisation": {"input_range": [0.0, 1.0], "mean": mean, "std": std, "applied_inside_model": True},
+            "best_epoch": int(state["best_epoch"]),
+            "best_val_auroc": float(state["best_auroc"]) if state["best_auroc"] != float("-inf") else None,
+            "stopped": stopped,
+            "epochs_run": int(state["epoch"]),
+            "seed": training.seed,
+            "device": device,
+            "cpu_threads": threads if not cuda else None,
+            "torch_version": torch.__version__,
+        }
+        atomic_write(out_dir / MODEL_PT, lambda tmp: torch.save(final.state_dict(), tmp))
+        atomic_write_json(out_dir / MODEL_JSON, config)
+
+    best = float(state["best_auroc"])
+    return ImageTrainResult(
+        model_dir=out_dir,
+        best_epoch=int(state["best_epoch"]),
+        best_val_auroc=best if best != float("-inf") else float("nan"),
+        history=history,
+        device=device,
+        seconds=time.perf_counter() - t_start,
+        stopped=stopped,
+        resumed_from_epoch=resumed_from,
+        config=config,
+    )
+
+
+# ------------------------------------------------------------------------------------------------ inference
+
+
+def load_image_model(model_dir: Path, device: str | None = None) -> tuple[ResNet18Small, dict]:
+    """The trained model (eval mode, on ``device``) and its model.json."""
+    model_dir = Path(model_dir)
+    meta = json.loads((model_dir / MODEL_JSON).read_text(encoding="utf-8"))
+    if meta.get("architecture") != "ResNet18Small":
+        raise ValueError(f"{model_dir}: unknown architecture {meta.get('architecture')!r}")
+    model = build_model(meta["model_config"])
+    model.load_state_dict(torch.load(model_dir / MODEL_PT, map_location="cpu", weights_only=True))
+    model = model.to(device or torch_device()).eval()
+    return model, meta
+
+
+def predict_image_model(model_dir: Path, X: np.ndarray, device: str | None = None) -> np.ndarray:
+    """Probabilities: binary (n,) P(positive); multiclass (n, k) softmax; multilabel (n, k) sigmoid."""
+    device = device or torch_device()
+    model, meta = load_image_model(model_dir, device)
+    if device.startswith("cuda"):
+        model = model.to(memory_format=torch.channels_last)
+    X = _as_tensor(X)
+    if X.shape[1:] != (meta["channels"], meta["input_size"], meta["input_size"]):
+        raise ValueError(f"images {tuple(X.shape[1:])} do not match the model's input {meta['channels']}x{meta['input_size']}^2")
+    with _torch_settings(device, deterministic=False):
+        return _predict(model, X, meta["kind"], device)
+
+
+def bench(
+    width: int = 32, size: int = 28, batch: int = 128, seconds: float = 5.0, channels_last: bool = True, threads: int | None = None
+) -> float:
+    """Training images per second on the CPU (forward + backward + AdamW step on random data)."""
+    with _torch_settings("cpu", deterministic=False, threads=threads):
+        torch.manual_seed(0)
+        model = ResNet18Small(1, 1, width, size)
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        opt = torch.optim.AdamW(model.parameters(), 1e-3)
+        x = torch.rand(batch, 1, size, size).contiguous(memory_format=torch.channels_last)
+        y = torch.randint(0, 2, (batch, 1)).float()
+        gen = torch.Generator().manual_seed(0)
+        loss_fn = nn.BCEWithLogitsLoss()
+
+        def step() -> None:
+            opt.zero_grad()
+            loss_fn(model(augment_batch(x, ["hflip", "affine"], gen)), y).backward()
+            opt.step()
+
+        step()
+        t, n = time.perf_counter(), 0
+        while time.perf_counter() - t < seconds:
+            step()
+            n += batch
+        return n / (time.perf_counter() - t)
+
+
+__all__ = [
+    "ImageTrainResult",
+    "augment_batch",
+    "bench",
+    "choose_width",
+    "load_image_model",
+    "macro_auroc",
+    "predict_image_model",
+    "train_image_model",
+]

@@ -1,0 +1,117 @@
+"""The CNN's shapes, the augmentation, Grad-CAM and the saliency panel (fast: tiny models)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from meddiag_pipelines.imaging.model import ResNet18Small, build_model, count_parameters
+from meddiag_pipelines.imaging.phantoms import write_phantom_batch
+from meddiag_pipelines.imaging.readers import read_image_batch
+from meddiag_pipelines.imaging.saliency import grad_cam, saliency_panel_png
+from meddiag_pipelines.imaging.train import augment_batch, choose_width, predict_image_model, train_image_model
+from meddiag_pipelines_tests.test_imaging_readers import make_spec
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread: the test machine is shared and OpenMP threads spin against each other."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize(("size", "channels", "stem"), [(28, 1, "3x3s1"), (64, 3, "3x3s1"), (128, 1, "3x3s2"), (224, 1, "7x7s2+maxpool")])
+def test_forward_shapes(size: int, channels: int, stem: str) -> None:
+    model = ResNet18Small(in_channels=channels, n_outputs=5, width=8, input_size=size).eval()
+    assert model.config.stem == stem
+    with torch.no_grad():
+        x = torch.rand(2, channels, size, size)
+        assert model(x).shape == (2, 5)
+        feats = model.features(x)
+    assert feats.shape[1] == 64
+    if size == 28:
+        assert feats.shape[2:] == (4, 4)  # no stem downsampling: 28 -> 28 -> 14 -> 7 -> 4
+    if size == 64:
+        assert feats.shape[2:] == (8, 8)
+
+
+def test_resnet18_width_and_rebuild() -> None:
+    full = ResNet18Small(in_channels=3, n_outputs=1000, width=64, input_size=224)
+    assert abs(count_parameters(full) - 11_689_512) < 0.001 * 11_689_512  # torchvision resnet18's size
+    small = ResNet18Small(1, 2, 32, 28)
+    clone = build_model(json.loads(json.dumps(small.config.to_dict())))
+    clone.load_state_dict(small.state_dict())
+    assert clone.config == small.config
+    assert choose_width(4708, 28, "cpu") == 32 and choose_width(78_468, 28, "cpu") == 16 and choose_width(10, 28, "cuda") == 64
+
+
+def test_augment_batch_is_seeded_and_keeps_shape() -> None:
+    x = torch.rand(6, 1, 28, 28)
+    a = augment_batch(x, ["hflip", "vflip", "affine"], torch.Generator().manual_seed(1))
+    b = augment_batch(x, ["hflip", "vflip", "affine"], torch.Generator().manual_seed(1))
+    assert a.shape == x.shape and torch.equal(a, b) and not torch.equal(a, x)
+    assert torch.equal(augment_batch(x, [], torch.Generator()), x)
+    flipped = augment_batch(x, ["hflip"], torch.Generator().manual_seed(0))
+    for i in range(6):
+        assert torch.equal(flipped[i], x[i]) or torch.equal(flipped[i], x[i].flip(2))
+
+
+def tiny_model(tmp_path: Path, kind: str = "binary", n_outputs: int = 1):
+    rng = np.random.default_rng(0)
+    X = rng.random((40, 1, 28, 28)).astype(np.float32)
+    if kind == "binary":
+        y = np.tile([0, 1], 20)
+    elif kind == "multiclass":
+        y = np.tile(np.arange(n_outputs), 40)[:40]
+    else:
+        y = rng.integers(0, 2, (40, n_outputs))
+        y[0], y[1] = 0, 1
+    spec = make_spec("folder").model_copy(update={"training": make_spec().training.model_copy(update={"epochs": 1, "batch_size": 16})})
+    res = train_image_model(X[:30], y[:30], X[30:], y[30:], kind, n_outputs, spec, tmp_path / kind, device="cpu", width=4, num_threads=1)
+    return res, X
+
+
+@pytest.mark.parametrize(("kind", "n_outputs", "shape"), [("binary", 1, (7,)), ("multiclass", 3, (7, 3)), ("multilabel", 4, (7, 4))])
+def test_predict_shapes_and_model_files(tmp_path: Path, kind: str, n_outputs: int, shape: tuple) -> None:
+    res, X = tiny_model(tmp_path, kind, n_outputs)
+    meta = json.loads((res.model_dir / "model.json").read_text())
+    assert meta["kind"] == kind and meta["input_size"] == 28 and meta["model_config"]["width"] == 4
+    assert set(meta["normalisation"]) >= {"mean", "std"}
+    p = predict_image_model(res.model_dir, X[:7], device="cpu")
+    assert p.shape == shape and np.all((p >= 0) & (p <= 1))
+    if kind == "multiclass":
+        np.testing.assert_allclose(p.sum(1), 1, atol=1e-5)
+    state = torch.load(res.model_dir / "model.pt", weights_only=True)  # plain state dict, safe to load
+    assert all(isinstance(v, torch.Tensor) for v in state.values())
+
+
+def test_grad_cam_and_panel(tmp_path: Path) -> None:
+    res, X = tiny_model(tmp_path)
+    maps = grad_cam(res.model_dir, X[:3])
+    assert maps.shape == (3, 28, 28) and maps.dtype == np.float32
+    assert maps.min() >= 0 and maps.max() <= 1
+    assert grad_cam(res.model_dir, X[:2], target_index=0).shape == (2, 28, 28)
+    with pytest.raises(ValueError):
+        grad_cam(res.model_dir, X[:2], target_index=3)
+    png = saliency_panel_png(X[:3], maps, ["a", "b", "c"])
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 1000
+
+
+def test_phantoms_are_labelled_synthetic_pngs(tmp_path: Path) -> None:
+    batch = write_phantom_batch(tmp_path / "ph", n=20, seed=7, size=64, positive_rate=0.5)
+    assert batch == tmp_path / "ph"
+    text = (batch / "labels.csv").read_text()
+    assert text.splitlines()[0] == "file,label,id,patient_id,sex"
+    rec = read_image_batch(batch, make_spec("folder")).records
+    assert rec.height == 20 and set(rec["label"]) <= {"finding", "normal"} and set(rec["sex"]) <= {"F", "M"}
+    assert all("synthetic_phantom" in s for s in rec["source"]) and rec["patient_id"].n_unique() <= 20
+    assert rec["height"].unique().to_list() == [64]
+    again = write_phantom_batch(tmp_path / "ph2", n=20, seed=7, size=64, positive_rate=0.5)
+    assert (again / "labels.csv").read_text() == text  # seeded
+    assert read_image_batch(again, make_spec("folder")).records["sha256"].to_list() == rec["sha256"].to_list()
