@@ -29,7 +29,7 @@ from meddiag_pipelines.evaluation import (
 )
 from meddiag_pipelines.features.split import SPLIT_COLUMN, SPLITS, assign_split, check_split
 from meddiag_pipelines.ingestion.batches import IngestSummary, ValidationSummary, reconcile
-from meddiag_pipelines.ingestion.tabular import BATCH_COLUMN
+from meddiag_pipelines.ingestion.landing import BATCH_COLUMN
 from meddiag_pipelines.registry.promotion import decide
 from meddiag_pipelines.specs import TaskSpec
 from meddiag_pipelines.training.device import torch_device
@@ -241,7 +241,12 @@ def flow_counts(spec: TaskSpec, storage: MeddiagStorage, split: pl.DataFrame) ->
 # -- evaluation, champion, predictions ----------------------------------------------------------------------------
 def build_model_lifecycle_assets(spec: TaskSpec, tags: dict, split_asset: list, predictor_factory: PredictorFactory,
                                  explain: Callable | None, missing_data: Callable[[pl.DataFrame, dict], list[dict]],
-                                 card_extras: Callable[[dict], list[tuple[str, str]]] | None = None) -> list:  # fmt: skip
+                                 card_extras: Callable[[dict], list[tuple[str, str]]] | None = None,
+                                 test_sections: Callable[[dict, pl.DataFrame, np.ndarray, dict], list[tuple[str, str]]]
+                                 | None = None) -> list:  # fmt: skip
+    """``test_sections(candidate_handle, test_rows, test_proba, metrics)``: extra report sections that need the
+    test split (e.g. imaging saliency over true / false positives); ``card_extras(candidate_handle)`` those
+    that do not."""
     name = spec.name
     split_key = dg.AssetKey([name, "split"])
 
@@ -262,6 +267,8 @@ def build_model_lifecycle_assets(spec: TaskSpec, tags: dict, split_asset: list, 
         metrics = evaluate(inp)
         plots = render_plots(inp, metrics)
         extras = card_extras(candidate_model) if card_extras else []
+        if test_sections:
+            extras = [*extras, *test_sections(candidate_model, test, inp.proba, metrics)]
         card = render_model_card(metrics, ModelCardInfo(
             task=name, description=spec.description, intended_use="Assisted diagnosis: a second reader for "
             "clinicians, never a sole basis for a decision.", modality=spec.modality,
