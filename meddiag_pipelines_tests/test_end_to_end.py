@@ -59,6 +59,9 @@ def test_task_end_to_end_then_new_batch(synthetic_spec, layout):
     assert len(versions) == 2
     newest = json.loads((registry / versions[-1] / "manifest.json").read_text())
     assert newest["parent_champion"] == champion["version"] and newest["decision"]["reasons"]
+    # The old champion, re-scored on today's test split with its own feature plan, is still a good model:
+    # a misaligned warehouse table or plan would show up here as a collapse.
+    assert newest["decision"]["figures"]["champion_auroc"] > 0.8
     scored = pl.read_parquet(layout.predictions(task) / "batch_0002.parquet")
     assert sorted(scored["id"].to_list()) == ["r600", "r601", "r602"]
     assert {"probability", "risk_band", "model_version", "top_features"} <= set(scored.columns)

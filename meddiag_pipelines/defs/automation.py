@@ -8,7 +8,7 @@ from meddiag_pipelines.defs.resources import MeddiagStorage
 from meddiag_pipelines.ingestion.landing import describe_batch, ready_batch_dirs
 from meddiag_pipelines.specs import TaskSpec
 
-SENSOR_INTERVAL_S = 15
+SENSOR_INTERVAL_S = 10
 
 
 def new_batches(spec: TaskSpec, storage: MeddiagStorage, seen: dict[str, str]) -> dict[str, str]:
