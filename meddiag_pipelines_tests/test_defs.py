@@ -27,6 +27,13 @@ def test_jobs_and_blocking_checks_are_pinned():
     assert ("heart_disease/champion", "champion_fit_for_use") in check_keys
 
 
+def test_every_step_of_a_task_is_in_its_pool():
+    """One pool per task (limit 1 in dagster_home/dagster.yaml): two runs never ingest or publish at once."""
+    for task in ("heart_disease", "breast_cancer"):
+        for asset in TASK_ASSETS:
+            assert defs.resolve_assets_def(dg.AssetKey([task, asset])).op.pool == f"meddiag_{task}", asset
+
+
 def test_lineage_takes_real_inputs():
     graph = defs.resolve_asset_graph()
     parents = {p.path[-1] for p in graph.get(dg.AssetKey(["heart_disease", "evaluation"])).parent_keys}

@@ -141,7 +141,7 @@ def validation_metadata(spec: TaskSpec, storage: MeddiagStorage, records: pl.Dat
 def build_split_asset(spec: TaskSpec, upstream, tags: dict) -> list:
     name = spec.name
 
-    @dg.asset(key=[name, "split"], io_manager_key="warehouse_io_manager", kinds={"polars"},
+    @dg.asset(key=[name, "split"], io_manager_key="warehouse_io_manager", kinds={"polars"}, pool=pool(spec),
               description=f"{name}: train / val / test by a stable hash of "
               f"{spec.patient_id or spec.id}; unlabelled rows are 'score'.", **tags)  # fmt: skip
     def split(validated_records: pl.DataFrame) -> dg.Output:
@@ -327,6 +327,7 @@ def build_model_lifecycle_assets(spec: TaskSpec, tags: dict, split_asset: list, 
         return champion_check(spec, storage)
 
     @dg.asset(key=[name, "predictions"], ins={"split": dg.AssetIn(split_key)}, deps=[champion], kinds={"parquet"},
+              pool=pool(spec),
               description=f"{name}: unlabelled rows of every batch scored by the champion into "
               "predictions/<task>/<batch>.parquet; rescored when the champion changes.", **tags)  # fmt: skip
     def predictions(context: dg.AssetExecutionContext, storage: MeddiagStorage, split: pl.DataFrame) -> dg.MaterializeResult:

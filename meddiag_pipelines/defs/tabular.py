@@ -39,14 +39,15 @@ def build_tabular_assets(spec: TaskSpec) -> list:
     tags = common.asset_tags(spec)
 
     @dg.asset(key=[name, "raw_records"], description=f"{name}: new landed batches, read once and appended to the "
-              "warehouse; unreadable batches quarantined.", kinds={"duckdb", "polars"}, **tags)  # fmt: skip
+              "warehouse; unreadable batches quarantined.", kinds={"duckdb", "polars"}, pool=common.pool(spec),
+              **tags)  # fmt: skip
     def raw_records(context: dg.AssetExecutionContext, storage: MeddiagStorage) -> dg.MaterializeResult:
         summary = ingest_new_batches(spec, storage.layout, storage.warehouse, read_tabular_batch)
         return common.ingest_result(context, spec, storage, summary)
 
     @dg.asset(key=[name, "validated_records"], deps=[raw_records], io_manager_key="warehouse_io_manager",
               description=f"{name}: rows of every batch that passed the Great Expectations suite built from the spec.",
-              kinds={"duckdb", "polars", "great_expectations"}, **tags)  # fmt: skip
+              kinds={"duckdb", "polars", "great_expectations"}, pool=common.pool(spec), **tags)  # fmt: skip
     def validated_records(context: dg.AssetExecutionContext, storage: MeddiagStorage) -> pl.DataFrame:
         records, summary = validate_pending_batches(spec, storage.layout, storage.warehouse, validate_tabular)
         common.log_validation(context, spec, summary)
@@ -66,6 +67,7 @@ def build_tabular_assets(spec: TaskSpec) -> list:
 
     @dg.multi_asset(
         name=f"{name}__features",
+        pool=common.pool(spec),
         outs={
             "features": dg.AssetOut(key=[name, "features"], io_manager_key="warehouse_io_manager", kinds={"polars"},
                                     description=f"{name}: model inputs (imputed, indicator and one-hot columns "
