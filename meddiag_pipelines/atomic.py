@@ -1,11 +1,19 @@
-"""Atomic writes: a reader sees the old file or the new one, never half of either."""
+"""Atomic writes: a reader sees the old file or the new one, never half of either.
+
+A process killed mid-write leaves at most hidden leftovers (``.<name>.*.tmp`` files and folders, ``.lnk``
+links) and, for :func:`publish_dir`, an unreferenced ``<name>.<hex>`` folder; readers never look at them, and
+the next write of the same target removes those older than :data:`STALE_AFTER_S` (younger ones may belong to a
+concurrent writer).
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
+import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +26,34 @@ def _fsync_dir(folder: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+STALE_AFTER_S = 3600.0
+
+
+def sweep_stale(final: Path, keep: Path | None = None, older_than_s: float = STALE_AFTER_S) -> list[Path]:
+    """Remove leftovers of interrupted writes of ``final``: hidden ``.<name>.*.tmp``/``.lnk`` entries and
+    (for published folders) ``<name>.<12 hex>`` folders other than ``keep``, when older than ``older_than_s``."""
+    folder, name = final.parent, final.name
+    pattern = re.compile(rf"(\.{re.escape(name)}\..+\.(tmp|lnk)|{re.escape(name)}\.[0-9a-f]{{12}})")
+    removed = []
+    if not folder.is_dir():
+        return removed
+    now = time.time()
+    for entry in folder.iterdir():
+        if not pattern.fullmatch(entry.name) or (keep is not None and entry.name == keep.name):
+            continue
+        try:
+            if now - entry.lstat().st_mtime < older_than_s:
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+            removed.append(entry)
+        except OSError:
+            continue
+    return removed
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
@@ -35,6 +71,7 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
         _fsync_dir(path.parent)
     finally:
         tmp.unlink(missing_ok=True)
+    sweep_stale(path)
     return path
 
 
@@ -75,6 +112,7 @@ def publish_dir(staging: Path, final: Path) -> Path:
     _fsync_dir(final.parent)
     if previous is not None and previous != target and previous.exists():
         shutil.rmtree(previous, ignore_errors=True)
+    sweep_stale(final, keep=target)
     return final
 
 

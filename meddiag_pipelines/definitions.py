@@ -6,11 +6,13 @@ import os
 import dagster as dg
 
 from meddiag_pipelines.defs.automation import build_landing_sensor, build_schedule
+from meddiag_pipelines.defs.imaging import build_image_assets
 from meddiag_pipelines.defs.resources import build_resources
 from meddiag_pipelines.defs.tabular import build_tabular_assets
+from meddiag_pipelines.defs.text import build_text_assets
 from meddiag_pipelines.specs import TaskSpec, load_specs
 
-BUILDERS = {"tabular": build_tabular_assets}
+BUILDERS = {"tabular": build_tabular_assets, "image": build_image_assets, "text": build_text_assets}
 
 
 def build_definitions(specs: list[TaskSpec] | None = None, data_dir=None) -> dg.Definitions:
@@ -26,7 +28,9 @@ def build_definitions(specs: list[TaskSpec] | None = None, data_dir=None) -> dg.
     for spec in specs:
         if spec.modality not in BUILDERS:
             continue
+        # The tag lets dagster.yaml's run queue hold one run per task at a time.
         job = dg.define_asset_job(f"{spec.name}_job", selection=dg.AssetSelection.groups(spec.name),
+                                  tags={"meddiag/task": spec.name},
                                   description=f"Bring {spec.name} fully up to date from its landing folder.")  # fmt: skip
         jobs.append(job)
         sensors.append(build_landing_sensor(spec, job))

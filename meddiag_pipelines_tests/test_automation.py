@@ -71,6 +71,8 @@ def test_schedules_and_sensors_are_pinned():
     assert schedules["heart_disease_nightly_retrain"].default_status == dg.DefaultScheduleStatus.RUNNING
     sensors = {s.name: s for s in defs.sensors}
     assert sensors["breast_cancer_landing_sensor"].default_status == dg.DefaultSensorStatus.RUNNING
+    # One run per task at a time: the run queue limits runs by this tag (dagster_home/dagster.yaml).
+    assert defs.resolve_job_def("heart_disease_job").tags["meddiag/task"] == "heart_disease"
 
 
 def test_schedule_follows_the_spec_and_can_be_switched_off(synthetic_spec):

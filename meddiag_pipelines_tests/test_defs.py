@@ -40,3 +40,19 @@ def test_lineage_takes_real_inputs():
     assert parents == {"split", "candidate_model", "baseline_model"}
     parents = {p.path[-1] for p in graph.get(dg.AssetKey(["heart_disease", "candidate_model"])).parent_keys}
     assert parents == {"features", "feature_plan"}
+
+
+def test_text_task_is_pinned():
+    task = "icd10_chapters"
+    graph = defs.resolve_asset_graph()
+    for asset in TASK_ASSETS:
+        node = graph.get(dg.AssetKey([task, asset]))
+        assert node.group_name == task and node.description and node.kinds and node.owners
+    assert defs.resolve_job_def(f"{task}_job").name == f"{task}_job"
+    check_keys = {(k.asset_key.to_user_string(), k.name) for k in graph.asset_check_keys}
+    assert {(f"{task}/raw_records", "unreadable_files_quarantined"), (f"{task}/validated_records", "validated_records_suite"),
+            (f"{task}/split", "texts_unique_across_splits"), (f"{task}/champion", "champion_fit_for_use")} <= check_keys
+    parents = {a: {p.path[-1] for p in graph.get(dg.AssetKey([task, a])).parent_keys}
+               for a in ("candidate_model", "baseline_model", "evaluation")}  # fmt: skip
+    assert parents == {"candidate_model": {"features", "feature_plan"}, "baseline_model": {"candidate_model"},
+                       "evaluation": {"split", "candidate_model", "baseline_model"}}  # fmt: skip

@@ -34,7 +34,7 @@ def build_landing_sensor(spec: TaskSpec, job) -> dg.SensorDefinition:
         # restart or a daemon replaying the cursor never launches the same work twice.
         run_key = f"{spec.name}:" + ",".join(f"{b}@{h[:16]}" for b, h in sorted(found.items()))
         context.update_cursor(json.dumps({**seen, **found}, sort_keys=True))
-        return dg.RunRequest(run_key=run_key, tags={"meddiag/trigger": "landing", "meddiag/batches": ",".join(sorted(found))[:200]})
+        return dg.RunRequest(run_key=run_key, tags={"meddiag/trigger": "landing", "meddiag/new_batches": str(len(found))})
 
     return landing_sensor
 

@@ -293,6 +293,11 @@ def build_model_lifecycle_assets(spec: TaskSpec, tags: dict, split_asset: list, 
     def champion(context: dg.AssetExecutionContext, storage: MeddiagStorage, split: pl.DataFrame,
                  candidate_model: dict, baseline_model: dict, evaluation: dict) -> dict:  # fmt: skip
         registry = storage.registry
+        version = candidate_model["version"]
+        if evaluation.get("model_version") != version or not (registry.task_dir(name) / ".staging" / version / "model").is_dir():
+            # Asset outputs are stored per asset key: an overlapping run of this task may have replaced them.
+            raise dg.Failure(f"{name}: the candidate ({version}) and its evaluation ({evaluation.get('model_version')}) "
+                             "do not belong together or were already published by an overlapping run; nothing published")
         pointer = registry.champion(name)
         flow = flow_counts(spec, storage, split)
         candidate_vs, champion_metrics = evaluation, None

@@ -7,7 +7,9 @@ A batch counts once it is complete: it holds a ``_READY`` marker (the default), 
 from __future__ import annotations
 
 import hashlib
+import os
 import time
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +28,13 @@ class LandedBatch:
     files: tuple[str, ...]  # data files, relative to ``path``, sorted
     content_hash: str
     total_bytes: int
+
+
+def display_name(name: str) -> str:
+    """A file or folder name as safe text: bytes that are not UTF-8 (Linux names are bytes) and control
+    characters are shown as ``\\xNN`` escapes. Equal to ``name`` exactly when the name is safe."""
+    text = os.fsencode(name).decode("utf-8", "backslashreplace")
+    return "".join(f"\\x{ord(ch):02x}" if unicodedata.category(ch) in ("Cc", "Cs") else ch for ch in text)
 
 
 def is_data_file(rel: Path) -> bool:
@@ -67,22 +76,28 @@ def is_ready(batch_dir: Path, landing: LandingSpec, now: float | None = None) ->
 
 
 def ready_batch_dirs(task_landing: Path, landing: LandingSpec, now: float | None = None) -> list[Path]:
-    """Complete batch folders of one task, oldest name first; hidden folders are in-flight copies."""
-    if not task_landing.is_dir():
+    """Complete batch folders of one task, oldest name first; hidden folders are in-flight copies. A symbolic
+    link in place of a batch folder is listed at once (never followed) so that ingestion can refuse it."""
+    if not task_landing.is_dir() or task_landing.is_symlink():
         return []
     return [
         d
         for d in sorted(task_landing.iterdir())
-        if d.is_dir() and not d.name.startswith((".", "_")) and is_ready(d, landing, now)
+        if not d.name.startswith((".", "_")) and (d.is_symlink() or (d.is_dir() and is_ready(d, landing, now)))
     ]
 
 
 def describe_batch(task: str, batch_dir: Path) -> LandedBatch:
+    """The batch's files and content hash; ``batch_id`` is the folder's :func:`display_name`. A link in
+    place of the folder is described without following it (no files)."""
+    if batch_dir.is_symlink():
+        digest = hashlib.sha256(b"<symlink>" + os.fsencode(batch_dir.name)).hexdigest()
+        return LandedBatch(task, display_name(batch_dir.name), batch_dir, (), digest, 0)
     files = data_files(batch_dir)
     total = sum(0 if (batch_dir / f).is_symlink() else (batch_dir / f).stat().st_size for f in files)
     return LandedBatch(
         task=task,
-        batch_id=batch_dir.name,
+        batch_id=display_name(batch_dir.name),
         path=batch_dir,
         files=tuple(str(f) for f in files),
         content_hash=content_hash(batch_dir, files),

@@ -11,25 +11,30 @@ from meddiag_pipelines.atomic import atomic_write_json
 
 
 def _free_destination(dest: Path) -> Path:
-    if not dest.exists():
+    if not dest.exists() and not dest.is_symlink():
         return dest
-    return dest.with_name(f"{dest.name}.{time.strftime('%Y%m%dT%H%M%S')}.{os.getpid()}")
+    return dest.with_name(f"{dest.name}.{time.strftime('%Y%m%dT%H%M%S')}.{os.getpid()}.{time.monotonic_ns() % 10**6}")
 
 
-def quarantine_path(source: Path, quarantine_root: Path, reason: dict) -> Path:
+def quarantine_path(source: Path, quarantine_root: Path, reason: dict, name: str | None = None) -> Path:
     """Move ``source`` (a batch folder or one file) under ``quarantine_root`` and write its reason.
 
-    A batch folder keeps its name and gets ``reason.json`` inside; a single file goes into a folder of its
-    own name with the reason beside it. The move is one rename on the same file system.
+    A batch folder keeps its name (or ``name``, a safe display name for a folder whose own name is not valid
+    UTF-8) and gets ``reason.json`` inside; a single file, or a symbolic link (moved as the link, never
+    followed), goes into a folder of its own name with the reason beside it. The move is one rename on the
+    same file system; a source that is already gone (moved by an earlier, interrupted run) only gets its reason.
     """
     quarantine_root.mkdir(parents=True, exist_ok=True)
+    name = name or source.name
     if source.is_dir() and not source.is_symlink():
-        dest = _free_destination(quarantine_root / source.name)
+        dest = _free_destination(quarantine_root / name)
         shutil.move(str(source), str(dest))
         atomic_write_json(dest / "reason.json", reason)
         return dest
-    dest_dir = _free_destination(quarantine_root / source.name)
+    dest_dir = _free_destination(quarantine_root / name)
     dest_dir.mkdir(parents=True)
-    shutil.move(str(source), str(dest_dir / source.name))
+    if source.exists() or source.is_symlink():
+        shutil.move(str(source), str(dest_dir / name))  # a link is moved as a link
     atomic_write_json(dest_dir / "reason.json", reason)
     return dest_dir
+

@@ -1,44 +1,192 @@
-"""Read one tabular batch (CSV and Parquet files) into one Polars frame, or reject it with a reason."""
+"""Read one tabular batch (CSV and Parquet files) into one Polars frame, or reject it with a reason.
+
+Hostile input never crashes ingestion: every problem a file can have becomes a :class:`BatchRejected` that
+names the file and the problem, and never quotes a cell (it may be an identifier).
+
+Encodings (the choice, documented in the README): CSV must be text whose encoding is known without guessing.
+UTF-8 is read as is; a byte-order mark is honoured (UTF-8, UTF-16 and UTF-32 with a BOM are decoded). Any
+other bytes (Latin-1, Windows-1252, UTF-16 without a BOM) are refused with the offset of the first byte that is
+not UTF-8: guessing a legacy code page could silently corrupt names and codes, so the exporter must re-export.
+NaN in a numeric column means "not recorded" (it becomes null); infinities are refused.
+"""
 
 from __future__ import annotations
 
+import codecs
+import csv
+import io
+import unicodedata
 from pathlib import Path
 
 import polars as pl
 
 from meddiag_pipelines.ingestion.errors import BatchRejected
-from meddiag_pipelines.ingestion.landing import LandedBatch
+from meddiag_pipelines.ingestion.landing import LandedBatch, display_name
 from meddiag_pipelines.specs import TaskSpec
 
 READERS = {".csv": "csv", ".parquet": "parquet"}
+MAX_COLUMNS = 1000  # a wider export is almost certainly wrong, and each column costs a warehouse column for ever
+MAX_COLUMN_NAME_CHARS = 256
+PARQUET_MAX_EXPANSION = 8  # decoded Parquet may be this many times landing.max_file_mb (decompression-bomb guard)
+_BOMS = [  # longest first: the UTF-32-LE mark starts with the UTF-16-LE one
+    (codecs.BOM_UTF32_LE, "utf-32-le"), (codecs.BOM_UTF32_BE, "utf-32-be"), (codecs.BOM_UTF8, "utf-8"),
+    (codecs.BOM_UTF16_LE, "utf-16-le"), (codecs.BOM_UTF16_BE, "utf-16-be"),
+]  # fmt: skip
+_OTHER_DELIMITERS = (";", "\t", "|")
 
 
 def check_file(batch: LandedBatch, rel: str, max_file_mb: float) -> Path:
-    """Refuse links, paths leaving the batch and oversized files before anything is parsed."""
+    """Refuse undecodable names, links, paths leaving the batch and oversized files before anything is parsed."""
+    shown = display_name(rel)
+    if shown != rel:
+        raise BatchRejected(shown, "has a file name that is not valid UTF-8; rename it")
     path = batch.path / rel
     if path.is_symlink():
         raise BatchRejected(rel, "is a symbolic link; landing files must be regular files")
     if not path.resolve().is_relative_to(batch.path.resolve()):
         raise BatchRejected(rel, "resolves outside its batch folder")
+    if not path.is_file():
+        raise BatchRejected(rel, "is not a regular file")
     size_mb = path.stat().st_size / 2**20
     if size_mb > max_file_mb:
         raise BatchRejected(rel, f"is {size_mb:.1f} MB, over the limit of {max_file_mb} MB (landing.max_file_mb)")
     return path
 
 
-def _read_file(path: Path, rel: str) -> pl.DataFrame:
+def _decode(raw: bytes, rel: str) -> str:
+    for bom, encoding in _BOMS:
+        if raw.startswith(bom):
+            try:
+                return raw[len(bom):].decode(encoding)
+            except UnicodeDecodeError as exc:
+                raise BatchRejected(rel, f"starts with a {encoding.upper()} byte-order mark but byte {exc.start + len(bom)} "
+                                         "is not valid in that encoding (truncated or mixed encodings?)") from exc  # fmt: skip
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        hint = " (it looks like UTF-16 without a byte-order mark)" if b"\0" in raw[:4096] else ""
+        raise BatchRejected(rel, f"is not UTF-8 text: byte {exc.start} is invalid{hint}. Re-export it as UTF-8 "
+                                 "(Latin-1 and other code pages are not guessed)") from exc  # fmt: skip
+    if "\0" in text:
+        raise BatchRejected(rel, "holds NUL characters; it is not a text CSV (UTF-16 without a byte-order mark?)")
+    return text
+
+
+def _check_columns(names: list[str], rel: str) -> None:
+    if len(names) > MAX_COLUMNS:
+        raise BatchRejected(rel, f"has {len(names)} columns, over the limit of {MAX_COLUMNS}")
+    seen: set[str] = set()
+    for i, name in enumerate(names, start=1):
+        if not name.strip():
+            raise BatchRejected(rel, f"column {i} has an empty name")
+        if len(name) > MAX_COLUMN_NAME_CHARS or any(unicodedata.category(ch) in ("Cc", "Cs") for ch in name):
+            raise BatchRejected(rel, f"column {i} has a name that is too long or holds control characters")
+        if name in seen:
+            raise BatchRejected(rel, f"column {i} repeats the name {name!r}")
+        seen.add(name)
+
+
+def _check_csv_shape(text: str, rel: str) -> None:
+    """Every row has as many fields as the header: a short last row is a truncated file, a short or long row
+    elsewhere a broken export; either would silently shift or drop values."""
+    csv.field_size_limit(2**31 - 1)
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    try:
+        header = next(reader, None)
+        if header is None:
+            raise BatchRejected(rel, "holds no header line")
+        if len(header) == 1:
+            found = [d for d in _OTHER_DELIMITERS if d in header[0]]
+            if found:
+                raise BatchRejected(rel, f"has a single column whose name holds {found[0]!r}: the file looks "
+                                         f"delimited by {found[0]!r}, not by commas; re-export it as comma-separated")  # fmt: skip
+        _check_columns(header, rel)
+        for row in reader:
+            if row and len(row) != len(header):
+                line = reader.line_num
+                last = not any(rest for rest in reader)
+                if last and len(row) < len(header):
+                    raise BatchRejected(rel, f"its last row (line {line}) has {len(row)} fields where the header "
+                                             f"has {len(header)}: the file looks truncated")  # fmt: skip
+                raise BatchRejected(rel, f"line {line} has {len(row)} fields where the header has {len(header)}")
+    except csv.Error as exc:
+        # The csv module's message names the problem (e.g. an unterminated quote), never a value.
+        raise BatchRejected(rel, f"is not well-formed CSV at line {reader.line_num}: {exc} "
+                                 "(an unterminated quote at the end usually means a truncated file)") from exc  # fmt: skip
+
+
+def _polars_problem(exc: BaseException) -> str:
+    """A short, value-free description of a Polars/Arrow read failure (their messages may quote cells)."""
+    message = str(exc).split("\n", 1)[0]
+    known = {
+        "out of specification": "not a complete Parquet file (truncated or corrupt)",
+        "PAR1": "not a complete Parquet file (truncated or corrupt)",
+        "more fields than defined": "a row has more fields than the header",
+        "invalid utf-8": "text that is not valid UTF-8",
+    }
+    for needle, problem in known.items():
+        if needle.lower() in message.lower():
+            return problem
+    return f"{type(exc).__name__}"
+
+
+def _read_csv(path: Path, rel: str) -> pl.DataFrame:
+    text = _decode(path.read_bytes(), rel)
+    if not text.strip():
+        raise BatchRejected(rel, "holds only whitespace")
+    _check_csv_shape(text, rel)
+    return pl.read_csv(io.BytesIO(text.encode("utf-8")), infer_schema_length=None, raise_if_empty=True)
+
+
+def _read_parquet(path: Path, rel: str, max_file_mb: float) -> pl.DataFrame:
+    import pyarrow.parquet as pq
+
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+        fh.seek(-4, 2)
+        tail = fh.read(4)
+    if head != b"PAR1" or tail != b"PAR1":
+        raise BatchRejected(rel, "cannot be read as parquet: the PAR1 markers are missing (truncated or corrupt)")
+    parquet = pq.ParquetFile(path)
+    meta = parquet.metadata
+    if meta.num_columns > MAX_COLUMNS:
+        raise BatchRejected(rel, f"has {meta.num_columns} columns, over the limit of {MAX_COLUMNS}")
+    # Decode in slices and stop at the limit: dictionary and run-length encoding let a small file declare
+    # a small "uncompressed" size yet decode to gigabytes, so the metadata alone cannot be trusted.
+    limit = max_file_mb * PARQUET_MAX_EXPANSION * 2**20
+    decoded, slices = 0, []
+    for piece in parquet.iter_batches(batch_size=65_536):
+        decoded += piece.nbytes
+        if decoded > limit:
+            raise BatchRejected(rel, f"decodes to more than {limit / 2**20:.1f} MB ({PARQUET_MAX_EXPANSION} x "
+                                     "landing.max_file_mb): refused as a decompression bomb")  # fmt: skip
+        slices.append(piece)
+    import pyarrow as pa
+
+    table = pa.Table.from_batches(slices, schema=parquet.schema_arrow)
+    frame = pl.from_arrow(table)
+    if not isinstance(frame, pl.DataFrame):
+        raise BatchRejected(rel, "cannot be read as parquet: it holds no table")
+    _check_columns(frame.columns, rel)
+    nested = [c for c, t in frame.schema.items() if t.is_nested() or t == pl.Object]
+    if nested:
+        raise BatchRejected(rel, f"column {nested[0]!r} holds nested values ({frame.schema[nested[0]]}); "
+                                 "only flat columns are accepted")  # fmt: skip
+    return frame
+
+
+def _read_file(path: Path, rel: str, max_file_mb: float = float("inf")) -> pl.DataFrame:
     kind = READERS.get(path.suffix.lower())
     if kind is None:
         raise BatchRejected(rel, f"unsupported file type {path.suffix!r}; expected one of {sorted(READERS)}")
     if path.stat().st_size == 0:
         raise BatchRejected(rel, "is empty (zero bytes)")
     try:
-        if kind == "csv":
-            frame = pl.read_csv(path, infer_schema_length=None, raise_if_empty=True)
-        else:
-            frame = pl.read_parquet(path)
-    except Exception as exc:  # polars raises several error types; each becomes a reason, never a crash
-        raise BatchRejected(rel, f"cannot be read as {kind}: {type(exc).__name__}: {str(exc)[:300]}") from exc
+        frame = _read_csv(path, rel) if kind == "csv" else _read_parquet(path, rel, max_file_mb)
+    except BatchRejected:
+        raise
+    except (Exception, pl.exceptions.PanicException) as exc:  # Polars may even panic; each becomes a reason
+        raise BatchRejected(rel, f"cannot be read as {kind}: {_polars_problem(exc)}") from exc
     if frame.height == 0:
         raise BatchRejected(rel, "holds a header but no rows")
     return frame
@@ -57,11 +205,18 @@ def _as_float(frame: pl.DataFrame, column: str, rel: str) -> pl.Expr:
 
 def normalise(frame: pl.DataFrame, spec: TaskSpec, rel: str) -> pl.DataFrame:
     """Key columns as text; declared-numeric and all numeric columns as Float64 (so batches agree whether a
-    column came as integers or decimals); empty labels as null (cases to score); 'not recorded' codes as null."""
+    column came as integers or decimals) with NaN as null and infinities refused; empty labels as null (cases
+    to score); 'not recorded' codes as null."""
     keys = [c for c in (spec.id, spec.label, spec.patient_id, *spec.subgroups) if c and c in frame.columns]
     frame = frame.with_columns(pl.col(c).cast(pl.String).str.strip_chars() for c in keys)
     numeric = [c for c in frame.columns if c not in keys and (c in spec.numeric or frame.schema[c].is_numeric())]
     frame = frame.with_columns(_as_float(frame, c, rel) for c in numeric)
+    if numeric:
+        infinite = frame.select(pl.col(c).is_infinite().sum() for c in numeric).row(0)
+        for column, n in zip(numeric, infinite):
+            if n:
+                raise BatchRejected(rel, f"column {column!r} holds {n} infinite values")
+        frame = frame.with_columns(pl.col(c).fill_nan(None) for c in numeric)
     if spec.label in frame.columns:
         frame = frame.with_columns(
             pl.when(pl.col(spec.label) == "").then(None).otherwise(pl.col(spec.label)).alias(spec.label)
@@ -82,9 +237,9 @@ def read_tabular_batch(batch: LandedBatch, spec: TaskSpec) -> pl.DataFrame:
     frames = []
     for rel in batch.files:
         path = check_file(batch, rel, spec.landing.max_file_mb)
-        frames.append(normalise(_read_file(path, rel), spec, rel))
+        frames.append(normalise(_read_file(path, rel, spec.landing.max_file_mb), spec, rel))
     try:
         frame = pl.concat(frames, how="diagonal_relaxed")
-    except Exception as exc:
-        raise BatchRejected(batch.batch_id, f"its files have incompatible columns: {exc}") from exc
+    except (Exception, pl.exceptions.PanicException) as exc:
+        raise BatchRejected(batch.batch_id, f"its files have incompatible columns: {_polars_problem(exc)}") from exc
     return frame

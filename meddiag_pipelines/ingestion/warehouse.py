@@ -7,6 +7,7 @@ and nothing disappears unaccounted for.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import time
 from contextlib import contextmanager
@@ -56,6 +57,11 @@ def _connect_with_retry(database: Path, attempts: int = 12) -> duckdb.DuckDBPyCo
     raise AssertionError("unreachable")
 
 
+def _in_ledger(con: duckdb.DuckDBPyConnection, task: str, batch_id: str) -> bool:
+    found = con.execute("SELECT count(*) FROM ingest_ledger WHERE task = ? AND batch_id = ?", [task, batch_id]).fetchone()
+    return bool(found and found[0])
+
+
 def _quote(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
@@ -74,6 +80,18 @@ class Warehouse:
         finally:
             con.close()
 
+    @contextmanager
+    def task_lock(self, task: str):
+        """Serialise ingestion of one task across processes (a sensor run and the schedule at once): an
+        exclusive ``flock`` on ``<warehouse>/.<task>.ingest.lock``, released by the kernel if the holder dies."""
+        self.database.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.database.parent / f".{task}.ingest.lock", "a+b") as fh:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
     # -- ledger -------------------------------------------------------------------------------------
     def ledger(self, task: str) -> pl.DataFrame:
         with self.connect() as con:
@@ -86,12 +104,34 @@ class Warehouse:
         with self.connect() as con:
             con.execute("INSERT OR REPLACE INTO ingest_ledger VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
 
+    def add_batch(self, task: str, batch_id: str, content_hash: str, status: str, n_rows: int,
+                  files: list[str], columns: list[str], reason: dict | None) -> bool:  # fmt: skip
+        """Record a batch the ledger has not seen; ``False`` (and nothing written) if it is already there."""
+        row = [task, batch_id, content_hash, status, n_rows, json.dumps(files), json.dumps(columns),
+               json.dumps(reason) if reason else None, time.time()]  # fmt: skip
+        with self.connect() as con:
+            con.execute("BEGIN")
+            if _in_ledger(con, task, batch_id):
+                con.execute("ROLLBACK")
+                return False
+            con.execute("INSERT INTO ingest_ledger VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
+            con.execute("COMMIT")
+            return True
+
     # -- record tables --------------------------------------------------------------------------------
-    def append(self, task: str, table: str, frame: pl.DataFrame) -> None:
-        """Append rows by column name, adding columns the table has not seen; one transaction."""
+    def append(self, task: str, table: str, frame: pl.DataFrame, ledger_row: dict | None = None) -> bool:
+        """Append rows by column name, adding columns the table has not seen; one transaction.
+
+        With ``ledger_row`` (the keyword arguments of :meth:`add_batch`) the batch's ledger entry is written in
+        the same transaction, and nothing at all is written if the ledger already holds that batch (another
+        run took it): the rows of a batch are in the table exactly when the ledger lists the batch. Returns
+        whether the rows were appended."""
         target = f"{_quote(task)}.{_quote(table)}"
         with self.connect() as con:
             con.execute("BEGIN")
+            if ledger_row is not None and _in_ledger(con, task, ledger_row["batch_id"]):
+                con.execute("ROLLBACK")
+                return False
             con.execute(f"CREATE SCHEMA IF NOT EXISTS {_quote(task)}")
             if self.has_table(con, task, table):
                 frame = _conform(frame, con.execute(f"SELECT * FROM {target} LIMIT 0").pl().schema)
@@ -102,7 +142,14 @@ class Warehouse:
                 if name not in existing:
                     con.execute(f"ALTER TABLE {target} ADD COLUMN {_quote(name)} {dtype}")
             con.execute(f"INSERT INTO {target} BY NAME SELECT * FROM incoming")
+            if ledger_row is not None:
+                r = ledger_row
+                con.execute("INSERT INTO ingest_ledger VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                            [task, r["batch_id"], r["content_hash"], r["status"], r["n_rows"], json.dumps(r["files"]),
+                             json.dumps(r["columns"]), json.dumps(r["reason"]) if r.get("reason") else None,
+                             time.time()])  # fmt: skip
             con.execute("COMMIT")
+            return True
 
     def read(self, task: str, table: str, where_batches: list[str] | None = None) -> pl.DataFrame:
         target = f"{_quote(task)}.{_quote(table)}"

@@ -1,0 +1,28 @@
+"""``python -m bench <name> [--size ...]``: run one benchmark (or ``all``), one JSON line per measurement."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+BENCHMARKS = {
+    "features": "bench.features",  # long EHR rows -> patient features: Polars / DuckDB vs pandas
+    "ingest": "bench.ingest",  # Warehouse.append of a batch when N rows are already there
+    "orchestration": "bench.orchestration",  # Dagster vs direct calls; multiprocess executor per-step cost
+    "training": "bench.training",  # XGBoost, CNN, text model throughput
+    "sensor": "bench.sensor",  # landing sensor latency with 10,000 batches in landing
+}
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in (*BENCHMARKS, "all"):
+        print(__doc__ + "\n\nbenchmarks: " + ", ".join(BENCHMARKS) + ", all (each with --size smoke|...)", file=sys.stderr)
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    names = list(BENCHMARKS) if argv[0] == "all" else [argv[0]]
+    for name in names:
+        importlib.import_module(BENCHMARKS[name]).main(argv[1:])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

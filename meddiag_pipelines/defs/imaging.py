@@ -1,0 +1,407 @@
+"""The asset graph of one imaging task (group = task name), with the same keys as a tabular task. Logic lives in
+``meddiag_pipelines/imaging`` and ``validation/images.py``; this file only wires inputs, resources and metadata.
+
+* raw_records        ``read_image_batch`` per landed batch; unreadable files are quarantined one by one (the good
+                     ones flow); each record also gets the intensity range of its decoded image (for validation).
+* validated_records  ``validation.images.validate_images`` per batch (GX: ids, label domain; channels, size, bit
+                     depth, constant images, duplicates within / across splits); blocking check over all rows.
+* split              the patient-level hash split, except that a MedMNIST npz record keeps its own split.
+* features           the memory-mapped uint8 tensor cache under ``<data>/cache/<task>/`` (one file per batch,
+                     rebuilt only for a new or changed batch) and a frame of the cached rows; ``feature_plan``
+                     says how to find and shape them.
+* candidate_model    ResNet18Small (``imaging.train``), checkpointed every epoch in the staging folder; a
+                     re-execution of a failed run resumes from its parent run's checkpoint.
+* baseline_model     L2 logistic regression on the cached images average-pooled to 14 x 14 (16 x 16 for 64 /
+                     128 px), pixels standardised, C chosen on validation; JSON coefficients.
+* evaluation ...     the shared lifecycle; the report gains a Grad-CAM section (true / false positives, false
+                     negatives of the test split; multi-class: correct and misclassified).
+
+Multi-label tasks (``image.multi_label``) are ingested and validated, but the split asset refuses them: the shared
+split check, evaluation and promotion only take binary and multi-class tasks end to end so far.
+"""
+
+
+import base64
+import html
+import shutil
+from pathlib import Path
+
+import dagster as dg
+import numpy as np
+import polars as pl
+
+from meddiag_pipelines.defs import common
+from meddiag_pipelines.defs.resources import MeddiagStorage
+from meddiag_pipelines.features.split import SPLIT_COLUMN, SPLITS, check_split
+from meddiag_pipelines.imaging.preprocess import CACHE_VERSION, load_cached, update_cache
+from meddiag_pipelines.imaging.readers import LABELS_CSV, ImageBatchError, ImageRejected, load_pixels, read_image_batch
+from meddiag_pipelines.ingestion.batches import RAW_TABLE, ReadOutcome, ingest_new_batches, validate_pending_batches
+from meddiag_pipelines.ingestion.errors import BatchRejected
+from meddiag_pipelines.ingestion.landing import BATCH_COLUMN, LandedBatch
+from meddiag_pipelines.specs import TaskSpec
+from meddiag_pipelines.training.device import torch_device
+from meddiag_pipelines.validation.images import (
+    INTENSITY_MAX,
+    INTENSITY_MIN,
+    PREDEFINED_SPLIT,
+    duplicate_warnings,
+    image_failures,
+    image_split,
+    validate_images,
+)
+
+CANDIDATE_NAME = "resnet18_small"
+BASELINE_NAME = "logistic_regression_pixels"
+PREDICT_CHUNK_BYTES = 1 << 28  # float32 images scored at once
+SALIENCY_PER_GROUP = 4
+
+
+# -- reading ------------------------------------------------------------------------------------------------------
+def _to_spec_columns(frame: pl.DataFrame, spec: TaskSpec) -> pl.DataFrame:
+    """The readers name their key columns id / label / patient_id; the spine uses the spec's names."""
+    renames = {canon: col for canon, col in (("id", spec.id), ("label", spec.label), ("patient_id", spec.patient_id))
+               if col and col != canon and canon in frame.columns}  # fmt: skip
+    return frame.rename(renames)
+
+
+def _file_of(source: str, fmt: str) -> str:
+    """The landed file of a record's source (``file.npz#split:i`` / ``file.dcm#frame`` -> the file)."""
+    return source if fmt == "folder" else source.rsplit("#", 1)[0]
+
+
+def _safe_problem(rel: str, problem: str) -> str:
+    """Reader messages about labels.csv rows quote the row (ids, free text): keep only the kind of problem."""
+    if problem.startswith("duplicate id"):
+        return f"duplicate id in {LABELS_CSV} (only the first row is used)"
+    if rel == LABELS_CSV:
+        return "a row has an empty file column" if "empty" in problem else "a row cannot be used"
+    return problem
+
+
+def read_image_records(batch: LandedBatch, spec: TaskSpec) -> ReadOutcome:
+    """Reader for ``ingest_new_batches``: records in the spec's column names plus the intensity range of each
+    decoded image; every file that does not decode is a per-file rejection."""
+    try:
+        result = read_image_batch(batch.path, spec)
+    except ImageBatchError as exc:
+        raise BatchRejected(LABELS_CSV if LABELS_CSV in str(exc) else batch.batch_id, str(exc)) from exc
+    records, fmt = result.records, spec.image.format
+    lows, highs, bad_files = [], [], {}
+    for source in records["source"].to_list():
+        try:
+            pixels = load_pixels(batch.path, source, spec)
+            lows.append(float(pixels.min()))
+            highs.append(float(pixels.max()))
+        except ImageRejected as exc:
+            bad_files.setdefault(_file_of(source, fmt), str(exc))
+            lows.append(None)
+            highs.append(None)
+    records = records.with_columns(pl.Series(INTENSITY_MIN, lows, dtype=pl.Float64),
+                                   pl.Series(INTENSITY_MAX, highs, dtype=pl.Float64))  # fmt: skip
+    files = [_file_of(s, fmt) for s in records["source"].to_list()]
+    if bad_files:
+        records = records.filter(pl.Series([f not in bad_files for f in files], dtype=pl.Boolean))
+    used = {f for f in files if f not in bad_files}
+    problems: dict[str, list[str]] = {}
+    for rel, problem in [*result.rejected, *bad_files.items()]:
+        if rel in used:
+            continue  # e.g. a repeated labels.csv row naming a file that a kept record uses: the file stays
+        problems.setdefault(rel, []).append(_safe_problem(rel, problem))
+    rejected = [(rel, "; ".join(dict.fromkeys(p))) for rel, p in problems.items()]
+    return ReadOutcome(_to_spec_columns(records, spec), rejected)
+
+
+# -- features: the tensor cache -----------------------------------------------------------------------------------
+def _cache_records(rows: pl.DataFrame, spec: TaskSpec) -> pl.DataFrame:
+    """One batch's rows as the cache wants them, in a stable order (the cache fingerprint depends on it)."""
+    return rows.select(pl.col(spec.id).cast(pl.String).alias("id"), "source", "sha256").sort("id")
+
+
+def baseline_side(size: int) -> int:
+    return 14 if size % 14 == 0 else 16
+
+
+def pooled_pixels(X: np.ndarray, side: int) -> np.ndarray:
+    """(n, C, S, S) -> (n, C * side * side) by average pooling over S / side blocks."""
+    n, c, s, _ = X.shape
+    k = s // side
+    return X.reshape(n, c, side, k, side, k).mean(axis=(3, 5)).reshape(n, c * side * side)
+
+
+def _predictor_factory(spec: TaskSpec):
+    def factory(plan: dict):
+        from meddiag_pipelines.imaging.train import predict_image_model
+        from meddiag_pipelines.training.tabular_models import predict_tabular
+
+        cache_dir = Path(plan["cache_dir"])
+        per_image = 4 * int(plan["channels"]) * int(plan["size"]) ** 2
+        chunk = max(256, PREDICT_CHUNK_BYTES // per_image)
+        k = len(plan.get("classes") or []) or 2
+
+        def predict(model_dir: Path, rows: pl.DataFrame) -> np.ndarray:
+            ids = rows[spec.id].cast(pl.String).to_list()
+            parts = []
+            for start in range(0, len(ids), chunk):
+                X = load_cached(cache_dir, ids[start : start + chunk])
+                if plan.get("predictor") == "pixel_logistic":
+                    p = predict_tabular(Path(model_dir), pooled_pixels(X, int(plan["baseline_side"])))
+                else:
+                    p = predict_image_model(Path(model_dir), X, device=torch_device())
+                if not spec.is_binary and p.ndim == 1:  # a two-class multi-class task scored by a binary model
+                    p = np.stack([1.0 - p, p], axis=1)
+                parts.append(np.asarray(p, dtype=np.float64))
+            if not parts:
+                return np.empty((0,) if spec.is_binary else (0, k))
+            return np.concatenate(parts)
+
+        return predict
+
+    return factory
+
+
+# -- report: saliency ---------------------------------------------------------------------------------------------
+def _png_img(png: bytes, alt: str) -> str:
+    return f'<img alt="{html.escape(alt)}" style="max-width:100%" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
+
+
+def saliency_sections(spec: TaskSpec, candidate: dict, test: pl.DataFrame, proba: np.ndarray, metrics: dict,
+                      log=None) -> list[tuple[str, str]]:  # fmt: skip
+    """Grad-CAM over a seeded sample of the test split: true positives, false positives and false negatives at the
+    operating threshold (binary), or correct and misclassified images (multi-class). No ids are shown."""
+    from meddiag_pipelines.imaging.saliency import grad_cam, saliency_panel_png
+
+    title = "Saliency (Grad-CAM)"
+    try:
+        classes = candidate["classes"]
+        y = common.encode_labels(test[spec.label], classes)
+        rng = np.random.default_rng(spec.evaluation.seed)
+        if proba.ndim == 1:
+            threshold = float((metrics.get("operating_threshold") or {}).get("value", 0.5))
+            pred = proba >= threshold
+            groups = [("True positives", (y == 1) & pred), ("False positives", (y == 0) & pred),
+                      ("False negatives", (y == 1) & ~pred)]  # fmt: skip
+            scores = proba
+            note = (f"At the operating threshold {threshold:.3f}. The heat map is the evidence for "
+                    f"<b>{html.escape(str(classes[1]))}</b>.")  # fmt: skip
+        else:
+            pred_idx = proba.argmax(axis=1)
+            groups = [("Correctly classified", pred_idx == y), ("Misclassified", pred_idx != y)]
+            scores = proba.max(axis=1)
+            note = "The heat map is the evidence for the predicted class."
+        ids = test[spec.id].cast(pl.String).to_list()
+        plan = candidate["plan"]
+        parts = [f"<p>Grad-CAM (last convolutional stage, coarse at small input sizes) over a random sample of up "
+                 f"to {SALIENCY_PER_GROUP} test images per group. {note} It shows where the model looked, "
+                 "not a segmentation.</p>"]  # fmt: skip
+        for label, mask in groups:
+            where = np.flatnonzero(mask)
+            parts.append(f"<h3>{label} ({where.size} of {len(y)})</h3>")
+            if where.size == 0:
+                parts.append("<p>none in the test split</p>")
+                continue
+            chosen = np.sort(rng.choice(where, size=min(SALIENCY_PER_GROUP, where.size), replace=False))
+            X = load_cached(Path(plan["cache_dir"]), [ids[i] for i in chosen])
+            maps = grad_cam(Path(candidate["dir"]), X)
+            if proba.ndim == 1:
+                titles = [f"p={scores[i]:.2f}" for i in chosen]
+            else:
+                titles = [f"true {classes[y[i]]} / pred {classes[proba[i].argmax()]}" for i in chosen]
+            parts.append(_png_img(saliency_panel_png(X, maps, titles), f"{label}: Grad-CAM"))
+        return [(title, "\n".join(parts))]
+    except Exception as exc:  # noqa: BLE001 - a saliency failure must not lose the evaluation
+        if log is not None:
+            log.warning(f"{spec.name}: saliency section failed: {type(exc).__name__}: {exc}")
+        return [(title, f"<p>Saliency could not be computed ({html.escape(type(exc).__name__)}).</p>")]
+
+
+# -- the asset graph ----------------------------------------------------------------------------------------------
+def _resume_checkpoint(context: dg.AssetExecutionContext, storage: MeddiagStorage, spec: TaskSpec, out: Path) -> bool:
+    """A re-execution of a failed run starts from the checkpoint its parent run left in its staging folder."""
+    from meddiag_pipelines.imaging.train import CHECKPOINT
+
+    parent = context.run.parent_run_id
+    if not parent or (out / CHECKPOINT).exists():
+        return False
+    staging = storage.registry.task_dir(spec.name) / ".staging"
+    found = sorted(staging.glob(f"*-{parent[:8]}/model/{CHECKPOINT}"))
+    if not found:
+        return False
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(found[-1], out / f".{CHECKPOINT}.tmp")
+    (out / f".{CHECKPOINT}.tmp").replace(out / CHECKPOINT)
+    context.log.info(f"{spec.name}: resuming training from the checkpoint of parent run {parent[:8]}")
+    return True
+
+
+def build_image_assets(spec: TaskSpec) -> list:
+    name = spec.name
+    tags = common.asset_tags(spec)
+    image = spec.image
+    assert image is not None
+
+    @dg.asset(key=[name, "raw_records"], description=f"{name}: new landed image batches ({image.format}), read once "
+              "and appended to the warehouse (one row per image); unreadable files quarantined one by one.",
+              kinds={"duckdb", "polars"}, pool=common.pool(spec), **tags)  # fmt: skip
+    def raw_records(context: dg.AssetExecutionContext, storage: MeddiagStorage) -> dg.MaterializeResult:
+        summary = ingest_new_batches(spec, storage.layout, storage.warehouse, read_image_records)
+        return common.ingest_result(context, spec, storage, summary)
+
+    @dg.asset(key=[name, "validated_records"], deps=[raw_records], io_manager_key="warehouse_io_manager",
+              description=f"{name}: image records of every batch that passed the image checks (GX ids and label "
+              "domain; channels, size, bit depth, constant images, duplicates across splits).",
+              kinds={"duckdb", "polars", "great_expectations"}, pool=common.pool(spec), **tags)  # fmt: skip
+    def validated_records(context: dg.AssetExecutionContext, storage: MeddiagStorage) -> pl.DataFrame:
+        warehouse = storage.warehouse
+        ledger = warehouse.ledger(name)
+        done = ledger.filter(pl.col("status") == "validated")["batch_id"].to_list() if ledger.height else []
+        earlier = warehouse.read(name, RAW_TABLE, done) if done else None
+
+        def validator(frame: pl.DataFrame, task: TaskSpec, known_ids: set[str]):
+            return validate_images(frame, task, known_ids, earlier)
+
+        records, summary = validate_pending_batches(spec, storage.layout, warehouse, validator)
+        common.log_validation(context, spec, summary)
+        context.add_output_metadata(common.validation_metadata(spec, storage, records, summary))
+        return records
+
+    @dg.asset_check(asset=validated_records, blocking=True, description="Image checks over all validated rows: GX "
+                    "(ids present and unique, label domain, pixel hash present), channels / size / bit depth as the "
+                    "spec expects, no constant image, no identical image in two splits (leakage) or with two "
+                    "labels in one split.")  # fmt: skip
+    def validated_records_suite(validated_records: pl.DataFrame) -> dg.AssetCheckResult:
+        if validated_records.is_empty():
+            return dg.AssetCheckResult(passed=False, description="no validated images: nothing to learn from")
+        return common.failures_result(image_failures(validated_records, spec, name))
+
+    @dg.asset_check(asset=validated_records, blocking=False, description="Identical images (sha256) repeated within "
+                    "one split with the same label: not leakage, but worth a look (warning only).")  # fmt: skip
+    def validated_records_duplicates_within_split(validated_records: pl.DataFrame) -> dg.AssetCheckResult:
+        warnings = duplicate_warnings(validated_records, spec)
+        return dg.AssetCheckResult(passed=not warnings, severity=dg.AssetCheckSeverity.WARN,
+                                   metadata={"n_duplicate_images": int(sum(w.unexpected_count or 0 for w in warnings)),
+                                             "problems": "; ".join(w.problem for w in warnings) or "none"})  # fmt: skip
+
+    @dg.asset(key=[name, "split"], io_manager_key="warehouse_io_manager", kinds={"polars"}, pool=common.pool(spec),
+              description=f"{name}: train / val / test by a stable hash of {spec.patient_id or spec.id}, except that "
+              "records from a MedMNIST npz keep the file's own split; unlabelled rows are 'score'.", **tags)  # fmt: skip
+    def split(validated_records: pl.DataFrame) -> dg.Output:
+        if image.multi_label:
+            raise dg.Failure(f"{name}: multi-label image tasks are ingested and validated, but the split, training and "
+                             "evaluation take binary and multi-class tasks only so far")  # fmt: skip
+        frame = image_split(validated_records, spec)
+        table = check_split(frame, spec)
+        rows = [{"split": s, **{str(k): v for k, v in sorted(table[s].items())}} for s in SPLITS]
+        counts = {f"n_{s}": int(frame.filter(pl.col(SPLIT_COLUMN) == s).height) for s in (*SPLITS, "score")}
+        predefined = int(frame[PREDEFINED_SPLIT].is_not_null().sum()) if PREDEFINED_SPLIT in frame.columns else 0
+        return dg.Output(frame, metadata={**counts, "n_predefined_split": predefined,
+                                          "by_class": dg.MetadataValue.md(common.markdown_table(rows))})  # fmt: skip
+
+    @dg.multi_asset(
+        name=f"{name}__features",
+        pool=common.pool(spec),
+        outs={
+            "features": dg.AssetOut(key=[name, "features"], io_manager_key="warehouse_io_manager", kinds={"polars", "numpy"},
+                                    description=f"{name}: the rows whose images are in the preprocessed tensor cache "
+                                    f"(<data>/cache/{name}/, uint8 {image.channels} x {image.size} x {image.size}, "
+                                    "memory-mapped, rebuilt only for new batches), with keys and split.", **tags),
+            "feature_plan": dg.AssetOut(key=[name, "feature_plan"], kinds={"python"},
+                                        description=f"{name}: where the tensor cache is and the image shape it holds.",
+                                        **tags),
+        },  # fmt: skip
+    )
+    def features(context: dg.AssetExecutionContext, storage: MeddiagStorage, split: pl.DataFrame):
+        cache_dir = storage.layout.cache(name)
+        built, reused, n_images = 0, 0, 0
+        for (batch_id,), rows in split.group_by(BATCH_COLUMN, maintain_order=False):
+            manifest = update_cache(cache_dir, storage.layout.landing(name) / batch_id, batch_id,
+                                    _cache_records(rows, spec), spec)  # fmt: skip
+            if manifest["failed"]:
+                raise dg.Failure(f"{name}: {len(manifest['failed'])} images of batch {batch_id} no longer read from "
+                                 "the landing folder; restore or remove the batch before training")  # fmt: skip
+            reused += bool(manifest["reused"])
+            built += not manifest["reused"]
+            n_images += int(manifest["n"])
+        keys = [c for c in dict.fromkeys([spec.id, spec.label, spec.patient_id, SPLIT_COLUMN, BATCH_COLUMN, *spec.subgroups])
+                if c and c in split.columns]  # fmt: skip
+        frame = split.select(keys)
+        plan = {"modality": "image", "cache_dir": str(cache_dir), "size": image.size, "channels": image.channels,
+                "format": image.format, "cache_version": CACHE_VERSION, "id_column": spec.id}  # fmt: skip
+        cache_bytes = sum(p.stat().st_size for p in cache_dir.glob("*.npy")) if cache_dir.is_dir() else 0
+        meta = {"n_rows": frame.height, "n_images_cached": n_images, "batches_built": built, "batches_reused": reused,
+                "image_shape": f"{image.channels}x{image.size}x{image.size}", "cache_mb": round(cache_bytes / 2**20, 2)}  # fmt: skip
+        yield dg.Output(frame, output_name="features", metadata=meta)
+        yield dg.Output(plan, output_name="feature_plan", metadata={"size": image.size, "channels": image.channels})
+
+    def _data(features: pl.DataFrame, plan: dict, part: str, classes: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        rows = features.filter(pl.col(SPLIT_COLUMN) == part)
+        X = load_cached(Path(plan["cache_dir"]), rows[spec.id].cast(pl.String).to_list())
+        return X, common.encode_labels(rows[spec.label], classes)
+
+    @dg.asset(key=[name, "candidate_model"], description=f"{name}: ResNet-18 adapted to {image.size} px "
+              "(AdamW, cosine schedule, augmentation, class weights, early stopping on validation AUROC; CUDA when "
+              "present), checkpointed every epoch in the registry's staging area; weights as a torch state dict.",
+              kinds={"pytorch"}, pool=common.pool(spec), **tags)  # fmt: skip
+    def candidate_model(context: dg.AssetExecutionContext, storage: MeddiagStorage, features: pl.DataFrame,
+                        feature_plan: dict) -> dict:  # fmt: skip
+        from meddiag_pipelines.imaging.train import CHECKPOINT, train_image_model
+
+        version = common.run_version(context)
+        out = storage.registry.staging_dir(name, version) / "model"
+        _resume_checkpoint(context, storage, spec, out)
+        classes = common.class_list(spec, features)
+        (X_train, y_train), (X_val, y_val) = (_data(features, feature_plan, p, classes) for p in ("train", "val"))
+        kind = "binary" if spec.is_binary else "multiclass"
+
+        def progress(epoch: int, row: dict) -> None:
+            context.log.info(f"{name}: epoch {epoch}: loss {row['train_loss']:.4f}, val AUROC {row['val_auroc']:.4f}, "
+                             f"{row['images_per_second']:.0f} img/s")  # fmt: skip
+
+        result = train_image_model(X_train, y_train, X_val, y_val, kind, len(classes), spec, out, device=torch_device(),
+                                   on_epoch_end=progress)  # fmt: skip
+        (out / CHECKPOINT).unlink(missing_ok=True)  # the published version keeps the weights, not the optimizer
+        cfg = result.config
+        val = result.best_val_auroc
+        meta = {
+            "name": CANDIDATE_NAME, "framework": "pytorch", "classes": classes, "device": result.device,
+            "val_score": None if np.isnan(val) else float(val),
+            "params": {"width": cfg["model_config"].get("width"), "input_size": image.size, "channels": image.channels,
+                       "epochs": spec.training.epochs, "epochs_run": cfg["epochs_run"], "best_epoch": result.best_epoch,
+                       "stopped": result.stopped, "batch_size": spec.training.batch_size,
+                       "learning_rate": spec.training.learning_rate, "augment": list(image.augment),
+                       "resumed_from_epoch": result.resumed_from_epoch, "seed": spec.training.seed},
+        }  # fmt: skip
+        handle = common.model_handle(context, spec, version, out, meta, {**feature_plan, "predictor": "cnn",
+                                                                           "classes": classes})  # fmt: skip
+        speeds = [r["images_per_second"] for r in result.history if r.get("images_per_second") == r.get("images_per_second")]
+        context.add_output_metadata({"train_seconds": round(result.seconds, 1), "device": result.device,
+                                     "n_train": int(len(X_train)), "n_val": int(len(X_val)),
+                                     "images_per_second": float(np.mean(speeds)) if speeds else 0.0})  # fmt: skip
+        return handle
+
+    @dg.asset(key=[name, "baseline_model"], description=f"{name}: L2 logistic regression on the cached images "
+              f"average-pooled to {baseline_side(image.size)} x {baseline_side(image.size)} per channel "
+              "(standardised pixels, C chosen on validation), the plain baseline; JSON coefficients.",
+              kinds={"scikitlearn"}, pool=common.pool(spec), **tags)  # fmt: skip
+    def baseline_model(context: dg.AssetExecutionContext, storage: MeddiagStorage, features: pl.DataFrame,
+                       feature_plan: dict) -> dict:  # fmt: skip
+        from meddiag_pipelines.training.tabular_models import train_logistic
+
+        version = common.run_version(context)
+        out = storage.registry.staging_dir(name, version) / "baseline"
+        classes = common.class_list(spec, features)
+        side = baseline_side(image.size)
+        (X_train, y_train), (X_val, y_val) = (_data(features, feature_plan, p, classes) for p in ("train", "val"))
+        names = [f"c{c}_y{i}_x{j}" for c in range(image.channels) for i in range(side) for j in range(side)]
+        meta = train_logistic(pooled_pixels(X_train, side), y_train, pooled_pixels(X_val, side), y_val, len(classes),
+                              out, names)  # fmt: skip
+        meta = {**meta, "name": BASELINE_NAME, "classes": classes}
+        plan = {**feature_plan, "predictor": "pixel_logistic", "baseline_side": side, "classes": classes}
+        return common.model_handle(context, spec, version, out, meta, plan)
+
+    downstream = common.build_model_lifecycle_assets(
+        spec, tags, split_asset=[split], predictor_factory=_predictor_factory(spec), explain=None,
+        missing_data=lambda train_rows, plan: [],
+        test_sections=lambda candidate, test, proba, metrics: saliency_sections(spec, candidate, test, proba, metrics),
+    )  # fmt: skip
+    return [raw_records, validated_records, validated_records_suite, validated_records_duplicates_within_split, split,
+            features, candidate_model, baseline_model, *downstream]  # fmt: skip

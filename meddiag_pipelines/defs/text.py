@@ -1,0 +1,214 @@
+"""The asset graph of one text task (group = task name), wired like ``defs/tabular.py``. Logic lives in
+``meddiag_pipelines/text`` (readers that scrub PHI at read, models, explanations) and
+``meddiag_pipelines/validation/texts.py`` (the checks); this file only wires inputs, resources and metadata.
+
+The raw text never reaches the warehouse: the reader scrubs each text right after decoding it, and only the
+scrubbed text is appended. Files the reader rejects (bad encoding, unreadable format) are quarantined one by
+one while the rest of their batch flows on. ``candidate_model`` trains both text models once (TF-IDF + LR
+baseline and the fastText-style torch model) and keeps the better on validation; ``baseline_model`` points at
+the baseline trained in that same call, so nothing is trained twice.
+"""
+
+import html
+import json
+from pathlib import Path
+
+import dagster as dg
+import numpy as np
+import polars as pl
+
+from meddiag_pipelines.defs import common
+from meddiag_pipelines.defs.resources import MeddiagStorage
+from meddiag_pipelines.features.split import SPLIT_COLUMN
+from meddiag_pipelines.ingestion.batches import ReadOutcome, ingest_new_batches, validate_pending_batches
+from meddiag_pipelines.ingestion.landing import BATCH_COLUMN, LandedBatch
+from meddiag_pipelines.specs import TaskSpec
+from meddiag_pipelines.text.models import explain_texts, predict_text, top_terms_per_class, train_text_models
+from meddiag_pipelines.text.readers import read_text_batch
+from meddiag_pipelines.training.device import torch_device
+from meddiag_pipelines.validation.suites import CheckFailure
+from meddiag_pipelines.validation.texts import texts_shared_across_splits, unreadable_files, validate_texts
+
+MODEL_NAMES = {"baseline": "tfidf_logistic_regression", "neural": "fasttext_torch"}
+FRAMEWORKS = {"baseline": "scikit-learn", "neural": "torch"}
+TOP_TERMS = 10
+
+
+def spec_columns(records: pl.DataFrame, spec: TaskSpec) -> pl.DataFrame:
+    """The reader names its columns id / label / patient_id / text; the warehouse uses the spec's names."""
+    names = {"id": spec.id, "label": spec.label, "text": spec.text}
+    if spec.patient_id:
+        names["patient_id"] = spec.patient_id
+    return records.rename({k: v for k, v in names.items() if k in records.columns and k != v})
+
+
+def texts_of(rows: pl.DataFrame, column: str) -> list[str]:
+    return rows[column].cast(pl.String).fill_null("").to_list()
+
+
+def _text_predictor(plan: dict):
+    column = plan["text_column"]
+
+    def predict(model_dir, rows: pl.DataFrame) -> np.ndarray:
+        return predict_text(Path(model_dir), texts_of(rows, column))
+
+    return predict
+
+
+def _explain(model_dir, rows: pl.DataFrame, plan: dict) -> list[list[tuple[str, float]]]:
+    """The words of each (scrubbed) text that pushed it toward its predicted class, by occlusion."""
+    return explain_texts(Path(model_dir), texts_of(rows, plan["text_column"]))
+
+
+def _missing_texts(train_rows: pl.DataFrame, plan: dict) -> list[dict]:
+    column = plan["text_column"]
+    n = max(train_rows.height, 1)
+    missing = train_rows.filter(pl.col(column).cast(pl.String).str.strip_chars().fill_null("") == "").height
+    return [{"feature": column, "n_missing": missing, "rate": missing / n,
+             "handling": "none needed" if not missing else "empty text (blocked by validation)"}]  # fmt: skip
+
+
+def top_terms_html(model_dir: Path, k: int = TOP_TERMS) -> str:
+    """An HTML table: per class, the terms the model weighs most toward it (no external resources)."""
+    terms = top_terms_per_class(Path(model_dir), k)
+    rows = "".join(
+        f"<tr><td>{html.escape(str(c))}</td><td>{html.escape(', '.join(t for t, _ in pairs)) or '&mdash;'}</td></tr>"
+        for c, pairs in terms.items()
+    )
+    return (f"<p>The {k} terms most indicative of each class (relative to the mean over classes), as the "
+            "chosen model weighs them. Terms come from scrubbed training text.</p>"
+            f"<table><tr><th>class</th><th>top terms</th></tr>{rows}</table>")  # fmt: skip
+
+
+def _card_extras(candidate: dict) -> list[tuple[str, str]]:
+    return [("Top terms per class", top_terms_html(Path(candidate["dir"])))]
+
+
+def _check_result(failures: list[CheckFailure], **metadata) -> dg.AssetCheckResult:
+    result = common.failures_result(failures)
+    return dg.AssetCheckResult(passed=result.passed, severity=result.severity,
+                               metadata={**result.metadata, **metadata})  # fmt: skip
+
+
+def build_text_assets(spec: TaskSpec) -> list:
+    name = spec.name
+    tags = common.asset_tags(spec)
+
+    @dg.asset(key=[name, "raw_records"], description=f"{name}: new landed batches (CSV, Parquet, JSONL or .txt "
+              "files + labels.csv), PHI scrubbed at read and only the scrubbed text appended to the warehouse; "
+              "files that cannot be decoded as UTF-8 or read are quarantined one by one.",
+              kinds={"duckdb", "polars"}, **tags)  # fmt: skip
+    def raw_records(context: dg.AssetExecutionContext, storage: MeddiagStorage) -> dg.MaterializeResult:
+        truncated = 0
+
+        def reader(batch: LandedBatch, spec: TaskSpec) -> ReadOutcome:
+            nonlocal truncated
+            result = read_text_batch(batch.path, spec)
+            truncated += result.truncated
+            return ReadOutcome(spec_columns(result.records, spec), list(result.rejected))
+
+        summary = ingest_new_batches(spec, storage.layout, storage.warehouse, reader)
+        result = common.ingest_result(context, spec, storage, summary)
+        return dg.MaterializeResult(metadata={**(result.metadata or {}), "truncated_texts": truncated})
+
+    @dg.asset_check(asset=raw_records, blocking=True, description="Every landed file the reader rejected (not "
+                    "UTF-8, unreadable) is in quarantine with its reason and counted in the ledger; the good "
+                    "files of its batch flow on.")  # fmt: skip
+    def unreadable_files_quarantined(storage: MeddiagStorage) -> dg.AssetCheckResult:
+        n_rejected, failures = unreadable_files(storage.warehouse.ledger(name), storage.layout.quarantine(name))
+        return _check_result(failures, rejected_files=n_rejected)
+
+    @dg.asset(key=[name, "validated_records"], deps=[raw_records], io_manager_key="warehouse_io_manager",
+              description=f"{name}: rows of every batch that passed the text checks (GX suite: columns, unique "
+              "ids, label domain; texts long enough and cleanly decoded).",
+              kinds={"duckdb", "polars", "great_expectations"}, **tags)  # fmt: skip
+    def validated_records(context: dg.AssetExecutionContext, storage: MeddiagStorage) -> pl.DataFrame:
+        records, summary = validate_pending_batches(spec, storage.layout, storage.warehouse, validate_texts)
+        common.log_validation(context, spec, summary)
+        context.add_output_metadata(common.validation_metadata(spec, storage, records, summary))
+        return records
+
+    @dg.asset_check(asset=validated_records, blocking=True, description="The text checks over all validated rows "
+                    "(columns, label domain, unique ids across batches, texts not empty nor shorter than "
+                    f"{spec.min_text_chars} characters, no decoding damage).")  # fmt: skip
+    def validated_records_suite(validated_records: pl.DataFrame) -> dg.AssetCheckResult:
+        if validated_records.is_empty():
+            return dg.AssetCheckResult(passed=False, description="no validated rows: nothing to learn from")
+        return common.failures_result(validate_texts(validated_records, spec))
+
+    split = common.build_split_asset(spec, validated_records, tags)
+
+    @dg.asset_check(asset=split[0], blocking=True, description="No text (case and blanks folded) appears in more "
+                    "than one of train / val / test: a shared text would leak training data into the test.")  # fmt: skip
+    def texts_unique_across_splits(split: pl.DataFrame) -> dg.AssetCheckResult:
+        return common.failures_result(texts_shared_across_splits(split, spec))
+
+    @dg.multi_asset(
+        name=f"{name}__features",
+        outs={
+            "features": dg.AssetOut(key=[name, "features"], io_manager_key="warehouse_io_manager", kinds={"polars"},
+                                    description=f"{name}: the scrubbed text as is beside the keys and split (the "
+                                    "models build their own n-gram features, fitted on training rows only).", **tags),
+            "feature_plan": dg.AssetOut(key=[name, "feature_plan"], kinds={"python"},
+                                        description=f"{name}: which column holds the text the models read.", **tags),
+        },  # fmt: skip
+    )
+    def features(context: dg.AssetExecutionContext, split: pl.DataFrame):
+        keys = [c for c in split.columns if c in {spec.id, spec.label, spec.patient_id, SPLIT_COLUMN, BATCH_COLUMN,
+                                                   *spec.subgroups}]  # fmt: skip
+        frame = split.select(*keys, pl.col(spec.text).cast(pl.String))
+        plan = {"modality": "text", "text_column": spec.text, "min_text_chars": spec.min_text_chars,
+                "scrubbed_at_read": True}  # fmt: skip
+        lengths = frame[spec.text].str.len_chars()
+        meta = {"n_rows": frame.height, "median_text_chars": float(lengths.median() or 0),
+                "max_text_chars": int(lengths.max() or 0)}  # fmt: skip
+        yield dg.Output(frame, output_name="features", metadata=meta)
+        yield dg.Output(plan, output_name="feature_plan", metadata={"text_column": spec.text})
+
+    @dg.asset(key=[name, "candidate_model"], description=f"{name}: trains the TF-IDF + logistic-regression "
+              "baseline and a fastText-style torch model (CUDA when present) once, and keeps the better on "
+              "validation macro-F1 (a tie goes to the baseline); both saved in safe formats in the registry's "
+              "staging area.", kinds={"pytorch", "scikitlearn"}, pool=common.pool(spec), **tags)  # fmt: skip
+    def candidate_model(context: dg.AssetExecutionContext, storage: MeddiagStorage, features: pl.DataFrame,
+                        feature_plan: dict) -> dict:  # fmt: skip
+        version = common.run_version(context)
+        out = storage.registry.staging_dir(name, version) / "model"
+        classes = common.class_list(spec, features)
+        train = features.filter(pl.col(SPLIT_COLUMN) == "train")
+        val = features.filter(pl.col(SPLIT_COLUMN) == "val")
+        column = feature_plan["text_column"]
+        result = train_text_models(texts_of(train, column), common.encode_labels(train[spec.label], classes),
+                                   texts_of(val, column), common.encode_labels(val[spec.label], classes),
+                                   classes, spec, out, device=torch_device())  # fmt: skip
+        chosen = json.loads((out / "chosen.json").read_text(encoding="utf-8"))
+        params = {"chosen": result.chosen, "val_macro_f1_baseline": result.val_scores["baseline"],
+                  "val_macro_f1_neural": result.val_scores["neural"], "baseline_C": chosen["baseline_C"],
+                  "temperature": chosen["temperature"][result.chosen], "epochs": spec.training.epochs,
+                  "batch_size": spec.training.batch_size, "learning_rate": spec.training.learning_rate,
+                  "patience": spec.training.patience, "time_budget_s": spec.training.time_budget_s}  # fmt: skip
+        meta = {"name": MODEL_NAMES[result.chosen], "framework": FRAMEWORKS[result.chosen], "params": params,
+                "val_score": result.val_scores[result.chosen], "classes": classes, "device": result.device}  # fmt: skip
+        context.add_output_metadata({"train_seconds": round(result.seconds, 1), "chosen": result.chosen,
+                                     "device": result.device})  # fmt: skip
+        return common.model_handle(context, spec, version, out, meta, feature_plan)
+
+    @dg.asset(key=[name, "baseline_model"], description=f"{name}: the TF-IDF (word 1-2-grams, char 2-5-grams) + "
+              "logistic-regression baseline every model is compared with; trained by candidate_model in the same "
+              "call (never twice), this asset points at it.", kinds={"scikitlearn"}, pool=common.pool(spec),
+              **tags)  # fmt: skip
+    def baseline_model(context: dg.AssetExecutionContext, candidate_model: dict) -> dict:
+        out = Path(candidate_model["dir"])
+        chosen = json.loads((out / "chosen.json").read_text(encoding="utf-8"))
+        meta = {"name": MODEL_NAMES["baseline"], "framework": FRAMEWORKS["baseline"],
+                "params": {"C": chosen["baseline_C"], "temperature": chosen["temperature"]["baseline"]},
+                "val_score": chosen["val_macro_f1"]["baseline"], "classes": candidate_model["classes"],
+                "device": "cpu"}  # fmt: skip
+        return common.model_handle(context, spec, candidate_model["version"], out / "baseline", meta,
+                                   candidate_model["plan"])  # fmt: skip
+
+    downstream = common.build_model_lifecycle_assets(
+        spec, tags, split_asset=split, predictor_factory=_text_predictor, explain=_explain,
+        missing_data=_missing_texts, card_extras=_card_extras,
+    )  # fmt: skip
+    return [raw_records, unreadable_files_quarantined, validated_records, validated_records_suite, *split,
+            texts_unique_across_splits, features, candidate_model, baseline_model, *downstream]  # fmt: skip

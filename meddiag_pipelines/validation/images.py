@@ -1,0 +1,192 @@
+"""Image validation: the checks that block an image batch (or the whole task) before anything is learnt.
+
+Decoding is checked by the readers (an unreadable file never becomes a record). On the records this adds:
+
+* GX (via :func:`~meddiag_pipelines.validation.suites.run_suite`): the key columns exist; ids are present and
+  unique; the label is in the spec's ``classes``; every record has a pixel hash.
+* plain Polars, image by image (counts only, never ids):
+  - ``image_channels``  channels must equal ``spec.image.channels`` (a colour photograph in a greyscale task is
+    most likely the wrong file; the cache would silently turn it into luma);
+  - ``image_size``      npz (MedMNIST) images must be exactly ``size`` x ``size``; other formats must be at least
+    ``size`` on their shorter side (smaller images would be up-sampled, inventing detail);
+  - ``image_bit_depth`` folder: 8 or 16 bits (1-bit masks and 32-bit float images refused); npz: 8;
+    DICOM: 8 to 16 bits stored;
+  - ``image_constant``  the decoded intensities (after windowing, in [0, 1]) span less than one grey level
+    (``MIN_INTENSITY_RANGE``): a blank or saturated frame;
+  - ``duplicate_images_across_splits`` (leakage): the same pixels (sha256) labelled in two of train / val / test;
+  - ``duplicate_images_conflicting_labels``: the same pixels twice in one split with different labels;
+  - ``ids_unique_across_batches``: ids already ingested from an earlier batch (a re-export).
+
+Duplicates within one split with the same label are not an error (a re-acquisition, a copied file); they are
+reported by :func:`duplicate_warnings` for a non-blocking check.
+
+The split used for the duplicate checks is the one the pipeline will assign (:func:`image_split`): the npz
+file's own ``predefined_split`` when there is one, else the stable patient-level hash split.
+"""
+
+from __future__ import annotations
+
+import great_expectations.expectations as gxe
+import polars as pl
+
+from meddiag_pipelines.features.split import SPLIT_COLUMN, SPLITS, assign_split
+from meddiag_pipelines.specs import TaskSpec
+from meddiag_pipelines.validation.suites import CheckFailure, identifier_columns, run_suite
+
+PREDEFINED_SPLIT = "predefined_split"
+# Columns the image reader wrapper adds: intensity range of the decoded image (after windowing, in [0, 1]).
+INTENSITY_MIN = "intensity_min"
+INTENSITY_MAX = "intensity_max"
+MIN_INTENSITY_RANGE = 1.0 / 512  # less than one 8-bit grey level between darkest and brightest pixel
+IMAGE_COLUMNS = ("sha256", "height", "width", "channels", "bit_depth")
+FOLDER_BIT_DEPTHS = (8, 16)
+DICOM_BIT_DEPTHS = (8, 16)  # inclusive range of BitsStored
+
+
+def image_split(records: pl.DataFrame, spec: TaskSpec) -> pl.DataFrame:
+    """The hash split (``features.split.assign_split``), overridden by the npz file's own split where the record
+    has one. Unlabelled rows stay ``score`` whatever their predefined split."""
+    frame = assign_split(records, spec)
+    if PREDEFINED_SPLIT not in frame.columns:
+        return frame
+    return frame.with_columns(
+        pl.when((pl.col(SPLIT_COLUMN) != "score") & pl.col(PREDEFINED_SPLIT).is_in(list(SPLITS)))
+        .then(pl.col(PREDEFINED_SPLIT))
+        .otherwise(pl.col(SPLIT_COLUMN))
+        .alias(SPLIT_COLUMN)
+    )
+
+
+def image_expectations(spec: TaskSpec) -> list[gxe.Expectation]:
+    required = [spec.id, spec.label, *IMAGE_COLUMNS, *spec.subgroups]
+    if spec.patient_id:
+        required.append(spec.patient_id)
+    exps: list[gxe.Expectation] = [gxe.ExpectColumnToExist(column=c) for c in dict.fromkeys(required)]
+    exps += [gxe.ExpectColumnValuesToNotBeNull(column=spec.id), gxe.ExpectColumnValuesToBeUnique(column=spec.id),
+             gxe.ExpectColumnValuesToNotBeNull(column="sha256")]  # fmt: skip
+    if spec.classes:
+        exps.append(gxe.ExpectColumnValuesToBeInSet(column=spec.label, value_set=list(spec.classes)))
+    return exps
+
+
+def _count_failure(frame: pl.DataFrame, bad: pl.Expr, name: str, column: str, problem: str) -> list[CheckFailure]:
+    hits = frame.filter(bad)
+    if hits.is_empty():
+        return []
+    examples = sorted({str(v) for v in hits[column].to_list()})[:5] if column in hits.columns else []
+    return [CheckFailure(name, column, f"{hits.height} images {problem}", hits.height, examples)]
+
+
+def image_property_failures(frame: pl.DataFrame, spec: TaskSpec) -> list[CheckFailure]:
+    """Channels, size, bit depth and constant intensities against the spec (see the module docstring)."""
+    image = spec.image
+    assert image is not None, "image tasks only"
+    missing = [c for c in IMAGE_COLUMNS if c not in frame.columns]
+    if missing:
+        return [CheckFailure("image_columns", None, f"image columns missing: {missing}")]
+    failures = _count_failure(frame, pl.col("channels") != image.channels, "image_channels", "channels",
+                              f"have another number of channels than the spec's {image.channels}")  # fmt: skip
+    size = image.size
+    if image.format == "npz":
+        failures += _count_failure(frame, (pl.col("height") != size) | (pl.col("width") != size), "image_size", "height",
+                                   f"are not {size} x {size} px as the spec expects")  # fmt: skip
+    else:
+        failures += _count_failure(frame, pl.min_horizontal("height", "width") < size, "image_size", "height",
+                                   f"are smaller than the spec's {size} px on a side (they would be up-sampled)")  # fmt: skip
+    if image.format == "dicom":
+        low, high = DICOM_BIT_DEPTHS
+        bad_depth = ~pl.col("bit_depth").is_between(low, high)
+        allowed = f"{low} to {high} bits stored"
+    else:
+        depths = [8] if image.format == "npz" else list(FOLDER_BIT_DEPTHS)
+        bad_depth = ~pl.col("bit_depth").is_in(depths)
+        allowed = " or ".join(str(d) for d in depths) + " bits"
+    failures += _count_failure(frame, bad_depth.fill_null(True), "image_bit_depth", "bit_depth",
+                               f"have a bit depth other than {allowed}")  # fmt: skip
+    if INTENSITY_MIN in frame.columns and INTENSITY_MAX in frame.columns:
+        spread = pl.col(INTENSITY_MAX) - pl.col(INTENSITY_MIN)
+        failures += _count_failure(frame, spread.fill_null(0.0) < MIN_INTENSITY_RANGE, "image_constant", INTENSITY_MAX,
+                                   "have constant intensities (blank or saturated)")  # fmt: skip
+    return failures
+
+
+def _duplicate_groups(frame: pl.DataFrame, spec: TaskSpec) -> pl.DataFrame:
+    """One row per sha256 seen on more than one labelled record: how many, in how many splits, how many labels."""
+    labelled = image_split(frame, spec).filter(pl.col(SPLIT_COLUMN) != "score")
+    return (
+        labelled.group_by("sha256")
+        .agg(pl.len().alias("n"), pl.col(SPLIT_COLUMN).n_unique().alias("n_splits"),
+             pl.col(spec.label).n_unique().alias("n_labels"))  # fmt: skip
+        .filter(pl.col("n") > 1)
+    )
+
+
+def _can_split(frame: pl.DataFrame, spec: TaskSpec) -> bool:
+    needed = {"sha256", spec.label, spec.patient_id or spec.id}
+    return not frame.is_empty() and needed <= set(frame.columns)
+
+
+def duplicate_failures(frame: pl.DataFrame, spec: TaskSpec) -> list[CheckFailure]:
+    if not _can_split(frame, spec):
+        return []
+    groups = _duplicate_groups(frame, spec)
+    failures = []
+    across = groups.filter(pl.col("n_splits") > 1)
+    if not across.is_empty():
+        failures.append(CheckFailure(
+            "duplicate_images_across_splits", "sha256", f"{across.height} images appear (identical pixels) in more "
+            f"than one of train / val / test ({int(across['n'].sum())} records): leakage between splits", across.height))  # fmt: skip
+    conflicting = groups.filter((pl.col("n_splits") == 1) & (pl.col("n_labels") > 1))
+    if not conflicting.is_empty():
+        failures.append(CheckFailure(
+            "duplicate_images_conflicting_labels", "sha256", f"{conflicting.height} images appear twice in one "
+            "split with different labels", conflicting.height))  # fmt: skip
+    return failures
+
+
+def duplicate_warnings(frame: pl.DataFrame, spec: TaskSpec) -> list[CheckFailure]:
+    """Identical images within one split with the same label: not leakage, but worth a look."""
+    if not _can_split(frame, spec):
+        return []
+    same = _duplicate_groups(frame, spec).filter((pl.col("n_splits") == 1) & (pl.col("n_labels") == 1))
+    if same.is_empty():
+        return []
+    return [CheckFailure("duplicate_images_within_split", "sha256", f"{same.height} images appear more than once "
+                         f"within one split ({int(same['n'].sum())} records)", same.height)]  # fmt: skip
+
+
+def image_failures(frame: pl.DataFrame, spec: TaskSpec, name: str | None = None) -> list[CheckFailure]:
+    """Every blocking image check on ``frame`` (a batch, or all validated rows)."""
+    failures = run_suite(frame, image_expectations(spec), identifier_columns(spec), name or spec.name)
+    failures += image_property_failures(frame, spec)
+    failures += duplicate_failures(frame, spec)
+    return failures
+
+
+def validate_images(frame: pl.DataFrame, spec: TaskSpec, known_ids: set[str] | None = None,
+                    earlier: pl.DataFrame | None = None) -> list[CheckFailure]:  # fmt: skip
+    """The validator of one image batch (``ingestion.batches.validate_pending_batches``).
+
+    ``earlier``: rows of already validated batches, so that an image of this batch that is already in another
+    split (leakage) quarantines this batch rather than blocking the task.
+    """
+    failures = image_failures(frame, spec)
+    if known_ids and spec.id in frame.columns:
+        repeated = frame.filter(pl.col(spec.id).cast(pl.String).is_in(list(known_ids))).height
+        if repeated:
+            failures.append(CheckFailure("ids_unique_across_batches", spec.id,
+                                         f"{repeated} ids were already ingested from earlier batches", repeated))  # fmt: skip
+    if earlier is not None and _can_split(earlier, spec) and _can_split(frame, spec):
+        shared = [c for c in frame.columns if c in earlier.columns]
+        both = pl.concat([earlier.select(shared), frame.select(shared)], how="vertical_relaxed")
+        new_hashes = frame["sha256"].drop_nulls().unique().to_list()
+        groups = _duplicate_groups(both, spec).filter((pl.col("n_splits") > 1) & pl.col("sha256").is_in(new_hashes))
+        if not groups.is_empty() and not any(f.expectation == "duplicate_images_across_splits" for f in failures):
+            failures.append(CheckFailure(
+                "duplicate_images_across_splits", "sha256", f"{groups.height} images of this batch are already in "
+                "another split from an earlier batch: leakage between splits", groups.height))  # fmt: skip
+    return failures
+
+
+__all__ = ["duplicate_failures", "duplicate_warnings", "image_expectations", "image_failures",
+           "image_property_failures", "image_split", "validate_images"]  # fmt: skip

@@ -1,0 +1,138 @@
+"""Blocking checks of a text task, each returning ``list[CheckFailure]`` (empty = passed).
+
+* :func:`validate_texts` is the per-batch validator (``validate_pending_batches``) and the suite re-run over
+  all validated rows: the GX suite (columns, non-null and unique ids, labels in ``spec.classes``), texts that
+  are empty or shorter than ``spec.min_text_chars`` (after stripping blanks), texts carrying decoding damage
+  (U+FFFD replacement characters or NUL bytes, the marks of an upstream lossy decode), and ids already
+  ingested from earlier batches.
+* :func:`unreadable_files` proves that every file the reader rejected (bad encoding, unreadable format) was
+  quarantined with its reason and is counted in the ledger, so a bad file is never silently lost.
+* :func:`texts_shared_across_splits` finds identical texts (case and blanks folded) in more than one of
+  train / val / test: a leak that would flatter the test metrics.
+
+Failures never carry a text or an id: the text and id columns are hidden from GX examples, and the
+checks written here give counts only.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import great_expectations.expectations as gxe
+import polars as pl
+
+from meddiag_pipelines.features.split import SPLIT_COLUMN, SPLITS
+from meddiag_pipelines.specs import TaskSpec
+from meddiag_pipelines.validation.suites import CheckFailure, identifier_columns, run_suite
+
+REPLACEMENT_CHAR = "\ufffd"
+
+
+def text_expectations(spec: TaskSpec) -> list[gxe.Expectation]:
+    required = [spec.id, spec.label, spec.text, *spec.subgroups]
+    if spec.patient_id:
+        required.append(spec.patient_id)
+    exps: list[gxe.Expectation] = [gxe.ExpectColumnToExist(column=c) for c in dict.fromkeys(required)]
+    exps += [gxe.ExpectColumnValuesToNotBeNull(column=spec.id), gxe.ExpectColumnValuesToBeUnique(column=spec.id)]
+    if spec.classes:
+        # Nulls are unlabelled rows (cases to score), not out-of-domain labels: GX skips them here.
+        exps.append(gxe.ExpectColumnValuesToBeInSet(column=spec.label, value_set=list(spec.classes)))
+    return exps
+
+
+def short_texts(frame: pl.DataFrame, spec: TaskSpec) -> list[CheckFailure]:
+    """Texts that are missing, blank or shorter than ``spec.min_text_chars`` once blanks are stripped."""
+    if spec.text not in frame.columns:
+        return []  # reported by the suite as a missing column
+    length = pl.col(spec.text).cast(pl.String).str.strip_chars().str.len_chars().fill_null(0)
+    n = frame.filter(length < spec.min_text_chars).height
+    if not n:
+        return []
+    return [CheckFailure("text_min_length", spec.text,
+                         f"{n} texts are empty or shorter than {spec.min_text_chars} characters", n)]  # fmt: skip
+
+
+def decoding_damage(frame: pl.DataFrame, spec: TaskSpec) -> list[CheckFailure]:
+    """Texts holding U+FFFD or NUL: they were decoded lossily before they landed (e.g. in a Parquet export).
+    Files that are not valid UTF-8 never get here: the reader rejects them (see :func:`unreadable_files`)."""
+    if spec.text not in frame.columns:
+        return []
+    text = pl.col(spec.text).cast(pl.String)
+    n = frame.filter(text.str.contains(REPLACEMENT_CHAR, literal=True) | text.str.contains("\x00", literal=True)).height
+    if not n:
+        return []
+    return [CheckFailure("text_decodes_cleanly", spec.text, f"{n} texts carry decoding damage (U+FFFD replacement "
+                         "characters or NUL bytes): re-export them from the source as UTF-8", n)]  # fmt: skip
+
+
+def ids_already_ingested(frame: pl.DataFrame, spec: TaskSpec, known_ids: set[str] | None) -> list[CheckFailure]:
+    if not known_ids or spec.id not in frame.columns:
+        return []
+    repeated = frame.filter(pl.col(spec.id).cast(pl.String).is_in(list(known_ids))).height
+    if not repeated:
+        return []
+    return [CheckFailure("ids_unique_across_batches", spec.id,
+                         f"{repeated} ids were already ingested from earlier batches", repeated)]  # fmt: skip
+
+
+def validate_texts(frame: pl.DataFrame, spec: TaskSpec, known_ids: set[str] | None = None) -> list[CheckFailure]:
+    """The per-batch validator of a text task (``validate_pending_batches``); also run over all validated rows."""
+    failures = run_suite(frame, text_expectations(spec), identifier_columns(spec), spec.name)
+    return failures + short_texts(frame, spec) + decoding_damage(frame, spec) + ids_already_ingested(frame, spec, known_ids)
+
+
+def _rejected_files(ledger: pl.DataFrame) -> list[tuple[str, str, bool]]:
+    """(batch, file, whole batch quarantined?) for every landed file the reader rejected, from the ledger.
+    A file named in a ``labels.csv`` that never landed is a problem of that row, not a file to quarantine."""
+    out = []
+    for row in ledger.iter_rows(named=True):
+        reason = json.loads(row["reason"]) if row["reason"] else {}
+        landed = set(json.loads(row["files"] or "[]"))
+        for item in reason.get("rejected_files") or []:
+            rel = item["file"] if isinstance(item, dict) else item[0]
+            if rel in landed:
+                out.append((row["batch_id"], rel, row["status"] == "quarantined"))
+    return out
+
+
+def unreadable_files(ledger: pl.DataFrame, quarantine_dir: Path) -> tuple[int, list[CheckFailure]]:
+    """How many landed files were rejected at read (decoding errors, unreadable formats), and a failure for
+    any of them that is not in quarantine with its ``reason.json``. A batch with some good files still flows."""
+    rejected = _rejected_files(ledger)
+    missing = 0
+    for batch, rel, whole in rejected:
+        where = quarantine_dir / batch if whole else quarantine_dir / batch / rel
+        if not (where / "reason.json").is_file():
+            missing += 1
+    failures = []
+    if missing:
+        failures.append(CheckFailure("rejected_files_quarantined", None,
+                                     f"{missing} of {len(rejected)} files rejected at read are not in quarantine "
+                                     "with a reason.json", missing))  # fmt: skip
+    return len(rejected), failures
+
+
+def normalised_text(column: str) -> pl.Expr:
+    return pl.col(column).cast(pl.String).str.to_lowercase().str.replace_all(r"\s+", " ").str.strip_chars()
+
+
+def texts_shared_across_splits(split: pl.DataFrame, spec: TaskSpec) -> list[CheckFailure]:
+    """Identical texts (case and blanks folded) found in more than one of train / val / test."""
+    labelled = split.filter(pl.col(SPLIT_COLUMN).is_in(list(SPLITS)))
+    if labelled.is_empty():
+        return []
+    shared = (
+        labelled.select(normalised_text(spec.text).alias("_t"), SPLIT_COLUMN)
+        .filter(pl.col("_t").is_not_null() & (pl.col("_t") != ""))
+        .group_by("_t")
+        .agg(pl.col(SPLIT_COLUMN).n_unique().alias("_splits"), pl.len().alias("_rows"))
+        .filter(pl.col("_splits") > 1)
+    )
+    if shared.is_empty():
+        return []
+    rows = int(shared["_rows"].sum())
+    return [CheckFailure("texts_unique_across_splits", spec.text,
+                         f"{shared.height} distinct texts appear in more than one of train/val/test "
+                         f"({rows} rows): the test split would score texts seen in training; deduplicate the "
+                         f"source or group such records under one {spec.patient_id or spec.id}", shared.height)]  # fmt: skip

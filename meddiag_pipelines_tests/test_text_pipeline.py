@@ -1,0 +1,249 @@
+"""The text graph in-process against a temporary data folder (a few hundred ICD-10-CM rows), and each text check
+failing on the input it exists to catch."""
+
+import json
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+import polars as pl
+import pytest
+
+from meddiag_pipelines.definitions import build_definitions
+from meddiag_pipelines.features.split import SPLIT_COLUMN, assign_split
+from meddiag_pipelines.specs import TaskSpec
+from meddiag_pipelines.validation.texts import (
+    texts_shared_across_splits,
+    unreadable_files,
+    validate_texts,
+)
+from meddiag_pipelines_tests.conftest import REPO, land
+
+BUNDLED = REPO / "data" / "landing" / "icd10_chapters" / "batch_0001" / "records.csv"
+CHAPTERS = ["circulatory", "eye", "infectious", "neoplasms"]
+# Planted PHI: a name after a title and after "Patient:", a date, an MRN and a phone number.
+CANARIES = ["Quimbleton", "Farthingale", "03/14/2023", "7654321", "867-5309"]
+PHI = "Patient: Ottoline Farthingale, MRN 7654321, phone (555) 867-5309, seen 03/14/2023 by Dr. Quimbleton."
+
+
+def small_spec(name: str = "icd_notes", **updates) -> TaskSpec:
+    return TaskSpec.model_validate({
+        "name": name, "modality": "text", "description": "A few hundred ICD-10-CM descriptions (test task).",
+        "label": "chapter", "text": "description", "id": "code", "patient_id": "category", "classes": CHAPTERS,
+        "min_text_chars": 3,
+        "training": {"epochs": 4, "batch_size": 32, "learning_rate": 0.01, "patience": 2, "time_budget_s": 60},
+        "evaluation": {"n_bootstrap": 100}, "promotion": {"auroc_floor": 0.6}, **updates,
+    })  # fmt: skip
+
+
+def icd_rows(n_per_chapter: int, seed: int = 7) -> pl.DataFrame:
+    df = pl.read_csv(BUNDLED, infer_schema=False).filter(pl.col("chapter").is_in(CHAPTERS))
+    return pl.concat([df.filter(pl.col("chapter") == c).sample(n=n_per_chapter, seed=seed) for c in CHAPTERS]).sort("code")
+
+
+def materialize(spec, layout, instance):
+    defs = build_definitions([spec], layout.root)
+    return defs.resolve_job_def(f"{spec.name}_job").execute_in_process(instance=instance, raise_on_error=False)
+
+
+def check_outcomes(result) -> dict[str, bool]:
+    return {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+
+
+# -- where the canaries must never be ------------------------------------------------------------------------
+def _strings_of_parquet(path: Path) -> str:
+    frame = pl.read_parquet(path)
+    return "\n".join(str(v) for c in frame.columns if frame.schema[c] == pl.String for v in frame[c].to_list())
+
+
+def _strings_of_duckdb(path: Path) -> str:
+    parts = []
+    with duckdb.connect(str(path), read_only=True) as con:
+        columns = con.execute("SELECT table_schema, table_name, column_name FROM information_schema.columns "
+                              "WHERE data_type = 'VARCHAR'").fetchall()  # fmt: skip
+        for schema, table, column in columns:
+            rows = con.execute(f'SELECT "{column}" FROM "{schema}"."{table}"').fetchall()
+            parts += [str(r[0]) for r in rows if r[0] is not None]
+    return "\n".join(parts)
+
+
+def leaked_canaries(root: Path, skip: tuple[str, ...] = ()) -> dict[str, list[str]]:
+    """Every file under ``root`` (Parquet and DuckDB read through their libraries, the rest as bytes)."""
+    found: dict[str, list[str]] = {}
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        rel = path.relative_to(root).as_posix()
+        if rel.startswith(skip):
+            continue
+        if path.suffix == ".parquet":
+            blob = _strings_of_parquet(path).encode()
+        elif path.suffix == ".duckdb":
+            blob = _strings_of_duckdb(path).encode() + path.read_bytes()
+        else:
+            blob = path.read_bytes()
+        hits = [c for c in CANARIES if c.lower().encode() in blob.lower()]
+        if hits:
+            found[rel] = hits
+    return found
+
+
+@pytest.mark.slow
+def test_text_task_end_to_end(layout):
+    spec = small_spec()
+    task = spec.name
+    rows = icd_rows(110)
+    held_out = rows.tail(8)  # to score: no label
+    labelled = rows.head(rows.height - 8)
+    # PHI planted in a dozen training texts and in half of the texts to score.
+    labelled = labelled.with_columns(
+        pl.when(pl.int_range(pl.len()) % 35 == 0).then(pl.col("description") + ". " + PHI)
+        .otherwise(pl.col("description")).alias("description"))  # fmt: skip
+    folder = land(layout, task, "batch_0001", labelled)
+    lines = [json.dumps({"code": r["code"], "category": r["category"],
+                         "description": r["description"] + (f" {PHI}" if i % 2 == 0 else "")})
+             for i, r in enumerate(held_out.iter_rows(named=True))]  # fmt: skip
+    (folder / "to_score.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    # A legacy export in Latin-1: the whole file is quarantined, the rest of the batch flows on.
+    legacy = f"code,category,chapter,description\nZ99.1,Z99,eye,Kératite du patient. {PHI}\n"
+    (folder / "legacy.csv").write_bytes(legacy.encode("latin-1"))
+
+    with dg.instance_for_test() as instance:
+        result = materialize(spec, layout, instance)
+        assert result.success
+        assert all(check_outcomes(result).values()), check_outcomes(result)
+
+        # the bad-encoding file is quarantined alone, with its reason, and counted
+        reason = json.loads((layout.quarantine(task) / "batch_0001" / "legacy.csv" / "reason.json").read_text())
+        assert reason["file"] == "legacy.csv" and "UTF-8" in reason["problem"]
+        assert (layout.landing(task) / "batch_0001" / "records.csv").exists()
+        latest = layout.reports(task) / "latest"
+        metrics = json.loads((latest / "metrics.json").read_text())
+        raw = instance.get_latest_materialization_event(dg.AssetKey([task, "raw_records"])).asset_materialization
+        counts = {k: raw.metadata[k].value for k in ("quarantined_now", "quarantined_files", "ingested_files")}
+        assert counts == {"quarantined_now": 1, "quarantined_files": 1, "ingested_files": 2}
+        rejected = [e for e in result.get_asset_check_evaluations() if e.check_name == "unreadable_files_quarantined"]
+        assert rejected[0].passed and rejected[0].metadata["rejected_files"].value == 1
+        assert metrics["flow"]["landed_files"] == 3
+        assert metrics["n_train"] + metrics["n_val"] + metrics["n_test"] == labelled.height
+
+        # multiclass report with the top-terms section
+        assert metrics["kind"] == "multiclass" and metrics["classes"] == CHAPTERS
+        for key in ("auroc", "auroc_ci", "macro_f1", "weighted_f1", "accuracy", "per_class", "confusion_matrix",
+                    "baseline", "comparison"):  # fmt: skip
+            assert key in metrics, key
+        assert metrics["macro_f1"] > 0.6 and metrics["baseline"]["name"] == "tfidf_logistic_regression"
+        html = (latest / "report.html").read_text()
+        assert "Top terms per class" in html and "https://" not in html
+        card = (latest / "model_card.md").read_text()
+        assert metrics["model_name"] in card
+
+        # the champion scored the unlabelled texts, naming the words that drove each prediction
+        registry = layout.root / "models" / task
+        champion = json.loads((registry / "champion.json").read_text())["version"]
+        assert (registry / champion / "model" / "chosen.json").exists()
+        scored = pl.read_parquet(layout.predictions(task) / "batch_0001.parquet")
+        assert sorted(scored["id"].to_list()) == sorted(held_out["code"].to_list())
+        assert {"predicted", "model_version", "top_features", *[f"p_{c}" for c in CHAPTERS]} <= set(scored.columns)
+        assert scored["top_features"].str.len_chars().min() > 0
+        assert (scored["predicted"] == pl.Series(held_out.sort("code")["chapter"])).mean() >= 0.5
+
+        # no planted identifier anywhere: warehouse, reports, model files, predictions, Dagster's storage
+        leaks = leaked_canaries(layout.root, skip=("landing/", "quarantine/"))
+        leaks.update({f"dagster/{k}": v for k, v in leaked_canaries(Path(instance.root_directory)).items()})
+        events = "\n".join(str(e) for e in instance.all_logs(result.run_id))
+        leaks.update({"event_log": [c for c in CANARIES if c.lower() in events.lower()]} if events else {})
+        assert not {k: v for k, v in leaks.items() if v}, leaks
+        assert leaked_canaries(layout.quarantine(task)) and leaked_canaries(layout.landing(task))  # the scan sees them
+        assert "[NAME]" in _strings_of_duckdb(layout.warehouse_db())  # the scrubbed text did land
+
+
+@pytest.mark.slow
+def test_short_text_foreign_label_and_leakage_are_blocked(layout):
+    spec = small_spec("icd_checks")
+    task = spec.name
+    rows = icd_rows(40, seed=3)
+    split = assign_split(rows, spec)
+    train_text = split.filter(pl.col(SPLIT_COLUMN) == "train")["description"][0]
+    test_code = split.filter(pl.col(SPLIT_COLUMN) == "test")["code"][0]
+    leaky = rows.with_columns(pl.when(pl.col("code") == test_code).then(pl.lit(train_text.upper() + "  "))
+                              .otherwise(pl.col("description")).alias("description"))  # fmt: skip
+    land(layout, task, "b1", leaky)
+    bad = rows.head(3).with_columns(pl.col("code") + "x")
+    bad = bad.with_columns(pl.Series("description", ["ab", bad["description"][1], bad["description"][2]]),
+                           pl.Series("chapter", [bad["chapter"][0], "not_a_chapter", bad["chapter"][2]]))  # fmt: skip
+    land(layout, task, "b2", bad)
+
+    with dg.instance_for_test() as instance:
+        result = materialize(spec, layout, instance)
+    assert not result.success
+    outcomes = check_outcomes(result)
+    assert outcomes["validated_records_suite"] is True  # b1 alone passed validation
+    assert outcomes["texts_unique_across_splits"] is False  # but leaks a text into the test split
+    assert not (layout.root / "models" / task).exists()
+
+    reason = json.loads((layout.quarantine(task) / "b2" / "reason.json").read_text())
+    failed = {f["expectation"]: f for f in reason["failures"]}
+    assert failed["text_min_length"]["unexpected_count"] == 1
+    assert failed["expect_column_values_to_be_in_set"]["examples"] == ["not_a_chapter"]
+    blob = json.dumps(reason)
+    assert not any(v in blob for v in [*bad["code"].to_list(), *bad["description"].to_list()[1:]])
+
+
+# -- the checks alone ------------------------------------------------------------------------------------------
+def _frame(**columns) -> pl.DataFrame:
+    base = {"code": ["a1", "a2", "a3"], "category": ["a", "a", "b"], "chapter": ["eye", "eye", "neoplasms"],
+            "description": ["Cataract of the left eye", "Glaucoma, unspecified", "Neoplasm of the skin"]}  # fmt: skip
+    return pl.DataFrame({**base, **columns})
+
+
+def test_clean_texts_pass():
+    assert validate_texts(_frame(), small_spec()) == []
+
+
+@pytest.mark.parametrize("texts", [["", "Glaucoma", "Neoplasm"], ["   ", "Glaucoma", "Neoplasm"],
+                                   [None, "Glaucoma", "Neoplasm"], ["ab", "Glaucoma", "Neoplasm"]])  # fmt: skip
+def test_empty_or_short_texts_fail(texts):
+    failures = validate_texts(_frame(description=texts), small_spec())
+    assert [f.expectation for f in failures] == ["text_min_length"] and failures[0].unexpected_count == 1
+    assert failures[0].examples == []
+
+
+def test_label_outside_the_domain_fails_and_unlabelled_rows_do_not():
+    failures = validate_texts(_frame(chapter=["eye", "ophthalmology", "neoplasms"]), small_spec())
+    assert [(f.expectation, f.examples) for f in failures] == [("expect_column_values_to_be_in_set", ["ophthalmology"])]
+    assert validate_texts(_frame(chapter=["eye", None, "neoplasms"]), small_spec()) == []
+
+
+def test_duplicate_ids_fail_without_showing_them():
+    failures = validate_texts(_frame(code=["a1", "a1", "a3"]), small_spec())
+    assert [f.expectation for f in failures] == ["expect_column_values_to_be_unique"] and failures[0].examples == []
+    again = validate_texts(_frame(code=["z1", "z2", "a3"]), small_spec(), known_ids={"a3"})
+    assert [f.expectation for f in again] == ["ids_unique_across_batches"]
+    assert "a3" not in json.dumps([f.as_dict() for f in again])
+
+
+def test_decoding_damage_fails():
+    failures = validate_texts(_frame(description=["Cataract", "Glauc\ufffdma", "Neoplasm"]), small_spec())
+    assert [f.expectation for f in failures] == ["text_decodes_cleanly"] and failures[0].examples == []
+
+
+def test_identical_texts_across_splits_fail_within_one_split_pass():
+    frame = _frame(description=["Cataract of the eye", "cataract  OF the eye ", "Neoplasm"])
+    leaky = texts_shared_across_splits(frame.with_columns(pl.Series(SPLIT_COLUMN, ["train", "test", "val"])), small_spec())
+    assert len(leaky) == 1 and leaky[0].unexpected_count == 1 and leaky[0].examples == []
+    assert "Cataract" not in leaky[0].problem
+    same = frame.with_columns(pl.Series(SPLIT_COLUMN, ["train", "train", "val"]))
+    assert texts_shared_across_splits(same, small_spec()) == []
+    scored = frame.with_columns(pl.Series(SPLIT_COLUMN, ["train", "score", "val"]))  # scoring a seen text is fine
+    assert texts_shared_across_splits(scored, small_spec()) == []
+
+
+def test_rejected_files_must_be_quarantined(tmp_path):
+    ledger = pl.DataFrame({
+        "batch_id": ["b1"], "status": ["validated"], "files": [json.dumps(["good.csv", "bad.csv"])],
+        "reason": [json.dumps({"rejected_files": [{"batch": "b1", "file": "bad.csv", "problem": "not UTF-8"}]})],
+    })  # fmt: skip
+    n, failures = unreadable_files(ledger, tmp_path)
+    assert n == 1 and [f.expectation for f in failures] == ["rejected_files_quarantined"]
+    (tmp_path / "b1" / "bad.csv").mkdir(parents=True)
+    (tmp_path / "b1" / "bad.csv" / "reason.json").write_text("{}")
+    assert unreadable_files(ledger, tmp_path) == (1, [])
