@@ -28,7 +28,7 @@ from meddiag_pipelines.evaluation import (
     summary_markdown,
 )
 from meddiag_pipelines.features.split import SPLIT_COLUMN, SPLITS, assign_split, check_split
-from meddiag_pipelines.ingestion.batches import IngestSummary, ValidationSummary, reconcile
+from meddiag_pipelines.ingestion.batches import IngestSummary, ValidationSummary, Validator, reconcile, validate_pending_batches
 from meddiag_pipelines.ingestion.landing import BATCH_COLUMN
 from meddiag_pipelines.registry.promotion import decide
 from meddiag_pipelines.specs import TaskSpec
@@ -135,6 +135,24 @@ def validation_metadata(spec: TaskSpec, storage: MeddiagStorage, records: pl.Dat
     labelled = records.filter(pl.col(spec.label).is_not_null()).height if spec.label in records.columns else 0
     return {"dagster/row_count": records.height, "labelled_rows": labelled, "unlabelled_rows": records.height - labelled,
             "validated_now": len(summary.validated), "quarantined_now": len(summary.quarantined), **counts}  # fmt: skip
+
+
+def build_validated_records_asset(spec: TaskSpec, raw_records, tags: dict, description: str,
+                                  make_validator: Callable[[MeddiagStorage], Validator]):  # fmt: skip
+    """The validated_records asset of any modality: validate pending batches, quarantine failures, return all
+    validated rows (written to the warehouse by the IO manager). ``make_validator(storage)`` builds the
+    modality's validator, which may look at earlier batches through the storage."""
+
+    @dg.asset(key=[spec.name, "validated_records"], deps=[raw_records], io_manager_key="warehouse_io_manager",
+              description=f"{spec.name}: {description}", kinds={"duckdb", "polars", "great_expectations"},
+              pool=pool(spec), **tags)  # fmt: skip
+    def validated_records(context: dg.AssetExecutionContext, storage: MeddiagStorage) -> pl.DataFrame:
+        records, summary = validate_pending_batches(spec, storage.layout, storage.warehouse, make_validator(storage))
+        log_validation(context, spec, summary)
+        context.add_output_metadata(validation_metadata(spec, storage, records, summary))
+        return records
+
+    return validated_records
 
 
 # -- split ------------------------------------------------------------------------------------------------------

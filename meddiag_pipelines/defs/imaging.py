@@ -35,7 +35,7 @@ from meddiag_pipelines.defs.resources import MeddiagStorage
 from meddiag_pipelines.features.split import SPLIT_COLUMN, SPLITS, check_split
 from meddiag_pipelines.imaging.preprocess import CACHE_VERSION, load_cached, update_cache
 from meddiag_pipelines.imaging.readers import LABELS_CSV, ImageBatchError, ImageRejected, load_pixels, read_image_batch
-from meddiag_pipelines.ingestion.batches import RAW_TABLE, ReadOutcome, ingest_new_batches, validate_pending_batches
+from meddiag_pipelines.ingestion.batches import RAW_TABLE, ReadOutcome, ingest_new_batches
 from meddiag_pipelines.ingestion.errors import BatchRejected
 from meddiag_pipelines.ingestion.landing import BATCH_COLUMN, LandedBatch
 from meddiag_pipelines.specs import TaskSpec
@@ -246,23 +246,16 @@ def build_image_assets(spec: TaskSpec) -> list:
         summary = ingest_new_batches(spec, storage.layout, storage.warehouse, read_image_records)
         return common.ingest_result(context, spec, storage, summary)
 
-    @dg.asset(key=[name, "validated_records"], deps=[raw_records], io_manager_key="warehouse_io_manager",
-              description=f"{name}: image records of every batch that passed the image checks (GX ids and label "
-              "domain; channels, size, bit depth, constant images, duplicates across splits).",
-              kinds={"duckdb", "polars", "great_expectations"}, pool=common.pool(spec), **tags)  # fmt: skip
-    def validated_records(context: dg.AssetExecutionContext, storage: MeddiagStorage) -> pl.DataFrame:
-        warehouse = storage.warehouse
-        ledger = warehouse.ledger(name)
+    def earlier_batches_validator(storage: MeddiagStorage):
+        """Images are also compared with batches validated before (leakage across splits and batches)."""
+        ledger = storage.warehouse.ledger(name)
         done = ledger.filter(pl.col("status") == "validated")["batch_id"].to_list() if ledger.height else []
-        earlier = warehouse.read(name, RAW_TABLE, done) if done else None
+        earlier = storage.warehouse.read(name, RAW_TABLE, done) if done else None
+        return lambda frame, task, known_ids: validate_images(frame, task, known_ids, earlier)
 
-        def validator(frame: pl.DataFrame, task: TaskSpec, known_ids: set[str]):
-            return validate_images(frame, task, known_ids, earlier)
-
-        records, summary = validate_pending_batches(spec, storage.layout, warehouse, validator)
-        common.log_validation(context, spec, summary)
-        context.add_output_metadata(common.validation_metadata(spec, storage, records, summary))
-        return records
+    validated_records = common.build_validated_records_asset(
+        spec, raw_records, tags, "image records of every batch that passed the image checks (GX ids and label "
+        "domain; channels, size, bit depth, constant images, duplicates across splits).", earlier_batches_validator)
 
     @dg.asset_check(asset=validated_records, blocking=True, description="Image checks over all validated rows: GX "
                     "(ids present and unique, label domain, pixel hash present), channels / size / bit depth as the "

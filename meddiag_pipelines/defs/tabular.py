@@ -10,7 +10,7 @@ from meddiag_pipelines.defs import common
 from meddiag_pipelines.defs.resources import MeddiagStorage
 from meddiag_pipelines.features.split import SPLIT_COLUMN
 from meddiag_pipelines.features.tabular import FeaturePlan, fit_plan, missing_data_table, transform
-from meddiag_pipelines.ingestion.batches import ingest_new_batches, validate_pending_batches
+from meddiag_pipelines.ingestion.batches import ingest_new_batches
 from meddiag_pipelines.ingestion.tabular import read_tabular_batch
 from meddiag_pipelines.specs import TaskSpec
 from meddiag_pipelines.training.tabular_models import predict_tabular, top_contributions, train_logistic, train_xgboost
@@ -45,14 +45,9 @@ def build_tabular_assets(spec: TaskSpec) -> list:
         summary = ingest_new_batches(spec, storage.layout, storage.warehouse, read_tabular_batch)
         return common.ingest_result(context, spec, storage, summary)
 
-    @dg.asset(key=[name, "validated_records"], deps=[raw_records], io_manager_key="warehouse_io_manager",
-              description=f"{name}: rows of every batch that passed the Great Expectations suite built from the spec.",
-              kinds={"duckdb", "polars", "great_expectations"}, pool=common.pool(spec), **tags)  # fmt: skip
-    def validated_records(context: dg.AssetExecutionContext, storage: MeddiagStorage) -> pl.DataFrame:
-        records, summary = validate_pending_batches(spec, storage.layout, storage.warehouse, validate_tabular)
-        common.log_validation(context, spec, summary)
-        context.add_output_metadata(common.validation_metadata(spec, storage, records, summary))
-        return records
+    validated_records = common.build_validated_records_asset(
+        spec, raw_records, tags, "rows of every batch that passed the Great Expectations suite built from the spec.",
+        lambda storage: validate_tabular)
 
     @dg.asset_check(asset=validated_records, blocking=True, description="The spec's GX suite over all validated rows "
                     "(columns, types, label domain, ranges, null rates, unique ids across batches).")  # fmt: skip

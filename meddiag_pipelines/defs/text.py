@@ -20,7 +20,7 @@ import polars as pl
 from meddiag_pipelines.defs import common
 from meddiag_pipelines.defs.resources import MeddiagStorage
 from meddiag_pipelines.features.split import SPLIT_COLUMN
-from meddiag_pipelines.ingestion.batches import ReadOutcome, ingest_new_batches, validate_pending_batches
+from meddiag_pipelines.ingestion.batches import ReadOutcome, ingest_new_batches
 from meddiag_pipelines.ingestion.landing import BATCH_COLUMN, LandedBatch
 from meddiag_pipelines.specs import TaskSpec
 from meddiag_pipelines.text.models import explain_texts, predict_text, top_terms_per_class, train_text_models
@@ -97,7 +97,7 @@ def build_text_assets(spec: TaskSpec) -> list:
     @dg.asset(key=[name, "raw_records"], description=f"{name}: new landed batches (CSV, Parquet, JSONL or .txt "
               "files + labels.csv), PHI scrubbed at read and only the scrubbed text appended to the warehouse; "
               "files that cannot be decoded as UTF-8 or read are quarantined one by one.",
-              kinds={"duckdb", "polars"}, **tags)  # fmt: skip
+              kinds={"duckdb", "polars"}, pool=common.pool(spec), **tags)  # fmt: skip
     def raw_records(context: dg.AssetExecutionContext, storage: MeddiagStorage) -> dg.MaterializeResult:
         truncated = 0
 
@@ -118,15 +118,9 @@ def build_text_assets(spec: TaskSpec) -> list:
         n_rejected, failures = unreadable_files(storage.warehouse.ledger(name), storage.layout.quarantine(name))
         return _check_result(failures, rejected_files=n_rejected)
 
-    @dg.asset(key=[name, "validated_records"], deps=[raw_records], io_manager_key="warehouse_io_manager",
-              description=f"{name}: rows of every batch that passed the text checks (GX suite: columns, unique "
-              "ids, label domain; texts long enough and cleanly decoded).",
-              kinds={"duckdb", "polars", "great_expectations"}, **tags)  # fmt: skip
-    def validated_records(context: dg.AssetExecutionContext, storage: MeddiagStorage) -> pl.DataFrame:
-        records, summary = validate_pending_batches(spec, storage.layout, storage.warehouse, validate_texts)
-        common.log_validation(context, spec, summary)
-        context.add_output_metadata(common.validation_metadata(spec, storage, records, summary))
-        return records
+    validated_records = common.build_validated_records_asset(
+        spec, raw_records, tags, "rows of every batch that passed the text checks (GX suite: columns, unique ids, "
+        "label domain; texts long enough and cleanly decoded).", lambda storage: validate_texts)
 
     @dg.asset_check(asset=validated_records, blocking=True, description="The text checks over all validated rows "
                     "(columns, label domain, unique ids across batches, texts not empty nor shorter than "

@@ -31,7 +31,7 @@ import polars as pl
 
 from meddiag_pipelines.features.split import SPLIT_COLUMN, SPLITS, assign_split
 from meddiag_pipelines.specs import TaskSpec
-from meddiag_pipelines.validation.suites import CheckFailure, identifier_columns, run_suite
+from meddiag_pipelines.validation.suites import CheckFailure, identifier_columns, record_expectations, run_suite
 
 PREDEFINED_SPLIT = "predefined_split"
 # Columns the image reader wrapper adds: intensity range of the decoded image (after windowing, in [0, 1]).
@@ -58,15 +58,7 @@ def image_split(records: pl.DataFrame, spec: TaskSpec) -> pl.DataFrame:
 
 
 def image_expectations(spec: TaskSpec) -> list[gxe.Expectation]:
-    required = [spec.id, spec.label, *IMAGE_COLUMNS, *spec.subgroups]
-    if spec.patient_id:
-        required.append(spec.patient_id)
-    exps: list[gxe.Expectation] = [gxe.ExpectColumnToExist(column=c) for c in dict.fromkeys(required)]
-    exps += [gxe.ExpectColumnValuesToNotBeNull(column=spec.id), gxe.ExpectColumnValuesToBeUnique(column=spec.id),
-             gxe.ExpectColumnValuesToNotBeNull(column="sha256")]  # fmt: skip
-    if spec.classes:
-        exps.append(gxe.ExpectColumnValuesToBeInSet(column=spec.label, value_set=list(spec.classes)))
-    return exps
+    return [*record_expectations(spec, list(IMAGE_COLUMNS)), gxe.ExpectColumnValuesToNotBeNull(column="sha256")]
 
 
 def _count_failure(frame: pl.DataFrame, bad: pl.Expr, name: str, column: str, problem: str) -> list[CheckFailure]:

@@ -44,14 +44,19 @@ def feature_columns(spec: TaskSpec, columns: list[str]) -> list[str]:
     return [c for c in columns if c not in skip and not c.startswith("_")]
 
 
-def tabular_expectations(spec: TaskSpec, columns: list[str]) -> list[gxe.Expectation]:
-    required = [spec.id, spec.label, *spec.numeric, *spec.categorical, *spec.subgroups]
-    if spec.patient_id:
-        required.append(spec.patient_id)
-    exps: list[gxe.Expectation] = [gxe.ExpectColumnToExist(column=c) for c in dict.fromkeys(required)]
+def record_expectations(spec: TaskSpec, required: list[str]) -> list[gxe.Expectation]:
+    """What the records of every modality must satisfy: the key and ``required`` columns exist, ids are
+    present and unique, labels lie in the spec's domain (null labels are cases to score; GX skips them)."""
+    columns = [spec.id, spec.label, *required, *spec.subgroups, *([spec.patient_id] if spec.patient_id else [])]
+    exps: list[gxe.Expectation] = [gxe.ExpectColumnToExist(column=c) for c in dict.fromkeys(columns)]
     exps += [gxe.ExpectColumnValuesToNotBeNull(column=spec.id), gxe.ExpectColumnValuesToBeUnique(column=spec.id)]
     if spec.classes:
         exps.append(gxe.ExpectColumnValuesToBeInSet(column=spec.label, value_set=list(spec.classes)))
+    return exps
+
+
+def tabular_expectations(spec: TaskSpec, columns: list[str]) -> list[gxe.Expectation]:
+    exps = record_expectations(spec, [*spec.numeric, *spec.categorical])
     for c in spec.numeric:
         exps.append(gxe.ExpectColumnValuesToBeInTypeList(column=c, type_list=NUMERIC_TYPES))
         low, high = spec.ranges.get(c, (None, None))

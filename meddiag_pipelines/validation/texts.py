@@ -24,21 +24,13 @@ import polars as pl
 
 from meddiag_pipelines.features.split import SPLIT_COLUMN, SPLITS
 from meddiag_pipelines.specs import TaskSpec
-from meddiag_pipelines.validation.suites import CheckFailure, identifier_columns, run_suite
+from meddiag_pipelines.validation.suites import CheckFailure, identifier_columns, record_expectations, run_suite
 
 REPLACEMENT_CHAR = "\ufffd"
 
 
 def text_expectations(spec: TaskSpec) -> list[gxe.Expectation]:
-    required = [spec.id, spec.label, spec.text, *spec.subgroups]
-    if spec.patient_id:
-        required.append(spec.patient_id)
-    exps: list[gxe.Expectation] = [gxe.ExpectColumnToExist(column=c) for c in dict.fromkeys(required)]
-    exps += [gxe.ExpectColumnValuesToNotBeNull(column=spec.id), gxe.ExpectColumnValuesToBeUnique(column=spec.id)]
-    if spec.classes:
-        # Nulls are unlabelled rows (cases to score), not out-of-domain labels: GX skips them here.
-        exps.append(gxe.ExpectColumnValuesToBeInSet(column=spec.label, value_set=list(spec.classes)))
-    return exps
+    return record_expectations(spec, [spec.text])
 
 
 def short_texts(frame: pl.DataFrame, spec: TaskSpec) -> list[CheckFailure]:
