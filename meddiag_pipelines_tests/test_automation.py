@@ -45,6 +45,22 @@ def test_sensor_requests_once_per_new_batch(synthetic_spec, layout, sensor_and_s
     assert second.run_key.startswith("synthetic_risk:b2@") and "b1" not in second.run_key
 
 
+def test_batches_ingested_outside_the_sensor_launch_nothing(synthetic_spec, layout, sensor_and_storage):
+    """After a CLI run ingested the landing folder, starting `dagster dev` must not retrain for old batches."""
+    from meddiag_pipelines.ingestion.batches import ingest_new_batches
+    from meddiag_pipelines.ingestion.tabular import read_tabular_batch
+
+    sensor, storage = sensor_and_storage
+    land(layout, "synthetic_risk", "b1", synthetic_records(10, seed=1))
+    ingest_new_batches(synthetic_spec, layout, storage.warehouse, read_tabular_batch)
+    assert (layout.landing("synthetic_risk") / "b1" / "_INGESTED").exists()
+    result, _ = tick(sensor, storage)
+    assert isinstance(result, dg.SkipReason)
+    land(layout, "synthetic_risk", "b2", synthetic_records(10, seed=2, start=10))
+    result, _ = tick(sensor, storage)
+    assert result.run_key.startswith("synthetic_risk:b2@") and "b1" not in result.run_key
+
+
 def test_half_written_batch_waits_for_its_marker(layout, sensor_and_storage):
     sensor, storage = sensor_and_storage
     folder = land(layout, "synthetic_risk", "b1", synthetic_records(10, seed=1), ready=False)

@@ -131,6 +131,65 @@ def test_npz_task_keeps_its_own_split_multiclass(tmp_path: Path) -> None:
     assert "Misclassified" in (latest / "report.html").read_text()
 
 
+FINDINGS = ["atelectasis", "effusion", "nodule"]
+
+
+def write_multilabel_npz(path: Path, n: dict[str, int], seed: int, labelled: bool = True) -> None:
+    """MedMNIST (ChestMNIST) layout: (N, 3) 0/1 labels; finding j brightens its own quadrant of a noisy image."""
+    rng = np.random.default_rng(seed)
+    arrays = {}
+    for split, m in n.items():
+        y = (rng.random((m, len(FINDINGS))) < 0.4).astype(np.uint8)
+        y[: len(FINDINGS)] = np.eye(len(FINDINGS), dtype=np.uint8)  # every finding present in every split
+        images = rng.integers(20, 100, (m, 28, 28)).astype(np.int64)
+        for j, (r, c) in enumerate([(0, 0), (0, 14), (14, 0)]):
+            images[:, r : r + 14, c : c + 14] += 120 * y[:, j, None, None]
+        arrays[f"{split}_images"] = np.clip(images, 0, 255).astype(np.uint8)
+        if labelled:
+            arrays[f"{split}_labels"] = y
+    np.savez_compressed(path, **arrays)
+
+
+@pytest.mark.slow
+def test_npz_multilabel_task_end_to_end(tmp_path: Path) -> None:
+    spec = tiny(TaskSpec.model_validate({
+        "name": "tiny_chest_multilabel", "modality": "image", "label": "label", "id": "id", "classes": FINDINGS,
+        "image": {"format": "npz", "size": 28, "multi_label": True},
+    }), epochs=2)  # fmt: skip
+    root = tmp_path / "data"
+    batch = root / "landing" / spec.name / "batch_0001"
+    batch.mkdir(parents=True)
+    write_multilabel_npz(batch / "chestmnist.npz", {"train": 180, "val": 45, "test": 60}, seed=11)
+    write_multilabel_npz(batch / "new_cases.npz", {"test": 3}, seed=12, labelled=False)
+    (batch / "_READY").touch()
+    with dg.instance_for_test() as instance:
+        assert run_job(spec, root, instance).success
+        # a second candidate meets the champion: the gate compares macro AUROC, no calibration-slope rule
+        assert run_job(spec, root, instance, ["candidate_model", "baseline_model", "evaluation", "champion"]).success
+    registry = root / "models" / spec.name
+    versions = sorted(d.name for d in registry.iterdir() if d.is_dir() and not d.name.startswith("."))
+    assert len(versions) == 2
+    reasons = json.loads((registry / versions[-1] / "manifest.json").read_text())["decision"]["reasons"]
+    assert any("AUROC difference vs champion" in r for r in reasons) and not any("slope" in r for r in reasons)
+    latest = root / "reports" / spec.name / "latest"
+    metrics = json.loads((latest / "metrics.json").read_text())
+    assert (metrics["kind"], metrics["n_train"], metrics["n_val"], metrics["n_test"]) == ("multilabel", 180, 45, 60)
+    assert [r["label"] for r in metrics["per_label"]] == FINDINGS and "calibration_slope" not in metrics
+    assert 0.0 <= metrics["auroc"] <= 1.0 and metrics["baseline"]["name"] == "logistic_regression_pixels"
+    html = (latest / "report.html").read_text()
+    assert "True positives: effusion" in html and "could not be computed" not in html
+    test = pl.read_parquet(latest / "test_predictions.parquet")
+    assert test.columns == ["id", "label", *[f"p_{f}" for f in FINDINGS]] and test.height == 60
+    champion = json.loads((registry / "champion.json").read_text())["version"]
+    assert json.loads((registry / champion / "manifest.json").read_text())["model"]["classes"] == FINDINGS
+    scored = pl.read_parquet(root / "predictions" / spec.name / "batch_0001.parquet")
+    assert sorted(scored["id"].to_list()) == [f"new_cases_test_{i}" for i in range(3)]
+    probs = scored.select(f"p_{f}" for f in FINDINGS).to_numpy()
+    assert ((probs >= 0) & (probs <= 1)).all() and "predicted" not in scored.columns
+    assert scored["risk_band"].null_count() == 3
+    assert scored["model_version"].to_list() == [versions[0]] * 3  # scored by the champion of the first run
+
+
 @pytest.mark.slow
 def test_real_dicom_files_through_ingestion_and_validation(tmp_path: Path) -> None:
     spec = image_spec("dicom_demo", "dicom", classes=["no", "yes"], positive="yes")

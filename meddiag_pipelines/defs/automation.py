@@ -5,17 +5,17 @@ import json
 import dagster as dg
 
 from meddiag_pipelines.defs.resources import MeddiagStorage
-from meddiag_pipelines.ingestion.landing import describe_batch, ready_batch_dirs
+from meddiag_pipelines.ingestion.landing import INGESTED_MARKER, describe_batch, ready_batch_dirs
 from meddiag_pipelines.specs import TaskSpec
 
 SENSOR_INTERVAL_S = 10
 
 
 def new_batches(spec: TaskSpec, storage: MeddiagStorage, seen: dict[str, str]) -> dict[str, str]:
-    """Complete batches not in the cursor, with their content hashes."""
+    """Complete batches neither in the cursor nor already ingested (by a CLI run, say), with content hashes."""
     found = {}
     for batch_dir in ready_batch_dirs(storage.layout.landing(spec.name), spec.landing):
-        if batch_dir.name not in seen:
+        if batch_dir.name not in seen and not (batch_dir / INGESTED_MARKER).exists():
             found[batch_dir.name] = describe_batch(spec.name, batch_dir).content_hash
     return found
 

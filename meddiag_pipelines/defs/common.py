@@ -73,8 +73,22 @@ def run_version(context: dg.AssetExecutionContext) -> str:
     return f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime(created))}-{context.run_id[:8]}"
 
 
+def task_kind(spec: TaskSpec) -> str:
+    """``binary`` (a ``positive`` class), ``multilabel`` (``image.multi_label``: labels are '|'-joined finding
+    indices, '' = no finding) or ``multiclass``."""
+    if spec.image is not None and spec.image.multi_label:
+        return "multilabel"
+    return "binary" if spec.is_binary else "multiclass"
+
+
 def class_list(spec: TaskSpec, frame: pl.DataFrame) -> list[str]:
-    """Class order used by every model: binary tasks put the positive class last."""
+    """Class order used by every model: binary tasks put the positive class last; multi-label tasks list the
+    findings in index order (``spec.classes``, else the indices seen)."""
+    if task_kind(spec) == "multilabel":
+        if spec.classes:
+            return list(spec.classes)
+        seen = [int(i) for v in frame[spec.label].drop_nulls().to_list() for i in str(v).split("|") if i != ""]
+        return [str(i) for i in range(max(seen, default=1) + 1)]
     classes = list(spec.classes) if spec.classes else sorted(frame[spec.label].drop_nulls().unique().to_list())
     if spec.is_binary:
         negatives = [c for c in classes if c != spec.positive]
@@ -84,7 +98,12 @@ def class_list(spec: TaskSpec, frame: pl.DataFrame) -> list[str]:
     return classes
 
 
-def encode_labels(labels: pl.Series, classes: list[str]) -> np.ndarray:
+def encode_labels(labels: pl.Series, classes: list[str], kind: str = "multiclass") -> np.ndarray:
+    """Class indices (n,); ``kind="multilabel"``: the (n, len(classes)) 0/1 indicator matrix."""
+    if kind == "multilabel":
+        from meddiag_pipelines.imaging.readers import multilabel_matrix
+
+        return multilabel_matrix(labels.cast(pl.String).to_list(), len(classes)).astype(np.int64)
     index = {c: i for i, c in enumerate(classes)}
     return np.array([index[v] for v in labels.cast(pl.String).to_list()], dtype=np.int64)
 
@@ -197,15 +216,16 @@ def numeric_shift(frame: pl.DataFrame, spec: TaskSpec) -> list[dict]:
 def _evaluation_input(spec: TaskSpec, split: pl.DataFrame, handle: dict, predict_rows: Callable,
                       comparator: tuple[str, np.ndarray] | None, flow: dict, missing: list[dict]) -> EvaluationInput:  # fmt: skip
     classes = handle["classes"]
+    kind = task_kind(spec)
     test = split.filter(pl.col(SPLIT_COLUMN) == "test")
     val = split.filter(pl.col(SPLIT_COLUMN) == "val")
     counts = {s: split.filter(pl.col(SPLIT_COLUMN) == s).height for s in SPLITS}
     return EvaluationInput(
         task=spec.name, model_version=handle["version"], model_name=handle["name"],
-        kind="binary" if spec.is_binary else "multiclass", classes=classes,
-        y_true=encode_labels(test[spec.label], classes), proba=predict_rows(handle, test),
+        kind=kind, classes=classes,
+        y_true=encode_labels(test[spec.label], classes, kind), proba=predict_rows(handle, test),
         settings=spec.evaluation, n_train=counts["train"], n_val=counts["val"], n_test=counts["test"],
-        val_y_true=encode_labels(val[spec.label], classes), val_proba=predict_rows(handle, val),
+        val_y_true=encode_labels(val[spec.label], classes, kind), val_proba=predict_rows(handle, val),
         baseline_name=comparator[0] if comparator else None, baseline_proba=comparator[1] if comparator else None,
         subgroups={c: np.asarray(test[c].cast(pl.String).to_list(), dtype=object) for c in spec.subgroups if c in test.columns},
         flow=flow, missing_data=missing, shift=numeric_shift(split, spec),
@@ -217,6 +237,8 @@ def _test_predictions(spec: TaskSpec, test: pl.DataFrame, proba: np.ndarray, cla
     if proba.ndim == 1:
         return base.with_columns(pl.Series("probability", proba.astype(np.float64)))
     cols = [pl.Series(f"p_{c}", proba[:, i].astype(np.float64)) for i, c in enumerate(classes)]
+    if task_kind(spec) == "multilabel":  # one probability per finding; no single predicted class
+        return base.with_columns(*cols)
     return base.with_columns(*cols, pl.Series("predicted", [classes[i] for i in proba.argmax(axis=1)]))
 
 
@@ -388,7 +410,7 @@ def champion_check(spec: TaskSpec, storage: MeddiagStorage) -> dg.AssetCheckResu
 
 def risk_bands(proba: np.ndarray, manifest: dict) -> list[str | None]:
     """Binary: 'high' at or above the operating threshold, 'intermediate' at or above the threshold that
-    reaches the target sensitivity, else 'low'. Multi-class tasks have no bands."""
+    reaches the target sensitivity, else 'low'. Multi-class and multi-label tasks have no bands."""
     if proba.ndim > 1:
         return [None] * len(proba)
     rows = {r["name"]: r["threshold"] for r in manifest.get("thresholds") or []}

@@ -14,10 +14,15 @@
 * baseline_model     L2 logistic regression on the cached images average-pooled to 14 x 14 (16 x 16 for 64 /
                      128 px), pixels standardised, C chosen on validation; JSON coefficients.
 * evaluation ...     the shared lifecycle; the report gains a Grad-CAM section (true / false positives, false
-                     negatives of the test split; multi-class: correct and misclassified).
+                     negatives of the test split; multi-class: correct and misclassified; multi-label: the true
+                     positives of each finding).
 
-Multi-label tasks (``image.multi_label``) are ingested and validated, but the split asset refuses them: the shared
-split check, evaluation and promotion only take binary and multi-class tasks end to end so far.
+Multi-label tasks (``image.multi_label``, ChestMNIST style: ``classes`` = the finding names in index order, no
+``positive``; a label is the '|'-joined indices of the findings present, '' = none) run end to end: the label
+domain is checked as finding indices (not as ``classes``), the split needs a positive of every finding in train,
+the CNN has one sigmoid output per finding, the baseline is one-vs-rest (one pixel logistic regression per
+finding, in ``baseline/label_<j>/``), the evaluation is ``kind="multilabel"`` (macro AUROC, ``per_label``), and
+predictions carry one ``p_<finding>`` column per finding (no predicted class, no risk band).
 """
 
 
@@ -49,6 +54,7 @@ from meddiag_pipelines.validation.images import (
     image_split,
     validate_images,
 )
+from meddiag_pipelines.validation.suites import CheckFailure
 
 CANDIDATE_NAME = "resnet18_small"
 BASELINE_NAME = "logistic_regression_pixels"
@@ -128,6 +134,27 @@ def pooled_pixels(X: np.ndarray, side: int) -> np.ndarray:
     return X.reshape(n, c, side, k, side, k).mean(axis=(3, 5)).reshape(n, c * side * side)
 
 
+def multilabel_domain_failures(frame: pl.DataFrame, spec: TaskSpec) -> list[CheckFailure]:
+    """Multi-label labels must be '' or '|'-joined finding indices within ``spec.classes`` (when given)."""
+    if spec.label not in frame.columns:
+        return []
+    k = len(spec.classes) if spec.classes else None
+    bad = 0
+    for value in frame[spec.label].drop_nulls().cast(pl.String).to_list():
+        parts = value.split("|") if value else []
+        if not all(x.isdigit() and (k is None or int(x) < k) for x in parts):
+            bad += 1
+    if not bad:
+        return []
+    return [CheckFailure("multilabel_label_domain", spec.label, f"{bad} labels are not '|'-joined finding indices "
+                         f"{'below ' + str(k) if k else ''}".rstrip(), bad)]  # fmt: skip
+
+
+def _validation_spec(spec: TaskSpec) -> TaskSpec:
+    """Multi-label ``classes`` name the findings, not label values: GX must not check the label against them."""
+    return spec.model_copy(update={"classes": None}) if common.task_kind(spec) == "multilabel" else spec
+
+
 def _predictor_factory(spec: TaskSpec):
     def factory(plan: dict):
         from meddiag_pipelines.imaging.train import predict_image_model
@@ -137,6 +164,7 @@ def _predictor_factory(spec: TaskSpec):
         per_image = 4 * int(plan["channels"]) * int(plan["size"]) ** 2
         chunk = max(256, PREDICT_CHUNK_BYTES // per_image)
         k = len(plan.get("classes") or []) or 2
+        multilabel = common.task_kind(spec) == "multilabel"
 
         def predict(model_dir: Path, rows: pl.DataFrame) -> np.ndarray:
             ids = rows[spec.id].cast(pl.String).to_list()
@@ -145,9 +173,12 @@ def _predictor_factory(spec: TaskSpec):
                 X = load_cached(cache_dir, ids[start : start + chunk])
                 if plan.get("predictor") == "pixel_logistic":
                     p = predict_tabular(Path(model_dir), pooled_pixels(X, int(plan["baseline_side"])))
+                elif plan.get("predictor") == "pixel_logistic_ovr":  # multi-label: one model per finding
+                    pooled = pooled_pixels(X, int(plan["baseline_side"]))
+                    p = np.stack([predict_tabular(Path(model_dir) / f"label_{j}", pooled) for j in range(k)], axis=1)
                 else:
                     p = predict_image_model(Path(model_dir), X, device=torch_device())
-                if not spec.is_binary and p.ndim == 1:  # a two-class multi-class task scored by a binary model
+                if not spec.is_binary and not multilabel and p.ndim == 1:  # two-class multi-class, binary model
                     p = np.stack([1.0 - p, p], axis=1)
                 parts.append(np.asarray(p, dtype=np.float64))
             if not parts:
@@ -173,9 +204,19 @@ def saliency_sections(spec: TaskSpec, candidate: dict, test: pl.DataFrame, proba
     title = "Saliency (Grad-CAM)"
     try:
         classes = candidate["classes"]
-        y = common.encode_labels(test[spec.label], classes)
+        kind = common.task_kind(spec)
+        y = common.encode_labels(test[spec.label], classes, kind)
         rng = np.random.default_rng(spec.evaluation.seed)
-        if proba.ndim == 1:
+        targets: list[int | None] = []
+        if kind == "multilabel":
+            per_label = metrics.get("per_label") or []
+            cuts = [float((r.get("operating_threshold") or {}).get("value", 0.5)) for r in per_label]
+            cuts = cuts or [0.5] * len(classes)
+            groups = [(f"True positives: {c}", (y[:, j] == 1) & (proba[:, j] >= cuts[j])) for j, c in enumerate(classes)]
+            targets = list(range(len(classes)))
+            scores = proba
+            note = "Per finding at its operating threshold; the heat map is the evidence for that finding."
+        elif proba.ndim == 1:
             threshold = float((metrics.get("operating_threshold") or {}).get("value", 0.5))
             pred = proba >= threshold
             groups = [("True positives", (y == 1) & pred), ("False positives", (y == 0) & pred),
@@ -193,7 +234,8 @@ def saliency_sections(spec: TaskSpec, candidate: dict, test: pl.DataFrame, proba
         parts = [f"<p>Grad-CAM (last convolutional stage, coarse at small input sizes) over a random sample of up "
                  f"to {SALIENCY_PER_GROUP} test images per group. {note} It shows where the model looked, "
                  "not a segmentation.</p>"]  # fmt: skip
-        for label, mask in groups:
+        for g, (label, mask) in enumerate(groups):
+            target = targets[g] if targets else None
             where = np.flatnonzero(mask)
             parts.append(f"<h3>{label} ({where.size} of {len(y)})</h3>")
             if where.size == 0:
@@ -201,8 +243,10 @@ def saliency_sections(spec: TaskSpec, candidate: dict, test: pl.DataFrame, proba
                 continue
             chosen = np.sort(rng.choice(where, size=min(SALIENCY_PER_GROUP, where.size), replace=False))
             X = load_cached(Path(plan["cache_dir"]), [ids[i] for i in chosen])
-            maps = grad_cam(Path(candidate["dir"]), X)
-            if proba.ndim == 1:
+            maps = grad_cam(Path(candidate["dir"]), X, target_index=target)
+            if target is not None:
+                titles = [f"p={scores[i, target]:.2f}" for i in chosen]
+            elif proba.ndim == 1:
                 titles = [f"p={scores[i]:.2f}" for i in chosen]
             else:
                 titles = [f"true {classes[y[i]]} / pred {classes[proba[i].argmax()]}" for i in chosen]
@@ -251,6 +295,9 @@ def build_image_assets(spec: TaskSpec) -> list:
         ledger = storage.warehouse.ledger(name)
         done = ledger.filter(pl.col("status") == "validated")["batch_id"].to_list() if ledger.height else []
         earlier = storage.warehouse.read(name, RAW_TABLE, done) if done else None
+        if common.task_kind(spec) == "multilabel":
+            return lambda frame, task, known_ids: [*validate_images(frame, _validation_spec(task), known_ids, earlier),
+                                                   *multilabel_domain_failures(frame, task)]  # fmt: skip
         return lambda frame, task, known_ids: validate_images(frame, task, known_ids, earlier)
 
     validated_records = common.build_validated_records_asset(
@@ -264,7 +311,10 @@ def build_image_assets(spec: TaskSpec) -> list:
     def validated_records_suite(validated_records: pl.DataFrame) -> dg.AssetCheckResult:
         if validated_records.is_empty():
             return dg.AssetCheckResult(passed=False, description="no validated images: nothing to learn from")
-        return common.failures_result(image_failures(validated_records, spec, name))
+        failures = image_failures(validated_records, _validation_spec(spec), name)
+        if common.task_kind(spec) == "multilabel":
+            failures += multilabel_domain_failures(validated_records, spec)
+        return common.failures_result(failures)
 
     @dg.asset_check(asset=validated_records, blocking=False, description="Identical images (sha256) repeated within "
                     "one split with the same label: not leakage, but worth a look (warning only).")  # fmt: skip
@@ -278,9 +328,6 @@ def build_image_assets(spec: TaskSpec) -> list:
               description=f"{name}: train / val / test by a stable hash of {spec.patient_id or spec.id}, except that "
               "records from a MedMNIST npz keep the file's own split; unlabelled rows are 'score'.", **tags)  # fmt: skip
     def split(validated_records: pl.DataFrame) -> dg.Output:
-        if image.multi_label:
-            raise dg.Failure(f"{name}: multi-label image tasks are ingested and validated, but the split, training and "
-                             "evaluation take binary and multi-class tasks only so far")  # fmt: skip
         frame = image_split(validated_records, spec)
         table = check_split(frame, spec)
         rows = [{"split": s, **{str(k): v for k, v in sorted(table[s].items())}} for s in SPLITS]
@@ -328,7 +375,7 @@ def build_image_assets(spec: TaskSpec) -> list:
     def _data(features: pl.DataFrame, plan: dict, part: str, classes: list[str]) -> tuple[np.ndarray, np.ndarray]:
         rows = features.filter(pl.col(SPLIT_COLUMN) == part)
         X = load_cached(Path(plan["cache_dir"]), rows[spec.id].cast(pl.String).to_list())
-        return X, common.encode_labels(rows[spec.label], classes)
+        return X, common.encode_labels(rows[spec.label], classes, common.task_kind(spec))
 
     @dg.asset(key=[name, "candidate_model"], description=f"{name}: ResNet-18 adapted to {image.size} px "
               "(AdamW, cosine schedule, augmentation, class weights, early stopping on validation AUROC; CUDA when "
@@ -343,7 +390,7 @@ def build_image_assets(spec: TaskSpec) -> list:
         _resume_checkpoint(context, storage, spec, out)
         classes = common.class_list(spec, features)
         (X_train, y_train), (X_val, y_val) = (_data(features, feature_plan, p, classes) for p in ("train", "val"))
-        kind = "binary" if spec.is_binary else "multiclass"
+        kind = common.task_kind(spec)
 
         def progress(epoch: int, row: dict) -> None:
             context.log.info(f"{name}: epoch {epoch}: loss {row['train_loss']:.4f}, val AUROC {row['val_auroc']:.4f}, "
@@ -385,10 +432,19 @@ def build_image_assets(spec: TaskSpec) -> list:
         side = baseline_side(image.size)
         (X_train, y_train), (X_val, y_val) = (_data(features, feature_plan, p, classes) for p in ("train", "val"))
         names = [f"c{c}_y{i}_x{j}" for c in range(image.channels) for i in range(side) for j in range(side)]
-        meta = train_logistic(pooled_pixels(X_train, side), y_train, pooled_pixels(X_val, side), y_val, len(classes),
-                              out, names)  # fmt: skip
+        P_train, P_val = pooled_pixels(X_train, side), pooled_pixels(X_val, side)
+        if common.task_kind(spec) == "multilabel":  # one-vs-rest: one binary model per finding
+            per_label = [train_logistic(P_train, y_train[:, j], P_val, y_val[:, j], 2, out / f"label_{j}", names)
+                         for j in range(len(classes))]  # fmt: skip
+            scores = [m["val_score"] for m in per_label if m["val_score"] == m["val_score"]]
+            meta = {"framework": "logistic", "val_score": float(np.mean(scores)) if scores else None,
+                    "params": {"one_vs_rest": True, "C": [m["params"]["C"] for m in per_label], "penalty": "l2"}}  # fmt: skip
+            predictor = "pixel_logistic_ovr"
+        else:
+            meta = train_logistic(P_train, y_train, P_val, y_val, len(classes), out, names)
+            predictor = "pixel_logistic"
         meta = {**meta, "name": BASELINE_NAME, "classes": classes}
-        plan = {**feature_plan, "predictor": "pixel_logistic", "baseline_side": side, "classes": classes}
+        plan = {**feature_plan, "predictor": predictor, "baseline_side": side, "classes": classes}
         return common.model_handle(context, spec, version, out, meta, plan)
 
     downstream = common.build_model_lifecycle_assets(

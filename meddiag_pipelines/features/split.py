@@ -48,8 +48,12 @@ def assign_split(records: pl.DataFrame, spec: TaskSpec) -> pl.DataFrame:
 
 
 def check_split(frame: pl.DataFrame, spec: TaskSpec) -> dict[str, dict[str, int]]:
-    """Counts per split and class; every split must hold every class it needs to be learnt and judged."""
+    """Counts per split and class; every split must hold every class it needs to be learnt and judged.
+    Multi-label tasks (``image.multi_label``): positives per finding, and only training must hold a positive of
+    every finding (a finding absent from val / test is left out of the macro figures by the evaluator)."""
     labelled = frame.filter(pl.col(SPLIT_COLUMN) != "score")
+    if spec.image is not None and spec.image.multi_label:
+        return _check_multilabel_split(labelled, spec)
     counts = labelled.group_by(SPLIT_COLUMN, spec.label).len()
     table: dict[str, dict[str, int]] = {s: {} for s in SPLITS}
     for split, label, n in counts.iter_rows():
@@ -61,4 +65,28 @@ def check_split(frame: pl.DataFrame, spec: TaskSpec) -> dict[str, dict[str, int]
         needed = missing if spec.is_binary or split == "train" else []
         if needed:
             raise SplitError(f"task {spec.name}: the {split} split has no rows of class {needed}; add data or change split fractions")
+    return table
+
+
+def _check_multilabel_split(labelled: pl.DataFrame, spec: TaskSpec) -> dict[str, dict[str, int]]:
+    """Per split: ``n`` labelled rows and the positives of each finding (labels are '|'-joined finding indices,
+    '' = no finding)."""
+    indices = labelled.select(
+        SPLIT_COLUMN, pl.col(spec.label).cast(pl.String).str.split("|").alias("_finding")
+    ).explode("_finding").filter(pl.col("_finding").is_not_null() & (pl.col("_finding") != ""))
+    positives = indices.group_by(SPLIT_COLUMN, "_finding").len()
+    seen = sorted({int(i) for i in indices["_finding"].to_list()})
+    names = list(spec.classes) if spec.classes else [str(i) for i in range(max(seen, default=0) + 1)]
+    if seen and seen[-1] >= len(names):
+        raise SplitError(f"task {spec.name}: finding index {seen[-1]} is outside the {len(names)} findings of the spec")
+    table: dict[str, dict[str, int]] = {s: {"n": 0, **{n: 0 for n in names}} for s in SPLITS}
+    for split, n in labelled.group_by(SPLIT_COLUMN).len().iter_rows():
+        table[split]["n"] = n
+    for split, finding, n in positives.iter_rows():
+        table[split][names[int(finding)]] = n
+    missing = [n for n in names if table["train"][n] == 0]
+    if missing:
+        raise SplitError(f"task {spec.name}: the train split has no positive of finding {missing}; add data or change split fractions")
+    if table["val"]["n"] == 0 or table["test"]["n"] == 0:
+        raise SplitError(f"task {spec.name}: the val and test splits need labelled rows; add data or change split fractions")
     return table

@@ -23,6 +23,7 @@ from polars.exceptions import PanicException
 from meddiag_pipelines.ingestion.errors import BatchRejected
 from meddiag_pipelines.ingestion.landing import (
     BATCH_COLUMN,
+    INGESTED_MARKER,
     LandedBatch,
     describe_batch,
     display_name,
@@ -156,6 +157,13 @@ def ingest_new_batches(spec: TaskSpec, layout: DataLayout, warehouse: Warehouse,
         return _ingest(spec, layout, warehouse, reader)
 
 
+def _mark_ingested(batch_dir: Path) -> None:
+    """A marker beside ``_READY`` (not data: names starting with '_' are never read or hashed) that tells the
+    landing sensor, without opening the warehouse, that this batch needs no run."""
+    if batch_dir.is_dir() and not batch_dir.is_symlink():
+        (batch_dir / INGESTED_MARKER).touch()
+
+
 def _ingest(spec: TaskSpec, layout: DataLayout, warehouse: Warehouse, reader: Reader) -> IngestSummary:
     known = {r["batch_id"]: r for r in warehouse.ledger(spec.name).iter_rows(named=True)}
     summary = IngestSummary()
@@ -164,6 +172,7 @@ def _ingest(spec: TaskSpec, layout: DataLayout, warehouse: Warehouse, reader: Re
         if shown in known:
             summary.skipped_known += 1
             _finish_interrupted(spec, layout, batch_dir, known[shown], summary)
+            _mark_ingested(batch_dir)
             continue
         try:
             batch = _describe(spec, layout, batch_dir)
@@ -202,6 +211,7 @@ def _ingest(spec: TaskSpec, layout: DataLayout, warehouse: Warehouse, reader: Re
             summary.skipped_known += 1  # another run took this batch between our ledger read and now
             continue
         _quarantine_files(spec, layout, batch, rejected)
+        _mark_ingested(batch_dir)
         summary.quarantined += rejected
         summary.ingested.append(batch.batch_id)
         summary.rows += frame.height

@@ -16,6 +16,7 @@ from pathlib import Path
 from meddiag_pipelines.specs import LandingSpec
 
 READY_MARKER = "_READY"
+INGESTED_MARKER = "_INGESTED"  # written by ingestion once a batch is in the ledger: sensors skip it
 BATCH_COLUMN = "_batch_id"  # added by ingestion to every record: which batch it came from
 _CHUNK = 1 << 20
 

@@ -5,7 +5,8 @@ A candidate becomes champion only if
 * it is non-inferior to the champion: the lower bound of the paired-bootstrap 95% CI of
   (candidate AUROC - champion AUROC) lies above ``-promotion.margin``;
 and, in both cases, its calibration slope is compatible with ``promotion.slope_band`` (binary tasks: the slope's
-bootstrap 95% CI overlaps the band, so only a demonstrably mis-calibrated model fails) and no subgroup's
+bootstrap 95% CI overlaps the band, so only a demonstrably mis-calibrated model fails; the rule is skipped when the
+evaluation has no ``calibration_slope``, as for multi-class and multi-label tasks) and no subgroup's
 AUROC falls by more than ``promotion.max_subgroup_drop`` below the champion's. A pinned champion (a rollback)
 is never replaced automatically.
 """
