@@ -12,6 +12,8 @@ from meddiag_pipelines.defs.tabular import build_tabular_assets
 from meddiag_pipelines.defs.text import build_text_assets
 from meddiag_pipelines.specs import TaskSpec, load_specs
 
+# Cheap tasks first when runs queue (see dagster_home/dagster.yaml).
+RUN_PRIORITY = {"tabular": "10", "text": "0", "image": "0"}
 BUILDERS = {"tabular": build_tabular_assets, "image": build_image_assets, "text": build_text_assets}
 
 
@@ -30,7 +32,7 @@ def build_definitions(specs: list[TaskSpec] | None = None, data_dir=None) -> dg.
             continue
         # The tag lets dagster.yaml's run queue hold one run per task at a time.
         job = dg.define_asset_job(f"{spec.name}_job", selection=dg.AssetSelection.groups(spec.name),
-                                  tags={"meddiag/task": spec.name},
+                                  tags={"meddiag/task": spec.name, "dagster/priority": RUN_PRIORITY[spec.modality]},
                                   description=f"Bring {spec.name} fully up to date from its landing folder.")  # fmt: skip
         jobs.append(job)
         sensors.append(build_landing_sensor(spec, job))
