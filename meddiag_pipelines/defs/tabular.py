@@ -13,7 +13,13 @@ from meddiag_pipelines.features.tabular import FeaturePlan, fit_plan, missing_da
 from meddiag_pipelines.ingestion.batches import ingest_new_batches
 from meddiag_pipelines.ingestion.tabular import read_tabular_batch
 from meddiag_pipelines.specs import TaskSpec
-from meddiag_pipelines.training.tabular_models import predict_tabular, top_contributions, train_logistic, train_xgboost
+from meddiag_pipelines.training.tabular_models import (
+    predict_tabular,
+    read_meta,
+    top_contributions,
+    train_logistic,
+    train_xgboost,
+)
 from meddiag_pipelines.validation.suites import identifier_columns, run_suite, tabular_expectations, validate_tabular
 
 FEATURE_PREFIX = "f__"
@@ -24,12 +30,16 @@ def feature_matrix(frame: pl.DataFrame) -> tuple[np.ndarray, list[str]]:
     return frame.select(columns).to_numpy().astype(np.float32), [c[len(FEATURE_PREFIX):] for c in columns]
 
 
-def _tabular_predictor(plan: dict):
-    """Score raw rows with a model folder: transform with the model's own feature plan, then predict."""
-    feature_plan = FeaturePlan.from_dict(plan)
+def model_inputs(model_dir, rows: pl.DataFrame, plan: dict) -> np.ndarray:
+    """Rows transformed with the model's own feature plan, columns picked *by name* in the model's order (a plan
+    read back from JSON may list its categorical columns in another order than the one it was fitted with)."""
+    matrix = transform(rows, FeaturePlan.from_dict(plan))
+    return matrix.select(read_meta(model_dir)["feature_names"]).to_numpy()
 
+
+def _tabular_predictor(plan: dict):
     def predict(model_dir, rows: pl.DataFrame) -> np.ndarray:
-        return predict_tabular(model_dir, transform(rows, feature_plan).to_numpy())
+        return predict_tabular(model_dir, model_inputs(model_dir, rows, plan))
 
     return predict
 
@@ -112,7 +122,7 @@ def build_tabular_assets(spec: TaskSpec) -> list:
 
     downstream = common.build_model_lifecycle_assets(
         spec, tags, split_asset=split, predictor_factory=_tabular_predictor,
-        explain=lambda model_dir, rows, plan: top_contributions(model_dir, transform(rows, FeaturePlan.from_dict(plan)).to_numpy()),
+        explain=lambda model_dir, rows, plan: top_contributions(model_dir, model_inputs(model_dir, rows, plan)),
         missing_data=lambda train_rows, plan: missing_data_table(train_rows, FeaturePlan.from_dict(plan)),
     )  # fmt: skip
     return [raw_records, validated_records, validated_records_suite, *split, features, candidate_model,
