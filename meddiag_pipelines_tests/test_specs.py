@@ -58,3 +58,16 @@ def test_duplicate_task_names_are_refused(tmp_path):
     write(tmp_path / "b", "two.yaml", GOOD)
     with pytest.raises(SpecError, match="already defined in"):
         load_specs([tmp_path / "a", tmp_path / "b"])
+
+
+def test_readme_spec_examples_are_valid_specs():
+    import re
+
+    import yaml
+
+    from meddiag_pipelines.specs import TaskSpec
+    from meddiag_pipelines_tests.conftest import REPO
+
+    blocks = re.findall(r"```yaml\n(.*?)```", (REPO / "README.md").read_text(), re.S)
+    names = [TaskSpec.model_validate(doc).name for block in blocks for doc in yaml.safe_load_all(block)]
+    assert names == ["sepsis_risk", "pneumonia_xray", "discharge_specialty"]
