@@ -11,6 +11,8 @@ same data folder and DAGSTER_HOME. Mechanisms that keep the warehouse and regist
 """
 
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -33,6 +35,9 @@ pytestmark = pytest.mark.slow
 
 def test_two_runs_at_once_do_not_corrupt_warehouse_or_registry(tmp_path):
     env = make_env(tmp_path)
+    # Create the SQLite instance first, as `dagster dev` does at start: two processes bootstrapping a fresh
+    # DAGSTER_HOME at the same instant race on Dagster's own schema creation, which is not what this tests.
+    subprocess.run([sys.executable, "-c", "import dagster; dagster.DagsterInstance.get()"], env=env, check=True)
     land_batch(tmp_path, "batch_0001", synthetic_records(300, seed=1))
     land_batch(tmp_path, "batch_0002", synthetic_records(150, seed=2, start=300))
     procs = [start_child(tmp_path, env, MEDDIAG_TEST_TAG=name) for name in ("sensor", "schedule")]

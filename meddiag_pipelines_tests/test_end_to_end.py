@@ -75,3 +75,19 @@ def test_bad_only_landing_stops_at_the_blocking_check(synthetic_spec, layout):
     assert not result.success
     assert (layout.quarantine(synthetic_spec.name) / "b1" / "reason.json").exists()
     assert not (layout.root / "models" / synthetic_spec.name).exists()
+
+
+def test_evaluation_can_be_rematerialised_alone_after_the_version_is_published(synthetic_spec, layout):
+    """The champion asset moves the candidate from staging into its version folder; a later click on
+    `evaluation` alone must find the model there."""
+    task = synthetic_spec.name
+    land(layout, task, "batch_0001", synthetic_records(400, seed=3))
+    defs = build_definitions([synthetic_spec], layout.root)
+    with dg.instance_for_test() as instance:
+        assert defs.resolve_job_def(f"{task}_job").execute_in_process(instance=instance).success
+        assert not list((layout.root / "models" / task / ".staging").iterdir())
+        again = defs.resolve_implicit_global_asset_job_def().execute_in_process(
+            instance=instance, asset_selection=[dg.AssetKey([task, "evaluation"])])
+    assert again.success
+    metrics = json.loads((layout.reports(task) / "latest" / "metrics.json").read_text())
+    assert metrics["auroc"] > 0.75

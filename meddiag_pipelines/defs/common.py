@@ -31,6 +31,7 @@ from meddiag_pipelines.features.split import SPLIT_COLUMN, SPLITS, assign_split,
 from meddiag_pipelines.ingestion.batches import IngestSummary, ValidationSummary, Validator, reconcile, validate_pending_batches
 from meddiag_pipelines.ingestion.landing import BATCH_COLUMN
 from meddiag_pipelines.registry.promotion import decide
+from meddiag_pipelines.registry.store import STAGING
 from meddiag_pipelines.specs import TaskSpec
 from meddiag_pipelines.training.device import torch_device
 from meddiag_pipelines.validation.suites import CheckFailure, feature_columns
@@ -192,6 +193,16 @@ def build_split_asset(spec: TaskSpec, upstream, tags: dict) -> list:
 
 
 # -- model handles ------------------------------------------------------------------------------------------------
+def handle_dir(handle: dict) -> Path:
+    """Where a handle's model lives now: its staging folder until the champion asset publishes the version,
+    then the same sub-folder of ``models/<task>/<version>/`` (so re-materialising evaluation alone still works)."""
+    staged = Path(handle["dir"])
+    if staged.exists() or STAGING not in staged.parts:
+        return staged
+    cut = staged.parts.index(STAGING)
+    return Path(*staged.parts[:cut], *staged.parts[cut + 1 :])
+
+
 def model_handle(context, spec: TaskSpec, version: str, model_dir: Path, meta: dict, plan: dict) -> dict:
     """What a model asset passes on: where the weights are and how to use them (not the weights)."""
     handle = {"task": spec.name, "version": version, "dir": str(model_dir), "name": meta["name"],
@@ -291,7 +302,7 @@ def build_model_lifecycle_assets(spec: TaskSpec, tags: dict, split_asset: list, 
     split_key = dg.AssetKey([name, "split"])
 
     def predict_rows(handle: dict, rows: pl.DataFrame) -> np.ndarray:
-        return predictor_factory(handle["plan"])(Path(handle["dir"]), rows)
+        return predictor_factory(handle["plan"])(handle_dir(handle), rows)
 
     @dg.asset(key=[name, "evaluation"], ins={"split": dg.AssetIn(split_key)}, kinds={"scikitlearn", "html"},
               description=f"{name}: the shared evaluator on the test split (TRIPOD+AI style): discrimination and "
