@@ -30,10 +30,8 @@ import hashlib
 import json
 import logging
 import math
-import os
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -45,7 +43,7 @@ from torch import nn
 
 from meddiag_pipelines.atomic import atomic_write, atomic_write_json
 from meddiag_pipelines.imaging.model import ResNet18Small, build_model
-from meddiag_pipelines.training.device import torch_device
+from meddiag_pipelines.training.device import cpu_threads, torch_device, torch_settings, training_threads
 
 if TYPE_CHECKING:
     from meddiag_pipelines.specs import TaskSpec
@@ -74,57 +72,12 @@ class ImageTrainResult:
     config: dict = field(default_factory=dict)
 
 
-def cpu_threads() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
-
-
-def training_threads() -> int:
-    """Threads for CPU training: ``MEDDIAG_TORCH_THREADS`` if set, else the CPUs not already busy.
-
-    OpenMP threads that share an oversubscribed CPU spin against each other: on 2 cores with two other busy
-    processes, 2 threads trained at ~10 img/s where 1 thread did ~400 img/s, so the current load is subtracted.
-    """
-    env = os.environ.get("MEDDIAG_TORCH_THREADS")
-    if env:
-        return max(1, int(env))
-    cpus = cpu_threads()
-    try:
-        busy = int(os.getloadavg()[0] + 0.5)
-    except OSError:
-        busy = 0
-    return max(1, min(cpus, cpus - busy + 1))
-
-
 def choose_width(n_train: int, size: int, device: str) -> int:
     """Base width of the ResNet: 64 on CUDA; on CPU 32, or 16 when an epoch is large (> 20k images at 28 px)."""
     if device.startswith("cuda"):
         return 64
     cost = n_train * (size / 28.0) ** 2
     return 16 if cost > 20_000 else 32
-
-
-@contextmanager
-def _torch_settings(device: str, deterministic: bool, threads: int | None = None) -> Iterator[None]:
-    """Thread count and determinism for the run, restored afterwards (the caller's process is shared)."""
-    prev_threads = torch.get_num_threads()
-    prev_det = torch.are_deterministic_algorithms_enabled()
-    prev_warn = torch.is_deterministic_algorithms_warn_only_enabled()
-    prev_bench = torch.backends.cudnn.benchmark
-    try:
-        if device == "cpu":
-            torch.set_num_threads(threads or training_threads())
-        if deterministic:
-            torch.use_deterministic_algorithms(True, warn_only=True)
-        if device.startswith("cuda"):
-            torch.backends.cudnn.benchmark = True
-        yield
-    finally:
-        torch.set_num_threads(prev_threads)
-        torch.use_deterministic_algorithms(prev_det, warn_only=prev_warn)
-        torch.backends.cudnn.benchmark = prev_bench
 
 
 # ------------------------------------------------------------------------------------------------ targets
@@ -363,7 +316,7 @@ def train_image_model(
     )
 
     threads = num_threads or training_threads()
-    with _torch_settings(device, deterministic=not cuda, threads=threads):
+    with torch_settings(device, deterministic=not cuda, threads=threads):
         torch.manual_seed(training.seed)
         model = ResNet18Small(channels, n_outputs, width, size)
         mean, std = _channel_stats(Xt)
@@ -548,7 +501,7 @@ def predict_image_model(model_dir: Path, X: np.ndarray, device: str | None = Non
     X = _as_tensor(X)
     if X.shape[1:] != (meta["channels"], meta["input_size"], meta["input_size"]):
         raise ValueError(f"images {tuple(X.shape[1:])} do not match the model's input {meta['channels']}x{meta['input_size']}^2")
-    with _torch_settings(device, deterministic=False):
+    with torch_settings(device, deterministic=False):
         return _predict(model, X, meta["kind"], device)
 
 
@@ -556,7 +509,7 @@ def bench(
     width: int = 32, size: int = 28, batch: int = 128, seconds: float = 5.0, channels_last: bool = True, threads: int | None = None
 ) -> float:
     """Training images per second on the CPU (forward + backward + AdamW step on random data)."""
-    with _torch_settings("cpu", deterministic=False, threads=threads):
+    with torch_settings("cpu", deterministic=False, threads=threads):
         torch.manual_seed(0)
         model = ResNet18Small(1, 1, width, size)
         if channels_last:

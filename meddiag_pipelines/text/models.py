@@ -405,29 +405,6 @@ def _train_neural(
     device: str,
     deadline: float,
 ) -> tuple[_Neural, float]:
-    """Train with deterministic algorithms on the CPU; restores torch's global setting afterwards."""
-    import torch
-
-    previous = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(device == "cpu", warn_only=True)
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Sparse invariant checks")
-            return _neural_loop(train_texts, y_train, val_texts, y_val, classes, spec, device, deadline)
-    finally:
-        torch.use_deterministic_algorithms(previous)
-
-
-def _neural_loop(
-    train_texts: list[str],
-    y_train: np.ndarray,
-    val_texts: list[str],
-    y_val: np.ndarray,
-    classes: list[str],
-    spec: TaskSpec,
-    device: str,
-    deadline: float,
-) -> tuple[_Neural, float]:
     import torch
     from torch import nn
 
@@ -498,7 +475,9 @@ def train_text_models(
     device: str | None = None,
 ) -> TextTrainResult:
     """Train the baseline and the neural model, save both and pick the better on validation macro-F1."""
-    from meddiag_pipelines.training.device import torch_device
+    import torch
+
+    from meddiag_pipelines.training.device import torch_device, torch_settings
 
     start = time.monotonic()
     device = device or torch_device()
@@ -513,7 +492,11 @@ def train_text_models(
     baseline, f1_base = _train_baseline(train_texts, y_train, val_texts, y_val, classes, spec.training.seed)
     baseline.save(out_dir / "baseline")
     deadline = start + spec.training.time_budget_s
-    neural, f1_neural = _train_neural(train_texts, y_train, val_texts, y_val, classes, spec, device, deadline)
+    # Deterministic algorithms on the CPU, at the caller's thread count; torch's settings are restored after.
+    with torch_settings(device, deterministic=device == "cpu", threads=torch.get_num_threads()), \
+            warnings.catch_warnings():  # fmt: skip
+        warnings.filterwarnings("ignore", message="Sparse invariant checks")
+        neural, f1_neural = _train_neural(train_texts, y_train, val_texts, y_val, classes, spec, device, deadline)
     neural.save(out_dir / "neural")
     chosen = "neural" if f1_neural > f1_base else "baseline"
     scores = {"baseline": f1_base, "neural": f1_neural}
