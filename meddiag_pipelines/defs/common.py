@@ -4,6 +4,7 @@
 
 import base64
 import hashlib
+import io
 import json
 import subprocess
 import time
@@ -263,8 +264,6 @@ def _write_report(storage: MeddiagStorage, spec: TaskSpec, files: dict[str, byte
 
 
 def _parquet_bytes(frame: pl.DataFrame) -> bytes:
-    import io
-
     buffer = io.BytesIO()
     frame.write_parquet(buffer)
     return buffer.getvalue()
