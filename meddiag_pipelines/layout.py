@@ -30,6 +30,10 @@ class DataLayout:
     def warehouse_db(self) -> Path:
         return self.warehouse() / "meddiag.duckdb"
 
+    def table(self, task: str, name: str) -> Path:
+        """An asset's table (validated records, split, features): Parquet, viewed from the DuckDB file."""
+        return self.warehouse() / "tables" / task / f"{name}.parquet"
+
     def cache(self, task: str) -> Path:
         return self.root / "cache" / task
 

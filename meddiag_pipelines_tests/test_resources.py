@@ -1,12 +1,21 @@
 import dagster as dg
+import duckdb
 import polars as pl
+import pytest
 
 from meddiag_pipelines.defs.resources import WarehouseIOManager
+from meddiag_pipelines.layout import DataLayout
 
 
-def test_warehouse_io_manager_replaces_tables_whose_columns_change(tmp_path):
-    """The stock handler appends by position into the first run's table: reordered or new columns would be
-    silently misaligned. Each write must replace the table with exactly the frame written."""
+def _tables(db) -> dict[str, str]:
+    with duckdb.connect(str(db), read_only=True) as con:
+        rows = con.execute("select table_name, table_type from information_schema.tables where table_schema = 'task'")
+        return dict(rows.fetchall())
+
+
+def test_warehouse_io_manager_replaces_tables_and_keeps_a_duckdb_view(tmp_path):
+    """Each write replaces the table with exactly the frame written (reordered and new columns stay aligned),
+    downstream steps read it back, and DuckDB users see it as ``task.table``; an empty frame leaves no rows."""
     frames = iter([
         pl.DataFrame({"a": [1, 2], "b": ["x", "y"]}),
         pl.DataFrame({"b": ["p", "q", "r"], "a": [7, 8, 9], "c": [0.5, 0.5, 0.5]}),
@@ -21,14 +30,44 @@ def test_warehouse_io_manager_replaces_tables_whose_columns_change(tmp_path):
     def reader(table: pl.DataFrame) -> pl.DataFrame:
         return table
 
-    resources = {"warehouse_io_manager": WarehouseIOManager(database=str(tmp_path / "w.duckdb")),
-                 "mem": dg.InMemoryIOManager()}  # fmt: skip
-    dg.materialize([table], resources=resources)
+    layout = DataLayout(tmp_path)
+    resources = {"warehouse_io_manager": WarehouseIOManager(data_dir=str(tmp_path)), "mem": dg.InMemoryIOManager()}
+    first = dg.materialize([table], resources=resources)
+    meta = first.asset_materializations_for_node("task__table")[0].metadata
+    assert meta["dagster/row_count"].value == 2 and meta["dagster/table_name"].value == "task.table"
     second = dg.materialize([table, reader], resources=resources)
-    read_back = second.output_for_node("task__reader")
-    assert read_back.sort("a").to_dict(as_series=False) == {"b": ["p", "q", "r"], "a": [7, 8, 9], "c": [0.5] * 3}
-    dg.materialize([table], resources=resources)  # an empty frame leaves no stale rows behind
-    import duckdb
+    expected = {"b": ["p", "q", "r"], "a": [7, 8, 9], "c": [0.5] * 3}
+    assert second.output_for_node("task__reader").to_dict(as_series=False) == expected
+    assert _tables(layout.warehouse_db()) == {"table": "VIEW"}
+    with duckdb.connect(str(layout.warehouse_db()), read_only=True) as con:
+        assert con.execute("select b, a, c from task.table order by a").pl().to_dict(as_series=False) == expected
+    assert not list(layout.table("task", "table").parent.glob(".*.tmp"))  # no temp file left behind
 
-    with duckdb.connect(str(tmp_path / "w.duckdb")) as con:
-        assert con.execute("select count(*) from information_schema.tables where table_name = 'table'").fetchone()[0] == 0
+    dg.materialize([table], resources=resources)  # an empty frame leaves no stale rows behind
+    assert _tables(layout.warehouse_db()) == {}
+    assert pl.read_parquet(layout.table("task", "table")).is_empty()
+
+
+def test_warehouse_io_manager_replaces_a_table_left_by_an_earlier_release(tmp_path):
+    layout = DataLayout(tmp_path)
+    layout.warehouse().mkdir(parents=True)
+    with duckdb.connect(str(layout.warehouse_db())) as con:
+        con.execute("create schema task; create table task.table as select 1 as stale")
+
+    @dg.asset(key=["task", "table"], io_manager_key="warehouse_io_manager")
+    def table() -> pl.DataFrame:
+        return pl.DataFrame({"fresh": [1]})
+
+    dg.materialize([table], resources={"warehouse_io_manager": WarehouseIOManager(data_dir=str(tmp_path))})
+    assert _tables(layout.warehouse_db()) == {"table": "VIEW"}
+
+
+def test_warehouse_io_manager_names_the_missing_table(tmp_path):
+    @dg.asset(key=["task", "reader"], ins={"table": dg.AssetIn(["task", "table"])}, io_manager_key="mem")
+    def reader(table: pl.DataFrame) -> pl.DataFrame:
+        return table
+
+    table = dg.SourceAsset(key=["task", "table"], io_manager_key="warehouse_io_manager")
+    resources = {"warehouse_io_manager": WarehouseIOManager(data_dir=str(tmp_path)), "mem": dg.InMemoryIOManager()}
+    with pytest.raises(FileNotFoundError, match=r"table\.parquet: no table for asset task/table"):
+        dg.materialize([reader, table], resources=resources, selection=[reader])

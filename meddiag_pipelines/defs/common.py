@@ -154,7 +154,7 @@ def log_validation(context, spec: TaskSpec, summary: ValidationSummary) -> None:
 def validation_metadata(spec: TaskSpec, storage: MeddiagStorage, records: pl.DataFrame, summary: ValidationSummary) -> dict:
     counts = reconcile(spec, storage.warehouse)
     labelled = records.filter(pl.col(spec.label).is_not_null()).height if spec.label in records.columns else 0
-    return {"dagster/row_count": records.height, "labelled_rows": labelled, "unlabelled_rows": records.height - labelled,
+    return {"labelled_rows": labelled, "unlabelled_rows": records.height - labelled,
             "validated_now": len(summary.validated), "quarantined_now": len(summary.quarantined), **counts}  # fmt: skip
 
 

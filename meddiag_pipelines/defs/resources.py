@@ -6,8 +6,8 @@ from pathlib import Path
 
 import dagster as dg
 import polars as pl
-from dagster_duckdb_polars import DuckDBPolarsIOManager, DuckDBPolarsTypeHandler
 
+from meddiag_pipelines.atomic import atomic_write
 from meddiag_pipelines.ingestion.warehouse import Warehouse
 from meddiag_pipelines.layout import DataLayout, default_data_dir
 from meddiag_pipelines.registry.store import ModelRegistry
@@ -31,35 +31,46 @@ class MeddiagStorage(dg.ConfigurableResource):
         return ModelRegistry(self.layout.root / "models")
 
 
-class ReplacingPolarsTypeHandler(DuckDBPolarsTypeHandler):
-    """Writes replace the whole table. The stock handler inserts *by column position* into the table made by
-    the first write, which silently misaligns columns once a later run's frame has other or reordered
-    columns (a new category level, a new column in an export), and it skips empty frames, leaving stale rows."""
+class WarehouseIOManager(dg.ConfigurableIOManager):
+    """Polars frames of asset ``[task, name]`` as ``warehouse/tables/<task>/<name>.parquet`` (written aside, then
+    renamed: a crash leaves the previous table), viewed from the DuckDB file as ``<task>.<name>``.
 
-    def handle_output(self, context: dg.OutputContext, table_slice, obj: pl.DataFrame, connection):
-        if table_slice.partition_dimensions:
-            return super().handle_output(context, table_slice, obj, connection)
-        target = f"{table_slice.schema}.{table_slice.table}"
-        connection.execute(f"create schema if not exists {table_slice.schema}")
-        if obj.width == 0:
-            connection.execute(f"drop table if exists {target}")
-        else:
-            replacement = obj.to_arrow()  # noqa: F841 - read by name in the query below
-            connection.execute(f"create or replace table {target} as select * from replacement")
-        context.add_output_metadata({"row_count": obj.height, "column_count": obj.width})
+    Each write replaces the whole table with exactly the frame written. Why not the DuckDB-Polars IO manager:
+    a native DuckDB table costs 3.2 s to write and 0.45 s to read per 1M x 27 frame on 2 cores (DuckDB
+    compresses every column), Parquet with LZ4 0.33 s and 0.09 s; between steps that was a third of a 1M-row
+    tabular run (bench/README.md#orchestration). It also inserted by column position into the first run's
+    table, misaligning a later frame with other or reordered columns."""
 
+    data_dir: str
 
-class WarehouseIOManager(DuckDBPolarsIOManager):
-    """The DuckDB-Polars IO manager with whole-table replacement on write (see the handler)."""
+    @property
+    def layout(self) -> DataLayout:
+        return DataLayout(Path(self.data_dir).resolve())
 
-    @staticmethod
-    def type_handlers():
-        return [ReplacingPolarsTypeHandler()]
+    def _table(self, key: dg.AssetKey) -> tuple[str, str, Path]:
+        *task, name = key.path
+        task_name = "__".join(task)
+        return task_name, name, self.layout.table(task_name, name)
+
+    def handle_output(self, context: dg.OutputContext, obj: pl.DataFrame) -> None:
+        task, name, path = self._table(context.asset_key)
+        atomic_write(path, lambda tmp: obj.write_parquet(tmp, compression="lz4"))
+        # DuckDB cannot read a Parquet file without columns: an empty frame leaves no view
+        Warehouse(self.layout.warehouse_db()).register_view(task, name, path if obj.width else None)
+        context.add_output_metadata({"dagster/row_count": obj.height, "column_count": obj.width,
+                                     "dagster/table_name": f"{task}.{name}", "path": dg.MetadataValue.path(str(path))})  # fmt: skip
+
+    def load_input(self, context: dg.InputContext) -> pl.DataFrame:
+        _, _, path = self._table(context.asset_key)
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: no table for asset {context.asset_key.to_user_string()} yet; "
+                                    "materialize it first")  # fmt: skip
+        return pl.read_parquet(path)
 
 
 def build_resources(data_dir: Path | None = None) -> dict:
     layout = DataLayout(Path(data_dir or default_data_dir()).resolve())
     return {
         "storage": MeddiagStorage(data_dir=str(layout.root)),
-        "warehouse_io_manager": WarehouseIOManager(database=str(layout.warehouse_db())),
+        "warehouse_io_manager": WarehouseIOManager(data_dir=str(layout.root)),
     }

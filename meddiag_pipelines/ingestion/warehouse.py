@@ -1,4 +1,5 @@
-"""The warehouse: one DuckDB file holding each task's raw records and the ingestion ledger.
+"""The warehouse: one DuckDB file holding each task's raw records and the ingestion ledger, and views over the
+Parquet tables that asset steps write (:meth:`Warehouse.register_view`).
 
 Raw records are appended batch by batch, so adding a batch costs the batch, not the history. The ledger
 records every batch that landed, with its content hash, row count and outcome, so nothing is read twice
@@ -159,6 +160,22 @@ class Warehouse:
             if where_batches is None:
                 return con.execute(f"SELECT * FROM {target}").pl()
             return con.execute(f"SELECT * FROM {target} WHERE _batch_id IN (SELECT unnest(?))", [where_batches]).pl()
+
+    def register_view(self, task: str, table: str, parquet: Path | None) -> None:
+        """Make ``<task>.<table>`` a view over ``parquet`` (``None``: drop it), so SQL users query asset tables by
+        the same names whatever file holds them."""
+        target = f"{_quote(task)}.{_quote(table)}"
+        with self.connect() as con:
+            kind = con.execute("SELECT table_type FROM information_schema.tables WHERE table_schema = ? AND "
+                               "table_name = ?", [task, table]).fetchone()  # fmt: skip
+            if kind and kind[0] == "BASE TABLE":  # left by the DuckDB IO manager of earlier releases
+                con.execute(f"DROP TABLE {target}")
+            if parquet is None:
+                con.execute(f"DROP VIEW IF EXISTS {target}")
+                return
+            con.execute(f"CREATE SCHEMA IF NOT EXISTS {_quote(task)}")
+            source = str(parquet).replace("'", "''")
+            con.execute(f"CREATE OR REPLACE VIEW {target} AS SELECT * FROM read_parquet('{source}')")
 
     @staticmethod
     def has_table(con: duckdb.DuckDBPyConnection, task: str, table: str) -> bool:
