@@ -145,6 +145,20 @@ def test_calibration_slope_and_intercept_on_simulated_data():
     assert M.calibration_intercept_slope(np.ones(10), np.full(10, 0.3)) == (None, None)
 
 
+def test_bootstrap_slopes_equal_unpenalised_fits_and_separated_resamples_stay_finite():
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(6, 400)) * np.array([0.5, 1, 2, 3, 1, 1])[:, None]
+    y = (rng.random((6, 400)) < special.expit(0.3 + 0.8 * x)).astype(float)
+    y[5] = (x[5] > 0).astype(float)  # perfectly separated: no finite maximum
+    slopes = M._logistic_slopes(x, y)
+    for row in range(5):
+        fit = LogisticRegression(C=np.inf, tol=1e-10, max_iter=10_000).fit(x[row, :, None], y[row])
+        assert slopes[row] == pytest.approx(fit.coef_[0, 0], rel=1e-5)
+    assert 50 < slopes[5] < np.inf
+
+
 def test_calibration_bins_match_sklearn_and_smooth_curve_follows_diagonal():
     y, p, _ = calibrated(20_000, 6)
     bins = M.calibration_curve_bins(y, p)

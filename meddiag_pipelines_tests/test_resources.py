@@ -3,7 +3,7 @@ import duckdb
 import polars as pl
 import pytest
 
-from meddiag_pipelines.defs.resources import WarehouseIOManager
+from meddiag_pipelines.defs.resources import ParquetTables, WarehouseIOManager
 from meddiag_pipelines.layout import DataLayout
 
 
@@ -38,6 +38,8 @@ def test_warehouse_io_manager_replaces_tables_and_keeps_a_duckdb_view(tmp_path):
     second = dg.materialize([table, reader], resources=resources)
     expected = {"b": ["p", "q", "r"], "a": [7, 8, 9], "c": [0.5] * 3}
     assert second.output_for_node("task__reader").to_dict(as_series=False) == expected
+    from_disk = dg.materialize([table.to_source_asset(), reader], resources=resources, selection=[reader])
+    assert from_disk.output_for_node("task__reader").to_dict(as_series=False) == expected
     assert _tables(layout.warehouse_db()) == {"table": "VIEW"}
     with duckdb.connect(str(layout.warehouse_db()), read_only=True) as con:
         assert con.execute("select b, a, c from task.table order by a").pl().to_dict(as_series=False) == expected
@@ -71,3 +73,18 @@ def test_warehouse_io_manager_names_the_missing_table(tmp_path):
     resources = {"warehouse_io_manager": WarehouseIOManager(data_dir=str(tmp_path)), "mem": dg.InMemoryIOManager()}
     with pytest.raises(FileNotFoundError, match=r"table\.parquet: no table for asset task/table"):
         dg.materialize([reader, table], resources=resources, selection=[reader])
+
+
+def test_a_run_reuses_what_it_wrote_within_the_memory_bound(tmp_path, monkeypatch):
+    tables = ParquetTables(DataLayout(tmp_path))
+    key = dg.AssetKey(["task", "table"])
+    small, large = pl.DataFrame({"a": [1, 2]}), pl.DataFrame({"a": list(range(10_000))})
+    monkeypatch.setattr(ParquetTables, "KEEP_BYTES", 1_000)
+    for frame in (small, large):
+        tables.handle_output(dg.build_output_context(asset_key=key), frame)
+        DataLayout(tmp_path).table("task", "table").unlink()  # what a later step gets must not need the file
+        if frame is small:
+            assert tables.load_input(dg.build_input_context(asset_key=key)) is frame
+        else:  # over the bound: not kept (and the smaller frame it replaced is gone too)
+            with pytest.raises(FileNotFoundError):
+                tables.load_input(dg.build_input_context(asset_key=key))

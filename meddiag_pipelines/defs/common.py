@@ -106,8 +106,10 @@ def encode_labels(labels: pl.Series, classes: list[str], kind: str = "multiclass
         from meddiag_pipelines.imaging.readers import multilabel_matrix
 
         return multilabel_matrix(labels.cast(pl.String).to_list(), len(classes)).astype(np.int64)
-    index = {c: i for i, c in enumerate(classes)}
-    return np.array([index[v] for v in labels.cast(pl.String).to_list()], dtype=np.int64)
+    codes = labels.cast(pl.String).replace_strict(classes, list(range(len(classes))), return_dtype=pl.Int64)
+    if codes.null_count():
+        raise ValueError(f"{labels.name}: {codes.null_count()} rows have no label to encode")
+    return codes.to_numpy()
 
 
 def markdown_table(rows: list[dict], limit: int = 40) -> str:

@@ -31,7 +31,7 @@ class MeddiagStorage(dg.ConfigurableResource):
         return ModelRegistry(self.layout.root / "models")
 
 
-class WarehouseIOManager(dg.ConfigurableIOManager):
+class WarehouseIOManager(dg.ConfigurableIOManagerFactory):
     """Polars frames of asset ``[task, name]`` as ``warehouse/tables/<task>/<name>.parquet`` (written aside, then
     renamed: a crash leaves the previous table), viewed from the DuckDB file as ``<task>.<name>``.
 
@@ -43,9 +43,20 @@ class WarehouseIOManager(dg.ConfigurableIOManager):
 
     data_dir: str
 
-    @property
-    def layout(self) -> DataLayout:
-        return DataLayout(Path(self.data_dir).resolve())
+    def create_io_manager(self, context) -> "ParquetTables":
+        return ParquetTables(DataLayout(Path(self.data_dir).resolve()))
+
+
+class ParquetTables(dg.IOManager):
+    """One per run (per step process with the multiprocess executor). Frames this run wrote are kept for its
+    later steps in the same process, up to :data:`KEEP_BYTES` in all, so the in-process executor does not
+    read back what it has just written; Polars frames are not changed in place by the assets."""
+
+    KEEP_BYTES = 1 << 30
+
+    def __init__(self, layout: DataLayout):
+        self.layout = layout
+        self._kept: dict[Path, pl.DataFrame] = {}
 
     def _table(self, key: dg.AssetKey) -> tuple[str, str, Path]:
         *task, name = key.path
@@ -57,11 +68,16 @@ class WarehouseIOManager(dg.ConfigurableIOManager):
         atomic_write(path, lambda tmp: obj.write_parquet(tmp, compression="lz4"))
         # DuckDB cannot read a Parquet file without columns: an empty frame leaves no view
         Warehouse(self.layout.warehouse_db()).register_view(task, name, path if obj.width else None)
+        self._kept.pop(path, None)
+        if sum(f.estimated_size() for f in self._kept.values()) + obj.estimated_size() <= self.KEEP_BYTES:
+            self._kept[path] = obj
         context.add_output_metadata({"dagster/row_count": obj.height, "column_count": obj.width,
                                      "dagster/table_name": f"{task}.{name}", "path": dg.MetadataValue.path(str(path))})  # fmt: skip
 
     def load_input(self, context: dg.InputContext) -> pl.DataFrame:
         _, _, path = self._table(context.asset_key)
+        if path in self._kept:
+            return self._kept[path]
         if not path.exists():
             raise FileNotFoundError(f"{path}: no table for asset {context.asset_key.to_user_string()} yet; "
                                     "materialize it first")  # fmt: skip

@@ -27,7 +27,7 @@ FEATURE_PREFIX = "f__"
 
 def feature_matrix(frame: pl.DataFrame) -> tuple[np.ndarray, list[str]]:
     columns = [c for c in frame.columns if c.startswith(FEATURE_PREFIX)]
-    return frame.select(columns).to_numpy().astype(np.float32), [c[len(FEATURE_PREFIX):] for c in columns]
+    return frame.select(columns).to_numpy().astype(np.float32, copy=False), [c[len(FEATURE_PREFIX):] for c in columns]
 
 
 def model_inputs(model_dir, rows: pl.DataFrame, plan: dict) -> np.ndarray:
@@ -42,6 +42,29 @@ def _tabular_predictor(plan: dict):
         return predict_tabular(model_dir, model_inputs(model_dir, rows, plan))
 
     return predict
+
+
+def feature_table(split: pl.DataFrame, spec: TaskSpec) -> tuple[pl.DataFrame, FeaturePlan]:
+    """The plan fitted on training rows, and every row's model inputs (prefixed) beside its keys and split."""
+    plan = fit_plan(split.filter(pl.col(SPLIT_COLUMN) == "train"), spec)
+    keys = [c for c in split.columns if c in {spec.id, spec.label, spec.patient_id, SPLIT_COLUMN, "_batch_id", *spec.subgroups}]
+    frame = pl.concat([split.select(keys), transform(split, plan).rename(lambda c: FEATURE_PREFIX + c)], how="horizontal")
+    return frame, plan
+
+
+def xgboost_trainer(spec: TaskSpec):
+    """``train_xgboost`` with the spec's training settings, in the signature :func:`fit_model` calls."""
+    return lambda *a: train_xgboost(*a[:5], spec.training, *a[5:])
+
+
+def fit_model(spec: TaskSpec, trainer, features: pl.DataFrame, out_dir) -> dict:
+    """``trainer(X_train, y_train, X_val, y_val, n_classes, out_dir, feature_names)`` on the train and val rows."""
+    classes = common.class_list(spec, features)
+    train = features.filter(pl.col(SPLIT_COLUMN) == "train")
+    val = features.filter(pl.col(SPLIT_COLUMN) == "val")
+    (X_train, names), (X_val, _) = feature_matrix(train), feature_matrix(val)
+    y_train, y_val = common.encode_labels(train[spec.label], classes), common.encode_labels(val[spec.label], classes)
+    return {**trainer(X_train, y_train, X_val, y_val, len(classes), out_dir, names), "classes": classes}
 
 
 def build_tabular_assets(spec: TaskSpec) -> list:
@@ -83,22 +106,11 @@ def build_tabular_assets(spec: TaskSpec) -> list:
         },  # fmt: skip
     )
     def features(context: dg.AssetExecutionContext, split: pl.DataFrame):
-        plan = fit_plan(split.filter(pl.col(SPLIT_COLUMN) == "train"), spec)
-        matrix = transform(split, plan)
-        keys = [c for c in split.columns if c in {spec.id, spec.label, spec.patient_id, SPLIT_COLUMN, "_batch_id", *spec.subgroups}]
-        frame = pl.concat([split.select(keys), matrix.rename(lambda c: FEATURE_PREFIX + c)], how="horizontal")
+        frame, plan = feature_table(split, spec)
         meta = {"n_features": len(plan.feature_names), "n_rows": frame.height,
                 "missing_data": dg.MetadataValue.md(common.markdown_table(missing_data_table(split, plan)))}  # fmt: skip
         yield dg.Output(frame, output_name="features", metadata=meta)
         yield dg.Output(plan.as_dict(), output_name="feature_plan", metadata={"features": plan.feature_names[:50]})
-
-    def _fit(trainer, features: pl.DataFrame, out_dir):
-        classes = common.class_list(spec, features)
-        train = features.filter(pl.col(SPLIT_COLUMN) == "train")
-        val = features.filter(pl.col(SPLIT_COLUMN) == "val")
-        (X_train, names), (X_val, _) = feature_matrix(train), feature_matrix(val)
-        y_train, y_val = common.encode_labels(train[spec.label], classes), common.encode_labels(val[spec.label], classes)
-        return {**trainer(X_train, y_train, X_val, y_val, len(classes), out_dir, names), "classes": classes}
 
     @dg.asset(key=[name, "candidate_model"], description=f"{name}: XGBoost (hist; CUDA when present) with early "
               "stopping and a bounded optuna search; saved as UBJ in the registry's staging area.",
@@ -107,7 +119,7 @@ def build_tabular_assets(spec: TaskSpec) -> list:
                         feature_plan: dict) -> dict:  # fmt: skip
         version = common.run_version(context)
         out = storage.registry.staging_dir(name, version) / "model"
-        meta = _fit(lambda *a: train_xgboost(*a[:5], spec.training, *a[5:]), features, out)
+        meta = fit_model(spec, xgboost_trainer(spec), features, out)
         return common.model_handle(context, spec, version, out, meta, feature_plan)
 
     @dg.asset(key=[name, "baseline_model"], description=f"{name}: L2 logistic regression on standardised features "
@@ -117,7 +129,7 @@ def build_tabular_assets(spec: TaskSpec) -> list:
                        feature_plan: dict) -> dict:  # fmt: skip
         version = common.run_version(context)
         out = storage.registry.staging_dir(name, version) / "baseline"
-        meta = _fit(train_logistic, features, out)
+        meta = fit_model(spec, train_logistic, features, out)
         return common.model_handle(context, spec, version, out, meta, feature_plan)
 
     downstream = common.build_model_lifecycle_assets(

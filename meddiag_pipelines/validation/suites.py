@@ -97,15 +97,17 @@ def _describe(result, hidden: set[str], schema: pl.Schema) -> CheckFailure:
 
 def run_suite(frame: pl.DataFrame, expectations: list[gxe.Expectation], hidden: set[str], name: str) -> list[CheckFailure]:
     """Validate ``frame`` (converted to pandas at this boundary); an empty list means it passed."""
-    batch = (
-        _context()
-        .data_sources.add_pandas("polars_frames")
+    context = _context()
+    batches = (
+        context.data_sources.add_pandas("polars_frames")
         .add_dataframe_asset(name=name)
         .add_batch_definition_whole_dataframe("whole")
-        .get_batch(batch_parameters={"dataframe": frame.to_pandas()})
     )
-    suite = gx.ExpectationSuite(name=name, expectations=expectations)
-    result = batch.validate(suite, result_format="SUMMARY")
+    suite = context.suites.add(gx.ExpectationSuite(name=name, expectations=expectations))
+    # A validation definition builds the batch once; Batch.validate builds (copies and hashes) it a second time.
+    result = gx.ValidationDefinition(data=batches, suite=suite, name=name).run(
+        batch_parameters={"dataframe": frame.to_pandas()}, result_format="SUMMARY"
+    )
     return [_describe(r, hidden, frame.schema) for r in result.results if not r.success]
 
 
