@@ -18,16 +18,7 @@ import polars as pl
 from meddiag_pipelines import __version__
 from meddiag_pipelines.atomic import atomic_write, atomic_write_bytes, atomic_write_json, publish_dir, staging_dir
 from meddiag_pipelines.defs.resources import MeddiagStorage
-from meddiag_pipelines.evaluation import (
-    EvaluationInput,
-    ModelCardInfo,
-    evaluate,
-    render_model_card,
-    render_plots,
-    render_report_html,
-    standardized_mean_differences,
-    summary_markdown,
-)
+import meddiag_pipelines.evaluation as evaluator  # its modules load on first use
 from meddiag_pipelines.features.split import SPLIT_COLUMN, SPLITS, assign_split, check_split
 from meddiag_pipelines.ingestion.batches import IngestSummary, ValidationSummary, Validator, reconcile, validate_pending_batches
 from meddiag_pipelines.ingestion.landing import BATCH_COLUMN
@@ -224,17 +215,17 @@ def numeric_shift(frame: pl.DataFrame, spec: TaskSpec) -> list[dict]:
     def arrays(part: pl.DataFrame) -> dict:
         return {c: part[c].cast(pl.Float64).to_numpy() for c in columns}
 
-    return standardized_mean_differences(arrays(dev), arrays(test))
+    return evaluator.standardized_mean_differences(arrays(dev), arrays(test))
 
 
 def _evaluation_input(spec: TaskSpec, split: pl.DataFrame, handle: dict, predict_rows: Callable,
-                      comparator: tuple[str, np.ndarray] | None, flow: dict, missing: list[dict]) -> EvaluationInput:  # fmt: skip
+                      comparator: tuple[str, np.ndarray] | None, flow: dict, missing: list[dict]) -> "evaluator.EvaluationInput":  # fmt: skip
     classes = handle["classes"]
     kind = task_kind(spec)
     test = split.filter(pl.col(SPLIT_COLUMN) == "test")
     val = split.filter(pl.col(SPLIT_COLUMN) == "val")
     counts = {s: split.filter(pl.col(SPLIT_COLUMN) == s).height for s in SPLITS}
-    return EvaluationInput(
+    return evaluator.EvaluationInput(
         task=spec.name, model_version=handle["version"], model_name=handle["name"],
         kind=kind, classes=classes,
         y_true=encode_labels(test[spec.label], classes, kind), proba=predict_rows(handle, test),
@@ -276,7 +267,7 @@ def _ui_metadata(metrics: dict, plots: dict[str, bytes]) -> dict:
     baseline = metrics.get("baseline") or {}
     if isinstance(baseline.get("auroc"), (int, float)):
         meta["baseline_auroc"] = float(baseline["auroc"])
-    meta["summary"] = dg.MetadataValue.md(summary_markdown(metrics))
+    meta["summary"] = dg.MetadataValue.md(evaluator.summary_markdown(metrics))
     for name in ("roc", "calibration"):
         if name in plots:
             meta[f"{name}_plot"] = png_markdown(plots[name], name)
@@ -316,12 +307,12 @@ def build_model_lifecycle_assets(spec: TaskSpec, tags: dict, split_asset: list, 
         baseline_proba = predict_rows(baseline_model, test)
         inp = _evaluation_input(spec, split, candidate_model, predict_rows, (baseline_model["name"], baseline_proba),
                                 flow_counts(spec, storage, split), missing_data(train_rows, candidate_model["plan"]))  # fmt: skip
-        metrics = evaluate(inp)
-        plots = render_plots(inp, metrics)
+        metrics = evaluator.evaluate(inp)
+        plots = evaluator.render_plots(inp, metrics)
         extras = card_extras(candidate_model) if card_extras else []
         if test_sections:
             extras = [*extras, *test_sections(candidate_model, test, inp.proba, metrics)]
-        card = render_model_card(metrics, ModelCardInfo(
+        card = evaluator.render_model_card(metrics, evaluator.ModelCardInfo(
             task=name, description=spec.description, intended_use="Assisted diagnosis: a second reader for "
             "clinicians, never a sole basis for a decision.", modality=spec.modality,
             training_data=f"{inp.n_train} training and {inp.n_val} validation rows from the landed batches "
@@ -331,7 +322,7 @@ def build_model_lifecycle_assets(spec: TaskSpec, tags: dict, split_asset: list, 
             "unequal performance before use."]))  # fmt: skip
         files = {
             "metrics.json": (json.dumps(metrics, indent=2, allow_nan=False) + "\n").encode(),
-            "report.html": render_report_html(metrics, plots, extras).encode(),
+            "report.html": evaluator.render_report_html(metrics, plots, extras).encode(),
             "model_card.md": card.encode(),
             "test_predictions.parquet": _parquet_bytes(_test_predictions(spec, test, inp.proba, candidate_model["classes"])),
         }  # fmt: skip
@@ -359,9 +350,9 @@ def build_model_lifecycle_assets(spec: TaskSpec, tags: dict, split_asset: list, 
                             "plan": json.loads((champ_dir / "plan.json").read_text())}  # fmt: skip
             test = split.filter(pl.col(SPLIT_COLUMN) == "test")
             champ_proba = predict_rows(champ_handle, test)
-            candidate_vs = evaluate(_evaluation_input(spec, split, candidate_model, predict_rows,
+            candidate_vs = evaluator.evaluate(_evaluation_input(spec, split, candidate_model, predict_rows,
                                                       ("champion", champ_proba), flow, []))  # fmt: skip
-            champion_metrics = evaluate(_evaluation_input(spec, split, champ_handle, predict_rows, None, flow, []))
+            champion_metrics = evaluator.evaluate(_evaluation_input(spec, split, champ_handle, predict_rows, None, flow, []))
         decision = decide(candidate_vs, champion_metrics, spec.promotion, pinned=bool(pointer and pointer.get("pinned")))
         version = candidate_model["version"]
         manifest = _manifest(spec, storage, candidate_model, baseline_model, evaluation, pointer, decision.as_dict())

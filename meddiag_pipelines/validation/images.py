@@ -26,12 +26,16 @@ file's own ``predefined_split`` when there is one, else the stable patient-level
 
 from __future__ import annotations
 
-import great_expectations.expectations as gxe
+from typing import TYPE_CHECKING
+
 import polars as pl
 
 from meddiag_pipelines.features.split import SPLIT_COLUMN, SPLITS, assign_split
 from meddiag_pipelines.specs import TaskSpec
 from meddiag_pipelines.validation.suites import CheckFailure, identifier_columns, record_expectations, run_suite
+
+if TYPE_CHECKING:
+    import great_expectations.expectations as gxe
 
 PREDEFINED_SPLIT = "predefined_split"
 # Columns the image reader wrapper adds: intensity range of the decoded image (after windowing, in [0, 1]).
@@ -58,6 +62,8 @@ def image_split(records: pl.DataFrame, spec: TaskSpec) -> pl.DataFrame:
 
 
 def image_expectations(spec: TaskSpec) -> list[gxe.Expectation]:
+    import great_expectations.expectations as gxe  # imported here: see validation/suites.py
+
     return [*record_expectations(spec, list(IMAGE_COLUMNS)), gxe.ExpectColumnValuesToNotBeNull(column="sha256")]
 
 

@@ -2,19 +2,24 @@
 
 dagster-ge does not support GX 1.x, so the Dagster asset checks call :func:`run_suite` directly. Failures
 never carry identifier or free-text values: only counts and, for other columns, a few example values.
+
+GX is imported inside the functions that build and run suites (here and in ``images.py``, ``texts.py``): it
+takes ~1.3 s to import, which every process loading the Dagster code location would otherwise pay, including
+each step process of the multiprocess executor that never validates anything.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
-import great_expectations as gx
-import great_expectations.expectations as gxe
 import polars as pl
-from great_expectations.data_context.types.base import ProgressBarsConfig
 
 from meddiag_pipelines.specs import TaskSpec
+
+if TYPE_CHECKING:
+    import great_expectations.expectations as gxe
 
 NUMERIC_TYPES = ["int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "float32", "float64",
                  "Int8", "Int16", "Int32", "Int64", "Float32", "Float64"]  # fmt: skip
@@ -45,6 +50,8 @@ def feature_columns(spec: TaskSpec, columns: list[str]) -> list[str]:
 
 
 def record_expectations(spec: TaskSpec, required: list[str]) -> list[gxe.Expectation]:
+    import great_expectations.expectations as gxe
+
     """What the records of every modality must satisfy: the key and ``required`` columns exist, ids are
     present and unique, labels lie in the spec's domain (null labels are cases to score; GX skips them)."""
     columns = [spec.id, spec.label, *required, *spec.subgroups, *([spec.patient_id] if spec.patient_id else [])]
@@ -56,6 +63,8 @@ def record_expectations(spec: TaskSpec, required: list[str]) -> list[gxe.Expecta
 
 
 def tabular_expectations(spec: TaskSpec, columns: list[str]) -> list[gxe.Expectation]:
+    import great_expectations.expectations as gxe
+
     exps = record_expectations(spec, [*spec.numeric, *spec.categorical])
     for c in spec.numeric:
         exps.append(gxe.ExpectColumnValuesToBeInTypeList(column=c, type_list=NUMERIC_TYPES))
@@ -71,6 +80,9 @@ def tabular_expectations(spec: TaskSpec, columns: list[str]) -> list[gxe.Expecta
 
 
 def _context():
+    import great_expectations as gx
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
     logging.getLogger("great_expectations").setLevel(logging.WARNING)
     context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = ProgressBarsConfig(globally=False)
@@ -97,6 +109,8 @@ def _describe(result, hidden: set[str], schema: pl.Schema) -> CheckFailure:
 
 def run_suite(frame: pl.DataFrame, expectations: list[gxe.Expectation], hidden: set[str], name: str) -> list[CheckFailure]:
     """Validate ``frame`` (converted to pandas at this boundary); an empty list means it passed."""
+    import great_expectations as gx
+
     context = _context()
     batches = (
         context.data_sources.add_pandas("polars_frames")

@@ -18,13 +18,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import great_expectations.expectations as gxe
 import polars as pl
 
 from meddiag_pipelines.features.split import SPLIT_COLUMN, SPLITS
 from meddiag_pipelines.specs import TaskSpec
 from meddiag_pipelines.validation.suites import CheckFailure, identifier_columns, record_expectations, run_suite
+
+if TYPE_CHECKING:
+    import great_expectations.expectations as gxe
 
 REPLACEMENT_CHAR = "\ufffd"
 
