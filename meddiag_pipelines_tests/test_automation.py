@@ -1,6 +1,8 @@
 """Sensors with a cursor, pinned schedules, the promotion decision both ways, registry and rollback."""
 
 import json
+import os
+import time
 
 import dagster as dg
 import numpy as np
@@ -161,3 +163,18 @@ def test_registry_versions_are_immutable_and_rollback_pins(tmp_path, monkeypatch
     assert registry_cli(["list", "t"]) == 0 and "* v1" in capsys.readouterr().out
     assert registry_cli(["unpin", "t"]) == 0 and registry.champion("t")["pinned"] is False
     assert registry_cli(["pin", "t", "nope"]) == 2
+
+
+def test_publish_removes_staged_versions_of_dead_runs_once_stale(tmp_path):
+    registry = ModelRegistry(tmp_path / "models")
+    dead, training = registry.staging_dir("t", "dead"), registry.staging_dir("t", "training")
+    two_hours_ago = time.time() - 7200
+    for folder in (dead, training):
+        (folder / "model").mkdir()
+        os.utime(folder / "model", (two_hours_ago, two_hours_ago))
+        os.utime(folder, (two_hours_ago, two_hours_ago))
+    (training / "model" / "checkpoint.pt").write_bytes(b"written just now")
+    (registry.staging_dir("t", "v1") / "model").mkdir()
+    registry.publish("t", "v1", {})
+    assert not dead.exists() and training.exists()  # a fresh checkpoint inside: a run still training
+    assert registry.versions("t") == ["v1"]

@@ -1,23 +1,32 @@
 """The model registry on disk: ``<data>/models/<task>/<version>/`` and ``champion.json``.
 
 A version is built in ``.staging/<version>/`` and published by one rename, with its ``manifest.json``
-(including the promotion decision) already inside; once published it never changes. ``champion.json``
+(including the promotion decision) already inside; once published it never changes. A staged version whose
+run died before publishing is removed by a later publish of the task once it is an hour old. ``champion.json``
 names the version in use and is replaced atomically. A pinned champion (a rollback) stays until unpinned.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 
-from meddiag_pipelines.atomic import atomic_write_json, publish_new_dir
+from meddiag_pipelines.atomic import STALE_AFTER_S, atomic_write_json, publish_new_dir
 
 STAGING = ".staging"
 
 
 class RegistryError(ValueError):
     pass
+
+
+def _last_change(folder: Path) -> float:
+    try:
+        return max(p.stat().st_mtime for p in [folder, *folder.rglob("*")])
+    except OSError:  # an entry vanished while we looked: something is writing there now
+        return time.time()
 
 
 class ModelRegistry:
@@ -38,7 +47,21 @@ class ModelRegistry:
     def publish(self, task: str, version: str, manifest: dict) -> Path:
         staging = self.staging_dir(task, version)
         atomic_write_json(staging / "manifest.json", {**manifest, "version": version})
-        return publish_new_dir(staging, self.version_dir(task, version))
+        published = publish_new_dir(staging, self.version_dir(task, version))
+        self.sweep_staging(task)
+        return published
+
+    def sweep_staging(self, task: str, older_than_s: float = STALE_AFTER_S) -> list[Path]:
+        """Remove staged versions in which nothing changed for ``older_than_s`` (their run died before
+        publishing); younger ones may belong to a run still training (checkpoints are written inside)."""
+        folder = self.task_dir(task) / STAGING
+        if not folder.is_dir():
+            return []
+        now = time.time()
+        stale = [p for p in folder.iterdir() if p.is_dir() and now - _last_change(p) > older_than_s]
+        for path in stale:
+            shutil.rmtree(path, ignore_errors=True)
+        return stale
 
     def versions(self, task: str) -> list[str]:
         folder = self.task_dir(task)
