@@ -108,7 +108,6 @@ def run_direct(rows: int, selection: list[str] | None = None) -> dict:
     import numpy as np
     import polars as pl
 
-    from meddiag_pipelines.atomic import atomic_write_json
     from meddiag_pipelines.defs import common
     from meddiag_pipelines.defs.resources import MeddiagStorage
     from meddiag_pipelines.defs.tabular import _tabular_predictor, feature_table, fit_model, xgboost_trainer
@@ -150,18 +149,14 @@ def run_direct(rows: int, selection: list[str] | None = None) -> dict:
     features, plan = feature_table(split, spec)
     missing_data_table(split, plan)
     lap("features")
-    registry, version = storage.registry, "direct"
-    staging = registry.staging_dir(spec.name, version)
+    version = "direct"
+    staging = storage.registry.staging_dir(spec.name, version)
     meta = fit_model(spec, xgboost_trainer(spec), features, staging / "model")
     lap("candidate_model")
     base = fit_model(spec, train_logistic, features, staging / "baseline")
     lap("baseline_model")
-    classes = meta["classes"]
-    handle = {"version": version, "name": meta["name"], "dir": str(staging / "model"), "plan": plan.as_dict(),
-              "classes": classes, "framework": meta["framework"], "params": meta.get("params", {}),
-              "val_score": meta.get("val_score"), "device": "cpu"}  # fmt: skip
-    base_handle = {**handle, "name": base["name"], "dir": str(staging / "baseline"), "framework": base["framework"],
-                   "params": base.get("params", {}), "val_score": base.get("val_score")}  # fmt: skip
+    handle = common.handle_of(spec, version, staging / "model", meta, plan.as_dict())
+    base_handle = common.handle_of(spec, version, staging / "baseline", base, plan.as_dict())
 
     def predict_rows(h, rows):
         return _tabular_predictor(h["plan"])(Path(h["dir"]), rows)
@@ -174,10 +169,7 @@ def run_direct(rows: int, selection: list[str] | None = None) -> dict:
     render_report_html(metrics, plots, [])
     lap("evaluation")
     decision = decide(metrics, None, spec.promotion)  # what the champion asset does with no champion yet
-    atomic_write_json(staging / "plan.json", handle["plan"])
-    registry.publish(spec.name, version, common._manifest(spec, storage, handle, base_handle, metrics, None, decision.as_dict()))
-    if decision.promote:
-        registry.set_champion(spec.name, version, "; ".join(decision.reasons))
+    common.publish_candidate(spec, storage, handle, base_handle, metrics, None, decision)
     lap("champion")
     assert np.isfinite(metrics["auroc"])
     return {"seconds": time.perf_counter() - start, "steps": timings}

@@ -22,7 +22,7 @@ import meddiag_pipelines.evaluation as evaluator  # its modules load on first us
 from meddiag_pipelines.features.split import SPLIT_COLUMN, SPLITS, assign_split, check_split
 from meddiag_pipelines.ingestion.batches import IngestSummary, ValidationSummary, Validator, reconcile, validate_pending_batches
 from meddiag_pipelines.ingestion.landing import BATCH_COLUMN
-from meddiag_pipelines.registry.promotion import decide
+from meddiag_pipelines.registry.promotion import Decision, decide
 from meddiag_pipelines.registry.store import STAGING
 from meddiag_pipelines.specs import TaskSpec
 from meddiag_pipelines.training.device import torch_device
@@ -197,11 +197,16 @@ def handle_dir(handle: dict) -> Path:
     return Path(*staged.parts[:cut], *staged.parts[cut + 1 :])
 
 
-def model_handle(context, spec: TaskSpec, version: str, model_dir: Path, meta: dict, plan: dict) -> dict:
+def handle_of(spec: TaskSpec, version: str, model_dir: Path, meta: dict, plan: dict) -> dict:
     """What a model asset passes on: where the weights are and how to use them (not the weights)."""
-    handle = {"task": spec.name, "version": version, "dir": str(model_dir), "name": meta["name"],
-              "framework": meta["framework"], "params": meta.get("params", {}), "val_score": meta.get("val_score"),
-              "plan": plan, "classes": meta.get("classes"), "device": meta.get("device", torch_device())}  # fmt: skip
+    return {"task": spec.name, "version": version, "dir": str(model_dir), "name": meta["name"],
+            "framework": meta["framework"], "params": meta.get("params", {}), "val_score": meta.get("val_score"),
+            "plan": plan, "classes": meta.get("classes"), "device": meta.get("device", torch_device())}  # fmt: skip
+
+
+def model_handle(context, spec: TaskSpec, version: str, model_dir: Path, meta: dict, plan: dict) -> dict:
+    """:func:`handle_of`, with the model's version and parameters as output metadata."""
+    handle = handle_of(spec, version, model_dir, meta, plan)
     context.add_output_metadata({"version": version, "model": meta["name"], "val_score": float(meta.get("val_score") or 0),
                                  "params": dg.MetadataValue.json(meta.get("params", {}))})  # fmt: skip
     return handle
@@ -354,13 +359,7 @@ def build_model_lifecycle_assets(spec: TaskSpec, tags: dict, split_asset: list, 
                                                       ("champion", champ_proba), flow, []))  # fmt: skip
             champion_metrics = evaluator.evaluate(_evaluation_input(spec, split, champ_handle, predict_rows, None, flow, []))
         decision = decide(candidate_vs, champion_metrics, spec.promotion, pinned=bool(pointer and pointer.get("pinned")))
-        version = candidate_model["version"]
-        manifest = _manifest(spec, storage, candidate_model, baseline_model, evaluation, pointer, decision.as_dict())
-        staging = registry.staging_dir(name, version)
-        atomic_write_json(staging / "plan.json", candidate_model["plan"])
-        registry.publish(name, version, manifest)
-        if decision.promote:
-            pointer = registry.set_champion(name, version, "; ".join(decision.reasons))
+        pointer = publish_candidate(spec, storage, candidate_model, baseline_model, evaluation, pointer, decision)
         for reason in decision.reasons:
             context.log.info(f"{name} {version}: {reason}")
         context.add_output_metadata({
@@ -382,6 +381,19 @@ def build_model_lifecycle_assets(spec: TaskSpec, tags: dict, split_asset: list, 
         return score_unlabelled(context, spec, storage, split, predictor_factory, explain)
 
     return [evaluation, champion, champion_fit_for_use, predictions]
+
+
+def publish_candidate(spec: TaskSpec, storage: MeddiagStorage, candidate: dict, baseline: dict, metrics: dict,
+                      pointer: dict | None, decision: Decision) -> dict | None:  # fmt: skip
+    """Publish the candidate as an immutable version with its plan and decision; move ``champion.json`` to it
+    when the decision promotes it. Returns the champion pointer in force afterwards."""
+    registry, version = storage.registry, candidate["version"]
+    manifest = _manifest(spec, storage, candidate, baseline, metrics, pointer, decision.as_dict())
+    atomic_write_json(registry.staging_dir(spec.name, version) / "plan.json", candidate["plan"])
+    registry.publish(spec.name, version, manifest)
+    if decision.promote:
+        pointer = registry.set_champion(spec.name, version, "; ".join(decision.reasons))
+    return pointer
 
 
 def _manifest(spec, storage, candidate, baseline, metrics, parent, decision) -> dict:
