@@ -18,6 +18,30 @@ BUNDLED_TASKS_DIR = Path(__file__).parent / "tasks"
 TASK_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 
 
+_INTEGRAL_DECIMAL = re.compile(r"^([+-]?\d+)\.0*$")
+
+
+def canonical_label(value: object) -> str | None:
+    """One text form for a label value, whatever type the spec (YAML) or the file (CSV, Parquet, JSONL) gave it:
+    booleans and ``"true"``/``"false"`` become ``"1"``/``"0"``, integral numbers lose a ``.0`` (``1.0`` and
+    ``"1.0"`` are ``"1"``), other text is stripped as is (``"01"`` keeps its zero). ``None`` and ``""`` are no label."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return str(int(value)) if value.is_integer() else repr(value)
+    text = str(value).strip()
+    if not text:
+        return None
+    if text.lower() in ("true", "false"):
+        return "1" if text.lower() == "true" else "0"
+    integral = _INTEGRAL_DECIMAL.match(text)
+    return str(int(integral.group(1))) if integral else text
+
+
 class SpecError(ValueError):
     """A task spec that cannot be used; the message names the file, the key and the problem."""
 

@@ -51,6 +51,8 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 import polars as pl
 
+from meddiag_pipelines.ingestion.landing import UnsafePath, confined_file
+
 if TYPE_CHECKING:
     from meddiag_pipelines.specs import ImageSpec, TaskSpec
 
@@ -121,28 +123,10 @@ def _sha256(arr: np.ndarray) -> str:
 
 def safe_path(batch_dir: Path, rel: str) -> Path:
     """The file ``rel`` inside ``batch_dir``; raises :class:`ImageRejected` if it would escape it."""
-    if not rel or rel.strip() != rel:
-        raise ImageRejected("empty file name or file name with surrounding spaces")
-    if "\\" in rel or "\x00" in rel:
-        raise ImageRejected("file name contains a backslash or a NUL byte")
-    pure = PurePosixPath(rel)
-    if pure.is_absolute():
-        raise ImageRejected("absolute path: files must be relative to the batch folder")
-    if any(part == ".." for part in pure.parts):
-        raise ImageRejected("path escapes the batch folder ('..')")
-    current = Path(batch_dir)
-    for part in pure.parts:
-        current = current / part
-        if current.is_symlink():
-            raise ImageRejected("symbolic link refused")
-    resolved = current.resolve()
-    if not resolved.is_relative_to(Path(batch_dir).resolve()):
-        raise ImageRejected("path escapes the batch folder")
-    if not current.exists():
-        raise ImageRejected("file listed but not found")
-    if not current.is_file():
-        raise ImageRejected("not a regular file")
-    return current
+    try:
+        return confined_file(batch_dir, rel)
+    except UnsafePath as exc:
+        raise ImageRejected(str(exc)) from None
 
 
 def _walk(batch_dir: Path) -> Iterator[tuple[str, Path]]:

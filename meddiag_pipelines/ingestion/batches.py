@@ -14,7 +14,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import duckdb
 import polars as pl
@@ -25,6 +25,8 @@ from meddiag_pipelines.ingestion.landing import (
     BATCH_COLUMN,
     INGESTED_MARKER,
     LandedBatch,
+    UnsafePath,
+    confined_file,
     describe_batch,
     display_name,
     ready_batch_dirs,
@@ -81,14 +83,38 @@ def _quarantine(spec: TaskSpec, layout: DataLayout, warehouse: Warehouse, batch:
 
 
 def _quarantine_files(spec: TaskSpec, layout: DataLayout, batch: LandedBatch, rejected: list[dict]) -> None:
-    """Move each rejected file (not its batch) to ``quarantine/<task>/<batch>/<file>/`` with its reason."""
+    """Move each rejected file (not its batch) to ``quarantine/<task>/<batch>/<file>/`` with its reason.
+
+    A rejection's ``file`` comes from data (a labels.csv row may name ``../../warehouse/x`` or an absolute
+    path): only a file this batch's own listing found, still a regular file inside the batch, is ever moved;
+    any other name stays a rejected row with its reason, never a file operation."""
+    listed = set(batch.files)
     for item in rejected:
         rel = item["file"]
-        source = batch.path / rel
-        if source.exists() or source.is_symlink():
+        if rel in listed and _movable(batch.path, rel):
             reason = _reason("read", batch.batch_id, rel, item["problem"])
-            quarantine_path(source, layout.quarantine(spec.name) / batch.batch_id / Path(rel).parent, reason)
+            quarantine_path(batch.path / rel, layout.quarantine(spec.name) / batch.batch_id / Path(rel).parent, reason)
         log.warning("task %s: batch %s: file %s quarantined: %s", spec.name, batch.batch_id, rel, item["problem"])
+
+
+def _movable(batch_dir: Path, rel: str) -> bool:
+    """``rel`` is a confined regular file, or a link whose parent folders are real folders of the batch (a
+    link is moved as the link, never followed)."""
+    pure = PurePosixPath(rel)
+    if pure.is_absolute() or ".." in pure.parts:
+        return False
+    parent = batch_dir
+    for part in pure.parts[:-1]:
+        parent = parent / part
+        if parent.is_symlink() or not parent.is_dir():
+            return False
+    if (parent / pure.name).is_symlink():
+        return True
+    try:
+        confined_file(batch_dir, rel)
+    except UnsafePath:
+        return False
+    return True
 
 
 def _finish_interrupted(spec: TaskSpec, layout: DataLayout, batch_dir: Path, row: dict, summary: IngestSummary) -> None:
@@ -104,7 +130,7 @@ def _finish_interrupted(spec: TaskSpec, layout: DataLayout, batch_dir: Path, row
         quarantine_path(batch_dir, layout.quarantine(spec.name), reason, name=row["batch_id"])
         log.warning("task %s: batch %s moved to quarantine: %s", spec.name, row["batch_id"], reason.get("problem"))
         return
-    pending = [r for r in reason.get("rejected_files", []) if (batch_dir / r["file"]).exists() or (batch_dir / r["file"]).is_symlink()]
+    pending = [r for r in reason.get("rejected_files", []) if _movable(batch_dir, r["file"])]
     if pending:
         batch = LandedBatch(spec.name, row["batch_id"], batch_dir, tuple(json.loads(row["files"])), row["content_hash"], 0)
         _quarantine_files(spec, layout, batch, pending)

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import time
 import unicodedata
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from meddiag_pipelines.specs import LandingSpec
 
@@ -36,6 +37,41 @@ def display_name(name: str) -> str:
     characters are shown as ``\\xNN`` escapes. Equal to ``name`` exactly when the name is safe."""
     text = os.fsencode(name).decode("utf-8", "backslashreplace")
     return "".join(f"\\x{ord(ch):02x}" if unicodedata.category(ch) in ("Cc", "Cs") else ch for ch in text)
+
+
+class UnsafePath(ValueError):
+    """A path named by data (a labels.csv row, a reader's rejection) that must not be used as a file path."""
+
+
+def confined_file(batch_dir: Path, rel: str) -> Path:
+    """The regular file ``rel`` inside ``batch_dir``, checked before any read, stat or move.
+
+    ``rel`` comes from data, so it is refused (:class:`UnsafePath`, a message that never repeats it) if it is
+    absolute, climbs with ``..``, passes through a symbolic link, resolves outside the batch, or names anything
+    but a regular file (a FIFO would block its reader for ever, a device could be anything)."""
+    if not rel or rel.strip() != rel:
+        raise UnsafePath("empty file name or file name with surrounding spaces")
+    if "\\" in rel or "\x00" in rel:
+        raise UnsafePath("file name contains a backslash or a NUL byte")
+    pure = PurePosixPath(rel)
+    if pure.is_absolute():
+        raise UnsafePath("absolute path: files must be named relative to the batch folder")
+    if any(part == ".." for part in pure.parts):
+        raise UnsafePath("path escapes the batch folder ('..')")
+    current = Path(batch_dir)
+    for part in pure.parts:
+        current = current / part
+        if current.is_symlink():
+            raise UnsafePath("symbolic link refused (links are never followed)")
+    if not current.resolve().is_relative_to(Path(batch_dir).resolve()):
+        raise UnsafePath("path escapes the batch folder")
+    try:
+        mode = current.lstat().st_mode
+    except FileNotFoundError:
+        raise UnsafePath("file listed but not found") from None
+    if not stat.S_ISREG(mode):
+        raise UnsafePath("not a regular file (a folder, FIFO, socket or device is never read)")
+    return current
 
 
 def is_data_file(rel: Path) -> bool:
