@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from bench import bench_dir, emit, measure, parse_rows
+from meddiag_pipelines.ingestion.landing import BATCH_COLUMN
 
 NAME = "ingest"
 TASK, TABLE = "ehr_labs", "raw_records"
@@ -39,7 +40,7 @@ def build_warehouse(n_rows: int, seed: int = 0) -> Path:
     ds = generate(bench_dir() / f"ehr_{n_rows}_seed{seed}", n_rows, seed)
     with Warehouse(db).connect() as con:
         con.execute(f"CREATE SCHEMA {TASK}")
-        con.execute(f"CREATE TABLE {TASK}.{TABLE} AS SELECT *, 'history' AS _batch_id FROM read_parquet('{ds.glob('labs')}')")
+        con.execute(f"CREATE TABLE {TASK}.{TABLE} AS SELECT *, 'history' AS {BATCH_COLUMN} FROM read_parquet('{ds.glob('labs')}')")
     return db
 
 
@@ -55,7 +56,7 @@ def time_appends(db: str, batch_rows: int, repeats: int) -> dict:
     labs = labs.head(batch_rows)
     times = []
     for i in range(repeats):
-        frame = labs.with_columns(pl.lit(f"bench_{time.time_ns()}_{i}").alias("_batch_id"))
+        frame = labs.with_columns(pl.lit(f"bench_{time.time_ns()}_{i}").alias(BATCH_COLUMN))
         start = time.perf_counter()
         warehouse.append(TASK, TABLE, frame)
         times.append(time.perf_counter() - start)

@@ -283,7 +283,7 @@ def test_hostile_batch_is_quarantined_and_the_good_one_flows(case, synthetic_spe
     land_good(layout)
     warehouse, ingest, records_, validation = ingest_and_validate(spec, layout)
 
-    assert set(records_["_batch_id"]) == {"z_good"} and records_.height == GOOD_ROWS  # no good row lost
+    assert set(records_["_meddiag_batch"]) == {"z_good"} and records_.height == GOOD_ROWS  # no good row lost
     quarantine = layout.quarantine(TASK) / case.batch
     why = json.loads((quarantine / "reason.json").read_text())
     assert why["batch"] == case.batch and why["stage"] == case.stage
@@ -297,7 +297,7 @@ def test_hostile_batch_is_quarantined_and_the_good_one_flows(case, synthetic_spe
     assert CANARY not in json.dumps(why) and CANARY not in json.dumps(ingest.quarantined)  # no value echoed
     counts = assert_reconciles(spec, warehouse)
     assert counts["quarantined_batches"] == 1 and counts["validated_rows"] == GOOD_ROWS
-    assert warehouse.read(TASK, "raw_records").filter(pl.col("_batch_id") == "z_good").height == GOOD_ROWS
+    assert warehouse.read(TASK, "raw_records").filter(pl.col("_meddiag_batch") == "z_good").height == GOOD_ROWS
 
 
 @pytest.mark.parametrize(("kind", "setup", "rows"), ACCEPTED, ids=[a[0] for a in ACCEPTED])
@@ -307,7 +307,7 @@ def test_valid_but_unusual_input_flows_whole(kind, setup, rows, synthetic_spec, 
     land_good(layout)
     warehouse, ingest, records_, _ = ingest_and_validate(spec, layout)
     assert ingest.quarantined == []
-    assert records_.filter(pl.col("_batch_id") == "b1").height == rows
+    assert records_.filter(pl.col("_meddiag_batch") == "b1").height == rows
     assert records_.select(pl.col("x1", "x2", "x3").is_nan().any()).row(0) == (False, False, False)  # NaN -> null
     assert set(records_["rid"].str.slice(0, len(CANARY))) == {CANARY}  # BOM stripped from the first header
     assert_reconciles(spec, warehouse)

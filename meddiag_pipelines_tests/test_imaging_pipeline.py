@@ -14,7 +14,7 @@ from pydicom.data import get_testdata_file
 
 from meddiag_pipelines.definitions import build_definitions
 from meddiag_pipelines.defs.imaging import read_image_records
-from meddiag_pipelines.features.split import unit_hash
+from meddiag_pipelines.features.split import SPLIT_COLUMN, unit_hash
 from meddiag_pipelines.imaging.phantoms import write_phantom_batch
 from meddiag_pipelines.ingestion.landing import describe_batch
 from meddiag_pipelines.specs import BUNDLED_TASKS_DIR, TaskSpec, load_spec
@@ -317,7 +317,7 @@ def test_leakage_against_an_earlier_batch_and_npz_split(tmp_path: Path) -> None:
     arrays = write_npz(batch / "a.npz", {"train": 6, "val": 3, "test": 3}, seed=3)
     records = read_image_records(describe_batch(spec.name, batch), spec).records
     assert validate_images(records, spec, set()) == []
-    assert image_split(records, spec)["split"].to_list() == records["predefined_split"].to_list()
+    assert image_split(records, spec)[SPLIT_COLUMN].to_list() == records["predefined_split"].to_list()
     # a later export whose test images repeat training images of the first
     later = tmp_path / "landing" / spec.name / "b2"
     later.mkdir(parents=True)

@@ -44,7 +44,7 @@ def test_wrong_column_type_is_quarantined_without_values(synthetic_spec, layout,
     land(layout, "synthetic_risk", bad, synthetic_records(40, seed=2, start=1000).with_columns(
         pl.col("x1").cast(pl.String) + "mg"))
     _, ingest, records, _ = run_ingestion(synthetic_spec, layout)
-    assert set(records["_batch_id"]) == {good} and records.height == 60
+    assert set(records["_meddiag_batch"]) == {good} and records.height == 60
     why = reason(layout, "synthetic_risk", bad)
     assert why["file"] == "records.csv" and "column 'x1' is declared numeric but holds String" in why["problem"]
     assert "mg" not in json.dumps(why)
@@ -73,7 +73,7 @@ def test_bad_batch_is_quarantined_while_good_one_flows(synthetic_spec, layout, b
     land(layout, "synthetic_risk", "b2_good", synthetic_records(60, seed=1))
     land(layout, "synthetic_risk", "b1_bad", bad_frame(synthetic_records(40, seed=2, start=1000)))
     warehouse, _, records, validation = run_ingestion(synthetic_spec, layout)
-    assert set(records["_batch_id"]) == {"b2_good"} and records.height == 60
+    assert set(records["_meddiag_batch"]) == {"b2_good"} and records.height == 60
     assert [q["batch"] for q in validation.quarantined] == ["b1_bad"]
     why = reason(layout, "synthetic_risk", "b1_bad")
     assert any(f["column"] == column and f["expectation"] == expectation for f in why["failures"])

@@ -7,7 +7,7 @@ import polars as pl
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from meddiag_pipelines.features.split import assign_split
+from meddiag_pipelines.features.split import SPLIT_COLUMN, assign_split
 from meddiag_pipelines.ingestion.errors import BatchRejected
 from meddiag_pipelines.ingestion.landing import describe_batch
 from meddiag_pipelines.ingestion.tabular import read_tabular_batch
@@ -43,10 +43,10 @@ def test_any_csv_reads_or_is_rejected_never_crashes(tmp_path_factory, columns, r
 @given(keys=st.lists(st.text(alphabet=string.printable, min_size=1, max_size=20), min_size=1, max_size=30))
 def test_split_is_a_pure_function_of_the_patient_key(keys):
     frame = pl.DataFrame({"rid": [f"r{i}" for i in range(len(keys))], "pid": keys, "outcome": ["yes"] * len(keys)})
-    first = dict(zip(assign_split(frame, SPEC)["pid"], assign_split(frame, SPEC)["split"]))
+    first = dict(zip(assign_split(frame, SPEC)["pid"], assign_split(frame, SPEC)[SPLIT_COLUMN]))
     shuffled = frame.sample(fraction=1.0, shuffle=True, seed=len(keys))
     again = assign_split(pl.concat([shuffled, frame.head(1).with_columns(pl.lit("r_extra").alias("rid"))]), SPEC)
-    for pid, split in zip(again["pid"], again["split"]):
+    for pid, split in zip(again["pid"], again[SPLIT_COLUMN]):
         assert first[pid] == split  # order, batch mates and duplicates never move a patient
 
 

@@ -2,7 +2,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from meddiag_pipelines.features.split import SplitError, assign_split, check_split
+from meddiag_pipelines.features.split import SPLIT_COLUMN, SplitError, assign_split, check_split
 from meddiag_pipelines.features.tabular import OTHER, fit_plan, missing_data_table, transform
 from meddiag_pipelines_tests.conftest import synthetic_records
 
@@ -10,22 +10,22 @@ from meddiag_pipelines_tests.conftest import synthetic_records
 def test_split_is_stable_when_a_batch_is_added(synthetic_spec):
     first = synthetic_records(400, seed=1)
     both = pl.concat([first, synthetic_records(400, seed=2, start=400)])
-    before = assign_split(first, synthetic_spec).select("rid", "split")
-    after = assign_split(both, synthetic_spec).select("rid", "split")
+    before = assign_split(first, synthetic_spec).select("rid", SPLIT_COLUMN)
+    after = assign_split(both, synthetic_spec).select("rid", SPLIT_COLUMN)
     joined = before.join(after, on="rid", suffix="_after")
     assert joined.height == first.height
-    assert (joined["split"] == joined["split_after"]).all()
+    assert (joined[SPLIT_COLUMN] == joined[f"{SPLIT_COLUMN}_after"]).all()
 
 
 def test_patients_never_straddle_splits_and_unlabelled_rows_are_scored(synthetic_spec):
     frame = synthetic_records(600, seed=3).with_columns(
         pl.when(pl.col("rid").is_in(["r0", "r5"])).then(None).otherwise(pl.col("outcome")).alias("outcome"))
     split = assign_split(frame, synthetic_spec)
-    labelled = split.filter(pl.col("split") != "score")
-    assert labelled.group_by("pid").agg(pl.col("split").n_unique())["split"].max() == 1
-    assert set(split.filter(pl.col("split") == "score")["rid"]) == {"r0", "r5"}
-    fractions = labelled["split"].value_counts(normalize=True)
-    train = fractions.filter(pl.col("split") == "train")["proportion"][0]
+    labelled = split.filter(pl.col(SPLIT_COLUMN) != "score")
+    assert labelled.group_by("pid").agg(pl.col(SPLIT_COLUMN).n_unique())[SPLIT_COLUMN].max() == 1
+    assert set(split.filter(pl.col(SPLIT_COLUMN) == "score")["rid"]) == {"r0", "r5"}
+    fractions = labelled[SPLIT_COLUMN].value_counts(normalize=True)
+    train = fractions.filter(pl.col(SPLIT_COLUMN) == "train")["proportion"][0]
     assert 0.5 < train < 0.7
     table = check_split(split, synthetic_spec)
     assert all(set(table[s]) == {"no", "yes"} for s in ("train", "val", "test"))

@@ -11,6 +11,7 @@ from meddiag_pipelines.defs.resources import MeddiagStorage
 from meddiag_pipelines.features.split import SPLIT_COLUMN
 from meddiag_pipelines.features.tabular import FeaturePlan, fit_plan, missing_data_table, transform
 from meddiag_pipelines.ingestion.batches import ingest_new_batches
+from meddiag_pipelines.ingestion.landing import BATCH_COLUMN
 from meddiag_pipelines.ingestion.tabular import read_tabular_batch
 from meddiag_pipelines.specs import TaskSpec
 from meddiag_pipelines.training.tabular_models import (
@@ -47,7 +48,7 @@ def _tabular_predictor(plan: dict):
 def feature_table(split: pl.DataFrame, spec: TaskSpec) -> tuple[pl.DataFrame, FeaturePlan]:
     """The plan fitted on training rows, and every row's model inputs (prefixed) beside its keys and split."""
     plan = fit_plan(split.filter(pl.col(SPLIT_COLUMN) == "train"), spec)
-    keys = [c for c in split.columns if c in {spec.id, spec.label, spec.patient_id, SPLIT_COLUMN, "_batch_id", *spec.subgroups}]
+    keys = [c for c in split.columns if c in {spec.id, spec.label, spec.patient_id, SPLIT_COLUMN, BATCH_COLUMN, *spec.subgroups}]
     frame = pl.concat([split.select(keys), transform(split, plan).rename(lambda c: FEATURE_PREFIX + c)], how="horizontal")
     return frame, plan
 

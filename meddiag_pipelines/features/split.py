@@ -11,9 +11,10 @@ import hashlib
 
 import polars as pl
 
+from meddiag_pipelines.ingestion.landing import INTERNAL_PREFIX
 from meddiag_pipelines.specs import TaskSpec
 
-SPLIT_COLUMN = "split"
+SPLIT_COLUMN = f"{INTERNAL_PREFIX}split"
 SPLITS = ("train", "val", "test")
 
 

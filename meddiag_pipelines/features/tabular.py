@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass
 
 import polars as pl
 
+from meddiag_pipelines.features.split import SPLIT_COLUMN
 from meddiag_pipelines.specs import TaskSpec
 from meddiag_pipelines.validation.suites import feature_columns
 
@@ -45,7 +46,7 @@ def infer_columns(spec: TaskSpec, frame: pl.DataFrame) -> tuple[list[str], list[
     """Declared columns first; any other feature column is numeric if its type is, else categorical."""
     numeric, categorical = list(spec.numeric), list(spec.categorical)
     for column in feature_columns(spec, frame.columns):
-        if column in numeric or column in categorical or column == "split":
+        if column in numeric or column in categorical or column == SPLIT_COLUMN:
             continue
         (numeric if frame.schema[column].is_numeric() else categorical).append(column)
     return numeric, categorical

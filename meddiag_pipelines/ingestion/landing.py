@@ -18,7 +18,8 @@ from meddiag_pipelines.specs import LandingSpec
 
 READY_MARKER = "_READY"
 INGESTED_MARKER = "_INGESTED"  # written by ingestion once a batch is in the ledger: sensors skip it
-BATCH_COLUMN = "_batch_id"  # added by ingestion to every record: which batch it came from
+INTERNAL_PREFIX = "_meddiag_"  # the pipeline's own columns; readers refuse user columns in this namespace
+BATCH_COLUMN = f"{INTERNAL_PREFIX}batch"  # added by ingestion to every record: which batch it came from
 _CHUNK = 1 << 20
 
 

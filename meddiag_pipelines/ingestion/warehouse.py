@@ -18,6 +18,8 @@ from pathlib import Path
 import duckdb
 import polars as pl
 
+from meddiag_pipelines.ingestion.landing import BATCH_COLUMN
+
 _LEDGER_DDL = (
     "CREATE TABLE IF NOT EXISTS ingest_ledger (task VARCHAR, batch_id VARCHAR, content_hash VARCHAR, "
     "status VARCHAR, n_rows BIGINT, files VARCHAR, columns VARCHAR, reason VARCHAR, updated_at DOUBLE, "
@@ -159,7 +161,7 @@ class Warehouse:
                 return pl.DataFrame()
             if where_batches is None:
                 return con.execute(f"SELECT * FROM {target}").pl()
-            return con.execute(f"SELECT * FROM {target} WHERE _batch_id IN (SELECT unnest(?))", [where_batches]).pl()
+            return con.execute(f"SELECT * FROM {target} WHERE {BATCH_COLUMN} IN (SELECT unnest(?))", [where_batches]).pl()
 
     def register_view(self, task: str, table: str, parquet: Path | None) -> None:
         """Make ``<task>.<table>`` a view over ``parquet`` (``None``: drop it), so SQL users query asset tables by

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import polars as pl
 
+from meddiag_pipelines.ingestion.landing import INTERNAL_PREFIX
 from meddiag_pipelines.specs import TaskSpec
 
 if TYPE_CHECKING:
@@ -46,7 +47,7 @@ def identifier_columns(spec: TaskSpec) -> set[str]:
 def feature_columns(spec: TaskSpec, columns: list[str]) -> list[str]:
     """Columns used as model inputs: everything but keys, internal columns and explicit exclusions."""
     skip = identifier_columns(spec) | {spec.label, *spec.exclude}
-    return [c for c in columns if c not in skip and not c.startswith("_")]
+    return [c for c in columns if c not in skip and not c.startswith(INTERNAL_PREFIX)]
 
 
 def record_expectations(spec: TaskSpec, required: list[str]) -> list[gxe.Expectation]:
