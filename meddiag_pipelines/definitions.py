@@ -2,12 +2,17 @@
 
 A spec that does not load leaves the other tasks in place: it becomes an asset of the group ``spec_errors``
 whose description is the error and whose materialization fails with it (so ``--select '*'`` ends failed and
-names it), and a WARNING at load."""
+names it), and a WARNING at load.
+
+``dagster asset materialize --select <selection>`` hands an empty selection (``group:<typo>``) on as "no subset",
+which runs the whole implicit asset job: every task retrained and promoted. The executor refuses such a run
+before its first step (:class:`SelectionGuard`)."""
 
 
 import hashlib
 import os
 import re
+import sys
 
 import dagster as dg
 
@@ -73,10 +78,47 @@ def spec_error_asset(error: SpecError) -> dg.AssetsDefinition:
 
 def executor() -> dg.ExecutorDefinition:
     """In-process by default: on a small machine each step's process start costs more than its work.
-    ``MEDDIAG_EXECUTOR=multiprocess`` runs steps in parallel processes (the code keeps no in-process state)."""
-    if os.environ.get("MEDDIAG_EXECUTOR") == "multiprocess":
-        return dg.multiprocess_executor
-    return dg.in_process_executor
+    ``MEDDIAG_EXECUTOR=multiprocess`` runs steps in parallel processes (the code keeps no in-process state).
+    Either way behind :class:`SelectionGuard`."""
+    base = dg.multiprocess_executor if os.environ.get("MEDDIAG_EXECUTOR") == "multiprocess" else dg.in_process_executor
+    return dg.ExecutorDefinition(name=base.name, config_schema=base.config_schema, requirements=base.get_requirements,
+                                 executor_creation_fn=lambda init: SelectionGuard(base.executor_creation_fn(init)),
+                                 description=base.description)  # fmt: skip
+
+
+IMPLICIT_ASSET_JOB = "__ASSET_JOB"  # dagster's job behind `dagster asset materialize` and the UI's asset launches
+
+
+class SelectionGuard(dg.Executor):
+    """Refuses a run of the implicit asset job that selects nothing: Dagster's CLI turns a selection matching no
+    asset into such a run, which would otherwise materialize (retrain, promote) every task. Runs that name their
+    assets (``--select '*'``, the UI) and the task jobs (sensors, schedules) pass unchanged."""
+
+    def __init__(self, inner: dg.Executor):
+        self._inner = inner
+
+    @property
+    def retries(self):
+        return self._inner.retries
+
+    def execute(self, plan_context, execution_plan):
+        run = plan_context.dagster_run
+        if run.job_name == IMPLICIT_ASSET_JOB and run.asset_selection is None and not run.op_selection:
+            raise dg.DagsterInvalidSubsetError(f"{_cli_selection()} matches no asset, and Dagster would then "
+                                               "materialize every task; nothing was run. `dagster asset list "
+                                               "--select ...` shows what a selection matches.")  # fmt: skip
+        yield from self._inner.execute(plan_context, execution_plan)
+
+
+def _cli_selection() -> str:
+    """The ``--select`` of the command line that started this run, to name it in the refusal."""
+    argv = sys.argv
+    for i, arg in enumerate(argv):
+        if arg == "--select" and i + 1 < len(argv):
+            return f"the selection {argv[i + 1]!r}"
+        if arg.startswith("--select="):
+            return f"the selection {arg.split('=', 1)[1]!r}"
+    return "this run's asset selection"
 
 
 defs = build_definitions()
