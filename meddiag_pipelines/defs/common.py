@@ -52,10 +52,12 @@ def hashed_id(value: str) -> str:
 
 
 def code_version() -> str:
+    """The package version, plus the git commit when git answers within 5 s (no git, no repo or a hung git:
+    the version alone)."""
     try:
         sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
                              text=True, timeout=5).stdout.strip()  # fmt: skip
-    except OSError:
+    except (OSError, subprocess.SubprocessError):  # SubprocessError: TimeoutExpired
         sha = ""
     return f"{__version__}+{sha}" if sha else __version__
 
