@@ -231,7 +231,14 @@ def _describe(err: ValidationError) -> str:
 
 class _UniqueKeyLoader(yaml.SafeLoader):
     """``yaml.safe_load`` semantics, except that a key written twice in one mapping is an error (PyYAML keeps
-    the last silently). Keys brought in by a ``<<`` merge may still be overridden, as YAML intends."""
+    the last silently; keys brought in by a ``<<`` merge may still be overridden, as YAML intends), and that
+    only ``true``/``false`` are booleans, as in YAML 1.2: ``positive: yes`` names the class ``yes``, not
+    ``"1"`` (boolean keys such as ``enabled: no`` still read as booleans through pydantic)."""
+
+    yaml_implicit_resolvers = {
+        first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
 
     def construct_mapping(self, node, deep=False):
         seen: set = set()
@@ -244,6 +251,11 @@ class _UniqueKeyLoader(yaml.SafeLoader):
                                                         key_node.start_mark)  # fmt: skip
             seen.add(key)
         return super().construct_mapping(node, deep)
+
+
+_UniqueKeyLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
 
 
 def load_spec(path: Path) -> TaskSpec:

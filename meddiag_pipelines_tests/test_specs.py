@@ -86,12 +86,20 @@ BASE = "name: t\nmodality: tabular\nlabel: y\nid: rid\n"
         ("positive: yes_\nclasses: [no_, yes_]\n", "yes_", ["no_", "yes_"]),
         ("positive: '01'\nclasses: ['00', '01']\n", "01", ["00", "01"]),
         ("positive: 1\n", "1", None),
+        ("positive: yes\nclasses: [no, yes]\n", "yes", ["no", "yes"]),  # YAML 1.1 would make them booleans
+        ("positive: On\nclasses: [Off, On]\n", "On", ["Off", "On"]),
         ("classes: [0, 1, 2.5]\n", None, ["0", "1", "2.5"]),
     ],
 )
 def test_label_values_as_users_write_them_are_canonical_text(tmp_path, extra, positive, classes):
     spec = load_spec(write(tmp_path, "t.yaml", BASE + extra))
     assert spec.positive == positive and spec.classes == classes
+
+
+def test_boolean_keys_still_read_yes_no_as_booleans(tmp_path):
+    spec = load_spec(write(tmp_path, "t.yaml", BASE + "schedule: {enabled: no}\nlanding: {ready: quiet}\n"))
+    assert spec.schedule.enabled is False
+    assert load_spec(write(tmp_path, "u.yaml", BASE + "schedule: {enabled: yes}\n")).schedule.enabled is True
 
 
 def test_positive_given_as_a_number_must_still_be_among_classes(tmp_path):
