@@ -21,14 +21,11 @@ from meddiag_pipelines.defs.imaging import build_image_assets
 from meddiag_pipelines.defs.resources import build_resources
 from meddiag_pipelines.defs.tabular import build_tabular_assets
 from meddiag_pipelines.defs.text import build_text_assets
-from meddiag_pipelines.specs import SpecError, TaskSpec, scan_specs
+from meddiag_pipelines.specs import SPEC_ERRORS_GROUP, SpecError, TaskSpec, scan_specs
 
 # Cheap tasks first when runs queue (see dagster_home/dagster.yaml).
 RUN_PRIORITY = {"tabular": "10", "text": "0", "image": "0"}
 BUILDERS = {"tabular": build_tabular_assets, "image": build_image_assets, "text": build_text_assets}
-
-
-SPEC_ERRORS_GROUP = "spec_errors"
 
 
 def build_definitions(specs: list[TaskSpec] | None = None, data_dir=None,

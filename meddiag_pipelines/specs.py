@@ -18,10 +18,13 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 
 BUNDLED_TASKS_DIR = Path(__file__).parent / "tasks"
 TASK_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+# The asset group holding the specs that did not load (see definitions.py).
+SPEC_ERRORS_GROUP = "spec_errors"
 # A task is also a DuckDB schema: these names are DuckDB's own catalogs and schemas (``system``, ``temp``,
 # ``main``, ``information_schema``, ``pg_catalog``, ``memory`` for an in-memory database) or the warehouse's
 # catalog (``meddiag``, from ``meddiag.duckdb``); a schema so named is refused or ambiguous in SQL.
-RESERVED_TASK_NAMES = frozenset({"information_schema", "pg_catalog", "main", "temp", "system", "memory", "meddiag"})
+RESERVED_TASK_NAMES = frozenset({"information_schema", "pg_catalog", "main", "temp", "system", "memory", "meddiag",
+                                 SPEC_ERRORS_GROUP})  # fmt: skip
 
 
 _INTEGRAL_DECIMAL = re.compile(r"^([+-]?\d+)\.0*$")
@@ -194,7 +197,8 @@ class TaskSpec(_Section):
         if not TASK_NAME.match(v):
             raise ValueError("must be lower-case letters, digits and underscores, starting with a letter")
         if v in RESERVED_TASK_NAMES:
-            raise ValueError(f"{v!r} is reserved by the DuckDB warehouse (one schema per task); choose another name")
+            raise ValueError(f"{v!r} is reserved (a DuckDB catalog or schema, or the {SPEC_ERRORS_GROUP} group); "
+                             "choose another name")
         return v
 
     @field_validator("ranges")

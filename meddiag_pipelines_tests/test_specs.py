@@ -136,7 +136,7 @@ def test_non_finite_values_and_inverted_ranges_are_refused(tmp_path, extra, key,
 
 @pytest.mark.parametrize("name", sorted(RESERVED_TASK_NAMES))
 def test_reserved_task_names_are_refused(tmp_path, name):
-    with pytest.raises(SpecError, match=f"key 'name':.*'{name}' is reserved by the DuckDB warehouse"):
+    with pytest.raises(SpecError, match=f"key 'name':.*'{name}' is reserved"):
         load_spec(write(tmp_path, "bad.yaml", BASE.replace("name: t", f"name: {name}")))
 
 
