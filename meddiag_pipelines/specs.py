@@ -262,12 +262,21 @@ _UniqueKeyLoader.add_implicit_resolver(
 )
 
 
+def _safe_yaml(text: str) -> object:
+    """One YAML document through :class:`_UniqueKeyLoader` (what ``yaml.safe_load`` does with ``SafeLoader``)."""
+    loader = _UniqueKeyLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
 def load_spec(path: Path) -> TaskSpec:
     """Read and validate one spec file; every failure names the file."""
     if not path.is_file():  # a FIFO named *.yaml would block the code location for ever
         raise SpecError(path, "not a regular file")
     try:
-        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506 (a safe loader)
+        raw = _safe_yaml(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise SpecError(path, f"cannot read YAML: {exc}") from exc
     if not isinstance(raw, dict):

@@ -173,13 +173,12 @@ def test_duplicate_yaml_keys_name_the_key_and_line(tmp_path, text, key, line):
 def test_yaml_merge_keys_keep_safe_load_semantics():
     import yaml
 
-    from meddiag_pipelines.specs import _UniqueKeyLoader
+    from meddiag_pipelines.specs import _safe_yaml
 
     doc = "a: &x {k: 1, j: 2}\nb: {<<: *x, k: 3}\nc: [1, 1]\n"
-    assert yaml.load(doc, Loader=_UniqueKeyLoader) == yaml.safe_load(doc) == {
-        "a": {"k": 1, "j": 2}, "b": {"k": 3, "j": 2}, "c": [1, 1]}
+    assert _safe_yaml(doc) == yaml.safe_load(doc) == {"a": {"k": 1, "j": 2}, "b": {"k": 3, "j": 2}, "c": [1, 1]}
     with pytest.raises(yaml.constructor.ConstructorError):
-        yaml.load("!!python/object:os.system {}\n", Loader=_UniqueKeyLoader)
+        _safe_yaml("!!python/object/apply:os.system [echo unsafe]\n")
 
 
 def test_spec_that_is_not_a_regular_file_is_refused(tmp_path):
