@@ -187,3 +187,24 @@ def test_spec_that_is_not_a_regular_file_is_refused(tmp_path):
     os.mkfifo(tmp_path / "fifo.yaml")
     with pytest.raises(SpecError, match="fifo.yaml: not a regular file"):
         load_spec(tmp_path / "fifo.yaml")
+
+
+def test_unhashable_yaml_key_is_a_spec_error(tmp_path):
+    with pytest.raises(SpecError, match="cannot read YAML"):
+        load_spec(write(tmp_path, "t.yaml", BASE + "? [a, b]\n: 1\n"))
+
+
+def test_scan_keeps_good_specs_beside_bad_ones(tmp_path):
+    from meddiag_pipelines.specs import BUNDLED_TASKS_DIR, scan_specs
+
+    write(tmp_path / "extra", "good.yaml", GOOD)
+    write(tmp_path / "extra", "bad.yaml", BASE + "label: z\n")
+    write(tmp_path / "extra", "again.yaml", GOOD)
+    scan = scan_specs([BUNDLED_TASKS_DIR, tmp_path / "extra", tmp_path / "missing"])
+    assert {"heart_disease", "breast_cancer", "extra_task"} <= {s.name for s in scan.specs}
+    problems = {e.path.name: e.problem for e in scan.errors}
+    assert set(problems) == {"bad.yaml", "good.yaml", "missing"}  # sorted: again.yaml defines extra_task first
+    assert "key 'label' is given twice" in problems["bad.yaml"] and "already defined in" in problems["good.yaml"]
+    assert problems["missing"] == "MEDDIAG_TASKS_DIR is not a folder"
+    with pytest.raises(SpecError):
+        load_specs([BUNDLED_TASKS_DIR, tmp_path / "extra"])
