@@ -1,7 +1,18 @@
-"""One Definitions object for every task spec: bundled specs plus any in ``MEDDIAG_TASKS_DIR``."""
+"""One Definitions object for every task spec: bundled specs plus any in ``MEDDIAG_TASKS_DIR``.
+
+A spec that does not load leaves the other tasks in place: it becomes an asset of the group ``spec_errors``
+whose description is the error and whose materialization fails with it (so ``--select '*'`` ends failed and
+names it), and a WARNING at load.
+
+``dagster asset materialize --select <selection>`` hands an empty selection (``group:<typo>``) on as "no subset",
+which runs the whole implicit asset job: every task retrained and promoted. The executor refuses such a run
+before its first step (:class:`SelectionGuard`)."""
 
 
+import hashlib
 import os
+import re
+import sys
 
 import dagster as dg
 
@@ -10,16 +21,21 @@ from meddiag_pipelines.defs.imaging import build_image_assets
 from meddiag_pipelines.defs.resources import build_resources
 from meddiag_pipelines.defs.tabular import build_tabular_assets
 from meddiag_pipelines.defs.text import build_text_assets
-from meddiag_pipelines.specs import TaskSpec, load_specs
+from meddiag_pipelines.specs import SPEC_ERRORS_GROUP, SpecError, TaskSpec, scan_specs
 
 # Cheap tasks first when runs queue (see dagster_home/dagster.yaml).
 RUN_PRIORITY = {"tabular": "10", "text": "0", "image": "0"}
 BUILDERS = {"tabular": build_tabular_assets, "image": build_image_assets, "text": build_text_assets}
 
 
-def build_definitions(specs: list[TaskSpec] | None = None, data_dir=None) -> dg.Definitions:
-    specs = load_specs() if specs is None else specs
-    assets, checks = [], []
+def build_definitions(specs: list[TaskSpec] | None = None, data_dir=None,
+                      spec_errors: list[SpecError] = ()) -> dg.Definitions:  # fmt: skip
+    """Every task of ``specs`` (default: every spec that loads from the spec folders, and an error asset for
+    each one that does not)."""
+    if specs is None:
+        scan = scan_specs()
+        specs, spec_errors = scan.specs, scan.errors
+    assets, checks = [spec_error_asset(e) for e in spec_errors], []
     for spec in specs:
         builder = BUILDERS.get(spec.modality)
         if builder is None:
@@ -41,12 +57,65 @@ def build_definitions(specs: list[TaskSpec] | None = None, data_dir=None) -> dg.
                           resources=build_resources(data_dir), executor=executor())
 
 
+def spec_error_asset(error: SpecError) -> dg.AssetsDefinition:
+    """A spec file that did not load, kept in sight: a WARNING now, its error as the asset's description in the
+    UI and ``dagster asset list``, and a failed materialization naming it whenever it is selected."""
+    stem = re.sub(r"[^a-z0-9_]", "_", error.path.stem.lower())[:40]
+    key = f"{stem}_{hashlib.sha256(str(error.path).encode()).hexdigest()[:6]}"  # two folders may hold a.yaml
+    dg.get_dagster_logger().warning(f"task spec not loaded (asset {SPEC_ERRORS_GROUP}/{key}; the other tasks "
+                                    f"are loaded): {error}")  # fmt: skip
+
+    @dg.asset(key=[SPEC_ERRORS_GROUP, key], group_name=SPEC_ERRORS_GROUP, description=f"Spec not loaded: {error}",
+              metadata={"spec_file": str(error.path), "error": str(error)})  # fmt: skip
+    def spec_error() -> None:
+        raise dg.Failure(description=f"task spec not loaded: {error}")
+
+    return spec_error
+
+
 def executor() -> dg.ExecutorDefinition:
     """In-process by default: on a small machine each step's process start costs more than its work.
-    ``MEDDIAG_EXECUTOR=multiprocess`` runs steps in parallel processes (the code keeps no in-process state)."""
-    if os.environ.get("MEDDIAG_EXECUTOR") == "multiprocess":
-        return dg.multiprocess_executor
-    return dg.in_process_executor
+    ``MEDDIAG_EXECUTOR=multiprocess`` runs steps in parallel processes (the code keeps no in-process state).
+    Either way behind :class:`SelectionGuard`."""
+    base = dg.multiprocess_executor if os.environ.get("MEDDIAG_EXECUTOR") == "multiprocess" else dg.in_process_executor
+    return dg.ExecutorDefinition(name=base.name, config_schema=base.config_schema, requirements=base.get_requirements,
+                                 executor_creation_fn=lambda init: SelectionGuard(base.executor_creation_fn(init)),
+                                 description=base.description)  # fmt: skip
+
+
+IMPLICIT_ASSET_JOB = "__ASSET_JOB"  # dagster's job behind `dagster asset materialize` and the UI's asset launches
+
+
+class SelectionGuard(dg.Executor):
+    """Refuses a run of the implicit asset job that selects nothing: Dagster's CLI turns a selection matching no
+    asset into such a run, which would otherwise materialize (retrain, promote) every task. Runs that name their
+    assets (``--select '*'``, the UI) and the task jobs (sensors, schedules) pass unchanged."""
+
+    def __init__(self, inner: dg.Executor):
+        self._inner = inner
+
+    @property
+    def retries(self):
+        return self._inner.retries
+
+    def execute(self, plan_context, execution_plan):
+        run = plan_context.dagster_run
+        if run.job_name == IMPLICIT_ASSET_JOB and run.asset_selection is None and not run.op_selection:
+            raise dg.DagsterInvalidSubsetError(f"{_cli_selection()} matches no asset, and Dagster would then "
+                                               "materialize every task; nothing was run. `dagster asset list "
+                                               "--select ...` shows what a selection matches.")  # fmt: skip
+        yield from self._inner.execute(plan_context, execution_plan)
+
+
+def _cli_selection() -> str:
+    """The ``--select`` of the command line that started this run, to name it in the refusal."""
+    argv = sys.argv
+    for i, arg in enumerate(argv):
+        if arg == "--select" and i + 1 < len(argv):
+            return f"the selection {argv[i + 1]!r}"
+        if arg.startswith("--select="):
+            return f"the selection {arg.split('=', 1)[1]!r}"
+    return "this run's asset selection"
 
 
 defs = build_definitions()

@@ -6,16 +6,25 @@ Bundled specs live in ``meddiag_pipelines/tasks``; every ``*.yaml`` in the folde
 
 from __future__ import annotations
 
+import math
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 BUNDLED_TASKS_DIR = Path(__file__).parent / "tasks"
 TASK_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+# The asset group holding the specs that did not load (see definitions.py).
+SPEC_ERRORS_GROUP = "spec_errors"
+# A task is also a DuckDB schema: these names are DuckDB's own catalogs and schemas (``system``, ``temp``,
+# ``main``, ``information_schema``, ``pg_catalog``, ``memory`` for an in-memory database) or the warehouse's
+# catalog (``meddiag``, from ``meddiag.duckdb``); a schema so named is refused or ambiguous in SQL.
+RESERVED_TASK_NAMES = frozenset({"information_schema", "pg_catalog", "main", "temp", "system", "memory", "meddiag",
+                                 SPEC_ERRORS_GROUP})  # fmt: skip
 
 
 _INTEGRAL_DECIMAL = re.compile(r"^([+-]?\d+)\.0*$")
@@ -42,12 +51,41 @@ def canonical_label(value: object) -> str | None:
     return str(int(integral.group(1))) if integral else text
 
 
+def _label_text(value: object) -> object:
+    """A label value as the user wrote it in YAML (``1``, ``1.0``, ``true``, ``"1"``) in its canonical text form;
+    anything else is left for pydantic to refuse with its own message."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError("a label must be a finite number or text")
+    if isinstance(value, (str, int, float)):
+        text = canonical_label(value)
+        if text is None:
+            raise ValueError("a label must not be empty")
+        return text
+    return value
+
+
+Label = Annotated[str, BeforeValidator(_label_text)]
+
+
 class SpecError(ValueError):
     """A task spec that cannot be used; the message names the file, the key and the problem."""
 
+    def __init__(self, path: Path, problem: str):
+        super().__init__(f"{path}: {problem}")
+        self.path, self.problem = path, problem
+
+    def __reduce__(self):
+        return SpecError, (self.path, self.problem)
+
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # NaN or an infinity in a range, fraction, margin or threshold would silently pass every comparison.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+def _ordered(low: float | None, high: float | None, what: str) -> None:
+    if low is not None and high is not None and low > high:
+        raise ValueError(f"{what}: the lower bound {low} is above the upper bound {high}")
 
 
 class SplitSpec(_Section):
@@ -93,6 +131,11 @@ class PromotionSpec(_Section):
     max_subgroup_drop: float = Field(0.05, ge=0)
     auroc_floor: float = Field(0.70, ge=0, le=1, description="absolute floor for the first model")
 
+    @model_validator(mode="after")
+    def _band_ordered(self) -> PromotionSpec:
+        _ordered(*self.slope_band, "slope_band")
+        return self
+
 
 class ScheduleSpec(_Section):
     enabled: bool = True
@@ -121,8 +164,9 @@ class TaskSpec(_Section):
     modality: Literal["tabular", "image", "text"]
     description: str = ""
     label: str
-    positive: str | None = None
-    classes: list[str] | None = None
+    # Label values are kept in canonical_label text form, whatever YAML type they were written in.
+    positive: Label | None = None
+    classes: list[Label] | None = None
     id: str
     patient_id: str | None = None
     subgroups: list[str] = Field(default_factory=list)
@@ -152,6 +196,16 @@ class TaskSpec(_Section):
     def _name_is_identifier(cls, v: str) -> str:
         if not TASK_NAME.match(v):
             raise ValueError("must be lower-case letters, digits and underscores, starting with a letter")
+        if v in RESERVED_TASK_NAMES:
+            raise ValueError(f"{v!r} is reserved (a DuckDB catalog or schema, or the {SPEC_ERRORS_GROUP} group); "
+                             "choose another name")
+        return v
+
+    @field_validator("ranges")
+    @classmethod
+    def _ranges_ordered(cls, v: dict) -> dict:
+        for column, (low, high) in v.items():
+            _ordered(low, high, f"range of {column!r}")
         return v
 
     @model_validator(mode="after")
@@ -179,18 +233,60 @@ def _describe(err: ValidationError) -> str:
     return "; ".join(parts)
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.safe_load`` semantics, except that a key written twice in one mapping is an error (PyYAML keeps
+    the last silently; keys brought in by a ``<<`` merge may still be overridden, as YAML intends), and that
+    only ``true``/``false`` are booleans, as in YAML 1.2: ``positive: yes`` names the class ``yes``, not
+    ``"1"`` (boolean keys such as ``enabled: no`` still read as booleans through pydantic)."""
+
+    yaml_implicit_resolvers = {
+        first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
+
+    def construct_mapping(self, node, deep=False):
+        seen: set = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            if not isinstance(key, (str, int, float, bool)):
+                continue  # an unhashable key is refused by SafeLoader itself
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"key {key!r} is given twice",
+                                                        key_node.start_mark)  # fmt: skip
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+_UniqueKeyLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+
+
+def _safe_yaml(text: str) -> object:
+    """One YAML document through :class:`_UniqueKeyLoader` (what ``yaml.safe_load`` does with ``SafeLoader``)."""
+    loader = _UniqueKeyLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
 def load_spec(path: Path) -> TaskSpec:
     """Read and validate one spec file; every failure names the file."""
+    if not path.is_file():  # a FIFO named *.yaml would block the code location for ever
+        raise SpecError(path, "not a regular file")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = _safe_yaml(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise SpecError(f"{path}: cannot read YAML: {exc}") from exc
+        raise SpecError(path, f"cannot read YAML: {exc}") from exc
     if not isinstance(raw, dict):
-        raise SpecError(f"{path}: a spec must be a YAML mapping, got {type(raw).__name__}")
+        raise SpecError(path, f"a spec must be a YAML mapping, got {type(raw).__name__}")
     try:
         return TaskSpec.model_validate(raw)
     except ValidationError as exc:
-        raise SpecError(f"{path}: {_describe(exc)}") from exc
+        raise SpecError(path, _describe(exc)) from exc
 
 
 def spec_dirs() -> list[Path]:
@@ -201,15 +297,39 @@ def spec_dirs() -> list[Path]:
     return dirs
 
 
-def load_specs(dirs: list[Path] | None = None) -> list[TaskSpec]:
-    """All specs, bundled first; a name used twice is an error naming both files."""
+@dataclass(frozen=True)
+class SpecScan:
+    """The usable specs of the spec folders, and an error for each spec file that is not."""
+
+    specs: list[TaskSpec]
+    errors: list[SpecError]
+
+
+def scan_specs(dirs: list[Path] | None = None) -> SpecScan:
+    """Every spec that loads, bundled first; a bad file (or a name already used, or a missing folder) becomes
+    an error of its own and never hides the good specs."""
     specs: dict[str, tuple[TaskSpec, Path]] = {}
+    errors: list[SpecError] = []
     for folder in dirs if dirs is not None else spec_dirs():
         if not folder.is_dir():
-            raise SpecError(f"{folder}: MEDDIAG_TASKS_DIR is not a folder")
+            errors.append(SpecError(folder, "MEDDIAG_TASKS_DIR is not a folder"))
+            continue
         for path in sorted(folder.glob("*.yaml")):
-            spec = load_spec(path)
+            try:
+                spec = load_spec(path)
+            except SpecError as exc:
+                errors.append(exc)
+                continue
             if spec.name in specs:
-                raise SpecError(f"{path}: key 'name': task {spec.name!r} is already defined in {specs[spec.name][1]}")
+                errors.append(SpecError(path, f"key 'name': task {spec.name!r} is already defined in {specs[spec.name][1]}"))
+                continue
             specs[spec.name] = (spec, path)
-    return [s for s, _ in specs.values()]
+    return SpecScan([s for s, _ in specs.values()], errors)
+
+
+def load_specs(dirs: list[Path] | None = None) -> list[TaskSpec]:
+    """All specs, bundled first; the first bad spec (or a name used twice, naming both files) is raised."""
+    scan = scan_specs(dirs)
+    if scan.errors:
+        raise scan.errors[0]
+    return scan.specs

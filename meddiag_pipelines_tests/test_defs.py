@@ -56,3 +56,54 @@ def test_text_task_is_pinned():
                for a in ("candidate_model", "baseline_model", "evaluation")}  # fmt: skip
     assert parents == {"candidate_model": {"features", "feature_plan"}, "baseline_model": {"candidate_model"},
                        "evaluation": {"split", "candidate_model", "baseline_model"}}  # fmt: skip
+
+
+def test_a_bad_spec_leaves_the_other_tasks_and_stays_visible(tmp_path, monkeypatch, caplog):
+    """A bad file in MEDDIAG_TASKS_DIR: the bundled and the good extra tasks load; the error is a WARNING at load,
+    the description of a spec_errors asset, and the failure of that asset's materialization."""
+    from meddiag_pipelines.definitions import SPEC_ERRORS_GROUP, build_definitions
+
+    (tmp_path / "good.yaml").write_text("name: extra_task\nmodality: tabular\nlabel: y\nid: rid\npositive: 1\n")
+    (tmp_path / "bad.yaml").write_text("name: bad_task\nmodality: tabular\nlabel: y\nid: rid\nranges: {a: [3, 1]}\n")
+    monkeypatch.setenv("MEDDIAG_TASKS_DIR", str(tmp_path))
+    problem = "range of 'a': the lower bound 3.0 is above the upper bound 1.0"
+    with caplog.at_level("WARNING"):
+        loaded = build_definitions(data_dir=tmp_path / "data")
+    assert any(problem in r.getMessage() and "bad.yaml" in r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+    graph = loaded.resolve_asset_graph()
+    groups = {graph.get(k).group_name for k in graph.get_all_asset_keys()}
+    assert {"heart_disease", "breast_cancer", "icd10_chapters", "extra_task", SPEC_ERRORS_GROUP} <= groups
+    assert "bad_task" not in groups
+    assert loaded.resolve_job_def("extra_task_job")
+    (error_key,) = [k for k in graph.get_all_asset_keys() if graph.get(k).group_name == SPEC_ERRORS_GROUP]
+    assert problem in graph.get(error_key).description and "bad.yaml" in graph.get(error_key).description
+    result = dg.materialize([loaded.resolve_assets_def(error_key)], raise_on_error=False)
+    assert not result.success
+    failure = next(e for e in result.all_events if e.is_step_failure)
+    assert problem in failure.step_failure_data.user_failure_data.description
+
+
+def test_bundled_definitions_have_no_spec_errors():
+    from meddiag_pipelines.definitions import SPEC_ERRORS_GROUP
+
+    graph = defs.resolve_asset_graph()
+    assert not [k for k in graph.get_all_asset_keys() if graph.get(k).group_name == SPEC_ERRORS_GROUP]
+
+
+def test_code_version_survives_a_hung_or_missing_git(monkeypatch):
+    import subprocess
+
+    from meddiag_pipelines import __version__
+    from meddiag_pipelines.defs import common
+
+    def hung(cmd, **kwargs):
+        raise subprocess.TimeoutExpired(cmd, kwargs.get("timeout", 5))
+
+    monkeypatch.setattr(common.subprocess, "run", hung)
+    assert common.code_version() == __version__
+
+    def missing(cmd, **kwargs):
+        raise FileNotFoundError("git")
+
+    monkeypatch.setattr(common.subprocess, "run", missing)
+    assert common.code_version() == __version__

@@ -222,3 +222,53 @@ def test_summary_markdown(binary, multiclass):
     assert f"| {fmt_num(m['comparison']['difference'])} | {fmt_ci(m['comparison']['ci'])} |" in md
     assert "| subgroups flagged below overall / too few to judge | 1 / 1 |" in md
     assert f"| macro AUROC | {fmt_num(multiclass[1]['auroc'])} |" in summary_markdown(multiclass[1])
+
+
+HOSTILE = ["<script>alert(1)</script>", "[x](javascript:alert(1))", "![i](javascript:alert(2))",
+           "<img src=x onerror=alert(3)>", "a|b\n| forged | row |", "# heading\n- item", "**bold** _em_ `code`",
+           "<javascript:alert(4)>"]  # fmt: skip
+
+
+def _rendered(md: str) -> _Refs:
+    """The card as a Markdown viewer shows it (CommonMark with GFM tables)."""
+    markdown_it = pytest.importorskip("markdown_it")
+    parser = _Refs()
+    parser.feed(markdown_it.MarkdownIt("commonmark").enable("table").render(md))
+    return parser
+
+
+def test_model_card_escapes_every_data_derived_string():
+    """Description, class labels, subgroup names and values, feature names and the model's parameters render as
+    their own text: no tag, link, image, forged table row or heading comes out of them."""
+    rng = np.random.default_rng(3)
+    n = 400
+    y = rng.integers(0, 2, n)
+    values = np.array([HOSTILE[i % len(HOSTILE)] for i in range(n)], dtype=object)
+    inp = EvaluationInput(
+        task="t", model_version="v1", model_name=HOSTILE[1], kind="binary", classes=[HOSTILE[0], HOSTILE[1]],
+        y_true=y, proba=special.expit(rng.normal(2 * (y - 0.5), 1.0)), settings=EvaluationSpec(n_bootstrap=100,
+        min_subgroup_n=5), n_train=800, n_val=200, n_test=n, subgroups={HOSTILE[4]: values, HOSTILE[3]: values},
+        missing_data=[{"feature": HOSTILE[2], "n_missing": 3, "rate": 0.01, "handling": HOSTILE[6]}],
+        shift=standardized_mean_differences({HOSTILE[7]: rng.normal(0, 1, 500)}, {HOSTILE[7]: rng.normal(3, 1, n)}),
+    )  # fmt: skip
+    m = evaluate(inp)
+    md = render_model_card(m, _card(description="\n".join(HOSTILE), training_data=HOSTILE[5], model_name=HOSTILE[2],
+                                    hyperparameters={HOSTILE[0]: HOSTILE[4]}, limitations=[HOSTILE[1]]))  # fmt: skip
+    refs = _rendered(md)
+    assert not refs.refs, refs.refs
+    assert not {"script", "img", "a", "em"} & set(refs.tags)
+    # only the card's own markup: one title, the version's code span, one bold name per subgroup column
+    assert (refs.tags.count("h1"), refs.tags.count("code"), refs.tags.count("strong")) == (1, 1, 2)
+    for token in ("<script", "<img", "<javascript:", "\n| forged"):
+        assert token not in md, token
+    assert not re.search(r"(?<!\\)\]\(javascript:", md)  # every bracket of a link is escaped
+    html = pytest.importorskip("markdown_it").MarkdownIt("commonmark").enable("table").render(md)
+    for row in re.findall(r"<tr>(.*?)</tr>", html, re.S):  # no cell break forged: every row of a table as wide
+        assert row.count("<td") in (0, 2, 3, 4, 6, 7, 9), row[:200]
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html  # shown, as text
+
+
+def test_model_card_keeps_plain_names_readable(binary):
+    _, m, _ = binary
+    md = render_model_card(m, _card(description="Sepsis within 48 h; age_band and site."))
+    assert "Sepsis within 48 h; age_band and site." in md and "| a | 988 |" in md

@@ -22,6 +22,7 @@ import meddiag_pipelines.evaluation as evaluator  # its modules load on first us
 from meddiag_pipelines.features.split import SPLIT_COLUMN, SPLITS, assign_split, check_split
 from meddiag_pipelines.ingestion.batches import IngestSummary, ValidationSummary, Validator, reconcile, validate_pending_batches
 from meddiag_pipelines.ingestion.landing import BATCH_COLUMN
+from meddiag_pipelines.markup import escape_markdown
 from meddiag_pipelines.registry.promotion import Decision, decide
 from meddiag_pipelines.registry.store import STAGING
 from meddiag_pipelines.specs import TaskSpec
@@ -51,10 +52,12 @@ def hashed_id(value: str) -> str:
 
 
 def code_version() -> str:
+    """The package version, plus the git commit when git answers within 5 s (no git, no repo or a hung git:
+    the version alone)."""
     try:
         sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
                              text=True, timeout=5).stdout.strip()  # fmt: skip
-    except OSError:
+    except (OSError, subprocess.SubprocessError):  # SubprocessError: TimeoutExpired
         sha = ""
     return f"{__version__}+{sha}" if sha else __version__
 
@@ -104,18 +107,19 @@ def encode_labels(labels: pl.Series, classes: list[str], kind: str = "multiclass
 
 
 def markdown_table(rows: list[dict], limit: int = 40) -> str:
+    """Rows as a Markdown table for Dagster metadata; every cell (batch and file names, problems) is escaped."""
     if not rows:
         return "_none_"
     columns = list(rows[0])
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines = ["| " + " | ".join(map(escape_markdown, columns)) + " |", "|" + "---|" * len(columns)]
     for row in rows[:limit]:
-        cells = [f"{v:.3f}" if isinstance(v, float) else str(v) for v in (row.get(c) for c in columns)]
+        cells = [f"{v:.3f}" if isinstance(v, float) else escape_markdown(v) for v in (row.get(c) for c in columns)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def png_markdown(png: bytes, title: str) -> dg.MetadataValue:
-    return dg.MetadataValue.md(f"![{title}](data:image/png;base64,{base64.b64encode(png).decode()})")
+    return dg.MetadataValue.md(f"![{escape_markdown(title)}](data:image/png;base64,{base64.b64encode(png).decode()})")
 
 
 def failures_result(failures: list[CheckFailure]) -> dg.AssetCheckResult:

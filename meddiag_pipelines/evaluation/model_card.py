@@ -3,7 +3,9 @@ model details, intended use, factors, metrics, evaluation data, training data, q
 subgroup results), ethical considerations, caveats and recommendations.
 
 Filled from ``metrics.json`` (aggregates only) and a ``ModelCardInfo`` written by the pipeline; contains no
-record ids and no free text from records.
+record ids and no free text from records. Every value the template prints is escaped as literal Markdown text
+(a description, class label or subgroup value cannot inject HTML, links or table cells), except the figures
+the formatting filters produce.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from meddiag_pipelines.evaluation.report import TEMPLATES, fmt_ci, fmt_num, fmt_pct
+from meddiag_pipelines.markup import escape_markdown
 
 SLOPE_BAND = (0.8, 1.25)
 
@@ -32,9 +35,17 @@ class ModelCardInfo:
     ethical_notes: list[str] = field(default_factory=list)
 
 
-def _cell(x: Any) -> str:
-    """A markdown table cell: pipes escaped, line breaks flattened."""
-    return " ".join(str(x).split()).replace("|", "\\|")
+class _Figure(str):
+    """Text the card's own formatters made from numbers: printed as is."""
+
+
+def _figure(fmt):
+    return lambda *args, **kwargs: _Figure(fmt(*args, **kwargs))
+
+
+def _literal(value: Any) -> str:
+    """Every ``{{ ... }}`` of the template goes through here (Jinja's ``finalize``)."""
+    return value if isinstance(value, _Figure) else escape_markdown(value)
 
 
 def _caveats(m: dict) -> list[str]:
@@ -74,6 +85,7 @@ def render_model_card(metrics: dict, card: ModelCardInfo) -> str:
         trim_blocks=True,
         lstrip_blocks=True,
         keep_trailing_newline=True,
+        finalize=_literal,
     )
-    env.filters.update(num=fmt_num, ci=fmt_ci, pct=fmt_pct, cell=_cell)
+    env.filters.update(num=_figure(fmt_num), ci=_figure(fmt_ci), pct=_figure(fmt_pct))
     return env.get_template("model_card.md.j2").render(m=metrics, card=card, caveats=_caveats(metrics))

@@ -1,0 +1,34 @@
+"""The Dagster instance the CLI uses has telemetry off, with or without DAGSTER_HOME."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from meddiag_pipelines_tests.conftest import REPO
+
+DAGSTER = Path(sys.executable).with_name("dagster")
+TINY_DEFS = "import dagster as dg\n\n@dg.asset\ndef one() -> int:\n    return 1\n\ndefs = dg.Definitions(assets=[one])\n"
+
+
+def test_repo_root_instance_config_is_the_dagster_home_one():
+    """Without DAGSTER_HOME the CLI's throwaway instance reads dagster.yaml from the working directory."""
+    root, home = REPO / "dagster.yaml", REPO / "dagster_home" / "dagster.yaml"
+    assert root.resolve() == home.resolve()
+    assert yaml.safe_load(home.read_text())["telemetry"]["enabled"] is False
+
+
+@pytest.mark.slow
+def test_cli_without_dagster_home_sends_no_telemetry(tmp_path):
+    """The real CLI, DAGSTER_HOME unset, run from the repo root as the README does: no telemetry log is written
+    (with telemetry on, Dagster writes ~/.dagster/logs/event.log for later upload)."""
+    (tmp_path / "defs.py").write_text(TINY_DEFS)
+    env = {k: v for k, v in os.environ.items() if k != "DAGSTER_HOME"} | {"HOME": str(tmp_path / "home")}
+    done = subprocess.run([str(DAGSTER), "asset", "materialize", "-f", str(tmp_path / "defs.py"), "--select", "one"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "RUN_SUCCESS" in done.stderr
+    assert not (tmp_path / "home" / ".dagster" / "logs").exists()

@@ -1,0 +1,47 @@
+"""`dagster asset materialize --select <typo>`: Dagster hands an empty selection on as "the whole job", which
+would retrain and promote every task. The project's executor refuses that run before its first step."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from meddiag_pipelines_tests.conftest import REPO
+
+DAGSTER = Path(sys.executable).with_name("dagster")
+
+
+def _materialize(tmp_path: Path, selection: str) -> tuple[subprocess.CompletedProcess, dg.DagsterInstance]:
+    home, data = tmp_path / "home", tmp_path / "data"
+    home.mkdir(exist_ok=True)
+    data.mkdir(exist_ok=True)
+    (home / "dagster.yaml").write_text((REPO / "dagster_home" / "dagster.yaml").read_text())
+    env = {**os.environ, "DAGSTER_HOME": str(home), "MEDDIAG_DATA_DIR": str(data), "PYTHONPATH": str(REPO)}
+    env.pop("MEDDIAG_TASKS_DIR", None)
+    done = subprocess.run([str(DAGSTER), "asset", "materialize", "-m", "meddiag_pipelines.definitions", "--select",
+                           selection], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
+    return done, dg.DagsterInstance.from_config(str(home))
+
+
+def _materialized(instance: dg.DagsterInstance) -> set[str]:
+    return {k.to_user_string() for k in instance.get_asset_keys() if instance.get_latest_materialization_event(k)}
+
+
+@pytest.mark.slow
+def test_a_selection_that_matches_nothing_runs_nothing(tmp_path):
+    done, instance = _materialize(tmp_path, "group:heart_diseas")
+    output = done.stdout + done.stderr
+    assert done.returncode != 0
+    assert "the selection 'group:heart_diseas' matches no asset" in output and "nothing was run" in output
+    assert _materialized(instance) == set()
+    assert not any((tmp_path / "data").iterdir())  # no warehouse, model, report or quarantine written
+
+
+@pytest.mark.slow
+def test_a_selection_that_names_assets_still_runs(tmp_path):
+    done, instance = _materialize(tmp_path, "heart_disease/raw_records")
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    assert _materialized(instance) == {"heart_disease/raw_records"}
