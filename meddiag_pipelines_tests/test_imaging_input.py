@@ -268,3 +268,33 @@ def test_copies_across_a_datasets_own_split_are_reported_not_blocked(tmp_path: P
     assert marked.filter(pl.col(COPY_OF_TRAIN_COLUMN))["id"].sort().to_list() == sorted(
         [f"pneumonia_val_{i}" for i in range(2)] + [f"pneumonia_test_{i}" for i in range(3)])
     # copies our hash split spreads, or two files' splits, still block: test_imaging_pipeline's leakage tests
+
+
+# ------------------------------------------------------------------------------------------------ end to end
+
+
+@pytest.mark.slow
+def test_spaced_batch_with_dot_slash_rows_trains_and_a_replaced_image_is_left_out(tmp_path: Path) -> None:
+    import dagster as dg
+    from meddiag_pipelines_tests.test_imaging_pipeline import run_job, tiny
+
+    from meddiag_pipelines.imaging.phantoms import write_phantom_batch
+    from meddiag_pipelines.specs import BUNDLED_TASKS_DIR, load_spec
+
+    spec = tiny(load_spec(BUNDLED_TASKS_DIR / "synthetic_chest_phantoms.yaml"))
+    root = tmp_path / "data"
+    batch = write_phantom_batch(root / "landing" / spec.name / "batch 0001 (export)", n=120, seed=3, size=28)
+    labels = pl.read_csv(batch / "labels.csv")
+    labels.with_columns(("./" + pl.col("file")).alias("file")).write_csv(batch / "labels.csv")
+    (batch / "_READY").touch()
+    with dg.instance_for_test() as instance:
+        assert run_job(spec, root, instance, ["raw_records", "validated_records"]).success
+        replaced = batch / labels["file"][0]
+        Image.fromarray(np.full((28, 28), 200, dtype=np.uint8)).save(replaced)  # after validation
+        result = run_job(spec, root, instance)
+        assert result.success
+        meta = next(m for m in result.asset_materializations_for_node(f"{spec.name}__features")
+                    if m.asset_key.path[-1] == "features").metadata  # fmt: skip
+    assert meta["n_images_refused"].value == 1 and meta["n_rows"].value == 119
+    tested = pl.read_parquet(root / "reports" / spec.name / "latest" / "test_predictions.parquet")["id"].to_list()
+    assert tested and labels["id"][0] not in tested
