@@ -1,14 +1,17 @@
 """The asset graph of one imaging task (group = task name), with the same keys as a tabular task. Logic lives in
 ``meddiag_pipelines/imaging`` and ``validation/images.py``; this file only wires inputs, resources and metadata.
 
-* raw_records        ``read_image_batch`` per landed batch; unreadable files are quarantined one by one (the good
-                     ones flow); each record also gets the intensity range of its decoded image (for validation).
+* raw_records        ``read_image_batch`` per landed batch (format from the spec, else detected from what landed);
+                     unreadable or oversized files are quarantined one by one (the good ones flow); each record
+                     carries its pixel hash and the intensity range of its one decode (for validation).
 * validated_records  ``validation.images.validate_images`` per batch (GX: ids, label domain; channels, size, bit
                      depth, constant images, duplicates within / across splits); blocking check over all rows.
-* split              the patient-level hash split, except that a MedMNIST npz record keeps its own split.
+* split              the patient-level hash split, except that a MedMNIST npz record keeps its own split; copies
+                     across that split are counted (``n_copies_*``) and marked (``_meddiag_copy_of_train``).
 * features           the memory-mapped uint8 tensor cache under ``<data>/cache/<task>/`` (one file per batch,
                      rebuilt only for a new or changed batch) and a frame of the cached rows; ``feature_plan``
-                     says how to find and shape them.
+                     says how to find and shape them. An image whose pixels no longer match the hash validated
+                     at ingestion is left out (a warning names its file; ``n_images_refused``).
 * candidate_model    ResNet18Small (``imaging.train``), checkpointed every epoch in the staging folder; a
                      re-execution of a failed run resumes from its parent run's checkpoint.
 * baseline_model     L2 logistic regression on the cached images average-pooled to 14 x 14 (16 x 16 for 64 /
@@ -299,7 +302,8 @@ def build_image_assets(spec: TaskSpec) -> list:
         return common.failures_result(failures)
 
     @dg.asset_check(asset=validated_records, blocking=False, description="Identical images (sha256) repeated within "
-                    "one split with the same label: not leakage, but worth a look (warning only).")  # fmt: skip
+                    "one split with the same label, or across a dataset's own split (MedMNIST): not leakage we "
+                    "caused, but worth a look (warning only).")  # fmt: skip
     def validated_records_duplicates_within_split(validated_records: pl.DataFrame) -> dg.AssetCheckResult:
         warnings = duplicate_warnings(validated_records, spec)
         return dg.AssetCheckResult(passed=not warnings, severity=dg.AssetCheckSeverity.WARN,

@@ -830,7 +830,12 @@ def _to_channels(unit: np.ndarray, channels: int) -> np.ndarray:
 
 
 @lru_cache(maxsize=4)
-def _npz_array(path: str, mtime_ns: int, key: str) -> np.ndarray:
+def _npz_array(path: str, mtime_ns: int, key: str, max_bytes: float) -> np.ndarray:
+    """One images array of an npz, sized from the zip directory first; kept for the next records of the file."""
+    members = _npz_members(Path(path))
+    if key not in members:
+        raise ImageRejected(f"the npz no longer holds {key}")
+    DecodedBudget(max_bytes, max_bytes).take(members[key], f"the npz array {key}")
     with np.load(path, allow_pickle=False) as npz:
         return npz[key]
 
@@ -845,12 +850,8 @@ def _decode(batch_dir: Path, source: str, spec: TaskSpec) -> tuple[np.ndarray, n
         if not m:
             raise ImageRejected("the record's source is not an npz source 'file.npz#split:i'")
         path = _image_file(batch_dir, m["file"], spec)
-        members = _npz_members(path)
         key = f"{m['split']}_images"
-        if key not in members:
-            raise ImageRejected(f"the npz no longer holds {key}")
-        budget.take(members[key], f"the npz array {key}")
-        images = _npz_array(str(path), path.stat().st_mtime_ns, key)
+        images = _npz_array(str(path), path.stat().st_mtime_ns, key, budget.per_file)
         i = int(m["i"])
         if i >= len(images):
             raise ImageRejected(f"the npz's {key} no longer holds image {i}")
