@@ -59,7 +59,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, BinaryIO, Literal
 
 import numpy as np
 import polars as pl
@@ -394,36 +394,36 @@ _DEFLATE_CHUNK = 1 << 14  # input read at once: deflate expands at most ~1032x, 
 _DICOM_HEADER_MAX = 1 << 24  # the inflated elements before the pixel data of a deflated file
 
 
-def _dcm_header(path: Path):
+def _dcm_header(fh: BinaryIO):
     """The data set up to (not including) its pixel data, never inflating a deflated file beyond its header."""
     import pydicom
     from pydicom.filebase import DicomBytesIO
     from pydicom.filereader import _at_pixel_data, _read_file_meta_info, read_dataset, read_preamble
 
-    with open(path, "rb") as fh:
-        read_preamble(fh, force=False)
-        meta = _read_file_meta_info(fh)
-        if str(meta.get("TransferSyntaxUID", "")) != _DEFLATED:
-            return pydicom.dcmread(path, stop_before_pixels=True)
-        inflater = zlib.decompressobj(-zlib.MAX_WBITS)
-        head = inflater.decompress(fh.read(_DEFLATE_CHUNK * 64), _DICOM_HEADER_MAX)
+    fh.seek(0)
+    read_preamble(fh, force=False)
+    meta = _read_file_meta_info(fh)
+    if str(meta.get("TransferSyntaxUID", "")) != _DEFLATED:
+        fh.seek(0)
+        return pydicom.dcmread(fh, stop_before_pixels=True)
+    head = zlib.decompressobj(-zlib.MAX_WBITS).decompress(fh.read(_DEFLATE_CHUNK * 64), _DICOM_HEADER_MAX)
     ds = read_dataset(DicomBytesIO(head), is_implicit_VR=False, is_little_endian=True, stop_when=_at_pixel_data)
     ds.file_meta = meta
     return ds
 
 
-def _inflated_size_within(path: Path, limit: float) -> bool:
+def _inflated_size_within(fh: BinaryIO, limit: float) -> bool:
     """Whether a deflated DICOM inflates to at most ``limit`` bytes, counted while streaming (nothing kept)."""
     from pydicom.filereader import _read_file_meta_info, read_preamble
 
-    with open(path, "rb") as fh:
-        read_preamble(fh, force=False)
-        _read_file_meta_info(fh)
-        inflater, total = zlib.decompressobj(-zlib.MAX_WBITS), 0
-        while chunk := fh.read(_DEFLATE_CHUNK):
-            total += len(inflater.decompress(chunk))
-            if total > limit:
-                return False
+    fh.seek(0)
+    read_preamble(fh, force=False)
+    _read_file_meta_info(fh)
+    inflater, total = zlib.decompressobj(-zlib.MAX_WBITS), 0
+    while chunk := fh.read(_DEFLATE_CHUNK):
+        total += len(inflater.decompress(chunk))
+        if total > limit:
+            return False
     return True
 
 
@@ -445,13 +445,19 @@ def _decoded_dicom_bytes(ds) -> tuple[int, int, int]:
 
 
 def _dcm_open(path: Path, spec: TaskSpec, budget: DecodedBudget):
-    """The full data set and its number of frames, once its header has passed every size guard."""
+    """The full data set and its number of frames, once its header has passed every size guard. One handle
+    throughout: the bytes checked are the bytes decoded, even if the file is replaced meanwhile."""
+    with open(path, "rb") as fh:
+        return _dcm_read(fh, spec, budget)
+
+
+def _dcm_read(fh: BinaryIO, spec: TaskSpec, budget: DecodedBudget):
     import pydicom
     from pydicom.errors import InvalidDicomError
 
     max_pixels = _image_spec(spec).max_pixels
     try:
-        header = _dcm_header(path)
+        header = _dcm_header(fh)
     except InvalidDicomError as exc:
         raise ImageRejected("not a DICOM file (no DICM prefix or file meta information)") from exc
     except Exception as exc:  # noqa: BLE001 - pydicom / zlib messages can quote header bytes
@@ -461,11 +467,12 @@ def _dcm_open(path: Path, spec: TaskSpec, budget: DecodedBudget):
         raise ImageRejected(f"decompression-bomb guard: {frames} frame(s) of {pixels} pixels exceed max_pixels {max_pixels}")
     budget.take(nbytes, f"DICOM pixel data of {frames} frame(s) x {pixels} pixels")
     tsyntax = header.file_meta.get("TransferSyntaxUID") if hasattr(header, "file_meta") else None
-    if str(tsyntax or "") == _DEFLATED and not _inflated_size_within(path, nbytes + _DICOM_HEADER_MAX):
+    if str(tsyntax or "") == _DEFLATED and not _inflated_size_within(fh, nbytes + _DICOM_HEADER_MAX):
         raise ImageRejected(f"deflated DICOM inflates beyond its declared pixel data ({_mb(nbytes)}) plus header")
     _check_decoder(tsyntax)
     try:
-        ds = pydicom.dcmread(path)
+        fh.seek(0)
+        ds = pydicom.dcmread(fh)
     except Exception as exc:  # noqa: BLE001
         raise ImageRejected("unreadable or truncated DICOM") from exc
     if not any(t in ds for t in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
@@ -621,10 +628,11 @@ def read_dicom_batch(
 # --------------------------------------------------------------------------------------------- npz
 
 
-def _npz_members(path: Path) -> dict[str, int]:
-    """Key -> uncompressed size of every array in the npz, read from the zip directory (nothing inflated)."""
+def _npz_members(fh: BinaryIO) -> dict[str, int]:
+    """Key -> uncompressed size of every array in the npz, read from the zip directory (nothing inflated; a
+    member never inflates beyond the size its directory entry declares)."""
     try:
-        with zipfile.ZipFile(path) as zf:
+        with zipfile.ZipFile(fh) as zf:
             return {info.filename.removesuffix(".npy"): info.file_size for info in zf.infolist()}
     except (zipfile.BadZipFile, OSError, ValueError) as exc:
         raise ImageRejected("not a valid npz file (its zip directory cannot be read)") from exc
@@ -632,8 +640,13 @@ def _npz_members(path: Path) -> dict[str, int]:
 
 def _check_npz(path: Path, spec: TaskSpec, budget: DecodedBudget) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
     """Split -> (images, labels or None) after every check; raises ImageRejected for the whole file."""
+    with open(path, "rb") as fh:  # one handle: the members sized are the members loaded
+        return _check_npz_file(fh, spec, budget)
+
+
+def _check_npz_file(fh: BinaryIO, spec: TaskSpec, budget: DecodedBudget) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
     image_spec = _image_spec(spec)
-    members = _npz_members(path)
+    members = _npz_members(fh)
     allowed = {f"{s}_{kind}" for s in NPZ_SPLITS for kind in ("images", "labels")}
     unknown = sorted(set(members) - allowed)
     if unknown:
@@ -643,7 +656,8 @@ def _check_npz(path: Path, spec: TaskSpec, budget: DecodedBudget) -> dict[str, t
     budget.take(sum(members.values()), f"the arrays of this npz ({len(members)})")
     out: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
     try:
-        with np.load(path, allow_pickle=False) as npz:
+        fh.seek(0)
+        with np.load(fh, allow_pickle=False) as npz:
             for split in NPZ_SPLITS:
                 if f"{split}_images" not in members:
                     if f"{split}_labels" in members:
@@ -832,12 +846,14 @@ def _to_channels(unit: np.ndarray, channels: int) -> np.ndarray:
 @lru_cache(maxsize=4)
 def _npz_array(path: str, mtime_ns: int, key: str, max_bytes: float) -> np.ndarray:
     """One images array of an npz, sized from the zip directory first; kept for the next records of the file."""
-    members = _npz_members(Path(path))
-    if key not in members:
-        raise ImageRejected(f"the npz no longer holds {key}")
-    DecodedBudget(max_bytes, max_bytes).take(members[key], f"the npz array {key}")
-    with np.load(path, allow_pickle=False) as npz:
-        return npz[key]
+    with open(path, "rb") as fh:
+        members = _npz_members(fh)
+        if key not in members:
+            raise ImageRejected(f"the npz no longer holds {key}")
+        DecodedBudget(max_bytes, max_bytes).take(members[key], f"the npz array {key}")
+        fh.seek(0)
+        with np.load(fh, allow_pickle=False) as npz:
+            return npz[key]
 
 
 def _decode(batch_dir: Path, source: str, spec: TaskSpec) -> tuple[np.ndarray, np.ndarray]:
