@@ -42,7 +42,7 @@ from meddiag_pipelines.defs import common
 from meddiag_pipelines.defs.resources import MeddiagStorage
 from meddiag_pipelines.features.split import SPLIT_COLUMN, SPLITS, check_split
 from meddiag_pipelines.imaging.preprocess import CACHE_VERSION, load_cached, update_cache
-from meddiag_pipelines.imaging.readers import LABELS_CSV, ImageBatchError, read_image_batch, source_format
+from meddiag_pipelines.imaging.readers import LABELS_CSV, ImageBatchError, read_image_batch, source_file
 from meddiag_pipelines.ingestion.batches import RAW_TABLE, ReadOutcome, ingest_new_batches
 from meddiag_pipelines.ingestion.errors import BatchRejected
 from meddiag_pipelines.ingestion.landing import BATCH_COLUMN, LandedBatch, display_name
@@ -81,8 +81,7 @@ def read_image_records(batch: LandedBatch, spec: TaskSpec) -> ReadOutcome:
         result = read_image_batch(batch.path, spec)
     except ImageBatchError as exc:
         raise BatchRejected(LABELS_CSV if str(exc).startswith(LABELS_CSV) else batch.batch_id, str(exc)) from exc
-    used = {source.rsplit("#", 1)[0] if source_format(source, spec.image.format) != "folder" else source
-            for source in result.records["source"].to_list()}  # fmt: skip
+    used = {source_file(source, spec.image.format) for source in result.records["source"].to_list()}
     problems: dict[str, list[str]] = {}
     for rel, problem in result.rejected:
         if rel in used:

@@ -819,6 +819,11 @@ def source_format(source: str, declared: str | None = None) -> str:
     return "folder" if PurePosixPath(source).suffix.lower() in FOLDER_SUFFIXES else "dicom"
 
 
+def source_file(source: str, declared: str | None = None) -> str:
+    """The landed file of a record's source (``file.npz#split:i`` / ``file.dcm#frame`` -> the file)."""
+    return source if source_format(source, declared) == "folder" else source.rsplit("#", 1)[0]
+
+
 def read_image_batch(batch_dir: Path, spec: TaskSpec) -> ImageReadResult:
     """Read one landed batch folder with the reader of its format (:func:`detect_format`)."""
     batch_dir = Path(batch_dir)
@@ -910,5 +915,6 @@ __all__ = [
     "read_npz_batch",
     "records_schema",
     "safe_path",
+    "source_file",
     "source_format",
 ]
