@@ -150,13 +150,20 @@ class LandingSpec(_Section):
 
 
 class ImageSpec(_Section):
-    format: Literal["folder", "dicom", "npz"] = "folder"
+    # None: detected per batch from what landed (an .npz, DICOM files, or PNG / JPEG files with a labels.csv).
+    format: Literal["folder", "dicom", "npz"] | None = None
     file_column: str = "file"
     size: Literal[28, 64, 128, 224] = 28
     channels: Literal[1, 3] = 1
     multi_label: bool = False
     augment: list[Literal["hflip", "vflip", "affine"]] = Field(default_factory=lambda: ["hflip", "affine"])
     max_pixels: int = Field(50_000_000, gt=0, description="decompression-bomb guard")
+    # Decoded (in-memory) size, checked from headers before anything is decoded. Sized for a 24 GB machine running
+    # two tasks at once (about 12 GB each): decoding holds a file's native array plus a float64 copy in the DICOM
+    # LUT chain (up to 5x its decoded size, so 5 GB for 1 GB), and an npz is held whole while it is read; a batch of
+    # 6 GB decoded is read file by file, and its npz arrays plus their records stay under half of the 12 GB.
+    max_decoded_mb_per_file: float = Field(1024.0, gt=0, description="decoded size of one image file")
+    max_decoded_mb_per_batch: float = Field(6144.0, gt=0, description="decoded size of all images of one batch")
 
 
 class TaskSpec(_Section):

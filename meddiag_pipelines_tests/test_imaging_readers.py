@@ -26,7 +26,8 @@ from meddiag_pipelines.imaging.readers import (
 )
 from meddiag_pipelines.specs import TaskSpec
 
-BASE_COLUMNS = ["id", "label", "patient_id", "source", "sha256", "height", "width", "channels", "bit_depth", "predefined_split"]
+BASE_COLUMNS = ["id", "label", "patient_id", "source", "sha256", "height", "width", "channels", "bit_depth", "predefined_split",
+                "intensity_min", "intensity_max"]
 
 
 def make_spec(fmt: str = "folder", subgroups: list[str] | None = None, **image) -> TaskSpec:
@@ -102,13 +103,16 @@ def test_folder_reads_good_images_and_rejects_bad_ones(tmp_path: Path) -> None:
     assert deep["bit_depth"] == 16 and deep["label"] is None  # empty label = unlabelled case to score
 
     p = problems(result)
-    assert "unreadable or corrupt" in p["corrupt.png"]
-    assert "unreadable or corrupt" in p["truncated.png"]
+    assert "not a readable PNG / JPEG" in p["corrupt.png"]
+    assert "not a readable PNG / JPEG" in p["truncated.png"]
     assert "decompression-bomb" in p["bomb.png"]
     assert "symbolic link" in p["link.png"]
-    assert "escapes the batch folder" in p["../outside.png"]
-    assert "absolute path" in p["/etc/passwd"]
-    assert "not found" in p["missing.png"]
+    # a path that is not a file of the batch is named by its labels.csv row, never echoed
+    row = {name: f"labels.csv row {labels.height + 3 + i}" for i, name in enumerate(["../outside.png", "/etc/passwd", "missing.png"], start=4)}
+    assert "escapes the batch folder" in p[row["../outside.png"]]
+    assert "absolute path" in p[row["/etc/passwd"]]
+    assert "not found" in p[row["missing.png"]]
+    assert not any("outside" in f or "passwd" in f for f in p)
     assert "not listed" in p["unlisted.png"]
     assert "duplicate id" in p[labels["file"][3]]
 

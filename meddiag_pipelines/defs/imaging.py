@@ -1,14 +1,17 @@
 """The asset graph of one imaging task (group = task name), with the same keys as a tabular task. Logic lives in
 ``meddiag_pipelines/imaging`` and ``validation/images.py``; this file only wires inputs, resources and metadata.
 
-* raw_records        ``read_image_batch`` per landed batch; unreadable files are quarantined one by one (the good
-                     ones flow); each record also gets the intensity range of its decoded image (for validation).
+* raw_records        ``read_image_batch`` per landed batch (format from the spec, else detected from what landed);
+                     unreadable or oversized files are quarantined one by one (the good ones flow); each record
+                     carries its pixel hash and the intensity range of its one decode (for validation).
 * validated_records  ``validation.images.validate_images`` per batch (GX: ids, label domain; channels, size, bit
                      depth, constant images, duplicates within / across splits); blocking check over all rows.
-* split              the patient-level hash split, except that a MedMNIST npz record keeps its own split.
+* split              the patient-level hash split, except that a MedMNIST npz record keeps its own split; copies
+                     across that split are counted (``n_copies_*``) and marked (``_meddiag_copy_of_train``).
 * features           the memory-mapped uint8 tensor cache under ``<data>/cache/<task>/`` (one file per batch,
                      rebuilt only for a new or changed batch) and a frame of the cached rows; ``feature_plan``
-                     says how to find and shape them.
+                     says how to find and shape them. An image whose pixels no longer match the hash validated
+                     at ingestion is left out (a warning names its file; ``n_images_refused``).
 * candidate_model    ResNet18Small (``imaging.train``), checkpointed every epoch in the staging folder; a
                      re-execution of a failed run resumes from its parent run's checkpoint.
 * baseline_model     L2 logistic regression on the cached images average-pooled to 14 x 14 (16 x 16 for 64 /
@@ -39,19 +42,20 @@ from meddiag_pipelines.defs import common
 from meddiag_pipelines.defs.resources import MeddiagStorage
 from meddiag_pipelines.features.split import SPLIT_COLUMN, SPLITS, check_split
 from meddiag_pipelines.imaging.preprocess import CACHE_VERSION, load_cached, update_cache
-from meddiag_pipelines.imaging.readers import LABELS_CSV, ImageBatchError, ImageRejected, load_pixels, read_image_batch
+from meddiag_pipelines.imaging.readers import LABELS_CSV, ImageBatchError, read_image_batch, source_file
 from meddiag_pipelines.ingestion.batches import RAW_TABLE, ReadOutcome, ingest_new_batches
 from meddiag_pipelines.ingestion.errors import BatchRejected
-from meddiag_pipelines.ingestion.landing import BATCH_COLUMN, LandedBatch
+from meddiag_pipelines.ingestion.landing import BATCH_COLUMN, LandedBatch, display_name
 from meddiag_pipelines.specs import TaskSpec
 from meddiag_pipelines.training.device import torch_device
 from meddiag_pipelines.validation.images import (
-    INTENSITY_MAX,
-    INTENSITY_MIN,
+    COPY_OF_TRAIN_COLUMN,
     PREDEFINED_SPLIT,
     duplicate_warnings,
     image_failures,
     image_split,
+    mark_copies_of_train,
+    split_copy_counts,
     validate_images,
 )
 from meddiag_pipelines.validation.suites import CheckFailure
@@ -70,54 +74,34 @@ def _to_spec_columns(frame: pl.DataFrame, spec: TaskSpec) -> pl.DataFrame:
     return frame.rename(renames)
 
 
-def _file_of(source: str, fmt: str) -> str:
-    """The landed file of a record's source (``file.npz#split:i`` / ``file.dcm#frame`` -> the file)."""
-    return source if fmt == "folder" else source.rsplit("#", 1)[0]
-
-
-def _safe_problem(rel: str, problem: str) -> str:
-    """Reader messages about labels.csv rows quote the row (ids, free text): keep only the kind of problem."""
-    if problem.startswith("duplicate id"):
-        return f"duplicate id in {LABELS_CSV} (only the first row is used)"
-    if rel == LABELS_CSV:
-        return "a row has an empty file column" if "empty" in problem else "a row cannot be used"
-    return problem
-
-
 def read_image_records(batch: LandedBatch, spec: TaskSpec) -> ReadOutcome:
-    """Reader for ``ingest_new_batches``: records in the spec's column names plus the intensity range of each
-    decoded image; every file that does not decode is a per-file rejection."""
+    """Reader for ``ingest_new_batches``: records in the spec's column names (with the intensity range of each
+    image, decoded once by the reader); every file that does not read is a per-file rejection."""
     try:
         result = read_image_batch(batch.path, spec)
     except ImageBatchError as exc:
-        raise BatchRejected(LABELS_CSV if LABELS_CSV in str(exc) else batch.batch_id, str(exc)) from exc
-    records, fmt = result.records, spec.image.format
-    lows, highs, bad_files = [], [], {}
-    for source in records["source"].to_list():
-        try:
-            pixels = load_pixels(batch.path, source, spec)
-            lows.append(float(pixels.min()))
-            highs.append(float(pixels.max()))
-        except ImageRejected as exc:
-            bad_files.setdefault(_file_of(source, fmt), str(exc))
-            lows.append(None)
-            highs.append(None)
-    records = records.with_columns(pl.Series(INTENSITY_MIN, lows, dtype=pl.Float64),
-                                   pl.Series(INTENSITY_MAX, highs, dtype=pl.Float64))  # fmt: skip
-    files = [_file_of(s, fmt) for s in records["source"].to_list()]
-    if bad_files:
-        records = records.filter(pl.Series([f not in bad_files for f in files], dtype=pl.Boolean))
-    used = {f for f in files if f not in bad_files}
+        raise BatchRejected(LABELS_CSV if str(exc).startswith(LABELS_CSV) else batch.batch_id, str(exc)) from exc
+    used = {source_file(source, spec.image.format) for source in result.records["source"].to_list()}
     problems: dict[str, list[str]] = {}
-    for rel, problem in [*result.rejected, *bad_files.items()]:
+    for rel, problem in result.rejected:
         if rel in used:
             continue  # e.g. a repeated labels.csv row naming a file that a kept record uses: the file stays
-        problems.setdefault(rel, []).append(_safe_problem(rel, problem))
+        problems.setdefault(rel, []).append(problem)
     rejected = [(rel, "; ".join(dict.fromkeys(p))) for rel, p in problems.items()]
-    return ReadOutcome(_to_spec_columns(records, spec), rejected)
+    return ReadOutcome(_to_spec_columns(result.records, spec), rejected)
 
 
 # -- features: the tensor cache -----------------------------------------------------------------------------------
+def _log_refused(context, batch_id: str, records: pl.DataFrame, failed: list[list[str]]) -> set[str]:
+    """Warn, per file (never per id), about the images the cache refused; their ids, to leave them out."""
+    ids = {f[0] for f in failed}
+    source_of = dict(zip(records["id"].to_list(), records["source"].to_list(), strict=True))
+    for record_id, problem in failed:
+        context.log.warning(f"batch {display_name(batch_id)}: image {source_of.get(record_id, '?')} left out of "
+                            f"training: {problem}")  # fmt: skip
+    return ids
+
+
 def _cache_records(rows: pl.DataFrame, spec: TaskSpec) -> pl.DataFrame:
     """One batch's rows as the cache wants them, in a stable order (the cache fingerprint depends on it)."""
     return rows.select(pl.col(spec.id).cast(pl.String).alias("id"), "source", "sha256").sort("id")
@@ -283,7 +267,7 @@ def build_image_assets(spec: TaskSpec) -> list:
     image = spec.image
     assert image is not None
 
-    @dg.asset(key=[name, "raw_records"], description=f"{name}: new landed image batches ({image.format}), read once "
+    @dg.asset(key=[name, "raw_records"], description=f"{name}: new landed image batches ({image.format or 'format detected'}), read once "
               "and appended to the warehouse (one row per image); unreadable files quarantined one by one.",
               kinds={"duckdb", "polars"}, pool=common.pool(spec), **tags)  # fmt: skip
     def raw_records(context: dg.AssetExecutionContext, storage: MeddiagStorage) -> dg.MaterializeResult:
@@ -317,7 +301,8 @@ def build_image_assets(spec: TaskSpec) -> list:
         return common.failures_result(failures)
 
     @dg.asset_check(asset=validated_records, blocking=False, description="Identical images (sha256) repeated within "
-                    "one split with the same label: not leakage, but worth a look (warning only).")  # fmt: skip
+                    "one split with the same label, or across a dataset's own split (MedMNIST): not leakage we "
+                    "caused, but worth a look (warning only).")  # fmt: skip
     def validated_records_duplicates_within_split(validated_records: pl.DataFrame) -> dg.AssetCheckResult:
         warnings = duplicate_warnings(validated_records, spec)
         return dg.AssetCheckResult(passed=not warnings, severity=dg.AssetCheckSeverity.WARN,
@@ -328,12 +313,14 @@ def build_image_assets(spec: TaskSpec) -> list:
               description=f"{name}: train / val / test by a stable hash of {spec.patient_id or spec.id}, except that "
               "records from a MedMNIST npz keep the file's own split; unlabelled rows are 'score'.", **tags)  # fmt: skip
     def split(validated_records: pl.DataFrame) -> dg.Output:
-        frame = image_split(validated_records, spec)
+        frame = mark_copies_of_train(image_split(validated_records, spec))
         table = check_split(frame, spec)
         rows = [{"split": s, **{str(k): v for k, v in sorted(table[s].items())}} for s in SPLITS]
         counts = {f"n_{s}": int(frame.filter(pl.col(SPLIT_COLUMN) == s).height) for s in (*SPLITS, "score")}
         predefined = int(frame[PREDEFINED_SPLIT].is_not_null().sum()) if PREDEFINED_SPLIT in frame.columns else 0
+        copies = split_copy_counts(frame)  # copies across a dataset's own split (validation blocks any of ours)
         return dg.Output(frame, metadata={**counts, "n_predefined_split": predefined,
+                                          **{f"n_copies_{k}": v for k, v in copies.items()},
                                           "by_class": dg.MetadataValue.md(common.markdown_table(rows))})  # fmt: skip
 
     @dg.multi_asset(
@@ -351,23 +338,23 @@ def build_image_assets(spec: TaskSpec) -> list:
     )
     def features(context: dg.AssetExecutionContext, storage: MeddiagStorage, split: pl.DataFrame):
         cache_dir = storage.layout.cache(name)
-        built, reused, n_images = 0, 0, 0
+        built, reused, n_images, refused = 0, 0, 0, set()
         for (batch_id,), rows in split.group_by(BATCH_COLUMN, maintain_order=False):
-            manifest = update_cache(cache_dir, storage.layout.landing(name) / batch_id, batch_id,
-                                    _cache_records(rows, spec), spec)  # fmt: skip
-            if manifest["failed"]:
-                raise dg.Failure(f"{name}: {len(manifest['failed'])} images of batch {batch_id} no longer read from "
-                                 "the landing folder; restore or remove the batch before training")  # fmt: skip
+            records = _cache_records(rows, spec)
+            manifest = update_cache(cache_dir, storage.layout.landing(name) / batch_id, batch_id, records, spec)
+            refused |= _log_refused(context, batch_id, records, manifest["failed"])
             reused += bool(manifest["reused"])
             built += not manifest["reused"]
             n_images += int(manifest["n"])
-        keys = [c for c in dict.fromkeys([spec.id, spec.label, spec.patient_id, SPLIT_COLUMN, BATCH_COLUMN, *spec.subgroups])
-                if c and c in split.columns]  # fmt: skip
-        frame = split.select(keys)
+        keys = [c for c in dict.fromkeys([spec.id, spec.label, spec.patient_id, SPLIT_COLUMN, BATCH_COLUMN,
+                                          COPY_OF_TRAIN_COLUMN, *spec.subgroups]) if c and c in split.columns]  # fmt: skip
+        # An image refused by the cache (its file changed or vanished since validation) is never trained on.
+        frame = split.filter(~pl.col(spec.id).cast(pl.String).is_in(list(refused))).select(keys)
         plan = {"modality": "image", "cache_dir": str(cache_dir), "size": image.size, "channels": image.channels,
                 "format": image.format, "cache_version": CACHE_VERSION, "id_column": spec.id}  # fmt: skip
         cache_bytes = sum(p.stat().st_size for p in cache_dir.glob("*.npy")) if cache_dir.is_dir() else 0
-        meta = {"n_rows": frame.height, "n_images_cached": n_images, "batches_built": built, "batches_reused": reused,
+        meta = {"n_rows": frame.height, "n_images_cached": n_images, "n_images_refused": len(refused),
+                "batches_built": built, "batches_reused": reused,
                 "image_shape": f"{image.channels}x{image.size}x{image.size}", "cache_mb": round(cache_bytes / 2**20, 2)}  # fmt: skip
         yield dg.Output(frame, output_name="features", metadata=meta)
         yield dg.Output(plan, output_name="feature_plan", metadata={"size": image.size, "channels": image.channels})

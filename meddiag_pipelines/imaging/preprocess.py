@@ -6,7 +6,9 @@ For each batch ``update_cache`` writes, in this order and each atomically:
 * ``<cache_dir>/<batch_id>.index.parquet`` ``id``, ``row`` (row of the npy), ``source``
 * ``<cache_dir>/<batch_id>.json``         the manifest, written last: its presence means the batch is complete.
 
-Each image goes through :func:`~meddiag_pipelines.imaging.readers.load_pixels` (windowing, [0, 1]), is padded
+Each image goes through :func:`~meddiag_pipelines.imaging.readers.load_pixels` (windowing, [0, 1]) with the pixel
+hash recorded at ingestion, so an image replaced in the landing folder after it was validated is refused (listed in
+``failed``, never cached): the pixels cached are the pixels validated. It is then padded
 to a square (centred, zero fill: the aspect ratio is kept and nothing is cropped), resized to S x S with Pillow's
 antialiased bilinear filter, and stored as uint8 (``round(255 * x)``; MedMNIST uint8 images round-trip exactly).
 A batch whose manifest matches (same ids / sources / pixel hashes, same size, channels and cache version) is not
@@ -32,16 +34,24 @@ if TYPE_CHECKING:
     from meddiag_pipelines.specs import TaskSpec
 
 CACHE_VERSION = 1
-_BATCH_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.=-]{0,200}$")
+_BATCH_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.=-]{0,100}$")
 
 # Incremented each time a batch is actually (re)built; tests use it to prove a second call reuses the cache.
 BUILD_COUNT = 0
 
 
+def cache_stem(batch_id: str) -> str:
+    """The cache file name of a batch: its id when that is a plain short name, else a readable part of it and a
+    hash of the whole (a batch folder may be named with spaces, accents or at any length)."""
+    if _BATCH_ID.match(batch_id) and ".." not in batch_id:
+        return batch_id
+    readable = re.sub(r"[^A-Za-z0-9_=-]+", "_", batch_id)[:60].strip("_") or "batch"
+    return f"{readable}-{hashlib.sha256(batch_id.encode('utf-8', 'surrogateescape')).hexdigest()[:16]}"
+
+
 def _paths(cache_dir: Path, batch_id: str) -> tuple[Path, Path, Path]:
-    if not _BATCH_ID.match(batch_id) or ".." in batch_id:
-        raise ValueError(f"batch id {batch_id!r}: use letters, digits, '_', '-', '.', '='")
-    return cache_dir / f"{batch_id}.npy", cache_dir / f"{batch_id}.index.parquet", cache_dir / f"{batch_id}.json"
+    stem = cache_stem(batch_id)
+    return cache_dir / f"{stem}.npy", cache_dir / f"{stem}.index.parquet", cache_dir / f"{stem}.json"
 
 
 def _fingerprint(records: pl.DataFrame, size: int, channels: int) -> str:
@@ -89,7 +99,7 @@ def update_cache(cache_dir: Path, batch_dir: Path, batch_id: str, records: pl.Da
 
     Manifest keys: ``path`` (the npy), ``index``, ``n`` (images cached), ``shape``, ``dtype``, ``sha`` (sha256 of
     the npy), ``fingerprint``, ``size``, ``channels``, ``failed`` (list of [id, problem] for records whose file no
-    longer reads), ``reused`` (True when nothing was recomputed).
+    longer reads or whose pixels changed since ingestion), ``reused`` (True when nothing was recomputed).
     """
     assert spec.image is not None, "image tasks only"
     cache_dir = Path(cache_dir)
@@ -108,6 +118,7 @@ def update_cache(cache_dir: Path, batch_dir: Path, batch_id: str, records: pl.Da
     BUILD_COUNT += 1
     ids = records["id"].to_list()
     sources = records["source"].to_list()
+    hashes = records["sha256"].to_list()
     n = len(ids)
     shape = (n, channels, size, size)
     ok_rows: list[int] = []
@@ -117,7 +128,7 @@ def update_cache(cache_dir: Path, batch_dir: Path, batch_id: str, records: pl.Da
         arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
         for i, source in enumerate(sources):
             try:
-                arr[i] = to_uint8(resize_square(load_pixels(batch_dir, source, spec), size))
+                arr[i] = to_uint8(resize_square(load_pixels(batch_dir, source, spec, hashes[i]), size))
                 ok_rows.append(i)
             except ImageRejected as exc:
                 arr[i] = 0

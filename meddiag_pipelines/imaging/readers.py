@@ -1,6 +1,7 @@
 """Image readers: one per format behind one interface (no Dagster here).
 
-``read_image_batch(batch_dir, spec)`` dispatches on ``spec.image.format`` and returns an
+``read_image_batch(batch_dir, spec)`` dispatches on ``spec.image.format`` (or, without it, on the format
+detected from what landed: :func:`detect_format`) and returns an
 :class:`ImageReadResult`: one record per readable image plus a list of ``(file, problem)`` for every file
 that could not be used. One bad file never raises; a batch that cannot be read at all (an unreadable or
 malformed ``labels.csv``, a batch folder that does not exist) raises :class:`ImageBatchError`.
@@ -31,27 +32,40 @@ Formats
             its labels key gives unlabelled records (label null). Unknown keys, object arrays, bad
             shapes / dtypes are rejected for the whole file.
 
-Safety: paths are confined to the batch folder (no absolute paths, no ``..``, no symbolic links anywhere
-on the way); images whose header declares more than ``spec.image.max_pixels`` pixels are refused before
-any pixel is decoded (decompression-bomb guard).
+Safety: ``labels.csv`` and every path it names are confined to the batch folder before any stat or open (no
+absolute paths, no ``..``, no symbolic links anywhere on the way, regular files only: a FIFO is never opened);
+``./x.png`` and ``sub/x.png`` name files of the batch. Before any pixel is decoded a file is refused when it is
+larger on disk than ``landing.max_file_mb``, when its header declares more than ``spec.image.max_pixels`` pixels,
+or when its decoded size (PNG / JPEG: width x height x bands x bytes; DICOM: Rows x Columns x NumberOfFrames x
+SamplesPerPixel x BitsAllocated / 8, a deflated data set also bounded while it inflates; npz: its members' sizes
+from the zip directory) exceeds ``image.max_decoded_mb_per_file``, or would take the batch over
+``image.max_decoded_mb_per_batch``.
+
+Each image is decoded once at ingestion: its record carries the sha256 of its native pixels and the intensity
+range of the decoded image (``intensity_min`` / ``intensity_max``, after windowing, in [0, 1]).
+:func:`load_pixels` given that sha256 refuses a file whose pixels changed since, so the pixels validated are the
+pixels cached and trained on. Labels are text in :func:`~meddiag_pipelines.specs.canonical_label` form.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import warnings
+import zlib
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, BinaryIO, Literal
 
 import numpy as np
 import polars as pl
 
-from meddiag_pipelines.ingestion.landing import UnsafePath, confined_file
+from meddiag_pipelines.ingestion.landing import INTERNAL_PREFIX, UnsafePath, confined_file
+from meddiag_pipelines.specs import canonical_label
 
 if TYPE_CHECKING:
     from meddiag_pipelines.specs import ImageSpec, TaskSpec
@@ -62,8 +76,12 @@ DICOM_SUFFIXES = {".dcm", ".dicom"}
 NPZ_SPLITS = ("train", "val", "test")
 # A DICOM file may hold many frames: its whole pixel data is bounded by this many times max_pixels.
 DICOM_TOTAL_PIXELS_FACTOR = 16
-# An npz member larger than this (uncompressed) is refused before it is inflated (zip-bomb guard).
-NPZ_MAX_ARRAY_BYTES = 8 * 2**30
+INTENSITY_MIN = "intensity_min"  # darkest and brightest value of the decoded image (after windowing, in [0, 1])
+INTENSITY_MAX = "intensity_max"
+FORMATS = ("folder", "dicom", "npz")
+_EXPECTS = {"folder": "PNG/JPEG files and a labels.csv", "dicom": "DICOM files (and a labels.csv)",
+            "npz": "MedMNIST .npz files"}  # fmt: skip
+_MB = 2**20
 
 _NPZ_SOURCE = re.compile(r"^(?P<file>.+\.npz)#(?P<split>train|val|test):(?P<i>\d+)$")
 _FRAME_SOURCE = re.compile(r"^(?P<file>.+)#(?P<frame>\d+)$")
@@ -98,6 +116,8 @@ def records_schema(spec: TaskSpec) -> dict[str, pl.DataType]:
             "channels": pl.Int64,
             "bit_depth": pl.Int64,
             "predefined_split": pl.Utf8,
+            INTENSITY_MIN: pl.Float64,
+            INTENSITY_MAX: pl.Float64,
         }
     )
     return schema
@@ -118,6 +138,39 @@ def _sha256(arr: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(arr).tobytes()).hexdigest()
 
 
+def _pixel_fields(native: np.ndarray, unit: np.ndarray, channels: int) -> dict:
+    """The record fields of one decoded image: the hash of its native pixels, the range of what is cached."""
+    cached = _to_channels(unit, channels)
+    return {"sha256": _sha256(native), INTENSITY_MIN: float(cached.min()), INTENSITY_MAX: float(cached.max())}
+
+
+def _mb(nbytes: float) -> str:
+    return f"{nbytes / _MB:.1f} MB"
+
+
+@dataclass
+class DecodedBudget:
+    """Decoded bytes allowed per file and per batch (``image.max_decoded_mb_per_*``), taken before decoding."""
+
+    per_file: float
+    per_batch: float
+    used: float = 0.0
+
+    @classmethod
+    def of(cls, spec: TaskSpec) -> DecodedBudget:
+        image = _image_spec(spec)
+        return cls(image.max_decoded_mb_per_file * _MB, image.max_decoded_mb_per_batch * _MB)
+
+    def take(self, nbytes: float, what: str) -> None:
+        if nbytes > self.per_file:
+            raise ImageRejected(f"{what} would decode to {_mb(nbytes)}, over image.max_decoded_mb_per_file "
+                                f"({_mb(self.per_file)})")  # fmt: skip
+        if self.used + nbytes > self.per_batch:
+            raise ImageRejected(f"{what} would decode to {_mb(nbytes)}, taking the batch over "
+                                f"image.max_decoded_mb_per_batch ({_mb(self.per_batch)}); land it in another batch")  # fmt: skip
+        self.used += nbytes
+
+
 # --------------------------------------------------------------------------------------------- paths
 
 
@@ -127,6 +180,20 @@ def safe_path(batch_dir: Path, rel: str) -> Path:
         return confined_file(batch_dir, rel)
     except UnsafePath as exc:
         raise ImageRejected(str(exc)) from None
+
+
+def _image_file(batch_dir: Path, rel: str, spec: TaskSpec) -> Path:
+    """:func:`safe_path`, and refused when larger on disk than ``landing.max_file_mb``."""
+    path = safe_path(batch_dir, rel)
+    size = path.lstat().st_size
+    if size > spec.landing.max_file_mb * _MB:
+        raise ImageRejected(f"file is {_mb(size)} on disk, over landing.max_file_mb ({spec.landing.max_file_mb:g} MB)")
+    return path
+
+
+def normalise_rel(rel: str) -> str:
+    """A labels.csv path in the form the batch listing uses: ``./x.png`` -> ``x.png``, ``a//b`` -> ``a/b``."""
+    return PurePosixPath(rel).as_posix() if rel else rel
 
 
 def _walk(batch_dir: Path) -> Iterator[tuple[str, Path]]:
@@ -143,25 +210,30 @@ def _walk(batch_dir: Path) -> Iterator[tuple[str, Path]]:
 
 
 def _read_labels(batch_dir: Path, spec: TaskSpec) -> pl.DataFrame | None:
-    csv = batch_dir / LABELS_CSV
-    if not csv.exists() and not csv.is_symlink():
+    """The batch's labels.csv as text columns (None when there is none); confined before it is opened."""
+    if not os.path.lexists(batch_dir / LABELS_CSV):
         return None
-    if csv.is_symlink():
-        raise ImageBatchError(f"{LABELS_CSV}: symbolic link refused")
+    try:
+        csv = confined_file(batch_dir, LABELS_CSV)
+    except UnsafePath as exc:
+        raise ImageBatchError(f"{LABELS_CSV}: {exc}") from None
     try:
         df = pl.read_csv(csv, infer_schema=False)
-    except Exception as exc:  # noqa: BLE001 - polars raises several kinds
-        raise ImageBatchError(f"{LABELS_CSV}: cannot read: {exc}") from exc
+    except Exception as exc:  # noqa: BLE001 - polars raises several kinds; its message can quote the file
+        raise ImageBatchError(f"{LABELS_CSV}: not a readable CSV file (bad quoting, encoding or row lengths)") from exc
     file_col = _image_spec(spec).file_column
     if file_col not in df.columns:
         raise ImageBatchError(f"{LABELS_CSV}: missing the file column {file_col!r} (has {df.columns})")
+    internal = [c for c in df.columns if c.startswith(INTERNAL_PREFIX)]
+    if internal:
+        raise ImageBatchError(f"{LABELS_CSV}: columns {internal} use the pipeline's reserved prefix {INTERNAL_PREFIX!r}")
     return df.with_columns(pl.col(c).str.strip_chars().replace("", None) for c in df.columns)
 
 
 def _row_meta(row: dict, rel: str, spec: TaskSpec) -> dict:
     meta = {
         "id": row.get(spec.id) or rel,
-        "label": row.get(spec.label),
+        "label": canonical_label(row.get(spec.label)),
         "patient_id": row.get(spec.patient_id) if spec.patient_id else None,
     }
     for col in spec.subgroups:
@@ -170,15 +242,16 @@ def _row_meta(row: dict, rel: str, spec: TaskSpec) -> dict:
 
 
 def _listed_files(
-    batch_dir: Path, spec: TaskSpec, suffixes: set[str] | None
+    batch_dir: Path, spec: TaskSpec, suffixes: set[str] | None, labels: pl.DataFrame | None
 ) -> tuple[list[tuple[str, dict]], list[tuple[str, str]]]:
     """(relative file, metadata) for every image to read, and the rejections found on the way.
 
-    ``suffixes`` names the image files of the format (None: any file but labels.csv).
-    """
-    labels = _read_labels(batch_dir, spec)
+    ``suffixes`` names the image files of the format (None: any file but labels.csv). Every row's path is
+    confined before it is used; a rejection names the file when the batch holds it, else the labels.csv row
+    (its number, never its content)."""
     rejected: list[tuple[str, str]] = []
     todo: list[tuple[str, dict]] = []
+    present = dict(_walk(batch_dir))
 
     def is_image(rel: str) -> bool:
         if rel == LABELS_CSV:
@@ -186,7 +259,7 @@ def _listed_files(
         return suffixes is None or PurePosixPath(rel).suffix.lower() in suffixes
 
     if labels is None:
-        for rel, path in _walk(batch_dir):
+        for rel, path in present.items():
             if not is_image(rel):
                 continue
             if path.is_symlink():
@@ -198,19 +271,27 @@ def _listed_files(
     file_col = _image_spec(spec).file_column
     seen_ids: set[str] = set()
     listed: set[str] = set()
-    for row in labels.iter_rows(named=True):
-        rel = row.get(file_col)
-        if rel is None:
-            rejected.append((LABELS_CSV, f"a row has an empty {file_col!r}: {row}"))
+    for n, row in enumerate(labels.iter_rows(named=True), start=1):
+        where = f"{LABELS_CSV} row {n}"
+        rel = normalise_rel(row.get(file_col) or "")
+        if not rel:
+            rejected.append((where, f"empty {file_col!r} column"))
+            continue
+        try:
+            safe_path(batch_dir, rel)
+        except ImageRejected as exc:
+            if rel in present:  # a link or odd file of the batch: rejected under its own name
+                listed.add(rel)
+            rejected.append((rel if rel in present else where, str(exc)))
             continue
         listed.add(rel)
         meta = _row_meta(row, rel, spec)
         if meta["id"] in seen_ids:
-            rejected.append((rel, f"duplicate id {meta['id']!r} in {LABELS_CSV}"))
+            rejected.append((rel, f"duplicate id in {LABELS_CSV} (only the first row is used)"))
             continue
         seen_ids.add(meta["id"])
         todo.append((rel, meta))
-    for rel, _ in _walk(batch_dir):
+    for rel in present:
         if is_image(rel) and rel not in listed:
             rejected.append((rel, f"image file not listed in {LABELS_CSV}"))
     return todo, rejected
@@ -219,7 +300,10 @@ def _listed_files(
 # --------------------------------------------------------------------------------------------- folder
 
 
-def _open_pil(path: Path, max_pixels: int):
+_BAND_BYTES = {"I;16": 2, "I;16B": 2, "I;16L": 2, "I": 4, "F": 4}
+
+
+def _open_pil(path: Path, max_pixels: int, budget: DecodedBudget):
     from PIL import Image, ImageOps
 
     try:
@@ -229,6 +313,7 @@ def _open_pil(path: Path, max_pixels: int):
             w, h = im.size
             if w * h > max_pixels:
                 raise ImageRejected(f"decompression-bomb guard: {w}x{h} = {w * h} pixels > max_pixels {max_pixels}")
+            budget.take(w * h * len(im.getbands()) * _BAND_BYTES.get(im.mode, 1), f"a {w}x{h} {im.format} image")
             if getattr(im, "n_frames", 1) > 1:
                 im.seek(0)
             im.load()
@@ -236,9 +321,9 @@ def _open_pil(path: Path, max_pixels: int):
     except ImageRejected:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageRejected(f"decompression-bomb guard: {exc}") from exc
+        raise ImageRejected("decompression-bomb guard: Pillow refused the image's declared size") from exc
     except Exception as exc:  # noqa: BLE001 - PIL raises OSError, SyntaxError, ValueError...
-        raise ImageRejected(f"unreadable or corrupt image: {type(exc).__name__}: {exc}") from exc
+        raise ImageRejected("not a readable PNG / JPEG image (corrupt, truncated or another format)") from exc
     return im
 
 
@@ -253,11 +338,12 @@ def _pil_info(im) -> tuple[np.ndarray, int, int]:
     return arr, channels, bits
 
 
-def _read_one_png(path: Path, max_pixels: int) -> dict:
-    im = _open_pil(path, max_pixels)
+def _read_one_png(path: Path, spec: TaskSpec, budget: DecodedBudget) -> dict:
+    image = _image_spec(spec)
+    im = _open_pil(path, image.max_pixels, budget)
     arr, channels, bits = _pil_info(im)
     return {
-        "sha256": _sha256(arr),
+        **_pixel_fields(arr, _pil_to_unit(im), image.channels),
         "height": int(arr.shape[0]),
         "width": int(arr.shape[1]),
         "channels": int(channels),
@@ -287,13 +373,12 @@ def _pil_to_unit(im) -> np.ndarray:
 
 
 def read_folder_batch(batch_dir: Path, spec: TaskSpec) -> ImageReadResult:
-    max_pixels = _image_spec(spec).max_pixels
-    todo, rejected = _listed_files(batch_dir, spec, FOLDER_SUFFIXES)
+    todo, rejected = _listed_files(batch_dir, spec, FOLDER_SUFFIXES, _read_labels(batch_dir, spec))
+    budget = DecodedBudget.of(spec)
     rows: list[dict] = []
     for rel, meta in todo:
         try:
-            path = safe_path(batch_dir, rel)
-            info = _read_one_png(path, max_pixels)
+            info = _read_one_png(_image_file(batch_dir, rel, spec), spec, budget)
         except ImageRejected as exc:
             rejected.append((rel, str(exc)))
             continue
@@ -304,43 +389,119 @@ def read_folder_batch(batch_dir: Path, spec: TaskSpec) -> ImageReadResult:
 # --------------------------------------------------------------------------------------------- dicom
 
 
-def _dcm_open(path: Path, max_pixels: int):
-    import pydicom
-    from pydicom.errors import InvalidDicomError
+_DEFLATED = "1.2.840.10008.1.2.1.99"
+_DEFLATE_CHUNK = 1 << 14  # input read at once: deflate expands at most ~1032x, so under 17 MB out per chunk
+_DICOM_HEADER_MAX = 1 << 24  # the inflated elements before the pixel data of a deflated file
 
-    try:
-        ds = pydicom.dcmread(path)
-    except InvalidDicomError as exc:
-        raise ImageRejected(f"not a DICOM file: {exc}") from exc
-    except Exception as exc:  # noqa: BLE001
-        raise ImageRejected(f"unreadable or truncated DICOM: {type(exc).__name__}: {exc}") from exc
-    if not any(t in ds for t in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
-        raise ImageRejected("DICOM without pixel data (no PixelData element)")
+
+def _dcm_header(fh: BinaryIO):
+    """The data set up to (not including) its pixel data, never inflating a deflated file beyond its header."""
+    import pydicom
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filereader import _at_pixel_data, _read_file_meta_info, read_dataset, read_preamble
+
+    fh.seek(0)
+    read_preamble(fh, force=False)
+    meta = _read_file_meta_info(fh)
+    if str(meta.get("TransferSyntaxUID", "")) != _DEFLATED:
+        fh.seek(0)
+        return pydicom.dcmread(fh, stop_before_pixels=True)
+    head = zlib.decompressobj(-zlib.MAX_WBITS).decompress(fh.read(_DEFLATE_CHUNK * 64), _DICOM_HEADER_MAX)
+    ds = read_dataset(DicomBytesIO(head), is_implicit_VR=False, is_little_endian=True, stop_when=_at_pixel_data)
+    ds.file_meta = meta
+    return ds
+
+
+def _inflated_size_within(fh: BinaryIO, limit: float) -> bool:
+    """Whether a deflated DICOM inflates to at most ``limit`` bytes, counted while streaming (nothing kept)."""
+    from pydicom.filereader import _read_file_meta_info, read_preamble
+
+    fh.seek(0)
+    read_preamble(fh, force=False)
+    _read_file_meta_info(fh)
+    inflater, total = zlib.decompressobj(-zlib.MAX_WBITS), 0
+    while chunk := fh.read(_DEFLATE_CHUNK):
+        total += len(inflater.decompress(chunk))
+        if total > limit:
+            return False
+    return True
+
+
+def _decoded_dicom_bytes(ds) -> tuple[int, int, int]:
+    """(frames, rows x columns, decoded bytes) from the header: Rows*Columns*NumberOfFrames*SamplesPerPixel*
+    BitsAllocated/8."""
+    if "Rows" not in ds or "Columns" not in ds:
+        raise ImageRejected("DICOM without pixel data (no Rows / Columns: not an image)")
     try:
         rows, cols = int(ds.Rows), int(ds.Columns)
         frames = int(ds.get("NumberOfFrames", 1) or 1)
+        samples = int(ds.get("SamplesPerPixel", 1) or 1)
+        bits = int(ds.get("BitsAllocated", 16) or 16)
     except Exception as exc:  # noqa: BLE001
-        raise ImageRejected(f"DICOM without valid Rows / Columns / NumberOfFrames: {exc}") from exc
-    if rows <= 0 or cols <= 0 or frames <= 0:
+        raise ImageRejected("DICOM without valid Rows / Columns / NumberOfFrames / SamplesPerPixel") from exc
+    if rows <= 0 or cols <= 0 or frames <= 0 or samples <= 0 or bits <= 0:
         raise ImageRejected(f"DICOM with an empty image: {rows}x{cols}, {frames} frame(s)")
-    if rows * cols > max_pixels or rows * cols * frames > max_pixels * DICOM_TOTAL_PIXELS_FACTOR:
-        raise ImageRejected(
-            f"decompression-bomb guard: {frames} frame(s) of {rows}x{cols} pixels exceed max_pixels {max_pixels}"
-        )
-    tsyntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
-    if tsyntax is not None and tsyntax.is_compressed:
-        from pydicom.pixels.decoders.base import get_decoder
+    return frames, rows * cols, -(-rows * cols * frames * samples * bits // 8)
 
-        try:
-            decoder = get_decoder(tsyntax)
-        except NotImplementedError as exc:
-            raise ImageRejected(f"no pixel-data decoder for transfer syntax {tsyntax.name!r}") from exc
-        if not decoder.is_available:
-            raise ImageRejected(
-                f"compressed transfer syntax {tsyntax.name!r} cannot be decoded with the installed packages "
-                f"(needs one of: {'; '.join(decoder.missing_dependencies)})"
-            )
+
+def _dcm_open(path: Path, spec: TaskSpec, budget: DecodedBudget):
+    """The full data set and its number of frames, once its header has passed every size guard. One handle
+    throughout: the bytes checked are the bytes decoded, even if the file is replaced meanwhile."""
+    with open(path, "rb") as fh:
+        return _dcm_read(fh, spec, budget)
+
+
+def _dcm_read(fh: BinaryIO, spec: TaskSpec, budget: DecodedBudget):
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    max_pixels = _image_spec(spec).max_pixels
+    try:
+        header = _dcm_header(fh)
+    except InvalidDicomError as exc:
+        raise ImageRejected("not a DICOM file (no DICM prefix or file meta information)") from exc
+    except Exception as exc:  # noqa: BLE001 - pydicom / zlib messages can quote header bytes
+        raise ImageRejected("unreadable or truncated DICOM header") from exc
+    frames, pixels, nbytes = _decoded_dicom_bytes(header)
+    if pixels > max_pixels or pixels * frames > max_pixels * DICOM_TOTAL_PIXELS_FACTOR:
+        raise ImageRejected(f"decompression-bomb guard: {frames} frame(s) of {pixels} pixels exceed max_pixels {max_pixels}")
+    budget.take(nbytes, f"DICOM pixel data of {frames} frame(s) x {pixels} pixels")
+    tsyntax = header.file_meta.get("TransferSyntaxUID") if hasattr(header, "file_meta") else None
+    if str(tsyntax or "") == _DEFLATED and not _inflated_size_within(fh, nbytes + _DICOM_HEADER_MAX):
+        raise ImageRejected(f"deflated DICOM inflates beyond its declared pixel data ({_mb(nbytes)}) plus header")
+    _check_decoder(tsyntax)
+    try:
+        fh.seek(0)
+        ds = pydicom.dcmread(fh)
+    except Exception as exc:  # noqa: BLE001
+        raise ImageRejected("unreadable or truncated DICOM") from exc
+    if not any(t in ds for t in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+        raise ImageRejected("DICOM without pixel data (no PixelData element)")
     return ds, frames
+
+
+def _check_decoder(tsyntax) -> None:
+    """Refuse, in plain words, a transfer syntax whose pixel data cannot be decoded here."""
+    if tsyntax is None:
+        return
+    from pydicom.uid import UID
+
+    uid = UID(str(tsyntax))
+    if not uid.is_transfer_syntax:
+        raise ImageRejected("the file's TransferSyntaxUID is not a known DICOM transfer syntax")
+    if not uid.is_compressed:
+        return
+    from pydicom.pixels.decoders.base import get_decoder
+
+    try:
+        decoder = get_decoder(uid)
+    except NotImplementedError as exc:
+        raise ImageRejected(f"no pixel-data decoder for transfer syntax {uid.name!r}") from exc
+    if not decoder.is_available:
+        raise ImageRejected(
+            f"compressed transfer syntax {uid.name!r} cannot be decoded with the installed packages "
+            f"(needs one of: {'; '.join(decoder.missing_dependencies)})"
+        )
 
 
 def _dcm_frame(ds, frame: int) -> np.ndarray:
@@ -348,8 +509,8 @@ def _dcm_frame(ds, frame: int) -> np.ndarray:
 
     try:
         arr = pixel_array(ds, index=frame)
-    except Exception as exc:  # noqa: BLE001
-        raise ImageRejected(f"cannot decode the pixel data (truncated or corrupt?): {type(exc).__name__}: {exc}") from exc
+    except Exception as exc:  # noqa: BLE001 - pydicom's messages can quote header values
+        raise ImageRejected("cannot decode the pixel data (truncated, corrupt, or inconsistent with its header)") from exc
     return arr
 
 
@@ -415,40 +576,45 @@ def _window_output_range(ds) -> tuple[float, float]:
     return min(lo, hi), max(lo, hi)
 
 
+def _dcm_decode(ds, frame: int) -> tuple[np.ndarray, np.ndarray]:
+    """(native frame, float32 (H, W, c) in [0, 1]) through the whole LUT chain, so a bad LUT rejects now."""
+    arr = _dcm_frame(ds, frame)
+    try:
+        return arr, _dcm_to_unit(arr, ds)
+    except Exception as exc:  # noqa: BLE001 - malformed LUT / window values; their message quotes them
+        raise ImageRejected("the DICOM's rescale, window or LUT values are malformed and cannot be applied") from exc
+
+
 def read_dicom_batch(
     batch_dir: Path, spec: TaskSpec, frames: Literal["middle", "all"] = "middle"
 ) -> ImageReadResult:
-    max_pixels = _image_spec(spec).max_pixels
-    labels_present = (batch_dir / LABELS_CSV).exists()
+    channels = _image_spec(spec).channels
+    labels = _read_labels(batch_dir, spec)
     # Without labels.csv, DICOM files without an extension are common: take every file but hidden ones.
-    todo, rejected = _listed_files(batch_dir, spec, DICOM_SUFFIXES if labels_present else None)
+    todo, rejected = _listed_files(batch_dir, spec, DICOM_SUFFIXES if labels is not None else None, labels)
+    patient_from_file = spec.patient_id is None or labels is None or spec.patient_id not in labels.columns
+    budget = DecodedBudget.of(spec)
     rows: list[dict] = []
     for rel, meta in todo:
         try:
-            path = safe_path(batch_dir, rel)
-            ds, n_frames = _dcm_open(path, max_pixels)
+            ds, n_frames = _dcm_open(_image_file(batch_dir, rel, spec), spec, budget)
             wanted = [n_frames // 2] if frames == "middle" else list(range(n_frames))
-            decoded = [(f, _dcm_frame(ds, f)) for f in wanted]
-            for f, arr in decoded:  # decode through the whole chain once so a bad LUT rejects now
-                _dcm_to_unit(arr, ds)
+            decoded = [(f, *_dcm_decode(ds, f)) for f in wanted]
         except ImageRejected as exc:
             rejected.append((rel, str(exc)))
             continue
-        except Exception as exc:  # noqa: BLE001 - malformed LUT / window values
-            rejected.append((rel, f"cannot apply the DICOM LUTs: {type(exc).__name__}: {exc}"))
-            continue
         patient = meta["patient_id"]
-        if patient is None and (spec.patient_id is None or _labels_lack(batch_dir, spec.patient_id)):
+        if patient is None and patient_from_file:
             patient = str(ds.get("PatientID") or "") or None
-        for f, arr in decoded:
+        for f, arr, unit in decoded:
             multi = n_frames > 1
             rows.append(
                 {
                     **meta,
+                    **_pixel_fields(arr, unit, channels),
                     "id": f"{meta['id']}#{f}" if multi and frames == "all" else meta["id"],
                     "patient_id": patient,
                     "source": f"{rel}#{f}" if multi else rel,
-                    "sha256": _sha256(arr),
                     "height": int(arr.shape[0]),
                     "width": int(arr.shape[1]),
                     "channels": int(ds.get("SamplesPerPixel", 1) or 1),
@@ -459,46 +625,39 @@ def read_dicom_batch(
     return ImageReadResult(_frame(rows, spec), rejected)
 
 
-@lru_cache(maxsize=64)
-def _csv_columns(csv: Path, mtime_ns: int) -> tuple[str, ...]:
-    return tuple(pl.read_csv(csv, n_rows=0, infer_schema=False).columns)
-
-
-def _labels_lack(batch_dir: Path, column: str) -> bool:
-    csv = batch_dir / LABELS_CSV
-    if not csv.exists():
-        return True
-    return column not in _csv_columns(csv, csv.stat().st_mtime_ns)
-
-
 # --------------------------------------------------------------------------------------------- npz
 
 
-def _npz_members(path: Path) -> dict[str, int]:
-    """Key -> uncompressed size of every array in the npz, read from the zip directory (nothing inflated)."""
+def _npz_members(fh: BinaryIO) -> dict[str, int]:
+    """Key -> uncompressed size of every array in the npz, read from the zip directory (nothing inflated; a
+    member never inflates beyond the size its directory entry declares)."""
     try:
-        with zipfile.ZipFile(path) as zf:
+        with zipfile.ZipFile(fh) as zf:
             return {info.filename.removesuffix(".npy"): info.file_size for info in zf.infolist()}
     except (zipfile.BadZipFile, OSError, ValueError) as exc:
-        raise ImageRejected(f"not a valid npz (zip) file: {exc}") from exc
+        raise ImageRejected("not a valid npz file (its zip directory cannot be read)") from exc
 
 
-def _check_npz(path: Path, spec: TaskSpec) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
+def _check_npz(path: Path, spec: TaskSpec, budget: DecodedBudget) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
     """Split -> (images, labels or None) after every check; raises ImageRejected for the whole file."""
+    with open(path, "rb") as fh:  # one handle: the members sized are the members loaded
+        return _check_npz_file(fh, spec, budget)
+
+
+def _check_npz_file(fh: BinaryIO, spec: TaskSpec, budget: DecodedBudget) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
     image_spec = _image_spec(spec)
-    members = _npz_members(path)
+    members = _npz_members(fh)
     allowed = {f"{s}_{kind}" for s in NPZ_SPLITS for kind in ("images", "labels")}
     unknown = sorted(set(members) - allowed)
     if unknown:
         raise ImageRejected(f"unexpected keys {unknown}: a MedMNIST npz holds only {sorted(allowed)}")
     if not any(f"{s}_images" in members for s in NPZ_SPLITS):
         raise ImageRejected(f"no train_images / val_images / test_images array (keys: {sorted(members)})")
-    for key, size in members.items():
-        if size > NPZ_MAX_ARRAY_BYTES:
-            raise ImageRejected(f"array {key!r} inflates to {size} bytes > {NPZ_MAX_ARRAY_BYTES} (zip-bomb guard)")
+    budget.take(sum(members.values()), f"the arrays of this npz ({len(members)})")
     out: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
     try:
-        with np.load(path, allow_pickle=False) as npz:
+        fh.seek(0)
+        with np.load(fh, allow_pickle=False) as npz:
             for split in NPZ_SPLITS:
                 if f"{split}_images" not in members:
                     if f"{split}_labels" in members:
@@ -510,9 +669,9 @@ def _check_npz(path: Path, spec: TaskSpec) -> dict[str, tuple[np.ndarray, np.nda
     except ImageRejected:
         raise
     except ValueError as exc:  # object arrays refused by allow_pickle=False land here too
-        raise ImageRejected(f"unreadable npz array (object arrays are refused): {exc}") from exc
+        raise ImageRejected("an npz array cannot be read (object arrays are refused, or its header is malformed)") from exc
     except Exception as exc:  # noqa: BLE001
-        raise ImageRejected(f"unreadable or corrupt npz: {type(exc).__name__}: {exc}") from exc
+        raise ImageRejected("unreadable or corrupt npz (a member does not inflate or is truncated)") from exc
 
     for split, (images, labels) in out.items():
         key = f"{split}_images"
@@ -551,7 +710,7 @@ def _check_npz(path: Path, spec: TaskSpec) -> dict[str, tuple[np.ndarray, np.nda
 def _npz_label(row: np.ndarray, multi_label: bool) -> str:
     if multi_label:
         return "|".join(str(i) for i in np.flatnonzero(row))
-    return str(int(row[0]))
+    return canonical_label(int(row[0]))
 
 
 def multilabel_matrix(labels: list[str | None] | pl.Series, n_labels: int) -> np.ndarray:
@@ -565,16 +724,21 @@ def multilabel_matrix(labels: list[str | None] | pl.Series, n_labels: int) -> np
     return out
 
 
+def _npz_unit(img: np.ndarray) -> np.ndarray:
+    unit = img.astype(np.float32) / 255.0
+    return unit[..., None] if unit.ndim == 2 else unit
+
+
 def read_npz_batch(batch_dir: Path, spec: TaskSpec) -> ImageReadResult:
     image_spec = _image_spec(spec)
+    budget = DecodedBudget.of(spec)
     rows: list[dict] = []
     rejected: list[tuple[str, str]] = []
-    for rel, path in _walk(batch_dir):
+    for rel, _ in _walk(batch_dir):
         if not rel.lower().endswith(".npz"):
             continue
         try:
-            safe_path(batch_dir, rel)
-            arrays = _check_npz(path, spec)
+            arrays = _check_npz(_image_file(batch_dir, rel, spec), spec, budget)
         except ImageRejected as exc:
             rejected.append((rel, str(exc)))
             continue
@@ -584,11 +748,11 @@ def read_npz_batch(batch_dir: Path, spec: TaskSpec) -> ImageReadResult:
             h, w = images.shape[1:3]
             for i in range(images.shape[0]):
                 row = {
+                    **_pixel_fields(images[i], _npz_unit(images[i]), image_spec.channels),
                     "id": f"{stem}_{split}_{i}",
                     "label": None if labels is None else _npz_label(labels[i], image_spec.multi_label),
                     "patient_id": None,
                     "source": f"{rel}#{split}:{i}",
-                    "sha256": _sha256(images[i]),
                     "height": int(h),
                     "width": int(w),
                     "channels": channels,
@@ -602,19 +766,75 @@ def read_npz_batch(batch_dir: Path, spec: TaskSpec) -> ImageReadResult:
 # --------------------------------------------------------------------------------------------- dispatch
 
 
+def _file_kind(batch_dir: Path, rel: str) -> str | None:
+    """The format one landed file belongs to, from its suffix, else the DICM prefix of a DICOM file."""
+    suffix = PurePosixPath(rel).suffix.lower()
+    if suffix == ".npz":
+        return "npz"
+    if suffix in FOLDER_SUFFIXES:
+        return "folder"
+    if suffix in DICOM_SUFFIXES:
+        return "dicom"
+    try:
+        with open(confined_file(batch_dir, rel), "rb") as fh:
+            return "dicom" if fh.read(132)[128:] == b"DICM" else None
+    except (UnsafePath, OSError):
+        return None  # a link or odd file: the format's reader rejects it by name
+
+
+def _found(counts: dict[str, int], has_labels: bool) -> str:
+    names = {"npz": ".npz", "folder": "PNG/JPEG", "dicom": "DICOM"}
+    parts = [f"{n} {names[k]} file{'s' if n != 1 else ''}" for k, n in counts.items() if n]
+    parts.append("a labels.csv" if has_labels else "no labels.csv")
+    return ", ".join(parts[:-1]) + " and " + parts[-1] if len(parts) > 1 else parts[0]
+
+
+def detect_format(batch_dir: Path, declared: str | None = None) -> str:
+    """The format of one landed batch: ``declared`` (the spec's ``image.format``) when what landed matches it,
+    else the one format found; raises :class:`ImageBatchError` naming what was found and what is expected."""
+    counts = dict.fromkeys(FORMATS, 0)
+    for rel, _ in _walk(batch_dir):
+        kind = None if rel == LABELS_CSV else _file_kind(batch_dir, rel)
+        if kind:
+            counts[kind] += 1
+    found = [k for k in FORMATS if counts[k]]
+    has_labels = os.path.lexists(batch_dir / LABELS_CSV)
+    if declared is not None:
+        if found and not counts[declared]:
+            raise ImageBatchError(f"found {_found(counts, has_labels)}; the spec's image.format is {declared!r}, which "
+                                  f"expects {_EXPECTS[declared]}")  # fmt: skip
+        return declared
+    if len(found) > 1:
+        raise ImageBatchError(f"found {_found(counts, has_labels)}: one batch holds one image format (set "
+                              "image.format to choose one, or land each format in its own batch)")  # fmt: skip
+    return found[0] if found else "folder"
+
+
+def source_format(source: str, declared: str | None = None) -> str:
+    """The format a record was read with, from its ``source`` (the spec's ``image.format`` when it says)."""
+    if declared is not None:
+        return declared
+    if _NPZ_SOURCE.match(source):
+        return "npz"
+    return "folder" if PurePosixPath(source).suffix.lower() in FOLDER_SUFFIXES else "dicom"
+
+
+def source_file(source: str, declared: str | None = None) -> str:
+    """The landed file of a record's source (``file.npz#split:i`` / ``file.dcm#frame`` -> the file)."""
+    return source if source_format(source, declared) == "folder" else source.rsplit("#", 1)[0]
+
+
 def read_image_batch(batch_dir: Path, spec: TaskSpec) -> ImageReadResult:
-    """Read one landed batch folder with the reader of ``spec.image.format``."""
+    """Read one landed batch folder with the reader of its format (:func:`detect_format`)."""
     batch_dir = Path(batch_dir)
-    if not batch_dir.is_dir():
-        raise ImageBatchError(f"{batch_dir}: not a folder")
-    fmt = _image_spec(spec).format
+    if not batch_dir.is_dir() or batch_dir.is_symlink():
+        raise ImageBatchError("the batch is not a folder")
+    fmt = detect_format(batch_dir, _image_spec(spec).format)
     if fmt == "folder":
         return read_folder_batch(batch_dir, spec)
     if fmt == "dicom":
         return read_dicom_batch(batch_dir, spec)
-    if fmt == "npz":
-        return read_npz_batch(batch_dir, spec)
-    raise ImageBatchError(f"unknown image format {fmt!r}")
+    return read_npz_batch(batch_dir, spec)
 
 
 def _to_channels(unit: np.ndarray, channels: int) -> np.ndarray:
@@ -629,53 +849,65 @@ def _to_channels(unit: np.ndarray, channels: int) -> np.ndarray:
 
 
 @lru_cache(maxsize=4)
-def _npz_array(path: str, mtime_ns: int, key: str) -> np.ndarray:
-    with np.load(path, allow_pickle=False) as npz:
-        return npz[key]
+def _npz_array(path: str, mtime_ns: int, key: str, max_bytes: float) -> np.ndarray:
+    """One images array of an npz, sized from the zip directory first; kept for the next records of the file."""
+    with open(path, "rb") as fh:
+        members = _npz_members(fh)
+        if key not in members:
+            raise ImageRejected(f"the npz no longer holds {key}")
+        DecodedBudget(max_bytes, max_bytes).take(members[key], f"the npz array {key}")
+        fh.seek(0)
+        with np.load(fh, allow_pickle=False) as npz:
+            return npz[key]
 
 
-def load_pixels(batch_dir: Path, source: str, spec: TaskSpec) -> np.ndarray:
-    """One image as float32 (C, H, W) in [0, 1] after windowing; C = ``spec.image.channels``.
-
-    ``source`` is a record's ``source``. Raises :class:`ImageRejected` if the file no longer reads.
-    """
-    batch_dir = Path(batch_dir)
+def _decode(batch_dir: Path, source: str, spec: TaskSpec) -> tuple[np.ndarray, np.ndarray]:
+    """(native pixels, float32 (H, W, c) in [0, 1]) of one record's source, through every guard of the readers."""
     image_spec = _image_spec(spec)
-    fmt = image_spec.format
+    budget = DecodedBudget.of(spec)
+    fmt = source_format(source, image_spec.format)
     if fmt == "npz":
         m = _NPZ_SOURCE.match(source)
         if not m:
-            raise ImageRejected(f"{source!r} is not an npz source 'file.npz#split:i'")
-        path = safe_path(batch_dir, m["file"])
-        images = _npz_array(str(path), path.stat().st_mtime_ns, f"{m['split']}_images")
-        img = images[int(m["i"])]
-        unit = (img.astype(np.float32) / 255.0)
-        unit = unit[..., None] if unit.ndim == 2 else unit
-        return _to_channels(unit, image_spec.channels)
+            raise ImageRejected("the record's source is not an npz source 'file.npz#split:i'")
+        path = _image_file(batch_dir, m["file"], spec)
+        key = f"{m['split']}_images"
+        images = _npz_array(str(path), path.stat().st_mtime_ns, key, budget.per_file)
+        i = int(m["i"])
+        if i >= len(images):
+            raise ImageRejected(f"the npz's {key} no longer holds image {i}")
+        return images[i], _npz_unit(images[i])
     if fmt == "dicom":
         m = _FRAME_SOURCE.match(source)
         rel, frame = (m["file"], int(m["frame"])) if m else (source, 0)
-        path = safe_path(batch_dir, rel)
-        ds, n_frames = _dcm_open(path, image_spec.max_pixels)
+        ds, n_frames = _dcm_open(_image_file(batch_dir, rel, spec), spec, budget)
         if frame >= n_frames:
-            raise ImageRejected(f"{source}: frame {frame} of a {n_frames}-frame file")
-        return _to_channels(_dcm_to_unit(_dcm_frame(ds, frame), ds), image_spec.channels)
-    path = safe_path(batch_dir, source)
-    return _to_channels(_pil_to_unit(_open_pil(path, image_spec.max_pixels)), image_spec.channels)
+            raise ImageRejected(f"frame {frame} of a {n_frames}-frame file")
+        return _dcm_decode(ds, frame)
+    im = _open_pil(_image_file(batch_dir, source, spec), image_spec.max_pixels, budget)
+    return np.asarray(im), _pil_to_unit(im)
 
 
-def load_pixels_many(batch_dir: Path, sources: list[str], spec: TaskSpec) -> Iterator[np.ndarray]:
-    """:func:`load_pixels` for many sources (npz arrays are loaded once per file and split)."""
-    for source in sources:
-        yield load_pixels(batch_dir, source, spec)
+def load_pixels(batch_dir: Path, source: str, spec: TaskSpec, sha256: str | None = None) -> np.ndarray:
+    """One image as float32 (C, H, W) in [0, 1] after windowing; C = ``spec.image.channels``.
+
+    ``source`` is a record's ``source``; ``sha256`` its pixel hash recorded at ingestion. Raises
+    :class:`ImageRejected` if the file no longer reads, or if its pixels are not the ones that hash names (the
+    file was replaced after it was validated: those pixels were never validated).
+    """
+    native, unit = _decode(Path(batch_dir), source, spec)
+    if sha256 is not None and _sha256(native) != sha256:
+        raise ImageRejected("the pixels differ from those validated at ingestion (the file changed since)")
+    return _to_channels(unit, _image_spec(spec).channels)
 
 
 __all__ = [
     "ImageBatchError",
     "ImageReadResult",
     "ImageRejected",
+    "DecodedBudget",
+    "detect_format",
     "load_pixels",
-    "load_pixels_many",
     "multilabel_matrix",
     "read_dicom_batch",
     "read_folder_batch",
@@ -683,4 +915,6 @@ __all__ = [
     "read_npz_batch",
     "records_schema",
     "safe_path",
+    "source_file",
+    "source_format",
 ]

@@ -13,7 +13,10 @@ Decoding is checked by the readers (an unreadable file never becomes a record). 
     DICOM: 8 to 16 bits stored;
   - ``image_constant``  the decoded intensities (after windowing, in [0, 1]) span less than one grey level
     (``MIN_INTENSITY_RANGE``): a blank or saturated frame;
-  - ``duplicate_images_across_splits`` (leakage): the same pixels (sha256) labelled in two of train / val / test;
+  - ``duplicate_images_across_splits`` (leakage): the same pixels (sha256) labelled in two of train / val / test
+    because of the pipeline's split. Copies across a dataset's own split (a MedMNIST npz whose val / test images
+    also appear in its train split) are not ours to fix: they are counted (:func:`split_copy_counts`), marked
+    (:func:`mark_copies_of_train`) and warned about, never quarantined;
   - ``duplicate_images_conflicting_labels``: the same pixels twice in one split with different labels;
   - ``ids_unique_across_batches``: ids already ingested from an earlier batch (a re-export).
 
@@ -31,6 +34,8 @@ from typing import TYPE_CHECKING
 import polars as pl
 
 from meddiag_pipelines.features.split import SPLIT_COLUMN, SPLITS, assign_split
+from meddiag_pipelines.imaging.readers import INTENSITY_MAX, INTENSITY_MIN, source_format
+from meddiag_pipelines.ingestion.landing import INTERNAL_PREFIX
 from meddiag_pipelines.specs import TaskSpec
 from meddiag_pipelines.validation.suites import CheckFailure, identifier_columns, record_expectations, run_suite
 
@@ -38,9 +43,8 @@ if TYPE_CHECKING:
     import great_expectations.expectations as gxe
 
 PREDEFINED_SPLIT = "predefined_split"
-# Columns the image reader wrapper adds: intensity range of the decoded image (after windowing, in [0, 1]).
-INTENSITY_MIN = "intensity_min"
-INTENSITY_MAX = "intensity_max"
+# A val / test record of a dataset's own split (MedMNIST npz) whose pixels are also in its own train split.
+COPY_OF_TRAIN_COLUMN = f"{INTERNAL_PREFIX}copy_of_train"
 MIN_INTENSITY_RANGE = 1.0 / 512  # less than one 8-bit grey level between darkest and brightest pixel
 IMAGE_COLUMNS = ("sha256", "height", "width", "channels", "bit_depth")
 FOLDER_BIT_DEPTHS = (8, 16)
@@ -84,23 +88,9 @@ def image_property_failures(frame: pl.DataFrame, spec: TaskSpec) -> list[CheckFa
         return [CheckFailure("image_columns", None, f"image columns missing: {missing}")]
     failures = _count_failure(frame, pl.col("channels") != image.channels, "image_channels", "channels",
                               f"have another number of channels than the spec's {image.channels}")  # fmt: skip
-    size = image.size
-    if image.format == "npz":
-        failures += _count_failure(frame, (pl.col("height") != size) | (pl.col("width") != size), "image_size", "height",
-                                   f"are not {size} x {size} px as the spec expects")  # fmt: skip
-    else:
-        failures += _count_failure(frame, pl.min_horizontal("height", "width") < size, "image_size", "height",
-                                   f"are smaller than the spec's {size} px on a side (they would be up-sampled)")  # fmt: skip
-    if image.format == "dicom":
-        low, high = DICOM_BIT_DEPTHS
-        bad_depth = ~pl.col("bit_depth").is_between(low, high)
-        allowed = f"{low} to {high} bits stored"
-    else:
-        depths = [8] if image.format == "npz" else list(FOLDER_BIT_DEPTHS)
-        bad_depth = ~pl.col("bit_depth").is_in(depths)
-        allowed = " or ".join(str(d) for d in depths) + " bits"
-    failures += _count_failure(frame, bad_depth.fill_null(True), "image_bit_depth", "bit_depth",
-                               f"have a bit depth other than {allowed}")  # fmt: skip
+    formats = _formats(frame, spec)
+    for fmt in formats.unique().sort().to_list():  # a task without image.format may hold batches of each format
+        failures += _format_failures(frame.filter(formats == fmt), spec, fmt)
     if INTENSITY_MIN in frame.columns and INTENSITY_MAX in frame.columns:
         spread = pl.col(INTENSITY_MAX) - pl.col(INTENSITY_MIN)
         failures += _count_failure(frame, spread.fill_null(0.0) < MIN_INTENSITY_RANGE, "image_constant", INTENSITY_MAX,
@@ -108,15 +98,55 @@ def image_property_failures(frame: pl.DataFrame, spec: TaskSpec) -> list[CheckFa
     return failures
 
 
+def _formats(frame: pl.DataFrame, spec: TaskSpec) -> pl.Series:
+    """The format each record was read with (the spec's, or the one detected for its batch)."""
+    declared = spec.image.format if spec.image else None
+    sources = frame["source"].to_list() if "source" in frame.columns else [""] * frame.height
+    return pl.Series("format", [source_format(s or "", declared) for s in sources], dtype=pl.String)
+
+
+def _format_failures(frame: pl.DataFrame, spec: TaskSpec, fmt: str) -> list[CheckFailure]:
+    """Size and bit depth of the records of one format."""
+    size = spec.image.size
+    if fmt == "npz":
+        failures = _count_failure(frame, (pl.col("height") != size) | (pl.col("width") != size), "image_size", "height",
+                                  f"are not {size} x {size} px as the spec expects")  # fmt: skip
+    else:
+        failures = _count_failure(frame, pl.min_horizontal("height", "width") < size, "image_size", "height",
+                                  f"are smaller than the spec's {size} px on a side (they would be up-sampled)")  # fmt: skip
+    if fmt == "dicom":
+        low, high = DICOM_BIT_DEPTHS
+        bad_depth = ~pl.col("bit_depth").is_between(low, high)
+        allowed = f"{low} to {high} bits stored"
+    else:
+        depths = [8] if fmt == "npz" else list(FOLDER_BIT_DEPTHS)
+        bad_depth = ~pl.col("bit_depth").is_in(depths)
+        allowed = " or ".join(str(d) for d in depths) + " bits"
+    failures += _count_failure(frame, bad_depth.fill_null(True), "image_bit_depth", "bit_depth",
+                               f"have a bit depth other than {allowed}")  # fmt: skip
+    return failures
+
+
 def _duplicate_groups(frame: pl.DataFrame, spec: TaskSpec) -> pl.DataFrame:
-    """One row per sha256 seen on more than one labelled record: how many, in how many splits, how many labels."""
+    """One row per sha256 seen on more than one labelled record: how many, in how many splits, how many labels,
+    and ``ours``: whether copies are in more than one split because of the pipeline (its hash split, or two files
+    each with its own split). Copies across ONE dataset file's own split are its authors', reported, not blocked."""
     labelled = image_split(frame, spec).filter(pl.col(SPLIT_COLUMN) != "score")
-    return (
-        labelled.group_by("sha256")
+    official = (pl.col(PREDEFINED_SPLIT).is_in(list(SPLITS)) if PREDEFINED_SPLIT in labelled.columns
+                else pl.lit(False)).fill_null(False)  # fmt: skip
+    source_file = pl.col("source").str.replace(r"#[^#]*$", "") if "source" in labelled.columns else pl.lit("")
+    groups = (
+        labelled.with_columns(official.alias("_official"), source_file.alias("_file"))
+        .group_by("sha256")
         .agg(pl.len().alias("n"), pl.col(SPLIT_COLUMN).n_unique().alias("n_splits"),
-             pl.col(spec.label).n_unique().alias("n_labels"))  # fmt: skip
+             pl.col(SPLIT_COLUMN).filter(pl.col("_official")).n_unique().alias("n_official_splits"),
+             pl.col("_file").filter(pl.col("_official")).n_unique().alias("n_official_files"),
+             (~pl.col("_official")).any().alias("has_ours"), pl.col(spec.label).n_unique().alias("n_labels"))  # fmt: skip
         .filter(pl.col("n") > 1)
     )
+    ours = (pl.col("n_splits") > 1) & ((pl.col("n_official_files") > 1)
+                                       | (pl.col("has_ours") & (pl.col("n_splits") > pl.col("n_official_splits"))))  # fmt: skip
+    return groups.with_columns(ours.alias("ours"))
 
 
 def _can_split(frame: pl.DataFrame, spec: TaskSpec) -> bool:
@@ -129,7 +159,7 @@ def duplicate_failures(frame: pl.DataFrame, spec: TaskSpec) -> list[CheckFailure
         return []
     groups = _duplicate_groups(frame, spec)
     failures = []
-    across = groups.filter(pl.col("n_splits") > 1)
+    across = groups.filter(pl.col("ours"))
     if not across.is_empty():
         failures.append(CheckFailure(
             "duplicate_images_across_splits", "sha256", f"{across.height} images appear (identical pixels) in more "
@@ -146,11 +176,39 @@ def duplicate_warnings(frame: pl.DataFrame, spec: TaskSpec) -> list[CheckFailure
     """Identical images within one split with the same label: not leakage, but worth a look."""
     if not _can_split(frame, spec):
         return []
-    same = _duplicate_groups(frame, spec).filter((pl.col("n_splits") == 1) & (pl.col("n_labels") == 1))
-    if same.is_empty():
-        return []
-    return [CheckFailure("duplicate_images_within_split", "sha256", f"{same.height} images appear more than once "
-                         f"within one split ({int(same['n'].sum())} records)", same.height)]  # fmt: skip
+    groups = _duplicate_groups(frame, spec)
+    same = groups.filter((pl.col("n_splits") == 1) & (pl.col("n_labels") == 1))
+    warnings = []
+    if not same.is_empty():
+        warnings.append(CheckFailure("duplicate_images_within_split", "sha256", f"{same.height} images appear more "
+                                     f"than once within one split ({int(same['n'].sum())} records)", same.height))  # fmt: skip
+    official = groups.filter((pl.col("n_splits") > 1) & ~pl.col("ours"))
+    if not official.is_empty():
+        counts = ", ".join(f"{k.replace('_', ' ')}: {v}" for k, v in split_copy_counts(image_split(frame, spec)).items())
+        warnings.append(CheckFailure("duplicate_images_across_official_splits", "sha256", f"{official.height} images "
+                                     f"appear in more than one split of the dataset's own split ({counts}); kept, and "
+                                     "evaluated with and without the copies", official.height))  # fmt: skip
+    return warnings
+
+
+_SPLIT_PAIRS = (("val", "train"), ("test", "train"), ("test", "val"))
+
+
+def split_copy_counts(split_frame: pl.DataFrame) -> dict[str, int]:
+    """Per pair of splits, how many records of the later split have the pixels (sha256) of a record of the
+    earlier one: ``{"val_in_train": n, "test_in_train": n, "test_in_val": n}``."""
+    hashes = {s: split_frame.filter(pl.col(SPLIT_COLUMN) == s)["sha256"] for s in SPLITS}
+    return {f"{later}_in_{earlier}": int(hashes[later].is_in(hashes[earlier].unique().implode()).sum())
+            for later, earlier in _SPLIT_PAIRS}  # fmt: skip
+
+
+def mark_copies_of_train(split_frame: pl.DataFrame) -> pl.DataFrame:
+    """The split frame with :data:`COPY_OF_TRAIN_COLUMN`: True on a val / test record whose pixels are also on a
+    train record (after validation only a dataset's own split can leave such copies). The evaluation gives test
+    metrics without them by filtering the test rows on ``~COPY_OF_TRAIN_COLUMN``."""
+    train = split_frame.filter(pl.col(SPLIT_COLUMN) == "train")["sha256"].unique().implode()
+    copy = pl.col(SPLIT_COLUMN).is_in(["val", "test"]) & pl.col("sha256").is_in(train)
+    return split_frame.with_columns(copy.fill_null(False).alias(COPY_OF_TRAIN_COLUMN))
 
 
 def image_failures(frame: pl.DataFrame, spec: TaskSpec, name: str | None = None) -> list[CheckFailure]:
@@ -178,7 +236,7 @@ def validate_images(frame: pl.DataFrame, spec: TaskSpec, known_ids: set[str] | N
         shared = [c for c in frame.columns if c in earlier.columns]
         both = pl.concat([earlier.select(shared), frame.select(shared)], how="vertical_relaxed")
         new_hashes = frame["sha256"].drop_nulls().unique().to_list()
-        groups = _duplicate_groups(both, spec).filter((pl.col("n_splits") > 1) & pl.col("sha256").is_in(new_hashes))
+        groups = _duplicate_groups(both, spec).filter(pl.col("ours") & pl.col("sha256").is_in(new_hashes))
         if not groups.is_empty() and not any(f.expectation == "duplicate_images_across_splits" for f in failures):
             failures.append(CheckFailure(
                 "duplicate_images_across_splits", "sha256", f"{groups.height} images of this batch are already in "
@@ -186,5 +244,5 @@ def validate_images(frame: pl.DataFrame, spec: TaskSpec, known_ids: set[str] | N
     return failures
 
 
-__all__ = ["duplicate_failures", "duplicate_warnings", "image_expectations", "image_failures",
-           "image_property_failures", "image_split", "validate_images"]  # fmt: skip
+__all__ = ["COPY_OF_TRAIN_COLUMN", "duplicate_failures", "duplicate_warnings", "image_expectations", "image_failures",
+           "image_property_failures", "image_split", "mark_copies_of_train", "split_copy_counts", "validate_images"]  # fmt: skip
