@@ -19,7 +19,8 @@ from meddiag_pipelines import __version__
 from meddiag_pipelines.atomic import atomic_write, atomic_write_bytes, atomic_write_json, publish_dir, staging_dir
 from meddiag_pipelines.defs.resources import MeddiagStorage
 import meddiag_pipelines.evaluation as evaluator  # its modules load on first use
-from meddiag_pipelines.features.split import SPLIT_COLUMN, SPLITS, assign_split, check_split
+from meddiag_pipelines.features.split import (CONTENT_COLUMN, SPLIT_COLUMN, SPLITS, assign_split, check_split,
+                                              content_keys, duplicate_contents)
 from meddiag_pipelines.ingestion.batches import IngestSummary, ValidationSummary, Validator, reconcile, validate_pending_batches
 from meddiag_pipelines.ingestion.landing import BATCH_COLUMN
 from meddiag_pipelines.registry.promotion import Decision, decide
@@ -174,14 +175,22 @@ def build_split_asset(spec: TaskSpec, upstream, tags: dict) -> list:
     name = spec.name
 
     @dg.asset(key=[name, "split"], io_manager_key="warehouse_io_manager", kinds={"polars"}, pool=pool(spec),
-              description=f"{name}: train / val / test by a stable hash of "
-              f"{spec.patient_id or spec.id}; unlabelled rows are 'score'.", **tags)  # fmt: skip
-    def split(validated_records: pl.DataFrame) -> dg.Output:
-        frame = assign_split(validated_records, spec)
+              description=f"{name}: train / val / test by a stable hash of {spec.patient_id or spec.id}, "
+              "with identical content (normalised text, identical feature rows) kept in one split; unlabelled "
+              "rows are 'score'.", **tags)  # fmt: skip
+    def split(context: dg.AssetExecutionContext, validated_records: pl.DataFrame) -> dg.Output:
+        keys = content_keys(validated_records, spec)
+        frame = validated_records if keys is None else validated_records.with_columns(keys.alias(CONTENT_COLUMN))
+        frame = assign_split(frame, spec, content_key=CONTENT_COLUMN if keys is not None else None)
+        duplicates = duplicate_contents(frame, spec, CONTENT_COLUMN) if keys is not None else {}
+        if duplicates.get("conflicting_label_contents"):
+            context.log.warning(f"{name}: {duplicates['conflicting_label_contents']} contents appear with more than "
+                                f"one label ({duplicates['conflicting_label_rows']} rows); kept, in one split each")  # fmt: skip
+        frame = frame.drop(CONTENT_COLUMN, strict=False)
         table = check_split(frame, spec)
         rows = [{"split": s, **{str(k): v for k, v in sorted(table[s].items())}} for s in SPLITS]
         counts = {f"n_{s}": int(frame.filter(pl.col(SPLIT_COLUMN) == s).height) for s in (*SPLITS, "score")}
-        return dg.Output(frame, metadata={**counts, "by_class": dg.MetadataValue.md(markdown_table(rows))})
+        return dg.Output(frame, metadata={**counts, **duplicates, "by_class": dg.MetadataValue.md(markdown_table(rows))})
 
     return [split]
 
