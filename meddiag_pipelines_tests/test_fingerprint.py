@@ -72,6 +72,7 @@ def test_an_unchanged_rerun_publishes_nothing_and_a_changed_spec_retrains(synthe
 
     cases = synthetic_records(5, seed=2, start=400).with_columns(pl.lit(None, pl.String).alias("outcome"))
     land(layout, task, "batch_0002", cases)  # cases to score only: no new training data
+    (layout.root / "models" / task / "champion.json").unlink()  # as if the first run died before writing it
     again = _run(synthetic_spec.model_copy(update={"description": "reworded"}), layout)
     assert not again["published"] and not again["promoted"]
     assert f"no new data, spec or code since version {champion}" in again["reasons"]

@@ -360,6 +360,9 @@ def build_model_lifecycle_assets(spec: TaskSpec, tags: dict, split_asset: list, 
         if same is not None and evaluation.get("model_version") == version:
             registry.discard_staged(name, version)  # a copy of `same`: never a second, identical version
             reason = f"no new data, spec or code since version {same}: nothing published"
+            if pointer is None and registry.manifest(name, same)["decision"].get("promote"):
+                # `same` won but its run died before champion.json was written: finish that promotion.
+                pointer = registry.set_champion(name, same, f"promoted when published; {reason}")
             context.log.info(f"{name} {version}: {reason}")
             context.add_output_metadata({"candidate": version, "published": False, "promoted": False,
                                          "champion": pointer["version"] if pointer else "none",
