@@ -67,8 +67,8 @@ def test_null_codes_and_types_survive_the_plan(heart_spec):
 # -- copies cannot leak: identical content shares a split with its patients ---------------------------------------
 from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
 
-from meddiag_pipelines.features.split import (CONTENT_COLUMN, content_keys, duplicate_contents,  # noqa: E402
-                                              normalised_text_sha256)  # fmt: skip
+from meddiag_pipelines.features.split import CONTENT_COLUMN, content_keys, duplicate_contents  # noqa: E402
+from meddiag_pipelines.specs import TaskSpec  # noqa: E402
 
 _rows = st.lists(st.tuples(st.integers(0, 15), st.integers(0, 15), st.sampled_from(["no", "yes", None])),
                  min_size=1, max_size=60)  # fmt: skip
@@ -117,11 +117,11 @@ def test_identical_feature_rows_share_a_split_and_conflicting_labels_are_counted
                       "conflicting_label_rows": 80, "contents_across_splits": 0}  # fmt: skip
 
 
-def test_texts_differing_in_case_blanks_and_width_are_one_content():
-    assert normalised_text_sha256("Chest  PAIN\n at rest ") == normalised_text_sha256("chest pain at rest")
-    assert normalised_text_sha256("ｃｈｅｓｔ pain") == normalised_text_sha256("chest pain")
-    assert normalised_text_sha256("chest pain") != normalised_text_sha256("chest pains")
-    assert normalised_text_sha256("  ") is None
+def test_texts_differing_in_case_and_blanks_are_one_content():
+    spec = TaskSpec(name="notes", modality="text", text="note", label="y", id="nid")
+    frame = pl.DataFrame({"note": ["Chest  PAIN\n at rest ", "chest pain at rest", "chest pains", "  ", None]})
+    keys = content_keys(frame, spec).to_list()
+    assert keys[0] == keys[1] and keys[2] != keys[0] and keys[3:] == [None, None]  # blank texts link nothing
 
 
 def test_a_predefined_split_is_kept_and_copies_outside_it_follow_it(synthetic_spec):
@@ -130,3 +130,21 @@ def test_a_predefined_split_is_kept_and_copies_outside_it_follow_it(synthetic_sp
                           "predefined_split": ["train", "test", "val", None]})  # fmt: skip
     split = assign_split(frame, synthetic_spec, content_key=CONTENT_COLUMN, predefined="predefined_split")
     assert split[SPLIT_COLUMN].to_list() == ["train", "test", "val", "val"]
+
+
+def test_the_split_asset_groups_copied_rows_and_reports_conflicting_labels(synthetic_spec):
+    import dagster as dg
+
+    from meddiag_pipelines.defs.common import asset_tags, build_split_asset
+
+    frame = synthetic_records(300, seed=8)
+    copies = frame.head(30).with_columns(("copy" + pl.col("rid")).alias("rid"), ("other" + pl.col("pid")).alias("pid"),
+                                         pl.when(pl.col("rid").is_in(["r0", "r1"]))
+                                         .then(pl.when(pl.col("outcome") == "yes").then(pl.lit("no")).otherwise(pl.lit("yes")))
+                                         .otherwise(pl.col("outcome")).alias("outcome"))  # fmt: skip
+    [split] = build_split_asset(synthetic_spec, None, asset_tags(synthetic_spec))
+    out = split(dg.build_asset_context(), pl.concat([frame, copies]))
+    assert CONTENT_COLUMN not in out.value.columns
+    assert out.value.tail(30)[SPLIT_COLUMN].to_list() == out.value.head(30)[SPLIT_COLUMN].to_list()
+    meta = {k: v.value if hasattr(v, "value") else v for k, v in out.metadata.items()}
+    assert (meta["duplicate_contents"], meta["conflicting_label_contents"], meta["contents_across_splits"]) == (30, 2, 0)

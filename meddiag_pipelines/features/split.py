@@ -12,8 +12,6 @@ kept. Rows without a label are cases to score: their split is ``score`` and they
 from __future__ import annotations
 
 import hashlib
-import re
-import unicodedata
 
 import numpy as np
 import polars as pl
@@ -26,7 +24,6 @@ SPLIT_COLUMN = f"{INTERNAL_PREFIX}split"
 CONTENT_COLUMN = f"{INTERNAL_PREFIX}content"  # the content key while the split is assigned (not kept)
 SPLITS = ("train", "val", "test")
 IMAGE_CONTENT = "sha256"  # the pixel hash the image readers compute
-_BLANKS = re.compile(r"\s+")
 
 
 class SplitError(ValueError):
@@ -40,15 +37,6 @@ def unit_hash(key: str, salt: str) -> float:
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
-def normalised_text_sha256(text: str | None) -> str | None:
-    """Content key of a text: NFKC, case-folded, blanks collapsed, then SHA-256 (None for an empty text).
-    Stands in for the text module's ``text_content_key`` until that lands."""
-    if text is None:
-        return None
-    folded = _BLANKS.sub(" ", unicodedata.normalize("NFKC", text).casefold()).strip()
-    return hashlib.sha256(folded.encode("utf-8")).hexdigest() if folded else None
-
-
 def row_content_key(frame: pl.DataFrame, columns: list[str]) -> pl.Series:
     """Equal for rows whose values in ``columns`` are identical (a copied feature row); null for a row with
     no value at all. Only compared within one frame, so polars' hash is enough here."""
@@ -59,12 +47,13 @@ def row_content_key(frame: pl.DataFrame, columns: list[str]) -> pl.Series:
 
 
 def content_keys(frame: pl.DataFrame, spec: TaskSpec) -> pl.Series | None:
-    """The content key of each row for its modality: text = normalised text hash, image = pixel hash,
+    """The content key of each row for its modality: text = the text, case and blanks folded, image = pixel hash,
     tabular = the feature values of the row. None when the frame lacks what the key is made of."""
     if spec.modality == "text":
-        if spec.text not in frame.columns:
-            return None
-        return frame[spec.text].cast(pl.String).map_elements(normalised_text_sha256, return_dtype=pl.String)
+        # The equivalence the blocking texts_unique_across_splits check uses (imported here: it imports this module).
+        from meddiag_pipelines.validation.texts import normalised_text
+
+        return frame.select(normalised_text(spec.text).replace("", None)).to_series() if spec.text in frame.columns else None
     if spec.modality == "image":
         return frame[IMAGE_CONTENT] if IMAGE_CONTENT in frame.columns else None
     return row_content_key(frame, feature_columns(spec, frame.columns))
