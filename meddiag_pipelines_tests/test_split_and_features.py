@@ -148,3 +148,9 @@ def test_the_split_asset_groups_copied_rows_and_reports_conflicting_labels(synth
     assert out.value.tail(30)[SPLIT_COLUMN].to_list() == out.value.head(30)[SPLIT_COLUMN].to_list()
     meta = {k: v.value if hasattr(v, "value") else v for k, v in out.metadata.items()}
     assert (meta["duplicate_contents"], meta["conflicting_label_contents"], meta["contents_across_splits"]) == (30, 2, 0)
+
+
+def test_records_without_a_patient_id_are_not_one_patient(synthetic_spec):
+    frame = synthetic_records(300, seed=9).with_columns(pl.lit(None, pl.String).alias("pid"))
+    split = assign_split(frame, synthetic_spec)
+    assert split[SPLIT_COLUMN].n_unique() == 3

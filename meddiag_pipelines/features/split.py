@@ -24,6 +24,7 @@ SPLIT_COLUMN = f"{INTERNAL_PREFIX}split"
 CONTENT_COLUMN = f"{INTERNAL_PREFIX}content"  # the content key while the split is assigned (not kept)
 SPLITS = ("train", "val", "test")
 IMAGE_CONTENT = "sha256"  # the pixel hash the image readers compute
+NO_PATIENT = "\0record:"  # key prefix of a row without a patient id (no real id holds a NUL)
 
 
 class SplitError(ValueError):
@@ -61,7 +62,7 @@ def content_keys(frame: pl.DataFrame, spec: TaskSpec) -> pl.Series | None:
 
 def component_roots(keys: pl.Series, contents: pl.Series | None, linked: pl.Series) -> pl.Series:
     """For each row, the smallest key of its connected component over (key, content); only rows where
-    ``linked`` is true join contents. All-null keys form one node, as in the unit hash of ``None``."""
+    ``linked`` is true join contents. Null keys (only where the id is null too) form one node."""
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 
@@ -80,15 +81,23 @@ def component_roots(keys: pl.Series, contents: pl.Series | None, linked: pl.Seri
     return frame.with_columns(pl.Series("_comp", labels[codes])).select(pl.col("k").min().over("_comp")).to_series()
 
 
+def _group_keys(records: pl.DataFrame, spec: TaskSpec) -> pl.Series:
+    """The patient key of each row; a row without a patient id stands alone under its record id (one patient
+    per missing id, rather than one patient for all of them)."""
+    keys = records[spec.patient_id or spec.id].cast(pl.String)
+    if spec.patient_id and spec.id in records.columns:
+        keys = keys.fill_null(NO_PATIENT + records[spec.id].cast(pl.String))
+    return keys
+
+
 def assign_split(records: pl.DataFrame, spec: TaskSpec, content_key: str | None = None,
                  predefined: str | None = None) -> pl.DataFrame:  # fmt: skip
     """``content_key``: a column whose equal values are copies of one content (see :func:`content_keys`);
     ``predefined``: a column holding the data's own split (``train`` / ``val`` / ``test``), kept where set;
     labelled rows without one that share a component with such rows take the first of those splits."""
-    group = spec.patient_id or spec.id
     labelled = records[spec.label].is_not_null()
     contents = records[content_key] if content_key else None
-    roots = component_roots(records[group], contents, labelled).rename("_key")
+    roots = component_roots(_group_keys(records, spec), contents, labelled).rename("_key")
     keys = roots.unique().to_frame()
     keys = keys.with_columns(
         pl.Series("_u", [unit_hash(k, spec.split.salt) for k in keys["_key"].to_list()], dtype=pl.Float64)
