@@ -140,3 +140,18 @@ def test_unusable_sources_are_refused_with_a_reason(tmp_path, capsys):
     assert draft.run(parser.parse_args(["Bad-Name", str(tmp_path / "empty")])) == 2
     err = capsys.readouterr().err
     assert "no CSV, Parquet" in err and "lower-case" in err
+
+
+def test_dicom_folder_with_labels(tmp_path, capsys):
+    import shutil
+
+    from pydicom.data import get_testdata_file
+
+    source = tmp_path / "batch"
+    source.mkdir()
+    for name in ("CT_small.dcm", "MR_small.dcm"):
+        shutil.copy(get_testdata_file(name), source / name)
+    pl.DataFrame({"file": ["CT_small.dcm", "MR_small.dcm"], "label": ["0", "1"], "id": ["a", "b"]}).write_csv(source / "labels.csv")
+    spec, _ = init(tmp_path, "dicom", source, capsys)
+    assert spec["modality"] == "image" and spec["label"] == "label" and spec["positive"] == "1"
+    assert spec["image"] == {"format": "dicom", "file_column": "file", "size": 64, "channels": 1}
