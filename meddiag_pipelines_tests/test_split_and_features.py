@@ -62,3 +62,95 @@ def test_null_codes_and_types_survive_the_plan(heart_spec):
     plan = fit_plan(frame, heart_spec)
     out = transform(frame, plan)
     assert not out.select(pl.all().is_nan().any()).row(0)[0] and out.null_count().sum_horizontal()[0] == 0
+
+
+# -- copies cannot leak: identical content shares a split with its patients ---------------------------------------
+from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
+
+from meddiag_pipelines.features.split import CONTENT_COLUMN, content_keys, duplicate_contents  # noqa: E402
+from meddiag_pipelines.specs import TaskSpec  # noqa: E402
+
+_rows = st.lists(st.tuples(st.integers(0, 15), st.integers(0, 15), st.sampled_from(["no", "yes", None])),
+                 min_size=1, max_size=60)  # fmt: skip
+
+
+def _frame(rows: list[tuple], prefix: str) -> pl.DataFrame:
+    """Records of a few patients and contents (many shared), ids unique."""
+    return pl.DataFrame({"rid": [f"{prefix}{i}" for i in range(len(rows))], "pid": [f"{prefix}p{p}" for p, _, _ in rows],
+                         CONTENT_COLUMN: [f"{prefix}c{c}" for _, c, _ in rows], "outcome": [y for _, _, y in rows]},
+                        schema_overrides={"outcome": pl.String})  # fmt: skip
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])  # spec is read-only
+@given(first=_rows, added=_rows)
+def test_no_content_and_no_patient_in_two_splits_and_added_batches_move_nothing(synthetic_spec, first, added):
+    before = assign_split(_frame(first, "a"), synthetic_spec, content_key=CONTENT_COLUMN)
+    labelled = before.filter(pl.col(SPLIT_COLUMN) != "score")
+    for key in ("pid", CONTENT_COLUMN):
+        assert labelled.group_by(key).agg(pl.col(SPLIT_COLUMN).n_unique())[SPLIT_COLUMN].max() in (None, 1)
+    assert before.filter(pl.col("outcome").is_null())[SPLIT_COLUMN].to_list() == ["score"] * before["outcome"].null_count()
+    both = assign_split(pl.concat([_frame(first, "a"), _frame(added, "b")]), synthetic_spec, content_key=CONTENT_COLUMN)
+    assert both.head(before.height)[SPLIT_COLUMN].to_list() == before[SPLIT_COLUMN].to_list()
+
+
+def test_a_patient_without_copies_keeps_the_split_of_its_own_key(synthetic_spec):
+    frame = synthetic_records(400, seed=6)
+    plain = assign_split(frame, synthetic_spec)
+    grouped = assign_split(frame.with_columns(content_keys(frame, synthetic_spec).alias(CONTENT_COLUMN)), synthetic_spec,
+                           content_key=CONTENT_COLUMN)  # fmt: skip
+    assert grouped[SPLIT_COLUMN].to_list() == plain[SPLIT_COLUMN].to_list()
+
+
+def test_identical_feature_rows_share_a_split_and_conflicting_labels_are_counted(synthetic_spec):
+    frame = synthetic_records(300, seed=7)
+    copies = frame.head(40).with_columns(("copy" + pl.col("rid")).alias("rid"), ("other" + pl.col("pid")).alias("pid"),
+                                         pl.when(pl.col("outcome") == "yes").then(pl.lit("no")).otherwise(pl.lit("yes"))
+                                         .alias("outcome"))  # fmt: skip
+    frame = pl.concat([frame, copies])
+    keys = content_keys(frame, synthetic_spec)
+    split = assign_split(frame.with_columns(keys.alias(CONTENT_COLUMN)), synthetic_spec, content_key=CONTENT_COLUMN)
+    originals = split.head(40)[SPLIT_COLUMN].to_list()
+    assert split.tail(40)[SPLIT_COLUMN].to_list() == originals
+    assert len(set(originals)) > 1  # copies moved with their originals, not all into one split
+    counts = duplicate_contents(split, synthetic_spec, CONTENT_COLUMN)
+    assert counts == {"duplicate_contents": 40, "duplicate_rows": 80, "conflicting_label_contents": 40,
+                      "conflicting_label_rows": 80, "contents_across_splits": 0}  # fmt: skip
+
+
+def test_texts_differing_in_case_and_blanks_are_one_content():
+    spec = TaskSpec(name="notes", modality="text", text="note", label="y", id="nid")
+    frame = pl.DataFrame({"note": ["Chest  PAIN\n at rest ", "chest pain at rest", "chest pains", "  ", None]})
+    keys = content_keys(frame, spec).to_list()
+    assert keys[0] == keys[1] and keys[2] != keys[0] and keys[3:] == [None, None]  # blank texts link nothing
+
+
+def test_a_predefined_split_is_kept_and_copies_outside_it_follow_it(synthetic_spec):
+    frame = pl.DataFrame({"rid": ["n0", "n1", "n2", "f0"], "pid": ["n0", "n1", "n2", "f0"],
+                          CONTENT_COLUMN: ["x", "x", "y", "y"], "outcome": ["no", "yes", "no", "yes"],
+                          "predefined_split": ["train", "test", "val", None]})  # fmt: skip
+    split = assign_split(frame, synthetic_spec, content_key=CONTENT_COLUMN, predefined="predefined_split")
+    assert split[SPLIT_COLUMN].to_list() == ["train", "test", "val", "val"]
+
+
+def test_the_split_asset_groups_copied_rows_and_reports_conflicting_labels(synthetic_spec):
+    import dagster as dg
+
+    from meddiag_pipelines.defs.common import asset_tags, build_split_asset
+
+    frame = synthetic_records(300, seed=8)
+    copies = frame.head(30).with_columns(("copy" + pl.col("rid")).alias("rid"), ("other" + pl.col("pid")).alias("pid"),
+                                         pl.when(pl.col("rid").is_in(["r0", "r1"]))
+                                         .then(pl.when(pl.col("outcome") == "yes").then(pl.lit("no")).otherwise(pl.lit("yes")))
+                                         .otherwise(pl.col("outcome")).alias("outcome"))  # fmt: skip
+    [split] = build_split_asset(synthetic_spec, None, asset_tags(synthetic_spec))
+    out = split(dg.build_asset_context(), pl.concat([frame, copies]))
+    assert CONTENT_COLUMN not in out.value.columns
+    assert out.value.tail(30)[SPLIT_COLUMN].to_list() == out.value.head(30)[SPLIT_COLUMN].to_list()
+    meta = {k: v.value if hasattr(v, "value") else v for k, v in out.metadata.items()}
+    assert (meta["duplicate_contents"], meta["conflicting_label_contents"], meta["contents_across_splits"]) == (30, 2, 0)
+
+
+def test_records_without_a_patient_id_are_not_one_patient(synthetic_spec):
+    frame = synthetic_records(300, seed=9).with_columns(pl.lit(None, pl.String).alias("pid"))
+    split = assign_split(frame, synthetic_spec)
+    assert split[SPLIT_COLUMN].n_unique() == 3

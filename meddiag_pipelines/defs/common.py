@@ -19,10 +19,12 @@ from meddiag_pipelines import __version__
 from meddiag_pipelines.atomic import atomic_write, atomic_write_bytes, atomic_write_json, publish_dir, staging_dir
 from meddiag_pipelines.defs.resources import MeddiagStorage
 import meddiag_pipelines.evaluation as evaluator  # its modules load on first use
-from meddiag_pipelines.features.split import SPLIT_COLUMN, SPLITS, assign_split, check_split
+from meddiag_pipelines.features.split import (CONTENT_COLUMN, SPLIT_COLUMN, SPLITS, assign_split, check_split,
+                                              content_keys, duplicate_contents)
 from meddiag_pipelines.ingestion.batches import IngestSummary, ValidationSummary, Validator, reconcile, validate_pending_batches
 from meddiag_pipelines.ingestion.landing import BATCH_COLUMN
 from meddiag_pipelines.markup import escape_markdown
+from meddiag_pipelines.registry.fingerprint import trained_batch_hashes, training_fingerprint
 from meddiag_pipelines.registry.promotion import Decision, decide
 from meddiag_pipelines.registry.store import STAGING
 from meddiag_pipelines.specs import TaskSpec
@@ -178,14 +180,22 @@ def build_split_asset(spec: TaskSpec, upstream, tags: dict) -> list:
     name = spec.name
 
     @dg.asset(key=[name, "split"], io_manager_key="warehouse_io_manager", kinds={"polars"}, pool=pool(spec),
-              description=f"{name}: train / val / test by a stable hash of "
-              f"{spec.patient_id or spec.id}; unlabelled rows are 'score'.", **tags)  # fmt: skip
-    def split(validated_records: pl.DataFrame) -> dg.Output:
-        frame = assign_split(validated_records, spec)
+              description=f"{name}: train / val / test by a stable hash of {spec.patient_id or spec.id}, "
+              "with identical content (normalised text, identical feature rows) kept in one split; unlabelled "
+              "rows are 'score'.", **tags)  # fmt: skip
+    def split(context: dg.AssetExecutionContext, validated_records: pl.DataFrame) -> dg.Output:
+        keys = content_keys(validated_records, spec)
+        frame = validated_records if keys is None else validated_records.with_columns(keys.alias(CONTENT_COLUMN))
+        frame = assign_split(frame, spec, content_key=CONTENT_COLUMN if keys is not None else None)
+        duplicates = duplicate_contents(frame, spec, CONTENT_COLUMN) if keys is not None else {}
+        if duplicates.get("conflicting_label_contents"):
+            context.log.warning(f"{name}: {duplicates['conflicting_label_contents']} contents appear with more than "
+                                f"one label ({duplicates['conflicting_label_rows']} rows); kept, in one split each")  # fmt: skip
+        frame = frame.drop(CONTENT_COLUMN, strict=False)
         table = check_split(frame, spec)
         rows = [{"split": s, **{str(k): v for k, v in sorted(table[s].items())}} for s in SPLITS]
         counts = {f"n_{s}": int(frame.filter(pl.col(SPLIT_COLUMN) == s).height) for s in (*SPLITS, "score")}
-        return dg.Output(frame, metadata={**counts, "by_class": dg.MetadataValue.md(markdown_table(rows))})
+        return dg.Output(frame, metadata={**counts, **duplicates, "by_class": dg.MetadataValue.md(markdown_table(rows))})
 
     return [split]
 
@@ -346,11 +356,27 @@ def build_model_lifecycle_assets(spec: TaskSpec, tags: dict, split_asset: list, 
                  candidate_model: dict, baseline_model: dict, evaluation: dict) -> dict:  # fmt: skip
         registry = storage.registry
         version = candidate_model["version"]
+        pointer = registry.champion(name)
+        labelled = set(split.filter(pl.col(SPLIT_COLUMN) != "score")[BATCH_COLUMN].unique().to_list())
+        fingerprint = training_fingerprint(trained_batch_hashes(storage.warehouse.ledger(name), labelled), spec,
+                                           code_version())  # fmt: skip
+        same = registry.version_with_fingerprint(name, fingerprint)
+        if same is not None and evaluation.get("model_version") == version:
+            registry.discard_staged(name, version)  # a copy of `same`: never a second, identical version
+            reason = f"no new data, spec or code since version {same}: nothing published"
+            if pointer is None and registry.manifest(name, same)["decision"].get("promote"):
+                # `same` won but its run died before champion.json was written: finish that promotion.
+                pointer = registry.set_champion(name, same, f"promoted when published; {reason}")
+            context.log.info(f"{name} {version}: {reason}")
+            context.add_output_metadata({"candidate": version, "published": False, "promoted": False,
+                                         "champion": pointer["version"] if pointer else "none",
+                                         "fingerprint": fingerprint, "reasons": dg.MetadataValue.md(f"- {reason}")})  # fmt: skip
+            return {"champion": pointer["version"] if pointer else None, "candidate": version, "published": False,
+                    "unchanged_since": same, "decision": Decision(False, [reason]).as_dict()}  # fmt: skip
         if evaluation.get("model_version") != version or not (registry.task_dir(name) / ".staging" / version / "model").is_dir():
             # Asset outputs are stored per asset key: an overlapping run of this task may have replaced them.
             raise dg.Failure(f"{name}: the candidate ({version}) and its evaluation ({evaluation.get('model_version')}) "
                              "do not belong together or were already published by an overlapping run; nothing published")
-        pointer = registry.champion(name)
         flow = flow_counts(spec, storage, split)
         candidate_vs, champion_metrics = evaluation, None
         if pointer:
@@ -363,14 +389,17 @@ def build_model_lifecycle_assets(spec: TaskSpec, tags: dict, split_asset: list, 
                                                       ("champion", champ_proba), flow, []))  # fmt: skip
             champion_metrics = evaluator.evaluate(_evaluation_input(spec, split, champ_handle, predict_rows, None, flow, []))
         decision = decide(candidate_vs, champion_metrics, spec.promotion, pinned=bool(pointer and pointer.get("pinned")))
-        pointer = publish_candidate(spec, storage, candidate_model, baseline_model, evaluation, pointer, decision)
+        pointer = publish_candidate(spec, storage, candidate_model, baseline_model, evaluation, pointer, decision,
+                                    fingerprint)  # fmt: skip
         for reason in decision.reasons:
             context.log.info(f"{name} {version}: {reason}")
         context.add_output_metadata({
-            "candidate": version, "promoted": decision.promote, "champion": pointer["version"] if pointer else "none",
-            "reasons": dg.MetadataValue.md("\n".join(f"- {r}" for r in decision.reasons)),
+            "candidate": version, "published": True, "promoted": decision.promote,
+            "champion": pointer["version"] if pointer else "none", "fingerprint": fingerprint,
+            "reasons": dg.MetadataValue.md("\n".join(f"- {escape_markdown(r)}" for r in decision.reasons)),
         })  # fmt: skip
-        return {"champion": pointer["version"] if pointer else None, "candidate": version, "decision": decision.as_dict()}
+        return {"champion": pointer["version"] if pointer else None, "candidate": version, "published": True,
+                "decision": decision.as_dict()}  # fmt: skip
 
     @dg.asset_check(asset=champion, blocking=True, description="The model in force (champion.json) exists, is "
                     "published, and cleared the absolute AUROC floor (or is a pinned rollback).")  # fmt: skip
@@ -388,11 +417,12 @@ def build_model_lifecycle_assets(spec: TaskSpec, tags: dict, split_asset: list, 
 
 
 def publish_candidate(spec: TaskSpec, storage: MeddiagStorage, candidate: dict, baseline: dict, metrics: dict,
-                      pointer: dict | None, decision: Decision) -> dict | None:  # fmt: skip
-    """Publish the candidate as an immutable version with its plan and decision; move ``champion.json`` to it
-    when the decision promotes it. Returns the champion pointer in force afterwards."""
+                      pointer: dict | None, decision: Decision, fingerprint: str | None = None) -> dict | None:  # fmt: skip
+    """Publish the candidate as an immutable version with its plan, decision and training fingerprint
+    (``registry.fingerprint``); move ``champion.json`` to it when the decision promotes it. Returns the champion
+    pointer in force afterwards."""
     registry, version = storage.registry, candidate["version"]
-    manifest = _manifest(spec, storage, candidate, baseline, metrics, pointer, decision.as_dict())
+    manifest = _manifest(spec, storage, candidate, baseline, metrics, pointer, decision.as_dict(), fingerprint)
     atomic_write_json(registry.staging_dir(spec.name, version) / "plan.json", candidate["plan"])
     registry.publish(spec.name, version, manifest)
     if decision.promote:
@@ -400,12 +430,12 @@ def publish_candidate(spec: TaskSpec, storage: MeddiagStorage, candidate: dict, 
     return pointer
 
 
-def _manifest(spec, storage, candidate, baseline, metrics, parent, decision) -> dict:
+def _manifest(spec, storage, candidate, baseline, metrics, parent, decision, fingerprint) -> dict:
     ledger = storage.warehouse.ledger(spec.name).filter(pl.col("status") == "validated")
     summary = {k: metrics.get(k) for k in ("auroc", "auroc_ci", "auprc", "brier", "calibration_slope",
                                             "calibration_intercept", "macro_f1", "accuracy", "n_test")}  # fmt: skip
     return {
-        "task": spec.name, "created_at": time.time(), "code_version": code_version(),
+        "task": spec.name, "created_at": time.time(), "code_version": code_version(), "fingerprint": fingerprint,
         "batches": [{"batch_id": r["batch_id"], "content_hash": r["content_hash"], "n_rows": r["n_rows"]}
                     for r in ledger.iter_rows(named=True)],
         "model": {k: candidate[k] for k in ("name", "framework", "params", "val_score", "classes", "version", "device")},

@@ -1,21 +1,30 @@
-"""Train / validation / test assignment by a stable hash of the patient (or record) id.
+"""Train / validation / test assignment by a stable hash of the patient (or record) id, with copies grouped.
 
-The split of a patient depends only on its id and the spec's salt, so a new batch never moves an existing
-patient to another split, and all of one patient's records share a split. Rows without a label are cases
-to score: their split is ``score``.
+Rows are grouped into components: two labelled rows belong together when they share the patient key
+(``patient_id``, else ``id``) or their content (normalised text, pixel hash, identical feature row: see
+:func:`content_keys`). A component's split is the stable hash of its smallest patient key, so all of one
+patient's records and every copy of one content share a split, a patient that shares no content with
+another keeps the split of its own key, and a new batch moves an existing row only when it links the row's
+component to another. Where the data brings its own split (an npz's ``predefined_split``), that split is
+kept. Rows without a label are cases to score: their split is ``score`` and they link nothing.
 """
 
 from __future__ import annotations
 
 import hashlib
 
+import numpy as np
 import polars as pl
 
 from meddiag_pipelines.ingestion.landing import INTERNAL_PREFIX
 from meddiag_pipelines.specs import TaskSpec
+from meddiag_pipelines.validation.suites import feature_columns
 
 SPLIT_COLUMN = f"{INTERNAL_PREFIX}split"
+CONTENT_COLUMN = f"{INTERNAL_PREFIX}content"  # the content key while the split is assigned (not kept)
 SPLITS = ("train", "val", "test")
+IMAGE_CONTENT = "sha256"  # the pixel hash the image readers compute
+NO_PATIENT = "\0record:"  # key prefix of a row without a patient id (no real id holds a NUL)
 
 
 class SplitError(ValueError):
@@ -29,13 +38,71 @@ def unit_hash(key: str, salt: str) -> float:
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
-def assign_split(records: pl.DataFrame, spec: TaskSpec) -> pl.DataFrame:
-    group = spec.patient_id or spec.id
-    keys = records.select(pl.col(group).cast(pl.String).unique().alias("_key"))
+def row_content_key(frame: pl.DataFrame, columns: list[str]) -> pl.Series:
+    """Equal for rows whose values in ``columns`` are identical (a copied feature row); null for a row with
+    no value at all. Only compared within one frame, so polars' hash is enough here."""
+    if not columns:
+        return pl.Series(CONTENT_COLUMN, [None] * frame.height, dtype=pl.UInt64)
+    empty = pl.all_horizontal(pl.col(c).is_null() for c in columns)
+    return frame.select(pl.when(empty).then(None).otherwise(pl.struct(columns).hash(seed=0)).alias(CONTENT_COLUMN)).to_series()
+
+
+def content_keys(frame: pl.DataFrame, spec: TaskSpec) -> pl.Series | None:
+    """The content key of each row for its modality: text = the text, case and blanks folded, image = pixel hash,
+    tabular = the feature values of the row. None when the frame lacks what the key is made of."""
+    if spec.modality == "text":
+        # The equivalence the blocking texts_unique_across_splits check uses (imported here: it imports this module).
+        from meddiag_pipelines.validation.texts import normalised_text
+
+        return frame.select(normalised_text(spec.text).replace("", None)).to_series() if spec.text in frame.columns else None
+    if spec.modality == "image":
+        return frame[IMAGE_CONTENT] if IMAGE_CONTENT in frame.columns else None
+    return row_content_key(frame, feature_columns(spec, frame.columns))
+
+
+def component_roots(keys: pl.Series, contents: pl.Series | None, linked: pl.Series) -> pl.Series:
+    """For each row, the smallest key of its connected component over (key, content); only rows where
+    ``linked`` is true join contents. Null keys (only where the id is null too) form one node."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    frame = pl.DataFrame({"k": keys.cast(pl.String), "linked": linked.fill_null(False)})
+    codes = frame.select(pl.col("k").rank("dense").fill_null(0).cast(pl.Int64)).to_series().to_numpy()
+    n_keys = int(codes.max(initial=0)) + 1
+    rows, cols = np.empty(0, np.int64), np.empty(0, np.int64)
+    if contents is not None:
+        c = pl.DataFrame({"c": contents, "linked": frame["linked"]}).select(
+            pl.when(pl.col("linked")).then(pl.col("c")).rank("dense").cast(pl.Int64)).to_series()  # fmt: skip
+        has = c.is_not_null().to_numpy()
+        rows, cols = codes[has], c.filter(c.is_not_null()).to_numpy() - 1 + n_keys
+    n_nodes = int(cols.max(initial=n_keys - 1)) + 1
+    graph = coo_matrix((np.ones(len(rows), np.int8), (rows, cols)), shape=(n_nodes, n_nodes))
+    _, labels = connected_components(graph, directed=False)
+    return frame.with_columns(pl.Series("_comp", labels[codes])).select(pl.col("k").min().over("_comp")).to_series()
+
+
+def _group_keys(records: pl.DataFrame, spec: TaskSpec) -> pl.Series:
+    """The patient key of each row; a row without a patient id stands alone under its record id (one patient
+    per missing id, rather than one patient for all of them)."""
+    keys = records[spec.patient_id or spec.id].cast(pl.String)
+    if spec.patient_id and spec.id in records.columns:
+        keys = keys.fill_null(NO_PATIENT + records[spec.id].cast(pl.String))
+    return keys
+
+
+def assign_split(records: pl.DataFrame, spec: TaskSpec, content_key: str | None = None,
+                 predefined: str | None = None) -> pl.DataFrame:  # fmt: skip
+    """``content_key``: a column whose equal values are copies of one content (see :func:`content_keys`);
+    ``predefined``: a column holding the data's own split (``train`` / ``val`` / ``test``), kept where set;
+    labelled rows without one that share a component with such rows take the first of those splits."""
+    labelled = records[spec.label].is_not_null()
+    contents = records[content_key] if content_key else None
+    roots = component_roots(_group_keys(records, spec), contents, labelled).rename("_key")
+    keys = roots.unique().to_frame()
     keys = keys.with_columns(
         pl.Series("_u", [unit_hash(k, spec.split.salt) for k in keys["_key"].to_list()], dtype=pl.Float64)
     )
-    records = records.with_columns(pl.col(group).cast(pl.String).alias("_key")).join(keys, on="_key", how="left")
+    records = records.with_columns(roots).join(keys, on="_key", how="left", nulls_equal=True)
     u = pl.col("_u")
     train_cut = spec.split.train
     val_cut = spec.split.train + spec.split.val
@@ -45,7 +112,37 @@ def assign_split(records: pl.DataFrame, spec: TaskSpec) -> pl.DataFrame:
         .when(u < val_cut).then(pl.lit("val"))
         .otherwise(pl.lit("test"))
     )  # fmt: skip
-    return records.with_columns(split.alias(SPLIT_COLUMN)).drop("_key", "_u")
+    records = records.with_columns(split.alias(SPLIT_COLUMN))
+    if predefined and predefined in records.columns:
+        records = _keep_predefined(records, predefined)
+    return records.drop("_key", "_u")
+
+
+def _keep_predefined(records: pl.DataFrame, predefined: str) -> pl.DataFrame:
+    order = pl.col(predefined).replace_strict(list(SPLITS), list(range(len(SPLITS))), default=None, return_dtype=pl.Int64)
+    given = pl.when(pl.col(SPLIT_COLUMN) != "score").then(order)
+    first = given.min().over("_key")
+    chosen = pl.coalesce(given, first)
+    return records.with_columns(
+        pl.when(chosen.is_not_null())
+        .then(chosen.replace_strict(list(range(len(SPLITS))), list(SPLITS), return_dtype=pl.String))
+        .otherwise(pl.col(SPLIT_COLUMN))
+        .alias(SPLIT_COLUMN)
+    )
+
+
+def duplicate_contents(frame: pl.DataFrame, spec: TaskSpec, content_key: str) -> dict[str, int]:
+    """Counts (never contents) over labelled rows: contents seen more than once, the rows that hold them,
+    contents carrying more than one label, and contents found in more than one split (only where the data
+    brought its own split; otherwise grouping makes it 0)."""
+    labelled = frame.filter((pl.col(SPLIT_COLUMN) != "score") & pl.col(content_key).is_not_null())
+    groups = labelled.group_by(content_key).agg(
+        pl.len().alias("n"), pl.col(spec.label).n_unique().alias("labels"), pl.col(SPLIT_COLUMN).n_unique().alias("splits")
+    ).filter(pl.col("n") > 1)  # fmt: skip
+    conflicting = groups.filter(pl.col("labels") > 1)
+    return {"duplicate_contents": groups.height, "duplicate_rows": int(groups["n"].sum()),
+            "conflicting_label_contents": conflicting.height, "conflicting_label_rows": int(conflicting["n"].sum()),
+            "contents_across_splits": groups.filter(pl.col("splits") > 1).height}  # fmt: skip
 
 
 def check_split(frame: pl.DataFrame, spec: TaskSpec) -> dict[str, dict[str, int]]:

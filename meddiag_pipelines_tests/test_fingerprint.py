@@ -1,0 +1,87 @@
+"""Retrain only when something changed: the training fingerprint and the champion asset that honours it."""
+
+from __future__ import annotations
+
+import json
+
+import dagster as dg
+import polars as pl
+import pytest
+
+from meddiag_pipelines.definitions import build_definitions
+from meddiag_pipelines.registry.fingerprint import trained_batch_hashes, training_fingerprint
+from meddiag_pipelines.registry.store import ModelRegistry
+from meddiag_pipelines_tests.conftest import land, synthetic_records
+
+
+def test_fingerprint_follows_data_model_settings_and_code_only(synthetic_spec):
+    base = training_fingerprint(["h1", "h2"], synthetic_spec, "1.0+abc")
+    assert base == training_fingerprint(["h1", "h2"], synthetic_spec.model_copy(), "1.0+abc")
+    unchanged = [
+        synthetic_spec.model_copy(update={"description": "reworded"}),
+        synthetic_spec.model_copy(update={"schedule": synthetic_spec.schedule.model_copy(update={"cron": "0 3 * * *"})}),
+        synthetic_spec.model_copy(update={"promotion": synthetic_spec.promotion.model_copy(update={"margin": 0.05})}),
+    ]
+    assert all(training_fingerprint(["h1", "h2"], s, "1.0+abc") == base for s in unchanged)
+    changed = [
+        training_fingerprint(["h1", "h2", "h3"], synthetic_spec, "1.0+abc"),  # new data
+        training_fingerprint(["h2", "h1"], synthetic_spec, "1.0+abc"),  # the same batches in another order
+        training_fingerprint(["h1", "h2"], synthetic_spec, "1.0+def"),  # new code
+        training_fingerprint(["h1", "h2"], synthetic_spec.model_copy(
+            update={"training": synthetic_spec.training.model_copy(update={"seed": 7})}), "1.0+abc"),  # fmt: skip
+        training_fingerprint(["h1", "h2"], synthetic_spec.model_copy(update={"exclude": ["x3"]}), "1.0+abc"),
+    ]
+    assert base not in changed and len(set(changed)) == len(changed)
+
+
+def test_only_validated_batches_with_labelled_rows_count():
+    ledger = pl.DataFrame({"batch_id": ["b2", "b1", "b3", "b4"], "content_hash": ["h2", "h1", "h3", "h4"],
+                           "status": ["validated", "validated", "quarantined", "validated"]})  # fmt: skip
+    assert trained_batch_hashes(ledger, {"b1", "b2", "b3"}) == ["h1", "h2"]  # b4: cases to score only
+
+
+def test_registry_finds_the_newest_version_with_a_fingerprint(tmp_path):
+    registry = ModelRegistry(tmp_path)
+    for version, fingerprint in (("v1", "f1"), ("v2", "f2"), ("v3", "f1")):
+        registry.publish("t", version, {"fingerprint": fingerprint})
+    assert registry.version_with_fingerprint("t", "f1") == "v3"
+    assert registry.version_with_fingerprint("t", "f9") is None
+    registry.staging_dir("t", "v4")
+    registry.discard_staged("t", "v4")
+    assert not (tmp_path / "t" / ".staging" / "v4").exists() and registry.versions("t") == ["v1", "v2", "v3"]
+
+
+def _run(spec, layout) -> dict:
+    defs = build_definitions([spec], layout.root)
+    with dg.instance_for_test() as instance:
+        result = defs.resolve_job_def(f"{spec.name}_job").execute_in_process(instance=instance)
+    assert result.success
+    [event] = [e for e in result.get_asset_materialization_events() if e.asset_key == dg.AssetKey([spec.name, "champion"])]
+    return {k: v.value for k, v in event.materialization.metadata.items()}
+
+
+@pytest.mark.slow
+def test_an_unchanged_rerun_publishes_nothing_and_a_changed_spec_retrains(synthetic_spec, layout):
+    task = synthetic_spec.name
+    land(layout, task, "batch_0001", synthetic_records(400, seed=1))
+    first = _run(synthetic_spec, layout)
+    registry = ModelRegistry(layout.root / "models")
+    assert first["published"] and first["promoted"] and len(registry.versions(task)) == 1
+    champion = registry.champion(task)["version"]
+    assert registry.manifest(task, champion)["fingerprint"] == first["fingerprint"]
+
+    cases = synthetic_records(5, seed=2, start=400).with_columns(pl.lit(None, pl.String).alias("outcome"))
+    land(layout, task, "batch_0002", cases)  # cases to score only: no new training data
+    (layout.root / "models" / task / "champion.json").unlink()  # as if the first run died before writing it
+    again = _run(synthetic_spec.model_copy(update={"description": "reworded"}), layout)
+    assert not again["published"] and not again["promoted"]
+    assert f"no new data, spec or code since version {champion}" in again["reasons"]
+    assert registry.versions(task) == [champion] and registry.champion(task)["version"] == champion
+    assert not any((layout.root / "models" / task / ".staging").iterdir())
+    scored = pl.read_parquet(layout.predictions(task) / "batch_0002.parquet")
+    assert scored.height == 5 and scored["model_version"].unique().to_list() == [champion]
+
+    reseeded = synthetic_spec.model_copy(update={"training": synthetic_spec.training.model_copy(update={"seed": 7})})
+    third = _run(reseeded, layout)
+    assert third["published"] and third["fingerprint"] != first["fingerprint"] and len(registry.versions(task)) == 2
+    assert json.loads((layout.root / "models" / task / "champion.json").read_text())["version"] in registry.versions(task)
