@@ -158,9 +158,10 @@ _LOWER = "a-z" + "".join(c for c in map(chr, range(0xC0, 0x530)) if c.isalpha() 
 _LETTER = f"{_UPPER}{_LOWER}"
 
 # A capitalised name token ("Smith", "O'Brien", "McDonald", "Jean-Luc", "SMITH", "Núñez") or an initial ("J.").
+# Possessive runs (Python 3.11) so that a token splits one way only: a run of tokens costs linear time.
 _NAME_TOKEN = (
-    rf"(?:[{_UPPER}][{_LOWER}]{{0,3}}[’']?[{_UPPER}]?[{_LOWER}]{{1,30}}(?:-[{_UPPER}][{_LOWER}]{{1,30}})?|"
-    rf"[{_UPPER}]{{2,30}}(?:[’'-][{_UPPER}]{{1,30}})?|[{_UPPER}]\.)"
+    rf"(?:[{_UPPER}](?:[{_LOWER}]{{0,3}}+[’']?[{_UPPER}])?[{_LOWER}]{{1,30}}+(?:-[{_UPPER}][{_LOWER}]{{1,30}}+)?|"
+    rf"[{_UPPER}]{{2,30}}+(?:[’'-][{_UPPER}]{{1,30}}+)?|[{_UPPER}]\.)"
     rf"(?![{_LETTER}])"
 )
 _NAME_SEQ = rf"{_NAME_TOKEN}(?:[ \t]+{_NAME_TOKEN}){{0,3}}"
