@@ -151,7 +151,7 @@ def _name(rng: random.Random) -> str:
 # The formats each class is drawn from (above) and the contexts it is planted in ("{}" is the value).
 FORMATS: dict[str, Callable[[random.Random], str]] = {
     "DATE": _date, "PHONE": _phone, "SSN": _ssn, "MRN": _record_id, "ACCOUNT": _record_id, "AGE": _age, "NAME": _name,
-    "ADDRESS": _address, "ZIP": _postal, "EMAIL": _email, "URL": _url, "IP": _ip,
+    "ADDRESS": _address, "ZIP": _postal, "EMAIL": _email, "URL": _url, "IP": _ip, "NAME_BARE": _name,
 }  # fmt: skip
 CONTEXTS: dict[str, list[str]] = {
     "DATE": ["Echo on {} showed EF 40%.", "Admission date: {}", "DOB {} (per registration).", "Hip replaced {}, no complications.",
@@ -170,6 +170,8 @@ CONTEXTS: dict[str, list[str]] = {
     "EMAIL": ["E-mail: {}", "Send results to {} please.", "Daughter's email {}"],
     "URL": ["Uploaded to {}", "See {} for the handout.", "Portal link: {}"],
     "IP": ["Login from {} flagged.", "Device IP {}", "VPN address {} at 03:10."],
+    # a name with no title, label or credential: only the bundled name lists could find it
+    "NAME_BARE": ["{} presented with chest pain.", "Spoke with {} about the plan.", "{} tolerated the procedure.", "Family: {} visited."],
 }  # fmt: skip
 
 
@@ -237,9 +239,10 @@ def evaluate(impl: str, spans_of: Callable[[str], list[tuple[int, int]]], corpus
 def main(argv: list[str]) -> list[dict]:
     parser = argparse.ArgumentParser(prog="python -m bench deid")
     parser.add_argument("--size", default="default", choices=sorted(SIZES), help="smoke: 20 per class, 500 ICD texts")
+    parser.add_argument("--seed", type=int, default=SEED, help="of the synthetic corpus")
     args = parser.parse_args(argv)
     conf = SIZES[args.size]
-    corpus, icd = synthetic_corpus(conf["per_class"]), icd_descriptions(conf["icd"])
+    corpus, icd = synthetic_corpus(conf["per_class"], args.seed), icd_descriptions(conf["icd"])
     results = [evaluate("meddiag", ours(), corpus, icd, args.size)]
     other = scrubadub_spans()
     if other is None:

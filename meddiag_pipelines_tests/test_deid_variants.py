@@ -167,7 +167,8 @@ def test_text_around_an_identifier_is_kept_byte_for_byte():
 
 
 SYNTHETIC_RECALL_FLOOR = {"DATE": 0.97, "PHONE": 0.97, "SSN": 0.99, "MRN": 0.99, "ACCOUNT": 0.99, "AGE": 0.99, "NAME": 0.97,
-                          "ADDRESS": 0.97, "ZIP": 0.95, "EMAIL": 0.99, "URL": 0.97, "IP": 0.99}  # fmt: skip
+                          "ADDRESS": 0.97, "ZIP": 0.95, "EMAIL": 0.99, "URL": 0.97, "IP": 0.99,
+                          "NAME_BARE": 0.0}  # fmt: skip  # names with no context: measured, not promised
 
 
 def test_recall_per_class_on_the_independent_synthetic_corpus():
@@ -180,7 +181,8 @@ def test_recall_per_class_on_the_independent_synthetic_corpus():
 
 
 def test_no_planted_value_survives_in_the_scrubbed_text():
-    leaks = [(cls, scrub(text)) for text, cls, start, end in synthetic_corpus(per_class=40, seed=5) if text[start:end] in scrub(text)]
+    corpus = [row for row in synthetic_corpus(per_class=40, seed=5) if row[1] != "NAME_BARE"]
+    leaks = [(cls, scrub(text)) for text, cls, start, end in corpus if text[start:end] in scrub(text)]
     assert len(leaks) <= 4, leaks  # a lone 5-digit ZIP with no address word is a known, reported miss
     assert all(cls == "ZIP" for cls, _ in leaks), leaks
 
@@ -207,3 +209,11 @@ def test_an_icd10_sample_is_unaltered():
 def test_every_icd10_description_is_unaltered():
     altered = [d for d in icd_descriptions(None) if find_phi(d)]
     assert altered == [], f"{len(altered)} ICD-10-CM descriptions altered, e.g. {altered[:5]}"
+
+
+def test_bench_deid_smoke_reports_recall_per_class(capsys):
+    from bench.deid import FORMATS, main
+
+    ours = main(["--size", "smoke"])[0]
+    assert ours["impl"] == "meddiag" and set(ours["recall"]) == set(FORMATS) and ours["icd_altered"] == 0
+    assert '"impl": "meddiag"' in capsys.readouterr().out

@@ -165,9 +165,9 @@ _NAME_TOKEN = (
     rf"(?![{_LETTER}])"
 )
 _NAME_SEQ = rf"{_NAME_TOKEN}(?:[ \t]+{_NAME_TOKEN}){{0,3}}"
-_CAPS_NAME_SEQ = rf"[{_UPPER}]{{2,30}}(?:[’'-][{_UPPER}]{{1,30}})?(?:[ \t]+[{_UPPER}]{{2,30}}(?:[’'-][{_UPPER}]{{1,30}})?){{0,3}}(?![{_LETTER}])"
+_CAPS_NAME_SEQ = rf"[{_UPPER}]{{2,30}}+(?:[’'-][{_UPPER}]{{1,30}}+)?(?:[ \t]+[{_UPPER}]{{2,30}}+(?:[’'-][{_UPPER}]{{1,30}}+)?){{0,3}}(?![{_LETTER}])"
 _TITLE = r"(?:dr|mr|mrs|ms|mx|prof|doctor|nurse|miss)"
-_ADDRESS_WORD = rf"(?:[{_UPPER}][{_LOWER}’'.]{{1,30}}|[{_UPPER}]{{2,30}}|\d{{1,3}}(?i:st|nd|rd|th))"
+_ADDRESS_WORD = rf"(?:[{_UPPER}][{_LOWER}’'.]{{1,30}}+|[{_UPPER}]{{2,30}}+|\d{{1,3}}+(?i:st|nd|rd|th))"
 
 # Capitalised words that follow a label but are not names ("Patient: Alert and oriented").
 _NOT_NAMES = frozenset(
