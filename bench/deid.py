@@ -34,7 +34,7 @@ _CODAS = ["", "", "n", "r", "s", "l", "th", "nd", "rt", "z", "ck", "x"]
 
 
 def synthetic_name(rng: random.Random, syllables: int | None = None) -> str:
-    """A capitalised pseudo-name of 2-3 syllables, about one in four with an accented letter."""
+    """A capitalised pseudo-name of 2-3 syllables; one in four may draw accented vowels (é, ü, ñ, ø, ...)."""
     n = syllables or rng.randint(2, 3)
     vowels = _VOWELS if rng.random() < 0.25 else _VOWELS[:8]
     word = "".join(rng.choice(_ONSETS) + rng.choice(vowels) + rng.choice(_CODAS) for _ in range(n))
