@@ -193,6 +193,7 @@ CLINICAL_LOOKALIKES = [
     "May 5 mg of oxycodone be given? She may 2 tabs.", "Marfan syndrome, bone marrow biopsy, decreased septal motion.",
     "Take 3 times a day for 14 days; 1/2 tab; BP 120/80; T2N1M0 tumour; ICD-10 I21.4.",
     "Stage 2 pressure ulcer of sacral region; Type 1 diabetes; 45-year-old; aged 65.",
+    "Did not miss Doses; see doctor Monday at 3 PM Dr rounds.",
 ]
 
 

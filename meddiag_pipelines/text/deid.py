@@ -34,7 +34,7 @@ ZIP       a 5- or 9-digit ZIP only after a US state (code or name) or "zip" / "p
 AGE       an age over 89: "92-year-old", "92 yo", "92yo", "92 y/o", "92 y.o.", "92 yrs", "age 95",
           "aged 91", "95 years of age", "ninety-two years old" (the number is replaced: "[AGE]-year-old");
           ages up to 89 are kept
-NAME      after a title in any case (Dr, dr., DR., Mr, mrs, Ms, Prof, Doctor, nurse, Miss; an all-caps
+NAME      after a title in any case (Dr, dr., DR., Mr, mrs, Ms, Prof, Doctor, nurse; Miss but not "miss"; an all-caps
           title without a period only before an all-caps name, so "MS Contin" survives), after a label
           (Patient:, Name:, seen by, signed by, attending, referred by, PCP, ...), before a credential
           (", MD", ", RN", ...), on signature lines ("/s/ ...", "Signed: ..."), and "Firstname Lastname"
@@ -166,7 +166,7 @@ _NAME_TOKEN = (
 )
 _NAME_SEQ = rf"{_NAME_TOKEN}(?:[ \t]+{_NAME_TOKEN}){{0,3}}"
 _CAPS_NAME_SEQ = rf"[{_UPPER}]{{2,30}}+(?:[’'-][{_UPPER}]{{1,30}}+)?(?:[ \t]+[{_UPPER}]{{2,30}}+(?:[’'-][{_UPPER}]{{1,30}}+)?){{0,3}}(?![{_LETTER}])"
-_TITLE = r"(?:dr|mr|mrs|ms|mx|prof|doctor|nurse|miss)"
+_TITLE = r"(?:dr|mr|mrs|ms|mx|prof|doctor|nurse)"  # and "Miss" / "MISS" (a lower-case "miss" is the verb)
 _ADDRESS_WORD = rf"(?:[{_UPPER}][{_LOWER}’'.]{{1,30}}+|[{_UPPER}]{{2,30}}+|\d{{1,3}}+(?i:st|nd|rd|th))"
 
 # Capitalised words that follow a label but are not names ("Patient: Alert and oriented").
@@ -182,6 +182,7 @@ _NOT_NAMES = frozenset(
     Age Sex DOB MRN Phone Fax Email Address Also Then Who Which Was Were Be Been Being Mg Ml
     Practitioner Manager Case Staff Station Anesthetist Physician Provider Surgeon Attending Resident Nurse
     Normal Saline Assistant Consult Consultation Services Health Center Medical Group Associates
+    Monday Tuesday Wednesday Thursday Friday Saturday Sunday Tonight Office Visit Appointment
     """.split()
 )
 
@@ -274,7 +275,7 @@ _RULES: list[_Rule] = [
     _r(
         "ADDRESS",
         rf"\b\d{{1,6}}[A-Za-z]?(?:-\d{{1,4}})?[ \t]+(?:(?:[NSEW]|North|South|East|West)\.?[ \t]+)?"
-        rf"(?:{_ADDRESS_WORD}[ \t]+){{1,4}}(?:{_STREET_SUFFIXES}|(?i:street|avenue|road|boulevard|lane|drive))(?![\w])\.?"
+        rf"(?!(?i:a\.?m|p\.?m)\b)(?:{_ADDRESS_WORD}[ \t]+){{1,4}}(?:{_STREET_SUFFIXES}|(?i:street|avenue|road|boulevard|lane|drive))(?![\w])\.?"
         rf"(?:,?[ \t]*(?i:apt|apartment|suite|ste|unit|#)\.?[ \t]*#?[\w\-]{{1,6}})?"
         rf"(?:,[ \t]*[{_UPPER}][{_LOWER}]{{1,30}}(?:[ \t]+[{_UPPER}][{_LOWER}]{{1,30}}){{0,2}}(?=,?[ \t]*{_STATE}))?",
     ),
@@ -306,9 +307,9 @@ _RULES: list[_Rule] = [
     _r("AGE", r"(?i)\b(?:nonagenarian|centenarian)\b"),
     # ---- names with context
     # a title in any case before capitalised names: Dr. Smith, dr. Núñez, DR. Smith, Mrs Jones, nurse Ann
-    _r("NAME", rf"\b(?:(?i:{_TITLE})\.[ \t]*|(?:{_TITLE}|{_TITLE.title()})[ \t]+)(?P<v>{_NAME_SEQ})", "v"),
+    _r("NAME", rf"\b(?:(?i:{_TITLE})\.[ \t]*|(?:{_TITLE}|{_TITLE.title()}|Miss)[ \t]+)(?P<v>{_NAME_SEQ})", "v"),
     # an all-caps title with no period only before an all-caps name (DR SMITH; not "MS Contin", "DR tablet")
-    _r("NAME", rf"\b{_TITLE.upper()}[ \t]+(?P<v>{_CAPS_NAME_SEQ})", "v"),
+    _r("NAME", rf"\b(?:{_TITLE.upper()}|MISS)[ \t]+(?P<v>{_CAPS_NAME_SEQ})", "v"),
     # a title with a period before one lower-case word: "seen by dr. smith today"
     _r("NAME", rf"\b(?i:{_TITLE})\.[ \t]*(?P<v>[{_LOWER}]{{2,30}}(?![{_LETTER}]))", "v"),
     _r(
