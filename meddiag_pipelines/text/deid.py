@@ -34,8 +34,8 @@ ZIP       a 5- or 9-digit ZIP only after a US state (code or name) or "zip" / "p
 AGE       an age over 89: "92-year-old", "92 yo", "92yo", "92 y/o", "92 y.o.", "92 yrs", "age 95",
           "aged 91", "95 years of age", "ninety-two years old" (the number is replaced: "[AGE]-year-old");
           ages up to 89 are kept
-NAME      after a title in any case (Dr, dr., DR., Mr, mrs, Ms, Prof, Doctor, nurse; Miss but not "miss"; an all-caps
-          title without a period only before an all-caps name, so "MS Contin" survives), after a label
+NAME      after a title in any case (Dr, dr., DR., Mr, mrs, Ms, Prof, Doctor, nurse; Miss, not "miss";
+          an all-caps title without a period only before an all-caps name, so "MS Contin" survives), after a label
           (Patient:, Name:, seen by, signed by, attending, referred by, PCP, ...), before a credential
           (", MD", ", RN", ...), on signature lines ("/s/ ...", "Signed: ..."), and "Firstname Lastname"
           / "Lastname, Firstname" pairs from the bundled name lists (``names.py``). Name tokens may carry
