@@ -153,6 +153,7 @@ def test_any_street_address_is_replaced(seed, suffix, number, context):
         ("seen by dr. Smith", "Smith"), ("93 y.o. female", "93"), ("lives at 12 Oak Street, Springfield, IL", "12 Oak Street"),
         ("Box: P.O. Box 4411", "4411"), ("login fe80::1ff:fe23:4567:890a", "fe80::1ff:fe23:4567:890a"),
         ("Dr.\u00a0Smith\u2009on\u00a014\u2011Mar\u20112023", "14\u2011Mar\u20112023"),
+        ("Dr. Jose\u0301 Nu\u0301n\u0303ez (decomposed accents)", "Jose\u0301 Nu\u0301n\u0303ez"),
     ],
 )  # fmt: skip
 def test_issue_examples_are_replaced(text, value):
