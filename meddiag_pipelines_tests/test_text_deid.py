@@ -15,14 +15,15 @@ from datetime import date, timedelta
 
 import pytest
 
+from bench.deid import synthetic_name
 from meddiag_pipelines.text.deid import PLACEHOLDERS, PhiSpan, find_phi, scrub
-from meddiag_pipelines.text.names import FIRST_NAMES, SURNAMES
 
 SEED = 7
 PER_CLASS = 60
 RULE_CLASSES = ["DATE", "PHONE", "FAX", "EMAIL", "SSN", "MRN", "ACCOUNT", "LICENSE", "URL", "IP", "ZIP", "AGE"]
 
-# Names that are not in the bundled lists: found only through context (title, label, signature).
+# Names are drawn from an independent source, never from the scrubber's own lists (names.py): syllable-built
+# names (bench/deid.py) and the rare names below. With no context they are not found: bare names are measured.
 RARE_FIRST = ["Zbigniew", "Oluwaseun", "Thaddeus", "Ingrid", "Leopold", "Svetlana", "Casimir", "Henrietta", "Bartholomew", "Ottilie"]
 RARE_LAST = ["Okonkwo", "Quimby", "Vanderhoef", "Przybylski", "Abernathy", "Featherstone", "Oyelaran", "Castellanos", "Lindqvist", "Marchetti"]
 
@@ -69,9 +70,9 @@ def _phone(rng: random.Random) -> str:
     return rng.choice([f"({a}) {b}-{c}", f"{a}-{b}-{c}", f"{a}.{b}.{c}", f"+1 {a} {b} {c}", f"{a} {b} {c}", f"1-{a}-{b}-{c}", f"({a}){b}-{c}"])
 
 
-def _name(rng: random.Random, listed: bool) -> tuple[str, str]:
-    if listed:
-        return rng.choice(sorted(FIRST_NAMES)), rng.choice(sorted(SURNAMES))
+def _name(rng: random.Random, synthetic: bool) -> tuple[str, str]:
+    if synthetic:
+        return synthetic_name(rng), synthetic_name(rng)
     return rng.choice(RARE_FIRST), rng.choice(RARE_LAST)
 
 
@@ -248,13 +249,13 @@ def canary_corpus(per_class: int = PER_CLASS, seed: int = SEED) -> list[tuple[st
         plant(rng.choice(TEMPLATES["ZIP"]), zipc, "ZIP")
         plant(rng.choice(TEMPLATES["AGE"]), str(rng.randrange(90, 110)), "AGE")
         for subset in ("context", "bare"):
-            listed = subset == "bare" or rng.random() < 0.6
-            first, last = _name(rng, listed)
+            synthetic = rng.random() < 0.6
+            first, last = _name(rng, synthetic)
             template = rng.choice(TEMPLATES[f"NAME_{subset}"])
             # plant the full name so the span is the whole of it
             text = template.format(first=first, last=last)
             for m in re.finditer(re.escape(first) + "|" + re.escape(last), text):
-                out.append((text, "NAME", m.start(), m.end(), subset + ("" if listed else "+rare")))
+                out.append((text, "NAME", m.start(), m.end(), subset + ("+synthetic" if synthetic else "+rare")))
     return out
 
 
@@ -275,7 +276,7 @@ def recall_table(corpus=None) -> dict[str, dict[str, float]]:
     cache: dict[str, list[PhiSpan]] = {}
     for text, cls, start, end, subset in corpus:
         spans = cache.setdefault(text, find_phi(text))
-        keys = [cls] + ([f"{cls}:{subset}"] if subset else [])
+        keys = [cls] + ([f"{cls}:{subset}"] if subset else []) + ([f"{cls}:{subset.split('+')[0]}"] if "+" in subset else [])
         for key in keys:
             n[key] += 1
             found[key] += _covered(spans, start, end, text)
@@ -348,7 +349,12 @@ def test_recall_per_rule_class_is_at_least_95_percent():
 def test_names_with_context_are_found():
     table = recall_table()
     assert table["NAME:context"]["recall"] >= 0.95, table
-    assert table["NAME:bare"]["recall"] >= 0.90, table
+
+
+def test_a_bare_pair_from_the_bundled_lists_is_found():
+    # the one place the lists themselves are tested: a pair with no context at all
+    assert scrub("Robert Johnson presented with chest pain.") == "[NAME] presented with chest pain."
+    assert scrub("JOHN SMITH, 71 M") == "[NAME], 71 M"
 
 
 def test_clinical_text_is_left_intact():
@@ -385,7 +391,7 @@ def test_examples(text, expected):
 
 
 def test_placeholders_and_spans_are_consistent():
-    assert set(PLACEHOLDERS) == set(RULE_CLASSES) | {"NAME"}
+    assert set(PLACEHOLDERS) == set(RULE_CLASSES) | {"NAME", "ADDRESS"}  # addresses: test_deid_variants.py
     text = "Seen by Dr. Jones on 03/14/2023; call 555-123-4567."
     spans = find_phi(text)
     assert [s.kind for s in spans] == ["NAME", "DATE", "PHONE"]
@@ -421,7 +427,8 @@ def test_stress_formats():
     assert found / n >= 0.9, [(t, scrub(t)) for t, v in STRESS if v in scrub(t)]
 
 
-@pytest.mark.parametrize("text", ["A" * 100_000, "1." * 50_000, "John " * 20_000, "a@" * 50_000, "Smith, John " * 8_000])
+@pytest.mark.parametrize("text", ["A" * 100_000, "1." * 50_000, "John " * 20_000, "a@" * 50_000, "Smith, John " * 8_000,
+                                  "1 Oak " * 8_000, "1:" * 25_000, "+1 " * 16_000, "Dr. " * 12_000, "14MAR" * 10_000])  # fmt: skip
 def test_scrub_is_linear_on_pathological_input(text):
     import time
 

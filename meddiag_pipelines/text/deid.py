@@ -1,41 +1,59 @@
 """Rule-based PHI scrubbing in the style of Philter: regular expressions with context, typed placeholders.
 
-Every identifier found is replaced by a typed placeholder (``PLACEHOLDERS``). The rules cover the HIPAA Safe
-Harbor identifiers that a rule can find in free text:
+The text is first normalised for matching (``_normalise``: NFKC, every Unicode dash to "-", every Unicode
+space to " ", zero-width characters dropped); spans found there are mapped back, so only the identifiers of
+the original text are replaced and everything else is left byte for byte. Every identifier found is replaced
+by a typed placeholder (``PLACEHOLDERS``). The rules cover the HIPAA Safe Harbor identifiers that a rule can
+find in free text, each class in its common variants:
 
 ========  ===========================================================================================
-DATE      every date element other than a lone year: 03/14/2023, 3-14-23, 2023-03-14, 2023/3/14,
-          March 14, 2023, Mar 14, 14 Mar 2023, 14th of March, March 2023, "on 3/14" (a month/day pair
-          only after a date word: on, since, from, until, dated, DOB, admitted, discharged, ...)
-PHONE     (555) 123-4567, 555-123-4567, 555.123.4567, +1 555 123 4567, 555-1234 after a phone word
+DATE      every date element other than a lone year: numeric 03/14/2023, 3-14-23, 14.03.2023,
+          2023-03-14, 03/2023; a month name or abbreviation in any case, in any order, with / - . or
+          spaces or nothing between: March 14, 2023, MARCH 14 2023, 14 Mar 2023, 17/Apr/2023,
+          14-MAR-31, 14MAR1931, 14th of March, March 2023, Mar 14 (a year-less lower-case "may" is the
+          verb and left alone); "on 3/14" (a month/day pair only after a date word)
+PHONE     US numbers with (), dots, dashes or spaces, +1 or 1-, an extension (x12, ext. 12,
+          extension 12); international numbers with + or 00 and a country code (8 to 15 digits);
+          555-1234 or 10 bare digits after a phone word
 FAX       the same shapes with "fax" shortly before
 EMAIL     name@host.tld
-SSN       123-45-6789, 123 45 6789, and any 9 digits after "SSN" / "social security"
-MRN       the value after MRN / medical record number / med rec no / chart no / patient id / hospital no
-ACCOUNT   the value after account / acct / billing / invoice / claim / member / policy / insurance /
-          health plan / beneficiary (health-plan beneficiary numbers are reported as ACCOUNT)
+SSN       three, two and four digits with any one separator (- . space), and 9 digits after "SSN"
+MRN       the value after MRN, MR#, MR No., medical record (number), med rec, chart (no.), record no.,
+          patient id, ID#, ID:, hospital / unit / encounter no., with ':', '#', 'No.', dashes or spaces
+ACCOUNT   the value after account / acct / acc / billing / invoice / claim / member / policy /
+          insurance / health plan / beneficiary (health-plan beneficiary numbers are reported as ACCOUNT)
 LICENSE   the value after licence / license / lic / DEA / NPI / certificate / badge / serial
-URL       http(s)://... and www....
-IP        IPv4 dotted quads (each part 0-255) and full IPv6
+URL       http(s)://..., www...., and bare host names under a common top-level domain (bit.ly/x)
+IP        IPv4 dotted quads (each part 0-255), full and "::"-compressed IPv6
+ADDRESS   a street address: number, optional direction, one to four capitalised words and a street
+          suffix (St, Street, Ave, Rd, Blvd, Lane, Dr, Ct, Way, Hwy, ...), an apartment or suite, and the
+          city and state after it; P.O. Box numbers
 ZIP       a 5- or 9-digit ZIP only after a US state (code or name) or "zip" / "postal code"; any
-          12345-6789. A lone 5-digit number is never scrubbed, so lab values survive.
-AGE       an age over 89: "92-year-old", "92 yo", "92 y/o", "age 95", "aged 91", "95 years of age"
-          (the number is replaced: "[AGE]-year-old"); ages up to 89 are kept
-NAME      after a title (Dr. Mr. Mrs. Ms. Miss Prof.), after a label (Patient:, Name:, seen by,
-          signed by, attending, referred by, PCP, ...), before a credential (", MD", ", RN", ...),
-          on signature lines ("/s/ ...", "Signed: ..."), and "Firstname Lastname" /
-          "Lastname, Firstname" pairs from the bundled name lists (``names.py``)
+          12345-6789; UK and Canadian postcodes (SW1A 1AA, K1A 0B6). A lone 5-digit number is never
+          scrubbed, so lab values survive.
+AGE       an age over 89: "92-year-old", "92 yo", "92yo", "92 y/o", "92 y.o.", "92 yrs", "age 95",
+          "aged 91", "95 years of age", "ninety-two years old" (the number is replaced: "[AGE]-year-old");
+          ages up to 89 are kept
+NAME      after a title in any case (Dr, dr., DR., Mr, mrs, Ms, Prof, Doctor, nurse; Miss, not "miss";
+          an all-caps title without a period only before an all-caps name, so "MS Contin" survives), after a label
+          (Patient:, Name:, seen by, signed by, attending, referred by, PCP, ...), before a credential
+          (", MD", ", RN", ...), on signature lines ("/s/ ...", "Signed: ..."), and "Firstname Lastname"
+          / "Lastname, Firstname" pairs from the bundled name lists (``names.py``). Name tokens may carry
+          accents and other Latin, Greek or Cyrillic letters (José Canaríñez).
 ========  ===========================================================================================
 
-Not covered (no rule can find them reliably): geographic units smaller than a state other than the ZIP,
-names with no context and not in the lists, vehicle and device identifiers without a label, biometric
-identifiers, photographs, and years that reveal an age over 89. Clinical content is left alone: "5 mg",
-"BP 120/80", "ICD-10 I21.4", "1/2 tablet", lone years and eponyms ("Parkinson disease") survive.
+Not covered (no rule can find them reliably): geographic units smaller than a state other than a street
+address and a ZIP, names with no context and not in the lists, vehicle and device identifiers without a
+label, biometric identifiers, photographs, and years that reveal an age over 89. Clinical content is left
+alone: "5 mg", "BP 120/80", "ICD-10 I21.4", "1/2 tablet", lone years and eponyms ("Parkinson disease")
+survive, and so does every description of ICD-10-CM (a test checks all of them). Recall per class on a
+synthetic corpus the rules were not written from is in bench/README.md ("De-identification recall").
 """
 
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass
 
 from meddiag_pipelines.text.names import FIRST_NAMES, SURNAMES
@@ -53,6 +71,7 @@ PLACEHOLDERS: dict[str, str] = {
         "LICENSE",
         "URL",
         "IP",
+        "ADDRESS",
         "ZIP",
         "AGE",
         "NAME",
@@ -67,20 +86,52 @@ class PhiSpan:
     kind: str
 
 
+# --- normalisation --------------------------------------------------------------------------------------
+
+# Folded before NFKC: dashes and minus signs to "-", spaces of every width to " ", invisible marks dropped.
+_FOLD = {
+    **{chr(c): "-" for c in (0x2010, 0x2011, 0x2012, 0x2013, 0x2014, 0x2015, 0x2212, 0xFE58, 0xFE63, 0xFF0D)},
+    **{chr(c): " " for c in (0x00A0, *range(0x2000, 0x200B), 0x202F, 0x205F, 0x3000)},
+    **{chr(c): "" for c in (0x00AD, 0x200B, 0x200C, 0x200D, 0x2060, 0xFEFF)},
+}
+
+
+def _normalise(text: str) -> tuple[str, list[int] | None]:
+    """The text the rules match on, and for each of its characters the index of the original one (None
+    when the text is ASCII and so already normal). Characters are normalised one by one so that every
+    span maps back to the original text."""
+    if text.isascii():
+        return text, None
+    parts: list[str] = []
+    origin: list[int] = []
+    for i, ch in enumerate(text):
+        norm = _FOLD[ch] if ch in _FOLD else (ch if ch < "\x80" else unicodedata.normalize("NFKC", ch))
+        parts.append(norm)
+        origin.extend([i] * len(norm))
+    origin.append(len(text))
+    return "".join(parts), origin
+
+
 # --- building blocks --------------------------------------------------------------------------------------
 
 _MONTH = (
     r"(?:Jan(?:uary)?|Feb(?:ruary)?|Mar(?:ch)?|Apr(?:il)?|May|June?|July?|Aug(?:ust)?|"
     r"Sep(?:t(?:ember)?)?|Oct(?:ober)?|Nov(?:ember)?|Dec(?:ember)?)"
 )
-_MONTH_ANYCASE = f"(?i:{_MONTH})"
+# Any case, never the start of a longer word ("marrow", "septum", "decreased").
+_MON = rf"(?i:{_MONTH})(?![A-Za-z])"
+# Without a year beside it a lower-case "may" is the verb: only May / MAY then.
+_MON_NOYEAR = rf"(?:(?!may\b){_MON}|May\b|MAY\b)"
 _MM = r"(?:0?[1-9]|1[0-2])"
 _DD = r"(?:0?[1-9]|[12]\d|3[01])"
 _YYYY = r"(?:1[89]\d\d|2[01]\d\d)"
-_ORD = r"(?:st|nd|rd|th)?"
+_YY = r"(?:'?\d\d)"
+_ORD = r"(?i:st|nd|rd|th)?"
+_DSEP = r"[\s/.\-]{0,3}"  # between the parts of a written date: "14 Mar", "17/Apr/", "14MAR", "Mar. 14,"
 _SEP = r"[\s:#.\-]*"  # between a label and its value: "MRN: 123", "MRN #123", "MRN - 123"
-_NUMBER_WORD = r"(?:number|no\.?|num\.?|nbr|#|id)"
-_UNIT = r"(?i:mg|mcg|g|kg|ml|l|units?|tabs?|tablets?|caps?|capsules?|doses?|%|mmol|meq|mmhg|bpm|cm|mm)\b"
+_NUMBER_WORD = r"(?:number|no\.?|num\.?|nbr|nr\.?|#|id)"
+_UNIT = r"(?i:mg|mcg|g|kg|ml|l|units?|tabs?|tablets?|caps?|capsules?|doses?|times|%|mmol|meq|mmhg|bpm|cm|mm)\b"
+_PHONE_EXT = r"(?:[ \t]*(?i:x|ext\.?|extension)[ \t]*\d{1,5})?"
 
 _US_STATES = (
     "AL AK AZ AR CA CO CT DE DC FL GA HI ID IL IN IA KS KY LA ME MD MA MI MN MS MO MT NE NV NH NJ NM NY NC "
@@ -93,13 +144,30 @@ _US_STATE_NAMES = (
     "North Carolina|North Dakota|Ohio|Oklahoma|Oregon|Pennsylvania|Rhode Island|South Carolina|South Dakota|"
     "Tennessee|Texas|Utah|Vermont|Virginia|Washington|West Virginia|Wisconsin|Wyoming|Puerto Rico"
 )
+_STATE = rf"(?:\b(?:{'|'.join(_US_STATES)})\b|\b(?:{_US_STATE_NAMES})\b)"
+_STREET_SUFFIX = (
+    "Street St Avenue Ave Av Road Rd Boulevard Blvd Lane Ln Drive Dr Court Ct Place Pl Way Terrace Ter Circle "
+    "Cir Highway Hwy Parkway Pkwy Square Sq Trail Trl Plaza Crescent Alley Row Close Loop Pike Route"
+).split()
+_STREET_SUFFIXES = "|".join(sorted({form for s in _STREET_SUFFIX for form in (s, s.upper())}, key=len, reverse=True))
 
-# A capitalised name token ("Smith", "O'Brien", "McDonald", "Jean-Luc", "SMITH") or an initial ("J.").
+# Letters of the Latin, Greek and Cyrillic blocks by case, so name tokens may carry accents (José Núñez);
+# combining marks count as lower case (a decomposed "é").
+_UPPER = "A-Z" + "".join(c for c in map(chr, range(0xC0, 0x530)) if c.isalpha() and c.isupper())
+_LOWER = "a-z" + "".join(c for c in map(chr, range(0xC0, 0x530)) if c.isalpha() and c.islower()) + "\u0300-\u036f"
+_LETTER = f"{_UPPER}{_LOWER}"
+
+# A capitalised name token ("Smith", "O'Brien", "McDonald", "Jean-Luc", "SMITH", "Núñez") or an initial ("J.").
+# Possessive runs (Python 3.11) so that a token splits one way only: a run of tokens costs linear time.
 _NAME_TOKEN = (
-    r"(?:[A-Z][a-z]{0,3}[’']?[A-Z]?[a-z]{1,30}(?:-[A-Z][a-z]{1,30})?|[A-Z]{2,30}(?:[’'-][A-Z]{1,30})?|[A-Z]\.)"
-    r"(?![A-Za-z])"
+    rf"(?:[{_UPPER}](?:[{_LOWER}]{{0,3}}+[’']?[{_UPPER}])?[{_LOWER}]{{1,30}}+(?:-[{_UPPER}][{_LOWER}]{{1,30}}+)?|"
+    rf"[{_UPPER}]{{2,30}}+(?:[’'-][{_UPPER}]{{1,30}}+)?|[{_UPPER}]\.)"
+    rf"(?![{_LETTER}])"
 )
 _NAME_SEQ = rf"{_NAME_TOKEN}(?:[ \t]+{_NAME_TOKEN}){{0,3}}"
+_CAPS_NAME_SEQ = rf"[{_UPPER}]{{2,30}}+(?:[’'-][{_UPPER}]{{1,30}}+)?(?:[ \t]+[{_UPPER}]{{2,30}}+(?:[’'-][{_UPPER}]{{1,30}}+)?){{0,3}}(?![{_LETTER}])"
+_TITLE = r"(?:dr|mr|mrs|ms|mx|prof|doctor|nurse)"  # and "Miss" / "MISS" (a lower-case "miss" is the verb)
+_ADDRESS_WORD = rf"(?:[{_UPPER}][{_LOWER}’'.]{{1,30}}+|[{_UPPER}]{{2,30}}+|\d{{1,3}}+(?i:st|nd|rd|th))"
 
 # Capitalised words that follow a label but are not names ("Patient: Alert and oriented").
 _NOT_NAMES = frozenset(
@@ -114,6 +182,7 @@ _NOT_NAMES = frozenset(
     Age Sex DOB MRN Phone Fax Email Address Also Then Who Which Was Were Be Been Being Mg Ml
     Practitioner Manager Case Staff Station Anesthetist Physician Provider Surgeon Attending Resident Nurse
     Normal Saline Assistant Consult Consultation Services Health Center Medical Group Associates
+    Monday Tuesday Wednesday Thursday Friday Saturday Sunday Tonight Office Visit Appointment
     """.split()
 )
 
@@ -134,47 +203,66 @@ _RULES: list[_Rule] = [
     _r("EMAIL", r"(?<![A-Za-z0-9._%+\-])[A-Za-z0-9._%+\-]{1,64}@[A-Za-z0-9.\-]{1,253}\.[A-Za-z]{2,24}\b"),
     _r("URL", r"(?i)\b(?:https?://|ftp://|www\.)[^\s<>\"'\])]+[^\s<>\"'\]).,;:!?]"),
     _r(
+        "URL",
+        r"(?i)(?<![\w.@\-])(?:[a-z0-9](?:[a-z0-9\-]{0,61}[a-z0-9])?\.){1,4}"
+        r"(?:com|org|net|edu|gov|io|ly|co|us|uk|ca|de|fr|info|biz|health|me)(?![\w\-])(?:/[^\s<>\"'\])]*[^\s<>\"'\]).,;:!?])?",
+    ),
+    _r(
         "IP",
         r"(?<![\d.])(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(?!\.?\d)",
     ),
     _r("IP", r"(?i)\b(?:[0-9a-f]{1,4}:){7}[0-9a-f]{1,4}\b"),
-    _r("SSN", r"(?<![\d-])\d{3}([- ])\d{2}\1\d{4}(?![\d-])"),
-    _r("SSN", rf"(?i)\b(?:SSN|SS#|social security(?: {_NUMBER_WORD})?){_SEP}(?:is\s+)?(?P<v>\d{{9}}|\d{{3}}[- ]?\d{{2}}[- ]?\d{{4}})\b", "v"),
+    _r("IP", r"(?i)(?<![\w:])(?:[0-9a-f]{1,4}(?::[0-9a-f]{1,4}){0,5}::(?:[0-9a-f]{1,4}(?::[0-9a-f]{1,4}){0,5})?|::[0-9a-f]{1,4}(?::[0-9a-f]{1,4}){0,5})(?![\w:])"),
+    _r("SSN", r"(?<![\d\-.])\d{3}([\-. ])\d{2}\1\d{4}(?![\d\-]|\.\d)"),
+    _r("SSN", rf"(?i)\b(?:SSN|SS#|social security(?: {_NUMBER_WORD})?){_SEP}(?:is\s+)?(?P<v>\d{{3}}[\s.\-]{{0,3}}\d{{2}}[\s.\-]{{0,3}}\d{{4}})\b", "v"),
     # ---- labelled record numbers: the value after the label
     _r(
         "MRN",
-        rf"(?i)\b(?:MRN|MR#|medical record(?: {_NUMBER_WORD})?|med\.? ?rec(?:ord)?\.?(?: {_NUMBER_WORD})?|"
-        rf"chart(?: {_NUMBER_WORD})|record {_NUMBER_WORD}|patient (?:id|identifier|{_NUMBER_WORD})|pt\.? id|"
-        rf"hospital {_NUMBER_WORD}|unit {_NUMBER_WORD}|encounter {_NUMBER_WORD})(?![A-Za-z]){_SEP}(?:is\s+|of\s+)?"
+        rf"(?i)\b(?:MRN|MR\.?[ \t]*{_NUMBER_WORD}|MR[ \t]*:|medical[ \t]+record(?:[ \t]*{_NUMBER_WORD})?|"
+        rf"med\.?[ \t]?rec(?:ord)?\.?(?:[ \t]*{_NUMBER_WORD})?|chart(?:[ \t]*{_NUMBER_WORD})?|record[ \t]*{_NUMBER_WORD}|"
+        rf"patient[ \t]*(?:id|identifier|{_NUMBER_WORD})|pt\.?[ \t]*id|ID[ \t]*(?:#|:|no\b\.?|number)|identifier|"
+        rf"hospital[ \t]*{_NUMBER_WORD}|unit[ \t]*{_NUMBER_WORD}|encounter[ \t]*{_NUMBER_WORD})(?![A-Za-z]){_SEP}(?:is\s+|of\s+)?"
         r"(?P<v>[A-Z]{0,4}-?\d[\dA-Z\-]{3,})\b",
         "v",
     ),
     _r(
         "ACCOUNT",
-        rf"(?i)\b(?:account|acct\.?|a/c|billing|invoice|claim|member|subscriber|policy|insurance|"
-        rf"health plan|beneficiary|medicaid|medicare)(?: {_NUMBER_WORD})?(?![A-Za-z]){_SEP}(?:is\s+)?"
+        rf"(?i)\b(?:account|acct\.?|acc\.?|a/c|billing|invoice|claim|member|subscriber|policy|insurance|"
+        rf"health plan|beneficiary|medicaid|medicare)(?:[ \t]*{_NUMBER_WORD})?(?![A-Za-z]){_SEP}(?:is\s+)?"
         r"(?P<v>[A-Z]{0,4}-?\d[\dA-Z\-]{4,})\b",
         "v",
     ),
     _r(
         "LICENSE",
         rf"(?i)\b(?:licen[cs]e|lic\.?|DEA|NPI|certificate|cert\.?|badge|registration|serial|"
-        rf"driver'?s licen[cs]e|DL)(?: {_NUMBER_WORD})?(?![A-Za-z]){_SEP}(?:is\s+)?"
+        rf"driver'?s licen[cs]e|DL)(?:[ \t]*{_NUMBER_WORD})?(?![A-Za-z]){_SEP}(?:is\s+)?"
         r"(?P<v>[A-Z]{0,4}-?\d[\dA-Z\-]{4,})\b",
         "v",
     ),
     # ---- phone and fax (the kind is decided by the words just before, see _phone_kind)
-    _r("PHONE", r"(?<![\w.])(?:\+?1[\s.\-]?)?(?:\(\d{3}\)\s?|\d{3}[\s./\-])\d{3}[\s.\-]\d{4}(?:\s?(?:x|ext\.?)\s?\d{1,5})?\b"),
+    _r("PHONE", rf"(?<![\w.+])(?:\+?1[\s.\-]?)?(?:\(\d{{3}}\)[\s.\-]?|\d{{3}}[\s./\-])\d{{3}}[\s.\-]\d{{4}}{_PHONE_EXT}(?![\w])"),
+    _r(
+        "PHONE",
+        rf"(?<![\w.+])(?:\+|\b00)[1-9]\d{{0,2}}(?=(?:[\s.\-()]{{0,3}}\d){{7,14}})[\s.\-]?(?:\(0?\d{{1,4}}\)[\s.\-]?)?"
+        rf"\d{{1,5}}(?:[\s.\-]?\d{{1,5}}){{1,5}}{_PHONE_EXT}(?![\w])",
+    ),
     _r("PHONE", r"(?i)\b(?:phone|tel|telephone|cell|mobile|pager|beeper|call(?:ed)?|fax|contact|reach(?:ed)? at)\b[\s:#.\-]*(?:number\s*|no\.?\s*|is\s+|at\s+)?(?P<v>\d{10}|\d{3}-\d{4})\b", "v"),
     # ---- dates
     _r("DATE", rf"(?<![\d/.\-]){_MM}([/\-.]){_DD}\1(?:{_YYYY}|\d{{2}})(?![\d/\-]|\.\d)"),
-    _r("DATE", rf"(?<![\d/.\-]){_DD}([/\-.]){_MM}\1{_YYYY}(?![\d/\-]|\.\d)"),
+    _r("DATE", rf"(?<![\d/.\-]){_DD}([/\-.]){_MM}\1(?:{_YYYY}|\d{{2}})(?![\d/\-]|\.\d)"),
     _r("DATE", rf"(?<![\d/.\-]){_YYYY}([/\-.]){_MM}\1{_DD}(?![\d/\-]|\.\d)"),
+    _r("DATE", rf"(?<![\d/.\-]){_MM}[/\-]{_YYYY}(?![\d/\-]|\.\d)"),
+    _r("DATE", rf"(?<![\d/.\-]){_MM} {_DD} {_YYYY}(?![\d/\-]|\.\d)"),
     _r("DATE", rf"\b{_YYYY}{_MM.replace('0?', '0')}{_DD.replace('0?', '0')}(?=T\d\d)"),
-    _r("DATE", rf"\b{_MONTH}\.?[\s\-]+{_DD}{_ORD}\b(?:,?[\s\-]+{_YYYY}\b)?(?!\s*{_UNIT})"),
-    _r("DATE", rf"\b{_DD}{_ORD}(?:\s+of)?[\s\-]+{_MONTH}\b\.?(?:,?[\s\-]+{_YYYY}\b)?"),
-    _r("DATE", rf"\b{_MONTH_ANYCASE}\.?,?\s+{_YYYY}\b"),
-    _r("DATE", rf"\b(?i:{_MONTH})\b(?=\s+(?:of\s+)?(?:this|last|next)\s+year)"),
+    # day month [year]: 14 Mar 2023, 17/Apr/2023, 14MAR1931, 14-MAR-31, 14th of March
+    _r("DATE", rf"\b{_DD}{_ORD}(?:[ \t]+of)?{_DSEP}{_MON}\.?,?{_DSEP}(?:{_YYYY}|{_YY})(?!\d)"),
+    _r("DATE", rf"\b{_DD}{_ORD}(?:[ \t]+of)?[\s\-]+{_MON_NOYEAR}\.?"),
+    # month day [year]: March 14, 2023, MARCH 14 2023, Mar-14-2023, Apr/17/2023, Mar 14
+    _r("DATE", rf"\b{_MON}\.?{_DSEP}{_DD}{_ORD},?{_DSEP}{_YYYY}(?!\d)"),
+    _r("DATE", rf"\b{_MON_NOYEAR}\.?[\s/\-]{{1,3}}{_DD}{_ORD}\b(?!\s*{_UNIT}|[/.]\d)"),
+    # month year: March 2023, mar-2023
+    _r("DATE", rf"\b{_MON}\.?,?[\s/.\-]{{1,3}}{_YYYY}\b"),
+    _r("DATE", rf"\b{_MON_NOYEAR}(?=\s+(?:of\s+)?(?:this|last|next)\s+year)"),
     _r(
         "DATE",
         r"(?i)\b(?:on|since|from|until|till|through|thru|dated?|DOB|D\.O\.B\.|born|admitted|discharged|"
@@ -183,25 +271,47 @@ _RULES: list[_Rule] = [
         "v",
     ),
     _r("DATE", rf"(?<![\d/]){_MM}/{_DD}(?=\s*(?:-|to|through|and)\s*{_MM}/{_DD}(?![\d/]))"),
-    # ---- ZIP codes: only with an address context
+    # ---- street addresses (with the city and state after them) and P.O. boxes
+    _r(
+        "ADDRESS",
+        rf"\b\d{{1,6}}[A-Za-z]?(?:-\d{{1,4}})?[ \t]+(?:(?:[NSEW]|North|South|East|West)\.?[ \t]+)?"
+        rf"(?!(?i:a\.?m|p\.?m)\b)(?:{_ADDRESS_WORD}[ \t]+){{1,4}}(?:{_STREET_SUFFIXES}|(?i:street|avenue|road|boulevard|lane|drive))(?![\w])\.?"
+        rf"(?:,?[ \t]*(?i:apt|apartment|suite|ste|unit|#)\.?[ \t]*#?[\w\-]{{1,6}})?"
+        rf"(?:,[ \t]*[{_UPPER}][{_LOWER}]{{1,30}}(?:[ \t]+[{_UPPER}][{_LOWER}]{{1,30}}){{0,2}}(?=,?[ \t]*{_STATE}))?",
+    ),
+    _r("ADDRESS", r"(?i)\bP\.?[ \t]?O\.?[ \t]*Box[ \t]*#?\d{1,7}\b"),
+    # ---- ZIP and postal codes: a US ZIP only with an address context
     _r("ZIP", r"(?<![\d\-])\d{5}-\d{4}(?![\d\-])"),
     _r(
         "ZIP",
-        rf"(?:\b(?:{'|'.join(_US_STATES)})\.?,?|\b(?:{_US_STATE_NAMES}),?|(?i:\bzip(?:\s*code)?|\bpostal\s*code)[\s:#]*)"
+        rf"(?:\b(?:{'|'.join(_US_STATES)})\.?,?|\b(?:{_US_STATE_NAMES}),?|(?i:\bzip(?:\s*code)?|\bpostal\s*code|\bpost\s*code)[\s:#]*)"
         r"\s+(?P<v>\d{5})(?![\d\-])",
         "v",
     ),
+    _r("ZIP", r"\b(?:[A-Z]{1,2}\d[A-Z\d]?|GIR)[ \t]\d[A-Z]{2}\b"),  # UK: SW1A 1AA
+    _r("ZIP", r"\b[ABCEGHJ-NPRSTVXY]\d[A-Z][ \t]\d[A-Z]\d\b"),  # Canada: K1A 0B6 (the space is required: T2N1M0 is TNM)
     # ---- ages over 89
     _r(
         "AGE",
-        r"(?i)\b(?P<v>9\d|1[01]\d)(?=(?:\s*|-)(?:years?|yrs?|y)(?:\s*|-)(?:old|of age|o\b)|\s*y/o\b|\s*yo\b|"
-        r"[\s\-]*(?:year|yr)s?\b)",
+        r"(?i)\b(?P<v>9\d|1[01]\d)(?=[\s\-]*(?:years?|yrs?|y)[\s\-.]*(?:old|of age|o\b\.?)|\s*y/o\b|\s*y\.\s?o\b|"
+        r"\s*yo\b|[\s\-]*(?:year|yr)s?\b)",
         "v",
     ),
     _r("AGE", r"(?i)\b(?:age[ds]?)\s*:?\s*(?:of\s+)?(?P<v>9\d|1[01]\d)\b(?!\s*(?:%|mg|kg|ml|mmhg|bpm|/))", "v"),
+    _r(
+        "AGE",
+        r"(?i)\b(?P<v>ninety(?:[\s\-]+(?:one|two|three|four|five|six|seven|eight|nine))?|one[\s\-]+hundred(?:[\s\-]+and)?"
+        r"(?:[\s\-]+(?:one|two|three|four|five|six|seven|eight|nine|ten))?)(?=[\s\-]+(?:years?|yrs?)\b)",
+        "v",
+    ),
     _r("AGE", r"(?i)\b(?:nonagenarian|centenarian)\b"),
     # ---- names with context
-    _r("NAME", rf"\b(?:Dr|Mr|Mrs|Ms|Mx|Miss|Prof|Doctor|Nurse)\b(?:\.[ \t]*|[ \t]+)(?P<v>{_NAME_SEQ})", "v"),
+    # a title in any case before capitalised names: Dr. Smith, dr. Núñez, DR. Smith, Mrs Jones, nurse Ann
+    _r("NAME", rf"\b(?:(?i:{_TITLE})\.[ \t]*|(?:{_TITLE}|{_TITLE.title()}|Miss)[ \t]+)(?P<v>{_NAME_SEQ})", "v"),
+    # an all-caps title with no period only before an all-caps name (DR SMITH; not "MS Contin", "DR tablet")
+    _r("NAME", rf"\b(?:{_TITLE.upper()}|MISS)[ \t]+(?P<v>{_CAPS_NAME_SEQ})", "v"),
+    # a title with a period before one lower-case word: "seen by dr. smith today"
+    _r("NAME", rf"\b(?i:{_TITLE})\.[ \t]*(?P<v>[{_LOWER}]{{2,30}}(?![{_LETTER}]))", "v"),
     _r(
         "NAME",
         r"(?i:\b(?:patient(?:'s)?\s+name|pt\.?\s+name|name|patient|pt|cc|RN|nurse|signature|signed))"
@@ -221,7 +331,7 @@ _RULES: list[_Rule] = [
     ),
     _r(
         "NAME",
-        rf"(?<![A-Za-z.’'-])(?P<v>{_NAME_TOKEN}(?:[ \t]+{_NAME_TOKEN}){{1,3}}),?[ \t]+"
+        rf"(?<![{_LETTER}.’'-])(?P<v>{_NAME_TOKEN}(?:[ \t]+{_NAME_TOKEN}){{1,3}}),?[ \t]+"
         r"(?:MD|M\.D\.|DO|D\.O\.|RN|NP|PA-C|PA|PhD|DDS|DPM|FNP|CNM|CRNA|LPN|MBBS|FRCP|FACC|FACS)\b",
         "v",
     ),
@@ -241,12 +351,12 @@ def _phone_kind(text: str, start: int) -> str:
 
 
 def _name_value(text: str, start: int, end: int) -> tuple[int, int] | None:
-    """Trim a captured name sequence to its leading tokens that are not common capitalised words."""
+    """Trim a captured name sequence to its leading tokens that are not common words (in any case)."""
     tokens = list(re.finditer(r"\S+", text[start:end]))
     kept_end = None
     for tok in tokens:
         word = tok.group().rstrip(".,'’")
-        if word in _NOT_NAMES or (word.isupper() and len(word) > 1 and word.title() in _NOT_NAMES):
+        if word in _NOT_NAMES or word.title() in _NOT_NAMES:
             break
         kept_end = start + tok.end()
     if kept_end is None:
@@ -295,17 +405,21 @@ def _raw_spans(text: str) -> list[tuple[int, int, str, int]]:
 
 
 def find_phi(text: str) -> list[PhiSpan]:
-    """Every identifier found in ``text``, as sorted, non-overlapping spans (overlaps are merged)."""
+    """Every identifier found in ``text``, as sorted, non-overlapping spans of ``text`` itself (overlaps are
+    merged); the rules match on the normalised text (``_normalise``)."""
     if not text:
         return []
-    raw = sorted(_raw_spans(text), key=lambda s: (s[0], -(s[1] - s[0]), s[3]))
+    norm, origin = _normalise(text)
+    raw = sorted(_raw_spans(norm), key=lambda s: (s[0], -(s[1] - s[0]), s[3]))
     merged: list[list] = []
     for start, end, kind, _ in raw:
         if merged and start < merged[-1][1]:
             merged[-1][1] = max(merged[-1][1], end)
             continue
         merged.append([start, end, kind])
-    return [PhiSpan(s, e, k) for s, e, k in merged]
+    if origin is None:
+        return [PhiSpan(s, e, k) for s, e, k in merged]
+    return [PhiSpan(origin[s], origin[e - 1] + 1, k) for s, e, k in merged]
 
 
 def scrub(text: str) -> str:
