@@ -305,7 +305,7 @@ def _ingest_batch(spec: TaskSpec, layout: DataLayout, warehouse: Warehouse, read
     except BatchRejected as exc:
         reason = _reason("read", batch.batch_id, exc.file, exc.problem, **exc.details)
         if _quarantine(spec, layout, warehouse, batch, reason, merge=bool(set_aside)):
-            summary.quarantined.append({"batch": batch.batch_id, "file": exc.file, "problem": exc.problem})
+            summary.quarantined += [*set_aside, {"batch": batch.batch_id, "file": exc.file, "problem": exc.problem}]
         return
     except (duckdb.IOException, OSError):
         raise  # the warehouse is unavailable (locked, disk full): fail the run, keep the batch for the next one
