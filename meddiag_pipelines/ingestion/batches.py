@@ -34,6 +34,7 @@ from meddiag_pipelines.ingestion.landing import (
     non_regular_files,
     ready_batch_dirs,
     waiting_batch_dirs,
+    waiting_reason,
 )
 from meddiag_pipelines.ingestion.quarantine import quarantine_path
 from meddiag_pipelines.ingestion.warehouse import SchemaConflict, Warehouse, conform
@@ -428,6 +429,25 @@ def _validate(spec: TaskSpec, layout: DataLayout, warehouse: Warehouse, validato
         summary.validated.append(batch_id)
         validated.append(batch_id)
     return (warehouse.read(spec.name, RAW_TABLE, validated) if validated else pl.DataFrame()), summary
+
+
+def why_no_records(spec: TaskSpec, layout: DataLayout, warehouse: Warehouse) -> str:
+    """Why a task has no validated rows, in plain words: batches waiting for their marker, quarantined batches
+    with their reasons (file and problem, never record content), or an empty landing folder."""
+    parts = [f"{display_name(d.name)} {waiting_reason(spec.landing)}"
+             for d in waiting_batch_dirs(layout.landing(spec.name), spec.landing)]  # fmt: skip
+    for row in warehouse.ledger(spec.name).filter(pl.col("status") == "quarantined").iter_rows(named=True):
+        parts.append(f"{row['batch_id']} was quarantined: {_reason_text(json.loads(row['reason']) if row['reason'] else {})}")
+    if not parts:
+        parts.append(f"no complete batch has landed in landing/{spec.name}/ yet")
+    return "no validated rows: " + "; ".join(parts)
+
+
+def _reason_text(reason: dict) -> str:
+    failures = reason.get("failures") or []
+    if failures:
+        return ", ".join(f"{f.get('column') or f.get('expectation')}: {f.get('problem')}" for f in failures[:5])
+    return f"{reason.get('file')}: {reason.get('problem')}"
 
 
 def reconcile(spec: TaskSpec, warehouse: Warehouse) -> dict[str, int]:
