@@ -250,3 +250,36 @@ def test_label_domain_failures_compare_canonical_labels(values, domain, spec_ext
         assert all(repr(v) in failure.problem for v in outside)
     else:
         assert failures == []
+
+
+def test_waiting_and_quarantined_batches_are_named_on_the_materializations(synthetic_spec, layout):
+    """Issue 12 §6: a batch without its marker is named at INFO on raw_records; an empty validated_records says
+    why; check failures carry their reasons in the description."""
+    import dagster as dg
+
+    from meddiag_pipelines.definitions import build_definitions
+
+    land(layout, TASK, "batch-0001", synthetic_records(20, seed=1), ready=False)
+    land(layout, TASK, "batch-0002", synthetic_records(20, seed=2, start=100).with_columns(pl.lit("maybe").alias("outcome")))
+    defs = build_definitions([synthetic_spec], layout.root)
+    keys = [dg.AssetKey([TASK, "raw_records"]), dg.AssetKey([TASK, "validated_records"])]
+    with dg.instance_for_test() as instance:
+        result = defs.resolve_job_def(f"{TASK}_job").execute_in_process(instance=instance, raise_on_error=False,
+                                                                        asset_selection=keys)  # fmt: skip
+        raw = instance.get_latest_materialization_event(keys[0]).asset_materialization.metadata
+        validated = instance.get_latest_materialization_event(keys[1]).asset_materialization.metadata
+        logs = [(e.level, e.user_message) for e in instance.all_logs(result.run_id) if e.level >= 20]
+    assert raw["waiting_batches"].value == 1
+    assert "batch-0001 has no _READY marker" in raw["waiting"].value
+    assert any(level == 20 and "batch-0001 has no _READY marker" in msg for level, msg in logs)
+    why = validated["why_empty"].value
+    assert "batch-0001 has no _READY marker" in why and "batch-0002 was quarantined" in why and "'maybe'" in why
+
+
+def test_failures_result_puts_the_reasons_in_the_description():
+    from meddiag_pipelines.defs.common import failures_result
+    from meddiag_pipelines.validation.suites import CheckFailure
+
+    result = failures_result([CheckFailure("expect_column_values_to_be_in_set", "outcome", "3 rows outside the domain")])
+    assert not result.passed and result.description == "outcome: 3 rows outside the domain"
+    assert failures_result([]).description is None
