@@ -3,6 +3,11 @@
 Each landed batch ends in exactly one ledger state: ``read`` (waiting for validation), ``validated`` or
 ``quarantined`` (moved to ``<data>/quarantine/<task>/`` with a ``reason.json``). :func:`reconcile` proves
 that every landed batch is accounted for.
+
+The rule for a known batch whose files change after it was ingested (added, changed or removed): its rows
+already ingested stay, and the folder as it is now is set aside in ``quarantine/<task>/<batch>.changed-<time>/``
+with the counts; new rows are landed as a new batch. FIFOs, sockets and devices are never opened: each is
+moved to quarantine before any reader runs.
 """
 
 from __future__ import annotations
