@@ -104,5 +104,9 @@ def reset(layout: DataLayout, warehouse: Warehouse, task: str) -> None:
     _single_name("task", task)
     with warehouse.task_lock(task):
         warehouse.forget_task(task)
+        tables = layout.table(task, "validated_records").parent  # warehouse/tables/<task>/: every asset table
+        if tables.is_dir() and not tables.is_symlink():
+            for table in tables.glob("*.parquet"):
+                table.unlink()
         for marker in layout.landing(task).glob(f"*/{INGESTED_MARKER}"):
             marker.unlink()

@@ -185,14 +185,13 @@ class Warehouse:
     def forget_task(self, task: str) -> None:
         """Forget everything the warehouse holds for ``task``: ledger, records files, state, views."""
         with self.connect() as con:
+            files = [r[0] for r in con.execute("SELECT records_file FROM ingest_ledger WHERE task = ? AND records_file "
+                                               "IS NOT NULL", [task]).fetchall()]  # fmt: skip
             con.execute("DELETE FROM ingest_ledger WHERE task = ?", [task])
             con.execute("DELETE FROM task_state WHERE task = ?", [task])
             con.execute(f"DROP SCHEMA IF EXISTS {_quote(task)} CASCADE")
-        for folder in self.root.iterdir() if self.root.is_dir() else []:
-            records = folder / task
-            if folder.is_dir() and records.is_dir() and not records.is_symlink():
-                for path in records.glob("*.parquet"):
-                    path.unlink()
+        for rel in files:
+            (self.root / rel).unlink(missing_ok=True)
 
     # -- per-task state -----------------------------------------------------------------------------
     def state(self, task: str, key: str) -> str | None:
