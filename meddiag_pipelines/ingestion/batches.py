@@ -231,7 +231,8 @@ def _read(reader: Reader, batch: LandedBatch, spec: TaskSpec) -> ReadOutcome:
     except BatchRejected:
         raise
     except (Exception, PanicException) as exc:
-        raise BatchRejected(batch.batch_id, f"could not be read: the reader failed with {type(exc).__name__}") from exc
+        raise BatchRejected(batch.batch_id, f"could not be read: the reader stopped on an error it does not "
+                            f"describe ({type(exc).__name__}; its message is not kept, as it may quote the data)") from exc  # fmt: skip
     return outcome if isinstance(outcome, ReadOutcome) else ReadOutcome(outcome)
 
 
