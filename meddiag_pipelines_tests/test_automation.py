@@ -44,7 +44,7 @@ def test_sensor_requests_once_per_new_batch(synthetic_spec, layout, sensor_and_s
     assert isinstance(again, dg.SkipReason) and cursor_again == cursor
     land(layout, "synthetic_risk", "b2", synthetic_records(10, seed=2, start=10))
     second, cursor = tick(sensor, storage, cursor)
-    assert second.run_key.startswith("synthetic_risk:b2@") and "b1" not in second.run_key
+    assert second.run_key.startswith("synthetic_risk:b2@") and "b1@" not in second.run_key
 
 
 def test_batches_ingested_outside_the_sensor_launch_nothing(synthetic_spec, layout, sensor_and_storage):
@@ -60,7 +60,29 @@ def test_batches_ingested_outside_the_sensor_launch_nothing(synthetic_spec, layo
     assert isinstance(result, dg.SkipReason)
     land(layout, "synthetic_risk", "b2", synthetic_records(10, seed=2, start=10))
     result, _ = tick(sensor, storage)
-    assert result.run_key.startswith("synthetic_risk:b2@") and "b1" not in result.run_key
+    assert result.run_key.startswith("synthetic_risk:b2@") and "b1@" not in result.run_key
+
+
+def test_a_batch_relanded_under_a_known_name_is_noticed(synthetic_spec, layout, sensor_and_storage):
+    """Issue 14 §9: the cursor knows the name; a new export under it (a fresh folder, or files changed in
+    place after ingestion) is new content and gets a run, which sets the changed batch aside."""
+    import shutil
+
+    from meddiag_pipelines.ingestion.batches import ingest_new_batches
+    from meddiag_pipelines.ingestion.tabular import read_tabular_batch
+
+    sensor, storage = sensor_and_storage
+    folder = land(layout, "synthetic_risk", "b1", synthetic_records(10, seed=1))
+    first, cursor = tick(sensor, storage)
+    ingest_new_batches(synthetic_spec, layout, storage.warehouse, read_tabular_batch)
+    assert isinstance(tick(sensor, storage, cursor)[0], dg.SkipReason)
+    shutil.rmtree(folder)
+    land(layout, "synthetic_risk", "b1", synthetic_records(12, seed=2))
+    relanded, cursor = tick(sensor, storage, cursor)
+    assert isinstance(relanded, dg.RunRequest) and relanded.run_key != first.run_key
+    summary = ingest_new_batches(synthetic_spec, layout, storage.warehouse, read_tabular_batch)
+    assert [c["batch"] for c in summary.changed] == ["b1"]
+    assert isinstance(tick(sensor, storage, cursor)[0], dg.SkipReason)
 
 
 def test_half_written_batch_waits_for_its_marker(layout, sensor_and_storage):

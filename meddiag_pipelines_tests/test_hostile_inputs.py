@@ -211,6 +211,13 @@ def _huge_text(layout, tmp):
     land_raw(layout, "b1", csv_bytes(records(3).with_columns(pl.lit("note " * 400_000).alias("notes"))))
 
 
+def _fifo(layout, tmp):
+    folder = layout.landing(TASK) / "b1"
+    folder.mkdir(parents=True)
+    os.mkfifo(folder / "records.csv")  # opening it would block the reader (and the task's lock) for ever
+    (folder / "_READY").touch()
+
+
 def _nan(layout, tmp):
     land_raw(layout, "b1", csv_bytes(records()) + f"{CANARY}-r999,{CANARY}-p9,NaN,0.5,nan,A,yes\n".encode())
 
@@ -245,6 +252,7 @@ CASES = [
     Case("sub-folder symlink pointing outside", _symlinked_subfolder, "sub", "symbolic link"),
     Case("non-UTF-8 file name", _bytes_file_name, "records-\\xff\\xfe.csv", "not valid UTF-8"),
     Case("non-UTF-8 batch folder name", _bytes_batch_name, None, "not valid UTF-8", batch="b1-\\xe9t\\xe9"),
+    Case("FIFO named records.csv", _fifo, None, "holds no regular files"),
 ]
 ACCEPTED = [  # hostile-looking input that is valid data and must flow, whole
     ("UTF-8 with BOM", lambda layout, tmp: land_raw(layout, "b1", b"\xef\xbb\xbf" + csv_bytes(records())), 30),

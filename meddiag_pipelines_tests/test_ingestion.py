@@ -53,9 +53,24 @@ def test_wrong_column_type_is_quarantined_without_values(synthetic_spec, layout,
 def test_undeclared_column_changing_type_is_quarantined(synthetic_spec, layout):
     land(layout, "synthetic_risk", "b1", synthetic_records(30, seed=1).with_columns(pl.lit(1.5).alias("extra")))
     land(layout, "synthetic_risk", "b2", synthetic_records(30, seed=2, start=100).with_columns(pl.lit("high").alias("extra")))
-    _, ingest, records, _ = run_ingestion(synthetic_spec, layout)
+    _, _, records, validation = run_ingestion(synthetic_spec, layout)
     assert records.height == 30
-    assert "column 'extra' holds String values where earlier batches held Float64" in ingest.quarantined[0]["problem"]
+    [failure] = validation.quarantined[0]["failures"]
+    assert failure["column"] == "extra"
+    assert failure["problem"] == ("column 'extra' holds text (String) where the task's validated batches hold "
+                                  "decimal numbers (Float64)")
+    assert "high" not in json.dumps(validation.quarantined)
+
+
+def test_a_quarantined_first_batch_does_not_fix_column_types(synthetic_spec, layout):
+    """The first batch, text in an undeclared column, fails validation (bad label); the second, numbers in it,
+    must not be measured against the first one's types."""
+    land(layout, "synthetic_risk", "b1", synthetic_records(30, seed=1).with_columns(
+        pl.lit("high").alias("extra"), pl.lit("maybe").alias("outcome")))
+    land(layout, "synthetic_risk", "b2", synthetic_records(30, seed=2, start=100).with_columns(pl.lit(1.5).alias("extra")))
+    _, _, records, validation = run_ingestion(synthetic_spec, layout)
+    assert [q["batch"] for q in validation.quarantined] == ["b1"] and validation.validated == ["b2"]
+    assert records.height == 30 and records.schema["extra"] == pl.Float64
 
 
 @pytest.mark.parametrize(

@@ -5,18 +5,24 @@ import json
 import dagster as dg
 
 from meddiag_pipelines.defs.resources import MeddiagStorage
-from meddiag_pipelines.ingestion.landing import INGESTED_MARKER, describe_batch, ready_batch_dirs
+from meddiag_pipelines.ingestion.landing import changed_since_ingested, describe_batch, ready_batch_dirs
 from meddiag_pipelines.specs import TaskSpec
 
 SENSOR_INTERVAL_S = 10
 
 
 def new_batches(spec: TaskSpec, storage: MeddiagStorage, seen: dict[str, str]) -> dict[str, str]:
-    """Complete batches neither in the cursor nor already ingested (by a CLI run, say), with content hashes."""
+    """Complete batches whose content the cursor has not seen, with content hashes: new names, a batch
+    re-landed under a known name, or a known batch changed after it was ingested (ingestion sets it aside). A
+    batch whose ``_INGESTED`` marker is newer than all its entries is skipped without being hashed."""
     found = {}
     for batch_dir in ready_batch_dirs(storage.layout.landing(spec.name), spec.landing):
-        if batch_dir.name not in seen and not (batch_dir / INGESTED_MARKER).exists():
-            found[batch_dir.name] = describe_batch(spec.name, batch_dir).content_hash
+        settled = batch_dir.name in seen if batch_dir.is_symlink() else not changed_since_ingested(batch_dir)
+        if settled:
+            continue
+        digest = describe_batch(spec.name, batch_dir).content_hash
+        if seen.get(batch_dir.name) != digest:
+            found[batch_dir.name] = digest
     return found
 
 

@@ -21,8 +21,9 @@ from meddiag_pipelines.defs.resources import MeddiagStorage
 import meddiag_pipelines.evaluation as evaluator  # its modules load on first use
 from meddiag_pipelines.features.split import (CONTENT_COLUMN, SPLIT_COLUMN, SPLITS, assign_split, check_split,
                                               content_keys, duplicate_contents)
-from meddiag_pipelines.ingestion.batches import IngestSummary, ValidationSummary, Validator, reconcile, validate_pending_batches
-from meddiag_pipelines.ingestion.landing import BATCH_COLUMN
+from meddiag_pipelines.ingestion.batches import (IngestSummary, ValidationSummary, Validator, reconcile, validate_pending_batches,
+                                                 why_no_records)  # fmt: skip
+from meddiag_pipelines.ingestion.landing import BATCH_COLUMN, waiting_reason
 from meddiag_pipelines.markup import escape_markdown
 from meddiag_pipelines.registry.fingerprint import trained_batch_hashes, training_fingerprint
 from meddiag_pipelines.registry.promotion import Decision, decide
@@ -125,9 +126,11 @@ def png_markdown(png: bytes, title: str) -> dg.MetadataValue:
 
 
 def failures_result(failures: list[CheckFailure]) -> dg.AssetCheckResult:
+    """A check's result; the reasons are also its description, so the CLI output shows them at INFO."""
     rows = [{"column": f.column, "problem": f.problem} for f in failures]
+    description = "; ".join(f"{f.column or f.expectation}: {f.problem}" for f in failures[:20]) or None
     return dg.AssetCheckResult(
-        passed=not failures, severity=dg.AssetCheckSeverity.ERROR,
+        passed=not failures, severity=dg.AssetCheckSeverity.ERROR, description=description,
         metadata={"n_failures": len(failures), "failures": dg.MetadataValue.md(markdown_table(rows))},
     )  # fmt: skip
 
@@ -136,25 +139,38 @@ def failures_result(failures: list[CheckFailure]) -> dg.AssetCheckResult:
 def ingest_result(context, spec: TaskSpec, storage: MeddiagStorage, summary: IngestSummary) -> dg.MaterializeResult:
     for q in summary.quarantined:
         context.log.warning(f"{spec.name}: batch {q['batch']} quarantined: {q['file']}: {q['problem']}")
+    for c in summary.changed:
+        context.log.warning(f"{spec.name}: batch {c['batch']} changed after it was ingested ({c['added']} files added, "
+                            f"{c['changed']} changed, {c['removed']} removed): set aside in quarantine, its rows "
+                            "already ingested stay; land the new rows as a new batch")  # fmt: skip
+    waiting = [f"{b} {waiting_reason(spec.landing)}" for b in summary.waiting]
+    for line in waiting:
+        context.log.info(f"{spec.name}: batch {line}")
     counts = reconcile(spec, storage.warehouse)
     return dg.MaterializeResult(metadata={
         "new_batches": len(summary.ingested), "new_rows": summary.rows, "quarantined_now": len(summary.quarantined),
-        "already_ingested": summary.skipped_known, **counts,
+        "already_ingested": summary.skipped_known, "changed_batches": len(summary.changed),
+        "waiting_batches": len(summary.waiting), **counts,
         "quarantined": dg.MetadataValue.md(markdown_table(summary.quarantined)),
+        "changed": dg.MetadataValue.md(markdown_table(summary.changed)),
+        "waiting": dg.MetadataValue.md("\n".join(f"- {line}" for line in waiting) or "_none_"),
     })  # fmt: skip
 
 
 def log_validation(context, spec: TaskSpec, summary: ValidationSummary) -> None:
     for q in summary.quarantined:
-        problems = "; ".join(f"{f['column']}: {f['problem']}" for f in q["failures"])
+        problems = "; ".join(f"{f['column'] or f['expectation']}: {f['problem']}" for f in q["failures"])
         context.log.warning(f"{spec.name}: batch {q['batch']} failed validation and was quarantined: {problems}")
 
 
 def validation_metadata(spec: TaskSpec, storage: MeddiagStorage, records: pl.DataFrame, summary: ValidationSummary) -> dict:
     counts = reconcile(spec, storage.warehouse)
     labelled = records.filter(pl.col(spec.label).is_not_null()).height if spec.label in records.columns else 0
-    return {"labelled_rows": labelled, "unlabelled_rows": records.height - labelled,
+    meta = {"labelled_rows": labelled, "unlabelled_rows": records.height - labelled,
             "validated_now": len(summary.validated), "quarantined_now": len(summary.quarantined), **counts}  # fmt: skip
+    if records.is_empty():
+        meta["why_empty"] = why_no_records(spec, storage.layout, storage.warehouse)
+    return meta
 
 
 def build_validated_records_asset(spec: TaskSpec, raw_records, tags: dict, description: str,
@@ -169,7 +185,10 @@ def build_validated_records_asset(spec: TaskSpec, raw_records, tags: dict, descr
     def validated_records(context: dg.AssetExecutionContext, storage: MeddiagStorage) -> pl.DataFrame:
         records, summary = validate_pending_batches(spec, storage.layout, storage.warehouse, make_validator(storage))
         log_validation(context, spec, summary)
-        context.add_output_metadata(validation_metadata(spec, storage, records, summary))
+        meta = validation_metadata(spec, storage, records, summary)
+        if "why_empty" in meta:
+            context.log.warning(f"{spec.name}: {meta['why_empty']}")
+        context.add_output_metadata(meta)
         return records
 
     return validated_records

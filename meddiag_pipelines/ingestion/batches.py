@@ -3,6 +3,11 @@
 Each landed batch ends in exactly one ledger state: ``read`` (waiting for validation), ``validated`` or
 ``quarantined`` (moved to ``<data>/quarantine/<task>/`` with a ``reason.json``). :func:`reconcile` proves
 that every landed batch is accounted for.
+
+The rule for a known batch whose files change after it was ingested (added, changed or removed): its rows
+already ingested stay, and the folder as it is now is set aside in ``quarantine/<task>/<batch>.changed-<time>/``
+with the counts; new rows are landed as a new batch. FIFOs, sockets and devices are never opened: each is
+moved to quarantine before any reader runs.
 """
 
 from __future__ import annotations
@@ -11,9 +16,10 @@ import hashlib
 import json
 import logging
 import os
+import stat
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 
 import duckdb
@@ -25,29 +31,40 @@ from meddiag_pipelines.ingestion.landing import (
     BATCH_COLUMN,
     INGESTED_MARKER,
     LandedBatch,
-    UnsafePath,
-    confined_file,
+    changed_since_ingested,
+    data_files,
     describe_batch,
     display_name,
+    file_digests,
+    non_regular_files,
     ready_batch_dirs,
+    waiting_batch_dirs,
+    waiting_reason,
 )
 from meddiag_pipelines.ingestion.quarantine import quarantine_path
-from meddiag_pipelines.ingestion.warehouse import SchemaConflict, Warehouse
+from meddiag_pipelines.ingestion.warehouse import SchemaConflict, Warehouse, conform
 from meddiag_pipelines.layout import DataLayout
-from meddiag_pipelines.specs import TaskSpec
+from meddiag_pipelines.specs import TaskSpec, canonical_label
 from meddiag_pipelines.validation.suites import CheckFailure
 
 log = logging.getLogger(__name__)
 RAW_TABLE = "raw_records"
-
+NOT_REGULAR = "is not a regular file (a FIFO, socket or device); only regular files are read"
+NOT_READ = "was not read: not a file this task reads"
+LABEL_DOMAIN_KEY = "label_domain"
 
 
 @dataclass
 class ReadOutcome:
-    """What a reader returns when one file, not the whole batch, is the unit of rejection (images, texts)."""
+    """What a reader returns when one file, not the whole batch, is the unit of rejection (images, texts).
+
+    ``files_read``: the batch files (relative, as in ``LandedBatch.files``) the reader actually read. When given,
+    every other listed file that it did not reject either becomes a rejection (:data:`NOT_READ`), so nothing
+    is counted as ingested that was not read."""
 
     records: pl.DataFrame
     rejected: list[tuple[str, str]] = field(default_factory=list)  # (file relative to the batch, problem)
+    files_read: list[str] | None = None
 
 
 Reader = Callable[[LandedBatch, TaskSpec], pl.DataFrame | ReadOutcome]
@@ -58,6 +75,8 @@ Validator = Callable[[pl.DataFrame, TaskSpec, set[str]], list[CheckFailure]]
 class IngestSummary:
     ingested: list[str] = field(default_factory=list)
     quarantined: list[dict] = field(default_factory=list)  # {batch, file, problem}: whole batches or single files
+    changed: list[dict] = field(default_factory=list)  # {batch, added, changed, removed}: known batches that changed
+    waiting: list[str] = field(default_factory=list)  # batch folders not ready yet (no _READY marker, or not quiet)
     rows: int = 0
     skipped_known: int = 0
 
@@ -66,18 +85,23 @@ def _reason(stage: str, batch: str, file: str, problem: str, **extra) -> dict:
     return {"stage": stage, "batch": batch, "file": file, "problem": problem, "at": time.time(), **extra}
 
 
+def _ledger_row(batch: LandedBatch, status: str, n_rows: int, columns: list[str], reason: dict | None) -> dict:
+    return {"batch_id": batch.batch_id, "content_hash": batch.content_hash, "status": status, "n_rows": n_rows,
+            "files": list(batch.files), "columns": columns, "reason": reason, "file_hashes": batch.digests}  # fmt: skip
+
+
 def _quarantine(spec: TaskSpec, layout: DataLayout, warehouse: Warehouse, batch: LandedBatch, reason: dict,
-                n_rows: int, columns: list[str], *, new: bool = True) -> bool:  # fmt: skip
+                *, new: bool = True, merge: bool = False) -> bool:  # fmt: skip
     """Ledger first, then the move: a crash in between leaves a ledger entry whose folder is still in landing,
     and the next run finishes the move (:func:`_finish_interrupted`). ``False`` if another run recorded the
-    batch first (then it is theirs to move)."""
-    args = (spec.name, batch.batch_id, batch.content_hash, "quarantined", n_rows, list(batch.files), columns, reason)
+    batch first (then it is theirs to move). ``merge``: files of this batch already in its quarantine folder
+    (moved before reading) are joined, not set apart."""
     if new:
-        if not warehouse.add_batch(*args):
+        if not warehouse.add_batch(spec.name, _ledger_row(batch, "quarantined", 0, [], reason)):
             return False
     else:
-        warehouse.set_batch_status(*args)
-    quarantine_path(batch.path, layout.quarantine(spec.name), reason, name=batch.batch_id)
+        warehouse.set_status(spec.name, batch.batch_id, "quarantined", reason)
+    quarantine_path(batch.path, layout.quarantine(spec.name), reason, name=batch.batch_id, merge=merge)
     log.warning("task %s: batch %s quarantined: %s: %s", spec.name, batch.batch_id, reason["file"], reason["problem"])
     return True
 
@@ -86,8 +110,8 @@ def _quarantine_files(spec: TaskSpec, layout: DataLayout, batch: LandedBatch, re
     """Move each rejected file (not its batch) to ``quarantine/<task>/<batch>/<file>/`` with its reason.
 
     A rejection's ``file`` comes from data (a labels.csv row may name ``../../warehouse/x`` or an absolute
-    path): only a file this batch's own listing found, still a regular file inside the batch, is ever moved;
-    any other name stays a rejected row with its reason, never a file operation."""
+    path): only an entry this batch's own listing found, still inside the batch, is ever moved; any other name
+    stays a rejected row with its reason, never a file operation."""
     listed = set(batch.files)
     for item in rejected:
         rel = item["file"]
@@ -98,23 +122,22 @@ def _quarantine_files(spec: TaskSpec, layout: DataLayout, batch: LandedBatch, re
 
 
 def _movable(batch_dir: Path, rel: str) -> bool:
-    """``rel`` is a confined regular file, or a link whose parent folders are real folders of the batch (a
-    link is moved as the link, never followed)."""
+    """``rel`` (a name from the batch's own listing) is an entry of the batch (a file, a link, or a FIFO,
+    socket or device; never a folder) whose parent folders are real folders of the batch: it is moved as the
+    entry, never opened or followed. :func:`confined_file` refuses all but regular files, so it cannot
+    decide this."""
     pure = PurePosixPath(rel)
-    if pure.is_absolute() or ".." in pure.parts:
+    if not rel or pure.is_absolute() or ".." in pure.parts or "\\" in rel or "\x00" in rel:
         return False
     parent = batch_dir
     for part in pure.parts[:-1]:
         parent = parent / part
         if parent.is_symlink() or not parent.is_dir():
             return False
-    if (parent / pure.name).is_symlink():
-        return True
     try:
-        confined_file(batch_dir, rel)
-    except UnsafePath:
+        return not stat.S_ISDIR((parent / pure.name).lstat().st_mode)
+    except OSError:
         return False
-    return True
 
 
 def _finish_interrupted(spec: TaskSpec, layout: DataLayout, batch_dir: Path, row: dict, summary: IngestSummary) -> None:
@@ -125,7 +148,8 @@ def _finish_interrupted(spec: TaskSpec, layout: DataLayout, batch_dir: Path, row
         batch = describe_batch(spec.name, batch_dir)
         if batch.content_hash != row["content_hash"]:
             reason = _reason("read", batch.batch_id, batch.batch_id, "was landed again, with different content, under "
-                             "the name of a batch already quarantined; land the corrected export under a new name")  # fmt: skip
+                             "the name of a batch already quarantined; land the corrected export under a new name, "
+                             "or requeue the quarantined one (python -m meddiag_pipelines requeue)")  # fmt: skip
             summary.quarantined.append({"batch": batch.batch_id, "file": batch.batch_id, "problem": reason["problem"]})
         quarantine_path(batch_dir, layout.quarantine(spec.name), reason, name=row["batch_id"])
         log.warning("task %s: batch %s moved to quarantine: %s", spec.name, row["batch_id"], reason.get("problem"))
@@ -134,6 +158,46 @@ def _finish_interrupted(spec: TaskSpec, layout: DataLayout, batch_dir: Path, row
     if pending:
         batch = LandedBatch(spec.name, row["batch_id"], batch_dir, tuple(json.loads(row["files"])), row["content_hash"], 0)
         _quarantine_files(spec, layout, batch, pending)
+
+
+def batch_changes(batch_dir: Path, row: dict) -> dict[str, int] | None:
+    """How a known, not quarantined batch differs from what was ingested: ``{added, changed, removed}`` file
+    counts, or ``None`` when it is unchanged (or was recorded before per-file digests were kept). Files
+    rejected at read were moved out on purpose and do not count. Nothing is hashed while no entry of the folder
+    is newer than its ``_INGESTED`` marker."""
+    if not row.get("file_hashes") or not changed_since_ingested(batch_dir):
+        return None
+    reason = json.loads(row["reason"]) if row["reason"] else {}
+    moved = {r["file"] for r in reason.get("rejected_files", [])}
+    recorded = {f: d for f, d in json.loads(row["file_hashes"]).items() if f not in moved}
+    current = {f: d for f, d in file_digests(batch_dir, data_files(batch_dir)).items() if f not in moved}
+    counts = {"added": len(current.keys() - recorded.keys()), "removed": len(recorded.keys() - current.keys()),
+              "changed": sum(1 for f in current.keys() & recorded.keys() if current[f] != recorded[f])}  # fmt: skip
+    return counts if any(counts.values()) else None
+
+
+def _set_aside_changed(spec: TaskSpec, layout: DataLayout, batch_dir: Path, batch_id: str, counts: dict,
+                       summary: IngestSummary) -> None:  # fmt: skip
+    """The documented rule for a batch that changed after it was ingested: its rows already ingested stay;
+    the folder as it is now goes to ``quarantine/<task>/<batch>.changed-<time>/``, so nothing is lost."""
+    problem = (f"changed after it was ingested: {counts['added']} files added, {counts['changed']} changed, "
+               f"{counts['removed']} removed; its rows already ingested stay; land the new rows as a new batch")  # fmt: skip
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    quarantine_path(batch_dir, layout.quarantine(spec.name), _reason("read", batch_id, batch_id, problem, **counts),
+                    name=f"{batch_id}.changed-{stamp}")  # fmt: skip
+    summary.changed.append({"batch": batch_id, **counts})
+    log.warning("task %s: batch %s %s", spec.name, batch_id, problem)
+
+
+def _known_batch(spec: TaskSpec, layout: DataLayout, batch_dir: Path, row: dict, summary: IngestSummary) -> None:
+    summary.skipped_known += 1
+    _finish_interrupted(spec, layout, batch_dir, row, summary)
+    if row["status"] != "quarantined" and batch_dir.is_dir() and not batch_dir.is_symlink():
+        counts = batch_changes(batch_dir, row)
+        if counts:
+            _set_aside_changed(spec, layout, batch_dir, row["batch_id"], counts, summary)
+            return
+    _mark_ingested(batch_dir)
 
 
 def _describe(spec: TaskSpec, layout: DataLayout, batch_dir: Path) -> LandedBatch:
@@ -167,15 +231,24 @@ def _read(reader: Reader, batch: LandedBatch, spec: TaskSpec) -> ReadOutcome:
     except BatchRejected:
         raise
     except (Exception, PanicException) as exc:
-        raise BatchRejected(batch.batch_id, f"could not be read: the reader failed with {type(exc).__name__}") from exc
+        raise BatchRejected(batch.batch_id, f"could not be read: the reader stopped on an error it does not "
+                            f"describe ({type(exc).__name__}; its message is not kept, as it may quote the data)") from exc  # fmt: skip
     return outcome if isinstance(outcome, ReadOutcome) else ReadOutcome(outcome)
 
 
-def ingest_new_batches(spec: TaskSpec, layout: DataLayout, warehouse: Warehouse, reader: Reader) -> IngestSummary:
-    """Read every ready batch not yet in the ledger, append it to the raw table, or quarantine it.
+def _unread(outcome: ReadOutcome, batch: LandedBatch) -> list[tuple[str, str]]:
+    """Listed files the reader neither read nor rejected (only known when it says what it read)."""
+    if outcome.files_read is None:
+        return []
+    accounted = set(outcome.files_read) | {f for f, _ in outcome.rejected}
+    return [(f, NOT_READ) for f in batch.files if f not in accounted]
 
-    One run at a time per task (:meth:`Warehouse.task_lock`); a batch's rows and its ledger entry are written in
-    one transaction, so a batch is appended once even if two runs race or one is killed half-way."""
+
+def ingest_new_batches(spec: TaskSpec, layout: DataLayout, warehouse: Warehouse, reader: Reader) -> IngestSummary:
+    """Read every ready batch not yet in the ledger, write its records to the warehouse, or quarantine it.
+
+    One run at a time per task (:meth:`Warehouse.task_lock`); a batch's records are listed in the ledger in one
+    transaction, so a batch is ingested once even if two runs race or one is killed half-way."""
     task_landing = layout.landing(spec.name)
     if task_landing.exists():
         layout.confine(task_landing)  # a landing folder that is a link out of the data root is a setup error
@@ -192,62 +265,121 @@ def _mark_ingested(batch_dir: Path) -> None:
 
 def _ingest(spec: TaskSpec, layout: DataLayout, warehouse: Warehouse, reader: Reader) -> IngestSummary:
     known = {r["batch_id"]: r for r in warehouse.ledger(spec.name).iter_rows(named=True)}
-    summary = IngestSummary()
+    summary = IngestSummary(waiting=[display_name(d.name) for d in waiting_batch_dirs(layout.landing(spec.name), spec.landing)])
     for batch_dir in ready_batch_dirs(layout.landing(spec.name), spec.landing):
         shown = display_name(batch_dir.name)
         if shown in known:
-            summary.skipped_known += 1
-            _finish_interrupted(spec, layout, batch_dir, known[shown], summary)
-            _mark_ingested(batch_dir)
+            _known_batch(spec, layout, batch_dir, known[shown], summary)
             continue
         try:
             batch = _describe(spec, layout, batch_dir)
         except _Refused as exc:
             reason = _reason("read", exc.batch.batch_id, exc.batch.batch_id, exc.problem)
-            if _quarantine(spec, layout, warehouse, exc.batch, reason, 0, []):
+            if _quarantine(spec, layout, warehouse, exc.batch, reason):
                 summary.quarantined.append({"batch": exc.batch.batch_id, "file": exc.batch.batch_id, "problem": exc.problem})
             continue
-        try:
-            outcome = _read(reader, batch, spec)
-            if outcome.records.is_empty():
-                raise BatchRejected(batch.batch_id, "holds no readable records",
-                                    {"rejected_files": [{"file": f, "problem": p} for f, p in outcome.rejected]})  # fmt: skip
-            frame = outcome.records.with_columns(pl.lit(batch.batch_id).alias(BATCH_COLUMN))
-            rejected = [{"batch": batch.batch_id, "file": f, "problem": p} for f, p in outcome.rejected]
-            columns = [c for c in frame.columns if c != BATCH_COLUMN]
-            ledger_row = {"batch_id": batch.batch_id, "content_hash": batch.content_hash, "status": "read",
-                          "n_rows": frame.height, "files": list(batch.files), "columns": columns,
-                          "reason": {"rejected_files": rejected} if rejected else None}  # fmt: skip
-            appended = warehouse.append(spec.name, RAW_TABLE, frame, ledger_row)
-        except BatchRejected as exc:
-            reason = _reason("read", batch.batch_id, exc.file, exc.problem, **exc.details)
-            if _quarantine(spec, layout, warehouse, batch, reason, 0, []):
-                summary.quarantined.append({"batch": batch.batch_id, "file": exc.file, "problem": exc.problem})
-            continue
-        except duckdb.IOException:
-            raise  # the warehouse is unavailable (locked, disk): fail the run, keep the batch for the next one
-        except (SchemaConflict, duckdb.Error, Exception, PanicException) as exc:
-            # DuckDB's own message may quote a value; only our SchemaConflict text is safe to keep.
-            detail = str(exc) if isinstance(exc, SchemaConflict) else type(exc).__name__
-            problem = f"does not match the columns of earlier batches of this task: {detail}"
-            if _quarantine(spec, layout, warehouse, batch, _reason("read", batch.batch_id, batch.batch_id, problem), 0, []):
-                summary.quarantined.append({"batch": batch.batch_id, "file": batch.batch_id, "problem": problem})
-            continue
-        if not appended:
-            summary.skipped_known += 1  # another run took this batch between our ledger read and now
-            continue
-        _quarantine_files(spec, layout, batch, rejected)
-        _mark_ingested(batch_dir)
-        summary.quarantined += rejected
-        summary.ingested.append(batch.batch_id)
-        summary.rows += frame.height
+        _ingest_batch(spec, layout, warehouse, reader, batch, summary)
     return summary
+
+
+def _set_aside_non_regular(spec: TaskSpec, layout: DataLayout, batch: LandedBatch) -> tuple[LandedBatch, list[dict]]:
+    """Move FIFOs, sockets and devices to quarantine before any reader runs (a FIFO would block it for ever);
+    the reader gets the batch without them."""
+    special = non_regular_files(batch)
+    if not special:
+        return batch, []
+    rejected = [{"batch": batch.batch_id, "file": f, "problem": NOT_REGULAR} for f in special]
+    _quarantine_files(spec, layout, batch, rejected)
+    return replace(batch, files=tuple(f for f in batch.files if f not in special)), rejected
+
+
+def _ingest_batch(spec: TaskSpec, layout: DataLayout, warehouse: Warehouse, reader: Reader, batch: LandedBatch,
+                  summary: IngestSummary) -> None:  # fmt: skip
+    readable, set_aside = _set_aside_non_regular(spec, layout, batch)
+    try:
+        if set_aside and not readable.files:
+            raise BatchRejected(batch.batch_id, "holds no regular files (only FIFOs, sockets or devices)",
+                                {"rejected_files": set_aside})  # fmt: skip
+        outcome = _read(reader, readable, spec)
+        found = [*outcome.rejected, *_unread(outcome, readable)]
+        rejected = [*set_aside, *({"batch": batch.batch_id, "file": f, "problem": p} for f, p in found)]
+        if outcome.records.is_empty():
+            raise BatchRejected(batch.batch_id, "holds no readable records", {"rejected_files": rejected})
+        frame = outcome.records.with_columns(pl.lit(batch.batch_id).alias(BATCH_COLUMN))
+        columns = [c for c in frame.columns if c != BATCH_COLUMN]
+        row = _ledger_row(batch, "read", frame.height, columns, {"rejected_files": rejected} if rejected else None)
+        appended = warehouse.append(spec.name, RAW_TABLE, frame, row)
+    except BatchRejected as exc:
+        reason = _reason("read", batch.batch_id, exc.file, exc.problem, **exc.details)
+        if _quarantine(spec, layout, warehouse, batch, reason, merge=bool(set_aside)):
+            summary.quarantined += [*set_aside, {"batch": batch.batch_id, "file": exc.file, "problem": exc.problem}]
+        return
+    except (duckdb.IOException, OSError):
+        raise  # the warehouse is unavailable (locked, disk full): fail the run, keep the batch for the next one
+    except (duckdb.Error, Exception, PanicException) as exc:
+        # A library's own message may quote a value: name the batch and the kind of failure only.
+        problem = f"its records could not be stored in the warehouse ({type(exc).__name__}); nothing of it was kept"
+        if _quarantine(spec, layout, warehouse, batch, _reason("read", batch.batch_id, batch.batch_id, problem),
+                       merge=bool(set_aside)):  # fmt: skip
+            summary.quarantined.append({"batch": batch.batch_id, "file": batch.batch_id, "problem": problem})
+        return
+    if not appended:
+        summary.skipped_known += 1  # another run took this batch between our ledger read and now
+        return
+    _quarantine_files(spec, layout, batch, rejected[len(set_aside):])
+    _mark_ingested(batch.path)
+    summary.quarantined += rejected
+    summary.ingested.append(batch.batch_id)
+    summary.rows += frame.height
 
 
 @dataclass
 class ValidationSummary:
     validated: list[str] = field(default_factory=list)
     quarantined: list[dict] = field(default_factory=list)  # {batch, failures}
+
+
+def label_domain_failures(domain: list[str] | None, spec: TaskSpec, frame: pl.DataFrame
+                          ) -> tuple[list[CheckFailure], list[str] | None]:  # fmt: skip
+    """Labels of one batch outside the task's label domain, and the domain in force afterwards.
+
+    The domain is ``spec.classes`` if given, else ``domain`` (recorded from the first validated batch), else
+    fixed from this batch: a binary task needs ``positive`` plus exactly one other value. Values are compared
+    through :func:`canonical_label`; a failure names the values (classes, not patient data) and their count.
+    Multi-label tasks (``'|'``-joined finding indices) are checked by their own validator."""
+    if spec.label not in frame.columns or (spec.image is not None and spec.image.multi_label):
+        return [], domain
+    counts: dict[str, int] = {}  # canonical label -> rows; distinct values are few, rows may be millions
+    for value, n in frame[spec.label].drop_nulls().value_counts().iter_rows():
+        label = canonical_label(value)
+        if label is not None:
+            counts[label] = counts.get(label, 0) + n
+    seen = sorted(counts)
+    fixed = [canonical_label(c) for c in spec.classes] if spec.classes else domain
+    if fixed is None:
+        return _first_domain(spec, seen)
+    outside = [v for v in seen if v not in fixed]
+    if not outside:
+        return [], fixed
+    count = sum(counts[v] for v in outside)
+    source = "the spec's classes" if spec.classes else "fixed by the task's first validated batch"
+    problem = f"{count} rows have a label outside the task's domain {fixed} ({source}): {outside[:10]}"
+    return [CheckFailure("label_domain", spec.label, problem, count)], fixed
+
+
+def _first_domain(spec: TaskSpec, seen: list[str]) -> tuple[list[CheckFailure], list[str] | None]:
+    """Fix the domain from the first batch to validate; a binary task must bring its positive class and exactly
+    one other value."""
+    if not spec.is_binary:
+        return ([], seen) if len(seen) >= 2 else ([CheckFailure("label_domain", spec.label,
+                f"the first batch must bring at least two label classes to fix the task's domain; found {seen}")], None)  # fmt: skip
+    positive = canonical_label(spec.positive)
+    others = [v for v in seen if v != positive]
+    if positive in seen and len(others) == 1:
+        return [], sorted([positive, others[0]])
+    problem = (f"a binary task needs its positive class {positive!r} and exactly one other label in the first "
+               f"batch to fix its domain; found {seen}; or declare 'classes' in the spec")  # fmt: skip
+    return [CheckFailure("label_domain", spec.label, problem)], None
 
 
 def validate_pending_batches(spec: TaskSpec, layout: DataLayout, warehouse: Warehouse, validator: Validator
@@ -257,37 +389,75 @@ def validate_pending_batches(spec: TaskSpec, layout: DataLayout, warehouse: Ware
         return _validate(spec, layout, warehouse, validator)
 
 
+def _type_failures(frame: pl.DataFrame, reference: dict) -> list[CheckFailure]:
+    """Column types follow the task's validated batches (the first good batch fixes an undeclared column)."""
+    try:
+        conform(frame, reference)
+    except SchemaConflict as exc:
+        return [CheckFailure("column_type", exc.column, str(exc))]
+    return []
+
+
+def _batch_failures(validator: Validator, frame: pl.DataFrame, spec: TaskSpec, known_ids: set[str],
+                    reference: dict, domain: list[str] | None) -> tuple[list[CheckFailure], list[str] | None]:  # fmt: skip
+    failures = _type_failures(frame, reference)
+    labels, domain_after = label_domain_failures(domain, spec, frame)
+    try:
+        failures += validator(frame, spec, known_ids)
+    except Exception as exc:  # a validator that chokes on hostile values fails this batch, not the run
+        failures.append(CheckFailure("validator", None, f"could not be evaluated: the checks failed with {type(exc).__name__}"))
+    return failures + labels, domain_after
+
+
 def _validate(spec: TaskSpec, layout: DataLayout, warehouse: Warehouse, validator: Validator
               ) -> tuple[pl.DataFrame, ValidationSummary]:  # fmt: skip
     ledger = warehouse.ledger(spec.name)
     validated = ledger.filter(pl.col("status") == "validated")["batch_id"].to_list()
-    known_ids: set[str] = set()
-    if validated:
-        known_ids = set(warehouse.read(spec.name, RAW_TABLE, validated)[spec.id].cast(pl.String).to_list())
+    records = warehouse.read(spec.name, RAW_TABLE, validated) if validated else pl.DataFrame()
+    known_ids = set(records[spec.id].cast(pl.String).to_list()) if spec.id in records.columns else set()
+    reference = dict(records.schema)  # the column types of the validated batches; the earliest batch wins
+    recorded = warehouse.state(spec.name, LABEL_DOMAIN_KEY)
+    domain = json.loads(recorded) if recorded else None
     summary = ValidationSummary()
     for row in ledger.filter(pl.col("status") == "read").iter_rows(named=True):
         batch_id = row["batch_id"]
-        # The raw table is the union of every batch's columns: look at this batch's own columns only.
-        columns = json.loads(row["columns"])
-        frame = warehouse.read(spec.name, RAW_TABLE, [batch_id]).select(columns)
-        try:
-            failures = validator(frame, spec, known_ids)
-        except Exception as exc:  # a validator that chokes on hostile values fails this batch, not the run
-            failures = [CheckFailure("validator", None, f"could not be evaluated: {type(exc).__name__}")]
-        files = json.loads(row["files"])
+        frame = warehouse.read(spec.name, RAW_TABLE, [batch_id]).select(json.loads(row["columns"]))
+        failures, domain_after = _batch_failures(validator, frame, spec, known_ids, reference, domain)
         if failures:
-            batch = LandedBatch(spec.name, batch_id, layout.landing(spec.name) / batch_id, tuple(files), row["content_hash"], 0)
+            batch = LandedBatch(spec.name, batch_id, layout.landing(spec.name) / batch_id, tuple(json.loads(row["files"])),
+                                row["content_hash"], 0)  # fmt: skip
             reason = _reason("validate", batch_id, batch_id, "failed validation", failures=[f.as_dict() for f in failures])
-            _quarantine(spec, layout, warehouse, batch, reason, row["n_rows"], columns, new=False)
+            _quarantine(spec, layout, warehouse, batch, reason, new=False)
             summary.quarantined.append({"batch": batch_id, "failures": [f.as_dict() for f in failures]})
             continue
+        if domain is None and domain_after is not None and not spec.classes:
+            domain = json.loads(warehouse.set_state_once(spec.name, LABEL_DOMAIN_KEY, json.dumps(domain_after)))
         kept = json.loads(row["reason"]) if row["reason"] else None  # files rejected at read stay counted
-        warehouse.set_batch_status(spec.name, batch_id, row["content_hash"], "validated", row["n_rows"], files, columns, kept)
+        warehouse.set_status(spec.name, batch_id, "validated", kept)
         known_ids |= set(frame[spec.id].cast(pl.String).to_list())
+        reference = {**dict(frame.schema), **reference}
         summary.validated.append(batch_id)
         validated.append(batch_id)
-    records = warehouse.read(spec.name, RAW_TABLE, validated) if validated else pl.DataFrame()
-    return records, summary
+    return (warehouse.read(spec.name, RAW_TABLE, validated) if validated else pl.DataFrame()), summary
+
+
+def why_no_records(spec: TaskSpec, layout: DataLayout, warehouse: Warehouse) -> str:
+    """Why a task has no validated rows, in plain words: batches waiting for their marker, quarantined batches
+    with their reasons (file and problem, never record content), or an empty landing folder."""
+    parts = [f"{display_name(d.name)} {waiting_reason(spec.landing)}"
+             for d in waiting_batch_dirs(layout.landing(spec.name), spec.landing)]  # fmt: skip
+    for row in warehouse.ledger(spec.name).filter(pl.col("status") == "quarantined").iter_rows(named=True):
+        parts.append(f"{row['batch_id']} was quarantined: {_reason_text(json.loads(row['reason']) if row['reason'] else {})}")
+    if not parts:
+        parts.append(f"no complete batch has landed in landing/{spec.name}/ yet")
+    return "no validated rows: " + "; ".join(parts)
+
+
+def _reason_text(reason: dict) -> str:
+    failures = reason.get("failures") or []
+    if failures:
+        return ", ".join(f"{f.get('column') or f.get('expectation')}: {f.get('problem')}" for f in failures[:5])
+    return f"{reason.get('file')}: {reason.get('problem')}"
 
 
 def reconcile(spec: TaskSpec, warehouse: Warehouse) -> dict[str, int]:

@@ -11,7 +11,7 @@ import os
 import stat
 import time
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from meddiag_pipelines.specs import LandingSpec
@@ -31,6 +31,7 @@ class LandedBatch:
     files: tuple[str, ...]  # data files, relative to ``path``, sorted
     content_hash: str
     total_bytes: int
+    digests: dict[str, str] = field(default_factory=dict, compare=False)  # file -> :func:`file_digest`
 
 
 def display_name(name: str) -> str:
@@ -81,28 +82,51 @@ def is_data_file(rel: Path) -> bool:
 
 
 def data_files(batch_dir: Path) -> list[Path]:
-    """Every data file under the batch, relative to it; links are listed too (readers refuse them)."""
+    """Every data entry under the batch that is not a folder, relative to it: regular files, links (readers
+    refuse them) and FIFOs, sockets or devices (ingestion rejects them). Only ``lstat`` is used: nothing is
+    opened, so a FIFO never blocks the listing."""
     found = []
     for p in sorted(batch_dir.rglob("*")):
         rel = p.relative_to(batch_dir)
-        if (p.is_file() or p.is_symlink()) and is_data_file(rel):
+        if not stat.S_ISDIR(p.lstat().st_mode) and is_data_file(rel):
             found.append(rel)
     return found
 
 
-def content_hash(batch_dir: Path, files: list[Path]) -> str:
-    """SHA-256 over every file's name and bytes: the same export hashes the same wherever it lands."""
+def is_regular(path: Path) -> bool:
+    """A regular file itself (not a link, folder, FIFO, socket or device): the only kind ever opened."""
+    return stat.S_ISREG(path.lstat().st_mode)
+
+
+def non_regular_files(batch: LandedBatch) -> list[str]:
+    """The batch's data entries that are neither regular files nor links: FIFOs, sockets, devices."""
+    return [rel for rel in batch.files if not (batch.path / rel).is_symlink() and not is_regular(batch.path / rel)]
+
+
+def file_digest(path: Path) -> str:
+    """SHA-256 of one entry's bytes; a link or a FIFO, socket or device is never opened and gets a fixed tag."""
+    if path.is_symlink():
+        return "<symlink>"
+    if not is_regular(path):
+        return "<not a regular file>"
     digest = hashlib.sha256()
-    for rel in files:
-        digest.update(str(rel).encode("utf-8", "surrogateescape") + b"\0")
-        path = batch_dir / rel
-        if path.is_symlink():
-            digest.update(b"<symlink>")
-            continue
-        with open(path, "rb") as fh:
-            while chunk := fh.read(_CHUNK):
-                digest.update(chunk)
+    with open(path, "rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            digest.update(chunk)
     return digest.hexdigest()
+
+
+def file_digests(batch_dir: Path, files: list[Path]) -> dict[str, str]:
+    return {str(rel): file_digest(batch_dir / rel) for rel in files}
+
+
+def content_hash(batch_dir: Path, files: list[Path], digests: dict[str, str] | None = None) -> str:
+    """SHA-256 over every file's name and digest: the same export hashes the same wherever it lands."""
+    digests = file_digests(batch_dir, files) if digests is None else digests
+    combined = hashlib.sha256()
+    for rel in files:
+        combined.update(str(rel).encode("utf-8", "surrogateescape") + b"\0" + digests[str(rel)].encode() + b"\n")
+    return combined.hexdigest()
 
 
 def is_ready(batch_dir: Path, landing: LandingSpec, now: float | None = None) -> bool:
@@ -111,6 +135,31 @@ def is_ready(batch_dir: Path, landing: LandingSpec, now: float | None = None) ->
     now = time.time() if now is None else now
     newest = max((p.lstat().st_mtime for p in batch_dir.rglob("*")), default=batch_dir.stat().st_mtime)
     return now - newest >= landing.quiet_seconds
+
+
+def waiting_batch_dirs(task_landing: Path, landing: LandingSpec, now: float | None = None) -> list[Path]:
+    """Batch folders that are not complete yet (no ``_READY`` marker, or files still changing)."""
+    if not task_landing.is_dir() or task_landing.is_symlink():
+        return []
+    return [d for d in sorted(task_landing.iterdir()) if not d.name.startswith((".", "_")) and not d.is_symlink()
+            and d.is_dir() and not is_ready(d, landing, now)]  # fmt: skip
+
+
+def waiting_reason(landing: LandingSpec) -> str:
+    if landing.ready == "marker":
+        return f"has no {READY_MARKER} marker (add an empty {READY_MARKER} file once the batch is complete)"
+    return f"is still changing (counted once its files are unchanged for {landing.quiet_seconds} s)"
+
+
+def changed_since_ingested(batch_dir: Path) -> bool:
+    """Whether any entry of the batch (files and folders, by ``lstat``, nothing opened) is newer than its
+    ``_INGESTED`` marker, or the marker is missing: the cheap test before a known batch is hashed again."""
+    try:
+        marked = (batch_dir / INGESTED_MARKER).lstat().st_mtime_ns
+    except FileNotFoundError:
+        return True
+    entries = [batch_dir, *(p for p in batch_dir.rglob("*") if p.name != INGESTED_MARKER)]
+    return any(p.lstat().st_mtime_ns > marked for p in entries)
 
 
 def ready_batch_dirs(task_landing: Path, landing: LandingSpec, now: float | None = None) -> list[Path]:
@@ -132,12 +181,14 @@ def describe_batch(task: str, batch_dir: Path) -> LandedBatch:
         digest = hashlib.sha256(b"<symlink>" + os.fsencode(batch_dir.name)).hexdigest()
         return LandedBatch(task, display_name(batch_dir.name), batch_dir, (), digest, 0)
     files = data_files(batch_dir)
-    total = sum(0 if (batch_dir / f).is_symlink() else (batch_dir / f).stat().st_size for f in files)
+    digests = file_digests(batch_dir, files)
+    total = sum((batch_dir / f).lstat().st_size for f in files if is_regular(batch_dir / f))
     return LandedBatch(
         task=task,
         batch_id=display_name(batch_dir.name),
         path=batch_dir,
         files=tuple(str(f) for f in files),
-        content_hash=content_hash(batch_dir, files),
+        content_hash=content_hash(batch_dir, files, digests),
         total_bytes=total,
+        digests=digests,
     )

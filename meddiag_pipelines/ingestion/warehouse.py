@@ -1,14 +1,18 @@
-"""The warehouse: one DuckDB file holding each task's raw records and the ingestion ledger, and views over the
-Parquet tables that asset steps write (:meth:`Warehouse.register_view`).
+"""The warehouse: each batch's raw records as its own Parquet file, written once
+(``warehouse/<table>/<task>/<file>.parquet``), and one DuckDB file holding the ingestion ledger, a small
+per-task state table (the label domain) and views over the Parquet tables that asset steps write
+(:meth:`Warehouse.register_view`).
 
-Raw records are appended batch by batch, so adding a batch costs the batch, not the history. The ledger
-records every batch that landed, with its content hash, row count and outcome, so nothing is read twice
-and nothing disappears unaccounted for.
+Adding a batch costs the batch, not the history, and no batch fixes the column types of another: a batch that
+is quarantined later leaves no trace in what the good ones are read as. The ledger records every batch that
+landed, with its content hash, per-file digests, row count, outcome and the (relative) path of its records, so
+nothing is read twice and nothing disappears unaccounted for.
 """
 
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import time
 from contextlib import contextmanager
@@ -18,30 +22,56 @@ from pathlib import Path
 import duckdb
 import polars as pl
 
-from meddiag_pipelines.ingestion.landing import BATCH_COLUMN
+from meddiag_pipelines.atomic import atomic_write
 
 _LEDGER_DDL = (
     "CREATE TABLE IF NOT EXISTS ingest_ledger (task VARCHAR, batch_id VARCHAR, content_hash VARCHAR, "
     "status VARCHAR, n_rows BIGINT, files VARCHAR, columns VARCHAR, reason VARCHAR, updated_at DOUBLE, "
     "PRIMARY KEY (task, batch_id))"
 )
+# Added after the first release; an older warehouse file gets them on first connect.
+_LEDGER_ADDED = {"file_hashes": "VARCHAR", "records_file": "VARCHAR"}
+_LEDGER_COLUMNS = ("task", "batch_id", "content_hash", "status", "n_rows", "files", "columns", "reason", "updated_at",
+                   *_LEDGER_ADDED)  # fmt: skip
+_STATE_DDL = "CREATE TABLE IF NOT EXISTS task_state (task VARCHAR, key VARCHAR, value VARCHAR, PRIMARY KEY (task, key))"
 
 
 class SchemaConflict(ValueError):
     """A column whose values cannot take the type earlier batches gave it; the message names no value."""
 
+    def __init__(self, column: str, problem: str):
+        super().__init__(problem)
+        self.column = column
 
-def _conform(frame: pl.DataFrame, existing: pl.Schema) -> pl.DataFrame:
-    """Cast shared columns to the table's types, or name the first column that cannot be cast."""
+
+def _kind(dtype: pl.DataType) -> str:
+    """A column type in plain words."""
+    if dtype.is_integer():
+        return "whole numbers"
+    if dtype.is_float() or dtype.is_decimal():
+        return "decimal numbers"
+    if dtype == pl.Boolean:
+        return "true/false values"
+    if dtype in (pl.String, pl.Categorical) or isinstance(dtype, pl.Enum):
+        return "text"
+    if dtype.is_temporal():
+        return "dates or times"
+    return f"values of type {dtype}"
+
+
+def conform(frame: pl.DataFrame, existing: dict) -> pl.DataFrame:
+    """Cast shared columns to the types in ``existing`` (column -> type), or name the first column that
+    cannot take its type, in plain words."""
     casts = []
     for name, dtype in frame.schema.items():
         want = existing.get(name)
-        if want is None or want == dtype or dtype == pl.Null:
+        if want is None or want == dtype or dtype == pl.Null or want == pl.Null:
             continue
         try:
             frame[name].cast(want, strict=True)
         except (pl.exceptions.InvalidOperationError, pl.exceptions.ComputeError) as exc:
-            raise SchemaConflict(f"column {name!r} holds {dtype} values where earlier batches held {want}") from exc
+            raise SchemaConflict(name, f"column {name!r} holds {_kind(dtype)} ({dtype}) where the task's validated "
+                                 f"batches hold {_kind(want)} ({want})") from exc  # fmt: skip
         casts.append(pl.col(name).cast(want))
     return frame.with_columns(casts) if casts else frame
 
@@ -69,9 +99,28 @@ def _quote(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+def _ledger_values(task: str, row: dict) -> list:
+    return [task, row["batch_id"], row["content_hash"], row["status"], row["n_rows"], json.dumps(row["files"]),
+            json.dumps(row["columns"]), json.dumps(row["reason"]) if row.get("reason") else None, time.time(),
+            json.dumps(row["file_hashes"]) if row.get("file_hashes") else None, row.get("records_file")]  # fmt: skip
+
+
+_INSERT_LEDGER = f"INSERT INTO ingest_ledger ({', '.join(_LEDGER_COLUMNS)}) VALUES ({', '.join('?' * len(_LEDGER_COLUMNS))})"
+
+
+def _records_name(batch_id: str, content_hash: str) -> str:
+    """A file name for a batch's records that fits any file system whatever the batch is called."""
+    return hashlib.sha256(f"{batch_id}\0{content_hash}".encode("utf-8", "surrogateescape")).hexdigest()[:32] + ".parquet"
+
+
 @dataclass(frozen=True)
 class Warehouse:
     database: Path
+
+    @property
+    def root(self) -> Path:
+        """The warehouse folder; record files are named relative to it in the ledger."""
+        return self.database.parent
 
     @contextmanager
     def connect(self):
@@ -79,6 +128,11 @@ class Warehouse:
         con = _connect_with_retry(self.database)
         try:
             con.execute(_LEDGER_DDL)
+            con.execute(_STATE_DDL)
+            present = {r[0] for r in con.execute("DESCRIBE ingest_ledger").fetchall()}
+            for name, dtype in _LEDGER_ADDED.items():
+                if name not in present:
+                    con.execute(f"ALTER TABLE ingest_ledger ADD COLUMN {name} {dtype}")
             yield con
         finally:
             con.close()
@@ -98,70 +152,80 @@ class Warehouse:
     # -- ledger -------------------------------------------------------------------------------------
     def ledger(self, task: str) -> pl.DataFrame:
         with self.connect() as con:
-            return con.execute("SELECT * FROM ingest_ledger WHERE task = ? ORDER BY batch_id", [task]).pl()
+            return con.execute(f"SELECT {', '.join(_LEDGER_COLUMNS)} FROM ingest_ledger WHERE task = ? ORDER BY batch_id",
+                               [task]).pl()  # fmt: skip
 
-    def set_batch_status(self, task: str, batch_id: str, content_hash: str, status: str, n_rows: int,
-                         files: list[str], columns: list[str], reason: dict | None) -> None:  # fmt: skip
-        row = [task, batch_id, content_hash, status, n_rows, json.dumps(files), json.dumps(columns),
-               json.dumps(reason) if reason else None, time.time()]  # fmt: skip
-        with self.connect() as con:
-            con.execute("INSERT OR REPLACE INTO ingest_ledger VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
-
-    def add_batch(self, task: str, batch_id: str, content_hash: str, status: str, n_rows: int,
-                  files: list[str], columns: list[str], reason: dict | None) -> bool:  # fmt: skip
-        """Record a batch the ledger has not seen; ``False`` (and nothing written) if it is already there."""
-        row = [task, batch_id, content_hash, status, n_rows, json.dumps(files), json.dumps(columns),
-               json.dumps(reason) if reason else None, time.time()]  # fmt: skip
+    def add_batch(self, task: str, row: dict) -> bool:
+        """Record a batch the ledger has not seen (``row``: batch_id, content_hash, status, n_rows, files,
+        columns, reason, optional file_hashes and records_file); ``False`` (nothing written) if it is there."""
         with self.connect() as con:
             con.execute("BEGIN")
-            if _in_ledger(con, task, batch_id):
+            if _in_ledger(con, task, row["batch_id"]):
                 con.execute("ROLLBACK")
                 return False
-            con.execute("INSERT INTO ingest_ledger VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
+            con.execute(_INSERT_LEDGER, _ledger_values(task, row))
             con.execute("COMMIT")
             return True
 
-    # -- record tables --------------------------------------------------------------------------------
-    def append(self, task: str, table: str, frame: pl.DataFrame, ledger_row: dict | None = None) -> bool:
-        """Append rows by column name, adding columns the table has not seen; one transaction.
-
-        With ``ledger_row`` (the keyword arguments of :meth:`add_batch`) the batch's ledger entry is written in
-        the same transaction, and nothing at all is written if the ledger already holds that batch (another
-        run took it): the rows of a batch are in the table exactly when the ledger lists the batch. Returns
-        whether the rows were appended."""
-        target = f"{_quote(task)}.{_quote(table)}"
+    def set_status(self, task: str, batch_id: str, status: str, reason: dict | None) -> None:
+        """Move a recorded batch to ``status``; its files, digests and records stay as recorded."""
         with self.connect() as con:
-            con.execute("BEGIN")
-            if ledger_row is not None and _in_ledger(con, task, ledger_row["batch_id"]):
-                con.execute("ROLLBACK")
+            con.execute("UPDATE ingest_ledger SET status = ?, reason = ?, updated_at = ? WHERE task = ? AND batch_id = ?",
+                        [status, json.dumps(reason) if reason else None, time.time(), task, batch_id])  # fmt: skip
+
+    def forget_batch(self, task: str, batch_id: str) -> None:
+        """Drop a batch's ledger entry and its records file, so that it is read again when it lands."""
+        with self.connect() as con:
+            found = con.execute("SELECT records_file FROM ingest_ledger WHERE task = ? AND batch_id = ?",
+                                [task, batch_id]).fetchone()  # fmt: skip
+            con.execute("DELETE FROM ingest_ledger WHERE task = ? AND batch_id = ?", [task, batch_id])
+        if found and found[0]:
+            (self.root / found[0]).unlink(missing_ok=True)
+
+    def forget_task(self, task: str) -> None:
+        """Forget everything the warehouse holds for ``task``: ledger, records files, state, views."""
+        with self.connect() as con:
+            files = [r[0] for r in con.execute("SELECT records_file FROM ingest_ledger WHERE task = ? AND records_file "
+                                               "IS NOT NULL", [task]).fetchall()]  # fmt: skip
+            con.execute("DELETE FROM ingest_ledger WHERE task = ?", [task])
+            con.execute("DELETE FROM task_state WHERE task = ?", [task])
+            con.execute(f"DROP SCHEMA IF EXISTS {_quote(task)} CASCADE")
+        for rel in files:
+            (self.root / rel).unlink(missing_ok=True)
+
+    # -- per-task state -----------------------------------------------------------------------------
+    def state(self, task: str, key: str) -> str | None:
+        with self.connect() as con:
+            found = con.execute("SELECT value FROM task_state WHERE task = ? AND key = ?", [task, key]).fetchone()
+        return found[0] if found else None
+
+    def set_state_once(self, task: str, key: str, value: str) -> str:
+        """Record ``value`` unless the task already holds one; return the value in force."""
+        with self.connect() as con:
+            con.execute("INSERT OR IGNORE INTO task_state VALUES (?, ?, ?)", [task, key, value])
+            return con.execute("SELECT value FROM task_state WHERE task = ? AND key = ?", [task, key]).fetchone()[0]
+
+    # -- record files -------------------------------------------------------------------------------
+    def append(self, task: str, table: str, frame: pl.DataFrame, ledger_row: dict) -> bool:
+        """Write a batch's rows once, as their own Parquet file, then its ledger entry (``ledger_row`` as for
+        :meth:`add_batch`) pointing to it by a path relative to the warehouse. Nothing is written if the ledger
+        already holds the batch (another run took it); a crash between the two leaves only an unlisted file,
+        rewritten identically by the next run. Returns whether the batch was recorded."""
+        with self.connect() as con:
+            if _in_ledger(con, task, ledger_row["batch_id"]):
                 return False
-            con.execute(f"CREATE SCHEMA IF NOT EXISTS {_quote(task)}")
-            if self.has_table(con, task, table):
-                frame = _conform(frame, con.execute(f"SELECT * FROM {target} LIMIT 0").pl().schema)
-            con.register("incoming", frame)
-            con.execute(f"CREATE TABLE IF NOT EXISTS {target} AS SELECT * FROM incoming LIMIT 0")
-            existing = {r[0] for r in con.execute(f"DESCRIBE {target}").fetchall()}
-            for name, dtype, *_ in con.execute("DESCRIBE incoming").fetchall():
-                if name not in existing:
-                    con.execute(f"ALTER TABLE {target} ADD COLUMN {_quote(name)} {dtype}")
-            con.execute(f"INSERT INTO {target} BY NAME SELECT * FROM incoming")
-            if ledger_row is not None:
-                r = ledger_row
-                con.execute("INSERT INTO ingest_ledger VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                            [task, r["batch_id"], r["content_hash"], r["status"], r["n_rows"], json.dumps(r["files"]),
-                             json.dumps(r["columns"]), json.dumps(r["reason"]) if r.get("reason") else None,
-                             time.time()])  # fmt: skip
-            con.execute("COMMIT")
-            return True
+        rel = Path(table) / task / _records_name(ledger_row["batch_id"], ledger_row["content_hash"])
+        atomic_write(self.root / rel, frame.write_parquet)
+        return self.add_batch(task, {**ledger_row, "records_file": str(rel)})
 
     def read(self, task: str, table: str, where_batches: list[str] | None = None) -> pl.DataFrame:
-        target = f"{_quote(task)}.{_quote(table)}"
-        with self.connect() as con:
-            if not self.has_table(con, task, table):
-                return pl.DataFrame()
-            if where_batches is None:
-                return con.execute(f"SELECT * FROM {target}").pl()
-            return con.execute(f"SELECT * FROM {target} WHERE {BATCH_COLUMN} IN (SELECT unnest(?))", [where_batches]).pl()
+        """The records of the listed batches (all recorded batches if ``None``), columns matched by name."""
+        ledger = self.ledger(task).filter(pl.col("records_file").is_not_null()
+                                          & pl.col("records_file").str.starts_with(f"{table}/"))  # fmt: skip
+        if where_batches is not None:
+            ledger = ledger.filter(pl.col("batch_id").is_in(list(where_batches)))
+        frames = [pl.read_parquet(self.root / rel) for rel in ledger["records_file"]]
+        return pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame()
 
     def register_view(self, task: str, table: str, parquet: Path | None) -> None:
         """Make ``<task>.<table>`` a view over ``parquet`` (``None``: drop it), so SQL users query asset tables by
@@ -178,10 +242,3 @@ class Warehouse:
             con.execute(f"CREATE SCHEMA IF NOT EXISTS {_quote(task)}")
             source = str(parquet).replace("'", "''")
             con.execute(f"CREATE OR REPLACE VIEW {target} AS SELECT * FROM read_parquet('{source}')")
-
-    @staticmethod
-    def has_table(con: duckdb.DuckDBPyConnection, task: str, table: str) -> bool:
-        found = con.execute(
-            "SELECT count(*) FROM information_schema.tables WHERE table_schema = ? AND table_name = ?", [task, table]
-        ).fetchone()
-        return bool(found and found[0])

@@ -1,0 +1,285 @@
+"""Batch lifecycle: non-regular files never block a reader, a known batch that changed is set aside, files a
+reader skipped are not counted as ingested, and a task's label domain is fixed once."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+from PIL import Image
+
+from meddiag_pipelines.defs.imaging import read_image_records
+from meddiag_pipelines.ingestion.batches import (
+    NOT_READ,
+    NOT_REGULAR,
+    ReadOutcome,
+    ingest_new_batches,
+    label_domain_failures,
+    reconcile,
+    validate_pending_batches,
+)
+from meddiag_pipelines.ingestion.landing import content_hash, data_files, describe_batch
+from meddiag_pipelines.ingestion.tabular import read_tabular_batch
+from meddiag_pipelines.ingestion.warehouse import Warehouse
+from meddiag_pipelines.layout import DataLayout
+from meddiag_pipelines.specs import TaskSpec
+from meddiag_pipelines.text.readers import read_text_batch
+from meddiag_pipelines.validation.suites import validate_tabular
+from meddiag_pipelines_tests.conftest import land, synthetic_records
+
+TASK = "synthetic_risk"
+
+
+@contextmanager
+def deadline(seconds: int):
+    """Fail (instead of hanging the suite) if the body blocks, e.g. on opening a FIFO."""
+
+    def expired(signum, frame):
+        raise TimeoutError(f"blocked for more than {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _png(seed: int) -> bytes:
+    buffer = io.BytesIO()
+    pixels = np.random.default_rng(seed).integers(0, 255, size=(28, 28), dtype=np.uint8)
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _text_reader(batch, spec):
+    result = read_text_batch(batch.path, spec)
+    return ReadOutcome(result.records, list(result.rejected))
+
+
+def _ready(folder: Path) -> Path:
+    (folder / "_READY").touch()
+    return folder
+
+
+def test_listing_and_hash_never_open_a_fifo(tmp_path: Path):
+    (tmp_path / "a.csv").write_text("x\n1\n")
+    os.mkfifo(tmp_path / "records.csv")
+    with deadline(10):
+        files = data_files(tmp_path)
+        batch = describe_batch(TASK, tmp_path)
+    assert [str(f) for f in files] == ["a.csv", "records.csv"] and batch.files == ("a.csv", "records.csv")
+    assert batch.total_bytes == 4 and batch.content_hash == content_hash(tmp_path, files)
+
+
+def _tabular_case(layout: DataLayout, tmp_path: Path):
+    spec = TaskSpec(name=TASK, modality="tabular", label="outcome", positive="yes", classes=["no", "yes"], id="rid")
+    hostile = land(layout, TASK, "a_fifo", synthetic_records(20, seed=1))
+    os.mkfifo(hostile / "more.csv")
+    alone = layout.landing(TASK) / "b_only_fifo"
+    alone.mkdir()
+    os.mkfifo(alone / "records.csv")
+    _ready(alone)
+    land(layout, TASK, "z_good", synthetic_records(30, seed=2, start=100))
+    return spec, read_tabular_batch, {"a_fifo": 20, "z_good": 30}
+
+
+def _text_case(layout: DataLayout, tmp_path: Path):
+    spec = TaskSpec(name="notes", modality="text", text="note", label="label", id="id", classes=["a", "b"])
+    hostile = layout.landing("notes") / "a_fifo"
+    hostile.mkdir(parents=True)
+    os.mkfifo(hostile / "notes.jsonl")
+    _ready(hostile)
+    good = layout.landing("notes") / "z_good"
+    good.mkdir()
+    lines = [json.dumps({"id": f"n{i}", "note": f"Patient seen for review number {i}, stable.", "label": "ab"[i % 2]})
+             for i in range(12)]  # fmt: skip
+    (good / "notes.jsonl").write_text("\n".join(lines) + "\n")
+    _ready(good)
+    return spec, _text_reader, {"z_good": 12}
+
+
+def _image_case(layout: DataLayout, tmp_path: Path):
+    spec = TaskSpec(name="scans", modality="image", label="label", id="id", classes=["0", "1"], positive="1",
+                    image={"format": "folder"})  # fmt: skip
+    for name in ("a_fifo", "z_good"):
+        folder = layout.landing("scans") / name
+        folder.mkdir(parents=True)
+        for i in range(4):
+            (folder / f"{i}.png").write_bytes(_png(i + (100 if name == "z_good" else 0)))
+        _ready(folder)
+    os.mkfifo(layout.landing("scans") / "a_fifo" / "labels.csv")
+    rows = ["file,label,id", *(f"{i}.png,{i % 2},g{i}" for i in range(4))]
+    (layout.landing("scans") / "z_good" / "labels.csv").write_text("\n".join(rows) + "\n")
+    return spec, read_image_records, {"a_fifo": 4, "z_good": 4}  # without labels.csv: images to score
+
+
+@pytest.mark.parametrize("case", [_tabular_case, _text_case, _image_case], ids=["records.csv", "notes.jsonl", "labels.csv"])
+def test_a_fifo_never_blocks_ingestion_and_the_good_batch_flows(case, tmp_path: Path):
+    layout = DataLayout(tmp_path / "data")
+    spec, reader, expected_rows = case(layout, tmp_path)
+    warehouse = Warehouse(layout.warehouse_db())
+    with deadline(60):
+        summary = ingest_new_batches(spec, layout, warehouse, reader)
+    fifo_rejections = [q for q in summary.quarantined if q["problem"] == NOT_REGULAR]
+    assert fifo_rejections, "each FIFO is rejected with the plain reason"
+    raw = warehouse.read(spec.name, "raw_records")
+    assert raw.group_by("_meddiag_batch").len().sort("_meddiag_batch").rows() == sorted(expected_rows.items())
+    quarantine = layout.quarantine(spec.name)
+    fifos = [p for p in quarantine.rglob("*") if p.is_fifo()]
+    assert fifos and all(p.with_name("reason.json").is_file() for p in fifos), "the FIFO was moved, never opened"
+    assert not [p for p in layout.landing(spec.name).rglob("*") if p.is_fifo()]
+    counts = reconcile(spec, warehouse)
+    assert counts["landed_files"] == counts["ingested_files"] + counts["quarantined_files"]
+
+
+def _ingest(layout: DataLayout, spec: TaskSpec, reader=read_tabular_batch):
+    warehouse = Warehouse(layout.warehouse_db())
+    summary = ingest_new_batches(spec, layout, warehouse, reader)
+    records, validation = validate_pending_batches(spec, layout, warehouse, validate_tabular)
+    return warehouse, summary, records, validation
+
+
+def _touch_later(path: Path) -> None:
+    """Make a change visible to the mtime test even on file systems with coarse time stamps."""
+    later = path.parent.parent.stat().st_mtime_ns + 10**9 * 5
+    os.utime(path, ns=(later, later))
+
+
+@pytest.mark.parametrize("change", ["added", "changed", "removed"])
+def test_a_known_batch_that_changed_is_set_aside_and_its_rows_stay(synthetic_spec, layout, change):
+    folder = land(layout, TASK, "b1", synthetic_records(30, seed=1))
+    synthetic_records(10, seed=9, start=500).write_csv(folder / "extra.csv")
+    _ingest(layout, synthetic_spec)
+    if change == "added":
+        synthetic_records(5, seed=3, start=900).write_csv(folder / "late.csv")
+        _touch_later(folder / "late.csv")
+    elif change == "changed":
+        synthetic_records(31, seed=4).write_csv(folder / "records.csv")
+        _touch_later(folder / "records.csv")
+    else:
+        (folder / "extra.csv").unlink()
+        _touch_later(folder)
+    warehouse, summary, records, _ = _ingest(layout, synthetic_spec)
+    assert summary.changed == [{"batch": "b1", "added": int(change == "added"), "changed": int(change == "changed"),
+                                "removed": int(change == "removed")}]  # fmt: skip
+    assert records.height == 40 and not folder.exists(), "the rows ingested stay; the folder left landing"
+    [aside] = list(layout.quarantine(TASK).glob("b1.changed-*"))
+    reason = json.loads((aside / "reason.json").read_text())
+    assert reason["problem"].startswith(f"changed after it was ingested: {int(change == 'added')} files added, "
+                                        f"{int(change == 'changed')} changed, {int(change == 'removed')} removed")  # fmt: skip
+    assert "land the new rows as a new batch" in reason["problem"]
+
+
+def test_an_unchanged_known_batch_is_not_set_aside_even_when_touched(synthetic_spec, layout):
+    folder = land(layout, TASK, "b1", synthetic_records(30, seed=1))
+    _ingest(layout, synthetic_spec)
+    _touch_later(folder / "records.csv")  # newer, same bytes: hashed again, found unchanged
+    _, summary, records, _ = _ingest(layout, synthetic_spec)
+    assert summary.changed == [] and summary.skipped_known == 1 and folder.is_dir() and records.height == 30
+
+
+def test_files_the_reader_did_not_read_are_rejected_not_counted_as_ingested(synthetic_spec, layout):
+    folder = land(layout, TASK, "b1", synthetic_records(30, seed=1))
+    (folder / "notes.md").write_text("exported by hand\n")
+
+    def reader(batch, spec):  # reads only the CSV, as a reader that skips unknown formats would
+        return ReadOutcome(read_tabular_batch(batch.__class__(**{**batch.__dict__, "files": ("records.csv",)}), spec),
+                           files_read=["records.csv"])  # fmt: skip
+
+    warehouse, summary, records, _ = _ingest(layout, synthetic_spec, reader)
+    assert {"batch": "b1", "file": "notes.md", "problem": NOT_READ} in summary.quarantined
+    assert (layout.quarantine(TASK) / "b1" / "notes.md" / "reason.json").is_file()
+    counts = reconcile(synthetic_spec, warehouse)
+    assert (counts["landed_files"], counts["ingested_files"], counts["quarantined_files"]) == (2, 1, 1)
+    assert records.height == 30
+
+
+def _binary_spec(**extra) -> TaskSpec:
+    return TaskSpec(name=TASK, modality="tabular", label="outcome", positive="1", id="rid", **extra)
+
+
+def _labelled(n: int, seed: int, start: int, labels: list) -> pl.DataFrame:
+    return synthetic_records(n, seed=seed, start=start).with_columns(pl.Series("outcome", (labels * n)[:n]))
+
+
+def test_label_domain_is_fixed_by_the_first_validated_batch(layout):
+    spec = _binary_spec()
+    land(layout, TASK, "b1", _labelled(40, 1, 0, [0, 1]))
+    land(layout, TASK, "b2", _labelled(40, 2, 100, [0, 1, 7]))
+    land(layout, TASK, "b3", _labelled(40, 3, 200, [1, 0]))
+    warehouse, _, records, validation = _ingest(layout, spec)
+    assert validation.validated == ["b1", "b3"] and [q["batch"] for q in validation.quarantined] == ["b2"]
+    [failure] = [f for f in validation.quarantined[0]["failures"] if f["expectation"] == "label_domain"]
+    assert "'7'" in failure["problem"] and failure["unexpected_count"] == 13
+    assert sorted(records["outcome"].cast(pl.String).unique().to_list()) == ["0", "1"]
+    assert json.loads(warehouse.state(TASK, "label_domain")) == ["0", "1"]
+    reason = json.loads((layout.quarantine(TASK) / "b2" / "reason.json").read_text())
+    assert "'7'" in json.dumps(reason)
+
+
+def test_a_first_batch_that_cannot_fix_a_binary_domain_is_quarantined(layout):
+    land(layout, TASK, "b1", _labelled(30, 1, 0, [0, 1, 2]))
+    land(layout, TASK, "b2", _labelled(30, 2, 100, [0, 1]))
+    warehouse, _, records, validation = _ingest(layout, _binary_spec())
+    assert [q["batch"] for q in validation.quarantined] == ["b1"] and validation.validated == ["b2"]
+    assert "exactly one other label" in json.dumps(validation.quarantined)
+    assert json.loads(warehouse.state(TASK, "label_domain")) == ["0", "1"]
+
+
+@pytest.mark.parametrize("values, domain, spec_extra, outside", [
+    ([1, 0, 1], None, {}, []),
+    ([1.0, 0.0], ["0", "1"], {}, []),
+    ([True, False], ["0", "1"], {}, []),
+    (["1", "2"], ["0", "1"], {}, ["2"]),
+    (["yes", "no"], None, {"classes": ["0", "1"]}, ["no", "yes"]),
+])  # fmt: skip
+def test_label_domain_failures_compare_canonical_labels(values, domain, spec_extra, outside):
+    frame = pl.DataFrame({"outcome": values})
+    failures, _ = label_domain_failures(domain, _binary_spec(**spec_extra), frame)
+    if outside:
+        [failure] = failures
+        assert all(repr(v) in failure.problem for v in outside)
+    else:
+        assert failures == []
+
+
+def test_waiting_and_quarantined_batches_are_named_on_the_materializations(synthetic_spec, layout):
+    """Issue 12 §6: a batch without its marker is named at INFO on raw_records; an empty validated_records says
+    why; check failures carry their reasons in the description."""
+    import dagster as dg
+
+    from meddiag_pipelines.definitions import build_definitions
+
+    land(layout, TASK, "batch-0001", synthetic_records(20, seed=1), ready=False)
+    land(layout, TASK, "batch-0002", synthetic_records(20, seed=2, start=100).with_columns(pl.lit("maybe").alias("outcome")))
+    defs = build_definitions([synthetic_spec], layout.root)
+    keys = [dg.AssetKey([TASK, "raw_records"]), dg.AssetKey([TASK, "validated_records"])]
+    with dg.instance_for_test() as instance:
+        result = defs.resolve_job_def(f"{TASK}_job").execute_in_process(instance=instance, raise_on_error=False,
+                                                                        asset_selection=keys)  # fmt: skip
+        raw = instance.get_latest_materialization_event(keys[0]).asset_materialization.metadata
+        validated = instance.get_latest_materialization_event(keys[1]).asset_materialization.metadata
+        logs = [(e.level, e.user_message) for e in instance.all_logs(result.run_id) if e.level >= 20]
+    assert raw["waiting_batches"].value == 1
+    assert "batch-0001 has no _READY marker" in raw["waiting"].value
+    assert any(level == 20 and "batch-0001 has no _READY marker" in msg for level, msg in logs)
+    why = validated["why_empty"].value
+    assert "batch-0001 has no _READY marker" in why and "batch-0002 was quarantined" in why and "'maybe'" in why
+
+
+def test_failures_result_puts_the_reasons_in_the_description():
+    from meddiag_pipelines.defs.common import failures_result
+    from meddiag_pipelines.validation.suites import CheckFailure
+
+    result = failures_result([CheckFailure("expect_column_values_to_be_in_set", "outcome", "3 rows outside the domain")])
+    assert not result.passed and result.description == "outcome: 3 rows outside the domain"
+    assert failures_result([]).description is None
