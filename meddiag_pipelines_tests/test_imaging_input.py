@@ -101,7 +101,8 @@ def test_fifo_labels_csv_is_never_opened_and_the_good_batch_beside_it_flows(tmp_
     with pytest.raises(ImageBatchError, match="labels.csv: not a regular file"):
         read_image_batch(hostile, spec)
     ingest_new_batches(spec, layout, Warehouse(layout.warehouse_db()), read_image_records)
-    reason = json.loads((layout.quarantine(spec.name) / "b1" / "reason.json").read_text())
+    # Ingestion sets the FIFO aside (quarantine/<task>/b1/labels.csv/) before any reader runs.
+    reason = json.loads((layout.quarantine(spec.name) / "b1" / "labels.csv" / "reason.json").read_text())
     assert reason["file"] == "labels.csv" and "not a regular file" in reason["problem"]
     assert Warehouse(layout.warehouse_db()).read(spec.name, "raw_records", ["b2"]).height == 4
 
