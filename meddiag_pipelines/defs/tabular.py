@@ -145,7 +145,8 @@ def build_tabular_assets(spec: TaskSpec) -> list:
         for row in missing:
             if row["rate"] > spec.max_null_rate and row["feature"] not in plan.dropped:
                 context.log.warning(f"{name}: column {row['feature']!r} is missing in {row['rate']:.0%} of training "
-                                    f"rows (over max_null_rate {spec.max_null_rate:g}); kept: {row['handling']}")  # fmt: skip
+                                    f"rows, over max_null_rate {spec.max_null_rate:g}; not declared, so kept with its "
+                                    "missingness handled (see the missing-data table)")  # fmt: skip
         for column, why in plan.dropped.items():
             context.log.warning(f"{name}: column {column!r} is not a feature ({why}); declare it in 'categorical' to use it")
         meta = {"n_features": len(plan.feature_names), "n_rows": frame.height,
