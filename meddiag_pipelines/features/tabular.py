@@ -145,14 +145,14 @@ def missing_data_table(train: pl.DataFrame, plan: FeaturePlan, max_null_rate: fl
     here. Columns that are not features say why."""
     n = max(train.height, 1)
 
-    def row(column: str, handling: str) -> dict:
+    def row(column: str, handling: str, feature: bool = True) -> dict:
         missing = train[column].null_count() if column in train.columns else train.height
-        if missing / n > max_null_rate:
+        if feature and missing / n > max_null_rate:
             handling += f"; missing in more than max_null_rate ({max_null_rate:g}) of rows: kept (not declared)"
         return {"feature": column, "n_missing": missing, "rate": missing / n, "handling": handling}
 
     rows = [row(c, "median imputation + missing indicator" if c in plan.indicators else "none needed") for c in plan.numeric]
     rows += [row(c, f"own category {MISSING}" if c in train.columns and train[c].null_count() else "none needed")
              for c in plan.categorical]  # fmt: skip
-    rows += [row(c, f"not a feature: {why}") for c, why in plan.dropped.items()]
+    rows += [row(c, f"not a feature: {why}", feature=False) for c, why in plan.dropped.items()]
     return rows

@@ -25,7 +25,6 @@ from meddiag_pipelines.training.device import xgboost_device
 
 BASELINE_C_GRID = (0.01, 0.1, 1.0, 10.0)
 CHOSEN = "chosen.json"
-MODELS = ("xgboost", "logistic")  # sub-folders of a folder of two; the baseline last
 
 
 def validation_score(y: np.ndarray, proba: np.ndarray) -> float:
