@@ -35,7 +35,7 @@ def test_task_end_to_end_then_new_batch(synthetic_spec, layout):
     assert metrics["n_train"] + metrics["n_val"] + metrics["n_test"] == 600
     assert metrics["flow"]["validated_batches"] == 1
     html = (latest / "report.html").read_text()
-    assert "https://" not in html and "data:image/png;base64," in html
+    assert "https://" not in html and "data:image/png;base64," in html and "Model selection" in html
     preds = pl.read_parquet(latest / "test_predictions.parquet")
     assert preds.columns == ["id", "label", "probability"] and preds.height == metrics["n_test"]
 

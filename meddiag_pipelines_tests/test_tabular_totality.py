@@ -189,3 +189,18 @@ def test_the_report_says_which_model_won_and_by_how_much():
     section = model_selection_html({"params": {"chosen": "logistic", "val_auroc_xgboost": 0.81, "val_auroc_logistic": 0.85,
                                                "val_auroc_margin": 0.04}})  # fmt: skip
     assert "<b>logistic</b>, by 0.0400 validation AUROC" in section and "0.8100" in section and "0.8500" in section
+
+
+def test_a_chosen_baseline_is_recalibrated_on_validation(synthetic_spec, tmp_path):
+    """A strongly regularised C wins on AUROC but squeezes probabilities toward 0.5; as the candidate it must
+    still pass the calibration-slope gate, so it is recalibrated on validation as XGBoost is."""
+    from meddiag_pipelines.evaluation.metrics import calibration_intercept_slope
+
+    records = synthetic_records(600, seed=22)
+    result = train_and_score(records, synthetic_spec, tmp_path / "m")
+    assert read_meta(tmp_path / "m" / "logistic")["recalibration"]["b"] > 0
+    split = assign_split(records, synthetic_spec)
+    test = split.filter(pl.col(SPLIT_COLUMN) == "test")
+    proba = _tabular_predictor(result["plan"].as_dict())(tmp_path / "m" / "logistic", test)
+    _, slope = calibration_intercept_slope((test["outcome"] == "yes").to_numpy().astype(int), proba)
+    assert 0.5 < slope < 2.0, slope
