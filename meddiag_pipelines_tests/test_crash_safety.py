@@ -149,8 +149,8 @@ def assert_consistent(data: Path) -> dict:
             assert entry.is_dir(), entry
             manifest = json.loads((entry / "manifest.json").read_text())  # a visible version is complete
             assert manifest["version"] == entry.name and manifest["decision"]["reasons"]
-            assert (entry / "plan.json").is_file() and (entry / "model" / "model.ubj").is_file()
-            assert any((entry / "baseline").iterdir())
+            assert (entry / "plan.json").is_file() and (entry / "model" / "chosen.json").is_file()
+            assert (entry / "model" / "xgboost" / "model.ubj").is_file() and (entry / "model" / "logistic" / "model.json").is_file()
             complete.append(entry.name)
         champion = models / "champion.json"
         if champion.exists():

@@ -35,7 +35,7 @@ def test_task_end_to_end_then_new_batch(synthetic_spec, layout):
     assert metrics["n_train"] + metrics["n_val"] + metrics["n_test"] == 600
     assert metrics["flow"]["validated_batches"] == 1
     html = (latest / "report.html").read_text()
-    assert "https://" not in html and "data:image/png;base64," in html
+    assert "https://" not in html and "data:image/png;base64," in html and "Model selection" in html
     preds = pl.read_parquet(latest / "test_predictions.parquet")
     assert preds.columns == ["id", "label", "probability"] and preds.height == metrics["n_test"]
 
@@ -43,7 +43,8 @@ def test_task_end_to_end_then_new_batch(synthetic_spec, layout):
     champion = json.loads((registry / "champion.json").read_text())
     manifest = json.loads((registry / champion["version"] / "manifest.json").read_text())
     assert manifest["decision"]["promote"] is True and manifest["batches"][0]["batch_id"] == "batch_0001"
-    assert (registry / champion["version"] / "model" / "model.ubj").exists()
+    assert (registry / champion["version"] / "model" / "xgboost" / "model.ubj").exists()  # both models, one chosen
+    assert manifest["model"]["params"]["chosen"] in ("xgboost", "logistic")
     splits_before = pl.read_parquet(latest / "test_predictions.parquet")["id"].to_list()
 
     # A second export: more labelled rows and three cases to score.

@@ -413,3 +413,44 @@ def test_case_table_for_the_report():
     assert len(set(kinds)) == len(kinds) and len(CASES) >= 25
     assert tabular.MAX_COLUMNS == 1000
     print("\n".join(f"| {k} | {'quarantined' if k in {c.kind for c in CASES} else 'accepted'} |" for k in kinds))
+
+
+# -- batches that passed before and then blocked every later run (issue 13 §3) ----------------------------------
+def _train_on(records_, spec, out):
+    from meddiag_pipelines_tests.test_tabular_totality import train_and_score
+
+    return train_and_score(records_, spec, out)
+
+
+BLOCKING = [
+    ("finite values beyond float32", lambda f: f.with_columns(pl.when(pl.col("x1") > 1).then(1e39).otherwise(pl.col("x1")).alias("x1")),
+     "exceeds the float32"),
+    ("a column in the internal namespace", lambda f: f.with_columns(pl.lit("train").alias("_meddiag_split")), "reserved namespace"),
+    ("two columns differing only in case", lambda f: f.with_columns(pl.col("x2").alias("X2")), "differ only in case"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("kind", "mutate", "problem"), BLOCKING, ids=[b[0] for b in BLOCKING])
+def test_a_batch_that_would_block_training_is_quarantined_and_the_good_ones_train(kind, mutate, problem, synthetic_spec,
+                                                                                  layout, tmp_path):  # fmt: skip
+    land(layout, TASK, "b1", mutate(records(60, seed=3)), filename="records.parquet")
+    land(layout, TASK, "z_good", records(200, seed=9, start=5000))
+    warehouse, ingest, records_, _ = ingest_and_validate(synthetic_spec, layout)
+    why = json.loads((layout.quarantine(TASK) / "b1" / "reason.json").read_text())
+    assert why["file"] == "records.parquet" and problem in why["problem"] and CANARY not in json.dumps(why)
+    assert set(records_["_meddiag_batch"]) == {"z_good"}
+    _train_on(records_, synthetic_spec, tmp_path / "model")
+
+
+def test_real_headers_and_values_xgboost_refused_flow_into_training(synthetic_spec, layout, tmp_path):
+    """`dose[mg]`, `<0.01` and an optional column first seen in a later batch (mostly missing overall)."""
+    first = records(200, seed=4).with_columns((pl.col("x1") * 10).alias("dose[mg]"),
+                                              pl.when(pl.col("x2") > 0).then(pl.lit("<0.01")).otherwise(pl.lit("0.2")).alias("crp"))  # fmt: skip
+    land(layout, TASK, "b1", first)
+    land(layout, TASK, "b2", records(60, seed=5, start=3000).with_columns(pl.col("x1").alias("lactate")))
+    warehouse, ingest, records_, validation = ingest_and_validate(synthetic_spec, layout)
+    assert ingest.quarantined == [] and validation.quarantined == [] and records_.height == 260
+    assert records_["lactate"].null_count() / records_.height > synthetic_spec.max_null_rate
+    assert validate_tabular(records_, synthetic_spec) == []  # the task-wide suite no longer blocks on it
+    result = _train_on(records_, synthetic_spec, tmp_path / "model")
+    assert {"dose[mg]", "crp=<0.01", "lactate"} <= set(result["plan"].feature_names)

@@ -1,6 +1,12 @@
 """The asset graph of one tabular task (group = task name). Logic lives in the pure modules; this file only
-wires inputs, resources and metadata."""
+wires inputs, resources and metadata.
 
+``candidate_model`` trains XGBoost and the logistic-regression baseline once and keeps the better on
+validation AUROC (as text tasks do); ``baseline_model`` points at the baseline trained in that same call.
+"""
+
+import html
+from pathlib import Path
 
 import dagster as dg
 import numpy as np
@@ -18,7 +24,7 @@ from meddiag_pipelines.training.tabular_models import (
     predict_tabular,
     read_meta,
     top_contributions,
-    train_logistic,
+    train_tabular_models,
     train_xgboost,
 )
 from meddiag_pipelines.validation.suites import identifier_columns, run_suite, tabular_expectations, validate_tabular
@@ -36,6 +42,13 @@ def model_inputs(model_dir, rows: pl.DataFrame, plan: dict) -> np.ndarray:
     read back from JSON may list its categorical columns in another order than the one it was fitted with)."""
     matrix = transform(rows, FeaturePlan.from_dict(plan))
     return matrix.select(read_meta(model_dir)["feature_names"]).to_numpy()
+
+
+def explain_rows(model_dir, rows: pl.DataFrame, plan: dict) -> list[list[tuple[str, float]]]:
+    """Per row, the features that pushed its score up most, under their reported (original) names."""
+    names = FeaturePlan.from_dict(plan).reported_names()
+    top = top_contributions(model_dir, model_inputs(model_dir, rows, plan))
+    return [[(names.get(n, n), v) for n, v in row] for row in top]
 
 
 def _tabular_predictor(plan: dict):
@@ -56,6 +69,26 @@ def feature_table(split: pl.DataFrame, spec: TaskSpec) -> tuple[pl.DataFrame, Fe
 def xgboost_trainer(spec: TaskSpec):
     """``train_xgboost`` with the spec's training settings, in the signature :func:`fit_model` calls."""
     return lambda *a: train_xgboost(*a[:5], spec.training, *a[5:])
+
+
+def tabular_trainer(spec: TaskSpec):
+    """``train_tabular_models`` (both models, the better chosen) in the signature :func:`fit_model` calls."""
+    return lambda *a: train_tabular_models(*a[:5], spec.training, *a[5:])
+
+
+def model_selection_html(candidate: dict) -> str:
+    """Which model won on validation and by how much (a report section)."""
+    params = candidate["params"]
+    rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{params.get(f'val_auroc_{k}', float('nan')):.4f}</td></tr>"
+                   for k in ("xgboost", "logistic"))  # fmt: skip
+    return (f"<p>Both models were trained on the same rows; the better on the validation split became the "
+            f"candidate: <b>{html.escape(str(params.get('chosen')))}</b>, by "
+            f"{params.get('val_auroc_margin', float('nan')):.4f} validation AUROC (a tie goes to the baseline).</p>"
+            f"<table><tr><th>model</th><th>validation AUROC</th></tr>{rows}</table>")  # fmt: skip
+
+
+def _card_extras(candidate: dict) -> list[tuple[str, str]]:
+    return [("Model selection", model_selection_html(candidate))] if "chosen" in candidate["params"] else []
 
 
 def fit_model(spec: TaskSpec, trainer, features: pl.DataFrame, out_dir) -> dict:
@@ -108,35 +141,51 @@ def build_tabular_assets(spec: TaskSpec) -> list:
     )
     def features(context: dg.AssetExecutionContext, split: pl.DataFrame):
         frame, plan = feature_table(split, spec)
+        missing = missing_data_table(split.filter(pl.col(SPLIT_COLUMN) == "train"), plan, spec.max_null_rate)
+        for row in missing:
+            if "kept (not declared)" in row["handling"]:
+                context.log.warning(f"{name}: column {row['feature']!r} is missing in {row['rate']:.0%} of training "
+                                    f"rows, over max_null_rate {spec.max_null_rate:g}; not declared, so kept with its "
+                                    "missingness handled (see the missing-data table)")  # fmt: skip
+        for column, why in plan.dropped.items():
+            context.log.warning(f"{name}: column {column!r} is not a feature ({why}); declare it in 'categorical' to use it")
         meta = {"n_features": len(plan.feature_names), "n_rows": frame.height,
-                "missing_data": dg.MetadataValue.md(common.markdown_table(missing_data_table(split, plan)))}  # fmt: skip
+                "missing_data": dg.MetadataValue.md(common.markdown_table(missing)),
+                "dropped_columns": dg.MetadataValue.md(common.markdown_table(
+                    [{"column": c, "why": why} for c, why in plan.dropped.items()]))}  # fmt: skip
         yield dg.Output(frame, output_name="features", metadata=meta)
         yield dg.Output(plan.as_dict(), output_name="feature_plan", metadata={"features": plan.feature_names[:50]})
 
-    @dg.asset(key=[name, "candidate_model"], description=f"{name}: XGBoost (hist; CUDA when present) with early "
-              "stopping and a bounded optuna search; saved as UBJ in the registry's staging area.",
-              kinds={"xgboost", "optuna"}, pool=common.pool(spec), **tags)  # fmt: skip
+    @dg.asset(key=[name, "candidate_model"], description=f"{name}: trains XGBoost (hist; CUDA when present; early "
+              "stopping and a bounded optuna search) and the logistic-regression baseline once, and keeps the better "
+              "on validation AUROC (a tie goes to the baseline); both saved in safe formats (UBJ, JSON) in the "
+              "registry's staging area.", kinds={"xgboost", "optuna", "scikitlearn"}, pool=common.pool(spec),
+              **tags)  # fmt: skip
     def candidate_model(context: dg.AssetExecutionContext, storage: MeddiagStorage, features: pl.DataFrame,
                         feature_plan: dict) -> dict:  # fmt: skip
         version = common.run_version(context)
         out = storage.registry.staging_dir(name, version) / "model"
-        meta = fit_model(spec, xgboost_trainer(spec), features, out)
+        meta = fit_model(spec, tabular_trainer(spec), features, out)
+        params = meta["params"]
+        context.log.info(f"{name}: {params['chosen']} chosen on validation AUROC (xgboost "
+                         f"{params['val_auroc_xgboost']:.4f}, logistic {params['val_auroc_logistic']:.4f})")  # fmt: skip
+        context.add_output_metadata({"chosen": params["chosen"], "val_auroc_margin": float(params["val_auroc_margin"])})
         return common.model_handle(context, spec, version, out, meta, feature_plan)
 
     @dg.asset(key=[name, "baseline_model"], description=f"{name}: L2 logistic regression on standardised features "
-              "(C chosen on validation), the plain baseline every model is compared with.",
+              "(C chosen on validation), the plain baseline every model is compared with; trained by "
+              "candidate_model in the same call (never twice), this asset points at it.",
               kinds={"scikitlearn"}, pool=common.pool(spec), **tags)  # fmt: skip
-    def baseline_model(context: dg.AssetExecutionContext, storage: MeddiagStorage, features: pl.DataFrame,
-                       feature_plan: dict) -> dict:  # fmt: skip
-        version = common.run_version(context)
-        out = storage.registry.staging_dir(name, version) / "baseline"
-        meta = fit_model(spec, train_logistic, features, out)
-        return common.model_handle(context, spec, version, out, meta, feature_plan)
+    def baseline_model(context: dg.AssetExecutionContext, candidate_model: dict) -> dict:
+        out = Path(candidate_model["dir"]) / "logistic"
+        meta = {**read_meta(out), "classes": candidate_model["classes"]}
+        return common.model_handle(context, spec, candidate_model["version"], out, meta, candidate_model["plan"])
 
     downstream = common.build_model_lifecycle_assets(
         spec, tags, split_asset=split, predictor_factory=_tabular_predictor,
-        explain=lambda model_dir, rows, plan: top_contributions(model_dir, model_inputs(model_dir, rows, plan)),
-        missing_data=lambda train_rows, plan: missing_data_table(train_rows, FeaturePlan.from_dict(plan)),
+        explain=explain_rows,
+        missing_data=lambda train_rows, plan: missing_data_table(train_rows, FeaturePlan.from_dict(plan), spec.max_null_rate),
+        card_extras=_card_extras,
     )  # fmt: skip
     return [raw_records, validated_records, validated_records_suite, *split, features, candidate_model,
             baseline_model, *downstream]  # fmt: skip

@@ -6,7 +6,7 @@ which is saved beside each model so that new cases are transformed exactly as th
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import polars as pl
 
@@ -18,6 +18,28 @@ OTHER = "__other__"
 MISSING = "__missing__"
 MIN_LEVEL_COUNT = 5  # rarer categories fold into OTHER so a one-off code cannot become a feature
 MAX_LEVELS = 50
+# An undeclared text column that looks like free text or an identifier (names, addresses, notes) is not a
+# feature: its values would become feature names in the plan, the model and every explanation.
+MAX_DISTINCT = 200
+IDENTIFIER_SHARE = 0.5  # more distinct values than this share of the patients (or rows) it covers
+FREE_TEXT_MEAN_CHARS = 40
+_XGBOOST_FORBIDDEN = str.maketrans({"[": "(", "]": ")", "<": "lt"})  # XGBoost refuses these in feature names
+
+
+def model_column_names(names: list[str]) -> list[str]:
+    """A deterministic model-side name per feature: XGBoost refuses '[', ']' and '<' (``dose[mg]``,
+    ``flag=<0.01``) and DuckDB folds case, so each name is translated and made unique ignoring case."""
+    taken: set[str] = set()
+    out = []
+    for name in names:
+        base = candidate = name.translate(_XGBOOST_FORBIDDEN)
+        n = 1
+        while candidate.casefold() in taken:
+            n += 1
+            candidate = f"{base}~{n}"
+        taken.add(candidate.casefold())
+        out.append(candidate)
+    return out
 
 
 @dataclass
@@ -26,13 +48,33 @@ class FeaturePlan:
     medians: dict[str, float]
     indicators: list[str]
     categorical: dict[str, list[str]]
+    dropped: dict[str, str] = field(default_factory=dict)  # column -> why it is not a feature
+    model_names: list[str] = field(default_factory=list)  # the model's name of each of ``feature_names``
+
+    def __post_init__(self) -> None:
+        if not self.model_names:  # plans saved before the map existed held only names XGBoost accepted
+            self.model_names = model_column_names(self.feature_names)
+
+    def _features(self) -> list[tuple[str, pl.Expr]]:
+        """(reported name, expression) per feature; categorical columns in sorted order, so that the order is
+        the same for a plan read back from JSON with sorted keys."""
+        out = [(c, pl.col(c).cast(pl.Float64).fill_nan(None).fill_null(self.medians[c])) for c in self.numeric]
+        out += [(f"{c}__missing", pl.col(c).is_null()) for c in self.indicators]
+        for column in sorted(self.categorical):
+            levels = self.categorical[column]
+            value = pl.col(column).cast(pl.String).fill_null(MISSING)
+            value = pl.when(value.is_in(levels)).then(value).otherwise(pl.lit(OTHER))
+            out += [(f"{column}={level}", value == level) for level in levels]
+        return out
 
     @property
     def feature_names(self) -> list[str]:
-        names = list(self.numeric) + [f"{c}__missing" for c in self.indicators]
-        for column, levels in self.categorical.items():
-            names += [f"{column}={level}" for level in levels]
-        return names
+        """Feature names as reported (original column names and levels)."""
+        return [name for name, _ in self._features()]
+
+    def reported_names(self) -> dict[str, str]:
+        """Model name -> reported name."""
+        return dict(zip(self.model_names, self.feature_names))
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -52,39 +94,65 @@ def infer_columns(spec: TaskSpec, frame: pl.DataFrame) -> tuple[list[str], list[
     return numeric, categorical
 
 
+def _not_a_category(counts: pl.DataFrame, rows_per_key: float) -> str | None:
+    """Why an undeclared text column looks like free text or an identifier; None if it looks like a category.
+    ``counts``: its value counts on the training rows; ``rows_per_key``: training rows per patient (or id)."""
+    values = counts.filter(pl.col("value") != MISSING)
+    n_distinct, n_rows = values.height, int(values["count"].sum())
+    if not n_rows:
+        return None
+    if n_distinct > MAX_DISTINCT:
+        return f"{n_distinct} distinct values (over {MAX_DISTINCT}): free text or an identifier"
+    if n_distinct > IDENTIFIER_SHARE * n_rows / rows_per_key:
+        return (f"{n_distinct} distinct values in {n_rows} rows: nearly one per patient or record, so an "
+                "identifier (a name, a code)")  # fmt: skip
+    mean_chars = float((values["value"].str.len_chars() * values["count"]).sum()) / n_rows
+    if mean_chars > FREE_TEXT_MEAN_CHARS:
+        return f"values of {mean_chars:.0f} characters on average (over {FREE_TEXT_MEAN_CHARS}): free text"
+    return None
+
+
 def fit_plan(train: pl.DataFrame, spec: TaskSpec) -> FeaturePlan:
+    """Undeclared text columns that look like free text or identifiers are dropped (with the reason); declare a
+    column in ``categorical`` to keep it."""
     numeric, categorical = infer_columns(spec, train)
     medians = {c: float(train[c].cast(pl.Float64).median() or 0.0) for c in numeric}
     indicators = [c for c in numeric if train[c].null_count() > 0]
-    levels = {}
+    key = spec.patient_id if spec.patient_id in train.columns else spec.id
+    rows_per_key = train.height / max(train[key].n_unique(), 1) if key in train.columns else 1.0
+    declared = {*spec.categorical, *spec.subgroups}
+    levels, dropped = {}, {}
     for column in categorical:
-        counts = train[column].cast(pl.String).fill_null(MISSING).value_counts(sort=True)
+        counts = train[column].cast(pl.String).fill_null(MISSING).alias("value").value_counts(sort=True)
+        why = None if column in declared else _not_a_category(counts, rows_per_key)
+        if why:
+            dropped[column] = why
+            continue
         kept = [v for v, n in counts.iter_rows() if n >= MIN_LEVEL_COUNT][:MAX_LEVELS]
         levels[column] = sorted(kept) + [OTHER]
-    return FeaturePlan(numeric, medians, indicators, levels)
+    return FeaturePlan(numeric, medians, indicators, levels, dropped)
 
 
 def transform(frame: pl.DataFrame, plan: FeaturePlan) -> pl.DataFrame:
-    """The feature matrix (Float32, one column per ``plan.feature_names``) for any rows of the task."""
-    exprs = [pl.col(c).cast(pl.Float64).fill_nan(None).fill_null(plan.medians[c]).alias(c) for c in plan.numeric]
-    exprs += [pl.col(c).is_null().alias(f"{c}__missing") for c in plan.indicators]
-    for column, levels in plan.categorical.items():
-        value = pl.col(column).cast(pl.String).fill_null(MISSING)
-        value = pl.when(value.is_in(levels)).then(value).otherwise(pl.lit(OTHER))
-        exprs += [(value == level).alias(f"{column}={level}") for level in levels]
+    """The feature matrix (Float32, one column per ``plan.model_names``) for any rows of the task."""
+    exprs = [expr.alias(name) for (_, expr), name in zip(plan._features(), plan.model_names)]
     return frame.select(exprs).cast(pl.Float32)
 
 
-def missing_data_table(train: pl.DataFrame, plan: FeaturePlan) -> list[dict]:
-    """Per input column: how much was missing in training and how the pipeline handled it."""
-    rows = []
+def missing_data_table(train: pl.DataFrame, plan: FeaturePlan, max_null_rate: float = 1.0) -> list[dict]:
+    """Per input column: how much was missing in training and how the pipeline handled it. Validation holds
+    only declared columns to ``max_null_rate``; an undeclared column missing more often is kept and flagged
+    here. Columns that are not features say why."""
     n = max(train.height, 1)
-    for column in plan.numeric:
-        missing = train[column].null_count()
-        handling = "median imputation + missing indicator" if column in plan.indicators else "none needed"
-        rows.append({"feature": column, "n_missing": missing, "rate": missing / n, "handling": handling})
-    for column in plan.categorical:
-        missing = train[column].null_count()
-        rows.append({"feature": column, "n_missing": missing, "rate": missing / n,
-                     "handling": f"own category {MISSING}" if missing else "none needed"})  # fmt: skip
+
+    def row(column: str, handling: str, feature: bool = True) -> dict:
+        missing = train[column].null_count() if column in train.columns else train.height
+        if feature and missing / n > max_null_rate:
+            handling += f"; missing in more than max_null_rate ({max_null_rate:g}) of rows: kept (not declared)"
+        return {"feature": column, "n_missing": missing, "rate": missing / n, "handling": handling}
+
+    rows = [row(c, "median imputation + missing indicator" if c in plan.indicators else "none needed") for c in plan.numeric]
+    rows += [row(c, f"own category {MISSING}" if c in train.columns and train[c].null_count() else "none needed")
+             for c in plan.categorical]  # fmt: skip
+    rows += [row(c, f"not a feature: {why}", feature=False) for c, why in plan.dropped.items()]
     return rows

@@ -7,7 +7,12 @@ Encodings (the choice, documented in the README): CSV must be text whose encodin
 UTF-8 is read as is; a byte-order mark is honoured (UTF-8, UTF-16 and UTF-32 with a BOM are decoded). Any
 other bytes (Latin-1, Windows-1252, UTF-16 without a BOM) are refused with the offset of the first byte that is
 not UTF-8: guessing a legacy code page could silently corrupt names and codes, so the exporter must re-export.
-NaN in a numeric column means "not recorded" (it becomes null); infinities are refused.
+NaN in a numeric column means "not recorded" (it becomes null); infinities, and finite values beyond float32
+(the models' precision: XGBoost would refuse them in every later run), are refused.
+
+Key columns (id, patient id, label, subgroups) are text, never inferred: ``0001`` keeps its zeros, and label
+values take one form (:func:`specs.canonical_label`) whether the file stored them as int, float, bool or text.
+Column names must be distinct ignoring case (DuckDB folds case) and outside the pipeline's internal namespace.
 """
 
 from __future__ import annotations
@@ -18,16 +23,18 @@ import io
 import unicodedata
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 
 from meddiag_pipelines.ingestion.errors import BatchRejected
-from meddiag_pipelines.ingestion.landing import LandedBatch, display_name
-from meddiag_pipelines.specs import TaskSpec
+from meddiag_pipelines.ingestion.landing import INTERNAL_PREFIX, LandedBatch, display_name
+from meddiag_pipelines.specs import TaskSpec, canonical_label
 
 READERS = {".csv": "csv", ".parquet": "parquet"}
 MAX_COLUMNS = 1000  # a wider export is almost certainly wrong, and each column costs a warehouse column for ever
 MAX_COLUMN_NAME_CHARS = 256
 PARQUET_MAX_EXPANSION = 8  # decoded Parquet may be this many times landing.max_file_mb (decompression-bomb guard)
+FLOAT32_MAX = float(np.finfo(np.float32).max)  # features are float32: a larger finite value becomes infinite
 _BOMS = [  # longest first: the UTF-32-LE mark starts with the UTF-16-LE one
     (codecs.BOM_UTF32_LE, "utf-32-le"), (codecs.BOM_UTF32_BE, "utf-32-be"), (codecs.BOM_UTF8, "utf-8"),
     (codecs.BOM_UTF16_LE, "utf-16-le"), (codecs.BOM_UTF16_BE, "utf-16-be"),
@@ -72,6 +79,16 @@ def _decode(raw: bytes, rel: str) -> str:
     return text
 
 
+def check_case_distinct(names: list[str], rel: str) -> None:
+    """DuckDB (the warehouse) folds the case of column names: ``Age`` and ``age`` would be one column there."""
+    seen: dict[str, str] = {}
+    for name in names:
+        other = seen.setdefault(name.casefold(), name)
+        if other != name:
+            raise BatchRejected(rel, f"columns {other!r} and {name!r} differ only in case; the warehouse "
+                                     "cannot hold both (rename one)")  # fmt: skip
+
+
 def _check_columns(names: list[str], rel: str) -> None:
     if len(names) > MAX_COLUMNS:
         raise BatchRejected(rel, f"has {len(names)} columns, over the limit of {MAX_COLUMNS}")
@@ -83,12 +100,16 @@ def _check_columns(names: list[str], rel: str) -> None:
             raise BatchRejected(rel, f"column {i} has a name that is too long or holds control characters")
         if name in seen:
             raise BatchRejected(rel, f"column {i} repeats the name {name!r}")
+        if name.casefold().startswith(INTERNAL_PREFIX):
+            raise BatchRejected(rel, f"column {name!r} is in the pipeline's reserved namespace {INTERNAL_PREFIX!r} "
+                                     "(its own columns); rename it")  # fmt: skip
         seen.add(name)
+    check_case_distinct(names, rel)
 
 
-def _check_csv_shape(text: str, rel: str) -> None:
-    """Every row has as many fields as the header: a short last row is a truncated file, a short or long row
-    elsewhere a broken export; either would silently shift or drop values."""
+def _check_csv_shape(text: str, rel: str) -> list[str]:
+    """The header, once every row has as many fields as it: a short last row is a truncated file, a short or
+    long row elsewhere a broken export; either would silently shift or drop values."""
     csv.field_size_limit(2**31 - 1)
     reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     try:
@@ -113,6 +134,7 @@ def _check_csv_shape(text: str, rel: str) -> None:
         # The csv module's message names the problem (e.g. an unterminated quote), never a value.
         raise BatchRejected(rel, f"is not well-formed CSV at line {reader.line_num}: {exc} "
                                  "(an unterminated quote at the end usually means a truncated file)") from exc  # fmt: skip
+    return header
 
 
 def _polars_problem(exc: BaseException) -> str:
@@ -130,12 +152,19 @@ def _polars_problem(exc: BaseException) -> str:
     return f"{type(exc).__name__}"
 
 
-def _read_csv(path: Path, rel: str) -> pl.DataFrame:
+def key_columns(spec: TaskSpec) -> list[str]:
+    """Columns that are text whatever they look like: identifiers, the label and the subgroups."""
+    return [c for c in dict.fromkeys((spec.id, spec.label, spec.patient_id, *spec.subgroups)) if c]
+
+
+def _read_csv(path: Path, rel: str, spec: TaskSpec) -> pl.DataFrame:
     text = _decode(path.read_bytes(), rel)
     if not text.strip():
         raise BatchRejected(rel, "holds only whitespace")
-    _check_csv_shape(text, rel)
-    return pl.read_csv(io.BytesIO(text.encode("utf-8")), infer_schema_length=None, raise_if_empty=True)
+    header = _check_csv_shape(text, rel)
+    as_text = {c: pl.String for c in key_columns(spec) if c in header}
+    return pl.read_csv(io.BytesIO(text.encode("utf-8")), infer_schema_length=None, raise_if_empty=True,
+                       schema_overrides=as_text)  # fmt: skip
 
 
 def _read_parquet(path: Path, rel: str, max_file_mb: float) -> pl.DataFrame:
@@ -175,14 +204,14 @@ def _read_parquet(path: Path, rel: str, max_file_mb: float) -> pl.DataFrame:
     return frame
 
 
-def _read_file(path: Path, rel: str, max_file_mb: float = float("inf")) -> pl.DataFrame:
+def _read_file(path: Path, rel: str, spec: TaskSpec, max_file_mb: float = float("inf")) -> pl.DataFrame:
     kind = READERS.get(path.suffix.lower())
     if kind is None:
         raise BatchRejected(rel, f"unsupported file type {path.suffix!r}; expected one of {sorted(READERS)}")
     if path.stat().st_size == 0:
         raise BatchRejected(rel, "is empty (zero bytes)")
     try:
-        frame = _read_csv(path, rel) if kind == "csv" else _read_parquet(path, rel, max_file_mb)
+        frame = _read_csv(path, rel, spec) if kind == "csv" else _read_parquet(path, rel, max_file_mb)
     except BatchRejected:
         raise
     except (Exception, pl.exceptions.PanicException) as exc:  # Polars may even panic; each becomes a reason
@@ -203,24 +232,44 @@ def _as_float(frame: pl.DataFrame, column: str, rel: str) -> pl.Expr:
     return pl.col(column).cast(pl.Float64)
 
 
+def _canonical_labels(frame: pl.DataFrame, label: str) -> pl.DataFrame:
+    """Label values in :func:`canonical_label` form (``1``, ``1.0``, ``True``, ``"1.0"`` -> ``"1"``); empty -> null
+    (a case to score). Mapped over the distinct values only: a label column has few."""
+    text = frame[label].cast(pl.String)  # booleans become "true" / "false", which canonical_label knows
+    distinct = text.drop_nulls().unique().to_list()
+    mapping = {v: canonical_label(v) for v in distinct}
+    return frame.with_columns(text.replace_strict(mapping, default=None, return_dtype=pl.String).alias(label))
+
+
+def _check_magnitudes(frame: pl.DataFrame, numeric: list[str], rel: str) -> None:
+    """Infinities, and finite values that float32 cannot hold, would break every later training run."""
+    counts = frame.select(
+        *(pl.col(c).is_infinite().sum().alias(f"inf{i}") for i, c in enumerate(numeric)),
+        *((pl.col(c).abs() > FLOAT32_MAX).sum().alias(f"big{i}") for i, c in enumerate(numeric)),
+    ).row(0)  # fmt: skip
+    for i, column in enumerate(numeric):
+        infinite, beyond = counts[i], counts[len(numeric) + i] - counts[i]
+        if infinite:
+            raise BatchRejected(rel, f"column {column!r} holds {infinite} infinite values")
+        if beyond:
+            raise BatchRejected(rel, f"column {column!r} holds {beyond} values whose magnitude exceeds the float32 "
+                                     "range (about 3.4e38) the models compute in; rescale the column or mark them "
+                                     "as not recorded")  # fmt: skip
+
+
 def normalise(frame: pl.DataFrame, spec: TaskSpec, rel: str) -> pl.DataFrame:
     """Key columns as text; declared-numeric and all numeric columns as Float64 (so batches agree whether a
-    column came as integers or decimals) with NaN as null and infinities refused; empty labels as null (cases
-    to score); 'not recorded' codes as null."""
-    keys = [c for c in (spec.id, spec.label, spec.patient_id, *spec.subgroups) if c and c in frame.columns]
-    frame = frame.with_columns(pl.col(c).cast(pl.String).str.strip_chars() for c in keys)
+    column came as integers or decimals) with NaN as null, infinities and values beyond float32 refused; labels
+    in canonical form, empty labels as null (cases to score); 'not recorded' codes as null."""
+    keys = [c for c in key_columns(spec) if c in frame.columns]
+    frame = frame.with_columns(pl.col(c).cast(pl.String).str.strip_chars() for c in keys if c != spec.label)
     numeric = [c for c in frame.columns if c not in keys and (c in spec.numeric or frame.schema[c].is_numeric())]
     frame = frame.with_columns(_as_float(frame, c, rel) for c in numeric)
     if numeric:
-        infinite = frame.select(pl.col(c).is_infinite().sum() for c in numeric).row(0)
-        for column, n in zip(numeric, infinite):
-            if n:
-                raise BatchRejected(rel, f"column {column!r} holds {n} infinite values")
-        frame = frame.with_columns(pl.col(c).fill_nan(None) for c in numeric)
+        frame = frame.with_columns(pl.col(c).fill_nan(None) for c in numeric)  # first: Polars orders NaN above all
+        _check_magnitudes(frame, numeric, rel)
     if spec.label in frame.columns:
-        frame = frame.with_columns(
-            pl.when(pl.col(spec.label) == "").then(None).otherwise(pl.col(spec.label)).alias(spec.label)
-        )
+        frame = _canonical_labels(frame, spec.label)
     for column, codes in spec.null_values.items():
         if column in frame.columns:
             dtype = frame.schema[column]
@@ -237,9 +286,10 @@ def read_tabular_batch(batch: LandedBatch, spec: TaskSpec) -> pl.DataFrame:
     frames = []
     for rel in batch.files:
         path = check_file(batch, rel, spec.landing.max_file_mb)
-        frames.append(normalise(_read_file(path, rel, spec.landing.max_file_mb), spec, rel))
+        frames.append(normalise(_read_file(path, rel, spec, spec.landing.max_file_mb), spec, rel))
     try:
         frame = pl.concat(frames, how="diagonal_relaxed")
     except (Exception, pl.exceptions.PanicException) as exc:
         raise BatchRejected(batch.batch_id, f"its files have incompatible columns: {_polars_problem(exc)}") from exc
+    check_case_distinct(frame.columns, batch.batch_id)  # two files may each be fine alone
     return frame

@@ -2,6 +2,9 @@
 logistic-regression baseline. Both are saved in safe formats (XGBoost UBJ, JSON coefficients), never pickled.
 
 A model folder holds ``model.json`` (what the model is, its classes and feature names) beside its weights.
+:func:`train_tabular_models` trains both into one folder (``xgboost/``, ``logistic/``) and keeps the better on
+validation AUROC in ``chosen.json`` (a tie goes to the baseline, as for text tasks); every reader here takes
+either a model folder or such a folder of two.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from meddiag_pipelines.specs import TrainingSpec
 from meddiag_pipelines.training.device import xgboost_device
 
 BASELINE_C_GRID = (0.01, 0.1, 1.0, 10.0)
+CHOSEN = "chosen.json"
 
 
 def validation_score(y: np.ndarray, proba: np.ndarray) -> float:
@@ -104,8 +108,13 @@ def train_xgboost(X_train, y_train, X_val, y_val, n_classes: int, settings: Trai
     return meta
 
 
-def train_logistic(X_train, y_train, X_val, y_val, n_classes: int, out_dir: Path, feature_names: list[str]) -> dict:
-    """Standardised L2 logistic regression, C chosen on validation; saved as JSON coefficients."""
+def train_logistic(X_train, y_train, X_val, y_val, n_classes: int, out_dir: Path, feature_names: list[str],
+                   recalibrate: bool = False) -> dict:  # fmt: skip
+    """Standardised L2 logistic regression, C chosen on validation; saved as JSON coefficients. Computed in
+    float64: float32 features near the top of their range would overflow a float32 mean or variance.
+    ``recalibrate`` (binary): logistic recalibration on validation, as for XGBoost, for a model that may become
+    the candidate: a strongly regularised C chosen for its AUROC gives probabilities far too moderate."""
+    X_train, X_val = np.asarray(X_train, dtype=np.float64), np.asarray(X_val, dtype=np.float64)
     mean = X_train.mean(axis=0)
     scale = X_train.std(axis=0)
     scale[scale == 0] = 1.0
@@ -117,10 +126,14 @@ def train_logistic(X_train, y_train, X_val, y_val, n_classes: int, out_dir: Path
         if best is None or score > best[0]:
             best = (score, c, model)
     score, c, model = best
+    recalibration = None
+    if recalibrate and n_classes == 2:
+        recalibration = fit_recalibration(y_val, model.predict_proba((X_val - mean) / scale)[:, 1])
     meta = {
         "framework": "logistic", "name": "logistic_regression", "n_classes": n_classes, "feature_names": feature_names,
         "params": {"C": c, "penalty": "l2"}, "val_score": score, "mean": mean.tolist(), "scale": scale.tolist(),
         "coef": model.coef_.tolist(), "intercept": model.intercept_.tolist(),
+        "recalibration": recalibration,
     }  # fmt: skip
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out_dir / "model.json", meta)
@@ -133,11 +146,37 @@ def _softmax(z: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
+def train_tabular_models(X_train, y_train, X_val, y_val, n_classes: int, settings: TrainingSpec, out_dir: Path,
+                         feature_names: list[str]) -> dict:  # fmt: skip
+    """XGBoost and the logistic baseline on the same rows; the meta of the one chosen on validation AUROC, whose
+    params say which won and both scores (the baseline's own meta is in ``out_dir/logistic``)."""
+    metas = {
+        "xgboost": train_xgboost(X_train, y_train, X_val, y_val, n_classes, settings, out_dir / "xgboost", feature_names),
+        "logistic": train_logistic(X_train, y_train, X_val, y_val, n_classes, out_dir / "logistic", feature_names,
+                                   recalibrate=True),
+    }  # fmt: skip
+    scores = {k: m["val_score"] for k, m in metas.items()}
+    chosen = "xgboost" if scores["xgboost"] > scores["logistic"] else "logistic"  # NaN or a tie: the baseline
+    atomic_write_json(out_dir / CHOSEN, {"chosen": chosen, "val_auroc": scores})
+    params = {"chosen": chosen, **{f"val_auroc_{k}": v for k, v in scores.items()},
+              "val_auroc_margin": abs(scores["xgboost"] - scores["logistic"]), **metas[chosen]["params"]}  # fmt: skip
+    return {**metas[chosen], "params": params}
+
+
+def model_folder(model_dir: Path) -> Path:
+    """The folder holding ``model.json``: ``model_dir`` itself, or the chosen one of a folder of two."""
+    model_dir = Path(model_dir)
+    if (model_dir / "model.json").is_file() or not (model_dir / CHOSEN).is_file():
+        return model_dir
+    return model_dir / json.loads((model_dir / CHOSEN).read_text())["chosen"]
+
+
 def read_meta(model_dir: Path) -> dict:
-    return json.loads((model_dir / "model.json").read_text())
+    return json.loads((model_folder(model_dir) / "model.json").read_text())
 
 
 def load_booster(model_dir: Path) -> xgb.Booster:
+    model_dir = model_folder(model_dir)
     booster = xgb.Booster()
     booster.load_model(bytearray((model_dir / "model.ubj").read_bytes()))
     booster.set_param({"device": xgboost_device()})
@@ -151,21 +190,38 @@ def predict_tabular(model_dir: Path, X: np.ndarray) -> np.ndarray:
         booster = load_booster(model_dir)
         proba = _predict(booster, xgb.DMatrix(X, feature_names=meta["feature_names"]), meta["n_classes"])
         return _recalibrate(proba, meta.get("recalibration"))
-    z = ((X - np.asarray(meta["mean"])) / np.asarray(meta["scale"])) @ np.asarray(meta["coef"]).T + np.asarray(meta["intercept"])
+    z = _standardised(meta, X) @ np.asarray(meta["coef"]).T + np.asarray(meta["intercept"])
     if meta["n_classes"] == 2:
-        return 1.0 / (1.0 + np.exp(-z.reshape(-1)))
+        return _recalibrate(1.0 / (1.0 + np.exp(-z.reshape(-1))), meta.get("recalibration"))
     return _softmax(z)
 
 
+def _standardised(meta: dict, X: np.ndarray) -> np.ndarray:
+    return (np.asarray(X, dtype=np.float64) - np.asarray(meta["mean"])) / np.asarray(meta["scale"])
+
+
+def _linear_contributions(meta: dict, X: np.ndarray) -> np.ndarray:
+    """Per row and feature, coefficient x standardised value toward the positive (or the predicted) class."""
+    terms = _standardised(meta, X)[:, None, :] * np.asarray(meta["coef"])[None, :, :]  # (n, k or 1, features)
+    if terms.shape[1] == 1:
+        return terms[:, 0]
+    scores = terms.sum(axis=2) + np.asarray(meta["intercept"])
+    return terms[np.arange(len(X)), scores.argmax(axis=1)]
+
+
 def top_contributions(model_dir: Path, X: np.ndarray, k: int = 3) -> list[list[tuple[str, float]]]:
-    """Per row, the k features that pushed the XGBoost score up the most (SHAP values, positive class)."""
+    """Per row, the k features that pushed the score up the most: SHAP values for XGBoost, coefficient x
+    standardised value for the logistic model (positive class; multi-class: the predicted class)."""
     meta = read_meta(model_dir)
-    booster = load_booster(model_dir)
-    contribs = booster.predict(xgb.DMatrix(X, feature_names=meta["feature_names"]), pred_contribs=True,
-                               iteration_range=(0, meta["best_iteration"] + 1))  # fmt: skip
-    if contribs.ndim == 3:  # multi-class: explain the predicted class
-        contribs = contribs[np.arange(len(X)), contribs.sum(axis=2).argmax(axis=1)]
-    contribs = contribs[:, :-1]  # the last column is the bias
+    if meta["framework"] == "xgboost":
+        booster = load_booster(model_dir)
+        contribs = booster.predict(xgb.DMatrix(X, feature_names=meta["feature_names"]), pred_contribs=True,
+                                   iteration_range=(0, meta["best_iteration"] + 1))  # fmt: skip
+        if contribs.ndim == 3:  # multi-class: explain the predicted class
+            contribs = contribs[np.arange(len(X)), contribs.sum(axis=2).argmax(axis=1)]
+        contribs = contribs[:, :-1]  # the last column is the bias
+    else:
+        contribs = _linear_contributions(meta, X)
     names = meta["feature_names"]
     order = np.argsort(-contribs, axis=1)[:, :k]
     return [[(names[j], float(contribs[i, j])) for j in row] for i, row in enumerate(order)]

@@ -1,7 +1,8 @@
 """Great Expectations 1.x suites built from a task spec, run on Polars frames in an ephemeral context.
 
 dagster-ge does not support GX 1.x, so the Dagster asset checks call :func:`run_suite` directly. Failures
-never carry identifier or free-text values: only counts and, for other columns, a few example values.
+never carry record content: only counts, and for the label domain the label values outside it (classes are
+not PHI; any other column may hold names, codes or dates).
 
 GX is imported inside the functions that build and run suites (here and in ``images.py``, ``texts.py``): it
 takes ~1.3 s to import, which every process loading the Dagster code location would otherwise pay, including
@@ -26,6 +27,7 @@ NUMERIC_TYPES = ["int8", "int16", "int32", "int64", "uint8", "uint16", "uint32",
                  "Int8", "Int16", "Int32", "Int64", "Float32", "Float64"]  # fmt: skip
 FINITE_LIMIT = 1e300  # a bound that only infinities exceed
 MAX_EXAMPLES = 5
+LABEL_DOMAIN = "expect_column_values_to_be_in_set"  # suites check only the label against a value set
 
 
 @dataclass
@@ -64,6 +66,9 @@ def record_expectations(spec: TaskSpec, required: list[str]) -> list[gxe.Expecta
 
 
 def tabular_expectations(spec: TaskSpec, columns: list[str]) -> list[gxe.Expectation]:
+    """The declared columns are held to ``max_null_rate`` (a batch missing them more often is quarantined);
+    undeclared columns are not: the feature step keeps them with missing handling and reports their rate.
+    ``columns``: the frame's columns (a missing declared column fails once, as missing)."""
     import great_expectations.expectations as gxe
 
     exps = record_expectations(spec, [*spec.numeric, *spec.categorical])
@@ -75,7 +80,8 @@ def tabular_expectations(spec: TaskSpec, columns: list[str]) -> list[gxe.Expecta
             min_value=-FINITE_LIMIT if low is None else low,
             max_value=FINITE_LIMIT if high is None else high,
         ))
-    for c in feature_columns(spec, columns):
+    declared = [*spec.numeric, *spec.categorical, *spec.subgroups]
+    for c in dict.fromkeys(c for c in declared if c in columns and c not in spec.exclude):
         exps.append(gxe.ExpectColumnValuesToNotBeNull(column=c, mostly=round(1.0 - spec.max_null_rate, 6)))
     return exps
 
@@ -104,7 +110,8 @@ def _describe(result, hidden: set[str], schema: pl.Schema) -> CheckFailure:
         problem = f"could not be evaluated on this column's values ({cfg.type})"
     else:
         problem = f"{info['unexpected_count']} rows break {cfg.type}"
-    examples = [] if column in hidden else [str(v) for v in (info.get("partial_unexpected_list") or [])[:MAX_EXAMPLES]]
+    shown = cfg.type == LABEL_DOMAIN and column not in hidden
+    examples = [str(v) for v in (info.get("partial_unexpected_list") or [])[:MAX_EXAMPLES]] if shown else []
     return CheckFailure(cfg.type, column, problem, info.get("unexpected_count"), examples)
 
 
