@@ -280,3 +280,26 @@ def test_rejected_files_must_be_quarantined(tmp_path):
     (tmp_path / "b1" / "bad.csv").mkdir(parents=True)
     (tmp_path / "b1" / "bad.csv" / "reason.json").write_text("{}")
     assert unreadable_files(ledger, tmp_path) == (1, [])
+
+
+@pytest.mark.slow
+def test_odd_batch_name_and_label_forms_train_and_score(layout):
+    """A batch name with spaces, accents and a dash (120 bytes), labels written 1.0 / true / 0 in a binary task
+    across CSV and JSONL: trained, promoted and scored under that batch's name."""
+    spec = small_spec("odd_notes", classes=None, positive="1")
+    rows = icd_rows(60, seed=5).with_columns((pl.col("chapter") == "neoplasms").cast(pl.Int8).cast(pl.String).alias("chapter"))
+    forms = pl.when(pl.col("chapter") == "1").then(pl.lit("1.0")).otherwise(pl.lit("0"))
+    batch = ("lot n°7 — notes d'été " * 6)[:60].strip()
+    assert len(batch.encode()) > 60 and " " in batch
+    folder = land(layout, spec.name, batch, rows.head(200).with_columns(forms.alias("chapter")))
+    lines = [json.dumps({"code": r["code"], "category": r["category"], "description": r["description"],
+                         "chapter": r["chapter"] == "1" if i < 30 else None})
+             for i, r in enumerate(rows.tail(40).iter_rows(named=True))]  # fmt: skip
+    (folder / "more notes.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with dg.instance_for_test() as instance:
+        result = materialize(spec, layout, instance)
+    assert result.success and all(check_outcomes(result).values()), check_outcomes(result)
+    scored = pl.read_parquet(layout.predictions(spec.name) / f"{batch}.parquet")
+    assert scored.height == 10
+    metrics = json.loads((layout.reports(spec.name) / "latest" / "metrics.json").read_text())
+    assert metrics["n_train"] + metrics["n_val"] + metrics["n_test"] == 230
