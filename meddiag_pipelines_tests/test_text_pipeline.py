@@ -303,3 +303,12 @@ def test_odd_batch_name_and_label_forms_train_and_score(layout):
     assert scored.height == 10
     metrics = json.loads((layout.reports(spec.name) / "latest" / "metrics.json").read_text())
     assert metrics["n_train"] + metrics["n_val"] + metrics["n_test"] == 230
+
+
+def test_every_step_of_a_text_task_is_in_its_pool(tmp_path):
+    """The features step too (issue 14 §9): one pool per task, so two runs never write a task's tables at once."""
+    spec = small_spec("pooled_notes")
+    defs = build_definitions([spec], tmp_path)
+    for asset in ("raw_records", "validated_records", "split", "features", "feature_plan", "candidate_model",
+                  "baseline_model", "evaluation", "champion", "predictions"):  # fmt: skip
+        assert defs.resolve_assets_def(dg.AssetKey([spec.name, asset])).op.pool == f"meddiag_{spec.name}", asset
