@@ -58,10 +58,12 @@ def test_txt_folder_with_labels(tmp_path: Path):
     assert df["text"][1] == "BOM note about asthma"
     _assert_no_canary(df)
     problems = dict(res.rejected)
-    assert set(problems) == {"notes/n3.txt", "notes/missing.txt", "notes/stray.txt"}
+    # a bad file is rejected as itself; a row naming a file that is not there is a problem of labels.csv
+    assert set(problems) == {"notes/n3.txt", "notes/labels.csv", "notes/stray.txt"}
     assert "not valid UTF-8" in problems["notes/n3.txt"]
-    assert "does not exist" in problems["notes/missing.txt"]
+    assert "row 5 names a file that cannot be used: file listed but not found" in problems["notes/labels.csv"]
     assert "labels.csv" in problems["notes/stray.txt"]
+    assert sorted(res.files_read) == ["notes/labels.csv", "notes/n1.txt", "notes/n2.txt"]
 
 
 def test_bad_jsonl_line_rejects_the_file_with_its_line_number(tmp_path: Path):

@@ -7,8 +7,10 @@
   ingested from earlier batches.
 * :func:`unreadable_files` proves that every file the reader rejected (bad encoding, unreadable format) was
   quarantined with its reason and is counted in the ledger, so a bad file is never silently lost.
-* :func:`texts_shared_across_splits` finds identical texts (case and blanks folded) in more than one of
-  train / val / test: a leak that would flatter the test metrics.
+* :func:`text_duplicates` counts identical texts (``text.readers.text_content_key``: Unicode-normalised, case
+  and blanks folded) and those carrying conflicting labels; duplicates are real and only reported. Copies in
+  more than one of train / val / test (:func:`texts_shared_across_splits`) fail: a leak that would flatter the
+  test metrics, and a bug once the split groups identical content.
 
 Failures never carry a text or an id: the text and id columns are hidden from GX examples, and the
 checks written here give counts only.
@@ -17,6 +19,7 @@ checks written here give counts only.
 from __future__ import annotations
 
 import json
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,6 +27,7 @@ import polars as pl
 
 from meddiag_pipelines.features.split import SPLIT_COLUMN, SPLITS
 from meddiag_pipelines.specs import TaskSpec
+from meddiag_pipelines.text.readers import text_content_key
 from meddiag_pipelines.validation.suites import CheckFailure, identifier_columns, record_expectations, run_suite
 
 if TYPE_CHECKING:
@@ -108,26 +112,65 @@ def unreadable_files(ledger: pl.DataFrame, quarantine_dir: Path) -> tuple[int, l
     return len(rejected), failures
 
 
-def normalised_text(column: str) -> pl.Expr:
-    return pl.col(column).cast(pl.String).str.to_lowercase().str.replace_all(r"\s+", " ").str.strip_chars()
+@dataclass(frozen=True)
+class TextDuplicates:
+    """Copies of one content (``text_content_key``) among the labelled rows of a split: counted, never shown.
+    Real corpora carry duplicates; they only corrupt the evaluation when copies sit in different splits."""
+
+    duplicated_texts: int = 0  # distinct contents found in more than one row
+    extra_copies: int = 0  # rows beyond the first of each such content
+    conflicting_texts: int = 0  # of those, contents carrying more than one label
+    conflicting_rows: int = 0
+    texts_across_splits: int = 0  # contents in more than one of train / val / test
+    rows_across_splits: int = 0
+
+    def metadata(self) -> dict[str, int]:
+        return asdict(self)
+
+    def summary(self) -> str:
+        if not self.duplicated_texts:
+            return "No text appears twice among the labelled rows."
+        words = f"{self.duplicated_texts} distinct texts appear more than once ({self.extra_copies} extra copies)"
+        if self.conflicting_texts:
+            words += (f"; {self.conflicting_texts} of them carry conflicting labels ({self.conflicting_rows} "
+                      "rows)")  # fmt: skip
+        if self.texts_across_splits:
+            return f"{words}; {self.texts_across_splits} of them are in more than one of train/val/test."
+        return f"{words}; the copies of each text share one split, so none leaks into evaluation."
+
+    def failures(self, spec: TaskSpec) -> list[CheckFailure]:
+        """A failure only when copies landed in different splits: the split groups identical content, so
+        this means the test split would score texts seen in training."""
+        if not self.texts_across_splits:
+            return []
+        return [CheckFailure("texts_unique_across_splits", spec.text,
+                             f"{self.texts_across_splits} distinct texts appear in more than one of train/val/test "
+                             f"({self.rows_across_splits} rows): the test split would score texts seen in "
+                             "training; the split must keep the copies of a text (text_content_key) together",
+                             self.texts_across_splits)]  # fmt: skip
+
+
+def text_duplicates(split: pl.DataFrame, spec: TaskSpec) -> TextDuplicates:
+    """Duplicate texts of the labelled rows (train / val / test; rows to score may repeat a training text)."""
+    labelled = split.filter(pl.col(SPLIT_COLUMN).is_in(list(SPLITS)) & pl.col(spec.text).is_not_null())
+    texts = labelled[spec.text].cast(pl.String).to_list()
+    keyed = labelled.select(pl.Series("_key", [text_content_key(t) for t in texts], dtype=pl.String),
+                            pl.col(spec.label).cast(pl.String).alias("_label"), SPLIT_COLUMN)  # fmt: skip
+    groups = (
+        keyed.group_by("_key")
+        .agg(pl.len().alias("rows"), pl.col("_label").drop_nulls().n_unique().alias("labels"),
+             pl.col(SPLIT_COLUMN).n_unique().alias("splits"))  # fmt: skip
+        .filter(pl.col("rows") > 1)
+    )
+    conflicting = groups.filter(pl.col("labels") > 1)
+    across = groups.filter(pl.col("splits") > 1)
+    return TextDuplicates(
+        duplicated_texts=groups.height, extra_copies=int(groups["rows"].sum()) - groups.height,
+        conflicting_texts=conflicting.height, conflicting_rows=int(conflicting["rows"].sum()),
+        texts_across_splits=across.height, rows_across_splits=int(across["rows"].sum()),
+    )  # fmt: skip
 
 
 def texts_shared_across_splits(split: pl.DataFrame, spec: TaskSpec) -> list[CheckFailure]:
-    """Identical texts (case and blanks folded) found in more than one of train / val / test."""
-    labelled = split.filter(pl.col(SPLIT_COLUMN).is_in(list(SPLITS)))
-    if labelled.is_empty():
-        return []
-    shared = (
-        labelled.select(normalised_text(spec.text).alias("_t"), SPLIT_COLUMN)
-        .filter(pl.col("_t").is_not_null() & (pl.col("_t") != ""))
-        .group_by("_t")
-        .agg(pl.col(SPLIT_COLUMN).n_unique().alias("_splits"), pl.len().alias("_rows"))
-        .filter(pl.col("_splits") > 1)
-    )
-    if shared.is_empty():
-        return []
-    rows = int(shared["_rows"].sum())
-    return [CheckFailure("texts_unique_across_splits", spec.text,
-                         f"{shared.height} distinct texts appear in more than one of train/val/test "
-                         f"({rows} rows): the test split would score texts seen in training; deduplicate the "
-                         f"source or group such records under one {spec.patient_id or spec.id}", shared.height)]  # fmt: skip
+    """Identical texts (``text_content_key``) found in more than one of train / val / test."""
+    return text_duplicates(split, spec).failures(spec)

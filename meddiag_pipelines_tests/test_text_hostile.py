@@ -1,0 +1,185 @@
+"""Hostile text batches (issue 13): a malformed file is rejected in plain words that never quote its content
+(the parser's own message does), paths are confined, non-regular files are never opened, and the good file
+beside a bad one still flows. Canaries planted in the raw note text must not reach a rejection, the ledger,
+a reason.json, the Dagster event log or storage, or the captured log and console output."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+from pathlib import Path
+
+import dagster as dg
+import polars as pl
+import pytest
+
+from meddiag_pipelines.definitions import build_definitions
+from meddiag_pipelines.ingestion.warehouse import Warehouse
+from meddiag_pipelines.specs import TaskSpec
+from meddiag_pipelines.text.readers import read_text_batch
+from meddiag_pipelines_tests.test_text_pipeline import _strings_of_duckdb
+
+CANARY = "Ottoline Farthingale QX7741Z"
+SPEC = TaskSpec(name="hostile_notes", modality="text", label="dx", text="note", id="nid", classes=["mi", "hf"],
+                min_text_chars=3)  # fmt: skip
+GOOD = "nid,dx,note\ngood1,mi,chest pain on exertion\n"
+
+
+class ReaderBlocked(BaseException):
+    """Raised by the alarm when a read blocks (on a FIFO) instead of refusing it."""
+
+
+def _parquet_bytes(frame: pl.DataFrame) -> bytes:
+    buffer = io.BytesIO()
+    frame.write_parquet(buffer)
+    return buffer.getvalue()
+
+
+CANARY_PARQUET = _parquet_bytes(pl.DataFrame({"nid": ["1"], "dx": ["mi"], "note": [CANARY * 20]}))
+# (file, bytes, rejected rel, words expected in the problem)
+HOSTILE = [
+    ("open_quote.csv", f'nid,dx,note\n1,mi,fine text\n2,mi,"{CANARY} never closed\n3,mi,more {CANARY}\n',
+     "open_quote.csv", "line 3: a quoted field is never closed (truncated file?)"),
+    ("after_quote.csv", f'nid,dx,note\n1,mi,"{CANARY}"x\n', "after_quote.csv", "line 2: text follows a closing quote"),
+    ("ragged.csv", f"nid,dx,note\n1,mi,fine,{CANARY}\n", "ragged.csv", "line 2 has 4 fields, the header row has 3"),
+    ("headerless.csv", f"1,mi,{CANARY} seen today\n", "headerless.csv", "lacks the column(s) ['nid', 'note']"),
+    ("open_string.jsonl", f'{{"nid": "1", "note": "{CANARY} unterminated\n', "open_string.jsonl",
+     "line 1 is not valid JSON: a string is never closed"),
+    ("extra.jsonl", f'{{"nid": "1", "note": "ok"}} {CANARY}\n', "extra.jsonl", "line 1 is not valid JSON: more than one"),
+    ("deep.jsonl", "[" * 200_000 + CANARY, "deep.jsonl", "line 1 is nested too deeply"),
+    ("surrogate.jsonl", f'{{"nid": "1", "note": "{CANARY} \\ud800"}}\n', "surrogate.jsonl", "lone surrogate"),
+    ("bigint.jsonl", f'{{"nid": 1{"1" * 5000}, "note": "{CANARY}"}}\n', "bigint.jsonl", "a number is too long"),
+    ("cut.parquet", CANARY_PARQUET[: len(CANARY_PARQUET) // 2], "cut.parquet", "not a readable Parquet file"),
+    ("fake.parquet", b"PAR1" + CANARY.encode() * 30 + b"PAR1", "fake.parquet", "not a readable Parquet file"),
+    ("notes/labels.csv", f'file,dx\na.txt,"{CANARY}\n', "notes/labels.csv",
+     "line 2: a quoted field is never closed"),
+    ("latin/n1.txt", f"Fièvre {CANARY}".encode("latin-1"), "latin/n1.txt", "not valid UTF-8"),
+]  # fmt: skip
+
+
+def _write(batch: Path, name: str, data: str | bytes) -> None:
+    path = batch / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
+
+
+@pytest.mark.parametrize(("name", "data", "rel", "words"), HOSTILE, ids=[h[0] for h in HOSTILE])
+def test_malformed_file_is_rejected_without_quoting_it(tmp_path: Path, name, data, rel, words):
+    _write(tmp_path, name, data)
+    if name.startswith("notes/"):
+        _write(tmp_path, "notes/a.txt", "a note about chest pain")
+    if name.startswith("latin/"):
+        _write(tmp_path, "latin/labels.csv", "file,dx\nn1.txt,mi\n")
+    _write(tmp_path, "good.csv", GOOD)
+    res = read_text_batch(tmp_path, SPEC)
+    assert res.records["id"].to_list() == ["good1"]
+    problems = dict(res.rejected)
+    assert rel in problems and words in problems[rel] and problems[rel].startswith(rel), problems
+    assert not any(CANARY[:9] in p or CANARY[-7:] in p for p in problems.values()), problems
+    assert "good.csv" in res.files_read and rel not in res.files_read
+
+
+def test_labels_rows_are_problems_of_labels_csv_and_files_are_files(tmp_path: Path):
+    notes = tmp_path / "notes"
+    _write(tmp_path, "notes/a.txt", "first note text")
+    _write(tmp_path, "notes/b.txt", "second note text")
+    _write(tmp_path, "notes/sub/c.txt", "third note text")
+    _write(tmp_path, "notes/_hidden.txt", "a marker-like file")
+    _write(tmp_path, "outside.txt", "beside the folder")
+    (notes / "link.txt").symlink_to(tmp_path / "outside.txt")
+    rows = ["file,dx,nid", "a.txt,mi,a", "../outside.txt,mi,o", "/etc/passwd,mi,p", "link.txt,mi,l", "a.txt,mi,a2",
+            ",mi,e", "missing.txt,mi,m", "_hidden.txt,mi,h", "sub/c.txt,hf,c", "b.txt,mi,", "sub,mi,d"]  # fmt: skip
+    _write(tmp_path, "notes/labels.csv", "\n".join(rows) + "\n")
+    os.mkfifo(notes / "fifo.txt")
+    res = read_text_batch(tmp_path, SPEC)
+    assert sorted(res.records["id"].to_list()) == ["a", "c"]
+    problems = dict(res.rejected)
+    assert set(problems) == {"notes/labels.csv", "notes/link.txt", "notes/fifo.txt", "notes/b.txt", "outside.txt"}
+    labels = problems["notes/labels.csv"]
+    assert labels.startswith("notes/labels.csv: 8 rows cannot be used:")
+    for expected in ["row 3 names a file that cannot be used: path escapes the batch folder",
+                     "row 4 names a file that cannot be used: absolute path", "row 6 names a file an earlier row",
+                     "row 7 has no file name", "row 8 names a file that cannot be used: file listed but not found",
+                     "row 9 names a hidden or marker file", "row 11 has an empty 'nid'",
+                     "row 12 names a file that cannot be used: not a regular file"]:  # fmt: skip
+        assert expected in labels, labels
+    assert "passwd" not in labels and "outside" not in labels
+    assert "symbolic link refused" in problems["notes/link.txt"]  # a listed entry: rejected as the file it is
+    assert "not a regular file" in problems["notes/fifo.txt"]
+    assert "no readable labels.csv names" in problems["notes/b.txt"]  # its row was unusable
+    assert sorted(res.files_read) == ["notes/a.txt", "notes/labels.csv", "notes/sub/c.txt"]
+
+
+@pytest.mark.parametrize("name", ["notes.jsonl", "records.csv", "labels.csv", "x.parquet"])
+def test_a_fifo_never_blocks_the_reader(tmp_path: Path, name: str):
+    os.mkfifo(tmp_path / name)
+    _write(tmp_path, "good.csv", GOOD)
+    if name == "labels.csv":
+        _write(tmp_path, "a.txt", "a note that a FIFO labels.csv would describe")
+
+    def hang(*_):
+        raise ReaderBlocked  # not an Exception: no handler in the reader can swallow it and block again
+
+    previous = signal.signal(signal.SIGALRM, hang)
+    signal.alarm(20)
+    try:
+        res = read_text_batch(tmp_path, SPEC)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    assert res.records["id"].to_list() == ["good1"]
+    assert "not a regular file" in dict(res.rejected)[name]
+
+
+@pytest.mark.parametrize(("raw", "canonical"), [("1", "1"), ("1.0", "1"), ("true", "1"), ("01", "01")])
+def test_labels_are_canonical_in_every_format(tmp_path: Path, raw: str, canonical: str):
+    spec = TaskSpec(name="binary_notes", modality="text", label="dx", text="note", id="nid", positive="1")
+    _write(tmp_path, "a.csv", f"nid,dx,note\nc,{raw},some text\n")
+    json_value = {"1": 1, "1.0": 1.0, "true": True, "01": "01"}[raw]
+    _write(tmp_path, "b.jsonl", json.dumps({"nid": "j", "dx": json_value, "note": "some text"}) + "\n")
+    parquet_value = pl.Series("dx", [json_value])
+    _write(tmp_path, "c.parquet", _parquet_bytes(pl.DataFrame({"nid": ["p"], "note": ["some text"]}).with_columns(parquet_value)))
+    res = read_text_batch(tmp_path, spec)
+    assert res.rejected == []
+    assert res.records.sort("id")["label"].to_list() == [canonical] * 3
+
+
+def test_no_canary_leaves_the_reader_through_ingestion_logs_or_dagster(tmp_path: Path, capfd, caplog):
+    """The hostile files of every format land in one batch beside a good file; raw_records runs through Dagster."""
+    from meddiag_pipelines.layout import DataLayout
+
+    layout = DataLayout(tmp_path / "data")
+    batch = layout.landing(SPEC.name) / "b1"
+    for name, data, _, _ in HOSTILE:
+        _write(batch, name, data)
+    _write(batch, "notes/a.txt", "a note about chest pain")
+    _write(batch, "latin/labels.csv", "file,dx\nn1.txt,mi\n")
+    _write(batch, "good.csv", GOOD)
+    (batch / "_READY").touch()
+    caplog.set_level("DEBUG")
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    with dg.instance_for_test(temp_dir=str(home)) as instance:
+        defs = build_definitions([SPEC], layout.root)
+        job = defs.resolve_job_def(f"{SPEC.name}_job")
+        result = job.execute_in_process(instance=instance, raise_on_error=False,
+                                        asset_selection=[dg.AssetKey([SPEC.name, "raw_records"])])  # fmt: skip
+        events = "\n".join(str(e) for e in instance.all_logs(result.run_id))
+    assert result.success
+    ledger = Warehouse(layout.warehouse_db()).ledger(SPEC.name)
+    assert ledger["status"].to_list() == ["read"]
+    reason = json.loads(ledger["reason"][0])
+    assert {r["file"] for r in reason["rejected_files"]} >= {h[2] for h in HOSTILE}
+    reasons = [p.read_text() for p in layout.quarantine(SPEC.name).rglob("reason.json")]
+    assert len(reasons) >= len(HOSTILE)
+    out, err = capfd.readouterr()
+    places = {"events": events, "ledger+warehouse": _strings_of_duckdb(layout.warehouse_db()),
+              "reason.json": "\n".join(reasons), "console": out + err, "logging": caplog.text}  # fmt: skip
+    for path in home.rglob("*"):
+        if path.is_file():
+            places[f"dagster:{path.name}"] = path.read_bytes().decode("utf-8", "replace")
+    leaks = [where for where, blob in places.items() if CANARY[:9] in blob or CANARY[-7:] in blob]
+    assert leaks == [], leaks
+    assert "a quoted field is never closed" in places["reason.json"]  # the scan does see the reasons
