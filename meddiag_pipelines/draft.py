@@ -23,7 +23,7 @@ import polars as pl
 from meddiag_pipelines.atomic import atomic_write_text
 from meddiag_pipelines.ingestion.errors import BatchRejected
 from meddiag_pipelines.ingestion.landing import UnsafePath, confined_file, data_files
-from meddiag_pipelines.ingestion.tabular import _read_file
+from meddiag_pipelines.ingestion.tabular import read_table_file
 from meddiag_pipelines.specs import TASK_NAME, canonical_label
 
 TABLE_SUFFIXES = {".csv", ".parquet"}
@@ -195,7 +195,7 @@ def _batch_files(folder: Path) -> list[str]:
 
 def _read_table(folder: Path, rel: str) -> pl.DataFrame:
     try:
-        return _read_file(confined_file(folder, rel), rel)
+        return read_table_file(confined_file(folder, rel), rel)
     except (UnsafePath, BatchRejected) as exc:
         raise DraftError(f"{rel}: {exc}") from None
 

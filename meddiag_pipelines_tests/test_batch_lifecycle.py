@@ -283,3 +283,21 @@ def test_failures_result_puts_the_reasons_in_the_description():
     result = failures_result([CheckFailure("expect_column_values_to_be_in_set", "outcome", "3 rows outside the domain")])
     assert not result.passed and result.description == "outcome: 3 rows outside the domain"
     assert failures_result([]).description is None
+
+
+def test_a_batch_name_too_long_for_its_outputs_is_refused_and_the_good_batch_flows(tmp_path):
+    from meddiag_pipelines.ingestion.batches import MAX_BATCH_NAME_BYTES, ingest_new_batches
+    from meddiag_pipelines.ingestion.tabular import read_tabular_batch
+    from meddiag_pipelines.ingestion.warehouse import Warehouse
+    from meddiag_pipelines.layout import DataLayout
+    from meddiag_pipelines.specs import TaskSpec
+    from meddiag_pipelines_tests.conftest import SYNTHETIC_SPEC, land, synthetic_records
+
+    layout, spec = DataLayout(tmp_path / "data"), TaskSpec.model_validate(SYNTHETIC_SPEC)
+    long_name = "b" + "é" * (MAX_BATCH_NAME_BYTES // 2 + 10)  # 221 bytes: the folder fits, its outputs would not
+    land(layout, spec.name, long_name, synthetic_records(20, seed=1))
+    land(layout, spec.name, "b2", synthetic_records(20, seed=2, start=100))
+    land(layout, spec.name, long_name + "x", synthetic_records(20, seed=3, start=200))
+    summary = ingest_new_batches(spec, layout, Warehouse(layout.warehouse_db()), read_tabular_batch)
+    assert summary.ingested == ["b2"]
+    assert all("over 200 bytes" in q["problem"] for q in summary.quarantined) and len(summary.quarantined) == 2

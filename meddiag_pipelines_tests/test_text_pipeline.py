@@ -263,11 +263,10 @@ def test_duplicates_and_conflicting_labels_are_counted_not_failed():
 
 
 def test_text_content_key_folds_unicode_case_and_blanks_only():
-    key = text_content_key("Fibrosis of the lens")
-    assert len(key) == 64 and int(key, 16) >= 0
-    for same in ["  FIBROSIS\u00a0of\nthe lens ", "\ufb01brosis of the lens", "\uff26ibrosis of the lens"]:
-        assert text_content_key(same) == key
-    assert text_content_key("Fibrosis of the lenses") != key
+    texts = ["Fibrosis of the lens", "  FIBROSIS\u00a0of\nthe lens ", "\ufb01brosis of the lens",
+             "\uff26ibrosis of the lens", "Fibrosis of the lenses", "   "]  # fmt: skip
+    keys = pl.DataFrame({"t": texts}).select(text_content_key("t")).to_series().to_list()
+    assert keys[:4] == [keys[0]] * 4 and keys[4] != keys[0] and keys[5] is None
 
 
 def test_rejected_files_must_be_quarantined(tmp_path):

@@ -19,8 +19,7 @@ from meddiag_pipelines import __version__
 from meddiag_pipelines.atomic import atomic_write, atomic_write_bytes, atomic_write_json, publish_dir, staging_dir
 from meddiag_pipelines.defs.resources import MeddiagStorage
 import meddiag_pipelines.evaluation as evaluator  # its modules load on first use
-from meddiag_pipelines.features.split import (CONTENT_COLUMN, SPLIT_COLUMN, SPLITS, assign_split, check_split,
-                                              content_keys, duplicate_contents)
+from meddiag_pipelines.features.split import SPLIT_COLUMN, SPLITS, check_split, split_by_content
 from meddiag_pipelines.ingestion.batches import (IngestSummary, ValidationSummary, Validator, reconcile, validate_pending_batches,
                                                  why_no_records)  # fmt: skip
 from meddiag_pipelines.ingestion.landing import BATCH_COLUMN, waiting_reason
@@ -135,6 +134,12 @@ def failures_result(failures: list[CheckFailure]) -> dg.AssetCheckResult:
     )  # fmt: skip
 
 
+def no_records_result(spec: TaskSpec, storage: MeddiagStorage) -> dg.AssetCheckResult:
+    """A suite's result when no batch has validated rows: the description says why (waiting, quarantined)."""
+    return dg.AssetCheckResult(passed=False, description=f"no validated rows: nothing to learn from. "
+                               f"{why_no_records(spec, storage.layout, storage.warehouse)}")  # fmt: skip
+
+
 # -- ingestion metadata ---------------------------------------------------------------------------------------
 def ingest_result(context, spec: TaskSpec, storage: MeddiagStorage, summary: IngestSummary) -> dg.MaterializeResult:
     for q in summary.quarantined:
@@ -195,26 +200,33 @@ def build_validated_records_asset(spec: TaskSpec, raw_records, tags: dict, descr
 
 
 # -- split ------------------------------------------------------------------------------------------------------
-def build_split_asset(spec: TaskSpec, upstream, tags: dict) -> list:
+def warn_conflicting_labels(context, spec: TaskSpec, duplicates: dict[str, int]) -> None:
+    if duplicates.get("conflicting_label_contents"):
+        context.log.warning(f"{spec.name}: {duplicates['conflicting_label_contents']} contents appear with more than "
+                            f"one label ({duplicates['conflicting_label_rows']} rows); kept, in one split each")  # fmt: skip
+
+
+def build_split_asset(spec: TaskSpec, upstream, tags: dict, predefined: str | None = None,
+                      finish: Callable[[pl.DataFrame], tuple[pl.DataFrame, dict]] | None = None) -> list:  # fmt: skip
+    """The split asset of every modality. ``predefined``: a column holding the data's own split, kept where set
+    (MedMNIST npz); ``finish(frame) -> (frame, metadata)``: a modality's own last step."""
     name = spec.name
+    own = f", except that rows holding their dataset's own split ({predefined}) keep it" if predefined else ""
 
     @dg.asset(key=[name, "split"], io_manager_key="warehouse_io_manager", kinds={"polars"}, pool=pool(spec),
               description=f"{name}: train / val / test by a stable hash of {spec.patient_id or spec.id}, "
-              "with identical content (normalised text, identical feature rows) kept in one split; unlabelled "
-              "rows are 'score'.", **tags)  # fmt: skip
+              f"with identical content (normalised text, pixels, identical feature rows) kept in one split{own}; "
+              "unlabelled rows are 'score'.", **tags)  # fmt: skip
     def split(context: dg.AssetExecutionContext, validated_records: pl.DataFrame) -> dg.Output:
-        keys = content_keys(validated_records, spec)
-        frame = validated_records if keys is None else validated_records.with_columns(keys.alias(CONTENT_COLUMN))
-        frame = assign_split(frame, spec, content_key=CONTENT_COLUMN if keys is not None else None)
-        duplicates = duplicate_contents(frame, spec, CONTENT_COLUMN) if keys is not None else {}
-        if duplicates.get("conflicting_label_contents"):
-            context.log.warning(f"{name}: {duplicates['conflicting_label_contents']} contents appear with more than "
-                                f"one label ({duplicates['conflicting_label_rows']} rows); kept, in one split each")  # fmt: skip
-        frame = frame.drop(CONTENT_COLUMN, strict=False)
+        frame, metadata = split_by_content(validated_records, spec, predefined)
+        warn_conflicting_labels(context, spec, metadata)
+        if finish is not None:
+            frame, extra = finish(frame)
+            metadata = {**metadata, **extra}
         table = check_split(frame, spec)
         rows = [{"split": s, **{str(k): v for k, v in sorted(table[s].items())}} for s in SPLITS]
         counts = {f"n_{s}": int(frame.filter(pl.col(SPLIT_COLUMN) == s).height) for s in (*SPLITS, "score")}
-        return dg.Output(frame, metadata={**counts, **duplicates, "by_class": dg.MetadataValue.md(markdown_table(rows))})
+        return dg.Output(frame, metadata={**counts, **metadata, "by_class": dg.MetadataValue.md(markdown_table(rows))})
 
     return [split]
 

@@ -40,7 +40,7 @@ import polars as pl
 
 from meddiag_pipelines.defs import common
 from meddiag_pipelines.defs.resources import MeddiagStorage
-from meddiag_pipelines.features.split import SPLIT_COLUMN, SPLITS, check_split
+from meddiag_pipelines.features.split import SPLIT_COLUMN
 from meddiag_pipelines.imaging.preprocess import CACHE_VERSION, load_cached, update_cache
 from meddiag_pipelines.imaging.readers import LABELS_CSV, ImageBatchError, read_image_batch, source_file
 from meddiag_pipelines.ingestion.batches import RAW_TABLE, ReadOutcome, ingest_new_batches
@@ -53,7 +53,6 @@ from meddiag_pipelines.validation.images import (
     PREDEFINED_SPLIT,
     duplicate_warnings,
     image_failures,
-    image_split,
     mark_copies_of_train,
     split_copy_counts,
     validate_images,
@@ -89,6 +88,13 @@ def read_image_records(batch: LandedBatch, spec: TaskSpec) -> ReadOutcome:
         problems.setdefault(rel, []).append(problem)
     rejected = [(rel, "; ".join(dict.fromkeys(p))) for rel, p in problems.items()]
     return ReadOutcome(_to_spec_columns(result.records, spec), rejected)
+
+
+def _mark_official_copies(frame: pl.DataFrame) -> tuple[pl.DataFrame, dict]:
+    """Copies across a dataset's own split are marked and counted (validation blocks any copies of ours)."""
+    predefined = int(frame[PREDEFINED_SPLIT].is_not_null().sum()) if PREDEFINED_SPLIT in frame.columns else 0
+    copies = {f"n_copies_{k}": v for k, v in split_copy_counts(frame).items()}
+    return mark_copies_of_train(frame), {"n_predefined_split": predefined, **copies}
 
 
 # -- features: the tensor cache -----------------------------------------------------------------------------------
@@ -292,9 +298,9 @@ def build_image_assets(spec: TaskSpec) -> list:
                     "(ids present and unique, label domain, pixel hash present), channels / size / bit depth as the "
                     "spec expects, no constant image, no identical image in two splits (leakage) or with two "
                     "labels in one split.")  # fmt: skip
-    def validated_records_suite(validated_records: pl.DataFrame) -> dg.AssetCheckResult:
+    def validated_records_suite(storage: MeddiagStorage, validated_records: pl.DataFrame) -> dg.AssetCheckResult:
         if validated_records.is_empty():
-            return dg.AssetCheckResult(passed=False, description="no validated images: nothing to learn from")
+            return common.no_records_result(spec, storage)
         failures = image_failures(validated_records, _validation_spec(spec), name)
         if common.task_kind(spec) == "multilabel":
             failures += multilabel_domain_failures(validated_records, spec)
@@ -309,19 +315,8 @@ def build_image_assets(spec: TaskSpec) -> list:
                                    metadata={"n_duplicate_images": int(sum(w.unexpected_count or 0 for w in warnings)),
                                              "problems": "; ".join(w.problem for w in warnings) or "none"})  # fmt: skip
 
-    @dg.asset(key=[name, "split"], io_manager_key="warehouse_io_manager", kinds={"polars"}, pool=common.pool(spec),
-              description=f"{name}: train / val / test by a stable hash of {spec.patient_id or spec.id}, except that "
-              "records from a MedMNIST npz keep the file's own split; unlabelled rows are 'score'.", **tags)  # fmt: skip
-    def split(validated_records: pl.DataFrame) -> dg.Output:
-        frame = mark_copies_of_train(image_split(validated_records, spec))
-        table = check_split(frame, spec)
-        rows = [{"split": s, **{str(k): v for k, v in sorted(table[s].items())}} for s in SPLITS]
-        counts = {f"n_{s}": int(frame.filter(pl.col(SPLIT_COLUMN) == s).height) for s in (*SPLITS, "score")}
-        predefined = int(frame[PREDEFINED_SPLIT].is_not_null().sum()) if PREDEFINED_SPLIT in frame.columns else 0
-        copies = split_copy_counts(frame)  # copies across a dataset's own split (validation blocks any of ours)
-        return dg.Output(frame, metadata={**counts, "n_predefined_split": predefined,
-                                          **{f"n_copies_{k}": v for k, v in copies.items()},
-                                          "by_class": dg.MetadataValue.md(common.markdown_table(rows))})  # fmt: skip
+    [split] = common.build_split_asset(spec, validated_records, tags, predefined=PREDEFINED_SPLIT,
+                                       finish=_mark_official_copies)
 
     @dg.multi_asset(
         name=f"{name}__features",

@@ -118,9 +118,9 @@ def build_tabular_assets(spec: TaskSpec) -> list:
 
     @dg.asset_check(asset=validated_records, blocking=True, description="The spec's GX suite over all validated rows "
                     "(columns, types, label domain, ranges, null rates, unique ids across batches).")  # fmt: skip
-    def validated_records_suite(validated_records: pl.DataFrame) -> dg.AssetCheckResult:
+    def validated_records_suite(storage: MeddiagStorage, validated_records: pl.DataFrame) -> dg.AssetCheckResult:
         if validated_records.is_empty():
-            return dg.AssetCheckResult(passed=False, description="no validated rows: nothing to learn from")
+            return common.no_records_result(spec, storage)
         failures = run_suite(validated_records, tabular_expectations(spec, validated_records.columns),
                              identifier_columns(spec), name)  # fmt: skip
         return common.failures_result(failures)

@@ -90,12 +90,6 @@ def _check_result(failures: list[CheckFailure], description: str | None = None, 
                                metadata={**result.metadata, **metadata})  # fmt: skip
 
 
-def _read_outcome(records: pl.DataFrame, rejected: list, files_read: list[str]) -> ReadOutcome:
-    # files_read: the ReadOutcome field the ingestion branch adds; passed once it exists (drop this guard then)
-    extra = {"files_read": files_read} if "files_read" in ReadOutcome.__dataclass_fields__ else {}
-    return ReadOutcome(records, rejected, **extra)
-
-
 def build_text_assets(spec: TaskSpec) -> list:
     name = spec.name
     tags = common.asset_tags(spec)
@@ -111,7 +105,7 @@ def build_text_assets(spec: TaskSpec) -> list:
             nonlocal truncated
             result = read_text_batch(batch.path, spec)
             truncated += result.truncated
-            return _read_outcome(spec_columns(result.records, spec), list(result.rejected), list(result.files_read))
+            return ReadOutcome(spec_columns(result.records, spec), list(result.rejected), files_read=list(result.files_read))
 
         summary = ingest_new_batches(spec, storage.layout, storage.warehouse, reader)
         result = common.ingest_result(context, spec, storage, summary)
@@ -131,9 +125,9 @@ def build_text_assets(spec: TaskSpec) -> list:
     @dg.asset_check(asset=validated_records, blocking=True, description="The text checks over all validated rows "
                     "(columns, label domain, unique ids across batches, texts not empty nor shorter than "
                     f"{spec.min_text_chars} characters, no decoding damage).")  # fmt: skip
-    def validated_records_suite(validated_records: pl.DataFrame) -> dg.AssetCheckResult:
+    def validated_records_suite(storage: MeddiagStorage, validated_records: pl.DataFrame) -> dg.AssetCheckResult:
         if validated_records.is_empty():
-            return dg.AssetCheckResult(passed=False, description="no validated rows: nothing to learn from")
+            return common.no_records_result(spec, storage)
         return common.failures_result(validate_texts(validated_records, spec))
 
     split = common.build_split_asset(spec, validated_records, tags)

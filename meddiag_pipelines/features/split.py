@@ -51,10 +51,10 @@ def content_keys(frame: pl.DataFrame, spec: TaskSpec) -> pl.Series | None:
     """The content key of each row for its modality: text = the text, case and blanks folded, image = pixel hash,
     tabular = the feature values of the row. None when the frame lacks what the key is made of."""
     if spec.modality == "text":
-        # The equivalence the blocking texts_unique_across_splits check uses (imported here: it imports this module).
-        from meddiag_pipelines.validation.texts import normalised_text
+        # The equivalence the texts_unique_across_splits check counts by (imported here: it imports this module).
+        from meddiag_pipelines.text.readers import text_content_key
 
-        return frame.select(normalised_text(spec.text).replace("", None)).to_series() if spec.text in frame.columns else None
+        return frame.select(text_content_key(spec.text)).to_series() if spec.text in frame.columns else None
     if spec.modality == "image":
         return frame[IMAGE_CONTENT] if IMAGE_CONTENT in frame.columns else None
     return row_content_key(frame, feature_columns(spec, frame.columns))
@@ -129,6 +129,17 @@ def _keep_predefined(records: pl.DataFrame, predefined: str) -> pl.DataFrame:
         .otherwise(pl.col(SPLIT_COLUMN))
         .alias(SPLIT_COLUMN)
     )
+
+
+def split_by_content(records: pl.DataFrame, spec: TaskSpec, predefined: str | None = None
+                     ) -> tuple[pl.DataFrame, dict[str, int]]:  # fmt: skip
+    """:func:`assign_split` over the modality's :func:`content_keys` (copies share a split), and the duplicate
+    counts of :func:`duplicate_contents`; the content key is not kept."""
+    keys = content_keys(records, spec)
+    if keys is None:
+        return assign_split(records, spec, predefined=predefined), {}
+    frame = assign_split(records.with_columns(keys.alias(CONTENT_COLUMN)), spec, CONTENT_COLUMN, predefined)
+    return frame.drop(CONTENT_COLUMN), duplicate_contents(frame, spec, CONTENT_COLUMN)
 
 
 def duplicate_contents(frame: pl.DataFrame, spec: TaskSpec, content_key: str) -> dict[str, int]:

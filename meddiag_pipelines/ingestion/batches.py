@@ -49,6 +49,7 @@ from meddiag_pipelines.validation.suites import CheckFailure
 
 log = logging.getLogger(__name__)
 RAW_TABLE = "raw_records"
+MAX_BATCH_NAME_BYTES = 200  # file names hold 255 bytes; outputs add a suffix of up to ~40 to the batch name
 NOT_REGULAR = "is not a regular file (a FIFO, socket or device); only regular files are read"
 NOT_READ = "was not read: not a file this task reads"
 LABEL_DOMAIN_KEY = "label_domain"
@@ -206,14 +207,16 @@ def _describe(spec: TaskSpec, layout: DataLayout, batch_dir: Path) -> LandedBatc
         raise _Refused(describe_batch(spec.name, batch_dir), "is a symbolic link; a batch must be a real folder "
                        "in the landing area (links are never followed)")  # fmt: skip
     shown = display_name(batch_dir.name)
+    bare = LandedBatch(spec.name, shown, batch_dir, (), hashlib.sha256(os.fsencode(batch_dir.name)).hexdigest(), 0)
     if shown != batch_dir.name:
-        bare = LandedBatch(spec.name, shown, batch_dir, (), hashlib.sha256(os.fsencode(batch_dir.name)).hexdigest(), 0)
         raise _Refused(bare, "has a folder name that is not valid UTF-8 or holds control characters; rename it")
+    if len(os.fsencode(batch_dir.name)) > MAX_BATCH_NAME_BYTES:
+        raise _Refused(bare, f"has a folder name over {MAX_BATCH_NAME_BYTES} bytes; outputs named after the batch "
+                       "(predictions, quarantine) would not fit a file name: rename it")  # fmt: skip
     layout.confine(batch_dir)
     try:
         return describe_batch(spec.name, batch_dir)
     except OSError as exc:
-        bare = LandedBatch(spec.name, shown, batch_dir, (), hashlib.sha256(os.fsencode(batch_dir.name)).hexdigest(), 0)
         raise _Refused(bare, f"cannot be listed or hashed: {type(exc).__name__} on one of its files") from exc
 
 

@@ -11,9 +11,12 @@ from meddiag_pipelines.atomic import atomic_write_json
 
 
 def _free_destination(dest: Path) -> Path:
+    """``dest``, or beside it a name with a unique suffix, cut so that it still fits a file name (255 bytes)."""
     if not dest.exists() and not dest.is_symlink():
         return dest
-    return dest.with_name(f"{dest.name}.{time.strftime('%Y%m%dT%H%M%S')}.{os.getpid()}.{time.monotonic_ns() % 10**6}")
+    suffix = f".{time.strftime('%Y%m%dT%H%M%S')}.{os.getpid()}.{time.monotonic_ns() % 10**6}"
+    stem = os.fsencode(dest.name)[: 255 - len(suffix)].decode("utf-8", "ignore")
+    return dest.with_name(stem + suffix)
 
 
 def quarantine_path(source: Path, quarantine_root: Path, reason: dict, name: str | None = None,

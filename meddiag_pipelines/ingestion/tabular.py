@@ -157,12 +157,12 @@ def key_columns(spec: TaskSpec) -> list[str]:
     return [c for c in dict.fromkeys((spec.id, spec.label, spec.patient_id, *spec.subgroups)) if c]
 
 
-def _read_csv(path: Path, rel: str, spec: TaskSpec) -> pl.DataFrame:
+def _read_csv(path: Path, rel: str, text_columns: list[str]) -> pl.DataFrame:
     text = _decode(path.read_bytes(), rel)
     if not text.strip():
         raise BatchRejected(rel, "holds only whitespace")
     header = _check_csv_shape(text, rel)
-    as_text = {c: pl.String for c in key_columns(spec) if c in header}
+    as_text = {c: pl.String for c in text_columns if c in header}
     return pl.read_csv(io.BytesIO(text.encode("utf-8")), infer_schema_length=None, raise_if_empty=True,
                        schema_overrides=as_text)  # fmt: skip
 
@@ -204,14 +204,15 @@ def _read_parquet(path: Path, rel: str, max_file_mb: float) -> pl.DataFrame:
     return frame
 
 
-def _read_file(path: Path, rel: str, spec: TaskSpec, max_file_mb: float = float("inf")) -> pl.DataFrame:
+def read_table_file(path: Path, rel: str, text_columns: list[str] = (), max_file_mb: float = float("inf")) -> pl.DataFrame:
+    """One CSV or Parquet file as a frame, or :class:`BatchRejected`; ``text_columns`` are read as text (CSV)."""
     kind = READERS.get(path.suffix.lower())
     if kind is None:
         raise BatchRejected(rel, f"unsupported file type {path.suffix!r}; expected one of {sorted(READERS)}")
     if path.stat().st_size == 0:
         raise BatchRejected(rel, "is empty (zero bytes)")
     try:
-        frame = _read_csv(path, rel, spec) if kind == "csv" else _read_parquet(path, rel, max_file_mb)
+        frame = _read_csv(path, rel, text_columns) if kind == "csv" else _read_parquet(path, rel, max_file_mb)
     except BatchRejected:
         raise
     except (Exception, pl.exceptions.PanicException) as exc:  # Polars may even panic; each becomes a reason
@@ -286,7 +287,7 @@ def read_tabular_batch(batch: LandedBatch, spec: TaskSpec) -> pl.DataFrame:
     frames = []
     for rel in batch.files:
         path = check_file(batch, rel, spec.landing.max_file_mb)
-        frames.append(normalise(_read_file(path, rel, spec, spec.landing.max_file_mb), spec, rel))
+        frames.append(normalise(read_table_file(path, rel, key_columns(spec), spec.landing.max_file_mb), spec, rel))
     try:
         frame = pl.concat(frames, how="diagonal_relaxed")
     except (Exception, pl.exceptions.PanicException) as exc:

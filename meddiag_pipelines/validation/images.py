@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 
 import polars as pl
 
-from meddiag_pipelines.features.split import SPLIT_COLUMN, SPLITS, assign_split
+from meddiag_pipelines.features.split import SPLIT_COLUMN, SPLITS, split_by_content
 from meddiag_pipelines.imaging.readers import INTENSITY_MAX, INTENSITY_MIN, source_format
 from meddiag_pipelines.ingestion.landing import INTERNAL_PREFIX
 from meddiag_pipelines.specs import TaskSpec
@@ -52,17 +52,9 @@ DICOM_BIT_DEPTHS = (8, 16)  # inclusive range of BitsStored
 
 
 def image_split(records: pl.DataFrame, spec: TaskSpec) -> pl.DataFrame:
-    """The hash split (``features.split.assign_split``), overridden by the npz file's own split where the record
-    has one. Unlabelled rows stay ``score`` whatever their predefined split."""
-    frame = assign_split(records, spec)
-    if PREDEFINED_SPLIT not in frame.columns:
-        return frame
-    return frame.with_columns(
-        pl.when((pl.col(SPLIT_COLUMN) != "score") & pl.col(PREDEFINED_SPLIT).is_in(list(SPLITS)))
-        .then(pl.col(PREDEFINED_SPLIT))
-        .otherwise(pl.col(SPLIT_COLUMN))
-        .alias(SPLIT_COLUMN)
-    )
+    """The split the split asset makes: patients and pixel copies share a split; an npz record keeps its
+    file's own split."""
+    return split_by_content(records, spec, predefined=PREDEFINED_SPLIT)[0]
 
 
 def image_expectations(spec: TaskSpec) -> list[gxe.Expectation]:

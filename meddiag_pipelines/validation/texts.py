@@ -153,9 +153,7 @@ class TextDuplicates:
 def text_duplicates(split: pl.DataFrame, spec: TaskSpec) -> TextDuplicates:
     """Duplicate texts of the labelled rows (train / val / test; rows to score may repeat a training text)."""
     labelled = split.filter(pl.col(SPLIT_COLUMN).is_in(list(SPLITS)) & pl.col(spec.text).is_not_null())
-    texts = labelled[spec.text].cast(pl.String).to_list()
-    keyed = labelled.select(pl.Series("_key", [text_content_key(t) for t in texts], dtype=pl.String),
-                            pl.col(spec.label).cast(pl.String).alias("_label"), SPLIT_COLUMN)  # fmt: skip
+    keyed = labelled.select(text_content_key(spec.text).alias("_key"), pl.col(spec.label).cast(pl.String).alias("_label"), SPLIT_COLUMN)  # fmt: skip
     groups = (
         keyed.group_by("_key")
         .agg(pl.len().alias("rows"), pl.col("_label").drop_nulls().n_unique().alias("labels"),
