@@ -24,7 +24,7 @@ from meddiag_pipelines.atomic import atomic_write_text
 from meddiag_pipelines.ingestion.errors import BatchRejected
 from meddiag_pipelines.ingestion.landing import UnsafePath, confined_file, data_files
 from meddiag_pipelines.ingestion.tabular import read_table_file
-from meddiag_pipelines.specs import TASK_NAME, canonical_label
+from meddiag_pipelines.specs import ROW_ID, TASK_NAME, TaskSpec, canonical_label
 
 TABLE_SUFFIXES = {".csv", ".parquet"}
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
@@ -155,6 +155,9 @@ def _outside(code: int, rest: pl.Series) -> bool:
     return (code < 0 and rest.min() >= 0) or (code > 0 and rest.max() * 5 < code)
 
 
+DEFAULT_MAX_NULL_RATE = TaskSpec.model_fields["max_null_rate"].default
+
+
 # -- the draft ------------------------------------------------------------------------------------------------------
 def draft_spec(task: str, source: Path) -> str:
     if not TASK_NAME.match(task):
@@ -233,7 +236,8 @@ def _draft_keys(draft: Draft, frame: pl.DataFrame, columns: list[Column]) -> set
     rest = [c for c in columns if c is not label]
     ident = guess_id(rest)
     if ident is None:
-        draft.key("id", "record_id", "NO unique id-like column found: add a unique record id column to the data")
+        draft.note(f"id: no unique id-like column found, so rows get {ROW_ID} = <batch>/<file>#<row>; name a "
+                   "unique record id column here if the data has one (re-exports are then recognised)")  # fmt: skip
     else:
         draft.key("id", ident.name, f"unique in all {ident.n} rows")
     patient = guess_patient([c for c in rest if c is not ident])
@@ -264,8 +268,14 @@ def _draft_classes(draft: Draft, frame: pl.DataFrame, label: Column) -> None:
 
 
 def _draft_types(draft: Draft, frame: pl.DataFrame, columns: list[Column]) -> None:
-    numeric = [c for c in columns if c.numeric]
-    categorical = [c for c in columns if not c.numeric and c.n_unique <= MAX_CATEGORIES]
+    codes = {c.name: suspected_null_codes(frame, c) for c in columns if c.numeric}
+    codes = {k: v for k, v in codes.items() if v[0]}
+    missing = {c.name: _missing_share(frame, c, codes.get(c.name, ([], ""))[0]) for c in columns}
+    # A declared column must meet max_null_rate; a sparser one is left undeclared, so it is kept with missing handling.
+    sparse = [c for c in columns if missing[c.name] > DEFAULT_MAX_NULL_RATE]
+    dense = [c for c in columns if c not in sparse]
+    numeric = [c for c in dense if c.numeric]
+    categorical = [c for c in dense if not c.numeric and c.n_unique <= MAX_CATEGORIES]
     excluded = [c for c in columns if not c.numeric and c.n_unique > MAX_CATEGORIES]
     if numeric:
         draft.key("numeric", [c.name for c in numeric], "numeric in the data")
@@ -274,15 +284,20 @@ def _draft_types(draft: Draft, frame: pl.DataFrame, columns: list[Column]) -> No
     if excluded:
         draft.key("exclude", [c.name for c in excluded], "many distinct text values: free text or identifiers, "
                   "never features unless declared")  # fmt: skip
-    codes = {c.name: suspected_null_codes(frame, c) for c in numeric}
-    codes = {k: v for k, v in codes.items() if v[0]}
     if codes:
         draft.lines.append("null_values:  # codes suspected to mean 'not recorded'")
         for name, (values, why) in codes.items():
             draft.lines.append(f"  {_yaml(name)}: {_yaml(values)}  # {why}")
-    sparse = [f"{c.name} ({c.n_null / c.n:.0%})" for c in columns if c.n and c.n_null / c.n > 0.5]
     if sparse:
-        draft.note(f"over half missing (kept, with missing indicators): {', '.join(sparse)}")
+        shares = ", ".join(f"{c.name} ({missing[c.name]:.0%})" for c in sparse)
+        draft.note(f"over half missing, so not declared (kept with missing indicators; declaring one makes it "
+                   f"required): {shares}")  # fmt: skip
+
+
+def _missing_share(frame: pl.DataFrame, column: Column, codes: list[int]) -> float:
+    """The share of rows without a value once the suspected 'not recorded' codes count as missing."""
+    coded = int(frame[column.name].cast(pl.Float64).is_in([float(c) for c in codes]).sum()) if codes else 0
+    return (column.n_null + coded) / column.n if column.n else 0.0
 
 
 # -- folders of files -----------------------------------------------------------------------------------------------

@@ -67,6 +67,9 @@ def _label_text(value: object) -> object:
 Label = Annotated[str, BeforeValidator(_label_text)]
 
 
+ROW_ID = "row_id"  # the id column tabular readers make when the spec names none and the data has none
+
+
 class SpecError(ValueError):
     """A task spec that cannot be used; the message names the file, the key and the problem."""
 
@@ -174,7 +177,7 @@ class TaskSpec(_Section):
     # Label values are kept in canonical_label text form, whatever YAML type they were written in.
     positive: Label | None = None
     classes: list[Label] | None = None
-    id: str
+    id: str = Field(ROW_ID, description=f"record id column; without one, tabular rows get {ROW_ID} = <batch>/<file>#<row>")
     patient_id: str | None = None
     subgroups: list[str] = Field(default_factory=list)
     # Tabular: declared feature columns; undeclared columns are inferred from their type.

@@ -87,7 +87,9 @@ def class_list(spec: TaskSpec, frame: pl.DataFrame) -> list[str]:
             return list(spec.classes)
         seen = [int(i) for v in frame[spec.label].drop_nulls().to_list() for i in str(v).split("|") if i != ""]
         return [str(i) for i in range(max(seen, default=1) + 1)]
-    classes = list(spec.classes) if spec.classes else sorted(frame[spec.label].drop_nulls().unique().to_list())
+    seen = sorted(frame[spec.label].drop_nulls().unique().to_list())
+    # A declared class with no rows cannot be learnt (the split leaves out classes training lacks).
+    classes = [c for c in spec.classes if spec.is_binary or c in seen] if spec.classes else seen
     if spec.is_binary:
         negatives = [c for c in classes if c != spec.positive]
         if len(negatives) != 1:
@@ -136,8 +138,7 @@ def failures_result(failures: list[CheckFailure]) -> dg.AssetCheckResult:
 
 def no_records_result(spec: TaskSpec, storage: MeddiagStorage) -> dg.AssetCheckResult:
     """A suite's result when no batch has validated rows: the description says why (waiting, quarantined)."""
-    return dg.AssetCheckResult(passed=False, description=f"no validated rows: nothing to learn from. "
-                               f"{why_no_records(spec, storage.layout, storage.warehouse)}")  # fmt: skip
+    return dg.AssetCheckResult(passed=False, description=why_no_records(spec, storage.layout, storage.warehouse))
 
 
 # -- ingestion metadata ---------------------------------------------------------------------------------------
@@ -200,10 +201,13 @@ def build_validated_records_asset(spec: TaskSpec, raw_records, tags: dict, descr
 
 
 # -- split ------------------------------------------------------------------------------------------------------
-def warn_conflicting_labels(context, spec: TaskSpec, duplicates: dict[str, int]) -> None:
-    if duplicates.get("conflicting_label_contents"):
-        context.log.warning(f"{spec.name}: {duplicates['conflicting_label_contents']} contents appear with more than "
-                            f"one label ({duplicates['conflicting_label_rows']} rows); kept, in one split each")  # fmt: skip
+def warn_split_findings(context, spec: TaskSpec, findings: dict) -> None:
+    """What the split handled but a person should know: conflicting labels on copies, classes too rare to learn."""
+    if findings.get("conflicting_label_contents"):
+        context.log.warning(f"{spec.name}: {findings['conflicting_label_contents']} contents appear with more than "
+                            f"one label ({findings['conflicting_label_rows']} rows); kept, in one split each")  # fmt: skip
+    if findings.get("unlearnable_classes"):
+        context.log.warning(f"{spec.name}: classes with {findings['unlearnable_classes']}")
 
 
 def build_split_asset(spec: TaskSpec, upstream, tags: dict, predefined: str | None = None,
@@ -219,7 +223,7 @@ def build_split_asset(spec: TaskSpec, upstream, tags: dict, predefined: str | No
               "unlabelled rows are 'score'.", **tags)  # fmt: skip
     def split(context: dg.AssetExecutionContext, validated_records: pl.DataFrame) -> dg.Output:
         frame, metadata = split_by_content(validated_records, spec, predefined)
-        warn_conflicting_labels(context, spec, metadata)
+        warn_split_findings(context, spec, metadata)
         if finish is not None:
             frame, extra = finish(frame)
             metadata = {**metadata, **extra}

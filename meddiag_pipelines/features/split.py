@@ -137,9 +137,27 @@ def split_by_content(records: pl.DataFrame, spec: TaskSpec, predefined: str | No
     counts of :func:`duplicate_contents`; the content key is not kept."""
     keys = content_keys(records, spec)
     if keys is None:
-        return assign_split(records, spec, predefined=predefined), {}
+        return drop_unlearnable_classes(assign_split(records, spec, predefined=predefined), spec)
     frame = assign_split(records.with_columns(keys.alias(CONTENT_COLUMN)), spec, CONTENT_COLUMN, predefined)
-    return frame.drop(CONTENT_COLUMN), duplicate_contents(frame, spec, CONTENT_COLUMN)
+    duplicates = duplicate_contents(frame, spec, CONTENT_COLUMN)
+    frame, dropped = drop_unlearnable_classes(frame.drop(CONTENT_COLUMN), spec)
+    return frame, {**duplicates, **dropped}
+
+
+def drop_unlearnable_classes(frame: pl.DataFrame, spec: TaskSpec) -> tuple[pl.DataFrame, dict]:
+    """A multi-class task's labelled rows of a class the train split lacks (too rare to reach it) cannot be
+    learnt or judged: they leave the split (they stay in the warehouse) and are reported by class and count."""
+    if spec.is_binary or (spec.image is not None and spec.image.multi_label):
+        return frame, {}
+    labelled = pl.col(SPLIT_COLUMN) != "score"
+    trained = set(frame.filter(pl.col(SPLIT_COLUMN) == "train")[spec.label].drop_nulls().to_list())
+    lost = frame.filter(labelled & ~pl.col(spec.label).is_in(list(trained)))
+    if lost.is_empty():
+        return frame, {}
+    counts = dict(sorted(lost[spec.label].value_counts().iter_rows()))
+    note = ", ".join(f"{c} ({n} rows)" for c, n in counts.items())
+    return frame.filter(~labelled | pl.col(spec.label).is_in(list(trained))), {
+        "unlearnable_rows": lost.height, "unlearnable_classes": f"no training row, left out: {note}"}
 
 
 def duplicate_contents(frame: pl.DataFrame, spec: TaskSpec, content_key: str) -> dict[str, int]:

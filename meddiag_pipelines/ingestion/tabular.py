@@ -28,7 +28,7 @@ import polars as pl
 
 from meddiag_pipelines.ingestion.errors import BatchRejected
 from meddiag_pipelines.ingestion.landing import INTERNAL_PREFIX, LandedBatch, display_name
-from meddiag_pipelines.specs import TaskSpec, canonical_label
+from meddiag_pipelines.specs import ROW_ID, TaskSpec, canonical_label
 
 READERS = {".csv": "csv", ".parquet": "parquet"}
 MAX_COLUMNS = 1000  # a wider export is almost certainly wrong, and each column costs a warehouse column for ever
@@ -281,13 +281,24 @@ def normalise(frame: pl.DataFrame, spec: TaskSpec, rel: str) -> pl.DataFrame:
     return frame
 
 
+def _with_row_ids(frame: pl.DataFrame, spec: TaskSpec, batch_id: str, rel: str) -> pl.DataFrame:
+    """A spec that names no id (the default ``row_id``) on data without that column: each row's id is
+    ``<batch>/<file>#<row>``, unique across batches. A named id column that is missing stays missing (validation
+    says so)."""
+    if spec.id != ROW_ID or ROW_ID in frame.columns:
+        return frame
+    rows = frame.with_row_index(ROW_ID, offset=1)
+    return rows.with_columns((pl.lit(f"{batch_id}/{rel}#") + pl.col(ROW_ID).cast(pl.String)).alias(ROW_ID))
+
+
 def read_tabular_batch(batch: LandedBatch, spec: TaskSpec) -> pl.DataFrame:
     if not batch.files:
         raise BatchRejected(batch.batch_id, "holds no data files")
     frames = []
     for rel in batch.files:
         path = check_file(batch, rel, spec.landing.max_file_mb)
-        frames.append(normalise(read_table_file(path, rel, key_columns(spec), spec.landing.max_file_mb), spec, rel))
+        frame = read_table_file(path, rel, key_columns(spec), spec.landing.max_file_mb)
+        frames.append(normalise(_with_row_ids(frame, spec, batch.batch_id, rel), spec, rel))
     try:
         frame = pl.concat(frames, how="diagonal_relaxed")
     except (Exception, pl.exceptions.PanicException) as exc:

@@ -45,7 +45,7 @@ import polars as pl
 from polars.exceptions import PanicException
 
 from meddiag_pipelines.ingestion.landing import UnsafePath, confined_file, display_name, is_data_file
-from meddiag_pipelines.specs import TaskSpec, canonical_label
+from meddiag_pipelines.specs import ROW_ID, TaskSpec, canonical_label
 from meddiag_pipelines.text.deid import scrub
 
 MAX_TEXT_CHARS = 100_000
@@ -143,11 +143,14 @@ class _Collector:
         self.spec = spec
         self.columns = output_columns(spec)
         self.truncated = 0
+        self.source = ""  # "<batch>/<file>" of the rows being made: the id of a row when the spec names none
 
     def make_row(self, get, where: str) -> dict[str, str | None]:
         """``get(name)`` returns a raw value or None; builds one scrubbed output row."""
         spec = self.spec
         rec_id = _text_value(get(spec.id), where)
+        if rec_id is None and spec.id == ROW_ID:
+            rec_id = f"{self.source}#{where}"
         if rec_id is None or not rec_id.strip():
             raise _Reject(f"{where}: the id column {spec.id!r} is empty")
         raw = _text_value(get(spec.text), where)
@@ -172,7 +175,7 @@ class _Collector:
 
 def _check_columns(columns: list[str], spec: TaskSpec) -> None:
     """Names the missing spec columns only: a file without a header row would show a note as its 'columns'."""
-    missing = [c for c in (spec.id, spec.text) if c not in columns]
+    missing = [c for c in (spec.id, spec.text) if c not in columns and c != ROW_ID]
     if missing:
         raise _Reject(f"lacks the column(s) {missing} (its header row has {len(columns)} columns)")
 
@@ -336,6 +339,7 @@ class _BatchReader:
     def _file(self, rel: str, read: Callable[[str], list[dict]]) -> None:
         """Read one file; any problem rejects that file alone, in words that never quote its content."""
         truncated = self.col.truncated
+        self.col.source = f"{display_name(self.batch_dir.name)}/{rel}"
         try:
             rows = read(rel)
         except (_Reject, UnsafePath) as exc:

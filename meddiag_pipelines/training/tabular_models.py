@@ -28,13 +28,14 @@ CHOSEN = "chosen.json"
 
 
 def validation_score(y: np.ndarray, proba: np.ndarray) -> float:
-    """AUROC for binary tasks, macro one-vs-rest AUROC for multi-class; NaN when it is undefined."""
-    try:
-        if proba.ndim == 1:
-            return float(roc_auc_score(y, proba))
-        return float(roc_auc_score(y, proba, multi_class="ovr", average="macro", labels=list(range(proba.shape[1]))))
-    except ValueError:
-        return float(np.mean(proba.argmax(1) == y) if proba.ndim > 1 else np.nan)
+    """AUROC for binary tasks, macro one-vs-rest AUROC for multi-class over the classes the validation split
+    holds (as the evaluator does: a rare class absent from it is skipped); NaN when it is undefined."""
+    if proba.ndim == 1:
+        return float(roc_auc_score(y, proba)) if 0 < y.sum() < y.size else float("nan")
+    present = [c for c in range(proba.shape[1]) if 0 < (y == c).sum() < y.size]
+    if not present:
+        return float(np.mean(proba.argmax(1) == y))
+    return float(np.mean([roc_auc_score(y == c, proba[:, c]) for c in present]))
 
 
 def _xgb_params(n_classes: int, trial_params: dict, seed: int) -> dict:
