@@ -298,3 +298,22 @@ def test_spaced_batch_with_dot_slash_rows_trains_and_a_replaced_image_is_left_ou
     assert meta["n_images_refused"].value == 1 and meta["n_rows"].value == 119
     tested = pl.read_parquet(root / "reports" / spec.name / "latest" / "test_predictions.parquet")["id"].to_list()
     assert tested and labels["id"][0] not in tested
+
+
+def test_the_report_gives_test_metrics_without_copies_of_training_rows() -> None:
+    from meddiag_pipelines.defs.common import metrics_without_copies, without_copies_html
+    from meddiag_pipelines.features.split import COPY_OF_TRAIN_COLUMN, SPLIT_COLUMN as SPLIT
+
+    spec = spec_of(task={"classes": ["0", "1"], "positive": "1", "evaluation": {"n_bootstrap": 100}})
+    rng = np.random.default_rng(0)
+    n = 200
+    labels = rng.integers(0, 2, n)
+    split = pl.DataFrame({"id": [f"r{i}" for i in range(n)], "label": [str(v) for v in labels],
+                          SPLIT: ["train"] * 80 + ["val"] * 40 + ["test"] * 80,
+                          COPY_OF_TRAIN_COLUMN: [False] * 120 + [True] * 30 + [False] * 50})  # fmt: skip
+    score = {f"r{i}": float(labels[i]) * 0.6 + rng.random() * 0.4 for i in range(n)}
+    candidate = {"classes": ["0", "1"], "version": "v1", "name": "cnn"}
+    without = metrics_without_copies(spec, split, candidate, lambda h, rows: np.array([score[i] for i in rows["id"]]), {})
+    assert without["n_removed"] == 30 and without["n_test"] == 50 and 0.5 < without["auroc"] <= 1.0
+    assert "30 test rows copy a training row" in without_copies_html(without)
+    assert metrics_without_copies(spec, split.drop(COPY_OF_TRAIN_COLUMN), candidate, None, {}) is None

@@ -19,7 +19,7 @@ from meddiag_pipelines import __version__
 from meddiag_pipelines.atomic import atomic_write, atomic_write_bytes, atomic_write_json, publish_dir, staging_dir
 from meddiag_pipelines.defs.resources import MeddiagStorage
 import meddiag_pipelines.evaluation as evaluator  # its modules load on first use
-from meddiag_pipelines.features.split import SPLIT_COLUMN, SPLITS, check_split, split_by_content
+from meddiag_pipelines.features.split import COPY_OF_TRAIN_COLUMN, SPLIT_COLUMN, SPLITS, check_split, split_by_content
 from meddiag_pipelines.ingestion.batches import (IngestSummary, ValidationSummary, Validator, reconcile, validate_pending_batches,
                                                  why_no_records)  # fmt: skip
 from meddiag_pipelines.ingestion.landing import BATCH_COLUMN, waiting_reason
@@ -364,6 +364,10 @@ def build_model_lifecycle_assets(spec: TaskSpec, tags: dict, split_asset: list, 
         metrics = evaluator.evaluate(inp)
         plots = evaluator.render_plots(inp, metrics)
         extras = card_extras(candidate_model) if card_extras else []
+        without = metrics_without_copies(spec, split, candidate_model, predict_rows, inp.flow)
+        if without:
+            metrics["without_copies_of_train"] = without
+            extras = [*extras, ("Test split without copies of training rows", without_copies_html(without))]
         if test_sections:
             extras = [*extras, *test_sections(candidate_model, test, inp.proba, metrics)]
         card = evaluator.render_model_card(metrics, evaluator.ModelCardInfo(
@@ -449,6 +453,30 @@ def build_model_lifecycle_assets(spec: TaskSpec, tags: dict, split_asset: list, 
         return score_unlabelled(context, spec, storage, split, predictor_factory, explain)
 
     return [evaluation, champion, champion_fit_for_use, predictions]
+
+
+def metrics_without_copies(spec: TaskSpec, split: pl.DataFrame, candidate: dict, predict_rows: Callable,
+                           flow: dict) -> dict | None:  # fmt: skip
+    """Where the data's own split put copies of training rows into its test split (MedMNIST), the headline
+    figures again without them, so the report shows what the copies add."""
+    if COPY_OF_TRAIN_COLUMN not in split.columns:
+        return None
+    copy_in_test = (pl.col(SPLIT_COLUMN) == "test") & pl.col(COPY_OF_TRAIN_COLUMN).fill_null(False)
+    removed = split.filter(copy_in_test).height
+    if not removed:
+        return None
+    kept = evaluator.evaluate(_evaluation_input(spec, split.filter(~copy_in_test), candidate, predict_rows, None, flow, []))
+    return {"n_removed": removed, **{k: kept.get(k) for k in ("n_test", "auroc", "auroc_ci", "macro_f1")}}
+
+
+def without_copies_html(without: dict) -> str:
+    def fmt(value) -> str:
+        return f"{value:.3f}" if isinstance(value, (int, float)) else "n/a"
+
+    low, high = without.get("auroc_ci") or (None, None)
+    return (f"<p>{without['n_removed']} test rows copy a training row of the dataset's own split; without them "
+            f"({without['n_test']} test rows): AUROC {fmt(without.get('auroc'))} (95% CI {fmt(low)} to {fmt(high)}), "
+            f"macro-F1 {fmt(without.get('macro_f1'))}.</p>")
 
 
 def publish_candidate(spec: TaskSpec, storage: MeddiagStorage, candidate: dict, baseline: dict, metrics: dict,

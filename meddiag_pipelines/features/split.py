@@ -21,6 +21,8 @@ from meddiag_pipelines.specs import TaskSpec
 from meddiag_pipelines.validation.suites import feature_columns
 
 SPLIT_COLUMN = f"{INTERNAL_PREFIX}split"
+# A val / test row of a dataset's own split (MedMNIST npz) that copies a row of its own train split.
+COPY_OF_TRAIN_COLUMN = f"{INTERNAL_PREFIX}copy_of_train"
 CONTENT_COLUMN = f"{INTERNAL_PREFIX}content"  # the content key while the split is assigned (not kept)
 SPLITS = ("train", "val", "test")
 IMAGE_CONTENT = "sha256"  # the pixel hash the image readers compute

@@ -33,9 +33,8 @@ from typing import TYPE_CHECKING
 
 import polars as pl
 
-from meddiag_pipelines.features.split import SPLIT_COLUMN, SPLITS, split_by_content
+from meddiag_pipelines.features.split import COPY_OF_TRAIN_COLUMN, SPLIT_COLUMN, SPLITS, split_by_content
 from meddiag_pipelines.imaging.readers import INTENSITY_MAX, INTENSITY_MIN, source_format
-from meddiag_pipelines.ingestion.landing import INTERNAL_PREFIX
 from meddiag_pipelines.specs import TaskSpec
 from meddiag_pipelines.validation.suites import CheckFailure, identifier_columns, record_expectations, run_suite
 
@@ -43,8 +42,6 @@ if TYPE_CHECKING:
     import great_expectations.expectations as gxe
 
 PREDEFINED_SPLIT = "predefined_split"
-# A val / test record of a dataset's own split (MedMNIST npz) whose pixels are also in its own train split.
-COPY_OF_TRAIN_COLUMN = f"{INTERNAL_PREFIX}copy_of_train"
 MIN_INTENSITY_RANGE = 1.0 / 512  # less than one 8-bit grey level between darkest and brightest pixel
 IMAGE_COLUMNS = ("sha256", "height", "width", "channels", "bit_depth")
 FOLDER_BIT_DEPTHS = (8, 16)
