@@ -171,12 +171,18 @@ def test_a_known_batch_that_changed_is_set_aside_and_its_rows_stay(synthetic_spe
     warehouse, summary, records, _ = _ingest(layout, synthetic_spec)
     assert summary.changed == [{"batch": "b1", "added": int(change == "added"), "changed": int(change == "changed"),
                                 "removed": int(change == "removed")}]  # fmt: skip
-    assert records.height == 40 and not folder.exists(), "the rows ingested stay; the folder left landing"
-    [aside] = list(layout.quarantine(TASK).glob("b1.changed-*"))
-    reason = json.loads((aside / "reason.json").read_text())
-    assert reason["problem"].startswith(f"changed after it was ingested: {int(change == 'added')} files added, "
-                                        f"{int(change == 'changed')} changed, {int(change == 'removed')} removed")  # fmt: skip
-    assert "land the new rows as a new batch" in reason["problem"]
+    assert records.height == 40 and folder.is_dir(), "the rows ingested and the unchanged files stay"
+    moved = {"added": "late.csv", "changed": "records.csv"}.get(change)
+    if moved is None:  # a removed file: nothing to set aside, the change is reported
+        assert not list(layout.quarantine(TASK).glob("b1.changed-*"))
+    else:
+        [aside] = list(layout.quarantine(TASK).glob("b1.changed-*"))
+        assert (aside / moved / moved).is_file() and not (folder / moved).exists()
+        reason = json.loads((aside / moved / "reason.json").read_text())
+        assert reason["problem"].startswith(f"changed after it was ingested: {int(change == 'added')} files added, "
+                                            f"{int(change == 'changed')} changed, 0 removed")  # fmt: skip
+        assert "land the new rows as a new batch" in reason["problem"]
+        assert _ingest(layout, synthetic_spec)[1].changed == [], "reported once"
 
 
 def test_an_unchanged_known_batch_is_not_set_aside_even_when_touched(synthetic_spec, layout):

@@ -164,8 +164,10 @@ def test_npz_multilabel_task_end_to_end(tmp_path: Path) -> None:
     (batch / "_READY").touch()
     with dg.instance_for_test() as instance:
         assert run_job(spec, root, instance).success
-        # a second candidate meets the champion: the gate compares macro AUROC, no calibration-slope rule
-        assert run_job(spec, root, instance, ["candidate_model", "baseline_model", "evaluation", "champion"]).success
+        # a second candidate (another seed: unchanged data and settings would publish nothing) meets the
+        # champion: the gate compares macro AUROC, no calibration-slope rule
+        reseeded = spec.model_copy(update={"training": spec.training.model_copy(update={"seed": 7})})
+        assert run_job(reseeded, root, instance, ["candidate_model", "baseline_model", "evaluation", "champion"]).success
     registry = root / "models" / spec.name
     versions = sorted(d.name for d in registry.iterdir() if d.is_dir() and not d.name.startswith("."))
     assert len(versions) == 2

@@ -50,7 +50,9 @@ def _text_predictor(plan: dict):
     column = plan["text_column"]
 
     def predict(model_dir, rows: pl.DataFrame) -> np.ndarray:
-        return predict_text(Path(model_dir), texts_of(rows, column))
+        proba = predict_text(Path(model_dir), texts_of(rows, column))
+        # Two classes without a positive one are a multi-class task: the evaluator wants both columns.
+        return np.column_stack([1 - proba, proba]) if proba.ndim == 1 and not plan.get("binary", True) else proba
 
     return predict
 
@@ -155,7 +157,7 @@ def build_text_assets(spec: TaskSpec) -> list:
                                                    *spec.subgroups}]  # fmt: skip
         frame = split.select(*keys, pl.col(spec.text).cast(pl.String))
         plan = {"modality": "text", "text_column": spec.text, "min_text_chars": spec.min_text_chars,
-                "scrubbed_at_read": True}  # fmt: skip
+                "scrubbed_at_read": True, "binary": spec.is_binary}  # fmt: skip
         lengths = frame[spec.text].str.len_chars()
         meta = {"n_rows": frame.height, "median_text_chars": float(lengths.median() or 0),
                 "max_text_chars": int(lengths.max() or 0)}  # fmt: skip

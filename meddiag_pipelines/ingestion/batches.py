@@ -5,8 +5,9 @@ Each landed batch ends in exactly one ledger state: ``read`` (waiting for valida
 that every landed batch is accounted for.
 
 The rule for a known batch whose files change after it was ingested (added, changed or removed): its rows
-already ingested stay, and the folder as it is now is set aside in ``quarantine/<task>/<batch>.changed-<time>/``
-with the counts; new rows are landed as a new batch. FIFOs, sockets and devices are never opened: each is
+already ingested stay (and so do its unchanged files, which image tasks read their pixels from); each added or
+changed file is set aside in ``quarantine/<task>/<batch>.changed-<time>/`` with the counts, so nothing is lost
+and nothing unvalidated is trained on; new rows are landed as a new batch. FIFOs, sockets and devices are never opened: each is
 moved to quarantine before any reader runs.
 """
 
@@ -163,7 +164,7 @@ def _finish_interrupted(spec: TaskSpec, layout: DataLayout, batch_dir: Path, row
 
 def batch_changes(batch_dir: Path, row: dict) -> dict[str, int] | None:
     """How a known, not quarantined batch differs from what was ingested: ``{added, changed, removed}`` file
-    counts, or ``None`` when it is unchanged (or was recorded before per-file digests were kept). Files
+    counts and the ``files`` added or changed, or ``None`` when it is unchanged (or was recorded before per-file digests were kept). Files
     rejected at read were moved out on purpose and do not count. Nothing is hashed while no entry of the folder
     is newer than its ``_INGESTED`` marker."""
     if not row.get("file_hashes") or not changed_since_ingested(batch_dir):
@@ -172,20 +173,25 @@ def batch_changes(batch_dir: Path, row: dict) -> dict[str, int] | None:
     moved = {r["file"] for r in reason.get("rejected_files", [])}
     recorded = {f: d for f, d in json.loads(row["file_hashes"]).items() if f not in moved}
     current = {f: d for f, d in file_digests(batch_dir, data_files(batch_dir)).items() if f not in moved}
-    counts = {"added": len(current.keys() - recorded.keys()), "removed": len(recorded.keys() - current.keys()),
-              "changed": sum(1 for f in current.keys() & recorded.keys() if current[f] != recorded[f])}  # fmt: skip
-    return counts if any(counts.values()) else None
+    added = sorted(current.keys() - recorded.keys())
+    changed = sorted(f for f in current.keys() & recorded.keys() if current[f] != recorded[f])
+    counts = {"added": len(added), "removed": len(recorded.keys() - current.keys()), "changed": len(changed)}
+    return {**counts, "files": added + changed} if any(counts.values()) else None
 
 
 def _set_aside_changed(spec: TaskSpec, layout: DataLayout, batch_dir: Path, batch_id: str, counts: dict,
                        summary: IngestSummary) -> None:  # fmt: skip
-    """The documented rule for a batch that changed after it was ingested: its rows already ingested stay;
-    the folder as it is now goes to ``quarantine/<task>/<batch>.changed-<time>/``, so nothing is lost."""
+    """The documented rule for a batch that changed after it was ingested: its rows and unchanged files stay;
+    each added or changed file goes to ``quarantine/<task>/<batch>.changed-<time>/<file>/``, so nothing is lost."""
+    files = counts.pop("files")
     problem = (f"changed after it was ingested: {counts['added']} files added, {counts['changed']} changed, "
                f"{counts['removed']} removed; its rows already ingested stay; land the new rows as a new batch")  # fmt: skip
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    quarantine_path(batch_dir, layout.quarantine(spec.name), _reason("read", batch_id, batch_id, problem, **counts),
-                    name=f"{batch_id}.changed-{stamp}")  # fmt: skip
+    aside = layout.quarantine(spec.name) / f"{batch_id}.changed-{stamp}"
+    for rel in files:
+        if _movable(batch_dir, rel):
+            reason = _reason("read", batch_id, rel, problem, **counts)
+            quarantine_path(batch_dir / rel, aside / Path(rel).parent, reason)
     summary.changed.append({"batch": batch_id, **counts})
     log.warning("task %s: batch %s %s", spec.name, batch_id, problem)
 
@@ -197,7 +203,6 @@ def _known_batch(spec: TaskSpec, layout: DataLayout, batch_dir: Path, row: dict,
         counts = batch_changes(batch_dir, row)
         if counts:
             _set_aside_changed(spec, layout, batch_dir, row["batch_id"], counts, summary)
-            return
     _mark_ingested(batch_dir)
 
 
