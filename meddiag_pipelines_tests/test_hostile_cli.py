@@ -25,7 +25,7 @@ RUN_TIMEOUT_S = 600
 PHI_NOTE = ("Seen by dr. Zorbulax Quentaro on 14MAR1931 (again MARCH 14, 2023 and 17/Apr/2023); call "
             "+44 20 7946 0958 or 555\u2013881\u20133397; SSN 321.54.9876; MR No. 4455667, chart: 3344556; "
             "93 y.o.; lives at 4417 Wexmoor Street.")  # fmt: skip
-CANARIES = ["Zorbulax", "Quentaro", "14MAR1931", "7946 0958", "3397", "321.54.9876", "4455667", "3344556",
+CANARIES = ["Zorbulax", "Quentaro", "14MAR1931", "7946 0958", "881\u20133397", "321.54.9876", "4455667", "3344556",
             "Wexmoor"]  # fmt: skip
 ID_CANARY = "IDCANARY"
 
