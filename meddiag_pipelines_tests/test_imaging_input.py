@@ -113,7 +113,7 @@ def test_dot_slash_and_subfolder_rows_read_and_row_problems_never_echo_the_row(t
     png(batch / "sub" / "b.png", 1)
     png(batch / "c.png", 2)
     lines = ["file,label,id,patient_id", "./a.png,1,a,p_a", "sub/b.png,0,b,p_b", f",1,{CANARY},p_{CANARY}",
-             f"c.png,1.0,c,p_c", f"c.png,0,c,{CANARY}"]  # fmt: skip
+             "c.png,1.0,c,p_c", f"c.png,0,c,{CANARY}"]  # fmt: skip
     (batch / "labels.csv").write_text("\n".join(lines) + "\n")
     result = read_image_batch(batch, spec_of())
     assert sorted(result.records["source"].to_list()) == ["a.png", "c.png", "sub/b.png"]

@@ -8,7 +8,6 @@ import io
 from pathlib import Path
 
 import numpy as np
-import polars as pl
 import pytest
 from PIL import Image
 
