@@ -21,7 +21,7 @@ IMPLS = ("pandas", "polars", "duckdb")
 
 
 def pandas_features(root: str, codes: list[str]):
-    """The obvious pandas: read everything, sort, group, unstack. Same definitions as features/ehr.py."""
+    """The obvious pandas: read everything, sort, group, unstack. Same definitions as ehr_features.py."""
     import pandas as pd
 
     root = Path(root)
@@ -44,7 +44,7 @@ def pandas_features(root: str, codes: list[str]):
         for s in ("count", "mean", "min", "max", "last", "missing_rate"):
             out[f"{c}__{s}"] = out[f"{c}__{s}"] if f"{c}__{s}" in out else float("nan")
     out[counts] = out[counts].fillna(0).astype("int64")
-    from meddiag_pipelines.features.ehr import feature_names
+    from bench.ehr_features import feature_names
 
     return out.reset_index().sort_values("patient_id")[feature_names(codes)]
 
@@ -52,7 +52,7 @@ def pandas_features(root: str, codes: list[str]):
 def run_impl(impl: str, root: str, codes: list[str], out: str, memory_limit: str | None = None,
              temp_directory: str | None = None) -> dict:  # fmt: skip
     """Child process: build the features with one engine and write them to ``out``."""
-    from meddiag_pipelines.features import ehr
+    from bench import ehr_features as ehr
 
     root_p = Path(root)
     paths = [str(root_p / t / "*.parquet") for t in ("labs", "encounters", "diagnoses", "patients")]

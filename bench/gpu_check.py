@@ -14,7 +14,7 @@ from bench import emit, peak_rss_mb
 
 
 def _cuda() -> tuple[bool, str]:
-    from meddiag_pipelines.training.device import cuda_available
+    from meddiag_pipelines.device import cuda_available
 
     if not cuda_available():
         return False, "no GPU visible (or MEDDIAG_FORCE_CPU=1): ran on the CPU at a small size; CUDA figures still pending"

@@ -108,16 +108,17 @@ def run_direct(rows: int, selection: list[str] | None = None) -> dict:
     import numpy as np
     import polars as pl
 
-    from meddiag_pipelines.defs import common
-    from meddiag_pipelines.defs.resources import MeddiagStorage
-    from meddiag_pipelines.defs.tabular import _tabular_predictor, feature_table, fit_model, xgboost_trainer
+    from meddiag_pipelines.defs.assets import common
+    from meddiag_pipelines.defs.assets import lifecycle
+    from meddiag_pipelines.defs.resources.storage import MeddiagStorage
+    from meddiag_pipelines.defs.assets.tabular import _tabular_predictor, feature_table, fit_model, xgboost_trainer
     from meddiag_pipelines.evaluation import evaluate, render_plots, render_report_html
-    from meddiag_pipelines.features.split import SPLIT_COLUMN, assign_split, check_split
-    from meddiag_pipelines.features.tabular import missing_data_table
+    from meddiag_pipelines.split import SPLIT_COLUMN, assign_split, check_split
+    from meddiag_pipelines.tabular.features import missing_data_table
     from meddiag_pipelines.ingestion.batches import ingest_new_batches, reconcile, validate_pending_batches
-    from meddiag_pipelines.ingestion.tabular import read_tabular_batch
+    from meddiag_pipelines.tabular.readers import read_tabular_batch
     from meddiag_pipelines.registry.promotion import decide
-    from meddiag_pipelines.training.tabular_models import train_logistic
+    from meddiag_pipelines.tabular.models import train_logistic
     from meddiag_pipelines.validation.suites import identifier_columns, run_suite, tabular_expectations, validate_tabular
 
     root = _fresh_root("direct", rows)
@@ -162,14 +163,14 @@ def run_direct(rows: int, selection: list[str] | None = None) -> dict:
         return _tabular_predictor(h["plan"])(Path(h["dir"]), rows)
 
     test = split.filter(pl.col(SPLIT_COLUMN) == "test")
-    inp = common._evaluation_input(spec, split, handle, predict_rows, (base["name"], predict_rows(base_handle, test)),
-                                   common.flow_counts(spec, storage, split), missing_data_table(split, plan))  # fmt: skip
+    inp = lifecycle._evaluation_input(spec, split, handle, predict_rows, (base["name"], predict_rows(base_handle, test)),
+                                   lifecycle.flow_counts(spec, storage, split), missing_data_table(split, plan))  # fmt: skip
     metrics = evaluate(inp)
     plots = render_plots(inp, metrics)
     render_report_html(metrics, plots, [])
     lap("evaluation")
     decision = decide(metrics, None, spec.promotion)  # what the champion asset does with no champion yet
-    common.publish_candidate(spec, storage, handle, base_handle, metrics, None, decision)
+    lifecycle.publish_candidate(spec, storage, handle, base_handle, metrics, None, decision)
     lap("champion")
     assert np.isfinite(metrics["auroc"])
     return {"seconds": time.perf_counter() - start, "steps": timings}

@@ -36,8 +36,8 @@ def tick_latency(n: int, repeats: int) -> dict:
     """Child: cursor holds the n landed batches; each repeat lands one new batch, marks it ready and ticks."""
     import dagster as dg
 
-    from meddiag_pipelines.defs.automation import build_landing_sensor, new_batches
-    from meddiag_pipelines.defs.resources import MeddiagStorage
+    from meddiag_pipelines.defs.automation.landing import build_landing_sensor, new_batches
+    from meddiag_pipelines.defs.resources.storage import MeddiagStorage
     from meddiag_pipelines.specs import TaskSpec
 
     root, landing = _prepare(n)
@@ -74,7 +74,7 @@ def tick_latency(n: int, repeats: int) -> dict:
 
 
 def run(size: str = "10k", repeats: int = 5) -> list[dict]:
-    from meddiag_pipelines.defs.automation import SENSOR_INTERVAL_S
+    from meddiag_pipelines.defs.automation.landing import SENSOR_INTERVAL_S
 
     n = parse_rows(size, SMOKE_BATCHES)
     r = measure("bench.sensor:tick_latency", {"n": n, "repeats": repeats if size != "smoke" else 2})

@@ -16,11 +16,11 @@ import sys
 
 import dagster as dg
 
-from meddiag_pipelines.defs.automation import build_landing_sensor, build_schedule
-from meddiag_pipelines.defs.imaging import build_image_assets
-from meddiag_pipelines.defs.resources import build_resources
-from meddiag_pipelines.defs.tabular import build_tabular_assets
-from meddiag_pipelines.defs.text import build_text_assets
+from meddiag_pipelines.defs.automation.landing import build_landing_sensor, build_schedule
+from meddiag_pipelines.defs.assets.imaging import build_image_assets
+from meddiag_pipelines.defs.resources.storage import build_resources
+from meddiag_pipelines.defs.assets.tabular import build_tabular_assets
+from meddiag_pipelines.defs.assets.text import build_text_assets
 from meddiag_pipelines.specs import SPEC_ERRORS_GROUP, SpecError, TaskSpec, scan_specs
 
 # Cheap tasks first when runs queue (see dagster_home/dagster.yaml).
@@ -35,26 +35,23 @@ def build_definitions(specs: list[TaskSpec] | None = None, data_dir=None,
     if specs is None:
         scan = scan_specs()
         specs, spec_errors = scan.specs, scan.errors
-    assets, checks = [spec_error_asset(e) for e in spec_errors], []
-    for spec in specs:
-        builder = BUILDERS.get(spec.modality)
-        if builder is None:
-            continue
-        for item in builder(spec):
-            (checks if isinstance(item, dg.AssetChecksDefinition) else assets).append(item)
-    jobs, sensors, schedules = [], [], []
-    for spec in specs:
-        if spec.modality not in BUILDERS:
-            continue
-        # The tag lets dagster.yaml's run queue hold one run per task at a time.
-        job = dg.define_asset_job(f"{spec.name}_job", selection=dg.AssetSelection.groups(spec.name),
-                                  tags={"meddiag/task": spec.name, "dagster/priority": RUN_PRIORITY[spec.modality]},
-                                  description=f"Bring {spec.name} fully up to date from its landing folder.")  # fmt: skip
-        jobs.append(job)
-        sensors.append(build_landing_sensor(spec, job))
-        schedules.append(build_schedule(spec, job))
-    return dg.Definitions(assets=assets, asset_checks=checks, jobs=jobs, sensors=sensors, schedules=schedules,
-                          resources=build_resources(data_dir), executor=executor())
+    tasks = [build_task_definitions(spec) for spec in specs if spec.modality in BUILDERS]
+    shared = dg.Definitions(assets=[spec_error_asset(e) for e in spec_errors], resources=build_resources(data_dir),
+                            executor=executor())  # fmt: skip
+    return dg.Definitions.merge(shared, *tasks)
+
+
+def build_task_definitions(spec: TaskSpec) -> dg.Definitions:
+    """One task's assets, checks, job, sensor and schedule (no resources: the caller supplies them)."""
+    assets, checks = [], []
+    for item in BUILDERS[spec.modality](spec):
+        (checks if isinstance(item, dg.AssetChecksDefinition) else assets).append(item)
+    # The tag lets dagster.yaml's run queue hold one run per task at a time.
+    job = dg.define_asset_job(f"{spec.name}_job", selection=dg.AssetSelection.groups(spec.name),
+                              tags={"meddiag/task": spec.name, "dagster/priority": RUN_PRIORITY[spec.modality]},
+                              description=f"Bring {spec.name} fully up to date from its landing folder.")  # fmt: skip
+    return dg.Definitions(assets=assets, asset_checks=checks, jobs=[job], sensors=[build_landing_sensor(spec, job)],
+                          schedules=[build_schedule(spec, job)])  # fmt: skip
 
 
 def spec_error_asset(error: SpecError) -> dg.AssetsDefinition:

@@ -12,14 +12,14 @@ import polars as pl
 import pytest
 import yaml
 
-from meddiag_pipelines.defs.imaging import read_image_records
+from meddiag_pipelines.defs.assets.imaging import read_image_records
 from meddiag_pipelines.definitions import build_definitions
 from meddiag_pipelines.draft import draft_spec
 from meddiag_pipelines.ingestion.batches import ingest_new_batches, validate_pending_batches
 from meddiag_pipelines.ingestion.warehouse import Warehouse
 from meddiag_pipelines.layout import DataLayout
 from meddiag_pipelines.specs import TaskSpec
-from meddiag_pipelines.validation.images import validate_images
+from meddiag_pipelines.imaging.validation import validate_images
 
 pytestmark = pytest.mark.slow
 SPEED = {"training": {"trials": 1, "timeout_s": 20, "max_rounds": 120, "epochs": 2, "time_budget_s": 60},

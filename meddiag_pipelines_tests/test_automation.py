@@ -8,8 +8,8 @@ import dagster as dg
 import numpy as np
 import pytest
 
-from meddiag_pipelines.defs.automation import build_landing_sensor, build_schedule
-from meddiag_pipelines.defs.resources import MeddiagStorage
+from meddiag_pipelines.defs.automation.landing import build_landing_sensor, build_schedule
+from meddiag_pipelines.defs.resources.storage import MeddiagStorage
 from meddiag_pipelines.definitions import defs
 from meddiag_pipelines.evaluation import EvaluationInput, evaluate
 from meddiag_pipelines.registry.__main__ import main as registry_cli
@@ -50,7 +50,7 @@ def test_sensor_requests_once_per_new_batch(synthetic_spec, layout, sensor_and_s
 def test_batches_ingested_outside_the_sensor_launch_nothing(synthetic_spec, layout, sensor_and_storage):
     """After a CLI run ingested the landing folder, starting `dagster dev` must not retrain for old batches."""
     from meddiag_pipelines.ingestion.batches import ingest_new_batches
-    from meddiag_pipelines.ingestion.tabular import read_tabular_batch
+    from meddiag_pipelines.tabular.readers import read_tabular_batch
 
     sensor, storage = sensor_and_storage
     land(layout, "synthetic_risk", "b1", synthetic_records(10, seed=1))
@@ -69,7 +69,7 @@ def test_a_batch_relanded_under_a_known_name_is_noticed(synthetic_spec, layout, 
     import shutil
 
     from meddiag_pipelines.ingestion.batches import ingest_new_batches
-    from meddiag_pipelines.ingestion.tabular import read_tabular_batch
+    from meddiag_pipelines.tabular.readers import read_tabular_batch
 
     sensor, storage = sensor_and_storage
     folder = land(layout, "synthetic_risk", "b1", synthetic_records(10, seed=1))

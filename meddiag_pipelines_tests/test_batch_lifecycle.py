@@ -15,7 +15,7 @@ import polars as pl
 import pytest
 from PIL import Image
 
-from meddiag_pipelines.defs.imaging import read_image_records
+from meddiag_pipelines.defs.assets.imaging import read_image_records
 from meddiag_pipelines.ingestion.batches import (
     NOT_READ,
     NOT_REGULAR,
@@ -26,7 +26,7 @@ from meddiag_pipelines.ingestion.batches import (
     validate_pending_batches,
 )
 from meddiag_pipelines.ingestion.landing import content_hash, data_files, describe_batch
-from meddiag_pipelines.ingestion.tabular import read_tabular_batch
+from meddiag_pipelines.tabular.readers import read_tabular_batch
 from meddiag_pipelines.ingestion.warehouse import Warehouse
 from meddiag_pipelines.layout import DataLayout
 from meddiag_pipelines.specs import TaskSpec
@@ -283,7 +283,7 @@ def test_waiting_and_quarantined_batches_are_named_on_the_materializations(synth
 
 
 def test_failures_result_puts_the_reasons_in_the_description():
-    from meddiag_pipelines.defs.common import failures_result
+    from meddiag_pipelines.defs.assets.common import failures_result
     from meddiag_pipelines.validation.suites import CheckFailure
 
     result = failures_result([CheckFailure("expect_column_values_to_be_in_set", "outcome", "3 rows outside the domain")])
@@ -293,7 +293,7 @@ def test_failures_result_puts_the_reasons_in_the_description():
 
 def test_a_batch_name_too_long_for_its_outputs_is_refused_and_the_good_batch_flows(tmp_path):
     from meddiag_pipelines.ingestion.batches import MAX_BATCH_NAME_BYTES, ingest_new_batches
-    from meddiag_pipelines.ingestion.tabular import read_tabular_batch
+    from meddiag_pipelines.tabular.readers import read_tabular_batch
     from meddiag_pipelines.ingestion.warehouse import Warehouse
     from meddiag_pipelines.layout import DataLayout
     from meddiag_pipelines.specs import TaskSpec

@@ -37,7 +37,7 @@ def test_features_smoke_matches_pandas(tmp_path):
 
 def test_polars_and_duckdb_features_agree(tmp_path):
     from bench.ehr import LAB_CODES, generate
-    from meddiag_pipelines.features import ehr
+    from bench import ehr_features as ehr
 
     ds = generate(tmp_path / "ehr", 5_000, seed=3, chunk_rows=2_000)
     assert ds.meta["rows"]["labs"] == 5_000 and ds.meta["chunks"] > 1

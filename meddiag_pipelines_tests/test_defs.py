@@ -94,7 +94,7 @@ def test_code_version_survives_a_hung_or_missing_git(monkeypatch):
     import subprocess
 
     from meddiag_pipelines import __version__
-    from meddiag_pipelines.defs import common
+    from meddiag_pipelines.defs.assets import common
 
     def hung(cmd, **kwargs):
         raise subprocess.TimeoutExpired(cmd, kwargs.get("timeout", 5))

@@ -19,11 +19,11 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from meddiag_pipelines.ingestion import tabular
+from meddiag_pipelines.tabular import readers as tabular
 from meddiag_pipelines.ingestion.batches import ingest_new_batches, reconcile, validate_pending_batches
 from meddiag_pipelines.ingestion.errors import BatchRejected
 from meddiag_pipelines.ingestion.landing import LandedBatch, describe_batch
-from meddiag_pipelines.ingestion.tabular import read_tabular_batch
+from meddiag_pipelines.tabular.readers import read_tabular_batch
 from meddiag_pipelines.ingestion.warehouse import Warehouse
 from meddiag_pipelines.layout import DataLayout, PathOutsideDataRoot
 from meddiag_pipelines.validation.suites import validate_tabular

@@ -15,7 +15,7 @@ from PIL import Image
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, generate_uid
 
-from meddiag_pipelines.defs.imaging import read_image_records
+from meddiag_pipelines.defs.assets.imaging import read_image_records
 from meddiag_pipelines.imaging.preprocess import load_cached, resize_square, to_uint8, update_cache
 from meddiag_pipelines.imaging.readers import ImageBatchError, load_pixels, read_image_batch
 from meddiag_pipelines.ingestion.batches import ingest_new_batches
@@ -23,7 +23,7 @@ from meddiag_pipelines.ingestion.landing import describe_batch
 from meddiag_pipelines.ingestion.warehouse import Warehouse
 from meddiag_pipelines.layout import DataLayout
 from meddiag_pipelines.specs import TaskSpec
-from meddiag_pipelines.validation.images import (
+from meddiag_pipelines.imaging.validation import (
     COPY_OF_TRAIN_COLUMN,
     duplicate_warnings,
     image_split,
@@ -278,7 +278,7 @@ def test_spaced_batch_with_dot_slash_rows_trains_and_a_replaced_image_is_left_ou
     import dagster as dg
     from meddiag_pipelines_tests.test_imaging_pipeline import run_job, tiny
 
-    from meddiag_pipelines.imaging.phantoms import write_phantom_batch
+    from scripts.phantoms import write_phantom_batch
     from meddiag_pipelines.specs import BUNDLED_TASKS_DIR, load_spec
 
     spec = tiny(load_spec(BUNDLED_TASKS_DIR / "synthetic_chest_phantoms.yaml"))
@@ -301,8 +301,8 @@ def test_spaced_batch_with_dot_slash_rows_trains_and_a_replaced_image_is_left_ou
 
 
 def test_the_report_gives_test_metrics_without_copies_of_training_rows() -> None:
-    from meddiag_pipelines.defs.common import metrics_without_copies, without_copies_html
-    from meddiag_pipelines.features.split import COPY_OF_TRAIN_COLUMN, SPLIT_COLUMN as SPLIT
+    from meddiag_pipelines.defs.assets.lifecycle import metrics_without_copies, without_copies_html
+    from meddiag_pipelines.split import COPY_OF_TRAIN_COLUMN, SPLIT_COLUMN as SPLIT
 
     spec = spec_of(task={"classes": ["0", "1"], "positive": "1", "evaluation": {"n_bootstrap": 100}})
     rng = np.random.default_rng(0)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from meddiag_pipelines.imaging.model import ResNet18Small, build_model, count_parameters
-from meddiag_pipelines.imaging.phantoms import write_phantom_batch
+from scripts.phantoms import write_phantom_batch
 from meddiag_pipelines.imaging.readers import read_image_batch
 from meddiag_pipelines.imaging.saliency import grad_cam, saliency_panel_png
 from meddiag_pipelines.imaging.train import augment_batch, choose_width, predict_image_model, train_image_model

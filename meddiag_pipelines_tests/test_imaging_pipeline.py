@@ -13,12 +13,12 @@ from PIL import Image
 from pydicom.data import get_testdata_file
 
 from meddiag_pipelines.definitions import build_definitions
-from meddiag_pipelines.defs.imaging import read_image_records
-from meddiag_pipelines.features.split import SPLIT_COLUMN, unit_hash
-from meddiag_pipelines.imaging.phantoms import write_phantom_batch
+from meddiag_pipelines.defs.assets.imaging import read_image_records
+from meddiag_pipelines.split import SPLIT_COLUMN, unit_hash
+from scripts.phantoms import write_phantom_batch
 from meddiag_pipelines.ingestion.landing import describe_batch
 from meddiag_pipelines.specs import BUNDLED_TASKS_DIR, TaskSpec, load_spec
-from meddiag_pipelines.validation.images import duplicate_warnings, image_split, validate_images
+from meddiag_pipelines.imaging.validation import duplicate_warnings, image_split, validate_images
 
 
 def tiny(spec: TaskSpec, **training) -> TaskSpec:
@@ -356,8 +356,8 @@ def test_bundled_phantom_task_is_pinned() -> None:
 def test_reexecution_resumes_from_the_parent_runs_checkpoint(tmp_path: Path) -> None:
     from types import SimpleNamespace
 
-    from meddiag_pipelines.defs.imaging import _resume_checkpoint
-    from meddiag_pipelines.defs.resources import MeddiagStorage
+    from meddiag_pipelines.defs.assets.imaging import _resume_checkpoint
+    from meddiag_pipelines.defs.resources.storage import MeddiagStorage
 
     storage = MeddiagStorage(data_dir=str(tmp_path))
     parent = storage.registry.staging_dir("t", "20260101T000000Z-abcdef12") / "model"

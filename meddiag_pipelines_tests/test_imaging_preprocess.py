@@ -10,7 +10,7 @@ from PIL import Image
 from meddiag_pipelines_tests.test_imaging_readers import make_spec, medmnist_npz
 
 from meddiag_pipelines.imaging import preprocess
-from meddiag_pipelines.imaging.phantoms import write_phantom_batch
+from scripts.phantoms import write_phantom_batch
 from meddiag_pipelines.imaging.preprocess import load_cached, resize_square, to_uint8, update_cache
 from meddiag_pipelines.imaging.readers import load_pixels, read_image_batch
 

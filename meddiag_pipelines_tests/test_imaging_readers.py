@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 from pydicom.data import get_testdata_file
 
-from meddiag_pipelines.imaging.phantoms import write_phantom_batch
+from scripts.phantoms import write_phantom_batch
 from meddiag_pipelines.imaging.readers import (
     ImageBatchError,
     load_pixels,

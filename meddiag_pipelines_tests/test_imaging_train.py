@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from meddiag_pipelines.imaging.phantoms import write_phantom_batch
+from scripts.phantoms import write_phantom_batch
 from meddiag_pipelines.imaging.preprocess import load_cached, update_cache
 from meddiag_pipelines.imaging.readers import read_image_batch
 from meddiag_pipelines.imaging.train import predict_image_model, train_image_model

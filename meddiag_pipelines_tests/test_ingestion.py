@@ -7,7 +7,7 @@ import pytest
 
 from meddiag_pipelines.ingestion.batches import ingest_new_batches, reconcile, validate_pending_batches
 from meddiag_pipelines.ingestion.landing import describe_batch, ready_batch_dirs
-from meddiag_pipelines.ingestion.tabular import read_tabular_batch
+from meddiag_pipelines.tabular.readers import read_tabular_batch
 from meddiag_pipelines.ingestion.warehouse import Warehouse
 from meddiag_pipelines.specs import LandingSpec
 from meddiag_pipelines.validation.suites import validate_tabular

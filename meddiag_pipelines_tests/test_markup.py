@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from meddiag_pipelines.defs.common import markdown_table, png_markdown
+from meddiag_pipelines.defs.assets.common import markdown_table, png_markdown
 from meddiag_pipelines.markup import escape_markdown
 
 markdown_it = pytest.importorskip("markdown_it")

@@ -10,7 +10,7 @@ import pytest
 
 import meddiag_pipelines.__main__ as cli
 from meddiag_pipelines.ingestion.batches import ingest_new_batches, validate_pending_batches
-from meddiag_pipelines.ingestion.tabular import read_tabular_batch
+from meddiag_pipelines.tabular.readers import read_tabular_batch
 from meddiag_pipelines.ingestion.warehouse import Warehouse
 from meddiag_pipelines.validation.suites import validate_tabular
 from meddiag_pipelines_tests.conftest import land, synthetic_records

@@ -3,7 +3,7 @@ import duckdb
 import polars as pl
 import pytest
 
-from meddiag_pipelines.defs.resources import ParquetTables, WarehouseIOManager
+from meddiag_pipelines.defs.resources.storage import ParquetTables, WarehouseIOManager
 from meddiag_pipelines.layout import DataLayout
 
 

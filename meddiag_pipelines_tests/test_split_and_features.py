@@ -2,8 +2,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from meddiag_pipelines.features.split import SPLIT_COLUMN, SplitError, assign_split, check_split
-from meddiag_pipelines.features.tabular import OTHER, fit_plan, missing_data_table, transform
+from meddiag_pipelines.split import SPLIT_COLUMN, SplitError, assign_split, check_split
+from meddiag_pipelines.tabular.features import OTHER, fit_plan, missing_data_table, transform
 from meddiag_pipelines_tests.conftest import synthetic_records
 
 
@@ -67,7 +67,7 @@ def test_null_codes_and_types_survive_the_plan(heart_spec):
 # -- copies cannot leak: identical content shares a split with its patients ---------------------------------------
 from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
 
-from meddiag_pipelines.features.split import CONTENT_COLUMN, content_keys, duplicate_contents  # noqa: E402
+from meddiag_pipelines.split import CONTENT_COLUMN, content_keys, duplicate_contents  # noqa: E402
 from meddiag_pipelines.specs import TaskSpec  # noqa: E402
 
 _rows = st.lists(st.tuples(st.integers(0, 15), st.integers(0, 15), st.sampled_from(["no", "yes", None])),
@@ -135,7 +135,8 @@ def test_a_predefined_split_is_kept_and_copies_outside_it_follow_it(synthetic_sp
 def test_the_split_asset_groups_copied_rows_and_reports_conflicting_labels(synthetic_spec):
     import dagster as dg
 
-    from meddiag_pipelines.defs.common import asset_tags, build_split_asset
+    from meddiag_pipelines.defs.assets.common import asset_tags
+    from meddiag_pipelines.defs.assets.split import build_split_asset
 
     frame = synthetic_records(300, seed=8)
     copies = frame.head(30).with_columns(("copy" + pl.col("rid")).alias("rid"), ("other" + pl.col("pid")).alias("pid"),

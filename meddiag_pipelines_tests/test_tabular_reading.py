@@ -6,7 +6,7 @@ import pytest
 
 from meddiag_pipelines.ingestion.errors import BatchRejected
 from meddiag_pipelines.ingestion.landing import describe_batch
-from meddiag_pipelines.ingestion.tabular import read_tabular_batch
+from meddiag_pipelines.tabular.readers import read_tabular_batch
 from meddiag_pipelines_tests.conftest import land, synthetic_records
 
 TASK = "synthetic_risk"

@@ -8,7 +8,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from meddiag_pipelines.defs.tabular import (
+from meddiag_pipelines.defs.assets.tabular import (
     _tabular_predictor,
     explain_rows,
     feature_table,
@@ -16,9 +16,9 @@ from meddiag_pipelines.defs.tabular import (
     model_inputs,
     tabular_trainer,
 )
-from meddiag_pipelines.features.split import SPLIT_COLUMN, assign_split, check_split
-from meddiag_pipelines.features.tabular import FeaturePlan, fit_plan, missing_data_table, model_column_names, transform
-from meddiag_pipelines.training.tabular_models import CHOSEN, read_meta, top_contributions
+from meddiag_pipelines.split import SPLIT_COLUMN, assign_split, check_split
+from meddiag_pipelines.tabular.features import FeaturePlan, fit_plan, missing_data_table, model_column_names, transform
+from meddiag_pipelines.tabular.models import CHOSEN, read_meta, top_contributions
 from meddiag_pipelines.validation.suites import validate_tabular
 from meddiag_pipelines_tests.conftest import synthetic_records
 
@@ -167,7 +167,7 @@ def test_logistic_explanations_in_multiclass(synthetic_spec, tmp_path):
 def test_the_features_step_warns_of_heavy_missingness_and_dropped_columns(synthetic_spec, capfd):
     import dagster as dg
 
-    from meddiag_pipelines.defs.tabular import build_tabular_assets
+    from meddiag_pipelines.defs.assets.tabular import build_tabular_assets
 
     step = next(a for a in build_tabular_assets(synthetic_spec)
                 if isinstance(a, dg.AssetsDefinition) and dg.AssetKey([synthetic_spec.name, "feature_plan"]) in a.keys)  # fmt: skip
@@ -184,7 +184,7 @@ def test_the_features_step_warns_of_heavy_missingness_and_dropped_columns(synthe
 
 
 def test_the_report_says_which_model_won_and_by_how_much():
-    from meddiag_pipelines.defs.tabular import model_selection_html
+    from meddiag_pipelines.defs.assets.tabular import model_selection_html
 
     section = model_selection_html({"params": {"chosen": "logistic", "val_auroc_xgboost": 0.81, "val_auroc_logistic": 0.85,
                                                "val_auroc_margin": 0.04}})  # fmt: skip

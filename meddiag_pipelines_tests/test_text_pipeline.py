@@ -10,10 +10,10 @@ import polars as pl
 import pytest
 
 from meddiag_pipelines.definitions import build_definitions
-from meddiag_pipelines.features.split import SPLIT_COLUMN
+from meddiag_pipelines.split import SPLIT_COLUMN
 from meddiag_pipelines.specs import TaskSpec
 from meddiag_pipelines.text.readers import text_content_key
-from meddiag_pipelines.validation.texts import (
+from meddiag_pipelines.text.validation import (
     TextDuplicates,
     text_duplicates,
     texts_shared_across_splits,

@@ -8,7 +8,9 @@
 * ``train``       ``train_image_model`` (AdamW + cosine, augmentation, class weights, early stopping on
                   validation AUROC, atomic checkpoints and resume) and ``predict_image_model``
 * ``saliency``    Grad-CAM heat maps and a PNG panel
-* ``phantoms``    synthetic chest-radiograph-like phantoms for demos and tests (not patient data)
+* ``validation``  the per-batch image checks (decodable, geometry, duplicates, the data's own split)
+
+Synthetic phantoms for demos and tests are built by ``scripts/phantoms.py`` (not patient data).
 
 Modules are imported on use (``from meddiag_pipelines.imaging.train import ...``) so that reading images does
 not import torch.

@@ -43,7 +43,7 @@ from torch import nn
 
 from meddiag_pipelines.atomic import atomic_write, atomic_write_json
 from meddiag_pipelines.imaging.model import ResNet18Small, build_model
-from meddiag_pipelines.training.device import cpu_threads, torch_device, torch_settings, training_threads
+from meddiag_pipelines.device import cpu_threads, torch_device, torch_settings, training_threads
 
 if TYPE_CHECKING:
     from meddiag_pipelines.specs import TaskSpec

@@ -477,7 +477,7 @@ def train_text_models(
     """Train the baseline and the neural model, save both and pick the better on validation macro-F1."""
     import torch
 
-    from meddiag_pipelines.training.device import torch_device, torch_settings
+    from meddiag_pipelines.device import torch_device, torch_settings
 
     start = time.monotonic()
     device = device or torch_device()

@@ -4,7 +4,7 @@ import json
 
 import dagster as dg
 
-from meddiag_pipelines.defs.resources import MeddiagStorage
+from meddiag_pipelines.defs.resources.storage import MeddiagStorage
 from meddiag_pipelines.ingestion.landing import changed_since_ingested, describe_batch, ready_batch_dirs
 from meddiag_pipelines.specs import TaskSpec
 

@@ -21,7 +21,7 @@ from sklearn.metrics import roc_auc_score
 
 from meddiag_pipelines.atomic import atomic_write_bytes, atomic_write_json
 from meddiag_pipelines.specs import TrainingSpec
-from meddiag_pipelines.training.device import xgboost_device
+from meddiag_pipelines.device import xgboost_device
 
 BASELINE_C_GRID = (0.01, 0.1, 1.0, 10.0)
 CHOSEN = "chosen.json"

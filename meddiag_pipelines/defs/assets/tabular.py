@@ -12,15 +12,18 @@ import dagster as dg
 import numpy as np
 import polars as pl
 
-from meddiag_pipelines.defs import common
-from meddiag_pipelines.defs.resources import MeddiagStorage
-from meddiag_pipelines.features.split import SPLIT_COLUMN
-from meddiag_pipelines.features.tabular import FeaturePlan, fit_plan, missing_data_table, transform
+from meddiag_pipelines.defs.assets import common, ingest
+from meddiag_pipelines.defs.assets import lifecycle
+from meddiag_pipelines.defs.assets.split import build_split_asset
+from meddiag_pipelines import labels
+from meddiag_pipelines.defs.resources.storage import MeddiagStorage
+from meddiag_pipelines.split import SPLIT_COLUMN
+from meddiag_pipelines.tabular.features import FeaturePlan, fit_plan, missing_data_table, transform
 from meddiag_pipelines.ingestion.batches import ingest_new_batches
 from meddiag_pipelines.ingestion.landing import BATCH_COLUMN
-from meddiag_pipelines.ingestion.tabular import read_tabular_batch
+from meddiag_pipelines.tabular.readers import read_tabular_batch
 from meddiag_pipelines.specs import TaskSpec
-from meddiag_pipelines.training.tabular_models import (
+from meddiag_pipelines.tabular.models import (
     predict_tabular,
     read_meta,
     top_contributions,
@@ -93,11 +96,11 @@ def _card_extras(candidate: dict) -> list[tuple[str, str]]:
 
 def fit_model(spec: TaskSpec, trainer, features: pl.DataFrame, out_dir) -> dict:
     """``trainer(X_train, y_train, X_val, y_val, n_classes, out_dir, feature_names)`` on the train and val rows."""
-    classes = common.class_list(spec, features)
+    classes = labels.class_list(spec, features)
     train = features.filter(pl.col(SPLIT_COLUMN) == "train")
     val = features.filter(pl.col(SPLIT_COLUMN) == "val")
     (X_train, names), (X_val, _) = feature_matrix(train), feature_matrix(val)
-    y_train, y_val = common.encode_labels(train[spec.label], classes), common.encode_labels(val[spec.label], classes)
+    y_train, y_val = labels.encode_labels(train[spec.label], classes), labels.encode_labels(val[spec.label], classes)
     return {**trainer(X_train, y_train, X_val, y_val, len(classes), out_dir, names), "classes": classes}
 
 
@@ -110,9 +113,9 @@ def build_tabular_assets(spec: TaskSpec) -> list:
               **tags)  # fmt: skip
     def raw_records(context: dg.AssetExecutionContext, storage: MeddiagStorage) -> dg.MaterializeResult:
         summary = ingest_new_batches(spec, storage.layout, storage.warehouse, read_tabular_batch)
-        return common.ingest_result(context, spec, storage, summary)
+        return ingest.ingest_result(context, spec, storage, summary)
 
-    validated_records = common.build_validated_records_asset(
+    validated_records = ingest.build_validated_records_asset(
         spec, raw_records, tags, "rows of every batch that passed the Great Expectations suite built from the spec.",
         lambda storage: validate_tabular)
 
@@ -125,7 +128,7 @@ def build_tabular_assets(spec: TaskSpec) -> list:
                              identifier_columns(spec), name)  # fmt: skip
         return common.failures_result(failures)
 
-    split = common.build_split_asset(spec, validated_records, tags)
+    split = build_split_asset(spec, validated_records, tags)
 
     @dg.multi_asset(
         name=f"{name}__features",
@@ -181,7 +184,7 @@ def build_tabular_assets(spec: TaskSpec) -> list:
         meta = {**read_meta(out), "classes": candidate_model["classes"]}
         return common.model_handle(context, spec, candidate_model["version"], out, meta, candidate_model["plan"])
 
-    downstream = common.build_model_lifecycle_assets(
+    downstream = lifecycle.build_model_lifecycle_assets(
         spec, tags, split_asset=split, predictor_factory=_tabular_predictor,
         explain=explain_rows,
         missing_data=lambda train_rows, plan: missing_data_table(train_rows, FeaturePlan.from_dict(plan), spec.max_null_rate),

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 import polars as pl
 
-from meddiag_pipelines.features.split import SPLIT_COLUMN, SPLITS
+from meddiag_pipelines.split import SPLIT_COLUMN, SPLITS
 from meddiag_pipelines.specs import TaskSpec
 from meddiag_pipelines.text.readers import text_content_key
 from meddiag_pipelines.validation.suites import CheckFailure, identifier_columns, record_expectations, run_suite

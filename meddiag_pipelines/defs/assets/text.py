@@ -1,6 +1,6 @@
-"""The asset graph of one text task (group = task name), wired like ``defs/tabular.py``. Logic lives in
+"""The asset graph of one text task (group = task name), wired like ``defs/assets/tabular.py``. Logic lives in
 ``meddiag_pipelines/text`` (readers that scrub PHI at read, models, explanations) and
-``meddiag_pipelines/validation/texts.py`` (the checks); this file only wires inputs, resources and metadata.
+``meddiag_pipelines/text/validation.py`` (the checks); this file only wires inputs, resources and metadata.
 
 The raw text never reaches the warehouse: the reader scrubs each text right after decoding it, and only the
 scrubbed text is appended. Files the reader rejects (bad encoding, unreadable format) are quarantined one by
@@ -17,17 +17,21 @@ import dagster as dg
 import numpy as np
 import polars as pl
 
-from meddiag_pipelines.defs import common
-from meddiag_pipelines.defs.resources import MeddiagStorage
-from meddiag_pipelines.features.split import SPLIT_COLUMN
+from meddiag_pipelines.defs.assets import common
+from meddiag_pipelines.defs.assets import ingest
+from meddiag_pipelines.defs.assets import lifecycle
+from meddiag_pipelines.defs.assets.split import build_split_asset
+from meddiag_pipelines import labels
+from meddiag_pipelines.defs.resources.storage import MeddiagStorage
+from meddiag_pipelines.split import SPLIT_COLUMN
 from meddiag_pipelines.ingestion.batches import ReadOutcome, ingest_new_batches
 from meddiag_pipelines.ingestion.landing import BATCH_COLUMN, LandedBatch
 from meddiag_pipelines.specs import TaskSpec
 from meddiag_pipelines.text.models import explain_texts, predict_text, top_terms_per_class, train_text_models
 from meddiag_pipelines.text.readers import read_text_batch
-from meddiag_pipelines.training.device import torch_device
+from meddiag_pipelines.device import torch_device
 from meddiag_pipelines.validation.suites import CheckFailure
-from meddiag_pipelines.validation.texts import text_duplicates, unreadable_files, validate_texts
+from meddiag_pipelines.text.validation import text_duplicates, unreadable_files, validate_texts
 
 MODEL_NAMES = {"baseline": "tfidf_logistic_regression", "neural": "fasttext_torch"}
 FRAMEWORKS = {"baseline": "scikit-learn", "neural": "torch"}
@@ -110,7 +114,7 @@ def build_text_assets(spec: TaskSpec) -> list:
             return ReadOutcome(spec_columns(result.records, spec), list(result.rejected), files_read=list(result.files_read))
 
         summary = ingest_new_batches(spec, storage.layout, storage.warehouse, reader)
-        result = common.ingest_result(context, spec, storage, summary)
+        result = ingest.ingest_result(context, spec, storage, summary)
         return dg.MaterializeResult(metadata={**(result.metadata or {}), "truncated_texts": truncated})
 
     @dg.asset_check(asset=raw_records, blocking=True, description="Every landed file the reader rejected (not "
@@ -120,7 +124,7 @@ def build_text_assets(spec: TaskSpec) -> list:
         n_rejected, failures = unreadable_files(storage.warehouse.ledger(name), storage.layout.quarantine(name))
         return _check_result(failures, rejected_files=n_rejected)
 
-    validated_records = common.build_validated_records_asset(
+    validated_records = ingest.build_validated_records_asset(
         spec, raw_records, tags, "rows of every batch that passed the text checks (GX suite: columns, unique ids, "
         "label domain; texts long enough and cleanly decoded).", lambda storage: validate_texts)
 
@@ -132,7 +136,7 @@ def build_text_assets(spec: TaskSpec) -> list:
             return common.no_records_result(spec, storage)
         return common.failures_result(validate_texts(validated_records, spec))
 
-    split = common.build_split_asset(spec, validated_records, tags)
+    split = build_split_asset(spec, validated_records, tags)
 
     @dg.asset_check(asset=split[0], blocking=True, description="Duplicated texts (Unicode, case and blanks folded) "
                     "and identical texts with conflicting labels are counted; it fails only if copies of one text "
@@ -172,12 +176,12 @@ def build_text_assets(spec: TaskSpec) -> list:
                         feature_plan: dict) -> dict:  # fmt: skip
         version = common.run_version(context)
         out = storage.registry.staging_dir(name, version) / "model"
-        classes = common.class_list(spec, features)
+        classes = labels.class_list(spec, features)
         train = features.filter(pl.col(SPLIT_COLUMN) == "train")
         val = features.filter(pl.col(SPLIT_COLUMN) == "val")
         column = feature_plan["text_column"]
-        result = train_text_models(texts_of(train, column), common.encode_labels(train[spec.label], classes),
-                                   texts_of(val, column), common.encode_labels(val[spec.label], classes),
+        result = train_text_models(texts_of(train, column), labels.encode_labels(train[spec.label], classes),
+                                   texts_of(val, column), labels.encode_labels(val[spec.label], classes),
                                    classes, spec, out, device=torch_device())  # fmt: skip
         chosen = json.loads((out / "chosen.json").read_text(encoding="utf-8"))
         params = {"chosen": result.chosen, "val_macro_f1_baseline": result.val_scores["baseline"],
@@ -205,7 +209,7 @@ def build_text_assets(spec: TaskSpec) -> list:
         return common.model_handle(context, spec, candidate_model["version"], out / "baseline", meta,
                                    candidate_model["plan"])  # fmt: skip
 
-    downstream = common.build_model_lifecycle_assets(
+    downstream = lifecycle.build_model_lifecycle_assets(
         spec, tags, split_asset=split, predictor_factory=_text_predictor, explain=_explain,
         missing_data=_missing_texts, card_extras=_card_extras,
     )  # fmt: skip

@@ -17,7 +17,7 @@ Leakage guard: ``category`` (the 3-character category, e.g. ``S72``) is the task
 patient-level hash split keeps all codes of one category in one split; sibling codes whose descriptions
 differ by a word ("..., initial encounter" / "..., subsequent encounter") never straddle train and test.
 
-Run ``python -m meddiag_pipelines.text.icd10_data`` to rewrite ``data/landing/icd10_chapters/batch_0001``.
+Run ``python -m scripts.icd10_data`` to rewrite ``data/landing/icd10_chapters/batch_0001``.
 """
 
 from __future__ import annotations

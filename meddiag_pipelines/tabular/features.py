@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field
 
 import polars as pl
 
-from meddiag_pipelines.features.split import SPLIT_COLUMN
+from meddiag_pipelines.split import SPLIT_COLUMN
 from meddiag_pipelines.specs import TaskSpec
 from meddiag_pipelines.validation.suites import feature_columns
 

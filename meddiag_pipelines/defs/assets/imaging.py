@@ -1,5 +1,5 @@
 """The asset graph of one imaging task (group = task name), with the same keys as a tabular task. Logic lives in
-``meddiag_pipelines/imaging`` and ``validation/images.py``; this file only wires inputs, resources and metadata.
+``meddiag_pipelines/imaging`` and ``imaging/validation.py``; this file only wires inputs, resources and metadata.
 
 * raw_records        ``read_image_batch`` per landed batch (format from the spec, else detected from what landed);
                      unreadable or oversized files are quarantined one by one (the good ones flow); each record
@@ -28,7 +28,6 @@ finding, in ``baseline/label_<j>/``), the evaluation is ``kind="multilabel"`` (m
 predictions carry one ``p_<finding>`` column per finding (no predicted class, no risk band).
 """
 
-
 import base64
 import html
 import shutil
@@ -38,17 +37,21 @@ import dagster as dg
 import numpy as np
 import polars as pl
 
-from meddiag_pipelines.defs import common
-from meddiag_pipelines.defs.resources import MeddiagStorage
-from meddiag_pipelines.features.split import SPLIT_COLUMN
+from meddiag_pipelines.defs.assets import common
+from meddiag_pipelines.defs.assets import ingest
+from meddiag_pipelines.defs.assets import lifecycle
+from meddiag_pipelines.defs.assets.split import build_split_asset
+from meddiag_pipelines import labels
+from meddiag_pipelines.defs.resources.storage import MeddiagStorage
+from meddiag_pipelines.split import SPLIT_COLUMN
 from meddiag_pipelines.imaging.preprocess import CACHE_VERSION, load_cached, update_cache
 from meddiag_pipelines.imaging.readers import LABELS_CSV, ImageBatchError, read_image_batch, source_file
 from meddiag_pipelines.ingestion.batches import RAW_TABLE, ReadOutcome, ingest_new_batches
 from meddiag_pipelines.ingestion.errors import BatchRejected
 from meddiag_pipelines.ingestion.landing import BATCH_COLUMN, LandedBatch, display_name
 from meddiag_pipelines.specs import TaskSpec
-from meddiag_pipelines.training.device import torch_device
-from meddiag_pipelines.validation.images import (
+from meddiag_pipelines.device import torch_device
+from meddiag_pipelines.imaging.validation import (
     COPY_OF_TRAIN_COLUMN,
     PREDEFINED_SPLIT,
     duplicate_warnings,
@@ -142,19 +145,19 @@ def multilabel_domain_failures(frame: pl.DataFrame, spec: TaskSpec) -> list[Chec
 
 def _validation_spec(spec: TaskSpec) -> TaskSpec:
     """Multi-label ``classes`` name the findings, not label values: GX must not check the label against them."""
-    return spec.model_copy(update={"classes": None}) if common.task_kind(spec) == "multilabel" else spec
+    return spec.model_copy(update={"classes": None}) if labels.task_kind(spec) == "multilabel" else spec
 
 
 def _predictor_factory(spec: TaskSpec):
     def factory(plan: dict):
         from meddiag_pipelines.imaging.train import predict_image_model
-        from meddiag_pipelines.training.tabular_models import predict_tabular
+        from meddiag_pipelines.tabular.models import predict_tabular
 
         cache_dir = Path(plan["cache_dir"])
         per_image = 4 * int(plan["channels"]) * int(plan["size"]) ** 2
         chunk = max(256, PREDICT_CHUNK_BYTES // per_image)
         k = len(plan.get("classes") or []) or 2
-        multilabel = common.task_kind(spec) == "multilabel"
+        multilabel = labels.task_kind(spec) == "multilabel"
 
         def predict(model_dir: Path, rows: pl.DataFrame) -> np.ndarray:
             ids = rows[spec.id].cast(pl.String).to_list()
@@ -194,8 +197,8 @@ def saliency_sections(spec: TaskSpec, candidate: dict, test: pl.DataFrame, proba
     title = "Saliency (Grad-CAM)"
     try:
         classes = candidate["classes"]
-        kind = common.task_kind(spec)
-        y = common.encode_labels(test[spec.label], classes, kind)
+        kind = labels.task_kind(spec)
+        y = labels.encode_labels(test[spec.label], classes, kind)
         rng = np.random.default_rng(spec.evaluation.seed)
         targets: list[int | None] = []
         if kind == "multilabel":
@@ -278,19 +281,19 @@ def build_image_assets(spec: TaskSpec) -> list:
               kinds={"duckdb", "polars"}, pool=common.pool(spec), **tags)  # fmt: skip
     def raw_records(context: dg.AssetExecutionContext, storage: MeddiagStorage) -> dg.MaterializeResult:
         summary = ingest_new_batches(spec, storage.layout, storage.warehouse, read_image_records)
-        return common.ingest_result(context, spec, storage, summary)
+        return ingest.ingest_result(context, spec, storage, summary)
 
     def earlier_batches_validator(storage: MeddiagStorage):
         """Images are also compared with batches validated before (leakage across splits and batches)."""
         ledger = storage.warehouse.ledger(name)
         done = ledger.filter(pl.col("status") == "validated")["batch_id"].to_list() if ledger.height else []
         earlier = storage.warehouse.read(name, RAW_TABLE, done) if done else None
-        if common.task_kind(spec) == "multilabel":
+        if labels.task_kind(spec) == "multilabel":
             return lambda frame, task, known_ids: [*validate_images(frame, _validation_spec(task), known_ids, earlier),
                                                    *multilabel_domain_failures(frame, task)]  # fmt: skip
         return lambda frame, task, known_ids: validate_images(frame, task, known_ids, earlier)
 
-    validated_records = common.build_validated_records_asset(
+    validated_records = ingest.build_validated_records_asset(
         spec, raw_records, tags, "image records of every batch that passed the image checks (GX ids and label "
         "domain; channels, size, bit depth, constant images, duplicates across splits).", earlier_batches_validator)
 
@@ -302,7 +305,7 @@ def build_image_assets(spec: TaskSpec) -> list:
         if validated_records.is_empty():
             return common.no_records_result(spec, storage)
         failures = image_failures(validated_records, _validation_spec(spec), name)
-        if common.task_kind(spec) == "multilabel":
+        if labels.task_kind(spec) == "multilabel":
             failures += multilabel_domain_failures(validated_records, spec)
         return common.failures_result(failures)
 
@@ -315,7 +318,7 @@ def build_image_assets(spec: TaskSpec) -> list:
                                    metadata={"n_duplicate_images": int(sum(w.unexpected_count or 0 for w in warnings)),
                                              "problems": "; ".join(w.problem for w in warnings) or "none"})  # fmt: skip
 
-    [split] = common.build_split_asset(spec, validated_records, tags, predefined=PREDEFINED_SPLIT,
+    [split] = build_split_asset(spec, validated_records, tags, predefined=PREDEFINED_SPLIT,
                                        finish=_mark_official_copies)
 
     @dg.multi_asset(
@@ -357,7 +360,7 @@ def build_image_assets(spec: TaskSpec) -> list:
     def _data(features: pl.DataFrame, plan: dict, part: str, classes: list[str]) -> tuple[np.ndarray, np.ndarray]:
         rows = features.filter(pl.col(SPLIT_COLUMN) == part)
         X = load_cached(Path(plan["cache_dir"]), rows[spec.id].cast(pl.String).to_list())
-        return X, common.encode_labels(rows[spec.label], classes, common.task_kind(spec))
+        return X, labels.encode_labels(rows[spec.label], classes, labels.task_kind(spec))
 
     @dg.asset(key=[name, "candidate_model"], description=f"{name}: ResNet-18 adapted to {image.size} px "
               "(AdamW, cosine schedule, augmentation, class weights, early stopping on validation AUROC; CUDA when "
@@ -370,9 +373,9 @@ def build_image_assets(spec: TaskSpec) -> list:
         version = common.run_version(context)
         out = storage.registry.staging_dir(name, version) / "model"
         _resume_checkpoint(context, storage, spec, out)
-        classes = common.class_list(spec, features)
+        classes = labels.class_list(spec, features)
         (X_train, y_train), (X_val, y_val) = (_data(features, feature_plan, p, classes) for p in ("train", "val"))
-        kind = common.task_kind(spec)
+        kind = labels.task_kind(spec)
 
         def progress(epoch: int, row: dict) -> None:
             context.log.info(f"{name}: epoch {epoch}: loss {row['train_loss']:.4f}, val AUROC {row['val_auroc']:.4f}, "
@@ -406,16 +409,16 @@ def build_image_assets(spec: TaskSpec) -> list:
               kinds={"scikitlearn"}, pool=common.pool(spec), **tags)  # fmt: skip
     def baseline_model(context: dg.AssetExecutionContext, storage: MeddiagStorage, features: pl.DataFrame,
                        feature_plan: dict) -> dict:  # fmt: skip
-        from meddiag_pipelines.training.tabular_models import train_logistic
+        from meddiag_pipelines.tabular.models import train_logistic
 
         version = common.run_version(context)
         out = storage.registry.staging_dir(name, version) / "baseline"
-        classes = common.class_list(spec, features)
+        classes = labels.class_list(spec, features)
         side = baseline_side(image.size)
         (X_train, y_train), (X_val, y_val) = (_data(features, feature_plan, p, classes) for p in ("train", "val"))
         names = [f"c{c}_y{i}_x{j}" for c in range(image.channels) for i in range(side) for j in range(side)]
         P_train, P_val = pooled_pixels(X_train, side), pooled_pixels(X_val, side)
-        if common.task_kind(spec) == "multilabel":  # one-vs-rest: one binary model per finding
+        if labels.task_kind(spec) == "multilabel":  # one-vs-rest: one binary model per finding
             per_label = [train_logistic(P_train, y_train[:, j], P_val, y_val[:, j], 2, out / f"label_{j}", names)
                          for j in range(len(classes))]  # fmt: skip
             scores = [m["val_score"] for m in per_label if m["val_score"] == m["val_score"]]
@@ -429,7 +432,7 @@ def build_image_assets(spec: TaskSpec) -> list:
         plan = {**feature_plan, "predictor": predictor, "baseline_side": side, "classes": classes}
         return common.model_handle(context, spec, version, out, meta, plan)
 
-    downstream = common.build_model_lifecycle_assets(
+    downstream = lifecycle.build_model_lifecycle_assets(
         spec, tags, split_asset=[split], predictor_factory=_predictor_factory(spec), explain=None,
         missing_data=lambda train_rows, plan: [],
         test_sections=lambda candidate, test, proba, metrics: saliency_sections(spec, candidate, test, proba, metrics),

@@ -1,12 +1,8 @@
-"""Wiring shared by every modality: metadata helpers, the split asset and the model lifecycle
-(evaluation, champion, predictions). A modality supplies how to score rows with a model folder."""
+"""The model lifecycle of every modality: evaluation, champion, predictions. A modality supplies how to score
+rows with a model folder."""
 
-
-import base64
-import hashlib
 import io
 import json
-import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -15,250 +11,25 @@ import dagster as dg
 import numpy as np
 import polars as pl
 
-from meddiag_pipelines import __version__
 from meddiag_pipelines.atomic import atomic_write, atomic_write_bytes, atomic_write_json, publish_dir, staging_dir
-from meddiag_pipelines.defs.resources import MeddiagStorage
+from meddiag_pipelines.defs.resources.storage import MeddiagStorage
+from meddiag_pipelines.defs.assets.common import code_version, handle_dir, png_markdown, pool
+from meddiag_pipelines.labels import encode_labels, task_kind
 import meddiag_pipelines.evaluation as evaluator  # its modules load on first use
-from meddiag_pipelines.features.split import COPY_OF_TRAIN_COLUMN, SPLIT_COLUMN, SPLITS, check_split, split_by_content
-from meddiag_pipelines.ingestion.batches import (IngestSummary, ValidationSummary, Validator, reconcile, validate_pending_batches,
-                                                 why_no_records)  # fmt: skip
-from meddiag_pipelines.ingestion.landing import BATCH_COLUMN, waiting_reason
+from meddiag_pipelines.split import COPY_OF_TRAIN_COLUMN, SPLIT_COLUMN, SPLITS
+from meddiag_pipelines.ingestion.batches import reconcile
+from meddiag_pipelines.ingestion.landing import BATCH_COLUMN
 from meddiag_pipelines.markup import escape_markdown
 from meddiag_pipelines.registry.fingerprint import trained_batch_hashes, training_fingerprint
 from meddiag_pipelines.registry.promotion import Decision, decide
-from meddiag_pipelines.registry.store import STAGING
 from meddiag_pipelines.specs import TaskSpec
-from meddiag_pipelines.training.device import torch_device
-from meddiag_pipelines.validation.suites import CheckFailure, feature_columns
+from meddiag_pipelines.validation.suites import feature_columns
 
 # predictor_factory(plan) -> predict(model_dir, rows) -> probabilities
 Predictor = Callable[[Path, pl.DataFrame], np.ndarray]
 PredictorFactory = Callable[[dict], Predictor]
 NUMERIC_METRICS = ("auroc", "auprc", "brier", "scaled_brier", "accuracy", "macro_f1", "calibration_slope",
                    "calibration_intercept")  # fmt: skip
-
-
-# -- small helpers ------------------------------------------------------------------------------------------
-def asset_tags(spec: TaskSpec) -> dict:
-    return {"group_name": spec.name, "owners": [spec.owner], "tags": {"modality": spec.modality}}
-
-
-def pool(spec: TaskSpec) -> str:
-    """One concurrency pool per task: a sensor run and the schedule never train or publish at once."""
-    return f"meddiag_{spec.name}"
-
-
-def hashed_id(value: str) -> str:
-    """Record ids shown in metadata or logs are hashed, never shown."""
-    return hashlib.sha256(value.encode("utf-8")).hexdigest()[:12]
-
-
-def code_version() -> str:
-    """The package version, plus the git commit when git answers within 5 s (no git, no repo or a hung git:
-    the version alone)."""
-    try:
-        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
-                             text=True, timeout=5).stdout.strip()  # fmt: skip
-    except (OSError, subprocess.SubprocessError):  # SubprocessError: TimeoutExpired
-        sha = ""
-    return f"{__version__}+{sha}" if sha else __version__
-
-
-def run_version(context: dg.AssetExecutionContext) -> str:
-    """The model version of this run: creation time of the run, then its id (sortable, unique)."""
-    record = context.instance.get_run_record_by_id(context.run_id)
-    created = record.create_timestamp.timestamp() if record else time.time()
-    return f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime(created))}-{context.run_id[:8]}"
-
-
-def task_kind(spec: TaskSpec) -> str:
-    """``binary`` (a ``positive`` class), ``multilabel`` (``image.multi_label``: labels are '|'-joined finding
-    indices, '' = no finding) or ``multiclass``."""
-    if spec.image is not None and spec.image.multi_label:
-        return "multilabel"
-    return "binary" if spec.is_binary else "multiclass"
-
-
-def class_list(spec: TaskSpec, frame: pl.DataFrame) -> list[str]:
-    """Class order used by every model: binary tasks put the positive class last; multi-label tasks list the
-    findings in index order (``spec.classes``, else the indices seen)."""
-    if task_kind(spec) == "multilabel":
-        if spec.classes:
-            return list(spec.classes)
-        seen = [int(i) for v in frame[spec.label].drop_nulls().to_list() for i in str(v).split("|") if i != ""]
-        return [str(i) for i in range(max(seen, default=1) + 1)]
-    seen = sorted(frame[spec.label].drop_nulls().unique().to_list())
-    # A declared class with no rows cannot be learnt (the split leaves out classes training lacks).
-    classes = [c for c in spec.classes if spec.is_binary or c in seen] if spec.classes else seen
-    if spec.is_binary:
-        negatives = [c for c in classes if c != spec.positive]
-        if len(negatives) != 1:
-            raise ValueError(f"task {spec.name}: binary task needs exactly one negative class, found {negatives}")
-        classes = [negatives[0], spec.positive]
-    return classes
-
-
-def encode_labels(labels: pl.Series, classes: list[str], kind: str = "multiclass") -> np.ndarray:
-    """Class indices (n,); ``kind="multilabel"``: the (n, len(classes)) 0/1 indicator matrix."""
-    if kind == "multilabel":
-        from meddiag_pipelines.imaging.readers import multilabel_matrix
-
-        return multilabel_matrix(labels.cast(pl.String).to_list(), len(classes)).astype(np.int64)
-    codes = labels.cast(pl.String).replace_strict(classes, list(range(len(classes))), return_dtype=pl.Int64)
-    if codes.null_count():
-        raise ValueError(f"{labels.name}: {codes.null_count()} rows have no label to encode")
-    return codes.to_numpy()
-
-
-def markdown_table(rows: list[dict], limit: int = 40) -> str:
-    """Rows as a Markdown table for Dagster metadata; every cell (batch and file names, problems) is escaped."""
-    if not rows:
-        return "_none_"
-    columns = list(rows[0])
-    lines = ["| " + " | ".join(map(escape_markdown, columns)) + " |", "|" + "---|" * len(columns)]
-    for row in rows[:limit]:
-        cells = [f"{v:.3f}" if isinstance(v, float) else escape_markdown(v) for v in (row.get(c) for c in columns)]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def png_markdown(png: bytes, title: str) -> dg.MetadataValue:
-    return dg.MetadataValue.md(f"![{escape_markdown(title)}](data:image/png;base64,{base64.b64encode(png).decode()})")
-
-
-def failures_result(failures: list[CheckFailure]) -> dg.AssetCheckResult:
-    """A check's result; the reasons are also its description, so the CLI output shows them at INFO."""
-    rows = [{"column": f.column, "problem": f.problem} for f in failures]
-    description = "; ".join(f"{f.column or f.expectation}: {f.problem}" for f in failures[:20]) or None
-    return dg.AssetCheckResult(
-        passed=not failures, severity=dg.AssetCheckSeverity.ERROR, description=description,
-        metadata={"n_failures": len(failures), "failures": dg.MetadataValue.md(markdown_table(rows))},
-    )  # fmt: skip
-
-
-def no_records_result(spec: TaskSpec, storage: MeddiagStorage) -> dg.AssetCheckResult:
-    """A suite's result when no batch has validated rows: the description says why (waiting, quarantined)."""
-    return dg.AssetCheckResult(passed=False, description=why_no_records(spec, storage.layout, storage.warehouse))
-
-
-# -- ingestion metadata ---------------------------------------------------------------------------------------
-def ingest_result(context, spec: TaskSpec, storage: MeddiagStorage, summary: IngestSummary) -> dg.MaterializeResult:
-    for q in summary.quarantined:
-        context.log.warning(f"{spec.name}: batch {q['batch']} quarantined: {q['file']}: {q['problem']}")
-    for c in summary.changed:
-        context.log.warning(f"{spec.name}: batch {c['batch']} changed after it was ingested ({c['added']} files added, "
-                            f"{c['changed']} changed, {c['removed']} removed): set aside in quarantine, its rows "
-                            "already ingested stay; land the new rows as a new batch")  # fmt: skip
-    waiting = [f"{b} {waiting_reason(spec.landing)}" for b in summary.waiting]
-    for line in waiting:
-        context.log.info(f"{spec.name}: batch {line}")
-    counts = reconcile(spec, storage.warehouse)
-    return dg.MaterializeResult(metadata={
-        "new_batches": len(summary.ingested), "new_rows": summary.rows, "quarantined_now": len(summary.quarantined),
-        "already_ingested": summary.skipped_known, "changed_batches": len(summary.changed),
-        "waiting_batches": len(summary.waiting), **counts,
-        "quarantined": dg.MetadataValue.md(markdown_table(summary.quarantined)),
-        "changed": dg.MetadataValue.md(markdown_table(summary.changed)),
-        "waiting": dg.MetadataValue.md("\n".join(f"- {line}" for line in waiting) or "_none_"),
-    })  # fmt: skip
-
-
-def log_validation(context, spec: TaskSpec, summary: ValidationSummary) -> None:
-    for q in summary.quarantined:
-        problems = "; ".join(f"{f['column'] or f['expectation']}: {f['problem']}" for f in q["failures"])
-        context.log.warning(f"{spec.name}: batch {q['batch']} failed validation and was quarantined: {problems}")
-
-
-def validation_metadata(spec: TaskSpec, storage: MeddiagStorage, records: pl.DataFrame, summary: ValidationSummary) -> dict:
-    counts = reconcile(spec, storage.warehouse)
-    labelled = records.filter(pl.col(spec.label).is_not_null()).height if spec.label in records.columns else 0
-    meta = {"labelled_rows": labelled, "unlabelled_rows": records.height - labelled,
-            "validated_now": len(summary.validated), "quarantined_now": len(summary.quarantined), **counts}  # fmt: skip
-    if records.is_empty():
-        meta["why_empty"] = why_no_records(spec, storage.layout, storage.warehouse)
-    return meta
-
-
-def build_validated_records_asset(spec: TaskSpec, raw_records, tags: dict, description: str,
-                                  make_validator: Callable[[MeddiagStorage], Validator]):  # fmt: skip
-    """The validated_records asset of any modality: validate pending batches, quarantine failures, return all
-    validated rows (written to the warehouse by the IO manager). ``make_validator(storage)`` builds the
-    modality's validator, which may look at earlier batches through the storage."""
-
-    @dg.asset(key=[spec.name, "validated_records"], deps=[raw_records], io_manager_key="warehouse_io_manager",
-              description=f"{spec.name}: {description}", kinds={"duckdb", "polars", "great_expectations"},
-              pool=pool(spec), **tags)  # fmt: skip
-    def validated_records(context: dg.AssetExecutionContext, storage: MeddiagStorage) -> pl.DataFrame:
-        records, summary = validate_pending_batches(spec, storage.layout, storage.warehouse, make_validator(storage))
-        log_validation(context, spec, summary)
-        meta = validation_metadata(spec, storage, records, summary)
-        if "why_empty" in meta:
-            context.log.warning(f"{spec.name}: {meta['why_empty']}")
-        context.add_output_metadata(meta)
-        return records
-
-    return validated_records
-
-
-# -- split ------------------------------------------------------------------------------------------------------
-def warn_split_findings(context, spec: TaskSpec, findings: dict) -> None:
-    """What the split handled but a person should know: conflicting labels on copies, classes too rare to learn."""
-    if findings.get("conflicting_label_contents"):
-        context.log.warning(f"{spec.name}: {findings['conflicting_label_contents']} contents appear with more than "
-                            f"one label ({findings['conflicting_label_rows']} rows); kept, in one split each")  # fmt: skip
-    if findings.get("unlearnable_classes"):
-        context.log.warning(f"{spec.name}: classes with {findings['unlearnable_classes']}")
-
-
-def build_split_asset(spec: TaskSpec, upstream, tags: dict, predefined: str | None = None,
-                      finish: Callable[[pl.DataFrame], tuple[pl.DataFrame, dict]] | None = None) -> list:  # fmt: skip
-    """The split asset of every modality. ``predefined``: a column holding the data's own split, kept where set
-    (MedMNIST npz); ``finish(frame) -> (frame, metadata)``: a modality's own last step."""
-    name = spec.name
-    own = f", except that rows holding their dataset's own split ({predefined}) keep it" if predefined else ""
-
-    @dg.asset(key=[name, "split"], io_manager_key="warehouse_io_manager", kinds={"polars"}, pool=pool(spec),
-              description=f"{name}: train / val / test by a stable hash of {spec.patient_id or spec.id}, "
-              f"with identical content (normalised text, pixels, identical feature rows) kept in one split{own}; "
-              "unlabelled rows are 'score'.", **tags)  # fmt: skip
-    def split(context: dg.AssetExecutionContext, validated_records: pl.DataFrame) -> dg.Output:
-        frame, metadata = split_by_content(validated_records, spec, predefined)
-        warn_split_findings(context, spec, metadata)
-        if finish is not None:
-            frame, extra = finish(frame)
-            metadata = {**metadata, **extra}
-        table = check_split(frame, spec)
-        rows = [{"split": s, **{str(k): v for k, v in sorted(table[s].items())}} for s in SPLITS]
-        counts = {f"n_{s}": int(frame.filter(pl.col(SPLIT_COLUMN) == s).height) for s in (*SPLITS, "score")}
-        return dg.Output(frame, metadata={**counts, **metadata, "by_class": dg.MetadataValue.md(markdown_table(rows))})
-
-    return [split]
-
-
-# -- model handles ------------------------------------------------------------------------------------------------
-def handle_dir(handle: dict) -> Path:
-    """Where a handle's model lives now: its staging folder until the champion asset publishes the version,
-    then the same sub-folder of ``models/<task>/<version>/`` (so re-materialising evaluation alone still works)."""
-    staged = Path(handle["dir"])
-    if staged.exists() or STAGING not in staged.parts:
-        return staged
-    cut = staged.parts.index(STAGING)
-    return Path(*staged.parts[:cut], *staged.parts[cut + 1 :])
-
-
-def handle_of(spec: TaskSpec, version: str, model_dir: Path, meta: dict, plan: dict) -> dict:
-    """What a model asset passes on: where the weights are and how to use them (not the weights)."""
-    return {"task": spec.name, "version": version, "dir": str(model_dir), "name": meta["name"],
-            "framework": meta["framework"], "params": meta.get("params", {}), "val_score": meta.get("val_score"),
-            "plan": plan, "classes": meta.get("classes"), "device": meta.get("device", torch_device())}  # fmt: skip
-
-
-def model_handle(context, spec: TaskSpec, version: str, model_dir: Path, meta: dict, plan: dict) -> dict:
-    """:func:`handle_of`, with the model's version and parameters as output metadata."""
-    handle = handle_of(spec, version, model_dir, meta, plan)
-    context.add_output_metadata({"version": version, "model": meta["name"], "val_score": float(meta.get("val_score") or 0),
-                                 "params": dg.MetadataValue.json(meta.get("params", {}))})  # fmt: skip
-    return handle
 
 
 def numeric_shift(frame: pl.DataFrame, spec: TaskSpec) -> list[dict]:

@@ -1,0 +1,120 @@
+"""Small helpers of the Dagster wiring shared by every modality: tags, pools, metadata tables, check results,
+model handles."""
+
+import base64
+import hashlib
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import dagster as dg
+import numpy as np
+import polars as pl
+
+from meddiag_pipelines import __version__
+from meddiag_pipelines.defs.resources.storage import MeddiagStorage
+from meddiag_pipelines.ingestion.batches import why_no_records
+from meddiag_pipelines.markup import escape_markdown
+from meddiag_pipelines.registry.store import STAGING
+from meddiag_pipelines.specs import TaskSpec
+from meddiag_pipelines.device import torch_device
+from meddiag_pipelines.validation.suites import CheckFailure
+
+# predictor_factory(plan) -> predict(model_dir, rows) -> probabilities
+Predictor = Callable[[Path, pl.DataFrame], np.ndarray]
+PredictorFactory = Callable[[dict], Predictor]
+NUMERIC_METRICS = ("auroc", "auprc", "brier", "scaled_brier", "accuracy", "macro_f1", "calibration_slope",
+                   "calibration_intercept")  # fmt: skip
+
+
+# -- small helpers ------------------------------------------------------------------------------------------
+def asset_tags(spec: TaskSpec) -> dict:
+    return {"group_name": spec.name, "owners": [spec.owner], "tags": {"modality": spec.modality}}
+
+
+def pool(spec: TaskSpec) -> str:
+    """One concurrency pool per task: a sensor run and the schedule never train or publish at once."""
+    return f"meddiag_{spec.name}"
+
+
+def hashed_id(value: str) -> str:
+    """Record ids shown in metadata or logs are hashed, never shown."""
+    return hashlib.sha256(value.encode("utf-8")).hexdigest()[:12]
+
+
+def code_version() -> str:
+    """The package version, plus the git commit when git answers within 5 s (no git, no repo or a hung git:
+    the version alone)."""
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                             text=True, timeout=5).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.SubprocessError):  # SubprocessError: TimeoutExpired
+        sha = ""
+    return f"{__version__}+{sha}" if sha else __version__
+
+
+def run_version(context: dg.AssetExecutionContext) -> str:
+    """The model version of this run: creation time of the run, then its id (sortable, unique)."""
+    record = context.instance.get_run_record_by_id(context.run_id)
+    created = record.create_timestamp.timestamp() if record else time.time()
+    return f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime(created))}-{context.run_id[:8]}"
+
+
+def markdown_table(rows: list[dict], limit: int = 40) -> str:
+    """Rows as a Markdown table for Dagster metadata; every cell (batch and file names, problems) is escaped."""
+    if not rows:
+        return "_none_"
+    columns = list(rows[0])
+    lines = ["| " + " | ".join(map(escape_markdown, columns)) + " |", "|" + "---|" * len(columns)]
+    for row in rows[:limit]:
+        cells = [f"{v:.3f}" if isinstance(v, float) else escape_markdown(v) for v in (row.get(c) for c in columns)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def png_markdown(png: bytes, title: str) -> dg.MetadataValue:
+    return dg.MetadataValue.md(f"![{escape_markdown(title)}](data:image/png;base64,{base64.b64encode(png).decode()})")
+
+
+def failures_result(failures: list[CheckFailure]) -> dg.AssetCheckResult:
+    """A check's result; the reasons are also its description, so the CLI output shows them at INFO."""
+    rows = [{"column": f.column, "problem": f.problem} for f in failures]
+    description = "; ".join(f"{f.column or f.expectation}: {f.problem}" for f in failures[:20]) or None
+    return dg.AssetCheckResult(
+        passed=not failures, severity=dg.AssetCheckSeverity.ERROR, description=description,
+        metadata={"n_failures": len(failures), "failures": dg.MetadataValue.md(markdown_table(rows))},
+    )  # fmt: skip
+
+
+def no_records_result(spec: TaskSpec, storage: MeddiagStorage) -> dg.AssetCheckResult:
+    """A suite's result when no batch has validated rows: the description says why (waiting, quarantined)."""
+    return dg.AssetCheckResult(passed=False, description=why_no_records(spec, storage.layout, storage.warehouse))
+
+
+# -- model handles ------------------------------------------------------------------------------------------------
+def handle_dir(handle: dict) -> Path:
+    """Where a handle's model lives now: its staging folder until the champion asset publishes the version,
+    then the same sub-folder of ``models/<task>/<version>/`` (so re-materialising evaluation alone still works)."""
+    staged = Path(handle["dir"])
+    if staged.exists() or STAGING not in staged.parts:
+        return staged
+    cut = staged.parts.index(STAGING)
+    return Path(*staged.parts[:cut], *staged.parts[cut + 1 :])
+
+
+def handle_of(spec: TaskSpec, version: str, model_dir: Path, meta: dict, plan: dict) -> dict:
+    """What a model asset passes on: where the weights are and how to use them (not the weights)."""
+    return {"task": spec.name, "version": version, "dir": str(model_dir), "name": meta["name"],
+            "framework": meta["framework"], "params": meta.get("params", {}), "val_score": meta.get("val_score"),
+            "plan": plan, "classes": meta.get("classes"), "device": meta.get("device", torch_device())}  # fmt: skip
+
+
+def model_handle(context, spec: TaskSpec, version: str, model_dir: Path, meta: dict, plan: dict) -> dict:
+    """:func:`handle_of`, with the model's version and parameters as output metadata."""
+    handle = handle_of(spec, version, model_dir, meta, plan)
+    context.add_output_metadata({"version": version, "model": meta["name"], "val_score": float(meta.get("val_score") or 0),
+                                 "params": dg.MetadataValue.json(meta.get("params", {}))})  # fmt: skip
+    return handle
+
+

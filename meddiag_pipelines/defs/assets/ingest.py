@@ -1,0 +1,74 @@
+"""Wiring of ingestion shared by every modality: the metadata of raw_records and the validated_records asset."""
+
+from collections.abc import Callable
+
+import dagster as dg
+import polars as pl
+
+from meddiag_pipelines.defs.resources.storage import MeddiagStorage
+from meddiag_pipelines.defs.assets.common import markdown_table, pool
+from meddiag_pipelines.ingestion.batches import (IngestSummary, ValidationSummary, Validator, reconcile, validate_pending_batches,
+                                                 why_no_records)  # fmt: skip
+from meddiag_pipelines.ingestion.landing import waiting_reason
+from meddiag_pipelines.specs import TaskSpec
+
+# predictor_factory(plan) -> predict(model_dir, rows) -> probabilities
+# -- ingestion metadata ---------------------------------------------------------------------------------------
+def ingest_result(context, spec: TaskSpec, storage: MeddiagStorage, summary: IngestSummary) -> dg.MaterializeResult:
+    for q in summary.quarantined:
+        context.log.warning(f"{spec.name}: batch {q['batch']} quarantined: {q['file']}: {q['problem']}")
+    for c in summary.changed:
+        context.log.warning(f"{spec.name}: batch {c['batch']} changed after it was ingested ({c['added']} files added, "
+                            f"{c['changed']} changed, {c['removed']} removed): set aside in quarantine, its rows "
+                            "already ingested stay; land the new rows as a new batch")  # fmt: skip
+    waiting = [f"{b} {waiting_reason(spec.landing)}" for b in summary.waiting]
+    for line in waiting:
+        context.log.info(f"{spec.name}: batch {line}")
+    counts = reconcile(spec, storage.warehouse)
+    return dg.MaterializeResult(metadata={
+        "new_batches": len(summary.ingested), "new_rows": summary.rows, "quarantined_now": len(summary.quarantined),
+        "already_ingested": summary.skipped_known, "changed_batches": len(summary.changed),
+        "waiting_batches": len(summary.waiting), **counts,
+        "quarantined": dg.MetadataValue.md(markdown_table(summary.quarantined)),
+        "changed": dg.MetadataValue.md(markdown_table(summary.changed)),
+        "waiting": dg.MetadataValue.md("\n".join(f"- {line}" for line in waiting) or "_none_"),
+    })  # fmt: skip
+
+
+def log_validation(context, spec: TaskSpec, summary: ValidationSummary) -> None:
+    for q in summary.quarantined:
+        problems = "; ".join(f"{f['column'] or f['expectation']}: {f['problem']}" for f in q["failures"])
+        context.log.warning(f"{spec.name}: batch {q['batch']} failed validation and was quarantined: {problems}")
+
+
+def validation_metadata(spec: TaskSpec, storage: MeddiagStorage, records: pl.DataFrame, summary: ValidationSummary) -> dict:
+    counts = reconcile(spec, storage.warehouse)
+    labelled = records.filter(pl.col(spec.label).is_not_null()).height if spec.label in records.columns else 0
+    meta = {"labelled_rows": labelled, "unlabelled_rows": records.height - labelled,
+            "validated_now": len(summary.validated), "quarantined_now": len(summary.quarantined), **counts}  # fmt: skip
+    if records.is_empty():
+        meta["why_empty"] = why_no_records(spec, storage.layout, storage.warehouse)
+    return meta
+
+
+def build_validated_records_asset(spec: TaskSpec, raw_records, tags: dict, description: str,
+                                  make_validator: Callable[[MeddiagStorage], Validator]):  # fmt: skip
+    """The validated_records asset of any modality: validate pending batches, quarantine failures, return all
+    validated rows (written to the warehouse by the IO manager). ``make_validator(storage)`` builds the
+    modality's validator, which may look at earlier batches through the storage."""
+
+    @dg.asset(key=[spec.name, "validated_records"], deps=[raw_records], io_manager_key="warehouse_io_manager",
+              description=f"{spec.name}: {description}", kinds={"duckdb", "polars", "great_expectations"},
+              pool=pool(spec), **tags)  # fmt: skip
+    def validated_records(context: dg.AssetExecutionContext, storage: MeddiagStorage) -> pl.DataFrame:
+        records, summary = validate_pending_batches(spec, storage.layout, storage.warehouse, make_validator(storage))
+        log_validation(context, spec, summary)
+        meta = validation_metadata(spec, storage, records, summary)
+        if "why_empty" in meta:
+            context.log.warning(f"{spec.name}: {meta['why_empty']}")
+        context.add_output_metadata(meta)
+        return records
+
+    return validated_records
+
+
