@@ -429,12 +429,14 @@ def test_stress_formats():
 
 @pytest.mark.parametrize("text", ["A" * 100_000, "1." * 50_000, "John " * 20_000, "a@" * 50_000, "Smith, John " * 8_000,
                                   "1 Oak " * 8_000, "1:" * 25_000, "+1 " * 16_000, "Dr. " * 12_000, "14MAR" * 10_000])  # fmt: skip
-def test_scrub_is_linear_on_pathological_input(text):
+def test_scrub_does_not_backtrack_catastrophically(text):
+    """A hang guard, not a speed target (bench/deid.py has the speed): catastrophic backtracking on such input
+    takes hours, a linear scrub well under a second."""
     import time
 
     start = time.perf_counter()
     scrub(text)
-    assert time.perf_counter() - start < 5.0
+    assert time.perf_counter() - start < 30.0
 
 
 if __name__ == "__main__":  # print the recall table
