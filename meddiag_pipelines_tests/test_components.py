@@ -134,8 +134,9 @@ def test_dg_check_defs_fails_naming_a_bad_spec(tmp_path):
     """))
     write_defs_yaml(project / "src" / "clinic" / "defs" / "sepsis_risk", spec)
     result = dg_command(["check", "defs"], project, tmp_path)
+    output = result.stdout + result.stderr
     assert result.returncode != 0
-    assert f"{spec}: key 'positive'" in result.stdout + result.stderr
+    assert "defs.yaml (TaskComponent) (error)" in output and f"SpecError: {spec}: " in output
 
 
 def _chain(exc: BaseException):
