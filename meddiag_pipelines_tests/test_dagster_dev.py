@@ -82,7 +82,10 @@ class DevServer:
     def stop(self, sig: int, group: bool) -> int:
         """Send ``sig`` (to the whole process group, as a terminal's Ctrl-C does, or to dagster dev alone, as a
         service manager does); its return code, or fail after SIGKILL if it does not shut down."""
-        os.killpg(self.proc.pid, sig) if group else self.proc.send_signal(sig)
+        if group:
+            os.killpg(self.proc.pid, sig)
+        else:
+            self.proc.send_signal(sig)
         try:
             return self.proc.wait(timeout=SHUTDOWN_S)
         except subprocess.TimeoutExpired:
