@@ -79,6 +79,9 @@ class DevServer:
             return False
         return ["synthetic_risk", "raw_records"] in [n["assetKey"]["path"] for n in nodes]
 
+    def run_statuses(self) -> list[str]:
+        return [r["status"] for r in self.graphql("{ runsOrError { ... on Runs { results { status } } } }")["runsOrError"]["results"]]
+
     def stop(self, sig: int, group: bool) -> int:
         """Send ``sig`` (to the whole process group, as a terminal's Ctrl-C does, or to dagster dev alone, as a
         service manager does); its return code, or fail after SIGKILL if it does not shut down."""
@@ -133,7 +136,7 @@ def listening_addresses(pids: set[int]) -> set[tuple[str, int]]:
 def assert_gone_without_orphans(server: DevServer, returncode: int) -> None:
     log = server.log.read_text(errors="replace")
     assert returncode == 0, f"dagster dev exited with {returncode}; log tail:\n{log[-3000:]}"
-    deadline = time.time() + 10  # the webserver and daemon exit on the shutdown pipe, just after dagster dev
+    deadline = time.time() + SHUTDOWN_S  # its webserver, daemon and code servers exit just after it
     while session_pids(server.proc.pid) and time.time() < deadline:
         time.sleep(0.5)
     assert not session_pids(server.proc.pid), "processes of dagster dev's session outlived it"
@@ -170,7 +173,8 @@ def test_landed_batch_is_trained_decided_and_scored_without_a_click(tmp_path):
         (batch / "_READY").touch()
         models = data / "models" / "synthetic_risk"
         predictions = data / "predictions" / "synthetic_risk" / "batch_0001.parquet"
-        server.wait_for(lambda: predictions.exists(), time.time() + DEADLINE_S, "the batch's predictions")
+        server.wait_for(lambda: predictions.exists() and set(server.run_statuses()) == {"SUCCESS"},
+                        time.time() + DEADLINE_S, "the batch's predictions and its run's success")  # fmt: skip
         versions = [p for p in models.iterdir() if (p / "manifest.json").exists()]
         assert len(versions) == 1
         manifest = json.loads((versions[0] / "manifest.json").read_text())

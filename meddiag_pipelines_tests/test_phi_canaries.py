@@ -78,8 +78,8 @@ def test_no_identifier_canary_leaks_from_an_in_process_run(tmp_path, caplog, cap
     assert result.success
     printed = capfd.readouterr()
 
-    leaks = [name for name, text in [("event log", events), ("printed output", printed.out + printed.err),
-             ("log records", "\n".join(r.getMessage() for r in caplog.records))] if CANARY.search(text.encode())]  # fmt: skip
+    outputs = {"event log": events, "printed output": printed.out + printed.err, "log records": caplog.text}
+    leaks = [name for name, text in outputs.items() if CANARY.search(text.encode())]
     scanned = [p for p in home.rglob("*") if p.is_file()]
     scanned += [p for root in (data / "reports", data / "models") for p in root.rglob("*") if p.is_file()]
     scanned += list((data / "quarantine").rglob("reason.json"))
