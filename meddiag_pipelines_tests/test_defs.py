@@ -3,9 +3,11 @@
 import dagster as dg
 
 from meddiag_pipelines.definitions import defs
+from meddiag_pipelines.specs import BUNDLED_TASKS_DIR, load_spec
 
 TASK_ASSETS = ["raw_records", "validated_records", "split", "features", "feature_plan", "candidate_model",
                "baseline_model", "evaluation", "champion", "predictions"]  # fmt: skip
+BUNDLED = [load_spec(path) for path in sorted(BUNDLED_TASKS_DIR.glob("*.yaml"))]
 
 
 def test_definitions_load_with_pinned_assets_and_groups():
@@ -27,19 +29,35 @@ def test_jobs_and_blocking_checks_are_pinned():
     assert ("heart_disease/champion", "champion_fit_for_use") in check_keys
 
 
-def test_every_step_of_a_task_is_in_its_pool():
+def test_every_step_of_every_task_is_in_its_pool():
     """One pool per task (limit 1 in dagster_home/dagster.yaml): two runs never ingest or publish at once."""
-    for task in ("heart_disease", "breast_cancer"):
-        for asset in TASK_ASSETS:
-            assert defs.resolve_assets_def(dg.AssetKey([task, asset])).op.pool == f"meddiag_{task}", asset
-
-
-def test_lineage_takes_real_inputs():
     graph = defs.resolve_asset_graph()
-    parents = {p.path[-1] for p in graph.get(dg.AssetKey(["heart_disease", "evaluation"])).parent_keys}
-    assert parents == {"split", "candidate_model", "baseline_model"}
-    parents = {p.path[-1] for p in graph.get(dg.AssetKey(["heart_disease", "candidate_model"])).parent_keys}
-    assert parents == {"features", "feature_plan"}
+    tasks = {spec.name: spec.modality for spec in BUNDLED}
+    assert set(tasks.values()) == {"tabular", "image", "text"}
+    seen = set()
+    for key in graph.get_all_asset_keys():
+        task = graph.get(key).group_name
+        assert defs.resolve_assets_def(key).op.pool == f"meddiag_{task}", key.to_user_string()
+        seen.add(task)
+    assert seen == set(tasks)
+
+
+# Each step's inputs, by asset name within its own task; image baselines train on the features, not the candidate.
+PARENTS = {"raw_records": set(), "validated_records": {"raw_records"}, "split": {"validated_records"},
+           "features": {"split"}, "feature_plan": {"split"}, "candidate_model": {"features", "feature_plan"},
+           "baseline_model": {"candidate_model"}, "evaluation": {"split", "candidate_model", "baseline_model"},
+           "champion": {"split", "candidate_model", "baseline_model", "evaluation"}, "predictions": {"champion", "split"}}  # fmt: skip
+IMAGE_PARENTS = {**PARENTS, "baseline_model": {"features", "feature_plan"}}
+
+
+def test_lineage_takes_real_inputs_from_its_own_task():
+    """Parents by full asset key: an edge to another task's asset of the same name fails here."""
+    graph = defs.resolve_asset_graph()
+    for spec in BUNDLED:
+        expected = IMAGE_PARENTS if spec.modality == "image" else PARENTS
+        for asset, parents in expected.items():
+            actual = graph.get(dg.AssetKey([spec.name, asset])).parent_keys
+            assert actual == {dg.AssetKey([spec.name, p]) for p in parents}, f"{spec.name}/{asset}"
 
 
 def test_text_task_is_pinned():
@@ -52,10 +70,6 @@ def test_text_task_is_pinned():
     check_keys = {(k.asset_key.to_user_string(), k.name) for k in graph.asset_check_keys}
     assert {(f"{task}/raw_records", "unreadable_files_quarantined"), (f"{task}/validated_records", "validated_records_suite"),
             (f"{task}/split", "texts_unique_across_splits"), (f"{task}/champion", "champion_fit_for_use")} <= check_keys
-    parents = {a: {p.path[-1] for p in graph.get(dg.AssetKey([task, a])).parent_keys}
-               for a in ("candidate_model", "baseline_model", "evaluation")}  # fmt: skip
-    assert parents == {"candidate_model": {"features", "feature_plan"}, "baseline_model": {"candidate_model"},
-                       "evaluation": {"split", "candidate_model", "baseline_model"}}  # fmt: skip
 
 
 def test_a_bad_spec_leaves_the_other_tasks_and_stays_visible(tmp_path, monkeypatch, caplog):

@@ -43,6 +43,7 @@ def test_task_end_to_end_then_new_batch(synthetic_spec, layout):
     champion = json.loads((registry / "champion.json").read_text())
     manifest = json.loads((registry / champion["version"] / "manifest.json").read_text())
     assert manifest["decision"]["promote"] is True and manifest["batches"][0]["batch_id"] == "batch_0001"
+    assert_reasons(manifest["decision"], "first model: AUROC", "clears the floor 0.6", "is compatible with the band")
     assert (registry / champion["version"] / "model" / "xgboost" / "model.ubj").exists()  # both models, one chosen
     assert manifest["model"]["params"]["chosen"] in ("xgboost", "logistic")
     splits_before = pl.read_parquet(latest / "test_predictions.parquet")["id"].to_list()
@@ -59,7 +60,11 @@ def test_task_end_to_end_then_new_batch(synthetic_spec, layout):
     versions = sorted(p.name for p in registry.iterdir() if (p / "manifest.json").exists())
     assert len(versions) == 2
     newest = json.loads((registry / versions[-1] / "manifest.json").read_text())
-    assert newest["parent_champion"] == champion["version"] and newest["decision"]["reasons"]
+    assert newest["parent_champion"] == champion["version"]
+    # More rows of the same population: the candidate is non-inferior to the champion and takes its place.
+    assert newest["decision"]["promote"] is True, newest["decision"]
+    assert_reasons(newest["decision"], "AUROC difference vs champion", "is non-inferior at margin 0.01",
+                   "is compatible with the band")  # fmt: skip
     # The old champion, re-scored on today's test split with its own feature plan, is still a good model:
     # a misaligned warehouse table or plan would show up here as a collapse.
     assert newest["decision"]["figures"]["champion_auroc"] > 0.8
@@ -67,7 +72,32 @@ def test_task_end_to_end_then_new_batch(synthetic_spec, layout):
     assert sorted(scored["id"].to_list()) == ["r600", "r601", "r602"]
     assert {"probability", "risk_band", "model_version", "top_features"} <= set(scored.columns)
     current = json.loads((registry / "champion.json").read_text())["version"]
-    assert scored["model_version"].unique().to_list() == [current]
+    assert current == versions[-1] and scored["model_version"].unique().to_list() == [current]
+
+
+def test_a_first_model_below_the_floor_is_published_refused_and_never_scores(synthetic_spec, layout):
+    """The refusal path: the version is kept with its reason, champion.json never appears, nothing is scored."""
+    task = synthetic_spec.name
+    strict = synthetic_spec.model_copy(update={"promotion": synthetic_spec.promotion.model_copy(update={"auroc_floor": 0.99})})
+    records = synthetic_records(300, seed=4)
+    land(layout, task, "batch_0001", records.with_columns(
+        pl.when(pl.col("rid") == "r0").then(None).otherwise(pl.col("outcome")).alias("outcome")))
+    result = materialize(strict, layout)
+    assert not result.success  # the blocking champion_fit_for_use check stops scoring
+    registry = layout.root / "models" / task
+    (version,) = [p for p in registry.iterdir() if (p / "manifest.json").exists()]
+    decision = json.loads((version / "manifest.json").read_text())["decision"]
+    assert decision["promote"] is False
+    assert_reasons(decision, "first model: AUROC", "is below the floor 0.99")
+    assert not (registry / "champion.json").exists() and not layout.predictions(task).exists()
+    (shown,) = [e.materialization.metadata for e in result.get_asset_materialization_events()
+                if e.asset_key == dg.AssetKey([task, "champion"])]  # fmt: skip
+    assert shown["promoted"].value is False and "is below the floor 0.99" in shown["reasons"].value
+
+
+def assert_reasons(decision: dict, *phrases: str) -> None:
+    text = " | ".join(decision["reasons"])
+    assert all(p in text for p in phrases), text
 
 
 def test_bad_only_landing_stops_at_the_blocking_check(synthetic_spec, layout):

@@ -17,6 +17,7 @@ import pytest
 
 from bench.deid import synthetic_name
 from meddiag_pipelines.text.deid import PLACEHOLDERS, PhiSpan, find_phi, scrub
+from meddiag_pipelines.text.names import FIRST_NAMES, SURNAMES
 
 SEED = 7
 PER_CLASS = 60
@@ -346,9 +347,18 @@ def test_recall_per_rule_class_is_at_least_95_percent():
     assert all(table[c]["n"] >= PER_CLASS for c in RULE_CLASSES)
 
 
-def test_names_with_context_are_found():
+def test_planted_names_are_not_in_the_scrubbers_own_lists():
+    """Recall is measured on names the bundled lists cannot supply (a listed name is found for the list's sake)."""
+    listed = {n.lower() for n in FIRST_NAMES | SURNAMES}
+    planted = {text[start:end] for text, cls, start, end, _ in canary_corpus() if cls == "NAME"}
+    assert len(planted) > 100 and not {n for n in planted if n.lower() in listed}
+
+
+def test_names_with_context_are_all_found():
+    # Measured on this corpus: titled names 110/110; bare names 17/120 (0.14), the known gap, reported in
+    # bench/README.md and not promised here.
     table = recall_table()
-    assert table["NAME:context"]["recall"] >= 0.95, table
+    assert table["NAME:context"]["recall"] == 1.0 and table["NAME:context"]["n"] == 110, table
 
 
 def test_a_bare_pair_from_the_bundled_lists_is_found():
