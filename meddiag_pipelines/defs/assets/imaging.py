@@ -4,7 +4,7 @@
 * raw_records        ``read_image_batch`` per landed batch (format from the spec, else detected from what landed);
                      unreadable or oversized files are quarantined one by one (the good ones flow); each record
                      carries its pixel hash and the intensity range of its one decode (for validation).
-* validated_records  ``validation.images.validate_images`` per batch (GX: ids, label domain; channels, size, bit
+* validated_records  ``imaging.validation.validate_images`` per batch (GX: ids, label domain; channels, size, bit
                      depth, constant images, duplicates within / across splits); blocking check over all rows.
 * split              the patient-level hash split, except that a MedMNIST npz record keeps its own split; copies
                      across that split are counted (``n_copies_*``) and marked (``_meddiag_copy_of_train``).
