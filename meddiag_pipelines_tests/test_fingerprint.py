@@ -11,7 +11,7 @@ import pytest
 
 from meddiag_pipelines.definitions import build_definitions
 from meddiag_pipelines import __version__
-from meddiag_pipelines.registry import fingerprint
+from meddiag_pipelines.registry import fingerprint as fingerprint_module
 from meddiag_pipelines.registry.fingerprint import code_version, trained_batch_hashes, training_fingerprint
 from meddiag_pipelines.registry.store import ModelRegistry
 from meddiag_pipelines_tests.conftest import land, synthetic_records
@@ -95,5 +95,5 @@ def test_code_version_is_the_package_version_when_git_hangs_or_is_missing(monkey
     def git(cmd, **kwargs):
         raise failure
 
-    monkeypatch.setattr(fingerprint.subprocess, "run", git)
+    monkeypatch.setattr(fingerprint_module.subprocess, "run", git)
     assert code_version() == __version__

@@ -47,6 +47,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import f1_score
 
 from meddiag_pipelines.atomic import atomic_write, atomic_write_json
+from meddiag_pipelines.probability import softmax
 from meddiag_pipelines.specs import TaskSpec
 
 FORMAT_VERSION = 1
@@ -83,18 +84,12 @@ class TextTrainResult:
 # shared helpers
 
 
-def _softmax(z: np.ndarray) -> np.ndarray:
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
-
-
 def _probs_from_logits(logits: np.ndarray, temperature: float) -> np.ndarray:
     """(n,) logits -> (n,) P(class 1); (n, k) logits -> (n, k) probabilities."""
     z = logits / temperature
     if z.ndim == 1:
         return 1.0 / (1.0 + np.exp(-z))
-    return _softmax(z)
+    return softmax(z)
 
 
 def _full_probs(p: np.ndarray) -> np.ndarray:

@@ -43,7 +43,7 @@ from meddiag_pipelines.defs.assets import lifecycle
 from meddiag_pipelines.defs.assets.split import build_split_asset
 from meddiag_pipelines import labels
 from meddiag_pipelines.defs.resources.storage import MeddiagStorage
-from meddiag_pipelines.split import SPLIT_COLUMN
+from meddiag_pipelines.split import SPLIT_COLUMN, key_columns_in
 from meddiag_pipelines.imaging.preprocess import CACHE_VERSION, load_cached, update_cache
 from meddiag_pipelines.imaging.readers import LABELS_CSV, ImageBatchError, read_image_batch, source_file
 from meddiag_pipelines.ingestion.batches import RAW_TABLE, ReadOutcome, ingest_new_batches
@@ -52,7 +52,6 @@ from meddiag_pipelines.ingestion.landing import BATCH_COLUMN, LandedBatch, displ
 from meddiag_pipelines.specs import TaskSpec
 from meddiag_pipelines.device import torch_device
 from meddiag_pipelines.imaging.validation import (
-    COPY_OF_TRAIN_COLUMN,
     PREDEFINED_SPLIT,
     duplicate_warnings,
     image_failures,
@@ -344,10 +343,8 @@ def build_image_assets(spec: TaskSpec) -> list:
             reused += bool(manifest["reused"])
             built += not manifest["reused"]
             n_images += int(manifest["n"])
-        keys = [c for c in dict.fromkeys([spec.id, spec.label, spec.patient_id, SPLIT_COLUMN, BATCH_COLUMN,
-                                          COPY_OF_TRAIN_COLUMN, *spec.subgroups]) if c and c in split.columns]  # fmt: skip
         # An image refused by the cache (its file changed or vanished since validation) is never trained on.
-        frame = split.filter(~pl.col(spec.id).cast(pl.String).is_in(list(refused))).select(keys)
+        frame = split.filter(~pl.col(spec.id).cast(pl.String).is_in(list(refused))).select(key_columns_in(split, spec))
         plan = {"modality": "image", "cache_dir": str(cache_dir), "size": image.size, "channels": image.channels,
                 "format": image.format, "cache_version": CACHE_VERSION, "id_column": spec.id}  # fmt: skip
         cache_bytes = sum(p.stat().st_size for p in cache_dir.glob("*.npy")) if cache_dir.is_dir() else 0

@@ -23,9 +23,9 @@ from meddiag_pipelines.defs.assets import lifecycle
 from meddiag_pipelines.defs.assets.split import build_split_asset
 from meddiag_pipelines import labels
 from meddiag_pipelines.defs.resources.storage import MeddiagStorage
-from meddiag_pipelines.split import SPLIT_COLUMN
+from meddiag_pipelines.split import SPLIT_COLUMN, key_columns_in
 from meddiag_pipelines.ingestion.batches import ReadOutcome, ingest_new_batches
-from meddiag_pipelines.ingestion.landing import BATCH_COLUMN, LandedBatch
+from meddiag_pipelines.ingestion.landing import LandedBatch
 from meddiag_pipelines.specs import TaskSpec
 from meddiag_pipelines.text.models import explain_texts, predict_text, top_terms_per_class, train_text_models
 from meddiag_pipelines.text.readers import read_text_batch
@@ -157,9 +157,7 @@ def build_text_assets(spec: TaskSpec) -> list:
         },  # fmt: skip
     )
     def features(context: dg.AssetExecutionContext, split: pl.DataFrame):
-        keys = [c for c in split.columns if c in {spec.id, spec.label, spec.patient_id, SPLIT_COLUMN, BATCH_COLUMN,
-                                                   *spec.subgroups}]  # fmt: skip
-        frame = split.select(*keys, pl.col(spec.text).cast(pl.String))
+        frame = split.select(*key_columns_in(split, spec), pl.col(spec.text).cast(pl.String))
         plan = {"modality": "text", "text_column": spec.text, "min_text_chars": spec.min_text_chars,
                 "scrubbed_at_read": True, "binary": spec.is_binary}  # fmt: skip
         lengths = frame[spec.text].str.len_chars()
