@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import polars as pl
 import scipy.sparse as sp
 from scipy.optimize import minimize_scalar
 from sklearn.feature_extraction.text import CountVectorizer
@@ -515,6 +516,18 @@ def load_text_model(model_dir: Path, device: str = "cpu") -> _Baseline | _Neural
 def predict_text(model_dir: Path, texts: list[str]) -> np.ndarray:
     """Calibrated probabilities: binary (n,) P(classes[1]); multi-class (n, k)."""
     return load_text_model(model_dir).predict(list(texts))
+
+
+def texts_of(rows: pl.DataFrame, column: str) -> list[str]:
+    """A text column as the models read it: strings, a missing text as ''."""
+    return rows[column].cast(pl.String).fill_null("").to_list()
+
+
+def class_probabilities(model_dir: Path, texts: list[str], binary: bool) -> np.ndarray:
+    """:func:`predict_text` in the evaluator's shape: a task of two classes without a positive one is a multi-class
+    task, so it gets both columns."""
+    proba = predict_text(model_dir, texts)
+    return np.column_stack([1 - proba, proba]) if proba.ndim == 1 and not binary else proba
 
 
 def _occlusion_variants(text: str) -> tuple[list[str], list[str]]:

@@ -48,7 +48,7 @@ from meddiag_pipelines.ingestion.batches import RAW_TABLE, ReadOutcome, ingest_n
 from meddiag_pipelines.ingestion.errors import BatchRejected
 from meddiag_pipelines.ingestion.landing import BATCH_COLUMN, LandedBatch, display_name
 from meddiag_pipelines.registry.store import STAGING
-from meddiag_pipelines.specs import TaskSpec
+from meddiag_pipelines.specs import TaskSpec, spec_columns
 from meddiag_pipelines.device import torch_device
 from meddiag_pipelines.imaging.validation import (
     PREDEFINED_SPLIT,
@@ -66,13 +66,6 @@ PREDICT_CHUNK_BYTES = 1 << 28  # float32 images scored at once
 
 
 # -- reading ------------------------------------------------------------------------------------------------------
-def _to_spec_columns(frame: pl.DataFrame, spec: TaskSpec) -> pl.DataFrame:
-    """The readers name their key columns id / label / patient_id; the spine uses the spec's names."""
-    renames = {canon: col for canon, col in (("id", spec.id), ("label", spec.label), ("patient_id", spec.patient_id))
-               if col and col != canon and canon in frame.columns}  # fmt: skip
-    return frame.rename(renames)
-
-
 def read_image_records(batch: LandedBatch, spec: TaskSpec) -> ReadOutcome:
     """Reader for ``ingest_new_batches``: records in the spec's column names (with the intensity range of each
     image, decoded once by the reader); every file that does not read is a per-file rejection."""
@@ -87,7 +80,7 @@ def read_image_records(batch: LandedBatch, spec: TaskSpec) -> ReadOutcome:
             continue  # e.g. a repeated labels.csv row naming a file that a kept record uses: the file stays
         problems.setdefault(rel, []).append(problem)
     rejected = [(rel, "; ".join(dict.fromkeys(p))) for rel, p in problems.items()]
-    return ReadOutcome(_to_spec_columns(result.records, spec), rejected)
+    return ReadOutcome(spec_columns(result.records, spec), rejected)
 
 
 def _mark_official_copies(frame: pl.DataFrame) -> tuple[pl.DataFrame, dict]:
