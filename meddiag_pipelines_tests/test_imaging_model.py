@@ -161,3 +161,33 @@ def test_the_saliency_section_draws_each_group_and_survives_a_failure(tmp_path: 
 
     title, body = saliency_section(res.model_dir, ["no", "yes"], "binary", test_labels, proba, {}, broken, seed=0)
     assert title == SALIENCY_TITLE and "could not be computed (KeyError)" in body and "cache is gone" not in body
+
+
+def test_images_are_scored_in_chunks_by_either_model(tmp_path: Path) -> None:
+    from meddiag_pipelines.imaging.scoring import MIN_CHUNK, pooled_pixels, predict_images
+    from meddiag_pipelines.tabular.models import train_logistic
+
+    rng = np.random.default_rng(1)
+    X = rng.random((MIN_CHUNK + 20, 1, 28, 28)).astype(np.float32)
+    y = (X[:, 0, :14].mean(axis=(1, 2)) > X[:, 0, 14:].mean(axis=(1, 2))).astype(int)
+    P = pooled_pixels(X, 14)
+    assert P.shape == (len(X), 196) and np.isclose(P[0, 0], X[0, 0, :2, :2].mean())
+    train_logistic(P[:200], y[:200], P[200:], y[200:], 2, tmp_path / "baseline", [f"p{i}" for i in range(196)])
+    ids = [str(i) for i in range(len(X))]
+    asked: list[int] = []
+
+    def images(chunk: list[str]) -> np.ndarray:
+        asked.append(len(chunk))
+        return X[[int(i) for i in chunk]]
+
+    plan = {"channels": 1, "size": 28, "classes": ["no", "yes"], "predictor": "pixel_logistic", "baseline_side": 14}
+    p = predict_images(tmp_path / "baseline", plan, ids, images, "binary", "cpu", chunk_bytes=1)
+    assert asked == [MIN_CHUNK, 20] and p.shape == (len(X),) and p.dtype == np.float64
+    whole = predict_images(tmp_path / "baseline", plan, ids, images, "multiclass", "cpu")  # two classes, no positive
+    assert asked[2:] == [len(X)] and whole.shape == (len(X), 2) and np.allclose(whole[:, 1], p)
+    assert predict_images(tmp_path / "baseline", plan, [], images, "multiclass", "cpu").shape == (0, 2)
+
+    res, X28 = tiny_model(tmp_path / "cnn")
+    cnn = predict_images(res.model_dir, {"channels": 1, "size": 28, "predictor": "cnn"}, ["0", "1", "2"],
+                         lambda chunk: X28[[int(i) for i in chunk]], "binary", "cpu")  # fmt: skip
+    np.testing.assert_allclose(cnn, predict_image_model(res.model_dir, X28[:3], device="cpu"))

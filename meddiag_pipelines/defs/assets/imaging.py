@@ -43,6 +43,7 @@ from meddiag_pipelines.defs.resources.storage import MeddiagStorage
 from meddiag_pipelines.split import SPLIT_COLUMN, key_columns_in
 from meddiag_pipelines.imaging.preprocess import CACHE_VERSION, load_cached, update_cache
 from meddiag_pipelines.imaging.report import saliency_section
+from meddiag_pipelines.imaging.scoring import baseline_side, pooled_pixels, predict_images
 from meddiag_pipelines.imaging.readers import LABELS_CSV, ImageBatchError, read_image_batch, source_file
 from meddiag_pipelines.ingestion.batches import RAW_TABLE, ReadOutcome, ingest_new_batches
 from meddiag_pipelines.ingestion.errors import BatchRejected
@@ -54,15 +55,13 @@ from meddiag_pipelines.imaging.validation import (
     PREDEFINED_SPLIT,
     duplicate_warnings,
     image_failures,
-    mark_copies_of_train,
-    split_copy_counts,
+    mark_official_copies,
+    multilabel_domain_failures,
     validate_images,
 )
-from meddiag_pipelines.validation.suites import CheckFailure
 
 CANDIDATE_NAME = "resnet18_small"
 BASELINE_NAME = "logistic_regression_pixels"
-PREDICT_CHUNK_BYTES = 1 << 28  # float32 images scored at once
 
 
 # -- reading ------------------------------------------------------------------------------------------------------
@@ -83,13 +82,6 @@ def read_image_records(batch: LandedBatch, spec: TaskSpec) -> ReadOutcome:
     return ReadOutcome(spec_columns(result.records, spec), rejected)
 
 
-def _mark_official_copies(frame: pl.DataFrame) -> tuple[pl.DataFrame, dict]:
-    """Copies across a dataset's own split are marked and counted (validation blocks any copies of ours)."""
-    predefined = int(frame[PREDEFINED_SPLIT].is_not_null().sum()) if PREDEFINED_SPLIT in frame.columns else 0
-    copies = {f"n_copies_{k}": v for k, v in split_copy_counts(frame).items()}
-    return mark_copies_of_train(frame), {"n_predefined_split": predefined, **copies}
-
-
 # -- features: the tensor cache -----------------------------------------------------------------------------------
 def _log_refused(context, batch_id: str, records: pl.DataFrame, failed: list[list[str]]) -> set[str]:
     """Warn, per file (never per id), about the images the cache refused; their ids, to leave them out."""
@@ -106,33 +98,6 @@ def _cache_records(rows: pl.DataFrame, spec: TaskSpec) -> pl.DataFrame:
     return rows.select(pl.col(spec.id).cast(pl.String).alias("id"), "source", "sha256").sort("id")
 
 
-def baseline_side(size: int) -> int:
-    return 14 if size % 14 == 0 else 16
-
-
-def pooled_pixels(X: np.ndarray, side: int) -> np.ndarray:
-    """(n, C, S, S) -> (n, C * side * side) by average pooling over S / side blocks."""
-    n, c, s, _ = X.shape
-    k = s // side
-    return X.reshape(n, c, side, k, side, k).mean(axis=(3, 5)).reshape(n, c * side * side)
-
-
-def multilabel_domain_failures(frame: pl.DataFrame, spec: TaskSpec) -> list[CheckFailure]:
-    """Multi-label labels must be '' or '|'-joined finding indices within ``spec.classes`` (when given)."""
-    if spec.label not in frame.columns:
-        return []
-    k = len(spec.classes) if spec.classes else None
-    bad = 0
-    for value in frame[spec.label].drop_nulls().cast(pl.String).to_list():
-        parts = value.split("|") if value else []
-        if not all(x.isdigit() and (k is None or int(x) < k) for x in parts):
-            bad += 1
-    if not bad:
-        return []
-    return [CheckFailure("multilabel_label_domain", spec.label, f"{bad} labels are not '|'-joined finding indices "
-                         f"{'below ' + str(k) if k else ''}".rstrip(), bad)]  # fmt: skip
-
-
 def _validation_spec(spec: TaskSpec) -> TaskSpec:
     """Multi-label ``classes`` name the findings, not label values: GX must not check the label against them."""
     return spec.model_copy(update={"classes": None}) if labels.task_kind(spec) == "multilabel" else spec
@@ -140,33 +105,11 @@ def _validation_spec(spec: TaskSpec) -> TaskSpec:
 
 def _predictor_factory(spec: TaskSpec):
     def factory(plan: dict):
-        from meddiag_pipelines.imaging.train import predict_image_model
-        from meddiag_pipelines.tabular.models import predict_tabular
-
         cache_dir = Path(plan["cache_dir"])
-        per_image = 4 * int(plan["channels"]) * int(plan["size"]) ** 2
-        chunk = max(256, PREDICT_CHUNK_BYTES // per_image)
-        k = len(plan.get("classes") or []) or 2
-        multilabel = labels.task_kind(spec) == "multilabel"
 
         def predict(model_dir: Path, rows: pl.DataFrame) -> np.ndarray:
-            ids = rows[spec.id].cast(pl.String).to_list()
-            parts = []
-            for start in range(0, len(ids), chunk):
-                X = load_cached(cache_dir, ids[start : start + chunk])
-                if plan.get("predictor") == "pixel_logistic":
-                    p = predict_tabular(Path(model_dir), pooled_pixels(X, int(plan["baseline_side"])))
-                elif plan.get("predictor") == "pixel_logistic_ovr":  # multi-label: one model per finding
-                    pooled = pooled_pixels(X, int(plan["baseline_side"]))
-                    p = np.stack([predict_tabular(Path(model_dir) / f"label_{j}", pooled) for j in range(k)], axis=1)
-                else:
-                    p = predict_image_model(Path(model_dir), X, device=torch_device())
-                if not spec.is_binary and not multilabel and p.ndim == 1:  # two-class multi-class, binary model
-                    p = np.stack([1.0 - p, p], axis=1)
-                parts.append(np.asarray(p, dtype=np.float64))
-            if not parts:
-                return np.empty((0,) if spec.is_binary else (0, k))
-            return np.concatenate(parts)
+            return predict_images(Path(model_dir), plan, rows[spec.id].cast(pl.String).to_list(),
+                                  lambda ids: load_cached(cache_dir, ids), labels.task_kind(spec), torch_device())  # fmt: skip
 
         return predict
 
@@ -234,7 +177,7 @@ def build_image_assets(spec: TaskSpec) -> list:
                                              "problems": "; ".join(w.problem for w in warnings) or "none"})  # fmt: skip
 
     [split] = build_split_asset(spec, validated_records, tags, predefined=PREDEFINED_SPLIT,
-                                       finish=_mark_official_copies)
+                                       finish=mark_official_copies)
 
     @dg.multi_asset(
         name=f"{name}__features",
