@@ -11,10 +11,13 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+if TYPE_CHECKING:
+    import polars as pl
 
 BUNDLED_TASKS_DIR = Path(__file__).parent / "tasks"
 TASK_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
@@ -233,6 +236,13 @@ class TaskSpec(_Section):
     @property
     def is_binary(self) -> bool:
         return self.positive is not None
+
+
+def spec_columns(records: pl.DataFrame, spec: TaskSpec) -> pl.DataFrame:
+    """The image and text readers name their key columns id / label / patient_id / text; the warehouse uses the
+    spec's names."""
+    names = {"id": spec.id, "label": spec.label, "patient_id": spec.patient_id, "text": spec.text}
+    return records.rename({k: v for k, v in names.items() if v and k != v and k in records.columns})
 
 
 def _describe(err: ValidationError) -> str:

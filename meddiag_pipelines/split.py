@@ -16,7 +16,7 @@ import hashlib
 import numpy as np
 import polars as pl
 
-from meddiag_pipelines.ingestion.landing import INTERNAL_PREFIX
+from meddiag_pipelines.ingestion.landing import BATCH_COLUMN, INTERNAL_PREFIX
 from meddiag_pipelines.specs import TaskSpec
 from meddiag_pipelines.validation.suites import feature_columns
 
@@ -31,6 +31,13 @@ NO_PATIENT = "\0record:"  # key prefix of a row without a patient id (no real id
 
 class SplitError(ValueError):
     pass
+
+
+def key_columns_in(frame: pl.DataFrame, spec: TaskSpec) -> list[str]:
+    """What a features table keeps of a split row beside the model inputs: id, label, patient, subgroups, split,
+    batch and copy mark, those ``frame`` has, in its order."""
+    keys = {spec.id, spec.label, spec.patient_id, *spec.subgroups, SPLIT_COLUMN, BATCH_COLUMN, COPY_OF_TRAIN_COLUMN}
+    return [c for c in frame.columns if c in keys]
 
 
 def unit_hash(key: str, salt: str) -> float:

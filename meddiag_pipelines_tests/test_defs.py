@@ -103,21 +103,3 @@ def test_bundled_definitions_have_no_spec_errors():
     graph = defs.resolve_asset_graph()
     assert not [k for k in graph.get_all_asset_keys() if graph.get(k).group_name == SPEC_ERRORS_GROUP]
 
-
-def test_code_version_survives_a_hung_or_missing_git(monkeypatch):
-    import subprocess
-
-    from meddiag_pipelines import __version__
-    from meddiag_pipelines.defs.assets import common
-
-    def hung(cmd, **kwargs):
-        raise subprocess.TimeoutExpired(cmd, kwargs.get("timeout", 5))
-
-    monkeypatch.setattr(common.subprocess, "run", hung)
-    assert common.code_version() == __version__
-
-    def missing(cmd, **kwargs):
-        raise FileNotFoundError("git")
-
-    monkeypatch.setattr(common.subprocess, "run", missing)
-    assert common.code_version() == __version__

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import subprocess
 
 import dagster as dg
 import polars as pl
 import pytest
 
 from meddiag_pipelines.definitions import build_definitions
-from meddiag_pipelines.registry.fingerprint import trained_batch_hashes, training_fingerprint
+from meddiag_pipelines import __version__
+from meddiag_pipelines.registry import fingerprint as fingerprint_module
+from meddiag_pipelines.registry.fingerprint import code_version, trained_batch_hashes, training_fingerprint
 from meddiag_pipelines.registry.store import ModelRegistry
 from meddiag_pipelines_tests.conftest import land, synthetic_records
 
@@ -85,3 +88,12 @@ def test_an_unchanged_rerun_publishes_nothing_and_a_changed_spec_retrains(synthe
     third = _run(reseeded, layout)
     assert third["published"] and third["fingerprint"] != first["fingerprint"] and len(registry.versions(task)) == 2
     assert json.loads((layout.root / "models" / task / "champion.json").read_text())["version"] in registry.versions(task)
+
+
+@pytest.mark.parametrize("failure", [subprocess.TimeoutExpired(["git"], 5), FileNotFoundError("git")], ids=["hung", "missing"])
+def test_code_version_is_the_package_version_when_git_hangs_or_is_missing(monkeypatch, failure):
+    def git(cmd, **kwargs):
+        raise failure
+
+    monkeypatch.setattr(fingerprint_module.subprocess, "run", git)
+    assert code_version() == __version__

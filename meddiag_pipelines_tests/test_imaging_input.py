@@ -28,6 +28,8 @@ from meddiag_pipelines.imaging.validation import (
     duplicate_warnings,
     image_split,
     mark_copies_of_train,
+    mark_official_copies,
+    multilabel_domain_failures,
     split_copy_counts,
     validate_images,
 )
@@ -267,6 +269,10 @@ def test_copies_across_a_datasets_own_split_are_reported_not_blocked(tmp_path: P
     marked = mark_copies_of_train(split)
     assert marked.filter(pl.col(COPY_OF_TRAIN_COLUMN))["id"].sort().to_list() == sorted(
         [f"pneumonia_val_{i}" for i in range(2)] + [f"pneumonia_test_{i}" for i in range(3)])
+    marked_too, meta = mark_official_copies(split)
+    assert marked_too.equals(marked)
+    assert meta == {"n_predefined_split": 20, "n_copies_val_in_train": 2, "n_copies_test_in_train": 3,
+                    "n_copies_test_in_val": 0}  # fmt: skip
     # copies our hash split spreads, or two files' splits, still block: test_imaging_pipeline's leakage tests
 
 
@@ -317,3 +323,11 @@ def test_the_report_gives_test_metrics_without_copies_of_training_rows() -> None
     assert without["n_removed"] == 30 and without["n_test"] == 50 and 0.5 < without["auroc"] <= 1.0
     assert "30 test rows copy a training row" in without_copies_html(without)
     assert metrics_without_copies(spec, split.drop(COPY_OF_TRAIN_COLUMN), candidate, None, {}) is None
+
+
+def test_multilabel_labels_must_be_finding_indices() -> None:
+    spec = spec_of("folder", task={"classes": ["effusion", "nodule", "mass"]})
+    frame = pl.DataFrame({spec.label: ["", "0", "0|2", None, "3", "1|x", "nodule"]})
+    (failure,) = multilabel_domain_failures(frame, spec)
+    assert failure.unexpected_count == 3 and failure.problem == "3 labels are not '|'-joined finding indices below 3"
+    assert "nodule" not in failure.problem and multilabel_domain_failures(frame.head(4), spec) == []

@@ -115,3 +115,79 @@ def test_phantoms_are_labelled_synthetic_pngs(tmp_path: Path) -> None:
     again = write_phantom_batch(tmp_path / "ph2", n=20, seed=7, size=64, positive_rate=0.5)
     assert (again / "labels.csv").read_text() == text  # seeded
     assert read_image_batch(again, make_spec("folder")).records["sha256"].to_list() == rec["sha256"].to_list()
+
+
+def test_saliency_groups_follow_the_operating_threshold_and_the_predicted_class() -> None:
+    from meddiag_pipelines.imaging.report import saliency_groups
+
+    y, proba = np.array([1, 1, 0, 0]), np.array([0.9, 0.2, 0.7, 0.1])
+    groups, _, note = saliency_groups("binary", ["no", "yes"], y, proba, {"operating_threshold": {"value": 0.5}})
+    assert [(h, m.tolist()) for h, m, _ in groups] == [("True positives", [True, False, False, False]),
+                                                      ("False positives", [False, False, True, False]),
+                                                      ("False negatives", [False, True, False, False])]  # fmt: skip
+    assert "0.500" in note and "yes" in note
+    groups, scores, _ = saliency_groups("multiclass", ["a", "b", "c"], np.array([0, 2]),
+                                        np.array([[0.6, 0.3, 0.1], [0.5, 0.4, 0.1]]), {})  # fmt: skip
+    assert [m.tolist() for _, m, _ in groups] == [[True, False], [False, True]] and scores.tolist() == [0.6, 0.5]
+    groups, _, _ = saliency_groups("multilabel", ["f0", "f1"], np.array([[1, 1], [0, 1]]),
+                                   np.array([[0.9, 0.3], [0.8, 0.6]]),
+                                   {"per_label": [{"operating_threshold": {"value": 0.5}}, {"operating_threshold": {"value": 0.5}}]})  # fmt: skip
+    assert [(h, m.tolist(), t) for h, m, t in groups] == [("True positives: f0", [True, False], 0),
+                                                         ("True positives: f1", [False, True], 1)]  # fmt: skip
+
+
+def test_the_saliency_section_draws_each_group_and_survives_a_failure(tmp_path: Path) -> None:
+    import polars as pl
+
+    from meddiag_pipelines.imaging.report import SALIENCY_TITLE, saliency_section
+
+    res, X = tiny_model(tmp_path)
+    test_labels = pl.Series(["no", "yes", "yes", "no", "yes"])
+    proba = np.array([0.1, 0.9, 0.2, 0.8, 0.7])
+    asked: list[list[int]] = []
+
+    def images(rows: list[int]) -> np.ndarray:
+        asked.append(rows)
+        return X[rows]
+
+    title, body = saliency_section(res.model_dir, ["no", "yes"], "binary", test_labels, proba,
+                                   {"operating_threshold": {"value": 0.5}}, images, seed=0)  # fmt: skip
+    assert title == SALIENCY_TITLE and body.count("data:image/png;base64,") == 3
+    assert "True positives (2 of 5)" in body and "False negatives (1 of 5)" in body
+    assert sorted(r for rows in asked for r in rows) == [1, 2, 3, 4]  # every shown image is one of its group
+
+    def broken(rows: list[int]) -> np.ndarray:
+        raise KeyError("the cache is gone")
+
+    title, body = saliency_section(res.model_dir, ["no", "yes"], "binary", test_labels, proba, {}, broken, seed=0)
+    assert title == SALIENCY_TITLE and "could not be computed (KeyError)" in body and "cache is gone" not in body
+
+
+def test_images_are_scored_in_chunks_by_either_model(tmp_path: Path) -> None:
+    from meddiag_pipelines.imaging.scoring import MIN_CHUNK, pooled_pixels, predict_images
+    from meddiag_pipelines.tabular.models import train_logistic
+
+    rng = np.random.default_rng(1)
+    X = rng.random((MIN_CHUNK + 20, 1, 28, 28)).astype(np.float32)
+    y = (X[:, 0, :14].mean(axis=(1, 2)) > X[:, 0, 14:].mean(axis=(1, 2))).astype(int)
+    P = pooled_pixels(X, 14)
+    assert P.shape == (len(X), 196) and np.isclose(P[0, 0], X[0, 0, :2, :2].mean())
+    train_logistic(P[:200], y[:200], P[200:], y[200:], 2, tmp_path / "baseline", [f"p{i}" for i in range(196)])
+    ids = [str(i) for i in range(len(X))]
+    asked: list[int] = []
+
+    def images(chunk: list[str]) -> np.ndarray:
+        asked.append(len(chunk))
+        return X[[int(i) for i in chunk]]
+
+    plan = {"channels": 1, "size": 28, "classes": ["no", "yes"], "predictor": "pixel_logistic", "baseline_side": 14}
+    p = predict_images(tmp_path / "baseline", plan, ids, images, "binary", "cpu", chunk_bytes=1)
+    assert asked == [MIN_CHUNK, 20] and p.shape == (len(X),) and p.dtype == np.float64
+    whole = predict_images(tmp_path / "baseline", plan, ids, images, "multiclass", "cpu")  # two classes, no positive
+    assert asked[2:] == [len(X)] and whole.shape == (len(X), 2) and np.allclose(whole[:, 1], p)
+    assert predict_images(tmp_path / "baseline", plan, [], images, "multiclass", "cpu").shape == (0, 2)
+
+    res, X28 = tiny_model(tmp_path / "cnn")
+    cnn = predict_images(res.model_dir, {"channels": 1, "size": 28, "predictor": "cnn"}, ["0", "1", "2"],
+                         lambda chunk: X28[[int(i) for i in chunk]], "binary", "cpu")  # fmt: skip
+    np.testing.assert_allclose(cnn, predict_image_model(res.model_dir, X28[:3], device="cpu"))

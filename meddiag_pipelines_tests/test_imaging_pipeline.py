@@ -351,26 +351,3 @@ def test_bundled_phantom_task_is_pinned() -> None:
     assert {p.path[-1] for p in graph.get(dg.AssetKey([task, "features"])).parent_keys} == {"split"}
     landing = Path(__file__).resolve().parent.parent / "data" / "landing" / task / "batch_0001"
     assert (landing / "_READY").exists() and pl.read_csv(landing / "labels.csv").height >= 1000
-
-
-def test_reexecution_resumes_from_the_parent_runs_checkpoint(tmp_path: Path) -> None:
-    from types import SimpleNamespace
-
-    from meddiag_pipelines.defs.assets.imaging import _resume_checkpoint
-    from meddiag_pipelines.defs.resources.storage import MeddiagStorage
-
-    storage = MeddiagStorage(data_dir=str(tmp_path))
-    parent = storage.registry.staging_dir("t", "20260101T000000Z-abcdef12") / "model"
-    parent.mkdir(parents=True)
-    (parent / "checkpoint.pt").write_bytes(b"weights")
-    spec = image_spec("t", "folder")
-    logs: list[str] = []
-
-    def context(parent_run_id):
-        return SimpleNamespace(run=SimpleNamespace(parent_run_id=parent_run_id), log=SimpleNamespace(info=logs.append))
-
-    fresh = storage.registry.staging_dir("t", "20260102T000000Z-99999999") / "model"
-    assert _resume_checkpoint(context(None), storage, spec, fresh) is False  # a first run starts afresh
-    assert _resume_checkpoint(context("abcdef12-0000-0000-0000-000000000000"), storage, spec, fresh) is True
-    assert (fresh / "checkpoint.pt").read_bytes() == b"weights" and len(logs) == 1
-    assert _resume_checkpoint(context("01234567-0000"), storage, spec, fresh) is False  # its own checkpoint wins

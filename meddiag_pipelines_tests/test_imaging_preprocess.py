@@ -9,7 +9,6 @@ import pytest
 from PIL import Image
 from meddiag_pipelines_tests.test_imaging_readers import make_spec, medmnist_npz
 
-from meddiag_pipelines.imaging import preprocess
 from scripts.phantoms import write_phantom_batch
 from meddiag_pipelines.imaging.preprocess import load_cached, resize_square, to_uint8, update_cache
 from meddiag_pipelines.imaging.readers import load_pixels, read_image_batch
@@ -20,7 +19,6 @@ def test_cache_is_built_once_and_read_back(tmp_path: Path) -> None:
     spec = make_spec("folder", size=28)
     records = read_image_batch(batch, spec).records
     cache = tmp_path / "cache"
-    builds = preprocess.BUILD_COUNT
     first = update_cache(cache, batch, "batch_001", records, spec)
     assert first["reused"] is False and first["n"] == 8 and first["shape"] == [8, 1, 28, 28] and first["dtype"] == "uint8"
     npy = Path(first["path"])
@@ -28,24 +26,25 @@ def test_cache_is_built_once_and_read_back(tmp_path: Path) -> None:
     mtime = npy.stat().st_mtime_ns
     second = update_cache(cache, batch, "batch_001", records, spec)
     assert second["reused"] is True and second["sha"] == first["sha"]
-    assert preprocess.BUILD_COUNT == builds + 1 and npy.stat().st_mtime_ns == mtime
+    assert npy.stat().st_mtime_ns == mtime  # reused: the file was not rewritten
 
     ids = records["id"].to_list()
     X = load_cached(cache, list(reversed(ids)))
     assert X.dtype == np.float32 and X.shape == (8, 1, 28, 28) and 0 <= X.min() and X.max() <= 1
     expected = to_uint8(resize_square(load_pixels(batch, records["source"][0], spec), 28)) / np.float32(255)
     np.testing.assert_allclose(X[-1], expected, atol=1e-6)
-    with pytest.raises(KeyError, match="not in the image cache"):
-        load_cached(cache, ["nope"])
+    with pytest.raises(KeyError, match="1 of 2 image.s. not in the image cache") as missing:
+        load_cached(cache, [ids[0], "secret-record-7"])
+    assert "secret-record-7" not in str(missing.value)  # a count, never the ids
 
     # a second batch joins the same cache; ids from both batches gather in the requested order
     batch2 = write_phantom_batch(tmp_path / "batch2", n=3, seed=6, size=64)
     rec2 = read_image_batch(batch2, spec).records
-    update_cache(cache, batch2, "batch_002", rec2, spec)
+    assert update_cache(cache, batch2, "batch_002", rec2, spec)["reused"] is False
     mixed = [rec2["id"][1], ids[2], rec2["id"][0]]
     Xm = load_cached(cache, mixed)
     np.testing.assert_array_equal(Xm[1], X[len(ids) - 3])
-    assert preprocess.BUILD_COUNT == builds + 2
+    assert npy.stat().st_mtime_ns == mtime  # the first batch's cache is untouched by the second
 
     # another size (or other records) rebuilds the batch
     rebuilt = update_cache(cache, batch, "batch_001", records, make_spec("folder", size=64))

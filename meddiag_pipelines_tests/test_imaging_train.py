@@ -12,7 +12,7 @@ import torch
 from scripts.phantoms import write_phantom_batch
 from meddiag_pipelines.imaging.preprocess import load_cached, update_cache
 from meddiag_pipelines.imaging.readers import read_image_batch
-from meddiag_pipelines.imaging.train import predict_image_model, train_image_model
+from meddiag_pipelines.imaging.train import CHECKPOINT, adopt_parent_checkpoint, predict_image_model, train_image_model
 from meddiag_pipelines.specs import TaskSpec
 
 pytestmark = pytest.mark.slow
@@ -137,3 +137,20 @@ def test_time_budget_run_continues_when_given_more_time(phantom_data, tmp_path: 
     assert short.stopped == "time_budget"
     more = train_image_model(Xt, yt, Xv, yv, "binary", 1, phantom_spec(epochs=3, time_budget_s=600), tmp_path / "m", device="cpu", width=8, num_threads=1)
     assert more.stopped == "epochs" and len(more.history) == 3 and more.resumed_from_epoch == len(short.history)
+
+
+def test_a_reexecution_adopts_the_checkpoint_its_parent_run_left(tmp_path: Path) -> None:
+    staging = tmp_path / ".staging"
+    parent = staging / "20260101T000000Z-abcdef12" / "model"
+    parent.mkdir(parents=True)
+    (parent / CHECKPOINT).write_bytes(b"weights")
+    (staging / "20260101T000000Z-77777777" / "model").mkdir(parents=True)  # another run's folder, no checkpoint
+    fresh = staging / "20260102T000000Z-99999999" / "model"
+    assert adopt_parent_checkpoint(fresh, staging, None) is False  # a first run starts afresh
+    assert adopt_parent_checkpoint(fresh, staging, "77777777-0000") is False  # its parent left no checkpoint
+    assert not fresh.exists()
+    assert adopt_parent_checkpoint(fresh, staging, "abcdef12-0000-0000-0000-000000000000") is True
+    assert (fresh / CHECKPOINT).read_bytes() == b"weights" and sorted(p.name for p in fresh.iterdir()) == [CHECKPOINT]
+    (parent / CHECKPOINT).write_bytes(b"newer")
+    assert adopt_parent_checkpoint(fresh, staging, "abcdef12-0000") is False  # its own checkpoint wins
+    assert (fresh / CHECKPOINT).read_bytes() == b"weights"

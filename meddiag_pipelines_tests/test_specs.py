@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from meddiag_pipelines.specs import RESERVED_TASK_NAMES, SpecError, load_spec, load_specs, spec_dirs
+from meddiag_pipelines.specs import RESERVED_TASK_NAMES, SpecError, TaskSpec, load_spec, load_specs, spec_dirs
 
 
 def write(folder: Path, name: str, text: str) -> Path:
@@ -208,3 +208,15 @@ def test_scan_keeps_good_specs_beside_bad_ones(tmp_path):
     assert problems["missing"] == "MEDDIAG_TASKS_DIR is not a folder"
     with pytest.raises(SpecError):
         load_specs([BUNDLED_TASKS_DIR, tmp_path / "extra"])
+
+
+def test_reader_columns_take_the_spec_names():
+    import polars as pl
+
+    from meddiag_pipelines.specs import spec_columns
+
+    records = pl.DataFrame({"id": ["a"], "label": ["x"], "patient_id": [None], "text": ["t"], "source": ["f.png"]})
+    text = TaskSpec(name="notes", modality="text", label="dx", text="note", id="nid", patient_id="pid")
+    assert spec_columns(records, text).columns == ["nid", "dx", "pid", "note", "source"]
+    image = TaskSpec(name="scans", modality="image", label="finding", id="id")  # no text, no patient column
+    assert spec_columns(records, image).columns == ["id", "finding", "patient_id", "text", "source"]

@@ -155,3 +155,14 @@ def test_records_without_a_patient_id_are_not_one_patient(synthetic_spec):
     frame = synthetic_records(300, seed=9).with_columns(pl.lit(None, pl.String).alias("pid"))
     split = assign_split(frame, synthetic_spec)
     assert split[SPLIT_COLUMN].n_unique() == 3
+
+
+def test_key_columns_are_the_spec_keys_and_internal_marks_a_frame_has_in_its_order(synthetic_spec):
+    from meddiag_pipelines.ingestion.landing import BATCH_COLUMN
+    from meddiag_pipelines.split import COPY_OF_TRAIN_COLUMN, key_columns_in
+
+    frame = pl.DataFrame({c: [1] for c in [SPLIT_COLUMN, "x1", "group", "outcome", COPY_OF_TRAIN_COLUMN, "rid",
+                                           BATCH_COLUMN, "x2"]})  # fmt: skip
+    assert key_columns_in(frame, synthetic_spec) == [SPLIT_COLUMN, "group", "outcome", COPY_OF_TRAIN_COLUMN, "rid",
+                                                      BATCH_COLUMN]  # fmt: skip
+    assert key_columns_in(frame.drop("rid"), synthetic_spec.model_copy(update={"patient_id": None}))[-1] == BATCH_COLUMN

@@ -13,6 +13,7 @@ import pytest
 
 from meddiag_pipelines.specs import TaskSpec
 from meddiag_pipelines.text.models import (
+    class_probabilities,
     explain_texts,
     fit_temperature,
     predict_text,
@@ -137,6 +138,9 @@ def test_binary_task_shapes(tmp_path):
     res = train_text_models(texts[:120], y[:120], texts[120:], y[120:], ["no", "yes"], spec, tmp_path, device="cpu")
     p = predict_text(tmp_path, texts[120:])
     assert p.shape == (40,) and ((p > 0.5) == y[120:]).mean() > 0.9
+    np.testing.assert_array_equal(class_probabilities(tmp_path, texts[120:], binary=True), p)
+    both = class_probabilities(tmp_path, texts[120:], binary=False)  # two classes, no positive: multi-class
+    assert both.shape == (40, 2) and np.allclose(both[:, 1], p) and np.allclose(both.sum(axis=1), 1)
     tops = top_terms_per_class(tmp_path / "baseline", k=5)
     assert set(tops) == {"no", "yes"} and tops["yes"] and tops["no"]
     expl = explain_texts(tmp_path, texts[120:125], top_k=3)
@@ -150,3 +154,23 @@ def test_temperature_recovers_a_known_scale():
     p = np.exp(true_logits) / np.exp(true_logits).sum(1, keepdims=True)
     y = np.array([rng.choice(3, p=row) for row in p])
     assert fit_temperature(true_logits * 3.0, y) == pytest.approx(3.0, rel=0.1)
+
+
+
+@pytest.mark.slow
+def test_the_report_lists_the_top_terms_of_every_class(trained):
+    from meddiag_pipelines.text.report import top_terms_html
+
+    _, out, *_, classes = trained
+    table = top_terms_html(out, k=3)
+    assert table.count("<tr><td>") == len(classes) and all(f"<td>{c}</td>" in table for c in classes)
+    assert "http" not in table and "<script" not in table
+
+
+def test_missing_training_texts_are_counted():
+    from meddiag_pipelines.text.report import missing_texts
+
+    rows = pl.DataFrame({"note": ["chest pain", "  ", None, "rash"]})
+    assert missing_texts(rows, "note") == [{"feature": "note", "n_missing": 2, "rate": 0.5,
+                                            "handling": "empty text (blocked by validation)"}]  # fmt: skip
+    assert missing_texts(rows.head(1), "note")[0]["handling"] == "none needed"

@@ -13,12 +13,11 @@ import polars as pl
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from meddiag_pipelines.defs.assets.text import spec_columns
 from meddiag_pipelines.ingestion.batches import ReadOutcome, ingest_new_batches, validate_pending_batches
 from meddiag_pipelines.ingestion.landing import display_name, is_data_file
 from meddiag_pipelines.ingestion.warehouse import Warehouse
 from meddiag_pipelines.layout import DataLayout
-from meddiag_pipelines.specs import TaskSpec
+from meddiag_pipelines.specs import TaskSpec, spec_columns
 from meddiag_pipelines.text.readers import read_text_batch
 from meddiag_pipelines.text.validation import validate_texts
 

@@ -1,5 +1,7 @@
 """Build the bundled ``icd10_chapters`` task: ICD-10-CM leaf-code descriptions labelled with their chapter.
 
+Run by the maintainers (needs the dev extra: simple-icd-10-cm); the CSV is committed, so users never need it.
+
 Source: the ICD-10-CM classification as shipped by the ``simple-icd-10-cm`` package (the classification is
 published by the US CDC / NCHS and is in the public domain; the package is MIT-licensed). Every leaf code
 gives one row: its description is the text and the chapter that holds it is the label

@@ -127,6 +127,7 @@ from sklearn.metrics import (
 )
 from sklearn.preprocessing import SplineTransformer
 
+from meddiag_pipelines.probability import CLIP, logit
 from meddiag_pipelines.specs import EvaluationSpec
 
 TOO_FEW = "too few to judge"
@@ -134,7 +135,6 @@ MISSING = "missing"
 CONFIDENCE = 0.95
 DECISION_THRESHOLDS = np.round(np.arange(1, 100) / 100.0, 2)
 CALIBRATION_BINS = 10
-_CLIP = 1e-6
 _MAX_CELLS = 2_000_000  # bootstrap index cells per batch (bounds memory for large n)
 
 
@@ -324,16 +324,12 @@ def bootstrap_auroc_ci(y_true: np.ndarray, score: np.ndarray, n_bootstrap: int =
 # ----------------------------------------------------------------------------------------------------------
 
 
-def _logit(p: np.ndarray) -> np.ndarray:
-    return special.logit(np.clip(np.asarray(p, dtype=float), _CLIP, 1.0 - _CLIP))
-
-
 def calibration_intercept_slope(y_true: np.ndarray, proba: np.ndarray) -> tuple[float | None, float | None]:
     """(calibration-in-the-large intercept with slope fixed at 1, recalibration slope); None with one class."""
     y = np.asarray(y_true).astype(int)
     if y.size == 0 or y.min() == y.max():
         return None, None
-    lp = _logit(proba)
+    lp = logit(proba)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         lr = LogisticRegression(C=np.inf, solver="lbfgs", max_iter=1000).fit(lp[:, None], y)
@@ -380,7 +376,7 @@ def calibration_slope_ci(y_true: np.ndarray, proba: np.ndarray, n_bootstrap: int
     y = np.asarray(y_true).astype(int)
     if y.min(initial=0) == y.max(initial=0):
         return None
-    lp = _logit(proba)
+    lp = logit(proba)
     res = _bootstrap(y, n_bootstrap, seed, lambda idx, order: {"slope": _logistic_slopes(lp[idx], y[idx].astype(float))})
     return percentile_ci(res["slope"])
 
@@ -413,7 +409,7 @@ def smooth_calibration(y_true: np.ndarray, proba: np.ndarray, n_points: int = 50
     p = np.asarray(proba, dtype=float)
     if y.size < 20 or y.min() == y.max() or np.unique(p).size < 5:
         return None
-    lp = _logit(p)
+    lp = logit(p)
     try:
         spline = SplineTransformer(n_knots=4, degree=3, knots="quantile", extrapolation="linear")
         basis = spline.fit_transform(lp[:, None])
@@ -421,8 +417,8 @@ def smooth_calibration(y_true: np.ndarray, proba: np.ndarray, n_points: int = 50
             warnings.simplefilter("ignore", ConvergenceWarning)
             lr = LogisticRegression(C=100.0, max_iter=2000).fit(basis, y)
         lo, hi = np.quantile(p, [0.01, 0.99])
-        grid = np.linspace(max(lo, _CLIP), min(hi, 1 - _CLIP), n_points)
-        fitted = lr.predict_proba(spline.transform(_logit(grid)[:, None]))[:, 1]
+        grid = np.linspace(max(lo, CLIP), min(hi, 1 - CLIP), n_points)
+        fitted = lr.predict_proba(spline.transform(logit(grid)[:, None]))[:, 1]
     except ValueError:
         return None
     return {"predicted": grid.tolist(), "observed": fitted.tolist()}

@@ -13,9 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from jinja2 import Environment, FileSystemLoader, StrictUndefined
-
-from meddiag_pipelines.evaluation.report import TEMPLATES, fmt_ci, fmt_num, fmt_pct
+from meddiag_pipelines.evaluation.report import fmt_ci, fmt_num, template_env
 from meddiag_pipelines.markup import escape_markdown
 
 SLOPE_BAND = (0.8, 1.25)
@@ -78,14 +76,5 @@ def _caveats(m: dict) -> list[str]:
 
 def render_model_card(metrics: dict, card: ModelCardInfo) -> str:
     """Markdown model card (Mitchell et al. 2019 sections)."""
-    env = Environment(
-        loader=FileSystemLoader(str(TEMPLATES)),
-        autoescape=False,  # markdown, not HTML  # noqa: S701
-        undefined=StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        keep_trailing_newline=True,
-        finalize=_literal,
-    )
-    env.filters.update(num=_figure(fmt_num), ci=_figure(fmt_ci), pct=_figure(fmt_pct))
+    env = template_env(autoescape=False, wrap=_figure, finalize=_literal)  # Markdown, not HTML
     return env.get_template("model_card.md.j2").render(m=metrics, card=card, caveats=_caveats(metrics))

@@ -13,7 +13,7 @@ from __future__ import annotations
 import base64
 import math
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -64,18 +64,12 @@ def fmt_pct(x: Any, digits: int = 1) -> str:
     return f"{100 * float(x):.{digits}f}%"
 
 
-def _env() -> Environment:
-    env = Environment(
-        loader=FileSystemLoader(str(TEMPLATES)),
-        autoescape=True,
-        undefined=StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        keep_trailing_newline=True,
-    )
-    env.filters["num"] = fmt_num
-    env.filters["ci"] = fmt_ci
-    env.filters["pct"] = fmt_pct
+def template_env(*, autoescape: bool, wrap: Callable[[Callable], Callable] = lambda f: f, **options) -> Environment:
+    """The jinja2 environment of the evaluation templates (report and model card): a missing variable fails,
+    and the ``num`` / ``ci`` / ``pct`` filters format figures (passed through ``wrap``)."""
+    env = Environment(loader=FileSystemLoader(str(TEMPLATES)), autoescape=autoescape, undefined=StrictUndefined,
+                      trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True, **options)  # noqa: S701
+    env.filters.update(num=wrap(fmt_num), ci=wrap(fmt_ci), pct=wrap(fmt_pct))
     return env
 
 
@@ -135,7 +129,7 @@ def render_report_html(metrics: dict, plots: dict[str, bytes],
         (col, row["value"]) for col, rows in (metrics.get("subgroups") or {}).items() for row in rows
         if row.get("flag_below")
     ]
-    return _env().get_template("report.html.j2").render(
+    return template_env(autoescape=True).get_template("report.html.j2").render(
         m=metrics,
         figures=figures,
         extras=extras,

@@ -30,6 +30,7 @@ import hashlib
 import json
 import logging
 import math
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -251,6 +252,20 @@ def _lr_lambda(total_steps: int, warmup: int) -> Callable[[int], float]:
         return 0.02 + 0.98 * 0.5 * (1.0 + math.cos(math.pi * progress))
 
     return f
+
+
+def adopt_parent_checkpoint(out_dir: Path, staging: Path, parent_run_id: str | None) -> bool:
+    """Copy into ``out_dir`` the checkpoint a failed parent run left in its staging folder (``staging`` holds one
+    folder per version, ``<time>-<first 8 characters of the run id>``), so that training its re-execution
+    resumes from it; nothing when there is no parent, the parent left no checkpoint, or ``out_dir`` has its own."""
+    if not parent_run_id or (out_dir / CHECKPOINT).exists():
+        return False
+    found = sorted(staging.glob(f"*-{parent_run_id[:8]}/model/{CHECKPOINT}"))
+    if not found:
+        return False
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write(out_dir / CHECKPOINT, lambda tmp: shutil.copyfile(found[-1], tmp))
+    return True
 
 
 def train_image_model(

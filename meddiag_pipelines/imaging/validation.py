@@ -200,6 +200,30 @@ def mark_copies_of_train(split_frame: pl.DataFrame) -> pl.DataFrame:
     return split_frame.with_columns(copy.fill_null(False).alias(COPY_OF_TRAIN_COLUMN))
 
 
+def mark_official_copies(frame: pl.DataFrame) -> tuple[pl.DataFrame, dict]:
+    """The split frame with copies across a dataset's own split marked (:func:`mark_copies_of_train`), and their
+    counts as metadata (validation blocks any copies of ours)."""
+    predefined = int(frame[PREDEFINED_SPLIT].is_not_null().sum()) if PREDEFINED_SPLIT in frame.columns else 0
+    copies = {f"n_copies_{k}": v for k, v in split_copy_counts(frame).items()}
+    return mark_copies_of_train(frame), {"n_predefined_split": predefined, **copies}
+
+
+def multilabel_domain_failures(frame: pl.DataFrame, spec: TaskSpec) -> list[CheckFailure]:
+    """Multi-label labels must be '' or '|'-joined finding indices within ``spec.classes`` (when given)."""
+    if spec.label not in frame.columns:
+        return []
+    k = len(spec.classes) if spec.classes else None
+    bad = 0
+    for value in frame[spec.label].drop_nulls().cast(pl.String).to_list():
+        parts = value.split("|") if value else []
+        if not all(x.isdigit() and (k is None or int(x) < k) for x in parts):
+            bad += 1
+    if not bad:
+        return []
+    return [CheckFailure("multilabel_label_domain", spec.label, f"{bad} labels are not '|'-joined finding indices "
+                         f"{'below ' + str(k) if k else ''}".rstrip(), bad)]  # fmt: skip
+
+
 def image_failures(frame: pl.DataFrame, spec: TaskSpec, name: str | None = None) -> list[CheckFailure]:
     """Every blocking image check on ``frame`` (a batch, or all validated rows)."""
     failures = run_suite(frame, image_expectations(spec), identifier_columns(spec), name or spec.name)
@@ -234,4 +258,5 @@ def validate_images(frame: pl.DataFrame, spec: TaskSpec, known_ids: set[str] | N
 
 
 __all__ = ["COPY_OF_TRAIN_COLUMN", "duplicate_failures", "duplicate_warnings", "image_expectations", "image_failures",
-           "image_property_failures", "image_split", "mark_copies_of_train", "split_copy_counts", "validate_images"]  # fmt: skip
+           "image_property_failures", "image_split", "mark_copies_of_train", "mark_official_copies",
+           "multilabel_domain_failures", "split_copy_counts", "validate_images"]  # fmt: skip

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
+from pathlib import Path
 
 import polars as pl
 
+from meddiag_pipelines import __version__
 from meddiag_pipelines.specs import TaskSpec
 
 # Settings that change no trained model nor the thresholds a version carries.
@@ -21,6 +24,17 @@ MODEL_IRRELEVANT = {"description", "owner", "schedule", "landing", "promotion"}
 
 def model_settings(spec: TaskSpec) -> dict:
     return spec.model_dump(mode="json", exclude=MODEL_IRRELEVANT)
+
+
+def code_version() -> str:
+    """The package version, plus the git commit when git answers within 5 s (no git, no repo or a hung git:
+    the version alone)."""
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                             text=True, timeout=5).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.SubprocessError):  # SubprocessError: TimeoutExpired
+        sha = ""
+    return f"{__version__}+{sha}" if sha else __version__
 
 
 def training_fingerprint(batch_hashes: list[str], spec: TaskSpec, code_version: str) -> str:

@@ -20,6 +20,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
 from meddiag_pipelines.atomic import atomic_write_bytes, atomic_write_json
+from meddiag_pipelines.probability import logit, softmax
 from meddiag_pipelines.specs import TrainingSpec
 from meddiag_pipelines.device import xgboost_device
 
@@ -55,22 +56,17 @@ def _suggest(trial: optuna.Trial) -> dict:
     }
 
 
-def _logit(p: np.ndarray) -> np.ndarray:
-    p = np.clip(p, 1e-6, 1 - 1e-6)
-    return np.log(p / (1 - p))
-
-
 def fit_recalibration(y_val: np.ndarray, p_val: np.ndarray) -> dict:
     """Logistic recalibration (Platt scaling on the logit) fitted on validation: boosted trees stopped early
     tend to give too moderate probabilities, which the calibration-slope gate would rightly refuse."""
-    model = LogisticRegression(C=1e4, max_iter=1000).fit(_logit(p_val).reshape(-1, 1), y_val)
+    model = LogisticRegression(C=1e4, max_iter=1000).fit(logit(p_val).reshape(-1, 1), y_val)
     return {"a": float(model.intercept_[0]), "b": float(model.coef_[0, 0])}
 
 
 def _recalibrate(p: np.ndarray, recalibration: dict | None) -> np.ndarray:
     if not recalibration:
         return p
-    return 1.0 / (1.0 + np.exp(-(recalibration["a"] + recalibration["b"] * _logit(p))))
+    return 1.0 / (1.0 + np.exp(-(recalibration["a"] + recalibration["b"] * logit(p))))
 
 
 def _predict(booster: xgb.Booster, data: xgb.DMatrix, n_classes: int) -> np.ndarray:
@@ -141,12 +137,6 @@ def train_logistic(X_train, y_train, X_val, y_val, n_classes: int, out_dir: Path
     return meta
 
 
-def _softmax(z: np.ndarray) -> np.ndarray:
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
-
-
 def train_tabular_models(X_train, y_train, X_val, y_val, n_classes: int, settings: TrainingSpec, out_dir: Path,
                          feature_names: list[str]) -> dict:  # fmt: skip
     """XGBoost and the logistic baseline on the same rows; the meta of the one chosen on validation AUROC, whose
@@ -194,7 +184,7 @@ def predict_tabular(model_dir: Path, X: np.ndarray) -> np.ndarray:
     z = _standardised(meta, X) @ np.asarray(meta["coef"]).T + np.asarray(meta["intercept"])
     if meta["n_classes"] == 2:
         return _recalibrate(1.0 / (1.0 + np.exp(-z.reshape(-1))), meta.get("recalibration"))
-    return _softmax(z)
+    return softmax(z)
 
 
 def _standardised(meta: dict, X: np.ndarray) -> np.ndarray:

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import polars as pl
 import scipy.sparse as sp
 from scipy.optimize import minimize_scalar
 from sklearn.feature_extraction.text import CountVectorizer
@@ -47,6 +48,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import f1_score
 
 from meddiag_pipelines.atomic import atomic_write, atomic_write_json
+from meddiag_pipelines.probability import softmax
 from meddiag_pipelines.specs import TaskSpec
 
 FORMAT_VERSION = 1
@@ -83,18 +85,12 @@ class TextTrainResult:
 # shared helpers
 
 
-def _softmax(z: np.ndarray) -> np.ndarray:
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
-
-
 def _probs_from_logits(logits: np.ndarray, temperature: float) -> np.ndarray:
     """(n,) logits -> (n,) P(class 1); (n, k) logits -> (n, k) probabilities."""
     z = logits / temperature
     if z.ndim == 1:
         return 1.0 / (1.0 + np.exp(-z))
-    return _softmax(z)
+    return softmax(z)
 
 
 def _full_probs(p: np.ndarray) -> np.ndarray:
@@ -520,6 +516,18 @@ def load_text_model(model_dir: Path, device: str = "cpu") -> _Baseline | _Neural
 def predict_text(model_dir: Path, texts: list[str]) -> np.ndarray:
     """Calibrated probabilities: binary (n,) P(classes[1]); multi-class (n, k)."""
     return load_text_model(model_dir).predict(list(texts))
+
+
+def texts_of(rows: pl.DataFrame, column: str) -> list[str]:
+    """A text column as the models read it: strings, a missing text as ''."""
+    return rows[column].cast(pl.String).fill_null("").to_list()
+
+
+def class_probabilities(model_dir: Path, texts: list[str], binary: bool) -> np.ndarray:
+    """:func:`predict_text` in the evaluator's shape: a task of two classes without a positive one is a multi-class
+    task, so it gets both columns."""
+    proba = predict_text(model_dir, texts)
+    return np.column_stack([1 - proba, proba]) if proba.ndim == 1 and not binary else proba
 
 
 def _occlusion_variants(text: str) -> tuple[list[str], list[str]]:

@@ -3,7 +3,6 @@ model handles."""
 
 import base64
 import hashlib
-import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -12,7 +11,6 @@ import dagster as dg
 import numpy as np
 import polars as pl
 
-from meddiag_pipelines import __version__
 from meddiag_pipelines.defs.resources.storage import MeddiagStorage
 from meddiag_pipelines.ingestion.batches import why_no_records
 from meddiag_pipelines.markup import escape_markdown
@@ -41,17 +39,6 @@ def pool(spec: TaskSpec) -> str:
 def hashed_id(value: str) -> str:
     """Record ids shown in metadata or logs are hashed, never shown."""
     return hashlib.sha256(value.encode("utf-8")).hexdigest()[:12]
-
-
-def code_version() -> str:
-    """The package version, plus the git commit when git answers within 5 s (no git, no repo or a hung git:
-    the version alone)."""
-    try:
-        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
-                             text=True, timeout=5).stdout.strip()  # fmt: skip
-    except (OSError, subprocess.SubprocessError):  # SubprocessError: TimeoutExpired
-        sha = ""
-    return f"{__version__}+{sha}" if sha else __version__
 
 
 def run_version(context: dg.AssetExecutionContext) -> str:

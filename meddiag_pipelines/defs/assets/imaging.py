@@ -28,9 +28,6 @@ finding, in ``baseline/label_<j>/``), the evaluation is ``kind="multilabel"`` (m
 predictions carry one ``p_<finding>`` column per finding (no predicted class, no risk band).
 """
 
-import base64
-import html
-import shutil
 from pathlib import Path
 
 import dagster as dg
@@ -43,39 +40,31 @@ from meddiag_pipelines.defs.assets import lifecycle
 from meddiag_pipelines.defs.assets.split import build_split_asset
 from meddiag_pipelines import labels
 from meddiag_pipelines.defs.resources.storage import MeddiagStorage
-from meddiag_pipelines.split import SPLIT_COLUMN
+from meddiag_pipelines.split import SPLIT_COLUMN, key_columns_in
 from meddiag_pipelines.imaging.preprocess import CACHE_VERSION, load_cached, update_cache
+from meddiag_pipelines.imaging.report import saliency_section
+from meddiag_pipelines.imaging.scoring import baseline_side, pooled_pixels, predict_images
 from meddiag_pipelines.imaging.readers import LABELS_CSV, ImageBatchError, read_image_batch, source_file
 from meddiag_pipelines.ingestion.batches import RAW_TABLE, ReadOutcome, ingest_new_batches
 from meddiag_pipelines.ingestion.errors import BatchRejected
 from meddiag_pipelines.ingestion.landing import BATCH_COLUMN, LandedBatch, display_name
-from meddiag_pipelines.specs import TaskSpec
+from meddiag_pipelines.registry.store import STAGING
+from meddiag_pipelines.specs import TaskSpec, spec_columns
 from meddiag_pipelines.device import torch_device
 from meddiag_pipelines.imaging.validation import (
-    COPY_OF_TRAIN_COLUMN,
     PREDEFINED_SPLIT,
     duplicate_warnings,
     image_failures,
-    mark_copies_of_train,
-    split_copy_counts,
+    mark_official_copies,
+    multilabel_domain_failures,
     validate_images,
 )
-from meddiag_pipelines.validation.suites import CheckFailure
 
 CANDIDATE_NAME = "resnet18_small"
 BASELINE_NAME = "logistic_regression_pixels"
-PREDICT_CHUNK_BYTES = 1 << 28  # float32 images scored at once
-SALIENCY_PER_GROUP = 4
 
 
 # -- reading ------------------------------------------------------------------------------------------------------
-def _to_spec_columns(frame: pl.DataFrame, spec: TaskSpec) -> pl.DataFrame:
-    """The readers name their key columns id / label / patient_id; the spine uses the spec's names."""
-    renames = {canon: col for canon, col in (("id", spec.id), ("label", spec.label), ("patient_id", spec.patient_id))
-               if col and col != canon and canon in frame.columns}  # fmt: skip
-    return frame.rename(renames)
-
-
 def read_image_records(batch: LandedBatch, spec: TaskSpec) -> ReadOutcome:
     """Reader for ``ingest_new_batches``: records in the spec's column names (with the intensity range of each
     image, decoded once by the reader); every file that does not read is a per-file rejection."""
@@ -90,14 +79,7 @@ def read_image_records(batch: LandedBatch, spec: TaskSpec) -> ReadOutcome:
             continue  # e.g. a repeated labels.csv row naming a file that a kept record uses: the file stays
         problems.setdefault(rel, []).append(problem)
     rejected = [(rel, "; ".join(dict.fromkeys(p))) for rel, p in problems.items()]
-    return ReadOutcome(_to_spec_columns(result.records, spec), rejected)
-
-
-def _mark_official_copies(frame: pl.DataFrame) -> tuple[pl.DataFrame, dict]:
-    """Copies across a dataset's own split are marked and counted (validation blocks any copies of ours)."""
-    predefined = int(frame[PREDEFINED_SPLIT].is_not_null().sum()) if PREDEFINED_SPLIT in frame.columns else 0
-    copies = {f"n_copies_{k}": v for k, v in split_copy_counts(frame).items()}
-    return mark_copies_of_train(frame), {"n_predefined_split": predefined, **copies}
+    return ReadOutcome(spec_columns(result.records, spec), rejected)
 
 
 # -- features: the tensor cache -----------------------------------------------------------------------------------
@@ -116,33 +98,6 @@ def _cache_records(rows: pl.DataFrame, spec: TaskSpec) -> pl.DataFrame:
     return rows.select(pl.col(spec.id).cast(pl.String).alias("id"), "source", "sha256").sort("id")
 
 
-def baseline_side(size: int) -> int:
-    return 14 if size % 14 == 0 else 16
-
-
-def pooled_pixels(X: np.ndarray, side: int) -> np.ndarray:
-    """(n, C, S, S) -> (n, C * side * side) by average pooling over S / side blocks."""
-    n, c, s, _ = X.shape
-    k = s // side
-    return X.reshape(n, c, side, k, side, k).mean(axis=(3, 5)).reshape(n, c * side * side)
-
-
-def multilabel_domain_failures(frame: pl.DataFrame, spec: TaskSpec) -> list[CheckFailure]:
-    """Multi-label labels must be '' or '|'-joined finding indices within ``spec.classes`` (when given)."""
-    if spec.label not in frame.columns:
-        return []
-    k = len(spec.classes) if spec.classes else None
-    bad = 0
-    for value in frame[spec.label].drop_nulls().cast(pl.String).to_list():
-        parts = value.split("|") if value else []
-        if not all(x.isdigit() and (k is None or int(x) < k) for x in parts):
-            bad += 1
-    if not bad:
-        return []
-    return [CheckFailure("multilabel_label_domain", spec.label, f"{bad} labels are not '|'-joined finding indices "
-                         f"{'below ' + str(k) if k else ''}".rstrip(), bad)]  # fmt: skip
-
-
 def _validation_spec(spec: TaskSpec) -> TaskSpec:
     """Multi-label ``classes`` name the findings, not label values: GX must not check the label against them."""
     return spec.model_copy(update={"classes": None}) if labels.task_kind(spec) == "multilabel" else spec
@@ -150,33 +105,11 @@ def _validation_spec(spec: TaskSpec) -> TaskSpec:
 
 def _predictor_factory(spec: TaskSpec):
     def factory(plan: dict):
-        from meddiag_pipelines.imaging.train import predict_image_model
-        from meddiag_pipelines.tabular.models import predict_tabular
-
         cache_dir = Path(plan["cache_dir"])
-        per_image = 4 * int(plan["channels"]) * int(plan["size"]) ** 2
-        chunk = max(256, PREDICT_CHUNK_BYTES // per_image)
-        k = len(plan.get("classes") or []) or 2
-        multilabel = labels.task_kind(spec) == "multilabel"
 
         def predict(model_dir: Path, rows: pl.DataFrame) -> np.ndarray:
-            ids = rows[spec.id].cast(pl.String).to_list()
-            parts = []
-            for start in range(0, len(ids), chunk):
-                X = load_cached(cache_dir, ids[start : start + chunk])
-                if plan.get("predictor") == "pixel_logistic":
-                    p = predict_tabular(Path(model_dir), pooled_pixels(X, int(plan["baseline_side"])))
-                elif plan.get("predictor") == "pixel_logistic_ovr":  # multi-label: one model per finding
-                    pooled = pooled_pixels(X, int(plan["baseline_side"]))
-                    p = np.stack([predict_tabular(Path(model_dir) / f"label_{j}", pooled) for j in range(k)], axis=1)
-                else:
-                    p = predict_image_model(Path(model_dir), X, device=torch_device())
-                if not spec.is_binary and not multilabel and p.ndim == 1:  # two-class multi-class, binary model
-                    p = np.stack([1.0 - p, p], axis=1)
-                parts.append(np.asarray(p, dtype=np.float64))
-            if not parts:
-                return np.empty((0,) if spec.is_binary else (0, k))
-            return np.concatenate(parts)
+            return predict_images(Path(model_dir), plan, rows[spec.id].cast(pl.String).to_list(),
+                                  lambda ids: load_cached(cache_dir, ids), labels.task_kind(spec), torch_device())  # fmt: skip
 
         return predict
 
@@ -184,92 +117,17 @@ def _predictor_factory(spec: TaskSpec):
 
 
 # -- report: saliency ---------------------------------------------------------------------------------------------
-def _png_img(png: bytes, alt: str) -> str:
-    return f'<img alt="{html.escape(alt)}" style="max-width:100%" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
-
-
-def saliency_sections(spec: TaskSpec, candidate: dict, test: pl.DataFrame, proba: np.ndarray, metrics: dict,
-                      log=None) -> list[tuple[str, str]]:  # fmt: skip
-    """Grad-CAM over a seeded sample of the test split: true positives, false positives and false negatives at the
-    operating threshold (binary), or correct and misclassified images (multi-class). No ids are shown."""
-    from meddiag_pipelines.imaging.saliency import grad_cam, saliency_panel_png
-
-    title = "Saliency (Grad-CAM)"
-    try:
-        classes = candidate["classes"]
-        kind = labels.task_kind(spec)
-        y = labels.encode_labels(test[spec.label], classes, kind)
-        rng = np.random.default_rng(spec.evaluation.seed)
-        targets: list[int | None] = []
-        if kind == "multilabel":
-            per_label = metrics.get("per_label") or []
-            cuts = [float((r.get("operating_threshold") or {}).get("value", 0.5)) for r in per_label]
-            cuts = cuts or [0.5] * len(classes)
-            groups = [(f"True positives: {c}", (y[:, j] == 1) & (proba[:, j] >= cuts[j])) for j, c in enumerate(classes)]
-            targets = list(range(len(classes)))
-            scores = proba
-            note = "Per finding at its operating threshold; the heat map is the evidence for that finding."
-        elif proba.ndim == 1:
-            threshold = float((metrics.get("operating_threshold") or {}).get("value", 0.5))
-            pred = proba >= threshold
-            groups = [("True positives", (y == 1) & pred), ("False positives", (y == 0) & pred),
-                      ("False negatives", (y == 1) & ~pred)]  # fmt: skip
-            scores = proba
-            note = (f"At the operating threshold {threshold:.3f}. The heat map is the evidence for "
-                    f"<b>{html.escape(str(classes[1]))}</b>.")  # fmt: skip
-        else:
-            pred_idx = proba.argmax(axis=1)
-            groups = [("Correctly classified", pred_idx == y), ("Misclassified", pred_idx != y)]
-            scores = proba.max(axis=1)
-            note = "The heat map is the evidence for the predicted class."
-        ids = test[spec.id].cast(pl.String).to_list()
-        plan = candidate["plan"]
-        parts = [f"<p>Grad-CAM (last convolutional stage, coarse at small input sizes) over a random sample of up "
-                 f"to {SALIENCY_PER_GROUP} test images per group. {note} It shows where the model looked, "
-                 "not a segmentation.</p>"]  # fmt: skip
-        for g, (label, mask) in enumerate(groups):
-            target = targets[g] if targets else None
-            where = np.flatnonzero(mask)
-            parts.append(f"<h3>{label} ({where.size} of {len(y)})</h3>")
-            if where.size == 0:
-                parts.append("<p>none in the test split</p>")
-                continue
-            chosen = np.sort(rng.choice(where, size=min(SALIENCY_PER_GROUP, where.size), replace=False))
-            X = load_cached(Path(plan["cache_dir"]), [ids[i] for i in chosen])
-            maps = grad_cam(Path(candidate["dir"]), X, target_index=target)
-            if target is not None:
-                titles = [f"p={scores[i, target]:.2f}" for i in chosen]
-            elif proba.ndim == 1:
-                titles = [f"p={scores[i]:.2f}" for i in chosen]
-            else:
-                titles = [f"true {classes[y[i]]} / pred {classes[proba[i].argmax()]}" for i in chosen]
-            parts.append(_png_img(saliency_panel_png(X, maps, titles), f"{label}: Grad-CAM"))
-        return [(title, "\n".join(parts))]
-    except Exception as exc:  # noqa: BLE001 - a saliency failure must not lose the evaluation
-        if log is not None:
-            log.warning(f"{spec.name}: saliency section failed: {type(exc).__name__}: {exc}")
-        return [(title, f"<p>Saliency could not be computed ({html.escape(type(exc).__name__)}).</p>")]
+def _saliency_sections(spec: TaskSpec, candidate: dict, test: pl.DataFrame, proba: np.ndarray,
+                       metrics: dict) -> list[tuple[str, str]]:  # fmt: skip
+    """The Grad-CAM section of the report, over the test images in the tensor cache."""
+    cache_dir = Path(candidate["plan"]["cache_dir"])
+    ids = test[spec.id].cast(pl.String).to_list()
+    return [saliency_section(Path(candidate["dir"]), candidate["classes"], labels.task_kind(spec), test[spec.label],
+                             proba, metrics, lambda rows: load_cached(cache_dir, [ids[i] for i in rows]),
+                             spec.evaluation.seed)]  # fmt: skip
 
 
 # -- the asset graph ----------------------------------------------------------------------------------------------
-def _resume_checkpoint(context: dg.AssetExecutionContext, storage: MeddiagStorage, spec: TaskSpec, out: Path) -> bool:
-    """A re-execution of a failed run starts from the checkpoint its parent run left in its staging folder."""
-    from meddiag_pipelines.imaging.train import CHECKPOINT
-
-    parent = context.run.parent_run_id
-    if not parent or (out / CHECKPOINT).exists():
-        return False
-    staging = storage.registry.task_dir(spec.name) / ".staging"
-    found = sorted(staging.glob(f"*-{parent[:8]}/model/{CHECKPOINT}"))
-    if not found:
-        return False
-    out.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(found[-1], out / f".{CHECKPOINT}.tmp")
-    (out / f".{CHECKPOINT}.tmp").replace(out / CHECKPOINT)
-    context.log.info(f"{spec.name}: resuming training from the checkpoint of parent run {parent[:8]}")
-    return True
-
-
 def build_image_assets(spec: TaskSpec) -> list:
     name = spec.name
     tags = common.asset_tags(spec)
@@ -319,7 +177,7 @@ def build_image_assets(spec: TaskSpec) -> list:
                                              "problems": "; ".join(w.problem for w in warnings) or "none"})  # fmt: skip
 
     [split] = build_split_asset(spec, validated_records, tags, predefined=PREDEFINED_SPLIT,
-                                       finish=_mark_official_copies)
+                                       finish=mark_official_copies)
 
     @dg.multi_asset(
         name=f"{name}__features",
@@ -344,10 +202,8 @@ def build_image_assets(spec: TaskSpec) -> list:
             reused += bool(manifest["reused"])
             built += not manifest["reused"]
             n_images += int(manifest["n"])
-        keys = [c for c in dict.fromkeys([spec.id, spec.label, spec.patient_id, SPLIT_COLUMN, BATCH_COLUMN,
-                                          COPY_OF_TRAIN_COLUMN, *spec.subgroups]) if c and c in split.columns]  # fmt: skip
         # An image refused by the cache (its file changed or vanished since validation) is never trained on.
-        frame = split.filter(~pl.col(spec.id).cast(pl.String).is_in(list(refused))).select(keys)
+        frame = split.filter(~pl.col(spec.id).cast(pl.String).is_in(list(refused))).select(key_columns_in(split, spec))
         plan = {"modality": "image", "cache_dir": str(cache_dir), "size": image.size, "channels": image.channels,
                 "format": image.format, "cache_version": CACHE_VERSION, "id_column": spec.id}  # fmt: skip
         cache_bytes = sum(p.stat().st_size for p in cache_dir.glob("*.npy")) if cache_dir.is_dir() else 0
@@ -368,11 +224,13 @@ def build_image_assets(spec: TaskSpec) -> list:
               kinds={"pytorch"}, pool=common.pool(spec), **tags)  # fmt: skip
     def candidate_model(context: dg.AssetExecutionContext, storage: MeddiagStorage, features: pl.DataFrame,
                         feature_plan: dict) -> dict:  # fmt: skip
-        from meddiag_pipelines.imaging.train import CHECKPOINT, train_image_model
+        from meddiag_pipelines.imaging.train import CHECKPOINT, adopt_parent_checkpoint, train_image_model
 
         version = common.run_version(context)
         out = storage.registry.staging_dir(name, version) / "model"
-        _resume_checkpoint(context, storage, spec, out)
+        parent = context.run.parent_run_id
+        if adopt_parent_checkpoint(out, storage.registry.task_dir(name) / STAGING, parent):
+            context.log.info(f"{name}: resuming training from the checkpoint of parent run {parent[:8]}")
         classes = labels.class_list(spec, features)
         (X_train, y_train), (X_val, y_val) = (_data(features, feature_plan, p, classes) for p in ("train", "val"))
         kind = labels.task_kind(spec)
@@ -435,7 +293,7 @@ def build_image_assets(spec: TaskSpec) -> list:
     downstream = lifecycle.build_model_lifecycle_assets(
         spec, tags, split_asset=[split], predictor_factory=_predictor_factory(spec), explain=None,
         missing_data=lambda train_rows, plan: [],
-        test_sections=lambda candidate, test, proba, metrics: saliency_sections(spec, candidate, test, proba, metrics),
+        test_sections=lambda candidate, test, proba, metrics: _saliency_sections(spec, candidate, test, proba, metrics),
     )  # fmt: skip
     return [raw_records, validated_records, validated_records_suite, validated_records_duplicates_within_split, split,
             features, candidate_model, baseline_model, *downstream]  # fmt: skip

@@ -13,14 +13,14 @@ import polars as pl
 
 from meddiag_pipelines.atomic import atomic_write, atomic_write_bytes, atomic_write_json, publish_dir, staging_dir
 from meddiag_pipelines.defs.resources.storage import MeddiagStorage
-from meddiag_pipelines.defs.assets.common import code_version, handle_dir, png_markdown, pool
+from meddiag_pipelines.defs.assets.common import handle_dir, png_markdown, pool
 from meddiag_pipelines.labels import encode_labels, task_kind
 import meddiag_pipelines.evaluation as evaluator  # its modules load on first use
 from meddiag_pipelines.split import COPY_OF_TRAIN_COLUMN, SPLIT_COLUMN, SPLITS
 from meddiag_pipelines.ingestion.batches import reconcile
 from meddiag_pipelines.ingestion.landing import BATCH_COLUMN
 from meddiag_pipelines.markup import escape_markdown
-from meddiag_pipelines.registry.fingerprint import trained_batch_hashes, training_fingerprint
+from meddiag_pipelines.registry.fingerprint import code_version, trained_batch_hashes, training_fingerprint
 from meddiag_pipelines.registry.promotion import Decision, decide
 from meddiag_pipelines.specs import TaskSpec
 from meddiag_pipelines.validation.suites import feature_columns

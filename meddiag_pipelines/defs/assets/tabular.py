@@ -17,10 +17,9 @@ from meddiag_pipelines.defs.assets import lifecycle
 from meddiag_pipelines.defs.assets.split import build_split_asset
 from meddiag_pipelines import labels
 from meddiag_pipelines.defs.resources.storage import MeddiagStorage
-from meddiag_pipelines.split import SPLIT_COLUMN
+from meddiag_pipelines.split import SPLIT_COLUMN, key_columns_in
 from meddiag_pipelines.tabular.features import FeaturePlan, fit_plan, missing_data_table, transform
 from meddiag_pipelines.ingestion.batches import ingest_new_batches
-from meddiag_pipelines.ingestion.landing import BATCH_COLUMN
 from meddiag_pipelines.tabular.readers import read_tabular_batch
 from meddiag_pipelines.specs import TaskSpec
 from meddiag_pipelines.tabular.models import (
@@ -64,8 +63,7 @@ def _tabular_predictor(plan: dict):
 def feature_table(split: pl.DataFrame, spec: TaskSpec) -> tuple[pl.DataFrame, FeaturePlan]:
     """The plan fitted on training rows, and every row's model inputs (prefixed) beside its keys and split."""
     plan = fit_plan(split.filter(pl.col(SPLIT_COLUMN) == "train"), spec)
-    keys = [c for c in split.columns if c in {spec.id, spec.label, spec.patient_id, SPLIT_COLUMN, BATCH_COLUMN, *spec.subgroups}]
-    frame = pl.concat([split.select(keys), transform(split, plan).rename(lambda c: FEATURE_PREFIX + c)], how="horizontal")
+    frame = pl.concat([split.select(key_columns_in(split, spec)), transform(split, plan).rename(lambda c: FEATURE_PREFIX + c)], how="horizontal")
     return frame, plan
 
 

@@ -9,7 +9,6 @@ baseline and the fastText-style torch model) and keeps the better on validation;
 the baseline trained in that same call, so nothing is trained twice.
 """
 
-import html
 import json
 from pathlib import Path
 
@@ -23,11 +22,12 @@ from meddiag_pipelines.defs.assets import lifecycle
 from meddiag_pipelines.defs.assets.split import build_split_asset
 from meddiag_pipelines import labels
 from meddiag_pipelines.defs.resources.storage import MeddiagStorage
-from meddiag_pipelines.split import SPLIT_COLUMN
+from meddiag_pipelines.split import SPLIT_COLUMN, key_columns_in
 from meddiag_pipelines.ingestion.batches import ReadOutcome, ingest_new_batches
-from meddiag_pipelines.ingestion.landing import BATCH_COLUMN, LandedBatch
-from meddiag_pipelines.specs import TaskSpec
-from meddiag_pipelines.text.models import explain_texts, predict_text, top_terms_per_class, train_text_models
+from meddiag_pipelines.ingestion.landing import LandedBatch
+from meddiag_pipelines.specs import TaskSpec, spec_columns
+from meddiag_pipelines.text.models import class_probabilities, explain_texts, texts_of, train_text_models
+from meddiag_pipelines.text.report import missing_texts, top_terms_html
 from meddiag_pipelines.text.readers import read_text_batch
 from meddiag_pipelines.device import torch_device
 from meddiag_pipelines.validation.suites import CheckFailure
@@ -35,28 +35,11 @@ from meddiag_pipelines.text.validation import text_duplicates, unreadable_files,
 
 MODEL_NAMES = {"baseline": "tfidf_logistic_regression", "neural": "fasttext_torch"}
 FRAMEWORKS = {"baseline": "scikit-learn", "neural": "torch"}
-TOP_TERMS = 10
-
-
-def spec_columns(records: pl.DataFrame, spec: TaskSpec) -> pl.DataFrame:
-    """The reader names its columns id / label / patient_id / text; the warehouse uses the spec's names."""
-    names = {"id": spec.id, "label": spec.label, "text": spec.text}
-    if spec.patient_id:
-        names["patient_id"] = spec.patient_id
-    return records.rename({k: v for k, v in names.items() if k in records.columns and k != v})
-
-
-def texts_of(rows: pl.DataFrame, column: str) -> list[str]:
-    return rows[column].cast(pl.String).fill_null("").to_list()
 
 
 def _text_predictor(plan: dict):
-    column = plan["text_column"]
-
     def predict(model_dir, rows: pl.DataFrame) -> np.ndarray:
-        proba = predict_text(Path(model_dir), texts_of(rows, column))
-        # Two classes without a positive one are a multi-class task: the evaluator wants both columns.
-        return np.column_stack([1 - proba, proba]) if proba.ndim == 1 and not plan.get("binary", True) else proba
+        return class_probabilities(Path(model_dir), texts_of(rows, plan["text_column"]), plan.get("binary", True))
 
     return predict
 
@@ -66,24 +49,6 @@ def _explain(model_dir, rows: pl.DataFrame, plan: dict) -> list[list[tuple[str, 
     return explain_texts(Path(model_dir), texts_of(rows, plan["text_column"]))
 
 
-def _missing_texts(train_rows: pl.DataFrame, plan: dict) -> list[dict]:
-    column = plan["text_column"]
-    n = max(train_rows.height, 1)
-    missing = train_rows.filter(pl.col(column).cast(pl.String).str.strip_chars().fill_null("") == "").height
-    return [{"feature": column, "n_missing": missing, "rate": missing / n,
-             "handling": "none needed" if not missing else "empty text (blocked by validation)"}]  # fmt: skip
-
-
-def top_terms_html(model_dir: Path, k: int = TOP_TERMS) -> str:
-    """An HTML table: per class, the terms the model weighs most toward it (no external resources)."""
-    terms = top_terms_per_class(Path(model_dir), k)
-    rows = "".join(
-        f"<tr><td>{html.escape(str(c))}</td><td>{html.escape(', '.join(t for t, _ in pairs)) or '&mdash;'}</td></tr>"
-        for c, pairs in terms.items()
-    )
-    return (f"<p>The {k} terms most indicative of each class (relative to the mean over classes), as the "
-            "chosen model weighs them. Terms come from scrubbed training text.</p>"
-            f"<table><tr><th>class</th><th>top terms</th></tr>{rows}</table>")  # fmt: skip
 
 
 def _card_extras(candidate: dict) -> list[tuple[str, str]]:
@@ -157,9 +122,7 @@ def build_text_assets(spec: TaskSpec) -> list:
         },  # fmt: skip
     )
     def features(context: dg.AssetExecutionContext, split: pl.DataFrame):
-        keys = [c for c in split.columns if c in {spec.id, spec.label, spec.patient_id, SPLIT_COLUMN, BATCH_COLUMN,
-                                                   *spec.subgroups}]  # fmt: skip
-        frame = split.select(*keys, pl.col(spec.text).cast(pl.String))
+        frame = split.select(*key_columns_in(split, spec), pl.col(spec.text).cast(pl.String))
         plan = {"modality": "text", "text_column": spec.text, "min_text_chars": spec.min_text_chars,
                 "scrubbed_at_read": True, "binary": spec.is_binary}  # fmt: skip
         lengths = frame[spec.text].str.len_chars()
@@ -211,7 +174,7 @@ def build_text_assets(spec: TaskSpec) -> list:
 
     downstream = lifecycle.build_model_lifecycle_assets(
         spec, tags, split_asset=split, predictor_factory=_text_predictor, explain=_explain,
-        missing_data=_missing_texts, card_extras=_card_extras,
+        missing_data=lambda train_rows, plan: missing_texts(train_rows, plan["text_column"]), card_extras=_card_extras,
     )  # fmt: skip
     return [raw_records, unreadable_files_quarantined, validated_records, validated_records_suite, *split,
             texts_unique_across_splits, features, candidate_model, baseline_model, *downstream]  # fmt: skip

@@ -1,0 +1,55 @@
+"""Scoring images with either imaging model, the CNN (``imaging.train``) or the pixel logistic-regression baseline
+(one per finding for multi-label tasks), in chunks that bound memory; and the pooled pixels the baseline reads.
+torch is imported only when the CNN scores."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+PREDICT_CHUNK_BYTES = 1 << 28  # float32 images scored at once
+MIN_CHUNK = 256  # images per chunk at the least, however large they are
+
+
+def baseline_side(size: int) -> int:
+    return 14 if size % 14 == 0 else 16
+
+
+def pooled_pixels(X: np.ndarray, side: int) -> np.ndarray:
+    """(n, C, S, S) -> (n, C * side * side) by average pooling over S / side blocks."""
+    n, c, s, _ = X.shape
+    k = s // side
+    return X.reshape(n, c, side, k, side, k).mean(axis=(3, 5)).reshape(n, c * side * side)
+
+
+def _predict_chunk(model_dir: Path, X: np.ndarray, plan: dict, n_outputs: int, device: str) -> np.ndarray:
+    from meddiag_pipelines.tabular.models import predict_tabular
+
+    if plan.get("predictor") == "pixel_logistic":
+        return predict_tabular(model_dir, pooled_pixels(X, int(plan["baseline_side"])))
+    if plan.get("predictor") == "pixel_logistic_ovr":  # multi-label: one model per finding
+        pooled = pooled_pixels(X, int(plan["baseline_side"]))
+        return np.stack([predict_tabular(model_dir / f"label_{j}", pooled) for j in range(n_outputs)], axis=1)
+    from meddiag_pipelines.imaging.train import predict_image_model
+
+    return predict_image_model(model_dir, X, device=device)
+
+
+def predict_images(model_dir: Path, plan: dict, ids: list[str], images: Callable[[list[str]], np.ndarray], kind: str,
+                   device: str, chunk_bytes: int = PREDICT_CHUNK_BYTES) -> np.ndarray:  # fmt: skip
+    """Probabilities of the images ``images(ids)`` gives: binary (n,), multi-class or multi-label (n, k). A task
+    of two classes without a positive one is multi-class, so a binary model's output gets both columns."""
+    per_image = 4 * int(plan["channels"]) * int(plan["size"]) ** 2
+    chunk = max(MIN_CHUNK, chunk_bytes // per_image)
+    k = len(plan.get("classes") or []) or 2
+    parts = []
+    for start in range(0, len(ids), chunk):
+        p = _predict_chunk(Path(model_dir), images(ids[start : start + chunk]), plan, k, device)
+        if kind == "multiclass" and p.ndim == 1:
+            p = np.stack([1.0 - p, p], axis=1)
+        parts.append(np.asarray(p, dtype=np.float64))
+    if not parts:
+        return np.empty((0,) if kind == "binary" else (0, k))
+    return np.concatenate(parts)
