@@ -1,4 +1,11 @@
-"""Great Expectations 1.x suites built from a task spec, run on Polars frames in an ephemeral context.
+"""Great Expectations 1.x suites built from a task spec, run where the data is: a Polars frame or a Parquet file.
+
+The suite is GX's (its expectations, their names and result vocabulary). Expectations whose verdict on GX's
+pandas engine is exactly a Polars expression (existence, nulls, uniqueness, the label domain, numeric types and
+ranges on plain number columns) are computed in one Polars pass over the columns they name, which is 30-90x
+faster than GX on a pandas copy at 1M rows (``python -m bench validation``); GX's pandas engine, in an ephemeral
+context, evaluates the rest on those columns only. GX's SQL execution was tried first: over DuckDB (through
+``duckdb_engine``) it fetches a query's rows after closing its connection, which DuckDB has discarded by then.
 
 dagster-ge does not support GX 1.x, so the Dagster asset checks call :func:`run_suite` directly. Failures
 never carry record content: only counts, and for the label domain the label values outside it (classes are
@@ -210,7 +217,7 @@ def _source(data: pl.DataFrame | pl.LazyFrame | str | Path) -> pl.LazyFrame:
 def run_suite(data: pl.DataFrame | pl.LazyFrame | str | Path, expectations: list[gxe.Expectation], hidden: set[str],
               name: str) -> list[CheckFailure]:  # fmt: skip
     """Validate one frame, or a Parquet file read where it lies (only the columns the suite names are read);
-    an empty list means it passed. Failures come in the suite's order.
+    an empty list means it passed. Failures: the compiled ones in the suite's order, then GX's.
 
     The suite is GX's: expectations GX's pandas engine would decide exactly as a Polars expression does (see
     :func:`_compile`) are computed in one Polars pass; GX evaluates the others on the columns they name."""
