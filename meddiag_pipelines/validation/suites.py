@@ -130,7 +130,8 @@ def _describe_gx(result, hidden: set[str], schema: pl.Schema) -> CheckFailure:
                      info.get("partial_unexpected_list") or [], exception)  # fmt: skip
 
 
-def _run_gx(frame: pl.DataFrame, expectations: list[gxe.Expectation], hidden: set[str], name: str) -> list[CheckFailure]:
+def _run_gx(frame: pl.DataFrame, expectations: list[gxe.Expectation], hidden: set[str],
+            name: str) -> list[CheckFailure]:  # fmt: skip
     """GX's pandas engine on ``frame`` (converted to pandas at this boundary)."""
     import great_expectations as gx
 
@@ -150,7 +151,8 @@ def _run_gx(frame: pl.DataFrame, expectations: list[gxe.Expectation], hidden: se
 
 # Polars dtypes that pandas receives as numpy numbers (the dtypes in NUMERIC_TYPES); GX's verdict on any other
 # dtype depends on the values of an object column, so those expectations stay with GX.
-PLAIN_NUMBERS = (pl.Int8, pl.Int16, pl.Int32, pl.Int64, pl.UInt8, pl.UInt16, pl.UInt32, pl.UInt64, pl.Float32, pl.Float64)
+PLAIN_NUMBERS = (pl.Int8, pl.Int16, pl.Int32, pl.Int64, pl.UInt8, pl.UInt16, pl.UInt32, pl.UInt64,
+                 pl.Float32, pl.Float64)  # fmt: skip
 
 
 @dataclass
@@ -198,7 +200,8 @@ def _compile(exp: gxe.Expectation, schema: pl.Schema) -> _Compiled | None:
     elif kind == LABEL_DOMAIN and set(kwargs) == {"value_set"} and dtype == pl.String \
             and all(isinstance(v, str) for v in kwargs["value_set"]):  # fmt: skip
         rows = ~col.is_in(list(kwargs["value_set"]))
-    elif kind == "expect_column_values_to_be_between" and kwargs and set(kwargs) <= {"min_value", "max_value"} and plain \
+    elif kind == "expect_column_values_to_be_between" and plain and set(kwargs) in ({"min_value"}, {"max_value"},
+                                                                                   {"min_value", "max_value"}) \
             and all(isinstance(v, int | float) and not isinstance(v, bool) for v in kwargs.values()):  # fmt: skip
         bounds = [*([col < kwargs["min_value"]] if "min_value" in kwargs else []),
                   *([col > kwargs["max_value"]] if "max_value" in kwargs else [])]  # fmt: skip
@@ -239,7 +242,8 @@ def _count(frame: pl.LazyFrame, counted: list[_Compiled]) -> None:
     if not counted:
         return
     sums = frame.select(*(c.rows.sum().alias(f"u{i}") for i, c in enumerate(counted)),
-                        *(c.considered.sum().alias(f"n{i}") for i, c in enumerate(counted))).collect().row(0)  # fmt: skip
+                        *(c.considered.sum().alias(f"n{i}") for i, c in enumerate(counted)))  # fmt: skip
+    sums = sums.collect().row(0)
     for c, unexpected, considered in zip(counted, sums[:len(counted)], sums[len(counted):], strict=True):
         c.unexpected_count = unexpected
         c.passed = considered == 0 or (considered - unexpected) / considered >= c.mostly
