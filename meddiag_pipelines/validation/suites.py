@@ -1,4 +1,11 @@
-"""Great Expectations 1.x suites built from a task spec, run on Polars frames in an ephemeral context.
+"""Great Expectations 1.x suites built from a task spec, run where the data is: a Polars frame or a Parquet file.
+
+The suite is GX's (its expectations, their names and result vocabulary). Expectations whose verdict on GX's
+pandas engine is exactly a Polars expression (existence, nulls, uniqueness, the label domain, numeric types and
+ranges on plain number columns) are computed in one Polars pass over the columns they name, which is 13-30x
+faster than GX on a pandas copy at 1M rows (``python -m bench validation``); GX's pandas engine, in an ephemeral
+context, evaluates the rest on those columns only. GX's SQL execution was tried first: over DuckDB (through
+``duckdb_engine``) it fetches a query's rows after closing its connection, which DuckDB has discarded by then.
 
 dagster-ge does not support GX 1.x, so the Dagster asset checks call :func:`run_suite` directly. Failures
 never carry record content: only counts, and for the label domain the label values outside it (classes are
@@ -13,6 +20,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import polars as pl
@@ -96,27 +104,35 @@ def _context():
     return context
 
 
-def _describe(result, hidden: set[str], schema: pl.Schema) -> CheckFailure:
-    cfg = result.expectation_config
-    column = cfg.kwargs.get("column")
-    info = result.result or {}
-    if result.exception_info and result.exception_info.get("raised_exception"):
-        problem = f"could not be evaluated: {str(result.exception_info.get('exception_message'))[:200]}"
-    elif cfg.type == "expect_column_to_exist":
+def _describe(kind: str, column: str | None, hidden: set[str], schema: pl.Schema, unexpected_count: int | None,
+              unexpected: list, exception: str | None = None) -> CheckFailure:  # fmt: skip
+    if exception is not None:
+        problem = f"could not be evaluated: {exception[:200]}"
+    elif kind == "expect_column_to_exist":
         problem = "required column is missing"
-    elif cfg.type == "expect_column_values_to_be_in_type_list":
+    elif kind == "expect_column_values_to_be_in_type_list":
         problem = f"has type {schema.get(column)}, expected a numeric type"
-    elif info.get("unexpected_count") is None:
-        problem = f"could not be evaluated on this column's values ({cfg.type})"
+    elif unexpected_count is None:
+        problem = f"could not be evaluated on this column's values ({kind})"
     else:
-        problem = f"{info['unexpected_count']} rows break {cfg.type}"
-    shown = cfg.type == LABEL_DOMAIN and column not in hidden
-    examples = [str(v) for v in (info.get("partial_unexpected_list") or [])[:MAX_EXAMPLES]] if shown else []
-    return CheckFailure(cfg.type, column, problem, info.get("unexpected_count"), examples)
+        problem = f"{unexpected_count} rows break {kind}"
+    shown = kind == LABEL_DOMAIN and column not in hidden
+    examples = [str(v) for v in unexpected[:MAX_EXAMPLES]] if shown else []
+    return CheckFailure(kind, column, problem, unexpected_count, examples)
 
 
-def run_suite(frame: pl.DataFrame, expectations: list[gxe.Expectation], hidden: set[str], name: str) -> list[CheckFailure]:
-    """Validate ``frame`` (converted to pandas at this boundary); an empty list means it passed."""
+def _describe_gx(result, hidden: set[str], schema: pl.Schema) -> CheckFailure:
+    cfg = result.expectation_config
+    info = result.result or {}
+    raised = result.exception_info and result.exception_info.get("raised_exception")
+    exception = str(result.exception_info.get("exception_message")) if raised else None
+    return _describe(cfg.type, cfg.kwargs.get("column"), hidden, schema, info.get("unexpected_count"),
+                     info.get("partial_unexpected_list") or [], exception)  # fmt: skip
+
+
+def _run_gx(frame: pl.DataFrame, expectations: list[gxe.Expectation], hidden: set[str],
+            name: str) -> list[CheckFailure]:  # fmt: skip
+    """GX's pandas engine on ``frame`` (converted to pandas at this boundary)."""
     import great_expectations as gx
 
     context = _context()
@@ -130,14 +146,126 @@ def run_suite(frame: pl.DataFrame, expectations: list[gxe.Expectation], hidden: 
     result = gx.ValidationDefinition(data=batches, suite=suite, name=name).run(
         batch_parameters={"dataframe": frame.to_pandas()}, result_format="SUMMARY"
     )
-    return [_describe(r, hidden, frame.schema) for r in result.results if not r.success]
+    return [_describe_gx(r, hidden, frame.schema) for r in result.results if not r.success]
 
 
-def validate_tabular(frame: pl.DataFrame, spec: TaskSpec, known_ids: set[str] | None = None) -> list[CheckFailure]:
-    """The spec's suite, plus ids already ingested from earlier batches (a re-export)."""
-    failures = run_suite(frame, tabular_expectations(spec, frame.columns), identifier_columns(spec), spec.name)
-    if known_ids and spec.id in frame.columns:
-        repeated = frame.filter(pl.col(spec.id).is_in(list(known_ids))).height
+# Polars dtypes that pandas receives as numpy numbers (the dtypes in NUMERIC_TYPES); GX's verdict on any other
+# dtype depends on the values of an object column, so those expectations stay with GX.
+PLAIN_NUMBERS = (pl.Int8, pl.Int16, pl.Int32, pl.Int64, pl.UInt8, pl.UInt16, pl.UInt32, pl.UInt64,
+                 pl.Float32, pl.Float64)  # fmt: skip
+
+
+@dataclass
+class _Compiled:
+    """One expectation as Polars expressions: the rows it finds unexpected, out of the rows GX considers."""
+
+    expectation: gxe.Expectation
+    rows: pl.Expr | None = None  # None: decided by the schema alone (``passed``)
+    considered: pl.Expr | None = None
+    mostly: float = 1.0
+    passed: bool = True
+    unexpected_count: int | None = None
+
+
+def _missing(column: str, dtype: pl.DataType) -> pl.Expr:
+    """What pandas (hence GX) counts as missing: null, and NaN in a float column."""
+    col = pl.col(column)
+    return col.is_null() | col.is_nan() if dtype.is_float() else col.is_null()
+
+
+def _pandas_dtypes(dtype: pl.DataType) -> set[str]:
+    """The numpy dtype names a plain Polars number column becomes in pandas (an integer one with nulls: float64)."""
+    name = str(dtype).lower()
+    return {name, "float64"} if dtype.is_integer() else {name}
+
+
+def _compile(exp: gxe.Expectation, schema: pl.Schema) -> _Compiled | None:
+    """The expectation as Polars expressions with GX's pandas semantics, or None where that mapping is not exact
+    (an unknown expectation, an option not mapped here, a dtype GX would see as Python objects): GX runs those."""
+    kwargs = dict(exp.configuration.kwargs)
+    kind, column = exp.expectation_type, kwargs.pop("column", None)
+    mostly = kwargs.pop("mostly", 1.0)
+    if kind == "expect_column_to_exist":
+        return None if kwargs else _Compiled(exp, passed=column in schema)
+    dtype = schema.get(column)
+    if dtype is None:
+        return None  # GX's own reason why it cannot evaluate an absent column
+    missing, col, plain = _missing(column, dtype), pl.col(column), dtype in PLAIN_NUMBERS
+    if kind == "expect_column_values_to_not_be_null" and not kwargs:
+        return _Compiled(exp, missing, pl.len(), mostly)
+    if kind == "expect_column_values_to_be_in_type_list" and set(kwargs) == {"type_list"} and plain:
+        return _Compiled(exp, passed=_pandas_dtypes(dtype) <= set(kwargs["type_list"]))
+    if kind == "expect_column_values_to_be_unique" and not kwargs and (plain or dtype == pl.String):
+        rows = col.is_duplicated()
+    elif kind == LABEL_DOMAIN and set(kwargs) == {"value_set"} and dtype == pl.String \
+            and all(isinstance(v, str) for v in kwargs["value_set"]):  # fmt: skip
+        rows = ~col.is_in(list(kwargs["value_set"]))
+    elif kind == "expect_column_values_to_be_between" and plain and set(kwargs) in ({"min_value"}, {"max_value"},
+                                                                                   {"min_value", "max_value"}) \
+            and all(isinstance(v, int | float) and not isinstance(v, bool) for v in kwargs.values()):  # fmt: skip
+        bounds = [*([col < kwargs["min_value"]] if "min_value" in kwargs else []),
+                  *([col > kwargs["max_value"]] if "max_value" in kwargs else [])]  # fmt: skip
+        rows = pl.any_horizontal(bounds)
+    else:
+        return None
+    return _Compiled(exp, rows & ~missing, ~missing, mostly)
+
+
+def _source(data: pl.DataFrame | pl.LazyFrame | str | Path) -> pl.LazyFrame:
+    if isinstance(data, pl.DataFrame):
+        return data.lazy()
+    return pl.scan_parquet(data) if isinstance(data, str | Path) else data
+
+
+def run_suite(data: pl.DataFrame | pl.LazyFrame | str | Path, expectations: list[gxe.Expectation], hidden: set[str],
+              name: str) -> list[CheckFailure]:  # fmt: skip
+    """Validate one frame, or a Parquet file read where it lies (only the columns the suite names are read);
+    an empty list means it passed. Failures: the compiled ones in the suite's order, then GX's.
+
+    The suite is GX's: expectations GX's pandas engine would decide exactly as a Polars expression does (see
+    :func:`_compile`) are computed in one Polars pass; GX evaluates the others on the columns they name."""
+    frame = _source(data)
+    schema = frame.collect_schema()
+    compiled = [(e, _compile(e, schema)) for e in expectations]
+    _count(frame, [c for _, c in compiled if c is not None and c.rows is not None])
+    failures = [_describe_compiled(frame, c, hidden, schema) for _, c in compiled if c is not None and not c.passed]
+    left = [e for e, c in compiled if c is None]
+    if left:
+        needed = [c for c in dict.fromkeys(e.configuration.kwargs.get("column") for e in left) if c in schema]
+        failures += _run_gx(frame.select(needed).collect(), left, hidden, name)
+    return failures
+
+
+def _count(frame: pl.LazyFrame, counted: list[_Compiled]) -> None:
+    """One pass over ``frame`` for every counted expectation; sets its count and verdict (GX's ``mostly``
+    rule: the share of considered rows that are expected, vacuously true when none is considered)."""
+    if not counted:
+        return
+    sums = frame.select(*(c.rows.sum().alias(f"u{i}") for i, c in enumerate(counted)),
+                        *(c.considered.sum().alias(f"n{i}") for i, c in enumerate(counted)))  # fmt: skip
+    sums = sums.collect().row(0)
+    for c, unexpected, considered in zip(counted, sums[:len(counted)], sums[len(counted):], strict=True):
+        c.unexpected_count = unexpected
+        c.passed = considered == 0 or (considered - unexpected) / considered >= c.mostly
+
+
+def _describe_compiled(frame: pl.LazyFrame, c: _Compiled, hidden: set[str], schema: pl.Schema) -> CheckFailure:
+    column = c.expectation.configuration.kwargs.get("column")
+    unexpected = []
+    if c.expectation.expectation_type == LABEL_DOMAIN and column not in hidden:
+        unexpected = frame.filter(c.rows).select(column).head(MAX_EXAMPLES).collect().to_series().to_list()
+    return _describe(c.expectation.expectation_type, column, hidden, schema, c.unexpected_count, unexpected)
+
+
+def validate_tabular(data: pl.DataFrame | pl.LazyFrame | str | Path, spec: TaskSpec,
+                     known_ids: set[str] | None = None) -> list[CheckFailure]:  # fmt: skip
+    """The spec's suite on one batch (a frame or a Parquet path), plus ids already ingested from earlier batches
+    (a re-export)."""
+    frame = _source(data)
+    columns = frame.collect_schema().names()
+    failures = run_suite(frame, tabular_expectations(spec, columns), identifier_columns(spec), spec.name)
+    if known_ids and spec.id in columns:
+        repeated = frame.filter(pl.col(spec.id).is_in(list(known_ids))).select(pl.len()).collect().item()
         if repeated:
             failures.append(CheckFailure("ids_unique_across_batches", spec.id,
                                          f"{repeated} ids were already ingested from earlier batches", repeated))
