@@ -18,6 +18,7 @@ from meddiag_pipelines.ingestion.batches import why_no_records
 from meddiag_pipelines.markup import escape_markdown
 from meddiag_pipelines.registry.store import STAGING
 from meddiag_pipelines.specs import TaskSpec
+from meddiag_pipelines.storage import run_name
 from meddiag_pipelines.device import torch_device
 from meddiag_pipelines.validation.suites import CheckFailure
 
@@ -55,10 +56,9 @@ def code_version() -> str:
 
 
 def run_version(context: dg.AssetExecutionContext) -> str:
-    """The model version of this run: creation time of the run, then its id (sortable, unique)."""
+    """The model version of this run: its sortable name, which also names the run's asset values."""
     record = context.instance.get_run_record_by_id(context.run_id)
-    created = record.create_timestamp.timestamp() if record else time.time()
-    return f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime(created))}-{context.run_id[:8]}"
+    return run_name(record.create_timestamp.timestamp() if record else time.time(), context.run_id)
 
 
 def markdown_table(rows: list[dict], limit: int = 40) -> str:

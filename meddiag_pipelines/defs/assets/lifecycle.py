@@ -183,10 +183,6 @@ def build_model_lifecycle_assets(spec: TaskSpec, tags: dict, split_asset: list, 
                                          "fingerprint": fingerprint, "reasons": dg.MetadataValue.md(f"- {reason}")})  # fmt: skip
             return {"champion": pointer["version"] if pointer else None, "candidate": version, "published": False,
                     "unchanged_since": same, "decision": Decision(False, [reason]).as_dict()}  # fmt: skip
-        if evaluation.get("model_version") != version or not (registry.task_dir(name) / ".staging" / version / "model").is_dir():
-            # Asset outputs are stored per asset key: an overlapping run of this task may have replaced them.
-            raise dg.Failure(f"{name}: the candidate ({version}) and its evaluation ({evaluation.get('model_version')}) "
-                             "do not belong together or were already published by an overlapping run; nothing published")
         flow = flow_counts(spec, storage, split)
         candidate_vs, champion_metrics = evaluation, None
         if pointer:
