@@ -7,8 +7,10 @@ Writes are whole-file and atomic: on the local filesystem a temporary file besid
 
 from __future__ import annotations
 
+import fcntl
 import json
 import time
+from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -22,6 +24,22 @@ from meddiag_pipelines.layout import PathOutsideDataRoot
 def run_name(created_at: float, run_id: str) -> str:
     """A run's sortable name: its creation time (UTC, seconds), then its id; names sort by run creation."""
     return f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime(created_at))}-{run_id[:8]}"
+
+
+@contextmanager
+def file_lock(path: Path):
+    """An exclusive ``flock`` on ``path``, released by the kernel if the holder dies: the one file lock of the
+    project, kept here with the reason. It guards a task's ingestion and recovery, which change the ledger and
+    the raw records together; the recovery CLI runs outside Dagster, so the task's pool cannot serialise it, and
+    the DuckDB file beside it admits one writing process at a time anyway, so the warehouse is one host's for
+    now. Across hosts (issue 15) this becomes the database's own locking (a PostgreSQL advisory lock)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+b") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
 class DataRoot:

@@ -11,7 +11,6 @@ nothing is read twice and nothing disappears unaccounted for.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import time
@@ -23,6 +22,7 @@ import duckdb
 import polars as pl
 
 from meddiag_pipelines.atomic import atomic_write
+from meddiag_pipelines.storage import file_lock
 
 _LEDGER_DDL = (
     "CREATE TABLE IF NOT EXISTS ingest_ledger (task VARCHAR, batch_id VARCHAR, content_hash VARCHAR, "
@@ -138,17 +138,10 @@ class Warehouse:
         finally:
             con.close()
 
-    @contextmanager
     def task_lock(self, task: str):
-        """Serialise ingestion of one task across processes (a sensor run and the schedule at once): an
-        exclusive ``flock`` on ``<warehouse>/.<task>.ingest.lock``, released by the kernel if the holder dies."""
-        self.database.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.database.parent / f".{task}.ingest.lock", "a+b") as fh:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+        """Serialise ingestion of one task across processes (a sensor run and the schedule at once, or the
+        recovery CLI, which runs outside Dagster and its pools): see :func:`meddiag_pipelines.storage.file_lock`."""
+        return file_lock(self.database.parent / f".{task}.ingest.lock")
 
     # -- ledger -------------------------------------------------------------------------------------
     def ledger(self, task: str) -> pl.DataFrame:
