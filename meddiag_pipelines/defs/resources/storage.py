@@ -117,6 +117,7 @@ class RunScopedFiles(dg.IOManager):
         return self.root.exists(path)
 
     def newest(self, folder: str) -> str | None:
+        """The file of the latest-created run (runs created in the same second: by run id, arbitrary but fixed)."""
         files = [n for n in self.root.list(folder) if n.endswith(self.suffix)]
         return f"{folder}/{files[-1]}" if files else None
 
@@ -130,7 +131,10 @@ class RunScopedFiles(dg.IOManager):
         for key, sub in folders.items():
             mine = f"{sub}/{own}" if own else None
             path = mine if mine and self.has(mine) else self.newest(sub)
-            (found.__setitem__(key, path) if path else missing.append(key))
+            if path:
+                found[key] = path
+            else:
+                missing.append(key)
         asset = context.asset_key.to_user_string()
         if not found:
             raise FileNotFoundError(f"{folder}: no value for asset {asset} yet; materialize it first")
@@ -193,8 +197,6 @@ class JsonValues(RunScopedFiles):
         return self.layout.values(task, name)
 
     def handle_output(self, context: dg.OutputContext, obj) -> None:
-        if obj is None:  # an asset that returns nothing (or a MaterializeResult) stores nothing
-            return
         _, _, path = self.output_file(context)
         self.root.write_json(path, obj)
         context.add_output_metadata({"value": dg.MetadataValue.path(path)})
