@@ -6,7 +6,6 @@ validation AUROC (as text tasks do); ``baseline_model`` points at the baseline t
 """
 
 import html
-from pathlib import Path
 
 import dagster as dg
 import numpy as np
