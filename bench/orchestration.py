@@ -156,11 +156,11 @@ def run_direct(rows: int, selection: list[str] | None = None) -> dict:
     lap("candidate_model")
     base = fit_model(spec, train_logistic, features, staging / "baseline")
     lap("baseline_model")
-    handle = common.handle_of(spec, version, staging / "model", meta, plan.as_dict())
-    base_handle = common.handle_of(spec, version, staging / "baseline", base, plan.as_dict())
+    handle = common.handle_of(spec, version, storage.root.relative(staging / "model"), meta, plan.as_dict())
+    base_handle = common.handle_of(spec, version, storage.root.relative(staging / "baseline"), base, plan.as_dict())
 
     def predict_rows(h, rows):
-        return _tabular_predictor(h["plan"])(Path(h["dir"]), rows)
+        return _tabular_predictor(h["plan"])(common.handle_dir(h, storage.root), rows)
 
     test = split.filter(pl.col(SPLIT_COLUMN) == "test")
     inp = lifecycle._evaluation_input(spec, split, handle, predict_rows, (base["name"], predict_rows(base_handle, test)),

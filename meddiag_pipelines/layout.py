@@ -31,8 +31,17 @@ class DataLayout:
         return self.warehouse() / "meddiag.duckdb"
 
     def table(self, task: str, name: str) -> Path:
-        """An asset's table (validated records, split, features): Parquet, viewed from the DuckDB file."""
-        return self.warehouse() / "tables" / task / f"{name}.parquet"
+        """An asset's tables (validated records, split, features): ``[<partition>/]<run>.parquet`` inside, one
+        per run that wrote it, never rewritten; viewed from the DuckDB file."""
+        return self.asset_values(task)[0] / name
+
+    def values(self, task: str, name: str) -> Path:
+        """An asset's other values (model handles, plans, metrics): ``[<partition>/]<run>.json`` inside."""
+        return self.asset_values(task)[1] / name
+
+    def asset_values(self, task: str) -> tuple[Path, Path]:
+        """The folders of every asset value of ``task``: its tables, its other values."""
+        return self.warehouse() / "tables" / task, self.warehouse() / "values" / task
 
     def cache(self, task: str) -> Path:
         return self.root / "cache" / task

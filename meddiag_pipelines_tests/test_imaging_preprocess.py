@@ -21,7 +21,7 @@ def test_cache_is_built_once_and_read_back(tmp_path: Path) -> None:
     cache = tmp_path / "cache"
     first = update_cache(cache, batch, "batch_001", records, spec)
     assert first["reused"] is False and first["n"] == 8 and first["shape"] == [8, 1, 28, 28] and first["dtype"] == "uint8"
-    npy = Path(first["path"])
+    npy = cache / first["path"]
     assert npy == cache / "batch_001.npy" and np.load(npy, mmap_mode="r").shape == (8, 1, 28, 28)
     mtime = npy.stat().st_mtime_ns
     second = update_cache(cache, batch, "batch_001", records, spec)

@@ -62,6 +62,7 @@ def _strings_of_parquet(path: Path) -> str:
 def _strings_of_duckdb(path: Path) -> str:
     parts = []
     with duckdb.connect(str(path), read_only=True) as con:
+        con.execute(f"SET file_search_path = '{path.parent}'")  # the views name their files relative to it
         columns = con.execute("SELECT table_schema, table_name, column_name FROM information_schema.columns "
                               "WHERE data_type = 'VARCHAR'").fetchall()  # fmt: skip
         for schema, table, column in columns:

@@ -94,7 +94,7 @@ def to_uint8(img: np.ndarray) -> np.ndarray:
 def update_cache(cache_dir: Path, batch_dir: Path, batch_id: str, records: pl.DataFrame, spec: TaskSpec) -> dict:
     """Build (or reuse) the cache of one batch; returns its manifest.
 
-    Manifest keys: ``path`` (the npy), ``index``, ``n`` (images cached), ``shape``, ``dtype``, ``sha`` (sha256 of
+    Manifest keys: ``path`` (the npy's file name in ``cache_dir``), ``index`` (the index's), ``n`` (images cached), ``shape``, ``dtype``, ``sha`` (sha256 of
     the npy), ``fingerprint``, ``size``, ``channels``, ``failed`` (list of [id, problem] for records whose file no
     longer reads or whose pixels changed since ingestion), ``reused`` (True when nothing was recomputed).
     """
@@ -143,8 +143,8 @@ def update_cache(cache_dir: Path, batch_dir: Path, batch_id: str, records: pl.Da
     manifest = {
         "version": CACHE_VERSION,
         "batch_id": batch_id,
-        "path": str(npy),
-        "index": str(index),
+        "path": npy.name,  # file names in the cache folder: the data root may move
+        "index": index.name,
         "n": len(ok_rows),
         "shape": list(shape),
         "dtype": "uint8",

@@ -104,9 +104,8 @@ def reset(layout: DataLayout, warehouse: Warehouse, task: str) -> None:
     _single_name("task", task)
     with warehouse.task_lock(task):
         warehouse.forget_task(task)
-        tables = layout.table(task, "validated_records").parent  # warehouse/tables/<task>/: every asset table
-        if tables.is_dir() and not tables.is_symlink():
-            for table in tables.glob("*.parquet"):
-                table.unlink()
+        for folder in layout.asset_values(task):
+            if folder.is_dir() and not folder.is_symlink():
+                shutil.rmtree(folder)
         for marker in layout.landing(task).glob(f"*/{INGESTED_MARKER}"):
             marker.unlink()

@@ -11,7 +11,6 @@ nothing is read twice and nothing disappears unaccounted for.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import time
@@ -23,6 +22,7 @@ import duckdb
 import polars as pl
 
 from meddiag_pipelines.atomic import atomic_write
+from meddiag_pipelines.storage import file_lock
 
 _LEDGER_DDL = (
     "CREATE TABLE IF NOT EXISTS ingest_ledger (task VARCHAR, batch_id VARCHAR, content_hash VARCHAR, "
@@ -127,6 +127,7 @@ class Warehouse:
         self.database.parent.mkdir(parents=True, exist_ok=True)
         con = _connect_with_retry(self.database)
         try:
+            self.resolve_views_here(con)
             con.execute(_LEDGER_DDL)
             con.execute(_STATE_DDL)
             present = {r[0] for r in con.execute("DESCRIBE ingest_ledger").fetchall()}
@@ -137,17 +138,10 @@ class Warehouse:
         finally:
             con.close()
 
-    @contextmanager
     def task_lock(self, task: str):
-        """Serialise ingestion of one task across processes (a sensor run and the schedule at once): an
-        exclusive ``flock`` on ``<warehouse>/.<task>.ingest.lock``, released by the kernel if the holder dies."""
-        self.database.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.database.parent / f".{task}.ingest.lock", "a+b") as fh:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+        """Serialise ingestion of one task across processes (a sensor run and the schedule at once, or the
+        recovery CLI, which runs outside Dagster and its pools): see :func:`meddiag_pipelines.storage.file_lock`."""
+        return file_lock(self.database.parent / f".{task}.ingest.lock")
 
     # -- ledger -------------------------------------------------------------------------------------
     def ledger(self, task: str) -> pl.DataFrame:
@@ -227,18 +221,24 @@ class Warehouse:
         frames = [pl.read_parquet(self.root / rel) for rel in ledger["records_file"]]
         return pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame()
 
-    def register_view(self, task: str, table: str, parquet: Path | None) -> None:
-        """Make ``<task>.<table>`` a view over ``parquet`` (``None``: drop it), so SQL users query asset tables by
-        the same names whatever file holds them."""
+    def resolve_views_here(self, con: duckdb.DuckDBPyConnection) -> None:
+        """The views name their Parquet files relative to the warehouse folder (the data root can move); DuckDB
+        resolves such paths against ``file_search_path``, a setting of each connection: a SQL user sets it too
+        (``SET file_search_path = '<data>/warehouse'``) or starts ``duckdb`` in that folder."""
+        con.execute("SET file_search_path = '" + str(self.root).replace("'", "''") + "'")
+
+    def register_view(self, task: str, table: str, parquet: list[str]) -> None:
+        """Make ``<task>.<table>`` a view over the files ``parquet`` (relative to the warehouse folder; none: drop
+        it), so SQL users query asset tables by the same names whatever files hold them."""
         target = f"{_quote(task)}.{_quote(table)}"
         with self.connect() as con:
             kind = con.execute("SELECT table_type FROM information_schema.tables WHERE table_schema = ? AND "
                                "table_name = ?", [task, table]).fetchone()  # fmt: skip
             if kind and kind[0] == "BASE TABLE":  # left by the DuckDB IO manager of earlier releases
                 con.execute(f"DROP TABLE {target}")
-            if parquet is None:
+            if not parquet:
                 con.execute(f"DROP VIEW IF EXISTS {target}")
                 return
             con.execute(f"CREATE SCHEMA IF NOT EXISTS {_quote(task)}")
-            source = str(parquet).replace("'", "''")
-            con.execute(f"CREATE OR REPLACE VIEW {target} AS SELECT * FROM read_parquet('{source}')")
+            sources = ", ".join("'" + str(p).replace("'", "''") + "'" for p in parquet)
+            con.execute(f"CREATE OR REPLACE VIEW {target} AS SELECT * FROM read_parquet([{sources}], union_by_name = true)")

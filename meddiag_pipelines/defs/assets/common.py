@@ -5,7 +5,7 @@ import base64
 import hashlib
 import time
 from collections.abc import Callable
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import dagster as dg
 import numpy as np
@@ -16,6 +16,7 @@ from meddiag_pipelines.ingestion.batches import why_no_records
 from meddiag_pipelines.markup import escape_markdown
 from meddiag_pipelines.registry.store import STAGING
 from meddiag_pipelines.specs import TaskSpec
+from meddiag_pipelines.storage import DataRoot, run_name
 from meddiag_pipelines.device import torch_device
 from meddiag_pipelines.validation.suites import CheckFailure
 
@@ -42,10 +43,9 @@ def hashed_id(value: str) -> str:
 
 
 def run_version(context: dg.AssetExecutionContext) -> str:
-    """The model version of this run: creation time of the run, then its id (sortable, unique)."""
+    """The model version of this run: its sortable name, which also names the run's asset values."""
     record = context.instance.get_run_record_by_id(context.run_id)
-    created = record.create_timestamp.timestamp() if record else time.time()
-    return f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime(created))}-{context.run_id[:8]}"
+    return run_name(record.create_timestamp.timestamp() if record else time.time(), context.run_id)
 
 
 def markdown_table(rows: list[dict], limit: int = 40) -> str:
@@ -80,26 +80,39 @@ def no_records_result(spec: TaskSpec, storage: MeddiagStorage) -> dg.AssetCheckR
 
 
 # -- model handles ------------------------------------------------------------------------------------------------
-def handle_dir(handle: dict) -> Path:
+# A handle and its plan name folders relative to the data root (stored values and published plan.json must not
+# name the root: it may move); a step resolves them against its storage's root when it uses them.
+def handle_dir(handle: dict, root: DataRoot) -> Path:
     """Where a handle's model lives now: its staging folder until the champion asset publishes the version,
     then the same sub-folder of ``models/<task>/<version>/`` (so re-materialising evaluation alone still works)."""
-    staged = Path(handle["dir"])
-    if staged.exists() or STAGING not in staged.parts:
-        return staged
+    staged = PurePosixPath(handle["dir"])
+    if root.exists(str(staged)) or STAGING not in staged.parts:
+        return root.path(str(staged))
     cut = staged.parts.index(STAGING)
-    return Path(*staged.parts[:cut], *staged.parts[cut + 1 :])
+    return root.path(str(PurePosixPath(*staged.parts[:cut], *staged.parts[cut + 1 :])))
 
 
-def handle_of(spec: TaskSpec, version: str, model_dir: Path, meta: dict, plan: dict) -> dict:
-    """What a model asset passes on: where the weights are and how to use them (not the weights)."""
-    return {"task": spec.name, "version": version, "dir": str(model_dir), "name": meta["name"],
+def open_plan(plan: dict, root: DataRoot) -> dict:
+    """The plan with its one folder, the image cache, resolved against the data root: for this step only."""
+    return {**plan, "cache_dir": str(root.path(plan["cache_dir"]))} if "cache_dir" in plan else plan
+
+
+def open_handle(handle: dict, root: DataRoot) -> dict:
+    """The handle with its folders resolved against the data root: for this step only, never stored."""
+    return {**handle, "dir": str(handle_dir(handle, root)), "plan": open_plan(handle["plan"], root)}
+
+
+def handle_of(spec: TaskSpec, version: str, model_dir: str, meta: dict, plan: dict) -> dict:
+    """What a model asset passes on: where the weights are (relative to the data root) and how to use them."""
+    return {"task": spec.name, "version": version, "dir": model_dir, "name": meta["name"],
             "framework": meta["framework"], "params": meta.get("params", {}), "val_score": meta.get("val_score"),
             "plan": plan, "classes": meta.get("classes"), "device": meta.get("device", torch_device())}  # fmt: skip
 
 
-def model_handle(context, spec: TaskSpec, version: str, model_dir: Path, meta: dict, plan: dict) -> dict:
-    """:func:`handle_of`, with the model's version and parameters as output metadata."""
-    handle = handle_of(spec, version, model_dir, meta, plan)
+def model_handle(context, storage: MeddiagStorage, spec: TaskSpec, version: str, model_dir: Path, meta: dict,
+                 plan: dict) -> dict:  # fmt: skip
+    """:func:`handle_of` of ``model_dir`` (under the data root), with its version and parameters as metadata."""
+    handle = handle_of(spec, version, storage.root.relative(model_dir), meta, plan)
     context.add_output_metadata({"version": version, "model": meta["name"], "val_score": float(meta.get("val_score") or 0),
                                  "params": dg.MetadataValue.json(meta.get("params", {}))})  # fmt: skip
     return handle

@@ -204,7 +204,7 @@ def build_image_assets(spec: TaskSpec) -> list:
             n_images += int(manifest["n"])
         # An image refused by the cache (its file changed or vanished since validation) is never trained on.
         frame = split.filter(~pl.col(spec.id).cast(pl.String).is_in(list(refused))).select(key_columns_in(split, spec))
-        plan = {"modality": "image", "cache_dir": str(cache_dir), "size": image.size, "channels": image.channels,
+        plan = {"modality": "image", "cache_dir": storage.root.relative(cache_dir), "size": image.size, "channels": image.channels,
                 "format": image.format, "cache_version": CACHE_VERSION, "id_column": spec.id}  # fmt: skip
         cache_bytes = sum(p.stat().st_size for p in cache_dir.glob("*.npy")) if cache_dir.is_dir() else 0
         meta = {"n_rows": frame.height, "n_images_cached": n_images, "n_images_refused": len(refused),
@@ -213,9 +213,10 @@ def build_image_assets(spec: TaskSpec) -> list:
         yield dg.Output(frame, output_name="features", metadata=meta)
         yield dg.Output(plan, output_name="feature_plan", metadata={"size": image.size, "channels": image.channels})
 
-    def _data(features: pl.DataFrame, plan: dict, part: str, classes: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    def _data(storage: MeddiagStorage, features: pl.DataFrame, plan: dict, part: str,
+              classes: list[str]) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
         rows = features.filter(pl.col(SPLIT_COLUMN) == part)
-        X = load_cached(Path(plan["cache_dir"]), rows[spec.id].cast(pl.String).to_list())
+        X = load_cached(storage.root.path(plan["cache_dir"]), rows[spec.id].cast(pl.String).to_list())
         return X, labels.encode_labels(rows[spec.label], classes, labels.task_kind(spec))
 
     @dg.asset(key=[name, "candidate_model"], description=f"{name}: ResNet-18 adapted to {image.size} px "
@@ -232,7 +233,7 @@ def build_image_assets(spec: TaskSpec) -> list:
         if adopt_parent_checkpoint(out, storage.registry.task_dir(name) / STAGING, parent):
             context.log.info(f"{name}: resuming training from the checkpoint of parent run {parent[:8]}")
         classes = labels.class_list(spec, features)
-        (X_train, y_train), (X_val, y_val) = (_data(features, feature_plan, p, classes) for p in ("train", "val"))
+        (X_train, y_train), (X_val, y_val) = (_data(storage, features, feature_plan, p, classes) for p in ("train", "val"))
         kind = labels.task_kind(spec)
 
         def progress(epoch: int, row: dict) -> None:
@@ -253,8 +254,8 @@ def build_image_assets(spec: TaskSpec) -> list:
                        "learning_rate": spec.training.learning_rate, "augment": list(image.augment),
                        "resumed_from_epoch": result.resumed_from_epoch, "seed": spec.training.seed},
         }  # fmt: skip
-        handle = common.model_handle(context, spec, version, out, meta, {**feature_plan, "predictor": "cnn",
-                                                                           "classes": classes})  # fmt: skip
+        handle = common.model_handle(context, storage, spec, version, out, meta,
+                                     {**feature_plan, "predictor": "cnn", "classes": classes})  # fmt: skip
         speeds = [r["images_per_second"] for r in result.history if r.get("images_per_second") == r.get("images_per_second")]
         context.add_output_metadata({"train_seconds": round(result.seconds, 1), "device": result.device,
                                      "n_train": int(len(X_train)), "n_val": int(len(X_val)),
@@ -273,7 +274,7 @@ def build_image_assets(spec: TaskSpec) -> list:
         out = storage.registry.staging_dir(name, version) / "baseline"
         classes = labels.class_list(spec, features)
         side = baseline_side(image.size)
-        (X_train, y_train), (X_val, y_val) = (_data(features, feature_plan, p, classes) for p in ("train", "val"))
+        (X_train, y_train), (X_val, y_val) = (_data(storage, features, feature_plan, p, classes) for p in ("train", "val"))
         names = [f"c{c}_y{i}_x{j}" for c in range(image.channels) for i in range(side) for j in range(side)]
         P_train, P_val = pooled_pixels(X_train, side), pooled_pixels(X_val, side)
         if labels.task_kind(spec) == "multilabel":  # one-vs-rest: one binary model per finding
@@ -288,7 +289,7 @@ def build_image_assets(spec: TaskSpec) -> list:
             predictor = "pixel_logistic"
         meta = {**meta, "name": BASELINE_NAME, "classes": classes}
         plan = {**feature_plan, "predictor": predictor, "baseline_side": side, "classes": classes}
-        return common.model_handle(context, spec, version, out, meta, plan)
+        return common.model_handle(context, storage, spec, version, out, meta, plan)
 
     downstream = lifecycle.build_model_lifecycle_assets(
         spec, tags, split_asset=[split], predictor_factory=_predictor_factory(spec), explain=None,

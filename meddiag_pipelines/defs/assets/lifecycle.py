@@ -13,7 +13,7 @@ import polars as pl
 
 from meddiag_pipelines.atomic import atomic_write, atomic_write_bytes, atomic_write_json, publish_dir, staging_dir
 from meddiag_pipelines.defs.resources.storage import MeddiagStorage
-from meddiag_pipelines.defs.assets.common import handle_dir, png_markdown, pool
+from meddiag_pipelines.defs.assets.common import open_handle, open_plan, png_markdown, pool
 from meddiag_pipelines.labels import encode_labels, task_kind
 import meddiag_pipelines.evaluation as evaluator  # its modules load on first use
 from meddiag_pipelines.split import COPY_OF_TRAIN_COLUMN, SPLIT_COLUMN, SPLITS
@@ -119,7 +119,8 @@ def build_model_lifecycle_assets(spec: TaskSpec, tags: dict, split_asset: list, 
     split_key = dg.AssetKey([name, "split"])
 
     def predict_rows(handle: dict, rows: pl.DataFrame) -> np.ndarray:
-        return predictor_factory(handle["plan"])(handle_dir(handle), rows)
+        """``handle``: opened (:func:`open_handle`), its folders resolved against the data root."""
+        return predictor_factory(handle["plan"])(Path(handle["dir"]), rows)
 
     @dg.asset(key=[name, "evaluation"], ins={"split": dg.AssetIn(split_key)}, kinds={"scikitlearn", "html"},
               description=f"{name}: the shared evaluator on the test split (TRIPOD+AI style): discrimination and "
@@ -127,6 +128,7 @@ def build_model_lifecycle_assets(spec: TaskSpec, tags: dict, split_asset: list, 
               "reports/<task>/latest/ atomically.", pool=pool(spec), **tags)  # fmt: skip
     def evaluation(context: dg.AssetExecutionContext, storage: MeddiagStorage, split: pl.DataFrame,
                    candidate_model: dict, baseline_model: dict) -> dict:  # fmt: skip
+        candidate_model, baseline_model = (open_handle(h, storage.root) for h in (candidate_model, baseline_model))
         train_rows = split.filter(pl.col(SPLIT_COLUMN) == "train")
         test = split.filter(pl.col(SPLIT_COLUMN) == "test")
         baseline_proba = predict_rows(baseline_model, test)
@@ -156,7 +158,7 @@ def build_model_lifecycle_assets(spec: TaskSpec, tags: dict, split_asset: list, 
             "test_predictions.parquet": _parquet_bytes(_test_predictions(spec, test, inp.proba, candidate_model["classes"])),
         }  # fmt: skip
         path = _write_report(storage, spec, files)
-        context.add_output_metadata({**_ui_metadata(metrics, plots), "report": dg.MetadataValue.path(str(path / "report.html"))})
+        context.add_output_metadata({**_ui_metadata(metrics, plots), "report": dg.MetadataValue.path(storage.root.relative(path / "report.html"))})
         return metrics
 
     @dg.asset(key=[name, "champion"], ins={"split": dg.AssetIn(split_key)}, kinds={"python"}, pool=pool(spec),
@@ -183,20 +185,18 @@ def build_model_lifecycle_assets(spec: TaskSpec, tags: dict, split_asset: list, 
                                          "fingerprint": fingerprint, "reasons": dg.MetadataValue.md(f"- {reason}")})  # fmt: skip
             return {"champion": pointer["version"] if pointer else None, "candidate": version, "published": False,
                     "unchanged_since": same, "decision": Decision(False, [reason]).as_dict()}  # fmt: skip
-        if evaluation.get("model_version") != version or not (registry.task_dir(name) / ".staging" / version / "model").is_dir():
-            # Asset outputs are stored per asset key: an overlapping run of this task may have replaced them.
-            raise dg.Failure(f"{name}: the candidate ({version}) and its evaluation ({evaluation.get('model_version')}) "
-                             "do not belong together or were already published by an overlapping run; nothing published")
         flow = flow_counts(spec, storage, split)
         candidate_vs, champion_metrics = evaluation, None
         if pointer:
             champ_dir = registry.version_dir(name, pointer["version"])
-            champ_handle = {**registry.manifest(name, pointer["version"])["model"], "dir": str(champ_dir / "model"),
-                            "plan": json.loads((champ_dir / "plan.json").read_text())}  # fmt: skip
+            champ_handle = open_handle({**registry.manifest(name, pointer["version"])["model"],
+                                        "dir": storage.root.relative(champ_dir / "model"),
+                                        "plan": json.loads((champ_dir / "plan.json").read_text())}, storage.root)  # fmt: skip
             test = split.filter(pl.col(SPLIT_COLUMN) == "test")
             champ_proba = predict_rows(champ_handle, test)
-            candidate_vs = evaluator.evaluate(_evaluation_input(spec, split, candidate_model, predict_rows,
-                                                      ("champion", champ_proba), flow, []))  # fmt: skip
+            opened = open_handle(candidate_model, storage.root)
+            candidate_vs = evaluator.evaluate(_evaluation_input(spec, split, opened, predict_rows, ("champion", champ_proba),
+                                                                flow, []))  # fmt: skip
             champion_metrics = evaluator.evaluate(_evaluation_input(spec, split, champ_handle, predict_rows, None, flow, []))
         decision = decide(candidate_vs, champion_metrics, spec.promotion, pinned=bool(pointer and pointer.get("pinned")))
         pointer = publish_candidate(spec, storage, candidate_model, baseline_model, evaluation, pointer, decision,
@@ -312,7 +312,7 @@ def score_unlabelled(context, spec: TaskSpec, storage: MeddiagStorage, split: pl
     version = pointer["version"]
     manifest = storage.registry.manifest(spec.name, version)
     model_dir = storage.registry.version_dir(spec.name, version) / "model"
-    plan = json.loads((storage.registry.version_dir(spec.name, version) / "plan.json").read_text())
+    plan = open_plan(json.loads((storage.registry.version_dir(spec.name, version) / "plan.json").read_text()), storage.root)
     out_dir = storage.layout.predictions(spec.name)
     written = 0
     for (batch_id,), batch_rows in rows.group_by(BATCH_COLUMN, maintain_order=True):

@@ -6,7 +6,6 @@ validation AUROC (as text tasks do); ``baseline_model`` points at the baseline t
 """
 
 import html
-from pathlib import Path
 
 import dagster as dg
 import numpy as np
@@ -171,16 +170,16 @@ def build_tabular_assets(spec: TaskSpec) -> list:
         context.log.info(f"{name}: {params['chosen']} chosen on validation AUROC (xgboost "
                          f"{params['val_auroc_xgboost']:.4f}, logistic {params['val_auroc_logistic']:.4f})")  # fmt: skip
         context.add_output_metadata({"chosen": params["chosen"], "val_auroc_margin": float(params["val_auroc_margin"])})
-        return common.model_handle(context, spec, version, out, meta, feature_plan)
+        return common.model_handle(context, storage, spec, version, out, meta, feature_plan)
 
     @dg.asset(key=[name, "baseline_model"], description=f"{name}: L2 logistic regression on standardised features "
               "(C chosen on validation), the plain baseline every model is compared with; trained by "
               "candidate_model in the same call (never twice), this asset points at it.",
               kinds={"scikitlearn"}, pool=common.pool(spec), **tags)  # fmt: skip
-    def baseline_model(context: dg.AssetExecutionContext, candidate_model: dict) -> dict:
-        out = Path(candidate_model["dir"]) / "logistic"
+    def baseline_model(context: dg.AssetExecutionContext, storage: MeddiagStorage, candidate_model: dict) -> dict:
+        out = common.handle_dir(candidate_model, storage.root) / "logistic"
         meta = {**read_meta(out), "classes": candidate_model["classes"]}
-        return common.model_handle(context, spec, candidate_model["version"], out, meta, candidate_model["plan"])
+        return common.model_handle(context, storage, spec, candidate_model["version"], out, meta, candidate_model["plan"])
 
     downstream = lifecycle.build_model_lifecycle_assets(
         spec, tags, split_asset=split, predictor_factory=_tabular_predictor,

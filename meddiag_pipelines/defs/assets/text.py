@@ -156,20 +156,20 @@ def build_text_assets(spec: TaskSpec) -> list:
                 "val_score": result.val_scores[result.chosen], "classes": classes, "device": result.device}  # fmt: skip
         context.add_output_metadata({"train_seconds": round(result.seconds, 1), "chosen": result.chosen,
                                      "device": result.device})  # fmt: skip
-        return common.model_handle(context, spec, version, out, meta, feature_plan)
+        return common.model_handle(context, storage, spec, version, out, meta, feature_plan)
 
     @dg.asset(key=[name, "baseline_model"], description=f"{name}: the TF-IDF (word 1-2-grams, char 2-5-grams) + "
               "logistic-regression baseline every model is compared with; trained by candidate_model in the same "
               "call (never twice), this asset points at it.", kinds={"scikitlearn"}, pool=common.pool(spec),
               **tags)  # fmt: skip
-    def baseline_model(context: dg.AssetExecutionContext, candidate_model: dict) -> dict:
-        out = Path(candidate_model["dir"])
+    def baseline_model(context: dg.AssetExecutionContext, storage: MeddiagStorage, candidate_model: dict) -> dict:
+        out = common.handle_dir(candidate_model, storage.root)
         chosen = json.loads((out / "chosen.json").read_text(encoding="utf-8"))
         meta = {"name": MODEL_NAMES["baseline"], "framework": FRAMEWORKS["baseline"],
                 "params": {"C": chosen["baseline_C"], "temperature": chosen["temperature"]["baseline"]},
                 "val_score": chosen["val_macro_f1"]["baseline"], "classes": candidate_model["classes"],
                 "device": "cpu"}  # fmt: skip
-        return common.model_handle(context, spec, candidate_model["version"], out / "baseline", meta,
+        return common.model_handle(context, storage, spec, candidate_model["version"], out / "baseline", meta,
                                    candidate_model["plan"])  # fmt: skip
 
     downstream = lifecycle.build_model_lifecycle_assets(

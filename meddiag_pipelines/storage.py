@@ -1,0 +1,101 @@
+"""The data root behind one small interface (no Dagster here): paths inside it are relative POSIX strings,
+resolved against the root only at use, so nothing written names the root and the root can move (or, later,
+be an object store behind the same fsspec filesystem: issue 15).
+
+Writes are whole-file and atomic: on the local filesystem a temporary file beside the target, then a rename
+(meddiag_pipelines/atomic.py); an object store's put is atomic by itself."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import time
+from contextlib import contextmanager
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import polars as pl
+from fsspec.implementations.local import LocalFileSystem
+
+from meddiag_pipelines.atomic import atomic_write, atomic_write_bytes
+from meddiag_pipelines.layout import PathOutsideDataRoot
+
+
+def run_name(created_at: float, run_id: str) -> str:
+    """A run's sortable name: its creation time (UTC, seconds), then its id; names sort by run creation."""
+    return f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime(created_at))}-{run_id[:8]}"
+
+
+@contextmanager
+def file_lock(path: Path):
+    """An exclusive ``flock`` on ``path``, released by the kernel if the holder dies: the one file lock of the
+    project, kept here with the reason. It guards a task's ingestion and recovery, which change the ledger and
+    the raw records together; the recovery CLI runs outside Dagster, so the task's pool cannot serialise it, and
+    the DuckDB file beside it admits one writing process at a time anyway, so the warehouse is one host's for
+    now. Across hosts (issue 15) this becomes the database's own locking (a PostgreSQL advisory lock)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+b") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+class DataRoot:
+    """The data root: every operation takes a path relative to it."""
+
+    def __init__(self, root: Path | str):
+        self.root = Path(root).resolve()
+        self.fs = LocalFileSystem()
+
+    def path(self, rel: str) -> Path:
+        """Where ``rel`` is now; refuses an absolute path or one that climbs out of the root."""
+        pure = PurePosixPath(rel)
+        if pure.is_absolute() or ".." in pure.parts:
+            raise PathOutsideDataRoot(f"{rel}: not a path inside the data folder")
+        return self.root / pure
+
+    def relative(self, path: Path | str) -> str:
+        """``path`` (under the root) as the relative string stored in artefacts."""
+        resolved = Path(path).resolve()
+        if not resolved.is_relative_to(self.root):
+            raise PathOutsideDataRoot(f"{path}: outside the data folder {self.root}")
+        return resolved.relative_to(self.root).as_posix()
+
+    def exists(self, rel: str) -> bool:
+        return self.fs.exists(str(self.path(rel)))
+
+    def list(self, rel: str) -> list[str]:
+        """Names in folder ``rel``, sorted, without hidden entries (leftovers of interrupted writes)."""
+        folder = str(self.path(rel))
+        if not self.fs.isdir(folder):
+            return []
+        return sorted(n for n in (PurePosixPath(p).name for p in self.fs.ls(folder, detail=False)) if not n.startswith("."))
+
+    def read_bytes(self, rel: str) -> bytes:
+        return self.fs.cat_file(str(self.path(rel)))
+
+    def write_bytes(self, rel: str, data: bytes) -> str:
+        atomic_write_bytes(self.path(rel), data)
+        return rel
+
+    def read_json(self, rel: str) -> Any:
+        return json.loads(self.read_bytes(rel))
+
+    def write_json(self, rel: str, obj: Any) -> str:
+        """Strict JSON (no NaN, no objects JSON cannot hold): a value that does not survive the round trip fails here."""
+        return self.write_bytes(rel, (json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n").encode())
+
+    def read_parquet(self, rel: str) -> pl.DataFrame:
+        with self.fs.open(str(self.path(rel)), "rb") as fh:
+            return pl.read_parquet(fh)
+
+    def parquet_width(self, rel: str) -> int:
+        with self.fs.open(str(self.path(rel)), "rb") as fh:
+            return len(pl.read_parquet_schema(fh))
+
+    def write_parquet(self, rel: str, frame: pl.DataFrame) -> str:
+        """LZ4: written and read several times faster than DuckDB's or zstd compression (bench/README.md)."""
+        atomic_write(self.path(rel), lambda tmp: frame.write_parquet(tmp, compression="lz4"))
+        return rel
