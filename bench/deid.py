@@ -13,6 +13,7 @@ its kind (for privacy what matters is that it is gone).
 from __future__ import annotations
 
 import argparse
+import functools
 import random
 import time
 from collections import defaultdict
@@ -193,10 +194,16 @@ def found(spans: list[tuple[int, int]], text: str, start: int, end: int) -> bool
     return all(text[i].isspace() or any(s <= i < e for s, e in spans) for i in range(start, end))
 
 
-def icd_descriptions(limit: int | None) -> list[str]:
+@functools.cache
+def _all_icd_descriptions() -> tuple[str, ...]:
+    """Every ICD-10-CM description, sorted (read once: the package takes seconds to list them)."""
     import simple_icd_10_cm as icd
 
-    descriptions = sorted({icd.get_description(code) for code in icd.get_all_codes()})
+    return tuple(sorted({icd.get_description(code) for code in icd.get_all_codes()}))
+
+
+def icd_descriptions(limit: int | None) -> list[str]:
+    descriptions = list(_all_icd_descriptions())
     return descriptions if limit is None else random.Random(SEED).sample(descriptions, limit)
 
 

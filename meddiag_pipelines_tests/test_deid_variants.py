@@ -5,6 +5,7 @@ survives; every ICD-10-CM description comes out unaltered; text around an identi
 from __future__ import annotations
 
 import random
+import re
 from datetime import date
 
 import pytest
@@ -12,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bench.deid import found, icd_descriptions, synthetic_corpus, synthetic_name
-from meddiag_pipelines.text.deid import PLACEHOLDERS, find_phi, scrub
+from meddiag_pipelines.text.deid import _RULES, PLACEHOLDERS, _normalise, find_phi, scrub
 from meddiag_pipelines.text.names import FIRST_NAMES, SURNAMES
 
 DASHES = ["-", "\u2010", "\u2011", "\u2012", "\u2013", "\u2014", "\u2212"]
@@ -184,6 +185,15 @@ def test_recall_per_class_on_the_independent_synthetic_corpus():
             assert not {w.lower() for w in text[start:end].split()} & listed, text[start:end]
     low = {c: sum(v) / len(v) for c, v in recall.items() if sum(v) / len(v) < SYNTHETIC_RECALL_FLOOR[c]}
     assert set(recall) == set(SYNTHETIC_RECALL_FLOOR) and not low, low
+
+
+def test_a_rule_skipped_on_a_text_without_the_characters_it_needs_never_matches_without_them():
+    """The scrubber skips a rule on a text without its ``needs`` class (for speed), so no match may lack it."""
+    texts = [_normalise(text)[0] for text, *_ in synthetic_corpus(per_class=100, seed=99)]
+    gated = [rule for rule in _RULES if rule.needs is not None]
+    matches = [(rule, m.group()) for rule in gated for t in texts for m in rule.pattern.finditer(t)]
+    lacking = [(rule.kind, rule.needs) for rule, match in matches if not re.search(rule.needs, match)]
+    assert len(gated) > 30 and lacking == []
 
 
 def test_no_planted_value_survives_in_the_scrubbed_text():

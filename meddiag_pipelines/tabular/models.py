@@ -10,6 +10,7 @@ either a model folder or such a folder of two.
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 
@@ -90,14 +91,23 @@ def train_xgboost(X_train, y_train, X_val, y_val, n_classes: int, settings: Trai
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=settings.seed))
-    study.optimize(lambda t: fit(_suggest(t))[1], n_trials=settings.trials, timeout=settings.timeout_s)
-    booster, score = fit(study.best_params)
+    kept: dict[str, tuple[xgb.Booster, float]] = {}  # the best trial's booster, so it is not fitted twice
+
+    def objective(trial: optuna.Trial) -> float:
+        booster, score = fit(_suggest(trial))
+        if not math.isnan(score) and ("best" not in kept or score > kept["best"][1]):  # optuna's choice: first best
+            kept["best"] = (booster, score)
+        return score
+
+    study.optimize(objective, n_trials=settings.trials, timeout=settings.timeout_s)
+    best_params = study.best_params  # raises, as before, when no trial gave a score
+    booster, score = kept["best"]
     recalibration = fit_recalibration(y_val, _predict(booster, dval, n_classes)) if n_classes == 2 else None
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out_dir / "model.ubj", bytes(booster.save_raw(raw_format="ubj")))
     meta = {
         "framework": "xgboost", "name": "xgboost", "n_classes": n_classes, "feature_names": feature_names,
-        "params": _xgb_params(n_classes, study.best_params, settings.seed), "best_iteration": booster.best_iteration,
+        "params": _xgb_params(n_classes, best_params, settings.seed), "best_iteration": booster.best_iteration,
         "val_score": score, "n_trials": len(study.trials), "seconds": time.perf_counter() - start,
         "recalibration": recalibration, "device": xgboost_device(),
     }  # fmt: skip
