@@ -14,7 +14,7 @@ from meddiag_pipelines.definitions import build_definitions
 from meddiag_pipelines.defs.partitions import batch_partitions
 from meddiag_pipelines.registry.manifest import REPORT_FILES
 from meddiag_pipelines.registry.store import ModelRegistry
-from meddiag_pipelines_tests.conftest import fast, land, synthetic_records
+from meddiag_pipelines_tests.conftest import land, synthetic_records
 
 pytestmark = pytest.mark.slow
 
@@ -39,12 +39,14 @@ def snapshot(folder: Path) -> dict[str, bytes]:
 
 
 def test_versions_keep_their_reports_and_a_new_champion_adds_predictions(synthetic_spec, layout):
-    task = synthetic_spec.name
+    spec = synthetic_spec.model_copy(update={"training": synthetic_spec.training.model_copy(update={"trials": 1, "max_rounds": 60}),
+                                             "evaluation": synthetic_spec.evaluation.model_copy(update={"n_bootstrap": 100})})  # fmt: skip
+    task = spec.name
     registry = ModelRegistry(layout.root / "models")
     land(layout, task, "batch_0001", synthetic_records(400, seed=1))
     cases = synthetic_records(5, seed=2, start=400).with_columns(pl.lit(None, pl.String).alias("outcome"))
     land(layout, task, "batch_0002", cases)
-    defs = build_definitions([synthetic_spec], layout.root)
+    defs = build_definitions([spec], layout.root)
     latest = layout.reports(task) / "latest.json"
     with dg.instance_for_test() as instance:
         first = run(defs, instance, task)
@@ -57,7 +59,7 @@ def test_versions_keep_their_reports_and_a_new_champion_adds_predictions(synthet
         assert (layout.reports(task) / "latest" / "metrics.json").read_bytes() == (v1_dir / "metrics.json").read_bytes()
         v1_files = snapshot(v1_dir)
 
-        instance.add_dynamic_partitions(batch_partitions(synthetic_spec).name, ["batch_0001", "batch_0002"])
+        instance.add_dynamic_partitions(batch_partitions(spec).name, ["batch_0001", "batch_0002"])
         labelled_only = run(defs, instance, task, ["predictions"], partition_key="batch_0001")
         assert metadata(labelled_only, task, "predictions")["note"].startswith("nothing to score")
         run(defs, instance, task, ["predictions"], partition_key="batch_0002")

@@ -59,8 +59,8 @@ def test_landed_batch_is_trained_decided_and_scored_without_a_click(tmp_path):
         (batch / "_READY").touch()
         deadline = time.time() + DEADLINE_S
         models = data / "models" / "synthetic_risk"
-        predictions = data / "predictions" / "synthetic_risk" / "batch_0001.parquet"
-        wait_for(lambda: predictions.exists(), deadline, "the batch's predictions", proc, log)
+        predictions = data / "predictions" / "synthetic_risk" / "batch_0001"  # <version>.parquet inside
+        wait_for(lambda: any(predictions.glob("*.parquet")), deadline, "the batch's predictions", proc, log)
         versions = [p for p in models.iterdir() if (p / "manifest.json").exists()]
         assert len(versions) == 1
         manifest = json.loads((versions[0] / "manifest.json").read_text())

@@ -4,7 +4,8 @@ batches carrying canaries to quarantine. No canary may appear in the Dagster eve
 metadata, compute logs or anything else under DAGSTER_HOME, the captured stdout/stderr, the reports
 (metrics.json, report.html, model_card.md), the quarantine reason.json files or the registry manifests.
 
-Excluded by contract: ``reports/<task>/latest/test_predictions.parquet`` and ``predictions/<task>/*.parquet``
+Excluded by contract: ``reports/<task>/latest/test_predictions.parquet`` (and each version's own copy in
+``models/<task>/<version>/``) and ``predictions/<task>/<batch>/*.parquet``
 carry record ids (the user's own output); the warehouse holds the records themselves.
 
 Also here (issue 7, item 6): static safety checks — no unsafe deserialisation, landing paths confined,
@@ -53,7 +54,8 @@ def test_no_canary_leaks_anywhere(tmp_path):
     planted = set(good["rid"]) | set(good["pid"]) | set(bad["rid"]) | set(bad["pid"])
     pattern = re.compile(rb"PHICANARY(?:ID|PT|NOTE)")
     data, home = tmp_path / "data", tmp_path / "dagster_home"
-    excluded = {data / "reports" / TASK / "latest" / "test_predictions.parquet"}
+    excluded = {data / "reports" / TASK / "latest" / "test_predictions.parquet",
+                *(data / "models" / TASK).glob("*/test_predictions.parquet")}  # each version's own copy
     scanned, leaks = 0, []
     places = [home, tmp_path / "data" / "reports", data / "quarantine", data / "models"]
     for root in places:

@@ -253,8 +253,10 @@ def build_model_lifecycle_assets(spec: TaskSpec, tags: dict, split_asset: list, 
               "new champion adds a file beside the old ones, never replacing one.", **tags)  # fmt: skip
     def predictions(context: dg.AssetExecutionContext, storage: MeddiagStorage, split: pl.DataFrame) -> dg.MaterializeResult:
         rows = split.filter(pl.col(SPLIT_COLUMN) == "score")
-        summary = score_unlabelled(spec, storage.layout, storage.registry, rows, list(context.partition_keys),
-                                   predictor_factory, explain)  # fmt: skip
+        # A run of the whole group without a partition (the task job, `dagster asset materialize`) scores every batch.
+        partitioned = context.has_partition_key or context.has_partition_key_range
+        batches = list(context.partition_keys) if partitioned else sorted(split[BATCH_COLUMN].unique().to_list())
+        summary = score_unlabelled(spec, storage.layout, storage.registry, rows, batches, predictor_factory, explain)
         if summary.version is None:
             note = "no champion yet: nothing scored"
         elif not summary.written:
