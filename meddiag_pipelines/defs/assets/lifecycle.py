@@ -84,12 +84,14 @@ def store_version_report(storage: MeddiagStorage, task: str, version: str, files
 
 def point_latest(storage: MeddiagStorage, task: str, version: str, files: dict[str, bytes], **extra) -> Path:
     """``reports/<task>/latest.json`` names ``version`` (its folder relative to the data root); ``latest/`` is a
-    copy of its report files, built aside and swapped in by one rename. Returns the pointer's path."""
+    copy of its report files, built aside and swapped in by one rename (left as it is for a version published
+    before versions kept their reports). Returns the pointer's path."""
     reports = storage.layout.reports(task)
-    copy = staging_dir(reports / "latest")
-    for filename, data in files.items():
-        atomic_write_bytes(copy / filename, data)
-    publish_dir(copy, reports / "latest")
+    if files:
+        copy = staging_dir(reports / "latest")
+        for filename, data in files.items():
+            atomic_write_bytes(copy / filename, data)
+        publish_dir(copy, reports / "latest")
     pointer = {"task": task, "version": version, "version_dir": _relative(storage, storage.registry.version_dir(task, version)),
                "at": time.time(), **extra}  # fmt: skip
     return atomic_write_json(reports / "latest.json", pointer)
@@ -259,10 +261,12 @@ def build_model_lifecycle_assets(spec: TaskSpec, tags: dict, split_asset: list, 
         summary = score_unlabelled(spec, storage.layout, storage.registry, rows, batches, predictor_factory, explain)
         if summary.version is None:
             note = "no champion yet: nothing scored"
-        elif not summary.written:
-            note = "nothing to score: no unlabelled rows, or already scored by this champion"
-        else:
+        elif summary.written:
             note = f"{len(summary.written)} batch(es) scored by {summary.version}"
+        elif summary.kept:
+            note = f"already scored by {summary.version}: nothing rewritten"
+        else:
+            note = "nothing to score: no unlabelled rows"
         context.log.info(f"{name} predictions: {note}")
         return dg.MaterializeResult(metadata={**summary.as_metadata(), "note": note})
 
