@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import polars as pl
@@ -53,7 +53,10 @@ def risk_bands(proba: np.ndarray, manifest: dict) -> list[str | None]:
 
 
 def prediction_path(layout: DataLayout, task: str, batch: str, version: str) -> Path:
-    """Where ``version``'s scores of ``batch`` live; the batch name comes from data, so it stays confined."""
+    """Where ``version``'s scores of ``batch`` live. The batch name comes from data (a landing folder's name, a
+    partition key): refused unless it is one folder name, and the path must stay inside the data root."""
+    if batch in ("", ".", "..") or PurePosixPath(batch).name != batch or "\\" in batch or "\x00" in batch:
+        raise ValueError("a batch name must be a single folder name")
     return layout.confine(layout.predictions(task) / batch / f"{version}.parquet")
 
 

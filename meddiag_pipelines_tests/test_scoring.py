@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import polars as pl
+import pytest
 
 from meddiag_pipelines.atomic import atomic_write_json
 from meddiag_pipelines.ingestion.landing import BATCH_COLUMN
@@ -56,6 +57,13 @@ def test_a_rescore_by_a_new_champion_adds_a_file_and_keeps_the_old(layout):
         assert read_scored_by(path) == {"model_version": version, "batch": "b1"}
         assert frame["id"].to_list() == [f"b1-r{i}" for i in range(4)]
     assert not pl.read_parquet(files[0])["probability"].equals(pl.read_parquet(files[1])["probability"])
+
+
+def test_a_batch_name_must_be_one_folder_name(layout):
+    assert prediction_path(layout, TASK, "lot n°7 d'été", "v1").parent.name == "lot n°7 d'été"
+    for name in ("..", "a/../..", "/etc", "a\\b", ""):
+        with pytest.raises(ValueError, match="single folder name"):
+            prediction_path(layout, TASK, name, "v1")
 
 
 def test_no_champion_scores_nothing(layout):
