@@ -12,6 +12,7 @@ import pytest
 
 from meddiag_pipelines.definitions import build_definitions
 from meddiag_pipelines.defs.partitions import batch_partitions
+from meddiag_pipelines.registry.__main__ import main as registry_cli
 from meddiag_pipelines.registry.manifest import REPORT_FILES
 from meddiag_pipelines.registry.store import ModelRegistry
 from meddiag_pipelines_tests.conftest import land, synthetic_records
@@ -38,7 +39,7 @@ def snapshot(folder: Path) -> dict[str, bytes]:
     return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def test_versions_keep_their_reports_and_a_new_champion_adds_predictions(synthetic_spec, layout):
+def test_versions_keep_their_reports_and_a_new_champion_adds_predictions(synthetic_spec, layout, monkeypatch, capsys):
     spec = synthetic_spec.model_copy(update={"training": synthetic_spec.training.model_copy(update={"trials": 1, "max_rounds": 60}),
                                              "evaluation": synthetic_spec.evaluation.model_copy(update={"n_bootstrap": 100})})  # fmt: skip
     task = spec.name
@@ -88,3 +89,11 @@ def test_versions_keep_their_reports_and_a_new_champion_adds_predictions(synthet
         assert pointer["version"] == v2 and pointer["unchanged_candidate"] not in (v1, v2)
         assert pointer["version_dir"] == f"models/{task}/{v2}"
     assert snapshot(v1_dir) == v1_files  # a published version folder is never rewritten
+
+    monkeypatch.setenv("MEDDIAG_DATA_DIR", str(layout.root))
+    capsys.readouterr()
+    assert registry_cli(["list", task, "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [r["version"] for r in listed] == [v1, v2] and [r["champion"] for r in listed] == [False, True]
+    assert listed[0]["partitions"] == ["batch_0001", "batch_0002"] and len(listed[1]["partitions"]) == 3
+    assert listed[1]["unchanged_candidate"] == pointer["unchanged_candidate"] and listed[0]["metric"] == "AUROC"

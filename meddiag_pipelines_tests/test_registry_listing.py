@@ -34,6 +34,9 @@ def test_listing_shows_every_version_with_its_audit_fields(tmp_path, monkeypatch
     publish(registry, "v1", 2, {"auroc": 0.91, "auroc_ci": [0.85, 0.95]}, Decision(True, ["first model: AUROC 0.910 clears the floor 0.6"]))
     publish(registry, "v2", 5, {"auroc": None, "macro_f1": 0.7}, Decision(False, ["candidate AUROC could not be computed"]))
     registry.set_champion("t", "v1", "test")
+    latest = tmp_path / "reports" / "t" / "latest.json"  # the latest run's candidate duplicated v1
+    latest.parent.mkdir(parents=True)
+    latest.write_text(json.dumps({"version": "v1", "unchanged_candidate": "v3"}))
     monkeypatch.setenv("MEDDIAG_DATA_DIR", str(tmp_path))
 
     assert registry_cli(["list", "t", "--json"]) == 0
@@ -44,6 +47,7 @@ def test_listing_shows_every_version_with_its_audit_fields(tmp_path, monkeypatch
     assert first["code_version"] == "1.2.0+abc1234" and first["created_utc"].startswith("20")
     assert (first["metric"], first["value"], first["ci"]) == ("AUROC", 0.91, [0.85, 0.95])
     assert first["decision"] == "promoted" and first["champion"] and not second["champion"]
+    assert (first["unchanged_candidate"], second["unchanged_candidate"]) == ("v3", None)
     assert (second["metric"], second["value"], second["decision"]) == ("macro-F1", 0.7, "refused")
     assert second["reasons"] == ["candidate AUROC could not be computed"]
 
@@ -52,7 +56,7 @@ def test_listing_shows_every_version_with_its_audit_fields(tmp_path, monkeypatch
     assert table.startswith("t:\n") and "AUROC 0.910 (0.850-0.950)" in table and "macro-F1 0.700" in table
     assert "5: batch_0001 .. batch_0005" in table and "batch_0001, batch_0002" in table
     line = next(l for l in table.splitlines() if l.startswith("* "))
-    assert "v1" in line and "promoted" in line and "1.2.0+abc1234" in line
+    assert "v1" in line and "promoted, latest run unchanged" in line and "1.2.0+abc1234" in line
     assert "- candidate AUROC could not be computed" in table
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from meddiag_pipelines.layout import default_data_dir
 from meddiag_pipelines.registry.manifest import summarize
@@ -18,12 +19,18 @@ from meddiag_pipelines.registry.store import ModelRegistry, RegistryError
 COLUMNS = ("version", "created (UTC)", "data partitions", "code", "metric (95% CI)", "decision")
 
 
-def version_rows(registry: ModelRegistry, tasks: list[str]) -> list[dict]:
-    """Every published version of ``tasks`` as :func:`summarize` fields, with its task."""
+def version_rows(registry: ModelRegistry, tasks: list[str], reports: Path) -> list[dict]:
+    """Every published version of ``tasks`` as :func:`summarize` fields, with its task; the version that the
+    latest run found unchanged (``reports/<task>/latest.json``) names that run's discarded candidate."""
     rows = []
     for task in tasks:
         champion = registry.champion(task)
-        rows += [{"task": task, **summarize(registry.manifest(task, v), champion)} for v in registry.versions(task)]
+        pointer = reports / task / "latest.json"
+        latest = json.loads(pointer.read_text()) if pointer.exists() else {}
+        for version in registry.versions(task):
+            row = {"task": task, **summarize(registry.manifest(task, version), champion)}
+            row["unchanged_candidate"] = latest.get("unchanged_candidate") if latest.get("version") == version else None
+            rows.append(row)
     return rows
 
 
@@ -40,13 +47,18 @@ def _figure(row: dict) -> str:
     return f"{row['metric']} {row['value']:.3f}{ci}"
 
 
+def _decision(row: dict) -> str:
+    notes = [row["decision"]] + (["pinned champion"] if row["pinned"] else [])
+    return ", ".join(notes + (["latest run unchanged"] if row["unchanged_candidate"] else []))
+
+
 def format_table(rows: list[dict]) -> str:
     """A readable table per task; ``*`` marks the champion; each version's reasons follow its line."""
     lines: list[str] = []
     for task in dict.fromkeys(r["task"] for r in rows):
         mine = [r for r in rows if r["task"] == task]
         cells = [(r["version"], r["created_utc"] or "?", _partitions(r["partitions"]), r["code_version"] or "?",
-                  _figure(r), r["decision"] + (", pinned champion" if r["pinned"] else "")) for r in mine]  # fmt: skip
+                  _figure(r), _decision(r)) for r in mine]  # fmt: skip
         widths = [max(len(c[i]) for c in [COLUMNS, *cells]) for i in range(len(COLUMNS))]
         lines += [f"{task}:", "  " + "  ".join(h.ljust(w) for h, w in zip(COLUMNS, widths)).rstrip()]
         for row, fields in zip(mine, cells):
@@ -71,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     registry = ModelRegistry(default_data_dir() / "models")
     if args.command == "list":
         tasks = [args.task] if args.task else registry.tasks()
-        rows = version_rows(registry, tasks)
+        rows = version_rows(registry, tasks, default_data_dir() / "reports")
         print(json.dumps(rows, indent=2) if args.json else format_table(rows))
         return 0
     champion = registry.champion(args.task)
