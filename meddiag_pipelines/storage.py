@@ -99,3 +99,8 @@ class DataRoot:
         """LZ4: written and read several times faster than DuckDB's or zstd compression (bench/README.md)."""
         atomic_write(self.path(rel), lambda tmp: frame.write_parquet(tmp, compression="lz4"))
         return rel
+
+
+def open_plan(plan: dict, root: DataRoot) -> dict:
+    """The plan with its one folder, the image cache, resolved against the data root: for this step only."""
+    return {**plan, "cache_dir": str(root.path(plan["cache_dir"]))} if "cache_dir" in plan else plan

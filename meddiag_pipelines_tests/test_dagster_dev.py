@@ -172,8 +172,8 @@ def test_landed_batch_is_trained_decided_and_scored_without_a_click(tmp_path):
         frame.write_csv(batch / "records.csv")
         (batch / "_READY").touch()
         models = data / "models" / "synthetic_risk"
-        predictions = data / "predictions" / "synthetic_risk" / "batch_0001.parquet"
-        server.wait_for(lambda: predictions.exists() and set(server.run_statuses()) == {"SUCCESS"},
+        predictions = data / "predictions" / "synthetic_risk" / "batch_0001"  # <version>.parquet inside
+        server.wait_for(lambda: any(predictions.glob("*.parquet")) and set(server.run_statuses()) == {"SUCCESS"},
                         time.time() + DEADLINE_S, "the batch's predictions and its run's success")  # fmt: skip
         versions = [p for p in models.iterdir() if (p / "manifest.json").exists()]
         assert len(versions) == 1

@@ -68,10 +68,10 @@ def test_task_end_to_end_then_new_batch(synthetic_spec, layout):
     # The old champion, re-scored on today's test split with its own feature plan, is still a good model:
     # a misaligned warehouse table or plan would show up here as a collapse.
     assert newest["decision"]["figures"]["champion_auroc"] > 0.8
-    scored = pl.read_parquet(layout.predictions(task) / "batch_0002.parquet")
+    current = json.loads((registry / "champion.json").read_text())["version"]
+    scored = pl.read_parquet(layout.predictions(task) / "batch_0002" / f"{current}.parquet")
     assert sorted(scored["id"].to_list()) == ["r600", "r601", "r602"]
     assert {"probability", "risk_band", "model_version", "top_features"} <= set(scored.columns)
-    current = json.loads((registry / "champion.json").read_text())["version"]
     assert current == versions[-1] and scored["model_version"].unique().to_list() == [current]
 
 

@@ -81,7 +81,7 @@ def test_an_unchanged_rerun_publishes_nothing_and_a_changed_spec_retrains(synthe
     assert f"no new data, spec or code since version {champion}" in again["reasons"]
     assert registry.versions(task) == [champion] and registry.champion(task)["version"] == champion
     assert not any((layout.root / "models" / task / ".staging").iterdir())
-    scored = pl.read_parquet(layout.predictions(task) / "batch_0002.parquet")
+    scored = pl.read_parquet(layout.predictions(task) / "batch_0002" / f"{champion}.parquet")
     assert scored.height == 5 and scored["model_version"].unique().to_list() == [champion]
 
     reseeded = synthetic_spec.model_copy(update={"training": synthetic_spec.training.model_copy(update={"seed": 7})})

@@ -82,7 +82,7 @@ def test_phantom_task_end_to_end(tmp_path: Path) -> None:
         model_dir = registry / champion / "model"
         assert (model_dir / "model.pt").exists() and not (model_dir / "checkpoint.pt").exists()
         assert json.loads((registry / champion / "manifest.json").read_text())["model"]["name"] == "resnet18_small"
-        scored = pl.read_parquet(root / "predictions" / task / "batch_0001.parquet")
+        scored = pl.read_parquet(root / "predictions" / task / "batch_0001" / f"{champion}.parquet")
         assert sorted(scored["id"].to_list()) == sorted(unlabelled)
         assert scored["probability"].is_between(0, 1).all() and scored["model_version"].to_list() == [champion] * 4
 
@@ -124,7 +124,8 @@ def test_npz_task_keeps_its_own_split_multiclass(tmp_path: Path) -> None:
     assert (metrics["kind"], metrics["n_train"], metrics["n_val"], metrics["n_test"]) == ("multiclass", 60, 15, 24)
     test_ids = pl.read_parquet(latest / "test_predictions.parquet")["id"].to_list()
     assert sorted(test_ids) == sorted(f"organmnist_test_{i}" for i in range(24))  # the file's split, not a hash
-    scored = pl.read_parquet(root / "predictions" / spec.name / "batch_0001.parquet")
+    champion = json.loads((root / "models" / spec.name / "champion.json").read_text())["version"]
+    scored = pl.read_parquet(root / "predictions" / spec.name / "batch_0001" / f"{champion}.parquet")
     assert sorted(scored["id"].to_list()) == [f"new_cases_test_{i}" for i in range(3)]
     assert {"p_0", "p_1", "p_2", "predicted"} <= set(scored.columns)
     np.testing.assert_allclose(scored.select("p_0", "p_1", "p_2").to_numpy().sum(axis=1), 1.0, atol=1e-5)
@@ -184,7 +185,7 @@ def test_npz_multilabel_task_end_to_end(tmp_path: Path) -> None:
     assert test.columns == ["id", "label", *[f"p_{f}" for f in FINDINGS]] and test.height == 60
     champion = json.loads((registry / "champion.json").read_text())["version"]
     assert json.loads((registry / champion / "manifest.json").read_text())["model"]["classes"] == FINDINGS
-    scored = pl.read_parquet(root / "predictions" / spec.name / "batch_0001.parquet")
+    scored = pl.read_parquet(root / "predictions" / spec.name / "batch_0001" / f"{champion}.parquet")
     assert sorted(scored["id"].to_list()) == [f"new_cases_test_{i}" for i in range(3)]
     probs = scored.select(f"p_{f}" for f in FINDINGS).to_numpy()
     assert ((probs >= 0) & (probs <= 1)).all() and "predicted" not in scored.columns

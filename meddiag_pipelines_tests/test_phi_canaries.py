@@ -9,7 +9,7 @@ test_hostile_cli.py plants note-text canaries and runs the CLI; this test covers
 the warehouse legitimately holds, at every log level of the steps themselves.
 
 Excluded by contract: ``test_predictions.parquet`` (in a report or a model version) and
-``predictions/<task>/*.parquet`` carry record ids (the user's own output); the warehouse holds the records.
+``predictions/<task>/<batch>/*.parquet`` carry record ids (the user's own output); the warehouse holds the records.
 """
 
 import json

@@ -1,6 +1,6 @@
 """Registry command line: list versions, pin the champion to an earlier version (rollback), unpin.
 
-    python -m meddiag_pipelines.registry list heart_disease
+    python -m meddiag_pipelines.registry list [heart_disease] [--json]
     python -m meddiag_pipelines.registry pin heart_disease 20261129T000617Z-65bc273e
     python -m meddiag_pipelines.registry unpin heart_disease
 """
@@ -8,30 +8,87 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from pathlib import Path
 
 from meddiag_pipelines.layout import default_data_dir
+from meddiag_pipelines.registry.manifest import summarize
 from meddiag_pipelines.registry.store import ModelRegistry, RegistryError
+
+COLUMNS = ("version", "created (UTC)", "data partitions", "code", "metric (95% CI)", "decision")
+
+
+def version_rows(registry: ModelRegistry, tasks: list[str], reports: Path) -> list[dict]:
+    """Every published version of ``tasks`` as :func:`summarize` fields, with its task; the version that the
+    latest run found unchanged (``reports/<task>/latest.json``) names that run's discarded candidate."""
+    rows = []
+    for task in tasks:
+        champion = registry.champion(task)
+        pointer = reports / task / "latest.json"
+        latest = json.loads(pointer.read_text()) if pointer.exists() else {}
+        for version in registry.versions(task):
+            row = {"task": task, **summarize(registry.manifest(task, version), champion)}
+            row["unchanged_candidate"] = latest.get("unchanged_candidate") if latest.get("version") == version else None
+            rows.append(row)
+    return rows
+
+
+def _partitions(names: list[str]) -> str:
+    if len(names) <= 3:
+        return ", ".join(names) or "none"
+    return f"{len(names)}: {names[0]} .. {names[-1]}"
+
+
+def _figure(row: dict) -> str:
+    if row["value"] is None:
+        return f"{row['metric']} n/a"
+    ci = f" ({row['ci'][0]:.3f}-{row['ci'][1]:.3f})" if row["ci"] else ""
+    return f"{row['metric']} {row['value']:.3f}{ci}"
+
+
+def _decision(row: dict) -> str:
+    notes = [row["decision"]] + (["pinned champion"] if row["pinned"] else [])
+    return ", ".join(notes + (["latest run unchanged"] if row["unchanged_candidate"] else []))
+
+
+def format_table(rows: list[dict]) -> str:
+    """A readable table per task; ``*`` marks the champion; each version's reasons follow its line."""
+    lines: list[str] = []
+    for task in dict.fromkeys(r["task"] for r in rows):
+        mine = [r for r in rows if r["task"] == task]
+        cells = [(r["version"], r["created_utc"] or "?", _partitions(r["partitions"]), r["code_version"] or "?",
+                  _figure(r), _decision(r)) for r in mine]  # fmt: skip
+        widths = [max(len(c[i]) for c in [COLUMNS, *cells]) for i in range(len(COLUMNS))]
+        lines += [f"{task}:", "  " + "  ".join(h.ljust(w) for h, w in zip(COLUMNS, widths)).rstrip()]
+        for row, fields in zip(mine, cells):
+            mark = "*" if row["champion"] else " "
+            lines.append(f"{mark} " + "  ".join(f.ljust(w) for f, w in zip(fields, widths)).rstrip())
+            lines += [f"      - {reason}" for reason in row["reasons"]]
+    return "\n".join(lines) if lines else "no published versions"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m meddiag_pipelines.registry", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    for name in ("list", "pin", "unpin"):
+    listing = sub.add_parser("list", help="every version: created, data partitions, code, AUROC, decision, reasons")
+    listing.add_argument("task", nargs="?", help="one task (default: every task with a registry folder)")
+    listing.add_argument("--json", action="store_true", help="one JSON list, for machines")
+    for name in ("pin", "unpin"):
         cmd = sub.add_parser(name)
         cmd.add_argument("task")
         if name == "pin":
             cmd.add_argument("version")
     args = parser.parse_args(argv)
     registry = ModelRegistry(default_data_dir() / "models")
+    if args.command == "list":
+        tasks = [args.task] if args.task else registry.tasks()
+        rows = version_rows(registry, tasks, default_data_dir() / "reports")
+        print(json.dumps(rows, indent=2) if args.json else format_table(rows))
+        return 0
     champion = registry.champion(args.task)
     try:
-        if args.command == "list":
-            for version in registry.versions(args.task):
-                decision = registry.manifest(args.task, version).get("decision", {})
-                mark = "*" if champion and champion["version"] == version else " "
-                print(f"{mark} {version}  promoted={decision.get('promote')}")
-        elif args.command == "pin":
+        if args.command == "pin":
             registry.set_champion(args.task, args.version, "pinned by hand (rollback)", pinned=True)
             print(f"{args.task}: champion pinned to {args.version}")
         else:

@@ -63,6 +63,10 @@ class ModelRegistry:
             shutil.rmtree(path, ignore_errors=True)
         return stale
 
+    def tasks(self) -> list[str]:
+        """The tasks with a registry folder."""
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")) if self.root.is_dir() else []
+
     def versions(self, task: str) -> list[str]:
         folder = self.task_dir(task)
         if not folder.is_dir():

@@ -4,25 +4,20 @@ model handles."""
 import base64
 import hashlib
 import time
-from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
 import dagster as dg
-import numpy as np
-import polars as pl
 
 from meddiag_pipelines.defs.resources.storage import MeddiagStorage
 from meddiag_pipelines.ingestion.batches import why_no_records
 from meddiag_pipelines.markup import escape_markdown
 from meddiag_pipelines.registry.store import STAGING
 from meddiag_pipelines.specs import TaskSpec
-from meddiag_pipelines.storage import DataRoot, run_name
+from meddiag_pipelines.storage import DataRoot, open_plan, run_name
 from meddiag_pipelines.device import torch_device
 from meddiag_pipelines.validation.suites import CheckFailure
 
 # predictor_factory(plan) -> predict(model_dir, rows) -> probabilities
-Predictor = Callable[[Path, pl.DataFrame], np.ndarray]
-PredictorFactory = Callable[[dict], Predictor]
 NUMERIC_METRICS = ("auroc", "auprc", "brier", "scaled_brier", "accuracy", "macro_f1", "calibration_slope",
                    "calibration_intercept")  # fmt: skip
 
@@ -90,11 +85,6 @@ def handle_dir(handle: dict, root: DataRoot) -> Path:
         return root.path(str(staged))
     cut = staged.parts.index(STAGING)
     return root.path(str(PurePosixPath(*staged.parts[:cut], *staged.parts[cut + 1 :])))
-
-
-def open_plan(plan: dict, root: DataRoot) -> dict:
-    """The plan with its one folder, the image cache, resolved against the data root: for this step only."""
-    return {**plan, "cache_dir": str(root.path(plan["cache_dir"]))} if "cache_dir" in plan else plan
 
 
 def open_handle(handle: dict, root: DataRoot) -> dict:

@@ -1,5 +1,11 @@
 """The model lifecycle of every modality: evaluation, champion, predictions. A modality supplies how to score
-rows with a model folder."""
+rows with a model folder.
+
+A version's report files (``registry.manifest.REPORT_FILES``) are written by ``evaluation`` into the version's
+staging folder and published with it by ``champion``: ``models/<task>/<version>/`` keeps its own report and is
+never rewritten. ``reports/<task>/latest.json`` names the latest evaluated candidate (or, when the candidate
+duplicated a published version and was discarded, that version); ``reports/<task>/latest/`` is a copy of its
+report for people, replaced atomically (a link swap)."""
 
 import io
 import json
@@ -11,9 +17,10 @@ import dagster as dg
 import numpy as np
 import polars as pl
 
-from meddiag_pipelines.atomic import atomic_write, atomic_write_bytes, atomic_write_json, publish_dir, staging_dir
+from meddiag_pipelines.atomic import atomic_write_bytes, atomic_write_json, publish_dir, staging_dir
+from meddiag_pipelines.defs.partitions import batch_partitions
 from meddiag_pipelines.defs.resources.storage import MeddiagStorage
-from meddiag_pipelines.defs.assets.common import open_handle, open_plan, png_markdown, pool
+from meddiag_pipelines.defs.assets.common import NUMERIC_METRICS, open_handle, png_markdown, pool
 from meddiag_pipelines.labels import encode_labels, task_kind
 import meddiag_pipelines.evaluation as evaluator  # its modules load on first use
 from meddiag_pipelines.split import COPY_OF_TRAIN_COLUMN, SPLIT_COLUMN, SPLITS
@@ -21,15 +28,11 @@ from meddiag_pipelines.ingestion.batches import reconcile
 from meddiag_pipelines.ingestion.landing import BATCH_COLUMN
 from meddiag_pipelines.markup import escape_markdown
 from meddiag_pipelines.registry.fingerprint import code_version, trained_batch_hashes, training_fingerprint
+from meddiag_pipelines.registry.manifest import REPORT_FILES, build_manifest
 from meddiag_pipelines.registry.promotion import Decision, decide
+from meddiag_pipelines.scoring import Explainer, PredictorFactory, prediction_frame, score_unlabelled
 from meddiag_pipelines.specs import TaskSpec
 from meddiag_pipelines.validation.suites import feature_columns
-
-# predictor_factory(plan) -> predict(model_dir, rows) -> probabilities
-Predictor = Callable[[Path, pl.DataFrame], np.ndarray]
-PredictorFactory = Callable[[dict], Predictor]
-NUMERIC_METRICS = ("auroc", "auprc", "brier", "scaled_brier", "accuracy", "macro_f1", "calibration_slope",
-                   "calibration_intercept")  # fmt: skip
 
 
 def numeric_shift(frame: pl.DataFrame, spec: TaskSpec) -> list[dict]:
@@ -62,23 +65,38 @@ def _evaluation_input(spec: TaskSpec, split: pl.DataFrame, handle: dict, predict
     )  # fmt: skip
 
 
-def _test_predictions(spec: TaskSpec, test: pl.DataFrame, proba: np.ndarray, classes: list[str]) -> pl.DataFrame:
-    base = test.select(pl.col(spec.id).cast(pl.String).alias("id"), pl.col(spec.label).alias("label"))
-    if proba.ndim == 1:
-        return base.with_columns(pl.Series("probability", proba.astype(np.float64)))
-    cols = [pl.Series(f"p_{c}", proba[:, i].astype(np.float64)) for i, c in enumerate(classes)]
-    if task_kind(spec) == "multilabel":  # one probability per finding; no single predicted class
-        return base.with_columns(*cols)
-    return base.with_columns(*cols, pl.Series("predicted", [classes[i] for i in proba.argmax(axis=1)]))
-
-
-def _write_report(storage: MeddiagStorage, spec: TaskSpec, files: dict[str, bytes]) -> Path:
-    """Build the whole report folder aside, then swap ``latest`` to it in one rename."""
-    final = storage.layout.reports(spec.name) / "latest"
-    staging = staging_dir(final)
+def store_version_report(storage: MeddiagStorage, task: str, version: str, files: dict[str, bytes]) -> dict[str, bytes]:
+    """Put the report files in the version's staging folder, to be published with it. A version already
+    published is never rewritten: its own files are returned instead."""
+    registry = storage.registry
+    published = registry.version_dir(task, version)
+    if (published / "manifest.json").exists():
+        return {f: (published / f).read_bytes() for f in REPORT_FILES if (published / f).exists()}
+    staged = registry.staging_dir(task, version)
     for filename, data in files.items():
-        atomic_write_bytes(staging / filename, data)
-    return publish_dir(staging, final)
+        atomic_write_bytes(staged / filename, data)
+    return files
+
+
+def point_latest(storage: MeddiagStorage, task: str, version: str, files: dict[str, bytes], **extra) -> Path:
+    """``reports/<task>/latest.json`` names ``version`` (its folder relative to the data root); ``latest/`` is a
+    copy of its report files, built aside and swapped in by one rename (left as it is for a version published
+    before versions kept their reports). Returns the pointer's path."""
+    reports = storage.layout.reports(task)
+    if files:
+        copy = staging_dir(reports / "latest")
+        for filename, data in files.items():
+            atomic_write_bytes(copy / filename, data)
+        publish_dir(copy, reports / "latest")
+    pointer = {"task": task, "version": version, "version_dir": storage.root.relative(storage.registry.version_dir(task, version)),
+               "at": time.time(), **extra}  # fmt: skip
+    return atomic_write_json(reports / "latest.json", pointer)
+
+
+def report_metadata(storage: MeddiagStorage, task: str, version: str) -> dict:
+    """Links to a version's own report, relative to the data root (where ``champion`` publishes it)."""
+    report = storage.registry.version_dir(task, version) / "report.html"
+    return {"report": dg.MetadataValue.path(storage.root.relative(report)), "report_version": version}
 
 
 def _parquet_bytes(frame: pl.DataFrame) -> bytes:
@@ -108,7 +126,7 @@ def flow_counts(spec: TaskSpec, storage: MeddiagStorage, split: pl.DataFrame) ->
 
 # -- evaluation, champion, predictions ----------------------------------------------------------------------------
 def build_model_lifecycle_assets(spec: TaskSpec, tags: dict, split_asset: list, predictor_factory: PredictorFactory,
-                                 explain: Callable | None, missing_data: Callable[[pl.DataFrame, dict], list[dict]],
+                                 explain: Explainer | None, missing_data: Callable[[pl.DataFrame, dict], list[dict]],
                                  card_extras: Callable[[dict], list[tuple[str, str]]] | None = None,
                                  test_sections: Callable[[dict, pl.DataFrame, np.ndarray, dict], list[tuple[str, str]]]
                                  | None = None) -> list:  # fmt: skip
@@ -125,7 +143,10 @@ def build_model_lifecycle_assets(spec: TaskSpec, tags: dict, split_asset: list, 
     @dg.asset(key=[name, "evaluation"], ins={"split": dg.AssetIn(split_key)}, kinds={"scikitlearn", "html"},
               description=f"{name}: the shared evaluator on the test split (TRIPOD+AI style): discrimination and "
               "calibration with CIs, decision curve, thresholds, subgroups, flow, baseline comparison. Writes "
-              "reports/<task>/latest/ atomically.", pool=pool(spec), **tags)  # fmt: skip
+              f"metrics.json, report.html, model_card.md and test_predictions.parquet into the candidate's version "
+              f"folder (models/{name}/<version>/, published by the champion step); reports/{name}/latest.json "
+              f"names this latest evaluated candidate and reports/{name}/latest/ is a copy of its report, swapped "
+              "in atomically.", pool=pool(spec), **tags)  # fmt: skip
     def evaluation(context: dg.AssetExecutionContext, storage: MeddiagStorage, split: pl.DataFrame,
                    candidate_model: dict, baseline_model: dict) -> dict:  # fmt: skip
         candidate_model, baseline_model = (open_handle(h, storage.root) for h in (candidate_model, baseline_model))
@@ -155,15 +176,18 @@ def build_model_lifecycle_assets(spec: TaskSpec, tags: dict, split_asset: list, 
             "metrics.json": (json.dumps(metrics, indent=2, allow_nan=False) + "\n").encode(),
             "report.html": evaluator.render_report_html(metrics, plots, extras).encode(),
             "model_card.md": card.encode(),
-            "test_predictions.parquet": _parquet_bytes(_test_predictions(spec, test, inp.proba, candidate_model["classes"])),
+            "test_predictions.parquet": _parquet_bytes(prediction_frame(spec, test, inp.proba, candidate_model["classes"])),
         }  # fmt: skip
-        path = _write_report(storage, spec, files)
-        context.add_output_metadata({**_ui_metadata(metrics, plots), "report": dg.MetadataValue.path(storage.root.relative(path / "report.html"))})
+        files = store_version_report(storage, name, candidate_model["version"], files)
+        point_latest(storage, name, candidate_model["version"], files)
+        context.add_output_metadata({**_ui_metadata(metrics, plots), **report_metadata(storage, name, candidate_model["version"])})
         return metrics
 
     @dg.asset(key=[name, "champion"], ins={"split": dg.AssetIn(split_key)}, kinds={"python"}, pool=pool(spec),
               description=f"{name}: champion/challenger decision on the current test set; publishes the candidate "
-              "as an immutable registry version with its decision, and moves champion.json when it wins.", **tags)  # fmt: skip
+              f"as an immutable registry version (models/{name}/<version>/: model, plan, manifest with its decision, "
+              "and its own report files) and moves champion.json when it wins. A candidate trained from the inputs "
+              f"of a published version is discarded, and reports/{name}/latest.json then names that version.", **tags)  # fmt: skip
     def champion(context: dg.AssetExecutionContext, storage: MeddiagStorage, split: pl.DataFrame,
                  candidate_model: dict, baseline_model: dict, evaluation: dict) -> dict:  # fmt: skip
         registry = storage.registry
@@ -180,9 +204,12 @@ def build_model_lifecycle_assets(spec: TaskSpec, tags: dict, split_asset: list, 
                 # `same` won but its run died before champion.json was written: finish that promotion.
                 pointer = registry.set_champion(name, same, f"promoted when published; {reason}")
             context.log.info(f"{name} {version}: {reason}")
+            same_dir = registry.version_dir(name, same)
+            point_latest(storage, name, same, {f: (same_dir / f).read_bytes() for f in REPORT_FILES if (same_dir / f).exists()},
+                         unchanged_candidate=version)  # fmt: skip
             context.add_output_metadata({"candidate": version, "published": False, "promoted": False,
-                                         "champion": pointer["version"] if pointer else "none",
-                                         "fingerprint": fingerprint, "reasons": dg.MetadataValue.md(f"- {reason}")})  # fmt: skip
+                                         "champion": pointer["version"] if pointer else "none", "fingerprint": fingerprint,
+                                         "reasons": dg.MetadataValue.md(f"- {reason}"), **report_metadata(storage, name, same)})  # fmt: skip
             return {"champion": pointer["version"] if pointer else None, "candidate": version, "published": False,
                     "unchanged_since": same, "decision": Decision(False, [reason]).as_dict()}  # fmt: skip
         flow = flow_counts(spec, storage, split)
@@ -207,6 +234,7 @@ def build_model_lifecycle_assets(spec: TaskSpec, tags: dict, split_asset: list, 
             "candidate": version, "published": True, "promoted": decision.promote,
             "champion": pointer["version"] if pointer else "none", "fingerprint": fingerprint,
             "reasons": dg.MetadataValue.md("\n".join(f"- {escape_markdown(r)}" for r in decision.reasons)),
+            **report_metadata(storage, name, version),
         })  # fmt: skip
         return {"champion": pointer["version"] if pointer else None, "candidate": version, "published": True,
                 "decision": decision.as_dict()}  # fmt: skip
@@ -217,11 +245,26 @@ def build_model_lifecycle_assets(spec: TaskSpec, tags: dict, split_asset: list, 
         return champion_check(spec, storage)
 
     @dg.asset(key=[name, "predictions"], ins={"split": dg.AssetIn(split_key)}, deps=[champion], kinds={"parquet"},
-              pool=pool(spec),
-              description=f"{name}: unlabelled rows of every batch scored by the champion into "
-              "predictions/<task>/<batch>.parquet; rescored when the champion changes.", **tags)  # fmt: skip
+              pool=pool(spec), partitions_def=batch_partitions(spec), backfill_policy=dg.BackfillPolicy.single_run(),
+              description=f"{name}: the unlabelled rows of each batch (partition) scored by the champion into "
+              f"predictions/{name}/<batch>/<version>.parquet, which records the model version and the batch; a "
+              "new champion adds a file beside the old ones, never replacing one.", **tags)  # fmt: skip
     def predictions(context: dg.AssetExecutionContext, storage: MeddiagStorage, split: pl.DataFrame) -> dg.MaterializeResult:
-        return score_unlabelled(context, spec, storage, split, predictor_factory, explain)
+        rows = split.filter(pl.col(SPLIT_COLUMN) == "score")
+        # A run of the whole group without a partition (the task job, `dagster asset materialize`) scores every batch.
+        partitioned = context.has_partition_key or context.has_partition_key_range
+        batches = list(context.partition_keys) if partitioned else sorted(split[BATCH_COLUMN].unique().to_list())
+        summary = score_unlabelled(spec, storage.root, storage.layout, storage.registry, rows, batches, predictor_factory, explain)
+        if summary.version is None:
+            note = "no champion yet: nothing scored"
+        elif summary.written:
+            note = f"{len(summary.written)} batch(es) scored by {summary.version}"
+        elif summary.kept:
+            note = f"already scored by {summary.version}: nothing rewritten"
+        else:
+            note = "nothing to score: no unlabelled rows"
+        context.log.info(f"{name} predictions: {note}")
+        return dg.MaterializeResult(metadata={**summary.as_metadata(), "note": note})
 
     return [evaluation, champion, champion_fit_for_use, predictions]
 
@@ -256,28 +299,13 @@ def publish_candidate(spec: TaskSpec, storage: MeddiagStorage, candidate: dict, 
     (``registry.fingerprint``); move ``champion.json`` to it when the decision promotes it. Returns the champion
     pointer in force afterwards."""
     registry, version = storage.registry, candidate["version"]
-    manifest = _manifest(spec, storage, candidate, baseline, metrics, pointer, decision.as_dict(), fingerprint)
+    manifest = build_manifest(spec.name, storage.warehouse.ledger(spec.name), candidate, baseline, metrics, pointer,
+                              decision.as_dict(), fingerprint, code_version())  # fmt: skip
     atomic_write_json(registry.staging_dir(spec.name, version) / "plan.json", candidate["plan"])
     registry.publish(spec.name, version, manifest)
     if decision.promote:
         pointer = registry.set_champion(spec.name, version, "; ".join(decision.reasons))
     return pointer
-
-
-def _manifest(spec, storage, candidate, baseline, metrics, parent, decision, fingerprint) -> dict:
-    ledger = storage.warehouse.ledger(spec.name).filter(pl.col("status") == "validated")
-    summary = {k: metrics.get(k) for k in ("auroc", "auroc_ci", "auprc", "brier", "calibration_slope",
-                                            "calibration_intercept", "macro_f1", "accuracy", "n_test")}  # fmt: skip
-    return {
-        "task": spec.name, "created_at": time.time(), "code_version": code_version(), "fingerprint": fingerprint,
-        "batches": [{"batch_id": r["batch_id"], "content_hash": r["content_hash"], "n_rows": r["n_rows"]}
-                    for r in ledger.iter_rows(named=True)],
-        "model": {k: candidate[k] for k in ("name", "framework", "params", "val_score", "classes", "version", "device")},
-        "baseline": {k: baseline[k] for k in ("name", "framework", "params", "val_score")},
-        "hyperparameters": candidate["params"], "metrics": summary,
-        "thresholds": metrics.get("thresholds"), "operating_threshold": metrics.get("operating_threshold"),
-        "parent_champion": parent["version"] if parent else None, "decision": decision,
-    }  # fmt: skip
 
 
 def champion_check(spec: TaskSpec, storage: MeddiagStorage) -> dg.AssetCheckResult:
@@ -289,49 +317,3 @@ def champion_check(spec: TaskSpec, storage: MeddiagStorage) -> dg.AssetCheckResu
     ok = pointer.get("pinned") or (auroc is not None and auroc >= spec.promotion.auroc_floor)
     return dg.AssetCheckResult(passed=bool(ok), metadata={"champion": pointer["version"], "auroc": float(auroc or 0),
                                                           "pinned": bool(pointer.get("pinned"))})  # fmt: skip
-
-
-def risk_bands(proba: np.ndarray, manifest: dict) -> list[str | None]:
-    """Binary: 'high' at or above the operating threshold, 'intermediate' at or above the threshold that
-    reaches the target sensitivity, else 'low'. Multi-class and multi-label tasks have no bands."""
-    if proba.ndim > 1:
-        return [None] * len(proba)
-    rows = {r["name"]: r["threshold"] for r in manifest.get("thresholds") or []}
-    high = (manifest.get("operating_threshold") or {}).get("value", 0.5)
-    sensitive = min(rows.get("target_sensitivity", high), high)
-    return ["high" if p >= high else "intermediate" if p >= sensitive else "low" for p in proba]
-
-
-def score_unlabelled(context, spec: TaskSpec, storage: MeddiagStorage, split: pl.DataFrame,
-                     predictor_factory: PredictorFactory, explain: Callable | None) -> dg.MaterializeResult:  # fmt: skip
-    pointer = storage.registry.champion(spec.name)
-    rows = split.filter(pl.col(SPLIT_COLUMN) == "score")
-    if pointer is None or rows.is_empty():
-        return dg.MaterializeResult(metadata={"scored_rows": 0, "batches_written": 0,
-                                              "champion": pointer["version"] if pointer else "none"})  # fmt: skip
-    version = pointer["version"]
-    manifest = storage.registry.manifest(spec.name, version)
-    model_dir = storage.registry.version_dir(spec.name, version) / "model"
-    plan = open_plan(json.loads((storage.registry.version_dir(spec.name, version) / "plan.json").read_text()), storage.root)
-    out_dir = storage.layout.predictions(spec.name)
-    written = 0
-    for (batch_id,), batch_rows in rows.group_by(BATCH_COLUMN, maintain_order=True):
-        target = out_dir / f"{batch_id}.parquet"
-        if target.exists() and _scored_by(target) == version:
-            continue  # already scored by this champion
-        proba = predictor_factory(plan)(model_dir, batch_rows)
-        frame = _test_predictions(spec, batch_rows.with_columns(pl.lit(None).alias(spec.label)), proba,
-                                  manifest["model"]["classes"]).drop("label")  # fmt: skip
-        frame = frame.with_columns(pl.Series("risk_band", risk_bands(proba, manifest), dtype=pl.String),
-                                   pl.lit(version).alias("model_version"))  # fmt: skip
-        if explain is not None:
-            top = explain(model_dir, batch_rows, plan)
-            frame = frame.with_columns(pl.Series("top_features", ["; ".join(f"{n} {v:+.3f}" for n, v in r) for r in top]))
-        atomic_write(target, frame.write_parquet)
-        written += 1
-    return dg.MaterializeResult(metadata={"scored_rows": rows.height, "batches_written": written, "champion": version})
-
-
-def _scored_by(path: Path) -> str | None:
-    versions = pl.read_parquet(path, columns=["model_version"])["model_version"].unique().to_list()
-    return versions[0] if len(versions) == 1 else None
