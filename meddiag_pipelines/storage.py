@@ -22,8 +22,10 @@ from meddiag_pipelines.layout import PathOutsideDataRoot
 
 
 def run_name(created_at: float, run_id: str) -> str:
-    """A run's sortable name: its creation time (UTC, seconds), then its id; names sort by run creation."""
-    return f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime(created_at))}-{run_id[:8]}"
+    """A run's sortable name: its creation time (UTC, to the millisecond: two runs launched in one second must
+    still sort in order), then its id; names sort by run creation."""
+    millis = int(created_at * 1000) % 1000
+    return f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime(created_at))}.{millis:03d}Z-{run_id[:8]}"
 
 
 @contextmanager

@@ -1,7 +1,7 @@
 """Registry command line: list versions, pin the champion to an earlier version (rollback), unpin.
 
     python -m meddiag_pipelines.registry list [heart_disease] [--json]
-    python -m meddiag_pipelines.registry pin heart_disease 20261129T000617Z-65bc273e
+    python -m meddiag_pipelines.registry pin heart_disease 20261129T000617.412Z-65bc273e
     python -m meddiag_pipelines.registry unpin heart_disease
 """
 
