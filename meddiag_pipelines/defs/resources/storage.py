@@ -8,6 +8,7 @@ import dagster as dg
 import polars as pl
 
 from meddiag_pipelines.atomic import atomic_write
+from meddiag_pipelines.ingestion.landing import BATCH_COLUMN
 from meddiag_pipelines.ingestion.warehouse import Warehouse
 from meddiag_pipelines.layout import DataLayout, default_data_dir
 from meddiag_pipelines.registry.store import ModelRegistry
@@ -65,6 +66,9 @@ class ParquetTables(dg.IOManager):
 
     def handle_output(self, context: dg.OutputContext, obj: pl.DataFrame) -> None:
         task, name, path = self._table(context.asset_key)
+        if context.has_asset_partitions:
+            self._write_partitions(context, obj, path.with_suffix(""))
+            return
         atomic_write(path, lambda tmp: obj.write_parquet(tmp, compression="lz4"))
         # DuckDB cannot read a Parquet file without columns: an empty frame leaves no view
         Warehouse(self.layout.warehouse_db()).register_view(task, name, path if obj.width else None)
@@ -74,14 +78,34 @@ class ParquetTables(dg.IOManager):
         context.add_output_metadata({"dagster/row_count": obj.height, "column_count": obj.width,
                                      "dagster/table_name": f"{task}.{name}", "path": dg.MetadataValue.path(str(path))})  # fmt: skip
 
+    @staticmethod
+    def _write_partitions(context: dg.OutputContext, obj: pl.DataFrame, folder: Path) -> None:
+        """A partitioned output (one batch per partition) as ``<asset folder>/<partition key>.parquet``; a run over
+        several partitions returns one frame, split by its batch column (a partition without rows gets none)."""
+        keys = context.asset_partition_keys
+        for key in keys:
+            part = obj.filter(pl.col(BATCH_COLUMN) == key) if len(keys) > 1 and BATCH_COLUMN in obj.columns else obj
+            atomic_write(folder / f"{key}.parquet", lambda tmp, part=part: part.write_parquet(tmp, compression="lz4"))
+        context.add_output_metadata({"dagster/row_count": obj.height, "column_count": obj.width})
+
     def load_input(self, context: dg.InputContext) -> pl.DataFrame:
         _, _, path = self._table(context.asset_key)
+        if context.has_asset_partitions:
+            return self._read_partitions(context, path.with_suffix(""))
         if path in self._kept:
             return self._kept[path]
         if not path.exists():
             raise FileNotFoundError(f"{path}: no table for asset {context.asset_key.to_user_string()} yet; "
                                     "materialize it first")  # fmt: skip
         return pl.read_parquet(path)
+
+    @staticmethod
+    def _read_partitions(context: dg.InputContext, folder: Path) -> pl.DataFrame:
+        """The asked partitions as ONE frame, in partition-key order, columns matched by name; a partition not
+        materialized yet (its run has not ended) is left out."""
+        files = [folder / f"{key}.parquet" for key in sorted(context.asset_partition_keys)]
+        frames = [pl.read_parquet(f) for f in files if f.exists()]
+        return pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame()
 
 
 def build_resources(data_dir: Path | None = None) -> dict:
