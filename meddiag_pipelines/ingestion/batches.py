@@ -455,10 +455,11 @@ def _validate(spec: TaskSpec, layout: DataLayout, warehouse: Warehouse, validato
         summary.records[batch_id] = pl.DataFrame(schema=records.schema)
         if row is None or row["status"] == "quarantined":
             continue
-        frame = warehouse.read(spec.name, RAW_TABLE, [batch_id]).select(json.loads(row["columns"]))
+        stored = warehouse.read(spec.name, RAW_TABLE, [batch_id])  # its columns and the batch column
         if row["status"] == "validated":
-            summary.records[batch_id] = frame
+            summary.records[batch_id] = stored
             continue
+        frame = stored.select(json.loads(row["columns"]))
         failures, domain_after = _batch_failures(validator, frame, spec, known_ids, reference, domain)
         if failures:
             batch = LandedBatch(spec.name, batch_id, layout.landing(spec.name) / batch_id, tuple(json.loads(row["files"])),
@@ -474,7 +475,7 @@ def _validate(spec: TaskSpec, layout: DataLayout, warehouse: Warehouse, validato
         known_ids |= set(frame[spec.id].cast(pl.String).to_list())
         reference = {**dict(frame.schema), **reference}
         summary.validated.append(batch_id)
-        summary.records[batch_id] = frame
+        summary.records[batch_id] = stored
     return summary
 
 

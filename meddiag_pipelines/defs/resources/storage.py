@@ -83,8 +83,11 @@ class ParquetTables(dg.IOManager):
         """A partitioned output (one batch per partition) as ``<asset folder>/<partition key>.parquet``; a run over
         several partitions returns one frame, split by its batch column (a partition without rows gets none)."""
         keys = context.asset_partition_keys
+        if len(keys) > 1 and obj.height and BATCH_COLUMN not in obj.columns:
+            raise ValueError(f"{context.asset_key.to_user_string()}: a frame over several partitions needs the column "
+                             f"{BATCH_COLUMN} to be split into them")  # fmt: skip
         for key in keys:
-            part = obj.filter(pl.col(BATCH_COLUMN) == key) if len(keys) > 1 and BATCH_COLUMN in obj.columns else obj
+            part = obj.filter(pl.col(BATCH_COLUMN) == key) if len(keys) > 1 and obj.height else obj
             atomic_write(folder / f"{key}.parquet", lambda tmp, part=part: part.write_parquet(tmp, compression="lz4"))
         context.add_output_metadata({"dagster/row_count": obj.height, "column_count": obj.width})
 
