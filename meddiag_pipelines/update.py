@@ -29,7 +29,6 @@ from meddiag_pipelines.defs.automation.landing import RANGE_END, RANGE_START, ru
 from meddiag_pipelines.defs.partitions import LandingScan, batch_partitions, scan_landing
 from meddiag_pipelines.defs.resources.storage import MeddiagStorage
 from meddiag_pipelines.ingestion.landing import ready_batch_dirs
-from meddiag_pipelines.layout import default_data_dir
 from meddiag_pipelines.specs import TaskSpec
 
 log = logging.getLogger(__name__)
@@ -91,9 +90,13 @@ def plan_batches(spec: TaskSpec, storage: MeddiagStorage, instance: dg.DagsterIn
     return scan
 
 
-def _execute(instance: dg.DagsterInstance, keys: list[dg.AssetKey], tags: dict, what: str) -> str:
-    result = dg.execute_job(update_job(), instance=instance, tags=tags, asset_selection=keys,
-                            raise_on_error=False)  # fmt: skip
+def _execute(instance: dg.DagsterInstance, keys: list[dg.AssetKey], tags: dict, what: str,
+             defs: dg.Definitions | None) -> str:  # fmt: skip
+    if defs is None:
+        result = dg.execute_job(update_job(), instance=instance, tags=tags, asset_selection=keys, raise_on_error=False)
+    else:
+        result = defs.resolve_implicit_global_asset_job_def().execute_in_process(
+            instance=instance, tags=tags, asset_selection=keys, raise_on_error=False)
     if not result.success:
         failed = [e.step_key for e in result.all_events if e.is_step_failure]
         raise UpdateError(f"{what}: run {result.run_id} failed (steps: {', '.join(failed) or 'none started'}); "
@@ -110,26 +113,45 @@ def _downstream_stale(instance: dg.DagsterInstance, batch: list[dg.AssetKey], do
     return any(e is None or e.timestamp < max(upstream) for e in events)
 
 
-def update_task(spec: TaskSpec, instance: dg.DagsterInstance, partition: str | None = None) -> TaskUpdate:
-    storage = MeddiagStorage(data_dir=str(default_data_dir()))
+def update_task(spec: TaskSpec, instance: dg.DagsterInstance, partition: str | None = None,
+                defs: dg.Definitions | None = None) -> TaskUpdate:  # fmt: skip
+    """Bring one task up to date. ``defs``: run in this process on these definitions (tests, benches) instead
+    of the project's reconstructable job."""
+    loaded = defs or update_definitions()
+    storage = loaded.resources["storage"]
     scan = plan_batches(spec, storage, instance, partition)
     outcome = TaskUpdate(spec.name, new=sorted(scan.new), again=sorted(scan.again), refused=scan.refused)
-    batch_keys, downstream = group_keys(update_definitions().resolve_implicit_global_asset_job_def(), spec)
+    batch_keys, downstream = group_keys(loaded.resolve_implicit_global_asset_job_def(), spec)
     tags = run_tags(spec, "cli")
     if scan.new:
         keys = sorted(scan.new)
         log.info("%s: %d new batches registered as partitions: %s", spec.name, len(keys), ", ".join(keys[:20]))
         outcome.batch_runs.append(_execute(instance, batch_keys, {**tags, RANGE_START: keys[0], RANGE_END: keys[-1]},
-                                           f"{spec.name}: ingestion of {len(keys)} new batches"))  # fmt: skip
+                                           f"{spec.name}: ingestion of {len(keys)} new batches", defs))  # fmt: skip
     for key in sorted(scan.again):
         log.info("%s: batch %s runs again (re-landed, changed or not ingested yet)", spec.name, key)
         outcome.batch_runs.append(_execute(instance, batch_keys, {**tags, "dagster/partition": key},
-                                           f"{spec.name}: ingestion of batch {key}"))  # fmt: skip
+                                           f"{spec.name}: ingestion of batch {key}", defs))  # fmt: skip
     if downstream and (outcome.batch_runs or _downstream_stale(instance, batch_keys, downstream)):
-        outcome.downstream_run = _execute(instance, downstream, tags, f"{spec.name}: split to champion")
+        outcome.downstream_run = _execute(instance, downstream, tags, f"{spec.name}: split to champion", defs)
     elif not outcome.batch_runs:
         log.info("%s: up to date (no new or changed batch)", spec.name)
     return outcome
+
+
+def run_task_in_process(defs: dg.Definitions, spec: TaskSpec, instance: dg.DagsterInstance,
+                        selection: list[str] | None = None, **kwargs) -> dg.ExecuteInProcessResult:  # fmt: skip
+    """For tests: register the task's new batches, then ONE in-process run of its assets (``selection``: asset
+    names of the task; default all) over every partition, as the task job ran before batches were partitions."""
+    plan_batches(spec, defs.resources["storage"], instance)
+    keys = instance.get_dynamic_partitions(batch_partitions(spec).name)
+    job = defs.resolve_implicit_global_asset_job_def()
+    batch_keys, downstream = group_keys(job, spec)
+    chosen = [k for k in batch_keys + downstream if selection is None or k.path[-1] in selection]
+    tags = {**run_tags(spec, "test"), **({RANGE_START: keys[0], RANGE_END: keys[-1]} if keys else {})}
+    if not keys:  # nothing landed: only the unpartitioned assets can run
+        chosen = [k for k in chosen if k in downstream]
+    return job.execute_in_process(instance=instance, tags=tags, asset_selection=chosen, **kwargs)
 
 
 def instance_home() -> Path:

@@ -41,9 +41,12 @@ class LandingScan:
     refused: list[str] = field(default_factory=list)  # names Dagster refuses: quarantined now
 
 
-def scan_landing(spec: TaskSpec, layout: DataLayout, warehouse: Warehouse, partitions: set[str]) -> LandingScan:
+def scan_landing(spec: TaskSpec, layout: DataLayout, warehouse: Warehouse, partitions: set[str],
+                 retry_unrecorded: bool = True) -> LandingScan:  # fmt: skip
     """Compare the landing folder with the task's partitions and its ledger. A known batch is hashed only when
-    an entry of its folder is newer than the ledger's last word on it (nothing is hashed in the steady state)."""
+    an entry of its folder is newer than the ledger's last word on it (nothing is hashed in the steady state).
+    ``retry_unrecorded``: a partition the ledger does not know yet (its run failed, or is still going: the
+    sensor passes ``False``) runs again."""
     ledger = {r["batch_id"]: r for r in warehouse.ledger(spec.name).iter_rows(named=True)}
     scan = LandingScan()
     for batch_dir in ready_batch_dirs(layout.landing(spec.name), spec.landing):
@@ -55,7 +58,12 @@ def scan_landing(spec: TaskSpec, layout: DataLayout, warehouse: Warehouse, parti
         row = ledger.get(name)
         if name not in partitions:
             scan.new[name] = describe_batch(spec.name, batch_dir).content_hash
-        elif row is None or row["status"] == "quarantined" or (not batch_dir.is_symlink() and batch_changes(batch_dir, row)):
-            # never ingested (its run failed), re-landed under a quarantined name, or changed since ingestion
+        elif (row is None and retry_unrecorded) or (row is not None and _needs_run(batch_dir, row)):
             scan.again[name] = describe_batch(spec.name, batch_dir).content_hash
     return scan
+
+
+def _needs_run(batch_dir, row: dict) -> bool:
+    """Re-landed under a quarantined name (the run quarantines it again), or changed since it was ingested (the
+    run sets the change aside)."""
+    return row["status"] == "quarantined" or (not batch_dir.is_symlink() and batch_changes(batch_dir, row) is not None)
