@@ -191,3 +191,4 @@ def run(args: argparse.Namespace) -> int:
         log.error("update: %s", exc)
         return 1
     return 0
+
