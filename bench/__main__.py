@@ -11,6 +11,7 @@ BENCHMARKS = {
     "orchestration": "bench.orchestration",  # Dagster vs direct calls; multiprocess executor per-step cost
     "training": "bench.training",  # XGBoost, CNN, text model throughput
     "sensor": "bench.sensor",  # landing sensor latency with 10,000 batches in landing
+    "partitions": "bench.partitions",  # 1,000 batches as partitions: sensor tick, run planning, split over all
     "deid": "bench.deid",  # de-identification recall per PHI class, false positives on ICD-10-CM text
 }
 
