@@ -2,8 +2,11 @@
 
 * ``sensor_tick_s``: one landing-sensor evaluation that finds the N new batches (hashes them) and returns the
   add request and ONE run request over their range; ``add_partitions_s``: the instance adding the N keys.
-* ``batch_run_start_s``: from launching raw_records + validated_records over the N partitions (one run,
-  in-process executor) to its first step starting (planning the run); ``batch_run_s``: the whole run.
+* ``batch_run_start_s``: from launching raw_records over the N partitions (one run, in-process executor) to
+  its first step starting (planning the run); ``batch_run_s``: the whole run (reading N batches once).
+* validated_records is not run per batch here (GX costs ~0.5-1 s per batch on 2 shared cores, the figure of
+  bench orchestration): each partition's file is written from its raw records and its materialization
+  recorded, so the downstream figures see N validated partitions.
 * ``downstream_start_s`` / ``split_load_s``: the unpartitioned split run over the N partitions: to its first
   step, and the IO manager loading the N partition files as one frame.
 * ``idle_tick_s``: a sensor tick afterwards, nothing new (steady state: no hashing).
@@ -46,6 +49,23 @@ def _step_seconds(instance, run_id: str, step: str) -> float:
     return next(s.end_time - s.start_time for s in instance.get_run_step_stats(run_id) if s.step_key == step)
 
 
+def _record_validated(defs, instance, keys: list[str]) -> None:
+    """Every partition validated, as a validated_records run would leave it (its file and materialization)."""
+    import dagster as dg
+
+    from meddiag_pipelines.atomic import atomic_write
+    from meddiag_pipelines.ingestion.batches import RAW_TABLE
+
+    storage = defs.resources["storage"]
+    folder = storage.layout.table(TASK, "validated_records").with_suffix("")
+    raw = storage.warehouse.read(TASK, RAW_TABLE).partition_by("_meddiag_batch", as_dict=True)
+    for (key,), frame in raw.items():
+        atomic_write(folder / f"{key}.parquet", frame.write_parquet)
+    asset = dg.AssetKey([TASK, "validated_records"])
+    for key in keys:
+        instance.report_runless_asset_event(dg.AssetMaterialization(asset, partition=key))
+
+
 def plan_and_start(n: int) -> dict:
     """Child: land n batches in a fresh data root, tick the sensor, run their ingestion, then split."""
     import dagster as dg
@@ -72,11 +92,11 @@ def plan_and_start(n: int) -> dict:
         instance.add_dynamic_partitions(add.partitions_def_name, list(add.partition_keys))
         out["add_partitions_s"] = time.perf_counter() - t0
         assert (request.tags[RANGE_START], request.tags[RANGE_END]) == ("batch_000000", f"batch_{n - 1:06d}")
-        batch_keys = [dg.AssetKey([TASK, "raw_records"]), dg.AssetKey([TASK, "validated_records"])]
         launched = time.time()
-        run = job.execute_in_process(instance=instance, tags=request.tags, asset_selection=batch_keys)
+        run = job.execute_in_process(instance=instance, tags=request.tags, asset_selection=[dg.AssetKey([TASK, "raw_records"])])
         out["batch_run_s"] = time.time() - launched
         out["batch_run_start_s"] = _first_step_after(instance, run.run_id) - launched
+        _record_validated(defs, instance, list(add.partition_keys))
         launched = time.time()
         split = job.execute_in_process(instance=instance, tags=run_tags(spec, "bench"),
                                        asset_selection=[dg.AssetKey([TASK, "split"])], raise_on_error=False)  # fmt: skip
