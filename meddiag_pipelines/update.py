@@ -148,7 +148,8 @@ def run_task_in_process(defs: dg.Definitions, spec: TaskSpec, instance: dg.Dagst
     job = defs.resolve_implicit_global_asset_job_def()
     batch_keys, downstream = group_keys(job, spec)
     chosen = [k for k in batch_keys + downstream if selection is None or k.path[-1] in selection]
-    tags = {**run_tags(spec, "test"), **({RANGE_START: keys[0], RANGE_END: keys[-1]} if keys else {})}
+    tags = {**run_tags(spec, "test"), **({RANGE_START: keys[0], RANGE_END: keys[-1]} if keys else {}),
+            **kwargs.pop("tags", {})}  # fmt: skip
     if not keys:  # nothing landed: only the unpartitioned assets can run
         chosen = [k for k in chosen if k in downstream]
     return job.execute_in_process(instance=instance, tags=tags, asset_selection=chosen, **kwargs)
