@@ -105,5 +105,5 @@ def reset(layout: DataLayout, warehouse: Warehouse, task: str) -> None:
         warehouse.forget_task(task)
         tables = layout.table(task, "validated_records").parent  # warehouse/tables/<task>/: every asset table
         if tables.is_dir() and not tables.is_symlink():
-            for table in tables.glob("*.parquet"):
+            for table in [*tables.glob("*.parquet"), *tables.glob("*/*.parquet")]:  # partitioned: one file each
                 table.unlink()
