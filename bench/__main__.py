@@ -11,8 +11,9 @@ BENCHMARKS = {
     "orchestration": "bench.orchestration",  # Dagster vs direct calls; multiprocess executor per-step cost
     "training": "bench.training",  # XGBoost, CNN, text model throughput
     "sensor": "bench.sensor",  # landing sensor latency with 10,000 batches in landing
-    "deid": "bench.deid",
-    "validation": "bench.validation",  # the tabular GX suite on one batch: plain Polars, GX on pandas, GX via Polars  # de-identification recall per PHI class, false positives on ICD-10-CM text
+    "deid": "bench.deid",  # de-identification recall per PHI class, false positives on ICD-10-CM text
+    "validation": "bench.validation",  # the tabular GX suite on one batch: plain Polars, GX on pandas, GX via Polars
+    "partitions": "bench.partitions",  # 1,000 batches as partitions: sensor tick, run planning, split over all
 }
 
 

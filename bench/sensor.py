@@ -1,11 +1,10 @@
 """Landing sensor latency: from a batch's _READY marker to its RunRequest, with 10,000 batches already in
-landing (and in the cursor). The sensor is evaluated with dagster.build_sensor_context; the figure is one
+landing (and registered as partitions). The sensor is evaluated with dagster.build_sensor_context; the figure is one
 evaluation (what a tick costs). In service, add up to the sensor's minimum interval (SENSOR_INTERVAL_S)."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import statistics
 import time
@@ -33,10 +32,11 @@ def _prepare(n: int):
 
 
 def tick_latency(n: int, repeats: int) -> dict:
-    """Child: cursor holds the n landed batches; each repeat lands one new batch, marks it ready and ticks."""
+    """Child: the n landed batches are partitions; each repeat lands one new batch, marks it ready and ticks."""
     import dagster as dg
 
-    from meddiag_pipelines.defs.automation.landing import build_landing_sensor, new_batches
+    from meddiag_pipelines.defs.automation.landing import build_landing_sensor
+    from meddiag_pipelines.defs.partitions import batch_partitions
     from meddiag_pipelines.defs.resources.storage import MeddiagStorage
     from meddiag_pipelines.specs import TaskSpec
 
@@ -45,32 +45,31 @@ def tick_latency(n: int, repeats: int) -> dict:
     storage = MeddiagStorage(data_dir=str(root))
     for extra in landing.glob("new_*"):
         shutil.rmtree(extra)
-    start = time.perf_counter()
-    cursor = json.dumps(new_batches(spec, storage, {}), sort_keys=True)
-    cold_scan_s = time.perf_counter() - start
-    job = dg.define_asset_job(f"{TASK}_job")
+    job = dg.define_asset_job(f"{TASK}_batches_job")
     sensor = build_landing_sensor(spec, job)
     latencies, skip_s = [], []
     with dg.instance_for_test() as instance:
+        start = time.perf_counter()
+        instance.add_dynamic_partitions(batch_partitions(spec).name, sorted(d.name for d in landing.iterdir()))
+        cold_scan_s = time.perf_counter() - start  # registering the n partitions
         for i in range(repeats):
             t0 = time.perf_counter()  # an idle tick: nothing new
-            context = dg.build_sensor_context(instance=instance, cursor=cursor, resources={"storage": storage})
-            assert isinstance(sensor(context), dg.SkipReason)
+            assert isinstance(sensor(dg.build_sensor_context(instance=instance, resources={"storage": storage})), dg.SkipReason)
             skip_s.append(time.perf_counter() - t0)
             folder = landing / f"new_{i:03d}"
             folder.mkdir()
             (folder / "records.csv").write_text(f"rid,pid,x1,outcome\nn{i},q{i},0.5,no\n")
             (folder / "_READY").touch()
             marker = time.perf_counter()
-            context = dg.build_sensor_context(instance=instance, cursor=cursor, resources={"storage": storage})
-            result = sensor(context)
+            result = sensor(dg.build_sensor_context(instance=instance, resources={"storage": storage}))
             latencies.append(time.perf_counter() - marker)
-            assert isinstance(result, dg.RunRequest) and f"new_{i:03d}" in result.run_key
-            cursor = context.cursor
+            [request] = result.run_requests
+            assert f"new_{i:03d}" in request.run_key
+            instance.add_dynamic_partitions(batch_partitions(spec).name, [f"new_{i:03d}"])
     for extra in landing.glob("new_*"):
         shutil.rmtree(extra)
     return {"seconds": statistics.median(latencies), "all_s": [round(x, 4) for x in latencies],
-            "idle_tick_s": statistics.median(skip_s), "cursor_kb": round(len(cursor) / 1024, 1), "cold_scan_s": cold_scan_s}  # fmt: skip
+            "idle_tick_s": statistics.median(skip_s), "register_partitions_s": cold_scan_s}  # fmt: skip
 
 
 def run(size: str = "10k", repeats: int = 5) -> list[dict]:

@@ -3,6 +3,7 @@
     python -m meddiag_pipelines init <task> <file-or-folder> [--out FILE]   draft a task spec from landed data
     python -m meddiag_pipelines requeue <task> <batch>                      send a quarantined batch back to landing
     python -m meddiag_pipelines reset <task>                                forget a task's warehouse state
+    python -m meddiag_pipelines update [<task> ...] [--partition <batch>]   bring tasks up to date from landing
 
 Each sub-command lives beside the code it drives; this module only dispatches.
 """
@@ -18,6 +19,7 @@ COMMANDS = {
     "init": "meddiag_pipelines.draft",
     "requeue": "meddiag_pipelines.ingestion.recovery",
     "reset": "meddiag_pipelines.ingestion.recovery",
+    "update": "meddiag_pipelines.update",
 }
 
 

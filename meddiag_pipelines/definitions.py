@@ -16,15 +16,14 @@ import sys
 
 import dagster as dg
 
-from meddiag_pipelines.defs.automation.landing import build_landing_sensor, build_schedule
+from meddiag_pipelines.defs.automation.landing import (build_automation_sensor, build_landing_sensor,
+                                                       downstream_condition, run_tags)  # fmt: skip
 from meddiag_pipelines.defs.assets.imaging import build_image_assets
 from meddiag_pipelines.defs.resources.storage import build_resources
 from meddiag_pipelines.defs.assets.tabular import build_tabular_assets
 from meddiag_pipelines.defs.assets.text import build_text_assets
 from meddiag_pipelines.specs import SPEC_ERRORS_GROUP, SpecError, TaskSpec, scan_specs
 
-# Cheap tasks first when runs queue (see dagster_home/dagster.yaml).
-RUN_PRIORITY = {"tabular": "10", "text": "0", "image": "0"}
 BUILDERS = {"tabular": build_tabular_assets, "image": build_image_assets, "text": build_text_assets}
 
 
@@ -42,16 +41,27 @@ def build_definitions(specs: list[TaskSpec] | None = None, data_dir=None,
 
 
 def build_task_definitions(spec: TaskSpec) -> dg.Definitions:
-    """One task's assets, checks, job, sensor and schedule (no resources: the caller supplies them)."""
+    """One task's assets, checks, batch job, landing sensor and automation sensor (no resources: the caller
+    supplies them). The batch-level assets (partitioned) run from the landing sensor or ``update``; every
+    other asset of the task carries :func:`downstream_condition`."""
     assets, checks = [], []
     for item in BUILDERS[spec.modality](spec):
-        (checks if isinstance(item, dg.AssetChecksDefinition) else assets).append(item)
+        if isinstance(item, dg.AssetChecksDefinition):
+            checks.append(item)
+        elif item.partitions_def is None:
+            assets.append(item.map_asset_specs(lambda a: a.replace_attributes(automation_condition=downstream_condition(spec))))
+        else:
+            assets.append(item)
+    batch_level = dg.AssetSelection.assets(*(a for a in assets if a.partitions_def is not None))
     # The tag lets dagster.yaml's run queue hold one run per task at a time.
-    job = dg.define_asset_job(f"{spec.name}_job", selection=dg.AssetSelection.groups(spec.name),
-                              tags={"meddiag/task": spec.name, "dagster/priority": RUN_PRIORITY[spec.modality]},
-                              description=f"Bring {spec.name} fully up to date from its landing folder.")  # fmt: skip
-    return dg.Definitions(assets=assets, asset_checks=checks, jobs=[job], sensors=[build_landing_sensor(spec, job)],
-                          schedules=[build_schedule(spec, job)])  # fmt: skip
+    job = dg.define_asset_job(batch_job_name(spec), selection=batch_level, tags=run_tags(spec, "landing"),
+                              description=f"Register and ingest {spec.name}'s new batches (one partition each).")  # fmt: skip
+    return dg.Definitions(assets=assets, asset_checks=checks, jobs=[job],
+                          sensors=[build_landing_sensor(spec, job), build_automation_sensor(spec)])  # fmt: skip
+
+
+def batch_job_name(spec: TaskSpec) -> str:
+    return f"{spec.name}_batches_job"
 
 
 def spec_error_asset(error: SpecError) -> dg.AssetsDefinition:

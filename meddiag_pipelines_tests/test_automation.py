@@ -1,4 +1,4 @@
-"""Sensors with a cursor, pinned schedules, the promotion decision both ways, registry and rollback."""
+"""The landing sensor and its partitions, automation conditions, the promotion decision both ways, registry and rollback."""
 
 import json
 import os
@@ -8,7 +8,7 @@ import dagster as dg
 import numpy as np
 import pytest
 
-from meddiag_pipelines.defs.automation.landing import build_landing_sensor, build_schedule
+from meddiag_pipelines.defs.automation.landing import RANGE_END, RANGE_START, build_landing_sensor, downstream_condition
 from meddiag_pipelines.defs.resources.storage import MeddiagStorage
 from meddiag_pipelines.definitions import defs
 from meddiag_pipelines.evaluation import EvaluationInput, evaluate
@@ -19,108 +19,136 @@ from meddiag_pipelines.specs import EvaluationSpec, PromotionSpec
 from meddiag_pipelines_tests.conftest import land, synthetic_records
 
 
-def tick(sensor, storage, cursor=None):
-    with dg.instance_for_test() as instance:
-        context = dg.build_sensor_context(instance=instance, cursor=cursor, resources={"storage": storage})
-        result = sensor(context)
-        return result, context.cursor
+PARTITIONS = "synthetic_risk__batches"
+
+
+def tick(sensor, storage, instance):
+    """One sensor evaluation; its new partitions are added as the daemon would."""
+    context = dg.build_sensor_context(instance=instance, resources={"storage": storage})
+    result = sensor(context)
+    if isinstance(result, dg.SensorResult):
+        for request in result.dynamic_partitions_requests:
+            instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+    return result
+
+
+def requests(result) -> list[dg.RunRequest]:
+    return list(result.run_requests) if isinstance(result, dg.SensorResult) else []
+
+
+def ingest(spec, layout, storage, names):
+    """What the requested run does to the batches (the pure per-batch functions the asset calls)."""
+    from meddiag_pipelines.ingestion.batches import ingest_batches
+    from meddiag_pipelines.tabular.readers import read_tabular_batch
+
+    return ingest_batches(spec, layout, storage.warehouse, read_tabular_batch, names)
 
 
 @pytest.fixture
 def sensor_and_storage(synthetic_spec, layout):
-    job = dg.define_asset_job("synthetic_risk_job", selection=dg.AssetSelection.groups("synthetic_risk"))
-    return build_landing_sensor(synthetic_spec, job), MeddiagStorage(data_dir=str(layout.root))
+    job = dg.define_asset_job("synthetic_risk_batches_job", selection=dg.AssetSelection.groups("synthetic_risk"))
+    with dg.instance_for_test() as instance:
+        yield build_landing_sensor(synthetic_spec, job), MeddiagStorage(data_dir=str(layout.root)), instance
 
 
-def test_sensor_requests_once_per_new_batch(synthetic_spec, layout, sensor_and_storage):
-    sensor, storage = sensor_and_storage
-    result, cursor = tick(sensor, storage)
-    assert isinstance(result, dg.SkipReason)
+def test_sensor_adds_each_new_batch_as_a_partition_and_runs_it_once(synthetic_spec, layout, sensor_and_storage):
+    sensor, storage, instance = sensor_and_storage
+    assert isinstance(tick(sensor, storage, instance), dg.SkipReason)
     land(layout, "synthetic_risk", "b1", synthetic_records(10, seed=1))
-    result, cursor = tick(sensor, storage, cursor)
-    assert isinstance(result, dg.RunRequest) and result.run_key.startswith("synthetic_risk:b1@")
-    assert set(json.loads(cursor)) == {"b1"}
-    again, cursor_again = tick(sensor, storage, cursor)  # a repeated tick launches nothing
-    assert isinstance(again, dg.SkipReason) and cursor_again == cursor
     land(layout, "synthetic_risk", "b2", synthetic_records(10, seed=2, start=10))
-    second, cursor = tick(sensor, storage, cursor)
-    assert second.run_key.startswith("synthetic_risk:b2@") and "b1@" not in second.run_key
+    result = tick(sensor, storage, instance)
+    [add] = result.dynamic_partitions_requests
+    assert add.partition_keys == ["b1", "b2"] and instance.get_dynamic_partitions(PARTITIONS) == ["b1", "b2"]
+    [run] = requests(result)  # one run over the range of the new partitions
+    assert (run.tags[RANGE_START], run.tags[RANGE_END]) == ("b1", "b2")
+    assert run.tags["meddiag/task"] == "synthetic_risk" and run.tags["meddiag/trigger"] == "landing"
+    assert isinstance(tick(sensor, storage, instance), dg.SkipReason)  # a repeated tick (run still going): nothing
+    ingest(synthetic_spec, layout, storage, ["b1", "b2"])
+    assert isinstance(tick(sensor, storage, instance), dg.SkipReason)
+    land(layout, "synthetic_risk", "b3", synthetic_records(10, seed=3, start=20))
+    [third] = requests(tick(sensor, storage, instance))
+    assert (third.tags[RANGE_START], third.tags[RANGE_END]) == ("b3", "b3") and third.run_key != run.run_key
 
 
-def test_batches_ingested_outside_the_sensor_launch_nothing(synthetic_spec, layout, sensor_and_storage):
-    """After a CLI run ingested the landing folder, starting `dagster dev` must not retrain for old batches."""
-    from meddiag_pipelines.ingestion.batches import ingest_new_batches
-    from meddiag_pipelines.tabular.readers import read_tabular_batch
-
-    sensor, storage = sensor_and_storage
+def test_batches_registered_outside_the_sensor_launch_nothing(synthetic_spec, layout, sensor_and_storage):
+    """After `update` registered and ingested the landing folder, starting `dagster dev` must not rerun it."""
+    sensor, storage, instance = sensor_and_storage
     land(layout, "synthetic_risk", "b1", synthetic_records(10, seed=1))
-    ingest_new_batches(synthetic_spec, layout, storage.warehouse, read_tabular_batch)
-    assert (layout.landing("synthetic_risk") / "b1" / "_INGESTED").exists()
-    result, _ = tick(sensor, storage)
-    assert isinstance(result, dg.SkipReason)
-    land(layout, "synthetic_risk", "b2", synthetic_records(10, seed=2, start=10))
-    result, _ = tick(sensor, storage)
-    assert result.run_key.startswith("synthetic_risk:b2@") and "b1@" not in result.run_key
+    instance.add_dynamic_partitions(PARTITIONS, ["b1"])
+    ingest(synthetic_spec, layout, storage, ["b1"])
+    assert not (layout.landing("synthetic_risk") / "b1" / "_INGESTED").exists()  # no marker: the ledger knows
+    assert isinstance(tick(sensor, storage, instance), dg.SkipReason)
 
 
 def test_a_batch_relanded_under_a_known_name_is_noticed(synthetic_spec, layout, sensor_and_storage):
-    """Issue 14 §9: the cursor knows the name; a new export under it (a fresh folder, or files changed in
-    place after ingestion) is new content and gets a run, which sets the changed batch aside."""
+    """Issue 14 §9: a new export under a known partition's name (a fresh folder, or files changed in place
+    after ingestion) gets a run of that partition, keyed by its content, which sets the changed batch aside."""
     import shutil
 
-    from meddiag_pipelines.ingestion.batches import ingest_new_batches
-    from meddiag_pipelines.tabular.readers import read_tabular_batch
-
-    sensor, storage = sensor_and_storage
+    sensor, storage, instance = sensor_and_storage
     folder = land(layout, "synthetic_risk", "b1", synthetic_records(10, seed=1))
-    first, cursor = tick(sensor, storage)
-    ingest_new_batches(synthetic_spec, layout, storage.warehouse, read_tabular_batch)
-    assert isinstance(tick(sensor, storage, cursor)[0], dg.SkipReason)
+    [first] = requests(tick(sensor, storage, instance))
+    ingest(synthetic_spec, layout, storage, ["b1"])
+    assert isinstance(tick(sensor, storage, instance), dg.SkipReason)
     shutil.rmtree(folder)
     land(layout, "synthetic_risk", "b1", synthetic_records(12, seed=2))
-    relanded, cursor = tick(sensor, storage, cursor)
-    assert isinstance(relanded, dg.RunRequest) and relanded.run_key != first.run_key
-    summary = ingest_new_batches(synthetic_spec, layout, storage.warehouse, read_tabular_batch)
+    result = tick(sensor, storage, instance)
+    [relanded] = requests(result)
+    assert not result.dynamic_partitions_requests and relanded.partition_key == "b1"
+    assert relanded.run_key.startswith("synthetic_risk:b1@") and relanded.run_key != first.run_key
+    assert requests(tick(sensor, storage, instance))[0].run_key == relanded.run_key  # same content, same key
+    summary = ingest(synthetic_spec, layout, storage, ["b1"])
     assert [c["batch"] for c in summary.changed] == ["b1"]
-    assert isinstance(tick(sensor, storage, cursor)[0], dg.SkipReason)
+    assert isinstance(tick(sensor, storage, instance), dg.SkipReason)
+
+
+def test_a_batch_name_dagster_refuses_as_a_partition_key_is_quarantined(layout, sensor_and_storage):
+    sensor, storage, instance = sensor_and_storage
+    land(layout, "synthetic_risk", "export...2", synthetic_records(10, seed=1))
+    land(layout, "synthetic_risk", "b2", synthetic_records(10, seed=2, start=10))
+    result = tick(sensor, storage, instance)
+    assert instance.get_dynamic_partitions(PARTITIONS) == ["b2"]
+    reason = json.loads((layout.quarantine("synthetic_risk") / "export...2" / "reason.json").read_text())
+    assert "cannot use as a partition key" in reason["problem"] and reason["file"] == "export...2"
+    assert [r.tags[RANGE_START] for r in requests(result)] == ["b2"]
+    assert storage.warehouse.ledger("synthetic_risk")["status"].to_list() == ["quarantined"]
 
 
 def test_half_written_batch_waits_for_its_marker(layout, sensor_and_storage):
-    sensor, storage = sensor_and_storage
+    sensor, storage, instance = sensor_and_storage
     folder = land(layout, "synthetic_risk", "b1", synthetic_records(10, seed=1), ready=False)
-    result, cursor = tick(sensor, storage)
-    assert isinstance(result, dg.SkipReason)
+    assert isinstance(tick(sensor, storage, instance), dg.SkipReason)
     (folder / "_READY").touch()
-    result, _ = tick(sensor, storage, cursor)
-    assert isinstance(result, dg.RunRequest)
+    assert requests(tick(sensor, storage, instance))
 
 
-def test_restart_without_cursor_gives_the_same_run_key(layout, sensor_and_storage):
-    """After a restart that lost the cursor, the same batch yields the same run_key, which Dagster dedupes."""
-    sensor, storage = sensor_and_storage
+def test_a_replayed_tick_gives_the_same_run_key(layout, sensor_and_storage):
+    """A tick evaluated again before its partitions were added (a daemon restart) yields the same run_key,
+    which Dagster dedupes."""
+    sensor, storage, instance = sensor_and_storage
     land(layout, "synthetic_risk", "b1", synthetic_records(10, seed=1))
-    first, _ = tick(sensor, storage)
-    after_restart, _ = tick(sensor, storage, None)
-    assert first.run_key == after_restart.run_key
+    context = dg.build_sensor_context(instance=instance, resources={"storage": storage})
+    assert requests(sensor(context))[0].run_key == requests(sensor(context))[0].run_key
 
 
-def test_schedules_and_sensors_are_pinned():
-    schedules = {s.name: s for s in defs.schedules}
-    assert schedules["heart_disease_nightly_retrain"].cron_schedule == "0 2 * * *"
-    assert schedules["heart_disease_nightly_retrain"].execution_timezone == "UTC"
-    assert schedules["heart_disease_nightly_retrain"].default_status == dg.DefaultScheduleStatus.RUNNING
+def test_sensors_are_pinned_and_the_nightly_retrain_is_a_cron_condition():
+    assert not defs.schedules
     sensors = {s.name: s for s in defs.sensors}
     assert sensors["breast_cancer_landing_sensor"].default_status == dg.DefaultSensorStatus.RUNNING
+    assert sensors["heart_disease_automation"].default_status == dg.DefaultSensorStatus.RUNNING
     # One run per task at a time: the run queue limits runs by this tag (dagster_home/dagster.yaml).
-    assert defs.resolve_job_def("heart_disease_job").tags["meddiag/task"] == "heart_disease"
+    assert defs.resolve_job_def("heart_disease_batches_job").tags["meddiag/task"] == "heart_disease"
+    assert sensors["heart_disease_automation"].run_tags["meddiag/task"] == "heart_disease"
+    graph = defs.resolve_asset_graph()
+    condition = graph.get(dg.AssetKey(["heart_disease", "candidate_model"])).automation_condition
+    assert "0 2 * * *" in str(condition) and graph.get(dg.AssetKey(["heart_disease", "raw_records"])).automation_condition is None
 
 
-def test_schedule_follows_the_spec_and_can_be_switched_off(synthetic_spec):
-    spec = synthetic_spec.model_copy(update={"schedule": synthetic_spec.schedule.model_copy(
-        update={"enabled": False, "cron": "30 3 * * 1", "timezone": "Europe/Paris"})})
-    schedule = build_schedule(spec, dg.define_asset_job("j", selection="*"))
-    assert (schedule.cron_schedule, schedule.execution_timezone) == ("30 3 * * 1", "Europe/Paris")
-    assert schedule.default_status == dg.DefaultScheduleStatus.STOPPED
+def test_the_cron_condition_follows_the_spec_and_can_be_switched_off(synthetic_spec):
+    on = synthetic_spec.model_copy(update={"schedule": synthetic_spec.schedule.model_copy(update={"cron": "30 3 * * 1"})})
+    off = synthetic_spec.model_copy(update={"schedule": synthetic_spec.schedule.model_copy(update={"enabled": False})})
+    assert "30 3 * * 1" in str(downstream_condition(on))
+    assert str(downstream_condition(off)) == str(dg.AutomationCondition.eager())
 
 
 def _metrics(y, p, comparator=None, groups=None):

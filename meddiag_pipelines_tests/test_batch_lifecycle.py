@@ -264,14 +264,15 @@ def test_waiting_and_quarantined_batches_are_named_on_the_materializations(synth
     import dagster as dg
 
     from meddiag_pipelines.definitions import build_definitions
+    from meddiag_pipelines.update import run_task_in_process
 
     land(layout, TASK, "batch-0001", synthetic_records(20, seed=1), ready=False)
     land(layout, TASK, "batch-0002", synthetic_records(20, seed=2, start=100).with_columns(pl.lit("maybe").alias("outcome")))
     defs = build_definitions([synthetic_spec], layout.root)
     keys = [dg.AssetKey([TASK, "raw_records"]), dg.AssetKey([TASK, "validated_records"])]
     with dg.instance_for_test() as instance:
-        result = defs.resolve_job_def(f"{TASK}_job").execute_in_process(instance=instance, raise_on_error=False,
-                                                                        asset_selection=keys)  # fmt: skip
+        result = run_task_in_process(defs, synthetic_spec, instance, ["raw_records", "validated_records"],
+                                     raise_on_error=False)  # fmt: skip
         raw = instance.get_latest_materialization_event(keys[0]).asset_materialization.metadata
         validated = instance.get_latest_materialization_event(keys[1]).asset_materialization.metadata
         logs = [(e.level, e.user_message) for e in instance.all_logs(result.run_id) if e.level >= 20]

@@ -79,12 +79,13 @@ os.replace, os.rename = replace, rename
 import dagster as dg
 from meddiag_pipelines.definitions import build_definitions
 from meddiag_pipelines.specs import TaskSpec
+from meddiag_pipelines.update import run_task_in_process
 
 spec = TaskSpec.model_validate(json.loads(os.environ["MEDDIAG_TEST_SPEC"]))
 defs = build_definitions([spec], Path(os.environ["MEDDIAG_DATA_DIR"]))
 with dg.DagsterInstance.get() as instance:
-    result = defs.resolve_job_def(f"{spec.name}_job").execute_in_process(
-        instance=instance, raise_on_error=False, tags={"meddiag/test": os.environ.get("MEDDIAG_TEST_TAG", "")})
+    result = run_task_in_process(defs, spec, instance, raise_on_error=False,
+                                 tags={"meddiag/test": os.environ.get("MEDDIAG_TEST_TAG", "")})
 print("RUN_SUCCESS" if result.success else "RUN_FAILED", flush=True)
 sys.exit(0 if result.success else 1)
 '''

@@ -23,7 +23,7 @@ def test_definitions_load_with_pinned_assets_and_groups():
 
 def test_jobs_and_blocking_checks_are_pinned():
     for task in ("heart_disease", "breast_cancer"):
-        assert defs.resolve_job_def(f"{task}_job").name == f"{task}_job"
+        assert defs.resolve_job_def(f"{task}_batches_job").name == f"{task}_batches_job"
     check_keys = {(k.asset_key.to_user_string(), k.name) for k in defs.resolve_asset_graph().asset_check_keys}
     assert ("heart_disease/validated_records", "validated_records_suite") in check_keys
     assert ("heart_disease/champion", "champion_fit_for_use") in check_keys
@@ -66,7 +66,7 @@ def test_text_task_is_pinned():
     for asset in TASK_ASSETS:
         node = graph.get(dg.AssetKey([task, asset]))
         assert node.group_name == task and node.description and node.kinds and node.owners
-    assert defs.resolve_job_def(f"{task}_job").name == f"{task}_job"
+    assert defs.resolve_job_def(f"{task}_batches_job").name == f"{task}_batches_job"
     check_keys = {(k.asset_key.to_user_string(), k.name) for k in graph.asset_check_keys}
     assert {(f"{task}/raw_records", "unreadable_files_quarantined"), (f"{task}/validated_records", "validated_records_suite"),
             (f"{task}/split", "texts_unique_across_splits"), (f"{task}/champion", "champion_fit_for_use")} <= check_keys
@@ -88,7 +88,7 @@ def test_a_bad_spec_leaves_the_other_tasks_and_stays_visible(tmp_path, monkeypat
     groups = {graph.get(k).group_name for k in graph.get_all_asset_keys()}
     assert {"heart_disease", "breast_cancer", "icd10_chapters", "extra_task", SPEC_ERRORS_GROUP} <= groups
     assert "bad_task" not in groups
-    assert loaded.resolve_job_def("extra_task_job")
+    assert loaded.resolve_job_def("extra_task_batches_job")
     (error_key,) = [k for k in graph.get_all_asset_keys() if graph.get(k).group_name == SPEC_ERRORS_GROUP]
     assert problem in graph.get(error_key).description and "bad.yaml" in graph.get(error_key).description
     result = dg.materialize([loaded.resolve_assets_def(error_key)], raise_on_error=False)

@@ -7,6 +7,7 @@ import polars as pl
 import pytest
 
 from meddiag_pipelines.definitions import build_definitions
+from meddiag_pipelines.update import run_task_in_process
 from meddiag_pipelines_tests.conftest import land, synthetic_records
 
 pytestmark = pytest.mark.slow
@@ -15,7 +16,7 @@ pytestmark = pytest.mark.slow
 def materialize(spec, layout):
     defs = build_definitions([spec], layout.root)
     with dg.instance_for_test() as instance:
-        result = defs.resolve_job_def(f"{spec.name}_job").execute_in_process(instance=instance, raise_on_error=False)
+        result = run_task_in_process(defs, spec, instance, raise_on_error=False)
     return result
 
 
@@ -115,7 +116,7 @@ def test_evaluation_can_be_rematerialised_alone_after_the_version_is_published(s
     land(layout, task, "batch_0001", synthetic_records(400, seed=3))
     defs = build_definitions([synthetic_spec], layout.root)
     with dg.instance_for_test() as instance:
-        assert defs.resolve_job_def(f"{task}_job").execute_in_process(instance=instance).success
+        assert run_task_in_process(defs, synthetic_spec, instance).success
         assert not list((layout.root / "models" / task / ".staging").iterdir())
         again = defs.resolve_implicit_global_asset_job_def().execute_in_process(
             instance=instance, asset_selection=[dg.AssetKey([task, "evaluation"])])

@@ -13,6 +13,7 @@ from meddiag_pipelines.definitions import build_definitions
 from meddiag_pipelines import __version__
 from meddiag_pipelines.registry import fingerprint as fingerprint_module
 from meddiag_pipelines.registry.fingerprint import code_version, trained_batch_hashes, training_fingerprint
+from meddiag_pipelines.update import run_task_in_process
 from meddiag_pipelines.registry.store import ModelRegistry
 from meddiag_pipelines_tests.conftest import land, synthetic_records
 
@@ -57,7 +58,7 @@ def test_registry_finds_the_newest_version_with_a_fingerprint(tmp_path):
 def _run(spec, layout) -> dict:
     defs = build_definitions([spec], layout.root)
     with dg.instance_for_test() as instance:
-        result = defs.resolve_job_def(f"{spec.name}_job").execute_in_process(instance=instance)
+        result = run_task_in_process(defs, spec, instance)
     assert result.success
     [event] = [e for e in result.get_asset_materialization_events() if e.asset_key == dg.AssetKey([spec.name, "champion"])]
     return {k: v.value for k, v in event.materialization.metadata.items()}

@@ -13,6 +13,7 @@ from PIL import Image
 from pydicom.data import get_testdata_file
 
 from meddiag_pipelines.definitions import build_definitions
+from meddiag_pipelines.update import run_task_in_process
 from meddiag_pipelines.defs.assets.imaging import read_image_records
 from meddiag_pipelines.split import SPLIT_COLUMN, unit_hash
 from scripts.phantoms import write_phantom_batch
@@ -31,10 +32,7 @@ def tiny(spec: TaskSpec, **training) -> TaskSpec:
 
 
 def run_job(spec: TaskSpec, root: Path, instance, selection: list[str] | None = None):
-    defs = build_definitions([spec], root)
-    keys = [dg.AssetKey([spec.name, s]) for s in selection] if selection else None
-    return defs.resolve_job_def(f"{spec.name}_job").execute_in_process(instance=instance, raise_on_error=False,
-                                                                        asset_selection=keys)  # fmt: skip
+    return run_task_in_process(build_definitions([spec], root), spec, instance, selection, raise_on_error=False)
 
 
 def image_spec(name: str, fmt: str, **extra) -> TaskSpec:

@@ -76,9 +76,11 @@ def test_reset_forgets_the_warehouse_state_only(synthetic_spec, layout, capsys):
     land(layout, TASK, "b2", synthetic_records(20, seed=2, start=100).with_columns(pl.lit("maybe").alias("outcome")))
     _run(spec, layout)
     warehouse = Warehouse(layout.warehouse_db())
-    table = layout.table(TASK, "validated_records")
-    table.parent.mkdir(parents=True, exist_ok=True)
-    pl.DataFrame({"x": [1]}).write_parquet(table)
+    table = layout.table(TASK, "split")
+    partition = layout.table(TASK, "validated_records").with_suffix("") / "b1.parquet"  # one file per partition
+    partition.parent.mkdir(parents=True, exist_ok=True)
+    for path in (table, partition):
+        pl.DataFrame({"x": [1]}).write_parquet(path)
     kept = [layout.models(TASK) / "v1" / "manifest.json", layout.reports(TASK) / "latest" / "metrics.json"]
     for path in kept:
         path.parent.mkdir(parents=True)
@@ -92,6 +94,7 @@ def test_reset_forgets_the_warehouse_state_only(synthetic_spec, layout, capsys):
     assert cli.main(["reset", TASK, "--yes", "--data-dir", str(layout.root)]) == 0
     assert warehouse.ledger(TASK).height == 0 and warehouse.state(TASK, "label_domain") is None
     assert not list((layout.warehouse() / "raw_records" / TASK).glob("*.parquet")) and not table.exists()
+    assert not partition.exists()
     assert all(p.read_text() == "{}" for p in kept) and sorted(layout.quarantine(TASK).rglob("*")) == quarantined
     records, validation = _run(spec, layout)  # what is still in landing is read again
     assert validation.validated == ["b1"] and records.height == 30

@@ -16,6 +16,7 @@ import polars as pl
 import pytest
 
 from meddiag_pipelines.definitions import build_definitions
+from meddiag_pipelines.update import run_task_in_process
 from meddiag_pipelines.ingestion.warehouse import Warehouse
 from meddiag_pipelines.specs import TaskSpec
 from meddiag_pipelines.text.readers import read_text_batch
@@ -163,9 +164,7 @@ def test_no_canary_leaves_the_reader_through_ingestion_logs_or_dagster(tmp_path:
     home.mkdir()
     with dg.instance_for_test(temp_dir=str(home)) as instance:
         defs = build_definitions([SPEC], layout.root)
-        job = defs.resolve_job_def(f"{SPEC.name}_job")
-        result = job.execute_in_process(instance=instance, raise_on_error=False,
-                                        asset_selection=[dg.AssetKey([SPEC.name, "raw_records"])])  # fmt: skip
+        result = run_task_in_process(defs, SPEC, instance, ["raw_records"], raise_on_error=False)
         events = "\n".join(str(e) for e in instance.all_logs(result.run_id))
     assert result.success
     ledger = Warehouse(layout.warehouse_db()).ledger(SPEC.name)

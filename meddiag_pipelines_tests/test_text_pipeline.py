@@ -11,6 +11,7 @@ import pytest
 
 from meddiag_pipelines.definitions import build_definitions
 from meddiag_pipelines.registry.store import ModelRegistry
+from meddiag_pipelines.update import run_task_in_process
 from meddiag_pipelines.split import SPLIT_COLUMN
 from meddiag_pipelines.specs import TaskSpec
 from meddiag_pipelines.text.readers import text_content_key
@@ -47,7 +48,7 @@ def icd_rows(n_per_chapter: int, seed: int = 7) -> pl.DataFrame:
 
 def materialize(spec, layout, instance):
     defs = build_definitions([spec], layout.root)
-    return defs.resolve_job_def(f"{spec.name}_job").execute_in_process(instance=instance, raise_on_error=False)
+    return run_task_in_process(defs, spec, instance, raise_on_error=False)
 
 
 def check_outcomes(result) -> dict[str, bool]:

@@ -1,10 +1,69 @@
-"""Each landed batch of a task is one partition of that task's batch-level assets."""
+"""Each landed batch of a task is one partition of that task's batch-level assets (key = the batch folder's name).
+
+:func:`scan_landing` is what the landing sensor and the ``update`` command share: which ready batch folders are
+not partitions yet, which known ones need their partition run again (content re-landed or changed in place,
+or a quarantine move to finish), and which names Dagster refuses as partition keys (quarantined at once).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
 
 import dagster as dg
+from dagster._core.definitions.partitions.utils.base import INVALID_PARTITION_SUBSTRINGS
 
+from meddiag_pipelines.ingestion.batches import IngestSummary, batch_changes, refuse_batch
+from meddiag_pipelines.ingestion.landing import describe_batch, display_name, ready_batch_dirs
+from meddiag_pipelines.ingestion.warehouse import Warehouse
+from meddiag_pipelines.layout import DataLayout
 from meddiag_pipelines.specs import TaskSpec
 
 
 def batch_partitions(spec: TaskSpec) -> dg.DynamicPartitionsDefinition:
     """The task's batches, registered by its landing sensor or the ``update`` command."""
     return dg.DynamicPartitionsDefinition(name=f"{spec.name}__batches")
+
+
+def partition_key_problem(name: str) -> str | None:
+    """Why Dagster would refuse the folder name ``name`` as a partition key, in plain words (``None``: it takes it)."""
+    if display_name(name) != name:
+        return "has a folder name that is not valid UTF-8 or holds control characters; rename it"
+    if any(bad in name for bad in INVALID_PARTITION_SUBSTRINGS):
+        return ("has a folder name Dagster cannot use as a partition key (it holds '...' or a control "
+                "character such as a tab or newline); rename it")  # fmt: skip
+    return None
+
+
+@dataclass
+class LandingScan:
+    new: dict[str, str] = field(default_factory=dict)  # batch -> content hash: ready folders not yet partitions
+    again: dict[str, str] = field(default_factory=dict)  # known partitions whose folder needs another run
+    refused: list[str] = field(default_factory=list)  # names Dagster refuses: quarantined now
+
+
+def scan_landing(spec: TaskSpec, layout: DataLayout, warehouse: Warehouse, partitions: set[str],
+                 retry_unrecorded: bool = True) -> LandingScan:  # fmt: skip
+    """Compare the landing folder with the task's partitions and its ledger. A known batch is hashed only when
+    an entry of its folder is newer than the ledger's last word on it (nothing is hashed in the steady state).
+    ``retry_unrecorded``: a partition the ledger does not know yet (its run failed, or is still going: the
+    sensor passes ``False``) runs again."""
+    ledger = {r["batch_id"]: r for r in warehouse.ledger(spec.name).iter_rows(named=True)}
+    scan = LandingScan()
+    for batch_dir in ready_batch_dirs(layout.landing(spec.name), spec.landing):
+        name = batch_dir.name
+        if problem := partition_key_problem(name):
+            refuse_batch(spec, layout, warehouse, describe_batch(spec.name, batch_dir), problem, IngestSummary())
+            scan.refused.append(display_name(name))
+            continue
+        row = ledger.get(name)
+        if name not in partitions:
+            scan.new[name] = describe_batch(spec.name, batch_dir).content_hash
+        elif (row is None and retry_unrecorded) or (row is not None and _needs_run(batch_dir, row)):
+            scan.again[name] = describe_batch(spec.name, batch_dir).content_hash
+    return scan
+
+
+def _needs_run(batch_dir, row: dict) -> bool:
+    """Re-landed under a quarantined name (the run quarantines it again), or changed since it was ingested (the
+    run sets the change aside)."""
+    return row["status"] == "quarantined" or (not batch_dir.is_symlink() and batch_changes(batch_dir, row) is not None)

@@ -30,9 +30,8 @@ from polars.exceptions import PanicException
 from meddiag_pipelines.ingestion.errors import BatchRejected
 from meddiag_pipelines.ingestion.landing import (
     BATCH_COLUMN,
-    INGESTED_MARKER,
     LandedBatch,
-    changed_since_ingested,
+    changed_since,
     data_files,
     describe_batch,
     display_name,
@@ -166,8 +165,8 @@ def batch_changes(batch_dir: Path, row: dict) -> dict[str, int] | None:
     """How a known, not quarantined batch differs from what was ingested: ``{added, changed, removed}`` file
     counts and the ``files`` added or changed, or ``None`` when it is unchanged (or was recorded before per-file digests were kept). Files
     rejected at read were moved out on purpose and do not count. Nothing is hashed while no entry of the folder
-    is newer than its ``_INGESTED`` marker."""
-    if not row.get("file_hashes") or not changed_since_ingested(batch_dir):
+    is newer than the ledger's last word on the batch (``updated_at``)."""
+    if not row.get("file_hashes") or not changed_since(batch_dir, row["updated_at"]):
         return None
     reason = json.loads(row["reason"]) if row["reason"] else {}
     moved = {r["file"] for r in reason.get("rejected_files", [])}
@@ -196,14 +195,16 @@ def _set_aside_changed(spec: TaskSpec, layout: DataLayout, batch_dir: Path, batc
     log.warning("task %s: batch %s %s", spec.name, batch_id, problem)
 
 
-def _known_batch(spec: TaskSpec, layout: DataLayout, batch_dir: Path, row: dict, summary: IngestSummary) -> None:
+def _known_batch(spec: TaskSpec, layout: DataLayout, warehouse: Warehouse, batch_dir: Path, row: dict,
+                 summary: IngestSummary) -> None:  # fmt: skip
     summary.skipped_known += 1
     _finish_interrupted(spec, layout, batch_dir, row, summary)
     if row["status"] != "quarantined" and batch_dir.is_dir() and not batch_dir.is_symlink():
         counts = batch_changes(batch_dir, row)
         if counts:
             _set_aside_changed(spec, layout, batch_dir, row["batch_id"], counts, summary)
-    _mark_ingested(batch_dir)
+            # the folder is as ingested again: a later look needs no hashing until something else changes
+            warehouse.set_status(spec.name, row["batch_id"], row["status"], json.loads(row["reason"]) if row["reason"] else None)
 
 
 def _describe(spec: TaskSpec, layout: DataLayout, batch_dir: Path) -> LandedBatch:
@@ -253,7 +254,15 @@ def _unread(outcome: ReadOutcome, batch: LandedBatch) -> list[tuple[str, str]]:
 
 
 def ingest_new_batches(spec: TaskSpec, layout: DataLayout, warehouse: Warehouse, reader: Reader) -> IngestSummary:
-    """Read every ready batch not yet in the ledger, write its records to the warehouse, or quarantine it.
+    """:func:`ingest_batches` over every ready batch of the landing folder."""
+    names = [d.name for d in ready_batch_dirs(layout.landing(spec.name), spec.landing)]
+    return ingest_batches(spec, layout, warehouse, reader, names)
+
+
+def ingest_batches(spec: TaskSpec, layout: DataLayout, warehouse: Warehouse, reader: Reader,
+                   names: list[str]) -> IngestSummary:  # fmt: skip
+    """Read each named batch folder (one partition each) not yet in the ledger, write its records to the
+    warehouse, or quarantine it; a known batch only gets its changes set aside (or an interrupted move finished).
 
     One run at a time per task (:meth:`Warehouse.task_lock`); a batch's records are listed in the ledger in one
     transaction, so a batch is ingested once even if two runs race or one is killed half-way."""
@@ -261,33 +270,35 @@ def ingest_new_batches(spec: TaskSpec, layout: DataLayout, warehouse: Warehouse,
     if task_landing.exists():
         layout.confine(task_landing)  # a landing folder that is a link out of the data root is a setup error
     with warehouse.task_lock(spec.name):
-        return _ingest(spec, layout, warehouse, reader)
+        known = {r["batch_id"]: r for r in warehouse.ledger(spec.name).iter_rows(named=True)}
+        summary = IngestSummary(waiting=[display_name(d.name) for d in waiting_batch_dirs(task_landing, spec.landing)])
+        for name in names:
+            batch_dir = task_landing / name
+            if batch_dir.is_dir() or batch_dir.is_symlink():
+                ingest_batch(spec, layout, warehouse, reader, batch_dir, known.get(display_name(name)), summary)
+        return summary
 
 
-def _mark_ingested(batch_dir: Path) -> None:
-    """A marker beside ``_READY`` (not data: names starting with '_' are never read or hashed) that tells the
-    landing sensor, without opening the warehouse, that this batch needs no run."""
-    if batch_dir.is_dir() and not batch_dir.is_symlink():
-        (batch_dir / INGESTED_MARKER).touch()
+def ingest_batch(spec: TaskSpec, layout: DataLayout, warehouse: Warehouse, reader: Reader, batch_dir: Path,
+                 known: dict | None, summary: IngestSummary) -> None:  # fmt: skip
+    """One batch folder (``known``: its ledger row, if any); what happened is added to ``summary``."""
+    if known is not None:
+        _known_batch(spec, layout, warehouse, batch_dir, known, summary)
+        return
+    try:
+        batch = _describe(spec, layout, batch_dir)
+    except _Refused as exc:
+        refuse_batch(spec, layout, warehouse, exc.batch, exc.problem, summary)
+        return
+    _ingest_batch(spec, layout, warehouse, reader, batch, summary)
 
 
-def _ingest(spec: TaskSpec, layout: DataLayout, warehouse: Warehouse, reader: Reader) -> IngestSummary:
-    known = {r["batch_id"]: r for r in warehouse.ledger(spec.name).iter_rows(named=True)}
-    summary = IngestSummary(waiting=[display_name(d.name) for d in waiting_batch_dirs(layout.landing(spec.name), spec.landing)])
-    for batch_dir in ready_batch_dirs(layout.landing(spec.name), spec.landing):
-        shown = display_name(batch_dir.name)
-        if shown in known:
-            _known_batch(spec, layout, batch_dir, known[shown], summary)
-            continue
-        try:
-            batch = _describe(spec, layout, batch_dir)
-        except _Refused as exc:
-            reason = _reason("read", exc.batch.batch_id, exc.batch.batch_id, exc.problem)
-            if _quarantine(spec, layout, warehouse, exc.batch, reason):
-                summary.quarantined.append({"batch": exc.batch.batch_id, "file": exc.batch.batch_id, "problem": exc.problem})
-            continue
-        _ingest_batch(spec, layout, warehouse, reader, batch, summary)
-    return summary
+def refuse_batch(spec: TaskSpec, layout: DataLayout, warehouse: Warehouse, batch: LandedBatch, problem: str,
+                 summary: IngestSummary) -> None:  # fmt: skip
+    """Quarantine a whole batch before reading it (``problem``: why, in plain words)."""
+    reason = _reason("read", batch.batch_id, batch.batch_id, problem)
+    if _quarantine(spec, layout, warehouse, batch, reason):
+        summary.quarantined.append({"batch": batch.batch_id, "file": batch.batch_id, "problem": problem})
 
 
 def _set_aside_non_regular(spec: TaskSpec, layout: DataLayout, batch: LandedBatch) -> tuple[LandedBatch, list[dict]]:
@@ -335,7 +346,6 @@ def _ingest_batch(spec: TaskSpec, layout: DataLayout, warehouse: Warehouse, read
         summary.skipped_known += 1  # another run took this batch between our ledger read and now
         return
     _quarantine_files(spec, layout, batch, rejected[len(set_aside):])
-    _mark_ingested(batch.path)
     summary.quarantined += rejected
     summary.ingested.append(batch.batch_id)
     summary.rows += frame.height
@@ -345,6 +355,7 @@ def _ingest_batch(spec: TaskSpec, layout: DataLayout, warehouse: Warehouse, read
 class ValidationSummary:
     validated: list[str] = field(default_factory=list)
     quarantined: list[dict] = field(default_factory=list)  # {batch, failures}
+    records: dict[str, pl.DataFrame] = field(default_factory=dict)  # batch -> its validated rows (empty if none)
 
 
 def label_domain_failures(domain: list[str] | None, spec: TaskSpec, frame: pl.DataFrame
@@ -392,9 +403,11 @@ def _first_domain(spec: TaskSpec, seen: list[str]) -> tuple[list[CheckFailure], 
 
 def validate_pending_batches(spec: TaskSpec, layout: DataLayout, warehouse: Warehouse, validator: Validator
                              ) -> tuple[pl.DataFrame, ValidationSummary]:  # fmt: skip
-    """Validate batches in state ``read``; return every validated row (all batches) and what happened."""
-    with warehouse.task_lock(spec.name):
-        return _validate(spec, layout, warehouse, validator)
+    """Validate every batch in state ``read``; return every validated row (all batches) and what happened."""
+    pending = warehouse.ledger(spec.name).filter(pl.col("status") == "read")["batch_id"].to_list()
+    summary = validate_batches(spec, layout, warehouse, validator, pending)
+    validated = warehouse.ledger(spec.name).filter(pl.col("status") == "validated")["batch_id"].to_list()
+    return (warehouse.read(spec.name, RAW_TABLE, validated) if validated else pl.DataFrame()), summary
 
 
 def _type_failures(frame: pl.DataFrame, reference: dict) -> list[CheckFailure]:
@@ -417,9 +430,19 @@ def _batch_failures(validator: Validator, frame: pl.DataFrame, spec: TaskSpec, k
     return failures + labels, domain_after
 
 
-def _validate(spec: TaskSpec, layout: DataLayout, warehouse: Warehouse, validator: Validator
-              ) -> tuple[pl.DataFrame, ValidationSummary]:  # fmt: skip
+def validate_batches(spec: TaskSpec, layout: DataLayout, warehouse: Warehouse, validator: Validator,
+                     batch_ids: list[str]) -> ValidationSummary:  # fmt: skip
+    """Validate the listed batches (one partition each) that are in state ``read``, in order, against what the
+    task's batches validated before recorded (ids, column types, label domain); quarantine the failures.
+    ``summary.records[b]``: batch ``b``'s validated rows, empty (no rows) when it is quarantined or unknown."""
+    with warehouse.task_lock(spec.name):
+        return _validate(spec, layout, warehouse, validator, batch_ids)
+
+
+def _validate(spec: TaskSpec, layout: DataLayout, warehouse: Warehouse, validator: Validator,
+              batch_ids: list[str]) -> ValidationSummary:  # fmt: skip
     ledger = warehouse.ledger(spec.name)
+    rows = {r["batch_id"]: r for r in ledger.iter_rows(named=True)}
     validated = ledger.filter(pl.col("status") == "validated")["batch_id"].to_list()
     records = warehouse.read(spec.name, RAW_TABLE, validated) if validated else pl.DataFrame()
     known_ids = set(records[spec.id].cast(pl.String).to_list()) if spec.id in records.columns else set()
@@ -427,9 +450,16 @@ def _validate(spec: TaskSpec, layout: DataLayout, warehouse: Warehouse, validato
     recorded = warehouse.state(spec.name, LABEL_DOMAIN_KEY)
     domain = json.loads(recorded) if recorded else None
     summary = ValidationSummary()
-    for row in ledger.filter(pl.col("status") == "read").iter_rows(named=True):
-        batch_id = row["batch_id"]
-        frame = warehouse.read(spec.name, RAW_TABLE, [batch_id]).select(json.loads(row["columns"]))
+    for batch_id in batch_ids:
+        row = rows.get(batch_id)
+        summary.records[batch_id] = pl.DataFrame(schema=records.schema)
+        if row is None or row["status"] == "quarantined":
+            continue
+        stored = warehouse.read(spec.name, RAW_TABLE, [batch_id])  # its columns and the batch column
+        if row["status"] == "validated":
+            summary.records[batch_id] = stored
+            continue
+        frame = stored.select(json.loads(row["columns"]))
         failures, domain_after = _batch_failures(validator, frame, spec, known_ids, reference, domain)
         if failures:
             batch = LandedBatch(spec.name, batch_id, layout.landing(spec.name) / batch_id, tuple(json.loads(row["files"])),
@@ -445,8 +475,8 @@ def _validate(spec: TaskSpec, layout: DataLayout, warehouse: Warehouse, validato
         known_ids |= set(frame[spec.id].cast(pl.String).to_list())
         reference = {**dict(frame.schema), **reference}
         summary.validated.append(batch_id)
-        validated.append(batch_id)
-    return (warehouse.read(spec.name, RAW_TABLE, validated) if validated else pl.DataFrame()), summary
+        summary.records[batch_id] = stored
+    return summary
 
 
 def why_no_records(spec: TaskSpec, layout: DataLayout, warehouse: Warehouse) -> str:

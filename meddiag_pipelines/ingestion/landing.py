@@ -17,7 +17,6 @@ from pathlib import Path, PurePosixPath
 from meddiag_pipelines.specs import LandingSpec
 
 READY_MARKER = "_READY"
-INGESTED_MARKER = "_INGESTED"  # written by ingestion once a batch is in the ledger: sensors skip it
 INTERNAL_PREFIX = "_meddiag_"  # the pipeline's own columns; readers refuse user columns in this namespace
 BATCH_COLUMN = f"{INTERNAL_PREFIX}batch"  # added by ingestion to every record: which batch it came from
 _CHUNK = 1 << 20
@@ -151,15 +150,11 @@ def waiting_reason(landing: LandingSpec) -> str:
     return f"is still changing (counted once its files are unchanged for {landing.quiet_seconds} s)"
 
 
-def changed_since_ingested(batch_dir: Path) -> bool:
-    """Whether any entry of the batch (files and folders, by ``lstat``, nothing opened) is newer than its
-    ``_INGESTED`` marker, or the marker is missing: the cheap test before a known batch is hashed again."""
-    try:
-        marked = (batch_dir / INGESTED_MARKER).lstat().st_mtime_ns
-    except FileNotFoundError:
-        return True
-    entries = [batch_dir, *(p for p in batch_dir.rglob("*") if p.name != INGESTED_MARKER)]
-    return any(p.lstat().st_mtime_ns > marked for p in entries)
+def changed_since(batch_dir: Path, since: float) -> bool:
+    """Whether any entry of the batch (files and folders, by ``lstat``, nothing opened) changed after ``since``
+    (seconds since the epoch): the cheap test before a known batch is hashed again."""
+    limit = int(since * 1e9)
+    return any(p.lstat().st_mtime_ns > limit for p in (batch_dir, *batch_dir.rglob("*")))
 
 
 def ready_batch_dirs(task_landing: Path, landing: LandingSpec, now: float | None = None) -> list[Path]:

@@ -15,7 +15,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from meddiag_pipelines.ingestion.landing import INGESTED_MARKER, READY_MARKER
+from meddiag_pipelines.ingestion.landing import READY_MARKER
 from meddiag_pipelines.ingestion.warehouse import Warehouse
 from meddiag_pipelines.layout import DataLayout, default_data_dir
 
@@ -90,13 +90,12 @@ def requeue(layout: DataLayout, warehouse: Warehouse, task: str, batch: str) -> 
 
 
 def _drop_bookkeeping(batch_dir: Path) -> None:
-    """Quarantine reasons and the ingestion marker are not part of the export, and a ``reason.json`` left beside
+    """Quarantine reasons are not part of the export, and a ``reason.json`` left beside
     the batch's data would be read as data: each is kept as ``_REQUEUED_reason.json`` (a name starting with
     '_' is never data)."""
     for reason in sorted(batch_dir.rglob(REASON_FILE)):
         if reason.is_file() and not reason.is_symlink():
             reason.rename(reason.with_name(f"_REQUEUED_{REASON_FILE}"))
-    (batch_dir / INGESTED_MARKER).unlink(missing_ok=True)
 
 
 def reset(layout: DataLayout, warehouse: Warehouse, task: str) -> None:
@@ -107,5 +106,3 @@ def reset(layout: DataLayout, warehouse: Warehouse, task: str) -> None:
         for folder in layout.asset_values(task):
             if folder.is_dir() and not folder.is_symlink():
                 shutil.rmtree(folder)
-        for marker in layout.landing(task).glob(f"*/{INGESTED_MARKER}"):
-            marker.unlink()

@@ -9,7 +9,6 @@ from pathlib import Path, PurePosixPath
 import dagster as dg
 
 from meddiag_pipelines.defs.resources.storage import MeddiagStorage
-from meddiag_pipelines.ingestion.batches import why_no_records
 from meddiag_pipelines.markup import escape_markdown
 from meddiag_pipelines.registry.store import STAGING
 from meddiag_pipelines.specs import TaskSpec
@@ -67,11 +66,6 @@ def failures_result(failures: list[CheckFailure]) -> dg.AssetCheckResult:
         passed=not failures, severity=dg.AssetCheckSeverity.ERROR, description=description,
         metadata={"n_failures": len(failures), "failures": dg.MetadataValue.md(markdown_table(rows))},
     )  # fmt: skip
-
-
-def no_records_result(spec: TaskSpec, storage: MeddiagStorage) -> dg.AssetCheckResult:
-    """A suite's result when no batch has validated rows: the description says why (waiting, quarantined)."""
-    return dg.AssetCheckResult(passed=False, description=why_no_records(spec, storage.layout, storage.warehouse))
 
 
 # -- model handles ------------------------------------------------------------------------------------------------

@@ -45,7 +45,7 @@ from meddiag_pipelines.imaging.preprocess import CACHE_VERSION, load_cached, upd
 from meddiag_pipelines.imaging.report import saliency_section
 from meddiag_pipelines.imaging.scoring import baseline_side, pooled_pixels, predict_images
 from meddiag_pipelines.imaging.readers import LABELS_CSV, ImageBatchError, read_image_batch, source_file
-from meddiag_pipelines.ingestion.batches import RAW_TABLE, ReadOutcome, ingest_new_batches
+from meddiag_pipelines.ingestion.batches import RAW_TABLE, ReadOutcome
 from meddiag_pipelines.ingestion.errors import BatchRejected
 from meddiag_pipelines.ingestion.landing import BATCH_COLUMN, LandedBatch, display_name
 from meddiag_pipelines.registry.store import STAGING
@@ -136,10 +136,9 @@ def build_image_assets(spec: TaskSpec) -> list:
 
     @dg.asset(key=[name, "raw_records"], description=f"{name}: new landed image batches ({image.format or 'format detected'}), read once "
               "and appended to the warehouse (one row per image); unreadable files quarantined one by one.",
-              kinds={"duckdb", "polars"}, pool=common.pool(spec), **tags)  # fmt: skip
+              kinds={"duckdb", "polars"}, pool=common.pool(spec), **ingest.partitioned(spec), **tags)  # fmt: skip
     def raw_records(context: dg.AssetExecutionContext, storage: MeddiagStorage) -> dg.MaterializeResult:
-        summary = ingest_new_batches(spec, storage.layout, storage.warehouse, read_image_records)
-        return ingest.ingest_result(context, spec, storage, summary)
+        return ingest.ingest_partitions(context, spec, storage, read_image_records)
 
     def earlier_batches_validator(storage: MeddiagStorage):
         """Images are also compared with batches validated before (leakage across splits and batches)."""
@@ -155,19 +154,19 @@ def build_image_assets(spec: TaskSpec) -> list:
         spec, raw_records, tags, "image records of every batch that passed the image checks (GX ids and label "
         "domain; channels, size, bit depth, constant images, duplicates across splits).", earlier_batches_validator)
 
-    @dg.asset_check(asset=validated_records, blocking=True, description="Image checks over all validated rows: GX "
+    @dg.asset_check(asset=validated_records, blocking=True, **ingest.check_partitions(spec), description="Image checks over all validated rows: GX "
                     "(ids present and unique, label domain, pixel hash present), channels / size / bit depth as the "
                     "spec expects, no constant image, no identical image in two splits (leakage) or with two "
                     "labels in one split.")  # fmt: skip
     def validated_records_suite(storage: MeddiagStorage, validated_records: pl.DataFrame) -> dg.AssetCheckResult:
         if validated_records.is_empty():
-            return common.no_records_result(spec, storage)
+            return ingest.no_validated_rows_result(spec, storage)
         failures = image_failures(validated_records, _validation_spec(spec), name)
         if labels.task_kind(spec) == "multilabel":
             failures += multilabel_domain_failures(validated_records, spec)
         return common.failures_result(failures)
 
-    @dg.asset_check(asset=validated_records, blocking=False, description="Identical images (sha256) repeated within "
+    @dg.asset_check(asset=validated_records, blocking=False, **ingest.check_partitions(spec), description="Identical images (sha256) repeated within "
                     "one split with the same label, or across a dataset's own split (MedMNIST): not leakage we "
                     "caused, but worth a look (warning only).")  # fmt: skip
     def validated_records_duplicates_within_split(validated_records: pl.DataFrame) -> dg.AssetCheckResult:

@@ -1,18 +1,33 @@
-"""Wiring of ingestion shared by every modality: the metadata of raw_records and the validated_records asset."""
+"""Wiring of ingestion shared by every modality: raw_records and validated_records are partitioned by batch
+(:func:`batch_partitions`); one run may take many partitions (single-run backfill policy), each handled by the
+pure per-batch functions of ``ingestion/batches.py``."""
 
 from collections.abc import Callable
 
 import dagster as dg
 import polars as pl
 
-from meddiag_pipelines.defs.resources.storage import MeddiagStorage
 from meddiag_pipelines.defs.assets.common import markdown_table, pool
-from meddiag_pipelines.ingestion.batches import (IngestSummary, ValidationSummary, Validator, reconcile, validate_pending_batches,
-                                                 why_no_records)  # fmt: skip
+from meddiag_pipelines.defs.partitions import batch_partitions
+from meddiag_pipelines.defs.resources.storage import MeddiagStorage
+from meddiag_pipelines.ingestion.batches import (IngestSummary, Reader, ValidationSummary, Validator, ingest_batches,
+                                                 reconcile, validate_batches, why_no_records)  # fmt: skip
 from meddiag_pipelines.ingestion.landing import waiting_reason
 from meddiag_pipelines.specs import TaskSpec
 
-# predictor_factory(plan) -> predict(model_dir, rows) -> probabilities
+
+def partitioned(spec: TaskSpec) -> dict:
+    """The partitioning of every batch-level asset: one run may take many new batches."""
+    return {"partitions_def": batch_partitions(spec), "backfill_policy": dg.BackfillPolicy.single_run()}
+
+
+def ingest_partitions(context: dg.AssetExecutionContext, spec: TaskSpec, storage: MeddiagStorage,
+                      reader: Reader) -> dg.MaterializeResult:  # fmt: skip
+    """raw_records of the run's partitions: each batch read once (its records written once, content-named)."""
+    summary = ingest_batches(spec, storage.layout, storage.warehouse, reader, sorted(context.partition_keys))
+    return ingest_result(context, spec, storage, summary)
+
+
 # -- ingestion metadata ---------------------------------------------------------------------------------------
 def ingest_result(context, spec: TaskSpec, storage: MeddiagStorage, summary: IngestSummary) -> dg.MaterializeResult:
     for q in summary.quarantined:
@@ -53,16 +68,22 @@ def validation_metadata(spec: TaskSpec, storage: MeddiagStorage, records: pl.Dat
 
 def build_validated_records_asset(spec: TaskSpec, raw_records, tags: dict, description: str,
                                   make_validator: Callable[[MeddiagStorage], Validator]):  # fmt: skip
-    """The validated_records asset of any modality: validate pending batches, quarantine failures, return all
-    validated rows (written to the warehouse by the IO manager). ``make_validator(storage)`` builds the
-    modality's validator, which may look at earlier batches through the storage."""
+    """The validated_records asset of any modality, per partition: validate the run's batches still to validate,
+    quarantine failures, return their validated rows (one frame, split per partition by the IO manager; a
+    quarantined batch has no rows). ``make_validator(storage)`` builds the modality's validator, which may look at
+    earlier batches through the storage."""
 
     @dg.asset(key=[spec.name, "validated_records"], deps=[raw_records], io_manager_key="warehouse_io_manager",
               description=f"{spec.name}: {description}", kinds={"duckdb", "polars", "great_expectations"},
-              pool=pool(spec), **tags)  # fmt: skip
+              pool=pool(spec), **partitioned(spec), **tags)  # fmt: skip
     def validated_records(context: dg.AssetExecutionContext, storage: MeddiagStorage) -> pl.DataFrame:
-        records, summary = validate_pending_batches(spec, storage.layout, storage.warehouse, make_validator(storage))
+        keys = sorted(context.partition_keys)
+        summary = validate_batches(spec, storage.layout, storage.warehouse, make_validator(storage), keys)
         log_validation(context, spec, summary)
+        records = pl.concat([summary.records[k] for k in keys], how="diagonal_relaxed")
+        for key in keys:
+            context.log_event(dg.AssetObservation(asset_key=context.asset_key, partition=key,
+                                                  metadata={"status": partition_status(summary, key)}))  # fmt: skip
         meta = validation_metadata(spec, storage, records, summary)
         if "why_empty" in meta:
             context.log.warning(f"{spec.name}: {meta['why_empty']}")
@@ -72,3 +93,19 @@ def build_validated_records_asset(spec: TaskSpec, raw_records, tags: dict, descr
     return validated_records
 
 
+def partition_status(summary: ValidationSummary, key: str) -> str:
+    """validated or quarantined (a batch refused at read, or failing validation now or before)."""
+    return "validated" if not summary.records[key].is_empty() else "quarantined"
+
+
+def check_partitions(spec: TaskSpec) -> dict:
+    """A check of a batch-level asset runs per partition, with that asset."""
+    return {"partitions_def": batch_partitions(spec)}
+
+
+def no_validated_rows_result(spec: TaskSpec, storage: MeddiagStorage) -> dg.AssetCheckResult:
+    """The run's batches were all quarantined: a warning that says why (their reasons), not a failed run,
+    since quarantine is how a bad batch is handled."""
+    return dg.AssetCheckResult(passed=False, severity=dg.AssetCheckSeverity.WARN,
+                               description=why_no_records(spec, storage.layout, storage.warehouse),
+                               metadata={"status": "quarantined"})  # fmt: skip

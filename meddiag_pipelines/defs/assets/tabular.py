@@ -18,7 +18,6 @@ from meddiag_pipelines import labels
 from meddiag_pipelines.defs.resources.storage import MeddiagStorage
 from meddiag_pipelines.split import SPLIT_COLUMN, key_columns_in
 from meddiag_pipelines.tabular.features import FeaturePlan, fit_plan, missing_data_table, transform
-from meddiag_pipelines.ingestion.batches import ingest_new_batches
 from meddiag_pipelines.tabular.readers import read_tabular_batch
 from meddiag_pipelines.specs import TaskSpec
 from meddiag_pipelines.tabular.models import (
@@ -106,21 +105,19 @@ def build_tabular_assets(spec: TaskSpec) -> list:
     tags = common.asset_tags(spec)
 
     @dg.asset(key=[name, "raw_records"], description=f"{name}: new landed batches, read once and appended to the "
-              "warehouse; unreadable batches quarantined.", kinds={"duckdb", "polars"}, pool=common.pool(spec),
-              **tags)  # fmt: skip
+              "warehouse; unreadable batches quarantined.", kinds={"duckdb", "polars"}, pool=common.pool(spec), **ingest.partitioned(spec), **tags)  # fmt: skip
     def raw_records(context: dg.AssetExecutionContext, storage: MeddiagStorage) -> dg.MaterializeResult:
-        summary = ingest_new_batches(spec, storage.layout, storage.warehouse, read_tabular_batch)
-        return ingest.ingest_result(context, spec, storage, summary)
+        return ingest.ingest_partitions(context, spec, storage, read_tabular_batch)
 
     validated_records = ingest.build_validated_records_asset(
         spec, raw_records, tags, "rows of every batch that passed the Great Expectations suite built from the spec.",
         lambda storage: validate_tabular)
 
-    @dg.asset_check(asset=validated_records, blocking=True, description="The spec's GX suite over all validated rows "
+    @dg.asset_check(asset=validated_records, blocking=True, **ingest.check_partitions(spec), description="The spec's GX suite over all validated rows "
                     "(columns, types, label domain, ranges, null rates, unique ids across batches).")  # fmt: skip
     def validated_records_suite(storage: MeddiagStorage, validated_records: pl.DataFrame) -> dg.AssetCheckResult:
         if validated_records.is_empty():
-            return common.no_records_result(spec, storage)
+            return ingest.no_validated_rows_result(spec, storage)
         failures = run_suite(validated_records, tabular_expectations(spec, validated_records.columns),
                              identifier_columns(spec), name)  # fmt: skip
         return common.failures_result(failures)

@@ -23,7 +23,7 @@ from meddiag_pipelines.defs.assets.split import build_split_asset
 from meddiag_pipelines import labels
 from meddiag_pipelines.defs.resources.storage import MeddiagStorage
 from meddiag_pipelines.split import SPLIT_COLUMN, key_columns_in
-from meddiag_pipelines.ingestion.batches import ReadOutcome, ingest_new_batches
+from meddiag_pipelines.ingestion.batches import ReadOutcome
 from meddiag_pipelines.ingestion.landing import LandedBatch
 from meddiag_pipelines.specs import TaskSpec, spec_columns
 from meddiag_pipelines.text.models import class_probabilities, explain_texts, texts_of, train_text_models
@@ -68,7 +68,7 @@ def build_text_assets(spec: TaskSpec) -> list:
     @dg.asset(key=[name, "raw_records"], description=f"{name}: new landed batches (CSV, Parquet, JSONL or .txt "
               "files + labels.csv), PHI scrubbed at read and only the scrubbed text appended to the warehouse; "
               "files that cannot be decoded as UTF-8 or read are quarantined one by one.",
-              kinds={"duckdb", "polars"}, pool=common.pool(spec), **tags)  # fmt: skip
+              kinds={"duckdb", "polars"}, pool=common.pool(spec), **ingest.partitioned(spec), **tags)  # fmt: skip
     def raw_records(context: dg.AssetExecutionContext, storage: MeddiagStorage) -> dg.MaterializeResult:
         truncated = 0
 
@@ -78,11 +78,10 @@ def build_text_assets(spec: TaskSpec) -> list:
             truncated += result.truncated
             return ReadOutcome(spec_columns(result.records, spec), list(result.rejected), files_read=list(result.files_read))
 
-        summary = ingest_new_batches(spec, storage.layout, storage.warehouse, reader)
-        result = ingest.ingest_result(context, spec, storage, summary)
+        result = ingest.ingest_partitions(context, spec, storage, reader)
         return dg.MaterializeResult(metadata={**(result.metadata or {}), "truncated_texts": truncated})
 
-    @dg.asset_check(asset=raw_records, blocking=True, description="Every landed file the reader rejected (not "
+    @dg.asset_check(asset=raw_records, blocking=True, **ingest.check_partitions(spec), description="Every landed file the reader rejected (not "
                     "UTF-8, unreadable) is in quarantine with its reason and counted in the ledger; the good "
                     "files of its batch flow on.")  # fmt: skip
     def unreadable_files_quarantined(storage: MeddiagStorage) -> dg.AssetCheckResult:
@@ -93,12 +92,12 @@ def build_text_assets(spec: TaskSpec) -> list:
         spec, raw_records, tags, "rows of every batch that passed the text checks (GX suite: columns, unique ids, "
         "label domain; texts long enough and cleanly decoded).", lambda storage: validate_texts)
 
-    @dg.asset_check(asset=validated_records, blocking=True, description="The text checks over all validated rows "
+    @dg.asset_check(asset=validated_records, blocking=True, **ingest.check_partitions(spec), description="The text checks over all validated rows "
                     "(columns, label domain, unique ids across batches, texts not empty nor shorter than "
                     f"{spec.min_text_chars} characters, no decoding damage).")  # fmt: skip
     def validated_records_suite(storage: MeddiagStorage, validated_records: pl.DataFrame) -> dg.AssetCheckResult:
         if validated_records.is_empty():
-            return common.no_records_result(spec, storage)
+            return ingest.no_validated_rows_result(spec, storage)
         return common.failures_result(validate_texts(validated_records, spec))
 
     split = build_split_asset(spec, validated_records, tags)

@@ -1,54 +1,72 @@
-"""Sensors and schedules: a task retrains when a complete batch lands, and every night anyway."""
+"""Automation: the landing sensor registers each complete batch as a partition and runs its ingestion; the
+assets downstream update by declarative automation (eager when new valid partitions land, and at the spec's
+nightly cron tick when something changed since)."""
 
-import json
+import hashlib
 
 import dagster as dg
 
+from meddiag_pipelines.defs.partitions import LandingScan, batch_partitions, scan_landing
 from meddiag_pipelines.defs.resources.storage import MeddiagStorage
-from meddiag_pipelines.ingestion.landing import changed_since_ingested, describe_batch, ready_batch_dirs
 from meddiag_pipelines.specs import TaskSpec
 
 SENSOR_INTERVAL_S = 10
+TRIGGER_TAG = "meddiag/trigger"
+RANGE_START, RANGE_END = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
+RUN_PRIORITY = {"tabular": "10", "text": "0", "image": "0"}  # cheap tasks first when runs queue (dagster_home/dagster.yaml)
 
 
-def new_batches(spec: TaskSpec, storage: MeddiagStorage, seen: dict[str, str]) -> dict[str, str]:
-    """Complete batches whose content the cursor has not seen, with content hashes: new names, a batch
-    re-landed under a known name, or a known batch changed after it was ingested (ingestion sets it aside). A
-    batch whose ``_INGESTED`` marker is newer than all its entries is skipped without being hashed."""
-    found = {}
-    for batch_dir in ready_batch_dirs(storage.layout.landing(spec.name), spec.landing):
-        settled = batch_dir.name in seen if batch_dir.is_symlink() else not changed_since_ingested(batch_dir)
-        if settled:
-            continue
-        digest = describe_batch(spec.name, batch_dir).content_hash
-        if seen.get(batch_dir.name) != digest:
-            found[batch_dir.name] = digest
-    return found
+def run_tags(spec: TaskSpec, trigger: str) -> dict[str, str]:
+    """The tags of every run of a task, whoever starts it (the run queue holds one run per task at a time)."""
+    return {"meddiag/task": spec.name, "dagster/priority": RUN_PRIORITY[spec.modality], TRIGGER_TAG: trigger}
+
+
+def batch_run_requests(spec: TaskSpec, scan: LandingScan, tags: dict[str, str]) -> list[dg.RunRequest]:
+    """One run over the range of the new partitions (they are added in this order, after every known one) and
+    one run per known partition to run again. Run keys name the content: the same content never runs twice."""
+    requests = []
+    if scan.new:
+        keys = sorted(scan.new)
+        content = hashlib.sha256("\n".join(f"{k}@{scan.new[k]}" for k in keys).encode()).hexdigest()[:16]
+        requests.append(dg.RunRequest(run_key=f"{spec.name}:new:{keys[0]}..{len(keys)}@{content}",
+                                      tags={**tags, RANGE_START: keys[0], RANGE_END: keys[-1],
+                                            "meddiag/new_batches": str(len(keys))}))  # fmt: skip
+    for key, digest in sorted(scan.again.items()):
+        requests.append(dg.RunRequest(run_key=f"{spec.name}:{key}@{digest[:16]}", partition_key=key, tags=dict(tags)))
+    return requests
 
 
 def build_landing_sensor(spec: TaskSpec, job) -> dg.SensorDefinition:
     @dg.sensor(name=f"{spec.name}_landing_sensor", job=job, minimum_interval_seconds=SENSOR_INTERVAL_S,
                default_status=dg.DefaultSensorStatus.RUNNING,
-               description=f"Runs {spec.name} end to end when a complete batch lands "
+               description=f"Registers each complete batch of {spec.name} as a partition and ingests it "
                f"({'a _READY marker' if spec.landing.ready == 'marker' else 'quiet files'}).")  # fmt: skip
     def landing_sensor(context: dg.SensorEvaluationContext, storage: MeddiagStorage):
-        seen = json.loads(context.cursor) if context.cursor else {}
-        found = new_batches(spec, storage, seen)
-        if not found:
-            return dg.SkipReason(f"no new complete batch in landing/{spec.name}")
-        # One run takes every new batch; the key names them with their content, so a repeated tick, a
-        # restart or a daemon replaying the cursor never launches the same work twice.
-        run_key = f"{spec.name}:" + ",".join(f"{b}@{h[:16]}" for b, h in sorted(found.items()))
-        context.update_cursor(json.dumps({**seen, **found}, sort_keys=True))
-        return dg.RunRequest(run_key=run_key, tags={"meddiag/trigger": "landing", "meddiag/new_batches": str(len(found))})
+        partitions = batch_partitions(spec)
+        known = set(context.instance.get_dynamic_partitions(partitions.name))
+        scan = scan_landing(spec, storage.layout, storage.warehouse, known, retry_unrecorded=False)
+        for name in scan.refused:
+            context.log.warning(f"{spec.name}: batch {name} quarantined: its name cannot be a partition key")
+        if not scan.new and not scan.again:
+            return dg.SkipReason(f"no new or changed complete batch in landing/{spec.name}")
+        return dg.SensorResult(run_requests=batch_run_requests(spec, scan, run_tags(spec, "landing")),
+                               dynamic_partitions_requests=[partitions.build_add_request(sorted(scan.new))] if scan.new else [])  # fmt: skip
 
     return landing_sensor
 
 
-def build_schedule(spec: TaskSpec, job) -> dg.ScheduleDefinition:
-    status = dg.DefaultScheduleStatus.RUNNING if spec.schedule.enabled else dg.DefaultScheduleStatus.STOPPED
-    return dg.ScheduleDefinition(
-        name=f"{spec.name}_nightly_retrain", job=job, cron_schedule=spec.schedule.cron,
-        execution_timezone=spec.schedule.timezone, default_status=status, tags={"meddiag/trigger": "schedule"},
-        description=f"Retrains {spec.name} on everything ingested so far (schedule.enabled: {spec.schedule.enabled}).",
+def downstream_condition(spec: TaskSpec) -> dg.AutomationCondition:
+    """Eager: an asset updates once its parents did (new valid partitions landed). With the nightly retrain on,
+    also at its cron tick, which requests nothing when no parent changed since the last tick."""
+    eager = dg.AutomationCondition.eager()
+    if not spec.schedule.enabled:
+        return eager
+    return eager | dg.AutomationCondition.on_cron(spec.schedule.cron, spec.schedule.timezone)
+
+
+def build_automation_sensor(spec: TaskSpec) -> dg.AutomationConditionSensorDefinition:
+    return dg.AutomationConditionSensorDefinition(
+        name=f"{spec.name}_automation", target=dg.AssetSelection.groups(spec.name),
+        default_status=dg.DefaultSensorStatus.RUNNING, run_tags=run_tags(spec, "automation"),
+        description=f"Updates {spec.name}'s assets downstream of its batches by their automation conditions.",
     )  # fmt: skip

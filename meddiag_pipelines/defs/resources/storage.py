@@ -14,6 +14,7 @@ from pathlib import Path
 import dagster as dg
 import polars as pl
 
+from meddiag_pipelines.ingestion.landing import BATCH_COLUMN
 from meddiag_pipelines.ingestion.warehouse import Warehouse
 from meddiag_pipelines.layout import DataLayout, default_data_dir
 from meddiag_pipelines.registry.store import ModelRegistry
@@ -107,11 +108,13 @@ class RunScopedFiles(dg.IOManager):
             self._names[run_id] = run_name(record.create_timestamp.timestamp() if record else time.time(), run_id)
         return self._names[run_id]
 
-    def output_file(self, context: dg.OutputContext) -> tuple[str, str, str]:
+    def output_files(self, context: dg.OutputContext) -> tuple[str, str, dict[str | None, str]]:
+        """Partition (``None``: unpartitioned) -> the file this run writes; a run may cover several partitions."""
         task, name, folder = self._asset_folder(context.asset_key)
+        file = f"{self._run_name(_instance(context), context.run_id)}{self.suffix}"
         if context.has_asset_partitions:
-            folder = f"{folder}/{context.asset_partition_key}"
-        return task, name, f"{folder}/{self._run_name(_instance(context), context.run_id)}{self.suffix}"
+            return task, name, {key: f"{folder}/{key}/{file}" for key in context.asset_partition_keys}
+        return task, name, {None: f"{folder}/{file}"}
 
     def has(self, path: str) -> bool:
         return self.root.exists(path)
@@ -164,12 +167,15 @@ class ParquetTables(RunScopedFiles):
         return path in self._kept or super().has(path)
 
     def handle_output(self, context: dg.OutputContext, obj: pl.DataFrame) -> None:
-        task, name, path = self.output_file(context)
-        self.root.write_parquet(path, obj)
+        task, name, files = self.output_files(context)
+        for key, path in files.items():
+            part = self._partition_rows(context, obj, key, len(files))
+            self.root.write_parquet(path, part)
+            self._kept.pop(path, None)
+            if sum(f.estimated_size() for f in self._kept.values()) + part.estimated_size() <= self.KEEP_BYTES:
+                self._kept[path] = part
         self._register_view(task, name, context.has_asset_partitions)
-        self._kept.pop(path, None)
-        if sum(f.estimated_size() for f in self._kept.values()) + obj.estimated_size() <= self.KEEP_BYTES:
-            self._kept[path] = obj
+        path = next(iter(files.values())) if len(files) == 1 else self.root.relative(self.folder(task, name))
         context.add_output_metadata({"dagster/row_count": obj.height, "column_count": obj.width,
                                      "dagster/table_name": f"{task}.{name}", "path": dg.MetadataValue.path(path)})  # fmt: skip
 
@@ -181,6 +187,17 @@ class ParquetTables(RunScopedFiles):
         files = [f for f in newest if f and self.root.parquet_width(f)]
         warehouse = self.root.relative(self.layout.warehouse())
         Warehouse(self.layout.warehouse_db()).register_view(task, name, [str(Path(f).relative_to(warehouse)) for f in files])
+
+    @staticmethod
+    def _partition_rows(context: dg.OutputContext, obj: pl.DataFrame, key: str | None, n_keys: int) -> pl.DataFrame:
+        """A run over several partitions (one batch each) returns one frame: each partition's file holds the rows
+        of its batch (a partition without rows gets an empty frame with the columns)."""
+        if n_keys == 1 or not obj.height:
+            return obj
+        if BATCH_COLUMN not in obj.columns:
+            raise ValueError(f"{context.asset_key.to_user_string()}: a frame over several partitions needs the column "
+                             f"{BATCH_COLUMN} to be split into them")  # fmt: skip
+        return obj.filter(pl.col(BATCH_COLUMN) == key)
 
     def load_input(self, context: dg.InputContext) -> pl.DataFrame:
         files = self.input_files(context)
@@ -197,15 +214,18 @@ class JsonValues(RunScopedFiles):
         return self.layout.values(task, name)
 
     def handle_output(self, context: dg.OutputContext, obj) -> None:
-        _, _, path = self.output_file(context)
-        self.root.write_json(path, obj)
-        context.add_output_metadata({"value": dg.MetadataValue.path(path)})
+        """The run's value, for each partition it covers."""
+        _, _, files = self.output_files(context)
+        for path in files.values():
+            self.root.write_json(path, obj)
+        context.add_output_metadata({"value": dg.MetadataValue.path(next(iter(files.values())))})
 
     def load_input(self, context: dg.InputContext):
         files = self.input_files(context)
         if list(files) == [None]:
             return self.root.read_json(files[None])
         return {key: self.root.read_json(path) for key, path in files.items()}
+
 
 
 def build_resources(data_dir: Path | None = None) -> dict:

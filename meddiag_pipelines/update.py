@@ -1,0 +1,195 @@
+"""``python -m meddiag_pipelines update [<task> ...] [--partition <batch>]``: bring tasks fully up to date from
+their landing folders, as the landing sensor and the automation sensor would, without a daemon.
+
+Per task: register every new complete batch as a partition (a name Dagster refuses is quarantined), run
+raw_records + validated_records over the new partitions in ONE run (a partition range; a known batch re-landed
+or changed gets a run of its own partition), then, if anything upstream changed since, one run of every other
+asset of the task. Each is a real run of the instance (visible in the UI) with the tags sensor runs carry
+(``meddiag/task``, ``meddiag/trigger: cli``), executed through ``dagster.execute_job`` on the reconstructable
+implicit asset job, so ``MEDDIAG_EXECUTOR`` applies.
+
+The instance is ``DAGSTER_HOME``'s; without it, the repository's ``dagster_home/`` (the one ``dagster dev``
+uses in the README): the partitions and run history must outlive the command, which a throwaway instance would
+not, and a first user should not have to set a variable to get the main command to work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import dagster as dg
+from dagster._core.definitions.reconstruct import ReconstructableRepository
+
+from meddiag_pipelines.definitions import IMPLICIT_ASSET_JOB
+from meddiag_pipelines.defs.automation.landing import RANGE_END, RANGE_START, run_tags
+from meddiag_pipelines.defs.partitions import LandingScan, batch_partitions, scan_landing
+from meddiag_pipelines.defs.resources.storage import MeddiagStorage
+from meddiag_pipelines.ingestion.landing import ready_batch_dirs
+from meddiag_pipelines.specs import TaskSpec
+
+log = logging.getLogger(__name__)
+REPO_DAGSTER_HOME = Path(__file__).resolve().parent.parent / "dagster_home"
+
+
+class UpdateError(RuntimeError):
+    """A run failed or the command cannot start; the message says which and why."""
+
+
+@dataclass
+class TaskUpdate:
+    task: str
+    batch_runs: list[str] = field(default_factory=list)  # run ids
+    downstream_run: str | None = None
+    new: list[str] = field(default_factory=list)
+    again: list[str] = field(default_factory=list)
+    refused: list[str] = field(default_factory=list)
+
+
+def update_definitions() -> dg.Definitions:
+    """The project's definitions, rebuilt from the environment (spec folders, data root) by each run process."""
+    from meddiag_pipelines.definitions import build_definitions
+
+    return build_definitions()
+
+
+def update_job():
+    """The implicit asset job (the one behind ``dagster asset materialize``), reconstructable from its repository."""
+    repository = ReconstructableRepository.for_module(__name__, update_definitions.__name__, working_directory=os.getcwd())
+    return repository.get_reconstructable_job(IMPLICIT_ASSET_JOB)
+
+
+def group_keys(job: dg.JobDefinition, spec: TaskSpec) -> tuple[list[dg.AssetKey], list[dg.AssetKey]]:
+    """The task's batch-level (partitioned) asset keys and the others."""
+    layer = job.asset_layer
+    keys = [k for k in layer.executable_asset_keys if layer.get(k).group_name == spec.name]
+    batch = [k for k in keys if layer.get(k).partitions_def is not None]
+    return sorted(batch), sorted(set(keys) - set(batch))
+
+
+def plan_batches(spec: TaskSpec, storage: MeddiagStorage, instance: dg.DagsterInstance,
+                 partition: str | None = None) -> LandingScan:  # fmt: skip
+    """Register the new complete batches as partitions; with ``partition``, only that batch is considered."""
+    name = batch_partitions(spec).name
+    known = set(instance.get_dynamic_partitions(name))
+    scan = scan_landing(spec, storage.layout, storage.warehouse, known)
+    if partition is not None:
+        if partition not in known and partition not in scan.new:
+            ready = {d.name for d in ready_batch_dirs(storage.layout.landing(spec.name), spec.landing)}
+            raise UpdateError(f"{spec.name}: batch {partition!r} is neither a partition nor a complete batch in "
+                              f"landing/{spec.name}/" + (" (its name cannot be a partition key)" if partition in ready else ""))  # fmt: skip
+        # the named batch runs even if nothing changed: the user asked for it
+        scan = LandingScan(new={k: v for k, v in scan.new.items() if k == partition},
+                           again={} if partition in scan.new else {partition: scan.again.get(partition, "")},
+                           refused=scan.refused)  # fmt: skip
+    if scan.new:
+        instance.add_dynamic_partitions(name, sorted(scan.new))
+    return scan
+
+
+def _execute(instance: dg.DagsterInstance, keys: list[dg.AssetKey], tags: dict, what: str,
+             defs: dg.Definitions | None) -> str:  # fmt: skip
+    if defs is None:
+        result = dg.execute_job(update_job(), instance=instance, tags=tags, asset_selection=keys, raise_on_error=False)
+    else:
+        result = defs.resolve_implicit_global_asset_job_def().execute_in_process(
+            instance=instance, tags=tags, asset_selection=keys, raise_on_error=False)
+    if not result.success:
+        failed = [e.step_key for e in result.all_events if e.is_step_failure]
+        raise UpdateError(f"{what}: run {result.run_id} failed (steps: {', '.join(failed) or 'none started'}); "
+                          "its log in the UI, or `dagster run list`, says why")  # fmt: skip
+    return result.run_id
+
+
+def _downstream_stale(instance: dg.DagsterInstance, batch: list[dg.AssetKey], downstream: list[dg.AssetKey]) -> bool:
+    """Whether a downstream asset was never materialized or is older than the latest batch-level one."""
+    upstream = [e.timestamp for k in batch if (e := instance.get_latest_materialization_event(k)) is not None]
+    if not upstream:
+        return False
+    events = [instance.get_latest_materialization_event(k) for k in downstream]
+    return any(e is None or e.timestamp < max(upstream) for e in events)
+
+
+def update_task(spec: TaskSpec, instance: dg.DagsterInstance, partition: str | None = None,
+                defs: dg.Definitions | None = None) -> TaskUpdate:  # fmt: skip
+    """Bring one task up to date. ``defs``: run in this process on these definitions (tests, benches) instead
+    of the project's reconstructable job."""
+    loaded = defs or update_definitions()
+    storage = loaded.resources["storage"]
+    scan = plan_batches(spec, storage, instance, partition)
+    outcome = TaskUpdate(spec.name, new=sorted(scan.new), again=sorted(scan.again), refused=scan.refused)
+    batch_keys, downstream = group_keys(loaded.resolve_implicit_global_asset_job_def(), spec)
+    tags = run_tags(spec, "cli")
+    if scan.new:
+        keys = sorted(scan.new)
+        log.info("%s: %d new batches registered as partitions: %s", spec.name, len(keys), ", ".join(keys[:20]))
+        outcome.batch_runs.append(_execute(instance, batch_keys, {**tags, RANGE_START: keys[0], RANGE_END: keys[-1]},
+                                           f"{spec.name}: ingestion of {len(keys)} new batches", defs))  # fmt: skip
+    for key in sorted(scan.again):
+        log.info("%s: batch %s runs again (re-landed, changed or not ingested yet)", spec.name, key)
+        outcome.batch_runs.append(_execute(instance, batch_keys, {**tags, "dagster/partition": key},
+                                           f"{spec.name}: ingestion of batch {key}", defs))  # fmt: skip
+    if downstream and (outcome.batch_runs or _downstream_stale(instance, batch_keys, downstream)):
+        outcome.downstream_run = _execute(instance, downstream, tags, f"{spec.name}: split to champion", defs)
+    elif not outcome.batch_runs:
+        log.info("%s: up to date (no new or changed batch)", spec.name)
+    return outcome
+
+
+def run_task_in_process(defs: dg.Definitions, spec: TaskSpec, instance: dg.DagsterInstance,
+                        selection: list[str] | None = None, **kwargs) -> dg.ExecuteInProcessResult:  # fmt: skip
+    """For tests: register the task's new batches, then ONE in-process run of its assets (``selection``: asset
+    names of the task; default all) over every partition, as the task job ran before batches were partitions."""
+    plan_batches(spec, defs.resources["storage"], instance)
+    keys = instance.get_dynamic_partitions(batch_partitions(spec).name)
+    job = defs.resolve_implicit_global_asset_job_def()
+    batch_keys, downstream = group_keys(job, spec)
+    chosen = [k for k in batch_keys + downstream if selection is None or k.path[-1] in selection]
+    tags = {**run_tags(spec, "test"), **({RANGE_START: keys[0], RANGE_END: keys[-1]} if keys else {}),
+            **kwargs.pop("tags", {})}  # fmt: skip
+    if not keys:  # nothing landed: only the unpartitioned assets can run
+        chosen = [k for k in chosen if k in downstream]
+    return job.execute_in_process(instance=instance, tags=tags, asset_selection=chosen, **kwargs)
+
+
+def instance_home() -> Path:
+    home = os.environ.get("DAGSTER_HOME")
+    if home:
+        return Path(home)
+    if not (REPO_DAGSTER_HOME / "dagster.yaml").is_file():
+        raise UpdateError("DAGSTER_HOME is not set and there is no dagster_home/ beside the package: set DAGSTER_HOME "
+                          "to the Dagster instance folder")  # fmt: skip
+    return REPO_DAGSTER_HOME
+
+
+def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
+    parser.description = "Bring tasks fully up to date from their landing folders (new batches, then downstream)."
+    parser.add_argument("tasks", nargs="*", help="task names (default: every task)")
+    parser.add_argument("--partition", help="run this one batch (a folder of landing/<task>/) and what follows it")
+
+
+def run(args: argparse.Namespace) -> int:
+    from meddiag_pipelines.specs import scan_specs
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    specs = {s.name: s for s in scan_specs().specs}
+    unknown = [t for t in args.tasks if t not in specs]
+    if unknown or (args.partition and len(args.tasks) != 1):
+        why = f"unknown tasks: {', '.join(unknown)}" if unknown else "--partition needs exactly one task"
+        log.error("update: %s", why)
+        return 2
+    try:
+        home = instance_home()
+        os.environ["DAGSTER_HOME"] = str(home)  # the runs' own processes (multiprocess executor) use it too
+        log.info("update: Dagster instance %s", home)
+        with dg.DagsterInstance.get() as instance:
+            for task in args.tasks or sorted(specs):
+                update_task(specs[task], instance, args.partition)
+    except UpdateError as exc:
+        log.error("update: %s", exc)
+        return 1
+    return 0
+

@@ -1,0 +1,136 @@
+"""Batches as dynamic partitions: registration, the `update` command, automation conditions, the GraphQL view."""
+
+from __future__ import annotations
+
+import datetime
+import textwrap
+
+import dagster as dg
+import polars as pl
+import pytest
+
+from meddiag_pipelines.definitions import build_definitions
+from meddiag_pipelines.defs.partitions import partition_key_problem, scan_landing
+from meddiag_pipelines.defs.resources.storage import MeddiagStorage
+from meddiag_pipelines.__main__ import main
+from meddiag_pipelines.update import plan_batches, run_task_in_process, update_task
+from meddiag_pipelines_tests.conftest import land, synthetic_records
+
+TASK = "synthetic_risk"
+PARTITIONS = f"{TASK}__batches"
+
+
+def _bad(n: int, seed: int, start: int) -> pl.DataFrame:
+    return synthetic_records(n, seed=seed, start=start).with_columns(pl.lit("maybe").alias("outcome"))
+
+
+def test_partition_key_rules():
+    assert partition_key_problem("batch 2025-01 é") is None
+    assert "partition key" in partition_key_problem("export...2") and "rename it" in partition_key_problem("a\tb")
+
+
+def test_plan_registers_new_batches_and_partition_restricts_it(synthetic_spec, layout):
+    storage = MeddiagStorage(data_dir=str(layout.root))
+    land(layout, TASK, "b1", synthetic_records(10, seed=1))
+    land(layout, TASK, "b2", synthetic_records(10, seed=2, start=10))
+    with dg.instance_for_test() as instance:
+        only = plan_batches(synthetic_spec, storage, instance, partition="b2")
+        assert list(only.new) == ["b2"] and instance.get_dynamic_partitions(PARTITIONS) == ["b2"]
+        rest = plan_batches(synthetic_spec, storage, instance)
+        assert list(rest.new) == ["b1"] and rest.again == {"b2": rest.again["b2"]}  # b2 never ran: runs again
+        assert not scan_landing(synthetic_spec, layout, storage.warehouse, {"b1", "b2"}, retry_unrecorded=False).again
+
+
+def test_a_partitioned_run_keeps_each_batch_apart_and_split_reads_every_valid_one(synthetic_spec, layout):
+    """validated_records of a run over three partitions is stored per partition (the quarantined one empty,
+    with the columns); split loads them as one frame; the check is blocking, per run of partitions."""
+    land(layout, TASK, "b1", synthetic_records(40, seed=1))
+    land(layout, TASK, "b2", _bad(10, seed=3, start=500))
+    land(layout, TASK, "b3", synthetic_records(40, seed=2, start=100))
+    defs = build_definitions([synthetic_spec], layout.root)
+    with dg.instance_for_test() as instance:
+        result = run_task_in_process(defs, synthetic_spec, instance, ["raw_records", "validated_records", "split"])
+        assert result.success
+        statuses = {e.partition: e.metadata["status"].value
+                    for e in result.asset_observations_for_node(f"{TASK}__validated_records")}  # fmt: skip
+        assert statuses == {"b1": "validated", "b2": "quarantined", "b3": "validated"}
+        materialized = instance.get_materialized_partitions(dg.AssetKey([TASK, "validated_records"]))
+    folder = layout.table(TASK, "validated_records").with_suffix("")
+    parts = {p.stem: pl.read_parquet(p) for p in folder.glob("*.parquet")}
+    assert materialized == {"b1", "b2", "b3"} and {k: v.height for k, v in parts.items()} == {"b1": 40, "b2": 0, "b3": 40}
+    assert parts["b2"].columns == parts["b1"].columns
+    split = pl.read_parquet(layout.table(TASK, "split"))
+    assert split.height == 80 and set(split["_meddiag_batch"]) == {"b1", "b3"}
+
+
+def test_a_new_valid_partition_requests_the_downstream_and_a_quiet_cron_tick_nothing(synthetic_spec, layout):
+    defs = build_definitions([synthetic_spec], layout.root)
+    land(layout, TASK, "b1", synthetic_records(40, seed=1))
+    with dg.instance_for_test() as instance:
+        before = dg.evaluate_automation_conditions(defs=defs, instance=instance)
+        assert before.total_requested == 0  # nothing validated yet
+        assert run_task_in_process(defs, synthetic_spec, instance, ["raw_records", "validated_records"]).success
+        landed = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=before.cursor)
+        assert landed.get_num_requested(dg.AssetKey([TASK, "split"])) == 1
+        # the downstream ran (recorded here without training); then nothing changes until the nightly tick
+        graph = defs.resolve_asset_graph()
+        for key in graph.get_all_asset_keys():
+            if key.path[0] == TASK and graph.get(key).partitions_def is None:
+                instance.report_runless_asset_event(dg.AssetMaterialization(key))
+        now = datetime.datetime.now(datetime.timezone.utc)
+        settled = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=landed.cursor, evaluation_time=now)
+        tick = (now + datetime.timedelta(days=1)).replace(hour=2, minute=1)
+        nightly = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=settled.cursor, evaluation_time=tick)
+    assert settled.total_requested == 0 and nightly.total_requested == 0
+
+
+def test_a_landed_batch_is_a_partition_over_the_graphql_api(synthetic_spec, layout, tmp_path):
+    from dagster._core.test_utils import in_process_test_workspace
+    from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
+    from dagster_graphql.test.utils import execute_dagster_graphql
+
+    land(layout, TASK, "b1", synthetic_records(10, seed=1))
+    spec_file = tmp_path / "tasks" / f"{TASK}.yaml"
+    spec_file.parent.mkdir()
+    spec_file.write_text(synthetic_spec.model_dump_json())  # JSON is YAML
+    code = tmp_path / "code.py"
+    code.write_text(textwrap.dedent(f"""
+        from pathlib import Path
+        from meddiag_pipelines.definitions import build_definitions
+        from meddiag_pipelines.specs import load_spec
+        defs = build_definitions([load_spec(Path({str(spec_file)!r}))], Path({str(layout.root)!r}))
+    """))
+    query = 'query { assetNodeOrError(assetKey: {path: ["%s", "raw_records"]}) { ... on AssetNode { partitionKeys } } }' % TASK
+    with dg.instance_for_test() as instance:
+        plan_batches(synthetic_spec, MeddiagStorage(data_dir=str(layout.root)), instance)
+        origin = LoadableTargetOrigin(python_file=str(code), attribute="defs")
+        with in_process_test_workspace(instance, origin) as context:
+            result = execute_dagster_graphql(context, query)
+    assert result.data["assetNodeOrError"]["partitionKeys"] == ["b1"]
+
+
+def test_update_refuses_unknown_tasks_and_partition_without_one_task(capsys):
+    assert main(["update", "no_such_task"]) == 2
+    assert main(["update", "--partition", "b1"]) == 2
+
+
+@pytest.mark.slow
+def test_update_brings_a_task_up_to_date_once(synthetic_spec, layout):
+    """Two good batches and a bad one: two validated, one quarantined, a model trained; a second `update` with
+    nothing new starts no run at all."""
+    land(layout, TASK, "b1", synthetic_records(120, seed=1))
+    land(layout, TASK, "b2", _bad(20, seed=3, start=500))
+    land(layout, TASK, "b3", synthetic_records(120, seed=2, start=200))
+    defs = build_definitions([synthetic_spec], layout.root)
+    with dg.instance_for_test() as instance:
+        first = update_task(synthetic_spec, instance, defs=defs)
+        assert first.new == ["b1", "b2", "b3"] and len(first.batch_runs) == 1 and first.downstream_run
+        run = instance.get_run_by_id(first.batch_runs[0])
+        assert run.tags["meddiag/trigger"] == "cli" and run.tags["meddiag/task"] == TASK
+        champion = instance.get_latest_materialization_event(dg.AssetKey([TASK, "champion"]))
+        again = update_task(synthetic_spec, instance, defs=defs)
+        n_runs = len(instance.get_runs())
+    ledger = MeddiagStorage(data_dir=str(layout.root)).warehouse.ledger(TASK)
+    assert dict(zip(ledger["batch_id"], ledger["status"])) == {"b1": "validated", "b2": "quarantined", "b3": "validated"}
+    assert champion is not None and (layout.quarantine(TASK) / "b2" / "reason.json").is_file()
+    assert not again.batch_runs and again.downstream_run is None and n_runs == 2
