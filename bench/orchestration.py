@@ -88,15 +88,14 @@ def run_dagster(rows: int, selection: list[str] | None = None) -> dict:
     import dagster as dg
 
     from meddiag_pipelines.definitions import build_definitions
+    from meddiag_pipelines.update import run_task_in_process
 
     root = _fresh_root("dagster", rows)
     spec = _spec()
     with dg.instance_for_test() as instance:  # not timed: a deployment's instance exists before its runs
         start = time.perf_counter()
         defs = build_definitions([spec], root)
-        keys = [dg.AssetKey([spec.name, s]) for s in selection] if selection else None
-        job = defs.resolve_job_def(f"{spec.name}_job")
-        result = job.execute_in_process(instance=instance, raise_on_error=False, asset_selection=keys)
+        result = run_task_in_process(defs, spec, instance, selection, raise_on_error=False)
         seconds = time.perf_counter() - start
         stats = instance.get_run_step_stats(result.run_id)
     steps = {s.step_key: round((s.end_time or 0) - (s.start_time or 0), 3) for s in stats}
@@ -181,12 +180,15 @@ def bench_job():
     from meddiag_pipelines.definitions import build_definitions
 
     spec = _spec()
-    return build_definitions([spec], Path(os.environ["MEDDIAG_DATA_DIR"])).resolve_job_def(f"{spec.name}_job")
+    return build_definitions([spec], Path(os.environ["MEDDIAG_DATA_DIR"])).resolve_implicit_global_asset_job_def()
 
 
 def run_executor(rows: int, executor: str, selection: list[str] | None = None) -> dict:
     """Child: the tiny task through execute_job with the chosen executor (MEDDIAG_EXECUTOR)."""
     import dagster as dg
+
+    from meddiag_pipelines.definitions import build_definitions
+    from meddiag_pipelines.update import whole_task_run
 
     root = _fresh_root(f"exec_{executor}", rows)
     os.environ["MEDDIAG_DATA_DIR"] = str(root)
@@ -194,10 +196,11 @@ def run_executor(rows: int, executor: str, selection: list[str] | None = None) -
         os.environ["MEDDIAG_EXECUTOR"] = "multiprocess"
     else:
         os.environ.pop("MEDDIAG_EXECUTOR", None)
-    keys = [dg.AssetKey([SPEC["name"], s]) for s in selection] if selection else None
     with dg.instance_for_test() as instance:
         start = time.perf_counter()
-        result = dg.execute_job(dg.reconstructable(bench_job), instance=instance, asset_selection=keys, raise_on_error=False)
+        keys, tags = whole_task_run(build_definitions([_spec()], root), _spec(), instance, selection)
+        result = dg.execute_job(dg.reconstructable(bench_job), instance=instance, asset_selection=keys, tags=tags,
+                                raise_on_error=False)  # fmt: skip
         seconds = time.perf_counter() - start
         n_steps = len(instance.get_run_step_stats(result.run_id))
     return {"seconds": seconds, "success": result.success, "n_steps": n_steps}

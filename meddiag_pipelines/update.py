@@ -139,20 +139,26 @@ def update_task(spec: TaskSpec, instance: dg.DagsterInstance, partition: str | N
     return outcome
 
 
-def run_task_in_process(defs: dg.Definitions, spec: TaskSpec, instance: dg.DagsterInstance,
-                        selection: list[str] | None = None, **kwargs) -> dg.ExecuteInProcessResult:  # fmt: skip
-    """For tests: register the task's new batches, then ONE in-process run of its assets (``selection``: asset
-    names of the task; default all) over every partition, as the task job ran before batches were partitions."""
+def whole_task_run(defs: dg.Definitions, spec: TaskSpec, instance: dg.DagsterInstance,
+                   selection: list[str] | None = None) -> tuple[list[dg.AssetKey], dict]:  # fmt: skip
+    """For tests and benches: register the task's new batches, and give the asset keys (``selection``: asset
+    names of the task; default all) and tags of ONE run over every partition, as the task job ran before batches
+    were partitions."""
     plan_batches(spec, defs.resources["storage"], instance)
     keys = instance.get_dynamic_partitions(batch_partitions(spec).name)
-    job = defs.resolve_implicit_global_asset_job_def()
-    batch_keys, downstream = group_keys(job, spec)
+    batch_keys, downstream = group_keys(defs.resolve_implicit_global_asset_job_def(), spec)
     chosen = [k for k in batch_keys + downstream if selection is None or k.path[-1] in selection]
-    tags = {**run_tags(spec, "test"), **({RANGE_START: keys[0], RANGE_END: keys[-1]} if keys else {}),
-            **kwargs.pop("tags", {})}  # fmt: skip
     if not keys:  # nothing landed: only the unpartitioned assets can run
         chosen = [k for k in chosen if k in downstream]
-    return job.execute_in_process(instance=instance, tags=tags, asset_selection=chosen, **kwargs)
+    return chosen, {**run_tags(spec, "test"), **({RANGE_START: keys[0], RANGE_END: keys[-1]} if keys else {})}
+
+
+def run_task_in_process(defs: dg.Definitions, spec: TaskSpec, instance: dg.DagsterInstance,
+                        selection: list[str] | None = None, **kwargs) -> dg.ExecuteInProcessResult:  # fmt: skip
+    """:func:`whole_task_run`, executed in this process."""
+    chosen, tags = whole_task_run(defs, spec, instance, selection)
+    return defs.resolve_implicit_global_asset_job_def().execute_in_process(
+        instance=instance, tags={**tags, **kwargs.pop("tags", {})}, asset_selection=chosen, **kwargs)
 
 
 def instance_home() -> Path:

@@ -14,6 +14,7 @@ import yaml
 
 from meddiag_pipelines.defs.assets.imaging import read_image_records
 from meddiag_pipelines.definitions import build_definitions
+from meddiag_pipelines.update import run_task_in_process
 from meddiag_pipelines.draft import draft_spec
 from meddiag_pipelines.ingestion.batches import ingest_new_batches, validate_pending_batches
 from meddiag_pipelines.ingestion.warehouse import Warehouse
@@ -89,8 +90,8 @@ def test_packaged_dataset_from_init_to_report(task: str, tmp_path: Path):
     drafted = yaml.safe_load(draft_spec(task, batch))
     assert drafted["label"] == label
     spec = TaskSpec.model_validate({**drafted, **SPEED})
-    result = build_definitions([spec], layout.root).resolve_job_def(f"{task}_job").execute_in_process(
-        instance=dg.DagsterInstance.ephemeral(), raise_on_error=False)  # fmt: skip
+    result = run_task_in_process(build_definitions([spec], layout.root), spec, dg.DagsterInstance.ephemeral(),
+                                 raise_on_error=False)  # fmt: skip
     report = layout.reports(task) / "latest"
     assert (report / "report.html").is_file(), [e.message for e in result.all_events if e.is_failure]
     metrics = json.loads((report / "metrics.json").read_text())

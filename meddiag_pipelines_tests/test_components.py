@@ -74,7 +74,8 @@ def test_a_defs_yaml_naming_a_spec_builds_that_task(tmp_path):
             assert isinstance(component, TaskComponent)
             built = summary(dg.Definitions.merge(defs, dg.Definitions(resources=build_resources(tmp_path / "data"))))
     assert built["assets"] == {f"sepsis_risk/{a}" for a in TASK_ASSETS}
-    assert built["jobs"] == {"sepsis_risk_job"} and built["sensors"] == {"sepsis_risk_landing_sensor"}
+    assert built["jobs"] == {"sepsis_risk_batches_job"}
+    assert built["sensors"] == {"sepsis_risk_landing_sensor", "sepsis_risk_automation"}
 
 
 @pytest.mark.parametrize("problem", ["missing", "invalid"])

@@ -10,6 +10,7 @@ import polars as pl
 import pytest
 
 from meddiag_pipelines.definitions import build_definitions
+from meddiag_pipelines.update import run_task_in_process
 from meddiag_pipelines.layout import DataLayout
 from meddiag_pipelines.specs import BUNDLED_TASKS_DIR, TaskSpec, load_spec
 from meddiag_pipelines_tests.conftest import land, synthetic_records
@@ -22,7 +23,7 @@ pytestmark = pytest.mark.slow
 def _run(specs: list[TaskSpec], root: Path, instance) -> None:
     defs = build_definitions(specs, root)
     for spec in specs:
-        result = defs.resolve_job_def(f"{spec.name}_job").execute_in_process(instance=instance, raise_on_error=False)
+        result = run_task_in_process(defs, spec, instance, raise_on_error=False)
         assert result.success, spec.name
 
 

@@ -21,6 +21,7 @@ import polars as pl
 import pytest
 
 from meddiag_pipelines.definitions import build_definitions
+from meddiag_pipelines.update import run_task_in_process
 from meddiag_pipelines.specs import TaskSpec
 from meddiag_pipelines_tests.conftest import synthetic_records
 from meddiag_pipelines_tests.test_crash_safety import FAST_SPEC, TASK, land_batch
@@ -73,7 +74,7 @@ def test_no_identifier_canary_leaks_from_an_in_process_run(tmp_path, caplog, cap
     spec = TaskSpec.model_validate({**FAST_SPEC, "exclude": ["notes"]})
     defs = build_definitions([spec], data)
     with caplog.at_level(logging.DEBUG), dg.instance_for_test(temp_dir=str(home)) as instance:
-        result = defs.resolve_job_def(f"{TASK}_job").execute_in_process(instance=instance, raise_on_error=False)
+        result = run_task_in_process(defs, spec, instance, raise_on_error=False)
         events = event_log_text(instance)
     assert result.success
     printed = capfd.readouterr()
