@@ -1,0 +1,144 @@
+"""A real PostgreSQL server for tests: ``initdb`` + ``pg_ctl`` in a temporary folder, one per test module.
+
+The server listens only on a unix socket in its own folder (no TCP port, so nothing else on the machine can reach
+it), trusts its one local user, and is stopped by its PID when the module ends. PostgreSQL refuses to run as
+root: as root, the server runs as the ``postgres`` user the Debian package creates (or ``nobody``).
+Each test gets a database of its own on the shared server (``postgres_url``), so tests never see each other's runs.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+USER = "meddiag"  # the server's superuser (a database role, not a system user)
+START_TIMEOUT_S = 60
+
+
+def pg_bin() -> Path | None:
+    """The folder of ``initdb`` and ``pg_ctl``: on PATH, else the newest Debian install."""
+    found = shutil.which("initdb")
+    if found:
+        return Path(found).resolve().parent
+    installed = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parts[-3]))
+    return installed[-1].parent if installed else None
+
+
+def _system_user() -> str | None:
+    """The unprivileged user to run the server as (None: this process is not root, it runs as itself)."""
+    if os.geteuid() != 0:
+        return None
+    for name in ("postgres", "nobody"):
+        try:
+            pwd.getpwnam(name)
+            return name
+        except KeyError:
+            continue
+    pytest.skip("running as root and neither a postgres nor a nobody user exists to run PostgreSQL as")
+
+
+def _free_port() -> int:
+    """A port number for the socket file's name (.s.PGSQL.<port>); PostgreSQL also refuses one already taken."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class PostgresServer:
+    bin: Path
+    folder: Path
+    port: int
+    as_user: str | None
+
+    @property
+    def socket_dir(self) -> Path:
+        return self.folder / "socket"
+
+    def url(self, database: str = "postgres") -> str:
+        """The SQLAlchemy URL dagster-postgres takes (psycopg2 named: SQLAlchemy 2.1's default driver is psycopg 3)."""
+        return f"postgresql+psycopg2://{USER}@/{database}?host={self.socket_dir}&port={self.port}"
+
+    def command(self, tool: str, *args: str, **kwargs) -> subprocess.CompletedProcess:
+        argv = [str(self.bin / tool), *args]
+        if self.as_user:
+            argv = ["runuser", "-u", self.as_user, "--", *argv]
+        return subprocess.run(argv, capture_output=True, text=True, check=True, timeout=START_TIMEOUT_S, **kwargs)
+
+    def psql(self, database: str, sql: str) -> list[str]:
+        """The rows of one query, each as its columns joined by ``|`` (psql's unaligned output)."""
+        done = self.command("psql", "-X", "-At", "-v", "ON_ERROR_STOP=1", "-h", str(self.socket_dir), "-p", str(self.port),
+                            "-U", USER, "-d", database, "-c", sql)  # fmt: skip
+        return done.stdout.splitlines()
+
+    def pid(self) -> int | None:
+        pidfile = self.folder / "data" / "postmaster.pid"
+        return int(pidfile.read_text().split()[0]) if pidfile.is_file() else None
+
+
+def _start(bin_dir: Path) -> PostgresServer:
+    folder = Path(tempfile.mkdtemp(prefix="meddiag-pg-"))  # short: a socket path is limited to ~100 bytes
+    server = PostgresServer(bin_dir, folder, _free_port(), _system_user())
+    server.socket_dir.mkdir()
+    if server.as_user:
+        entry = pwd.getpwnam(server.as_user)
+        for path in (folder, server.socket_dir):
+            os.chown(path, entry.pw_uid, entry.pw_gid)
+    data = str(folder / "data")
+    server.command("initdb", "-D", data, "-U", USER, "-A", "trust", "-E", "UTF8", "--no-sync", cwd=folder)
+    options = f"-c listen_addresses='' -c unix_socket_directories={server.socket_dir} -p {server.port} -c fsync=off"
+    server.command("pg_ctl", "start", "-D", data, "-w", "-t", str(START_TIMEOUT_S), "-o", options,
+                   "-l", str(folder / "server.log"), cwd=folder)  # fmt: skip
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while subprocess.run([str(bin_dir / "pg_isready"), "-h", str(server.socket_dir), "-p", str(server.port)],
+                         capture_output=True).returncode != 0:  # fmt: skip
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"PostgreSQL did not accept connections within {START_TIMEOUT_S}s; see {folder}/server.log")
+        time.sleep(0.2)
+    return server
+
+
+def _stop(server: PostgresServer) -> None:
+    pid = server.pid()
+    try:
+        server.command("pg_ctl", "stop", "-D", str(server.folder / "data"), "-m", "fast", "-w")
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired):
+        if pid is not None:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    shutil.rmtree(server.folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def postgres_server():
+    """One PostgreSQL server for the test module."""
+    bin_dir = pg_bin()
+    if bin_dir is None:
+        pytest.skip("PostgreSQL is not installed (no initdb on PATH or under /usr/lib/postgresql/*/bin): "
+                    "apt-get install postgresql")  # fmt: skip
+    server = _start(bin_dir)
+    try:
+        yield server
+    finally:
+        _stop(server)
+
+
+@pytest.fixture
+def postgres_url(postgres_server):
+    """A fresh, empty database on the module's server, as a connection URL."""
+    name = f"test_{uuid.uuid4().hex[:12]}"
+    postgres_server.psql("postgres", f"CREATE DATABASE {name}")
+    return postgres_server.url(name)
