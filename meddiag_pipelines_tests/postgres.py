@@ -1,8 +1,9 @@
 """A real PostgreSQL server for tests: ``initdb`` + ``pg_ctl`` in a temporary folder, one per test module.
 
-The server listens only on a unix socket in its own folder (no TCP port, so nothing else on the machine can reach
-it), trusts its one local user, and is stopped by its PID when the module ends. PostgreSQL refuses to run as
-root: as root, the server runs as the ``postgres`` user the Debian package creates (or ``nobody``).
+The server listens only on a unix socket in its own folder (no TCP port; the folder is the server user's alone,
+so no other user of the machine can reach it), trusts its one role, and is stopped by its PID when the module
+ends. PostgreSQL refuses to run as root: as root, the server runs as the ``postgres`` user the Debian package
+creates (or ``nobody``).
 Each test gets a database of its own on the shared server (``postgres_url``), so tests never see each other's runs.
 """
 
@@ -12,10 +13,8 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
-import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,9 @@ from pathlib import Path
 import pytest
 
 USER = "meddiag"  # the server's superuser (a database role, not a system user)
+# Only names the socket file (.s.PGSQL.5432) in the server's own folder: with no TCP listener, servers of several
+# test sessions at once cannot collide, so no free port is needed.
+PORT = 5432
 START_TIMEOUT_S = 60
 
 
@@ -48,13 +50,6 @@ def _system_user() -> str | None:
     pytest.skip("running as root and neither a postgres nor a nobody user exists to run PostgreSQL as")
 
 
-def _free_port() -> int:
-    """A port number for the socket file's name (.s.PGSQL.<port>); PostgreSQL also refuses one already taken."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @dataclass
 class PostgresServer:
     bin: Path
@@ -70,50 +65,58 @@ class PostgresServer:
         """The SQLAlchemy URL dagster-postgres takes (psycopg2 named: SQLAlchemy 2.1's default driver is psycopg 3)."""
         return f"postgresql+psycopg2://{USER}@/{database}?host={self.socket_dir}&port={self.port}"
 
-    def command(self, tool: str, *args: str, **kwargs) -> subprocess.CompletedProcess:
+    @property
+    def address(self) -> list[str]:
+        return ["-h", str(self.socket_dir), "-p", str(self.port)]
+
+    def command(self, tool: str, *args: str) -> str:
+        """Run one PostgreSQL tool (as the server's user) in the server's folder; its stdout."""
         argv = [str(self.bin / tool), *args]
         if self.as_user:
             argv = ["runuser", "-u", self.as_user, "--", *argv]
-        return subprocess.run(argv, capture_output=True, text=True, check=True, timeout=START_TIMEOUT_S, **kwargs)
+        done = subprocess.run(argv, cwd=self.folder, capture_output=True, text=True, timeout=START_TIMEOUT_S)
+        if done.returncode != 0:
+            raise RuntimeError(f"{tool} failed ({done.returncode}): {done.stderr[-2000:]} "
+                               f"(server log: {self.folder}/server.log)")  # fmt: skip
+        return done.stdout
 
     def psql(self, database: str, sql: str) -> list[str]:
         """The rows of one query, each as its columns joined by ``|`` (psql's unaligned output)."""
-        done = self.command("psql", "-X", "-At", "-v", "ON_ERROR_STOP=1", "-h", str(self.socket_dir), "-p", str(self.port),
-                            "-U", USER, "-d", database, "-c", sql)  # fmt: skip
-        return done.stdout.splitlines()
+        return self.command("psql", "-X", "-At", "-v", "ON_ERROR_STOP=1", *self.address, "-U", USER, "-d", database,
+                            "-c", sql).splitlines()  # fmt: skip
 
     def pid(self) -> int | None:
         pidfile = self.folder / "data" / "postmaster.pid"
         return int(pidfile.read_text().split()[0]) if pidfile.is_file() else None
 
 
-def _start(bin_dir: Path) -> PostgresServer:
-    folder = Path(tempfile.mkdtemp(prefix="meddiag-pg-"))  # short: a socket path is limited to ~100 bytes
-    server = PostgresServer(bin_dir, folder, _free_port(), _system_user())
+def _new_server(bin_dir: Path) -> PostgresServer:
+    """A folder the server's user owns (short: a socket path is limited to about 100 bytes)."""
+    as_user = _system_user()
+    server = PostgresServer(bin_dir, Path(tempfile.mkdtemp(prefix="meddiag-pg-")), PORT, as_user)
     server.socket_dir.mkdir()
     if server.as_user:
         entry = pwd.getpwnam(server.as_user)
-        for path in (folder, server.socket_dir):
+        for path in (server.folder, server.socket_dir):
             os.chown(path, entry.pw_uid, entry.pw_gid)
-    data = str(folder / "data")
-    server.command("initdb", "-D", data, "-U", USER, "-A", "trust", "-E", "UTF8", "--no-sync", cwd=folder)
+    return server
+
+
+def _start(server: PostgresServer) -> None:
+    """initdb, then pg_ctl start, which waits (-w) until the server accepts connections; pg_isready confirms."""
+    data = str(server.folder / "data")
+    server.command("initdb", "-D", data, "-U", USER, "-A", "trust", "-E", "UTF8", "--no-sync")
     options = f"-c listen_addresses='' -c unix_socket_directories={server.socket_dir} -p {server.port} -c fsync=off"
     server.command("pg_ctl", "start", "-D", data, "-w", "-t", str(START_TIMEOUT_S), "-o", options,
-                   "-l", str(folder / "server.log"), cwd=folder)  # fmt: skip
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while subprocess.run([str(bin_dir / "pg_isready"), "-h", str(server.socket_dir), "-p", str(server.port)],
-                         capture_output=True).returncode != 0:  # fmt: skip
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"PostgreSQL did not accept connections within {START_TIMEOUT_S}s; see {folder}/server.log")
-        time.sleep(0.2)
-    return server
+                   "-l", str(server.folder / "server.log"))  # fmt: skip
+    server.command("pg_isready", *server.address)
 
 
 def _stop(server: PostgresServer) -> None:
     pid = server.pid()
     try:
         server.command("pg_ctl", "stop", "-D", str(server.folder / "data"), "-m", "fast", "-w")
-    except (subprocess.CalledProcessError, subprocess.TimeoutExpired):
+    except (RuntimeError, subprocess.TimeoutExpired):
         if pid is not None:
             try:
                 os.kill(pid, signal.SIGKILL)
@@ -129,8 +132,9 @@ def postgres_server():
     if bin_dir is None:
         pytest.skip("PostgreSQL is not installed (no initdb on PATH or under /usr/lib/postgresql/*/bin): "
                     "apt-get install postgresql")  # fmt: skip
-    server = _start(bin_dir)
+    server = _new_server(bin_dir)
     try:
+        _start(server)
         yield server
     finally:
         _stop(server)

@@ -17,9 +17,16 @@ import dagster as dg
 import pytest
 import yaml
 from dagster._core.events import DagsterEvent, DagsterEventType
+from dagster._core.remote_origin import InProcessCodeLocationOrigin, RemoteRepositoryOrigin
 from dagster._core.storage.dagster_run import DagsterRunStatus
+from dagster._core.test_utils import create_test_daemon_workspace_context, freeze_time
+from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
+from dagster._core.workspace.load_target import PythonFileTarget
+from dagster._daemon.run_coordinator.queued_run_coordinator_daemon import QueuedRunCoordinatorDaemon
+from dagster._daemon.sensor import execute_sensor_iteration
 
 from meddiag_pipelines.defs.automation.landing import RANGE_END, RANGE_START, run_tags
+from meddiag_pipelines.layout import DataLayout
 from meddiag_pipelines.specs import TaskSpec
 from meddiag_pipelines_tests.conftest import REPO, SYNTHETIC_SPEC, fast, land, synthetic_records
 from meddiag_pipelines_tests.postgres import postgres_server, postgres_url  # noqa: F401 (fixtures)
@@ -78,8 +85,6 @@ def test_a_full_task_run_through_update_lives_in_postgres(tmp_path, home, postgr
     batch partitions are rows of PostgreSQL; DAGSTER_HOME holds no SQLite database."""
     data = tmp_path / "data"
     write_spec(tmp_path / "tasks")
-    from meddiag_pipelines.layout import DataLayout
-
     land(DataLayout(data), TASK, "b1", synthetic_records(120, seed=1))
     land(DataLayout(data), TASK, "b2", synthetic_records(120, seed=2, start=200))
     env = {**os.environ, "MEDDIAG_DATA_DIR": str(data), "MEDDIAG_TASKS_DIR": str(tmp_path / "tasks")}
@@ -92,7 +97,8 @@ def test_a_full_task_run_through_update_lives_in_postgres(tmp_path, home, postgr
     assert len(runs) == 2 and set(runs.values()) == {"SUCCESS"}
     for run_id in runs:  # each run's own events, its end included
         events = postgres_server.psql(db, f"SELECT dagster_event_type FROM event_logs WHERE run_id = '{run_id}'")
-        assert events.count(DagsterEventType.RUN_SUCCESS.value) == 1 and DagsterEventType.ASSET_MATERIALIZATION.value in events
+        assert events.count(DagsterEventType.RUN_SUCCESS.value) == 1
+        assert DagsterEventType.ASSET_MATERIALIZATION.value in events
     partitions = postgres_server.psql(db, f"SELECT partition FROM dynamic_partitions "
                                           f"WHERE partitions_def_name = '{PARTITIONS}' ORDER BY partition")  # fmt: skip
     assert partitions == ["b1", "b2"]
@@ -105,14 +111,10 @@ def test_a_full_task_run_through_update_lives_in_postgres(tmp_path, home, postgr
 
 
 @pytest.mark.slow
-def test_a_landing_sensor_tick_of_the_daemon_adds_the_partition_and_queues_its_run(tmp_path, instance, home,
-                                                                                   postgres_server, postgres_url):  # noqa: F811 # fmt: skip
+def test_a_landing_sensor_tick_of_the_daemon_adds_the_partition_and_queues_its_run(
+        tmp_path, instance, home, postgres_server, postgres_url):  # noqa: F811 # fmt: skip
     """The daemon's sensor iteration, in process, over a code server: the tick, the new partition and the
     requested run (QUEUED by the run coordinator) are in PostgreSQL; a second tick requests nothing more."""
-    from dagster._core.test_utils import create_test_daemon_workspace_context, freeze_time
-    from dagster._core.workspace.load_target import PythonFileTarget
-    from dagster._daemon.sensor import execute_sensor_iteration
-
     data = tmp_path / "data"
     spec_file = tmp_path / "tasks" / f"{TASK}.yaml"
     write_spec(spec_file.parent)
@@ -123,8 +125,6 @@ def test_a_landing_sensor_tick_of_the_daemon_adds_the_partition_and_queues_its_r
         from meddiag_pipelines.specs import load_spec
         defs = build_definitions([load_spec(Path({str(spec_file)!r}))], Path({str(data)!r}))
     """))
-    from meddiag_pipelines.layout import DataLayout
-
     land(DataLayout(data), TASK, "b1", synthetic_records(20, seed=1))
     target = PythonFileTarget(str(code), attribute="defs", working_directory=str(tmp_path), location_name="pg_test")
     logger = logging.getLogger("test_postgres_instance")
@@ -156,19 +156,15 @@ def task_job():
 def test_the_run_queue_holds_a_second_run_of_a_task_while_the_first_is_in_progress(instance):
     """Two runs of one task and one of another submitted to the queued run coordinator: the daemon's dequeue
     decision takes one run per task; the second of the task waits until the first has finished."""
-    from dagster._daemon.run_coordinator.queued_run_coordinator_daemon import QueuedRunCoordinatorDaemon
-
-    from dagster._core.remote_origin import InProcessCodeLocationOrigin, RemoteRepositoryOrigin
-    from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
-
     spec = TaskSpec.model_validate(SYNTHETIC_SPEC)
     other = TaskSpec.model_validate({**SYNTHETIC_SPEC, "name": "other_risk"})
-    # a submitted run names where its job's code lives (the daemon would launch it from there; here it is not launched)
+    # a submitted run names where its job's code lives (the daemon would launch it from there; here none is launched)
     location = InProcessCodeLocationOrigin(LoadableTargetOrigin(python_file=__file__, attribute=task_job.name))
     origin = RemoteRepositoryOrigin(location, "__repository__").get_job_origin(task_job.name)
     code = dg.reconstructable(task_job).get_python_origin()
-    first, second, elsewhere = (instance.create_run_for_job(task_job, tags=run_tags(s, "sensor"), remote_job_origin=origin,
-                                                            job_code_origin=code) for s in (spec, spec, other))  # fmt: skip
+    first, second, elsewhere = (instance.create_run_for_job(task_job, tags=run_tags(s, "sensor"),
+                                                            remote_job_origin=origin, job_code_origin=code)
+                                for s in (spec, spec, other))  # fmt: skip
     for run in (first, second, elsewhere):
         instance.submit_run(run.run_id, workspace=None)
         assert instance.get_run_by_id(run.run_id).status == DagsterRunStatus.QUEUED
