@@ -12,6 +12,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import dagster as dg
 import pytest
@@ -57,18 +58,17 @@ def instance(home):
 
 
 def database(url: str) -> str:
-    return url.split("/")[3].split("?")[0]
+    return urlsplit(url).path.lstrip("/")
 
 
 def sqlite_files(folder: Path) -> list[Path]:
     return [p for p in folder.rglob("*") if p.suffix == ".db" or p.name.endswith(".sqlite")]
 
 
-def write_spec(folder: Path) -> TaskSpec:
-    spec = fast(TaskSpec.model_validate(SYNTHETIC_SPEC))
+def write_spec(folder: Path) -> None:
+    """The synthetic task, with a small search, as a spec file of a MEDDIAG_TASKS_DIR."""
     folder.mkdir(exist_ok=True)
-    (folder / f"{TASK}.yaml").write_text(spec.model_dump_json())  # JSON is YAML
-    return spec
+    (folder / f"{TASK}.yaml").write_text(fast(TaskSpec.model_validate(SYNTHETIC_SPEC)).model_dump_json())  # JSON is YAML
 
 
 def test_the_deploy_instance_is_the_embedded_one_with_postgres_storage():
@@ -121,6 +121,7 @@ def test_a_landing_sensor_tick_of_the_daemon_adds_the_partition_and_queues_its_r
     code = tmp_path / "code.py"
     code.write_text(textwrap.dedent(f"""
         from pathlib import Path
+from urllib.parse import urlsplit
         from meddiag_pipelines.definitions import build_definitions
         from meddiag_pipelines.specs import load_spec
         defs = build_definitions([load_spec(Path({str(spec_file)!r}))], Path({str(data)!r}))
