@@ -48,11 +48,13 @@ def build_task_definitions(spec: TaskSpec) -> dg.Definitions:
     for item in BUILDERS[spec.modality](spec):
         if isinstance(item, dg.AssetChecksDefinition):
             checks.append(item)
-        elif item.partitions_def is None:
+        elif item.partitions_def is None or item.key.path[-1] == "predictions":
             assets.append(item.map_asset_specs(lambda a: a.replace_attributes(automation_condition=downstream_condition(spec))))
         else:
             assets.append(item)
-    batch_level = dg.AssetSelection.assets(*(a for a in assets if a.partitions_def is not None))
+    partitioned = {key for a in assets if a.partitions_def is not None for key in a.keys}
+    # Ingestion: partitioned assets fed by partitioned assets only (predictions follow the task-wide champion).
+    batch_level = dg.AssetSelection.assets(*(a for a in assets if a.keys <= partitioned and a.dependency_keys <= partitioned))
     # The tag lets dagster.yaml's run queue hold one run per task at a time.
     job = dg.define_asset_job(batch_job_name(spec), selection=batch_level, tags=run_tags(spec, "landing"),
                               description=f"Register and ingest {spec.name}'s new batches (one partition each).")  # fmt: skip

@@ -13,6 +13,7 @@ import pytest
 from meddiag_pipelines.definitions import build_definitions
 from meddiag_pipelines.defs.partitions import batch_partitions
 from meddiag_pipelines.registry.__main__ import main as registry_cli
+from meddiag_pipelines.update import run_task_in_process
 from meddiag_pipelines.registry.manifest import REPORT_FILES
 from meddiag_pipelines.registry.store import ModelRegistry
 from meddiag_pipelines_tests.conftest import land, synthetic_records
@@ -20,12 +21,16 @@ from meddiag_pipelines_tests.conftest import land, synthetic_records
 pytestmark = pytest.mark.slow
 
 
-def run(defs, instance, task: str, assets=None, **kwargs) -> dg.ExecuteInProcessResult:
-    """``assets``: these assets of the task; by default every asset but the partitioned predictions."""
-    keys = ([dg.AssetKey([task, a]) for a in assets] if assets else
-            [k for k in defs.resolve_asset_graph().get_all_asset_keys() if k.path[0] == task and k.path[-1] != "predictions"])  # fmt: skip
-    result = defs.resolve_implicit_global_asset_job_def().execute_in_process(instance=instance, asset_selection=keys,
-                                                                             **kwargs)  # fmt: skip
+def run(defs, instance, spec, assets=None, **kwargs) -> dg.ExecuteInProcessResult:
+    """``assets``: these assets of the task (with the partition given); by default the whole task but the
+    partitioned predictions, its new batches registered and ingested in the same run."""
+    if assets is None:
+        names = {k.path[-1] for k in defs.resolve_asset_graph().get_all_asset_keys() if k.path[0] == spec.name}
+        result = run_task_in_process(defs, spec, instance, sorted(names - {"predictions"}), **kwargs)
+    else:
+        keys = [dg.AssetKey([spec.name, a]) for a in assets]
+        result = defs.resolve_implicit_global_asset_job_def().execute_in_process(instance=instance, asset_selection=keys,
+                                                                                 **kwargs)  # fmt: skip
     assert result.success
     return result
 
@@ -50,7 +55,7 @@ def test_versions_keep_their_reports_and_a_new_champion_adds_predictions(synthet
     defs = build_definitions([spec], layout.root)
     latest = layout.reports(task) / "latest.json"
     with dg.instance_for_test() as instance:
-        first = run(defs, instance, task)
+        first = run(defs, instance, spec)
         v1 = registry.champion(task)["version"]
         v1_dir = registry.version_dir(task, v1)
         assert {f for f in REPORT_FILES if (v1_dir / f).is_file()} == set(REPORT_FILES)
@@ -60,20 +65,20 @@ def test_versions_keep_their_reports_and_a_new_champion_adds_predictions(synthet
         assert (layout.reports(task) / "latest" / "metrics.json").read_bytes() == (v1_dir / "metrics.json").read_bytes()
         v1_files = snapshot(v1_dir)
 
-        instance.add_dynamic_partitions(batch_partitions(spec).name, ["batch_0001", "batch_0002"])
-        labelled_only = run(defs, instance, task, ["predictions"], partition_key="batch_0001")
+        assert instance.get_dynamic_partitions(batch_partitions(spec).name) == ["batch_0001", "batch_0002"]
+        labelled_only = run(defs, instance, spec, ["predictions"], partition_key="batch_0001")
         assert metadata(labelled_only, task, "predictions")["note"].startswith("nothing to score")
-        run(defs, instance, task, ["predictions"], partition_key="batch_0002")
+        run(defs, instance, spec, ["predictions"], partition_key="batch_0002")
         scored = layout.predictions(task) / "batch_0002"
         old_predictions = (scored / f"{v1}.parquet").read_bytes()
 
         land(layout, task, "batch_0003", synthetic_records(200, seed=3, start=405))
-        second = run(defs, instance, task)
+        second = run(defs, instance, spec)
         assert metadata(second, task, "champion")["published"]
         v2 = json.loads(latest.read_text())["version"]
         assert registry.versions(task) == [v1, v2]
         registry.set_champion(task, v2, "test: the new version in force")
-        run(defs, instance, task, ["predictions"], tags={"dagster/asset_partition_range_start": "batch_0001",
+        run(defs, instance, spec, ["predictions"], tags={"dagster/asset_partition_range_start": "batch_0001",
                                                          "dagster/asset_partition_range_end": "batch_0002"})  # fmt: skip
         assert sorted(p.name for p in scored.iterdir()) == sorted([f"{v1}.parquet", f"{v2}.parquet"])
         assert (scored / f"{v1}.parquet").read_bytes() == old_predictions
@@ -82,7 +87,7 @@ def test_versions_keep_their_reports_and_a_new_champion_adds_predictions(synthet
             assert frame.height == 5 and set(frame["model_version"]) == {version} and set(frame["batch"]) == {"batch_0002"}
         assert not (layout.predictions(task) / "batch_0001").exists()
 
-        unchanged = run(defs, instance, task)  # no new data: nothing published, nothing left staged
+        unchanged = run(defs, instance, spec)  # no new data: nothing published, nothing left staged
         assert not metadata(unchanged, task, "champion")["published"]
         assert registry.versions(task) == [v1, v2] and not list((registry.task_dir(task) / ".staging").iterdir())
         pointer = json.loads(latest.read_text())

@@ -53,7 +53,7 @@ def test_a_moved_data_root_keeps_working_and_names_no_old_path(tmp_path, synthet
         _run(specs, new, instance)
 
     for spec, n in ((synthetic_spec, 6), (image_spec, 4)):
-        scored = pl.read_parquet(layout.predictions(spec.name) / "batch_0002.parquet")
+        [scored] = [pl.read_parquet(f) for f in (layout.predictions(spec.name) / "batch_0002").glob("*.parquet")]
         assert scored.height == n and scored["model_version"].null_count() == 0
     with duckdb.connect(str(layout.warehouse_db()), read_only=True) as con:  # the views follow the root
         con.execute(f"set file_search_path = '{layout.warehouse()}'")

@@ -2,6 +2,7 @@
 would retrain and promote every task. The project's executor refuses that run before its first step."""
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,15 +15,20 @@ from meddiag_pipelines_tests.conftest import REPO
 DAGSTER = Path(sys.executable).with_name("dagster")
 
 
-def _materialize(tmp_path: Path, selection: str) -> tuple[subprocess.CompletedProcess, dg.DagsterInstance]:
-    home, data = tmp_path / "home", tmp_path / "data"
+def _home(tmp_path: Path) -> Path:
+    home = tmp_path / "home"
     home.mkdir(exist_ok=True)
-    data.mkdir(exist_ok=True)
     (home / "dagster.yaml").write_text((REPO / "dagster_home" / "dagster.yaml").read_text())
+    return home
+
+
+def _materialize(tmp_path: Path, selection: str, *extra: str) -> tuple[subprocess.CompletedProcess, dg.DagsterInstance]:
+    home, data = _home(tmp_path), tmp_path / "data"
+    data.mkdir(exist_ok=True)
     env = {**os.environ, "DAGSTER_HOME": str(home), "MEDDIAG_DATA_DIR": str(data), "PYTHONPATH": str(REPO)}
     env.pop("MEDDIAG_TASKS_DIR", None)
     done = subprocess.run([str(DAGSTER), "asset", "materialize", "-m", "meddiag_pipelines.definitions", "--select",
-                           selection], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
+                           selection, *extra], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
     return done, dg.DagsterInstance.from_config(str(home))
 
 
@@ -42,6 +48,11 @@ def test_a_selection_that_matches_nothing_runs_nothing(tmp_path):
 
 @pytest.mark.slow
 def test_a_selection_that_names_assets_still_runs(tmp_path):
-    done, instance = _materialize(tmp_path, "heart_disease/raw_records")
+    """A batch-level asset named with its partition (a landed batch registered in the instance)."""
+    shutil.copytree(REPO / "data" / "landing" / "heart_disease" / "batch_0001",
+                    tmp_path / "data" / "landing" / "heart_disease" / "batch_0001")  # fmt: skip
+    with dg.DagsterInstance.from_config(str(_home(tmp_path))) as instance:
+        instance.add_dynamic_partitions("heart_disease__batches", ["batch_0001"])
+    done, instance = _materialize(tmp_path, "heart_disease/raw_records", "--partition", "batch_0001")
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     assert _materialized(instance) == {"heart_disease/raw_records"}
