@@ -42,6 +42,17 @@ def run_version(context: dg.AssetExecutionContext) -> str:
     return run_name(record.create_timestamp.timestamp() if record else time.time(), context.run_id)
 
 
+def feature_outs(spec: TaskSpec, tags: dict, features: str, plan: str, kinds: frozenset = frozenset({"polars"})) -> dict:
+    """The two outputs of every modality's ``features`` step: the rows the models read (a table) and the plan
+    that makes them (a value); ``features`` and ``plan`` describe them."""
+    return {
+        "features": dg.AssetOut(key=[spec.name, "features"], io_manager_key="warehouse_io_manager", kinds=set(kinds),
+                                description=f"{spec.name}: {features}", **tags),
+        "feature_plan": dg.AssetOut(key=[spec.name, "feature_plan"], kinds={"python"}, description=f"{spec.name}: {plan}",
+                                    **tags),
+    }  # fmt: skip
+
+
 def markdown_table(rows: list[dict], limit: int = 40) -> str:
     """Rows as a Markdown table for Dagster metadata; every cell (batch and file names, problems) is escaped."""
     if not rows:

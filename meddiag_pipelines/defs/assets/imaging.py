@@ -181,15 +181,10 @@ def build_image_assets(spec: TaskSpec) -> list:
     @dg.multi_asset(
         name=f"{name}__features",
         pool=common.pool(spec),
-        outs={
-            "features": dg.AssetOut(key=[name, "features"], io_manager_key="warehouse_io_manager", kinds={"polars", "numpy"},
-                                    description=f"{name}: the rows whose images are in the preprocessed tensor cache "
-                                    f"(<data>/cache/{name}/, uint8 {image.channels} x {image.size} x {image.size}, "
-                                    "memory-mapped, rebuilt only for new batches), with keys and split.", **tags),
-            "feature_plan": dg.AssetOut(key=[name, "feature_plan"], kinds={"python"},
-                                        description=f"{name}: where the tensor cache is and the image shape it holds.",
-                                        **tags),
-        },  # fmt: skip
+        outs=common.feature_outs(spec, tags, f"the rows whose images are in the preprocessed tensor cache "
+                                 f"(<data>/cache/{name}/, uint8 {image.channels} x {image.size} x {image.size}, "
+                                 "memory-mapped, rebuilt only for new batches), with keys and split.",
+                                 "where the tensor cache is and the image shape it holds.", frozenset({"polars", "numpy"})),
     )
     def features(context: dg.AssetExecutionContext, storage: MeddiagStorage, split: pl.DataFrame):
         cache_dir = storage.layout.cache(name)

@@ -127,14 +127,9 @@ def build_tabular_assets(spec: TaskSpec) -> list:
     @dg.multi_asset(
         name=f"{name}__features",
         pool=common.pool(spec),
-        outs={
-            "features": dg.AssetOut(key=[name, "features"], io_manager_key="warehouse_io_manager", kinds={"polars"},
-                                    description=f"{name}: model inputs (imputed, indicator and one-hot columns "
-                                    f"prefixed {FEATURE_PREFIX}) beside the keys and split.", **tags),
-            "feature_plan": dg.AssetOut(key=[name, "feature_plan"], kinds={"python"},
-                                        description=f"{name}: imputation and encoding fitted on training rows only.",
-                                        **tags),
-        },  # fmt: skip
+        outs=common.feature_outs(spec, tags, f"model inputs (imputed, indicator and one-hot columns prefixed "
+                                 f"{FEATURE_PREFIX}) beside the keys and split.",
+                                 "imputation and encoding fitted on training rows only."),
     )
     def features(context: dg.AssetExecutionContext, split: pl.DataFrame):
         frame, plan = feature_table(split, spec)

@@ -112,13 +112,9 @@ def build_text_assets(spec: TaskSpec) -> list:
     @dg.multi_asset(
         name=f"{name}__features",
         pool=common.pool(spec),
-        outs={
-            "features": dg.AssetOut(key=[name, "features"], io_manager_key="warehouse_io_manager", kinds={"polars"},
-                                    description=f"{name}: the scrubbed text as is beside the keys and split (the "
-                                    "models build their own n-gram features, fitted on training rows only).", **tags),
-            "feature_plan": dg.AssetOut(key=[name, "feature_plan"], kinds={"python"},
-                                        description=f"{name}: which column holds the text the models read.", **tags),
-        },  # fmt: skip
+        outs=common.feature_outs(spec, tags, "the scrubbed text as is beside the keys and split (the models build "
+                                 "their own n-gram features, fitted on training rows only).",
+                                 "which column holds the text the models read."),
     )
     def features(context: dg.AssetExecutionContext, split: pl.DataFrame):
         frame = split.select(*key_columns_in(split, spec), pl.col(spec.text).cast(pl.String))
