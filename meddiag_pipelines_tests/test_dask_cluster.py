@@ -1,0 +1,158 @@
+"""A real Dask scheduler and two workers, started as separate processes for this module: tasks run end to end
+through ``MEDDIAG_EXECUTOR=dask`` (``python -m meddiag_pipelines update``), their steps in the workers' processes,
+with the metrics of the in-process run. One worker carries the resource label ``GPU=1`` (a fake one: no GPU)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import dagster as dg
+import pytest
+import yaml
+
+from meddiag_pipelines.layout import DataLayout
+from meddiag_pipelines_tests.conftest import REPO, SYNTHETIC_SPEC, land, synthetic_records
+from meddiag_pipelines_tests.test_text_pipeline import icd_rows
+
+distributed = pytest.importorskip("distributed")  # the `scale` extra
+
+BIN = Path(sys.executable).parent
+TABULAR, TEXT = "dask_risk", "dask_notes"
+SPECS = {
+    TABULAR: {**SYNTHETIC_SPEC, "name": TABULAR, "training": {"trials": 2, "timeout_s": 20, "max_rounds": 200},
+              "evaluation": {"n_bootstrap": 200}},
+    TEXT: {"name": TEXT, "modality": "text", "description": "ICD-10-CM descriptions (test task)", "label": "chapter",
+           "text": "description", "id": "code", "patient_id": "category", "min_text_chars": 3,
+           "classes": ["circulatory", "eye", "infectious", "neoplasms"], "evaluation": {"n_bootstrap": 100},
+           "training": {"epochs": 3, "batch_size": 32, "learning_rate": 0.01, "patience": 2, "time_budget_s": 60},
+           "promotion": {"auroc_floor": 0.6}},
+}  # fmt: skip
+
+
+@dataclass
+class Cluster:
+    address: str
+    pids: dict[str, int]  # worker address -> its process id
+    gpu_worker: str  # the address of the worker started with --resources GPU=1
+    env: dict[str, str]  # what the workers were started with: the runs' processes need the same
+
+
+def _start(args: list[str], env: dict, log: Path) -> subprocess.Popen:
+    with log.open("w") as out:
+        return subprocess.Popen([str(BIN / "dask"), *args], env=env, stdout=out, stderr=subprocess.STDOUT)
+
+
+def _stop(processes: list[subprocess.Popen]) -> None:
+    for process in reversed(processes):
+        if process.poll() is None:
+            os.kill(process.pid, signal.SIGTERM)
+    for process in processes:
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.kill(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def _address(scheduler_file: Path, scheduler: subprocess.Popen) -> str:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and scheduler.poll() is None:
+        if scheduler_file.is_file() and scheduler_file.stat().st_size:
+            return json.loads(scheduler_file.read_text())["address"]
+        time.sleep(0.2)
+    raise RuntimeError("the Dask scheduler did not start")
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory) -> Cluster:
+    """Scheduler + 2 single-thread workers (no nanny: the worker's pid is the process that runs the steps),
+    with the environment a run on them needs: the package, the data root, the spec folder, the executor."""
+    root = tmp_path_factory.mktemp("dask")
+    (root / "tasks").mkdir()
+    for name, spec in SPECS.items():
+        (root / "tasks" / f"{name}.yaml").write_text(yaml.safe_dump(spec))
+    env = {**os.environ, "PYTHONPATH": str(REPO), "MEDDIAG_DATA_DIR": str(root / "data"),
+           "MEDDIAG_TASKS_DIR": str(root / "tasks"), "MEDDIAG_EXECUTOR": "dask", "MEDDIAG_FORCE_CPU": "1"}  # fmt: skip
+    processes = [_start(["scheduler", "--host", "127.0.0.1", "--port", "0", "--dashboard-address", ":0",
+                         "--scheduler-file", str(root / "scheduler.json")], env, root / "scheduler.log")]  # fmt: skip
+    try:
+        address = _address(root / "scheduler.json", processes[0])
+        env["MEDDIAG_DASK_ADDRESS"] = address
+        for i, extra in enumerate([["--resources", "GPU=1"], []]):
+            processes.append(_start(["worker", address, "--nworkers", "1", "--nthreads", "1", "--no-nanny",
+                                     "--no-dashboard", "--name", f"w{i}", *extra], env, root / f"worker{i}.log"))  # fmt: skip
+        with distributed.Client(address, timeout=60) as client:
+            client.wait_for_workers(2, timeout=120)
+            pids = client.run(os.getpid)
+            workers = client.scheduler_info(n_workers=-1)["workers"]
+        gpu = next(a for a, w in workers.items() if w.get("resources", {}).get("GPU"))
+        yield Cluster(address, pids, gpu, env)
+    finally:
+        _stop(processes)
+
+
+def land_tasks(data: Path) -> None:
+    """The same batches for every run: a tabular task and a text task."""
+    layout = DataLayout(data)
+    land(layout, TABULAR, "batch_0001", synthetic_records(400, seed=3))
+    land(layout, TEXT, "batch_0001", icd_rows(40))
+
+
+def update(env: dict, home: Path, task: str) -> subprocess.CompletedProcess:
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "dagster.yaml").write_text((REPO / "dagster_home" / "dagster.yaml").read_text())
+    done = subprocess.run([sys.executable, "-m", "meddiag_pipelines", "update", task], cwd=REPO, capture_output=True,
+                          text=True, timeout=600, env={**env, "DAGSTER_HOME": str(home)})  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done
+
+
+def step_pids(home: Path) -> dict[str, set[int]]:
+    """Step key -> the process ids its events came from, over every run of the instance."""
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        records = instance.get_event_records(dg.EventRecordsFilter(event_type=dg.DagsterEventType.STEP_START))
+    found: dict[str, set[int]] = {}
+    for record in records:
+        event = record.event_log_entry.dagster_event
+        found.setdefault(event.step_key, set()).add(event.pid)
+    return found
+
+
+def headline(data: Path, task: str) -> dict[str, float]:
+    metrics = json.loads((DataLayout(data).reports(task) / "latest" / "metrics.json").read_text())
+    return metrics
+
+
+@pytest.fixture(scope="module")
+def runs(cluster, tmp_path_factory) -> dict:
+    """Both tasks through the cluster, and the same data in-process (another data root and instance)."""
+    data = Path(cluster.env["MEDDIAG_DATA_DIR"])
+    local = tmp_path_factory.mktemp("in_process")
+    land_tasks(data)
+    land_tasks(local / "data")
+    local_env = {k: v for k, v in cluster.env.items() if k not in ("MEDDIAG_EXECUTOR", "MEDDIAG_DASK_ADDRESS")}
+    local_env["MEDDIAG_DATA_DIR"] = str(local / "data")
+    home = data.parent / "home"
+    for task in SPECS:
+        update(cluster.env, home, task)
+        update(local_env, local / "home", task)
+    return {"home": home, "data": data, "local": local / "data"}
+
+
+@pytest.mark.slow
+def test_steps_run_in_the_worker_processes_with_the_in_process_metrics(cluster, runs):
+    pids = step_pids(runs["home"])
+    for task in SPECS:
+        steps = {k: p for k, p in pids.items() if k.startswith(f"{task}__")}
+        assert {f"{task}__raw_records", f"{task}__champion"} <= set(steps), sorted(steps)
+        assert set().union(*steps.values()) <= set(cluster.pids.values()), (steps, cluster.pids)
+        dask, local = headline(runs["data"], task), headline(runs["local"], task)
+        print(task, json.dumps(dask)[:2000], json.dumps(local)[:2000])
+        assert dask == local
