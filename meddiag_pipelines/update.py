@@ -63,11 +63,22 @@ def update_job():
 
 
 def group_keys(job: dg.JobDefinition, spec: TaskSpec) -> tuple[list[dg.AssetKey], list[dg.AssetKey]]:
-    """The task's batch-level (partitioned) asset keys and the others."""
+    """The task's batch-level asset keys (partitioned, fed by partitioned assets only: ingestion) and the others
+    (the unpartitioned steps, and partitioned ones that follow them, such as ``predictions``)."""
     layer = job.asset_layer
     keys = [k for k in layer.executable_asset_keys if layer.get(k).group_name == spec.name]
-    batch = [k for k in keys if layer.get(k).partitions_def is not None]
+    partitioned = {k for k in keys if layer.get(k).partitions_def is not None}
+    batch = [k for k in partitioned if all(p in partitioned for p in layer.get(k).parent_keys)]
     return sorted(batch), sorted(set(keys) - set(batch))
+
+
+def all_partitions_tags(job: dg.JobDefinition, keys: list[dg.AssetKey], instance: dg.DagsterInstance,
+                        spec: TaskSpec) -> dict:  # fmt: skip
+    """A run of ``keys`` that holds a partitioned asset covers every partition (one run, a single-run backfill)."""
+    if not any(job.asset_layer.get(k).partitions_def is not None for k in keys):
+        return {}
+    partitions = instance.get_dynamic_partitions(batch_partitions(spec).name)
+    return {RANGE_START: partitions[0], RANGE_END: partitions[-1]} if partitions else {}
 
 
 def plan_batches(spec: TaskSpec, storage: MeddiagStorage, instance: dg.DagsterInstance,
@@ -121,7 +132,8 @@ def update_task(spec: TaskSpec, instance: dg.DagsterInstance, partition: str | N
     storage = loaded.resources["storage"]
     scan = plan_batches(spec, storage, instance, partition)
     outcome = TaskUpdate(spec.name, new=sorted(scan.new), again=sorted(scan.again), refused=scan.refused)
-    batch_keys, downstream = group_keys(loaded.resolve_implicit_global_asset_job_def(), spec)
+    job = loaded.resolve_implicit_global_asset_job_def()
+    batch_keys, downstream = group_keys(job, spec)
     tags = run_tags(spec, "cli")
     if scan.new:
         keys = sorted(scan.new)
@@ -133,7 +145,9 @@ def update_task(spec: TaskSpec, instance: dg.DagsterInstance, partition: str | N
         outcome.batch_runs.append(_execute(instance, batch_keys, {**tags, "dagster/partition": key},
                                            f"{spec.name}: ingestion of batch {key}", defs))  # fmt: skip
     if downstream and (outcome.batch_runs or _downstream_stale(instance, batch_keys, downstream)):
-        outcome.downstream_run = _execute(instance, downstream, tags, f"{spec.name}: split to champion", defs)
+        scope = all_partitions_tags(job, downstream, instance, spec)
+        outcome.downstream_run = _execute(instance, downstream, {**tags, **scope}, f"{spec.name}: split to predictions",
+                                          defs)  # fmt: skip
     elif not outcome.batch_runs:
         log.info("%s: up to date (no new or changed batch)", spec.name)
     return outcome
@@ -146,11 +160,12 @@ def whole_task_run(defs: dg.Definitions, spec: TaskSpec, instance: dg.DagsterIns
     were partitions."""
     plan_batches(spec, defs.resources["storage"], instance)
     keys = instance.get_dynamic_partitions(batch_partitions(spec).name)
-    batch_keys, downstream = group_keys(defs.resolve_implicit_global_asset_job_def(), spec)
-    chosen = [k for k in batch_keys + downstream if selection is None or k.path[-1] in selection]
+    layer = defs.resolve_implicit_global_asset_job_def().asset_layer
+    chosen = [k for k in layer.executable_asset_keys if layer.get(k).group_name == spec.name
+              and (selection is None or k.path[-1] in selection)]  # fmt: skip
     if not keys:  # nothing landed: only the unpartitioned assets can run
-        chosen = [k for k in chosen if k in downstream]
-    return chosen, {**run_tags(spec, "test"), **({RANGE_START: keys[0], RANGE_END: keys[-1]} if keys else {})}
+        chosen = [k for k in chosen if layer.get(k).partitions_def is None]
+    return sorted(chosen), {**run_tags(spec, "test"), **({RANGE_START: keys[0], RANGE_END: keys[-1]} if keys else {})}
 
 
 def run_task_in_process(defs: dg.Definitions, spec: TaskSpec, instance: dg.DagsterInstance,
