@@ -11,13 +11,19 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import dagster as dg
+import numpy as np
 import pytest
 import yaml
+from sklearn.metrics import roc_auc_score
 
 from meddiag_pipelines.layout import DataLayout
+from meddiag_pipelines.specs import TrainingSpec
+from meddiag_pipelines.tabular.distributed import DISTRIBUTED_MIN_ROWS, fit_on_cluster, wants_cluster
+from meddiag_pipelines.tabular.models import predict_tabular, train_xgboost
 from meddiag_pipelines_tests.conftest import REPO, SYNTHETIC_SPEC, land, synthetic_records
 from meddiag_pipelines_tests.test_text_pipeline import icd_rows
 
@@ -159,3 +165,33 @@ def test_steps_run_in_the_worker_processes_with_the_in_process_metrics(cluster, 
         # Measured: identical figures (seeded search and models, one thread per worker); the tolerance only
         # absorbs an optuna trial cut by its timeout on a loaded machine.
         assert headline(runs["data"], task) == pytest.approx(headline(runs["local"], task), abs=0.02)
+
+
+def test_the_final_fit_goes_to_the_cluster_when_the_spec_asks_or_the_table_is_large():
+    unset, on, off = TrainingSpec(), TrainingSpec(distributed=True), TrainingSpec(distributed=False)
+    assert not wants_cluster(unset, DISTRIBUTED_MIN_ROWS - 1, on_cluster=True)
+    assert wants_cluster(unset, DISTRIBUTED_MIN_ROWS, on_cluster=True)
+    assert wants_cluster(on, 10, on_cluster=True) and not wants_cluster(off, DISTRIBUTED_MIN_ROWS, on_cluster=True)
+    assert not wants_cluster(on, DISTRIBUTED_MIN_ROWS, on_cluster=False)  # no cluster: single-node, with a warning
+
+
+def _table(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, 8)).astype(np.float32)
+    y = (rng.random(n) < 1 / (1 + np.exp(-(1.5 * X[:, 0] - X[:, 1] + 0.5 * X[:, 2] * X[:, 3])))).astype(np.int32)
+    return X, y
+
+
+@pytest.mark.slow
+def test_xgboost_fitted_on_the_cluster_saves_ubj_with_the_single_node_auroc(cluster, tmp_path):
+    (X_train, y_train), (X_val, y_val), (X_test, y_test) = _table(4000, 1), _table(1000, 2), _table(2000, 3)
+    settings, names = TrainingSpec(trials=2, timeout_s=60, max_rounds=200), [f"f{i}" for i in range(8)]
+    with distributed.Client(cluster.address) as client:
+        on_cluster = train_xgboost(X_train, y_train, X_val, y_val, 2, settings, tmp_path / "cluster", names,
+                                   partial(fit_on_cluster, client))  # fmt: skip
+    single = train_xgboost(X_train, y_train, X_val, y_val, 2, settings, tmp_path / "single", names)
+    assert on_cluster["distributed"] and not single["distributed"]
+    assert on_cluster["params"] == single["params"]  # the same search, on the same rows (all below SEARCH_ROWS)
+    auroc = {k: roc_auc_score(y_test, predict_tabular(tmp_path / k, X_test)) for k in ("cluster", "single")}
+    print("test AUROC", auroc)
+    assert auroc["cluster"] == pytest.approx(auroc["single"], abs=0.01) and auroc["single"] > 0.75
