@@ -123,6 +123,8 @@ class TrainingSpec(_Section):
     learning_rate: float = Field(1e-3, gt=0)
     patience: int = Field(5, ge=1)
     time_budget_s: float = Field(1200.0, gt=0, description="training stops after this many seconds")
+    gpu: bool = Field(False, description="image: the candidate model's step runs only on a Dask worker started "
+                      "with `--resources GPU=1` (MEDDIAG_EXECUTOR=dask); the other executors ignore it")  # fmt: skip
 
 
 class EvaluationSpec(_Section):

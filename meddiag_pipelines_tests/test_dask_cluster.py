@@ -20,11 +20,13 @@ import pytest
 import yaml
 from sklearn.metrics import roc_auc_score
 
+from meddiag_pipelines.defs.assets.common import DASK_RESOURCES_TAG, gpu_op_tags
 from meddiag_pipelines.layout import DataLayout
-from meddiag_pipelines.specs import TrainingSpec
+from meddiag_pipelines.specs import TaskSpec, TrainingSpec
 from meddiag_pipelines.tabular.distributed import DISTRIBUTED_MIN_ROWS, fit_on_cluster, wants_cluster
 from meddiag_pipelines.tabular.models import predict_tabular, train_xgboost
 from meddiag_pipelines_tests.conftest import REPO, SYNTHETIC_SPEC, land, synthetic_records
+from meddiag_pipelines_tests.test_imaging_pipeline import write_npz
 from meddiag_pipelines_tests.test_text_pipeline import icd_rows
 
 distributed = pytest.importorskip("distributed")  # the `scale` extra
@@ -32,7 +34,9 @@ distributed = pytest.importorskip("distributed")  # the `scale` extra
 BIN = Path(sys.executable).parent
 TABULAR, TEXT = "dask_risk", "dask_notes"
 SPECS = {
-    TABULAR: {**SYNTHETIC_SPEC, "name": TABULAR, "training": {"trials": 2, "timeout_s": 20, "max_rounds": 200},
+    # distributed: the XGBoost final fit on the cluster from inside its step (single-node in the in-process run)
+    TABULAR: {**SYNTHETIC_SPEC, "name": TABULAR, "training": {"trials": 2, "timeout_s": 20, "max_rounds": 200,
+                                                              "distributed": True},
               "evaluation": {"n_bootstrap": 200}},
     TEXT: {"name": TEXT, "modality": "text", "description": "ICD-10-CM descriptions (test task)", "label": "chapter",
            "text": "description", "id": "code", "patient_id": "category", "min_text_chars": 3,
@@ -40,6 +44,10 @@ SPECS = {
            "training": {"epochs": 3, "batch_size": 32, "learning_rate": 0.01, "patience": 2, "time_budget_s": 60},
            "promotion": {"auroc_floor": 0.6}},
 }  # fmt: skip
+IMAGE = "dask_images"  # asks for a GPU: its candidate_model goes to the worker labelled GPU=1
+IMAGE_SPEC = {"name": IMAGE, "modality": "image", "label": "label", "id": "id", "image": {"format": "npz", "size": 28},
+              "classes": ["0", "1", "2"], "training": {"epochs": 1, "batch_size": 32, "time_budget_s": 60, "gpu": True},
+              "evaluation": {"n_bootstrap": 100}, "promotion": {"auroc_floor": 0.0}}  # fmt: skip
 
 
 @dataclass
@@ -82,7 +90,7 @@ def cluster(tmp_path_factory) -> Cluster:
     with the environment a run on them needs: the package, the data root, the spec folder, the executor."""
     root = tmp_path_factory.mktemp("dask")
     (root / "tasks").mkdir()
-    for name, spec in SPECS.items():
+    for name, spec in {**SPECS, IMAGE: IMAGE_SPEC}.items():
         (root / "tasks" / f"{name}.yaml").write_text(yaml.safe_dump(spec))
     env = {**os.environ, "PYTHONPATH": str(REPO), "MEDDIAG_DATA_DIR": str(root / "data"),
            "MEDDIAG_TASKS_DIR": str(root / "tasks"), "MEDDIAG_EXECUTOR": "dask", "MEDDIAG_FORCE_CPU": "1"}  # fmt: skip
@@ -165,6 +173,9 @@ def test_steps_run_in_the_worker_processes_with_the_in_process_metrics(cluster, 
         # Measured: identical figures (seeded search and models, one thread per worker); the tolerance only
         # absorbs an optuna trial cut by its timeout on a loaded machine.
         assert headline(runs["data"], task) == pytest.approx(headline(runs["local"], task), abs=0.02)
+    fits = {k: [json.loads(p.read_text())["distributed"] for p in (runs[k] / "models" / TABULAR).rglob("xgboost/model.json")]
+            for k in ("data", "local")}  # fmt: skip
+    assert fits == {"data": [True], "local": [False]}, fits
 
 
 def test_the_final_fit_goes_to_the_cluster_when_the_spec_asks_or_the_table_is_large():
@@ -195,3 +206,34 @@ def test_xgboost_fitted_on_the_cluster_saves_ubj_with_the_single_node_auroc(clus
     auroc = {k: roc_auc_score(y_test, predict_tabular(tmp_path / k, X_test)) for k in ("cluster", "single")}
     print("test AUROC", auroc)
     assert auroc["cluster"] == pytest.approx(auroc["single"], abs=0.01) and auroc["single"] > 0.75
+
+
+def test_an_image_task_that_asks_for_a_gpu_tags_its_candidate_model_with_the_dask_resource():
+    from dagster_dask.executor import DASK_RESOURCE_REQUIREMENTS_KEY
+    from meddiag_pipelines.defs.assets.imaging import build_image_assets
+
+    def tags_of_candidate(gpu: bool) -> dict:
+        spec = TaskSpec.model_validate({**IMAGE_SPEC, "training": {**IMAGE_SPEC["training"], "gpu": gpu}})
+        [candidate] = [a for a in build_image_assets(spec) if isinstance(a, dg.AssetsDefinition)
+                       and dg.AssetKey([IMAGE, "candidate_model"]) in a.keys]  # fmt: skip
+        return dict(candidate.op.tags)
+
+    assert DASK_RESOURCES_TAG == DASK_RESOURCE_REQUIREMENTS_KEY
+    assert json.loads(tags_of_candidate(True)[DASK_RESOURCES_TAG]) == {"GPU": 1}
+    assert DASK_RESOURCES_TAG not in tags_of_candidate(False)
+    assert gpu_op_tags(TaskSpec.model_validate(SPECS[TEXT])) == {}
+
+
+@pytest.mark.slow
+def test_the_gpu_step_runs_on_the_worker_with_the_gpu_label(cluster):
+    """A fake label: neither worker has a GPU; the scheduler matches the step's requirement to the label."""
+    data = Path(cluster.env["MEDDIAG_DATA_DIR"])
+    batch = data / "landing" / IMAGE / "batch_0001"
+    batch.mkdir(parents=True)
+    write_npz(batch / "organmnist.npz", {"train": 60, "val": 15, "test": 24}, seed=1)
+    (batch / "_READY").touch()
+    home = data.parent / "home_images"
+    update(cluster.env, home, IMAGE)
+    pids = step_pids(home)
+    assert pids[f"{IMAGE}__candidate_model"] == {cluster.pids[cluster.gpu_worker]}, (pids, cluster)
+    assert set().union(*pids.values()) <= set(cluster.pids.values())

@@ -10,8 +10,9 @@ process that launches the run (``MEDDIAG_DATA_DIR``, ``MEDDIAG_TASKS_DIR``, ``ME
 PostgreSQL across hosts). Steps exchange values through the data root only (run-scoped files), never memory.
 
 Workers should run one thread each (``--nthreads 1``): Dagster steps are not thread-safe, and the models set
-their own thread counts. A step tagged ``dagster-dask/resource_requirements`` (JSON, e.g. ``{"GPU": 1}``) only
-runs on a worker started with those ``--resources``."""
+their own thread counts. A step tagged ``dagster-dask/resource_requirements`` (JSON, e.g. ``{"GPU": 1}``: an
+image task's ``candidate_model`` with ``training: {gpu: true}``) only runs on a worker started with those
+``--resources``."""
 
 import os
 from functools import partial
@@ -21,11 +22,9 @@ import distributed
 from dagster._core.definitions.executor_definition import multiple_process_executor_requirements
 from dagster._core.errors import raise_execution_interrupts
 from dagster._utils import iterate_with_context
-from dagster_dask.executor import (DASK_RESOURCE_REQUIREMENTS_KEY, DaskExecutor, get_dask_resource_requirements,
-                                   query_on_dask_worker)  # fmt: skip
+from dagster_dask.executor import DaskExecutor, get_dask_resource_requirements, query_on_dask_worker
 
 ADDRESS_VARIABLE = "MEDDIAG_DASK_ADDRESS"
-__all__ = ["DASK_RESOURCE_REQUIREMENTS_KEY", "dask_executor"]
 
 
 class GuardedDaskExecutor(DaskExecutor):
