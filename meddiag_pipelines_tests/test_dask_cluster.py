@@ -21,10 +21,12 @@ import yaml
 from sklearn.metrics import roc_auc_score
 
 from meddiag_pipelines.defs.assets.common import DASK_RESOURCES_TAG, gpu_op_tags
+from meddiag_pipelines.definitions import build_definitions
 from meddiag_pipelines.layout import DataLayout
 from meddiag_pipelines.specs import TaskSpec, TrainingSpec
 from meddiag_pipelines.tabular.distributed import DISTRIBUTED_MIN_ROWS, fit_on_cluster, wants_cluster
 from meddiag_pipelines.tabular.models import predict_tabular, train_xgboost
+from meddiag_pipelines.update import update_task
 from meddiag_pipelines_tests.conftest import REPO, SYNTHETIC_SPEC, land, synthetic_records
 from meddiag_pipelines_tests.test_imaging_pipeline import write_npz
 from meddiag_pipelines_tests.test_text_pipeline import icd_rows
@@ -149,18 +151,19 @@ def headline(data: Path, task: str) -> dict:
 
 @pytest.fixture(scope="module")
 def runs(cluster, tmp_path_factory) -> dict:
-    """Both tasks through the cluster, and the same data in-process (another data root and instance)."""
+    """Both tasks through the cluster (the command line), and the same data in this process (another data root
+    and instance; ``update_task`` on in-process definitions)."""
     data = Path(cluster.env["MEDDIAG_DATA_DIR"])
-    local = tmp_path_factory.mktemp("in_process")
+    local = tmp_path_factory.mktemp("in_process") / "data"
     land_tasks(data)
-    land_tasks(local / "data")
-    local_env = {k: v for k, v in cluster.env.items() if k not in ("MEDDIAG_EXECUTOR", "MEDDIAG_DASK_ADDRESS")}
-    local_env["MEDDIAG_DATA_DIR"] = str(local / "data")
+    land_tasks(local)
     home = data.parent / "home"
-    for task in SPECS:
-        update(cluster.env, home, task)
-        update(local_env, local / "home", task)
-    return {"home": home, "data": data, "local": local / "data"}
+    specs = [TaskSpec.model_validate(spec) for spec in SPECS.values()]
+    with dg.instance_for_test() as instance:
+        for spec in specs:
+            update(cluster.env, home, spec.name)
+            update_task(spec, instance, defs=build_definitions(specs, local))
+    return {"home": home, "data": data, "local": local}
 
 
 @pytest.mark.slow
