@@ -193,24 +193,33 @@ def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Every named task (default: all) in turn; one that fails, or a spec that does not load, does not stop the
+    others, and the exit status is 1."""
     from meddiag_pipelines.specs import scan_specs
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    specs = {s.name: s for s in scan_specs().specs}
+    scan = scan_specs()
+    specs = {s.name: s for s in scan.specs}
     unknown = [t for t in args.tasks if t not in specs]
     if unknown or (args.partition and len(args.tasks) != 1):
         why = f"unknown tasks: {', '.join(unknown)}" if unknown else "--partition needs exactly one task"
         log.error("update: %s", why)
         return 2
+    failed = [] if args.tasks else [str(e) for e in scan.errors]
+    for error in failed:
+        log.error("update: task spec not loaded (the other tasks run): %s", error)
     try:
         home = instance_home()
-        os.environ["DAGSTER_HOME"] = str(home)  # the runs' own processes (multiprocess executor) use it too
-        log.info("update: Dagster instance %s", home)
-        with dg.DagsterInstance.get() as instance:
-            for task in args.tasks or sorted(specs):
-                update_task(specs[task], instance, args.partition)
     except UpdateError as exc:
         log.error("update: %s", exc)
         return 1
-    return 0
-
+    os.environ["DAGSTER_HOME"] = str(home)  # the runs' own processes (multiprocess executor) use it too
+    log.info("update: Dagster instance %s", home)
+    with dg.DagsterInstance.get() as instance:
+        for task in args.tasks or sorted(specs):
+            try:
+                update_task(specs[task], instance, args.partition)
+            except UpdateError as exc:
+                log.error("update: %s", exc)
+                failed.append(task)
+    return 1 if failed else 0

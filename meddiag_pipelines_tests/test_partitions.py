@@ -120,6 +120,29 @@ def test_update_refuses_unknown_tasks_and_partition_without_one_task(capsys):
 
 
 @pytest.mark.slow
+def test_update_runs_every_task_past_a_failed_one_and_a_bad_spec_and_exits_1(tmp_path, monkeypatch, caplog):
+    """One task failing, or a spec that does not load, does not stop the others; the exit status says so."""
+    from meddiag_pipelines import update
+
+    (tmp_path / "broken.yaml").write_text("name: broken\nmodality: tabular\n")  # no label: does not load
+    monkeypatch.setenv("MEDDIAG_TASKS_DIR", str(tmp_path))
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
+    (tmp_path / "home").mkdir()
+    ran = []
+
+    def fake_update(spec, instance, partition=None):
+        ran.append(spec.name)
+        if spec.name == "breast_cancer":
+            raise update.UpdateError("breast_cancer: run x failed")
+
+    monkeypatch.setattr(update, "update_task", fake_update)
+    assert main(["update"]) == 1
+    assert ran == ["breast_cancer", "heart_disease", "icd10_chapters", "synthetic_chest_phantoms"]
+    assert "broken.yaml" in caplog.text and "breast_cancer: run x failed" in caplog.text
+    ran.clear()
+    assert main(["update", "heart_disease"]) == 0 and ran == ["heart_disease"]  # named tasks: other specs not judged
+
+
 def test_update_brings_a_task_up_to_date_once(synthetic_spec, layout):
     """Two good batches and a bad one: two validated, one quarantined, a model trained; a second `update` with
     nothing new starts no run at all."""

@@ -113,6 +113,25 @@ def _records_name(batch_id: str, content_hash: str) -> str:
     return hashlib.sha256(f"{batch_id}\0{content_hash}".encode("utf-8", "surrogateescape")).hexdigest()[:32] + ".parquet"
 
 
+def _schema_ready(con: duckdb.DuckDBPyConnection) -> bool:
+    """Whether the ledger (with every column added since its first version) and the state table are there."""
+    try:
+        con.execute(f"SELECT {', '.join(_LEDGER_ADDED)} FROM ingest_ledger LIMIT 0")
+        con.execute("SELECT key FROM task_state LIMIT 0")
+    except duckdb.Error:  # a missing table or column
+        return False
+    return True
+
+
+def _ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute(_LEDGER_DDL)
+    con.execute(_STATE_DDL)
+    present = {r[0] for r in con.execute("DESCRIBE ingest_ledger").fetchall()}
+    for name, dtype in _LEDGER_ADDED.items():
+        if name not in present:
+            con.execute(f"ALTER TABLE ingest_ledger ADD COLUMN {name} {dtype}")
+
+
 @dataclass(frozen=True)
 class Warehouse:
     database: Path
@@ -128,12 +147,8 @@ class Warehouse:
         con = _connect_with_retry(self.database)
         try:
             self.resolve_views_here(con)
-            con.execute(_LEDGER_DDL)
-            con.execute(_STATE_DDL)
-            present = {r[0] for r in con.execute("DESCRIBE ingest_ledger").fetchall()}
-            for name, dtype in _LEDGER_ADDED.items():
-                if name not in present:
-                    con.execute(f"ALTER TABLE ingest_ledger ADD COLUMN {name} {dtype}")
+            if not _schema_ready(con):  # the DDL is a write, as dear as the connection: only when needed
+                _ensure_schema(con)
             yield con
         finally:
             con.close()
