@@ -84,10 +84,10 @@ def executor() -> dg.ExecutorDefinition:
     """In-process by default: on a small machine each step's process start costs more than its work.
     ``MEDDIAG_EXECUTOR=multiprocess`` runs steps in parallel processes (the code keeps no in-process state);
     ``MEDDIAG_EXECUTOR=dask`` runs them on the workers of the Dask scheduler at ``MEDDIAG_DASK_ADDRESS``
-    (:mod:`meddiag_pipelines.defs.dask_executor`: what each worker needs). Every one refuses an empty selection."""
+    (:mod:`meddiag_pipelines.dask_executor`: what each worker needs). Every one refuses an empty selection."""
     kind = os.environ.get("MEDDIAG_EXECUTOR")
     if kind == "dask":
-        from meddiag_pipelines.defs.dask_executor import dask_executor  # the optional `scale` extra
+        from meddiag_pipelines.dask_executor import dask_executor  # the optional `scale` extra
 
         return dask_executor
     base = dg.multiprocess_executor if kind == "multiprocess" else dg.in_process_executor

@@ -21,7 +21,7 @@ import yaml
 from sklearn.metrics import roc_auc_score
 
 from meddiag_pipelines.defs.assets.common import DASK_RESOURCES_TAG, gpu_op_tags
-from meddiag_pipelines.definitions import build_definitions
+from meddiag_pipelines.definitions import build_definitions, executor
 from meddiag_pipelines.layout import DataLayout
 from meddiag_pipelines.specs import TaskSpec, TrainingSpec
 from meddiag_pipelines.tabular.distributed import DISTRIBUTED_MIN_ROWS, fit_on_cluster, wants_cluster
@@ -179,6 +179,20 @@ def test_steps_run_in_the_worker_processes_with_the_in_process_metrics(cluster, 
     fits = {k: [json.loads(p.read_text())["distributed"] for p in (runs[k] / "models" / TABULAR).rglob("xgboost/model.json")]
             for k in ("data", "local")}  # fmt: skip
     assert fits == {"data": [True], "local": [False]}, fits
+
+
+def test_meddiag_executor_dask_selects_the_guarded_dask_executor_and_needs_the_address(monkeypatch):
+    from meddiag_pipelines.dask_executor import GuardedDaskExecutor
+
+    monkeypatch.setenv("MEDDIAG_EXECUTOR", "dask")
+    monkeypatch.setenv("MEDDIAG_DASK_ADDRESS", "tcp://10.0.0.7:8786")
+    chosen = executor()
+    made = chosen.executor_creation_fn(None)
+    assert chosen.name == "dask" and isinstance(made, GuardedDaskExecutor)
+    assert made.cluster_configuration == {"address": "tcp://10.0.0.7:8786"}
+    monkeypatch.delenv("MEDDIAG_DASK_ADDRESS")
+    with pytest.raises(dg.DagsterInvariantViolationError, match="MEDDIAG_DASK_ADDRESS"):
+        chosen.executor_creation_fn(None)
 
 
 def test_the_final_fit_goes_to_the_cluster_when_the_spec_asks_or_the_table_is_large():

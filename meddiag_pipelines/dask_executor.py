@@ -12,7 +12,9 @@ PostgreSQL across hosts). Steps exchange values through the data root only (run-
 Workers should run one thread each (``--nthreads 1``): Dagster steps are not thread-safe, and the models set
 their own thread counts. A step tagged ``dagster-dask/resource_requirements`` (JSON, e.g. ``{"GPU": 1}``: an
 image task's ``candidate_model`` with ``training: {gpu: true}``) only runs on a worker started with those
-``--resources``."""
+``--resources``.
+
+Not under ``defs/``: ``dg`` imports every module there, and this one needs the optional ``scale`` extra."""
 
 import os
 from functools import partial
