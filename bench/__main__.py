@@ -14,6 +14,7 @@ BENCHMARKS = {
     "deid": "bench.deid",  # de-identification recall per PHI class, false positives on ICD-10-CM text
     "validation": "bench.validation",  # the tabular GX suite on one batch: plain Polars, GX on pandas, GX via Polars
     "partitions": "bench.partitions",  # 1,000 batches as partitions: sensor tick, run planning, split over all
+    "distributed": "bench.distributed",  # tabular XGBoost on a local Dask cluster: 1 vs 2 workers vs single-node
 }
 
 

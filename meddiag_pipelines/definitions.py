@@ -84,9 +84,15 @@ def spec_error_asset(error: SpecError) -> dg.AssetsDefinition:
 
 def executor() -> dg.ExecutorDefinition:
     """In-process by default: on a small machine each step's process start costs more than its work.
-    ``MEDDIAG_EXECUTOR=multiprocess`` runs steps in parallel processes (the code keeps no in-process state).
-    Either way behind :class:`SelectionGuard`."""
-    base = dg.multiprocess_executor if os.environ.get("MEDDIAG_EXECUTOR") == "multiprocess" else dg.in_process_executor
+    ``MEDDIAG_EXECUTOR=multiprocess`` runs steps in parallel processes (the code keeps no in-process state);
+    ``MEDDIAG_EXECUTOR=dask`` runs them on the workers of the Dask scheduler at ``MEDDIAG_DASK_ADDRESS``
+    (:mod:`meddiag_pipelines.dask_executor`: what each worker needs). Every one refuses an empty selection."""
+    kind = os.environ.get("MEDDIAG_EXECUTOR")
+    if kind == "dask":
+        from meddiag_pipelines.dask_executor import dask_executor  # the optional `scale` extra
+
+        return dask_executor
+    base = dg.multiprocess_executor if kind == "multiprocess" else dg.in_process_executor
     return dg.ExecutorDefinition(name=base.name, config_schema=base.config_schema, requirements=base.get_requirements,
                                  executor_creation_fn=lambda init: SelectionGuard(base.executor_creation_fn(init)),
                                  description=base.description)  # fmt: skip
@@ -108,12 +114,15 @@ class SelectionGuard(dg.Executor):
         return self._inner.retries
 
     def execute(self, plan_context, execution_plan):
-        run = plan_context.dagster_run
-        if run.job_name == IMPLICIT_ASSET_JOB and run.asset_selection is None and not run.op_selection:
-            raise dg.DagsterInvalidSubsetError(f"{_cli_selection()} matches no asset, and Dagster would then "
-                                               "materialize every task; nothing was run. `dagster asset list "
-                                               "--select ...` shows what a selection matches.")  # fmt: skip
+        refuse_empty_selection(plan_context.dagster_run)
         yield from self._inner.execute(plan_context, execution_plan)
+
+
+def refuse_empty_selection(run) -> None:
+    if run.job_name == IMPLICIT_ASSET_JOB and run.asset_selection is None and not run.op_selection:
+        raise dg.DagsterInvalidSubsetError(f"{_cli_selection()} matches no asset, and Dagster would then "
+                                           "materialize every task; nothing was run. `dagster asset list "
+                                           "--select ...` shows what a selection matches.")  # fmt: skip
 
 
 def _cli_selection() -> str:

@@ -115,12 +115,16 @@ class TrainingSpec(_Section):
     timeout_s: float = Field(60.0, gt=0, description="wall-clock bound of the optuna search")
     max_rounds: int = Field(600, ge=10)
     early_stopping_rounds: int = Field(30, ge=1)
+    distributed: bool | None = Field(None, description="tabular: the XGBoost final fit on the Dask cluster the step "
+                                     "runs on (MEDDIAG_EXECUTOR=dask); unset: when the training table is large")  # fmt: skip
     # Imaging / text models (ignored by tabular tasks).
     epochs: int = Field(20, ge=1)
     batch_size: int = Field(128, ge=1)
     learning_rate: float = Field(1e-3, gt=0)
     patience: int = Field(5, ge=1)
     time_budget_s: float = Field(1200.0, gt=0, description="training stops after this many seconds")
+    gpu: bool = Field(False, description="image: the candidate model's step runs only on a Dask worker started "
+                      "with `--resources GPU=1` (MEDDIAG_EXECUTOR=dask); the other executors ignore it")  # fmt: skip
 
 
 class EvaluationSpec(_Section):

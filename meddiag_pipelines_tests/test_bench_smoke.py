@@ -51,6 +51,6 @@ def test_polars_and_duckdb_features_agree(tmp_path):
     assert_frame_equal(pl.read_parquet(ds.glob("labs")), pl.read_parquet(again.glob("labs")))
 
 
-@pytest.mark.parametrize("name", ["ingest", "sensor", "orchestration", "training", "validation"])
+@pytest.mark.parametrize("name", ["ingest", "sensor", "orchestration", "training", "validation", "distributed"])
 def test_bench_smoke(name, tmp_path):
     run_bench(name, tmp_path)

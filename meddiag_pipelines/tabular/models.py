@@ -13,6 +13,7 @@ import json
 import math
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import optuna
@@ -24,6 +25,7 @@ from meddiag_pipelines.atomic import atomic_write_bytes, atomic_write_json
 from meddiag_pipelines.probability import logit, softmax
 from meddiag_pipelines.specs import TrainingSpec
 from meddiag_pipelines.device import xgboost_device
+from meddiag_pipelines.tabular.distributed import cluster_fit, search_sample
 
 BASELINE_C_GRID = (0.01, 0.1, 1.0, 10.0)
 CHOSEN = "chosen.json"
@@ -76,9 +78,14 @@ def _predict(booster: xgb.Booster, data: xgb.DMatrix, n_classes: int) -> np.ndar
 
 
 def train_xgboost(X_train, y_train, X_val, y_val, n_classes: int, settings: TrainingSpec, out_dir: Path,
-                  feature_names: list[str]) -> dict:  # fmt: skip
-    """Tune within ``settings.trials`` and ``settings.timeout_s``, refit the best, save to ``out_dir``."""
+                  feature_names: list[str], final_fit: Callable | None = None) -> dict:  # fmt: skip
+    """Tune within ``settings.trials`` and ``settings.timeout_s``, keep the best, save to ``out_dir``.
+    ``final_fit`` (:func:`meddiag_pipelines.tabular.distributed.fit_on_cluster` bound to a client): tune on a
+    sample of the training rows, then fit the best parameters on all of them with it."""
     start = time.perf_counter()
+    X_train_all, y_train_all = X_train, y_train
+    if final_fit is not None:
+        X_train, y_train = search_sample(X_train, y_train, settings.seed)
     dtrain = xgb.QuantileDMatrix(X_train, label=y_train, feature_names=feature_names)
     dval = xgb.DMatrix(X_val, label=y_val, feature_names=feature_names)
 
@@ -102,6 +109,10 @@ def train_xgboost(X_train, y_train, X_val, y_val, n_classes: int, settings: Trai
     study.optimize(objective, n_trials=settings.trials, timeout=settings.timeout_s)
     best_params = study.best_params  # raises, as before, when no trial gave a score
     booster, score = kept["best"]
+    if final_fit is not None:
+        booster = final_fit(_xgb_params(n_classes, best_params, settings.seed), X_train_all, y_train_all, X_val, y_val,
+                            settings, feature_names)  # fmt: skip
+        score = validation_score(y_val, _predict(booster, dval, n_classes))
     recalibration = fit_recalibration(y_val, _predict(booster, dval, n_classes)) if n_classes == 2 else None
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out_dir / "model.ubj", bytes(booster.save_raw(raw_format="ubj")))
@@ -110,6 +121,7 @@ def train_xgboost(X_train, y_train, X_val, y_val, n_classes: int, settings: Trai
         "params": _xgb_params(n_classes, best_params, settings.seed), "best_iteration": booster.best_iteration,
         "val_score": score, "n_trials": len(study.trials), "seconds": time.perf_counter() - start,
         "recalibration": recalibration, "device": xgboost_device(),
+        "distributed": final_fit is not None, "search_rows": len(y_train),
     }  # fmt: skip
     atomic_write_json(out_dir / "model.json", meta)
     return meta
@@ -151,8 +163,11 @@ def train_tabular_models(X_train, y_train, X_val, y_val, n_classes: int, setting
                          feature_names: list[str]) -> dict:  # fmt: skip
     """XGBoost and the logistic baseline on the same rows; the meta of the one chosen on validation AUROC, whose
     params say which won and both scores (the baseline's own meta is in ``out_dir/logistic``)."""
+    with cluster_fit(settings, len(y_train)) as final_fit:
+        xgboost_meta = train_xgboost(X_train, y_train, X_val, y_val, n_classes, settings, out_dir / "xgboost",
+                                     feature_names, final_fit)  # fmt: skip
     metas = {
-        "xgboost": train_xgboost(X_train, y_train, X_val, y_val, n_classes, settings, out_dir / "xgboost", feature_names),
+        "xgboost": xgboost_meta,
         "logistic": train_logistic(X_train, y_train, X_val, y_val, n_classes, out_dir / "logistic", feature_names,
                                    recalibrate=True),
     }  # fmt: skip

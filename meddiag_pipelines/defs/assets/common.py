@@ -3,6 +3,7 @@ model handles."""
 
 import base64
 import hashlib
+import json
 import time
 from pathlib import Path, PurePosixPath
 
@@ -24,6 +25,16 @@ NUMERIC_METRICS = ("auroc", "auprc", "brier", "scaled_brier", "accuracy", "macro
 # -- small helpers ------------------------------------------------------------------------------------------
 def asset_tags(spec: TaskSpec) -> dict:
     return {"group_name": spec.name, "owners": [spec.owner], "tags": {"modality": spec.modality}}
+
+
+# dagster-dask's op tag (dagster_dask.executor.DASK_RESOURCE_REQUIREMENTS_KEY), written out: the extra is optional
+DASK_RESOURCES_TAG = "dagster-dask/resource_requirements"
+
+
+def gpu_op_tags(spec: TaskSpec) -> dict:
+    """``training.gpu``: the step becomes a Dask task that only a worker started with ``--resources GPU=1`` takes
+    (no such worker: it waits for one). Only the Dask executor reads the tag."""
+    return {DASK_RESOURCES_TAG: json.dumps({"GPU": 1})} if spec.training.gpu else {}
 
 
 def pool(spec: TaskSpec) -> str:

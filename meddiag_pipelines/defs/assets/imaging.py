@@ -216,7 +216,7 @@ def build_image_assets(spec: TaskSpec) -> list:
     @dg.asset(key=[name, "candidate_model"], description=f"{name}: ResNet-18 adapted to {image.size} px "
               "(AdamW, cosine schedule, augmentation, class weights, early stopping on validation AUROC; CUDA when "
               "present), checkpointed every epoch in the registry's staging area; weights as a torch state dict.",
-              kinds={"pytorch"}, pool=common.pool(spec), **tags)  # fmt: skip
+              kinds={"pytorch"}, pool=common.pool(spec), op_tags=common.gpu_op_tags(spec), **tags)  # fmt: skip
     def candidate_model(context: dg.AssetExecutionContext, storage: MeddiagStorage, features: pl.DataFrame,
                         feature_plan: dict) -> dict:  # fmt: skip
         from meddiag_pipelines.imaging.train import CHECKPOINT, adopt_parent_checkpoint, train_image_model

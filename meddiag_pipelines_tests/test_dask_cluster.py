@@ -1,0 +1,256 @@
+"""A real Dask scheduler and two workers, started as separate processes for this module: tasks run end to end
+through ``MEDDIAG_EXECUTOR=dask`` (``python -m meddiag_pipelines update``), their steps in the workers' processes,
+with the metrics of the in-process run. One worker carries the resource label ``GPU=1`` (a fake one: no GPU)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import dagster as dg
+import numpy as np
+import pytest
+import yaml
+from sklearn.metrics import roc_auc_score
+
+from meddiag_pipelines.defs.assets.common import DASK_RESOURCES_TAG, gpu_op_tags
+from meddiag_pipelines.definitions import build_definitions, executor
+from meddiag_pipelines.layout import DataLayout
+from meddiag_pipelines.specs import TaskSpec, TrainingSpec
+from meddiag_pipelines.tabular.distributed import DISTRIBUTED_MIN_ROWS, fit_on_cluster, wants_cluster
+from meddiag_pipelines.tabular.models import predict_tabular, train_xgboost
+from meddiag_pipelines.update import update_task
+from meddiag_pipelines_tests.conftest import REPO, SYNTHETIC_SPEC, land, synthetic_records
+from meddiag_pipelines_tests.test_imaging_pipeline import write_npz
+from meddiag_pipelines_tests.test_text_pipeline import icd_rows
+
+distributed = pytest.importorskip("distributed")  # the `scale` extra
+
+BIN = Path(sys.executable).parent
+TABULAR, TEXT = "dask_risk", "dask_notes"
+SPECS = {
+    # distributed: the XGBoost final fit on the cluster from inside its step (single-node in the in-process run)
+    TABULAR: {**SYNTHETIC_SPEC, "name": TABULAR, "training": {"trials": 2, "timeout_s": 20, "max_rounds": 200,
+                                                              "distributed": True},
+              "evaluation": {"n_bootstrap": 200}},
+    TEXT: {"name": TEXT, "modality": "text", "description": "ICD-10-CM descriptions (test task)", "label": "chapter",
+           "text": "description", "id": "code", "patient_id": "category", "min_text_chars": 3,
+           "classes": ["circulatory", "eye", "infectious", "neoplasms"], "evaluation": {"n_bootstrap": 100},
+           "training": {"epochs": 3, "batch_size": 32, "learning_rate": 0.01, "patience": 2, "time_budget_s": 60},
+           "promotion": {"auroc_floor": 0.6}},
+}  # fmt: skip
+IMAGE = "dask_images"  # asks for a GPU: its candidate_model goes to the worker labelled GPU=1
+IMAGE_SPEC = {"name": IMAGE, "modality": "image", "label": "label", "id": "id", "image": {"format": "npz", "size": 28},
+              "classes": ["0", "1", "2"], "training": {"epochs": 1, "batch_size": 32, "time_budget_s": 60, "gpu": True},
+              "evaluation": {"n_bootstrap": 100}, "promotion": {"auroc_floor": 0.0}}  # fmt: skip
+
+
+@dataclass
+class Cluster:
+    address: str
+    pids: dict[str, int]  # worker address -> its process id
+    gpu_worker: str  # the address of the worker started with --resources GPU=1
+    env: dict[str, str]  # what the workers were started with: the runs' processes need the same
+
+
+def _start(args: list[str], env: dict, log: Path) -> subprocess.Popen:
+    with log.open("w") as out:
+        return subprocess.Popen([str(BIN / "dask"), *args], env=env, stdout=out, stderr=subprocess.STDOUT)
+
+
+def _stop(processes: list[subprocess.Popen]) -> None:
+    for process in reversed(processes):
+        if process.poll() is None:
+            os.kill(process.pid, signal.SIGTERM)
+    for process in processes:
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.kill(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def _address(scheduler_file: Path, scheduler: subprocess.Popen) -> str:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and scheduler.poll() is None:
+        if scheduler_file.is_file() and scheduler_file.stat().st_size:
+            return json.loads(scheduler_file.read_text())["address"]
+        time.sleep(0.2)
+    raise RuntimeError("the Dask scheduler did not start")
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory) -> Cluster:
+    """Scheduler + 2 single-thread workers (no nanny: the worker's pid is the process that runs the steps),
+    with the environment a run on them needs: the package, the data root, the spec folder, the executor."""
+    root = tmp_path_factory.mktemp("dask")
+    (root / "tasks").mkdir()
+    for name, spec in {**SPECS, IMAGE: IMAGE_SPEC}.items():
+        (root / "tasks" / f"{name}.yaml").write_text(yaml.safe_dump(spec))
+    env = {**os.environ, "PYTHONPATH": str(REPO), "MEDDIAG_DATA_DIR": str(root / "data"),
+           "MEDDIAG_TASKS_DIR": str(root / "tasks"), "MEDDIAG_EXECUTOR": "dask", "MEDDIAG_FORCE_CPU": "1"}  # fmt: skip
+    processes = [_start(["scheduler", "--host", "127.0.0.1", "--port", "0", "--dashboard-address", ":0",
+                         "--scheduler-file", str(root / "scheduler.json")], env, root / "scheduler.log")]  # fmt: skip
+    try:
+        address = _address(root / "scheduler.json", processes[0])
+        env["MEDDIAG_DASK_ADDRESS"] = address
+        for i, extra in enumerate([["--resources", "GPU=1"], []]):
+            processes.append(_start(["worker", address, "--nworkers", "1", "--nthreads", "1", "--no-nanny",
+                                     "--no-dashboard", "--name", f"w{i}", *extra], env, root / f"worker{i}.log"))  # fmt: skip
+        with distributed.Client(address, timeout=60) as client:
+            client.wait_for_workers(2, timeout=120)
+            pids = client.run(os.getpid)
+            workers = client.scheduler_info(n_workers=-1)["workers"]
+        gpu = next(a for a, w in workers.items() if w.get("resources", {}).get("GPU"))
+        yield Cluster(address, pids, gpu, env)
+    finally:
+        _stop(processes)
+
+
+def land_tasks(data: Path) -> None:
+    """The same batches for every run: a tabular task and a text task."""
+    layout = DataLayout(data)
+    land(layout, TABULAR, "batch_0001", synthetic_records(400, seed=3))
+    land(layout, TEXT, "batch_0001", icd_rows(40))
+
+
+def update(env: dict, home: Path, task: str) -> subprocess.CompletedProcess:
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "dagster.yaml").write_text((REPO / "dagster_home" / "dagster.yaml").read_text())
+    done = subprocess.run([sys.executable, "-m", "meddiag_pipelines", "update", task], cwd=REPO, capture_output=True,
+                          text=True, timeout=600, env={**env, "DAGSTER_HOME": str(home)})  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done
+
+
+def step_pids(home: Path) -> dict[str, set[int]]:
+    """Step key -> the process ids its events came from, over every run of the instance."""
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        records = instance.get_event_records(dg.EventRecordsFilter(event_type=dg.DagsterEventType.STEP_START))
+    found: dict[str, set[int]] = {}
+    for record in records:
+        event = record.event_log_entry.dagster_event
+        found.setdefault(event.step_key, set()).add(event.pid)
+    return found
+
+
+HEADLINE = ("model_name", "n_train", "n_test", "auroc", "auprc", "brier", "macro_f1")
+
+
+def headline(data: Path, task: str) -> dict:
+    metrics = json.loads((DataLayout(data).reports(task) / "latest" / "metrics.json").read_text())
+    return {k: metrics.get(k) for k in HEADLINE}
+
+
+@pytest.fixture(scope="module")
+def runs(cluster, tmp_path_factory) -> dict:
+    """Both tasks through the cluster (the command line), and the same data in this process (another data root
+    and instance; ``update_task`` on in-process definitions)."""
+    data = Path(cluster.env["MEDDIAG_DATA_DIR"])
+    local = tmp_path_factory.mktemp("in_process") / "data"
+    land_tasks(data)
+    land_tasks(local)
+    home = data.parent / "home"
+    specs = [TaskSpec.model_validate(spec) for spec in SPECS.values()]
+    with dg.instance_for_test() as instance:
+        for spec in specs:
+            update(cluster.env, home, spec.name)
+            update_task(spec, instance, defs=build_definitions(specs, local))
+    return {"home": home, "data": data, "local": local}
+
+
+@pytest.mark.slow
+def test_steps_run_in_the_worker_processes_with_the_in_process_metrics(cluster, runs):
+    pids = step_pids(runs["home"])
+    for task in SPECS:
+        steps = {k: p for k, p in pids.items() if k.startswith(f"{task}__")}
+        assert {f"{task}__raw_records", f"{task}__champion"} <= set(steps), sorted(steps)
+        assert set().union(*steps.values()) <= set(cluster.pids.values()), (steps, cluster.pids)
+        # Measured: identical figures (seeded search and models, one thread per worker); the tolerance only
+        # absorbs an optuna trial cut by its timeout on a loaded machine.
+        assert headline(runs["data"], task) == pytest.approx(headline(runs["local"], task), abs=0.02)
+    fits = {k: [json.loads(p.read_text())["distributed"] for p in (runs[k] / "models" / TABULAR).rglob("xgboost/model.json")]
+            for k in ("data", "local")}  # fmt: skip
+    assert fits == {"data": [True], "local": [False]}, fits
+
+
+def test_meddiag_executor_dask_selects_the_guarded_dask_executor_and_needs_the_address(monkeypatch):
+    from meddiag_pipelines.dask_executor import GuardedDaskExecutor
+
+    monkeypatch.setenv("MEDDIAG_EXECUTOR", "dask")
+    monkeypatch.setenv("MEDDIAG_DASK_ADDRESS", "tcp://10.0.0.7:8786")
+    chosen = executor()
+    made = chosen.executor_creation_fn(None)
+    assert chosen.name == "dask" and isinstance(made, GuardedDaskExecutor)
+    assert made.cluster_configuration == {"address": "tcp://10.0.0.7:8786"}
+    monkeypatch.delenv("MEDDIAG_DASK_ADDRESS")
+    with pytest.raises(dg.DagsterInvariantViolationError, match="MEDDIAG_DASK_ADDRESS"):
+        chosen.executor_creation_fn(None)
+
+
+def test_the_final_fit_goes_to_the_cluster_when_the_spec_asks_or_the_table_is_large():
+    unset, on, off = TrainingSpec(), TrainingSpec(distributed=True), TrainingSpec(distributed=False)
+    assert not wants_cluster(unset, DISTRIBUTED_MIN_ROWS - 1, on_cluster=True)
+    assert wants_cluster(unset, DISTRIBUTED_MIN_ROWS, on_cluster=True)
+    assert wants_cluster(on, 10, on_cluster=True) and not wants_cluster(off, DISTRIBUTED_MIN_ROWS, on_cluster=True)
+    assert not wants_cluster(on, DISTRIBUTED_MIN_ROWS, on_cluster=False)  # no cluster: single-node, with a warning
+
+
+def _table(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, 8)).astype(np.float32)
+    y = (rng.random(n) < 1 / (1 + np.exp(-(1.5 * X[:, 0] - X[:, 1] + 0.5 * X[:, 2] * X[:, 3])))).astype(np.int32)
+    return X, y
+
+
+@pytest.mark.slow
+def test_xgboost_fitted_on_the_cluster_saves_ubj_with_the_single_node_auroc(cluster, tmp_path):
+    (X_train, y_train), (X_val, y_val), (X_test, y_test) = _table(4000, 1), _table(1000, 2), _table(2000, 3)
+    settings, names = TrainingSpec(trials=2, timeout_s=60, max_rounds=200), [f"f{i}" for i in range(8)]
+    with distributed.Client(cluster.address) as client:
+        on_cluster = train_xgboost(X_train, y_train, X_val, y_val, 2, settings, tmp_path / "cluster", names,
+                                   partial(fit_on_cluster, client))  # fmt: skip
+    single = train_xgboost(X_train, y_train, X_val, y_val, 2, settings, tmp_path / "single", names)
+    assert on_cluster["distributed"] and not single["distributed"]
+    assert on_cluster["params"] == single["params"]  # the same search, on the same rows (all below SEARCH_ROWS)
+    auroc = {k: roc_auc_score(y_test, predict_tabular(tmp_path / k, X_test)) for k in ("cluster", "single")}
+    print("test AUROC", auroc)
+    assert auroc["cluster"] == pytest.approx(auroc["single"], abs=0.01) and auroc["single"] > 0.75
+
+
+def test_an_image_task_that_asks_for_a_gpu_tags_its_candidate_model_with_the_dask_resource():
+    from dagster_dask.executor import DASK_RESOURCE_REQUIREMENTS_KEY
+    from meddiag_pipelines.defs.assets.imaging import build_image_assets
+
+    def tags_of_candidate(gpu: bool) -> dict:
+        spec = TaskSpec.model_validate({**IMAGE_SPEC, "training": {**IMAGE_SPEC["training"], "gpu": gpu}})
+        [candidate] = [a for a in build_image_assets(spec) if isinstance(a, dg.AssetsDefinition)
+                       and dg.AssetKey([IMAGE, "candidate_model"]) in a.keys]  # fmt: skip
+        return dict(candidate.op.tags)
+
+    assert DASK_RESOURCES_TAG == DASK_RESOURCE_REQUIREMENTS_KEY
+    assert json.loads(tags_of_candidate(True)[DASK_RESOURCES_TAG]) == {"GPU": 1}
+    assert DASK_RESOURCES_TAG not in tags_of_candidate(False)
+    assert gpu_op_tags(TaskSpec.model_validate(SPECS[TEXT])) == {}
+
+
+@pytest.mark.slow
+def test_the_gpu_step_runs_on_the_worker_with_the_gpu_label(cluster):
+    """A fake label: neither worker has a GPU; the scheduler matches the step's requirement to the label."""
+    data = Path(cluster.env["MEDDIAG_DATA_DIR"])
+    batch = data / "landing" / IMAGE / "batch_0001"
+    batch.mkdir(parents=True)
+    write_npz(batch / "organmnist.npz", {"train": 60, "val": 15, "test": 24}, seed=1)
+    (batch / "_READY").touch()
+    home = data.parent / "home_images"
+    update(cluster.env, home, IMAGE)
+    pids = step_pids(home)
+    assert pids[f"{IMAGE}__candidate_model"] == {cluster.pids[cluster.gpu_worker]}, (pids, cluster)
+    assert set().union(*pids.values()) <= set(cluster.pids.values())
