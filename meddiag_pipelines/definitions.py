@@ -126,13 +126,15 @@ def refuse_empty_selection(run) -> None:
 
 
 def _cli_selection() -> str:
-    """The ``--select`` of the command line that started this run, to name it in the refusal."""
+    """The ``--select`` (``dagster asset materialize``) or ``--assets`` (``dg launch``) of the command line that
+    started this run, to name it in the refusal."""
     argv = sys.argv
     for i, arg in enumerate(argv):
-        if arg == "--select" and i + 1 < len(argv):
-            return f"the selection {argv[i + 1]!r}"
-        if arg.startswith("--select="):
-            return f"the selection {arg.split('=', 1)[1]!r}"
+        for flag in ("--select", "--assets"):
+            if arg == flag and i + 1 < len(argv):
+                return f"the selection {argv[i + 1]!r}"
+            if arg.startswith(f"{flag}="):
+                return f"the selection {arg.split('=', 1)[1]!r}"
     return "this run's asset selection"
 
 

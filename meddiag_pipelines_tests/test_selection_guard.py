@@ -56,3 +56,12 @@ def test_a_selection_that_names_assets_still_runs(tmp_path):
     done, instance = _materialize(tmp_path, "heart_disease/raw_records", "--partition", "batch_0001")
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     assert _materialized(instance) == {"heart_disease/raw_records"}
+
+
+@pytest.mark.parametrize("argv", [["dagster", "asset", "materialize", "--select", "group:typo"],
+                                  ["dg", "launch", "--assets=group:typo"]])  # fmt: skip
+def test_the_refusal_names_the_selection_of_either_cli(monkeypatch, argv):
+    from meddiag_pipelines.definitions import _cli_selection
+
+    monkeypatch.setattr(sys, "argv", argv)
+    assert _cli_selection() == "the selection 'group:typo'"
