@@ -175,12 +175,11 @@ def run_direct(rows: int, selection: list[str] | None = None) -> dict:
     return {"seconds": time.perf_counter() - start, "steps": timings}
 
 
-def bench_job():
-    """Reconstructable job for the multiprocess executor (spec and data root from the environment)."""
+def bench_definitions():
+    """The bench task's definitions (spec and data root from the environment), rebuilt by each step process."""
     from meddiag_pipelines.definitions import build_definitions
 
-    spec = _spec()
-    return build_definitions([spec], Path(os.environ["MEDDIAG_DATA_DIR"])).resolve_implicit_global_asset_job_def()
+    return build_definitions([_spec()], Path(os.environ["MEDDIAG_DATA_DIR"]))
 
 
 def run_executor(rows: int, executor: str, selection: list[str] | None = None) -> dict:
@@ -188,7 +187,7 @@ def run_executor(rows: int, executor: str, selection: list[str] | None = None) -
     import dagster as dg
 
     from meddiag_pipelines.definitions import build_definitions
-    from meddiag_pipelines.update import whole_task_run
+    from meddiag_pipelines.update import reconstructable_asset_job, whole_task_run
 
     root = _fresh_root(f"exec_{executor}", rows)
     os.environ["MEDDIAG_DATA_DIR"] = str(root)
@@ -199,8 +198,8 @@ def run_executor(rows: int, executor: str, selection: list[str] | None = None) -
     with dg.instance_for_test() as instance:
         start = time.perf_counter()
         keys, tags = whole_task_run(build_definitions([_spec()], root), _spec(), instance, selection)
-        result = dg.execute_job(dg.reconstructable(bench_job), instance=instance, asset_selection=keys, tags=tags,
-                                raise_on_error=False)  # fmt: skip
+        job = reconstructable_asset_job(__name__, bench_definitions.__name__)
+        result = dg.execute_job(job, instance=instance, asset_selection=keys, tags=tags, raise_on_error=False)
         seconds = time.perf_counter() - start
         n_steps = len(instance.get_run_step_stats(result.run_id))
     return {"seconds": seconds, "success": result.success, "n_steps": n_steps}

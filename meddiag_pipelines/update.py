@@ -56,10 +56,15 @@ def update_definitions() -> dg.Definitions:
     return build_definitions()
 
 
-def update_job():
-    """The implicit asset job (the one behind ``dagster asset materialize``), reconstructable from its repository."""
-    repository = ReconstructableRepository.for_module(__name__, update_definitions.__name__, working_directory=os.getcwd())
+def reconstructable_asset_job(module: str, definitions_fn: str):
+    """The implicit asset job (the one behind ``dagster asset materialize``) of the definitions that
+    ``module.definitions_fn()`` builds, reconstructable so that step processes can rebuild it."""
+    repository = ReconstructableRepository.for_module(module, definitions_fn, working_directory=os.getcwd())
     return repository.get_reconstructable_job(IMPLICIT_ASSET_JOB)
+
+
+def update_job():
+    return reconstructable_asset_job(__name__, update_definitions.__name__)
 
 
 def group_keys(job: dg.JobDefinition, spec: TaskSpec) -> tuple[list[dg.AssetKey], list[dg.AssetKey]]:
