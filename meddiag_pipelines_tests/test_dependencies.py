@@ -1,13 +1,17 @@
 """Every module of the package imports, and every third-party package a file imports is declared in pyproject.toml:
-the package's in the runtime dependencies, the tests', bench's and the data scripts' in the runtime or dev ones.
-An import guarded by ``except ImportError`` is optional (bench compares with scrubadub when it is there)."""
+the package's in the runtime dependencies or the optional ``scale`` extra (imported only where a deployment asks
+for it, never by loading the definitions), the tests', bench's and the data scripts' in the runtime or dev ones
+(dev pulls ``scale``). An import guarded by ``except ImportError`` is optional (bench compares with scrubadub when
+it is there)."""
 
 from __future__ import annotations
 
 import ast
 import importlib
+import os
 import pkgutil
 import re
+import subprocess
 import sys
 import tomllib
 from functools import cache
@@ -32,10 +36,18 @@ def _normalise(name: str) -> str:
 
 
 def _declared(*groups: str) -> set[str]:
+    """The distributions of these groups; an extra naming the project itself (``meddiag_pipelines[scale]``) brings
+    that extra's."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
-    requirements = [r for g in groups for r in (project["dependencies"] if g == "runtime"
-                                                 else project["optional-dependencies"][g])]  # fmt: skip
-    return {_normalise(re.split(r"[\s<>=!~;\[]", r, maxsplit=1)[0]) for r in requirements}
+    names = set()
+    for group in groups:
+        for requirement in project["dependencies"] if group == "runtime" else project["optional-dependencies"][group]:
+            name = _normalise(re.split(r"[\s<>=!~;\[]", requirement, maxsplit=1)[0])
+            if name == _normalise(project["name"]):
+                names |= _declared(*re.search(r"\[(.*)\]", requirement).group(1).split(","))
+            else:
+                names.add(name)
+    return names
 
 
 def _guarded(tree: ast.AST) -> set[int]:
@@ -76,7 +88,7 @@ def test_every_module_of_the_package_imports():
         importlib.import_module(name)
 
 
-@pytest.mark.parametrize(("folder", "groups"), [("meddiag_pipelines", ("runtime",)),
+@pytest.mark.parametrize(("folder", "groups"), [("meddiag_pipelines", ("runtime", "scale")),
                                                 ("meddiag_pipelines_tests", ("runtime", "dev")),
                                                 ("bench", ("runtime", "dev")), ("scripts", ("runtime", "dev"))])  # fmt: skip
 def test_every_third_party_import_is_declared(folder, groups):
@@ -88,6 +100,14 @@ def test_every_third_party_import_is_declared(folder, groups):
         if not {_normalise(d) for d in distributions.get(module, [module])} & declared
     }
     assert not undeclared, f"imported but not declared in {' / '.join(groups)} of pyproject.toml: {undeclared}"
+
+
+def test_loading_the_definitions_needs_no_optional_extra():
+    """A base install (no ``scale`` extra) loads the project: the Dask and PostgreSQL modules load on demand."""
+    probe = "import sys, meddiag_pipelines.definitions; print(sorted(m for m in ('dask', 'distributed', 'dagster_dask', 'dagster_postgres') if m in sys.modules))"
+    done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "MEDDIAG_EXECUTOR": ""})  # fmt: skip
+    assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr[-2000:]
 
 
 def test_the_package_does_not_import_what_only_data_scripts_and_tests_need():
