@@ -1,7 +1,7 @@
 """Every module of the package imports, and every third-party package a file imports is declared in pyproject.toml:
-the package's in the runtime dependencies or the optional ``scale`` extra (imported only where a deployment asks
+the package's in the runtime dependencies or the optional ``scale`` and ``large`` extras (imported only where a deployment asks
 for it, never by loading the definitions), the tests', bench's and the data scripts' in the runtime or dev ones
-(dev pulls ``scale``). An import guarded by ``except ImportError`` is optional (bench compares with scrubadub when
+(dev pulls both). An import guarded by ``except ImportError`` is optional (bench compares with scrubadub when
 it is there)."""
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ def test_every_module_of_the_package_imports():
         importlib.import_module(name)
 
 
-@pytest.mark.parametrize(("folder", "groups"), [("meddiag_pipelines", ("runtime", "scale")),
+@pytest.mark.parametrize(("folder", "groups"), [("meddiag_pipelines", ("runtime", "scale", "large")),
                                                 ("meddiag_pipelines_tests", ("runtime", "dev")),
                                                 ("bench", ("runtime", "dev")), ("scripts", ("runtime", "dev"))])  # fmt: skip
 def test_every_third_party_import_is_declared(folder, groups):
@@ -103,8 +103,8 @@ def test_every_third_party_import_is_declared(folder, groups):
 
 
 def test_loading_the_definitions_needs_no_optional_extra():
-    """A base install (no ``scale`` extra) loads the project: the Dask and PostgreSQL modules load on demand."""
-    probe = "import sys, meddiag_pipelines.definitions; print(sorted(m for m in ('dask', 'distributed', 'dagster_dask', 'dagster_postgres') if m in sys.modules))"
+    """A base install (no extra) loads the project: the Dask, PostgreSQL, S3 and large-model modules load on demand."""
+    probe = "import sys, meddiag_pipelines.definitions; print(sorted(m for m in ('dask', 'distributed', 'dagster_dask', 'dagster_postgres', 's3fs', 'timm', 'torchvision', 'transformers', 'peft', 'onnx', 'onnxruntime') if m in sys.modules))"
     done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "MEDDIAG_EXECUTOR": ""})  # fmt: skip
     assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr[-2000:]
