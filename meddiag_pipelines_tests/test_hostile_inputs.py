@@ -358,7 +358,7 @@ def test_paths_with_dotdot_or_outside_the_data_root_are_refused(synthetic_spec, 
     (tmp_path / "outside.csv").write_bytes(csv_bytes(records(5)))
     batch = describe_batch(TASK, folder)
     sneaky = LandedBatch(TASK, "b1", folder, ("../../../../outside.csv",), batch.content_hash, 0)
-    with pytest.raises(BatchRejected, match="resolves outside its batch folder"):
+    with pytest.raises(BatchRejected, match="escapes the batch folder"):
         read_tabular_batch(sneaky, synthetic_spec)
     with pytest.raises(PathOutsideDataRoot):
         layout.confine(layout.landing(TASK) / ".." / ".." / ".." / "outside.csv")

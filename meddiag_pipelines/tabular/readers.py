@@ -27,7 +27,7 @@ import numpy as np
 import polars as pl
 
 from meddiag_pipelines.ingestion.errors import BatchRejected
-from meddiag_pipelines.ingestion.landing import INTERNAL_PREFIX, LandedBatch, display_name
+from meddiag_pipelines.ingestion.landing import INTERNAL_PREFIX, LandedBatch, UnsafePath, confined_file, display_name
 from meddiag_pipelines.specs import ROW_ID, TaskSpec, canonical_label
 
 READERS = {".csv": "csv", ".parquet": "parquet"}
@@ -43,17 +43,14 @@ _OTHER_DELIMITERS = (";", "\t", "|")
 
 
 def check_file(batch: LandedBatch, rel: str, max_file_mb: float) -> Path:
-    """Refuse undecodable names, links, paths leaving the batch and oversized files before anything is parsed."""
+    """Refuse undecodable names, anything :func:`confined_file` refuses and oversized files before anything is parsed."""
     shown = display_name(rel)
     if shown != rel:
         raise BatchRejected(shown, "has a file name that is not valid UTF-8; rename it")
-    path = batch.path / rel
-    if path.is_symlink():
-        raise BatchRejected(rel, "is a symbolic link; landing files must be regular files")
-    if not path.resolve().is_relative_to(batch.path.resolve()):
-        raise BatchRejected(rel, "resolves outside its batch folder")
-    if not path.is_file():
-        raise BatchRejected(rel, "is not a regular file")
+    try:
+        path = confined_file(batch.path, rel)
+    except UnsafePath as exc:
+        raise BatchRejected(rel, f"is refused: {exc}") from None
     size_mb = path.stat().st_size / 2**20
     if size_mb > max_file_mb:
         raise BatchRejected(rel, f"is {size_mb:.1f} MB, over the limit of {max_file_mb} MB (landing.max_file_mb)")
