@@ -61,14 +61,23 @@ def image_root(tmp_path_factory) -> tuple[Path, list[str]]:
     return root, ids[16:]
 
 
+@pytest.mark.slow
 def test_an_image_version_exports_with_parity_once(image_root, monkeypatch, capsys):
     import onnxruntime
 
     from meddiag_pipelines.imaging.preprocess import load_cached
     from meddiag_pipelines.imaging.train import predict_image_model
+    from meddiag_pipelines.registry import export
 
     root, test_ids = image_root
     monkeypatch.setenv("MEDDIAG_DATA_DIR", str(root))
+    # an export whose outputs differ from torch's is refused with its figure, and nothing is left behind
+    with monkeypatch.context() as patched:
+        patched.setattr(export, "_export_and_compare", lambda exportable, target: {"max_abs_diff": 0.02})
+        assert registry_cli(["export", "tiny_cnn", VERSION]) == 2
+    assert "differ from torch's by up to 0.02" in capsys.readouterr().err
+    assert not any(p.is_file() for p in (root / "exports").rglob("*"))
+
     assert registry_cli(["export", "tiny_cnn", VERSION]) == 0
     out = capsys.readouterr().out
     assert "exported to" in out and f"parity on {len(test_ids)} test rows" in out and "logits" in out
@@ -92,6 +101,7 @@ def test_an_image_version_exports_with_parity_once(image_root, monkeypatch, caps
     assert "already exported" in capsys.readouterr().out and (folder / "model.onnx").stat().st_mtime_ns == before
 
 
+@pytest.mark.slow
 def test_a_text_ngram_version_exports_with_parity(tmp_path, monkeypatch, capsys):
     import onnxruntime
 

@@ -92,9 +92,8 @@ def _export_and_compare(exportable: Exportable, target: Path) -> dict:
     dims: dict[str, object] = {}
     shapes = tuple({axis: dims.setdefault(n, torch.export.Dim(n)) for axis, n in exportable.axes[i].items()} for i in names)
     example = tuple(torch.from_numpy(exportable.example[n]) for n in names)
-    with torch.inference_mode(False), torch.no_grad():
-        program = torch.onnx.export(exportable.module, example, dynamo=True, input_names=names, output_names=["logits"],
-                                    dynamic_shapes=shapes, verbose=False)  # fmt: skip
+    program = torch.onnx.export(exportable.module, example, dynamo=True, input_names=names, output_names=["logits"],
+                                dynamic_shapes=shapes, verbose=False)  # fmt: skip
     program.save(str(target))
     session = onnxruntime.InferenceSession(str(target), providers=["CPUExecutionProvider"])
     worst, shape = 0.0, None
