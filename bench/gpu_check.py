@@ -132,6 +132,10 @@ def encoder_finetune(device: str, seconds: float, length: int, batch: int, hidde
                      warmup: int = 2) -> dict:  # fmt: skip
     """A BERT encoder with a classification head (transformers, random init) on random token ids."""
     import torch
+
+    from meddiag_pipelines.imaging.backbones import import_timm
+
+    import_timm()  # transformers imports torchvision too: the same shim for its detection ops
     from transformers import BertConfig, BertForSequenceClassification
 
     torch.manual_seed(0)

@@ -154,28 +154,39 @@ def image_exportable(model_dir: Path, plan: dict, test_ids: list[str]) -> Export
 EXAMPLE_TEXTS = ["chest pain on exertion", "no acute findings"]  # traced only: the example's values do not matter
 
 
+def text_inputs_exportable(module, axes: dict[str, dict[int, str]], encode: Callable[[list[str]], dict[str, np.ndarray]],
+                           texts: list[str], then: str) -> Exportable:  # fmt: skip
+    """A text model whose inputs ``encode(texts)`` makes in Python (hashing, a tokenizer), chunk by chunk. An
+    encoder passes a module returning the logits tensor, ``axes`` {0: "batch", 1: "sequence"} for input_ids and
+    attention_mask, and its tokenizer (padded, as int64 arrays) as ``encode``."""
+
+    def batches() -> Iterator[dict[str, np.ndarray]]:
+        for start in range(0, len(texts), CHUNK):
+            yield encode(texts[start : start + CHUNK])
+
+    return Exportable(module, axes, encode(EXAMPLE_TEXTS), batches, len(texts), then)
+
+
 def text_exportable(model_dir: Path, test_texts: Callable[[], list[str]]) -> Exportable:
     from meddiag_pipelines.text.models import _bags, _batch_tensors, _Neural, load_text_model
 
-    model = load_text_model(model_dir)
+    try:
+        model = load_text_model(model_dir)
+    except ValueError as exc:  # a model kind this module has no adapter for
+        raise ExportRefused(f"{exc}: no ONNX export for it yet") from exc
     if not isinstance(model, _Neural):
         raise ExportRefused(f"{model_dir.parent.name}: the chosen text model is the TF-IDF + logistic-regression "
                             "baseline, not a torch model; its vocab.json and weights.npz are portable as they are")  # fmt: skip
     model.net.eval()
-    texts = test_texts()
 
-    def inputs(chunk: list[str]) -> dict[str, np.ndarray]:
+    def hashed(chunk: list[str]) -> dict[str, np.ndarray]:
         ids, offsets = _batch_tensors(_bags(chunk, model.n_buckets, model.char_ngrams), "cpu")
         return {"indices": ids.numpy(), "offsets": offsets.numpy()}
-
-    def batches() -> Iterator[dict[str, np.ndarray]]:
-        for start in range(0, len(texts), CHUNK):
-            yield inputs(texts[start : start + CHUNK])
 
     sigmoid = "sigmoid: P(second class)" if model.n_out == 1 else "softmax over the classes"
     then = f"divide by the temperature {model.temperature:.6g}, then {sigmoid}; inputs: CRC32-hashed n-grams"
     axes = {"indices": {0: "n_indices"}, "offsets": {0: "batch"}}
-    return Exportable(model.net, axes, inputs(EXAMPLE_TEXTS), batches, len(texts), then)
+    return text_inputs_exportable(model.net, axes, hashed, test_texts(), then)
 
 
 def _test_texts(root: DataRoot, task: str, version: str, test_ids: list[str], column: str) -> list[str]:
