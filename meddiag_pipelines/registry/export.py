@@ -28,7 +28,7 @@ import polars as pl
 
 from meddiag_pipelines.atomic import atomic_write_json, publish_new_dir, staging_dir
 from meddiag_pipelines.layout import DataLayout
-from meddiag_pipelines.registry.store import ModelRegistry
+from meddiag_pipelines.registry.store import ModelRegistry, RegistryError
 from meddiag_pipelines.split import SPLIT_COLUMN
 from meddiag_pipelines.storage import DataRoot, open_plan
 
@@ -52,16 +52,19 @@ class Exportable:
 
 
 def export_dir(data_dir: Path, task: str, version: str) -> Path:
-    return DataLayout(data_dir).root / "exports" / task / version
+    return Path(data_dir) / "exports" / task / version
 
 
 def export_version(data_dir: Path, task: str, version: str) -> dict:
     """Export ``version`` of ``task`` and check it; the parity record (``already_exported``: an earlier export's)."""
-    registry = ModelRegistry(DataLayout(data_dir).root / "models")
-    manifest = registry.manifest(task, version)  # RegistryError for an unknown task or version
+    registry = ModelRegistry(Path(data_dir) / "models")
+    known = registry.versions(task) if task in registry.tasks() else []
+    if version not in known:  # also keeps the paths below inside the data root
+        raise RegistryError(f"task {task!r} has no published version {version!r}; known: {known}")
+    manifest = registry.manifest(task, version)
     final = export_dir(data_dir, task, version)
     if (final / PARITY_FILE).exists():
-        return {**json.loads((final / PARITY_FILE).read_text()), "already_exported": True}
+        return _recorded(final)
     version_dir = registry.version_dir(task, version)
     root = DataRoot(data_dir)
     plan = open_plan(json.loads((version_dir / "plan.json").read_text()), root)
@@ -78,10 +81,17 @@ def export_version(data_dir: Path, task: str, version: str) -> dict:
                                 f"{record['max_abs_diff']:.3g} on the test split (tolerance {TOLERANCE:g}): not exported")  # fmt: skip
         atomic_write_json(staged / PARITY_FILE, record)
         publish_new_dir(staged, final)
+    except FileExistsError:  # another export of this version published first
+        shutil.rmtree(staged, ignore_errors=True)
+        return _recorded(final)
     except BaseException:
         shutil.rmtree(staged, ignore_errors=True)
         raise
     return {**record, "already_exported": False}
+
+
+def _recorded(final: Path) -> dict:
+    return {**json.loads((final / PARITY_FILE).read_text()), "already_exported": True}
 
 
 def _export_and_compare(exportable: Exportable, target: Path) -> dict:
@@ -103,7 +113,8 @@ def _export_and_compare(exportable: Exportable, target: Path) -> dict:
             (got,) = session.run(["logits"], batch)
             if got.shape != expected.shape:
                 raise ExportRefused(f"the ONNX model's output shape {got.shape} differs from torch's {expected.shape}")
-            worst, shape = max(worst, float(np.abs(got - expected).max(initial=0.0))), got.shape[1:]
+            diff = float(np.abs(got - expected).max(initial=0.0))
+            worst, shape = max(worst, diff if np.isfinite(diff) else np.inf), got.shape[1:]  # NaN: a mismatch
     return {"max_abs_diff": worst, "output_shape": ["batch", *shape], "opset": _opset(target),
             "torch": torch.__version__, "onnxruntime": onnxruntime.__version__}  # fmt: skip
 
