@@ -123,7 +123,8 @@ def test_a_text_ngram_version_exports_with_parity(tmp_path, monkeypatch, capsys)
     DataRoot(root).write_parquet(f"warehouse/tables/{spec.name}/split/{VERSION}.parquet", split)
 
     def fill(model_dir: Path) -> None:
-        model, _ = text_models._train_neural(notes[:18], y[:18], notes[18:24], y[18:24], spec.classes, spec, "cpu", math.inf)
+        model, _ = text_models._train_neural(notes[:18], y[:18], notes[18:24], y[18:24], spec.classes, spec, "cpu",
+                                             math.inf)  # fmt: skip
         model.save(model_dir)
 
     plan = {"modality": "text", "text_column": "note", "min_text_chars": 1, "scrubbed_at_read": True, "binary": False}
@@ -144,7 +145,8 @@ def test_a_text_ngram_version_exports_with_parity(tmp_path, monkeypatch, capsys)
 
     session = onnxruntime.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
     model = text_models.load_text_model(root / "models" / spec.name / VERSION / "model")
-    ids_t, offsets = text_models._batch_tensors(text_models._bags(notes[24:], model.n_buckets, model.char_ngrams), "cpu")
+    bags = text_models._bags(notes[24:], model.n_buckets, model.char_ngrams)
+    ids_t, offsets = text_models._batch_tensors(bags, "cpu")
     (logits,) = session.run(["logits"], {"indices": ids_t.numpy(), "offsets": offsets.numpy()})
     assert logits.shape == (6, 3)
     np.testing.assert_allclose(logits, model.logits(notes[24:]), atol=1e-4)

@@ -83,7 +83,8 @@ def export_command(task: str, version: str) -> int:
     print(f"{task} {version}: {state} to {where}")
     print(f"  parity on {record['n_test']} test rows: max |onnxruntime - torch| of the {record['compared']} = "
           f"{record['max_abs_diff']:.3g} (tolerance {record['tolerance']:g})")
-    print(f"  inputs {record['inputs']}; output logits {record['output_shape']}, then {record['then']}")
+    inputs = ", ".join(f"{name} (dynamic {', '.join(axes.values())})" for name, axes in record["inputs"].items())
+    print(f"  inputs: {inputs}; output: logits {record['output_shape']}, then {record['then']}")
     return 0
 
 

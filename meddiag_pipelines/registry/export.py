@@ -100,7 +100,8 @@ def _export_and_compare(exportable: Exportable, target: Path) -> dict:
 
     names = list(exportable.axes)
     dims: dict[str, object] = {}
-    shapes = tuple({axis: dims.setdefault(n, torch.export.Dim(n)) for axis, n in exportable.axes[i].items()} for i in names)
+    shapes = tuple({axis: dims.setdefault(n, torch.export.Dim(n)) for axis, n in exportable.axes[i].items()}
+                   for i in names)  # fmt: skip
     example = tuple(torch.from_numpy(exportable.example[n]) for n in names)
     program = torch.onnx.export(exportable.module, example, dynamo=True, input_names=names, output_names=["logits"],
                                 dynamic_shapes=shapes, verbose=False)  # fmt: skip
@@ -195,7 +196,8 @@ def text_exportable(model_dir: Path, test_texts: Callable[[], list[str]]) -> Exp
         return {"indices": ids.numpy(), "offsets": offsets.numpy()}
 
     sigmoid = "sigmoid: P(second class)" if model.n_out == 1 else "softmax over the classes"
-    then = f"divide by the temperature {model.temperature:.6g}, then {sigmoid}; inputs: CRC32-hashed n-grams"
+    then = (f"divide by the temperature {model.temperature:.6g}, then {sigmoid}; indices: CRC32 buckets of the "
+            "n-grams of each text (text.models.hashed_features), offsets: where each text starts")
     axes = {"indices": {0: "n_indices"}, "offsets": {0: "batch"}}
     return text_inputs_exportable(model.net, axes, hashed, test_texts(), then)
 
@@ -219,4 +221,5 @@ def _test_texts(root: DataRoot, task: str, version: str, test_ids: list[str], co
         text_of = dict(zip(test[spec.id].cast(pl.String).to_list(), texts_of(test, column), strict=True))
         if all(i in text_of for i in test_ids):
             return [text_of[i] for i in test_ids]
-    raise ExportRefused(f"{task} {version}: no split table under {folder} holds the version's {len(test_ids)} test rows")
+    raise ExportRefused(f"{task} {version}: no split table under {folder} holds the version's {len(test_ids)} test "
+                        "rows")  # fmt: skip
