@@ -15,8 +15,10 @@ from meddiag_pipelines_tests.conftest import REPO
 COMMON = {"name", "impl", "size", "seconds", "peak_rss_mb"}
 
 
-def run_bench(name: str, tmp_path, *extra: str) -> list[dict]:
-    proc = subprocess.run([sys.executable, "-m", "bench", name, "--size", "smoke", *extra], cwd=REPO, capture_output=True,
+def run_bench(name: str, tmp_path, *extra: str, module: tuple[str, ...] | None = None) -> list[dict]:
+    """``module``: a script run as ``python -m <module>`` in place of ``python -m bench <name>``."""
+    command = [sys.executable, "-m", *(module or ("bench", name)), "--size", "smoke", *extra]
+    proc = subprocess.run(command, cwd=REPO, capture_output=True,
                           text=True, timeout=240, env={**__import__("os").environ, "MEDDIAG_BENCH_DIR": str(tmp_path),
                                                         "MEDDIAG_FORCE_CPU": "1"})  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -54,3 +56,14 @@ def test_polars_and_duckdb_features_agree(tmp_path):
 @pytest.mark.parametrize("name", ["ingest", "sensor", "orchestration", "training", "validation", "distributed"])
 def test_bench_smoke(name, tmp_path):
     run_bench(name, tmp_path)
+
+
+def test_gpu_check_runs_every_model_on_the_cpu(tmp_path):
+    lines = run_bench("gpu_check", tmp_path, module=("bench.gpu_check",))
+    assert all(line["device"] == "cpu" and "CPU" in line["note"] for line in lines)
+    by_impl = {line["impl"]: line for line in lines}
+    large = ["resnet50_finetune_bf16_cpu", "vit_small_patch16_224_finetune_bf16_cpu", "bert_encoder_finetune_bf16_cpu"]
+    assert {"xgboost_hist_cpu", "cnn_bf16_amp_cpu", "text_models_cpu", *large} == set(by_impl)
+    for impl in large:
+        rate = by_impl[impl].get("images_per_s") or by_impl[impl].get("sequences_per_s")
+        assert rate > 0 and by_impl[impl]["peak_gpu_mb"] is None and by_impl[impl]["params_m"] > 0

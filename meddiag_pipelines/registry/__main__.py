@@ -1,8 +1,9 @@
-"""Registry command line: list versions, pin the champion to an earlier version (rollback), unpin.
+"""Registry command line: list versions, pin the champion to an earlier version (rollback), unpin, export to ONNX.
 
     python -m meddiag_pipelines.registry list [heart_disease] [--json]
     python -m meddiag_pipelines.registry pin heart_disease 20261129T000617.412Z-65bc273e
     python -m meddiag_pipelines.registry unpin heart_disease
+    python -m meddiag_pipelines.registry export synthetic_chest_phantoms 20261129T000617.412Z-65bc273e
 """
 
 from __future__ import annotations
@@ -68,6 +69,25 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines) if lines else "no published versions"
 
 
+def export_command(task: str, version: str) -> int:
+    """Export a version's torch model to ONNX, checked against onnxruntime on its test split (``registry.export``)."""
+    from meddiag_pipelines.registry.export import ExportRefused, export_dir, export_version
+
+    try:
+        record = export_version(default_data_dir(), task, version)
+    except (RegistryError, ExportRefused) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    where = export_dir(default_data_dir(), task, version)
+    state = "already exported (unchanged)" if record["already_exported"] else "exported"
+    print(f"{task} {version}: {state} to {where}")
+    print(f"  parity on {record['n_test']} test rows: max |onnxruntime - torch| of the {record['compared']} = "
+          f"{record['max_abs_diff']:.3g} (tolerance {record['tolerance']:g})")
+    inputs = ", ".join(f"{name} (dynamic {', '.join(axes.values())})" for name, axes in record["inputs"].items())
+    print(f"  inputs: {inputs}; output: logits {record['output_shape']}, then {record['then']}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m meddiag_pipelines.registry", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -79,7 +99,13 @@ def main(argv: list[str] | None = None) -> int:
         cmd.add_argument("task")
         if name == "pin":
             cmd.add_argument("version")
+    export = sub.add_parser("export", help="a version's torch model to ONNX, with an onnxruntime parity check on its "
+                            "test split: exports/<task>/<version>/model.onnx and parity.json")  # fmt: skip
+    export.add_argument("task")
+    export.add_argument("version")
     args = parser.parse_args(argv)
+    if args.command == "export":
+        return export_command(args.task, args.version)
     registry = ModelRegistry(default_data_dir() / "models")
     if args.command == "list":
         tasks = [args.task] if args.task else registry.tasks()
