@@ -10,23 +10,23 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
-from meddiag_pipelines.layout import default_data_dir
+from meddiag_pipelines.layout import default_data_root
 from meddiag_pipelines.registry.manifest import summarize
 from meddiag_pipelines.registry.store import ModelRegistry, RegistryError
+from meddiag_pipelines.storage import DataRoot
 
 COLUMNS = ("version", "created (UTC)", "data partitions", "code", "metric (95% CI)", "decision")
 
 
-def version_rows(registry: ModelRegistry, tasks: list[str], reports: Path) -> list[dict]:
+def version_rows(registry: ModelRegistry, tasks: list[str]) -> list[dict]:
     """Every published version of ``tasks`` as :func:`summarize` fields, with its task; the version that the
     latest run found unchanged (``reports/<task>/latest.json``) names that run's discarded candidate."""
     rows = []
     for task in tasks:
         champion = registry.champion(task)
-        pointer = reports / task / "latest.json"
-        latest = json.loads(pointer.read_text()) if pointer.exists() else {}
+        pointer = f"reports/{task}/latest.json"
+        latest = registry.root.read_json(pointer) if registry.root.exists(pointer) else {}
         for version in registry.versions(task):
             row = {"task": task, **summarize(registry.manifest(task, version), champion)}
             row["unchanged_candidate"] = latest.get("unchanged_candidate") if latest.get("version") == version else None
@@ -80,10 +80,10 @@ def main(argv: list[str] | None = None) -> int:
         if name == "pin":
             cmd.add_argument("version")
     args = parser.parse_args(argv)
-    registry = ModelRegistry(default_data_dir() / "models")
+    registry = ModelRegistry(DataRoot(default_data_root()))
     if args.command == "list":
         tasks = [args.task] if args.task else registry.tasks()
-        rows = version_rows(registry, tasks, default_data_dir() / "reports")
+        rows = version_rows(registry, tasks)
         print(json.dumps(rows, indent=2) if args.json else format_table(rows))
         return 0
     champion = registry.champion(args.task)
