@@ -10,11 +10,16 @@ import time
 import uuid
 from pathlib import Path
 
+import dagster as dg
 import polars as pl
 import pytest
 
+from meddiag_pipelines.definitions import build_definitions
+from meddiag_pipelines.layout import DataLayout
 from meddiag_pipelines.registry.store import ModelRegistry
 from meddiag_pipelines.storage import DataRoot
+from meddiag_pipelines.update import update_task
+from meddiag_pipelines_tests.conftest import land, synthetic_records
 
 S3_ENV = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
 
@@ -136,3 +141,36 @@ def test_registry_in_the_bucket(s3_root):
     assert registry.champion("t")["version"] == "v1" and registry.version_with_fingerprint("t", "f1") == "v1"
     assert registry.root.exists("models/t/champion.json") and not staged.exists()
     assert (registry.version_dir("t", "v1") / "model" / "weights.json").exists()
+
+
+@pytest.mark.slow
+def test_a_tabular_task_on_an_s3_data_root(s3_root, tmp_path, synthetic_spec, monkeypatch):
+    """Models, reports, tables, predictions and quarantine land in the bucket; on local disk only what must be
+    local (landing, the DuckDB ledger and raw records, the model cache); the champion scores a new batch."""
+    monkeypatch.setenv("MEDDIAG_DATA_DIR", s3_root)
+    task = synthetic_spec.name
+    root = DataRoot(s3_root)
+    layout = DataLayout(root.local)  # landing is local (copied there from a landing prefix, if any)
+    land(layout, task, "b1", synthetic_records(200, seed=1))
+    land(layout, task, "b2", synthetic_records(20, seed=3, start=500).with_columns(pl.lit("maybe").alias("outcome")))
+    defs = build_definitions([synthetic_spec])
+    with dg.instance_for_test() as instance:
+        update_task(synthetic_spec, instance, defs=defs)
+        champion = ModelRegistry(root).champion(task)
+        land(layout, task, "b3", synthetic_records(6, seed=4, start=900).with_columns(pl.lit(None, pl.String).alias("outcome")))
+        update_task(synthetic_spec, instance, defs=defs)
+
+    assert champion is not None and ModelRegistry(root).versions(task) == [champion["version"]]
+    version = champion["version"]
+    for rel in (f"models/{task}/{version}/manifest.json", f"models/{task}/{version}/report.html",
+                f"reports/{task}/latest/metrics.json", f"quarantine/{task}/b2/reason.json",
+                f"quarantine/{task}/b2/records.csv"):  # fmt: skip
+        assert root.exists(rel), rel
+    assert root.read_json(f"reports/{task}/latest.json")["version_dir"] == f"models/{task}/{version}"
+    assert root.list(f"warehouse/tables/{task}") == ["features", "split", "validated_records"]
+    scored = root.read_parquet(f"predictions/{task}/b3/{version}.parquet")
+    assert scored.height == 6 and scored["model_version"].unique().to_list() == [version]
+    local = {p.relative_to(root.local).parts[0] for p in root.local.rglob("*") if p.is_file()}
+    assert local <= {"landing", "warehouse", ".objects"}, local
+    assert not (root.local / "warehouse" / "tables").exists() and not (root.local / "warehouse" / "values").exists()
+    assert not (layout.landing(task) / "b2").exists()  # moved to the bucket's quarantine, not copied
