@@ -77,7 +77,8 @@ class DataRoot:
     """The data root: every operation takes a path relative to it."""
 
     def __init__(self, root: Path | str):
-        if is_object_store(root):
+        self.remote = is_object_store(root)
+        if self.remote:
             self.url = str(root).rstrip("/")
             self.base = self.url[len(OBJECT_STORE) :]
             self.local = _local_dir_of(self.url)
@@ -86,10 +87,6 @@ class DataRoot:
             self.local = Path(root).resolve()
             self.url = self.base = str(self.local)
             self.fs = LocalFileSystem()
-
-    @property
-    def remote(self) -> bool:
-        return self.base != str(self.local)
 
     def path(self, rel: str) -> Path:
         """Where ``rel`` is on this host: the file itself on a local root; on an object store its place in the
@@ -113,11 +110,12 @@ class DataRoot:
     def list(self, rel: str, folders_only: bool = False) -> list[str]:
         """Names in folder ``rel``, sorted, without hidden entries (leftovers of interrupted writes)."""
         try:
-            entries = self.fs.ls(self.key(rel), detail=True)
+            entries = self.fs.ls(self.key(rel), detail=folders_only)  # details cost a stat per entry locally
         except (FileNotFoundError, NotADirectoryError):
             return []
-        names = (PurePosixPath(e["name"]).name for e in entries if not folders_only or e["type"] == "directory")
-        return sorted(n for n in names if not n.startswith("."))
+        if folders_only:
+            entries = [e["name"] for e in entries if e["type"] == "directory"]
+        return sorted(n for n in (PurePosixPath(e).name for e in entries) if not n.startswith("."))
 
     def read_bytes(self, rel: str) -> bytes:
         return self.fs.cat_file(self.key(rel))
@@ -233,6 +231,41 @@ class DataRoot:
             if file.is_file() and not file.is_symlink():
                 self.fs.put_file(str(file), self.key(f"{rel}/{file.relative_to(local).as_posix()}"))
         return rel
+
+    def take_ready_folders(self, rel: str, into: Path, marker: str | None, quiet_s: float) -> list[str]:
+        """Move the complete folders under prefix ``rel`` of an object store (batches landed there) into the local
+        folder ``into``, where today's ingestion reads them. Complete: holding ``marker`` at its top, or (``None``)
+        no object newer than ``quiet_s`` seconds. Each is downloaded into a hidden folder (which scans skip), renamed
+        into place, then deleted from the store: it has landed locally, and is never lost on the way. A name
+        already in ``into`` stays in the store (land a corrected batch under a new name). Returns the names moved."""
+        if not self.remote:
+            return []
+        batches: dict[str, list[dict]] = {}
+        for key, info in self.fs.find(self.key(rel), detail=True).items():
+            name, _, inner = PurePosixPath(key).relative_to(self.key(rel)).as_posix().partition("/")
+            if inner and not name.startswith((".", "_")):
+                batches.setdefault(name, []).append({**info, "inner": inner})
+        moved = []
+        for name, objects in sorted(batches.items()):
+            complete = (any(o["inner"] == marker for o in objects) if marker else
+                        time.time() - max(o["LastModified"].timestamp() for o in objects) >= quiet_s)  # fmt: skip
+            if complete and not (into / name).exists():
+                self._download_batch(objects, into, name)
+                self.fs.rm(self.key(f"{rel}/{name}"), recursive=True)
+                moved.append(name)
+        return moved
+
+    def _download_batch(self, objects: list[dict], into: Path, name: str) -> None:
+        """Keys name the files (data): each must stay inside the batch (no absolute path, no ``..``)."""
+        building = staging_dir(into / name)
+        try:
+            for obj in objects:
+                target = building / _checked(obj["inner"])
+                target.parent.mkdir(parents=True, exist_ok=True)
+                self.fs.get_file(obj["name"], str(target))
+            os.rename(building, into / name)
+        finally:
+            shutil.rmtree(building, ignore_errors=True)
 
 
 def _checked(rel: str) -> str:

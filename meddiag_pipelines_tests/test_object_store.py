@@ -146,13 +146,16 @@ def test_registry_in_the_bucket(s3_root):
 @pytest.mark.slow
 def test_a_tabular_task_on_an_s3_data_root(s3_root, tmp_path, synthetic_spec, monkeypatch):
     """Models, reports, tables, predictions and quarantine land in the bucket; on local disk only what must be
-    local (landing, the DuckDB ledger and raw records, the model cache); the champion scores a new batch."""
+    local (landing, the DuckDB ledger and raw records, the model cache); a bad batch landed in the bucket's
+    landing prefix is quarantined there; the champion scores a new batch."""
     monkeypatch.setenv("MEDDIAG_DATA_DIR", s3_root)
     task = synthetic_spec.name
     root = DataRoot(s3_root)
     layout = DataLayout(root.local)  # landing is local (copied there from a landing prefix, if any)
     land(layout, task, "b1", synthetic_records(200, seed=1))
-    land(layout, task, "b2", synthetic_records(20, seed=3, start=500).with_columns(pl.lit("maybe").alias("outcome")))
+    bad = synthetic_records(20, seed=3, start=500).with_columns(pl.lit("maybe").alias("outcome"))
+    root.write_bytes(f"landing/{task}/b2/records.csv", bad.write_csv().encode())  # landed in the store's prefix
+    root.write_bytes(f"landing/{task}/b2/_READY", b"")
     defs = build_definitions([synthetic_spec])
     with dg.instance_for_test() as instance:
         update_task(synthetic_spec, instance, defs=defs)
@@ -173,4 +176,22 @@ def test_a_tabular_task_on_an_s3_data_root(s3_root, tmp_path, synthetic_spec, mo
     local = {p.relative_to(root.local).parts[0] for p in root.local.rglob("*") if p.is_file()}
     assert local <= {"landing", "warehouse", ".objects"}, local
     assert not (root.local / "warehouse" / "tables").exists() and not (root.local / "warehouse" / "values").exists()
-    assert not (layout.landing(task) / "b2").exists()  # moved to the bucket's quarantine, not copied
+    assert not (layout.landing(task) / "b2").exists() and root.list(f"landing/{task}") == []  # moved, not copied
+
+
+def test_batches_landed_in_the_store_move_to_the_local_landing_folder(s3_root, tmp_path):
+    root = DataRoot(s3_root)
+    root.write_bytes("landing/t/b1/records.csv", b"a,b\n1,2\n")
+    root.write_bytes("landing/t/b1/sub/more.csv", b"a,b\n3,4\n")
+    root.write_bytes("landing/t/b1/_READY", b"")
+    root.write_bytes("landing/t/b2/records.csv", b"a,b\n5,6\n")  # not complete yet
+    local = tmp_path / "landing"
+    assert root.take_ready_folders("landing/t", local, "_READY", 60) == ["b1"]
+    assert (local / "b1" / "sub" / "more.csv").read_bytes() == b"a,b\n3,4\n" and (local / "b1" / "_READY").exists()
+    assert not root.exists("landing/t/b1/records.csv") and root.exists("landing/t/b2/records.csv")
+    assert sorted(p.name for p in local.iterdir()) == ["b1"]  # no in-flight copy left
+    root.write_bytes("landing/t/b1/records.csv", b"a,b\n7,8\n")  # re-landed under a known name: stays in the store
+    root.write_bytes("landing/t/b1/_READY", b"")
+    assert root.take_ready_folders("landing/t", local, "_READY", 60) == []
+    assert root.exists("landing/t/b1/records.csv") and (local / "b1" / "records.csv").read_bytes() == b"a,b\n1,2\n"
+    assert root.take_ready_folders("landing/t", local, None, 0) == ["b2"]  # quiet mode: nothing newer than 0 s

@@ -41,9 +41,13 @@ class ModelRegistry:
         """A registry path relative to the data root."""
         return "/".join(p for p in (self.prefix, *parts) if p)
 
+    def task_dir(self, task: str) -> Path:
+        """The task's registry folder on this host (on an object store, in the local folder: only staging)."""
+        return self.root.path(self.rel(task))
+
     def staging_dir(self, task: str, version: str) -> Path:
         """The local folder in which ``version`` is built."""
-        path = self.root.path(self.rel(task, STAGING, version))
+        path = self.task_dir(task) / STAGING / version
         path.mkdir(parents=True, exist_ok=True)
         return path
 
@@ -67,7 +71,7 @@ class ModelRegistry:
     def sweep_staging(self, task: str, older_than_s: float = STALE_AFTER_S) -> list[Path]:
         """Remove staged versions in which nothing changed for ``older_than_s`` (their run died before
         publishing); younger ones may belong to a run still training (checkpoints are written inside)."""
-        folder = self.root.path(self.rel(task, STAGING))
+        folder = self.task_dir(task) / STAGING
         if not folder.is_dir():
             return []
         now = time.time()
@@ -93,7 +97,7 @@ class ModelRegistry:
 
     def discard_staged(self, task: str, version: str) -> None:
         """Remove a staged version that will not be published (a copy of a published one)."""
-        shutil.rmtree(self.root.path(self.rel(task, STAGING, version)), ignore_errors=True)
+        shutil.rmtree(self.task_dir(task) / STAGING / version, ignore_errors=True)
 
     def manifest(self, task: str, version: str) -> dict:
         try:
