@@ -195,3 +195,15 @@ def test_batches_landed_in_the_store_move_to_the_local_landing_folder(s3_root, t
     assert root.take_ready_folders("landing/t", local, "_READY", 60) == []
     assert root.exists("landing/t/b1/records.csv") and (local / "b1" / "records.csv").read_bytes() == b"a,b\n1,2\n"
     assert root.take_ready_folders("landing/t", local, None, 0) == ["b2"]  # quiet mode: nothing newer than 0 s
+
+
+def test_duckdb_reads_the_store_through_a_registered_filesystem(s3_root):
+    """What a SQL user does instead of the views (none over an object store): offline, no httpfs extension."""
+    import duckdb
+
+    root = DataRoot(s3_root)
+    for batch, n in (("b1", 2), ("b2", 3)):
+        root.write_parquet(f"warehouse/tables/t/split/{batch}/run.parquet", pl.DataFrame({"a": list(range(n))}))
+    con = duckdb.connect()
+    con.register_filesystem(root.fs)
+    assert con.execute(f"select count(*) from read_parquet('{s3_root}/warehouse/tables/t/split/*/*.parquet')").fetchone() == (5,)
