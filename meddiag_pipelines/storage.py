@@ -16,6 +16,7 @@ from __future__ import annotations
 import fcntl
 import io
 import json
+import logging
 import os
 import shutil
 import time
@@ -28,6 +29,8 @@ from fsspec.implementations.local import LocalFileSystem
 
 from meddiag_pipelines.atomic import atomic_create, atomic_write, atomic_write_bytes, publish_dir, publish_new_dir, staging_dir
 from meddiag_pipelines.layout import PathOutsideDataRoot
+
+log = logging.getLogger(__name__)
 
 
 def run_name(created_at: float, run_id: str) -> str:
@@ -143,7 +146,7 @@ class DataRoot:
 
     def write_json(self, rel: str, obj: Any) -> str:
         """Strict JSON (no NaN, no objects JSON cannot hold): a value that does not survive the round trip fails here."""
-        return self.write_bytes(rel, _json_bytes(obj))
+        return self.write_bytes(rel, (json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n").encode())
 
     def read_parquet(self, rel: str) -> pl.DataFrame:
         with self.fs.open(self.key(rel), "rb") as fh:
@@ -249,18 +252,22 @@ class DataRoot:
         for name, objects in sorted(batches.items()):
             complete = (any(o["inner"] == marker for o in objects) if marker else
                         time.time() - max(o["LastModified"].timestamp() for o in objects) >= quiet_s)  # fmt: skip
-            if complete and not (into / name).exists():
-                self._download_batch(objects, into, name)
-                self.fs.rm(self.key(f"{rel}/{name}"), recursive=True)
-                moved.append(name)
+            if not complete or (into / name).exists():
+                continue
+            if any(_escapes(o["inner"]) for o in objects):  # a key (data) names no file inside the batch
+                log.warning("batch %s in the object store's landing prefix %s: a file name climbs out of the batch "
+                            "('..'); left there, not ingested", name, rel)  # fmt: skip
+                continue
+            self._download_batch(objects, into, name)
+            self.fs.rm(self.key(f"{rel}/{name}"), recursive=True)
+            moved.append(name)
         return moved
 
     def _download_batch(self, objects: list[dict], into: Path, name: str) -> None:
-        """Keys name the files (data): each must stay inside the batch (no absolute path, no ``..``)."""
         building = staging_dir(into / name)
         try:
             for obj in objects:
-                target = building / _checked(obj["inner"])
+                target = building / obj["inner"]
                 target.parent.mkdir(parents=True, exist_ok=True)
                 self.fs.get_file(obj["name"], str(target))
             os.rename(building, into / name)
@@ -268,15 +275,15 @@ class DataRoot:
             shutil.rmtree(building, ignore_errors=True)
 
 
-def _checked(rel: str) -> str:
+def _escapes(rel: str) -> bool:
     pure = PurePosixPath(rel)
-    if pure.is_absolute() or ".." in pure.parts:
+    return pure.is_absolute() or ".." in pure.parts
+
+
+def _checked(rel: str) -> str:
+    if _escapes(rel):
         raise PathOutsideDataRoot(f"{rel}: not a path inside the data folder")
-    return pure.as_posix() if pure.parts else ""
-
-
-def _json_bytes(obj: Any) -> bytes:
-    return (json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n").encode()
+    return PurePosixPath(rel).as_posix() if rel else ""
 
 
 def open_plan(plan: dict, root: DataRoot) -> dict:

@@ -197,6 +197,17 @@ def test_batches_landed_in_the_store_move_to_the_local_landing_folder(s3_root, t
     assert root.take_ready_folders("landing/t", local, None, 0) == ["b2"]  # quiet mode: nothing newer than 0 s
 
 
+def test_a_store_batch_naming_a_file_outside_itself_stays_in_the_store(s3_root, tmp_path, caplog):
+    root = DataRoot(s3_root)
+    root.fs.pipe_file(f"{root.base}/landing/t/b1/sub/../../../secret-name.csv", b"a\n1\n")
+    root.write_bytes("landing/t/b1/_READY", b"")
+    listed = root.fs.find(root.key("landing/t"))
+    assert root.take_ready_folders("landing/t", tmp_path / "landing", "_READY", 60) == [], listed
+    assert not (tmp_path / "landing").exists() and not (tmp_path / "secret-name.csv").exists()
+    assert root.exists("landing/t/b1/_READY") and "climbs out of the batch" in caplog.text
+    assert "secret-name" not in caplog.text
+
+
 def test_duckdb_reads_the_store_through_a_registered_filesystem(s3_root):
     """What a SQL user does instead of the views (none over an object store): offline, no httpfs extension."""
     import duckdb
