@@ -75,6 +75,26 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
     return path
 
 
+def atomic_create(path: Path, data: bytes) -> bool:
+    """Create ``path`` holding ``data`` unless it exists (False then, nothing changed): a complete temporary
+    file beside it, hard-linked to the name, which fails if the name exists."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.link(tmp_name, path)
+    except FileExistsError:
+        return False
+    finally:
+        os.unlink(tmp_name)
+    _fsync_dir(path.parent)
+    return True
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> Path:
     return atomic_write(path, lambda tmp: tmp.write_bytes(data))
 

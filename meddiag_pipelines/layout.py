@@ -1,4 +1,5 @@
-"""Where every artefact lives under the data root (``MEDDIAG_DATA_DIR``, default: the repo's ``data/``)."""
+"""Where every artefact lives under the data root (``MEDDIAG_DATA_DIR``, default: the repo's ``data/``; or an
+object store URL, ``s3://bucket/prefix``: see ``storage.py``)."""
 
 from __future__ import annotations
 
@@ -13,13 +14,29 @@ def default_data_dir() -> Path:
     return Path(os.environ.get("MEDDIAG_DATA_DIR") or REPO_DATA_DIR).resolve()
 
 
+def default_data_root() -> str:
+    """``MEDDIAG_DATA_DIR`` as the storage resource takes it: an object store URL as it is, else a local folder."""
+    value = os.environ.get("MEDDIAG_DATA_DIR") or ""
+    return value if value.startswith("s3://") else str(default_data_dir())
+
+
 class PathOutsideDataRoot(ValueError):
     """A path that would escape the data folder (``..``, an absolute path or a symbolic link)."""
 
 
 @dataclass(frozen=True)
 class DataLayout:
+    """``root``: the local folder (the data root itself, or an object store root's local folder); ``url``: the
+    object store root, when there is one (then quarantine, reports, predictions and models live there)."""
+
     root: Path
+    url: str = ""
+
+    def object_store(self):
+        """The object-store data root (a ``storage.DataRoot``) when there is one, else ``None``."""
+        from meddiag_pipelines.storage import DataRoot  # storage imports this module
+
+        return DataRoot(self.url) if self.url else None
 
     def landing(self, task: str) -> Path:
         return self.root / "landing" / task

@@ -7,7 +7,6 @@ replaced, so a re-score by a new champion adds a file beside the old one.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -15,7 +14,6 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import polars as pl
 
-from meddiag_pipelines.atomic import atomic_write
 from meddiag_pipelines.ingestion.landing import BATCH_COLUMN
 from meddiag_pipelines.labels import task_kind
 from meddiag_pipelines.layout import DataLayout
@@ -90,22 +88,22 @@ def score_unlabelled(spec: TaskSpec, root: DataRoot, layout: DataLayout, registr
     if pointer is None:
         return ScoringSummary(None)
     version = pointer["version"]
-    version_dir = registry.version_dir(spec.name, version)
     manifest = registry.manifest(spec.name, version)
-    plan = open_plan(json.loads((version_dir / "plan.json").read_text()), root)
+    plan = open_plan(root.read_json(f"{registry.version_rel(spec.name, version)}/plan.json"), root)
+    model_dir = None  # fetched (from an object store) only when a batch needs scoring
     summary = ScoringSummary(version)
     for batch in batches:
         batch_rows = rows.filter(pl.col(BATCH_COLUMN) == batch)
-        target = prediction_path(layout, spec.name, batch, version)
+        target = root.relative(prediction_path(layout, spec.name, batch, version))
         if batch_rows.is_empty():
             summary.empty.append(batch)
-        elif target.exists():
+        elif root.exists(target):
             summary.kept.append(batch)  # never rewritten
         else:
-            frame = _batch_predictions(spec, version, manifest, plan, version_dir / "model", batch, batch_rows,
+            model_dir = model_dir or registry.version_dir(spec.name, version) / "model"
+            frame = _batch_predictions(spec, version, manifest, plan, model_dir, batch, batch_rows,
                                        predictor_factory, explain)  # fmt: skip
-            meta = {"model_version": version, "batch": batch, "task": spec.name}
-            atomic_write(target, lambda tmp: frame.write_parquet(tmp, metadata=meta))
+            root.write_parquet(target, frame, metadata={"model_version": version, "batch": batch, "task": spec.name})
             summary.written.append(batch)
             summary.scored_rows += batch_rows.height
     return summary

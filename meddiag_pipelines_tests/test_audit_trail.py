@@ -15,6 +15,7 @@ from meddiag_pipelines.defs.partitions import batch_partitions
 from meddiag_pipelines.registry.__main__ import main as registry_cli
 from meddiag_pipelines.update import run_task_in_process
 from meddiag_pipelines.registry.manifest import REPORT_FILES
+from meddiag_pipelines.storage import DataRoot
 from meddiag_pipelines.registry.store import ModelRegistry
 from meddiag_pipelines_tests.conftest import land, synthetic_records
 
@@ -48,7 +49,7 @@ def test_versions_keep_their_reports_and_a_new_champion_adds_predictions(synthet
     spec = synthetic_spec.model_copy(update={"training": synthetic_spec.training.model_copy(update={"trials": 1, "max_rounds": 60}),
                                              "evaluation": synthetic_spec.evaluation.model_copy(update={"n_bootstrap": 100})})  # fmt: skip
     task = spec.name
-    registry = ModelRegistry(layout.root / "models")
+    registry = ModelRegistry(DataRoot(layout.root))
     land(layout, task, "batch_0001", synthetic_records(400, seed=1))
     cases = synthetic_records(5, seed=2, start=400).with_columns(pl.lit(None, pl.String).alias("outcome"))
     land(layout, task, "batch_0002", cases)

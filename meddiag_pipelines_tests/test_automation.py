@@ -14,6 +14,7 @@ from meddiag_pipelines.definitions import defs
 from meddiag_pipelines.evaluation import EvaluationInput, evaluate
 from meddiag_pipelines.registry.__main__ import main as registry_cli
 from meddiag_pipelines.registry.promotion import decide
+from meddiag_pipelines.storage import DataRoot
 from meddiag_pipelines.registry.store import ModelRegistry, RegistryError
 from meddiag_pipelines.specs import EvaluationSpec, PromotionSpec
 from meddiag_pipelines_tests.conftest import land, synthetic_records
@@ -198,7 +199,7 @@ def test_promotion_gate_rules():
 
 
 def test_registry_versions_are_immutable_and_rollback_pins(tmp_path, monkeypatch, capsys):
-    registry = ModelRegistry(tmp_path / "models")
+    registry = ModelRegistry(DataRoot(tmp_path))
     for version in ("v1", "v2"):
         (registry.staging_dir("t", version) / "model").mkdir()
         registry.publish("t", version, {"decision": {"promote": True}})
@@ -216,7 +217,7 @@ def test_registry_versions_are_immutable_and_rollback_pins(tmp_path, monkeypatch
 
 
 def test_publish_removes_staged_versions_of_dead_runs_once_stale(tmp_path):
-    registry = ModelRegistry(tmp_path / "models")
+    registry = ModelRegistry(DataRoot(tmp_path))
     dead, training = registry.staging_dir("t", "dead"), registry.staging_dir("t", "training")
     two_hours_ago = time.time() - 7200
     for folder in (dead, training):

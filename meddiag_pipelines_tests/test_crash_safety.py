@@ -157,8 +157,9 @@ def assert_consistent(data: Path) -> dict:
         if champion.exists():
             assert json.loads(champion.read_text())["version"] in complete
     from meddiag_pipelines.registry.store import ModelRegistry
+    from meddiag_pipelines.storage import DataRoot
 
-    assert sorted(ModelRegistry(data / "models").versions(TASK)) == sorted(complete)  # .staging never listed
+    assert sorted(ModelRegistry(DataRoot(data)).versions(TASK)) == sorted(complete)  # .staging never listed
     latest = data / "reports" / TASK / "latest"
     if os.path.lexists(latest):
         assert latest.is_symlink() and latest.resolve().is_dir()

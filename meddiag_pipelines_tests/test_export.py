@@ -18,6 +18,7 @@ from meddiag_pipelines.registry.export import export_dir
 from meddiag_pipelines.registry.store import ModelRegistry
 from meddiag_pipelines.specs import TaskSpec
 from meddiag_pipelines.split import SPLIT_COLUMN
+from meddiag_pipelines.storage import DataRoot
 
 VERSION = "20261201T000000.000Z-abcdef12"
 TEXT_SPEC = {"name": "tiny_notes", "modality": "text", "label": "label", "text": "note", "id": "note_id",
@@ -26,7 +27,7 @@ TEXT_SPEC = {"name": "tiny_notes", "modality": "text", "label": "label", "text":
 
 def publish(root: Path, task: str, fill, plan: dict, test_ids: list[str], name: str, classes: list[str]) -> None:
     """A published version whose model folder ``fill(model_dir)`` writes, with its plan and test predictions."""
-    registry = ModelRegistry(root / "models")
+    registry = ModelRegistry(DataRoot(root))
     staged = registry.staging_dir(task, VERSION)
     fill(staged / "model")
     atomic_write_json(staged / "plan.json", plan)
@@ -106,7 +107,6 @@ def test_a_text_ngram_version_exports_with_parity(tmp_path, monkeypatch, capsys)
     import onnxruntime
 
     import meddiag_pipelines.text.models as text_models
-    from meddiag_pipelines.storage import DataRoot
 
     monkeypatch.setattr(text_models, "N_BUCKETS", 2**12)  # a small table: the export, not the model, is under test
     monkeypatch.setattr(text_models, "EMBED_DIM", 8)

@@ -14,6 +14,7 @@ from meddiag_pipelines import __version__
 from meddiag_pipelines.registry import fingerprint as fingerprint_module
 from meddiag_pipelines.registry.fingerprint import code_version, trained_batch_hashes, training_fingerprint
 from meddiag_pipelines.update import run_task_in_process
+from meddiag_pipelines.storage import DataRoot
 from meddiag_pipelines.registry.store import ModelRegistry
 from meddiag_pipelines_tests.conftest import land, synthetic_records
 
@@ -45,7 +46,7 @@ def test_only_validated_batches_with_labelled_rows_count():
 
 
 def test_registry_finds_the_newest_version_with_a_fingerprint(tmp_path):
-    registry = ModelRegistry(tmp_path)
+    registry = ModelRegistry(DataRoot(tmp_path), "")
     for version, fingerprint in (("v1", "f1"), ("v2", "f2"), ("v3", "f1")):
         registry.publish("t", version, {"fingerprint": fingerprint})
     assert registry.version_with_fingerprint("t", "f1") == "v3"
@@ -69,7 +70,7 @@ def test_an_unchanged_rerun_publishes_nothing_and_a_changed_spec_retrains(synthe
     task = synthetic_spec.name
     land(layout, task, "batch_0001", synthetic_records(400, seed=1))
     first = _run(synthetic_spec, layout)
-    registry = ModelRegistry(layout.root / "models")
+    registry = ModelRegistry(DataRoot(layout.root))
     assert first["published"] and first["promoted"] and len(registry.versions(task)) == 1
     champion = registry.champion(task)["version"]
     assert registry.manifest(task, champion)["fingerprint"] == first["fingerprint"]

@@ -10,6 +10,7 @@ import polars as pl
 from meddiag_pipelines.registry.__main__ import main as registry_cli
 from meddiag_pipelines.registry.manifest import build_manifest, summarize
 from meddiag_pipelines.registry.promotion import Decision
+from meddiag_pipelines.storage import DataRoot
 from meddiag_pipelines.registry.store import ModelRegistry
 
 MODEL = {"name": "xgboost", "framework": "xgboost", "params": {"depth": 3}, "val_score": 0.9, "classes": ["no", "yes"],
@@ -30,7 +31,7 @@ def publish(registry: ModelRegistry, version: str, batches: int, metrics: dict, 
 
 
 def test_listing_shows_every_version_with_its_audit_fields(tmp_path, monkeypatch, capsys):
-    registry = ModelRegistry(tmp_path / "models")
+    registry = ModelRegistry(DataRoot(tmp_path))
     publish(registry, "v1", 2, {"auroc": 0.91, "auroc_ci": [0.85, 0.95]}, Decision(True, ["first model: AUROC 0.910 clears the floor 0.6"]))
     publish(registry, "v2", 5, {"auroc": None, "macro_f1": 0.7}, Decision(False, ["candidate AUROC could not be computed"]))
     registry.set_champion("t", "v1", "test")
@@ -62,5 +63,5 @@ def test_listing_shows_every_version_with_its_audit_fields(tmp_path, monkeypatch
 
 def test_summary_of_a_manifest_without_report_fields_still_reads(tmp_path):
     assert summarize({"version": "old", "decision": {"promote": True}})["created_utc"] is None
-    registry = ModelRegistry(tmp_path)
+    registry = ModelRegistry(DataRoot(tmp_path), "")
     assert registry.tasks() == []

@@ -36,7 +36,7 @@ def unlabelled(batch: str, n: int) -> pl.DataFrame:
 
 
 def test_a_rescore_by_a_new_champion_adds_a_file_and_keeps_the_old(layout):
-    registry = ModelRegistry(layout.root / "models")
+    registry = ModelRegistry(DataRoot(layout.root))
     rows = pl.concat([unlabelled("b1", 4), unlabelled("b2", 3)])
     publish(registry, "v1", 0.0)
     first = score_unlabelled(SPEC, DataRoot(layout.root), layout, registry, rows, ["b1", "b2", "b3"], predictor_factory)
@@ -68,7 +68,7 @@ def test_a_batch_name_must_be_one_folder_name(layout):
 
 
 def test_no_champion_scores_nothing(layout):
-    registry = ModelRegistry(layout.root / "models")
+    registry = ModelRegistry(DataRoot(layout.root))
     summary = score_unlabelled(SPEC, DataRoot(layout.root), layout, registry, unlabelled("b1", 2), ["b1"], predictor_factory)
     assert summary.version is None and summary.as_metadata()["champion"] == "none"
     assert not layout.predictions(TASK).exists()

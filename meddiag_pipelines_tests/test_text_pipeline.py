@@ -10,6 +10,7 @@ import polars as pl
 import pytest
 
 from meddiag_pipelines.definitions import build_definitions
+from meddiag_pipelines.storage import DataRoot
 from meddiag_pipelines.registry.store import ModelRegistry
 from meddiag_pipelines.update import run_task_in_process
 from meddiag_pipelines.split import SPLIT_COLUMN
@@ -146,7 +147,7 @@ def test_text_task_end_to_end(layout):
         registry = layout.root / "models" / task
         champion = json.loads((registry / "champion.json").read_text())["version"]
         assert (registry / champion / "model" / "chosen.json").exists()
-        scored = pl.read_parquet(layout.predictions(task) / "batch_0001" / f"{ModelRegistry(layout.root / 'models').champion(task)['version']}.parquet")
+        scored = pl.read_parquet(layout.predictions(task) / "batch_0001" / f"{ModelRegistry(DataRoot(layout.root)).champion(task)['version']}.parquet")
         assert sorted(scored["id"].to_list()) == sorted(held_out["code"].to_list())
         assert {"predicted", "model_version", "top_features", *[f"p_{c}" for c in CHAPTERS]} <= set(scored.columns)
         assert scored["top_features"].str.len_chars().min() > 0
@@ -301,7 +302,7 @@ def test_odd_batch_name_and_label_forms_train_and_score(layout):
     with dg.instance_for_test() as instance:
         result = materialize(spec, layout, instance)
     assert result.success and all(check_outcomes(result).values()), check_outcomes(result)
-    scored = pl.read_parquet(layout.predictions(spec.name) / batch / f"{ModelRegistry(layout.root / 'models').champion(spec.name)['version']}.parquet")
+    scored = pl.read_parquet(layout.predictions(spec.name) / batch / f"{ModelRegistry(DataRoot(layout.root)).champion(spec.name)['version']}.parquet")
     assert scored.height == 10
     metrics = json.loads((layout.reports(spec.name) / "latest" / "metrics.json").read_text())
     assert metrics["n_train"] + metrics["n_val"] + metrics["n_test"] == 230

@@ -13,7 +13,7 @@ import dagster as dg
 from dagster._core.definitions.partitions.utils.base import INVALID_PARTITION_SUBSTRINGS
 
 from meddiag_pipelines.ingestion.batches import IngestSummary, batch_changes, refuse_batch
-from meddiag_pipelines.ingestion.landing import describe_batch, display_name, ready_batch_dirs
+from meddiag_pipelines.ingestion.landing import READY_MARKER, describe_batch, display_name, ready_batch_dirs
 from meddiag_pipelines.ingestion.warehouse import Warehouse
 from meddiag_pipelines.layout import DataLayout
 from meddiag_pipelines.specs import TaskSpec
@@ -47,6 +47,10 @@ def scan_landing(spec: TaskSpec, layout: DataLayout, warehouse: Warehouse, parti
     an entry of its folder is newer than the ledger's last word on it (nothing is hashed in the steady state).
     ``retry_unrecorded``: a partition the ledger does not know yet (its run failed, or is still going: the
     sensor passes ``False``) runs again."""
+    if (store := layout.object_store()) is not None:  # batches landed in the store's landing prefix
+        marker = READY_MARKER if spec.landing.ready == "marker" else None
+        store.take_ready_folders(store.relative(layout.landing(spec.name)), layout.landing(spec.name), marker,
+                                 spec.landing.quiet_seconds)  # fmt: skip
     ledger = {r["batch_id"]: r for r in warehouse.ledger(spec.name).iter_rows(named=True)}
     scan = LandingScan()
     for batch_dir in ready_batch_dirs(layout.landing(spec.name), spec.landing):

@@ -102,7 +102,8 @@ def _quarantine(spec: TaskSpec, layout: DataLayout, warehouse: Warehouse, batch:
             return False
     else:
         warehouse.set_status(spec.name, batch.batch_id, "quarantined", reason)
-    quarantine_path(batch.path, layout.quarantine(spec.name), reason, name=batch.batch_id, merge=merge)
+    quarantine_path(batch.path, layout.quarantine(spec.name), reason, name=batch.batch_id, merge=merge,
+                    store=layout.object_store())
     log.warning("task %s: batch %s quarantined: %s: %s", spec.name, batch.batch_id, reason["file"], reason["problem"])
     return True
 
@@ -118,7 +119,8 @@ def _quarantine_files(spec: TaskSpec, layout: DataLayout, batch: LandedBatch, re
         rel = item["file"]
         if rel in listed and _movable(batch.path, rel):
             reason = _reason("read", batch.batch_id, rel, item["problem"])
-            quarantine_path(batch.path / rel, layout.quarantine(spec.name) / batch.batch_id / Path(rel).parent, reason)
+            quarantine_path(batch.path / rel, layout.quarantine(spec.name) / batch.batch_id / Path(rel).parent, reason,
+                            store=layout.object_store())
         log.warning("task %s: batch %s: file %s quarantined: %s", spec.name, batch.batch_id, rel, item["problem"])
 
 
@@ -152,7 +154,7 @@ def _finish_interrupted(spec: TaskSpec, layout: DataLayout, batch_dir: Path, row
                              "the name of a batch already quarantined; land the corrected export under a new name, "
                              "or requeue the quarantined one (python -m meddiag_pipelines requeue)")  # fmt: skip
             summary.quarantined.append({"batch": batch.batch_id, "file": batch.batch_id, "problem": reason["problem"]})
-        quarantine_path(batch_dir, layout.quarantine(spec.name), reason, name=row["batch_id"])
+        quarantine_path(batch_dir, layout.quarantine(spec.name), reason, name=row["batch_id"], store=layout.object_store())
         log.warning("task %s: batch %s moved to quarantine: %s", spec.name, row["batch_id"], reason.get("problem"))
         return
     pending = [r for r in reason.get("rejected_files", []) if _movable(batch_dir, r["file"])]
@@ -190,7 +192,7 @@ def _set_aside_changed(spec: TaskSpec, layout: DataLayout, batch_dir: Path, batc
     for rel in files:
         if _movable(batch_dir, rel):
             reason = _reason("read", batch_id, rel, problem, **counts)
-            quarantine_path(batch_dir / rel, aside / Path(rel).parent, reason)
+            quarantine_path(batch_dir / rel, aside / Path(rel).parent, reason, store=layout.object_store())
     summary.changed.append({"batch": batch_id, **counts})
     log.warning("task %s: batch %s %s", spec.name, batch_id, problem)
 

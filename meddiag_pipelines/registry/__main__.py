@@ -11,23 +11,23 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
-from meddiag_pipelines.layout import default_data_dir
+from meddiag_pipelines.layout import default_data_root
 from meddiag_pipelines.registry.manifest import summarize
 from meddiag_pipelines.registry.store import ModelRegistry, RegistryError
+from meddiag_pipelines.storage import DataRoot
 
 COLUMNS = ("version", "created (UTC)", "data partitions", "code", "metric (95% CI)", "decision")
 
 
-def version_rows(registry: ModelRegistry, tasks: list[str], reports: Path) -> list[dict]:
+def version_rows(registry: ModelRegistry, tasks: list[str]) -> list[dict]:
     """Every published version of ``tasks`` as :func:`summarize` fields, with its task; the version that the
     latest run found unchanged (``reports/<task>/latest.json``) names that run's discarded candidate."""
     rows = []
     for task in tasks:
         champion = registry.champion(task)
-        pointer = reports / task / "latest.json"
-        latest = json.loads(pointer.read_text()) if pointer.exists() else {}
+        pointer = f"reports/{task}/latest.json"
+        latest = registry.root.read_json(pointer) if registry.root.exists(pointer) else {}
         for version in registry.versions(task):
             row = {"task": task, **summarize(registry.manifest(task, version), champion)}
             row["unchanged_candidate"] = latest.get("unchanged_candidate") if latest.get("version") == version else None
@@ -74,11 +74,11 @@ def export_command(task: str, version: str) -> int:
     from meddiag_pipelines.registry.export import ExportRefused, export_dir, export_version
 
     try:
-        record = export_version(default_data_dir(), task, version)
+        record = export_version(default_data_root(), task, version)
     except (RegistryError, ExportRefused) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    where = export_dir(default_data_dir(), task, version)
+    where = export_dir(default_data_root(), task, version)
     state = "already exported (unchanged)" if record["already_exported"] else "exported"
     print(f"{task} {version}: {state} to {where}")
     print(f"  parity on {record['n_test']} test rows: max |onnxruntime - torch| of the {record['compared']} = "
@@ -106,10 +106,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "export":
         return export_command(args.task, args.version)
-    registry = ModelRegistry(default_data_dir() / "models")
+    registry = ModelRegistry(DataRoot(default_data_root()))
     if args.command == "list":
         tasks = [args.task] if args.task else registry.tasks()
-        rows = version_rows(registry, tasks, default_data_dir() / "reports")
+        rows = version_rows(registry, tasks)
         print(json.dumps(rows, indent=2) if args.json else format_table(rows))
         return 0
     champion = registry.champion(args.task)

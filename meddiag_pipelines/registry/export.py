@@ -51,13 +51,15 @@ class Exportable:
     then: str  # how the logits become probabilities
 
 
-def export_dir(data_dir: Path, task: str, version: str) -> Path:
-    return Path(data_dir) / "exports" / task / version
+def export_dir(data_dir: Path | str, task: str, version: str) -> Path:
+    """Where the export is written on this host (on an object-store root: its local folder)."""
+    return DataRoot(data_dir).path(f"exports/{task}/{version}")
 
 
-def export_version(data_dir: Path, task: str, version: str) -> dict:
+def export_version(data_dir: Path | str, task: str, version: str) -> dict:
     """Export ``version`` of ``task`` and check it; the parity record (``already_exported``: an earlier export's)."""
-    registry = ModelRegistry(Path(data_dir) / "models")
+    root = DataRoot(data_dir)
+    registry = ModelRegistry(root)
     known = registry.versions(task) if task in registry.tasks() else []
     if version not in known:  # also keeps the paths below inside the data root
         raise RegistryError(f"task {task!r} has no published version {version!r}; known: {known}")
@@ -66,7 +68,6 @@ def export_version(data_dir: Path, task: str, version: str) -> dict:
     if (final / PARITY_FILE).exists():
         return _recorded(final)
     version_dir = registry.version_dir(task, version)
-    root = DataRoot(data_dir)
     plan = open_plan(json.loads((version_dir / "plan.json").read_text()), root)
     exportable = adapter(task, version, manifest, plan, version_dir, root)
     staged = staging_dir(final)

@@ -1,19 +1,22 @@
-"""The model registry on disk: ``<data>/models/<task>/<version>/`` and ``champion.json``.
+"""The model registry in the data root: ``models/<task>/<version>/`` and ``champion.json``, every read and
+write through ``storage.DataRoot`` (a local folder or an object store).
 
-A version is built in ``.staging/<version>/`` and published by one rename, with its ``manifest.json``
-(including the promotion decision) already inside; once published it never changes. A staged version whose
-run died before publishing is removed by a later publish of the task once it is an hour old. ``champion.json``
-names the version in use and is replaced atomically. A pinned champion (a rollback) stays until unpinned.
+A version is built in a local folder, ``.staging/<version>/`` (in the local folder of the data root), and
+published with its ``manifest.json`` (including the promotion decision): on a local root by one rename, on an
+object store by uploading its files, the manifest last (a version exists once its manifest does); once
+published it never changes. A staged version whose run died before publishing is removed by a later publish of
+the task once it is an hour old. ``champion.json`` names the version in use and is replaced atomically (a whole
+file, or one put). A pinned champion (a rollback) stays until unpinned.
 """
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from pathlib import Path
 
-from meddiag_pipelines.atomic import STALE_AFTER_S, atomic_write_json, publish_new_dir
+from meddiag_pipelines.atomic import STALE_AFTER_S, atomic_write_json
+from meddiag_pipelines.storage import MANIFEST, DataRoot
 
 STAGING = ".staging"
 
@@ -30,24 +33,38 @@ def _last_change(folder: Path) -> float:
 
 
 class ModelRegistry:
-    def __init__(self, root: Path):
-        self.root = Path(root)
+    def __init__(self, root: DataRoot, prefix: str = "models"):
+        self.root = root
+        self.prefix = prefix
+
+    def rel(self, *parts: str) -> str:
+        """A registry path relative to the data root."""
+        return "/".join(p for p in (self.prefix, *parts) if p)
 
     def task_dir(self, task: str) -> Path:
-        return self.root / task
+        """The task's registry folder on this host (on an object store, in the local folder: only staging)."""
+        return self.root.path(self.rel(task))
 
     def staging_dir(self, task: str, version: str) -> Path:
+        """The local folder in which ``version`` is built."""
         path = self.task_dir(task) / STAGING / version
         path.mkdir(parents=True, exist_ok=True)
         return path
 
-    def version_dir(self, task: str, version: str) -> Path:
-        return self.task_dir(task) / version
+    def version_rel(self, task: str, version: str) -> str:
+        return self.rel(task, version)
 
-    def publish(self, task: str, version: str, manifest: dict) -> Path:
+    def version_dir(self, task: str, version: str) -> Path:
+        """A local folder holding published ``version`` (on an object store, a cached copy)."""
+        return self.root.local_dir(self.version_rel(task, version))
+
+    def published(self, task: str, version: str) -> bool:
+        return self.root.exists(self.rel(task, version, MANIFEST))
+
+    def publish(self, task: str, version: str, manifest: dict) -> str:
         staging = self.staging_dir(task, version)
-        atomic_write_json(staging / "manifest.json", {**manifest, "version": version})
-        published = publish_new_dir(staging, self.version_dir(task, version))
+        atomic_write_json(staging / MANIFEST, {**manifest, "version": version})
+        published = self.root.publish_dir(staging, self.version_rel(task, version))
         self.sweep_staging(task)
         return published
 
@@ -65,13 +82,11 @@ class ModelRegistry:
 
     def tasks(self) -> list[str]:
         """The tasks with a registry folder."""
-        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")) if self.root.is_dir() else []
+        return self.root.list(self.rel(), folders_only=True)
 
     def versions(self, task: str) -> list[str]:
-        folder = self.task_dir(task)
-        if not folder.is_dir():
-            return []
-        return sorted(p.name for p in folder.iterdir() if p.is_dir() and (p / "manifest.json").exists())
+        folders = self.root.list(self.rel(task), folders_only=True)
+        return [v for v in folders if self.published(task, v)]
 
     def version_with_fingerprint(self, task: str, fingerprint: str) -> str | None:
         """The newest published version trained from exactly these inputs (see ``registry.fingerprint``)."""
@@ -85,17 +100,26 @@ class ModelRegistry:
         shutil.rmtree(self.task_dir(task) / STAGING / version, ignore_errors=True)
 
     def manifest(self, task: str, version: str) -> dict:
-        path = self.version_dir(task, version) / "manifest.json"
-        if not path.exists():
-            raise RegistryError(f"task {task!r} has no published version {version!r}; known: {self.versions(task)}")
-        return json.loads(path.read_text())
+        try:
+            return self.root.read_json(self.rel(task, version, MANIFEST))
+        except FileNotFoundError:
+            raise RegistryError(f"task {task!r} has no published version {version!r}; known: {self.versions(task)}") from None
+
+    def read_file(self, task: str, version: str, name: str) -> bytes | None:
+        """One file of a published version (``None``: it has none of that name)."""
+        try:
+            return self.root.read_bytes(self.rel(task, version, name))
+        except FileNotFoundError:
+            return None
 
     def champion(self, task: str) -> dict | None:
-        path = self.task_dir(task) / "champion.json"
-        return json.loads(path.read_text()) if path.exists() else None
+        try:
+            return self.root.read_json(self.rel(task, "champion.json"))
+        except FileNotFoundError:
+            return None
 
     def set_champion(self, task: str, version: str, reason: str, pinned: bool = False) -> dict:
         self.manifest(task, version)  # refuses an unknown version
         pointer = {"version": version, "since": time.time(), "reason": reason, "pinned": pinned}
-        atomic_write_json(self.task_dir(task) / "champion.json", pointer)
+        self.root.write_json(self.rel(task, "champion.json"), pointer)
         return pointer

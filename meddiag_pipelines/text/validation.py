@@ -19,6 +19,7 @@ checks written here give counts only.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -95,14 +96,16 @@ def _rejected_files(ledger: pl.DataFrame) -> list[tuple[str, str, bool]]:
     return out
 
 
-def unreadable_files(ledger: pl.DataFrame, quarantine_dir: Path) -> tuple[int, list[CheckFailure]]:
+def unreadable_files(ledger: pl.DataFrame, quarantine_dir: Path,
+                     is_file: Callable[[Path], bool] = Path.is_file) -> tuple[int, list[CheckFailure]]:  # fmt: skip
     """How many landed files were rejected at read (decoding errors, unreadable formats), and a failure for
-    any of them that is not in quarantine with its ``reason.json``. A batch with some good files still flows."""
+    any of them that is not in quarantine with its ``reason.json``. A batch with some good files still flows.
+    ``is_file``: whether a file of the quarantine exists (it may be in an object store)."""
     rejected = _rejected_files(ledger)
     missing = 0
     for batch, rel, whole in rejected:
         where = quarantine_dir / batch if whole else quarantine_dir / batch / rel
-        if not (where / "reason.json").is_file():
+        if not is_file(where / "reason.json"):
             missing += 1
     failures = []
     if missing:

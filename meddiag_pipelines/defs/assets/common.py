@@ -94,13 +94,16 @@ def failures_result(failures: list[CheckFailure]) -> dg.AssetCheckResult:
 # A handle and its plan name folders relative to the data root (stored values and published plan.json must not
 # name the root: it may move); a step resolves them against its storage's root when it uses them.
 def handle_dir(handle: dict, root: DataRoot) -> Path:
-    """Where a handle's model lives now: its staging folder until the champion asset publishes the version,
-    then the same sub-folder of ``models/<task>/<version>/`` (so re-materialising evaluation alone still works)."""
+    """Where a handle's model lives now: its (local) staging folder until the champion asset publishes the
+    version, then the same sub-folder of ``models/<task>/<version>/`` (so re-materialising evaluation alone still
+    works), fetched into a local copy when the data root is an object store."""
     staged = PurePosixPath(handle["dir"])
-    if root.exists(str(staged)) or STAGING not in staged.parts:
+    if STAGING not in staged.parts:
+        return root.local_dir(str(staged))
+    if root.path(str(staged)).exists():
         return root.path(str(staged))
     cut = staged.parts.index(STAGING)
-    return root.path(str(PurePosixPath(*staged.parts[:cut], *staged.parts[cut + 1 :])))
+    return root.local_dir(str(PurePosixPath(*staged.parts[:cut], *staged.parts[cut + 1 :])))
 
 
 def open_handle(handle: dict, root: DataRoot) -> dict:

@@ -5,7 +5,7 @@ A version's report files (``registry.manifest.REPORT_FILES``) are written by ``e
 staging folder and published with it by ``champion``: ``models/<task>/<version>/`` keeps its own report and is
 never rewritten. ``reports/<task>/latest.json`` names the latest evaluated candidate (or, when the candidate
 duplicated a published version and was discarded, that version); ``reports/<task>/latest/`` is a copy of its
-report for people, replaced atomically (a link swap)."""
+report for people, replaced whole (locally by a link swap; on an object store a put per file)."""
 
 import io
 import json
@@ -17,7 +17,7 @@ import dagster as dg
 import numpy as np
 import polars as pl
 
-from meddiag_pipelines.atomic import atomic_write_bytes, atomic_write_json, publish_dir, staging_dir
+from meddiag_pipelines.atomic import atomic_write_bytes, atomic_write_json
 from meddiag_pipelines.defs.partitions import batch_partitions
 from meddiag_pipelines.defs.resources.storage import MeddiagStorage
 from meddiag_pipelines.defs.assets.common import NUMERIC_METRICS, open_handle, png_markdown, pool
@@ -69,34 +69,36 @@ def store_version_report(storage: MeddiagStorage, task: str, version: str, files
     """Put the report files in the version's staging folder, to be published with it. A version already
     published is never rewritten: its own files are returned instead."""
     registry = storage.registry
-    published = registry.version_dir(task, version)
-    if (published / "manifest.json").exists():
-        return {f: (published / f).read_bytes() for f in REPORT_FILES if (published / f).exists()}
+    if registry.published(task, version):
+        return version_report(storage, task, version)
     staged = registry.staging_dir(task, version)
     for filename, data in files.items():
         atomic_write_bytes(staged / filename, data)
     return files
 
 
-def point_latest(storage: MeddiagStorage, task: str, version: str, files: dict[str, bytes], **extra) -> Path:
+def version_report(storage: MeddiagStorage, task: str, version: str) -> dict[str, bytes]:
+    """The report files a published version keeps."""
+    found = {f: storage.registry.read_file(task, version, f) for f in REPORT_FILES}
+    return {f: data for f, data in found.items() if data is not None}
+
+
+def point_latest(storage: MeddiagStorage, task: str, version: str, files: dict[str, bytes], **extra) -> str:
     """``reports/<task>/latest.json`` names ``version`` (its folder relative to the data root); ``latest/`` is a
-    copy of its report files, built aside and swapped in by one rename (left as it is for a version published
-    before versions kept their reports). Returns the pointer's path."""
-    reports = storage.layout.reports(task)
+    copy of its report files, replaced whole (left as it is for a version published before versions kept their
+    reports). Returns the pointer's path relative to the data root."""
+    reports = storage.root.relative(storage.layout.reports(task))
     if files:
-        copy = staging_dir(reports / "latest")
-        for filename, data in files.items():
-            atomic_write_bytes(copy / filename, data)
-        publish_dir(copy, reports / "latest")
-    pointer = {"task": task, "version": version, "version_dir": storage.root.relative(storage.registry.version_dir(task, version)),
+        storage.root.replace_files(f"{reports}/latest", files)
+    pointer = {"task": task, "version": version, "version_dir": storage.registry.version_rel(task, version),
                "at": time.time(), **extra}  # fmt: skip
-    return atomic_write_json(reports / "latest.json", pointer)
+    return storage.root.write_json(f"{reports}/latest.json", pointer)
 
 
 def report_metadata(storage: MeddiagStorage, task: str, version: str) -> dict:
     """Links to a version's own report, relative to the data root (where ``champion`` publishes it)."""
-    report = storage.registry.version_dir(task, version) / "report.html"
-    return {"report": dg.MetadataValue.path(storage.root.relative(report)), "report_version": version}
+    report = f"{storage.registry.version_rel(task, version)}/report.html"
+    return {"report": dg.MetadataValue.path(report), "report_version": version}
 
 
 def _parquet_bytes(frame: pl.DataFrame) -> bytes:
@@ -204,9 +206,7 @@ def build_model_lifecycle_assets(spec: TaskSpec, tags: dict, split_asset: list, 
                 # `same` won but its run died before champion.json was written: finish that promotion.
                 pointer = registry.set_champion(name, same, f"promoted when published; {reason}")
             context.log.info(f"{name} {version}: {reason}")
-            same_dir = registry.version_dir(name, same)
-            point_latest(storage, name, same, {f: (same_dir / f).read_bytes() for f in REPORT_FILES if (same_dir / f).exists()},
-                         unchanged_candidate=version)  # fmt: skip
+            point_latest(storage, name, same, version_report(storage, name, same), unchanged_candidate=version)
             context.add_output_metadata({"candidate": version, "published": False, "promoted": False,
                                          "champion": pointer["version"] if pointer else "none", "fingerprint": fingerprint,
                                          "reasons": dg.MetadataValue.md(f"- {reason}"), **report_metadata(storage, name, same)})  # fmt: skip
@@ -215,10 +215,9 @@ def build_model_lifecycle_assets(spec: TaskSpec, tags: dict, split_asset: list, 
         flow = flow_counts(spec, storage, split)
         candidate_vs, champion_metrics = evaluation, None
         if pointer:
-            champ_dir = registry.version_dir(name, pointer["version"])
-            champ_handle = open_handle({**registry.manifest(name, pointer["version"])["model"],
-                                        "dir": storage.root.relative(champ_dir / "model"),
-                                        "plan": json.loads((champ_dir / "plan.json").read_text())}, storage.root)  # fmt: skip
+            champ_rel = registry.version_rel(name, pointer["version"])
+            champ_handle = open_handle({**registry.manifest(name, pointer["version"])["model"], "dir": f"{champ_rel}/model",
+                                        "plan": storage.root.read_json(f"{champ_rel}/plan.json")}, storage.root)  # fmt: skip
             test = split.filter(pl.col(SPLIT_COLUMN) == "test")
             champ_proba = predict_rows(champ_handle, test)
             opened = open_handle(candidate_model, storage.root)

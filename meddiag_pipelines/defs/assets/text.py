@@ -85,7 +85,9 @@ def build_text_assets(spec: TaskSpec) -> list:
                     "UTF-8, unreadable) is in quarantine with its reason and counted in the ledger; the good "
                     "files of its batch flow on.")  # fmt: skip
     def unreadable_files_quarantined(storage: MeddiagStorage) -> dg.AssetCheckResult:
-        n_rejected, failures = unreadable_files(storage.warehouse.ledger(name), storage.layout.quarantine(name))
+        root = storage.root
+        n_rejected, failures = unreadable_files(storage.warehouse.ledger(name), storage.layout.quarantine(name),
+                                                lambda path: root.exists(root.relative(path)))  # fmt: skip
         return _check_result(failures, rejected_files=n_rejected)
 
     validated_records = ingest.build_validated_records_asset(

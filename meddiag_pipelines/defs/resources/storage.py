@@ -16,13 +16,14 @@ import polars as pl
 
 from meddiag_pipelines.ingestion.landing import BATCH_COLUMN
 from meddiag_pipelines.ingestion.warehouse import Warehouse
-from meddiag_pipelines.layout import DataLayout, default_data_dir
+from meddiag_pipelines.layout import DataLayout, default_data_root
 from meddiag_pipelines.registry.store import ModelRegistry
-from meddiag_pipelines.storage import DataRoot, run_name
+from meddiag_pipelines.storage import DataRoot, is_object_store, run_name
 
 
 class MeddiagStorage(dg.ConfigurableResource):
-    """The data root: landing, warehouse, models, reports, quarantine and predictions."""
+    """The data root: landing, warehouse, models, reports, quarantine and predictions. ``data_dir``: a local
+    folder or an object store URL (``s3://bucket/prefix``; see ``meddiag_pipelines/storage.py``)."""
 
     data_dir: str
 
@@ -32,7 +33,8 @@ class MeddiagStorage(dg.ConfigurableResource):
 
     @property
     def layout(self) -> DataLayout:
-        return DataLayout(self.root.root)
+        root = self.root
+        return DataLayout(root.local, root.url if root.remote else "")
 
     @property
     def warehouse(self) -> Warehouse:
@@ -40,7 +42,7 @@ class MeddiagStorage(dg.ConfigurableResource):
 
     @property
     def registry(self) -> ModelRegistry:
-        return ModelRegistry(self.layout.root / "models")
+        return ModelRegistry(self.root)
 
 
 class WarehouseIOManager(dg.ConfigurableIOManagerFactory):
@@ -91,7 +93,7 @@ class RunScopedFiles(dg.IOManager):
 
     def __init__(self, root: DataRoot):
         self.root = root
-        self.layout = DataLayout(root.root)
+        self.layout = DataLayout(root.local)
         self._names: dict[str, str] = {}
 
     def folder(self, task: str, name: str) -> Path:
@@ -181,7 +183,11 @@ class ParquetTables(RunScopedFiles):
 
     def _register_view(self, task: str, name: str, partitioned: bool) -> None:
         """The newest file (of each partition), relative to the DuckDB file's folder. DuckDB cannot read a Parquet
-        file without columns: such a file is left out of the view (no file left: no view)."""
+        file without columns: such a file is left out of the view (no file left: no view). None on an object
+        store: a view there needs DuckDB's httpfs extension (a download) or an fsspec filesystem registered on
+        every connection, which a view stored in the file cannot carry; SQL users register s3fs themselves."""
+        if self.root.remote:
+            return
         folder = self.root.relative(self.folder(task, name))
         newest = [self.newest(f"{folder}/{p}") for p in self.root.list(folder)] if partitioned else [self.newest(folder)]
         files = [f for f in newest if f and self.root.parquet_width(f)]
@@ -228,7 +234,9 @@ class JsonValues(RunScopedFiles):
 
 
 
-def build_resources(data_dir: Path | None = None) -> dict:
-    storage = MeddiagStorage(data_dir=str(Path(data_dir or default_data_dir()).resolve()))
+def build_resources(data_dir: Path | str | None = None) -> dict:
+    """``data_dir``: a local folder or an object store URL (default: ``MEDDIAG_DATA_DIR``)."""
+    root = str(data_dir or default_data_root())
+    storage = MeddiagStorage(data_dir=root if is_object_store(root) else str(Path(root).resolve()))
     return {"storage": storage, "warehouse_io_manager": WarehouseIOManager(storage=storage),
             "io_manager": ValuesIOManager(storage=storage)}  # fmt: skip
