@@ -212,7 +212,7 @@ def _test_texts(root: DataRoot, task: str, version: str, test_ids: list[str], co
     spec = next((s for s in scan_specs().specs if s.name == task), None)
     if spec is None:
         raise ExportRefused(f"{task}: no spec of this task in the spec folders, so its test texts cannot be found")
-    folder = root.relative(DataLayout(root.root).table(task, "split"))
+    folder = root.relative(DataLayout(root.local).table(task, "split"))
     files = [f for f in root.list(folder) if f.endswith(".parquet") and f <= f"{version}.parquet"]
     for name in reversed(files):
         split = root.read_parquet(f"{folder}/{name}")
