@@ -26,7 +26,7 @@ from dagster._core.definitions.reconstruct import ReconstructableRepository
 
 from meddiag_pipelines.definitions import IMPLICIT_ASSET_JOB
 from meddiag_pipelines.defs.automation.landing import RANGE_END, RANGE_START, run_tags
-from meddiag_pipelines.defs.partitions import LandingScan, batch_partitions, scan_landing
+from meddiag_pipelines.defs.partitions import LandingScan, batch_partitions, ingestion_keys, scan_landing
 from meddiag_pipelines.defs.resources.storage import MeddiagStorage
 from meddiag_pipelines.ingestion.landing import ready_batch_dirs
 from meddiag_pipelines.specs import TaskSpec
@@ -72,9 +72,8 @@ def group_keys(job: dg.JobDefinition, spec: TaskSpec) -> tuple[list[dg.AssetKey]
     (the unpartitioned steps, and partitioned ones that follow them, such as ``predictions``)."""
     layer = job.asset_layer
     keys = [k for k in layer.executable_asset_keys if layer.get(k).group_name == spec.name]
-    partitioned = {k for k in keys if layer.get(k).partitions_def is not None}
-    batch = [k for k in partitioned if all(p in partitioned for p in layer.get(k).parent_keys)]
-    return sorted(batch), sorted(set(keys) - set(batch))
+    batch = ingestion_keys({k: layer.get(k).parent_keys for k in keys if layer.get(k).partitions_def is not None})
+    return sorted(batch), sorted(set(keys) - batch)
 
 
 def all_partitions_tags(job: dg.JobDefinition, keys: list[dg.AssetKey], instance: dg.DagsterInstance,
@@ -164,13 +163,14 @@ def whole_task_run(defs: dg.Definitions, spec: TaskSpec, instance: dg.DagsterIns
     names of the task; default all) and tags of ONE run over every partition, as the task job ran before batches
     were partitions."""
     plan_batches(spec, defs.resources["storage"], instance)
-    keys = instance.get_dynamic_partitions(batch_partitions(spec).name)
-    layer = defs.resolve_implicit_global_asset_job_def().asset_layer
+    job = defs.resolve_implicit_global_asset_job_def()
+    layer = job.asset_layer
     chosen = [k for k in layer.executable_asset_keys if layer.get(k).group_name == spec.name
               and (selection is None or k.path[-1] in selection)]  # fmt: skip
-    if not keys:  # nothing landed: only the unpartitioned assets can run
+    scope = all_partitions_tags(job, chosen, instance, spec)
+    if not scope:  # nothing landed (or nothing partitioned chosen): only the unpartitioned assets can run
         chosen = [k for k in chosen if layer.get(k).partitions_def is None]
-    return sorted(chosen), {**run_tags(spec, "test"), **({RANGE_START: keys[0], RANGE_END: keys[-1]} if keys else {})}
+    return sorted(chosen), {**run_tags(spec, "test"), **scope}
 
 
 def run_task_in_process(defs: dg.Definitions, spec: TaskSpec, instance: dg.DagsterInstance,

@@ -9,11 +9,12 @@ import dagster as dg
 import polars as pl
 import pytest
 
-from meddiag_pipelines.definitions import build_definitions
-from meddiag_pipelines.defs.partitions import partition_key_problem, scan_landing
+from meddiag_pipelines.definitions import batch_job_name, build_definitions
+from meddiag_pipelines.defs.automation.landing import RANGE_END, RANGE_START
+from meddiag_pipelines.defs.partitions import ingestion_keys, partition_key_problem, scan_landing
 from meddiag_pipelines.defs.resources.storage import MeddiagStorage
 from meddiag_pipelines.__main__ import main
-from meddiag_pipelines.update import plan_batches, run_task_in_process, update_task
+from meddiag_pipelines.update import group_keys, plan_batches, run_task_in_process, update_task, whole_task_run
 from meddiag_pipelines_tests.conftest import land, synthetic_records
 
 TASK = "synthetic_risk"
@@ -27,6 +28,28 @@ def _bad(n: int, seed: int, start: int) -> pl.DataFrame:
 def test_partition_key_rules():
     assert partition_key_problem("batch 2025-01 é") is None
     assert "partition key" in partition_key_problem("export...2") and "rename it" in partition_key_problem("a\tb")
+
+
+def test_ingestion_is_the_partitioned_assets_fed_only_by_partitioned_ones(synthetic_spec, layout):
+    raw, valid, model, scores = (dg.AssetKey(n) for n in ("raw", "valid", "model", "scores"))
+    assert ingestion_keys({raw: [], valid: [raw], scores: [valid, model]}) == {raw, valid}  # model: unpartitioned
+    defs = build_definitions([synthetic_spec], layout.root)
+    batch, downstream = group_keys(defs.resolve_implicit_global_asset_job_def(), synthetic_spec)
+    assert [k.path[-1] for k in batch] == ["raw_records", "validated_records"] and "predictions" in {k.path[-1] for k in downstream}
+    assert sorted(defs.resolve_job_def(batch_job_name(synthetic_spec)).asset_layer.executable_asset_keys) == batch
+
+
+def test_a_whole_task_run_covers_every_partition_only_when_it_holds_a_partitioned_asset(synthetic_spec, layout):
+    defs = build_definitions([synthetic_spec], layout.root)
+    with dg.instance_for_test() as instance:
+        keys, tags = whole_task_run(defs, synthetic_spec, instance, ["raw_records", "split"])
+        assert [k.path[-1] for k in keys] == ["split"] and RANGE_START not in tags  # nothing landed yet
+        land(layout, TASK, "b1", synthetic_records(10, seed=1))
+        land(layout, TASK, "b2", synthetic_records(10, seed=2, start=10))
+        keys, tags = whole_task_run(defs, synthetic_spec, instance, ["raw_records", "split"])
+        assert [k.path[-1] for k in keys] == ["raw_records", "split"] and (tags[RANGE_START], tags[RANGE_END]) == ("b1", "b2")
+        keys, tags = whole_task_run(defs, synthetic_spec, instance, ["split"])
+    assert [k.path[-1] for k in keys] == ["split"] and RANGE_START not in tags and tags["meddiag/task"] == TASK
 
 
 def test_plan_registers_new_batches_and_partition_restricts_it(synthetic_spec, layout):

@@ -7,6 +7,7 @@ or a quarantine move to finish), and which names Dagster refuses as partition ke
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 import dagster as dg
@@ -22,6 +23,12 @@ from meddiag_pipelines.specs import TaskSpec
 def batch_partitions(spec: TaskSpec) -> dg.DynamicPartitionsDefinition:
     """The task's batches, registered by its landing sensor or the ``update`` command."""
     return dg.DynamicPartitionsDefinition(name=f"{spec.name}__batches")
+
+
+def ingestion_keys(partitioned: Mapping[dg.AssetKey, Iterable[dg.AssetKey]]) -> set[dg.AssetKey]:
+    """The batch-level (ingestion) assets among a task's partitioned ones (``partitioned``: each one's parent
+    keys): those fed by partitioned assets only. ``predictions``, partitioned too, follows the task-wide champion."""
+    return {key for key, parents in partitioned.items() if all(p in partitioned for p in parents)}
 
 
 def partition_key_problem(name: str) -> str | None:
