@@ -2,8 +2,9 @@
 their landing folders, as the landing sensor and the automation sensor would, without a daemon.
 
 Per task: register every new complete batch as a partition (a name Dagster refuses is quarantined), run
-raw_records + validated_records over the new partitions in ONE run (a partition range; a known batch re-landed
-or changed gets a run of its own partition), then, if anything upstream changed since, one run of every other
+raw_records + validated_records over the new partitions in runs of partition ranges (at most
+``RUN_PARTITIONS`` each, as the sensor asks; a known batch re-landed or changed gets a run of its own
+partition), then, if anything upstream changed since, one run of every other
 asset of the task. Each is a real run of the instance (visible in the UI) with the tags sensor runs carry
 (``meddiag/task``, ``meddiag/trigger: cli``), executed through ``dagster.execute_job`` on the reconstructable
 implicit asset job, so ``MEDDIAG_EXECUTOR`` applies.
@@ -25,8 +26,8 @@ import dagster as dg
 from dagster._core.definitions.reconstruct import ReconstructableRepository
 
 from meddiag_pipelines.definitions import IMPLICIT_ASSET_JOB
-from meddiag_pipelines.defs.automation.landing import RANGE_END, RANGE_START, run_tags
-from meddiag_pipelines.defs.partitions import LandingScan, batch_partitions, ingestion_keys, scan_landing
+from meddiag_pipelines.defs.automation.landing import range_tags, run_tags
+from meddiag_pipelines.defs.partitions import LandingScan, batch_partitions, ingestion_keys, run_chunks, scan_landing
 from meddiag_pipelines.defs.resources.storage import MeddiagStorage
 from meddiag_pipelines.ingestion.landing import ready_batch_dirs
 from meddiag_pipelines.specs import TaskSpec
@@ -82,7 +83,7 @@ def all_partitions_tags(job: dg.JobDefinition, keys: list[dg.AssetKey], instance
     if not any(job.asset_layer.get(k).partitions_def is not None for k in keys):
         return {}
     partitions = instance.get_dynamic_partitions(batch_partitions(spec).name)
-    return {RANGE_START: partitions[0], RANGE_END: partitions[-1]} if partitions else {}
+    return range_tags(partitions) if partitions else {}
 
 
 def plan_batches(spec: TaskSpec, storage: MeddiagStorage, instance: dg.DagsterInstance,
@@ -139,11 +140,13 @@ def update_task(spec: TaskSpec, instance: dg.DagsterInstance, partition: str | N
     job = loaded.resolve_implicit_global_asset_job_def()
     batch_keys, downstream = group_keys(job, spec)
     tags = run_tags(spec, "cli")
-    if scan.new:
-        keys = sorted(scan.new)
-        log.info("%s: %d new batches registered as partitions: %s", spec.name, len(keys), ", ".join(keys[:20]))
-        outcome.batch_runs.append(_execute(instance, batch_keys, {**tags, RANGE_START: keys[0], RANGE_END: keys[-1]},
-                                           f"{spec.name}: ingestion of {len(keys)} new batches", defs))  # fmt: skip
+    if outcome.new:
+        log.info("%s: %d new batches registered as partitions: %s", spec.name, len(outcome.new),
+                 ", ".join(outcome.new[:20]))  # fmt: skip
+    for chunk in run_chunks(outcome.new):
+        outcome.batch_runs.append(_execute(instance, batch_keys, {**tags, **range_tags(chunk)},
+                                           f"{spec.name}: ingestion of {len(chunk)} new batches ({chunk[0]} to {chunk[-1]})",
+                                           defs))  # fmt: skip
     for key in sorted(scan.again):
         log.info("%s: batch %s runs again (re-landed, changed or not ingested yet)", spec.name, key)
         outcome.batch_runs.append(_execute(instance, batch_keys, {**tags, "dagster/partition": key},

@@ -10,6 +10,7 @@ import polars as pl
 import pytest
 
 from meddiag_pipelines.definitions import batch_job_name, build_definitions
+from meddiag_pipelines.defs import partitions
 from meddiag_pipelines.defs.automation.landing import RANGE_END, RANGE_START
 from meddiag_pipelines.defs.partitions import ingestion_keys, partition_key_problem, scan_landing
 from meddiag_pipelines.defs.resources.storage import MeddiagStorage
@@ -28,6 +29,12 @@ def _bad(n: int, seed: int, start: int) -> pl.DataFrame:
 def test_partition_key_rules():
     assert partition_key_problem("batch 2025-01 é") is None
     assert "partition key" in partition_key_problem("export...2") and "rename it" in partition_key_problem("a\tb")
+
+
+def test_new_partitions_run_in_ranges_of_at_most_run_partitions(monkeypatch):
+    monkeypatch.setattr(partitions, "RUN_PARTITIONS", 2)
+    assert partitions.run_chunks(["a", "b", "c", "d", "e"]) == [["a", "b"], ["c", "d"], ["e"]]
+    assert partitions.run_chunks([]) == []
 
 
 def test_ingestion_is_the_partitioned_assets_fed_only_by_partitioned_ones(synthetic_spec, layout):
@@ -167,22 +174,24 @@ def test_update_runs_every_task_past_a_failed_one_and_a_bad_spec_and_exits_1(tmp
     assert main(["update", "heart_disease"]) == 0 and ran == ["heart_disease"]  # named tasks: other specs not judged
 
 
-def test_update_brings_a_task_up_to_date_once(synthetic_spec, layout):
+def test_update_brings_a_task_up_to_date_once(synthetic_spec, layout, monkeypatch):
     """Two good batches and a bad one: two validated, one quarantined, a model trained; a second `update` with
-    nothing new starts no run at all."""
+    nothing new starts no run at all. New batches run in ranges of at most RUN_PARTITIONS (here 2)."""
+    monkeypatch.setattr(partitions, "RUN_PARTITIONS", 2)
     land(layout, TASK, "b1", synthetic_records(120, seed=1))
     land(layout, TASK, "b2", _bad(20, seed=3, start=500))
     land(layout, TASK, "b3", synthetic_records(120, seed=2, start=200))
     defs = build_definitions([synthetic_spec], layout.root)
     with dg.instance_for_test() as instance:
         first = update_task(synthetic_spec, instance, defs=defs)
-        assert first.new == ["b1", "b2", "b3"] and len(first.batch_runs) == 1 and first.downstream_run
-        run = instance.get_run_by_id(first.batch_runs[0])
-        assert run.tags["meddiag/trigger"] == "cli" and run.tags["meddiag/task"] == TASK
+        assert first.new == ["b1", "b2", "b3"] and len(first.batch_runs) == 2 and first.downstream_run
+        runs = [instance.get_run_by_id(r) for r in first.batch_runs]
+        assert [(r.tags[RANGE_START], r.tags[RANGE_END]) for r in runs] == [("b1", "b2"), ("b3", "b3")]
+        assert all(r.tags["meddiag/trigger"] == "cli" and r.tags["meddiag/task"] == TASK for r in runs)
         champion = instance.get_latest_materialization_event(dg.AssetKey([TASK, "champion"]))
         again = update_task(synthetic_spec, instance, defs=defs)
         n_runs = len(instance.get_runs())
     ledger = MeddiagStorage(data_dir=str(layout.root)).warehouse.ledger(TASK)
     assert dict(zip(ledger["batch_id"], ledger["status"])) == {"b1": "validated", "b2": "quarantined", "b3": "validated"}
     assert champion is not None and (layout.quarantine(TASK) / "b2" / "reason.json").is_file()
-    assert not again.batch_runs and again.downstream_run is None and n_runs == 2
+    assert not again.batch_runs and again.downstream_run is None and n_runs == 3
