@@ -11,7 +11,7 @@ import pytest
 
 from meddiag_pipelines.definitions import batch_job_name, build_definitions
 from meddiag_pipelines.defs import partitions
-from meddiag_pipelines.defs.automation.landing import RANGE_END, RANGE_START
+from meddiag_pipelines.defs.automation.landing import RANGE_END, RANGE_START, range_tags
 from meddiag_pipelines.defs.partitions import ingestion_keys, partition_key_problem, scan_landing
 from meddiag_pipelines.defs.resources.storage import MeddiagStorage
 from meddiag_pipelines.__main__ import main
@@ -118,6 +118,27 @@ def test_a_new_valid_partition_requests_the_downstream_and_a_quiet_cron_tick_not
         tick = (now + datetime.timedelta(days=1)).replace(hour=2, minute=1)
         nightly = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=settled.cursor, evaluation_time=tick)
     assert settled.total_requested == 0 and nightly.total_requested == 0
+
+
+def test_each_batch_of_a_range_run_shows_in_progress_then_failed(synthetic_spec, layout):
+    """A range run plans its partitions one by one (not as Dagster's opt-in partition subset, which OSS storage
+    does not track per partition): the UI shows each batch of a queued run in progress, and failed if it fails."""
+    from dagster._core.storage.partition_status_cache import AssetPartitionStatus
+
+    for i in (1, 2, 3):
+        land(layout, TASK, f"b{i}", synthetic_records(5, seed=i, start=10 * i))
+    defs = build_definitions([synthetic_spec], layout.root)
+    job = defs.resolve_implicit_global_asset_job_def()
+    batch = set(group_keys(job, synthetic_spec)[0])
+    with dg.instance_for_test() as instance:
+        plan_batches(synthetic_spec, defs.resources["storage"], instance)
+        runs = [instance.create_run_for_job(job.get_subset(asset_selection=batch), asset_selection=batch,
+                                            tags=range_tags(keys)) for keys in (["b1", "b2"], ["b3"])]  # fmt: skip
+        instance.report_run_failed(runs[1])
+        status = instance.get_status_by_partition(dg.AssetKey([TASK, "validated_records"]), ["b1", "b2", "b3"],
+                                                  partitions.batch_partitions(synthetic_spec))  # fmt: skip
+    progress, failed = AssetPartitionStatus.IN_PROGRESS, AssetPartitionStatus.FAILED
+    assert status == {"b1": progress, "b2": progress, "b3": failed}
 
 
 def test_a_landed_batch_is_a_partition_over_the_graphql_api(synthetic_spec, layout, tmp_path):
