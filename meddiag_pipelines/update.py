@@ -3,9 +3,9 @@ their landing folders, as the landing sensor and the automation sensor would, wi
 
 Per task: register every new complete batch as a partition (a name Dagster refuses is quarantined), run
 raw_records + validated_records over the new partitions in runs of partition ranges (at most
-``RUN_PARTITIONS`` each, as the sensor asks; a known batch re-landed or changed gets a run of its own
-partition), then, if anything upstream changed since, one run of every other
-asset of the task. Each is a real run of the instance (visible in the UI) with the tags sensor runs carry
+``RUN_PARTITIONS`` each, as the sensor asks), and over the known ones to run again (re-landed, changed, or
+left by a failed run) in ranges of consecutive ones, then, if anything upstream changed since, one run of every
+other asset of the task. Each is a real run of the instance (visible in the UI) with the tags sensor runs carry
 (``meddiag/task``, ``meddiag/trigger: cli``), executed through ``dagster.execute_job`` on the reconstructable
 implicit asset job, so ``MEDDIAG_EXECUTOR`` applies.
 
@@ -27,7 +27,7 @@ from dagster._core.definitions.reconstruct import ReconstructableRepository
 
 from meddiag_pipelines.definitions import IMPLICIT_ASSET_JOB
 from meddiag_pipelines.defs.automation.landing import range_tags, run_tags
-from meddiag_pipelines.defs.partitions import LandingScan, batch_partitions, ingestion_keys, run_chunks, scan_landing
+from meddiag_pipelines.defs.partitions import LandingScan, batch_partitions, ingestion_keys, run_ranges, scan_landing
 from meddiag_pipelines.defs.resources.storage import MeddiagStorage
 from meddiag_pipelines.ingestion.landing import ready_batch_dirs
 from meddiag_pipelines.specs import TaskSpec
@@ -143,14 +143,15 @@ def update_task(spec: TaskSpec, instance: dg.DagsterInstance, partition: str | N
     if outcome.new:
         log.info("%s: %d new batches registered as partitions: %s", spec.name, len(outcome.new),
                  ", ".join(outcome.new[:20]))  # fmt: skip
-    for chunk in run_chunks(outcome.new):
+    for chunk in run_ranges(outcome.new):
         outcome.batch_runs.append(_execute(instance, batch_keys, {**tags, **range_tags(chunk)},
                                            f"{spec.name}: ingestion of {len(chunk)} new batches ({chunk[0]} to {chunk[-1]})",
                                            defs))  # fmt: skip
-    for key in sorted(scan.again):
-        log.info("%s: batch %s runs again (re-landed, changed or not ingested yet)", spec.name, key)
-        outcome.batch_runs.append(_execute(instance, batch_keys, {**tags, "dagster/partition": key},
-                                           f"{spec.name}: ingestion of batch {key}", defs))  # fmt: skip
+    # known partitions to run again (after a failed run, every batch it held), by ranges of consecutive ones
+    for keys in run_ranges(scan.again, instance.get_dynamic_partitions(batch_partitions(spec).name)):
+        log.info("%s: batches %s to %s run again (re-landed, changed or not ingested yet)", spec.name, keys[0], keys[-1])
+        outcome.batch_runs.append(_execute(instance, batch_keys, {**tags, **range_tags(keys)},
+                                           f"{spec.name}: ingestion of batches {keys[0]} to {keys[-1]}", defs))  # fmt: skip
     if downstream and (outcome.batch_runs or _downstream_stale(instance, batch_keys, downstream)):
         scope = all_partitions_tags(job, downstream, instance, spec)
         outcome.downstream_run = _execute(instance, downstream, {**tags, **scope}, f"{spec.name}: split to predictions",

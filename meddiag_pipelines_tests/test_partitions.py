@@ -31,10 +31,12 @@ def test_partition_key_rules():
     assert "partition key" in partition_key_problem("export...2") and "rename it" in partition_key_problem("a\tb")
 
 
-def test_new_partitions_run_in_ranges_of_at_most_run_partitions(monkeypatch):
+def test_partitions_run_in_ranges_of_at_most_run_partitions_that_cover_nothing_else(monkeypatch):
     monkeypatch.setattr(partitions, "RUN_PARTITIONS", 2)
-    assert partitions.run_chunks(["a", "b", "c", "d", "e"]) == [["a", "b"], ["c", "d"], ["e"]]
-    assert partitions.run_chunks([]) == []
+    assert partitions.run_ranges(["a", "b", "c", "d", "e"]) == [["a", "b"], ["c", "d"], ["e"]]
+    order = ["a", "b", "c", "d", "e", "f"]
+    assert partitions.run_ranges({"f", "a", "c", "d", "e"}, order) == [["a"], ["c", "d"], ["e", "f"]]
+    assert partitions.run_ranges([]) == []
 
 
 def test_ingestion_is_the_partitioned_assets_fed_only_by_partitioned_ones(synthetic_spec, layout):
@@ -196,23 +198,28 @@ def test_update_runs_every_task_past_a_failed_one_and_a_bad_spec_and_exits_1(tmp
 
 
 def test_update_brings_a_task_up_to_date_once(synthetic_spec, layout, monkeypatch):
-    """Two good batches and a bad one: two validated, one quarantined, a model trained; a second `update` with
-    nothing new starts no run at all. New batches run in ranges of at most RUN_PARTITIONS (here 2)."""
+    """Good batches and a bad one: validated, quarantined, a model trained; a second `update` with nothing new
+    starts no run at all. New batches run in ranges of at most RUN_PARTITIONS (here 2), and so do partitions a
+    failed run left unrecorded (here registered without a run), by ranges of consecutive ones."""
     monkeypatch.setattr(partitions, "RUN_PARTITIONS", 2)
     land(layout, TASK, "b1", synthetic_records(120, seed=1))
     land(layout, TASK, "b2", _bad(20, seed=3, start=500))
     land(layout, TASK, "b3", synthetic_records(120, seed=2, start=200))
+    land(layout, TASK, "b4", synthetic_records(10, seed=4, start=400))
     defs = build_definitions([synthetic_spec], layout.root)
     with dg.instance_for_test() as instance:
+        for name in ("b1", "b2"):
+            plan_batches(synthetic_spec, defs.resources["storage"], instance, partition=name)
         first = update_task(synthetic_spec, instance, defs=defs)
-        assert first.new == ["b1", "b2", "b3"] and len(first.batch_runs) == 2 and first.downstream_run
+        assert (first.new, first.again) == (["b3", "b4"], ["b1", "b2"]) and first.downstream_run
         runs = [instance.get_run_by_id(r) for r in first.batch_runs]
-        assert [(r.tags[RANGE_START], r.tags[RANGE_END]) for r in runs] == [("b1", "b2"), ("b3", "b3")]
+        assert [(r.tags[RANGE_START], r.tags[RANGE_END]) for r in runs] == [("b3", "b4"), ("b1", "b2")]
         assert all(r.tags["meddiag/trigger"] == "cli" and r.tags["meddiag/task"] == TASK for r in runs)
         champion = instance.get_latest_materialization_event(dg.AssetKey([TASK, "champion"]))
         again = update_task(synthetic_spec, instance, defs=defs)
         n_runs = len(instance.get_runs())
     ledger = MeddiagStorage(data_dir=str(layout.root)).warehouse.ledger(TASK)
-    assert dict(zip(ledger["batch_id"], ledger["status"])) == {"b1": "validated", "b2": "quarantined", "b3": "validated"}
+    assert dict(zip(ledger["batch_id"], ledger["status"])) == {"b1": "validated", "b2": "quarantined", "b3": "validated",
+                                                              "b4": "validated"}  # fmt: skip
     assert champion is not None and (layout.quarantine(TASK) / "b2" / "reason.json").is_file()
     assert not again.batch_runs and again.downstream_run is None and n_runs == 3

@@ -29,10 +29,21 @@ O(1), but OSS storage then loses each batch's in-progress and failed state, and 
 every process that creates runs (daemon, webserver, CLI)."""
 
 
-def run_chunks(keys: list[str]) -> list[list[str]]:
-    """New partitions ``keys`` (in the order they are added) cut into ingestion runs of at most
-    :data:`RUN_PARTITIONS`, each a contiguous range of the partitions."""
-    return [keys[i : i + RUN_PARTITIONS] for i in range(0, len(keys), RUN_PARTITIONS)]
+def run_ranges(keys: Iterable[str], order: list[str] | None = None) -> list[list[str]]:
+    """``keys`` cut into ingestion runs of at most :data:`RUN_PARTITIONS` partitions consecutive in ``order``
+    (the order the partitions were added; default ``keys`` itself: new partitions, added in that order after every
+    known one), so that each run's range covers its keys and nothing else."""
+    keys = list(keys)
+    wanted, ranges, last = set(keys), [], None
+    for i, key in enumerate(keys if order is None else order):
+        if key not in wanted:
+            continue
+        if ranges and last == i - 1 and len(ranges[-1]) < RUN_PARTITIONS:
+            ranges[-1].append(key)
+        else:
+            ranges.append([key])
+        last = i
+    return ranges
 
 
 def batch_partitions(spec: TaskSpec) -> dg.DynamicPartitionsDefinition:

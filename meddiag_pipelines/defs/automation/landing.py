@@ -6,7 +6,7 @@ import hashlib
 
 import dagster as dg
 
-from meddiag_pipelines.defs.partitions import LandingScan, batch_partitions, run_chunks, scan_landing
+from meddiag_pipelines.defs.partitions import LandingScan, batch_partitions, run_ranges, scan_landing
 from meddiag_pipelines.defs.resources.storage import MeddiagStorage
 from meddiag_pipelines.specs import TaskSpec
 
@@ -31,7 +31,7 @@ def batch_run_requests(spec: TaskSpec, scan: LandingScan, tags: dict[str, str]) 
     known one) and one run per known partition to run again. Run keys name the content: the same content never
     runs twice."""
     requests = []
-    for keys in run_chunks(sorted(scan.new)):
+    for keys in run_ranges(sorted(scan.new)):
         content = hashlib.sha256("\n".join(f"{k}@{scan.new[k]}" for k in keys).encode()).hexdigest()[:16]
         requests.append(dg.RunRequest(run_key=f"{spec.name}:new:{keys[0]}..{len(keys)}@{content}",
                                       tags={**tags, **range_tags(keys), "meddiag/new_batches": str(len(keys))}))  # fmt: skip
