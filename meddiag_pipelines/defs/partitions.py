@@ -20,11 +20,11 @@ from meddiag_pipelines.layout import DataLayout
 from meddiag_pipelines.specs import TaskSpec
 
 
-RUN_PARTITIONS = 25
+RUN_PARTITIONS = 20
 """New partitions per ingestion run. Before a run's first step Dagster OSS writes one "materialization planned"
-event per partition and asset (~60 ms each on SQLite; only Dagster+ storage takes a partition subset): 25 new
-batches x 2 ingestion assets start in ~3 s, where ONE run over a backlog of 1,000 waited a minute (bench/README.md,
-Partitions). Dagster's opt-in subset event (``DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS``) would plan in
+event per partition and asset (60-100 ms each on SQLite; only Dagster+ storage takes a partition subset): 20 new
+batches x 2 ingestion assets plan in 2.5-4 s, where ONE run over a backlog of 1,000 waited a minute or more
+(bench/README.md, Partitions). Each run also costs its own start (a process under the daemon), hence not fewer. Dagster's opt-in subset event (``DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS``) would plan in
 O(1), but OSS storage then loses each batch's in-progress and failed state, and the variable would be needed in
 every process that creates runs (daemon, webserver, CLI)."""
 
