@@ -19,6 +19,7 @@ import dagster as dg
 from meddiag_pipelines.defs.automation.landing import (build_automation_sensor, build_landing_sensor,
                                                        downstream_condition, run_tags)  # fmt: skip
 from meddiag_pipelines.defs.assets.imaging import build_image_assets
+from meddiag_pipelines.defs.partitions import ingestion_keys
 from meddiag_pipelines.defs.resources.storage import build_resources
 from meddiag_pipelines.defs.assets.tabular import build_tabular_assets
 from meddiag_pipelines.defs.assets.text import build_text_assets
@@ -52,9 +53,8 @@ def build_task_definitions(spec: TaskSpec) -> dg.Definitions:
             assets.append(item.map_asset_specs(lambda a: a.replace_attributes(automation_condition=downstream_condition(spec))))
         else:
             assets.append(item)
-    partitioned = {key for a in assets if a.partitions_def is not None for key in a.keys}
-    # Ingestion: partitioned assets fed by partitioned assets only (predictions follow the task-wide champion).
-    batch_level = dg.AssetSelection.assets(*(a for a in assets if a.keys <= partitioned and a.dependency_keys <= partitioned))
+    batch_level = dg.AssetSelection.assets(*sorted(ingestion_keys(
+        {key: a.asset_deps[key] for a in assets if a.partitions_def is not None for key in a.keys})))  # fmt: skip
     # The tag lets dagster.yaml's run queue hold one run per task at a time.
     job = dg.define_asset_job(batch_job_name(spec), selection=batch_level, tags=run_tags(spec, "landing"),
                               description=f"Register and ingest {spec.name}'s new batches (one partition each).")  # fmt: skip

@@ -2,9 +2,10 @@
 their landing folders, as the landing sensor and the automation sensor would, without a daemon.
 
 Per task: register every new complete batch as a partition (a name Dagster refuses is quarantined), run
-raw_records + validated_records over the new partitions in ONE run (a partition range; a known batch re-landed
-or changed gets a run of its own partition), then, if anything upstream changed since, one run of every other
-asset of the task. Each is a real run of the instance (visible in the UI) with the tags sensor runs carry
+raw_records + validated_records over the new partitions in runs of partition ranges (at most
+``RUN_PARTITIONS`` each, as the sensor asks), and over the known ones to run again (re-landed, changed, or
+left by a failed run) in ranges of consecutive ones, then, if anything upstream changed since, one run of every
+other asset of the task. Each is a real run of the instance (visible in the UI) with the tags sensor runs carry
 (``meddiag/task``, ``meddiag/trigger: cli``), executed through ``dagster.execute_job`` on the reconstructable
 implicit asset job, so ``MEDDIAG_EXECUTOR`` applies.
 
@@ -25,8 +26,8 @@ import dagster as dg
 from dagster._core.definitions.reconstruct import ReconstructableRepository
 
 from meddiag_pipelines.definitions import IMPLICIT_ASSET_JOB
-from meddiag_pipelines.defs.automation.landing import RANGE_END, RANGE_START, run_tags
-from meddiag_pipelines.defs.partitions import LandingScan, batch_partitions, scan_landing
+from meddiag_pipelines.defs.automation.landing import range_tags, run_tags
+from meddiag_pipelines.defs.partitions import LandingScan, batch_partitions, ingestion_keys, run_ranges, scan_landing
 from meddiag_pipelines.defs.resources.storage import MeddiagStorage
 from meddiag_pipelines.ingestion.landing import ready_batch_dirs
 from meddiag_pipelines.specs import TaskSpec
@@ -72,9 +73,8 @@ def group_keys(job: dg.JobDefinition, spec: TaskSpec) -> tuple[list[dg.AssetKey]
     (the unpartitioned steps, and partitioned ones that follow them, such as ``predictions``)."""
     layer = job.asset_layer
     keys = [k for k in layer.executable_asset_keys if layer.get(k).group_name == spec.name]
-    partitioned = {k for k in keys if layer.get(k).partitions_def is not None}
-    batch = [k for k in partitioned if all(p in partitioned for p in layer.get(k).parent_keys)]
-    return sorted(batch), sorted(set(keys) - set(batch))
+    batch = ingestion_keys({k: layer.get(k).parent_keys for k in keys if layer.get(k).partitions_def is not None})
+    return sorted(batch), sorted(set(keys) - batch)
 
 
 def all_partitions_tags(job: dg.JobDefinition, keys: list[dg.AssetKey], instance: dg.DagsterInstance,
@@ -83,7 +83,7 @@ def all_partitions_tags(job: dg.JobDefinition, keys: list[dg.AssetKey], instance
     if not any(job.asset_layer.get(k).partitions_def is not None for k in keys):
         return {}
     partitions = instance.get_dynamic_partitions(batch_partitions(spec).name)
-    return {RANGE_START: partitions[0], RANGE_END: partitions[-1]} if partitions else {}
+    return range_tags(partitions) if partitions else {}
 
 
 def plan_batches(spec: TaskSpec, storage: MeddiagStorage, instance: dg.DagsterInstance,
@@ -140,15 +140,18 @@ def update_task(spec: TaskSpec, instance: dg.DagsterInstance, partition: str | N
     job = loaded.resolve_implicit_global_asset_job_def()
     batch_keys, downstream = group_keys(job, spec)
     tags = run_tags(spec, "cli")
-    if scan.new:
-        keys = sorted(scan.new)
-        log.info("%s: %d new batches registered as partitions: %s", spec.name, len(keys), ", ".join(keys[:20]))
-        outcome.batch_runs.append(_execute(instance, batch_keys, {**tags, RANGE_START: keys[0], RANGE_END: keys[-1]},
-                                           f"{spec.name}: ingestion of {len(keys)} new batches", defs))  # fmt: skip
-    for key in sorted(scan.again):
-        log.info("%s: batch %s runs again (re-landed, changed or not ingested yet)", spec.name, key)
-        outcome.batch_runs.append(_execute(instance, batch_keys, {**tags, "dagster/partition": key},
-                                           f"{spec.name}: ingestion of batch {key}", defs))  # fmt: skip
+    if outcome.new:
+        log.info("%s: %d new batches registered as partitions: %s", spec.name, len(outcome.new),
+                 ", ".join(outcome.new[:20]))  # fmt: skip
+    for chunk in run_ranges(outcome.new):
+        outcome.batch_runs.append(_execute(instance, batch_keys, {**tags, **range_tags(chunk)},
+                                           f"{spec.name}: ingestion of {len(chunk)} new batches ({chunk[0]} to {chunk[-1]})",
+                                           defs))  # fmt: skip
+    # known partitions to run again (after a failed run, every batch it held), by ranges of consecutive ones
+    for keys in run_ranges(scan.again, instance.get_dynamic_partitions(batch_partitions(spec).name)):
+        log.info("%s: batches %s to %s run again (re-landed, changed or not ingested yet)", spec.name, keys[0], keys[-1])
+        outcome.batch_runs.append(_execute(instance, batch_keys, {**tags, **range_tags(keys)},
+                                           f"{spec.name}: ingestion of batches {keys[0]} to {keys[-1]}", defs))  # fmt: skip
     if downstream and (outcome.batch_runs or _downstream_stale(instance, batch_keys, downstream)):
         scope = all_partitions_tags(job, downstream, instance, spec)
         outcome.downstream_run = _execute(instance, downstream, {**tags, **scope}, f"{spec.name}: split to predictions",
@@ -164,13 +167,14 @@ def whole_task_run(defs: dg.Definitions, spec: TaskSpec, instance: dg.DagsterIns
     names of the task; default all) and tags of ONE run over every partition, as the task job ran before batches
     were partitions."""
     plan_batches(spec, defs.resources["storage"], instance)
-    keys = instance.get_dynamic_partitions(batch_partitions(spec).name)
-    layer = defs.resolve_implicit_global_asset_job_def().asset_layer
+    job = defs.resolve_implicit_global_asset_job_def()
+    layer = job.asset_layer
     chosen = [k for k in layer.executable_asset_keys if layer.get(k).group_name == spec.name
               and (selection is None or k.path[-1] in selection)]  # fmt: skip
-    if not keys:  # nothing landed: only the unpartitioned assets can run
+    scope = all_partitions_tags(job, chosen, instance, spec)
+    if not scope:  # nothing landed (or nothing partitioned chosen): only the unpartitioned assets can run
         chosen = [k for k in chosen if layer.get(k).partitions_def is None]
-    return sorted(chosen), {**run_tags(spec, "test"), **({RANGE_START: keys[0], RANGE_END: keys[-1]} if keys else {})}
+    return sorted(chosen), {**run_tags(spec, "test"), **scope}
 
 
 def run_task_in_process(defs: dg.Definitions, spec: TaskSpec, instance: dg.DagsterInstance,

@@ -8,6 +8,7 @@ import dagster as dg
 import numpy as np
 import pytest
 
+from meddiag_pipelines.defs import partitions
 from meddiag_pipelines.defs.automation.landing import RANGE_END, RANGE_START, build_landing_sensor, downstream_condition
 from meddiag_pipelines.defs.resources.storage import MeddiagStorage
 from meddiag_pipelines.definitions import defs
@@ -69,6 +70,18 @@ def test_sensor_adds_each_new_batch_as_a_partition_and_runs_it_once(synthetic_sp
     land(layout, "synthetic_risk", "b3", synthetic_records(10, seed=3, start=20))
     [third] = requests(tick(sensor, storage, instance))
     assert (third.tags[RANGE_START], third.tags[RANGE_END]) == ("b3", "b3") and third.run_key != run.run_key
+
+
+def test_a_backlog_runs_in_ranges_of_at_most_run_partitions(synthetic_spec, layout, sensor_and_storage, monkeypatch):
+    """Planning a run writes one event per partition: a backlog is cut into short runs, each a range."""
+    monkeypatch.setattr(partitions, "RUN_PARTITIONS", 2)
+    sensor, storage, instance = sensor_and_storage
+    for i in range(1, 6):
+        land(layout, "synthetic_risk", f"b{i}", synthetic_records(10, seed=i, start=10 * i))
+    runs = requests(tick(sensor, storage, instance))
+    assert [(r.tags[RANGE_START], r.tags[RANGE_END], r.tags["meddiag/new_batches"]) for r in runs] == [
+        ("b1", "b2", "2"), ("b3", "b4", "2"), ("b5", "b5", "1")]  # fmt: skip
+    assert len({r.run_key for r in runs}) == 3 and instance.get_dynamic_partitions(PARTITIONS) == [f"b{i}" for i in range(1, 6)]
 
 
 def test_batches_registered_outside_the_sensor_launch_nothing(synthetic_spec, layout, sensor_and_storage):

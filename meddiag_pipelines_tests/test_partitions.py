@@ -9,11 +9,13 @@ import dagster as dg
 import polars as pl
 import pytest
 
-from meddiag_pipelines.definitions import build_definitions
-from meddiag_pipelines.defs.partitions import partition_key_problem, scan_landing
+from meddiag_pipelines.definitions import batch_job_name, build_definitions
+from meddiag_pipelines.defs import partitions
+from meddiag_pipelines.defs.automation.landing import RANGE_END, RANGE_START, range_tags
+from meddiag_pipelines.defs.partitions import ingestion_keys, partition_key_problem, scan_landing
 from meddiag_pipelines.defs.resources.storage import MeddiagStorage
 from meddiag_pipelines.__main__ import main
-from meddiag_pipelines.update import plan_batches, run_task_in_process, update_task
+from meddiag_pipelines.update import group_keys, plan_batches, run_task_in_process, update_task, whole_task_run
 from meddiag_pipelines_tests.conftest import land, synthetic_records
 
 TASK = "synthetic_risk"
@@ -27,6 +29,36 @@ def _bad(n: int, seed: int, start: int) -> pl.DataFrame:
 def test_partition_key_rules():
     assert partition_key_problem("batch 2025-01 é") is None
     assert "partition key" in partition_key_problem("export...2") and "rename it" in partition_key_problem("a\tb")
+
+
+def test_partitions_run_in_ranges_of_at_most_run_partitions_that_cover_nothing_else(monkeypatch):
+    monkeypatch.setattr(partitions, "RUN_PARTITIONS", 2)
+    assert partitions.run_ranges(["a", "b", "c", "d", "e"]) == [["a", "b"], ["c", "d"], ["e"]]
+    order = ["a", "b", "c", "d", "e", "f"]
+    assert partitions.run_ranges({"f", "a", "c", "d", "e"}, order) == [["a"], ["c", "d"], ["e", "f"]]
+    assert partitions.run_ranges([]) == []
+
+
+def test_ingestion_is_the_partitioned_assets_fed_only_by_partitioned_ones(synthetic_spec, layout):
+    raw, valid, model, scores = (dg.AssetKey(n) for n in ("raw", "valid", "model", "scores"))
+    assert ingestion_keys({raw: [], valid: [raw], scores: [valid, model]}) == {raw, valid}  # model: unpartitioned
+    defs = build_definitions([synthetic_spec], layout.root)
+    batch, downstream = group_keys(defs.resolve_implicit_global_asset_job_def(), synthetic_spec)
+    assert [k.path[-1] for k in batch] == ["raw_records", "validated_records"] and "predictions" in {k.path[-1] for k in downstream}
+    assert sorted(defs.resolve_job_def(batch_job_name(synthetic_spec)).asset_layer.executable_asset_keys) == batch
+
+
+def test_a_whole_task_run_covers_every_partition_only_when_it_holds_a_partitioned_asset(synthetic_spec, layout):
+    defs = build_definitions([synthetic_spec], layout.root)
+    with dg.instance_for_test() as instance:
+        keys, tags = whole_task_run(defs, synthetic_spec, instance, ["raw_records", "split"])
+        assert [k.path[-1] for k in keys] == ["split"] and RANGE_START not in tags  # nothing landed yet
+        land(layout, TASK, "b1", synthetic_records(10, seed=1))
+        land(layout, TASK, "b2", synthetic_records(10, seed=2, start=10))
+        keys, tags = whole_task_run(defs, synthetic_spec, instance, ["raw_records", "split"])
+        assert [k.path[-1] for k in keys] == ["raw_records", "split"] and (tags[RANGE_START], tags[RANGE_END]) == ("b1", "b2")
+        keys, tags = whole_task_run(defs, synthetic_spec, instance, ["split"])
+    assert [k.path[-1] for k in keys] == ["split"] and RANGE_START not in tags and tags["meddiag/task"] == TASK
 
 
 def test_plan_registers_new_batches_and_partition_restricts_it(synthetic_spec, layout):
@@ -90,6 +122,27 @@ def test_a_new_valid_partition_requests_the_downstream_and_a_quiet_cron_tick_not
     assert settled.total_requested == 0 and nightly.total_requested == 0
 
 
+def test_each_batch_of_a_range_run_shows_in_progress_then_failed(synthetic_spec, layout):
+    """A range run plans its partitions one by one (not as Dagster's opt-in partition subset, which OSS storage
+    does not track per partition): the UI shows each batch of a queued run in progress, and failed if it fails."""
+    from dagster._core.storage.partition_status_cache import AssetPartitionStatus
+
+    for i in (1, 2, 3):
+        land(layout, TASK, f"b{i}", synthetic_records(5, seed=i, start=10 * i))
+    defs = build_definitions([synthetic_spec], layout.root)
+    job = defs.resolve_implicit_global_asset_job_def()
+    batch = set(group_keys(job, synthetic_spec)[0])
+    with dg.instance_for_test() as instance:
+        plan_batches(synthetic_spec, defs.resources["storage"], instance)
+        runs = [instance.create_run_for_job(job.get_subset(asset_selection=batch), asset_selection=batch,
+                                            tags=range_tags(keys)) for keys in (["b1", "b2"], ["b3"])]  # fmt: skip
+        instance.report_run_failed(runs[1])
+        status = instance.get_status_by_partition(dg.AssetKey([TASK, "validated_records"]), ["b1", "b2", "b3"],
+                                                  partitions.batch_partitions(synthetic_spec))  # fmt: skip
+    progress, failed = AssetPartitionStatus.IN_PROGRESS, AssetPartitionStatus.FAILED
+    assert status == {"b1": progress, "b2": progress, "b3": failed}
+
+
 def test_a_landed_batch_is_a_partition_over_the_graphql_api(synthetic_spec, layout, tmp_path):
     from dagster._core.test_utils import in_process_test_workspace
     from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
@@ -144,22 +197,29 @@ def test_update_runs_every_task_past_a_failed_one_and_a_bad_spec_and_exits_1(tmp
     assert main(["update", "heart_disease"]) == 0 and ran == ["heart_disease"]  # named tasks: other specs not judged
 
 
-def test_update_brings_a_task_up_to_date_once(synthetic_spec, layout):
-    """Two good batches and a bad one: two validated, one quarantined, a model trained; a second `update` with
-    nothing new starts no run at all."""
+def test_update_brings_a_task_up_to_date_once(synthetic_spec, layout, monkeypatch):
+    """Good batches and a bad one: validated, quarantined, a model trained; a second `update` with nothing new
+    starts no run at all. New batches run in ranges of at most RUN_PARTITIONS (here 2), and so do partitions a
+    failed run left unrecorded (here registered without a run), by ranges of consecutive ones."""
+    monkeypatch.setattr(partitions, "RUN_PARTITIONS", 2)
     land(layout, TASK, "b1", synthetic_records(120, seed=1))
     land(layout, TASK, "b2", _bad(20, seed=3, start=500))
     land(layout, TASK, "b3", synthetic_records(120, seed=2, start=200))
+    land(layout, TASK, "b4", synthetic_records(10, seed=4, start=400))
     defs = build_definitions([synthetic_spec], layout.root)
     with dg.instance_for_test() as instance:
+        for name in ("b1", "b2"):
+            plan_batches(synthetic_spec, defs.resources["storage"], instance, partition=name)
         first = update_task(synthetic_spec, instance, defs=defs)
-        assert first.new == ["b1", "b2", "b3"] and len(first.batch_runs) == 1 and first.downstream_run
-        run = instance.get_run_by_id(first.batch_runs[0])
-        assert run.tags["meddiag/trigger"] == "cli" and run.tags["meddiag/task"] == TASK
+        assert (first.new, first.again) == (["b3", "b4"], ["b1", "b2"]) and first.downstream_run
+        runs = [instance.get_run_by_id(r) for r in first.batch_runs]
+        assert [(r.tags[RANGE_START], r.tags[RANGE_END]) for r in runs] == [("b3", "b4"), ("b1", "b2")]
+        assert all(r.tags["meddiag/trigger"] == "cli" and r.tags["meddiag/task"] == TASK for r in runs)
         champion = instance.get_latest_materialization_event(dg.AssetKey([TASK, "champion"]))
         again = update_task(synthetic_spec, instance, defs=defs)
         n_runs = len(instance.get_runs())
     ledger = MeddiagStorage(data_dir=str(layout.root)).warehouse.ledger(TASK)
-    assert dict(zip(ledger["batch_id"], ledger["status"])) == {"b1": "validated", "b2": "quarantined", "b3": "validated"}
+    assert dict(zip(ledger["batch_id"], ledger["status"])) == {"b1": "validated", "b2": "quarantined", "b3": "validated",
+                                                              "b4": "validated"}  # fmt: skip
     assert champion is not None and (layout.quarantine(TASK) / "b2" / "reason.json").is_file()
-    assert not again.batch_runs and again.downstream_run is None and n_runs == 2
+    assert not again.batch_runs and again.downstream_run is None and n_runs == 3

@@ -7,6 +7,7 @@ or a quarantine move to finish), and which names Dagster refuses as partition ke
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 import dagster as dg
@@ -19,9 +20,41 @@ from meddiag_pipelines.layout import DataLayout
 from meddiag_pipelines.specs import TaskSpec
 
 
+RUN_PARTITIONS = 20
+"""New partitions per ingestion run. Before a run's first step Dagster OSS writes one "materialization planned"
+event per partition and asset (60-100 ms each on SQLite; only Dagster+ storage takes a partition subset): 20 new
+batches x 2 ingestion assets plan in 2.5-4 s, where ONE run over a backlog of 1,000 waited a minute or more
+(bench/README.md, Partitions). Each run also costs its own start (a process under the daemon), hence not fewer. Dagster's opt-in subset event (``DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS``) would plan in
+O(1), but OSS storage then loses each batch's in-progress and failed state, and the variable would be needed in
+every process that creates runs (daemon, webserver, CLI)."""
+
+
+def run_ranges(keys: Iterable[str], order: list[str] | None = None) -> list[list[str]]:
+    """``keys`` cut into ingestion runs of at most :data:`RUN_PARTITIONS` partitions consecutive in ``order``
+    (the order the partitions were added; default ``keys`` itself: new partitions, added in that order after every
+    known one), so that each run's range covers its keys and nothing else."""
+    keys = list(keys)
+    wanted, ranges, last = set(keys), [], None
+    for i, key in enumerate(keys if order is None else order):
+        if key not in wanted:
+            continue
+        if ranges and last == i - 1 and len(ranges[-1]) < RUN_PARTITIONS:
+            ranges[-1].append(key)
+        else:
+            ranges.append([key])
+        last = i
+    return ranges
+
+
 def batch_partitions(spec: TaskSpec) -> dg.DynamicPartitionsDefinition:
     """The task's batches, registered by its landing sensor or the ``update`` command."""
     return dg.DynamicPartitionsDefinition(name=f"{spec.name}__batches")
+
+
+def ingestion_keys(partitioned: Mapping[dg.AssetKey, Iterable[dg.AssetKey]]) -> set[dg.AssetKey]:
+    """The batch-level (ingestion) assets among a task's partitioned ones (``partitioned``: each one's parent
+    keys): those fed by partitioned assets only. ``predictions``, partitioned too, follows the task-wide champion."""
+    return {key for key, parents in partitioned.items() if all(p in partitioned for p in parents)}
 
 
 def partition_key_problem(name: str) -> str | None:

@@ -6,7 +6,7 @@ import hashlib
 
 import dagster as dg
 
-from meddiag_pipelines.defs.partitions import LandingScan, batch_partitions, scan_landing
+from meddiag_pipelines.defs.partitions import LandingScan, batch_partitions, run_ranges, scan_landing
 from meddiag_pipelines.defs.resources.storage import MeddiagStorage
 from meddiag_pipelines.specs import TaskSpec
 
@@ -21,16 +21,20 @@ def run_tags(spec: TaskSpec, trigger: str) -> dict[str, str]:
     return {"meddiag/task": spec.name, "dagster/priority": RUN_PRIORITY[spec.modality], TRIGGER_TAG: trigger}
 
 
+def range_tags(keys: list[str]) -> dict[str, str]:
+    """The tags of a run over the partitions ``keys[0]`` to ``keys[-1]`` (in the order they were added)."""
+    return {RANGE_START: keys[0], RANGE_END: keys[-1]}
+
+
 def batch_run_requests(spec: TaskSpec, scan: LandingScan, tags: dict[str, str]) -> list[dg.RunRequest]:
-    """One run over the range of the new partitions (they are added in this order, after every known one) and
-    one run per known partition to run again. Run keys name the content: the same content never runs twice."""
+    """One run per range of at most RUN_PARTITIONS new partitions (they are added in this order, after every
+    known one) and one run per known partition to run again. Run keys name the content: the same content never
+    runs twice."""
     requests = []
-    if scan.new:
-        keys = sorted(scan.new)
+    for keys in run_ranges(sorted(scan.new)):
         content = hashlib.sha256("\n".join(f"{k}@{scan.new[k]}" for k in keys).encode()).hexdigest()[:16]
         requests.append(dg.RunRequest(run_key=f"{spec.name}:new:{keys[0]}..{len(keys)}@{content}",
-                                      tags={**tags, RANGE_START: keys[0], RANGE_END: keys[-1],
-                                            "meddiag/new_batches": str(len(keys))}))  # fmt: skip
+                                      tags={**tags, **range_tags(keys), "meddiag/new_batches": str(len(keys))}))  # fmt: skip
     for key, digest in sorted(scan.again.items()):
         requests.append(dg.RunRequest(run_key=f"{spec.name}:{key}@{digest[:16]}", partition_key=key, tags=dict(tags)))
     return requests
