@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,18 @@ from meddiag_pipelines.layout import DataLayout
 from meddiag_pipelines.specs import BUNDLED_TASKS_DIR, TaskSpec, load_spec
 
 REPO = Path(__file__).resolve().parent.parent
+# One compute thread per test process when pytest-xdist runs several at once (`-n 2` in pyproject's addopts):
+# OpenMP threads sharing an oversubscribed CPU spin against each other (meddiag_pipelines/device.py). Torch's
+# training honours MEDDIAG_TORCH_THREADS; torch's default and XGBoost's `nthread` come from OMP_NUM_THREADS.
+WORKER_THREADS = {"MEDDIAG_TORCH_THREADS": "1", "OMP_NUM_THREADS": "1"}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Set in the xdist controller before it starts the workers, so they (and the processes tests start) inherit
+    it before any library reads it; a variable already set is kept."""
+    if getattr(config.option, "numprocesses", None):
+        for name, value in WORKER_THREADS.items():
+            os.environ.setdefault(name, value)
 
 
 def fast(spec: TaskSpec, **updates) -> TaskSpec:
