@@ -242,11 +242,11 @@ def build_image_assets(spec: TaskSpec) -> list:
         meta = {
             "name": CANDIDATE_NAME, "framework": "pytorch", "classes": classes, "device": result.device,
             "val_score": None if np.isnan(val) else float(val),
-            "params": {"width": cfg["model_config"].get("width"), "input_size": image.size, "channels": image.channels,
-                       "epochs": spec.training.epochs, "epochs_run": cfg["epochs_run"], "best_epoch": result.best_epoch,
-                       "stopped": result.stopped, "batch_size": spec.training.batch_size,
-                       "learning_rate": spec.training.learning_rate, "augment": list(image.augment),
-                       "resumed_from_epoch": result.resumed_from_epoch, "seed": spec.training.seed},
+            "params": {**{k: v for k, v in cfg["hyperparameters"].items() if v is not None}, "input_size": image.size,
+                       "channels": image.channels, "epochs": spec.training.epochs, "epochs_run": cfg["epochs_run"],
+                       "best_epoch": result.best_epoch, "stopped": result.stopped, "batch_size": spec.training.batch_size,
+                       "resumed_from_epoch": result.resumed_from_epoch, "seed": spec.training.seed,
+                       **({"weights": cfg["weights"]} if cfg.get("weights") else {})},
         }  # fmt: skip
         handle = common.model_handle(context, storage, spec, version, out, meta,
                                      {**feature_plan, "predictor": "cnn", "classes": classes})  # fmt: skip
