@@ -207,7 +207,7 @@ class ImageSpec(_Section):
             path = Path(w) if Path(w).is_absolute() else base / w
             if not path.is_file():
                 raise ValueError(f"weights file {w!r} not found")
-            return str(path)
+            return str(path.resolve())
 
         return {k: resolve(w) for k, w in v.items()} if isinstance(v, dict) else resolve(v) if v else v
 

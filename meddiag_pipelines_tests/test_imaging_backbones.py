@@ -1,0 +1,149 @@
+"""timm backbones, offline: tiny random-initialised configs of each family saved as weights files, named by
+``image.weights``, loaded by path, trained a few steps, scored, saved and reloaded; wrong checkpoints refused."""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from meddiag_pipelines.imaging.backbones import CheckpointMismatch, import_timm, new_backbone
+from meddiag_pipelines.imaging.saliency import grad_cam
+from meddiag_pipelines.imaging.train import load_image_model, predict_image_model, train_image_model
+from meddiag_pipelines.specs import SpecError, load_spec
+
+TINY = {  # the smallest member of each family, at 32 px
+    "resnet18": {"layers": [1, 1, 1, 1]},
+    "vit_tiny_patch16_224": {"depth": 1, "embed_dim": 32, "num_heads": 2, "patch_size": 8},
+    "densenet121": {"growth_rate": 8, "block_config": [1, 1, 1, 1]},
+    "convnext_atto": {"dims": [8, 16, 32, 64], "depths": [1, 1, 1, 1]},
+}
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch):
+    """No network: the hub is told to stay offline and any socket connection fails the test."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a test tried to use the network")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def pretrained_file(tmp_path: Path, backbone: str, in_chans: int = 3, fmt: str = "safetensors") -> Path:
+    """A stand-in for a downloaded checkpoint: the random-initialised timm model (RGB, 1000 classes) saved."""
+    timm = import_timm()
+    kwargs = dict(TINY[backbone], **({"img_size": 32} if backbone.startswith("vit") else {}))
+    torch.manual_seed(1)
+    state = timm.create_model(backbone, pretrained=False, in_chans=in_chans, **kwargs).state_dict()
+    path = tmp_path / f"{backbone}.{fmt}"
+    if fmt == "safetensors":
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    else:
+        torch.save(state, path)
+    return path
+
+
+def write_spec(tmp_path: Path, backbone, weights=None, **image) -> Path:
+    spec = {"name": "tiny_backbone", "modality": "image", "label": "label", "positive": "finding",
+            "image": {"format": "folder", "size": 28, "backbone": backbone, "backbone_size": 32,
+                      "backbone_kwargs": TINY[backbone] if isinstance(backbone, str) else {}, **image},
+            "training": {"epochs": 2, "batch_size": 16, "learning_rate": 1e-3}}  # fmt: skip
+    if weights:
+        spec["image"]["weights"] = weights
+    (tmp_path / "spec").mkdir(exist_ok=True)
+    path = tmp_path / "spec" / "tiny_backbone.yaml"
+    path.write_text(yaml.safe_dump(spec), encoding="utf-8")
+    return path
+
+
+def tiny_data(n: int = 40) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    X = rng.random((n, 1, 28, 28)).astype(np.float32)
+    y = np.tile([0, 1], n // 2)
+    X[y == 1, :, 10:18, 10:18] = 1.0  # a bright square: something to learn
+    return X, y
+
+
+@pytest.mark.parametrize("backbone", list(TINY))
+def test_each_family_loads_trains_scores_and_reloads_identically(tmp_path: Path, backbone: str) -> None:
+    weights = pretrained_file(tmp_path, backbone)
+    spec = load_spec(write_spec(tmp_path, backbone, weights="../" + weights.name))  # relative to the spec file
+    assert spec.image.weights == str(weights)
+    X, y = tiny_data()
+    res = train_image_model(X[:30], y[:30], X[30:], y[30:], "binary", 1, spec, tmp_path / "model", device="cpu",
+                            num_threads=1)  # fmt: skip
+    meta = json.loads((res.model_dir / "model.json").read_text())
+    assert meta["architecture"] == "timm" and meta["model_config"]["backbone"] == backbone
+    assert meta["weights"] == weights.name and meta["hyperparameters"]["backbone"] == backbone
+    p = predict_image_model(res.model_dir, X[:6], device="cpu")
+    assert p.shape == (6,) and np.all((p >= 0) & (p <= 1))
+    model, _ = load_image_model(res.model_dir, "cpu")  # rebuilt offline from model.json, no weights file needed
+    with torch.no_grad():
+        again = torch.sigmoid(model(torch.from_numpy(X[:6])))[:, 0].numpy()
+    np.testing.assert_array_equal(again, predict_image_model(res.model_dir, X[:6], device="cpu"))
+    np.testing.assert_allclose(again, p, atol=1e-6)
+    maps = grad_cam(res.model_dir, X[:2])
+    assert maps.shape == (2, 28, 28) and 0 <= maps.min() and maps.max() <= 1
+    if backbone.startswith("vit"):  # the input gradient (a CNN's Grad-CAM may be all zero on a 1 x 1 last map)
+        assert maps.max() == 1
+
+
+def test_one_channel_first_conv_is_the_sum_of_the_pretrained_rgb_filters(tmp_path: Path) -> None:
+    weights = pretrained_file(tmp_path, "resnet18", fmt="pt")  # a torch state dict this time
+    rgb = torch.load(weights, weights_only=True)
+    model = new_backbone("resnet18", 1, 1, 32, weights=str(weights), timm_kwargs=TINY["resnet18"])
+    torch.testing.assert_close(model.body.conv1.weight, rgb["conv1.weight"].sum(dim=1, keepdim=True))
+    torch.testing.assert_close(model.body.layer1[0].conv1.weight, rgb["layer1.0.conv1.weight"])
+    assert model.body.fc.weight.shape == (1, 512)  # the 1000-class head is not loaded
+
+
+def test_a_vit_is_built_for_the_backbone_size_and_its_position_embeddings_resampled(tmp_path: Path) -> None:
+    weights = pretrained_file(tmp_path, "vit_tiny_patch16_224")  # 32 px: a 4 x 4 grid of patches
+    model = new_backbone("vit_tiny_patch16_224", 1, 1, 28, backbone_size=48, weights=str(weights),
+                         timm_kwargs=TINY["vit_tiny_patch16_224"])  # fmt: skip
+    assert model.body.pos_embed.shape[1] == 1 + 6 * 6
+    assert model(torch.rand(2, 1, 28, 28)).shape == (2, 1)
+
+
+def test_a_wrong_checkpoint_is_refused_in_plain_words(tmp_path: Path) -> None:
+    weights = pretrained_file(tmp_path, "densenet121")
+    with pytest.raises(CheckpointMismatch, match=r"densenet121\.safetensors: does not fit backbone resnet18.*weights missing"):
+        new_backbone("resnet18", 1, 1, 32, weights=str(weights), timm_kwargs=TINY["resnet18"])
+    torch.save({"not": "tensors"}, tmp_path / "junk.pt")
+    with pytest.raises(CheckpointMismatch, match="not a state dict"):
+        new_backbone("resnet18", 1, 1, 32, weights=str(tmp_path / "junk.pt"), timm_kwargs=TINY["resnet18"])
+
+
+def test_the_spec_names_the_missing_weights_file_and_unknown_backbones(tmp_path: Path) -> None:
+    with pytest.raises(SpecError, match="image.weights.*not found"):
+        load_spec(write_spec(tmp_path, "resnet18", weights="nowhere.safetensors"))
+    with pytest.raises(ValueError, match="not a timm architecture"):
+        new_backbone("no_such_net", 1, 1, 32)
+
+
+@pytest.mark.parametrize("finetune", ["linear_probe", "frozen_then_unfrozen"])
+def test_fine_tuning_modes_train_the_head_first(tmp_path: Path, finetune: str) -> None:
+    weights = pretrained_file(tmp_path, "resnet18")
+    spec = load_spec(write_spec(tmp_path, "resnet18", weights=str(weights), finetune=finetune))
+    X, y = tiny_data()
+    res = train_image_model(X[:30], y[:30], X[30:], y[30:], "binary", 1, spec, tmp_path / "model", device="cpu",
+                            num_threads=1)  # fmt: skip
+    start = new_backbone("resnet18", 1, 1, 28, 32, str(weights), TINY["resnet18"]).state_dict()
+    end = torch.load(res.model_dir / "checkpoint.pt", weights_only=True)["model"]  # the last epoch's weights
+    body_moved = not torch.equal(start["body.layer1.0.conv1.weight"], end["body.layer1.0.conv1.weight"])
+    assert body_moved == (finetune == "frozen_then_unfrozen")  # 2 epochs: the first frozen, the second not
+    assert not torch.equal(start["body.fc.weight"], end["body.fc.weight"])
+    assert torch.equal(start["body.bn1.running_mean"], end["body.bn1.running_mean"]) == (finetune == "linear_probe")
