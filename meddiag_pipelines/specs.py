@@ -179,8 +179,9 @@ class ImageSpec(_Section):
     max_decoded_mb_per_batch: float = Field(6144.0, gt=0, description="decoded size of all images of one batch")
     # Unset: the from-scratch ResNet18Small. A timm architecture name, or a list the tuner chooses among.
     backbone: str | list[str] | None = None
-    backbone_kwargs: dict[str, int | float | str | bool | list[int]] = Field(
-        default_factory=dict, description="timm create_model arguments (e.g. depth, embed_dim of a small ViT)")
+    backbone_kwargs: dict[str, int | float | str | bool | list[int] | dict[str, int | float | str | bool | list[int]]] = Field(
+        default_factory=dict, description="timm create_model arguments (e.g. depth, embed_dim of a small ViT); "
+        "with a list of backbones, a mapping from backbone to its arguments")  # fmt: skip
     backbone_size: int | None = Field(None, ge=8, le=1024, description="the size the backbone runs at (images "
                                       "resized inside the model); unset: image.size")  # fmt: skip
     # A local checkpoint (safetensors or torch state dict; relative to the spec file), "hub" / "hub:<timm name>"
@@ -218,10 +219,20 @@ class ImageSpec(_Section):
             raise ValueError("weights need a backbone (image.backbone)")
         if isinstance(self.weights, dict) and set(self.weights) - set(names):
             raise ValueError(f"weights for backbones not listed: {sorted(set(self.weights) - set(names))}")
+        if isinstance(self.backbone, list) and self.backbone_kwargs:
+            if set(self.backbone_kwargs) - set(names) or not all(isinstance(v, dict) for v in self.backbone_kwargs.values()):
+                raise ValueError("with a list of backbones, backbone_kwargs maps backbones of the list to their arguments")
+        elif any(isinstance(v, dict) for v in self.backbone_kwargs.values()):
+            raise ValueError("backbone_kwargs: per-backbone arguments need a list of backbones")
         return self
 
     def backbone_names(self) -> list[str]:
         return [self.backbone] if isinstance(self.backbone, str) else list(self.backbone or [])
+
+    def kwargs_for(self, backbone: str) -> dict:
+        if isinstance(self.backbone, list):
+            return dict(self.backbone_kwargs.get(backbone) or {})
+        return dict(self.backbone_kwargs)
 
     def weights_for(self, backbone: str) -> str | None:
         return self.weights.get(backbone) if isinstance(self.weights, dict) else self.weights

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 import socket
 from pathlib import Path
 
@@ -147,3 +148,66 @@ def test_fine_tuning_modes_train_the_head_first(tmp_path: Path, finetune: str) -
     assert body_moved == (finetune == "frozen_then_unfrozen")  # 2 epochs: the first frozen, the second not
     assert not torch.equal(start["body.fc.weight"], end["body.fc.weight"])
     assert torch.equal(start["body.bn1.running_mean"], end["body.bn1.running_mean"]) == (finetune == "linear_probe")
+
+
+def test_tuning_chooses_among_backbones_records_the_search_and_resumes_after_a_crash(tmp_path: Path) -> None:
+    from meddiag_pipelines.imaging.tuning import fit_image_model
+
+    spec = load_spec(write_spec(tmp_path, "resnet18"))
+    kwargs = {b: TINY[b] for b in ("resnet18", "convnext_atto")}
+    image = spec.image.model_copy(update={"backbone": list(kwargs), "backbone_kwargs": kwargs})
+    spec = spec.model_copy(update={"image": image, "training": spec.training.model_copy(update={"trials": 2})})
+    X, y = tiny_data()
+    calls = []
+
+    def crash_in_the_second_trial(epoch: int, row: dict) -> None:
+        calls.append(epoch)
+        if len(calls) == 3:
+            raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError, match="killed"):
+        fit_image_model(X[:30], y[:30], X[30:], y[30:], "binary", 1, spec, tmp_path / "model", "cpu", num_threads=1,
+                        on_epoch_end=crash_in_the_second_trial)  # fmt: skip
+    record = json.loads((tmp_path / "model" / "tuning.json").read_text())
+    assert len(record["trials"]) == 1 and record["running"] is not None
+    res = fit_image_model(X[:30], y[:30], X[30:], y[30:], "binary", 1, spec, tmp_path / "model", "cpu",
+                          num_threads=1, on_epoch_end=lambda e, r: calls.append(e))  # fmt: skip
+    assert len(calls) == 4  # the interrupted trial resumed from its checkpoint after its first epoch
+    meta = json.loads((res.model_dir / "model.json").read_text())
+    tuning = meta["tuning"]
+    assert tuning["n_trials"] == 2 and tuning["n_pruned"] == 0 and "AUROC" in tuning["objective"]
+    assert {"learning_rate", "optimizer", "weight_decay", "augment", "backbone"} <= set(tuning["best"])
+    assert meta["model_config"]["backbone"] == tuning["best"]["backbone"] == meta["hyperparameters"]["backbone"]
+    assert not (tmp_path / "model" / "trials").exists()
+    assert predict_image_model(res.model_dir, X[:4], device="cpu").shape == (4,)
+
+
+def test_tuning_the_from_scratch_cnn_varies_width_and_depth(tmp_path: Path) -> None:
+    from meddiag_pipelines.imaging.tuning import fit_image_model
+
+    spec = load_spec(write_spec(tmp_path, "resnet18"))
+    spec = spec.model_copy(update={"image": spec.image.model_copy(update={"backbone": None, "backbone_kwargs": {}}),
+                                   "training": spec.training.model_copy(update={"trials": 2, "tune": True})})  # fmt: skip
+    X, y = tiny_data()
+    res = fit_image_model(X[:30], y[:30], X[30:], y[30:], "binary", 1, spec, tmp_path / "model", "cpu", width=4,
+                          num_threads=1)  # fmt: skip
+    meta = json.loads((res.model_dir / "model.json").read_text())
+    best = meta["tuning"]["best"]
+    assert meta["architecture"] == "ResNet18Small" and best["width"] in (4, 8)
+    assert meta["model_config"]["width"] == best["width"] and len(meta["model_config"]["blocks"]) == 4
+
+
+def test_the_model_card_and_the_report_show_the_search_whatever_the_modality() -> None:
+    from meddiag_pipelines.evaluation.model_card import render_model_card
+    from meddiag_pipelines.evaluation.metrics import evaluate
+    from meddiag_pipelines.imaging.report import tuning_section
+    from meddiag_pipelines_tests.test_evaluation_report import _binary_input, _card
+
+    tuning = {"best": {"learning_rate": 0.0021, "optimizer": "sgd", "backbone": "vit|x"}, "n_trials": 6, "n_pruned": 2,
+              "objective": "validation AUROC", "best_value": 0.91234}  # fmt: skip
+    md = render_model_card(evaluate(_binary_input()), _card(hyperparameters={"epochs": 3, "tuning": tuning}))
+    assert "Hyperparameter search: 6 trials (2 pruned)" in md and "best 0.912" in md
+    assert re.search(r"^\| optimizer \| sgd \|$", md, re.M) and "vit\\|x" in md  # a table cell cannot be injected
+    assert not re.search(r"^\| tuning \|", md, re.M)  # not dumped into the hyperparameter table
+    title, body = tuning_section({k: v for k, v in tuning.items() if k != "best_value"})  # as the text models write it
+    assert title == "Hyperparameter search" and "6 trials, 2 pruned" in body and "<td>sgd</td>" in body

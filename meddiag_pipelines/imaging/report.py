@@ -18,6 +18,7 @@ from meddiag_pipelines import labels
 
 SALIENCY_TITLE = "Saliency (Grad-CAM)"
 SALIENCY_PER_GROUP = 4
+TUNING_TITLE = "Hyperparameter search"
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,18 @@ def _titles(chosen: np.ndarray, target: int | None, classes: list[str], y: np.nd
     if proba.ndim == 1:
         return [f"p={scores[i]:.2f}" for i in chosen]
     return [f"true {classes[y[i]]} / pred {classes[proba[i].argmax()]}" for i in chosen]
+
+
+def tuning_section(tuning: dict) -> tuple[str, str]:
+    """(title, HTML) of a model's hyperparameter search (``model.json["tuning"]``, any modality): the trials,
+    the objective and the best trial's settings."""
+    best = "".join(f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(str(v))}</td></tr>"
+                   for k, v in sorted((tuning.get("best") or {}).items()))  # fmt: skip
+    value = tuning.get("best_value")
+    head = (f"<p>{int(tuning.get('n_trials', 0))} trials, {int(tuning.get('n_pruned', 0))} pruned; objective: "
+            f"{html.escape(str(tuning.get('objective', '')))}"
+            + (f"; best {float(value):.4f}" if isinstance(value, (int, float)) else "") + ".</p>")  # fmt: skip
+    return TUNING_TITLE, f"{head}<table><tr><th>setting</th><th>best trial</th></tr>{best}</table>"
 
 
 def saliency_section(model_dir: Path, classes: list[str], kind: str, test_labels: pl.Series, proba: np.ndarray,

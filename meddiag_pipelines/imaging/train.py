@@ -294,9 +294,9 @@ def _frozen_epochs(finetune: str, epochs: int) -> int:
     return max(1, epochs // 4) if finetune == "frozen_then_unfrozen" else 0
 
 
-def _backbone_settings(spec: TaskSpec, weights: str | None) -> dict:
+def _backbone_settings(spec: TaskSpec, backbone: str, weights: str | None) -> dict:
     image = spec.image
-    return {"kwargs": dict(image.backbone_kwargs), "size": image.backbone_size, "weights": weights}
+    return {"kwargs": image.kwargs_for(backbone), "size": image.backbone_size, "weights": weights}
 
 
 def _weights_origin(weights: str | None) -> str | None:
@@ -313,7 +313,7 @@ def _new_model(params: ImageParams, spec: TaskSpec, weights: str | None, channel
     from meddiag_pipelines.imaging.backbones import new_backbone
 
     image = spec.image
-    return new_backbone(params.backbone, channels, n_outputs, size, image.backbone_size, weights, image.backbone_kwargs)
+    return new_backbone(params.backbone, channels, n_outputs, size, image.backbone_size, weights, image.kwargs_for(params.backbone))
 
 
 def _head_and_body(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
@@ -424,7 +424,7 @@ def train_image_model(
             "kind": kind,
             "n_outputs": n_outputs,
             "params": params.to_dict(),
-            "backbone": _backbone_settings(spec, weights) if params.backbone else None,
+            "backbone": _backbone_settings(spec, params.backbone, weights) if params.backbone else None,
             "seed": training.seed,
             "epochs": training.epochs,
             "batch_size": batch_size,
