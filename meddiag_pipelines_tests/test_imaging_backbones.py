@@ -211,3 +211,39 @@ def test_the_model_card_and_the_report_show_the_search_whatever_the_modality() -
     assert not re.search(r"^\| tuning \|", md, re.M)  # not dumped into the hyperparameter table
     title, body = tuning_section({k: v for k, v in tuning.items() if k != "best_value"})  # as the text models write it
     assert title == "Hyperparameter search" and "6 trials, 2 pruned" in body and "<td>sgd</td>" in body
+
+
+@pytest.mark.slow
+def test_a_task_naming_a_vit_with_a_local_weights_file_runs_end_to_end(tmp_path: Path) -> None:
+    import dagster as dg
+    import polars as pl
+
+    from meddiag_pipelines.specs import BUNDLED_TASKS_DIR
+    from meddiag_pipelines_tests.test_imaging_pipeline import run_job, tiny
+    from scripts.phantoms import write_phantom_batch
+
+    backbone = "vit_tiny_patch16_224"
+    weights = pretrained_file(tmp_path, backbone)
+    spec = tiny(load_spec(BUNDLED_TASKS_DIR / "synthetic_chest_phantoms.yaml"), trials=2, tune=True)
+    image = {"backbone": backbone, "backbone_kwargs": TINY[backbone], "backbone_size": 32, "weights": str(weights),
+             "finetune": "frozen_then_unfrozen"}  # fmt: skip
+    spec = spec.model_copy(update={"image": spec.image.model_copy(update=image)})
+    task, root = spec.name, tmp_path / "data"
+    batch = write_phantom_batch(root / "landing" / task / "batch_0001", n=120, seed=7, size=28)
+    unlabelled = pl.read_csv(batch / "labels.csv")["id"].to_list()[:3]
+    labels = pl.read_csv(batch / "labels.csv")
+    labels.with_columns(pl.when(pl.col("id").is_in(unlabelled)).then(None).otherwise(pl.col("label")).alias("label")
+                        ).write_csv(batch / "labels.csv")  # fmt: skip
+    (batch / "_READY").touch()
+    with dg.instance_for_test() as instance:
+        assert run_job(spec, root, instance).success
+    latest = root / "reports" / task / "latest"
+    html = (latest / "report.html").read_text()
+    assert "Hyperparameter search" in html and "Saliency (input gradient)" in html and "data:image/png;base64," in html
+    assert "Hyperparameter search: 2 trials" in (latest / "model_card.md").read_text()
+    champion = json.loads((root / "models" / task / "champion.json").read_text())["version"]
+    meta = json.loads((root / "models" / task / champion / "model" / "model.json").read_text())
+    assert meta["architecture"] == "timm" and meta["weights"] == weights.name and meta["tuning"]["n_trials"] == 2
+    assert not (root / "models" / task / champion / "model" / "trials").exists()
+    scored = pl.read_parquet(root / "predictions" / task / "batch_0001" / f"{champion}.parquet")
+    assert sorted(scored["id"].to_list()) == sorted(unlabelled) and scored["probability"].is_between(0, 1).all()

@@ -36,8 +36,15 @@ def saliency_method(model: torch.nn.Module, channels: int, size: int) -> str:
     return GRAD_CAM if probe.ndim == 4 else INPUT_GRADIENT
 
 
+def model_saliency_method(model_dir: Path) -> str:
+    """The heat map :func:`grad_cam` draws for the model in ``model_dir``."""
+    model, meta = load_image_model(model_dir, "cpu")
+    return saliency_method(model, int(meta["channels"]), int(meta["input_size"]))
+
+
 def grad_cam(model_dir: Path, X: np.ndarray, target_index: int | None = None, device: str | None = None) -> np.ndarray:
-    """Heat maps (n, S, S) in [0, 1] for images ``X`` (n, C, S, S) in [0, 1]."""
+    """Heat maps (n, S, S) in [0, 1] for images ``X`` (n, C, S, S) in [0, 1]: Grad-CAM, or the input gradient
+    for a model whose features are tokens (a ViT)."""
     model, meta = load_image_model(model_dir, device or "cpu")
     device = next(model.parameters()).device
     X = np.asarray(X, dtype=np.float32)
@@ -111,4 +118,4 @@ def saliency_panel_png(images: np.ndarray, heatmaps: np.ndarray, titles: list[st
     return buf.getvalue()
 
 
-__all__ = ["GRAD_CAM", "INPUT_GRADIENT", "grad_cam", "saliency_method", "saliency_panel_png"]
+__all__ = ["GRAD_CAM", "INPUT_GRADIENT", "grad_cam", "model_saliency_method", "saliency_method", "saliency_panel_png"]
