@@ -247,3 +247,16 @@ def test_a_task_naming_a_vit_with_a_local_weights_file_runs_end_to_end(tmp_path:
     assert not (root / "models" / task / champion / "model" / "trials").exists()
     scored = pl.read_parquet(root / "predictions" / task / "batch_0001" / f"{champion}.parquet")
     assert sorted(scored["id"].to_list()) == sorted(unlabelled) and scored["probability"].is_between(0, 1).all()
+
+
+def test_a_reexecution_adopts_the_search_its_parent_run_left(tmp_path: Path) -> None:
+    from meddiag_pipelines.imaging.train import adopt_parent_checkpoint
+
+    parent = tmp_path / "20260101T000000Z-abcdef12" / "model"
+    (parent / "trials" / "001").mkdir(parents=True)
+    (parent / "tuning.json").write_text("{}")
+    (parent / "trials" / "001" / "checkpoint.pt").write_bytes(b"weights")
+    fresh = tmp_path / "20260102T000000Z-99999999" / "model"
+    assert adopt_parent_checkpoint(fresh, tmp_path, "abcdef12-0000") is True
+    assert (fresh / "tuning.json").read_text() == "{}" and (fresh / "trials" / "001" / "checkpoint.pt").read_bytes() == b"weights"
+    assert adopt_parent_checkpoint(fresh, tmp_path, "abcdef12-0000") is False  # its own search wins

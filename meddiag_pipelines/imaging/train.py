@@ -63,6 +63,8 @@ CHECKPOINT = "checkpoint.pt"
 MODEL_PT = "model.pt"
 MODEL_JSON = "model.json"
 EVAL_BATCH = 512
+TUNING_JSON = "tuning.json"  # imaging.tuning's record of a search, and its trials' folders
+TRIALS = "trials"
 TIMM = "timm"  # model.json "architecture" of a timm backbone
 UNFROZEN_LR_SCALE = 0.1  # frozen_then_unfrozen: the backbone's learning rate once it trains, relative to the head's
 SGD_MOMENTUM = 0.9
@@ -356,14 +358,19 @@ def _set_trainable(model: nn.Module, frozen: bool) -> None:
 def adopt_parent_checkpoint(out_dir: Path, staging: Path, parent_run_id: str | None) -> bool:
     """Copy into ``out_dir`` the checkpoint a failed parent run left in its staging folder (``staging`` holds one
     folder per version, ``<time>-<first 8 characters of the run id>``), so that training its re-execution
-    resumes from it; nothing when there is no parent, the parent left no checkpoint, or ``out_dir`` has its own."""
-    if not parent_run_id or (out_dir / CHECKPOINT).exists():
+    resumes from it; nothing when there is no parent, the parent left no checkpoint, or ``out_dir`` has its own.
+    A tuned model's checkpoint is its search (``tuning.json``) with the trials' checkpoints: all are copied."""
+    if not parent_run_id or (out_dir / CHECKPOINT).exists() or (out_dir / TUNING_JSON).exists():
         return False
     found = sorted(staging.glob(f"*-{parent_run_id[:8]}/model/{CHECKPOINT}"))
+    found += sorted(staging.glob(f"*-{parent_run_id[:8]}/model/{TUNING_JSON}"))
     if not found:
         return False
-    out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write(out_dir / CHECKPOINT, lambda tmp: shutil.copyfile(found[-1], tmp))
+    parent = found[-1].parent
+    for path in [found[-1], *(p for p in parent.glob(f"{TRIALS}/*/{CHECKPOINT}"))]:
+        target = out_dir / path.relative_to(parent)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(target, lambda tmp, path=path: shutil.copyfile(path, tmp))
     return True
 
 

@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from meddiag_pipelines.atomic import atomic_write, atomic_write_json
-from meddiag_pipelines.imaging.train import (MODEL_JSON, MODEL_PT, ImageParams, ImageTrainResult, Kind, choose_width,
-                                             default_params, train_image_model)  # fmt: skip
+from meddiag_pipelines.imaging.train import (MODEL_JSON, MODEL_PT, TRIALS, TUNING_JSON, ImageParams, ImageTrainResult,
+                                             Kind, choose_width, default_params, train_image_model)  # fmt: skip
 
 if TYPE_CHECKING:
     import optuna
@@ -35,8 +35,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-TUNING_JSON = "tuning.json"
-TRIALS = "trials"
 OBJECTIVE = "validation AUROC (macro over classes / labels), maximised"
 AUGMENT_SETS = ("none", "hflip", "hflip+affine", "hflip+vflip+affine")
 DEPTHS = {"1-1-1-1": (1, 1, 1, 1), "2-2-2-2": (2, 2, 2, 2), "3-4-6-3": (3, 4, 6, 3)}  # ResNet-10 / 18 / 34 layouts
@@ -78,7 +76,9 @@ def fit_image_model(X_train: np.ndarray, y_train: np.ndarray, X_val: np.ndarray,
 
 def _trainer(X_train, y_train, X_val, y_val, kind, n_outputs, device, width, num_threads):
     def train(spec: TaskSpec, out: Path, params: ImageParams | None, on_epoch_end) -> ImageTrainResult:
-        return train_image_model(X_train, y_train, X_val, y_val, kind, n_outputs, spec, out, device, width=width,
+        """``width`` (the caller's) fixes the spec's own configuration; a trial's params carry their own."""
+        return train_image_model(X_train, y_train, X_val, y_val, kind, n_outputs, spec, out, device,
+                                 width=width if params is None else None,
                                  num_threads=num_threads, on_epoch_end=on_epoch_end, params=params)  # fmt: skip
 
     return train
