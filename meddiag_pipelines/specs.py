@@ -229,6 +229,10 @@ class ImageSpec(_Section):
     def backbone_names(self) -> list[str]:
         return [self.backbone] if isinstance(self.backbone, str) else list(self.backbone or [])
 
+    def tuned(self, training: TrainingSpec) -> bool:
+        """The model is searched for (imaging.tuning) when training asks, or when several backbones compete."""
+        return training.tune or len(self.backbone_names()) > 1
+
     def kwargs_for(self, backbone: str) -> dict:
         if isinstance(self.backbone, list):
             return dict(self.backbone_kwargs.get(backbone) or {})

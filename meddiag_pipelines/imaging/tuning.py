@@ -42,7 +42,7 @@ DEPTHS = {"1-1-1-1": (1, 1, 1, 1), "2-2-2-2": (2, 2, 2, 2), "3-4-6-3": (3, 4, 6,
 
 def wants_tuning(spec: TaskSpec) -> bool:
     """Tuned when the spec asks for it, or names several backbones to choose among."""
-    return spec.training.tune or (spec.image is not None and len(spec.image.backbone_names()) > 1)
+    return spec.training.tune if spec.image is None else spec.image.tuned(spec.training)
 
 
 def suggest_params(trial: optuna.Trial, spec: TaskSpec, base_width: int) -> ImageParams:

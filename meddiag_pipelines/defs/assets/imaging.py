@@ -215,9 +215,13 @@ def build_image_assets(spec: TaskSpec) -> list:
         X = load_cached(storage.root.path(plan["cache_dir"]), rows[spec.id].cast(pl.String).to_list())
         return X, labels.encode_labels(rows[spec.label], classes, labels.task_kind(spec))
 
-    @dg.asset(key=[name, "candidate_model"], description=f"{name}: ResNet-18 adapted to {image.size} px "
-              "(AdamW, cosine schedule, augmentation, class weights, early stopping on validation AUROC; CUDA when "
-              "present), checkpointed every epoch in the registry's staging area; weights as a torch state dict.",
+    model_text = (f"timm {' / '.join(image.backbone_names())} ({image.finetune} fine-tuning)" if image.backbone
+                  else f"ResNet-18 adapted to {image.size} px")  # fmt: skip
+    search = f", optuna search of {spec.training.trials} trials" if image.tuned(spec.training) else ""
+
+    @dg.asset(key=[name, "candidate_model"], description=f"{name}: {model_text} (AdamW, cosine schedule, "
+              f"augmentation, class weights, early stopping on validation AUROC{search}; CUDA when present), "
+              "checkpointed every epoch in the registry's staging area; weights as a torch state dict.",
               kinds={"pytorch"}, pool=common.pool(spec), op_tags=common.gpu_op_tags(spec), **tags)  # fmt: skip
     def candidate_model(context: dg.AssetExecutionContext, storage: MeddiagStorage, features: pl.DataFrame,
                         feature_plan: dict) -> dict:  # fmt: skip
