@@ -315,7 +315,8 @@ def _new_model(params: ImageParams, spec: TaskSpec, weights: str | None, channel
     from meddiag_pipelines.imaging.backbones import new_backbone
 
     image = spec.image
-    return new_backbone(params.backbone, channels, n_outputs, size, image.backbone_size, weights, image.kwargs_for(params.backbone))
+    return new_backbone(params.backbone, channels, n_outputs, size, image.backbone_size, weights,
+                        image.kwargs_for(params.backbone))
 
 
 def _head_and_body(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
