@@ -19,7 +19,7 @@ from meddiag_pipelines.imaging.train import load_image_model, predict_image_mode
 from meddiag_pipelines.specs import SpecError, load_spec
 
 TINY = {  # the smallest member of each family, at 32 px
-    "resnet18": {"layers": [1, 1, 1, 1]},
+    "resnet18": {"layers": [1, 1, 1, 1], "channels": [8, 16, 32, 64]},
     "vit_tiny_patch16_224": {"depth": 1, "embed_dim": 32, "num_heads": 2, "patch_size": 8},
     "densenet121": {"growth_rate": 8, "block_config": [1, 1, 1, 1]},
     "convnext_atto": {"dims": [8, 16, 32, 64], "depths": [1, 1, 1, 1]},
@@ -108,7 +108,7 @@ def test_one_channel_first_conv_is_the_sum_of_the_pretrained_rgb_filters(tmp_pat
     model = new_backbone("resnet18", 1, 1, 32, weights=str(weights), timm_kwargs=TINY["resnet18"])
     torch.testing.assert_close(model.body.conv1.weight, rgb["conv1.weight"].sum(dim=1, keepdim=True))
     torch.testing.assert_close(model.body.layer1[0].conv1.weight, rgb["layer1.0.conv1.weight"])
-    assert model.body.fc.weight.shape == (1, 512)  # the 1000-class head is not loaded
+    assert model.body.fc.weight.shape == (1, 64)  # the 1000-class head is not loaded
 
 
 def test_a_vit_is_built_for_the_backbone_size_and_its_position_embeddings_resampled(tmp_path: Path) -> None:
@@ -260,3 +260,8 @@ def test_a_reexecution_adopts_the_search_its_parent_run_left(tmp_path: Path) -> 
     assert adopt_parent_checkpoint(fresh, tmp_path, "abcdef12-0000") is True
     assert (fresh / "tuning.json").read_text() == "{}" and (fresh / "trials" / "001" / "checkpoint.pt").read_bytes() == b"weights"
     assert adopt_parent_checkpoint(fresh, tmp_path, "abcdef12-0000") is False  # its own search wins
+
+
+def test_hub_weights_are_fetched_only_when_named_and_fail_plainly_offline() -> None:
+    with pytest.raises(RuntimeError, match="could not fetch the pretrained weights 'resnet18'.*needs the network"):
+        new_backbone("resnet18", 1, 1, 32, weights="hub", timm_kwargs=TINY["resnet18"])

@@ -1,4 +1,9 @@
-"""Pretrained image backbones from timm's model zoo (the ``large`` extra), imported only when a spec names one."""
+"""Pretrained image backbones from timm's model zoo (the ``large`` extra), imported only when a spec names one.
+
+:func:`new_backbone` builds :class:`TimmClassifier` (normalisation and resizing inside, so its forward takes the
+cached (N, C, S, S) images in [0, 1]) and loads its starting weights: a local file by path (never the network)
+or, only when the spec says ``hub``, timm's pretrained download. model.json records the architecture and its
+timm arguments, so :func:`build_timm_classifier` rebuilds a trained model offline before its state dict loads."""
 
 from __future__ import annotations
 
@@ -138,7 +143,12 @@ def _load_hub_weights(model: TimmClassifier, name: str) -> None:
     """timm's own pretrained download (the Hugging Face hub): filtered, first conv adapted, head dropped by timm."""
     timm = import_timm()
     c = model.config
-    pretrained = timm.create_model(name, pretrained=True, num_classes=c.n_outputs, in_chans=c.in_channels, **c.timm_kwargs)
+    try:
+        pretrained = timm.create_model(name, pretrained=True, num_classes=c.n_outputs, in_chans=c.in_channels,
+                                       **c.timm_kwargs)  # fmt: skip
+    except Exception as exc:  # noqa: BLE001 - the hub's errors are many (offline, unknown tag, HTTP)
+        raise RuntimeError(f"image.weights: timm could not fetch the pretrained weights {name!r} "
+                           f"({type(exc).__name__}; the hub needs the network, a local weights file does not)") from exc  # fmt: skip
     model.body.load_state_dict(pretrained.state_dict())
 
 
