@@ -183,7 +183,7 @@ class ImageSpec(_Section):
         default_factory=dict, description="timm create_model arguments (e.g. depth, embed_dim of a small ViT); "
         "with a list of backbones, a mapping from backbone to its arguments")  # fmt: skip
     backbone_size: int | None = Field(None, ge=8, le=1024, description="the size the backbone runs at (images "
-                                      "resized inside the model); unset: image.size")  # fmt: skip
+                                      "resized inside the model); unset: image.size rounded up to a multiple of 32")  # fmt: skip
     # A local checkpoint (safetensors or torch state dict; relative to the spec file), "hub" / "hub:<timm name>"
     # (timm's pretrained download, online only), or one of these per backbone of a list.
     weights: str | dict[str, str] | None = None

@@ -128,6 +128,11 @@ def test_a_wrong_checkpoint_is_refused_in_plain_words(tmp_path: Path) -> None:
         new_backbone("resnet18", 1, 1, 32, weights=str(tmp_path / "junk.pt"), timm_kwargs=TINY["resnet18"])
 
 
+def test_a_28_px_task_runs_a_zoo_cnn_at_32_px_by_default() -> None:
+    model = new_backbone("convnext_atto", 1, 1, 28, timm_kwargs=TINY["convnext_atto"])  # 4 x 4 stem, then 3 halvings
+    assert model.config.backbone_size == 32 and model(torch.rand(2, 1, 28, 28)).shape == (2, 1)
+
+
 def test_the_spec_names_the_missing_weights_file_and_unknown_backbones(tmp_path: Path) -> None:
     with pytest.raises(SpecError, match="image.weights.*not found"):
         load_spec(write_spec(tmp_path, "resnet18", weights="nowhere.safetensors"))

@@ -49,6 +49,7 @@ def import_timm() -> ModuleType:
 
 
 HUB = "hub"
+BACKBONE_STRIDE = 32  # the total downsampling of ResNet, DenseNet, EfficientNet and ConvNeXt
 
 
 class CheckpointMismatch(ValueError):
@@ -114,13 +115,14 @@ def build_timm_classifier(config: dict) -> TimmClassifier:
 def new_backbone(backbone: str, in_channels: int, n_outputs: int, input_size: int, backbone_size: int | None = None,
                  weights: str | None = None, timm_kwargs: dict[str, Any] | None = None) -> TimmClassifier:  # fmt: skip
     """A classifier on ``backbone`` for images of ``input_size`` px, run at ``backbone_size`` (default: the input
-    size). Backbones of a fixed input size (ViTs) are built for it (timm's ``img_size``), rounded up to a multiple
+    size rounded up to a multiple of ``BACKBONE_STRIDE``, as most zoo CNNs downsample 32-fold: a ConvNeXt cannot
+    take 28 px at all). Backbones of a fixed input size (ViTs) are built for it (timm's ``img_size``), rounded up to a multiple
     of their patch. ``weights``: a local checkpoint (safetensors or a torch state dict), ``hub`` / ``hub:<name>``
     (timm's pretrained download; the only path that uses the network) or None (random initialisation)."""
     timm = import_timm()
     if not timm.is_model(backbone):
         raise ValueError(f"image.backbone: {backbone!r} is not a timm architecture")
-    size = int(backbone_size or input_size)
+    size = int(backbone_size or -(-input_size // BACKBONE_STRIDE) * BACKBONE_STRIDE)
     kwargs = dict(timm_kwargs or {})
     if timm.models.get_pretrained_cfg(backbone).fixed_input_size:
         kwargs["img_size"] = size
