@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
+                      model_validator)
 
 if TYPE_CHECKING:
     import polars as pl
@@ -123,6 +124,8 @@ class TrainingSpec(_Section):
     learning_rate: float = Field(1e-3, gt=0)
     patience: int = Field(5, ge=1)
     time_budget_s: float = Field(1200.0, gt=0, description="training stops after this many seconds")
+    tune: bool = Field(False, description="image: optuna over learning rate, optimiser, weight decay, augmentation "
+                       "and structure, `trials` trials within time_budget_s (a list of backbones tunes too)")  # fmt: skip
     gpu: bool = Field(False, description="image: the candidate model's step runs only on a Dask worker started "
                       "with `--resources GPU=1` (MEDDIAG_EXECUTOR=dask); the other executors ignore it")  # fmt: skip
 
@@ -174,6 +177,69 @@ class ImageSpec(_Section):
     # 6 GB decoded is read file by file, and its npz arrays plus their records stay under half of the 12 GB.
     max_decoded_mb_per_file: float = Field(1024.0, gt=0, description="decoded size of one image file")
     max_decoded_mb_per_batch: float = Field(6144.0, gt=0, description="decoded size of all images of one batch")
+    # Unset: the from-scratch ResNet18Small. A timm architecture name, or a list the tuner chooses among.
+    backbone: str | list[str] | None = None
+    backbone_kwargs: dict[str, int | float | str | bool | list[int] | dict[str, int | float | str | bool | list[int]]] = Field(
+        default_factory=dict, description="timm create_model arguments (e.g. depth, embed_dim of a small ViT); "
+        "with a list of backbones, a mapping from backbone to its arguments")  # fmt: skip
+    backbone_size: int | None = Field(None, ge=8, le=1024, description="the size the backbone runs at (images "
+                                      "resized inside the model); unset: image.size rounded up to a multiple of 32")  # fmt: skip
+    # A local checkpoint (safetensors or torch state dict; relative to the spec file), "hub" / "hub:<timm name>"
+    # (timm's pretrained download, online only), or one of these per backbone of a list.
+    weights: str | dict[str, str] | None = None
+    finetune: Literal["full", "linear_probe", "frozen_then_unfrozen"] = "full"
+
+    @field_validator("backbone")
+    @classmethod
+    def _backbones_named(cls, v: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(v, list) and (not v or len(set(v)) != len(v)):
+            raise ValueError("a list of backbones must name at least one, each once")
+        return v
+
+    @field_validator("weights")
+    @classmethod
+    def _weights_found(cls, v: str | dict[str, str] | None, info: ValidationInfo) -> str | dict[str, str] | None:
+        """Local weights files are resolved against the spec's folder and must exist."""
+        base = Path((info.context or {}).get("spec_dir", "."))
+
+        def resolve(w: str) -> str:
+            if w == "hub" or w.startswith("hub:"):
+                return w
+            path = Path(w) if Path(w).is_absolute() else base / w
+            if not path.is_file():
+                raise ValueError(f"weights file {w!r} not found")
+            return str(path.resolve())
+
+        return {k: resolve(w) for k, w in v.items()} if isinstance(v, dict) else resolve(v) if v else v
+
+    @model_validator(mode="after")
+    def _weights_for_backbones(self) -> ImageSpec:
+        names = self.backbone_names()
+        if self.weights and not names:
+            raise ValueError("weights need a backbone (image.backbone)")
+        if isinstance(self.weights, dict) and set(self.weights) - set(names):
+            raise ValueError(f"weights for backbones not listed: {sorted(set(self.weights) - set(names))}")
+        if isinstance(self.backbone, list) and self.backbone_kwargs:
+            if set(self.backbone_kwargs) - set(names) or not all(isinstance(v, dict) for v in self.backbone_kwargs.values()):
+                raise ValueError("with a list of backbones, backbone_kwargs maps backbones of the list to their arguments")
+        elif any(isinstance(v, dict) for v in self.backbone_kwargs.values()):
+            raise ValueError("backbone_kwargs: per-backbone arguments need a list of backbones")
+        return self
+
+    def backbone_names(self) -> list[str]:
+        return [self.backbone] if isinstance(self.backbone, str) else list(self.backbone or [])
+
+    def tuned(self, training: TrainingSpec) -> bool:
+        """The model is searched for (imaging.tuning) when training asks, or when several backbones compete."""
+        return training.tune or len(self.backbone_names()) > 1
+
+    def kwargs_for(self, backbone: str) -> dict:
+        if isinstance(self.backbone, list):
+            return dict(self.backbone_kwargs.get(backbone) or {})
+        return dict(self.backbone_kwargs)
+
+    def weights_for(self, backbone: str) -> str | None:
+        return self.weights.get(backbone) if isinstance(self.weights, dict) else self.weights
 
 
 class TaskSpec(_Section):
@@ -308,7 +374,7 @@ def load_spec(path: Path) -> TaskSpec:
     if not isinstance(raw, dict):
         raise SpecError(path, f"a spec must be a YAML mapping, got {type(raw).__name__}")
     try:
-        return TaskSpec.model_validate(raw)
+        return TaskSpec.model_validate(raw, context={"spec_dir": path.parent})
     except ValidationError as exc:
         raise SpecError(path, _describe(exc)) from exc
 

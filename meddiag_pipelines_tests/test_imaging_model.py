@@ -152,7 +152,7 @@ def test_the_saliency_section_draws_each_group_and_survives_a_failure(tmp_path: 
 
     title, body = saliency_section(res.model_dir, ["no", "yes"], "binary", test_labels, proba,
                                    {"operating_threshold": {"value": 0.5}}, images, seed=0)  # fmt: skip
-    assert title == SALIENCY_TITLE and body.count("data:image/png;base64,") == 3
+    assert title == SALIENCY_TITLE.format(method="Grad-CAM") and body.count("data:image/png;base64,") == 3
     assert "True positives (2 of 5)" in body and "False negatives (1 of 5)" in body
     assert sorted(r for rows in asked for r in rows) == [1, 2, 3, 4]  # every shown image is one of its group
 
@@ -160,7 +160,7 @@ def test_the_saliency_section_draws_each_group_and_survives_a_failure(tmp_path: 
         raise KeyError("the cache is gone")
 
     title, body = saliency_section(res.model_dir, ["no", "yes"], "binary", test_labels, proba, {}, broken, seed=0)
-    assert title == SALIENCY_TITLE and "could not be computed (KeyError)" in body and "cache is gone" not in body
+    assert title == SALIENCY_TITLE.format(method="Grad-CAM") and "could not be computed (KeyError)" in body and "cache is gone" not in body
 
 
 def test_images_are_scored_in_chunks_by_either_model(tmp_path: Path) -> None:

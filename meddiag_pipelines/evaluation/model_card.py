@@ -10,7 +10,7 @@ the formatting filters produce.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from meddiag_pipelines.evaluation.report import fmt_ci, fmt_num, template_env
@@ -29,6 +29,9 @@ class ModelCardInfo:
     model_name: str
     model_version: str
     hyperparameters: dict[str, Any] = field(default_factory=dict)
+    # The hyperparameter search, {"best": {...}, "n_trials", "n_pruned", "objective", "best_value"}; taken from
+    # ``hyperparameters["tuning"]`` when not given (a model's params carry it so).
+    tuning: dict[str, Any] | None = None
     limitations: list[str] = field(default_factory=list)
     ethical_notes: list[str] = field(default_factory=list)
 
@@ -77,4 +80,7 @@ def _caveats(m: dict) -> list[str]:
 def render_model_card(metrics: dict, card: ModelCardInfo) -> str:
     """Markdown model card (Mitchell et al. 2019 sections)."""
     env = template_env(autoescape=False, wrap=_figure, finalize=_literal)  # Markdown, not HTML
+    hyperparameters = dict(card.hyperparameters)
+    tuning = hyperparameters.pop("tuning", None)
+    card = replace(card, hyperparameters=hyperparameters, tuning=card.tuning or tuning)
     return env.get_template("model_card.md.j2").render(m=metrics, card=card, caveats=_caveats(metrics))

@@ -5,9 +5,13 @@
                   (C, H, W) in [0, 1], refusing pixels that differ from the hash recorded at ingestion
 * ``preprocess``  the memory-mapped per-batch tensor cache (``update_cache`` / ``load_cached``)
 * ``model``       ``ResNet18Small``, a torch-only ResNet-18 adapted to 28-224 px inputs
-* ``train``       ``train_image_model`` (AdamW + cosine, augmentation, class weights, early stopping on
-                  validation AUROC, atomic checkpoints and resume) and ``predict_image_model``
-* ``saliency``    Grad-CAM heat maps and a PNG panel
+* ``backbones``   timm backbones (``image.backbone``): ``import_timm``, ``TimmClassifier``, weights from a local
+                  safetensors / state-dict file (first conv adapted, keys checked) or timm's hub download
+* ``train``       ``train_image_model`` (one ``ImageParams`` configuration: AdamW or SGD + cosine, fine-tuning
+                  modes, augmentation, class weights, early stopping on validation AUROC, atomic checkpoints and
+                  resume), ``load_image_model`` and ``predict_image_model``
+* ``tuning``      ``fit_image_model``: the optuna search (pruned, time-bounded, resumable) or the one configuration
+* ``saliency``    Grad-CAM heat maps (input gradients for ViTs) and a PNG panel
 * ``validation``  the per-batch image checks (decodable, geometry, duplicates, the data's own split)
 
 Synthetic phantoms for demos and tests are built by ``scripts/phantoms.py`` (not patient data).

@@ -1,6 +1,6 @@
 """ResNet-18-style CNN for small medical images, written with torch alone (no torchvision).
 
-BasicBlock x [2, 2, 2, 2] at widths ``w, 2w, 4w, 8w`` with strides 1, 2, 2, 2, then global average pooling and a
+BasicBlock x ``blocks`` (default [2, 2, 2, 2], the tuner may change it) at widths ``w, 2w, 4w, 8w`` with strides 1, 2, 2, 2, then global average pooling and a
 linear head giving ``n_outputs`` logits. The stem is adapted to the input size:
 
 * 28 and 64 px: one 3x3 stride-1 convolution, no max-pool (the MedMNIST-style adaptation: a 28 px image keeps
@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 DEFAULT_WIDTH = 32
+DEFAULT_BLOCKS = (2, 2, 2, 2)
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,7 @@ class ModelConfig:
     width: int = DEFAULT_WIDTH
     input_size: int = 28
     stem: str = "3x3s1"
+    blocks: tuple[int, int, int, int] = DEFAULT_BLOCKS
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -64,6 +66,10 @@ class BasicBlock(nn.Module):
         return self.relu(out + self.downsample(x))
 
 
+def _stage(c_in: int, c_out: int, stride: int, n_blocks: int) -> nn.Sequential:
+    return nn.Sequential(BasicBlock(c_in, c_out, stride), *(BasicBlock(c_out, c_out, 1) for _ in range(n_blocks - 1)))
+
+
 class ResNet18Small(nn.Module):
     def __init__(
         self,
@@ -72,10 +78,14 @@ class ResNet18Small(nn.Module):
         width: int = DEFAULT_WIDTH,
         input_size: int = 28,
         stem: str | None = None,
+        blocks: tuple[int, int, int, int] = DEFAULT_BLOCKS,
     ) -> None:
         super().__init__()
         stem = stem or stem_for(input_size)
-        self.config = ModelConfig(in_channels, n_outputs, width, input_size, stem)
+        blocks = tuple(int(b) for b in blocks)
+        if len(blocks) != 4 or min(blocks) < 1:
+            raise ValueError(f"blocks must be four counts >= 1, got {blocks}")
+        self.config = ModelConfig(in_channels, n_outputs, width, input_size, stem, blocks)
         w = width
         if stem == "3x3s1":
             self.stem = nn.Sequential(nn.Conv2d(in_channels, w, 3, 1, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True))
@@ -90,10 +100,10 @@ class ResNet18Small(nn.Module):
             )
         else:
             raise ValueError(f"unknown stem {stem!r}")
-        self.layer1 = nn.Sequential(BasicBlock(w, w, 1), BasicBlock(w, w, 1))
-        self.layer2 = nn.Sequential(BasicBlock(w, 2 * w, 2), BasicBlock(2 * w, 2 * w, 1))
-        self.layer3 = nn.Sequential(BasicBlock(2 * w, 4 * w, 2), BasicBlock(4 * w, 4 * w, 1))
-        self.layer4 = nn.Sequential(BasicBlock(4 * w, 8 * w, 2), BasicBlock(8 * w, 8 * w, 1))
+        self.layer1 = _stage(w, w, 1, blocks[0])
+        self.layer2 = _stage(w, 2 * w, 2, blocks[1])
+        self.layer3 = _stage(2 * w, 4 * w, 2, blocks[2])
+        self.layer4 = _stage(4 * w, 8 * w, 2, blocks[3])
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(8 * w, n_outputs)
         self.register_buffer("mean", torch.full((1, in_channels, 1, 1), 0.5))
@@ -112,6 +122,9 @@ class ResNet18Small(nn.Module):
         c = self.config.in_channels
         self.mean.copy_(torch.tensor(mean, dtype=torch.float32).reshape(1, c, 1, 1))
         self.std.copy_(torch.tensor(std, dtype=torch.float32).clamp_min(1e-3).reshape(1, c, 1, 1))
+
+    def classifier(self) -> nn.Module:
+        return self.fc
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """The last convolutional feature map (the Grad-CAM target)."""
@@ -134,6 +147,7 @@ def build_model(config: dict) -> ResNet18Small:
         width=int(config["width"]),
         input_size=int(config["input_size"]),
         stem=str(config["stem"]),
+        blocks=tuple(config.get("blocks", DEFAULT_BLOCKS)),
     )
 
 
@@ -141,4 +155,4 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-__all__ = ["DEFAULT_WIDTH", "ModelConfig", "ResNet18Small", "build_model", "count_parameters", "stem_for"]
+__all__ = ["DEFAULT_BLOCKS", "DEFAULT_WIDTH", "ModelConfig", "ResNet18Small", "build_model", "count_parameters", "stem_for"]

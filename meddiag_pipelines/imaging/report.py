@@ -16,8 +16,9 @@ import polars as pl
 
 from meddiag_pipelines import labels
 
-SALIENCY_TITLE = "Saliency (Grad-CAM)"
+SALIENCY_TITLE = "Saliency ({method})"
 SALIENCY_PER_GROUP = 4
+TUNING_TITLE = "Hyperparameter search"
 
 log = logging.getLogger(__name__)
 
@@ -57,17 +58,34 @@ def _titles(chosen: np.ndarray, target: int | None, classes: list[str], y: np.nd
     return [f"true {classes[y[i]]} / pred {classes[proba[i].argmax()]}" for i in chosen]
 
 
+def tuning_section(tuning: dict) -> tuple[str, str]:
+    """(title, HTML) of a model's hyperparameter search (``model.json["tuning"]``, any modality): the trials,
+    the objective and the best trial's settings."""
+    best = "".join(f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(str(v))}</td></tr>"
+                   for k, v in sorted((tuning.get("best") or {}).items()))  # fmt: skip
+    value = tuning.get("best_value")
+    head = (f"<p>{int(tuning.get('n_trials', 0))} trials, {int(tuning.get('n_pruned', 0))} pruned; objective: "
+            f"{html.escape(str(tuning.get('objective', '')))}"
+            + (f"; best {float(value):.4f}" if isinstance(value, (int, float)) else "") + ".</p>")  # fmt: skip
+    return TUNING_TITLE, f"{head}<table><tr><th>setting</th><th>best trial</th></tr>{best}</table>"
+
+
 def saliency_section(model_dir: Path, classes: list[str], kind: str, test_labels: pl.Series, proba: np.ndarray,
                      metrics: dict, images: Callable[[list[int]], np.ndarray], seed: int) -> tuple[str, str]:  # fmt: skip
     """(title, HTML) of the Grad-CAM section; ``images(rows)`` gives the test images at those row positions. A
     failure yields a short notice instead, so that it never loses the evaluation."""
-    from meddiag_pipelines.imaging.saliency import grad_cam, saliency_panel_png
+    from meddiag_pipelines.imaging.saliency import GRAD_CAM, grad_cam, model_saliency_method, saliency_panel_png
 
+    title = SALIENCY_TITLE.format(method=GRAD_CAM)
     try:
+        method = model_saliency_method(Path(model_dir))
+        title = SALIENCY_TITLE.format(method=method)
+        where_looked = ("last convolutional stage, coarse at small input sizes" if method == GRAD_CAM else
+                        "the gradient of the output with respect to each pixel")  # fmt: skip
         y = labels.encode_labels(test_labels, classes, kind)
         groups, scores, note = saliency_groups(kind, classes, y, proba, metrics)
         rng = np.random.default_rng(seed)
-        parts = [f"<p>Grad-CAM (last convolutional stage, coarse at small input sizes) over a random sample of up "
+        parts = [f"<p>{method.capitalize() if method != GRAD_CAM else method} ({where_looked}) over a random sample of up "
                  f"to {SALIENCY_PER_GROUP} test images per group. {note} It shows where the model looked, "
                  "not a segmentation.</p>"]  # fmt: skip
         for heading, mask, target in groups:
@@ -80,8 +98,8 @@ def saliency_section(model_dir: Path, classes: list[str], kind: str, test_labels
             X = images([int(i) for i in chosen])
             maps = grad_cam(Path(model_dir), X, target_index=target)
             titles = _titles(chosen, target, classes, y, proba, scores)
-            parts.append(png_img(saliency_panel_png(X, maps, titles), f"{heading}: Grad-CAM"))
-        return SALIENCY_TITLE, "\n".join(parts)
+            parts.append(png_img(saliency_panel_png(X, maps, titles), f"{heading}: {method}"))
+        return title, "\n".join(parts)
     except Exception as exc:  # noqa: BLE001 - a saliency failure must not lose the evaluation
         log.warning("saliency section failed: %s", type(exc).__name__)
-        return SALIENCY_TITLE, f"<p>Saliency could not be computed ({html.escape(type(exc).__name__)}).</p>"
+        return title, f"<p>Saliency could not be computed ({html.escape(type(exc).__name__)}).</p>"

@@ -1,10 +1,16 @@
-"""Grad-CAM heat maps for the imaging CNN and a PNG panel of them (matplotlib Agg, no pyplot state).
+"""Heat maps for the imaging models (Grad-CAM for CNNs, input gradients for ViTs) and a PNG panel of them
+(matplotlib Agg, no pyplot state).
 
-Grad-CAM (Selvaraju et al., 2017) on the last convolutional stage (``layer4``): the feature maps weighted by the
+Grad-CAM (Selvaraju et al., 2017) on the last convolutional stage (the model's ``features``: ``layer4`` of the
+ResNet18Small, timm's ``forward_features`` of a CNN backbone): the feature maps weighted by the
 spatial mean of the gradient of the target logit, ReLU, bilinear upsampling to the input size, then scaled to
 [0, 1] per image (an all-zero map stays zero). The target is ``target_index`` when given, else the binary
 model's single logit (evidence for the positive class), or the predicted class / most probable label.
 At 28 px the last stage is 4x4, so maps are coarse; they show where the evidence is, not a segmentation.
+
+A ViT's features are tokens, not a map: its heat map is the gradient of the same target logit with respect to
+the input pixels (Simonyan et al., 2014), absolute, the largest over channels, smoothed by a 3x3 mean and scaled
+per image as above.
 """
 
 from __future__ import annotations
@@ -19,10 +25,26 @@ import torch.nn.functional as F
 from meddiag_pipelines.imaging.train import load_image_model
 
 BATCH = 64
+GRAD_CAM = "Grad-CAM"
+INPUT_GRADIENT = "input gradient"
+
+
+def saliency_method(model: torch.nn.Module, channels: int, size: int) -> str:
+    """Grad-CAM when the model's features are a spatial map (a CNN), else the input gradient (a ViT)."""
+    with torch.no_grad():
+        probe = model.features(torch.zeros(1, channels, size, size, device=next(model.parameters()).device))
+    return GRAD_CAM if probe.ndim == 4 else INPUT_GRADIENT
+
+
+def model_saliency_method(model_dir: Path) -> str:
+    """The heat map :func:`grad_cam` draws for the model in ``model_dir``."""
+    model, meta = load_image_model(model_dir, "cpu")
+    return saliency_method(model, int(meta["channels"]), int(meta["input_size"]))
 
 
 def grad_cam(model_dir: Path, X: np.ndarray, target_index: int | None = None, device: str | None = None) -> np.ndarray:
-    """Heat maps (n, S, S) in [0, 1] for images ``X`` (n, C, S, S) in [0, 1]."""
+    """Heat maps (n, S, S) in [0, 1] for images ``X`` (n, C, S, S) in [0, 1]: Grad-CAM, or the input gradient
+    for a model whose features are tokens (a ViT)."""
     model, meta = load_image_model(model_dir, device or "cpu")
     device = next(model.parameters()).device
     X = np.asarray(X, dtype=np.float32)
@@ -32,12 +54,13 @@ def grad_cam(model_dir: Path, X: np.ndarray, target_index: int | None = None, de
     if target_index is not None and not 0 <= target_index < n_out:
         raise ValueError(f"target_index {target_index} outside [0, {n_out})")
     size = X.shape[2:]
+    method = saliency_method(model, X.shape[1], X.shape[2]) if len(X) else GRAD_CAM
     maps = []
     for start in range(0, len(X), BATCH):
         xb = torch.from_numpy(X[start : start + BATCH]).to(device)
         with torch.enable_grad():
+            xb.requires_grad_(method == INPUT_GRADIENT)
             feats = model.features(xb)
-            feats.retain_grad()
             logits = model.head(feats)
             if target_index is not None:
                 idx = torch.full((len(xb),), target_index, dtype=torch.long, device=device)
@@ -46,10 +69,13 @@ def grad_cam(model_dir: Path, X: np.ndarray, target_index: int | None = None, de
             else:
                 idx = logits.argmax(dim=1)
             score = logits.gather(1, idx[:, None]).sum()
-            (grads,) = torch.autograd.grad(score, feats)
-        weights = grads.mean(dim=(2, 3), keepdim=True)
-        cam = F.relu((weights * feats).sum(dim=1, keepdim=True)).detach()
-        cam = F.interpolate(cam, size=size, mode="bilinear", align_corners=False)[:, 0]
+            (grads,) = torch.autograd.grad(score, xb if method == INPUT_GRADIENT else feats)
+        if method == INPUT_GRADIENT:
+            cam = F.avg_pool2d(grads.abs().amax(dim=1, keepdim=True), 3, 1, 1, count_include_pad=False)[:, 0]
+        else:
+            weights = grads.mean(dim=(2, 3), keepdim=True)
+            cam = F.relu((weights * feats).sum(dim=1, keepdim=True)).detach()
+            cam = F.interpolate(cam, size=size, mode="bilinear", align_corners=False)[:, 0]
         peak = cam.flatten(1).max(dim=1).values.clamp_min(1e-12)[:, None, None]
         cam = torch.where(peak > 1e-12, cam / peak, torch.zeros_like(cam))
         maps.append(cam.clamp(0, 1).cpu().numpy())
@@ -92,4 +118,4 @@ def saliency_panel_png(images: np.ndarray, heatmaps: np.ndarray, titles: list[st
     return buf.getvalue()
 
 
-__all__ = ["grad_cam", "saliency_panel_png"]
+__all__ = ["GRAD_CAM", "INPUT_GRADIENT", "grad_cam", "model_saliency_method", "saliency_method", "saliency_panel_png"]

@@ -1,8 +1,13 @@
-"""Training and inference of the imaging CNN (:class:`~meddiag_pipelines.imaging.model.ResNet18Small`).
+"""Training and inference of the imaging CNN: the from-scratch :class:`~meddiag_pipelines.imaging.model.ResNet18Small`
+or a timm backbone (:class:`~meddiag_pipelines.imaging.backbones.TimmClassifier`, ``image.backbone``), one
+configuration (:class:`ImageParams`) per call; ``imaging.tuning`` searches them.
 
 * Inputs: ``X`` float (N, C, S, S) in [0, 1] (``preprocess.load_cached``); ``y``: binary (N,) 0/1, multiclass (N,)
   class indices, multilabel (N, k) 0/1. A binary model has ONE logit whatever ``n_outputs`` says (1 or 2).
-* AdamW (weight decay 1e-2) with a short linear warm-up then cosine decay over ``epochs x steps``; class weighting
+* AdamW (weight decay 1e-2; or SGD with Nesterov momentum) with a short linear warm-up then cosine decay over
+  ``epochs x steps``; fine-tuning modes: ``full``, ``linear_probe`` (only the classifier trains, the backbone's
+  batch-norm statistics frozen) and ``frozen_then_unfrozen`` (the classifier alone for the first quarter of the
+  epochs, then everything, the backbone at ``UNFROZEN_LR_SCALE`` of the learning rate); class weighting
   (binary ``pos_weight = n_neg / n_pos``, multiclass inverse-frequency weights, multilabel per-label
   ``pos_weight`` capped at ``MULTILABEL_POS_WEIGHT_CAP``); augmentation of each batch in torch from
   ``spec.image.augment`` (hflip / vflip with p = 0.5; affine: rotation +-10 deg, scale 0.9-1.1, shift +-6 %).
@@ -33,7 +38,7 @@ import math
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -43,7 +48,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from meddiag_pipelines.atomic import atomic_write, atomic_write_json
-from meddiag_pipelines.imaging.model import ResNet18Small, build_model
+from meddiag_pipelines.imaging.model import DEFAULT_BLOCKS, ResNet18Small, build_model
 from meddiag_pipelines.device import cpu_threads, torch_device, torch_settings, training_threads
 
 if TYPE_CHECKING:
@@ -58,6 +63,36 @@ CHECKPOINT = "checkpoint.pt"
 MODEL_PT = "model.pt"
 MODEL_JSON = "model.json"
 EVAL_BATCH = 512
+TUNING_JSON = "tuning.json"  # imaging.tuning's record of a search, and its trials' folders
+TRIALS = "trials"
+TIMM = "timm"  # model.json "architecture" of a timm backbone
+UNFROZEN_LR_SCALE = 0.1  # frozen_then_unfrozen: the backbone's learning rate once it trains, relative to the head's
+SGD_MOMENTUM = 0.9
+
+
+@dataclass(frozen=True)
+class ImageParams:
+    """One training configuration (what the tuner varies); :func:`default_params` is the spec's own."""
+
+    learning_rate: float
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    weight_decay: float = WEIGHT_DECAY
+    augment: tuple[str, ...] = ()
+    width: int | None = None  # ResNet18Small only; None: choose_width
+    blocks: tuple[int, ...] = DEFAULT_BLOCKS  # ResNet18Small only
+    backbone: str | None = None  # a timm architecture, or None for ResNet18Small
+    finetune: Literal["full", "linear_probe", "frozen_then_unfrozen"] = "full"
+
+    def to_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+
+def default_params(spec: TaskSpec) -> ImageParams:
+    image = spec.image
+    backbones = image.backbone_names() if image is not None else []
+    return ImageParams(spec.training.learning_rate, augment=tuple(image.augment) if image is not None else (),
+                       backbone=backbones[0] if backbones else None,
+                       finetune=image.finetune if image is not None else "full")  # fmt: skip
 
 
 @dataclass
@@ -254,17 +289,89 @@ def _lr_lambda(total_steps: int, warmup: int) -> Callable[[int], float]:
     return f
 
 
+def _frozen_epochs(finetune: str, epochs: int) -> int:
+    """Epochs in which only the classifier trains."""
+    if finetune == "linear_probe":
+        return epochs
+    return max(1, epochs // 4) if finetune == "frozen_then_unfrozen" else 0
+
+
+def _backbone_settings(spec: TaskSpec, backbone: str, weights: str | None) -> dict:
+    image = spec.image
+    return {"kwargs": image.kwargs_for(backbone), "size": image.backbone_size, "weights": weights}
+
+
+def _weights_origin(weights: str | None) -> str | None:
+    """What the initial weights were, for the record: a hub name as written, a local file by its name."""
+    if not weights or weights == "hub" or weights.startswith("hub:"):
+        return weights
+    return Path(weights).name
+
+
+def _new_model(params: ImageParams, spec: TaskSpec, weights: str | None, channels: int, n_outputs: int,
+               size: int) -> nn.Module:  # fmt: skip
+    if params.backbone is None:
+        return ResNet18Small(channels, n_outputs, int(params.width), size, blocks=params.blocks)
+    from meddiag_pipelines.imaging.backbones import new_backbone
+
+    image = spec.image
+    return new_backbone(params.backbone, channels, n_outputs, size, image.backbone_size, weights,
+                        image.kwargs_for(params.backbone))
+
+
+def _head_and_body(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    head = list(model.classifier().parameters())
+    ids = {id(p) for p in head}
+    return head, [p for p in model.parameters() if id(p) not in ids]
+
+
+def _optimizer(model: nn.Module, params: ImageParams, total_steps: int, warmup: int, frozen_steps: int):
+    """The optimiser over two groups, the classifier and the rest, and its schedule: warm-up then cosine for
+    both, the rest at 0 while frozen and at ``UNFROZEN_LR_SCALE`` after (``full``: the same as the head)."""
+    head, body = _head_and_body(model)
+    groups = [{"params": head}, {"params": body}]
+    lr, wd = params.learning_rate, params.weight_decay
+    if params.optimizer == "sgd":
+        optimizer = torch.optim.SGD(groups, lr=lr, momentum=SGD_MOMENTUM, nesterov=True, weight_decay=wd)
+    else:
+        optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=wd)
+    cosine = _lr_lambda(total_steps, warmup)
+    scale = 1.0 if frozen_steps == 0 else UNFROZEN_LR_SCALE
+
+    def body_lr(step: int) -> float:
+        return 0.0 if step < frozen_steps else scale * cosine(step)
+
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, [cosine, body_lr])
+
+
+def _set_trainable(model: nn.Module, frozen: bool) -> None:
+    """Training mode; with the backbone frozen, only the classifier has gradients and batch-norm statistics stay."""
+    _, body = _head_and_body(model)
+    for p in body:
+        p.requires_grad_(not frozen)
+    if frozen:
+        model.eval()
+        model.classifier().train()
+    else:
+        model.train()
+
+
 def adopt_parent_checkpoint(out_dir: Path, staging: Path, parent_run_id: str | None) -> bool:
     """Copy into ``out_dir`` the checkpoint a failed parent run left in its staging folder (``staging`` holds one
     folder per version, ``<time>-<first 8 characters of the run id>``), so that training its re-execution
-    resumes from it; nothing when there is no parent, the parent left no checkpoint, or ``out_dir`` has its own."""
-    if not parent_run_id or (out_dir / CHECKPOINT).exists():
+    resumes from it; nothing when there is no parent, the parent left no checkpoint, or ``out_dir`` has its own.
+    A tuned model's checkpoint is its search (``tuning.json``) with the trials' checkpoints: all are copied."""
+    if not parent_run_id or (out_dir / CHECKPOINT).exists() or (out_dir / TUNING_JSON).exists():
         return False
     found = sorted(staging.glob(f"*-{parent_run_id[:8]}/model/{CHECKPOINT}"))
+    found += sorted(staging.glob(f"*-{parent_run_id[:8]}/model/{TUNING_JSON}"))
     if not found:
         return False
-    out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write(out_dir / CHECKPOINT, lambda tmp: shutil.copyfile(found[-1], tmp))
+    parent = found[-1].parent
+    for path in [found[-1], *(p for p in parent.glob(f"{TRIALS}/*/{CHECKPOINT}"))]:
+        target = out_dir / path.relative_to(parent)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(target, lambda tmp, path=path: shutil.copyfile(path, tmp))
     return True
 
 
@@ -282,10 +389,12 @@ def train_image_model(
     width: int | None = None,
     num_threads: int | None = None,
     on_epoch_end: Callable[[int, dict], None] | None = None,
+    params: ImageParams | None = None,
 ) -> ImageTrainResult:
     """Train (or resume training) the CNN; writes ``out_dir/model.pt`` + ``model.json`` and returns the summary.
 
-    ``width``: base width of the ResNet (default :func:`choose_width`). ``num_threads``: CPU threads (default
+    ``params``: the configuration (default :func:`default_params`). ``width``: base width of the ResNet (default
+    ``params.width``, else :func:`choose_width`). ``num_threads``: CPU threads (default
     :func:`training_threads`; fix it for bit-identical reruns, the thread count can change float reductions).
     ``on_epoch_end(epoch, row)`` is called
     after each epoch's checkpoint is on disk (progress logging; tests raise from it to simulate a crash).
@@ -296,8 +405,8 @@ def train_image_model(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     training = spec.training
-    image_spec = spec.image
-    augment = list(image_spec.augment) if image_spec is not None else []
+    params = params or default_params(spec)
+    augment = list(params.augment)
     if kind == "binary":
         n_outputs = 1
     elif n_outputs < 2:
@@ -310,21 +419,23 @@ def train_image_model(
     if len(Xt) == 0:
         raise ValueError("no training images")
     n_train, channels, size = Xt.shape[0], Xt.shape[1], Xt.shape[2]
-    width = width or choose_width(n_train, size, device)
+    width = None if params.backbone else width or params.width or choose_width(n_train, size, device)
+    params = replace(params, width=width)
+    weights = spec.image.weights_for(params.backbone) if params.backbone and spec.image is not None else None
     batch_size = min(training.batch_size, n_train)
     steps_per_epoch = math.ceil(n_train / batch_size)
     total_steps = steps_per_epoch * training.epochs
     warmup = max(1, min(100, total_steps // 20))
+    frozen_epochs = _frozen_epochs(params.finetune, training.epochs)
     fingerprint = json.dumps(
         {
             "kind": kind,
             "n_outputs": n_outputs,
-            "width": width,
+            "params": params.to_dict(),
+            "backbone": _backbone_settings(spec, params.backbone, weights) if params.backbone else None,
             "seed": training.seed,
             "epochs": training.epochs,
-            "lr": training.learning_rate,
             "batch_size": batch_size,
-            "augment": augment,
             "data": _data_hash(np.asarray(X_train), np.asarray(y_train), np.asarray(X_val), np.asarray(y_val)),
         },
         sort_keys=True,
@@ -333,15 +444,14 @@ def train_image_model(
     threads = num_threads or training_threads()
     with torch_settings(device, deterministic=not cuda, threads=threads):
         torch.manual_seed(training.seed)
-        model = ResNet18Small(channels, n_outputs, width, size)
+        model = _new_model(params, spec, weights, channels, n_outputs, size)
         mean, std = _channel_stats(Xt)
         model.set_normalisation(mean, std)
         model = model.to(device)
-        if cuda or width <= 32:  # measured faster on CPU at widths 16 / 32, slower at 64
+        if cuda or (width or 64) <= 32:  # measured faster on CPU at widths 16 / 32, slower at 64
             model = model.to(memory_format=torch.channels_last)
         loss_fn = _loss_fn(yt, kind, n_outputs).to(device)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=training.learning_rate, weight_decay=WEIGHT_DECAY)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(total_steps, warmup))
+        optimizer, scheduler = _optimizer(model, params, total_steps, warmup, frozen_epochs * steps_per_epoch)
         shuffle_gen = torch.Generator().manual_seed(training.seed)
         aug_gen = torch.Generator().manual_seed(training.seed + 1)
 
@@ -399,7 +509,7 @@ def train_image_model(
         epoch = int(state["epoch"])
         while not finished and epoch < training.epochs:
             epoch += 1
-            model.train()
+            _set_trainable(model, frozen=epoch <= frozen_epochs)
             t_epoch = time.perf_counter()
             perm = torch.randperm(n_train, generator=shuffle_gen)
             batches = [perm[i : i + batch_size] for i in range(0, n_train, batch_size)]
@@ -456,11 +566,14 @@ def train_image_model(
         if best_state is None:  # no usable validation AUROC: keep the last weights
             best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
             state["best_epoch"] = int(state["epoch"])
-        final = build_model(model.config.to_dict())
+        architecture = TIMM if params.backbone else "ResNet18Small"
+        final = build_image_model(architecture, model.config.to_dict())
         final.load_state_dict(best_state)
         config = {
-            "architecture": "ResNet18Small",
+            "architecture": architecture,
             "model_config": final.config.to_dict(),
+            "hyperparameters": params.to_dict(),
+            "weights": _weights_origin(weights),
             "kind": kind,
             "n_outputs": n_outputs,
             "input_size": size,
@@ -495,13 +608,25 @@ def train_image_model(
 # ------------------------------------------------------------------------------------------------ inference
 
 
-def load_image_model(model_dir: Path, device: str | None = None) -> tuple[ResNet18Small, dict]:
-    """The trained model (eval mode, on ``device``) and its model.json."""
+def build_image_model(architecture: str, model_config: dict) -> nn.Module:
+    """The randomly initialised model a model.json describes (timm's are built offline, without weights)."""
+    if architecture == "ResNet18Small":
+        return build_model(model_config)
+    if architecture == TIMM:
+        from meddiag_pipelines.imaging.backbones import build_timm_classifier
+
+        return build_timm_classifier(model_config)
+    raise ValueError(f"unknown architecture {architecture!r}")
+
+
+def load_image_model(model_dir: Path, device: str | None = None) -> tuple[nn.Module, dict]:
+    """The trained model (eval mode, on ``device``) and its model.json. Its forward takes (N, C, S, S) floats in
+    [0, 1] (normalisation and any resizing happen inside) and gives logits."""
     model_dir = Path(model_dir)
     meta = json.loads((model_dir / MODEL_JSON).read_text(encoding="utf-8"))
-    if meta.get("architecture") != "ResNet18Small":
+    if meta.get("architecture") not in ("ResNet18Small", TIMM):
         raise ValueError(f"{model_dir}: unknown architecture {meta.get('architecture')!r}")
-    model = build_model(meta["model_config"])
+    model = build_image_model(meta["architecture"], meta["model_config"])
     model.load_state_dict(torch.load(model_dir / MODEL_PT, map_location="cpu", weights_only=True))
     model = model.to(device or torch_device()).eval()
     return model, meta
@@ -549,7 +674,10 @@ def bench(
 
 
 __all__ = [
+    "ImageParams",
     "ImageTrainResult",
+    "build_image_model",
+    "default_params",
     "augment_batch",
     "bench",
     "choose_width",

@@ -42,7 +42,7 @@ from meddiag_pipelines import labels
 from meddiag_pipelines.defs.resources.storage import MeddiagStorage
 from meddiag_pipelines.split import SPLIT_COLUMN, key_columns_in
 from meddiag_pipelines.imaging.preprocess import CACHE_VERSION, load_cached, update_cache
-from meddiag_pipelines.imaging.report import saliency_section
+from meddiag_pipelines.imaging.report import saliency_section, tuning_section
 from meddiag_pipelines.imaging.scoring import baseline_side, pooled_pixels, predict_images
 from meddiag_pipelines.imaging.readers import LABELS_CSV, ImageBatchError, read_image_batch, source_file
 from meddiag_pipelines.ingestion.batches import RAW_TABLE, ReadOutcome
@@ -119,10 +119,12 @@ def _predictor_factory(spec: TaskSpec):
 # -- report: saliency ---------------------------------------------------------------------------------------------
 def _saliency_sections(spec: TaskSpec, candidate: dict, test: pl.DataFrame, proba: np.ndarray,
                        metrics: dict) -> list[tuple[str, str]]:  # fmt: skip
-    """The Grad-CAM section of the report, over the test images in the tensor cache."""
+    """The Grad-CAM section of the report, over the test images in the tensor cache, after the hyperparameter
+    search's when the model was tuned."""
     cache_dir = Path(candidate["plan"]["cache_dir"])
     ids = test[spec.id].cast(pl.String).to_list()
-    return [saliency_section(Path(candidate["dir"]), candidate["classes"], labels.task_kind(spec), test[spec.label],
+    tuning = [tuning_section(candidate["params"]["tuning"])] if candidate["params"].get("tuning") else []
+    return [*tuning, saliency_section(Path(candidate["dir"]), candidate["classes"], labels.task_kind(spec), test[spec.label],
                              proba, metrics, lambda rows: load_cached(cache_dir, [ids[i] for i in rows]),
                              spec.evaluation.seed)]  # fmt: skip
 
@@ -213,13 +215,18 @@ def build_image_assets(spec: TaskSpec) -> list:
         X = load_cached(storage.root.path(plan["cache_dir"]), rows[spec.id].cast(pl.String).to_list())
         return X, labels.encode_labels(rows[spec.label], classes, labels.task_kind(spec))
 
-    @dg.asset(key=[name, "candidate_model"], description=f"{name}: ResNet-18 adapted to {image.size} px "
-              "(AdamW, cosine schedule, augmentation, class weights, early stopping on validation AUROC; CUDA when "
-              "present), checkpointed every epoch in the registry's staging area; weights as a torch state dict.",
+    model_text = (f"timm {' / '.join(image.backbone_names())} ({image.finetune} fine-tuning)" if image.backbone
+                  else f"ResNet-18 adapted to {image.size} px")  # fmt: skip
+    search = f", optuna search of {spec.training.trials} trials" if image.tuned(spec.training) else ""
+
+    @dg.asset(key=[name, "candidate_model"], description=f"{name}: {model_text} (AdamW, cosine schedule, "
+              f"augmentation, class weights, early stopping on validation AUROC{search}; CUDA when present), "
+              "checkpointed every epoch in the registry's staging area; weights as a torch state dict.",
               kinds={"pytorch"}, pool=common.pool(spec), op_tags=common.gpu_op_tags(spec), **tags)  # fmt: skip
     def candidate_model(context: dg.AssetExecutionContext, storage: MeddiagStorage, features: pl.DataFrame,
                         feature_plan: dict) -> dict:  # fmt: skip
-        from meddiag_pipelines.imaging.train import CHECKPOINT, adopt_parent_checkpoint, train_image_model
+        from meddiag_pipelines.imaging.train import CHECKPOINT, adopt_parent_checkpoint
+        from meddiag_pipelines.imaging.tuning import fit_image_model
 
         version = common.run_version(context)
         out = storage.registry.staging_dir(name, version) / "model"
@@ -234,19 +241,20 @@ def build_image_assets(spec: TaskSpec) -> list:
             context.log.info(f"{name}: epoch {epoch}: loss {row['train_loss']:.4f}, val AUROC {row['val_auroc']:.4f}, "
                              f"{row['images_per_second']:.0f} img/s")  # fmt: skip
 
-        result = train_image_model(X_train, y_train, X_val, y_val, kind, len(classes), spec, out, device=torch_device(),
-                                   on_epoch_end=progress)  # fmt: skip
+        result = fit_image_model(X_train, y_train, X_val, y_val, kind, len(classes), spec, out, torch_device(),
+                                 on_epoch_end=progress)  # fmt: skip
         (out / CHECKPOINT).unlink(missing_ok=True)  # the published version keeps the weights, not the optimizer
         cfg = result.config
         val = result.best_val_auroc
         meta = {
             "name": CANDIDATE_NAME, "framework": "pytorch", "classes": classes, "device": result.device,
             "val_score": None if np.isnan(val) else float(val),
-            "params": {"width": cfg["model_config"].get("width"), "input_size": image.size, "channels": image.channels,
-                       "epochs": spec.training.epochs, "epochs_run": cfg["epochs_run"], "best_epoch": result.best_epoch,
-                       "stopped": result.stopped, "batch_size": spec.training.batch_size,
-                       "learning_rate": spec.training.learning_rate, "augment": list(image.augment),
-                       "resumed_from_epoch": result.resumed_from_epoch, "seed": spec.training.seed},
+            "params": {**{k: v for k, v in cfg["hyperparameters"].items() if v is not None}, "input_size": image.size,
+                       "channels": image.channels, "epochs": spec.training.epochs, "epochs_run": cfg["epochs_run"],
+                       "best_epoch": result.best_epoch, "stopped": result.stopped, "batch_size": spec.training.batch_size,
+                       "resumed_from_epoch": result.resumed_from_epoch, "seed": spec.training.seed,
+                       **({"weights": cfg["weights"]} if cfg.get("weights") else {}),
+                       **({"tuning": cfg["tuning"]} if cfg.get("tuning") else {})},
         }  # fmt: skip
         handle = common.model_handle(context, storage, spec, version, out, meta,
                                      {**feature_plan, "predictor": "cnn", "classes": classes})  # fmt: skip
