@@ -7,10 +7,10 @@ Writes are whole-file and atomic: on the local filesystem a temporary file besid
 
 from __future__ import annotations
 
-import fcntl
 import json
+import os
+import tempfile
 import time
-from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -26,22 +26,6 @@ def run_name(created_at: float, run_id: str) -> str:
     still sort in order), then its id; names sort by run creation."""
     millis = int(created_at * 1000) % 1000
     return f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime(created_at))}.{millis:03d}Z-{run_id[:8]}"
-
-
-@contextmanager
-def file_lock(path: Path):
-    """An exclusive ``flock`` on ``path``, released by the kernel if the holder dies: the one file lock of the
-    project, kept here with the reason. It guards a task's ingestion and recovery, which change the ledger and
-    the raw records together; the recovery CLI runs outside Dagster, so the task's pool cannot serialise it, and
-    the DuckDB file beside it admits one writing process at a time anyway, so the warehouse is one host's for
-    now. Across hosts (issue 15) this becomes the database's own locking (a PostgreSQL advisory lock)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+b") as fh:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
 class DataRoot:
@@ -101,6 +85,26 @@ class DataRoot:
         """LZ4: written and read several times faster than DuckDB's or zstd compression (bench/README.md)."""
         atomic_write(self.path(rel), lambda tmp: frame.write_parquet(tmp, compression="lz4"))
         return rel
+
+    def write_once(self, rel: str, data: bytes) -> bool:
+        """Create ``rel`` holding ``data`` unless it exists; ``False`` (nothing written) if it does. The one
+        compare-and-set of the project, across processes and hosts: add-only records (the ingestion ledger, a
+        task's label domain) take their next entry with it. Locally a hidden temporary file beside the target,
+        then a hard link, which fails if the target exists."""
+        target = self.path(rel)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.link(tmp, target)
+        except FileExistsError:
+            return False
+        finally:
+            os.unlink(tmp)
+        return True
 
 
 def open_plan(plan: dict, root: DataRoot) -> dict:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import json
 
+import dagster as dg
 import polars as pl
 import pytest
 
@@ -29,6 +30,17 @@ def only_available_commands(monkeypatch):
         except ModuleNotFoundError:
             pass
     monkeypatch.setattr(cli, "COMMANDS", available)
+
+
+@pytest.fixture(autouse=True)
+def instance(tmp_path, monkeypatch):
+    """The Dagster instance the commands consult (no run of the task in flight unless a test adds one)."""
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        yield instance
 
 
 def _run(spec, layout):
