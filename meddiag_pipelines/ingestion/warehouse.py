@@ -37,7 +37,7 @@ from meddiag_pipelines.storage import DataRoot
 LEDGER_FOLDER, STATE_FOLDER = "ledger", "state"  # inside the warehouse folder
 _LEDGER_COLUMNS = ("task", "batch_id", "content_hash", "status", "n_rows", "files", "columns", "reason", "updated_at",
                    "file_hashes", "records_file")  # fmt: skip
-_JSON_COLUMNS = ("files", "columns", "reason", "file_hashes")  # held as JSON text in the ledger frame and view
+_JSON_COLUMNS = ("files", "columns", "reason", "file_hashes")  # JSON in an entry, JSON text in the frame and view
 _LEDGER_SCHEMA = {"task": pl.String, "batch_id": pl.String, "content_hash": pl.String, "status": pl.String,
                   "n_rows": pl.Int64, "files": pl.String, "columns": pl.String, "reason": pl.String,
                   "updated_at": pl.Float64, "file_hashes": pl.String, "records_file": pl.String}  # fmt: skip
@@ -126,7 +126,7 @@ def _encode(obj: dict) -> bytes:
 
 
 def _ledger_entry(task: str, row: dict) -> dict:
-    """A ledger entry as stored: the JSON fields as JSON (the DuckDB view reads them as such)."""
+    """A ledger entry as stored: the JSON fields as JSON."""
     return {"task": task, "batch_id": row["batch_id"], "content_hash": row["content_hash"], "status": row["status"],
             "n_rows": row["n_rows"], "files": list(row["files"]), "columns": list(row["columns"]),
             "reason": row.get("reason") or None, "updated_at": time.time(), "file_hashes": row.get("file_hashes") or None,
@@ -141,8 +141,8 @@ def _frame_row(entry: dict) -> dict:
 # The SQL users' views of the add-only objects: a batch is its newest entry (unless that one forgets it).
 _LEDGER_VIEW = f"""CREATE OR REPLACE VIEW ingest_ledger AS SELECT {", ".join(_LEDGER_COLUMNS)} FROM read_json(
     '{LEDGER_FOLDER}/*/*/*.json', filename = true, columns = {{task: 'VARCHAR', batch_id: 'VARCHAR',
-    content_hash: 'VARCHAR', status: 'VARCHAR', n_rows: 'BIGINT', files: 'JSON', columns: 'JSON', reason: 'JSON',
-    updated_at: 'DOUBLE', file_hashes: 'JSON', records_file: 'VARCHAR'}})
+    content_hash: 'VARCHAR', status: 'VARCHAR', n_rows: 'BIGINT', files: 'VARCHAR', columns: 'VARCHAR',
+    reason: 'VARCHAR', updated_at: 'DOUBLE', file_hashes: 'VARCHAR', records_file: 'VARCHAR'}})
     QUALIFY row_number() OVER (PARTITION BY task, batch_id ORDER BY filename DESC) = 1 AND status <> '{FORGOTTEN}'"""
 _STATE_VIEW = f"""CREATE OR REPLACE VIEW task_state AS SELECT task, key, value FROM read_json('{STATE_FOLDER}/*/*.json',
     columns = {{task: 'VARCHAR', key: 'VARCHAR', value: 'VARCHAR'}})"""
