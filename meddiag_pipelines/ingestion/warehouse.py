@@ -307,12 +307,14 @@ class Warehouse:
         return self.add_batch(task, {**ledger_row, "records_file": str(rel)})
 
     def read(self, task: str, table: str, where_batches: list[str] | None = None) -> pl.DataFrame:
-        """The records of the listed batches (all recorded batches if ``None``), columns matched by name."""
-        ledger = self.ledger(task).filter(pl.col("records_file").is_not_null()
-                                          & pl.col("records_file").str.starts_with(f"{table}/"))  # fmt: skip
-        if where_batches is not None:
-            ledger = ledger.filter(pl.col("batch_id").is_in(list(where_batches)))
-        frames = [pl.read_parquet(self.root / rel) for rel in ledger["records_file"]]
+        """The records of the listed batches (all recorded batches if ``None``), columns matched by name. Listed
+        batches are looked up one by one: validating one batch of thousands reads one entry, not the ledger."""
+        if where_batches is None:
+            files = self.ledger(task)["records_file"].to_list()
+        else:
+            entries = (self._recorded(task, batch_id)[1] for batch_id in sorted(set(where_batches)))
+            files = [entry["records_file"] for entry in entries if entry]
+        frames = [pl.read_parquet(self.root / rel) for rel in files if rel and rel.startswith(f"{table}/")]
         return pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame()
 
     def resolve_views_here(self, con: duckdb.DuckDBPyConnection) -> None:
