@@ -7,10 +7,11 @@
 
 Both run outside Dagster, so the task's pool cannot serialise them, and they take no lock (a lock file is one
 host's): each refuses while the Dagster instance (``DAGSTER_HOME``'s, as for ``update``; with PostgreSQL, every
-host's) holds a queued or running run of the task. A run that starts during the command cannot corrupt the
-ledger either: every change is a new entry created once (:class:`~meddiag_pipelines.ingestion.warehouse.Warehouse`),
-so a run's entry and the command's are both kept, in order, and the newest wins. Reset also deletes the task's
-asset values: run it while no run of the task is wanted.
+host's) holds a queued or running run of the task. A run that starts during a requeue cannot corrupt the ledger
+either: the requeue adds an entry, and every entry is created once
+(:class:`~meddiag_pipelines.ingestion.warehouse.Warehouse`), so the run's entries and the command's are all kept,
+in order, and the newest wins. Reset deletes the task's ledger, state and asset values, which no run can share:
+pause the task's sensor and schedule before it.
 """
 
 from __future__ import annotations
@@ -47,11 +48,15 @@ def runs_in_flight(task: str) -> int:
     """The task's runs queued or running in the Dagster instance (a run carries the tag ``meddiag/task``)."""
     import dagster as dg
 
-    from meddiag_pipelines.update import instance_home
+    from meddiag_pipelines.update import UpdateError, instance_home
 
+    try:
+        home = instance_home()
+    except UpdateError as exc:
+        raise RecoveryError(f"cannot tell whether a run of {task} is in flight: {exc}") from exc
     statuses = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
                 dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING]  # fmt: skip
-    with dg.DagsterInstance.from_config(str(instance_home())) as instance:
+    with dg.DagsterInstance.from_config(str(home)) as instance:
         return len(instance.get_run_ids(dg.RunsFilter(statuses=statuses, tags={"meddiag/task": task})))
 
 
