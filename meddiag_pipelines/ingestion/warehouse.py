@@ -215,20 +215,19 @@ class Warehouse:
         return self.database.is_file() and not self.objects.exists(self._rel(LEDGER_FOLDER))
 
     # -- ledger: warehouse/ledger/<task>/<batch key>/<seq>.json, add-only, the newest entry wins ----------------
-    def _entries(self, task: str, batch_id: str) -> tuple[int, dict | None]:
-        """The batch's newest entry and its number (0, ``None``: never recorded)."""
-        folder = self._rel(LEDGER_FOLDER, task, _key(batch_id))
+    def _newest(self, folder: str) -> tuple[int, dict | None]:
+        """A batch's newest entry and its number (0, ``None``: never recorded; ``None`` too when forgotten)."""
         names = [n for n in self.objects.list(folder) if n.endswith(".json")]
         if not names:
             return 0, None
-        return int(names[-1].removesuffix(".json")), self.objects.read_json(f"{folder}/{names[-1]}")
+        entry = self.objects.read_json(f"{folder}/{names[-1]}")
+        return int(names[-1].removesuffix(".json")), None if entry["status"] == FORGOTTEN else entry
+
+    def _recorded(self, task: str, batch_id: str) -> tuple[int, dict | None]:
+        return self._newest(self._rel(LEDGER_FOLDER, task, _key(batch_id)))
 
     def _add_entry(self, task: str, batch_id: str, seq: int, entry: dict) -> bool:
         return self.objects.write_once(self._rel(LEDGER_FOLDER, task, _key(batch_id), _entry_name(seq)), _encode(entry))
-
-    def _recorded(self, task: str, batch_id: str) -> tuple[int, dict | None]:
-        seq, entry = self._entries(task, batch_id)
-        return seq, None if entry is None or entry["status"] == FORGOTTEN else entry
 
     def ledger(self, task: str) -> pl.DataFrame:
         """Every batch the ledger holds for ``task`` (its newest entry), by batch id."""
@@ -236,12 +235,8 @@ class Warehouse:
             with self.connect():
                 pass
         folder = self._rel(LEDGER_FOLDER, task)
-        rows = []
-        for key in self.objects.list(folder):
-            names = [n for n in self.objects.list(f"{folder}/{key}") if n.endswith(".json")]
-            entry = self.objects.read_json(f"{folder}/{key}/{names[-1]}") if names else None
-            if entry is not None and entry["status"] != FORGOTTEN:
-                rows.append(_frame_row(entry))
+        entries = (self._newest(f"{folder}/{key}")[1] for key in self.objects.list(folder))
+        rows = [_frame_row(entry) for entry in entries if entry is not None]
         return pl.DataFrame(rows, schema=_LEDGER_SCHEMA).sort("batch_id")
 
     def add_batch(self, task: str, row: dict) -> bool:
