@@ -13,14 +13,12 @@ of published model folders that torch and XGBoost read (``.objects``)."""
 
 from __future__ import annotations
 
-import fcntl
 import io
 import json
 import logging
 import os
 import shutil
 import time
-from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -38,22 +36,6 @@ def run_name(created_at: float, run_id: str) -> str:
     still sort in order), then its id; names sort by run creation."""
     millis = int(created_at * 1000) % 1000
     return f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime(created_at))}.{millis:03d}Z-{run_id[:8]}"
-
-
-@contextmanager
-def file_lock(path: Path):
-    """An exclusive ``flock`` on ``path``, released by the kernel if the holder dies: the one file lock of the
-    project, kept here with the reason. It guards a task's ingestion and recovery, which change the ledger and
-    the raw records together; the recovery CLI runs outside Dagster, so the task's pool cannot serialise it, and
-    the DuckDB file beside it admits one writing process at a time anyway, so the warehouse is one host's for
-    now. Across hosts (issue 15) this becomes the database's own locking (a PostgreSQL advisory lock)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+b") as fh:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
 OBJECT_STORE = "s3://"

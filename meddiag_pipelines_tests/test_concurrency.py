@@ -3,8 +3,8 @@ queue, no task pool): each step of one run may interleave with any step of the o
 
 * every asset value is a file of its run (``warehouse/{tables,values}/<task>/<asset>/<run>.*``): a run reads
   its own upstream values, never the other run's;
-* ingestion of a task takes a per-task lock, and a batch's rows are appended in the DuckDB transaction of its
-  ledger entry: each batch is read once;
+* a batch's ledger entry is created once (``DataRoot.write_once``), by whichever run gets there first, and
+  names its records file: each batch is recorded once;
 * a model version is built in ``.staging/<version>`` and published by one rename (a version per run, never
   overwritten); ``champion.json`` and ``reports/<task>/latest`` are replaced atomically.
 """

@@ -1,6 +1,10 @@
 """A real Dask scheduler and two workers, started as separate processes for this module: tasks run end to end
 through ``MEDDIAG_EXECUTOR=dask`` (``python -m meddiag_pipelines update``), their steps in the workers' processes,
-with the metrics of the in-process run. One worker carries the resource label ``GPU=1`` (a fake one: no GPU)."""
+with the metrics of the in-process run. One worker carries the resource label ``GPU=1`` (a fake one: no GPU).
+
+The tabular and the text task run AT THE SAME TIME, as two ``update`` processes with DAGSTER_HOME folders of their
+own (two hosts' worth: they share only the instance, in a real PostgreSQL server, and the data root), and every
+published version, pointer and ledger entry is checked afterwards (issue 15 section 5)."""
 
 from __future__ import annotations
 
@@ -22,12 +26,15 @@ from sklearn.metrics import roc_auc_score
 
 from meddiag_pipelines.defs.assets.common import DASK_RESOURCES_TAG, gpu_op_tags
 from meddiag_pipelines.definitions import build_definitions, executor
+from meddiag_pipelines.ingestion.warehouse import Warehouse
 from meddiag_pipelines.layout import DataLayout
+from meddiag_pipelines.registry.store import ModelRegistry
 from meddiag_pipelines.specs import TaskSpec, TrainingSpec
 from meddiag_pipelines.tabular.distributed import DISTRIBUTED_MIN_ROWS, fit_on_cluster, wants_cluster
 from meddiag_pipelines.tabular.models import predict_tabular, train_xgboost
 from meddiag_pipelines.update import update_task
 from meddiag_pipelines_tests.conftest import REPO, SYNTHETIC_SPEC, land, synthetic_records
+from meddiag_pipelines_tests.postgres import postgres_server  # noqa: F401 (fixture)
 from meddiag_pipelines_tests.test_imaging_pipeline import write_npz
 from meddiag_pipelines_tests.test_text_pipeline import icd_rows
 
@@ -87,15 +94,20 @@ def _address(scheduler_file: Path, scheduler: subprocess.Popen) -> str:
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory) -> Cluster:
+def cluster(tmp_path_factory, postgres_server) -> Cluster:  # noqa: F811
     """Scheduler + 2 single-thread workers (no nanny: the worker's pid is the process that runs the steps),
-    with the environment a run on them needs: the package, the data root, the spec folder, the executor."""
+    with the environment a run on them needs: the package, the data root, the spec folder, the executor, and
+    the instance database (a step opens the run's instance: in PostgreSQL, from ``MEDDIAG_POSTGRES_URL``)."""
     root = tmp_path_factory.mktemp("dask")
     (root / "tasks").mkdir()
     for name, spec in {**SPECS, IMAGE: IMAGE_SPEC}.items():
         (root / "tasks" / f"{name}.yaml").write_text(yaml.safe_dump(spec))
+    postgres_server.psql("postgres", "CREATE DATABASE dask_runs")
     env = {**os.environ, "PYTHONPATH": str(REPO), "MEDDIAG_DATA_DIR": str(root / "data"),
-           "MEDDIAG_TASKS_DIR": str(root / "tasks"), "MEDDIAG_EXECUTOR": "dask", "MEDDIAG_FORCE_CPU": "1"}  # fmt: skip
+           "MEDDIAG_TASKS_DIR": str(root / "tasks"), "MEDDIAG_EXECUTOR": "dask", "MEDDIAG_FORCE_CPU": "1",
+           "MEDDIAG_POSTGRES_URL": postgres_server.url("dask_runs")}  # fmt: skip
+    patch = pytest.MonkeyPatch()
+    patch.setenv("MEDDIAG_POSTGRES_URL", env["MEDDIAG_POSTGRES_URL"])  # this process reads the runs back from it
     processes = [_start(["scheduler", "--host", "127.0.0.1", "--port", "0", "--dashboard-address", ":0",
                          "--scheduler-file", str(root / "scheduler.json")], env, root / "scheduler.log")]  # fmt: skip
     try:
@@ -112,6 +124,7 @@ def cluster(tmp_path_factory) -> Cluster:
         yield Cluster(address, pids, gpu, env)
     finally:
         _stop(processes)
+        patch.undo()
 
 
 def land_tasks(data: Path) -> None:
@@ -121,13 +134,25 @@ def land_tasks(data: Path) -> None:
     land(layout, TEXT, "batch_0001", icd_rows(40))
 
 
-def update(env: dict, home: Path, task: str) -> subprocess.CompletedProcess:
-    home.mkdir(parents=True, exist_ok=True)
-    (home / "dagster.yaml").write_text((REPO / "dagster_home" / "dagster.yaml").read_text())
-    done = subprocess.run([sys.executable, "-m", "meddiag_pipelines", "update", task], cwd=REPO, capture_output=True,
-                          text=True, timeout=600, env={**env, "DAGSTER_HOME": str(home)})  # fmt: skip
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    return done
+def start_update(env: dict, home: Path, task: str) -> subprocess.Popen:
+    """``update`` of one task with the instance of ``home`` (the embedded one unless it holds a dagster.yaml)."""
+    if not (home / "dagster.yaml").is_file():
+        home.mkdir(parents=True, exist_ok=True)
+        (home / "dagster.yaml").write_text((REPO / "dagster_home" / "dagster.yaml").read_text())
+    with (home / f"update_{task}.log").open("w") as log:  # a file: a full pipe would stall the other process
+        process = subprocess.Popen([sys.executable, "-m", "meddiag_pipelines", "update", task], cwd=REPO,
+                                   stdout=log, stderr=subprocess.STDOUT, env={**env, "DAGSTER_HOME": str(home)})  # fmt: skip
+    process.log_path = log.name
+    return process
+
+
+def finish(process: subprocess.Popen) -> None:
+    process.wait(timeout=600)
+    assert process.returncode == 0, Path(process.log_path).read_text()[-6000:]
+
+
+def update(env: dict, home: Path, task: str) -> None:
+    finish(start_update(env, home, task))
 
 
 def step_pids(home: Path) -> dict[str, set[int]]:
@@ -141,6 +166,7 @@ def step_pids(home: Path) -> dict[str, set[int]]:
     return found
 
 
+POSTGRES_YAML = REPO / "deploy" / "postgres" / "dagster.yaml"
 HEADLINE = ("model_name", "n_train", "n_test", "auroc", "auprc", "brier", "macro_f1")
 
 
@@ -151,19 +177,28 @@ def headline(data: Path, task: str) -> dict:
 
 @pytest.fixture(scope="module")
 def runs(cluster, tmp_path_factory) -> dict:
-    """Both tasks through the cluster (the command line), and the same data in this process (another data root
-    and instance; ``update_task`` on in-process definitions)."""
+    """Both tasks through the cluster at once (two command lines, one instance in PostgreSQL), then the same data
+    in this process (another data root and instance; ``update_task`` on in-process definitions)."""
     data = Path(cluster.env["MEDDIAG_DATA_DIR"])
     local = tmp_path_factory.mktemp("in_process") / "data"
     land_tasks(data)
     land_tasks(local)
-    home = data.parent / "home"
+    homes = [data.parent / "host_a", data.parent / "host_b"]
+    for home in homes:
+        home.mkdir()
+        (home / "dagster.yaml").write_text(POSTGRES_YAML.read_text())
+    # Dagster creates its tables on first use; two processes doing that at the same instant race on Dagster's
+    # own schema creation, which is not what this tests (a deployment starts its webserver or daemon first).
+    with dg.DagsterInstance.from_config(str(homes[0])):
+        pass
+    started = [start_update(cluster.env, home, task) for home, task in zip(homes, SPECS)]
+    for process in started:
+        finish(process)
     specs = [TaskSpec.model_validate(spec) for spec in SPECS.values()]
     with dg.instance_for_test() as instance:
         for spec in specs:
-            update(cluster.env, home, spec.name)
             update_task(spec, instance, defs=build_definitions(specs, local))
-    return {"home": home, "data": data, "local": local}
+    return {"home": homes[0], "data": data, "local": local}
 
 
 @pytest.mark.slow
@@ -179,6 +214,41 @@ def test_steps_run_in_the_worker_processes_with_the_in_process_metrics(cluster, 
     fits = {k: [json.loads(p.read_text())["distributed"] for p in (runs[k] / "models" / TABULAR).rglob("xgboost/model.json")]
             for k in ("data", "local")}  # fmt: skip
     assert fits == {"data": [True], "local": [False]}, fits
+
+
+def _overlap(a: dg.RunRecord, b: dg.RunRecord) -> bool:
+    return a.start_time < b.end_time and b.start_time < a.end_time
+
+
+@pytest.mark.slow
+def test_two_tasks_at_once_leave_every_version_pointer_and_ledger_entry_whole(runs):
+    with dg.DagsterInstance.from_config(str(runs["home"])) as instance:
+        assert type(instance.run_storage).__module__.startswith("dagster_postgres")
+        records = instance.get_run_records()
+    by_task = {task: [r for r in records if r.dagster_run.tags.get("meddiag/task") == task] for task in SPECS}
+    assert all(by_task.values()) and all(r.dagster_run.status == dg.DagsterRunStatus.SUCCESS for r in records)
+    assert any(_overlap(a, b) for a in by_task[TABULAR] for b in by_task[TEXT]), "the two tasks did not run at once"
+
+    data, registry = runs["data"], ModelRegistry(runs["data"] / "models")
+    warehouse = Warehouse(DataLayout(data).warehouse_db())
+    for task in SPECS:
+        folders = sorted(p.name for p in registry.task_dir(task).iterdir() if p.is_dir() and not p.name.startswith("."))
+        assert registry.versions(task) == folders and len(folders) == 1, folders  # one run trained: one version
+        for version in folders:
+            assert registry.manifest(task, version)["version"] == version
+        assert not any((registry.task_dir(task) / ".staging").glob("*"))  # nothing left staged
+        champion = registry.champion(task)
+        latest = json.loads((DataLayout(data).reports(task) / "latest.json").read_text())
+        assert champion["version"] == latest["version"] == folders[0] and latest["task"] == task
+        ledger = warehouse.ledger(task)
+        assert ledger.select("batch_id", "status").rows() == [("batch_0001", "validated")]
+        # the batch's history: recorded once when read, then one entry for its validation; nothing rewritten
+        [entries] = [sorted(p.iterdir()) for p in (DataLayout(data).warehouse() / "ledger" / task).iterdir()]
+        assert [(p.name, json.loads(p.read_text())["status"]) for p in entries] == [("000001.json", "read"),
+                                                                                   ("000002.json", "validated")]  # fmt: skip
+    with warehouse.connect() as con:  # the SQL users' view of the same entries
+        rows = con.execute("SELECT task, batch_id, status FROM ingest_ledger ORDER BY task").fetchall()
+    assert rows == sorted((task, "batch_0001", "validated") for task in SPECS)
 
 
 def test_meddiag_executor_dask_selects_the_guarded_dask_executor_and_needs_the_address(monkeypatch):

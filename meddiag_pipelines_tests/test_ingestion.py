@@ -175,3 +175,91 @@ def test_validation_suite_passes_on_clean_bundled_data(heart_spec):
     assert [f.column for f in failures] == ["Age"] and failures[0].unexpected_count > 0
     typed = validate_tabular(frame.with_columns(pl.col("MaxHR").cast(pl.String)), heart_spec)
     assert any(f.expectation == "expect_column_values_to_be_in_type_list" and f.column == "MaxHR" for f in typed)
+
+
+# -- the ledger and state as add-only objects (issue 15: no lock, no local file another host must see) ----------
+def _row(batch_id: str, status: str = "read") -> dict:
+    return {"batch_id": batch_id, "content_hash": "c" * 64, "status": status, "n_rows": 3, "files": ["a.csv"],
+            "columns": ["x"], "reason": None}  # fmt: skip
+
+
+def test_write_once_creates_a_file_only_if_absent(tmp_path):
+    from meddiag_pipelines.storage import DataRoot
+
+    root = DataRoot(tmp_path)
+    assert root.write_once("a/b.json", b"first") and not root.write_once("a/b.json", b"second")
+    assert root.read_bytes("a/b.json") == b"first" and root.list("a") == ["b.json"]  # no temporary file left
+
+
+def test_racing_writers_record_a_batch_once_and_lose_no_status_change(layout):
+    from concurrent.futures import ThreadPoolExecutor
+
+    warehouse = Warehouse(layout.warehouse_db())
+    with ThreadPoolExecutor(8) as pool:
+        added = list(pool.map(lambda i: warehouse.add_batch("t", {**_row("b1"), "n_rows": i}), range(8)))
+        assert added.count(True) == 1  # one of the racing runs recorded it; the others were told so
+        list(pool.map(lambda i: warehouse.set_status("t", "b1", "validated", {"by": i}), range(8)))
+    entries = sorted((layout.warehouse() / "ledger" / "t").rglob("*.json"))
+    assert [p.name for p in entries] == [f"{i:06d}.json" for i in range(1, 10)]  # each change its own entry
+    assert sorted(json.loads(p.read_text())["reason"]["by"] for p in entries[1:]) == list(range(8))
+    [row] = warehouse.ledger("t").iter_rows(named=True)
+    assert row["status"] == "validated" and row["n_rows"] == added.index(True) and json.loads(row["files"]) == ["a.csv"]
+    warehouse.set_status("t", "unknown", "validated", None)  # a batch the ledger does not hold: nothing written
+    assert warehouse.ledger("t").height == 1
+
+
+def test_a_forgotten_batch_keeps_its_history_and_can_be_recorded_again(layout):
+    warehouse = Warehouse(layout.warehouse_db())
+    assert warehouse.add_batch("t", _row("b1", "quarantined"))
+    warehouse.forget_batch("t", "b1")
+    assert warehouse.ledger("t").height == 0 and warehouse.add_batch("t", _row("b1"))
+    assert warehouse.ledger("t")["status"].to_list() == ["read"]
+    assert len(list((layout.warehouse() / "ledger" / "t").rglob("*.json"))) == 3
+
+
+def test_the_label_domain_is_set_once(layout):
+    warehouse = Warehouse(layout.warehouse_db())
+    assert warehouse.state("t", "label_domain") is None
+    assert warehouse.set_state_once("t", "label_domain", '["a"]') == '["a"]'
+    assert warehouse.set_state_once("t", "label_domain", '["b"]') == '["a"]' == warehouse.state("t", "label_domain")
+
+
+def test_the_duckdb_file_is_a_rebuildable_catalog(synthetic_spec, layout):
+    import duckdb
+
+    land(layout, "synthetic_risk", "b1", synthetic_records(20, seed=1))
+    warehouse, *_ = run_ingestion(synthetic_spec.model_copy(update={"classes": None}), layout)
+    with warehouse.connect() as con:
+        assert con.execute("SELECT batch_id, status, n_rows FROM ingest_ledger").fetchall() == [("b1", "validated", 20)]
+        assert con.execute("SELECT task, key FROM task_state").fetchall() == [("synthetic_risk", "label_domain")]
+    layout.warehouse_db().unlink()  # losing the catalog loses no state
+    assert warehouse.ledger("synthetic_risk")["status"].to_list() == ["validated"]
+    with warehouse.connect() as con:
+        assert json.loads(con.execute("SELECT files FROM ingest_ledger").fetchone()[0]) == ["records.csv"]
+    with duckdb.connect(str(layout.warehouse_db()), read_only=True) as con:  # a SQL user, as the README says
+        con.execute(f"SET file_search_path = '{layout.warehouse()}'")
+        assert con.execute("SELECT count(*) FROM ingest_ledger").fetchone() == (1,)
+
+
+def test_a_catalog_of_an_earlier_release_moves_its_ledger_to_objects(layout):
+    import duckdb
+
+    layout.warehouse().mkdir(parents=True)
+    with duckdb.connect(str(layout.warehouse_db())) as con:  # the tables as the DuckDB ledger held them
+        con.execute("CREATE TABLE ingest_ledger (task VARCHAR, batch_id VARCHAR, content_hash VARCHAR, status VARCHAR, "
+                    "n_rows BIGINT, files VARCHAR, columns VARCHAR, reason VARCHAR, updated_at DOUBLE, "
+                    "file_hashes VARCHAR, records_file VARCHAR, PRIMARY KEY (task, batch_id))")  # fmt: skip
+        con.execute("INSERT INTO ingest_ledger VALUES ('t', 'b1', 'h', 'quarantined', 0, '[\"a.csv\"]', '[]', "
+                    "'{\"problem\": \"p\"}', 1.5, NULL, NULL), ('t', 'b2', 'h2', 'validated', 4, '[\"b.csv\"]', "
+                    "'[\"x\"]', NULL, 2.5, '{\"b.csv\": \"d\"}', 'raw_records/t/f.parquet')")  # fmt: skip
+        con.execute("CREATE TABLE task_state (task VARCHAR, key VARCHAR, value VARCHAR, PRIMARY KEY (task, key))")
+        con.execute("INSERT INTO task_state VALUES ('t', 'label_domain', '[\"0\", \"1\"]')")
+    warehouse = Warehouse(layout.warehouse_db())
+    ledger = warehouse.ledger("t")
+    assert ledger.select("batch_id", "status", "n_rows", "records_file", "updated_at").rows() == [
+        ("b1", "quarantined", 0, None, 1.5), ("b2", "validated", 4, "raw_records/t/f.parquet", 2.5)]
+    assert json.loads(ledger["reason"][0]) == {"problem": "p"} and json.loads(ledger["file_hashes"][1]) == {"b.csv": "d"}
+    assert warehouse.state("t", "label_domain") == '["0", "1"]'
+    with warehouse.connect() as con:
+        kinds = dict(con.execute("SELECT table_name, table_type FROM information_schema.tables").fetchall())
+    assert kinds == {"ingest_ledger": "VIEW", "task_state": "VIEW"}

@@ -72,7 +72,8 @@ def test_image_labels_rows_pointing_outside_move_nothing(tmp_path: Path):
     spec = TaskSpec(name="hostile_images", modality="image", label="label", id="id", classes=["0", "1"],
                     positive="1", image={"format": "folder"})  # fmt: skip
     outside, _ = _victims(tmp_path, layout)
-    Warehouse(layout.warehouse_db())  # the warehouse file exists before the hostile batch is read
+    with Warehouse(layout.warehouse_db()).connect():  # the catalog file exists before the hostile batch is read
+        pass
     batch_dir = layout.landing(spec.name) / "b1"
     batch_dir.mkdir(parents=True)
     (batch_dir / "a.png").write_bytes(_png())
@@ -99,7 +100,8 @@ def test_text_labels_rows_pointing_outside_move_nothing(tmp_path: Path):
     layout = DataLayout(tmp_path / "data")
     spec = TaskSpec(name="hostile_notes", modality="text", text="note", label="label", id="id")
     outside, _ = _victims(tmp_path, layout)
-    Warehouse(layout.warehouse_db())
+    with Warehouse(layout.warehouse_db()).connect():
+        pass
     batch_dir = layout.landing(spec.name) / "b1"
     batch_dir.mkdir(parents=True)
     (batch_dir / "a.txt").write_text("Chest pain on exertion, relieved by rest.")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import json
 
+import dagster as dg
 import polars as pl
 import pytest
 
@@ -29,6 +30,17 @@ def only_available_commands(monkeypatch):
         except ModuleNotFoundError:
             pass
     monkeypatch.setattr(cli, "COMMANDS", available)
+
+
+@pytest.fixture(autouse=True)
+def instance(tmp_path, monkeypatch):
+    """The Dagster instance the commands consult (no run of the task in flight unless a test adds one)."""
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        yield instance
 
 
 def _run(spec, layout):
@@ -99,3 +111,21 @@ def test_reset_forgets_the_warehouse_state_only(synthetic_spec, layout, capsys):
     records, validation = _run(spec, layout)  # what is still in landing is read again
     assert validation.validated == ["b1"] and records.height == 30
     assert json.loads(warehouse.state(TASK, "label_domain")) == ["no", "yes"]
+
+
+@pytest.mark.parametrize("command", [["requeue", TASK, "b1"], ["reset", TASK, "--yes"]])
+def test_recovery_refuses_while_the_task_has_a_run_in_flight(synthetic_spec, layout, instance, capsys, command):
+    """No lock: the instance (shared by every host) says whether a run of the task is queued or running."""
+    land(layout, TASK, "b1", synthetic_records(40, seed=1).with_columns(pl.lit("maybe").alias("outcome")))
+    _run(synthetic_spec, layout)
+    instance.add_run(dg.DagsterRun(job_name="__ASSET_JOB", run_id="0" * 36, status=dg.DagsterRunStatus.STARTED,
+                                           tags={"meddiag/task": "another_task"}))  # fmt: skip
+    running = instance.add_run(dg.DagsterRun(job_name="__ASSET_JOB", run_id="1" * 36, status=dg.DagsterRunStatus.STARTING,
+                                             tags={"meddiag/task": TASK}))  # fmt: skip
+    before = sorted(p.relative_to(layout.root) for p in layout.root.rglob("*"))
+    assert cli.main([*command, "--data-dir", str(layout.root)]) == 1
+    assert "1 run(s) queued or running" in capsys.readouterr().err
+    assert sorted(p.relative_to(layout.root) for p in layout.root.rglob("*")) == before and _status(layout, "b1") == "quarantined"
+    instance.report_run_failed(running)  # the run ended; another task's run does not hold this one up
+    assert cli.main([*command, "--data-dir", str(layout.root)]) == 0
+    assert _status(layout, "b1") is None

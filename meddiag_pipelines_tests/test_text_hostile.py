@@ -174,6 +174,8 @@ def test_no_canary_leaves_the_reader_through_ingestion_logs_or_dagster(tmp_path:
     reasons = [p.read_text() for p in layout.quarantine(SPEC.name).rglob("reason.json")]
     assert len(reasons) >= len(HOSTILE)
     out, err = capfd.readouterr()
+    with Warehouse(layout.warehouse_db()).connect():  # the catalog's views of the ledger and state objects
+        pass
     places = {"events": events, "ledger+warehouse": _strings_of_duckdb(layout.warehouse_db()),
               "reason.json": "\n".join(reasons), "console": out + err, "logging": caplog.text}  # fmt: skip
     for path in home.rglob("*"):

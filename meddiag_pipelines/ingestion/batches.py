@@ -266,19 +266,19 @@ def ingest_batches(spec: TaskSpec, layout: DataLayout, warehouse: Warehouse, rea
     """Read each named batch folder (one partition each) not yet in the ledger, write its records to the
     warehouse, or quarantine it; a known batch only gets its changes set aside (or an interrupted move finished).
 
-    One run at a time per task (:meth:`Warehouse.task_lock`); a batch's records are listed in the ledger in one
-    transaction, so a batch is ingested once even if two runs race or one is killed half-way."""
+    One step at a time per task (the task's Dagster pool, instance-wide); without it, a batch is still ingested
+    once even if two runs race or one is killed half-way: its ledger entry is created once, by one of them
+    (:meth:`Warehouse.add_batch`), and names its records file."""
     task_landing = layout.landing(spec.name)
     if task_landing.exists():
         layout.confine(task_landing)  # a landing folder that is a link out of the data root is a setup error
-    with warehouse.task_lock(spec.name):
-        known = {r["batch_id"]: r for r in warehouse.ledger(spec.name).iter_rows(named=True)}
-        summary = IngestSummary(waiting=[display_name(d.name) for d in waiting_batch_dirs(task_landing, spec.landing)])
-        for name in names:
-            batch_dir = task_landing / name
-            if batch_dir.is_dir() or batch_dir.is_symlink():
-                ingest_batch(spec, layout, warehouse, reader, batch_dir, known.get(display_name(name)), summary)
-        return summary
+    known = {r["batch_id"]: r for r in warehouse.ledger(spec.name).iter_rows(named=True)}
+    summary = IngestSummary(waiting=[display_name(d.name) for d in waiting_batch_dirs(task_landing, spec.landing)])
+    for name in names:
+        batch_dir = task_landing / name
+        if batch_dir.is_dir() or batch_dir.is_symlink():
+            ingest_batch(spec, layout, warehouse, reader, batch_dir, known.get(display_name(name)), summary)
+    return summary
 
 
 def ingest_batch(spec: TaskSpec, layout: DataLayout, warehouse: Warehouse, reader: Reader, batch_dir: Path,
@@ -436,13 +436,8 @@ def validate_batches(spec: TaskSpec, layout: DataLayout, warehouse: Warehouse, v
                      batch_ids: list[str]) -> ValidationSummary:  # fmt: skip
     """Validate the listed batches (one partition each) that are in state ``read``, in order, against what the
     task's batches validated before recorded (ids, column types, label domain); quarantine the failures.
-    ``summary.records[b]``: batch ``b``'s validated rows, empty (no rows) when it is quarantined or unknown."""
-    with warehouse.task_lock(spec.name):
-        return _validate(spec, layout, warehouse, validator, batch_ids)
-
-
-def _validate(spec: TaskSpec, layout: DataLayout, warehouse: Warehouse, validator: Validator,
-              batch_ids: list[str]) -> ValidationSummary:  # fmt: skip
+    ``summary.records[b]``: batch ``b``'s validated rows, empty (no rows) when it is quarantined or unknown.
+    One step at a time per task (its pool): validation reads what the earlier batches recorded."""
     ledger = warehouse.ledger(spec.name)
     rows = {r["batch_id"]: r for r in ledger.iter_rows(named=True)}
     validated = ledger.filter(pl.col("status") == "validated")["batch_id"].to_list()

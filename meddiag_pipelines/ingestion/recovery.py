@@ -5,7 +5,13 @@
     reset <task> --yes       forget the task's warehouse state (ledger, raw records, label domain, asset tables
                              and views); models, reports, landing and quarantine are left alone
 
-Both take the task's ingestion lock, so they never race a run of the same task.
+Both run outside Dagster, so the task's pool cannot serialise them, and they take no lock (a lock file is one
+host's): each refuses while the Dagster instance (``DAGSTER_HOME``'s, as for ``update``; with PostgreSQL, every
+host's) holds a queued or running run of the task. A run that starts during a requeue cannot corrupt the ledger
+either: the requeue adds an entry, and every entry is created once
+(:class:`~meddiag_pipelines.ingestion.warehouse.Warehouse`), so the run's entries and the command's are all kept,
+in order, and the newest wins. Reset deletes the task's ledger, state and asset values, which no run can share:
+pause the task's sensor and schedule before it.
 """
 
 from __future__ import annotations
@@ -38,10 +44,35 @@ def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--yes", action="store_true", help="confirm: the task's warehouse state is deleted")
 
 
+def runs_in_flight(task: str) -> int:
+    """The task's runs queued or running in the Dagster instance (a run carries the tag ``meddiag/task``)."""
+    import dagster as dg
+
+    from meddiag_pipelines.update import UpdateError, instance_home
+
+    try:
+        home = instance_home()
+    except UpdateError as exc:
+        raise RecoveryError(f"cannot tell whether a run of {task} is in flight: {exc}") from exc
+    statuses = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
+                dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING]  # fmt: skip
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        return len(instance.get_run_ids(dg.RunsFilter(statuses=statuses, tags={"meddiag/task": task})))
+
+
+def refuse_while_running(task: str) -> None:
+    found = runs_in_flight(task)
+    if found:
+        raise RecoveryError(f"{task} has {found} run(s) queued or running in the Dagster instance; wait until they "
+                            "end (or terminate them in the Dagster UI) and run this again")  # fmt: skip
+
+
 def run(args: argparse.Namespace) -> int:
     layout = DataLayout(Path(args.data_dir or default_data_dir()))
     warehouse = Warehouse(layout.warehouse_db())
     try:
+        _single_name("task", args.task)
+        refuse_while_running(args.task)
         if args.command == "requeue":
             target = requeue(layout, warehouse, args.task, args.batch)
             print(f"{args.task}: batch {args.batch} is back in {target}; the next run reads it again")
@@ -71,21 +102,20 @@ def requeue(layout: DataLayout, warehouse: Warehouse, task: str, batch: str) -> 
     _single_name("batch", batch)
     source = layout.quarantine(task) / batch
     target = layout.landing(task) / batch
-    with warehouse.task_lock(task):
-        rows = warehouse.ledger(task).filter(batch_id=batch)
-        status = rows["status"][0] if rows.height else None
-        if status != "quarantined" or source.is_symlink() or not source.is_dir():
-            found = f"its ledger state is {status!r}" if status else "the ledger does not know it"
-            raise RecoveryError(f"batch {batch} of {task} is not quarantined ({found}; quarantine/{task}/{batch}/ "
-                                f"{'exists' if source.is_dir() else 'does not exist'}); only a quarantined batch can be requeued")  # fmt: skip
-        if target.exists() or target.is_symlink():
-            raise RecoveryError(f"landing/{task}/{batch} already exists; move it away or land the batch under a new name")
-        layout.confine(source)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.move(str(source), str(target))
-        _drop_bookkeeping(target)
-        (target / READY_MARKER).touch()
-        warehouse.forget_batch(task, batch)
+    rows = warehouse.ledger(task).filter(batch_id=batch)
+    status = rows["status"][0] if rows.height else None
+    if status != "quarantined" or source.is_symlink() or not source.is_dir():
+        found = f"its ledger state is {status!r}" if status else "the ledger does not know it"
+        raise RecoveryError(f"batch {batch} of {task} is not quarantined ({found}; quarantine/{task}/{batch}/ "
+                            f"{'exists' if source.is_dir() else 'does not exist'}); only a quarantined batch can be requeued")  # fmt: skip
+    if target.exists() or target.is_symlink():
+        raise RecoveryError(f"landing/{task}/{batch} already exists; move it away or land the batch under a new name")
+    layout.confine(source)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(str(source), str(target))
+    _drop_bookkeeping(target)
+    warehouse.forget_batch(task, batch)  # before the marker: a sensor tick finds the batch only once it is forgotten
+    (target / READY_MARKER).touch()
     return target
 
 
@@ -101,8 +131,7 @@ def _drop_bookkeeping(batch_dir: Path) -> None:
 def reset(layout: DataLayout, warehouse: Warehouse, task: str) -> None:
     """Forget everything the warehouse holds for ``task``; models, reports, landing and quarantine stay."""
     _single_name("task", task)
-    with warehouse.task_lock(task):
-        warehouse.forget_task(task)
-        for folder in layout.asset_values(task):
-            if folder.is_dir() and not folder.is_symlink():
-                shutil.rmtree(folder)
+    warehouse.forget_task(task)
+    for folder in layout.asset_values(task):
+        if folder.is_dir() and not folder.is_symlink():
+            shutil.rmtree(folder)

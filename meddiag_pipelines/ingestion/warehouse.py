@@ -1,12 +1,22 @@
 """The warehouse: each batch's raw records as its own Parquet file, written once
-(``warehouse/<table>/<task>/<file>.parquet``), and one DuckDB file holding the ingestion ledger, a small
-per-task state table (the label domain) and views over the Parquet tables that asset steps write
-(:meth:`Warehouse.register_view`).
+(``warehouse/<table>/<task>/<file>.parquet``); the ingestion ledger and a small per-task state (the label
+domain) as add-only objects under the data root; and a DuckDB file that is only a catalog of views for SQL users
+(over the Parquet tables that asset steps write, :meth:`Warehouse.register_view`, and over the ledger and state).
 
 Adding a batch costs the batch, not the history, and no batch fixes the column types of another: a batch that
 is quarantined later leaves no trace in what the good ones are read as. The ledger records every batch that
 landed, with its content hash, per-file digests, row count, outcome and the (relative) path of its records, so
 nothing is read twice and nothing disappears unaccounted for.
+
+Across hosts (issue 15) nothing here takes a lock: a batch's ledger is ``warehouse/ledger/<task>/<batch key>/``
+holding numbered entries, each created once (:meth:`DataRoot.write_once`) and never rewritten; the newest is the
+batch's state, a change adds the next number, and two writers of one number cannot both win, so a batch is
+recorded once even when two runs race, and a status change is never lost (the loser retries on top). The label
+domain, ``warehouse/state/<task>/<key>.json``, is created once the same way. Runs of one task are serialised by
+its Dagster pool (instance-level, so across hosts with the PostgreSQL instance); the recovery CLI refuses while
+the task has a run in flight (:mod:`meddiag_pipelines.ingestion.recovery`). The DuckDB file holds nothing that
+cannot be rebuilt: removing it loses no state, and the next :meth:`Warehouse.connect` recreates the ledger and
+state views (the asset views come back with the next write of each table).
 """
 
 from __future__ import annotations
@@ -22,18 +32,17 @@ import duckdb
 import polars as pl
 
 from meddiag_pipelines.atomic import atomic_write
-from meddiag_pipelines.storage import file_lock
+from meddiag_pipelines.storage import DataRoot
 
-_LEDGER_DDL = (
-    "CREATE TABLE IF NOT EXISTS ingest_ledger (task VARCHAR, batch_id VARCHAR, content_hash VARCHAR, "
-    "status VARCHAR, n_rows BIGINT, files VARCHAR, columns VARCHAR, reason VARCHAR, updated_at DOUBLE, "
-    "PRIMARY KEY (task, batch_id))"
-)
-# Added after the first release; an older warehouse file gets them on first connect.
-_LEDGER_ADDED = {"file_hashes": "VARCHAR", "records_file": "VARCHAR"}
+LEDGER_FOLDER, STATE_FOLDER = "ledger", "state"  # inside the warehouse folder
 _LEDGER_COLUMNS = ("task", "batch_id", "content_hash", "status", "n_rows", "files", "columns", "reason", "updated_at",
-                   *_LEDGER_ADDED)  # fmt: skip
-_STATE_DDL = "CREATE TABLE IF NOT EXISTS task_state (task VARCHAR, key VARCHAR, value VARCHAR, PRIMARY KEY (task, key))"
+                   "file_hashes", "records_file")  # fmt: skip
+_JSON_COLUMNS = ("files", "columns", "reason", "file_hashes")  # JSON in an entry, JSON text in the frame and view
+_LEDGER_SCHEMA = {"task": pl.String, "batch_id": pl.String, "content_hash": pl.String, "status": pl.String,
+                  "n_rows": pl.Int64, "files": pl.String, "columns": pl.String, "reason": pl.String,
+                  "updated_at": pl.Float64, "file_hashes": pl.String, "records_file": pl.String}  # fmt: skip
+FORGOTTEN = "forgotten"  # the status of an entry that forgets its batch (requeue): the batch is read again
+_CAS_ATTEMPTS = 50  # concurrent writers of one batch's next entry: each retry means another one won a turn
 
 
 class SchemaConflict(ValueError):
@@ -90,129 +99,195 @@ def _connect_with_retry(database: Path, attempts: int = 12) -> duckdb.DuckDBPyCo
     raise AssertionError("unreachable")
 
 
-def _in_ledger(con: duckdb.DuckDBPyConnection, task: str, batch_id: str) -> bool:
-    found = con.execute("SELECT count(*) FROM ingest_ledger WHERE task = ? AND batch_id = ?", [task, batch_id]).fetchone()
-    return bool(found and found[0])
-
-
 def _quote(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def _ledger_values(task: str, row: dict) -> list:
-    return [task, row["batch_id"], row["content_hash"], row["status"], row["n_rows"], json.dumps(row["files"]),
-            json.dumps(row["columns"]), json.dumps(row["reason"]) if row.get("reason") else None, time.time(),
-            json.dumps(row["file_hashes"]) if row.get("file_hashes") else None, row.get("records_file")]  # fmt: skip
+def _sql_text(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
 
 
-_INSERT_LEDGER = f"INSERT INTO ingest_ledger ({', '.join(_LEDGER_COLUMNS)}) VALUES ({', '.join('?' * len(_LEDGER_COLUMNS))})"
+def _key(text: str) -> str:
+    """A folder or file name for ``text`` (a batch id, whatever it is called) that fits any file system or bucket."""
+    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()[:32]
 
 
 def _records_name(batch_id: str, content_hash: str) -> str:
     """A file name for a batch's records that fits any file system whatever the batch is called."""
-    return hashlib.sha256(f"{batch_id}\0{content_hash}".encode("utf-8", "surrogateescape")).hexdigest()[:32] + ".parquet"
+    return _key(f"{batch_id}\0{content_hash}") + ".parquet"
 
 
-def _schema_ready(con: duckdb.DuckDBPyConnection) -> bool:
-    """Whether the ledger (with every column added since its first version) and the state table are there."""
-    try:
-        con.execute(f"SELECT {', '.join(_LEDGER_ADDED)} FROM ingest_ledger LIMIT 0")
-        con.execute("SELECT key FROM task_state LIMIT 0")
-    except duckdb.Error:  # a missing table or column
-        return False
-    return True
+def _entry_name(seq: int) -> str:
+    return f"{seq:06d}.json"
 
 
-def _ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
-    con.execute(_LEDGER_DDL)
-    con.execute(_STATE_DDL)
-    present = {r[0] for r in con.execute("DESCRIBE ingest_ledger").fetchall()}
-    for name, dtype in _LEDGER_ADDED.items():
-        if name not in present:
-            con.execute(f"ALTER TABLE ingest_ledger ADD COLUMN {name} {dtype}")
+def _encode(obj: dict) -> bytes:
+    return json.dumps(obj, sort_keys=True, allow_nan=False).encode()
+
+
+def _ledger_entry(task: str, row: dict) -> dict:
+    """A ledger entry as stored: the JSON fields as JSON."""
+    return {"task": task, "batch_id": row["batch_id"], "content_hash": row["content_hash"], "status": row["status"],
+            "n_rows": row["n_rows"], "files": list(row["files"]), "columns": list(row["columns"]),
+            "reason": row.get("reason") or None, "updated_at": time.time(), "file_hashes": row.get("file_hashes") or None,
+            "records_file": row.get("records_file")}  # fmt: skip
+
+
+def _frame_row(entry: dict) -> dict:
+    """An entry as a row of :meth:`Warehouse.ledger` (the JSON fields as JSON text, as the DuckDB ledger held them)."""
+    return {**entry, **{c: json.dumps(entry[c]) if entry.get(c) is not None else None for c in _JSON_COLUMNS}}
+
+
+# The SQL users' views of the add-only objects: a batch is its newest entry (unless that one forgets it).
+_LEDGER_VIEW = f"""CREATE OR REPLACE VIEW ingest_ledger AS SELECT {", ".join(_LEDGER_COLUMNS)} FROM read_json(
+    '{LEDGER_FOLDER}/*/*/*.json', filename = true, columns = {{task: 'VARCHAR', batch_id: 'VARCHAR',
+    content_hash: 'VARCHAR', status: 'VARCHAR', n_rows: 'BIGINT', files: 'VARCHAR', columns: 'VARCHAR',
+    reason: 'VARCHAR', updated_at: 'DOUBLE', file_hashes: 'VARCHAR', records_file: 'VARCHAR'}})
+    QUALIFY row_number() OVER (PARTITION BY task, batch_id ORDER BY filename DESC) = 1 AND status <> '{FORGOTTEN}'"""
+_STATE_VIEW = f"""CREATE OR REPLACE VIEW task_state AS SELECT task, key, value FROM read_json('{STATE_FOLDER}/*/*.json',
+    columns = {{task: 'VARCHAR', key: 'VARCHAR', value: 'VARCHAR'}})"""
 
 
 @dataclass(frozen=True)
 class Warehouse:
+    """``database``: the DuckDB catalog file, in the warehouse folder; ``data``: the data root holding that folder
+    (default: the folder above it), through which the ledger and state objects are read and written."""
+
     database: Path
+    data: DataRoot | None = None
 
     @property
     def root(self) -> Path:
         """The warehouse folder; record files are named relative to it in the ledger."""
         return self.database.parent
 
+    @property
+    def objects(self) -> DataRoot:
+        return self.data or DataRoot(self.root.parent)
+
+    def _rel(self, *parts: str) -> str:
+        return "/".join((self.objects.relative(self.root), *parts))
+
     @contextmanager
     def connect(self):
+        """The DuckDB catalog: views only (over the Parquet tables and the ledger and state objects), never the
+        source of truth, so any host may keep its own; DDL only when a view is missing (a write, as dear as the
+        connection). A catalog of an earlier release, which held the ledger itself, is moved to objects first."""
         self.database.parent.mkdir(parents=True, exist_ok=True)
         con = _connect_with_retry(self.database)
         try:
             self.resolve_views_here(con)
-            if not _schema_ready(con):  # the DDL is a write, as dear as the connection: only when needed
-                _ensure_schema(con)
+            self._catalog_views(con)
             yield con
         finally:
             con.close()
 
-    def task_lock(self, task: str):
-        """Serialise ingestion of one task across processes (a sensor run and the schedule at once, or the
-        recovery CLI, which runs outside Dagster and its pools): see :func:`meddiag_pipelines.storage.file_lock`."""
-        return file_lock(self.database.parent / f".{task}.ingest.lock")
+    def _catalog_views(self, con: duckdb.DuckDBPyConnection) -> None:
+        kinds = dict(con.execute("SELECT table_name, table_type FROM information_schema.tables WHERE table_schema = "
+                                 "'main' AND table_name IN ('ingest_ledger', 'task_state')").fetchall())  # fmt: skip
+        if "BASE TABLE" in kinds.values():
+            self._move_legacy_tables(con, kinds)
+            kinds = {}
+        for name, ddl, folder in (("ingest_ledger", _LEDGER_VIEW, LEDGER_FOLDER), ("task_state", _STATE_VIEW, STATE_FOLDER)):
+            if name not in kinds and self.objects.list(self._rel(folder)):  # DuckDB refuses a glob matching nothing
+                con.execute(ddl)
 
-    # -- ledger -------------------------------------------------------------------------------------
+    def _move_legacy_tables(self, con: duckdb.DuckDBPyConnection, kinds: dict) -> None:
+        """The ledger and state tables of a catalog written before they became objects: each row becomes the
+        first entry of its batch (or the task's state), then the tables are dropped; nothing that landed is lost."""
+        if kinds.get("ingest_ledger") == "BASE TABLE":
+            columns = {r[0] for r in con.execute("DESCRIBE ingest_ledger").fetchall()}
+            picked = ", ".join(c if c in columns else f"NULL AS {c}" for c in _LEDGER_COLUMNS)
+            for row in con.execute(f"SELECT {picked} FROM ingest_ledger").pl().iter_rows(named=True):
+                loaded = {c: json.loads(row[c]) if row[c] else None for c in _JSON_COLUMNS}
+                entry = {**_ledger_entry(row["task"], {**row, **loaded, "files": loaded["files"] or [],
+                                                      "columns": loaded["columns"] or []}), "updated_at": row["updated_at"]}  # fmt: skip
+                self.objects.write_once(self._rel(LEDGER_FOLDER, row["task"], _key(row["batch_id"]), _entry_name(1)),
+                                        _encode(entry))  # fmt: skip
+            con.execute("DROP TABLE ingest_ledger")
+        if kinds.get("task_state") == "BASE TABLE":
+            for task, key, value in con.execute("SELECT task, key, value FROM task_state").fetchall():
+                self.set_state_once(task, key, value)
+            con.execute("DROP TABLE task_state")
+
+    def _legacy_catalog(self) -> bool:
+        """Whether a catalog file may still hold the ledger of an earlier release (then :meth:`connect` moves it)."""
+        return self.database.is_file() and not self.objects.exists(self._rel(LEDGER_FOLDER))
+
+    # -- ledger: warehouse/ledger/<task>/<batch key>/<seq>.json, add-only, the newest entry wins ----------------
+    def _newest(self, folder: str) -> tuple[int, dict | None]:
+        """A batch's newest entry and its number (0, ``None``: never recorded; ``None`` too when forgotten)."""
+        names = [n for n in self.objects.list(folder) if n.endswith(".json")]
+        if not names:
+            return 0, None
+        entry = self.objects.read_json(f"{folder}/{names[-1]}")
+        return int(names[-1].removesuffix(".json")), None if entry["status"] == FORGOTTEN else entry
+
+    def _recorded(self, task: str, batch_id: str) -> tuple[int, dict | None]:
+        return self._newest(self._rel(LEDGER_FOLDER, task, _key(batch_id)))
+
+    def _add_entry(self, task: str, batch_id: str, seq: int, entry: dict) -> bool:
+        return self.objects.write_once(self._rel(LEDGER_FOLDER, task, _key(batch_id), _entry_name(seq)), _encode(entry))
+
     def ledger(self, task: str) -> pl.DataFrame:
-        with self.connect() as con:
-            return con.execute(f"SELECT {', '.join(_LEDGER_COLUMNS)} FROM ingest_ledger WHERE task = ? ORDER BY batch_id",
-                               [task]).pl()  # fmt: skip
+        """Every batch the ledger holds for ``task`` (its newest entry), by batch id."""
+        if self._legacy_catalog():
+            with self.connect():
+                pass
+        folder = self._rel(LEDGER_FOLDER, task)
+        entries = (self._newest(f"{folder}/{key}")[1] for key in self.objects.list(folder))
+        rows = [_frame_row(entry) for entry in entries if entry is not None]
+        return pl.DataFrame(rows, schema=_LEDGER_SCHEMA).sort("batch_id")
 
     def add_batch(self, task: str, row: dict) -> bool:
-        """Record a batch the ledger has not seen (``row``: batch_id, content_hash, status, n_rows, files,
-        columns, reason, optional file_hashes and records_file); ``False`` (nothing written) if it is there."""
-        with self.connect() as con:
-            con.execute("BEGIN")
-            if _in_ledger(con, task, row["batch_id"]):
-                con.execute("ROLLBACK")
-                return False
-            con.execute(_INSERT_LEDGER, _ledger_values(task, row))
-            con.execute("COMMIT")
-            return True
+        """Record a batch the ledger does not hold (``row``: batch_id, content_hash, status, n_rows, files,
+        columns, reason, optional file_hashes and records_file); ``False`` (nothing written) if it holds it, or
+        if another run recorded it at the same moment (its entry took the number first)."""
+        seq, entry = self._recorded(task, row["batch_id"])
+        return entry is None and self._add_entry(task, row["batch_id"], seq + 1, _ledger_entry(task, row))
+
+    def _next_entry(self, task: str, batch_id: str, change: dict) -> None:
+        """Add an entry: the newest one with ``change``; nothing when the batch is not recorded. Another writer
+        taking the number first means a retry on top of its entry."""
+        for _ in range(_CAS_ATTEMPTS):
+            seq, entry = self._recorded(task, batch_id)
+            if entry is None or self._add_entry(task, batch_id, seq + 1, {**entry, **change, "updated_at": time.time()}):
+                return
+        raise RuntimeError(f"task {task}: the ledger entry of a batch kept changing under {_CAS_ATTEMPTS} attempts")
 
     def set_status(self, task: str, batch_id: str, status: str, reason: dict | None) -> None:
-        """Move a recorded batch to ``status``; its files, digests and records stay as recorded."""
-        with self.connect() as con:
-            con.execute("UPDATE ingest_ledger SET status = ?, reason = ?, updated_at = ? WHERE task = ? AND batch_id = ?",
-                        [status, json.dumps(reason) if reason else None, time.time(), task, batch_id])  # fmt: skip
+        """Move a recorded batch to ``status`` (a new entry); its files, digests and records stay as recorded."""
+        self._next_entry(task, batch_id, {"status": status, "reason": reason or None})
 
     def forget_batch(self, task: str, batch_id: str) -> None:
-        """Drop a batch's ledger entry and its records file, so that it is read again when it lands."""
-        with self.connect() as con:
-            found = con.execute("SELECT records_file FROM ingest_ledger WHERE task = ? AND batch_id = ?",
-                                [task, batch_id]).fetchone()  # fmt: skip
-            con.execute("DELETE FROM ingest_ledger WHERE task = ? AND batch_id = ?", [task, batch_id])
-        if found and found[0]:
-            (self.root / found[0]).unlink(missing_ok=True)
+        """Forget a batch (an entry saying so; the earlier ones stay as its history) and drop its records file,
+        so that it is read again when it lands."""
+        _, entry = self._recorded(task, batch_id)
+        self._next_entry(task, batch_id, {"status": FORGOTTEN})
+        if entry and entry.get("records_file"):
+            (self.root / entry["records_file"]).unlink(missing_ok=True)
 
     def forget_task(self, task: str) -> None:
         """Forget everything the warehouse holds for ``task``: ledger, records files, state, views."""
-        with self.connect() as con:
-            files = [r[0] for r in con.execute("SELECT records_file FROM ingest_ledger WHERE task = ? AND records_file "
-                                               "IS NOT NULL", [task]).fetchall()]  # fmt: skip
-            con.execute("DELETE FROM ingest_ledger WHERE task = ?", [task])
-            con.execute("DELETE FROM task_state WHERE task = ?", [task])
-            con.execute(f"DROP SCHEMA IF EXISTS {_quote(task)} CASCADE")
-        for rel in files:
+        for rel in self.ledger(task)["records_file"].drop_nulls():
             (self.root / rel).unlink(missing_ok=True)
-
-    # -- per-task state -----------------------------------------------------------------------------
-    def state(self, task: str, key: str) -> str | None:
+        for folder in (LEDGER_FOLDER, STATE_FOLDER):
+            path = self.objects.path(self._rel(folder, task))
+            if self.objects.fs.exists(str(path)):
+                self.objects.fs.rm(str(path), recursive=True)
         with self.connect() as con:
-            found = con.execute("SELECT value FROM task_state WHERE task = ? AND key = ?", [task, key]).fetchone()
-        return found[0] if found else None
+            con.execute(f"DROP SCHEMA IF EXISTS {_quote(task)} CASCADE")
+
+    # -- per-task state: warehouse/state/<task>/<key>.json, written once ---------------------------------------
+    def state(self, task: str, key: str) -> str | None:
+        rel = self._rel(STATE_FOLDER, task, f"{key}.json")
+        return self.objects.read_json(rel)["value"] if self.objects.exists(rel) else None
 
     def set_state_once(self, task: str, key: str, value: str) -> str:
-        """Record ``value`` unless the task already holds one; return the value in force."""
-        with self.connect() as con:
-            con.execute("INSERT OR IGNORE INTO task_state VALUES (?, ?, ?)", [task, key, value])
-            return con.execute("SELECT value FROM task_state WHERE task = ? AND key = ?", [task, key]).fetchone()[0]
+        """Record ``value`` unless the task already holds one (another run may have set it a moment before);
+        return the value in force."""
+        self.objects.write_once(self._rel(STATE_FOLDER, task, f"{key}.json"), _encode({"task": task, "key": key, "value": value}))
+        return self.state(task, key)
 
     # -- record files -------------------------------------------------------------------------------
     def append(self, task: str, table: str, frame: pl.DataFrame, ledger_row: dict) -> bool:
@@ -220,27 +295,28 @@ class Warehouse:
         :meth:`add_batch`) pointing to it by a path relative to the warehouse. Nothing is written if the ledger
         already holds the batch (another run took it); a crash between the two leaves only an unlisted file,
         rewritten identically by the next run. Returns whether the batch was recorded."""
-        with self.connect() as con:
-            if _in_ledger(con, task, ledger_row["batch_id"]):
-                return False
+        if self._recorded(task, ledger_row["batch_id"])[1] is not None:
+            return False
         rel = Path(table) / task / _records_name(ledger_row["batch_id"], ledger_row["content_hash"])
         atomic_write(self.root / rel, frame.write_parquet)
         return self.add_batch(task, {**ledger_row, "records_file": str(rel)})
 
     def read(self, task: str, table: str, where_batches: list[str] | None = None) -> pl.DataFrame:
-        """The records of the listed batches (all recorded batches if ``None``), columns matched by name."""
-        ledger = self.ledger(task).filter(pl.col("records_file").is_not_null()
-                                          & pl.col("records_file").str.starts_with(f"{table}/"))  # fmt: skip
-        if where_batches is not None:
-            ledger = ledger.filter(pl.col("batch_id").is_in(list(where_batches)))
-        frames = [pl.read_parquet(self.root / rel) for rel in ledger["records_file"]]
+        """The records of the listed batches (all recorded batches if ``None``), columns matched by name. Listed
+        batches are looked up one by one: validating one batch of thousands reads one entry, not the ledger."""
+        if where_batches is None:
+            files = self.ledger(task)["records_file"].to_list()
+        else:
+            entries = (self._recorded(task, batch_id)[1] for batch_id in sorted(set(where_batches)))
+            files = [entry["records_file"] for entry in entries if entry]
+        frames = [pl.read_parquet(self.root / rel) for rel in files if rel and rel.startswith(f"{table}/")]
         return pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame()
 
     def resolve_views_here(self, con: duckdb.DuckDBPyConnection) -> None:
-        """The views name their Parquet files relative to the warehouse folder (the data root can move); DuckDB
-        resolves such paths against ``file_search_path``, a setting of each connection: a SQL user sets it too
+        """The views name their files relative to the warehouse folder (the data root can move); DuckDB resolves
+        such paths against ``file_search_path``, a setting of each connection: a SQL user sets it too
         (``SET file_search_path = '<data>/warehouse'``) or starts ``duckdb`` in that folder."""
-        con.execute("SET file_search_path = '" + str(self.root).replace("'", "''") + "'")
+        con.execute("SET file_search_path = " + _sql_text(str(self.root)))
 
     def register_view(self, task: str, table: str, parquet: list[str]) -> None:
         """Make ``<task>.<table>`` a view over the files ``parquet`` (relative to the warehouse folder; none: drop
@@ -255,5 +331,5 @@ class Warehouse:
                 con.execute(f"DROP VIEW IF EXISTS {target}")
                 return
             con.execute(f"CREATE SCHEMA IF NOT EXISTS {_quote(task)}")
-            sources = ", ".join("'" + str(p).replace("'", "''") + "'" for p in parquet)
+            sources = ", ".join(_sql_text(str(p)) for p in parquet)
             con.execute(f"CREATE OR REPLACE VIEW {target} AS SELECT * FROM read_parquet([{sources}], union_by_name = true)")
