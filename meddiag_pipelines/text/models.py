@@ -470,7 +470,8 @@ def train_text_models(
     out_dir: Path,
     device: str | None = None,
 ) -> TextTrainResult:
-    """Train the baseline and the neural model, save both and pick the better on validation macro-F1."""
+    """Train the baseline, the neural model and (when the spec names ``text_model``) the pretrained encoder, save
+    them all and pick the best on validation macro-F1 (a tie goes to the simpler model)."""
     import torch
 
     from meddiag_pipelines.device import torch_device, torch_settings
@@ -494,22 +495,36 @@ def train_text_models(
         warnings.filterwarnings("ignore", message="Sparse invariant checks")
         neural, f1_neural = _train_neural(train_texts, y_train, val_texts, y_val, classes, spec, device, deadline)
     neural.save(out_dir / "neural")
-    chosen = "neural" if f1_neural > f1_base else "baseline"
+    models = {"baseline": baseline, "neural": neural}
     scores = {"baseline": f1_base, "neural": f1_neural}
+    if spec.text_model is not None:
+        from meddiag_pipelines.text.encoder import train_encoder
+
+        with torch_settings(device, deterministic=device == "cpu", threads=torch.get_num_threads()):
+            models["encoder"], scores["encoder"] = train_encoder(train_texts, y_train, val_texts, y_val, classes, spec,
+                                                                 device, deadline)  # fmt: skip
+        models["encoder"].save(out_dir / "encoder")
+    chosen = max(scores, key=lambda name: (scores[name], -list(scores).index(name)))  # a tie: the simpler model
+    extra = {"tuning": {"encoder": models["encoder"].tuning}} if "encoder" in models else {}
     atomic_write_json(
         out_dir / "chosen.json",
         {"chosen": chosen, "val_macro_f1": scores, "classes": list(classes), "baseline_C": baseline.C,
-         "temperature": {"baseline": baseline.temperature, "neural": neural.temperature}},
+         "temperature": {name: model.temperature for name, model in models.items()}, **extra},
     )
     return TextTrainResult(out_dir / chosen, chosen, scores, out_dir / "baseline", time.monotonic() - start, device)
 
 
-def load_text_model(model_dir: Path, device: str = "cpu") -> _Baseline | _Neural:
+def load_text_model(model_dir: Path, device: str = "cpu"):
+    """The saved baseline, neural model or encoder (``text.encoder._Encoder``), by its model.json kind."""
     folder, config = _resolve(model_dir)
     if config["kind"] == "tfidf_logreg":
         return _Baseline.load(folder, config)
     if config["kind"] == "fasttext_torch":
         return _Neural.load(folder, config, device)
+    if config["kind"] == "hf_encoder":
+        from meddiag_pipelines.text.encoder import _Encoder
+
+        return _Encoder.load(folder, config, device)
     raise ValueError(f"{folder}: unknown model kind {config['kind']!r}")
 
 
