@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from meddiag_pipelines.specs import SpecError, TaskSpec, load_spec
 from meddiag_pipelines.text.encoder import encoder_source, train_encoder
@@ -48,6 +49,7 @@ def _bert_folder(folder: Path, head: bool = False) -> Path:
     tokenizer = tf.BertTokenizerFast(vocab=str(folder / "vocab.txt"))  # transformers 5: vocab, not vocab_file
     config = tf.BertConfig(vocab_size=len(words) + 5, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                            intermediate_size=64, max_position_embeddings=64, hidden_dropout_prob=0.0)  # fmt: skip
+    torch.manual_seed(0)
     net = (tf.BertForSequenceClassification if head else tf.BertModel)(config)
     net.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
@@ -58,7 +60,7 @@ def _spec(folder: Path, **encoder) -> TaskSpec:
     return TaskSpec.model_validate({
         "name": "tiny_notes", "modality": "text", "label": "y", "text": "note", "text_model": str(folder),
         "training": {"epochs": 2, "batch_size": 16, "learning_rate": 0.01, "patience": 2, "seed": 1},
-        "text_encoder": {"max_length": 16, "epochs": 3, "batch_size": 8, "learning_rate": 1e-2, **encoder},
+        "text_encoder": {"max_length": 16, "epochs": 4, "batch_size": 4, "learning_rate": 3e-3, **encoder},
     })  # fmt: skip
 
 
@@ -99,7 +101,7 @@ def test_tiny_bert_is_fine_tuned_tuned_saved_and_reloaded_identically(tmp_path, 
 
 
 def test_lora_trains_adapters_only_and_saves_a_standalone_folder(tmp_path, data, offline):
-    spec = _spec(_bert_folder(tmp_path / "tiny_bert"), lora=True, lora_rank=4, learning_rate=3e-2)
+    spec = _spec(_bert_folder(tmp_path / "tiny_bert"), lora=True, lora_rank=4, learning_rate=3e-2, epochs=2)
     xt, yt, xv, yv = data
     model, _ = train_encoder(xt, yt, xv, yv, CLASSES, spec, "cpu", deadline=float("inf"))
     trainable = {n: p for n, p in model.net.named_parameters() if p.requires_grad}
@@ -115,7 +117,7 @@ def test_lora_trains_adapters_only_and_saves_a_standalone_folder(tmp_path, data,
 def test_the_encoder_competes_and_serves_the_lifecycle(tmp_path, data, offline):
     """A folder that already is a classifier (of another class count) gets the task's head; the encoder sits
     beside the two other models in chosen.json and explains, scores and lists terms like them."""
-    spec = _spec(_bert_folder(tmp_path / "tiny_bert", head=True))
+    spec = _spec(_bert_folder(tmp_path / "tiny_bert", head=True), epochs=2)
     xt, yt, xv, yv = data
     result = train_text_models(xt, yt, xv, yv, CLASSES, spec, tmp_path / "out", device="cpu")
     chosen = json.loads((tmp_path / "out" / "chosen.json").read_text())
@@ -154,3 +156,28 @@ def test_text_model_paths(tmp_path):
     spec_file.write_text("name: tiny\nmodality: text\nlabel: y\ntext: note\ntext_model: 'hub:'\n")
     with pytest.raises(SpecError, match="text_model"):
         load_spec(spec_file)
+
+
+@pytest.mark.slow
+def test_a_text_task_naming_an_encoder_folder_runs_through_the_pipeline(tmp_path, layout, offline):
+    import dagster as dg
+
+    from meddiag_pipelines_tests.conftest import land
+    from meddiag_pipelines_tests.test_text_pipeline import check_outcomes, icd_rows, materialize, small_spec
+
+    rows = icd_rows(60)
+    folder = _bert_folder(tmp_path / "tiny_bert")
+    spec = small_spec(text_model=str(folder), text_encoder={"max_length": 24, "epochs": 1, "batch_size": 32,
+                                                            "learning_rate": 1e-2})  # fmt: skip
+    land(layout, spec.name, "batch_0001", rows)
+    with dg.instance_for_test() as instance:
+        result = materialize(spec, layout, instance)
+        assert result.success and all(check_outcomes(result).values()), check_outcomes(result)
+        event = instance.get_latest_materialization_event(dg.AssetKey([spec.name, "candidate_model"]))
+        params = event.asset_materialization.metadata["params"].value
+    assert params["text_model"] == "tiny_bert" and params["tuning"]["n_trials"] == 1
+    assert "val_macro_f1_encoder" in params
+    registry = layout.root / "models" / spec.name
+    version = json.loads((registry / "champion.json").read_text())["version"]
+    assert json.loads((registry / version / "model" / "encoder" / "model.json").read_text())["kind"] == "hf_encoder"
+    assert (layout.reports(spec.name) / "latest" / "report.html").is_file()
