@@ -1,8 +1,9 @@
-"""Text classifiers: a TF-IDF + logistic-regression baseline and a fastText-style PyTorch model.
+"""Text classifiers: a TF-IDF + logistic-regression baseline, a fastText-style PyTorch model and, when the spec
+names a ``text_model``, a pretrained Hugging Face encoder fine-tuned for the task (``text/encoder.py``).
 
-Both are trained by ``train_text_models``; the one with the better validation macro-F1 is chosen (a tie goes
-to the baseline), so the chosen model is never worse than the baseline on validation. Both are saved in
-safe formats only, no pickle anywhere:
+All are trained by ``train_text_models``; the one with the best validation macro-F1 is chosen (a tie goes
+to the simpler model: baseline, then neural, then encoder), so the chosen model is never worse than the
+baseline on validation. All are saved in safe formats only, no pickle anywhere:
 
 ``out_dir/baseline``  ``model.json`` (classes, C, temperature, n-gram settings), ``vocab.json`` (word and
                       character n-gram vocabularies, in column order), ``weights.npz`` (idf, coefficients,
@@ -10,7 +11,9 @@ safe formats only, no pickle anywhere:
 ``out_dir/neural``    ``model.json`` (classes, sizes, temperature), ``model.pt`` (a ``state_dict`` read with
                       ``torch.load(..., weights_only=True)``), ``terms.json`` (frequent training words, for
                       ``top_terms_per_class``).
-``out_dir/chosen.json``  which of the two was chosen and the validation scores.
+``out_dir/encoder``   (with ``text_model``) the Hugging Face folder (config, tokenizer, ``model.safetensors``) and
+                      ``model.json`` (kind ``hf_encoder``, classes, temperature, max_length, tuning).
+``out_dir/chosen.json``  which model was chosen, the validation scores and temperatures (and the encoder's tuning).
 
 Baseline: TF-IDF of word 1-2-grams and ``char_wb`` 2-5-grams (sublinear tf, idf fitted on train, each block
 L2-normalised), class-balanced multinomial logistic regression with C tuned on validation macro-F1 over
@@ -23,8 +26,8 @@ for the output layer, early stopping on validation macro-F1 with the spec's
 patience, epochs and time budget; temperature-scaled on validation. Seeded; deterministic on the CPU.
 
 Explanations (``explain_texts``) are by occlusion: a word scores the drop in the log-probability of the
-predicted class when every occurrence of it is removed from the text; it works the same for both models
-and names only words that are in the text.
+predicted class when every occurrence of it is removed from the text; it works the same for every model
+(it needs only ``predict``) and names only words that are in the text.
 """
 
 from __future__ import annotations
@@ -486,6 +489,10 @@ def train_text_models(
         raise ValueError("texts and labels differ in length")
     if not len(val_texts) or not len(train_texts):
         raise ValueError("need training and validation texts")
+    if spec.text_model is not None:  # a wrong folder fails now, not after the other models have trained
+        from meddiag_pipelines.text.encoder import encoder_source
+
+        encoder_source(spec.text_model)
     baseline, f1_base = _train_baseline(train_texts, y_train, val_texts, y_val, classes, spec.training.seed)
     baseline.save(out_dir / "baseline")
     deadline = start + spec.training.time_budget_s
