@@ -32,7 +32,6 @@ def minilm_folder() -> Path:
 
 
 def fine_tune(rows: int, epochs: int, max_length: int, threads: int) -> dict:
-    import numpy as np
     import polars as pl
     import torch
 

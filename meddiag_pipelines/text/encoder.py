@@ -36,6 +36,7 @@ from meddiag_pipelines.text.models import (
     _frequent_terms,
     _macro_f1,
     _probs_from_logits,
+    class_weights,
     fit_temperature,
 )
 
@@ -173,11 +174,6 @@ class _Encoder:
                    terms, dict(config.get("tuning") or {}), device)  # fmt: skip
 
 
-def _class_weights(y: np.ndarray, k: int) -> np.ndarray:
-    counts = np.bincount(y, minlength=k).astype(np.float64)
-    return np.where(counts > 0, len(y) / (k * np.maximum(counts, 1)), 0.0)
-
-
 def _trainable_state(net) -> dict:
     return {n: p.detach().clone() for n, p in net.named_parameters() if p.requires_grad}
 
@@ -199,7 +195,7 @@ def _fit_trial(spec: TaskSpec, params: dict, data: tuple, classes: list[str], de
     steps_per_epoch = math.ceil(len(train_texts) / cfg.batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=params["learning_rate"], pct_start=params["warmup"],
                                                 total_steps=cfg.epochs * steps_per_epoch, anneal_strategy="linear")  # fmt: skip
-    weights = torch.tensor(_class_weights(y_train, len(classes)), dtype=torch.float32, device=device)
+    weights = torch.tensor(class_weights(y_train, len(classes)), dtype=torch.float32, device=device)
     loss_fn = torch.nn.CrossEntropyLoss(weight=weights)
     y_t = torch.tensor(y_train, dtype=torch.long)
     best_f1, best_state = -1.0, None

@@ -116,6 +116,12 @@ def _macro_f1(y: np.ndarray, probs: np.ndarray, n_classes: int) -> float:
     return float(f1_score(y, pred, average="macro", labels=list(range(n_classes)), zero_division=0))
 
 
+def class_weights(y: np.ndarray, k: int) -> np.ndarray:
+    """Balanced class weights n / (k * count); 0 for a class absent from ``y``."""
+    counts = np.bincount(y, minlength=k).astype(np.float64)
+    return np.where(counts > 0, len(y) / (k * np.maximum(counts, 1)), 0.0)
+
+
 def _write_npz(path: Path, **arrays: np.ndarray) -> None:
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as fh:
@@ -415,8 +421,7 @@ def _train_neural(
     net = _build_net(N_BUCKETS, EMBED_DIM, n_out, DROPOUT).to(device)
     train_bags = _bags(train_texts, N_BUCKETS, NEURAL_CHAR_NGRAMS)
     val_bags = _bags(val_texts, N_BUCKETS, NEURAL_CHAR_NGRAMS)
-    counts = np.bincount(y_train, minlength=k).astype(np.float64)
-    weights = np.where(counts > 0, len(y_train) / (k * np.maximum(counts, 1)), 0.0)
+    weights = class_weights(y_train, k)
     if n_out == 1:
         loss_fn = nn.BCEWithLogitsLoss(reduction="none")
         sample_w = torch.tensor(weights[y_train], dtype=torch.float32)
