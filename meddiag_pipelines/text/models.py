@@ -1,8 +1,9 @@
-"""Text classifiers: a TF-IDF + logistic-regression baseline and a fastText-style PyTorch model.
+"""Text classifiers: a TF-IDF + logistic-regression baseline, a fastText-style PyTorch model and, when the spec
+names a ``text_model``, a pretrained Hugging Face encoder fine-tuned for the task (``text/encoder.py``).
 
-Both are trained by ``train_text_models``; the one with the better validation macro-F1 is chosen (a tie goes
-to the baseline), so the chosen model is never worse than the baseline on validation. Both are saved in
-safe formats only, no pickle anywhere:
+All are trained by ``train_text_models``; the one with the best validation macro-F1 is chosen (a tie goes
+to the simpler model: baseline, then neural, then encoder), so the chosen model is never worse than the
+baseline on validation. All are saved in safe formats only, no pickle anywhere:
 
 ``out_dir/baseline``  ``model.json`` (classes, C, temperature, n-gram settings), ``vocab.json`` (word and
                       character n-gram vocabularies, in column order), ``weights.npz`` (idf, coefficients,
@@ -10,7 +11,9 @@ safe formats only, no pickle anywhere:
 ``out_dir/neural``    ``model.json`` (classes, sizes, temperature), ``model.pt`` (a ``state_dict`` read with
                       ``torch.load(..., weights_only=True)``), ``terms.json`` (frequent training words, for
                       ``top_terms_per_class``).
-``out_dir/chosen.json``  which of the two was chosen and the validation scores.
+``out_dir/encoder``   (with ``text_model``) the Hugging Face folder (config, tokenizer, ``model.safetensors``) and
+                      ``model.json`` (kind ``hf_encoder``, classes, temperature, max_length, tuning).
+``out_dir/chosen.json``  which model was chosen, the validation scores and temperatures (and the encoder's tuning).
 
 Baseline: TF-IDF of word 1-2-grams and ``char_wb`` 2-5-grams (sublinear tf, idf fitted on train, each block
 L2-normalised), class-balanced multinomial logistic regression with C tuned on validation macro-F1 over
@@ -23,8 +26,8 @@ for the output layer, early stopping on validation macro-F1 with the spec's
 patience, epochs and time budget; temperature-scaled on validation. Seeded; deterministic on the CPU.
 
 Explanations (``explain_texts``) are by occlusion: a word scores the drop in the log-probability of the
-predicted class when every occurrence of it is removed from the text; it works the same for both models
-and names only words that are in the text.
+predicted class when every occurrence of it is removed from the text; it works the same for every model
+(it needs only ``predict``) and names only words that are in the text.
 """
 
 from __future__ import annotations
@@ -111,6 +114,12 @@ def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
 def _macro_f1(y: np.ndarray, probs: np.ndarray, n_classes: int) -> float:
     pred = _full_probs(probs).argmax(axis=1)
     return float(f1_score(y, pred, average="macro", labels=list(range(n_classes)), zero_division=0))
+
+
+def class_weights(y: np.ndarray, k: int) -> np.ndarray:
+    """Balanced class weights n / (k * count); 0 for a class absent from ``y``."""
+    counts = np.bincount(y, minlength=k).astype(np.float64)
+    return np.where(counts > 0, len(y) / (k * np.maximum(counts, 1)), 0.0)
 
 
 def _write_npz(path: Path, **arrays: np.ndarray) -> None:
@@ -412,8 +421,7 @@ def _train_neural(
     net = _build_net(N_BUCKETS, EMBED_DIM, n_out, DROPOUT).to(device)
     train_bags = _bags(train_texts, N_BUCKETS, NEURAL_CHAR_NGRAMS)
     val_bags = _bags(val_texts, N_BUCKETS, NEURAL_CHAR_NGRAMS)
-    counts = np.bincount(y_train, minlength=k).astype(np.float64)
-    weights = np.where(counts > 0, len(y_train) / (k * np.maximum(counts, 1)), 0.0)
+    weights = class_weights(y_train, k)
     if n_out == 1:
         loss_fn = nn.BCEWithLogitsLoss(reduction="none")
         sample_w = torch.tensor(weights[y_train], dtype=torch.float32)
@@ -470,7 +478,8 @@ def train_text_models(
     out_dir: Path,
     device: str | None = None,
 ) -> TextTrainResult:
-    """Train the baseline and the neural model, save both and pick the better on validation macro-F1."""
+    """Train the baseline, the neural model and (when the spec names ``text_model``) the pretrained encoder, save
+    them all and pick the best on validation macro-F1 (a tie goes to the simpler model)."""
     import torch
 
     from meddiag_pipelines.device import torch_device, torch_settings
@@ -485,6 +494,10 @@ def train_text_models(
         raise ValueError("texts and labels differ in length")
     if not len(val_texts) or not len(train_texts):
         raise ValueError("need training and validation texts")
+    if spec.text_model is not None:  # a wrong folder fails now, not after the other models have trained
+        from meddiag_pipelines.text.encoder import encoder_source
+
+        encoder_source(spec.text_model)
     baseline, f1_base = _train_baseline(train_texts, y_train, val_texts, y_val, classes, spec.training.seed)
     baseline.save(out_dir / "baseline")
     deadline = start + spec.training.time_budget_s
@@ -494,22 +507,36 @@ def train_text_models(
         warnings.filterwarnings("ignore", message="Sparse invariant checks")
         neural, f1_neural = _train_neural(train_texts, y_train, val_texts, y_val, classes, spec, device, deadline)
     neural.save(out_dir / "neural")
-    chosen = "neural" if f1_neural > f1_base else "baseline"
+    models = {"baseline": baseline, "neural": neural}
     scores = {"baseline": f1_base, "neural": f1_neural}
+    if spec.text_model is not None:
+        from meddiag_pipelines.text.encoder import train_encoder
+
+        with torch_settings(device, deterministic=device == "cpu", threads=torch.get_num_threads()):
+            models["encoder"], scores["encoder"] = train_encoder(train_texts, y_train, val_texts, y_val, classes, spec,
+                                                                 device, deadline)  # fmt: skip
+        models["encoder"].save(out_dir / "encoder")
+    chosen = max(scores, key=lambda name: (scores[name], -list(scores).index(name)))  # a tie: the simpler model
+    extra = {"tuning": {"encoder": models["encoder"].tuning}} if "encoder" in models else {}
     atomic_write_json(
         out_dir / "chosen.json",
         {"chosen": chosen, "val_macro_f1": scores, "classes": list(classes), "baseline_C": baseline.C,
-         "temperature": {"baseline": baseline.temperature, "neural": neural.temperature}},
+         "temperature": {name: model.temperature for name, model in models.items()}, **extra},
     )
     return TextTrainResult(out_dir / chosen, chosen, scores, out_dir / "baseline", time.monotonic() - start, device)
 
 
-def load_text_model(model_dir: Path, device: str = "cpu") -> _Baseline | _Neural:
+def load_text_model(model_dir: Path, device: str = "cpu"):
+    """The saved baseline, neural model or encoder (``text.encoder._Encoder``), by its model.json kind."""
     folder, config = _resolve(model_dir)
     if config["kind"] == "tfidf_logreg":
         return _Baseline.load(folder, config)
     if config["kind"] == "fasttext_torch":
         return _Neural.load(folder, config, device)
+    if config["kind"] == "hf_encoder":
+        from meddiag_pipelines.text.encoder import _Encoder
+
+        return _Encoder.load(folder, config, device)
     raise ValueError(f"{folder}: unknown model kind {config['kind']!r}")
 
 

@@ -25,7 +25,7 @@ from meddiag_pipelines.defs.resources.storage import MeddiagStorage
 from meddiag_pipelines.split import SPLIT_COLUMN, key_columns_in
 from meddiag_pipelines.ingestion.batches import ReadOutcome
 from meddiag_pipelines.ingestion.landing import LandedBatch
-from meddiag_pipelines.specs import TaskSpec, spec_columns
+from meddiag_pipelines.specs import HUB_PREFIX, TaskSpec, spec_columns
 from meddiag_pipelines.text.models import class_probabilities, explain_texts, texts_of, train_text_models
 from meddiag_pipelines.text.report import missing_texts, top_terms_html
 from meddiag_pipelines.text.readers import read_text_batch
@@ -33,8 +33,8 @@ from meddiag_pipelines.device import torch_device
 from meddiag_pipelines.validation.suites import CheckFailure
 from meddiag_pipelines.text.validation import text_duplicates, unreadable_files, validate_texts
 
-MODEL_NAMES = {"baseline": "tfidf_logistic_regression", "neural": "fasttext_torch"}
-FRAMEWORKS = {"baseline": "scikit-learn", "neural": "torch"}
+MODEL_NAMES = {"baseline": "tfidf_logistic_regression", "neural": "fasttext_torch", "encoder": "hf_encoder"}
+FRAMEWORKS = {"baseline": "scikit-learn", "neural": "torch", "encoder": "transformers"}
 
 
 def _text_predictor(plan: dict):
@@ -129,9 +129,10 @@ def build_text_assets(spec: TaskSpec) -> list:
         yield dg.Output(plan, output_name="feature_plan", metadata={"text_column": spec.text})
 
     @dg.asset(key=[name, "candidate_model"], description=f"{name}: trains the TF-IDF + logistic-regression "
-              "baseline and a fastText-style torch model (CUDA when present) once, and keeps the better on "
-              "validation macro-F1 (a tie goes to the baseline); both saved in safe formats in the registry's "
-              "staging area.", kinds={"pytorch", "scikitlearn"}, pool=common.pool(spec), **tags)  # fmt: skip
+              "baseline, a fastText-style torch model and, when the spec names a text_model, that pretrained "
+              "Hugging Face encoder fine-tuned (optuna-tuned, CUDA when present) once, and keeps the best on "
+              "validation macro-F1 (a tie goes to the simpler model); all saved in safe formats in the "
+              "registry's staging area.", kinds={"pytorch", "scikitlearn"}, pool=common.pool(spec), **tags)  # fmt: skip
     def candidate_model(context: dg.AssetExecutionContext, storage: MeddiagStorage, features: pl.DataFrame,
                         feature_plan: dict) -> dict:  # fmt: skip
         version = common.run_version(context)
@@ -144,11 +145,15 @@ def build_text_assets(spec: TaskSpec) -> list:
                                    texts_of(val, column), labels.encode_labels(val[spec.label], classes),
                                    classes, spec, out, device=torch_device())  # fmt: skip
         chosen = json.loads((out / "chosen.json").read_text(encoding="utf-8"))
-        params = {"chosen": result.chosen, "val_macro_f1_baseline": result.val_scores["baseline"],
-                  "val_macro_f1_neural": result.val_scores["neural"], "baseline_C": chosen["baseline_C"],
-                  "temperature": chosen["temperature"][result.chosen], "epochs": spec.training.epochs,
-                  "batch_size": spec.training.batch_size, "learning_rate": spec.training.learning_rate,
-                  "patience": spec.training.patience, "time_budget_s": spec.training.time_budget_s}  # fmt: skip
+        params = {"chosen": result.chosen, **{f"val_macro_f1_{m}": f1 for m, f1 in result.val_scores.items()},
+                  "baseline_C": chosen["baseline_C"], "temperature": chosen["temperature"][result.chosen],
+                  "epochs": spec.training.epochs, "batch_size": spec.training.batch_size,
+                  "learning_rate": spec.training.learning_rate, "patience": spec.training.patience,
+                  "time_budget_s": spec.training.time_budget_s}  # fmt: skip
+        if spec.text_model is not None:  # the encoder's settings; its search's best trial shows in the card
+            shown = spec.text_model if spec.text_model.startswith(HUB_PREFIX) else Path(spec.text_model).name
+            params.update({"text_model": shown, "text_encoder": spec.text_encoder.model_dump(),
+                           "tuning": chosen["tuning"]["encoder"]})  # fmt: skip
         meta = {"name": MODEL_NAMES[result.chosen], "framework": FRAMEWORKS[result.chosen], "params": params,
                 "val_score": result.val_scores[result.chosen], "classes": classes, "device": result.device}  # fmt: skip
         context.add_output_metadata({"train_seconds": round(result.seconds, 1), "chosen": result.chosen,
