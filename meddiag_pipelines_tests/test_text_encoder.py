@@ -181,3 +181,14 @@ def test_a_text_task_naming_an_encoder_folder_runs_through_the_pipeline(tmp_path
     version = json.loads((registry / "champion.json").read_text())["version"]
     assert json.loads((registry / version / "model" / "encoder" / "model.json").read_text())["kind"] == "hf_encoder"
     assert (layout.reports(spec.name) / "latest" / "report.html").is_file()
+
+
+def test_an_encoder_exports_to_onnx_matching_torch(tmp_path, data, offline):
+    """The ONNX export of an encoder (tokenizer outside, dynamic batch and sequence axes) gives torch's logits."""
+    from meddiag_pipelines.registry.export import _export_and_compare, encoder_exportable
+
+    xt, yt, xv, yv = data
+    model, _ = train_encoder(xt, yt, xv, yv, CLASSES, _spec(_bert_folder(tmp_path / "tiny_bert"), epochs=1), "cpu",
+                             deadline=float("inf"))  # fmt: skip
+    parity = _export_and_compare(encoder_exportable(model, [*xv, "heart"]), tmp_path / "model.onnx")
+    assert parity["max_abs_diff"] <= 1e-4 and parity["output_shape"] == ["batch", len(CLASSES)]

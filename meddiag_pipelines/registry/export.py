@@ -180,13 +180,30 @@ def text_inputs_exportable(module, axes: dict[str, dict[int, str]], encode: Call
     return Exportable(module, axes, encode(EXAMPLE_TEXTS), batches, len(texts), then)
 
 
+def encoder_exportable(model, texts: list[str]) -> Exportable:
+    """A Hugging Face encoder: its tokenizer runs before the session (padded to the longest text of a chunk)."""
+
+    def tokens(chunk: list[str]) -> dict[str, np.ndarray]:
+        enc = model.tokenizer([t or "" for t in chunk], truncation=True, max_length=model.max_length, padding=True,
+                              return_tensors="np")  # fmt: skip
+        return {"input_ids": enc["input_ids"].astype(np.int64), "attention_mask": enc["attention_mask"].astype(np.int64)}
+
+    then = (f"divide by the temperature {model.temperature:.6g}, then softmax over the classes; inputs: the "
+            f"tokenizer of the version's model/encoder/ folder, truncated at {model.max_length} tokens")
+    axes = {"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"}}
+    return text_inputs_exportable(model.module(), axes, tokens, texts, then)
+
+
 def text_exportable(model_dir: Path, test_texts: Callable[[], list[str]]) -> Exportable:
+    from meddiag_pipelines.text.encoder import _Encoder
     from meddiag_pipelines.text.models import _bags, _batch_tensors, _Neural, load_text_model
 
     try:
         model = load_text_model(model_dir)
     except ValueError as exc:  # a model kind this module has no adapter for
         raise ExportRefused(f"{exc}: no ONNX export for it yet") from exc
+    if isinstance(model, _Encoder):
+        return encoder_exportable(model, test_texts())
     if not isinstance(model, _Neural):
         raise ExportRefused(f"{model_dir.parent.name}: the chosen text model is the TF-IDF + logistic-regression "
                             "baseline, not a torch model; its vocab.json and weights.npz are portable as they are")  # fmt: skip
