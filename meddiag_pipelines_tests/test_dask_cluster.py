@@ -30,6 +30,7 @@ from meddiag_pipelines.ingestion.warehouse import Warehouse
 from meddiag_pipelines.layout import DataLayout
 from meddiag_pipelines.registry.store import ModelRegistry
 from meddiag_pipelines.specs import TaskSpec, TrainingSpec
+from meddiag_pipelines.storage import DataRoot
 from meddiag_pipelines.tabular.distributed import DISTRIBUTED_MIN_ROWS, fit_on_cluster, wants_cluster
 from meddiag_pipelines.tabular.models import predict_tabular, train_xgboost
 from meddiag_pipelines.update import update_task
@@ -229,7 +230,7 @@ def test_two_tasks_at_once_leave_every_version_pointer_and_ledger_entry_whole(ru
     assert all(by_task.values()) and all(r.dagster_run.status == dg.DagsterRunStatus.SUCCESS for r in records)
     assert any(_overlap(a, b) for a in by_task[TABULAR] for b in by_task[TEXT]), "the two tasks did not run at once"
 
-    data, registry = runs["data"], ModelRegistry(runs["data"] / "models")
+    data, registry = runs["data"], ModelRegistry(DataRoot(runs["data"]))
     warehouse = Warehouse(DataLayout(data).warehouse_db())
     for task in SPECS:
         folders = sorted(p.name for p in registry.task_dir(task).iterdir() if p.is_dir() and not p.name.startswith("."))
