@@ -123,6 +123,11 @@ class DataRoot:
             return False
         return True
 
+    def remove(self, rel: str) -> None:
+        """Delete file or folder ``rel`` if it is there (forgetting a batch's records, resetting a task)."""
+        if self.fs.exists(self.key(rel)):
+            self.fs.rm(self.key(rel), recursive=True)
+
     def read_json(self, rel: str) -> Any:
         return json.loads(self.read_bytes(rel))
 

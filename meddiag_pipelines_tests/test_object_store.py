@@ -144,8 +144,8 @@ def test_registry_in_the_bucket(s3_root):
 
 @pytest.mark.slow
 def test_a_tabular_task_on_an_s3_data_root(s3_root, tmp_path, synthetic_spec, monkeypatch):
-    """Models, reports, tables, predictions and quarantine land in the bucket; on local disk only what must be
-    local (landing, the DuckDB ledger and raw records, the model cache); a bad batch landed in the bucket's
+    """Models, reports, tables, raw records, the ledger, predictions and quarantine land in the bucket; on local
+    disk only what must be local (landing, the DuckDB catalog, the model cache); a bad batch landed in the bucket's
     landing prefix is quarantined there; the champion scores a new batch."""
     monkeypatch.setenv("MEDDIAG_DATA_DIR", s3_root)
     task = synthetic_spec.name
@@ -170,11 +170,12 @@ def test_a_tabular_task_on_an_s3_data_root(s3_root, tmp_path, synthetic_spec, mo
         assert root.exists(rel), rel
     assert root.read_json(f"reports/{task}/latest.json")["version_dir"] == f"models/{task}/{version}"
     assert root.list(f"warehouse/tables/{task}") == ["features", "split", "validated_records"]
+    assert len(root.list(f"warehouse/ledger/{task}")) == 3 and root.list(f"warehouse/raw_records/{task}")
     scored = root.read_parquet(f"predictions/{task}/b3/{version}.parquet")
     assert scored.height == 6 and scored["model_version"].unique().to_list() == [version]
     local = {p.relative_to(root.local).parts[0] for p in root.local.rglob("*") if p.is_file()}
     assert local <= {"landing", "warehouse", ".objects"}, local
-    assert not (root.local / "warehouse" / "tables").exists() and not (root.local / "warehouse" / "values").exists()
+    assert {p.name for p in (root.local / "warehouse").glob("*")} <= {"meddiag.duckdb"}  # at most the catalog
     assert not (layout.landing(task) / "b2").exists() and root.list(f"landing/{task}") == []  # moved, not copied
 
 

@@ -31,7 +31,6 @@ from pathlib import Path
 import duckdb
 import polars as pl
 
-from meddiag_pipelines.atomic import atomic_write
 from meddiag_pipelines.storage import DataRoot
 
 LEDGER_FOLDER, STATE_FOLDER = "ledger", "state"  # inside the warehouse folder
@@ -189,7 +188,8 @@ class Warehouse:
             self._move_legacy_tables(con, kinds)
             kinds = {}
         for name, ddl, folder in (("ingest_ledger", _LEDGER_VIEW, LEDGER_FOLDER), ("task_state", _STATE_VIEW, STATE_FOLDER)):
-            if name not in kinds and self.objects.list(self._rel(folder)):  # DuckDB refuses a glob matching nothing
+            # DuckDB refuses a glob matching nothing; over an object store it has no local files to view
+            if name not in kinds and not self.objects.remote and self.objects.list(self._rel(folder)):
                 con.execute(ddl)
 
     def _move_legacy_tables(self, con: duckdb.DuckDBPyConnection, kinds: dict) -> None:
@@ -265,16 +265,14 @@ class Warehouse:
         _, entry = self._recorded(task, batch_id)
         self._next_entry(task, batch_id, {"status": FORGOTTEN})
         if entry and entry.get("records_file"):
-            (self.root / entry["records_file"]).unlink(missing_ok=True)
+            self.objects.remove(self._rel(entry["records_file"]))
 
     def forget_task(self, task: str) -> None:
         """Forget everything the warehouse holds for ``task``: ledger, records files, state, views."""
         for rel in self.ledger(task)["records_file"].drop_nulls():
-            (self.root / rel).unlink(missing_ok=True)
+            self.objects.remove(self._rel(rel))
         for folder in (LEDGER_FOLDER, STATE_FOLDER):
-            path = self.objects.path(self._rel(folder, task))
-            if self.objects.fs.exists(str(path)):
-                self.objects.fs.rm(str(path), recursive=True)
+            self.objects.remove(self._rel(folder, task))
         with self.connect() as con:
             con.execute(f"DROP SCHEMA IF EXISTS {_quote(task)} CASCADE")
 
@@ -297,9 +295,9 @@ class Warehouse:
         rewritten identically by the next run. Returns whether the batch was recorded."""
         if self._recorded(task, ledger_row["batch_id"])[1] is not None:
             return False
-        rel = Path(table) / task / _records_name(ledger_row["batch_id"], ledger_row["content_hash"])
-        atomic_write(self.root / rel, frame.write_parquet)
-        return self.add_batch(task, {**ledger_row, "records_file": str(rel)})
+        rel = f"{table}/{task}/{_records_name(ledger_row['batch_id'], ledger_row['content_hash'])}"
+        self.objects.write_parquet(self._rel(rel), frame)
+        return self.add_batch(task, {**ledger_row, "records_file": rel})
 
     def read(self, task: str, table: str, where_batches: list[str] | None = None) -> pl.DataFrame:
         """The records of the listed batches (all recorded batches if ``None``), columns matched by name. Listed
@@ -309,7 +307,7 @@ class Warehouse:
         else:
             entries = (self._recorded(task, batch_id)[1] for batch_id in sorted(set(where_batches)))
             files = [entry["records_file"] for entry in entries if entry]
-        frames = [pl.read_parquet(self.root / rel) for rel in files if rel and rel.startswith(f"{table}/")]
+        frames = [self.objects.read_parquet(self._rel(rel)) for rel in files if rel and rel.startswith(f"{table}/")]
         return pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame()
 
     def resolve_views_here(self, con: duckdb.DuckDBPyConnection) -> None:

@@ -38,7 +38,7 @@ class MeddiagStorage(dg.ConfigurableResource):
 
     @property
     def warehouse(self) -> Warehouse:
-        return Warehouse(self.layout.warehouse_db())
+        return Warehouse(self.layout.warehouse_db(), self.root)
 
     @property
     def registry(self) -> ModelRegistry:
