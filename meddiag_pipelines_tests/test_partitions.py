@@ -73,6 +73,30 @@ def test_plan_registers_new_batches_and_partition_restricts_it(synthetic_spec, l
         assert not scan_landing(synthetic_spec, layout, storage.warehouse, {"b1", "b2"}, retry_unrecorded=False).again
 
 
+def test_batches_another_update_registers_at_the_same_moment_are_planned_not_failed(synthetic_spec, layout, monkeypatch):
+    """Dagster checks, then inserts: a second ``update`` that registered the keys in between fails the insert on
+    the storage's unique key (seen with two updates at once); the keys are there, so planning goes on."""
+    storage = MeddiagStorage(data_dir=str(layout.root))
+    land(layout, TASK, "b1", synthetic_records(10, seed=1))
+    with dg.instance_for_test() as instance:
+        add = instance.add_dynamic_partitions
+
+        def raced(name, keys):
+            add(name, keys)  # the other process got there first ...
+            raise RuntimeError("UNIQUE constraint failed: dynamic_partitions")  # ... so this insert fails
+
+        monkeypatch.setattr(instance, "add_dynamic_partitions", raced)
+        assert list(plan_batches(synthetic_spec, storage, instance).new) == ["b1"]
+
+        def broken(name, keys):
+            raise RuntimeError("disk full")
+
+        monkeypatch.setattr(instance, "add_dynamic_partitions", broken)
+        land(layout, TASK, "b2", synthetic_records(10, seed=2, start=10))
+        with pytest.raises(RuntimeError, match="disk full"):  # a failure that registered nothing is not swallowed
+            plan_batches(synthetic_spec, storage, instance)
+
+
 def newest(folder):
     """The latest run's file of an asset (or partition) folder: names sort by run creation."""
     return sorted(folder.glob("*.parquet"))[-1]
