@@ -73,6 +73,14 @@ Label = Annotated[str, BeforeValidator(_label_text)]
 ROW_ID = "row_id"  # the id column tabular readers make when the spec names none and the data has none
 
 
+HUB_PREFIX = "hub:"
+
+
+def names_hub(value: str | None) -> bool:
+    """Whether a spec's weights or model value asks for a download (``hub`` or ``hub:<name>``), not a local path."""
+    return bool(value) and (value == HUB_PREFIX[:-1] or value.startswith(HUB_PREFIX))
+
+
 def beside_spec(name: str, info: ValidationInfo) -> Path:
     """A file or folder a spec names (weights, a model folder): absolute, or relative to the spec file's folder
     (``load_spec`` passes it as context; without one, the working directory)."""
@@ -207,7 +215,7 @@ class ImageSpec(_Section):
     def _weights_found(cls, v: str | dict[str, str] | None, info: ValidationInfo) -> str | dict[str, str] | None:
         """Local weights files are resolved against the spec's folder and must exist."""
         def resolve(w: str) -> str:
-            if w == "hub" or w.startswith("hub:"):
+            if names_hub(w):
                 return w
             path = beside_spec(w, info)
             if not path.is_file():
@@ -259,8 +267,6 @@ class TextEncoderSpec(_Section):
     trials: int = Field(1, ge=1, description="optuna trials over learning rate, weight decay and warm-up, pruned "
                         "on per-epoch validation macro-F1; all within training.time_budget_s")  # fmt: skip
 
-
-HUB_PREFIX = "hub:"
 
 
 class TaskSpec(_Section):

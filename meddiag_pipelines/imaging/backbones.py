@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from meddiag_pipelines.imaging.model import ResNet18Small
+from meddiag_pipelines.specs import names_hub
 
 _DECLARED: list = []  # the library object must outlive the call, or its definitions are dropped
 
@@ -48,7 +49,6 @@ def import_timm() -> ModuleType:
     return timm
 
 
-HUB = "hub"
 BACKBONE_STRIDE = 32  # the total downsampling of ResNet, DenseNet, EfficientNet and ConvNeXt
 
 
@@ -129,7 +129,7 @@ def new_backbone(backbone: str, in_channels: int, n_outputs: int, input_size: in
         patch = _patch_size(TimmClassifier(backbone, in_channels, n_outputs, input_size, size, kwargs))
         kwargs["img_size"] = size = -(-size // patch) * patch
     model = TimmClassifier(backbone, in_channels, n_outputs, input_size, size, kwargs)
-    if weights and (weights == HUB or weights.startswith(HUB + ":")):
+    if names_hub(weights):
         _load_hub_weights(model, weights.partition(":")[2] or backbone)
     elif weights:
         load_checkpoint(model, Path(weights))

@@ -50,6 +50,7 @@ from torch import nn
 from meddiag_pipelines.atomic import atomic_write, atomic_write_json
 from meddiag_pipelines.imaging.model import DEFAULT_BLOCKS, ResNet18Small, build_model
 from meddiag_pipelines.device import cpu_threads, torch_device, torch_settings, training_threads
+from meddiag_pipelines.specs import names_hub
 
 if TYPE_CHECKING:
     from meddiag_pipelines.specs import TaskSpec
@@ -303,7 +304,7 @@ def _backbone_settings(spec: TaskSpec, backbone: str, weights: str | None) -> di
 
 def _weights_origin(weights: str | None) -> str | None:
     """What the initial weights were, for the record: a hub name as written, a local file by its name."""
-    if not weights or weights == "hub" or weights.startswith("hub:"):
+    if not weights or names_hub(weights):
         return weights
     return Path(weights).name
 
