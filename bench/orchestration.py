@@ -107,17 +107,14 @@ def run_direct(rows: int, selection: list[str] | None = None) -> dict:
     import numpy as np
     import polars as pl
 
-    from meddiag_pipelines.defs.assets import common
-    from meddiag_pipelines.defs.assets import lifecycle
+    from meddiag_pipelines.defs.assets import common, lifecycle
+    from meddiag_pipelines.defs.assets import tabular as assets
     from meddiag_pipelines.defs.resources.storage import MeddiagStorage
-    from meddiag_pipelines.defs.assets.tabular import _tabular_predictor, feature_table, fit_model, xgboost_trainer
-    from meddiag_pipelines.evaluation import evaluate, render_plots, render_report_html
-    from meddiag_pipelines.split import SPLIT_COLUMN, assign_split, check_split
-    from meddiag_pipelines.tabular.features import missing_data_table
     from meddiag_pipelines.ingestion.batches import ingest_new_batches, reconcile, validate_pending_batches
+    from meddiag_pipelines.split import SPLIT_COLUMN, check_split, split_by_content
+    from meddiag_pipelines.tabular.features import missing_data_table
+    from meddiag_pipelines.tabular.models import read_meta
     from meddiag_pipelines.tabular.readers import read_tabular_batch
-    from meddiag_pipelines.registry.promotion import decide
-    from meddiag_pipelines.tabular.models import train_logistic
     from meddiag_pipelines.validation.suites import identifier_columns, run_suite, tabular_expectations, validate_tabular
 
     root = _fresh_root("direct", rows)
@@ -143,35 +140,29 @@ def run_direct(rows: int, selection: list[str] | None = None) -> dict:
     failures = run_suite(records, tabular_expectations(spec, records.columns), identifier_columns(spec), spec.name)
     assert not failures, failures
     lap("validated_records_suite")
-    split = assign_split(records, spec)
+    split, _ = split_by_content(records, spec)
     check_split(split, spec)
     lap("split")
-    features, plan = feature_table(split, spec)
-    missing_data_table(split, plan)
+    features, plan = assets.feature_table(split, spec)
+    missing_data_table(split.filter(pl.col(SPLIT_COLUMN) == "train"), plan, spec.max_null_rate)
     lap("features")
     version = "direct"
-    staging = storage.registry.staging_dir(spec.name, version)
-    meta = fit_model(spec, xgboost_trainer(spec), features, staging / "model")
+    out = storage.registry.staging_dir(spec.name, version) / "model"
+    meta = assets.fit_model(spec, assets.tabular_trainer(spec), features, out)
     lap("candidate_model")
-    base = fit_model(spec, train_logistic, features, staging / "baseline")
-    lap("baseline_model")
-    handle = common.handle_of(spec, version, storage.root.relative(staging / "model"), meta, plan.as_dict())
-    base_handle = common.handle_of(spec, version, storage.root.relative(staging / "baseline"), base, plan.as_dict())
+    handle = common.handle_of(spec, version, storage.root.relative(out), meta, plan.as_dict())
+    base = {**read_meta(out / "logistic"), "classes": meta["classes"]}
+    base_handle = common.handle_of(spec, version, storage.root.relative(out / "logistic"), base, plan.as_dict())
 
     def predict_rows(h, rows):
-        return _tabular_predictor(h["plan"])(common.handle_dir(h, storage.root), rows)
+        return assets._tabular_predictor(h["plan"])(Path(h["dir"]), rows)
 
-    test = split.filter(pl.col(SPLIT_COLUMN) == "test")
-    inp = lifecycle._evaluation_input(spec, split, handle, predict_rows, (base["name"], predict_rows(base_handle, test)),
-                                   lifecycle.flow_counts(spec, storage, split), missing_data_table(split, plan))  # fmt: skip
-    metrics = evaluate(inp)
-    plots = render_plots(inp, metrics)
-    render_report_html(metrics, plots, [])
+    metrics, _ = lifecycle.evaluate_candidate(spec, storage, split, handle, base_handle, predict_rows,
+                                              assets.report_missing_data(spec), assets.card_extras)  # fmt: skip
     lap("evaluation")
-    decision = decide(metrics, None, spec.promotion)  # what the champion asset does with no champion yet
-    lifecycle.publish_candidate(spec, storage, handle, base_handle, metrics, None, decision)
+    value, _ = lifecycle.decide_champion(spec, storage, split, handle, base_handle, metrics, predict_rows)
     lap("champion")
-    assert np.isfinite(metrics["auroc"])
+    assert np.isfinite(metrics["auroc"]) and value["published"]
     return {"seconds": time.perf_counter() - start, "steps": timings}
 
 

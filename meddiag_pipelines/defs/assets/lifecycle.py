@@ -151,37 +151,8 @@ def build_model_lifecycle_assets(spec: TaskSpec, tags: dict, split_asset: list, 
               "in atomically.", pool=pool(spec), **tags)  # fmt: skip
     def evaluation(context: dg.AssetExecutionContext, storage: MeddiagStorage, split: pl.DataFrame,
                    candidate_model: dict, baseline_model: dict) -> dict:  # fmt: skip
-        candidate_model, baseline_model = (open_handle(h, storage.root) for h in (candidate_model, baseline_model))
-        train_rows = split.filter(pl.col(SPLIT_COLUMN) == "train")
-        test = split.filter(pl.col(SPLIT_COLUMN) == "test")
-        baseline_proba = predict_rows(baseline_model, test)
-        inp = _evaluation_input(spec, split, candidate_model, predict_rows, (baseline_model["name"], baseline_proba),
-                                flow_counts(spec, storage, split), missing_data(train_rows, candidate_model["plan"]))  # fmt: skip
-        metrics = evaluator.evaluate(inp)
-        plots = evaluator.render_plots(inp, metrics)
-        extras = card_extras(candidate_model) if card_extras else []
-        without = metrics_without_copies(spec, split, candidate_model, predict_rows, inp.flow)
-        if without:
-            metrics["without_copies_of_train"] = without
-            extras = [*extras, ("Test split without copies of training rows", without_copies_html(without))]
-        if test_sections:
-            extras = [*extras, *test_sections(candidate_model, test, inp.proba, metrics)]
-        card = evaluator.render_model_card(metrics, evaluator.ModelCardInfo(
-            task=name, description=spec.description, intended_use="Assisted diagnosis: a second reader for "
-            "clinicians, never a sole basis for a decision.", modality=spec.modality,
-            training_data=f"{inp.n_train} training and {inp.n_val} validation rows from the landed batches "
-            "listed in the model manifest.", model_name=candidate_model["name"], model_version=candidate_model["version"],
-            hyperparameters=candidate_model["params"], limitations=["Evaluated on a hash split of the same sources; "
-            "external validation is needed before clinical use."], ethical_notes=["Check the subgroup table for "
-            "unequal performance before use."]))  # fmt: skip
-        files = {
-            "metrics.json": (json.dumps(metrics, indent=2, allow_nan=False) + "\n").encode(),
-            "report.html": evaluator.render_report_html(metrics, plots, extras).encode(),
-            "model_card.md": card.encode(),
-            "test_predictions.parquet": _parquet_bytes(prediction_frame(spec, test, inp.proba, candidate_model["classes"])),
-        }  # fmt: skip
-        files = store_version_report(storage, name, candidate_model["version"], files)
-        point_latest(storage, name, candidate_model["version"], files)
+        metrics, plots = evaluate_candidate(spec, storage, split, candidate_model, baseline_model, predict_rows,
+                                            missing_data, card_extras, test_sections)  # fmt: skip
         context.add_output_metadata({**_ui_metadata(metrics, plots), **report_metadata(storage, name, candidate_model["version"])})
         return metrics
 
@@ -192,51 +163,17 @@ def build_model_lifecycle_assets(spec: TaskSpec, tags: dict, split_asset: list, 
               f"of a published version is discarded, and reports/{name}/latest.json then names that version.", **tags)  # fmt: skip
     def champion(context: dg.AssetExecutionContext, storage: MeddiagStorage, split: pl.DataFrame,
                  candidate_model: dict, baseline_model: dict, evaluation: dict) -> dict:  # fmt: skip
-        registry = storage.registry
-        version = candidate_model["version"]
-        pointer = registry.champion(name)
-        labelled = set(split.filter(pl.col(SPLIT_COLUMN) != "score")[BATCH_COLUMN].unique().to_list())
-        fingerprint = training_fingerprint(trained_batch_hashes(storage.warehouse.ledger(name), labelled), spec,
-                                           code_version())  # fmt: skip
-        same = registry.version_with_fingerprint(name, fingerprint)
-        if same is not None and evaluation.get("model_version") == version:
-            registry.discard_staged(name, version)  # a copy of `same`: never a second, identical version
-            reason = f"no new data, spec or code since version {same}: nothing published"
-            if pointer is None and registry.manifest(name, same)["decision"].get("promote"):
-                # `same` won but its run died before champion.json was written: finish that promotion.
-                pointer = registry.set_champion(name, same, f"promoted when published; {reason}")
-            context.log.info(f"{name} {version}: {reason}")
-            point_latest(storage, name, same, version_report(storage, name, same), unchanged_candidate=version)
-            context.add_output_metadata({"candidate": version, "published": False, "promoted": False,
-                                         "champion": pointer["version"] if pointer else "none", "fingerprint": fingerprint,
-                                         "reasons": dg.MetadataValue.md(f"- {reason}"), **report_metadata(storage, name, same)})  # fmt: skip
-            return {"champion": pointer["version"] if pointer else None, "candidate": version, "published": False,
-                    "unchanged_since": same, "decision": Decision(False, [reason]).as_dict()}  # fmt: skip
-        flow = flow_counts(spec, storage, split)
-        candidate_vs, champion_metrics = evaluation, None
-        if pointer:
-            champ_rel = registry.version_rel(name, pointer["version"])
-            champ_handle = open_handle({**registry.manifest(name, pointer["version"])["model"], "dir": f"{champ_rel}/model",
-                                        "plan": storage.root.read_json(f"{champ_rel}/plan.json")}, storage.root)  # fmt: skip
-            test = split.filter(pl.col(SPLIT_COLUMN) == "test")
-            champ_proba = predict_rows(champ_handle, test)
-            opened = open_handle(candidate_model, storage.root)
-            candidate_vs = evaluator.evaluate(_evaluation_input(spec, split, opened, predict_rows, ("champion", champ_proba),
-                                                                flow, []))  # fmt: skip
-            champion_metrics = evaluator.evaluate(_evaluation_input(spec, split, champ_handle, predict_rows, None, flow, []))
-        decision = decide(candidate_vs, champion_metrics, spec.promotion, pinned=bool(pointer and pointer.get("pinned")))
-        pointer = publish_candidate(spec, storage, candidate_model, baseline_model, evaluation, pointer, decision,
-                                    fingerprint)  # fmt: skip
-        for reason in decision.reasons:
-            context.log.info(f"{name} {version}: {reason}")
+        value, fingerprint = decide_champion(spec, storage, split, candidate_model, baseline_model, evaluation, predict_rows)
+        reasons = value["decision"]["reasons"]
+        for reason in reasons:
+            context.log.info(f"{name} {value['candidate']}: {reason}")
         context.add_output_metadata({
-            "candidate": version, "published": True, "promoted": decision.promote,
-            "champion": pointer["version"] if pointer else "none", "fingerprint": fingerprint,
-            "reasons": dg.MetadataValue.md("\n".join(f"- {escape_markdown(r)}" for r in decision.reasons)),
-            **report_metadata(storage, name, version),
+            "candidate": value["candidate"], "published": value["published"], "promoted": value["decision"]["promote"],
+            "champion": value["champion"] or "none", "fingerprint": fingerprint,
+            "reasons": dg.MetadataValue.md("\n".join(f"- {escape_markdown(r)}" for r in reasons)),
+            **report_metadata(storage, name, value.get("unchanged_since") or value["candidate"]),
         })  # fmt: skip
-        return {"champion": pointer["version"] if pointer else None, "candidate": version, "published": True,
-                "decision": decision.as_dict()}  # fmt: skip
+        return value
 
     @dg.asset_check(asset=champion, blocking=True, description="The model in force (champion.json) exists, is "
                     "published, and cleared the absolute AUROC floor (or is a pinned rollback).")  # fmt: skip
@@ -290,6 +227,87 @@ def without_copies_html(without: dict) -> str:
     return (f"<p>{without['n_removed']} test rows copy a training row of the dataset's own split; without them "
             f"({without['n_test']} test rows): AUROC {fmt(without.get('auroc'))} (95% CI {fmt(low)} to {fmt(high)}), "
             f"macro-F1 {fmt(without.get('macro_f1'))}.</p>")
+
+
+def evaluate_candidate(spec: TaskSpec, storage: MeddiagStorage, split: pl.DataFrame, candidate_model: dict,
+                       baseline_model: dict, predict_rows: Callable, missing_data: Callable[[pl.DataFrame, dict], list[dict]],
+                       card_extras: Callable[[dict], list[tuple[str, str]]] | None = None,
+                       test_sections: Callable | None = None) -> tuple[dict, dict[str, bytes]]:  # fmt: skip
+    """The evaluation asset's work: the candidate's metrics and plots on the test split; its report files
+    (``REPORT_FILES``) stored with the staged version, and ``reports/<task>/latest`` pointed at them."""
+    name = spec.name
+    candidate_model, baseline_model = (open_handle(h, storage.root) for h in (candidate_model, baseline_model))
+    train_rows = split.filter(pl.col(SPLIT_COLUMN) == "train")
+    test = split.filter(pl.col(SPLIT_COLUMN) == "test")
+    baseline_proba = predict_rows(baseline_model, test)
+    inp = _evaluation_input(spec, split, candidate_model, predict_rows, (baseline_model["name"], baseline_proba),
+                            flow_counts(spec, storage, split), missing_data(train_rows, candidate_model["plan"]))  # fmt: skip
+    metrics = evaluator.evaluate(inp)
+    plots = evaluator.render_plots(inp, metrics)
+    extras = card_extras(candidate_model) if card_extras else []
+    without = metrics_without_copies(spec, split, candidate_model, predict_rows, inp.flow)
+    if without:
+        metrics["without_copies_of_train"] = without
+        extras = [*extras, ("Test split without copies of training rows", without_copies_html(without))]
+    if test_sections:
+        extras = [*extras, *test_sections(candidate_model, test, inp.proba, metrics)]
+    card = evaluator.render_model_card(metrics, evaluator.ModelCardInfo(
+        task=name, description=spec.description, intended_use="Assisted diagnosis: a second reader for "
+        "clinicians, never a sole basis for a decision.", modality=spec.modality,
+        training_data=f"{inp.n_train} training and {inp.n_val} validation rows from the landed batches "
+        "listed in the model manifest.", model_name=candidate_model["name"], model_version=candidate_model["version"],
+        hyperparameters=candidate_model["params"], limitations=["Evaluated on a hash split of the same sources; "
+        "external validation is needed before clinical use."], ethical_notes=["Check the subgroup table for "
+        "unequal performance before use."]))  # fmt: skip
+    files = {
+        "metrics.json": (json.dumps(metrics, indent=2, allow_nan=False) + "\n").encode(),
+        "report.html": evaluator.render_report_html(metrics, plots, extras).encode(),
+        "model_card.md": card.encode(),
+        "test_predictions.parquet": _parquet_bytes(prediction_frame(spec, test, inp.proba, candidate_model["classes"])),
+    }  # fmt: skip
+    files = store_version_report(storage, name, candidate_model["version"], files)
+    point_latest(storage, name, candidate_model["version"], files)
+    return metrics, plots
+
+
+def decide_champion(spec: TaskSpec, storage: MeddiagStorage, split: pl.DataFrame, candidate_model: dict,
+                    baseline_model: dict, evaluation: dict, predict_rows: Callable) -> tuple[dict, str]:  # fmt: skip
+    """The champion asset's work: (its value, the training fingerprint). A candidate trained from the inputs of
+    a published version is discarded (``unchanged_since`` names that version); otherwise the candidate is
+    published with its decision against the champion on the current test split, and promoted if it wins."""
+    name, registry = spec.name, storage.registry
+    version = candidate_model["version"]
+    pointer = registry.champion(name)
+    labelled = set(split.filter(pl.col(SPLIT_COLUMN) != "score")[BATCH_COLUMN].unique().to_list())
+    fingerprint = training_fingerprint(trained_batch_hashes(storage.warehouse.ledger(name), labelled), spec,
+                                       code_version())  # fmt: skip
+    same = registry.version_with_fingerprint(name, fingerprint)
+    if same is not None and evaluation.get("model_version") == version:
+        registry.discard_staged(name, version)  # a copy of `same`: never a second, identical version
+        reason = f"no new data, spec or code since version {same}: nothing published"
+        if pointer is None and registry.manifest(name, same)["decision"].get("promote"):
+            # `same` won but its run died before champion.json was written: finish that promotion.
+            pointer = registry.set_champion(name, same, f"promoted when published; {reason}")
+        point_latest(storage, name, same, version_report(storage, name, same), unchanged_candidate=version)
+        return {"champion": pointer["version"] if pointer else None, "candidate": version, "published": False,
+                "unchanged_since": same, "decision": Decision(False, [reason]).as_dict()}, fingerprint  # fmt: skip
+    flow = flow_counts(spec, storage, split)
+    candidate_vs, champion_metrics = evaluation, None
+    if pointer:
+        champ_rel = registry.version_rel(name, pointer["version"])
+        champ_handle = open_handle({**registry.manifest(name, pointer["version"])["model"], "dir": f"{champ_rel}/model",
+                                    "plan": storage.root.read_json(f"{champ_rel}/plan.json")}, storage.root)  # fmt: skip
+        test = split.filter(pl.col(SPLIT_COLUMN) == "test")
+        champ_proba = predict_rows(champ_handle, test)
+        opened = open_handle(candidate_model, storage.root)
+        candidate_vs = evaluator.evaluate(_evaluation_input(spec, split, opened, predict_rows, ("champion", champ_proba),
+                                                            flow, []))  # fmt: skip
+        champion_metrics = evaluator.evaluate(_evaluation_input(spec, split, champ_handle, predict_rows, None, flow, []))
+    decision = decide(candidate_vs, champion_metrics, spec.promotion, pinned=bool(pointer and pointer.get("pinned")))
+    pointer = publish_candidate(spec, storage, candidate_model, baseline_model, evaluation, pointer, decision,
+                                fingerprint)  # fmt: skip
+    return {"champion": pointer["version"] if pointer else None, "candidate": version, "published": True,
+            "decision": decision.as_dict()}, fingerprint  # fmt: skip
 
 
 def publish_candidate(spec: TaskSpec, storage: MeddiagStorage, candidate: dict, baseline: dict, metrics: dict,

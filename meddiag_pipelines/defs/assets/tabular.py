@@ -25,7 +25,6 @@ from meddiag_pipelines.tabular.models import (
     read_meta,
     top_contributions,
     train_tabular_models,
-    train_xgboost,
 )
 from meddiag_pipelines.validation.suites import identifier_columns, run_suite, tabular_expectations, validate_tabular
 
@@ -65,11 +64,6 @@ def feature_table(split: pl.DataFrame, spec: TaskSpec) -> tuple[pl.DataFrame, Fe
     return frame, plan
 
 
-def xgboost_trainer(spec: TaskSpec):
-    """``train_xgboost`` with the spec's training settings, in the signature :func:`fit_model` calls."""
-    return lambda *a: train_xgboost(*a[:5], spec.training, *a[5:])
-
-
 def tabular_trainer(spec: TaskSpec):
     """``train_tabular_models`` (both models, the better chosen) in the signature :func:`fit_model` calls."""
     return lambda *a: train_tabular_models(*a[:5], spec.training, *a[5:])
@@ -86,8 +80,13 @@ def model_selection_html(candidate: dict) -> str:
             f"<table><tr><th>model</th><th>validation AUROC</th></tr>{rows}</table>")  # fmt: skip
 
 
-def _card_extras(candidate: dict) -> list[tuple[str, str]]:
+def card_extras(candidate: dict) -> list[tuple[str, str]]:
     return [("Model selection", model_selection_html(candidate))] if "chosen" in candidate["params"] else []
+
+
+def report_missing_data(spec: TaskSpec):
+    """The report's missing-data table: the training rows under the candidate's stored plan."""
+    return lambda train_rows, plan: missing_data_table(train_rows, FeaturePlan.from_dict(plan), spec.max_null_rate)
 
 
 def fit_model(spec: TaskSpec, trainer, features: pl.DataFrame, out_dir) -> dict:
@@ -176,8 +175,8 @@ def build_tabular_assets(spec: TaskSpec) -> list:
     downstream = lifecycle.build_model_lifecycle_assets(
         spec, tags, split_asset=split, predictor_factory=_tabular_predictor,
         explain=explain_rows,
-        missing_data=lambda train_rows, plan: missing_data_table(train_rows, FeaturePlan.from_dict(plan), spec.max_null_rate),
-        card_extras=_card_extras,
+        missing_data=report_missing_data(spec),
+        card_extras=card_extras,
     )  # fmt: skip
     return [raw_records, validated_records, validated_records_suite, *split, features, candidate_model,
             baseline_model, *downstream]  # fmt: skip

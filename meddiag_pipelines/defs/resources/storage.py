@@ -161,6 +161,7 @@ class ParquetTables(RunScopedFiles):
     def __init__(self, root: DataRoot):
         super().__init__(root)
         self._kept: dict[str, pl.DataFrame] = {}
+        self._widths: dict[str, int] = {}  # columns of the files this run wrote: no schema read for its views
 
     def folder(self, task: str, name: str) -> Path:
         return self.layout.table(task, name)
@@ -173,6 +174,7 @@ class ParquetTables(RunScopedFiles):
         for key, path in files.items():
             part = self._partition_rows(context, obj, key, len(files))
             self.root.write_parquet(path, part)
+            self._widths[path] = part.width
             self._kept.pop(path, None)
             if sum(f.estimated_size() for f in self._kept.values()) + part.estimated_size() <= self.KEEP_BYTES:
                 self._kept[path] = part
@@ -190,7 +192,7 @@ class ParquetTables(RunScopedFiles):
             return
         folder = self.root.relative(self.folder(task, name))
         newest = [self.newest(f"{folder}/{p}") for p in self.root.list(folder)] if partitioned else [self.newest(folder)]
-        files = [f for f in newest if f and self.root.parquet_width(f)]
+        files = [f for f in newest if f and (self._widths[f] if f in self._widths else self.root.parquet_width(f))]
         warehouse = self.root.relative(self.layout.warehouse())
         Warehouse(self.layout.warehouse_db()).register_view(task, name, [str(Path(f).relative_to(warehouse)) for f in files])
 
