@@ -310,13 +310,14 @@ def tabular_exportable(model_dir: Path, plan: dict, rows: pl.DataFrame, test_pre
         return predict_tabular(model_dir, X)
 
     recorded_diff = _recorded_diff(predict(matrix), test_predictions, classes)
-    calibrated = ", the logistic recalibration fitted on validation included" if meta.get("recalibration") else ""
-    then = (f"none: P({classes[-1]!r}) as the version's predictor gives it{calibrated}" if meta["n_classes"] == 2
-            else "none: one probability per class, in the order of 'classes', as the version's predictor gives them")  # fmt: skip
+    what = f"P({classes[-1]!r})" if meta["n_classes"] == 2 else "one probability per class, in the order of 'classes'"
+    inside = ["the trees of the rounds predict uses (to the best iteration)"] if meta["framework"] == "xgboost" else []
+    inside += ["the logistic recalibration fitted on validation"] if meta.get("recalibration") else []
+    then = f"none: {what}, as the version's predictor gives it" + (f"; in the graph: {', '.join(inside)}" if inside else "")
     if meta["framework"] == "xgboost":
         graph, probes, made_with = xgboost_graph(model_dir, meta, matrix)
-        return TabularExportable(graph, matrix, predict, f"{then} (the trees of the rounds it uses)", "xgboost",
-                                 feature_doc(plan, meta), probes, recorded_diff, made_with)  # fmt: skip
+        return TabularExportable(graph, matrix, predict, then, "xgboost", feature_doc(plan, meta), probes, recorded_diff,
+                                 made_with)  # fmt: skip
     if meta["framework"] == "logistic":
         return TabularExportable(logistic_graph(meta), matrix, predict, then, "numpy", feature_doc(plan, meta),
                                  matrix[:0], recorded_diff, {})  # fmt: skip
@@ -332,9 +333,10 @@ def _recorded_diff(expected: np.ndarray, test_predictions: Path, classes: list[s
         raise ExportRefused(f"{test_predictions.name} has no {', '.join(columns)} column to check the test rows with")
     diff = float(np.abs(recorded.select(columns).to_numpy().reshape(expected.shape) - expected).max(initial=0.0))
     if not diff <= TOLERANCE:
-        raise ExportRefused(f"the version's predictor on the test rows of the split table differs from its "
-                            f"{test_predictions.name} by up to {diff:.3g}: those rows are not the ones it was "
-                            "evaluated on; not exported")  # fmt: skip
+        version = test_predictions.parent
+        raise ExportRefused(f"{version.parent.name} {version.name}: the version's predictor on the test rows of the "
+                            f"split table differs from its {test_predictions.name} by up to {diff:.3g}: those rows are "
+                            "not the ones it was evaluated on; not exported")  # fmt: skip
     return diff
 
 
