@@ -177,29 +177,33 @@ GRADE_SPEC = {**{k: v for k, v in SYNTHETIC_SPEC.items() if k != "positive"}, "n
               "label": "grade", "classes": ["low", "mid", "high"]}  # fmt: skip
 
 
-def tabular_version(root: Path, spec: TaskSpec, records: pl.DataFrame, version: str, chosen: str) -> None:
-    """Both tabular models trained by the project's trainer on a hand split (its split table written where the
-    run's would be), ``chosen`` the version's model, its test predictions in reverse split order."""
+def tabular_versions(root: Path, spec: TaskSpec, records: pl.DataFrame) -> None:
+    """Both tabular models trained once by the project's trainer on a hand split (its split table written where
+    the run's would be); version ``VERSION`` keeps XGBoost, ``LOGISTIC`` the logistic model; test predictions in
+    reverse split order."""
     from meddiag_pipelines.labels import class_list, encode_labels
     from meddiag_pipelines.tabular.features import fit_plan, transform
     from meddiag_pipelines.tabular.models import model_inputs, predict_tabular, train_tabular_models
 
     split = records.with_columns(pl.Series(SPLIT_COLUMN, ["train"] * 100 + ["val"] * 30 + ["test"] * 30))
-    DataRoot(root).write_parquet(f"warehouse/tables/{spec.name}/split/{version}.parquet", split)
     train, val, test = (split.filter(pl.col(SPLIT_COLUMN) == s) for s in ("train", "val", "test"))
     plan, classes = fit_plan(train, spec), class_list(spec, split)
-
-    def fill(model_dir: Path) -> None:
-        (X_train, y_train), (X_val, y_val) = ((transform(f, plan).to_numpy(), encode_labels(f[spec.label], classes))
-                                              for f in (train, val))  # fmt: skip
-        train_tabular_models(X_train, y_train, X_val, y_val, len(classes), spec.training, model_dir, plan.model_names)
-        atomic_write_json(model_dir / "chosen.json", {"chosen": chosen})
+    trained = root.parent / "trained" / spec.name
+    (X_train, y_train), (X_val, y_val) = ((transform(f, plan).to_numpy(), encode_labels(f[spec.label], classes))
+                                          for f in (train, val))  # fmt: skip
+    train_tabular_models(X_train, y_train, X_val, y_val, len(classes), spec.training, trained, plan.model_names)
 
     def predictions(model_dir: Path) -> pl.DataFrame:
         rows = test.reverse()
         return prediction_frame(spec, rows, predict_tabular(model_dir, model_inputs(model_dir, rows, plan.as_dict())), classes)
 
-    publish(root, spec.name, fill, plan.as_dict(), [], chosen, classes, predictions, version)
+    for version, chosen in ((VERSION, "xgboost"), (LOGISTIC, "logistic")):
+        def fill(model_dir: Path, chosen: str = chosen) -> None:
+            shutil.copytree(trained, model_dir)
+            atomic_write_json(model_dir / "chosen.json", {"chosen": chosen})
+
+        DataRoot(root).write_parquet(f"warehouse/tables/{spec.name}/split/{version}.parquet", split)
+        publish(root, spec.name, fill, plan.as_dict(), [], chosen, classes, predictions, version)
 
 
 @pytest.fixture(scope="module")
@@ -218,8 +222,7 @@ def tabular_root(tmp_path_factory) -> tuple[Path, Path]:
     for raw, frame in ((SYNTHETIC_SPEC, records), (GRADE_SPEC, graded)):
         (tasks / f"{raw['name']}.yaml").write_text(json.dumps(raw))
         spec = fast(TaskSpec.model_validate(raw))
-        for version, chosen in ((VERSION, "xgboost"), (LOGISTIC, "logistic")):
-            tabular_version(root, spec, frame, version, chosen)
+        tabular_versions(root, spec.model_copy(update={"training": spec.training.model_copy(update={"trials": 1})}), frame)
     return root, tasks
 
 
