@@ -25,7 +25,7 @@ import math
 import shutil
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import ClassVar
 from pathlib import Path
 
@@ -145,7 +145,8 @@ def _opset(path: Path) -> int:
 
 
 # -- adapters: one per model family ---------------------------------------------------------------------------------
-def adapter(task: str, version: str, manifest: dict, plan: dict, version_dir: Path, root: DataRoot) -> Exportable:
+def adapter(task: str, version: str, manifest: dict, plan: dict, version_dir: Path,
+            root: DataRoot) -> Exportable | TabularExportable:  # fmt: skip
     """The export of the version's model, or :class:`ExportRefused` naming what to use instead."""
     modality, name, model_dir = plan.get("modality"), manifest["model"]["name"], version_dir / "model"
     if modality == "image" and plan.get("predictor") != "cnn":
