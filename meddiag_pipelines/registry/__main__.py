@@ -70,7 +70,7 @@ def format_table(rows: list[dict]) -> str:
 
 
 def export_command(task: str, version: str) -> int:
-    """Export a version's torch model to ONNX, checked against onnxruntime on its test split (``registry.export``)."""
+    """Export a version's model to ONNX, checked against onnxruntime on its test split (``registry.export``)."""
     from meddiag_pipelines.registry.export import ExportRefused, export_dir, export_version
 
     try:
@@ -81,10 +81,11 @@ def export_command(task: str, version: str) -> int:
     where = export_dir(default_data_root(), task, version)
     state = "already exported (unchanged)" if record["already_exported"] else "exported"
     print(f"{task} {version}: {state} to {where}")
-    print(f"  parity on {record['n_test']} test rows: max |onnxruntime - torch| of the {record['compared']} = "
+    reference = record.get("reference", "torch")  # exports before tabular models were: torch's
+    print(f"  parity on {record['n_test']} test rows: max |onnxruntime - {reference}| of the {record['compared']} = "
           f"{record['max_abs_diff']:.3g} (tolerance {record['tolerance']:g})")
     inputs = ", ".join(f"{name} (dynamic {', '.join(axes.values())})" for name, axes in record["inputs"].items())
-    print(f"  inputs: {inputs}; output: logits {record['output_shape']}, then {record['then']}")
+    print(f"  inputs: {inputs}; output: {record['output']} {record['output_shape']}, then {record['then']}")
     return 0
 
 
@@ -99,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         cmd.add_argument("task")
         if name == "pin":
             cmd.add_argument("version")
-    export = sub.add_parser("export", help="a version's torch model to ONNX, with an onnxruntime parity check on its "
+    export = sub.add_parser("export", help="a version's model to ONNX, with an onnxruntime parity check on its "
                             "test split: exports/<task>/<version>/model.onnx and parity.json")  # fmt: skip
     export.add_argument("task")
     export.add_argument("version")

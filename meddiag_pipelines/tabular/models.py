@@ -17,6 +17,7 @@ from typing import Callable
 
 import numpy as np
 import optuna
+import polars as pl
 import xgboost as xgb
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
@@ -26,6 +27,7 @@ from meddiag_pipelines.probability import logit, softmax
 from meddiag_pipelines.specs import TrainingSpec
 from meddiag_pipelines.device import xgboost_device
 from meddiag_pipelines.tabular.distributed import cluster_fit, search_sample
+from meddiag_pipelines.tabular.features import FeaturePlan, transform
 
 BASELINE_C_GRID = (0.01, 0.1, 1.0, 10.0)
 CHOSEN = "chosen.json"
@@ -197,6 +199,13 @@ def load_booster(model_dir: Path) -> xgb.Booster:
     booster.load_model(bytearray((model_dir / "model.ubj").read_bytes()))
     booster.set_param({"device": xgboost_device()})
     return booster
+
+
+def model_inputs(model_dir: Path, rows: pl.DataFrame, plan: dict) -> np.ndarray:
+    """Rows transformed with the model's own feature plan, columns picked *by name* in the model's order (a plan
+    read back from JSON may list its categorical columns in another order than the one it was fitted with)."""
+    matrix = transform(rows, FeaturePlan.from_dict(plan))
+    return matrix.select(read_meta(model_dir)["feature_names"]).to_numpy()
 
 
 def predict_tabular(model_dir: Path, X: np.ndarray) -> np.ndarray:

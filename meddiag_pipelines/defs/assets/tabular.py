@@ -21,6 +21,7 @@ from meddiag_pipelines.tabular.features import FeaturePlan, fit_plan, missing_da
 from meddiag_pipelines.tabular.readers import read_tabular_batch
 from meddiag_pipelines.specs import TaskSpec
 from meddiag_pipelines.tabular.models import (
+    model_inputs,
     predict_tabular,
     read_meta,
     top_contributions,
@@ -34,13 +35,6 @@ FEATURE_PREFIX = "f__"
 def feature_matrix(frame: pl.DataFrame) -> tuple[np.ndarray, list[str]]:
     columns = [c for c in frame.columns if c.startswith(FEATURE_PREFIX)]
     return frame.select(columns).to_numpy().astype(np.float32, copy=False), [c[len(FEATURE_PREFIX):] for c in columns]
-
-
-def model_inputs(model_dir, rows: pl.DataFrame, plan: dict) -> np.ndarray:
-    """Rows transformed with the model's own feature plan, columns picked *by name* in the model's order (a plan
-    read back from JSON may list its categorical columns in another order than the one it was fitted with)."""
-    matrix = transform(rows, FeaturePlan.from_dict(plan))
-    return matrix.select(read_meta(model_dir)["feature_names"]).to_numpy()
 
 
 def explain_rows(model_dir, rows: pl.DataFrame, plan: dict) -> list[list[tuple[str, float]]]:
