@@ -153,10 +153,7 @@ def run_direct(rows: int, selection: list[str] | None = None) -> dict:
     handle = common.handle_of(spec, version, storage.root.relative(out), meta, plan.as_dict())
     base = {**read_meta(out / "logistic"), "classes": meta["classes"]}
     base_handle = common.handle_of(spec, version, storage.root.relative(out / "logistic"), base, plan.as_dict())
-
-    def predict_rows(h, rows):
-        return assets._tabular_predictor(h["plan"])(Path(h["dir"]), rows)
-
+    predict_rows = lifecycle.row_predictor(assets._tabular_predictor)
     metrics, _ = lifecycle.evaluate_candidate(spec, storage, split, handle, base_handle, predict_rows,
                                               assets.report_missing_data(spec), assets.card_extras)  # fmt: skip
     lap("evaluation")

@@ -126,6 +126,15 @@ def flow_counts(spec: TaskSpec, storage: MeddiagStorage, split: pl.DataFrame) ->
     return counts
 
 
+def row_predictor(predictor_factory: PredictorFactory) -> Callable[[dict, pl.DataFrame], np.ndarray]:
+    """``predict_rows(handle, rows)``: ``handle`` opened (:func:`open_handle`), its folders resolved against the
+    data root."""
+    def predict_rows(handle: dict, rows: pl.DataFrame) -> np.ndarray:
+        return predictor_factory(handle["plan"])(Path(handle["dir"]), rows)
+
+    return predict_rows
+
+
 # -- evaluation, champion, predictions ----------------------------------------------------------------------------
 def build_model_lifecycle_assets(spec: TaskSpec, tags: dict, split_asset: list, predictor_factory: PredictorFactory,
                                  explain: Explainer | None, missing_data: Callable[[pl.DataFrame, dict], list[dict]],
@@ -138,9 +147,7 @@ def build_model_lifecycle_assets(spec: TaskSpec, tags: dict, split_asset: list, 
     name = spec.name
     split_key = dg.AssetKey([name, "split"])
 
-    def predict_rows(handle: dict, rows: pl.DataFrame) -> np.ndarray:
-        """``handle``: opened (:func:`open_handle`), its folders resolved against the data root."""
-        return predictor_factory(handle["plan"])(Path(handle["dir"]), rows)
+    predict_rows = row_predictor(predictor_factory)
 
     @dg.asset(key=[name, "evaluation"], ins={"split": dg.AssetIn(split_key)}, kinds={"scikitlearn", "html"},
               description=f"{name}: the shared evaluator on the test split (TRIPOD+AI style): discrimination and "
