@@ -58,6 +58,15 @@ def test_bench_smoke(name, tmp_path):
     run_bench(name, tmp_path)
 
 
+def test_pneumonia_like_data_and_recipe_smoke(tmp_path):
+    import numpy as np
+
+    (line,) = run_bench("pneumonia_like", tmp_path, "--mode", "direct", "--threads", "1", "--width", "8")
+    assert 0 <= line["test_auroc"] <= 1 and line["epochs_run"] <= 2 and line["cpu_minutes"] > 0
+    with np.load(tmp_path / "pneumonia_like_smoke_0.npz") as data:  # MedMNIST layout, the test split shifted
+        assert data["train_images"].shape == (160, 28, 28) and data["train_labels"].shape == (160, 1)
+        assert abs(data["test_labels"].mean() - 0.625) < 0.01 and data["test_images"].std() < data["val_images"].std()
+
 def test_gpu_check_runs_every_model_on_the_cpu(tmp_path):
     lines = run_bench("gpu_check", tmp_path, module=("bench.gpu_check",))
     assert all(line["device"] == "cpu" and "CPU" in line["note"] for line in lines)

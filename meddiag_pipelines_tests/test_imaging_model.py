@@ -13,7 +13,8 @@ from meddiag_pipelines.imaging.model import ResNet18Small, build_model, count_pa
 from scripts.phantoms import write_phantom_batch
 from meddiag_pipelines.imaging.readers import read_image_batch
 from meddiag_pipelines.imaging.saliency import grad_cam, saliency_panel_png
-from meddiag_pipelines.imaging.train import augment_batch, choose_width, predict_image_model, train_image_model
+from meddiag_pipelines.imaging.train import (_ema_update, augment_batch, choose_width, ema_decay, predict_image_model,
+                                             train_image_model)  # fmt: skip
 from meddiag_pipelines_tests.test_imaging_readers import make_spec
 
 
@@ -49,6 +50,36 @@ def test_resnet18_width_and_rebuild() -> None:
     clone.load_state_dict(small.state_dict())
     assert clone.config == small.config
     assert choose_width(4708, 28, "cpu") == 32 and choose_width(78_468, 28, "cpu") == 16 and choose_width(10, 28, "cuda") == 64
+
+
+def test_hflip_tta_scores_the_mean_of_the_image_and_its_mirror_in_eval_only() -> None:
+    torch.manual_seed(0)
+    model = ResNet18Small(1, 1, 8, 28, hflip_tta=True)
+    x = torch.rand(3, 1, 28, 28)
+    with torch.no_grad():
+        single = model.eval().head(model.features(x))
+        mirror = model.head(model.features(x.flip(3)))
+        assert not torch.allclose(single, mirror)
+        torch.testing.assert_close(model(x), (single + mirror) / 2)
+        assert build_model(json.loads(json.dumps(model.config.to_dict()))).config.hflip_tta
+        assert not build_model({**model.config.to_dict(), "hflip_tta": False}).config.hflip_tta
+    model.train()  # training sees one (augmented) view
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), model.head(model.features(x)))
+    assert not ResNet18Small(1, 1, 8, 28).config.hflip_tta
+
+
+def test_the_weight_average_spans_about_an_epoch_and_warms_up() -> None:
+    assert ema_decay(37) == pytest.approx(1 - 1 / 37) and ema_decay(2) == 0.9 and ema_decay(10**6) == 0.9999
+    update = _ema_update(0.99)
+    averaged, current = [torch.zeros(3)], [torch.ones(3)]
+    update(averaged, current, torch.tensor(0))  # first update: decay (1 + 0) / 10, follows the weights closely
+    torch.testing.assert_close(averaged[0], torch.full((3,), 0.9))
+    update(averaged, current, torch.tensor(10**6))  # later: the configured decay
+    torch.testing.assert_close(averaged[0], torch.full((3,), 0.9 + 0.1 * 0.01))
+    counter = [torch.tensor(5)]
+    update(counter, [torch.tensor(7)], torch.tensor(3))  # integer buffers (batch-norm step counts) are copied
+    assert int(counter[0]) == 7
 
 
 def test_augment_batch_is_seeded_and_keeps_shape() -> None:

@@ -12,7 +12,7 @@ import torch
 from scripts.phantoms import write_phantom_batch
 from meddiag_pipelines.imaging.preprocess import load_cached, update_cache
 from meddiag_pipelines.imaging.readers import read_image_batch
-from meddiag_pipelines.imaging.train import CHECKPOINT, adopt_parent_checkpoint, predict_image_model, train_image_model
+from meddiag_pipelines.imaging.train import CHECKPOINT, adopt_parent_checkpoint, macro_auroc, predict_image_model, train_image_model
 from meddiag_pipelines.specs import TaskSpec
 
 pytestmark = pytest.mark.slow
@@ -84,6 +84,20 @@ def test_deterministic_on_cpu(phantom_data, tmp_path: Path) -> None:
     assert_same_weights(r1.model_dir, r2.model_dir)
     assert [h["val_auroc"] for h in r1.history] == [h["val_auroc"] for h in r2.history]
     np.testing.assert_array_equal(predict_image_model(r1.model_dir, Xv, "cpu"), predict_image_model(r2.model_dir, Xv, "cpu"))
+
+
+def test_the_weight_average_is_what_is_saved_and_scored(phantom_data, tmp_path: Path) -> None:
+    Xt, yt, Xv, yv = small(phantom_data)
+    res = train_image_model(Xt, yt, Xv, yv, "binary", 1, phantom_spec(epochs=2, patience=10), tmp_path / "m", device="cpu", width=8, num_threads=1)
+    ckpt = torch.load(res.model_dir / CHECKPOINT, weights_only=True)
+    saved = weights(res.model_dir)
+    assert all(torch.equal(saved[k], v) for k, v in ckpt["best_state"].items())
+    assert {f"module.{k}" for k in saved} <= set(ckpt["ema"]) and int(ckpt["ema"]["n_averaged"]) == 2 * 5  # every step
+    # the raw weights the optimiser left are not what was saved
+    assert not all(torch.equal(saved[k], ckpt["model"][k]) for k in saved if saved[k].is_floating_point())
+    meta = json.loads((res.model_dir / "model.json").read_text())
+    assert 0.9 <= meta["ema_decay"] < 1 and meta["model_config"]["hflip_tta"]  # trained with hflip: scored with it
+    assert macro_auroc(yv, predict_image_model(res.model_dir, Xv, "cpu"), "binary") == pytest.approx(res.best_val_auroc, abs=1e-6)
 
 
 class Crash(RuntimeError):

@@ -14,6 +14,10 @@ on two cores; see ``DEFAULT_WIDTH`` and the throughput notes in ``train.py``. On
 
 Input: float in [0, 1], shape (N, C, S, S). The per-channel mean / std normalisation (fitted on the training
 images) is stored in the model's buffers so ``model.pt`` is self-contained.
+
+``hflip_tta`` (set by training when the model was trained with horizontal flips): in eval mode the logits are
+the mean of the image's and its mirror image's, inside ``forward`` so that validation, test, predictions and the
+ONNX export all score the same way (Grad-CAM explains the image as given, through ``features`` and ``head``).
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ class ModelConfig:
     input_size: int = 28
     stem: str = "3x3s1"
     blocks: tuple[int, int, int, int] = DEFAULT_BLOCKS
+    hflip_tta: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -79,13 +84,14 @@ class ResNet18Small(nn.Module):
         input_size: int = 28,
         stem: str | None = None,
         blocks: tuple[int, int, int, int] = DEFAULT_BLOCKS,
+        hflip_tta: bool = False,
     ) -> None:
         super().__init__()
         stem = stem or stem_for(input_size)
         blocks = tuple(int(b) for b in blocks)
         if len(blocks) != 4 or min(blocks) < 1:
             raise ValueError(f"blocks must be four counts >= 1, got {blocks}")
-        self.config = ModelConfig(in_channels, n_outputs, width, input_size, stem, blocks)
+        self.config = ModelConfig(in_channels, n_outputs, width, input_size, stem, blocks, bool(hflip_tta))
         w = width
         if stem == "3x3s1":
             self.stem = nn.Sequential(nn.Conv2d(in_channels, w, 3, 1, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True))
@@ -137,7 +143,10 @@ class ResNet18Small(nn.Module):
         return self.fc(torch.flatten(self.pool(feats), 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
+        if self.training or not self.config.hflip_tta:
+            return self.head(self.features(x))
+        both = self.head(self.features(torch.cat([x, x.flip(3)])))  # one pass over the two views
+        return (both[: x.shape[0]] + both[x.shape[0] :]) / 2
 
 
 def build_model(config: dict) -> ResNet18Small:
@@ -148,6 +157,7 @@ def build_model(config: dict) -> ResNet18Small:
         input_size=int(config["input_size"]),
         stem=str(config["stem"]),
         blocks=tuple(config.get("blocks", DEFAULT_BLOCKS)),
+        hflip_tta=bool(config.get("hflip_tta", False)),
     )
 
 

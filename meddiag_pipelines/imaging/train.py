@@ -11,13 +11,18 @@ configuration (:class:`ImageParams`) per call; ``imaging.tuning`` searches them.
   (binary ``pos_weight = n_neg / n_pos``, multiclass inverse-frequency weights, multilabel per-label
   ``pos_weight`` capped at ``MULTILABEL_POS_WEIGHT_CAP``); augmentation of each batch in torch from
   ``spec.image.augment`` (hflip / vflip with p = 0.5; affine: rotation +-10 deg, scale 0.9-1.1, shift +-6 %).
+* An exponential moving average of the weights and batch-norm statistics (``torch.optim.swa_utils.AveragedModel``,
+  updated after every step, averaging over about one epoch, :func:`ema_decay`, with a warm-up so a short run is
+  not dominated by the initial weights) is what is validated, saved and scored; the raw weights only train.
+  The from-scratch CNN trained with ``hflip`` scores the mean of each image and its mirror image (test-time
+  augmentation inside the model's forward, ``model.py``).
 * Early stopping on validation AUROC (macro over classes / labels) with ``spec.training.patience``; at most
   ``spec.training.epochs`` epochs and ``spec.training.time_budget_s`` seconds (checked every step, summed over
-  resumed runs). The best epoch's weights are kept.
+  resumed runs). The best epoch's (averaged) weights are kept.
 * Seeded; on CPU deterministic (``torch.use_deterministic_algorithms``, fixed thread count, explicit generators
   for shuffling and augmentation), so two runs give the same weights. On CUDA: bf16 autocast, channels_last,
   pinned memory and DataLoader workers (not bit-deterministic).
-* ``out_dir/checkpoint.pt`` (model, optimizer, scheduler, epoch, RNG states, best state, history) is written
+* ``out_dir/checkpoint.pt`` (model, its average, optimizer, scheduler, epoch, RNG states, best state, history) is written
   atomically after every epoch; calling again with the same ``out_dir`` and the same data / settings resumes from
   it (different data or settings start afresh). Final model: ``out_dir/model.pt`` (state dict only) and
   ``out_dir/model.json``. Every ``torch.load`` uses ``weights_only=True``.
@@ -69,6 +74,8 @@ TRIALS = "trials"
 TIMM = "timm"  # model.json "architecture" of a timm backbone
 UNFROZEN_LR_SCALE = 0.1  # frozen_then_unfrozen: the backbone's learning rate once it trains, relative to the head's
 SGD_MOMENTUM = 0.9
+EMA_DECAY_RANGE = (0.9, 0.9999)  # the average's decay, whatever the epoch's length
+RECIPE = "ema+hflip_tta"  # in the checkpoint's fingerprint: a checkpoint of another recipe is not resumed
 
 
 @dataclass(frozen=True)
@@ -280,6 +287,33 @@ def _predict(model: nn.Module, X: torch.Tensor, kind: str, device: str) -> np.nd
 # ------------------------------------------------------------------------------------------------ training
 
 
+def ema_decay(steps_per_epoch: int) -> float:
+    """The decay that averages the weights over about the last epoch."""
+    low, high = EMA_DECAY_RANGE
+    return min(high, max(low, 1.0 - 1.0 / max(1, steps_per_epoch)))
+
+
+def _ema_update(decay: float) -> Callable:
+    """``AveragedModel``'s ``multi_avg_fn``: an EMA whose decay warms up as ``(1 + n) / (10 + n)`` after ``n``
+    updates (as TensorFlow's and timm's), so the first epochs' average follows the weights closely."""
+
+    @torch.no_grad()
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], n_averaged: torch.Tensor) -> None:
+        n = float(n_averaged)
+        d = min(decay, (1.0 + n) / (10.0 + n))
+        if torch.is_floating_point(averaged[0]):
+            torch._foreach_lerp_(averaged, current, 1.0 - d)
+        else:  # batch-norm step counters: unused by the average, kept as the model's
+            for a, c in zip(averaged, current, strict=True):
+                a.copy_(c)
+
+    return update
+
+
+def _averaged(model: nn.Module, decay: float) -> torch.optim.swa_utils.AveragedModel:
+    return torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=_ema_update(decay), use_buffers=True)
+
+
 def _lr_lambda(total_steps: int, warmup: int) -> Callable[[int], float]:
     def f(step: int) -> float:
         if step < warmup:
@@ -312,7 +346,8 @@ def _weights_origin(weights: str | None) -> str | None:
 def _new_model(params: ImageParams, spec: TaskSpec, weights: str | None, channels: int, n_outputs: int,
                size: int) -> nn.Module:  # fmt: skip
     if params.backbone is None:
-        return ResNet18Small(channels, n_outputs, int(params.width), size, blocks=params.blocks)
+        return ResNet18Small(channels, n_outputs, int(params.width), size, blocks=params.blocks,
+                             hflip_tta="hflip" in params.augment)  # fmt: skip
     from meddiag_pipelines.imaging.backbones import new_backbone
 
     image = spec.image
@@ -355,6 +390,10 @@ def _set_trainable(model: nn.Module, frozen: bool) -> None:
         model.classifier().train()
     else:
         model.train()
+
+
+def _weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
 
 
 def adopt_parent_checkpoint(out_dir: Path, staging: Path, parent_run_id: str | None) -> bool:
@@ -437,6 +476,7 @@ def train_image_model(
             "seed": training.seed,
             "epochs": training.epochs,
             "batch_size": batch_size,
+            "recipe": RECIPE,
             "data": _data_hash(np.asarray(X_train), np.asarray(y_train), np.asarray(X_val), np.asarray(y_val)),
         },
         sort_keys=True,
@@ -453,6 +493,8 @@ def train_image_model(
             model = model.to(memory_format=torch.channels_last)
         loss_fn = _loss_fn(yt, kind, n_outputs).to(device)
         optimizer, scheduler = _optimizer(model, params, total_steps, warmup, frozen_epochs * steps_per_epoch)
+        decay = ema_decay(steps_per_epoch)
+        ema = _averaged(model, decay)
         shuffle_gen = torch.Generator().manual_seed(training.seed)
         aug_gen = torch.Generator().manual_seed(training.seed + 1)
 
@@ -467,6 +509,7 @@ def train_image_model(
             ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
             if ckpt.get("fingerprint") == fingerprint:
                 model.load_state_dict(ckpt["model"])
+                ema.load_state_dict(ckpt["ema"])
                 optimizer.load_state_dict(ckpt["optimizer"])
                 scheduler.load_state_dict(ckpt["scheduler"])
                 shuffle_gen.set_state(ckpt["shuffle_rng"])
@@ -488,6 +531,7 @@ def train_image_model(
             ckpt = {
                 "fingerprint": fingerprint,
                 "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                "ema": {k: v.detach().cpu() for k, v in ema.state_dict().items()},
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
                 "shuffle_rng": shuffle_gen.get_state(),
@@ -528,13 +572,14 @@ def train_image_model(
                 loss.backward()
                 optimizer.step()
                 scheduler.step()
+                ema.update_parameters(model)
                 total_loss += float(loss.detach()) * len(xb)
                 seen += len(xb)
                 if over_budget():
                     cut = True
                     break
             train_seconds = time.perf_counter() - t_epoch
-            p_val = _predict(model, Xv, kind, device)
+            p_val = _predict(ema.module, Xv, kind, device)
             auroc = macro_auroc(yv.numpy(), p_val, kind) if len(Xv) else float("nan")
             row = {
                 "epoch": epoch,
@@ -548,7 +593,7 @@ def train_image_model(
             history.append(row)
             if not math.isnan(auroc) and auroc > state["best_auroc"] + 1e-6:
                 state.update(best_auroc=auroc, best_epoch=epoch, bad_epochs=0)
-                best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+                best_state = _weights(ema.module)
             else:
                 state["bad_epochs"] += 1
             state["epoch"] = epoch
@@ -564,8 +609,8 @@ def train_image_model(
             if on_epoch_end is not None:
                 on_epoch_end(epoch, row)
 
-        if best_state is None:  # no usable validation AUROC: keep the last weights
-            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        if best_state is None:  # no usable validation AUROC: keep the last (averaged) weights
+            best_state = _weights(ema.module)
             state["best_epoch"] = int(state["epoch"])
         architecture = TIMM if params.backbone else "ResNet18Small"
         final = build_image_model(architecture, model.config.to_dict())
@@ -580,6 +625,7 @@ def train_image_model(
             "input_size": size,
             "channels": channels,
             "normalisation": {"input_range": [0.0, 1.0], "mean": mean, "std": std, "applied_inside_model": True},
+            "ema_decay": decay,
             "best_epoch": int(state["best_epoch"]),
             "best_val_auroc": float(state["best_auroc"]) if state["best_auroc"] != float("-inf") else None,
             "stopped": stopped,
