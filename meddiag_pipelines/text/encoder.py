@@ -3,19 +3,23 @@
 ``text_model`` is a local model folder (read with ``local_files_only=True``: never the network) or
 ``hub:<id>`` (downloaded when online; ``HF_HUB_OFFLINE=1`` keeps it to the local cache). The folder may be a
 classifier or a bare encoder (a sentence-transformers folder such as all-MiniLM-L6-v2 is a plain BertModel):
-``AutoModelForSequenceClassification`` puts a new head of the task's classes on it. Weights are read from
-safetensors only (``use_safetensors=True``), so loading never unpickles.
+its encoder (``AutoModel``) gets a new linear head of the task's classes, reading the mean of the token states
+(``text_encoder.pooling: mean``, what sentence-transformers checkpoints are trained to make meaningful) or the
+first token's state (``cls``). Weights are read from safetensors only (``use_safetensors=True``), so loading
+never unpickles.
 
 Training (``train_encoder``): the whole encoder (or, with ``text_encoder.lora``, LoRA adapters on the
-attention projections plus the head, through peft) with AdamW and a one-cycle schedule, class-balanced
-cross-entropy, at most ``max_length`` tokens per text. An optuna search over the peak learning rate, weight
+attention projections, through peft) and the head with AdamW and a one-cycle schedule, the head at its own
+peak (``head_learning_rate``: it starts from random weights), class-balanced cross-entropy, at most
+``max_length`` tokens per text. An optuna search over the peak learning rate, weight
 decay and warm-up (the spec's settings are the first trial) prunes a trial whose per-epoch validation macro-F1
 falls below the median of earlier trials at that epoch; it starts no trial that would overrun
 ``training.time_budget_s``. The best epoch of the best trial is kept, then temperature-scaled on validation.
 
-Saved as ``out_dir/encoder``: the Hugging Face config, tokenizer files and ``model.safetensors`` (LoRA
-adapters merged into the weights, so the version folder stands alone), ``terms.json`` (frequent training
-words, for ``top_terms_per_class``) and ``model.json`` (kind, classes, temperature, max_length, tuning).
+Saved as ``out_dir/encoder``: the encoder's Hugging Face config, tokenizer files and ``model.safetensors`` (LoRA
+adapters merged into the weights, so the version folder stands alone), ``head.safetensors``, ``terms.json`` (frequent training
+words, for ``top_terms_per_class``) and ``model.json`` (kind, classes, temperature, max_length, pooling, tuning). A folder saved before pooling existed
+(no ``pooling`` in model.json: a whole ``AutoModelForSequenceClassification``) still loads as it was trained.
 Explanations reuse the word occlusion of ``models.explain_texts`` (it needs only ``logits(texts)``).
 """
 
@@ -74,6 +78,33 @@ def encoder_source(text_model: str) -> tuple[str, bool]:
     return str(folder), True
 
 
+HEAD_FILE = "head.safetensors"
+
+
+def _classifier(encoder, n_labels: int, pooling: str):
+    """``encoder`` (an ``AutoModel``) with a linear head: ``(input_ids, attention_mask) -> (n, k)`` logits."""
+    import torch
+    from torch import nn
+
+    class PooledClassifier(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.encoder = encoder
+            self.pooling = pooling
+            self.dropout = nn.Dropout(0.1)
+            self.classifier = nn.Linear(encoder.config.hidden_size, n_labels)
+
+        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+            states = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            if self.pooling == "cls":
+                return self.classifier(self.dropout(states[:, 0]))
+            mask = attention_mask.unsqueeze(-1).to(states.dtype)  # padding tokens do not count in the mean
+            pooled = (states * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+            return self.classifier(self.dropout(pooled))
+
+    return PooledClassifier()
+
+
 def _lora(net, cfg: TextEncoderSpec):
     from peft import LoraConfig, TaskType, get_peft_model
 
@@ -81,7 +112,7 @@ def _lora(net, cfg: TextEncoderSpec):
                       if n.rsplit(".", 1)[-1] in ATTENTION_PROJECTIONS and hasattr(m, "weight")})  # fmt: skip
     if not targets:
         raise ValueError("text_encoder.lora: no attention projections found in this model")
-    config = LoraConfig(task_type=TaskType.SEQ_CLS, r=cfg.lora_rank, lora_alpha=2 * cfg.lora_rank,
+    config = LoraConfig(task_type=TaskType.FEATURE_EXTRACTION, r=cfg.lora_rank, lora_alpha=2 * cfg.lora_rank,
                         lora_dropout=0.1, target_modules=targets)  # fmt: skip
     return get_peft_model(net, config)
 
@@ -90,15 +121,29 @@ def _pretrained(text_model: str, n_labels: int, cfg: TextEncoderSpec):
     tf = _transformers()
     source, local_only = encoder_source(text_model)
     tokenizer = tf.AutoTokenizer.from_pretrained(source, local_files_only=local_only)
-    net = tf.AutoModelForSequenceClassification.from_pretrained(
-        source, num_labels=n_labels, local_files_only=local_only, use_safetensors=True, ignore_mismatched_sizes=True
-    )
-    return tokenizer, (_lora(net, cfg) if cfg.lora else net)
+    encoder = tf.AutoModel.from_pretrained(source, local_files_only=local_only, use_safetensors=True)
+    return tokenizer, _classifier(_lora(encoder, cfg) if cfg.lora else encoder, n_labels, cfg.pooling)
+
+
+def _legacy_logits(net):
+    """A whole ``AutoModelForSequenceClassification`` (folders saved before ``pooling``) called as the pooled
+    classifier is: ``(input_ids, attention_mask) -> logits``."""
+    from torch import nn
+
+    class Logits(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = net
+
+        def forward(self, input_ids, attention_mask):
+            return self.net(input_ids=input_ids, attention_mask=attention_mask).logits
+
+    return Logits()
 
 
 @dataclass
 class _Encoder:
-    net: object  # a transformers sequence classifier (LoRA merged once saved)
+    net: object  # (input_ids, attention_mask) -> logits: an encoder and its head (LoRA merged once saved)
     tokenizer: object
     classes: list[str]
     temperature: float
@@ -123,7 +168,7 @@ class _Encoder:
             for i in range(0, len(order), EVAL_BATCH):
                 idx = order[i : i + EVAL_BATCH]
                 ids, mask = self._inputs([texts[j] for j in idx])
-                out[idx] = self.net(input_ids=ids, attention_mask=mask).logits.float().cpu().numpy()
+                out[idx] = self.net(ids, mask).float().cpu().numpy()
         return out
 
     def logits(self, texts: list[str]) -> np.ndarray:
@@ -137,45 +182,57 @@ class _Encoder:
     def module(self):
         """The encoder as an ``nn.Module``: ``(input_ids, attention_mask) -> (n, k)`` logits before the
         temperature (for ONNX export); ``self.tokenizer`` makes its inputs."""
-        from torch import nn
-
-        class Logits(nn.Module):
-            def __init__(self, net) -> None:
-                super().__init__()
-                self.net = net
-
-            def forward(self, input_ids, attention_mask):
-                return self.net(input_ids=input_ids, attention_mask=attention_mask).logits
-
-        return Logits(self.net).eval()
+        return self.net.eval()
 
     def save(self, folder: Path) -> None:
         """The whole folder is built aside and published once (nothing half-written is ever seen)."""
-        net = self.net.merge_and_unload() if hasattr(self.net, "merge_and_unload") else self.net
+        from safetensors.torch import save_file
+
+        net = self.net
+        if hasattr(net.encoder, "merge_and_unload"):
+            net.encoder = net.encoder.merge_and_unload()
         staging = staging_dir(folder)
-        net.save_pretrained(staging)
+        net.encoder.save_pretrained(staging)
+        save_file({k: v.contiguous() for k, v in net.classifier.state_dict().items()}, str(staging / HEAD_FILE))
         self.tokenizer.save_pretrained(staging)
         atomic_write_json(staging / "terms.json", self.terms)
         atomic_write_json(staging / "model.json", {
             "format_version": FORMAT_VERSION, "kind": KIND, "classes": self.classes, "temperature": self.temperature,
-            "max_length": self.max_length, "tuning": self.tuning, "architecture": type(net).__name__,
+            "max_length": self.max_length, "pooling": net.pooling, "tuning": self.tuning,
+            "architecture": type(net.encoder).__name__,
         })  # fmt: skip
         publish_new_dir(staging, folder)
-        self.net = net
 
     @classmethod
     def load(cls, folder: Path, config: dict, device: str = "cpu") -> _Encoder:
         tf = _transformers()
         tokenizer = tf.AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
-        net = tf.AutoModelForSequenceClassification.from_pretrained(str(folder), local_files_only=True,
-                                                                    use_safetensors=True).to(device)  # fmt: skip
+        net = _load_net(tf, folder, config, len(config["classes"])).to(device)
         terms = json.loads((folder / "terms.json").read_text(encoding="utf-8"))
         return cls(net, tokenizer, list(config["classes"]), float(config["temperature"]), int(config["max_length"]),
                    terms, dict(config.get("tuning") or {}), device)  # fmt: skip
 
 
+def _load_net(tf, folder: Path, config: dict, n_labels: int):
+    if "pooling" not in config:
+        return _legacy_logits(tf.AutoModelForSequenceClassification.from_pretrained(
+            str(folder), local_files_only=True, use_safetensors=True))  # fmt: skip
+    from safetensors.torch import load_file
+
+    encoder = tf.AutoModel.from_pretrained(str(folder), local_files_only=True, use_safetensors=True)
+    net = _classifier(encoder, n_labels, config["pooling"])
+    net.classifier.load_state_dict(load_file(str(folder / HEAD_FILE)))
+    return net
+
+
 def _trainable_state(net) -> dict:
     return {n: p.detach().clone() for n, p in net.named_parameters() if p.requires_grad}
+
+
+def _param_groups(net, head_lr: float, encoder_lr: float) -> list[dict]:
+    """The new head at its own peak learning rate, the encoder's trainable weights (all, or LoRA's) at theirs."""
+    return [{"params": list(net.classifier.parameters()), "lr": head_lr},
+            {"params": [p for p in net.encoder.parameters() if p.requires_grad], "lr": encoder_lr}]  # fmt: skip
 
 
 def _fit_trial(spec: TaskSpec, params: dict, data: tuple, classes: list[str], device: str, deadline: float,
@@ -190,10 +247,10 @@ def _fit_trial(spec: TaskSpec, params: dict, data: tuple, classes: list[str], de
     tokenizer, net = _pretrained(spec.text_model, len(classes), cfg)
     net.to(device)
     model = _Encoder(net, tokenizer, list(classes), 1.0, cfg.max_length, device=device)
-    trainable = [p for p in net.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(trainable, lr=params["learning_rate"], weight_decay=params["weight_decay"])
+    groups = _param_groups(net, cfg.head_learning_rate, params["learning_rate"])
+    opt = torch.optim.AdamW(groups, weight_decay=params["weight_decay"])
     steps_per_epoch = math.ceil(len(train_texts) / cfg.batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=params["learning_rate"], pct_start=params["warmup"],
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[g["lr"] for g in groups], pct_start=params["warmup"],
                                                 total_steps=cfg.epochs * steps_per_epoch, anneal_strategy="linear")  # fmt: skip
     weights = torch.tensor(class_weights(y_train, len(classes)), dtype=torch.float32, device=device)
     loss_fn = torch.nn.CrossEntropyLoss(weight=weights)
@@ -206,7 +263,7 @@ def _fit_trial(spec: TaskSpec, params: dict, data: tuple, classes: list[str], de
             batch = order[i : i + cfg.batch_size]
             ids, mask = model._inputs([train_texts[j] for j in batch])
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda")):
-                logits = net(input_ids=ids, attention_mask=mask).logits
+                logits = net(ids, mask)
             loss = loss_fn(logits.float(), y_t[batch].to(device))
             opt.zero_grad()
             loss.backward()

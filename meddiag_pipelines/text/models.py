@@ -11,8 +11,9 @@ baseline on validation. All are saved in safe formats only, no pickle anywhere:
 ``out_dir/neural``    ``model.json`` (classes, sizes, temperature), ``model.pt`` (a ``state_dict`` read with
                       ``torch.load(..., weights_only=True)``), ``terms.json`` (frequent training words, for
                       ``top_terms_per_class``).
-``out_dir/encoder``   (with ``text_model``) the Hugging Face folder (config, tokenizer, ``model.safetensors``) and
-                      ``model.json`` (kind ``hf_encoder``, classes, temperature, max_length, tuning).
+``out_dir/encoder``   (with ``text_model``) the Hugging Face folder (config, tokenizer, ``model.safetensors``),
+                      ``head.safetensors`` and ``model.json`` (kind ``hf_encoder``, classes, temperature,
+                      max_length, pooling, tuning).
 ``out_dir/chosen.json``  which model was chosen, the validation scores and temperatures (and the encoder's tuning).
 
 Baseline: TF-IDF of word 1-2-grams and ``char_wb`` 2-5-grams (sublinear tf, idf fitted on train, each block
