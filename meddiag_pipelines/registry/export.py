@@ -128,13 +128,21 @@ def _export_and_compare(exportable: Exportable, target: Path) -> dict:
     with torch.no_grad():
         for batch in exportable.test_batches():
             expected = exportable.module(*(torch.from_numpy(batch[n]) for n in names)).numpy()
-            (got,) = session.run(["logits"], batch)
-            if got.shape != expected.shape:
-                raise ExportRefused(f"the ONNX model's output shape {got.shape} differs from torch's {expected.shape}")
-            diff = float(np.abs(got - expected).max(initial=0.0))
-            worst, shape = max(worst, diff if np.isfinite(diff) else np.inf), got.shape[1:]  # NaN: a mismatch
+            diff, shape = _max_abs_diff(session, "logits", batch, expected, "torch")
+            worst = max(worst, diff)
     return {"max_abs_diff": worst, "output_shape": ["batch", *shape], "opset": _opset(target),
             "torch": torch.__version__, "onnxruntime": onnxruntime.__version__}  # fmt: skip
+
+
+def _max_abs_diff(session, output: str, feeds: dict[str, np.ndarray], expected: np.ndarray,
+                  reference: str) -> tuple[float, tuple]:  # fmt: skip
+    """onnxruntime's ``output`` on ``feeds`` against ``expected`` (the reference's): the largest absolute difference
+    (infinite where either has a NaN) and the output's shape past the batch axis."""
+    (got,) = session.run([output], feeds)
+    if got.shape != expected.shape:
+        raise ExportRefused(f"the ONNX model's output shape {got.shape} differs from {reference}'s {expected.shape}")
+    diff = float(np.abs(got - expected).max(initial=0.0))
+    return (diff if np.isfinite(diff) else np.inf), got.shape[1:]  # NaN: a mismatch
 
 
 def _opset(path: Path) -> int:
@@ -365,12 +373,7 @@ def _tabular_export_and_compare(exportable: TabularExportable, target: Path) -> 
     session = onnxruntime.InferenceSession(str(target), providers=["CPUExecutionProvider"])
 
     def worst(matrix: np.ndarray) -> tuple[float, tuple]:
-        expected = exportable.predict(matrix)
-        (got,) = session.run(["probabilities"], {"features": matrix})
-        if got.shape != expected.shape:
-            raise ExportRefused(f"the ONNX model's output shape {got.shape} differs from the predictor's {expected.shape}")
-        diff = float(np.abs(got - expected).max(initial=0.0))
-        return (diff if np.isfinite(diff) else np.inf), got.shape[1:]  # NaN: a mismatch
+        return _max_abs_diff(session, "probabilities", {"features": matrix}, exportable.predict(matrix), "the predictor")
 
     at_splits = worst(exportable.probes)[0] if len(exportable.probes) else 0.0
     if not at_splits <= TOLERANCE:
