@@ -18,11 +18,12 @@ from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, 
 from meddiag_pipelines.defs.assets.imaging import read_image_records
 from meddiag_pipelines.imaging.preprocess import load_cached, resize_square, to_uint8, update_cache
 from meddiag_pipelines.imaging.readers import ImageBatchError, load_pixels, read_image_batch
-from meddiag_pipelines.ingestion.batches import ingest_new_batches
+from meddiag_pipelines.ingestion.batches import ingest_new_batches, validate_pending_batches
 from meddiag_pipelines.ingestion.landing import describe_batch
 from meddiag_pipelines.ingestion.warehouse import Warehouse
 from meddiag_pipelines.layout import DataLayout
 from meddiag_pipelines.specs import TaskSpec
+from meddiag_pipelines_tests.test_imaging_readers import raw_pickle_npz
 from meddiag_pipelines.imaging.validation import (
     COPY_OF_TRAIN_COLUMN,
     duplicate_warnings,
@@ -249,6 +250,40 @@ def test_a_batch_not_in_the_declared_format_names_what_was_found(tmp_path: Path)
 
 
 # ------------------------------------------------------------------------------------------------ npz official split
+
+
+def land_npz(batch: Path, files: dict[str, int]) -> Path:
+    """A ready npz batch: each file (relative path -> seed) holds 4 train images."""
+    for rel, seed in files.items():
+        (batch / rel).parent.mkdir(parents=True, exist_ok=True)
+        np.savez(batch / rel, **npz(batch / rel, {"train": 4}, seed=seed))
+    (batch / "_READY").touch()
+    return batch
+
+
+def test_npz_batches_holding_the_same_file_names_all_validate(tmp_path: Path) -> None:
+    """Another batch's data.npz, and a/b.npz beside a_b.npz, are other records, not ids already ingested."""
+    layout, spec = DataLayout(tmp_path / "data"), spec_of("npz", task={"classes": ["0", "1"]})
+    land_npz(layout.landing(spec.name) / "b1", {"data.npz": 1})
+    land_npz(layout.landing(spec.name) / "b2", {"data.npz": 2})
+    land_npz(layout.landing(spec.name) / "b3", {"a/b.npz": 3, "a_b.npz": 4})
+    warehouse = Warehouse(layout.warehouse_db())
+    ingest_new_batches(spec, layout, warehouse, read_image_records)
+    records, summary = validate_pending_batches(spec, layout, warehouse, validate_images)
+    assert (summary.validated, summary.quarantined, records.height) == (["b1", "b2", "b3"], [], 16)
+    again = ingest_new_batches(spec, layout, warehouse, read_image_records)  # re-ingestion changes nothing
+    assert (again.ingested, again.skipped_known) == ([], 3)
+
+
+def test_an_npz_with_a_raw_pickle_member_is_quarantined_alone(tmp_path: Path) -> None:
+    layout, spec = DataLayout(tmp_path / "data"), spec_of("npz", task={"classes": ["0", "1"]})
+    batch = land_npz(layout.landing(spec.name) / "b1", {"good.npz": 1})
+    raw_pickle_npz(batch / "bad.npz", tmp_path / "unpickled")
+    warehouse = Warehouse(layout.warehouse_db())
+    summary = ingest_new_batches(spec, layout, warehouse, read_image_records)
+    assert summary.ingested == ["b1"] and [q["file"] for q in summary.quarantined] == ["bad.npz"]
+    assert warehouse.read(spec.name, "raw_records", ["b1"]).height == 4 and not (tmp_path / "unpickled").exists()
+    assert not (batch / "bad.npz").exists() and (batch / "good.npz").is_file()
 
 
 def test_copies_across_a_datasets_own_split_are_reported_not_blocked(tmp_path: Path) -> None:

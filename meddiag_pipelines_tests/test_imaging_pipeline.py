@@ -15,6 +15,7 @@ from pydicom.data import get_testdata_file
 from meddiag_pipelines.definitions import build_definitions
 from meddiag_pipelines.update import run_task_in_process
 from meddiag_pipelines.defs.assets.imaging import read_image_records
+from meddiag_pipelines.imaging.readers import npz_record_id
 from meddiag_pipelines.split import SPLIT_COLUMN, unit_hash
 from scripts.phantoms import write_phantom_batch
 from meddiag_pipelines.ingestion.landing import describe_batch
@@ -121,10 +122,10 @@ def test_npz_task_keeps_its_own_split_multiclass(tmp_path: Path) -> None:
     metrics = json.loads((latest / "metrics.json").read_text())
     assert (metrics["kind"], metrics["n_train"], metrics["n_val"], metrics["n_test"]) == ("multiclass", 60, 15, 24)
     test_ids = pl.read_parquet(latest / "test_predictions.parquet")["id"].to_list()
-    assert sorted(test_ids) == sorted(f"organmnist_test_{i}" for i in range(24))  # the file's split, not a hash
+    assert sorted(test_ids) == sorted(npz_record_id("batch_0001", "organmnist.npz", "test", i) for i in range(24))  # the file's split
     champion = json.loads((root / "models" / spec.name / "champion.json").read_text())["version"]
     scored = pl.read_parquet(root / "predictions" / spec.name / "batch_0001" / f"{champion}.parquet")
-    assert sorted(scored["id"].to_list()) == [f"new_cases_test_{i}" for i in range(3)]
+    assert sorted(scored["id"].to_list()) == sorted(npz_record_id("batch_0001", "new_cases.npz", "test", i) for i in range(3))
     assert {"p_0", "p_1", "p_2", "predicted"} <= set(scored.columns)
     np.testing.assert_allclose(scored.select("p_0", "p_1", "p_2").to_numpy().sum(axis=1), 1.0, atol=1e-5)
     assert "Misclassified" in (latest / "report.html").read_text()
@@ -184,7 +185,7 @@ def test_npz_multilabel_task_end_to_end(tmp_path: Path) -> None:
     champion = json.loads((registry / "champion.json").read_text())["version"]
     assert json.loads((registry / champion / "manifest.json").read_text())["model"]["classes"] == FINDINGS
     scored = pl.read_parquet(root / "predictions" / spec.name / "batch_0001" / f"{champion}.parquet")
-    assert sorted(scored["id"].to_list()) == [f"new_cases_test_{i}" for i in range(3)]
+    assert sorted(scored["id"].to_list()) == sorted(npz_record_id("batch_0001", "new_cases.npz", "test", i) for i in range(3))
     probs = scored.select(f"p_{f}" for f in FINDINGS).to_numpy()
     assert ((probs >= 0) & (probs <= 1)).all() and "predicted" not in scored.columns
     assert scored["risk_band"].null_count() == 3

@@ -26,11 +26,13 @@ Formats
             ``{train,val,test}_labels`` ``(N,1)`` class indices or ``(N,k)`` 0/1 (``spec.image.multi_label``).
             Every ``*.npz`` in the batch folder is read with ``allow_pickle=False``. Each record keeps the
             npz's own split in ``predefined_split``; ``source`` = ``file.npz#<split>:<i>``; ``id`` =
-            ``<stem>_<split>_<i>``. Labels: the class index as a string (``"0"``, ``"1"``...); multi-label:
-            the ``|``-joined indices of the positive findings in ascending order (``"0|5"``), and ``""``
-            for a labelled image with no finding (see :func:`multilabel_matrix`). An images key without
-            its labels key gives unlabelled records (label null). Unknown keys, object arrays, bad
-            shapes / dtypes are rejected for the whole file.
+            ``<hash>_<split>_<i>``, the hash over the batch and the file's path (:func:`npz_record_id`).
+            Labels: the class index as a string (``"0"``, ``"1"``...); multi-label: the ``|``-joined
+            indices of the positive findings in ascending order (``"0|5"``), and ``""`` for a labelled
+            image with no finding (see :func:`multilabel_matrix`). An images key without its labels key
+            gives unlabelled records (label null). Unknown keys, object arrays, members that are not
+            ``.npy`` arrays (a raw pickle), bad shapes / dtypes are rejected for the whole file (the file is
+            the unit: the other npz files of the batch are read).
 
 Safety: ``labels.csv`` and every path it names are confined to the batch folder before any stat or open (no
 absolute paths, no ``..``, no symbolic links anywhere on the way, regular files only: a FIFO is never opened);
@@ -50,6 +52,7 @@ pixels cached and trained on. Labels are text in :func:`~meddiag_pipelines.specs
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import warnings
@@ -64,7 +67,7 @@ from typing import TYPE_CHECKING, BinaryIO, Literal
 import numpy as np
 import polars as pl
 
-from meddiag_pipelines.ingestion.landing import INTERNAL_PREFIX, UnsafePath, confined_file
+from meddiag_pipelines.ingestion.landing import INTERNAL_PREFIX, UnsafePath, confined_file, display_name
 from meddiag_pipelines.specs import canonical_label
 
 if TYPE_CHECKING:
@@ -303,13 +306,47 @@ def _listed_files(
 _BAND_BYTES = {"I;16": 2, "I;16B": 2, "I;16L": 2, "I": 4, "F": 4}
 
 
+_SUFFIX_FORMAT = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}
+_SIGNATURES = {"PNG": (b"\x89PNG\r\n\x1a\n",), "JPEG": (b"\xff\xd8\xff",), "GIF": (b"GIF87a", b"GIF89a"),
+               "TIFF": (b"II*\x00", b"MM\x00*"), "BMP": (b"BM",), "a zip archive": (b"PK\x03\x04",)}  # fmt: skip
+
+
+def _signature(head: bytes) -> str:
+    """The format that a file's first bytes announce, in words."""
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WebP"
+    if head[128:132] == b"DICM":
+        return "DICOM"
+    return next((name for name, magic in _SIGNATURES.items() if head.startswith(magic)), "no known image format")
+
+
+def _expected_format(fh: BinaryIO, suffix: str) -> str:
+    """The Pillow format that the file's extension names, once its signature (first bytes) is that format's: a
+    GIF, BMP, WebP or TIFF saved as ``.png`` is refused, not decoded by whatever Pillow recognises."""
+    expected = _SUFFIX_FORMAT.get(suffix.lower())
+    if expected is None:
+        raise ImageRejected(f"extension {suffix or '(none)'!r}: the folder format reads .png, .jpg and .jpeg files")
+    found = _signature(fh.read(132))
+    fh.seek(0)
+    if found != expected:
+        raise ImageRejected(f"file signature mismatch: its first bytes are {found}, not {expected} as its "
+                            f"{suffix} extension says")  # fmt: skip
+    return expected
+
+
 def _open_pil(path: Path, max_pixels: int, budget: DecodedBudget):
+    """The image decoded, after its signature, declared size and decoded size passed; one handle throughout."""
+    with open(path, "rb") as fh:
+        return _decode_pil(fh, _expected_format(fh, path.suffix), max_pixels, budget)
+
+
+def _decode_pil(fh: BinaryIO, fmt: str, max_pixels: int, budget: DecodedBudget):
     from PIL import Image, ImageOps
 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            im = Image.open(path)
+            im = Image.open(fh, formats=[fmt])
             w, h = im.size
             if w * h > max_pixels:
                 raise ImageRejected(f"decompression-bomb guard: {w}x{h} = {w * h} pixels > max_pixels {max_pixels}")
@@ -638,6 +675,15 @@ def _npz_members(fh: BinaryIO) -> dict[str, int]:
         raise ImageRejected("not a valid npz file (its zip directory cannot be read)") from exc
 
 
+def _npz_member(npz, key: str) -> np.ndarray:
+    """One member of an open npz as an array; a member that is not in the .npy format (a raw pickle, any other
+    bytes) comes back from NumPy as bytes, never unpickled, and rejects its file."""
+    value = npz[key]
+    if not isinstance(value, np.ndarray):
+        raise ImageRejected(f"{key} is not a NumPy array (raw bytes such as a pickle, which is never loaded)")
+    return value
+
+
 def _check_npz(path: Path, spec: TaskSpec, budget: DecodedBudget) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
     """Split -> (images, labels or None) after every check; raises ImageRejected for the whole file."""
     with open(path, "rb") as fh:  # one handle: the members sized are the members loaded
@@ -663,8 +709,8 @@ def _check_npz_file(fh: BinaryIO, spec: TaskSpec, budget: DecodedBudget) -> dict
                     if f"{split}_labels" in members:
                         raise ImageRejected(f"{split}_labels without {split}_images")
                     continue
-                images = npz[f"{split}_images"]
-                labels = npz[f"{split}_labels"] if f"{split}_labels" in members else None
+                images = _npz_member(npz, f"{split}_images")
+                labels = _npz_member(npz, f"{split}_labels") if f"{split}_labels" in members else None
                 out[split] = (images, labels)
     except ImageRejected:
         raise
@@ -729,11 +775,21 @@ def _npz_unit(img: np.ndarray) -> np.ndarray:
     return unit[..., None] if unit.ndim == 2 else unit
 
 
+def npz_record_id(batch: str, rel: str, split: str, i: int) -> str:
+    """The id of image ``i`` of ``split`` in the npz ``rel`` of ``batch``: ``<hash>_<split>_<i>``, the hash
+    (96 bits of a SHA-256) over the batch and the file's relative path, JSON-encoded so that no two pairs share
+    an encoding (``a/b.npz`` and ``a_b.npz`` differ). Another batch holding a ``data.npz`` gets other ids; the
+    same batch always the same ones; and no file or batch name is shown where ids are."""
+    digest = hashlib.sha256(json.dumps([batch, rel]).encode()).hexdigest()[:24]
+    return f"{digest}_{split}_{i}"
+
+
 def read_npz_batch(batch_dir: Path, spec: TaskSpec) -> ImageReadResult:
     image_spec = _image_spec(spec)
     budget = DecodedBudget.of(spec)
     rows: list[dict] = []
     rejected: list[tuple[str, str]] = []
+    batch = display_name(batch_dir.name)
     for rel, _ in _walk(batch_dir):
         if not rel.lower().endswith(".npz"):
             continue
@@ -742,14 +798,13 @@ def read_npz_batch(batch_dir: Path, spec: TaskSpec) -> ImageReadResult:
         except ImageRejected as exc:
             rejected.append((rel, str(exc)))
             continue
-        stem = PurePosixPath(rel).with_suffix("").as_posix().replace("/", "_")
         for split, (images, labels) in arrays.items():
             channels = 3 if images.ndim == 4 and images.shape[3] == 3 else 1
             h, w = images.shape[1:3]
             for i in range(images.shape[0]):
                 row = {
                     **_pixel_fields(images[i], _npz_unit(images[i]), image_spec.channels),
-                    "id": f"{stem}_{split}_{i}",
+                    "id": npz_record_id(batch, rel, split, i),
                     "label": None if labels is None else _npz_label(labels[i], image_spec.multi_label),
                     "patient_id": None,
                     "source": f"{rel}#{split}:{i}",
@@ -858,7 +913,7 @@ def _npz_array(path: str, mtime_ns: int, key: str, max_bytes: float) -> np.ndarr
         DecodedBudget(max_bytes, max_bytes).take(members[key], f"the npz array {key}")
         fh.seek(0)
         with np.load(fh, allow_pickle=False) as npz:
-            return npz[key]
+            return _npz_member(npz, key)
 
 
 def _decode(batch_dir: Path, source: str, spec: TaskSpec) -> tuple[np.ndarray, np.ndarray]:
@@ -909,6 +964,7 @@ __all__ = [
     "detect_format",
     "load_pixels",
     "multilabel_matrix",
+    "npz_record_id",
     "read_dicom_batch",
     "read_folder_batch",
     "read_image_batch",
