@@ -26,6 +26,7 @@ from meddiag_pipelines.ingestion.batches import (
     validate_pending_batches,
 )
 from meddiag_pipelines.ingestion.landing import content_hash, data_files, describe_batch
+from meddiag_pipelines.ingestion.quarantine import file_reason
 from meddiag_pipelines.tabular.readers import read_tabular_batch
 from meddiag_pipelines.ingestion.warehouse import Warehouse
 from meddiag_pipelines.layout import DataLayout
@@ -134,8 +135,9 @@ def test_a_fifo_never_blocks_ingestion_and_the_good_batch_flows(case, tmp_path: 
     raw = warehouse.read(spec.name, "raw_records")
     assert raw.group_by("_meddiag_batch").len().sort("_meddiag_batch").rows() == sorted(expected_rows.items())
     quarantine = layout.quarantine(spec.name)
-    fifos = [p for p in quarantine.rglob("*") if p.is_fifo()]
-    assert fifos and all(p.with_name("reason.json").is_file() for p in fifos), "the FIFO was moved, never opened"
+    fifos = [p.relative_to(quarantine).parts for p in quarantine.rglob("*") if p.is_fifo()]  # <batch>/files/<path>
+    assert fifos and all(file_reason(quarantine / batch, "/".join(rel)).is_file() for batch, _, *rel in fifos), \
+        "the FIFO was moved, never opened"
     assert not [p for p in layout.landing(spec.name).rglob("*") if p.is_fifo()]
     counts = reconcile(spec, warehouse)
     assert counts["landed_files"] == counts["ingested_files"] + counts["quarantined_files"]
@@ -177,8 +179,8 @@ def test_a_known_batch_that_changed_is_set_aside_and_its_rows_stay(synthetic_spe
         assert not list(layout.quarantine(TASK).glob("b1.changed-*"))
     else:
         [aside] = list(layout.quarantine(TASK).glob("b1.changed-*"))
-        assert (aside / moved / moved).is_file() and not (folder / moved).exists()
-        reason = json.loads((aside / moved / "reason.json").read_text())
+        assert (aside / "files" / moved).is_file() and not (folder / moved).exists()
+        reason = json.loads(file_reason(aside, moved).read_text())
         assert reason["problem"].startswith(f"changed after it was ingested: {int(change == 'added')} files added, "
                                             f"{int(change == 'changed')} changed, 0 removed")  # fmt: skip
         assert "land the new rows as a new batch" in reason["problem"]
@@ -203,7 +205,7 @@ def test_files_the_reader_did_not_read_are_rejected_not_counted_as_ingested(synt
 
     warehouse, summary, records, _ = _ingest(layout, synthetic_spec, reader)
     assert {"batch": "b1", "file": "notes.md", "problem": NOT_READ} in summary.quarantined
-    assert (layout.quarantine(TASK) / "b1" / "notes.md" / "reason.json").is_file()
+    assert file_reason(layout.quarantine(TASK) / "b1", "notes.md").is_file()
     counts = reconcile(synthetic_spec, warehouse)
     assert (counts["landed_files"], counts["ingested_files"], counts["quarantined_files"]) == (2, 1, 1)
     assert records.height == 30

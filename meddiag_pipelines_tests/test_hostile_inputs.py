@@ -398,7 +398,7 @@ def test_interrupted_quarantine_is_finished_by_the_next_run(synthetic_spec, layo
 
     land_raw(layout, "b1", b"")
     land_good(layout)
-    monkeypatch.setattr(batches, "quarantine_path", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
+    monkeypatch.setattr(batches, "quarantine_batch", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
     with pytest.raises(KeyboardInterrupt):
         ingest_and_validate(synthetic_spec, layout)
     monkeypatch.undo()

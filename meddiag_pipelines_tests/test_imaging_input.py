@@ -17,9 +17,10 @@ from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, 
 
 from meddiag_pipelines.defs.assets.imaging import read_image_records
 from meddiag_pipelines.imaging.preprocess import load_cached, resize_square, to_uint8, update_cache
-from meddiag_pipelines.imaging.readers import ImageBatchError, load_pixels, read_image_batch
+from meddiag_pipelines.imaging.readers import ImageBatchError, load_pixels, npz_record_id, read_image_batch
 from meddiag_pipelines.ingestion.batches import ingest_new_batches, validate_pending_batches
 from meddiag_pipelines.ingestion.landing import describe_batch
+from meddiag_pipelines.ingestion.quarantine import file_reason
 from meddiag_pipelines.ingestion.warehouse import Warehouse
 from meddiag_pipelines.layout import DataLayout
 from meddiag_pipelines.specs import TaskSpec
@@ -104,8 +105,8 @@ def test_fifo_labels_csv_is_never_opened_and_the_good_batch_beside_it_flows(tmp_
     with pytest.raises(ImageBatchError, match="labels.csv: not a regular file"):
         read_image_batch(hostile, spec)
     ingest_new_batches(spec, layout, Warehouse(layout.warehouse_db()), read_image_records)
-    # Ingestion sets the FIFO aside (quarantine/<task>/b1/labels.csv/) before any reader runs.
-    reason = json.loads((layout.quarantine(spec.name) / "b1" / "labels.csv" / "reason.json").read_text())
+    # Ingestion sets the FIFO aside (quarantine/<task>/b1/files/labels.csv) before any reader runs.
+    reason = json.loads(file_reason(layout.quarantine(spec.name) / "b1", "labels.csv").read_text())
     assert reason["file"] == "labels.csv" and "not a regular file" in reason["problem"]
     assert Warehouse(layout.warehouse_db()).read(spec.name, "raw_records", ["b2"]).height == 4
 
@@ -303,7 +304,8 @@ def test_copies_across_a_datasets_own_split_are_reported_not_blocked(tmp_path: P
     assert split_copy_counts(split) == {"val_in_train": 2, "test_in_train": 3, "test_in_val": 0}
     marked = mark_copies_of_train(split)
     assert marked.filter(pl.col(COPY_OF_TRAIN_COLUMN))["id"].sort().to_list() == sorted(
-        [f"pneumonia_val_{i}" for i in range(2)] + [f"pneumonia_test_{i}" for i in range(3)])
+        [npz_record_id("b", "pneumonia.npz", "val", i) for i in range(2)]
+        + [npz_record_id("b", "pneumonia.npz", "test", i) for i in range(3)])
     marked_too, meta = mark_official_copies(split)
     assert marked_too.equals(marked)
     assert meta == {"n_predefined_split": 20, "n_copies_val_in_train": 2, "n_copies_test_in_train": 3,

@@ -16,6 +16,7 @@ from meddiag_pipelines.definitions import build_definitions
 from meddiag_pipelines.update import run_task_in_process
 from meddiag_pipelines.defs.assets.imaging import read_image_records
 from meddiag_pipelines.imaging.readers import npz_record_id
+from meddiag_pipelines.ingestion.quarantine import file_reason
 from meddiag_pipelines.split import SPLIT_COLUMN, unit_hash
 from scripts.phantoms import write_phantom_batch
 from meddiag_pipelines.ingestion.landing import describe_batch
@@ -61,7 +62,7 @@ def test_phantom_task_end_to_end(tmp_path: Path) -> None:
         result = run_job(spec, root, instance)
         assert result.success
         # the corrupt file alone is quarantined, with its reason; the good ones flowed
-        reason = root / "quarantine" / task / "batch_0001" / "images" / "corrupt.png" / "reason.json"
+        reason = file_reason(root / "quarantine" / task / "batch_0001", "images/corrupt.png")
         assert "corrupt" in json.loads(reason.read_text())["problem"]
         assert not (batch / "images" / "corrupt.png").exists() and (batch / labels["file"][0]).exists()
 
@@ -212,7 +213,7 @@ def test_real_dicom_files_through_ingestion_and_validation(tmp_path: Path) -> No
         assert checks["validated_records_suite"] is True
         records = next(m for m in result.asset_materializations_for_node(f"{spec.name}__validated_records"))
         assert records.metadata["dagster/row_count"].value == 4
-    assert (root / "quarantine" / spec.name / "batch_0001" / "truncated.dcm" / "reason.json").exists()
+    assert file_reason(root / "quarantine" / spec.name / "batch_0001", "truncated.dcm").exists()
     from meddiag_pipelines.ingestion.warehouse import Warehouse
 
     ledger = Warehouse(root / "warehouse" / "meddiag.duckdb").ledger(spec.name)

@@ -10,6 +10,7 @@ import polars as pl
 import pytest
 
 from meddiag_pipelines.definitions import build_definitions
+from meddiag_pipelines.ingestion.quarantine import file_reason
 from meddiag_pipelines.storage import DataRoot
 from meddiag_pipelines.registry.store import ModelRegistry
 from meddiag_pipelines.update import run_task_in_process
@@ -119,7 +120,7 @@ def test_text_task_end_to_end(layout):
         assert all(check_outcomes(result).values()), check_outcomes(result)
 
         # the bad-encoding file is quarantined alone, with its reason, and counted
-        reason = json.loads((layout.quarantine(task) / "batch_0001" / "legacy.csv" / "reason.json").read_text())
+        reason = json.loads(file_reason(layout.quarantine(task) / "batch_0001", "legacy.csv").read_text())
         assert reason["file"] == "legacy.csv" and "UTF-8" in reason["problem"]
         assert (layout.landing(task) / "batch_0001" / "records.csv").exists()
         latest = layout.reports(task) / "latest"
@@ -280,8 +281,8 @@ def test_rejected_files_must_be_quarantined(tmp_path):
     })  # fmt: skip
     n, failures = unreadable_files(ledger, tmp_path)
     assert n == 1 and [f.expectation for f in failures] == ["rejected_files_quarantined"]
-    (tmp_path / "b1" / "bad.csv").mkdir(parents=True)
-    (tmp_path / "b1" / "bad.csv" / "reason.json").write_text("{}")
+    file_reason(tmp_path / "b1", "bad.csv").parent.mkdir(parents=True)
+    file_reason(tmp_path / "b1", "bad.csv").write_text("{}")
     assert unreadable_files(ledger, tmp_path) == (1, [])
 
 

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 
 import polars as pl
 
+from meddiag_pipelines.ingestion.quarantine import REASON_FILE, file_reason
 from meddiag_pipelines.split import SPLIT_COLUMN, SPLITS
 from meddiag_pipelines.specs import TaskSpec
 from meddiag_pipelines.text.readers import text_content_key
@@ -104,8 +105,8 @@ def unreadable_files(ledger: pl.DataFrame, quarantine_dir: Path,
     rejected = _rejected_files(ledger)
     missing = 0
     for batch, rel, whole in rejected:
-        where = quarantine_dir / batch if whole else quarantine_dir / batch / rel
-        if not is_file(where / "reason.json"):
+        reason = quarantine_dir / batch / REASON_FILE if whole else file_reason(quarantine_dir / batch, rel)
+        if not is_file(reason):
             missing += 1
     failures = []
     if missing:
