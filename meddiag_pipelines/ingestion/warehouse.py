@@ -52,7 +52,7 @@ class SchemaConflict(ValueError):
         self.column = column
 
 
-def _kind(dtype: pl.DataType) -> str:
+def dtype_words(dtype: pl.DataType) -> str:
     """A column type in plain words."""
     if dtype.is_integer():
         return "whole numbers"
@@ -78,8 +78,8 @@ def conform(frame: pl.DataFrame, existing: dict) -> pl.DataFrame:
         try:
             frame[name].cast(want, strict=True)
         except (pl.exceptions.InvalidOperationError, pl.exceptions.ComputeError) as exc:
-            raise SchemaConflict(name, f"column {name!r} holds {_kind(dtype)} ({dtype}) where the task's validated "
-                                 f"batches hold {_kind(want)} ({want})") from exc  # fmt: skip
+            raise SchemaConflict(name, f"column {name!r} holds {dtype_words(dtype)} ({dtype}) where the task's validated "
+                                 f"batches hold {dtype_words(want)} ({want})") from exc  # fmt: skip
         casts.append(pl.col(name).cast(want))
     return frame.with_columns(casts) if casts else frame
 
