@@ -62,8 +62,12 @@ def dtype_words(dtype: pl.DataType) -> str:
         return "true/false values"
     if dtype in (pl.String, pl.Categorical) or isinstance(dtype, pl.Enum):
         return "text"
+    if isinstance(dtype, pl.Duration):
+        return "durations"
     if dtype.is_temporal():
         return "dates or times"
+    if dtype == pl.Binary:
+        return "binary values"
     return f"values of type {dtype}"
 
 
