@@ -1,6 +1,8 @@
 """The tabular reader: key columns as text, one label form across file types, column names the later steps
 (DuckDB, float32 models) can hold."""
 
+import re
+
 import numpy as np
 import polars as pl
 import pytest
@@ -165,3 +167,18 @@ def test_a_file_that_changes_after_the_batch_was_hashed_is_refused_not_read_beyo
         read_tabular_batch(batch, synthetic_spec)
     assert err.value.file == "records.csv"
     assert read_tabular_batch(describe_batch(TASK, folder), synthetic_spec).height == 7
+
+
+@pytest.mark.parametrize(("column", "values", "problem"), [
+    ("outcome", ["no", "yes", "no", "yes"], "column 8 repeats the name 'outcome'"),
+    ("wide", [1, 2, 3, 4], "column 'wide' has the Arrow type decimal256(50, 2), which cannot be read"),
+])  # fmt: skip
+def test_a_parquet_column_polars_cannot_take_is_named_with_its_type(synthetic_spec, layout, column, values, problem):
+    import pyarrow as pa
+
+    folder = layout.landing(TASK) / "b1"
+    arrow_type = pa.decimal256(50, 2) if column == "wide" else pa.string()
+    _parquet_with(folder, synthetic_records(4, seed=15), column, pa.array(values, arrow_type))
+    with pytest.raises(BatchRejected, match=re.escape(problem)) as err:
+        read_tabular_batch(describe_batch(TASK, folder), synthetic_spec)
+    assert err.value.file == "records.parquet"

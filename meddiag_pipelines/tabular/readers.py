@@ -216,16 +216,29 @@ def _read_parquet(raw: bytes, rel: str, max_file_mb: float) -> pl.DataFrame:
             raise BatchRejected(rel, f"decodes to more than {limit / 2**20:.1f} MB ({PARQUET_MAX_EXPANSION} x "
                                      "landing.max_file_mb): refused as a decompression bomb")  # fmt: skip
         slices.append(piece)
+    _check_columns(parquet.schema_arrow.names, rel)  # before Polars, which refuses a repeated name unnamed
     table = pa.Table.from_batches(slices, schema=parquet.schema_arrow)
-    frame = pl.from_arrow(table)
+    try:
+        frame = pl.from_arrow(table)
+    except (Exception, pl.exceptions.PanicException) as exc:
+        raise BatchRejected(rel, _unreadable_column(table) or f"cannot be read as parquet: {_polars_problem(exc)}") from exc
     if not isinstance(frame, pl.DataFrame):
         raise BatchRejected(rel, "cannot be read as parquet: it holds no table")
-    _check_columns(frame.columns, rel)
     nested = [c for c, t in frame.schema.items() if t.is_nested() or t == pl.Object]
     if nested:
         raise BatchRejected(rel, f"column {nested[0]!r} holds nested values ({frame.schema[nested[0]]}); "
                                  "only flat columns are accepted")  # fmt: skip
     return frame
+
+
+def _unreadable_column(table) -> str | None:
+    """Which column of an Arrow table Polars cannot take, and its type (e.g. decimal256), in plain words."""
+    for field in table.schema:
+        try:
+            pl.from_arrow(table.select([field.name]))
+        except (Exception, pl.exceptions.PanicException):
+            return f"column {field.name!r} has the Arrow type {field.type}, which cannot be read; re-export it as numbers or text"
+    return None
 
 
 def _read_once(path: Path, rel: str, max_file_mb: float, digest: str | None) -> bytes:
