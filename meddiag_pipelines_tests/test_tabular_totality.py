@@ -272,3 +272,11 @@ def test_a_parquet_batch_of_every_flat_type_trains_and_scores(synthetic_spec, la
     assert validate_tabular(records, synthetic_spec) == []
     plan = train_and_score(records, synthetic_spec, tmp_path / "m")["plan"]
     assert {"duration", "decimal", "uint64", "float16"} <= set(plan.numeric) and "date" in plan.dropped
+
+
+def test_a_long_value_frequent_enough_to_be_a_level_makes_its_column_free_text(synthetic_spec):
+    values = ["A"] * 380 + [CANARY + " x" * 300] * 20  # mean length about 30: under the free-text mean
+    frame = synthetic_records(400, seed=27).with_columns(pl.Series("code", values))
+    plan = fit_plan(frame, synthetic_spec)
+    assert "would become a feature (over 200): free text" in plan.dropped["code"]
+    assert CANARY not in json.dumps(plan.as_dict())

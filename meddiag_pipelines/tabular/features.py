@@ -26,6 +26,7 @@ MAX_LEVELS = 50
 MAX_DISTINCT = 200
 IDENTIFIER_SHARE = 0.5  # more distinct values than this share of the patients (or rows) it covers
 FREE_TEXT_MEAN_CHARS = 40
+MAX_LEVEL_CHARS = 200
 # Words of a column name that say it holds a personal identifier (HIPAA Safe Harbor: names, contact details,
 # record and account numbers, birth dates); names are split on separators and camelCase ("patientName").
 IDENTIFIER_WORDS = frozenset("""
@@ -139,6 +140,9 @@ def _not_a_category(column: str, counts: pl.DataFrame, rows_per_key: float) -> s
     if mean_chars > FREE_TEXT_MEAN_CHARS:
         return f"values of {mean_chars:.0f} characters on average (over {FREE_TEXT_MEAN_CHARS}): free text"
     levels = _levels(counts)
+    longest = max(map(len, levels), default=0)
+    if longest > MAX_LEVEL_CHARS:  # a rare long value amid short ones: free text, and no feature name
+        return f"a value of {longest} characters would become a feature (over {MAX_LEVEL_CHARS}): free text"
     kinds = sorted({span.kind for level in levels for span in find_phi(level)})
     if kinds:
         return f"values that would become features look like personal identifiers ({', '.join(kinds)})"
