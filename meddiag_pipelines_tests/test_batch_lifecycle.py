@@ -310,3 +310,29 @@ def test_a_batch_name_too_long_for_its_outputs_is_refused_and_the_good_batch_flo
     summary = ingest_new_batches(spec, layout, Warehouse(layout.warehouse_db()), read_tabular_batch)
     assert summary.ingested == ["b2"]
     assert all("over 200 bytes" in q["problem"] for q in summary.quarantined) and len(summary.quarantined) == 2
+
+
+@pytest.mark.slow
+def test_a_task_whose_only_batch_is_quarantined_updates_cleanly_and_a_good_batch_later_publishes(synthetic_spec, layout):
+    """Issue 24: with no validated rows the split says so and the later steps are skipped (no column error, no
+    failed run); the next good batch trains and is published."""
+    import dagster as dg
+
+    from meddiag_pipelines.definitions import build_definitions
+    from meddiag_pipelines.registry.store import ModelRegistry
+    from meddiag_pipelines.storage import DataRoot
+    from meddiag_pipelines.update import update_task
+    from meddiag_pipelines_tests.conftest import fast
+
+    spec = fast(synthetic_spec)
+    land(layout, TASK, "b1", synthetic_records(40, seed=2).with_columns(pl.lit("maybe").alias("outcome")))
+    defs = build_definitions([spec], layout.root)
+    registry = ModelRegistry(DataRoot(layout.root))
+    with dg.instance_for_test() as instance:
+        first = update_task(spec, instance, defs=defs)
+        skipped = [e.step_key for e in instance.all_logs(first.downstream_run) if e.is_dagster_event
+                   and e.dagster_event.event_type == dg.DagsterEventType.STEP_SKIPPED]  # fmt: skip
+        assert f"{TASK}__features" in skipped and registry.champion(TASK) is None
+        land(layout, TASK, "b2", synthetic_records(300, seed=3, start=1000))
+        update_task(spec, instance, defs=defs)
+    assert registry.champion(TASK) is not None

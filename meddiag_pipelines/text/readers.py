@@ -44,8 +44,10 @@ from typing import Any
 import polars as pl
 from polars.exceptions import PanicException
 
+from meddiag_pipelines.ingestion.errors import BatchRejected
 from meddiag_pipelines.ingestion.landing import UnsafePath, confined_file, display_name, is_data_file
 from meddiag_pipelines.specs import ROW_ID, TaskSpec, canonical_label
+from meddiag_pipelines.tabular.readers import first_repeat, lf_line_endings, settled_types
 from meddiag_pipelines.text.deid import scrub
 
 MAX_TEXT_CHARS = 100_000
@@ -215,10 +217,33 @@ def csv_problem(text: str) -> str:
     return "it cannot be split into rows and columns"
 
 
+def _columns_read(spec: TaskSpec) -> set[str]:
+    """The columns of a table whose values the reader uses."""
+    return {c for c in (spec.id, spec.text, spec.label, spec.patient_id, *spec.subgroups) if c}
+
+
+def _check_header(text: str, spec: TaskSpec) -> None:
+    """Refuse a header that repeats a column name (Polars would rename the second one and the first would be used
+    silently). The name is quoted only when it is one the reader looks for: a file without a header row would
+    show a note as its 'columns'."""
+    try:
+        header = next(csv.reader(io.StringIO(text, newline="")), [])
+    except csv.Error:
+        return  # the table read says where the text is broken
+    repeat = first_repeat(header)
+    if repeat:
+        i, name = repeat
+        known = name in _columns_read(spec) or name in ("file", "label", "id")  # labels.csv's own names
+        shown = f"the column name {name!r}" if known else f"the name of column {header.index(name) + 1}"
+        raise _Reject(f"column {i} repeats {shown}: which of them to use is ambiguous; rename one")
+
+
 def _csv_table(path: Path, spec: TaskSpec) -> pl.DataFrame:
     text = decode_utf8(_read_bytes(path, spec))
     if not text.strip():
         raise _Reject("is empty")
+    text = lf_line_endings(text)
+    _check_header(text, spec)
     try:
         return pl.read_csv(io.StringIO(text), infer_schema=False, truncate_ragged_lines=False)
     except (Exception, PanicException):  # polars raises several types, all quoting the text near the fault
@@ -237,6 +262,11 @@ def _read_parquet(path: Path, spec: TaskSpec, col: _Collector) -> list[dict]:
         df = pl.read_parquet(io.BytesIO(data))
     except (Exception, PanicException):  # the message may quote metadata or values of the file
         raise _Reject("is not a readable Parquet file (damaged, truncated, or not Parquet)") from None
+    used = df.select(c for c in df.columns if c in _columns_read(spec))
+    try:  # binary text decoded as UTF-8 (never shown as "b'...'"), other types as the tabular reader reads them
+        df = df.with_columns(settled_types(used, spec, path.name).get_columns())
+    except BatchRejected as exc:
+        raise _Reject(exc.problem) from None
     return _rows_from_table(df, spec, col)
 
 

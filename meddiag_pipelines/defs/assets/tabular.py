@@ -133,7 +133,7 @@ def build_tabular_assets(spec: TaskSpec) -> list:
                                     f"rows, over max_null_rate {spec.max_null_rate:g}; not declared, so kept with its "
                                     "missingness handled (see the missing-data table)")  # fmt: skip
         for column, why in plan.dropped.items():
-            context.log.warning(f"{name}: column {column!r} is not a feature ({why}); declare it in 'categorical' to use it")
+            context.log.warning(f"{name}: column {column!r} is not a feature: {why}")
         meta = {"n_features": len(plan.feature_names), "n_rows": frame.height,
                 "missing_data": dg.MetadataValue.md(common.markdown_table(missing)),
                 "dropped_columns": dg.MetadataValue.md(common.markdown_table(
