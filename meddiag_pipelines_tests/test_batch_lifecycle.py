@@ -258,15 +258,31 @@ def test_label_domain_failures_compare_canonical_labels(values, domain, spec_ext
         assert failures == []
 
 
+HOSTILE_BATCH_NAMES = ["[x](javascript:alert(1))", "**b**|c"]
+
+
+def shown_as_text(md: str, names: list[str]) -> str:
+    """The HTML a viewer renders from markdown metadata, once it is checked to show each name as its own text
+    (no link, emphasis or table made of it)."""
+    markdown_it = pytest.importorskip("markdown_it")
+    html = markdown_it.MarkdownIt("commonmark").enable("table").render(md)
+    assert "<a " not in html and "<strong>" not in html and "<em>" not in html and "<table" not in html, html
+    assert all(name in html for name in names), html
+    return html
+
+
 def test_waiting_and_quarantined_batches_are_named_on_the_materializations(synthetic_spec, layout):
-    """Issue 12 §6: a batch without its marker is named at INFO on raw_records; an empty validated_records says
-    why; check failures carry their reasons in the description."""
+    """Issue 12 §6: a batch without its marker is named at INFO on raw_records (issue 24: as text, its folder
+    name escaped in the markdown metadata); an empty validated_records says why; check failures carry their
+    reasons in the description."""
     import dagster as dg
 
     from meddiag_pipelines.definitions import build_definitions
     from meddiag_pipelines.update import run_task_in_process
 
     land(layout, TASK, "batch-0001", synthetic_records(20, seed=1), ready=False)
+    for hostile in HOSTILE_BATCH_NAMES:
+        land(layout, TASK, hostile, synthetic_records(5, seed=3), ready=False)
     land(layout, TASK, "batch-0002", synthetic_records(20, seed=2, start=100).with_columns(pl.lit("maybe").alias("outcome")))
     defs = build_definitions([synthetic_spec], layout.root)
     keys = [dg.AssetKey([TASK, "raw_records"]), dg.AssetKey([TASK, "validated_records"])]
@@ -276,8 +292,8 @@ def test_waiting_and_quarantined_batches_are_named_on_the_materializations(synth
         raw = instance.get_latest_materialization_event(keys[0]).asset_materialization.metadata
         validated = instance.get_latest_materialization_event(keys[1]).asset_materialization.metadata
         logs = [(e.level, e.user_message) for e in instance.all_logs(result.run_id) if e.level >= 20]
-    assert raw["waiting_batches"].value == 1
-    assert "batch-0001 has no _READY marker" in raw["waiting"].value
+    assert raw["waiting_batches"].value == 1 + len(HOSTILE_BATCH_NAMES)
+    assert "batch-0001 has no _READY marker" in shown_as_text(raw["waiting"].value, HOSTILE_BATCH_NAMES)
     assert any(level == 20 and "batch-0001 has no _READY marker" in msg for level, msg in logs)
     why = validated["why_empty"].value
     assert "batch-0001 has no _READY marker" in why and "batch-0002 was quarantined" in why and "'maybe'" in why
