@@ -223,10 +223,14 @@ def _read_labels(batch_dir: Path, spec: TaskSpec) -> pl.DataFrame | None:
         raise ImageBatchError(f"{LABELS_CSV}: not a readable CSV file (bad quoting, encoding or row lengths)") from exc
     file_col = _image_spec(spec).file_column
     if file_col not in df.columns:
-        raise ImageBatchError(f"{LABELS_CSV}: missing the file column {file_col!r} (has {df.columns})")
+        # Its first row is then likely data (a file without a header row): its values are never quoted.
+        named = ", ".join(dict.fromkeys(c for c in (file_col, spec.label) if c))
+        raise ImageBatchError(f"{LABELS_CSV} has no header row with the columns {named} (its first row does not "
+                              f"name the column {file_col!r}; its {len(df.columns)} values are not shown)")  # fmt: skip
     internal = [c for c in df.columns if c.startswith(INTERNAL_PREFIX)]
     if internal:
-        raise ImageBatchError(f"{LABELS_CSV}: columns {internal} use the pipeline's reserved prefix {INTERNAL_PREFIX!r}")
+        raise ImageBatchError(f"{LABELS_CSV}: {len(internal)} columns use the pipeline's reserved prefix "
+                              f"{INTERNAL_PREFIX!r} (rename them)")  # fmt: skip
     return df.with_columns(pl.col(c).str.strip_chars().replace("", None) for c in df.columns)
 
 
