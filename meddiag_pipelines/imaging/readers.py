@@ -225,8 +225,9 @@ def _read_labels(batch_dir: Path, spec: TaskSpec) -> pl.DataFrame | None:
     if file_col not in df.columns:
         # Its first row is then likely data (a file without a header row): its values are never quoted.
         named = ", ".join(dict.fromkeys(c for c in (file_col, spec.label) if c))
-        raise ImageBatchError(f"{LABELS_CSV} has no header row with the columns {named} (its first row does not "
-                              f"name the column {file_col!r}; its {len(df.columns)} values are not shown)")  # fmt: skip
+        raise ImageBatchError(f"{LABELS_CSV} has no header row with the columns {named}: its first row does not "
+                              f"name the file column {file_col!r} (image.file_column; the row's {len(df.columns)} "
+                              "values are not shown)")  # fmt: skip
     internal = [c for c in df.columns if c.startswith(INTERNAL_PREFIX)]
     if internal:
         raise ImageBatchError(f"{LABELS_CSV}: {len(internal)} columns use the pipeline's reserved prefix "
@@ -653,10 +654,11 @@ def _check_npz_file(fh: BinaryIO, spec: TaskSpec, budget: DecodedBudget) -> dict
     members = _npz_members(fh)
     allowed = {f"{s}_{kind}" for s in NPZ_SPLITS for kind in ("images", "labels")}
     unknown = sorted(set(members) - allowed)
+    # Member names come from the file: counted, never quoted.
     if unknown:
-        raise ImageRejected(f"unexpected keys {unknown}: a MedMNIST npz holds only {sorted(allowed)}")
+        raise ImageRejected(f"unexpected keys ({len(unknown)} arrays): a MedMNIST npz holds only {sorted(allowed)}")
     if not any(f"{s}_images" in members for s in NPZ_SPLITS):
-        raise ImageRejected(f"no train_images / val_images / test_images array (keys: {sorted(members)})")
+        raise ImageRejected(f"no train_images / val_images / test_images array (it holds {len(members)} arrays)")
     budget.take(sum(members.values()), f"the arrays of this npz ({len(members)})")
     out: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
     try:
