@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import signal
 from contextlib import contextmanager
 from pathlib import Path
@@ -227,11 +228,12 @@ def test_label_domain_is_fixed_by_the_first_validated_batch(layout):
     warehouse, _, records, validation = _ingest(layout, spec)
     assert validation.validated == ["b1", "b3"] and [q["batch"] for q in validation.quarantined] == ["b2"]
     [failure] = [f for f in validation.quarantined[0]["failures"] if f["expectation"] == "label_domain"]
-    assert "'7'" in failure["problem"] and failure["unexpected_count"] == 13
+    assert failure["problem"] == ("13 rows hold labels outside the task's classes (fixed by the task's first "
+                                  "validated batch: 0, 1): 1 distinct values") and failure["unexpected_count"] == 13
     assert sorted(records["outcome"].cast(pl.String).unique().to_list()) == ["0", "1"]
     assert json.loads(warehouse.state(TASK, "label_domain")) == ["0", "1"]
-    reason = json.loads((layout.quarantine(TASK) / "b2" / "reason.json").read_text())
-    assert "'7'" in json.dumps(reason)
+    reason = (layout.quarantine(TASK) / "b2" / "reason.json").read_text()
+    assert "13 rows hold labels outside" in reason and not re.search(r"['\"]7['\"]", reason)  # counts, not values
 
 
 def test_a_first_batch_that_cannot_fix_a_binary_domain_is_quarantined(layout):
@@ -239,7 +241,8 @@ def test_a_first_batch_that_cannot_fix_a_binary_domain_is_quarantined(layout):
     land(layout, TASK, "b2", _labelled(30, 2, 100, [0, 1]))
     warehouse, _, records, validation = _ingest(layout, _binary_spec())
     assert [q["batch"] for q in validation.quarantined] == ["b1"] and validation.validated == ["b2"]
-    assert "exactly one other label" in json.dumps(validation.quarantined)
+    assert "exactly one other label in the first batch to fix its domain; it holds the positive class and 2 other " \
+           "distinct values" in json.dumps(validation.quarantined)
     assert json.loads(warehouse.state(TASK, "label_domain")) == ["0", "1"]
 
 
@@ -255,20 +258,37 @@ def test_label_domain_failures_compare_canonical_labels(values, domain, spec_ext
     failures, _ = label_domain_failures(domain, _binary_spec(**spec_extra), frame)
     if outside:
         [failure] = failures
-        assert all(repr(v) in failure.problem for v in outside)
+        assert f"{len(outside)} distinct values" in failure.problem
+        assert not [v for v in outside if v in failure.problem]  # values found in data are never quoted
     else:
         assert failures == []
 
 
+HOSTILE_BATCH_NAMES = ["[x](javascript:alert(1))", "**b**|c"]
+
+
+def shown_as_text(md: str, names: list[str]) -> str:
+    """The HTML a viewer renders from markdown metadata, once it is checked to show each name as its own text
+    (no link, emphasis or table made of it)."""
+    markdown_it = pytest.importorskip("markdown_it")
+    html = markdown_it.MarkdownIt("commonmark").enable("table").render(md)
+    assert "<a " not in html and "<strong>" not in html and "<em>" not in html and "<table" not in html, html
+    assert all(name in html for name in names), html
+    return html
+
+
 def test_waiting_and_quarantined_batches_are_named_on_the_materializations(synthetic_spec, layout):
-    """Issue 12 §6: a batch without its marker is named at INFO on raw_records; an empty validated_records says
-    why; check failures carry their reasons in the description."""
+    """Issue 12 §6: a batch without its marker is named at INFO on raw_records (issue 24: as text, its folder
+    name escaped in the markdown metadata); an empty validated_records says why; check failures carry their
+    reasons in the description."""
     import dagster as dg
 
     from meddiag_pipelines.definitions import build_definitions
     from meddiag_pipelines.update import run_task_in_process
 
     land(layout, TASK, "batch-0001", synthetic_records(20, seed=1), ready=False)
+    for hostile in HOSTILE_BATCH_NAMES:
+        land(layout, TASK, hostile, synthetic_records(5, seed=3), ready=False)
     land(layout, TASK, "batch-0002", synthetic_records(20, seed=2, start=100).with_columns(pl.lit("maybe").alias("outcome")))
     defs = build_definitions([synthetic_spec], layout.root)
     keys = [dg.AssetKey([TASK, "raw_records"]), dg.AssetKey([TASK, "validated_records"])]
@@ -278,11 +298,12 @@ def test_waiting_and_quarantined_batches_are_named_on_the_materializations(synth
         raw = instance.get_latest_materialization_event(keys[0]).asset_materialization.metadata
         validated = instance.get_latest_materialization_event(keys[1]).asset_materialization.metadata
         logs = [(e.level, e.user_message) for e in instance.all_logs(result.run_id) if e.level >= 20]
-    assert raw["waiting_batches"].value == 1
-    assert "batch-0001 has no _READY marker" in raw["waiting"].value
+    assert raw["waiting_batches"].value == 1 + len(HOSTILE_BATCH_NAMES)
+    assert "batch-0001 has no _READY marker" in shown_as_text(raw["waiting"].value, HOSTILE_BATCH_NAMES)
     assert any(level == 20 and "batch-0001 has no _READY marker" in msg for level, msg in logs)
     why = validated["why_empty"].value
-    assert "batch-0001 has no _READY marker" in why and "batch-0002 was quarantined" in why and "'maybe'" in why
+    assert "batch-0001 has no _READY marker" in why and "batch-0002 was quarantined" in why
+    assert "20 rows hold labels outside the task's classes (declared: no, yes)" in why and "maybe" not in why
 
 
 def test_failures_result_puts_the_reasons_in_the_description():

@@ -142,18 +142,50 @@ def test_calibration_slope_and_intercept_on_simulated_data():
     assert M.calibration_intercept_slope(np.ones(10), np.full(10, 0.3)) == (None, None)
 
 
-def test_bootstrap_slopes_equal_unpenalised_fits_and_separated_resamples_stay_finite():
+def test_bootstrap_slopes_equal_unpenalised_fits_and_separated_resamples_have_none():
     from sklearn.linear_model import LogisticRegression
 
     rng = np.random.default_rng(3)
-    x = rng.normal(size=(6, 400)) * np.array([0.5, 1, 2, 3, 1, 1])[:, None]
-    y = (rng.random((6, 400)) < special.expit(0.3 + 0.8 * x)).astype(float)
+    x = rng.normal(size=(8, 400)) * np.array([0.5, 1, 2, 3, 1, 1, 1, 1])[:, None]
+    y = (rng.random((8, 400)) < special.expit(0.3 + 0.8 * x)).astype(float)
     y[5] = (x[5] > 0).astype(float)  # perfectly separated: no finite maximum
+    y[6] = (x[6] < 0).astype(float)  # separated downwards
+    x[7] = 0.5  # constant predictions: the slope is not identified
     slopes = M._logistic_slopes(x, y)
     for row in range(5):
         fit = LogisticRegression(C=np.inf, tol=1e-10, max_iter=10_000).fit(x[row, :, None], y[row])
         assert slopes[row] == pytest.approx(fit.coef_[0, 0], rel=1e-5)
-    assert 50 < slopes[5] < np.inf
+    assert slopes[5] == np.inf and slopes[6] == -np.inf and np.isnan(slopes[7])
+
+
+def near_separable(n: int, swapped: int, seed: int):
+    """Risks that rank every positive above every negative but for ``swapped`` pairs exchanged across the gap."""
+    rng = np.random.default_rng(seed)
+    p = np.r_[rng.uniform(0.05, 0.45, n), rng.uniform(0.55, 0.95, n)]
+    y = np.r_[np.zeros(n), np.ones(n)].astype(int)
+    if swapped:
+        y[:swapped], y[-swapped:] = 1, 0
+    return y, p
+
+
+@pytest.mark.parametrize("case", ["ordinary", "near_separable", "one_swap", "separable"])
+def test_the_calibration_slope_lies_within_its_own_interval(case):
+    """Issue 24: a slope of 263.2 was reported with a 95% CI of 59.0 to 61.0 (point and interval from two
+    estimators that both gave up on a separated test set). Now one estimator gives both; a separated test set has
+    no slope (None, not a number), and an interval bound that separated resamples reach is None (unbounded)."""
+    y, p = {"ordinary": lambda: calibrated(400, 11)[:2], "near_separable": lambda: near_separable(40, 3, 12),
+            "one_swap": lambda: near_separable(40, 1, 13), "separable": lambda: near_separable(40, 0, 14)}[case]()  # fmt: skip
+    m = evaluate(binary_input(y_true=y, proba=p, n_test=y.size))
+    slope, ci = m["calibration_slope"], m["calibration_slope_ci"]
+    if case == "separable":
+        assert slope is None and ci is None
+        return
+    low, high = (-np.inf if ci[0] is None else ci[0]), (np.inf if ci[1] is None else ci[1])
+    assert low <= slope <= high, (slope, ci)
+    if case == "ordinary":
+        assert ci[1] is not None and ci[1] - ci[0] < 1.5
+    if case == "one_swap":
+        assert ci[1] is None  # most resamples separate: the upper bound is open
 
 
 def test_calibration_bins_match_sklearn_and_smooth_curve_follows_diagonal():

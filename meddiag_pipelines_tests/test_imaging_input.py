@@ -128,6 +128,16 @@ def test_dot_slash_and_subfolder_rows_read_and_row_problems_never_echo_the_row(t
     assert CANARY not in repr(result.rejected)
 
 
+def test_labels_csv_without_a_header_row_is_refused_without_quoting_its_first_row(tmp_path: Path) -> None:
+    """Issue 24: the first row of a header-less labels.csv (a row of data) was echoed as its column names."""
+    batch = folder_batch(tmp_path / "b")
+    rows = pl.read_csv(batch / "labels.csv").with_columns(pl.lit(CANARY).alias("patient_id")).write_csv(include_header=False)
+    (batch / "labels.csv").write_text(rows)
+    with pytest.raises(ImageBatchError, match="labels.csv has no header row with the columns file, label") as err:
+        read_image_batch(batch, spec_of())
+    assert CANARY not in str(err.value) and "img0.png" not in str(err.value)
+
+
 def test_labels_csv_with_a_reserved_column_is_refused(tmp_path: Path) -> None:
     batch = folder_batch(tmp_path / "b")
     df = pl.read_csv(batch / "labels.csv").with_columns(pl.lit("x").alias("_meddiag_split"))

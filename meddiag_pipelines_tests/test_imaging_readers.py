@@ -334,7 +334,7 @@ def test_npz_bad_files_rejected(tmp_path: Path) -> None:
     result = read_image_batch(batch, make_spec("npz"))
     p = problems(result)
     assert set(p) == {"wrongkeys.npz", "wrongshape.npz", "mismatch.npz", "floatimg.npz", "pickled.npz", "corrupt.npz"}
-    assert "unexpected keys" in p["wrongkeys.npz"]
+    assert "unexpected keys (2 arrays)" in p["wrongkeys.npz"]  # member names come from the file: never quoted
     assert "shape" in p["wrongshape.npz"]
     assert "(3, 1)" in p["mismatch.npz"]
     assert "uint8" in p["floatimg.npz"]

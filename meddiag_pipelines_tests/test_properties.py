@@ -17,7 +17,7 @@ from meddiag_pipelines.tabular.readers import read_tabular_batch
 from meddiag_pipelines.ingestion.warehouse import Warehouse
 from meddiag_pipelines.layout import DataLayout
 from meddiag_pipelines.specs import TaskSpec
-from meddiag_pipelines.validation.suites import identifier_columns, run_suite, tabular_expectations, validate_tabular
+from meddiag_pipelines.validation.suites import run_suite, tabular_expectations, validate_tabular
 from meddiag_pipelines_tests.conftest import SYNTHETIC_SPEC, fast, land, synthetic_records
 from meddiag_pipelines_tests.test_tabular_totality import train_and_score
 
@@ -118,7 +118,7 @@ def test_a_batch_is_quarantined_with_a_reason_or_trains_and_scores(tmp_path_fact
         assert "Zqx" not in text and "1e+39" not in text and "3e+38" not in text
     event("quarantined" if ingest.quarantined or validation.quarantined else "trained with it")
     assert "good-batch" in set(records[BATCH_COLUMN])
-    assert run_suite(records, tabular_expectations(spec, records.columns), identifier_columns(spec), spec.name) == []
+    assert run_suite(records, tabular_expectations(spec, records.columns), spec.name) == []
     train_and_score(records, spec, root / "model")
 
 

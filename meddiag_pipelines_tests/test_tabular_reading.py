@@ -48,12 +48,31 @@ def test_an_empty_label_is_a_case_to_score_in_both_formats(synthetic_spec, layou
 @pytest.mark.parametrize(("extra", "fragment"), [
     ({"_meddiag_split": "train"}, "reserved namespace"),
     ({"_MEDDIAG_batch": "x"}, "reserved namespace"),
-    ({"Dose": 1.0, "dose": 2.0}, "'Dose' and 'dose' differ only in case"),
+    ({"Dose": 1.0, "dose": 2.0}, r"columns \d+ and \d+ \(in order of appearance\) have names that differ only in case"),
 ])  # fmt: skip
 def test_column_names_the_warehouse_cannot_hold_are_refused(synthetic_spec, layout, extra, fragment):
     frame = synthetic_records(5, seed=4).with_columns(pl.lit(v).alias(k) for k, v in extra.items())
     with pytest.raises(BatchRejected, match=fragment):
         read(layout, synthetic_spec, frame)
+
+
+CANARY = "PHICANARY_Jane_Roe_1961-04-02"
+
+
+@pytest.mark.parametrize(("first_row", "fragment"), [
+    (f"{CANARY},p1,1.5,2,3,A,yes", "has no header row with the task's columns (label 'outcome', id 'rid')"),
+    (f"r1,{CANARY},{CANARY},2,3,A,yes", "column 3 repeats the name of column 2"),
+    (f"r1,{CANARY.lower()},{CANARY},2,3,A,yes", "columns 2 and 3 (in order of appearance) have names that differ only"),
+    (f"r1,_meddiag_{CANARY},1,2,3,A,yes", "column 2 has a name in the pipeline's reserved namespace"),
+])  # fmt: skip
+def test_a_csv_without_a_header_row_is_refused_without_quoting_its_first_row(synthetic_spec, layout, first_row, fragment):
+    """Issue 24: a header-less file's first row stands where its names should be; a problem with those names
+    is told by position, and a file naming none of the task's columns is refused before its names are kept."""
+    rows = synthetic_records(5, seed=9).write_csv(include_header=False)
+    folder = land(layout, TASK, "b1", raw=(first_row + "\n" + rows).encode())
+    with pytest.raises(BatchRejected, match=re.escape(fragment)) as err:
+        read_tabular_batch(describe_batch(TASK, folder), synthetic_spec)
+    assert CANARY.lower() not in err.value.problem.lower()
 
 
 def test_case_twins_across_two_files_of_one_batch_are_refused(synthetic_spec, layout):
@@ -170,7 +189,7 @@ def test_a_file_that_changes_after_the_batch_was_hashed_is_refused_not_read_beyo
 
 
 @pytest.mark.parametrize(("column", "values", "problem"), [
-    ("outcome", ["no", "yes", "no", "yes"], "column 8 repeats the name 'outcome'"),
+    ("outcome", ["no", "yes", "no", "yes"], "column 8 repeats the name of column 7"),
     ("wide", [1, 2, 3, 4], "column 'wide' has the Arrow type decimal256(50, 2), which cannot be read"),
 ])  # fmt: skip
 def test_a_parquet_column_polars_cannot_take_is_named_with_its_type(synthetic_spec, layout, column, values, problem):

@@ -226,10 +226,15 @@ def _read_labels(batch_dir: Path, spec: TaskSpec) -> pl.DataFrame | None:
         raise ImageBatchError(f"{LABELS_CSV}: not a readable CSV file (bad quoting, encoding or row lengths)") from exc
     file_col = _image_spec(spec).file_column
     if file_col not in df.columns:
-        raise ImageBatchError(f"{LABELS_CSV}: missing the file column {file_col!r} (has {df.columns})")
+        # Its first row is then likely data (a file without a header row): its values are never quoted.
+        named = ", ".join(dict.fromkeys(c for c in (file_col, spec.label) if c))
+        raise ImageBatchError(f"{LABELS_CSV} has no header row with the columns {named}: its first row does not "
+                              f"name the file column {file_col!r} (image.file_column; the row's {len(df.columns)} "
+                              "values are not shown)")  # fmt: skip
     internal = [c for c in df.columns if c.startswith(INTERNAL_PREFIX)]
     if internal:
-        raise ImageBatchError(f"{LABELS_CSV}: columns {internal} use the pipeline's reserved prefix {INTERNAL_PREFIX!r}")
+        raise ImageBatchError(f"{LABELS_CSV}: {len(internal)} columns use the pipeline's reserved prefix "
+                              f"{INTERNAL_PREFIX!r} (rename them)")  # fmt: skip
     return df.with_columns(pl.col(c).str.strip_chars().replace("", None) for c in df.columns)
 
 
@@ -695,10 +700,11 @@ def _check_npz_file(fh: BinaryIO, spec: TaskSpec, budget: DecodedBudget) -> dict
     members = _npz_members(fh)
     allowed = {f"{s}_{kind}" for s in NPZ_SPLITS for kind in ("images", "labels")}
     unknown = sorted(set(members) - allowed)
+    # Member names come from the file: counted, never quoted.
     if unknown:
-        raise ImageRejected(f"unexpected keys {unknown}: a MedMNIST npz holds only {sorted(allowed)}")
+        raise ImageRejected(f"unexpected keys ({len(unknown)} arrays): a MedMNIST npz holds only {sorted(allowed)}")
     if not any(f"{s}_images" in members for s in NPZ_SPLITS):
-        raise ImageRejected(f"no train_images / val_images / test_images array (keys: {sorted(members)})")
+        raise ImageRejected(f"no train_images / val_images / test_images array (it holds {len(members)} arrays)")
     budget.take(sum(members.values()), f"the arrays of this npz ({len(members)})")
     out: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
     try:

@@ -363,7 +363,8 @@ def label_domain_failures(domain: list[str] | None, spec: TaskSpec, frame: pl.Da
 
     The domain is ``spec.classes`` if given, else ``domain`` (recorded from the first validated batch), else
     fixed from this batch: a binary task needs ``positive`` plus exactly one other value. Values are compared
-    through :func:`canonical_label`; a failure names the values (classes, not patient data) and their count.
+    through :func:`canonical_label`; a failure gives counts and the declared classes, never a value found in the
+    data (a label outside the domain may be a name or date shifted in from another column).
     Multi-label tasks (``'|'``-joined finding indices) are checked by their own validator."""
     if spec.label not in frame.columns or (spec.image is not None and spec.image.multi_label):
         return [], domain
@@ -380,8 +381,9 @@ def label_domain_failures(domain: list[str] | None, spec: TaskSpec, frame: pl.Da
     if not outside:
         return [], fixed
     count = sum(counts[v] for v in outside)
-    source = "the spec's classes" if spec.classes else "fixed by the task's first validated batch"
-    problem = f"{count} rows have a label outside the task's domain {fixed} ({source}): {outside[:10]}"
+    source = "declared" if spec.classes else "fixed by the task's first validated batch"
+    problem = (f"{count} rows hold labels outside the task's classes ({source}: {', '.join(fixed)}): "
+               f"{len(outside)} distinct values")  # fmt: skip
     return [CheckFailure("label_domain", spec.label, problem, count)], fixed
 
 
@@ -390,13 +392,15 @@ def _first_domain(spec: TaskSpec, seen: list[str]) -> tuple[list[CheckFailure], 
     one other value."""
     if not spec.is_binary:
         return ([], seen) if len(seen) >= 2 else ([CheckFailure("label_domain", spec.label,
-                f"the first batch must bring at least two label classes to fix the task's domain; found {seen}")], None)  # fmt: skip
+                f"the first batch must bring at least two label classes to fix the task's domain; found "
+                f"{len(seen)}; or declare 'classes' in the spec")], None)  # fmt: skip
     positive = canonical_label(spec.positive)
     others = [v for v in seen if v != positive]
     if positive in seen and len(others) == 1:
         return [], sorted([positive, others[0]])
+    found = f"it holds {'the positive class and ' if positive in seen else 'no positive class and '}{len(others)} other"
     problem = (f"a binary task needs its positive class {positive!r} and exactly one other label in the first "
-               f"batch to fix its domain; found {seen}; or declare 'classes' in the spec")  # fmt: skip
+               f"batch to fix its domain; {found} distinct values; or declare 'classes' in the spec")  # fmt: skip
     return [CheckFailure("label_domain", spec.label, problem)], None
 
 

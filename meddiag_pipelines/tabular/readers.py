@@ -19,7 +19,9 @@ refused). Line endings may be LF, CRLF or CR alone.
 
 Key columns (id, patient id, label, subgroups) are text, never inferred: ``0001`` keeps its zeros, and label
 values take one form (:func:`specs.canonical_label`) whether the file stored them as int, float, bool or text.
-Column names must be distinct ignoring case (DuckDB folds case) and outside the pipeline's internal namespace.
+Column names must be distinct ignoring case (DuckDB folds case) and outside the pipeline's internal namespace;
+a file must name at least one of the task's columns. A file without a header row has a row of data where the
+names should be, so problems with names are told by position, never by the name.
 """
 
 from __future__ import annotations
@@ -99,12 +101,12 @@ def lf_line_endings(text: str) -> str:
 
 def check_case_distinct(names: list[str], rel: str) -> None:
     """DuckDB (the warehouse) folds the case of column names: ``Age`` and ``age`` would be one column there."""
-    seen: dict[str, str] = {}
-    for name in names:
-        other = seen.setdefault(name.casefold(), name)
-        if other != name:
-            raise BatchRejected(rel, f"columns {other!r} and {name!r} differ only in case; the warehouse "
-                                     "cannot hold both (rename one)")  # fmt: skip
+    seen: dict[str, int] = {}
+    for i, name in enumerate(names, start=1):
+        first = seen.setdefault(name.casefold(), i)
+        if first != i:
+            raise BatchRejected(rel, f"columns {first} and {i} (in order of appearance) have names that differ only "
+                                     "in case; the warehouse cannot hold both (rename one)")  # fmt: skip
 
 
 def first_repeat(names: list[str]) -> tuple[int, str] | None:
@@ -127,11 +129,12 @@ def _check_columns(names: list[str], rel: str) -> None:
         if len(name) > MAX_COLUMN_NAME_CHARS or any(unicodedata.category(ch) in ("Cc", "Cs") for ch in name):
             raise BatchRejected(rel, f"column {i} has a name that is too long or holds control characters")
         if name.casefold().startswith(INTERNAL_PREFIX):
-            raise BatchRejected(rel, f"column {name!r} is in the pipeline's reserved namespace {INTERNAL_PREFIX!r} "
+            raise BatchRejected(rel, f"column {i} has a name in the pipeline's reserved namespace {INTERNAL_PREFIX!r} "
                                      "(its own columns); rename it")  # fmt: skip
     repeat = first_repeat(names)
-    if repeat:
-        raise BatchRejected(rel, f"column {repeat[0]} repeats the name {repeat[1]!r}")
+    if repeat:  # by position: in a file without a header row the names are a row of data
+        i, name = repeat
+        raise BatchRejected(rel, f"column {i} repeats the name of column {names.index(name) + 1}")
     check_case_distinct(names, rel)
 
 
@@ -178,6 +181,15 @@ def _polars_problem(exc: BaseException) -> str:
         if needle.lower() in message.lower():
             return problem
     return f"{type(exc).__name__}"
+
+
+def _names_a_task_column(frame: pl.DataFrame, spec: TaskSpec, rel: str) -> None:
+    """A file that names none of the task's columns has no header row (its first row is data) or belongs to
+    another export: refused before its names reach the ledger, and without quoting them."""
+    declared = {spec.label, spec.id, spec.patient_id, *spec.subgroups, *spec.numeric, *spec.categorical, *spec.exclude}
+    if not declared & set(frame.columns):
+        raise BatchRejected(rel, f"has no header row with the task's columns (label {spec.label!r}, id {spec.id!r}): "
+                                 "its first row names none of them and is not shown, as it may be a row of data")  # fmt: skip
 
 
 def key_columns(spec: TaskSpec) -> list[str]:
@@ -377,6 +389,7 @@ def read_tabular_batch(batch: LandedBatch, spec: TaskSpec) -> pl.DataFrame:
     for rel in batch.files:
         path = check_file(batch, rel, spec.landing.max_file_mb)
         frame = read_table_file(path, rel, key_columns(spec), spec.landing.max_file_mb, batch.digests.get(rel))
+        _names_a_task_column(frame, spec, rel)
         frames.append(normalise(_with_row_ids(frame, spec, batch.batch_id, rel), spec, rel))
     try:
         frame = pl.concat(frames, how="diagonal_relaxed")

@@ -12,8 +12,7 @@
   more than one of train / val / test (:func:`texts_shared_across_splits`) fail: a leak that would flatter the
   test metrics, and a bug once the split groups identical content.
 
-Failures never carry a text or an id: the text and id columns are hidden from GX examples, and the
-checks written here give counts only.
+Failures never carry a text, an id or any other record value: they give counts only.
 """
 
 from __future__ import annotations
@@ -30,7 +29,7 @@ from meddiag_pipelines.ingestion.quarantine import REASON_FILE, file_reason
 from meddiag_pipelines.split import SPLIT_COLUMN, SPLITS
 from meddiag_pipelines.specs import TaskSpec
 from meddiag_pipelines.text.readers import text_content_key
-from meddiag_pipelines.validation.suites import CheckFailure, identifier_columns, record_expectations, run_suite
+from meddiag_pipelines.validation.suites import CheckFailure, record_expectations, run_suite
 
 if TYPE_CHECKING:
     import great_expectations.expectations as gxe
@@ -79,7 +78,7 @@ def ids_already_ingested(frame: pl.DataFrame, spec: TaskSpec, known_ids: set[str
 
 def validate_texts(frame: pl.DataFrame, spec: TaskSpec, known_ids: set[str] | None = None) -> list[CheckFailure]:
     """The per-batch validator of a text task (``validate_pending_batches``); also run over all validated rows."""
-    failures = run_suite(frame, text_expectations(spec), identifier_columns(spec), spec.name)
+    failures = run_suite(frame, text_expectations(spec), spec.name)
     return failures + short_texts(frame, spec) + decoding_damage(frame, spec) + ids_already_ingested(frame, spec, known_ids)
 
 

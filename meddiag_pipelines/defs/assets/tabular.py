@@ -27,7 +27,7 @@ from meddiag_pipelines.tabular.models import (
     top_contributions,
     train_tabular_models,
 )
-from meddiag_pipelines.validation.suites import identifier_columns, run_suite, tabular_expectations, validate_tabular
+from meddiag_pipelines.validation.suites import run_suite, tabular_expectations, validate_tabular
 
 FEATURE_PREFIX = "f__"
 
@@ -111,8 +111,7 @@ def build_tabular_assets(spec: TaskSpec) -> list:
     def validated_records_suite(storage: MeddiagStorage, validated_records: pl.DataFrame) -> dg.AssetCheckResult:
         if validated_records.is_empty():
             return ingest.no_validated_rows_result(spec, storage)
-        failures = run_suite(validated_records, tabular_expectations(spec, validated_records.columns),
-                             identifier_columns(spec), name)  # fmt: skip
+        failures = run_suite(validated_records, tabular_expectations(spec, validated_records.columns), name)
         return common.failures_result(failures)
 
     split = build_split_asset(spec, validated_records, tags)
