@@ -138,6 +138,24 @@ def test_labels_csv_without_a_header_row_is_refused_without_quoting_its_first_ro
     assert CANARY not in str(err.value) and "img0.png" not in str(err.value)
 
 
+def test_labels_csv_repeating_a_column_name_is_refused_by_position(tmp_path: Path) -> None:
+    """Issue 24: Polars renamed the second ``label`` column and the first was used silently."""
+    batch = folder_batch(tmp_path / "b")
+    lines = (batch / "labels.csv").read_text().splitlines()
+    (batch / "labels.csv").write_text("\n".join([lines[0] + ",label", *(f"{row},{CANARY}" for row in lines[1:])]) + "\n")
+    with pytest.raises(ImageBatchError, match="labels.csv: column 5 repeats the name of column 2") as err:
+        read_image_batch(batch, spec_of())
+    assert CANARY not in str(err.value)
+
+
+def test_labels_csv_with_cr_only_line_endings_reads_every_row(tmp_path: Path) -> None:
+    """Issue 24: a labels.csv ending its lines with CR alone was one header line to Polars."""
+    batch = folder_batch(tmp_path / "b")
+    expected = read_image_batch(batch, spec_of()).records.height
+    (batch / "labels.csv").write_text((batch / "labels.csv").read_text().replace("\n", "\r"))
+    assert read_image_batch(batch, spec_of()).records.height == expected == 4
+
+
 def test_labels_csv_with_a_reserved_column_is_refused(tmp_path: Path) -> None:
     batch = folder_batch(tmp_path / "b")
     df = pl.read_csv(batch / "labels.csv").with_columns(pl.lit("x").alias("_meddiag_split"))

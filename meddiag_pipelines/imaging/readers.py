@@ -51,7 +51,9 @@ pixels cached and trained on. Labels are text in :func:`~meddiag_pipelines.specs
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import json
 import os
 import re
@@ -69,6 +71,7 @@ import polars as pl
 
 from meddiag_pipelines.ingestion.landing import INTERNAL_PREFIX, UnsafePath, confined_file, display_name
 from meddiag_pipelines.specs import canonical_label
+from meddiag_pipelines.tabular.readers import first_repeat, lf_line_endings
 
 if TYPE_CHECKING:
     from meddiag_pipelines.specs import ImageSpec, TaskSpec
@@ -217,11 +220,15 @@ def _read_labels(batch_dir: Path, spec: TaskSpec) -> pl.DataFrame | None:
     if not os.path.lexists(batch_dir / LABELS_CSV):
         return None
     try:
-        csv = confined_file(batch_dir, LABELS_CSV)
+        path = confined_file(batch_dir, LABELS_CSV)
     except UnsafePath as exc:
         raise ImageBatchError(f"{LABELS_CSV}: {exc}") from None
     try:
-        df = pl.read_csv(csv, infer_schema=False)
+        text = lf_line_endings(path.read_bytes().decode("utf-8-sig"))
+        _check_labels_header(text)
+        df = pl.read_csv(io.StringIO(text), infer_schema=False)
+    except ImageBatchError:
+        raise
     except Exception as exc:  # noqa: BLE001 - polars raises several kinds; its message can quote the file
         raise ImageBatchError(f"{LABELS_CSV}: not a readable CSV file (bad quoting, encoding or row lengths)") from exc
     file_col = _image_spec(spec).file_column
@@ -236,6 +243,17 @@ def _read_labels(batch_dir: Path, spec: TaskSpec) -> pl.DataFrame | None:
         raise ImageBatchError(f"{LABELS_CSV}: {len(internal)} columns use the pipeline's reserved prefix "
                               f"{INTERNAL_PREFIX!r} (rename them)")  # fmt: skip
     return df.with_columns(pl.col(c).str.strip_chars().replace("", None) for c in df.columns)
+
+
+def _check_labels_header(text: str) -> None:
+    """A repeated column name would be renamed by Polars and one of the two used silently. Told by position: in a
+    file without a header row the names are a row of data."""
+    header = next(csv.reader(io.StringIO(text)), [])
+    repeat = first_repeat(header)
+    if repeat:
+        i, name = repeat
+        raise ImageBatchError(f"{LABELS_CSV}: column {i} repeats the name of column {header.index(name) + 1}; "
+                              "which of them to use is ambiguous (rename one)")
 
 
 def _row_meta(row: dict, rel: str, spec: TaskSpec) -> dict:
