@@ -79,6 +79,7 @@ class _Sample:
         self.rng = rng
         self.date = date(1925, 1, 1) + timedelta(days=rng.randrange(0, 36500))
         self.first, self.last, self.last2 = rng.choice(_FIRST), *rng.sample(_LAST, 2)
+        self.city = rng.choice(_CITIES)
         self.case = rng.choice(["title", "title", "title", "upper", "lower"])  # of month and weekday words
 
     def _cased(self, word: str) -> str:
@@ -104,14 +105,14 @@ class _Sample:
             "D4": lambda: self._digits(4), "D5": lambda: self._digits(5), "D6": lambda: self._digits(6), "D7": lambda: self._digits(7),
             "A": lambda: rng.choice("ABCDEFGHJKLMNPRSTUVWXYZ"), "area": lambda: str(rng.randrange(201, 990)),
             "exch": lambda: str(rng.randrange(201, 999)), "street": lambda: rng.choice(_STREETS), "suffix": lambda: rng.choice(_SUFFIXES),
-            "city_state": lambda: ", ".join(rng.choice(_CITIES)), "host": lambda: rng.choice(_HOSTS),
+            "city": lambda: self.city[0], "state": lambda: self.city[1], "host": lambda: rng.choice(_HOSTS),
             "num": lambda: str(rng.randrange(1, 9999)),
         }  # fmt: skip
         return values[key]()
 
 
 # «...» marks the identifier inside an alternative when words around it are not PHI ("the «third of May»",
-# "MRN «123 456 789»"); without marks the whole expansion is the identifier.
+# "MRN «123 456 789»", a state); without marks the whole expansion is the identifier.
 GRAMMAR: dict[str, list[str]] = {
     # ---- dates written in numbers
     "<DATE_NUMERIC>": ["<m>/<d>/<yyyy>", "<mm>/<dd>/<yyyy>", "<m>/<d>/<yy>", "<mm>-<dd>-<yyyy>", "<m>-<d>-<yy>", "<dd>.<mm>.<yyyy>",
@@ -147,7 +148,7 @@ GRAMMAR: dict[str, list[str]] = {
                 "<I><last>@<host>"],
     "<URL>": ["https://portal.<host>/patient/<D6>", "www.<host>", "http://<host>/chart?id=<D5>", "<host>/p/<D4>",
               "https://<host>/u/<first><last>"],
-    "<ADDRESS>": ["<num> <street> <suffix>", "<num> N. <street> <suffix>, Apt <D2>", "<num> <street> <suffix>, <city_state> <D5>",
+    "<ADDRESS>": ["<num> <street> <suffix>", "<num> N. <street> <suffix>, Apt <D2>", "«<num> <street> <suffix>, <city>», <state>",
                   "P.O. Box <D4>", "<num> <street> <suffix> #<D1>", "<num> <street> <suffix> Unit <D2>"],
 }  # fmt: skip
 
