@@ -184,3 +184,21 @@ def test_no_canary_leaves_the_reader_through_ingestion_logs_or_dagster(tmp_path:
     leaks = [where for where, blob in places.items() if CANARY[:9] in blob or CANARY[-7:] in blob]
     assert leaks == [], leaks
     assert "a quoted field is never closed" in places["reason.json"]  # the scan does see the reasons
+
+
+# Characters that print nothing: format (Cf), controls, separators of every kind, combining marks alone, and the
+# blank letters and symbols of Hangul and Braille. A note made of them is empty (issue 24).
+INVISIBLE = ["\u200b", "\u200c", "\u200d", "\ufeff", "\u2060", "\u00ad", "\u180e", "\u2061", "\u202e", "\u2066",
+             "\U000e0001", "\x0b", "\x1f", "\u0085", "\u00a0", "\u2007", "\u3000", "\u2028", "\u2029", "\u0301",
+             "\u3164", "\u115f", "\u2800"]  # fmt: skip
+
+
+@pytest.mark.parametrize("blank", INVISIBLE, ids=[f"U+{ord(c):04X}" for c in INVISIBLE])
+def test_invisible_characters_do_not_count_toward_min_text_chars(blank: str):
+    from meddiag_pipelines.text.validation import short_texts
+
+    frame = pl.DataFrame({"nid": ["blank", "padded", "short", "fine"], "dx": ["mi"] * 4,
+                          "note": [blank * 500, f"{blank * 100}ab{blank * 100}", "a" + blank + "b", f"a{blank}bc"]})  # fmt: skip
+    failures = short_texts(frame, SPEC)
+    assert [(f.expectation, f.unexpected_count) for f in failures] == [("text_min_length", 3)]
+    assert "visible characters" in failures[0].problem
