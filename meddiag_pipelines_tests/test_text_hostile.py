@@ -202,3 +202,48 @@ def test_invisible_characters_do_not_count_toward_min_text_chars(blank: str):
     failures = short_texts(frame, SPEC)
     assert [(f.expectation, f.unexpected_count) for f in failures] == [("text_min_length", 3)]
     assert "visible characters" in failures[0].problem
+
+
+def test_a_text_over_the_deid_time_limit_rejects_its_file_naming_the_row(tmp_path: Path, monkeypatch):
+    """Issue 24: a note whose scrubbing overruns is never stored unscrubbed; its file is rejected with the row
+    (never the text) and the other files of the batch flow on."""
+    from meddiag_pipelines.text import readers
+    from meddiag_pipelines.text.deid import ScrubTimeout
+
+    def scrub_or_overrun(text: str, time_limit: float | None = None) -> str:
+        if CANARY in text:  # stands for a note whose scrubbing overruns its limit
+            raise ScrubTimeout("finding the identifiers of the text took longer than its time limit")
+        return real_scrub(text, time_limit)
+
+    real_scrub = readers.scrub
+    monkeypatch.setattr(readers, "scrub", scrub_or_overrun)
+    _write(tmp_path, "slow.csv", f"nid,dx,note\ns1,mi,chest pain\ns2,hf,{CANARY} seen on 3/14\n")
+    _write(tmp_path, "good.csv", GOOD)
+    res = read_text_batch(tmp_path, SPEC)
+    assert res.records["id"].to_list() == ["good1"] and res.files_read == ["good.csv"]
+    assert dict(res.rejected) == {"slow.csv": "slow.csv: row 3: its text took longer than 5 s to de-identify, so it "
+                                  "was not stored (MEDDIAG_DEID_SECONDS sets the limit)"}  # fmt: skip
+
+
+def test_a_tiny_deid_time_limit_rejects_every_file_with_text(tmp_path: Path, monkeypatch):
+    """The real scrubber under a limit no text can meet (set as an operator would, in the environment)."""
+    monkeypatch.setenv("MEDDIAG_DEID_SECONDS", "1e-9")
+    _write(tmp_path, "a.csv", f"nid,dx,note\na1,mi,{CANARY} called 555-123-4567\n")
+    _write(tmp_path, "b.jsonl", json.dumps({"nid": "b1", "dx": "hf", "note": CANARY}) + "\n")
+    _write(tmp_path, "notes/labels.csv", "file,dx\nn1.txt,mi\n")
+    _write(tmp_path, "notes/n1.txt", f"Dr. {CANARY}")
+    res = read_text_batch(tmp_path, SPEC)
+    assert res.records.is_empty() and res.files_read == ["notes/labels.csv"]
+    problems = dict(res.rejected)
+    assert {rel: p.split(" took longer")[0] for rel, p in problems.items()} == {
+        "a.csv": "a.csv: row 2: its text", "b.jsonl": "b.jsonl: line 1: its text",
+        "notes/n1.txt": "notes/n1.txt: labels.csv row 2: its text"}  # fmt: skip
+    assert all("1e-09 s to de-identify" in p for p in problems.values()) and CANARY[:9] not in str(problems)
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "five", "nan", "inf"])
+def test_an_invalid_deid_time_limit_stops_the_read_instead_of_rejecting_files(tmp_path: Path, monkeypatch, value):
+    monkeypatch.setenv("MEDDIAG_DEID_SECONDS", value)
+    _write(tmp_path, "good.csv", GOOD)
+    with pytest.raises(ValueError, match="MEDDIAG_DEID_SECONDS must be a positive number of seconds"):
+        read_text_batch(tmp_path, SPEC)

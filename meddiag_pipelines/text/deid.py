@@ -53,7 +53,9 @@ synthetic corpus the rules were not written from is in bench/README.md ("De-iden
 from __future__ import annotations
 
 import re
+import time
 import unicodedata
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from meddiag_pipelines.text.names import FIRST_NAMES, SURNAMES
@@ -77,6 +79,11 @@ PLACEHOLDERS: dict[str, str] = {
         "NAME",
     )
 }
+
+
+class ScrubTimeout(Exception):
+    """Finding the identifiers of one text took longer than its time limit: the text must not be stored, since
+    the rules not yet run may have had more to find. The message never quotes the text."""
 
 
 @dataclass(frozen=True, order=True)
@@ -255,7 +262,7 @@ _RULES: list[_Rule] = [
     _r(
         "PHONE",
         rf"(?<![\w.+])(?:\+|\b00)[1-9]\d{{0,2}}(?=(?:[\s.\-()]{{0,3}}\d){{7,14}})[\s.\-]?(?:\(0?\d{{1,4}}\)[\s.\-]?)?"
-        rf"\d{{1,5}}(?:[\s.\-]?\d{{1,5}}){{1,5}}{_PHONE_EXT}(?![\w])",
+        rf"\d{{1,5}}+(?:[\s.\-]?\d{{1,5}}+){{1,5}}{_PHONE_EXT}(?![\w])",  # possessive: a digit run splits one way
         needs=_DIGIT,
     ),
     _r("PHONE", r"(?i)\b(?:phone|tel|telephone|cell|mobile|pager|beeper|call(?:ed)?|fax|contact|reach(?:ed)? at)\b[\s:#.\-]*(?:number\s*|no\.?\s*|is\s+|at\s+)?(?P<v>\d{10}|\d{3}-\d{4})\b", "v", needs=_DIGIT),
@@ -298,8 +305,8 @@ _RULES: list[_Rule] = [
     _r("ZIP", r"(?<![\d\-])\d{5}-\d{4}(?![\d\-])", needs=_DIGIT),
     _r(
         "ZIP",
-        rf"(?:\b(?:{'|'.join(_US_STATES)})\.?,?|\b(?:{_US_STATE_NAMES}),?|(?i:\bzip(?:\s*code)?|\bpostal\s*code|\bpost\s*code)[\s:#]*)"
-        r"\s+(?P<v>\d{5})(?![\d\-])",
+        rf"(?:\b(?:{'|'.join(_US_STATES)})\.?,?\s++|\b(?:{_US_STATE_NAMES}),?\s++|"
+        r"(?i:\bzip(?:\s*+code)?|\bpostal\s*+code|\bpost\s*+code)[\s:#]*+)(?P<v>\d{5})(?![\d\-])",
         "v",
         needs=_DIGIT,
     ),
@@ -382,13 +389,29 @@ def _name_value(text: str, start: int, end: int) -> tuple[int, int] | None:
     return start, kept_end
 
 
-def _raw_spans(text: str) -> list[tuple[int, int, str, int]]:
+def _check_clock(deadline: float | None) -> None:
+    if deadline is not None and time.monotonic() > deadline:
+        raise ScrubTimeout("finding the identifiers of the text took longer than its time limit")
+
+
+def _timed(matches: Iterator[re.Match[str]], deadline: float | None) -> Iterator[re.Match[str]]:
+    """``matches``, checking the clock after each one (a long text can have thousands)."""
+    for m in matches:
+        _check_clock(deadline)
+        yield m
+
+
+def _raw_spans(text: str, deadline: float | None = None) -> list[tuple[int, int, str, int]]:
+    """The spans every rule finds. The clock is checked before each rule and after each match: every rule runs
+    in time linear in the text (no nested unbounded repetition, possessive runs where tokens could split more
+    than one way), so a text over its limit is stopped within one search of it."""
     spans: list[tuple[int, int, str, int]] = []
     present = {needs: pattern.search(text) is not None for needs, pattern in _NEEDS.items()}
     for priority, rule in enumerate(_RULES):
+        _check_clock(deadline)
         if rule.needs is not None and not present[rule.needs]:
             continue
-        for m in rule.pattern.finditer(text):
+        for m in _timed(rule.pattern.finditer(text), deadline):
             start, end = m.span(rule.group)
             if start < 0 or start == end:
                 continue
@@ -402,7 +425,7 @@ def _raw_spans(text: str) -> list[tuple[int, int, str, int]]:
                 start, end = trimmed
             spans.append((start, end, kind, priority))
     prio = len(_RULES)
-    for m in _CAP_WORD.finditer(text):
+    for m in _timed(_CAP_WORD.finditer(text), deadline):
         if m.group() not in FIRST_NAMES:
             continue
         # "John Smith", "Mary J. Jones": a listed first name and a capitalised word that is not a common one.
@@ -413,25 +436,27 @@ def _raw_spans(text: str) -> list[tuple[int, int, str, int]]:
         if last in _NOT_NAMES or (last.isupper() and len(last) > 1):
             continue
         spans.append((m.start(), rest.end(), "NAME", prio))
-    for m in _WORD_PAIR.finditer(text):
+    for m in _timed(_WORD_PAIR.finditer(text), deadline):
         # "JOHN SMITH", "john smith": both words in the lists, in the same case.
         first, last = m.group(1), m.group(2)
         if (first.isupper() or first.islower()) and (last.isupper() == first.isupper()):
             if first.title() in FIRST_NAMES and last.title() in SURNAMES:
                 spans.append((m.start(1), m.end(2), "NAME", prio))
-    for m in _LAST_FIRST.finditer(text):
+    for m in _timed(_LAST_FIRST.finditer(text), deadline):
         if m.group("last") in SURNAMES and m.group("first") in FIRST_NAMES:
             spans.append((m.start(), m.end(), "NAME", prio))
     return spans
 
 
-def find_phi(text: str) -> list[PhiSpan]:
+def find_phi(text: str, time_limit: float | None = None) -> list[PhiSpan]:
     """Every identifier found in ``text``, as sorted, non-overlapping spans of ``text`` itself (overlaps are
-    merged); the rules match on the normalised text (``_normalise``)."""
+    merged); the rules match on the normalised text (``_normalise``). Raise ``ScrubTimeout`` when it takes
+    longer than ``time_limit`` seconds (None: no limit)."""
     if not text:
         return []
+    deadline = None if time_limit is None else time.monotonic() + time_limit
     norm, origin = _normalise(text)
-    raw = sorted(_raw_spans(norm), key=lambda s: (s[0], -(s[1] - s[0]), s[3]))
+    raw = sorted(_raw_spans(norm, deadline), key=lambda s: (s[0], -(s[1] - s[0]), s[3]))
     merged: list[list] = []
     for start, end, kind, _ in raw:
         if merged and start < merged[-1][1]:
@@ -443,13 +468,14 @@ def find_phi(text: str) -> list[PhiSpan]:
     return [PhiSpan(origin[s], origin[e - 1] + 1, k) for s, e, k in merged]
 
 
-def scrub(text: str) -> str:
-    """``text`` with every identifier found replaced by its typed placeholder, e.g. ``[DATE]``."""
+def scrub(text: str, time_limit: float | None = None) -> str:
+    """``text`` with every identifier found replaced by its typed placeholder, e.g. ``[DATE]``; raise
+    ``ScrubTimeout`` when finding them takes longer than ``time_limit`` seconds (None: no limit)."""
     if not text:
         return text
     out: list[str] = []
     pos = 0
-    for span in find_phi(text):
+    for span in find_phi(text, time_limit):
         out.append(text[pos : span.start])
         out.append(PLACEHOLDERS[span.kind])
         pos = span.end
