@@ -43,11 +43,11 @@ _CITIES = [("Springfield", "IL"), ("Columbus", "OH"), ("Portland", "OR"), ("Alba
 _HOSTS = "mercyhealth.org stlukes.org valleyclinic.com gmail.com yahoo.com outlook.com hotmail.co.uk nhs.net".split()
 
 
-def _cardinal(n: int) -> str:
+def cardinal_words(n: int) -> str:
     return _ONES[n] if n < 20 else _TENS[n // 10] + ("" if n % 10 == 0 else "-" + _ONES[n % 10])
 
 
-def _ordinal(n: int) -> str:
+def ordinal_words(n: int) -> str:
     if n < 20:
         return _ORD_ONES[n]
     if n % 10 == 0:
@@ -55,15 +55,15 @@ def _ordinal(n: int) -> str:
     return _TENS[n // 10] + "-" + _ORD_ONES[n % 10]
 
 
-def _suffix(n: int) -> str:
+def ordinal_suffix(n: int) -> str:
     return "th" if 10 < n % 100 < 14 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
 
 
-def _year_words(y: int) -> str:
+def year_words(y: int) -> str:
     if 2000 <= y < 2010:
         return "two thousand" + ("" if y == 2000 else " " + _ONES[y % 10])
     hi, lo = divmod(y, 100)
-    low = "hundred" if lo == 0 else (f"oh {_ONES[lo]}" if lo < 10 else _cardinal(lo) if lo < 40 else _tens_words(lo))
+    low = "hundred" if lo == 0 else (f"oh {_ONES[lo]}" if lo < 10 else cardinal_words(lo) if lo < 40 else _tens_words(lo))
     return f"{_tens_words(hi)} {low}"
 
 
@@ -92,9 +92,9 @@ class _Sample:
         d, rng = self.date, self.rng
         values = {
             "d": lambda: str(d.day), "dd": lambda: f"{d.day:02d}", "m": lambda: str(d.month), "mm": lambda: f"{d.month:02d}",
-            "yyyy": lambda: str(d.year), "yy": lambda: f"{d.year % 100:02d}", "yearw": lambda: _year_words(d.year),
-            "ordn": lambda: f"{d.day}{_suffix(d.day)}", "ORDN": lambda: f"{d.day}{_suffix(d.day).upper()}",
-            "ordw": lambda: _ordinal(d.day), "ordw_sp": lambda: _ordinal(d.day).replace("-", " "), "cardw": lambda: _cardinal(d.day),
+            "yyyy": lambda: str(d.year), "yy": lambda: f"{d.year % 100:02d}", "yearw": lambda: year_words(d.year),
+            "ordn": lambda: f"{d.day}{ordinal_suffix(d.day)}", "ORDN": lambda: f"{d.day}{ordinal_suffix(d.day).upper()}",
+            "ordw": lambda: ordinal_words(d.day), "ordw_sp": lambda: ordinal_words(d.day).replace("-", " "), "cardw": lambda: cardinal_words(d.day),
             "Month": lambda: self._cased(_MONTHS[d.month - 1]), "Mon": lambda: self._cased(_MONTH_ABBR[d.month - 1]),
             "Mon3": lambda: self._cased(_MONTHS[d.month - 1][:3]),
             "Weekday": lambda: self._cased(_WEEKDAYS[d.weekday()]), "Wkd": lambda: self._cased(_WEEKDAY_ABBR[d.weekday()]),
@@ -194,7 +194,7 @@ def _expand(symbol: str, sample: _Sample, grammar: dict[str, list[str]]) -> str:
         name = key[1:-1]
         if name.endswith("_c"):  # a free number for the clean sentences, not the sample's date
             n = sample.rng.randrange(1, 31)
-            return {"ordw_c": _ordinal(n), "cardw_c": _cardinal(n), "ordn_c": f"{n}{_suffix(n)}", "num_c": str(n)}[name]
+            return {"ordw_c": ordinal_words(n), "cardw_c": cardinal_words(n), "ordn_c": f"{n}{ordinal_suffix(n)}", "num_c": str(n)}[name]
         return sample.value(name)
 
     return re.sub(r"<[A-Za-z0-9_]+>", sub, sample.rng.choice(grammar[symbol]))

@@ -20,12 +20,13 @@ from meddiag_pipelines.update import run_task_in_process
 from meddiag_pipelines.ingestion.warehouse import Warehouse
 from meddiag_pipelines.specs import TaskSpec
 from meddiag_pipelines.text.readers import read_text_batch
-from meddiag_pipelines_tests.test_text_pipeline import _strings_of_duckdb
+from meddiag_pipelines_tests.test_text_pipeline import _strings_of_duckdb, _strings_of_parquet
 
 CANARY = "Ottoline Farthingale QX7741Z"
 SPEC = TaskSpec(name="hostile_notes", modality="text", label="dx", text="note", id="nid", classes=["mi", "hf"],
                 min_text_chars=3)  # fmt: skip
 GOOD = "nid,dx,note\ngood1,mi,chest pain on exertion\n"
+WORD_DATE = "the twenty-third of September, nineteen thirty-one"  # issue 24: a date in words reached the warehouse
 
 
 class ReaderBlocked(BaseException):
@@ -158,6 +159,7 @@ def test_no_canary_leaves_the_reader_through_ingestion_logs_or_dagster(tmp_path:
     _write(batch, "notes/a.txt", "a note about chest pain")
     _write(batch, "latin/labels.csv", "file,dx\nn1.txt,mi\n")
     _write(batch, "good.csv", GOOD)
+    _write(batch, "dated.csv", f'nid,dx,note\ngood2,hf,"Fell on {WORD_DATE} and again on Tues. the 4th"\n')
     (batch / "_READY").touch()
     caplog.set_level("DEBUG")
     home = tmp_path / "dagster_home"
@@ -181,8 +183,11 @@ def test_no_canary_leaves_the_reader_through_ingestion_logs_or_dagster(tmp_path:
     for path in home.rglob("*"):
         if path.is_file():
             places[f"dagster:{path.name}"] = path.read_bytes().decode("utf-8", "replace")
+    places["raw records"] = "\n".join(map(_strings_of_parquet, layout.root.rglob("raw_records/**/*.parquet")))
     leaks = [where for where, blob in places.items() if CANARY[:9] in blob or CANARY[-7:] in blob]
     assert leaks == [], leaks
+    dated = [where for where, blob in places.items() if "twenty-third" in blob or "thirty-one" in blob or "Tues" in blob]
+    assert dated == [] and "Fell on the [DATE] and again on [DATE]" in places["raw records"], dated
     assert "a quoted field is never closed" in places["reason.json"]  # the scan does see the reasons
 
 
