@@ -7,7 +7,9 @@ The generator plants one identifier per sentence, drawn with Python's ``random``
 rules), in clinical sentences of its own (``CONTEXTS``), with Unicode dashes and spaces mixed in. Names are
 built from syllables (``synthetic_name``), some with accents, so none comes from the scrubber's name lists.
 A planted value counts as found when every non-space character of it lies inside a reported span, whatever
-its kind (for privacy what matters is that it is gone).
+its kind (for privacy what matters is that it is gone). A second corpus (``bench/deid_grammar.py``, issue 24)
+expands surface forms from a grammar (dates in words and ordinals, partial dates, names without titles,
+lower-case names, ids with separators) and PHI-free lookalike sentences for the false-positive rate.
 """
 
 from __future__ import annotations

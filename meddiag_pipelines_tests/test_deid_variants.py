@@ -71,7 +71,7 @@ def word_dates(draw) -> str:
     year = draw(st.sampled_from(["", f" {d.year}", f", {d.year}", f" '{d.year % 100:02d}", f", {year_words(d.year)}"]))
     shapes = [f"{ordinal} of {month}{year}"]  # "the" before it is no part of the date
     verb = month.lower() == "may"
-    if not verb or ordinal[0].isdigit():  # a lower-case "may" before a word is the verb
+    if not verb or ordinal[0].isdigit() or year:  # a lower-case "may" before a word is the verb, without a year
         shapes += [f"{month} the {ordinal}{year}", f"{month} {ordinal}{year}"]
     if not verb:
         shapes += [f"{ordinal} {month}{year}", f"{month} {cardinal_words(d.day)}{year}"]

@@ -336,13 +336,15 @@ _RULES: list[_Rule] = [
     _r("DATE", rf"\b{_MON}\.?{_DSEP}{_DD}{_ORD},?{_DSEP}{_YYYY}(?!\d)", needs=_DIGIT),
     _r("DATE", rf"\b{_MON_NOYEAR}\.?[\s/\-]{{1,3}}{_DD}{_ORD}\b(?!\s*{_UNIT}|[/.]\d)", needs=_DIGIT),
     # days and years in words: the third of May, 3rd of May 2021, twenty-first March, May the 3rd, March
-    # twenty-first, Sept. 3rd, may 3rd (a lower-case "may" only before a day in digits: "may first try ...")
+    # twenty-first, Sept. 3rd, may 3rd, may fifth, 2002 (a lower-case "may" before a day in words only with a
+    # year: "may first try ...")
     _r("DATE", rf"\b{_DAY_ORDINAL}[ \t]+of[ \t]+{_MON}\.?{_AND_YEAR}", needs=_HAS_MONTH),
     _r("DATE", rf"\b{_DAY_ORD_WORD}[ \t]+{_MON_NOYEAR}\.?{_AND_YEAR}", needs=_HAS_MONTH),
     _r("DATE", rf"\b{_DD}{_ORD}[\s\-]+{_MON_NOYEAR}\.?,?[ \t]+{_YEAR_WORDS}", needs=_HAS_MONTH),
     _r(
         "DATE",
-        rf"\b(?:{_MON_NOYEAR}\.?,?[ \t]+(?:the[ \t]+)?{_DAY_ORDINAL}|may[ \t]+(?:the[ \t]+)?{_DD}(?i:st|nd|rd|th)\b){_AND_YEAR}",
+        rf"\b(?:{_MON_NOYEAR}\.?,?[ \t]+(?:the[ \t]+)?{_DAY_ORDINAL}{_AND_YEAR}|"
+        rf"may[ \t]+(?:the[ \t]+)?(?:{_DD}(?i:st|nd|rd|th)\b{_AND_YEAR}|{_DAY_ORD_WORD},?[ \t]+{_YEAR}))",
         needs=_HAS_MONTH,
     ),
     # March twenty-one, May twenty one, 2019; not "May two nurses", "March one block", "May one of us"
