@@ -2,7 +2,7 @@
 
 * :func:`validate_texts` is the per-batch validator (``validate_pending_batches``) and the suite re-run over
   all validated rows: the GX suite (columns, non-null and unique ids, labels in ``spec.classes``), texts that
-  are empty or shorter than ``spec.min_text_chars`` (after stripping blanks), texts carrying decoding damage
+  are empty or shorter than ``spec.min_text_chars`` visible characters (``INVISIBLE``), texts carrying decoding damage
   (U+FFFD replacement characters or NUL bytes, the marks of an upstream lossy decode), and ids already
   ingested from earlier batches.
 * :func:`unreadable_files` proves that every file the reader rejected (bad encoding, unreadable format) was
@@ -35,6 +35,10 @@ if TYPE_CHECKING:
     import great_expectations.expectations as gxe
 
 REPLACEMENT_CHAR = "\ufffd"
+# Characters that print nothing, not counted toward ``min_text_chars``: format characters (zero-width spaces and
+# joiners, BOM, word joiner, bidi marks, tags), controls, separators and white space of every kind, combining
+# marks with no letter, and the blank Hangul fillers and Braille pattern (Rust regex classes, run by Polars).
+INVISIBLE = r"[\p{Cf}\p{Cc}\p{Z}\p{Mn}\p{Me}\s\x{115F}\x{1160}\x{3164}\x{FFA0}\x{2800}]"
 
 
 def text_expectations(spec: TaskSpec) -> list[gxe.Expectation]:
@@ -42,15 +46,16 @@ def text_expectations(spec: TaskSpec) -> list[gxe.Expectation]:
 
 
 def short_texts(frame: pl.DataFrame, spec: TaskSpec) -> list[CheckFailure]:
-    """Texts that are missing, blank or shorter than ``spec.min_text_chars`` once blanks are stripped."""
+    """Texts that are missing or have fewer than ``spec.min_text_chars`` visible characters: a note of
+    zero-width spaces, BOMs or blanks of any kind is empty (``INVISIBLE``)."""
     if spec.text not in frame.columns:
         return []  # reported by the suite as a missing column
-    length = pl.col(spec.text).cast(pl.String).str.strip_chars().str.len_chars().fill_null(0)
+    length = pl.col(spec.text).cast(pl.String).str.replace_all(INVISIBLE, "").str.len_chars().fill_null(0)
     n = frame.filter(length < spec.min_text_chars).height
     if not n:
         return []
     return [CheckFailure("text_min_length", spec.text,
-                         f"{n} texts are empty or shorter than {spec.min_text_chars} characters", n)]  # fmt: skip
+                         f"{n} texts are empty or have fewer than {spec.min_text_chars} visible characters", n)]  # fmt: skip
 
 
 def decoding_damage(frame: pl.DataFrame, spec: TaskSpec) -> list[CheckFailure]:
