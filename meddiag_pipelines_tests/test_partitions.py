@@ -208,7 +208,7 @@ def test_update_runs_every_task_past_a_failed_one_and_a_bad_spec_and_exits_1(tmp
     (tmp_path / "home").mkdir()
     ran = []
 
-    def fake_update(spec, instance, partition=None):
+    def fake_update(spec, instance, partition=None, **kwargs):
         ran.append(spec.name)
         if spec.name == "breast_cancer":
             raise update.UpdateError("breast_cancer: run x failed")
