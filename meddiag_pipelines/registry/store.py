@@ -71,6 +71,8 @@ class ModelRegistry:
         this staging is then discarded, and the holder published if its run died after claiming (a claim is made
         once the staged version is complete, so here it can be finished). Returns the version holding these
         inputs: ``version`` once published."""
+        if self.published(task, version):
+            raise FileExistsError(f"{self.version_rel(task, version)}: already published, and a version is immutable")
         atomic_write_json(self.staging_dir(task, version) / MANIFEST, {**manifest, "version": version})
         fingerprint = manifest.get("fingerprint")
         holder = self.claim_fingerprint(task, fingerprint, version) if fingerprint else version
