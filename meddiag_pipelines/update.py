@@ -35,7 +35,7 @@ from meddiag_pipelines.defs.automation.landing import range_tags, run_tags
 from meddiag_pipelines.defs.dead_runs import TASK_TAG, describe, process_tags, release_dead_runs, releasing_dead_runs
 from meddiag_pipelines.defs.partitions import LandingScan, batch_partitions, ingestion_keys, run_ranges, scan_landing
 from meddiag_pipelines.defs.resources.storage import MeddiagStorage
-from meddiag_pipelines.ingestion.landing import ready_batch_dirs
+from meddiag_pipelines.ingestion.landing import LandingFolderError, ready_batch_dirs
 from meddiag_pipelines.specs import TaskSpec
 
 log = logging.getLogger(__name__)
@@ -99,7 +99,10 @@ def plan_batches(spec: TaskSpec, storage: MeddiagStorage, instance: dg.DagsterIn
     """Register the new complete batches as partitions; with ``partition``, only that batch is considered."""
     name = batch_partitions(spec).name
     known = set(instance.get_dynamic_partitions(name))
-    scan = scan_landing(spec, storage.layout, storage.warehouse, known)
+    try:
+        scan = scan_landing(spec, storage.layout, storage.warehouse, known)
+    except LandingFolderError as exc:
+        raise UpdateError(f"{spec.name}: {exc}") from None
     if partition is not None:
         if partition not in known and partition not in scan.new:
             ready = {d.name for d in ready_batch_dirs(storage.layout.landing(spec.name), spec.landing)}
