@@ -1,6 +1,6 @@
-"""Automation: the landing sensor registers each complete batch as a partition and runs its ingestion; the
-assets downstream update by declarative automation (eager when new valid partitions land, and at the spec's
-nightly cron tick when something changed since)."""
+"""Automation: the landing sensor registers each complete batch as a partition and runs its ingestion (and first
+releases the task's runs whose process is gone: ``dead_runs``); the assets downstream update by declarative
+automation (eager when new valid partitions land, and at the spec's nightly cron tick when something changed since)."""
 
 import hashlib
 
