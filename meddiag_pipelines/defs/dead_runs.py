@@ -1,14 +1,15 @@
 """A run whose process is gone never holds a task: it is found, marked failed and its pool slots freed by
 ``update`` (before each of its runs, and while one runs), by ``requeue`` and ``reset``, and at every tick of the
 task's landing sensor, so under the daemon too (Dagster's run monitoring cannot tell that a worker of the default
-run launcher died: it only times out runs that never start).
+run launcher died: it times out runs that never start).
 
 How a run names its processes: the tag ``meddiag/host`` that every run of the project carries (``run_tags``: the
 host that creates the run; for a sensor's run that is the code server's, where the default run launcher starts the
 worker), the pids Dagster writes into the run's engine events (the run worker's, each executor's), and for a run
 of ``update`` its own pid (tag ``meddiag/pid``, there before Dagster's first event). A run in flight is dead when
-it names this host and at least one process, and none of them is alive here. A run of another host, or one
-without a recorded process (launched from the UI, or whose worker has not started yet), is never judged.
+it names this host and at least one process, and none of them is alive here (a pid reused since only delays
+that: ``update`` waits a bounded time). A run of another host, or one without a recorded process (launched from
+the UI, or whose worker has not started yet), is never judged.
 """
 
 from __future__ import annotations
