@@ -181,3 +181,22 @@ def test_recovery_refuses_while_the_task_has_a_run_in_flight(synthetic_spec, lay
     instance.report_run_failed(running)  # the run ended; another task's run does not hold this one up
     assert cli.main([*command, "--data-dir", str(layout.root)]) == 0
     assert _status(layout, "b1") is None
+
+
+@pytest.mark.parametrize("command", [["requeue", TASK, "b1"], ["reset", TASK, "--yes"]])
+def test_recovery_releases_a_run_whose_process_is_gone_instead_of_refusing(synthetic_spec, layout, instance, capsys,
+                                                                          command):  # fmt: skip
+    """A run killed with SIGKILL stays 'started' in the instance: it is marked failed, not waited for."""
+    import socket
+    import subprocess
+
+    land(layout, TASK, "b1", synthetic_records(40, seed=1).with_columns(pl.lit("maybe").alias("outcome")))
+    _run(synthetic_spec, layout)
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    killed = instance.add_run(dg.DagsterRun(job_name="__ASSET_JOB", run_id="2" * 36, status=dg.DagsterRunStatus.STARTED,
+                                            tags={"meddiag/task": TASK, "meddiag/host": socket.gethostname(),
+                                                  "meddiag/pid": str(gone.pid)}))  # fmt: skip
+    assert cli.main([*command, "--data-dir", str(layout.root)]) == 0
+    assert f"run {killed.run_id} (started" in capsys.readouterr().out and _status(layout, "b1") is None
+    assert instance.get_run_by_id(killed.run_id).status == dg.DagsterRunStatus.FAILURE

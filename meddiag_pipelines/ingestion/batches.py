@@ -32,6 +32,7 @@ from meddiag_pipelines.ingestion.landing import (
     BATCH_COLUMN,
     LandedBatch,
     changed_since,
+    check_landing_folder,
     data_files,
     describe_batch,
     display_name,
@@ -270,6 +271,7 @@ def ingest_batches(spec: TaskSpec, layout: DataLayout, warehouse: Warehouse, rea
     task_landing = layout.landing(spec.name)
     if task_landing.exists():
         layout.confine(task_landing)  # a landing folder that is a link out of the data root is a setup error
+    check_landing_folder(task_landing)  # so is a link inside it, or a file: either would read as "nothing landed"
     known = {r["batch_id"]: r for r in warehouse.ledger(spec.name).iter_rows(named=True)}
     summary = IngestSummary(waiting=[display_name(d.name) for d in waiting_batch_dirs(task_landing, spec.landing)])
     for name in names:

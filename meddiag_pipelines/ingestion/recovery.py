@@ -8,8 +8,9 @@
 
 Both run outside Dagster, so the task's pool cannot serialise them, and they take no lock (a lock file is one
 host's): each refuses while the Dagster instance (``DAGSTER_HOME``'s, as for ``update``; with PostgreSQL, every
-host's) holds a queued or running run of the task. A run that starts during a requeue cannot corrupt the ledger
-either: the requeue adds an entry, and every entry is created once
+host's) holds a queued or running run of the task. A run whose process is gone is first marked failed and its
+pool slots freed, as ``update`` does, so a killed run never blocks them. A run that starts during a requeue
+cannot corrupt the ledger either: the requeue adds an entry, and every entry is created once
 (:class:`~meddiag_pipelines.ingestion.warehouse.Warehouse`), so the run's entries and the command's are all kept,
 in order, and the newest wins. Reset deletes the task's ledger, state and asset values, which no run can share:
 pause the task's sensor and schedule before it.
@@ -26,6 +27,7 @@ import sys
 from pathlib import Path, PurePosixPath
 
 from meddiag_pipelines.atomic import staging_dir
+from meddiag_pipelines.defs.dead_runs import TaskRuns, describe, release_dead_runs
 from meddiag_pipelines.ingestion.landing import READY_MARKER, display_name
 from meddiag_pipelines.ingestion.quarantine import FILES_DIR, REASON_FILE, REASONS_DIR, free_name, is_folder
 from meddiag_pipelines.ingestion.warehouse import Warehouse
@@ -50,8 +52,9 @@ def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--yes", action="store_true", help="confirm: the task's warehouse state is deleted")
 
 
-def runs_in_flight(task: str) -> int:
-    """The task's runs queued or running in the Dagster instance (a run carries the tag ``meddiag/task``)."""
+def runs_in_flight(task: str) -> TaskRuns:
+    """The task's runs queued or running in the Dagster instance (a run carries the tag ``meddiag/task``), after
+    releasing those whose process is gone (:mod:`~meddiag_pipelines.defs.dead_runs`)."""
     import dagster as dg
 
     from meddiag_pipelines.update import UpdateError, instance_home
@@ -60,17 +63,18 @@ def runs_in_flight(task: str) -> int:
         home = instance_home()
     except UpdateError as exc:
         raise RecoveryError(f"cannot tell whether a run of {task} is in flight: {exc}") from exc
-    statuses = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
-                dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING]  # fmt: skip
     with dg.DagsterInstance.from_config(str(home)) as instance:
-        return len(instance.get_run_ids(dg.RunsFilter(statuses=statuses, tags={"meddiag/task": task})))
+        return release_dead_runs(instance, task)
 
 
 def refuse_while_running(task: str) -> None:
-    found = runs_in_flight(task)
-    if found:
-        raise RecoveryError(f"{task} has {found} run(s) queued or running in the Dagster instance; wait until they "
-                            "end (or terminate them in the Dagster UI) and run this again")  # fmt: skip
+    runs = runs_in_flight(task)
+    for message in runs.released:
+        print(message)
+    if runs.live:
+        raise RecoveryError(f"{task} has {len(runs.live)} run(s) queued or running in the Dagster instance "
+                            f"({'; '.join(describe(r) for r in runs.live)}); wait until they end (or terminate them "
+                            "in the Dagster UI) and run this again")  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
