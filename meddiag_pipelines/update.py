@@ -36,7 +36,7 @@ from meddiag_pipelines.defs.dead_runs import TASK_TAG, describe, process_tags, r
 from meddiag_pipelines.defs.partitions import LandingScan, batch_partitions, ingestion_keys, run_ranges, scan_landing
 from meddiag_pipelines.defs.resources.storage import MeddiagStorage
 from meddiag_pipelines.ingestion.landing import LandingFolderError, ready_batch_dirs
-from meddiag_pipelines.specs import TaskSpec
+from meddiag_pipelines.specs import SPEC_ERRORS_GROUP, TaskSpec
 
 log = logging.getLogger(__name__)
 REPO_DAGSTER_HOME = Path(__file__).resolve().parent.parent / "dagster_home"
@@ -183,11 +183,13 @@ def update_task(spec: TaskSpec, instance: dg.DagsterInstance, partition: str | N
     """Bring one task up to date. ``defs``: run in this process on these definitions (tests, benches) instead
     of the project's reconstructable job; ``max_wait_s``: how long each run may wait for another run of the task."""
     loaded = defs or update_definitions()
-    storage = loaded.resources["storage"]
-    scan = plan_batches(spec, storage, instance, partition)
-    outcome = TaskUpdate(spec.name, new=sorted(scan.new), again=sorted(scan.again), refused=scan.refused)
     job = loaded.resolve_implicit_global_asset_job_def()
     batch_keys, downstream = group_keys(job, spec)
+    if not batch_keys:  # its spec loaded but Dagster refused to build it: a spec_errors asset says why
+        raise UpdateError(f"{spec.name}: the task could not be built (its error is logged at load and shown as an "
+                          f"asset of the group {SPEC_ERRORS_GROUP}); nothing was run")
+    scan = plan_batches(spec, loaded.resources["storage"], instance, partition)
+    outcome = TaskUpdate(spec.name, new=sorted(scan.new), again=sorted(scan.again), refused=scan.refused)
     tags = run_tags(spec, "cli")
     if outcome.new:
         log.info("%s: %d new batches registered as partitions: %s", spec.name, len(outcome.new),

@@ -15,7 +15,7 @@ from meddiag_pipelines.defs.automation.landing import RANGE_END, RANGE_START, ra
 from meddiag_pipelines.defs.partitions import ingestion_keys, partition_key_problem, scan_landing
 from meddiag_pipelines.defs.resources.storage import MeddiagStorage
 from meddiag_pipelines.__main__ import main
-from meddiag_pipelines.update import group_keys, plan_batches, run_task_in_process, update_task, whole_task_run
+from meddiag_pipelines.update import UpdateError, group_keys, plan_batches, run_task_in_process, update_task, whole_task_run
 from meddiag_pipelines_tests.conftest import land, synthetic_records
 
 TASK = "synthetic_risk"
@@ -247,6 +247,16 @@ def test_update_brings_a_task_up_to_date_once(synthetic_spec, layout, monkeypatc
                                                               "b4": "validated"}  # fmt: skip
     assert champion is not None and (layout.quarantine(TASK) / "b2" / "reason.json").is_file()
     assert not again.batch_runs and again.downstream_run is None and n_runs == 3
+
+
+def test_update_of_a_task_that_could_not_be_built_runs_nothing_and_says_so(synthetic_spec, layout):
+    """Issue 24: a task whose spec loads but whose assets Dagster refused (a spec_errors asset) is named, not run."""
+    land(layout, TASK, "b1", synthetic_records(20, seed=1))
+    defs = build_definitions([synthetic_spec.model_copy(update={"name": "other_task"})], layout.root)
+    with dg.instance_for_test() as instance:
+        with pytest.raises(UpdateError, match=f"{TASK}: the task could not be built .* nothing was run"):
+            update_task(synthetic_spec, instance, defs=defs)
+        assert not instance.get_runs() and not instance.get_dynamic_partitions(PARTITIONS)
 
 
 def test_a_symlinked_landing_folder_is_refused_with_an_error_never_reported_up_to_date(
