@@ -50,45 +50,10 @@ def _binary(
     auroc = _auc_or_nan(y, p)
     auprc = _ap_or_nan(y, p)
     brier = float(brier_score_loss(y, p, labels=[0, 1]))
-
-    # Bootstrap: stratified, shared by model and baseline (paired).
     auroc_ci = auprc_ci = b_ci = diff_ci = None
     if two_classes:
-        sc = _Scores(p)
-        bs = _Scores(base) if base is not None else None
-        pos_cols = np.sort(y) == 1
-
-        def stat(idx: np.ndarray, order: np.ndarray) -> dict:
-            auc, ap = sc.auc_ap(idx, pos_cols)
-            out = {"auc": auc, "ap": ap}
-            if bs is not None:
-                b_auc, _ = bs.auc_ap(idx, pos_cols)
-                out["b_auc"] = b_auc
-                out["diff"] = auc - b_auc
-            return out
-
-        res = _bootstrap(y, settings.n_bootstrap, seed, stat)
-        auroc_ci, auprc_ci = percentile_ci(res["auc"]), percentile_ci(res["ap"])
-        if bs is not None:
-            b_ci, diff_ci = percentile_ci(res["b_auc"]), percentile_ci(res["diff"])
-
-    # Thresholds: data-driven rules chosen on validation when given.
-    if val is not None and val[0].size > 0:
-        vy, vp, chosen_on = val[0], val[1], "validation"
-    else:
-        vy, vp, chosen_on = y, p, "test"
-    tgt = settings.target_sensitivity
-    rules: list[tuple[str, str | float, str]] = [
-        ("0.5", "0.5", "fixed"),
-        ("youden", "youden", chosen_on),
-        ("target_sensitivity", "target_sensitivity", chosen_on),
-    ]
-    op_rule = settings.operating_threshold
-    if not isinstance(op_rule, str):
-        rules.append(("fixed", float(op_rule), "fixed"))
-    rows = [threshold_row(name, choose_threshold(vy, vp, rule, tgt), y, p, on) for name, rule, on in rules]
-    op_name = op_rule if isinstance(op_rule, str) else "fixed"
-    op_row = next(r for r in rows if r["name"] == op_name)
+        auroc_ci, auprc_ci, b_ci, diff_ci = _binary_cis(y, p, base, settings, seed)
+    rows, op_name, op_row = _threshold_rows(y, p, settings, val)
     op_value = op_row["threshold"]
     pred = (p >= op_value).astype(int)
 
@@ -126,6 +91,65 @@ def _binary(
     }
     if base is None:
         return block, None, None
+    baseline, comparison = _binary_baseline(y, base, settings, auroc, b_ci, diff_ci)
+    return block, baseline, comparison
+
+
+def _binary_cis(y: np.ndarray, p: np.ndarray, base: np.ndarray | None, settings: EvaluationSpec, seed: Any) -> tuple:
+    """(AUROC CI, AUPRC CI, baseline AUROC CI, AUROC difference CI) of an outcome with both classes present.
+
+    Bootstrap: stratified, shared by model and baseline (paired)."""
+    b_ci = diff_ci = None
+    sc = _Scores(p)
+    bs = _Scores(base) if base is not None else None
+    pos_cols = np.sort(y) == 1
+
+    def stat(idx: np.ndarray, order: np.ndarray) -> dict:
+        auc, ap = sc.auc_ap(idx, pos_cols)
+        out = {"auc": auc, "ap": ap}
+        if bs is not None:
+            b_auc, _ = bs.auc_ap(idx, pos_cols)
+            out["b_auc"] = b_auc
+            out["diff"] = auc - b_auc
+        return out
+
+    res = _bootstrap(y, settings.n_bootstrap, seed, stat)
+    auroc_ci, auprc_ci = percentile_ci(res["auc"]), percentile_ci(res["ap"])
+    if bs is not None:
+        b_ci, diff_ci = percentile_ci(res["b_auc"]), percentile_ci(res["diff"])
+    return auroc_ci, auprc_ci, b_ci, diff_ci
+
+
+def _threshold_rows(
+    y: np.ndarray, p: np.ndarray, settings: EvaluationSpec, val: tuple[np.ndarray, np.ndarray] | None
+) -> tuple[list[dict], str, dict]:
+    """(every rule's row on the test set, the operating rule's name, its row); data-driven rules chosen on
+    validation when given."""
+    if val is not None and val[0].size > 0:
+        vy, vp, chosen_on = val[0], val[1], "validation"
+    else:
+        vy, vp, chosen_on = y, p, "test"
+    tgt = settings.target_sensitivity
+    rules: list[tuple[str, str | float, str]] = [
+        ("0.5", "0.5", "fixed"),
+        ("youden", "youden", chosen_on),
+        ("target_sensitivity", "target_sensitivity", chosen_on),
+    ]
+    op_rule = settings.operating_threshold
+    if not isinstance(op_rule, str):
+        rules.append(("fixed", float(op_rule), "fixed"))
+    rows = [threshold_row(name, choose_threshold(vy, vp, rule, tgt), y, p, on) for name, rule, on in rules]
+    op_name = op_rule if isinstance(op_rule, str) else "fixed"
+    op_row = next(r for r in rows if r["name"] == op_name)
+    return rows, op_name, op_row
+
+
+def _binary_baseline(
+    y: np.ndarray, base: np.ndarray, settings: EvaluationSpec, auroc: float, b_ci: list | None, diff_ci: list | None
+) -> tuple[dict, dict]:
+    """(baseline block, comparison): the baseline at the operating rule chosen on the test set."""
+    tgt = settings.target_sensitivity
+    op_rule = settings.operating_threshold
     b_thr = choose_threshold(y, base, op_rule if isinstance(op_rule, str) else float(op_rule), tgt)
     b_pred = (base >= b_thr).astype(int)
     b_auc = _auc_or_nan(y, base)
@@ -146,4 +170,4 @@ def _binary(
         "auroc_difference": auroc - b_auc,
         "auroc_difference_ci": diff_ci,
     }
-    return block, baseline, comparison
+    return baseline, comparison

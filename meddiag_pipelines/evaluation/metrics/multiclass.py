@@ -39,32 +39,8 @@ def _multiclass(inp: EvaluationInput, y: np.ndarray, P: np.ndarray, B: np.ndarra
     auprc = float(np.mean([per_ap[c] for c in present])) if present else float("nan")
     macro_f1 = float(f1_score(y, pred, average="macro", zero_division=0))
 
-    scores = [_Scores(P[:, c]) for c in range(k)]
-    b_scores = [_Scores(B[:, c]) for c in range(k)] if B is not None else None
     b_pred = B.argmax(axis=1) if B is not None else None
-
-    def stat(idx: np.ndarray, order: np.ndarray) -> dict:
-        y_cols = y[order]
-        out: dict[str, np.ndarray] = {}
-        aucs, aps = [], []
-        for c in range(k):
-            a, ap = scores[c].auc_ap(idx, y_cols == c)
-            aucs.append(a)
-            aps.append(ap)
-        out["auc_c"] = np.stack(aucs, axis=1)
-        out["ap"] = np.nanmean(np.stack(aps, axis=1)[:, present], axis=1) if present else np.full(idx.shape[0], np.nan)
-        out["auc"] = np.nanmean(out["auc_c"][:, present], axis=1) if present else np.full(idx.shape[0], np.nan)
-        f1 = _macro_f1_from_codes(y_cols[None, :] * k + pred[idx], k)
-        if b_scores is not None:
-            b_auc = np.stack([b_scores[c].auc_ap(idx, y_cols == c)[0] for c in range(k)], axis=1)
-            out["b_auc"] = np.nanmean(b_auc[:, present], axis=1) if present else np.full(idx.shape[0], np.nan)
-            out["auc_diff"] = out["auc"] - out["b_auc"]
-            out["f1_diff"] = f1 - _macro_f1_from_codes(y_cols[None, :] * k + b_pred[idx], k)
-        return out
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # nanmean of all-NaN slices
-        res = _bootstrap(y, s.n_bootstrap, s.seed, stat)
+    res = _multiclass_bootstrap(y, P, B, pred, b_pred, present, s)
     prec, rec, f1s, sup = precision_recall_fscore_support(y, pred, labels=list(range(k)), zero_division=0)
     per_class = [
         {
@@ -120,3 +96,38 @@ def _multiclass(inp: EvaluationInput, y: np.ndarray, P: np.ndarray, B: np.ndarra
             "auroc_difference_ci": percentile_ci(res["auc_diff"]),
         }
     return out
+
+
+def _multiclass_bootstrap(
+    y: np.ndarray, P: np.ndarray, B: np.ndarray | None, pred: np.ndarray, b_pred: np.ndarray | None,
+    present: list[int], s: EvaluationSpec,
+) -> dict:
+    """Per-class stratified bootstrap, paired for model and baseline: per-class and macro AUROC, macro AUPRC and,
+    with a baseline, its macro AUROC and the AUROC and macro-F1 differences."""
+    k = P.shape[1]
+    scores = [_Scores(P[:, c]) for c in range(k)]
+    b_scores = [_Scores(B[:, c]) for c in range(k)] if B is not None else None
+
+    def stat(idx: np.ndarray, order: np.ndarray) -> dict:
+        y_cols = y[order]
+        out: dict[str, np.ndarray] = {}
+        aucs, aps = [], []
+        for c in range(k):
+            a, ap = scores[c].auc_ap(idx, y_cols == c)
+            aucs.append(a)
+            aps.append(ap)
+        out["auc_c"] = np.stack(aucs, axis=1)
+        out["ap"] = np.nanmean(np.stack(aps, axis=1)[:, present], axis=1) if present else np.full(idx.shape[0], np.nan)
+        out["auc"] = np.nanmean(out["auc_c"][:, present], axis=1) if present else np.full(idx.shape[0], np.nan)
+        f1 = _macro_f1_from_codes(y_cols[None, :] * k + pred[idx], k)
+        if b_scores is not None:
+            b_auc = np.stack([b_scores[c].auc_ap(idx, y_cols == c)[0] for c in range(k)], axis=1)
+            out["b_auc"] = np.nanmean(b_auc[:, present], axis=1) if present else np.full(idx.shape[0], np.nan)
+            out["auc_diff"] = out["auc"] - out["b_auc"]
+            out["f1_diff"] = f1 - _macro_f1_from_codes(y_cols[None, :] * k + b_pred[idx], k)
+        return out
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # nanmean of all-NaN slices
+        res = _bootstrap(y, s.n_bootstrap, s.seed, stat)
+    return res

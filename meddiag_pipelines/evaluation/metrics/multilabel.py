@@ -36,29 +36,7 @@ def _multilabel(inp: EvaluationInput, Y: np.ndarray, P: np.ndarray, B: np.ndarra
     auroc = float(np.mean([per_label[j]["auroc"] for j in present])) if present else float("nan")
     auprc = float(np.mean([per_label[j]["auprc"] for j in present])) if present else float("nan")
 
-    # Row bootstrap (unstratified: labels co-occur), paired for model and baseline.
-    sc = [_Scores(P[:, j]) for j in present]
-    bsc = [_Scores(B[:, j]) for j in present] if B is not None else None
-
-    def stat(idx: np.ndarray, order: np.ndarray) -> dict:
-        aucs, aps, b_aucs = [], [], []
-        for i, j in enumerate(present):
-            a, ap = sc[i].auc_ap(idx, None, Y[:, j])
-            aucs.append(a)
-            aps.append(ap)
-            if bsc is not None:
-                b_aucs.append(bsc[i].auc_ap(idx, None, Y[:, j])[0])
-        out = {"auc": np.nanmean(np.stack(aucs, 1), 1), "ap": np.nanmean(np.stack(aps, 1), 1)}
-        if bsc is not None:
-            out["b_auc"] = np.nanmean(np.stack(b_aucs, 1), 1)
-            out["diff"] = out["auc"] - out["b_auc"]
-        return out
-
-    res: dict = {}
-    if present:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            res = _bootstrap(np.zeros(n, dtype=int), s.n_bootstrap, [s.seed, k], stat)
+    res = _multilabel_bootstrap(Y, P, B, present, s)
     cm = sum(np.asarray(r["confusion_matrix"]["matrix"]) for r in per_label)
     macro_f1 = float(f1_score(Y, preds, average="macro", zero_division=0))
     out = {
@@ -95,3 +73,34 @@ def _multilabel(inp: EvaluationInput, Y: np.ndarray, P: np.ndarray, B: np.ndarra
             "auroc_difference_ci": diff_ci,
         }
     return out
+
+
+def _multilabel_bootstrap(
+    Y: np.ndarray, P: np.ndarray, B: np.ndarray | None, present: list[int], s: EvaluationSpec
+) -> dict:
+    """Row bootstrap (unstratified: labels co-occur), paired for model and baseline, of the macro AUROC and AUPRC
+    over the labels with both outcomes present; empty when there is none."""
+    n, k = Y.shape
+    sc = [_Scores(P[:, j]) for j in present]
+    bsc = [_Scores(B[:, j]) for j in present] if B is not None else None
+
+    def stat(idx: np.ndarray, order: np.ndarray) -> dict:
+        aucs, aps, b_aucs = [], [], []
+        for i, j in enumerate(present):
+            a, ap = sc[i].auc_ap(idx, None, Y[:, j])
+            aucs.append(a)
+            aps.append(ap)
+            if bsc is not None:
+                b_aucs.append(bsc[i].auc_ap(idx, None, Y[:, j])[0])
+        out = {"auc": np.nanmean(np.stack(aucs, 1), 1), "ap": np.nanmean(np.stack(aps, 1), 1)}
+        if bsc is not None:
+            out["b_auc"] = np.nanmean(np.stack(b_aucs, 1), 1)
+            out["diff"] = out["auc"] - out["b_auc"]
+        return out
+
+    res: dict = {}
+    if present:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            res = _bootstrap(np.zeros(n, dtype=int), s.n_bootstrap, [s.seed, k], stat)
+    return res
