@@ -24,6 +24,9 @@ from sklearn.metrics import (
 
 from meddiag_pipelines.evaluation import EvaluationInput, evaluate, standardized_mean_differences
 from meddiag_pipelines.evaluation import metrics as M
+from meddiag_pipelines.evaluation.metrics.bootstrap import _resamples, _Scores
+from meddiag_pipelines.evaluation.metrics.calibration import _logistic_slopes
+from meddiag_pipelines.evaluation.metrics.multiclass import _macro_f1_from_codes
 from meddiag_pipelines.specs import EvaluationSpec
 
 FAST = EvaluationSpec(n_bootstrap=200)
@@ -73,7 +76,7 @@ def test_vectorised_auc_and_ap_match_sklearn_on_resamples():
     y = rng.integers(0, 2, n)
     s = np.round(rng.normal(y, 1.0), 1)  # ties
     idx = rng.integers(0, n, size=(6, n))
-    auc, ap = M._Scores(s).auc_ap(idx, None, y)
+    auc, ap = _Scores(s).auc_ap(idx, None, y)
     for i in range(idx.shape[0]):
         yy, ss = y[idx[i]], s[idx[i]]
         assert auc[i] == pytest.approx(roc_auc_score(yy, ss), abs=1e-12)
@@ -82,11 +85,11 @@ def test_vectorised_auc_and_ap_match_sklearn_on_resamples():
 
 def test_stratified_resamples_keep_class_counts_and_use_the_seed():
     y = np.array([0] * 30 + [1] * 10)
-    batches = list(M._resamples(y, 5, np.random.default_rng(0)))
+    batches = list(_resamples(y, 5, np.random.default_rng(0)))
     idx, order = batches[0]
     assert idx.shape == (5, 40)
     assert np.all(y[idx] == y[order][None, :])  # every column keeps its stratum
-    again = list(M._resamples(y, 5, np.random.default_rng(0)))[0][0]
+    again = list(_resamples(y, 5, np.random.default_rng(0)))[0][0]
     assert np.array_equal(idx, again)
 
 
@@ -151,7 +154,7 @@ def test_bootstrap_slopes_equal_unpenalised_fits_and_separated_resamples_have_no
     y[5] = (x[5] > 0).astype(float)  # perfectly separated: no finite maximum
     y[6] = (x[6] < 0).astype(float)  # separated downwards
     x[7] = 0.5  # constant predictions: the slope is not identified
-    slopes = M._logistic_slopes(x, y)
+    slopes = _logistic_slopes(x, y)
     for row in range(5):
         fit = LogisticRegression(C=np.inf, tol=1e-10, max_iter=10_000).fit(x[row, :, None], y[row])
         assert slopes[row] == pytest.approx(fit.coef_[0, 0], rel=1e-5)
@@ -448,7 +451,7 @@ def test_vectorised_macro_f1_matches_sklearn():
     pred = P.argmax(1)
     rng = np.random.default_rng(15)
     idx = rng.integers(0, y.size, (5, y.size))
-    got = M._macro_f1_from_codes(y[idx] * 3 + pred[idx], 3)
+    got = _macro_f1_from_codes(y[idx] * 3 + pred[idx], 3)
     for i in range(5):
         assert got[i] == pytest.approx(f1_score(y[idx[i]], pred[idx[i]], average="macro"))
 
