@@ -35,18 +35,19 @@ import polars as pl
 
 from meddiag_pipelines import labels
 from meddiag_pipelines.modalities.base import (BuiltFeatures, CheckOutcome, Descriptions, ExtraCheck, Modality,
-                                               PlainReader, TrainedModel, TrainingRun)  # fmt: skip
+                                               PlainReader, PredictorFactory, Storage, TrainedModel, TrainingRun)  # fmt: skip
 from meddiag_pipelines.split import SPLIT_COLUMN, key_columns_in
 from meddiag_pipelines.imaging.preprocess import CACHE_VERSION, load_cached, update_cache
 from meddiag_pipelines.imaging.report import saliency_section, tuning_section
 from meddiag_pipelines.imaging.scoring import baseline_side, pooled_pixels, predict_images
 from meddiag_pipelines.imaging.readers import LABELS_CSV, ImageBatchError, read_image_batch, source_file
-from meddiag_pipelines.ingestion.batches import RAW_TABLE, ReadOutcome
+from meddiag_pipelines.ingestion.batches import RAW_TABLE, ReadOutcome, Validator
 from meddiag_pipelines.ingestion.errors import BatchRejected
 from meddiag_pipelines.ingestion.landing import BATCH_COLUMN, LandedBatch, display_name
 from meddiag_pipelines.registry.store import STAGING
 from meddiag_pipelines.specs import TaskSpec, spec_columns
 from meddiag_pipelines.device import torch_device
+from meddiag_pipelines.validation.suites import CheckFailure
 from meddiag_pipelines.imaging.validation import (
     PREDEFINED_SPLIT,
     duplicate_warnings,
@@ -168,7 +169,7 @@ class ImageModality(Modality):
     def reader(self, spec: TaskSpec) -> PlainReader:
         return PlainReader(read_image_records)
 
-    def validator(self, spec: TaskSpec, storage):
+    def validator(self, spec: TaskSpec, storage: Storage) -> Validator:
         """Images are also compared with batches validated before (leakage across splits and batches)."""
         ledger = storage.warehouse.ledger(spec.name)
         done = ledger.filter(pl.col("status") == "validated")["batch_id"].to_list() if ledger.height else []
@@ -178,14 +179,14 @@ class ImageModality(Modality):
                                                    *multilabel_domain_failures(frame, task)]  # fmt: skip
         return lambda frame, task, known_ids: validate_images(frame, task, known_ids, earlier)
 
-    def suite(self, spec: TaskSpec, records: pl.DataFrame) -> list:
+    def suite(self, spec: TaskSpec, records: pl.DataFrame) -> list[CheckFailure]:
         failures = image_failures(records, _validation_spec(spec), spec.name)
         if labels.task_kind(spec) == "multilabel":
             failures += multilabel_domain_failures(records, spec)
         return failures
 
     def extra_checks(self, spec: TaskSpec) -> list[ExtraCheck]:
-        def duplicates_within_split(storage, validated_records: pl.DataFrame) -> CheckOutcome:
+        def duplicates_within_split(storage: Storage, validated_records: pl.DataFrame) -> CheckOutcome:
             warnings = duplicate_warnings(validated_records, spec)
             return CheckOutcome(warnings, warn_only=True, table=False,
                                 metadata={"n_duplicate_images": int(sum(w.unexpected_count or 0 for w in warnings)),
@@ -200,7 +201,7 @@ class ImageModality(Modality):
         return mark_official_copies(frame)
 
     # -- features and models --------------------------------------------------------------------------------------
-    def features(self, spec: TaskSpec, split: pl.DataFrame, storage) -> BuiltFeatures:
+    def features(self, spec: TaskSpec, split: pl.DataFrame, storage: Storage) -> BuiltFeatures:
         name, image = spec.name, spec.image
         cache_dir = storage.layout.cache(name)
         built, reused, n_images, refused, warnings = 0, 0, 0, set(), []
@@ -284,7 +285,7 @@ class ImageModality(Modality):
         return TrainedModel(out, meta, plan)
 
     # -- scoring and the report -----------------------------------------------------------------------------------
-    def predictor_factory(self, spec: TaskSpec):
+    def predictor_factory(self, spec: TaskSpec) -> PredictorFactory:
         return _predictor_factory(spec)
 
     def test_sections(self, spec: TaskSpec, candidate: dict, test: pl.DataFrame, proba: np.ndarray,

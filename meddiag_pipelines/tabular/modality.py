@@ -11,7 +11,9 @@ import numpy as np
 import polars as pl
 
 from meddiag_pipelines import labels
-from meddiag_pipelines.modalities.base import BuiltFeatures, Descriptions, Modality, PlainReader, Table, TrainedModel
+from meddiag_pipelines.ingestion.batches import Validator
+from meddiag_pipelines.modalities.base import (BuiltFeatures, Descriptions, Explainer, Modality, PlainReader,
+                                               PredictorFactory, Storage, Table, TrainedModel, TrainingRun)  # fmt: skip
 from meddiag_pipelines.split import SPLIT_COLUMN, key_columns_in
 from meddiag_pipelines.tabular.features import FeaturePlan, fit_plan, missing_data_table, transform
 from meddiag_pipelines.tabular.readers import read_tabular_batch
@@ -23,7 +25,8 @@ from meddiag_pipelines.tabular.models import (
     top_contributions,
     train_tabular_models,
 )
-from meddiag_pipelines.validation.suites import identifier_columns, run_suite, tabular_expectations, validate_tabular
+from meddiag_pipelines.validation.suites import (CheckFailure, identifier_columns, run_suite, tabular_expectations,
+                                                validate_tabular)  # fmt: skip
 
 FEATURE_PREFIX = "f__"
 
@@ -106,13 +109,13 @@ class TabularModality(Modality):
     def reader(self, spec: TaskSpec) -> PlainReader:
         return PlainReader(read_tabular_batch)
 
-    def validator(self, spec: TaskSpec, storage):
+    def validator(self, spec: TaskSpec, storage: Storage) -> Validator:
         return validate_tabular
 
-    def suite(self, spec: TaskSpec, records: pl.DataFrame) -> list:
+    def suite(self, spec: TaskSpec, records: pl.DataFrame) -> list[CheckFailure]:
         return run_suite(records, tabular_expectations(spec, records.columns), identifier_columns(spec), spec.name)
 
-    def features(self, spec: TaskSpec, split: pl.DataFrame, storage) -> BuiltFeatures:
+    def features(self, spec: TaskSpec, split: pl.DataFrame, storage: Storage) -> BuiltFeatures:
         name = spec.name
         frame, plan = feature_table(split, spec)
         missing = missing_data_table(split.filter(pl.col(SPLIT_COLUMN) == "train"), plan, spec.max_null_rate)
@@ -128,7 +131,7 @@ class TabularModality(Modality):
                 "dropped_columns": Table([{"column": c, "why": why} for c, why in plan.dropped.items()])}  # fmt: skip
         return BuiltFeatures(frame, plan.as_dict(), meta, {"features": plan.feature_names[:50]}, warnings)
 
-    def train_candidate(self, spec: TaskSpec, features: pl.DataFrame, plan: dict, run) -> TrainedModel:
+    def train_candidate(self, spec: TaskSpec, features: pl.DataFrame, plan: dict, run: TrainingRun) -> TrainedModel:
         meta = fit_model(spec, tabular_trainer(spec), features, run.out_dir)
         params = meta["params"]
         run.log.info(f"{spec.name}: {params['chosen']} chosen on validation AUROC (xgboost "
@@ -140,10 +143,10 @@ class TabularModality(Modality):
         out = candidate_dir / "logistic"
         return TrainedModel(out, {**read_meta(out), "classes": candidate["classes"]}, candidate["plan"])
 
-    def predictor_factory(self, spec: TaskSpec):
+    def predictor_factory(self, spec: TaskSpec) -> PredictorFactory:
         return _tabular_predictor
 
-    def explainer(self, spec: TaskSpec):
+    def explainer(self, spec: TaskSpec) -> Explainer:
         return explain_rows
 
     def missing_data(self, spec: TaskSpec, train_rows: pl.DataFrame, plan: dict) -> list[dict]:

@@ -16,16 +16,17 @@ import numpy as np
 import polars as pl
 
 from meddiag_pipelines import labels
-from meddiag_pipelines.modalities.base import (BuiltFeatures, CheckOutcome, Descriptions, ExtraCheck, Modality,
-                                               TrainedModel, TrainingRun)  # fmt: skip
+from meddiag_pipelines.modalities.base import (BuiltFeatures, CheckOutcome, Descriptions, Explainer, ExtraCheck,
+                                               Modality, PredictorFactory, Storage, TrainedModel, TrainingRun)  # fmt: skip
 from meddiag_pipelines.split import SPLIT_COLUMN, key_columns_in
-from meddiag_pipelines.ingestion.batches import ReadOutcome
+from meddiag_pipelines.ingestion.batches import ReadOutcome, Validator
 from meddiag_pipelines.ingestion.landing import LandedBatch
 from meddiag_pipelines.specs import HUB_PREFIX, TaskSpec, spec_columns
 from meddiag_pipelines.text.models import class_probabilities, explain_texts, texts_of, train_text_models
 from meddiag_pipelines.text.report import missing_texts, top_terms_html
 from meddiag_pipelines.text.readers import read_text_batch
 from meddiag_pipelines.device import torch_device
+from meddiag_pipelines.validation.suites import CheckFailure
 from meddiag_pipelines.text.validation import text_duplicates, unreadable_files, validate_texts
 
 MODEL_NAMES = {"baseline": "tfidf_logistic_regression", "neural": "fasttext_torch", "encoder": "hf_encoder"}
@@ -88,20 +89,20 @@ class TextModality(Modality):
     def reader(self, spec: TaskSpec) -> TextReader:
         return TextReader()
 
-    def validator(self, spec: TaskSpec, storage):
+    def validator(self, spec: TaskSpec, storage: Storage) -> Validator:
         return validate_texts
 
-    def suite(self, spec: TaskSpec, records: pl.DataFrame) -> list:
+    def suite(self, spec: TaskSpec, records: pl.DataFrame) -> list[CheckFailure]:
         return validate_texts(records, spec)
 
     def extra_checks(self, spec: TaskSpec) -> list[ExtraCheck]:
-        def unreadable_files_quarantined(storage, _) -> CheckOutcome:
+        def unreadable_files_quarantined(storage: Storage, _) -> CheckOutcome:
             root = storage.root
             n_rejected, failures = unreadable_files(storage.warehouse.ledger(spec.name), storage.layout.quarantine(spec.name),
                                                     lambda path: root.exists(root.relative(path)))  # fmt: skip
             return CheckOutcome(failures, metadata={"rejected_files": n_rejected})
 
-        def texts_unique_across_splits(storage, split: pl.DataFrame) -> CheckOutcome:
+        def texts_unique_across_splits(storage: Storage, split: pl.DataFrame) -> CheckOutcome:
             duplicates = text_duplicates(split, spec)
             return CheckOutcome(duplicates.failures(spec), duplicates.summary(), duplicates.metadata())
 
@@ -116,7 +117,7 @@ class TextModality(Modality):
         ]  # fmt: skip
 
     # -- features and models --------------------------------------------------------------------------------------
-    def features(self, spec: TaskSpec, split: pl.DataFrame, storage) -> BuiltFeatures:
+    def features(self, spec: TaskSpec, split: pl.DataFrame, storage: Storage) -> BuiltFeatures:
         frame = split.select(*key_columns_in(split, spec), pl.col(spec.text).cast(pl.String))
         plan = {"modality": "text", "text_column": spec.text, "min_text_chars": spec.min_text_chars,
                 "scrubbed_at_read": True, "binary": spec.is_binary}  # fmt: skip
@@ -159,10 +160,10 @@ class TextModality(Modality):
         return TrainedModel(candidate_dir / "baseline", meta, candidate["plan"])
 
     # -- scoring and the report -----------------------------------------------------------------------------------
-    def predictor_factory(self, spec: TaskSpec):
+    def predictor_factory(self, spec: TaskSpec) -> PredictorFactory:
         return _text_predictor
 
-    def explainer(self, spec: TaskSpec):
+    def explainer(self, spec: TaskSpec) -> Explainer:
         return _explain
 
     def missing_data(self, spec: TaskSpec, train_rows: pl.DataFrame, plan: dict) -> list[dict]:
