@@ -7,7 +7,9 @@ The generator plants one identifier per sentence, drawn with Python's ``random``
 rules), in clinical sentences of its own (``CONTEXTS``), with Unicode dashes and spaces mixed in. Names are
 built from syllables (``synthetic_name``), some with accents, so none comes from the scrubber's name lists.
 A planted value counts as found when every non-space character of it lies inside a reported span, whatever
-its kind (for privacy what matters is that it is gone).
+its kind (for privacy what matters is that it is gone). A second corpus (``bench/deid_grammar.py``, issue 24)
+expands surface forms from a grammar (dates in words and ordinals, partial dates, names without titles,
+lower-case names, ids with separators) and PHI-free lookalike sentences for the false-positive rate.
 """
 
 from __future__ import annotations
@@ -24,7 +26,9 @@ from bench import emit, peak_rss_mb
 
 NAME = "deid"
 # icd: how many ICD-10-CM descriptions (None: all 97,729); scrubadub takes ~20 ms a text, so it gets a sample.
-SIZES = {"smoke": {"per_class": 20, "icd": 500, "icd_scrubadub": 200}, "default": {"per_class": 500, "icd": None, "icd_scrubadub": 5_000}}
+# grammar / clean: sentences per class of the grammar corpus (bench/deid_grammar.py) and PHI-free sentences.
+SIZES = {"smoke": {"per_class": 20, "icd": 500, "icd_scrubadub": 200, "grammar": 20, "clean": 100},
+         "default": {"per_class": 500, "icd": None, "icd_scrubadub": 5_000, "grammar": 500, "clean": 5_000}}  # fmt: skip
 SEED = 2026
 
 # --- names from syllables (independent of meddiag_pipelines/text/names.py) --------------------------------
@@ -226,13 +230,23 @@ def scrubadub_spans() -> Callable[[str], list[tuple[int, int]]] | None:
     return lambda text: [(f.beg, f.end) for f in scrubber.iter_filth(text)]
 
 
-def evaluate(impl: str, spans_of: Callable[[str], list[tuple[int, int]]], corpus, icd: list[str], size: str) -> dict:
+def recall(spans_of: Callable[[str], list[tuple[int, int]]], corpus) -> tuple[dict[str, int], dict[str, int], list[str]]:
+    """Sentences and values found per class, and the sentences whose value was missed."""
     n: dict[str, int] = defaultdict(int)
     hit: dict[str, int] = defaultdict(int)
-    start = time.perf_counter()
+    missed = []
     for text, cls, s, e in corpus:
         n[cls] += 1
-        hit[cls] += found(spans_of(text), text, s, e)
+        ok = found(spans_of(text), text, s, e)
+        hit[cls] += ok
+        if not ok:
+            missed.append(text)
+    return n, hit, missed
+
+
+def evaluate(impl: str, spans_of: Callable[[str], list[tuple[int, int]]], corpus, icd: list[str], size: str) -> dict:
+    start = time.perf_counter()
+    n, hit, _ = recall(spans_of, corpus)
     altered = [d for d in icd if spans_of(d)]
     seconds = time.perf_counter() - start
     return emit(
@@ -240,6 +254,23 @@ def evaluate(impl: str, spans_of: Callable[[str], list[tuple[int, int]]], corpus
          "recall": {c: round(hit[c] / n[c], 3) for c in n}, "n_per_class": max(n.values()),
          "overall_recall": round(sum(hit.values()) / sum(n.values()), 3),
          "icd_descriptions": len(icd), "icd_altered": len(altered), "icd_altered_examples": altered[:5]}
+    )  # fmt: skip
+
+
+def evaluate_grammar(impl: str, spans_of: Callable[[str], list[tuple[int, int]]], conf: dict, seed: int, size: str) -> dict:
+    """Recall per class on the grammar corpus and the share of PHI-free sentences altered (bench/deid_grammar.py)."""
+    from bench.deid_grammar import clean_sentences, grammar_corpus
+
+    start = time.perf_counter()
+    n, hit, missed = recall(spans_of, grammar_corpus(conf["grammar"], seed))
+    clean = clean_sentences(conf["clean"], seed)
+    altered = [t for t in clean if spans_of(t)]
+    return emit(
+        {"name": NAME, "impl": impl, "corpus": "grammar", "size": size, "seconds": round(time.perf_counter() - start, 2),
+         "recall": {c: round(hit[c] / n[c], 3) for c in n}, "n_per_class": max(n.values()),
+         "missed_examples": missed[:: max(1, len(missed) // 12)][:12], "clean_sentences": len(clean),
+         "clean_altered": len(altered), "clean_altered_rate": round(len(altered) / len(clean), 4),
+         "clean_altered_examples": altered[:5]}
     )  # fmt: skip
 
 
@@ -251,6 +282,7 @@ def main(argv: list[str]) -> list[dict]:
     conf = SIZES[args.size]
     corpus, icd = synthetic_corpus(conf["per_class"], args.seed), icd_descriptions(conf["icd"])
     results = [evaluate("meddiag", ours(), corpus, icd, args.size)]
+    results.append(evaluate_grammar("meddiag", ours(), conf, args.seed, args.size))
     other = scrubadub_spans()
     if other is None:
         results.append(emit({"name": NAME, "impl": "scrubadub", "size": args.size, "seconds": 0.0, "peak_rss_mb": 0.0, "skipped": "not installed"}))

@@ -115,7 +115,7 @@ def run_direct(rows: int, selection: list[str] | None = None) -> dict:
     from meddiag_pipelines.tabular.features import missing_data_table
     from meddiag_pipelines.tabular.models import read_meta
     from meddiag_pipelines.tabular.readers import read_tabular_batch
-    from meddiag_pipelines.validation.suites import identifier_columns, run_suite, tabular_expectations, validate_tabular
+    from meddiag_pipelines.validation.suites import run_suite, tabular_expectations, validate_tabular
 
     root = _fresh_root("direct", rows)
     spec = _spec()
@@ -137,7 +137,7 @@ def run_direct(rows: int, selection: list[str] | None = None) -> dict:
     lap("validated_records")
     if selection:
         return {"seconds": time.perf_counter() - start, "steps": timings}
-    failures = run_suite(records, tabular_expectations(spec, records.columns), identifier_columns(spec), spec.name)
+    failures = run_suite(records, tabular_expectations(spec, records.columns), spec.name)
     assert not failures, failures
     lap("validated_records_suite")
     split, _ = split_by_content(records, spec)

@@ -1,8 +1,8 @@
 """One Definitions object for every task spec: bundled specs plus any in ``MEDDIAG_TASKS_DIR``.
 
-A spec that does not load leaves the other tasks in place: it becomes an asset of the group ``spec_errors``
-whose description is the error and whose materialization fails with it (so ``--select '*'`` ends failed and
-names it), and a WARNING at load.
+A spec that does not load, or whose task Dagster cannot build, leaves the other tasks in place: it becomes an
+asset of the group ``spec_errors`` whose description is the error and whose materialization fails with it (so
+``--select '*'`` ends failed and names it), and a WARNING at load.
 
 ``dagster asset materialize --select <selection>`` hands an empty selection (``group:<typo>``) on as "no subset",
 which runs the whole implicit asset job: every task retrained and promoted. The executor refuses such a run
@@ -13,6 +13,7 @@ import hashlib
 import os
 import re
 import sys
+from pathlib import Path
 
 import dagster as dg
 
@@ -27,11 +28,13 @@ from meddiag_pipelines.specs import SPEC_ERRORS_GROUP, SpecError, TaskSpec, scan
 def build_definitions(specs: list[TaskSpec] | None = None, data_dir=None,
                       spec_errors: list[SpecError] = ()) -> dg.Definitions:  # fmt: skip
     """Every task of ``specs`` (default: every spec that loads from the spec folders, and an error asset for
-    each one that does not)."""
+    each one that does not load or cannot be built)."""
     if specs is None:
         scan = scan_specs()
         specs, spec_errors = scan.specs, scan.errors
-    tasks = [build_task_definitions(spec) for spec in specs]
+        tasks = [isolated_task_definitions(spec, scan.files[spec.name]) for spec in specs]
+    else:  # the caller's own specs (tests, benchmarks): a task that cannot be built raises
+        tasks = [build_task_definitions(spec) for spec in specs]
     shared = dg.Definitions(assets=[spec_error_asset(e) for e in spec_errors], resources=build_resources(data_dir),
                             executor=executor())  # fmt: skip
     return dg.Definitions.merge(shared, *tasks)
@@ -56,6 +59,16 @@ def build_task_definitions(spec: TaskSpec) -> dg.Definitions:
                               description=f"Register and ingest {spec.name}'s new batches (one partition each).")  # fmt: skip
     return dg.Definitions(assets=assets, asset_checks=checks, jobs=[job],
                           sensors=[build_landing_sensor(spec, job), build_automation_sensor(spec)])  # fmt: skip
+
+
+def isolated_task_definitions(spec: TaskSpec, path: Path) -> dg.Definitions:
+    """The task of the spec file ``path``, or, when Dagster refuses to build it for any reason, its error asset:
+    one task that cannot be built never takes the code location, and every other task, down with it."""
+    try:
+        return build_task_definitions(spec)
+    except Exception as exc:  # noqa: BLE001 - whatever a builder raises is this spec's problem only
+        error = SpecError(path, f"task {spec.name!r} cannot be built: {type(exc).__name__}: {exc}")
+        return dg.Definitions(assets=[spec_error_asset(error)])
 
 
 def batch_job_name(spec: TaskSpec) -> str:

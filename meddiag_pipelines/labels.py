@@ -28,7 +28,7 @@ def class_list(spec: TaskSpec, frame: pl.DataFrame) -> list[str]:
     if spec.is_binary:
         negatives = [c for c in classes if c != spec.positive]
         if len(negatives) != 1:
-            raise ValueError(f"task {spec.name}: binary task needs exactly one negative class, found {negatives}")
+            raise ValueError(f"task {spec.name}: binary task needs exactly one negative class, found {len(negatives)}")
         classes = [negatives[0], spec.positive]
     return classes
 

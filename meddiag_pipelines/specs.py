@@ -167,9 +167,33 @@ class PromotionSpec(_Section):
 
 
 class ScheduleSpec(_Section):
+    """Checked here by Dagster's own rules (its cron and time zone parsers), so that a bad value is an error of
+    this spec, not of the code location that would otherwise fail to build it."""
+
     enabled: bool = True
-    cron: str = "0 2 * * *"
-    timezone: str = "UTC"
+    cron: str = Field("0 2 * * *", description="five fields: minute hour day-of-month month day-of-week")
+    timezone: str = Field("UTC", description="an IANA time zone name, e.g. Europe/Paris")
+
+    @field_validator("cron")
+    @classmethod
+    def _cron_dagster_runs(cls, v: str) -> str:
+        from dagster._utils.schedules import is_valid_cron_string  # dagster is pinned; imported only when given
+
+        if not is_valid_cron_string(v):
+            raise ValueError(f"{v!r} is not a cron schedule Dagster can run: five fields (minute hour day-of-month "
+                             "month day-of-week) naming times that exist, e.g. '0 2 * * *' for 02:00 every day")  # fmt: skip
+        return v
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone_known(cls, v: str) -> str:
+        from dagster._time import get_timezone
+
+        try:
+            get_timezone(v)
+        except Exception:  # noqa: BLE001 - zoneinfo raises KeyError or ValueError, dagster its CheckError
+            raise ValueError(f"{v!r} is not an IANA time zone name (e.g. UTC, Europe/Paris)") from None
+        return v
 
 
 class LandingSpec(_Section):
@@ -304,7 +328,7 @@ class TaskSpec(_Section):
     text_model: str | None = None
     text_encoder: TextEncoderSpec = Field(default_factory=TextEncoderSpec)
     image: ImageSpec | None = None
-    owner: str = "team:diagnostics"
+    owner: str = Field("team:diagnostics", description="the assets' owner: an email address or team:<name>")
     split: SplitSpec = Field(default_factory=SplitSpec)
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
@@ -327,6 +351,15 @@ class TaskSpec(_Section):
     def _modality_registered(cls, v: str) -> str:
         if v not in MODALITIES:
             raise ValueError(f"Input should be a registered modality: {', '.join(map(repr, sorted(MODALITIES)))}")
+        return v
+
+    @field_validator("owner")
+    @classmethod
+    def _owner_dagster_accepts(cls, v: str) -> str:
+        from dagster._core.definitions.utils import is_valid_owner
+
+        if not is_valid_owner(v):
+            raise ValueError(f"{v!r} is not an owner Dagster accepts: an email address or 'team:<name>'")
         return v
 
     @field_validator("text_model")
@@ -360,6 +393,11 @@ class TaskSpec(_Section):
             raise ValueError(f"positive class {self.positive!r} is not among classes {self.classes}")
         if self.classes is not None and len(set(self.classes)) < 2:
             raise ValueError("classes must list at least two distinct labels")
+        roles = [key for key in ("id", "patient_id", "text") if getattr(self, key) == self.label]
+        roles += [key for key in ("numeric", "categorical", "exclude") if self.label in getattr(self, key)]
+        if roles:
+            raise ValueError(f"the label column {self.label!r} is also named by {', '.join(roles)}; the label must be "
+                             "a column of its own (a model must never see it, nor an id take its place)")  # fmt: skip
         return self
 
     @property
@@ -422,13 +460,27 @@ def _safe_yaml(text: str) -> object:
         loader.dispose()
 
 
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """PyYAML's own message quotes the offending line of the file; this names its place and the problem only."""
+    if not isinstance(exc, yaml.MarkedYAMLError):
+        return type(exc).__name__
+
+    def at(mark) -> str:
+        return f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+
+    problem = f"{exc.problem or 'not valid YAML'}{at(exc.problem_mark)}"
+    return f"{problem} ({exc.context}{at(exc.context_mark)})" if exc.context else problem
+
+
 def load_spec(path: Path) -> TaskSpec:
     """Read and validate one spec file; every failure names the file."""
     if not path.is_file():  # a FIFO named *.yaml would block the code location for ever
         raise SpecError(path, "not a regular file")
     try:
         raw = _safe_yaml(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+    except yaml.YAMLError as exc:
+        raise SpecError(path, f"cannot read YAML: {_yaml_problem(exc)}") from exc
+    except (OSError, UnicodeDecodeError) as exc:
         raise SpecError(path, f"cannot read YAML: {exc}") from exc
     if not isinstance(raw, dict):
         raise SpecError(path, f"a spec must be a YAML mapping, got {type(raw).__name__}")
@@ -448,10 +500,12 @@ def spec_dirs() -> list[Path]:
 
 @dataclass(frozen=True)
 class SpecScan:
-    """The usable specs of the spec folders, and an error for each spec file that is not."""
+    """The usable specs of the spec folders, the file of each (by task name), and an error for each spec file
+    that is not usable."""
 
     specs: list[TaskSpec]
     errors: list[SpecError]
+    files: dict[str, Path]
 
 
 def scan_specs(dirs: list[Path] | None = None) -> SpecScan:
@@ -473,7 +527,7 @@ def scan_specs(dirs: list[Path] | None = None) -> SpecScan:
                 errors.append(SpecError(path, f"key 'name': task {spec.name!r} is already defined in {specs[spec.name][1]}"))
                 continue
             specs[spec.name] = (spec, path)
-    return SpecScan([s for s, _ in specs.values()], errors)
+    return SpecScan([s for s, _ in specs.values()], errors, {name: path for name, (_, path) in specs.items()})
 
 
 def load_specs(dirs: list[Path] | None = None) -> list[TaskSpec]:

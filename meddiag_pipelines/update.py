@@ -9,6 +9,10 @@ other asset of the task. Each is a real run of the instance (visible in the UI) 
 (``meddiag/task``, ``meddiag/trigger: cli``), executed through ``dagster.execute_job`` on the reconstructable
 implicit asset job, so ``MEDDIAG_EXECUTOR`` applies.
 
+Before each run, a run of the task whose process is gone is marked failed and its pool slots freed
+(:mod:`~meddiag_pipelines.defs.dead_runs`, also while the run executes); a live one is waited for, at most
+``--max-wait`` seconds, in a loop that SIGTERM and Ctrl-C stop at once (Dagster's own wait for a pool slot does not).
+
 The instance is ``DAGSTER_HOME``'s; without it, the repository's ``dagster_home/`` (the one ``dagster dev``
 uses in the README): the partitions and run history must outlive the command, which a throwaway instance would
 not, and a first user should not have to set a variable to get the main command to work.
@@ -19,6 +23,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,13 +32,16 @@ from dagster._core.definitions.reconstruct import ReconstructableRepository
 
 from meddiag_pipelines.definitions import IMPLICIT_ASSET_JOB
 from meddiag_pipelines.defs.automation.landing import range_tags, run_tags
+from meddiag_pipelines.defs.dead_runs import TASK_TAG, describe, process_tags, release_dead_runs, releasing_dead_runs
 from meddiag_pipelines.defs.partitions import LandingScan, batch_partitions, ingestion_keys, run_ranges, scan_landing
 from meddiag_pipelines.defs.resources.storage import MeddiagStorage
-from meddiag_pipelines.ingestion.landing import ready_batch_dirs
-from meddiag_pipelines.specs import TaskSpec
+from meddiag_pipelines.ingestion.landing import LandingFolderError, ready_batch_dirs
+from meddiag_pipelines.specs import SPEC_ERRORS_GROUP, TaskSpec
 
 log = logging.getLogger(__name__)
 REPO_DAGSTER_HOME = Path(__file__).resolve().parent.parent / "dagster_home"
+MAX_WAIT_S = 4 * 3600  # for another run of the task (an image or text retrain takes up to an hour or two)
+POLL_S = 2.0
 
 
 class UpdateError(RuntimeError):
@@ -91,7 +99,10 @@ def plan_batches(spec: TaskSpec, storage: MeddiagStorage, instance: dg.DagsterIn
     """Register the new complete batches as partitions; with ``partition``, only that batch is considered."""
     name = batch_partitions(spec).name
     known = set(instance.get_dynamic_partitions(name))
-    scan = scan_landing(spec, storage.layout, storage.warehouse, known)
+    try:
+        scan = scan_landing(spec, storage.layout, storage.warehouse, known)
+    except LandingFolderError as exc:
+        raise UpdateError(f"{spec.name}: {exc}") from None
     if partition is not None:
         if partition not in known and partition not in scan.new:
             ready = {d.name for d in ready_batch_dirs(storage.layout.landing(spec.name), spec.landing)}
@@ -117,13 +128,40 @@ def _add_partitions(instance: dg.DagsterInstance, name: str, keys: list[str]) ->
             raise
 
 
+def wait_for_task(instance: dg.DagsterInstance, task: str, max_wait_s: float) -> None:
+    """Return once no other run holds ``task``: dead runs are released at once, live ones (not queued: those wait
+    for this one) are waited for, ``POLL_S`` at a time, at most ``max_wait_s`` seconds."""
+    deadline, announced = time.monotonic() + max_wait_s, set()
+    while True:
+        runs = release_dead_runs(instance, task)
+        for message in runs.released:
+            log.info(message)
+        live = [r for r in runs.live if r.status != dg.DagsterRunStatus.QUEUED]
+        if not live:
+            return
+        for run in live:
+            if run.run_id not in announced:
+                log.info("%s: waiting for %s to end", task, describe(run))
+                announced.add(run.run_id)
+        if time.monotonic() >= deadline:
+            raise UpdateError(f"{task}: still held after {max_wait_s:g} s by {', '.join(describe(r) for r in live)}; "
+                              "let it end (a longer --max-wait) or terminate it in the Dagster UI, then run update "
+                              "again (a run whose process is gone is released by itself)")  # fmt: skip
+        time.sleep(POLL_S)
+
+
 def _execute(instance: dg.DagsterInstance, keys: list[dg.AssetKey], tags: dict, what: str,
-             defs: dg.Definitions | None) -> str:  # fmt: skip
-    if defs is None:
-        result = dg.execute_job(update_job(), instance=instance, tags=tags, asset_selection=keys, raise_on_error=False)
-    else:
-        result = defs.resolve_implicit_global_asset_job_def().execute_in_process(
-            instance=instance, tags=tags, asset_selection=keys, raise_on_error=False)
+             defs: dg.Definitions | None, max_wait_s: float) -> str:  # fmt: skip
+    task = tags[TASK_TAG]
+    wait_for_task(instance, task, max_wait_s)
+    tags = {**tags, **process_tags()}
+    with releasing_dead_runs(instance, task, log.info):
+        if defs is None:
+            result = dg.execute_job(update_job(), instance=instance, tags=tags, asset_selection=keys,
+                                    raise_on_error=False)  # fmt: skip
+        else:
+            result = defs.resolve_implicit_global_asset_job_def().execute_in_process(
+                instance=instance, tags=tags, asset_selection=keys, raise_on_error=False)
     if not result.success:
         failed = [e.step_key for e in result.all_events if e.is_step_failure]
         raise UpdateError(f"{what}: run {result.run_id} failed (steps: {', '.join(failed) or 'none started'}); "
@@ -141,15 +179,17 @@ def _downstream_stale(instance: dg.DagsterInstance, batch: list[dg.AssetKey], do
 
 
 def update_task(spec: TaskSpec, instance: dg.DagsterInstance, partition: str | None = None,
-                defs: dg.Definitions | None = None) -> TaskUpdate:  # fmt: skip
+                defs: dg.Definitions | None = None, max_wait_s: float = MAX_WAIT_S) -> TaskUpdate:  # fmt: skip
     """Bring one task up to date. ``defs``: run in this process on these definitions (tests, benches) instead
-    of the project's reconstructable job."""
+    of the project's reconstructable job; ``max_wait_s``: how long each run may wait for another run of the task."""
     loaded = defs or update_definitions()
-    storage = loaded.resources["storage"]
-    scan = plan_batches(spec, storage, instance, partition)
-    outcome = TaskUpdate(spec.name, new=sorted(scan.new), again=sorted(scan.again), refused=scan.refused)
     job = loaded.resolve_implicit_global_asset_job_def()
     batch_keys, downstream = group_keys(job, spec)
+    if not batch_keys:  # its spec loaded but Dagster refused to build it: a spec_errors asset says why
+        raise UpdateError(f"{spec.name}: the task could not be built (its error is logged at load and shown as an "
+                          f"asset of the group {SPEC_ERRORS_GROUP}); nothing was run")
+    scan = plan_batches(spec, loaded.resources["storage"], instance, partition)
+    outcome = TaskUpdate(spec.name, new=sorted(scan.new), again=sorted(scan.again), refused=scan.refused)
     tags = run_tags(spec, "cli")
     if outcome.new:
         log.info("%s: %d new batches registered as partitions: %s", spec.name, len(outcome.new),
@@ -157,16 +197,17 @@ def update_task(spec: TaskSpec, instance: dg.DagsterInstance, partition: str | N
     for chunk in run_ranges(outcome.new):
         outcome.batch_runs.append(_execute(instance, batch_keys, {**tags, **range_tags(chunk)},
                                            f"{spec.name}: ingestion of {len(chunk)} new batches ({chunk[0]} to {chunk[-1]})",
-                                           defs))  # fmt: skip
+                                           defs, max_wait_s))  # fmt: skip
     # known partitions to run again (after a failed run, every batch it held), by ranges of consecutive ones
     for keys in run_ranges(scan.again, instance.get_dynamic_partitions(batch_partitions(spec).name)):
         log.info("%s: batches %s to %s run again (re-landed, changed or not ingested yet)", spec.name, keys[0], keys[-1])
         outcome.batch_runs.append(_execute(instance, batch_keys, {**tags, **range_tags(keys)},
-                                           f"{spec.name}: ingestion of batches {keys[0]} to {keys[-1]}", defs))  # fmt: skip
+                                           f"{spec.name}: ingestion of batches {keys[0]} to {keys[-1]}", defs,
+                                           max_wait_s))  # fmt: skip
     if downstream and (outcome.batch_runs or _downstream_stale(instance, batch_keys, downstream)):
         scope = all_partitions_tags(job, downstream, instance, spec)
         outcome.downstream_run = _execute(instance, downstream, {**tags, **scope}, f"{spec.name}: split to predictions",
-                                          defs)  # fmt: skip
+                                          defs, max_wait_s)  # fmt: skip
     elif not outcome.batch_runs:
         log.info("%s: up to date (no new or changed batch)", spec.name)
     return outcome
@@ -210,6 +251,8 @@ def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
     parser.description = "Bring tasks fully up to date from their landing folders (new batches, then downstream)."
     parser.add_argument("tasks", nargs="*", help="task names (default: every task)")
     parser.add_argument("--partition", help="run this one batch (a folder of landing/<task>/) and what follows it")
+    parser.add_argument("--max-wait", type=float, default=MAX_WAIT_S, metavar="SECONDS",
+                        help=f"how long a run may wait for another live run of its task (default {MAX_WAIT_S} s)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -238,8 +281,11 @@ def run(args: argparse.Namespace) -> int:
     with dg.DagsterInstance.get() as instance:
         for task in args.tasks or sorted(specs):
             try:
-                update_task(specs[task], instance, args.partition)
+                update_task(specs[task], instance, args.partition, max_wait_s=args.max_wait)
             except UpdateError as exc:
                 log.error("update: %s", exc)
                 failed.append(task)
+            except KeyboardInterrupt:
+                log.error("update: interrupted while updating %s", task)
+                return 130
     return 1 if failed else 0

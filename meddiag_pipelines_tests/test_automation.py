@@ -211,6 +211,16 @@ def test_promotion_gate_rules():
     assert not decision.promote and any("subgroup site=small" in r for r in decision.reasons)
 
 
+@pytest.mark.parametrize(("ci", "promote"), [([2.2, None], False), ([0.5, None], True), ([None, 0.9], True),
+                                             ([None, 0.5], False), ([None, None], True)])  # fmt: skip
+def test_an_open_slope_interval_is_judged_by_its_finite_bound(ci, promote):
+    """A bound of None (resamples that separate their outcomes have no finite slope) is unbounded (issue 24)."""
+    candidate = {"auroc": 0.99, "calibration_slope": 3.0 if ci[1] is None else 0.3, "calibration_slope_ci": ci}
+    decision = decide(candidate, None, PromotionSpec(auroc_floor=0.6))
+    assert decision.promote is promote, decision.reasons
+    assert "inf" in decision.reasons[0]
+
+
 def test_registry_versions_are_immutable_and_rollback_pins(tmp_path, monkeypatch, capsys):
     registry = ModelRegistry(DataRoot(tmp_path))
     for version in ("v1", "v2"):

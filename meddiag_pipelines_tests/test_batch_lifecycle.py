@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import signal
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,6 +27,7 @@ from meddiag_pipelines.ingestion.batches import (
     validate_pending_batches,
 )
 from meddiag_pipelines.ingestion.landing import content_hash, data_files, describe_batch
+from meddiag_pipelines.ingestion.quarantine import file_reason
 from meddiag_pipelines.tabular.readers import read_tabular_batch
 from meddiag_pipelines.ingestion.warehouse import Warehouse
 from meddiag_pipelines.layout import DataLayout
@@ -134,8 +136,9 @@ def test_a_fifo_never_blocks_ingestion_and_the_good_batch_flows(case, tmp_path: 
     raw = warehouse.read(spec.name, "raw_records")
     assert raw.group_by("_meddiag_batch").len().sort("_meddiag_batch").rows() == sorted(expected_rows.items())
     quarantine = layout.quarantine(spec.name)
-    fifos = [p for p in quarantine.rglob("*") if p.is_fifo()]
-    assert fifos and all(p.with_name("reason.json").is_file() for p in fifos), "the FIFO was moved, never opened"
+    fifos = [p.relative_to(quarantine).parts for p in quarantine.rglob("*") if p.is_fifo()]  # <batch>/files/<path>
+    assert fifos and all(file_reason(quarantine / batch, "/".join(rel)).is_file() for batch, _, *rel in fifos), \
+        "the FIFO was moved, never opened"
     assert not [p for p in layout.landing(spec.name).rglob("*") if p.is_fifo()]
     counts = reconcile(spec, warehouse)
     assert counts["landed_files"] == counts["ingested_files"] + counts["quarantined_files"]
@@ -177,8 +180,8 @@ def test_a_known_batch_that_changed_is_set_aside_and_its_rows_stay(synthetic_spe
         assert not list(layout.quarantine(TASK).glob("b1.changed-*"))
     else:
         [aside] = list(layout.quarantine(TASK).glob("b1.changed-*"))
-        assert (aside / moved / moved).is_file() and not (folder / moved).exists()
-        reason = json.loads((aside / moved / "reason.json").read_text())
+        assert (aside / "files" / moved).is_file() and not (folder / moved).exists()
+        reason = json.loads(file_reason(aside, moved).read_text())
         assert reason["problem"].startswith(f"changed after it was ingested: {int(change == 'added')} files added, "
                                             f"{int(change == 'changed')} changed, 0 removed")  # fmt: skip
         assert "land the new rows as a new batch" in reason["problem"]
@@ -203,7 +206,7 @@ def test_files_the_reader_did_not_read_are_rejected_not_counted_as_ingested(synt
 
     warehouse, summary, records, _ = _ingest(layout, synthetic_spec, reader)
     assert {"batch": "b1", "file": "notes.md", "problem": NOT_READ} in summary.quarantined
-    assert (layout.quarantine(TASK) / "b1" / "notes.md" / "reason.json").is_file()
+    assert file_reason(layout.quarantine(TASK) / "b1", "notes.md").is_file()
     counts = reconcile(synthetic_spec, warehouse)
     assert (counts["landed_files"], counts["ingested_files"], counts["quarantined_files"]) == (2, 1, 1)
     assert records.height == 30
@@ -225,11 +228,12 @@ def test_label_domain_is_fixed_by_the_first_validated_batch(layout):
     warehouse, _, records, validation = _ingest(layout, spec)
     assert validation.validated == ["b1", "b3"] and [q["batch"] for q in validation.quarantined] == ["b2"]
     [failure] = [f for f in validation.quarantined[0]["failures"] if f["expectation"] == "label_domain"]
-    assert "'7'" in failure["problem"] and failure["unexpected_count"] == 13
+    assert failure["problem"] == ("13 rows hold labels outside the task's classes (fixed by the task's first "
+                                  "validated batch: 0, 1): 1 distinct values") and failure["unexpected_count"] == 13
     assert sorted(records["outcome"].cast(pl.String).unique().to_list()) == ["0", "1"]
     assert json.loads(warehouse.state(TASK, "label_domain")) == ["0", "1"]
-    reason = json.loads((layout.quarantine(TASK) / "b2" / "reason.json").read_text())
-    assert "'7'" in json.dumps(reason)
+    reason = (layout.quarantine(TASK) / "b2" / "reason.json").read_text()
+    assert "13 rows hold labels outside" in reason and not re.search(r"['\"]7['\"]", reason)  # counts, not values
 
 
 def test_a_first_batch_that_cannot_fix_a_binary_domain_is_quarantined(layout):
@@ -237,7 +241,8 @@ def test_a_first_batch_that_cannot_fix_a_binary_domain_is_quarantined(layout):
     land(layout, TASK, "b2", _labelled(30, 2, 100, [0, 1]))
     warehouse, _, records, validation = _ingest(layout, _binary_spec())
     assert [q["batch"] for q in validation.quarantined] == ["b1"] and validation.validated == ["b2"]
-    assert "exactly one other label" in json.dumps(validation.quarantined)
+    assert "exactly one other label in the first batch to fix its domain; it holds the positive class and 2 other " \
+           "distinct values" in json.dumps(validation.quarantined)
     assert json.loads(warehouse.state(TASK, "label_domain")) == ["0", "1"]
 
 
@@ -253,20 +258,37 @@ def test_label_domain_failures_compare_canonical_labels(values, domain, spec_ext
     failures, _ = label_domain_failures(domain, _binary_spec(**spec_extra), frame)
     if outside:
         [failure] = failures
-        assert all(repr(v) in failure.problem for v in outside)
+        assert f"{len(outside)} distinct values" in failure.problem
+        assert not [v for v in outside if v in failure.problem]  # values found in data are never quoted
     else:
         assert failures == []
 
 
+HOSTILE_BATCH_NAMES = ["[x](javascript:alert(1))", "**b**|c"]
+
+
+def shown_as_text(md: str, names: list[str]) -> str:
+    """The HTML a viewer renders from markdown metadata, once it is checked to show each name as its own text
+    (no link, emphasis or table made of it)."""
+    markdown_it = pytest.importorskip("markdown_it")
+    html = markdown_it.MarkdownIt("commonmark").enable("table").render(md)
+    assert "<a " not in html and "<strong>" not in html and "<em>" not in html and "<table" not in html, html
+    assert all(name in html for name in names), html
+    return html
+
+
 def test_waiting_and_quarantined_batches_are_named_on_the_materializations(synthetic_spec, layout):
-    """Issue 12 §6: a batch without its marker is named at INFO on raw_records; an empty validated_records says
-    why; check failures carry their reasons in the description."""
+    """Issue 12 §6: a batch without its marker is named at INFO on raw_records (issue 24: as text, its folder
+    name escaped in the markdown metadata); an empty validated_records says why; check failures carry their
+    reasons in the description."""
     import dagster as dg
 
     from meddiag_pipelines.definitions import build_definitions
     from meddiag_pipelines.update import run_task_in_process
 
     land(layout, TASK, "batch-0001", synthetic_records(20, seed=1), ready=False)
+    for hostile in HOSTILE_BATCH_NAMES:
+        land(layout, TASK, hostile, synthetic_records(5, seed=3), ready=False)
     land(layout, TASK, "batch-0002", synthetic_records(20, seed=2, start=100).with_columns(pl.lit("maybe").alias("outcome")))
     defs = build_definitions([synthetic_spec], layout.root)
     keys = [dg.AssetKey([TASK, "raw_records"]), dg.AssetKey([TASK, "validated_records"])]
@@ -276,11 +298,12 @@ def test_waiting_and_quarantined_batches_are_named_on_the_materializations(synth
         raw = instance.get_latest_materialization_event(keys[0]).asset_materialization.metadata
         validated = instance.get_latest_materialization_event(keys[1]).asset_materialization.metadata
         logs = [(e.level, e.user_message) for e in instance.all_logs(result.run_id) if e.level >= 20]
-    assert raw["waiting_batches"].value == 1
-    assert "batch-0001 has no _READY marker" in raw["waiting"].value
+    assert raw["waiting_batches"].value == 1 + len(HOSTILE_BATCH_NAMES)
+    assert "batch-0001 has no _READY marker" in shown_as_text(raw["waiting"].value, HOSTILE_BATCH_NAMES)
     assert any(level == 20 and "batch-0001 has no _READY marker" in msg for level, msg in logs)
     why = validated["why_empty"].value
-    assert "batch-0001 has no _READY marker" in why and "batch-0002 was quarantined" in why and "'maybe'" in why
+    assert "batch-0001 has no _READY marker" in why and "batch-0002 was quarantined" in why
+    assert "20 rows hold labels outside the task's classes (declared: no, yes)" in why and "maybe" not in why
 
 
 def test_failures_result_puts_the_reasons_in_the_description():
@@ -308,3 +331,29 @@ def test_a_batch_name_too_long_for_its_outputs_is_refused_and_the_good_batch_flo
     summary = ingest_new_batches(spec, layout, Warehouse(layout.warehouse_db()), read_tabular_batch)
     assert summary.ingested == ["b2"]
     assert all("over 200 bytes" in q["problem"] for q in summary.quarantined) and len(summary.quarantined) == 2
+
+
+@pytest.mark.slow
+def test_a_task_whose_only_batch_is_quarantined_updates_cleanly_and_a_good_batch_later_publishes(synthetic_spec, layout):
+    """Issue 24: with no validated rows the split says so and the later steps are skipped (no column error, no
+    failed run); the next good batch trains and is published."""
+    import dagster as dg
+
+    from meddiag_pipelines.definitions import build_definitions
+    from meddiag_pipelines.registry.store import ModelRegistry
+    from meddiag_pipelines.storage import DataRoot
+    from meddiag_pipelines.update import update_task
+    from meddiag_pipelines_tests.conftest import fast
+
+    spec = fast(synthetic_spec)
+    land(layout, TASK, "b1", synthetic_records(40, seed=2).with_columns(pl.lit("maybe").alias("outcome")))
+    defs = build_definitions([spec], layout.root)
+    registry = ModelRegistry(DataRoot(layout.root))
+    with dg.instance_for_test() as instance:
+        first = update_task(spec, instance, defs=defs)
+        skipped = [e.step_key for e in instance.all_logs(first.downstream_run) if e.is_dagster_event
+                   and e.dagster_event.event_type == dg.DagsterEventType.STEP_SKIPPED]  # fmt: skip
+        assert f"{TASK}__features" in skipped and registry.champion(TASK) is None
+        land(layout, TASK, "b2", synthetic_records(300, seed=3, start=1000))
+        update_task(spec, instance, defs=defs)
+    assert registry.champion(TASK) is not None

@@ -1,6 +1,7 @@
 """A task spec as a Dagster Component: `dg` sees the same tasks as `-m meddiag_pipelines.definitions`, a
 defs.yaml naming a spec builds that task, and a defs.yaml naming a bad spec fails naming the file."""
 
+import json
 import os
 import subprocess
 import sys
@@ -14,9 +15,8 @@ from dagster.components.testing import create_defs_folder_sandbox
 
 from meddiag_pipelines.defs.components.task import TaskComponent
 from meddiag_pipelines.defs.resources.storage import build_resources
-from meddiag_pipelines.specs import SpecError
 from meddiag_pipelines_tests.conftest import REPO, SYNTHETIC_SPEC
-from meddiag_pipelines_tests.test_defs import TASK_ASSETS
+from meddiag_pipelines_tests.test_defs import BAD_DAGSTER_VALUES, TASK_ASSETS, spec_error_descriptions
 
 DG = Path(sys.executable).with_name("dg")
 
@@ -78,18 +78,57 @@ def test_a_defs_yaml_naming_a_spec_builds_that_task(tmp_path):
     assert built["sensors"] == {"sepsis_risk_landing_sensor", "sepsis_risk_automation"}
 
 
-@pytest.mark.parametrize("problem", ["missing", "invalid"])
-def test_a_defs_yaml_naming_a_bad_spec_fails_naming_the_file(tmp_path, problem):
+# spec keys written over SYNTHETIC_SPEC (None: no spec file at all) -> what its error names
+BAD_COMPONENT_SPECS = {
+    "missing": (None, "not a regular file"),
+    "invalid": ({"positive": "maybe"}, "positive class 'maybe' is not among classes"),
+    **{file: (yaml.safe_load(extra), f"key '{key}'") for file, (extra, key) in BAD_DAGSTER_VALUES.items()},
+}
+
+
+@pytest.mark.parametrize("problem", list(BAD_COMPONENT_SPECS))
+def test_a_defs_yaml_naming_a_bad_spec_gives_its_spec_error_asset(tmp_path, problem):
+    """A spec that does not load (missing, a bad `positive`, a cron, owner or time zone Dagster refuses) is an
+    asset of `spec_errors` naming the spec file, the problem and its defs.yaml, never a failed code location."""
+    updates, expected = BAD_COMPONENT_SPECS[problem]
     spec = tmp_path / "sepsis.yaml"
-    if problem == "invalid":
-        write_spec(spec, positive="maybe")
+    if updates is not None:
+        write_spec(spec, **updates)
     with create_defs_folder_sandbox() as sandbox:
         path = write_defs_yaml(sandbox.defs_folder_path / "sepsis_risk", spec)
-        with pytest.raises(Exception) as failure:
-            with sandbox.load_component_and_build_defs(defs_path=path):
-                pass
-    error = next(e for e in _chain(failure.value) if isinstance(e, SpecError))
-    assert error.path == spec.resolve()
+        with sandbox.load_component_and_build_defs(defs_path=path) as (_, defs):
+            (error,) = spec_error_descriptions(defs)
+    assert f"{spec.resolve()}: " in error and expected in error and str(path / "defs.yaml") in error, error
+
+
+def test_one_bad_task_component_leaves_the_others_in_the_code_location(tmp_path):
+    """A defs folder with a good task and one whose spec has a cron Dagster refuses: the good task loads, the bad
+    one is its spec_errors asset (before issue 24 the whole location failed to import)."""
+    good = write_spec(tmp_path / "good.yaml", name="sepsis_risk")
+    bad = write_spec(tmp_path / "bad.yaml", name="bad_task", schedule={"cron": "every day at noon"})
+    with create_defs_folder_sandbox() as sandbox:
+        write_defs_yaml(sandbox.defs_folder_path / "sepsis_risk", good)
+        write_defs_yaml(sandbox.defs_folder_path / "bad_task", bad)
+        with sandbox.build_all_defs() as defs:
+            built = summary(dg.Definitions.merge(defs, dg.Definitions(resources=build_resources(tmp_path / "data"))))
+            (error,) = spec_error_descriptions(defs)
+    assert {f"sepsis_risk/{a}" for a in TASK_ASSETS} <= built["assets"] and built["jobs"] == {"sepsis_risk_batches_job"}
+    assert f"{bad.resolve()}: key 'schedule.cron'" in error
+
+
+def test_a_task_component_that_cannot_be_built_gives_its_spec_error_asset(tmp_path, monkeypatch):
+    import meddiag_pipelines.definitions as definitions
+
+    def refuse(spec):
+        raise dg.DagsterInvalidDefinitionError("a value Dagster refuses")
+
+    monkeypatch.setattr(definitions, "build_task_definitions", refuse)
+    spec = write_spec(tmp_path / "sepsis.yaml", name="sepsis_risk")
+    with create_defs_folder_sandbox() as sandbox:
+        path = write_defs_yaml(sandbox.defs_folder_path / "sepsis_risk", spec)
+        with sandbox.load_component_and_build_defs(defs_path=path) as (_, defs):
+            (error,) = spec_error_descriptions(defs)
+    assert f"{spec.resolve()}: task 'sepsis_risk' cannot be built" in error and "a value Dagster refuses" in error
 
 
 def test_scaffolding_refuses_a_bad_spec(tmp_path):
@@ -118,9 +157,11 @@ def test_dg_check_defs_passes_from_the_repo_root(tmp_path):
 
 
 @pytest.mark.slow
-def test_dg_check_defs_fails_naming_a_bad_spec(tmp_path):
-    """A project whose only defs.yaml names a spec with a bad `positive`: `dg check defs` fails, naming the spec."""
-    spec = write_spec(tmp_path / "sepsis.yaml", positive="maybe")
+def test_dg_loads_the_good_task_beside_a_bad_spec(tmp_path):
+    """A project with a good task and a spec whose cron Dagster refuses: `dg check defs` passes with a WARNING
+    naming the bad spec, and `dg list defs` shows the good task and the bad spec's spec_errors asset."""
+    good = write_spec(tmp_path / "sepsis.yaml")
+    bad = write_spec(tmp_path / "bad.yaml", name="bad_task", schedule={"cron": "every day at noon"})
     project = tmp_path / "project"
     (project / "src" / "clinic" / "defs").mkdir(parents=True)
     (project / "dg.toml").write_text('directory_type = "project"\n[project]\nroot_module = "clinic"\n')
@@ -129,15 +170,21 @@ def test_dg_check_defs_fails_naming_a_bad_spec(tmp_path):
         from pathlib import Path
         import dagster as dg
 
+        from meddiag_pipelines.defs.resources.storage import build_resources
+
         @dg.definitions
         def defs():
-            return dg.load_from_defs_folder(path_within_project=Path(__file__).parent)
+            tasks = dg.load_from_defs_folder(path_within_project=Path(__file__).parent)
+            return dg.Definitions.merge(dg.Definitions(resources=build_resources()), tasks)
     """))
-    write_defs_yaml(project / "src" / "clinic" / "defs" / "sepsis_risk", spec)
-    result = dg_command(["check", "defs"], project, tmp_path)
-    output = result.stdout + result.stderr
-    assert result.returncode != 0
-    assert "defs.yaml (TaskComponent) (error)" in output and f"SpecError: {spec}: " in output
+    write_defs_yaml(project / "src" / "clinic" / "defs" / "sepsis_risk", good)
+    write_defs_yaml(project / "src" / "clinic" / "defs" / "bad_task", bad)
+    checked = dg_command(["check", "defs"], project, tmp_path)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert f"{bad}: key 'schedule.cron'" in checked.stdout + checked.stderr
+    listed = dg_command(["list", "defs", "--json"], project, tmp_path)
+    keys = {a["asset_key"] for a in json.loads(listed.stdout)["assets"]}
+    assert "synthetic_risk/champion" in keys and [k for k in keys if k.startswith("spec_errors/bad_")], keys
 
 
 def _chain(exc: BaseException):

@@ -3,8 +3,8 @@ run that completes; no partial model version, report or champion.json is ever vi
 
 The kill is injected by the test harness only (a child script that wraps ``xgboost.train``, ``os.replace``
 and ``os.rename`` and SIGKILLs itself at the chosen point); production code has no test hook. After each
-kill the harness does what Dagster's run monitoring does for a dead run worker: it marks the run failed and
-frees its concurrency-pool slots (otherwise the next run would wait for the dead run's pool slot forever).
+kill the harness releases the dead run as the next ``update`` or landing sensor tick would
+(``defs/dead_runs.py``: marked failed, its pool slots freed), since the child runs the task without either.
 """
 
 from __future__ import annotations
@@ -127,16 +127,14 @@ def run_child(root: Path, env: dict, timeout: float = 240, **extra) -> int:
 
 
 def release_dead_runs(env: dict) -> int:
-    """What Dagster's run monitoring does for a run whose worker died: mark it failed, free its pool slots."""
+    """What the next `update`, `requeue`, `reset` or landing sensor tick does for a run whose process was killed:
+    mark it failed and free its pool slots. Returns how many runs it released."""
     import dagster as dg
-    from dagster._core.storage.dagster_run import DagsterRunStatus, RunsFilter
+
+    from meddiag_pipelines.defs import dead_runs
 
     with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
-        dead = instance.get_runs(filters=RunsFilter(statuses=[DagsterRunStatus.STARTED]))
-        for run in dead:
-            instance.report_run_failed(run, "run worker was killed (SIGKILL)")
-            instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
-        return len(dead)
+        return len(dead_runs.release_dead_runs(instance, TASK).released)
 
 
 def assert_consistent(data: Path) -> dict:

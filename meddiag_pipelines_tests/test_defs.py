@@ -103,3 +103,64 @@ def test_bundled_definitions_have_no_spec_errors():
     graph = defs.resolve_asset_graph()
     assert not [k for k in graph.get_all_asset_keys() if graph.get(k).group_name == SPEC_ERRORS_GROUP]
 
+
+
+# One spec per value Dagster refuses (or, for the time zone, accepted silently until a tick): the key it names.
+BAD_DAGSTER_VALUES = {
+    "cron_words.yaml": ("schedule:\n  cron: every day at noon\n", "schedule.cron"),
+    "cron_six_fields.yaml": ("schedule:\n  cron: '0 0 12 * * *'\n", "schedule.cron"),
+    "owner.yaml": ("owner: not an owner\n", "owner"),
+    "timezone.yaml": ("schedule:\n  timezone: Mars/Olympus\n", "schedule.timezone"),
+}
+
+
+def bad_dagster_specs(folder) -> None:
+    """A good extra task beside one spec for each value of BAD_DAGSTER_VALUES (each its own task name)."""
+    folder.mkdir(exist_ok=True)
+    (folder / "good.yaml").write_text("name: extra_task\nmodality: tabular\nlabel: y\nid: rid\npositive: 1\n")
+    for i, (file, (extra, _)) in enumerate(BAD_DAGSTER_VALUES.items()):
+        (folder / file).write_text(f"name: bad_{i}\nmodality: tabular\nlabel: y\nid: rid\npositive: 1\n{extra}")
+
+
+def spec_error_descriptions(loaded: dg.Definitions) -> list[str]:
+    """The descriptions of the spec_errors assets (read from the definitions: no resources needed)."""
+    from meddiag_pipelines.definitions import SPEC_ERRORS_GROUP
+
+    return [s.description for a in loaded.assets or () for s in a.specs if s.group_name == SPEC_ERRORS_GROUP]
+
+
+def test_a_cron_owner_or_timezone_dagster_refuses_is_a_spec_error_of_its_file(tmp_path, monkeypatch):
+    """Issue 24: an invalid cron or owner made the whole code location fail to import; a bad time zone loaded."""
+    from meddiag_pipelines.definitions import build_definitions
+
+    bad_dagster_specs(tmp_path / "specs")
+    monkeypatch.setenv("MEDDIAG_TASKS_DIR", str(tmp_path / "specs"))
+    loaded = build_definitions(data_dir=tmp_path / "data")
+    groups = {loaded.resolve_asset_graph().get(k).group_name for k in loaded.resolve_asset_graph().get_all_asset_keys()}
+    assert {"heart_disease", "icd10_chapters", "extra_task"} <= groups
+    assert not {g for g in groups if g.startswith("bad_")}
+    errors = spec_error_descriptions(loaded)
+    assert len(errors) == len(BAD_DAGSTER_VALUES)
+    for file, (_, key) in BAD_DAGSTER_VALUES.items():
+        assert [e for e in errors if f"{tmp_path / 'specs' / file}: key '{key}'" in e], (file, errors)
+
+
+def test_a_task_that_cannot_be_built_becomes_a_spec_error_and_the_others_load(tmp_path, monkeypatch):
+    """Whatever a task's builder raises (a value no spec rule foresaw), that task alone is refused."""
+    import meddiag_pipelines.definitions as definitions
+
+    (tmp_path / "good.yaml").write_text("name: extra_task\nmodality: tabular\nlabel: y\nid: rid\npositive: 1\n")
+    (tmp_path / "odd.yaml").write_text("name: odd_task\nmodality: tabular\nlabel: y\nid: rid\npositive: 1\n")
+    monkeypatch.setenv("MEDDIAG_TASKS_DIR", str(tmp_path))
+    build = definitions.build_task_definitions
+
+    def refuse_odd(spec):
+        if spec.name == "odd_task":
+            raise dg.DagsterInvalidDefinitionError("a value Dagster refuses")
+        return build(spec)
+
+    monkeypatch.setattr(definitions, "build_task_definitions", refuse_odd)
+    loaded = definitions.build_definitions(data_dir=tmp_path / "data")
+    assert loaded.resolve_job_def("extra_task_batches_job") and loaded.resolve_job_def("heart_disease_batches_job")
+    (error,) = spec_error_descriptions(loaded)
+    assert f"{tmp_path / 'odd.yaml'}: task 'odd_task' cannot be built" in error and "a value Dagster refuses" in error

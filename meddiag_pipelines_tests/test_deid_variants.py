@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bench.deid import found, icd_descriptions, synthetic_corpus, synthetic_name
+from bench.deid_grammar import cardinal_words, ordinal_suffix, ordinal_words, year_words
 from meddiag_pipelines.text.deid import _RULES, PLACEHOLDERS, _normalise, find_phi, scrub
 from meddiag_pipelines.text.names import FIRST_NAMES, SURNAMES
 
@@ -51,6 +52,32 @@ def dates(draw) -> str:
         f"{word} {d.day}", f"{d.day} {word}", f"{word[:3]}. {d.day}",
     ]  # fmt: skip
     return draw(st.sampled_from(forms))
+
+
+WEEKDAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
+
+
+@st.composite
+def word_dates(draw) -> str:
+    """Issue 24: dates with the day or year in words or as an ordinal, any month case and abbreviation, with or
+    without the year, after a weekday or not: the third of May, May the 3rd, 3rd of May 2021, MARCH
+    TWENTY-FIRST, Sept. 3rd, Tues., Sept. 3rd, '19, March twenty-one, nineteen sixty-one."""
+    d = draw(st.dates(min_value=date(1900, 1, 1), max_value=date(2099, 12, 31)))
+    word = MONTHS[d.month - 1]
+    month = draw(st.sampled_from([word, word[:3], word[:3] + "." if len(word) > 3 else word, "Sept." if d.month == 9 else word]))
+    month = draw(st.sampled_from([month, month.upper(), month.lower()]))
+    ordinal = draw(st.sampled_from([ordinal_words(d.day), ordinal_words(d.day).replace("-", " "), f"{d.day}{ordinal_suffix(d.day)}",
+                                    f"{d.day}{ordinal_suffix(d.day).upper()}"]))  # fmt: skip
+    year = draw(st.sampled_from(["", f" {d.year}", f", {d.year}", f" '{d.year % 100:02d}", f", {year_words(d.year)}"]))
+    shapes = [f"{ordinal} of {month}{year}"]  # "the" before it is no part of the date
+    verb = month.lower() == "may"
+    if not verb or ordinal[0].isdigit() or year:  # a lower-case "may" before a word is the verb, without a year
+        shapes += [f"{month} the {ordinal}{year}", f"{month} {ordinal}{year}"]
+    if not verb:
+        shapes += [f"{ordinal} {month}{year}", f"{month} {cardinal_words(d.day)}{year}"]
+    weekday = WEEKDAYS[d.weekday()]
+    before = draw(st.sampled_from(["", f"{weekday}, ", f"{weekday.upper()} ", f"{weekday[:3]}. "]))
+    return before + draw(st.sampled_from(shapes))
 
 
 @st.composite
@@ -99,6 +126,12 @@ def ages(draw) -> tuple[str, str, str]:
 @settings(max_examples=300, deadline=None, database=None)
 @given(value=dates(), context=contexts)
 def test_any_date_variant_is_replaced(value, context):
+    assert_replaced(value, *context)
+
+
+@settings(max_examples=400, deadline=None, database=None)
+@given(value=word_dates(), context=contexts)
+def test_any_date_in_words_or_ordinals_is_replaced(value, context):
     assert_replaced(value, *context)
 
 
@@ -156,6 +189,17 @@ def test_any_street_address_is_replaced(seed, suffix, number, context):
         ("Box: P.O. Box 4411", "4411"), ("login fe80::1ff:fe23:4567:890a", "fe80::1ff:fe23:4567:890a"),
         ("Dr.\u00a0Smith\u2009on\u00a014\u2011Mar\u20112023", "14\u2011Mar\u20112023"),
         ("Dr. Jose\u0301 Nu\u0301n\u0303ez (decomposed accents)", "Jose\u0301 Nu\u0301n\u0303ez"),
+        # issue 24: dates in words and partial dates, ids with separators and spaces, a 3+7 phone
+        ("fell on the third of May", "third of May"), ("seen May the 3rd", "May the 3rd"), ("DOB 3rd of May 2021", "3rd of May 2021"),
+        ("since the twenty-first of March", "twenty-first of March"), ("on March twenty-first", "March twenty-first"),
+        ("quit mid-May 2019", "May 2019"), ("seen Sept. 3", "Sept. 3"), ("seen Tuesday, Sept. 3rd", "Tuesday, Sept. 3rd"),
+        ("Friday the 13th", "Friday the 13th"), ("born June of 1940", "June of 1940"), ("quit Dec '13", "Dec '13"),
+        ("born August nineteen sixty-one", "August nineteen sixty-one"), ("DOB 01 / 02 / 1930", "01 / 02 / 1930"),
+        ("seen 1/21/'02", "1/21/'02"), ("DOB 19470426", "19470426"), ("dx 1971-09", "1971-09"),
+        ("MRN 123 456 789 on file", "123 456 789"), ("med rec no. 014.048.411.", "014.048.411"), ("123-45-6789", "123-45-6789"),
+        ("ID A12-345-678", "A12-345-678"), ("S85-254-496 on the sheet", "S85-254-496"), ("Pt ID: AB 123 456", "AB 123 456"),
+        ("Member #: Z502 127 081", "Z502 127 081"), ("Encounter 1234-567890", "1234-567890"),
+        ("call back at 327 8440666", "327 8440666"), ("seen by dr smith today", "smith"),
     ],
 )  # fmt: skip
 def test_issue_examples_are_replaced(text, value):
@@ -210,6 +254,11 @@ CLINICAL_LOOKALIKES = [
     "Take 3 times a day for 14 days; 1/2 tab; BP 120/80; T2N1M0 tumour; ICD-10 I21.4.",
     "Stage 2 pressure ulcer of sacral region; Type 1 diabetes; 45-year-old; aged 65.",
     "Did not miss Doses; see doctor Monday at 3 PM Dr rounds.",
+    # issue 24: ordinals, numbers in words and weekdays that are not dates
+    "First episode; second-degree AV block; third trimester; on the fourth day of fever, the sixth of seven children.",
+    "She may first try ibuprofen. May two nurses assist? March in place for twenty minutes; may the second dose wait?",
+    "Pain 7/10, improved from 4/10; strength 4/5; first of the month; seen Monday, sat up on Sunday, sun exposure.",
+    "Encounter for screening; T2-N1-M0; ICD-10 I20-I25; the dr said the dr office will call; mr angiogram; ms flare.",
 ]
 
 

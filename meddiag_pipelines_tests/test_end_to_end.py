@@ -101,10 +101,14 @@ def assert_reasons(decision: dict, *phrases: str) -> None:
     assert all(p in text for p in phrases), text
 
 
-def test_bad_only_landing_stops_at_the_blocking_check(synthetic_spec, layout):
+def test_bad_only_landing_trains_nothing_and_fails_no_step(synthetic_spec, layout):
+    """Quarantine is how a bad batch is handled: with no validated rows the split says so and the steps after it
+    are skipped (issue 24: they used to fail on a missing column)."""
     land(layout, synthetic_spec.name, "b1", synthetic_records(50, seed=1).drop("outcome"))
     result = materialize(synthetic_spec, layout)
-    assert not result.success
+    assert result.success and not result.get_step_failure_events()
+    skipped = {e.step_key for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_SKIPPED}
+    assert f"{synthetic_spec.name}__features" in skipped
     assert (layout.quarantine(synthetic_spec.name) / "b1" / "reason.json").exists()
     assert not (layout.root / "models" / synthetic_spec.name).exists()
 

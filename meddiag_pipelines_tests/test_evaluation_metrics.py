@@ -24,6 +24,9 @@ from sklearn.metrics import (
 
 from meddiag_pipelines.evaluation import EvaluationInput, evaluate, standardized_mean_differences
 from meddiag_pipelines.evaluation import metrics as M
+from meddiag_pipelines.evaluation.metrics.bootstrap import _resamples, _Scores
+from meddiag_pipelines.evaluation.metrics.calibration import _logistic_slopes
+from meddiag_pipelines.evaluation.metrics.multiclass import _macro_f1_from_codes
 from meddiag_pipelines.specs import EvaluationSpec
 
 FAST = EvaluationSpec(n_bootstrap=200)
@@ -73,7 +76,7 @@ def test_vectorised_auc_and_ap_match_sklearn_on_resamples():
     y = rng.integers(0, 2, n)
     s = np.round(rng.normal(y, 1.0), 1)  # ties
     idx = rng.integers(0, n, size=(6, n))
-    auc, ap = M._Scores(s).auc_ap(idx, None, y)
+    auc, ap = _Scores(s).auc_ap(idx, None, y)
     for i in range(idx.shape[0]):
         yy, ss = y[idx[i]], s[idx[i]]
         assert auc[i] == pytest.approx(roc_auc_score(yy, ss), abs=1e-12)
@@ -82,11 +85,11 @@ def test_vectorised_auc_and_ap_match_sklearn_on_resamples():
 
 def test_stratified_resamples_keep_class_counts_and_use_the_seed():
     y = np.array([0] * 30 + [1] * 10)
-    batches = list(M._resamples(y, 5, np.random.default_rng(0)))
+    batches = list(_resamples(y, 5, np.random.default_rng(0)))
     idx, order = batches[0]
     assert idx.shape == (5, 40)
     assert np.all(y[idx] == y[order][None, :])  # every column keeps its stratum
-    again = list(M._resamples(y, 5, np.random.default_rng(0)))[0][0]
+    again = list(_resamples(y, 5, np.random.default_rng(0)))[0][0]
     assert np.array_equal(idx, again)
 
 
@@ -142,18 +145,50 @@ def test_calibration_slope_and_intercept_on_simulated_data():
     assert M.calibration_intercept_slope(np.ones(10), np.full(10, 0.3)) == (None, None)
 
 
-def test_bootstrap_slopes_equal_unpenalised_fits_and_separated_resamples_stay_finite():
+def test_bootstrap_slopes_equal_unpenalised_fits_and_separated_resamples_have_none():
     from sklearn.linear_model import LogisticRegression
 
     rng = np.random.default_rng(3)
-    x = rng.normal(size=(6, 400)) * np.array([0.5, 1, 2, 3, 1, 1])[:, None]
-    y = (rng.random((6, 400)) < special.expit(0.3 + 0.8 * x)).astype(float)
+    x = rng.normal(size=(8, 400)) * np.array([0.5, 1, 2, 3, 1, 1, 1, 1])[:, None]
+    y = (rng.random((8, 400)) < special.expit(0.3 + 0.8 * x)).astype(float)
     y[5] = (x[5] > 0).astype(float)  # perfectly separated: no finite maximum
-    slopes = M._logistic_slopes(x, y)
+    y[6] = (x[6] < 0).astype(float)  # separated downwards
+    x[7] = 0.5  # constant predictions: the slope is not identified
+    slopes = _logistic_slopes(x, y)
     for row in range(5):
         fit = LogisticRegression(C=np.inf, tol=1e-10, max_iter=10_000).fit(x[row, :, None], y[row])
         assert slopes[row] == pytest.approx(fit.coef_[0, 0], rel=1e-5)
-    assert 50 < slopes[5] < np.inf
+    assert slopes[5] == np.inf and slopes[6] == -np.inf and np.isnan(slopes[7])
+
+
+def near_separable(n: int, swapped: int, seed: int):
+    """Risks that rank every positive above every negative but for ``swapped`` pairs exchanged across the gap."""
+    rng = np.random.default_rng(seed)
+    p = np.r_[rng.uniform(0.05, 0.45, n), rng.uniform(0.55, 0.95, n)]
+    y = np.r_[np.zeros(n), np.ones(n)].astype(int)
+    if swapped:
+        y[:swapped], y[-swapped:] = 1, 0
+    return y, p
+
+
+@pytest.mark.parametrize("case", ["ordinary", "near_separable", "one_swap", "separable"])
+def test_the_calibration_slope_lies_within_its_own_interval(case):
+    """Issue 24: a slope of 263.2 was reported with a 95% CI of 59.0 to 61.0 (point and interval from two
+    estimators that both gave up on a separated test set). Now one estimator gives both; a separated test set has
+    no slope (None, not a number), and an interval bound that separated resamples reach is None (unbounded)."""
+    y, p = {"ordinary": lambda: calibrated(400, 11)[:2], "near_separable": lambda: near_separable(40, 3, 12),
+            "one_swap": lambda: near_separable(40, 1, 13), "separable": lambda: near_separable(40, 0, 14)}[case]()  # fmt: skip
+    m = evaluate(binary_input(y_true=y, proba=p, n_test=y.size))
+    slope, ci = m["calibration_slope"], m["calibration_slope_ci"]
+    if case == "separable":
+        assert slope is None and ci is None
+        return
+    low, high = (-np.inf if ci[0] is None else ci[0]), (np.inf if ci[1] is None else ci[1])
+    assert low <= slope <= high, (slope, ci)
+    if case == "ordinary":
+        assert ci[1] is not None and ci[1] - ci[0] < 1.5
+    if case == "one_swap":
+        assert ci[1] is None  # most resamples separate: the upper bound is open
 
 
 def test_calibration_bins_match_sklearn_and_smooth_curve_follows_diagonal():
@@ -416,7 +451,7 @@ def test_vectorised_macro_f1_matches_sklearn():
     pred = P.argmax(1)
     rng = np.random.default_rng(15)
     idx = rng.integers(0, y.size, (5, y.size))
-    got = M._macro_f1_from_codes(y[idx] * 3 + pred[idx], 3)
+    got = _macro_f1_from_codes(y[idx] * 3 + pred[idx], 3)
     for i in range(5):
         assert got[i] == pytest.approx(f1_score(y[idx[i]], pred[idx[i]], average="macro"))
 

@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import json
 import subprocess
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import dagster as dg
 import polars as pl
 import pytest
 
+from meddiag_pipelines.atomic import STALE_AFTER_S, atomic_write_json
 from meddiag_pipelines.definitions import build_definitions
+from meddiag_pipelines.defs.assets.lifecycle import publish_candidate, unchanged_candidate
+from meddiag_pipelines.defs.resources.storage import MeddiagStorage
+from meddiag_pipelines.registry import store
+from meddiag_pipelines.registry.promotion import Decision
 from meddiag_pipelines import __version__
 from meddiag_pipelines.registry import fingerprint as fingerprint_module
 from meddiag_pipelines.registry.fingerprint import code_version, trained_batch_hashes, training_fingerprint
@@ -45,15 +53,68 @@ def test_only_validated_batches_with_labelled_rows_count():
     assert trained_batch_hashes(ledger, {"b1", "b2", "b3"}) == ["h1", "h2"]  # b4: cases to score only
 
 
-def test_registry_finds_the_newest_version_with_a_fingerprint(tmp_path):
+def test_registry_finds_the_version_with_a_fingerprint_and_publishes_no_second_one(tmp_path):
     registry = ModelRegistry(DataRoot(tmp_path), "")
-    for version, fingerprint in (("v1", "f1"), ("v2", "f2"), ("v3", "f1")):
-        registry.publish("t", version, {"fingerprint": fingerprint})
-    assert registry.version_with_fingerprint("t", "f1") == "v3"
+    held = [registry.publish("t", version, {"fingerprint": fingerprint})
+            for version, fingerprint in (("v1", "f1"), ("v2", "f2"), ("v3", "f1"))]  # fmt: skip
+    assert held == ["v1", "v2", "v1"] and registry.versions("t") == ["v1", "v2"]
+    assert not (tmp_path / "t" / ".staging" / "v3").exists()  # the copy's staging is discarded
+    assert registry.version_with_fingerprint("t", "f1") == "v1"
     assert registry.version_with_fingerprint("t", "f9") is None
     registry.staging_dir("t", "v4")
     registry.discard_staged("t", "v4")
-    assert not (tmp_path / "t" / ".staging" / "v4").exists() and registry.versions("t") == ["v1", "v2", "v3"]
+    assert not (tmp_path / "t" / ".staging" / "v4").exists() and registry.versions("t") == ["v1", "v2"]
+
+
+def test_a_version_whose_run_died_after_claiming_its_inputs_is_published_by_the_next_run(tmp_path):
+    registry = ModelRegistry(DataRoot(tmp_path), "")
+    atomic_write_json(registry.staging_dir("t", "v1") / "manifest.json", {"fingerprint": "f1", "version": "v1"})
+    assert registry.claim_fingerprint("t", "f1", "v1") == "v1"  # complete and claimed, then killed before the rename
+    assert registry.publish("t", "v2", {"fingerprint": "f1"}) == "v1" and registry.versions("t") == ["v1"]
+    assert registry.manifest("t", "v1")["version"] == "v1"
+
+
+def test_a_fingerprint_claimed_by_a_run_that_died_elsewhere_gives_way_after_an_hour(tmp_path, monkeypatch):
+    """A claim whose staged version is not on this host (another host's run, on an object store) and never
+    published blocks its inputs for at most an hour."""
+    registry = ModelRegistry(DataRoot(tmp_path), "")
+    assert registry.claim_fingerprint("t", "f1", "v_dead") == "v_dead"  # claimed, never published
+    assert registry.publish("t", "v2", {"fingerprint": "f1"}) == "v_dead" and registry.versions("t") == []
+    later = time.time() + STALE_AFTER_S + 1
+    monkeypatch.setattr(store.time, "time", lambda: later)
+    assert registry.publish("t", "v3", {"fingerprint": "f1"}) == "v3" and registry.versions("t") == ["v3"]
+
+
+def _candidate(version: str) -> dict:
+    return {"version": version, "name": "xgboost", "framework": "xgboost", "params": {}, "val_score": 0.9,
+            "classes": ["no", "yes"], "device": "cpu", "plan": {"columns": []}}  # fmt: skip
+
+
+def test_two_runs_publishing_the_same_inputs_at_once_publish_and_promote_one_version(tmp_path, synthetic_spec, monkeypatch):
+    """As two simultaneous `update`s under an instance without pools: both decide to publish and promote their
+    candidate, trained from the same inputs, at the same moment."""
+    storage = MeddiagStorage(data_dir=str(tmp_path))
+    registry, promoted, runs = storage.registry, [], 6
+    real_set_champion = ModelRegistry.set_champion
+    monkeypatch.setattr(ModelRegistry, "set_champion",
+                        lambda self, *a, **k: promoted.append(a[1]) or real_set_champion(self, *a, **k))  # fmt: skip
+    together = threading.Barrier(runs)
+
+    def publish(i: int) -> tuple[str, dict | None]:
+        candidate = _candidate(f"v{i}")
+        registry.staging_dir(synthetic_spec.name, candidate["version"])
+        together.wait()
+        return publish_candidate(synthetic_spec, storage, candidate, candidate, {"auroc": 0.9}, None,
+                                 Decision(True, ["first model clears the floor"]), "f1")  # fmt: skip
+
+    with ThreadPoolExecutor(runs) as pool:
+        results = list(pool.map(publish, range(runs)))
+    [version] = registry.versions(synthetic_spec.name)
+    assert {holder for holder, _ in results} == {version} and promoted == [version]
+    assert registry.champion(synthetic_spec.name)["version"] == version
+    assert not list((tmp_path / "models" / synthetic_spec.name / ".staging").iterdir())  # the copies discarded
+    loser = unchanged_candidate(storage, synthetic_spec.name, "v_late", version)
+    assert loser["published"] is False and loser["unchanged_since"] == version and loser["champion"] == version
 
 
 def _run(spec, layout) -> dict:

@@ -240,7 +240,7 @@ CASES = [
     Case("whitespace only", _whitespace_only, "records.csv", "holds only whitespace"),
     Case("5,000 columns", _wide, "records.csv", "over the limit of 1000"),
     Case("very long row (100,000 fields)", _long_row, "records.csv", "fields where the header has 7"),
-    Case("duplicate column names", _duplicate_header, "records.csv", "repeats the name 'x1'"),
+    Case("duplicate column names", _duplicate_header, "records.csv", "column 4 repeats the name of column 3"),
     Case("control character in a column name", _nul_header, "records.csv", "control characters"),
     Case("duplicate ids within a batch", _duplicate_ids, None, "expect_column_values_to_be_unique", "validate"),
     Case("label out of domain", _label_out_of_domain, None, "expect_column_values_to_be_in_set", "validate"),
@@ -398,7 +398,7 @@ def test_interrupted_quarantine_is_finished_by_the_next_run(synthetic_spec, layo
 
     land_raw(layout, "b1", b"")
     land_good(layout)
-    monkeypatch.setattr(batches, "quarantine_path", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
+    monkeypatch.setattr(batches, "quarantine_batch", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
     with pytest.raises(KeyboardInterrupt):
         ingest_and_validate(synthetic_spec, layout)
     monkeypatch.undo()

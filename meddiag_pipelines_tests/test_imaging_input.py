@@ -17,12 +17,14 @@ from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, 
 
 from meddiag_pipelines.imaging.modality import read_image_records
 from meddiag_pipelines.imaging.preprocess import load_cached, resize_square, to_uint8, update_cache
-from meddiag_pipelines.imaging.readers import ImageBatchError, load_pixels, read_image_batch
-from meddiag_pipelines.ingestion.batches import ingest_new_batches
+from meddiag_pipelines.imaging.readers import ImageBatchError, load_pixels, npz_record_id, read_image_batch
+from meddiag_pipelines.ingestion.batches import ingest_new_batches, validate_pending_batches
 from meddiag_pipelines.ingestion.landing import describe_batch
+from meddiag_pipelines.ingestion.quarantine import file_reason
 from meddiag_pipelines.ingestion.warehouse import Warehouse
 from meddiag_pipelines.layout import DataLayout
 from meddiag_pipelines.specs import TaskSpec
+from meddiag_pipelines_tests.test_imaging_readers import raw_pickle_npz
 from meddiag_pipelines.imaging.validation import (
     COPY_OF_TRAIN_COLUMN,
     duplicate_warnings,
@@ -103,8 +105,8 @@ def test_fifo_labels_csv_is_never_opened_and_the_good_batch_beside_it_flows(tmp_
     with pytest.raises(ImageBatchError, match="labels.csv: not a regular file"):
         read_image_batch(hostile, spec)
     ingest_new_batches(spec, layout, Warehouse(layout.warehouse_db()), read_image_records)
-    # Ingestion sets the FIFO aside (quarantine/<task>/b1/labels.csv/) before any reader runs.
-    reason = json.loads((layout.quarantine(spec.name) / "b1" / "labels.csv" / "reason.json").read_text())
+    # Ingestion sets the FIFO aside (quarantine/<task>/b1/files/labels.csv) before any reader runs.
+    reason = json.loads(file_reason(layout.quarantine(spec.name) / "b1", "labels.csv").read_text())
     assert reason["file"] == "labels.csv" and "not a regular file" in reason["problem"]
     assert Warehouse(layout.warehouse_db()).read(spec.name, "raw_records", ["b2"]).height == 4
 
@@ -124,6 +126,34 @@ def test_dot_slash_and_subfolder_rows_read_and_row_problems_never_echo_the_row(t
     assert problems == {"labels.csv row 3": "empty 'file' column",
                         "c.png": "duplicate id in labels.csv (only the first row is used)"}  # fmt: skip
     assert CANARY not in repr(result.rejected)
+
+
+def test_labels_csv_without_a_header_row_is_refused_without_quoting_its_first_row(tmp_path: Path) -> None:
+    """Issue 24: the first row of a header-less labels.csv (a row of data) was echoed as its column names."""
+    batch = folder_batch(tmp_path / "b")
+    rows = pl.read_csv(batch / "labels.csv").with_columns(pl.lit(CANARY).alias("patient_id")).write_csv(include_header=False)
+    (batch / "labels.csv").write_text(rows)
+    with pytest.raises(ImageBatchError, match="labels.csv has no header row with the columns file, label") as err:
+        read_image_batch(batch, spec_of())
+    assert CANARY not in str(err.value) and "img0.png" not in str(err.value)
+
+
+def test_labels_csv_repeating_a_column_name_is_refused_by_position(tmp_path: Path) -> None:
+    """Issue 24: Polars renamed the second ``label`` column and the first was used silently."""
+    batch = folder_batch(tmp_path / "b")
+    lines = (batch / "labels.csv").read_text().splitlines()
+    (batch / "labels.csv").write_text("\n".join([lines[0] + ",label", *(f"{row},{CANARY}" for row in lines[1:])]) + "\n")
+    with pytest.raises(ImageBatchError, match="labels.csv: column 5 repeats the name of column 2") as err:
+        read_image_batch(batch, spec_of())
+    assert CANARY not in str(err.value)
+
+
+def test_labels_csv_with_cr_only_line_endings_reads_every_row(tmp_path: Path) -> None:
+    """Issue 24: a labels.csv ending its lines with CR alone was one header line to Polars."""
+    batch = folder_batch(tmp_path / "b")
+    expected = read_image_batch(batch, spec_of()).records.height
+    (batch / "labels.csv").write_text((batch / "labels.csv").read_text().replace("\n", "\r"))
+    assert read_image_batch(batch, spec_of()).records.height == expected == 4
 
 
 def test_labels_csv_with_a_reserved_column_is_refused(tmp_path: Path) -> None:
@@ -251,6 +281,40 @@ def test_a_batch_not_in_the_declared_format_names_what_was_found(tmp_path: Path)
 # ------------------------------------------------------------------------------------------------ npz official split
 
 
+def land_npz(batch: Path, files: dict[str, int]) -> Path:
+    """A ready npz batch: each file (relative path -> seed) holds 4 train images."""
+    for rel, seed in files.items():
+        (batch / rel).parent.mkdir(parents=True, exist_ok=True)
+        np.savez(batch / rel, **npz(batch / rel, {"train": 4}, seed=seed))
+    (batch / "_READY").touch()
+    return batch
+
+
+def test_npz_batches_holding_the_same_file_names_all_validate(tmp_path: Path) -> None:
+    """Another batch's data.npz, and a/b.npz beside a_b.npz, are other records, not ids already ingested."""
+    layout, spec = DataLayout(tmp_path / "data"), spec_of("npz", task={"classes": ["0", "1"]})
+    land_npz(layout.landing(spec.name) / "b1", {"data.npz": 1})
+    land_npz(layout.landing(spec.name) / "b2", {"data.npz": 2})
+    land_npz(layout.landing(spec.name) / "b3", {"a/b.npz": 3, "a_b.npz": 4})
+    warehouse = Warehouse(layout.warehouse_db())
+    ingest_new_batches(spec, layout, warehouse, read_image_records)
+    records, summary = validate_pending_batches(spec, layout, warehouse, validate_images)
+    assert (summary.validated, summary.quarantined, records.height) == (["b1", "b2", "b3"], [], 16)
+    again = ingest_new_batches(spec, layout, warehouse, read_image_records)  # re-ingestion changes nothing
+    assert (again.ingested, again.skipped_known) == ([], 3)
+
+
+def test_an_npz_with_a_raw_pickle_member_is_quarantined_alone(tmp_path: Path) -> None:
+    layout, spec = DataLayout(tmp_path / "data"), spec_of("npz", task={"classes": ["0", "1"]})
+    batch = land_npz(layout.landing(spec.name) / "b1", {"good.npz": 1})
+    raw_pickle_npz(batch / "bad.npz", tmp_path / "unpickled")
+    warehouse = Warehouse(layout.warehouse_db())
+    summary = ingest_new_batches(spec, layout, warehouse, read_image_records)
+    assert summary.ingested == ["b1"] and [q["file"] for q in summary.quarantined] == ["bad.npz"]
+    assert warehouse.read(spec.name, "raw_records", ["b1"]).height == 4 and not (tmp_path / "unpickled").exists()
+    assert not (batch / "bad.npz").exists() and (batch / "good.npz").is_file()
+
+
 def test_copies_across_a_datasets_own_split_are_reported_not_blocked(tmp_path: Path) -> None:
     spec = spec_of("npz", task={"classes": ["0", "1"]})
     batch = tmp_path / "b"
@@ -268,7 +332,8 @@ def test_copies_across_a_datasets_own_split_are_reported_not_blocked(tmp_path: P
     assert split_copy_counts(split) == {"val_in_train": 2, "test_in_train": 3, "test_in_val": 0}
     marked = mark_copies_of_train(split)
     assert marked.filter(pl.col(COPY_OF_TRAIN_COLUMN))["id"].sort().to_list() == sorted(
-        [f"pneumonia_val_{i}" for i in range(2)] + [f"pneumonia_test_{i}" for i in range(3)])
+        [npz_record_id("b", "pneumonia.npz", "val", i) for i in range(2)]
+        + [npz_record_id("b", "pneumonia.npz", "test", i) for i in range(3)])
     marked_too, meta = mark_official_copies(split)
     assert marked_too.equals(marked)
     assert meta == {"n_predefined_split": 20, "n_copies_val_in_train": 2, "n_copies_test_in_train": 3,

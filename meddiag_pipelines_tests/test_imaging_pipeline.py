@@ -15,6 +15,8 @@ from pydicom.data import get_testdata_file
 from meddiag_pipelines.definitions import build_definitions
 from meddiag_pipelines.update import run_task_in_process
 from meddiag_pipelines.imaging.modality import read_image_records
+from meddiag_pipelines.imaging.readers import npz_record_id
+from meddiag_pipelines.ingestion.quarantine import file_reason
 from meddiag_pipelines.split import SPLIT_COLUMN, unit_hash
 from scripts.phantoms import write_phantom_batch
 from meddiag_pipelines.ingestion.landing import describe_batch
@@ -60,7 +62,7 @@ def test_phantom_task_end_to_end(tmp_path: Path) -> None:
         result = run_job(spec, root, instance)
         assert result.success
         # the corrupt file alone is quarantined, with its reason; the good ones flowed
-        reason = root / "quarantine" / task / "batch_0001" / "images" / "corrupt.png" / "reason.json"
+        reason = file_reason(root / "quarantine" / task / "batch_0001", "images/corrupt.png")
         assert "corrupt" in json.loads(reason.read_text())["problem"]
         assert not (batch / "images" / "corrupt.png").exists() and (batch / labels["file"][0]).exists()
 
@@ -121,10 +123,10 @@ def test_npz_task_keeps_its_own_split_multiclass(tmp_path: Path) -> None:
     metrics = json.loads((latest / "metrics.json").read_text())
     assert (metrics["kind"], metrics["n_train"], metrics["n_val"], metrics["n_test"]) == ("multiclass", 60, 15, 24)
     test_ids = pl.read_parquet(latest / "test_predictions.parquet")["id"].to_list()
-    assert sorted(test_ids) == sorted(f"organmnist_test_{i}" for i in range(24))  # the file's split, not a hash
+    assert sorted(test_ids) == sorted(npz_record_id("batch_0001", "organmnist.npz", "test", i) for i in range(24))  # the file's split
     champion = json.loads((root / "models" / spec.name / "champion.json").read_text())["version"]
     scored = pl.read_parquet(root / "predictions" / spec.name / "batch_0001" / f"{champion}.parquet")
-    assert sorted(scored["id"].to_list()) == [f"new_cases_test_{i}" for i in range(3)]
+    assert sorted(scored["id"].to_list()) == sorted(npz_record_id("batch_0001", "new_cases.npz", "test", i) for i in range(3))
     assert {"p_0", "p_1", "p_2", "predicted"} <= set(scored.columns)
     np.testing.assert_allclose(scored.select("p_0", "p_1", "p_2").to_numpy().sum(axis=1), 1.0, atol=1e-5)
     assert "Misclassified" in (latest / "report.html").read_text()
@@ -184,7 +186,7 @@ def test_npz_multilabel_task_end_to_end(tmp_path: Path) -> None:
     champion = json.loads((registry / "champion.json").read_text())["version"]
     assert json.loads((registry / champion / "manifest.json").read_text())["model"]["classes"] == FINDINGS
     scored = pl.read_parquet(root / "predictions" / spec.name / "batch_0001" / f"{champion}.parquet")
-    assert sorted(scored["id"].to_list()) == [f"new_cases_test_{i}" for i in range(3)]
+    assert sorted(scored["id"].to_list()) == sorted(npz_record_id("batch_0001", "new_cases.npz", "test", i) for i in range(3))
     probs = scored.select(f"p_{f}" for f in FINDINGS).to_numpy()
     assert ((probs >= 0) & (probs <= 1)).all() and "predicted" not in scored.columns
     assert scored["risk_band"].null_count() == 3
@@ -211,7 +213,7 @@ def test_real_dicom_files_through_ingestion_and_validation(tmp_path: Path) -> No
         assert checks["validated_records_suite"] is True
         records = next(m for m in result.asset_materializations_for_node(f"{spec.name}__validated_records"))
         assert records.metadata["dagster/row_count"].value == 4
-    assert (root / "quarantine" / spec.name / "batch_0001" / "truncated.dcm" / "reason.json").exists()
+    assert file_reason(root / "quarantine" / spec.name / "batch_0001", "truncated.dcm").exists()
     from meddiag_pipelines.ingestion.warehouse import Warehouse
 
     ledger = Warehouse(root / "warehouse" / "meddiag.duckdb").ledger(spec.name)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import io
 import os
+import pickle
 import shutil
 import struct
+import zipfile
 import zlib
 from pathlib import Path
 
@@ -19,8 +21,10 @@ from pydicom.data import get_testdata_file
 from scripts.phantoms import write_phantom_batch
 from meddiag_pipelines.imaging.readers import (
     ImageBatchError,
+    ImageRejected,
     load_pixels,
     multilabel_matrix,
+    npz_record_id,
     read_dicom_batch,
     read_image_batch,
 )
@@ -291,7 +295,7 @@ def test_npz_medmnist_layout(tmp_path: Path) -> None:
     assert result.rejected == []
     assert rec.height == 22
     assert rec.group_by("predefined_split").len().sort("predefined_split").rows() == [("test", 6), ("train", 12), ("val", 4)]
-    row = rec.filter(pl.col("id") == "pneumoniamnist_val_2").row(0, named=True)
+    row = rec.filter(pl.col("id") == npz_record_id("b", "pneumoniamnist.npz", "val", 2)).row(0, named=True)
     assert row["source"] == "pneumoniamnist.npz#val:2"
     assert row["label"] == str(int(arrays["val_labels"][2, 0]))
     assert (row["height"], row["width"], row["channels"], row["bit_depth"]) == (28, 28, 1, 8)
@@ -307,7 +311,7 @@ def test_npz_multilabel_and_rgb(tmp_path: Path) -> None:
     spec = make_spec("npz", multi_label=True, channels=3)
     rec = read_image_batch(batch, spec).records
     train = rec.filter(pl.col("predefined_split") == "train").sort("id", descending=False)
-    ordered = [train.filter(pl.col("id") == f"chest_train_{i}")["label"][0] for i in range(12)]
+    ordered = [train.filter(pl.col("id") == npz_record_id("b", "chest.npz", "train", i))["label"][0] for i in range(12)]
     np.testing.assert_array_equal(multilabel_matrix(ordered, 14), arrays["train_labels"].astype(np.float32))
     assert rec["channels"].unique().to_list() == [3]
     assert load_pixels(batch, "chest.npz#test:0", spec).shape == (3, 28, 28)
@@ -330,7 +334,7 @@ def test_npz_bad_files_rejected(tmp_path: Path) -> None:
     result = read_image_batch(batch, make_spec("npz"))
     p = problems(result)
     assert set(p) == {"wrongkeys.npz", "wrongshape.npz", "mismatch.npz", "floatimg.npz", "pickled.npz", "corrupt.npz"}
-    assert "unexpected keys" in p["wrongkeys.npz"]
+    assert "unexpected keys (2 arrays)" in p["wrongkeys.npz"]  # member names come from the file: never quoted
     assert "shape" in p["wrongshape.npz"]
     assert "(3, 1)" in p["mismatch.npz"]
     assert "uint8" in p["floatimg.npz"]
@@ -340,6 +344,63 @@ def test_npz_bad_files_rejected(tmp_path: Path) -> None:
     assert sum(s.startswith("good.npz#") for s in sources) == 22
     unl = result.records.filter(pl.col("source").str.starts_with("unlabelled.npz"))
     assert unl.height == 2 and unl["label"].null_count() == 2
+
+
+def raw_pickle_npz(path: Path, marker: Path) -> None:
+    """An npz whose images member is a raw pickle (no .npy header) that would create ``marker`` if unpickled."""
+
+    class Payload:
+        def __reduce__(self):
+            return os.mkdir, (str(marker),)
+
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("train_images.npy", pickle.dumps(Payload()))
+        labels = io.BytesIO()
+        np.save(labels, np.zeros((2, 1), np.int64))
+        zf.writestr("train_labels.npy", labels.getvalue())
+
+
+def test_an_npz_with_a_raw_pickle_member_is_rejected_alone_and_never_unpickled(tmp_path: Path) -> None:
+    batch = tmp_path / "b"
+    batch.mkdir()
+    medmnist_npz(batch / "good.npz")
+    raw_pickle_npz(batch / "bad.npz", tmp_path / "unpickled")
+    result = read_image_batch(batch, make_spec("npz"))
+    assert problems(result) == {"bad.npz": "train_images is not a NumPy array (raw bytes such as a pickle, which "
+                                           "is never loaded)"}  # fmt: skip
+    assert result.records.height == 22 and not (tmp_path / "unpickled").exists()
+    with pytest.raises(ImageRejected, match="train_images is not a NumPy array"):
+        load_pixels(batch, "bad.npz#train:0", make_spec("npz"))
+
+
+def test_npz_ids_are_unique_per_batch_and_file_path_and_stable(tmp_path: Path) -> None:
+    for name in ("b1", "b2"):
+        (tmp_path / name / "a").mkdir(parents=True)
+        medmnist_npz(tmp_path / name / "a" / "b.npz", n=(3, 0, 0))
+        medmnist_npz(tmp_path / name / "a_b.npz", n=(3, 0, 0))
+    ids = {name: read_image_batch(tmp_path / name, make_spec("npz")).records["id"].to_list() for name in ("b1", "b2")}
+    assert len(set(ids["b1"])) == 6 and not set(ids["b1"]) & set(ids["b2"])  # a/b.npz != a_b.npz; b1 != b2
+    assert read_image_batch(tmp_path / "b1", make_spec("npz")).records["id"].to_list() == ids["b1"]  # stable
+
+
+@pytest.mark.parametrize(("fmt", "found"), [("GIF", "GIF"), ("BMP", "BMP"), ("WEBP", "WebP"), ("TIFF", "TIFF")])
+def test_an_image_whose_signature_is_not_its_extension_is_rejected(tmp_path: Path, fmt: str, found: str) -> None:
+    batch = tmp_path / "b"
+    batch.mkdir()
+    pixels = np.random.default_rng(0).integers(0, 256, (32, 32), dtype=np.uint8)
+    Image.fromarray(pixels).save(batch / "disguised.png", format=fmt)
+    Image.fromarray(pixels).save(batch / "disguised.jpg", format=fmt)
+    Image.fromarray(pixels).save(batch / "real.png", format="PNG")
+    Image.fromarray(pixels).save(batch / "png_as.jpeg", format="PNG")
+    result = read_image_batch(batch, make_spec("folder"))
+    assert problems(result) == {
+        "disguised.png": f"file signature mismatch: its first bytes are {found}, not PNG as its .png extension says",
+        "disguised.jpg": f"file signature mismatch: its first bytes are {found}, not JPEG as its .jpg extension says",
+        "png_as.jpeg": "file signature mismatch: its first bytes are PNG, not JPEG as its .jpeg extension says",
+    }
+    assert result.records["source"].to_list() == ["real.png"]
+    with pytest.raises(ImageRejected, match=f"its first bytes are {found}, not PNG"):
+        load_pixels(batch, "disguised.png", make_spec("folder"))
 
 
 def test_dicom_without_labels_csv_and_all_rejected_batches(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ import pytest
 
 from meddiag_pipelines.ingestion.batches import ingest_new_batches, reconcile, validate_pending_batches
 from meddiag_pipelines.ingestion.landing import describe_batch, ready_batch_dirs
+from meddiag_pipelines.ingestion.quarantine import file_reason
 from meddiag_pipelines.tabular.readers import read_tabular_batch
 from meddiag_pipelines.ingestion.warehouse import Warehouse
 from meddiag_pipelines.specs import LandingSpec
@@ -92,7 +93,7 @@ def test_bad_batch_is_quarantined_while_good_one_flows(synthetic_spec, layout, b
     assert [q["batch"] for q in validation.quarantined] == ["b1_bad"]
     why = reason(layout, "synthetic_risk", "b1_bad")
     assert any(f["column"] == column and f["expectation"] == expectation for f in why["failures"])
-    assert (layout.quarantine("synthetic_risk") / "b1_bad" / "records.csv").exists()  # moved, not lost
+    assert (layout.quarantine("synthetic_risk") / "b1_bad" / "files" / "records.csv").exists()  # moved, not lost
     assert not (layout.landing("synthetic_risk") / "b1_bad").exists()
     counts = reconcile(synthetic_spec, warehouse)
     assert counts["landed_batches"] == counts["validated_batches"] + counts["quarantined_batches"] == 2
@@ -263,3 +264,23 @@ def test_a_catalog_of_an_earlier_release_moves_its_ledger_to_objects(layout):
     with warehouse.connect() as con:
         kinds = dict(con.execute("SELECT table_name, table_type FROM information_schema.tables").fetchall())
     assert kinds == {"ingest_ledger": "VIEW", "task_state": "VIEW"}
+
+
+def test_landed_files_named_like_the_quarantines_own_are_kept_intact(synthetic_spec, layout):
+    """A landed reason.json, or names like the temporary files of the reason's atomic write (old enough for the
+    sweep), are data: quarantined intact beside the quarantine's own reason, never swept or overwritten."""
+    folder = land(layout, "synthetic_risk", "b1", synthetic_records(20, seed=1))
+    landed = {"reason.json": b'{"landed": 1}', "reason.json.0123456789ab": b"a", ".reason.json.x1.tmp": b"b"}
+    for name, data in landed.items():
+        (folder / name).write_bytes(data)
+        os.utime(folder / name, (time.time() - 7200, time.time() - 7200))
+    pipe = land(layout, "synthetic_risk", "b2", synthetic_records(20, seed=2, start=100)) / "reason.json"
+    os.mkfifo(pipe)  # set aside on its own before reading: its reason must not replace it
+    _, ingest, records, _ = run_ingestion(synthetic_spec, layout)
+    kept = layout.quarantine("synthetic_risk") / "b1"
+    assert {name: (kept / "files" / name).read_bytes() for name in landed} == landed
+    assert "unsupported file type '.json'" in reason(layout, "synthetic_risk", "b1")["problem"]
+    assert (layout.quarantine("synthetic_risk") / "b2" / "files" / "reason.json").is_fifo()
+    why = json.loads(file_reason(layout.quarantine("synthetic_risk") / "b2", "reason.json").read_text())
+    assert why["file"] == "reason.json" and "not a regular file" in why["problem"]
+    assert ingest.ingested == ["b2"] and records.height == 20

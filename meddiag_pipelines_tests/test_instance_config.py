@@ -32,3 +32,9 @@ def test_cli_without_dagster_home_sends_no_telemetry(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert "RUN_SUCCESS" in done.stderr
     assert not (tmp_path / "home" / ".dagster" / "logs").exists()
+
+
+def test_run_monitoring_frees_the_slots_of_finished_runs():
+    """Dagster's daemon frees the pool slots a finished run still holds only when this is above 0 (0 turns it off)."""
+    monitoring = yaml.safe_load((REPO / "dagster_home" / "dagster.yaml").read_text())["run_monitoring"]
+    assert monitoring["enabled"] is True and monitoring["free_slots_after_run_end_seconds"] > 0

@@ -166,7 +166,7 @@ def test_a_tabular_task_on_an_s3_data_root(s3_root, tmp_path, synthetic_spec, mo
     version = champion["version"]
     for rel in (f"models/{task}/{version}/manifest.json", f"models/{task}/{version}/report.html",
                 f"reports/{task}/latest/metrics.json", f"quarantine/{task}/b2/reason.json",
-                f"quarantine/{task}/b2/records.csv"):  # fmt: skip
+                f"quarantine/{task}/b2/files/records.csv"):  # fmt: skip
         assert root.exists(rel), rel
     assert root.read_json(f"reports/{task}/latest.json")["version_dir"] == f"models/{task}/{version}"
     assert root.list(f"warehouse/tables/{task}") == ["features", "split", "validated_records"]

@@ -15,7 +15,7 @@ from meddiag_pipelines.defs.automation.landing import RANGE_END, RANGE_START, ra
 from meddiag_pipelines.defs.partitions import ingestion_keys, partition_key_problem, scan_landing
 from meddiag_pipelines.defs.resources.storage import MeddiagStorage
 from meddiag_pipelines.__main__ import main
-from meddiag_pipelines.update import group_keys, plan_batches, run_task_in_process, update_task, whole_task_run
+from meddiag_pipelines.update import UpdateError, group_keys, plan_batches, run_task_in_process, update_task, whole_task_run
 from meddiag_pipelines_tests.conftest import land, synthetic_records
 
 TASK = "synthetic_risk"
@@ -208,7 +208,7 @@ def test_update_runs_every_task_past_a_failed_one_and_a_bad_spec_and_exits_1(tmp
     (tmp_path / "home").mkdir()
     ran = []
 
-    def fake_update(spec, instance, partition=None):
+    def fake_update(spec, instance, partition=None, **kwargs):
         ran.append(spec.name)
         if spec.name == "breast_cancer":
             raise update.UpdateError("breast_cancer: run x failed")
@@ -247,3 +247,39 @@ def test_update_brings_a_task_up_to_date_once(synthetic_spec, layout, monkeypatc
                                                               "b4": "validated"}  # fmt: skip
     assert champion is not None and (layout.quarantine(TASK) / "b2" / "reason.json").is_file()
     assert not again.batch_runs and again.downstream_run is None and n_runs == 3
+
+
+def test_update_of_a_task_that_could_not_be_built_runs_nothing_and_says_so(synthetic_spec, layout):
+    """Issue 24: a task whose spec loads but whose assets Dagster refused (a spec_errors asset) is named, not run."""
+    land(layout, TASK, "b1", synthetic_records(20, seed=1))
+    defs = build_definitions([synthetic_spec.model_copy(update={"name": "other_task"})], layout.root)
+    with dg.instance_for_test() as instance:
+        with pytest.raises(UpdateError, match=f"{TASK}: the task could not be built .* nothing was run"):
+            update_task(synthetic_spec, instance, defs=defs)
+        assert not instance.get_runs() and not instance.get_dynamic_partitions(PARTITIONS)
+
+
+def test_a_symlinked_landing_folder_is_refused_with_an_error_never_reported_up_to_date(
+        synthetic_spec, layout, tmp_path, monkeypatch, caplog):  # fmt: skip
+    """Links are never followed, even one inside the data root; scanning through it would find no batch."""
+    import yaml
+
+    from meddiag_pipelines.defs.automation.landing import build_landing_sensor
+
+    real = land(layout, TASK, "b1", synthetic_records(20, seed=1)).parent.rename(layout.root / "exports")
+    layout.landing(TASK).symlink_to(real, target_is_directory=True)
+    (tmp_path / "tasks").mkdir()
+    (tmp_path / "tasks" / f"{TASK}.yaml").write_text(yaml.safe_dump(synthetic_spec.model_dump(mode="json")))
+    (tmp_path / "home").mkdir()
+    for name, value in (("MEDDIAG_TASKS_DIR", "tasks"), ("MEDDIAG_DATA_DIR", "data"), ("DAGSTER_HOME", "home")):
+        monkeypatch.setenv(name, str(tmp_path / value))
+    assert main(["update", TASK]) == 1
+    [error] = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert f"landing/{TASK} is a symbolic link" in error.getMessage() and "up to date" not in caplog.text
+
+    job = dg.define_asset_job("synthetic_risk_batches_job", selection=dg.AssetSelection.groups(TASK))
+    with dg.instance_for_test() as instance:  # the sensor's tick fails with the same reason
+        context = dg.build_sensor_context(instance=instance, resources={"storage": MeddiagStorage(data_dir=str(layout.root))})
+        with pytest.raises(ValueError, match=f"landing/{TASK} is a symbolic link"):
+            build_landing_sensor(synthetic_spec, job)(context)
+        assert instance.get_dynamic_partitions(PARTITIONS) == []

@@ -17,13 +17,16 @@ import logging
 import re
 
 import dagster as dg
+import numpy as np
 import polars as pl
 import pytest
 
 from meddiag_pipelines.definitions import build_definitions
+from meddiag_pipelines.ingestion.warehouse import Warehouse
+from meddiag_pipelines.layout import DataLayout
 from meddiag_pipelines.update import run_task_in_process
 from meddiag_pipelines.specs import TaskSpec
-from meddiag_pipelines_tests.conftest import synthetic_records
+from meddiag_pipelines_tests.conftest import land, synthetic_records
 from meddiag_pipelines_tests.test_crash_safety import FAST_SPEC, TASK, land_batch
 from meddiag_pipelines_tests.test_text_pipeline import _strings_of_parquet
 
@@ -92,3 +95,84 @@ def test_no_identifier_canary_leaks_from_an_in_process_run(tmp_path, caplog, cap
     assert CANARY.search(contents(data / "reports" / TASK / "latest" / "test_predictions.parquet"))
     reasons = sorted(p.parent.name for p in (data / "quarantine" / TASK).glob("*/reason.json"))
     assert reasons == ["batch_0002_dupes", "batch_0003_reexport", "batch_0004_ragged"]
+
+
+# -- issue 24: values found in the data never appear in a message --------------------------------------------------
+VALUE_CANARY = re.compile(r"PHICANARY(?:HDR|DOM|OUT)")
+
+
+def _header_less(folder, header_row: str, rows: str, name: str) -> None:
+    """``name`` holding rows only: its first row, a row of data, stands where the header should be."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / name).write_text(header_row + "\n" + rows)
+    (folder / "_READY").touch()
+
+
+def _land_value_canaries(layout, task: str) -> None:
+    """Tabular batches whose data values carry canaries into every message a bad batch causes: a first batch
+    whose labels cannot fix a binary task's domain (many values), a good batch that fixes it, a batch with labels
+    outside the domain, and a CSV without a header row."""
+    base = synthetic_records(40, seed=5)
+    many = base.with_columns(pl.Series("outcome", ["yes", *(f"PHICANARYDOM{i}Z" for i in range(39))]))
+    land(layout, task, "batch_0001_many", many)
+    land(layout, task, "batch_0002_good", synthetic_records(200, seed=6, start=100))
+    outside = synthetic_records(30, seed=7, start=400).with_columns(
+        pl.when(pl.int_range(pl.len()) % 3 == 0).then(pl.format("PHICANARYOUT{}Z", pl.int_range(pl.len())))
+        .otherwise(pl.col("outcome")).alias("outcome"))  # fmt: skip
+    land(layout, task, "batch_0003_outside", outside)
+    rows = synthetic_records(5, seed=8, start=600).write_csv(include_header=False)
+    _header_less(layout.landing(task) / "batch_0004_headerless", "PHICANARYHDR_Jane_Doe,p1,1.5,2,3,A,yes", rows,
+                 "records.csv")
+
+
+def _land_image_canaries(layout, task: str) -> None:
+    """Image batches: a labels.csv without a header row, and labels outside the declared classes."""
+    from PIL import Image
+
+    for batch, labels in (("batch_0001_headerless", None), ("batch_0002_outside", ["normal", "PHICANARYOUT_Z"])):
+        folder = layout.landing(task) / batch
+        folder.mkdir(parents=True)
+        for i in range(6):
+            Image.fromarray(np.random.default_rng(i).integers(0, 256, (28, 28), dtype=np.uint8)).save(folder / f"i{i}.png")
+        if labels is None:
+            _header_less(folder, "i0.png,PHICANARYHDR_John_Roe_1961-04-02,i0", "".join(
+                f"i{i}.png,normal,i{i}\n" for i in range(1, 6)), "labels.csv")
+            continue
+        rows = [{"file": f"i{i}.png", "label": labels[i % 2], "id": f"i{i}"} for i in range(6)]
+        pl.DataFrame(rows).write_csv(folder / "labels.csv")
+        (folder / "_READY").touch()
+
+
+VALUE_TASKS = {
+    "tabular": ({**FAST_SPEC, "classes": None}, _land_value_canaries, 3),
+    "image": ({"name": "phantoms", "modality": "image", "label": "label", "id": "id", "positive": "finding",
+               "classes": ["normal", "finding"], "image": {"format": "folder", "size": 28}}, _land_image_canaries, 2),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("modality", list(VALUE_TASKS))
+def test_no_value_of_a_bad_batch_appears_in_any_message(tmp_path, caplog, capfd, modality):
+    """Issue 24: a header-less first row, labels outside the domain, and a first batch's many labels were quoted
+    into quarantine reasons, the ledger, the logs and the event log. Ingestion and validation of such batches:
+    no canary in any reason.json, ledger entry, log record, printed line or Dagster event log record."""
+    raw_spec, land_canaries, n_quarantined = VALUE_TASKS[modality]
+    spec = TaskSpec.model_validate(raw_spec)
+    layout = DataLayout(tmp_path / "data")
+    land_canaries(layout, spec.name)
+    defs = build_definitions([spec], layout.root)
+    with caplog.at_level(logging.DEBUG), dg.instance_for_test() as instance:
+        run_task_in_process(defs, spec, instance, ["raw_records", "validated_records"], raise_on_error=False)
+        events = event_log_text(instance)
+    printed = capfd.readouterr()
+    ledger = json.dumps(Warehouse(layout.warehouse_db()).ledger(spec.name).to_dicts(), default=str)
+    reasons = {p: p.read_text() for p in (layout.root / "quarantine").rglob("reason.json")}
+    outputs = {"event log": events, "printed output": printed.out + printed.err, "log records": caplog.text,
+               "ledger": ledger, **{str(p.relative_to(tmp_path)): text for p, text in reasons.items()}}  # fmt: skip
+    assert not [name for name, text in outputs.items() if VALUE_CANARY.search(text)]
+    # Each bad batch was quarantined and said why, in counts and declared names.
+    assert len({p.relative_to(layout.root / "quarantine" / spec.name).parts[0] for p in reasons}) == n_quarantined
+    said = "\n".join(reasons.values())
+    assert "has no header row with the" in said and "rows hold labels outside the task's classes" in said
+    if modality == "tabular":
+        assert "it holds the positive class and 39 other distinct values" in said
+        assert "(fixed by the task's first validated batch: no, yes): 10 distinct values" in said

@@ -6,7 +6,7 @@ import string
 import numpy as np
 import polars as pl
 import pytest
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
 from meddiag_pipelines.split import SPLIT_COLUMN, assign_split
@@ -17,7 +17,7 @@ from meddiag_pipelines.tabular.readers import read_tabular_batch
 from meddiag_pipelines.ingestion.warehouse import Warehouse
 from meddiag_pipelines.layout import DataLayout
 from meddiag_pipelines.specs import TaskSpec
-from meddiag_pipelines.validation.suites import identifier_columns, run_suite, tabular_expectations, validate_tabular
+from meddiag_pipelines.validation.suites import run_suite, tabular_expectations, validate_tabular
 from meddiag_pipelines_tests.conftest import SYNTHETIC_SPEC, fast, land, synthetic_records
 from meddiag_pipelines_tests.test_tabular_totality import train_and_score
 
@@ -118,5 +118,117 @@ def test_a_batch_is_quarantined_with_a_reason_or_trains_and_scores(tmp_path_fact
         assert "Zqx" not in text and "1e+39" not in text and "3e+38" not in text
     event("quarantined" if ingest.quarantined or validation.quarantined else "trained with it")
     assert "good-batch" in set(records[BATCH_COLUMN])
-    assert run_suite(records, tabular_expectations(spec, records.columns), identifier_columns(spec), spec.name) == []
+    assert run_suite(records, tabular_expectations(spec, records.columns), spec.name) == []
     train_and_score(records, spec, root / "model")
+
+
+# -- whatever passes validation flows through every later step, whatever Arrow type a column has (issue 24) --------
+def _arrow_kinds() -> dict:
+    """Arrow type -> a strategy for one of its values: every flat type Arrow and Polars write, and nested ones."""
+    import datetime as dt
+    import decimal
+
+    import pyarrow as pa
+
+    utc = st.just(dt.timezone.utc)
+    instants = st.datetimes(dt.datetime(1900, 1, 1), dt.datetime(2200, 1, 1))
+    small = st.integers(-(2**31), 2**31 - 1)
+    return {
+        pa.int8(): st.integers(-128, 127), pa.int64(): st.integers(-(2**63), 2**63 - 1), pa.uint8(): st.integers(0, 255),
+        pa.uint64(): st.integers(0, 2**64 - 1), pa.float16(): st.floats(width=16).map(np.float16),
+        pa.float32(): st.floats(width=32), pa.float64(): st.floats(),
+        pa.decimal128(12, 3): st.decimals(-10**8, 10**8, places=3).map(decimal.Decimal),
+        pa.bool_(): st.booleans(), pa.string(): st.text(max_size=8), pa.large_string(): st.text(max_size=8),
+        pa.binary(): st.one_of(st.binary(max_size=6), st.text(max_size=6).map(str.encode)),
+        pa.large_binary(): st.binary(max_size=6), pa.binary(3): st.binary(min_size=3, max_size=3),
+        pa.date32(): st.dates(), pa.date64(): st.dates(), pa.time32("s"): st.times().map(lambda t: t.replace(microsecond=0)),
+        pa.time64("ns"): st.times(), pa.timestamp("s"): instants, pa.timestamp("ns", tz="UTC"): instants.map(lambda d: d.replace(tzinfo=dt.timezone.utc)),
+        pa.timestamp("ms", tz="America/New_York"): st.datetimes(dt.datetime(1970, 1, 2), dt.datetime(2100, 1, 1), timezones=utc),
+        pa.duration("s"): st.timedeltas(dt.timedelta(days=-10**5), dt.timedelta(days=10**5)),
+        pa.duration("ns"): st.timedeltas(dt.timedelta(days=-10**4), dt.timedelta(days=10**4)),
+        pa.null(): st.none(), pa.dictionary(pa.int8(), pa.string()): st.sampled_from(["a", "b", "Mary Smith"]),
+        pa.list_(pa.int32()): st.lists(small, max_size=3), pa.struct([("a", pa.int32())]): st.fixed_dictionaries({"a": small}),
+    }  # fmt: skip
+
+
+ARROW_KINDS = _arrow_kinds()
+TYPED_ROWS = 120  # per batch: enough for every split to hold both classes of the synthetic outcome
+
+
+@st.composite
+def typed_columns(draw) -> dict:
+    """Column name -> (Arrow type, values): a few distinct values (nulls among them) repeated over the rows, so
+    categorical levels, medians and copies all occur; names may replace a key, the label or a declared column."""
+    out = {}
+    for name in draw(st.lists(st.sampled_from(["extra", "Extra2", "group", "x1", "outcome", "pid"]), max_size=3, unique=True)):
+        kind = draw(st.sampled_from(list(ARROW_KINDS)))
+        pool = draw(st.lists(st.one_of(st.none(), ARROW_KINDS[kind]), min_size=1, max_size=6))
+        out[name] = (kind, [pool[i % len(pool)] for i in range(TYPED_ROWS)])
+    return out
+
+
+def _land_typed(layout: DataLayout, batch: str, start: int, columns: dict) -> bool:
+    """A Parquet batch of synthetic records with ``columns`` set; False if Arrow cannot build one of them."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = synthetic_records(TYPED_ROWS, seed=7, start=start).to_arrow()
+    for name, (kind, values) in columns.items():
+        try:
+            array = pa.array(values, type=kind)
+        except (pa.ArrowException, OverflowError, ValueError, TypeError):
+            return False
+        index = table.schema.get_field_index(name)
+        table = table.set_column(index, name, array) if index >= 0 else table.append_column(name, array)
+    folder = layout.landing(SPEC.name) / batch
+    folder.mkdir(parents=True)
+    pq.write_table(table, folder / "records.parquet")
+    (folder / "_READY").touch()
+    return True
+
+
+def _fit_and_score(features: pl.DataFrame, plan, spec: TaskSpec, split: pl.DataFrame) -> None:
+    """The cheapest model path: two boosting rounds on the training rows under the plan's model names, then
+    scoring rows transformed by the plan read back from JSON (as the registry stores it)."""
+    import xgboost as xgb
+
+    from meddiag_pipelines.tabular.modality import feature_matrix
+    from meddiag_pipelines.tabular.features import FeaturePlan, transform
+
+    train = features.filter(pl.col(SPLIT_COLUMN) == "train")
+    X, _ = feature_matrix(train)
+    assert np.isfinite(X).all()
+    y = (train[spec.label] == spec.positive).cast(pl.Int8).to_numpy()
+    booster = xgb.train({"tree_method": "hist", "max_depth": 2}, xgb.DMatrix(X, y, feature_names=plan.model_names), 2)
+    again = FeaturePlan.from_dict(json.loads(json.dumps(plan.as_dict(), sort_keys=True)))
+    rows = transform(split.head(9), again).select(booster.feature_names).to_numpy()
+    proba = booster.predict(xgb.DMatrix(rows, feature_names=booster.feature_names))
+    assert proba.shape == (rows.shape[0],) and np.isfinite(proba).all()
+
+
+@settings(max_examples=20, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])  # fmt: skip
+@given(first=typed_columns(), second=typed_columns())
+def test_whatever_arrow_type_passes_validation_flows_through_split_features_and_a_model(tmp_path_factory, first, second):
+    """Two Parquet batches whose columns take random Arrow types, values and nulls (a key, the label or a
+    declared column among them): each is quarantined with a reason, or its rows go through reading, the
+    warehouse, validation, split, features, a model fit and scoring; no step after validation raises."""
+    from meddiag_pipelines.tabular.modality import feature_table
+    from meddiag_pipelines.split import check_split, split_by_content
+
+    spec = SPEC.model_copy(update={"null_values": {"extra": ["?"], "group": ["NA"]}})
+    layout = DataLayout(tmp_path_factory.mktemp("typed") / "data")
+    assume(_land_typed(layout, "a", 0, first) and _land_typed(layout, "b", 1000, second))
+    warehouse = Warehouse(layout.warehouse_db())
+    ingest = ingest_new_batches(spec, layout, warehouse, read_tabular_batch)
+    records, validation = validate_pending_batches(spec, layout, warehouse, validate_tabular)
+    for reason in ingest.quarantined:
+        assert reason["file"] in ("records.parquet", reason["batch"]) and reason["problem"]
+    event(f"{2 - len(ingest.quarantined) - len(validation.quarantined)} batches validated")
+    if records.is_empty():
+        return
+    split, _ = split_by_content(records, spec)
+    check_split(split, spec)
+    features, plan = feature_table(split, spec)
+    assert features.height == split.height
+    _fit_and_score(features, plan, spec, split)

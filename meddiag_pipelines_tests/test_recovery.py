@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
+import shutil
+import time
 
 import dagster as dg
 import polars as pl
@@ -62,13 +65,62 @@ def test_requeue_after_a_spec_fix_reads_the_batch_again(synthetic_spec, layout, 
     assert cli.main(["requeue", TASK, "b1", "--data-dir", str(layout.root)]) == 0
     back = layout.landing(TASK) / "b1"
     assert (back / "_READY").is_file() and (back / "records.csv").is_file()
-    assert not (back / "reason.json").exists() and (back / "_REQUEUED_reason.json").is_file()
+    assert sorted(p.relative_to(back).as_posix() for p in back.rglob("*")) == ["_READY", "records.csv"]
+    [kept] = (layout.quarantine(TASK) / "_requeued").iterdir()  # the reason stays in quarantine, not as data
+    assert json.loads((kept / "reason.json").read_text())["batch"] == "b1" and not (layout.quarantine(TASK) / "b1").exists()
     assert _status(layout, "b1") is None and "is back in" in capsys.readouterr().out
 
     fixed = synthetic_spec.model_copy(update={"classes": ["maybe", "no", "yes"], "positive": None})
     records, validation = _run(fixed, layout)
     assert validation.validated == ["b1"] and records.height == 40 and _status(layout, "b1") == "validated"
 
+
+def _split_batch(spec, layout):
+    """Quarantined batch b1, split over two quarantine folders: a FIFO set aside before reading, a file added after
+    ingestion (quarantine/<task>/b1.changed-<time>/), then the whole batch refused by validation (a bad label)."""
+    folder = land(layout, TASK, "b1", synthetic_records(40, seed=1).with_columns(pl.lit("maybe").alias("outcome")))
+    (folder / "sub").mkdir()
+    os.mkfifo(folder / "sub" / "pipe")
+    warehouse = Warehouse(layout.warehouse_db())
+    ingest_new_batches(spec, layout, warehouse, read_tabular_batch)
+    (folder / "extra").mkdir()
+    (folder / "extra" / "late.csv").write_text("late\n")
+    os.utime(folder / "extra" / "late.csv", (time.time() + 5, time.time() + 5))
+    assert ingest_new_batches(spec, layout, warehouse, read_tabular_batch).changed
+    validate_pending_batches(spec, layout, warehouse, validate_tabular)
+    assert _status(layout, "b1") == "quarantined" and len(list(layout.quarantine(TASK).iterdir())) == 2
+
+
+def test_requeue_brings_back_every_file_of_a_batch_split_between_quarantine_folders(synthetic_spec, layout):
+    _split_batch(synthetic_spec, layout)
+    assert cli.main(["requeue", TASK, "b1", "--data-dir", str(layout.root)]) == 0
+    back = layout.landing(TASK) / "b1"
+    files = sorted(p.relative_to(back).as_posix() for p in back.rglob("*") if not p.is_dir())
+    assert files == ["_READY", "extra/late.csv", "records.csv", "sub/pipe"]  # each at its own path, no reason.json
+    assert (back / "sub" / "pipe").is_fifo() and (back / "extra" / "late.csv").read_text() == "late\n"
+    assert [p.name for p in layout.quarantine(TASK).iterdir()] == ["_requeued"] and _status(layout, "b1") is None
+    kept = layout.quarantine(TASK) / "_requeued"
+    assert not [p for p in kept.rglob("*") if not p.is_dir() and p.name != "reason.json"]  # only reasons stay
+
+
+def test_requeue_refuses_to_overwrite_a_file_and_changes_nothing(synthetic_spec, layout, capsys):
+    def tree():
+        return sorted(p.relative_to(layout.root) for p in layout.root.rglob("*") if "warehouse" not in p.parts)
+
+    _split_batch(synthetic_spec, layout)
+    [changed] = layout.quarantine(TASK).glob("b1.changed-*")
+    twice = shutil.copytree(changed, layout.quarantine(TASK) / "b1.changed-20000101T000000Z")  # late.csv set aside twice
+    before = tree()
+    assert cli.main(["requeue", TASK, "b1", "--data-dir", str(layout.root)]) == 1
+    err = capsys.readouterr().err
+    assert "extra/late.csv is in quarantine/synthetic_risk/b1.changed-20000101T000000Z/files/ and in " in err
+    assert "move one of them away and run requeue again" in err and tree() == before
+    shutil.rmtree(twice)
+    land(layout, TASK, "b1", synthetic_records(5, seed=2), ready=False)  # landed again under its name meanwhile
+    before = tree()
+    assert cli.main(["requeue", TASK, "b1", "--data-dir", str(layout.root)]) == 1
+    assert "landing/synthetic_risk/b1 already exists" in capsys.readouterr().err
+    assert tree() == before and _status(layout, "b1") == "quarantined"
 
 @pytest.mark.parametrize("batch", ["b_good", "unknown", "../b_good"])
 def test_requeue_refuses_a_batch_that_is_not_quarantined(synthetic_spec, layout, capsys, batch):
@@ -129,3 +181,22 @@ def test_recovery_refuses_while_the_task_has_a_run_in_flight(synthetic_spec, lay
     instance.report_run_failed(running)  # the run ended; another task's run does not hold this one up
     assert cli.main([*command, "--data-dir", str(layout.root)]) == 0
     assert _status(layout, "b1") is None
+
+
+@pytest.mark.parametrize("command", [["requeue", TASK, "b1"], ["reset", TASK, "--yes"]])
+def test_recovery_releases_a_run_whose_process_is_gone_instead_of_refusing(synthetic_spec, layout, instance, capsys,
+                                                                          command):  # fmt: skip
+    """A run killed with SIGKILL stays 'started' in the instance: it is marked failed, not waited for."""
+    import socket
+    import subprocess
+
+    land(layout, TASK, "b1", synthetic_records(40, seed=1).with_columns(pl.lit("maybe").alias("outcome")))
+    _run(synthetic_spec, layout)
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    killed = instance.add_run(dg.DagsterRun(job_name="__ASSET_JOB", run_id="2" * 36, status=dg.DagsterRunStatus.STARTED,
+                                            tags={"meddiag/task": TASK, "meddiag/host": socket.gethostname(),
+                                                  "meddiag/pid": str(gone.pid)}))  # fmt: skip
+    assert cli.main([*command, "--data-dir", str(layout.root)]) == 0
+    assert f"run {killed.run_id} (started" in capsys.readouterr().out and _status(layout, "b1") is None
+    assert instance.get_run_by_id(killed.run_id).status == dg.DagsterRunStatus.FAILURE

@@ -37,6 +37,19 @@ def test_tasks_dir_adds_specs_without_code(tmp_path, monkeypatch):
         ("name: t\nmodality: tabular\nlabel: y\nid: rid\nsplit: {train: 0.9, val: 0.2, test: 0.2}\n", "split", "sum to 1"),
         ("name: t\nmodality: text\nlabel: y\nid: rid\n", "(top level)", "'text' key"),
         ("name: t\nmodality: tabular\nlabel: y\nid: rid\nunknown_key: 1\n", "unknown_key", "Extra inputs"),
+        # Issue 24: values Dagster refuses when it builds the task (or, the time zone, at the first tick).
+        ("name: t\nmodality: tabular\nlabel: y\nid: rid\nschedule: {cron: every day at noon}\n", "schedule.cron", "five fields"),
+        ("name: t\nmodality: tabular\nlabel: y\nid: rid\nschedule: {cron: '0 0 12 * * *'}\n", "schedule.cron", "five fields"),
+        ("name: t\nmodality: tabular\nlabel: y\nid: rid\nschedule: {timezone: Mars/Olympus}\n", "schedule.timezone", "time zone"),
+        ("name: t\nmodality: tabular\nlabel: y\nid: rid\nowner: not an owner\n", "owner", "email address or 'team:"),
+        ("name: t\nmodality: tabular\nlabel: y\nid: rid\nowner: 'team:'\n", "owner", "email address or 'team:"),
+        # Issue 24: the label as an id, a feature or an excluded column.
+        ("name: t\nmodality: tabular\nlabel: y\nid: y\n", "(top level)", "the label column 'y' is also named by id"),
+        ("name: t\nmodality: tabular\nlabel: y\npatient_id: y\n", "(top level)", "also named by patient_id"),
+        ("name: t\nmodality: text\nlabel: y\ntext: y\n", "(top level)", "also named by text"),
+        ("name: t\nmodality: tabular\nlabel: y\nnumeric: [a, y]\n", "(top level)", "also named by numeric"),
+        ("name: t\nmodality: tabular\nlabel: y\ncategorical: [y]\n", "(top level)", "also named by categorical"),
+        ("name: t\nmodality: tabular\nlabel: y\nexclude: [y]\n", "(top level)", "also named by exclude"),
     ],
 )
 def test_bad_spec_names_file_key_and_problem(tmp_path, text, key, problem):
@@ -51,6 +64,30 @@ def test_unreadable_yaml_names_file(tmp_path):
     path = write(tmp_path, "broken.yaml", "name: [unclosed\n")
     with pytest.raises(SpecError, match="broken.yaml: cannot read YAML"):
         load_spec(path)
+
+
+def test_good_schedules_and_owners_load(tmp_path):
+    spec = load_spec(write(tmp_path, "ok.yaml", GOOD + "owner: ward@example.org\n"
+                           "schedule: {cron: '@daily', timezone: Europe/Paris}\n"))  # fmt: skip
+    assert (spec.owner, spec.schedule.cron, spec.schedule.timezone) == ("ward@example.org", "@daily", "Europe/Paris")
+
+
+@pytest.mark.parametrize(
+    ("text", "place"),
+    [
+        ("name: t\nlabel: [PHICANARY unclosed\n", "at line 3, column 1"),
+        ("name: t\nlabel: y\n  PHICANARY: : x\n", "at line 3, column 12"),
+        ("name: t\ndescription: 'PHICANARY\n", "at line 3, column 1"),
+        ("name: t\nPHICANARY: 1\nPHICANARY: 2\n", "at line 3, column 1"),
+    ],
+)
+def test_yaml_errors_name_the_place_without_quoting_the_line(tmp_path, text, place):
+    """PyYAML's messages quote the offending line (issue 24): the error names the file, line and column only."""
+    path = write(tmp_path, "quoted.yaml", text)
+    with pytest.raises(SpecError, match="cannot read YAML") as err:
+        load_spec(path)
+    message = str(err.value).replace("key 'PHICANARY' is given twice", "")  # the duplicate key's own name
+    assert place in message and "PHICANARY" not in message, message
 
 
 def test_duplicate_task_names_are_refused(tmp_path):

@@ -144,7 +144,7 @@ def test_the_split_asset_groups_copied_rows_and_reports_conflicting_labels(synth
                                          .then(pl.when(pl.col("outcome") == "yes").then(pl.lit("no")).otherwise(pl.lit("yes")))
                                          .otherwise(pl.col("outcome")).alias("outcome"))  # fmt: skip
     [split] = build_split_asset(synthetic_spec, None, asset_tags(synthetic_spec))
-    out = split(dg.build_asset_context(), pl.concat([frame, copies]))
+    [out] = split(dg.build_asset_context(), pl.concat([frame, copies]))
     assert CONTENT_COLUMN not in out.value.columns
     assert out.value.tail(30)[SPLIT_COLUMN].to_list() == out.value.head(30)[SPLIT_COLUMN].to_list()
     meta = {k: v.value if hasattr(v, "value") else v for k, v in out.metadata.items()}
@@ -166,3 +166,17 @@ def test_key_columns_are_the_spec_keys_and_internal_marks_a_frame_has_in_its_ord
     assert key_columns_in(frame, synthetic_spec) == [SPLIT_COLUMN, "group", "outcome", COPY_OF_TRAIN_COLUMN, "rid",
                                                       BATCH_COLUMN]  # fmt: skip
     assert key_columns_in(frame.drop("rid"), synthetic_spec.model_copy(update={"patient_id": None}))[-1] == BATCH_COLUMN
+
+
+def test_the_split_asset_without_validated_rows_says_so_and_materializes_nothing(synthetic_spec, capfd):
+    """Issue 24: a task whose only batch is quarantined has no validated rows (a frame without columns); the split
+    says so plainly and yields nothing, so the later steps are skipped rather than failing on a missing column."""
+    import dagster as dg
+
+    from meddiag_pipelines.defs.assets.common import asset_tags
+    from meddiag_pipelines.defs.assets.split import build_split_asset
+
+    [split] = build_split_asset(synthetic_spec, None, asset_tags(synthetic_spec))
+    assert list(split(dg.build_asset_context(), pl.DataFrame())) == []
+    warnings = [line for line in capfd.readouterr().err.splitlines() if " - WARNING - " in line]
+    assert any("no validated rows yet" in w for w in warnings), warnings

@@ -118,14 +118,15 @@ def test_a_declared_column_keeps_the_hard_null_check(synthetic_spec):
     assert [(f.column, f.expectation) for f in failures] == [("x1", "expect_column_values_to_not_be_null")]
 
 
-def test_check_failures_carry_counts_and_label_classes_only(synthetic_spec):
+def test_check_failures_carry_counts_only(synthetic_spec):
     frame = synthetic_records(60, seed=17).with_columns(
         pl.when(pl.col("rid") == "r3").then(pl.lit("maybe")).otherwise(pl.col("outcome")).alias("outcome"))
     spec = synthetic_spec.model_copy(update={"ranges": {"x2": (-0.5, 0.5)}})
     failures = {f.expectation: f for f in validate_tabular(frame, spec)}
     ranged = failures["expect_column_values_to_be_between"]
     assert ranged.column == "x2" and ranged.unexpected_count > 0 and ranged.examples == []
-    assert failures["expect_column_values_to_be_in_set"].examples == ["maybe"]
+    domain = failures["expect_column_values_to_be_in_set"]
+    assert domain.unexpected_count == 1 and domain.examples == [] and "maybe" not in domain.problem  # issue 24
 
 
 def test_the_better_model_on_validation_is_the_candidate(synthetic_spec, tmp_path):
@@ -206,3 +207,79 @@ def test_a_chosen_baseline_is_recalibrated_on_validation(synthetic_spec, tmp_pat
     proba = _tabular_predictor(result["plan"].as_dict())(tmp_path / "m" / "logistic", test)
     _, slope = calibration_intercept_slope((test["outcome"] == "yes").to_numpy().astype(int), proba)
     assert 0.5 < slope < 2.0, slope
+
+
+# -- issue 24 -----------------------------------------------------------------------------------------------------
+FIRST = ["Mary", "John", "James", "Linda", "Robert", "Susan", "David", "Karen", "Maria", "Joseph"]
+
+
+def _repeated(values: list[str], n: int) -> pl.Series:
+    """Each value on n / len(values) consecutive rows: frequent enough to be a one-hot level."""
+    return pl.Series([values[i * len(values) // n] for i in range(n)])
+
+
+@pytest.mark.parametrize(("column", "values", "why"), [
+    # no patient id in the spec and ten visits per patient: few distinct names, each frequent (issue 24 #5)
+    ("contact", [f"{f} {CANARY}" for f in FIRST], "look like personal identifiers (NAME)"),
+    ("Surname", [f"{CANARY}{c}" for c in "abcdefghij"], "its name says it holds personal identifiers"),
+    ("patientName", [f"{CANARY}{c}" for c in "abcdefghij"], "its name says it holds personal identifiers"),
+    ("e-mail", [f"{CANARY}{c}" for c in "abcdefghij"], "its name says it holds personal identifiers"),
+    ("visit", [f"2021-03-{d:02d}" for d in range(1, 11)], "look like personal identifiers (DATE)"),
+])  # fmt: skip
+def test_identifier_like_text_columns_are_refused_even_when_their_values_repeat(synthetic_spec, tmp_path, column, values, why):
+    spec = synthetic_spec.model_copy(update={"patient_id": None})
+    frame = synthetic_records(400, seed=23).with_columns(_repeated(values, 400).alias(column))
+    result = train_and_score(frame, spec, tmp_path / "m")
+    assert why in result["plan"].dropped[column]
+    stored = json.dumps(result["plan"].as_dict()) + "".join((tmp_path / "m" / m / "model.json").read_text()
+                                                           for m in ("xgboost", "logistic"))  # fmt: skip
+    assert values[0] not in stored and CANARY not in stored and not any(column in n for n in result["plan"].feature_names)
+
+
+def test_a_declared_categorical_column_is_kept_whatever_its_name(synthetic_spec):
+    frame = synthetic_records(300, seed=24).with_columns(_repeated(["Henry Ford", "Mayo", "Cleveland"], 300).alias("site_name"))
+    plan = fit_plan(frame, synthetic_spec.model_copy(update={"categorical": ["site_name"]}))
+    assert plan.categorical["site_name"] == ["Cleveland", "Henry Ford", "Mayo", "__other__"]
+    assert "site_name" in fit_plan(frame, synthetic_spec).dropped
+
+
+def test_columns_of_types_no_feature_takes_are_not_features_with_the_reason(synthetic_spec):
+    """Data stored by an earlier reader may hold durations, bytes or dates: they are reported, never a crash."""
+    import datetime as dt
+
+    frame = synthetic_records(60, seed=25).with_columns(
+        pl.Series("stay", [dt.timedelta(hours=i) for i in range(60)]),
+        pl.Series("blob", [b"\xff\xfe", b"ok"] * 30, dtype=pl.Binary),
+        pl.Series("seen", [dt.date(2021, 1, 1 + i % 28) for i in range(60)]))  # fmt: skip
+    plan = fit_plan(frame, synthetic_spec.model_copy(update={"categorical": ["seen"]}))
+    assert set(plan.dropped) == {"stay", "blob", "seen"} and "durations" in plan.dropped["stay"]
+    assert transform(frame, plan).width == len(plan.feature_names)
+
+
+def test_a_parquet_batch_of_every_flat_type_trains_and_scores(synthetic_spec, layout, tmp_path):
+    """Issue 24 #1: durations, bytes, dates with a zone, times, decimals, dictionaries beside the records go
+    through reading, validation, split, features, both models and scoring."""
+    import pyarrow.parquet as pq
+
+    from meddiag_pipelines.ingestion.landing import describe_batch
+    from meddiag_pipelines.tabular.readers import read_tabular_batch
+    from meddiag_pipelines_tests.test_tabular_reading import _arrow_columns
+
+    table = synthetic_records(400, seed=26).to_arrow()
+    for name, (values, _) in _arrow_columns(400).items():
+        table = table.append_column(name, values)
+    folder = layout.landing(synthetic_spec.name) / "b1"
+    folder.mkdir(parents=True)
+    pq.write_table(table, folder / "records.parquet")
+    records = read_tabular_batch(describe_batch(synthetic_spec.name, folder), synthetic_spec)
+    assert validate_tabular(records, synthetic_spec) == []
+    plan = train_and_score(records, synthetic_spec, tmp_path / "m")["plan"]
+    assert {"duration", "decimal", "uint64", "float16"} <= set(plan.numeric) and "date" in plan.dropped
+
+
+def test_a_long_value_frequent_enough_to_be_a_level_makes_its_column_free_text(synthetic_spec):
+    values = ["A"] * 380 + [CANARY + " x" * 300] * 20  # mean length about 30: under the free-text mean
+    frame = synthetic_records(400, seed=27).with_columns(pl.Series("code", values))
+    plan = fit_plan(frame, synthetic_spec)
+    assert "would become a feature (over 200): free text" in plan.dropped["code"]
+    assert CANARY not in json.dumps(plan.as_dict())

@@ -20,12 +20,13 @@ from meddiag_pipelines.update import run_task_in_process
 from meddiag_pipelines.ingestion.warehouse import Warehouse
 from meddiag_pipelines.specs import TaskSpec
 from meddiag_pipelines.text.readers import read_text_batch
-from meddiag_pipelines_tests.test_text_pipeline import _strings_of_duckdb
+from meddiag_pipelines_tests.test_text_pipeline import _strings_of_duckdb, _strings_of_parquet
 
 CANARY = "Ottoline Farthingale QX7741Z"
 SPEC = TaskSpec(name="hostile_notes", modality="text", label="dx", text="note", id="nid", classes=["mi", "hf"],
                 min_text_chars=3)  # fmt: skip
 GOOD = "nid,dx,note\ngood1,mi,chest pain on exertion\n"
+WORD_DATE = "the twenty-third of September, nineteen thirty-one"  # issue 24: a date in words reached the warehouse
 
 
 class ReaderBlocked(BaseException):
@@ -158,6 +159,7 @@ def test_no_canary_leaves_the_reader_through_ingestion_logs_or_dagster(tmp_path:
     _write(batch, "notes/a.txt", "a note about chest pain")
     _write(batch, "latin/labels.csv", "file,dx\nn1.txt,mi\n")
     _write(batch, "good.csv", GOOD)
+    _write(batch, "dated.csv", f'nid,dx,note\ngood2,hf,"Fell on {WORD_DATE} and again on Tues. the 4th"\n')
     (batch / "_READY").touch()
     caplog.set_level("DEBUG")
     home = tmp_path / "dagster_home"
@@ -181,6 +183,72 @@ def test_no_canary_leaves_the_reader_through_ingestion_logs_or_dagster(tmp_path:
     for path in home.rglob("*"):
         if path.is_file():
             places[f"dagster:{path.name}"] = path.read_bytes().decode("utf-8", "replace")
+    places["raw records"] = "\n".join(map(_strings_of_parquet, layout.root.rglob("raw_records/**/*.parquet")))
     leaks = [where for where, blob in places.items() if CANARY[:9] in blob or CANARY[-7:] in blob]
     assert leaks == [], leaks
+    dated = [where for where, blob in places.items() if "twenty-third" in blob or "thirty-one" in blob or "Tues" in blob]
+    assert dated == [] and "Fell on the [DATE] and again on [DATE]" in places["raw records"], dated
     assert "a quoted field is never closed" in places["reason.json"]  # the scan does see the reasons
+
+
+# Characters that print nothing: format (Cf), controls, separators of every kind, combining marks alone, and the
+# blank letters and symbols of Hangul and Braille. A note made of them is empty (issue 24).
+INVISIBLE = ["\u200b", "\u200c", "\u200d", "\ufeff", "\u2060", "\u00ad", "\u180e", "\u2061", "\u202e", "\u2066",
+             "\U000e0001", "\x0b", "\x1f", "\u0085", "\u00a0", "\u2007", "\u3000", "\u2028", "\u2029", "\u0301",
+             "\u3164", "\u115f", "\u2800"]  # fmt: skip
+
+
+@pytest.mark.parametrize("blank", INVISIBLE, ids=[f"U+{ord(c):04X}" for c in INVISIBLE])
+def test_invisible_characters_do_not_count_toward_min_text_chars(blank: str):
+    from meddiag_pipelines.text.validation import short_texts
+
+    frame = pl.DataFrame({"nid": ["blank", "padded", "short", "fine"], "dx": ["mi"] * 4,
+                          "note": [blank * 500, f"{blank * 100}ab{blank * 100}", "a" + blank + "b", f"a{blank}bc"]})  # fmt: skip
+    failures = short_texts(frame, SPEC)
+    assert [(f.expectation, f.unexpected_count) for f in failures] == [("text_min_length", 3)]
+    assert "visible characters" in failures[0].problem
+
+
+def test_a_text_over_the_deid_time_limit_rejects_its_file_naming_the_row(tmp_path: Path, monkeypatch):
+    """Issue 24: a note whose scrubbing overruns is never stored unscrubbed; its file is rejected with the row
+    (never the text) and the other files of the batch flow on."""
+    from meddiag_pipelines.text import readers
+    from meddiag_pipelines.text.deid import ScrubTimeout
+
+    def scrub_or_overrun(text: str, time_limit: float | None = None) -> str:
+        if CANARY in text:  # stands for a note whose scrubbing overruns its limit
+            raise ScrubTimeout("finding the identifiers of the text took longer than its time limit")
+        return real_scrub(text, time_limit)
+
+    real_scrub = readers.scrub
+    monkeypatch.setattr(readers, "scrub", scrub_or_overrun)
+    _write(tmp_path, "slow.csv", f"nid,dx,note\ns1,mi,chest pain\ns2,hf,{CANARY} seen on 3/14\n")
+    _write(tmp_path, "good.csv", GOOD)
+    res = read_text_batch(tmp_path, SPEC)
+    assert res.records["id"].to_list() == ["good1"] and res.files_read == ["good.csv"]
+    assert dict(res.rejected) == {"slow.csv": "slow.csv: row 3: its text took longer than 5 s to de-identify, so it "
+                                  "was not stored (MEDDIAG_DEID_SECONDS sets the limit)"}  # fmt: skip
+
+
+def test_a_tiny_deid_time_limit_rejects_every_file_with_text(tmp_path: Path, monkeypatch):
+    """The real scrubber under a limit no text can meet (set as an operator would, in the environment)."""
+    monkeypatch.setenv("MEDDIAG_DEID_SECONDS", "1e-9")
+    _write(tmp_path, "a.csv", f"nid,dx,note\na1,mi,{CANARY} called 555-123-4567\n")
+    _write(tmp_path, "b.jsonl", json.dumps({"nid": "b1", "dx": "hf", "note": CANARY}) + "\n")
+    _write(tmp_path, "notes/labels.csv", "file,dx\nn1.txt,mi\n")
+    _write(tmp_path, "notes/n1.txt", f"Dr. {CANARY}")
+    res = read_text_batch(tmp_path, SPEC)
+    assert res.records.is_empty() and res.files_read == ["notes/labels.csv"]
+    problems = dict(res.rejected)
+    assert {rel: p.split(" took longer")[0] for rel, p in problems.items()} == {
+        "a.csv": "a.csv: row 2: its text", "b.jsonl": "b.jsonl: line 1: its text",
+        "notes/n1.txt": "notes/n1.txt: labels.csv row 2: its text"}  # fmt: skip
+    assert all("1e-09 s to de-identify" in p for p in problems.values()) and CANARY[:9] not in str(problems)
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "five", "nan", "inf"])
+def test_an_invalid_deid_time_limit_stops_the_read_instead_of_rejecting_files(tmp_path: Path, monkeypatch, value):
+    monkeypatch.setenv("MEDDIAG_DEID_SECONDS", value)
+    _write(tmp_path, "good.csv", GOOD)
+    with pytest.raises(ValueError, match="MEDDIAG_DEID_SECONDS must be a positive number of seconds"):
+        read_text_batch(tmp_path, SPEC)

@@ -145,3 +145,56 @@ def test_bundled_icd10_batch_reads_clean():
     assert (df["patient_id"] == df["id"].str.slice(0, 3)).all()
     raw = pl.read_csv(batch / "records.csv", infer_schema=False)
     assert (raw["description"] == df["text"]).all()  # scrubbing leaves ICD-10 descriptions intact
+
+
+# -- issue 24: binary text columns, a repeated header, CR-only line endings ------------------------------------
+def _parquet(path: Path, columns: dict) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table(columns), path)
+
+
+def test_a_parquet_binary_text_column_is_decoded_as_utf8(tmp_path: Path):
+    import pyarrow as pa
+
+    _parquet(tmp_path / "notes.parquet", {"nid": ["a1", "a2"], "dx": pa.array([b"mi", b"hf"], pa.binary()),
+                                          "note": pa.array(["chest pain, 5 mg".encode(), "fièvre".encode()], pa.binary())})  # fmt: skip
+    res = read_text_batch(tmp_path, SPEC)
+    assert res.rejected == [] and res.records.sort("id")["text"].to_list() == ["chest pain, 5 mg", "fièvre"]
+    assert res.records.sort("id")["label"].to_list() == ["mi", "hf"]
+
+
+def test_a_parquet_binary_text_column_that_is_not_utf8_rejects_its_file_naming_the_column(tmp_path: Path):
+    import pyarrow as pa
+
+    _parquet(tmp_path / "notes.parquet", {"nid": ["a1", "a2"], "note": pa.array([b"Zqx \xff\xfe", b"ok"], pa.binary())})
+    res = read_text_batch(tmp_path, SPEC)
+    [(rel, problem)] = res.rejected
+    assert rel == "notes.parquet" and "column 'note' holds binary values that are not UTF-8 text" in problem
+    assert "Zqx" not in problem and res.records.is_empty()
+
+
+@pytest.mark.parametrize("header", ["nid,note,dx,dx", "nid,note,dx,DX,note"])
+def test_a_repeated_column_name_rejects_the_file_naming_the_column(tmp_path: Path, header: str):
+    width = header.count(",") + 1
+    row = ",".join(["a1", "chest pain", "mi", "hf", "x"][:width])
+    (tmp_path / "notes.csv").write_text(f"{header}\n{row}\n", encoding="utf-8")
+    res = read_text_batch(tmp_path, SPEC)
+    [(rel, problem)] = res.rejected
+    repeated = "dx" if header.endswith("dx,dx") else "note"
+    assert rel == "notes.csv" and f"repeats the column name {repeated!r}" in problem and res.records.is_empty()
+
+
+def test_a_repeated_column_name_in_labels_csv_rejects_it(tmp_path: Path):
+    (tmp_path / "n1.txt").write_text("chest pain", encoding="utf-8")
+    (tmp_path / "labels.csv").write_text("file,label,label\nn1.txt,mi,hf\n", encoding="utf-8")
+    res = read_text_batch(tmp_path, SPEC)
+    assert ("labels.csv" in dict(res.rejected)) and "repeats the column name 'label'" in dict(res.rejected)["labels.csv"]
+    assert res.records.is_empty()
+
+
+def test_cr_only_line_endings_read(tmp_path: Path):
+    (tmp_path / "notes.csv").write_bytes(b"nid,note,dx\ra1,chest pain,mi\ra2,cough,hf\r")
+    res = read_text_batch(tmp_path, SPEC)
+    assert res.rejected == [] and res.records.sort("id")["text"].to_list() == ["chest pain", "cough"]

@@ -14,7 +14,13 @@ import dagster as dg
 from dagster._core.definitions.partitions.utils.base import INVALID_PARTITION_SUBSTRINGS
 
 from meddiag_pipelines.ingestion.batches import IngestSummary, batch_changes, refuse_batch
-from meddiag_pipelines.ingestion.landing import READY_MARKER, describe_batch, display_name, ready_batch_dirs
+from meddiag_pipelines.ingestion.landing import (
+    READY_MARKER,
+    check_landing_folder,
+    describe_batch,
+    display_name,
+    ready_batch_dirs,
+)
 from meddiag_pipelines.ingestion.warehouse import Warehouse
 from meddiag_pipelines.layout import DataLayout
 from meddiag_pipelines.specs import TaskSpec
@@ -79,7 +85,9 @@ def scan_landing(spec: TaskSpec, layout: DataLayout, warehouse: Warehouse, parti
     """Compare the landing folder with the task's partitions and its ledger. A known batch is hashed only when
     an entry of its folder is newer than the ledger's last word on it (nothing is hashed in the steady state).
     ``retry_unrecorded``: a partition the ledger does not know yet (its run failed, or is still going: the
-    sensor passes ``False``) runs again."""
+    sensor passes ``False``) runs again. A landing folder that is a link or not a folder is refused
+    (:class:`~meddiag_pipelines.ingestion.landing.LandingFolderError`), never scanned as empty."""
+    check_landing_folder(layout.landing(spec.name))
     if (store := layout.object_store()) is not None:  # batches landed in the store's landing prefix
         marker = READY_MARKER if spec.landing.ready == "marker" else None
         store.take_ready_folders(store.relative(layout.landing(spec.name)), layout.landing(spec.name), marker,

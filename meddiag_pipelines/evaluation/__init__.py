@@ -2,7 +2,7 @@
 
 No Dagster import here; the Dagster layer calls ``evaluate``, ``render_plots``, ``render_report_html``,
 ``render_model_card`` and ``summary_markdown``. The keys of ``metrics.json`` are documented in
-``meddiag_pipelines/evaluation/metrics.py``.
+``meddiag_pipelines/evaluation/metrics/__init__.py``.
 
 The names below load their module on first use (PEP 562): scikit-learn, SciPy and matplotlib take ~1.2 s to
 import, which a process loading the Dagster code location should pay only when it evaluates.

@@ -27,7 +27,7 @@ configuration (:class:`ImageParams`) per call; ``imaging.tuning`` searches them.
   it (different data or settings start afresh). Final model: ``out_dir/model.pt`` (state dict only) and
   ``out_dir/model.json``. Every ``torch.load`` uses ``weights_only=True``.
 
-CPU throughput, 2 cores, 28 px, batch 128, one training step = forward + backward + AdamW (:func:`bench`), idle
+CPU throughput, 2 cores, 28 px, batch 128, one training step = forward + backward + AdamW (``bench/training.py``), idle
 machine, 2 threads: width 16 ~ 800 img/s, width 32 ~ 200-260 img/s, width 64 ~ 75 img/s (on a machine shared
 with other jobs, 1 thread: 440 / 130 / 37 img/s). :func:`choose_width` therefore picks 32 on CPU (PneumoniaMNIST's
 4,708 images: ~20-35 s an epoch) and 16 when an epoch would be large (ChestMNIST's 78k images: ~100-180 s an
@@ -58,7 +58,7 @@ from meddiag_pipelines.device import cpu_threads, torch_device, torch_settings, 
 from meddiag_pipelines.specs import names_hub
 
 if TYPE_CHECKING:
-    from meddiag_pipelines.specs import TaskSpec
+    from meddiag_pipelines.specs import TaskSpec, TrainingSpec
 
 log = logging.getLogger(__name__)
 
@@ -415,6 +415,54 @@ def adopt_parent_checkpoint(out_dir: Path, staging: Path, parent_run_id: str | N
     return True
 
 
+@dataclass
+class _Plan:
+    """What one call trains, fixed before any weight exists: the configuration, sizes and schedule, and the
+    fingerprint a checkpoint must carry to be resumed."""
+
+    kind: Kind
+    n_outputs: int
+    params: ImageParams
+    weights: str | None
+    n_train: int
+    channels: int
+    size: int
+    batch_size: int
+    steps_per_epoch: int
+    total_steps: int
+    warmup: int
+    frozen_epochs: int
+    fingerprint: str
+
+
+def _fresh_state() -> dict:
+    """The epochs' counters: the last epoch, the best validation AUROC and its epoch, the epochs since it, and the
+    seconds trained (summed over resumed runs)."""
+    return {"epoch": 0, "best_auroc": float("-inf"), "best_epoch": 0, "bad_epochs": 0, "elapsed": 0.0}
+
+
+@dataclass
+class _Run:
+    """The model and what trains it, and the state the epochs change: all of it is in the checkpoint but the loss,
+    the input normalisation and the average's decay, which the set-up fixes."""
+
+    model: nn.Module
+    ema: torch.optim.swa_utils.AveragedModel
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    shuffle_gen: torch.Generator
+    aug_gen: torch.Generator
+    loss_fn: nn.Module
+    mean: list[float]
+    std: list[float]
+    decay: float
+    state: dict = field(default_factory=_fresh_state)
+    history: list[dict] = field(default_factory=list)
+    best_state: dict[str, torch.Tensor] | None = None
+    finished: bool = False
+    stopped: str = "epochs"
+
+
 def train_image_model(
     X_train: np.ndarray,
     y_train: np.ndarray,
@@ -444,9 +492,7 @@ def train_image_model(
     cuda = device.startswith("cuda")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    training = spec.training
     params = params or default_params(spec)
-    augment = list(params.augment)
     if kind == "binary":
         n_outputs = 1
     elif n_outputs < 2:
@@ -458,6 +504,42 @@ def train_image_model(
         raise ValueError("X and y lengths differ")
     if len(Xt) == 0:
         raise ValueError("no training images")
+    data = _data_hash(np.asarray(X_train), np.asarray(y_train), np.asarray(X_val), np.asarray(y_val))
+    plan = _plan(Xt, kind, n_outputs, spec, params, width, device, data)
+
+    threads = num_threads or training_threads()
+    with torch_settings(device, deterministic=not cuda, threads=threads):
+        run = _set_up(plan, spec, Xt, yt, device)
+        resumed_from = _resume(run, out_dir, plan.fingerprint, spec.training)
+        _train_epochs(run, plan, spec.training, (Xt, yt), (Xv, yv), device, out_dir, on_epoch_end)
+        config = _save_model(run, plan, out_dir, device, threads, spec.training.seed)
+
+    best = float(run.state["best_auroc"])
+    return ImageTrainResult(
+        model_dir=out_dir,
+        best_epoch=int(run.state["best_epoch"]),
+        best_val_auroc=best if best != float("-inf") else float("nan"),
+        history=run.history,
+        device=device,
+        seconds=time.perf_counter() - t_start,
+        stopped=run.stopped,
+        resumed_from_epoch=resumed_from,
+        config=config,
+    )
+
+
+def _plan(
+    Xt: torch.Tensor,
+    kind: Kind,
+    n_outputs: int,
+    spec: TaskSpec,
+    params: ImageParams,
+    width: int | None,
+    device: str,
+    data: str,
+) -> _Plan:
+    """The width (ResNet18Small), initial weights (timm), batch size, schedule and checkpoint fingerprint."""
+    training = spec.training
     n_train, channels, size = Xt.shape[0], Xt.shape[1], Xt.shape[2]
     width = None if params.backbone else width or params.width or choose_width(n_train, size, device)
     params = replace(params, width=width)
@@ -477,179 +559,221 @@ def train_image_model(
             "epochs": training.epochs,
             "batch_size": batch_size,
             "recipe": RECIPE,
-            "data": _data_hash(np.asarray(X_train), np.asarray(y_train), np.asarray(X_val), np.asarray(y_val)),
+            "data": data,
         },
         sort_keys=True,
     )
-
-    threads = num_threads or training_threads()
-    with torch_settings(device, deterministic=not cuda, threads=threads):
-        torch.manual_seed(training.seed)
-        model = _new_model(params, spec, weights, channels, n_outputs, size)
-        mean, std = _channel_stats(Xt)
-        model.set_normalisation(mean, std)
-        model = model.to(device)
-        if cuda or (width or 64) <= 32:  # measured faster on CPU at widths 16 / 32, slower at 64
-            model = model.to(memory_format=torch.channels_last)
-        loss_fn = _loss_fn(yt, kind, n_outputs).to(device)
-        optimizer, scheduler = _optimizer(model, params, total_steps, warmup, frozen_epochs * steps_per_epoch)
-        decay = ema_decay(steps_per_epoch)
-        ema = _averaged(model, decay)
-        shuffle_gen = torch.Generator().manual_seed(training.seed)
-        aug_gen = torch.Generator().manual_seed(training.seed + 1)
-
-        state = {"epoch": 0, "best_auroc": float("-inf"), "best_epoch": 0, "bad_epochs": 0, "elapsed": 0.0}
-        history: list[dict] = []
-        best_state: dict[str, torch.Tensor] | None = None
-        finished = False
-        stopped = "epochs"
-        resumed_from = 0
-        ckpt_path = out_dir / CHECKPOINT
-        if ckpt_path.exists():
-            ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-            if ckpt.get("fingerprint") == fingerprint:
-                model.load_state_dict(ckpt["model"])
-                ema.load_state_dict(ckpt["ema"])
-                optimizer.load_state_dict(ckpt["optimizer"])
-                scheduler.load_state_dict(ckpt["scheduler"])
-                shuffle_gen.set_state(ckpt["shuffle_rng"])
-                aug_gen.set_state(ckpt["aug_rng"])
-                torch.set_rng_state(ckpt["torch_rng"])
-                state = dict(ckpt["state"])
-                history = list(ckpt["history"])
-                best_state = ckpt["best_state"]
-                finished = bool(ckpt["finished"])
-                stopped = str(ckpt.get("stopped", "epochs"))
-                resumed_from = int(state["epoch"])
-                if finished and stopped == "time_budget" and state["elapsed"] < training.time_budget_s:
-                    finished = state["epoch"] >= training.epochs  # called again with more time: carry on
-                log.info("resuming image training in %s after epoch %d", out_dir, resumed_from)
-            else:
-                log.warning("%s: checkpoint is for other data or settings; training afresh", ckpt_path)
-
-        def save_checkpoint() -> None:
-            ckpt = {
-                "fingerprint": fingerprint,
-                "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-                "ema": {k: v.detach().cpu() for k, v in ema.state_dict().items()},
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "shuffle_rng": shuffle_gen.get_state(),
-                "aug_rng": aug_gen.get_state(),
-                "torch_rng": torch.get_rng_state(),
-                "state": state,
-                "history": history,
-                "best_state": best_state,
-                "finished": finished,
-                "stopped": stopped,
-            }
-            atomic_write(ckpt_path, lambda tmp: torch.save(ckpt, tmp))
-
-        run_start = time.perf_counter()
-        elapsed_before = float(state["elapsed"])
-
-        def over_budget() -> bool:
-            return elapsed_before + (time.perf_counter() - run_start) > training.time_budget_s
-
-        epoch = int(state["epoch"])
-        while not finished and epoch < training.epochs:
-            epoch += 1
-            _set_trainable(model, frozen=epoch <= frozen_epochs)
-            t_epoch = time.perf_counter()
-            perm = torch.randperm(n_train, generator=shuffle_gen)
-            batches = [perm[i : i + batch_size] for i in range(0, n_train, batch_size)]
-            if len(batches) > 1 and len(batches[-1]) < 2:  # BatchNorm cannot train on a batch of one
-                batches = batches[:-1]
-            total_loss, seen, cut = 0.0, 0, False
-            for xb, yb in _iterate(Xt, yt, batches, device):
-                xb = xb.to(device, non_blocking=cuda)
-                yb = yb.to(device, non_blocking=cuda)
-                xb = augment_batch(xb, augment, aug_gen).contiguous(memory_format=torch.channels_last)
-                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
-                    logits = model(xb)
-                loss = loss_fn(logits.float(), yb)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                scheduler.step()
-                ema.update_parameters(model)
-                total_loss += float(loss.detach()) * len(xb)
-                seen += len(xb)
-                if over_budget():
-                    cut = True
-                    break
-            train_seconds = time.perf_counter() - t_epoch
-            p_val = _predict(ema.module, Xv, kind, device)
-            auroc = macro_auroc(yv.numpy(), p_val, kind) if len(Xv) else float("nan")
-            row = {
-                "epoch": epoch,
-                "train_loss": total_loss / max(1, seen),
-                "val_auroc": auroc,
-                "lr": float(optimizer.param_groups[0]["lr"]),
-                "train_seconds": train_seconds,
-                "images_per_second": seen / train_seconds if train_seconds > 0 else float("nan"),
-                "seconds": time.perf_counter() - t_epoch,
-            }
-            history.append(row)
-            if not math.isnan(auroc) and auroc > state["best_auroc"] + 1e-6:
-                state.update(best_auroc=auroc, best_epoch=epoch, bad_epochs=0)
-                best_state = _weights(ema.module)
-            else:
-                state["bad_epochs"] += 1
-            state["epoch"] = epoch
-            state["elapsed"] = elapsed_before + (time.perf_counter() - run_start)
-            log.info("image epoch %d: loss %.4f val AUROC %.4f (%.0f img/s)", epoch, row["train_loss"], auroc, row["images_per_second"])
-            if cut or over_budget():
-                finished, stopped = True, "time_budget"
-            elif state["bad_epochs"] >= training.patience:
-                finished, stopped = True, "early_stopping"
-            elif epoch >= training.epochs:
-                finished, stopped = True, "epochs"
-            save_checkpoint()
-            if on_epoch_end is not None:
-                on_epoch_end(epoch, row)
-
-        if best_state is None:  # no usable validation AUROC: keep the last (averaged) weights
-            best_state = _weights(ema.module)
-            state["best_epoch"] = int(state["epoch"])
-        architecture = TIMM if params.backbone else "ResNet18Small"
-        final = build_image_model(architecture, model.config.to_dict())
-        final.load_state_dict(best_state)
-        config = {
-            "architecture": architecture,
-            "model_config": final.config.to_dict(),
-            "hyperparameters": params.to_dict(),
-            "weights": _weights_origin(weights),
-            "kind": kind,
-            "n_outputs": n_outputs,
-            "input_size": size,
-            "channels": channels,
-            "normalisation": {"input_range": [0.0, 1.0], "mean": mean, "std": std, "applied_inside_model": True},
-            "ema_decay": decay,
-            "best_epoch": int(state["best_epoch"]),
-            "best_val_auroc": float(state["best_auroc"]) if state["best_auroc"] != float("-inf") else None,
-            "stopped": stopped,
-            "epochs_run": int(state["epoch"]),
-            "seed": training.seed,
-            "device": device,
-            "cpu_threads": threads if not cuda else None,
-            "torch_version": torch.__version__,
-        }
-        atomic_write(out_dir / MODEL_PT, lambda tmp: torch.save(final.state_dict(), tmp))
-        atomic_write_json(out_dir / MODEL_JSON, config)
-
-    best = float(state["best_auroc"])
-    return ImageTrainResult(
-        model_dir=out_dir,
-        best_epoch=int(state["best_epoch"]),
-        best_val_auroc=best if best != float("-inf") else float("nan"),
-        history=history,
-        device=device,
-        seconds=time.perf_counter() - t_start,
-        stopped=stopped,
-        resumed_from_epoch=resumed_from,
-        config=config,
+    return _Plan(
+        kind=kind,
+        n_outputs=n_outputs,
+        params=params,
+        weights=weights,
+        n_train=n_train,
+        channels=channels,
+        size=size,
+        batch_size=batch_size,
+        steps_per_epoch=steps_per_epoch,
+        total_steps=total_steps,
+        warmup=warmup,
+        frozen_epochs=frozen_epochs,
+        fingerprint=fingerprint,
     )
+
+
+def _set_up(plan: _Plan, spec: TaskSpec, Xt: torch.Tensor, yt: torch.Tensor, device: str) -> _Run:
+    """The seeded model normalised on the training images, its loss, optimiser and schedule, the weights' average
+    and the generators of shuffling and augmentation."""
+    cuda = device.startswith("cuda")
+    training = spec.training
+    torch.manual_seed(training.seed)
+    model = _new_model(plan.params, spec, plan.weights, plan.channels, plan.n_outputs, plan.size)
+    mean, std = _channel_stats(Xt)
+    model.set_normalisation(mean, std)
+    model = model.to(device)
+    if cuda or (plan.params.width or 64) <= 32:  # measured faster on CPU at widths 16 / 32, slower at 64
+        model = model.to(memory_format=torch.channels_last)
+    loss_fn = _loss_fn(yt, plan.kind, plan.n_outputs).to(device)
+    frozen_steps = plan.frozen_epochs * plan.steps_per_epoch
+    optimizer, scheduler = _optimizer(model, plan.params, plan.total_steps, plan.warmup, frozen_steps)
+    decay = ema_decay(plan.steps_per_epoch)
+    ema = _averaged(model, decay)
+    shuffle_gen = torch.Generator().manual_seed(training.seed)
+    aug_gen = torch.Generator().manual_seed(training.seed + 1)
+    return _Run(model, ema, optimizer, scheduler, shuffle_gen, aug_gen, loss_fn, mean, std, decay)
+
+
+def _resume(run: _Run, out_dir: Path, fingerprint: str, training: TrainingSpec) -> int:
+    """Load ``out_dir``'s checkpoint into ``run`` when it is for this data and these settings; the epoch it
+    resumes after (0: training afresh)."""
+    resumed_from = 0
+    ckpt_path = out_dir / CHECKPOINT
+    if ckpt_path.exists():
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        if ckpt.get("fingerprint") == fingerprint:
+            run.model.load_state_dict(ckpt["model"])
+            run.ema.load_state_dict(ckpt["ema"])
+            run.optimizer.load_state_dict(ckpt["optimizer"])
+            run.scheduler.load_state_dict(ckpt["scheduler"])
+            run.shuffle_gen.set_state(ckpt["shuffle_rng"])
+            run.aug_gen.set_state(ckpt["aug_rng"])
+            torch.set_rng_state(ckpt["torch_rng"])
+            run.state = dict(ckpt["state"])
+            run.history = list(ckpt["history"])
+            run.best_state = ckpt["best_state"]
+            run.finished = bool(ckpt["finished"])
+            run.stopped = str(ckpt.get("stopped", "epochs"))
+            resumed_from = int(run.state["epoch"])
+            if run.finished and run.stopped == "time_budget" and run.state["elapsed"] < training.time_budget_s:
+                run.finished = run.state["epoch"] >= training.epochs  # called again with more time: carry on
+            log.info("resuming image training in %s after epoch %d", out_dir, resumed_from)
+        else:
+            log.warning("%s: checkpoint is for other data or settings; training afresh", ckpt_path)
+    return resumed_from
+
+
+def _save_checkpoint(run: _Run, ckpt_path: Path, fingerprint: str) -> None:
+    ckpt = {
+        "fingerprint": fingerprint,
+        "model": {k: v.detach().cpu() for k, v in run.model.state_dict().items()},
+        "ema": {k: v.detach().cpu() for k, v in run.ema.state_dict().items()},
+        "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(),
+        "shuffle_rng": run.shuffle_gen.get_state(),
+        "aug_rng": run.aug_gen.get_state(),
+        "torch_rng": torch.get_rng_state(),
+        "state": run.state,
+        "history": run.history,
+        "best_state": run.best_state,
+        "finished": run.finished,
+        "stopped": run.stopped,
+    }
+    atomic_write(ckpt_path, lambda tmp: torch.save(ckpt, tmp))
+
+
+def _train_epochs(
+    run: _Run,
+    plan: _Plan,
+    training: TrainingSpec,
+    train: tuple[torch.Tensor, torch.Tensor],
+    val: tuple[torch.Tensor, torch.Tensor],
+    device: str,
+    out_dir: Path,
+    on_epoch_end: Callable[[int, dict], None] | None,
+) -> None:
+    """The epochs left: train, validate the average, keep the best, checkpoint; until the epochs, the patience
+    (early stopping on validation AUROC) or the time budget (summed over resumed runs) run out."""
+    (Xt, yt), (Xv, yv) = train, val
+    run_start = time.perf_counter()
+    elapsed_before = float(run.state["elapsed"])
+
+    def over_budget() -> bool:
+        return elapsed_before + (time.perf_counter() - run_start) > training.time_budget_s
+
+    epoch = int(run.state["epoch"])
+    while not run.finished and epoch < training.epochs:
+        epoch += 1
+        _set_trainable(run.model, frozen=epoch <= plan.frozen_epochs)
+        t_epoch = time.perf_counter()
+        total_loss, seen, cut = _train_one_epoch(run, plan, Xt, yt, device, over_budget)
+        train_seconds = time.perf_counter() - t_epoch
+        p_val = _predict(run.ema.module, Xv, plan.kind, device)
+        auroc = macro_auroc(yv.numpy(), p_val, plan.kind) if len(Xv) else float("nan")
+        row = {
+            "epoch": epoch,
+            "train_loss": total_loss / max(1, seen),
+            "val_auroc": auroc,
+            "lr": float(run.optimizer.param_groups[0]["lr"]),
+            "train_seconds": train_seconds,
+            "images_per_second": seen / train_seconds if train_seconds > 0 else float("nan"),
+            "seconds": time.perf_counter() - t_epoch,
+        }
+        run.history.append(row)
+        if not math.isnan(auroc) and auroc > run.state["best_auroc"] + 1e-6:
+            run.state.update(best_auroc=auroc, best_epoch=epoch, bad_epochs=0)
+            run.best_state = _weights(run.ema.module)
+        else:
+            run.state["bad_epochs"] += 1
+        run.state["epoch"] = epoch
+        run.state["elapsed"] = elapsed_before + (time.perf_counter() - run_start)
+        log.info("image epoch %d: loss %.4f val AUROC %.4f (%.0f img/s)", epoch, row["train_loss"], auroc, row["images_per_second"])
+        if cut or over_budget():
+            run.finished, run.stopped = True, "time_budget"
+        elif run.state["bad_epochs"] >= training.patience:
+            run.finished, run.stopped = True, "early_stopping"
+        elif epoch >= training.epochs:
+            run.finished, run.stopped = True, "epochs"
+        _save_checkpoint(run, out_dir / CHECKPOINT, plan.fingerprint)
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, row)
+
+
+def _train_one_epoch(
+    run: _Run, plan: _Plan, Xt: torch.Tensor, yt: torch.Tensor, device: str, over_budget: Callable[[], bool]
+) -> tuple[float, int, bool]:
+    """One pass over the shuffled, augmented training images, the average updated after every step: (summed loss,
+    images seen, whether the time budget cut it short)."""
+    cuda = device.startswith("cuda")
+    augment = list(plan.params.augment)
+    batch_size, n_train = plan.batch_size, plan.n_train
+    perm = torch.randperm(n_train, generator=run.shuffle_gen)
+    batches = [perm[i : i + batch_size] for i in range(0, n_train, batch_size)]
+    if len(batches) > 1 and len(batches[-1]) < 2:  # BatchNorm cannot train on a batch of one
+        batches = batches[:-1]
+    total_loss, seen, cut = 0.0, 0, False
+    for xb, yb in _iterate(Xt, yt, batches, device):
+        xb = xb.to(device, non_blocking=cuda)
+        yb = yb.to(device, non_blocking=cuda)
+        xb = augment_batch(xb, augment, run.aug_gen).contiguous(memory_format=torch.channels_last)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+            logits = run.model(xb)
+        loss = run.loss_fn(logits.float(), yb)
+        run.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        run.optimizer.step()
+        run.scheduler.step()
+        run.ema.update_parameters(run.model)
+        total_loss += float(loss.detach()) * len(xb)
+        seen += len(xb)
+        if over_budget():
+            cut = True
+            break
+    return total_loss, seen, cut
+
+
+def _save_model(run: _Run, plan: _Plan, out_dir: Path, device: str, threads: int, seed: int) -> dict:
+    """Write the best epoch's averaged weights (``model.pt``) and ``model.json``; returns model.json's content."""
+    cuda = device.startswith("cuda")
+    state = run.state
+    best_state = run.best_state
+    if best_state is None:  # no usable validation AUROC: keep the last (averaged) weights
+        best_state = _weights(run.ema.module)
+        state["best_epoch"] = int(state["epoch"])
+    architecture = TIMM if plan.params.backbone else "ResNet18Small"
+    final = build_image_model(architecture, run.model.config.to_dict())
+    final.load_state_dict(best_state)
+    config = {
+        "architecture": architecture,
+        "model_config": final.config.to_dict(),
+        "hyperparameters": plan.params.to_dict(),
+        "weights": _weights_origin(plan.weights),
+        "kind": plan.kind,
+        "n_outputs": plan.n_outputs,
+        "input_size": plan.size,
+        "channels": plan.channels,
+        "normalisation": {"input_range": [0.0, 1.0], "mean": run.mean, "std": run.std, "applied_inside_model": True},
+        "ema_decay": run.decay,
+        "best_epoch": int(state["best_epoch"]),
+        "best_val_auroc": float(state["best_auroc"]) if state["best_auroc"] != float("-inf") else None,
+        "stopped": run.stopped,
+        "epochs_run": int(state["epoch"]),
+        "seed": seed,
+        "device": device,
+        "cpu_threads": threads if not cuda else None,
+        "torch_version": torch.__version__,
+    }
+    atomic_write(out_dir / MODEL_PT, lambda tmp: torch.save(final.state_dict(), tmp))
+    atomic_write_json(out_dir / MODEL_JSON, config)
+    return config
 
 
 # ------------------------------------------------------------------------------------------------ inference
@@ -692,41 +816,12 @@ def predict_image_model(model_dir: Path, X: np.ndarray, device: str | None = Non
         return _predict(model, X, meta["kind"], device)
 
 
-def bench(
-    width: int = 32, size: int = 28, batch: int = 128, seconds: float = 5.0, channels_last: bool = True, threads: int | None = None
-) -> float:
-    """Training images per second on the CPU (forward + backward + AdamW step on random data)."""
-    with torch_settings("cpu", deterministic=False, threads=threads):
-        torch.manual_seed(0)
-        model = ResNet18Small(1, 1, width, size)
-        if channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        opt = torch.optim.AdamW(model.parameters(), 1e-3)
-        x = torch.rand(batch, 1, size, size).contiguous(memory_format=torch.channels_last)
-        y = torch.randint(0, 2, (batch, 1)).float()
-        gen = torch.Generator().manual_seed(0)
-        loss_fn = nn.BCEWithLogitsLoss()
-
-        def step() -> None:
-            opt.zero_grad()
-            loss_fn(model(augment_batch(x, ["hflip", "affine"], gen)), y).backward()
-            opt.step()
-
-        step()
-        t, n = time.perf_counter(), 0
-        while time.perf_counter() - t < seconds:
-            step()
-            n += batch
-        return n / (time.perf_counter() - t)
-
-
 __all__ = [
     "ImageParams",
     "ImageTrainResult",
     "build_image_model",
     "default_params",
     "augment_batch",
-    "bench",
     "choose_width",
     "load_image_model",
     "macro_auroc",

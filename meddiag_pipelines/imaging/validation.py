@@ -36,7 +36,7 @@ import polars as pl
 from meddiag_pipelines.split import COPY_OF_TRAIN_COLUMN, SPLIT_COLUMN, SPLITS, split_by_content
 from meddiag_pipelines.imaging.readers import INTENSITY_MAX, INTENSITY_MIN, source_format
 from meddiag_pipelines.specs import TaskSpec
-from meddiag_pipelines.validation.suites import CheckFailure, identifier_columns, record_expectations, run_suite
+from meddiag_pipelines.validation.suites import CheckFailure, record_expectations, run_suite
 
 if TYPE_CHECKING:
     import great_expectations.expectations as gxe
@@ -226,7 +226,7 @@ def multilabel_domain_failures(frame: pl.DataFrame, spec: TaskSpec) -> list[Chec
 
 def image_failures(frame: pl.DataFrame, spec: TaskSpec, name: str | None = None) -> list[CheckFailure]:
     """Every blocking image check on ``frame`` (a batch, or all validated rows)."""
-    failures = run_suite(frame, image_expectations(spec), identifier_columns(spec), name or spec.name)
+    failures = run_suite(frame, image_expectations(spec), name or spec.name)
     failures += image_property_failures(frame, spec)
     failures += duplicate_failures(frame, spec)
     return failures

@@ -32,6 +32,7 @@ from meddiag_pipelines.ingestion.landing import (
     BATCH_COLUMN,
     LandedBatch,
     changed_since,
+    check_landing_folder,
     data_files,
     describe_batch,
     display_name,
@@ -41,7 +42,7 @@ from meddiag_pipelines.ingestion.landing import (
     waiting_batch_dirs,
     waiting_reason,
 )
-from meddiag_pipelines.ingestion.quarantine import quarantine_path
+from meddiag_pipelines.ingestion.quarantine import quarantine_batch, quarantine_file
 from meddiag_pipelines.ingestion.warehouse import SchemaConflict, Warehouse, conform
 from meddiag_pipelines.layout import DataLayout
 from meddiag_pipelines.specs import TaskSpec, canonical_label
@@ -92,24 +93,23 @@ def _ledger_row(batch: LandedBatch, status: str, n_rows: int, columns: list[str]
 
 
 def _quarantine(spec: TaskSpec, layout: DataLayout, warehouse: Warehouse, batch: LandedBatch, reason: dict,
-                *, new: bool = True, merge: bool = False) -> bool:  # fmt: skip
+                *, new: bool = True) -> bool:  # fmt: skip
     """Ledger first, then the move: a crash in between leaves a ledger entry whose folder is still in landing,
     and the next run finishes the move (:func:`_finish_interrupted`). ``False`` if another run recorded the
-    batch first (then it is theirs to move). ``merge``: files of this batch already in its quarantine folder
-    (moved before reading) are joined, not set apart."""
+    batch first (then it is theirs to move). Files of the batch already set aside one by one are joined
+    (:func:`~meddiag_pipelines.ingestion.quarantine.quarantine_batch`)."""
     if new:
         if not warehouse.add_batch(spec.name, _ledger_row(batch, "quarantined", 0, [], reason)):
             return False
     else:
         warehouse.set_status(spec.name, batch.batch_id, "quarantined", reason)
-    quarantine_path(batch.path, layout.quarantine(spec.name), reason, name=batch.batch_id, merge=merge,
-                    store=layout.object_store())
+    quarantine_batch(batch.path, layout.quarantine(spec.name), reason, batch.batch_id, store=layout.object_store())
     log.warning("task %s: batch %s quarantined: %s: %s", spec.name, batch.batch_id, reason["file"], reason["problem"])
     return True
 
 
 def _quarantine_files(spec: TaskSpec, layout: DataLayout, batch: LandedBatch, rejected: list[dict]) -> None:
-    """Move each rejected file (not its batch) to ``quarantine/<task>/<batch>/<file>/`` with its reason.
+    """Move each rejected file (not its batch) to ``quarantine/<task>/<batch>/files/<file>`` with its reason.
 
     A rejection's ``file`` comes from data (a labels.csv row may name ``../../warehouse/x`` or an absolute
     path): only an entry this batch's own listing found, still inside the batch, is ever moved; any other name
@@ -119,8 +119,7 @@ def _quarantine_files(spec: TaskSpec, layout: DataLayout, batch: LandedBatch, re
         rel = item["file"]
         if rel in listed and _movable(batch.path, rel):
             reason = _reason("read", batch.batch_id, rel, item["problem"])
-            quarantine_path(batch.path / rel, layout.quarantine(spec.name) / batch.batch_id / Path(rel).parent, reason,
-                            store=layout.object_store())
+            quarantine_file(batch.path, rel, layout.quarantine(spec.name) / batch.batch_id, reason, layout.object_store())
         log.warning("task %s: batch %s: file %s quarantined: %s", spec.name, batch.batch_id, rel, item["problem"])
 
 
@@ -154,7 +153,7 @@ def _finish_interrupted(spec: TaskSpec, layout: DataLayout, batch_dir: Path, row
                              "the name of a batch already quarantined; land the corrected export under a new name, "
                              "or requeue the quarantined one (python -m meddiag_pipelines requeue)")  # fmt: skip
             summary.quarantined.append({"batch": batch.batch_id, "file": batch.batch_id, "problem": reason["problem"]})
-        quarantine_path(batch_dir, layout.quarantine(spec.name), reason, name=row["batch_id"], store=layout.object_store())
+        quarantine_batch(batch_dir, layout.quarantine(spec.name), reason, row["batch_id"], store=layout.object_store())
         log.warning("task %s: batch %s moved to quarantine: %s", spec.name, row["batch_id"], reason.get("problem"))
         return
     pending = [r for r in reason.get("rejected_files", []) if _movable(batch_dir, r["file"])]
@@ -183,7 +182,7 @@ def batch_changes(batch_dir: Path, row: dict) -> dict[str, int] | None:
 def _set_aside_changed(spec: TaskSpec, layout: DataLayout, batch_dir: Path, batch_id: str, counts: dict,
                        summary: IngestSummary) -> None:  # fmt: skip
     """The documented rule for a batch that changed after it was ingested: its rows and unchanged files stay;
-    each added or changed file goes to ``quarantine/<task>/<batch>.changed-<time>/<file>/``, so nothing is lost."""
+    each added or changed file goes to ``quarantine/<task>/<batch>.changed-<time>/files/<file>``, so nothing is lost."""
     files = counts.pop("files")
     problem = (f"changed after it was ingested: {counts['added']} files added, {counts['changed']} changed, "
                f"{counts['removed']} removed; its rows already ingested stay; land the new rows as a new batch")  # fmt: skip
@@ -192,7 +191,7 @@ def _set_aside_changed(spec: TaskSpec, layout: DataLayout, batch_dir: Path, batc
     for rel in files:
         if _movable(batch_dir, rel):
             reason = _reason("read", batch_id, rel, problem, **counts)
-            quarantine_path(batch_dir / rel, aside / Path(rel).parent, reason, store=layout.object_store())
+            quarantine_file(batch_dir, rel, aside, reason, layout.object_store())
     summary.changed.append({"batch": batch_id, **counts})
     log.warning("task %s: batch %s %s", spec.name, batch_id, problem)
 
@@ -272,6 +271,7 @@ def ingest_batches(spec: TaskSpec, layout: DataLayout, warehouse: Warehouse, rea
     task_landing = layout.landing(spec.name)
     if task_landing.exists():
         layout.confine(task_landing)  # a landing folder that is a link out of the data root is a setup error
+    check_landing_folder(task_landing)  # so is a link inside it, or a file: either would read as "nothing landed"
     known = {r["batch_id"]: r for r in warehouse.ledger(spec.name).iter_rows(named=True)}
     summary = IngestSummary(waiting=[display_name(d.name) for d in waiting_batch_dirs(task_landing, spec.landing)])
     for name in names:
@@ -332,7 +332,7 @@ def _ingest_batch(spec: TaskSpec, layout: DataLayout, warehouse: Warehouse, read
         appended = warehouse.append(spec.name, RAW_TABLE, frame, row)
     except BatchRejected as exc:
         reason = _reason("read", batch.batch_id, exc.file, exc.problem, **exc.details)
-        if _quarantine(spec, layout, warehouse, batch, reason, merge=bool(set_aside)):
+        if _quarantine(spec, layout, warehouse, batch, reason):
             summary.quarantined += [*set_aside, {"batch": batch.batch_id, "file": exc.file, "problem": exc.problem}]
         return
     except (duckdb.IOException, OSError):
@@ -340,8 +340,7 @@ def _ingest_batch(spec: TaskSpec, layout: DataLayout, warehouse: Warehouse, read
     except (duckdb.Error, Exception, PanicException) as exc:
         # A library's own message may quote a value: name the batch and the kind of failure only.
         problem = f"its records could not be stored in the warehouse ({type(exc).__name__}); nothing of it was kept"
-        if _quarantine(spec, layout, warehouse, batch, _reason("read", batch.batch_id, batch.batch_id, problem),
-                       merge=bool(set_aside)):  # fmt: skip
+        if _quarantine(spec, layout, warehouse, batch, _reason("read", batch.batch_id, batch.batch_id, problem)):
             summary.quarantined.append({"batch": batch.batch_id, "file": batch.batch_id, "problem": problem})
         return
     if not appended:
@@ -366,7 +365,8 @@ def label_domain_failures(domain: list[str] | None, spec: TaskSpec, frame: pl.Da
 
     The domain is ``spec.classes`` if given, else ``domain`` (recorded from the first validated batch), else
     fixed from this batch: a binary task needs ``positive`` plus exactly one other value. Values are compared
-    through :func:`canonical_label`; a failure names the values (classes, not patient data) and their count.
+    through :func:`canonical_label`; a failure gives counts and the declared classes, never a value found in the
+    data (a label outside the domain may be a name or date shifted in from another column).
     Multi-label tasks (``'|'``-joined finding indices) are checked by their own validator."""
     if spec.label not in frame.columns or (spec.image is not None and spec.image.multi_label):
         return [], domain
@@ -383,8 +383,9 @@ def label_domain_failures(domain: list[str] | None, spec: TaskSpec, frame: pl.Da
     if not outside:
         return [], fixed
     count = sum(counts[v] for v in outside)
-    source = "the spec's classes" if spec.classes else "fixed by the task's first validated batch"
-    problem = f"{count} rows have a label outside the task's domain {fixed} ({source}): {outside[:10]}"
+    source = "declared" if spec.classes else "fixed by the task's first validated batch"
+    problem = (f"{count} rows hold labels outside the task's classes ({source}: {', '.join(fixed)}): "
+               f"{len(outside)} distinct values")  # fmt: skip
     return [CheckFailure("label_domain", spec.label, problem, count)], fixed
 
 
@@ -393,13 +394,15 @@ def _first_domain(spec: TaskSpec, seen: list[str]) -> tuple[list[CheckFailure], 
     one other value."""
     if not spec.is_binary:
         return ([], seen) if len(seen) >= 2 else ([CheckFailure("label_domain", spec.label,
-                f"the first batch must bring at least two label classes to fix the task's domain; found {seen}")], None)  # fmt: skip
+                f"the first batch must bring at least two label classes to fix the task's domain; found "
+                f"{len(seen)}; or declare 'classes' in the spec")], None)  # fmt: skip
     positive = canonical_label(spec.positive)
     others = [v for v in seen if v != positive]
     if positive in seen and len(others) == 1:
         return [], sorted([positive, others[0]])
+    found = f"it holds {'the positive class and ' if positive in seen else 'no positive class and '}{len(others)} other"
     problem = (f"a binary task needs its positive class {positive!r} and exactly one other label in the first "
-               f"batch to fix its domain; found {seen}; or declare 'classes' in the spec")  # fmt: skip
+               f"batch to fix its domain; {found} distinct values; or declare 'classes' in the spec")  # fmt: skip
     return [CheckFailure("label_domain", spec.label, problem)], None
 
 

@@ -40,6 +40,21 @@ def display_name(name: str) -> str:
     return "".join(f"\\x{ord(ch):02x}" if unicodedata.category(ch) in ("Cc", "Cs") else ch for ch in text)
 
 
+class LandingFolderError(ValueError):
+    """The task's landing folder cannot be scanned: scanning it anyway would find no batch, silently."""
+
+
+def check_landing_folder(task_landing: Path) -> None:
+    """Refuse ``landing/<task>`` when it is a symbolic link (never followed, even to a folder inside the data root:
+    the same rule as for batches and files) or not a folder. A missing one is only a task with nothing landed."""
+    where = f"landing/{display_name(task_landing.name)}"
+    if task_landing.is_symlink():
+        raise LandingFolderError(f"{where} is a symbolic link, and links are never followed (one could lead outside "
+                                 "the data root): replace it with the folder itself")  # fmt: skip
+    if task_landing.exists() and not task_landing.is_dir():
+        raise LandingFolderError(f"{where} is not a folder: its batches cannot be read")
+
+
 class UnsafePath(ValueError):
     """A path named by data (a labels.csv row, a reader's rejection) that must not be used as a file path."""
 

@@ -1,5 +1,18 @@
 """Quarantine: a rejected batch (or file) is moved out of landing, never deleted, with a ``reason.json``.
 
+Layout of one quarantine folder, ``quarantine/<task>/<folder>/`` (``<folder>``: the batch's name, or
+``<batch>.changed-<time>`` for files changed after ingestion)::
+
+    reason.json                  why the whole batch was set aside (only when it was)
+    files/<path>                 every entry set aside, at the path it had in the batch (markers included)
+    reasons/<path>/reason.json   why the single file <path> was set aside
+
+What landed lives under ``files/`` only, so no landed name (a ``reason.json``, a name like the temporary files
+of an atomic write) can meet the quarantine's own files, and the sweep of those temporary files
+(:func:`~meddiag_pipelines.atomic.sweep_stale`) only ever sees what the quarantine wrote. A batch whose files
+were set aside one by one and which is then refused as a whole joins the same folder: every file of a batch
+is under one ``files/`` tree, at its own path (``requeue`` brings them back from there).
+
 On an object-store data root the quarantine is in the store: what is set aside is uploaded there (its reason
 last), and only then removed from the local landing folder."""
 
@@ -14,8 +27,17 @@ from pathlib import Path, PurePosixPath
 from meddiag_pipelines.atomic import atomic_write_json
 from meddiag_pipelines.storage import DataRoot
 
+REASON_FILE = "reason.json"
+FILES_DIR = "files"
+REASONS_DIR = "reasons"
 
-def _free_name(name: str, taken: Callable[[str], bool]) -> str:
+
+def file_reason(folder: Path, rel: str) -> Path:
+    """Where the reason of the single file ``rel`` set aside in quarantine folder ``folder`` is."""
+    return folder / REASONS_DIR / rel / REASON_FILE
+
+
+def free_name(name: str, taken: Callable[[str], bool]) -> str:
     """``name``, or a name with a unique suffix, cut so that it still fits a file name (255 bytes)."""
     if not taken(name):
         return name
@@ -23,70 +45,106 @@ def _free_name(name: str, taken: Callable[[str], bool]) -> str:
     return os.fsencode(name)[: 255 - len(suffix)].decode("utf-8", "ignore") + suffix
 
 
-def _free_destination(dest: Path) -> Path:
-    return dest.with_name(_free_name(dest.name, lambda n: (dest.parent / n).exists() or (dest.parent / n).is_symlink()))
+def _taken(path: Path) -> bool:
+    return os.path.lexists(path)
 
 
-def _free_key(store: DataRoot, rel: str) -> str:
-    parent, name = PurePosixPath(rel).parent.as_posix(), PurePosixPath(rel).name
-    return f"{parent}/{_free_name(name, lambda n: store.exists(f'{parent}/{n}'))}"
+def is_folder(path: Path) -> bool:
+    return path.is_dir() and not path.is_symlink()
 
 
-def quarantine_path(source: Path, quarantine_root: Path, reason: dict, name: str | None = None,
-                    merge: bool = False, store: DataRoot | None = None) -> Path | str:  # fmt: skip
-    """Move ``source`` (a batch folder or one file) under ``quarantine_root`` and write its reason.
-
-    A batch folder keeps its name (or ``name``, a safe display name for a folder whose own name is not valid
-    UTF-8) and gets ``reason.json`` inside; a single file, or a symbolic link (moved as the link, never
-    followed), goes into a folder of its own name with the reason beside it. The move is one rename on the
-    same file system; a source that is already gone (moved by an earlier, interrupted run) only gets its reason.
-    ``merge``: a batch folder whose quarantine folder already holds some of its files (moved one by one before
-    the batch as a whole was refused) joins that folder instead of being set apart under a new name.
-    ``store``: an object-store data root (``quarantine_root`` is then its place in the local folder); returns
-    the quarantine folder relative to the data root.
-    """
-    if store is not None:
-        return _quarantine_in_store(source, store, store.relative(quarantine_root), reason, name or source.name, merge)
-    quarantine_root.mkdir(parents=True, exist_ok=True)
-    name = name or source.name
-    if source.is_dir() and not source.is_symlink():
-        existing = quarantine_root / name
-        if merge and existing.is_dir() and not existing.is_symlink():
-            for child in sorted(source.iterdir()):
-                shutil.move(str(child), str(_free_destination(existing / child.name)))
-            source.rmdir()
-            atomic_write_json(existing / "reason.json", reason)
-            return existing
-        dest = _free_destination(quarantine_root / name)
-        shutil.move(str(source), str(dest))
-        atomic_write_json(dest / "reason.json", reason)
-        return dest
-    dest_dir = _free_destination(quarantine_root / name)
-    dest_dir.mkdir(parents=True)
-    if source.exists() or source.is_symlink():
-        shutil.move(str(source), str(dest_dir / name))  # a link is moved as a link
-    atomic_write_json(dest_dir / "reason.json", reason)
-    return dest_dir
+def _free_place(root: Path, rel: str) -> Path:
+    """``root/rel``, a part renamed (:func:`free_name`) where its name is taken: by a file where a folder is
+    needed, or by an entry already set aside under that path. Never an existing entry."""
+    place = root
+    parts = PurePosixPath(rel).parts
+    for part in parts[:-1]:
+        folder = place / part
+        if _taken(folder) and not is_folder(folder):
+            folder = place / free_name(part, lambda n, at=place: _taken(at / n))
+        place = folder
+    return place / free_name(parts[-1], lambda n: _taken(place / n))
 
 
-
-def _quarantine_in_store(source: Path, store: DataRoot, root: str, reason: dict, name: str, merge: bool) -> str:
-    """:func:`quarantine_path` into an object store: upload, then the reason, then remove the local source. A
-    symbolic link is removed without being followed (the store holds no links); the reason says what was set aside."""
-    if source.is_dir() and not source.is_symlink():
-        dest = f"{root}/{name}"
-        if merge and store.exists(dest):
-            for child in sorted(source.iterdir()):
-                store.upload_tree(child, _free_key(store, f"{dest}/{child.name}"))
+def _merge_tree(source: Path, dest: Path) -> None:
+    """Move every entry of folder ``source`` into folder ``dest`` at its own relative path (one rename each;
+    folders present on both sides are merged; a name already taken gets a unique suffix), then remove ``source``."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for child in sorted(source.iterdir()):
+        target = dest / child.name
+        if is_folder(child) and is_folder(target):
+            _merge_tree(child, target)
         else:
-            dest = _free_key(store, dest)
-            store.upload_tree(source, dest)
-        store.write_json(f"{dest}/reason.json", reason)
+            shutil.move(str(child), str(_free_place(dest, child.name)))
+    source.rmdir()
+
+
+def quarantine_batch(source: Path, quarantine_root: Path, reason: dict, name: str,
+                     store: DataRoot | None = None) -> Path | str:  # fmt: skip
+    """Move the batch folder ``source`` into ``quarantine_root/<name>/files/`` and write its ``reason.json``.
+
+    ``name``: the batch's safe display name (its own name may not be valid UTF-8). The folder joins a quarantine
+    folder of that name that holds only single files of the batch (no whole-batch reason yet); a folder that
+    already holds a whole batch (another export landed under the same name) leaves it alone: the new one gets a
+    name with a unique suffix. A source that is already gone (moved by an earlier, interrupted run) only gets its
+    reason. ``store``: an object-store data root (``quarantine_root`` is then its place in the local folder);
+    returns the quarantine folder relative to the data root."""
+    if store is not None:
+        return _batch_to_store(source, store, store.relative(quarantine_root), reason, name)
+    quarantine_root.mkdir(parents=True, exist_ok=True)
+    dest = quarantine_root / free_name(name, lambda n: _taken(quarantine_root / n / REASON_FILE) or (
+        _taken(quarantine_root / n) and not is_folder(quarantine_root / n)))  # fmt: skip
+    dest.mkdir(exist_ok=True)
+    if is_folder(source) and is_folder(dest / FILES_DIR):
+        _merge_tree(source, dest / FILES_DIR)
+    elif _taken(source):  # the folder, or a link in place of it (moved as the link, never followed)
+        shutil.move(str(source), str(_free_place(dest, FILES_DIR)))
+    atomic_write_json(dest / REASON_FILE, reason)
+    return dest
+
+
+def quarantine_file(batch_dir: Path, rel: str, folder: Path, reason: dict, store: DataRoot | None = None) -> Path | str:
+    """Move the entry ``rel`` of ``batch_dir`` (a file, or a link or FIFO moved as itself, never opened) to
+    ``folder/files/rel`` and write its reason at :func:`file_reason`. An entry already set aside under that path
+    is kept: the new one gets a unique suffix, and its reason the same path. Returns where the entry went."""
+    source = batch_dir / rel
+    if store is not None:
+        return _file_to_store(source, rel, store, store.relative(folder), reason)
+    dest = _free_place(folder / FILES_DIR, rel)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(str(source), str(dest))
+    atomic_write_json(file_reason(folder, dest.relative_to(folder / FILES_DIR).as_posix()), reason)
+    return dest
+
+
+def _free_key(store: DataRoot, key: str) -> str:
+    parent, name = PurePosixPath(key).parent.as_posix(), PurePosixPath(key).name
+    return f"{parent}/{free_name(name, lambda n: store.exists(f'{parent}/{n}'))}"
+
+
+def _batch_to_store(source: Path, store: DataRoot, root: str, reason: dict, name: str) -> str:
+    """:func:`quarantine_batch` into an object store: upload each file, then the reason, then remove the local
+    source. A symbolic link is removed without being followed (the store holds no links); the reason says what
+    was set aside."""
+    dest = f"{root}/{free_name(name, lambda n: store.exists(f'{root}/{n}/{REASON_FILE}'))}"
+    if is_folder(source):
+        joining = store.exists(f"{dest}/{FILES_DIR}")  # single files of the batch are there: keep each of them
+        for file in sorted(source.rglob("*")):
+            if file.is_file() and not file.is_symlink():
+                key = f"{dest}/{FILES_DIR}/{file.relative_to(source).as_posix()}"
+                store.upload_tree(file, _free_key(store, key) if joining else key)
+    store.write_json(f"{dest}/{REASON_FILE}", reason)
+    if is_folder(source):
         shutil.rmtree(source)
-        return dest
-    dest = _free_key(store, f"{root}/{name}")
-    store.upload_tree(source, f"{dest}/{name}")
-    store.write_json(f"{dest}/reason.json", reason)
-    if source.exists() or source.is_symlink():
+    elif source.is_symlink():
+        source.unlink()
+    return dest
+
+
+def _file_to_store(source: Path, rel: str, store: DataRoot, folder: str, reason: dict) -> str:
+    dest = _free_key(store, f"{folder}/{FILES_DIR}/{rel}")
+    store.upload_tree(source, dest)
+    store.write_json(f"{folder}/{REASONS_DIR}/{dest.removeprefix(f'{folder}/{FILES_DIR}/')}/{REASON_FILE}", reason)
+    if _taken(source):
         source.unlink()
     return dest

@@ -1,14 +1,16 @@
 """Recovery commands, after a spec or an export was fixed (run through ``python -m meddiag_pipelines``):
 
-    requeue <task> <batch>   move a quarantined batch back to landing under its name, with a fresh _READY, and
-                             forget its ledger entry and records, so the next run reads it again
+    requeue <task> <batch>   move every file of a quarantined batch (from each of its quarantine folders) back
+                             to landing under its name, with a fresh _READY, and forget its ledger entry and
+                             records, so the next run reads it again
     reset <task> --yes       forget the task's warehouse state (ledger, raw records, label domain, asset tables
                              and views); models, reports, landing and quarantine are left alone
 
 Both run outside Dagster, so the task's pool cannot serialise them, and they take no lock (a lock file is one
 host's): each refuses while the Dagster instance (``DAGSTER_HOME``'s, as for ``update``; with PostgreSQL, every
-host's) holds a queued or running run of the task. A run that starts during a requeue cannot corrupt the ledger
-either: the requeue adds an entry, and every entry is created once
+host's) holds a queued or running run of the task. A run whose process is gone is first marked failed and its
+pool slots freed, as ``update`` does, so a killed run never blocks them. A run that starts during a requeue
+cannot corrupt the ledger either: the requeue adds an entry, and every entry is created once
 (:class:`~meddiag_pipelines.ingestion.warehouse.Warehouse`), so the run's entries and the command's are all kept,
 in order, and the newest wins. Reset deletes the task's ledger, state and asset values, which no run can share:
 pause the task's sensor and schedule before it.
@@ -17,15 +19,21 @@ pause the task's sensor and schedule before it.
 from __future__ import annotations
 
 import argparse
+import glob
+import json
+import os
 import shutil
 import sys
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
-from meddiag_pipelines.ingestion.landing import READY_MARKER
+from meddiag_pipelines.atomic import staging_dir
+from meddiag_pipelines.defs.dead_runs import TaskRuns, describe, release_dead_runs
+from meddiag_pipelines.ingestion.landing import READY_MARKER, display_name
+from meddiag_pipelines.ingestion.quarantine import FILES_DIR, REASON_FILE, REASONS_DIR, free_name, is_folder
 from meddiag_pipelines.ingestion.warehouse import Warehouse
 from meddiag_pipelines.layout import DataLayout, default_data_dir
 
-REASON_FILE = "reason.json"
+REQUEUED_DIR = "_requeued"  # quarantine/<task>/_requeued/: the reasons of batches sent back (no batch name starts with '_')
 
 
 class RecoveryError(Exception):
@@ -44,8 +52,9 @@ def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--yes", action="store_true", help="confirm: the task's warehouse state is deleted")
 
 
-def runs_in_flight(task: str) -> int:
-    """The task's runs queued or running in the Dagster instance (a run carries the tag ``meddiag/task``)."""
+def runs_in_flight(task: str) -> TaskRuns:
+    """The task's runs queued or running in the Dagster instance (a run carries the tag ``meddiag/task``), after
+    releasing those whose process is gone (:mod:`~meddiag_pipelines.defs.dead_runs`)."""
     import dagster as dg
 
     from meddiag_pipelines.update import UpdateError, instance_home
@@ -54,17 +63,18 @@ def runs_in_flight(task: str) -> int:
         home = instance_home()
     except UpdateError as exc:
         raise RecoveryError(f"cannot tell whether a run of {task} is in flight: {exc}") from exc
-    statuses = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
-                dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING]  # fmt: skip
     with dg.DagsterInstance.from_config(str(home)) as instance:
-        return len(instance.get_run_ids(dg.RunsFilter(statuses=statuses, tags={"meddiag/task": task})))
+        return release_dead_runs(instance, task)
 
 
 def refuse_while_running(task: str) -> None:
-    found = runs_in_flight(task)
-    if found:
-        raise RecoveryError(f"{task} has {found} run(s) queued or running in the Dagster instance; wait until they "
-                            "end (or terminate them in the Dagster UI) and run this again")  # fmt: skip
+    runs = runs_in_flight(task)
+    for message in runs.released:
+        print(message)
+    if runs.live:
+        raise RecoveryError(f"{task} has {len(runs.live)} run(s) queued or running in the Dagster instance "
+                            f"({'; '.join(describe(r) for r in runs.live)}); wait until they end (or terminate them "
+                            "in the Dagster UI) and run this again")  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
@@ -95,37 +105,81 @@ def _single_name(kind: str, name: str) -> None:
 
 
 def requeue(layout: DataLayout, warehouse: Warehouse, task: str, batch: str) -> Path:
-    """Move ``quarantine/<task>/<batch>/`` back to ``landing/<task>/<batch>/`` with a fresh ``_READY`` and forget
-    its ledger entry and records. Refused (nothing changed) unless the ledger holds the batch as quarantined
-    and its folder is in quarantine, or when landing already holds a folder of that name."""
+    """Bring every file of a quarantined batch back to ``landing/<task>/<batch>/``, each at the path it landed at,
+    from all of the batch's quarantine folders (:func:`quarantine_folders`), with a fresh ``_READY``, and forget
+    its ledger entry and records. The quarantine's reasons are not data: they stay, in
+    ``quarantine/<task>/_requeued/``. Refused (nothing changed) unless the ledger holds the batch as quarantined
+    and quarantine holds its files, when landing already holds a folder of that name, or when two of its
+    quarantine folders hold a file at the same path."""
     _single_name("task", task)
     _single_name("batch", batch)
-    source = layout.quarantine(task) / batch
-    target = layout.landing(task) / batch
+    quarantine, target = layout.quarantine(task), layout.landing(task) / batch
     rows = warehouse.ledger(task).filter(batch_id=batch)
     status = rows["status"][0] if rows.height else None
-    if status != "quarantined" or source.is_symlink() or not source.is_dir():
+    folders = quarantine_folders(quarantine, batch)
+    if status != "quarantined" or not folders:
         found = f"its ledger state is {status!r}" if status else "the ledger does not know it"
         raise RecoveryError(f"batch {batch} of {task} is not quarantined ({found}; quarantine/{task}/{batch}/ "
-                            f"{'exists' if source.is_dir() else 'does not exist'}); only a quarantined batch can be requeued")  # fmt: skip
-    if target.exists() or target.is_symlink():
+                            f"{'exists' if folders else 'does not exist'}); only a quarantined batch can be requeued")  # fmt: skip
+    if os.path.lexists(target):
         raise RecoveryError(f"landing/{task}/{batch} already exists; move it away or land the batch under a new name")
-    layout.confine(source)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    shutil.move(str(source), str(target))
-    _drop_bookkeeping(target)
+    files = _files_to_restore(task, [layout.confine(f) for f in folders])
+    staging = staging_dir(target)  # hidden: no scan reads the batch until every file is back
+    for rel, folder in files.items():
+        (staging / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(folder / FILES_DIR / rel), str(staging / rel))
+    for folder in folders:
+        kept = quarantine / REQUEUED_DIR
+        kept.mkdir(exist_ok=True)
+        folder.rename(kept / free_name(folder.name, lambda n, at=kept: os.path.lexists(at / n)))
     warehouse.forget_batch(task, batch)  # before the marker: a sensor tick finds the batch only once it is forgotten
+    staging.rename(target)
     (target / READY_MARKER).touch()
     return target
 
 
-def _drop_bookkeeping(batch_dir: Path) -> None:
-    """Quarantine reasons are not part of the export, and a ``reason.json`` left beside
-    the batch's data would be read as data: each is kept as ``_REQUEUED_reason.json`` (a name starting with
-    '_' is never data)."""
-    for reason in sorted(batch_dir.rglob(REASON_FILE)):
-        if reason.is_file() and not reason.is_symlink():
-            reason.rename(reason.with_name(f"_REQUEUED_{REASON_FILE}"))
+def quarantine_folders(quarantine: Path, batch: str) -> list[Path]:
+    """The quarantine folders of ``batch``: ``<batch>/`` and each ``<batch>.changed-<time>/`` whose reasons all
+    name the batch (another batch's name may start with ``<batch>.changed-``)."""
+    folders = [quarantine / batch] if is_folder(quarantine / batch) else []
+    for folder in sorted(quarantine.glob(f"{glob.escape(batch)}.changed-*")):
+        reasons = sorted((folder / REASONS_DIR).rglob(REASON_FILE)) if is_folder(folder) else []
+        if reasons and all(_reason_batch(r) == batch for r in reasons):
+            folders.append(folder)
+    return folders
+
+
+def _reason_batch(reason: Path) -> str | None:
+    try:
+        return json.loads(reason.read_text()).get("batch")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _files_to_restore(task: str, folders: list[Path]) -> dict[str, Path]:
+    """Relative path -> the quarantine folder whose ``files/`` holds it. Refused when two folders hold the same
+    path, or one a file where another has a folder (one would overwrite the other), or none holds anything."""
+    found: dict[str, list[Path]] = {}
+    for folder in folders:
+        root = folder / FILES_DIR
+        for entry in sorted(root.rglob("*")) if is_folder(root) else []:
+            if not is_folder(entry):
+                found.setdefault(entry.relative_to(root).as_posix(), []).append(folder)
+    again = "; move one of them away and run requeue again"
+    for rel, holders in found.items():
+        if len(holders) > 1:
+            raise RecoveryError(f"{display_name(rel)} is in {' and in '.join(_shown(task, f) for f in holders)}{again}")
+        parent = next((p.as_posix() for p in PurePosixPath(rel).parents if p.as_posix() in found), None)
+        if parent is not None:
+            raise RecoveryError(f"{display_name(parent)} is a file in {_shown(task, found[parent][0])} and a folder in "
+                                f"{_shown(task, holders[0])}{again}")  # fmt: skip
+    if not found:
+        raise RecoveryError(f"{_shown(task, folders[0])} holds no file to bring back")
+    return {rel: holders[0] for rel, holders in found.items()}
+
+
+def _shown(task: str, folder: Path) -> str:
+    return f"quarantine/{task}/{display_name(folder.name)}/{FILES_DIR}/"
 
 
 def reset(layout: DataLayout, warehouse: Warehouse, task: str) -> None:

@@ -52,7 +52,7 @@ class SchemaConflict(ValueError):
         self.column = column
 
 
-def _kind(dtype: pl.DataType) -> str:
+def dtype_words(dtype: pl.DataType) -> str:
     """A column type in plain words."""
     if dtype.is_integer():
         return "whole numbers"
@@ -62,8 +62,12 @@ def _kind(dtype: pl.DataType) -> str:
         return "true/false values"
     if dtype in (pl.String, pl.Categorical) or isinstance(dtype, pl.Enum):
         return "text"
+    if isinstance(dtype, pl.Duration):
+        return "durations"
     if dtype.is_temporal():
         return "dates or times"
+    if dtype == pl.Binary:
+        return "binary values"
     return f"values of type {dtype}"
 
 
@@ -78,8 +82,8 @@ def conform(frame: pl.DataFrame, existing: dict) -> pl.DataFrame:
         try:
             frame[name].cast(want, strict=True)
         except (pl.exceptions.InvalidOperationError, pl.exceptions.ComputeError) as exc:
-            raise SchemaConflict(name, f"column {name!r} holds {_kind(dtype)} ({dtype}) where the task's validated "
-                                 f"batches hold {_kind(want)} ({want})") from exc  # fmt: skip
+            raise SchemaConflict(name, f"column {name!r} holds {dtype_words(dtype)} ({dtype}) where the task's validated "
+                                 f"batches hold {dtype_words(want)} ({want})") from exc  # fmt: skip
         casts.append(pl.col(name).cast(want))
     return frame.with_columns(casts) if casts else frame
 

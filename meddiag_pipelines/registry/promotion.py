@@ -13,6 +13,7 @@ is never replaced automatically.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 
 from meddiag_pipelines.specs import PromotionSpec
@@ -47,7 +48,9 @@ def _gate_checks(candidate: dict, champion: dict | None, settings: PromotionSpec
         low, high = settings.slope_band
         # Judged by the slope's CI: a slope fails when the data show it outside the band, not when a small,
         # nearly separable test set merely cannot pin it down.
-        span = slope_ci or [slope, slope]
+        # A bound of None is unbounded: resamples whose risks separate their outcomes have no finite slope.
+        span = [-math.inf if slope_ci[0] is None else slope_ci[0], math.inf if slope_ci[1] is None else slope_ci[1]] \
+            if slope_ci else [slope, slope]  # fmt: skip
         ok = span[0] <= high and span[1] >= low
         checks.append((ok, f"calibration slope {slope:.3f} (95% CI {span[0]:.3f} to {span[1]:.3f}) "
                            f"{'is compatible with' if ok else 'lies outside'} the band [{low}, {high}]"))  # fmt: skip

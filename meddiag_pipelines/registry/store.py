@@ -5,12 +5,16 @@ A version is built in a local folder, ``.staging/<version>/`` (in the local fold
 published with its ``manifest.json`` (including the promotion decision): on a local root by one rename, on an
 object store by uploading its files, the manifest last (a version exists once its manifest does); once
 published it never changes. A staged version whose run died before publishing is removed by a later publish of
-the task once it is an hour old. ``champion.json`` names the version in use and is replaced atomically (a whole
-file, or one put). A pinned champion (a rollback) stays until unpinned.
+the task once it is an hour old. One set of training inputs (a fingerprint) gives at most one version, whatever
+the Dagster instance lets run at once: a publish claims the manifest's fingerprint, create-once
+(``.fingerprints/<fingerprint>/<n>``, ``DataRoot.write_once``), and publishes nothing when another version holds
+it. ``champion.json`` names the version in use and is replaced atomically (a whole file, or one put). A pinned
+champion (a rollback) stays until unpinned.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from pathlib import Path
@@ -19,6 +23,7 @@ from meddiag_pipelines.atomic import STALE_AFTER_S, atomic_write_json
 from meddiag_pipelines.storage import MANIFEST, DataRoot
 
 STAGING = ".staging"
+FINGERPRINTS = ".fingerprints"
 
 
 class RegistryError(ValueError):
@@ -62,11 +67,49 @@ class ModelRegistry:
         return self.root.exists(self.rel(task, version, MANIFEST))
 
     def publish(self, task: str, version: str, manifest: dict) -> str:
-        staging = self.staging_dir(task, version)
-        atomic_write_json(staging / MANIFEST, {**manifest, "version": version})
-        published = self.root.publish_dir(staging, self.version_rel(task, version))
+        """Publish staged ``version`` with ``manifest``, unless another version holds the manifest's fingerprint:
+        this staging is then discarded, and the holder published if its run died after claiming (a claim is made
+        once the staged version is complete, so here it can be finished). Returns the version holding these
+        inputs: ``version`` once published."""
+        if self.published(task, version):
+            raise FileExistsError(f"{self.version_rel(task, version)}: already published, and a version is immutable")
+        atomic_write_json(self.staging_dir(task, version) / MANIFEST, {**manifest, "version": version})
+        fingerprint = manifest.get("fingerprint")
+        holder = self.claim_fingerprint(task, fingerprint, version) if fingerprint else version
+        if holder != version:
+            self.discard_staged(task, version)
+        self._publish_staged(task, holder)
         self.sweep_staging(task)
-        return published
+        return holder
+
+    def _publish_staged(self, task: str, version: str) -> None:
+        """Publish ``version`` if its complete staging folder is on this host and it is not published yet; another
+        process publishing it at the same moment is no error."""
+        staged = self.task_dir(task) / STAGING / version
+        if self.published(task, version) or not (staged / MANIFEST).is_file():
+            return
+        try:
+            self.root.publish_dir(staged, self.version_rel(task, version))
+        except (FileExistsError, FileNotFoundError):
+            if not self.published(task, version):
+                raise
+
+    def claim_fingerprint(self, task: str, fingerprint: str, version: str) -> str:
+        """The version that publishes the inputs ``fingerprint``: ``version`` when this call claims them, else the
+        version of the claim in force. Claims are numbered and each is created once, so of two runs claiming at
+        once one wins; a claim whose version is still unpublished after ``STALE_AFTER_S`` (its run died before
+        publishing) gives way to the next number."""
+        folder = self.rel(task, FINGERPRINTS, fingerprint)
+        while True:
+            numbers = [int(n) for n in self.root.list(folder) if n.isdigit()]
+            last = max(numbers, default=-1)
+            if last >= 0:
+                claim = self.root.read_json(f"{folder}/{last}")
+                if self.published(task, claim["version"]) or time.time() - claim["at"] < STALE_AFTER_S:
+                    return claim["version"]
+            mine = json.dumps({"version": version, "at": time.time()}).encode()
+            if self.root.write_once(f"{folder}/{last + 1}", mine):
+                return version
 
     def sweep_staging(self, task: str, older_than_s: float = STALE_AFTER_S) -> list[Path]:
         """Remove staged versions in which nothing changed for ``older_than_s`` (their run died before

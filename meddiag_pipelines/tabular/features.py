@@ -6,12 +6,15 @@ which is saved beside each model so that new cases are transformed exactly as th
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field
 
 import polars as pl
 
+from meddiag_pipelines.ingestion.warehouse import dtype_words
 from meddiag_pipelines.split import SPLIT_COLUMN
 from meddiag_pipelines.specs import TaskSpec
+from meddiag_pipelines.text.deid import find_phi
 from meddiag_pipelines.validation.suites import feature_columns
 
 OTHER = "__other__"
@@ -23,6 +26,15 @@ MAX_LEVELS = 50
 MAX_DISTINCT = 200
 IDENTIFIER_SHARE = 0.5  # more distinct values than this share of the patients (or rows) it covers
 FREE_TEXT_MEAN_CHARS = 40
+MAX_LEVEL_CHARS = 200
+# Words of a column name that say it holds a personal identifier (HIPAA Safe Harbor: names, contact details,
+# record and account numbers, birth dates); names are split on separators and camelCase ("patientName").
+IDENTIFIER_WORDS = frozenset("""
+    name names firstname lastname surname forename fullname givenname familyname maidenname fname lname initials
+    signature phone telephone tel mobile fax email mail address addr street zip zipcode postcode postal
+    id ids uid uuid guid identifier mrn ssn nhs passport license licence account acct dob birthdate birthday
+""".split())  # fmt: skip
+_NAME_WORDS = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|[^\W\d_]+")
 _XGBOOST_FORBIDDEN = str.maketrans({"[": "(", "]": ")", "<": "lt"})  # XGBoost refuses these in feature names
 
 
@@ -84,23 +96,41 @@ class FeaturePlan:
         return cls(**data)
 
 
-def infer_columns(spec: TaskSpec, frame: pl.DataFrame) -> tuple[list[str], list[str]]:
-    """Declared columns first; any other feature column is numeric if its type is, else categorical."""
-    numeric, categorical = list(spec.numeric), list(spec.categorical)
+def _unusable_type(dtype: pl.DataType) -> str | None:
+    """Why a column of this type cannot be a feature; None for numbers, text, true/false and all-null (all the
+    reader lets through: durations, bytes and dates stored by an earlier reader are reported, not cast)."""
+    if dtype.is_numeric() or dtype in (pl.String, pl.Boolean, pl.Null, pl.Categorical) or isinstance(dtype, pl.Enum):
+        return None
+    return f"holds {dtype_words(dtype)} ({dtype}); only numbers, text and true/false values are features"
+
+
+def infer_columns(spec: TaskSpec, frame: pl.DataFrame) -> tuple[list[str], list[str], dict[str, str]]:
+    """Declared columns first; any other feature column is numeric if its type is, else categorical; a column of
+    a type no feature takes is neither (the third item: column -> why)."""
+    numeric, categorical = [c for c in spec.numeric if c in frame.columns], [c for c in spec.categorical if c in frame.columns]
     for column in feature_columns(spec, frame.columns):
-        if column in numeric or column in categorical or column == SPLIT_COLUMN:
-            continue
-        (numeric if frame.schema[column].is_numeric() else categorical).append(column)
-    return numeric, categorical
+        if column not in numeric and column not in categorical and column != SPLIT_COLUMN:
+            (numeric if frame.schema[column].is_numeric() else categorical).append(column)
+    unusable = {c: why for c in [*numeric, *categorical] if (why := _unusable_type(frame.schema[c]))}
+    return [c for c in numeric if c not in unusable], [c for c in categorical if c not in unusable], unusable
 
 
-def _not_a_category(counts: pl.DataFrame, rows_per_key: float) -> str | None:
+def _identifier_name(column: str) -> bool:
+    """Whether a word of the column's name says it holds a personal identifier (:data:`IDENTIFIER_WORDS`)."""
+    return any(word.lower() in IDENTIFIER_WORDS for part in re.split(r"[\W_]+", column) for word in _NAME_WORDS.findall(part))
+
+
+def _not_a_category(column: str, counts: pl.DataFrame, rows_per_key: float) -> str | None:
     """Why an undeclared text column looks like free text or an identifier; None if it looks like a category.
-    ``counts``: its value counts on the training rows; ``rows_per_key``: training rows per patient (or id)."""
+    ``counts``: its value counts on the training rows; ``rows_per_key``: training rows per patient (or id).
+    Repeated values are no proof of a category (a patient's name on each of their visits): the column's name,
+    and the values that would become features, are checked for identifiers too."""
     values = counts.filter(pl.col("value") != MISSING)
     n_distinct, n_rows = values.height, int(values["count"].sum())
     if not n_rows:
         return None
+    if _identifier_name(column):
+        return "its name says it holds personal identifiers (a name, contact detail, record number or birth date)"
     if n_distinct > MAX_DISTINCT:
         return f"{n_distinct} distinct values (over {MAX_DISTINCT}): free text or an identifier"
     if n_distinct > IDENTIFIER_SHARE * n_rows / rows_per_key:
@@ -109,27 +139,38 @@ def _not_a_category(counts: pl.DataFrame, rows_per_key: float) -> str | None:
     mean_chars = float((values["value"].str.len_chars() * values["count"]).sum()) / n_rows
     if mean_chars > FREE_TEXT_MEAN_CHARS:
         return f"values of {mean_chars:.0f} characters on average (over {FREE_TEXT_MEAN_CHARS}): free text"
+    levels = _levels(counts)
+    longest = max(map(len, levels), default=0)
+    if longest > MAX_LEVEL_CHARS:  # a rare long value amid short ones: free text, and no feature name
+        return f"a value of {longest} characters would become a feature (over {MAX_LEVEL_CHARS}): free text"
+    kinds = sorted({span.kind for level in levels for span in find_phi(level)})
+    if kinds:
+        return f"values that would become features look like personal identifiers ({', '.join(kinds)})"
     return None
+
+
+def _levels(counts: pl.DataFrame) -> list[str]:
+    """The values of a categorical column that become one-hot features: the most frequent, each frequent enough."""
+    return [v for v, n in counts.iter_rows() if n >= MIN_LEVEL_COUNT][:MAX_LEVELS]
 
 
 def fit_plan(train: pl.DataFrame, spec: TaskSpec) -> FeaturePlan:
     """Undeclared text columns that look like free text or identifiers are dropped (with the reason); declare a
-    column in ``categorical`` to keep it."""
-    numeric, categorical = infer_columns(spec, train)
+    column in ``categorical`` to keep it. Columns of a type no feature takes are dropped too."""
+    numeric, categorical, dropped = infer_columns(spec, train)
     medians = {c: float(train[c].cast(pl.Float64).median() or 0.0) for c in numeric}
     indicators = [c for c in numeric if train[c].null_count() > 0]
     key = spec.patient_id if spec.patient_id in train.columns else spec.id
     rows_per_key = train.height / max(train[key].n_unique(), 1) if key in train.columns else 1.0
     declared = {*spec.categorical, *spec.subgroups}
-    levels, dropped = {}, {}
+    levels = {}
     for column in categorical:
         counts = train[column].cast(pl.String).fill_null(MISSING).alias("value").value_counts(sort=True)
-        why = None if column in declared else _not_a_category(counts, rows_per_key)
+        why = None if column in declared else _not_a_category(column, counts, rows_per_key)
         if why:
-            dropped[column] = why
+            dropped[column] = f"{why}; declare it in 'categorical' to use it"
             continue
-        kept = [v for v, n in counts.iter_rows() if n >= MIN_LEVEL_COUNT][:MAX_LEVELS]
-        levels[column] = sorted(kept) + [OTHER]
+        levels[column] = sorted(_levels(counts)) + [OTHER]
     return FeaturePlan(numeric, medians, indicators, levels, dropped)
 
 

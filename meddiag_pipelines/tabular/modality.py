@@ -25,8 +25,7 @@ from meddiag_pipelines.tabular.models import (
     top_contributions,
     train_tabular_models,
 )
-from meddiag_pipelines.validation.suites import (CheckFailure, identifier_columns, run_suite, tabular_expectations,
-                                                validate_tabular)  # fmt: skip
+from meddiag_pipelines.validation.suites import CheckFailure, run_suite, tabular_expectations, validate_tabular
 
 FEATURE_PREFIX = "f__"
 
@@ -113,7 +112,7 @@ class TabularModality(Modality):
         return validate_tabular
 
     def suite(self, spec: TaskSpec, records: pl.DataFrame) -> list[CheckFailure]:
-        return run_suite(records, tabular_expectations(spec, records.columns), identifier_columns(spec), spec.name)
+        return run_suite(records, tabular_expectations(spec, records.columns), spec.name)
 
     def features(self, spec: TaskSpec, split: pl.DataFrame, storage: Storage) -> BuiltFeatures:
         name = spec.name
@@ -126,7 +125,7 @@ class TabularModality(Modality):
                                 f"rows, over max_null_rate {spec.max_null_rate:g}; not declared, so kept with its "
                                 "missingness handled (see the missing-data table)")  # fmt: skip
         for column, why in plan.dropped.items():
-            warnings.append(f"{name}: column {column!r} is not a feature ({why}); declare it in 'categorical' to use it")
+            warnings.append(f"{name}: column {column!r} is not a feature: {why}")
         meta = {"n_features": len(plan.feature_names), "n_rows": frame.height, "missing_data": Table(missing),
                 "dropped_columns": Table([{"column": c, "why": why} for c, why in plan.dropped.items()])}  # fmt: skip
         return BuiltFeatures(frame, plan.as_dict(), meta, {"features": plan.feature_names[:50]}, warnings)

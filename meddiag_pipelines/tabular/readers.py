@@ -10,16 +10,27 @@ not UTF-8: guessing a legacy code page could silently corrupt names and codes, s
 NaN in a numeric column means "not recorded" (it becomes null); infinities, and finite values beyond float32
 (the models' precision: XGBoost would refuse them in every later run), are refused.
 
+Column types (the choice, documented in the README): later steps and batches meet four only, numbers (Float64),
+text, true/false and all-null. A Parquet duration becomes seconds; binary values become UTF-8 text, and a column
+that is not UTF-8 refuses its file; dates, times, categoricals and any other flat type become the text a CSV
+would hold; nested values (lists, structs) refuse their file. Each file is read once into memory and parsed from
+those bytes, which must match the digest taken when the batch was listed (a file still being written is
+refused). Line endings may be LF, CRLF or CR alone.
+
 Key columns (id, patient id, label, subgroups) are text, never inferred: ``0001`` keeps its zeros, and label
 values take one form (:func:`specs.canonical_label`) whether the file stored them as int, float, bool or text.
-Column names must be distinct ignoring case (DuckDB folds case) and outside the pipeline's internal namespace.
+Column names must be distinct ignoring case (DuckDB folds case) and outside the pipeline's internal namespace;
+a file must name at least one of the task's columns. A file without a header row has a row of data where the
+names should be, so problems with names are told by position, never by the name.
 """
 
 from __future__ import annotations
 
 import codecs
 import csv
+import hashlib
 import io
+import re
 import unicodedata
 from pathlib import Path
 
@@ -28,6 +39,7 @@ import polars as pl
 
 from meddiag_pipelines.ingestion.errors import BatchRejected
 from meddiag_pipelines.ingestion.landing import INTERNAL_PREFIX, LandedBatch, UnsafePath, confined_file, display_name
+from meddiag_pipelines.ingestion.warehouse import dtype_words
 from meddiag_pipelines.specs import ROW_ID, TaskSpec, canonical_label
 
 READERS = {".csv": "csv", ".parquet": "parquet"}
@@ -40,6 +52,8 @@ _BOMS = [  # longest first: the UTF-32-LE mark starts with the UTF-16-LE one
     (codecs.BOM_UTF16_LE, "utf-16-le"), (codecs.BOM_UTF16_BE, "utf-16-be"),
 ]  # fmt: skip
 _OTHER_DELIMITERS = (";", "\t", "|")
+_LONE_CR = re.compile(r"\r(?!\n)")
+_DURATION_UNITS = {"ms": 1e3, "us": 1e6, "ns": 1e9}  # Polars durations: integer counts of these per second
 
 
 def check_file(batch: LandedBatch, rel: str, max_file_mb: float) -> Path:
@@ -76,31 +90,51 @@ def _decode(raw: bytes, rel: str) -> str:
     return text
 
 
+def lf_line_endings(text: str) -> str:
+    """CSV text with every line ending as LF: an export that ends lines with CR alone (classic Mac) is otherwise
+    one long header line to Polars, which splits rows on LF only (the csv module splits on both). Text without
+    a lone CR is returned as is."""
+    if _LONE_CR.search(text) is None:
+        return text
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
 def check_case_distinct(names: list[str], rel: str) -> None:
     """DuckDB (the warehouse) folds the case of column names: ``Age`` and ``age`` would be one column there."""
-    seen: dict[str, str] = {}
-    for name in names:
-        other = seen.setdefault(name.casefold(), name)
-        if other != name:
-            raise BatchRejected(rel, f"columns {other!r} and {name!r} differ only in case; the warehouse "
-                                     "cannot hold both (rename one)")  # fmt: skip
+    seen: dict[str, int] = {}
+    for i, name in enumerate(names, start=1):
+        first = seen.setdefault(name.casefold(), i)
+        if first != i:
+            raise BatchRejected(rel, f"columns {first} and {i} (in order of appearance) have names that differ only "
+                                     "in case; the warehouse cannot hold both (rename one)")  # fmt: skip
+
+
+def first_repeat(names: list[str]) -> tuple[int, str] | None:
+    """The position (from 1) and name of the first column whose name an earlier column has: readers would rename
+    or pick one of the two silently."""
+    seen: set[str] = set()
+    for i, name in enumerate(names, start=1):
+        if name in seen:
+            return i, name
+        seen.add(name)
+    return None
 
 
 def _check_columns(names: list[str], rel: str) -> None:
     if len(names) > MAX_COLUMNS:
         raise BatchRejected(rel, f"has {len(names)} columns, over the limit of {MAX_COLUMNS}")
-    seen: set[str] = set()
     for i, name in enumerate(names, start=1):
         if not name.strip():
             raise BatchRejected(rel, f"column {i} has an empty name")
         if len(name) > MAX_COLUMN_NAME_CHARS or any(unicodedata.category(ch) in ("Cc", "Cs") for ch in name):
             raise BatchRejected(rel, f"column {i} has a name that is too long or holds control characters")
-        if name in seen:
-            raise BatchRejected(rel, f"column {i} repeats the name {name!r}")
         if name.casefold().startswith(INTERNAL_PREFIX):
-            raise BatchRejected(rel, f"column {name!r} is in the pipeline's reserved namespace {INTERNAL_PREFIX!r} "
+            raise BatchRejected(rel, f"column {i} has a name in the pipeline's reserved namespace {INTERNAL_PREFIX!r} "
                                      "(its own columns); rename it")  # fmt: skip
-        seen.add(name)
+    repeat = first_repeat(names)
+    if repeat:  # by position: in a file without a header row the names are a row of data
+        i, name = repeat
+        raise BatchRejected(rel, f"column {i} repeats the name of column {names.index(name) + 1}")
     check_case_distinct(names, rel)
 
 
@@ -149,31 +183,38 @@ def _polars_problem(exc: BaseException) -> str:
     return f"{type(exc).__name__}"
 
 
+def _names_a_task_column(frame: pl.DataFrame, spec: TaskSpec, rel: str) -> None:
+    """A file that names none of the task's columns has no header row (its first row is data) or belongs to
+    another export: refused before its names reach the ledger, and without quoting them."""
+    declared = {spec.label, spec.id, spec.patient_id, *spec.subgroups, *spec.numeric, *spec.categorical, *spec.exclude}
+    if not declared & set(frame.columns):
+        raise BatchRejected(rel, f"has no header row with the task's columns (label {spec.label!r}, id {spec.id!r}): "
+                                 "its first row names none of them and is not shown, as it may be a row of data")  # fmt: skip
+
+
 def key_columns(spec: TaskSpec) -> list[str]:
     """Columns that are text whatever they look like: identifiers, the label and the subgroups."""
     return [c for c in dict.fromkeys((spec.id, spec.label, spec.patient_id, *spec.subgroups)) if c]
 
 
-def _read_csv(path: Path, rel: str, text_columns: list[str]) -> pl.DataFrame:
-    text = _decode(path.read_bytes(), rel)
+def _read_csv(raw: bytes, rel: str, text_columns: list[str]) -> pl.DataFrame:
+    text = _decode(raw, rel)
     if not text.strip():
         raise BatchRejected(rel, "holds only whitespace")
+    text = lf_line_endings(text)
     header = _check_csv_shape(text, rel)
     as_text = {c: pl.String for c in text_columns if c in header}
     return pl.read_csv(io.BytesIO(text.encode("utf-8")), infer_schema_length=None, raise_if_empty=True,
                        schema_overrides=as_text)  # fmt: skip
 
 
-def _read_parquet(path: Path, rel: str, max_file_mb: float) -> pl.DataFrame:
+def _read_parquet(raw: bytes, rel: str, max_file_mb: float) -> pl.DataFrame:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    with open(path, "rb") as fh:
-        head = fh.read(4)
-        fh.seek(-4, 2)
-        tail = fh.read(4)
-    if head != b"PAR1" or tail != b"PAR1":
+    if raw[:4] != b"PAR1" or raw[-4:] != b"PAR1":
         raise BatchRejected(rel, "cannot be read as parquet: the PAR1 markers are missing (truncated or corrupt)")
-    parquet = pq.ParquetFile(path)
+    parquet = pq.ParquetFile(pa.BufferReader(raw))
     meta = parquet.metadata
     if meta.num_columns > MAX_COLUMNS:
         raise BatchRejected(rel, f"has {meta.num_columns} columns, over the limit of {MAX_COLUMNS}")
@@ -187,13 +228,14 @@ def _read_parquet(path: Path, rel: str, max_file_mb: float) -> pl.DataFrame:
             raise BatchRejected(rel, f"decodes to more than {limit / 2**20:.1f} MB ({PARQUET_MAX_EXPANSION} x "
                                      "landing.max_file_mb): refused as a decompression bomb")  # fmt: skip
         slices.append(piece)
-    import pyarrow as pa
-
+    _check_columns(parquet.schema_arrow.names, rel)  # before Polars, which refuses a repeated name unnamed
     table = pa.Table.from_batches(slices, schema=parquet.schema_arrow)
-    frame = pl.from_arrow(table)
+    try:
+        frame = pl.from_arrow(table)
+    except (Exception, pl.exceptions.PanicException) as exc:
+        raise BatchRejected(rel, _unreadable_column(table) or f"cannot be read as parquet: {_polars_problem(exc)}") from exc
     if not isinstance(frame, pl.DataFrame):
         raise BatchRejected(rel, "cannot be read as parquet: it holds no table")
-    _check_columns(frame.columns, rel)
     nested = [c for c, t in frame.schema.items() if t.is_nested() or t == pl.Object]
     if nested:
         raise BatchRejected(rel, f"column {nested[0]!r} holds nested values ({frame.schema[nested[0]]}); "
@@ -201,15 +243,42 @@ def _read_parquet(path: Path, rel: str, max_file_mb: float) -> pl.DataFrame:
     return frame
 
 
-def read_table_file(path: Path, rel: str, text_columns: list[str] = (), max_file_mb: float = float("inf")) -> pl.DataFrame:
-    """One CSV or Parquet file as a frame, or :class:`BatchRejected`; ``text_columns`` are read as text (CSV)."""
+def _unreadable_column(table) -> str | None:
+    """Which column of an Arrow table Polars cannot take, and its type (e.g. decimal256), in plain words."""
+    for field in table.schema:
+        try:
+            pl.from_arrow(table.select([field.name]))
+        except (Exception, pl.exceptions.PanicException):
+            return f"column {field.name!r} has the Arrow type {field.type}, which cannot be read; re-export it as numbers or text"
+    return None
+
+
+def _read_once(path: Path, rel: str, max_file_mb: float, digest: str | None) -> bytes:
+    """The file's bytes, read once: what is parsed is what was hashed. ``digest`` (its SHA-256 when the batch was
+    listed, as :func:`file_digest` computes it): a file that differs now was still being written."""
+    limit = max_file_mb * 2**20
+    with open(path, "rb") as fh:
+        raw = fh.read(int(limit) + 1 if limit != float("inf") else -1)
+    if len(raw) > limit:
+        raise BatchRejected(rel, f"grew over the limit of {max_file_mb} MB (landing.max_file_mb) while it was read")
+    if digest is not None and hashlib.sha256(raw).hexdigest() != digest:
+        raise BatchRejected(rel, "changed after the batch was listed (its bytes differ from the digest recorded "
+                                 "then): it was still being written; land the batch again once it is complete")  # fmt: skip
+    return raw
+
+
+def read_table_file(path: Path, rel: str, text_columns: list[str] = (), max_file_mb: float = float("inf"),
+                    digest: str | None = None) -> pl.DataFrame:  # fmt: skip
+    """One CSV or Parquet file as a frame, or :class:`BatchRejected`; ``text_columns`` are read as text (CSV);
+    ``digest``: see :func:`_read_once`."""
     kind = READERS.get(path.suffix.lower())
     if kind is None:
         raise BatchRejected(rel, f"unsupported file type {path.suffix!r}; expected one of {sorted(READERS)}")
-    if path.stat().st_size == 0:
+    raw = _read_once(path, rel, max_file_mb, digest)
+    if not raw:
         raise BatchRejected(rel, "is empty (zero bytes)")
     try:
-        frame = _read_csv(path, rel, text_columns) if kind == "csv" else _read_parquet(path, rel, max_file_mb)
+        frame = _read_csv(raw, rel, text_columns) if kind == "csv" else _read_parquet(raw, rel, max_file_mb)
     except BatchRejected:
         raise
     except (Exception, pl.exceptions.PanicException) as exc:  # Polars may even panic; each becomes a reason
@@ -217,6 +286,30 @@ def read_table_file(path: Path, rel: str, text_columns: list[str] = (), max_file
     if frame.height == 0:
         raise BatchRejected(rel, "holds a header but no rows")
     return frame
+
+
+def settled_types(frame: pl.DataFrame, spec: TaskSpec, rel: str) -> pl.DataFrame:
+    """Every column as a number, text, true/false or all-null, whatever type a Parquet writer gave it, so that
+    later steps and batches meet these four only: durations become seconds; binary values UTF-8 text (refused
+    if they are not); dates, times, categoricals and any other flat type the text a CSV would hold (a date is
+    then text, judged as such by the feature step)."""
+    casts = []
+    for column, dtype in frame.schema.items():
+        if dtype.is_numeric() or dtype in (pl.String, pl.Boolean, pl.Null):
+            continue
+        if isinstance(dtype, pl.Duration):
+            casts.append(pl.col(column).cast(pl.Int64).cast(pl.Float64) / _DURATION_UNITS[dtype.time_unit])
+            continue
+        if column in spec.numeric and dtype.is_temporal():  # Polars would cast a date to a count of days
+            raise BatchRejected(rel, f"column {column!r} is declared numeric but holds {dtype_words(dtype)} ({dtype})")
+        try:
+            frame[column].cast(pl.String, strict=True)
+        except (pl.exceptions.InvalidOperationError, pl.exceptions.ComputeError) as exc:
+            what = "binary values that are not UTF-8 text" if dtype == pl.Binary else f"values of type {dtype} that are not text"
+            raise BatchRejected(rel, f"column {column!r} holds {what}; only numbers, text and true/false values are "
+                                     "read (re-export the column as text)") from exc  # fmt: skip
+        casts.append(pl.col(column).cast(pl.String))
+    return frame.with_columns(casts) if casts else frame
 
 
 def _as_float(frame: pl.DataFrame, column: str, rel: str) -> pl.Expr:
@@ -259,6 +352,7 @@ def normalise(frame: pl.DataFrame, spec: TaskSpec, rel: str) -> pl.DataFrame:
     """Key columns as text; declared-numeric and all numeric columns as Float64 (so batches agree whether a
     column came as integers or decimals) with NaN as null, infinities and values beyond float32 refused; labels
     in canonical form, empty labels as null (cases to score); 'not recorded' codes as null."""
+    frame = settled_types(frame, spec, rel)
     keys = [c for c in key_columns(spec) if c in frame.columns]
     frame = frame.with_columns(pl.col(c).cast(pl.String).str.strip_chars() for c in keys if c != spec.label)
     numeric = [c for c in frame.columns if c not in keys and (c in spec.numeric or frame.schema[c].is_numeric())]
@@ -294,7 +388,8 @@ def read_tabular_batch(batch: LandedBatch, spec: TaskSpec) -> pl.DataFrame:
     frames = []
     for rel in batch.files:
         path = check_file(batch, rel, spec.landing.max_file_mb)
-        frame = read_table_file(path, rel, key_columns(spec), spec.landing.max_file_mb)
+        frame = read_table_file(path, rel, key_columns(spec), spec.landing.max_file_mb, batch.digests.get(rel))
+        _names_a_task_column(frame, spec, rel)
         frames.append(normalise(_with_row_ids(frame, spec, batch.batch_id, rel), spec, rel))
     try:
         frame = pl.concat(frames, how="diagonal_relaxed")

@@ -7,19 +7,26 @@ by a typed placeholder (``PLACEHOLDERS``). The rules cover the HIPAA Safe Harbor
 find in free text, each class in its common variants:
 
 ========  ===========================================================================================
-DATE      every date element other than a lone year: numeric 03/14/2023, 3-14-23, 14.03.2023,
-          2023-03-14, 03/2023; a month name or abbreviation in any case, in any order, with / - . or
-          spaces or nothing between: March 14, 2023, MARCH 14 2023, 14 Mar 2023, 17/Apr/2023,
-          14-MAR-31, 14MAR1931, 14th of March, March 2023, Mar 14 (a year-less lower-case "may" is the
-          verb and left alone); "on 3/14" (a month/day pair only after a date word)
+DATE      every date element other than a lone year: numeric 03/14/2023, 3-14-23, 3/14/'23, 03 / 14 /
+          2023, 14.03.2023, 2023-03-14, 20230314, 03/2023, 2023-03; a month name or abbreviation in any
+          case, in any order, with / - . or spaces or nothing between: March 14, 2023, MARCH 14 2023,
+          14 Mar 2023, 17/Apr/2023, 14-MAR-31, 14MAR1931, March 2023, June of 1940, Dec '13, Dec-96,
+          Mar 14; days as ordinals or words and years in words: the third of May, 3rd of May 2021, May
+          the 3rd, March twenty-first, March twenty-one, twenty-first March, Sept. 3rd, May third,
+          nineteen sixty-one; a weekday with its date (Tues., Sept. 3rd; Friday the 13th; Fri 5/3).
+          A lower-case "may" is the verb unless a year, "of" or a day in digits goes with it ("may
+          3rd"); "on 3/14" (a month/day pair only after a date word, and not x/10 or x/5 after "pain",
+          "strength", "score" and the like: a score)
 PHONE     US numbers with (), dots, dashes or spaces, +1 or 1-, an extension (x12, ext. 12,
           extension 12); international numbers with + or 00 and a country code (8 to 15 digits);
-          555-1234 or 10 bare digits after a phone word
+          555-1234, 10 bare digits or 617 5550123 after a phone word
 FAX       the same shapes with "fax" shortly before
 EMAIL     name@host.tld
 SSN       three, two and four digits with any one separator (- . space), and 9 digits after "SSN"
 MRN       the value after MRN, MR#, MR No., medical record (number), med rec, chart (no.), record no.,
-          patient id, ID#, ID:, hospital / unit / encounter no., with ':', '#', 'No.', dashes or spaces
+          patient id, ID#, ID:, hospital / unit no., encounter, with ':', '#', 'No.', dashes or spaces;
+          a value written in groups (123 456 789, 014.048.411, AB 123 456); unlabelled, letters and
+          dashed digit groups (A12-345-678)
 ACCOUNT   the value after account / acct / acc / billing / invoice / claim / member / policy /
           insurance / health plan / beneficiary (health-plan beneficiary numbers are reported as ACCOUNT)
 LICENSE   the value after licence / license / lic / DEA / NPI / certificate / badge / serial
@@ -34,7 +41,8 @@ ZIP       a 5- or 9-digit ZIP only after a US state (code or name) or "zip" / "p
 AGE       an age over 89: "92-year-old", "92 yo", "92yo", "92 y/o", "92 y.o.", "92 yrs", "age 95",
           "aged 91", "95 years of age", "ninety-two years old" (the number is replaced: "[AGE]-year-old");
           ages up to 89 are kept
-NAME      after a title in any case (Dr, dr., DR., Mr, mrs, Ms, Prof, Doctor, nurse; Miss, not "miss";
+NAME      after a title in any case (Dr, dr., DR., dr, Mr, mrs, Ms, Prof, Doctor, nurse; Miss, not "miss";
+          a lower-case "mr" / "ms" only with a period: "mr angiogram", "ms flare";
           an all-caps title without a period only before an all-caps name, so "MS Contin" survives), after a label
           (Patient:, Name:, seen by, signed by, attending, referred by, PCP, ...), before a credential
           (", MD", ", RN", ...), on signature lines ("/s/ ...", "Signed: ..."), and "Firstname Lastname"
@@ -44,17 +52,26 @@ NAME      after a title in any case (Dr, dr., DR., Mr, mrs, Ms, Prof, Doctor, nu
 
 Not covered (no rule can find them reliably): geographic units smaller than a state other than a street
 address and a ZIP, names with no context and not in the lists, vehicle and device identifiers without a
-label, biometric identifiers, photographs, and years that reveal an age over 89. Clinical content is left
-alone: "5 mg", "BP 120/80", "ICD-10 I21.4", "1/2 tablet", lone years and eponyms ("Parkinson disease")
-survive, and so does every description of ICD-10-CM (a test checks all of them). Recall per class on a
-synthetic corpus the rules were not written from is in bench/README.md ("De-identification recall").
+label, biometric identifiers, photographs, years that reveal an age over 89, a day and a lower-case "may"
+with no year ("29 may": "grade 3 may be"), lower-case "wed", "sat", "sun" before a date, a month alone.
+Clinical content is left alone: "5 mg", "BP 120/80", "ICD-10 I21.4", "1/2 tablet", "pain 4/10", ordinals
+("second-degree", "the third day"), lone years and eponyms ("Parkinson disease") survive, and so does every
+description of ICD-10-CM (a test checks all of them). Recall per class on synthetic corpora the rules were not
+written from is in bench/README.md ("De-identification recall").
+
+Every rule runs in time linear in the text (possessive runs where a run of tokens or digits could split more
+than one way; no two unbounded runs of one character class side by side); ``find_phi`` and ``scrub`` take a
+``time_limit`` in seconds and raise ``ScrubTimeout`` past it (the reader refuses such a text, see readers.py).
 """
 
 from __future__ import annotations
 
 import re
+import time
 import unicodedata
+from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 
 from meddiag_pipelines.text.names import FIRST_NAMES, SURNAMES
 
@@ -77,6 +94,11 @@ PLACEHOLDERS: dict[str, str] = {
         "NAME",
     )
 }
+
+
+class ScrubTimeout(Exception):
+    """Finding the identifiers of one text took longer than its time limit: the text must not be stored, since
+    the rules not yet run may have had more to find. The message never quotes the text."""
 
 
 @dataclass(frozen=True, order=True)
@@ -127,10 +149,41 @@ _DD = r"(?:0?[1-9]|[12]\d|3[01])"
 _YYYY = r"(?:1[89]\d\d|2[01]\d\d)"
 _YY = r"(?:'?\d\d)"
 _ORD = r"(?i:st|nd|rd|th)?"
+# Days and years in words, as dictated: "the third of May", "March twenty-first", "May twenty-one, nineteen
+# sixty-one". Each alternative ends at a word boundary, so "seventeen" never stops at "seven".
+_ONES_WORD = "one|two|three|four|five|six|seven|eight|nine"
+_ONES_ORD = "first|second|third|fourth|fifth|sixth|seventh|eighth|ninth"
+_TEENS_WORD = "ten|eleven|twelve|(?:thir|four|fif|six|seven|eigh|nine)teen"
+_TENS_WORD = "twenty|thirty|forty|fifty|sixty|seventy|eighty|ninety"
+_DAY_ORD_WORD = (
+    rf"(?i:twenty[ \-]?(?:{_ONES_ORD})|thirty[ \-]?first|twentieth|thirtieth|tenth|eleventh|twelfth|"
+    rf"(?:thir|four|fif|six|seven|eigh|nine)teenth|{_ONES_ORD})(?![\w\-])"
+)
+_DAY_CARD_WORD = rf"(?i:twenty(?:[ \-]?(?:{_ONES_WORD}))?|thirty(?:[ \-]?one)?|{_TEENS_WORD}|{_ONES_WORD})(?![\w\-])"
+_DAY_ORDINAL = rf"(?:{_DD}(?i:st|nd|rd|th)(?![A-Za-z])|{_DAY_ORD_WORD})"  # 3rd, 21ST, third, twenty-first
+_TENS_ONES = rf"(?:{_TENS_WORD})(?:[ \-](?:{_ONES_WORD}))?"
+_YEAR_WORDS = (
+    rf"(?i:(?:eighteen|nineteen|twenty)[ \-](?:hundred|oh[ \-](?:{_ONES_WORD})|{_TEENS_WORD}|{_TENS_ONES})|"
+    rf"two[ \-]thousand(?:[ \-]and)?(?:[ \-](?:{_TEENS_WORD}|{_TENS_ONES}|{_ONES_WORD}))?)(?![\w\-])"
+)
+_YEAR = rf"(?:{_YYYY}(?!\d)|'\d\d(?!\d)|{_YEAR_WORDS})"  # 2019, '19, nineteen sixty-one
+_AND_YEAR = rf"(?:,?[ \t]+{_YEAR})?"
+# Weekdays: full names and most abbreviations in any case; "Sat", "Sun", "Wed" capitalised or upper case only
+# ("sat up", "sun exposure").
+_WEEKDAY = (
+    r"(?:(?i:monday|tuesday|wednesday|thursday|friday|saturday|sunday|mon|tues?|thu(?:rs?)?|fri)|"
+    r"(?:Weds?|Sat|Sun|WEDS?|SAT|SUN))(?![A-Za-z])"
+)
+# The letters every month name holds and every weekday holds: a text without them skips those rules.
+_HAS_MONTH = r"(?i:jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec)"
+_HAS_WEEKDAY = r"(?i:mon|tue|wed|thu|fri|sat|sun)"
 _DSEP = r"[\s/.\-]{0,3}"  # between the parts of a written date: "14 Mar", "17/Apr/", "14MAR", "Mar. 14,"
 _SEP = r"[\s:#.\-]*"  # between a label and its value: "MRN: 123", "MRN #123", "MRN - 123"
 _NUMBER_WORD = r"(?:number|no\.?|num\.?|nbr|nr\.?|#|id)"
 _UNIT = r"(?i:mg|mcg|g|kg|ml|l|units?|tabs?|tablets?|caps?|capsules?|doses?|times|%|mmol|meq|mmhg|bpm|cm|mm)\b"
+# A record number written in groups after its label: "123 456 789", "014.048.411", "1 331 527", "AB 123 456",
+# "Z502 127 081", "XYZ 123456789" (upper-case letters only; possessive runs: the digits split one way).
+_ID_GROUPED = r"(?:(?-i:[A-Z]{1,4})[ \-]?)?(?:\d{1,6}+(?:[ .\-]\d{2,6}+){1,5}+|\d{4,}+)(?![\w\-]|\.\d)"
 _PHONE_EXT = r"(?:[ \t]*(?i:x|ext\.?|extension)[ \t]*\d{1,5})?"
 
 _US_STATES = (
@@ -183,6 +236,7 @@ _NOT_NAMES = frozenset(
     Practitioner Manager Case Staff Station Anesthetist Physician Provider Surgeon Attending Resident Nurse
     Normal Saline Assistant Consult Consultation Services Health Center Medical Group Associates
     Monday Tuesday Wednesday Thursday Friday Saturday Sunday Tonight Office Visit Appointment
+    Appt Said Says Saw Orders Order Aware Notified Recommends Recommended Wants Will Would Should Can Could
     """.split()
 )
 
@@ -229,8 +283,8 @@ _RULES: list[_Rule] = [
         rf"(?i)\b(?:MRN|MR\.?[ \t]*{_NUMBER_WORD}|MR[ \t]*:|medical[ \t]+record(?:[ \t]*{_NUMBER_WORD})?|"
         rf"med\.?[ \t]?rec(?:ord)?\.?(?:[ \t]*{_NUMBER_WORD})?|chart(?:[ \t]*{_NUMBER_WORD})?|record[ \t]*{_NUMBER_WORD}|"
         rf"patient[ \t]*(?:id|identifier|{_NUMBER_WORD})|pt\.?[ \t]*id|ID[ \t]*(?:#|:|no\b\.?|number)|identifier|"
-        rf"hospital[ \t]*{_NUMBER_WORD}|unit[ \t]*{_NUMBER_WORD}|encounter[ \t]*{_NUMBER_WORD})(?![A-Za-z]){_SEP}(?:is\s+|of\s+)?"
-        r"(?P<v>[A-Z]{0,4}-?\d[\dA-Z\-]{3,})\b",
+        rf"hospital[ \t]*{_NUMBER_WORD}|unit[ \t]*{_NUMBER_WORD}|encounter(?:[ \t]*{_NUMBER_WORD})?)(?![A-Za-z]){_SEP}(?:is\s+|of\s+)?"
+        rf"(?P<v>{_ID_GROUPED}|[A-Z]{{0,4}}-?\d[\dA-Z\-]{{3,}})\b",
         "v",
         needs=_DIGIT,
     ),
@@ -238,7 +292,7 @@ _RULES: list[_Rule] = [
         "ACCOUNT",
         rf"(?i)\b(?:account|acct\.?|acc\.?|a/c|billing|invoice|claim|member|subscriber|policy|insurance|"
         rf"health plan|beneficiary|medicaid|medicare)(?:[ \t]*{_NUMBER_WORD})?(?![A-Za-z]){_SEP}(?:is\s+)?"
-        r"(?P<v>[A-Z]{0,4}-?\d[\dA-Z\-]{4,})\b",
+        rf"(?P<v>{_ID_GROUPED}|[A-Z]{{0,4}}-?\d[\dA-Z\-]{{4,}})\b",
         "v",
         needs=_DIGIT,
     ),
@@ -246,7 +300,7 @@ _RULES: list[_Rule] = [
         "LICENSE",
         rf"(?i)\b(?:licen[cs]e|lic\.?|DEA|NPI|certificate|cert\.?|badge|registration|serial|"
         rf"driver'?s licen[cs]e|DL)(?:[ \t]*{_NUMBER_WORD})?(?![A-Za-z]){_SEP}(?:is\s+)?"
-        r"(?P<v>[A-Z]{0,4}-?\d[\dA-Z\-]{4,})\b",
+        rf"(?P<v>{_ID_GROUPED}|[A-Z]{{0,4}}-?\d[\dA-Z\-]{{4,}})\b",
         "v",
         needs=_DIGIT,
     ),
@@ -255,25 +309,59 @@ _RULES: list[_Rule] = [
     _r(
         "PHONE",
         rf"(?<![\w.+])(?:\+|\b00)[1-9]\d{{0,2}}(?=(?:[\s.\-()]{{0,3}}\d){{7,14}})[\s.\-]?(?:\(0?\d{{1,4}}\)[\s.\-]?)?"
-        rf"\d{{1,5}}(?:[\s.\-]?\d{{1,5}}){{1,5}}{_PHONE_EXT}(?![\w])",
+        rf"\d{{1,5}}+(?:[\s.\-]?\d{{1,5}}+){{1,5}}{_PHONE_EXT}(?![\w])",  # possessive: a digit run splits one way
         needs=_DIGIT,
     ),
-    _r("PHONE", r"(?i)\b(?:phone|tel|telephone|cell|mobile|pager|beeper|call(?:ed)?|fax|contact|reach(?:ed)? at)\b[\s:#.\-]*(?:number\s*|no\.?\s*|is\s+|at\s+)?(?P<v>\d{10}|\d{3}-\d{4})\b", "v", needs=_DIGIT),
+    _r(
+        "PHONE",
+        r"(?i)\b(?:phone|tel|telephone|cell|mobile|pager|beeper|call(?:ed)?(?:\s+back)?|fax|contact|"
+        r"reach(?:ed)?(?:\s+(?:him|her|them|me|us))?\s+at)\b[\s:#.\-]*(?:number\s*|no\.?\s*|is\s+|at\s+)?"
+        r"(?P<v>\d{3}[ .\-]?\d{7}|\d{3}-\d{4})\b",
+        "v",
+        needs=_DIGIT,
+    ),
     # ---- dates
-    _r("DATE", rf"(?<![\d/.\-]){_MM}([/\-.]){_DD}\1(?:{_YYYY}|\d{{2}})(?![\d/\-]|\.\d)", needs=_DIGIT),
-    _r("DATE", rf"(?<![\d/.\-]){_DD}([/\-.]){_MM}\1(?:{_YYYY}|\d{{2}})(?![\d/\-]|\.\d)", needs=_DIGIT),
-    _r("DATE", rf"(?<![\d/.\-]){_YYYY}([/\-.]){_MM}\1{_DD}(?![\d/\-]|\.\d)", needs=_DIGIT),
+    # numbers: 03/14/2023, 3/14/'23, 03 / 14 / 2023, 14.03.2023, 2023-03-14, 03/2023, 2023-03, 4 10 1991, 20230314
+    _r("DATE", rf"(?<![\d/.\-]){_MM}([/\-.]|[ \t]/[ \t]){_DD}\1'?(?:{_YYYY}|\d{{2}})(?![\d/\-]|\.\d)", needs=_DIGIT),
+    _r("DATE", rf"(?<![\d/.\-]){_DD}([/\-.]|[ \t]/[ \t]){_MM}\1'?(?:{_YYYY}|\d{{2}})(?![\d/\-]|\.\d)", needs=_DIGIT),
+    _r("DATE", rf"(?<![\d/.\-]){_YYYY}([/\-.]|[ \t]/[ \t]){_MM}\1{_DD}(?![\d/\-]|\.\d)", needs=_DIGIT),
     _r("DATE", rf"(?<![\d/.\-]){_MM}[/\-]{_YYYY}(?![\d/\-]|\.\d)", needs=_DIGIT),
+    _r("DATE", rf"(?<![\d/.\-]){_YYYY}-(?:0[1-9]|1[0-2])(?![\d/\-]|\.\d)", needs=_DIGIT),
     _r("DATE", rf"(?<![\d/.\-]){_MM} {_DD} {_YYYY}(?![\d/\-]|\.\d)", needs=_DIGIT),
-    _r("DATE", rf"\b{_YYYY}{_MM.replace('0?', '0')}{_DD.replace('0?', '0')}(?=T\d\d)", needs=_DIGIT),
+    _r("DATE", rf"\b{_YYYY}{_MM.replace('0?', '0')}{_DD.replace('0?', '0')}(?:(?=T\d\d)|\b)", needs=_DIGIT),
     # day month [year]: 14 Mar 2023, 17/Apr/2023, 14MAR1931, 14-MAR-31, 14th of March
     _r("DATE", rf"\b{_DD}{_ORD}(?:[ \t]+of)?{_DSEP}{_MON}\.?,?{_DSEP}(?:{_YYYY}|{_YY})(?!\d)", needs=_DIGIT),
     _r("DATE", rf"\b{_DD}{_ORD}(?:[ \t]+of)?[\s\-]+{_MON_NOYEAR}\.?", needs=_DIGIT),
     # month day [year]: March 14, 2023, MARCH 14 2023, Mar-14-2023, Apr/17/2023, Mar 14
     _r("DATE", rf"\b{_MON}\.?{_DSEP}{_DD}{_ORD},?{_DSEP}{_YYYY}(?!\d)", needs=_DIGIT),
     _r("DATE", rf"\b{_MON_NOYEAR}\.?[\s/\-]{{1,3}}{_DD}{_ORD}\b(?!\s*{_UNIT}|[/.]\d)", needs=_DIGIT),
-    # month year: March 2023, mar-2023
-    _r("DATE", rf"\b{_MON}\.?,?[\s/.\-]{{1,3}}{_YYYY}\b", needs=_DIGIT),
+    # days and years in words: the third of May, 3rd of May 2021, twenty-first March, May the 3rd, March
+    # twenty-first, Sept. 3rd, may 3rd, may fifth, 2002 (a lower-case "may" before a day in words only with a
+    # year: "may first try ...")
+    _r("DATE", rf"\b{_DAY_ORDINAL}[ \t]+of[ \t]+{_MON}\.?{_AND_YEAR}", needs=_HAS_MONTH),
+    _r("DATE", rf"\b{_DAY_ORD_WORD}[ \t]+{_MON_NOYEAR}\.?{_AND_YEAR}", needs=_HAS_MONTH),
+    _r("DATE", rf"\b{_DD}{_ORD}[\s\-]+{_MON_NOYEAR}\.?,?[ \t]+{_YEAR_WORDS}", needs=_HAS_MONTH),
+    _r(
+        "DATE",
+        rf"\b(?:{_MON_NOYEAR}\.?,?[ \t]+(?:the[ \t]+)?{_DAY_ORDINAL}{_AND_YEAR}|"
+        rf"may[ \t]+(?:the[ \t]+)?(?:{_DD}(?i:st|nd|rd|th)\b{_AND_YEAR}|{_DAY_ORD_WORD},?[ \t]+{_YEAR}))",
+        needs=_HAS_MONTH,
+    ),
+    # March twenty-one, May twenty one, 2019; not "May two nurses", "March one block", "May one of us"
+    _r(
+        "DATE",
+        rf"\b{_MON_NOYEAR}\.?[ \t]+{_DAY_CARD_WORD}(?![ \t]+(?:of|or|more|{_UNIT}|(?i:[a-z]+s)\b)){_AND_YEAR}",
+        needs=_HAS_MONTH,
+    ),
+    # a weekday and a day with no month: "Friday the 13th", "Tue 5/3" (before any other date, see _with_weekday)
+    _r(
+        "DATE",
+        rf"\b{_WEEKDAY}\.?,?[ \t]+(?:the[ \t]+{_DAY_ORDINAL}|{_MM}/{_DD}(?![\d/]|\.\d))",
+        needs=_HAS_WEEKDAY,
+    ),
+    # month year: March 2023, June of 1940, mar-2023, Dec '13, Dec-96, August nineteen sixty-one
+    _r("DATE", rf"\b{_MON}\.?,?(?:[ \t]+of)?[\s/.\-]{{1,3}}(?:{_YYYY}\b|'\d\d\b|{_YEAR_WORDS})", needs=_HAS_MONTH),
+    _r("DATE", rf"\b{_MON}\.?[/\-]'?\d\d(?![\d/\-]|\.\d)", needs=_DIGIT),
     _r("DATE", rf"\b{_MON_NOYEAR}(?=\s+(?:of\s+)?(?:this|last|next)\s+year)"),
     _r(
         "DATE",
@@ -284,6 +372,8 @@ _RULES: list[_Rule] = [
         needs=_DIGIT,
     ),
     _r("DATE", rf"(?<![\d/]){_MM}/{_DD}(?=\s*(?:-|to|through|and)\s*{_MM}/{_DD}(?![\d/]))", needs=_DIGIT),
+    # ---- an unlabelled record number of letters and dashed digit groups: A12-345-678 (not T2-N1-M0, I20-I25)
+    _r("MRN", r"(?<![\w\-])[A-Z]{1,3}\d{1,4}(?:-\d{2,6}){2,4}(?![\w\-]|\.\d)", needs=_DIGIT),
     # ---- street addresses (with the city and state after them) and P.O. boxes
     _r(
         "ADDRESS",
@@ -298,8 +388,8 @@ _RULES: list[_Rule] = [
     _r("ZIP", r"(?<![\d\-])\d{5}-\d{4}(?![\d\-])", needs=_DIGIT),
     _r(
         "ZIP",
-        rf"(?:\b(?:{'|'.join(_US_STATES)})\.?,?|\b(?:{_US_STATE_NAMES}),?|(?i:\bzip(?:\s*code)?|\bpostal\s*code|\bpost\s*code)[\s:#]*)"
-        r"\s+(?P<v>\d{5})(?![\d\-])",
+        rf"(?:\b(?:{'|'.join(_US_STATES)})\.?,?\s++|\b(?:{_US_STATE_NAMES}),?\s++|"
+        r"(?i:\bzip(?:\s*+code)?|\bpostal\s*+code|\bpost\s*+code)[\s:#]*+)(?P<v>\d{5})(?![\d\-])",
         "v",
         needs=_DIGIT,
     ),
@@ -326,8 +416,9 @@ _RULES: list[_Rule] = [
     _r("NAME", rf"\b(?:(?i:{_TITLE})\.[ \t]*|(?:{_TITLE}|{_TITLE.title()}|Miss)[ \t]+)(?P<v>{_NAME_SEQ})", "v"),
     # an all-caps title with no period only before an all-caps name (DR SMITH; not "MS Contin", "DR tablet")
     _r("NAME", rf"\b(?:{_TITLE.upper()}|MISS)[ \t]+(?P<v>{_CAPS_NAME_SEQ})", "v"),
-    # a title with a period before one lower-case word: "seen by dr. smith today"
-    _r("NAME", rf"\b(?i:{_TITLE})\.[ \t]*(?P<v>[{_LOWER}]{{2,30}}(?![{_LETTER}]))", "v", needs=r"\."),
+    # a title with a period, or a lower-case dr / mrs / prof without one, before one lower-case word: "seen by
+    # dr. smith today", "dr smith" ("mr" and "ms" need a period: "mr angiogram", "ms flare")
+    _r("NAME", rf"\b(?:(?i:{_TITLE})\.[ \t]*|(?:dr|mrs|prof)[ \t]+)(?P<v>[{_LOWER}]{{2,30}}(?![{_LETTER}]))", "v"),
     _r(
         "NAME",
         r"(?i:\b(?:patient(?:'s)?\s+name|pt\.?\s+name|name|patient|pt|cc|RN|nurse|signature|signed))"
@@ -362,6 +453,20 @@ _WORD_PAIR = re.compile(r"(?=\b([A-Za-z]+)[ \t]+([A-Za-z]+)\b)")
 _LAST_FIRST = re.compile(r"\b(?P<last>[A-Z][a-z]+(?:'[A-Z][a-z]+)?),[ \t]*(?P<first>[A-Z][a-z]+)\b")
 
 
+_SCORE_LIKE = re.compile(r"\d{1,2}/(?:10|5)")  # a month/day pair that reads as a 0-10 or 0-5 score
+# Words after which "4/10" or "5/5" is a score, not a day: "pain 7/10, improved from 4/10", "strength 4/5".
+_SCORE_WORDS = re.compile(r"(?i)\b(?:pain|score|scale|rated|rates|severity|intensity|strength|power|grade|gcs|apgar|/10)\b")
+
+
+def _is_score(text: str, start: int, end: int) -> bool:
+    """A month/day pair that is a score: x/10 or x/5 after a score word in its sentence ("pain 4/10 ... from
+    7/10"). The price: "pain since 4/10" stays, as a score."""
+    if not _SCORE_LIKE.fullmatch(text, start, end):
+        return False
+    before = re.split(r"[.;\n]\s", text[max(0, start - 60) : start])[-1]
+    return _SCORE_WORDS.search(before) is not None
+
+
 def _phone_kind(text: str, start: int) -> str:
     """FAX when "fax" comes shortly before the number in the same sentence, PHONE otherwise."""
     before = re.split(r"[.;\n]\s", text[max(0, start - 48) : start].lower())[-1]
@@ -382,19 +487,37 @@ def _name_value(text: str, start: int, end: int) -> tuple[int, int] | None:
     return start, kept_end
 
 
-def _raw_spans(text: str) -> list[tuple[int, int, str, int]]:
+def _check_clock(deadline: float | None) -> None:
+    if deadline is not None and time.monotonic() > deadline:
+        raise ScrubTimeout("finding the identifiers of the text took longer than its time limit")
+
+
+def _timed(matches: Iterator[re.Match[str]], deadline: float | None) -> Iterator[re.Match[str]]:
+    """``matches``, checking the clock after each one (a long text can have thousands)."""
+    for m in matches:
+        _check_clock(deadline)
+        yield m
+
+
+def _raw_spans(text: str, deadline: float | None = None) -> list[tuple[int, int, str, int]]:
+    """The spans every rule finds. The clock is checked before each rule and after each match: every rule runs
+    in time linear in the text (no nested unbounded repetition, possessive runs where tokens could split more
+    than one way), so a text over its limit is stopped within one search of it."""
     spans: list[tuple[int, int, str, int]] = []
     present = {needs: pattern.search(text) is not None for needs, pattern in _NEEDS.items()}
     for priority, rule in enumerate(_RULES):
+        _check_clock(deadline)
         if rule.needs is not None and not present[rule.needs]:
             continue
-        for m in rule.pattern.finditer(text):
+        for m in _timed(rule.pattern.finditer(text), deadline):
             start, end = m.span(rule.group)
             if start < 0 or start == end:
                 continue
             kind = rule.kind
             if kind == "PHONE":
                 kind = _phone_kind(text, m.start())
+            elif kind == "DATE" and _is_score(text, start, end):
+                continue
             elif kind == "NAME":
                 trimmed = _name_value(text, start, end)
                 if trimmed is None:
@@ -402,7 +525,7 @@ def _raw_spans(text: str) -> list[tuple[int, int, str, int]]:
                 start, end = trimmed
             spans.append((start, end, kind, priority))
     prio = len(_RULES)
-    for m in _CAP_WORD.finditer(text):
+    for m in _timed(_CAP_WORD.finditer(text), deadline):
         if m.group() not in FIRST_NAMES:
             continue
         # "John Smith", "Mary J. Jones": a listed first name and a capitalised word that is not a common one.
@@ -413,25 +536,38 @@ def _raw_spans(text: str) -> list[tuple[int, int, str, int]]:
         if last in _NOT_NAMES or (last.isupper() and len(last) > 1):
             continue
         spans.append((m.start(), rest.end(), "NAME", prio))
-    for m in _WORD_PAIR.finditer(text):
+    for m in _timed(_WORD_PAIR.finditer(text), deadline):
         # "JOHN SMITH", "john smith": both words in the lists, in the same case.
         first, last = m.group(1), m.group(2)
         if (first.isupper() or first.islower()) and (last.isupper() == first.isupper()):
             if first.title() in FIRST_NAMES and last.title() in SURNAMES:
                 spans.append((m.start(1), m.end(2), "NAME", prio))
-    for m in _LAST_FIRST.finditer(text):
+    for m in _timed(_LAST_FIRST.finditer(text), deadline):
         if m.group("last") in SURNAMES and m.group("first") in FIRST_NAMES:
             spans.append((m.start(), m.end(), "NAME", prio))
     return spans
 
 
-def find_phi(text: str) -> list[PhiSpan]:
+_WEEKDAY_BEFORE = re.compile(rf"\b{_WEEKDAY}\.?,?[ \t]+(?:the[ \t]+)?\Z")
+
+
+def _with_weekday(text: str, span: tuple[int, int, str, int]) -> tuple[int, int, str, int]:
+    """A date span grown back over the weekday right before it ("Tues., Sept. 3rd"): the two are one date."""
+    start, end, kind, priority = span
+    before = _WEEKDAY_BEFORE.search(text, max(0, start - 24), start) if kind == "DATE" else None
+    return span if before is None else (before.start(), end, kind, priority)
+
+
+def find_phi(text: str, time_limit: float | None = None) -> list[PhiSpan]:
     """Every identifier found in ``text``, as sorted, non-overlapping spans of ``text`` itself (overlaps are
-    merged); the rules match on the normalised text (``_normalise``)."""
+    merged); the rules match on the normalised text (``_normalise``). Raise ``ScrubTimeout`` when it takes
+    longer than ``time_limit`` seconds (None: no limit)."""
     if not text:
         return []
+    deadline = None if time_limit is None else time.monotonic() + time_limit
     norm, origin = _normalise(text)
-    raw = sorted(_raw_spans(norm), key=lambda s: (s[0], -(s[1] - s[0]), s[3]))
+    spans = map(partial(_with_weekday, norm), _raw_spans(norm, deadline))
+    raw = sorted(spans, key=lambda s: (s[0], -(s[1] - s[0]), s[3]))
     merged: list[list] = []
     for start, end, kind, _ in raw:
         if merged and start < merged[-1][1]:
@@ -443,13 +579,14 @@ def find_phi(text: str) -> list[PhiSpan]:
     return [PhiSpan(origin[s], origin[e - 1] + 1, k) for s, e, k in merged]
 
 
-def scrub(text: str) -> str:
-    """``text`` with every identifier found replaced by its typed placeholder, e.g. ``[DATE]``."""
+def scrub(text: str, time_limit: float | None = None) -> str:
+    """``text`` with every identifier found replaced by its typed placeholder, e.g. ``[DATE]``; raise
+    ``ScrubTimeout`` when finding them takes longer than ``time_limit`` seconds (None: no limit)."""
     if not text:
         return text
     out: list[str] = []
     pos = 0
-    for span in find_phi(text):
+    for span in find_phi(text, time_limit):
         out.append(text[pos : span.start])
         out.append(PLACEHOLDERS[span.kind])
         pos = span.end

@@ -26,6 +26,8 @@ Texts longer than ``MAX_TEXT_CHARS`` are truncated (counted in ``TextReadResult.
 
 The raw text is never kept: each text is scrubbed (``deid.scrub``) right after it is decoded; the records
 only ever hold the scrubbed text. Texts shorter than ``spec.min_text_chars`` are kept for validation to judge.
+A text whose scrubbing takes longer than ``MEDDIAG_DEID_SECONDS`` (default 5 s) is never stored unscrubbed:
+its file is rejected, naming the row, and the rest of the batch flows on.
 """
 
 from __future__ import annotations
@@ -44,11 +46,15 @@ from typing import Any
 import polars as pl
 from polars.exceptions import PanicException
 
+from meddiag_pipelines.ingestion.errors import BatchRejected
 from meddiag_pipelines.ingestion.landing import UnsafePath, confined_file, display_name, is_data_file
 from meddiag_pipelines.specs import ROW_ID, TaskSpec, canonical_label
-from meddiag_pipelines.text.deid import scrub
+from meddiag_pipelines.tabular.readers import first_repeat, lf_line_endings, settled_types
+from meddiag_pipelines.text.deid import ScrubTimeout, scrub
 
 MAX_TEXT_CHARS = 100_000
+DEID_SECONDS_VARIABLE = "MEDDIAG_DEID_SECONDS"
+DEFAULT_DEID_SECONDS = 5.0  # a 100,000-character note takes well under a second
 # Scrub a little past the cut so that an identifier straddling it is still recognised whole.
 _SCRUB_MARGIN = 512
 LABELS_FILE = "labels.csv"
@@ -66,6 +72,20 @@ class TextReadResult:
 
 class _Reject(Exception):
     """One file (or one labels.csv row) cannot be used; the message is the problem, never the data."""
+
+
+def deid_time_limit() -> float:
+    """The seconds one text may take to de-identify: ``MEDDIAG_DEID_SECONDS``, else ``DEFAULT_DEID_SECONDS``."""
+    raw = os.environ.get(DEID_SECONDS_VARIABLE, "").strip()
+    if not raw:
+        return DEFAULT_DEID_SECONDS
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = math.nan
+    if not 0 < seconds < math.inf:
+        raise ValueError(f"{DEID_SECONDS_VARIABLE} must be a positive number of seconds, not {raw!r}")
+    return seconds
 
 
 def text_content_key(column: str) -> pl.Expr:
@@ -139,8 +159,9 @@ def _label_value(value: Any, where: str) -> str | None:
 class _Collector:
     """Builds scrubbed rows; the raw text never leaves ``make_row``."""
 
-    def __init__(self, spec: TaskSpec):
+    def __init__(self, spec: TaskSpec, deid_seconds: float):
         self.spec = spec
+        self.deid_seconds = deid_seconds
         self.columns = output_columns(spec)
         self.truncated = 0
         self.source = ""  # "<batch>/<file>" of the rows being made: the id of a row when the spec names none
@@ -154,13 +175,7 @@ class _Collector:
         if rec_id is None or not rec_id.strip():
             raise _Reject(f"{where}: the id column {spec.id!r} is empty")
         raw = _text_value(get(spec.text), where)
-        text = None
-        if raw is not None:
-            if len(raw) > MAX_TEXT_CHARS:
-                self.truncated += 1
-                text = scrub(raw[: MAX_TEXT_CHARS + _SCRUB_MARGIN])[:MAX_TEXT_CHARS]
-            else:
-                text = scrub(raw)
+        text = None if raw is None else self._scrubbed(raw, where)
         row: dict[str, str | None] = {"id": rec_id.strip(), "label": _label_value(get(spec.label), where)}
         if spec.patient_id:
             pid = _text_value(get(spec.patient_id), where)
@@ -171,6 +186,18 @@ class _Collector:
                 row[g] = v if v and v.strip() else None
         row["text"] = text
         return row
+
+    def _scrubbed(self, raw: str, where: str) -> str:
+        """``raw`` scrubbed (cut to ``MAX_TEXT_CHARS``); a text over the time limit rejects its file."""
+        try:
+            if len(raw) > MAX_TEXT_CHARS:
+                text = scrub(raw[: MAX_TEXT_CHARS + _SCRUB_MARGIN], self.deid_seconds)[:MAX_TEXT_CHARS]
+                self.truncated += 1
+                return text
+            return scrub(raw, self.deid_seconds)
+        except ScrubTimeout:
+            raise _Reject(f"{where}: its text took longer than {self.deid_seconds:g} s to de-identify, so it was not "
+                          f"stored ({DEID_SECONDS_VARIABLE} sets the limit)") from None  # fmt: skip
 
 
 def _check_columns(columns: list[str], spec: TaskSpec) -> None:
@@ -215,10 +242,33 @@ def csv_problem(text: str) -> str:
     return "it cannot be split into rows and columns"
 
 
+def _columns_read(spec: TaskSpec) -> set[str]:
+    """The columns of a table whose values the reader uses."""
+    return {c for c in (spec.id, spec.text, spec.label, spec.patient_id, *spec.subgroups) if c}
+
+
+def _check_header(text: str, spec: TaskSpec) -> None:
+    """Refuse a header that repeats a column name (Polars would rename the second one and the first would be used
+    silently). The name is quoted only when it is one the reader looks for: a file without a header row would
+    show a note as its 'columns'."""
+    try:
+        header = next(csv.reader(io.StringIO(text, newline="")), [])
+    except csv.Error:
+        return  # the table read says where the text is broken
+    repeat = first_repeat(header)
+    if repeat:
+        i, name = repeat
+        known = name in _columns_read(spec) or name in ("file", "label", "id")  # labels.csv's own names
+        shown = f"the column name {name!r}" if known else f"the name of column {header.index(name) + 1}"
+        raise _Reject(f"column {i} repeats {shown}: which of them to use is ambiguous; rename one")
+
+
 def _csv_table(path: Path, spec: TaskSpec) -> pl.DataFrame:
     text = decode_utf8(_read_bytes(path, spec))
     if not text.strip():
         raise _Reject("is empty")
+    text = lf_line_endings(text)
+    _check_header(text, spec)
     try:
         return pl.read_csv(io.StringIO(text), infer_schema=False, truncate_ragged_lines=False)
     except (Exception, PanicException):  # polars raises several types, all quoting the text near the fault
@@ -237,6 +287,11 @@ def _read_parquet(path: Path, spec: TaskSpec, col: _Collector) -> list[dict]:
         df = pl.read_parquet(io.BytesIO(data))
     except (Exception, PanicException):  # the message may quote metadata or values of the file
         raise _Reject("is not a readable Parquet file (damaged, truncated, or not Parquet)") from None
+    used = df.select(c for c in df.columns if c in _columns_read(spec))
+    try:  # binary text decoded as UTF-8 (never shown as "b'...'"), other types as the tabular reader reads them
+        df = df.with_columns(settled_types(used, spec, path.name).get_columns())
+    except BatchRejected as exc:
+        raise _Reject(exc.problem) from None
     return _rows_from_table(df, spec, col)
 
 
@@ -312,9 +367,9 @@ def _row_problems(problems: list[str]) -> str:
 class _BatchReader:
     """One pass over one batch folder: every row enters through the file it was read from."""
 
-    def __init__(self, batch_dir: Path, spec: TaskSpec):
+    def __init__(self, batch_dir: Path, spec: TaskSpec, deid_seconds: float):
         self.batch_dir, self.spec = batch_dir, spec
-        self.col = _Collector(spec)
+        self.col = _Collector(spec, deid_seconds)
         self.entries = _entries(batch_dir)
         self.listed = set(self.entries)
         self.rows: list[dict] = []
@@ -418,6 +473,7 @@ class _BatchReader:
         self._file(rel, read)
 
 
-def read_text_batch(batch_dir: Path, spec: TaskSpec) -> TextReadResult:
-    """Read every supported file of one batch folder; unusable files are listed in ``rejected``."""
-    return _BatchReader(Path(batch_dir), spec).run()
+def read_text_batch(batch_dir: Path, spec: TaskSpec, deid_seconds: float | None = None) -> TextReadResult:
+    """Read every supported file of one batch folder; unusable files are listed in ``rejected``. ``deid_seconds``:
+    the time limit of one text's scrubbing (None: ``deid_time_limit()``)."""
+    return _BatchReader(Path(batch_dir), spec, deid_time_limit() if deid_seconds is None else deid_seconds).run()

@@ -2,7 +2,7 @@
 
 * :func:`validate_texts` is the per-batch validator (``validate_pending_batches``) and the suite re-run over
   all validated rows: the GX suite (columns, non-null and unique ids, labels in ``spec.classes``), texts that
-  are empty or shorter than ``spec.min_text_chars`` (after stripping blanks), texts carrying decoding damage
+  are empty or shorter than ``spec.min_text_chars`` visible characters (``INVISIBLE``), texts carrying decoding damage
   (U+FFFD replacement characters or NUL bytes, the marks of an upstream lossy decode), and ids already
   ingested from earlier batches.
 * :func:`unreadable_files` proves that every file the reader rejected (bad encoding, unreadable format) was
@@ -12,8 +12,7 @@
   more than one of train / val / test (:func:`texts_shared_across_splits`) fail: a leak that would flatter the
   test metrics, and a bug once the split groups identical content.
 
-Failures never carry a text or an id: the text and id columns are hidden from GX examples, and the
-checks written here give counts only.
+Failures never carry a text, an id or any other record value: they give counts only.
 """
 
 from __future__ import annotations
@@ -26,15 +25,20 @@ from typing import TYPE_CHECKING
 
 import polars as pl
 
+from meddiag_pipelines.ingestion.quarantine import REASON_FILE, file_reason
 from meddiag_pipelines.split import SPLIT_COLUMN, SPLITS
 from meddiag_pipelines.specs import TaskSpec
 from meddiag_pipelines.text.readers import text_content_key
-from meddiag_pipelines.validation.suites import CheckFailure, identifier_columns, record_expectations, run_suite
+from meddiag_pipelines.validation.suites import CheckFailure, record_expectations, run_suite
 
 if TYPE_CHECKING:
     import great_expectations.expectations as gxe
 
 REPLACEMENT_CHAR = "\ufffd"
+# Characters that print nothing, not counted toward ``min_text_chars``: format characters (zero-width spaces and
+# joiners, BOM, word joiner, bidi marks, tags), controls, separators and white space of every kind, combining
+# marks with no letter, and the blank Hangul fillers and Braille pattern (Rust regex classes, run by Polars).
+INVISIBLE = r"[\p{Cf}\p{Cc}\p{Z}\p{Mn}\p{Me}\s\x{115F}\x{1160}\x{3164}\x{FFA0}\x{2800}]"
 
 
 def text_expectations(spec: TaskSpec) -> list[gxe.Expectation]:
@@ -42,15 +46,16 @@ def text_expectations(spec: TaskSpec) -> list[gxe.Expectation]:
 
 
 def short_texts(frame: pl.DataFrame, spec: TaskSpec) -> list[CheckFailure]:
-    """Texts that are missing, blank or shorter than ``spec.min_text_chars`` once blanks are stripped."""
+    """Texts that are missing or have fewer than ``spec.min_text_chars`` visible characters: a note of
+    zero-width spaces, BOMs or blanks of any kind is empty (``INVISIBLE``)."""
     if spec.text not in frame.columns:
         return []  # reported by the suite as a missing column
-    length = pl.col(spec.text).cast(pl.String).str.strip_chars().str.len_chars().fill_null(0)
+    length = pl.col(spec.text).cast(pl.String).str.replace_all(INVISIBLE, "").str.len_chars().fill_null(0)
     n = frame.filter(length < spec.min_text_chars).height
     if not n:
         return []
     return [CheckFailure("text_min_length", spec.text,
-                         f"{n} texts are empty or shorter than {spec.min_text_chars} characters", n)]  # fmt: skip
+                         f"{n} texts are empty or have fewer than {spec.min_text_chars} visible characters", n)]  # fmt: skip
 
 
 def decoding_damage(frame: pl.DataFrame, spec: TaskSpec) -> list[CheckFailure]:
@@ -78,7 +83,7 @@ def ids_already_ingested(frame: pl.DataFrame, spec: TaskSpec, known_ids: set[str
 
 def validate_texts(frame: pl.DataFrame, spec: TaskSpec, known_ids: set[str] | None = None) -> list[CheckFailure]:
     """The per-batch validator of a text task (``validate_pending_batches``); also run over all validated rows."""
-    failures = run_suite(frame, text_expectations(spec), identifier_columns(spec), spec.name)
+    failures = run_suite(frame, text_expectations(spec), spec.name)
     return failures + short_texts(frame, spec) + decoding_damage(frame, spec) + ids_already_ingested(frame, spec, known_ids)
 
 
@@ -104,8 +109,8 @@ def unreadable_files(ledger: pl.DataFrame, quarantine_dir: Path,
     rejected = _rejected_files(ledger)
     missing = 0
     for batch, rel, whole in rejected:
-        where = quarantine_dir / batch if whole else quarantine_dir / batch / rel
-        if not is_file(where / "reason.json"):
+        reason = quarantine_dir / batch / REASON_FILE if whole else file_reason(quarantine_dir / batch, rel)
+        if not is_file(reason):
             missing += 1
     failures = []
     if missing:

@@ -9,6 +9,7 @@ from pathlib import Path, PurePosixPath
 
 import dagster as dg
 
+from meddiag_pipelines.defs.dead_runs import task_pool
 from meddiag_pipelines.defs.resources.storage import MeddiagStorage
 from meddiag_pipelines.markup import escape_markdown
 from meddiag_pipelines.modalities.base import CheckOutcome, Table
@@ -40,7 +41,7 @@ def gpu_op_tags(spec: TaskSpec) -> dict:
 
 def pool(spec: TaskSpec) -> str:
     """One concurrency pool per task: a sensor run and the schedule never train or publish at once."""
-    return f"meddiag_{spec.name}"
+    return task_pool(spec.name)
 
 
 def hashed_id(value: str) -> str:

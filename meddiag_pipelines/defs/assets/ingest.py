@@ -13,6 +13,7 @@ from meddiag_pipelines.defs.resources.storage import MeddiagStorage
 from meddiag_pipelines.ingestion.batches import (IngestSummary, Reader, ValidationSummary, Validator, ingest_batches,
                                                  reconcile, validate_batches, why_no_records)  # fmt: skip
 from meddiag_pipelines.ingestion.landing import waiting_reason
+from meddiag_pipelines.markup import escape_markdown
 from meddiag_pipelines.specs import TaskSpec
 
 
@@ -46,7 +47,7 @@ def ingest_result(context, spec: TaskSpec, storage: MeddiagStorage, summary: Ing
         "waiting_batches": len(summary.waiting), **counts,
         "quarantined": dg.MetadataValue.md(markdown_table(summary.quarantined)),
         "changed": dg.MetadataValue.md(markdown_table(summary.changed)),
-        "waiting": dg.MetadataValue.md("\n".join(f"- {line}" for line in waiting) or "_none_"),
+        "waiting": dg.MetadataValue.md("\n".join(f"- {escape_markdown(line)}" for line in waiting) or "_none_"),
     })  # fmt: skip
 
 

@@ -281,8 +281,9 @@ def evaluate_candidate(spec: TaskSpec, storage: MeddiagStorage, split: pl.DataFr
 def decide_champion(spec: TaskSpec, storage: MeddiagStorage, split: pl.DataFrame, candidate_model: dict,
                     baseline_model: dict, evaluation: dict, predict_rows: Callable) -> tuple[dict, str]:  # fmt: skip
     """The champion asset's work: (its value, the training fingerprint). A candidate trained from the inputs of
-    a published version is discarded (``unchanged_since`` names that version); otherwise the candidate is
-    published with its decision against the champion on the current test split, and promoted if it wins."""
+    a published version, or of one another run is publishing, is discarded (``unchanged_since`` names that
+    version); otherwise the candidate is published with its decision against the champion on the current test
+    split, and promoted if it wins."""
     name, registry = spec.name, storage.registry
     version = candidate_model["version"]
     pointer = registry.champion(name)
@@ -291,14 +292,7 @@ def decide_champion(spec: TaskSpec, storage: MeddiagStorage, split: pl.DataFrame
                                        code_version())  # fmt: skip
     same = registry.version_with_fingerprint(name, fingerprint)
     if same is not None and evaluation.get("model_version") == version:
-        registry.discard_staged(name, version)  # a copy of `same`: never a second, identical version
-        reason = f"no new data, spec or code since version {same}: nothing published"
-        if pointer is None and registry.manifest(name, same)["decision"].get("promote"):
-            # `same` won but its run died before champion.json was written: finish that promotion.
-            pointer = registry.set_champion(name, same, f"promoted when published; {reason}")
-        point_latest(storage, name, same, version_report(storage, name, same), unchanged_candidate=version)
-        return {"champion": pointer["version"] if pointer else None, "candidate": version, "published": False,
-                "unchanged_since": same, "decision": Decision(False, [reason]).as_dict()}, fingerprint  # fmt: skip
+        return unchanged_candidate(storage, name, version, same), fingerprint
     flow = flow_counts(spec, storage, split)
     candidate_vs, champion_metrics = evaluation, None
     if pointer:
@@ -312,25 +306,46 @@ def decide_champion(spec: TaskSpec, storage: MeddiagStorage, split: pl.DataFrame
                                                             flow, []))  # fmt: skip
         champion_metrics = evaluator.evaluate(_evaluation_input(spec, split, champ_handle, predict_rows, None, flow, []))
     decision = decide(candidate_vs, champion_metrics, spec.promotion, pinned=bool(pointer and pointer.get("pinned")))
-    pointer = publish_candidate(spec, storage, candidate_model, baseline_model, evaluation, pointer, decision,
-                                fingerprint)  # fmt: skip
+    holder, pointer = publish_candidate(spec, storage, candidate_model, baseline_model, evaluation, pointer, decision,
+                                        fingerprint)  # fmt: skip
+    if holder != version:  # a run trained from the same inputs published (or is publishing) first
+        return unchanged_candidate(storage, name, version, holder), fingerprint
     return {"champion": pointer["version"] if pointer else None, "candidate": version, "published": True,
             "decision": decision.as_dict()}, fingerprint  # fmt: skip
 
 
+def unchanged_candidate(storage: MeddiagStorage, task: str, version: str, same: str) -> dict:
+    """The champion value of a candidate trained from the inputs of version ``same``: discarded, never a second,
+    identical version. When ``same`` won but its run died before ``champion.json`` was written, that promotion is
+    finished; when another run is still publishing ``same``, that run promotes it."""
+    registry = storage.registry
+    registry.discard_staged(task, version)
+    pointer = registry.champion(task)
+    if registry.published(task, same):
+        reason = f"no new data, spec or code since version {same}: nothing published"
+        if pointer is None and registry.manifest(task, same)["decision"].get("promote"):
+            pointer = registry.set_champion(task, same, f"promoted when published; {reason}")
+        point_latest(storage, task, same, version_report(storage, task, same), unchanged_candidate=version)
+    else:
+        reason = f"another run is publishing version {same}, from the same data, spec and code: nothing published"
+    return {"champion": pointer["version"] if pointer else None, "candidate": version, "published": False,
+            "unchanged_since": same, "decision": Decision(False, [reason]).as_dict()}  # fmt: skip
+
+
 def publish_candidate(spec: TaskSpec, storage: MeddiagStorage, candidate: dict, baseline: dict, metrics: dict,
-                      pointer: dict | None, decision: Decision, fingerprint: str | None = None) -> dict | None:  # fmt: skip
+                      pointer: dict | None, decision: Decision, fingerprint: str | None = None) -> tuple[str, dict | None]:  # fmt: skip
     """Publish the candidate as an immutable version with its plan, decision and training fingerprint
-    (``registry.fingerprint``); move ``champion.json`` to it when the decision promotes it. Returns the champion
-    pointer in force afterwards."""
+    (``registry.fingerprint``); move ``champion.json`` to it when the decision promotes it. Returns the version
+    that holds these inputs (another one when it claimed them first: nothing published or promoted) and the
+    champion pointer in force afterwards."""
     registry, version = storage.registry, candidate["version"]
     manifest = build_manifest(spec.name, storage.warehouse.ledger(spec.name), candidate, baseline, metrics, pointer,
                               decision.as_dict(), fingerprint, code_version())  # fmt: skip
     atomic_write_json(registry.staging_dir(spec.name, version) / "plan.json", candidate["plan"])
-    registry.publish(spec.name, version, manifest)
-    if decision.promote:
+    holder = registry.publish(spec.name, version, manifest)
+    if holder == version and decision.promote:
         pointer = registry.set_champion(spec.name, version, "; ".join(decision.reasons))
-    return pointer
+    return holder, pointer
 
 
 def champion_check(spec: TaskSpec, storage: MeddiagStorage) -> dg.AssetCheckResult:

@@ -30,8 +30,14 @@ def build_split_asset(spec: TaskSpec, upstream, tags: dict, predefined: str | No
     @dg.asset(key=[name, "split"], io_manager_key="warehouse_io_manager", kinds={"polars"}, pool=pool(spec),
               description=f"{name}: train / val / test by a stable hash of {spec.patient_id or spec.id}, "
               f"with identical content (normalised text, pixels, identical feature rows) kept in one split{own}; "
-              "unlabelled rows are 'score'.", **tags)  # fmt: skip
-    def split(context: dg.AssetExecutionContext, validated_records: pl.DataFrame) -> dg.Output:
+              "unlabelled rows are 'score'. Nothing (and no later step) while no batch has validated.",
+              output_required=False, **tags)  # fmt: skip
+    def split(context: dg.AssetExecutionContext, validated_records: pl.DataFrame):
+        if validated_records.width == 0:  # every batch so far quarantined or waiting: validated_records says why
+            context.log.warning(f"{name}: no validated rows yet (the task's batches are quarantined or waiting; "
+                                "validated_records says why): nothing to split; the later steps run once a batch "
+                                "validates")  # fmt: skip
+            return
         frame, metadata = split_by_content(validated_records, spec, predefined)
         warn_split_findings(context, spec, metadata)
         if finish is not None:
@@ -40,7 +46,7 @@ def build_split_asset(spec: TaskSpec, upstream, tags: dict, predefined: str | No
         table = check_split(frame, spec)
         rows = [{"split": s, **{str(k): v for k, v in sorted(table[s].items())}} for s in SPLITS]
         counts = {f"n_{s}": int(frame.filter(pl.col(SPLIT_COLUMN) == s).height) for s in (*SPLITS, "score")}
-        return dg.Output(frame, metadata={**counts, **metadata, "by_class": dg.MetadataValue.md(markdown_table(rows))})
+        yield dg.Output(frame, metadata={**counts, **metadata, "by_class": dg.MetadataValue.md(markdown_table(rows))})
 
     return [split]
 

@@ -1,11 +1,12 @@
-"""Automation: the landing sensor registers each complete batch as a partition and runs its ingestion; the
-assets downstream update by declarative automation (eager when new valid partitions land, and at the spec's
-nightly cron tick when something changed since)."""
+"""Automation: the landing sensor registers each complete batch as a partition and runs its ingestion (and first
+releases the task's runs whose process is gone: ``dead_runs``); the assets downstream update by declarative
+automation (eager when new valid partitions land, and at the spec's nightly cron tick when something changed since)."""
 
 import hashlib
 
 import dagster as dg
 
+from meddiag_pipelines.defs.dead_runs import TASK_TAG, host_tag, release_dead_runs
 from meddiag_pipelines.defs.partitions import LandingScan, batch_partitions, run_ranges, scan_landing
 from meddiag_pipelines.defs.resources.storage import MeddiagStorage
 from meddiag_pipelines.modalities import registry
@@ -17,8 +18,10 @@ RANGE_START, RANGE_END = "dagster/asset_partition_range_start", "dagster/asset_p
 
 
 def run_tags(spec: TaskSpec, trigger: str) -> dict[str, str]:
-    """The tags of every run of a task, whoever starts it (the run queue holds one run per task at a time)."""
-    return {"meddiag/task": spec.name, "dagster/priority": registry.get(spec.modality).run_priority, TRIGGER_TAG: trigger}
+    """The tags of every run of a task, whoever starts it (the run queue holds one run per task at a time), with
+    the host that creates it (where a run of ``update`` or of the default run launcher runs: ``dead_runs``)."""
+    return {TASK_TAG: spec.name, "dagster/priority": registry.get(spec.modality).run_priority, TRIGGER_TAG: trigger,
+            **host_tag()}
 
 
 def range_tags(keys: list[str]) -> dict[str, str]:
@@ -46,6 +49,8 @@ def build_landing_sensor(spec: TaskSpec, job) -> dg.SensorDefinition:
                description=f"Registers each complete batch of {spec.name} as a partition and ingests it "
                f"({'a _READY marker' if spec.landing.ready == 'marker' else 'quiet files'}).")  # fmt: skip
     def landing_sensor(context: dg.SensorEvaluationContext, storage: MeddiagStorage):
+        for message in release_dead_runs(context.instance, spec.name).released:
+            context.log.info(message)
         partitions = batch_partitions(spec)
         known = set(context.instance.get_dynamic_partitions(partitions.name))
         scan = scan_landing(spec, storage.layout, storage.warehouse, known, retry_unrecorded=False)

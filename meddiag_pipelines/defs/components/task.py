@@ -8,8 +8,8 @@ from pathlib import Path
 import dagster as dg
 from pydantic import BaseModel
 
-from meddiag_pipelines.definitions import build_task_definitions
-from meddiag_pipelines.specs import load_spec
+from meddiag_pipelines.definitions import isolated_task_definitions, spec_error_asset
+from meddiag_pipelines.specs import SpecError, load_spec
 
 
 class TaskScaffoldParams(BaseModel):
@@ -43,5 +43,13 @@ class TaskComponent(dg.Component, dg.Model, dg.Resolvable):
     spec: str
 
     def build_defs(self, context: dg.ComponentLoadContext) -> dg.Definitions:
-        # load_spec names the file in every error, so `dg check defs` says which spec is missing or bad.
-        return build_task_definitions(load_spec((context.path / self.spec).resolve()))
+        """The task, or, for a spec that does not load or a task that cannot be built, its ``spec_errors`` asset
+        (a WARNING naming the spec file): the other components' tasks load as under ``-m
+        meddiag_pipelines.definitions``."""
+        path = (context.path / self.spec).resolve()
+        try:
+            spec = load_spec(path)
+        except SpecError as exc:
+            named_by = SpecError(exc.path, f"{exc.problem} (the spec of {context.path / 'defs.yaml'})")
+            return dg.Definitions(assets=[spec_error_asset(named_by)])
+        return isolated_task_definitions(spec, path)
