@@ -108,7 +108,7 @@ def run_direct(rows: int, selection: list[str] | None = None) -> dict:
     import polars as pl
 
     from meddiag_pipelines.defs.assets import common, lifecycle
-    from meddiag_pipelines.defs.assets import tabular as assets
+    from meddiag_pipelines.tabular import modality as assets
     from meddiag_pipelines.defs.resources.storage import MeddiagStorage
     from meddiag_pipelines.ingestion.batches import ingest_new_batches, reconcile, validate_pending_batches
     from meddiag_pipelines.split import SPLIT_COLUMN, check_split, split_by_content
@@ -154,8 +154,10 @@ def run_direct(rows: int, selection: list[str] | None = None) -> dict:
     base = {**read_meta(out / "logistic"), "classes": meta["classes"]}
     base_handle = common.handle_of(spec, version, storage.root.relative(out / "logistic"), base, plan.as_dict())
     predict_rows = lifecycle.row_predictor(assets._tabular_predictor)
+    tabular = assets.MODALITY
     metrics, _ = lifecycle.evaluate_candidate(spec, storage, split, handle, base_handle, predict_rows,
-                                              assets.report_missing_data(spec), assets.card_extras)  # fmt: skip
+                                              lambda rows, plan: tabular.missing_data(spec, rows, plan),
+                                              lambda candidate: tabular.card_extras(spec, candidate))  # fmt: skip
     lap("evaluation")
     value, _ = lifecycle.decide_champion(spec, storage, split, handle, base_handle, metrics, predict_rows)
     lap("champion")

@@ -19,14 +19,10 @@ import dagster as dg
 
 from meddiag_pipelines.defs.automation.landing import (build_automation_sensor, build_landing_sensor,
                                                        downstream_condition, run_tags)  # fmt: skip
-from meddiag_pipelines.defs.assets.imaging import build_image_assets
+from meddiag_pipelines.defs.assets.task_assets import build_task_assets
 from meddiag_pipelines.defs.partitions import ingestion_keys
 from meddiag_pipelines.defs.resources.storage import build_resources
-from meddiag_pipelines.defs.assets.tabular import build_tabular_assets
-from meddiag_pipelines.defs.assets.text import build_text_assets
 from meddiag_pipelines.specs import SPEC_ERRORS_GROUP, SpecError, TaskSpec, scan_specs
-
-BUILDERS = {"tabular": build_tabular_assets, "image": build_image_assets, "text": build_text_assets}
 
 
 def build_definitions(specs: list[TaskSpec] | None = None, data_dir=None,
@@ -36,9 +32,9 @@ def build_definitions(specs: list[TaskSpec] | None = None, data_dir=None,
     if specs is None:
         scan = scan_specs()
         specs, spec_errors = scan.specs, scan.errors
-        tasks = [isolated_task_definitions(spec, scan.files[spec.name]) for spec in specs if spec.modality in BUILDERS]
+        tasks = [isolated_task_definitions(spec, scan.files[spec.name]) for spec in specs]
     else:  # the caller's own specs (tests, benchmarks): a task that cannot be built raises
-        tasks = [build_task_definitions(spec) for spec in specs if spec.modality in BUILDERS]
+        tasks = [build_task_definitions(spec) for spec in specs]
     shared = dg.Definitions(assets=[spec_error_asset(e) for e in spec_errors], resources=build_resources(data_dir),
                             executor=executor())  # fmt: skip
     return dg.Definitions.merge(shared, *tasks)
@@ -49,7 +45,7 @@ def build_task_definitions(spec: TaskSpec) -> dg.Definitions:
     supplies them). The batch-level assets (partitioned) run from the landing sensor or ``update``; every
     other asset of the task carries :func:`downstream_condition`."""
     assets, checks = [], []
-    for item in BUILDERS[spec.modality](spec):
+    for item in build_task_assets(spec):
         if isinstance(item, dg.AssetChecksDefinition):
             checks.append(item)
         elif item.partitions_def is None or item.key.path[-1] == "predictions":

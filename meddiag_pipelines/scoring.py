@@ -7,7 +7,6 @@ replaced, so a re-score by a new champion adds a file beside the old one.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -17,15 +16,11 @@ import polars as pl
 from meddiag_pipelines.ingestion.landing import BATCH_COLUMN
 from meddiag_pipelines.labels import task_kind
 from meddiag_pipelines.layout import DataLayout
+from meddiag_pipelines.modalities.base import Explainer, PredictorFactory
 from meddiag_pipelines.registry.store import ModelRegistry
 from meddiag_pipelines.specs import TaskSpec
 from meddiag_pipelines.storage import DataRoot, open_plan
 
-# predictor_factory(plan) -> predict(model_dir, rows) -> probabilities
-Predictor = Callable[[Path, pl.DataFrame], np.ndarray]
-PredictorFactory = Callable[[dict], Predictor]
-# explain(model_dir, rows, plan) -> per row, the top (feature, contribution) pairs
-Explainer = Callable[[Path, pl.DataFrame, dict], list[list[tuple[str, float]]]]
 
 
 def prediction_frame(spec: TaskSpec, rows: pl.DataFrame, proba: np.ndarray, classes: list[str]) -> pl.DataFrame:

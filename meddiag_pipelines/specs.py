@@ -28,6 +28,8 @@ SPEC_ERRORS_GROUP = "spec_errors"
 # catalog (``meddiag``, from ``meddiag.duckdb``); a schema so named is refused or ambiguous in SQL.
 RESERVED_TASK_NAMES = frozenset({"information_schema", "pg_catalog", "main", "temp", "system", "memory", "meddiag",
                                  SPEC_ERRORS_GROUP})  # fmt: skip
+# The modalities a spec may name: the bundled ones, and any a plug-in adds (``modalities.registry.register``).
+MODALITIES = {"tabular", "image", "text"}
 
 
 _INTEGRAL_DECIMAL = re.compile(r"^([+-]?\d+)\.0*$")
@@ -300,7 +302,7 @@ class TextEncoderSpec(_Section):
 
 class TaskSpec(_Section):
     name: str
-    modality: Literal["tabular", "image", "text"]
+    modality: str
     description: str = ""
     label: str
     # Label values are kept in canonical_label text form, whatever YAML type they were written in.
@@ -342,6 +344,13 @@ class TaskSpec(_Section):
         if v in RESERVED_TASK_NAMES:
             raise ValueError(f"{v!r} is reserved (a DuckDB catalog or schema, or the {SPEC_ERRORS_GROUP} group); "
                              "choose another name")
+        return v
+
+    @field_validator("modality")
+    @classmethod
+    def _modality_registered(cls, v: str) -> str:
+        if v not in MODALITIES:
+            raise ValueError(f"Input should be a registered modality: {', '.join(map(repr, sorted(MODALITIES)))}")
         return v
 
     @field_validator("owner")

@@ -12,7 +12,7 @@ import polars as pl
 import pytest
 import yaml
 
-from meddiag_pipelines.defs.assets.imaging import read_image_records
+from meddiag_pipelines.imaging.modality import read_image_records
 from meddiag_pipelines.definitions import build_definitions
 from meddiag_pipelines.update import run_task_in_process
 from meddiag_pipelines.draft import draft_spec

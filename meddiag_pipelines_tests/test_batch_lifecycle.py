@@ -16,7 +16,7 @@ import polars as pl
 import pytest
 from PIL import Image
 
-from meddiag_pipelines.defs.assets.imaging import read_image_records
+from meddiag_pipelines.imaging.modality import read_image_records
 from meddiag_pipelines.ingestion.batches import (
     NOT_READ,
     NOT_REGULAR,

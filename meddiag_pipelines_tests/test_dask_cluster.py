@@ -298,11 +298,11 @@ def test_xgboost_fitted_on_the_cluster_saves_ubj_with_the_single_node_auroc(clus
 
 def test_an_image_task_that_asks_for_a_gpu_tags_its_candidate_model_with_the_dask_resource():
     from dagster_dask.executor import DASK_RESOURCE_REQUIREMENTS_KEY
-    from meddiag_pipelines.defs.assets.imaging import build_image_assets
+    from meddiag_pipelines.defs.assets.task_assets import build_task_assets
 
     def tags_of_candidate(gpu: bool) -> dict:
         spec = TaskSpec.model_validate({**IMAGE_SPEC, "training": {**IMAGE_SPEC["training"], "gpu": gpu}})
-        [candidate] = [a for a in build_image_assets(spec) if isinstance(a, dg.AssetsDefinition)
+        [candidate] = [a for a in build_task_assets(spec) if isinstance(a, dg.AssetsDefinition)
                        and dg.AssetKey([IMAGE, "candidate_model"]) in a.keys]  # fmt: skip
         return dict(candidate.op.tags)
 

@@ -15,7 +15,7 @@ from PIL import Image
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, generate_uid
 
-from meddiag_pipelines.defs.assets.imaging import read_image_records
+from meddiag_pipelines.imaging.modality import read_image_records
 from meddiag_pipelines.imaging.preprocess import load_cached, resize_square, to_uint8, update_cache
 from meddiag_pipelines.imaging.readers import ImageBatchError, load_pixels, npz_record_id, read_image_batch
 from meddiag_pipelines.ingestion.batches import ingest_new_batches, validate_pending_batches

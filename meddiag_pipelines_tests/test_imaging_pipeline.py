@@ -14,7 +14,7 @@ from pydicom.data import get_testdata_file
 
 from meddiag_pipelines.definitions import build_definitions
 from meddiag_pipelines.update import run_task_in_process
-from meddiag_pipelines.defs.assets.imaging import read_image_records
+from meddiag_pipelines.imaging.modality import read_image_records
 from meddiag_pipelines.imaging.readers import npz_record_id
 from meddiag_pipelines.ingestion.quarantine import file_reason
 from meddiag_pipelines.split import SPLIT_COLUMN, unit_hash

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from meddiag_pipelines.defs.assets.imaging import read_image_records
+from meddiag_pipelines.imaging.modality import read_image_records
 from meddiag_pipelines.ingestion.batches import ReadOutcome, ingest_new_batches
 from meddiag_pipelines.ingestion.landing import UnsafePath, confined_file
 from meddiag_pipelines.ingestion.warehouse import Warehouse

@@ -192,7 +192,7 @@ def _fit_and_score(features: pl.DataFrame, plan, spec: TaskSpec, split: pl.DataF
     scoring rows transformed by the plan read back from JSON (as the registry stores it)."""
     import xgboost as xgb
 
-    from meddiag_pipelines.defs.assets.tabular import feature_matrix
+    from meddiag_pipelines.tabular.modality import feature_matrix
     from meddiag_pipelines.tabular.features import FeaturePlan, transform
 
     train = features.filter(pl.col(SPLIT_COLUMN) == "train")
@@ -213,7 +213,7 @@ def test_whatever_arrow_type_passes_validation_flows_through_split_features_and_
     """Two Parquet batches whose columns take random Arrow types, values and nulls (a key, the label or a
     declared column among them): each is quarantined with a reason, or its rows go through reading, the
     warehouse, validation, split, features, a model fit and scoring; no step after validation raises."""
-    from meddiag_pipelines.defs.assets.tabular import feature_table
+    from meddiag_pipelines.tabular.modality import feature_table
     from meddiag_pipelines.split import check_split, split_by_content
 
     spec = SPEC.model_copy(update={"null_values": {"extra": ["?"], "group": ["NA"]}})

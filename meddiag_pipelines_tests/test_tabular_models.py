@@ -4,7 +4,7 @@ import numpy as np
 import polars as pl
 from sklearn.metrics import roc_auc_score
 
-from meddiag_pipelines.defs.assets.tabular import _tabular_predictor, model_inputs
+from meddiag_pipelines.tabular.modality import _tabular_predictor, model_inputs
 from meddiag_pipelines.tabular.features import fit_plan, transform
 from meddiag_pipelines.tabular.models import top_contributions, train_logistic, train_xgboost
 from meddiag_pipelines_tests.conftest import bundled_frame

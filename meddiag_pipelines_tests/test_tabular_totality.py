@@ -8,7 +8,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from meddiag_pipelines.defs.assets.tabular import (
+from meddiag_pipelines.tabular.modality import (
     _tabular_predictor,
     explain_rows,
     feature_table,
@@ -165,17 +165,19 @@ def test_logistic_explanations_in_multiclass(synthetic_spec, tmp_path):
     assert len(top) == 4 and all(len(r) == 3 and n in plan.model_names for r in top for n, _ in r)
 
 
-def test_the_features_step_warns_of_heavy_missingness_and_dropped_columns(synthetic_spec, capfd):
+def test_the_features_step_warns_of_heavy_missingness_and_dropped_columns(synthetic_spec, capfd, tmp_path):
     import dagster as dg
 
-    from meddiag_pipelines.defs.assets.tabular import build_tabular_assets
+    from meddiag_pipelines.defs.assets.task_assets import build_task_assets
+    from meddiag_pipelines.defs.resources.storage import MeddiagStorage
 
-    step = next(a for a in build_tabular_assets(synthetic_spec)
+    step = next(a for a in build_task_assets(synthetic_spec)
                 if isinstance(a, dg.AssetsDefinition) and dg.AssetKey([synthetic_spec.name, "feature_plan"]) in a.keys)  # fmt: skip
     frame = synthetic_records(300, seed=21).with_columns(
         pl.when(pl.col("x1") > 0.5).then(pl.col("x2")).alias("troponin"), pl.Series("pname", [f"{CANARY}{i}" for i in range(300)]))
     with dg.build_asset_context() as context:
-        outputs = {o.output_name: o for o in step(context, split=assign_split(frame, synthetic_spec))}
+        outputs = {o.output_name: o for o in step(context, storage=MeddiagStorage(data_dir=str(tmp_path)),
+                                                         split=assign_split(frame, synthetic_spec))}
     warnings = [line for line in capfd.readouterr().err.splitlines() if " - WARNING - " in line]
     assert any("'troponin' is missing in" in w and "over max_null_rate" in w for w in warnings), warnings
     assert any("'pname' is not a feature" in w for w in warnings) and not any(CANARY in w for w in warnings)
@@ -185,7 +187,7 @@ def test_the_features_step_warns_of_heavy_missingness_and_dropped_columns(synthe
 
 
 def test_the_report_says_which_model_won_and_by_how_much():
-    from meddiag_pipelines.defs.assets.tabular import model_selection_html
+    from meddiag_pipelines.tabular.modality import model_selection_html
 
     section = model_selection_html({"params": {"chosen": "logistic", "val_auroc_xgboost": 0.81, "val_auroc_logistic": 0.85,
                                                "val_auroc_margin": 0.04}})  # fmt: skip

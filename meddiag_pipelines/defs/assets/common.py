@@ -12,6 +12,7 @@ import dagster as dg
 from meddiag_pipelines.defs.dead_runs import task_pool
 from meddiag_pipelines.defs.resources.storage import MeddiagStorage
 from meddiag_pipelines.markup import escape_markdown
+from meddiag_pipelines.modalities.base import CheckOutcome, Table
 from meddiag_pipelines.registry.store import STAGING
 from meddiag_pipelines.specs import TaskSpec
 from meddiag_pipelines.storage import DataRoot, open_plan, run_name
@@ -79,6 +80,19 @@ def markdown_table(rows: list[dict], limit: int = 40) -> str:
 
 def png_markdown(png: bytes, title: str) -> dg.MetadataValue:
     return dg.MetadataValue.md(f"![{escape_markdown(title)}](data:image/png;base64,{base64.b64encode(png).decode()})")
+
+
+def ui_metadata(metadata: dict) -> dict:
+    """A modality's plain metadata for Dagster: a :class:`Table` becomes a Markdown table, the rest stays."""
+    return {k: dg.MetadataValue.md(markdown_table(v.rows)) if isinstance(v, Table) else v for k, v in metadata.items()}
+
+
+def outcome_result(outcome: CheckOutcome) -> dg.AssetCheckResult:
+    """A modality's check outcome as a check result (the failures' table as :func:`failures_result` shows it)."""
+    table = failures_result(outcome.failures).metadata if outcome.table else {}
+    severity = dg.AssetCheckSeverity.WARN if outcome.warn_only else dg.AssetCheckSeverity.ERROR
+    return dg.AssetCheckResult(passed=not outcome.failures, severity=severity, description=outcome.description,
+                               metadata={**table, **ui_metadata(outcome.metadata)})  # fmt: skip
 
 
 def failures_result(failures: list[CheckFailure]) -> dg.AssetCheckResult:

@@ -30,7 +30,8 @@ from meddiag_pipelines.markup import escape_markdown
 from meddiag_pipelines.registry.fingerprint import code_version, trained_batch_hashes, training_fingerprint
 from meddiag_pipelines.registry.manifest import REPORT_FILES, build_manifest
 from meddiag_pipelines.registry.promotion import Decision, decide
-from meddiag_pipelines.scoring import Explainer, PredictorFactory, prediction_frame, score_unlabelled
+from meddiag_pipelines.modalities.base import Explainer, PredictorFactory
+from meddiag_pipelines.scoring import prediction_frame, score_unlabelled
 from meddiag_pipelines.specs import TaskSpec
 from meddiag_pipelines.validation.suites import feature_columns
 

@@ -9,18 +9,19 @@ import dagster as dg
 from meddiag_pipelines.defs.dead_runs import TASK_TAG, host_tag, release_dead_runs
 from meddiag_pipelines.defs.partitions import LandingScan, batch_partitions, run_ranges, scan_landing
 from meddiag_pipelines.defs.resources.storage import MeddiagStorage
+from meddiag_pipelines.modalities import registry
 from meddiag_pipelines.specs import TaskSpec
 
 SENSOR_INTERVAL_S = 10
 TRIGGER_TAG = "meddiag/trigger"
 RANGE_START, RANGE_END = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
-RUN_PRIORITY = {"tabular": "10", "text": "0", "image": "0"}  # cheap tasks first when runs queue (dagster_home/dagster.yaml)
 
 
 def run_tags(spec: TaskSpec, trigger: str) -> dict[str, str]:
     """The tags of every run of a task, whoever starts it (the run queue holds one run per task at a time), with
     the host that creates it (where a run of ``update`` or of the default run launcher runs: ``dead_runs``)."""
-    return {TASK_TAG: spec.name, "dagster/priority": RUN_PRIORITY[spec.modality], TRIGGER_TAG: trigger, **host_tag()}
+    return {TASK_TAG: spec.name, "dagster/priority": registry.get(spec.modality).run_priority, TRIGGER_TAG: trigger,
+            **host_tag()}
 
 
 def range_tags(keys: list[str]) -> dict[str, str]:

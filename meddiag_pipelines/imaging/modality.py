@@ -1,5 +1,5 @@
-"""The asset graph of one imaging task (group = task name), with the same keys as a tabular task. Logic lives in
-``meddiag_pipelines/imaging`` and ``imaging/validation.py``; this file only wires inputs, resources and metadata.
+"""The imaging modality (:class:`~meddiag_pipelines.modalities.base.Modality`), with the same asset keys as a
+tabular task. Logic lives in the modules of ``meddiag_pipelines/imaging``; this file says what each step does.
 
 * raw_records        ``read_image_batch`` per landed batch (format from the spec, else detected from what landed);
                      unreadable or oversized files are quarantined one by one (the good ones flow); each record
@@ -30,27 +30,24 @@ predictions carry one ``p_<finding>`` column per finding (no predicted class, no
 
 from pathlib import Path
 
-import dagster as dg
 import numpy as np
 import polars as pl
 
-from meddiag_pipelines.defs.assets import common
-from meddiag_pipelines.defs.assets import ingest
-from meddiag_pipelines.defs.assets import lifecycle
-from meddiag_pipelines.defs.assets.split import build_split_asset
 from meddiag_pipelines import labels
-from meddiag_pipelines.defs.resources.storage import MeddiagStorage
+from meddiag_pipelines.modalities.base import (BuiltFeatures, CheckOutcome, Descriptions, ExtraCheck, Modality,
+                                               PlainReader, PredictorFactory, Storage, TrainedModel, TrainingRun)  # fmt: skip
 from meddiag_pipelines.split import SPLIT_COLUMN, key_columns_in
 from meddiag_pipelines.imaging.preprocess import CACHE_VERSION, load_cached, update_cache
 from meddiag_pipelines.imaging.report import saliency_section, tuning_section
 from meddiag_pipelines.imaging.scoring import baseline_side, pooled_pixels, predict_images
 from meddiag_pipelines.imaging.readers import LABELS_CSV, ImageBatchError, read_image_batch, source_file
-from meddiag_pipelines.ingestion.batches import RAW_TABLE, ReadOutcome
+from meddiag_pipelines.ingestion.batches import RAW_TABLE, ReadOutcome, Validator
 from meddiag_pipelines.ingestion.errors import BatchRejected
 from meddiag_pipelines.ingestion.landing import BATCH_COLUMN, LandedBatch, display_name
 from meddiag_pipelines.registry.store import STAGING
 from meddiag_pipelines.specs import TaskSpec, spec_columns
 from meddiag_pipelines.device import torch_device
+from meddiag_pipelines.validation.suites import CheckFailure
 from meddiag_pipelines.imaging.validation import (
     PREDEFINED_SPLIT,
     duplicate_warnings,
@@ -83,13 +80,13 @@ def read_image_records(batch: LandedBatch, spec: TaskSpec) -> ReadOutcome:
 
 
 # -- features: the tensor cache -----------------------------------------------------------------------------------
-def _log_refused(context, batch_id: str, records: pl.DataFrame, failed: list[list[str]]) -> set[str]:
-    """Warn, per file (never per id), about the images the cache refused; their ids, to leave them out."""
+def _log_refused(warnings: list[str], batch_id: str, records: pl.DataFrame, failed: list[list[str]]) -> set[str]:
+    """A warning per file (never per id) the cache refused, added to ``warnings``; their ids, to leave them out."""
     ids = {f[0] for f in failed}
     source_of = dict(zip(records["id"].to_list(), records["source"].to_list(), strict=True))
     for record_id, problem in failed:
-        context.log.warning(f"batch {display_name(batch_id)}: image {source_of.get(record_id, '?')} left out of "
-                            f"training: {problem}")  # fmt: skip
+        warnings.append(f"batch {display_name(batch_id)}: image {source_of.get(record_id, '?')} left out of "
+                        f"training: {problem}")  # fmt: skip
     return ids
 
 
@@ -116,6 +113,13 @@ def _predictor_factory(spec: TaskSpec):
     return factory
 
 
+def _data(storage, spec: TaskSpec, features: pl.DataFrame, plan: dict, part: str,
+          classes: list[str]) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    rows = features.filter(pl.col(SPLIT_COLUMN) == part)
+    X = load_cached(storage.root.path(plan["cache_dir"]), rows[spec.id].cast(pl.String).to_list())
+    return X, labels.encode_labels(rows[spec.label], classes, labels.task_kind(spec))
+
+
 # -- report: saliency ---------------------------------------------------------------------------------------------
 def _saliency_sections(spec: TaskSpec, candidate: dict, test: pl.DataFrame, proba: np.ndarray,
                        metrics: dict) -> list[tuple[str, str]]:  # fmt: skip
@@ -129,72 +133,82 @@ def _saliency_sections(spec: TaskSpec, candidate: dict, test: pl.DataFrame, prob
                              spec.evaluation.seed)]  # fmt: skip
 
 
-# -- the asset graph ----------------------------------------------------------------------------------------------
-def build_image_assets(spec: TaskSpec) -> list:
-    name = spec.name
-    tags = common.asset_tags(spec)
-    image = spec.image
-    assert image is not None
+class ImageModality(Modality):
+    name = "image"
+    feature_kinds = frozenset({"polars", "numpy"})
+    candidate_kinds = frozenset({"pytorch"})
+    gpu_candidate = True
+    predefined_split = PREDEFINED_SPLIT
 
-    @dg.asset(key=[name, "raw_records"], description=f"{name}: new landed image batches ({image.format or 'format detected'}), read once "
-              "and appended to the warehouse (one row per image); unreadable files quarantined one by one.",
-              kinds={"duckdb", "polars"}, pool=common.pool(spec), **ingest.partitioned(spec), **tags)  # fmt: skip
-    def raw_records(context: dg.AssetExecutionContext, storage: MeddiagStorage) -> dg.MaterializeResult:
-        return ingest.ingest_partitions(context, spec, storage, read_image_records)
+    def descriptions(self, spec: TaskSpec) -> Descriptions:
+        image = spec.image
+        model_text = (f"timm {' / '.join(image.backbone_names())} ({image.finetune} fine-tuning)" if image.backbone
+                      else f"ResNet-18 adapted to {image.size} px")  # fmt: skip
+        search = f", optuna search of {spec.training.trials} trials" if image.tuned(spec.training) else ""
+        return Descriptions(
+            raw_records=f"new landed image batches ({image.format or 'format detected'}), read once and appended "
+            "to the warehouse (one row per image); unreadable files quarantined one by one.",
+            validated_records="image records of every batch that passed the image checks (GX ids and label "
+            "domain; channels, size, bit depth, constant images, duplicates across splits).",
+            suite="Image checks over all validated rows: GX (ids present and unique, label domain, pixel hash "
+            "present), channels / size / bit depth as the spec expects, no constant image, no identical image in "
+            "two splits (leakage) or with two labels in one split.",
+            features=f"the rows whose images are in the preprocessed tensor cache (<data>/cache/{spec.name}/, uint8 "
+            f"{image.channels} x {image.size} x {image.size}, memory-mapped, rebuilt only for new batches), with "
+            "keys and split.",
+            feature_plan="where the tensor cache is and the image shape it holds.",
+            candidate_model=f"{model_text} (AdamW, cosine schedule, augmentation, class weights, early stopping on "
+            f"validation AUROC{search}; CUDA when present), checkpointed every epoch in the registry's staging "
+            "area; weights as a torch state dict.",
+            baseline_model=f"L2 logistic regression on the cached images average-pooled to "
+            f"{baseline_side(image.size)} x {baseline_side(image.size)} per channel (standardised pixels, C chosen "
+            "on validation), the plain baseline; JSON coefficients.",
+        )  # fmt: skip
 
-    def earlier_batches_validator(storage: MeddiagStorage):
+    # -- ingestion ------------------------------------------------------------------------------------------------
+    def reader(self, spec: TaskSpec) -> PlainReader:
+        return PlainReader(read_image_records)
+
+    def validator(self, spec: TaskSpec, storage: Storage) -> Validator:
         """Images are also compared with batches validated before (leakage across splits and batches)."""
-        ledger = storage.warehouse.ledger(name)
+        ledger = storage.warehouse.ledger(spec.name)
         done = ledger.filter(pl.col("status") == "validated")["batch_id"].to_list() if ledger.height else []
-        earlier = storage.warehouse.read(name, RAW_TABLE, done) if done else None
+        earlier = storage.warehouse.read(spec.name, RAW_TABLE, done) if done else None
         if labels.task_kind(spec) == "multilabel":
             return lambda frame, task, known_ids: [*validate_images(frame, _validation_spec(task), known_ids, earlier),
                                                    *multilabel_domain_failures(frame, task)]  # fmt: skip
         return lambda frame, task, known_ids: validate_images(frame, task, known_ids, earlier)
 
-    validated_records = ingest.build_validated_records_asset(
-        spec, raw_records, tags, "image records of every batch that passed the image checks (GX ids and label "
-        "domain; channels, size, bit depth, constant images, duplicates across splits).", earlier_batches_validator)
-
-    @dg.asset_check(asset=validated_records, blocking=True, **ingest.check_partitions(spec), description="Image checks over all validated rows: GX "
-                    "(ids present and unique, label domain, pixel hash present), channels / size / bit depth as the "
-                    "spec expects, no constant image, no identical image in two splits (leakage) or with two "
-                    "labels in one split.")  # fmt: skip
-    def validated_records_suite(storage: MeddiagStorage, validated_records: pl.DataFrame) -> dg.AssetCheckResult:
-        if validated_records.is_empty():
-            return ingest.no_validated_rows_result(spec, storage)
-        failures = image_failures(validated_records, _validation_spec(spec), name)
+    def suite(self, spec: TaskSpec, records: pl.DataFrame) -> list[CheckFailure]:
+        failures = image_failures(records, _validation_spec(spec), spec.name)
         if labels.task_kind(spec) == "multilabel":
-            failures += multilabel_domain_failures(validated_records, spec)
-        return common.failures_result(failures)
+            failures += multilabel_domain_failures(records, spec)
+        return failures
 
-    @dg.asset_check(asset=validated_records, blocking=False, **ingest.check_partitions(spec), description="Identical images (sha256) repeated within "
-                    "one split with the same label, or across a dataset's own split (MedMNIST): not leakage we "
-                    "caused, but worth a look (warning only).")  # fmt: skip
-    def validated_records_duplicates_within_split(validated_records: pl.DataFrame) -> dg.AssetCheckResult:
-        warnings = duplicate_warnings(validated_records, spec)
-        return dg.AssetCheckResult(passed=not warnings, severity=dg.AssetCheckSeverity.WARN,
-                                   metadata={"n_duplicate_images": int(sum(w.unexpected_count or 0 for w in warnings)),
-                                             "problems": "; ".join(w.problem for w in warnings) or "none"})  # fmt: skip
+    def extra_checks(self, spec: TaskSpec) -> list[ExtraCheck]:
+        def duplicates_within_split(storage: Storage, validated_records: pl.DataFrame) -> CheckOutcome:
+            warnings = duplicate_warnings(validated_records, spec)
+            return CheckOutcome(warnings, warn_only=True, table=False,
+                                metadata={"n_duplicate_images": int(sum(w.unexpected_count or 0 for w in warnings)),
+                                          "problems": "; ".join(w.problem for w in warnings) or "none"})  # fmt: skip
 
-    [split] = build_split_asset(spec, validated_records, tags, predefined=PREDEFINED_SPLIT,
-                                       finish=mark_official_copies)
+        return [ExtraCheck("validated_records_duplicates_within_split", "validated_records", "Identical images "
+                           "(sha256) repeated within one split with the same label, or across a dataset's own split "
+                           "(MedMNIST): not leakage we caused, but worth a look (warning only).", False,
+                           duplicates_within_split)]  # fmt: skip
 
-    @dg.multi_asset(
-        name=f"{name}__features",
-        pool=common.pool(spec),
-        outs=common.feature_outs(spec, tags, f"the rows whose images are in the preprocessed tensor cache "
-                                 f"(<data>/cache/{name}/, uint8 {image.channels} x {image.size} x {image.size}, "
-                                 "memory-mapped, rebuilt only for new batches), with keys and split.",
-                                 "where the tensor cache is and the image shape it holds.", frozenset({"polars", "numpy"})),
-    )
-    def features(context: dg.AssetExecutionContext, storage: MeddiagStorage, split: pl.DataFrame):
+    def finish_split(self, spec: TaskSpec, frame: pl.DataFrame) -> tuple[pl.DataFrame, dict]:
+        return mark_official_copies(frame)
+
+    # -- features and models --------------------------------------------------------------------------------------
+    def features(self, spec: TaskSpec, split: pl.DataFrame, storage: Storage) -> BuiltFeatures:
+        name, image = spec.name, spec.image
         cache_dir = storage.layout.cache(name)
-        built, reused, n_images, refused = 0, 0, 0, set()
+        built, reused, n_images, refused, warnings = 0, 0, 0, set(), []
         for (batch_id,), rows in split.group_by(BATCH_COLUMN, maintain_order=False):
             records = _cache_records(rows, spec)
             manifest = update_cache(cache_dir, storage.layout.landing(name) / batch_id, batch_id, records, spec)
-            refused |= _log_refused(context, batch_id, records, manifest["failed"])
+            refused |= _log_refused(warnings, batch_id, records, manifest["failed"])
             reused += bool(manifest["reused"])
             built += not manifest["reused"]
             n_images += int(manifest["n"])
@@ -206,40 +220,24 @@ def build_image_assets(spec: TaskSpec) -> list:
         meta = {"n_rows": frame.height, "n_images_cached": n_images, "n_images_refused": len(refused),
                 "batches_built": built, "batches_reused": reused,
                 "image_shape": f"{image.channels}x{image.size}x{image.size}", "cache_mb": round(cache_bytes / 2**20, 2)}  # fmt: skip
-        yield dg.Output(frame, output_name="features", metadata=meta)
-        yield dg.Output(plan, output_name="feature_plan", metadata={"size": image.size, "channels": image.channels})
+        return BuiltFeatures(frame, plan, meta, {"size": image.size, "channels": image.channels}, warnings)
 
-    def _data(storage: MeddiagStorage, features: pl.DataFrame, plan: dict, part: str,
-              classes: list[str]) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
-        rows = features.filter(pl.col(SPLIT_COLUMN) == part)
-        X = load_cached(storage.root.path(plan["cache_dir"]), rows[spec.id].cast(pl.String).to_list())
-        return X, labels.encode_labels(rows[spec.label], classes, labels.task_kind(spec))
-
-    model_text = (f"timm {' / '.join(image.backbone_names())} ({image.finetune} fine-tuning)" if image.backbone
-                  else f"ResNet-18 adapted to {image.size} px")  # fmt: skip
-    search = f", optuna search of {spec.training.trials} trials" if image.tuned(spec.training) else ""
-
-    @dg.asset(key=[name, "candidate_model"], description=f"{name}: {model_text} (AdamW, cosine schedule, "
-              f"augmentation, class weights, early stopping on validation AUROC{search}; CUDA when present), "
-              "checkpointed every epoch in the registry's staging area; weights as a torch state dict.",
-              kinds={"pytorch"}, pool=common.pool(spec), op_tags=common.gpu_op_tags(spec), **tags)  # fmt: skip
-    def candidate_model(context: dg.AssetExecutionContext, storage: MeddiagStorage, features: pl.DataFrame,
-                        feature_plan: dict) -> dict:  # fmt: skip
+    def train_candidate(self, spec: TaskSpec, features: pl.DataFrame, feature_plan: dict,
+                        run: TrainingRun) -> TrainedModel:  # fmt: skip
         from meddiag_pipelines.imaging.train import CHECKPOINT, adopt_parent_checkpoint
         from meddiag_pipelines.imaging.tuning import fit_image_model
 
-        version = common.run_version(context)
-        out = storage.registry.staging_dir(name, version) / "model"
-        parent = context.run.parent_run_id
+        name, image, storage, out = spec.name, spec.image, run.storage, run.out_dir
+        parent = run.parent_run_id
         if adopt_parent_checkpoint(out, storage.registry.task_dir(name) / STAGING, parent):
-            context.log.info(f"{name}: resuming training from the checkpoint of parent run {parent[:8]}")
+            run.log.info(f"{name}: resuming training from the checkpoint of parent run {parent[:8]}")
         classes = labels.class_list(spec, features)
-        (X_train, y_train), (X_val, y_val) = (_data(storage, features, feature_plan, p, classes) for p in ("train", "val"))
+        (X_train, y_train), (X_val, y_val) = (_data(storage, spec, features, feature_plan, p, classes) for p in ("train", "val"))
         kind = labels.task_kind(spec)
 
         def progress(epoch: int, row: dict) -> None:
-            context.log.info(f"{name}: epoch {epoch}: loss {row['train_loss']:.4f}, val AUROC {row['val_auroc']:.4f}, "
-                             f"{row['images_per_second']:.0f} img/s")  # fmt: skip
+            run.log.info(f"{name}: epoch {epoch}: loss {row['train_loss']:.4f}, val AUROC {row['val_auroc']:.4f}, "
+                         f"{row['images_per_second']:.0f} img/s")  # fmt: skip
 
         result = fit_image_model(X_train, y_train, X_val, y_val, kind, len(classes), spec, out, torch_device(),
                                  on_epoch_end=progress)  # fmt: skip
@@ -256,27 +254,20 @@ def build_image_assets(spec: TaskSpec) -> list:
                        **({"weights": cfg["weights"]} if cfg.get("weights") else {}),
                        **({"tuning": cfg["tuning"]} if cfg.get("tuning") else {})},
         }  # fmt: skip
-        handle = common.model_handle(context, storage, spec, version, out, meta,
-                                     {**feature_plan, "predictor": "cnn", "classes": classes})  # fmt: skip
         speeds = [r["images_per_second"] for r in result.history if r.get("images_per_second") == r.get("images_per_second")]
-        context.add_output_metadata({"train_seconds": round(result.seconds, 1), "device": result.device,
-                                     "n_train": int(len(X_train)), "n_val": int(len(X_val)),
-                                     "images_per_second": float(np.mean(speeds)) if speeds else 0.0})  # fmt: skip
-        return handle
+        return TrainedModel(out, meta, {**feature_plan, "predictor": "cnn", "classes": classes},
+                            {"train_seconds": round(result.seconds, 1), "device": result.device,
+                             "n_train": int(len(X_train)), "n_val": int(len(X_val)),
+                             "images_per_second": float(np.mean(speeds)) if speeds else 0.0})  # fmt: skip
 
-    @dg.asset(key=[name, "baseline_model"], description=f"{name}: L2 logistic regression on the cached images "
-              f"average-pooled to {baseline_side(image.size)} x {baseline_side(image.size)} per channel "
-              "(standardised pixels, C chosen on validation), the plain baseline; JSON coefficients.",
-              kinds={"scikitlearn"}, pool=common.pool(spec), **tags)  # fmt: skip
-    def baseline_model(context: dg.AssetExecutionContext, storage: MeddiagStorage, features: pl.DataFrame,
-                       feature_plan: dict) -> dict:  # fmt: skip
+    def train_baseline(self, spec: TaskSpec, features: pl.DataFrame, feature_plan: dict,
+                       run: TrainingRun) -> TrainedModel:  # fmt: skip
         from meddiag_pipelines.tabular.models import train_logistic
 
-        version = common.run_version(context)
-        out = storage.registry.staging_dir(name, version) / "baseline"
+        image, out = spec.image, run.out_dir
         classes = labels.class_list(spec, features)
         side = baseline_side(image.size)
-        (X_train, y_train), (X_val, y_val) = (_data(storage, features, feature_plan, p, classes) for p in ("train", "val"))
+        (X_train, y_train), (X_val, y_val) = (_data(run.storage, spec, features, feature_plan, p, classes) for p in ("train", "val"))
         names = [f"c{c}_y{i}_x{j}" for c in range(image.channels) for i in range(side) for j in range(side)]
         P_train, P_val = pooled_pixels(X_train, side), pooled_pixels(X_val, side)
         if labels.task_kind(spec) == "multilabel":  # one-vs-rest: one binary model per finding
@@ -291,12 +282,15 @@ def build_image_assets(spec: TaskSpec) -> list:
             predictor = "pixel_logistic"
         meta = {**meta, "name": BASELINE_NAME, "classes": classes}
         plan = {**feature_plan, "predictor": predictor, "baseline_side": side, "classes": classes}
-        return common.model_handle(context, storage, spec, version, out, meta, plan)
+        return TrainedModel(out, meta, plan)
 
-    downstream = lifecycle.build_model_lifecycle_assets(
-        spec, tags, split_asset=[split], predictor_factory=_predictor_factory(spec), explain=None,
-        missing_data=lambda train_rows, plan: [],
-        test_sections=lambda candidate, test, proba, metrics: _saliency_sections(spec, candidate, test, proba, metrics),
-    )  # fmt: skip
-    return [raw_records, validated_records, validated_records_suite, validated_records_duplicates_within_split, split,
-            features, candidate_model, baseline_model, *downstream]  # fmt: skip
+    # -- scoring and the report -----------------------------------------------------------------------------------
+    def predictor_factory(self, spec: TaskSpec) -> PredictorFactory:
+        return _predictor_factory(spec)
+
+    def test_sections(self, spec: TaskSpec, candidate: dict, test: pl.DataFrame, proba: np.ndarray,
+                      metrics: dict) -> list[tuple[str, str]]:  # fmt: skip
+        return _saliency_sections(spec, candidate, test, proba, metrics)
+
+
+MODALITY = ImageModality()
