@@ -155,7 +155,7 @@ def run_direct(rows: int, selection: list[str] | None = None) -> dict:
     base_handle = common.handle_of(spec, version, storage.root.relative(out / "logistic"), base, plan.as_dict())
     predict_rows = lifecycle.row_predictor(assets._tabular_predictor)
     metrics, _ = lifecycle.evaluate_candidate(spec, storage, split, handle, base_handle, predict_rows,
-                                              assets.report_missing_data(spec), assets.card_extras)  # fmt: skip
+                                              assets.report_missing_data(spec))  # fmt: skip
     lap("evaluation")
     value, _ = lifecycle.decide_champion(spec, storage, split, handle, base_handle, metrics, predict_rows)
     lap("champion")

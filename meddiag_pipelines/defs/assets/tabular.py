@@ -1,11 +1,10 @@
 """The asset graph of one tabular task (group = task name). Logic lives in the pure modules; this file only
 wires inputs, resources and metadata.
 
-``candidate_model`` trains XGBoost and the logistic-regression baseline once and keeps the better on
-validation AUROC (as text tasks do); ``baseline_model`` points at the baseline trained in that same call.
+``candidate_model`` trains XGBoost and the logistic-regression baseline once and keeps the baseline unless
+XGBoost is better by more than its uncertainty (``tabular.models.choose_model``); ``baseline_model`` points at
+the baseline trained in that same call.
 """
-
-import html
 
 import dagster as dg
 import numpy as np
@@ -16,7 +15,7 @@ from meddiag_pipelines.defs.assets import lifecycle
 from meddiag_pipelines.defs.assets.split import build_split_asset
 from meddiag_pipelines import labels
 from meddiag_pipelines.defs.resources.storage import MeddiagStorage
-from meddiag_pipelines.split import SPLIT_COLUMN, key_columns_in
+from meddiag_pipelines.split import SPLIT_COLUMN, fold_groups, key_columns_in
 from meddiag_pipelines.tabular.features import FeaturePlan, fit_plan, missing_data_table, transform
 from meddiag_pipelines.tabular.readers import read_tabular_batch
 from meddiag_pipelines.specs import TaskSpec
@@ -59,23 +58,8 @@ def feature_table(split: pl.DataFrame, spec: TaskSpec) -> tuple[pl.DataFrame, Fe
 
 
 def tabular_trainer(spec: TaskSpec):
-    """``train_tabular_models`` (both models, the better chosen) in the signature :func:`fit_model` calls."""
-    return lambda *a: train_tabular_models(*a[:5], spec.training, *a[5:])
-
-
-def model_selection_html(candidate: dict) -> str:
-    """Which model won on validation and by how much (a report section)."""
-    params = candidate["params"]
-    rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{params.get(f'val_auroc_{k}', float('nan')):.4f}</td></tr>"
-                   for k in ("xgboost", "logistic"))  # fmt: skip
-    return (f"<p>Both models were trained on the same rows; the better on the validation split became the "
-            f"candidate: <b>{html.escape(str(params.get('chosen')))}</b>, by "
-            f"{params.get('val_auroc_margin', float('nan')):.4f} validation AUROC (a tie goes to the baseline).</p>"
-            f"<table><tr><th>model</th><th>validation AUROC</th></tr>{rows}</table>")  # fmt: skip
-
-
-def card_extras(candidate: dict) -> list[tuple[str, str]]:
-    return [("Model selection", model_selection_html(candidate))] if "chosen" in candidate["params"] else []
+    """``train_tabular_models`` (both models, one chosen) in the signature :func:`fit_model` calls."""
+    return lambda *a, **kw: train_tabular_models(*a[:5], spec.training, *a[5:], **kw)
 
 
 def report_missing_data(spec: TaskSpec):
@@ -84,13 +68,16 @@ def report_missing_data(spec: TaskSpec):
 
 
 def fit_model(spec: TaskSpec, trainer, features: pl.DataFrame, out_dir) -> dict:
-    """``trainer(X_train, y_train, X_val, y_val, n_classes, out_dir, feature_names)`` on the train and val rows."""
+    """``trainer(X_train, y_train, X_val, y_val, n_classes, out_dir, feature_names, groups=...)`` on the train and
+    val rows; ``groups`` keeps a patient's rows in one cross-validation fold (:func:`fold_groups`)."""
     classes = labels.class_list(spec, features)
     train = features.filter(pl.col(SPLIT_COLUMN) == "train")
     val = features.filter(pl.col(SPLIT_COLUMN) == "val")
     (X_train, names), (X_val, _) = feature_matrix(train), feature_matrix(val)
     y_train, y_val = labels.encode_labels(train[spec.label], classes), labels.encode_labels(val[spec.label], classes)
-    return {**trainer(X_train, y_train, X_val, y_val, len(classes), out_dir, names), "classes": classes}
+    inputs = [c for c in features.columns if c.startswith(FEATURE_PREFIX)]
+    groups = fold_groups(pl.concat([train, val]), spec, inputs)
+    return {**trainer(X_train, y_train, X_val, y_val, len(classes), out_dir, names, groups=groups), "classes": classes}
 
 
 def build_tabular_assets(spec: TaskSpec) -> list:
@@ -141,19 +128,18 @@ def build_tabular_assets(spec: TaskSpec) -> list:
         yield dg.Output(plan.as_dict(), output_name="feature_plan", metadata={"features": plan.feature_names[:50]})
 
     @dg.asset(key=[name, "candidate_model"], description=f"{name}: trains XGBoost (hist; CUDA when present; early "
-              "stopping and a bounded optuna search) and the logistic-regression baseline once, and keeps the better "
-              "on validation AUROC (a tie goes to the baseline); both saved in safe formats (UBJ, JSON) in the "
-              "registry's staging area.", kinds={"xgboost", "optuna", "scikitlearn"}, pool=common.pool(spec),
+              "stopping and a bounded optuna search) and the logistic-regression baseline once, and keeps the "
+              "baseline unless XGBoost's AUROC advantage exceeds its uncertainty (cross-validated on small data); "
+              "both saved in safe formats (UBJ, JSON) in the registry's staging area.",
+              kinds={"xgboost", "optuna", "scikitlearn"}, pool=common.pool(spec),
               **tags)  # fmt: skip
     def candidate_model(context: dg.AssetExecutionContext, storage: MeddiagStorage, features: pl.DataFrame,
                         feature_plan: dict) -> dict:  # fmt: skip
         version = common.run_version(context)
         out = storage.registry.staging_dir(name, version) / "model"
         meta = fit_model(spec, tabular_trainer(spec), features, out)
-        params = meta["params"]
-        context.log.info(f"{name}: {params['chosen']} chosen on validation AUROC (xgboost "
-                         f"{params['val_auroc_xgboost']:.4f}, logistic {params['val_auroc_logistic']:.4f})")  # fmt: skip
-        context.add_output_metadata({"chosen": params["chosen"], "val_auroc_margin": float(params["val_auroc_margin"])})
+        context.log.info(f"{name}: {meta['selection']['reason']}")
+        context.add_output_metadata({"chosen": meta["params"]["chosen"], "selection": meta["selection"]["reason"]})
         return common.model_handle(context, storage, spec, version, out, meta, feature_plan)
 
     @dg.asset(key=[name, "baseline_model"], description=f"{name}: L2 logistic regression on standardised features "
@@ -169,7 +155,6 @@ def build_tabular_assets(spec: TaskSpec) -> list:
         spec, tags, split_asset=split, predictor_factory=_tabular_predictor,
         explain=explain_rows,
         missing_data=report_missing_data(spec),
-        card_extras=card_extras,
     )  # fmt: skip
     return [raw_records, validated_records, validated_records_suite, *split, features, candidate_model,
             baseline_model, *downstream]  # fmt: skip
