@@ -17,6 +17,7 @@ BENCHMARKS = {
     "distributed": "bench.distributed",  # tabular XGBoost on a local Dask cluster: 1 vs 2 workers vs single-node
     "text_encoder": "bench.text_encoder",  # MiniLM fine-tuned vs the tuned TF-IDF baseline on ICD-10-CM, CPU
     "pneumonia_like": "bench.pneumonia_like",  # the from-scratch CNN on PneumoniaMNIST-like data, shifted test split
+    "model_choice": "bench.model_choice",  # XGBoost vs the logistic baseline chosen on a first Framingham batch
 }
 
 

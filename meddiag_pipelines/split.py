@@ -99,6 +99,14 @@ def _group_keys(records: pl.DataFrame, spec: TaskSpec) -> pl.Series:
     return keys
 
 
+def fold_groups(rows: pl.DataFrame, spec: TaskSpec, content_columns: list[str]) -> np.ndarray:
+    """A group number per row, equal for rows the split keeps together (one patient's, or identical in
+    ``content_columns``), so that cross-validation within the split keeps them in one fold too."""
+    linked = pl.Series([True] * rows.height)
+    roots = component_roots(_group_keys(rows, spec), row_content_key(rows, content_columns), linked)
+    return roots.rank("dense").to_numpy()
+
+
 def assign_split(records: pl.DataFrame, spec: TaskSpec, content_key: str | None = None,
                  predefined: str | None = None) -> pl.DataFrame:  # fmt: skip
     """``content_key``: a column whose equal values are copies of one content (see :func:`content_keys`);

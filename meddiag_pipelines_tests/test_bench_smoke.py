@@ -67,6 +67,17 @@ def test_pneumonia_like_data_and_recipe_smoke(tmp_path):
         assert data["train_images"].shape == (160, 28, 28) and data["train_labels"].shape == (160, 1)
         assert abs(data["test_labels"].mean() - 0.625) < 0.01 and data["test_images"].std() < data["val_images"].std()
 
+
+def test_model_choice_smoke_on_a_first_framingham_batch_and_its_cost(tmp_path):
+    seed, summary = run_bench("model_choice", tmp_path)
+    assert seed["selection"]["evidence"] == "cross-validation" and seed["chosen"] == seed["selection"]["chosen"]
+    assert seed["n_train"] + seed["n_val"] + seed["n_test"] == 600
+    assert set(seed["test_auroc"]) == {"xgboost", "logistic"}
+    assert summary["seeds"] == 1 and summary["xgboost_chosen"] == (seed["chosen"] == "xgboost")
+    (cost,) = run_bench("model_choice", tmp_path, "--cost")
+    assert cost["rows"] == 1_000 and cost["cv_s"] > 0 and 0 < cost["cv_difference_se"] < 0.2
+
+
 def test_gpu_check_runs_every_model_on_the_cpu(tmp_path):
     lines = run_bench("gpu_check", tmp_path, module=("bench.gpu_check",))
     assert all(line["device"] == "cpu" and "CPU" in line["note"] for line in lines)

@@ -37,6 +37,11 @@ def test_task_end_to_end_then_new_batch(synthetic_spec, layout):
     assert metrics["flow"]["validated_batches"] == 1
     html = (latest / "report.html").read_text()
     assert "https://" not in html and "data:image/png;base64," in html and "Model selection" in html
+    selection = metrics["model_selection"]  # both candidates' figures and the rule, in metrics.json and the report
+    assert selection["evidence"] == "cross-validation" and "one patient's rows" in selection["method"]
+    assert {"xgboost": "xgboost", "logistic": "logistic_regression"}[selection["chosen"]] == metrics["model_name"]
+    assert f"its standard error {selection['difference_se']:.3f} (2 x 5-fold" in html
+    assert all(0.5 < selection["candidates"][k]["score"] <= 1 for k in ("xgboost", "logistic"))
     preds = pl.read_parquet(latest / "test_predictions.parquet")
     assert preds.columns == ["id", "label", "probability"] and preds.height == metrics["n_test"]
 

@@ -176,6 +176,32 @@ def test_multiclass_and_multilabel_reports(multiclass, multilabel):
     assert "Per finding" in render_report_html(multilabel[1], {})
 
 
+SELECTION = {
+    "chosen": "logistic", "metric": "AUROC", "z": 1.645, "cv_below_rows": 20000, "evidence": "cross-validation",
+    "method": "2 x 5-fold cross-validation over 2,314 train+validation rows", "n_rows": 2314, "n_folds": 10,
+    "reason": "the simpler logistic baseline kept: xgboost's AUROC advantage, -0.021, does not exceed 1.645 x its "
+              "standard error 0.012 (2 x 5-fold cross-validation over 2,314 train+validation rows)",
+    "candidates": {"xgboost": {"score": 0.7013, "se": 0.0151}, "logistic": {"score": 0.7224, "se": 0.0142}},
+    "difference": -0.0211, "difference_se": 0.0118, "validation": {"xgboost": 0.7325, "logistic": 0.7299},
+}  # fmt: skip
+
+
+def test_report_shows_both_candidates_the_rule_and_the_decision(binary):
+    """Issue 25 #11: the choice between the models is in the report, from metrics.json, not only in the card."""
+    _, m, _ = binary
+    assert "Model selection" not in render_report_html(m, {})  # no choice recorded (image and text tasks)
+    html = render_report_html({**m, "model_selection": SELECTION}, {})
+    _assert_self_contained(html)
+    section = html[html.index("<h2>Model selection</h2>"):]
+    section = section[:section.index("<h2>", 5)]
+    for figure in ("0.701", "0.015", "0.722", "0.014", "0.733", "0.730", "-0.021", "0.012", "0.003"):
+        assert f'<td class="n">{figure}</td>' in section, figure
+    assert '<tr class="op"><td>logistic (chosen)</td>' in section and "xgboost (chosen)" not in section
+    assert "exceeds 1.645 times its standard error" in section and "Below 20,000" in section
+    assert "does not exceed 1.645 x its standard error 0.012 (2 x 5-fold cross-validation" in section
+    assert not re.search(r"\bnan\b|None", section)
+
+
 SECTIONS = ["## Model details", "## Intended use", "## Factors", "## Metrics", "## Evaluation data",
             "## Training data", "## Quantitative analyses", "### Disaggregated (subgroup) results",
             "## Ethical considerations", "## Caveats and recommendations"]

@@ -1,11 +1,10 @@
 """The tabular modality (:class:`~meddiag_pipelines.modalities.base.Modality`): patient records read from
 landed tables, the feature plan fitted on training rows, XGBoost against the logistic-regression baseline.
 
-``candidate_model`` trains XGBoost and the logistic-regression baseline once and keeps the better on
-validation AUROC (as text tasks do); ``baseline_model`` points at the baseline trained in that same call.
+``candidate_model`` trains XGBoost and the logistic-regression baseline once and keeps the baseline unless
+XGBoost is better by more than its uncertainty (``tabular.models.choose_model``); ``baseline_model`` points at
+the baseline trained in that same call.
 """
-
-import html
 
 import numpy as np
 import polars as pl
@@ -14,7 +13,7 @@ from meddiag_pipelines import labels
 from meddiag_pipelines.ingestion.batches import Validator
 from meddiag_pipelines.modalities.base import (BuiltFeatures, Descriptions, Explainer, Modality, PlainReader,
                                                PredictorFactory, Storage, Table, TrainedModel, TrainingRun)  # fmt: skip
-from meddiag_pipelines.split import SPLIT_COLUMN, key_columns_in
+from meddiag_pipelines.split import SPLIT_COLUMN, fold_groups, key_columns_in
 from meddiag_pipelines.tabular.features import FeaturePlan, fit_plan, missing_data_table, transform
 from meddiag_pipelines.tabular.readers import read_tabular_batch
 from meddiag_pipelines.specs import TaskSpec
@@ -57,29 +56,21 @@ def feature_table(split: pl.DataFrame, spec: TaskSpec) -> tuple[pl.DataFrame, Fe
 
 
 def tabular_trainer(spec: TaskSpec):
-    """``train_tabular_models`` (both models, the better chosen) in the signature :func:`fit_model` calls."""
-    return lambda *a: train_tabular_models(*a[:5], spec.training, *a[5:])
-
-
-def model_selection_html(candidate: dict) -> str:
-    """Which model won on validation and by how much (a report section)."""
-    params = candidate["params"]
-    rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{params.get(f'val_auroc_{k}', float('nan')):.4f}</td></tr>"
-                   for k in ("xgboost", "logistic"))  # fmt: skip
-    return (f"<p>Both models were trained on the same rows; the better on the validation split became the "
-            f"candidate: <b>{html.escape(str(params.get('chosen')))}</b>, by "
-            f"{params.get('val_auroc_margin', float('nan')):.4f} validation AUROC (a tie goes to the baseline).</p>"
-            f"<table><tr><th>model</th><th>validation AUROC</th></tr>{rows}</table>")  # fmt: skip
+    """``train_tabular_models`` (both models, one chosen) in the signature :func:`fit_model` calls."""
+    return lambda *a, **kw: train_tabular_models(*a[:5], spec.training, *a[5:], **kw)
 
 
 def fit_model(spec: TaskSpec, trainer, features: pl.DataFrame, out_dir) -> dict:
-    """``trainer(X_train, y_train, X_val, y_val, n_classes, out_dir, feature_names)`` on the train and val rows."""
+    """``trainer(X_train, y_train, X_val, y_val, n_classes, out_dir, feature_names, groups=...)`` on the train and
+    val rows; ``groups`` keeps a patient's rows in one cross-validation fold (:func:`fold_groups`)."""
     classes = labels.class_list(spec, features)
     train = features.filter(pl.col(SPLIT_COLUMN) == "train")
     val = features.filter(pl.col(SPLIT_COLUMN) == "val")
     (X_train, names), (X_val, _) = feature_matrix(train), feature_matrix(val)
     y_train, y_val = labels.encode_labels(train[spec.label], classes), labels.encode_labels(val[spec.label], classes)
-    return {**trainer(X_train, y_train, X_val, y_val, len(classes), out_dir, names), "classes": classes}
+    inputs = [c for c in features.columns if c.startswith(FEATURE_PREFIX)]
+    groups = fold_groups(pl.concat([train, val]), spec, inputs)
+    return {**trainer(X_train, y_train, X_val, y_val, len(classes), out_dir, names, groups=groups), "classes": classes}
 
 
 class TabularModality(Modality):
@@ -98,8 +89,9 @@ class TabularModality(Modality):
             "and split.",
             feature_plan="imputation and encoding fitted on training rows only.",
             candidate_model="trains XGBoost (hist; CUDA when present; early stopping and a bounded optuna search) and "
-            "the logistic-regression baseline once, and keeps the better on validation AUROC (a tie goes to the "
-            "baseline); both saved in safe formats (UBJ, JSON) in the registry's staging area.",
+            "the logistic-regression baseline once, and keeps the baseline unless XGBoost's AUROC advantage exceeds "
+            "its uncertainty (cross-validated on small data); both saved in safe formats (UBJ, JSON) in the "
+            "registry's staging area.",
             baseline_model="L2 logistic regression on standardised features (C chosen on validation), the plain "
             "baseline every model is compared with; trained by candidate_model in the same call (never twice), "
             "this asset points at it.",
@@ -132,11 +124,9 @@ class TabularModality(Modality):
 
     def train_candidate(self, spec: TaskSpec, features: pl.DataFrame, plan: dict, run: TrainingRun) -> TrainedModel:
         meta = fit_model(spec, tabular_trainer(spec), features, run.out_dir)
-        params = meta["params"]
-        run.log.info(f"{spec.name}: {params['chosen']} chosen on validation AUROC (xgboost "
-                     f"{params['val_auroc_xgboost']:.4f}, logistic {params['val_auroc_logistic']:.4f})")  # fmt: skip
-        return TrainedModel(run.out_dir, meta, plan, {"chosen": params["chosen"],
-                                                      "val_auroc_margin": float(params["val_auroc_margin"])})  # fmt: skip
+        run.log.info(f"{spec.name}: {meta['selection']['reason']}")
+        return TrainedModel(run.out_dir, meta, plan, {"chosen": meta["params"]["chosen"],
+                                                      "selection": meta["selection"]["reason"]})  # fmt: skip
 
     def baseline_of_candidate(self, spec: TaskSpec, candidate_dir, candidate: dict) -> TrainedModel:
         out = candidate_dir / "logistic"
@@ -151,9 +141,6 @@ class TabularModality(Modality):
     def missing_data(self, spec: TaskSpec, train_rows: pl.DataFrame, plan: dict) -> list[dict]:
         """The training rows under the candidate's stored plan."""
         return missing_data_table(train_rows, FeaturePlan.from_dict(plan), spec.max_null_rate)
-
-    def card_extras(self, spec: TaskSpec, candidate: dict) -> list[tuple[str, str]]:
-        return [("Model selection", model_selection_html(candidate))] if "chosen" in candidate["params"] else []
 
 
 MODALITY = TabularModality()

@@ -2,9 +2,14 @@
 logistic-regression baseline. Both are saved in safe formats (XGBoost UBJ, JSON coefficients), never pickled.
 
 A model folder holds ``model.json`` (what the model is, its classes and feature names) beside its weights.
-:func:`train_tabular_models` trains both into one folder (``xgboost/``, ``logistic/``) and keeps the better on
-validation AUROC in ``chosen.json`` (a tie goes to the baseline, as for text tasks); every reader here takes
-either a model folder or such a folder of two.
+:func:`train_tabular_models` trains both into one folder (``xgboost/``, ``logistic/``) and names the one chosen
+by :func:`choose_model` in ``chosen.json``; every reader here takes either a model folder or such a folder of two.
+
+The choice keeps the simpler logistic baseline unless XGBoost's AUROC advantage exceeds ``SELECTION_Z`` standard
+errors. A validation split of a few hundred rows cannot tell models 0.01 apart (and XGBoost's score on it is the
+best of its search), so below ``CV_BELOW_ROWS`` train+validation rows the advantage and its standard error come
+from repeated stratified k-fold cross-validation over those rows, both models refitted with their tuned settings;
+above it, from a paired bootstrap of the validation split. Figures: bench/README.md ("Model choice").
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -21,16 +27,22 @@ import polars as pl
 import xgboost as xgb
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
 from meddiag_pipelines.atomic import atomic_write_bytes, atomic_write_json
+from meddiag_pipelines.evaluation.metrics import to_jsonable
 from meddiag_pipelines.probability import logit, softmax
 from meddiag_pipelines.specs import TrainingSpec
-from meddiag_pipelines.device import xgboost_device
+from meddiag_pipelines.device import training_threads, xgboost_device
 from meddiag_pipelines.tabular.distributed import cluster_fit, search_sample
 from meddiag_pipelines.tabular.features import FeaturePlan, transform
 
 BASELINE_C_GRID = (0.01, 0.1, 1.0, 10.0)
 CHOSEN = "chosen.json"
+CV_BELOW_ROWS = 20_000  # train+validation rows under which the choice is cross-validated (bench/README.md)
+CV_FOLDS, CV_REPEATS = 5, 2
+SELECTION_Z = 1.645  # one-sided 95%: XGBoost must beat the baseline by more than this many standard errors
+VALIDATION_BOOTSTRAP = 200
 
 
 def validation_score(y: np.ndarray, proba: np.ndarray) -> float:
@@ -129,6 +141,13 @@ def train_xgboost(X_train, y_train, X_val, y_val, n_classes: int, settings: Trai
     return meta
 
 
+def _standardiser(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Column means and standard deviations (1 for a constant column)."""
+    scale = X.std(axis=0)
+    scale[scale == 0] = 1.0
+    return X.mean(axis=0), scale
+
+
 def train_logistic(X_train, y_train, X_val, y_val, n_classes: int, out_dir: Path, feature_names: list[str],
                    recalibrate: bool = False) -> dict:  # fmt: skip
     """Standardised L2 logistic regression, C chosen on validation; saved as JSON coefficients. Computed in
@@ -136,9 +155,7 @@ def train_logistic(X_train, y_train, X_val, y_val, n_classes: int, out_dir: Path
     ``recalibrate`` (binary): logistic recalibration on validation, as for XGBoost, for a model that may become
     the candidate: a strongly regularised C chosen for its AUROC gives probabilities far too moderate."""
     X_train, X_val = np.asarray(X_train, dtype=np.float64), np.asarray(X_val, dtype=np.float64)
-    mean = X_train.mean(axis=0)
-    scale = X_train.std(axis=0)
-    scale[scale == 0] = 1.0
+    mean, scale = _standardiser(X_train)
     best = None
     for c in BASELINE_C_GRID:
         model = LogisticRegression(C=c, max_iter=2000).fit((X_train - mean) / scale, y_train)
@@ -162,9 +179,11 @@ def train_logistic(X_train, y_train, X_val, y_val, n_classes: int, out_dir: Path
 
 
 def train_tabular_models(X_train, y_train, X_val, y_val, n_classes: int, settings: TrainingSpec, out_dir: Path,
-                         feature_names: list[str]) -> dict:  # fmt: skip
-    """XGBoost and the logistic baseline on the same rows; the meta of the one chosen on validation AUROC, whose
-    params say which won and both scores (the baseline's own meta is in ``out_dir/logistic``)."""
+                         feature_names: list[str], groups: np.ndarray | None = None) -> dict:  # fmt: skip
+    """XGBoost and the logistic baseline on the same rows; the meta of the one :func:`choose_model` keeps, whose
+    params say which won and both validation scores, and whose ``selection`` holds the evidence (the baseline's
+    own meta is in ``out_dir/logistic``). ``groups``: per train then validation row, equal for rows that must
+    share a cross-validation fold (one patient's; see :func:`meddiag_pipelines.split.fold_groups`)."""
     with cluster_fit(settings, len(y_train)) as final_fit:
         xgboost_meta = train_xgboost(X_train, y_train, X_val, y_val, n_classes, settings, out_dir / "xgboost",
                                      feature_names, final_fit)  # fmt: skip
@@ -173,12 +192,113 @@ def train_tabular_models(X_train, y_train, X_val, y_val, n_classes: int, setting
         "logistic": train_logistic(X_train, y_train, X_val, y_val, n_classes, out_dir / "logistic", feature_names,
                                    recalibrate=True),
     }  # fmt: skip
+    selection = choose_model(X_train, y_train, X_val, y_val, n_classes, metas, out_dir, settings.seed, groups)
+    chosen = selection["chosen"]
     scores = {k: m["val_score"] for k, m in metas.items()}
-    chosen = "xgboost" if scores["xgboost"] > scores["logistic"] else "logistic"  # NaN or a tie: the baseline
-    atomic_write_json(out_dir / CHOSEN, {"chosen": chosen, "val_auroc": scores})
+    atomic_write_json(out_dir / CHOSEN, {"chosen": chosen, "val_auroc": scores, "selection": selection})
     params = {"chosen": chosen, **{f"val_auroc_{k}": v for k, v in scores.items()},
               "val_auroc_margin": abs(scores["xgboost"] - scores["logistic"]), **metas[chosen]["params"]}  # fmt: skip
-    return {**metas[chosen], "params": params}
+    return {**metas[chosen], "params": params, "selection": selection}
+
+
+# -- model choice ---------------------------------------------------------------------------------------------------
+def choose_model(X_train, y_train, X_val, y_val, n_classes: int, metas: dict[str, dict], out_dir: Path, seed: int,
+                 groups: np.ndarray | None = None) -> dict:  # fmt: skip
+    """``logistic`` unless XGBoost's AUROC (multi-class: macro one-vs-rest) advantage exceeds ``SELECTION_Z``
+    standard errors; ``metas``: both models as trained (and saved in ``out_dir``) on these rows. Returns the
+    evidence, the rule and the decision, JSON-safe (an undefined figure is None)."""
+    start = time.perf_counter()
+    evidence = None
+    if len(y_train) + len(y_val) < CV_BELOW_ROWS:
+        X, y = np.concatenate([X_train, X_val]), np.concatenate([y_train, y_val])
+        evidence = cross_validated(X, y, n_classes, metas, seed, groups)
+    if evidence is None:
+        probas = {k: predict_tabular(out_dir / k, X_val) for k in metas}
+        evidence = validation_bootstrap(y_val, probas, seed)
+    advantage, se = evidence["difference"], evidence["difference_se"]
+    wins = math.isfinite(advantage) and math.isfinite(se) and advantage > SELECTION_Z * se
+    chosen = "xgboost" if wins else "logistic"
+    metric = "AUROC" if n_classes == 2 else "macro one-vs-rest AUROC"
+    verdict = (f"xgboost chosen: its {metric} advantage over the logistic baseline, {advantage:+.3f}, exceeds "
+               if wins else f"the simpler logistic baseline kept: xgboost's {metric} advantage, {advantage:+.3f}, "
+               "does not exceed ")  # fmt: skip
+    reason = f"{verdict}{SELECTION_Z} x its standard error {se:.3f} ({evidence['method']})"
+    return to_jsonable({
+        "chosen": chosen, "reason": reason, "metric": metric, "z": SELECTION_Z, "cv_below_rows": CV_BELOW_ROWS,
+        "validation": {k: m["val_score"] for k, m in metas.items()}, **evidence,
+        "seconds": round(time.perf_counter() - start, 3),
+    })  # fmt: skip
+
+
+def cross_validated(X: np.ndarray, y: np.ndarray, n_classes: int, metas: dict[str, dict], seed: int,
+                    groups: np.ndarray | None = None) -> dict | None:  # fmt: skip
+    """Both models refitted with their tuned settings (XGBoost: its parameters and number of rounds, so no
+    held-out fold stops it early; the baseline: its C) on each fold of ``CV_REPEATS`` x ``CV_FOLDS``-fold
+    stratified cross-validation, grouped where rows share a group. Standard errors of the mean fold score and
+    of the mean paired difference, corrected for the folds' overlapping training rows (Nadeau and Bengio 2003).
+    None when fewer than two folds can be scored (too few rows of a class)."""
+    grouped = groups is not None and len(np.unique(groups)) < len(y)
+    splitter = StratifiedGroupKFold if grouped else StratifiedKFold
+    pairs = []
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
+        for repeat in range(CV_REPEATS):
+            folds = splitter(CV_FOLDS, shuffle=True, random_state=seed + repeat)
+            pairs += [_fold_scores(X, y, n_classes, metas, fit, held)
+                      for fit, held in folds.split(X, y, groups if grouped else None)]  # fmt: skip
+    scores = np.array([p for p in pairs if all(map(math.isfinite, p))]).reshape(-1, 2)
+    if len(scores) < 2:
+        return None
+    correction = 1 / len(scores) + 1 / (CV_FOLDS - 1)  # Nadeau-Bengio: held-out / training rows = 1 / (k - 1)
+
+    def se(values: np.ndarray) -> float:
+        return float(math.sqrt(correction * values.var(ddof=1)))
+
+    difference = scores[:, 0] - scores[:, 1]
+    return {
+        "method": f"{CV_REPEATS} x {CV_FOLDS}-fold cross-validation over {len(y):,} train+validation rows"
+                  + (", one patient's rows (or copies of a row) in one fold" if grouped else ""),
+        "evidence": "cross-validation", "n_rows": len(y), "n_folds": len(scores),
+        "candidates": {k: {"score": float(scores[:, i].mean()), "se": se(scores[:, i])}
+                       for i, k in enumerate(("xgboost", "logistic"))},
+        "difference": float(difference.mean()), "difference_se": se(difference),
+    }  # fmt: skip
+
+
+def _fold_scores(X: np.ndarray, y: np.ndarray, n_classes: int, metas: dict[str, dict], fit: np.ndarray,
+                 held: np.ndarray) -> tuple[float, float]:  # fmt: skip
+    """(XGBoost, baseline) scores on the held-out rows of one fold, each refitted on its other rows; NaN when
+    those rows hold one class only."""
+    if len(np.unique(y[fit])) < 2:
+        return math.nan, math.nan
+    tuned = metas["xgboost"]
+    params = {**tuned["params"], "nthread": training_threads()}  # OpenMP threads on a busy CPU spin: see device.py
+    booster = xgb.train(params, xgb.DMatrix(X[fit], label=y[fit]), num_boost_round=tuned["best_iteration"] + 1)
+    p_xgb = booster.predict(xgb.DMatrix(X[held]))
+    X_fit, X_held = np.asarray(X[fit], dtype=np.float64), np.asarray(X[held], dtype=np.float64)
+    mean, scale = _standardiser(X_fit)
+    baseline = LogisticRegression(C=metas["logistic"]["params"]["C"], max_iter=2000).fit((X_fit - mean) / scale, y[fit])
+    p_lr = np.zeros((len(held), n_classes))
+    p_lr[:, baseline.classes_] = baseline.predict_proba((X_held - mean) / scale)  # a class absent from the fold: 0
+    if n_classes == 2:
+        p_xgb, p_lr = p_xgb.reshape(-1), p_lr[:, 1]
+    return validation_score(y[held], p_xgb), validation_score(y[held], p_lr)
+
+
+def validation_bootstrap(y_val: np.ndarray, probas: dict[str, np.ndarray], seed: int) -> dict:
+    """The models' validation scores, their paired difference, and standard errors from ``VALIDATION_BOOTSTRAP``
+    resamples of the validation rows (the same rows for both models)."""
+    rng = np.random.default_rng(seed)
+    draws = [rng.integers(0, len(y_val), len(y_val)) for _ in range(VALIDATION_BOOTSTRAP)]
+    resampled = {k: np.array([validation_score(y_val[i], p[i]) for i in draws]) for k, p in probas.items()}
+    full = {k: validation_score(y_val, p) for k, p in probas.items()}
+    return {
+        "method": f"paired bootstrap of the {len(y_val):,} validation rows", "evidence": "validation",
+        "n_rows": len(y_val), "n_folds": None,
+        "candidates": {k: {"score": full[k], "se": float(np.nanstd(resampled[k]))} for k in ("xgboost", "logistic")},
+        "difference": full["xgboost"] - full["logistic"],
+        "difference_se": float(np.nanstd(resampled["xgboost"] - resampled["logistic"])),
+    }  # fmt: skip
 
 
 def model_folder(model_dir: Path) -> Path:

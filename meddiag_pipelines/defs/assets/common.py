@@ -130,7 +130,8 @@ def handle_of(spec: TaskSpec, version: str, model_dir: str, meta: dict, plan: di
     """What a model asset passes on: where the weights are (relative to the data root) and how to use them."""
     return {"task": spec.name, "version": version, "dir": model_dir, "name": meta["name"],
             "framework": meta["framework"], "params": meta.get("params", {}), "val_score": meta.get("val_score"),
-            "plan": plan, "classes": meta.get("classes"), "device": meta.get("device", torch_device())}  # fmt: skip
+            "plan": plan, "classes": meta.get("classes"), "device": meta.get("device", torch_device()),
+            "selection": meta.get("selection")}  # fmt: skip
 
 
 def model_handle(context, storage: MeddiagStorage, spec: TaskSpec, version: str, model_dir: Path, meta: dict,

@@ -251,6 +251,8 @@ def evaluate_candidate(spec: TaskSpec, storage: MeddiagStorage, split: pl.DataFr
     inp = _evaluation_input(spec, split, candidate_model, predict_rows, (baseline_model["name"], baseline_proba),
                             flow_counts(spec, storage, split), missing_data(train_rows, candidate_model["plan"]))  # fmt: skip
     metrics = evaluator.evaluate(inp)
+    if candidate_model.get("selection"):  # how the candidate was chosen over the other model(s) it was trained with
+        metrics["model_selection"] = candidate_model["selection"]
     plots = evaluator.render_plots(inp, metrics)
     extras = card_extras(candidate_model) if card_extras else []
     without = metrics_without_copies(spec, split, candidate_model, predict_rows, inp.flow)
