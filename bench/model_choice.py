@@ -58,7 +58,7 @@ def run_seeds(task: str, rows: int, seeds: int, trials: int | None) -> dict:
     from sklearn.metrics import roc_auc_score
 
     from meddiag_pipelines.defs.assets import common, lifecycle
-    from meddiag_pipelines.defs.assets import tabular as assets
+    from meddiag_pipelines.tabular import modality as assets
     from meddiag_pipelines.defs.resources.storage import MeddiagStorage
     from meddiag_pipelines.ingestion.batches import ingest_new_batches, validate_pending_batches
     from meddiag_pipelines.labels import encode_labels
@@ -94,7 +94,7 @@ def run_seeds(task: str, rows: int, seeds: int, trials: int | None) -> dict:
                                     plan.as_dict())  # fmt: skip
         metrics, _ = lifecycle.evaluate_candidate(spec, storage, split, handle, baseline,
                                                   lifecycle.row_predictor(assets._tabular_predictor),
-                                                  assets.report_missing_data(spec))  # fmt: skip
+                                                  lambda rows, plan: assets.MODALITY.missing_data(spec, rows, plan))  # fmt: skip
         decision = decide(metrics, None, spec.promotion)
         chosen = json.loads((folder / CHOSEN).read_text())
         out.append({

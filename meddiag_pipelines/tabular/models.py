@@ -30,7 +30,7 @@ from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
 from meddiag_pipelines.atomic import atomic_write_bytes, atomic_write_json
-from meddiag_pipelines.evaluation.metrics import to_jsonable
+from meddiag_pipelines.evaluation.metrics.jsonable import to_jsonable
 from meddiag_pipelines.probability import logit, softmax
 from meddiag_pipelines.specs import TrainingSpec
 from meddiag_pipelines.device import training_threads, xgboost_device
