@@ -128,7 +128,7 @@ def test_grad_cam_and_panel(tmp_path: Path) -> None:
     assert maps.shape == (3, 28, 28) and maps.dtype == np.float32
     assert maps.min() >= 0 and maps.max() <= 1
     assert grad_cam(res.model_dir, X[:2], target_index=0).shape == (2, 28, 28)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"target_index 3 outside \[0, 1\)"):
         grad_cam(res.model_dir, X[:2], target_index=3)
     png = saliency_panel_png(X[:3], maps, ["a", "b", "c"])
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 1000

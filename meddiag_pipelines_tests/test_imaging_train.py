@@ -114,7 +114,7 @@ def test_resumes_after_a_crash(phantom_data, tmp_path: Path) -> None:
             raise Crash("simulated crash after epoch 2")
 
     out = tmp_path / "crashy"
-    with pytest.raises(Crash):
+    with pytest.raises(Crash, match="simulated crash after epoch 2"):
         train_image_model(Xt, yt, Xv, yv, "binary", 1, spec, out, device="cpu", width=8, num_threads=1, on_epoch_end=crash_after_2)
     assert (out / "checkpoint.pt").exists() and not (out / "model.pt").exists()
     seen = []
