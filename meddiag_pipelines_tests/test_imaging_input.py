@@ -193,6 +193,7 @@ def test_landing_max_file_mb_applies_to_images(tmp_path: Path) -> None:
     batch = folder_batch(tmp_path / "b")
     result = read_image_batch(batch, spec_of(landing={"max_file_mb": 100 / 2**20}))
     assert result.records.height == 0
+    assert [f for f, _ in result.rejected] == [f"img{i}.png" for i in range(4)]
     assert all("over landing.max_file_mb" in p for _, p in result.rejected)
 
 

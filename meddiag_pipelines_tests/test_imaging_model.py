@@ -119,7 +119,7 @@ def test_predict_shapes_and_model_files(tmp_path: Path, kind: str, n_outputs: in
     if kind == "multiclass":
         np.testing.assert_allclose(p.sum(1), 1, atol=1e-5)
     state = torch.load(res.model_dir / "model.pt", weights_only=True)  # plain state dict, safe to load
-    assert all(isinstance(v, torch.Tensor) for v in state.values())
+    assert state and all(isinstance(v, torch.Tensor) for v in state.values())
 
 
 def test_grad_cam_and_panel(tmp_path: Path) -> None:
