@@ -80,6 +80,7 @@ def data():
     return (*_texts(12, seed=0), *_texts(6, seed=1))
 
 
+@pytest.mark.slow
 def test_tiny_bert_is_fine_tuned_tuned_saved_and_reloaded_identically(tmp_path, data, offline):
     spec = _spec(_bert_folder(tmp_path / "tiny_bert"), trials=2)
     xt, yt, xv, yv = data
@@ -233,6 +234,7 @@ def test_a_text_task_naming_an_encoder_folder_runs_through_the_pipeline(tmp_path
     assert (layout.reports(spec.name) / "latest" / "report.html").is_file()
 
 
+@pytest.mark.slow
 def test_an_encoder_exports_to_onnx_matching_torch(tmp_path, data, offline):
     """The ONNX export of an encoder (tokenizer outside, dynamic batch and sequence axes) gives torch's logits."""
     from meddiag_pipelines.registry.export import _export_and_compare, encoder_exportable
