@@ -226,10 +226,10 @@ def test_registry_versions_are_immutable_and_rollback_pins(tmp_path, monkeypatch
     for version in ("v1", "v2"):
         (registry.staging_dir("t", version) / "model").mkdir()
         registry.publish("t", version, {"decision": {"promote": True}})
-    with pytest.raises(FileExistsError):
+    with pytest.raises(FileExistsError, match="models/t/v1: already exists and is immutable"):
         registry.publish("t", "v1", {})
     registry.set_champion("t", "v2", "won")
-    with pytest.raises(RegistryError):
+    with pytest.raises(RegistryError, match="task 't' has no published version 'v9'"):
         registry.set_champion("t", "v9", "unknown")
     monkeypatch.setenv("MEDDIAG_DATA_DIR", str(tmp_path))
     assert registry_cli(["pin", "t", "v1"]) == 0

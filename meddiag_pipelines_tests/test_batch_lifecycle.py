@@ -270,7 +270,8 @@ HOSTILE_BATCH_NAMES = ["[x](javascript:alert(1))", "**b**|c"]
 def shown_as_text(md: str, names: list[str]) -> str:
     """The HTML a viewer renders from markdown metadata, once it is checked to show each name as its own text
     (no link, emphasis or table made of it)."""
-    markdown_it = pytest.importorskip("markdown_it")
+    import markdown_it
+
     html = markdown_it.MarkdownIt("commonmark").enable("table").render(md)
     assert "<a " not in html and "<strong>" not in html and "<em>" not in html and "<table" not in html, html
     assert all(name in html for name in names), html

@@ -53,11 +53,15 @@ def test_polars_and_duckdb_features_agree(tmp_path):
     assert_frame_equal(pl.read_parquet(ds.glob("labs")), pl.read_parquet(again.glob("labs")))
 
 
-@pytest.mark.parametrize("name", ["ingest", "sensor", "orchestration", "training", "validation", "distributed"])
+SLOW_BENCHES = ("orchestration", "training", "validation", "distributed")  # each over 5 s at smoke size
+
+
+@pytest.mark.parametrize("name", ["ingest", "sensor", *(pytest.param(n, marks=pytest.mark.slow) for n in SLOW_BENCHES)])
 def test_bench_smoke(name, tmp_path):
     run_bench(name, tmp_path)
 
 
+@pytest.mark.slow
 def test_pneumonia_like_data_and_recipe_smoke(tmp_path):
     import numpy as np
 
@@ -68,6 +72,7 @@ def test_pneumonia_like_data_and_recipe_smoke(tmp_path):
         assert abs(data["test_labels"].mean() - 0.625) < 0.01 and data["test_images"].std() < data["val_images"].std()
 
 
+@pytest.mark.slow
 def test_model_choice_smoke_on_a_first_framingham_batch_and_its_cost(tmp_path):
     seed, summary = run_bench("model_choice", tmp_path)
     assert seed["selection"]["evidence"] == "cross-validation" and seed["chosen"] == seed["selection"]["chosen"]
@@ -78,6 +83,7 @@ def test_model_choice_smoke_on_a_first_framingham_batch_and_its_cost(tmp_path):
     assert cost["rows"] == 1_000 and cost["cv_s"] > 0 and 0 < cost["cv_difference_se"] < 0.2
 
 
+@pytest.mark.slow
 def test_gpu_check_runs_every_model_on_the_cpu(tmp_path):
     lines = run_bench("gpu_check", tmp_path, module=("bench.gpu_check",))
     assert all(line["device"] == "cpu" and "CPU" in line["note"] for line in lines)

@@ -19,6 +19,7 @@ from functools import partial
 from pathlib import Path
 
 import dagster as dg
+import distributed
 import numpy as np
 import pytest
 import yaml
@@ -38,8 +39,6 @@ from meddiag_pipelines_tests.conftest import REPO, SYNTHETIC_SPEC, land, synthet
 from meddiag_pipelines_tests.postgres import postgres_server  # noqa: F401 (fixture)
 from meddiag_pipelines_tests.test_imaging_pipeline import write_npz
 from meddiag_pipelines_tests.test_text_pipeline import icd_rows
-
-distributed = pytest.importorskip("distributed")  # the `scale` extra
 
 BIN = Path(sys.executable).parent
 TABULAR, TEXT = "dask_risk", "dask_notes"

@@ -53,6 +53,7 @@ IMAGE_PARENTS = {**PARENTS, "baseline_model": {"features", "feature_plan"}}
 def test_lineage_takes_real_inputs_from_its_own_task():
     """Parents by full asset key: an edge to another task's asset of the same name fails here."""
     graph = defs.resolve_asset_graph()
+    assert {"tabular", "image", "text"} <= {spec.modality for spec in BUNDLED}
     for spec in BUNDLED:
         expected = IMAGE_PARENTS if spec.modality == "image" else PARENTS
         for asset, parents in expected.items():

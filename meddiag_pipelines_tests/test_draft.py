@@ -72,8 +72,9 @@ def test_thyroid_multiclass_with_heavy_missingness(tmp_path, capsys):
     assert not any(str(v) in text for v in frame["patient_id"].head(50))  # ids are never printed
 
 
-def test_gbsg2_if_lifelines_is_installed(tmp_path, capsys):
-    datasets = pytest.importorskip("lifelines.datasets")
+def test_gbsg2_from_lifelines(tmp_path, capsys):
+    from lifelines import datasets
+
     frame = datasets.load_gbsg2()
     spec, _ = init(tmp_path, "gbsg2", csv_of(frame, tmp_path, "gbsg2"), capsys)
     assert spec["modality"] == "tabular"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from html.parser import HTMLParser
 
+import markdown_it
 import numpy as np
 import pytest
 from scipy import special
@@ -135,6 +136,7 @@ def test_report_is_self_contained_and_shows_the_key_numbers(binary, tmp_path):
     assert fmt_ci(m["auprc_ci"]) in html
     assert fmt_num(m["calibration_slope"]) in html and fmt_num(m["brier"]) in html
     assert fmt_ci(m["comparison"]["ci"]) in html and fmt_num(m["baseline"]["auroc"]) in html
+    assert m["thresholds"]
     for row in m["thresholds"]:
         assert fmt_num(row["threshold"]) in html and fmt_num(row["sensitivity"]) in html
     # subgroups: flagged and too few to judge
@@ -257,7 +259,6 @@ HOSTILE = ["<script>alert(1)</script>", "[x](javascript:alert(1))", "![i](javasc
 
 def _rendered(md: str) -> _Refs:
     """The card as a Markdown viewer shows it (CommonMark with GFM tables)."""
-    markdown_it = pytest.importorskip("markdown_it")
     parser = _Refs()
     parser.feed(markdown_it.MarkdownIt("commonmark").enable("table").render(md))
     return parser
@@ -288,8 +289,10 @@ def test_model_card_escapes_every_data_derived_string():
     for token in ("<script", "<img", "<javascript:", "\n| forged"):
         assert token not in md, token
     assert not re.search(r"(?<!\\)\]\(javascript:", md)  # every bracket of a link is escaped
-    html = pytest.importorskip("markdown_it").MarkdownIt("commonmark").enable("table").render(md)
-    for row in re.findall(r"<tr>(.*?)</tr>", html, re.S):  # no cell break forged: every row of a table as wide
+    html = markdown_it.MarkdownIt("commonmark").enable("table").render(md)
+    rows = re.findall(r"<tr>(.*?)</tr>", html, re.S)
+    assert rows
+    for row in rows:  # no cell break forged: every row of a table as wide
         assert row.count("<td") in (0, 2, 3, 4, 6, 7, 9), row[:200]
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html  # shown, as text
 

@@ -360,7 +360,7 @@ def test_paths_with_dotdot_or_outside_the_data_root_are_refused(synthetic_spec, 
     sneaky = LandedBatch(TASK, "b1", folder, ("../../../../outside.csv",), batch.content_hash, 0)
     with pytest.raises(BatchRejected, match="escapes the batch folder"):
         read_tabular_batch(sneaky, synthetic_spec)
-    with pytest.raises(PathOutsideDataRoot):
+    with pytest.raises(PathOutsideDataRoot, match="outside.csv: resolves outside the data folder"):
         layout.confine(layout.landing(TASK) / ".." / ".." / ".." / "outside.csv")
     assert layout.confine(layout.landing(TASK) / "b1" / ".." / "b1") == folder.resolve()
 
@@ -372,7 +372,7 @@ def test_landing_folder_linked_out_of_the_data_root_fails_loudly(synthetic_spec,
     (outside / "b1" / "_READY").touch()
     layout.landing(TASK).parent.mkdir(parents=True)
     layout.landing(TASK).symlink_to(outside, target_is_directory=True)
-    with pytest.raises(PathOutsideDataRoot):
+    with pytest.raises(PathOutsideDataRoot, match="landing/synthetic_risk: resolves outside the data folder"):
         ingest_new_batches(synthetic_spec, layout, Warehouse(layout.warehouse_db()), read_tabular_batch)
     assert (outside / "b1" / "records.csv").exists()
 
@@ -398,8 +398,8 @@ def test_interrupted_quarantine_is_finished_by_the_next_run(synthetic_spec, layo
 
     land_raw(layout, "b1", b"")
     land_good(layout)
-    monkeypatch.setattr(batches, "quarantine_batch", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
-    with pytest.raises(KeyboardInterrupt):
+    monkeypatch.setattr(batches, "quarantine_batch", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt("between ledger and move")))
+    with pytest.raises(KeyboardInterrupt, match="between ledger and move"):
         ingest_and_validate(synthetic_spec, layout)
     monkeypatch.undo()
     warehouse, ingest, records_, _ = ingest_and_validate(synthetic_spec, layout)

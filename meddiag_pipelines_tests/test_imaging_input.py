@@ -193,6 +193,7 @@ def test_landing_max_file_mb_applies_to_images(tmp_path: Path) -> None:
     batch = folder_batch(tmp_path / "b")
     result = read_image_batch(batch, spec_of(landing={"max_file_mb": 100 / 2**20}))
     assert result.records.height == 0
+    assert [f for f, _ in result.rejected] == [f"img{i}.png" for i in range(4)]
     assert all("over landing.max_file_mb" in p for _, p in result.rejected)
 
 
@@ -235,7 +236,7 @@ def test_an_image_replaced_after_validation_never_reaches_the_cache(tmp_path: Pa
     manifest = update_cache(tmp_path / "cache", batch, "b1", records, spec)
     assert manifest["n"] == 3 and [f[0] for f in manifest["failed"]] == ["c1"]
     assert "differ from those validated" in manifest["failed"][0][1]
-    with pytest.raises(KeyError):
+    with pytest.raises(KeyError, match=r"1 of 1 image\(s\) not in the image cache"):
         load_cached(tmp_path / "cache", ["c1"])
     cached = load_cached(tmp_path / "cache", ["c0", "c2", "c3"])
     for row, image_id in enumerate(["c0", "c2", "c3"]):

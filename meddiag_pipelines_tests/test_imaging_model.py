@@ -119,7 +119,7 @@ def test_predict_shapes_and_model_files(tmp_path: Path, kind: str, n_outputs: in
     if kind == "multiclass":
         np.testing.assert_allclose(p.sum(1), 1, atol=1e-5)
     state = torch.load(res.model_dir / "model.pt", weights_only=True)  # plain state dict, safe to load
-    assert all(isinstance(v, torch.Tensor) for v in state.values())
+    assert state and all(isinstance(v, torch.Tensor) for v in state.values())
 
 
 def test_grad_cam_and_panel(tmp_path: Path) -> None:
@@ -128,7 +128,7 @@ def test_grad_cam_and_panel(tmp_path: Path) -> None:
     assert maps.shape == (3, 28, 28) and maps.dtype == np.float32
     assert maps.min() >= 0 and maps.max() <= 1
     assert grad_cam(res.model_dir, X[:2], target_index=0).shape == (2, 28, 28)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"target_index 3 outside \[0, 1\)"):
         grad_cam(res.model_dir, X[:2], target_index=3)
     png = saliency_panel_png(X[:3], maps, ["a", "b", "c"])
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 1000

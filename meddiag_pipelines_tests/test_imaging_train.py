@@ -71,7 +71,7 @@ def weights(model_dir: Path) -> dict[str, torch.Tensor]:
 
 def assert_same_weights(a: Path, b: Path) -> None:
     wa, wb = weights(a), weights(b)
-    assert wa.keys() == wb.keys()
+    assert wa and wa.keys() == wb.keys()
     for k in wa:
         assert torch.equal(wa[k], wb[k]), k
 
@@ -91,7 +91,7 @@ def test_the_weight_average_is_what_is_saved_and_scored(phantom_data, tmp_path: 
     res = train_image_model(Xt, yt, Xv, yv, "binary", 1, phantom_spec(epochs=2, patience=10), tmp_path / "m", device="cpu", width=8, num_threads=1)
     ckpt = torch.load(res.model_dir / CHECKPOINT, weights_only=True)
     saved = weights(res.model_dir)
-    assert all(torch.equal(saved[k], v) for k, v in ckpt["best_state"].items())
+    assert ckpt["best_state"] and all(torch.equal(saved[k], v) for k, v in ckpt["best_state"].items())
     assert {f"module.{k}" for k in saved} <= set(ckpt["ema"]) and int(ckpt["ema"]["n_averaged"]) == 2 * 5  # every step
     # the raw weights the optimiser left are not what was saved
     assert not all(torch.equal(saved[k], ckpt["model"][k]) for k in saved if saved[k].is_floating_point())
@@ -114,7 +114,7 @@ def test_resumes_after_a_crash(phantom_data, tmp_path: Path) -> None:
             raise Crash("simulated crash after epoch 2")
 
     out = tmp_path / "crashy"
-    with pytest.raises(Crash):
+    with pytest.raises(Crash, match="simulated crash after epoch 2"):
         train_image_model(Xt, yt, Xv, yv, "binary", 1, spec, out, device="cpu", width=8, num_threads=1, on_epoch_end=crash_after_2)
     assert (out / "checkpoint.pt").exists() and not (out / "model.pt").exists()
     seen = []

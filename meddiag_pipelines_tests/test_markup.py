@@ -3,6 +3,7 @@ metadata (batch and file names in tables)."""
 
 import re
 
+import markdown_it
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -10,7 +11,6 @@ from hypothesis import strategies as st
 from meddiag_pipelines.defs.assets.common import markdown_table, png_markdown
 from meddiag_pipelines.markup import escape_markdown
 
-markdown_it = pytest.importorskip("markdown_it")
 RENDERER = markdown_it.MarkdownIt("commonmark").enable("table")
 
 

@@ -124,7 +124,7 @@ def test_local_dir_downloads_once_into_a_cache(s3_root):
     assert (first / "weights.json").read_text() == "{}" and first.is_relative_to(root.local)
     root.fs.rm(root.key("models/t/v1/model/weights.json"))  # a second call must not fetch again
     assert root.local_dir("models/t/v1/model") == first and (first / "weights.json").exists()
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(FileNotFoundError, match="models/t/v2/model: no such folder in the data root"):
         root.local_dir("models/t/v2/model")
 
 

@@ -221,6 +221,7 @@ def test_update_runs_every_task_past_a_failed_one_and_a_bad_spec_and_exits_1(tmp
     assert main(["update", "heart_disease"]) == 0 and ran == ["heart_disease"]  # named tasks: other specs not judged
 
 
+@pytest.mark.slow
 def test_update_brings_a_task_up_to_date_once(synthetic_spec, layout, monkeypatch):
     """Good batches and a bad one: validated, quarantined, a model trained; a second `update` with nothing new
     starts no run at all. New batches run in ranges of at most RUN_PARTITIONS (here 2), and so do partitions a

@@ -119,12 +119,23 @@ def test_text_labels_rows_pointing_outside_move_nothing(tmp_path: Path):
     assert quarantined, "the rows naming files outside the batch are reported"
 
 
-@pytest.mark.parametrize("rel", ["../x", "/etc/passwd", "a/../../x", "", " a.png", "a\\b", "link/x.png"])
-def test_confined_file_refuses_names_that_leave_the_batch(tmp_path: Path, rel: str):
+@pytest.mark.parametrize(
+    ("rel", "problem"),
+    [
+        ("../x", "escapes the batch folder"),
+        ("/etc/passwd", "absolute path"),
+        ("a/../../x", "escapes the batch folder"),
+        ("", "empty file name"),
+        (" a.png", "surrounding spaces"),
+        ("a\\b", "backslash"),
+        ("link/x.png", "symbolic link"),
+    ],
+)
+def test_confined_file_refuses_names_that_leave_the_batch(tmp_path: Path, rel: str, problem: str):
     (tmp_path / "b").mkdir()
     (tmp_path / "b" / "link").symlink_to(tmp_path)
     (tmp_path / "x.png").write_bytes(b"x")
-    with pytest.raises(UnsafePath):
+    with pytest.raises(UnsafePath, match=problem):
         confined_file(tmp_path / "b", rel)
 
 

@@ -106,7 +106,7 @@ def test_other_values_are_json_files_of_their_run(tmp_path):
     def not_json() -> dict:
         return {"x": float("nan")}
 
-    with pytest.raises(ValueError):  # a value that would not come back as written is refused, not stored
+    with pytest.raises(ValueError, match="not JSON compliant: nan"):  # a value that would not come back as written is refused, not stored
         dg.materialize([not_json], resources=resources)
 
 
@@ -148,7 +148,7 @@ def test_a_run_reuses_what_it_wrote_within_the_memory_bound(tmp_path, monkeypatc
         if frame is small:
             assert tables.load_input(context) is frame
         else:  # over the bound: not kept
-            with pytest.raises(FileNotFoundError):
+            with pytest.raises(FileNotFoundError, match="no value for asset task/table yet"):
                 tables.load_input(context)
 
 

@@ -44,7 +44,7 @@ def test_a_plan_read_back_from_json_scores_exactly_like_the_fitted_one(heart_spe
         np.testing.assert_allclose(from_json, fitted, rtol=1e-6)
         assert roc_auc_score(test["HeartDisease"] == "1", from_json) > 0.75  # misaligned columns gave ~0.6
     top = top_contributions(tmp_path / "xgb", model_inputs(tmp_path / "xgb", test.head(2), reread))
-    assert len(top) == 2 and all(name in X.columns for name, _ in top[0])
+    assert len(top) == 2 and top[0] and all(name in X.columns for name, _ in top[0])
 
 
 def _weak_linear(seed: int, n: int = 400) -> tuple[np.ndarray, np.ndarray]:
