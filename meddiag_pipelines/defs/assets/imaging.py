@@ -294,7 +294,7 @@ def build_image_assets(spec: TaskSpec) -> list:
         return common.model_handle(context, storage, spec, version, out, meta, plan)
 
     downstream = lifecycle.build_model_lifecycle_assets(
-        spec, tags, split_asset=[split], predictor_factory=_predictor_factory(spec), explain=None,
+        spec, tags, predictor_factory=_predictor_factory(spec), explain=None,
         missing_data=lambda train_rows, plan: [],
         test_sections=lambda candidate, test, proba, metrics: _saliency_sections(spec, candidate, test, proba, metrics),
     )  # fmt: skip

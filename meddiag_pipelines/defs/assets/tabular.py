@@ -166,7 +166,7 @@ def build_tabular_assets(spec: TaskSpec) -> list:
         return common.model_handle(context, storage, spec, candidate_model["version"], out, meta, candidate_model["plan"])
 
     downstream = lifecycle.build_model_lifecycle_assets(
-        spec, tags, split_asset=split, predictor_factory=_tabular_predictor,
+        spec, tags, predictor_factory=_tabular_predictor,
         explain=explain_rows,
         missing_data=report_missing_data(spec),
         card_extras=card_extras,

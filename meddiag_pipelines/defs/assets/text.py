@@ -175,7 +175,7 @@ def build_text_assets(spec: TaskSpec) -> list:
                                    candidate_model["plan"])  # fmt: skip
 
     downstream = lifecycle.build_model_lifecycle_assets(
-        spec, tags, split_asset=split, predictor_factory=_text_predictor, explain=_explain,
+        spec, tags, predictor_factory=_text_predictor, explain=_explain,
         missing_data=lambda train_rows, plan: missing_texts(train_rows, plan["text_column"]), card_extras=_card_extras,
     )  # fmt: skip
     return [raw_records, unreadable_files_quarantined, validated_records, validated_records_suite, *split,
