@@ -520,10 +520,3 @@ def scan_specs(dirs: list[Path] | None = None) -> SpecScan:
             specs[spec.name] = (spec, path)
     return SpecScan([s for s, _ in specs.values()], errors, {name: path for name, (_, path) in specs.items()})
 
-
-def load_specs(dirs: list[Path] | None = None) -> list[TaskSpec]:
-    """All specs, bundled first; the first bad spec (or a name used twice, naming both files) is raised."""
-    scan = scan_specs(dirs)
-    if scan.errors:
-        raise scan.errors[0]
-    return scan.specs
