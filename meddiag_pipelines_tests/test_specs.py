@@ -42,6 +42,7 @@ def test_tasks_dir_adds_specs_without_code(tmp_path, monkeypatch):
         # Issue 24: values Dagster refuses when it builds the task (or, the time zone, at the first tick).
         ("name: t\nmodality: tabular\nlabel: y\nid: rid\nschedule: {cron: every day at noon}\n", "schedule.cron", "five fields"),
         ("name: t\nmodality: tabular\nlabel: y\nid: rid\nschedule: {cron: '0 0 12 * * *'}\n", "schedule.cron", "five fields"),
+        ("name: t\nmodality: tabular\nlabel: y\nid: rid\nschedule: {cron: '0 2 30 2 *'}\n", "schedule.cron", "times that exist"),
         ("name: t\nmodality: tabular\nlabel: y\nid: rid\nschedule: {timezone: Mars/Olympus}\n", "schedule.timezone", "time zone"),
         ("name: t\nmodality: tabular\nlabel: y\nid: rid\nowner: not an owner\n", "owner", "email address or 'team:"),
         ("name: t\nmodality: tabular\nlabel: y\nid: rid\nowner: 'team:'\n", "owner", "email address or 'team:"),
