@@ -21,9 +21,6 @@ from functools import partial
 
 import dagster as dg
 import distributed
-from dagster._core.definitions.executor_definition import multiple_process_executor_requirements
-from dagster._core.errors import raise_execution_interrupts
-from dagster._utils import iterate_with_context
 from dagster_dask.executor import DaskExecutor, get_dask_resource_requirements, query_on_dask_worker
 
 ADDRESS_VARIABLE = "MEDDIAG_DASK_ADDRESS"
@@ -37,7 +34,8 @@ class GuardedDaskExecutor(DaskExecutor):
     ``execute`` is dagster-dask 0.29.27's own, with one change: the step's arguments are bound in a
     ``functools.partial`` instead of being passed to ``Client.submit``. Dask >= 2024.12 walks every tuple among a
     task's arguments (``dask._task_spec.parse_input``), and Dagster's run and state records are tuples that
-    refuse iteration: dagster-dask as published fails every run with "Iteration is not allowed on `@record`"."""
+    refuse iteration: dagster-dask as published fails every run with "Iteration is not allowed on `@record`".
+    (Its wait loop is written out, as Dagster's ``iterate_with_context`` it calls is private.)"""
 
     def execute(self, plan_context, execution_plan):
         from meddiag_pipelines.definitions import refuse_empty_selection
@@ -56,11 +54,15 @@ class GuardedDaskExecutor(DaskExecutor):
                     futures[step.key] = client.submit(run_step, upstream, key=f"{plan_context.job_name}.{step.key}",
                                                       resources=get_dask_resource_requirements(step.tags))  # fmt: skip
             done = distributed.as_completed(list(futures.values()), with_results=True)
-            for _, events in iterate_with_context(raise_execution_interrupts, done):
-                yield from events
+            while True:
+                with dg.raise_execution_interrupts():  # a termination stops the wait, not only a step
+                    finished = next(done, None)
+                if finished is None:
+                    return
+                yield from finished[1]  # the step's events
 
 
-@dg.executor(name="dask", requirements=multiple_process_executor_requirements(), config_schema={})
+@dg.executor(name="dask", requirements=dg.multiple_process_executor_requirements(), config_schema={})
 def dask_executor(init_context) -> GuardedDaskExecutor:
     """Steps as tasks of the Dask scheduler at ``MEDDIAG_DASK_ADDRESS`` (read when a run starts)."""
     address = os.environ.get(ADDRESS_VARIABLE, "").strip()

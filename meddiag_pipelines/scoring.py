@@ -54,12 +54,6 @@ def prediction_path(layout: DataLayout, task: str, batch: str, version: str) -> 
     return layout.confine(layout.predictions(task) / batch / f"{version}.parquet")
 
 
-def read_scored_by(path: Path) -> dict[str, str]:
-    """The model version and batch a prediction file records in its Parquet metadata."""
-    meta = pl.read_parquet_metadata(path)
-    return {k: meta[k] for k in ("model_version", "batch") if k in meta}
-
-
 @dataclass
 class ScoringSummary:
     version: str | None

@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import dagster as dg
-from dagster._core.definitions.reconstruct import ReconstructableRepository
 
+from meddiag_pipelines.dagster_internals import reconstructable_job
 from meddiag_pipelines.definitions import IMPLICIT_ASSET_JOB
 from meddiag_pipelines.defs.automation.landing import range_tags, run_tags
 from meddiag_pipelines.defs.dead_runs import TASK_TAG, describe, process_tags, release_dead_runs, releasing_dead_runs
@@ -68,8 +68,7 @@ def update_definitions() -> dg.Definitions:
 def reconstructable_asset_job(module: str, definitions_fn: str):
     """The implicit asset job (the one behind ``dagster asset materialize``) of the definitions that
     ``module.definitions_fn()`` builds, reconstructable so that step processes can rebuild it."""
-    repository = ReconstructableRepository.for_module(module, definitions_fn, working_directory=os.getcwd())
-    return repository.get_reconstructable_job(IMPLICIT_ASSET_JOB)
+    return reconstructable_job(module, definitions_fn, IMPLICIT_ASSET_JOB)
 
 
 def update_job():

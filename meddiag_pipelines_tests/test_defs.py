@@ -1,9 +1,15 @@
 """Pin the code location: a renamed asset, group, job or check shows up here, not in production."""
 
+import os
+import subprocess
+import sys
+import warnings
+
 import dagster as dg
 
-from meddiag_pipelines.definitions import defs
+from meddiag_pipelines.definitions import build_task_definitions, defs
 from meddiag_pipelines.specs import BUNDLED_TASKS_DIR, load_spec
+from meddiag_pipelines_tests.conftest import REPO
 
 TASK_ASSETS = ["raw_records", "validated_records", "split", "features", "feature_plan", "candidate_model",
                "baseline_model", "evaluation", "champion", "predictions"]  # fmt: skip
@@ -165,3 +171,26 @@ def test_a_task_that_cannot_be_built_becomes_a_spec_error_and_the_others_load(tm
     assert loaded.resolve_job_def("extra_task_batches_job") and loaded.resolve_job_def("heart_disease_batches_job")
     (error,) = spec_error_descriptions(loaded)
     assert f"{tmp_path / 'odd.yaml'}: task 'odd_task' cannot be built" in error and "a value Dagster refuses" in error
+
+
+def test_importing_the_package_leaves_the_users_dagster_warnings_shown():
+    """Dagster's beta and preview warnings are silenced while a task is built, not for the user's own code."""
+    code = ("import warnings, dagster as dg, meddiag_pipelines.defs, meddiag_pipelines.update\n"
+            "with warnings.catch_warnings(record=True) as seen:\n"
+            "    warnings.warn('mine', dg.BetaWarning)\n"
+            "    warnings.warn('mine too', dg.PreviewWarning)\n"
+            "print(sorted(type(w.message).__name__ for w in seen))\n")  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO,
+                         env={**os.environ, "PYTHONPATH": str(REPO)})  # fmt: skip
+    assert out.stdout.strip() == "['BetaWarning', 'PreviewWarning']", out.stderr[-2000:]
+
+
+def test_building_a_task_shows_no_dagster_beta_warning_and_keeps_the_filters(synthetic_spec):
+    before = list(warnings.filters)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        inside = list(warnings.filters)
+        build_task_definitions(synthetic_spec)
+        assert warnings.filters == inside
+    assert warnings.filters == before
+    assert [str(w.message) for w in seen if issubclass(w.category, (dg.BetaWarning, dg.PreviewWarning))] == []

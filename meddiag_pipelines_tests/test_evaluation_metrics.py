@@ -54,20 +54,12 @@ def binary_input(n: int = 1500, seed: int = 0, **kw) -> EvaluationInput:
 # --------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("decimals", [None, 1, 0])
-def test_rank_auroc_matches_sklearn_including_ties(decimals):
-    rng = np.random.default_rng(1)
-    y = rng.integers(0, 2, 2000)
-    s = rng.normal(y * 0.7, 1.0)
-    if decimals is not None:
-        s = np.round(s, decimals)  # decimals=0 gives heavy ties
-    assert M.rank_auroc(y, s) == pytest.approx(roc_auc_score(y, s), abs=1e-12)
-
-
-def test_rank_auroc_hand_example_and_one_class():
+def test_resampled_auroc_hand_example_and_one_class():
     # positives 0.8, 0.4; negatives 0.4, 0.1: pairs (0.8>0.4)=1, (0.8>0.1)=1, (0.4=0.4)=0.5, (0.4>0.1)=1 -> 3.5/4
-    assert M.rank_auroc([1, 1, 0, 0], [0.8, 0.4, 0.4, 0.1]) == pytest.approx(0.875)
-    assert math.isnan(M.rank_auroc([1, 1, 1], [0.2, 0.3, 0.4]))
+    auc, _ = _Scores(np.array([0.8, 0.4, 0.4, 0.1])).auc_ap(np.arange(4)[None, :], None, np.array([1, 1, 0, 0]))
+    assert auc.tolist() == [pytest.approx(0.875)]
+    one_class, _ = _Scores(np.array([0.2, 0.3, 0.4])).auc_ap(np.arange(3)[None, :], None, np.array([1, 1, 1]))
+    assert np.isnan(one_class).tolist() == [True]
 
 
 def test_vectorised_auc_and_ap_match_sklearn_on_resamples():
@@ -104,7 +96,7 @@ def test_bootstrap_ci_covers_true_auroc_in_simulation():
         y = np.r_[np.zeros(150, int), np.ones(150, int)]
         s = rng.normal(d * y, 1.0)
         lo, hi = M.bootstrap_auroc_ci(y, s, n_bootstrap=200, seed=r)
-        assert lo < M.rank_auroc(y, s) < hi
+        assert lo < roc_auc_score(y, s) < hi
         covered += lo <= true_auc <= hi
     assert covered / reps >= 0.85
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import subprocess
+import shutil
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -19,8 +19,8 @@ from meddiag_pipelines.defs.resources.storage import MeddiagStorage
 from meddiag_pipelines.registry import store
 from meddiag_pipelines.registry.promotion import Decision
 from meddiag_pipelines import __version__
-from meddiag_pipelines.registry import fingerprint as fingerprint_module
-from meddiag_pipelines.registry.fingerprint import code_version, trained_batch_hashes, training_fingerprint
+from meddiag_pipelines.registry.fingerprint import (PACKAGE, code_version, source_digest, trained_batch_hashes,
+                                                    training_fingerprint)  # fmt: skip
 from meddiag_pipelines.update import run_task_in_process
 from meddiag_pipelines.storage import DataRoot
 from meddiag_pipelines.registry.store import ModelRegistry
@@ -153,10 +153,31 @@ def test_an_unchanged_rerun_publishes_nothing_and_a_changed_spec_retrains(synthe
     assert json.loads((layout.root / "models" / task / "champion.json").read_text())["version"] in registry.versions(task)
 
 
-@pytest.mark.parametrize("failure", [subprocess.TimeoutExpired(["git"], 5), FileNotFoundError("git")], ids=["hung", "missing"])
-def test_code_version_is_the_package_version_when_git_hangs_or_is_missing(monkeypatch, failure):
-    def git(cmd, **kwargs):
-        raise failure
+def test_code_version_is_the_package_version_and_its_source_digest():
+    assert code_version() == f"{__version__}+{source_digest(PACKAGE)[:12]}"
 
-    monkeypatch.setattr(fingerprint_module.subprocess, "run", git)
-    assert code_version() == __version__
+
+def test_the_source_digest_follows_the_code_and_templates_not_the_docs_or_specs(tmp_path):
+    """A README or docs edit, a bundled spec reworded (the spec counts through its settings) or a compiled file
+    changes no code; an edited, added or renamed source file or report template does."""
+    package = tmp_path / "repo" / "meddiag_pipelines"
+    shutil.copytree(PACKAGE, package, ignore=shutil.ignore_patterns("__pycache__"))
+    before = source_digest(package)
+    (tmp_path / "repo" / "README.md").write_text("# reworded\n")
+    (tmp_path / "repo" / "docs").mkdir()
+    (tmp_path / "repo" / "docs" / "ARCHITECTURE.md").write_text("reworded\n")
+    spec = package / "tasks" / "heart_disease.yaml"
+    spec.write_text(spec.read_text() + "# reworded\n")
+    (package / "__pycache__").mkdir()
+    (package / "__pycache__" / "specs.cpython-311.pyc").write_bytes(b"compiled")
+    assert source_digest(package) == before
+
+    edits = [package / "specs.py", package / "evaluation" / "templates" / "report.html.j2"]
+    for path in edits:
+        original = path.read_bytes()
+        path.write_bytes(original + b"\n")
+        assert source_digest(package) != before, path.name
+        path.write_bytes(original)
+    assert source_digest(package) == before
+    (package / "draft.py").rename(package / "drafts.py")
+    assert source_digest(package) != before

@@ -243,30 +243,6 @@ def test_the_duckdb_file_is_a_rebuildable_catalog(synthetic_spec, layout):
         assert con.execute("SELECT count(*) FROM ingest_ledger").fetchone() == (1,)
 
 
-def test_a_catalog_of_an_earlier_release_moves_its_ledger_to_objects(layout):
-    import duckdb
-
-    layout.warehouse().mkdir(parents=True)
-    with duckdb.connect(str(layout.warehouse_db())) as con:  # the tables as the DuckDB ledger held them
-        con.execute("CREATE TABLE ingest_ledger (task VARCHAR, batch_id VARCHAR, content_hash VARCHAR, status VARCHAR, "
-                    "n_rows BIGINT, files VARCHAR, columns VARCHAR, reason VARCHAR, updated_at DOUBLE, "
-                    "file_hashes VARCHAR, records_file VARCHAR, PRIMARY KEY (task, batch_id))")  # fmt: skip
-        con.execute("INSERT INTO ingest_ledger VALUES ('t', 'b1', 'h', 'quarantined', 0, '[\"a.csv\"]', '[]', "
-                    "'{\"problem\": \"p\"}', 1.5, NULL, NULL), ('t', 'b2', 'h2', 'validated', 4, '[\"b.csv\"]', "
-                    "'[\"x\"]', NULL, 2.5, '{\"b.csv\": \"d\"}', 'raw_records/t/f.parquet')")  # fmt: skip
-        con.execute("CREATE TABLE task_state (task VARCHAR, key VARCHAR, value VARCHAR, PRIMARY KEY (task, key))")
-        con.execute("INSERT INTO task_state VALUES ('t', 'label_domain', '[\"0\", \"1\"]')")
-    warehouse = Warehouse(layout.warehouse_db())
-    ledger = warehouse.ledger("t")
-    assert ledger.select("batch_id", "status", "n_rows", "records_file", "updated_at").rows() == [
-        ("b1", "quarantined", 0, None, 1.5), ("b2", "validated", 4, "raw_records/t/f.parquet", 2.5)]
-    assert json.loads(ledger["reason"][0]) == {"problem": "p"} and json.loads(ledger["file_hashes"][1]) == {"b.csv": "d"}
-    assert warehouse.state("t", "label_domain") == '["0", "1"]'
-    with warehouse.connect() as con:
-        kinds = dict(con.execute("SELECT table_name, table_type FROM information_schema.tables").fetchall())
-    assert kinds == {"ingest_ledger": "VIEW", "task_state": "VIEW"}
-
-
 def test_landed_files_named_like_the_quarantines_own_are_kept_intact(synthetic_spec, layout):
     """A landed reason.json, or names like the temporary files of the reason's atomic write (old enough for the
     sweep), are data: quarantined intact beside the quarantine's own reason, never swept or overwritten."""

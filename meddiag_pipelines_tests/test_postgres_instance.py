@@ -75,8 +75,22 @@ def test_the_deploy_instance_is_the_embedded_one_with_postgres_storage():
     """Only the storage differs from dagster_home/dagster.yaml: telemetry, the run queue, pools, monitoring agree."""
     deploy = yaml.safe_load(DEPLOY_YAML.read_text())
     embedded = yaml.safe_load((REPO / "dagster_home" / "dagster.yaml").read_text())
-    assert deploy.pop("storage") == {"postgres": {"postgres_url": {"env": "MEDDIAG_POSTGRES_URL"}}}
+    assert deploy.pop("storage") == {"custom": {"module": "meddiag_pipelines.postgres_storage", "class": "PostgresStorage",
+                                                "config": {"postgres_url": {"env": "MEDDIAG_POSTGRES_URL"}}}}
     assert deploy == embedded
+
+
+@pytest.mark.parametrize("scheme", ["postgresql", "postgres"])
+def test_a_plain_postgresql_url_as_dagsters_docs_write_it_is_taken(home, postgres_server, postgres_url, monkeypatch, scheme):  # noqa: F811
+    """SQLAlchemy 2.1 reads a URL without a driver as psycopg 3, which dagster-postgres does not ship: the
+    deploy instance names psycopg2 for it, in every process that loads the instance."""
+    plain = postgres_url.replace("postgresql+psycopg2://", f"{scheme}://", 1)
+    monkeypatch.setenv("MEDDIAG_POSTGRES_URL", plain)
+    with dg.DagsterInstance.get() as loaded:
+        loaded.add_dynamic_partitions(PARTITIONS, ["b1"])
+        assert loaded.get_dynamic_partitions(PARTITIONS) == ["b1"]
+        assert type(loaded.run_storage).__module__.startswith("dagster_postgres")
+    assert postgres_server.psql(database(postgres_url), "SELECT partition FROM dynamic_partitions") == ["b1"]
 
 
 @pytest.mark.slow

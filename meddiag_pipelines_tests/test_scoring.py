@@ -9,7 +9,7 @@ import pytest
 from meddiag_pipelines.atomic import atomic_write_json
 from meddiag_pipelines.ingestion.landing import BATCH_COLUMN
 from meddiag_pipelines.registry.store import ModelRegistry
-from meddiag_pipelines.scoring import prediction_frame, prediction_path, read_scored_by, risk_bands, score_unlabelled
+from meddiag_pipelines.scoring import prediction_frame, prediction_path, risk_bands, score_unlabelled
 from meddiag_pipelines.specs import TaskSpec
 from meddiag_pipelines.storage import DataRoot
 from meddiag_pipelines_tests.conftest import SYNTHETIC_SPEC
@@ -55,7 +55,8 @@ def test_a_rescore_by_a_new_champion_adds_a_file_and_keeps_the_old(layout):
     for path, version in zip(files, ("v1", "v2")):
         frame = pl.read_parquet(path)
         assert frame["model_version"].unique().to_list() == [version] and frame["batch"].unique().to_list() == ["b1"]
-        assert read_scored_by(path) == {"model_version": version, "batch": "b1"}
+        meta = pl.read_parquet_metadata(path)
+        assert (meta["model_version"], meta["batch"]) == (version, "b1")
         assert frame["id"].to_list() == [f"b1-r{i}" for i in range(4)]
     assert not pl.read_parquet(files[0])["probability"].equals(pl.read_parquet(files[1])["probability"])
 

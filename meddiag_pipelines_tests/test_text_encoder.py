@@ -134,22 +134,6 @@ def test_the_new_head_learns_at_its_own_rate(tmp_path):
         assert {id(p) for p in head["params"] + body["params"]} == trainable and body["params"]
 
 
-def test_a_folder_saved_before_pooling_still_loads(tmp_path, data):
-    """A version folder of the earlier format (a whole sequence classifier, no pooling in model.json) loads and
-    scores as it was saved."""
-    folder = _bert_folder(tmp_path / "old", head=True)
-    config = {"format_version": 1, "kind": "hf_encoder", "classes": CLASSES[:2], "temperature": 1.0,
-              "max_length": 16, "tuning": {}}  # fmt: skip
-    (folder / "model.json").write_text(json.dumps(config))
-    (folder / "terms.json").write_text("[]")
-    model = load_text_model(folder)
-    ids, mask = model._inputs(data[2][:3])
-    with torch.no_grad():
-        expected = model.net.net(input_ids=ids, attention_mask=mask).logits.numpy()
-    np.testing.assert_allclose(model.full_logits(data[2][:3]), expected, atol=1e-6)
-    assert model.predict(data[2][:3]).shape == (3,)
-
-
 def test_lora_trains_adapters_only_and_saves_a_standalone_folder(tmp_path, data, offline):
     spec = _spec(_bert_folder(tmp_path / "tiny_bert"), lora=True, lora_rank=4, learning_rate=3e-2, epochs=2)
     xt, yt, xv, yv = data

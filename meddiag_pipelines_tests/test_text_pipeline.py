@@ -20,7 +20,6 @@ from meddiag_pipelines.text.readers import text_content_key
 from meddiag_pipelines.text.validation import (
     TextDuplicates,
     text_duplicates,
-    texts_shared_across_splits,
     unreadable_files,
     validate_texts,
 )
@@ -246,13 +245,13 @@ def test_decoding_damage_fails():
 
 def test_identical_texts_across_splits_fail_within_one_split_pass():
     frame = _frame(description=["Cataract of the eye", "cataract  OF the eye ", "Neoplasm"])
-    leaky = texts_shared_across_splits(frame.with_columns(pl.Series(SPLIT_COLUMN, ["train", "test", "val"])), small_spec())
+    leaky = text_duplicates(frame.with_columns(pl.Series(SPLIT_COLUMN, ["train", "test", "val"])), small_spec()).failures(small_spec())
     assert len(leaky) == 1 and leaky[0].unexpected_count == 1 and leaky[0].examples == []
     assert "Cataract" not in leaky[0].problem
     same = frame.with_columns(pl.Series(SPLIT_COLUMN, ["train", "train", "val"]))
-    assert texts_shared_across_splits(same, small_spec()) == []
+    assert text_duplicates(same, small_spec()).failures(small_spec()) == []
     scored = frame.with_columns(pl.Series(SPLIT_COLUMN, ["train", "score", "val"]))  # scoring a seen text is fine
-    assert texts_shared_across_splits(scored, small_spec()) == []
+    assert text_duplicates(scored, small_spec()).failures(small_spec()) == []
 
 
 def test_duplicates_and_conflicting_labels_are_counted_not_failed():

@@ -11,7 +11,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 import dagster as dg
-from dagster._core.definitions.partitions.utils.base import INVALID_PARTITION_SUBSTRINGS
 
 from meddiag_pipelines.ingestion.batches import IngestSummary, batch_changes, refuse_batch
 from meddiag_pipelines.ingestion.landing import (
@@ -67,7 +66,9 @@ def partition_key_problem(name: str) -> str | None:
     """Why Dagster would refuse the folder name ``name`` as a partition key, in plain words (``None``: it takes it)."""
     if display_name(name) != name:
         return "has a folder name that is not valid UTF-8 or holds control characters; rename it"
-    if any(bad in name for bad in INVALID_PARTITION_SUBSTRINGS):
+    try:
+        dg.StaticPartitionsDefinition([name])  # Dagster's rule for keys, public here only (the instance stores any)
+    except dg.DagsterInvalidDefinitionError:
         return ("has a folder name Dagster cannot use as a partition key (it holds '...' or a control "
                 "character such as a tab or newline); rename it")  # fmt: skip
     return None

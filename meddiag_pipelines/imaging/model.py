@@ -161,8 +161,4 @@ def build_model(config: dict) -> ResNet18Small:
     )
 
 
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
-__all__ = ["DEFAULT_BLOCKS", "DEFAULT_WIDTH", "ModelConfig", "ResNet18Small", "build_model", "count_parameters", "stem_for"]
+__all__ = ["DEFAULT_BLOCKS", "DEFAULT_WIDTH", "ModelConfig", "ResNet18Small", "build_model", "stem_for"]

@@ -171,10 +171,6 @@ def _index(cache_dir: Path) -> dict[str, tuple[str, int]]:
     return out
 
 
-def cached_ids(cache_dir: Path) -> list[str]:
-    return list(_index(Path(cache_dir)))
-
-
 def load_cached(cache_dir: Path, ids: list[str]) -> np.ndarray:
     """float32 (N, C, S, S) in [0, 1] for ``ids`` in that order, gathered from the memory-mapped batch files."""
     cache_dir = Path(cache_dir)
@@ -203,4 +199,4 @@ def load_cached(cache_dir: Path, ids: list[str]) -> np.ndarray:
     return out
 
 
-__all__ = ["cached_ids", "load_cached", "resize_square", "to_uint8", "update_cache"]
+__all__ = ["load_cached", "resize_square", "to_uint8", "update_cache"]

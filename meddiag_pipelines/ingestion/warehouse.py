@@ -175,7 +175,7 @@ class Warehouse:
     def connect(self):
         """The DuckDB catalog: views only (over the Parquet tables and the ledger and state objects), never the
         source of truth, so any host may keep its own; DDL only when a view is missing (a write, as dear as the
-        connection). A catalog of an earlier release, which held the ledger itself, is moved to objects first."""
+        connection)."""
         self.database.parent.mkdir(parents=True, exist_ok=True)
         con = _connect_with_retry(self.database)
         try:
@@ -186,37 +186,12 @@ class Warehouse:
             con.close()
 
     def _catalog_views(self, con: duckdb.DuckDBPyConnection) -> None:
-        kinds = dict(con.execute("SELECT table_name, table_type FROM information_schema.tables WHERE table_schema = "
-                                 "'main' AND table_name IN ('ingest_ledger', 'task_state')").fetchall())  # fmt: skip
-        if "BASE TABLE" in kinds.values():
-            self._move_legacy_tables(con, kinds)
-            kinds = {}
+        views = {row[0] for row in con.execute("SELECT table_name FROM information_schema.tables WHERE table_schema = "
+                                               "'main' AND table_name IN ('ingest_ledger', 'task_state')").fetchall()}  # fmt: skip
         for name, ddl, folder in (("ingest_ledger", _LEDGER_VIEW, LEDGER_FOLDER), ("task_state", _STATE_VIEW, STATE_FOLDER)):
             # DuckDB refuses a glob matching nothing; over an object store it has no local files to view
-            if name not in kinds and not self.objects.remote and self.objects.list(self._rel(folder)):
+            if name not in views and not self.objects.remote and self.objects.list(self._rel(folder)):
                 con.execute(ddl)
-
-    def _move_legacy_tables(self, con: duckdb.DuckDBPyConnection, kinds: dict) -> None:
-        """The ledger and state tables of a catalog written before they became objects: each row becomes the
-        first entry of its batch (or the task's state), then the tables are dropped; nothing that landed is lost."""
-        if kinds.get("ingest_ledger") == "BASE TABLE":
-            columns = {r[0] for r in con.execute("DESCRIBE ingest_ledger").fetchall()}
-            picked = ", ".join(c if c in columns else f"NULL AS {c}" for c in _LEDGER_COLUMNS)
-            for row in con.execute(f"SELECT {picked} FROM ingest_ledger").pl().iter_rows(named=True):
-                loaded = {c: json.loads(row[c]) if row[c] else None for c in _JSON_COLUMNS}
-                entry = {**_ledger_entry(row["task"], {**row, **loaded, "files": loaded["files"] or [],
-                                                      "columns": loaded["columns"] or []}), "updated_at": row["updated_at"]}  # fmt: skip
-                self.objects.write_once(self._rel(LEDGER_FOLDER, row["task"], _key(row["batch_id"]), _entry_name(1)),
-                                        _encode(entry))  # fmt: skip
-            con.execute("DROP TABLE ingest_ledger")
-        if kinds.get("task_state") == "BASE TABLE":
-            for task, key, value in con.execute("SELECT task, key, value FROM task_state").fetchall():
-                self.set_state_once(task, key, value)
-            con.execute("DROP TABLE task_state")
-
-    def _legacy_catalog(self) -> bool:
-        """Whether a catalog file may still hold the ledger of an earlier release (then :meth:`connect` moves it)."""
-        return self.database.is_file() and not self.objects.exists(self._rel(LEDGER_FOLDER))
 
     # -- ledger: warehouse/ledger/<task>/<batch key>/<seq>.json, add-only, the newest entry wins ----------------
     def _newest(self, folder: str) -> tuple[int, dict | None]:
@@ -235,9 +210,6 @@ class Warehouse:
 
     def ledger(self, task: str) -> pl.DataFrame:
         """Every batch the ledger holds for ``task`` (its newest entry), by batch id."""
-        if self._legacy_catalog():
-            with self.connect():
-                pass
         folder = self._rel(LEDGER_FOLDER, task)
         entries = (self._newest(f"{folder}/{key}")[1] for key in self.objects.list(folder))
         rows = [_frame_row(entry) for entry in entries if entry is not None]
@@ -325,10 +297,6 @@ class Warehouse:
         it), so SQL users query asset tables by the same names whatever files hold them."""
         target = f"{_quote(task)}.{_quote(table)}"
         with self.connect() as con:
-            kind = con.execute("SELECT table_type FROM information_schema.tables WHERE table_schema = ? AND "
-                               "table_name = ?", [task, table]).fetchone()  # fmt: skip
-            if kind and kind[0] == "BASE TABLE":  # left by the DuckDB IO manager of earlier releases
-                con.execute(f"DROP TABLE {target}")
             if not parquet:
                 con.execute(f"DROP VIEW IF EXISTS {target}")
                 return

@@ -3,14 +3,15 @@ nothing (no new data, spec or code since that version), so an unchanged nightly 
 
 The inputs: the content hashes of the validated batches that bring labelled rows (in batch order; a batch of
 cases to score only changes no model), the spec's model-relevant settings (everything but what only decides
-when and how a model is shown, promoted or landed), and the code version.
+when and how a model is shown, promoted or landed), and the code version: the package version and a digest of
+the package's source, so that a docs or README edit changes nothing and any code edit, committed or not, does.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import subprocess
+from functools import cache
 from pathlib import Path
 
 import polars as pl
@@ -20,21 +21,32 @@ from meddiag_pipelines.specs import TaskSpec
 
 # Settings that change no trained model nor the thresholds a version carries.
 MODEL_IRRELEVANT = {"description", "owner", "schedule", "landing", "promotion"}
+PACKAGE = Path(__file__).resolve().parent.parent
+# The code: Python source, and the templates of the report and model card a version holds. Not the bundled specs
+# (a spec counts through its model settings) nor compiled files.
+SOURCE_PATTERNS = ("*.py", "*.j2")
 
 
 def model_settings(spec: TaskSpec) -> dict:
     return spec.model_dump(mode="json", exclude=MODEL_IRRELEVANT)
 
 
+def source_digest(package: Path) -> str:
+    """SHA-256 over the package's source files (:data:`SOURCE_PATTERNS`): each one's path within ``package``
+    and its bytes, in path order."""
+    digest = hashlib.sha256()
+    paths = sorted({p.relative_to(package).as_posix() for pattern in SOURCE_PATTERNS for p in package.rglob(pattern)})
+    for rel in paths:
+        data = (package / rel).read_bytes()
+        digest.update(f"{rel}\0{len(data)}\0".encode())
+        digest.update(data)
+    return digest.hexdigest()
+
+
+@cache
 def code_version() -> str:
-    """The package version, plus the git commit when git answers within 5 s (no git, no repo or a hung git:
-    the version alone)."""
-    try:
-        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
-                             text=True, timeout=5).stdout.strip()  # fmt: skip
-    except (OSError, subprocess.SubprocessError):  # SubprocessError: TimeoutExpired
-        sha = ""
-    return f"{__version__}+{sha}" if sha else __version__
+    """``<package version>+<source digest, 12 hex>``, computed once per process (about 1 MB read)."""
+    return f"{__version__}+{source_digest(PACKAGE)[:12]}"
 
 
 def training_fingerprint(batch_hashes: list[str], spec: TaskSpec, code_version: str) -> str:

@@ -64,7 +64,7 @@ class FeaturePlan:
     model_names: list[str] = field(default_factory=list)  # the model's name of each of ``feature_names``
 
     def __post_init__(self) -> None:
-        if not self.model_names:  # plans saved before the map existed held only names XGBoost accepted
+        if not self.model_names:  # a fresh plan (fit_plan): derived from the feature names; a stored one keeps its own
             self.model_names = model_column_names(self.feature_names)
 
     def _features(self) -> list[tuple[str, pl.Expr]]:

@@ -18,8 +18,7 @@ falls below the median of earlier trials at that epoch; it starts no trial that 
 
 Saved as ``out_dir/encoder``: the encoder's Hugging Face config, tokenizer files and ``model.safetensors`` (LoRA
 adapters merged into the weights, so the version folder stands alone), ``head.safetensors``, ``terms.json`` (frequent training
-words, for ``top_terms_per_class``) and ``model.json`` (kind, classes, temperature, max_length, pooling, tuning). A folder saved before pooling existed
-(no ``pooling`` in model.json: a whole ``AutoModelForSequenceClassification``) still loads as it was trained.
+words, for ``top_terms_per_class``) and ``model.json`` (kind, classes, temperature, max_length, pooling, tuning).
 Explanations reuse the word occlusion of ``models.explain_texts`` (it needs only ``logits(texts)``).
 """
 
@@ -125,22 +124,6 @@ def _pretrained(text_model: str, n_labels: int, cfg: TextEncoderSpec):
     return tokenizer, _classifier(_lora(encoder, cfg) if cfg.lora else encoder, n_labels, cfg.pooling)
 
 
-def _legacy_logits(net):
-    """A whole ``AutoModelForSequenceClassification`` (folders saved before ``pooling``) called as the pooled
-    classifier is: ``(input_ids, attention_mask) -> logits``."""
-    from torch import nn
-
-    class Logits(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.net = net
-
-        def forward(self, input_ids, attention_mask):
-            return self.net(input_ids=input_ids, attention_mask=attention_mask).logits
-
-    return Logits()
-
-
 @dataclass
 class _Encoder:
     net: object  # (input_ids, attention_mask) -> logits: an encoder and its head (LoRA merged once saved)
@@ -214,9 +197,6 @@ class _Encoder:
 
 
 def _load_net(tf, folder: Path, config: dict, n_labels: int):
-    if "pooling" not in config:
-        return _legacy_logits(tf.AutoModelForSequenceClassification.from_pretrained(
-            str(folder), local_files_only=True, use_safetensors=True))  # fmt: skip
     from safetensors.torch import load_file
 
     encoder = tf.AutoModel.from_pretrained(str(folder), local_files_only=True, use_safetensors=True)

@@ -9,7 +9,7 @@
   quarantined with its reason and is counted in the ledger, so a bad file is never silently lost.
 * :func:`text_duplicates` counts identical texts (``text.readers.text_content_key``: Unicode-normalised, case
   and blanks folded) and those carrying conflicting labels; duplicates are real and only reported. Copies in
-  more than one of train / val / test (:func:`texts_shared_across_splits`) fail: a leak that would flatter the
+  more than one of train / val / test (``TextDuplicates.failures``) fail: a leak that would flatter the
   test metrics, and a bug once the split groups identical content.
 
 Failures never carry a text, an id or any other record value: they give counts only.
@@ -175,8 +175,3 @@ def text_duplicates(split: pl.DataFrame, spec: TaskSpec) -> TextDuplicates:
         conflicting_texts=conflicting.height, conflicting_rows=int(conflicting["rows"].sum()),
         texts_across_splits=across.height, rows_across_splits=int(across["rows"].sum()),
     )  # fmt: skip
-
-
-def texts_shared_across_splits(split: pl.DataFrame, spec: TaskSpec) -> list[CheckFailure]:
-    """Identical texts (``text_content_key``) found in more than one of train / val / test."""
-    return text_duplicates(split, spec).failures(spec)

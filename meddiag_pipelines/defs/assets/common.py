@@ -2,7 +2,6 @@
 model handles."""
 
 import base64
-import hashlib
 import json
 import time
 from pathlib import Path, PurePosixPath
@@ -42,11 +41,6 @@ def gpu_op_tags(spec: TaskSpec) -> dict:
 def pool(spec: TaskSpec) -> str:
     """One concurrency pool per task: a sensor run and the schedule never train or publish at once."""
     return task_pool(spec.name)
-
-
-def hashed_id(value: str) -> str:
-    """Record ids shown in metadata or logs are hashed, never shown."""
-    return hashlib.sha256(value.encode("utf-8")).hexdigest()[:12]
 
 
 def run_version(context: dg.AssetExecutionContext) -> str:

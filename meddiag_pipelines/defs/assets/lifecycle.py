@@ -137,7 +137,7 @@ def row_predictor(predictor_factory: PredictorFactory) -> Callable[[dict, pl.Dat
 
 
 # -- evaluation, champion, predictions ----------------------------------------------------------------------------
-def build_model_lifecycle_assets(spec: TaskSpec, tags: dict, split_asset: list, predictor_factory: PredictorFactory,
+def build_model_lifecycle_assets(spec: TaskSpec, tags: dict, predictor_factory: PredictorFactory,
                                  explain: Explainer | None, missing_data: Callable[[pl.DataFrame, dict], list[dict]],
                                  card_extras: Callable[[dict], list[tuple[str, str]]] | None = None,
                                  test_sections: Callable[[dict, pl.DataFrame, np.ndarray, dict], list[tuple[str, str]]]

@@ -32,7 +32,7 @@ def build_task_assets(spec: TaskSpec) -> list:
     candidate_model = candidate_asset(spec, modality, tags, text.candidate_model)
     baseline_model = baseline_asset(spec, modality, tags, text.baseline_model)
     downstream = lifecycle.build_model_lifecycle_assets(
-        spec, tags, split_asset=split, predictor_factory=modality.predictor_factory(spec),
+        spec, tags, predictor_factory=modality.predictor_factory(spec),
         explain=modality.explainer(spec),
         missing_data=lambda train_rows, plan: modality.missing_data(spec, train_rows, plan),
         card_extras=lambda candidate: modality.card_extras(spec, candidate),

@@ -115,7 +115,7 @@ differences), ``bootstrap`` (fast AUROC/AP, resampling, percentile CIs), ``calib
 private to this package. The names below are those the rest of the code imports from here.
 """
 
-from meddiag_pipelines.evaluation.metrics.bootstrap import bootstrap_auroc_ci, rank_auroc
+from meddiag_pipelines.evaluation.metrics.bootstrap import bootstrap_auroc_ci
 from meddiag_pipelines.evaluation.metrics.calibration import (
     calibration_curve_bins,
     calibration_intercept_slope,
@@ -135,7 +135,6 @@ __all__ = [
     "decision_curve",
     "evaluate",
     "net_benefit",
-    "rank_auroc",
     "smooth_calibration",
     "standardized_mean_differences",
     "threshold_row",

@@ -6,23 +6,9 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
-from scipy import stats
 
 CONFIDENCE = 0.95
 _MAX_CELLS = 2_000_000  # bootstrap index cells per batch (bounds memory for large n)
-
-
-def rank_auroc(y_true: np.ndarray, score: np.ndarray) -> float:
-    """AUROC by the Mann-Whitney U statistic on mid-ranks (ties count one half); NaN with one class only."""
-    y = np.asarray(y_true).astype(bool)
-    s = np.asarray(score, dtype=float)
-    n_pos = int(y.sum())
-    n_neg = y.size - n_pos
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    ranks = stats.rankdata(s)  # average ranks for ties
-    u = ranks[y].sum() - n_pos * (n_pos + 1) / 2.0
-    return float(u / (n_pos * n_neg))
 
 
 def _dense_rank(score: np.ndarray) -> tuple[np.ndarray, int]:
