@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import shutil
@@ -20,19 +19,6 @@ from meddiag_pipelines.validation.suites import validate_tabular
 from meddiag_pipelines_tests.conftest import land, synthetic_records
 
 TASK = "synthetic_risk"
-
-
-@pytest.fixture(autouse=True)
-def only_available_commands(monkeypatch):
-    """The dispatcher builds every sub-command's parser; leave out one whose module has not landed yet."""
-    available = {}
-    for name, module in cli.COMMANDS.items():
-        try:
-            importlib.import_module(module)
-            available[name] = module
-        except ModuleNotFoundError:
-            pass
-    monkeypatch.setattr(cli, "COMMANDS", available)
 
 
 @pytest.fixture(autouse=True)
