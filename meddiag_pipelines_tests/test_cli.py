@@ -1,5 +1,5 @@
 """The `meddiag` command line: help for every command without importing the heavy libraries, `update`'s one
-line per task (a promotion, an up-to-date task, a refused first model), its log levels."""
+line per task (a promotion, an up-to-date task, a refused first model), its log levels, rounded UI metadata."""
 
 from __future__ import annotations
 
@@ -95,6 +95,7 @@ def test_update_ends_on_a_line_saying_what_was_promoted_and_why_then_up_to_date(
     with dg.instance_for_test() as instance:
         first = update_task(synthetic_spec, instance, defs=defs).summary.line()
         again = update_task(synthetic_spec, instance, defs=defs).summary.line()
+        evaluation = instance.get_latest_materialization_event(dg.AssetKey([TASK, "evaluation"]))
     version = json.loads((layout.models(TASK) / "champion.json").read_text())["version"]
     metrics = json.loads((layout.reports(TASK) / "latest" / "metrics.json").read_text())
     low, high = metrics["auroc_ci"]
@@ -103,6 +104,9 @@ def test_update_ends_on_a_line_saying_what_was_promoted_and_why_then_up_to_date(
     assert first == (f"{TASK}: {figure} · promoted {version} (first model: AUROC {metrics['auroc']:.3f} clears the "
                      f"floor 0.6) · {report}")  # fmt: skip
     assert again == f"{TASK}: up to date · champion {version}: {figure} · {report}"
+    # The UI's figures are rounded to 4 significant digits; metrics.json keeps them whole.
+    shown = evaluation.asset_materialization.metadata["auroc"].value
+    assert shown == float(f"{metrics['auroc']:.4g}") and shown != metrics["auroc"]
 
 
 def test_a_first_model_the_gate_refuses_is_named_with_the_gates_reason(synthetic_spec, layout):

@@ -259,9 +259,10 @@ def build_image_assets(spec: TaskSpec) -> list:
         handle = common.model_handle(context, storage, spec, version, out, meta,
                                      {**feature_plan, "predictor": "cnn", "classes": classes})  # fmt: skip
         speeds = [r["images_per_second"] for r in result.history if r.get("images_per_second") == r.get("images_per_second")]
-        context.add_output_metadata({"train_seconds": round(result.seconds, 1), "device": result.device,
-                                     "n_train": int(len(X_train)), "n_val": int(len(X_val)),
-                                     "images_per_second": float(np.mean(speeds)) if speeds else 0.0})  # fmt: skip
+        speed = float(np.mean(speeds)) if speeds else 0.0
+        context.add_output_metadata(common.rounded({"train_seconds": round(result.seconds, 1), "device": result.device,
+                                                    "n_train": int(len(X_train)), "n_val": int(len(X_val)),
+                                                    "images_per_second": speed}))  # fmt: skip
         return handle
 
     @dg.asset(key=[name, "baseline_model"], description=f"{name}: L2 logistic regression on the cached images "

@@ -153,7 +153,8 @@ def build_tabular_assets(spec: TaskSpec) -> list:
         params = meta["params"]
         context.log.info(f"{name}: {params['chosen']} chosen on validation AUROC (xgboost "
                          f"{params['val_auroc_xgboost']:.4f}, logistic {params['val_auroc_logistic']:.4f})")  # fmt: skip
-        context.add_output_metadata({"chosen": params["chosen"], "val_auroc_margin": float(params["val_auroc_margin"])})
+        context.add_output_metadata(common.rounded({"chosen": params["chosen"],
+                                                    "val_auroc_margin": float(params["val_auroc_margin"])}))  # fmt: skip
         return common.model_handle(context, storage, spec, version, out, meta, feature_plan)
 
     @dg.asset(key=[name, "baseline_model"], description=f"{name}: L2 logistic regression on standardised features "
