@@ -1,5 +1,6 @@
 """The `meddiag` command line: help for every command without importing the heavy libraries, `update`'s one
-line per task (a promotion, an up-to-date task, a refused first model), its log levels, rounded UI metadata."""
+line per task (a promotion, a refusal, an up-to-date task, a refused first model), its log levels, rounded UI
+metadata."""
 
 from __future__ import annotations
 
@@ -18,8 +19,13 @@ import yaml
 
 from meddiag_pipelines.__main__ import build_parser, main
 from meddiag_pipelines.definitions import build_definitions
+from meddiag_pipelines.registry.promotion import Decision
+from meddiag_pipelines.registry.store import ModelRegistry
+from meddiag_pipelines.registry.summary import metrics_figure, task_summary
+from meddiag_pipelines.storage import DataRoot
 from meddiag_pipelines.update import MAX_WAIT_S, UpdateError, update_task
 from meddiag_pipelines_tests.conftest import REPO, SYNTHETIC_SPEC, land, synthetic_records
+from meddiag_pipelines_tests.test_registry_listing import publish
 
 TASK = "synthetic_risk"
 HEAVY = ("dagster", "polars", "torch", "numpy", "duckdb", "xgboost", "sklearn", "great_expectations", "pydantic")
@@ -123,6 +129,34 @@ def test_a_first_model_the_gate_refuses_is_named_with_the_gates_reason(synthetic
     assert line.startswith(f"{TASK}: AUROC 0.") and " · not promoted: first model: AUROC 0." in line
     report = layout.reports(TASK) / "latest" / "report.html"
     assert line.endswith(f"is below the floor 0.99 · no champion · report {report}")
+
+
+def test_a_tasks_line_says_what_it_reached_from_what_the_runs_wrote(tmp_path):
+    """On a registry built by the manifest's own functions: a refused challenger, an up-to-date task, a run that
+    found nothing new to train on (the figures and reasons are read, never recomputed)."""
+    registry = ModelRegistry(DataRoot(tmp_path))
+    publish(registry, "v1", 2, {"auroc": 0.91, "auroc_ci": [0.85, 0.95]}, Decision(True, ["first model: ..."]))
+    worse = "AUROC difference vs champion -0.050 (95% CI -0.090 to -0.010) is not non-inferior at margin 0.02"
+    publish(registry, "v2", 3, {"auroc": 0.86, "auroc_ci": [0.8, 0.9]}, Decision(False, [worse, "calibration ..."]))
+    registry.set_champion("t", "v1", "rollback", pinned=True)
+    latest = tmp_path / "reports" / "t" / "latest.json"
+    latest.parent.mkdir(parents=True)
+    latest.write_text(json.dumps({"version": "v2", "at": 100.0}))
+    champion = "champion v1 (pinned): AUROC 0.910 (0.850-0.950)"
+    refused = task_summary(registry, "t", since=50.0)
+    assert refused.line() == f"t: AUROC 0.860 (0.800-0.900) · not promoted: {worse} · champion v1 stays"
+    assert refused.refusal == worse
+    assert task_summary(registry, "t", since=None).line() == f"t: up to date · {champion}"
+    latest.write_text(json.dumps({"version": "v1", "unchanged_candidate": "v3", "at": 100.0}))
+    unchanged = task_summary(registry, "t", since=50.0)
+    assert unchanged.line() == f"t: no new data, spec or code since v1: nothing published · {champion}"
+    assert unchanged.refusal is None
+
+
+def test_a_multiclass_figure_names_its_macro_f1_beside_the_auroc():
+    metrics = {"kind": "multiclass", "auroc": 0.967, "auroc_ci": [0.964, 0.97], "macro_f1": 0.7201}
+    assert metrics_figure(metrics) == "AUROC 0.967 (0.964-0.970), macro-F1 0.720"
+    assert metrics_figure({**metrics, "kind": "binary"}) == "AUROC 0.967 (0.964-0.970)"
 
 
 @pytest.mark.slow

@@ -5,6 +5,7 @@ never recomputed."""
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,16 +47,17 @@ def task_summary(registry: ModelRegistry, task: str, since: float | None) -> Tas
                           _in_force(registry, task, champion, version)], None  # fmt: skip
     elif not registry.published(task, version):
         metrics = root.read_json(f"reports/{task}/latest/metrics.json")
-        parts, refusal = [figure_text(*headline(metrics)), f"{version} evaluated but not published (see the run's "
+        parts, refusal = [metrics_figure(metrics), f"{version} evaluated but not published (see the run's "
                           "champion step)", _in_force(registry, task, champion, version)], None  # fmt: skip
     else:
         row = summarize(registry.manifest(task, version), champion)
+        figure = _figure(registry, task, version)
         if row["decision"] == "promoted":
-            parts, refusal = [_figure(row), f"promoted {version} ({_first(row['reasons'])})"], None
+            parts, refusal = [figure, f"promoted {version} ({_first(row['reasons'])})"], None
         else:
             refusal = _first(row["reasons"])
             stays = f"champion {champion['version']} stays" if champion else "no champion"
-            parts = [_figure(row), f"not promoted: {refusal}", stays]
+            parts = [figure, f"not promoted: {refusal}", stays]
     report = f"reports/{task}/latest/report.html"
     if root.exists(report):
         parts.append(f"report {shown_path(root, report)}")
@@ -65,16 +67,25 @@ def task_summary(registry: ModelRegistry, task: str, since: float | None) -> Tas
 def _in_force(registry: ModelRegistry, task: str, champion: dict | None, latest: str | None) -> str:
     """The champion and its figure; without one, why the latest published candidate was refused."""
     if champion is not None:
-        row = summarize(registry.manifest(task, champion["version"]), champion)
-        return f"champion {champion['version']}{' (pinned)' if row['pinned'] else ''}: {_figure(row)}"
+        pinned = " (pinned)" if champion.get("pinned") else ""
+        return f"champion {champion['version']}{pinned}: {_figure(registry, task, champion['version'])}"
     if latest and registry.published(task, latest):
         row = summarize(registry.manifest(task, latest), None)
         return f"no champion ({latest} not promoted: {_first(row['reasons'])})"
     return "no champion"
 
 
-def _figure(row: dict) -> str:
-    return figure_text(row["metric"], row["value"], row["ci"])
+def _figure(registry: ModelRegistry, task: str, version: str) -> str:
+    report = registry.read_file(task, version, "metrics.json")
+    return metrics_figure(json.loads(report) if report else registry.manifest(task, version)["metrics"])
+
+
+def metrics_figure(metrics: dict) -> str:
+    """The headline figure with its CI; a multi-class task's macro-F1 beside it (the evaluator gives no CI for it)."""
+    text = figure_text(*headline(metrics))
+    if metrics.get("kind") == "multiclass" and metrics.get("macro_f1") is not None:
+        text += f", macro-F1 {metrics['macro_f1']:.3f}"
+    return text
 
 
 def _first(reasons: list[str]) -> str:
