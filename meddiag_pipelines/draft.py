@@ -1,4 +1,4 @@
-"""``python -m meddiag_pipelines init <task> <file-or-folder> [--out FILE]``: a draft task spec from landed data.
+"""``meddiag init <task> <file-or-folder> [--out FILE]``: a draft task spec from landed data.
 
 The draft is YAML (loadable with ``specs.load_spec``) with a comment on every guess: the modality (tabular
 CSV / Parquet; text = a long free-text column, or ``.txt`` files with a ``labels.csv``; image = PNG / JPEG or
@@ -416,14 +416,7 @@ def _npz_shapes(path: Path) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-# -- command line ---------------------------------------------------------------------------------------------------
-def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
-    parser.description = "Print a draft task spec (YAML) guessed from a landed file or batch folder."
-    parser.add_argument("task", help="the task name (lower-case identifier)")
-    parser.add_argument("source", type=Path, help="a CSV / Parquet / .npz file, or a batch folder")
-    parser.add_argument("--out", type=Path, help="write the draft to this file (atomically) instead of printing it")
-
-
+# -- command line (its arguments: meddiag_pipelines/__main__.py) ----------------------------------------------------
 def run(args: argparse.Namespace) -> int:
     try:
         text = draft_spec(args.task, args.source)

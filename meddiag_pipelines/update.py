@@ -1,5 +1,5 @@
-"""``python -m meddiag_pipelines update [<task> ...] [--partition <batch>]``: bring tasks fully up to date from
-their landing folders, as the landing sensor and the automation sensor would, without a daemon.
+"""``meddiag update [<task> ...] [--partition <batch>] [-v]``: bring tasks fully up to date from their landing
+folders, as the landing sensor and the automation sensor would, without a daemon.
 
 Per task: register every new complete batch as a partition (a name Dagster refuses is quarantined), run
 raw_records + validated_records over the new partitions in runs of partition ranges (at most
@@ -13,6 +13,11 @@ Before each run, a run of the task whose process is gone is marked failed and it
 (:mod:`~meddiag_pipelines.defs.dead_runs`, also while the run executes); a live one is waited for, at most
 ``--max-wait`` seconds, in a loop that SIGTERM and Ctrl-C stop at once (Dagster's own wait for a pool slot does not).
 
+It logs at INFO (``-v``: DEBUG, with Dagster's event of every step on the console; the instance records every
+event either way) and ends with one line per task (:mod:`~meddiag_pipelines.registry.summary`): its figure, what
+was decided and why, the report. A first model the promotion gate refuses leaves the task without a champion: its
+run ends failed on the champion check, and the error names the gate's reason.
+
 The instance is ``DAGSTER_HOME``'s; without it, the repository's ``dagster_home/`` (the one ``dagster dev``
 uses in the README): the partitions and run history must outlive the command, which a throwaway instance would
 not, and a first user should not have to set a variable to get the main command to work.
@@ -23,6 +28,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +42,8 @@ from meddiag_pipelines.defs.dead_runs import TASK_TAG, describe, process_tags, r
 from meddiag_pipelines.defs.partitions import LandingScan, batch_partitions, ingestion_keys, run_ranges, scan_landing
 from meddiag_pipelines.defs.resources.storage import MeddiagStorage
 from meddiag_pipelines.ingestion.landing import LandingFolderError, ready_batch_dirs
+from meddiag_pipelines.registry.store import ModelRegistry
+from meddiag_pipelines.registry.summary import TaskSummary, task_summary
 from meddiag_pipelines.specs import SPEC_ERRORS_GROUP, TaskSpec
 
 log = logging.getLogger(__name__)
@@ -45,7 +53,20 @@ POLL_S = 2.0
 
 
 class UpdateError(RuntimeError):
-    """A run failed or the command cannot start; the message says which and why."""
+    """A run failed or the command cannot start; the message says which and why. ``summary``: the task's line,
+    when the failure still leaves one to show (a refused first model)."""
+
+    def __init__(self, message: str, summary: TaskSummary | None = None):
+        super().__init__(message)
+        self.summary = summary
+
+
+class RunFailed(UpdateError):
+    """A run of the instance ended failed; ``run_id`` names it."""
+
+    def __init__(self, message: str, run_id: str):
+        super().__init__(message)
+        self.run_id = run_id
 
 
 @dataclass
@@ -56,6 +77,7 @@ class TaskUpdate:
     new: list[str] = field(default_factory=list)
     again: list[str] = field(default_factory=list)
     refused: list[str] = field(default_factory=list)
+    summary: TaskSummary | None = None
 
 
 def update_definitions() -> dg.Definitions:
@@ -149,22 +171,28 @@ def wait_for_task(instance: dg.DagsterInstance, task: str, max_wait_s: float) ->
         time.sleep(POLL_S)
 
 
+def console_config(verbose: bool) -> dict:
+    """The run config that sets the level of a run's console log. Dagster logs every step's events (start,
+    inputs, outputs, success: hundreds of lines a run) at DEBUG, and its default console shows DEBUG; the instance
+    stores every event whatever this level."""
+    return {"loggers": {"console": {"config": {"log_level": "DEBUG" if verbose else "INFO"}}}}
+
+
 def _execute(instance: dg.DagsterInstance, keys: list[dg.AssetKey], tags: dict, what: str,
-             defs: dg.Definitions | None, max_wait_s: float) -> str:  # fmt: skip
+             defs: dg.Definitions | None, max_wait_s: float, verbose: bool) -> str:  # fmt: skip
     task = tags[TASK_TAG]
     wait_for_task(instance, task, max_wait_s)
-    tags = {**tags, **process_tags()}
+    run = {"instance": instance, "tags": {**tags, **process_tags()}, "asset_selection": keys,
+           "run_config": console_config(verbose), "raise_on_error": False}  # fmt: skip
     with releasing_dead_runs(instance, task, log.info):
         if defs is None:
-            result = dg.execute_job(update_job(), instance=instance, tags=tags, asset_selection=keys,
-                                    raise_on_error=False)  # fmt: skip
+            result = dg.execute_job(update_job(), **run)
         else:
-            result = defs.resolve_implicit_global_asset_job_def().execute_in_process(
-                instance=instance, tags=tags, asset_selection=keys, raise_on_error=False)
+            result = defs.resolve_implicit_global_asset_job_def().execute_in_process(**run)
     if not result.success:
         failed = [e.step_key for e in result.all_events if e.is_step_failure]
-        raise UpdateError(f"{what}: run {result.run_id} failed (steps: {', '.join(failed) or 'none started'}); "
-                          "its log in the UI, or `dagster run list`, says why")  # fmt: skip
+        raise RunFailed(f"{what}: run {result.run_id} failed (steps: {', '.join(failed) or 'none started'}); "
+                        "its log in the UI, or `dagster run list`, says why", result.run_id)  # fmt: skip
     return result.run_id
 
 
@@ -178,16 +206,19 @@ def _downstream_stale(instance: dg.DagsterInstance, batch: list[dg.AssetKey], do
 
 
 def update_task(spec: TaskSpec, instance: dg.DagsterInstance, partition: str | None = None,
-                defs: dg.Definitions | None = None, max_wait_s: float = MAX_WAIT_S) -> TaskUpdate:  # fmt: skip
-    """Bring one task up to date. ``defs``: run in this process on these definitions (tests, benches) instead
-    of the project's reconstructable job; ``max_wait_s``: how long each run may wait for another run of the task."""
+                defs: dg.Definitions | None = None, max_wait_s: float = MAX_WAIT_S,
+                verbose: bool = False) -> TaskUpdate:  # fmt: skip
+    """Bring one task up to date; its :class:`TaskSummary` says what it reached. ``defs``: run in this process on
+    these definitions (tests, benches) instead of the project's reconstructable job; ``max_wait_s``: how long each
+    run may wait for another run of the task; ``verbose``: show every step's events on the console."""
     loaded = defs or update_definitions()
     job = loaded.resolve_implicit_global_asset_job_def()
     batch_keys, downstream = group_keys(job, spec)
     if not batch_keys:  # its spec loaded but Dagster refused to build it: a spec_errors asset says why
         raise UpdateError(f"{spec.name}: the task could not be built (its error is logged at load and shown as an "
                           f"asset of the group {SPEC_ERRORS_GROUP}); nothing was run")
-    scan = plan_batches(spec, loaded.resources["storage"], instance, partition)
+    storage = loaded.resources["storage"]
+    scan = plan_batches(spec, storage, instance, partition)
     outcome = TaskUpdate(spec.name, new=sorted(scan.new), again=sorted(scan.again), refused=scan.refused)
     tags = run_tags(spec, "cli")
     if outcome.new:
@@ -196,20 +227,33 @@ def update_task(spec: TaskSpec, instance: dg.DagsterInstance, partition: str | N
     for chunk in run_ranges(outcome.new):
         outcome.batch_runs.append(_execute(instance, batch_keys, {**tags, **range_tags(chunk)},
                                            f"{spec.name}: ingestion of {len(chunk)} new batches ({chunk[0]} to {chunk[-1]})",
-                                           defs, max_wait_s))  # fmt: skip
+                                           defs, max_wait_s, verbose))  # fmt: skip
     # known partitions to run again (after a failed run, every batch it held), by ranges of consecutive ones
     for keys in run_ranges(scan.again, instance.get_dynamic_partitions(batch_partitions(spec).name)):
         log.info("%s: batches %s to %s run again (re-landed, changed or not ingested yet)", spec.name, keys[0], keys[-1])
         outcome.batch_runs.append(_execute(instance, batch_keys, {**tags, **range_tags(keys)},
                                            f"{spec.name}: ingestion of batches {keys[0]} to {keys[-1]}", defs,
-                                           max_wait_s))  # fmt: skip
+                                           max_wait_s, verbose))  # fmt: skip
+    since = None
     if downstream and (outcome.batch_runs or _downstream_stale(instance, batch_keys, downstream)):
-        scope = all_partitions_tags(job, downstream, instance, spec)
-        outcome.downstream_run = _execute(instance, downstream, {**tags, **scope}, f"{spec.name}: split to predictions",
-                                          defs, max_wait_s)  # fmt: skip
-    elif not outcome.batch_runs:
-        log.info("%s: up to date (no new or changed batch)", spec.name)
+        scope, since = all_partitions_tags(job, downstream, instance, spec), time.time()
+        try:
+            outcome.downstream_run = _execute(instance, downstream, {**tags, **scope},
+                                              f"{spec.name}: split to predictions", defs, max_wait_s, verbose)  # fmt: skip
+        except RunFailed as exc:
+            raise _refused_first_model(storage.registry, spec.name, since, exc) from None
+    outcome.summary = task_summary(storage.registry, spec.name, since)
     return outcome
+
+
+def _refused_first_model(registry: ModelRegistry, task: str, since: float, failure: RunFailed) -> UpdateError:
+    """A run that failed because the gate refused the task's first model (the champion check then fails, and
+    nothing is scored) says so with the gate's reason; any other failure is passed on as it is."""
+    summary = task_summary(registry, task, since)
+    if summary.refusal is None or registry.champion(task) is not None:
+        return failure
+    return UpdateError(f"{task}: not promoted: {summary.refusal}; the task has no champion, so nothing was scored "
+                       f"(run {failure.run_id} ends failed on its champion check)", summary)  # fmt: skip
 
 
 def whole_task_run(defs: dg.Definitions, spec: TaskSpec, instance: dg.DagsterInstance,
@@ -246,20 +290,19 @@ def instance_home() -> Path:
     return REPO_DAGSTER_HOME
 
 
-def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
-    parser.description = "Bring tasks fully up to date from their landing folders (new batches, then downstream)."
-    parser.add_argument("tasks", nargs="*", help="task names (default: every task)")
-    parser.add_argument("--partition", help="run this one batch (a folder of landing/<task>/) and what follows it")
-    parser.add_argument("--max-wait", type=float, default=MAX_WAIT_S, metavar="SECONDS",
-                        help=f"how long a run may wait for another live run of its task (default {MAX_WAIT_S} s)")
+def configure_logging(verbose: bool) -> None:
+    """The project's loggers at INFO (``verbose``: DEBUG); other libraries' (alembic, great_expectations ...) at
+    WARNING, since their INFO lines say nothing about the tasks."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("meddiag_pipelines").setLevel(logging.DEBUG if verbose else logging.INFO)
 
 
 def run(args: argparse.Namespace) -> int:
-    """Every named task (default: all) in turn; one that fails, or a spec that does not load, does not stop the
-    others, and the exit status is 1."""
+    """Every named task (default: all) in turn, then one line per task; one that fails, or a spec that does not
+    load, does not stop the others, and the exit status is 1."""
     from meddiag_pipelines.specs import scan_specs
 
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    configure_logging(args.verbose)
     scan = scan_specs()
     specs = {s.name: s for s in scan.specs}
     unknown = [t for t in args.tasks if t not in specs]
@@ -277,14 +320,19 @@ def run(args: argparse.Namespace) -> int:
         return 1
     os.environ["DAGSTER_HOME"] = str(home)  # the runs' own processes (multiprocess executor) use it too
     log.info("update: Dagster instance %s", home)
+    max_wait_s = MAX_WAIT_S if args.max_wait is None else args.max_wait
+    lines = []
     with dg.DagsterInstance.get() as instance:
         for task in args.tasks or sorted(specs):
             try:
-                update_task(specs[task], instance, args.partition, max_wait_s=args.max_wait)
+                lines.append(update_task(specs[task], instance, args.partition, max_wait_s=max_wait_s,
+                                         verbose=args.verbose).summary.line())  # fmt: skip
             except UpdateError as exc:
                 log.error("update: %s", exc)
                 failed.append(task)
+                lines.append(exc.summary.line() if exc.summary else f"{task}: failed (the error above says why)")
             except KeyboardInterrupt:
                 log.error("update: interrupted while updating %s", task)
                 return 130
+    sys.stdout.write("".join(f"{line}\n" for line in lines))
     return 1 if failed else 0

@@ -202,13 +202,28 @@ def test_promotion_gate_rules():
     refused = decide(_metrics(y, overconfident), None, PromotionSpec(auroc_floor=0.6))
     assert not refused.promote and any("lies outside the band" in r for r in refused.reasons)
     pinned = decide(_metrics(y, good, good), _metrics(y, good), PromotionSpec(slope_band=(0.1, 10)), pinned=True)
-    assert not pinned.promote and "pinned" in pinned.reasons[-1]
+    assert not pinned.promote and "pinned" in pinned.reasons[0]  # the reason that decided comes first
     # A subgroup whose AUROC collapses blocks promotion even when the overall AUROC holds.
     groups = {"site": np.where(np.arange(y.size) % 4 == 0, "small", "large")}
     damaged = np.where(groups["site"] == "small", rng.random(y.size), good)
     decision = decide(_metrics(y, damaged, good, groups), _metrics(y, good, None, groups),
                       PromotionSpec(margin=0.5, slope_band=(0.01, 100)))  # fmt: skip
     assert not decision.promote and any("subgroup site=small" in r for r in decision.reasons)
+
+
+def test_the_reason_that_decided_comes_first():
+    """`update` shows a decision's first reason: the failed rule of a refusal, else the AUROC rule."""
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 2, size=600)
+    good = _scores(rng, y, 2.0)
+    overconfident = 1 / (1 + np.exp(-6 * np.log(good / (1 - good))))
+    promoted = decide(_metrics(y, good), None, PromotionSpec(auroc_floor=0.6, slope_band=(0.1, 10)))
+    assert promoted.promote and promoted.reasons[0].startswith("first model: AUROC") and "clears" in promoted.reasons[0]
+    below = decide(_metrics(y, good), None, PromotionSpec(auroc_floor=0.999, slope_band=(0.1, 10)))
+    assert not below.promote and "is below the floor 0.999" in below.reasons[0]
+    miscalibrated = decide(_metrics(y, overconfident), None, PromotionSpec(auroc_floor=0.6))
+    assert not miscalibrated.promote and "lies outside the band" in miscalibrated.reasons[0]
+    assert "clears the floor" in miscalibrated.reasons[1]
 
 
 @pytest.mark.parametrize(("ci", "promote"), [([2.2, None], False), ([0.5, None], True), ([None, 0.9], True),
@@ -218,7 +233,8 @@ def test_an_open_slope_interval_is_judged_by_its_finite_bound(ci, promote):
     candidate = {"auroc": 0.99, "calibration_slope": 3.0 if ci[1] is None else 0.3, "calibration_slope_ci": ci}
     decision = decide(candidate, None, PromotionSpec(auroc_floor=0.6))
     assert decision.promote is promote, decision.reasons
-    assert "inf" in decision.reasons[0]
+    [slope] = [r for r in decision.reasons if r.startswith("calibration slope")]
+    assert "inf" in slope
 
 
 def test_registry_versions_are_immutable_and_rollback_pins(tmp_path, monkeypatch, capsys):

@@ -1,8 +1,7 @@
-"""`python -m meddiag_pipelines init`: draft specs from real packaged data, image folders and npz files."""
+"""`meddiag init`: draft specs from real packaged data, image folders and npz files."""
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import numpy as np
@@ -10,18 +9,16 @@ import polars as pl
 import pytest
 import yaml
 
-from meddiag_pipelines import draft
+from meddiag_pipelines.__main__ import main
 from meddiag_pipelines.specs import load_spec
 
 
 def init(tmp_path: Path, task: str, source: Path, capsys) -> tuple[dict, str]:
     """Run the sub-command as the CLI does; returns the loaded spec (as YAML) and the printed text."""
-    parser = argparse.ArgumentParser()
-    draft.add_arguments("init", parser)
     out = tmp_path / f"{task}.yaml"
-    assert draft.run(parser.parse_args([task, str(source)])) == 0
+    assert main(["init", task, str(source)]) == 0
     printed = capsys.readouterr().out
-    assert draft.run(parser.parse_args([task, str(source), "--out", str(out)])) == 0
+    assert main(["init", task, str(source), "--out", str(out)]) == 0
     assert out.read_text() == printed
     load_spec(out)  # the draft is a valid spec
     return yaml.safe_load(printed), printed
@@ -134,11 +131,9 @@ def test_npz_keeps_its_shape_and_classes(tmp_path, capsys):
 
 
 def test_unusable_sources_are_refused_with_a_reason(tmp_path, capsys):
-    parser = argparse.ArgumentParser()
-    draft.add_arguments("init", parser)
     (tmp_path / "empty").mkdir()
-    assert draft.run(parser.parse_args(["t", str(tmp_path / "empty")])) == 2
-    assert draft.run(parser.parse_args(["Bad-Name", str(tmp_path / "empty")])) == 2
+    assert main(["init", "t", str(tmp_path / "empty")]) == 2
+    assert main(["init", "Bad-Name", str(tmp_path / "empty")]) == 2
     err = capsys.readouterr().err
     assert "no CSV, Parquet" in err and "lower-case" in err
 

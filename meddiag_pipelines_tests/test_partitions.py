@@ -15,6 +15,7 @@ from meddiag_pipelines.defs.automation.landing import RANGE_END, RANGE_START, ra
 from meddiag_pipelines.defs.partitions import ingestion_keys, partition_key_problem, scan_landing
 from meddiag_pipelines.defs.resources.storage import MeddiagStorage
 from meddiag_pipelines.__main__ import main
+from meddiag_pipelines.registry.summary import TaskSummary
 from meddiag_pipelines.update import UpdateError, group_keys, plan_batches, run_task_in_process, update_task, whole_task_run
 from meddiag_pipelines_tests.conftest import land, synthetic_records
 
@@ -198,8 +199,9 @@ def test_update_refuses_unknown_tasks_and_partition_without_one_task(capsys):
 
 
 @pytest.mark.slow
-def test_update_runs_every_task_past_a_failed_one_and_a_bad_spec_and_exits_1(tmp_path, monkeypatch, caplog):
-    """One task failing, or a spec that does not load, does not stop the others; the exit status says so."""
+def test_update_runs_every_task_past_a_failed_one_and_a_bad_spec_and_exits_1(tmp_path, monkeypatch, caplog, capsys):
+    """One task failing, or a spec that does not load, does not stop the others; the exit status says so, and
+    the command ends with a line per task, the failed one's too."""
     from meddiag_pipelines import update
 
     (tmp_path / "broken.yaml").write_text("name: broken\nmodality: tabular\n")  # no label: does not load
@@ -212,11 +214,14 @@ def test_update_runs_every_task_past_a_failed_one_and_a_bad_spec_and_exits_1(tmp
         ran.append(spec.name)
         if spec.name == "breast_cancer":
             raise update.UpdateError("breast_cancer: run x failed")
+        return update.TaskUpdate(spec.name, summary=TaskSummary(spec.name, ("up to date",)))
 
     monkeypatch.setattr(update, "update_task", fake_update)
     assert main(["update"]) == 1
     assert ran == ["breast_cancer", "heart_disease", "icd10_chapters", "synthetic_chest_phantoms"]
     assert "broken.yaml" in caplog.text and "breast_cancer: run x failed" in caplog.text
+    assert capsys.readouterr().out.splitlines() == ["breast_cancer: failed (the error above says why)",
+                                                    *(f"{t}: up to date" for t in ran[1:])]  # fmt: skip
     ran.clear()
     assert main(["update", "heart_disease"]) == 0 and ran == ["heart_disease"]  # named tasks: other specs not judged
 

@@ -151,7 +151,7 @@ def _finish_interrupted(spec: TaskSpec, layout: DataLayout, batch_dir: Path, row
         if batch.content_hash != row["content_hash"]:
             reason = _reason("read", batch.batch_id, batch.batch_id, "was landed again, with different content, under "
                              "the name of a batch already quarantined; land the corrected export under a new name, "
-                             "or requeue the quarantined one (python -m meddiag_pipelines requeue)")  # fmt: skip
+                             "or requeue the quarantined one (meddiag requeue)")  # fmt: skip
             summary.quarantined.append({"batch": batch.batch_id, "file": batch.batch_id, "problem": reason["problem"]})
         quarantine_batch(batch_dir, layout.quarantine(spec.name), reason, row["batch_id"], store=layout.object_store())
         log.warning("task %s: batch %s moved to quarantine: %s", spec.name, row["batch_id"], reason.get("problem"))

@@ -1,4 +1,5 @@
-"""Recovery commands, after a spec or an export was fixed (run through ``python -m meddiag_pipelines``):
+"""Recovery commands, after a spec or an export was fixed (``meddiag requeue | reset``; their arguments are
+declared in meddiag_pipelines/__main__.py):
 
     requeue <task> <batch>   move every file of a quarantined batch (from each of its quarantine folders) back
                              to landing under its name, with a fresh _READY, and forget its ledger entry and
@@ -38,18 +39,6 @@ REQUEUED_DIR = "_requeued"  # quarantine/<task>/_requeued/: the reasons of batch
 
 class RecoveryError(Exception):
     """A request that cannot be carried out; the message says why and what to do."""
-
-
-def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("task", help="the task's name (its spec's 'name')")
-    parser.add_argument("--data-dir", type=Path, default=None, help="the data root (default: MEDDIAG_DATA_DIR or data/)")
-    if name == "requeue":
-        parser.description = "Send a quarantined batch back to landing so that the next run reads it again."
-        parser.add_argument("batch", help="the batch's name, as in quarantine/<task>/<batch>/")
-    else:
-        parser.description = ("Forget the task's warehouse state: ledger, raw records, label domain, asset tables. "
-                              "Models, reports, landing and quarantine are left alone.")  # fmt: skip
-        parser.add_argument("--yes", action="store_true", help="confirm: the task's warehouse state is deleted")
 
 
 def runs_in_flight(task: str) -> TaskRuns:

@@ -39,6 +39,13 @@ def headline(metrics: dict) -> tuple[str, float | None, list | None]:
     return "macro-F1", metrics.get("macro_f1"), None
 
 
+def figure_text(name: str, value: float | None, ci: list | None) -> str:
+    """A :func:`headline` as people read it: ``AUROC 0.910 (0.850-0.950)``, the 95% CI in parentheses."""
+    if value is None:
+        return f"{name} n/a"
+    return f"{name} {value:.3f}" + (f" ({ci[0]:.3f}-{ci[1]:.3f})" if ci and None not in ci else "")
+
+
 def summarize(manifest: dict, champion: dict | None = None) -> dict:
     """One version as plain fields: created (UTC), data partitions, code version, headline figure with its CI,
     decision (promoted / refused; ``champion`` marks the version in force) and its reasons."""

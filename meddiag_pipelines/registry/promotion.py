@@ -39,34 +39,24 @@ def _subgroup_aurocs(metrics: dict) -> dict[tuple[str, str], float]:
 
 
 def _gate_checks(candidate: dict, champion: dict | None, settings: PromotionSpec) -> list[tuple[bool, str]]:
-    checks: list[tuple[bool, str]] = []
+    """(passed, reason) of every rule, the AUROC rule (floor or non-inferiority) first."""
     auroc = candidate.get("auroc")
     if auroc is None:
         return [(False, "candidate AUROC could not be computed on the test set")]
-    slope, slope_ci = candidate.get("calibration_slope"), candidate.get("calibration_slope_ci")
-    if slope is not None:
-        low, high = settings.slope_band
-        # Judged by the slope's CI: a slope fails when the data show it outside the band, not when a small,
-        # nearly separable test set merely cannot pin it down.
-        # A bound of None is unbounded: resamples whose risks separate their outcomes have no finite slope.
-        span = [-math.inf if slope_ci[0] is None else slope_ci[0], math.inf if slope_ci[1] is None else slope_ci[1]] \
-            if slope_ci else [slope, slope]  # fmt: skip
-        ok = span[0] <= high and span[1] >= low
-        checks.append((ok, f"calibration slope {slope:.3f} (95% CI {span[0]:.3f} to {span[1]:.3f}) "
-                           f"{'is compatible with' if ok else 'lies outside'} the band [{low}, {high}]"))  # fmt: skip
     if champion is None:
         ok = auroc >= settings.auroc_floor
-        checks.append((ok, f"first model: AUROC {auroc:.3f} {'clears' if ok else 'is below'} the floor {settings.auroc_floor}"))
-        return checks
+        floor = f"first model: AUROC {auroc:.3f} {'clears' if ok else 'is below'} the floor {settings.auroc_floor}"
+        return [(ok, floor), *_slope_check(candidate, settings)]
     comparison = candidate.get("comparison") or {}
     ci = comparison.get("auroc_difference_ci")
     diff = comparison.get("auroc_difference")
     if ci is None or diff is None:
-        checks.append((False, "the paired AUROC difference against the champion could not be computed"))
+        checks = [(False, "the paired AUROC difference against the champion could not be computed")]
     else:
         ok = ci[0] > -settings.margin
-        checks.append((ok, f"AUROC difference vs champion {diff:+.3f} (95% CI {ci[0]:+.3f} to {ci[1]:+.3f}) "
-                           f"{'is' if ok else 'is not'} non-inferior at margin {settings.margin}"))  # fmt: skip
+        checks = [(ok, f"AUROC difference vs champion {diff:+.3f} (95% CI {ci[0]:+.3f} to {ci[1]:+.3f}) "
+                       f"{'is' if ok else 'is not'} non-inferior at margin {settings.margin}")]  # fmt: skip
+    checks += _slope_check(candidate, settings)
     before = _subgroup_aurocs(champion)
     for key, value in _subgroup_aurocs(candidate).items():
         if key in before and before[key] - value > settings.max_subgroup_drop:
@@ -75,15 +65,31 @@ def _gate_checks(candidate: dict, champion: dict | None, settings: PromotionSpec
     return checks
 
 
+def _slope_check(candidate: dict, settings: PromotionSpec) -> list[tuple[bool, str]]:
+    slope, slope_ci = candidate.get("calibration_slope"), candidate.get("calibration_slope_ci")
+    if slope is None:
+        return []
+    low, high = settings.slope_band
+    # Judged by the slope's CI: a slope fails when the data show it outside the band, not when a small,
+    # nearly separable test set merely cannot pin it down.
+    # A bound of None is unbounded: resamples whose risks separate their outcomes have no finite slope.
+    span = [-math.inf if slope_ci[0] is None else slope_ci[0], math.inf if slope_ci[1] is None else slope_ci[1]] \
+        if slope_ci else [slope, slope]  # fmt: skip
+    ok = span[0] <= high and span[1] >= low
+    return [(ok, f"calibration slope {slope:.3f} (95% CI {span[0]:.3f} to {span[1]:.3f}) "
+                 f"{'is compatible with' if ok else 'lies outside'} the band [{low}, {high}]")]  # fmt: skip
+
+
 def decide(candidate: dict, champion: dict | None, settings: PromotionSpec, pinned: bool = False) -> Decision:
     """``candidate``: evaluation of the candidate with the champion as its comparator (so ``comparison`` is
     candidate minus champion); ``champion``: evaluation of the champion on the same test rows, or ``None``."""
     checks = _gate_checks(candidate, champion, settings)
-    reasons = [text for _, text in checks]
+    # What decided first: a failed rule when one failed, else the AUROC rule (``update`` shows the first reason).
+    reasons = [text for ok, text in checks if not ok] + [text for ok, text in checks if ok]
     promote = all(ok for ok, _ in checks)
     if pinned and promote:
         promote = False
-        reasons.append("the champion is pinned (rollback); unpin it to allow promotion")
+        reasons.insert(0, "the champion is pinned (rollback); unpin it to allow promotion")
     figures = {"candidate_auroc": candidate.get("auroc"), "champion_auroc": champion.get("auroc") if champion else None,
                "calibration_slope": candidate.get("calibration_slope")}  # fmt: skip
     return Decision(promote, reasons, figures)

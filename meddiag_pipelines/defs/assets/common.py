@@ -21,6 +21,7 @@ from meddiag_pipelines.validation.suites import CheckFailure
 # predictor_factory(plan) -> predict(model_dir, rows) -> probabilities
 NUMERIC_METRICS = ("auroc", "auprc", "brier", "scaled_brier", "accuracy", "macro_f1", "calibration_slope",
                    "calibration_intercept")  # fmt: skip
+METADATA_DIGITS = 4  # significant digits of a float shown in the UI, which otherwise shows all 16 or 17
 
 
 # -- small helpers ------------------------------------------------------------------------------------------
@@ -41,6 +42,12 @@ def gpu_op_tags(spec: TaskSpec) -> dict:
 def pool(spec: TaskSpec) -> str:
     """One concurrency pool per task: a sensor run and the schedule never train or publish at once."""
     return task_pool(spec.name)
+
+
+def rounded(metadata: dict) -> dict:
+    """Materialization metadata with each float to ``METADATA_DIGITS`` significant digits (what is published, in
+    the reports and the registry, keeps its full precision)."""
+    return {k: float(f"{v:.{METADATA_DIGITS}g}") if isinstance(v, float) else v for k, v in metadata.items()}
 
 
 def run_version(context: dg.AssetExecutionContext) -> str:
@@ -77,8 +84,10 @@ def png_markdown(png: bytes, title: str) -> dg.MetadataValue:
 
 
 def ui_metadata(metadata: dict) -> dict:
-    """A modality's plain metadata for Dagster: a :class:`Table` becomes a Markdown table, the rest stays."""
-    return {k: dg.MetadataValue.md(markdown_table(v.rows)) if isinstance(v, Table) else v for k, v in metadata.items()}
+    """A modality's plain metadata for Dagster: a :class:`Table` becomes a Markdown table, floats are
+    :func:`rounded`, the rest stays."""
+    return rounded({k: dg.MetadataValue.md(markdown_table(v.rows)) if isinstance(v, Table) else v
+                    for k, v in metadata.items()})
 
 
 def outcome_result(outcome: CheckOutcome) -> dg.AssetCheckResult:
@@ -132,8 +141,9 @@ def model_handle(context, storage: MeddiagStorage, spec: TaskSpec, version: str,
                  plan: dict) -> dict:  # fmt: skip
     """:func:`handle_of` of ``model_dir`` (under the data root), with its version and parameters as metadata."""
     handle = handle_of(spec, version, storage.root.relative(model_dir), meta, plan)
-    context.add_output_metadata({"version": version, "model": meta["name"], "val_score": float(meta.get("val_score") or 0),
-                                 "params": dg.MetadataValue.json(meta.get("params", {}))})  # fmt: skip
+    context.add_output_metadata(rounded({"version": version, "model": meta["name"],
+                                         "val_score": float(meta.get("val_score") or 0),
+                                         "params": dg.MetadataValue.json(meta.get("params", {}))}))  # fmt: skip
     return handle
 
 

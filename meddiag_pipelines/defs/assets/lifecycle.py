@@ -20,7 +20,7 @@ import polars as pl
 from meddiag_pipelines.atomic import atomic_write_bytes, atomic_write_json
 from meddiag_pipelines.defs.partitions import batch_partitions
 from meddiag_pipelines.defs.resources.storage import MeddiagStorage
-from meddiag_pipelines.defs.assets.common import NUMERIC_METRICS, open_handle, png_markdown, pool
+from meddiag_pipelines.defs.assets.common import NUMERIC_METRICS, open_handle, png_markdown, pool, rounded
 from meddiag_pipelines.labels import encode_labels, task_kind
 import meddiag_pipelines.evaluation as evaluator  # its modules load on first use
 from meddiag_pipelines.split import COPY_OF_TRAIN_COLUMN, SPLIT_COLUMN, SPLITS
@@ -161,7 +161,8 @@ def build_model_lifecycle_assets(spec: TaskSpec, tags: dict, predictor_factory: 
                    candidate_model: dict, baseline_model: dict) -> dict:  # fmt: skip
         metrics, plots = evaluate_candidate(spec, storage, split, candidate_model, baseline_model, predict_rows,
                                             missing_data, card_extras, test_sections)  # fmt: skip
-        context.add_output_metadata({**_ui_metadata(metrics, plots), **report_metadata(storage, name, candidate_model["version"])})
+        report = report_metadata(storage, name, candidate_model["version"])
+        context.add_output_metadata(rounded({**_ui_metadata(metrics, plots), **report}))
         return metrics
 
     @dg.asset(key=[name, "champion"], ins={"split": dg.AssetIn(split_key)}, kinds={"python"}, pool=pool(spec),
@@ -357,5 +358,5 @@ def champion_check(spec: TaskSpec, storage: MeddiagStorage) -> dg.AssetCheckResu
     manifest = storage.registry.manifest(spec.name, pointer["version"])
     auroc = manifest["metrics"].get("auroc")
     ok = pointer.get("pinned") or (auroc is not None and auroc >= spec.promotion.auroc_floor)
-    return dg.AssetCheckResult(passed=bool(ok), metadata={"champion": pointer["version"], "auroc": float(auroc or 0),
-                                                          "pinned": bool(pointer.get("pinned"))})  # fmt: skip
+    metadata = {"champion": pointer["version"], "auroc": float(auroc or 0), "pinned": bool(pointer.get("pinned"))}
+    return dg.AssetCheckResult(passed=bool(ok), metadata=rounded(metadata))
