@@ -49,3 +49,16 @@ def test_a_plain_batch_is_validated_without_gx_and_a_parquet_file_where_it_lies(
     assert validate_tabular(tmp_path / "batch.parquet", SPEC) == expected
     assert [f.unexpected_count for f in expected if f.column == "outcome"] == [6]
     assert not [f for f in expected if f.examples or "maybe" in f.problem]  # no value found in the data (issue 24)
+
+
+def test_a_patient_id_every_row_of_a_batch_shares_is_refused_as_a_placeholder():
+    """Issue 24 (found by the Arrow-type property): a batch whose rows all carry patient id 0 joined every
+    patient, through copies of their rows, into one split group, and no model could be trained again."""
+    spec = TaskSpec.model_validate(SYNTHETIC_SPEC)
+    batch = synthetic_records(suites.PLACEHOLDER_MIN_ROWS, seed=3)
+    placeholder = batch.with_columns(pl.lit("0").alias(spec.patient_id))
+    (failure,) = [f for f in validate_tabular(placeholder, spec) if f.expectation == "patient_id_not_placeholder"]
+    assert failure.column == spec.patient_id and failure.problem.startswith(f"every one of the {batch.height} rows")
+    assert not [f for f in validate_tabular(batch, spec) if f.expectation == "patient_id_not_placeholder"]
+    assert not [f for f in validate_tabular(placeholder.head(suites.PLACEHOLDER_MIN_ROWS - 1), spec)
+                if f.expectation == "patient_id_not_placeholder"]  # a few visits of one patient are real data

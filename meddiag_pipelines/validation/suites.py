@@ -244,6 +244,23 @@ def _count(frame: pl.LazyFrame, counted: list[_Compiled]) -> None:
         c.passed = considered == 0 or (considered - unexpected) / considered >= c.mostly
 
 
+PLACEHOLDER_MIN_ROWS = 20  # a batch this large with a single patient id holds a placeholder, not patients
+
+
+def placeholder_patient_id(frame: pl.LazyFrame, spec: TaskSpec, columns: list[str]) -> list[CheckFailure]:
+    """A patient id that every row of a large batch shares is a placeholder (``0``, ``unknown``): kept, it would
+    make the batch one patient, and the split, which keeps a patient's rows and their copies together, could then
+    find no rows left to train or judge on for the whole task."""
+    if not spec.patient_id or spec.patient_id not in columns:
+        return []
+    n, distinct = frame.select(pl.len(), pl.col(spec.patient_id).drop_nulls().n_unique()).collect().row(0)
+    if n < PLACEHOLDER_MIN_ROWS or distinct != 1:
+        return []
+    return [CheckFailure("patient_id_not_placeholder", spec.patient_id,
+                         f"every one of the {n} rows has the same patient id: a placeholder, not patient ids "
+                         "(the split keeps a patient's rows together)", n)]
+
+
 def validate_tabular(data: pl.DataFrame | pl.LazyFrame | str | Path, spec: TaskSpec,
                      known_ids: set[str] | None = None) -> list[CheckFailure]:  # fmt: skip
     """The spec's suite on one batch (a frame or a Parquet path), plus ids already ingested from earlier batches
@@ -251,6 +268,7 @@ def validate_tabular(data: pl.DataFrame | pl.LazyFrame | str | Path, spec: TaskS
     frame = _source(data)
     columns = frame.collect_schema().names()
     failures = run_suite(frame, tabular_expectations(spec, columns), spec.name)
+    failures += placeholder_patient_id(frame, spec, columns)
     if known_ids and spec.id in columns:
         repeated = frame.filter(pl.col(spec.id).is_in(list(known_ids))).select(pl.len()).collect().item()
         if repeated:
