@@ -242,7 +242,7 @@ def test_registry_versions_are_immutable_and_rollback_pins(tmp_path, monkeypatch
     for version in ("v1", "v2"):
         (registry.staging_dir("t", version) / "model").mkdir()
         registry.publish("t", version, {"decision": {"promote": True}})
-    with pytest.raises(FileExistsError, match="models/t/v1: already exists and is immutable"):
+    with pytest.raises(FileExistsError, match="models/t/v1: already published, and a version is immutable"):
         registry.publish("t", "v1", {})
     registry.set_champion("t", "v2", "won")
     with pytest.raises(RegistryError, match="task 't' has no published version 'v9'"):

@@ -120,20 +120,6 @@ def test_a_missing_table_is_named(tmp_path):
         dg.materialize([reader, table], resources=_resources(tmp_path), selection=[reader])
 
 
-def test_warehouse_io_manager_replaces_a_table_left_by_an_earlier_release(tmp_path):
-    layout = DataLayout(tmp_path)
-    layout.warehouse().mkdir(parents=True)
-    with duckdb.connect(str(layout.warehouse_db())) as con:
-        con.execute("create schema task; create table task.table as select 1 as stale")
-
-    @dg.asset(key=["task", "table"], io_manager_key="warehouse_io_manager")
-    def table() -> pl.DataFrame:
-        return pl.DataFrame({"fresh": [1]})
-
-    dg.materialize([table], resources=_resources(tmp_path))
-    assert _tables(layout.warehouse_db()) == {"table": "VIEW"}
-
-
 def test_a_run_reuses_what_it_wrote_within_the_memory_bound(tmp_path, monkeypatch):
     tables = ParquetTables(MeddiagStorage(data_dir=str(tmp_path)).root)
     key = dg.AssetKey(["task", "table"])
