@@ -32,6 +32,7 @@ import hashlib
 import io
 import re
 import unicodedata
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -101,22 +102,22 @@ def lf_line_endings(text: str) -> str:
 
 def check_case_distinct(names: list[str], rel: str) -> None:
     """DuckDB (the warehouse) folds the case of column names: ``Age`` and ``age`` would be one column there."""
+    repeat = first_repeat(names, key=str.casefold)
+    if repeat:
+        first, i, _ = repeat
+        raise BatchRejected(rel, f"columns {first} and {i} (in order of appearance) have names that differ only "
+                                 "in case; the warehouse cannot hold both (rename one)")  # fmt: skip
+
+
+def first_repeat(names: list[str], key: Callable[[str], str] = str) -> tuple[int, int, str] | None:
+    """The first column whose name (compared by ``key``) an earlier column has: the positions (from 1) of the
+    earlier and the repeating column, and the repeated name. Readers would rename or pick one of the two
+    silently."""
     seen: dict[str, int] = {}
     for i, name in enumerate(names, start=1):
-        first = seen.setdefault(name.casefold(), i)
+        first = seen.setdefault(key(name), i)
         if first != i:
-            raise BatchRejected(rel, f"columns {first} and {i} (in order of appearance) have names that differ only "
-                                     "in case; the warehouse cannot hold both (rename one)")  # fmt: skip
-
-
-def first_repeat(names: list[str]) -> tuple[int, str] | None:
-    """The position (from 1) and name of the first column whose name an earlier column has: readers would rename
-    or pick one of the two silently."""
-    seen: set[str] = set()
-    for i, name in enumerate(names, start=1):
-        if name in seen:
-            return i, name
-        seen.add(name)
+            return first, i, name
     return None
 
 
@@ -133,8 +134,8 @@ def _check_columns(names: list[str], rel: str) -> None:
                                      "(its own columns); rename it")  # fmt: skip
     repeat = first_repeat(names)
     if repeat:  # by position: in a file without a header row the names are a row of data
-        i, name = repeat
-        raise BatchRejected(rel, f"column {i} repeats the name of column {names.index(name) + 1}")
+        first, i, _ = repeat
+        raise BatchRejected(rel, f"column {i} repeats the name of column {first}")
     check_case_distinct(names, rel)
 
 

@@ -257,9 +257,9 @@ def _check_header(text: str, spec: TaskSpec) -> None:
         return  # the table read says where the text is broken
     repeat = first_repeat(header)
     if repeat:
-        i, name = repeat
+        first, i, name = repeat
         known = name in _columns_read(spec) or name in ("file", "label", "id")  # labels.csv's own names
-        shown = f"the column name {name!r}" if known else f"the name of column {header.index(name) + 1}"
+        shown = f"the column name {name!r}" if known else f"the name of column {first}"
         raise _Reject(f"column {i} repeats {shown}: which of them to use is ambiguous; rename one")
 
 

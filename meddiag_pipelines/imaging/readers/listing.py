@@ -91,8 +91,8 @@ def _check_labels_header(text: str) -> None:
     header = next(csv.reader(io.StringIO(text)), [])
     repeat = first_repeat(header)
     if repeat:
-        i, name = repeat
-        raise ImageBatchError(f"{LABELS_CSV}: column {i} repeats the name of column {header.index(name) + 1}; "
+        first, i, _ = repeat
+        raise ImageBatchError(f"{LABELS_CSV}: column {i} repeats the name of column {first}; "
                               "which of them to use is ambiguous (rename one)")
 
 
