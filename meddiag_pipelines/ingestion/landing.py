@@ -59,12 +59,11 @@ class UnsafePath(ValueError):
     """A path named by data (a labels.csv row, a reader's rejection) that must not be used as a file path."""
 
 
-def confined_file(batch_dir: Path, rel: str) -> Path:
-    """The regular file ``rel`` inside ``batch_dir``, checked before any read, stat or move.
+def confined_path(batch_dir: Path, rel: str) -> Path:
+    """The entry ``rel`` inside ``batch_dir`` (a file or a folder), checked before any read, stat or listing.
 
     ``rel`` comes from data, so it is refused (:class:`UnsafePath`, a message that never repeats it) if it is
-    absolute, climbs with ``..``, passes through a symbolic link, resolves outside the batch, or names anything
-    but a regular file (a FIFO would block its reader for ever, a device could be anything)."""
+    absolute, climbs with ``..``, passes through a symbolic link, resolves outside the batch or does not exist."""
     if not rel or rel.strip() != rel:
         raise UnsafePath("empty file name or file name with surrounding spaces")
     if "\\" in rel or "\x00" in rel:
@@ -81,6 +80,15 @@ def confined_file(batch_dir: Path, rel: str) -> Path:
             raise UnsafePath("symbolic link refused (links are never followed)")
     if not current.resolve().is_relative_to(Path(batch_dir).resolve()):
         raise UnsafePath("path escapes the batch folder")
+    if not os.path.lexists(current):
+        raise UnsafePath("file listed but not found")
+    return current
+
+
+def confined_file(batch_dir: Path, rel: str) -> Path:
+    """The regular file ``rel`` inside ``batch_dir`` (:func:`confined_path`), and nothing but a regular file: a
+    FIFO would block its reader for ever, a device could be anything."""
+    current = confined_path(batch_dir, rel)
     try:
         mode = current.lstat().st_mode
     except FileNotFoundError:

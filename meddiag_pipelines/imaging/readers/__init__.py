@@ -52,8 +52,10 @@ Modules
 -------
 ``records`` (the record schema, :class:`ImageReadResult`, the errors, :class:`DecodedBudget`), ``listing`` (paths
 confined to the batch, ``labels.csv``, the images to read), one module per format (``folder``, ``dicom``,
-``npz``) and ``dispatch`` (:func:`detect_format`, :func:`read_image_batch`, :func:`load_pixels`). Names with a
-leading underscore are private to this package; the names below are its interface.
+``npz``), ``dicom_safety`` (a DICOM header read before any pixel, the deflate bound and the decoder check, shared
+with ``imaging.volume_io``) and ``dispatch`` (:func:`detect_format`, :func:`read_image_batch`,
+:func:`load_pixels`). Names with a leading underscore are private to this package; the names below and those of
+``dicom_safety`` and ``listing.walk_files`` are its interface.
 """
 
 from meddiag_pipelines.imaging.readers.dicom import read_dicom_batch

@@ -3,12 +3,12 @@ then through the Modality LUT, the VOI LUT or window, and MONOCHROME1 inversion 
 
 from __future__ import annotations
 
-import zlib
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Literal
 
 import numpy as np
 
+from meddiag_pipelines.imaging.readers.dicom_safety import DEFLATED, HEADER_MAX, check_decoder, inflates_within, read_header
 from meddiag_pipelines.imaging.readers.listing import _image_file, _listed_files, _read_labels
 from meddiag_pipelines.imaging.readers.records import (
     DecodedBudget,
@@ -27,44 +27,6 @@ DICOM_SUFFIXES = {".dcm", ".dicom"}
 
 # A DICOM file may hold many frames: its whole pixel data is bounded by this many times max_pixels.
 DICOM_TOTAL_PIXELS_FACTOR = 16
-
-_DEFLATED = "1.2.840.10008.1.2.1.99"
-_DEFLATE_CHUNK = 1 << 14  # input read at once: deflate expands at most ~1032x, so under 17 MB out per chunk
-_DICOM_HEADER_MAX = 1 << 24  # the inflated elements before the pixel data of a deflated file
-
-
-def _dcm_header(fh: BinaryIO):
-    """The data set up to (not including) its pixel data, never inflating a deflated file beyond its header."""
-    import pydicom
-    from pydicom.filebase import DicomBytesIO
-    from pydicom.filereader import _at_pixel_data, _read_file_meta_info, read_dataset, read_preamble
-
-    fh.seek(0)
-    read_preamble(fh, force=False)
-    meta = _read_file_meta_info(fh)
-    if str(meta.get("TransferSyntaxUID", "")) != _DEFLATED:
-        fh.seek(0)
-        return pydicom.dcmread(fh, stop_before_pixels=True)
-    head = zlib.decompressobj(-zlib.MAX_WBITS).decompress(fh.read(_DEFLATE_CHUNK * 64), _DICOM_HEADER_MAX)
-    ds = read_dataset(DicomBytesIO(head), is_implicit_VR=False, is_little_endian=True, stop_when=_at_pixel_data)
-    ds.file_meta = meta
-    return ds
-
-
-def _inflated_size_within(fh: BinaryIO, limit: float) -> bool:
-    """Whether a deflated DICOM inflates to at most ``limit`` bytes, counted while streaming (nothing kept)."""
-    from pydicom.filereader import _read_file_meta_info, read_preamble
-
-    fh.seek(0)
-    read_preamble(fh, force=False)
-    _read_file_meta_info(fh)
-    inflater, total = zlib.decompressobj(-zlib.MAX_WBITS), 0
-    while chunk := fh.read(_DEFLATE_CHUNK):
-        total += len(inflater.decompress(chunk))
-        if total > limit:
-            return False
-    return True
-
 
 def _decoded_dicom_bytes(ds) -> tuple[int, int, int]:
     """(frames, rows x columns, decoded bytes) from the header: Rows*Columns*NumberOfFrames*SamplesPerPixel*
@@ -96,7 +58,7 @@ def _dcm_read(fh: BinaryIO, spec: TaskSpec, budget: DecodedBudget):
 
     max_pixels = _image_spec(spec).max_pixels
     try:
-        header = _dcm_header(fh)
+        header = read_header(fh)
     except InvalidDicomError as exc:
         raise ImageRejected("not a DICOM file (no DICM prefix or file meta information)") from exc
     except Exception as exc:  # noqa: BLE001 - pydicom / zlib messages can quote header bytes
@@ -106,9 +68,9 @@ def _dcm_read(fh: BinaryIO, spec: TaskSpec, budget: DecodedBudget):
         raise ImageRejected(f"decompression-bomb guard: {frames} frame(s) of {pixels} pixels exceed max_pixels {max_pixels}")
     budget.take(nbytes, f"DICOM pixel data of {frames} frame(s) x {pixels} pixels")
     tsyntax = header.file_meta.get("TransferSyntaxUID") if hasattr(header, "file_meta") else None
-    if str(tsyntax or "") == _DEFLATED and not _inflated_size_within(fh, nbytes + _DICOM_HEADER_MAX):
+    if str(tsyntax or "") == DEFLATED and not inflates_within(fh, nbytes + HEADER_MAX):
         raise ImageRejected(f"deflated DICOM inflates beyond its declared pixel data ({_mb(nbytes)}) plus header")
-    _check_decoder(tsyntax)
+    check_decoder(tsyntax)
     try:
         fh.seek(0)
         ds = pydicom.dcmread(fh)
@@ -117,30 +79,6 @@ def _dcm_read(fh: BinaryIO, spec: TaskSpec, budget: DecodedBudget):
     if not any(t in ds for t in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
         raise ImageRejected("DICOM without pixel data (no PixelData element)")
     return ds, frames
-
-
-def _check_decoder(tsyntax) -> None:
-    """Refuse, in plain words, a transfer syntax whose pixel data cannot be decoded here."""
-    if tsyntax is None:
-        return
-    from pydicom.uid import UID
-
-    uid = UID(str(tsyntax))
-    if not uid.is_transfer_syntax:
-        raise ImageRejected("the file's TransferSyntaxUID is not a known DICOM transfer syntax")
-    if not uid.is_compressed:
-        return
-    from pydicom.pixels.decoders.base import get_decoder
-
-    try:
-        decoder = get_decoder(uid)
-    except NotImplementedError as exc:
-        raise ImageRejected(f"no pixel-data decoder for transfer syntax {uid.name!r}") from exc
-    if not decoder.is_available:
-        raise ImageRejected(
-            f"compressed transfer syntax {uid.name!r} cannot be decoded with the installed packages "
-            f"(needs one of: {'; '.join(decoder.missing_dependencies)})"
-        )
 
 
 def _dcm_frame(ds, frame: int) -> np.ndarray:

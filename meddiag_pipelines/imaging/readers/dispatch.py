@@ -13,7 +13,7 @@ import numpy as np
 from meddiag_pipelines.ingestion.landing import UnsafePath, confined_file
 from meddiag_pipelines.imaging.readers.dicom import DICOM_SUFFIXES, _dcm_decode, _dcm_open, read_dicom_batch
 from meddiag_pipelines.imaging.readers.folder import FOLDER_SUFFIXES, _open_pil, _pil_to_unit, read_folder_batch
-from meddiag_pipelines.imaging.readers.listing import LABELS_CSV, _image_file, _walk
+from meddiag_pipelines.imaging.readers.listing import LABELS_CSV, _image_file, walk_files
 from meddiag_pipelines.imaging.readers.npz import _npz_array, _npz_unit, read_npz_batch
 from meddiag_pipelines.imaging.readers.records import (
     DecodedBudget,
@@ -63,7 +63,7 @@ def detect_format(batch_dir: Path, declared: str | None = None) -> str:
     """The format of one landed batch: ``declared`` (the spec's ``image.format``) when what landed matches it,
     else the one format found; raises :class:`ImageBatchError` naming what was found and what is expected."""
     counts = dict.fromkeys(FORMATS, 0)
-    for rel, _ in _walk(batch_dir):
+    for rel, _ in walk_files(batch_dir):
         kind = None if rel == LABELS_CSV else _file_kind(batch_dir, rel)
         if kind:
             counts[kind] += 1

@@ -45,7 +45,7 @@ def normalise_rel(rel: str) -> str:
     return PurePosixPath(rel).as_posix() if rel else rel
 
 
-def _walk(batch_dir: Path) -> Iterator[tuple[str, Path]]:
+def walk_files(batch_dir: Path) -> Iterator[tuple[str, Path]]:
     """Every entry under the batch folder (links not followed), as (relative posix path, path)."""
     for path in sorted(batch_dir.rglob("*")):
         rel = path.relative_to(batch_dir).as_posix()
@@ -117,7 +117,7 @@ def _listed_files(
     (its number, never its content)."""
     rejected: list[tuple[str, str]] = []
     todo: list[tuple[str, dict]] = []
-    present = dict(_walk(batch_dir))
+    present = dict(walk_files(batch_dir))
 
     def is_image(rel: str) -> bool:
         if rel == LABELS_CSV:

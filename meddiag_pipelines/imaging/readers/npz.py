@@ -14,7 +14,7 @@ import polars as pl
 
 from meddiag_pipelines.ingestion.landing import display_name
 from meddiag_pipelines.specs import canonical_label
-from meddiag_pipelines.imaging.readers.listing import _image_file, _walk
+from meddiag_pipelines.imaging.readers.listing import _image_file, walk_files
 from meddiag_pipelines.imaging.readers.records import DecodedBudget, ImageReadResult, ImageRejected, _frame, _image_spec, _pixel_fields
 
 if TYPE_CHECKING:
@@ -149,7 +149,7 @@ def read_npz_batch(batch_dir: Path, spec: TaskSpec) -> ImageReadResult:
     rows: list[dict] = []
     rejected: list[tuple[str, str]] = []
     batch = display_name(batch_dir.name)
-    for rel, _ in _walk(batch_dir):
+    for rel, _ in walk_files(batch_dir):
         if not rel.lower().endswith(".npz"):
             continue
         try:

@@ -1,0 +1,106 @@
+"""NIfTI-1 / NIfTI-2 single files (``.nii``, ``.nii.gz``) to a :class:`Volume`. The header is read and checked
+first; the file is then read (inflated) only up to the size its header declares, so a gzip bomb or a header that
+declares more than the file holds is refused without ever inflating or allocating beyond ``max_voxels``. Header
+text fields (``descrip``, ``aux_file``, ``intent_name``, extensions) may hold patient details and never reach a
+message."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import zlib
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+
+from meddiag_pipelines.imaging.volume_io.geometry import Volume, VolumeRefused, canonical
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+_HEADER_BYTES = 540  # a NIfTI-2 header; a NIfTI-1 header is the first 348 bytes
+_TRAILING_SLACK = 1 << 16  # bytes tolerated after the voxel data (padding some writers add)
+_MAX_OFFSET = 1 << 24  # header + extensions before the voxel data
+
+
+def _read_at_most(stream: BinaryIO, n: int, rel: str) -> bytes:
+    """Up to ``n`` bytes of the (possibly gzip) stream; a gzip stream is inflated only that far."""
+    try:
+        return stream.read(n)
+    except (OSError, EOFError, zlib.error):
+        raise VolumeRefused(f"{rel}: not a valid gzip stream (corrupt or truncated .nii.gz)") from None
+
+
+def _header(head: bytes, rel: str):
+    import nibabel as nib
+
+    if len(head) < 348:
+        raise VolumeRefused(f"{rel}: too short for a NIfTI header ({len(head)} bytes)")
+    sizes = {int.from_bytes(head[:4], "little"), int.from_bytes(head[:4], "big")}
+    klass = nib.Nifti2Header if 540 in sizes else nib.Nifti1Header if 348 in sizes else None
+    if klass is None:
+        raise VolumeRefused(f"{rel}: not a NIfTI file (its header size field is neither 348 nor 540)")
+    try:
+        hdr = klass.from_fileobj(io.BytesIO(head), check=False)
+    except Exception:  # noqa: BLE001 - nibabel's messages can quote header fields
+        raise VolumeRefused(f"{rel}: unreadable NIfTI header") from None
+    if bytes(hdr["magic"]).rstrip(b"\x00") not in (b"n+1", b"n+2"):
+        raise VolumeRefused(f"{rel}: not a single-file NIfTI (its magic is not 'n+1' / 'n+2'; .hdr/.img pairs are "
+                            "not read)")  # fmt: skip
+    return hdr
+
+
+def _check_header(hdr, rel: str, max_voxels: int) -> tuple[tuple[int, ...], int]:
+    """(3D shape, bytes of header + voxel data declared); refuses a bad dimension, type, spacing or affine."""
+    try:
+        shape = tuple(int(d) for d in hdr.get_data_shape())
+        dtype = hdr.get_data_dtype()
+        offset = int(hdr.get_data_offset())
+    except Exception:  # noqa: BLE001
+        raise VolumeRefused(f"{rel}: the NIfTI header's dimensions or data type are invalid") from None
+    if dtype.fields is not None or dtype.kind not in "biuf":
+        raise VolumeRefused(f"{rel}: voxel type {dtype.name} is not a scalar intensity (RGB / complex not read)")
+    if not 348 <= offset <= _MAX_OFFSET:
+        raise VolumeRefused(f"{rel}: the header places its voxel data at byte {offset} (vox_offset out of range)")
+    extra = shape[3:]
+    if len(shape) < 3 or any(d != 1 for d in extra) or min(shape[:3]) < 1:
+        what = f"{int(np.prod(extra))} volumes (4D)" if len(shape) > 3 else f"{len(shape)} dimension(s)"
+        raise VolumeRefused(f"{rel}: a NIfTI with {what}, shape {shape}: one record is one 3D volume")
+    voxels = int(np.prod(shape[:3], dtype=np.int64))
+    if voxels > max_voxels:
+        raise VolumeRefused(f"{rel}: declares {'x'.join(map(str, shape[:3]))} = {voxels} voxels, over max_voxels "
+                            f"{max_voxels} (refused before reading its data)")  # fmt: skip
+    pixdim = np.asarray(hdr["pixdim"][1:4], dtype=np.float64)
+    if not (np.isfinite(pixdim).all() and (pixdim > 0).all()):
+        raise VolumeRefused(f"{rel}: voxel spacing (pixdim) {pixdim.tolist()} is not finite and positive")
+    affine = np.asarray(hdr.get_best_affine(), dtype=np.float64)
+    if not np.isfinite(affine).all() or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
+        raise VolumeRefused(f"{rel}: its affine (qform / sform) is not invertible: no orientation can be derived")
+    return shape[:3], offset + voxels * dtype.itemsize
+
+
+def read_nifti(rel: str, path: Path, max_voxels: int) -> Volume:
+    import nibabel as nib
+
+    gz = rel.lower().endswith(".gz")
+    with open(path, "rb") as fh:
+        stream: BinaryIO = gzip.GzipFile(fileobj=fh, mode="rb") if gz else fh  # type: ignore[assignment]
+        head = _read_at_most(stream, _HEADER_BYTES, rel)
+        hdr = _header(head, rel)
+        shape, declared = _check_header(hdr, rel, max_voxels)
+        data = head + _read_at_most(stream, max(declared - len(head), 0) + _TRAILING_SLACK + 1, rel)
+    if len(data) < declared:
+        raise VolumeRefused(f"{rel}: the file is too short for the volume its header declares ({declared} bytes "
+                            f"declared, {len(data)} {'after decompression' if gz else 'present'})")  # fmt: skip
+    if len(data) > declared + _TRAILING_SLACK:
+        raise VolumeRefused(f"{rel}: {'decompresses' if gz else 'runs'} beyond the size its header declares "
+                            f"({declared} bytes){' (a gzip bomb?)' if gz else ''}; read no further")  # fmt: skip
+    klass = nib.Nifti2Image if isinstance(hdr, nib.Nifti2Header) else nib.Nifti1Image
+    try:
+        img = klass.from_bytes(data[:declared])
+        array = np.asarray(img.get_fdata(dtype=np.float32)).reshape(shape)
+    except Exception:  # noqa: BLE001
+        raise VolumeRefused(f"{rel}: the NIfTI data cannot be read") from None
+    if not np.isfinite(array).all():
+        raise VolumeRefused(f"{rel}: the volume holds NaN or infinite intensities (often left outside the field of "
+                            "view by resampling: fill them with the background value before landing)")
+    return canonical(array, np.asarray(img.affine, dtype=np.float64), None)
