@@ -243,6 +243,28 @@ def _order(rel: str, frames: list[_Frame]) -> tuple[list[_Frame], np.ndarray]:
     return frames, normal * median
 
 
+def _check_lengths(series: list) -> None:
+    """A file with uncompressed pixel data must be at least as long as the pixel data its header declares: a
+    header that declares gigabytes in a kilobyte file is refused before anything is allocated or decoded."""
+    for where, path, ds in series:
+        tsyntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
+        if tsyntax is None or _is_compressed(tsyntax):
+            continue
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        bits = int(ds.get("BitsAllocated", 16) or 16)
+        declared = -(-int(ds.Rows) * int(ds.Columns) * frames * bits // 8)
+        if path.lstat().st_size < declared:
+            raise VolumeRefused(f"{where}: the file ({path.lstat().st_size} bytes) is shorter than the pixel data its "
+                                f"header declares ({declared} bytes)")  # fmt: skip
+
+
+def _is_compressed(tsyntax) -> bool:
+    from pydicom.uid import UID
+
+    uid = UID(str(tsyntax))
+    return not uid.is_transfer_syntax or uid.is_compressed or uid.is_deflated  # unknown: check_decoder refuses it
+
+
 def _decode_file(where: str, path: Path, header):
     """The full data set of one file, after the deflate bound and decoder check; the geometry read with it must be
     the geometry checked (the file may have been replaced meanwhile)."""
@@ -314,6 +336,7 @@ def read_dicom_series(batch_dir: Path, rel: str, path: Path, max_voxels: int) ->
     _check_same_source(rel, headers)
     rows, cols = _check_size(rel, headers, max_voxels)
     frames, step = _order(rel, _frames(rel, series))
+    _check_lengths(series)
     first = frames[0]
     row_dir, col_dir = first.orientation[:3], first.orientation[3:]
     affine_lps = np.eye(4)
