@@ -14,6 +14,9 @@
 * ``tuning``      ``fit_image_model``: the optuna search (pruned, time-bounded, resumable) or the one configuration
 * ``saliency``    Grad-CAM heat maps (input gradients for ViTs) and a PNG panel
 * ``validation``  the per-batch image checks (decodable, geometry, duplicates, the data's own split)
+* ``volume_io``   CT / MR volumes: ``read_volume`` (a DICOM series or enhanced multi-frame file, a NIfTI file) to a
+                  RAS+ ``Volume`` in physical units, ``list_series`` and MONAI's ``to_model_input``; refuses the
+                  hostile and irregular inputs of issue 26
 
 Synthetic phantoms for demos and tests are built by ``scripts/phantoms.py`` (not patient data).
 
