@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from nibabel.testing import data_path as NIBABEL_DATA
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import CTImageStorage, DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, generate_uid
 
 from meddiag_pipelines.imaging.volume_io import Volume, VolumeRefused, list_series, read_volume, to_model_input
 
@@ -122,6 +122,7 @@ def small_series() -> list[Dataset]:
 def anat_series(tmp_path_factory) -> Path:
     batch = tmp_path_factory.mktemp("batch")
     write_series(batch / "study" / "series1", series_datasets(anatomical()))
+    (batch / "study" / "README.txt").write_text("exported by a viewer")  # not DICOM: skipped, not a slice
     return batch
 
 
@@ -354,6 +355,18 @@ def test_2gb_declared_in_a_1kb_file_is_refused(tmp_path):
             max_voxels=2 * 10**9)  # fmt: skip
 
 
+def test_deflate_bomb_slice_is_refused_while_it_streams(tmp_path):
+    def deflate(ds):
+        for d in ds:
+            d.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+        ds[2].PixelData = bytes(24 << 20)  # 24 MB of zeros behind a header declaring 8x8 pixels
+
+    batch = hostile(tmp_path, deflate)
+    assert max(p.stat().st_size for p in (batch / "series").iterdir()) < 64 << 10
+    refused(batch, "series", "dicom_series", r"series: file \d of 6 \(in name order\): a deflated DICOM that inflates "
+                                             r"beyond its declared pixel data")  # fmt: skip
+
+
 def test_symlinked_slice_is_refused(tmp_path):
     batch = tmp_path / "batch"
     paths = write_series(batch / "series", small_series())
@@ -371,6 +384,15 @@ def test_paths_outside_the_batch_are_refused(tmp_path):
     refused(batch, str(tmp_path / "elsewhere"), "dicom_series", r"absolute path")
     (batch / "linked").symlink_to(tmp_path / "elsewhere")
     refused(batch, "linked", "dicom_series", r"linked: symbolic link refused")
+
+
+def test_what_is_not_a_dicom_image_is_refused(tmp_path):
+    shutil.copy(NIBABEL / "anatomical.nii", tmp_path / "anat.nii")
+    (tmp_path / "empty").mkdir()
+    refused(tmp_path, "anat.nii", "dicom_series", r"anat\.nii is or holds no DICOM image")
+    refused(tmp_path, "empty", "dicom_series", r"empty is or holds no DICOM image")
+    refused(tmp_path, "missing", "dicom_series", r"missing: file listed but not found")
+    refused(tmp_path, "empty", "nifti", r"empty: a NIfTI volume is a \.nii or \.nii\.gz file")
 
 
 def test_two_series_in_a_study_folder_are_refused_with_their_count(tmp_path):

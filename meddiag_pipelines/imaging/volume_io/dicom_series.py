@@ -84,7 +84,8 @@ def _series_files(batch_dir: Path, rel: str, path: Path, max_bytes: float) -> li
     """(reference used in messages, path, header) of every DICOM image file under ``path`` (a folder or a file),
     in name order; a symbolic link, an unreadable or an oversized DICOM file refuses the whole series."""
     if path.is_file():
-        return [(rel, path, _header(path, rel, max_bytes))]
+        ds = _header(path, rel, max_bytes)
+        return [] if ds is None else [(rel, path, ds)]
     entries = list(walk_files(path))
     out = []
     for i, (sub, p) in enumerate(entries, start=1):
@@ -106,7 +107,7 @@ def _one_series(rel: str, files: list[tuple[str, Path, object]]) -> list[tuple[s
     for item in files:
         groups[str(item[2].SeriesInstanceUID)].append(item)
     if not groups:
-        raise VolumeRefused(f"{rel} holds no DICOM image")
+        raise VolumeRefused(f"{rel} is or holds no DICOM image")
     if len(groups) > 1:
         raise VolumeRefused(f"{rel} holds {len(groups)} DICOM series: one record is one series (name the series' "
                             "own folder in labels.csv)")  # fmt: skip

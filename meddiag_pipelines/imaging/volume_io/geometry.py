@@ -12,7 +12,7 @@ class VolumeRefused(ValueError):
     words (never a patient or study tag, a UID, a date, or the name of a file inside a series folder)."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # arrays compare element-wise: identity equality, as for any array holder
 class Volume:
     """One volume in RAS+ (nibabel's closest canonical, MONAI's ``Orientation("RAS")``): array axis 0 runs from
     the patient's left to right, axis 1 from posterior to anterior, axis 2 from inferior to superior, so an axial
