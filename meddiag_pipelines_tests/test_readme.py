@@ -111,7 +111,7 @@ def test_the_fast_loop_leaves_out_the_slow_tests_only():
     collected = set(re.findall(r"::(test_\w+)", result.stdout))
     assert "test_update_help_states_the_default_wait" in collected
     assert "test_update_logs_at_info_without_dagsters_step_events_and_at_debug_with_verbose" not in collected
-    assert re.search(r"\b1 deselected\b", result.stdout), result.stdout[-500:]
+    assert re.search(r"\b\d+ deselected\b", result.stdout), result.stdout[-500:]
 
 
 def test_meddiag_help_as_written_lists_every_command():
