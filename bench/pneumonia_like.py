@@ -10,7 +10,7 @@ recipe that only fits train / val is caught there. Not patient data, no diagnost
 
 The measurement: ``--mode direct`` trains with ``train_image_model`` on the arrays (for iterating on the
 recipe); ``--mode pipeline`` (the figure to report) lands the npz as a batch and runs
-``python -m meddiag_pipelines update`` with the README's ``pneumonia_xray`` spec in a fresh data root and
+``python -m meddiag_pipelines update`` with docs/adding-a-task.md's ``pneumonia_xray`` spec in a fresh data root and
 instance, then reads the version's ``metrics.json``. Both print validation and shifted-test AUROC, wall and
 CPU minutes (wall inflates on a shared machine), at ``--threads`` torch threads (2: the target machine).
 """

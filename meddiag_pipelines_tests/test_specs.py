@@ -101,7 +101,7 @@ def test_duplicate_task_names_are_refused(tmp_path):
     assert [(e.path.name, "already defined in" in e.problem) for e in scan.errors] == [("two.yaml", True)]
 
 
-def test_readme_spec_examples_are_valid_specs():
+def test_the_docs_spec_examples_are_valid_specs():
     import re
 
     import yaml
@@ -109,7 +109,7 @@ def test_readme_spec_examples_are_valid_specs():
     from meddiag_pipelines.specs import TaskSpec
     from meddiag_pipelines_tests.conftest import REPO
 
-    blocks = re.findall(r"```yaml\n(.*?)```", (REPO / "README.md").read_text(), re.S)
+    blocks = re.findall(r"```yaml\n(.*?)```", (REPO / "docs" / "adding-a-task.md").read_text(), re.S)
     names = [TaskSpec.model_validate(doc).name for block in blocks for doc in yaml.safe_load_all(block)]
     assert names == ["sepsis_risk", "pneumonia_xray", "discharge_specialty"]
 
