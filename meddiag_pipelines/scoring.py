@@ -15,7 +15,6 @@ import polars as pl
 
 from meddiag_pipelines.ingestion.landing import BATCH_COLUMN
 from meddiag_pipelines.labels import task_kind
-from meddiag_pipelines.layout import DataLayout
 from meddiag_pipelines.modalities.base import Explainer, PredictorFactory
 from meddiag_pipelines.registry.store import ModelRegistry
 from meddiag_pipelines.specs import TaskSpec
@@ -46,12 +45,14 @@ def risk_bands(proba: np.ndarray, manifest: dict) -> list[str | None]:
     return ["high" if p >= high else "intermediate" if p >= sensitive else "low" for p in proba]
 
 
-def prediction_path(layout: DataLayout, task: str, batch: str, version: str) -> Path:
+def prediction_path(root: DataRoot, task: str, batch: str, version: str) -> Path:
     """Where ``version``'s scores of ``batch`` live. The batch name comes from data (a landing folder's name, a
     partition key): refused unless it is one folder name, and the path must stay inside the data root."""
     if batch in ("", ".", "..") or PurePosixPath(batch).name != batch or "\\" in batch or "\x00" in batch:
         raise ValueError("a batch name must be a single folder name")
-    return layout.confine(layout.predictions(task) / batch / f"{version}.parquet")
+    path = root.predictions(task) / batch / f"{version}.parquet"
+    root.confined(path)
+    return path
 
 
 @dataclass
@@ -68,7 +69,7 @@ class ScoringSummary:
                 "batches_without_rows_to_score": len(self.empty)}  # fmt: skip
 
 
-def score_unlabelled(spec: TaskSpec, root: DataRoot, layout: DataLayout, registry: ModelRegistry, rows: pl.DataFrame,
+def score_unlabelled(spec: TaskSpec, root: DataRoot, registry: ModelRegistry, rows: pl.DataFrame,
                      batches: list[str], predictor_factory: PredictorFactory,
                      explain: Explainer | None = None) -> ScoringSummary:  # fmt: skip
     """Score the unlabelled ``rows`` of each of ``batches`` with the champion, one new file per batch that this
@@ -83,7 +84,7 @@ def score_unlabelled(spec: TaskSpec, root: DataRoot, layout: DataLayout, registr
     summary = ScoringSummary(version)
     for batch in batches:
         batch_rows = rows.filter(pl.col(BATCH_COLUMN) == batch)
-        target = root.relative(prediction_path(layout, spec.name, batch, version))
+        target = root.relative(prediction_path(root, spec.name, batch, version))
         if batch_rows.is_empty():
             summary.empty.append(batch)
         elif root.exists(target):

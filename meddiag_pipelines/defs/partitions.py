@@ -21,7 +21,7 @@ from meddiag_pipelines.ingestion.landing import (
     ready_batch_dirs,
 )
 from meddiag_pipelines.ingestion.warehouse import Warehouse
-from meddiag_pipelines.layout import DataLayout
+from meddiag_pipelines.storage import DataRoot
 from meddiag_pipelines.specs import TaskSpec
 
 
@@ -81,24 +81,24 @@ class LandingScan:
     refused: list[str] = field(default_factory=list)  # names Dagster refuses: quarantined now
 
 
-def scan_landing(spec: TaskSpec, layout: DataLayout, warehouse: Warehouse, partitions: set[str],
+def scan_landing(spec: TaskSpec, root: DataRoot, warehouse: Warehouse, partitions: set[str],
                  retry_unrecorded: bool = True) -> LandingScan:  # fmt: skip
     """Compare the landing folder with the task's partitions and its ledger. A known batch is hashed only when
     an entry of its folder is newer than the ledger's last word on it (nothing is hashed in the steady state).
     ``retry_unrecorded``: a partition the ledger does not know yet (its run failed, or is still going: the
     sensor passes ``False``) runs again. A landing folder that is a link or not a folder is refused
     (:class:`~meddiag_pipelines.ingestion.landing.LandingFolderError`), never scanned as empty."""
-    check_landing_folder(layout.landing(spec.name))
-    if (store := layout.object_store()) is not None:  # batches landed in the store's landing prefix
+    check_landing_folder(root.landing(spec.name))
+    if (store := root.object_store()) is not None:  # batches landed in the store's landing prefix
         marker = READY_MARKER if spec.landing.ready == "marker" else None
-        store.take_ready_folders(store.relative(layout.landing(spec.name)), layout.landing(spec.name), marker,
+        store.take_ready_folders(store.relative(root.landing(spec.name)), root.landing(spec.name), marker,
                                  spec.landing.quiet_seconds)  # fmt: skip
     ledger = {r["batch_id"]: r for r in warehouse.ledger(spec.name).iter_rows(named=True)}
     scan = LandingScan()
-    for batch_dir in ready_batch_dirs(layout.landing(spec.name), spec.landing):
+    for batch_dir in ready_batch_dirs(root.landing(spec.name), spec.landing):
         name = batch_dir.name
         if problem := partition_key_problem(name):
-            refuse_batch(spec, layout, warehouse, describe_batch(spec.name, batch_dir), problem, IngestSummary())
+            refuse_batch(spec, root, warehouse, describe_batch(spec.name, batch_dir), problem, IngestSummary())
             scan.refused.append(display_name(name))
             continue
         row = ledger.get(name)
