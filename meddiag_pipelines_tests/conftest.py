@@ -9,8 +9,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from meddiag_pipelines.storage import DataRoot
 from meddiag_pipelines.specs import BUNDLED_TASKS_DIR, TaskSpec, load_spec
+from meddiag_pipelines.storage import DataRoot
 
 REPO = Path(__file__).resolve().parent.parent
 # One compute thread per test process when pytest-xdist runs several at once (`-n 2` in pyproject's addopts):

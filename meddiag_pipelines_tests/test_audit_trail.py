@@ -15,7 +15,6 @@ from meddiag_pipelines.defs.partitions import batch_partitions
 from meddiag_pipelines.registry.__main__ import main as registry_cli
 from meddiag_pipelines.update import run_task_in_process
 from meddiag_pipelines.registry.manifest import REPORT_FILES
-from meddiag_pipelines.storage import DataRoot
 from meddiag_pipelines.registry.store import ModelRegistry
 from meddiag_pipelines_tests.conftest import land, synthetic_records
 

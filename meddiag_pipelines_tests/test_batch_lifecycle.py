@@ -342,7 +342,6 @@ def test_a_task_whose_only_batch_is_quarantined_updates_cleanly_and_a_good_batch
 
     from meddiag_pipelines.definitions import build_definitions
     from meddiag_pipelines.registry.store import ModelRegistry
-    from meddiag_pipelines.storage import DataRoot
     from meddiag_pipelines.update import update_task
     from meddiag_pipelines_tests.conftest import fast
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import datetime
+import os
 import textwrap
+from pathlib import Path
 
 import dagster as dg
 import polars as pl
@@ -13,6 +15,7 @@ from meddiag_pipelines.definitions import batch_job_name, build_definitions
 from meddiag_pipelines.defs import partitions
 from meddiag_pipelines.defs.automation.landing import RANGE_END, RANGE_START, range_tags
 from meddiag_pipelines.defs.partitions import ingestion_keys, partition_key_problem, scan_landing
+from meddiag_pipelines.ingestion.landing import batch_key
 from meddiag_pipelines.defs.resources.storage import MeddiagStorage
 from meddiag_pipelines.__main__ import main
 from meddiag_pipelines.registry.summary import TaskSummary
@@ -28,8 +31,11 @@ def _bad(n: int, seed: int, start: int) -> pl.DataFrame:
 
 
 def test_partition_key_rules():
-    assert partition_key_problem("batch 2025-01 é") is None
-    assert "partition key" in partition_key_problem("export...2") and "rename it" in partition_key_problem("a\tb")
+    assert partition_key_problem(Path("landing/t/batch 2025-01 é")) is None
+    assert "partition key" in partition_key_problem(Path("export...2"))
+    assert "rename it" in partition_key_problem(Path("a\tb"))
+    not_utf8 = Path(os.fsdecode(b"b\xff"))  # a Linux name is bytes: its key shows the byte, and the batch is refused
+    assert batch_key(not_utf8) == "b\\xff" and "not valid UTF-8" in partition_key_problem(not_utf8)
 
 
 def test_partitions_run_in_ranges_of_at_most_run_partitions_that_cover_nothing_else(monkeypatch):

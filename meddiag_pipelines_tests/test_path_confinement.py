@@ -15,8 +15,8 @@ from meddiag_pipelines.imaging.modality import read_image_records
 from meddiag_pipelines.ingestion.batches import ReadOutcome, ingest_new_batches
 from meddiag_pipelines.ingestion.landing import UnsafePath, confined_file
 from meddiag_pipelines.ingestion.warehouse import Warehouse
-from meddiag_pipelines.storage import DataRoot
 from meddiag_pipelines.specs import TaskSpec
+from meddiag_pipelines.storage import DataRoot
 from meddiag_pipelines.text.readers import read_text_batch
 
 

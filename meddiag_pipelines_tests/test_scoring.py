@@ -11,7 +11,6 @@ from meddiag_pipelines.ingestion.landing import BATCH_COLUMN
 from meddiag_pipelines.registry.store import ModelRegistry
 from meddiag_pipelines.scoring import prediction_frame, prediction_path, risk_bands, score_unlabelled
 from meddiag_pipelines.specs import TaskSpec
-from meddiag_pipelines.storage import DataRoot
 from meddiag_pipelines_tests.conftest import SYNTHETIC_SPEC
 
 SPEC = TaskSpec.model_validate(SYNTHETIC_SPEC)

@@ -11,7 +11,6 @@ import pytest
 
 from meddiag_pipelines.definitions import build_definitions
 from meddiag_pipelines.ingestion.quarantine import file_reason
-from meddiag_pipelines.storage import DataRoot
 from meddiag_pipelines.registry.store import ModelRegistry
 from meddiag_pipelines.update import run_task_in_process
 from meddiag_pipelines.split import SPLIT_COLUMN

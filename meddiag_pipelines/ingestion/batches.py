@@ -30,12 +30,14 @@ from polars.exceptions import PanicException
 from meddiag_pipelines.ingestion.errors import BatchRejected
 from meddiag_pipelines.ingestion.landing import (
     BATCH_COLUMN,
+    BatchKey,
     LandedBatch,
+    batch_key,
+    batch_key_problem,
     changed_since,
     check_landing_folder,
     data_files,
     describe_batch,
-    display_name,
     file_digests,
     non_regular_files,
     ready_batch_dirs,
@@ -44,8 +46,8 @@ from meddiag_pipelines.ingestion.landing import (
 )
 from meddiag_pipelines.ingestion.quarantine import quarantine_batch, quarantine_file
 from meddiag_pipelines.ingestion.warehouse import SchemaConflict, Warehouse, conform
-from meddiag_pipelines.storage import DataRoot
 from meddiag_pipelines.specs import TaskSpec, canonical_label
+from meddiag_pipelines.storage import DataRoot
 from meddiag_pipelines.validation.suites import CheckFailure
 
 log = logging.getLogger(__name__)
@@ -75,10 +77,10 @@ Validator = Callable[[pl.DataFrame, TaskSpec, set[str]], list[CheckFailure]]
 
 @dataclass
 class IngestSummary:
-    ingested: list[str] = field(default_factory=list)
+    ingested: list[BatchKey] = field(default_factory=list)
     quarantined: list[dict] = field(default_factory=list)  # {batch, file, problem}: whole batches or single files
     changed: list[dict] = field(default_factory=list)  # {batch, added, changed, removed}: known batches that changed
-    waiting: list[str] = field(default_factory=list)  # batch folders not ready yet (no _READY marker, or not quiet)
+    waiting: list[BatchKey] = field(default_factory=list)  # batches not ready yet (no _READY marker, or not quiet)
     rows: int = 0
     skipped_known: int = 0
 
@@ -179,7 +181,7 @@ def batch_changes(batch_dir: Path, row: dict) -> dict[str, int] | None:
     return {**counts, "files": added + changed} if any(counts.values()) else None
 
 
-def _set_aside_changed(spec: TaskSpec, root: DataRoot, batch_dir: Path, batch_id: str, counts: dict,
+def _set_aside_changed(spec: TaskSpec, root: DataRoot, batch_dir: Path, batch_id: BatchKey, counts: dict,
                        summary: IngestSummary) -> None:  # fmt: skip
     """The documented rule for a batch that changed after it was ingested: its rows and unchanged files stay;
     each added or changed file goes to ``quarantine/<task>/<batch>.changed-<time>/files/<file>``, so nothing is lost."""
@@ -213,10 +215,10 @@ def _describe(spec: TaskSpec, root: DataRoot, batch_dir: Path) -> LandedBatch:
     if batch_dir.is_symlink():
         raise _Refused(describe_batch(spec.name, batch_dir), "is a symbolic link; a batch must be a real folder "
                        "in the landing area (links are never followed)")  # fmt: skip
-    shown = display_name(batch_dir.name)
-    bare = LandedBatch(spec.name, shown, batch_dir, (), hashlib.sha256(os.fsencode(batch_dir.name)).hexdigest(), 0)
-    if shown != batch_dir.name:
-        raise _Refused(bare, "has a folder name that is not valid UTF-8 or holds control characters; rename it")
+    digest = hashlib.sha256(os.fsencode(batch_dir.name)).hexdigest()
+    bare = LandedBatch(spec.name, batch_key(batch_dir), batch_dir, (), digest, 0)
+    if problem := batch_key_problem(batch_dir):
+        raise _Refused(bare, problem)
     if len(os.fsencode(batch_dir.name)) > MAX_BATCH_NAME_BYTES:
         raise _Refused(bare, f"has a folder name over {MAX_BATCH_NAME_BYTES} bytes; outputs named after the batch "
                        "(predictions, quarantine) would not fit a file name: rename it")  # fmt: skip
@@ -273,11 +275,11 @@ def ingest_batches(spec: TaskSpec, root: DataRoot, warehouse: Warehouse, reader:
         root.confined(task_landing)  # a landing folder that is a link out of the data root is a setup error
     check_landing_folder(task_landing)  # so is a link inside it, or a file: either would read as "nothing landed"
     known = {r["batch_id"]: r for r in warehouse.ledger(spec.name).iter_rows(named=True)}
-    summary = IngestSummary(waiting=[display_name(d.name) for d in waiting_batch_dirs(task_landing, spec.landing)])
+    summary = IngestSummary(waiting=[batch_key(d) for d in waiting_batch_dirs(task_landing, spec.landing)])
     for name in names:
         batch_dir = task_landing / name
         if batch_dir.is_dir() or batch_dir.is_symlink():
-            ingest_batch(spec, root, warehouse, reader, batch_dir, known.get(display_name(name)), summary)
+            ingest_batch(spec, root, warehouse, reader, batch_dir, known.get(batch_key(batch_dir)), summary)
     return summary
 
 
@@ -354,7 +356,7 @@ def _ingest_batch(spec: TaskSpec, root: DataRoot, warehouse: Warehouse, reader: 
 
 @dataclass
 class ValidationSummary:
-    validated: list[str] = field(default_factory=list)
+    validated: list[BatchKey] = field(default_factory=list)
     quarantined: list[dict] = field(default_factory=list)  # {batch, failures}
     records: dict[str, pl.DataFrame] = field(default_factory=dict)  # batch -> its validated rows (empty if none)
 
@@ -436,7 +438,7 @@ def _batch_failures(validator: Validator, frame: pl.DataFrame, spec: TaskSpec, k
 
 
 def validate_batches(spec: TaskSpec, root: DataRoot, warehouse: Warehouse, validator: Validator,
-                     batch_ids: list[str]) -> ValidationSummary:  # fmt: skip
+                     batch_ids: list[BatchKey]) -> ValidationSummary:  # fmt: skip
     """Validate the listed batches (one partition each) that are in state ``read``, in order, against what the
     task's batches validated before recorded (ids, column types, label domain); quarantine the failures.
     ``summary.records[b]``: batch ``b``'s validated rows, empty (no rows) when it is quarantined or unknown.
@@ -482,7 +484,7 @@ def validate_batches(spec: TaskSpec, root: DataRoot, warehouse: Warehouse, valid
 def why_no_records(spec: TaskSpec, root: DataRoot, warehouse: Warehouse) -> str:
     """Why a task has no validated rows, in plain words: batches waiting for their marker, quarantined batches
     with their reasons (file and problem, never record content), or an empty landing folder."""
-    parts = [f"{display_name(d.name)} {waiting_reason(spec.landing)}"
+    parts = [f"{batch_key(d)} {waiting_reason(spec.landing)}"
              for d in waiting_batch_dirs(root.landing(spec.name), spec.landing)]  # fmt: skip
     for row in warehouse.ledger(spec.name).filter(pl.col("status") == "quarantined").iter_rows(named=True):
         parts.append(f"{row['batch_id']} was quarantined: {_reason_text(json.loads(row['reason']) if row['reason'] else {})}")

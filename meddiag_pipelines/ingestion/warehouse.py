@@ -31,6 +31,7 @@ from pathlib import Path
 import duckdb
 import polars as pl
 
+from meddiag_pipelines.ingestion.landing import BatchKey
 from meddiag_pipelines.storage import DataRoot
 
 LEDGER_FOLDER, STATE_FOLDER = "ledger", "state"  # inside the warehouse folder
@@ -115,7 +116,7 @@ def _key(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()[:32]
 
 
-def _records_name(batch_id: str, content_hash: str) -> str:
+def _records_name(batch_id: BatchKey, content_hash: str) -> str:
     """A file name for a batch's records that fits any file system whatever the batch is called."""
     return _key(f"{batch_id}\0{content_hash}") + ".parquet"
 
@@ -201,10 +202,10 @@ class Warehouse:
         entry = self.data.read_json(f"{folder}/{names[-1]}")
         return int(names[-1].removesuffix(".json")), None if entry["status"] == FORGOTTEN else entry
 
-    def _recorded(self, task: str, batch_id: str) -> tuple[int, dict | None]:
+    def _recorded(self, task: str, batch_id: BatchKey) -> tuple[int, dict | None]:
         return self._newest(self._rel(LEDGER_FOLDER, task, _key(batch_id)))
 
-    def _add_entry(self, task: str, batch_id: str, seq: int, entry: dict) -> bool:
+    def _add_entry(self, task: str, batch_id: BatchKey, seq: int, entry: dict) -> bool:
         return self.data.write_once(self._rel(LEDGER_FOLDER, task, _key(batch_id), _entry_name(seq)), _encode(entry))
 
     def ledger(self, task: str) -> pl.DataFrame:
@@ -221,7 +222,7 @@ class Warehouse:
         seq, entry = self._recorded(task, row["batch_id"])
         return entry is None and self._add_entry(task, row["batch_id"], seq + 1, _ledger_entry(task, row))
 
-    def _next_entry(self, task: str, batch_id: str, change: dict) -> None:
+    def _next_entry(self, task: str, batch_id: BatchKey, change: dict) -> None:
         """Add an entry: the newest one with ``change``; nothing when the batch is not recorded. Another writer
         taking the number first means a retry on top of its entry."""
         for _ in range(_CAS_ATTEMPTS):
@@ -230,11 +231,11 @@ class Warehouse:
                 return
         raise RuntimeError(f"task {task}: the ledger entry of a batch kept changing under {_CAS_ATTEMPTS} attempts")
 
-    def set_status(self, task: str, batch_id: str, status: str, reason: dict | None) -> None:
+    def set_status(self, task: str, batch_id: BatchKey, status: str, reason: dict | None) -> None:
         """Move a recorded batch to ``status`` (a new entry); its files, digests and records stay as recorded."""
         self._next_entry(task, batch_id, {"status": status, "reason": reason or None})
 
-    def forget_batch(self, task: str, batch_id: str) -> None:
+    def forget_batch(self, task: str, batch_id: BatchKey) -> None:
         """Forget a batch (an entry saying so; the earlier ones stay as its history) and drop its records file,
         so that it is read again when it lands."""
         _, entry = self._recorded(task, batch_id)
@@ -274,7 +275,7 @@ class Warehouse:
         self.data.write_parquet(self._rel(rel), frame)
         return self.add_batch(task, {**ledger_row, "records_file": rel})
 
-    def read(self, task: str, table: str, where_batches: list[str] | None = None) -> pl.DataFrame:
+    def read(self, task: str, table: str, where_batches: list[BatchKey] | None = None) -> pl.DataFrame:
         """The records of the listed batches (all recorded batches if ``None``), columns matched by name. Listed
         batches are looked up one by one: validating one batch of thousands reads one entry, not the ledger."""
         if where_batches is None:
