@@ -27,8 +27,10 @@ def build_warehouse(n_rows: int, seed: int = 0) -> Path:
 
     from bench.ehr import generate
     from meddiag_pipelines.ingestion.warehouse import Warehouse
+    from meddiag_pipelines.storage import DataRoot
 
-    db = bench_dir() / f"warehouse_{n_rows}.duckdb"
+    warehouse = Warehouse(DataRoot(bench_dir() / f"ingest_{n_rows}"))
+    db = warehouse.database
     if db.exists():
         with duckdb.connect(str(db), read_only=True) as con:
             try:
@@ -38,7 +40,7 @@ def build_warehouse(n_rows: int, seed: int = 0) -> Path:
                 pass
     db.unlink(missing_ok=True)
     ds = generate(bench_dir() / f"ehr_{n_rows}_seed{seed}", n_rows, seed)
-    with Warehouse(db).connect() as con:
+    with warehouse.connect() as con:
         con.execute(f"CREATE SCHEMA {TASK}")
         con.execute(f"CREATE TABLE {TASK}.{TABLE} AS SELECT *, 'history' AS {BATCH_COLUMN} FROM read_parquet('{ds.glob('labs')}')")
     return db
@@ -50,8 +52,9 @@ def time_appends(db: str, batch_rows: int, repeats: int) -> dict:
 
     from bench.ehr import _chunk
     from meddiag_pipelines.ingestion.warehouse import Warehouse
+    from meddiag_pipelines.storage import DataRoot
 
-    warehouse = Warehouse(Path(db))
+    warehouse = Warehouse(DataRoot(Path(db).parent.parent))
     _, _, labs, _ = _chunk(seed=99, index=0, n_patients=max(1, batch_rows // 20), first_patient=10**9, first_encounter=10**10)
     labs = labs.head(batch_rows)
     times = []

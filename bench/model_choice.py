@@ -72,8 +72,8 @@ def run_seeds(task: str, rows: int, seeds: int, trials: int | None) -> dict:
     storage = MeddiagStorage(data_dir=str(root))
     if trials:
         base = base.model_copy(update={"training": base.training.model_copy(update={"trials": trials})})
-    ingest_new_batches(base, storage.layout, storage.warehouse, read_tabular_batch)
-    records, _ = validate_pending_batches(base, storage.layout, storage.warehouse, validate_tabular)
+    ingest_new_batches(base, storage.root, storage.warehouse, read_tabular_batch)
+    records, _ = validate_pending_batches(base, storage.root, storage.warehouse, validate_tabular)
     out = []
     for seed in range(seeds):
         salt = base.split.salt if seed == 0 else f"{base.split.salt}-{seed}"

@@ -129,11 +129,11 @@ def run_direct(rows: int, selection: list[str] | None = None) -> dict:
         t = now
 
     storage = MeddiagStorage(data_dir=str(root))
-    layout, warehouse = storage.layout, storage.warehouse
-    ingest_new_batches(spec, layout, warehouse, read_tabular_batch)
+    data, warehouse = storage.root, storage.warehouse
+    ingest_new_batches(spec, data, warehouse, read_tabular_batch)
     reconcile(spec, warehouse)
     lap("raw_records")
-    records, _ = validate_pending_batches(spec, layout, warehouse, validate_tabular)
+    records, _ = validate_pending_batches(spec, data, warehouse, validate_tabular)
     lap("validated_records")
     if selection:
         return {"seconds": time.perf_counter() - start, "steps": timings}

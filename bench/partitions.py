@@ -73,7 +73,7 @@ def _record_validated(defs, instance, keys: list[str]) -> None:
     from meddiag_pipelines.storage import run_name
 
     storage = defs.resources["storage"]
-    folder = storage.layout.table(TASK, "validated_records")
+    folder = storage.root.table(TASK, "validated_records")
     raw = storage.warehouse.read(TASK, RAW_TABLE).partition_by("_meddiag_batch", as_dict=True)
     name = run_name(time.time(), "bench000") + ".parquet"  # as a validated_records run names its files
     for (key,), frame in raw.items():
@@ -145,9 +145,9 @@ def plan_and_start(n: int) -> dict:
         out["idle_tick_s"] = time.perf_counter() - t0
         assert isinstance(idle, dg.SkipReason)
         out.update(_one_more_batch(root, n, sensor, job, instance, defs))
-    from meddiag_pipelines.layout import DataLayout
+    from meddiag_pipelines.storage import DataRoot
 
-    folder = DataLayout(root).table(TASK, "validated_records")
+    folder = DataRoot(root).table(TASK, "validated_records")
     t0 = time.perf_counter()
     import polars as pl
 

@@ -13,9 +13,8 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import polars as pl
 
-from meddiag_pipelines.ingestion.landing import BATCH_COLUMN
+from meddiag_pipelines.ingestion.landing import BATCH_COLUMN, BatchKey
 from meddiag_pipelines.labels import task_kind
-from meddiag_pipelines.layout import DataLayout
 from meddiag_pipelines.modalities.base import Explainer, PredictorFactory
 from meddiag_pipelines.registry.store import ModelRegistry
 from meddiag_pipelines.specs import TaskSpec
@@ -46,21 +45,23 @@ def risk_bands(proba: np.ndarray, manifest: dict) -> list[str | None]:
     return ["high" if p >= high else "intermediate" if p >= sensitive else "low" for p in proba]
 
 
-def prediction_path(layout: DataLayout, task: str, batch: str, version: str) -> Path:
+def prediction_path(root: DataRoot, task: str, batch: BatchKey, version: str) -> Path:
     """Where ``version``'s scores of ``batch`` live. The batch name comes from data (a landing folder's name, a
     partition key): refused unless it is one folder name, and the path must stay inside the data root."""
     if batch in ("", ".", "..") or PurePosixPath(batch).name != batch or "\\" in batch or "\x00" in batch:
         raise ValueError("a batch name must be a single folder name")
-    return layout.confine(layout.predictions(task) / batch / f"{version}.parquet")
+    path = root.predictions(task) / batch / f"{version}.parquet"
+    root.confined(path)
+    return path
 
 
 @dataclass
 class ScoringSummary:
     version: str | None
     scored_rows: int = 0
-    written: list[str] = field(default_factory=list)  # batches scored now
-    kept: list[str] = field(default_factory=list)  # batches this version had already scored
-    empty: list[str] = field(default_factory=list)  # batches without unlabelled rows
+    written: list[BatchKey] = field(default_factory=list)  # batches scored now
+    kept: list[BatchKey] = field(default_factory=list)  # batches this version had already scored
+    empty: list[BatchKey] = field(default_factory=list)  # batches without unlabelled rows
 
     def as_metadata(self) -> dict:
         return {"champion": self.version or "none", "scored_rows": self.scored_rows,
@@ -68,8 +69,8 @@ class ScoringSummary:
                 "batches_without_rows_to_score": len(self.empty)}  # fmt: skip
 
 
-def score_unlabelled(spec: TaskSpec, root: DataRoot, layout: DataLayout, registry: ModelRegistry, rows: pl.DataFrame,
-                     batches: list[str], predictor_factory: PredictorFactory,
+def score_unlabelled(spec: TaskSpec, root: DataRoot, registry: ModelRegistry, rows: pl.DataFrame,
+                     batches: list[BatchKey], predictor_factory: PredictorFactory,
                      explain: Explainer | None = None) -> ScoringSummary:  # fmt: skip
     """Score the unlabelled ``rows`` of each of ``batches`` with the champion, one new file per batch that this
     champion has not scored yet; files of earlier champions stay where they are."""
@@ -83,7 +84,7 @@ def score_unlabelled(spec: TaskSpec, root: DataRoot, layout: DataLayout, registr
     summary = ScoringSummary(version)
     for batch in batches:
         batch_rows = rows.filter(pl.col(BATCH_COLUMN) == batch)
-        target = root.relative(prediction_path(layout, spec.name, batch, version))
+        target = root.relative(prediction_path(root, spec.name, batch, version))
         if batch_rows.is_empty():
             summary.empty.append(batch)
         elif root.exists(target):
@@ -98,7 +99,7 @@ def score_unlabelled(spec: TaskSpec, root: DataRoot, layout: DataLayout, registr
     return summary
 
 
-def _batch_predictions(spec: TaskSpec, version: str, manifest: dict, plan: dict, model_dir: Path, batch: str,
+def _batch_predictions(spec: TaskSpec, version: str, manifest: dict, plan: dict, model_dir: Path, batch: BatchKey,
                        rows: pl.DataFrame, predictor_factory: PredictorFactory,
                        explain: Explainer | None) -> pl.DataFrame:  # fmt: skip
     proba = predictor_factory(plan)(model_dir, rows)

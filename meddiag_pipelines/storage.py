@@ -1,5 +1,8 @@
-"""The data root behind one small interface (no Dagster here): paths inside it are relative POSIX strings,
-resolved against the root only at use, so nothing written names the root and the root can move.
+"""The data root behind one small interface (no Dagster here), the one object that says where data lives: the
+root (``MEDDIAG_DATA_DIR``, default: the repo's ``data/``; or an object store URL), its local folder, its fsspec
+filesystem and where each artefact lives in it (landing, warehouse, models, reports, ...). Paths inside it are
+relative POSIX strings, resolved against the root only at use (every one through :meth:`DataRoot.confined`), so
+nothing written names the root and the root can move.
 
 The root is a local folder or an S3-compatible URL (``s3://bucket/prefix``, through s3fs, the ``scale`` extra;
 its endpoint and credentials come from the standard ``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``, ... variables,
@@ -26,9 +29,23 @@ import polars as pl
 from fsspec.implementations.local import LocalFileSystem
 
 from meddiag_pipelines.atomic import atomic_create, atomic_write, atomic_write_bytes, publish_dir, publish_new_dir, staging_dir
-from meddiag_pipelines.layout import PathOutsideDataRoot
 
 log = logging.getLogger(__name__)
+REPO_DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+
+
+def default_data_dir() -> Path:
+    return Path(os.environ.get("MEDDIAG_DATA_DIR") or REPO_DATA_DIR).resolve()
+
+
+def default_data_root() -> str:
+    """``MEDDIAG_DATA_DIR`` as the storage resource takes it: an object store URL as it is, else a local folder."""
+    value = os.environ.get("MEDDIAG_DATA_DIR") or ""
+    return value if is_object_store(value) else str(default_data_dir())
+
+
+class PathOutsideDataRoot(ValueError):
+    """A path that would escape the data folder (``..``, an absolute path or a symbolic link)."""
 
 
 def run_name(created_at: float, run_id: str) -> str:
@@ -59,7 +76,9 @@ def _s3_filesystem():
 
 
 class DataRoot:
-    """The data root: every operation takes a path relative to it."""
+    """The data root: every operation takes a path relative to it. The folders of the layout (:meth:`landing`,
+    :meth:`models`, ...) are local paths: the place in the local folder, which on an object store holds only what
+    must be local (quarantine, reports, predictions and models then live in the store, under the same names)."""
 
     def __init__(self, root: Path | str):
         self.remote = is_object_store(root)
@@ -73,22 +92,75 @@ class DataRoot:
             self.url = self.base = str(self.local)
             self.fs = LocalFileSystem()
 
+    def object_store(self) -> DataRoot | None:
+        """This root when it is an object store (where quarantine, models and reports are uploaded), else ``None``."""
+        return self if self.remote else None
+
+    def confined(self, path: Path | str) -> str:
+        """The one confinement check of every path resolution: ``path`` (a string relative to the root, or a local
+        ``Path`` under the local folder) as the relative POSIX string it names, or :class:`PathOutsideDataRoot`
+        when it is an absolute string, climbs with ``..``, or resolves outside the local folder (through a
+        symbolic link; ``..`` in a ``Path`` is resolved, not refused)."""
+        pure = PurePosixPath(path) if isinstance(path, str) else None
+        resolved = (self.local / path).resolve()
+        if (pure is not None and (pure.is_absolute() or ".." in pure.parts)) or not resolved.is_relative_to(self.local):
+            raise PathOutsideDataRoot(f"{path}: resolves outside the data folder {self.local}")
+        if pure is None:
+            return resolved.relative_to(self.local).as_posix()
+        return pure.as_posix() if path else ""
+
     def path(self, rel: str) -> Path:
         """Where ``rel`` is on this host: the file itself on a local root; on an object store its place in the
         local folder (staging, caches, the DuckDB file). Refuses an absolute path or one that climbs out."""
-        return self.local / _checked(rel)
+        return self.local / self.confined(rel)
 
     def key(self, rel: str) -> str:
         """``rel`` as the filesystem's path (an object key on an object store)."""
-        return f"{self.base}/{_checked(rel)}".rstrip("/")
+        return f"{self.base}/{self.confined(rel)}".rstrip("/")
 
     def relative(self, path: Path | str) -> str:
         """``path`` (under the local folder) as the relative string stored in artefacts."""
-        resolved = Path(path).resolve()
-        if not resolved.is_relative_to(self.local):
-            raise PathOutsideDataRoot(f"{path}: outside the data folder {self.local}")
-        return resolved.relative_to(self.local).as_posix()
+        return self.confined(Path(path))
 
+    # -- the layout: where each artefact lives ------------------------------------------------------------------
+    def landing(self, task: str) -> Path:
+        return self.local / "landing" / task
+
+    def warehouse_dir(self) -> Path:
+        return self.local / "warehouse"
+
+    def warehouse_db(self) -> Path:
+        return self.warehouse_dir() / "meddiag.duckdb"
+
+    def table(self, task: str, name: str) -> Path:
+        """An asset's tables (validated records, split, features): ``[<partition>/]<run>.parquet`` inside, one
+        per run that wrote it, never rewritten; viewed from the DuckDB file."""
+        return self.asset_values(task)[0] / name
+
+    def values(self, task: str, name: str) -> Path:
+        """An asset's other values (model handles, plans, metrics): ``[<partition>/]<run>.json`` inside."""
+        return self.asset_values(task)[1] / name
+
+    def asset_values(self, task: str) -> tuple[Path, Path]:
+        """The folders of every asset value of ``task``: its tables, its other values."""
+        return self.warehouse_dir() / "tables" / task, self.warehouse_dir() / "values" / task
+
+    def cache(self, task: str) -> Path:
+        return self.local / "cache" / task
+
+    def models(self, task: str) -> Path:
+        return self.local / "models" / task
+
+    def reports(self, task: str) -> Path:
+        return self.local / "reports" / task
+
+    def quarantine(self, task: str) -> Path:
+        return self.local / "quarantine" / task
+
+    def predictions(self, task: str) -> Path:
+        return self.local / "predictions" / task
+
+    # -- files -------------------------------------------------------------------------------------------------
     def exists(self, rel: str) -> bool:
         return self.fs.exists(self.key(rel))
 
@@ -177,7 +249,7 @@ class DataRoot:
         the local folder (built aside, then renamed into place), never stale since the folder never changes."""
         if not self.remote:
             return self.path(rel)
-        cached = self.path(f".objects/{_checked(rel)}")
+        cached = self.path(f".objects/{self.confined(rel)}")
         if cached.is_dir():
             return cached
         keys = self.fs.find(self.key(rel))
@@ -241,7 +313,7 @@ class DataRoot:
                         time.time() - max(o["LastModified"].timestamp() for o in objects) >= quiet_s)  # fmt: skip
             if not complete or (into / name).exists():
                 continue
-            if any(_escapes(o["inner"]) for o in objects):  # a key (data) names no file inside the batch
+            if not all(self._names_inside(o["inner"]) for o in objects):  # a key (data) names no file inside the batch
                 log.warning("batch %s in the object store's landing prefix %s: a file name climbs out of the batch "
                             "('..'); left there, not ingested", name, rel)  # fmt: skip
                 continue
@@ -249,6 +321,13 @@ class DataRoot:
             self.fs.rm(self.key(f"{rel}/{name}"), recursive=True)
             moved.append(name)
         return moved
+
+    def _names_inside(self, rel: str) -> bool:
+        try:
+            self.confined(rel)
+        except PathOutsideDataRoot:
+            return False
+        return True
 
     def _download_batch(self, objects: list[dict], into: Path, name: str) -> None:
         building = staging_dir(into / name)
@@ -260,17 +339,6 @@ class DataRoot:
             os.rename(building, into / name)
         finally:
             shutil.rmtree(building, ignore_errors=True)
-
-
-def _escapes(rel: str) -> bool:
-    pure = PurePosixPath(rel)
-    return pure.is_absolute() or ".." in pure.parts
-
-
-def _checked(rel: str) -> str:
-    if _escapes(rel):
-        raise PathOutsideDataRoot(f"{rel}: not a path inside the data folder")
-    return PurePosixPath(rel).as_posix() if rel else ""
 
 
 def open_plan(plan: dict, root: DataRoot) -> dict:

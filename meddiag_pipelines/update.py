@@ -121,12 +121,12 @@ def plan_batches(spec: TaskSpec, storage: MeddiagStorage, instance: dg.DagsterIn
     name = batch_partitions(spec).name
     known = set(instance.get_dynamic_partitions(name))
     try:
-        scan = scan_landing(spec, storage.layout, storage.warehouse, known)
+        scan = scan_landing(spec, storage.root, storage.warehouse, known)
     except LandingFolderError as exc:
         raise UpdateError(f"{spec.name}: {exc}") from None
     if partition is not None:
         if partition not in known and partition not in scan.new:
-            ready = {d.name for d in ready_batch_dirs(storage.layout.landing(spec.name), spec.landing)}
+            ready = {d.name for d in ready_batch_dirs(storage.root.landing(spec.name), spec.landing)}
             raise UpdateError(f"{spec.name}: batch {partition!r} is neither a partition nor a complete batch in "
                               f"landing/{spec.name}/" + (" (its name cannot be a partition key)" if partition in ready else ""))  # fmt: skip
         # the named batch runs even if nothing changed: the user asked for it

@@ -9,8 +9,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from meddiag_pipelines.layout import DataLayout
 from meddiag_pipelines.specs import BUNDLED_TASKS_DIR, TaskSpec, load_spec
+from meddiag_pipelines.storage import DataRoot
 
 REPO = Path(__file__).resolve().parent.parent
 # One compute thread per test process when pytest-xdist runs several at once (`-n 2` in pyproject's addopts):
@@ -35,8 +35,8 @@ def fast(spec: TaskSpec, **updates) -> TaskSpec:
 
 
 @pytest.fixture
-def layout(tmp_path: Path) -> DataLayout:
-    return DataLayout(tmp_path / "data")
+def layout(tmp_path: Path) -> DataRoot:
+    return DataRoot(tmp_path / "data")
 
 
 @pytest.fixture
@@ -49,7 +49,7 @@ def heart_spec() -> TaskSpec:
     return fast(load_spec(BUNDLED_TASKS_DIR / "heart_disease.yaml"))
 
 
-def land(layout: DataLayout, task: str, batch: str, frame: pl.DataFrame | None = None, *, ready: bool = True,
+def land(layout: DataRoot, task: str, batch: str, frame: pl.DataFrame | None = None, *, ready: bool = True,
          filename: str = "records.csv", raw: bytes | None = None) -> Path:  # fmt: skip
     """Write one batch into the landing folder (CSV or Parquet by file name, or raw bytes)."""
     folder = layout.landing(task) / batch

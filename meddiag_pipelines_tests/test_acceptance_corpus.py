@@ -18,7 +18,7 @@ from meddiag_pipelines.update import run_task_in_process
 from meddiag_pipelines.draft import draft_spec
 from meddiag_pipelines.ingestion.batches import ingest_new_batches, validate_pending_batches
 from meddiag_pipelines.ingestion.warehouse import Warehouse
-from meddiag_pipelines.layout import DataLayout
+from meddiag_pipelines.storage import DataRoot
 from meddiag_pipelines.specs import TaskSpec
 from meddiag_pipelines.imaging.validation import validate_images
 
@@ -84,7 +84,7 @@ def test_packaged_dataset_from_init_to_report(task: str, tmp_path: Path):
     import dagster as dg
 
     rows, label, metric, floor = CORPUS[task]
-    layout = DataLayout(tmp_path / "data")
+    layout = DataRoot(tmp_path / "data")
     batch = layout.landing(task) / "batch_0001"
     batch.mkdir(parents=True)
     rows().write_csv(batch / "records.csv")
@@ -93,7 +93,7 @@ def test_packaged_dataset_from_init_to_report(task: str, tmp_path: Path):
     assert drafted["label"] == label
     speed = {**SPEED, "training": {**SPEED["training"], "max_rounds": ROUNDS.get(task, SPEED["training"]["max_rounds"])}}
     spec = TaskSpec.model_validate({**drafted, **speed})
-    result = run_task_in_process(build_definitions([spec], layout.root), spec, dg.DagsterInstance.ephemeral(),
+    result = run_task_in_process(build_definitions([spec], layout.local), spec, dg.DagsterInstance.ephemeral(),
                                  raise_on_error=False)  # fmt: skip
     report = layout.reports(task) / "latest"
     assert (report / "report.html").is_file(), [e.message for e in result.all_events if e.is_failure]
@@ -107,7 +107,7 @@ def test_packaged_dataset_from_init_to_report(task: str, tmp_path: Path):
 def test_real_dicom_files_through_init_and_ingestion(tmp_path: Path):
     from pydicom.data import get_testdata_file
 
-    layout = DataLayout(tmp_path / "data")
+    layout = DataRoot(tmp_path / "data")
     batch = layout.landing("dicom_real") / "batch_0001"
     batch.mkdir(parents=True)
     names = ["CT_small.dcm", "MR_small.dcm", "RG1_UNCR.dcm", "MR2_UNCR.dcm", "emri_small.dcm", "693_UNCR.dcm"]
@@ -117,7 +117,7 @@ def test_real_dicom_files_through_init_and_ingestion(tmp_path: Path):
     (batch / "_READY").touch()
     spec = TaskSpec.model_validate(yaml.safe_load(draft_spec("dicom_real", batch)))
     assert spec.modality == "image" and spec.image.format == "dicom"
-    warehouse = Warehouse(layout.warehouse_db())
+    warehouse = Warehouse(layout)
     summary = ingest_new_batches(spec, layout, warehouse, read_image_records)
     assert summary.ingested == ["batch_0001"] and not summary.quarantined, summary.quarantined
     records, validation = validate_pending_batches(spec, layout, warehouse, validate_images)

@@ -15,7 +15,6 @@ from meddiag_pipelines.defs.partitions import batch_partitions
 from meddiag_pipelines.registry.__main__ import main as registry_cli
 from meddiag_pipelines.update import run_task_in_process
 from meddiag_pipelines.registry.manifest import REPORT_FILES
-from meddiag_pipelines.storage import DataRoot
 from meddiag_pipelines.registry.store import ModelRegistry
 from meddiag_pipelines_tests.conftest import land, synthetic_records
 
@@ -49,11 +48,11 @@ def test_versions_keep_their_reports_and_a_new_champion_adds_predictions(synthet
     spec = synthetic_spec.model_copy(update={"training": synthetic_spec.training.model_copy(update={"trials": 1, "max_rounds": 60}),
                                              "evaluation": synthetic_spec.evaluation.model_copy(update={"n_bootstrap": 100})})  # fmt: skip
     task = spec.name
-    registry = ModelRegistry(DataRoot(layout.root))
+    registry = ModelRegistry(layout)
     land(layout, task, "batch_0001", synthetic_records(400, seed=1))
     cases = synthetic_records(5, seed=2, start=400).with_columns(pl.lit(None, pl.String).alias("outcome"))
     land(layout, task, "batch_0002", cases)
-    defs = build_definitions([spec], layout.root)
+    defs = build_definitions([spec], layout.local)
     latest = layout.reports(task) / "latest.json"
     with dg.instance_for_test() as instance:
         first = run(defs, instance, spec)
@@ -96,7 +95,7 @@ def test_versions_keep_their_reports_and_a_new_champion_adds_predictions(synthet
         assert pointer["version_dir"] == f"models/{task}/{v2}"
     assert snapshot(v1_dir) == v1_files  # a published version folder is never rewritten
 
-    monkeypatch.setenv("MEDDIAG_DATA_DIR", str(layout.root))
+    monkeypatch.setenv("MEDDIAG_DATA_DIR", str(layout.local))
     capsys.readouterr()
     assert registry_cli(["list", task, "--json"]) == 0
     listed = json.loads(capsys.readouterr().out)

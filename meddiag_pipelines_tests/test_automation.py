@@ -50,7 +50,7 @@ def ingest(spec, layout, storage, names):
 def sensor_and_storage(synthetic_spec, layout):
     job = dg.define_asset_job("synthetic_risk_batches_job", selection=dg.AssetSelection.groups("synthetic_risk"))
     with dg.instance_for_test() as instance:
-        yield build_landing_sensor(synthetic_spec, job), MeddiagStorage(data_dir=str(layout.root)), instance
+        yield build_landing_sensor(synthetic_spec, job), MeddiagStorage(data_dir=str(layout.local)), instance
 
 
 def test_sensor_adds_each_new_batch_as_a_partition_and_runs_it_once(synthetic_spec, layout, sensor_and_storage):

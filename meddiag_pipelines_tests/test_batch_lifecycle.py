@@ -30,7 +30,7 @@ from meddiag_pipelines.ingestion.landing import content_hash, data_files, descri
 from meddiag_pipelines.ingestion.quarantine import file_reason
 from meddiag_pipelines.tabular.readers import read_tabular_batch
 from meddiag_pipelines.ingestion.warehouse import Warehouse
-from meddiag_pipelines.layout import DataLayout
+from meddiag_pipelines.storage import DataRoot
 from meddiag_pipelines.specs import TaskSpec
 from meddiag_pipelines.text.readers import read_text_batch
 from meddiag_pipelines.validation.suites import validate_tabular
@@ -82,7 +82,7 @@ def test_listing_and_hash_never_open_a_fifo(tmp_path: Path):
     assert batch.total_bytes == 4 and batch.content_hash == content_hash(tmp_path, files)
 
 
-def _tabular_case(layout: DataLayout, tmp_path: Path):
+def _tabular_case(layout: DataRoot, tmp_path: Path):
     spec = TaskSpec(name=TASK, modality="tabular", label="outcome", positive="yes", classes=["no", "yes"], id="rid")
     hostile = land(layout, TASK, "a_fifo", synthetic_records(20, seed=1))
     os.mkfifo(hostile / "more.csv")
@@ -94,7 +94,7 @@ def _tabular_case(layout: DataLayout, tmp_path: Path):
     return spec, read_tabular_batch, {"a_fifo": 20, "z_good": 30}
 
 
-def _text_case(layout: DataLayout, tmp_path: Path):
+def _text_case(layout: DataRoot, tmp_path: Path):
     spec = TaskSpec(name="notes", modality="text", text="note", label="label", id="id", classes=["a", "b"])
     hostile = layout.landing("notes") / "a_fifo"
     hostile.mkdir(parents=True)
@@ -109,7 +109,7 @@ def _text_case(layout: DataLayout, tmp_path: Path):
     return spec, _text_reader, {"z_good": 12}
 
 
-def _image_case(layout: DataLayout, tmp_path: Path):
+def _image_case(layout: DataRoot, tmp_path: Path):
     spec = TaskSpec(name="scans", modality="image", label="label", id="id", classes=["0", "1"], positive="1",
                     image={"format": "folder"})  # fmt: skip
     for name in ("a_fifo", "z_good"):
@@ -126,9 +126,9 @@ def _image_case(layout: DataLayout, tmp_path: Path):
 
 @pytest.mark.parametrize("case", [_tabular_case, _text_case, _image_case], ids=["records.csv", "notes.jsonl", "labels.csv"])
 def test_a_fifo_never_blocks_ingestion_and_the_good_batch_flows(case, tmp_path: Path):
-    layout = DataLayout(tmp_path / "data")
+    layout = DataRoot(tmp_path / "data")
     spec, reader, expected_rows = case(layout, tmp_path)
-    warehouse = Warehouse(layout.warehouse_db())
+    warehouse = Warehouse(layout)
     with deadline(60):
         summary = ingest_new_batches(spec, layout, warehouse, reader)
     fifo_rejections = [q for q in summary.quarantined if q["problem"] == NOT_REGULAR]
@@ -144,8 +144,8 @@ def test_a_fifo_never_blocks_ingestion_and_the_good_batch_flows(case, tmp_path: 
     assert counts["landed_files"] == counts["ingested_files"] + counts["quarantined_files"]
 
 
-def _ingest(layout: DataLayout, spec: TaskSpec, reader=read_tabular_batch):
-    warehouse = Warehouse(layout.warehouse_db())
+def _ingest(layout: DataRoot, spec: TaskSpec, reader=read_tabular_batch):
+    warehouse = Warehouse(layout)
     summary = ingest_new_batches(spec, layout, warehouse, reader)
     records, validation = validate_pending_batches(spec, layout, warehouse, validate_tabular)
     return warehouse, summary, records, validation
@@ -291,7 +291,7 @@ def test_waiting_and_quarantined_batches_are_named_on_the_materializations(synth
     for hostile in HOSTILE_BATCH_NAMES:
         land(layout, TASK, hostile, synthetic_records(5, seed=3), ready=False)
     land(layout, TASK, "batch-0002", synthetic_records(20, seed=2, start=100).with_columns(pl.lit("maybe").alias("outcome")))
-    defs = build_definitions([synthetic_spec], layout.root)
+    defs = build_definitions([synthetic_spec], layout.local)
     keys = [dg.AssetKey([TASK, "raw_records"]), dg.AssetKey([TASK, "validated_records"])]
     with dg.instance_for_test() as instance:
         result = run_task_in_process(defs, synthetic_spec, instance, ["raw_records", "validated_records"],
@@ -320,16 +320,16 @@ def test_a_batch_name_too_long_for_its_outputs_is_refused_and_the_good_batch_flo
     from meddiag_pipelines.ingestion.batches import MAX_BATCH_NAME_BYTES, ingest_new_batches
     from meddiag_pipelines.tabular.readers import read_tabular_batch
     from meddiag_pipelines.ingestion.warehouse import Warehouse
-    from meddiag_pipelines.layout import DataLayout
+    from meddiag_pipelines.storage import DataRoot
     from meddiag_pipelines.specs import TaskSpec
     from meddiag_pipelines_tests.conftest import SYNTHETIC_SPEC, land, synthetic_records
 
-    layout, spec = DataLayout(tmp_path / "data"), TaskSpec.model_validate(SYNTHETIC_SPEC)
+    layout, spec = DataRoot(tmp_path / "data"), TaskSpec.model_validate(SYNTHETIC_SPEC)
     long_name = "b" + "é" * (MAX_BATCH_NAME_BYTES // 2 + 10)  # 221 bytes: the folder fits, its outputs would not
     land(layout, spec.name, long_name, synthetic_records(20, seed=1))
     land(layout, spec.name, "b2", synthetic_records(20, seed=2, start=100))
     land(layout, spec.name, long_name + "x", synthetic_records(20, seed=3, start=200))
-    summary = ingest_new_batches(spec, layout, Warehouse(layout.warehouse_db()), read_tabular_batch)
+    summary = ingest_new_batches(spec, layout, Warehouse(layout), read_tabular_batch)
     assert summary.ingested == ["b2"]
     assert all("over 200 bytes" in q["problem"] for q in summary.quarantined) and len(summary.quarantined) == 2
 
@@ -342,14 +342,13 @@ def test_a_task_whose_only_batch_is_quarantined_updates_cleanly_and_a_good_batch
 
     from meddiag_pipelines.definitions import build_definitions
     from meddiag_pipelines.registry.store import ModelRegistry
-    from meddiag_pipelines.storage import DataRoot
     from meddiag_pipelines.update import update_task
     from meddiag_pipelines_tests.conftest import fast
 
     spec = fast(synthetic_spec)
     land(layout, TASK, "b1", synthetic_records(40, seed=2).with_columns(pl.lit("maybe").alias("outcome")))
-    defs = build_definitions([spec], layout.root)
-    registry = ModelRegistry(DataRoot(layout.root))
+    defs = build_definitions([spec], layout.local)
+    registry = ModelRegistry(layout)
     with dg.instance_for_test() as instance:
         first = update_task(spec, instance, defs=defs)
         skipped = [e.step_key for e in instance.all_logs(first.downstream_run) if e.is_dagster_event

@@ -97,7 +97,7 @@ def test_the_registry_module_entry_point_keeps_working_and_is_light():
 
 def test_update_ends_on_a_line_saying_what_was_promoted_and_why_then_up_to_date(synthetic_spec, layout):
     land(layout, TASK, "b1", synthetic_records(200, seed=1))
-    defs = build_definitions([synthetic_spec], layout.root)
+    defs = build_definitions([synthetic_spec], layout.local)
     with dg.instance_for_test() as instance:
         first = update_task(synthetic_spec, instance, defs=defs).summary.line()
         again = update_task(synthetic_spec, instance, defs=defs).summary.line()
@@ -120,7 +120,7 @@ def test_a_first_model_the_gate_refuses_is_named_with_the_gates_reason(synthetic
     floor = synthetic_spec.promotion.model_copy(update={"auroc_floor": 0.99})
     strict = synthetic_spec.model_copy(update={"promotion": floor})
     land(layout, TASK, "b1", synthetic_records(200, seed=1))
-    defs = build_definitions([strict], layout.root)
+    defs = build_definitions([strict], layout.local)
     with dg.instance_for_test() as instance:
         why = r"^synthetic_risk: not promoted: first model: AUROC 0\.\d{3} is below the floor 0\.99; the task has no "
         with pytest.raises(UpdateError, match=why + r"champion, so nothing was scored \(run ") as refused:

@@ -18,7 +18,7 @@ import pytest
 
 from meddiag_pipelines.ingestion.warehouse import Warehouse
 from meddiag_pipelines_tests.conftest import synthetic_records
-from meddiag_pipelines.storage import run_name
+from meddiag_pipelines.storage import DataRoot, run_name
 from meddiag_pipelines_tests.test_crash_safety import (
     CHILD,
     TASK,
@@ -91,7 +91,7 @@ def test_two_overlapping_runs_each_use_their_own_inputs(tmp_path):
             assert meta["candidate"].value == names[run_id] == _metadata(instance, "candidate_model")[run_id]["version"].value
 
     data = tmp_path / "data"
-    ledger = Warehouse(data / "warehouse" / "meddiag.duckdb").ledger(TASK)
+    ledger = Warehouse(DataRoot(data)).ledger(TASK)
     assert sorted(ledger["batch_id"].to_list()) == ["batch_0001", "batch_0002"]  # each batch once
     assert_no_rows_lost(data, 450)
     state = assert_consistent(data)

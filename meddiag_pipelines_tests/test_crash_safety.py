@@ -172,8 +172,9 @@ def assert_consistent(data: Path) -> dict:
 
 def assert_no_rows_lost(data: Path, expected_rows: int) -> None:
     from meddiag_pipelines.ingestion.warehouse import Warehouse
+    from meddiag_pipelines.storage import DataRoot
 
-    warehouse = Warehouse(data / "warehouse" / "meddiag.duckdb")
+    warehouse = Warehouse(DataRoot(data))
     ledger = warehouse.ledger(TASK)
     assert ledger["batch_id"].n_unique() == ledger.height
     raw = warehouse.read(TASK, "raw_records")

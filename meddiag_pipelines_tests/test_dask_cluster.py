@@ -28,7 +28,6 @@ from sklearn.metrics import roc_auc_score
 from meddiag_pipelines.defs.assets.common import DASK_RESOURCES_TAG, gpu_op_tags
 from meddiag_pipelines.definitions import build_definitions, executor
 from meddiag_pipelines.ingestion.warehouse import Warehouse
-from meddiag_pipelines.layout import DataLayout
 from meddiag_pipelines.registry.store import ModelRegistry
 from meddiag_pipelines.specs import TaskSpec, TrainingSpec
 from meddiag_pipelines.storage import DataRoot
@@ -129,7 +128,7 @@ def cluster(tmp_path_factory, postgres_server) -> Cluster:  # noqa: F811
 
 def land_tasks(data: Path) -> None:
     """The same batches for every run: a tabular task and a text task."""
-    layout = DataLayout(data)
+    layout = DataRoot(data)
     land(layout, TABULAR, "batch_0001", synthetic_records(400, seed=3))
     land(layout, TEXT, "batch_0001", icd_rows(40))
 
@@ -171,7 +170,7 @@ HEADLINE = ("model_name", "n_train", "n_test", "auroc", "auprc", "brier", "macro
 
 
 def headline(data: Path, task: str) -> dict:
-    metrics = json.loads((DataLayout(data).reports(task) / "latest" / "metrics.json").read_text())
+    metrics = json.loads((DataRoot(data).reports(task) / "latest" / "metrics.json").read_text())
     return {k: metrics.get(k) for k in HEADLINE}
 
 
@@ -230,7 +229,7 @@ def test_two_tasks_at_once_leave_every_version_pointer_and_ledger_entry_whole(ru
     assert any(_overlap(a, b) for a in by_task[TABULAR] for b in by_task[TEXT]), "the two tasks did not run at once"
 
     data, registry = runs["data"], ModelRegistry(DataRoot(runs["data"]))
-    warehouse = Warehouse(DataLayout(data).warehouse_db())
+    warehouse = Warehouse(DataRoot(data))
     for task in SPECS:
         folders = sorted(p.name for p in registry.task_dir(task).iterdir() if p.is_dir() and not p.name.startswith("."))
         assert registry.versions(task) == folders and len(folders) == 1, folders  # one run trained: one version
@@ -238,12 +237,12 @@ def test_two_tasks_at_once_leave_every_version_pointer_and_ledger_entry_whole(ru
             assert registry.manifest(task, version)["version"] == version
         assert not any((registry.task_dir(task) / ".staging").glob("*"))  # nothing left staged
         champion = registry.champion(task)
-        latest = json.loads((DataLayout(data).reports(task) / "latest.json").read_text())
+        latest = json.loads((DataRoot(data).reports(task) / "latest.json").read_text())
         assert champion["version"] == latest["version"] == folders[0] and latest["task"] == task
         ledger = warehouse.ledger(task)
         assert ledger.select("batch_id", "status").rows() == [("batch_0001", "validated")]
         # the batch's history: recorded once when read, then one entry for its validation; nothing rewritten
-        [entries] = [sorted(p.iterdir()) for p in (DataLayout(data).warehouse() / "ledger" / task).iterdir()]
+        [entries] = [sorted(p.iterdir()) for p in (DataRoot(data).warehouse() / "ledger" / task).iterdir()]
         assert [(p.name, json.loads(p.read_text())["status"]) for p in entries] == [("000001.json", "read"),
                                                                                    ("000002.json", "validated")]  # fmt: skip
     with warehouse.connect() as con:  # the SQL users' view of the same entries

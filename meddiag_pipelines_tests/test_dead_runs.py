@@ -123,7 +123,7 @@ def test_the_landing_sensor_releases_the_task_s_dead_runs(synthetic_spec, layout
     dead = add_run(instance, gone_pid(), holds_slot=True)
     job = dg.define_asset_job("synthetic_risk_batches_job", selection=dg.AssetSelection.groups(TASK))
     sensor = build_landing_sensor(synthetic_spec, job)
-    context = dg.build_sensor_context(instance=instance, resources={"storage": MeddiagStorage(data_dir=str(layout.root))})
+    context = dg.build_sensor_context(instance=instance, resources={"storage": MeddiagStorage(data_dir=str(layout.local))})
     assert isinstance(sensor(context), dg.SkipReason)
     assert instance.get_run_by_id(dead).status == dg.DagsterRunStatus.FAILURE and slot_holders(instance) == set()
 

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.slow
 
 
 def materialize(spec, layout):
-    defs = build_definitions([spec], layout.root)
+    defs = build_definitions([spec], layout.local)
     with dg.instance_for_test() as instance:
         result = run_task_in_process(defs, spec, instance, raise_on_error=False)
     return result
@@ -45,7 +45,7 @@ def test_task_end_to_end_then_new_batch(synthetic_spec, layout):
     preds = pl.read_parquet(latest / "test_predictions.parquet")
     assert preds.columns == ["id", "label", "probability"] and preds.height == metrics["n_test"]
 
-    registry = layout.root / "models" / task
+    registry = layout.local / "models" / task
     champion = json.loads((registry / "champion.json").read_text())
     manifest = json.loads((registry / champion["version"] / "manifest.json").read_text())
     assert manifest["decision"]["promote"] is True and manifest["batches"][0]["batch_id"] == "batch_0001"
@@ -90,7 +90,7 @@ def test_a_first_model_below_the_floor_is_published_refused_and_never_scores(syn
         pl.when(pl.col("rid") == "r0").then(None).otherwise(pl.col("outcome")).alias("outcome")))
     result = materialize(strict, layout)
     assert not result.success  # the blocking champion_fit_for_use check stops scoring
-    registry = layout.root / "models" / task
+    registry = layout.local / "models" / task
     (version,) = [p for p in registry.iterdir() if (p / "manifest.json").exists()]
     decision = json.loads((version / "manifest.json").read_text())["decision"]
     assert decision["promote"] is False
@@ -115,7 +115,7 @@ def test_bad_only_landing_trains_nothing_and_fails_no_step(synthetic_spec, layou
     skipped = {e.step_key for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_SKIPPED}
     assert f"{synthetic_spec.name}__features" in skipped
     assert (layout.quarantine(synthetic_spec.name) / "b1" / "reason.json").exists()
-    assert not (layout.root / "models" / synthetic_spec.name).exists()
+    assert not (layout.local / "models" / synthetic_spec.name).exists()
 
 
 def test_evaluation_can_be_rematerialised_alone_after_the_version_is_published(synthetic_spec, layout):
@@ -123,10 +123,10 @@ def test_evaluation_can_be_rematerialised_alone_after_the_version_is_published(s
     `evaluation` alone must find the model there."""
     task = synthetic_spec.name
     land(layout, task, "batch_0001", synthetic_records(400, seed=3))
-    defs = build_definitions([synthetic_spec], layout.root)
+    defs = build_definitions([synthetic_spec], layout.local)
     with dg.instance_for_test() as instance:
         assert run_task_in_process(defs, synthetic_spec, instance).success
-        assert not list((layout.root / "models" / task / ".staging").iterdir())
+        assert not list((layout.local / "models" / task / ".staging").iterdir())
         again = defs.resolve_implicit_global_asset_job_def().execute_in_process(
             instance=instance, asset_selection=[dg.AssetKey([task, "evaluation"])])
     assert again.success

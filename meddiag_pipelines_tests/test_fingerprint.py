@@ -118,7 +118,7 @@ def test_two_runs_publishing_the_same_inputs_at_once_publish_and_promote_one_ver
 
 
 def _run(spec, layout) -> dict:
-    defs = build_definitions([spec], layout.root)
+    defs = build_definitions([spec], layout.local)
     with dg.instance_for_test() as instance:
         result = run_task_in_process(defs, spec, instance)
     assert result.success
@@ -131,26 +131,26 @@ def test_an_unchanged_rerun_publishes_nothing_and_a_changed_spec_retrains(synthe
     task = synthetic_spec.name
     land(layout, task, "batch_0001", synthetic_records(400, seed=1))
     first = _run(synthetic_spec, layout)
-    registry = ModelRegistry(DataRoot(layout.root))
+    registry = ModelRegistry(layout)
     assert first["published"] and first["promoted"] and len(registry.versions(task)) == 1
     champion = registry.champion(task)["version"]
     assert registry.manifest(task, champion)["fingerprint"] == first["fingerprint"]
 
     cases = synthetic_records(5, seed=2, start=400).with_columns(pl.lit(None, pl.String).alias("outcome"))
     land(layout, task, "batch_0002", cases)  # cases to score only: no new training data
-    (layout.root / "models" / task / "champion.json").unlink()  # as if the first run died before writing it
+    (layout.local / "models" / task / "champion.json").unlink()  # as if the first run died before writing it
     again = _run(synthetic_spec.model_copy(update={"description": "reworded"}), layout)
     assert not again["published"] and not again["promoted"]
     assert f"no new data, spec or code since version {champion}" in again["reasons"]
     assert registry.versions(task) == [champion] and registry.champion(task)["version"] == champion
-    assert not any((layout.root / "models" / task / ".staging").iterdir())
+    assert not any((layout.local / "models" / task / ".staging").iterdir())
     scored = pl.read_parquet(layout.predictions(task) / "batch_0002" / f"{champion}.parquet")
     assert scored.height == 5 and scored["model_version"].unique().to_list() == [champion]
 
     reseeded = synthetic_spec.model_copy(update={"training": synthetic_spec.training.model_copy(update={"seed": 7})})
     third = _run(reseeded, layout)
     assert third["published"] and third["fingerprint"] != first["fingerprint"] and len(registry.versions(task)) == 2
-    assert json.loads((layout.root / "models" / task / "champion.json").read_text())["version"] in registry.versions(task)
+    assert json.loads((layout.local / "models" / task / "champion.json").read_text())["version"] in registry.versions(task)
 
 
 def test_code_version_is_the_package_version_and_its_source_digest():

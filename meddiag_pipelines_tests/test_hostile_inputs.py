@@ -25,7 +25,7 @@ from meddiag_pipelines.ingestion.errors import BatchRejected
 from meddiag_pipelines.ingestion.landing import LandedBatch, describe_batch
 from meddiag_pipelines.tabular.readers import read_tabular_batch
 from meddiag_pipelines.ingestion.warehouse import Warehouse
-from meddiag_pipelines.layout import DataLayout, PathOutsideDataRoot
+from meddiag_pipelines.storage import DataRoot, PathOutsideDataRoot
 from meddiag_pipelines.validation.suites import validate_tabular
 from meddiag_pipelines_tests.conftest import land, synthetic_records
 
@@ -50,14 +50,14 @@ def parquet_bytes(frame: pl.DataFrame, **kw) -> bytes:
     return buffer.getvalue()
 
 
-def land_raw(layout: DataLayout, batch: str, raw: bytes, filename: str = "records.csv") -> Path:
+def land_raw(layout: DataRoot, batch: str, raw: bytes, filename: str = "records.csv") -> Path:
     return land(layout, TASK, batch, raw=raw, filename=filename)
 
 
 @dataclass
 class Case:
     kind: str
-    setup: Callable[[DataLayout, Path], None]
+    setup: Callable[[DataRoot, Path], None]
     file: str | None  # the file the reason must name (None: the batch itself)
     problem: str  # a fragment of the reason's problem (read stage) or of a failing expectation (validation)
     stage: str = "read"
@@ -266,7 +266,7 @@ ACCEPTED = [  # hostile-looking input that is valid data and must flow, whole
 
 
 def ingest_and_validate(spec, layout):
-    warehouse = Warehouse(layout.warehouse_db())
+    warehouse = Warehouse(layout)
     ingest = ingest_new_batches(spec, layout, warehouse, read_tabular_batch)
     records_, validation = validate_pending_batches(spec, layout, warehouse, validate_tabular)
     return warehouse, ingest, records_, validation
@@ -338,7 +338,7 @@ def test_every_hostile_batch_at_once(synthetic_spec, layout, tmp_path):
     for i, case in enumerate(CASES):
         scratch = tmp_path / f"case{i}"
         scratch.mkdir()
-        sub = DataLayout(scratch / "data")
+        sub = DataRoot(scratch / "data")
         case.setup(sub, scratch)
         for entry in sub.landing(TASK).iterdir():
             target = layout.landing(TASK) / f"h{i:02d}_{entry.name}"
@@ -361,8 +361,11 @@ def test_paths_with_dotdot_or_outside_the_data_root_are_refused(synthetic_spec, 
     with pytest.raises(BatchRejected, match="escapes the batch folder"):
         read_tabular_batch(sneaky, synthetic_spec)
     with pytest.raises(PathOutsideDataRoot, match="outside.csv: resolves outside the data folder"):
-        layout.confine(layout.landing(TASK) / ".." / ".." / ".." / "outside.csv")
-    assert layout.confine(layout.landing(TASK) / "b1" / ".." / "b1") == folder.resolve()
+        layout.confined(layout.landing(TASK) / ".." / ".." / ".." / "outside.csv")
+    assert layout.confined(layout.landing(TASK) / "b1" / ".." / "b1") == f"landing/{TASK}/b1"
+    for bad in ("/etc/passwd", "../x", f"landing/{TASK}/b1/../../../../x"):  # strings: '..' is refused, not resolved
+        with pytest.raises(PathOutsideDataRoot, match="resolves outside the data folder"):
+            layout.confined(bad)
 
 
 def test_landing_folder_linked_out_of_the_data_root_fails_loudly(synthetic_spec, layout, tmp_path):
@@ -373,7 +376,7 @@ def test_landing_folder_linked_out_of_the_data_root_fails_loudly(synthetic_spec,
     layout.landing(TASK).parent.mkdir(parents=True)
     layout.landing(TASK).symlink_to(outside, target_is_directory=True)
     with pytest.raises(PathOutsideDataRoot, match="landing/synthetic_risk: resolves outside the data folder"):
-        ingest_new_batches(synthetic_spec, layout, Warehouse(layout.warehouse_db()), read_tabular_batch)
+        ingest_new_batches(synthetic_spec, layout, Warehouse(layout), read_tabular_batch)
     assert (outside / "b1" / "records.csv").exists()
 
 
@@ -386,7 +389,7 @@ def test_a_crashing_reader_rejects_its_batch_only(synthetic_spec, layout):
             raise pl.exceptions.PanicException("boom " + CANARY)
         return read_tabular_batch(batch, spec)
 
-    warehouse = Warehouse(layout.warehouse_db())
+    warehouse = Warehouse(layout)
     ingest = ingest_new_batches(synthetic_spec, layout, warehouse, reader)
     assert ingest.ingested == ["z_good"] and "PanicException" in ingest.quarantined[0]["problem"]
     assert CANARY not in json.dumps(ingest.quarantined)

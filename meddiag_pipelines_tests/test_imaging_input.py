@@ -22,7 +22,7 @@ from meddiag_pipelines.ingestion.batches import ingest_new_batches, validate_pen
 from meddiag_pipelines.ingestion.landing import describe_batch
 from meddiag_pipelines.ingestion.quarantine import file_reason
 from meddiag_pipelines.ingestion.warehouse import Warehouse
-from meddiag_pipelines.layout import DataLayout
+from meddiag_pipelines.storage import DataRoot
 from meddiag_pipelines.specs import TaskSpec
 from meddiag_pipelines_tests.test_imaging_readers import raw_pickle_npz
 from meddiag_pipelines.imaging.validation import (
@@ -94,7 +94,7 @@ def dicom(path: Path, rows: int, cols: int, deflated: bool = False, pixel_bytes:
 
 
 def test_fifo_labels_csv_is_never_opened_and_the_good_batch_beside_it_flows(tmp_path: Path) -> None:
-    layout, spec = DataLayout(tmp_path / "data"), spec_of()
+    layout, spec = DataRoot(tmp_path / "data"), spec_of()
     hostile = layout.landing(spec.name) / "b1"
     hostile.mkdir(parents=True)
     png(hostile / "a.png", 0)
@@ -104,11 +104,11 @@ def test_fifo_labels_csv_is_never_opened_and_the_good_batch_beside_it_flows(tmp_
         (b / "_READY").touch()
     with pytest.raises(ImageBatchError, match="labels.csv: not a regular file"):
         read_image_batch(hostile, spec)
-    ingest_new_batches(spec, layout, Warehouse(layout.warehouse_db()), read_image_records)
+    ingest_new_batches(spec, layout, Warehouse(layout), read_image_records)
     # Ingestion sets the FIFO aside (quarantine/<task>/b1/files/labels.csv) before any reader runs.
     reason = json.loads(file_reason(layout.quarantine(spec.name) / "b1", "labels.csv").read_text())
     assert reason["file"] == "labels.csv" and "not a regular file" in reason["problem"]
-    assert Warehouse(layout.warehouse_db()).read(spec.name, "raw_records", ["b2"]).height == 4
+    assert Warehouse(layout).read(spec.name, "raw_records", ["b2"]).height == 4
 
 
 def test_dot_slash_and_subfolder_rows_read_and_row_problems_never_echo_the_row(tmp_path: Path) -> None:
@@ -293,11 +293,11 @@ def land_npz(batch: Path, files: dict[str, int]) -> Path:
 
 def test_npz_batches_holding_the_same_file_names_all_validate(tmp_path: Path) -> None:
     """Another batch's data.npz, and a/b.npz beside a_b.npz, are other records, not ids already ingested."""
-    layout, spec = DataLayout(tmp_path / "data"), spec_of("npz", task={"classes": ["0", "1"]})
+    layout, spec = DataRoot(tmp_path / "data"), spec_of("npz", task={"classes": ["0", "1"]})
     land_npz(layout.landing(spec.name) / "b1", {"data.npz": 1})
     land_npz(layout.landing(spec.name) / "b2", {"data.npz": 2})
     land_npz(layout.landing(spec.name) / "b3", {"a/b.npz": 3, "a_b.npz": 4})
-    warehouse = Warehouse(layout.warehouse_db())
+    warehouse = Warehouse(layout)
     ingest_new_batches(spec, layout, warehouse, read_image_records)
     records, summary = validate_pending_batches(spec, layout, warehouse, validate_images)
     assert (summary.validated, summary.quarantined, records.height) == (["b1", "b2", "b3"], [], 16)
@@ -306,10 +306,10 @@ def test_npz_batches_holding_the_same_file_names_all_validate(tmp_path: Path) ->
 
 
 def test_an_npz_with_a_raw_pickle_member_is_quarantined_alone(tmp_path: Path) -> None:
-    layout, spec = DataLayout(tmp_path / "data"), spec_of("npz", task={"classes": ["0", "1"]})
+    layout, spec = DataRoot(tmp_path / "data"), spec_of("npz", task={"classes": ["0", "1"]})
     batch = land_npz(layout.landing(spec.name) / "b1", {"good.npz": 1})
     raw_pickle_npz(batch / "bad.npz", tmp_path / "unpickled")
-    warehouse = Warehouse(layout.warehouse_db())
+    warehouse = Warehouse(layout)
     summary = ingest_new_batches(spec, layout, warehouse, read_image_records)
     assert summary.ingested == ["b1"] and [q["file"] for q in summary.quarantined] == ["bad.npz"]
     assert warehouse.read(spec.name, "raw_records", ["b1"]).height == 4 and not (tmp_path / "unpickled").exists()

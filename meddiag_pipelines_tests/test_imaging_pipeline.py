@@ -215,10 +215,11 @@ def test_real_dicom_files_through_ingestion_and_validation(tmp_path: Path) -> No
         assert records.metadata["dagster/row_count"].value == 4
     assert file_reason(root / "quarantine" / spec.name / "batch_0001", "truncated.dcm").exists()
     from meddiag_pipelines.ingestion.warehouse import Warehouse
+    from meddiag_pipelines.storage import DataRoot
 
-    ledger = Warehouse(root / "warehouse" / "meddiag.duckdb").ledger(spec.name)
+    ledger = Warehouse(DataRoot(root)).ledger(spec.name)
     assert ledger["status"].to_list() == ["validated"]
-    raw = Warehouse(root / "warehouse" / "meddiag.duckdb").read(spec.name, "raw_records")
+    raw = Warehouse(DataRoot(root)).read(spec.name, "raw_records")
     by_id = {r["id"]: r for r in raw.iter_rows(named=True)}
     assert (by_id["case0"]["height"], by_id["case0"]["bit_depth"]) == (128, 16)
     assert by_id["case2"]["source"] == "multi.dcm#5" and by_id["case2"]["bit_depth"] == 12

@@ -16,7 +16,7 @@ from meddiag_pipelines_tests.conftest import land, synthetic_records
 
 
 def run_ingestion(spec, layout):
-    warehouse = Warehouse(layout.warehouse_db())
+    warehouse = Warehouse(layout)
     ingest = ingest_new_batches(spec, layout, warehouse, read_tabular_batch)
     records, validation = validate_pending_batches(spec, layout, warehouse, validate_tabular)
     return warehouse, ingest, records, validation
@@ -196,12 +196,12 @@ def test_write_once_creates_a_file_only_if_absent(tmp_path):
 def test_racing_writers_record_a_batch_once_and_lose_no_status_change(layout):
     from concurrent.futures import ThreadPoolExecutor
 
-    warehouse = Warehouse(layout.warehouse_db())
+    warehouse = Warehouse(layout)
     with ThreadPoolExecutor(8) as pool:
         added = list(pool.map(lambda i: warehouse.add_batch("t", {**_row("b1"), "n_rows": i}), range(8)))
         assert added.count(True) == 1  # one of the racing runs recorded it; the others were told so
         list(pool.map(lambda i: warehouse.set_status("t", "b1", "validated", {"by": i}), range(8)))
-    entries = sorted((layout.warehouse() / "ledger" / "t").rglob("*.json"))
+    entries = sorted((layout.warehouse_dir() / "ledger" / "t").rglob("*.json"))
     assert [p.name for p in entries] == [f"{i:06d}.json" for i in range(1, 10)]  # each change its own entry
     assert sorted(json.loads(p.read_text())["reason"]["by"] for p in entries[1:]) == list(range(8))
     [row] = warehouse.ledger("t").iter_rows(named=True)
@@ -211,16 +211,16 @@ def test_racing_writers_record_a_batch_once_and_lose_no_status_change(layout):
 
 
 def test_a_forgotten_batch_keeps_its_history_and_can_be_recorded_again(layout):
-    warehouse = Warehouse(layout.warehouse_db())
+    warehouse = Warehouse(layout)
     assert warehouse.add_batch("t", _row("b1", "quarantined"))
     warehouse.forget_batch("t", "b1")
     assert warehouse.ledger("t").height == 0 and warehouse.add_batch("t", _row("b1"))
     assert warehouse.ledger("t")["status"].to_list() == ["read"]
-    assert len(list((layout.warehouse() / "ledger" / "t").rglob("*.json"))) == 3
+    assert len(list((layout.warehouse_dir() / "ledger" / "t").rglob("*.json"))) == 3
 
 
 def test_the_label_domain_is_set_once(layout):
-    warehouse = Warehouse(layout.warehouse_db())
+    warehouse = Warehouse(layout)
     assert warehouse.state("t", "label_domain") is None
     assert warehouse.set_state_once("t", "label_domain", '["a"]') == '["a"]'
     assert warehouse.set_state_once("t", "label_domain", '["b"]') == '["a"]' == warehouse.state("t", "label_domain")
@@ -239,7 +239,7 @@ def test_the_duckdb_file_is_a_rebuildable_catalog(synthetic_spec, layout):
     with warehouse.connect() as con:
         assert json.loads(con.execute("SELECT files FROM ingest_ledger").fetchone()[0]) == ["records.csv"]
     with duckdb.connect(str(layout.warehouse_db()), read_only=True) as con:  # a SQL user, as the README says
-        con.execute(f"SET file_search_path = '{layout.warehouse()}'")
+        con.execute(f"SET file_search_path = '{layout.warehouse_dir()}'")
         assert con.execute("SELECT count(*) FROM ingest_ledger").fetchone() == (1,)
 
 

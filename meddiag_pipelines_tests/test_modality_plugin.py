@@ -113,7 +113,7 @@ def test_every_bundled_modality_a_spec_may_name_is_in_the_registry():
 
 
 def test_a_registered_modality_gets_the_whole_task_graph(layout):
-    defs = build_definitions([TaskSpec.model_validate(TOY_SPEC)], layout.root)
+    defs = build_definitions([TaskSpec.model_validate(TOY_SPEC)], layout.local)
     graph = defs.resolve_asset_graph()
     names = {k.path[-1] for k in graph.get_all_asset_keys() if k.path[0] == "toy_task"}
     assert names == {"raw_records", "validated_records", "split", "features", "feature_plan", "candidate_model",
@@ -134,7 +134,7 @@ def test_a_registered_modality_runs_end_to_end(layout):
         pl.when(pl.col("rid").is_in(["r0", "r1", "r2"])).then(None).otherwise(pl.col("outcome")).alias("outcome"))
     land(layout, spec.name, "batch_0001", records)
     with dg.instance_for_test() as instance:
-        result = run_task_in_process(build_definitions([spec], layout.root), spec, instance, raise_on_error=False)
+        result = run_task_in_process(build_definitions([spec], layout.local), spec, instance, raise_on_error=False)
     assert result.success
     features = result.asset_materializations_for_node("toy_task__features")
     assert "| x1 |" in features[0].metadata["fills"].value  # a Table became a Markdown table
@@ -142,7 +142,7 @@ def test_a_registered_modality_runs_end_to_end(layout):
     metrics = json.loads((layout.reports(spec.name) / "latest" / "metrics.json").read_text())
     assert metrics["model_name"] == "nearest_mean" and metrics["auroc"] > 0.8
     assert metrics["baseline"]["name"] == "nearest_mean_one_column" and metrics["baseline"]["auroc"] > 0.6
-    champion = json.loads((layout.root / "models" / spec.name / "champion.json").read_text())["version"]
+    champion = json.loads((layout.local / "models" / spec.name / "champion.json").read_text())["version"]
     scored = pl.read_parquet(layout.predictions(spec.name) / "batch_0001" / f"{champion}.parquet")
     assert sorted(scored["id"].to_list()) == ["r0", "r1", "r2"] and scored["model_version"].unique().to_list() == [champion]
     assert scored["probability"].is_between(0, 1).all()

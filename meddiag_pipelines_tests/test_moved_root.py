@@ -11,7 +11,7 @@ import pytest
 
 from meddiag_pipelines.definitions import build_definitions
 from meddiag_pipelines.update import run_task_in_process
-from meddiag_pipelines.layout import DataLayout
+from meddiag_pipelines.storage import DataRoot
 from meddiag_pipelines.specs import BUNDLED_TASKS_DIR, TaskSpec, load_spec
 from meddiag_pipelines_tests.conftest import land, synthetic_records
 from meddiag_pipelines_tests.test_imaging_pipeline import tiny
@@ -40,13 +40,13 @@ def test_a_moved_data_root_keeps_working_and_names_no_old_path(tmp_path, synthet
     image_spec = tiny(load_spec(BUNDLED_TASKS_DIR / "synthetic_chest_phantoms.yaml"))
     specs = [synthetic_spec, image_spec]
     old = tmp_path / "data"
-    land(DataLayout(old), synthetic_spec.name, "batch_0001", synthetic_records(300, seed=1))
+    land(DataRoot(old), synthetic_spec.name, "batch_0001", synthetic_records(300, seed=1))
     _phantoms(old, image_spec.name, "batch_0001", n=120, seed=7, labelled=True)
     with dg.instance_for_test() as instance:
         _run(specs, old, instance)
         new = tmp_path / "relocated"
         shutil.move(old, new)
-        layout = DataLayout(new)
+        layout = DataRoot(new)
         land(layout, synthetic_spec.name, "batch_0002",
              synthetic_records(6, seed=3, start=900).with_columns(pl.lit(None, pl.String).alias("outcome")))
         _phantoms(new, image_spec.name, "batch_0002", n=4, seed=8, labelled=False)
@@ -56,7 +56,7 @@ def test_a_moved_data_root_keeps_working_and_names_no_old_path(tmp_path, synthet
         [scored] = [pl.read_parquet(f) for f in (layout.predictions(spec.name) / "batch_0002").glob("*.parquet")]
         assert scored.height == n and scored["model_version"].null_count() == 0
     with duckdb.connect(str(layout.warehouse_db()), read_only=True) as con:  # the views follow the root
-        con.execute(f"set file_search_path = '{layout.warehouse()}'")
+        con.execute(f"set file_search_path = '{layout.warehouse_dir()}'")
         assert con.execute(f"select count(*) from {synthetic_spec.name}.split").fetchone()[0] == 306
     needle = str(old).encode()
     holding = [p.relative_to(new) for p in new.rglob("*") if p.is_file() and needle in p.read_bytes()]

@@ -14,7 +14,6 @@ import polars as pl
 import pytest
 
 from meddiag_pipelines.definitions import build_definitions
-from meddiag_pipelines.layout import DataLayout
 from meddiag_pipelines.registry.store import ModelRegistry
 from meddiag_pipelines.storage import DataRoot
 from meddiag_pipelines.update import update_task
@@ -76,7 +75,7 @@ def test_round_trips_go_to_the_bucket(s3_root, tmp_path):
     assert root.exists("t/v.json") and not root.exists("t/w.json")
     assert root.fs.exists(s3_root[len("s3://"):] + "/t/one.parquet")
     assert [p for p in (tmp_path / "local").rglob("*") if p.is_file()] == []  # nothing written locally
-    with pytest.raises(ValueError, match="not a path inside the data folder"):
+    with pytest.raises(ValueError, match="resolves outside the data folder"):
         root.key("../outside")
 
 
@@ -150,7 +149,7 @@ def test_a_tabular_task_on_an_s3_data_root(s3_root, tmp_path, synthetic_spec, mo
     monkeypatch.setenv("MEDDIAG_DATA_DIR", s3_root)
     task = synthetic_spec.name
     root = DataRoot(s3_root)
-    layout = DataLayout(root.local)  # landing is local (copied there from a landing prefix, if any)
+    layout = DataRoot(root.local)  # landing is local (copied there from a landing prefix, if any)
     land(layout, task, "b1", synthetic_records(200, seed=1))
     bad = synthetic_records(20, seed=3, start=500).with_columns(pl.lit("maybe").alias("outcome"))
     root.write_bytes(f"landing/{task}/b2/records.csv", bad.write_csv().encode())  # landed in the store's prefix

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import datetime
+import os
 import textwrap
+from pathlib import Path
 
 import dagster as dg
 import polars as pl
@@ -13,6 +15,7 @@ from meddiag_pipelines.definitions import batch_job_name, build_definitions
 from meddiag_pipelines.defs import partitions
 from meddiag_pipelines.defs.automation.landing import RANGE_END, RANGE_START, range_tags
 from meddiag_pipelines.defs.partitions import ingestion_keys, partition_key_problem, scan_landing
+from meddiag_pipelines.ingestion.landing import batch_key
 from meddiag_pipelines.defs.resources.storage import MeddiagStorage
 from meddiag_pipelines.__main__ import main
 from meddiag_pipelines.registry.summary import TaskSummary
@@ -28,8 +31,11 @@ def _bad(n: int, seed: int, start: int) -> pl.DataFrame:
 
 
 def test_partition_key_rules():
-    assert partition_key_problem("batch 2025-01 é") is None
-    assert "partition key" in partition_key_problem("export...2") and "rename it" in partition_key_problem("a\tb")
+    assert partition_key_problem(Path("landing/t/batch 2025-01 é")) is None
+    assert "partition key" in partition_key_problem(Path("export...2"))
+    assert "rename it" in partition_key_problem(Path("a\tb"))
+    not_utf8 = Path(os.fsdecode(b"b\xff"))  # a Linux name is bytes: its key shows the byte, and the batch is refused
+    assert batch_key(not_utf8) == "b\\xff" and "not valid UTF-8" in partition_key_problem(not_utf8)
 
 
 def test_partitions_run_in_ranges_of_at_most_run_partitions_that_cover_nothing_else(monkeypatch):
@@ -43,14 +49,14 @@ def test_partitions_run_in_ranges_of_at_most_run_partitions_that_cover_nothing_e
 def test_ingestion_is_the_partitioned_assets_fed_only_by_partitioned_ones(synthetic_spec, layout):
     raw, valid, model, scores = (dg.AssetKey(n) for n in ("raw", "valid", "model", "scores"))
     assert ingestion_keys({raw: [], valid: [raw], scores: [valid, model]}) == {raw, valid}  # model: unpartitioned
-    defs = build_definitions([synthetic_spec], layout.root)
+    defs = build_definitions([synthetic_spec], layout.local)
     batch, downstream = group_keys(defs.resolve_implicit_global_asset_job_def(), synthetic_spec)
     assert [k.path[-1] for k in batch] == ["raw_records", "validated_records"] and "predictions" in {k.path[-1] for k in downstream}
     assert sorted(defs.resolve_job_def(batch_job_name(synthetic_spec)).asset_layer.executable_asset_keys) == batch
 
 
 def test_a_whole_task_run_covers_every_partition_only_when_it_holds_a_partitioned_asset(synthetic_spec, layout):
-    defs = build_definitions([synthetic_spec], layout.root)
+    defs = build_definitions([synthetic_spec], layout.local)
     with dg.instance_for_test() as instance:
         keys, tags = whole_task_run(defs, synthetic_spec, instance, ["raw_records", "split"])
         assert [k.path[-1] for k in keys] == ["split"] and RANGE_START not in tags  # nothing landed yet
@@ -63,7 +69,7 @@ def test_a_whole_task_run_covers_every_partition_only_when_it_holds_a_partitione
 
 
 def test_plan_registers_new_batches_and_partition_restricts_it(synthetic_spec, layout):
-    storage = MeddiagStorage(data_dir=str(layout.root))
+    storage = MeddiagStorage(data_dir=str(layout.local))
     land(layout, TASK, "b1", synthetic_records(10, seed=1))
     land(layout, TASK, "b2", synthetic_records(10, seed=2, start=10))
     with dg.instance_for_test() as instance:
@@ -77,7 +83,7 @@ def test_plan_registers_new_batches_and_partition_restricts_it(synthetic_spec, l
 def test_batches_another_update_registers_at_the_same_moment_are_planned_not_failed(synthetic_spec, layout, monkeypatch):
     """Dagster checks, then inserts: a second ``update`` that registered the keys in between fails the insert on
     the storage's unique key (seen with two updates at once); the keys are there, so planning goes on."""
-    storage = MeddiagStorage(data_dir=str(layout.root))
+    storage = MeddiagStorage(data_dir=str(layout.local))
     land(layout, TASK, "b1", synthetic_records(10, seed=1))
     with dg.instance_for_test() as instance:
         add = instance.add_dynamic_partitions
@@ -109,7 +115,7 @@ def test_a_partitioned_run_keeps_each_batch_apart_and_split_reads_every_valid_on
     land(layout, TASK, "b1", synthetic_records(40, seed=1))
     land(layout, TASK, "b2", _bad(10, seed=3, start=500))
     land(layout, TASK, "b3", synthetic_records(40, seed=2, start=100))
-    defs = build_definitions([synthetic_spec], layout.root)
+    defs = build_definitions([synthetic_spec], layout.local)
     with dg.instance_for_test() as instance:
         result = run_task_in_process(defs, synthetic_spec, instance, ["raw_records", "validated_records", "split"])
         assert result.success
@@ -126,7 +132,7 @@ def test_a_partitioned_run_keeps_each_batch_apart_and_split_reads_every_valid_on
 
 
 def test_a_new_valid_partition_requests_the_downstream_and_a_quiet_cron_tick_nothing(synthetic_spec, layout):
-    defs = build_definitions([synthetic_spec], layout.root)
+    defs = build_definitions([synthetic_spec], layout.local)
     land(layout, TASK, "b1", synthetic_records(40, seed=1))
     with dg.instance_for_test() as instance:
         before = dg.evaluate_automation_conditions(defs=defs, instance=instance)
@@ -154,7 +160,7 @@ def test_each_batch_of_a_range_run_shows_in_progress_then_failed(synthetic_spec,
 
     for i in (1, 2, 3):
         land(layout, TASK, f"b{i}", synthetic_records(5, seed=i, start=10 * i))
-    defs = build_definitions([synthetic_spec], layout.root)
+    defs = build_definitions([synthetic_spec], layout.local)
     job = defs.resolve_implicit_global_asset_job_def()
     batch = set(group_keys(job, synthetic_spec)[0])
     with dg.instance_for_test() as instance:
@@ -182,11 +188,11 @@ def test_a_landed_batch_is_a_partition_over_the_graphql_api(synthetic_spec, layo
         from pathlib import Path
         from meddiag_pipelines.definitions import build_definitions
         from meddiag_pipelines.specs import load_spec
-        defs = build_definitions([load_spec(Path({str(spec_file)!r}))], Path({str(layout.root)!r}))
+        defs = build_definitions([load_spec(Path({str(spec_file)!r}))], Path({str(layout.local)!r}))
     """))
     query = 'query { assetNodeOrError(assetKey: {path: ["%s", "raw_records"]}) { ... on AssetNode { partitionKeys } } }' % TASK
     with dg.instance_for_test() as instance:
-        plan_batches(synthetic_spec, MeddiagStorage(data_dir=str(layout.root)), instance)
+        plan_batches(synthetic_spec, MeddiagStorage(data_dir=str(layout.local)), instance)
         origin = LoadableTargetOrigin(python_file=str(code), attribute="defs")
         with in_process_test_workspace(instance, origin) as context:
             result = execute_dagster_graphql(context, query)
@@ -236,7 +242,7 @@ def test_update_brings_a_task_up_to_date_once(synthetic_spec, layout, monkeypatc
     land(layout, TASK, "b2", _bad(20, seed=3, start=500))
     land(layout, TASK, "b3", synthetic_records(120, seed=2, start=200))
     land(layout, TASK, "b4", synthetic_records(10, seed=4, start=400))
-    defs = build_definitions([synthetic_spec], layout.root)
+    defs = build_definitions([synthetic_spec], layout.local)
     with dg.instance_for_test() as instance:
         for name in ("b1", "b2"):
             plan_batches(synthetic_spec, defs.resources["storage"], instance, partition=name)
@@ -248,7 +254,7 @@ def test_update_brings_a_task_up_to_date_once(synthetic_spec, layout, monkeypatc
         champion = instance.get_latest_materialization_event(dg.AssetKey([TASK, "champion"]))
         again = update_task(synthetic_spec, instance, defs=defs)
         n_runs = len(instance.get_runs())
-    ledger = MeddiagStorage(data_dir=str(layout.root)).warehouse.ledger(TASK)
+    ledger = MeddiagStorage(data_dir=str(layout.local)).warehouse.ledger(TASK)
     assert dict(zip(ledger["batch_id"], ledger["status"])) == {"b1": "validated", "b2": "quarantined", "b3": "validated",
                                                               "b4": "validated"}  # fmt: skip
     assert champion is not None and (layout.quarantine(TASK) / "b2" / "reason.json").is_file()
@@ -258,7 +264,7 @@ def test_update_brings_a_task_up_to_date_once(synthetic_spec, layout, monkeypatc
 def test_update_of_a_task_that_could_not_be_built_runs_nothing_and_says_so(synthetic_spec, layout):
     """Issue 24: a task whose spec loads but whose assets Dagster refused (a spec_errors asset) is named, not run."""
     land(layout, TASK, "b1", synthetic_records(20, seed=1))
-    defs = build_definitions([synthetic_spec.model_copy(update={"name": "other_task"})], layout.root)
+    defs = build_definitions([synthetic_spec.model_copy(update={"name": "other_task"})], layout.local)
     with dg.instance_for_test() as instance:
         with pytest.raises(UpdateError, match=f"{TASK}: the task could not be built .* nothing was run"):
             update_task(synthetic_spec, instance, defs=defs)
@@ -272,7 +278,7 @@ def test_a_symlinked_landing_folder_is_refused_with_an_error_never_reported_up_t
 
     from meddiag_pipelines.defs.automation.landing import build_landing_sensor
 
-    real = land(layout, TASK, "b1", synthetic_records(20, seed=1)).parent.rename(layout.root / "exports")
+    real = land(layout, TASK, "b1", synthetic_records(20, seed=1)).parent.rename(layout.local / "exports")
     layout.landing(TASK).symlink_to(real, target_is_directory=True)
     (tmp_path / "tasks").mkdir()
     (tmp_path / "tasks" / f"{TASK}.yaml").write_text(yaml.safe_dump(synthetic_spec.model_dump(mode="json")))
@@ -285,7 +291,7 @@ def test_a_symlinked_landing_folder_is_refused_with_an_error_never_reported_up_t
 
     job = dg.define_asset_job("synthetic_risk_batches_job", selection=dg.AssetSelection.groups(TASK))
     with dg.instance_for_test() as instance:  # the sensor's tick fails with the same reason
-        context = dg.build_sensor_context(instance=instance, resources={"storage": MeddiagStorage(data_dir=str(layout.root))})
+        context = dg.build_sensor_context(instance=instance, resources={"storage": MeddiagStorage(data_dir=str(layout.local))})
         with pytest.raises(ValueError, match=f"landing/{TASK} is a symbolic link"):
             build_landing_sensor(synthetic_spec, job)(context)
         assert instance.get_dynamic_partitions(PARTITIONS) == []

@@ -15,8 +15,8 @@ from meddiag_pipelines.imaging.modality import read_image_records
 from meddiag_pipelines.ingestion.batches import ReadOutcome, ingest_new_batches
 from meddiag_pipelines.ingestion.landing import UnsafePath, confined_file
 from meddiag_pipelines.ingestion.warehouse import Warehouse
-from meddiag_pipelines.layout import DataLayout
 from meddiag_pipelines.specs import TaskSpec
+from meddiag_pipelines.storage import DataRoot
 from meddiag_pipelines.text.readers import read_text_batch
 
 
@@ -37,7 +37,7 @@ def _snapshot(root: Path, batch_dir: Path) -> dict[str, str]:
     return out
 
 
-def _victims(tmp_path: Path, layout: DataLayout) -> tuple[Path, Path]:
+def _victims(tmp_path: Path, layout: DataRoot) -> tuple[Path, Path]:
     outside = tmp_path / "outside" / "root.txt"
     outside.parent.mkdir(parents=True)
     outside.write_text("not the pipeline's to touch\n")
@@ -59,20 +59,20 @@ def _hostile_labels(batch_dir: Path, outside: Path, first_file: str) -> None:
     (batch_dir / "link_out").symlink_to(outside)
 
 
-def _run(spec: TaskSpec, layout: DataLayout, reader) -> tuple[dict, dict, list]:
-    warehouse = Warehouse(layout.warehouse_db())
+def _run(spec: TaskSpec, layout: DataRoot, reader) -> tuple[dict, dict, list]:
+    warehouse = Warehouse(layout)
     batch_dir = layout.landing(spec.name) / "b1"
-    before = _snapshot(layout.root.parent, batch_dir)
+    before = _snapshot(layout.local.parent, batch_dir)
     summary = ingest_new_batches(spec, layout, warehouse, reader)
-    return before, _snapshot(layout.root.parent, batch_dir), summary.quarantined
+    return before, _snapshot(layout.local.parent, batch_dir), summary.quarantined
 
 
 def test_image_labels_rows_pointing_outside_move_nothing(tmp_path: Path):
-    layout = DataLayout(tmp_path / "data")
+    layout = DataRoot(tmp_path / "data")
     spec = TaskSpec(name="hostile_images", modality="image", label="label", id="id", classes=["0", "1"],
                     positive="1", image={"format": "folder"})  # fmt: skip
     outside, _ = _victims(tmp_path, layout)
-    with Warehouse(layout.warehouse_db()).connect():  # the catalog file exists before the hostile batch is read
+    with Warehouse(layout).connect():  # the catalog file exists before the hostile batch is read
         pass
     batch_dir = layout.landing(spec.name) / "b1"
     batch_dir.mkdir(parents=True)
@@ -97,10 +97,10 @@ def test_image_labels_rows_pointing_outside_move_nothing(tmp_path: Path):
 
 
 def test_text_labels_rows_pointing_outside_move_nothing(tmp_path: Path):
-    layout = DataLayout(tmp_path / "data")
+    layout = DataRoot(tmp_path / "data")
     spec = TaskSpec(name="hostile_notes", modality="text", text="note", label="label", id="id")
     outside, _ = _victims(tmp_path, layout)
-    with Warehouse(layout.warehouse_db()).connect():
+    with Warehouse(layout).connect():
         pass
     batch_dir = layout.landing(spec.name) / "b1"
     batch_dir.mkdir(parents=True)

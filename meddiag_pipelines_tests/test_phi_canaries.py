@@ -23,7 +23,7 @@ import pytest
 
 from meddiag_pipelines.definitions import build_definitions
 from meddiag_pipelines.ingestion.warehouse import Warehouse
-from meddiag_pipelines.layout import DataLayout
+from meddiag_pipelines.storage import DataRoot
 from meddiag_pipelines.update import run_task_in_process
 from meddiag_pipelines.specs import TaskSpec
 from meddiag_pipelines_tests.conftest import land, synthetic_records
@@ -157,20 +157,20 @@ def test_no_value_of_a_bad_batch_appears_in_any_message(tmp_path, caplog, capfd,
     no canary in any reason.json, ledger entry, log record, printed line or Dagster event log record."""
     raw_spec, land_canaries, n_quarantined = VALUE_TASKS[modality]
     spec = TaskSpec.model_validate(raw_spec)
-    layout = DataLayout(tmp_path / "data")
+    layout = DataRoot(tmp_path / "data")
     land_canaries(layout, spec.name)
-    defs = build_definitions([spec], layout.root)
+    defs = build_definitions([spec], layout.local)
     with caplog.at_level(logging.DEBUG), dg.instance_for_test() as instance:
         run_task_in_process(defs, spec, instance, ["raw_records", "validated_records"], raise_on_error=False)
         events = event_log_text(instance)
     printed = capfd.readouterr()
-    ledger = json.dumps(Warehouse(layout.warehouse_db()).ledger(spec.name).to_dicts(), default=str)
-    reasons = {p: p.read_text() for p in (layout.root / "quarantine").rglob("reason.json")}
+    ledger = json.dumps(Warehouse(layout).ledger(spec.name).to_dicts(), default=str)
+    reasons = {p: p.read_text() for p in (layout.local / "quarantine").rglob("reason.json")}
     outputs = {"event log": events, "printed output": printed.out + printed.err, "log records": caplog.text,
                "ledger": ledger, **{str(p.relative_to(tmp_path)): text for p, text in reasons.items()}}  # fmt: skip
     assert not [name for name, text in outputs.items() if VALUE_CANARY.search(text)]
     # Each bad batch was quarantined and said why, in counts and declared names.
-    assert len({p.relative_to(layout.root / "quarantine" / spec.name).parts[0] for p in reasons}) == n_quarantined
+    assert len({p.relative_to(layout.local / "quarantine" / spec.name).parts[0] for p in reasons}) == n_quarantined
     said = "\n".join(reasons.values())
     assert "has no header row with the" in said and "rows hold labels outside the task's classes" in said
     if modality == "tabular":

@@ -27,7 +27,7 @@ from dagster._daemon.run_coordinator.queued_run_coordinator_daemon import Queued
 from dagster._daemon.sensor import execute_sensor_iteration
 
 from meddiag_pipelines.defs.automation.landing import RANGE_END, RANGE_START, run_tags
-from meddiag_pipelines.layout import DataLayout
+from meddiag_pipelines.storage import DataRoot
 from meddiag_pipelines.specs import TaskSpec
 from meddiag_pipelines_tests.conftest import REPO, SYNTHETIC_SPEC, fast, land, synthetic_records
 from meddiag_pipelines_tests.postgres import postgres_server, postgres_url  # noqa: F401 (fixtures)
@@ -99,8 +99,8 @@ def test_a_full_task_run_through_update_lives_in_postgres(tmp_path, home, postgr
     batch partitions are rows of PostgreSQL; DAGSTER_HOME holds no SQLite database."""
     data = tmp_path / "data"
     write_spec(tmp_path / "tasks")
-    land(DataLayout(data), TASK, "b1", synthetic_records(120, seed=1))
-    land(DataLayout(data), TASK, "b2", synthetic_records(120, seed=2, start=200))
+    land(DataRoot(data), TASK, "b1", synthetic_records(120, seed=1))
+    land(DataRoot(data), TASK, "b2", synthetic_records(120, seed=2, start=200))
     env = {**os.environ, "MEDDIAG_DATA_DIR": str(data), "MEDDIAG_TASKS_DIR": str(tmp_path / "tasks")}
     done = subprocess.run([sys.executable, "-m", "meddiag_pipelines", "update", TASK], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=600)  # fmt: skip
@@ -139,7 +139,7 @@ def test_a_landing_sensor_tick_of_the_daemon_adds_the_partition_and_queues_its_r
         from meddiag_pipelines.specs import load_spec
         defs = build_definitions([load_spec(Path({str(spec_file)!r}))], Path({str(data)!r}))
     """))
-    land(DataLayout(data), TASK, "b1", synthetic_records(20, seed=1))
+    land(DataRoot(data), TASK, "b1", synthetic_records(20, seed=1))
     target = PythonFileTarget(str(code), attribute="defs", working_directory=str(tmp_path), location_name="pg_test")
     logger = logging.getLogger("test_postgres_instance")
     with create_test_daemon_workspace_context(target, instance) as context:

@@ -15,7 +15,7 @@ from meddiag_pipelines.ingestion.errors import BatchRejected
 from meddiag_pipelines.ingestion.landing import BATCH_COLUMN, describe_batch
 from meddiag_pipelines.tabular.readers import read_tabular_batch
 from meddiag_pipelines.ingestion.warehouse import Warehouse
-from meddiag_pipelines.layout import DataLayout
+from meddiag_pipelines.storage import DataRoot
 from meddiag_pipelines.specs import TaskSpec
 from meddiag_pipelines.validation.suites import run_suite, tabular_expectations, validate_tabular
 from meddiag_pipelines_tests.conftest import SYNTHETIC_SPEC, fast, land, synthetic_records
@@ -101,7 +101,7 @@ def test_a_batch_is_quarantined_with_a_reason_or_trains_and_scores(tmp_path_fact
     scoring; the good batch always does."""
     spec = fast(SPEC, training=SPEC.training.model_copy(update={"trials": 2, "max_rounds": 20, "early_stopping_rounds": 5}))
     root = tmp_path_factory.mktemp("total")
-    layout = DataLayout(root / "data")
+    layout = DataRoot(root / "data")
     rng = np.random.default_rng(seed)
     hostile = synthetic_records(120, seed=seed, start=1000)
     for name, kind in extra:
@@ -109,7 +109,7 @@ def test_a_batch_is_quarantined_with_a_reason_or_trains_and_scores(tmp_path_fact
             hostile = hostile.with_columns(_values(kind, hostile.height, rng).alias(name))
     land(layout, SPEC.name, "good-batch", synthetic_records(160, seed=seed + 1))
     land(layout, SPEC.name, batch, hostile, filename="records.parquet" if parquet else "records.csv")
-    warehouse = Warehouse(layout.warehouse_db())
+    warehouse = Warehouse(layout)
     ingest = ingest_new_batches(spec, layout, warehouse, read_tabular_batch)
     records, validation = validate_pending_batches(spec, layout, warehouse, validate_tabular)
     for reason in [*ingest.quarantined, *validation.quarantined]:
@@ -167,7 +167,7 @@ def typed_columns(draw) -> dict:
     return out
 
 
-def _land_typed(layout: DataLayout, batch: str, start: int, columns: dict) -> bool:
+def _land_typed(layout: DataRoot, batch: str, start: int, columns: dict) -> bool:
     """A Parquet batch of synthetic records with ``columns`` set; False if Arrow cannot build one of them."""
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -217,9 +217,9 @@ def test_whatever_arrow_type_passes_validation_flows_through_split_features_and_
     from meddiag_pipelines.split import check_split, split_by_content
 
     spec = SPEC.model_copy(update={"null_values": {"extra": ["?"], "group": ["NA"]}})
-    layout = DataLayout(tmp_path_factory.mktemp("typed") / "data")
+    layout = DataRoot(tmp_path_factory.mktemp("typed") / "data")
     assume(_land_typed(layout, "a", 0, first) and _land_typed(layout, "b", 1000, second))
-    warehouse = Warehouse(layout.warehouse_db())
+    warehouse = Warehouse(layout)
     ingest = ingest_new_batches(spec, layout, warehouse, read_tabular_batch)
     records, validation = validate_pending_batches(spec, layout, warehouse, validate_tabular)
     for reason in ingest.quarantined:

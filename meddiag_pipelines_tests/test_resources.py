@@ -4,8 +4,7 @@ import polars as pl
 import pytest
 
 from meddiag_pipelines.defs.resources.storage import MeddiagStorage, ParquetTables, build_resources
-from meddiag_pipelines.layout import DataLayout
-from meddiag_pipelines.storage import DataRoot
+from meddiag_pipelines.storage import DataRoot, PathOutsideDataRoot
 
 
 def _tables(db) -> dict[str, str]:
@@ -14,10 +13,10 @@ def _tables(db) -> dict[str, str]:
         return dict(rows.fetchall())
 
 
-def _query(layout: DataLayout, sql: str) -> dict:
+def _query(layout: DataRoot, sql: str) -> dict:
     """As a SQL user does: the views' files are relative to the warehouse folder."""
     with duckdb.connect(str(layout.warehouse_db()), read_only=True) as con:
-        con.execute(f"set file_search_path = '{layout.warehouse()}'")
+        con.execute(f"set file_search_path = '{layout.warehouse_dir()}'")
         return con.execute(sql).pl().to_dict(as_series=False)
 
 
@@ -43,7 +42,7 @@ def test_each_run_writes_its_own_table_and_the_view_shows_the_newest(tmp_path):
     def reader(table: pl.DataFrame) -> pl.DataFrame:
         return table
 
-    layout = DataLayout(tmp_path)
+    layout = DataRoot(tmp_path)
     resources = _resources(tmp_path)
     first = dg.materialize([table], resources=resources)
     meta = first.asset_materializations_for_node("task__table")[0].metadata
@@ -82,7 +81,7 @@ def test_a_partitioned_table_is_one_frame_downstream_and_one_view(tmp_path):
         dg.materialize([table], resources=resources, partition_key=key)
     read = dg.materialize([table.to_source_asset(), reader], resources=resources, selection=[reader])
     assert read.output_for_node("task__reader").to_dict(as_series=False) == {"a": [1, 2, 3], "b": [None, None, "z"]}
-    assert _query(DataLayout(tmp_path), "select a from task.table order by a") == {"a": [1, 2, 3]}
+    assert _query(DataRoot(tmp_path), "select a from task.table order by a") == {"a": [1, 2, 3]}
 
 
 def test_other_values_are_json_files_of_their_run(tmp_path):
@@ -98,7 +97,7 @@ def test_other_values_are_json_files_of_their_run(tmp_path):
     runs = [dg.materialize([plan, user], resources=resources) for _ in range(2)]
     for run in runs:
         assert run.output_for_node("task__user") == {"run": run.run_id}
-    assert len(list(DataLayout(tmp_path).values("task", "plan").glob("*.json"))) == 2
+    assert len(list(DataRoot(tmp_path).values("task", "plan").glob("*.json"))) == 2
     later = dg.materialize([plan.to_source_asset(), user], resources=resources, selection=[user])
     assert later.output_for_node("task__user") == {"run": runs[1].run_id}  # the newest run's value
 
@@ -127,7 +126,7 @@ def test_a_run_reuses_what_it_wrote_within_the_memory_bound(tmp_path, monkeypatc
     monkeypatch.setattr(ParquetTables, "KEEP_BYTES", 1_000)
     for frame in (small, large):
         tables.handle_output(dg.build_output_context(asset_key=key, run_id="run-1"), frame)
-        for path in DataLayout(tmp_path).table("task", "table").glob("*.parquet"):
+        for path in DataRoot(tmp_path).table("task", "table").glob("*.parquet"):
             path.unlink()  # what a later step gets must not need the file
         upstream = dg.build_output_context(asset_key=key, run_id="run-1")
         context = dg.build_input_context(asset_key=key, upstream_output=upstream)
@@ -142,5 +141,11 @@ def test_data_root_refuses_paths_outside_it(tmp_path):
     root = DataRoot(tmp_path)
     assert root.relative(tmp_path / "a" / "b.json") == "a/b.json"
     for bad in ("/etc/passwd", "../x", "a/../../x"):
-        with pytest.raises(ValueError, match="not a path inside the data folder"):
+        with pytest.raises(ValueError, match="resolves outside the data folder"):
             root.path(bad)
+    (tmp_path / "out").symlink_to(tmp_path.parent, target_is_directory=True)  # a link out of the root
+    for bad in ("out/x.json", tmp_path / "out" / "x.json"):
+        with pytest.raises(PathOutsideDataRoot, match="resolves outside the data folder"):
+            root.confined(bad)
+    with pytest.raises(PathOutsideDataRoot, match="resolves outside the data folder"):
+        root.key("out/x.json")

@@ -11,7 +11,6 @@ from meddiag_pipelines.ingestion.landing import BATCH_COLUMN
 from meddiag_pipelines.registry.store import ModelRegistry
 from meddiag_pipelines.scoring import prediction_frame, prediction_path, risk_bands, score_unlabelled
 from meddiag_pipelines.specs import TaskSpec
-from meddiag_pipelines.storage import DataRoot
 from meddiag_pipelines_tests.conftest import SYNTHETIC_SPEC
 
 SPEC = TaskSpec.model_validate(SYNTHETIC_SPEC)
@@ -36,18 +35,18 @@ def unlabelled(batch: str, n: int) -> pl.DataFrame:
 
 
 def test_a_rescore_by_a_new_champion_adds_a_file_and_keeps_the_old(layout):
-    registry = ModelRegistry(DataRoot(layout.root))
+    registry = ModelRegistry(layout)
     rows = pl.concat([unlabelled("b1", 4), unlabelled("b2", 3)])
     publish(registry, "v1", 0.0)
-    first = score_unlabelled(SPEC, DataRoot(layout.root), layout, registry, rows, ["b1", "b2", "b3"], predictor_factory)
+    first = score_unlabelled(SPEC, layout, registry, rows, ["b1", "b2", "b3"], predictor_factory)
     assert (first.written, first.empty, first.scored_rows) == (["b1", "b2"], ["b3"], 7)
     old = prediction_path(layout, TASK, "b1", "v1").read_bytes()
 
-    again = score_unlabelled(SPEC, DataRoot(layout.root), layout, registry, rows, ["b1"], predictor_factory)
+    again = score_unlabelled(SPEC, layout, registry, rows, ["b1"], predictor_factory)
     assert again.written == [] and again.kept == ["b1"]  # this champion scored it already: left as it is
 
     publish(registry, "v2", 1.0)
-    second = score_unlabelled(SPEC, DataRoot(layout.root), layout, registry, rows, ["b1"], predictor_factory)
+    second = score_unlabelled(SPEC, layout, registry, rows, ["b1"], predictor_factory)
     assert second.written == ["b1"]
     files = sorted((layout.predictions(TASK) / "b1").iterdir())
     assert [f.name for f in files] == ["v1.parquet", "v2.parquet"]
@@ -69,8 +68,8 @@ def test_a_batch_name_must_be_one_folder_name(layout):
 
 
 def test_no_champion_scores_nothing(layout):
-    registry = ModelRegistry(DataRoot(layout.root))
-    summary = score_unlabelled(SPEC, DataRoot(layout.root), layout, registry, unlabelled("b1", 2), ["b1"], predictor_factory)
+    registry = ModelRegistry(layout)
+    summary = score_unlabelled(SPEC, layout, registry, unlabelled("b1", 2), ["b1"], predictor_factory)
     assert summary.version is None and summary.as_metadata()["champion"] == "none"
     assert not layout.predictions(TASK).exists()
 

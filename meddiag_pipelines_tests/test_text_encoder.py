@@ -212,7 +212,7 @@ def test_a_text_task_naming_an_encoder_folder_runs_through_the_pipeline(tmp_path
         params = event.asset_materialization.metadata["params"].value
     assert params["text_model"] == "tiny_bert" and params["tuning"]["n_trials"] == 1
     assert "val_macro_f1_encoder" in params
-    registry = layout.root / "models" / spec.name
+    registry = layout.local / "models" / spec.name
     version = json.loads((registry / "champion.json").read_text())["version"]
     assert json.loads((registry / version / "model" / "encoder" / "model.json").read_text())["kind"] == "hf_encoder"
     assert (layout.reports(spec.name) / "latest" / "report.html").is_file()

@@ -150,9 +150,9 @@ def test_labels_are_canonical_in_every_format(tmp_path: Path, raw: str, canonica
 
 def test_no_canary_leaves_the_reader_through_ingestion_logs_or_dagster(tmp_path: Path, capfd, caplog):
     """The hostile files of every format land in one batch beside a good file; raw_records runs through Dagster."""
-    from meddiag_pipelines.layout import DataLayout
+    from meddiag_pipelines.storage import DataRoot
 
-    layout = DataLayout(tmp_path / "data")
+    layout = DataRoot(tmp_path / "data")
     batch = layout.landing(SPEC.name) / "b1"
     for name, data, _, _ in HOSTILE:
         _write(batch, name, data)
@@ -165,25 +165,25 @@ def test_no_canary_leaves_the_reader_through_ingestion_logs_or_dagster(tmp_path:
     home = tmp_path / "dagster_home"
     home.mkdir()
     with dg.instance_for_test(temp_dir=str(home)) as instance:
-        defs = build_definitions([SPEC], layout.root)
+        defs = build_definitions([SPEC], layout.local)
         result = run_task_in_process(defs, SPEC, instance, ["raw_records"], raise_on_error=False)
         events = "\n".join(str(e) for e in instance.all_logs(result.run_id))
     assert result.success
-    ledger = Warehouse(layout.warehouse_db()).ledger(SPEC.name)
+    ledger = Warehouse(layout).ledger(SPEC.name)
     assert ledger["status"].to_list() == ["read"]
     reason = json.loads(ledger["reason"][0])
     assert {r["file"] for r in reason["rejected_files"]} >= {h[2] for h in HOSTILE}
     reasons = [p.read_text() for p in layout.quarantine(SPEC.name).rglob("reason.json")]
     assert len(reasons) >= len(HOSTILE)
     out, err = capfd.readouterr()
-    with Warehouse(layout.warehouse_db()).connect():  # the catalog's views of the ledger and state objects
+    with Warehouse(layout).connect():  # the catalog's views of the ledger and state objects
         pass
     places = {"events": events, "ledger+warehouse": _strings_of_duckdb(layout.warehouse_db()),
               "reason.json": "\n".join(reasons), "console": out + err, "logging": caplog.text}  # fmt: skip
     for path in home.rglob("*"):
         if path.is_file():
             places[f"dagster:{path.name}"] = path.read_bytes().decode("utf-8", "replace")
-    places["raw records"] = "\n".join(map(_strings_of_parquet, layout.root.rglob("raw_records/**/*.parquet")))
+    places["raw records"] = "\n".join(map(_strings_of_parquet, layout.local.rglob("raw_records/**/*.parquet")))
     leaks = [where for where, blob in places.items() if CANARY[:9] in blob or CANARY[-7:] in blob]
     assert leaks == [], leaks
     dated = [where for where, blob in places.items() if "twenty-third" in blob or "thirty-one" in blob or "Tues" in blob]

@@ -11,7 +11,6 @@ import pytest
 
 from meddiag_pipelines.definitions import build_definitions
 from meddiag_pipelines.ingestion.quarantine import file_reason
-from meddiag_pipelines.storage import DataRoot
 from meddiag_pipelines.registry.store import ModelRegistry
 from meddiag_pipelines.update import run_task_in_process
 from meddiag_pipelines.split import SPLIT_COLUMN
@@ -48,7 +47,7 @@ def icd_rows(n_per_chapter: int, seed: int = 7) -> pl.DataFrame:
 
 
 def materialize(spec, layout, instance):
-    defs = build_definitions([spec], layout.root)
+    defs = build_definitions([spec], layout.local)
     return run_task_in_process(defs, spec, instance, raise_on_error=False)
 
 
@@ -150,17 +149,17 @@ def test_text_task_end_to_end(layout):
         assert metrics["model_name"] in card
 
         # the champion scored the unlabelled texts, naming the words that drove each prediction
-        registry = layout.root / "models" / task
+        registry = layout.local / "models" / task
         champion = json.loads((registry / "champion.json").read_text())["version"]
         assert (registry / champion / "model" / "chosen.json").exists()
-        scored = pl.read_parquet(layout.predictions(task) / "batch_0001" / f"{ModelRegistry(DataRoot(layout.root)).champion(task)['version']}.parquet")
+        scored = pl.read_parquet(layout.predictions(task) / "batch_0001" / f"{ModelRegistry(layout).champion(task)['version']}.parquet")
         assert sorted(scored["id"].to_list()) == sorted(held_out["code"].to_list())
         assert {"predicted", "model_version", "top_features", *[f"p_{c}" for c in CHAPTERS]} <= set(scored.columns)
         assert scored["top_features"].str.len_chars().min() > 0
         assert (scored["predicted"] == pl.Series(held_out.sort("code")["chapter"])).mean() >= 0.5
 
         # no planted identifier anywhere: warehouse, reports, model files, predictions, Dagster's storage
-        leaks = leaked_canaries(layout.root, skip=("landing/", "quarantine/"))
+        leaks = leaked_canaries(layout.local, skip=("landing/", "quarantine/"))
         leaks.update({f"dagster/{k}": v for k, v in leaked_canaries(Path(instance.root_directory)).items()})
         events = "\n".join(str(e) for e in instance.all_logs(result.run_id))
         leaks.update({"event_log": [c for c in CANARIES if c.lower() in events.lower()]} if events else {})
@@ -194,7 +193,7 @@ def test_bad_batch_is_quarantined_while_duplicates_are_counted_and_the_task_trai
     assert duplicates["duplicated_texts"] >= 12 and duplicates["extra_copies"] >= 16
     assert duplicates["conflicting_texts"] >= 4 and duplicates["texts_across_splits"] == 0
     assert "conflicting labels" in evaluations["texts_unique_across_splits"].description
-    assert (layout.root / "models" / task / "champion.json").exists()
+    assert (layout.local / "models" / task / "champion.json").exists()
 
     reason = json.loads((layout.quarantine(task) / "b2" / "reason.json").read_text())
     failed = {f["expectation"]: f for f in reason["failures"]}
@@ -309,7 +308,7 @@ def test_odd_batch_name_and_label_forms_train_and_score(layout):
     with dg.instance_for_test() as instance:
         result = materialize(spec, layout, instance)
     assert result.success and check_outcomes(result) == ALL_CHECKS_PASSED
-    scored = pl.read_parquet(layout.predictions(spec.name) / batch / f"{ModelRegistry(DataRoot(layout.root)).champion(spec.name)['version']}.parquet")
+    scored = pl.read_parquet(layout.predictions(spec.name) / batch / f"{ModelRegistry(layout).champion(spec.name)['version']}.parquet")
     assert scored.height == 10
     metrics = json.loads((layout.reports(spec.name) / "latest" / "metrics.json").read_text())
     assert metrics["n_train"] + metrics["n_val"] + metrics["n_test"] == 230

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from meddiag_pipelines.ingestion.batches import ReadOutcome, ingest_new_batches, validate_pending_batches
 from meddiag_pipelines.ingestion.landing import display_name, is_data_file
 from meddiag_pipelines.ingestion.warehouse import Warehouse
-from meddiag_pipelines.layout import DataLayout
+from meddiag_pipelines.storage import DataRoot
 from meddiag_pipelines.specs import TaskSpec, spec_columns
 from meddiag_pipelines.text.readers import read_text_batch
 from meddiag_pipelines.text.validation import validate_texts
@@ -87,7 +87,7 @@ def _entries(batch: Path) -> set[str]:
                                                                  HealthCheck.too_slow])  # fmt: skip
 @given(batch_name=batch_names, landed=files)
 def test_any_text_batch_is_read_and_validated_or_rejected_with_a_reason(tmp_path_factory, batch_name, landed):
-    layout = DataLayout(tmp_path_factory.mktemp("prop") / "data")
+    layout = DataRoot(tmp_path_factory.mktemp("prop") / "data")
     batch = layout.landing(SPEC.name) / batch_name
     batch.mkdir(parents=True)
     for kind, stem, rows in landed:
@@ -106,7 +106,7 @@ def test_any_text_batch_is_read_and_validated_or_rejected_with_a_reason(tmp_path
         assert CANARY not in json.dumps(failure.as_dict())
 
     (batch / "_READY").touch()
-    warehouse = Warehouse(layout.warehouse_db())
+    warehouse = Warehouse(layout)
 
     def reader(landed_batch, spec):
         read = read_text_batch(landed_batch.path, spec)

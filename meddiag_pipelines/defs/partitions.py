@@ -1,4 +1,4 @@
-"""Each landed batch of a task is one partition of that task's batch-level assets (key = the batch folder's name).
+"""Each landed batch of a task is one partition of that task's batch-level assets (key = its ``BatchKey``).
 
 :func:`scan_landing` is what the landing sensor and the ``update`` command share: which ready batch folders are
 not partitions yet, which known ones need their partition run again (content re-landed or changed in place,
@@ -9,19 +9,22 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import dagster as dg
 
 from meddiag_pipelines.ingestion.batches import IngestSummary, batch_changes, refuse_batch
 from meddiag_pipelines.ingestion.landing import (
     READY_MARKER,
+    BatchKey,
+    batch_key,
+    batch_key_problem,
     check_landing_folder,
     describe_batch,
-    display_name,
     ready_batch_dirs,
 )
 from meddiag_pipelines.ingestion.warehouse import Warehouse
-from meddiag_pipelines.layout import DataLayout
+from meddiag_pipelines.storage import DataRoot
 from meddiag_pipelines.specs import TaskSpec
 
 
@@ -62,12 +65,14 @@ def ingestion_keys(partitioned: Mapping[dg.AssetKey, Iterable[dg.AssetKey]]) -> 
     return {key for key, parents in partitioned.items() if all(p in partitioned for p in parents)}
 
 
-def partition_key_problem(name: str) -> str | None:
-    """Why Dagster would refuse the folder name ``name`` as a partition key, in plain words (``None``: it takes it)."""
-    if display_name(name) != name:
-        return "has a folder name that is not valid UTF-8 or holds control characters; rename it"
+def partition_key_problem(folder: Path) -> str | None:
+    """Why ``folder``'s name cannot be a batch key or Dagster would refuse it as a partition key, in plain words
+    (``None``: it is the batch's key and partition key)."""
+    if problem := batch_key_problem(folder):
+        return problem
     try:
-        dg.StaticPartitionsDefinition([name])  # Dagster's rule for keys, public here only (the instance stores any)
+        # Dagster's rule for keys, public here only (the instance stores any)
+        dg.StaticPartitionsDefinition([batch_key(folder)])
     except dg.DagsterInvalidDefinitionError:
         return ("has a folder name Dagster cannot use as a partition key (it holds '...' or a control "
                 "character such as a tab or newline); rename it")  # fmt: skip
@@ -76,30 +81,30 @@ def partition_key_problem(name: str) -> str | None:
 
 @dataclass
 class LandingScan:
-    new: dict[str, str] = field(default_factory=dict)  # batch -> content hash: ready folders not yet partitions
-    again: dict[str, str] = field(default_factory=dict)  # known partitions whose folder needs another run
-    refused: list[str] = field(default_factory=list)  # names Dagster refuses: quarantined now
+    new: dict[BatchKey, str] = field(default_factory=dict)  # batch -> content hash: ready folders not yet partitions
+    again: dict[BatchKey, str] = field(default_factory=dict)  # known partitions whose folder needs another run
+    refused: list[BatchKey] = field(default_factory=list)  # names Dagster refuses: quarantined now
 
 
-def scan_landing(spec: TaskSpec, layout: DataLayout, warehouse: Warehouse, partitions: set[str],
+def scan_landing(spec: TaskSpec, root: DataRoot, warehouse: Warehouse, partitions: set[str],
                  retry_unrecorded: bool = True) -> LandingScan:  # fmt: skip
     """Compare the landing folder with the task's partitions and its ledger. A known batch is hashed only when
     an entry of its folder is newer than the ledger's last word on it (nothing is hashed in the steady state).
     ``retry_unrecorded``: a partition the ledger does not know yet (its run failed, or is still going: the
     sensor passes ``False``) runs again. A landing folder that is a link or not a folder is refused
     (:class:`~meddiag_pipelines.ingestion.landing.LandingFolderError`), never scanned as empty."""
-    check_landing_folder(layout.landing(spec.name))
-    if (store := layout.object_store()) is not None:  # batches landed in the store's landing prefix
+    check_landing_folder(root.landing(spec.name))
+    if (store := root.object_store()) is not None:  # batches landed in the store's landing prefix
         marker = READY_MARKER if spec.landing.ready == "marker" else None
-        store.take_ready_folders(store.relative(layout.landing(spec.name)), layout.landing(spec.name), marker,
+        store.take_ready_folders(store.relative(root.landing(spec.name)), root.landing(spec.name), marker,
                                  spec.landing.quiet_seconds)  # fmt: skip
     ledger = {r["batch_id"]: r for r in warehouse.ledger(spec.name).iter_rows(named=True)}
     scan = LandingScan()
-    for batch_dir in ready_batch_dirs(layout.landing(spec.name), spec.landing):
-        name = batch_dir.name
-        if problem := partition_key_problem(name):
-            refuse_batch(spec, layout, warehouse, describe_batch(spec.name, batch_dir), problem, IngestSummary())
-            scan.refused.append(display_name(name))
+    for batch_dir in ready_batch_dirs(root.landing(spec.name), spec.landing):
+        name = batch_key(batch_dir)
+        if problem := partition_key_problem(batch_dir):
+            refuse_batch(spec, root, warehouse, describe_batch(spec.name, batch_dir), problem, IngestSummary())
+            scan.refused.append(name)
             continue
         row = ledger.get(name)
         if name not in partitions:

@@ -203,11 +203,11 @@ class ImageModality(Modality):
     # -- features and models --------------------------------------------------------------------------------------
     def features(self, spec: TaskSpec, split: pl.DataFrame, storage: Storage) -> BuiltFeatures:
         name, image = spec.name, spec.image
-        cache_dir = storage.layout.cache(name)
+        cache_dir = storage.root.cache(name)
         built, reused, n_images, refused, warnings = 0, 0, 0, set(), []
         for (batch_id,), rows in split.group_by(BATCH_COLUMN, maintain_order=False):
             records = _cache_records(rows, spec)
-            manifest = update_cache(cache_dir, storage.layout.landing(name) / batch_id, batch_id, records, spec)
+            manifest = update_cache(cache_dir, storage.root.landing(name) / batch_id, batch_id, records, spec)
             refused |= _log_refused(warnings, batch_id, records, manifest["failed"])
             reused += bool(manifest["reused"])
             built += not manifest["reused"]

@@ -30,12 +30,14 @@ from polars.exceptions import PanicException
 from meddiag_pipelines.ingestion.errors import BatchRejected
 from meddiag_pipelines.ingestion.landing import (
     BATCH_COLUMN,
+    BatchKey,
     LandedBatch,
+    batch_key,
+    batch_key_problem,
     changed_since,
     check_landing_folder,
     data_files,
     describe_batch,
-    display_name,
     file_digests,
     non_regular_files,
     ready_batch_dirs,
@@ -44,8 +46,8 @@ from meddiag_pipelines.ingestion.landing import (
 )
 from meddiag_pipelines.ingestion.quarantine import quarantine_batch, quarantine_file
 from meddiag_pipelines.ingestion.warehouse import SchemaConflict, Warehouse, conform
-from meddiag_pipelines.layout import DataLayout
 from meddiag_pipelines.specs import TaskSpec, canonical_label
+from meddiag_pipelines.storage import DataRoot
 from meddiag_pipelines.validation.suites import CheckFailure
 
 log = logging.getLogger(__name__)
@@ -75,10 +77,10 @@ Validator = Callable[[pl.DataFrame, TaskSpec, set[str]], list[CheckFailure]]
 
 @dataclass
 class IngestSummary:
-    ingested: list[str] = field(default_factory=list)
+    ingested: list[BatchKey] = field(default_factory=list)
     quarantined: list[dict] = field(default_factory=list)  # {batch, file, problem}: whole batches or single files
     changed: list[dict] = field(default_factory=list)  # {batch, added, changed, removed}: known batches that changed
-    waiting: list[str] = field(default_factory=list)  # batch folders not ready yet (no _READY marker, or not quiet)
+    waiting: list[BatchKey] = field(default_factory=list)  # batches not ready yet (no _READY marker, or not quiet)
     rows: int = 0
     skipped_known: int = 0
 
@@ -92,7 +94,7 @@ def _ledger_row(batch: LandedBatch, status: str, n_rows: int, columns: list[str]
             "files": list(batch.files), "columns": columns, "reason": reason, "file_hashes": batch.digests}  # fmt: skip
 
 
-def _quarantine(spec: TaskSpec, layout: DataLayout, warehouse: Warehouse, batch: LandedBatch, reason: dict,
+def _quarantine(spec: TaskSpec, root: DataRoot, warehouse: Warehouse, batch: LandedBatch, reason: dict,
                 *, new: bool = True) -> bool:  # fmt: skip
     """Ledger first, then the move: a crash in between leaves a ledger entry whose folder is still in landing,
     and the next run finishes the move (:func:`_finish_interrupted`). ``False`` if another run recorded the
@@ -103,12 +105,12 @@ def _quarantine(spec: TaskSpec, layout: DataLayout, warehouse: Warehouse, batch:
             return False
     else:
         warehouse.set_status(spec.name, batch.batch_id, "quarantined", reason)
-    quarantine_batch(batch.path, layout.quarantine(spec.name), reason, batch.batch_id, store=layout.object_store())
+    quarantine_batch(batch.path, root.quarantine(spec.name), reason, batch.batch_id, store=root.object_store())
     log.warning("task %s: batch %s quarantined: %s: %s", spec.name, batch.batch_id, reason["file"], reason["problem"])
     return True
 
 
-def _quarantine_files(spec: TaskSpec, layout: DataLayout, batch: LandedBatch, rejected: list[dict]) -> None:
+def _quarantine_files(spec: TaskSpec, root: DataRoot, batch: LandedBatch, rejected: list[dict]) -> None:
     """Move each rejected file (not its batch) to ``quarantine/<task>/<batch>/files/<file>`` with its reason.
 
     A rejection's ``file`` comes from data (a labels.csv row may name ``../../warehouse/x`` or an absolute
@@ -119,7 +121,7 @@ def _quarantine_files(spec: TaskSpec, layout: DataLayout, batch: LandedBatch, re
         rel = item["file"]
         if rel in listed and _movable(batch.path, rel):
             reason = _reason("read", batch.batch_id, rel, item["problem"])
-            quarantine_file(batch.path, rel, layout.quarantine(spec.name) / batch.batch_id, reason, layout.object_store())
+            quarantine_file(batch.path, rel, root.quarantine(spec.name) / batch.batch_id, reason, root.object_store())
         log.warning("task %s: batch %s: file %s quarantined: %s", spec.name, batch.batch_id, rel, item["problem"])
 
 
@@ -142,7 +144,7 @@ def _movable(batch_dir: Path, rel: str) -> bool:
         return False
 
 
-def _finish_interrupted(spec: TaskSpec, layout: DataLayout, batch_dir: Path, row: dict, summary: IngestSummary) -> None:
+def _finish_interrupted(spec: TaskSpec, root: DataRoot, batch_dir: Path, row: dict, summary: IngestSummary) -> None:
     """A known batch still in landing: finish what a crashed run began (moving a quarantined batch or its
     rejected files), or quarantine a different export re-landed under the name of a quarantined batch."""
     reason = json.loads(row["reason"]) if row["reason"] else {}
@@ -153,13 +155,13 @@ def _finish_interrupted(spec: TaskSpec, layout: DataLayout, batch_dir: Path, row
                              "the name of a batch already quarantined; land the corrected export under a new name, "
                              "or requeue the quarantined one (meddiag requeue)")  # fmt: skip
             summary.quarantined.append({"batch": batch.batch_id, "file": batch.batch_id, "problem": reason["problem"]})
-        quarantine_batch(batch_dir, layout.quarantine(spec.name), reason, row["batch_id"], store=layout.object_store())
+        quarantine_batch(batch_dir, root.quarantine(spec.name), reason, row["batch_id"], store=root.object_store())
         log.warning("task %s: batch %s moved to quarantine: %s", spec.name, row["batch_id"], reason.get("problem"))
         return
     pending = [r for r in reason.get("rejected_files", []) if _movable(batch_dir, r["file"])]
     if pending:
         batch = LandedBatch(spec.name, row["batch_id"], batch_dir, tuple(json.loads(row["files"])), row["content_hash"], 0)
-        _quarantine_files(spec, layout, batch, pending)
+        _quarantine_files(spec, root, batch, pending)
 
 
 def batch_changes(batch_dir: Path, row: dict) -> dict[str, int] | None:
@@ -179,7 +181,7 @@ def batch_changes(batch_dir: Path, row: dict) -> dict[str, int] | None:
     return {**counts, "files": added + changed} if any(counts.values()) else None
 
 
-def _set_aside_changed(spec: TaskSpec, layout: DataLayout, batch_dir: Path, batch_id: str, counts: dict,
+def _set_aside_changed(spec: TaskSpec, root: DataRoot, batch_dir: Path, batch_id: BatchKey, counts: dict,
                        summary: IngestSummary) -> None:  # fmt: skip
     """The documented rule for a batch that changed after it was ingested: its rows and unchanged files stay;
     each added or changed file goes to ``quarantine/<task>/<batch>.changed-<time>/files/<file>``, so nothing is lost."""
@@ -187,40 +189,40 @@ def _set_aside_changed(spec: TaskSpec, layout: DataLayout, batch_dir: Path, batc
     problem = (f"changed after it was ingested: {counts['added']} files added, {counts['changed']} changed, "
                f"{counts['removed']} removed; its rows already ingested stay; land the new rows as a new batch")  # fmt: skip
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    aside = layout.quarantine(spec.name) / f"{batch_id}.changed-{stamp}"
+    aside = root.quarantine(spec.name) / f"{batch_id}.changed-{stamp}"
     for rel in files:
         if _movable(batch_dir, rel):
             reason = _reason("read", batch_id, rel, problem, **counts)
-            quarantine_file(batch_dir, rel, aside, reason, layout.object_store())
+            quarantine_file(batch_dir, rel, aside, reason, root.object_store())
     summary.changed.append({"batch": batch_id, **counts})
     log.warning("task %s: batch %s %s", spec.name, batch_id, problem)
 
 
-def _known_batch(spec: TaskSpec, layout: DataLayout, warehouse: Warehouse, batch_dir: Path, row: dict,
+def _known_batch(spec: TaskSpec, root: DataRoot, warehouse: Warehouse, batch_dir: Path, row: dict,
                  summary: IngestSummary) -> None:  # fmt: skip
     summary.skipped_known += 1
-    _finish_interrupted(spec, layout, batch_dir, row, summary)
+    _finish_interrupted(spec, root, batch_dir, row, summary)
     if row["status"] != "quarantined" and batch_dir.is_dir() and not batch_dir.is_symlink():
         counts = batch_changes(batch_dir, row)
         if counts:
-            _set_aside_changed(spec, layout, batch_dir, row["batch_id"], counts, summary)
+            _set_aside_changed(spec, root, batch_dir, row["batch_id"], counts, summary)
             # the folder is as ingested again: a later look needs no hashing until something else changes
             warehouse.set_status(spec.name, row["batch_id"], row["status"], json.loads(row["reason"]) if row["reason"] else None)
 
 
-def _describe(spec: TaskSpec, layout: DataLayout, batch_dir: Path) -> LandedBatch:
+def _describe(spec: TaskSpec, root: DataRoot, batch_dir: Path) -> LandedBatch:
     """Describe a landed batch, or refuse it (as a batch without files) when its folder is unsafe to read."""
     if batch_dir.is_symlink():
         raise _Refused(describe_batch(spec.name, batch_dir), "is a symbolic link; a batch must be a real folder "
                        "in the landing area (links are never followed)")  # fmt: skip
-    shown = display_name(batch_dir.name)
-    bare = LandedBatch(spec.name, shown, batch_dir, (), hashlib.sha256(os.fsencode(batch_dir.name)).hexdigest(), 0)
-    if shown != batch_dir.name:
-        raise _Refused(bare, "has a folder name that is not valid UTF-8 or holds control characters; rename it")
+    digest = hashlib.sha256(os.fsencode(batch_dir.name)).hexdigest()
+    bare = LandedBatch(spec.name, batch_key(batch_dir), batch_dir, (), digest, 0)
+    if problem := batch_key_problem(batch_dir):
+        raise _Refused(bare, problem)
     if len(os.fsencode(batch_dir.name)) > MAX_BATCH_NAME_BYTES:
         raise _Refused(bare, f"has a folder name over {MAX_BATCH_NAME_BYTES} bytes; outputs named after the batch "
                        "(predictions, quarantine) would not fit a file name: rename it")  # fmt: skip
-    layout.confine(batch_dir)
+    root.confined(batch_dir)
     try:
         return describe_batch(spec.name, batch_dir)
     except OSError as exc:
@@ -254,13 +256,13 @@ def _unread(outcome: ReadOutcome, batch: LandedBatch) -> list[tuple[str, str]]:
     return [(f, NOT_READ) for f in batch.files if f not in accounted]
 
 
-def ingest_new_batches(spec: TaskSpec, layout: DataLayout, warehouse: Warehouse, reader: Reader) -> IngestSummary:
+def ingest_new_batches(spec: TaskSpec, root: DataRoot, warehouse: Warehouse, reader: Reader) -> IngestSummary:
     """:func:`ingest_batches` over every ready batch of the landing folder."""
-    names = [d.name for d in ready_batch_dirs(layout.landing(spec.name), spec.landing)]
-    return ingest_batches(spec, layout, warehouse, reader, names)
+    names = [d.name for d in ready_batch_dirs(root.landing(spec.name), spec.landing)]
+    return ingest_batches(spec, root, warehouse, reader, names)
 
 
-def ingest_batches(spec: TaskSpec, layout: DataLayout, warehouse: Warehouse, reader: Reader,
+def ingest_batches(spec: TaskSpec, root: DataRoot, warehouse: Warehouse, reader: Reader,
                    names: list[str]) -> IngestSummary:  # fmt: skip
     """Read each named batch folder (one partition each) not yet in the ledger, write its records to the
     warehouse, or quarantine it; a known batch only gets its changes set aside (or an interrupted move finished).
@@ -268,55 +270,55 @@ def ingest_batches(spec: TaskSpec, layout: DataLayout, warehouse: Warehouse, rea
     One step at a time per task (the task's Dagster pool, instance-wide); without it, a batch is still ingested
     once even if two runs race or one is killed half-way: its ledger entry is created once, by one of them
     (:meth:`Warehouse.add_batch`), and names its records file."""
-    task_landing = layout.landing(spec.name)
+    task_landing = root.landing(spec.name)
     if task_landing.exists():
-        layout.confine(task_landing)  # a landing folder that is a link out of the data root is a setup error
+        root.confined(task_landing)  # a landing folder that is a link out of the data root is a setup error
     check_landing_folder(task_landing)  # so is a link inside it, or a file: either would read as "nothing landed"
     known = {r["batch_id"]: r for r in warehouse.ledger(spec.name).iter_rows(named=True)}
-    summary = IngestSummary(waiting=[display_name(d.name) for d in waiting_batch_dirs(task_landing, spec.landing)])
+    summary = IngestSummary(waiting=[batch_key(d) for d in waiting_batch_dirs(task_landing, spec.landing)])
     for name in names:
         batch_dir = task_landing / name
         if batch_dir.is_dir() or batch_dir.is_symlink():
-            ingest_batch(spec, layout, warehouse, reader, batch_dir, known.get(display_name(name)), summary)
+            ingest_batch(spec, root, warehouse, reader, batch_dir, known.get(batch_key(batch_dir)), summary)
     return summary
 
 
-def ingest_batch(spec: TaskSpec, layout: DataLayout, warehouse: Warehouse, reader: Reader, batch_dir: Path,
+def ingest_batch(spec: TaskSpec, root: DataRoot, warehouse: Warehouse, reader: Reader, batch_dir: Path,
                  known: dict | None, summary: IngestSummary) -> None:  # fmt: skip
     """One batch folder (``known``: its ledger row, if any); what happened is added to ``summary``."""
     if known is not None:
-        _known_batch(spec, layout, warehouse, batch_dir, known, summary)
+        _known_batch(spec, root, warehouse, batch_dir, known, summary)
         return
     try:
-        batch = _describe(spec, layout, batch_dir)
+        batch = _describe(spec, root, batch_dir)
     except _Refused as exc:
-        refuse_batch(spec, layout, warehouse, exc.batch, exc.problem, summary)
+        refuse_batch(spec, root, warehouse, exc.batch, exc.problem, summary)
         return
-    _ingest_batch(spec, layout, warehouse, reader, batch, summary)
+    _ingest_batch(spec, root, warehouse, reader, batch, summary)
 
 
-def refuse_batch(spec: TaskSpec, layout: DataLayout, warehouse: Warehouse, batch: LandedBatch, problem: str,
+def refuse_batch(spec: TaskSpec, root: DataRoot, warehouse: Warehouse, batch: LandedBatch, problem: str,
                  summary: IngestSummary) -> None:  # fmt: skip
     """Quarantine a whole batch before reading it (``problem``: why, in plain words)."""
     reason = _reason("read", batch.batch_id, batch.batch_id, problem)
-    if _quarantine(spec, layout, warehouse, batch, reason):
+    if _quarantine(spec, root, warehouse, batch, reason):
         summary.quarantined.append({"batch": batch.batch_id, "file": batch.batch_id, "problem": problem})
 
 
-def _set_aside_non_regular(spec: TaskSpec, layout: DataLayout, batch: LandedBatch) -> tuple[LandedBatch, list[dict]]:
+def _set_aside_non_regular(spec: TaskSpec, root: DataRoot, batch: LandedBatch) -> tuple[LandedBatch, list[dict]]:
     """Move FIFOs, sockets and devices to quarantine before any reader runs (a FIFO would block it for ever);
     the reader gets the batch without them."""
     special = non_regular_files(batch)
     if not special:
         return batch, []
     rejected = [{"batch": batch.batch_id, "file": f, "problem": NOT_REGULAR} for f in special]
-    _quarantine_files(spec, layout, batch, rejected)
+    _quarantine_files(spec, root, batch, rejected)
     return replace(batch, files=tuple(f for f in batch.files if f not in special)), rejected
 
 
-def _ingest_batch(spec: TaskSpec, layout: DataLayout, warehouse: Warehouse, reader: Reader, batch: LandedBatch,
+def _ingest_batch(spec: TaskSpec, root: DataRoot, warehouse: Warehouse, reader: Reader, batch: LandedBatch,
                   summary: IngestSummary) -> None:  # fmt: skip
-    readable, set_aside = _set_aside_non_regular(spec, layout, batch)
+    readable, set_aside = _set_aside_non_regular(spec, root, batch)
     try:
         if set_aside and not readable.files:
             raise BatchRejected(batch.batch_id, "holds no regular files (only FIFOs, sockets or devices)",
@@ -332,7 +334,7 @@ def _ingest_batch(spec: TaskSpec, layout: DataLayout, warehouse: Warehouse, read
         appended = warehouse.append(spec.name, RAW_TABLE, frame, row)
     except BatchRejected as exc:
         reason = _reason("read", batch.batch_id, exc.file, exc.problem, **exc.details)
-        if _quarantine(spec, layout, warehouse, batch, reason):
+        if _quarantine(spec, root, warehouse, batch, reason):
             summary.quarantined += [*set_aside, {"batch": batch.batch_id, "file": exc.file, "problem": exc.problem}]
         return
     except (duckdb.IOException, OSError):
@@ -340,13 +342,13 @@ def _ingest_batch(spec: TaskSpec, layout: DataLayout, warehouse: Warehouse, read
     except (duckdb.Error, Exception, PanicException) as exc:
         # A library's own message may quote a value: name the batch and the kind of failure only.
         problem = f"its records could not be stored in the warehouse ({type(exc).__name__}); nothing of it was kept"
-        if _quarantine(spec, layout, warehouse, batch, _reason("read", batch.batch_id, batch.batch_id, problem)):
+        if _quarantine(spec, root, warehouse, batch, _reason("read", batch.batch_id, batch.batch_id, problem)):
             summary.quarantined.append({"batch": batch.batch_id, "file": batch.batch_id, "problem": problem})
         return
     if not appended:
         summary.skipped_known += 1  # another run took this batch between our ledger read and now
         return
-    _quarantine_files(spec, layout, batch, rejected[len(set_aside):])
+    _quarantine_files(spec, root, batch, rejected[len(set_aside):])
     summary.quarantined += rejected
     summary.ingested.append(batch.batch_id)
     summary.rows += frame.height
@@ -354,7 +356,7 @@ def _ingest_batch(spec: TaskSpec, layout: DataLayout, warehouse: Warehouse, read
 
 @dataclass
 class ValidationSummary:
-    validated: list[str] = field(default_factory=list)
+    validated: list[BatchKey] = field(default_factory=list)
     quarantined: list[dict] = field(default_factory=list)  # {batch, failures}
     records: dict[str, pl.DataFrame] = field(default_factory=dict)  # batch -> its validated rows (empty if none)
 
@@ -406,11 +408,11 @@ def _first_domain(spec: TaskSpec, seen: list[str]) -> tuple[list[CheckFailure], 
     return [CheckFailure("label_domain", spec.label, problem)], None
 
 
-def validate_pending_batches(spec: TaskSpec, layout: DataLayout, warehouse: Warehouse, validator: Validator
+def validate_pending_batches(spec: TaskSpec, root: DataRoot, warehouse: Warehouse, validator: Validator
                              ) -> tuple[pl.DataFrame, ValidationSummary]:  # fmt: skip
     """Validate every batch in state ``read``; return every validated row (all batches) and what happened."""
     pending = warehouse.ledger(spec.name).filter(pl.col("status") == "read")["batch_id"].to_list()
-    summary = validate_batches(spec, layout, warehouse, validator, pending)
+    summary = validate_batches(spec, root, warehouse, validator, pending)
     validated = warehouse.ledger(spec.name).filter(pl.col("status") == "validated")["batch_id"].to_list()
     return (warehouse.read(spec.name, RAW_TABLE, validated) if validated else pl.DataFrame()), summary
 
@@ -435,8 +437,8 @@ def _batch_failures(validator: Validator, frame: pl.DataFrame, spec: TaskSpec, k
     return failures + labels, domain_after
 
 
-def validate_batches(spec: TaskSpec, layout: DataLayout, warehouse: Warehouse, validator: Validator,
-                     batch_ids: list[str]) -> ValidationSummary:  # fmt: skip
+def validate_batches(spec: TaskSpec, root: DataRoot, warehouse: Warehouse, validator: Validator,
+                     batch_ids: list[BatchKey]) -> ValidationSummary:  # fmt: skip
     """Validate the listed batches (one partition each) that are in state ``read``, in order, against what the
     task's batches validated before recorded (ids, column types, label domain); quarantine the failures.
     ``summary.records[b]``: batch ``b``'s validated rows, empty (no rows) when it is quarantined or unknown.
@@ -462,10 +464,10 @@ def validate_batches(spec: TaskSpec, layout: DataLayout, warehouse: Warehouse, v
         frame = stored.select(json.loads(row["columns"]))
         failures, domain_after = _batch_failures(validator, frame, spec, known_ids, reference, domain)
         if failures:
-            batch = LandedBatch(spec.name, batch_id, layout.landing(spec.name) / batch_id, tuple(json.loads(row["files"])),
+            batch = LandedBatch(spec.name, batch_id, root.landing(spec.name) / batch_id, tuple(json.loads(row["files"])),
                                 row["content_hash"], 0)  # fmt: skip
             reason = _reason("validate", batch_id, batch_id, "failed validation", failures=[f.as_dict() for f in failures])
-            _quarantine(spec, layout, warehouse, batch, reason, new=False)
+            _quarantine(spec, root, warehouse, batch, reason, new=False)
             summary.quarantined.append({"batch": batch_id, "failures": [f.as_dict() for f in failures]})
             continue
         if domain is None and domain_after is not None and not spec.classes:
@@ -479,11 +481,11 @@ def validate_batches(spec: TaskSpec, layout: DataLayout, warehouse: Warehouse, v
     return summary
 
 
-def why_no_records(spec: TaskSpec, layout: DataLayout, warehouse: Warehouse) -> str:
+def why_no_records(spec: TaskSpec, root: DataRoot, warehouse: Warehouse) -> str:
     """Why a task has no validated rows, in plain words: batches waiting for their marker, quarantined batches
     with their reasons (file and problem, never record content), or an empty landing folder."""
-    parts = [f"{display_name(d.name)} {waiting_reason(spec.landing)}"
-             for d in waiting_batch_dirs(layout.landing(spec.name), spec.landing)]  # fmt: skip
+    parts = [f"{batch_key(d)} {waiting_reason(spec.landing)}"
+             for d in waiting_batch_dirs(root.landing(spec.name), spec.landing)]  # fmt: skip
     for row in warehouse.ledger(spec.name).filter(pl.col("status") == "quarantined").iter_rows(named=True):
         parts.append(f"{row['batch_id']} was quarantined: {_reason_text(json.loads(row['reason']) if row['reason'] else {})}")
     if not parts:

@@ -12,20 +12,39 @@ import stat
 import time
 import unicodedata
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path, PurePath, PurePosixPath
+from typing import NewType
 
 from meddiag_pipelines.specs import LandingSpec
 
 READY_MARKER = "_READY"
 INTERNAL_PREFIX = "_meddiag_"  # the pipeline's own columns; readers refuse user columns in this namespace
-BATCH_COLUMN = f"{INTERNAL_PREFIX}batch"  # added by ingestion to every record: which batch it came from
+BATCH_COLUMN = f"{INTERNAL_PREFIX}batch"  # added by ingestion to every record: its BatchKey
 _CHUNK = 1 << 20
+
+BatchKey = NewType("BatchKey", str)
+"""A batch's one name, from :func:`batch_key`: its landing folder's name as safe text. The same string is its
+Dagster partition key, its ``batch_id`` in the ledger, the value of :data:`BATCH_COLUMN` in its records, and the
+name of its quarantine and predictions folders (the ledger files it under a hash of it, which fits any store)."""
+
+
+def batch_key(folder: PurePath) -> BatchKey:
+    """The key of the batch landed in ``folder``: the folder's name as safe text (:func:`display_name`), equal to
+    the name exactly when the name is safe; a batch whose name is not (:func:`batch_key_problem`) is refused."""
+    return BatchKey(display_name(folder.name))
+
+
+def batch_key_problem(folder: PurePath) -> str | None:
+    """Why ``folder``'s name cannot be a batch key, in plain words (``None``: it can)."""
+    if batch_key(folder) != folder.name:
+        return "has a folder name that is not valid UTF-8 or holds control characters; rename it"
+    return None
 
 
 @dataclass(frozen=True)
 class LandedBatch:
     task: str
-    batch_id: str
+    batch_id: BatchKey
     path: Path
     files: tuple[str, ...]  # data files, relative to ``path``, sorted
     content_hash: str
@@ -193,17 +212,17 @@ def ready_batch_dirs(task_landing: Path, landing: LandingSpec, now: float | None
 
 
 def describe_batch(task: str, batch_dir: Path) -> LandedBatch:
-    """The batch's files and content hash; ``batch_id`` is the folder's :func:`display_name`. A link in
+    """The batch's files and content hash; ``batch_id`` is the folder's :func:`batch_key`. A link in
     place of the folder is described without following it (no files)."""
     if batch_dir.is_symlink():
         digest = hashlib.sha256(b"<symlink>" + os.fsencode(batch_dir.name)).hexdigest()
-        return LandedBatch(task, display_name(batch_dir.name), batch_dir, (), digest, 0)
+        return LandedBatch(task, batch_key(batch_dir), batch_dir, (), digest, 0)
     files = data_files(batch_dir)
     digests = file_digests(batch_dir, files)
     total = sum((batch_dir / f).lstat().st_size for f in files if is_regular(batch_dir / f))
     return LandedBatch(
         task=task,
-        batch_id=display_name(batch_dir.name),
+        batch_id=batch_key(batch_dir),
         path=batch_dir,
         files=tuple(str(f) for f in files),
         content_hash=content_hash(batch_dir, files, digests),

@@ -32,7 +32,7 @@ from meddiag_pipelines.defs.dead_runs import TaskRuns, describe, release_dead_ru
 from meddiag_pipelines.ingestion.landing import READY_MARKER, display_name
 from meddiag_pipelines.ingestion.quarantine import FILES_DIR, REASON_FILE, REASONS_DIR, free_name, is_folder
 from meddiag_pipelines.ingestion.warehouse import Warehouse
-from meddiag_pipelines.layout import DataLayout, default_data_dir
+from meddiag_pipelines.storage import DataRoot, default_data_dir
 
 REQUEUED_DIR = "_requeued"  # quarantine/<task>/_requeued/: the reasons of batches sent back (no batch name starts with '_')
 
@@ -67,19 +67,19 @@ def refuse_while_running(task: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    layout = DataLayout(Path(args.data_dir or default_data_dir()))
-    warehouse = Warehouse(layout.warehouse_db())
+    root = DataRoot(Path(args.data_dir or default_data_dir()))
+    warehouse = Warehouse(root)
     try:
         _single_name("task", args.task)
         refuse_while_running(args.task)
         if args.command == "requeue":
-            target = requeue(layout, warehouse, args.task, args.batch)
+            target = requeue(root, warehouse, args.task, args.batch)
             print(f"{args.task}: batch {args.batch} is back in {target}; the next run reads it again")
         else:
             if not args.yes:
                 raise RecoveryError(f"reset forgets every batch of {args.task} the warehouse holds; run it again "
                                     "with --yes to confirm")  # fmt: skip
-            reset(layout, warehouse, args.task)
+            reset(root, warehouse, args.task)
             print(f"{args.task}: warehouse state forgotten; the batches still in landing/{args.task}/ are read again "
                   "by the next run")  # fmt: skip
     except RecoveryError as exc:
@@ -93,7 +93,7 @@ def _single_name(kind: str, name: str) -> None:
         raise RecoveryError(f"{kind} name must be a plain folder name")
 
 
-def requeue(layout: DataLayout, warehouse: Warehouse, task: str, batch: str) -> Path:
+def requeue(root: DataRoot, warehouse: Warehouse, task: str, batch: str) -> Path:
     """Bring every file of a quarantined batch back to ``landing/<task>/<batch>/``, each at the path it landed at,
     from all of the batch's quarantine folders (:func:`quarantine_folders`), with a fresh ``_READY``, and forget
     its ledger entry and records. The quarantine's reasons are not data: they stay, in
@@ -102,7 +102,7 @@ def requeue(layout: DataLayout, warehouse: Warehouse, task: str, batch: str) -> 
     quarantine folders hold a file at the same path."""
     _single_name("task", task)
     _single_name("batch", batch)
-    quarantine, target = layout.quarantine(task), layout.landing(task) / batch
+    quarantine, target = root.quarantine(task), root.landing(task) / batch
     rows = warehouse.ledger(task).filter(batch_id=batch)
     status = rows["status"][0] if rows.height else None
     folders = quarantine_folders(quarantine, batch)
@@ -112,7 +112,7 @@ def requeue(layout: DataLayout, warehouse: Warehouse, task: str, batch: str) -> 
                             f"{'exists' if folders else 'does not exist'}); only a quarantined batch can be requeued")  # fmt: skip
     if os.path.lexists(target):
         raise RecoveryError(f"landing/{task}/{batch} already exists; move it away or land the batch under a new name")
-    files = _files_to_restore(task, [layout.confine(f) for f in folders])
+    files = _files_to_restore(task, [root.path(root.relative(f)) for f in folders])
     staging = staging_dir(target)  # hidden: no scan reads the batch until every file is back
     for rel, folder in files.items():
         (staging / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -171,10 +171,10 @@ def _shown(task: str, folder: Path) -> str:
     return f"quarantine/{task}/{display_name(folder.name)}/{FILES_DIR}/"
 
 
-def reset(layout: DataLayout, warehouse: Warehouse, task: str) -> None:
+def reset(root: DataRoot, warehouse: Warehouse, task: str) -> None:
     """Forget everything the warehouse holds for ``task``; models, reports, landing and quarantine stay."""
     _single_name("task", task)
     warehouse.forget_task(task)
-    for folder in layout.asset_values(task):
+    for folder in root.asset_values(task):
         if folder.is_dir() and not folder.is_symlink():
             shutil.rmtree(folder)

@@ -31,6 +31,7 @@ from pathlib import Path
 import duckdb
 import polars as pl
 
+from meddiag_pipelines.ingestion.landing import BatchKey
 from meddiag_pipelines.storage import DataRoot
 
 LEDGER_FOLDER, STATE_FOLDER = "ledger", "state"  # inside the warehouse folder
@@ -115,7 +116,7 @@ def _key(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()[:32]
 
 
-def _records_name(batch_id: str, content_hash: str) -> str:
+def _records_name(batch_id: BatchKey, content_hash: str) -> str:
     """A file name for a batch's records that fits any file system whatever the batch is called."""
     return _key(f"{batch_id}\0{content_hash}") + ".parquet"
 
@@ -153,23 +154,22 @@ _STATE_VIEW = f"""CREATE OR REPLACE VIEW task_state AS SELECT task, key, value F
 
 @dataclass(frozen=True)
 class Warehouse:
-    """``database``: the DuckDB catalog file, in the warehouse folder; ``data``: the data root holding that folder
-    (default: the folder above it), through which the ledger and state objects are read and written."""
+    """The warehouse of data root ``data``, through which the ledger and state objects are read and written; its
+    DuckDB catalog file is :meth:`DataRoot.warehouse_db`."""
 
-    database: Path
-    data: DataRoot | None = None
+    data: DataRoot
+
+    @property
+    def database(self) -> Path:
+        return self.data.warehouse_db()
 
     @property
     def root(self) -> Path:
         """The warehouse folder; record files are named relative to it in the ledger."""
-        return self.database.parent
-
-    @property
-    def objects(self) -> DataRoot:
-        return self.data or DataRoot(self.root.parent)
+        return self.data.warehouse_dir()
 
     def _rel(self, *parts: str) -> str:
-        return "/".join((self.objects.relative(self.root), *parts))
+        return "/".join((self.data.relative(self.root), *parts))
 
     @contextmanager
     def connect(self):
@@ -190,28 +190,28 @@ class Warehouse:
                                                "'main' AND table_name IN ('ingest_ledger', 'task_state')").fetchall()}  # fmt: skip
         for name, ddl, folder in (("ingest_ledger", _LEDGER_VIEW, LEDGER_FOLDER), ("task_state", _STATE_VIEW, STATE_FOLDER)):
             # DuckDB refuses a glob matching nothing; over an object store it has no local files to view
-            if name not in views and not self.objects.remote and self.objects.list(self._rel(folder)):
+            if name not in views and not self.data.remote and self.data.list(self._rel(folder)):
                 con.execute(ddl)
 
     # -- ledger: warehouse/ledger/<task>/<batch key>/<seq>.json, add-only, the newest entry wins ----------------
     def _newest(self, folder: str) -> tuple[int, dict | None]:
         """A batch's newest entry and its number (0, ``None``: never recorded; ``None`` too when forgotten)."""
-        names = [n for n in self.objects.list(folder) if n.endswith(".json")]
+        names = [n for n in self.data.list(folder) if n.endswith(".json")]
         if not names:
             return 0, None
-        entry = self.objects.read_json(f"{folder}/{names[-1]}")
+        entry = self.data.read_json(f"{folder}/{names[-1]}")
         return int(names[-1].removesuffix(".json")), None if entry["status"] == FORGOTTEN else entry
 
-    def _recorded(self, task: str, batch_id: str) -> tuple[int, dict | None]:
+    def _recorded(self, task: str, batch_id: BatchKey) -> tuple[int, dict | None]:
         return self._newest(self._rel(LEDGER_FOLDER, task, _key(batch_id)))
 
-    def _add_entry(self, task: str, batch_id: str, seq: int, entry: dict) -> bool:
-        return self.objects.write_once(self._rel(LEDGER_FOLDER, task, _key(batch_id), _entry_name(seq)), _encode(entry))
+    def _add_entry(self, task: str, batch_id: BatchKey, seq: int, entry: dict) -> bool:
+        return self.data.write_once(self._rel(LEDGER_FOLDER, task, _key(batch_id), _entry_name(seq)), _encode(entry))
 
     def ledger(self, task: str) -> pl.DataFrame:
         """Every batch the ledger holds for ``task`` (its newest entry), by batch id."""
         folder = self._rel(LEDGER_FOLDER, task)
-        entries = (self._newest(f"{folder}/{key}")[1] for key in self.objects.list(folder))
+        entries = (self._newest(f"{folder}/{key}")[1] for key in self.data.list(folder))
         rows = [_frame_row(entry) for entry in entries if entry is not None]
         return pl.DataFrame(rows, schema=_LEDGER_SCHEMA).sort("batch_id")
 
@@ -222,7 +222,7 @@ class Warehouse:
         seq, entry = self._recorded(task, row["batch_id"])
         return entry is None and self._add_entry(task, row["batch_id"], seq + 1, _ledger_entry(task, row))
 
-    def _next_entry(self, task: str, batch_id: str, change: dict) -> None:
+    def _next_entry(self, task: str, batch_id: BatchKey, change: dict) -> None:
         """Add an entry: the newest one with ``change``; nothing when the batch is not recorded. Another writer
         taking the number first means a retry on top of its entry."""
         for _ in range(_CAS_ATTEMPTS):
@@ -231,36 +231,36 @@ class Warehouse:
                 return
         raise RuntimeError(f"task {task}: the ledger entry of a batch kept changing under {_CAS_ATTEMPTS} attempts")
 
-    def set_status(self, task: str, batch_id: str, status: str, reason: dict | None) -> None:
+    def set_status(self, task: str, batch_id: BatchKey, status: str, reason: dict | None) -> None:
         """Move a recorded batch to ``status`` (a new entry); its files, digests and records stay as recorded."""
         self._next_entry(task, batch_id, {"status": status, "reason": reason or None})
 
-    def forget_batch(self, task: str, batch_id: str) -> None:
+    def forget_batch(self, task: str, batch_id: BatchKey) -> None:
         """Forget a batch (an entry saying so; the earlier ones stay as its history) and drop its records file,
         so that it is read again when it lands."""
         _, entry = self._recorded(task, batch_id)
         self._next_entry(task, batch_id, {"status": FORGOTTEN})
         if entry and entry.get("records_file"):
-            self.objects.remove(self._rel(entry["records_file"]))
+            self.data.remove(self._rel(entry["records_file"]))
 
     def forget_task(self, task: str) -> None:
         """Forget everything the warehouse holds for ``task``: ledger, records files, state, views."""
         for rel in self.ledger(task)["records_file"].drop_nulls():
-            self.objects.remove(self._rel(rel))
+            self.data.remove(self._rel(rel))
         for folder in (LEDGER_FOLDER, STATE_FOLDER):
-            self.objects.remove(self._rel(folder, task))
+            self.data.remove(self._rel(folder, task))
         with self.connect() as con:
             con.execute(f"DROP SCHEMA IF EXISTS {_quote(task)} CASCADE")
 
     # -- per-task state: warehouse/state/<task>/<key>.json, written once ---------------------------------------
     def state(self, task: str, key: str) -> str | None:
         rel = self._rel(STATE_FOLDER, task, f"{key}.json")
-        return self.objects.read_json(rel)["value"] if self.objects.exists(rel) else None
+        return self.data.read_json(rel)["value"] if self.data.exists(rel) else None
 
     def set_state_once(self, task: str, key: str, value: str) -> str:
         """Record ``value`` unless the task already holds one (another run may have set it a moment before);
         return the value in force."""
-        self.objects.write_once(self._rel(STATE_FOLDER, task, f"{key}.json"), _encode({"task": task, "key": key, "value": value}))
+        self.data.write_once(self._rel(STATE_FOLDER, task, f"{key}.json"), _encode({"task": task, "key": key, "value": value}))
         return self.state(task, key)
 
     # -- record files -------------------------------------------------------------------------------
@@ -272,10 +272,10 @@ class Warehouse:
         if self._recorded(task, ledger_row["batch_id"])[1] is not None:
             return False
         rel = f"{table}/{task}/{_records_name(ledger_row['batch_id'], ledger_row['content_hash'])}"
-        self.objects.write_parquet(self._rel(rel), frame)
+        self.data.write_parquet(self._rel(rel), frame)
         return self.add_batch(task, {**ledger_row, "records_file": rel})
 
-    def read(self, task: str, table: str, where_batches: list[str] | None = None) -> pl.DataFrame:
+    def read(self, task: str, table: str, where_batches: list[BatchKey] | None = None) -> pl.DataFrame:
         """The records of the listed batches (all recorded batches if ``None``), columns matched by name. Listed
         batches are looked up one by one: validating one batch of thousands reads one entry, not the ledger."""
         if where_batches is None:
@@ -283,7 +283,7 @@ class Warehouse:
         else:
             entries = (self._recorded(task, batch_id)[1] for batch_id in sorted(set(where_batches)))
             files = [entry["records_file"] for entry in entries if entry]
-        frames = [self.objects.read_parquet(self._rel(rel)) for rel in files if rel and rel.startswith(f"{table}/")]
+        frames = [self.data.read_parquet(self._rel(rel)) for rel in files if rel and rel.startswith(f"{table}/")]
         return pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame()
 
     def resolve_views_here(self, con: duckdb.DuckDBPyConnection) -> None:

@@ -20,7 +20,6 @@ import polars as pl
 from meddiag_pipelines.ingestion.batches import ReadOutcome, Validator
 from meddiag_pipelines.ingestion.landing import LandedBatch
 from meddiag_pipelines.ingestion.warehouse import Warehouse
-from meddiag_pipelines.layout import DataLayout
 from meddiag_pipelines.specs import TaskSpec
 from meddiag_pipelines.storage import DataRoot
 from meddiag_pipelines.validation.suites import CheckFailure
@@ -36,13 +35,11 @@ Explainer = Callable[[Path, pl.DataFrame, dict], list[list[tuple[str, float]]]]
 
 
 class Storage(Protocol):
-    """Where a task's data lives, as a modality may use it (the storage resource satisfies it)."""
+    """Where a task's data lives, as a modality may use it (the storage resource satisfies it): the data root
+    (its files and the layout's folders), and the warehouse and model registry built on it."""
 
     @property
     def root(self) -> DataRoot: ...
-
-    @property
-    def layout(self) -> DataLayout: ...
 
     @property
     def warehouse(self) -> Warehouse: ...

@@ -7,11 +7,10 @@ import argparse
 import json
 import sys
 
-from meddiag_pipelines.layout import default_data_root
 from meddiag_pipelines.registry.manifest import figure_text, summarize
 from meddiag_pipelines.registry.store import ModelRegistry, RegistryError
 from meddiag_pipelines.registry.summary import latest_pointer
-from meddiag_pipelines.storage import DataRoot
+from meddiag_pipelines.storage import DataRoot, default_data_root
 
 COLUMNS = ("version", "created (UTC)", "data partitions", "code", "metric (95% CI)", "decision")
 

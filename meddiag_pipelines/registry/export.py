@@ -33,7 +33,6 @@ import numpy as np
 import polars as pl
 
 from meddiag_pipelines.atomic import atomic_write_json, publish_new_dir, staging_dir
-from meddiag_pipelines.layout import DataLayout
 from meddiag_pipelines.registry.store import ModelRegistry, RegistryError
 from meddiag_pipelines.split import SPLIT_COLUMN
 from meddiag_pipelines.storage import DataRoot, open_plan
@@ -256,7 +255,7 @@ def _test_rows(root: DataRoot, task: str, version: str, test_ids: list[str], col
     spec = next((s for s in scan_specs().specs if s.name == task), None)
     if spec is None:
         raise ExportRefused(f"{task}: no spec of this task in the spec folders, so its test rows cannot be found")
-    folder = root.relative(DataLayout(root.local).table(task, "split"))
+    folder = root.relative(root.table(task, "split"))
     files = [f for f in root.list(folder) if f.endswith(".parquet") and f <= f"{version}.parquet"]
     for name in reversed(files):
         split = root.read_parquet(f"{folder}/{name}")

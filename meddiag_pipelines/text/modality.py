@@ -98,7 +98,7 @@ class TextModality(Modality):
     def extra_checks(self, spec: TaskSpec) -> list[ExtraCheck]:
         def unreadable_files_quarantined(storage: Storage, _) -> CheckOutcome:
             root = storage.root
-            n_rejected, failures = unreadable_files(storage.warehouse.ledger(spec.name), storage.layout.quarantine(spec.name),
+            n_rejected, failures = unreadable_files(storage.warehouse.ledger(spec.name), storage.root.quarantine(spec.name),
                                                     lambda path: root.exists(root.relative(path)))  # fmt: skip
             return CheckOutcome(failures, metadata={"rejected_files": n_rejected})
 

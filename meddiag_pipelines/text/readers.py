@@ -47,7 +47,7 @@ import polars as pl
 from polars.exceptions import PanicException
 
 from meddiag_pipelines.ingestion.errors import BatchRejected
-from meddiag_pipelines.ingestion.landing import UnsafePath, confined_file, display_name, is_data_file
+from meddiag_pipelines.ingestion.landing import UnsafePath, batch_key, confined_file, display_name, is_data_file
 from meddiag_pipelines.specs import ROW_ID, TaskSpec, canonical_label
 from meddiag_pipelines.tabular.readers import first_repeat, lf_line_endings, settled_types
 from meddiag_pipelines.text.deid import ScrubTimeout, scrub
@@ -394,7 +394,7 @@ class _BatchReader:
     def _file(self, rel: str, read: Callable[[str], list[dict]]) -> None:
         """Read one file; any problem rejects that file alone, in words that never quote its content."""
         truncated = self.col.truncated
-        self.col.source = f"{display_name(self.batch_dir.name)}/{rel}"
+        self.col.source = f"{batch_key(self.batch_dir)}/{rel}"
         try:
             rows = read(rel)
         except (_Reject, UnsafePath) as exc:

@@ -25,7 +25,7 @@ def partitioned(spec: TaskSpec) -> dict:
 def ingest_partitions(context: dg.AssetExecutionContext, spec: TaskSpec, storage: MeddiagStorage,
                       reader: Reader) -> dg.MaterializeResult:  # fmt: skip
     """raw_records of the run's partitions: each batch read once (its records written once, content-named)."""
-    summary = ingest_batches(spec, storage.layout, storage.warehouse, reader, sorted(context.partition_keys))
+    summary = ingest_batches(spec, storage.root, storage.warehouse, reader, sorted(context.partition_keys))
     return ingest_result(context, spec, storage, summary)
 
 
@@ -63,7 +63,7 @@ def validation_metadata(spec: TaskSpec, storage: MeddiagStorage, records: pl.Dat
     meta = {"labelled_rows": labelled, "unlabelled_rows": records.height - labelled,
             "validated_now": len(summary.validated), "quarantined_now": len(summary.quarantined), **counts}  # fmt: skip
     if records.is_empty():
-        meta["why_empty"] = why_no_records(spec, storage.layout, storage.warehouse)
+        meta["why_empty"] = why_no_records(spec, storage.root, storage.warehouse)
     return meta
 
 
@@ -79,7 +79,7 @@ def build_validated_records_asset(spec: TaskSpec, raw_records, tags: dict, descr
               pool=pool(spec), **partitioned(spec), **tags)  # fmt: skip
     def validated_records(context: dg.AssetExecutionContext, storage: MeddiagStorage) -> pl.DataFrame:
         keys = sorted(context.partition_keys)
-        summary = validate_batches(spec, storage.layout, storage.warehouse, make_validator(storage), keys)
+        summary = validate_batches(spec, storage.root, storage.warehouse, make_validator(storage), keys)
         log_validation(context, spec, summary)
         records = pl.concat([summary.records[k] for k in keys], how="diagonal_relaxed")
         for key in keys:
@@ -108,5 +108,5 @@ def no_validated_rows_result(spec: TaskSpec, storage: MeddiagStorage) -> dg.Asse
     """The run's batches were all quarantined: a warning that says why (their reasons), not a failed run,
     since quarantine is how a bad batch is handled."""
     return dg.AssetCheckResult(passed=False, severity=dg.AssetCheckSeverity.WARN,
-                               description=why_no_records(spec, storage.layout, storage.warehouse),
+                               description=why_no_records(spec, storage.root, storage.warehouse),
                                metadata={"status": "quarantined"})  # fmt: skip

@@ -88,7 +88,7 @@ def point_latest(storage: MeddiagStorage, task: str, version: str, files: dict[s
     """``reports/<task>/latest.json`` names ``version`` (its folder relative to the data root); ``latest/`` is a
     copy of its report files, replaced whole (left as it is for a version published before versions kept their
     reports). Returns the pointer's path relative to the data root."""
-    reports = storage.root.relative(storage.layout.reports(task))
+    reports = storage.root.relative(storage.root.reports(task))
     if files:
         storage.root.replace_files(f"{reports}/latest", files)
     pointer = {"task": task, "version": version, "version_dir": storage.registry.version_rel(task, version),
@@ -199,7 +199,7 @@ def build_model_lifecycle_assets(spec: TaskSpec, tags: dict, predictor_factory: 
         # A run of the whole group without a partition (the task job, `dagster asset materialize`) scores every batch.
         partitioned = context.has_partition_key or context.has_partition_key_range
         batches = list(context.partition_keys) if partitioned else sorted(split[BATCH_COLUMN].unique().to_list())
-        summary = score_unlabelled(spec, storage.root, storage.layout, storage.registry, rows, batches, predictor_factory, explain)
+        summary = score_unlabelled(spec, storage.root, storage.registry, rows, batches, predictor_factory, explain)
         if summary.version is None:
             note = "no champion yet: nothing scored"
         elif summary.written:

@@ -53,7 +53,7 @@ def build_landing_sensor(spec: TaskSpec, job) -> dg.SensorDefinition:
             context.log.info(message)
         partitions = batch_partitions(spec)
         known = set(context.instance.get_dynamic_partitions(partitions.name))
-        scan = scan_landing(spec, storage.layout, storage.warehouse, known, retry_unrecorded=False)
+        scan = scan_landing(spec, storage.root, storage.warehouse, known, retry_unrecorded=False)
         for name in scan.refused:
             context.log.warning(f"{spec.name}: batch {name} quarantined: its name cannot be a partition key")
         if not scan.new and not scan.again:

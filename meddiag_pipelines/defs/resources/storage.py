@@ -9,6 +9,7 @@ else the newest file by name: a listing of one folder per partition, the same ru
 DuckDB views, with no event-log query per partition (a task may hold thousands of batches)."""
 
 import time
+from functools import cached_property
 from pathlib import Path
 
 import dagster as dg
@@ -16,31 +17,26 @@ import polars as pl
 
 from meddiag_pipelines.ingestion.landing import BATCH_COLUMN
 from meddiag_pipelines.ingestion.warehouse import Warehouse
-from meddiag_pipelines.layout import DataLayout, default_data_root
 from meddiag_pipelines.registry.store import ModelRegistry
-from meddiag_pipelines.storage import DataRoot, is_object_store, run_name
+from meddiag_pipelines.storage import DataRoot, default_data_root, is_object_store, run_name
 
 
 class MeddiagStorage(dg.ConfigurableResource):
-    """The data root: landing, warehouse, models, reports, quarantine and predictions. ``data_dir``: a local
-    folder or an object store URL (``s3://bucket/prefix``; see ``meddiag_pipelines/storage.py``)."""
+    """A holder of the data root (:class:`~meddiag_pipelines.storage.DataRoot`: landing, warehouse, models,
+    reports, quarantine and predictions) and of the warehouse and model registry built on it, each built once per
+    resource instance. ``data_dir``: a local folder or an object store URL (``s3://bucket/prefix``)."""
 
     data_dir: str
 
-    @property
+    @cached_property
     def root(self) -> DataRoot:
         return DataRoot(self.data_dir)
 
-    @property
-    def layout(self) -> DataLayout:
-        root = self.root
-        return DataLayout(root.local, root.url if root.remote else "")
-
-    @property
+    @cached_property
     def warehouse(self) -> Warehouse:
-        return Warehouse(self.layout.warehouse_db(), self.root)
+        return Warehouse(self.root)
 
-    @property
+    @cached_property
     def registry(self) -> ModelRegistry:
         return ModelRegistry(self.root)
 
@@ -93,7 +89,6 @@ class RunScopedFiles(dg.IOManager):
 
     def __init__(self, root: DataRoot):
         self.root = root
-        self.layout = DataLayout(root.local)
         self._names: dict[str, str] = {}
 
     def folder(self, task: str, name: str) -> Path:
@@ -162,9 +157,10 @@ class ParquetTables(RunScopedFiles):
         super().__init__(root)
         self._kept: dict[str, pl.DataFrame] = {}
         self._widths: dict[str, int] = {}  # columns of the files this run wrote: no schema read for its views
+        self._warehouse = Warehouse(root)
 
     def folder(self, task: str, name: str) -> Path:
-        return self.layout.table(task, name)
+        return self.root.table(task, name)
 
     def has(self, path: str) -> bool:
         return path in self._kept or super().has(path)
@@ -193,8 +189,8 @@ class ParquetTables(RunScopedFiles):
         folder = self.root.relative(self.folder(task, name))
         newest = [self.newest(f"{folder}/{p}") for p in self.root.list(folder)] if partitioned else [self.newest(folder)]
         files = [f for f in newest if f and (self._widths[f] if f in self._widths else self.root.parquet_width(f))]
-        warehouse = self.root.relative(self.layout.warehouse())
-        Warehouse(self.layout.warehouse_db()).register_view(task, name, [str(Path(f).relative_to(warehouse)) for f in files])
+        warehouse = self.root.relative(self.root.warehouse_dir())
+        self._warehouse.register_view(task, name, [str(Path(f).relative_to(warehouse)) for f in files])
 
     @staticmethod
     def _partition_rows(context: dg.OutputContext, obj: pl.DataFrame, key: str | None, n_keys: int) -> pl.DataFrame:
@@ -219,7 +215,7 @@ class JsonValues(RunScopedFiles):
     suffix = ".json"
 
     def folder(self, task: str, name: str) -> Path:
-        return self.layout.values(task, name)
+        return self.root.values(task, name)
 
     def handle_output(self, context: dg.OutputContext, obj) -> None:
         """The run's value, for each partition it covers."""

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, BinaryIO
 import numpy as np
 import polars as pl
 
-from meddiag_pipelines.ingestion.landing import display_name
+from meddiag_pipelines.ingestion.landing import batch_key
 from meddiag_pipelines.specs import canonical_label
 from meddiag_pipelines.imaging.readers.listing import _image_file, walk_files
 from meddiag_pipelines.imaging.readers.records import DecodedBudget, ImageReadResult, ImageRejected, _frame, _image_spec, _pixel_fields
@@ -148,7 +148,7 @@ def read_npz_batch(batch_dir: Path, spec: TaskSpec) -> ImageReadResult:
     budget = DecodedBudget.of(spec)
     rows: list[dict] = []
     rejected: list[tuple[str, str]] = []
-    batch = display_name(batch_dir.name)
+    batch = batch_key(batch_dir)
     for rel, _ in walk_files(batch_dir):
         if not rel.lower().endswith(".npz"):
             continue
