@@ -49,7 +49,7 @@ from polars.exceptions import PanicException
 from meddiag_pipelines.ingestion.errors import BatchRejected
 from meddiag_pipelines.ingestion.landing import UnsafePath, confined_file, display_name, is_data_file
 from meddiag_pipelines.specs import ROW_ID, TaskSpec, canonical_label
-from meddiag_pipelines.tabular.readers import first_repeat, lf_line_endings, settled_types
+from meddiag_pipelines.ingestion.tables import first_repeat, lf_line_endings, settled_types
 from meddiag_pipelines.text.deid import ScrubTimeout, scrub
 
 MAX_TEXT_CHARS = 100_000
