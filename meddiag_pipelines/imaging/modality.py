@@ -262,7 +262,7 @@ class ImageModality(Modality):
 
     def train_baseline(self, spec: TaskSpec, features: pl.DataFrame, feature_plan: dict,
                        run: TrainingRun) -> TrainedModel:  # fmt: skip
-        from meddiag_pipelines.tabular.models import train_logistic
+        from meddiag_pipelines.logistic import train_logistic
 
         image, out = spec.image, run.out_dir
         classes = labels.class_list(spec, features)

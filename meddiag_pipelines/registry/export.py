@@ -465,7 +465,7 @@ def logistic_graph(meta: dict) -> object:
 
 def _binary_tail(p: str, recalibration: dict | None) -> tuple[list, list]:
     """P(positive) in float64 -> "probabilities" in float32, through the recalibration ``predict`` applies:
-    sigmoid(a + b * logit(p clipped to [CLIP, 1 - CLIP])) (``tabular.models._recalibrate``)."""
+    sigmoid(a + b * logit(p clipped to [CLIP, 1 - CLIP])) (``logistic.apply_recalibration``)."""
     from onnx import TensorProto, helper, numpy_helper
 
     from meddiag_pipelines.probability import CLIP
