@@ -76,6 +76,8 @@ Label = Annotated[str, BeforeValidator(_label_text)]
 
 
 ROW_ID = "row_id"  # the id column tabular readers make when the spec names none and the data has none
+INTERNAL_PREFIX = "_meddiag_"  # the pipeline's own columns; readers refuse user columns in this namespace
+BATCH_COLUMN = f"{INTERNAL_PREFIX}batch"  # added by ingestion to every record: which batch it came from
 
 
 HUB_PREFIX = "hub:"

@@ -16,8 +16,7 @@ import hashlib
 import numpy as np
 import polars as pl
 
-from meddiag_pipelines.ingestion.landing import BATCH_COLUMN, INTERNAL_PREFIX
-from meddiag_pipelines.specs import TaskSpec
+from meddiag_pipelines.specs import BATCH_COLUMN, INTERNAL_PREFIX, TaskSpec
 from meddiag_pipelines.validation.suites import feature_columns
 
 SPLIT_COLUMN = f"{INTERNAL_PREFIX}split"

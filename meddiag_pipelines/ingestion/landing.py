@@ -17,8 +17,6 @@ from pathlib import Path, PurePosixPath
 from meddiag_pipelines.specs import LandingSpec
 
 READY_MARKER = "_READY"
-INTERNAL_PREFIX = "_meddiag_"  # the pipeline's own columns; readers refuse user columns in this namespace
-BATCH_COLUMN = f"{INTERNAL_PREFIX}batch"  # added by ingestion to every record: which batch it came from
 _CHUNK = 1 << 20
 
 

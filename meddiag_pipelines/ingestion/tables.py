@@ -35,9 +35,9 @@ from pathlib import Path
 import polars as pl
 
 from meddiag_pipelines.ingestion.errors import BatchRejected
-from meddiag_pipelines.ingestion.landing import INTERNAL_PREFIX, LandedBatch, UnsafePath, confined_file, display_name
+from meddiag_pipelines.ingestion.landing import LandedBatch, UnsafePath, confined_file, display_name
 from meddiag_pipelines.ingestion.warehouse import dtype_words
-from meddiag_pipelines.specs import TaskSpec
+from meddiag_pipelines.specs import INTERNAL_PREFIX, TaskSpec
 
 READERS = {".csv": "csv", ".parquet": "parquet"}
 MAX_COLUMNS = 1000  # a wider export is almost certainly wrong, and each column costs a warehouse column for ever
