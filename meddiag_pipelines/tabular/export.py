@@ -29,9 +29,9 @@ from meddiag_pipelines.tabular.models import load_booster, model_inputs, predict
 
 def exportable(version: VersionToExport) -> TabularExportable:
     """The version's model, checked on its test rows rebuilt from the split table."""
-    plan = version.plan
+    plan, classes = version.plan, version.manifest["model"]["classes"]
     rows = version.test_rows([*plan["numeric"], *plan["categorical"]])
-    return tabular_exportable(version.model_dir, plan, rows, version.test_predictions, version.manifest["model"]["classes"])
+    return tabular_exportable(version.model_dir, plan, rows, version.test_predictions, classes)
 
 
 ONNX_OPSET = 17  # the default domain of the tabular graphs (TreeEnsembleClassifier is onnxmltools' ai.onnx.ml)
