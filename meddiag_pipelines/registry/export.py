@@ -11,8 +11,7 @@ Each modality exports its own models (:meth:`~meddiag_pipelines.modalities.base.
 :class:`VersionToExport`): a torch module as an :class:`Exportable` (the module, its inputs' dynamic axes, a small
 example to trace and the test split as model inputs; ``imaging/export.py``, ``text/export.py``), or a graph of
 its own (``tabular/export.py``: XGBoost and the logistic model, with ``features.json``). A modality without one
-is refused. torch, onnx, onnxmltools
-and onnxruntime (the ``large`` extra) are imported on use only.
+is refused. torch, onnx, onnxmltools and onnxruntime (the ``large`` extra) are imported on use only.
 """
 
 from __future__ import annotations
@@ -167,7 +166,7 @@ class ModelExport(Protocol):
 
 @dataclass(frozen=True)
 class VersionToExport:
-    """A published version, as a modality's :meth:`~meddiag_pipelines.modalities.base.Modality.exportable` reads it."""
+    """A published version, as :meth:`~meddiag_pipelines.modalities.base.Modality.exportable` reads it."""
 
     task: str
     version: str
