@@ -1,5 +1,5 @@
 """De-identification recall per PHI class on a SYNTHETIC corpus the rules were not written from, and false
-positives on every ICD-10-CM description (``simple-icd-10-cm``): ``meddiag_pipelines.text.deid`` beside
+positives on every ICD-10-CM description (``simple-icd-10-cm``): ``meddiag_pipelines.deid.rules`` beside
 scrubadub (when importable) on the same texts.
 
 The generator plants one identifier per sentence, drawn with Python's ``random`` from the formats listed in
@@ -31,7 +31,7 @@ SIZES = {"smoke": {"per_class": 20, "icd": 500, "icd_scrubadub": 200, "grammar":
          "default": {"per_class": 500, "icd": None, "icd_scrubadub": 5_000, "grammar": 500, "clean": 5_000}}  # fmt: skip
 SEED = 2026
 
-# --- names from syllables (independent of meddiag_pipelines/text/names.py) --------------------------------
+# --- names from syllables (independent of meddiag_pipelines/deid/names.py) --------------------------------
 
 _ONSETS = ["b", "br", "c", "ch", "d", "dr", "f", "g", "gr", "h", "j", "k", "l", "m", "n", "p", "r", "s", "sh", "st", "t", "tr", "v", "w", "z"]
 _VOWELS = ["a", "e", "i", "o", "u", "ai", "ea", "ou", "é", "á", "í", "ó", "ü", "ñ" + "a", "ø"]
@@ -212,7 +212,7 @@ def icd_descriptions(limit: int | None) -> list[str]:
 
 
 def ours() -> Callable[[str], list[tuple[int, int]]]:
-    from meddiag_pipelines.text.deid import find_phi
+    from meddiag_pipelines.deid.rules import find_phi
 
     return lambda text: [(s.start, s.end) for s in find_phi(text)]
 

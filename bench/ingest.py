@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from bench import bench_dir, emit, measure, parse_rows
-from meddiag_pipelines.ingestion.landing import BATCH_COLUMN
+from meddiag_pipelines.specs import BATCH_COLUMN
 
 NAME = "ingest"
 TASK, TABLE = "ehr_labs", "raw_records"

@@ -39,7 +39,8 @@ def fine_tune(rows: int, threads: int, encoder: dict) -> dict:
     from meddiag_pipelines import labels
     from meddiag_pipelines.specs import load_spec
     from meddiag_pipelines.split import SPLIT_COLUMN, assign_split
-    from meddiag_pipelines.text.models import _macro_f1, load_text_model, texts_of, train_text_models
+    from meddiag_pipelines.text.models import load_text_model, texts_of, train_text_models
+    from meddiag_pipelines.text.shared import macro_f1
 
     torch.set_num_threads(threads)
     spec = load_spec(SPEC).model_copy(update={"text_model": str(minilm_folder())})
@@ -58,7 +59,7 @@ def fine_tune(rows: int, threads: int, encoder: dict) -> dict:
         minutes = (time.perf_counter() - start) / 60
         cpu_minutes = (time.process_time() - cpu_start) / 60  # wall minutes inflate on a shared machine
         test_texts, y_test = data["test"]
-        test_f1 = {kind: _macro_f1(y_test, load_text_model(Path(tmp) / kind).predict(test_texts), len(classes))
+        test_f1 = {kind: macro_f1(y_test, load_text_model(Path(tmp) / kind).predict(test_texts), len(classes))
                    for kind in result.val_scores}  # fmt: skip
     return {"seconds": minutes * 60, "minutes": round(minutes, 2), "cpu_minutes": round(cpu_minutes, 2), "chosen": result.chosen,
             "n": {s: len(d[0]) for s, d in data.items()}, "n_classes": len(classes),

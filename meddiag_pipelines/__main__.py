@@ -78,8 +78,8 @@ COMMANDS = {
                       "meddiag_pipelines.update"),  # fmt: skip
     "init": Command("draft a task spec from landed data", init_arguments, "meddiag_pipelines.draft"),
     "requeue": Command("send a quarantined batch back to landing", requeue_arguments,
-                       "meddiag_pipelines.ingestion.recovery"),  # fmt: skip
-    "reset": Command("forget a task's warehouse state", reset_arguments, "meddiag_pipelines.ingestion.recovery"),
+                       "meddiag_pipelines.recover"),  # fmt: skip
+    "reset": Command("forget a task's warehouse state", reset_arguments, "meddiag_pipelines.recover"),
     "registry": Command("model versions: list, pin (rollback), unpin, export to ONNX", registry_arguments,
                         "meddiag_pipelines.registry.commands"),  # fmt: skip
 }

@@ -23,7 +23,7 @@ import polars as pl
 from meddiag_pipelines.atomic import atomic_write_text
 from meddiag_pipelines.ingestion.errors import BatchRejected
 from meddiag_pipelines.ingestion.landing import UnsafePath, confined_file, data_files
-from meddiag_pipelines.tabular.readers import read_table_file
+from meddiag_pipelines.ingestion.tables import read_table_file
 from meddiag_pipelines.specs import ROW_ID, TASK_NAME, TaskSpec, canonical_label
 
 TABLE_SUFFIXES = {".csv", ".parquet"}

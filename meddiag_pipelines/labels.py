@@ -36,8 +36,6 @@ def class_list(spec: TaskSpec, frame: pl.DataFrame) -> list[str]:
 def encode_labels(labels: pl.Series, classes: list[str], kind: str = "multiclass") -> np.ndarray:
     """Class indices (n,); ``kind="multilabel"``: the (n, len(classes)) 0/1 indicator matrix."""
     if kind == "multilabel":
-        from meddiag_pipelines.imaging.readers import multilabel_matrix
-
         return multilabel_matrix(labels.cast(pl.String).to_list(), len(classes)).astype(np.int64)
     codes = labels.cast(pl.String).replace_strict(classes, list(range(len(classes))), return_dtype=pl.Int64)
     if codes.null_count():
@@ -45,3 +43,12 @@ def encode_labels(labels: pl.Series, classes: list[str], kind: str = "multiclass
     return codes.to_numpy()
 
 
+def multilabel_matrix(labels: list[str | None] | pl.Series, n_labels: int) -> np.ndarray:
+    """The (n, n_labels) 0/1 float32 matrix of '|'-joined finding indices ('' = no finding; null = NaN row)."""
+    out = np.zeros((len(labels), n_labels), dtype=np.float32)
+    for i, lab in enumerate(labels):
+        if lab is None:
+            out[i] = np.nan
+        elif lab != "":
+            out[i, [int(x) for x in lab.split("|")]] = 1.0
+    return out

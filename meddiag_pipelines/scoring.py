@@ -13,11 +13,11 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import polars as pl
 
-from meddiag_pipelines.ingestion.landing import BATCH_COLUMN, BatchKey
+from meddiag_pipelines.ingestion.landing import BatchKey
 from meddiag_pipelines.labels import task_kind
 from meddiag_pipelines.modalities.base import Explainer, PredictorFactory
 from meddiag_pipelines.registry.store import ModelRegistry
-from meddiag_pipelines.specs import TaskSpec
+from meddiag_pipelines.specs import BATCH_COLUMN, TaskSpec
 from meddiag_pipelines.storage import DataRoot, open_plan
 
 

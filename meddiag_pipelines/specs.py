@@ -9,15 +9,14 @@ from __future__ import annotations
 import math
 import os
 import re
-import warnings
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import TYPE_CHECKING, Annotated, Literal
 
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+
+from meddiag_pipelines.dagster_checks import dagster_accepts
 
 if TYPE_CHECKING:
     import polars as pl
@@ -76,6 +75,8 @@ Label = Annotated[str, BeforeValidator(_label_text)]
 
 
 ROW_ID = "row_id"  # the id column tabular readers make when the spec names none and the data has none
+INTERNAL_PREFIX = "_meddiag_"  # the pipeline's own columns; readers refuse user columns in this namespace
+BATCH_COLUMN = f"{INTERNAL_PREFIX}batch"  # added by ingestion to every record: which batch it came from
 
 
 HUB_PREFIX = "hub:"
@@ -169,20 +170,6 @@ class PromotionSpec(_Section):
         return self
 
 
-def _dagster_accepts(build: Callable[[ModuleType], object]) -> bool:
-    """Whether Dagster's public constructor ``build(dagster)`` takes a value (the rules the code location will
-    apply), silently: a cron interval over its field's range only draws Dagster's warning, and still runs.
-    Dagster is imported here, when a spec gives such a value, not when this module is."""
-    import dagster as dg
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            build(dg)
-    except dg.DagsterInvalidDefinitionError:
-        return False
-    return True
-
 class ScheduleSpec(_Section):
     """Checked here by Dagster's own rules (its cron and time zone parsers), so that a bad value is an error of
     this spec, not of the code location that would otherwise fail to build it."""
@@ -194,7 +181,7 @@ class ScheduleSpec(_Section):
     @field_validator("cron")
     @classmethod
     def _cron_dagster_runs(cls, v: str) -> str:
-        if not _dagster_accepts(lambda dg: dg.ScheduleDefinition(name="spec", cron_schedule=v, job_name="spec")):
+        if not dagster_accepts(lambda dg: dg.ScheduleDefinition(name="spec", cron_schedule=v, job_name="spec")):
             raise ValueError(f"{v!r} is not a cron schedule Dagster can run: five fields (minute hour day-of-month "
                              "month day-of-week) naming times that exist, e.g. '0 2 * * *' for 02:00 every day")  # fmt: skip
         return v
@@ -202,7 +189,7 @@ class ScheduleSpec(_Section):
     @field_validator("timezone")
     @classmethod
     def _timezone_known(cls, v: str) -> str:
-        if not _dagster_accepts(lambda dg: dg.ScheduleDefinition(name="spec", cron_schedule="0 2 * * *",
+        if not dagster_accepts(lambda dg: dg.ScheduleDefinition(name="spec", cron_schedule="0 2 * * *",
                                                                   job_name="spec", execution_timezone=v)):  # fmt: skip
             raise ValueError(f"{v!r} is not an IANA time zone name (e.g. UTC, Europe/Paris)")
         return v
@@ -367,8 +354,8 @@ class TaskSpec(_Section):
 
     @field_validator("owner")
     @classmethod
-    def _owner_dagster_accepts(cls, v: str) -> str:
-        if not _dagster_accepts(lambda dg: dg.AssetSpec("spec", owners=[v])):
+    def _ownerdagster_accepts(cls, v: str) -> str:
+        if not dagster_accepts(lambda dg: dg.AssetSpec("spec", owners=[v])):
             raise ValueError(f"{v!r} is not an owner Dagster accepts: an email address or 'team:<name>'")
         return v
 

@@ -16,8 +16,7 @@ import hashlib
 import numpy as np
 import polars as pl
 
-from meddiag_pipelines.ingestion.landing import BATCH_COLUMN, INTERNAL_PREFIX
-from meddiag_pipelines.specs import TaskSpec
+from meddiag_pipelines.specs import BATCH_COLUMN, INTERNAL_PREFIX, TaskSpec
 from meddiag_pipelines.validation.suites import feature_columns
 
 SPLIT_COLUMN = f"{INTERNAL_PREFIX}split"
@@ -56,13 +55,18 @@ def row_content_key(frame: pl.DataFrame, columns: list[str]) -> pl.Series:
     return frame.select(pl.when(empty).then(None).otherwise(pl.struct(columns).hash(seed=0)).alias(CONTENT_COLUMN)).to_series()
 
 
+def text_content_key(column: str) -> pl.Expr:
+    """The key under which two texts are the same content (an expression over ``column``, so it runs at 1M rows):
+    NFKC-normalised, lower-cased, runs of blanks collapsed to one space and trimmed; empty text is no content.
+    The split groups copies by it; the duplicate check counts by it."""
+    text = pl.col(column).cast(pl.String).str.normalize("NFKC").str.to_lowercase()
+    return text.str.replace_all(r"\s+", " ").str.strip_chars().replace("", None)
+
+
 def content_keys(frame: pl.DataFrame, spec: TaskSpec) -> pl.Series | None:
     """The content key of each row for its modality: text = the text, case and blanks folded, image = pixel hash,
     tabular = the feature values of the row. None when the frame lacks what the key is made of."""
     if spec.modality == "text":
-        # The equivalence the texts_unique_across_splits check counts by (imported here: it imports this module).
-        from meddiag_pipelines.text.readers import text_content_key
-
         return frame.select(text_content_key(spec.text)).to_series() if spec.text in frame.columns else None
     if spec.modality == "image":
         return frame[IMAGE_CONTENT] if IMAGE_CONTENT in frame.columns else None

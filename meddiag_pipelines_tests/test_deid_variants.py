@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 
 from bench.deid import found, icd_descriptions, synthetic_corpus, synthetic_name
 from bench.deid_grammar import cardinal_words, ordinal_suffix, ordinal_words, year_words
-from meddiag_pipelines.text.deid import _RULES, PLACEHOLDERS, _normalise, find_phi, scrub
-from meddiag_pipelines.text.names import FIRST_NAMES, SURNAMES
+from meddiag_pipelines.deid.rules import _RULES, PLACEHOLDERS, _normalise, find_phi, scrub
+from meddiag_pipelines.deid.names import FIRST_NAMES, SURNAMES
 
 DASHES = ["-", "\u2010", "\u2011", "\u2012", "\u2013", "\u2014", "\u2212"]
 SPACES = [" ", "\u00a0", "\u2009", "\u202f", "\u2007"]

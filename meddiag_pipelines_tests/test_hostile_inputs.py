@@ -19,7 +19,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from meddiag_pipelines.tabular import readers as tabular
+from meddiag_pipelines.ingestion import tables
 from meddiag_pipelines.ingestion.batches import ingest_new_batches, reconcile, validate_pending_batches
 from meddiag_pipelines.ingestion.errors import BatchRejected
 from meddiag_pipelines.ingestion.landing import LandedBatch, describe_batch
@@ -414,7 +414,7 @@ def test_case_table_for_the_report():
     """The list of hostile kinds the suite tries (printed with -s for bench/README.md)."""
     kinds = [c.kind for c in CASES] + [a[0] for a in ACCEPTED]
     assert len(set(kinds)) == len(kinds) and len(CASES) >= 25
-    assert tabular.MAX_COLUMNS == 1000
+    assert tables.MAX_COLUMNS == 1000
     print("\n".join(f"| {k} | {'quarantined' if k in {c.kind for c in CASES} else 'accepted'} |" for k in kinds))
 
 

@@ -6,11 +6,18 @@
   test_dependencies.py), and the only skips are the allowed ones below; ``postgres.py`` skips on a developer
   machine without PostgreSQL and fails under CI.
 - No ``assert`` of a constant.
+- The package's imports keep the layer contracts of pyproject.toml (``lint-imports``), and an upward import, a
+  cycle or a stray Dagster import breaks them.
 """
 
 from __future__ import annotations
 
 import ast
+import os
+import shutil
+import subprocess
+import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -18,6 +25,8 @@ import pytest
 from meddiag_pipelines_tests.postgres import skip_outside_ci
 
 TESTS = Path(__file__).resolve().parent
+REPO = TESTS.parent
+LINT_IMPORTS = Path(sys.executable).parent / "lint-imports"  # the venv's console script (the dev extra)
 # (file, pytest attribute): postgres.py's skip_outside_ci; a check of pytest-xdist's workers (CI runs with -n 2).
 ALLOWED_SKIPS = {("postgres.py", "skip"), ("test_parallel_workers.py", "skipif")}
 SKIPS = {"skip", "skipif", "importorskip", "xfail"}
@@ -141,3 +150,70 @@ RAISES = "def t():\n    with pytest.raises("
 def test_the_rules_tell_a_pinned_raises_from_an_unpinned_one(source, unpinned, broad):
     tree = ast.parse(source)
     assert (_unpinned_raises(tree), _broad_raises(tree)) == (unpinned, broad)
+
+
+def _lint_imports(root: Path) -> subprocess.CompletedProcess:
+    """``lint-imports`` on the package under ``root`` with ``root/pyproject.toml``'s contracts."""
+    env = {**os.environ, "PYTHONPATH": str(root), "COLUMNS": "240"}  # this copy of the package; lines unwrapped
+    command = [str(LINT_IMPORTS), "--no-cache"]
+    return subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=120)
+
+
+def _contract_names() -> dict[str, str]:
+    contracts = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"]
+    return {c["id"]: c["name"] for c in contracts}
+
+
+def test_the_package_keeps_its_layer_contracts():
+    result = _lint_imports(REPO)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"Contracts: {len(_contract_names())} kept, 0 broken." in result.stdout
+
+
+LAZY_UPWARD = "\n\ndef _upward():\n    from meddiag_pipelines.text import readers\n\n    return readers\n"
+# (module, what is added to it, the id of a contract it breaks, what the report names)
+BREACHES = [
+    pytest.param(
+        "split.py",
+        LAZY_UPWARD,
+        "layers",
+        "meddiag_pipelines.split -> meddiag_pipelines.text.readers",
+        id="core-imports-a-modality-inside-a-function",
+    ),
+    pytest.param(
+        "imaging/scoring.py",
+        "\nfrom meddiag_pipelines.tabular import models\n",
+        "modalities-independent",
+        "meddiag_pipelines.imaging.scoring -> meddiag_pipelines.tabular.models",
+        id="modality-imports-another",
+    ),
+    pytest.param(
+        "text/shared.py",
+        "\nfrom meddiag_pipelines.text import models\n",
+        "acyclic",
+        ".shared -> .models",
+        id="cycle-inside-a-package",
+    ),
+    pytest.param(
+        "tabular/features.py",
+        "\nimport dagster\n",
+        "dagster",
+        "meddiag_pipelines.tabular.features -> dagster",
+        id="modality-imports-dagster",
+    ),
+]
+
+
+@pytest.mark.parametrize(("module", "added", "contract", "named"), BREACHES)
+def test_an_import_against_the_layers_breaks_the_contracts(tmp_path, module, added, contract, named):
+    package = tmp_path / "meddiag_pipelines"
+    shutil.copytree(REPO / "meddiag_pipelines", package, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / "pyproject.toml", tmp_path / "pyproject.toml")
+    assert _lint_imports(tmp_path).returncode == 0  # the copy keeps them, until the one import below
+    with open(package / module, "a", encoding="utf-8") as fh:
+        fh.write(added)
+    result = _lint_imports(tmp_path)
+    assert result.returncode == 1, result.stdout
+    broken = {line.split(" BROKEN")[0] for line in result.stdout.splitlines() if " BROKEN" in line}
+    assert _contract_names()[contract] in broken, result.stdout
+    assert named in result.stdout

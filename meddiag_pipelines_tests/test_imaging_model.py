@@ -196,7 +196,7 @@ def test_the_saliency_section_draws_each_group_and_survives_a_failure(tmp_path: 
 
 def test_images_are_scored_in_chunks_by_either_model(tmp_path: Path) -> None:
     from meddiag_pipelines.imaging.scoring import MIN_CHUNK, pooled_pixels, predict_images
-    from meddiag_pipelines.tabular.models import train_logistic
+    from meddiag_pipelines.logistic import train_logistic
 
     rng = np.random.default_rng(1)
     X = rng.random((MIN_CHUNK + 20, 1, 28, 28)).astype(np.float32)

@@ -23,11 +23,11 @@ from meddiag_pipelines.imaging.readers import (
     ImageBatchError,
     ImageRejected,
     load_pixels,
-    multilabel_matrix,
     npz_record_id,
     read_dicom_batch,
     read_image_batch,
 )
+from meddiag_pipelines.labels import multilabel_matrix
 from meddiag_pipelines.specs import TaskSpec
 
 BASE_COLUMNS = ["id", "label", "patient_id", "source", "sha256", "height", "width", "channels", "bit_depth", "predefined_split",

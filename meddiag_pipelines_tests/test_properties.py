@@ -12,11 +12,11 @@ from hypothesis import strategies as st
 from meddiag_pipelines.split import SPLIT_COLUMN, assign_split
 from meddiag_pipelines.ingestion.batches import ingest_new_batches, validate_pending_batches
 from meddiag_pipelines.ingestion.errors import BatchRejected
-from meddiag_pipelines.ingestion.landing import BATCH_COLUMN, describe_batch
+from meddiag_pipelines.ingestion.landing import describe_batch
 from meddiag_pipelines.tabular.readers import read_tabular_batch
 from meddiag_pipelines.ingestion.warehouse import Warehouse
 from meddiag_pipelines.storage import DataRoot
-from meddiag_pipelines.specs import TaskSpec
+from meddiag_pipelines.specs import BATCH_COLUMN, TaskSpec
 from meddiag_pipelines.validation.suites import run_suite, tabular_expectations, validate_tabular
 from meddiag_pipelines_tests.conftest import SYNTHETIC_SPEC, fast, land, synthetic_records
 from meddiag_pipelines_tests.test_tabular_totality import train_and_score

@@ -7,10 +7,10 @@ import polars as pl
 import pytest
 
 from meddiag_pipelines.atomic import atomic_write_json
-from meddiag_pipelines.ingestion.landing import BATCH_COLUMN
 from meddiag_pipelines.registry.store import ModelRegistry
 from meddiag_pipelines.scoring import prediction_frame, prediction_path, risk_bands, score_unlabelled
-from meddiag_pipelines.specs import TaskSpec
+from meddiag_pipelines.specs import BATCH_COLUMN, TaskSpec
+from meddiag_pipelines.storage import DataRoot
 from meddiag_pipelines_tests.conftest import SYNTHETIC_SPEC
 
 SPEC = TaskSpec.model_validate(SYNTHETIC_SPEC)

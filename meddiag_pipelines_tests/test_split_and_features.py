@@ -158,7 +158,7 @@ def test_records_without_a_patient_id_are_not_one_patient(synthetic_spec):
 
 
 def test_key_columns_are_the_spec_keys_and_internal_marks_a_frame_has_in_its_order(synthetic_spec):
-    from meddiag_pipelines.ingestion.landing import BATCH_COLUMN
+    from meddiag_pipelines.specs import BATCH_COLUMN
     from meddiag_pipelines.split import COPY_OF_TRAIN_COLUMN, key_columns_in
 
     frame = pl.DataFrame({c: [1] for c in [SPLIT_COLUMN, "x1", "group", "outcome", COPY_OF_TRAIN_COLUMN, "rid",

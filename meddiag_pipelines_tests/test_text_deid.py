@@ -16,8 +16,8 @@ from datetime import date, timedelta
 import pytest
 
 from bench.deid import synthetic_name
-from meddiag_pipelines.text.deid import PLACEHOLDERS, PhiSpan, ScrubTimeout, find_phi, scrub
-from meddiag_pipelines.text.names import FIRST_NAMES, SURNAMES
+from meddiag_pipelines.deid.rules import PLACEHOLDERS, PhiSpan, ScrubTimeout, find_phi, scrub
+from meddiag_pipelines.deid.names import FIRST_NAMES, SURNAMES
 from meddiag_pipelines.text.readers import DEFAULT_DEID_SECONDS
 
 SEED = 7

@@ -221,7 +221,8 @@ def test_a_text_task_naming_an_encoder_folder_runs_through_the_pipeline(tmp_path
 @pytest.mark.slow
 def test_an_encoder_exports_to_onnx_matching_torch(tmp_path, data, offline):
     """The ONNX export of an encoder (tokenizer outside, dynamic batch and sequence axes) gives torch's logits."""
-    from meddiag_pipelines.registry.export import _export_and_compare, encoder_exportable
+    from meddiag_pipelines.registry.export import _export_and_compare
+    from meddiag_pipelines.text.export import encoder_exportable
 
     xt, yt, xv, yv = data
     model, _ = train_encoder(xt, yt, xv, yv, CLASSES, _spec(_bert_folder(tmp_path / "tiny_bert"), epochs=1), "cpu",

@@ -213,7 +213,7 @@ def test_a_text_over_the_deid_time_limit_rejects_its_file_naming_the_row(tmp_pat
     """Issue 24: a note whose scrubbing overruns is never stored unscrubbed; its file is rejected with the row
     (never the text) and the other files of the batch flow on."""
     from meddiag_pipelines.text import readers
-    from meddiag_pipelines.text.deid import ScrubTimeout
+    from meddiag_pipelines.deid.rules import ScrubTimeout
 
     def scrub_or_overrun(text: str, time_limit: float | None = None) -> str:
         if CANARY in text:  # stands for a note whose scrubbing overruns its limit

@@ -15,11 +15,11 @@ from meddiag_pipelines.specs import TaskSpec
 from meddiag_pipelines.text.models import (
     class_probabilities,
     explain_texts,
-    fit_temperature,
     predict_text,
     top_terms_per_class,
     train_text_models,
 )
+from meddiag_pipelines.text.shared import fit_temperature, macro_f1
 
 BATCH = Path(__file__).resolve().parents[1] / "data" / "landing" / "icd10_chapters" / "batch_0001" / "records.csv"
 CHAPTERS = ["circulatory", "eye", "infectious", "neoplasms", "pregnancy", "respiratory"]
@@ -81,14 +81,12 @@ def test_choice_and_saved_files(trained):
 
 @pytest.mark.slow
 def test_reload_equals_in_memory_and_probabilities(trained):
-    from meddiag_pipelines.text import models as m
-
     res, out, xt, yt, xv, yv, classes = trained
     for name in ("baseline", "neural"):
         p = predict_text(out / name, xv)
         assert p.shape == (len(xv), len(classes))
         np.testing.assert_allclose(p.sum(axis=1), 1.0, atol=1e-9)
-        f1 = m._macro_f1(yv, p, len(classes))
+        f1 = macro_f1(yv, p, len(classes))
         assert f1 == pytest.approx(res.val_scores[name], abs=1e-12)  # reloaded = in-memory on validation
     np.testing.assert_array_equal(predict_text(out, xv), predict_text(res.model_dir, xv))
 

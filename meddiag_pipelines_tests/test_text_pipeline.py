@@ -15,7 +15,7 @@ from meddiag_pipelines.registry.store import ModelRegistry
 from meddiag_pipelines.update import run_task_in_process
 from meddiag_pipelines.split import SPLIT_COLUMN
 from meddiag_pipelines.specs import TaskSpec
-from meddiag_pipelines.text.readers import text_content_key
+from meddiag_pipelines.split import text_content_key
 from meddiag_pipelines.text.validation import (
     TextDuplicates,
     text_duplicates,

@@ -7,7 +7,6 @@ timm arguments, so :func:`build_timm_classifier` rebuilds a trained model offlin
 
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -19,31 +18,11 @@ from torch import nn
 
 from meddiag_pipelines.imaging.model import ResNet18Small
 from meddiag_pipelines.specs import names_hub
-
-_DECLARED: list = []  # the library object must outlive the call, or its definitions are dropped
-
-
-def _declare_missing_torchvision_ops() -> None:
-    """torchvision's wheel is built against CUDA torch: on the CPU wheel its C++ ops library fails to load, and
-    torchvision 0.28 still registers fake kernels for ``nms`` and ``qnms`` at import, which raises for an
-    operator that does not exist. Classification backbones never call them, so declaring the two schemas lets
-    the import finish; with a matching torchvision (a CUDA host) the library loads and nothing is declared."""
-    spec = importlib.util.find_spec("torchvision")
-    if spec is None or spec.origin is None:
-        return
-    try:
-        torch.ops.load_library(str(Path(spec.origin).parent / "_C.so"))
-    except OSError:
-        if not hasattr(torch.ops.torchvision, "nms"):
-            library = torch.library.Library("torchvision", "DEF")
-            for op in ("nms", "qnms"):
-                library.define(f"{op}(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-            _DECLARED.append(library)
-
+from meddiag_pipelines.torch_compat import declare_missing_torchvision_ops
 
 def import_timm() -> ModuleType:
     """``timm``, importable on the CPU wheel of torch too."""
-    _declare_missing_torchvision_ops()
+    declare_missing_torchvision_ops()
     import timm
 
     return timm

@@ -29,6 +29,7 @@ predictions carry one ``p_<finding>`` column per finding (no predicted class, no
 """
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
@@ -43,9 +44,9 @@ from meddiag_pipelines.imaging.scoring import baseline_side, pooled_pixels, pred
 from meddiag_pipelines.imaging.readers import LABELS_CSV, ImageBatchError, read_image_batch, source_file
 from meddiag_pipelines.ingestion.batches import RAW_TABLE, ReadOutcome, Validator
 from meddiag_pipelines.ingestion.errors import BatchRejected
-from meddiag_pipelines.ingestion.landing import BATCH_COLUMN, LandedBatch, display_name
+from meddiag_pipelines.ingestion.landing import LandedBatch, display_name
 from meddiag_pipelines.registry.store import STAGING
-from meddiag_pipelines.specs import TaskSpec, spec_columns
+from meddiag_pipelines.specs import BATCH_COLUMN, TaskSpec, spec_columns
 from meddiag_pipelines.device import torch_device
 from meddiag_pipelines.validation.suites import CheckFailure
 from meddiag_pipelines.imaging.validation import (
@@ -56,6 +57,9 @@ from meddiag_pipelines.imaging.validation import (
     multilabel_domain_failures,
     validate_images,
 )
+
+if TYPE_CHECKING:
+    from meddiag_pipelines.registry.export import ModelExport, VersionToExport
 
 CANDIDATE_NAME = "resnet18_small"
 BASELINE_NAME = "logistic_regression_pixels"
@@ -262,7 +266,7 @@ class ImageModality(Modality):
 
     def train_baseline(self, spec: TaskSpec, features: pl.DataFrame, feature_plan: dict,
                        run: TrainingRun) -> TrainedModel:  # fmt: skip
-        from meddiag_pipelines.tabular.models import train_logistic
+        from meddiag_pipelines.logistic import train_logistic
 
         image, out = spec.image, run.out_dir
         classes = labels.class_list(spec, features)
@@ -291,6 +295,11 @@ class ImageModality(Modality):
     def test_sections(self, spec: TaskSpec, candidate: dict, test: pl.DataFrame, proba: np.ndarray,
                       metrics: dict) -> list[tuple[str, str]]:  # fmt: skip
         return _saliency_sections(spec, candidate, test, proba, metrics)
+
+    def exportable(self, version: "VersionToExport") -> "ModelExport":
+        from meddiag_pipelines.imaging.export import exportable
+
+        return exportable(version)
 
 
 MODALITY = ImageModality()

@@ -25,13 +25,13 @@ def pooled_pixels(X: np.ndarray, side: int) -> np.ndarray:
 
 
 def _predict_chunk(model_dir: Path, X: np.ndarray, plan: dict, n_outputs: int, device: str) -> np.ndarray:
-    from meddiag_pipelines.tabular.models import predict_tabular
+    from meddiag_pipelines.logistic import predict_logistic
 
     if plan.get("predictor") == "pixel_logistic":
-        return predict_tabular(model_dir, pooled_pixels(X, int(plan["baseline_side"])))
+        return predict_logistic(model_dir, pooled_pixels(X, int(plan["baseline_side"])))
     if plan.get("predictor") == "pixel_logistic_ovr":  # multi-label: one model per finding
         pooled = pooled_pixels(X, int(plan["baseline_side"]))
-        return np.stack([predict_tabular(model_dir / f"label_{j}", pooled) for j in range(n_outputs)], axis=1)
+        return np.stack([predict_logistic(model_dir / f"label_{j}", pooled) for j in range(n_outputs)], axis=1)
     from meddiag_pipelines.imaging.train import predict_image_model
 
     return predict_image_model(model_dir, X, device=device)

@@ -29,7 +29,6 @@ from polars.exceptions import PanicException
 
 from meddiag_pipelines.ingestion.errors import BatchRejected
 from meddiag_pipelines.ingestion.landing import (
-    BATCH_COLUMN,
     BatchKey,
     LandedBatch,
     batch_key,
@@ -46,7 +45,7 @@ from meddiag_pipelines.ingestion.landing import (
 )
 from meddiag_pipelines.ingestion.quarantine import quarantine_batch, quarantine_file
 from meddiag_pipelines.ingestion.warehouse import SchemaConflict, Warehouse, conform
-from meddiag_pipelines.specs import TaskSpec, canonical_label
+from meddiag_pipelines.specs import BATCH_COLUMN, TaskSpec, canonical_label
 from meddiag_pipelines.storage import DataRoot
 from meddiag_pipelines.validation.suites import CheckFailure
 

@@ -18,8 +18,6 @@ from typing import NewType
 from meddiag_pipelines.specs import LandingSpec
 
 READY_MARKER = "_READY"
-INTERNAL_PREFIX = "_meddiag_"  # the pipeline's own columns; readers refuse user columns in this namespace
-BATCH_COLUMN = f"{INTERNAL_PREFIX}batch"  # added by ingestion to every record: its BatchKey
 _CHUNK = 1 << 20
 
 BatchKey = NewType("BatchKey", str)

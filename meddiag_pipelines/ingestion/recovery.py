@@ -1,38 +1,31 @@
-"""Recovery commands, after a spec or an export was fixed (``meddiag requeue | reset``; their arguments are
-declared in meddiag_pipelines/__main__.py):
+"""Recovery after a spec or an export was fixed: what ``meddiag requeue | reset`` do to the data root (the commands,
+which first ask the Dagster instance whether a run of the task is in flight, are meddiag_pipelines/recover.py).
 
-    requeue <task> <batch>   move every file of a quarantined batch (from each of its quarantine folders) back
-                             to landing under its name, with a fresh _READY, and forget its ledger entry and
-                             records, so the next run reads it again
-    reset <task> --yes       forget the task's warehouse state (ledger, raw records, label domain, asset tables
-                             and views); models, reports, landing and quarantine are left alone
+    requeue   move every file of a quarantined batch (from each of its quarantine folders) back to landing under
+              its name, with a fresh _READY, and forget its ledger entry and records, so the next run reads it
+              again
+    reset     forget the task's warehouse state (ledger, raw records, label domain, asset tables and views);
+              models, reports, landing and quarantine are left alone
 
-Both run outside Dagster, so the task's pool cannot serialise them, and they take no lock (a lock file is one
-host's): each refuses while the Dagster instance (``DAGSTER_HOME``'s, as for ``update``; with PostgreSQL, every
-host's) holds a queued or running run of the task. A run whose process is gone is first marked failed and its
-pool slots freed, as ``update`` does, so a killed run never blocks them. A run that starts during a requeue
-cannot corrupt the ledger either: the requeue adds an entry, and every entry is created once
-(:class:`~meddiag_pipelines.ingestion.warehouse.Warehouse`), so the run's entries and the command's are all kept,
-in order, and the newest wins. Reset deletes the task's ledger, state and asset values, which no run can share:
-pause the task's sensor and schedule before it.
+A run that starts during a requeue cannot corrupt the ledger: the requeue adds an entry, and every entry is
+created once (:class:`~meddiag_pipelines.ingestion.warehouse.Warehouse`), so the run's entries and the command's
+are all kept, in order, and the newest wins. Reset deletes the task's ledger, state and asset values, which no run
+can share: pause the task's sensor and schedule before it.
 """
 
 from __future__ import annotations
 
-import argparse
 import glob
 import json
 import os
 import shutil
-import sys
 from pathlib import Path, PurePosixPath
 
 from meddiag_pipelines.atomic import staging_dir
-from meddiag_pipelines.defs.dead_runs import TaskRuns, describe, release_dead_runs
 from meddiag_pipelines.ingestion.landing import READY_MARKER, display_name
 from meddiag_pipelines.ingestion.quarantine import FILES_DIR, REASON_FILE, REASONS_DIR, free_name, is_folder
 from meddiag_pipelines.ingestion.warehouse import Warehouse
-from meddiag_pipelines.storage import DataRoot, default_data_dir
+from meddiag_pipelines.storage import DataRoot
 
 REQUEUED_DIR = "_requeued"  # quarantine/<task>/_requeued/: the reasons of batches sent back (no batch name starts with '_')
 
@@ -41,54 +34,7 @@ class RecoveryError(Exception):
     """A request that cannot be carried out; the message says why and what to do."""
 
 
-def runs_in_flight(task: str) -> TaskRuns:
-    """The task's runs queued or running in the Dagster instance (a run carries the tag ``meddiag/task``), after
-    releasing those whose process is gone (:mod:`~meddiag_pipelines.defs.dead_runs`)."""
-    import dagster as dg
-
-    from meddiag_pipelines.update import UpdateError, instance_home
-
-    try:
-        home = instance_home()
-    except UpdateError as exc:
-        raise RecoveryError(f"cannot tell whether a run of {task} is in flight: {exc}") from exc
-    with dg.DagsterInstance.from_config(str(home)) as instance:
-        return release_dead_runs(instance, task)
-
-
-def refuse_while_running(task: str) -> None:
-    runs = runs_in_flight(task)
-    for message in runs.released:
-        print(message)
-    if runs.live:
-        raise RecoveryError(f"{task} has {len(runs.live)} run(s) queued or running in the Dagster instance "
-                            f"({'; '.join(describe(r) for r in runs.live)}); wait until they end (or terminate them "
-                            "in the Dagster UI) and run this again")  # fmt: skip
-
-
-def run(args: argparse.Namespace) -> int:
-    root = DataRoot(Path(args.data_dir or default_data_dir()))
-    warehouse = Warehouse(root)
-    try:
-        _single_name("task", args.task)
-        refuse_while_running(args.task)
-        if args.command == "requeue":
-            target = requeue(root, warehouse, args.task, args.batch)
-            print(f"{args.task}: batch {args.batch} is back in {target}; the next run reads it again")
-        else:
-            if not args.yes:
-                raise RecoveryError(f"reset forgets every batch of {args.task} the warehouse holds; run it again "
-                                    "with --yes to confirm")  # fmt: skip
-            reset(root, warehouse, args.task)
-            print(f"{args.task}: warehouse state forgotten; the batches still in landing/{args.task}/ are read again "
-                  "by the next run")  # fmt: skip
-    except RecoveryError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    return 0
-
-
-def _single_name(kind: str, name: str) -> None:
+def check_plain_name(kind: str, name: str) -> None:
     if not name or name in (".", "..") or "/" in name or "\\" in name or "\x00" in name or name.startswith((".", "_")):
         raise RecoveryError(f"{kind} name must be a plain folder name")
 
@@ -100,8 +46,8 @@ def requeue(root: DataRoot, warehouse: Warehouse, task: str, batch: str) -> Path
     ``quarantine/<task>/_requeued/``. Refused (nothing changed) unless the ledger holds the batch as quarantined
     and quarantine holds its files, when landing already holds a folder of that name, or when two of its
     quarantine folders hold a file at the same path."""
-    _single_name("task", task)
-    _single_name("batch", batch)
+    check_plain_name("task", task)
+    check_plain_name("batch", batch)
     quarantine, target = root.quarantine(task), root.landing(task) / batch
     rows = warehouse.ledger(task).filter(batch_id=batch)
     status = rows["status"][0] if rows.height else None
@@ -173,7 +119,7 @@ def _shown(task: str, folder: Path) -> str:
 
 def reset(root: DataRoot, warehouse: Warehouse, task: str) -> None:
     """Forget everything the warehouse holds for ``task``; models, reports, landing and quarantine stay."""
-    _single_name("task", task)
+    check_plain_name("task", task)
     warehouse.forget_task(task)
     for folder in root.asset_values(task):
         if folder.is_dir() and not folder.is_symlink():

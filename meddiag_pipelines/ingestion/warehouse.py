@@ -14,7 +14,7 @@ batch's state, a change adds the next number, and two writers of one number cann
 recorded once even when two runs race, and a status change is never lost (the loser retries on top). The label
 domain, ``warehouse/state/<task>/<key>.json``, is created once the same way. Runs of one task are serialised by
 its Dagster pool (instance-level, so across hosts with the PostgreSQL instance); the recovery CLI refuses while
-the task has a run in flight (:mod:`meddiag_pipelines.ingestion.recovery`). The DuckDB file holds nothing that
+the task has a run in flight (:mod:`meddiag_pipelines.recover`). The DuckDB file holds nothing that
 cannot be rebuilt: removing it loses no state, and the next :meth:`Warehouse.connect` recreates the ledger and
 state views (the asset views come back with the next write of each table).
 """

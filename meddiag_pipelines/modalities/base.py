@@ -25,6 +25,7 @@ from meddiag_pipelines.storage import DataRoot
 from meddiag_pipelines.validation.suites import CheckFailure
 
 if TYPE_CHECKING:
+    from meddiag_pipelines.registry.export import ModelExport, VersionToExport
     from meddiag_pipelines.registry.store import ModelRegistry
 
 # predictor_factory(plan) -> predict(model_dir, rows) -> probabilities
@@ -229,3 +230,9 @@ class Modality(ABC):
                       metrics: dict) -> list[tuple[str, str]]:  # fmt: skip
         """(title, HTML) report sections that need the test rows and their scores (e.g. saliency maps)."""
         return []
+
+    # -- export ---------------------------------------------------------------------------------------------------
+    def exportable(self, version: VersionToExport) -> ModelExport | None:
+        """A published version's model as ONNX (``meddiag registry export``), or ``ExportRefused`` naming what to
+        use instead; None: this modality has no export."""
+        return None

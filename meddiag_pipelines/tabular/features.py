@@ -11,10 +11,10 @@ from dataclasses import asdict, dataclass, field
 
 import polars as pl
 
+from meddiag_pipelines.deid.rules import find_phi
 from meddiag_pipelines.ingestion.warehouse import dtype_words
 from meddiag_pipelines.split import SPLIT_COLUMN
 from meddiag_pipelines.specs import TaskSpec
-from meddiag_pipelines.text.deid import find_phi
 from meddiag_pipelines.validation.suites import feature_columns
 
 OTHER = "__other__"

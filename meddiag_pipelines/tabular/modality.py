@@ -6,6 +6,8 @@ XGBoost is better by more than its uncertainty (``tabular.models.choose_model``)
 the baseline trained in that same call.
 """
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import polars as pl
 
@@ -25,6 +27,9 @@ from meddiag_pipelines.tabular.models import (
     train_tabular_models,
 )
 from meddiag_pipelines.validation.suites import CheckFailure, run_suite, tabular_expectations, validate_tabular
+
+if TYPE_CHECKING:
+    from meddiag_pipelines.registry.export import ModelExport, VersionToExport
 
 FEATURE_PREFIX = "f__"
 
@@ -141,6 +146,11 @@ class TabularModality(Modality):
     def missing_data(self, spec: TaskSpec, train_rows: pl.DataFrame, plan: dict) -> list[dict]:
         """The training rows under the candidate's stored plan."""
         return missing_data_table(train_rows, FeaturePlan.from_dict(plan), spec.max_null_rate)
+
+    def exportable(self, version: "VersionToExport") -> "ModelExport":
+        from meddiag_pipelines.tabular.export import exportable
+
+        return exportable(version)
 
 
 MODALITY = TabularModality()

@@ -1,5 +1,5 @@
 """Tabular models: XGBoost (``hist``, CUDA when present) tuned by a bounded optuna search, and a regularised
-logistic-regression baseline. Both are saved in safe formats (XGBoost UBJ, JSON coefficients), never pickled.
+logistic-regression baseline (:mod:`meddiag_pipelines.logistic`, shared with the image baseline). Both are saved in safe formats (XGBoost UBJ, JSON coefficients), never pickled.
 
 A model folder holds ``model.json`` (what the model is, its classes and feature names) beside its weights.
 :func:`train_tabular_models` trains both into one folder (``xgboost/``, ``logistic/``) and names the one chosen
@@ -26,34 +26,29 @@ import optuna
 import polars as pl
 import xgboost as xgb
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
 from meddiag_pipelines.atomic import atomic_write_bytes, atomic_write_json
 from meddiag_pipelines.evaluation.metrics.jsonable import to_jsonable
-from meddiag_pipelines.probability import logit, softmax
+from meddiag_pipelines.logistic import (
+    apply_recalibration,
+    fit_recalibration,
+    logistic_probabilities,
+    standardised,
+    standardiser,
+    train_logistic,
+    validation_score,
+)
 from meddiag_pipelines.specs import TrainingSpec
 from meddiag_pipelines.device import training_threads, xgboost_device
 from meddiag_pipelines.tabular.distributed import cluster_fit, search_sample
 from meddiag_pipelines.tabular.features import FeaturePlan, transform
 
-BASELINE_C_GRID = (0.01, 0.1, 1.0, 10.0)
 CHOSEN = "chosen.json"
 CV_BELOW_ROWS = 20_000  # train+validation rows under which the choice is cross-validated (bench/README.md)
 CV_FOLDS, CV_REPEATS = 5, 2
 SELECTION_Z = 1.645  # one-sided 95%: XGBoost must beat the baseline by more than this many standard errors
 VALIDATION_BOOTSTRAP = 200
-
-
-def validation_score(y: np.ndarray, proba: np.ndarray) -> float:
-    """AUROC for binary tasks, macro one-vs-rest AUROC for multi-class over the classes the validation split
-    holds (as the evaluator does: a rare class absent from it is skipped); NaN when it is undefined."""
-    if proba.ndim == 1:
-        return float(roc_auc_score(y, proba)) if 0 < y.sum() < y.size else float("nan")
-    present = [c for c in range(proba.shape[1]) if 0 < (y == c).sum() < y.size]
-    if not present:
-        return float(np.mean(proba.argmax(1) == y))
-    return float(np.mean([roc_auc_score(y == c, proba[:, c]) for c in present]))
 
 
 def _xgb_params(n_classes: int, trial_params: dict, seed: int) -> dict:
@@ -71,19 +66,6 @@ def _suggest(trial: optuna.Trial) -> dict:
         "colsample_bytree": trial.suggest_float("colsample_bytree", 0.5, 1.0),
         "lambda": trial.suggest_float("lambda", 1e-3, 10, log=True),
     }
-
-
-def fit_recalibration(y_val: np.ndarray, p_val: np.ndarray) -> dict:
-    """Logistic recalibration (Platt scaling on the logit) fitted on validation: boosted trees stopped early
-    tend to give too moderate probabilities, which the calibration-slope gate would rightly refuse."""
-    model = LogisticRegression(C=1e4, max_iter=1000).fit(logit(p_val).reshape(-1, 1), y_val)
-    return {"a": float(model.intercept_[0]), "b": float(model.coef_[0, 0])}
-
-
-def _recalibrate(p: np.ndarray, recalibration: dict | None) -> np.ndarray:
-    if not recalibration:
-        return p
-    return 1.0 / (1.0 + np.exp(-(recalibration["a"] + recalibration["b"] * logit(p))))
 
 
 def _predict(booster: xgb.Booster, data: xgb.DMatrix, n_classes: int) -> np.ndarray:
@@ -137,43 +119,6 @@ def train_xgboost(X_train, y_train, X_val, y_val, n_classes: int, settings: Trai
         "recalibration": recalibration, "device": xgboost_device(),
         "distributed": final_fit is not None, "search_rows": len(y_train),
     }  # fmt: skip
-    atomic_write_json(out_dir / "model.json", meta)
-    return meta
-
-
-def _standardiser(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Column means and standard deviations (1 for a constant column)."""
-    scale = X.std(axis=0)
-    scale[scale == 0] = 1.0
-    return X.mean(axis=0), scale
-
-
-def train_logistic(X_train, y_train, X_val, y_val, n_classes: int, out_dir: Path, feature_names: list[str],
-                   recalibrate: bool = False) -> dict:  # fmt: skip
-    """Standardised L2 logistic regression, C chosen on validation; saved as JSON coefficients. Computed in
-    float64: float32 features near the top of their range would overflow a float32 mean or variance.
-    ``recalibrate`` (binary): logistic recalibration on validation, as for XGBoost, for a model that may become
-    the candidate: a strongly regularised C chosen for its AUROC gives probabilities far too moderate."""
-    X_train, X_val = np.asarray(X_train, dtype=np.float64), np.asarray(X_val, dtype=np.float64)
-    mean, scale = _standardiser(X_train)
-    best = None
-    for c in BASELINE_C_GRID:
-        model = LogisticRegression(C=c, max_iter=2000).fit((X_train - mean) / scale, y_train)
-        proba = model.predict_proba((X_val - mean) / scale)
-        score = validation_score(y_val, proba[:, 1] if n_classes == 2 else proba)
-        if best is None or score > best[0]:
-            best = (score, c, model)
-    score, c, model = best
-    recalibration = None
-    if recalibrate and n_classes == 2:
-        recalibration = fit_recalibration(y_val, model.predict_proba((X_val - mean) / scale)[:, 1])
-    meta = {
-        "framework": "logistic", "name": "logistic_regression", "n_classes": n_classes, "feature_names": feature_names,
-        "params": {"C": c, "penalty": "l2"}, "val_score": score, "mean": mean.tolist(), "scale": scale.tolist(),
-        "coef": model.coef_.tolist(), "intercept": model.intercept_.tolist(),
-        "recalibration": recalibration,
-    }  # fmt: skip
-    out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out_dir / "model.json", meta)
     return meta
 
@@ -276,7 +221,7 @@ def _fold_scores(X: np.ndarray, y: np.ndarray, n_classes: int, metas: dict[str, 
     booster = xgb.train(params, xgb.DMatrix(X[fit], label=y[fit]), num_boost_round=tuned["best_iteration"] + 1)
     p_xgb = booster.predict(xgb.DMatrix(X[held]))
     X_fit, X_held = np.asarray(X[fit], dtype=np.float64), np.asarray(X[held], dtype=np.float64)
-    mean, scale = _standardiser(X_fit)
+    mean, scale = standardiser(X_fit)
     baseline = LogisticRegression(C=metas["logistic"]["params"]["C"], max_iter=2000).fit((X_fit - mean) / scale, y[fit])
     p_lr = np.zeros((len(held), n_classes))
     p_lr[:, baseline.classes_] = baseline.predict_proba((X_held - mean) / scale)  # a class absent from the fold: 0
@@ -334,20 +279,13 @@ def predict_tabular(model_dir: Path, X: np.ndarray) -> np.ndarray:
     if meta["framework"] == "xgboost":
         booster = load_booster(model_dir)
         proba = _predict(booster, xgb.DMatrix(X, feature_names=meta["feature_names"]), meta["n_classes"])
-        return _recalibrate(proba, meta.get("recalibration"))
-    z = _standardised(meta, X) @ np.asarray(meta["coef"]).T + np.asarray(meta["intercept"])
-    if meta["n_classes"] == 2:
-        return _recalibrate(1.0 / (1.0 + np.exp(-z.reshape(-1))), meta.get("recalibration"))
-    return softmax(z)
-
-
-def _standardised(meta: dict, X: np.ndarray) -> np.ndarray:
-    return (np.asarray(X, dtype=np.float64) - np.asarray(meta["mean"])) / np.asarray(meta["scale"])
+        return apply_recalibration(proba, meta.get("recalibration"))
+    return logistic_probabilities(meta, X)
 
 
 def _linear_contributions(meta: dict, X: np.ndarray) -> np.ndarray:
     """Per row and feature, coefficient x standardised value toward the positive (or the predicted) class."""
-    terms = _standardised(meta, X)[:, None, :] * np.asarray(meta["coef"])[None, :, :]  # (n, k or 1, features)
+    terms = standardised(meta, X)[:, None, :] * np.asarray(meta["coef"])[None, :, :]  # (n, k or 1, features)
     if terms.shape[1] == 1:
         return terms[:, 0]
     scores = terms.sum(axis=2) + np.asarray(meta["intercept"])

@@ -34,13 +34,13 @@ import numpy as np
 
 from meddiag_pipelines.atomic import atomic_write_json, publish_new_dir, staging_dir
 from meddiag_pipelines.specs import HUB_PREFIX, TaskSpec, TextEncoderSpec
-from meddiag_pipelines.text.models import (
+from meddiag_pipelines.text.shared import (
     FORMAT_VERSION,
-    _frequent_terms,
-    _macro_f1,
-    _probs_from_logits,
     class_weights,
     fit_temperature,
+    frequent_terms,
+    macro_f1,
+    probs_from_logits,
 )
 
 KIND = "hf_encoder"
@@ -56,9 +56,9 @@ TUNING_OBJECTIVE = "validation macro-F1 (best epoch); trials pruned below the me
 def _transformers():
     """transformers (the ``large`` extra), importable on the CPU wheel of torch too (its image utilities import
     torchvision)."""
-    from meddiag_pipelines.imaging.backbones import _declare_missing_torchvision_ops
+    from meddiag_pipelines.torch_compat import declare_missing_torchvision_ops
 
-    _declare_missing_torchvision_ops()
+    declare_missing_torchvision_ops()
     import transformers
 
     transformers.logging.set_verbosity_error()  # the new head's "newly initialized" notice on every load
@@ -160,7 +160,7 @@ class _Encoder:
         return z[:, 1] - z[:, 0] if len(self.classes) == 2 else z
 
     def predict(self, texts: list[str]) -> np.ndarray:
-        return _probs_from_logits(self.logits(texts), self.temperature)
+        return probs_from_logits(self.logits(texts), self.temperature)
 
     def module(self):
         """The encoder as an ``nn.Module``: ``(input_ids, attention_mask) -> (n, k)`` logits before the
@@ -249,7 +249,7 @@ def _fit_trial(spec: TaskSpec, params: dict, data: tuple, classes: list[str], de
             loss.backward()
             opt.step()
             sched.step()
-        f1 = _macro_f1(y_val, _probs_from_logits(model.full_logits(val_texts), 1.0), len(classes))
+        f1 = macro_f1(y_val, probs_from_logits(model.full_logits(val_texts), 1.0), len(classes))
         if f1 > best_f1 + 1e-9:
             best_f1, best_state = f1, _trainable_state(net)
         if report is not None:
@@ -305,6 +305,6 @@ def train_encoder(train_texts: list[str], y_train: np.ndarray, val_texts: list[s
     model.tuning = {"best": dict(study.best_params), "n_trials": len(study.trials), "n_pruned": pruned,
                     "objective": TUNING_OBJECTIVE}  # fmt: skip
     model.temperature = fit_temperature(model.logits(val_texts), data[3])
-    model.terms = _frequent_terms(train_texts, N_TERMS)
-    return model, _macro_f1(data[3], model.predict(val_texts), len(classes))
+    model.terms = frequent_terms(train_texts, N_TERMS)
+    return model, macro_f1(data[3], model.predict(val_texts), len(classes))
 

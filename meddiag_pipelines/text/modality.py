@@ -11,6 +11,7 @@ the baseline trained in that same call, so nothing is trained twice.
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
@@ -28,6 +29,9 @@ from meddiag_pipelines.text.readers import read_text_batch
 from meddiag_pipelines.device import torch_device
 from meddiag_pipelines.validation.suites import CheckFailure
 from meddiag_pipelines.text.validation import text_duplicates, unreadable_files, validate_texts
+
+if TYPE_CHECKING:
+    from meddiag_pipelines.registry.export import ModelExport, VersionToExport
 
 MODEL_NAMES = {"baseline": "tfidf_logistic_regression", "neural": "fasttext_torch", "encoder": "hf_encoder"}
 FRAMEWORKS = {"baseline": "scikit-learn", "neural": "torch", "encoder": "transformers"}
@@ -171,6 +175,11 @@ class TextModality(Modality):
 
     def card_extras(self, spec: TaskSpec, candidate: dict) -> list[tuple[str, str]]:
         return [("Top terms per class", top_terms_html(Path(candidate["dir"])))]
+
+    def exportable(self, version: "VersionToExport") -> "ModelExport":
+        from meddiag_pipelines.text.export import exportable
+
+        return exportable(version)
 
 
 MODALITY = TextModality()

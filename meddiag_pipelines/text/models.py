@@ -45,17 +45,23 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import scipy.sparse as sp
-from scipy.optimize import minimize_scalar
 from sklearn.feature_extraction.text import CountVectorizer
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import f1_score
 
 from meddiag_pipelines.atomic import atomic_write, atomic_write_json
-from meddiag_pipelines.probability import softmax
 from meddiag_pipelines.specs import TaskSpec
+from meddiag_pipelines.text.shared import (
+    FORMAT_VERSION,
+    WORD,
+    class_weights,
+    fit_temperature,
+    frequent_terms,
+    full_probs,
+    macro_f1,
+    probs_from_logits,
+)
 
-FORMAT_VERSION = 1
 WORD_NGRAMS = (1, 2)
 CHAR_NGRAMS = (2, 5)
 MAX_WORD_FEATURES = 50_000
@@ -72,8 +78,6 @@ NEURAL_CHAR_NGRAMS = (3, 5)
 N_TERMS = 5000
 MAX_EXPLAIN_WORDS = 150
 
-_WORD = re.compile(r"\w\w+", re.UNICODE)
-
 
 @dataclass
 class TextTrainResult:
@@ -83,44 +87,6 @@ class TextTrainResult:
     baseline_dir: Path
     seconds: float
     device: str
-
-
-# --------------------------------------------------------------------------------------------------------
-# shared helpers
-
-
-def _probs_from_logits(logits: np.ndarray, temperature: float) -> np.ndarray:
-    """(n,) logits -> (n,) P(class 1); (n, k) logits -> (n, k) probabilities."""
-    z = logits / temperature
-    if z.ndim == 1:
-        return 1.0 / (1.0 + np.exp(-z))
-    return softmax(z)
-
-
-def _full_probs(p: np.ndarray) -> np.ndarray:
-    return np.column_stack([1 - p, p]) if p.ndim == 1 else p
-
-
-def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
-    """The temperature that minimises the validation log-loss (searched on log T in [-3, 3])."""
-
-    def nll(log_t: float) -> float:
-        p = _full_probs(_probs_from_logits(logits, math.exp(log_t)))
-        return float(-np.mean(np.log(np.clip(p[np.arange(len(y)), y], 1e-12, None))))
-
-    res = minimize_scalar(nll, bounds=(-3.0, 3.0), method="bounded", options={"xatol": 1e-4})
-    return float(math.exp(res.x))
-
-
-def _macro_f1(y: np.ndarray, probs: np.ndarray, n_classes: int) -> float:
-    pred = _full_probs(probs).argmax(axis=1)
-    return float(f1_score(y, pred, average="macro", labels=list(range(n_classes)), zero_division=0))
-
-
-def class_weights(y: np.ndarray, k: int) -> np.ndarray:
-    """Balanced class weights n / (k * count); 0 for a class absent from ``y``."""
-    counts = np.bincount(y, minlength=k).astype(np.float64)
-    return np.where(counts > 0, len(y) / (k * np.maximum(counts, 1)), 0.0)
 
 
 def _write_npz(path: Path, **arrays: np.ndarray) -> None:
@@ -205,7 +171,7 @@ class _Baseline:
         return z[:, 0] if z.shape[1] == 1 else z
 
     def predict(self, texts: list[str]) -> np.ndarray:
-        return _probs_from_logits(self.logits(texts), self.temperature)
+        return probs_from_logits(self.logits(texts), self.temperature)
 
     def save(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
@@ -251,7 +217,7 @@ def _train_baseline(
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=ConvergenceWarning)
             lr.fit(x_train, y_train)
-        f1 = _macro_f1(y_val, _full_probs(lr.predict_proba(x_val)), len(classes))
+        f1 = macro_f1(y_val, full_probs(lr.predict_proba(x_val)), len(classes))
         if best is None or f1 > best[0] + 1e-12:
             best = (f1, c, lr)
     assert best is not None
@@ -265,7 +231,7 @@ def _train_baseline(
         coef, intercept = full_coef, full_int
     model = _Baseline(features, coef, intercept, 1.0, list(classes), float(c))
     model.temperature = fit_temperature(model.logits(val_texts), y_val)
-    return model, _macro_f1(y_val, model.predict(val_texts), len(classes))
+    return model, macro_f1(y_val, model.predict(val_texts), len(classes))
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -278,7 +244,7 @@ def _bucket(feature: str, n_buckets: int) -> int:
 
 def hashed_features(text: str, n_buckets: int = N_BUCKETS, char_ngrams: tuple[int, int] = NEURAL_CHAR_NGRAMS) -> list[int]:
     """Bucket ids of the word unigrams, bigrams and per-word character n-grams of one text."""
-    words = _WORD.findall((text or "").lower())
+    words = WORD.findall((text or "").lower())
     ids = [_bucket("w:" + w, n_buckets) for w in words]
     ids += [_bucket(f"b:{a} {b}", n_buckets) for a, b in zip(words, words[1:], strict=False)]
     lo, hi = char_ngrams
@@ -351,7 +317,7 @@ class _Neural:
         return self.logits_from_bags(_bags(texts, self.n_buckets, self.char_ngrams))
 
     def predict(self, texts: list[str]) -> np.ndarray:
-        return _probs_from_logits(self.logits(texts), self.temperature)
+        return probs_from_logits(self.logits(texts), self.temperature)
 
     def save(self, folder: Path) -> None:
         import torch
@@ -391,14 +357,6 @@ class _Neural:
         terms = json.loads((folder / "terms.json").read_text(encoding="utf-8"))
         return cls(net, classes, float(config["temperature"]), int(config["n_buckets"]), int(config["dim"]),
                    tuple(config["char_ngrams"]), terms, device)
-
-
-def _frequent_terms(texts: list[str], n: int) -> list[str]:
-    counts: dict[str, int] = {}
-    for t in texts:
-        for w in set(_WORD.findall((t or "").lower())):
-            counts[w] = counts.get(w, 0) + 1
-    return [w for w, c in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])) if c >= 2][:n]
 
 
 def _train_neural(
@@ -450,7 +408,7 @@ def _train_neural(
             loss.backward()
             opt_sparse.step()
             opt_dense.step()
-        f1 = _macro_f1(y_val, _probs_from_logits(model.logits_from_bags(val_bags), 1.0), k)
+        f1 = macro_f1(y_val, probs_from_logits(model.logits_from_bags(val_bags), 1.0), k)
         if f1 > best_f1 + 1e-9:
             best_f1, stale = f1, 0
             best_state = {n: v.detach().clone() for n, v in net.state_dict().items()}
@@ -461,8 +419,8 @@ def _train_neural(
     if best_state is not None:
         net.load_state_dict(best_state)
     model.temperature = fit_temperature(model.logits_from_bags(val_bags), y_val)
-    model.terms = _frequent_terms(train_texts, N_TERMS)
-    return model, _macro_f1(y_val, _probs_from_logits(model.logits_from_bags(val_bags), model.temperature), k)
+    model.terms = frequent_terms(train_texts, N_TERMS)
+    return model, macro_f1(y_val, probs_from_logits(model.logits_from_bags(val_bags), model.temperature), k)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -560,7 +518,7 @@ def class_probabilities(model_dir: Path, texts: list[str], binary: bool) -> np.n
 
 def _occlusion_variants(text: str) -> tuple[list[str], list[str]]:
     words: dict[str, str] = {}
-    for m in _WORD.finditer(text or ""):
+    for m in WORD.finditer(text or ""):
         key = m.group().lower()
         if key not in words:
             words[key] = m.group()
@@ -577,7 +535,7 @@ def explain_texts(model_dir: Path, texts: list[str], top_k: int = 5) -> list[lis
     """
     model = load_text_model(model_dir)
     texts = list(texts)
-    base = _full_probs(model.predict(texts))
+    base = full_probs(model.predict(texts))
     pred = base.argmax(axis=1)
     all_words, all_variants, owner = [], [], []
     for i, t in enumerate(texts):
@@ -585,7 +543,7 @@ def explain_texts(model_dir: Path, texts: list[str], top_k: int = 5) -> list[lis
         all_words += words
         all_variants += variants
         owner += [i] * len(words)
-    occluded = _full_probs(model.predict(all_variants)) if all_variants else np.zeros((0, base.shape[1]))
+    occluded = full_probs(model.predict(all_variants)) if all_variants else np.zeros((0, base.shape[1]))
     out: list[list[tuple[str, float]]] = [[] for _ in texts]
     for j, i in enumerate(owner):
         c = pred[i]

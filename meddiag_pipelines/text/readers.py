@@ -24,7 +24,7 @@ Texts longer than ``MAX_TEXT_CHARS`` are truncated (counted in ``TextReadResult.
 ``TextReadResult.files_read`` lists exactly the files whose content was read (a ``labels.csv`` and each
 ``.txt`` file it brought in count separately).
 
-The raw text is never kept: each text is scrubbed (``deid.scrub``) right after it is decoded; the records
+The raw text is never kept: each text is scrubbed (``deid.rules.scrub``) right after it is decoded; the records
 only ever hold the scrubbed text. Texts shorter than ``spec.min_text_chars`` are kept for validation to judge.
 A text whose scrubbing takes longer than ``MEDDIAG_DEID_SECONDS`` (default 5 s) is never stored unscrubbed:
 its file is rejected, naming the row, and the rest of the batch flows on.
@@ -46,11 +46,11 @@ from typing import Any
 import polars as pl
 from polars.exceptions import PanicException
 
+from meddiag_pipelines.deid.rules import ScrubTimeout, scrub
 from meddiag_pipelines.ingestion.errors import BatchRejected
 from meddiag_pipelines.ingestion.landing import UnsafePath, batch_key, confined_file, display_name, is_data_file
+from meddiag_pipelines.ingestion.tables import first_repeat, lf_line_endings, settled_types
 from meddiag_pipelines.specs import ROW_ID, TaskSpec, canonical_label
-from meddiag_pipelines.tabular.readers import first_repeat, lf_line_endings, settled_types
-from meddiag_pipelines.text.deid import ScrubTimeout, scrub
 
 MAX_TEXT_CHARS = 100_000
 DEID_SECONDS_VARIABLE = "MEDDIAG_DEID_SECONDS"
@@ -86,14 +86,6 @@ def deid_time_limit() -> float:
     if not 0 < seconds < math.inf:
         raise ValueError(f"{DEID_SECONDS_VARIABLE} must be a positive number of seconds, not {raw!r}")
     return seconds
-
-
-def text_content_key(column: str) -> pl.Expr:
-    """The key under which two texts are the same content (an expression over ``column``, so it runs at 1M rows):
-    NFKC-normalised, lower-cased, runs of blanks collapsed to one space and trimmed; empty text is no content.
-    The split groups copies by it; the duplicate check counts by it."""
-    text = pl.col(column).cast(pl.String).str.normalize("NFKC").str.to_lowercase()
-    return text.str.replace_all(r"\s+", " ").str.strip_chars().replace("", None)
 
 
 def output_columns(spec: TaskSpec) -> list[str]:

@@ -7,7 +7,7 @@
   ingested from earlier batches.
 * :func:`unreadable_files` proves that every file the reader rejected (bad encoding, unreadable format) was
   quarantined with its reason and is counted in the ledger, so a bad file is never silently lost.
-* :func:`text_duplicates` counts identical texts (``text.readers.text_content_key``: Unicode-normalised, case
+* :func:`text_duplicates` counts identical texts (``split.text_content_key``: Unicode-normalised, case
   and blanks folded) and those carrying conflicting labels; duplicates are real and only reported. Copies in
   more than one of train / val / test (``TextDuplicates.failures``) fail: a leak that would flatter the
   test metrics, and a bug once the split groups identical content.
@@ -26,9 +26,8 @@ from typing import TYPE_CHECKING
 import polars as pl
 
 from meddiag_pipelines.ingestion.quarantine import REASON_FILE, file_reason
-from meddiag_pipelines.split import SPLIT_COLUMN, SPLITS
+from meddiag_pipelines.split import SPLIT_COLUMN, SPLITS, text_content_key
 from meddiag_pipelines.specs import TaskSpec
-from meddiag_pipelines.text.readers import text_content_key
 from meddiag_pipelines.validation.suites import CheckFailure, record_expectations, run_suite
 
 if TYPE_CHECKING:

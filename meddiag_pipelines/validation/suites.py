@@ -25,8 +25,7 @@ from typing import TYPE_CHECKING
 
 import polars as pl
 
-from meddiag_pipelines.ingestion.landing import INTERNAL_PREFIX
-from meddiag_pipelines.specs import TaskSpec
+from meddiag_pipelines.specs import INTERNAL_PREFIX, TaskSpec
 
 if TYPE_CHECKING:
     import great_expectations.expectations as gxe

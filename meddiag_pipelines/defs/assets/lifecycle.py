@@ -25,14 +25,13 @@ from meddiag_pipelines.labels import encode_labels, task_kind
 import meddiag_pipelines.evaluation as evaluator  # its modules load on first use
 from meddiag_pipelines.split import COPY_OF_TRAIN_COLUMN, SPLIT_COLUMN, SPLITS
 from meddiag_pipelines.ingestion.batches import reconcile
-from meddiag_pipelines.ingestion.landing import BATCH_COLUMN
 from meddiag_pipelines.markup import escape_markdown
 from meddiag_pipelines.registry.fingerprint import code_version, trained_batch_hashes, training_fingerprint
 from meddiag_pipelines.registry.manifest import REPORT_FILES, build_manifest
 from meddiag_pipelines.registry.promotion import Decision, decide
 from meddiag_pipelines.modalities.base import Explainer, PredictorFactory
 from meddiag_pipelines.scoring import prediction_frame, score_unlabelled
-from meddiag_pipelines.specs import TaskSpec
+from meddiag_pipelines.specs import BATCH_COLUMN, TaskSpec
 from meddiag_pipelines.validation.suites import feature_columns
 
 

@@ -15,9 +15,9 @@ from pathlib import Path
 import dagster as dg
 import polars as pl
 
-from meddiag_pipelines.ingestion.landing import BATCH_COLUMN
 from meddiag_pipelines.ingestion.warehouse import Warehouse
 from meddiag_pipelines.registry.store import ModelRegistry
+from meddiag_pipelines.specs import BATCH_COLUMN
 from meddiag_pipelines.storage import DataRoot, default_data_root, is_object_store, run_name
 
 

@@ -29,10 +29,10 @@ Formats
             ``<hash>_<split>_<i>``, the hash over the batch and the file's path (:func:`npz_record_id`).
             Labels: the class index as a string (``"0"``, ``"1"``...); multi-label: the ``|``-joined
             indices of the positive findings in ascending order (``"0|5"``), and ``""`` for a labelled
-            image with no finding (see :func:`multilabel_matrix`). An images key without its labels key
-            gives unlabelled records (label null). Unknown keys, object arrays, members that are not
-            ``.npy`` arrays (a raw pickle), bad shapes / dtypes are rejected for the whole file (the file is
-            the unit: the other npz files of the batch are read).
+            image with no finding (see :func:`~meddiag_pipelines.labels.multilabel_matrix`). An images key
+            without its labels key gives unlabelled records (label null). Unknown keys, object arrays,
+            members that are not ``.npy`` arrays (a raw pickle), bad shapes / dtypes are rejected for the
+            whole file (the file is the unit: the other npz files of the batch are read).
 
 Safety: ``labels.csv`` and every path it names are confined to the batch folder before any stat or open (no
 absolute paths, no ``..``, no symbolic links anywhere on the way, regular files only: a FIFO is never opened);
@@ -68,7 +68,7 @@ from meddiag_pipelines.imaging.readers.dispatch import (
 )
 from meddiag_pipelines.imaging.readers.folder import read_folder_batch
 from meddiag_pipelines.imaging.readers.listing import LABELS_CSV, safe_path
-from meddiag_pipelines.imaging.readers.npz import multilabel_matrix, npz_record_id, read_npz_batch
+from meddiag_pipelines.imaging.readers.npz import npz_record_id, read_npz_batch
 from meddiag_pipelines.imaging.readers.records import (
     INTENSITY_MAX,
     INTENSITY_MIN,
@@ -89,7 +89,6 @@ __all__ = [
     "ImageRejected",
     "detect_format",
     "load_pixels",
-    "multilabel_matrix",
     "npz_record_id",
     "read_dicom_batch",
     "read_folder_batch",

@@ -12,9 +12,9 @@ from typing import TYPE_CHECKING
 
 import polars as pl
 
-from meddiag_pipelines.ingestion.landing import INTERNAL_PREFIX, UnsafePath, confined_file
-from meddiag_pipelines.specs import canonical_label
-from meddiag_pipelines.tabular.readers import first_repeat, lf_line_endings
+from meddiag_pipelines.ingestion.landing import UnsafePath, confined_file
+from meddiag_pipelines.specs import INTERNAL_PREFIX, canonical_label
+from meddiag_pipelines.ingestion.tables import first_repeat, lf_line_endings
 from meddiag_pipelines.imaging.readers.records import _MB, ImageBatchError, ImageRejected, _image_spec, _mb
 
 if TYPE_CHECKING:

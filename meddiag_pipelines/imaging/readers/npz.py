@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
-import polars as pl
 
 from meddiag_pipelines.ingestion.landing import batch_key
 from meddiag_pipelines.specs import canonical_label
@@ -116,17 +115,6 @@ def _npz_label(row: np.ndarray, multi_label: bool) -> str:
     if multi_label:
         return "|".join(str(i) for i in np.flatnonzero(row))
     return canonical_label(int(row[0]))
-
-
-def multilabel_matrix(labels: list[str | None] | pl.Series, n_labels: int) -> np.ndarray:
-    """The (n, n_labels) 0/1 float32 matrix of '|'-joined finding indices ('' = no finding; null = NaN row)."""
-    out = np.zeros((len(labels), n_labels), dtype=np.float32)
-    for i, lab in enumerate(labels):
-        if lab is None:
-            out[i] = np.nan
-        elif lab != "":
-            out[i, [int(x) for x in lab.split("|")]] = 1.0
-    return out
 
 
 def _npz_unit(img: np.ndarray) -> np.ndarray:

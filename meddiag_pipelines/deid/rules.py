@@ -73,7 +73,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
 
-from meddiag_pipelines.text.names import FIRST_NAMES, SURNAMES
+from meddiag_pipelines.deid.names import FIRST_NAMES, SURNAMES
 
 PLACEHOLDERS: dict[str, str] = {
     kind: f"[{kind}]"
