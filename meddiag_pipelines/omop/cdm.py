@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import graphlib
 import re
+import shutil
 import tempfile
 from dataclasses import dataclass, field
 from datetime import date
@@ -102,6 +103,7 @@ class Cdm:
     domains: frozenset[str]
     notes: list[str] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
+    scratch: Path | None = None  # DuckDB's spill folder when open_cdm made it (removed by close)
 
     def has(self, table: str) -> bool:
         return table in self.files
@@ -118,6 +120,14 @@ class Cdm:
 
     def close(self) -> None:
         self.con.close()
+        if self.scratch is not None:
+            shutil.rmtree(self.scratch, ignore_errors=True)
+
+    def __enter__(self) -> Cdm:  # noqa: PYI034 (a dataclass, not subclassed)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def _quote(name: str) -> str:
@@ -159,7 +169,7 @@ def _check_parquet(path: Path) -> None:
     """Refuse a Parquet file whose footer declares an absurd row count, before any page is read."""
     try:
         meta = pq.read_metadata(path)
-    except Exception as exc:  # pyarrow raises several types for a broken footer
+    except Exception as exc:  # noqa: BLE001 (pyarrow raises several types for a broken footer)
         raise CdmRefused(f"{path.name}: not a readable Parquet file ({type(exc).__name__})") from None
     limit = MAX_ROWS_PER_BYTE * path.stat().st_size + MIN_ROW_LIMIT
     grouped = sum(meta.row_group(i).num_rows for i in range(meta.num_row_groups))
@@ -221,7 +231,7 @@ def _header_only_names(con: duckdb.DuckDBPyConnection, table: str, cols: list[tu
 def _kind(column: str) -> str:
     if column in TEXT_ID_COLUMNS:
         return "keep"
-    if column.endswith("_concept_id") or column.endswith("_id") or column in INT_COLUMNS:
+    if column.endswith("_id") or column in INT_COLUMNS:
         return "int"
     if column.endswith("_datetime"):
         return "timestamp"
@@ -348,8 +358,8 @@ def _build_person(cdm: Cdm, columns: list[str], death_columns: list[str]) -> Non
     today = f"DATE {_literal(cdm.today.isoformat())}"
     con = cdm.con
     con.execute(
-        f"CREATE TEMP VIEW person_ranked AS SELECT *, row_number() OVER (PARTITION BY person_id ORDER BY _rn) AS _k "
-        f"FROM (SELECT *, row_number() OVER () AS _rn FROM typed_person) WHERE person_id IS NOT NULL"
+        "CREATE TEMP VIEW person_ranked AS SELECT *, row_number() OVER (PARTITION BY person_id ORDER BY _rn) AS _k "
+        "FROM (SELECT *, row_number() OVER () AS _rn FROM typed_person) WHERE person_id IS NOT NULL"
     )
     deaths = "SELECT NULL::BIGINT AS person_id, NULL::DATE AS death_date WHERE false"
     if {"person_id", "death_date"} <= set(death_columns):
@@ -482,10 +492,9 @@ def _detect_version(cdm: Cdm, typed: dict[str, list[str]]) -> str:
         found = re.search(r"5\.(\d)", row[0] or "")
         if found:
             return f"5.{found.group(1)}"
-    visit = typed.get("visit_occurrence", [])
-    if "admitted_from_concept_id" in visit:
-        return "5.4"
-    return "5.3" if "person" in typed else "unknown"
+    if any(n for key, n in cdm.counts.items() if key.endswith(".v53_renamed")):
+        return "5.3"
+    return "5.4" if "admitted_from_concept_id" in typed.get("visit_occurrence", []) else "unknown"
 
 
 def open_cdm(
@@ -497,15 +506,17 @@ def open_cdm(
 ) -> Cdm:
     """Open the CDM batch at ``batch`` (a folder, or one DuckDB file). ``today`` dates "the future" (default:
     the system date). ``memory_limit`` and ``temp_dir`` let DuckDB spill to disk (its default temporary
-    folder would be outside the batch). Raises :class:`CdmRefused`."""
+    folder would be the working directory; without ``temp_dir`` a private temporary folder is made and
+    removed by :meth:`Cdm.close`). Raises :class:`CdmRefused`."""
     batch = Path(batch)
     kind, found = _discover(batch)
-    con = duckdb.connect(config={"temp_directory": str(temp_dir or tempfile.mkdtemp(prefix="omop-"))})
+    scratch = None if temp_dir is not None else Path(tempfile.mkdtemp(prefix="omop-duckdb-"))
+    con = duckdb.connect(config={"temp_directory": str(temp_dir or scratch)})
     if memory_limit:
         con.execute(f"SET memory_limit = {_literal(memory_limit)}")
     try:
         files = _attach_sources(con, kind, found)
-        cdm = Cdm(con, batch, "unknown", today or date.today(), files, frozenset())
+        cdm = Cdm(con, batch, "unknown", today or date.today(), files, frozenset(), scratch=scratch)
         for table in ("person", "observation_period"):
             if table not in files:
                 raise CdmRefused(f"{batch.name}: no {table} table (or its file is empty)")
@@ -525,5 +536,7 @@ def open_cdm(
         return cdm
     except BaseException:
         con.close()
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
         raise
 

@@ -140,12 +140,14 @@ def _outcome_columns(cdm: Cdm, spec: StudySpec, index: int) -> pl.DataFrame:
         f"""
         WITH t AS (
             SELECT person_id, index_date + INTERVAL ({tar.start}) DAY AS tar_start,
-                   least(index_date + INTERVAL ({tar.end}) DAY, observation_end, coalesce(death_date, DATE '9999-12-31'))
+                   least(index_date + INTERVAL ({tar.end}) DAY, observation_end,
+                         coalesce(death_date, DATE '9999-12-31'))
                        AS tar_end, index_date
             FROM _target
         ), o AS ({events_sql(cdm, out, f"outcome {name}")}),
         scored AS (
-            SELECT t.person_id, t.index_date, CAST(t.tar_start AS DATE) AS tar_start, CAST(t.tar_end AS DATE) AS tar_end,
+            SELECT t.person_id, t.index_date, CAST(t.tar_start AS DATE) AS tar_start,
+                   CAST(t.tar_end AS DATE) AS tar_end,
                    count(o.person_id) FILTER (WHERE o.event_date < t.tar_start) AS prior_events,
                    min(o.event_date) FILTER (WHERE o.event_date BETWEEN t.tar_start AND t.tar_end) AS first_event
             FROM t LEFT JOIN o ON o.person_id = t.person_id

@@ -71,7 +71,9 @@ def _domain_sql(cdm: Cdm, domain: str, settings: CovariateSettings, ingredients:
         f"FROM ev_{domain} e JOIN _pop p ON p.person_id = e.person_id {join} "
         "WHERE e.in_observation AND e.concept_id <> 0 AND e.event_date <= p.index_date - 1"
     )
-    windowed = f"SELECT b.*, w.window_index FROM ({before}) b JOIN {windows} w ON w.days IS NULL OR b.days_before <= w.days"
+    windowed = (
+        f"SELECT b.*, w.window_index FROM ({before}) b JOIN {windows} w ON w.days IS NULL OR b.days_before <= w.days"
+    )
     if domain == "visit":
         return (
             f"SELECT person_id, {100 + 10 * k} + window_index AS covariate_id, CAST(count(*) AS DOUBLE) AS value "
@@ -122,10 +124,12 @@ def _reference(cdm: Cdm, settings: CovariateSettings) -> pl.DataFrame:
         SELECT ids.covariate_id, ids.analysis_id, a.domain, ids.concept_id, a.window_days, a.kind,
           CASE
             WHEN ids.analysis_id = 2 THEN 'age at index (years)'
-            WHEN ids.analysis_id = 3 THEN 'age group ' || (ids.concept_id * {g}) || '-' || (ids.concept_id * {g} + {g - 1})
+            WHEN ids.analysis_id = 3
+                THEN 'age group ' || (ids.concept_id * {g}) || '-' || (ids.concept_id * {g} + {g - 1})
             WHEN ids.analysis_id = 1 THEN 'gender: ' || coalesce(c.concept_name, 'concept ' || ids.concept_id)
             ELSE a.domain || ' ' || a.kind || ': '
-                 || CASE WHEN ids.concept_id = 0 THEN 'all' ELSE coalesce(c.concept_name, 'concept ' || ids.concept_id) END
+                 || CASE WHEN ids.concept_id = 0 THEN 'all'
+                         ELSE coalesce(c.concept_name, 'concept ' || ids.concept_id) END
                  || CASE WHEN a.window_days IS NULL THEN ', any time prior'
                          ELSE ', ' || a.window_days || ' days before index' END
           END AS name

@@ -26,12 +26,16 @@ BATCH_ROWS = 1_000_000
 def meds_sql(cdm: Cdm) -> str:
     """The MEDS rows of the batch as one DuckDB query."""
     parts = [
-        "SELECT person_id AS subject_id, CAST(NULL AS TIMESTAMP) AS time, 'GENDER//' || gender_concept_id AS code, "
-        "CAST(NULL AS FLOAT) AS numeric_value, CAST(NULL AS VARCHAR) AS text_value FROM person "
-        "WHERE gender_concept_id IS NOT NULL",
+        (
+            "SELECT person_id AS subject_id, CAST(NULL AS TIMESTAMP) AS time, 'GENDER//' || gender_concept_id AS code, "
+            "CAST(NULL AS FLOAT) AS numeric_value, CAST(NULL AS VARCHAR) AS text_value FROM person "
+            "WHERE gender_concept_id IS NOT NULL"
+        ),
         f"SELECT person_id, CAST(birth_date AS TIMESTAMP), '{meds.birth_code}', NULL, NULL FROM person",
-        f"SELECT person_id, CAST(death_date AS TIMESTAMP), '{meds.death_code}', NULL, NULL FROM person "
-        "WHERE death_date IS NOT NULL",
+        (
+            f"SELECT person_id, CAST(death_date AS TIMESTAMP), '{meds.death_code}', NULL, NULL FROM person "
+            "WHERE death_date IS NOT NULL"
+        ),
     ]
     for domain in MEDS_DOMAINS:
         if domain in cdm.domains:
