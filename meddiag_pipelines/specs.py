@@ -38,8 +38,9 @@ MODALITIES = {"tabular", "image", "text", "omop"}
 # spec uses them, as the registry imports a modality) and the columns its records have (omop/modality.py).
 OMOP_KEYS = ("cohort", "outcomes", "time_at_risk", "covariates")
 OMOP_SPEC_MODULE = "meddiag_pipelines.omop.spec"
+# The models read covariates, not these columns: excluded, so no split links two persons by their equal values.
 OMOP_DEFAULTS = {"label": "outcome", "positive": "1", "classes": ["0", "1"], "id": "person_id",
-                 "patient_id": "person_id"}  # fmt: skip
+                 "patient_id": "person_id", "exclude": ["age_at_index", "gender", "tar_days", "index_date"]}  # fmt: skip
 
 
 _INTEGRAL_DECIMAL = re.compile(r"^([+-]?\d+)\.0*$")
