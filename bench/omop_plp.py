@@ -43,20 +43,24 @@ def run_seed(seed: int, rows, spec, storage: _Storage, out: Path) -> dict:
     from meddiag_pipelines.omop.modality import MODALITY
     from meddiag_pipelines.split import SPLIT_COLUMN, assign_split
 
-    spec = spec if seed == 0 else spec.model_copy(update={"split": spec.split.model_copy(update={"salt": f"plp-{seed}"})})
+    if seed:
+        spec = spec.model_copy(update={"split": spec.split.model_copy(update={"salt": f"plp-{seed}"})})
     start = time.perf_counter()
     split = assign_split(rows, spec)
     built = MODALITY.features(spec, split, storage)
     trained = MODALITY.train_candidate(spec, built.frame, built.plan, TrainingRun(storage, out / f"seed{seed}",
                                                                                   logging.getLogger(NAME)))  # fmt: skip
-    handle = {"dir": str(trained.model_dir), "plan": {**built.plan, "cache_dir": str(storage.root.path(built.plan["cache_dir"]))}}
+    cache_dir = str(storage.root.path(built.plan["cache_dir"]))
+    handle = {"dir": str(trained.model_dir), "plan": {**built.plan, "cache_dir": cache_dir}}
     omop = MODALITY.extra_metrics(spec, handle, split)["omop"]
     models = {k: {"auroc": round(v["auroc"], 4), "auroc_ci": [round(x, 4) for x in v["auroc_ci"]]}
               for k, v in omop["test_auroc"].items()}  # fmt: skip
     params = trained.meta["params"]
-    return {"name": NAME, "seed": seed, "salt": spec.split.salt, "n_test": split.filter(pl.col(SPLIT_COLUMN) == "test").height,
+    n_test = split.filter(pl.col(SPLIT_COLUMN) == "test").height
+    return {"name": NAME, "seed": seed, "salt": spec.split.salt, "n_test": n_test,
             "chosen": params["chosen"], "lasso_C": params.get("C") if params["chosen"] == "logistic" else None,
-            "n_covariates": omop["n_covariates"], **models, "seconds": round(time.perf_counter() - start, 1)}  # fmt: skip
+            "n_covariates": omop["n_covariates"], **models,
+            "seconds": round(time.perf_counter() - start, 1)}  # fmt: skip
 
 
 def main(argv: list[str]) -> None:
@@ -81,6 +85,7 @@ def main(argv: list[str]) -> None:
         results = [emit(run_seed(seed, rows, spec, _Storage(work), work / "models")) for seed in range(seeds)]
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    means = {k: round(statistics.mean(r[k]["auroc"] for r in results), 4) for k in ("l1_logistic_regression", "xgboost")}
+    models = ("l1_logistic_regression", "xgboost")
+    means = {k: round(statistics.mean(r[k]["auroc"] for r in results), 4) for k in models}
     emit({"name": NAME, "summary": True, "seeds": seeds, "mean_test_auroc": means, "book_lasso_auroc": BOOK_LASSO_AUROC,
           "chosen": [r["chosen"] for r in results]})  # fmt: skip

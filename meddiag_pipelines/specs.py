@@ -375,7 +375,10 @@ class TaskSpec(_Section):
     def _omop_study(cls, v: Any, info: ValidationInfo) -> Any:
         if v is None:
             return v
-        models = importlib.import_module(OMOP_SPEC_MODULE)
+        try:
+            models = importlib.import_module(OMOP_SPEC_MODULE)
+        except ImportError as exc:  # the MEDS schema package of the omop extra
+            raise ValueError(f"omop tasks need the omop extra (pip install 'meddiag_pipelines[omop]'): {exc}") from None
         if info.field_name == "outcomes":
             outcomes = [models.Outcome.model_validate(o) for o in (v if isinstance(v, list) else [v])]
             if len(outcomes) != 1:

@@ -11,7 +11,6 @@ persons, and records their names in the plan, so the report and the explanations
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +23,6 @@ from meddiag_pipelines.ingestion.landing import BATCH_COLUMN
 from meddiag_pipelines.modalities.base import (BuiltFeatures, Descriptions, Explainer, Modality, PredictorFactory,
                                                Storage, TrainedModel, TrainingRun)  # fmt: skip
 from meddiag_pipelines.omop.batches import OmopReader, prepare_batch
-from meddiag_pipelines.omop.covariates import VALUE_ANALYSES
 from meddiag_pipelines.omop.models import train_omop_models
 from meddiag_pipelines.omop.report import attrition_html, study_html, top_covariates, top_covariates_html
 from meddiag_pipelines.specs import TaskSpec
@@ -174,8 +172,8 @@ class OmopModality(Modality):
                 "names": {f"c{i}": names.get(i, f"covariate {i}") for i in ids},
                 "study": {"attrition": summed_attrition(labelled), "batches": len(labelled)}}  # fmt: skip
         X = covariate_matrix(split, {**plan, "cache_dir": str(cache_dir)}, cache_dir)
-        frame = pl.concat([split.select(key_columns_in(split, spec)),
-                           pl.DataFrame(X, schema=[FEATURE_PREFIX + c for c in plan["columns"]])], how="horizontal")  # fmt: skip
+        inputs = pl.DataFrame(X, schema=[FEATURE_PREFIX + c for c in plan["columns"]])
+        frame = pl.concat([split.select(key_columns_in(split, spec)), inputs], how="horizontal")
         meta = {"n_rows": frame.height, "n_covariates": len(ids), "n_covariates_seen": held["covariate_id"].n_unique(),
                 "batches": len(studies)}  # fmt: skip
         return BuiltFeatures(frame, plan, meta, {"n_covariates": len(ids), "min_persons": MIN_PERSONS})
@@ -224,13 +222,14 @@ class OmopModality(Modality):
         }}  # fmt: skip
 
     def card_extras(self, spec: TaskSpec, candidate: dict) -> list[tuple[str, str]]:
-        return [("Top covariates by effect", top_covariates_html(top_covariates(Path(candidate["dir"]), candidate["plan"])))]
+        top = top_covariates(Path(candidate["dir"]), candidate["plan"])
+        return [("Top covariates by effect", top_covariates_html(top))]
 
     def test_sections(self, spec: TaskSpec, candidate: dict, test: pl.DataFrame, proba: np.ndarray,
                       metrics: dict) -> list[tuple[str, str]]:  # fmt: skip
         omop = metrics.get("omop") or {}
-        return [("Cohort attrition", attrition_html(omop.get("attrition") or [])), ("Outcome, time at risk and "
-                "both models", study_html(omop))]  # fmt: skip
+        return [("Cohort attrition", attrition_html(omop.get("attrition") or [])),
+                ("Outcome, time at risk and both models", study_html(omop))]
 
 
 MODALITY = OmopModality()

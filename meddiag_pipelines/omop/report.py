@@ -39,8 +39,8 @@ def study_html(omop: dict) -> str:
             ["persons still at risk (scored, not trained on)", f"{omop['persons_to_score']:,}"],
             ["covariates used", f"{omop['n_covariates']:,}"]]  # fmt: skip
     if tar.get("n"):
-        rows.append(["days at risk: mean, median (quartiles), range",
-                     f"{tar['mean']}, {tar['median']:g} ({tar['p25']:g} to {tar['p75']:g}), {tar['min']} to {tar['max']}"])
+        spread = f"{tar['median']:g} ({tar['p25']:g} to {tar['p75']:g}), {tar['min']} to {tar['max']}"
+        rows.append(["days at risk: mean, median (quartiles), range", f"{tar['mean']}, {spread}"])
     rows += [[f"test AUROC, {name}", _ci(model)] for name, model in omop.get("test_auroc", {}).items()]
     return _table(["", ""], rows)
 
@@ -61,7 +61,8 @@ def top_covariates(model_dir: Path, plan: dict, k: int = TOP_COVARIATES) -> dict
 
 def top_covariates_html(top: dict[str, list[dict]]) -> str:
     lasso = _table(["covariate", "coefficient (per SD)", "odds ratio per SD"],
-                   [[r["covariate"], f"{r['coefficient']:+.3f}", f"{r['odds_ratio_per_sd']:.2f}"] for r in top["lasso"]])
+                   [[r["covariate"], f"{r['coefficient']:+.3f}", f"{r['odds_ratio_per_sd']:.2f}"]
+                    for r in top["lasso"]])  # fmt: skip
     boost = _table(["covariate", "total gain"], [[r["covariate"], f"{r['total_gain']:.1f}"] for r in top["xgboost"]])
     return (f"<p>L1 logistic regression: the non-zero coefficients of largest size.</p>{lasso}"
             f"<p>XGBoost: the covariates of most total gain.</p>{boost}")
