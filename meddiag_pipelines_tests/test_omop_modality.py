@@ -156,3 +156,45 @@ def test_eunomia_end_to_end_hostile_batches_and_scoring(tmp_path: Path):
     assert risks["id"].cast(pl.Int64).min() > LATER_OFFSET and risks["probability"].is_between(0, 1).all()
     assert risks["top_features"].str.contains(r"(condition|drug|procedure|measurement|observation|visit|age|gender)"
                                               r"[^;]* [+-]\d\.\d{3}").all()  # fmt: skip
+
+
+def test_study_rows_label_the_population_and_leave_persons_still_at_risk_unlabelled(tmp_path: Path):
+    from datetime import date
+
+    from meddiag_pipelines.omop.batches import study_rows
+    from meddiag_pipelines.omop.spec import StudySpec
+    from meddiag_pipelines_tests.omop_data import NSAID_SPEC, TODAY, tidy_tables, write_cdm
+
+    tables = tidy_tables()  # person 1 bleeds 2 months after index; person 2 starts 2012-06-01; person 3 no NSAID
+    tables["observation_period"] = tables["observation_period"].with_columns(
+        pl.when(pl.col("person_id") == 2).then(date(2012, 8, 1)).otherwise(pl.col("observation_period_end_date"))
+        .alias("observation_period_end_date"))  # fmt: skip
+    with open_cdm(write_cdm(tmp_path / "cdm", tables), today=TODAY) as cdm:
+        rows = study_rows(build_study(cdm, StudySpec.model_validate(NSAID_SPEC)))
+    assert rows.select("person_id", "outcome", "tar_days").to_dicts() == [
+        {"person_id": 1, "outcome": "1", "tar_days": 365}, {"person_id": 2, "outcome": None, "tar_days": 61}]
+    assert rows["gender"].to_list() == ["male", "female"]
+
+
+def test_row_checks_name_each_problem():
+    from meddiag_pipelines.omop.modality import row_failures
+
+    spec = load_spec(SPEC_FILE)
+    rows = pl.DataFrame({"person_id": [1, 1, 2, None], "outcome": ["1", "0", "2", None]})
+    failures = {f.expectation: f.unexpected_count for f in row_failures(rows, spec, {"2"})}
+    assert failures == {"ids_present": 1, "ids_unique": 1, "label_domain": 1, "ids_unique_across_batches": 1}
+    assert row_failures(rows.slice(0, 1), spec, {"3"}) == []
+
+
+def test_covariate_matrix_takes_each_persons_own_batch(tmp_path: Path):
+    """The same person id in two batches is two persons: each row reads its own batch's covariates."""
+    from meddiag_pipelines.ingestion.landing import BATCH_COLUMN
+    from meddiag_pipelines.omop.modality import covariate_matrix
+
+    for batch, values in (("a", [1.0, 5.0]), ("b", [0.0, 7.0])):
+        (tmp_path / batch).mkdir()
+        pl.DataFrame({"person_id": [1, 1], "covariate_id": [1003, 2], "value": values}).filter(
+            pl.col("value") != 0).write_parquet(tmp_path / batch / "covariates.parquet")
+    rows = pl.DataFrame({"person_id": [1, 1, 2], BATCH_COLUMN: ["b", "a", "a"]})
+    X = covariate_matrix(rows, {"columns": ["c2", "c1003", "c9"]}, tmp_path)
+    assert X.tolist() == [[7.0, 0.0, 0.0], [5.0, 1.0, 0.0], [0.0, 0.0, 0.0]]
