@@ -6,12 +6,14 @@ Bundled specs live in ``meddiag_pipelines/tasks``; every ``*.yaml`` in the folde
 
 from __future__ import annotations
 
+import importlib
 import math
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Literal
+from types import ModuleType
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
@@ -31,7 +33,14 @@ SPEC_ERRORS_GROUP = "spec_errors"
 RESERVED_TASK_NAMES = frozenset({"information_schema", "pg_catalog", "main", "temp", "system", "memory", "meddiag",
                                  SPEC_ERRORS_GROUP})  # fmt: skip
 # The modalities a spec may name: the bundled ones, and any a plug-in adds (``modalities.registry.register``).
-MODALITIES = {"tabular", "image", "text"}
+MODALITIES = {"tabular", "image", "text", "omop"}
+# The study keys of an omop task (checked by the models of meddiag_pipelines/omop/spec.py, imported by name when a
+# spec uses them, as the registry imports a modality) and the columns its records have (omop/modality.py).
+OMOP_KEYS = ("cohort", "outcomes", "time_at_risk", "covariates")
+OMOP_SPEC_MODULE = "meddiag_pipelines.omop.spec"
+# The models read covariates, not these columns: excluded, so no split links two persons by their equal values.
+OMOP_DEFAULTS = {"label": "outcome", "positive": "1", "classes": ["0", "1"], "id": "person_id",
+                 "patient_id": "person_id", "exclude": ["age_at_index", "gender", "tar_days", "index_date"]}  # fmt: skip
 
 
 _INTEGRAL_DECIMAL = re.compile(r"^([+-]?\d+)\.0*$")
@@ -327,6 +336,12 @@ class TaskSpec(_Section):
     text_model: str | None = None
     text_encoder: TextEncoderSpec = Field(default_factory=TextEncoderSpec)
     image: ImageSpec | None = None
+    # OMOP (modality: omop): the target cohort, the outcome, the time at risk and the covariate settings
+    # (omop/spec.py: CohortSpec, Outcome, TimeAtRisk, CovariateSettings; README "OMOP CDM tasks").
+    cohort: Any = None
+    outcomes: Any = None
+    time_at_risk: Any = None
+    covariates: Any = None
     owner: str = Field("team:diagnostics", description="the assets' owner: an email address or team:<name>")
     split: SplitSpec = Field(default_factory=SplitSpec)
     training: TrainingSpec = Field(default_factory=TrainingSpec)
@@ -334,6 +349,32 @@ class TaskSpec(_Section):
     promotion: PromotionSpec = Field(default_factory=PromotionSpec)
     schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
     landing: LandingSpec = Field(default_factory=LandingSpec)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _omop_defaults(cls, data: Any) -> Any:
+        """An omop task's records are one row per person (``person_id``) with its 0/1 ``outcome``."""
+        if isinstance(data, dict) and data.get("modality") == "omop":
+            return {**OMOP_DEFAULTS, **data}
+        return data
+
+    @field_validator(*OMOP_KEYS)
+    @classmethod
+    def _omop_study(cls, v: Any, info: ValidationInfo) -> Any:
+        if v is None:
+            return v
+        try:
+            models = importlib.import_module(OMOP_SPEC_MODULE)
+        except ImportError as exc:  # the MEDS schema package of the omop extra
+            raise ValueError(f"omop tasks need the omop extra (pip install 'meddiag_pipelines[omop]'): {exc}") from None
+        if info.field_name == "outcomes":
+            outcomes = [models.Outcome.model_validate(o) for o in (v if isinstance(v, list) else [v])]
+            if len(outcomes) != 1:
+                raise ValueError("give exactly one outcome: a task trains one model; for several outcomes write one "
+                                 "task per outcome (a spec of several outcomes is not supported yet)")  # fmt: skip
+            return outcomes
+        model = {"cohort": models.CohortSpec, "time_at_risk": models.TimeAtRisk, "covariates": models.CovariateSettings}
+        return model[info.field_name].model_validate(v)
 
     @field_validator("name")
     @classmethod
@@ -384,6 +425,11 @@ class TaskSpec(_Section):
             raise ValueError("text tasks need the 'text' key naming the text column")
         if self.text_model is not None and self.modality != "text":
             raise ValueError("text_model is for text tasks only")
+        given = [key for key in OMOP_KEYS if getattr(self, key) is not None]
+        if self.modality == "omop" and (self.cohort is None or self.outcomes is None):
+            raise ValueError("omop tasks need 'cohort' (the target cohort) and 'outcomes' (the outcome)")
+        if self.modality != "omop" and given:
+            raise ValueError(f"{', '.join(given)}: for omop tasks only")
         if self.modality == "image" and self.image is None:
             self.image = ImageSpec()
         if self.positive is not None and self.classes and self.positive not in self.classes:

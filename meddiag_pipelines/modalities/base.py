@@ -226,6 +226,11 @@ class Modality(ABC):
         """(title, HTML) report sections about the candidate model."""
         return []
 
+    def extra_metrics(self, spec: TaskSpec, candidate: dict, split: pl.DataFrame) -> dict:
+        """Entries this modality adds to ``metrics.json`` (JSON-able aggregates, never record content), before the
+        report and ``test_sections`` see the metrics."""
+        return {}
+
     def test_sections(self, spec: TaskSpec, candidate: dict, test: pl.DataFrame, proba: np.ndarray,
                       metrics: dict) -> list[tuple[str, str]]:  # fmt: skip
         """(title, HTML) report sections that need the test rows and their scores (e.g. saliency maps)."""

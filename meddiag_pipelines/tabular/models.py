@@ -222,7 +222,9 @@ def _fold_scores(X: np.ndarray, y: np.ndarray, n_classes: int, metas: dict[str, 
     p_xgb = booster.predict(xgb.DMatrix(X[held]))
     X_fit, X_held = np.asarray(X[fit], dtype=np.float64), np.asarray(X[held], dtype=np.float64)
     mean, scale = standardiser(X_fit)
-    baseline = LogisticRegression(C=metas["logistic"]["params"]["C"], max_iter=2000).fit((X_fit - mean) / scale, y[fit])
+    lasso = {"l1_ratio": 1.0, "solver": "liblinear"} if metas["logistic"]["params"].get("penalty") == "l1" else {}
+    baseline = LogisticRegression(C=metas["logistic"]["params"]["C"], max_iter=2000, **lasso).fit((X_fit - mean) / scale,
+                                                                                                   y[fit])  # fmt: skip
     p_lr = np.zeros((len(held), n_classes))
     p_lr[:, baseline.classes_] = baseline.predict_proba((X_held - mean) / scale)  # a class absent from the fold: 0
     if n_classes == 2:

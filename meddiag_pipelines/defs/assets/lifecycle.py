@@ -139,6 +139,7 @@ def row_predictor(predictor_factory: PredictorFactory) -> Callable[[dict, pl.Dat
 def build_model_lifecycle_assets(spec: TaskSpec, tags: dict, predictor_factory: PredictorFactory,
                                  explain: Explainer | None, missing_data: Callable[[pl.DataFrame, dict], list[dict]],
                                  card_extras: Callable[[dict], list[tuple[str, str]]] | None = None,
+                                 extra_metrics: Callable[[dict, pl.DataFrame], dict] | None = None,
                                  test_sections: Callable[[dict, pl.DataFrame, np.ndarray, dict], list[tuple[str, str]]]
                                  | None = None) -> list:  # fmt: skip
     """``test_sections(candidate_handle, test_rows, test_proba, metrics)``: extra report sections that need the
@@ -159,7 +160,7 @@ def build_model_lifecycle_assets(spec: TaskSpec, tags: dict, predictor_factory: 
     def evaluation(context: dg.AssetExecutionContext, storage: MeddiagStorage, split: pl.DataFrame,
                    candidate_model: dict, baseline_model: dict) -> dict:  # fmt: skip
         metrics, plots = evaluate_candidate(spec, storage, split, candidate_model, baseline_model, predict_rows,
-                                            missing_data, card_extras, test_sections)  # fmt: skip
+                                            missing_data, card_extras, test_sections, extra_metrics)  # fmt: skip
         report = report_metadata(storage, name, candidate_model["version"])
         context.add_output_metadata(rounded({**_ui_metadata(metrics, plots), **report}))
         return metrics
@@ -240,7 +241,8 @@ def without_copies_html(without: dict) -> str:
 def evaluate_candidate(spec: TaskSpec, storage: MeddiagStorage, split: pl.DataFrame, candidate_model: dict,
                        baseline_model: dict, predict_rows: Callable, missing_data: Callable[[pl.DataFrame, dict], list[dict]],
                        card_extras: Callable[[dict], list[tuple[str, str]]] | None = None,
-                       test_sections: Callable | None = None) -> tuple[dict, dict[str, bytes]]:  # fmt: skip
+                       test_sections: Callable | None = None,
+                       extra_metrics: Callable | None = None) -> tuple[dict, dict[str, bytes]]:  # fmt: skip
     """The evaluation asset's work: the candidate's metrics and plots on the test split; its report files
     (``REPORT_FILES``) stored with the staged version, and ``reports/<task>/latest`` pointed at them."""
     name = spec.name
@@ -251,6 +253,8 @@ def evaluate_candidate(spec: TaskSpec, storage: MeddiagStorage, split: pl.DataFr
     inp = _evaluation_input(spec, split, candidate_model, predict_rows, (baseline_model["name"], baseline_proba),
                             flow_counts(spec, storage, split), missing_data(train_rows, candidate_model["plan"]))  # fmt: skip
     metrics = evaluator.evaluate(inp)
+    if extra_metrics:  # the modality's own aggregates (an omop task's cohort attrition)
+        metrics.update(extra_metrics(candidate_model, split))
     if candidate_model.get("selection"):  # how the candidate was chosen over the other model(s) it was trained with
         metrics["model_selection"] = candidate_model["selection"]
     plots = evaluator.render_plots(inp, metrics)

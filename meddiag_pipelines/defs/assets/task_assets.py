@@ -36,6 +36,7 @@ def build_task_assets(spec: TaskSpec) -> list:
         explain=modality.explainer(spec),
         missing_data=lambda train_rows, plan: modality.missing_data(spec, train_rows, plan),
         card_extras=lambda candidate: modality.card_extras(spec, candidate),
+        extra_metrics=lambda candidate, split: modality.extra_metrics(spec, candidate, split),
         test_sections=lambda candidate, test, proba, metrics: modality.test_sections(spec, candidate, test, proba, metrics),
     )  # fmt: skip
     return [raw_records, validated_records, *checks, *split, features, candidate_model, baseline_model, *downstream]

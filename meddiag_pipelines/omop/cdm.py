@@ -1,0 +1,542 @@
+"""Open a landed OMOP CDM batch as DuckDB views with normalised names and types, reporting what is untidy and
+refusing what would corrupt a cohort.
+
+A batch is a folder holding either one DuckDB file (``*.duckdb``/``*.db``) or one CSV or Parquet file per CDM
+table, named by the table in any case (``PERSON.csv``, ``person.parquet``). :func:`open_cdm` gives a
+:class:`Cdm`: an in-memory DuckDB connection where
+
+* ``person`` (one row per person: ``person_id``, ``gender_concept_id``, ``year_of_birth``, ``birth_date``,
+  ``death_date``) and ``observation_period`` (``person_id``, ``start_date``, ``end_date``) are small tables;
+* ``ev_<domain>`` (see :data:`DOMAINS`) is a view of one domain's usable events: ``person_id``, ``concept_id``,
+  ``event_date``, ``value`` (DOUBLE or NULL), ``text_value``, ``in_observation`` (inside one of the person's
+  observation periods);
+* ``concept_ancestor`` and ``concept`` are typed views when the batch has them.
+
+Column names are lower-cased; ids (``*_id``) and concept ids (``*_concept_id``) are BIGINT even when stored as
+floats or text (text that is not a whole number becomes NULL and is counted); ``*_date`` columns are DATE.
+CDM v5.3 visit columns are renamed to their v5.4 names. Every repair is a plain-language note with a count in
+``Cdm.notes`` (and a number in ``Cdm.counts``); no record value ever appears in a note or an error.
+"""
+
+from __future__ import annotations
+
+import graphlib
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+
+import duckdb
+import pyarrow.parquet as pq
+
+
+class CdmRefused(ValueError):
+    """The batch would corrupt a cohort; the message names the file and the problem."""
+
+
+@dataclass(frozen=True)
+class EventDomain:
+    table: str
+    concept: str
+    date: str
+    value: str | None = None
+    text: str | None = None
+
+
+# Spec domain name -> where its events are. Era tables are there for cohorts defined on eras (as the Book's).
+DOMAINS: dict[str, EventDomain] = {
+    "condition": EventDomain("condition_occurrence", "condition_concept_id", "condition_start_date"),
+    "condition_era": EventDomain("condition_era", "condition_concept_id", "condition_era_start_date"),
+    "drug": EventDomain("drug_exposure", "drug_concept_id", "drug_exposure_start_date"),
+    "drug_era": EventDomain("drug_era", "drug_concept_id", "drug_era_start_date"),
+    "procedure": EventDomain("procedure_occurrence", "procedure_concept_id", "procedure_date"),
+    "measurement": EventDomain("measurement", "measurement_concept_id", "measurement_date", "value_as_number"),
+    "observation": EventDomain(
+        "observation", "observation_concept_id", "observation_date", "value_as_number", "value_as_string"
+    ),
+    "visit": EventDomain("visit_occurrence", "visit_concept_id", "visit_start_date"),
+    "device": EventDomain("device_exposure", "device_concept_id", "device_exposure_start_date"),
+}
+
+NUMBER_COLUMNS = frozenset(
+    {"value_as_number", "range_low", "range_high", "quantity", "days_supply", "refills", "dose_value"}
+)
+# Vocabulary keys that are text although named ``*_id``.
+TEXT_ID_COLUMNS = frozenset(
+    {"domain_id", "vocabulary_id", "concept_class_id", "relationship_id", "reverse_relationship_id"}
+)
+INT_COLUMNS = frozenset({"year_of_birth", "month_of_birth", "day_of_birth", "drug_exposure_count", "gap_days"})
+# The tables read (others in the batch are left alone).
+USED_TABLES = frozenset(
+    {"person", "observation_period", "death", "concept", "concept_ancestor", "cdm_source"}
+    | {d.table for d in DOMAINS.values()}
+)
+# v5.3 name -> v5.4 name (the CDM v5.4 release notes); applied where the v5.4 name is absent.
+V53_RENAMES = {
+    "admitting_source_concept_id": "admitted_from_concept_id",
+    "admitting_source_value": "admitted_from_source_value",
+    "discharge_to_concept_id": "discharged_to_concept_id",
+    "discharge_to_source_value": "discharged_to_source_value",
+    "visit_detail_parent_id": "parent_visit_detail_id",
+}
+# A Parquet footer declaring more rows than this many per byte of file (plus a floor) is refused unread:
+# even a column of one repeated value takes more than a bit per row once pages and row groups are counted.
+MAX_ROWS_PER_BYTE = 1000
+MIN_ROW_LIMIT = 1_000_000
+INT_TYPES = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT", "UINTEGER", "UBIGINT")
+FLOAT_TYPES = ("FLOAT", "DOUBLE", "REAL")
+_GENERIC_COLUMN = re.compile(r"column\d+")
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+@dataclass
+class Cdm:
+    """An opened CDM batch. ``files`` maps each table to the file it came from (for messages)."""
+
+    con: duckdb.DuckDBPyConnection
+    source: Path
+    version: str
+    today: date
+    files: dict[str, str]
+    domains: frozenset[str]
+    notes: list[str] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)
+    scratch: Path | None = None  # DuckDB's spill folder when open_cdm made it (removed by close)
+
+    def has(self, table: str) -> bool:
+        return table in self.files
+
+    def note(self, key: str, count: int, text: str) -> None:
+        """Record a repair: ``count`` under ``key`` and, when non-zero, a plain-language note."""
+        self.counts[key] = self.counts.get(key, 0) + int(count)
+        if count:
+            self.notes.append(text.format(n=int(count)))
+
+    def require_ancestor(self, why: str) -> None:
+        if not self.has("concept_ancestor"):
+            raise CdmRefused(f"{self.source.name}: no concept_ancestor table, needed because {why}")
+
+    def close(self) -> None:
+        self.con.close()
+        if self.scratch is not None:
+            shutil.rmtree(self.scratch, ignore_errors=True)
+
+    def __enter__(self) -> Cdm:  # noqa: PYI034 (a dataclass, not subclassed)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _discover(batch: Path) -> tuple[str, dict[str, Path]]:
+    """("duckdb", {"": file}) or ("files", {table: file}); refuses an empty or ambiguous batch."""
+    batch = Path(batch)
+    if batch.is_file():
+        files = [batch]
+    elif batch.is_dir():
+        files = sorted(p for p in batch.iterdir() if p.is_file() and not p.name.startswith("."))
+    else:
+        raise CdmRefused(f"{batch.name}: no such CDM batch")
+    dbs = [p for p in files if p.suffix.lower() in (".duckdb", ".db")]
+    if len(dbs) > 1:
+        raise CdmRefused(f"{batch.name}: more than one DuckDB file; a batch holds one")
+    if dbs:
+        return "duckdb", {"": dbs[0]}
+    tables: dict[str, Path] = {}
+    for path in files:
+        if path.suffix.lower() not in (".csv", ".parquet"):
+            continue
+        name = path.stem.lower()
+        if name in tables:
+            raise CdmRefused(f"{path.name}: table {name} is given twice ({tables[name].name} too)")
+        tables[name] = path
+    if not tables:
+        raise CdmRefused(f"{batch.name}: no DuckDB, CSV or Parquet file")
+    return "files", tables
+
+
+def _check_parquet(path: Path) -> None:
+    """Refuse a Parquet file whose footer declares an absurd row count, before any page is read."""
+    try:
+        meta = pq.read_metadata(path)
+    except Exception as exc:  # noqa: BLE001 (pyarrow raises several types for a broken footer)
+        raise CdmRefused(f"{path.name}: not a readable Parquet file ({type(exc).__name__})") from None
+    limit = MAX_ROWS_PER_BYTE * path.stat().st_size + MIN_ROW_LIMIT
+    grouped = sum(meta.row_group(i).num_rows for i in range(meta.num_row_groups))
+    if meta.num_rows < 0 or meta.num_rows > limit or grouped != meta.num_rows:
+        raise CdmRefused(
+            f"{path.name}: the Parquet footer declares {meta.num_rows} rows in a {path.stat().st_size}-byte file "
+            f"(row groups sum to {grouped}); refused unread"
+        )
+
+
+def _attach_sources(con: duckdb.DuckDBPyConnection, kind: str, found: dict[str, Path]) -> dict[str, str]:
+    """Create ``raw_<table>`` views over the batch's files; returns table -> file name."""
+    files: dict[str, str] = {}
+    if kind == "duckdb":
+        path = found[""]
+        con.execute(f"ATTACH {_literal(str(path))} AS src (READ_ONLY)")
+        rows = con.execute(
+            "SELECT * FROM (SELECT schema_name, table_name FROM duckdb_tables() WHERE database_name = 'src' "
+            "UNION ALL SELECT schema_name, view_name FROM duckdb_views() WHERE database_name = 'src') "
+            "ORDER BY schema_name <> 'main', schema_name, table_name"
+        ).fetchall()
+        for schema, table in rows:
+            name = table.lower()
+            if name in files:
+                continue  # the main schema wins over others; a same-named twin elsewhere is not the CDM
+            con.execute(f"CREATE VIEW {_quote('raw_' + name)} AS SELECT * FROM src.{_quote(schema)}.{_quote(table)}")
+            files[name] = f"{path.name}:{table}"
+        return files
+    for name, path in found.items():
+        if path.stat().st_size == 0:
+            continue  # an empty file is an absent table (noted by the caller when it matters)
+        if path.suffix.lower() == ".parquet":
+            _check_parquet(path)
+            src = f"read_parquet({_literal(str(path))})"
+        else:
+            src = f"read_csv({_literal(str(path))}, header = true, all_varchar = true)"
+        try:
+            con.execute(f"CREATE VIEW {_quote('raw_' + name)} AS SELECT * FROM {src}")
+        except duckdb.Error as exc:
+            raise CdmRefused(f"{path.name}: not readable as a table ({type(exc).__name__})") from None
+        files[name] = path.name
+    return files
+
+
+def _columns(con: duckdb.DuckDBPyConnection, view: str) -> list[tuple[str, str]]:
+    return [(r[0], r[1]) for r in con.execute(f"DESCRIBE {_quote(view)}").fetchall()]
+
+
+def _header_only_names(con: duckdb.DuckDBPyConnection, table: str, cols: list[tuple[str, str]]) -> list[str] | None:
+    """A table loaded without its header (columns ``column0..``) whose one row is that header: its names."""
+    if not cols or not all(_GENERIC_COLUMN.fullmatch(c) for c, _ in cols):
+        return None
+    rows = con.execute(f"SELECT * FROM {_quote('raw_' + table)} LIMIT 2").fetchall()
+    if len(rows) != 1 or not all(isinstance(v, str) and _IDENTIFIER.fullmatch(v) for v in rows[0]):
+        return None
+    return list(rows[0])
+
+
+def _kind(column: str) -> str:
+    if column in TEXT_ID_COLUMNS:
+        return "keep"
+    if column.endswith("_id") or column in INT_COLUMNS:
+        return "int"
+    if column.endswith("_datetime"):
+        return "timestamp"
+    if column.endswith("_date"):
+        return "date"
+    if column in NUMBER_COLUMNS:
+        return "number"
+    return "keep"
+
+
+def _typed_expr(src: str, dtype: str, kind: str) -> tuple[str, str | None]:
+    """(expression in the target type, expression true where a non-empty value did not convert, or None)."""
+    text = dtype == "VARCHAR"
+    if kind == "int":
+        if dtype.startswith(INT_TYPES):
+            return f"CAST({src} AS BIGINT)", None
+        if dtype.startswith(FLOAT_TYPES) or dtype.startswith("DECIMAL"):
+            expr = f"CASE WHEN {src} = trunc({src}) THEN TRY_CAST({src} AS BIGINT) END"
+        elif text:
+            as_double = f"TRY_CAST(trim({src}) AS DOUBLE)"
+            expr = (
+                f"coalesce(TRY_CAST(trim({src}) AS BIGINT), "
+                f"CASE WHEN {as_double} = trunc({as_double}) THEN TRY_CAST({as_double} AS BIGINT) END)"
+            )
+        else:
+            expr = f"TRY_CAST({src} AS BIGINT)"
+    elif kind == "date":
+        if dtype == "DATE":
+            return src, None
+        expr = (
+            f"coalesce(TRY_CAST(trim({src}) AS DATE), CAST(TRY_CAST(trim({src}) AS TIMESTAMP) AS DATE))"
+            if text
+            else f"TRY_CAST({src} AS DATE)"
+        )
+    elif kind == "timestamp":
+        expr = f"TRY_CAST({'trim(' + src + ')' if text else src} AS TIMESTAMP)"
+    elif kind == "number":
+        cast = f"TRY_CAST({'trim(' + src + ')' if text else src} AS DOUBLE)"
+        expr = f"CASE WHEN isfinite({cast}) THEN {cast} END"
+    else:
+        return src, None
+    empty = f"trim(CAST({src} AS VARCHAR)) <> ''" if text else "true"
+    return expr, f"{src} IS NOT NULL AND {empty} AND ({expr}) IS NULL"
+
+
+def _type_table(cdm: Cdm, table: str, csv: bool) -> list[str]:
+    """Create ``typed_<table>``; note header-only tables, text numbers, float ids and values that did not
+    convert. Returns the typed view's columns."""
+    con, raw = cdm.con, "raw_" + table
+    cols = _columns(con, raw)
+    header = _header_only_names(con, table, cols)
+    if header is not None:
+        cdm.note(f"{table}.header_only", 1, f"{table}: header only (its column names stored as its one row)")
+        names = [h.lower() for h in header]
+        if len(set(names)) != len(names):
+            raise CdmRefused(f"{cdm.files[table]}: two columns share a name when case is ignored")
+        select = ", ".join(f"CAST(NULL AS VARCHAR) AS {_quote(n)}" for n in names)
+        con.execute(f"CREATE VIEW {_quote(raw + '_h')} AS SELECT {select} WHERE false")
+        raw, cols = raw + "_h", [(n, "VARCHAR") for n in names]
+    lowered = [c.lower() for c, _ in cols]
+    if len(set(lowered)) != len(lowered):
+        raise CdmRefused(f"{cdm.files[table]}: two columns share a name when case is ignored")
+    if any(c != c.lower() for c, _ in cols):
+        cdm.note(f"{table}.upper_case", 1, f"{table}: column names not in lower case (lower-cased)")
+    present = set(lowered)
+    exprs, checks, text_numbers, float_ids, targets = [], [], 0, 0, []
+    for (col, dtype), name in zip(cols, lowered, strict=True):
+        target = V53_RENAMES[name] if name in V53_RENAMES and V53_RENAMES[name] not in present else name
+        targets.append(target)
+        kind = _kind(target)
+        expr, bad = _typed_expr(_quote(col), dtype, kind)
+        exprs.append(f"{expr} AS {_quote(target)}")
+        if bad is not None:
+            checks.append((target, bad))
+        text_numbers += kind in ("int", "number") and dtype == "VARCHAR" and not csv and header is None
+        float_ids += kind == "int" and dtype.startswith(FLOAT_TYPES + ("DECIMAL",))
+    con.execute(f"CREATE VIEW {_quote('typed_' + table)} AS SELECT {', '.join(exprs)} FROM {_quote(raw)}")
+    cdm.note(f"{table}.numbers_as_text", text_numbers, f"{table}: {{n}} numeric column(s) stored as text (converted)")
+    cdm.note(f"{table}.ids_as_floats", float_ids, f"{table}: {{n}} id column(s) stored as decimals (converted)")
+    if checks:
+        sums = ", ".join(f"count(*) FILTER (WHERE {bad})" for _, bad in checks)
+        bad_counts = _fetch(cdm, table, f"SELECT {sums} FROM {_quote(raw)}")
+        for (target, _), n in zip(checks, bad_counts, strict=True):
+            cdm.note(
+                f"{table}.{target}.not_converted",
+                n,
+                f"{table}.{target}: {{n}} value(s) of the wrong type (dropped from that column)",
+            )
+    total = _fetch(cdm, table, f"SELECT count(*) FROM {_quote(raw)}")[0]
+    if total == 0 and header is None:
+        cdm.note(f"{table}.header_only", 1, f"{table}: header only (no rows)")
+    renamed = sum(t != n for t, n in zip(targets, lowered, strict=True))
+    cdm.note(f"{table}.v53_renamed", renamed, f"{table}: {{n}} CDM v5.3 column name(s) changed to v5.4's")
+    return targets
+
+
+def _fetch(cdm: Cdm, table: str, sql: str) -> tuple:
+    try:
+        return cdm.con.execute(sql).fetchone()
+    except duckdb.Error as exc:  # a malformed CSV line, an unreadable page: name the file, not the content
+        raise CdmRefused(f"{cdm.files[table]}: could not be read ({type(exc).__name__})") from None
+
+
+def _require(cdm: Cdm, table: str, columns: list[str], needed: tuple[str, ...]) -> None:
+    missing = [c for c in needed if c not in columns]
+    if missing:
+        raise CdmRefused(f"{cdm.files[table]}: table {table} lacks column(s) {', '.join(missing)}")
+
+
+def _or_null(columns: list[str], name: str, sql_type: str) -> str:
+    return _quote(name) if name in columns else f"CAST(NULL AS {sql_type})"
+
+
+def _build_person(cdm: Cdm, columns: list[str], death_columns: list[str]) -> None:
+    """``person``: first row per id kept, persons born in the future or with no birth year refused."""
+    _require(cdm, "person", columns, ("person_id", "year_of_birth"))
+    month = _or_null(columns, "month_of_birth", "BIGINT")
+    day = _or_null(columns, "day_of_birth", "BIGINT")
+    made = (
+        f"make_date(CAST(year_of_birth AS INTEGER), CASE WHEN {month} BETWEEN 1 AND 12 THEN CAST({month} AS INTEGER)"
+        f" ELSE 1 END, CASE WHEN {day} BETWEEN 1 AND 28 THEN CAST({day} AS INTEGER) ELSE 1 END)"
+    )
+    birth = f"coalesce(CAST({_or_null(columns, 'birth_datetime', 'TIMESTAMP')} AS DATE), {made})"
+    today = f"DATE {_literal(cdm.today.isoformat())}"
+    con = cdm.con
+    con.execute(
+        "CREATE TEMP VIEW person_ranked AS SELECT *, row_number() OVER (PARTITION BY person_id ORDER BY _rn) AS _k "
+        "FROM (SELECT *, row_number() OVER () AS _rn FROM typed_person) WHERE person_id IS NOT NULL"
+    )
+    deaths = "SELECT NULL::BIGINT AS person_id, NULL::DATE AS death_date WHERE false"
+    if {"person_id", "death_date"} <= set(death_columns):
+        deaths = "SELECT person_id, min(death_date) AS death_date FROM typed_death GROUP BY person_id"
+    con.execute(
+        f"CREATE TABLE person AS SELECT p.person_id, {_or_null(columns, 'gender_concept_id', 'BIGINT')} "
+        f"AS gender_concept_id, year_of_birth, {birth} AS birth_date, d.death_date "
+        f"FROM person_ranked p LEFT JOIN ({deaths}) d USING (person_id) "
+        f"WHERE _k = 1 AND year_of_birth IS NOT NULL AND year_of_birth <= year({today}) AND {birth} <= {today}"
+    )
+    null_ids, dups, kept_firsts = con.execute(
+        "SELECT (SELECT count(*) FROM typed_person WHERE person_id IS NULL), "
+        "count(*) FILTER (WHERE _k > 1), count(*) FILTER (WHERE _k = 1) FROM person_ranked"
+    ).fetchone()
+    kept = con.execute("SELECT count(*) FROM person").fetchone()[0]
+    cdm.note("person.no_id", null_ids, "person: {n} row(s) without a usable person_id (dropped)")
+    cdm.note("person.duplicate_id", dups, "person: {n} repeated person_id row(s) (the first kept)")
+    cdm.note(
+        "person.refused_birth",
+        kept_firsts - kept,
+        "person: {n} person(s) with no birth year or born in the future (refused)",
+    )
+    cdm.counts["person.persons"] = kept
+    if kept == 0:
+        raise CdmRefused(f"{cdm.files['person']}: no usable person rows")
+    if cdm.has("death"):
+        bad = con.execute("SELECT count(*) FROM person WHERE death_date < birth_date").fetchone()[0]
+        con.execute("UPDATE person SET death_date = NULL WHERE death_date < birth_date")
+        cdm.note("death.before_birth", bad, "death: {n} death date(s) before birth (ignored)")
+
+
+def _build_observation_period(cdm: Cdm, columns: list[str]) -> None:
+    _require(cdm, "observation_period", columns, ("person_id", "observation_period_start_date",
+                                                  "observation_period_end_date"))
+    con = cdm.con
+    con.execute(
+        "CREATE TABLE observation_period AS SELECT o.person_id, o.observation_period_start_date AS start_date, "
+        "o.observation_period_end_date AS end_date FROM typed_observation_period o JOIN person p USING (person_id) "
+        "WHERE start_date IS NOT NULL AND end_date IS NOT NULL AND start_date <= end_date"
+    )
+    total, orphans = con.execute(
+        "SELECT count(*), count(*) FILTER (WHERE person_id IS NULL OR person_id NOT IN (SELECT person_id FROM person))"
+        " FROM typed_observation_period"
+    ).fetchone()
+    kept = con.execute("SELECT count(*) FROM observation_period").fetchone()[0]
+    cdm.note("observation_period.unknown_person", orphans,
+             "observation_period: {n} row(s) of persons not in person (dropped)")
+    cdm.note("observation_period.bad_dates", total - orphans - kept,
+             "observation_period: {n} row(s) without dates or ending before they start (dropped)")
+    if kept == 0:
+        raise CdmRefused(f"{cdm.files['observation_period']}: no usable observation_period rows")
+
+
+def _build_events(cdm: Cdm, name: str, dom: EventDomain, columns: list[str]) -> None:
+    """``ev_<name>``: events of known persons with a concept, dated between birth and today."""
+    _require(cdm, dom.table, columns, ("person_id", dom.concept, dom.date))
+    value = f"e.{_quote(dom.value)}" if dom.value in columns else "CAST(NULL AS DOUBLE)"
+    text = f"CAST(e.{_quote(dom.text)} AS VARCHAR)" if dom.text in columns else "CAST(NULL AS VARCHAR)"
+    today = f"DATE {_literal(cdm.today.isoformat())}"
+    d = f"e.{_quote(dom.date)}"
+    con, typed = cdm.con, _quote("typed_" + dom.table)
+    con.execute(
+        f"CREATE VIEW {_quote('ev_' + name)} AS SELECT e.person_id, e.{_quote(dom.concept)} AS concept_id, "
+        f"{d} AS event_date, {value} AS value, {text} AS text_value, EXISTS (SELECT 1 FROM observation_period o "
+        f"WHERE o.person_id = e.person_id AND {d} BETWEEN o.start_date AND o.end_date) AS in_observation "
+        f"FROM {typed} e JOIN person p ON p.person_id = e.person_id "
+        f"WHERE {d} IS NOT NULL AND {d} <= {today} AND {d} >= p.birth_date AND e.{_quote(dom.concept)} IS NOT NULL"
+    )
+    unknown, undated, future, before_birth, no_concept = _fetch(
+        cdm,
+        dom.table,
+        f"SELECT count(*) FILTER (WHERE p.person_id IS NULL), count(*) FILTER (WHERE p.person_id IS NOT NULL AND "
+        f"{d} IS NULL), count(*) FILTER (WHERE p.person_id IS NOT NULL AND {d} > {today}), count(*) FILTER (WHERE "
+        f"{d} < p.birth_date), count(*) FILTER (WHERE p.person_id IS NOT NULL AND {d} BETWEEN p.birth_date AND "
+        f"{today} AND e.{_quote(dom.concept)} IS NULL) FROM {typed} e LEFT JOIN person p ON p.person_id = e.person_id",
+    )
+    outside, zero = _fetch(
+        cdm,
+        dom.table,
+        f"SELECT count(*) FILTER (WHERE NOT in_observation), count(*) FILTER (WHERE concept_id = 0) "
+        f"FROM {_quote('ev_' + name)}",
+    )
+    t = dom.table
+    cdm.note(f"{name}.unknown_person", unknown, f"{t}: {{n}} row(s) of persons not in person (dropped)")
+    cdm.note(f"{name}.no_date", undated, f"{t}: {{n}} row(s) without a usable {dom.date} (dropped)")
+    cdm.note(f"{name}.future", future, f"{t}: {{n}} event(s) dated in the future (dropped)")
+    cdm.note(f"{name}.before_birth", before_birth, f"{t}: {{n}} event(s) dated before birth (dropped)")
+    cdm.note(f"{name}.no_concept", no_concept, f"{t}: {{n}} event(s) without a usable concept id (dropped)")
+    cdm.note(
+        f"{name}.outside_observation",
+        outside,
+        f"{t}: {{n}} event(s) outside any observation period (kept for cohorts, not used for covariates)",
+    )
+    cdm.note(f"{name}.concept_zero", zero, f"{t}: {{n}} event(s) with concept 0 (unmapped)")
+
+
+def _check_ancestor(cdm: Cdm, columns: list[str]) -> None:
+    """Refuse a concept hierarchy with a cycle: descendants of a concept on it are not defined."""
+    _require(cdm, "concept_ancestor", columns, ("ancestor_concept_id", "descendant_concept_id"))
+    con = cdm.con
+    pair = con.execute(
+        "SELECT a.ancestor_concept_id, a.descendant_concept_id FROM typed_concept_ancestor a "
+        "JOIN typed_concept_ancestor b ON a.ancestor_concept_id = b.descendant_concept_id "
+        "AND a.descendant_concept_id = b.ancestor_concept_id WHERE a.ancestor_concept_id < a.descendant_concept_id "
+        "ORDER BY 1, 2 LIMIT 1"
+    ).fetchone()
+    if pair is None and "min_levels_of_separation" in columns:
+        edges = con.execute(
+            "SELECT descendant_concept_id, list(ancestor_concept_id) FROM typed_concept_ancestor "
+            "WHERE min_levels_of_separation = 1 AND ancestor_concept_id <> descendant_concept_id GROUP BY 1"
+        ).fetchall()
+        try:
+            graphlib.TopologicalSorter(dict(edges)).prepare()
+        except graphlib.CycleError as exc:
+            pair = (exc.args[1][0], exc.args[1][1])
+    if pair is not None:
+        raise CdmRefused(
+            f"{cdm.files['concept_ancestor']}: concept_ancestor has a cycle (concepts {pair[0]} and {pair[1]} are "
+            "each other's ancestors); refused rather than broken, since which link is wrong is not knowable here"
+        )
+    con.execute(
+        "CREATE VIEW concept_ancestor AS SELECT ancestor_concept_id, descendant_concept_id FROM typed_concept_ancestor"
+        " WHERE ancestor_concept_id IS NOT NULL AND descendant_concept_id IS NOT NULL"
+    )
+
+
+def _detect_version(cdm: Cdm, typed: dict[str, list[str]]) -> str:
+    if "cdm_source" in typed and "cdm_version" in typed["cdm_source"]:
+        row = cdm.con.execute("SELECT max(cdm_version) FROM typed_cdm_source").fetchone()
+        found = re.search(r"5\.(\d)", row[0] or "")
+        if found:
+            return f"5.{found.group(1)}"
+    if any(n for key, n in cdm.counts.items() if key.endswith(".v53_renamed")):
+        return "5.3"
+    return "5.4" if "admitted_from_concept_id" in typed.get("visit_occurrence", []) else "unknown"
+
+
+def open_cdm(
+    batch: Path,
+    *,
+    today: date | None = None,
+    memory_limit: str | None = None,
+    temp_dir: Path | None = None,
+) -> Cdm:
+    """Open the CDM batch at ``batch`` (a folder, or one DuckDB file). ``today`` dates "the future" (default:
+    the system date). ``memory_limit`` and ``temp_dir`` let DuckDB spill to disk (its default temporary
+    folder would be the working directory; without ``temp_dir`` a private temporary folder is made and
+    removed by :meth:`Cdm.close`). Raises :class:`CdmRefused`."""
+    batch = Path(batch)
+    kind, found = _discover(batch)
+    scratch = None if temp_dir is not None else Path(tempfile.mkdtemp(prefix="omop-duckdb-"))
+    con = duckdb.connect(config={"temp_directory": str(temp_dir or scratch)})
+    if memory_limit:
+        con.execute(f"SET memory_limit = {_literal(memory_limit)}")
+    try:
+        files = _attach_sources(con, kind, found)
+        cdm = Cdm(con, batch, "unknown", today or date.today(), files, frozenset(), scratch=scratch)
+        for table in ("person", "observation_period"):
+            if table not in files:
+                raise CdmRefused(f"{batch.name}: no {table} table (or its file is empty)")
+        used = sorted(t for t in files if t in USED_TABLES)
+        typed = {t: _type_table(cdm, t, csv=files[t].lower().endswith(".csv")) for t in used}
+        cdm.version = _detect_version(cdm, typed)
+        _build_person(cdm, typed["person"], typed.get("death", []))
+        _build_observation_period(cdm, typed["observation_period"])
+        if "concept_ancestor" in typed:
+            _check_ancestor(cdm, typed["concept_ancestor"])
+        domains = []
+        for name, dom in DOMAINS.items():
+            if dom.table in typed:
+                _build_events(cdm, name, dom, typed[dom.table])
+                domains.append(name)
+        cdm.domains = frozenset(domains)
+        return cdm
+    except BaseException:
+        con.close()
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
+        raise
+

@@ -1,0 +1,81 @@
+"""The events of a CDM batch as one MEDS data table (``subject_id``, ``time``, ``code``, ``numeric_value``,
+``text_value``; the ``meds`` package's :class:`meds.DataSchema`), so MEDS tools can read it.
+
+Codes: ``<DOMAIN>//<concept_id>`` (``CONDITION//192671``, ``DRUG//1118084``, ``MEASUREMENT//3006322`` ...)
+at the event's date; ``MEDS_BIRTH`` at the birth date and ``MEDS_DEATH`` at the death date (``meds.birth_code``,
+``meds.death_code``); the gender as a static ``GENDER//<concept_id>`` row with a null time. Era tables are left
+out (they are derived from the exposures and conditions already there). Rows are sorted by subject and time,
+static rows first. Events are those :mod:`.cdm` keeps (known persons, dated between birth and today).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import meds
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from meddiag_pipelines.atomic import atomic_write
+from meddiag_pipelines.omop.cdm import Cdm
+
+MEDS_DOMAINS = ("condition", "drug", "procedure", "measurement", "observation", "visit", "device")
+BATCH_ROWS = 1_000_000
+
+
+def meds_sql(cdm: Cdm) -> str:
+    """The MEDS rows of the batch as one DuckDB query."""
+    parts = [
+        (
+            "SELECT person_id AS subject_id, CAST(NULL AS TIMESTAMP) AS time, 'GENDER//' || gender_concept_id AS code, "
+            "CAST(NULL AS FLOAT) AS numeric_value, CAST(NULL AS VARCHAR) AS text_value FROM person "
+            "WHERE gender_concept_id IS NOT NULL"
+        ),
+        f"SELECT person_id, CAST(birth_date AS TIMESTAMP), '{meds.birth_code}', NULL, NULL FROM person",
+        (
+            f"SELECT person_id, CAST(death_date AS TIMESTAMP), '{meds.death_code}', NULL, NULL FROM person "
+            "WHERE death_date IS NOT NULL"
+        ),
+    ]
+    for domain in MEDS_DOMAINS:
+        if domain in cdm.domains:
+            parts.append(
+                f"SELECT person_id, CAST(event_date AS TIMESTAMP), '{domain.upper()}//' || concept_id, "
+                f"CAST(value AS FLOAT), text_value FROM ev_{domain}"
+            )
+    return " UNION ALL ".join(parts) + " ORDER BY subject_id, time NULLS FIRST, code"
+
+
+def check_meds(path: Path) -> None:
+    """Raise ValueError unless the file's schema is MEDS's data schema and its first row group validates."""
+    schema = meds.DataSchema.schema()
+    found = pq.read_schema(path)
+    if not found.equals(schema):
+        raise ValueError(f"{Path(path).name}: not the MEDS data schema")
+    reader = pq.ParquetFile(path)
+    if reader.num_row_groups:
+        meds.DataSchema.validate(reader.read_row_group(0))
+
+
+def write_meds(cdm: Cdm, path: Path, *, batch_rows: int = BATCH_ROWS) -> dict:
+    """Write the batch's MEDS table to ``path`` once (atomically, streaming ``batch_rows`` rows at a time);
+    an existing file is kept, not rewritten. Returns ``{"path", "rows", "written"}``."""
+    path = Path(path)
+    if path.exists():
+        check_meds(path)
+        return {"path": str(path), "rows": pq.ParquetFile(path).metadata.num_rows, "written": False}
+    schema = meds.DataSchema.schema()
+    rows = 0
+
+    def write(tmp: Path) -> None:
+        nonlocal rows
+        reader = cdm.con.execute(meds_sql(cdm)).fetch_record_batch(batch_rows)
+        with pq.ParquetWriter(tmp, schema) as writer:
+            for batch in reader:
+                table = pa.Table.from_batches([batch]).rename_columns(schema.names).cast(schema)
+                writer.write_table(table)
+                rows += table.num_rows
+
+    atomic_write(path, write)
+    check_meds(path)
+    return {"path": str(path), "rows": rows, "written": True}

@@ -1,0 +1,64 @@
+"""The MEDS event table: the meds package's schema, its codes, written once per batch."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+
+import meds
+import polars as pl
+import pyarrow.parquet as pq
+import pytest
+
+from meddiag_pipelines.omop.cdm import open_cdm
+from meddiag_pipelines.omop.meds import check_meds, write_meds
+from meddiag_pipelines_tests.omop_data import TODAY, tidy_tables, write_cdm
+
+
+@pytest.fixture
+def cdm(tmp_path: Path):
+    tables = tidy_tables()
+    tables["death"] = pl.DataFrame({"person_id": [3], "death_date": [datetime(2019, 4, 1).date()]})
+    with open_cdm(write_cdm(tmp_path / "batch", tables), today=TODAY) as opened:
+        yield opened
+
+
+def test_meds_table_validates_against_the_meds_schema(cdm, tmp_path: Path) -> None:
+    out = tmp_path / "meds" / "data.parquet"
+    result = write_meds(cdm, out)
+    table = pq.read_table(out)
+    assert table.schema.equals(meds.DataSchema.schema())
+    meds.DataSchema.validate(table)
+    assert result == {"path": str(out), "rows": table.num_rows, "written": True}
+
+
+def test_meds_codes_times_and_values(cdm, tmp_path: Path) -> None:
+    out = tmp_path / "data.parquet"
+    write_meds(cdm, out)
+    rows = pl.read_parquet(out)
+    person2 = rows.filter(pl.col("subject_id") == 2)
+    assert person2["code"].to_list() == [
+        "GENDER//8532", "MEDS_BIRTH", "CONDITION//4000", "MEASUREMENT//3000", "MEASUREMENT//3000",
+        "CONDITION//4001", "DRUG//40000001",
+    ]  # fmt: skip
+    assert person2["time"][0] is None and person2["time"][1] == datetime(1970, 6, 2)
+    assert person2.filter(pl.col("code") == "MEASUREMENT//3000")["numeric_value"].to_list() == [5.0, 7.0]
+    death = rows.filter(pl.col("code") == meds.death_code)
+    assert death.select("subject_id", "time").rows() == [(3, datetime(2019, 4, 1))]
+    assert rows["subject_id"].is_sorted()
+
+
+def test_meds_is_written_once(cdm, tmp_path: Path) -> None:
+    out = tmp_path / "data.parquet"
+    write_meds(cdm, out)
+    stamp = out.stat().st_mtime_ns
+    again = write_meds(cdm, out)
+    assert again["written"] is False and again["rows"] == pq.ParquetFile(out).metadata.num_rows
+    assert out.stat().st_mtime_ns == stamp
+
+
+def test_check_meds_rejects_another_schema(tmp_path: Path) -> None:
+    other = tmp_path / "other.parquet"
+    pl.DataFrame({"subject_id": [1], "time": [datetime(2020, 1, 1)], "code": ["X"]}).write_parquet(other)
+    with pytest.raises(ValueError, match="other.parquet: not the MEDS data schema"):
+        check_meds(other)
