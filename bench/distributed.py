@@ -1,4 +1,4 @@
-"""The tabular XGBoost fit on a Dask cluster (meddiag_pipelines.tabular.distributed.fit_on_cluster) on this
+"""The tabular XGBoost fit on a Dask cluster (meddiag_pipelines.flat.distributed.fit_on_cluster) on this
 machine: N rows x 50 features (SYNTHETIC), single-node ``xgb.train`` vs a local cluster of 1 and of 2 worker
 processes (1 thread each), the same parameters and rounds; test AUROC for correctness, seconds for overhead.
 On a 2-core machine no speed-up is expected: the figures show what the cluster costs, not what it gains.
@@ -35,7 +35,7 @@ def fit(rows: int, features: int, rounds: int, workers: int) -> dict:
     from sklearn.metrics import roc_auc_score
 
     from meddiag_pipelines.specs import TrainingSpec
-    from meddiag_pipelines.tabular.distributed import fit_on_cluster
+    from meddiag_pipelines.flat.distributed import fit_on_cluster
 
     (X, y), (X_val, y_val), (X_test, y_test) = (table(n, features, s) for n, s in ((rows, 0), (rows // 5, 1), (rows // 5, 2)))
     params = {"tree_method": "hist", "objective": "binary:logistic", "eval_metric": "logloss", "max_depth": 6,

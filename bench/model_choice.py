@@ -64,7 +64,7 @@ def run_seeds(task: str, rows: int, seeds: int, trials: int | None) -> dict:
     from meddiag_pipelines.labels import encode_labels
     from meddiag_pipelines.registry.promotion import decide
     from meddiag_pipelines.split import SPLIT_COLUMN, split_by_content
-    from meddiag_pipelines.tabular.models import CHOSEN, predict_tabular, read_meta
+    from meddiag_pipelines.flat.models import CHOSEN, predict_tabular, read_meta
     from meddiag_pipelines.tabular.readers import read_tabular_batch
     from meddiag_pipelines.validation.suites import validate_tabular
 
@@ -117,7 +117,7 @@ def cost(rows: int, trials: int) -> dict:
     import numpy as np
 
     from meddiag_pipelines.specs import TrainingSpec
-    from meddiag_pipelines.tabular.models import (
+    from meddiag_pipelines.flat.models import (
         cross_validated,
         predict_tabular,
         train_logistic,

@@ -112,8 +112,8 @@ def run_direct(rows: int, selection: list[str] | None = None) -> dict:
     from meddiag_pipelines.defs.resources.storage import MeddiagStorage
     from meddiag_pipelines.ingestion.batches import ingest_new_batches, reconcile, validate_pending_batches
     from meddiag_pipelines.split import SPLIT_COLUMN, check_split, split_by_content
-    from meddiag_pipelines.tabular.features import missing_data_table
-    from meddiag_pipelines.tabular.models import read_meta
+    from meddiag_pipelines.flat.features import missing_data_table
+    from meddiag_pipelines.flat.models import read_meta
     from meddiag_pipelines.tabular.readers import read_tabular_batch
     from meddiag_pipelines.validation.suites import run_suite, tabular_expectations, validate_tabular
 

@@ -31,8 +31,8 @@ from meddiag_pipelines.ingestion.warehouse import Warehouse
 from meddiag_pipelines.registry.store import ModelRegistry
 from meddiag_pipelines.specs import TaskSpec, TrainingSpec
 from meddiag_pipelines.storage import DataRoot
-from meddiag_pipelines.tabular.distributed import DISTRIBUTED_MIN_ROWS, fit_on_cluster, wants_cluster
-from meddiag_pipelines.tabular.models import predict_tabular, train_xgboost
+from meddiag_pipelines.flat.distributed import DISTRIBUTED_MIN_ROWS, fit_on_cluster, wants_cluster
+from meddiag_pipelines.flat.models import predict_tabular, train_xgboost
 from meddiag_pipelines.update import update_task
 from meddiag_pipelines_tests.conftest import REPO, SYNTHETIC_SPEC, land, synthetic_records
 from meddiag_pipelines_tests.postgres import postgres_server  # noqa: F401 (fixture)

@@ -182,8 +182,8 @@ def tabular_versions(root: Path, spec: TaskSpec, records: pl.DataFrame) -> None:
     the run's would be); version ``VERSION`` keeps XGBoost, ``LOGISTIC`` the logistic model; test predictions in
     reverse split order."""
     from meddiag_pipelines.labels import class_list, encode_labels
-    from meddiag_pipelines.tabular.features import fit_plan, transform
-    from meddiag_pipelines.tabular.models import model_inputs, predict_tabular, train_tabular_models
+    from meddiag_pipelines.flat.features import fit_plan, transform
+    from meddiag_pipelines.flat.models import model_inputs, predict_tabular, train_tabular_models
 
     split = records.with_columns(pl.Series(SPLIT_COLUMN, ["train"] * 100 + ["val"] * 30 + ["test"] * 30))
     train, val, test = (split.filter(pl.col(SPLIT_COLUMN) == s) for s in ("train", "val", "test"))
@@ -229,7 +229,7 @@ def tabular_root(tmp_path_factory) -> tuple[Path, Path]:
 def test_a_tabular_xgboost_version_exports_with_parity_once(tabular_root, monkeypatch, capsys):
     import onnxruntime
 
-    from meddiag_pipelines.tabular.models import model_inputs, predict_tabular, read_meta
+    from meddiag_pipelines.flat.models import model_inputs, predict_tabular, read_meta
 
     root, tasks = tabular_root
     monkeypatch.setenv("MEDDIAG_DATA_DIR", str(root))

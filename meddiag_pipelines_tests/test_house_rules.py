@@ -182,9 +182,9 @@ BREACHES = [
     ),
     pytest.param(
         "imaging/scoring.py",
-        "\nfrom meddiag_pipelines.tabular import models\n",
+        "\nfrom meddiag_pipelines.flat import models\n",
         "modalities-independent",
-        "meddiag_pipelines.imaging.scoring -> meddiag_pipelines.tabular.models",
+        "meddiag_pipelines.imaging.scoring -> meddiag_pipelines.flat.models",
         id="modality-imports-another",
     ),
     pytest.param(
@@ -195,10 +195,10 @@ BREACHES = [
         id="cycle-inside-a-package",
     ),
     pytest.param(
-        "tabular/features.py",
+        "flat/features.py",
         "\nimport dagster\n",
         "dagster",
-        "meddiag_pipelines.tabular.features -> dagster",
+        "meddiag_pipelines.flat.features -> dagster",
         id="modality-imports-dagster",
     ),
 ]

@@ -193,7 +193,7 @@ def _fit_and_score(features: pl.DataFrame, plan, spec: TaskSpec, split: pl.DataF
     import xgboost as xgb
 
     from meddiag_pipelines.tabular.modality import feature_matrix
-    from meddiag_pipelines.tabular.features import FeaturePlan, transform
+    from meddiag_pipelines.flat.features import FeaturePlan, transform
 
     train = features.filter(pl.col(SPLIT_COLUMN) == "train")
     X, _ = feature_matrix(train)

@@ -3,7 +3,7 @@ import polars as pl
 import pytest
 
 from meddiag_pipelines.split import SPLIT_COLUMN, SplitError, assign_split, check_split
-from meddiag_pipelines.tabular.features import OTHER, fit_plan, missing_data_table, transform
+from meddiag_pipelines.flat.features import OTHER, fit_plan, missing_data_table, transform
 from meddiag_pipelines_tests.conftest import synthetic_records
 
 

@@ -7,9 +7,9 @@ from sklearn.metrics import roc_auc_score
 from meddiag_pipelines.tabular.modality import _tabular_predictor, model_inputs
 from meddiag_pipelines.specs import TaskSpec, TrainingSpec
 from meddiag_pipelines.split import fold_groups
-from meddiag_pipelines.tabular import models
-from meddiag_pipelines.tabular.features import fit_plan, transform
-from meddiag_pipelines.tabular.models import (
+from meddiag_pipelines.flat import models
+from meddiag_pipelines.flat.features import fit_plan, transform
+from meddiag_pipelines.flat.models import (
     CHOSEN,
     SELECTION_Z,
     cross_validated,

@@ -17,8 +17,8 @@ from meddiag_pipelines.tabular.modality import (
     tabular_trainer,
 )
 from meddiag_pipelines.split import SPLIT_COLUMN, assign_split, check_split
-from meddiag_pipelines.tabular.features import FeaturePlan, fit_plan, missing_data_table, model_column_names, transform
-from meddiag_pipelines.tabular.models import CHOSEN, read_meta, top_contributions
+from meddiag_pipelines.flat.features import FeaturePlan, fit_plan, missing_data_table, model_column_names, transform
+from meddiag_pipelines.flat.models import CHOSEN, read_meta, top_contributions
 from meddiag_pipelines.validation.suites import validate_tabular
 from meddiag_pipelines_tests.conftest import synthetic_records
 

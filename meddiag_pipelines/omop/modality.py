@@ -27,7 +27,7 @@ from meddiag_pipelines.omop.models import train_omop_models
 from meddiag_pipelines.omop.report import attrition_html, study_html, top_covariates, top_covariates_html
 from meddiag_pipelines.specs import TaskSpec
 from meddiag_pipelines.split import SPLIT_COLUMN, key_columns_in
-from meddiag_pipelines.tabular.models import predict_tabular, read_meta, top_contributions, validation_score
+from meddiag_pipelines.flat.models import predict_tabular, read_meta, top_contributions, validation_score
 from meddiag_pipelines.validation.suites import CheckFailure
 
 FEATURE_PREFIX = "f__"

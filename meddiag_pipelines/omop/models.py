@@ -4,7 +4,7 @@ simpler one unless XGBoost is better by more than its uncertainty.
 
 Both are saved as the tabular models are (XGBoost UBJ, JSON coefficients; a folder of two with ``chosen.json``),
 so the tabular readers (``predict_tabular``, ``top_contributions``) use them. The tabular trainers are imported
-from ``meddiag_pipelines.tabular.models`` until they move to a core module (the layering rule: see the report)."""
+from ``meddiag_pipelines.flat.models`` until they move to a core module (the layering rule: see the report)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from sklearn.model_selection import StratifiedKFold
 
 from meddiag_pipelines.atomic import atomic_write_json
 from meddiag_pipelines.specs import TrainingSpec
-from meddiag_pipelines.tabular.models import CHOSEN, choose_model, train_xgboost, validation_score
+from meddiag_pipelines.flat.models import CHOSEN, choose_model, train_xgboost, validation_score
 
 # C = 1 / the LASSO's penalty weight, on standardised covariates; chosen by cross-validated AUROC on the training
 # rows (PLP searches its prior variance by cross-validation too).

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from markupsafe import escape
 
-from meddiag_pipelines.tabular.models import load_booster
+from meddiag_pipelines.flat.models import load_booster
 
 TOP_COVARIATES = 15
 

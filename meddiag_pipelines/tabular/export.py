@@ -23,8 +23,8 @@ from meddiag_pipelines.registry.export import (
     max_abs_diff,
     onnx_opset,
 )
-from meddiag_pipelines.tabular.features import MISSING, OTHER, FeaturePlan
-from meddiag_pipelines.tabular.models import load_booster, model_inputs, predict_tabular, read_meta
+from meddiag_pipelines.flat.features import MISSING, OTHER, FeaturePlan
+from meddiag_pipelines.flat.models import load_booster, model_inputs, predict_tabular, read_meta
 
 
 def exportable(version: VersionToExport) -> TabularExportable:
@@ -43,7 +43,7 @@ MAX_SPLITS_CHECKED = 512  # split thresholds probed (at, just below, missing) be
 class TabularExportable:
     """A tabular model as an ONNX graph ("features" (batch, n_features) float32 -> "probabilities": (batch,) P of
     the second class, or (batch, classes)), and what onnxruntime is checked against: the version's own predictor
-    (``tabular.models.predict_tabular``) on the test split's feature matrix and, for XGBoost, on test rows with one
+    (``flat.models.predict_tabular``) on the test split's feature matrix and, for XGBoost, on test rows with one
     feature set on a split threshold, just below it and missing, where a threshold or a missing-value direction
     moved by the export would send a row down the other branch."""
 
@@ -114,7 +114,7 @@ def feature_doc(plan: dict, meta: dict) -> dict:
     """features.json: the input's columns in order and how a record becomes a row (the version's feature plan)."""
     reported = FeaturePlan.from_dict(plan).reported_names()
     columns = meta["feature_names"]
-    how = ("One row per record, by the version's feature plan (`plan`; meddiag_pipelines.tabular.models.model_inputs "
+    how = ("One row per record, by the version's feature plan (`plan`; meddiag_pipelines.flat.models.model_inputs "
            "does it): a numeric column as a number (booleans 1.0 / 0.0), a missing value (or NaN) replaced by its "
            "training median (plan.medians); '<column>__missing' is 1.0 where that column is missing, else 0.0 "
            "(plan.indicators); '<column>=<level>' is 1.0 where the column's value as text equals the level, else "

@@ -2,7 +2,7 @@
 landed tables, the feature plan fitted on training rows, XGBoost against the logistic-regression baseline.
 
 ``candidate_model`` trains XGBoost and the logistic-regression baseline once and keeps the baseline unless
-XGBoost is better by more than its uncertainty (``tabular.models.choose_model``); ``baseline_model`` points at
+XGBoost is better by more than its uncertainty (``flat.models.choose_model``); ``baseline_model`` points at
 the baseline trained in that same call.
 """
 
@@ -16,10 +16,10 @@ from meddiag_pipelines.ingestion.batches import Validator
 from meddiag_pipelines.modalities.base import (BuiltFeatures, Descriptions, Explainer, Modality, PlainReader,
                                                PredictorFactory, Storage, Table, TrainedModel, TrainingRun)  # fmt: skip
 from meddiag_pipelines.split import SPLIT_COLUMN, fold_groups, key_columns_in
-from meddiag_pipelines.tabular.features import FeaturePlan, fit_plan, missing_data_table, transform
+from meddiag_pipelines.flat.features import FeaturePlan, fit_plan, missing_data_table, transform
 from meddiag_pipelines.tabular.readers import read_tabular_batch
 from meddiag_pipelines.specs import TaskSpec
-from meddiag_pipelines.tabular.models import (
+from meddiag_pipelines.flat.models import (
     model_inputs,
     predict_tabular,
     read_meta,

@@ -41,8 +41,8 @@ from meddiag_pipelines.logistic import (
 )
 from meddiag_pipelines.specs import TrainingSpec
 from meddiag_pipelines.device import training_threads, xgboost_device
-from meddiag_pipelines.tabular.distributed import cluster_fit, search_sample
-from meddiag_pipelines.tabular.features import FeaturePlan, transform
+from meddiag_pipelines.flat.distributed import cluster_fit, search_sample
+from meddiag_pipelines.flat.features import FeaturePlan, transform
 
 CHOSEN = "chosen.json"
 CV_BELOW_ROWS = 20_000  # train+validation rows under which the choice is cross-validated (bench/README.md)
@@ -76,7 +76,7 @@ def _predict(booster: xgb.Booster, data: xgb.DMatrix, n_classes: int) -> np.ndar
 def train_xgboost(X_train, y_train, X_val, y_val, n_classes: int, settings: TrainingSpec, out_dir: Path,
                   feature_names: list[str], final_fit: Callable | None = None) -> dict:  # fmt: skip
     """Tune within ``settings.trials`` and ``settings.timeout_s``, keep the best, save to ``out_dir``.
-    ``final_fit`` (:func:`meddiag_pipelines.tabular.distributed.fit_on_cluster` bound to a client): tune on a
+    ``final_fit`` (:func:`meddiag_pipelines.flat.distributed.fit_on_cluster` bound to a client): tune on a
     sample of the training rows, then fit the best parameters on all of them with it."""
     start = time.perf_counter()
     X_train_all, y_train_all = X_train, y_train
