@@ -5,11 +5,12 @@ Codes: ``<DOMAIN>//<concept_id>`` (``CONDITION//192671``, ``DRUG//1118084``, ``M
 at the event's date; ``MEDS_BIRTH`` at the birth date and ``MEDS_DEATH`` at the death date (``meds.birth_code``,
 ``meds.death_code``); the gender as a static ``GENDER//<concept_id>`` row with a null time. Era tables are left
 out (they are derived from the exposures and conditions already there). Rows are sorted by subject and time,
-static rows first. Events are those :mod:`.cdm` keeps (known persons, dated between birth and today).
+static rows first (the order of rows at one time is unspecified). Events are those :mod:`.cdm` keeps (known persons, dated between birth and today).
 """
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 
 import meds
@@ -43,7 +44,7 @@ def meds_sql(cdm: Cdm) -> str:
                 f"SELECT person_id, CAST(event_date AS TIMESTAMP), '{domain.upper()}//' || concept_id, "
                 f"CAST(value AS FLOAT), text_value FROM ev_{domain}"
             )
-    return " UNION ALL ".join(parts) + " ORDER BY subject_id, time NULLS FIRST, code"
+    return " UNION ALL ".join(parts) + " ORDER BY subject_id, time NULLS FIRST"
 
 
 def check_meds(path: Path) -> None:
@@ -68,13 +69,18 @@ def write_meds(cdm: Cdm, path: Path, *, batch_rows: int = BATCH_ROWS) -> dict:
     rows = 0
 
     def write(tmp: Path) -> None:
+        # DuckDB writes Parquet in parallel; pyarrow then gives it MEDS's exact types (large_string, not null).
         nonlocal rows
-        reader = cdm.con.execute(meds_sql(cdm)).fetch_record_batch(batch_rows)
-        with pq.ParquetWriter(tmp, schema) as writer:
-            for batch in reader:
-                table = pa.Table.from_batches([batch]).rename_columns(schema.names).cast(schema)
-                writer.write_table(table)
-                rows += table.num_rows
+        raw = cdm.scratch / f"meds-{uuid.uuid4().hex}.parquet"
+        try:
+            cdm.con.execute(f"COPY ({meds_sql(cdm)}) TO '{raw}' (FORMAT parquet, ROW_GROUP_SIZE {batch_rows})")
+            with pq.ParquetWriter(tmp, schema) as writer:
+                for batch in pq.ParquetFile(raw).iter_batches(batch_size=batch_rows):
+                    table = pa.Table.from_batches([batch]).rename_columns(schema.names).cast(schema)
+                    writer.write_table(table)
+                    rows += table.num_rows
+        finally:
+            raw.unlink(missing_ok=True)
 
     atomic_write(path, write)
     check_meds(path)
