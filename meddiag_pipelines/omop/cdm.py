@@ -552,6 +552,9 @@ def open_cdm(
         typed = {t: _type_table(cdm, t, csv=files[t].lower().endswith(".csv")) for t in used}
         cdm.version = _detect_version(cdm, typed)
         _build_person(cdm, typed["person"], typed.get("death", []))
+        # "The first row of a repeated person_id" needed the file's order; nothing after does, and keeping
+        # insertion order holds whole tables in memory when writing them.
+        con.execute("SET preserve_insertion_order = false")
         _build_observation_period(cdm, typed["observation_period"])
         if "concept_ancestor" in typed:
             _check_ancestor(cdm, typed["concept_ancestor"])

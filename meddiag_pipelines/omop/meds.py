@@ -22,10 +22,13 @@ from meddiag_pipelines.omop.cdm import Cdm
 
 MEDS_DOMAINS = ("condition", "drug", "procedure", "measurement", "observation", "visit", "device")
 BATCH_ROWS = 1_000_000
+# Rows sorted at once: the table is written in ranges of subjects holding about this many rows each, so the
+# sort's memory does not grow with the batch.
+CHUNK_ROWS = 2_000_000
 
 
-def meds_sql(cdm: Cdm) -> str:
-    """The MEDS rows of the batch as one DuckDB query."""
+def meds_sql(cdm: Cdm, subjects: tuple[int, int] | None = None) -> str:
+    """The MEDS rows of the batch (of subjects in ``(low, high]`` when given) as one DuckDB query."""
     parts = [
         (
             "SELECT person_id AS subject_id, CAST(NULL AS TIMESTAMP) AS time, 'GENDER//' || gender_concept_id AS code, "
@@ -44,7 +47,23 @@ def meds_sql(cdm: Cdm) -> str:
                 f"SELECT person_id, CAST(event_date AS TIMESTAMP), '{domain.upper()}//' || concept_id, "
                 f"CAST(value AS FLOAT), text_value FROM ev_{domain}"
             )
-    return " UNION ALL ".join(parts) + " ORDER BY subject_id, time NULLS FIRST"
+    where = f"WHERE subject_id > {int(subjects[0])} AND subject_id <= {int(subjects[1])} " if subjects else ""
+    return f"SELECT * FROM ({' UNION ALL '.join(parts)}) {where}ORDER BY subject_id, time NULLS FIRST"
+
+
+def _subject_ranges(cdm: Cdm, chunk_rows: int) -> list[tuple[int, int]]:
+    """``(low, high]`` person_id ranges of about ``chunk_rows`` MEDS rows each (by person count)."""
+    con = cdm.con
+    events = sum(con.execute(f"SELECT count(*) FROM ev_{d}").fetchone()[0] for d in MEDS_DOMAINS if d in cdm.domains)
+    persons, low, high = con.execute("SELECT count(*), min(person_id) - 1, max(person_id) FROM person").fetchone()
+    chunks = max(1, min(persons, -(-(events + 3 * persons) // chunk_rows)))
+    if chunks == 1:
+        return [(low, high)]
+    cuts = con.execute(
+        f"SELECT quantile_disc(person_id, [{', '.join(str(i / chunks) for i in range(1, chunks))}]) FROM person"
+    ).fetchone()[0]
+    bounds = [low, *sorted(set(cuts)), high]
+    return [(a, b) for a, b in zip(bounds, bounds[1:], strict=False) if b > a]
 
 
 def check_meds(path: Path) -> None:
@@ -58,9 +77,10 @@ def check_meds(path: Path) -> None:
         meds.DataSchema.validate(reader.read_row_group(0))
 
 
-def write_meds(cdm: Cdm, path: Path, *, batch_rows: int = BATCH_ROWS) -> dict:
-    """Write the batch's MEDS table to ``path`` once (atomically, streaming ``batch_rows`` rows at a time);
-    an existing file is kept, not rewritten. Returns ``{"path", "rows", "written"}``."""
+def write_meds(cdm: Cdm, path: Path, *, batch_rows: int = BATCH_ROWS, chunk_rows: int = CHUNK_ROWS) -> dict:
+    """Write the batch's MEDS table to ``path`` once (atomically; sorted ``chunk_rows`` rows at a time,
+    streamed ``batch_rows`` at a time); an existing file is kept, not rewritten. Returns ``{"path", "rows",
+    "written"}``."""
     path = Path(path)
     if path.exists():
         check_meds(path)
@@ -73,12 +93,14 @@ def write_meds(cdm: Cdm, path: Path, *, batch_rows: int = BATCH_ROWS) -> dict:
         nonlocal rows
         raw = cdm.scratch / f"meds-{uuid.uuid4().hex}.parquet"
         try:
-            cdm.con.execute(f"COPY ({meds_sql(cdm)}) TO '{raw}' (FORMAT parquet, ROW_GROUP_SIZE {batch_rows})")
             with pq.ParquetWriter(tmp, schema) as writer:
-                for batch in pq.ParquetFile(raw).iter_batches(batch_size=batch_rows):
-                    table = pa.Table.from_batches([batch]).rename_columns(schema.names).cast(schema)
-                    writer.write_table(table)
-                    rows += table.num_rows
+                for subjects in _subject_ranges(cdm, chunk_rows):
+                    sql = meds_sql(cdm, subjects)
+                    cdm.con.execute(f"COPY ({sql}) TO '{raw}' (FORMAT parquet, ROW_GROUP_SIZE 122880)")
+                    for batch in pq.ParquetFile(raw).iter_batches(batch_size=batch_rows):
+                        table = pa.Table.from_batches([batch]).rename_columns(schema.names).cast(schema)
+                        writer.write_table(table)
+                        rows += table.num_rows
         finally:
             raw.unlink(missing_ok=True)
 
