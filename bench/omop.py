@@ -61,9 +61,11 @@ def generate(root: Path, persons: int, events: int, seed: int = 0) -> Path:
     start = EPOCH_DAYS + rng.integers(0, 3650, persons)
     length = rng.integers(400, 8000, persons)
     length = np.minimum(length, 19722 - start)  # observation ends by 2023-12-31
-    pl.DataFrame({"person_id": np.arange(1, persons + 1), "gender_concept_id": rng.choice([8507, 8532], persons),
-                  "year_of_birth": rng.integers(1930, 1996, persons)}).write_parquet(root / "person.parquet")  # fmt: skip
-    pl.DataFrame({"person_id": np.arange(1, persons + 1), "observation_period_start_date": start.astype("datetime64[D]"),
+    ids = np.arange(1, persons + 1)
+    pl.DataFrame({"person_id": ids, "gender_concept_id": rng.choice([8507, 8532], persons),
+                  "year_of_birth": rng.integers(1930, 1996, persons)}).write_parquet(
+        root / "person.parquet")  # fmt: skip
+    pl.DataFrame({"person_id": ids, "observation_period_start_date": start.astype("datetime64[D]"),
                   "observation_period_end_date": (start + length).astype("datetime64[D]")}).write_parquet(
         root / "observation_period.parquet")  # fmt: skip
     weights = rng.lognormal(0, 1, persons)
@@ -86,8 +88,9 @@ def generate(root: Path, persons: int, events: int, seed: int = 0) -> Path:
             cols = {"person_id": who + 1, concept_col: concept, date_col: day.astype("datetime64[D]")}
             if table == "measurement":
                 cols["value_as_number"] = np.where(rng.random(n) < 0.1, np.nan, rng.normal(100, 15, n).round(1))
-            frame = pl.DataFrame(cols).with_columns(pl.col("value_as_number").fill_nan(None)) if table == "measurement" \
-                else pl.DataFrame(cols)  # fmt: skip
+            frame = pl.DataFrame(cols)
+            if table == "measurement":
+                frame = frame.with_columns(pl.col("value_as_number").fill_nan(None))
             arrow = frame.to_arrow()
             writer = writer or pq.ParquetWriter(root / f"{table}.parquet", arrow.schema)
             writer.write_table(arrow)
@@ -100,9 +103,9 @@ def generate(root: Path, persons: int, events: int, seed: int = 0) -> Path:
     pl.DataFrame({"ancestor_concept_id": np.concatenate([ingredients, parents, [GI_BLEED]]),
                   "descendant_concept_id": np.concatenate([ingredients, clinical, [GI_BLEED]])}).write_parquet(
         root / "concept_ancestor.parquet")  # fmt: skip
-    pl.DataFrame({"concept_id": np.concatenate([ingredients, clinical]),
-                  "concept_name": [f"drug {i}" for i in range(len(ingredients) + len(clinical))],
-                  "concept_class_id": ["Ingredient"] * len(ingredients) + ["Clinical Drug"] * len(clinical)}).write_parquet(
+    classes = ["Ingredient"] * len(ingredients) + ["Clinical Drug"] * len(clinical)
+    pl.DataFrame({"concept_id": np.concatenate([ingredients, clinical]), "concept_class_id": classes,
+                  "concept_name": [f"drug {i}" for i in range(len(classes))]}).write_parquet(
         root / "concept.parquet")  # fmt: skip
     (root / "_COMPLETE").touch()
     return root
@@ -148,10 +151,10 @@ def pandas_covariates(root: Path, population, windows=(365, 30, None)):
     pop["index_date"] = pd.to_datetime(pop["index_date"])
     person = pd.read_parquet(root / "person.parquet").merge(pop, on="person_id")
     age = person["index_date"].dt.year - person["year_of_birth"]
-    parts = [pd.DataFrame({"person_id": person["person_id"], "covariate_id": person["gender_concept_id"] * 1000 + 1,
-                           "value": 1.0}),
-             pd.DataFrame({"person_id": person["person_id"], "covariate_id": 2, "value": age.astype(float)}),
-             pd.DataFrame({"person_id": person["person_id"], "covariate_id": (age // 5) * 1000 + 3, "value": 1.0})]  # fmt: skip
+    pid = person["person_id"]
+    parts = [pd.DataFrame({"person_id": pid, "covariate_id": person["gender_concept_id"] * 1000 + 1, "value": 1.0}),
+             pd.DataFrame({"person_id": pid, "covariate_id": 2, "value": age.astype(float)}),
+             pd.DataFrame({"person_id": pid, "covariate_id": (age // 5) * 1000 + 3, "value": 1.0})]  # fmt: skip
     periods = pd.read_parquet(root / "observation_period.parquet")
     ancestor = pd.read_parquet(root / "concept_ancestor.parquet")
     concept = pd.read_parquet(root / "concept.parquet")
@@ -177,7 +180,8 @@ def pandas_covariates(root: Path, population, windows=(365, 30, None)):
             sub = ev if w is None else ev[ev["days_before"] <= w]
             if table == "visit_occurrence":
                 n = sub.groupby("person_id").size()
-                parts.append(pd.DataFrame({"person_id": n.index, "covariate_id": 170 + i, "value": n.values.astype(float)}))
+                visits = {"person_id": n.index, "covariate_id": 170 + i, "value": n.values.astype(float)}
+                parts.append(pd.DataFrame(visits))
                 continue
             seen = sub[["person_id", "concept_id"]].drop_duplicates()
             parts.append(pd.DataFrame({"person_id": seen["person_id"], "value": 1.0,

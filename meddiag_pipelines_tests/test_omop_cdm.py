@@ -302,7 +302,6 @@ def test_overlapping_observation_periods_are_merged(tmp_path: Path) -> None:
     tables["observation_period"] = pl.concat([periods, overlap])
     with _open(tmp_path, tables) as cdm:
         assert "observation_period: 1 overlapping period(s) merged into the one they overlap" in cdm.notes
-        assert cdm.con.execute("SELECT start_date, end_date FROM observation_period WHERE person_id = 1").fetchall() == [
-            (date(2000, 1, 1), date(2022, 1, 1))
-        ]
+        periods = cdm.con.execute("SELECT start_date, end_date FROM observation_period WHERE person_id = 1")
+        assert periods.fetchall() == [(date(2000, 1, 1), date(2022, 1, 1))]
         assert _scalar(cdm, "SELECT count(*) FROM ev_condition WHERE person_id = 1") == 1

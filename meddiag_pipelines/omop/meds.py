@@ -5,11 +5,13 @@ Codes: ``<DOMAIN>//<concept_id>`` (``CONDITION//192671``, ``DRUG//1118084``, ``M
 at the event's date; ``MEDS_BIRTH`` at the birth date and ``MEDS_DEATH`` at the death date (``meds.birth_code``,
 ``meds.death_code``); the gender as a static ``GENDER//<concept_id>`` row with a null time. Era tables are left
 out (they are derived from the exposures and conditions already there). Rows are sorted by subject and time,
-static rows first (the order of rows at one time is unspecified). Events are those :mod:`.cdm` keeps (known persons, dated between birth and today).
+static rows first (the order of rows at one time is unspecified). Events are those :mod:`.cdm` keeps (known
+persons, dated between birth and today).
 """
 
 from __future__ import annotations
 
+import itertools
 import uuid
 from pathlib import Path
 
@@ -63,7 +65,7 @@ def _subject_ranges(cdm: Cdm, chunk_rows: int) -> list[tuple[int, int]]:
         f"SELECT quantile_disc(person_id, [{', '.join(str(i / chunks) for i in range(1, chunks))}]) FROM person"
     ).fetchone()[0]
     bounds = [low, *sorted(set(cuts)), high]
-    return [(a, b) for a, b in zip(bounds, bounds[1:], strict=False) if b > a]
+    return [(a, b) for a, b in itertools.pairwise(bounds) if b > a]
 
 
 def check_meds(path: Path) -> None:
