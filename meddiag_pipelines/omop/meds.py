@@ -15,12 +15,16 @@ import itertools
 import uuid
 from pathlib import Path
 
-import meds
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from meddiag_pipelines.atomic import atomic_write
 from meddiag_pipelines.omop.cdm import Cdm
+
+try:
+    import meds
+except ImportError:  # the `omop` extra (pyproject.toml): only the MEDS table needs it
+    meds = None
 
 MEDS_DOMAINS = ("condition", "drug", "procedure", "measurement", "observation", "visit", "device")
 BATCH_ROWS = 1_000_000
@@ -29,17 +33,24 @@ BATCH_ROWS = 1_000_000
 CHUNK_ROWS = 2_000_000
 
 
+def _schema():
+    if meds is None:
+        raise ImportError("the MEDS table needs the meds package: pip install 'meddiag_pipelines[omop]'")
+    return meds.DataSchema.schema()
+
+
 def meds_sql(cdm: Cdm, subjects: tuple[int, int] | None = None) -> str:
     """The MEDS rows of the batch (of subjects in ``(low, high]`` when given) as one DuckDB query."""
+    birth, death = ("MEDS_BIRTH", "MEDS_DEATH") if meds is None else (meds.birth_code, meds.death_code)
     parts = [
         (
             "SELECT person_id AS subject_id, CAST(NULL AS TIMESTAMP) AS time, 'GENDER//' || gender_concept_id AS code, "
             "CAST(NULL AS FLOAT) AS numeric_value, CAST(NULL AS VARCHAR) AS text_value FROM person "
             "WHERE gender_concept_id IS NOT NULL"
         ),
-        f"SELECT person_id, CAST(birth_date AS TIMESTAMP), '{meds.birth_code}', NULL, NULL FROM person",
+        f"SELECT person_id, CAST(birth_date AS TIMESTAMP), '{birth}', NULL, NULL FROM person",
         (
-            f"SELECT person_id, CAST(death_date AS TIMESTAMP), '{meds.death_code}', NULL, NULL FROM person "
+            f"SELECT person_id, CAST(death_date AS TIMESTAMP), '{death}', NULL, NULL FROM person "
             "WHERE death_date IS NOT NULL"
         ),
     ]
@@ -70,7 +81,7 @@ def _subject_ranges(cdm: Cdm, chunk_rows: int) -> list[tuple[int, int]]:
 
 def check_meds(path: Path) -> None:
     """Raise ValueError unless the file's schema is MEDS's data schema and its first row group validates."""
-    schema = meds.DataSchema.schema()
+    schema = _schema()
     found = pq.read_schema(path)
     if not found.equals(schema):
         raise ValueError(f"{Path(path).name}: not the MEDS data schema")
@@ -87,7 +98,7 @@ def write_meds(cdm: Cdm, path: Path, *, batch_rows: int = BATCH_ROWS, chunk_rows
     if path.exists():
         check_meds(path)
         return {"path": str(path), "rows": pq.ParquetFile(path).metadata.num_rows, "written": False}
-    schema = meds.DataSchema.schema()
+    schema = _schema()
     rows = 0
 
     def write(tmp: Path) -> None:
