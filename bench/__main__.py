@@ -19,6 +19,7 @@ BENCHMARKS = {
     "pneumonia_like": "bench.pneumonia_like",  # the from-scratch CNN on PneumoniaMNIST-like data, shifted test split
     "model_choice": "bench.model_choice",  # XGBoost vs the logistic baseline chosen on a first Framingham batch
     "omop_plp": "bench.omop_plp",  # the Book of OHDSI's NSAID -> GI bleed exercise on Eunomia over split seeds
+    "omop": "bench.omop",  # OMOP CDM cohort + MEDS + covariates (DuckDB) vs the same covariates in pandas
 }
 
 

@@ -31,10 +31,9 @@ class _Storage:
     """The parts of the storage resource the modality uses (Storage protocol of modalities/base.py)."""
 
     def __init__(self, root: Path):
-        from meddiag_pipelines.layout import DataLayout
         from meddiag_pipelines.storage import DataRoot
 
-        self.root, self.layout = DataRoot(root), DataLayout(root)
+        self.root = DataRoot(root)
 
 
 def run_seed(seed: int, rows, spec, storage: _Storage, out: Path) -> dict:
@@ -68,9 +67,9 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--size", default="default", choices=("smoke", "default"))
     args = parser.parse_args(argv)
-    from meddiag_pipelines.ingestion.landing import BATCH_COLUMN, LandedBatch
+    from meddiag_pipelines.ingestion.landing import LandedBatch
     from meddiag_pipelines.omop.batches import OmopReader
-    from meddiag_pipelines.specs import BUNDLED_TASKS_DIR, load_spec
+    from meddiag_pipelines.specs import BATCH_COLUMN, BUNDLED_TASKS_DIR, load_spec
 
     spec = load_spec(BUNDLED_TASKS_DIR / f"{TASK}.yaml")
     if args.size == "smoke":

@@ -291,3 +291,17 @@ def test_the_batch_is_only_read(tmp_path: Path) -> None:
     assert {p.name: p.stat().st_mtime_ns for p in folder.iterdir()} == before
     assert not scratch.exists()
 
+
+
+def test_overlapping_observation_periods_are_merged(tmp_path: Path) -> None:
+    tables = tidy_tables()
+    periods = tables["observation_period"]
+    overlap = periods.head(1).with_columns(
+        observation_period_start_date=pl.lit(date(2019, 1, 1)), observation_period_end_date=pl.lit(date(2022, 1, 1))
+    )
+    tables["observation_period"] = pl.concat([periods, overlap])
+    with _open(tmp_path, tables) as cdm:
+        assert "observation_period: 1 overlapping period(s) merged into the one they overlap" in cdm.notes
+        periods = cdm.con.execute("SELECT start_date, end_date FROM observation_period WHERE person_id = 1")
+        assert periods.fetchall() == [(date(2000, 1, 1), date(2022, 1, 1))]
+        assert _scalar(cdm, "SELECT count(*) FROM ev_condition WHERE person_id = 1") == 1

@@ -192,3 +192,10 @@ def test_no_event_on_or_after_index_contributes(case) -> None:
             after = build_covariates(cdm, population, spec.covariates)
     assert after.data.equals(before.data)
     assert after.ref.equals(before.ref)
+
+
+def test_to_matrix_with_a_trained_models_columns(tmp_path: Path) -> None:
+    covariates = _covariates(tmp_path, tidy_tables(), _person2())
+    wide = to_matrix(covariates, pl.Series([2, 7]), covariate_ids=[4001_000 + 110, 99_000 + 110, 99_000 + 150])
+    assert wide.columns == ["person_id", "c4001110", "c99110", "c99150"]
+    assert wide.rows() == [(2, 1.0, 0.0, None), (7, 0.0, 0.0, None)]

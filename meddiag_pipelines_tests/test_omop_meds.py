@@ -62,3 +62,13 @@ def test_check_meds_rejects_another_schema(tmp_path: Path) -> None:
     pl.DataFrame({"subject_id": [1], "time": [datetime(2020, 1, 1)], "code": ["X"]}).write_parquet(other)
     with pytest.raises(ValueError, match="other.parquet: not the MEDS data schema"):
         check_meds(other)
+
+
+def test_meds_written_in_subject_chunks_is_the_same_table(cdm, tmp_path: Path) -> None:
+    write_meds(cdm, tmp_path / "one.parquet")
+    write_meds(cdm, tmp_path / "chunked.parquet", chunk_rows=3, batch_rows=2)
+    one, chunked = pq.read_table(tmp_path / "one.parquet"), pq.read_table(tmp_path / "chunked.parquet")
+    assert chunked.num_rows == one.num_rows and pq.ParquetFile(tmp_path / "chunked.parquet").num_row_groups > 2
+    key = ["subject_id", "time", "code", "numeric_value"]
+    assert pl.from_arrow(chunked).sort(key, nulls_last=False).equals(pl.from_arrow(one).sort(key, nulls_last=False))
+    assert pl.from_arrow(chunked)["subject_id"].is_sorted()

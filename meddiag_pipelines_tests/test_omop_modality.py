@@ -188,7 +188,7 @@ def test_row_checks_name_each_problem():
 
 def test_covariate_matrix_takes_each_persons_own_batch(tmp_path: Path):
     """The same person id in two batches is two persons: each row reads its own batch's covariates."""
-    from meddiag_pipelines.ingestion.landing import BATCH_COLUMN
+    from meddiag_pipelines.specs import BATCH_COLUMN
     from meddiag_pipelines.omop.modality import covariate_matrix
 
     for batch, values in (("a", [1.0, 5.0]), ("b", [0.0, 7.0])):

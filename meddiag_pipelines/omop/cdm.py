@@ -103,7 +103,7 @@ class Cdm:
     domains: frozenset[str]
     notes: list[str] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
-    scratch: Path | None = None  # DuckDB's spill folder when open_cdm made it (removed by close)
+    scratch: Path | None = None  # the working database and spill folder (removed by close)
 
     def has(self, table: str) -> bool:
         return table in self.files
@@ -392,68 +392,94 @@ def _build_person(cdm: Cdm, columns: list[str], death_columns: list[str]) -> Non
 
 
 def _build_observation_period(cdm: Cdm, columns: list[str]) -> None:
+    """``observation_period``: usable periods of known persons, overlapping ones merged (so an event falls in
+    at most one)."""
     _require(cdm, "observation_period", columns, ("person_id", "observation_period_start_date",
-                                                  "observation_period_end_date"))
+                                                  "observation_period_end_date"))  # fmt: skip
     con = cdm.con
     con.execute(
-        "CREATE TABLE observation_period AS SELECT o.person_id, o.observation_period_start_date AS start_date, "
-        "o.observation_period_end_date AS end_date FROM typed_observation_period o JOIN person p USING (person_id) "
-        "WHERE start_date IS NOT NULL AND end_date IS NOT NULL AND start_date <= end_date"
+        """
+        CREATE TABLE observation_period AS
+        WITH base AS (
+            SELECT o.person_id, o.observation_period_start_date AS start_date, o.observation_period_end_date AS end_date
+            FROM typed_observation_period o JOIN person p USING (person_id)
+            WHERE start_date IS NOT NULL AND end_date IS NOT NULL AND start_date <= end_date
+        ), marked AS (
+            SELECT *, CASE WHEN start_date <= max(end_date) OVER (PARTITION BY person_id ORDER BY start_date, end_date
+                ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) THEN 0 ELSE 1 END AS new_island
+            FROM base
+        ), islands AS (
+            SELECT *, sum(new_island) OVER (PARTITION BY person_id ORDER BY start_date, end_date
+                ROWS UNBOUNDED PRECEDING) AS island
+            FROM marked
+        )
+        SELECT person_id, min(start_date) AS start_date, max(end_date) AS end_date, count(*) AS merged
+        FROM islands GROUP BY person_id, island
+        """
     )
     total, orphans = con.execute(
         "SELECT count(*), count(*) FILTER (WHERE person_id IS NULL OR person_id NOT IN (SELECT person_id FROM person))"
         " FROM typed_observation_period"
     ).fetchone()
-    kept = con.execute("SELECT count(*) FROM observation_period").fetchone()[0]
+    kept, merged = con.execute("SELECT count(*), coalesce(sum(merged), 0) FROM observation_period").fetchone()
     cdm.note("observation_period.unknown_person", orphans,
-             "observation_period: {n} row(s) of persons not in person (dropped)")
-    cdm.note("observation_period.bad_dates", total - orphans - kept,
-             "observation_period: {n} row(s) without dates or ending before they start (dropped)")
+             "observation_period: {n} row(s) of persons not in person (dropped)")  # fmt: skip
+    cdm.note("observation_period.bad_dates", total - orphans - merged,
+             "observation_period: {n} row(s) without dates or ending before they start (dropped)")  # fmt: skip
+    cdm.note("observation_period.overlapping", merged - kept,
+             "observation_period: {n} overlapping period(s) merged into the one they overlap")  # fmt: skip
     if kept == 0:
         raise CdmRefused(f"{cdm.files['observation_period']}: no usable observation_period rows")
 
 
+# Why an event row is not used (``dropped`` in ``_all_<domain>``), with its note.
+DROP_REASONS = {
+    "unknown_person": "{n} row(s) of persons not in person (dropped)",
+    "no_date": "{n} row(s) without a usable date (dropped)",
+    "future": "{n} event(s) dated in the future (dropped)",
+    "before_birth": "{n} event(s) dated before birth (dropped)",
+    "no_concept": "{n} event(s) without a usable concept id (dropped)",
+}
+
+
 def _build_events(cdm: Cdm, name: str, dom: EventDomain, columns: list[str]) -> None:
-    """``ev_<name>``: events of known persons with a concept, dated between birth and today."""
+    """``_all_<name>``: every row of the domain's table, typed, read once, with why it is dropped (if it is)
+    and whether it lies in an observation period; ``ev_<name>``: the rows kept."""
     _require(cdm, dom.table, columns, ("person_id", dom.concept, dom.date))
     value = f"e.{_quote(dom.value)}" if dom.value in columns else "CAST(NULL AS DOUBLE)"
     text = f"CAST(e.{_quote(dom.text)} AS VARCHAR)" if dom.text in columns else "CAST(NULL AS VARCHAR)"
     today = f"DATE {_literal(cdm.today.isoformat())}"
-    d = f"e.{_quote(dom.date)}"
-    con, typed = cdm.con, _quote("typed_" + dom.table)
-    con.execute(
-        f"CREATE VIEW {_quote('ev_' + name)} AS SELECT e.person_id, e.{_quote(dom.concept)} AS concept_id, "
-        f"{d} AS event_date, {value} AS value, {text} AS text_value, EXISTS (SELECT 1 FROM observation_period o "
-        f"WHERE o.person_id = e.person_id AND {d} BETWEEN o.start_date AND o.end_date) AS in_observation "
-        f"FROM {typed} e JOIN person p ON p.person_id = e.person_id "
-        f"WHERE {d} IS NOT NULL AND {d} <= {today} AND {d} >= p.birth_date AND e.{_quote(dom.concept)} IS NOT NULL"
+    d, concept = f"e.{_quote(dom.date)}", f"e.{_quote(dom.concept)}"
+    reasons = ", ".join(_literal(r) for r in DROP_REASONS)
+    try:
+        cdm.con.execute(
+            f"CREATE TABLE {_quote('_all_' + name)} AS SELECT e.person_id, {concept} AS concept_id, {d} AS event_date, "
+            f"{value} AS value, {text} AS text_value, CAST(CASE WHEN p.person_id IS NULL THEN 'unknown_person' "
+            f"WHEN {d} IS NULL THEN 'no_date' WHEN {d} > {today} THEN 'future' WHEN {d} < p.birth_date THEN "
+            f"'before_birth' WHEN {concept} IS NULL THEN 'no_concept' END AS ENUM({reasons})) AS dropped, "
+            "o.person_id IS NOT NULL AS in_observation "
+            f"FROM {_quote('typed_' + dom.table)} e LEFT JOIN person p ON p.person_id = e.person_id "
+            f"LEFT JOIN observation_period o ON o.person_id = e.person_id AND {d} BETWEEN o.start_date AND o.end_date"
+        )
+    except duckdb.Error as exc:  # a malformed CSV line, an unreadable page: name the file, not the content
+        raise CdmRefused(f"{cdm.files[dom.table]}: could not be read ({type(exc).__name__})") from None
+    cdm.con.execute(
+        f"CREATE VIEW {_quote('ev_' + name)} AS SELECT person_id, concept_id, event_date, value, text_value, "
+        f"in_observation FROM {_quote('_all_' + name)} WHERE dropped IS NULL"
     )
-    unknown, undated, future, before_birth, no_concept = _fetch(
-        cdm,
-        dom.table,
-        f"SELECT count(*) FILTER (WHERE p.person_id IS NULL), count(*) FILTER (WHERE p.person_id IS NOT NULL AND "
-        f"{d} IS NULL), count(*) FILTER (WHERE p.person_id IS NOT NULL AND {d} > {today}), count(*) FILTER (WHERE "
-        f"{d} < p.birth_date), count(*) FILTER (WHERE p.person_id IS NOT NULL AND {d} BETWEEN p.birth_date AND "
-        f"{today} AND e.{_quote(dom.concept)} IS NULL) FROM {typed} e LEFT JOIN person p ON p.person_id = e.person_id",
-    )
-    outside, zero = _fetch(
-        cdm,
-        dom.table,
-        f"SELECT count(*) FILTER (WHERE NOT in_observation), count(*) FILTER (WHERE concept_id = 0) "
-        f"FROM {_quote('ev_' + name)}",
-    )
+    filters = [f"dropped = {_literal(r)}" for r in DROP_REASONS] + [
+        "dropped IS NULL AND NOT in_observation",
+        "dropped IS NULL AND concept_id = 0",
+    ]
+    found = cdm.con.execute(
+        f"SELECT {', '.join(f'count(*) FILTER (WHERE {f})' for f in filters)} FROM {_quote('_all_' + name)}"
+    ).fetchone()
     t = dom.table
-    cdm.note(f"{name}.unknown_person", unknown, f"{t}: {{n}} row(s) of persons not in person (dropped)")
-    cdm.note(f"{name}.no_date", undated, f"{t}: {{n}} row(s) without a usable {dom.date} (dropped)")
-    cdm.note(f"{name}.future", future, f"{t}: {{n}} event(s) dated in the future (dropped)")
-    cdm.note(f"{name}.before_birth", before_birth, f"{t}: {{n}} event(s) dated before birth (dropped)")
-    cdm.note(f"{name}.no_concept", no_concept, f"{t}: {{n}} event(s) without a usable concept id (dropped)")
-    cdm.note(
-        f"{name}.outside_observation",
-        outside,
-        f"{t}: {{n}} event(s) outside any observation period (kept for cohorts, not used for covariates)",
-    )
-    cdm.note(f"{name}.concept_zero", zero, f"{t}: {{n}} event(s) with concept 0 (unmapped)")
+    for (reason, text_), n in zip(DROP_REASONS.items(), found, strict=False):
+        cdm.note(f"{name}.{reason}", n, f"{t}: {text_}")
+    cdm.note(f"{name}.outside_observation", found[-2],
+             f"{t}: {{n}} event(s) outside any observation period (kept for cohorts, not used for covariates)")
+    cdm.note(f"{name}.concept_zero", found[-1], f"{t}: {{n}} event(s) with concept 0 (unmapped)")
 
 
 def _check_ancestor(cdm: Cdm, columns: list[str]) -> None:
@@ -505,13 +531,15 @@ def open_cdm(
     temp_dir: Path | None = None,
 ) -> Cdm:
     """Open the CDM batch at ``batch`` (a folder, or one DuckDB file). ``today`` dates "the future" (default:
-    the system date). ``memory_limit`` and ``temp_dir`` let DuckDB spill to disk (its default temporary
-    folder would be the working directory; without ``temp_dir`` a private temporary folder is made and
-    removed by :meth:`Cdm.close`). Raises :class:`CdmRefused`."""
+    the system date). The batch is only read: the typed events are written once into a working DuckDB database
+    in a private folder (under ``temp_dir``, default the system's temporary folder) that :meth:`Cdm.close`
+    removes; ``memory_limit`` bounds DuckDB's memory, past which it spills there. Raises :class:`CdmRefused`."""
     batch = Path(batch)
     kind, found = _discover(batch)
-    scratch = None if temp_dir is not None else Path(tempfile.mkdtemp(prefix="omop-duckdb-"))
-    con = duckdb.connect(config={"temp_directory": str(temp_dir or scratch)})
+    if temp_dir is not None:
+        Path(temp_dir).mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix="omop-cdm-", dir=temp_dir))
+    con = duckdb.connect(str(scratch / "work.duckdb"), config={"temp_directory": str(scratch / "spill")})
     if memory_limit:
         con.execute(f"SET memory_limit = {_literal(memory_limit)}")
     try:
@@ -524,6 +552,9 @@ def open_cdm(
         typed = {t: _type_table(cdm, t, csv=files[t].lower().endswith(".csv")) for t in used}
         cdm.version = _detect_version(cdm, typed)
         _build_person(cdm, typed["person"], typed.get("death", []))
+        # "The first row of a repeated person_id" needed the file's order; nothing after does, and keeping
+        # insertion order holds whole tables in memory when writing them.
+        con.execute("SET preserve_insertion_order = false")
         _build_observation_period(cdm, typed["observation_period"])
         if "concept_ancestor" in typed:
             _check_ancestor(cdm, typed["concept_ancestor"])
@@ -536,7 +567,6 @@ def open_cdm(
         return cdm
     except BaseException:
         con.close()
-        if scratch is not None:
-            shutil.rmtree(scratch, ignore_errors=True)
+        shutil.rmtree(scratch, ignore_errors=True)
         raise
 

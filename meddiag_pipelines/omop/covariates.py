@@ -166,20 +166,32 @@ def build_covariates(cdm: Cdm, population: pl.DataFrame, settings: CovariateSett
     return Covariates(data, _reference(cdm, settings), notes)
 
 
-def to_matrix(covariates: Covariates, persons: pl.Series | None = None, min_persons: int = 1) -> pl.DataFrame:
+def to_matrix(
+    covariates: Covariates,
+    persons: pl.Series | None = None,
+    min_persons: int = 1,
+    covariate_ids: list[int] | None = None,
+) -> pl.DataFrame:
     """One row per person (``persons`` in that order, else every person with a covariate, sorted), one column
-    ``c<covariate_id>`` per covariate held by at least ``min_persons`` persons: 0 where a person lacks a
-    presence or count covariate, null where a value covariate (age, last measurement) is unknown."""
+    ``c<covariate_id>`` per covariate held by at least ``min_persons`` persons, or exactly ``covariate_ids``
+    (a trained model's columns, for scoring a later batch): 0 where a person lacks a presence or count
+    covariate, null where a value covariate (age, last measurement) is unknown."""
     data = covariates.data
-    if min_persons > 1:
-        held = data.group_by("covariate_id").len().filter(pl.col("len") >= min_persons)["covariate_id"]
-        data = data.filter(pl.col("covariate_id").is_in(held.implode()))
-    ids = sorted(data["covariate_id"].unique().to_list())
+    if covariate_ids is not None:
+        ids = list(covariate_ids)
+        data = data.filter(pl.col("covariate_id").is_in(ids))
+    else:
+        if min_persons > 1:
+            held = data.group_by("covariate_id").len().filter(pl.col("len") >= min_persons)["covariate_id"]
+            data = data.filter(pl.col("covariate_id").is_in(held.implode()))
+        ids = sorted(data["covariate_id"].unique().to_list())
     rows = pl.DataFrame({"person_id": persons if persons is not None else data["person_id"].unique().sort()})
     wide = data.with_columns(pl.format("c{}", "covariate_id").alias("column")).pivot(
         on="column", index="person_id", values="value"
     )
     out = rows.with_columns(pl.col("person_id").cast(pl.Int64)).join(wide, on="person_id", how="left")
+    absent = [pl.lit(None, pl.Float64).alias(f"c{i}") for i in ids if f"c{i}" not in out.columns]
+    out = out.with_columns(absent) if absent else out
     zero_fill = [f"c{i}" for i in ids if i % 1000 not in VALUE_ANALYSES]
     out = out.with_columns(pl.col(zero_fill).fill_null(0.0)) if zero_fill else out
     return out.select("person_id", *[f"c{i}" for i in ids])

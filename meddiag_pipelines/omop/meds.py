@@ -5,35 +5,52 @@ Codes: ``<DOMAIN>//<concept_id>`` (``CONDITION//192671``, ``DRUG//1118084``, ``M
 at the event's date; ``MEDS_BIRTH`` at the birth date and ``MEDS_DEATH`` at the death date (``meds.birth_code``,
 ``meds.death_code``); the gender as a static ``GENDER//<concept_id>`` row with a null time. Era tables are left
 out (they are derived from the exposures and conditions already there). Rows are sorted by subject and time,
-static rows first. Events are those :mod:`.cdm` keeps (known persons, dated between birth and today).
+static rows first (the order of rows at one time is unspecified). Events are those :mod:`.cdm` keeps (known
+persons, dated between birth and today).
 """
 
 from __future__ import annotations
 
+import itertools
+import uuid
 from pathlib import Path
 
-import meds
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from meddiag_pipelines.atomic import atomic_write
 from meddiag_pipelines.omop.cdm import Cdm
 
+try:
+    import meds
+except ImportError:  # the `omop` extra (pyproject.toml): only the MEDS table needs it
+    meds = None
+
 MEDS_DOMAINS = ("condition", "drug", "procedure", "measurement", "observation", "visit", "device")
 BATCH_ROWS = 1_000_000
+# Rows sorted at once: the table is written in ranges of subjects holding about this many rows each, so the
+# sort's memory does not grow with the batch.
+CHUNK_ROWS = 2_000_000
 
 
-def meds_sql(cdm: Cdm) -> str:
-    """The MEDS rows of the batch as one DuckDB query."""
+def _schema():
+    if meds is None:
+        raise ImportError("the MEDS table needs the meds package: pip install 'meddiag_pipelines[omop]'")
+    return meds.DataSchema.schema()
+
+
+def meds_sql(cdm: Cdm, subjects: tuple[int, int] | None = None) -> str:
+    """The MEDS rows of the batch (of subjects in ``(low, high]`` when given) as one DuckDB query."""
+    birth, death = ("MEDS_BIRTH", "MEDS_DEATH") if meds is None else (meds.birth_code, meds.death_code)
     parts = [
         (
             "SELECT person_id AS subject_id, CAST(NULL AS TIMESTAMP) AS time, 'GENDER//' || gender_concept_id AS code, "
             "CAST(NULL AS FLOAT) AS numeric_value, CAST(NULL AS VARCHAR) AS text_value FROM person "
             "WHERE gender_concept_id IS NOT NULL"
         ),
-        f"SELECT person_id, CAST(birth_date AS TIMESTAMP), '{meds.birth_code}', NULL, NULL FROM person",
+        f"SELECT person_id, CAST(birth_date AS TIMESTAMP), '{birth}', NULL, NULL FROM person",
         (
-            f"SELECT person_id, CAST(death_date AS TIMESTAMP), '{meds.death_code}', NULL, NULL FROM person "
+            f"SELECT person_id, CAST(death_date AS TIMESTAMP), '{death}', NULL, NULL FROM person "
             "WHERE death_date IS NOT NULL"
         ),
     ]
@@ -43,12 +60,28 @@ def meds_sql(cdm: Cdm) -> str:
                 f"SELECT person_id, CAST(event_date AS TIMESTAMP), '{domain.upper()}//' || concept_id, "
                 f"CAST(value AS FLOAT), text_value FROM ev_{domain}"
             )
-    return " UNION ALL ".join(parts) + " ORDER BY subject_id, time NULLS FIRST, code"
+    where = f"WHERE subject_id > {int(subjects[0])} AND subject_id <= {int(subjects[1])} " if subjects else ""
+    return f"SELECT * FROM ({' UNION ALL '.join(parts)}) {where}ORDER BY subject_id, time NULLS FIRST"
+
+
+def _subject_ranges(cdm: Cdm, chunk_rows: int) -> list[tuple[int, int]]:
+    """``(low, high]`` person_id ranges of about ``chunk_rows`` MEDS rows each (by person count)."""
+    con = cdm.con
+    events = sum(con.execute(f"SELECT count(*) FROM ev_{d}").fetchone()[0] for d in MEDS_DOMAINS if d in cdm.domains)
+    persons, low, high = con.execute("SELECT count(*), min(person_id) - 1, max(person_id) FROM person").fetchone()
+    chunks = max(1, min(persons, -(-(events + 3 * persons) // chunk_rows)))
+    if chunks == 1:
+        return [(low, high)]
+    cuts = con.execute(
+        f"SELECT quantile_disc(person_id, [{', '.join(str(i / chunks) for i in range(1, chunks))}]) FROM person"
+    ).fetchone()[0]
+    bounds = [low, *sorted(set(cuts)), high]
+    return [(a, b) for a, b in itertools.pairwise(bounds) if b > a]
 
 
 def check_meds(path: Path) -> None:
     """Raise ValueError unless the file's schema is MEDS's data schema and its first row group validates."""
-    schema = meds.DataSchema.schema()
+    schema = _schema()
     found = pq.read_schema(path)
     if not found.equals(schema):
         raise ValueError(f"{Path(path).name}: not the MEDS data schema")
@@ -57,24 +90,32 @@ def check_meds(path: Path) -> None:
         meds.DataSchema.validate(reader.read_row_group(0))
 
 
-def write_meds(cdm: Cdm, path: Path, *, batch_rows: int = BATCH_ROWS) -> dict:
-    """Write the batch's MEDS table to ``path`` once (atomically, streaming ``batch_rows`` rows at a time);
-    an existing file is kept, not rewritten. Returns ``{"path", "rows", "written"}``."""
+def write_meds(cdm: Cdm, path: Path, *, batch_rows: int = BATCH_ROWS, chunk_rows: int = CHUNK_ROWS) -> dict:
+    """Write the batch's MEDS table to ``path`` once (atomically; sorted ``chunk_rows`` rows at a time,
+    streamed ``batch_rows`` at a time); an existing file is kept, not rewritten. Returns ``{"path", "rows",
+    "written"}``."""
     path = Path(path)
     if path.exists():
         check_meds(path)
         return {"path": str(path), "rows": pq.ParquetFile(path).metadata.num_rows, "written": False}
-    schema = meds.DataSchema.schema()
+    schema = _schema()
     rows = 0
 
     def write(tmp: Path) -> None:
+        # DuckDB writes Parquet in parallel; pyarrow then gives it MEDS's exact types (large_string, not null).
         nonlocal rows
-        reader = cdm.con.execute(meds_sql(cdm)).fetch_record_batch(batch_rows)
-        with pq.ParquetWriter(tmp, schema) as writer:
-            for batch in reader:
-                table = pa.Table.from_batches([batch]).rename_columns(schema.names).cast(schema)
-                writer.write_table(table)
-                rows += table.num_rows
+        raw = cdm.scratch / f"meds-{uuid.uuid4().hex}.parquet"
+        try:
+            with pq.ParquetWriter(tmp, schema) as writer:
+                for subjects in _subject_ranges(cdm, chunk_rows):
+                    sql = meds_sql(cdm, subjects)
+                    cdm.con.execute(f"COPY ({sql}) TO '{raw}' (FORMAT parquet, ROW_GROUP_SIZE 122880)")
+                    for batch in pq.ParquetFile(raw).iter_batches(batch_size=batch_rows):
+                        table = pa.Table.from_batches([batch]).rename_columns(schema.names).cast(schema)
+                        writer.write_table(table)
+                        rows += table.num_rows
+        finally:
+            raw.unlink(missing_ok=True)
 
     atomic_write(path, write)
     check_meds(path)

@@ -19,7 +19,7 @@ import polars as pl
 from meddiag_pipelines import labels
 from meddiag_pipelines.evaluation.metrics.bootstrap import bootstrap_auroc_ci
 from meddiag_pipelines.ingestion.batches import Validator
-from meddiag_pipelines.ingestion.landing import BATCH_COLUMN
+from meddiag_pipelines.specs import BATCH_COLUMN
 from meddiag_pipelines.modalities.base import (BuiltFeatures, Descriptions, Explainer, Modality, PredictorFactory,
                                                Storage, TrainedModel, TrainingRun)  # fmt: skip
 from meddiag_pipelines.omop.batches import OmopReader, prepare_batch
@@ -154,10 +154,10 @@ class OmopModality(Modality):
         return row_failures(records, spec)
 
     def features(self, spec: TaskSpec, split: pl.DataFrame, storage: Storage) -> BuiltFeatures:
-        cache_dir = storage.layout.cache(spec.name)
+        cache_dir = storage.root.cache(spec.name)
         studies = {}
         for (batch,), rows in split.group_by(BATCH_COLUMN):
-            studies[batch] = prepare_batch(storage.layout.landing(spec.name) / batch, cache_dir / batch, spec, rows)
+            studies[batch] = prepare_batch(storage.root.landing(spec.name) / batch, cache_dir / batch, spec, rows)
         train = split.filter(pl.col(SPLIT_COLUMN) == "train")
         held = pl.concat([pl.read_parquet(cache_dir / b / "covariates.parquet").join(
             rows.select(pl.col("person_id").cast(pl.Int64)), on="person_id")
