@@ -23,12 +23,14 @@ import dagster as dg
 import distributed
 from dagster_dask.executor import DaskExecutor, get_dask_resource_requirements, query_on_dask_worker
 
+from meddiag_pipelines.selection_guard import refuse_empty_selection
+
 ADDRESS_VARIABLE = "MEDDIAG_DASK_ADDRESS"
 
 
 class GuardedDaskExecutor(DaskExecutor):
     """dagster-dask's executor for an existing scheduler, behind the selection guard (a subclass: dagster-dask
-    checks that the run's executor IS a DaskExecutor, so :class:`meddiag_pipelines.definitions.SelectionGuard`
+    checks that the run's executor IS a DaskExecutor, so :class:`meddiag_pipelines.selection_guard.SelectionGuard`
     cannot wrap it).
 
     ``execute`` is dagster-dask 0.29.27's own, with one change: the step's arguments are bound in a
@@ -38,8 +40,6 @@ class GuardedDaskExecutor(DaskExecutor):
     (Its wait loop is written out, as Dagster's ``iterate_with_context`` it calls is private.)"""
 
     def execute(self, plan_context, execution_plan):
-        from meddiag_pipelines.definitions import refuse_empty_selection
-
         refuse_empty_selection(plan_context.dagster_run)
         futures: dict[str, distributed.Future] = {}
         with distributed.Client(self.cluster_configuration["address"]) as client:

@@ -36,15 +36,16 @@ from pathlib import Path
 import dagster as dg
 
 from meddiag_pipelines.dagster_internals import reconstructable_job
-from meddiag_pipelines.definitions import IMPLICIT_ASSET_JOB
 from meddiag_pipelines.defs.automation.landing import range_tags, run_tags
+from meddiag_pipelines.defs.build import build_definitions
 from meddiag_pipelines.defs.dead_runs import TASK_TAG, describe, process_tags, release_dead_runs, releasing_dead_runs
 from meddiag_pipelines.defs.partitions import LandingScan, batch_partitions, ingestion_keys, run_ranges, scan_landing
 from meddiag_pipelines.defs.resources.storage import MeddiagStorage
 from meddiag_pipelines.ingestion.landing import LandingFolderError, ready_batch_dirs
 from meddiag_pipelines.registry.store import ModelRegistry
 from meddiag_pipelines.registry.summary import TaskSummary, task_summary
-from meddiag_pipelines.specs import SPEC_ERRORS_GROUP, TaskSpec
+from meddiag_pipelines.selection_guard import IMPLICIT_ASSET_JOB
+from meddiag_pipelines.specs import SPEC_ERRORS_GROUP, TaskSpec, scan_specs
 
 log = logging.getLogger(__name__)
 REPO_DAGSTER_HOME = Path(__file__).resolve().parent.parent / "dagster_home"
@@ -82,8 +83,6 @@ class TaskUpdate:
 
 def update_definitions() -> dg.Definitions:
     """The project's definitions, rebuilt from the environment (spec folders, data root) by each run process."""
-    from meddiag_pipelines.definitions import build_definitions
-
     return build_definitions()
 
 
@@ -206,12 +205,14 @@ def _downstream_stale(instance: dg.DagsterInstance, batch: list[dg.AssetKey], do
 
 
 def update_task(spec: TaskSpec, instance: dg.DagsterInstance, partition: str | None = None,
-                defs: dg.Definitions | None = None, max_wait_s: float = MAX_WAIT_S,
-                verbose: bool = False) -> TaskUpdate:  # fmt: skip
+                defs: dg.Definitions | None = None, max_wait_s: float = MAX_WAIT_S, verbose: bool = False,
+                project: dg.Definitions | None = None) -> TaskUpdate:  # fmt: skip
     """Bring one task up to date; its :class:`TaskSummary` says what it reached. ``defs``: run in this process on
     these definitions (tests, benches) instead of the project's reconstructable job; ``max_wait_s``: how long each
-    run may wait for another run of the task; ``verbose``: show every step's events on the console."""
-    loaded = defs or update_definitions()
+    run may wait for another run of the task; ``verbose``: show every step's events on the console;
+    ``project``: :func:`update_definitions` as the caller built it already (once for every task of a command),
+    read to plan the runs, which still go through the reconstructable job."""
+    loaded = defs or project or update_definitions()
     job = loaded.resolve_implicit_global_asset_job_def()
     batch_keys, downstream = group_keys(job, spec)
     if not batch_keys:  # its spec loaded but Dagster refused to build it: a spec_errors asset says why
@@ -300,8 +301,6 @@ def configure_logging(verbose: bool) -> None:
 def run(args: argparse.Namespace) -> int:
     """Every named task (default: all) in turn, then one line per task; one that fails, or a spec that does not
     load, does not stop the others, and the exit status is 1."""
-    from meddiag_pipelines.specs import scan_specs
-
     configure_logging(args.verbose)
     scan = scan_specs()
     specs = {s.name: s for s in scan.specs}
@@ -321,12 +320,12 @@ def run(args: argparse.Namespace) -> int:
     os.environ["DAGSTER_HOME"] = str(home)  # the runs' own processes (multiprocess executor) use it too
     log.info("update: Dagster instance %s", home)
     max_wait_s = MAX_WAIT_S if args.max_wait is None else args.max_wait
-    lines = []
+    lines, project = [], update_definitions()
     with dg.DagsterInstance.get() as instance:
         for task in args.tasks or sorted(specs):
             try:
                 lines.append(update_task(specs[task], instance, args.partition, max_wait_s=max_wait_s,
-                                         verbose=args.verbose).summary.line())  # fmt: skip
+                                         verbose=args.verbose, project=project).summary.line())  # fmt: skip
             except UpdateError as exc:
                 log.error("update: %s", exc)
                 failed.append(task)

@@ -26,7 +26,7 @@ import yaml
 from sklearn.metrics import roc_auc_score
 
 from meddiag_pipelines.defs.assets.common import DASK_RESOURCES_TAG, gpu_op_tags
-from meddiag_pipelines.definitions import build_definitions, executor
+from meddiag_pipelines.defs.build import build_definitions, executor
 from meddiag_pipelines.ingestion.warehouse import Warehouse
 from meddiag_pipelines.layout import DataLayout
 from meddiag_pipelines.registry.store import ModelRegistry
