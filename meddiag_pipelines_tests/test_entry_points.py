@@ -6,6 +6,9 @@ import os
 import subprocess
 import sys
 
+import pytest
+
+from meddiag_pipelines.defs.build import build_definitions
 from meddiag_pipelines_tests.conftest import REPO
 
 # In a fresh process: make building a Definitions and reading a spec raise, import every module of the package
@@ -53,3 +56,26 @@ def test_importing_any_module_builds_nothing_and_scans_no_spec():
     assert result["failed"] == {}
     # the guards work: the entry point, once called, scans the spec folders
     assert result["caught"] == "spec folders scanned"
+
+
+@pytest.mark.slow
+def test_update_builds_the_definitions_once_per_command(tmp_path, monkeypatch, capsys):
+    """`meddiag update` over every task plans them all on one build of the definitions (it was one per task);
+    with nothing landed it starts no run, so no run process builds them either."""
+    from meddiag_pipelines import update
+    from meddiag_pipelines.__main__ import main
+
+    monkeypatch.delenv("MEDDIAG_TASKS_DIR", raising=False)
+    monkeypatch.setenv("MEDDIAG_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
+    (tmp_path / "home").mkdir()
+    built = []
+
+    def counted():
+        built.append(1)
+        return build_definitions()
+
+    monkeypatch.setattr(update, "build_definitions", counted)
+    assert main(["update"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 4  # a line per bundled task
+    assert len(built) == 1
