@@ -30,6 +30,9 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -51,6 +54,8 @@ log = logging.getLogger(__name__)
 REPO_DAGSTER_HOME = Path(__file__).resolve().parent.parent / "dagster_home"
 MAX_WAIT_S = 4 * 3600  # for another run of the task (an image or text retrain takes up to an hour or two)
 POLL_S = 2.0
+# The definitions the running `update` command built: its runs in this process (the in-process executor) reuse them
+COMMAND_DEFINITIONS: ContextVar[dg.Definitions | None] = ContextVar("meddiag_update_definitions", default=None)
 
 
 class UpdateError(RuntimeError):
@@ -82,8 +87,19 @@ class TaskUpdate:
 
 
 def update_definitions() -> dg.Definitions:
-    """The project's definitions, rebuilt from the environment (spec folders, data root) by each run process."""
-    return build_definitions()
+    """The project's definitions from the environment (spec folders, data root): built once by an ``update``
+    command for every task and run it executes in its own process, and again by each run or step process."""
+    return COMMAND_DEFINITIONS.get() or build_definitions()
+
+
+@contextmanager
+def command_definitions() -> Iterator[None]:
+    """One build of the definitions for the whole command (:func:`update_definitions`)."""
+    token = COMMAND_DEFINITIONS.set(build_definitions())
+    try:
+        yield
+    finally:
+        COMMAND_DEFINITIONS.reset(token)
 
 
 def reconstructable_asset_job(module: str, definitions_fn: str):
@@ -205,14 +221,12 @@ def _downstream_stale(instance: dg.DagsterInstance, batch: list[dg.AssetKey], do
 
 
 def update_task(spec: TaskSpec, instance: dg.DagsterInstance, partition: str | None = None,
-                defs: dg.Definitions | None = None, max_wait_s: float = MAX_WAIT_S, verbose: bool = False,
-                project: dg.Definitions | None = None) -> TaskUpdate:  # fmt: skip
+                defs: dg.Definitions | None = None, max_wait_s: float = MAX_WAIT_S,
+                verbose: bool = False) -> TaskUpdate:  # fmt: skip
     """Bring one task up to date; its :class:`TaskSummary` says what it reached. ``defs``: run in this process on
     these definitions (tests, benches) instead of the project's reconstructable job; ``max_wait_s``: how long each
-    run may wait for another run of the task; ``verbose``: show every step's events on the console;
-    ``project``: :func:`update_definitions` as the caller built it already (once for every task of a command),
-    read to plan the runs, which still go through the reconstructable job."""
-    loaded = defs or project or update_definitions()
+    run may wait for another run of the task; ``verbose``: show every step's events on the console."""
+    loaded = defs or update_definitions()
     job = loaded.resolve_implicit_global_asset_job_def()
     batch_keys, downstream = group_keys(job, spec)
     if not batch_keys:  # its spec loaded but Dagster refused to build it: a spec_errors asset says why
@@ -320,12 +334,12 @@ def run(args: argparse.Namespace) -> int:
     os.environ["DAGSTER_HOME"] = str(home)  # the runs' own processes (multiprocess executor) use it too
     log.info("update: Dagster instance %s", home)
     max_wait_s = MAX_WAIT_S if args.max_wait is None else args.max_wait
-    lines, project = [], update_definitions()
-    with dg.DagsterInstance.get() as instance:
+    lines = []
+    with command_definitions(), dg.DagsterInstance.get() as instance:
         for task in args.tasks or sorted(specs):
             try:
                 lines.append(update_task(specs[task], instance, args.partition, max_wait_s=max_wait_s,
-                                         verbose=args.verbose, project=project).summary.line())  # fmt: skip
+                                         verbose=args.verbose).summary.line())  # fmt: skip
             except UpdateError as exc:
                 log.error("update: %s", exc)
                 failed.append(task)

@@ -7,9 +7,10 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 
 from meddiag_pipelines.defs.build import build_definitions
-from meddiag_pipelines_tests.conftest import REPO
+from meddiag_pipelines_tests.conftest import REPO, SYNTHETIC_SPEC, synthetic_records
 
 # In a fresh process: make building a Definitions and reading a spec raise, import every module of the package
 # (each module's top level runs once, at its first import), then check that the guards do catch a build.
@@ -60,22 +61,31 @@ def test_importing_any_module_builds_nothing_and_scans_no_spec():
 
 @pytest.mark.slow
 def test_update_builds_the_definitions_once_per_command(tmp_path, monkeypatch, capsys):
-    """`meddiag update` over every task plans them all on one build of the definitions (it was one per task);
-    with nothing landed it starts no run, so no run process builds them either."""
+    """`meddiag update` over every task plans them all, and executes its runs in its own process, on one build of
+    the definitions (it was one per task and one per run): here the bundled tasks with nothing landed, and a
+    SYNTHETIC task whose batch is quarantined (two runs, no training)."""
     from meddiag_pipelines import update
     from meddiag_pipelines.__main__ import main
 
-    monkeypatch.delenv("MEDDIAG_TASKS_DIR", raising=False)
+    (tmp_path / "home").mkdir()
+    (tmp_path / "tasks").mkdir()
+    (tmp_path / "tasks" / "synthetic_risk.yaml").write_text(yaml.safe_dump(SYNTHETIC_SPEC))
+    records = synthetic_records(20, seed=1)
+    batch = tmp_path / "data" / "landing" / "synthetic_risk" / "b1"
+    batch.mkdir(parents=True)
+    records.with_columns(outcome=records["rid"]).write_csv(batch / "records.csv")  # labels outside the domain
+    (batch / "_READY").touch()
+    monkeypatch.setenv("MEDDIAG_TASKS_DIR", str(tmp_path / "tasks"))
     monkeypatch.setenv("MEDDIAG_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
-    (tmp_path / "home").mkdir()
-    built = []
+    built, runs = [], []
 
     def counted():
         built.append(1)
         return build_definitions()
 
     monkeypatch.setattr(update, "build_definitions", counted)
+    monkeypatch.setattr(update, "_execute", lambda *args, execute=update._execute: runs.append(1) or execute(*args))
     assert main(["update"]) == 0
-    assert len(capsys.readouterr().out.splitlines()) == 4  # a line per bundled task
-    assert len(built) == 1
+    assert len(capsys.readouterr().out.splitlines()) == 5  # a line per task
+    assert len(runs) == 2 and len(built) == 1
