@@ -1,7 +1,7 @@
 """The code location ``dg`` loads (``[tool.dg.project]`` in pyproject.toml): the defs folder, whose one component
-(``defs/tasks/defs.yaml``, :class:`~meddiag_pipelines.defs.components.task_folder.TaskFolderComponent`) builds
-what ``dagster ... -m meddiag_pipelines.definitions`` builds, resources and executor included. Python modules
-under ``defs/`` hold builders only, so nothing else is loaded, and nothing is built on import."""
+(``defs/defs.yaml``, :class:`~meddiag_pipelines.defs.components.task_folder.TaskFolderComponent`) builds
+what ``dagster ... -m meddiag_pipelines.definitions`` builds, resources and executor included. With a
+``defs.yaml`` at its root, the defs folder is that one component: ``dg`` imports no other module of it."""
 
 from pathlib import Path
 

@@ -44,10 +44,10 @@ from meddiag_pipelines.defs.build import build_definitions
 from meddiag_pipelines.defs.dead_runs import TASK_TAG, describe, process_tags, release_dead_runs, releasing_dead_runs
 from meddiag_pipelines.defs.partitions import LandingScan, batch_partitions, ingestion_keys, run_ranges, scan_landing
 from meddiag_pipelines.defs.resources.storage import MeddiagStorage
+from meddiag_pipelines.defs.selection_guard import IMPLICIT_ASSET_JOB
 from meddiag_pipelines.ingestion.landing import LandingFolderError, ready_batch_dirs
 from meddiag_pipelines.registry.store import ModelRegistry
 from meddiag_pipelines.registry.summary import TaskSummary, task_summary
-from meddiag_pipelines.selection_guard import IMPLICIT_ASSET_JOB
 from meddiag_pipelines.specs import SPEC_ERRORS_GROUP, TaskSpec, scan_specs
 
 log = logging.getLogger(__name__)

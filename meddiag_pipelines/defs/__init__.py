@@ -1,3 +1,3 @@
 """The Dagster wiring, one folder per concern: ``assets/``, ``automation/``, ``resources/``, ``components/`` (and
-``tasks/defs.yaml``, the spec folders as one component for ``dg``), and ``build.py``, which builds every task on
-request. The logic lives in the pure modules of the package."""
+``defs.yaml``: the spec folders as the one component ``dg`` loads), ``build.py``, which builds every task on
+request, and the executors (``selection_guard.py``, ``dask_executor.py``). The logic lives in the pure modules of the package."""

@@ -6,7 +6,7 @@ loads (:mod:`meddiag_pipelines.defs.components.task_folder`); importing this mod
 A spec that does not load, or whose task Dagster cannot build, leaves the other tasks in place: it becomes an
 asset of the group ``spec_errors`` whose description is the error and whose materialization fails with it (so
 ``--select '*'`` ends failed and names it), and a WARNING at load. Every executor refuses a run that selects
-nothing (:mod:`meddiag_pipelines.selection_guard`)."""
+nothing (:mod:`meddiag_pipelines.defs.selection_guard`)."""
 
 import hashlib
 import os
@@ -21,7 +21,7 @@ from meddiag_pipelines.defs.automation.landing import (build_automation_sensor, 
 from meddiag_pipelines.defs.assets.task_assets import build_task_assets
 from meddiag_pipelines.defs.partitions import ingestion_keys
 from meddiag_pipelines.defs.resources.storage import build_resources
-from meddiag_pipelines.selection_guard import SelectionGuard
+from meddiag_pipelines.defs.selection_guard import SelectionGuard
 from meddiag_pipelines.specs import SPEC_ERRORS_GROUP, SpecError, TaskSpec, scan_specs
 
 
@@ -101,10 +101,10 @@ def executor() -> dg.ExecutorDefinition:
     """In-process by default: on a small machine each step's process start costs more than its work.
     ``MEDDIAG_EXECUTOR=multiprocess`` runs steps in parallel processes (the code keeps no in-process state);
     ``MEDDIAG_EXECUTOR=dask`` runs them on the workers of the Dask scheduler at ``MEDDIAG_DASK_ADDRESS``
-    (:mod:`meddiag_pipelines.dask_executor`: what each worker needs). Every one refuses an empty selection."""
+    (:mod:`meddiag_pipelines.defs.dask_executor`: what each worker needs). Every one refuses an empty selection."""
     kind = os.environ.get("MEDDIAG_EXECUTOR")
     if kind == "dask":
-        from meddiag_pipelines.dask_executor import dask_executor  # the optional `scale` extra
+        from meddiag_pipelines.defs.dask_executor import dask_executor  # the optional `scale` extra
 
         return dask_executor
     base = dg.multiprocess_executor if kind == "multiprocess" else dg.in_process_executor

@@ -1,5 +1,5 @@
 """The refusal of a run that selects nothing, shared by every executor (:func:`meddiag_pipelines.defs.build.executor`
-and :mod:`meddiag_pipelines.dask_executor`).
+and :mod:`meddiag_pipelines.defs.dask_executor`).
 
 ``dagster asset materialize --select <selection>`` hands an empty selection (``group:<typo>``) on as "no subset",
 which runs the whole implicit asset job: every task retrained and promoted. The executors refuse such a run
