@@ -25,17 +25,17 @@ from meddiag_pipelines.defs.selection_guard import SelectionGuard
 from meddiag_pipelines.specs import SPEC_ERRORS_GROUP, SpecError, TaskSpec, scan_specs
 
 
-def build_definitions(specs: list[TaskSpec] | None = None, data_dir=None,
-                      spec_errors: list[SpecError] = ()) -> dg.Definitions:  # fmt: skip
+def build_definitions(specs: list[TaskSpec] | None = None, data_dir=None) -> dg.Definitions:
     """Every task of ``specs`` (default: every spec that loads from the spec folders, and an error asset for
     each one that does not load or cannot be built)."""
+    errors: list[SpecError] = []
     if specs is None:
         scan = scan_specs()
-        specs, spec_errors = scan.specs, scan.errors
-        tasks = [isolated_task_definitions(spec, scan.files[spec.name]) for spec in specs]
+        errors = scan.errors
+        tasks = [isolated_task_definitions(spec, scan.files[spec.name]) for spec in scan.specs]
     else:  # the caller's own specs (tests, benchmarks): a task that cannot be built raises
         tasks = [build_task_definitions(spec) for spec in specs]
-    shared = dg.Definitions(assets=[spec_error_asset(e) for e in spec_errors], resources=build_resources(data_dir),
+    shared = dg.Definitions(assets=[spec_error_asset(e) for e in errors], resources=build_resources(data_dir),
                             executor=executor())  # fmt: skip
     return dg.Definitions.merge(shared, *tasks)
 
