@@ -87,7 +87,7 @@ def run_dagster(rows: int, selection: list[str] | None = None) -> dict:
     """Child: the whole task job through Dagster (execute_in_process, in-process executor)."""
     import dagster as dg
 
-    from meddiag_pipelines.definitions import build_definitions
+    from meddiag_pipelines.defs.build import build_definitions
     from meddiag_pipelines.update import run_task_in_process
 
     root = _fresh_root("dagster", rows)
@@ -167,7 +167,7 @@ def run_direct(rows: int, selection: list[str] | None = None) -> dict:
 
 def bench_definitions():
     """The bench task's definitions (spec and data root from the environment), rebuilt by each step process."""
-    from meddiag_pipelines.definitions import build_definitions
+    from meddiag_pipelines.defs.build import build_definitions
 
     return build_definitions([_spec()], Path(os.environ["MEDDIAG_DATA_DIR"]))
 
@@ -176,7 +176,7 @@ def run_executor(rows: int, executor: str, selection: list[str] | None = None) -
     """Child: the tiny task through execute_job with the chosen executor (MEDDIAG_EXECUTOR)."""
     import dagster as dg
 
-    from meddiag_pipelines.definitions import build_definitions
+    from meddiag_pipelines.defs.build import build_definitions
     from meddiag_pipelines.update import reconstructable_asset_job, whole_task_run
 
     root = _fresh_root(f"exec_{executor}", rows)

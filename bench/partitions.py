@@ -102,7 +102,7 @@ def plan_and_start(n: int) -> dict:
     """Child: land n batches in a fresh data root, tick the sensor, run their ingestion, then split."""
     import dagster as dg
 
-    from meddiag_pipelines.definitions import build_definitions
+    from meddiag_pipelines.defs.build import build_definitions
     from meddiag_pipelines.defs.automation.landing import RANGE_END, RANGE_START, run_tags
     from meddiag_pipelines.specs import TaskSpec
 

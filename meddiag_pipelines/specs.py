@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 BUNDLED_TASKS_DIR = Path(__file__).parent / "tasks"
 TASK_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
-# The asset group holding the specs that did not load (see definitions.py).
+# The asset group holding the specs that did not load (see defs/build.py).
 SPEC_ERRORS_GROUP = "spec_errors"
 # A task is also a DuckDB schema: these names are DuckDB's own catalogs and schemas (``system``, ``temp``,
 # ``main``, ``information_schema``, ``pg_catalog``, ``memory`` for an in-memory database) or the warehouse's

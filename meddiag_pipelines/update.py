@@ -30,26 +30,32 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import dagster as dg
 
 from meddiag_pipelines.dagster_internals import reconstructable_job
-from meddiag_pipelines.definitions import IMPLICIT_ASSET_JOB
 from meddiag_pipelines.defs.automation.landing import range_tags, run_tags
+from meddiag_pipelines.defs.build import build_definitions
 from meddiag_pipelines.defs.dead_runs import TASK_TAG, describe, process_tags, release_dead_runs, releasing_dead_runs
 from meddiag_pipelines.defs.partitions import LandingScan, batch_partitions, ingestion_keys, run_ranges, scan_landing
 from meddiag_pipelines.defs.resources.storage import MeddiagStorage
+from meddiag_pipelines.defs.selection_guard import IMPLICIT_ASSET_JOB
 from meddiag_pipelines.ingestion.landing import LandingFolderError, ready_batch_dirs
 from meddiag_pipelines.registry.store import ModelRegistry
 from meddiag_pipelines.registry.summary import TaskSummary, task_summary
-from meddiag_pipelines.specs import SPEC_ERRORS_GROUP, TaskSpec
+from meddiag_pipelines.specs import SPEC_ERRORS_GROUP, TaskSpec, scan_specs
 
 log = logging.getLogger(__name__)
 REPO_DAGSTER_HOME = Path(__file__).resolve().parent.parent / "dagster_home"
 MAX_WAIT_S = 4 * 3600  # for another run of the task (an image or text retrain takes up to an hour or two)
 POLL_S = 2.0
+# The definitions the running `update` command built: its runs in this process (the in-process executor) reuse them
+COMMAND_DEFINITIONS: ContextVar[dg.Definitions | None] = ContextVar("meddiag_update_definitions", default=None)
 
 
 class UpdateError(RuntimeError):
@@ -81,10 +87,19 @@ class TaskUpdate:
 
 
 def update_definitions() -> dg.Definitions:
-    """The project's definitions, rebuilt from the environment (spec folders, data root) by each run process."""
-    from meddiag_pipelines.definitions import build_definitions
+    """The project's definitions from the environment (spec folders, data root): built once by an ``update``
+    command for every task and run it executes in its own process, and again by each run or step process."""
+    return COMMAND_DEFINITIONS.get() or build_definitions()
 
-    return build_definitions()
+
+@contextmanager
+def command_definitions() -> Iterator[None]:
+    """One build of the definitions for the whole command (:func:`update_definitions`)."""
+    token = COMMAND_DEFINITIONS.set(build_definitions())
+    try:
+        yield
+    finally:
+        COMMAND_DEFINITIONS.reset(token)
 
 
 def reconstructable_asset_job(module: str, definitions_fn: str):
@@ -300,8 +315,6 @@ def configure_logging(verbose: bool) -> None:
 def run(args: argparse.Namespace) -> int:
     """Every named task (default: all) in turn, then one line per task; one that fails, or a spec that does not
     load, does not stop the others, and the exit status is 1."""
-    from meddiag_pipelines.specs import scan_specs
-
     configure_logging(args.verbose)
     scan = scan_specs()
     specs = {s.name: s for s in scan.specs}
@@ -322,7 +335,7 @@ def run(args: argparse.Namespace) -> int:
     log.info("update: Dagster instance %s", home)
     max_wait_s = MAX_WAIT_S if args.max_wait is None else args.max_wait
     lines = []
-    with dg.DagsterInstance.get() as instance:
+    with command_definitions(), dg.DagsterInstance.get() as instance:
         for task in args.tasks or sorted(specs):
             try:
                 lines.append(update_task(specs[task], instance, args.partition, max_wait_s=max_wait_s,

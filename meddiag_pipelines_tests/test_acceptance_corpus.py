@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from meddiag_pipelines.imaging.modality import read_image_records
-from meddiag_pipelines.definitions import build_definitions
+from meddiag_pipelines.defs.build import build_definitions
 from meddiag_pipelines.update import run_task_in_process
 from meddiag_pipelines.draft import draft_spec
 from meddiag_pipelines.ingestion.batches import ingest_new_batches, validate_pending_batches

@@ -10,7 +10,7 @@ import dagster as dg
 import polars as pl
 import pytest
 
-from meddiag_pipelines.definitions import build_definitions
+from meddiag_pipelines.defs.build import build_definitions
 from meddiag_pipelines.defs.partitions import batch_partitions
 from meddiag_pipelines.registry.__main__ import main as registry_cli
 from meddiag_pipelines.update import run_task_in_process

@@ -11,7 +11,7 @@ import pytest
 from meddiag_pipelines.defs import partitions
 from meddiag_pipelines.defs.automation.landing import RANGE_END, RANGE_START, build_landing_sensor, downstream_condition
 from meddiag_pipelines.defs.resources.storage import MeddiagStorage
-from meddiag_pipelines.definitions import defs
+from meddiag_pipelines.definitions import defs as project_defs
 from meddiag_pipelines.evaluation import EvaluationInput, evaluate
 from meddiag_pipelines.registry.__main__ import main as registry_cli
 from meddiag_pipelines.registry.promotion import decide
@@ -146,6 +146,7 @@ def test_a_replayed_tick_gives_the_same_run_key(layout, sensor_and_storage):
 
 
 def test_sensors_are_pinned_and_the_nightly_retrain_is_a_cron_condition():
+    defs = project_defs()
     assert not defs.schedules
     sensors = {s.name: s for s in defs.sensors}
     assert sensors["breast_cancer_landing_sensor"].default_status == dg.DefaultSensorStatus.RUNNING

@@ -284,7 +284,7 @@ def test_waiting_and_quarantined_batches_are_named_on_the_materializations(synth
     reasons in the description."""
     import dagster as dg
 
-    from meddiag_pipelines.definitions import build_definitions
+    from meddiag_pipelines.defs.build import build_definitions
     from meddiag_pipelines.update import run_task_in_process
 
     land(layout, TASK, "batch-0001", synthetic_records(20, seed=1), ready=False)
@@ -340,7 +340,7 @@ def test_a_task_whose_only_batch_is_quarantined_updates_cleanly_and_a_good_batch
     failed run); the next good batch trains and is published."""
     import dagster as dg
 
-    from meddiag_pipelines.definitions import build_definitions
+    from meddiag_pipelines.defs.build import build_definitions
     from meddiag_pipelines.registry.store import ModelRegistry
     from meddiag_pipelines.update import update_task
     from meddiag_pipelines_tests.conftest import fast

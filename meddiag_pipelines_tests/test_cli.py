@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from meddiag_pipelines.__main__ import build_parser, main
-from meddiag_pipelines.definitions import build_definitions
+from meddiag_pipelines.defs.build import build_definitions
 from meddiag_pipelines.registry.promotion import Decision
 from meddiag_pipelines.registry.store import ModelRegistry
 from meddiag_pipelines.registry.summary import metrics_figure, task_summary

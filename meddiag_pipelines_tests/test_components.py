@@ -1,12 +1,11 @@
-"""A task spec as a Dagster Component: `dg` sees the same tasks as `-m meddiag_pipelines.definitions`, a
-defs.yaml naming a spec builds that task, and a defs.yaml naming a bad spec fails naming the file."""
+"""The spec folders as one Dagster Component: `dg` sees what `-m meddiag_pipelines.definitions` sees (the
+bundled specs and MEDDIAG_TASKS_DIR's, resources and executor), and a bad spec the same way under both: the other
+tasks load, and the error is a `spec_errors` asset naming the file."""
 
 import json
 import os
-import re
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import dagster as dg
@@ -14,23 +13,29 @@ import pytest
 import yaml
 from dagster.components.testing import create_defs_folder_sandbox
 
-from meddiag_pipelines.defs.components.task import TaskComponent
-from meddiag_pipelines.defs.resources.storage import build_resources
-from meddiag_pipelines.specs import SpecError
+from meddiag_pipelines import definitions, dg_definitions
+from meddiag_pipelines.defs import build
+from meddiag_pipelines.defs.components.task_folder import TaskFolderComponent
 from meddiag_pipelines_tests.conftest import REPO, SYNTHETIC_SPEC
 from meddiag_pipelines_tests.test_defs import BAD_DAGSTER_VALUES, TASK_ASSETS, spec_error_descriptions
 
 DG = Path(sys.executable).with_name("dg")
+DAGSTER = Path(sys.executable).with_name("dagster")
+BUNDLED_TASKS = {"heart_disease", "breast_cancer", "icd10_chapters", "synthetic_chest_phantoms"}
 
 
-def dg_command(args: list[str], cwd: Path, tmp_path: Path) -> subprocess.CompletedProcess:
-    """`dg` as a user runs it (the project's DAGSTER_HOME config, telemetry off), on a throwaway instance."""
+def cli(command: list[str], cwd: Path, tmp_path: Path, tasks_dir: Path | None = None) -> subprocess.CompletedProcess:
+    """`dg` or `dagster` as a user runs it (the project's DAGSTER_HOME config, telemetry off), on a throwaway
+    instance and data root; ``tasks_dir``: MEDDIAG_TASKS_DIR."""
     home = tmp_path / "dagster_home"
     home.mkdir(exist_ok=True)
     (home / "dagster.yaml").write_text((REPO / "dagster_home" / "dagster.yaml").read_text())
-    env = {**os.environ, "DAGSTER_HOME": str(home), "PYTHONPATH": os.pathsep.join([str(REPO), str(cwd / "src")])}
+    env = {**os.environ, "DAGSTER_HOME": str(home), "PYTHONPATH": str(REPO),
+           "MEDDIAG_DATA_DIR": str(tmp_path / "data")}  # fmt: skip
     env.pop("MEDDIAG_TASKS_DIR", None)
-    return subprocess.run([str(DG), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    if tasks_dir is not None:
+        env["MEDDIAG_TASKS_DIR"] = str(tasks_dir)
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
 
 def write_spec(path: Path, **updates) -> Path:
@@ -38,107 +43,103 @@ def write_spec(path: Path, **updates) -> Path:
     return path
 
 
-def write_defs_yaml(folder: Path, spec: Path) -> Path:
-    folder.mkdir(parents=True)
-    component = {"type": "meddiag_pipelines.defs.components.task.TaskComponent", "attributes": {"spec": str(spec)}}
-    (folder / "defs.yaml").write_text(yaml.safe_dump(component))
-    return folder
+def good_and_bad_specs(folder: Path) -> tuple[Path, Path]:
+    """A folder with a good task and a spec whose cron Dagster refuses."""
+    folder.mkdir(exist_ok=True)
+    return (write_spec(folder / "sepsis.yaml", name="sepsis_risk"),
+            write_spec(folder / "bad.yaml", name="bad_task", schedule={"cron": "every day at noon"}))  # fmt: skip
 
 
-def summary(defs) -> dict:
+def summary(defs: dg.Definitions) -> dict:
     graph = defs.resolve_asset_graph()
-    return {"assets": {k.to_user_string() for k in graph.get_all_asset_keys()},
+    return {"assets": {k.to_user_string(): graph.get(k).description for k in graph.get_all_asset_keys()},
             "checks": {(k.asset_key.to_user_string(), k.name) for k in graph.asset_check_keys},
             "jobs": {j.name for j in defs.jobs or ()}, "sensors": {s.name for s in defs.sensors or ()},
-            "schedules": {s.name for s in defs.schedules or ()}}  # fmt: skip
+            "schedules": {s.name for s in defs.schedules or ()}, "resources": set(defs.resources or ()),
+            "executor": defs.executor.name if defs.executor else None}  # fmt: skip
 
 
-def test_dg_code_location_holds_the_same_tasks_as_definitions(monkeypatch):
-    """The defs.yaml components give what the spec folder gives, once each (nothing from the Python modules
-    under defs/), with the project's resources."""
+def test_dg_code_location_holds_the_same_definitions_as_the_module_entry(monkeypatch):
+    """The one component gives every bundled task, with the project's resources and executor, once each
+    (nothing from the Python modules under defs/)."""
     monkeypatch.delenv("MEDDIAG_TASKS_DIR", raising=False)
-    from meddiag_pipelines.definitions import build_definitions
-    from meddiag_pipelines.dg_definitions import defs
-
-    dg_defs = defs()
-    assert summary(dg_defs) == summary(build_definitions())
-    assert {"storage", "warehouse_io_manager"} <= set(dg_defs.resources)
-    assert dg_defs.executor.name == "in_process"
+    dg_defs = summary(dg_definitions.defs())
+    assert dg_defs == summary(definitions.defs())
+    assert {a.split("/")[0] for a in dg_defs["assets"]} == BUNDLED_TASKS
+    assert {"storage", "warehouse_io_manager"} <= dg_defs["resources"] and dg_defs["executor"] == "in_process"
 
 
-def test_a_defs_yaml_naming_a_spec_builds_that_task(tmp_path):
-    spec = write_spec(tmp_path / "sepsis.yaml", name="sepsis_risk")
+def test_a_spec_in_meddiag_tasks_dir_is_a_task_under_both_entry_points(tmp_path, monkeypatch):
+    """Issue 25: `dg` ignored MEDDIAG_TASKS_DIR; a good and a bad spec there now give the same definitions under
+    both entry points: the good task beside the bundled ones, and the bad spec's spec_errors asset naming its file."""
+    _, bad = good_and_bad_specs(tmp_path / "specs")
+    monkeypatch.setenv("MEDDIAG_TASKS_DIR", str(tmp_path / "specs"))
+    loaded = dg_definitions.defs()
+    assert summary(loaded) == summary(definitions.defs())
+    groups = {loaded.resolve_asset_graph().get(k).group_name for k in loaded.resolve_asset_graph().get_all_asset_keys()}
+    assert groups == BUNDLED_TASKS | {"sepsis_risk", "spec_errors"}
+    (error,) = spec_error_descriptions(loaded)
+    assert f"{bad}: key 'schedule.cron'" in error
+
+
+def test_the_component_alone_builds_every_task_of_the_spec_folders(tmp_path, monkeypatch):
+    """The component needs no attribute: a defs folder holding only its defs.yaml gives the bundled tasks and
+    MEDDIAG_TASKS_DIR's (adding a task is adding its spec file)."""
+    write_spec(tmp_path / "sepsis.yaml", name="sepsis_risk")
+    monkeypatch.setenv("MEDDIAG_TASKS_DIR", str(tmp_path))
     with create_defs_folder_sandbox() as sandbox:
-        path = sandbox.scaffold_component(TaskComponent, defs_path="tasks/sepsis_risk", scaffold_params={"spec": str(spec)})
-        written = yaml.safe_load((path / "defs.yaml").read_text())["attributes"]["spec"]
-        assert not Path(written).is_absolute() and (path / written).resolve() == spec.resolve()
+        path = sandbox.defs_folder_path / "tasks"
+        path.mkdir()
+        (path / "defs.yaml").write_text(f"type: {TaskFolderComponent.__module__}.TaskFolderComponent\n")
         with sandbox.load_component_and_build_defs(defs_path=path) as (component, defs):
-            assert isinstance(component, TaskComponent)
-            built = summary(dg.Definitions.merge(defs, dg.Definitions(resources=build_resources(tmp_path / "data"))))
-    assert built["assets"] == {f"sepsis_risk/{a}" for a in TASK_ASSETS}
-    assert built["jobs"] == {"sepsis_risk_batches_job"}
-    assert built["sensors"] == {"sepsis_risk_landing_sensor", "sepsis_risk_automation"}
+            assert isinstance(component, TaskFolderComponent)
+            built = summary(defs)
+    assert {f"{task}/{a}" for task in ("sepsis_risk", "heart_disease") for a in TASK_ASSETS} <= set(built["assets"])
+    assert {"sepsis_risk_batches_job", "heart_disease_batches_job"} <= built["jobs"]
+    assert {"sepsis_risk_landing_sensor", "sepsis_risk_automation"} <= built["sensors"]
 
 
-# spec keys written over SYNTHETIC_SPEC (None: no spec file at all) -> what its error names
-BAD_COMPONENT_SPECS = {
-    "missing": (None, "not a regular file"),
+# spec keys written over SYNTHETIC_SPEC -> what its error names
+BAD_SPECS = {
     "invalid": ({"positive": "maybe"}, "positive class 'maybe' is not among classes"),
     **{file: (yaml.safe_load(extra), f"key '{key}'") for file, (extra, key) in BAD_DAGSTER_VALUES.items()},
 }
 
 
-@pytest.mark.parametrize("problem", list(BAD_COMPONENT_SPECS))
-def test_a_defs_yaml_naming_a_bad_spec_gives_its_spec_error_asset(tmp_path, problem):
-    """A spec that does not load (missing, a bad `positive`, a cron, owner or time zone Dagster refuses) is an
-    asset of `spec_errors` naming the spec file, the problem and its defs.yaml, never a failed code location."""
-    updates, expected = BAD_COMPONENT_SPECS[problem]
-    spec = tmp_path / "sepsis.yaml"
-    if updates is not None:
-        write_spec(spec, **updates)
-    with create_defs_folder_sandbox() as sandbox:
-        path = write_defs_yaml(sandbox.defs_folder_path / "sepsis_risk", spec)
-        with sandbox.load_component_and_build_defs(defs_path=path) as (_, defs):
-            (error,) = spec_error_descriptions(defs)
-    assert f"{spec.resolve()}: " in error and expected in error and str(path / "defs.yaml") in error, error
+@pytest.mark.parametrize("problem", list(BAD_SPECS))
+def test_a_bad_spec_is_the_same_spec_error_asset_under_both_entry_points(tmp_path, monkeypatch, problem):
+    """A spec that does not load (a bad `positive`, a cron, owner or time zone Dagster refuses) is an asset of
+    `spec_errors` naming the spec file and the problem, never a failed code location, under dg as under -m."""
+    updates, expected = BAD_SPECS[problem]
+    spec = write_spec(tmp_path / "sepsis.yaml", **updates)
+    monkeypatch.setenv("MEDDIAG_TASKS_DIR", str(tmp_path))
+    (error,) = spec_error_descriptions(dg_definitions.defs())
+    assert f"{spec}: " in error and expected in error, error
+    assert spec_error_descriptions(definitions.defs()) == [error]
 
 
-def test_one_bad_task_component_leaves_the_others_in_the_code_location(tmp_path):
-    """A defs folder with a good task and one whose spec has a cron Dagster refuses: the good task loads, the bad
-    one is its spec_errors asset (before issue 24 the whole location failed to import)."""
-    good = write_spec(tmp_path / "good.yaml", name="sepsis_risk")
-    bad = write_spec(tmp_path / "bad.yaml", name="bad_task", schedule={"cron": "every day at noon"})
-    with create_defs_folder_sandbox() as sandbox:
-        write_defs_yaml(sandbox.defs_folder_path / "sepsis_risk", good)
-        write_defs_yaml(sandbox.defs_folder_path / "bad_task", bad)
-        with sandbox.build_all_defs() as defs:
-            built = summary(dg.Definitions.merge(defs, dg.Definitions(resources=build_resources(tmp_path / "data"))))
-            (error,) = spec_error_descriptions(defs)
-    assert {f"sepsis_risk/{a}" for a in TASK_ASSETS} <= built["assets"] and built["jobs"] == {"sepsis_risk_batches_job"}
-    assert f"{bad.resolve()}: key 'schedule.cron'" in error
+def test_a_missing_meddiag_tasks_dir_is_a_spec_error_under_both_entry_points(tmp_path, monkeypatch):
+    monkeypatch.setenv("MEDDIAG_TASKS_DIR", str(tmp_path / "nowhere"))
+    (error,) = spec_error_descriptions(dg_definitions.defs())
+    assert error == f"Spec not loaded: {tmp_path / 'nowhere'}: MEDDIAG_TASKS_DIR is not a folder"
+    assert spec_error_descriptions(definitions.defs()) == [error]
 
 
-def test_a_task_component_that_cannot_be_built_gives_its_spec_error_asset(tmp_path, monkeypatch):
-    import meddiag_pipelines.definitions as definitions
+def test_a_task_that_cannot_be_built_is_its_spec_error_asset_under_dg(tmp_path, monkeypatch):
+    build_one = build.build_task_definitions
 
-    def refuse(spec):
-        raise dg.DagsterInvalidDefinitionError("a value Dagster refuses")
+    def refuse_sepsis(spec):
+        if spec.name == "sepsis_risk":
+            raise dg.DagsterInvalidDefinitionError("a value Dagster refuses")
+        return build_one(spec)
 
-    monkeypatch.setattr(definitions, "build_task_definitions", refuse)
+    monkeypatch.setattr(build, "build_task_definitions", refuse_sepsis)
     spec = write_spec(tmp_path / "sepsis.yaml", name="sepsis_risk")
-    with create_defs_folder_sandbox() as sandbox:
-        path = write_defs_yaml(sandbox.defs_folder_path / "sepsis_risk", spec)
-        with sandbox.load_component_and_build_defs(defs_path=path) as (_, defs):
-            (error,) = spec_error_descriptions(defs)
-    assert f"{spec.resolve()}: task 'sepsis_risk' cannot be built" in error and "a value Dagster refuses" in error
-
-
-def test_scaffolding_refuses_a_bad_spec(tmp_path):
-    spec = write_spec(tmp_path / "sepsis.yaml", positive="maybe")
-    with create_defs_folder_sandbox() as sandbox:
-        with pytest.raises(SpecError, match=re.escape(f"{spec.resolve()}: ") + "key .* positive class 'maybe' is not among"):
-            sandbox.scaffold_component(TaskComponent, defs_path="tasks/sepsis_risk", scaffold_params={"spec": str(spec)})
-        assert not (sandbox.defs_folder_path / "tasks" / "sepsis_risk" / "defs.yaml").exists()
+    monkeypatch.setenv("MEDDIAG_TASKS_DIR", str(tmp_path))
+    loaded = dg_definitions.defs()
+    (error,) = spec_error_descriptions(loaded)
+    assert f"{spec}: task 'sepsis_risk' cannot be built" in error and "a value Dagster refuses" in error
+    assert loaded.resolve_job_def("heart_disease_batches_job")
 
 
 def test_dg_telemetry_is_off_with_the_project_dagster_home(monkeypatch, tmp_path):
@@ -153,36 +154,28 @@ def test_dg_telemetry_is_off_with_the_project_dagster_home(monkeypatch, tmp_path
 
 @pytest.mark.slow
 def test_dg_check_defs_passes_from_the_repo_root(tmp_path):
-    result = dg_command(["check", "defs"], REPO, tmp_path)
+    result = cli([str(DG), "check", "defs"], REPO, tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 @pytest.mark.slow
-def test_dg_loads_the_good_task_beside_a_bad_spec(tmp_path):
-    """A project with a good task and a spec whose cron Dagster refuses: `dg check defs` passes with a WARNING
-    naming the bad spec, and `dg list defs` shows the good task and the bad spec's spec_errors asset."""
-    good = write_spec(tmp_path / "sepsis.yaml")
-    bad = write_spec(tmp_path / "bad.yaml", name="bad_task", schedule={"cron": "every day at noon"})
-    project = tmp_path / "project"
-    (project / "src" / "clinic" / "defs").mkdir(parents=True)
-    (project / "dg.toml").write_text('directory_type = "project"\n[project]\nroot_module = "clinic"\n')
-    (project / "src" / "clinic" / "__init__.py").touch()
-    (project / "src" / "clinic" / "definitions.py").write_text(textwrap.dedent("""
-        from pathlib import Path
-        import dagster as dg
-
-        from meddiag_pipelines.defs.resources.storage import build_resources
-
-        @dg.definitions
-        def defs():
-            tasks = dg.load_from_defs_folder(path_within_project=Path(__file__).parent)
-            return dg.Definitions.merge(dg.Definitions(resources=build_resources()), tasks)
-    """))
-    write_defs_yaml(project / "src" / "clinic" / "defs" / "sepsis_risk", good)
-    write_defs_yaml(project / "src" / "clinic" / "defs" / "bad_task", bad)
-    checked = dg_command(["check", "defs"], project, tmp_path)
+def test_dg_and_the_module_entry_list_and_refuse_a_bad_spec_alike(tmp_path):
+    """A good and a bad spec in MEDDIAG_TASKS_DIR, through the command lines: `dg check defs` passes with a WARNING
+    naming the bad spec; `dg list defs` and `dagster asset list -m meddiag_pipelines.definitions` list the same
+    assets (the good task and the bad spec's spec_errors asset); materializing that asset fails naming the file,
+    with `dg launch` as with `dagster asset materialize`."""
+    _, bad = good_and_bad_specs(tmp_path / "specs")
+    checked = cli([str(DG), "check", "defs"], REPO, tmp_path, tmp_path / "specs")
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert f"{bad}: key 'schedule.cron'" in checked.stdout + checked.stderr
-    listed = dg_command(["list", "defs", "--json"], project, tmp_path)
-    keys = {a["asset_key"] for a in json.loads(listed.stdout)["assets"]}
-    assert "synthetic_risk/champion" in keys and [k for k in keys if k.startswith("spec_errors/bad_")], keys
+    listed = cli([str(DG), "list", "defs", "--json"], REPO, tmp_path, tmp_path / "specs")
+    dg_keys = {a["asset_key"] for a in json.loads(listed.stdout)["assets"]}
+    module = ["-m", "meddiag_pipelines.definitions"]
+    dagster_keys = set(cli([str(DAGSTER), "asset", "list", *module], REPO, tmp_path, tmp_path / "specs").stdout.split())
+    assert dg_keys == dagster_keys and "sepsis_risk/champion" in dg_keys, (dg_keys, dagster_keys)
+    (error_key,) = [k for k in dg_keys if k.startswith("spec_errors/bad_")]
+    for command in ([str(DG), "launch", "--assets", error_key], [str(DAGSTER), "asset", "materialize", *module,
+                                                                 "--select", error_key]):  # fmt: skip
+        failed = cli(command, REPO, tmp_path, tmp_path / "specs")
+        output = failed.stdout + failed.stderr
+        assert failed.returncode != 0 and f"task spec not loaded: {bad}: key 'schedule.cron'" in output, command

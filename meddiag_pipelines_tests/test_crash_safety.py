@@ -77,7 +77,7 @@ def rename(src, dst, *a, **k):
 os.replace, os.rename = replace, rename
 
 import dagster as dg
-from meddiag_pipelines.definitions import build_definitions
+from meddiag_pipelines.defs.build import build_definitions
 from meddiag_pipelines.specs import TaskSpec
 from meddiag_pipelines.update import run_task_in_process
 

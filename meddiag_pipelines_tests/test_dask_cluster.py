@@ -26,7 +26,7 @@ import yaml
 from sklearn.metrics import roc_auc_score
 
 from meddiag_pipelines.defs.assets.common import DASK_RESOURCES_TAG, gpu_op_tags
-from meddiag_pipelines.definitions import build_definitions, executor
+from meddiag_pipelines.defs.build import build_definitions, executor
 from meddiag_pipelines.ingestion.warehouse import Warehouse
 from meddiag_pipelines.registry.store import ModelRegistry
 from meddiag_pipelines.specs import TaskSpec, TrainingSpec
@@ -251,7 +251,7 @@ def test_two_tasks_at_once_leave_every_version_pointer_and_ledger_entry_whole(ru
 
 
 def test_meddiag_executor_dask_selects_the_guarded_dask_executor_and_needs_the_address(monkeypatch):
-    from meddiag_pipelines.dask_executor import GuardedDaskExecutor
+    from meddiag_pipelines.defs.dask_executor import GuardedDaskExecutor
 
     monkeypatch.setenv("MEDDIAG_EXECUTOR", "dask")
     monkeypatch.setenv("MEDDIAG_DASK_ADDRESS", "tcp://10.0.0.7:8786")

@@ -6,9 +6,12 @@ import sys
 import warnings
 
 import dagster as dg
+import pytest
 
-from meddiag_pipelines.definitions import build_task_definitions, defs
-from meddiag_pipelines.specs import BUNDLED_TASKS_DIR, load_spec
+from meddiag_pipelines import definitions
+from meddiag_pipelines.defs import build
+from meddiag_pipelines.defs.build import build_definitions, build_task_definitions
+from meddiag_pipelines.specs import BUNDLED_TASKS_DIR, SPEC_ERRORS_GROUP, load_spec
 from meddiag_pipelines_tests.conftest import REPO
 
 TASK_ASSETS = ["raw_records", "validated_records", "split", "features", "feature_plan", "candidate_model",
@@ -16,7 +19,18 @@ TASK_ASSETS = ["raw_records", "validated_records", "split", "features", "feature
 BUNDLED = [load_spec(path) for path in sorted(BUNDLED_TASKS_DIR.glob("*.yaml"))]
 
 
-def test_definitions_load_with_pinned_assets_and_groups():
+@pytest.fixture(scope="module")
+def defs() -> dg.Definitions:
+    """The code location of `-m meddiag_pipelines.definitions`, bundled specs only."""
+    saved = os.environ.pop("MEDDIAG_TASKS_DIR", None)
+    try:
+        return definitions.defs()
+    finally:
+        if saved is not None:
+            os.environ["MEDDIAG_TASKS_DIR"] = saved
+
+
+def test_definitions_load_with_pinned_assets_and_groups(defs):
     graph = defs.resolve_asset_graph()
     keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
     for task in ("heart_disease", "breast_cancer"):
@@ -27,7 +41,7 @@ def test_definitions_load_with_pinned_assets_and_groups():
             assert node.description and node.kinds and node.owners
 
 
-def test_jobs_and_blocking_checks_are_pinned():
+def test_jobs_and_blocking_checks_are_pinned(defs):
     for task in ("heart_disease", "breast_cancer"):
         assert defs.resolve_job_def(f"{task}_batches_job").name == f"{task}_batches_job"
     check_keys = {(k.asset_key.to_user_string(), k.name) for k in defs.resolve_asset_graph().asset_check_keys}
@@ -35,7 +49,7 @@ def test_jobs_and_blocking_checks_are_pinned():
     assert ("heart_disease/champion", "champion_fit_for_use") in check_keys
 
 
-def test_every_step_of_every_task_is_in_its_pool():
+def test_every_step_of_every_task_is_in_its_pool(defs):
     """One pool per task (limit 1 in dagster_home/dagster.yaml): two runs never ingest or publish at once."""
     graph = defs.resolve_asset_graph()
     tasks = {spec.name: spec.modality for spec in BUNDLED}
@@ -56,7 +70,7 @@ PARENTS = {"raw_records": set(), "validated_records": {"raw_records"}, "split": 
 IMAGE_PARENTS = {**PARENTS, "baseline_model": {"features", "feature_plan"}}
 
 
-def test_lineage_takes_real_inputs_from_its_own_task():
+def test_lineage_takes_real_inputs_from_its_own_task(defs):
     """Parents by full asset key: an edge to another task's asset of the same name fails here."""
     graph = defs.resolve_asset_graph()
     assert {"tabular", "image", "text"} <= {spec.modality for spec in BUNDLED}
@@ -67,7 +81,7 @@ def test_lineage_takes_real_inputs_from_its_own_task():
             assert actual == {dg.AssetKey([spec.name, p]) for p in parents}, f"{spec.name}/{asset}"
 
 
-def test_text_task_is_pinned():
+def test_text_task_is_pinned(defs):
     task = "icd10_chapters"
     graph = defs.resolve_asset_graph()
     for asset in TASK_ASSETS:
@@ -82,8 +96,6 @@ def test_text_task_is_pinned():
 def test_a_bad_spec_leaves_the_other_tasks_and_stays_visible(tmp_path, monkeypatch, caplog):
     """A bad file in MEDDIAG_TASKS_DIR: the bundled and the good extra tasks load; the error is a WARNING at load,
     the description of a spec_errors asset, and the failure of that asset's materialization."""
-    from meddiag_pipelines.definitions import SPEC_ERRORS_GROUP, build_definitions
-
     (tmp_path / "good.yaml").write_text("name: extra_task\nmodality: tabular\nlabel: y\nid: rid\npositive: 1\n")
     (tmp_path / "bad.yaml").write_text("name: bad_task\nmodality: tabular\nlabel: y\nid: rid\nranges: {a: [3, 1]}\n")
     monkeypatch.setenv("MEDDIAG_TASKS_DIR", str(tmp_path))
@@ -104,9 +116,7 @@ def test_a_bad_spec_leaves_the_other_tasks_and_stays_visible(tmp_path, monkeypat
     assert problem in failure.step_failure_data.user_failure_data.description
 
 
-def test_bundled_definitions_have_no_spec_errors():
-    from meddiag_pipelines.definitions import SPEC_ERRORS_GROUP
-
+def test_bundled_definitions_have_no_spec_errors(defs):
     graph = defs.resolve_asset_graph()
     assert not [k for k in graph.get_all_asset_keys() if graph.get(k).group_name == SPEC_ERRORS_GROUP]
 
@@ -131,15 +141,11 @@ def bad_dagster_specs(folder) -> None:
 
 def spec_error_descriptions(loaded: dg.Definitions) -> list[str]:
     """The descriptions of the spec_errors assets (read from the definitions: no resources needed)."""
-    from meddiag_pipelines.definitions import SPEC_ERRORS_GROUP
-
     return [s.description for a in loaded.assets or () for s in a.specs if s.group_name == SPEC_ERRORS_GROUP]
 
 
 def test_a_cron_owner_or_timezone_dagster_refuses_is_a_spec_error_of_its_file(tmp_path, monkeypatch):
     """Issue 24: an invalid cron or owner made the whole code location fail to import; a bad time zone loaded."""
-    from meddiag_pipelines.definitions import build_definitions
-
     bad_dagster_specs(tmp_path / "specs")
     monkeypatch.setenv("MEDDIAG_TASKS_DIR", str(tmp_path / "specs"))
     loaded = build_definitions(data_dir=tmp_path / "data")
@@ -154,20 +160,18 @@ def test_a_cron_owner_or_timezone_dagster_refuses_is_a_spec_error_of_its_file(tm
 
 def test_a_task_that_cannot_be_built_becomes_a_spec_error_and_the_others_load(tmp_path, monkeypatch):
     """Whatever a task's builder raises (a value no spec rule foresaw), that task alone is refused."""
-    import meddiag_pipelines.definitions as definitions
-
     (tmp_path / "good.yaml").write_text("name: extra_task\nmodality: tabular\nlabel: y\nid: rid\npositive: 1\n")
     (tmp_path / "odd.yaml").write_text("name: odd_task\nmodality: tabular\nlabel: y\nid: rid\npositive: 1\n")
     monkeypatch.setenv("MEDDIAG_TASKS_DIR", str(tmp_path))
-    build = definitions.build_task_definitions
+    build_one = build.build_task_definitions
 
     def refuse_odd(spec):
         if spec.name == "odd_task":
             raise dg.DagsterInvalidDefinitionError("a value Dagster refuses")
-        return build(spec)
+        return build_one(spec)
 
-    monkeypatch.setattr(definitions, "build_task_definitions", refuse_odd)
-    loaded = definitions.build_definitions(data_dir=tmp_path / "data")
+    monkeypatch.setattr(build, "build_task_definitions", refuse_odd)
+    loaded = build_definitions(data_dir=tmp_path / "data")
     assert loaded.resolve_job_def("extra_task_batches_job") and loaded.resolve_job_def("heart_disease_batches_job")
     (error,) = spec_error_descriptions(loaded)
     assert f"{tmp_path / 'odd.yaml'}: task 'odd_task' cannot be built" in error and "a value Dagster refuses" in error

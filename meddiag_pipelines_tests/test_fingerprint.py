@@ -13,7 +13,7 @@ import polars as pl
 import pytest
 
 from meddiag_pipelines.atomic import STALE_AFTER_S, atomic_write_json
-from meddiag_pipelines.definitions import build_definitions
+from meddiag_pipelines.defs.build import build_definitions
 from meddiag_pipelines.defs.assets.lifecycle import publish_candidate, unchanged_candidate
 from meddiag_pipelines.defs.resources.storage import MeddiagStorage
 from meddiag_pipelines.registry import store

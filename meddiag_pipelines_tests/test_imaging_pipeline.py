@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 from pydicom.data import get_testdata_file
 
-from meddiag_pipelines.definitions import build_definitions
+from meddiag_pipelines.defs.build import build_definitions
 from meddiag_pipelines.update import run_task_in_process
 from meddiag_pipelines.imaging.modality import read_image_records
 from meddiag_pipelines.imaging.readers import npz_record_id

@@ -13,7 +13,7 @@ import pytest
 
 from meddiag_pipelines import labels
 from meddiag_pipelines.atomic import atomic_write_json
-from meddiag_pipelines.definitions import build_definitions
+from meddiag_pipelines.defs.build import build_definitions
 from meddiag_pipelines.modalities import registry
 from meddiag_pipelines.modalities.base import (BuiltFeatures, Descriptions, Modality, PlainReader, Table,
                                                TrainedModel, TrainingRun)  # fmt: skip

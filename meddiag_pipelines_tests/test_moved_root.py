@@ -9,7 +9,7 @@ import duckdb
 import polars as pl
 import pytest
 
-from meddiag_pipelines.definitions import build_definitions
+from meddiag_pipelines.defs.build import build_definitions
 from meddiag_pipelines.update import run_task_in_process
 from meddiag_pipelines.storage import DataRoot
 from meddiag_pipelines.specs import BUNDLED_TASKS_DIR, TaskSpec, load_spec

@@ -13,7 +13,7 @@ import dagster as dg
 import polars as pl
 import pytest
 
-from meddiag_pipelines.definitions import build_definitions
+from meddiag_pipelines.defs.build import build_definitions
 from meddiag_pipelines.registry.store import ModelRegistry
 from meddiag_pipelines.storage import DataRoot
 from meddiag_pipelines.update import update_task

@@ -13,7 +13,7 @@ import dagster as dg
 import polars as pl
 import pytest
 
-from meddiag_pipelines.definitions import build_definitions
+from meddiag_pipelines.defs.build import build_definitions
 from meddiag_pipelines.omop.batches import study_spec
 from meddiag_pipelines.omop.cdm import open_cdm
 from meddiag_pipelines.omop.cohort import build_study

@@ -11,7 +11,7 @@ import dagster as dg
 import polars as pl
 import pytest
 
-from meddiag_pipelines.definitions import batch_job_name, build_definitions
+from meddiag_pipelines.defs.build import batch_job_name, build_definitions
 from meddiag_pipelines.defs import partitions
 from meddiag_pipelines.defs.automation.landing import RANGE_END, RANGE_START, range_tags
 from meddiag_pipelines.defs.partitions import ingestion_keys, partition_key_problem, scan_landing
@@ -186,7 +186,7 @@ def test_a_landed_batch_is_a_partition_over_the_graphql_api(synthetic_spec, layo
     code = tmp_path / "code.py"
     code.write_text(textwrap.dedent(f"""
         from pathlib import Path
-        from meddiag_pipelines.definitions import build_definitions
+        from meddiag_pipelines.defs.build import build_definitions
         from meddiag_pipelines.specs import load_spec
         defs = build_definitions([load_spec(Path({str(spec_file)!r}))], Path({str(layout.local)!r}))
     """))

@@ -21,7 +21,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from meddiag_pipelines.definitions import build_definitions
+from meddiag_pipelines.defs.build import build_definitions
 from meddiag_pipelines.ingestion.warehouse import Warehouse
 from meddiag_pipelines.storage import DataRoot
 from meddiag_pipelines.update import run_task_in_process

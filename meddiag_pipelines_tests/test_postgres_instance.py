@@ -135,7 +135,7 @@ def test_a_landing_sensor_tick_of_the_daemon_adds_the_partition_and_queues_its_r
     code = tmp_path / "code.py"
     code.write_text(textwrap.dedent(f"""
         from pathlib import Path
-        from meddiag_pipelines.definitions import build_definitions
+        from meddiag_pipelines.defs.build import build_definitions
         from meddiag_pipelines.specs import load_spec
         defs = build_definitions([load_spec(Path({str(spec_file)!r}))], Path({str(data)!r}))
     """))

@@ -61,7 +61,7 @@ def test_a_selection_that_names_assets_still_runs(tmp_path):
 @pytest.mark.parametrize("argv", [["dagster", "asset", "materialize", "--select", "group:typo"],
                                   ["dg", "launch", "--assets=group:typo"]])  # fmt: skip
 def test_the_refusal_names_the_selection_of_either_cli(monkeypatch, argv):
-    from meddiag_pipelines.definitions import _cli_selection
+    from meddiag_pipelines.defs.selection_guard import _cli_selection
 
     monkeypatch.setattr(sys, "argv", argv)
     assert _cli_selection() == "the selection 'group:typo'"

@@ -15,7 +15,7 @@ import dagster as dg
 import polars as pl
 import pytest
 
-from meddiag_pipelines.definitions import build_definitions
+from meddiag_pipelines.defs.build import build_definitions
 from meddiag_pipelines.update import run_task_in_process
 from meddiag_pipelines.ingestion.warehouse import Warehouse
 from meddiag_pipelines.specs import TaskSpec

@@ -9,7 +9,7 @@ import duckdb
 import polars as pl
 import pytest
 
-from meddiag_pipelines.definitions import build_definitions
+from meddiag_pipelines.defs.build import build_definitions
 from meddiag_pipelines.ingestion.quarantine import file_reason
 from meddiag_pipelines.registry.store import ModelRegistry
 from meddiag_pipelines.update import run_task_in_process

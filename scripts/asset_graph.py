@@ -17,7 +17,7 @@ from pathlib import Path
 import dagster as dg
 
 from meddiag_pipelines.atomic import atomic_write_text
-from meddiag_pipelines.definitions import build_task_definitions
+from meddiag_pipelines.defs.build import build_task_definitions
 from meddiag_pipelines.specs import scan_specs
 
 TASK = "heart_disease"

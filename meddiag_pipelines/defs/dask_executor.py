@@ -14,7 +14,9 @@ their own thread counts. A step tagged ``dagster-dask/resource_requirements`` (J
 image task's ``candidate_model`` with ``training: {gpu: true}``) only runs on a worker started with those
 ``--resources``.
 
-Not under ``defs/``: ``dg`` imports every module there, and this one needs the optional ``scale`` extra."""
+It needs the optional ``scale`` extra, so it is imported only when ``MEDDIAG_EXECUTOR=dask`` asks for it
+(:func:`meddiag_pipelines.defs.build.executor`); ``dg`` loads the one component of ``defs/defs.yaml``, never every
+module of ``defs/``."""
 
 import os
 from functools import partial
@@ -23,13 +25,15 @@ import dagster as dg
 import distributed
 from dagster_dask.executor import DaskExecutor, get_dask_resource_requirements, query_on_dask_worker
 
+from meddiag_pipelines.defs.selection_guard import refuse_empty_selection
+
 ADDRESS_VARIABLE = "MEDDIAG_DASK_ADDRESS"
 
 
 class GuardedDaskExecutor(DaskExecutor):
     """dagster-dask's executor for an existing scheduler, behind the selection guard (a subclass: dagster-dask
-    checks that the run's executor IS a DaskExecutor, so :class:`meddiag_pipelines.definitions.SelectionGuard`
-    cannot wrap it).
+    checks that the run's executor IS a DaskExecutor, so
+    :class:`~meddiag_pipelines.defs.selection_guard.SelectionGuard` cannot wrap it).
 
     ``execute`` is dagster-dask 0.29.27's own, with one change: the step's arguments are bound in a
     ``functools.partial`` instead of being passed to ``Client.submit``. Dask >= 2024.12 walks every tuple among a
@@ -38,8 +42,6 @@ class GuardedDaskExecutor(DaskExecutor):
     (Its wait loop is written out, as Dagster's ``iterate_with_context`` it calls is private.)"""
 
     def execute(self, plan_context, execution_plan):
-        from meddiag_pipelines.definitions import refuse_empty_selection
-
         refuse_empty_selection(plan_context.dagster_run)
         futures: dict[str, distributed.Future] = {}
         with distributed.Client(self.cluster_configuration["address"]) as client:
