@@ -182,9 +182,9 @@ BREACHES = [
     ),
     pytest.param(
         "imaging/scoring.py",
-        "\nfrom meddiag_pipelines.flat import models\n",
+        "\nfrom meddiag_pipelines.tabular import modality\n",
         "modalities-independent",
-        "meddiag_pipelines.imaging.scoring -> meddiag_pipelines.flat.models",
+        "meddiag_pipelines.imaging.scoring -> meddiag_pipelines.tabular.modality",
         id="modality-imports-another",
     ),
     pytest.param(
