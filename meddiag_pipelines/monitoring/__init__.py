@@ -11,12 +11,14 @@
 * ``change_control``: the model card's "Change-control plan" section, from the gate's settings and the registry.
 
 Evidently's anonymous usage telemetry is off on every path: importing this package sets ``DO_NOT_TRACK`` (read by
-``evidently.telemetry``) and ``EVIDENTLY_DISABLE_TELEMETRY=1`` (read by ``evidently.legacy._config``) before any
-module here imports Evidently (only ``drift`` does, when it first computes drift).
+``evidently.telemetry``), ``ITERATIVE_DO_NOT_TRACK`` (read by the ``iterative_telemetry`` logger it uses) and
+``EVIDENTLY_DISABLE_TELEMETRY=1`` (read by ``evidently.legacy._config``) before any module here imports Evidently
+(only ``drift`` does, when it first computes drift). Computing drift opens no connection (a test holds it).
 """
 
 import os
 
-# Before any import of evidently: both switches are read when evidently's modules load.
+# Before any import of evidently: the switches are read when evidently's modules load.
 os.environ.setdefault("DO_NOT_TRACK", "1")  # any value turns evidently.telemetry's event logger off
+os.environ.setdefault("ITERATIVE_DO_NOT_TRACK", "1")  # the same for the iterative_telemetry logger itself
 os.environ["EVIDENTLY_DISABLE_TELEMETRY"] = "1"  # only "1" turns the legacy switch off
