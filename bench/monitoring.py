@@ -38,15 +38,15 @@ def _synthetic(n: int, seed: int) -> pl.DataFrame:
     return pl.DataFrame(columns)
 
 
-def cost(rows: int) -> list[dict]:
+def cost(rows: int, train_rows: int = 20_000) -> list[dict]:
     from meddiag_pipelines.monitoring.drift import batch_drift
     from meddiag_pipelines.monitoring.estimate import estimate_performance
     from meddiag_pipelines.monitoring.reference import build_reference, feature_types
 
-    train = _synthetic(20_000, 1)
+    train = _synthetic(train_rows, 1)
     rng = np.random.default_rng(2)
     val = pl.DataFrame({"probability": rng.random(2_000), "label": rng.choice(["0", "1"], 2_000)})
-    emb = rng.normal(size=(20_000, 64))
+    emb = rng.normal(size=(train_rows, 64))
     ref = build_reference("bench", "v", "binary", ["0", "1"], train, feature_types(train, train.columns), val, emb)
     batch, preds = _synthetic(rows, 3), pl.DataFrame({"probability": rng.random(rows)})
     batch_drift(ref, _synthetic(200, 4))  # imports Evidently and warms it: not counted
@@ -98,7 +98,11 @@ def site_shift(draws: int, batch: int, seed: int = 0) -> list[dict]:
 
     from meddiag_pipelines.monitoring.drift import batch_drift
     from meddiag_pipelines.monitoring.labels import breach_checks, realised_performance
-    from meddiag_pipelines.monitoring.reference import build_reference, freeze_reference, load_reference
+    from meddiag_pipelines.monitoring.reference import (
+        build_reference,
+        freeze_reference,
+        load_reference,
+    )
     from meddiag_pipelines.specs import BUNDLED_TASKS_DIR, load_spec
 
     spec = load_spec(BUNDLED_TASKS_DIR / "heart_disease.yaml")
@@ -140,10 +144,11 @@ def site_shift(draws: int, batch: int, seed: int = 0) -> list[dict]:
 
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench monitoring")
-    parser.add_argument("--size", default="full", help="smoke (few draws, 2,000 rows) or full")
+    parser.add_argument("--size", default="full", help="smoke (one draw, 1,000 rows) or full")
     parser.add_argument("--draws", type=int, default=200)
     parser.add_argument("--batch", type=int, default=60)
     args = parser.parse_args(argv)
     smoke = args.size == "smoke"
-    for record in [*cost(2_000 if smoke else 10_000), *site_shift(3 if smoke else args.draws, args.batch)]:
+    records = cost(1_000, 2_000) if smoke else cost(10_000)
+    for record in [*records, *site_shift(1 if smoke else args.draws, args.batch)]:
         emit({"name": NAME, "size": args.size, "peak_rss_mb": peak_rss_mb(), "ok": True, **record})

@@ -1,6 +1,6 @@
 """Every module of the package imports, and every third-party package a file imports is declared in pyproject.toml:
-the package's in the runtime dependencies or the optional ``scale`` and ``large`` extras (imported only where a deployment asks
-for it, never by loading the definitions), the tests', bench's and the data scripts' in the runtime or dev ones
+the package's in the runtime dependencies or the optional ``scale``, ``large`` and ``monitoring`` extras (imported
+only where a deployment asks for it, never by loading the definitions), the tests', bench's and the data scripts' in the runtime or dev ones
 (dev pulls both). An import guarded by ``except ImportError`` is optional (bench compares with scrubadub when
 it is there)."""
 
@@ -88,7 +88,7 @@ def test_every_module_of_the_package_imports():
         importlib.import_module(name)
 
 
-@pytest.mark.parametrize(("folder", "groups"), [("meddiag_pipelines", ("runtime", "scale", "large")),
+@pytest.mark.parametrize(("folder", "groups"), [("meddiag_pipelines", ("runtime", "scale", "large", "monitoring")),
                                                 ("meddiag_pipelines_tests", ("runtime", "dev")),
                                                 ("bench", ("runtime", "dev")), ("scripts", ("runtime", "dev"))])  # fmt: skip
 def test_every_third_party_import_is_declared(folder, groups):

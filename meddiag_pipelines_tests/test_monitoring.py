@@ -14,8 +14,18 @@ import pytest
 from sklearn.metrics import f1_score, roc_auc_score
 
 from meddiag_pipelines.evaluation.report import check_fragment
-from meddiag_pipelines.monitoring.change_control import HEADING, change_control_html, change_control_markdown, change_control_plan
-from meddiag_pipelines.monitoring.drift import NO_VALUES, SchemaError, batch_drift, evidently_drift
+from meddiag_pipelines.monitoring.change_control import (
+    HEADING,
+    change_control_html,
+    change_control_markdown,
+    change_control_plan,
+)
+from meddiag_pipelines.monitoring.drift import (
+    NO_VALUES,
+    SchemaError,
+    batch_drift,
+    evidently_drift,
+)
 from meddiag_pipelines.monitoring.estimate import estimate_performance
 from meddiag_pipelines.monitoring.labels import (
     LabelsError,
@@ -115,7 +125,7 @@ def test_a_frozen_reference_is_never_recomputed(tmp_path):
 def test_a_reference_changed_after_freezing_is_refused(tmp_path):
     reference(tmp_path)
     patients(10, 5).select(list(TYPES)).write_parquet(tmp_path / REFERENCE_DIR / "features.parquet")
-    with pytest.raises(ReferenceError, match="does not match the digest"):
+    with pytest.raises(ReferenceError, match="does not match its digest in reference.json"):
         load_reference(tmp_path)
 
 
@@ -126,6 +136,7 @@ def test_feature_types_leave_out_identifier_like_text():
 
 
 # -- drift --------------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_a_shifted_batch_drifts_and_a_same_distribution_batch_does_not(tmp_path):
     ref = reference(tmp_path)
     same = batch_drift(ref, patients(300, 11))
@@ -162,6 +173,7 @@ def test_a_column_without_any_value_in_the_batch_counts_as_drifted(tmp_path):
     assert result["n_drifted"] >= 1 and result["share"] == result["n_drifted"] / 5
 
 
+@pytest.mark.slow
 def test_prediction_and_embedding_drift_name_their_method(tmp_path):
     ref = reference(tmp_path, embeddings=True)
     rng = np.random.default_rng(8)
@@ -170,7 +182,8 @@ def test_prediction_and_embedding_drift_name_their_method(tmp_path):
     quiet = batch_drift(ref, patients(300, 13), calm, rng.normal(size=(300, 8)))
     loud = batch_drift(ref, patients(300, 14), shifted, rng.normal(0.6, 1.0, size=(300, 8)))
     assert not quiet["prediction"]["dataset_drift"] and loud["prediction"]["dataset_drift"]
-    assert quiet["embedding"]["method"] == loud["embedding"]["method"] == "domain classifier ROC AUC (Evidently 'model')"
+    method = "domain classifier ROC AUC (Evidently 'model')"
+    assert quiet["embedding"]["method"] == loud["embedding"]["method"] == method
     assert not quiet["embedding"]["drifted"] and loud["embedding"]["drifted"]
     assert loud["embedding"]["score"] > quiet["embedding"]["score"]
 
@@ -201,10 +214,12 @@ print(json.dumps({"calls": calls, "drift": out["dataset_drift"], "logger": evide
 """
 
 
+@pytest.mark.slow
 def test_computing_drift_attempts_no_outbound_connection():
     """In a fresh interpreter (Evidently imported after the guard), with the switches unset beforehand: every
     connect and name lookup is recorded and refused; none may be to a non-loopback address."""
-    done = subprocess.run([sys.executable, "-c", NO_NETWORK], cwd=REPO, capture_output=True, text=True, timeout=240)
+    done = subprocess.run([sys.executable, "-c", NO_NETWORK], check=False, cwd=REPO, capture_output=True, text=True,
+                          timeout=240)  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     outbound = [c for c in result["calls"] if not any(h in c[1] for h in ("127.0.0.1", "localhost", "'::1'"))]
@@ -216,7 +231,8 @@ def test_computing_drift_attempts_no_outbound_connection():
 def test_a_labels_batch_holds_only_the_id_and_label(tmp_path):
     frame, y = scored(50, 4)
     labels_of(frame, y).write_csv(tmp_path / "labels.csv")
-    assert is_labels_batch(["rid", "outcome"], "rid", "outcome") and not is_labels_batch(["rid", "outcome", "age"], "rid", "outcome")
+    assert is_labels_batch(["outcome", "rid"], "rid", "outcome")
+    assert not is_labels_batch(["rid", "outcome", "age"], "rid", "outcome")
     assert read_labels_batch([tmp_path / "labels.csv"], "rid", "outcome").height == 50
     labels_of(frame, y).with_columns(age=pl.lit(3)).write_csv(tmp_path / "wide.csv")
     with pytest.raises(LabelsError, match=r"wide.csv: a labels file holds exactly the columns 'rid' and 'outcome'"):
@@ -297,11 +313,13 @@ def test_the_estimate_tracks_realised_auroc_without_concept_drift_and_says_what_
 
 
 # -- monitoring.json and the report --------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_monitoring_json_appends_per_batch_and_fills_realised_when_labels_land(tmp_path):
     root = DataRoot(tmp_path)
     ref = reference(tmp_path / "v1")
     frame, y = scored(300, 21)  # predictions as the validation rows' (Evidently's KS keeps them at this seed)
-    calm = monitoring_entry("b1", "v1", batch_drift(ref, patients(300, 15), frame), estimate_performance(ref, frame, "binary", ["0", "1"]))
+    estimated = estimate_performance(ref, frame, "binary", ["0", "1"])
+    calm = monitoring_entry("b1", "v1", batch_drift(ref, patients(300, 15), frame), estimated)
     moved = monitoring_entry("b2", "v1", batch_drift(ref, patients(300, 16, shift=1.0)), None)
     assert append_entry(root, "t", calm) and append_entry(root, "t", moved)
     assert append_entry(root, "t", calm) is False  # recorded already: nothing rewritten
@@ -351,6 +369,7 @@ def test_the_change_control_plan_states_the_gate_and_logs_every_decision(tmp_pat
     assert "&lt;b&gt;" in html and "<b>" not in html and "Sequestered test data" in html
 
 
+@pytest.mark.slow
 def test_bench_monitoring_smoke(tmp_path):
     lines = run_bench("monitoring", tmp_path)
     assert {line["impl"] for line in lines} >= {"cost", "site_shift"}

@@ -26,7 +26,13 @@ import pandas as pd
 import polars as pl
 
 import meddiag_pipelines.monitoring  # noqa: F401  (sets the telemetry switches before evidently is imported)
-from meddiag_pipelines.monitoring.reference import CATEGORICAL, NUMERIC, Reference, monitored_frame, prediction_columns
+from meddiag_pipelines.monitoring.reference import (
+    CATEGORICAL,
+    NUMERIC,
+    Reference,
+    monitored_frame,
+    prediction_columns,
+)
 
 DRIFT_SHARE = 0.5
 NO_VALUES = "no values in the batch"
@@ -57,16 +63,13 @@ def check_schema(reference: Reference, batch: pl.DataFrame, source: str) -> None
                           "held numbers")  # fmt: skip
 
 
-def _pandas(frame: pl.DataFrame) -> pd.DataFrame:
-    return frame.to_pandas()
-
-
 def evidently_drift(reference: pl.DataFrame, current: pl.DataFrame, types: dict[str, str]) -> dict:
     """Evidently's ``DataDriftPreset`` (defaults) on two frames holding the columns of ``types``:
     ``{dataset_drift, share, n_columns, n_drifted, columns: {col: {type, method, threshold, score, drifted}}}``."""
     empty = [c for c in types if current[c].drop_nulls().is_empty()]
     tested = {c: t for c, t in types.items() if c not in empty}
-    columns = {c: {"type": types[c], "method": NO_VALUES, "threshold": None, "score": None, "drifted": True} for c in empty}
+    columns = {c: {"type": types[c], "method": NO_VALUES, "threshold": None, "score": None, "drifted": True}
+               for c in empty}  # fmt: skip
     if tested:
         columns.update(_run_preset(reference, current, tested))
     n_drifted = sum(r["drifted"] for r in columns.values())
@@ -84,8 +87,8 @@ def _run_preset(reference: pl.DataFrame, current: pl.DataFrame, types: dict[str,
     report = Report([DataDriftPreset(columns=names, drift_share=DRIFT_SHARE)], include_tests=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # pandas / scipy chatter on small samples
-        snapshot = report.run(Dataset.from_pandas(_pandas(current.select(names)), data_definition=definition),
-                              Dataset.from_pandas(_pandas(reference.select(names)), data_definition=definition))  # fmt: skip
+        snapshot = report.run(Dataset.from_pandas(current.select(names).to_pandas(), data_definition=definition),
+                              Dataset.from_pandas(reference.select(names).to_pandas(), data_definition=definition))
     result = snapshot.dict()
     failed = {t["metric_config"]["metric_id"] for t in result["tests"] if t["status"] == "FAIL"}
     out = {}
@@ -136,8 +139,9 @@ def batch_drift(reference: Reference, batch: pl.DataFrame, predictions: pl.DataF
     types = reference.types
     out = evidently_drift(reference.features, monitored_frame(batch, types), types)
     evidently, *_ = _evidently()
+    prediction = None if predictions is None else prediction_drift(reference, predictions)
     out.update(n_rows=batch.height, n_reference=reference.features.height, engine=f"evidently {evidently.__version__}",
-               prediction=None if predictions is None else prediction_drift(reference, predictions), embedding=None)  # fmt: skip
+               prediction=prediction, embedding=None)  # fmt: skip
     if embeddings is not None and reference.embeddings is not None:
         out["embedding"] = embedding_drift(reference.embeddings, np.asarray(embeddings, dtype=np.float32))
     return out

@@ -7,7 +7,8 @@ the 2.5th and 97.5th percentiles of those draws: the spread the realised figure 
 assumption held.
 
 * Binary: AUROC of the model's probabilities, labels drawn from the probabilities recalibrated by a logistic
-  regression on their logit over the reference's validation predictions (when they hold both outcomes; otherwise as they are).
+  regression on their logit over the reference's validation predictions (when they hold both outcomes; otherwise
+  as they are).
 * Multi-class: macro-F1 of the arg-max class, labels drawn from the predicted class probabilities as they are.
 * Multi-label: not estimated (``None``).
 """
@@ -89,12 +90,13 @@ def estimate_performance(reference: Reference, predictions: pl.DataFrame, kind: 
         p_true = calibrator.predict_proba(logit(proba)[:, None])[:, 1] if calibrator is not None else proba
         values = expected_auroc_draws(proba, p_true, draws, seed)
         metric = "auroc"
-        method = ("CBPE-like: mean AUROC over labels drawn from the probabilities"
-                  + (" recalibrated (logistic, on logit p) on the version's validation rows" if calibrator else " as they are"))
+        how = " recalibrated (logistic, on logit p) on the version's validation rows" if calibrator else " as they are"
+        method = "CBPE-like: mean AUROC over labels drawn from the probabilities" + how
     else:
         values = expected_macro_f1_draws(proba, draws, seed)
         metric, method = "macro_f1", "CBPE-like: mean macro-F1 over labels drawn from the class probabilities"
     finite = values[np.isfinite(values)]
     value = float(finite.mean()) if finite.size else None
     return {"metric": metric, metric: value, "ci": percentile_ci(values), "n": predictions.height,
-            "draws": draws, "method": method, "assumes": ASSUMES, "label": "estimated (assumes no concept drift)"}  # fmt: skip
+            "draws": draws, "method": method, "assumes": ASSUMES,
+            "label": "estimated (assumes no concept drift)"}  # fmt: skip

@@ -42,7 +42,8 @@ def _read_file(path: Path) -> pl.DataFrame:
             return pl.read_csv(path, infer_schema=False)  # every column as text: ids keep their leading zeros
         return pl.read_parquet(path)
     except (pl.exceptions.PolarsError, OSError) as err:
-        raise LabelsError(f"{path.name}: not a readable {path.suffix.lstrip('.')} file ({type(err).__name__})") from None
+        kind = path.suffix.lstrip(".")
+        raise LabelsError(f"{path.name}: not a readable {kind} file ({type(err).__name__})") from None
 
 
 def read_labels_batch(files: list[Path], id_column: str, label_column: str) -> pl.DataFrame:
@@ -104,13 +105,16 @@ def realised_performance(predictions: pl.DataFrame, labels: pl.DataFrame, kind: 
     groups = {}
     if subgroups is not None:
         found = joined.select("id").join(subgroups.with_columns(pl.col("id").cast(pl.String)), on="id", how="left")
-        groups = {c: np.asarray(found[c].cast(pl.String).to_list(), dtype=object) for c in subgroups.columns if c != "id"}
-    metrics = evaluate(EvaluationInput(task="", model_version="", model_name="", kind=kind, classes=classes, y_true=y,
-                                       proba=proba, settings=settings, n_test=joined.height, subgroups=groups))  # fmt: skip
+        groups = {c: np.asarray(found[c].cast(pl.String).to_list(), dtype=object)
+                  for c in subgroups.columns if c != "id"}  # fmt: skip
+    metrics = evaluate(EvaluationInput(task="", model_version="", model_name="", kind=kind, classes=classes,
+                                       y_true=y, proba=proba, settings=settings, n_test=joined.height,
+                                       subgroups=groups))  # fmt: skip
     out = {"n": joined.height, **counts, "auroc": metrics["auroc"], "auroc_ci": metrics["auroc_ci"],
            "calibration_slope": metrics.get("calibration_slope"),
            "calibration_slope_ci": metrics.get("calibration_slope_ci"),
-           "calibration_intercept": metrics.get("calibration_intercept"), "subgroups": metrics["subgroups"]}  # fmt: skip
+           "calibration_intercept": metrics.get("calibration_intercept"),
+           "subgroups": metrics["subgroups"]}  # fmt: skip
     if kind == "multiclass":
         f1_ci = macro_f1_ci(y, proba.argmax(axis=1), len(classes), evaluation.n_bootstrap, evaluation.seed)
         out.update(metric="macro_f1", macro_f1=metrics["macro_f1"], macro_f1_ci=f1_ci, ci=f1_ci)
@@ -128,17 +132,19 @@ def breach_checks(realised: dict, version_metrics: dict, promotion: PromotionSpe
     ci_text = f" (95% CI {ci[0]:.3f} to {ci[1]:.3f})" if None not in ci else ""
     if auroc is not None:
         ok = auroc >= promotion.auroc_floor
-        checks.append((ok, f"realised AUROC {auroc:.3f}{ci_text} {'clears' if ok else 'is below'} the floor "
-                           f"{promotion.auroc_floor}"))  # fmt: skip
+        verb = "clears" if ok else "is below"
+        checks.append((ok, f"realised AUROC {auroc:.3f}{ci_text} {verb} the floor {promotion.auroc_floor}"))
         if test_auroc is not None:
             ok = test_auroc - auroc <= promotion.margin
-            checks.append((ok, f"realised AUROC {auroc:.3f} is {test_auroc - auroc:+.3f} below the version's test "
-                               f"AUROC {test_auroc:.3f}: {'within' if ok else 'more than'} the margin {promotion.margin}"))  # fmt: skip
+            within = "within" if ok else "more than"
+            checks.append((ok, (f"realised AUROC {auroc:.3f} is {test_auroc - auroc:+.3f} below the version's test "
+                               f"AUROC {test_auroc:.3f}: {within} the margin {promotion.margin}")))  # fmt: skip
     checks += slope_check(realised, promotion)
     before = subgroup_aurocs(version_metrics)
     for key, value in subgroup_aurocs(realised).items():
         if key in before and before[key] - value > promotion.max_subgroup_drop:
-            checks.append((False, f"subgroup {key[0]}={key[1]}: realised AUROC {value:.3f} falls more than "
-                                  f"{promotion.max_subgroup_drop} below its test AUROC {before[key]:.3f}"))  # fmt: skip
+            text = (f"subgroup {key[0]}={key[1]}: realised AUROC {value:.3f} falls more than "
+                    f"{promotion.max_subgroup_drop} below its test AUROC {before[key]:.3f}")  # fmt: skip
+            checks.append((False, text))
     return {"breach": not all(ok for ok, _ in checks),
             "reasons": [t for ok, t in checks if not ok] + [t for ok, t in checks if ok]}

@@ -45,8 +45,9 @@ def entry_alerts(entry: dict) -> list[dict]:
     """WARN for drift of the features, the predictions or the embeddings; ERROR for a realised breach."""
     drift, alerts = entry.get("drift") or {}, []
     if drift.get("dataset_drift"):
-        alerts.append({"severity": WARN, "kind": "feature_drift", "text": f"{drift['n_drifted']} of "
-                       f"{drift['n_columns']} columns drifted (share {drift['share']:.2f} >= {drift['drift_share']})"})  # fmt: skip
+        text = (f"{drift['n_drifted']} of {drift['n_columns']} columns drifted (share {drift['share']:.2f} >= "
+                f"{drift['drift_share']})")  # fmt: skip
+        alerts.append({"severity": WARN, "kind": "feature_drift", "text": text})
     if (drift.get("prediction") or {}).get("dataset_drift"):
         alerts.append({"severity": WARN, "kind": "prediction_drift", "text": "the predictions drifted"})
     embedding = drift.get("embedding") or {}
@@ -59,7 +60,8 @@ def entry_alerts(entry: dict) -> list[dict]:
     return alerts
 
 
-def monitoring_entry(batch: str, model_version: str, drift: dict, estimated: dict | None, at: float | None = None) -> dict:
+def monitoring_entry(batch: str, model_version: str, drift: dict, estimated: dict | None,
+                     at: float | None = None) -> dict:  # fmt: skip
     entry = {"batch": batch, "model_version": model_version, "at": time.time() if at is None else at,
              "n_rows": drift.get("n_rows"), "drift": drift, "estimated": estimated, "realised": None}  # fmt: skip
     return to_jsonable({**entry, "alerts": entry_alerts(entry)})
@@ -149,8 +151,8 @@ def plot_performance(entries: list[dict]) -> bytes:
     for key, colour, offset in (("estimated", "#777777", -0.12), ("realised", "#1f5fa8", 0.12)):
         xs, ys, errs = _series(entries, key)
         if xs:
-            ax.errorbar(np.asarray(xs) + offset, ys, yerr=errs, fmt="o", color=colour, capsize=3,
-                        label=f"{key} (95% interval)" + (", assumes no concept drift" if key == "estimated" else ""))  # fmt: skip
+            label = f"{key} (95% interval)" + (", assumes no concept drift" if key == "estimated" else "")
+            ax.errorbar(np.asarray(xs) + offset, ys, yerr=errs, fmt="o", color=colour, capsize=3, label=label)
     _version_bands(ax, entries)
     ax.set(title="Performance per scored batch", xlabel="scored batch (in order)", ylabel="AUROC / macro-F1")
     if ax.get_legend_handles_labels()[0]:
@@ -196,7 +198,8 @@ def _versions(entries: list[dict]) -> str:
 
 
 _STYLE = ("body{font-family:system-ui,sans-serif;max-width:1180px;margin:0 auto;padding:24px;font-size:14px}"
-          "table{border-collapse:collapse;font-size:13px}th,td{border:1px solid #d5dae0;padding:4px 8px;text-align:left}"
+          "table{border-collapse:collapse;font-size:13px}"
+          "th,td{border:1px solid #d5dae0;padding:4px 8px;text-align:left}"
           "th{background:#f6f8fa}tr.warn td{background:#fff1e6}tr.error td{background:#fde2e2}"
           "figure{margin:8px 0}figcaption,.note{color:#5b6470;font-size:12px}")  # fmt: skip
 
@@ -211,15 +214,16 @@ def render_monitoring_html(task: str, entries: list[dict]) -> str:
         return head + "<p>No batch has been scored yet.</p></body></html>\n"
     n_alerts = sum(len(e.get("alerts") or []) for e in entries)
     body = [
-        f"<p>{len(entries)} scored batch(es); {n_alerts} alert(s). Drift is Evidently's decision with its defaults "
+        (f"<p>{len(entries)} scored batch(es); {n_alerts} alert(s). Drift is Evidently's decision with its defaults "
         "(a batch drifts when half its columns do): a WARN. A realised breach of the promotion gate's criteria: an "
-        "ERROR. Estimated performance assumes no concept drift.</p>",
+        "ERROR. Estimated performance assumes no concept drift.</p>"),
         _figure(plot_drift(entries), "Share of drifted columns per scored batch"),
         _figure(plot_performance(entries), "Estimated and realised performance with 95% intervals"),
-        "<h2>Batches</h2><table><tr><th>batch</th><th>version</th><th>recorded (UTC)</th><th>rows</th>"
-        "<th>drift share</th><th>dataset drift</th><th>estimated</th><th>realised</th><th>alerts</th></tr>",
+        ("<h2>Batches</h2><table><tr><th>batch</th><th>version</th><th>recorded (UTC)</th><th>rows</th>"
+        "<th>drift share</th><th>dataset drift</th><th>estimated</th><th>realised</th><th>alerts</th></tr>"),
         _batch_rows(entries), "</table>",
-        "<h2>Versions in use</h2><table><tr><th>version</th><th>first batch</th><th>last batch</th><th>batches</th></tr>",
+        ("<h2>Versions in use</h2><table><tr><th>version</th><th>first batch</th><th>last batch</th>"
+        "<th>batches</th></tr>"),
         _versions(entries), "</table>",
     ]  # fmt: skip
     return head + "\n".join(body) + "</body></html>\n"

@@ -45,6 +45,7 @@ TOP_VALUES = 50
 MAX_CATEGORIES = 100  # a string column with more distinct values is an identifier or free text, not a category
 NUMERIC, CATEGORICAL = "numeric", "categorical"
 PREDICTION_ROWS = "validation"
+FROZEN = "the monitoring reference of this version is frozen; it is never recomputed"
 
 
 class ReferenceError(ValueError):
@@ -82,7 +83,7 @@ def feature_types(frame: pl.DataFrame, features: list[str], numeric: list[str] =
 
 def monitored_frame(frame: pl.DataFrame, types: dict[str, str]) -> pl.DataFrame:
     """The monitored columns as drift compares them: numeric as Float64, categorical as strings."""
-    return frame.select([pl.col(c).cast(pl.Float64) if t == NUMERIC else pl.col(c).cast(pl.String) for c, t in types.items()])
+    return frame.select([pl.col(c).cast(pl.Float64 if t == NUMERIC else pl.String) for c, t in types.items()])
 
 
 def prediction_columns(frame: pl.DataFrame) -> dict[str, str]:
@@ -102,7 +103,7 @@ def _numeric_stats(values: pl.Series) -> dict:
     if finite.size:
         counts, edges = np.histogram(finite, bins=HISTOGRAM_BINS)
         out.update(mean=finite.mean(), sd=finite.std(ddof=1) if finite.size > 1 else None, min=finite.min(),
-                   max=finite.max(), quantiles=dict(zip(map(str, QUANTILES), np.quantile(finite, QUANTILES), strict=True)),
+                   max=finite.max(), quantiles=dict(zip(map(str, QUANTILES), np.quantile(finite, QUANTILES))),
                    histogram={"edges": edges, "counts": counts})  # fmt: skip
     return out
 
@@ -137,14 +138,16 @@ def build_reference(task: str, model_version: str, kind: str, classes: list[str]
         raise ReferenceError(f"{task} {model_version}: the training rows lack the monitored column(s) {missing}")
     features = monitored_frame(train, types)
     meta = {"task": task, "model_version": model_version, "kind": kind, "classes": list(classes),
-            "created_at": time.time(), "n_train": train.height, "seed": seed, "sample_rows": min(train.height, SAMPLE_ROWS),
+            "created_at": time.time(), "n_train": train.height, "seed": seed,
+            "sample_rows": min(train.height, SAMPLE_ROWS),
             "feature_types": dict(types), "features": column_stats(features, types), "predictions": None,
             "embeddings": None}  # fmt: skip
     predictions = None
     if validation_predictions is not None:
         cols = prediction_columns(validation_predictions)
         keep = [*cols, *[c for c in validation_predictions.columns if c.startswith("p_") and c not in cols], "label"]
-        predictions = validation_predictions.select([c for c in dict.fromkeys(keep) if c in validation_predictions.columns])
+        present = validation_predictions.columns
+        predictions = validation_predictions.select([c for c in dict.fromkeys(keep) if c in present])
         meta["predictions"] = {"rows": PREDICTION_ROWS, "n": predictions.height, "types": cols,
                                "stats": column_stats(predictions, cols)}  # fmt: skip
     if embeddings is not None:
@@ -174,7 +177,7 @@ def freeze_reference(version_dir: Path, reference: Reference) -> Path:
     that exists is never recomputed or replaced (FileExistsError)."""
     final = Path(version_dir) / REFERENCE_DIR
     if final.exists():
-        raise FileExistsError(f"{final}: the monitoring reference of this version is frozen; it is never recomputed")
+        raise FileExistsError(f"{final}: {FROZEN}")
     files = {"features.parquet": _parquet(reference.features)}
     if reference.predictions is not None:
         files["predictions.parquet"] = _parquet(reference.predictions)
@@ -189,7 +192,7 @@ def freeze_reference(version_dir: Path, reference: Reference) -> Path:
         return publish_new_dir(staged, final)
     except OSError as err:  # another writer froze it first
         shutil.rmtree(staged, ignore_errors=True)
-        raise FileExistsError(f"{final}: the monitoring reference of this version is frozen; it is never recomputed") from err
+        raise FileExistsError(f"{final}: {FROZEN}") from err
 
 
 def load_reference(version_dir: Path) -> Reference:
@@ -203,7 +206,8 @@ def load_reference(version_dir: Path) -> Reference:
     for name, digest in meta["files"].items():
         data = (folder / name).read_bytes()
         if hashlib.sha256(data).hexdigest() != digest:
-            raise ReferenceError(f"{folder / name}: does not match the digest in reference.json (changed after freezing)")
+            raise ReferenceError(f"{folder / name}: does not match its digest in reference.json (changed after "
+                                 "freezing)")  # fmt: skip
         loaded[name] = pl.read_parquet(io.BytesIO(data))
     embeddings = loaded.get("embeddings.parquet")
     return Reference(meta, loaded["features.parquet"], loaded.get("predictions.parquet"),
