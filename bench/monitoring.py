@@ -147,8 +147,12 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--size", default="full", help="smoke (one draw, 1,000 rows) or full")
     parser.add_argument("--draws", type=int, default=200)
     parser.add_argument("--batch", type=int, default=60)
+    parser.add_argument("--only", choices=("cost", "site_shift"), default=None)
     args = parser.parse_args(argv)
     smoke = args.size == "smoke"
-    records = cost(1_000, 2_000) if smoke else cost(10_000)
-    for record in [*records, *site_shift(1 if smoke else args.draws, args.batch)]:
-        emit({"name": NAME, "size": args.size, "peak_rss_mb": peak_rss_mb(), "ok": True, **record})
+    parts = {"cost": lambda: cost(1_000, 2_000) if smoke else cost(10_000),
+             "site_shift": lambda: site_shift(1 if smoke else args.draws, args.batch)}  # fmt: skip
+    for name, run in parts.items():
+        if args.only in (None, name):
+            for record in run():
+                emit({"name": NAME, "size": args.size, "peak_rss_mb": peak_rss_mb(), "ok": True, **record})

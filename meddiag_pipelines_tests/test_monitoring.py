@@ -50,6 +50,7 @@ from meddiag_pipelines.monitoring.reference import (
     feature_types,
     freeze_reference,
     load_reference,
+    task_feature_types,
 )
 from meddiag_pipelines.registry.manifest import build_manifest
 from meddiag_pipelines.registry.promotion import Decision
@@ -129,10 +130,14 @@ def test_a_reference_changed_after_freezing_is_refused(tmp_path):
         load_reference(tmp_path)
 
 
-def test_feature_types_leave_out_identifier_like_text():
+def test_feature_types_leave_out_identifier_like_text_and_follow_the_spec():
     frame = patients(300, 1).with_columns(note=pl.Series([f"free text {i}" for i in range(300)]))
     types = feature_types(frame, ["age", "sex", "note"], categorical=[])
     assert types == {"age": "numeric", "sex": "categorical"}
+    spec = TaskSpec.model_validate({**SYNTHETIC_SPEC, "id": "rid", "categorical": ["bp"]})
+    rows = frame.with_columns(outcome=pl.lit("yes"), pid=pl.lit("p"))
+    assert task_feature_types(spec, rows) == {"age": "numeric", "bp": "categorical", "chol": "numeric",
+                                              "sex": "categorical", "pain": "categorical"}  # fmt: skip
 
 
 # -- drift --------------------------------------------------------------------------------------------------------

@@ -82,7 +82,8 @@ def probability_matrix(predictions: pl.DataFrame, classes: list[str]) -> np.ndar
 def join_labels(predictions: pl.DataFrame, labels: pl.DataFrame) -> tuple[pl.DataFrame, dict]:
     """The predictions of scored cases that have a label, with it (``label``); counts of labels matched and
     of labels whose id this prediction file does not hold (scored in another batch, or never)."""
-    joined = predictions.with_columns(pl.col("id").cast(pl.String)).join(labels, on="id", how="inner")
+    scored = predictions.drop("label", strict=False)  # a test-predictions file carries the labels it was scored with
+    joined = scored.with_columns(pl.col("id").cast(pl.String)).join(labels, on="id", how="inner")
     return joined, {"labels_matched": joined.height, "labels_not_in_batch": labels.height - joined.height}
 
 

@@ -27,6 +27,7 @@ import io
 import json
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +36,8 @@ import polars as pl
 
 from meddiag_pipelines.atomic import publish_new_dir, staging_dir
 from meddiag_pipelines.evaluation.metrics.jsonable import to_jsonable
+from meddiag_pipelines.specs import TaskSpec
+from meddiag_pipelines.validation.suites import feature_columns
 
 REFERENCE_DIR = "monitoring_reference"
 SAMPLE_ROWS = 5_000
@@ -64,8 +67,8 @@ class Reference:
         return self.meta["feature_types"]
 
 
-def feature_types(frame: pl.DataFrame, features: list[str], numeric: list[str] = (),
-                  categorical: list[str] = ()) -> dict[str, str]:  # fmt: skip
+def feature_types(frame: pl.DataFrame, features: Sequence[str], numeric: Sequence[str] = (),
+                  categorical: Sequence[str] = ()) -> dict[str, str]:  # fmt: skip
     """``{column: "numeric" | "categorical"}`` for the monitored ``features``: the declared ones as declared, the
     others by type (numbers and booleans numeric, strings categorical); string columns with more than
     :data:`MAX_CATEGORIES` distinct values (identifiers, free text) and other types (images, lists) are left out."""
@@ -79,6 +82,14 @@ def feature_types(frame: pl.DataFrame, features: list[str], numeric: list[str] =
         elif dtype in (pl.String, pl.Categorical, pl.Enum) and frame[column].n_unique() <= MAX_CATEGORIES:
             types[column] = CATEGORICAL
     return types
+
+
+def task_feature_types(spec: TaskSpec, frame: pl.DataFrame) -> dict[str, str]:
+    """:func:`feature_types` of a task's rows: its model inputs (``validation.suites.feature_columns``) with the
+    spec's declared types; the text column and an image's file column are watched through embeddings instead."""
+    skip = {spec.text, spec.image.file_column if spec.image else None}
+    features = [c for c in feature_columns(spec, frame.columns) if c not in skip]
+    return feature_types(frame, features, spec.numeric, spec.categorical)
 
 
 def monitored_frame(frame: pl.DataFrame, types: dict[str, str]) -> pl.DataFrame:
