@@ -115,6 +115,13 @@ def test_reference_statistics_cover_every_training_row_and_the_sample_is_bounded
     assert sex["M"] == pytest.approx(train.filter(pl.col("sex") == "M").height / 6_000)
 
 
+def test_a_column_without_values_in_training_is_left_unmonitored():
+    train = patients(200, 1).with_columns(pl.lit(float("nan")).alias("chol"))
+    ref = build_reference("t", "v1", "binary", ["0", "1"], train, TYPES)
+    assert "chol" not in ref.types and ref.features.columns == ["age", "bp", "sex", "pain"]
+    assert ref.meta["unmonitored"] == {"chol": "no value in the training rows"}
+
+
 def test_a_frozen_reference_is_never_recomputed(tmp_path):
     first = reference(tmp_path)
     again = build_reference("t", "v1", "binary", ["0", "1"], patients(900, 9), TYPES)

@@ -94,7 +94,8 @@ def task_feature_types(spec: TaskSpec, frame: pl.DataFrame) -> dict[str, str]:
 
 def monitored_frame(frame: pl.DataFrame, types: dict[str, str]) -> pl.DataFrame:
     """The monitored columns as drift compares them: numeric as Float64, categorical as strings."""
-    return frame.select([pl.col(c).cast(pl.Float64 if t == NUMERIC else pl.String) for c, t in types.items()])
+    return frame.select([pl.col(c).cast(pl.Float64).fill_nan(None) if t == NUMERIC else pl.col(c).cast(pl.String)
+                         for c, t in types.items()])  # fmt: skip
 
 
 def prediction_columns(frame: pl.DataFrame) -> dict[str, str]:
@@ -148,10 +149,14 @@ def build_reference(task: str, model_version: str, kind: str, classes: list[str]
     if missing:
         raise ReferenceError(f"{task} {model_version}: the training rows lack the monitored column(s) {missing}")
     features = monitored_frame(train, types)
+    unmonitored = [c for c in types if features[c].drop_nulls().is_empty()]  # nothing to compare a batch with
+    types = {c: t for c, t in types.items() if c not in unmonitored}
+    features = features.select(list(types))
     meta = {"task": task, "model_version": model_version, "kind": kind, "classes": list(classes),
             "created_at": time.time(), "n_train": train.height, "seed": seed,
             "sample_rows": min(train.height, SAMPLE_ROWS),
             "feature_types": dict(types), "features": column_stats(features, types), "predictions": None,
+            "unmonitored": {c: "no value in the training rows" for c in unmonitored},
             "embeddings": None}  # fmt: skip
     predictions = None
     if validation_predictions is not None:
