@@ -20,6 +20,7 @@ BENCHMARKS = {
     "model_choice": "bench.model_choice",  # XGBoost vs the logistic baseline chosen on a first Framingham batch
     "omop_plp": "bench.omop_plp",  # the Book of OHDSI's NSAID -> GI bleed exercise on Eunomia over split seeds
     "omop": "bench.omop",  # OMOP CDM cohort + MEDS + covariates (DuckDB) vs the same covariates in pandas
+    "monitoring": "bench.monitoring",  # drift, estimate: cost per 10k rows; false alarms vs detections across sites
 }
 
 

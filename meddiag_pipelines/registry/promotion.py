@@ -29,7 +29,7 @@ class Decision:
         return asdict(self)
 
 
-def _subgroup_aurocs(metrics: dict) -> dict[tuple[str, str], float]:
+def subgroup_aurocs(metrics: dict) -> dict[tuple[str, str], float]:
     out = {}
     for column, rows in (metrics.get("subgroups") or {}).items():
         for row in rows:
@@ -46,7 +46,7 @@ def _gate_checks(candidate: dict, champion: dict | None, settings: PromotionSpec
     if champion is None:
         ok = auroc >= settings.auroc_floor
         floor = f"first model: AUROC {auroc:.3f} {'clears' if ok else 'is below'} the floor {settings.auroc_floor}"
-        return [(ok, floor), *_slope_check(candidate, settings)]
+        return [(ok, floor), *slope_check(candidate, settings)]
     comparison = candidate.get("comparison") or {}
     ci = comparison.get("auroc_difference_ci")
     diff = comparison.get("auroc_difference")
@@ -56,16 +56,16 @@ def _gate_checks(candidate: dict, champion: dict | None, settings: PromotionSpec
         ok = ci[0] > -settings.margin
         checks = [(ok, f"AUROC difference vs champion {diff:+.3f} (95% CI {ci[0]:+.3f} to {ci[1]:+.3f}) "
                        f"{'is' if ok else 'is not'} non-inferior at margin {settings.margin}")]  # fmt: skip
-    checks += _slope_check(candidate, settings)
-    before = _subgroup_aurocs(champion)
-    for key, value in _subgroup_aurocs(candidate).items():
+    checks += slope_check(candidate, settings)
+    before = subgroup_aurocs(champion)
+    for key, value in subgroup_aurocs(candidate).items():
         if key in before and before[key] - value > settings.max_subgroup_drop:
             checks.append((False, f"subgroup {key[0]}={key[1]}: AUROC falls {before[key]:.3f} -> {value:.3f}, "
                                   f"more than {settings.max_subgroup_drop}"))  # fmt: skip
     return checks
 
 
-def _slope_check(candidate: dict, settings: PromotionSpec) -> list[tuple[bool, str]]:
+def slope_check(candidate: dict, settings: PromotionSpec) -> list[tuple[bool, str]]:
     slope, slope_ci = candidate.get("calibration_slope"), candidate.get("calibration_slope_ci")
     if slope is None:
         return []

@@ -29,6 +29,14 @@ def _macro_f1_from_codes(codes: np.ndarray, k: int) -> np.ndarray:
     return f1.sum(axis=1) / np.maximum(present.sum(axis=1), 1)
 
 
+def macro_f1_ci(y: np.ndarray, pred: np.ndarray, k: int, n_bootstrap: int, seed) -> list[float] | None:
+    """Stratified percentile bootstrap 95% CI of the macro-F1 of class indices ``pred`` against ``y`` (the
+    evaluator's resampling: each class resampled separately)."""
+    y, pred = np.asarray(y).astype(int), np.asarray(pred).astype(int)
+    res = _bootstrap(y, n_bootstrap, seed, lambda idx, order: {"f1": _macro_f1_from_codes(y[order][None, :] * k + pred[idx], k)})
+    return percentile_ci(res["f1"])
+
+
 def _multiclass(inp: EvaluationInput, y: np.ndarray, P: np.ndarray, B: np.ndarray | None, s: EvaluationSpec) -> dict:
     k = len(inp.classes)
     pred = P.argmax(axis=1)

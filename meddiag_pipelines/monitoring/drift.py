@@ -1,0 +1,147 @@
+"""Drift of one scored batch against a version's frozen reference, decided by Evidently 0.7 itself.
+
+Features: Evidently's ``DataDriftPreset`` with its defaults, run on the reference sample and the batch: per column
+Evidently's own choice of test (a reference of up to 1,000 rows: Kolmogorov-Smirnov for numeric columns,
+chi-square for categorical ones, a Z-test for two values; beyond 1,000 rows: Wasserstein distance and
+Jensen-Shannon divergence) at its default threshold, and the batch drifts when at least half its columns do
+(``drift_share`` 0.5). The one decision made here, outside Evidently: a monitored column with no value at all in the
+batch counts as drifted (``method`` "no values in the batch"); Evidently refuses an empty column.
+
+Predictions: the same preset on the prediction columns (``reference.prediction_columns``) against the version's
+predictions on its validation rows. Embeddings (images, text): Evidently's embedding drift with its default
+method, a domain classifier (``model``: a logistic SGD classifier told reference from batch rows; its ROC AUC
+on a held-out half is the score), drifted above 0.55, or, for a reference under 1,000 rows, above the 95th
+percentile of the AUROC of random guesses.
+
+A batch that lacks a monitored column, or holds text where the reference holds numbers, is refused
+(:class:`SchemaError`, naming the columns, never their values): the caller's blocking check.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+import polars as pl
+
+import meddiag_pipelines.monitoring  # noqa: F401  (sets the telemetry switches before evidently is imported)
+from meddiag_pipelines.monitoring.reference import (
+    CATEGORICAL,
+    NUMERIC,
+    Reference,
+    monitored_frame,
+    prediction_columns,
+)
+
+DRIFT_SHARE = 0.5
+NO_VALUES = "no values in the batch"
+
+
+class SchemaError(ValueError):
+    pass
+
+
+def _evidently():
+    import evidently
+    from evidently import DataDefinition, Dataset, Report
+    from evidently.presets import DataDriftPreset
+
+    return evidently, DataDefinition, Dataset, Report, DataDriftPreset
+
+
+def check_schema(reference: Reference, batch: pl.DataFrame, source: str) -> None:
+    """Refuse a batch without every monitored column, or with text in a numeric one (``source`` names it)."""
+    missing = [c for c in reference.types if c not in batch.columns]
+    if missing:
+        raise SchemaError(f"{source}: missing column(s) {missing} that model version "
+                          f"{reference.meta['model_version']} was trained with")  # fmt: skip
+    textual = [c for c, t in reference.types.items() if t == NUMERIC and batch.schema[c] in (pl.String, pl.Categorical)
+               and batch[c].cast(pl.Float64, strict=False).null_count() > batch[c].null_count()]  # fmt: skip
+    if textual:
+        raise SchemaError(f"{source}: column(s) {textual} hold values that are not numbers, where the training data "
+                          "held numbers")  # fmt: skip
+
+
+def evidently_drift(reference: pl.DataFrame, current: pl.DataFrame, types: dict[str, str]) -> dict:
+    """Evidently's ``DataDriftPreset`` (defaults) on two frames holding the columns of ``types``:
+    ``{dataset_drift, share, n_columns, n_drifted, columns: {col: {type, method, threshold, score, drifted}}}``."""
+    empty = [c for c in types if current[c].drop_nulls().is_empty()]
+    tested = {c: t for c, t in types.items() if c not in empty}
+    columns = {c: {"type": types[c], "method": NO_VALUES, "threshold": None, "score": None, "drifted": True}
+               for c in empty}  # fmt: skip
+    if tested:
+        columns.update(_run_preset(reference, current, tested))
+    n_drifted = sum(r["drifted"] for r in columns.values())
+    share = n_drifted / len(columns) if columns else 0.0
+    ordered = {c: columns[c] for c in types}
+    return {"dataset_drift": bool(columns) and share >= DRIFT_SHARE, "share": share, "drift_share": DRIFT_SHARE,
+            "n_columns": len(columns), "n_drifted": n_drifted, "columns": ordered}  # fmt: skip
+
+
+def _run_preset(reference: pl.DataFrame, current: pl.DataFrame, types: dict[str, str]) -> dict[str, dict]:
+    _, DataDefinition, Dataset, Report, DataDriftPreset = _evidently()
+    names = list(types)
+    definition = DataDefinition(numerical_columns=[c for c in names if types[c] == NUMERIC],
+                                categorical_columns=[c for c in names if types[c] == CATEGORICAL])  # fmt: skip
+    report = Report([DataDriftPreset(columns=names, drift_share=DRIFT_SHARE)], include_tests=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pandas / scipy chatter on small samples
+        snapshot = report.run(Dataset.from_pandas(current.select(names).to_pandas(), data_definition=definition),
+                              Dataset.from_pandas(reference.select(names).to_pandas(), data_definition=definition))
+    result = snapshot.dict()
+    failed = {t["metric_config"]["metric_id"] for t in result["tests"] if t["status"] == "FAIL"}
+    out = {}
+    for metric in result["metrics"]:
+        params = metric["config"]
+        if params.get("type", "").endswith(":ValueDrift"):
+            out[params["column"]] = {"type": types[params["column"]], "method": params["method"],
+                                     "threshold": params["threshold"], "score": float(metric["value"]),
+                                     "drifted": metric["id"] in failed}  # fmt: skip
+    return out
+
+
+def embedding_drift(reference: np.ndarray, current: np.ndarray) -> dict:
+    """Evidently's embedding drift with its default method (the domain classifier; see the module docstring)."""
+    from evidently.metrics.embeddings import ModelDriftMethod
+
+    if current.ndim != 2 or current.shape[1] != reference.shape[1]:
+        raise SchemaError(f"embeddings of the batch have shape {current.shape}; the reference's have "
+                          f"{reference.shape[1]} dimensions")  # fmt: skip
+    bootstrap = reference.shape[0] < 1000  # Evidently's EmbeddingsDriftMetric default
+    method = ModelDriftMethod(bootstrap=bootstrap)
+    columns = [f"e{i}" for i in range(reference.shape[1])]
+    score, drifted, _ = method(pd.DataFrame(current, columns=columns), pd.DataFrame(reference, columns=columns))
+    return {"method": "domain classifier ROC AUC (Evidently 'model')", "score": float(score), "drifted": bool(drifted),
+            "threshold": "95th percentile of random AUROC" if bootstrap else method.threshold,
+            "n_reference": int(reference.shape[0]), "n_batch": int(current.shape[0])}  # fmt: skip
+
+
+def prediction_drift(reference: Reference, predictions: pl.DataFrame) -> dict | None:
+    """Drift of the batch's predictions against the version's predictions on its validation rows."""
+    if reference.predictions is None:
+        return None
+    types = prediction_columns(reference.predictions)
+    missing = [c for c in types if c not in predictions.columns]
+    if missing:
+        raise SchemaError(f"the predictions lack column(s) {missing} that the reference holds")
+    return evidently_drift(monitored_frame(reference.predictions, types), monitored_frame(predictions, types), types)
+
+
+def batch_drift(reference: Reference, batch: pl.DataFrame, predictions: pl.DataFrame | None = None,
+                embeddings: np.ndarray | None = None, source: str = "batch") -> dict:  # fmt: skip
+    """Drift of one scored batch: ``{dataset_drift, share, drift_share, n_columns, n_drifted, columns, n_rows,
+    n_reference, prediction, embedding, engine}`` (``prediction`` and ``embedding`` ``None`` when not given or
+    not in the reference). ``batch``: the scored rows (features as read); ``source``: how errors name it."""
+    if batch.is_empty():
+        raise SchemaError(f"{source}: no rows to compare with the reference")
+    check_schema(reference, batch, source)
+    types = reference.types
+    out = evidently_drift(reference.features, monitored_frame(batch, types), types)
+    evidently, *_ = _evidently()
+    prediction = None if predictions is None else prediction_drift(reference, predictions)
+    out.update(n_rows=batch.height, n_reference=reference.features.height, engine=f"evidently {evidently.__version__}",
+               prediction=prediction, embedding=None)  # fmt: skip
+    if embeddings is not None and reference.embeddings is not None:
+        out["embedding"] = embedding_drift(reference.embeddings, np.asarray(embeddings, dtype=np.float32))
+    return out

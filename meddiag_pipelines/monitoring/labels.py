@@ -1,0 +1,151 @@
+"""Labels that arrive after scoring: a landed batch whose files hold only the id and label columns (CSV or
+Parquet; the task's ``id`` and ``label`` names) gives the outcomes of cases a version already scored.
+
+They are joined by id to that version's predictions (``predictions/<task>/<batch>/<version>.parquet``), and the
+realised performance is computed by the project's own evaluator (``evaluation.metrics.evaluate``: the same AUROC,
+bootstrap CIs, calibration slope and subgroup table as at evaluation), at the version's own operating threshold.
+The promotion gate's settings then judge it (:func:`breach_checks`): realised AUROC below ``auroc_floor``, or
+below the version's test AUROC by more than ``margin``; a calibration slope whose CI lies outside ``slope_band``;
+a subgroup whose AUROC falls more than ``max_subgroup_drop`` below its test figure.
+
+Errors name the file and the problem, never an id or a label value.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from meddiag_pipelines.evaluation.metrics import EvaluationInput, evaluate
+from meddiag_pipelines.evaluation.metrics.multiclass import macro_f1_ci
+from meddiag_pipelines.labels import encode_labels
+from meddiag_pipelines.registry.promotion import slope_check, subgroup_aurocs
+from meddiag_pipelines.specs import EvaluationSpec, PromotionSpec
+
+LABEL_FILES = (".csv", ".parquet")
+
+
+class LabelsError(ValueError):
+    pass
+
+
+def is_labels_batch(columns: list[str], id_column: str, label_column: str) -> bool:
+    """A file (or batch) holding exactly the id and label columns: outcomes for cases already scored."""
+    return set(columns) == {id_column, label_column}
+
+
+def _read_file(path: Path) -> pl.DataFrame:
+    try:
+        if path.suffix.lower() == ".csv":
+            return pl.read_csv(path, infer_schema=False)  # every column as text: ids keep their leading zeros
+        return pl.read_parquet(path)
+    except (pl.exceptions.PolarsError, OSError) as err:
+        kind = path.suffix.lstrip(".")
+        raise LabelsError(f"{path.name}: not a readable {kind} file ({type(err).__name__})") from None
+
+
+def read_labels_batch(files: list[Path], id_column: str, label_column: str) -> pl.DataFrame:
+    """``id`` and ``label`` (strings) of every file of a labels batch. Refuses a file with other columns, an empty
+    id or label, or an id given two different labels."""
+    frames = []
+    for path in sorted(files):
+        if path.suffix.lower() not in LABEL_FILES:
+            raise LabelsError(f"{path.name}: a labels batch holds CSV or Parquet files only")
+        frame = _read_file(path)
+        if not is_labels_batch(frame.columns, id_column, label_column):
+            raise LabelsError(f"{path.name}: a labels file holds exactly the columns {id_column!r} and "
+                              f"{label_column!r}; it has {len(frame.columns)} column(s)")  # fmt: skip
+        frame = frame.select(pl.col(id_column).cast(pl.String).str.strip_chars().alias("id"),
+                             pl.col(label_column).cast(pl.String).str.strip_chars().alias("label"))  # fmt: skip
+        blank = frame.filter(pl.col("id").fill_null("").eq("") | pl.col("label").fill_null("").eq("")).height
+        if blank:
+            raise LabelsError(f"{path.name}: {blank} row(s) have an empty id or label")
+        frames.append(frame)
+    if not frames:
+        raise LabelsError("a labels batch without any CSV or Parquet file")
+    labels = pl.concat(frames).unique()
+    conflicting = labels.filter(pl.col("id").is_duplicated())["id"].n_unique()
+    if conflicting:
+        raise LabelsError(f"labels batch: {conflicting} id(s) are given two different labels")
+    return labels
+
+
+def probability_matrix(predictions: pl.DataFrame, classes: list[str]) -> np.ndarray:
+    """Binary: ``probability`` (n,); otherwise the ``p_<class>`` columns in class order (n, k)."""
+    if "probability" in predictions.columns:
+        return predictions["probability"].to_numpy().astype(np.float64)
+    return predictions.select([f"p_{c}" for c in classes]).to_numpy().astype(np.float64)
+
+
+def join_labels(predictions: pl.DataFrame, labels: pl.DataFrame) -> tuple[pl.DataFrame, dict]:
+    """The predictions of scored cases that have a label, with it (``label``); counts of labels matched and
+    of labels whose id this prediction file does not hold (scored in another batch, or never)."""
+    scored = predictions.drop("label", strict=False)  # a test-predictions file carries the labels it was scored with
+    joined = scored.with_columns(pl.col("id").cast(pl.String)).join(labels, on="id", how="inner")
+    return joined, {"labels_matched": joined.height, "labels_not_in_batch": labels.height - joined.height}
+
+
+def realised_performance(predictions: pl.DataFrame, labels: pl.DataFrame, kind: str, classes: list[str],
+                         evaluation: EvaluationSpec, operating_threshold: float | None = None,
+                         subgroups: pl.DataFrame | None = None) -> dict | None:  # fmt: skip
+    """Realised performance of one prediction file once labels landed (``None``: none of its cases has a label).
+    ``subgroups``: ``id`` and the task's subgroup columns of the scored rows (the prediction file has none);
+    ``operating_threshold``: the version's (``manifest["operating_threshold"]["value"]``)."""
+    joined, counts = join_labels(predictions, labels)
+    if joined.is_empty():
+        return None
+    unknown = joined.filter(~pl.col("label").is_in(classes)).height if kind != "multilabel" else 0
+    if unknown:
+        raise LabelsError(f"labels batch: {unknown} label(s) are not among the task's classes")
+    y = encode_labels(joined["label"], classes, kind)
+    proba = probability_matrix(joined, classes)
+    settings = evaluation.model_copy(update={"operating_threshold": operating_threshold}) \
+        if operating_threshold is not None and kind != "multiclass" else evaluation  # fmt: skip
+    groups = {}
+    if subgroups is not None:
+        found = joined.select("id").join(subgroups.with_columns(pl.col("id").cast(pl.String)), on="id", how="left")
+        groups = {c: np.asarray(found[c].cast(pl.String).to_list(), dtype=object)
+                  for c in subgroups.columns if c != "id"}  # fmt: skip
+    metrics = evaluate(EvaluationInput(task="", model_version="", model_name="", kind=kind, classes=classes,
+                                       y_true=y, proba=proba, settings=settings, n_test=joined.height,
+                                       subgroups=groups))  # fmt: skip
+    out = {"n": joined.height, **counts, "auroc": metrics["auroc"], "auroc_ci": metrics["auroc_ci"],
+           "calibration_slope": metrics.get("calibration_slope"),
+           "calibration_slope_ci": metrics.get("calibration_slope_ci"),
+           "calibration_intercept": metrics.get("calibration_intercept"),
+           "subgroups": metrics["subgroups"]}  # fmt: skip
+    if kind == "multiclass":
+        f1_ci = macro_f1_ci(y, proba.argmax(axis=1), len(classes), evaluation.n_bootstrap, evaluation.seed)
+        out.update(metric="macro_f1", macro_f1=metrics["macro_f1"], macro_f1_ci=f1_ci, ci=f1_ci)
+    else:
+        out.update(metric="auroc", ci=metrics["auroc_ci"], n_positive=metrics.get("n_positive"))
+    return out
+
+
+def breach_checks(realised: dict, version_metrics: dict, promotion: PromotionSpec) -> dict:
+    """The promotion gate's rules applied to realised performance: ``{breach, reasons}``, failed rules first.
+    ``version_metrics``: the version's own test metrics (its ``metrics.json``)."""
+    checks = []
+    auroc, test_auroc = realised.get("auroc"), version_metrics.get("auroc")
+    ci = realised.get("auroc_ci") or [None, None]
+    ci_text = f" (95% CI {ci[0]:.3f} to {ci[1]:.3f})" if None not in ci else ""
+    if auroc is not None:
+        ok = auroc >= promotion.auroc_floor
+        verb = "clears" if ok else "is below"
+        checks.append((ok, f"realised AUROC {auroc:.3f}{ci_text} {verb} the floor {promotion.auroc_floor}"))
+        if test_auroc is not None:
+            ok = test_auroc - auroc <= promotion.margin
+            within = "within" if ok else "more than"
+            checks.append((ok, (f"realised AUROC {auroc:.3f} is {test_auroc - auroc:+.3f} below the version's test "
+                               f"AUROC {test_auroc:.3f}: {within} the margin {promotion.margin}")))  # fmt: skip
+    checks += slope_check(realised, promotion)
+    before = subgroup_aurocs(version_metrics)
+    for key, value in subgroup_aurocs(realised).items():
+        if key in before and before[key] - value > promotion.max_subgroup_drop:
+            text = (f"subgroup {key[0]}={key[1]}: realised AUROC {value:.3f} falls more than "
+                    f"{promotion.max_subgroup_drop} below its test AUROC {before[key]:.3f}")  # fmt: skip
+            checks.append((False, text))
+    return {"breach": not all(ok for ok, _ in checks),
+            "reasons": [t for ok, t in checks if not ok] + [t for ok, t in checks if ok]}
