@@ -21,6 +21,7 @@ BENCHMARKS = {
     "omop_plp": "bench.omop_plp",  # the Book of OHDSI's NSAID -> GI bleed exercise on Eunomia over split seeds
     "omop": "bench.omop",  # OMOP CDM cohort + MEDS + covariates (DuckDB) vs the same covariates in pandas
     "monitoring": "bench.monitoring",  # drift, estimate: cost per 10k rows; false alarms vs detections across sites
+    "main_job": "bench.main_job",  # the README main job (meddiag update, every bundled task): total, by task and step
 }
 
 
