@@ -57,14 +57,14 @@ def row_content_key(frame: pl.DataFrame, columns: list[str]) -> pl.Series:
 
 
 def content_keys(frame: pl.DataFrame, spec: TaskSpec) -> pl.Series | None:
-    """The content key of each row for its modality: text = the text, case and blanks folded, image = pixel hash,
+    """The content key of each row for its modality: text = the text, case and blanks folded, image = pixel hash (volume: voxel hash),
     tabular = the feature values of the row. None when the frame lacks what the key is made of."""
     if spec.modality == "text":
         # The equivalence the texts_unique_across_splits check counts by (imported here: it imports this module).
         from meddiag_pipelines.text.readers import text_content_key
 
         return frame.select(text_content_key(spec.text)).to_series() if spec.text in frame.columns else None
-    if spec.modality == "image":
+    if spec.modality in ("image", "volume"):  # a volume's key is its voxel hash
         return frame[IMAGE_CONTENT] if IMAGE_CONTENT in frame.columns else None
     return row_content_key(frame, feature_columns(spec, frame.columns))
 

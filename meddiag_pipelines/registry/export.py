@@ -157,13 +157,13 @@ def adapter(task: str, version: str, manifest: dict, plan: dict, version_dir: Pa
             root: DataRoot) -> Exportable | TabularExportable:  # fmt: skip
     """The export of the version's model, or :class:`ExportRefused` naming what to use instead."""
     modality, name, model_dir = plan.get("modality"), manifest["model"]["name"], version_dir / "model"
-    if modality == "image" and plan.get("predictor") != "cnn":
+    if modality in ("image", "volume") and plan.get("predictor") != "cnn":
         raise ExportRefused(f"{task} {version}: the model is the pixel logistic-regression baseline ({name}), not "
                             "a torch model; its coefficients are plain JSON in the version's model folder")  # fmt: skip
     test_ids = pl.read_parquet(version_dir / "test_predictions.parquet", columns=["id"])["id"].to_list()
     if not test_ids:
         raise ExportRefused(f"{task} {version}: the version has no test rows to check an export against")
-    if modality == "image":
+    if modality in ("image", "volume"):  # the volume modality's 3D ResNet is the imaging CNN, spatial_dims 3
         return image_exportable(model_dir, plan, test_ids)
     if modality == "text":
         from meddiag_pipelines.text.models import texts_of
@@ -180,7 +180,7 @@ def image_exportable(model_dir: Path, plan: dict, test_ids: list[str]) -> Export
     from meddiag_pipelines.imaging.train import load_image_model
 
     module, meta = load_image_model(model_dir, device="cpu")
-    shape = (int(meta["channels"]), int(meta["input_size"]), int(meta["input_size"]))
+    shape = (int(meta["channels"]), *(int(meta["input_size"]),) * int(meta.get("spatial_dims", 2)))
     then = {"binary": "sigmoid: P(positive)", "multiclass": "softmax over the classes",
             "multilabel": "sigmoid per finding"}[meta["kind"]]  # fmt: skip
 
