@@ -44,7 +44,7 @@ def render_volume_phantom(rng: np.random.Generator, size: int, positive: bool, n
     organ = 1.0 / (1.0 + np.exp((organ_d - 1.0) / 0.06))
     vol = 0.12 + 0.3 * organ + 0.05 * grid[int(rng.integers(3))] * rng.uniform(-1, 1)
     sigma = rng.uniform(0.11, 0.15)
-    amplitude = rng.uniform(0.3, 0.4)
+    amplitude = rng.uniform(0.4, 0.5)
     if positive:  # inside the organ, away from its edge
         direction = rng.normal(size=3)
         direction /= np.linalg.norm(direction)
@@ -53,7 +53,7 @@ def render_volume_phantom(rng: np.random.Generator, size: int, positive: bool, n
         for _ in range(20):
             where = rng.uniform(-0.85, 0.85, 3)
             if _organ_distance(tuple(np.array([[[w]]]) for w in where), centre, axes).item() > 1.25:
-                vol += rng.uniform(0.3, 0.4) * _blob(grid, where, rng.uniform(0.11, 0.15))
+                vol += rng.uniform(0.4, 0.5) * _blob(grid, where, rng.uniform(0.11, 0.15))
                 break
     vol += rng.normal(0.0, noise_sd, vol.shape)
     return np.clip(vol, 0.0, 1.0).astype(np.float32)

@@ -14,9 +14,10 @@ MIN_CHUNK = 256  # images per chunk at the least, however large they are
 
 
 def baseline_side(size: int, spatial_dims: int = 2) -> int:
-    """The pooled grid's side: 14 (16) for images, 7 (8) for volumes of a size divisible by 7 (else 8)."""
+    """The pooled grid's side: 14 (16) for images; for volumes 7 when the size is divisible by 7, else 8 (4 below
+    32 voxels: blocks of 4 voxels, as at 28^3)."""
     if spatial_dims == 3:
-        return 7 if size % 7 == 0 else 8
+        return 7 if size % 7 == 0 else 8 if size >= 32 else 4
     return 14 if size % 14 == 0 else 16
 
 
