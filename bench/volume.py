@@ -75,8 +75,9 @@ def direct(npz: Path, size: int, threads: int, epochs: int | None) -> dict:
                        [f"f{i}" for i in range(P["train"].shape[1])])  # fmt: skip
         baseline = predict_tabular(Path(tmp) / "baseline", P["test"])
     train_speed = float(np.mean([h["images_per_second"] for h in res.history]))
-    return {"test_auroc": macro_auroc(y["test"], proba, kind), "baseline_test_auroc": macro_auroc(y["test"], baseline, kind),
-            "val_auroc": res.best_val_auroc, "epochs_run": len(res.history), "width": res.config["model_config"]["width"],
+    return {"test_auroc": macro_auroc(y["test"], proba, kind),
+            "baseline_test_auroc": macro_auroc(y["test"], baseline, kind), "val_auroc": res.best_val_auroc,
+            "epochs_run": len(res.history), "width": res.config["model_config"]["width"],
             "train_seconds": seconds, "train_voxels_per_s": train_speed * voxels,
             "infer_voxels_per_s": len(X["test"]) * voxels / infer_s, "peak_rss_mb": peak_rss_mb()}  # fmt: skip
 

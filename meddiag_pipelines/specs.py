@@ -316,8 +316,9 @@ class VolumeSpec(_Section):
 
     format: Literal["npz", "dicom_series", "nifti"]
     size: Literal[16, 28, 32, 48, 64, 96, 128] = Field(28, description="volumes are resampled to size^3 voxels")
-    spacing: tuple[float, float, float] | None = Field(None, description="target voxel spacing [z, y, x] in mm "
-                                                       "before the crop / pad to size^3; unset: the volume's own")  # fmt: skip
+    spacing: tuple[float, float, float] | None = Field(
+        None, description="target voxel spacing [z, y, x] in mm before the crop / pad to size^3; unset: the "
+        "volume's own")  # fmt: skip
     intensity: VolumeIntensitySpec | None = Field(None, description="unset: uint8 npz / 255, other formats min-max")
     orientation: Literal["RAS", "LPS"] = "RAS"
     file_column: str = Field("file", description="labels.csv column naming each record's series folder or file")

@@ -57,8 +57,8 @@ def row_content_key(frame: pl.DataFrame, columns: list[str]) -> pl.Series:
 
 
 def content_keys(frame: pl.DataFrame, spec: TaskSpec) -> pl.Series | None:
-    """The content key of each row for its modality: text = the text, case and blanks folded, image = pixel hash (volume: voxel hash),
-    tabular = the feature values of the row. None when the frame lacks what the key is made of."""
+    """The content key of each row for its modality: text = the text, case and blanks folded, image = pixel hash
+    (volume: voxel hash), tabular = the feature values of the row. None when the frame lacks what the key is made of."""
     if spec.modality == "text":
         # The equivalence the texts_unique_across_splits check counts by (imported here: it imports this module).
         from meddiag_pipelines.text.readers import text_content_key

@@ -16,8 +16,8 @@ on two cores; see ``DEFAULT_WIDTH`` and the throughput notes in ``train.py``. On
 a 3D ResNet-18 (or ResNet-10 with ``blocks`` (1, 1, 1, 1)) as MedMNIST v2's 3D baselines, the stem adapted the same
 way.
 
-Input: float in [0, 1], shape (N, C, S, S) (or (N, C, S, S, S)). The per-channel mean / std normalisation (fitted on the training
-images) is stored in the model's buffers so ``model.pt`` is self-contained.
+Input: float in [0, 1], shape (N, C, S, S) (volumes: (N, C, S, S, S)). The per-channel mean / std
+normalisation (fitted on the training images) is stored in the model's buffers so ``model.pt`` is self-contained.
 
 ``hflip_tta`` (set by training when the model was trained with horizontal flips): in eval mode the logits are
 the mean of the image's and its mirror image's, inside ``forward`` so that validation, test, predictions and the
@@ -111,7 +111,8 @@ class ResNet18Small(nn.Module):
         blocks = tuple(int(b) for b in blocks)
         if len(blocks) != 4 or min(blocks) < 1:
             raise ValueError(f"blocks must be four counts >= 1, got {blocks}")
-        self.config = ModelConfig(in_channels, n_outputs, width, input_size, stem, blocks, bool(hflip_tta), spatial_dims)
+        self.config = ModelConfig(in_channels, n_outputs, width, input_size, stem, blocks, bool(hflip_tta),
+                                  spatial_dims)  # fmt: skip
         w = width
         if stem == "3x3s1":
             self.stem = nn.Sequential(conv(in_channels, w, 3, 1, 1, bias=False), norm(w), nn.ReLU(inplace=True))

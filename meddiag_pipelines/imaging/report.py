@@ -89,7 +89,8 @@ def saliency_section(model_dir: Path, classes: list[str], kind: str, test_labels
         y = labels.encode_labels(test_labels, classes, kind)
         groups, scores, note = saliency_groups(kind, classes, y, proba, metrics)
         rng = np.random.default_rng(seed)
-        volumes = int(json.loads((Path(model_dir) / "model.json").read_text(encoding="utf-8")).get("spatial_dims", 2)) == 3
+        model_json = json.loads((Path(model_dir) / "model.json").read_text(encoding="utf-8"))
+        volumes = int(model_json.get("spatial_dims", 2)) == 3
         per_group = VOLUMES_PER_GROUP if volumes else SALIENCY_PER_GROUP
         what = ("test volumes per group, each as its axial, coronal and sagittal slices through the heat map's peak"
                 if volumes else "test images per group")  # fmt: skip

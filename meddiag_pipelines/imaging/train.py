@@ -3,8 +3,9 @@ or a timm backbone (:class:`~meddiag_pipelines.imaging.backbones.TimmClassifier`
 configuration (:class:`ImageParams`) per call; ``imaging.tuning`` searches them.
 
 * Inputs: ``X`` float (N, C, S, S) in [0, 1] (``preprocess.load_cached``), or volumes (N, C, S, S, S): the same
-  recipe trains the 3D ResNet (``model.py``, ``spatial_dims`` 3) of the volume modality; ``y``: binary (N,) 0/1, multiclass (N,)
-  class indices, multilabel (N, k) 0/1. A binary model has ONE logit whatever ``n_outputs`` says (1 or 2).
+  recipe trains the 3D ResNet (``model.py``, ``spatial_dims`` 3) of the volume modality; ``y``: binary (N,) 0/1,
+  multiclass (N,) class indices, multilabel (N, k) 0/1. A binary model has ONE logit whatever ``n_outputs`` says
+  (1 or 2).
 * AdamW (weight decay 1e-2; or SGD with Nesterov momentum) with a short linear warm-up then cosine decay over
   ``epochs x steps``; fine-tuning modes: ``full``, ``linear_probe`` (only the classifier trains, the backbone's
   batch-norm statistics frozen) and ``frozen_then_unfrozen`` (the classifier alone for the first quarter of the

@@ -264,6 +264,7 @@ def validate_images(frame: pl.DataFrame, spec: TaskSpec, known_ids: set[str] | N
     return failures
 
 
-__all__ = ["COPY_OF_TRAIN_COLUMN", "count_failure", "duplicate_failures", "duplicate_warnings", "image_expectations", "image_failures",
+__all__ = ["COPY_OF_TRAIN_COLUMN", "count_failure",
+           "duplicate_failures", "duplicate_warnings", "image_expectations", "image_failures",
            "image_property_failures", "image_split", "mark_copies_of_train", "mark_official_copies",
            "multilabel_domain_failures", "split_copy_counts", "validate_images"]  # fmt: skip

@@ -115,7 +115,8 @@ class VolumeModality(ImageModality):
             n_volumes += int(manifest["n"])
         frame = split.filter(~pl.col(spec.id).cast(pl.String).is_in(list(refused))).select(key_columns_in(split, spec))
         plan = {"modality": "volume", "cache_dir": storage.root.relative(cache_dir), "size": v.size, "channels": 1,
-                "spatial_dims": 3, "format": v.format, "cache_version": CACHE_VERSION, "id_column": spec.id}  # fmt: skip
+                "spatial_dims": 3, "format": v.format, "cache_version": CACHE_VERSION,
+                "id_column": spec.id}  # fmt: skip
         cache_bytes = sum(p.stat().st_size for p in cache_dir.glob("*.npy")) if cache_dir.is_dir() else 0
         meta = {"n_rows": frame.height, "n_volumes_cached": n_volumes, "n_volumes_refused": len(refused),
                 "batches_built": built, "batches_reused": reused, "volume_shape": f"1x{v.size}x{v.size}x{v.size}",

@@ -28,7 +28,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import polars as pl
 
-from meddiag_pipelines.imaging.readers import INTENSITY_MAX, INTENSITY_MIN, ImageReadResult, ImageRejected, records_schema
+from meddiag_pipelines.imaging.readers import (INTENSITY_MAX, INTENSITY_MIN, ImageReadResult, ImageRejected,
+                                               records_schema)  # fmt: skip
 from meddiag_pipelines.imaging.readers.listing import _image_file, _read_labels, _row_meta, _walk, normalise_rel
 from meddiag_pipelines.imaging.readers.npz import (cached_npz_array, check_npz_keys, checked_labels, load_npz_arrays,
                                                    npz_label, npz_members, npz_record_id)  # fmt: skip
@@ -192,7 +193,8 @@ def load_volume(batch_dir: Path, source: str, spec: TaskSpec, sha256: str | None
             raise ImageRejected(str(exc)) from exc
         native = read.array
         intensity = volume_spec.intensity.model_dump(exclude_none=True) if volume_spec.intensity else None
-        unit = np.clip(to_model_input(read, spacing=volume_spec.spacing, size=volume_spec.size, intensity=intensity), 0, 1)
+        unit = np.clip(to_model_input(read, spacing=volume_spec.spacing, size=volume_spec.size,
+                                      intensity=intensity), 0.0, 1.0)  # fmt: skip
     if sha256 is not None and _voxel_sha(native) != sha256:
         raise ImageRejected("its voxels changed since the batch was validated")
     return unit[None].astype(np.float32, copy=False)
