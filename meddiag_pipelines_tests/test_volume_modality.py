@@ -19,6 +19,7 @@ from meddiag_pipelines.imaging.readers import npz_record_id
 from meddiag_pipelines.imaging.saliency import grad_cam, orthogonal_slices
 from meddiag_pipelines.imaging.scoring import pooled_pixels
 from meddiag_pipelines.imaging.train import augment_batch, predict_image_model, train_image_model
+from meddiag_pipelines.imaging.tuning import VOLUME_AUGMENT_SETS, fit_image_model
 from meddiag_pipelines.imaging.volume.modality import MODALITY, read_volume_records
 from meddiag_pipelines.imaging.volume.readers import load_volume, read_volume_batch
 from meddiag_pipelines.ingestion.landing import LandedBatch
@@ -210,6 +211,20 @@ def test_the_3d_resnet_trains_through_the_shared_trainer_and_predicts(tiny_3d_mo
     assert p.shape == (5,) and np.all((p >= 0) & (p <= 1))
     with pytest.raises(ValueError, match=r"do not match the model's input 1x16\^3"):
         predict_image_model(model_dir, X[:2, :, :4], "cpu")
+
+
+def test_the_3d_resnet_is_tuned_by_the_same_search_over_volume_augmentations(tiny_3d_model, tmp_path: Path) -> None:
+    _, X = tiny_3d_model
+    y = np.arange(len(X)) % 2
+    spec = volume_spec(model="resnet10")
+    spec = spec.model_copy(update={"training": spec.training.model_copy(update={"tune": True, "trials": 2, "epochs": 1,
+                                                                               "batch_size": 8})})  # fmt: skip
+    res = fit_image_model(X[:16], y[:16], X[16:], y[16:], "binary", 1, spec, tmp_path / "model", "cpu", width=4,
+                          num_threads=1)  # fmt: skip
+    meta = json.loads((res.model_dir / "model.json").read_text())
+    best = meta["tuning"]["best"]
+    assert meta["tuning"]["n_trials"] == 2 and meta["spatial_dims"] == 3 and best["augment"] in VOLUME_AUGMENT_SETS
+    assert meta["model_config"]["width"] == best["width"] and meta["model_config"]["spatial_dims"] == 3
 
 
 def test_grad_cam_3d_and_its_slices_through_the_peak(tiny_3d_model) -> None:
