@@ -284,5 +284,7 @@ def test_the_synthetic_volume_task_end_to_end_with_its_onnx_export(tmp_path: Pat
     assert json.loads((registry / champion / "manifest.json").read_text())["model"]["name"] == "resnet3d"
     scored = pl.read_parquet(root / "predictions" / task / "batch_0001" / f"{champion}.parquet")
     assert scored.height == 3 and scored["probability"].is_between(0, 1).all()
+    assert all(re.fullmatch(r"Grad-CAM peak at z\d+ y\d+ x\d+ of 16\^3, share within 2 voxels \+[01]\.\d{3}", r)
+               for r in scored["top_features"].to_list())  # fmt: skip
     exported = export_version(root, task, champion)
     assert exported["max_abs_diff"] < 1e-4 and exported["output_shape"] == ["batch", 1], exported

@@ -14,6 +14,8 @@
 * ``tuning``      ``fit_image_model``: the optuna search (pruned, time-bounded, resumable) or the one configuration
 * ``saliency``    Grad-CAM heat maps (input gradients for ViTs) and a PNG panel
 * ``validation``  the per-batch image checks (decodable, geometry, duplicates, the data's own split)
+* ``volume``      the volume modality (CT / MR volumes, ``modality: volume``): its readers, checks and modality; it
+                  trains, explains, scores and exports through the modules above with ``spatial_dims`` 3
 
 Synthetic phantoms for demos and tests are built by ``scripts/phantoms.py`` (not patient data).
 
