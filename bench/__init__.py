@@ -73,3 +73,40 @@ def measure(target: str, kwargs: dict | None = None, rlimit_as_mb: int | None = 
             return {**out, "wall_s": wall}
     tail = (proc.stderr or proc.stdout)[-600:].strip()
     return {"ok": False, "error": f"exit {proc.returncode}: {tail}", "wall_s": wall}
+
+
+def update_in_fresh_root(task: str, spec_yaml: str, data: Path, file_name: str, threads: int) -> dict:
+    """``data`` landed as ``file_name`` in the first batch of ``task`` (spec ``spec_yaml``) and ``python -m
+    meddiag_pipelines update <task>`` in a fresh data root and Dagster instance: the version's test AUROC, its
+    model's validation AUROC and epochs, wall and CPU minutes (wall inflates on a shared machine), and whether it
+    was promoted."""
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        (root / "tasks").mkdir()
+        (root / "tasks" / f"{task}.yaml").write_text(spec_yaml, encoding="utf-8")
+        batch = root / "data" / "landing" / task / "batch_0001"
+        batch.mkdir(parents=True)
+        (batch / file_name).write_bytes(Path(data).read_bytes())
+        (batch / "_READY").touch()
+        (root / "home").mkdir()
+        env = {**os.environ, "DAGSTER_HOME": str(root / "home"), "MEDDIAG_DATA_DIR": str(root / "data"),
+               "MEDDIAG_TASKS_DIR": str(root / "tasks"), "MEDDIAG_TORCH_THREADS": str(threads),
+               "PYTHONPATH": str(REPO)}  # fmt: skip
+        start = time.perf_counter()
+        before = os.times()
+        proc = subprocess.run([sys.executable, "-m", "meddiag_pipelines", "update", task], env=env,
+                              cwd=REPO, capture_output=True, text=True)  # fmt: skip
+        after = os.times()
+        minutes = (time.perf_counter() - start) / 60
+        cpu_minutes = (after.children_user + after.children_system - before.children_user - before.children_system) / 60
+        models = root / "data" / "models" / task
+        found = sorted(models.glob("*/metrics.json"))
+        if not found:  # a version the promotion gate refuses still has its metrics (update then exits 1)
+            raise SystemExit(f"update failed:\n{proc.stderr[-3000:]}")
+        metrics = json.loads(found[0].read_text())
+        model = json.loads((found[0].parent / "model" / "model.json").read_text())
+        promoted = (models / "champion.json").exists()
+    return {"val_auroc": model.get("best_val_auroc"), "test_auroc": metrics["auroc"],
+            "baseline_test_auroc": (metrics.get("baseline") or {}).get("auroc"), "best_epoch": model.get("best_epoch"),
+            "stopped": model.get("stopped"), "epochs_run": model.get("epochs_run"), "seconds": minutes * 60,
+            "minutes": minutes, "cpu_minutes": cpu_minutes, "promoted": promoted, "peak_rss_mb": None}  # fmt: skip

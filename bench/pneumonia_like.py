@@ -18,9 +18,6 @@ CPU minutes (wall inflates on a shared machine), at ``--threads`` torch threads 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
-from bench import REPO, bench_dir, emit, peak_rss_mb
+from bench import bench_dir, emit, peak_rss_mb, update_in_fresh_root
 
 NAME = "pneumonia_like"
 SPLITS = {"train": (4708, 0.742), "val": (524, 0.742), "test": (624, 0.625)}  # PneumoniaMNIST: n, positive rate
@@ -127,35 +124,7 @@ def direct(npz: Path, seed: int, threads: int, epochs: int, width: int | None = 
 
 def pipeline(npz: Path, threads: int, epochs: int) -> dict:
     """The npz landed as a batch and ``python -m meddiag_pipelines update pneumonia_xray`` in a fresh root."""
-    with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
-        (root / "tasks").mkdir()
-        (root / "tasks" / "pneumonia_xray.yaml").write_text(spec_text(epochs), encoding="utf-8")
-        batch = root / "data" / "landing" / "pneumonia_xray" / "batch_0001"
-        batch.mkdir(parents=True)
-        (batch / "pneumoniamnist.npz").write_bytes(npz.read_bytes())
-        (batch / "_READY").touch()
-        (root / "home").mkdir()
-        env = {**os.environ, "DAGSTER_HOME": str(root / "home"), "MEDDIAG_DATA_DIR": str(root / "data"),
-               "MEDDIAG_TASKS_DIR": str(root / "tasks"), "MEDDIAG_TORCH_THREADS": str(threads),
-               "PYTHONPATH": str(REPO)}  # fmt: skip
-        start = time.perf_counter()
-        before = os.times()
-        proc = subprocess.run([sys.executable, "-m", "meddiag_pipelines", "update", "pneumonia_xray"], env=env,
-                              cwd=REPO, capture_output=True, text=True)  # fmt: skip
-        after = os.times()
-        minutes = (time.perf_counter() - start) / 60
-        cpu_minutes = (after.children_user + after.children_system - before.children_user - before.children_system) / 60
-        models = root / "data" / "models" / "pneumonia_xray"
-        found = sorted(models.glob("*/metrics.json"))
-        if not found:  # a version the promotion gate refuses still has its metrics (update then exits 1)
-            raise SystemExit(f"update failed:\n{proc.stderr[-3000:]}")
-        metrics = json.loads(found[0].read_text())
-        model = json.loads((found[0].parent / "model" / "model.json").read_text())
-        promoted = (models / "champion.json").exists()
-    return {"val_auroc": model.get("best_val_auroc"), "test_auroc": metrics["auroc"], "best_epoch": model.get("best_epoch"),
-            "stopped": model.get("stopped"), "epochs_run": model.get("epochs_run"), "seconds": minutes * 60,
-            "minutes": minutes, "cpu_minutes": cpu_minutes, "promoted": promoted, "peak_rss_mb": None}  # fmt: skip
+    return update_in_fresh_root("pneumonia_xray", spec_text(epochs), npz, "pneumoniamnist.npz", threads)
 
 
 def main(argv: list[str]) -> None:

@@ -33,7 +33,7 @@ SPEC_ERRORS_GROUP = "spec_errors"
 RESERVED_TASK_NAMES = frozenset({"information_schema", "pg_catalog", "main", "temp", "system", "memory", "meddiag",
                                  SPEC_ERRORS_GROUP})  # fmt: skip
 # The modalities a spec may name: the bundled ones, and any a plug-in adds (``modalities.registry.register``).
-MODALITIES = {"tabular", "image", "text", "omop"}
+MODALITIES = {"tabular", "image", "text", "omop", "volume"}
 # The study keys of an omop task (checked by the models of meddiag_pipelines/omop/spec.py, imported by name when a
 # spec uses them, as the registry imports a modality) and the columns its records have (omop/modality.py).
 OMOP_KEYS = ("cohort", "outcomes", "time_at_risk", "covariates")
@@ -288,6 +288,54 @@ class ImageSpec(_Section):
         return self.weights.get(backbone) if isinstance(self.weights, dict) else self.weights
 
 
+class VolumeIntensitySpec(_Section):
+    """How voxel values become [0, 1]: a CT window in HU (``ct_window: [-1000, 400]``) or a per-volume percentile
+    normalisation for MR (``percentile: [0.5, 99.5]``); exactly one."""
+
+    ct_window: tuple[float, float] | None = None
+    percentile: tuple[float, float] | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> VolumeIntensitySpec:
+        if (self.ct_window is None) == (self.percentile is None):
+            raise ValueError("give exactly one of ct_window: [low, high] (HU) or percentile: [low, high]")
+        low, high = self.ct_window or self.percentile
+        if low >= high:
+            raise ValueError(f"the lower bound {low} must be below the upper bound {high}")
+        if self.percentile is not None and not 0 <= low < high <= 100:
+            raise ValueError("percentiles must lie in [0, 100]")
+        return self
+
+
+class VolumeSpec(_Section):
+    """A CT / MR volume per record (``modality: volume``): ``format`` is required, the rest has defaults."""
+
+    format: Literal["npz", "dicom_series", "nifti"]
+    size: Literal[16, 28, 32, 48, 64, 96, 128] = Field(28, description="volumes are resampled to size^3 voxels")
+    spacing: tuple[float, float, float] | None = Field(
+        None, description="target voxel spacing [z, y, x] in mm before the crop / pad to size^3; unset: the "
+        "volume's own")  # fmt: skip
+    intensity: VolumeIntensitySpec | None = Field(None, description="unset: uint8 npz / 255, other formats min-max")
+    orientation: Literal["RAS", "LPS"] = "RAS"
+    file_column: str = Field("file", description="labels.csv column naming each record's series folder or file")
+    max_voxels: int = Field(512 * 512 * 1024, gt=0, description="declared voxels of one volume, checked before "
+                            "any voxel is decoded")  # fmt: skip
+    max_decoded_mb_per_batch: float = Field(6144.0, gt=0, description="decoded size of all volumes of one batch")
+    augment: list[Literal["hflip", "vflip", "dflip", "affine", "intensity"]] = Field(
+        default_factory=lambda: ["hflip", "affine", "intensity"], description="flips along x / y / z, a small "
+        "rotation, scaling and shift, intensity scale and shift")  # fmt: skip
+    model: Literal["resnet10", "resnet18"] = Field("resnet18", description="the 3D ResNet trained from scratch")
+    width: int | None = Field(None, ge=4, le=128, description="its base width; unset: chosen from the data size "
+                              "and the device")  # fmt: skip
+
+    @field_validator("spacing")
+    @classmethod
+    def _spacing_positive(cls, v: tuple[float, float, float] | None) -> tuple[float, float, float] | None:
+        if v is not None and min(v) <= 0:
+            raise ValueError("every spacing must be above 0 mm")
+        return v
+
+
 class TextEncoderSpec(_Section):
     """Fine-tuning of the ``text_model`` encoder: issue 16's recipe (AdamW, one-cycle, 256 tokens) with a
     mean-pooled head trained at its own, higher learning rate (bench/README.md: the measured gain)."""
@@ -342,6 +390,7 @@ class TaskSpec(_Section):
     outcomes: Any = None
     time_at_risk: Any = None
     covariates: Any = None
+    volume: VolumeSpec | None = None
     owner: str = Field("team:diagnostics", description="the assets' owner: an email address or team:<name>")
     split: SplitSpec = Field(default_factory=SplitSpec)
     training: TrainingSpec = Field(default_factory=TrainingSpec)
@@ -432,6 +481,9 @@ class TaskSpec(_Section):
             raise ValueError(f"{', '.join(given)}: for omop tasks only")
         if self.modality == "image" and self.image is None:
             self.image = ImageSpec()
+        if (self.modality == "volume") != (self.volume is not None):
+            raise ValueError("volume tasks need the 'volume' section naming its format (npz, dicom_series or "
+                             "nifti), and only they have one")  # fmt: skip
         if self.positive is not None and self.classes and self.positive not in self.classes:
             raise ValueError(f"positive class {self.positive!r} is not among classes {self.classes}")
         if self.classes is not None and len(set(self.classes)) < 2:

@@ -64,11 +64,11 @@ def text_content_key(column: str) -> pl.Expr:
 
 
 def content_keys(frame: pl.DataFrame, spec: TaskSpec) -> pl.Series | None:
-    """The content key of each row for its modality: text = the text, case and blanks folded, image = pixel hash,
-    tabular = the feature values of the row. None when the frame lacks what the key is made of."""
+    """The content key of each row for its modality: text = the text, case and blanks folded, image = pixel hash
+    (volume: voxel hash), tabular = the feature values of the row. None when the frame lacks what the key is made of."""
     if spec.modality == "text":
         return frame.select(text_content_key(spec.text)).to_series() if spec.text in frame.columns else None
-    if spec.modality == "image":
+    if spec.modality in ("image", "volume"):  # a volume's key is its voxel hash
         return frame[IMAGE_CONTENT] if IMAGE_CONTENT in frame.columns else None
     return row_content_key(frame, feature_columns(spec, frame.columns))
 

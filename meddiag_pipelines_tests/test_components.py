@@ -21,7 +21,8 @@ from meddiag_pipelines_tests.test_defs import BAD_DAGSTER_VALUES, TASK_ASSETS, s
 
 DG = Path(sys.executable).with_name("dg")
 DAGSTER = Path(sys.executable).with_name("dagster")
-BUNDLED_TASKS = {"heart_disease", "breast_cancer", "icd10_chapters", "synthetic_chest_phantoms", "eunomia_gi_bleed"}
+BUNDLED_TASKS = {"heart_disease", "breast_cancer", "icd10_chapters", "synthetic_chest_phantoms", "eunomia_gi_bleed",
+                 "synthetic_volume_phantoms"}
 
 
 def cli(command: list[str], cwd: Path, tmp_path: Path, tasks_dir: Path | None = None) -> subprocess.CompletedProcess:

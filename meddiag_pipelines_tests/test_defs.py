@@ -53,7 +53,7 @@ def test_every_step_of_every_task_is_in_its_pool(defs):
     """One pool per task (limit 1 in dagster_home/dagster.yaml): two runs never ingest or publish at once."""
     graph = defs.resolve_asset_graph()
     tasks = {spec.name: spec.modality for spec in BUNDLED}
-    assert set(tasks.values()) == {"tabular", "image", "text", "omop"}
+    assert set(tasks.values()) == {"tabular", "image", "text", "omop", "volume"}
     seen = set()
     for key in graph.get_all_asset_keys():
         task = graph.get(key).group_name

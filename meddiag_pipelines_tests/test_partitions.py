@@ -224,7 +224,8 @@ def test_update_runs_every_task_past_a_failed_one_and_a_bad_spec_and_exits_1(tmp
 
     monkeypatch.setattr(update, "update_task", fake_update)
     assert main(["update"]) == 1
-    assert ran == ["breast_cancer", "eunomia_gi_bleed", "heart_disease", "icd10_chapters", "synthetic_chest_phantoms"]
+    assert ran == ["breast_cancer", "eunomia_gi_bleed", "heart_disease", "icd10_chapters", "synthetic_chest_phantoms",
+                   "synthetic_volume_phantoms"]
     assert "broken.yaml" in caplog.text and "breast_cancer: run x failed" in caplog.text
     assert capsys.readouterr().out.splitlines() == ["breast_cancer: failed (the error above says why)",
                                                     *(f"{t}: up to date" for t in ran[1:])]  # fmt: skip

@@ -17,6 +17,8 @@
 * ``volume_io``   CT / MR volumes: ``read_volume`` (a DICOM series or enhanced multi-frame file, a NIfTI file) to a
                   RAS+ ``Volume`` in physical units, ``list_series`` and MONAI's ``to_model_input``; refuses the
                   hostile and irregular inputs of issue 26
+* ``volume``      the volume modality (CT / MR volumes, ``modality: volume``): its readers, checks and modality; it
+                  trains, explains, scores and exports through the modules above with ``spatial_dims`` 3
 
 Synthetic phantoms for demos and tests are built by ``scripts/phantoms.py`` (not patient data).
 

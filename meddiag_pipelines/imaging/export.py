@@ -24,7 +24,7 @@ def exportable(version: VersionToExport) -> Exportable:
 
 def image_exportable(model_dir: Path, plan: dict, test_ids: list[str]) -> Exportable:
     module, meta = load_image_model(model_dir, device="cpu")
-    shape = (int(meta["channels"]), int(meta["input_size"]), int(meta["input_size"]))
+    shape = (int(meta["channels"]), *(int(meta["input_size"]),) * int(meta.get("spatial_dims", 2)))  # 2D or 3D
     then = {"binary": "sigmoid: P(positive)", "multiclass": "softmax over the classes",
             "multilabel": "sigmoid per finding"}[meta["kind"]]  # fmt: skip
 

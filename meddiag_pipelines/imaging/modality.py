@@ -84,17 +84,18 @@ def read_image_records(batch: LandedBatch, spec: TaskSpec) -> ReadOutcome:
 
 
 # -- features: the tensor cache -----------------------------------------------------------------------------------
-def _log_refused(warnings: list[str], batch_id: str, records: pl.DataFrame, failed: list[list[str]]) -> set[str]:
+def log_refused(warnings: list[str], batch_id: str, records: pl.DataFrame, failed: list[list[str]],
+                what: str = "image") -> set[str]:  # fmt: skip
     """A warning per file (never per id) the cache refused, added to ``warnings``; their ids, to leave them out."""
     ids = {f[0] for f in failed}
     source_of = dict(zip(records["id"].to_list(), records["source"].to_list(), strict=True))
     for record_id, problem in failed:
-        warnings.append(f"batch {display_name(batch_id)}: image {source_of.get(record_id, '?')} left out of "
+        warnings.append(f"batch {display_name(batch_id)}: {what} {source_of.get(record_id, '?')} left out of "
                         f"training: {problem}")  # fmt: skip
     return ids
 
 
-def _cache_records(rows: pl.DataFrame, spec: TaskSpec) -> pl.DataFrame:
+def cache_records(rows: pl.DataFrame, spec: TaskSpec) -> pl.DataFrame:
     """One batch's rows as the cache wants them, in a stable order (the cache fingerprint depends on it)."""
     return rows.select(pl.col(spec.id).cast(pl.String).alias("id"), "source", "sha256").sort("id")
 
@@ -139,6 +140,8 @@ def _saliency_sections(spec: TaskSpec, candidate: dict, test: pl.DataFrame, prob
 
 class ImageModality(Modality):
     name = "image"
+    candidate_name = CANDIDATE_NAME
+    baseline_name = BASELINE_NAME
     feature_kinds = frozenset({"polars", "numpy"})
     candidate_kinds = frozenset({"pytorch"})
     gpu_candidate = True
@@ -210,9 +213,9 @@ class ImageModality(Modality):
         cache_dir = storage.root.cache(name)
         built, reused, n_images, refused, warnings = 0, 0, 0, set(), []
         for (batch_id,), rows in split.group_by(BATCH_COLUMN, maintain_order=False):
-            records = _cache_records(rows, spec)
+            records = cache_records(rows, spec)
             manifest = update_cache(cache_dir, storage.root.landing(name) / batch_id, batch_id, records, spec)
-            refused |= _log_refused(warnings, batch_id, records, manifest["failed"])
+            refused |= log_refused(warnings, batch_id, records, manifest["failed"])
             reused += bool(manifest["reused"])
             built += not manifest["reused"]
             n_images += int(manifest["n"])
@@ -231,7 +234,7 @@ class ImageModality(Modality):
         from meddiag_pipelines.imaging.train import CHECKPOINT, adopt_parent_checkpoint
         from meddiag_pipelines.imaging.tuning import fit_image_model
 
-        name, image, storage, out = spec.name, spec.image, run.storage, run.out_dir
+        name, storage, out = spec.name, run.storage, run.out_dir
         parent = run.parent_run_id
         if adopt_parent_checkpoint(out, storage.registry.task_dir(name) / STAGING, parent):
             run.log.info(f"{name}: resuming training from the checkpoint of parent run {parent[:8]}")
@@ -249,10 +252,11 @@ class ImageModality(Modality):
         cfg = result.config
         val = result.best_val_auroc
         meta = {
-            "name": CANDIDATE_NAME, "framework": "pytorch", "classes": classes, "device": result.device,
+            "name": self.candidate_name, "framework": "pytorch", "classes": classes, "device": result.device,
             "val_score": None if np.isnan(val) else float(val),
-            "params": {**{k: v for k, v in cfg["hyperparameters"].items() if v is not None}, "input_size": image.size,
-                       "channels": image.channels, "epochs": spec.training.epochs, "epochs_run": cfg["epochs_run"],
+            "params": {**{k: v for k, v in cfg["hyperparameters"].items() if v is not None},
+                       "input_size": feature_plan["size"], "channels": feature_plan["channels"],
+                       "epochs": spec.training.epochs, "epochs_run": cfg["epochs_run"],
                        "best_epoch": result.best_epoch, "stopped": result.stopped, "batch_size": spec.training.batch_size,
                        "resumed_from_epoch": result.resumed_from_epoch, "seed": spec.training.seed,
                        **({"weights": cfg["weights"]} if cfg.get("weights") else {}),
@@ -268,11 +272,13 @@ class ImageModality(Modality):
                        run: TrainingRun) -> TrainedModel:  # fmt: skip
         from meddiag_pipelines.logistic import train_logistic
 
-        image, out = spec.image, run.out_dir
+        out, dims = run.out_dir, int(feature_plan.get("spatial_dims", 2))
         classes = labels.class_list(spec, features)
-        side = baseline_side(image.size)
+        side = baseline_side(int(feature_plan["size"]), dims)
         (X_train, y_train), (X_val, y_val) = (_data(run.storage, spec, features, feature_plan, p, classes) for p in ("train", "val"))
-        names = [f"c{c}_y{i}_x{j}" for c in range(image.channels) for i in range(side) for j in range(side)]
+        axes = "zyx"[3 - dims :]
+        names = [f"c{c}_" + "_".join(f"{a}{i}" for a, i in zip(axes, cell, strict=True))
+                 for c in range(int(feature_plan["channels"])) for cell in np.ndindex(*(side,) * dims)]  # fmt: skip
         P_train, P_val = pooled_pixels(X_train, side), pooled_pixels(X_val, side)
         if labels.task_kind(spec) == "multilabel":  # one-vs-rest: one binary model per finding
             per_label = [train_logistic(P_train, y_train[:, j], P_val, y_val[:, j], 2, out / f"label_{j}", names)
@@ -284,7 +290,7 @@ class ImageModality(Modality):
         else:
             meta = train_logistic(P_train, y_train, P_val, y_val, len(classes), out, names)
             predictor = "pixel_logistic"
-        meta = {**meta, "name": BASELINE_NAME, "classes": classes}
+        meta = {**meta, "name": self.baseline_name, "classes": classes}
         plan = {**feature_plan, "predictor": predictor, "baseline_side": side, "classes": classes}
         return TrainedModel(out, meta, plan)
 

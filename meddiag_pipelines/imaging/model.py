@@ -1,4 +1,4 @@
-"""ResNet-18-style CNN for small medical images, written with torch alone (no torchvision).
+"""ResNet-18-style CNN for small medical images and volumes, written with torch alone (no torchvision).
 
 BasicBlock x ``blocks`` (default [2, 2, 2, 2], the tuner may change it) at widths ``w, 2w, 4w, 8w`` with strides 1, 2, 2, 2, then global average pooling and a
 linear head giving ``n_outputs`` logits. The stem is adapted to the input size:
@@ -12,8 +12,12 @@ Width: the original ResNet-18 uses ``w = 64`` (11.2 M parameters). The default h
 parameters, ~4x fewer multiply-adds) because CPU training at 28 px must fit MedMNIST-sized datasets in minutes
 on two cores; see ``DEFAULT_WIDTH`` and the throughput notes in ``train.py``. On a GPU ``w = 64`` costs little.
 
-Input: float in [0, 1], shape (N, C, S, S). The per-channel mean / std normalisation (fitted on the training
-images) is stored in the model's buffers so ``model.pt`` is self-contained.
+``spatial_dims`` 3 makes the same network of 3D convolutions, batch norms and pooling for volumes (N, C, S, S, S):
+a 3D ResNet-18 (or ResNet-10 with ``blocks`` (1, 1, 1, 1)) as MedMNIST v2's 3D baselines, the stem adapted the same
+way.
+
+Input: float in [0, 1], shape (N, C, S, S) (volumes: (N, C, S, S, S)). The per-channel mean / std
+normalisation (fitted on the training images) is stored in the model's buffers so ``model.pt`` is self-contained.
 
 ``hflip_tta`` (set by training when the model was trained with horizontal flips): in eval mode the logits are
 the mean of the image's and its mirror image's, inside ``forward`` so that validation, test, predictions and the
@@ -40,6 +44,7 @@ class ModelConfig:
     stem: str = "3x3s1"
     blocks: tuple[int, int, int, int] = DEFAULT_BLOCKS
     hflip_tta: bool = False
+    spatial_dims: int = 2
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -53,17 +58,29 @@ def stem_for(input_size: int) -> str:
     return "7x7s2+maxpool"
 
 
+# spatial_dims -> (convolution, batch norm, max pool, adaptive average pool)
+_LAYERS = {2: (nn.Conv2d, nn.BatchNorm2d, nn.MaxPool2d, nn.AdaptiveAvgPool2d),
+           3: (nn.Conv3d, nn.BatchNorm3d, nn.MaxPool3d, nn.AdaptiveAvgPool3d)}  # fmt: skip
+
+
+def _layers(spatial_dims: int) -> tuple[type, type, type, type]:
+    if spatial_dims not in _LAYERS:
+        raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
+    return _LAYERS[spatial_dims]
+
+
 class BasicBlock(nn.Module):
-    def __init__(self, c_in: int, c_out: int, stride: int) -> None:
+    def __init__(self, c_in: int, c_out: int, stride: int, spatial_dims: int = 2) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(c_out)
-        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(c_out)
+        conv, norm = _layers(spatial_dims)[:2]
+        self.conv1 = conv(c_in, c_out, 3, stride, 1, bias=False)
+        self.bn1 = norm(c_out)
+        self.conv2 = conv(c_out, c_out, 3, 1, 1, bias=False)
+        self.bn2 = norm(c_out)
         self.relu = nn.ReLU(inplace=True)
         self.downsample: nn.Module = nn.Identity()
         if stride != 1 or c_in != c_out:
-            self.downsample = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
+            self.downsample = nn.Sequential(conv(c_in, c_out, 1, stride, bias=False), norm(c_out))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
@@ -71,8 +88,9 @@ class BasicBlock(nn.Module):
         return self.relu(out + self.downsample(x))
 
 
-def _stage(c_in: int, c_out: int, stride: int, n_blocks: int) -> nn.Sequential:
-    return nn.Sequential(BasicBlock(c_in, c_out, stride), *(BasicBlock(c_out, c_out, 1) for _ in range(n_blocks - 1)))
+def _stage(c_in: int, c_out: int, stride: int, n_blocks: int, dims: int) -> nn.Sequential:
+    return nn.Sequential(BasicBlock(c_in, c_out, stride, dims),
+                         *(BasicBlock(c_out, c_out, 1, dims) for _ in range(n_blocks - 1)))  # fmt: skip
 
 
 class ResNet18Small(nn.Module):
@@ -85,49 +103,55 @@ class ResNet18Small(nn.Module):
         stem: str | None = None,
         blocks: tuple[int, int, int, int] = DEFAULT_BLOCKS,
         hflip_tta: bool = False,
+        spatial_dims: int = 2,
     ) -> None:
         super().__init__()
+        conv, norm, max_pool, avg_pool = _layers(spatial_dims)
         stem = stem or stem_for(input_size)
         blocks = tuple(int(b) for b in blocks)
         if len(blocks) != 4 or min(blocks) < 1:
             raise ValueError(f"blocks must be four counts >= 1, got {blocks}")
-        self.config = ModelConfig(in_channels, n_outputs, width, input_size, stem, blocks, bool(hflip_tta))
+        self.config = ModelConfig(in_channels, n_outputs, width, input_size, stem, blocks, bool(hflip_tta),
+                                  spatial_dims)  # fmt: skip
         w = width
         if stem == "3x3s1":
-            self.stem = nn.Sequential(nn.Conv2d(in_channels, w, 3, 1, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True))
+            self.stem = nn.Sequential(conv(in_channels, w, 3, 1, 1, bias=False), norm(w), nn.ReLU(inplace=True))
         elif stem == "3x3s2":
-            self.stem = nn.Sequential(nn.Conv2d(in_channels, w, 3, 2, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True))
+            self.stem = nn.Sequential(conv(in_channels, w, 3, 2, 1, bias=False), norm(w), nn.ReLU(inplace=True))
         elif stem == "7x7s2+maxpool":
             self.stem = nn.Sequential(
-                nn.Conv2d(in_channels, w, 7, 2, 3, bias=False),
-                nn.BatchNorm2d(w),
+                conv(in_channels, w, 7, 2, 3, bias=False),
+                norm(w),
                 nn.ReLU(inplace=True),
-                nn.MaxPool2d(3, 2, 1),
+                max_pool(3, 2, 1),
             )
         else:
             raise ValueError(f"unknown stem {stem!r}")
-        self.layer1 = _stage(w, w, 1, blocks[0])
-        self.layer2 = _stage(w, 2 * w, 2, blocks[1])
-        self.layer3 = _stage(2 * w, 4 * w, 2, blocks[2])
-        self.layer4 = _stage(4 * w, 8 * w, 2, blocks[3])
-        self.pool = nn.AdaptiveAvgPool2d(1)
+        d = spatial_dims
+        self.layer1 = _stage(w, w, 1, blocks[0], d)
+        self.layer2 = _stage(w, 2 * w, 2, blocks[1], d)
+        self.layer3 = _stage(2 * w, 4 * w, 2, blocks[2], d)
+        self.layer4 = _stage(4 * w, 8 * w, 2, blocks[3], d)
+        self.pool = avg_pool(1)
         self.fc = nn.Linear(8 * w, n_outputs)
-        self.register_buffer("mean", torch.full((1, in_channels, 1, 1), 0.5))
-        self.register_buffer("std", torch.full((1, in_channels, 1, 1), 0.25))
+        self.register_buffer("mean", torch.full(self._channel_shape(), 0.5))
+        self.register_buffer("std", torch.full(self._channel_shape(), 0.25))
         for m in self.modules():
-            if isinstance(m, nn.Conv2d):
+            if isinstance(m, conv):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
+            elif isinstance(m, norm):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
         for m in self.modules():  # zero-init the last BN of each residual branch (helps short training)
             if isinstance(m, BasicBlock):
                 nn.init.zeros_(m.bn2.weight)
 
+    def _channel_shape(self) -> tuple[int, ...]:
+        return (1, self.config.in_channels, *(1,) * self.config.spatial_dims)
+
     def set_normalisation(self, mean: list[float], std: list[float]) -> None:
-        c = self.config.in_channels
-        self.mean.copy_(torch.tensor(mean, dtype=torch.float32).reshape(1, c, 1, 1))
-        self.std.copy_(torch.tensor(std, dtype=torch.float32).clamp_min(1e-3).reshape(1, c, 1, 1))
+        self.mean.copy_(torch.tensor(mean, dtype=torch.float32).reshape(self._channel_shape()))
+        self.std.copy_(torch.tensor(std, dtype=torch.float32).clamp_min(1e-3).reshape(self._channel_shape()))
 
     def classifier(self) -> nn.Module:
         return self.fc
@@ -145,7 +169,7 @@ class ResNet18Small(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training or not self.config.hflip_tta:
             return self.head(self.features(x))
-        both = self.head(self.features(torch.cat([x, x.flip(3)])))  # one pass over the two views
+        both = self.head(self.features(torch.cat([x, x.flip(-1)])))  # one pass over the two views
         return (both[: x.shape[0]] + both[x.shape[0] :]) / 2
 
 
@@ -158,6 +182,7 @@ def build_model(config: dict) -> ResNet18Small:
         stem=str(config["stem"]),
         blocks=tuple(config.get("blocks", DEFAULT_BLOCKS)),
         hflip_tta=bool(config.get("hflip_tta", False)),
+        spatial_dims=int(config.get("spatial_dims", 2)),
     )
 
 

@@ -12,7 +12,8 @@ hash recorded at ingestion, so an image replaced in the landing folder after it 
 to a square (centred, zero fill: the aspect ratio is kept and nothing is cropped), resized to S x S with Pillow's
 antialiased bilinear filter, and stored as uint8 (``round(255 * x)``; MedMNIST uint8 images round-trip exactly).
 A batch whose manifest matches (same ids / sources / pixel hashes, same size, channels and cache version) is not
-recomputed. :func:`load_cached` gathers any ids across batches through ``np.load(mmap_mode='r')`` and returns
+recomputed. :func:`cache_batch` is the same cache for any per-record tensor (the volume modality's volumes,
+(N, 1, S, S, S)). :func:`load_cached` gathers any ids across batches through ``np.load(mmap_mode='r')`` and returns
 float32 in [0, 1]; the per-channel mean / std normalisation is part of the model (see ``model.py``).
 """
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -51,8 +53,8 @@ def _paths(cache_dir: Path, batch_id: str) -> tuple[Path, Path, Path]:
     return cache_dir / f"{stem}.npy", cache_dir / f"{stem}.index.parquet", cache_dir / f"{stem}.json"
 
 
-def _fingerprint(records: pl.DataFrame, size: int, channels: int) -> str:
-    h = hashlib.sha256(f"v{CACHE_VERSION}|{size}|{channels}|uint8|".encode())
+def _fingerprint(records: pl.DataFrame, settings: str) -> str:
+    h = hashlib.sha256(f"v{CACHE_VERSION}|{settings}|uint8|".encode())
     cols = [c for c in ("id", "source", "sha256") if c in records.columns]
     for row in records.select(cols).iter_rows():
         h.update(("\x1f".join("" if v is None else str(v) for v in row) + "\x1e").encode())
@@ -99,10 +101,24 @@ def update_cache(cache_dir: Path, batch_dir: Path, batch_id: str, records: pl.Da
     longer reads or whose pixels changed since ingestion), ``reused`` (True when nothing was recomputed).
     """
     assert spec.image is not None, "image tasks only"
+    size, channels = int(spec.image.size), int(spec.image.channels)
+
+    def load(source: str, sha256: str | None) -> np.ndarray:
+        return resize_square(load_pixels(batch_dir, source, spec, sha256), size)
+
+    return cache_batch(cache_dir, batch_id, records, (channels, size, size), f"{size}|{channels}", load,
+                       {"size": size, "channels": channels})  # fmt: skip
+
+
+def cache_batch(cache_dir: Path, batch_id: str, records: pl.DataFrame, item_shape: tuple[int, ...], settings: str,
+                load: Callable[[str, str | None], np.ndarray], extra: dict) -> dict:  # fmt: skip
+    """Build (or reuse) the cache of one batch of ``records`` (``id``, ``source``, ``sha256``): ``load(source,
+    sha256)`` gives one record's float array of ``item_shape`` in [0, 1], or raises :class:`ImageRejected` (the
+    record is listed in ``failed``); ``settings`` (what else shapes the tensors) is in the fingerprint, ``extra``
+    in the manifest. See :func:`update_cache` for the manifest."""
     cache_dir = Path(cache_dir)
     npy, index, manifest_path = _paths(cache_dir, batch_id)
-    size, channels = int(spec.image.size), int(spec.image.channels)
-    fingerprint = _fingerprint(records, size, channels)
+    fingerprint = _fingerprint(records, settings)
     if manifest_path.exists() and npy.exists() and index.exists():
         try:
             manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
@@ -115,7 +131,7 @@ def update_cache(cache_dir: Path, batch_dir: Path, batch_id: str, records: pl.Da
     sources = records["source"].to_list()
     hashes = records["sha256"].to_list()
     n = len(ids)
-    shape = (n, channels, size, size)
+    shape = (n, *item_shape)
     ok_rows: list[int] = []
     failed: list[list[str]] = []
 
@@ -123,7 +139,7 @@ def update_cache(cache_dir: Path, batch_dir: Path, batch_id: str, records: pl.Da
         arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
         for i, source in enumerate(sources):
             try:
-                arr[i] = to_uint8(resize_square(load_pixels(batch_dir, source, spec, hashes[i]), size))
+                arr[i] = to_uint8(load(source, hashes[i]))
                 ok_rows.append(i)
             except ImageRejected as exc:
                 arr[i] = 0
@@ -148,8 +164,7 @@ def update_cache(cache_dir: Path, batch_dir: Path, batch_id: str, records: pl.Da
         "n": len(ok_rows),
         "shape": list(shape),
         "dtype": "uint8",
-        "size": size,
-        "channels": channels,
+        **extra,
         "sha": _file_sha(npy),
         "fingerprint": fingerprint,
         "failed": failed,
@@ -199,4 +214,4 @@ def load_cached(cache_dir: Path, ids: list[str]) -> np.ndarray:
     return out
 
 
-__all__ = ["load_cached", "resize_square", "to_uint8", "update_cache"]
+__all__ = ["cache_batch", "load_cached", "resize_square", "to_uint8", "update_cache"]

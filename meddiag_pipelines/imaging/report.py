@@ -1,12 +1,14 @@
 """The imaging section of the evaluation report: Grad-CAM panels over a seeded sample of the test split, grouped by
 outcome (binary: true positives, false positives, false negatives at the operating threshold; multi-class:
-correct and misclassified; multi-label: the true positives of each finding). No ids are shown. torch is imported
+correct and misclassified; multi-label: the true positives of each finding). No ids are shown. Volumes are shown
+as their axial, coronal and sagittal slices through the heat map's peak (fewer cases per group). torch is imported
 only when a section is drawn."""
 
 from __future__ import annotations
 
 import base64
 import html
+import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +20,7 @@ from meddiag_pipelines import labels
 
 SALIENCY_TITLE = "Saliency ({method})"
 SALIENCY_PER_GROUP = 4
+VOLUMES_PER_GROUP = 2  # three slices each
 TUNING_TITLE = "Hyperparameter search"
 
 log = logging.getLogger(__name__)
@@ -74,7 +77,8 @@ def saliency_section(model_dir: Path, classes: list[str], kind: str, test_labels
                      metrics: dict, images: Callable[[list[int]], np.ndarray], seed: int) -> tuple[str, str]:  # fmt: skip
     """(title, HTML) of the Grad-CAM section; ``images(rows)`` gives the test images at those row positions. A
     failure yields a short notice instead, so that it never loses the evaluation."""
-    from meddiag_pipelines.imaging.saliency import GRAD_CAM, grad_cam, model_saliency_method, saliency_panel_png
+    from meddiag_pipelines.imaging.saliency import (GRAD_CAM, VOLUME_VIEWS, grad_cam, model_saliency_method,
+                                                    orthogonal_slices, saliency_panel_png)  # fmt: skip
 
     title = SALIENCY_TITLE.format(method=GRAD_CAM)
     try:
@@ -85,20 +89,28 @@ def saliency_section(model_dir: Path, classes: list[str], kind: str, test_labels
         y = labels.encode_labels(test_labels, classes, kind)
         groups, scores, note = saliency_groups(kind, classes, y, proba, metrics)
         rng = np.random.default_rng(seed)
+        model_json = json.loads((Path(model_dir) / "model.json").read_text(encoding="utf-8"))
+        volumes = int(model_json.get("spatial_dims", 2)) == 3
+        per_group = VOLUMES_PER_GROUP if volumes else SALIENCY_PER_GROUP
+        what = ("test volumes per group, each as its axial, coronal and sagittal slices through the heat map's peak"
+                if volumes else "test images per group")  # fmt: skip
         parts = [f"<p>{method.capitalize() if method != GRAD_CAM else method} ({where_looked}) over a random sample of up "
-                 f"to {SALIENCY_PER_GROUP} test images per group. {note} It shows where the model looked, "
-                 "not a segmentation.</p>"]  # fmt: skip
+                 f"to {per_group} {what}. {note} It shows where the model looked, not a segmentation.</p>"]  # fmt: skip
         for heading, mask, target in groups:
             where = np.flatnonzero(mask)
             parts.append(f"<h3>{html.escape(heading)} ({where.size} of {len(y)})</h3>")
             if where.size == 0:
                 parts.append("<p>none in the test split</p>")
                 continue
-            chosen = np.sort(rng.choice(where, size=min(SALIENCY_PER_GROUP, where.size), replace=False))
+            chosen = np.sort(rng.choice(where, size=min(per_group, where.size), replace=False))
             X = images([int(i) for i in chosen])
             maps = grad_cam(Path(model_dir), X, target_index=target)
             titles = _titles(chosen, target, classes, y, proba, scores)
-            parts.append(png_img(saliency_panel_png(X, maps, titles), f"{heading}: {method}"))
+            if volumes:
+                X, maps = orthogonal_slices(X, maps)
+                titles = [f"{t} {view}" for t in titles for view in VOLUME_VIEWS]
+            panel = saliency_panel_png(X, maps, titles, columns=3 if volumes else 4)
+            parts.append(png_img(panel, f"{heading}: {method}"))
         return title, "\n".join(parts)
     except Exception as exc:  # noqa: BLE001 - a saliency failure must not lose the evaluation
         log.warning("saliency section failed: %s", type(exc).__name__)

@@ -13,15 +13,22 @@ PREDICT_CHUNK_BYTES = 1 << 28  # float32 images scored at once
 MIN_CHUNK = 256  # images per chunk at the least, however large they are
 
 
-def baseline_side(size: int) -> int:
+def baseline_side(size: int, spatial_dims: int = 2) -> int:
+    """The pooled grid's side: 14 (16) for images; for volumes 7 when the size is divisible by 7, else 8 (4 below
+    32 voxels: blocks of 4 voxels, as at 28^3)."""
+    if spatial_dims == 3:
+        return 7 if size % 7 == 0 else 8 if size >= 32 else 4
     return 14 if size % 14 == 0 else 16
 
 
 def pooled_pixels(X: np.ndarray, side: int) -> np.ndarray:
-    """(n, C, S, S) -> (n, C * side * side) by average pooling over S / side blocks."""
-    n, c, s, _ = X.shape
+    """(n, C, S, S) -> (n, C * side^2), or volumes (n, C, S, S, S) -> (n, C * side^3), by average pooling over
+    blocks of S / side pixels (voxels) a side."""
+    n, c, s = X.shape[:3]
+    dims = X.ndim - 2
     k = s // side
-    return X.reshape(n, c, side, k, side, k).mean(axis=(3, 5)).reshape(n, c * side * side)
+    blocks = X.reshape(n, c, *(side, k) * dims)
+    return blocks.mean(axis=tuple(range(3, 3 + 2 * dims, 2))).reshape(n, c * side**dims)
 
 
 def _predict_chunk(model_dir: Path, X: np.ndarray, plan: dict, n_outputs: int, device: str) -> np.ndarray:
@@ -41,7 +48,7 @@ def predict_images(model_dir: Path, plan: dict, ids: list[str], images: Callable
                    device: str, chunk_bytes: int = PREDICT_CHUNK_BYTES) -> np.ndarray:  # fmt: skip
     """Probabilities of the images ``images(ids)`` gives: binary (n,), multi-class or multi-label (n, k). A task
     of two classes without a positive one is multi-class, so a binary model's output gets both columns."""
-    per_image = 4 * int(plan["channels"]) * int(plan["size"]) ** 2
+    per_image = 4 * int(plan["channels"]) * int(plan["size"]) ** int(plan.get("spatial_dims", 2))
     chunk = max(MIN_CHUNK, chunk_bytes // per_image)
     k = len(plan.get("classes") or []) or 2
     parts = []

@@ -2,15 +2,19 @@
 or a timm backbone (:class:`~meddiag_pipelines.imaging.backbones.TimmClassifier`, ``image.backbone``), one
 configuration (:class:`ImageParams`) per call; ``imaging.tuning`` searches them.
 
-* Inputs: ``X`` float (N, C, S, S) in [0, 1] (``preprocess.load_cached``); ``y``: binary (N,) 0/1, multiclass (N,)
-  class indices, multilabel (N, k) 0/1. A binary model has ONE logit whatever ``n_outputs`` says (1 or 2).
+* Inputs: ``X`` float (N, C, S, S) in [0, 1] (``preprocess.load_cached``), or volumes (N, C, S, S, S): the same
+  recipe trains the 3D ResNet (``model.py``, ``spatial_dims`` 3) of the volume modality; ``y``: binary (N,) 0/1,
+  multiclass (N,) class indices, multilabel (N, k) 0/1. A binary model has ONE logit whatever ``n_outputs`` says
+  (1 or 2).
 * AdamW (weight decay 1e-2; or SGD with Nesterov momentum) with a short linear warm-up then cosine decay over
   ``epochs x steps``; fine-tuning modes: ``full``, ``linear_probe`` (only the classifier trains, the backbone's
   batch-norm statistics frozen) and ``frozen_then_unfrozen`` (the classifier alone for the first quarter of the
   epochs, then everything, the backbone at ``UNFROZEN_LR_SCALE`` of the learning rate); class weighting
   (binary ``pos_weight = n_neg / n_pos``, multiclass inverse-frequency weights, multilabel per-label
   ``pos_weight`` capped at ``MULTILABEL_POS_WEIGHT_CAP``); augmentation of each batch in torch from
-  ``spec.image.augment`` (hflip / vflip with p = 0.5; affine: rotation +-10 deg, scale 0.9-1.1, shift +-6 %).
+  ``spec.image.augment`` / ``spec.volume.augment`` (hflip / vflip / dflip: a flip of the last / second last / third
+  last axis with p = 0.5; affine: rotation +-10 deg (about a random axis for volumes), scale 0.9-1.1, shift +-6 %;
+  intensity: a gain of 0.9-1.1 and an offset of +-0.05).
 * An exponential moving average of the weights and batch-norm statistics (``torch.optim.swa_utils.AveragedModel``,
   updated after every step, averaging over about one epoch, :func:`ema_decay`, with a warm-up so a short run is
   not dominated by the initial weights) is what is validated, saved and scored; the raw weights only train.
@@ -95,8 +99,14 @@ class ImageParams:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
 
+VOLUME_BLOCKS = {"resnet10": (1, 1, 1, 1), "resnet18": DEFAULT_BLOCKS}
+
+
 def default_params(spec: TaskSpec) -> ImageParams:
-    image = spec.image
+    image, volume = spec.image, spec.volume
+    if volume is not None:
+        return ImageParams(spec.training.learning_rate, augment=tuple(volume.augment), width=volume.width,
+                           blocks=VOLUME_BLOCKS[volume.model])  # fmt: skip
     backbones = image.backbone_names() if image is not None else []
     return ImageParams(spec.training.learning_rate, augment=tuple(image.augment) if image is not None else (),
                        backbone=backbones[0] if backbones else None,
@@ -116,8 +126,13 @@ class ImageTrainResult:
     config: dict = field(default_factory=dict)
 
 
-def choose_width(n_train: int, size: int, device: str) -> int:
-    """Base width of the ResNet: 64 on CUDA; on CPU 32, or 16 when an epoch is large (> 20k images at 28 px)."""
+def choose_width(n_train: int, size: int, device: str, spatial_dims: int = 2) -> int:
+    """Base width of the ResNet: 64 on CUDA (32 for volumes); on CPU 32, or 16 when an epoch is large (> 20k
+    images at 28 px); volumes on CPU 16, or 8 when an epoch is large (> 2k volumes at 28^3: ``bench/volume.py``)."""
+    if spatial_dims == 3:
+        if device.startswith("cuda"):
+            return 32
+        return 8 if n_train * (size / 28.0) ** 3 > 2_000 else 16
     if device.startswith("cuda"):
         return 64
     cost = n_train * (size / 28.0) ** 2
@@ -189,25 +204,45 @@ def macro_auroc(y: np.ndarray, p: np.ndarray, kind: str) -> float:
 # ------------------------------------------------------------------------------------------------ data
 
 
+_FLIP_AXES = {"hflip": -1, "vflip": -2, "dflip": -3}  # dflip: volumes only (their depth axis)
+
+
+def _rotation(angle: torch.Tensor, dims: int, axis: torch.Tensor | None) -> torch.Tensor:
+    """(n, dims, dims) rotations by ``angle``: in the plane for images; for volumes about ``axis`` (0, 1, 2 per
+    volume), i.e. in the plane of the two other axes."""
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    if dims == 2:
+        return torch.stack([torch.stack([cos, -sin], 1), torch.stack([sin, cos], 1)], 1)
+    rot = torch.eye(3).repeat(len(angle), 1, 1)
+    for k, (i, j) in enumerate(((1, 2), (0, 2), (0, 1))):
+        on = axis == k
+        rot[on, i, i], rot[on, j, j], rot[on, i, j], rot[on, j, i] = cos[on], cos[on], -sin[on], sin[on]
+    return rot
+
+
 def augment_batch(x: torch.Tensor, ops: list[str], gen: torch.Generator) -> torch.Tensor:
-    """Random flips / small affine of a batch (N, C, H, W) in [0, 1]; random numbers drawn from ``gen`` (CPU)."""
-    n = x.shape[0]
+    """Random flips / small affine / intensity jitter of a batch (N, C, H, W) or (N, C, D, H, W) in [0, 1]; random
+    numbers drawn from ``gen`` (CPU)."""
+    n, dims = x.shape[0], x.ndim - 2
     if n == 0 or not ops:
         return x
-    if "hflip" in ops:
-        m = (torch.rand(n, generator=gen) < 0.5).to(x.device).view(-1, 1, 1, 1)
-        x = torch.where(m, x.flip(3), x)
-    if "vflip" in ops:
-        m = (torch.rand(n, generator=gen) < 0.5).to(x.device).view(-1, 1, 1, 1)
-        x = torch.where(m, x.flip(2), x)
+    per_sample = (-1, *(1,) * (x.ndim - 1))
+    for op, axis in _FLIP_AXES.items():
+        if op in ops and -axis <= dims:
+            m = (torch.rand(n, generator=gen) < 0.5).to(x.device).view(per_sample)
+            x = torch.where(m, x.flip(axis), x)
     if "affine" in ops:
         angle = (torch.rand(n, generator=gen) * 2 - 1) * math.radians(10)
+        axis = torch.randint(0, 3, (n,), generator=gen) if dims == 3 else None
         scale = 0.9 + 0.2 * torch.rand(n, generator=gen)
-        shift = (torch.rand(n, 2, generator=gen) * 2 - 1) * 0.12  # +-6 % of the side in [-1, 1] coordinates
-        cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
-        theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
+        shift = (torch.rand(n, dims, generator=gen) * 2 - 1) * 0.12  # +-6 % of the side in [-1, 1] coordinates
+        theta = torch.cat([_rotation(angle, dims, axis) / scale.view(-1, 1, 1), shift[:, :, None]], 2)
         grid = F.affine_grid(theta.to(x.device, x.dtype), list(x.shape), align_corners=False)
         x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    if "intensity" in ops:
+        gain = (0.9 + 0.2 * torch.rand(n, generator=gen)).to(x.device, x.dtype).view(per_sample)
+        offset = ((torch.rand(n, generator=gen) * 2 - 1) * 0.05).to(x.device, x.dtype).view(per_sample)
+        x = (x * gain + offset).clamp(0.0, 1.0)
     return x
 
 
@@ -237,8 +272,8 @@ def _iterate(X: torch.Tensor, y: torch.Tensor, batches: list[torch.Tensor], devi
 
 def _as_tensor(X: np.ndarray) -> torch.Tensor:
     X = np.asarray(X)
-    if X.ndim != 4:
-        raise ValueError(f"images must be (N, C, S, S), got {X.shape}")
+    if X.ndim not in (4, 5):
+        raise ValueError(f"images must be (N, C, S, S) or volumes (N, C, S, S, S), got {X.shape}")
     return torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32))
 
 
@@ -259,9 +294,10 @@ def _channel_stats(X: torch.Tensor) -> tuple[list[float], list[float]]:
     s2 = torch.zeros(c, dtype=torch.float64)
     for start in range(0, len(X), 4096):
         chunk = X[start : start + 4096].double()
-        s += chunk.sum(dim=(0, 2, 3))
-        s2 += (chunk**2).sum(dim=(0, 2, 3))
-    count = X.shape[0] * X.shape[2] * X.shape[3]
+        axes = (0, *range(2, X.ndim))
+        s += chunk.sum(dim=axes)
+        s2 += (chunk**2).sum(dim=axes)
+    count = X.numel() // max(1, c)
     mean = s / count
     std = (s2 / count - mean**2).clamp_min(1e-8).sqrt()
     return mean.tolist(), std.tolist()
@@ -275,13 +311,20 @@ def _predict(model: nn.Module, X: torch.Tensor, kind: str, device: str) -> np.nd
     for start in range(0, len(X), EVAL_BATCH):
         xb = X[start : start + EVAL_BATCH].to(device, non_blocking=cuda)
         if cuda:
-            xb = xb.contiguous(memory_format=torch.channels_last)
+            xb = xb.contiguous(memory_format=_memory_format(xb.ndim, cuda))
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
             logits = model(xb)
         outs.append(_probabilities(logits.float(), kind).cpu())
     if not outs:
         return np.empty((0,) if kind == "binary" else (0, 0), dtype=np.float32)
     return torch.cat(outs).numpy().astype(np.float32)
+
+
+def _memory_format(ndim: int, cuda: bool) -> torch.memory_format:
+    """channels_last for images; for volumes channels_last_3d on CUDA, the plain layout on CPU."""
+    if ndim == 5:
+        return torch.channels_last_3d if cuda else torch.contiguous_format
+    return torch.channels_last
 
 
 # ------------------------------------------------------------------------------------------------ training
@@ -344,10 +387,10 @@ def _weights_origin(weights: str | None) -> str | None:
 
 
 def _new_model(params: ImageParams, spec: TaskSpec, weights: str | None, channels: int, n_outputs: int,
-               size: int) -> nn.Module:  # fmt: skip
+               size: int, spatial_dims: int) -> nn.Module:  # fmt: skip
     if params.backbone is None:
         return ResNet18Small(channels, n_outputs, int(params.width), size, blocks=params.blocks,
-                             hflip_tta="hflip" in params.augment)  # fmt: skip
+                             hflip_tta="hflip" in params.augment, spatial_dims=spatial_dims)  # fmt: skip
     from meddiag_pipelines.imaging.backbones import new_backbone
 
     image = spec.image
@@ -427,6 +470,7 @@ class _Plan:
     n_train: int
     channels: int
     size: int
+    spatial_dims: int
     batch_size: int
     steps_per_epoch: int
     total_steps: int
@@ -540,8 +584,8 @@ def _plan(
 ) -> _Plan:
     """The width (ResNet18Small), initial weights (timm), batch size, schedule and checkpoint fingerprint."""
     training = spec.training
-    n_train, channels, size = Xt.shape[0], Xt.shape[1], Xt.shape[2]
-    width = None if params.backbone else width or params.width or choose_width(n_train, size, device)
+    n_train, channels, size, dims = Xt.shape[0], Xt.shape[1], Xt.shape[2], Xt.ndim - 2
+    width = None if params.backbone else width or params.width or choose_width(n_train, size, device, dims)
     params = replace(params, width=width)
     weights = spec.image.weights_for(params.backbone) if params.backbone and spec.image is not None else None
     batch_size = min(training.batch_size, n_train)
@@ -571,6 +615,7 @@ def _plan(
         n_train=n_train,
         channels=channels,
         size=size,
+        spatial_dims=dims,
         batch_size=batch_size,
         steps_per_epoch=steps_per_epoch,
         total_steps=total_steps,
@@ -586,12 +631,12 @@ def _set_up(plan: _Plan, spec: TaskSpec, Xt: torch.Tensor, yt: torch.Tensor, dev
     cuda = device.startswith("cuda")
     training = spec.training
     torch.manual_seed(training.seed)
-    model = _new_model(plan.params, spec, plan.weights, plan.channels, plan.n_outputs, plan.size)
+    model = _new_model(plan.params, spec, plan.weights, plan.channels, plan.n_outputs, plan.size, plan.spatial_dims)
     mean, std = _channel_stats(Xt)
     model.set_normalisation(mean, std)
     model = model.to(device)
     if cuda or (plan.params.width or 64) <= 32:  # measured faster on CPU at widths 16 / 32, slower at 64
-        model = model.to(memory_format=torch.channels_last)
+        model = model.to(memory_format=_memory_format(plan.spatial_dims + 2, cuda))
     loss_fn = _loss_fn(yt, plan.kind, plan.n_outputs).to(device)
     frozen_steps = plan.frozen_epochs * plan.steps_per_epoch
     optimizer, scheduler = _optimizer(model, plan.params, plan.total_steps, plan.warmup, frozen_steps)
@@ -723,7 +768,7 @@ def _train_one_epoch(
     for xb, yb in _iterate(Xt, yt, batches, device):
         xb = xb.to(device, non_blocking=cuda)
         yb = yb.to(device, non_blocking=cuda)
-        xb = augment_batch(xb, augment, run.aug_gen).contiguous(memory_format=torch.channels_last)
+        xb = augment_batch(xb, augment, run.aug_gen).contiguous(memory_format=_memory_format(xb.ndim, cuda))
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
             logits = run.model(xb)
         loss = run.loss_fn(logits.float(), yb)
@@ -760,6 +805,7 @@ def _save_model(run: _Run, plan: _Plan, out_dir: Path, device: str, threads: int
         "n_outputs": plan.n_outputs,
         "input_size": plan.size,
         "channels": plan.channels,
+        "spatial_dims": plan.spatial_dims,
         "normalisation": {"input_range": [0.0, 1.0], "mean": run.mean, "std": run.std, "applied_inside_model": True},
         "ema_decay": run.decay,
         "best_epoch": int(state["best_epoch"]),
@@ -807,11 +853,13 @@ def predict_image_model(model_dir: Path, X: np.ndarray, device: str | None = Non
     """Probabilities: binary (n,) P(positive); multiclass (n, k) softmax; multilabel (n, k) sigmoid."""
     device = device or torch_device()
     model, meta = load_image_model(model_dir, device)
+    dims = int(meta.get("spatial_dims", 2))
     if device.startswith("cuda"):
-        model = model.to(memory_format=torch.channels_last)
+        model = model.to(memory_format=_memory_format(dims + 2, True))
     X = _as_tensor(X)
-    if X.shape[1:] != (meta["channels"], meta["input_size"], meta["input_size"]):
-        raise ValueError(f"images {tuple(X.shape[1:])} do not match the model's input {meta['channels']}x{meta['input_size']}^2")
+    if X.shape[1:] != (meta["channels"], *(meta["input_size"],) * dims):
+        raise ValueError(f"inputs {tuple(X.shape[1:])} do not match the model's input "
+                         f"{meta['channels']}x{meta['input_size']}^{dims}")  # fmt: skip
     with torch_settings(device, deterministic=False):
         return _predict(model, X, meta["kind"], device)
 

@@ -4,6 +4,8 @@ momentum), the weight decay (log), the augmentation set and the structure (the f
 depth, or the backbone among the spec's list), with a median pruner on the per-epoch validation AUROC, at most
 ``training.trials`` trials within ``training.time_budget_s`` seconds (the trials together).
 
+Volumes (the 3D ResNet of the volume modality) are searched the same way, over their own augmentation sets.
+
 Each trial trains in ``out_dir/trials/<n>/`` with its own checkpoint; ``out_dir/tuning.json`` (written
 atomically after each trial) records the finished trials and the one in flight, so a rerun after a crash replays
 the finished ones into the study and resumes the interrupted one from its checkpoint with the same settings. The
@@ -37,6 +39,7 @@ log = logging.getLogger(__name__)
 
 OBJECTIVE = "validation AUROC (macro over classes / labels), maximised"
 AUGMENT_SETS = ("none", "hflip", "hflip+affine", "hflip+vflip+affine")
+VOLUME_AUGMENT_SETS = ("none", "hflip+affine", "hflip+affine+intensity", "hflip+vflip+dflip+affine+intensity")
 DEPTHS = {"1-1-1-1": (1, 1, 1, 1), "2-2-2-2": (2, 2, 2, 2), "3-4-6-3": (3, 4, 6, 3)}  # ResNet-10 / 18 / 34 layouts
 
 
@@ -51,7 +54,7 @@ def suggest_params(trial: optuna.Trial, spec: TaskSpec, base_width: int) -> Imag
     lr = trial.suggest_float("learning_rate", base.learning_rate / 10, base.learning_rate * 10, log=True)
     optimizer = trial.suggest_categorical("optimizer", ["adamw", "sgd"])
     weight_decay = trial.suggest_float("weight_decay", 1e-5, 1e-1, log=True)
-    augment = trial.suggest_categorical("augment", AUGMENT_SETS)
+    augment = trial.suggest_categorical("augment", AUGMENT_SETS if spec.volume is None else VOLUME_AUGMENT_SETS)
     params = replace(base, learning_rate=lr, optimizer=optimizer, weight_decay=weight_decay,
                      augment=() if augment == "none" else tuple(augment.split("+")))  # fmt: skip
     backbones = spec.image.backbone_names() if spec.image is not None else []
@@ -70,8 +73,8 @@ def fit_image_model(X_train: np.ndarray, y_train: np.ndarray, X_val: np.ndarray,
     train = _trainer(X_train, y_train, X_val, y_val, kind, n_outputs, device, width, num_threads)
     if not wants_tuning(spec):
         return train(spec, Path(out_dir), None, on_epoch_end)
-    return _tune(train, spec, Path(out_dir), width or choose_width(len(X_train), np.shape(X_train)[-1], device),
-                 on_epoch_end)  # fmt: skip
+    base_width = width or choose_width(len(X_train), np.shape(X_train)[-1], device, np.ndim(X_train) - 2)
+    return _tune(train, spec, Path(out_dir), base_width, on_epoch_end)
 
 
 def _trainer(X_train, y_train, X_val, y_val, kind, n_outputs, device, width, num_threads):

@@ -29,6 +29,7 @@ file's own ``predefined_split`` when there is one, else the stable patient-level
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import polars as pl
@@ -60,7 +61,7 @@ def image_expectations(spec: TaskSpec) -> list[gxe.Expectation]:
     return [*record_expectations(spec, list(IMAGE_COLUMNS)), gxe.ExpectColumnValuesToNotBeNull(column="sha256")]
 
 
-def _count_failure(frame: pl.DataFrame, bad: pl.Expr, name: str, column: str, problem: str) -> list[CheckFailure]:
+def count_failure(frame: pl.DataFrame, bad: pl.Expr, name: str, column: str, problem: str) -> list[CheckFailure]:
     hits = frame.filter(bad)
     if hits.is_empty():
         return []
@@ -75,14 +76,14 @@ def image_property_failures(frame: pl.DataFrame, spec: TaskSpec) -> list[CheckFa
     missing = [c for c in IMAGE_COLUMNS if c not in frame.columns]
     if missing:
         return [CheckFailure("image_columns", None, f"image columns missing: {missing}")]
-    failures = _count_failure(frame, pl.col("channels") != image.channels, "image_channels", "channels",
+    failures = count_failure(frame, pl.col("channels") != image.channels, "image_channels", "channels",
                               f"have another number of channels than the spec's {image.channels}")  # fmt: skip
     formats = _formats(frame, spec)
     for fmt in formats.unique().sort().to_list():  # a task without image.format may hold batches of each format
         failures += _format_failures(frame.filter(formats == fmt), spec, fmt)
     if INTENSITY_MIN in frame.columns and INTENSITY_MAX in frame.columns:
         spread = pl.col(INTENSITY_MAX) - pl.col(INTENSITY_MIN)
-        failures += _count_failure(frame, spread.fill_null(0.0) < MIN_INTENSITY_RANGE, "image_constant", INTENSITY_MAX,
+        failures += count_failure(frame, spread.fill_null(0.0) < MIN_INTENSITY_RANGE, "image_constant", INTENSITY_MAX,
                                    "have constant intensities (blank or saturated)")  # fmt: skip
     return failures
 
@@ -98,10 +99,10 @@ def _format_failures(frame: pl.DataFrame, spec: TaskSpec, fmt: str) -> list[Chec
     """Size and bit depth of the records of one format."""
     size = spec.image.size
     if fmt == "npz":
-        failures = _count_failure(frame, (pl.col("height") != size) | (pl.col("width") != size), "image_size", "height",
+        failures = count_failure(frame, (pl.col("height") != size) | (pl.col("width") != size), "image_size", "height",
                                   f"are not {size} x {size} px as the spec expects")  # fmt: skip
     else:
-        failures = _count_failure(frame, pl.min_horizontal("height", "width") < size, "image_size", "height",
+        failures = count_failure(frame, pl.min_horizontal("height", "width") < size, "image_size", "height",
                                   f"are smaller than the spec's {size} px on a side (they would be up-sampled)")  # fmt: skip
     if fmt == "dicom":
         low, high = DICOM_BIT_DEPTHS
@@ -111,7 +112,7 @@ def _format_failures(frame: pl.DataFrame, spec: TaskSpec, fmt: str) -> list[Chec
         depths = [8] if fmt == "npz" else list(FOLDER_BIT_DEPTHS)
         bad_depth = ~pl.col("bit_depth").is_in(depths)
         allowed = " or ".join(str(d) for d in depths) + " bits"
-    failures += _count_failure(frame, bad_depth.fill_null(True), "image_bit_depth", "bit_depth",
+    failures += count_failure(frame, bad_depth.fill_null(True), "image_bit_depth", "bit_depth",
                                f"have a bit depth other than {allowed}")  # fmt: skip
     return failures
 
@@ -224,22 +225,28 @@ def multilabel_domain_failures(frame: pl.DataFrame, spec: TaskSpec) -> list[Chec
                          f"{'below ' + str(k) if k else ''}".rstrip(), bad)]  # fmt: skip
 
 
-def image_failures(frame: pl.DataFrame, spec: TaskSpec, name: str | None = None) -> list[CheckFailure]:
-    """Every blocking image check on ``frame`` (a batch, or all validated rows)."""
+Properties = Callable[[pl.DataFrame, TaskSpec], list[CheckFailure]]
+
+
+def image_failures(frame: pl.DataFrame, spec: TaskSpec, name: str | None = None,
+                   properties: Properties = image_property_failures) -> list[CheckFailure]:  # fmt: skip
+    """Every blocking image check on ``frame`` (a batch, or all validated rows); ``properties``: the checks of
+    each record's geometry against the spec (the volume modality's own for volumes)."""
     failures = run_suite(frame, image_expectations(spec), name or spec.name)
-    failures += image_property_failures(frame, spec)
+    failures += properties(frame, spec)
     failures += duplicate_failures(frame, spec)
     return failures
 
 
 def validate_images(frame: pl.DataFrame, spec: TaskSpec, known_ids: set[str] | None = None,
-                    earlier: pl.DataFrame | None = None) -> list[CheckFailure]:  # fmt: skip
+                    earlier: pl.DataFrame | None = None,
+                    properties: Properties = image_property_failures) -> list[CheckFailure]:  # fmt: skip
     """The validator of one image batch (``ingestion.batches.validate_pending_batches``).
 
     ``earlier``: rows of already validated batches, so that an image of this batch that is already in another
     split (leakage) quarantines this batch rather than blocking the task.
     """
-    failures = image_failures(frame, spec)
+    failures = image_failures(frame, spec, properties=properties)
     if known_ids and spec.id in frame.columns:
         repeated = frame.filter(pl.col(spec.id).cast(pl.String).is_in(list(known_ids))).height
         if repeated:
@@ -257,6 +264,7 @@ def validate_images(frame: pl.DataFrame, spec: TaskSpec, known_ids: set[str] | N
     return failures
 
 
-__all__ = ["COPY_OF_TRAIN_COLUMN", "duplicate_failures", "duplicate_warnings", "image_expectations", "image_failures",
+__all__ = ["COPY_OF_TRAIN_COLUMN", "count_failure",
+           "duplicate_failures", "duplicate_warnings", "image_expectations", "image_failures",
            "image_property_failures", "image_split", "mark_copies_of_train", "mark_official_copies",
            "multilabel_domain_failures", "split_copy_counts", "validate_images"]  # fmt: skip

@@ -13,7 +13,8 @@ from meddiag_pipelines.modalities.base import Modality
 
 # name -> the module whose MODALITY implements it
 BUNDLED = {"tabular": "meddiag_pipelines.tabular.modality", "image": "meddiag_pipelines.imaging.modality",
-           "text": "meddiag_pipelines.text.modality", "omop": "meddiag_pipelines.omop.modality"}  # fmt: skip
+           "text": "meddiag_pipelines.text.modality", "omop": "meddiag_pipelines.omop.modality",
+           "volume": "meddiag_pipelines.imaging.volume.modality"}  # fmt: skip
 _registered: dict[str, Modality] = {}
 
 

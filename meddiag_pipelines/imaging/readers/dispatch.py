@@ -14,7 +14,7 @@ from meddiag_pipelines.ingestion.landing import UnsafePath, confined_file
 from meddiag_pipelines.imaging.readers.dicom import DICOM_SUFFIXES, _dcm_decode, _dcm_open, read_dicom_batch
 from meddiag_pipelines.imaging.readers.folder import FOLDER_SUFFIXES, _open_pil, _pil_to_unit, read_folder_batch
 from meddiag_pipelines.imaging.readers.listing import LABELS_CSV, _image_file, walk_files
-from meddiag_pipelines.imaging.readers.npz import _npz_array, _npz_unit, read_npz_batch
+from meddiag_pipelines.imaging.readers.npz import cached_npz_array, _npz_unit, read_npz_batch
 from meddiag_pipelines.imaging.readers.records import (
     DecodedBudget,
     ImageBatchError,
@@ -118,7 +118,7 @@ def _decode(batch_dir: Path, source: str, spec: TaskSpec) -> tuple[np.ndarray, n
             raise ImageRejected("the record's source is not an npz source 'file.npz#split:i'")
         path = _image_file(batch_dir, m["file"], spec)
         key = f"{m['split']}_images"
-        images = _npz_array(str(path), path.stat().st_mtime_ns, key, budget.per_file)
+        images = cached_npz_array(str(path), path.stat().st_mtime_ns, key, budget.per_file)
         i = int(m["i"])
         if i >= len(images):
             raise ImageRejected(f"the npz's {key} no longer holds image {i}")

@@ -71,7 +71,7 @@ def _read_labels(batch_dir: Path, spec: TaskSpec) -> pl.DataFrame | None:
         raise
     except Exception as exc:  # noqa: BLE001 - polars raises several kinds; its message can quote the file
         raise ImageBatchError(f"{LABELS_CSV}: not a readable CSV file (bad quoting, encoding or row lengths)") from exc
-    file_col = _image_spec(spec).file_column
+    file_col = (spec.image or spec.volume or _image_spec(spec)).file_column  # volume: the series folder or file
     if file_col not in df.columns:
         # Its first row is then likely data (a file without a header row): its values are never quoted.
         named = ", ".join(dict.fromkeys(c for c in (file_col, spec.label) if c))
@@ -134,7 +134,7 @@ def _listed_files(
             todo.append((rel, _row_meta({}, rel, spec)))
         return todo, rejected
 
-    file_col = _image_spec(spec).file_column
+    file_col = (spec.image or spec.volume or _image_spec(spec)).file_column  # volume: the series folder or file
     seen_ids: set[str] = set()
     listed: set[str] = set()
     for n, row in enumerate(labels.iter_rows(named=True), start=1):

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 NPZ_SPLITS = ("train", "val", "test")
 
 
-def _npz_members(fh: BinaryIO) -> dict[str, int]:
+def npz_members(fh: BinaryIO) -> dict[str, int]:
     """Key -> uncompressed size of every array in the npz, read from the zip directory (nothing inflated; a
     member never inflates beyond the size its directory entry declares)."""
     try:
@@ -49,15 +49,36 @@ def _check_npz(path: Path, spec: TaskSpec, budget: DecodedBudget) -> dict[str, t
 
 def _check_npz_file(fh: BinaryIO, spec: TaskSpec, budget: DecodedBudget) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
     image_spec = _image_spec(spec)
-    members = _npz_members(fh)
+    members = npz_members(fh)
+    check_npz_keys(members)
+    budget.take(sum(members.values()), f"the arrays of this npz ({len(members)})")
+    out = load_npz_arrays(fh, members)
+    for split, (images, labels) in out.items():
+        key = f"{split}_images"
+        if images.dtype != np.uint8:
+            raise ImageRejected(f"{key} has dtype {images.dtype}; MedMNIST images are uint8")
+        if images.ndim not in (3, 4) or (images.ndim == 4 and images.shape[3] not in (1, 3)):
+            raise ImageRejected(f"{key} has shape {images.shape}; expected (N,H,W) or (N,H,W,3)")
+        n, h, w = images.shape[:3]
+        if h * w > image_spec.max_pixels:
+            raise ImageRejected(f"{key}: {h}x{w} images exceed max_pixels {image_spec.max_pixels}")
+        out[split] = (images, None if labels is None else checked_labels(split, labels, n, image_spec.multi_label))
+    return out
+
+
+def check_npz_keys(members: dict[str, int]) -> None:
+    """Only MedMNIST's keys, and at least one images array (member names come from the file: counted, never
+    quoted)."""
     allowed = {f"{s}_{kind}" for s in NPZ_SPLITS for kind in ("images", "labels")}
     unknown = sorted(set(members) - allowed)
-    # Member names come from the file: counted, never quoted.
     if unknown:
         raise ImageRejected(f"unexpected keys ({len(unknown)} arrays): a MedMNIST npz holds only {sorted(allowed)}")
     if not any(f"{s}_images" in members for s in NPZ_SPLITS):
         raise ImageRejected(f"no train_images / val_images / test_images array (it holds {len(members)} arrays)")
-    budget.take(sum(members.values()), f"the arrays of this npz ({len(members)})")
+
+
+def load_npz_arrays(fh: BinaryIO, members: dict[str, int]) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
+    """Split -> (images, labels or None) of an npz whose keys were checked, loaded without pickle."""
     out: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
     try:
         fh.seek(0)
@@ -76,42 +97,34 @@ def _check_npz_file(fh: BinaryIO, spec: TaskSpec, budget: DecodedBudget) -> dict
         raise ImageRejected("an npz array cannot be read (object arrays are refused, or its header is malformed)") from exc
     except Exception as exc:  # noqa: BLE001
         raise ImageRejected("unreadable or corrupt npz (a member does not inflate or is truncated)") from exc
-
-    for split, (images, labels) in out.items():
-        key = f"{split}_images"
-        if images.dtype != np.uint8:
-            raise ImageRejected(f"{key} has dtype {images.dtype}; MedMNIST images are uint8")
-        if images.ndim not in (3, 4) or (images.ndim == 4 and images.shape[3] not in (1, 3)):
-            raise ImageRejected(f"{key} has shape {images.shape}; expected (N,H,W) or (N,H,W,3)")
-        n, h, w = images.shape[:3]
-        if h * w > image_spec.max_pixels:
-            raise ImageRejected(f"{key}: {h}x{w} images exceed max_pixels {image_spec.max_pixels}")
-        if labels is None:
-            continue
-        lkey = f"{split}_labels"
-        if labels.ndim == 1:
-            labels = labels[:, None]
-        if labels.ndim != 2 or labels.shape[0] != n:
-            raise ImageRejected(f"{lkey} has shape {labels.shape}; expected ({n}, 1) or ({n}, k) to match {key}")
-        if not (np.issubdtype(labels.dtype, np.integer) or np.issubdtype(labels.dtype, np.bool_)):
-            if not (np.issubdtype(labels.dtype, np.floating) and np.all(labels == np.round(labels))):
-                raise ImageRejected(f"{lkey} has dtype {labels.dtype}; expected integer labels")
-        labels = labels.astype(np.int64)
-        if image_spec.multi_label:
-            if not np.isin(labels, (0, 1)).all():
-                raise ImageRejected(f"{lkey}: multi-label targets must be 0/1")
-        else:
-            if labels.shape[1] != 1:
-                raise ImageRejected(
-                    f"{lkey} has {labels.shape[1]} columns but the spec is not multi_label (set image.multi_label)"
-                )
-            if (labels < 0).any():
-                raise ImageRejected(f"{lkey}: negative class index")
-        out[split] = (images, labels)
     return out
 
 
-def _npz_label(row: np.ndarray, multi_label: bool) -> str:
+def checked_labels(split: str, labels: np.ndarray, n: int, multi_label: bool) -> np.ndarray:
+    """The ``split``'s labels as int64 (n, k) after the shape, dtype and domain checks."""
+    lkey = f"{split}_labels"
+    if labels.ndim == 1:
+        labels = labels[:, None]
+    if labels.ndim != 2 or labels.shape[0] != n:
+        raise ImageRejected(f"{lkey} has shape {labels.shape}; expected ({n}, 1) or ({n}, k) to match {split}_images")
+    if not (np.issubdtype(labels.dtype, np.integer) or np.issubdtype(labels.dtype, np.bool_)):
+        if not (np.issubdtype(labels.dtype, np.floating) and np.all(labels == np.round(labels))):
+            raise ImageRejected(f"{lkey} has dtype {labels.dtype}; expected integer labels")
+    labels = labels.astype(np.int64)
+    if multi_label:
+        if not np.isin(labels, (0, 1)).all():
+            raise ImageRejected(f"{lkey}: multi-label targets must be 0/1")
+    else:
+        if labels.shape[1] != 1:
+            raise ImageRejected(
+                f"{lkey} has {labels.shape[1]} columns but the spec is not multi_label (set image.multi_label)"
+            )
+        if (labels < 0).any():
+            raise ImageRejected(f"{lkey}: negative class index")
+    return labels
+
+
+def npz_label(row: np.ndarray, multi_label: bool) -> str:
     if multi_label:
         return "|".join(str(i) for i in np.flatnonzero(row))
     return canonical_label(int(row[0]))
@@ -152,7 +165,7 @@ def read_npz_batch(batch_dir: Path, spec: TaskSpec) -> ImageReadResult:
                 row = {
                     **_pixel_fields(images[i], _npz_unit(images[i]), image_spec.channels),
                     "id": npz_record_id(batch, rel, split, i),
-                    "label": None if labels is None else _npz_label(labels[i], image_spec.multi_label),
+                    "label": None if labels is None else npz_label(labels[i], image_spec.multi_label),
                     "patient_id": None,
                     "source": f"{rel}#{split}:{i}",
                     "height": int(h),
@@ -166,10 +179,10 @@ def read_npz_batch(batch_dir: Path, spec: TaskSpec) -> ImageReadResult:
 
 
 @lru_cache(maxsize=4)
-def _npz_array(path: str, mtime_ns: int, key: str, max_bytes: float) -> np.ndarray:
+def cached_npz_array(path: str, mtime_ns: int, key: str, max_bytes: float) -> np.ndarray:
     """One images array of an npz, sized from the zip directory first; kept for the next records of the file."""
     with open(path, "rb") as fh:
-        members = _npz_members(fh)
+        members = npz_members(fh)
         if key not in members:
             raise ImageRejected(f"the npz no longer holds {key}")
         DecodedBudget(max_bytes, max_bytes).take(members[key], f"the npz array {key}")

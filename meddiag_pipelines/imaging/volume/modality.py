@@ -1,0 +1,151 @@
+"""The volume modality (:class:`~meddiag_pipelines.modalities.base.Modality`): imaging's steps in 3D. What differs
+from the image modality (``imaging.modality``, whose steps it inherits) is said here; the rest is the same.
+
+* raw_records        ``read_volume_batch`` per landed batch (``volume.format``); a file that does not read, or
+                     declares more than ``volume.max_voxels`` voxels, is quarantined with the reason (the others
+                     flow); each record carries its voxel hash and range.
+* validated_records  imaging's checks (GX ids and label domain, voxel hash, duplicates across splits, constant
+                     volumes) with the volume geometry checks (``volume.validation``).
+* split              the patient-level hash split, except that an npz record keeps its file's own split.
+* features           the memory-mapped uint8 cache of (1, S, S, S) volumes per batch (``imaging.preprocess``).
+* candidate_model    the 3D ResNet (``imaging.model`` with ``spatial_dims`` 3: ResNet-10 or -18, ``volume.model``)
+                     trained by imaging's trainer: AdamW, cosine schedule, 3D augmentation, class weights, EMA,
+                     early stopping, optional optuna search (``training.tune``), checkpoints and resume.
+* baseline_model     L2 logistic regression on the cached volumes average-pooled to 7^3 (8^3) blocks.
+* evaluation ...     the shared lifecycle; the report gains Grad-CAM 3D as axial, coronal and sagittal slices
+                     through each shown volume's saliency peak.
+* predictions        each scored volume's reason (``top_features``): where its Grad-CAM 3D peaks (voxel z, y, x of
+                     the S^3 model input) and the share of the map within 2 voxels of that peak.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from meddiag_pipelines.imaging.modality import ImageModality, cache_records, log_refused
+from meddiag_pipelines.imaging.preprocess import CACHE_VERSION, cache_batch, load_cached
+from meddiag_pipelines.imaging.readers import LABELS_CSV, ImageBatchError
+from meddiag_pipelines.imaging.scoring import baseline_side
+from meddiag_pipelines.imaging.validation import image_failures, validate_images
+from meddiag_pipelines.imaging.volume.readers import load_volume, read_volume_batch
+from meddiag_pipelines.imaging.volume.validation import volume_property_failures
+from meddiag_pipelines.ingestion.batches import RAW_TABLE, ReadOutcome, Validator
+from meddiag_pipelines.ingestion.errors import BatchRejected
+from meddiag_pipelines.ingestion.landing import LandedBatch
+from meddiag_pipelines.specs import BATCH_COLUMN
+from meddiag_pipelines.modalities.base import BuiltFeatures, Descriptions, Explainer, PlainReader, Storage
+from meddiag_pipelines.specs import TaskSpec, spec_columns
+from meddiag_pipelines.split import key_columns_in
+from meddiag_pipelines.validation.suites import CheckFailure
+
+
+def read_volume_records(batch: LandedBatch, spec: TaskSpec) -> ReadOutcome:
+    """Reader for ``ingest_new_batches``: records in the spec's column names; each file that does not read is a
+    per-file rejection naming the problem."""
+    try:
+        result = read_volume_batch(batch.path, spec)
+    except ImageBatchError as exc:
+        raise BatchRejected(LABELS_CSV if str(exc).startswith(LABELS_CSV) else batch.batch_id, str(exc)) from exc
+    return ReadOutcome(spec_columns(result.records, spec), result.rejected)
+
+
+def _cache_settings(spec: TaskSpec) -> str:
+    """What shapes a cached volume besides its voxels (in the cache fingerprint)."""
+    v = spec.volume
+    intensity = v.intensity.model_dump(exclude_none=True) if v.intensity else None
+    return f"volume|{v.format}|{v.size}|{v.spacing}|{intensity}|{v.orientation}"
+
+
+def explain_volumes(model_dir: Path, rows: pl.DataFrame, plan: dict) -> list[list[tuple[str, float]]]:
+    """Per scored volume, where the CNN's evidence is: its Grad-CAM 3D peak and the share of the map near it
+    (nothing for the pooled-voxel baseline, whose coefficients are its explanation)."""
+    if plan.get("predictor") != "cnn" or rows.is_empty():
+        return [[] for _ in range(rows.height)]
+    from meddiag_pipelines.imaging.saliency import grad_cam
+
+    maps = grad_cam(model_dir, load_cached(Path(plan["cache_dir"]), rows[plan["id_column"]].cast(pl.String).to_list()))
+    reasons = []
+    for heat in maps:
+        peak = np.unravel_index(int(np.argmax(heat)), heat.shape)
+        near = heat[tuple(slice(max(0, p - 2), p + 3) for p in peak)].sum() / max(float(heat.sum()), 1e-12)
+        z, y, x = (int(p) for p in peak)
+        reasons.append([(f"Grad-CAM peak at z{z} y{y} x{x} of {heat.shape[0]}^3, share within 2 voxels", float(near))])
+    return reasons
+
+
+class VolumeModality(ImageModality):
+    name = "volume"
+    candidate_name = "resnet3d"
+    baseline_name = "logistic_regression_pooled_voxels"
+
+    def descriptions(self, spec: TaskSpec) -> Descriptions:
+        v = spec.volume
+        side = baseline_side(v.size, 3)
+        search = f", optuna search of {spec.training.trials} trials" if spec.training.tune else ""
+        return Descriptions(
+            raw_records=f"new landed volume batches ({v.format}), read once and appended to the warehouse (one row "
+            "per volume); unreadable or oversized files quarantined with the reason.",
+            validated_records="volume records of every batch that passed the checks (GX ids and label domain; size, "
+            "bit depth, constant volumes, duplicates across splits).",
+            suite="Volume checks over all validated rows: GX (ids present and unique, label domain, voxel hash "
+            "present), size and bit depth as the spec expects, no constant volume, no identical volume in two splits "
+            "(leakage) or with two labels in one split.",
+            features=f"the rows whose volumes are in the preprocessed tensor cache (<data>/cache/{spec.name}/, uint8 "
+            f"1 x {v.size}^3, memory-mapped, rebuilt only for new batches), with keys and split.",
+            feature_plan="where the tensor cache is and the volume shape it holds.",
+            candidate_model=f"3D {v.model.replace('resnet', 'ResNet-')} at {v.size}^3 (AdamW, cosine schedule, 3D "
+            f"augmentation, class weights, weight EMA, early stopping on validation AUROC{search}; CUDA when "
+            "present), checkpointed every epoch in the registry's staging area; weights as a torch state dict.",
+            baseline_model=f"L2 logistic regression on the cached volumes average-pooled to {side}^3 blocks "
+            "(standardised, C chosen on validation), the plain baseline; JSON coefficients.",
+        )  # fmt: skip
+
+    def reader(self, spec: TaskSpec) -> PlainReader:
+        return PlainReader(read_volume_records)
+
+    def validator(self, spec: TaskSpec, storage: Storage) -> Validator:
+        """Volumes are also compared with batches validated before (leakage across splits and batches)."""
+        ledger = storage.warehouse.ledger(spec.name)
+        done = ledger.filter(pl.col("status") == "validated")["batch_id"].to_list() if ledger.height else []
+        earlier = storage.warehouse.read(spec.name, RAW_TABLE, done) if done else None
+        return lambda frame, task, known_ids: validate_images(frame, task, known_ids, earlier,
+                                                              properties=volume_property_failures)  # fmt: skip
+
+    def suite(self, spec: TaskSpec, records: pl.DataFrame) -> list[CheckFailure]:
+        return image_failures(records, spec, spec.name, properties=volume_property_failures)
+
+    def features(self, spec: TaskSpec, split: pl.DataFrame, storage: Storage) -> BuiltFeatures:
+        v = spec.volume
+        cache_dir = storage.root.cache(spec.name)
+        built, reused, n_volumes, refused, warnings = 0, 0, 0, set(), []
+        for (batch_id,), rows in split.group_by(BATCH_COLUMN, maintain_order=False):
+            records = cache_records(rows, spec)
+            batch_dir = storage.root.landing(spec.name) / batch_id
+
+            def load(source: str, sha256: str | None, batch_dir: Path = batch_dir):
+                return load_volume(batch_dir, source, spec, sha256)
+
+            manifest = cache_batch(cache_dir, batch_id, records, (1, v.size, v.size, v.size), _cache_settings(spec),
+                                   load, {"size": v.size, "channels": 1, "spatial_dims": 3})  # fmt: skip
+            refused |= log_refused(warnings, batch_id, records, manifest["failed"], "volume")
+            reused += bool(manifest["reused"])
+            built += not manifest["reused"]
+            n_volumes += int(manifest["n"])
+        frame = split.filter(~pl.col(spec.id).cast(pl.String).is_in(list(refused))).select(key_columns_in(split, spec))
+        plan = {"modality": "volume", "cache_dir": storage.root.relative(cache_dir), "size": v.size, "channels": 1,
+                "spatial_dims": 3, "format": v.format, "cache_version": CACHE_VERSION,
+                "id_column": spec.id}  # fmt: skip
+        cache_bytes = sum(p.stat().st_size for p in cache_dir.glob("*.npy")) if cache_dir.is_dir() else 0
+        meta = {"n_rows": frame.height, "n_volumes_cached": n_volumes, "n_volumes_refused": len(refused),
+                "batches_built": built, "batches_reused": reused, "volume_shape": f"1x{v.size}x{v.size}x{v.size}",
+                "cache_mb": round(cache_bytes / 2**20, 2)}  # fmt: skip
+        return BuiltFeatures(frame, plan, meta, {"size": v.size, "channels": 1, "spatial_dims": 3}, warnings)
+
+    def explainer(self, spec: TaskSpec) -> Explainer:
+        return explain_volumes
+
+
+MODALITY = VolumeModality()

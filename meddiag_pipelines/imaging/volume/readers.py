@@ -1,0 +1,203 @@
+"""Volume readers: one record per volume, in imaging's record schema plus ``depth``.
+
+``npz``: MedMNIST's 3D layout, ``{train,val,test}_images`` uint8 (N, D, H, W) and ``{train,val,test}_labels``
+(N, 1) class indices; every ``*.npz`` of the batch is read with ``allow_pickle=False``; each record keeps the
+file's own split in ``predefined_split``; ``source`` = ``file.npz#<split>:<i>``; ``id`` = ``<hash>_<split>_<i>``
+(the hash over the batch and the file's path, as imaging's npz: :func:`npz_record_id`). Before any voxel is
+decoded, each images array's ``.npy`` header (read from the zip member, nothing inflated beyond it) must declare
+uint8 (N, D, H, W) volumes of at most ``volume.max_voxels`` voxels, and the file's arrays (their sizes from the zip
+directory) must fit ``volume.max_decoded_mb_per_batch`` with the batch's other files. A file that fails any check
+is rejected whole with the reason (quarantined), the batch's other files are read.
+
+``dicom_series`` / ``nifti``: ``labels.csv`` names each record's series folder or file in ``volume.file_column``;
+each is read by ``imaging.volume_io.read_volume`` (imported when used) and refused there with a reason.
+
+Each volume is decoded once here: its record carries the sha256 of its voxels and their range in [0, 1];
+:func:`load_volume` given that sha256 refuses a volume that changed since, so the voxels validated are the ones
+cached and trained on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import zipfile
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import polars as pl
+
+from meddiag_pipelines.imaging.readers import (INTENSITY_MAX, INTENSITY_MIN, ImageReadResult, ImageRejected,
+                                               records_schema)  # fmt: skip
+from meddiag_pipelines.imaging.readers.listing import _image_file, _read_labels, _row_meta, walk_files, normalise_rel
+from meddiag_pipelines.imaging.readers.npz import (cached_npz_array, check_npz_keys, checked_labels, load_npz_arrays,
+                                                   npz_label, npz_members, npz_record_id)  # fmt: skip
+from meddiag_pipelines.ingestion.landing import display_name
+
+if TYPE_CHECKING:
+    from meddiag_pipelines.specs import TaskSpec, VolumeSpec
+
+_MB = 2**20
+
+
+def volume_schema(spec: TaskSpec) -> dict[str, pl.DataType]:
+    return {**records_schema(spec), "depth": pl.Int64}
+
+
+def _voxel_sha(array: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
+
+
+def _declared(zf: zipfile.ZipFile, key: str) -> tuple[tuple[int, ...], np.dtype]:
+    """The shape and dtype an npz member's ``.npy`` header declares, read without inflating its data."""
+    try:
+        with zf.open(f"{key}.npy") as member:
+            version = np.lib.format.read_magic(member)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _, dtype = read(member)
+    except (ValueError, OSError, zipfile.BadZipFile, KeyError) as exc:
+        raise ImageRejected(f"{key}: its .npy header cannot be read (malformed or not an array)") from exc
+    return tuple(int(d) for d in shape), dtype
+
+
+def _check_declared(zf: zipfile.ZipFile, members: dict[str, int], volume: VolumeSpec) -> None:
+    """Every images array declares uint8 (N, D, H, W) volumes within ``volume.max_voxels``."""
+    for key in sorted(k for k in members if k.endswith("_images")):
+        shape, dtype = _declared(zf, key)
+        if len(shape) != 4:
+            raise ImageRejected(f"{key} declares shape {shape}; a MedMNIST 3D npz holds (N, D, H, W) volumes")
+        if dtype != np.uint8:
+            raise ImageRejected(f"{key} declares dtype {dtype}; MedMNIST volumes are uint8")
+        voxels = math.prod(shape[1:])
+        if voxels > volume.max_voxels:
+            raise ImageRejected(f"{key} declares {'x'.join(map(str, shape[1:]))} volumes ({voxels:,} voxels), over "
+                                f"volume.max_voxels ({volume.max_voxels:,})")  # fmt: skip
+
+
+def _check_npz(path: Path, volume: VolumeSpec, used: list[float]) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
+    """Split -> (volumes, labels or None) after every check; ``used``: decoded bytes of the batch so far (one item,
+    updated). Raises ImageRejected for the whole file."""
+    with open(path, "rb") as fh:
+        members = npz_members(fh)
+        check_npz_keys(members)
+        try:
+            with zipfile.ZipFile(fh) as zf:
+                _check_declared(zf, members, volume)
+        except zipfile.BadZipFile as exc:
+            raise ImageRejected("not a valid npz file (its zip directory cannot be read)") from exc
+        nbytes = sum(members.values())
+        if used[0] + nbytes > volume.max_decoded_mb_per_batch * _MB:
+            raise ImageRejected(f"its arrays would decode to {nbytes / _MB:.1f} MB, taking the batch over "
+                                f"volume.max_decoded_mb_per_batch ({volume.max_decoded_mb_per_batch:g} MB); land it "
+                                "in another batch")  # fmt: skip
+        used[0] += nbytes
+        arrays = load_npz_arrays(fh, members)
+    return {split: (images, None if labels is None else checked_labels(split, labels, len(images), False))
+            for split, (images, labels) in arrays.items()}  # fmt: skip
+
+
+def _npz_rows(batch: str, rel: str, arrays: dict[str, tuple[np.ndarray, np.ndarray | None]]) -> list[dict]:
+    rows = []
+    for split, (volumes, labels) in arrays.items():
+        d, h, w = volumes.shape[1:]
+        for i, vol in enumerate(volumes):
+            rows.append({"id": npz_record_id(batch, rel, split, i), "patient_id": None,
+                         "label": None if labels is None else npz_label(labels[i], False),
+                         "source": f"{rel}#{split}:{i}", "sha256": _voxel_sha(vol), "depth": int(d), "height": int(h),
+                         "width": int(w), "channels": 1, "bit_depth": 8, "predefined_split": split,
+                         INTENSITY_MIN: float(vol.min()) / 255.0, INTENSITY_MAX: float(vol.max()) / 255.0})  # fmt: skip
+    return rows
+
+
+def read_npz_volumes(batch_dir: Path, spec: TaskSpec) -> ImageReadResult:
+    rows: list[dict] = []
+    rejected: list[tuple[str, str]] = []
+    used = [0.0]
+    for rel, _ in walk_files(batch_dir):
+        if not rel.lower().endswith(".npz"):
+            continue
+        try:
+            arrays = _check_npz(_image_file(batch_dir, rel, spec), spec.volume, used)
+        except ImageRejected as exc:
+            rejected.append((rel, str(exc)))
+            continue
+        rows += _npz_rows(display_name(batch_dir.name), rel, arrays)
+    return ImageReadResult(_frame(rows, spec), rejected)
+
+
+def _frame(rows: list[dict], spec: TaskSpec) -> pl.DataFrame:
+    schema = volume_schema(spec)
+    return pl.DataFrame([{k: r.get(k) for k in schema} for r in rows], schema=schema, orient="row")
+
+
+def read_listed_volumes(batch_dir: Path, spec: TaskSpec) -> ImageReadResult:
+    """``dicom_series`` / ``nifti``: one record per labels.csv row, read by ``imaging.volume_io``."""
+    from meddiag_pipelines.imaging.volume_io import VolumeRefused, read_volume
+
+    labels = _read_labels(batch_dir, spec)
+    rows: list[dict] = []
+    rejected: list[tuple[str, str]] = []
+    for row in [] if labels is None else labels.iter_rows(named=True):
+        rel = normalise_rel(row.get(spec.volume.file_column) or "")
+        try:
+            volume = read_volume(batch_dir, rel, spec.volume.format, max_voxels=spec.volume.max_voxels)
+        except (VolumeRefused, ImageRejected) as exc:
+            rejected.append((rel, str(exc)))
+            continue
+        d, h, w = volume.array.shape
+        low, high = float(np.nanmin(volume.array)), float(np.nanmax(volume.array))
+        rows.append({**_row_meta(row, rel, spec), "source": rel, "sha256": _voxel_sha(volume.array), "depth": d,
+                     "height": h, "width": w, "channels": 1, "bit_depth": 16, "predefined_split": None,
+                     INTENSITY_MIN: 0.0, INTENSITY_MAX: 1.0 if high > low else 0.0})  # fmt: skip
+    return ImageReadResult(_frame(rows, spec), rejected)
+
+
+def read_volume_batch(batch_dir: Path, spec: TaskSpec) -> ImageReadResult:
+    """The records of one landed batch and its rejected files, in the spec's ``volume.format``."""
+    if spec.volume.format == "npz":
+        return read_npz_volumes(batch_dir, spec)
+    return read_listed_volumes(batch_dir, spec)
+
+
+def resize_cube(unit: np.ndarray, size: int) -> np.ndarray:
+    """(D, H, W) float in [0, 1] -> (size, size, size), trilinear (each axis scaled to ``size``)."""
+    if unit.shape == (size,) * 3:
+        return unit.astype(np.float32, copy=False)
+    from scipy.ndimage import zoom
+
+    factors = [size / n for n in unit.shape]
+    return np.clip(zoom(unit.astype(np.float32), factors, order=1, grid_mode=True, mode="nearest"), 0.0, 1.0)
+
+
+def load_volume(batch_dir: Path, source: str, spec: TaskSpec, sha256: str | None) -> np.ndarray:
+    """One record's volume as float32 (1, S, S, S) in [0, 1]; :class:`ImageRejected` when it no longer reads or
+    its voxels differ from ``sha256`` (the hash validated at ingestion)."""
+    volume_spec = spec.volume
+    if volume_spec.format == "npz":
+        rel, _, where = source.rpartition("#")
+        split, _, index = where.partition(":")
+        path = _image_file(batch_dir, rel, spec)
+        arrays = cached_npz_array(str(path), path.stat().st_mtime_ns, f"{split}_images",
+                                  volume_spec.max_decoded_mb_per_batch * _MB)  # fmt: skip
+        if not index.isdigit() or int(index) >= len(arrays):
+            raise ImageRejected(f"the npz no longer holds volume {index} of {split}")
+        native = arrays[int(index)]
+        unit = resize_cube(native.astype(np.float32) / 255.0, volume_spec.size)
+    else:
+        from meddiag_pipelines.imaging.volume_io import VolumeRefused, read_volume, to_model_input
+
+        try:
+            read = read_volume(batch_dir, source, volume_spec.format, max_voxels=volume_spec.max_voxels)
+        except VolumeRefused as exc:
+            raise ImageRejected(str(exc)) from exc
+        native = read.array
+        intensity = volume_spec.intensity.model_dump(exclude_none=True) if volume_spec.intensity else None
+        unit = np.clip(to_model_input(read, spacing=volume_spec.spacing, size=volume_spec.size,
+                                      intensity=intensity), 0.0, 1.0)  # fmt: skip
+    if sha256 is not None and _voxel_sha(native) != sha256:
+        raise ImageRejected("its voxels changed since the batch was validated")
+    return unit[None].astype(np.float32, copy=False)
+
+
+__all__ = ["load_volume", "read_volume_batch", "resize_cube", "volume_schema"]

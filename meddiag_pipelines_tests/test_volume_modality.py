@@ -1,0 +1,290 @@
+"""The volume modality: its spec, the MedMNIST-3D npz reader and its refusals, the 3D model through imaging's
+trainer, Grad-CAM 3D slices, the pooled-voxel baseline, and the bundled SYNTHETIC task end to end through the
+generic Dagster assets with its ONNX export."""
+
+import io
+import json
+import re
+import zipfile
+from pathlib import Path
+
+import dagster as dg
+import numpy as np
+import polars as pl
+import pytest
+import torch
+
+from meddiag_pipelines.definitions import build_definitions
+from meddiag_pipelines.imaging.readers import npz_record_id
+from meddiag_pipelines.imaging.saliency import grad_cam, orthogonal_slices
+from meddiag_pipelines.imaging.scoring import pooled_pixels
+from meddiag_pipelines.imaging.train import augment_batch, predict_image_model, train_image_model
+from meddiag_pipelines.imaging.tuning import VOLUME_AUGMENT_SETS, fit_image_model
+from meddiag_pipelines.imaging.volume.modality import MODALITY, read_volume_records
+from meddiag_pipelines.imaging.volume.readers import load_volume, read_volume_batch
+from meddiag_pipelines.ingestion.landing import LandedBatch
+from meddiag_pipelines.ingestion.quarantine import file_reason
+from meddiag_pipelines.modalities.registry import get
+from meddiag_pipelines.registry.export import export_version
+from meddiag_pipelines.specs import BUNDLED_TASKS_DIR, SpecError, TaskSpec, load_spec
+from meddiag_pipelines.update import run_task_in_process
+from scripts.volume_phantoms import FILE, phantom_arrays, write_volume_phantom_batch
+
+SIDE = 16  # small volumes: the code paths are under test here, not the learning
+
+
+def volume_spec(**volume) -> TaskSpec:
+    return TaskSpec.model_validate({"name": "vol", "modality": "volume", "label": "label", "positive": "1",
+                                    "classes": ["0", "1"],
+                                    "volume": {"format": "npz", "size": SIDE, **volume}})  # fmt: skip
+
+
+def write_npz(path: Path, sizes: dict[str, int], side: int = SIDE, seed: int = 0, labelled: bool = True) -> dict:
+    """MedMNIST 3D layout: (n, side, side, side) uint8 volumes whose brightness follows the label."""
+    rng = np.random.default_rng(seed)
+    arrays = {}
+    for split, n in sizes.items():
+        y = np.arange(n) % 2
+        noise = rng.integers(0, 60, (n, side, side, side))
+        arrays[f"{split}_images"] = (40 + 80 * y[:, None, None, None] + noise).astype(np.uint8)
+        if labelled:
+            arrays[f"{split}_labels"] = y[:, None].astype(np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path, **arrays)
+    return arrays
+
+
+# ------------------------------------------------------------------------------------------------ spec
+
+
+def _spec_file(tmp_path: Path, volume: str | None) -> Path:
+    path = tmp_path / "vol.yaml"
+    path.write_text("name: vol\nmodality: volume\nlabel: label\n" + (f"volume: {volume}\n" if volume else ""))
+    return path
+
+
+def test_format_and_label_are_enough_and_the_defaults_are_what_a_user_expects(tmp_path: Path) -> None:
+    spec = load_spec(_spec_file(tmp_path, "{format: npz}"))
+    volume = spec.volume
+    assert (volume.format, volume.size, volume.spacing, volume.intensity) == ("npz", 28, None, None)
+    assert volume.orientation == "RAS"
+    assert volume.file_column == "file" and volume.max_voxels == 512 * 512 * 1024 and volume.model == "resnet18"
+    assert get("volume") is MODALITY
+
+
+@pytest.mark.parametrize(("volume", "problem"), [
+    (None, "volume tasks need the 'volume' section"),
+    ("{format: png}", "key 'volume.format'"),
+    ("{format: npz, size: 30}", "key 'volume.size'"),
+    ("{format: nifti, spacing: [1, 0, 1]}", "every spacing must be above 0 mm"),
+    ("{format: dicom_series, intensity: {ct_window: [-1000, 400], percentile: [1, 99]}}", "give exactly one of"),
+    ("{format: nifti, intensity: {ct_window: [400, -1000]}}", "must be below the upper bound"),
+])  # fmt: skip
+def test_a_bad_volume_field_is_a_spec_error_naming_the_file_and_key(tmp_path: Path, volume, problem) -> None:
+    with pytest.raises(SpecError, match="vol.yaml") as raised:
+        load_spec(_spec_file(tmp_path, volume))
+    assert problem in str(raised.value)
+
+
+# ------------------------------------------------------------------------------------------------ reader
+
+
+def test_npz_volumes_keep_their_split_shape_and_hashed_ids(tmp_path: Path) -> None:
+    batch = tmp_path / "batch_0001"
+    arrays = write_npz(batch / "sub" / "set.npz", {"train": 5, "val": 3, "test": 2})
+    result = read_volume_batch(batch, volume_spec())
+    records = result.records
+    assert result.rejected == [] and records.height == 10
+    counts = records["predefined_split"].value_counts().sort("predefined_split").rows()
+    assert counts == [("test", 2), ("train", 5), ("val", 3)]
+    record_id = records.filter(pl.col("source") == "sub/set.npz#val:2")["id"].item()
+    assert record_id == npz_record_id("batch_0001", "sub/set.npz", "val", 2)
+    assert set(records["depth"]) == set(records["height"]) == set(records["width"]) == {SIDE}
+    assert records["label"].to_list()[:2] == ["0", "1"]
+    row = records.filter(pl.col("source") == "sub/set.npz#train:1").row(0, named=True)
+    cached = load_volume(batch, row["source"], volume_spec(), row["sha256"])
+    assert cached.shape == (1, SIDE, SIDE, SIDE) and np.allclose(cached[0] * 255, arrays["train_images"][1], atol=1e-3)
+
+
+def test_a_volume_changed_since_validation_is_refused_and_a_larger_one_is_resized(tmp_path: Path) -> None:
+    batch = tmp_path / "batch_0001"
+    write_npz(batch / "set.npz", {"train": 2}, side=28)
+    spec = volume_spec()
+    row = read_volume_batch(batch, spec).records.row(0, named=True)
+    assert load_volume(batch, row["source"], spec, row["sha256"]).shape == (1, SIDE, SIDE, SIDE)  # 28^3 -> 16^3
+    write_npz(batch / "set.npz", {"train": 2}, side=28, seed=1)
+    with pytest.raises(ValueError, match="changed since the batch was validated"):
+        load_volume(batch, row["source"], spec, row["sha256"])
+
+
+def _declared_only(path: Path, shape: tuple[int, ...]) -> None:
+    """An npz whose train_images header declares ``shape`` uint8 but holds no data (a 1 KB file)."""
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "|u1", "fortran_order": False, "shape": shape})
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("train_images.npy", header.getvalue())  # the magic string and header, no data
+
+
+def test_an_oversized_declared_volume_is_refused_before_any_voxel_is_decoded(tmp_path: Path) -> None:
+    batch = tmp_path / "batch_0001"
+    batch.mkdir()
+    _declared_only(batch / "huge.npz", (1, 1024, 1024, 2048))  # 2 G voxels declared in a few hundred bytes
+    write_npz(batch / "good.npz", {"train": 4})
+    result = read_volume_batch(batch, volume_spec())
+    assert result.records.height == 4
+    [(rel, problem)] = result.rejected
+    assert rel == "huge.npz" and "over volume.max_voxels (268,435,456)" in problem and "1024x1024x2048" in problem
+
+
+def test_the_decoded_size_of_a_batch_is_bounded(tmp_path: Path) -> None:
+    batch = tmp_path / "batch_0001"
+    write_npz(batch / "a.npz", {"train": 4}, side=16)
+    write_npz(batch / "b.npz", {"train": 4}, side=16)
+    result = read_volume_batch(batch, volume_spec(max_decoded_mb_per_batch=0.02))  # 16 KB a file, 20 KB allowed
+    assert result.records.height == 4
+    [(rel, problem)] = result.rejected
+    assert rel == "b.npz" and "over volume.max_decoded_mb_per_batch" in problem
+
+
+@pytest.mark.parametrize(("arrays", "problem"), [
+    ({"train_images": np.zeros((2, 8, 8), np.uint8)}, r"declares shape \(2, 8, 8\); a MedMNIST 3D npz holds"),
+    ({"train_images": np.zeros((2, 8, 8, 8), np.float32)}, "declares dtype float32"),
+    ({"train_images": np.full((2, 8, 8, 8), 9, np.uint8), "train_labels": np.zeros((3, 1), np.uint8)},
+     r"train_labels has shape \(3, 1\)"),
+    ({"train_images": np.full((2, 8, 8, 8), 9, np.uint8), "extra": np.zeros(2)}, "unexpected keys"),
+    ({"train_images": np.array([{"a": 1}, None], dtype=object)}, "header cannot be read|declares"),
+])  # fmt: skip
+def test_a_malformed_npz_is_quarantined_with_its_reason(tmp_path: Path, arrays: dict, problem: str) -> None:
+    batch = tmp_path / "batch_0001"
+    batch.mkdir()
+    np.savez(batch / "bad.npz", **arrays, allow_pickle=True)
+    (batch / "not_a_zip.npz").write_bytes(b"PK\x03\x04 truncated")
+    outcome = read_volume_records(LandedBatch("vol", "batch_0001", batch, (), "", 0), volume_spec())
+    reasons = dict(outcome.rejected)
+    assert outcome.records.height == 0 and set(reasons) == {"bad.npz", "not_a_zip.npz"}
+    assert "not a valid npz file" in reasons["not_a_zip.npz"]
+    assert re.search(problem, reasons["bad.npz"]), reasons["bad.npz"]
+
+
+# ------------------------------------------------------------------------------------------------ model and saliency
+
+
+def test_3d_augmentation_keeps_shapes_and_is_seeded() -> None:
+    x = torch.rand(4, 1, SIDE, SIDE, SIDE)
+    ops = ["hflip", "vflip", "dflip", "affine", "intensity"]
+    a = augment_batch(x, ops, torch.Generator().manual_seed(3))
+    b = augment_batch(x, ops, torch.Generator().manual_seed(3))
+    assert a.shape == x.shape and torch.equal(a, b) and not torch.equal(a, x)
+    assert float(a.min()) >= 0.0 and float(a.max()) <= 1.0
+    flipped = augment_batch(x, ["dflip"], torch.Generator().manual_seed(0))
+    assert all(torch.equal(f, v) or torch.equal(f, v.flip(-3)) for f, v in zip(flipped, x, strict=True))
+    assert any(torch.equal(f, v.flip(-3)) and not torch.equal(f, v) for f, v in zip(flipped, x, strict=True))
+
+
+def test_pooled_voxels_average_blocks() -> None:
+    X = np.random.default_rng(0).random((2, 1, 16, 16, 16)).astype(np.float32)
+    pooled = pooled_pixels(X, 8)
+    assert pooled.shape == (2, 512)
+    assert np.isclose(pooled[1, 8 * 8 * 1 + 8 * 2 + 3], X[1, 0, 2:4, 4:6, 6:8].mean())
+
+
+@pytest.fixture(scope="module")
+def tiny_3d_model(tmp_path_factory) -> tuple[Path, np.ndarray]:
+    rng = np.random.default_rng(0)
+    X = rng.random((24, 1, SIDE, SIDE, SIDE)).astype(np.float32)
+    y = np.arange(24) % 2
+    X[y == 1, :, 6:10, 6:10, 6:10] += 1.0
+    X = np.clip(X, 0, 1)
+    spec = volume_spec(model="resnet10", width=4).model_copy(update={"training": volume_spec().training.model_copy(
+        update={"epochs": 2, "batch_size": 8})})  # fmt: skip
+    out = tmp_path_factory.mktemp("model")
+    result = train_image_model(X[:16], y[:16], X[16:], y[16:], "binary", 1, spec, out, "cpu", num_threads=1)
+    assert result.config["spatial_dims"] == 3 and tuple(result.config["model_config"]["blocks"]) == (1, 1, 1, 1)
+    return out, X
+
+
+def test_the_3d_resnet_trains_through_the_shared_trainer_and_predicts(tiny_3d_model) -> None:
+    model_dir, X = tiny_3d_model
+    meta = json.loads((model_dir / "model.json").read_text())
+    assert meta["model_config"]["spatial_dims"] == 3 and meta["input_size"] == SIDE
+    p = predict_image_model(model_dir, X[:5], "cpu")
+    assert p.shape == (5,) and np.all((p >= 0) & (p <= 1))
+    with pytest.raises(ValueError, match=r"do not match the model's input 1x16\^3"):
+        predict_image_model(model_dir, X[:2, :, :4], "cpu")
+
+
+def test_the_3d_resnet_is_tuned_by_the_same_search_over_volume_augmentations(tiny_3d_model, tmp_path: Path) -> None:
+    _, X = tiny_3d_model
+    y = np.arange(len(X)) % 2
+    spec = volume_spec(model="resnet10")
+    spec = spec.model_copy(update={"training": spec.training.model_copy(update={"tune": True, "trials": 2, "epochs": 1,
+                                                                               "batch_size": 8})})  # fmt: skip
+    res = fit_image_model(X[:16], y[:16], X[16:], y[16:], "binary", 1, spec, tmp_path / "model", "cpu", width=4,
+                          num_threads=1)  # fmt: skip
+    meta = json.loads((res.model_dir / "model.json").read_text())
+    best = meta["tuning"]["best"]
+    assert meta["tuning"]["n_trials"] == 2 and meta["spatial_dims"] == 3 and best["augment"] in VOLUME_AUGMENT_SETS
+    assert meta["model_config"]["width"] == best["width"] and meta["model_config"]["spatial_dims"] == 3
+
+
+def test_grad_cam_3d_and_its_slices_through_the_peak(tiny_3d_model) -> None:
+    model_dir, X = tiny_3d_model
+    maps = grad_cam(model_dir, X[:3])
+    assert maps.shape == (3, SIDE, SIDE, SIDE) and maps.min() >= 0 and maps.max() <= 1
+    heat = np.zeros((1, SIDE, SIDE, SIDE), np.float32)
+    heat[0, 1, 2, 5] = 1.0
+    images, slices = orthogonal_slices(X[:1], heat)
+    assert images.shape == (3, 1, SIDE, SIDE) and slices.shape == (3, SIDE, SIDE)
+    assert np.array_equal(images[0], X[0, :, 1]) and np.array_equal(images[1], X[0, :, :, 2])
+    assert np.array_equal(images[2], X[0, :, :, :, 5]) and all(s.max() == 1.0 for s in slices)
+
+
+# ------------------------------------------------------------------------------------------------ end to end
+
+
+def test_the_bundled_task_is_synthetic_and_small() -> None:
+    spec = load_spec(BUNDLED_TASKS_DIR / "synthetic_volume_phantoms.yaml")
+    landing = Path(__file__).resolve().parent.parent / "data" / "landing" / spec.name / "batch_0001"
+    assert spec.modality == "volume" and "SYNTHETIC" in spec.description and (landing / "_READY").exists()
+    assert (landing / FILE).stat().st_size < 3 * 2**20
+    with np.load(landing / FILE, allow_pickle=False) as npz:
+        assert npz["train_images"].shape[1:] == (spec.volume.size,) * 3 and npz["train_labels"].shape[1] == 1
+        assert np.array_equal(npz["test_images"], phantom_arrays()["test_images"])  # the script rebuilds it
+
+
+@pytest.mark.slow
+def test_the_synthetic_volume_task_end_to_end_with_its_onnx_export(tmp_path: Path) -> None:
+    spec = load_spec(BUNDLED_TASKS_DIR / "synthetic_volume_phantoms.yaml")
+    spec = spec.model_copy(update={
+        "training": spec.training.model_copy(update={"epochs": 2}),
+        "evaluation": spec.evaluation.model_copy(update={"n_bootstrap": 100}),
+        "promotion": spec.promotion.model_copy(update={"auroc_floor": 0.0, "slope_band": (0.0, 1e9)}),
+    })  # fmt: skip
+    task, root = spec.name, tmp_path / "data"
+    batch = write_volume_phantom_batch(root / "landing" / task / "batch_0001", seed=5,
+                                       split_sizes={"train": 60, "val": 24, "test": 24})  # fmt: skip
+    write_npz(batch / "to_score.npz", {"test": 3}, side=16, labelled=False)
+    (batch / "broken.npz").write_bytes(b"not a zip file at all")
+    with dg.instance_for_test() as instance:
+        result = run_task_in_process(build_definitions([spec], root), spec, instance, None, raise_on_error=False)
+        assert result.success
+    reason = json.loads(file_reason(root / "quarantine" / task / "batch_0001", "broken.npz").read_text())
+    assert "not a valid npz file" in reason["problem"]
+
+    latest = root / "reports" / task / "latest"
+    metrics = json.loads((latest / "metrics.json").read_text())
+    assert (metrics["n_train"], metrics["n_val"], metrics["n_test"]) == (60, 24, 24)
+    assert metrics["baseline"]["name"] == "logistic_regression_pooled_voxels" and 0 <= metrics["auroc"] <= 1
+    html = (latest / "report.html").read_text()
+    saliency = html[html.index("Saliency (Grad-CAM)"):]
+    assert "axial, coronal and sagittal slices" in saliency and saliency.count("data:image/png;base64,") >= 2
+
+    registry = root / "models" / task
+    champion = json.loads((registry / "champion.json").read_text())["version"]
+    assert json.loads((registry / champion / "manifest.json").read_text())["model"]["name"] == "resnet3d"
+    scored = pl.read_parquet(root / "predictions" / task / "batch_0001" / f"{champion}.parquet")
+    assert scored.height == 3 and scored["probability"].is_between(0, 1).all()
+    assert all(re.fullmatch(r"Grad-CAM peak at z\d+ y\d+ x\d+ of 16\^3, share within 2 voxels \+[01]\.\d{3}", r)
+               for r in scored["top_features"].to_list())  # fmt: skip
+    exported = export_version(root, task, champion)
+    assert exported["max_abs_diff"] < 1e-4 and exported["output_shape"] == ["batch", 1], exported
