@@ -150,8 +150,9 @@ class ResNet18Small(nn.Module):
         return (1, self.config.in_channels, *(1,) * self.config.spatial_dims)
 
     def set_normalisation(self, mean: list[float], std: list[float]) -> None:
-        self.mean.copy_(torch.tensor(mean, dtype=torch.float32).reshape(self._channel_shape()))
-        self.std.copy_(torch.tensor(std, dtype=torch.float32).clamp_min(1e-3).reshape(self._channel_shape()))
+        """Per-channel mean and std, in the buffers' own shape (2D or 3D; shared by the timm backbones)."""
+        self.mean.copy_(torch.tensor(mean, dtype=torch.float32).reshape(self.mean.shape))
+        self.std.copy_(torch.tensor(std, dtype=torch.float32).clamp_min(1e-3).reshape(self.std.shape))
 
     def classifier(self) -> nn.Module:
         return self.fc
