@@ -237,6 +237,9 @@ def test_series_and_nifti_tasks_end_to_end_with_hostile_inputs_and_no_phi(tmp_pa
         to_score = write_volume_batch(later, fmt, 4, seed=2, labelled=False)
         second, more_events = _run(spec, root, home)
         assert second.success
+        features = next(m for m in second.asset_materializations_for_node(f"{spec.name}__features")
+                        if m.asset_key.path[-1] == "features").metadata  # fmt: skip
+        assert (features["batches_reused"].value, features["batches_built"].value) == (1, 1)  # cached once a batch
     champion = json.loads((root / "models" / spec.name / "champion.json").read_text())["version"]
     scored = pl.read_parquet(root / "predictions" / spec.name / "batch_0002" / f"{champion}.parquet")
     assert sorted(scored["id"].to_list()) == [f"case_2_{i:03d}" for i in range(len(to_score))]
