@@ -226,6 +226,8 @@ def test_series_and_nifti_tasks_end_to_end_with_hostile_inputs_and_no_phi(tmp_pa
             if fmt == "nifti":  # a file is moved to quarantine beside its reason; a series folder stays in landing
                 reason = json.loads(file_reason(root / "quarantine" / spec.name / "batch_0001", rel).read_text())
                 assert re.search(problem, reason["problem"]) and not os.path.lexists(batch / rel)
+            else:
+                assert (batch / rel).is_dir() and not (root / "quarantine" / spec.name).exists()
         assert outside.read_bytes() == outside_bytes and not outside.is_symlink()  # nothing outside was touched
         assert all((batch / rel).exists() for rel in good[:3])
 
@@ -255,5 +257,6 @@ def test_series_and_nifti_tasks_end_to_end_with_hostile_inputs_and_no_phi(tmp_pa
 
 def _landed_canaries(path: Path) -> bool:
     if path.is_dir():  # a series: the patient's name in every file name and tag
-        return all(CANARY_NAME in p.name and CANARY_NAME.encode() in p.read_bytes() for p in path.iterdir())
+        slices = list(path.iterdir())
+        return bool(slices) and all(CANARY_NAME in p.name and CANARY_NAME.encode() in p.read_bytes() for p in slices)
     return CANARY_NAME.encode() in gzip.decompress(path.read_bytes())
