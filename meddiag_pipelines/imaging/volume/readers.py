@@ -20,6 +20,7 @@ cached and trained on.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import zipfile
 from pathlib import Path
@@ -28,14 +29,15 @@ from typing import TYPE_CHECKING
 import numpy as np
 import polars as pl
 
-from meddiag_pipelines.imaging.readers import (INTENSITY_MAX, INTENSITY_MIN, ImageReadResult, ImageRejected,
-                                               records_schema)  # fmt: skip
+from meddiag_pipelines.imaging.readers import (INTENSITY_MAX, INTENSITY_MIN, LABELS_CSV, ImageReadResult,
+                                               ImageRejected, records_schema)  # fmt: skip
 from meddiag_pipelines.imaging.readers.listing import _image_file, _read_labels, _row_meta, walk_files, normalise_rel
 from meddiag_pipelines.imaging.readers.npz import (cached_npz_array, check_npz_keys, checked_labels, load_npz_arrays,
                                                    npz_label, npz_members, npz_record_id)  # fmt: skip
 from meddiag_pipelines.ingestion.landing import display_name
 
 if TYPE_CHECKING:
+    from meddiag_pipelines.imaging.volume_io import Volume
     from meddiag_pipelines.specs import TaskSpec, VolumeSpec
 
 _MB = 2**20
@@ -131,25 +133,42 @@ def _frame(rows: list[dict], spec: TaskSpec) -> pl.DataFrame:
     return pl.DataFrame([{k: r.get(k) for k in schema} for r in rows], schema=schema, orient="row")
 
 
+def listed_record_id(batch: str, rel: str) -> str:
+    """The id of the volume ``rel`` of ``batch`` when labels.csv gives none: 96 bits of a SHA-256 over both (JSON,
+    as :func:`npz_record_id`), so that no folder or file name (which may carry a patient's name) becomes an id."""
+    return "vol_" + hashlib.sha256(json.dumps([batch, rel]).encode()).hexdigest()[:24]
+
+
 def read_listed_volumes(batch_dir: Path, spec: TaskSpec) -> ImageReadResult:
-    """``dicom_series`` / ``nifti``: one record per labels.csv row, read by ``imaging.volume_io``."""
+    """``dicom_series`` / ``nifti``: one record per labels.csv row, read by ``imaging.volume_io``; a row with no
+    file, or repeating an id, is rejected under its row number (never under an empty or repeated name)."""
     from meddiag_pipelines.imaging.volume_io import VolumeRefused, read_volume
 
     labels = _read_labels(batch_dir, spec)
+    file_col, batch = spec.volume.file_column, display_name(batch_dir.name)
     rows: list[dict] = []
     rejected: list[tuple[str, str]] = []
-    for row in [] if labels is None else labels.iter_rows(named=True):
-        rel = normalise_rel(row.get(spec.volume.file_column) or "")
+    seen: set[str] = set()
+    for n, row in enumerate([] if labels is None else labels.iter_rows(named=True), start=1):
+        rel = normalise_rel(row.get(file_col) or "").rstrip("/")
+        meta = {**_row_meta(row, rel, spec), "id": row.get(spec.id) or listed_record_id(batch, rel)}
+        if not rel:
+            rejected.append((f"{LABELS_CSV} row {n}", f"empty {file_col!r} column"))
+            continue
+        if meta["id"] in seen:
+            rejected.append((f"{LABELS_CSV} row {n}", f"duplicate id in {LABELS_CSV} (only the first row is used)"))
+            continue
         try:
             volume = read_volume(batch_dir, rel, spec.volume.format, max_voxels=spec.volume.max_voxels)
         except (VolumeRefused, ImageRejected) as exc:
             rejected.append((rel, str(exc)))
             continue
+        seen.add(meta["id"])
         d, h, w = volume.array.shape
         low, high = float(np.nanmin(volume.array)), float(np.nanmax(volume.array))
-        rows.append({**_row_meta(row, rel, spec), "source": rel, "sha256": _voxel_sha(volume.array), "depth": d,
-                     "height": h, "width": w, "channels": 1, "bit_depth": 16, "predefined_split": None,
-                     INTENSITY_MIN: 0.0, INTENSITY_MAX: 1.0 if high > low else 0.0})  # fmt: skip
+        rows.append({**meta, "source": rel, "sha256": _voxel_sha(volume.array), "depth": d, "height": h, "width": w,
+                     "channels": 1, "bit_depth": 16, "predefined_split": None, INTENSITY_MIN: 0.0,
+                     INTENSITY_MAX: 1.0 if high > low else 0.0})  # fmt: skip
     return ImageReadResult(_frame(rows, spec), rejected)
 
 
@@ -170,6 +189,25 @@ def resize_cube(unit: np.ndarray, size: int) -> np.ndarray:
     return np.clip(zoom(unit.astype(np.float32), factors, order=1, grid_mode=True, mode="nearest"), 0.0, 1.0)
 
 
+def model_axes(volume: Volume, orientation: str) -> Volume:
+    """A RAS+ volume (axes x, y, z) in the model's axis order (z, y, x), as an npz volume's (D, H, W) and the spec's
+    ``spacing: [z, y, x]``: axis 0 inferior to superior, then posterior to anterior (RAS) or anterior to posterior
+    (LPS), then left to right (RAS) or right to left (LPS)."""
+    from meddiag_pipelines.imaging.volume_io import Volume
+
+    array = volume.array.transpose(2, 1, 0)
+    if orientation == "LPS":
+        array = array[:, ::-1, ::-1]
+    return Volume(np.ascontiguousarray(array), volume.spacing[::-1], volume.modality)
+
+
+def _intensity(volume_spec: VolumeSpec) -> dict:
+    """The spec's intensity mapping; unset: the volume's own minimum to maximum (percentiles 0 and 100)."""
+    if volume_spec.intensity is None:
+        return {"percentile": [0.0, 100.0]}
+    return volume_spec.intensity.model_dump(exclude_none=True)
+
+
 def load_volume(batch_dir: Path, source: str, spec: TaskSpec, sha256: str | None) -> np.ndarray:
     """One record's volume as float32 (1, S, S, S) in [0, 1]; :class:`ImageRejected` when it no longer reads or
     its voxels differ from ``sha256`` (the hash validated at ingestion)."""
@@ -185,16 +223,19 @@ def load_volume(batch_dir: Path, source: str, spec: TaskSpec, sha256: str | None
         native = arrays[int(index)]
         unit = resize_cube(native.astype(np.float32) / 255.0, volume_spec.size)
     else:
-        from meddiag_pipelines.imaging.volume_io import VolumeRefused, read_volume, to_model_input
+        from meddiag_pipelines.imaging.volume_io import (
+            VolumeRefused,
+            read_volume,
+            to_model_input,
+        )
 
         try:
             read = read_volume(batch_dir, source, volume_spec.format, max_voxels=volume_spec.max_voxels)
         except VolumeRefused as exc:
             raise ImageRejected(str(exc)) from exc
         native = read.array
-        intensity = volume_spec.intensity.model_dump(exclude_none=True) if volume_spec.intensity else None
-        unit = np.clip(to_model_input(read, spacing=volume_spec.spacing, size=volume_spec.size,
-                                      intensity=intensity), 0.0, 1.0)  # fmt: skip
+        unit = np.clip(to_model_input(model_axes(read, volume_spec.orientation), spacing=volume_spec.spacing,
+                                      size=volume_spec.size, intensity=_intensity(volume_spec)), 0.0, 1.0)  # fmt: skip
     if sha256 is not None and _voxel_sha(native) != sha256:
         raise ImageRejected("its voxels changed since the batch was validated")
     return unit[None].astype(np.float32, copy=False)
