@@ -1,0 +1,262 @@
+"""Watching the champion in use (issue 28), wired into the lifecycle of every modality: the work that the
+``evaluation`` and ``predictions`` assets do with :mod:`meddiag_pipelines.monitoring`, and the checks they report.
+
+* ``evaluation`` freezes the candidate's monitoring reference (its training rows' monitored features and its
+  validation predictions) into its staging folder, so it is published with the version and never recomputed.
+  Images and text get a reference of their tabular columns and predictions only (no embeddings).
+* ``predictions`` refuses a batch to score that lacks a column the champion was trained with (a blocking ERROR
+  check: that batch is not scored with that champion), records the drift and the estimated performance of each
+  batch it scores in ``reports/<task>/monitoring.json`` (drift: a WARN check), joins labels batches to the
+  prediction files (realised performance; a breach of the gate's criteria: an ERROR check, no more scoring with
+  that version, and a retrain requested by the task's breach sensor), and renders ``monitoring.html``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import dagster as dg
+import polars as pl
+
+from meddiag_pipelines.defs.resources.storage import MeddiagStorage
+from meddiag_pipelines.ingestion.landing import BatchKey
+from meddiag_pipelines.labels import task_kind
+from meddiag_pipelines.monitoring.drift import SchemaError, batch_drift, check_schema
+from meddiag_pipelines.monitoring.estimate import estimate_performance
+from meddiag_pipelines.monitoring.labels import LabelsError, breach_checks, read_labels_batch, realised_performance
+from meddiag_pipelines.monitoring.record import (
+    MONITORING_HTML,
+    append_entry,
+    monitoring_entry,
+    monitoring_rel,
+    read_monitoring,
+    record_realised,
+    write_monitoring_report,
+)
+from meddiag_pipelines.monitoring.reference import (
+    Reference,
+    ReferenceError,
+    build_reference,
+    freeze_reference,
+    load_reference,
+    task_feature_types,
+)
+from meddiag_pipelines.modalities.base import Explainer, PredictorFactory
+from meddiag_pipelines.scoring import ScoringSummary, prediction_frame, prediction_path, score_unlabelled
+from meddiag_pipelines.specs import BATCH_COLUMN, TaskSpec
+from meddiag_pipelines.split import SPLIT_COLUMN
+
+DRIFT_CHECK, SCHEMA_CHECK, REALISED_CHECK = "batch_drift", "batch_schema", "realised_performance"
+LABELS_STATUS = "labels"  # the ledger status of a labels batch (``ingestion.batches``)
+
+
+# -- the reference, frozen at evaluation ----------------------------------------------------------------------
+def freeze_candidate_reference(spec: TaskSpec, storage: MeddiagStorage, split: pl.DataFrame, candidate: dict,
+                               val_rows: pl.DataFrame, val_proba) -> str:  # fmt: skip
+    """Freeze the candidate's reference into its staging folder (before ``champion`` publishes it); a version
+    already published, or a reference already frozen, is left as it is. Returns what happened, in words."""
+    registry, version = storage.registry, candidate["version"]
+    if registry.published(spec.name, version):
+        return "published already: its reference is frozen with it"
+    staged = registry.staging_dir(spec.name, version)
+    train = split.filter(pl.col(SPLIT_COLUMN) == "train")
+    predictions = prediction_frame(spec, val_rows, val_proba, candidate["classes"])
+    reference = build_reference(spec.name, version, task_kind(spec), candidate["classes"], train,
+                                task_feature_types(spec, train), predictions, seed=spec.evaluation.seed)  # fmt: skip
+    try:
+        freeze_reference(staged, reference)
+    except FileExistsError:
+        return "frozen already (an earlier evaluation of this candidate)"
+    return f"frozen: {len(reference.types)} monitored column(s), {reference.predictions.height} validation predictions"
+
+
+# -- per scored batch -----------------------------------------------------------------------------------------
+@dataclass
+class MonitoringOutcome:
+    """What one run of ``predictions`` found: batches refused (schema), entries recorded, labels joined."""
+
+    version: str | None = None
+    reference_note: str = ""
+    refused: dict[BatchKey, str] = field(default_factory=dict)  # batch -> the schema problem (columns only)
+    drifted: list[BatchKey] = field(default_factory=list)
+    recorded: list[BatchKey] = field(default_factory=list)
+    realised: list[dict] = field(default_factory=list)  # {batch, model_version, metric, value, breach, reasons}
+    labels_problems: list[str] = field(default_factory=list)
+
+
+def champion_reference(storage: MeddiagStorage, task: str) -> tuple[str | None, Reference | None, str]:
+    """(champion version, its frozen reference or None, a note on why none)."""
+    pointer = storage.registry.champion(task)
+    if pointer is None:
+        return None, None, "no champion yet"
+    version = pointer["version"]
+    try:
+        return version, load_reference(storage.registry.version_dir(task, version)), ""
+    except ReferenceError as err:  # a version published before references were frozen with versions
+        return version, None, str(err).rsplit(": ", 1)[-1]
+
+
+def batch_columns(storage: MeddiagStorage, task: str) -> dict[BatchKey, list[str]]:
+    """Each landed batch's own columns, as the ledger recorded them at reading (the warehouse's table holds the
+    union of every batch's columns, so a column one batch lacks reads there as empty)."""
+    ledger = storage.warehouse.ledger(task)
+    return {r["batch_id"]: json.loads(r["columns"]) for r in ledger.iter_rows(named=True) if r["columns"]}
+
+
+def schema_problems(reference: Reference, rows: pl.DataFrame, batches: list[BatchKey],
+                    columns: dict[BatchKey, list[str]]) -> dict[BatchKey, str]:  # fmt: skip
+    """Batches to score that the champion's reference refuses (:func:`drift.check_schema`), with the problem."""
+    problems = {}
+    for batch in batches:
+        own = [c for c in columns.get(batch, rows.columns) if c in rows.columns]
+        batch_rows = rows.filter(pl.col(BATCH_COLUMN) == batch).select(own)
+        if batch_rows.is_empty():
+            continue
+        try:
+            check_schema(reference, batch_rows, f"batch {batch}")
+        except SchemaError as err:
+            problems[batch] = str(err)
+    return problems
+
+
+def record_scored(spec: TaskSpec, storage: MeddiagStorage, reference: Reference, version: str,
+                  rows: pl.DataFrame, batches: list[BatchKey], outcome: MonitoringOutcome) -> None:  # fmt: skip
+    """Drift and estimated performance of each batch ``version`` scored now, appended to ``monitoring.json``."""
+    root, kind, classes = storage.root, task_kind(spec), reference.meta["classes"]
+    for batch in batches:
+        predictions = root.read_parquet(root.relative(prediction_path(root, spec.name, batch, version)))
+        drift = batch_drift(reference, rows.filter(pl.col(BATCH_COLUMN) == batch), predictions, source=f"batch {batch}")
+        estimated = estimate_performance(reference, predictions, kind, classes, seed=spec.evaluation.seed)
+        entry = monitoring_entry(batch, version, drift, estimated)
+        if append_entry(root, spec.name, entry):
+            outcome.recorded.append(batch)
+        if any(a["severity"] == "WARN" for a in entry["alerts"]):
+            outcome.drifted.append(batch)
+
+
+# -- labels that arrive later ---------------------------------------------------------------------------------
+def landed_labels(spec: TaskSpec, storage: MeddiagStorage) -> pl.DataFrame | None:
+    """``id`` and ``label`` of every labels batch landed so far (``None``: none landed)."""
+    ledger = storage.warehouse.ledger(spec.name).filter(pl.col("status") == LABELS_STATUS)
+    if ledger.is_empty():
+        return None
+    files = [storage.root.landing(spec.name) / r["batch_id"] / f for r in ledger.iter_rows(named=True)
+             for f in json.loads(r["files"])]  # fmt: skip
+    return read_labels_batch(files, spec.id, spec.label)
+
+
+def join_landed_labels(spec: TaskSpec, storage: MeddiagStorage, outcome: MonitoringOutcome) -> None:
+    """Realised performance of every recorded batch that more labels now cover, judged by the gate's criteria
+    against the version's own test metrics, into ``monitoring.json``."""
+    try:
+        labels = landed_labels(spec, storage)
+    except LabelsError as err:
+        outcome.labels_problems.append(str(err))
+        return
+    if labels is None:
+        return
+    root, registry = storage.root, storage.registry
+    for entry in read_monitoring(root, spec.name):
+        batch, version = entry["batch"], entry["model_version"]
+        predictions = root.read_parquet(root.relative(prediction_path(root, spec.name, batch, version)))
+        if predictions["id"].cast(pl.String).is_in(labels["id"]).sum() <= ((entry.get("realised") or {}).get("n") or 0):
+            continue  # no label for this batch beyond those already joined
+        manifest = registry.manifest(spec.name, version)
+        threshold = (manifest.get("operating_threshold") or {}).get("value")
+        try:
+            realised = realised_performance(predictions, labels, task_kind(spec), manifest["model"]["classes"],
+                                            spec.evaluation, threshold)  # fmt: skip
+        except LabelsError as err:
+            outcome.labels_problems.append(f"batch {batch}: {err}")
+            continue
+        realised["breach"] = breach_checks(realised, manifest["metrics"], spec.promotion)
+        record_realised(root, spec.name, batch, version, realised)
+        metric = realised["metric"]
+        outcome.realised.append({"batch": batch, "model_version": version, "metric": metric, "value": realised[metric],
+                                 "ci": realised["ci"], "n": realised["n"], **realised["breach"]})  # fmt: skip
+
+
+def breached_versions(storage: MeddiagStorage, task: str) -> dict[str, str]:
+    """Versions whose realised performance breached the gate's criteria on some batch: version -> first reason."""
+    out = {}
+    for entry in read_monitoring(storage.root, task):
+        breach = (entry.get("realised") or {}).get("breach") or {}
+        if breach.get("breach"):
+            out.setdefault(entry["model_version"], f"batch {entry['batch']}: {breach['reasons'][0]}")
+    return out
+
+
+def score_and_monitor(spec: TaskSpec, storage: MeddiagStorage, rows: pl.DataFrame, batches: list[BatchKey],
+                      predictor_factory: PredictorFactory, explain: Explainer | None
+                      ) -> tuple[ScoringSummary, MonitoringOutcome, dict[str, str]]:  # fmt: skip
+    """The ``predictions`` asset's work: refuse the batches the champion's schema refuses, score the others
+    (none while the champion's realised performance is in breach), record their drift, join landed labels.
+    Returns the scoring summary, what monitoring found, and the breaches to report (version -> reason)."""
+    outcome = MonitoringOutcome()
+    version, reference, note = champion_reference(storage, spec.name)
+    outcome.version, outcome.reference_note = version, note and f"{version}: {note}: drift not computed"
+    stopped = breached_versions(storage, spec.name).get(version)
+    if stopped:
+        summary = ScoringSummary(version)
+    else:
+        if reference is not None:
+            outcome.refused = schema_problems(reference, rows, batches, batch_columns(storage, spec.name))
+        summary = score_unlabelled(spec, storage.root, storage.registry, rows,
+                                   [b for b in batches if b not in outcome.refused], predictor_factory, explain)  # fmt: skip
+        if reference is not None and summary.written:
+            record_scored(spec, storage, reference, version, rows, summary.written, outcome)
+    join_landed_labels(spec, storage, outcome)
+    breached = breached_versions(storage, spec.name)
+    found_now = {r["model_version"] for r in outcome.realised if r["breach"]}
+    write_report(storage, spec.name)
+    return summary, outcome, {v: r for v, r in breached.items() if v == version or v in found_now}
+
+
+# -- the checks and metadata ----------------------------------------------------------------------------------
+def check_specs(key: dg.AssetKey) -> list[dg.AssetCheckSpec]:
+    return [
+        dg.AssetCheckSpec(SCHEMA_CHECK, asset=key, blocking=True, description="Every batch to score holds the "
+                          "columns the champion was trained with, with numbers where it had numbers (ERROR: that "
+                          "batch is not scored with this champion)."),
+        dg.AssetCheckSpec(DRIFT_CHECK, asset=key, description="No batch scored now drifted from the champion's "
+                          "frozen reference (Evidently's defaults: a batch drifts when half its columns do; or its "
+                          "predictions drifted): WARN."),
+        dg.AssetCheckSpec(REALISED_CHECK, asset=key, description="Labels that arrived later show no breach of the "
+                          "promotion gate's criteria by the version that scored them (ERROR: scoring with it stops "
+                          "and the task's breach sensor requests a retrain)."),
+    ]  # fmt: skip
+
+
+def check_results(outcome: MonitoringOutcome, breached: dict[str, str]) -> list[dg.AssetCheckResult]:
+    schema = dg.AssetCheckResult(check_name=SCHEMA_CHECK, passed=not outcome.refused,
+                                 severity=dg.AssetCheckSeverity.ERROR,
+                                 description="; ".join(outcome.refused.values()) or "every batch to score fits",
+                                 metadata={"refused_batches": len(outcome.refused)})  # fmt: skip
+    drift = dg.AssetCheckResult(check_name=DRIFT_CHECK, passed=not outcome.drifted, severity=dg.AssetCheckSeverity.WARN,
+                                description=(f"drift in batch(es) {', '.join(outcome.drifted)}" if outcome.drifted
+                                             else outcome.reference_note or "no drift in the batches scored now"),
+                                metadata={"drifted_batches": len(outcome.drifted),
+                                          "recorded_batches": len(outcome.recorded)})  # fmt: skip
+    problems = [f"{v}: {r}" for v, r in breached.items()] + outcome.labels_problems
+    realised = dg.AssetCheckResult(check_name=REALISED_CHECK, passed=not problems,
+                                   severity=dg.AssetCheckSeverity.ERROR,
+                                   description="; ".join(problems) or "no breach of the gate's criteria",
+                                   metadata={"breached_versions": len(breached),
+                                             "batches_joined_now": len(outcome.realised)})  # fmt: skip
+    return [schema, drift, realised]
+
+
+def monitoring_metadata(storage: MeddiagStorage, task: str, outcome: MonitoringOutcome) -> dict:
+    meta = {"monitoring": dg.MetadataValue.path(monitoring_rel(task)),
+            "monitoring_report": dg.MetadataValue.path(monitoring_rel(task, MONITORING_HTML)),
+            "batches_refused": len(outcome.refused), "batches_drifted": len(outcome.drifted)}  # fmt: skip
+    for row in outcome.realised:
+        meta[f"realised_{row['batch']}"] = dg.MetadataValue.json({k: row[k] for k in ("model_version", "metric",
+                                                                                       "value", "ci", "n", "breach")})
+    return meta
+
+
+def write_report(storage: MeddiagStorage, task: str) -> None:
+    if storage.root.exists(monitoring_rel(task)):
+        write_monitoring_report(storage.root, task)
