@@ -36,6 +36,25 @@ def is_labels_batch(columns: list[str], id_column: str, label_column: str) -> bo
     return set(columns) == {id_column, label_column}
 
 
+def file_columns(path: Path) -> list[str] | None:
+    """The columns of a CSV or Parquet file, read from its header alone; ``None`` for another file, or one whose
+    header cannot be read (the records reader then says why)."""
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".csv":
+            return pl.read_csv(path, n_rows=0, infer_schema=False).columns
+        if suffix == ".parquet":
+            return list(pl.read_parquet_schema(path))
+    except (pl.exceptions.PolarsError, OSError):
+        return None
+    return None
+
+
+def is_labels_files(files: list[Path], id_column: str, label_column: str) -> bool:
+    """Every file of a landed batch holds only the id and label columns: a labels batch, not records."""
+    return bool(files) and all(is_labels_batch(file_columns(f) or [], id_column, label_column) for f in files)
+
+
 def _read_file(path: Path) -> pl.DataFrame:
     try:
         if path.suffix.lower() == ".csv":

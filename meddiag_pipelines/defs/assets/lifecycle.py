@@ -203,8 +203,8 @@ def build_model_lifecycle_assets(spec: TaskSpec, tags: dict, predictor_factory: 
         # A run of the whole group without a partition (the task job, `dagster asset materialize`) scores every batch.
         partitioned = context.has_partition_key or context.has_partition_key_range
         batches = list(context.partition_keys) if partitioned else sorted(split[BATCH_COLUMN].unique().to_list())
-        summary, watched, breached = monitoring.score_and_monitor(spec, storage, rows, batches, predictor_factory,
-                                                                  explain)  # fmt: skip
+        summary, watched, breached = monitoring.score_and_monitor(spec, storage, rows, batches, partitioned,
+                                                                  predictor_factory, explain)  # fmt: skip
         if summary.version in breached:
             note = f"scoring with {summary.version} stopped: its realised performance breached the gate's criteria"
         elif summary.version is None:

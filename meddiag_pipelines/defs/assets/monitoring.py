@@ -14,12 +14,15 @@
 from __future__ import annotations
 
 import json
+import time
+import uuid
 from dataclasses import dataclass, field
 
 import dagster as dg
 import polars as pl
 
 from meddiag_pipelines.defs.resources.storage import MeddiagStorage
+from meddiag_pipelines.ingestion.batches import LABELS_STATUS, RAW_TABLE
 from meddiag_pipelines.ingestion.landing import BatchKey
 from meddiag_pipelines.labels import task_kind
 from meddiag_pipelines.monitoring.drift import SchemaError, batch_drift, check_schema
@@ -48,7 +51,6 @@ from meddiag_pipelines.specs import BATCH_COLUMN, TaskSpec
 from meddiag_pipelines.split import SPLIT_COLUMN
 
 DRIFT_CHECK, SCHEMA_CHECK, REALISED_CHECK = "batch_drift", "batch_schema", "realised_performance"
-LABELS_STATUS = "labels"  # the ledger status of a labels batch (``ingestion.batches``)
 
 
 # -- the reference, frozen at evaluation ----------------------------------------------------------------------
@@ -78,7 +80,8 @@ class MonitoringOutcome:
 
     version: str | None = None
     reference_note: str = ""
-    refused: dict[BatchKey, str] = field(default_factory=dict)  # batch -> the schema problem (columns only)
+    refused: dict[BatchKey, str] = field(default_factory=dict)  # refused now: batch -> the problem (columns only)
+    unscored: int = 0  # batches to score that the champion's schema refuses (now or before)
     drifted: list[BatchKey] = field(default_factory=list)
     recorded: list[BatchKey] = field(default_factory=list)
     realised: list[dict] = field(default_factory=list)  # {batch, model_version, metric, value, breach, reasons}
@@ -97,27 +100,41 @@ def champion_reference(storage: MeddiagStorage, task: str) -> tuple[str | None, 
         return version, None, str(err).rsplit(": ", 1)[-1]
 
 
-def batch_columns(storage: MeddiagStorage, task: str) -> dict[BatchKey, list[str]]:
-    """Each landed batch's own columns, as the ledger recorded them at reading (the warehouse's table holds the
-    union of every batch's columns, so a column one batch lacks reads there as empty)."""
-    ledger = storage.warehouse.ledger(task)
-    return {r["batch_id"]: json.loads(r["columns"]) for r in ledger.iter_rows(named=True) if r["columns"]}
+def rows_to_check(spec: TaskSpec, storage: MeddiagStorage, rows: pl.DataFrame, batches: list[BatchKey],
+                  partitioned: bool) -> dict[BatchKey, pl.DataFrame]:  # fmt: skip
+    """Each batch's rows to score with only the batch's own columns, as the ledger recorded them at reading (the
+    warehouse's table holds the union of every batch's columns, so a column one batch lacks reads there as
+    empty): the validated ``batches`` from ``rows``, and the batches quarantined at validation (those among
+    ``batches`` in a partitioned run, else all) from their records as read."""
+    warehouse, task = storage.warehouse, spec.name
+    found = {}
+    for r in warehouse.ledger(task).iter_rows(named=True):
+        batch, columns = r["batch_id"], json.loads(r["columns"] or "[]")
+        if batch in batches and r["status"] == "validated":
+            found[batch] = rows.filter(pl.col(BATCH_COLUMN) == batch).select([c for c in columns if c in rows.columns])
+        elif r["status"] == "quarantined" and (batch in batches or not partitioned) \
+                and json.loads(r["reason"] or "{}").get("stage") == "validate":  # fmt: skip
+            raw = warehouse.read(task, RAW_TABLE, [batch])
+            if spec.label in raw.columns:
+                found[batch] = raw.filter(pl.col(spec.label).is_null()).select([c for c in columns if c in raw.columns])
+    return {b: frame for b, frame in found.items() if not frame.is_empty()}
 
 
-def schema_problems(reference: Reference, rows: pl.DataFrame, batches: list[BatchKey],
-                    columns: dict[BatchKey, list[str]]) -> dict[BatchKey, str]:  # fmt: skip
-    """Batches to score that the champion's reference refuses (:func:`drift.check_schema`), with the problem."""
-    problems = {}
-    for batch in batches:
-        own = [c for c in columns.get(batch, rows.columns) if c in rows.columns]
-        batch_rows = rows.filter(pl.col(BATCH_COLUMN) == batch).select(own)
-        if batch_rows.is_empty():
-            continue
+def schema_problems(spec: TaskSpec, storage: MeddiagStorage, reference: Reference, version: str,
+                    to_check: dict[BatchKey, pl.DataFrame]) -> tuple[set[BatchKey], dict[BatchKey, str]]:  # fmt: skip
+    """(every batch the champion's reference refuses, :func:`drift.check_schema`; those refused for the first
+    time by this version, with the problem). Each is reported once per version, so one bad batch does not fail
+    every later run, while it stays unscored by that version."""
+    refused, first = set(), {}
+    for batch, frame in to_check.items():
         try:
-            check_schema(reference, batch_rows, f"batch {batch}")
+            check_schema(reference, frame, f"batch {batch}")
         except SchemaError as err:
-            problems[batch] = str(err)
-    return problems
+            refused.add(batch)
+            stamp = f"{time.time()}:{uuid.uuid4().hex}"
+            if storage.warehouse.set_state_once(spec.name, f"schema_refused__{version}__{batch}", stamp) == stamp:
+                first[batch] = str(err)
+    return refused, first
 
 
 def record_scored(spec: TaskSpec, storage: MeddiagStorage, reference: Reference, version: str,
@@ -188,25 +205,29 @@ def breached_versions(storage: MeddiagStorage, task: str) -> dict[str, str]:
 
 
 def score_and_monitor(spec: TaskSpec, storage: MeddiagStorage, rows: pl.DataFrame, batches: list[BatchKey],
-                      predictor_factory: PredictorFactory, explain: Explainer | None
+                      partitioned: bool, predictor_factory: PredictorFactory, explain: Explainer | None
                       ) -> tuple[ScoringSummary, MonitoringOutcome, dict[str, str]]:  # fmt: skip
-    """The ``predictions`` asset's work: refuse the batches the champion's schema refuses, score the others
-    (none while the champion's realised performance is in breach), record their drift, join landed labels.
+    """The ``predictions`` asset's work: join landed labels to the predictions; unless the champion's realised
+    performance is then in breach, refuse the batches its schema refuses, score the others and record their
+    drift (and join labels again, for the batches scored now).
     Returns the scoring summary, what monitoring found, and the breaches to report (version -> reason)."""
     outcome = MonitoringOutcome()
     version, reference, note = champion_reference(storage, spec.name)
     outcome.version, outcome.reference_note = version, note and f"{version}: {note}: drift not computed"
-    stopped = breached_versions(storage, spec.name).get(version)
-    if stopped:
+    join_landed_labels(spec, storage, outcome)  # a breach found now stops this run's scoring too
+    if version in breached_versions(storage, spec.name):
         summary = ScoringSummary(version)
     else:
+        refused = set()
         if reference is not None:
-            outcome.refused = schema_problems(reference, rows, batches, batch_columns(storage, spec.name))
-        summary = score_unlabelled(spec, storage.root, storage.registry, rows,
-                                   [b for b in batches if b not in outcome.refused], predictor_factory, explain)  # fmt: skip
+            to_check = rows_to_check(spec, storage, rows, batches, partitioned)
+            refused, outcome.refused = schema_problems(spec, storage, reference, version, to_check)
+            outcome.unscored = len(refused)
+        summary = score_unlabelled(spec, storage.root, storage.registry, rows, [b for b in batches if b not in refused],
+                                   predictor_factory, explain)  # fmt: skip
         if reference is not None and summary.written:
             record_scored(spec, storage, reference, version, rows, summary.written, outcome)
-    join_landed_labels(spec, storage, outcome)
+            join_landed_labels(spec, storage, outcome)  # labels for the batches scored just now
     breached = breached_versions(storage, spec.name)
     found_now = {r["model_version"] for r in outcome.realised if r["breach"]}
     write_report(storage, spec.name)
@@ -222,7 +243,7 @@ def check_specs(key: dg.AssetKey) -> list[dg.AssetCheckSpec]:
         dg.AssetCheckSpec(DRIFT_CHECK, asset=key, description="No batch scored now drifted from the champion's "
                           "frozen reference (Evidently's defaults: a batch drifts when half its columns do; or its "
                           "predictions drifted): WARN."),
-        dg.AssetCheckSpec(REALISED_CHECK, asset=key, description="Labels that arrived later show no breach of the "
+        dg.AssetCheckSpec(REALISED_CHECK, asset=key, blocking=True, description="Labels that arrived later show no breach of the "
                           "promotion gate's criteria by the version that scored them (ERROR: scoring with it stops "
                           "and the task's breach sensor requests a retrain)."),
     ]  # fmt: skip
@@ -238,7 +259,7 @@ def check_results(outcome: MonitoringOutcome, breached: dict[str, str]) -> list[
                                              else outcome.reference_note or "no drift in the batches scored now"),
                                 metadata={"drifted_batches": len(outcome.drifted),
                                           "recorded_batches": len(outcome.recorded)})  # fmt: skip
-    problems = [f"{v}: {r}" for v, r in breached.items()] + outcome.labels_problems
+    problems = list(dict.fromkeys([f"{v}: {r}" for v, r in breached.items()] + outcome.labels_problems))
     realised = dg.AssetCheckResult(check_name=REALISED_CHECK, passed=not problems,
                                    severity=dg.AssetCheckSeverity.ERROR,
                                    description="; ".join(problems) or "no breach of the gate's criteria",
@@ -250,7 +271,7 @@ def check_results(outcome: MonitoringOutcome, breached: dict[str, str]) -> list[
 def monitoring_metadata(storage: MeddiagStorage, task: str, outcome: MonitoringOutcome) -> dict:
     meta = {"monitoring": dg.MetadataValue.path(monitoring_rel(task)),
             "monitoring_report": dg.MetadataValue.path(monitoring_rel(task, MONITORING_HTML)),
-            "batches_refused": len(outcome.refused), "batches_drifted": len(outcome.drifted)}  # fmt: skip
+            "batches_refused_by_schema": outcome.unscored, "batches_drifted": len(outcome.drifted)}  # fmt: skip
     for row in outcome.realised:
         meta[f"realised_{row['batch']}"] = dg.MetadataValue.json({k: row[k] for k in ("model_version", "metric",
                                                                                        "value", "ci", "n", "breach")})
