@@ -11,15 +11,27 @@ import polars as pl
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from meddiag_pipelines.defs.assets.monitoring import DRIFT_CHECK, REALISED_CHECK, SCHEMA_CHECK
+from meddiag_pipelines.defs.assets.monitoring import (
+    DRIFT_CHECK,
+    REALISED_CHECK,
+    SCHEMA_CHECK,
+)
 from meddiag_pipelines.defs.automation.monitoring import build_breach_sensor
 from meddiag_pipelines.defs.build import build_definitions
 from meddiag_pipelines.defs.resources.storage import MeddiagStorage
-from meddiag_pipelines.monitoring.reference import REFERENCE_DIR, load_reference
+from meddiag_pipelines.ingestion.batches import (
+    ingest_new_batches,
+    reconcile,
+    validate_pending_batches,
+)
+from meddiag_pipelines.ingestion.warehouse import Warehouse
+from meddiag_pipelines.monitoring.reference import load_reference
+from meddiag_pipelines.specs import BATCH_COLUMN
+from meddiag_pipelines.tabular.readers import read_tabular_batch
 from meddiag_pipelines.update import run_task_in_process
-from meddiag_pipelines_tests.conftest import bundled_frame, land
+from meddiag_pipelines.validation.suites import validate_tabular
+from meddiag_pipelines_tests.conftest import bundled_frame, land, synthetic_records
 
-pytestmark = pytest.mark.slow
 TASK, ID, LABEL = "heart_disease", "record_id", "HeartDisease"
 
 
@@ -45,6 +57,26 @@ def breach_request(spec, layout):
         return sensor(context)
 
 
+def test_a_labels_batch_is_kept_out_of_the_records_and_a_bad_one_is_quarantined(synthetic_spec, layout):
+    frame = synthetic_records(60, seed=1)
+    land(layout, "synthetic_risk", "b1", frame)
+    land(layout, "synthetic_risk", "b2", frame.head(10).select("rid", "outcome"), filename="labels.parquet")
+    blank = frame.head(5).select("rid", pl.lit(None, pl.String).alias("outcome"))
+    land(layout, "synthetic_risk", "b3", blank, filename="labels.csv")
+    warehouse = Warehouse(layout)
+    ingest = ingest_new_batches(synthetic_spec, layout, warehouse, read_tabular_batch)
+    records, _ = validate_pending_batches(synthetic_spec, layout, warehouse, validate_tabular)
+    assert ingest.labels == ["b2"] and ingest.ingested == ["b1"]
+    assert records.height == 60 and set(records[BATCH_COLUMN].to_list()) == {"b1"}  # never records, never trained
+    status = dict(warehouse.ledger("synthetic_risk").select("batch_id", "status").iter_rows())
+    assert status == {"b1": "validated", "b2": "labels", "b3": "quarantined"}
+    problem = next(q["problem"] for q in ingest.quarantined if q["batch"] == "b3")
+    assert "5 row(s) have an empty id or label" in problem and "r0" not in problem
+    counts = reconcile(synthetic_spec, warehouse)
+    assert counts["labels_batches"] == 1 and counts["labels_rows"] == 10 and counts["landed_batches"] == 3
+
+
+@pytest.mark.slow
 def test_monitoring_through_the_task_graph(heart_spec, layout):
     # Generous margins: the first labels must not breach; the inverted ones below must.
     spec = heart_spec.model_copy(update={"promotion": heart_spec.promotion.model_copy(update={

@@ -48,7 +48,7 @@ from meddiag_pipelines.ingestion.landing import (
 )
 from meddiag_pipelines.ingestion.quarantine import quarantine_batch, quarantine_file
 from meddiag_pipelines.ingestion.warehouse import SchemaConflict, Warehouse, conform
-from meddiag_pipelines.monitoring.labels import LabelsError, is_labels_files, read_labels_batch
+from meddiag_pipelines.ingestion.labels_batch import LabelsError, is_labels_files, read_labels_batch
 from meddiag_pipelines.specs import BATCH_COLUMN, TaskSpec, canonical_label
 from meddiag_pipelines.storage import DataRoot
 from meddiag_pipelines.validation.suites import CheckFailure
@@ -322,27 +322,31 @@ def _set_aside_non_regular(spec: TaskSpec, root: DataRoot, batch: LandedBatch) -
 
 
 def _labels_batch(spec: TaskSpec, root: DataRoot, warehouse: Warehouse, batch: LandedBatch,
-                  summary: IngestSummary) -> None:  # fmt: skip
+                  summary: IngestSummary) -> bool:  # fmt: skip
     """Record a labels batch (every file holds only the id and label columns) in the ledger as ``labels``: no
     records, never validated or trained on; the monitoring of the predictions joins it to the cases scored. One
-    that does not read as labels (blank or conflicting ones) is quarantined whole."""
+    that does not read as labels (blank or conflicting ones) is quarantined whole; one without any row is left
+    to the reader (False), which says so as for any batch."""
     try:
         labels = read_labels_batch([batch.path / f for f in batch.files], spec.id, spec.label)
     except LabelsError as exc:
         refuse_batch(spec, root, warehouse, batch, f"a labels batch (only {spec.id!r} and {spec.label!r}) that "
                      f"cannot be used: {exc}", summary)  # fmt: skip
-        return
+        return True
+    if labels.is_empty():
+        return False
     if warehouse.add_batch(spec.name, _ledger_row(batch, LABELS_STATUS, labels.height, [spec.id, spec.label], None)):
         summary.labels.append(batch.batch_id)
     else:
         summary.skipped_known += 1
+    return True
 
 
 def _ingest_batch(spec: TaskSpec, root: DataRoot, warehouse: Warehouse, reader: Reader, batch: LandedBatch,
                   summary: IngestSummary) -> None:  # fmt: skip
     readable, set_aside = _set_aside_non_regular(spec, root, batch)
-    if not set_aside and is_labels_files([batch.path / f for f in batch.files], spec.id, spec.label):
-        _labels_batch(spec, root, warehouse, batch, summary)
+    if not set_aside and is_labels_files([batch.path / f for f in batch.files], spec.id, spec.label) \
+            and _labels_batch(spec, root, warehouse, batch, summary):  # fmt: skip
         return
     try:
         if set_aside and not readable.files:
@@ -513,6 +517,8 @@ def why_no_records(spec: TaskSpec, root: DataRoot, warehouse: Warehouse) -> str:
              for d in waiting_batch_dirs(root.landing(spec.name), spec.landing)]  # fmt: skip
     for row in warehouse.ledger(spec.name).filter(pl.col("status") == "quarantined").iter_rows(named=True):
         parts.append(f"{row['batch_id']} was quarantined: {_reason_text(json.loads(row['reason']) if row['reason'] else {})}")
+    for batch_id in warehouse.ledger(spec.name).filter(pl.col("status") == LABELS_STATUS)["batch_id"].to_list():
+        parts.append(f"{batch_id} is a labels batch (ids and labels of cases already scored), not records")
     if not parts:
         parts.append(f"no complete batch has landed in landing/{spec.name}/ yet")
     return "no validated rows: " + "; ".join(parts)

@@ -193,6 +193,7 @@ def build_model_lifecycle_assets(spec: TaskSpec, tags: dict, predictor_factory: 
     @dg.asset(key=[name, "predictions"], ins={"split": dg.AssetIn(split_key)}, deps=[champion], kinds={"parquet"},
               pool=pool(spec), partitions_def=batch_partitions(spec), backfill_policy=dg.BackfillPolicy.single_run(),
               check_specs=monitoring.check_specs(dg.AssetKey([name, "predictions"])),
+              freshness_policy=monitoring.PREDICTIONS_FRESHNESS,
               description=f"{name}: the unlabelled rows of each batch (partition) scored by the champion into "
               f"predictions/{name}/<batch>/<version>.parquet, which records the model version and the batch; a "
               "new champion adds a file beside the old ones, never replacing one. Each batch scored is watched: "
@@ -284,6 +285,7 @@ def evaluate_candidate(spec: TaskSpec, storage: MeddiagStorage, split: pl.DataFr
         hyperparameters=candidate_model["params"], limitations=["Evaluated on a hash split of the same sources; "
         "external validation is needed before clinical use."], ethical_notes=["Check the subgroup table for "
         "unequal performance before use."]))  # fmt: skip
+    card = monitoring.card_with_plan(spec, storage, card)
     files = {
         "metrics.json": (json.dumps(metrics, indent=2, allow_nan=False) + "\n").encode(),
         "report.html": evaluator.render_report_html(metrics, plots, extras).encode(),

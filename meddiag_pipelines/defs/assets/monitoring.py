@@ -17,6 +17,7 @@ import json
 import time
 import uuid
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 import dagster as dg
 import polars as pl
@@ -25,9 +26,19 @@ from meddiag_pipelines.defs.resources.storage import MeddiagStorage
 from meddiag_pipelines.ingestion.batches import LABELS_STATUS, RAW_TABLE
 from meddiag_pipelines.ingestion.landing import BatchKey
 from meddiag_pipelines.labels import task_kind
+from meddiag_pipelines.modalities.base import Explainer, PredictorFactory
+from meddiag_pipelines.monitoring.change_control import (
+    change_control_markdown,
+    change_control_plan,
+)
 from meddiag_pipelines.monitoring.drift import SchemaError, batch_drift, check_schema
 from meddiag_pipelines.monitoring.estimate import estimate_performance
-from meddiag_pipelines.monitoring.labels import LabelsError, breach_checks, read_labels_batch, realised_performance
+from meddiag_pipelines.monitoring.labels import (
+    LabelsError,
+    breach_checks,
+    read_labels_batch,
+    realised_performance,
+)
 from meddiag_pipelines.monitoring.record import (
     MONITORING_HTML,
     append_entry,
@@ -45,12 +56,18 @@ from meddiag_pipelines.monitoring.reference import (
     load_reference,
     task_feature_types,
 )
-from meddiag_pipelines.modalities.base import Explainer, PredictorFactory
-from meddiag_pipelines.scoring import ScoringSummary, prediction_frame, prediction_path, score_unlabelled
+from meddiag_pipelines.scoring import (
+    ScoringSummary,
+    prediction_frame,
+    prediction_path,
+    score_unlabelled,
+)
 from meddiag_pipelines.specs import BATCH_COLUMN, TaskSpec
 from meddiag_pipelines.split import SPLIT_COLUMN
 
 DRIFT_CHECK, SCHEMA_CHECK, REALISED_CHECK = "batch_drift", "batch_schema", "realised_performance"
+# Scoring (and with it monitoring) is expected at least weekly; a feed that stopped shows as late, then overdue.
+PREDICTIONS_FRESHNESS = dg.FreshnessPolicy.time_window(fail_window=timedelta(days=7), warn_window=timedelta(days=2))
 
 
 # -- the reference, frozen at evaluation ----------------------------------------------------------------------
@@ -71,6 +88,13 @@ def freeze_candidate_reference(spec: TaskSpec, storage: MeddiagStorage, split: p
     except FileExistsError:
         return "frozen already (an earlier evaluation of this candidate)"
     return f"frozen: {len(reference.types)} monitored column(s), {reference.predictions.height} validation predictions"
+
+
+def card_with_plan(spec: TaskSpec, storage: MeddiagStorage, card: str) -> str:
+    """The model card with its "Change-control plan" section (the gate's criteria, retrain data and triggers,
+    the sequestered test data, monitoring, and the change log of the versions published before this one)."""
+    plan = change_control_markdown(change_control_plan(spec, storage.registry), level=2)
+    return f"{card.rstrip()}\n\n{plan}"
 
 
 # -- per scored batch -----------------------------------------------------------------------------------------
