@@ -25,6 +25,7 @@ from meddiag_pipelines.ingestion.batches import (
     validate_pending_batches,
 )
 from meddiag_pipelines.ingestion.warehouse import Warehouse
+from meddiag_pipelines.monitoring.drift import evidently_drift
 from meddiag_pipelines.monitoring.reference import load_reference
 from meddiag_pipelines.specs import BATCH_COLUMN
 from meddiag_pipelines.tabular.readers import read_tabular_batch
@@ -55,6 +56,45 @@ def breach_request(spec, layout):
     sensor = build_breach_sensor(spec)
     with dg.build_sensor_context(resources={"storage": MeddiagStorage(data_dir=str(layout.local))}) as context:
         return sensor(context)
+
+
+def preset_decisions(reference: pl.DataFrame, current: pl.DataFrame, types: dict[str, str]) -> dict[str, tuple]:
+    """An Evidently ``Report`` of ``DataDriftPreset`` (defaults): per column (method, threshold, score, drifted)."""
+    from evidently import DataDefinition, Dataset, Report
+    from evidently.presets import DataDriftPreset
+
+    names = list(types)
+    definition = DataDefinition(numerical_columns=[c for c in names if types[c] == "numeric"],
+                                categorical_columns=[c for c in names if types[c] == "categorical"])  # fmt: skip
+    snapshot = Report([DataDriftPreset(columns=names)], include_tests=True).run(
+        Dataset.from_pandas(current.to_pandas(), data_definition=definition),
+        Dataset.from_pandas(reference.to_pandas(), data_definition=definition)).dict()  # fmt: skip
+    failed = {t["metric_config"]["metric_id"] for t in snapshot["tests"] if t["status"] == "FAIL"}
+    return {m["config"]["column"]: (m["config"]["method"], m["config"]["threshold"], float(m["value"]),
+                                    m["id"] in failed)
+            for m in snapshot["metrics"] if m["config"].get("type", "").endswith(":ValueDrift")}  # fmt: skip
+
+
+@pytest.mark.parametrize("n_reference", [300, 1500])  # Evidently's rule switches tests at 1,000 reference rows
+def test_drift_decisions_equal_an_evidently_report(n_reference):
+    rng = np.random.default_rng(n_reference)
+
+    def frame(n: int, shift: float) -> pl.DataFrame:
+        return pl.DataFrame({"x": rng.normal(shift, 1, n), "y": rng.gamma(2 + shift, 1, n),
+                             "c": rng.choice(["a", "b", "c"], n, p=[0.5 - shift / 4, 0.3, 0.2 + shift / 4]),
+                             "b": rng.choice(["0", "1"], n, p=[0.7 - shift / 4, 0.3 + shift / 4])})  # fmt: skip
+
+    types = {"x": "numeric", "y": "numeric", "c": "categorical", "b": "categorical"}
+    reference = frame(n_reference, 0.0)
+    for current in (frame(150, 0.0), frame(150, 0.8)):
+        ours = evidently_drift(reference, current, types)
+        expected = preset_decisions(reference, current, types)
+        got = {c: (r["method"], r["threshold"], r["score"], r["drifted"]) for c, r in ours["columns"].items()}
+        assert got.keys() == expected.keys() == set(types)
+        for column, (method, threshold, score, drifted) in expected.items():
+            assert got[column][0] == method and got[column][1] == threshold and got[column][3] == drifted
+            assert np.isclose(got[column][2], score, rtol=1e-9, atol=1e-12)
+    assert ours["dataset_drift"] is True  # the shifted batch, by Evidently's own tests
 
 
 def test_a_labels_batch_is_kept_out_of_the_records_and_a_bad_one_is_quarantined(synthetic_spec, layout):
@@ -96,6 +136,11 @@ def test_monitoring_through_the_task_graph(heart_spec, layout):
     assert entry["estimated"]["metric"] == "auroc" and 0.5 < entry["estimated"]["auroc"] <= 1
     assert checks[DRIFT_CHECK].passed and checks[SCHEMA_CHECK].passed and checks[REALISED_CHECK].passed
     assert (layout.reports(TASK) / "monitoring.html").is_file()
+    scored = next(e.materialization for e in result.get_asset_materialization_events()
+                  if e.asset_key.path[-1] == "predictions")  # fmt: skip
+    assert scored.metadata["monitoring_report"].value == f"reports/{TASK}/monitoring.html"
+    card = (layout.local / "models" / TASK / version / "model_card.md").read_text()
+    assert "\n## Change-control plan\n" in card and "| first model: test AUROC at least | 0.8 |" in card
 
     # A batch to score without a column the champion was trained with, and a shifted one.
     land(layout, TASK, "batch_0003", unlabelled(narrow).drop("Cholesterol"))
