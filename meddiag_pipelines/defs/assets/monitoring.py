@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -65,6 +66,7 @@ from meddiag_pipelines.scoring import (
 from meddiag_pipelines.specs import BATCH_COLUMN, TaskSpec
 from meddiag_pipelines.split import SPLIT_COLUMN
 
+log = logging.getLogger(__name__)
 DRIFT_CHECK, SCHEMA_CHECK, REALISED_CHECK = "batch_drift", "batch_schema", "realised_performance"
 # Scoring (and with it monitoring) is expected at least weekly; a feed that stopped shows as late, then overdue.
 PREDICTIONS_FRESHNESS = dg.FreshnessPolicy.time_window(fail_window=timedelta(days=7), warn_window=timedelta(days=2))
@@ -72,12 +74,20 @@ PREDICTIONS_FRESHNESS = dg.FreshnessPolicy.time_window(fail_window=timedelta(day
 
 # -- the reference, frozen at evaluation ----------------------------------------------------------------------
 def freeze_candidate_reference(spec: TaskSpec, storage: MeddiagStorage, split: pl.DataFrame, candidate: dict,
-                               val_rows: pl.DataFrame, val_proba) -> str:  # fmt: skip
+                               val_rows: pl.DataFrame, val_proba) -> None:  # fmt: skip
     """Freeze the candidate's reference into its staging folder (before ``champion`` publishes it); a version
-    already published, or a reference already frozen, is left as it is. Returns what happened, in words."""
+    already published, or a reference already frozen, is left as it is. What happened is logged, with its cost."""
+    started = time.perf_counter()
+    note = _freeze(spec, storage, split, candidate, val_rows, val_proba)
+    log.info("%s %s: monitoring reference %s (%.2f s)", spec.name, candidate["version"], note,
+             time.perf_counter() - started)  # fmt: skip
+
+
+def _freeze(spec: TaskSpec, storage: MeddiagStorage, split: pl.DataFrame, candidate: dict, val_rows: pl.DataFrame,
+            val_proba) -> str:  # fmt: skip
     registry, version = storage.registry, candidate["version"]
     if registry.published(spec.name, version):
-        return "published already: its reference is frozen with it"
+        return "not rewritten: the version is published with it"
     staged = registry.staging_dir(spec.name, version)
     train = split.filter(pl.col(SPLIT_COLUMN) == "train")
     predictions = prediction_frame(spec, val_rows, val_proba, candidate["classes"])
@@ -86,7 +96,7 @@ def freeze_candidate_reference(spec: TaskSpec, storage: MeddiagStorage, split: p
     try:
         freeze_reference(staged, reference)
     except FileExistsError:
-        return "frozen already (an earlier evaluation of this candidate)"
+        return "not rewritten: frozen by an earlier evaluation of this candidate"
     return f"frozen: {len(reference.types)} monitored column(s), {reference.predictions.height} validation predictions"
 
 
