@@ -143,7 +143,7 @@ def test_monitoring_through_the_task_graph(heart_spec, layout):
     assert "\n## Change-control plan\n" in card and "| first model: test AUROC at least | 0.8 |" in card
 
     # A batch to score without a column the champion was trained with, and a shifted one.
-    land(layout, TASK, "batch_0003", unlabelled(narrow).drop("Cholesterol"))
+    land(layout, TASK, "batch_0003", narrow.drop("Cholesterol", LABEL))  # cases to score, without their label column
     moved = shifted.with_columns(pl.col("Age") + 25, pl.col("MaxHR") - 50, pl.col("Oldpeak") + 2,
                                  pl.lit("ASY").alias("ChestPainType"), pl.lit("Flat").alias("ST_Slope"),
                                  pl.lit("Y").alias("ExerciseAngina"), pl.lit("M").alias("Sex"))  # fmt: skip
@@ -180,7 +180,8 @@ def test_monitoring_through_the_task_graph(heart_spec, layout):
     land(layout, TASK, "batch_0007", unlabelled(frame[900:]))
     result, checks = run(spec, layout)
     breach = checks[REALISED_CHECK]
-    assert not breach.passed and breach.severity == dg.AssetCheckSeverity.ERROR and "below the floor" in breach.description
+    assert not breach.passed and breach.severity == dg.AssetCheckSeverity.ERROR and breach.blocking
+    assert "below the floor" in breach.description
     assert entries(layout)["batch_0004"]["realised"]["breach"]["breach"] is True
     assert "batch_0007" not in entries(layout)  # no scoring with a champion in breach
     request = breach_request(spec, layout)

@@ -149,8 +149,8 @@ def rows_to_check(spec: TaskSpec, storage: MeddiagStorage, rows: pl.DataFrame, b
         elif r["status"] == "quarantined" and (batch in batches or not partitioned) \
                 and json.loads(r["reason"] or "{}").get("stage") == "validate":  # fmt: skip
             raw = warehouse.read(task, RAW_TABLE, [batch])
-            if spec.label in raw.columns:
-                found[batch] = raw.filter(pl.col(spec.label).is_null()).select([c for c in columns if c in raw.columns])
+            unlabelled = raw.filter(pl.col(spec.label).is_null()) if spec.label in raw.columns else raw
+            found[batch] = unlabelled.select([c for c in columns if c in raw.columns])
     return {b: frame for b, frame in found.items() if not frame.is_empty()}
 
 
