@@ -50,8 +50,8 @@ from meddiag_pipelines.monitoring.record import (
     write_monitoring_report,
 )
 from meddiag_pipelines.monitoring.reference import (
+    REFERENCE_DIR,
     Reference,
-    ReferenceError,
     build_reference,
     freeze_reference,
     load_reference,
@@ -112,7 +112,6 @@ def card_with_plan(spec: TaskSpec, storage: MeddiagStorage, card: str) -> str:
 class MonitoringOutcome:
     """What one run of ``predictions`` found: batches refused (schema), entries recorded, labels joined."""
 
-    version: str | None = None
     reference_note: str = ""
     refused: dict[BatchKey, str] = field(default_factory=dict)  # refused now: batch -> the problem (columns only)
     unscored: int = 0  # batches to score that the champion's schema refuses (now or before)
@@ -123,15 +122,15 @@ class MonitoringOutcome:
 
 
 def champion_reference(storage: MeddiagStorage, task: str) -> tuple[str | None, Reference | None, str]:
-    """(champion version, its frozen reference or None, a note on why none)."""
+    """(champion version, its frozen reference or None, a note on why none). A reference changed after freezing
+    is refused (``ReferenceError``), never used."""
     pointer = storage.registry.champion(task)
     if pointer is None:
         return None, None, "no champion yet"
     version = pointer["version"]
-    try:
-        return version, load_reference(storage.registry.version_dir(task, version)), ""
-    except ReferenceError as err:  # a version published before references were frozen with versions
-        return version, None, str(err).rsplit(": ", 1)[-1]
+    if not storage.root.exists(f"{storage.registry.version_rel(task, version)}/{REFERENCE_DIR}/reference.json"):
+        return version, None, f"{version} was published without a monitoring reference: drift not computed"
+    return version, load_reference(storage.registry.version_dir(task, version)), ""
 
 
 def rows_to_check(spec: TaskSpec, storage: MeddiagStorage, rows: pl.DataFrame, batches: list[BatchKey],
@@ -247,7 +246,7 @@ def score_and_monitor(spec: TaskSpec, storage: MeddiagStorage, rows: pl.DataFram
     Returns the scoring summary, what monitoring found, and the breaches to report (version -> reason)."""
     outcome = MonitoringOutcome()
     version, reference, note = champion_reference(storage, spec.name)
-    outcome.version, outcome.reference_note = version, note and f"{version}: {note}: drift not computed"
+    outcome.reference_note = note
     join_landed_labels(spec, storage, outcome)  # a breach found now stops this run's scoring too
     if version in breached_versions(storage, spec.name):
         summary = ScoringSummary(version)
