@@ -31,6 +31,7 @@ import polars as pl
 from polars.exceptions import PanicException
 
 from meddiag_pipelines.ingestion.errors import BatchRejected
+from meddiag_pipelines.ingestion.labels_batch import LabelsError, is_labels_files, read_labels_batch
 from meddiag_pipelines.ingestion.landing import (
     BatchKey,
     LandedBatch,
@@ -48,7 +49,6 @@ from meddiag_pipelines.ingestion.landing import (
 )
 from meddiag_pipelines.ingestion.quarantine import quarantine_batch, quarantine_file
 from meddiag_pipelines.ingestion.warehouse import SchemaConflict, Warehouse, conform
-from meddiag_pipelines.ingestion.labels_batch import LabelsError, is_labels_files, read_labels_batch
 from meddiag_pipelines.specs import BATCH_COLUMN, TaskSpec, canonical_label
 from meddiag_pipelines.storage import DataRoot
 from meddiag_pipelines.validation.suites import CheckFailure
