@@ -31,7 +31,11 @@ import polars as pl
 from polars.exceptions import PanicException
 
 from meddiag_pipelines.ingestion.errors import BatchRejected
-from meddiag_pipelines.ingestion.labels_batch import LabelsError, is_labels_files, read_labels_batch
+from meddiag_pipelines.ingestion.labels_batch import (
+    LabelsError,
+    is_labels_files,
+    read_labels_batch,
+)
 from meddiag_pipelines.ingestion.landing import (
     BatchKey,
     LandedBatch,
