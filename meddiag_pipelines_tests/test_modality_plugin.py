@@ -122,7 +122,9 @@ def test_a_registered_modality_gets_the_whole_task_graph(layout):
         dg.AssetKey(["toy_task", "features"]), dg.AssetKey(["toy_task", "feature_plan"])}
     assert graph.get(dg.AssetKey(["toy_task", "candidate_model"])).kinds == {"numpy"}
     checks = {(k.asset_key.path[-1], k.name) for k in graph.asset_check_keys}
-    assert checks == {("validated_records", "validated_records_suite"), ("champion", "champion_fit_for_use")}
+    assert checks == {("validated_records", "validated_records_suite"), ("champion", "champion_fit_for_use"),
+                      ("predictions", "batch_schema"), ("predictions", "batch_drift"),
+                      ("predictions", "realised_performance")}  # fmt: skip
     assert defs.resolve_job_def("toy_task_batches_job").name == "toy_task_batches_job"
 
 

@@ -53,12 +53,14 @@ def materialize(spec, layout, instance):
 
 # Every check of a text task, all passed.
 ALL_CHECKS_PASSED = dict.fromkeys(
-    ["unreadable_files_quarantined", "validated_records_suite", "texts_unique_across_splits", "champion_fit_for_use"], True
+    ["unreadable_files_quarantined", "validated_records_suite", "texts_unique_across_splits", "champion_fit_for_use",
+     "batch_schema", "realised_performance"], True
 )
+DRIFT_WARN = "batch_drift"  # a WARN that depends on the batch scored (monitoring), not a failure of the task
 
 
 def check_outcomes(result) -> dict[str, bool]:
-    return {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+    return {e.check_name: e.passed for e in result.get_asset_check_evaluations() if e.check_name != DRIFT_WARN}
 
 
 # -- where the canaries must never be ------------------------------------------------------------------------
@@ -188,7 +190,7 @@ def test_bad_batch_is_quarantined_while_duplicates_are_counted_and_the_task_trai
         result = materialize(spec, layout, instance)
     assert result.success
     evaluations = {e.check_name: e for e in result.get_asset_check_evaluations()}
-    assert {k: e.passed for k, e in evaluations.items()} == ALL_CHECKS_PASSED
+    assert {k: e.passed for k, e in evaluations.items() if k != DRIFT_WARN} == ALL_CHECKS_PASSED
     duplicates = {k: v.value for k, v in evaluations["texts_unique_across_splits"].metadata.items()}
     assert duplicates["duplicated_texts"] >= 12 and duplicates["extra_copies"] >= 16
     assert duplicates["conflicting_texts"] >= 4 and duplicates["texts_across_splits"] == 0

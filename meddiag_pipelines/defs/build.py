@@ -19,6 +19,7 @@ import dagster as dg
 from meddiag_pipelines.defs.automation.landing import (build_automation_sensor, build_landing_sensor,
                                                        downstream_condition, run_tags)  # fmt: skip
 from meddiag_pipelines.defs.assets.task_assets import build_task_assets
+from meddiag_pipelines.defs.automation.monitoring import build_breach_sensor
 from meddiag_pipelines.defs.partitions import ingestion_keys
 from meddiag_pipelines.defs.resources.storage import build_resources
 from meddiag_pipelines.defs.selection_guard import SelectionGuard
@@ -41,7 +42,7 @@ def build_definitions(specs: list[TaskSpec] | None = None, data_dir=None) -> dg.
 
 
 def build_task_definitions(spec: TaskSpec) -> dg.Definitions:
-    """One task's assets, checks, batch job, landing sensor and automation sensor (no resources: the caller
+    """One task's assets, checks, batch job, landing, automation and breach sensors (no resources: the caller
     supplies them). The batch-level assets (partitioned) run from the landing sensor or ``update``; every
     other asset of the task carries :func:`downstream_condition`."""
     assets, checks = [], []
@@ -64,7 +65,8 @@ def build_task_definitions(spec: TaskSpec) -> dg.Definitions:
     job = dg.define_asset_job(batch_job_name(spec), selection=batch_level, tags=run_tags(spec, "landing"),
                               description=f"Register and ingest {spec.name}'s new batches (one partition each).")  # fmt: skip
     return dg.Definitions(assets=assets, asset_checks=checks, jobs=[job],
-                          sensors=[build_landing_sensor(spec, job), build_automation_sensor(spec)])  # fmt: skip
+                          sensors=[build_landing_sensor(spec, job), build_automation_sensor(spec),
+                                   build_breach_sensor(spec)])  # fmt: skip
 
 
 def isolated_task_definitions(spec: TaskSpec, path: Path) -> dg.Definitions:

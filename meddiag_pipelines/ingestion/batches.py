@@ -1,8 +1,11 @@
 """Batch bookkeeping shared by every modality: read new batches once, validate them, quarantine failures.
 
 Each landed batch ends in exactly one ledger state: ``read`` (waiting for validation), ``validated`` or
-``quarantined`` (moved to ``<data>/quarantine/<task>/`` with a ``reason.json``). :func:`reconcile` proves
-that every landed batch is accounted for.
+``quarantined`` (moved to ``<data>/quarantine/<task>/`` with a ``reason.json``), or ``labels``: a batch whose
+every file is a CSV or Parquet file holding only the task's id and label columns gives the outcomes of cases
+already scored (``monitoring.labels``); it holds no records, is never validated or trained on, and stays in
+landing for the monitoring of the predictions to join. :func:`reconcile` proves that every landed batch is
+accounted for.
 
 The rule for a known batch whose files change after it was ingested (added, changed or removed): its rows
 already ingested stay (and so do its unchanged files, which image tasks read their pixels from); each added or
@@ -28,6 +31,11 @@ import polars as pl
 from polars.exceptions import PanicException
 
 from meddiag_pipelines.ingestion.errors import BatchRejected
+from meddiag_pipelines.ingestion.labels_batch import (
+    LabelsError,
+    is_labels_files,
+    read_labels_batch,
+)
 from meddiag_pipelines.ingestion.landing import (
     BatchKey,
     LandedBatch,
@@ -55,6 +63,7 @@ MAX_BATCH_NAME_BYTES = 200  # file names hold 255 bytes; outputs add a suffix of
 NOT_REGULAR = "is not a regular file (a FIFO, socket or device); only regular files are read"
 NOT_READ = "was not read: not a file this task reads"
 LABEL_DOMAIN_KEY = "label_domain"
+LABELS_STATUS = "labels"  # a labels batch: ids and labels of cases already scored (monitoring, never training)
 
 
 @dataclass
@@ -82,6 +91,7 @@ class IngestSummary:
     waiting: list[BatchKey] = field(default_factory=list)  # batches not ready yet (no _READY marker, or not quiet)
     rows: int = 0
     skipped_known: int = 0
+    labels: list[BatchKey] = field(default_factory=list)  # labels batches: outcomes of cases already scored
 
 
 def _reason(stage: str, batch: str, file: str, problem: str, **extra) -> dict:
@@ -315,9 +325,33 @@ def _set_aside_non_regular(spec: TaskSpec, root: DataRoot, batch: LandedBatch) -
     return replace(batch, files=tuple(f for f in batch.files if f not in special)), rejected
 
 
+def _labels_batch(spec: TaskSpec, root: DataRoot, warehouse: Warehouse, batch: LandedBatch,
+                  summary: IngestSummary) -> bool:  # fmt: skip
+    """Record a labels batch (every file holds only the id and label columns) in the ledger as ``labels``: no
+    records, never validated or trained on; the monitoring of the predictions joins it to the cases scored. One
+    that does not read as labels (blank or conflicting ones) is quarantined whole; one without any row is left
+    to the reader (False), which says so as for any batch."""
+    try:
+        labels = read_labels_batch([batch.path / f for f in batch.files], spec.id, spec.label)
+    except LabelsError as exc:
+        refuse_batch(spec, root, warehouse, batch, f"a labels batch (only {spec.id!r} and {spec.label!r}) that "
+                     f"cannot be used: {exc}", summary)  # fmt: skip
+        return True
+    if labels.is_empty():
+        return False
+    if warehouse.add_batch(spec.name, _ledger_row(batch, LABELS_STATUS, labels.height, [spec.id, spec.label], None)):
+        summary.labels.append(batch.batch_id)
+    else:
+        summary.skipped_known += 1
+    return True
+
+
 def _ingest_batch(spec: TaskSpec, root: DataRoot, warehouse: Warehouse, reader: Reader, batch: LandedBatch,
                   summary: IngestSummary) -> None:  # fmt: skip
     readable, set_aside = _set_aside_non_regular(spec, root, batch)
+    if not set_aside and is_labels_files([batch.path / f for f in batch.files], spec.id, spec.label) \
+            and _labels_batch(spec, root, warehouse, batch, summary):  # fmt: skip
+        return
     try:
         if set_aside and not readable.files:
             raise BatchRejected(batch.batch_id, "holds no regular files (only FIFOs, sockets or devices)",
@@ -454,7 +488,7 @@ def validate_batches(spec: TaskSpec, root: DataRoot, warehouse: Warehouse, valid
     for batch_id in batch_ids:
         row = rows.get(batch_id)
         summary.records[batch_id] = pl.DataFrame(schema=records.schema)
-        if row is None or row["status"] == "quarantined":
+        if row is None or row["status"] in ("quarantined", LABELS_STATUS):
             continue
         stored = warehouse.read(spec.name, RAW_TABLE, [batch_id])  # its columns and the batch column
         if row["status"] == "validated":
@@ -487,6 +521,8 @@ def why_no_records(spec: TaskSpec, root: DataRoot, warehouse: Warehouse) -> str:
              for d in waiting_batch_dirs(root.landing(spec.name), spec.landing)]  # fmt: skip
     for row in warehouse.ledger(spec.name).filter(pl.col("status") == "quarantined").iter_rows(named=True):
         parts.append(f"{row['batch_id']} was quarantined: {_reason_text(json.loads(row['reason']) if row['reason'] else {})}")
+    for batch_id in warehouse.ledger(spec.name).filter(pl.col("status") == LABELS_STATUS)["batch_id"].to_list():
+        parts.append(f"{batch_id} is a labels batch (ids and labels of cases already scored), not records")
     if not parts:
         parts.append(f"no complete batch has landed in landing/{spec.name}/ yet")
     return "no validated rows: " + "; ".join(parts)
@@ -514,7 +550,7 @@ def reconcile(spec: TaskSpec, warehouse: Warehouse) -> dict[str, int]:
             quarantined_files += len(json.loads(row["reason"]).get("rejected_files", []))
     counts.update(landed_files=landed_files, quarantined_files=quarantined_files,
                   ingested_files=landed_files - quarantined_files)  # fmt: skip
-    for status in ("read", "validated", "quarantined"):
+    for status in ("read", "validated", "quarantined", LABELS_STATUS):
         part = ledger.filter(pl.col("status") == status)
         counts[f"{status}_batches"] = part.height
         counts[f"{status}_rows"] = int(part["n_rows"].sum() or 0)

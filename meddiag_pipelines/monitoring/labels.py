@@ -8,68 +8,25 @@ The promotion gate's settings then judge it (:func:`breach_checks`): realised AU
 below the version's test AUROC by more than ``margin``; a calibration slope whose CI lies outside ``slope_band``;
 a subgroup whose AUROC falls more than ``max_subgroup_drop`` below its test figure.
 
-Errors name the file and the problem, never an id or a label value.
+The labels batch's layout and reading live with ingestion (``ingestion.labels_batch``, re-exported here). Errors
+name the file and the problem, never an id or a label value.
 """
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import numpy as np
 import polars as pl
 
 from meddiag_pipelines.evaluation.metrics import EvaluationInput, evaluate
 from meddiag_pipelines.evaluation.metrics.multiclass import macro_f1_ci
+from meddiag_pipelines.ingestion.labels_batch import (  # noqa: F401  (the layout lives with ingestion; re-exported)
+    LabelsError,
+    is_labels_batch,
+    read_labels_batch,
+)
 from meddiag_pipelines.labels import encode_labels
 from meddiag_pipelines.registry.promotion import slope_check, subgroup_aurocs
 from meddiag_pipelines.specs import EvaluationSpec, PromotionSpec
-
-LABEL_FILES = (".csv", ".parquet")
-
-
-class LabelsError(ValueError):
-    pass
-
-
-def is_labels_batch(columns: list[str], id_column: str, label_column: str) -> bool:
-    """A file (or batch) holding exactly the id and label columns: outcomes for cases already scored."""
-    return set(columns) == {id_column, label_column}
-
-
-def _read_file(path: Path) -> pl.DataFrame:
-    try:
-        if path.suffix.lower() == ".csv":
-            return pl.read_csv(path, infer_schema=False)  # every column as text: ids keep their leading zeros
-        return pl.read_parquet(path)
-    except (pl.exceptions.PolarsError, OSError) as err:
-        kind = path.suffix.lstrip(".")
-        raise LabelsError(f"{path.name}: not a readable {kind} file ({type(err).__name__})") from None
-
-
-def read_labels_batch(files: list[Path], id_column: str, label_column: str) -> pl.DataFrame:
-    """``id`` and ``label`` (strings) of every file of a labels batch. Refuses a file with other columns, an empty
-    id or label, or an id given two different labels."""
-    frames = []
-    for path in sorted(files):
-        if path.suffix.lower() not in LABEL_FILES:
-            raise LabelsError(f"{path.name}: a labels batch holds CSV or Parquet files only")
-        frame = _read_file(path)
-        if not is_labels_batch(frame.columns, id_column, label_column):
-            raise LabelsError(f"{path.name}: a labels file holds exactly the columns {id_column!r} and "
-                              f"{label_column!r}; it has {len(frame.columns)} column(s)")  # fmt: skip
-        frame = frame.select(pl.col(id_column).cast(pl.String).str.strip_chars().alias("id"),
-                             pl.col(label_column).cast(pl.String).str.strip_chars().alias("label"))  # fmt: skip
-        blank = frame.filter(pl.col("id").fill_null("").eq("") | pl.col("label").fill_null("").eq("")).height
-        if blank:
-            raise LabelsError(f"{path.name}: {blank} row(s) have an empty id or label")
-        frames.append(frame)
-    if not frames:
-        raise LabelsError("a labels batch without any CSV or Parquet file")
-    labels = pl.concat(frames).unique()
-    conflicting = labels.filter(pl.col("id").is_duplicated())["id"].n_unique()
-    if conflicting:
-        raise LabelsError(f"labels batch: {conflicting} id(s) are given two different labels")
-    return labels
 
 
 def probability_matrix(predictions: pl.DataFrame, classes: list[str]) -> np.ndarray:

@@ -37,6 +37,9 @@ def ingest_result(context, spec: TaskSpec, storage: MeddiagStorage, summary: Ing
         context.log.warning(f"{spec.name}: batch {c['batch']} changed after it was ingested ({c['added']} files added, "
                             f"{c['changed']} changed, {c['removed']} removed): set aside in quarantine, its rows "
                             "already ingested stay; land the new rows as a new batch")  # fmt: skip
+    for batch in summary.labels:
+        context.log.info(f"{spec.name}: batch {batch} holds only ids and labels: a labels batch for cases already "
+                         "scored (monitoring), not records")  # fmt: skip
     waiting = [f"{b} {waiting_reason(spec.landing)}" for b in summary.waiting]
     for line in waiting:
         context.log.info(f"{spec.name}: batch {line}")
@@ -44,7 +47,7 @@ def ingest_result(context, spec: TaskSpec, storage: MeddiagStorage, summary: Ing
     return dg.MaterializeResult(metadata={
         "new_batches": len(summary.ingested), "new_rows": summary.rows, "quarantined_now": len(summary.quarantined),
         "already_ingested": summary.skipped_known, "changed_batches": len(summary.changed),
-        "waiting_batches": len(summary.waiting), **counts,
+        "waiting_batches": len(summary.waiting), "labels_batches_now": len(summary.labels), **counts,
         "quarantined": dg.MetadataValue.md(markdown_table(summary.quarantined)),
         "changed": dg.MetadataValue.md(markdown_table(summary.changed)),
         "waiting": dg.MetadataValue.md("\n".join(f"- {escape_markdown(line)}" for line in waiting) or "_none_"),

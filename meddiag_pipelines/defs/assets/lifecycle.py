@@ -21,6 +21,7 @@ from meddiag_pipelines.atomic import atomic_write_bytes, atomic_write_json
 from meddiag_pipelines.defs.partitions import batch_partitions
 from meddiag_pipelines.defs.resources.storage import MeddiagStorage
 from meddiag_pipelines.defs.assets.common import NUMERIC_METRICS, open_handle, png_markdown, pool, rounded
+from meddiag_pipelines.defs.assets import monitoring
 from meddiag_pipelines.labels import encode_labels, task_kind
 import meddiag_pipelines.evaluation as evaluator  # its modules load on first use
 from meddiag_pipelines.split import COPY_OF_TRAIN_COLUMN, SPLIT_COLUMN, SPLITS
@@ -30,7 +31,7 @@ from meddiag_pipelines.registry.fingerprint import code_version, trained_batch_h
 from meddiag_pipelines.registry.manifest import REPORT_FILES, build_manifest
 from meddiag_pipelines.registry.promotion import Decision, decide
 from meddiag_pipelines.modalities.base import Explainer, PredictorFactory
-from meddiag_pipelines.scoring import prediction_frame, score_unlabelled
+from meddiag_pipelines.scoring import prediction_frame
 from meddiag_pipelines.specs import BATCH_COLUMN, TaskSpec
 from meddiag_pipelines.validation.suites import feature_columns
 
@@ -191,16 +192,23 @@ def build_model_lifecycle_assets(spec: TaskSpec, tags: dict, predictor_factory: 
 
     @dg.asset(key=[name, "predictions"], ins={"split": dg.AssetIn(split_key)}, deps=[champion], kinds={"parquet"},
               pool=pool(spec), partitions_def=batch_partitions(spec), backfill_policy=dg.BackfillPolicy.single_run(),
+              check_specs=monitoring.check_specs(dg.AssetKey([name, "predictions"])),
+              freshness_policy=monitoring.PREDICTIONS_FRESHNESS,
               description=f"{name}: the unlabelled rows of each batch (partition) scored by the champion into "
               f"predictions/{name}/<batch>/<version>.parquet, which records the model version and the batch; a "
-              "new champion adds a file beside the old ones, never replacing one.", **tags)  # fmt: skip
+              "new champion adds a file beside the old ones, never replacing one. Each batch scored is watched: "
+              f"drift and estimated performance, and realised performance once labels land, in "
+              f"reports/{name}/monitoring.json and monitoring.html.", **tags)  # fmt: skip
     def predictions(context: dg.AssetExecutionContext, storage: MeddiagStorage, split: pl.DataFrame) -> dg.MaterializeResult:
         rows = split.filter(pl.col(SPLIT_COLUMN) == "score")
         # A run of the whole group without a partition (the task job, `dagster asset materialize`) scores every batch.
         partitioned = context.has_partition_key or context.has_partition_key_range
         batches = list(context.partition_keys) if partitioned else sorted(split[BATCH_COLUMN].unique().to_list())
-        summary = score_unlabelled(spec, storage.root, storage.registry, rows, batches, predictor_factory, explain)
-        if summary.version is None:
+        summary, watched, breached = monitoring.score_and_monitor(spec, storage, rows, batches, partitioned,
+                                                                  predictor_factory, explain)  # fmt: skip
+        if summary.version in breached:
+            note = f"scoring with {summary.version} stopped: its realised performance breached the gate's criteria"
+        elif summary.version is None:
             note = "no champion yet: nothing scored"
         elif summary.written:
             note = f"{len(summary.written)} batch(es) scored by {summary.version}"
@@ -209,7 +217,9 @@ def build_model_lifecycle_assets(spec: TaskSpec, tags: dict, predictor_factory: 
         else:
             note = "nothing to score: no unlabelled rows"
         context.log.info(f"{name} predictions: {note}")
-        return dg.MaterializeResult(metadata={**summary.as_metadata(), "note": note})
+        return dg.MaterializeResult(metadata={**summary.as_metadata(), "note": note,
+                                              **monitoring.monitoring_metadata(storage, name, watched)},
+                                    check_results=monitoring.check_results(watched, breached))  # fmt: skip
 
     return [evaluation, champion, champion_fit_for_use, predictions]
 
@@ -253,6 +263,8 @@ def evaluate_candidate(spec: TaskSpec, storage: MeddiagStorage, split: pl.DataFr
     inp = _evaluation_input(spec, split, candidate_model, predict_rows, (baseline_model["name"], baseline_proba),
                             flow_counts(spec, storage, split), missing_data(train_rows, candidate_model["plan"]))  # fmt: skip
     metrics = evaluator.evaluate(inp)
+    val = split.filter(pl.col(SPLIT_COLUMN) == "val")
+    monitoring.freeze_candidate_reference(spec, storage, split, candidate_model, val, inp.val_proba)
     if extra_metrics:  # the modality's own aggregates (an omop task's cohort attrition)
         metrics.update(extra_metrics(candidate_model, split))
     if candidate_model.get("selection"):  # how the candidate was chosen over the other model(s) it was trained with
@@ -273,6 +285,7 @@ def evaluate_candidate(spec: TaskSpec, storage: MeddiagStorage, split: pl.DataFr
         hyperparameters=candidate_model["params"], limitations=["Evaluated on a hash split of the same sources; "
         "external validation is needed before clinical use."], ethical_notes=["Check the subgroup table for "
         "unequal performance before use."]))  # fmt: skip
+    card = monitoring.card_with_plan(spec, storage, card)
     files = {
         "metrics.json": (json.dumps(metrics, indent=2, allow_nan=False) + "\n").encode(),
         "report.html": evaluator.render_report_html(metrics, plots, extras).encode(),
