@@ -47,8 +47,13 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def measure(target: str, kwargs: dict | None = None, rlimit_as_mb: int | None = None, timeout_s: float | None = None,
-            env: dict | None = None) -> dict:  # fmt: skip
+def measure(
+    target: str,
+    kwargs: dict | None = None,
+    rlimit_as_mb: int | None = None,
+    timeout_s: float | None = None,
+    env: dict | None = None,
+) -> dict:
     """Run ``module:function(**kwargs)`` in a fresh interpreter; return its result dict plus ``peak_rss_mb``
     (the child's own peak) and ``ok``. A child that fails (MemoryError, killed, non-zero exit) returns
     ``ok: False`` and the tail of its error output."""
@@ -60,9 +65,14 @@ def measure(target: str, kwargs: dict | None = None, rlimit_as_mb: int | None = 
     start = time.perf_counter()
     try:
         proc = subprocess.run(
-            [sys.executable, "-m", "bench._worker", target, json.dumps(kwargs or {})], capture_output=True, text=True,
-            preexec_fn=limit, timeout=timeout_s, cwd=REPO, env={**os.environ, **(env or {})},
-        )  # fmt: skip
+            [sys.executable, "-m", "bench._worker", target, json.dumps(kwargs or {})],
+            capture_output=True,
+            text=True,
+            preexec_fn=limit,
+            timeout=timeout_s,
+            cwd=REPO,
+            env={**os.environ, **(env or {})},
+        )
     except subprocess.TimeoutExpired:
         return {"ok": False, "error": f"timed out after {timeout_s} s", "wall_s": time.perf_counter() - start}
     wall = time.perf_counter() - start
@@ -89,13 +99,23 @@ def update_in_fresh_root(task: str, spec_yaml: str, data: Path, file_name: str, 
         (batch / file_name).write_bytes(Path(data).read_bytes())
         (batch / "_READY").touch()
         (root / "home").mkdir()
-        env = {**os.environ, "DAGSTER_HOME": str(root / "home"), "MEDDIAG_DATA_DIR": str(root / "data"),
-               "MEDDIAG_TASKS_DIR": str(root / "tasks"), "MEDDIAG_TORCH_THREADS": str(threads),
-               "PYTHONPATH": str(REPO)}  # fmt: skip
+        env = {
+            **os.environ,
+            "DAGSTER_HOME": str(root / "home"),
+            "MEDDIAG_DATA_DIR": str(root / "data"),
+            "MEDDIAG_TASKS_DIR": str(root / "tasks"),
+            "MEDDIAG_TORCH_THREADS": str(threads),
+            "PYTHONPATH": str(REPO),
+        }
         start = time.perf_counter()
         before = os.times()
-        proc = subprocess.run([sys.executable, "-m", "meddiag_pipelines", "update", task], env=env,
-                              cwd=REPO, capture_output=True, text=True)  # fmt: skip
+        proc = subprocess.run(
+            [sys.executable, "-m", "meddiag_pipelines", "update", task],
+            env=env,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+        )
         after = os.times()
         minutes = (time.perf_counter() - start) / 60
         cpu_minutes = (after.children_user + after.children_system - before.children_user - before.children_system) / 60
@@ -106,7 +126,16 @@ def update_in_fresh_root(task: str, spec_yaml: str, data: Path, file_name: str, 
         metrics = json.loads(found[0].read_text())
         model = json.loads((found[0].parent / "model" / "model.json").read_text())
         promoted = (models / "champion.json").exists()
-    return {"val_auroc": model.get("best_val_auroc"), "test_auroc": metrics["auroc"],
-            "baseline_test_auroc": (metrics.get("baseline") or {}).get("auroc"), "best_epoch": model.get("best_epoch"),
-            "stopped": model.get("stopped"), "epochs_run": model.get("epochs_run"), "seconds": minutes * 60,
-            "minutes": minutes, "cpu_minutes": cpu_minutes, "promoted": promoted, "peak_rss_mb": None}  # fmt: skip
+    return {
+        "val_auroc": model.get("best_val_auroc"),
+        "test_auroc": metrics["auroc"],
+        "baseline_test_auroc": (metrics.get("baseline") or {}).get("auroc"),
+        "best_epoch": model.get("best_epoch"),
+        "stopped": model.get("stopped"),
+        "epochs_run": model.get("epochs_run"),
+        "seconds": minutes * 60,
+        "minutes": minutes,
+        "cpu_minutes": cpu_minutes,
+        "promoted": promoted,
+        "peak_rss_mb": None,
+    }

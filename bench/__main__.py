@@ -28,7 +28,9 @@ BENCHMARKS = {
 
 def main(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in (*BENCHMARKS, "all"):
-        print(__doc__ + "\n\nbenchmarks: " + ", ".join(BENCHMARKS) + ", all (each with --size smoke|...)", file=sys.stderr)
+        print(
+            __doc__ + "\n\nbenchmarks: " + ", ".join(BENCHMARKS) + ", all (each with --size smoke|...)", file=sys.stderr
+        )
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     names = list(BENCHMARKS) if argv[0] == "all" else [argv[0]]
     for name in names:

@@ -27,13 +27,41 @@ from bench import emit, peak_rss_mb
 NAME = "deid"
 # icd: how many ICD-10-CM descriptions (None: all 97,729); scrubadub takes ~20 ms a text, so it gets a sample.
 # grammar / clean: sentences per class of the grammar corpus (bench/deid_grammar.py) and PHI-free sentences.
-SIZES = {"smoke": {"per_class": 20, "icd": 500, "icd_scrubadub": 200, "grammar": 20, "clean": 100},
-         "default": {"per_class": 500, "icd": None, "icd_scrubadub": 5_000, "grammar": 500, "clean": 5_000}}  # fmt: skip
+SIZES = {
+    "smoke": {"per_class": 20, "icd": 500, "icd_scrubadub": 200, "grammar": 20, "clean": 100},
+    "default": {"per_class": 500, "icd": None, "icd_scrubadub": 5_000, "grammar": 500, "clean": 5_000},
+}
 SEED = 2026
 
 # --- names from syllables (independent of meddiag_pipelines/deid/names.py) --------------------------------
 
-_ONSETS = ["b", "br", "c", "ch", "d", "dr", "f", "g", "gr", "h", "j", "k", "l", "m", "n", "p", "r", "s", "sh", "st", "t", "tr", "v", "w", "z"]
+_ONSETS = [
+    "b",
+    "br",
+    "c",
+    "ch",
+    "d",
+    "dr",
+    "f",
+    "g",
+    "gr",
+    "h",
+    "j",
+    "k",
+    "l",
+    "m",
+    "n",
+    "p",
+    "r",
+    "s",
+    "sh",
+    "st",
+    "t",
+    "tr",
+    "v",
+    "w",
+    "z",
+]
 _VOWELS = ["a", "e", "i", "o", "u", "ai", "ea", "ou", "é", "á", "í", "ó", "ü", "ñ" + "a", "ø"]
 _CODAS = ["", "", "n", "r", "s", "l", "th", "nd", "rt", "z", "ck", "x"]
 
@@ -68,7 +96,20 @@ def _case(rng: random.Random, word: str) -> str:
     return rng.choice([word, word.upper(), word.lower(), word.title()])
 
 
-_MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October", "November", "December"]
+_MONTHS = [
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+]
 
 
 def _date(rng: random.Random) -> str:
@@ -79,13 +120,24 @@ def _date(rng: random.Random) -> str:
     sp = _space(rng)
     return rng.choice(
         [
-            f"{d.month:02d}/{d.day:02d}/{d.year}", f"{d.month}/{d.day}/{d.year % 100:02d}", f"{d.month}{sep}{d.day}{sep}{d.year}",
-            f"{d.day:02d}.{d.month:02d}.{d.year}", d.isoformat(), f"{d.year}/{d.month}/{d.day}",
-            f"{mon}{sp}{d.day},{sp}{d.year}", f"{mon}{sp}{d.day}{sp}{d.year}", f"{d.day}{sp}{mon}{sp}{d.year}",
-            f"{d.day:02d}{sep}{mon}{sep}{d.year}", f"{d.day:02d}{mon.upper()}{d.year}", f"{d.day:02d}{sep}{mon}{sep}{d.year % 100:02d}",
-            f"{mon}{sep}{d.day:02d}{sep}{d.year}", f"{mon}{sp}{d.year}", f"{mon}.{sp}{d.day}", f"{d.day}{sp}{mon}",
+            f"{d.month:02d}/{d.day:02d}/{d.year}",
+            f"{d.month}/{d.day}/{d.year % 100:02d}",
+            f"{d.month}{sep}{d.day}{sep}{d.year}",
+            f"{d.day:02d}.{d.month:02d}.{d.year}",
+            d.isoformat(),
+            f"{d.year}/{d.month}/{d.day}",
+            f"{mon}{sp}{d.day},{sp}{d.year}",
+            f"{mon}{sp}{d.day}{sp}{d.year}",
+            f"{d.day}{sp}{mon}{sp}{d.year}",
+            f"{d.day:02d}{sep}{mon}{sep}{d.year}",
+            f"{d.day:02d}{mon.upper()}{d.year}",
+            f"{d.day:02d}{sep}{mon}{sep}{d.year % 100:02d}",
+            f"{mon}{sep}{d.day:02d}{sep}{d.year}",
+            f"{mon}{sp}{d.year}",
+            f"{mon}.{sp}{d.day}",
+            f"{d.day}{sp}{mon}",
         ]
-    )  # fmt: skip
+    )
 
 
 def _phone(rng: random.Random) -> str:
@@ -93,10 +145,24 @@ def _phone(rng: random.Random) -> str:
     ext = rng.choice(["", "", "", f" x{_digits(rng, 3)}", f" ext. {_digits(rng, 4)}"])
     cc = rng.choice(["44", "33", "49", "61", "91", "34", "39", "52"])
     intl = rng.choice(
-        [f"+{cc} {_digits(rng, 2)} {_digits(rng, 4)} {_digits(rng, 4)}", f"+{cc}{d}{_digits(rng, 3)}{d}{_digits(rng, 3)}{d}{_digits(rng, 4)}",
-         f"+{cc} (0){_digits(rng, 2)} {_digits(rng, 7)}", f"00{cc} {_digits(rng, 3)} {_digits(rng, 6)}"]
-    )  # fmt: skip
-    us = rng.choice([f"({a}) {b}{d}{c}", f"{a}{d}{b}{d}{c}", f"{a}.{b}.{c}", f"+1 {a} {b} {c}", f"1{d}{a}{d}{b}{d}{c}", f"+1 ({a}) {b}{d}{c}", f"({a}){b}{d}{c}"])
+        [
+            f"+{cc} {_digits(rng, 2)} {_digits(rng, 4)} {_digits(rng, 4)}",
+            f"+{cc}{d}{_digits(rng, 3)}{d}{_digits(rng, 3)}{d}{_digits(rng, 4)}",
+            f"+{cc} (0){_digits(rng, 2)} {_digits(rng, 7)}",
+            f"00{cc} {_digits(rng, 3)} {_digits(rng, 6)}",
+        ]
+    )
+    us = rng.choice(
+        [
+            f"({a}) {b}{d}{c}",
+            f"{a}{d}{b}{d}{c}",
+            f"{a}.{b}.{c}",
+            f"+1 {a} {b} {c}",
+            f"1{d}{a}{d}{b}{d}{c}",
+            f"+1 ({a}) {b}{d}{c}",
+            f"({a}){b}{d}{c}",
+        ]
+    )
     return (intl if rng.random() < 0.3 else us) + ext
 
 
@@ -106,7 +172,16 @@ def _ssn(rng: random.Random) -> str:
 
 
 def _record_id(rng: random.Random) -> str:
-    return rng.choice([_digits(rng, 7), _digits(rng, 8), "E" + _digits(rng, 7), f"{_digits(rng, 3)}-{_digits(rng, 4)}", "MR" + _digits(rng, 6), _digits(rng, 10)])
+    return rng.choice(
+        [
+            _digits(rng, 7),
+            _digits(rng, 8),
+            "E" + _digits(rng, 7),
+            f"{_digits(rng, 3)}-{_digits(rng, 4)}",
+            "MR" + _digits(rng, 6),
+            _digits(rng, 10),
+        ]
+    )
 
 
 def _age(rng: random.Random) -> str:
@@ -115,9 +190,30 @@ def _age(rng: random.Random) -> str:
 
 def _address(rng: random.Random) -> str:
     street = " ".join(synthetic_name(rng, 2) for _ in range(rng.randint(1, 2)))
-    suffix = rng.choice(["St", "St.", "Street", "Ave", "Avenue", "Rd", "Road", "Blvd", "Lane", "Ln", "Dr", "Drive", "Ct", "Way", "Hwy", "Place"])
+    suffix = rng.choice(
+        [
+            "St",
+            "St.",
+            "Street",
+            "Ave",
+            "Avenue",
+            "Rd",
+            "Road",
+            "Blvd",
+            "Lane",
+            "Ln",
+            "Dr",
+            "Drive",
+            "Ct",
+            "Way",
+            "Hwy",
+            "Place",
+        ]
+    )
     direction = rng.choice(["", "", "", "N ", "S. ", "East ", "W "])
-    unit = rng.choice(["", "", "", f", Apt {rng.randint(1, 40)}", f" Suite {rng.randint(100, 900)}", f" #{rng.randint(1, 30)}"])
+    unit = rng.choice(
+        ["", "", "", f", Apt {rng.randint(1, 40)}", f" Suite {rng.randint(100, 900)}", f" #{rng.randint(1, 30)}"]
+    )
     if rng.random() < 0.15:
         return rng.choice([f"P.O. Box {rng.randint(10, 99999)}", f"PO Box {rng.randint(10, 9999)}"])
     return f"{rng.randint(1, 99999)} {direction}{street} {suffix}{unit}"
@@ -126,58 +222,150 @@ def _address(rng: random.Random) -> str:
 def _postal(rng: random.Random) -> str:
     letters = "ABCEGHJKLMNPRSTVXY"
     return rng.choice(
-        [f"{rng.randrange(1000, 99999):05d}", f"{rng.randrange(1000, 99999):05d}-{_digits(rng, 4)}",
-         f"{rng.choice(['SW', 'M', 'EH', 'B', 'LS'])}{rng.randint(1, 19)} {rng.randint(1, 9)}{rng.choice(letters)}{rng.choice(letters)}",
-         f"{rng.choice(letters)}{rng.randint(0, 9)}{rng.choice(letters)} {rng.randint(0, 9)}{rng.choice(letters)}{rng.randint(0, 9)}"]
-    )  # fmt: skip
+        [
+            f"{rng.randrange(1000, 99999):05d}",
+            f"{rng.randrange(1000, 99999):05d}-{_digits(rng, 4)}",
+            f"{rng.choice(['SW', 'M', 'EH', 'B', 'LS'])}{rng.randint(1, 19)} {rng.randint(1, 9)}{rng.choice(letters)}{rng.choice(letters)}",
+            f"{rng.choice(letters)}{rng.randint(0, 9)}{rng.choice(letters)} {rng.randint(0, 9)}{rng.choice(letters)}{rng.randint(0, 9)}",
+        ]
+    )
 
 
 def _email(rng: random.Random) -> str:
-    user = rng.choice([synthetic_name(rng).lower(), f"{synthetic_name(rng, 1).lower()}.{synthetic_name(rng, 2).lower()}"])
+    user = rng.choice(
+        [synthetic_name(rng).lower(), f"{synthetic_name(rng, 1).lower()}.{synthetic_name(rng, 2).lower()}"]
+    )
     user = user.encode("ascii", "ignore").decode() or "pt"
-    return f"{user}{rng.randrange(100)}@{rng.choice(['gmail.com', 'yahoo.co.uk', 'clinic-west.org', 'mail.example.net'])}"
+    return (
+        f"{user}{rng.randrange(100)}@{rng.choice(['gmail.com', 'yahoo.co.uk', 'clinic-west.org', 'mail.example.net'])}"
+    )
 
 
 def _url(rng: random.Random) -> str:
     host = synthetic_name(rng).lower().encode("ascii", "ignore").decode() or "portal"
-    return rng.choice([f"https://{host}.org/chart/{_digits(rng, 6)}", f"www.{host}.com", f"http://{host}.net/p?id={_digits(rng, 5)}", f"{host}.com/{_digits(rng, 4)}"])
+    return rng.choice(
+        [
+            f"https://{host}.org/chart/{_digits(rng, 6)}",
+            f"www.{host}.com",
+            f"http://{host}.net/p?id={_digits(rng, 5)}",
+            f"{host}.com/{_digits(rng, 4)}",
+        ]
+    )
 
 
 def _ip(rng: random.Random) -> str:
     if rng.random() < 0.25:
-        return rng.choice([f"fe80::{rng.randrange(65536):x}:{rng.randrange(65536):x}", ":".join(f"{rng.randrange(65536):x}" for _ in range(8))])
+        return rng.choice(
+            [
+                f"fe80::{rng.randrange(65536):x}:{rng.randrange(65536):x}",
+                ":".join(f"{rng.randrange(65536):x}" for _ in range(8)),
+            ]
+        )
     return ".".join(str(rng.randrange(1, 256)) for _ in range(4))
 
 
 def _name(rng: random.Random) -> str:
-    return rng.choice([synthetic_name(rng), f"{synthetic_name(rng)} {synthetic_name(rng)}", f"{synthetic_name(rng)[0]}. {synthetic_name(rng)}"])
+    return rng.choice(
+        [
+            synthetic_name(rng),
+            f"{synthetic_name(rng)} {synthetic_name(rng)}",
+            f"{synthetic_name(rng)[0]}. {synthetic_name(rng)}",
+        ]
+    )
 
 
 # The formats each class is drawn from (above) and the contexts it is planted in ("{}" is the value).
 FORMATS: dict[str, Callable[[random.Random], str]] = {
-    "DATE": _date, "PHONE": _phone, "SSN": _ssn, "MRN": _record_id, "ACCOUNT": _record_id, "AGE": _age, "NAME": _name,
-    "ADDRESS": _address, "ZIP": _postal, "EMAIL": _email, "URL": _url, "IP": _ip, "NAME_BARE": _name,
-}  # fmt: skip
+    "DATE": _date,
+    "PHONE": _phone,
+    "SSN": _ssn,
+    "MRN": _record_id,
+    "ACCOUNT": _record_id,
+    "AGE": _age,
+    "NAME": _name,
+    "ADDRESS": _address,
+    "ZIP": _postal,
+    "EMAIL": _email,
+    "URL": _url,
+    "IP": _ip,
+    "NAME_BARE": _name,
+}
 CONTEXTS: dict[str, list[str]] = {
-    "DATE": ["Echo on {} showed EF 40%.", "Admission date: {}", "DOB {} (per registration).", "Hip replaced {}, no complications.",
-             "Seen {} for wound check.", "Next INR check {}."],
-    "PHONE": ["Pt can be reached at {}.", "Home phone: {}", "Son's mobile {} (preferred).", "Tel {}", "Call back number {}"],
+    "DATE": [
+        "Echo on {} showed EF 40%.",
+        "Admission date: {}",
+        "DOB {} (per registration).",
+        "Hip replaced {}, no complications.",
+        "Seen {} for wound check.",
+        "Next INR check {}.",
+    ],
+    "PHONE": [
+        "Pt can be reached at {}.",
+        "Home phone: {}",
+        "Son's mobile {} (preferred).",
+        "Tel {}",
+        "Call back number {}",
+    ],
     "SSN": ["SSN: {}", "Social security no. {} on face sheet.", "ssn {} verified.", "Patient SSN {}."],
-    "MRN": ["MRN {}", "MR No. {} - transfer from OSH.", "chart: {}", "Medical record # {}", "Patient ID {} on wristband.",
-            "ID# {}", "mrn: {}", "Hospital number {}."],
-    "ACCOUNT": ["Acct {} self-pay.", "Account no. {}", "acct#{}", "Insurance member ID {}", "Policy # {}", "Claim number {}"],
-    "AGE": ["{} y.o. female with falls.", "{}yo M, nursing home resident.", "A {}-year-old man with sepsis.", "aged {}, lives with daughter",
-            "Age: {}", "{} years old, DNR.", "{} y/o with delirium.", "{} yrs, hard of hearing."],
-    "NAME": ["Seen by dr. {} today.", "DR. {} notified.", "Mrs {} at bedside.", "Discussed with nurse {}.", "Referred by {}, MD.",
-             "Patient: {}", "Attending: Dr {}", "prof. {} consulted.", "Mr. {} declined the flu shot.", "Electronically signed by {}"],
+    "MRN": [
+        "MRN {}",
+        "MR No. {} - transfer from OSH.",
+        "chart: {}",
+        "Medical record # {}",
+        "Patient ID {} on wristband.",
+        "ID# {}",
+        "mrn: {}",
+        "Hospital number {}.",
+    ],
+    "ACCOUNT": [
+        "Acct {} self-pay.",
+        "Account no. {}",
+        "acct#{}",
+        "Insurance member ID {}",
+        "Policy # {}",
+        "Claim number {}",
+    ],
+    "AGE": [
+        "{} y.o. female with falls.",
+        "{}yo M, nursing home resident.",
+        "A {}-year-old man with sepsis.",
+        "aged {}, lives with daughter",
+        "Age: {}",
+        "{} years old, DNR.",
+        "{} y/o with delirium.",
+        "{} yrs, hard of hearing.",
+    ],
+    "NAME": [
+        "Seen by dr. {} today.",
+        "DR. {} notified.",
+        "Mrs {} at bedside.",
+        "Discussed with nurse {}.",
+        "Referred by {}, MD.",
+        "Patient: {}",
+        "Attending: Dr {}",
+        "prof. {} consulted.",
+        "Mr. {} declined the flu shot.",
+        "Electronically signed by {}",
+    ],
     "ADDRESS": ["Lives at {} with wife.", "Address: {}", "Home: {}, second floor.", "Discharged to {}."],
-    "ZIP": ["Springfield, IL {}", "Zip code {}", "Mailing address: Salem, Oregon {}", "Postcode {} on file.", "postal code: {}"],
+    "ZIP": [
+        "Springfield, IL {}",
+        "Zip code {}",
+        "Mailing address: Salem, Oregon {}",
+        "Postcode {} on file.",
+        "postal code: {}",
+    ],
     "EMAIL": ["E-mail: {}", "Send results to {} please.", "Daughter's email {}"],
     "URL": ["Uploaded to {}", "See {} for the handout.", "Portal link: {}"],
     "IP": ["Login from {} flagged.", "Device IP {}", "VPN address {} at 03:10."],
     # a name with no title, label or credential: only the bundled name lists could find it
-    "NAME_BARE": ["{} presented with chest pain.", "Spoke with {} about the plan.", "{} tolerated the procedure.", "Family: {} visited."],
-}  # fmt: skip
+    "NAME_BARE": [
+        "{} presented with chest pain.",
+        "Spoke with {} about the plan.",
+        "{} tolerated the procedure.",
+        "Family: {} visited.",
+    ],
+}
 
 
 def synthetic_corpus(per_class: int, seed: int = SEED) -> list[tuple[str, str, int, int]]:
@@ -230,7 +418,9 @@ def scrubadub_spans() -> Callable[[str], list[tuple[int, int]]] | None:
     return lambda text: [(f.beg, f.end) for f in scrubber.iter_filth(text)]
 
 
-def recall(spans_of: Callable[[str], list[tuple[int, int]]], corpus) -> tuple[dict[str, int], dict[str, int], list[str]]:
+def recall(
+    spans_of: Callable[[str], list[tuple[int, int]]], corpus
+) -> tuple[dict[str, int], dict[str, int], list[str]]:
     """Sentences and values found per class, and the sentences whose value was missed."""
     n: dict[str, int] = defaultdict(int)
     hit: dict[str, int] = defaultdict(int)
@@ -250,14 +440,25 @@ def evaluate(impl: str, spans_of: Callable[[str], list[tuple[int, int]]], corpus
     altered = [d for d in icd if spans_of(d)]
     seconds = time.perf_counter() - start
     return emit(
-        {"name": NAME, "impl": impl, "size": size, "seconds": round(seconds, 2), "peak_rss_mb": round(peak_rss_mb(), 1),
-         "recall": {c: round(hit[c] / n[c], 3) for c in n}, "n_per_class": max(n.values()),
-         "overall_recall": round(sum(hit.values()) / sum(n.values()), 3),
-         "icd_descriptions": len(icd), "icd_altered": len(altered), "icd_altered_examples": altered[:5]}
-    )  # fmt: skip
+        {
+            "name": NAME,
+            "impl": impl,
+            "size": size,
+            "seconds": round(seconds, 2),
+            "peak_rss_mb": round(peak_rss_mb(), 1),
+            "recall": {c: round(hit[c] / n[c], 3) for c in n},
+            "n_per_class": max(n.values()),
+            "overall_recall": round(sum(hit.values()) / sum(n.values()), 3),
+            "icd_descriptions": len(icd),
+            "icd_altered": len(altered),
+            "icd_altered_examples": altered[:5],
+        }
+    )
 
 
-def evaluate_grammar(impl: str, spans_of: Callable[[str], list[tuple[int, int]]], conf: dict, seed: int, size: str) -> dict:
+def evaluate_grammar(
+    impl: str, spans_of: Callable[[str], list[tuple[int, int]]], conf: dict, seed: int, size: str
+) -> dict:
     """Recall per class on the grammar corpus and the share of PHI-free sentences altered (bench/deid_grammar.py)."""
     from bench.deid_grammar import clean_sentences, grammar_corpus
 
@@ -266,12 +467,21 @@ def evaluate_grammar(impl: str, spans_of: Callable[[str], list[tuple[int, int]]]
     clean = clean_sentences(conf["clean"], seed)
     altered = [t for t in clean if spans_of(t)]
     return emit(
-        {"name": NAME, "impl": impl, "corpus": "grammar", "size": size, "seconds": round(time.perf_counter() - start, 2),
-         "recall": {c: round(hit[c] / n[c], 3) for c in n}, "n_per_class": max(n.values()),
-         "missed_examples": missed[:: max(1, len(missed) // 12)][:12], "clean_sentences": len(clean),
-         "clean_altered": len(altered), "clean_altered_rate": round(len(altered) / len(clean), 4),
-         "clean_altered_examples": altered[:5]}
-    )  # fmt: skip
+        {
+            "name": NAME,
+            "impl": impl,
+            "corpus": "grammar",
+            "size": size,
+            "seconds": round(time.perf_counter() - start, 2),
+            "recall": {c: round(hit[c] / n[c], 3) for c in n},
+            "n_per_class": max(n.values()),
+            "missed_examples": missed[:: max(1, len(missed) // 12)][:12],
+            "clean_sentences": len(clean),
+            "clean_altered": len(altered),
+            "clean_altered_rate": round(len(altered) / len(clean), 4),
+            "clean_altered_examples": altered[:5],
+        }
+    )
 
 
 def main(argv: list[str]) -> list[dict]:
@@ -285,7 +495,20 @@ def main(argv: list[str]) -> list[dict]:
     results.append(evaluate_grammar("meddiag", ours(), conf, args.seed, args.size))
     other = scrubadub_spans()
     if other is None:
-        results.append(emit({"name": NAME, "impl": "scrubadub", "size": args.size, "seconds": 0.0, "peak_rss_mb": 0.0, "skipped": "not installed"}))
+        results.append(
+            emit(
+                {
+                    "name": NAME,
+                    "impl": "scrubadub",
+                    "size": args.size,
+                    "seconds": 0.0,
+                    "peak_rss_mb": 0.0,
+                    "skipped": "not installed",
+                }
+            )
+        )
     else:
-        results.append(evaluate("scrubadub", other, corpus, random.Random(SEED).sample(icd, conf["icd_scrubadub"]), args.size))
+        results.append(
+            evaluate("scrubadub", other, corpus, random.Random(SEED).sample(icd, conf["icd_scrubadub"]), args.size)
+        )
     return results

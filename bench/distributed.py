@@ -34,30 +34,52 @@ def fit(rows: int, features: int, rounds: int, workers: int) -> dict:
     import xgboost as xgb
     from sklearn.metrics import roc_auc_score
 
-    from meddiag_pipelines.specs import TrainingSpec
     from meddiag_pipelines.flat.distributed import fit_on_cluster
+    from meddiag_pipelines.specs import TrainingSpec
 
-    (X, y), (X_val, y_val), (X_test, y_test) = (table(n, features, s) for n, s in ((rows, 0), (rows // 5, 1), (rows // 5, 2)))
-    params = {"tree_method": "hist", "objective": "binary:logistic", "eval_metric": "logloss", "max_depth": 6,
-              "eta": 0.1, "seed": 42, "verbosity": 0}  # fmt: skip
+    (X, y), (X_val, y_val), (X_test, y_test) = (
+        table(n, features, s) for n, s in ((rows, 0), (rows // 5, 1), (rows // 5, 2))
+    )
+    params = {
+        "tree_method": "hist",
+        "objective": "binary:logistic",
+        "eval_metric": "logloss",
+        "max_depth": 6,
+        "eta": 0.1,
+        "seed": 42,
+        "verbosity": 0,
+    }
     settings = TrainingSpec(max_rounds=rounds, early_stopping_rounds=rounds)  # every round: the same work each way
     start = time.perf_counter()
     if workers == 0:
         dtrain, dval = xgb.QuantileDMatrix(X, label=y), xgb.DMatrix(X_val, label=y_val)
-        booster = xgb.train({**params, "nthread": os.cpu_count()}, dtrain, num_boost_round=rounds, evals=[(dval, "val")],
-                            early_stopping_rounds=rounds, verbose_eval=False)  # fmt: skip
+        booster = xgb.train(
+            {**params, "nthread": os.cpu_count()},
+            dtrain,
+            num_boost_round=rounds,
+            evals=[(dval, "val")],
+            early_stopping_rounds=rounds,
+            verbose_eval=False,
+        )
         setup = 0.0
     else:
         from distributed import Client, LocalCluster
 
-        with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
-                Client(cluster) as client:  # fmt: skip
+        with (
+            LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
+            Client(cluster) as client,
+        ):
             setup = time.perf_counter() - start
             booster = fit_on_cluster(client, params, X, y, X_val, y_val, settings, [f"f{i}" for i in range(features)])
     seconds = time.perf_counter() - start
     auroc = roc_auc_score(y_test, booster.inplace_predict(X_test))
-    return {"seconds": seconds, "cluster_start_s": setup, "test_auroc": float(auroc), "rounds": booster.num_boosted_rounds(),
-            "rows_per_s": rows * rounds / seconds}  # fmt: skip
+    return {
+        "seconds": seconds,
+        "cluster_start_s": setup,
+        "test_auroc": float(auroc),
+        "rounds": booster.num_boosted_rounds(),
+        "rows_per_s": rows * rounds / seconds,
+    }
 
 
 def run(size: str = "default") -> list[dict]:
@@ -65,8 +87,19 @@ def run(size: str = "default") -> list[dict]:
     out = []
     for workers, impl in ((0, "single_node"), (1, "dask_1_worker"), (2, "dask_2_workers")):
         r = measure("bench.distributed:fit", {"rows": rows, "features": FEATURES, "rounds": ROUNDS, "workers": workers})
-        out.append(emit({"name": NAME, "impl": impl, "size": size, "rows": rows, "features": FEATURES, "workers": workers,
-                         **{k: v for k, v in r.items() if k != "wall_s"}}))  # fmt: skip
+        out.append(
+            emit(
+                {
+                    "name": NAME,
+                    "impl": impl,
+                    "size": size,
+                    "rows": rows,
+                    "features": FEATURES,
+                    "workers": workers,
+                    **{k: v for k, v in r.items() if k != "wall_s"},
+                }
+            )
+        )
     return out
 
 

@@ -48,11 +48,31 @@ TEN_YEARS_S = 10 * 365 * 86400
 
 
 def _icd10_codes() -> np.ndarray:
-    common = ["I10", "E11.9", "E78.5", "J18.9", "N18.3", "I50.9", "J44.9", "N39.0", "A41.9", "I48.91",
-              "E87.1", "D64.9", "K21.9", "F32.9", "M54.5", "R07.9", "R50.9", "Z00.00"]  # fmt: skip
+    common = [
+        "I10",
+        "E11.9",
+        "E78.5",
+        "J18.9",
+        "N18.3",
+        "I50.9",
+        "J44.9",
+        "N39.0",
+        "A41.9",
+        "I48.91",
+        "E87.1",
+        "D64.9",
+        "K21.9",
+        "F32.9",
+        "M54.5",
+        "R07.9",
+        "R50.9",
+        "Z00.00",
+    ]
     rng = np.random.default_rng(0)
     letters = "ABCDEFGIJKLMNR"
-    more = {f"{letters[rng.integers(len(letters))]}{rng.integers(0, 100):02d}.{rng.integers(0, 10)}" for _ in range(400)}
+    more = {
+        f"{letters[rng.integers(len(letters))]}{rng.integers(0, 100):02d}.{rng.integers(0, 10)}" for _ in range(400)
+    }
     return np.array(common + sorted(more - set(common))[: 200 - len(common)])
 
 
@@ -112,36 +132,57 @@ def _chunk(seed: int, index: int, n_patients: int, first_patient: int, first_enc
         value[sel] = draw
     code = pl.col("lab_code").replace_strict(dict(enumerate(LAB_CODES)), return_dtype=pl.String)
     unit = pl.col("unit").replace_strict({k: LABS[c][1] for k, c in enumerate(LAB_CODES)}, return_dtype=pl.String)
-    labs = pl.DataFrame({
-        "patient_id": first_patient + patient_local, "encounter_id": encounter_id, "lab_code": code_idx,
-        "charttime": _us(charttime), "value": value, "unit": code_idx,
-    }).with_columns(code, pl.col("value").fill_nan(None), unit)  # fmt: skip
+    labs = pl.DataFrame(
+        {
+            "patient_id": first_patient + patient_local,
+            "encounter_id": encounter_id,
+            "lab_code": code_idx,
+            "charttime": _us(charttime),
+            "value": value,
+            "unit": code_idx,
+        }
+    ).with_columns(code, pl.col("value").fill_nan(None), unit)
 
     n_encounters = int(n_enc.sum())
     enc_first_row = np.flatnonzero(np.r_[True, np.diff(encounter_id) != 0])
     admit = charttime[enc_first_row] - rng.integers(0, 6 * 3600, n_encounters)
     enc_patient = first_patient + np.repeat(np.arange(n_patients), n_enc)
     enc_type = ENCOUNTER_TYPES[rng.choice(3, size=n_encounters, p=[0.6, 0.25, 0.15])]
-    stay = np.where(enc_type == "inpatient", rng.integers(86400, 14 * 86400, n_encounters), rng.integers(1800, 12 * 3600, n_encounters))
-    encounters = pl.DataFrame({
-        "encounter_id": first_encounter + np.arange(n_encounters), "patient_id": enc_patient,
-        "encounter_type": enc_type, "admit_time": _us(admit),
-        "discharge_time": _us(admit + stay),
-    })  # fmt: skip
+    stay = np.where(
+        enc_type == "inpatient",
+        rng.integers(86400, 14 * 86400, n_encounters),
+        rng.integers(1800, 12 * 3600, n_encounters),
+    )
+    encounters = pl.DataFrame(
+        {
+            "encounter_id": first_encounter + np.arange(n_encounters),
+            "patient_id": enc_patient,
+            "encounter_type": enc_type,
+            "admit_time": _us(admit),
+            "discharge_time": _us(admit + stay),
+        }
+    )
 
     n_dx = rng.poisson(1.5, n_encounters)
     dx_enc = np.repeat(np.arange(n_encounters), n_dx)
-    diagnoses = pl.DataFrame({
-        "patient_id": enc_patient[dx_enc], "encounter_id": first_encounter + dx_enc,
-        "icd10": ICD10[rng.choice(len(ICD10), size=len(dx_enc), p=_ZIPF)],
-        "seq": (np.arange(len(dx_enc)) - np.repeat(np.cumsum(n_dx) - n_dx, n_dx)).astype(np.int16),
-    })  # fmt: skip
+    diagnoses = pl.DataFrame(
+        {
+            "patient_id": enc_patient[dx_enc],
+            "encounter_id": first_encounter + dx_enc,
+            "icd10": ICD10[rng.choice(len(ICD10), size=len(dx_enc), p=_ZIPF)],
+            "seq": (np.arange(len(dx_enc)) - np.repeat(np.cumsum(n_dx) - n_dx, n_dx)).astype(np.int16),
+        }
+    )
 
     sex = rng.choice(np.array(["F", "M", None], dtype=object), size=n_patients, p=[0.51, 0.48, 0.01])
-    patients = pl.DataFrame({
-        "patient_id": first_patient + np.arange(n_patients), "sex": sex,
-        "birth_year": rng.integers(1925, 2020, n_patients).astype(np.int16), "site": SITES[rng.integers(0, 4, n_patients)],
-    })  # fmt: skip
+    patients = pl.DataFrame(
+        {
+            "patient_id": first_patient + np.arange(n_patients),
+            "sex": sex,
+            "birth_year": rng.integers(1925, 2020, n_patients).astype(np.int16),
+            "site": SITES[rng.integers(0, 4, n_patients)],
+        }
+    )
     return patients, encounters, labs, diagnoses
 
 
@@ -170,7 +211,12 @@ def generate(root: Path, lab_rows: int, seed: int = 0, chunk_rows: int = CHUNK_L
             patients = patients.filter(pl.col("patient_id") <= last)
             encounters = encounters.filter(pl.col("patient_id") <= last)
             diagnoses = diagnoses.filter(pl.col("patient_id") <= last)
-        for name, frame in (("patients", patients), ("encounters", encounters), ("labs", labs), ("diagnoses", diagnoses)):
+        for name, frame in (
+            ("patients", patients),
+            ("encounters", encounters),
+            ("labs", labs),
+            ("diagnoses", diagnoses),
+        ):
             frame.write_parquet(root / name / f"part-{index:05d}.parquet", row_group_size=256_000)
             counts[name] += frame.height
         written += labs.height

@@ -36,15 +36,23 @@ def feature_names(codes: list[str]) -> list[str]:
 
 def lab_codes(labs: str | Path) -> list[str]:
     """The distinct lab codes of the lab files, sorted (a one-column scan)."""
-    return sorted(pl.scan_parquet(labs).select(pl.col("lab_code").unique()).collect(engine="streaming")["lab_code"].drop_nulls())
+    return sorted(
+        pl.scan_parquet(labs).select(pl.col("lab_code").unique()).collect(engine="streaming")["lab_code"].drop_nulls()
+    )
 
 
 def _counts(path: str | Path, name: str) -> pl.LazyFrame:
     return pl.scan_parquet(path).group_by(PATIENT).agg(pl.len().cast(pl.Int64).alias(name))
 
 
-def patient_features_polars(labs: str | Path, encounters: str | Path, diagnoses: str | Path, patients: str | Path,
-                            codes: list[str] | None = None, out: Path | None = None) -> pl.DataFrame | None:  # fmt: skip
+def patient_features_polars(
+    labs: str | Path,
+    encounters: str | Path,
+    diagnoses: str | Path,
+    patients: str | Path,
+    codes: list[str] | None = None,
+    out: Path | None = None,
+) -> pl.DataFrame | None:
     """Polars (lazy, streaming engine). Returns the frame, or writes it to ``out`` (Parquet) and returns None."""
     codes = lab_codes(labs) if codes is None else list(codes)
     value = pl.col("value")
@@ -66,20 +74,23 @@ def patient_features_polars(labs: str | Path, encounters: str | Path, diagnoses:
         .collect(engine="streaming")
     )
     frame = (
-        pl.scan_parquet(patients).select(PATIENT).unique()
+        pl.scan_parquet(patients)
+        .select(PATIENT)
+        .unique()
         .join(_counts(encounters, "n_encounters"), on=PATIENT, how="left")
         .join(_counts(diagnoses, "n_diagnoses"), on=PATIENT, how="left")
-    )  # fmt: skip
+    )
     per_code = per_code.lazy()
     for c in codes:  # pivot: one left join per code (cheaper in time and memory than a pivot or filtered aggs)
-        part = per_code.filter(pl.col("lab_code") == c).select(PATIENT, *(pl.col(s).alias(f"{c}__{s}") for s in LAB_STATS))
+        part = per_code.filter(pl.col("lab_code") == c).select(
+            PATIENT, *(pl.col(s).alias(f"{c}__{s}") for s in LAB_STATS)
+        )
         frame = frame.join(part, on=PATIENT, how="left")
     frame = (
-        frame
-        .with_columns(pl.col("n_encounters", "n_diagnoses", *(f"{c}__count" for c in codes)).fill_null(0))
+        frame.with_columns(pl.col("n_encounters", "n_diagnoses", *(f"{c}__count" for c in codes)).fill_null(0))
         .select(feature_names(codes))
         .sort(PATIENT)
-    )  # fmt: skip
+    )
     if out is None:
         return frame.collect(engine="streaming")
     frame.sink_parquet(out, engine="streaming")
@@ -123,9 +134,17 @@ def feature_sql(labs: str, encounters: str, diagnoses: str, patients: str, codes
     """
 
 
-def patient_features_duckdb(labs: str | Path, encounters: str | Path, diagnoses: str | Path, patients: str | Path,
-                            codes: list[str] | None = None, out: Path | None = None, memory_limit: str | None = None,
-                            temp_directory: str | Path | None = None, threads: int | None = None) -> pl.DataFrame | None:  # fmt: skip
+def patient_features_duckdb(
+    labs: str | Path,
+    encounters: str | Path,
+    diagnoses: str | Path,
+    patients: str | Path,
+    codes: list[str] | None = None,
+    out: Path | None = None,
+    memory_limit: str | None = None,
+    temp_directory: str | Path | None = None,
+    threads: int | None = None,
+) -> pl.DataFrame | None:
     """DuckDB. With ``memory_limit`` (e.g. ``"2GB"``) and ``temp_directory`` it spills to disk rather than fail.
     Returns the frame, or writes it to ``out`` (Parquet) and returns None."""
     codes = lab_codes(labs) if codes is None else list(codes)
@@ -142,7 +161,9 @@ def patient_features_duckdb(labs: str | Path, encounters: str | Path, diagnoses:
         con.execute("SET enable_progress_bar = false")
         if out is None:
             frame = con.execute(sql).pl()
-            return frame.with_columns(pl.col(f"{c}__count" for c in codes).cast(pl.Int64),
-                                      pl.col("n_encounters", "n_diagnoses").cast(pl.Int64))  # fmt: skip
+            return frame.with_columns(
+                pl.col(f"{c}__count" for c in codes).cast(pl.Int64),
+                pl.col("n_encounters", "n_diagnoses").cast(pl.Int64),
+            )
         con.execute(f"COPY ({sql}) TO {_sql_literal(str(out))} (FORMAT parquet)")
     return None

@@ -36,7 +36,9 @@ def pandas_features(root: str, codes: list[str]):
     wide = stats.unstack("lab_code")
     wide.columns = [f"{code}__{'count' if stat == 'n' else stat}" for stat, code in wide.columns]
     patients = pd.read_parquet(root / "patients", columns=["patient_id"]).drop_duplicates().set_index("patient_id")
-    enc = pd.read_parquet(root / "encounters", columns=["patient_id"]).groupby("patient_id").size().rename("n_encounters")
+    enc = (
+        pd.read_parquet(root / "encounters", columns=["patient_id"]).groupby("patient_id").size().rename("n_encounters")
+    )
     dx = pd.read_parquet(root / "diagnoses", columns=["patient_id"]).groupby("patient_id").size().rename("n_diagnoses")
     out = patients.join(enc).join(dx).join(wide)
     counts = ["n_encounters", "n_diagnoses"] + [f"{c}__count" for c in codes]
@@ -49,8 +51,9 @@ def pandas_features(root: str, codes: list[str]):
     return out.reset_index().sort_values("patient_id")[feature_names(codes)]
 
 
-def run_impl(impl: str, root: str, codes: list[str], out: str, memory_limit: str | None = None,
-             temp_directory: str | None = None) -> dict:  # fmt: skip
+def run_impl(
+    impl: str, root: str, codes: list[str], out: str, memory_limit: str | None = None, temp_directory: str | None = None
+) -> dict:
     """Child process: build the features with one engine and write them to ``out``."""
     from bench import ehr_features as ehr
 
@@ -62,8 +65,9 @@ def run_impl(impl: str, root: str, codes: list[str], out: str, memory_limit: str
     elif impl == "polars":
         ehr.patient_features_polars(*paths, codes=codes, out=Path(out))
     elif impl == "duckdb":
-        ehr.patient_features_duckdb(*paths, codes=codes, out=Path(out), memory_limit=memory_limit,
-                                    temp_directory=temp_directory)  # fmt: skip
+        ehr.patient_features_duckdb(
+            *paths, codes=codes, out=Path(out), memory_limit=memory_limit, temp_directory=temp_directory
+        )
     else:
         raise ValueError(impl)
     return {"seconds": time.perf_counter() - start}
@@ -85,8 +89,14 @@ def compare(outputs: dict[str, Path]) -> dict[str, bool]:
     return result
 
 
-def run(size: str = "smoke", impls: tuple[str, ...] = IMPLS, budget_mb: int | None = None,
-        pandas_rlimit_mb: int = 14_000, duckdb_memory: str | None = None, seed: int = 0) -> list[dict]:  # fmt: skip
+def run(
+    size: str = "smoke",
+    impls: tuple[str, ...] = IMPLS,
+    budget_mb: int | None = None,
+    pandas_rlimit_mb: int = 14_000,
+    duckdb_memory: str | None = None,
+    seed: int = 0,
+) -> list[dict]:
     from bench.ehr import LAB_CODES, generate
 
     rows = parse_rows(size, SMOKE_ROWS)
@@ -102,15 +112,36 @@ def run(size: str = "smoke", impls: tuple[str, ...] = IMPLS, budget_mb: int | No
         out = work / f"{impl}.parquet"
         limit = budget_mb or (pandas_rlimit_mb if impl == "pandas" else None)
         mem = duckdb_memory or (f"{int(budget_mb * 0.4)}MB" if budget_mb else None)
-        res = measure("bench.features:run_impl", {"impl": impl, "root": str(ds.root), "codes": LAB_CODES, "out": str(out),
-                      "memory_limit": mem if impl == "duckdb" else None,
-                      "temp_directory": str(spill) if impl == "duckdb" else None}, rlimit_as_mb=limit)  # fmt: skip
-        rec = {"name": NAME, "impl": impl, "size": size, "rows": rows, "seconds": res.get("seconds"),
-               "peak_rss_mb": res.get("peak_rss_mb"), "rows_per_s": rows / res["seconds"] if res.get("seconds") else None,
-               "ok": res["ok"], "rlimit_as_mb": limit}  # fmt: skip
+        res = measure(
+            "bench.features:run_impl",
+            {
+                "impl": impl,
+                "root": str(ds.root),
+                "codes": LAB_CODES,
+                "out": str(out),
+                "memory_limit": mem if impl == "duckdb" else None,
+                "temp_directory": str(spill) if impl == "duckdb" else None,
+            },
+            rlimit_as_mb=limit,
+        )
+        rec = {
+            "name": NAME,
+            "impl": impl,
+            "size": size,
+            "rows": rows,
+            "seconds": res.get("seconds"),
+            "peak_rss_mb": res.get("peak_rss_mb"),
+            "rows_per_s": rows / res["seconds"] if res.get("seconds") else None,
+            "ok": res["ok"],
+            "rlimit_as_mb": limit,
+        }
         if impl == "duckdb" and mem:
             rec["duckdb_memory_limit"] = mem
-            rec["spilled_mb"] = round(sum(p.stat().st_size for p in spill.rglob("*") if p.is_file()) / 2**20, 1) if spill.exists() else 0
+            rec["spilled_mb"] = (
+                round(sum(p.stat().st_size for p in spill.rglob("*") if p.is_file()) / 2**20, 1)
+                if spill.exists()
+                else 0
+            )
         if not res["ok"]:
             rec["error"] = res.get("error", "")[-300:]
         if res["ok"]:

@@ -20,21 +20,57 @@ from bench import MB, emit, peak_rss_mb
 # size -> (on CUDA, on the CPU). encoder: sequence length, batch, hidden, layers, heads.
 SIZES = {
     "default": (
-        {"xgb_rows": 2_000_000, "xgb_rounds": 100, "seconds": 10.0, "cnn_batch": 512, "text_docs": 20_000,
-         "text_epochs": 3, "px": 224, "image_batch": 128, "encoder": (256, 32, 768, 12, 12), "warmup": 2},
-        {"xgb_rows": 50_000, "xgb_rounds": 10, "seconds": 1.0, "cnn_batch": 64, "text_docs": 300, "text_epochs": 1,
-         "px": 64, "image_batch": 2, "encoder": (32, 2, 64, 2, 2), "warmup": 1},
+        {
+            "xgb_rows": 2_000_000,
+            "xgb_rounds": 100,
+            "seconds": 10.0,
+            "cnn_batch": 512,
+            "text_docs": 20_000,
+            "text_epochs": 3,
+            "px": 224,
+            "image_batch": 128,
+            "encoder": (256, 32, 768, 12, 12),
+            "warmup": 2,
+        },
+        {
+            "xgb_rows": 50_000,
+            "xgb_rounds": 10,
+            "seconds": 1.0,
+            "cnn_batch": 64,
+            "text_docs": 300,
+            "text_epochs": 1,
+            "px": 64,
+            "image_batch": 2,
+            "encoder": (32, 2, 64, 2, 2),
+            "warmup": 1,
+        },
     ),
-    "smoke": 2 * ({"xgb_rows": 2_000, "xgb_rounds": 5, "seconds": 0.0, "cnn_batch": 8, "text_docs": 120, "text_epochs": 1,
-                   "px": 32, "image_batch": 2, "encoder": (16, 2, 32, 1, 2), "warmup": 0},),
-}  # fmt: skip
+    "smoke": 2
+    * (
+        {
+            "xgb_rows": 2_000,
+            "xgb_rounds": 5,
+            "seconds": 0.0,
+            "cnn_batch": 8,
+            "text_docs": 120,
+            "text_epochs": 1,
+            "px": 32,
+            "image_batch": 2,
+            "encoder": (16, 2, 32, 1, 2),
+            "warmup": 0,
+        },
+    ),
+}
 
 
 def _cuda() -> tuple[bool, str]:
     from meddiag_pipelines.device import cuda_available
 
     if not cuda_available():
-        return False, "no GPU visible (or MEDDIAG_FORCE_CPU=1): ran on the CPU at a small size; CUDA figures still pending"
+        return (
+            False,
+            "no GPU visible (or MEDDIAG_FORCE_CPU=1): ran on the CPU at a small size; CUDA figures still pending",
+        )
     import torch
 
     return True, f"CUDA: {torch.cuda.get_device_name(0)}"
@@ -107,8 +143,13 @@ def fine_tune(model, forward, y, device: str, seconds: float, warmup: int = 2) -
         opt.step()
 
     rate = _rate(step, device, seconds, len(y), warmup)
-    return {"train_per_s": rate, "peak_gpu_mb": torch.cuda.max_memory_allocated() / MB if device == "cuda" else None,
-            "params_m": sum(p.numel() for p in model.parameters()) / 1e6, "amp": "bf16", "batch": len(y)}  # fmt: skip
+    return {
+        "train_per_s": rate,
+        "peak_gpu_mb": torch.cuda.max_memory_allocated() / MB if device == "cuda" else None,
+        "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
+        "amp": "bf16",
+        "batch": len(y),
+    }
 
 
 def backbone_finetune(arch: str, device: str, seconds: float, size: int, batch: int, warmup: int = 2) -> dict:
@@ -128,8 +169,9 @@ def backbone_finetune(arch: str, device: str, seconds: float, size: int, batch: 
     return fine_tune(model, lambda m: m(x), y, device, seconds, warmup)
 
 
-def encoder_finetune(device: str, seconds: float, length: int, batch: int, hidden: int, layers: int, heads: int,
-                     warmup: int = 2) -> dict:  # fmt: skip
+def encoder_finetune(
+    device: str, seconds: float, length: int, batch: int, hidden: int, layers: int, heads: int, warmup: int = 2
+) -> dict:
     """A BERT encoder with a classification head (transformers, random init) on random token ids."""
     import torch
 
@@ -139,8 +181,14 @@ def encoder_finetune(device: str, seconds: float, length: int, batch: int, hidde
     from transformers import BertConfig, BertForSequenceClassification
 
     torch.manual_seed(0)
-    config = BertConfig(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-                        intermediate_size=4 * hidden, max_position_embeddings=max(512, length), num_labels=2)  # fmt: skip
+    config = BertConfig(
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=4 * hidden,
+        max_position_embeddings=max(512, length),
+        num_labels=2,
+    )
     model = BertForSequenceClassification(config)
     ids = torch.randint(0, config.vocab_size, (batch, length), device=device)
     mask = torch.ones_like(ids)
@@ -160,16 +208,40 @@ def main(argv: list[str] | None = None) -> None:
     cfg = SIZES[size][0 if cuda else 1]
     base = {"name": "gpu_check", "size": size, "device": device, "note": note}
     r = xgboost_cpu(cfg["xgb_rows"], 50, cfg["xgb_rounds"], device=device)
-    emit({**base, "impl": f"xgboost_hist_{device}", "shape": f"{cfg['xgb_rows']}x50x{cfg['xgb_rounds']}", **r,
-          "peak_rss_mb": peak_rss_mb()})  # fmt: skip
+    emit(
+        {
+            **base,
+            "impl": f"xgboost_hist_{device}",
+            "shape": f"{cfg['xgb_rows']}x50x{cfg['xgb_rounds']}",
+            **r,
+            "peak_rss_mb": peak_rss_mb(),
+        }
+    )
     with torch_settings(device, deterministic=False):  # on the CPU: the threads not already busy
         start = time.perf_counter()
         r = cnn_amp(device, cfg["seconds"], cfg["cnn_batch"])
-        emit({**base, "impl": f"cnn_bf16_amp_{device}", "shape": "28x28", "seconds": time.perf_counter() - start, **r,
-              "images_per_s": r["train_images_per_s"], "peak_rss_mb": peak_rss_mb()})  # fmt: skip
+        emit(
+            {
+                **base,
+                "impl": f"cnn_bf16_amp_{device}",
+                "shape": "28x28",
+                "seconds": time.perf_counter() - start,
+                **r,
+                "images_per_s": r["train_images_per_s"],
+                "peak_rss_mb": peak_rss_mb(),
+            }
+        )
         r = text_cpu(cfg["text_docs"], epochs=cfg["text_epochs"], device=device)
-        emit({**base, "impl": f"text_models_{device}", "shape": f"{cfg['text_docs']} docs", **r,
-              "docs_per_s": r["train_docs_per_s"], "peak_rss_mb": peak_rss_mb()})  # fmt: skip
+        emit(
+            {
+                **base,
+                "impl": f"text_models_{device}",
+                "shape": f"{cfg['text_docs']} docs",
+                **r,
+                "docs_per_s": r["train_docs_per_s"],
+                "peak_rss_mb": peak_rss_mb(),
+            }
+        )
         large_models(base, device, cfg)
 
 
@@ -179,14 +251,32 @@ def large_models(base: dict, device: str, cfg: dict) -> None:
         start = time.perf_counter()
         r = backbone_finetune(arch, device, cfg["seconds"], cfg["px"], cfg["image_batch"], cfg["warmup"])
         rate = r.pop("train_per_s")
-        emit({**base, "impl": f"{arch}_finetune_bf16_{device}", "shape": f"{cfg['px']}px", "seconds": time.perf_counter() - start,
-              **r, "images_per_s": rate, "peak_rss_mb": peak_rss_mb()})  # fmt: skip
+        emit(
+            {
+                **base,
+                "impl": f"{arch}_finetune_bf16_{device}",
+                "shape": f"{cfg['px']}px",
+                "seconds": time.perf_counter() - start,
+                **r,
+                "images_per_s": rate,
+                "peak_rss_mb": peak_rss_mb(),
+            }
+        )
     length, batch, hidden, layers, heads = cfg["encoder"]
     start = time.perf_counter()
     r = encoder_finetune(device, cfg["seconds"], length, batch, hidden, layers, heads, cfg["warmup"])
     rate = r.pop("train_per_s")
-    emit({**base, "impl": f"bert_encoder_finetune_bf16_{device}", "shape": f"{length} tokens, {layers}x{hidden}, {heads} heads",
-          "seconds": time.perf_counter() - start, **r, "sequences_per_s": rate, "peak_rss_mb": peak_rss_mb()})  # fmt: skip
+    emit(
+        {
+            **base,
+            "impl": f"bert_encoder_finetune_bf16_{device}",
+            "shape": f"{length} tokens, {layers}x{hidden}, {heads} heads",
+            "seconds": time.perf_counter() - start,
+            **r,
+            "sequences_per_s": rate,
+            "peak_rss_mb": peak_rss_mb(),
+        }
+    )
 
 
 if __name__ == "__main__":

@@ -34,7 +34,10 @@ def build_warehouse(n_rows: int, seed: int = 0) -> Path:
     if db.exists():
         with duckdb.connect(str(db), read_only=True) as con:
             try:
-                if con.execute(f"SELECT count(*) FROM {TASK}.{TABLE} WHERE _batch_id = 'history'").fetchone()[0] == n_rows:
+                if (
+                    con.execute(f"SELECT count(*) FROM {TASK}.{TABLE} WHERE _batch_id = 'history'").fetchone()[0]
+                    == n_rows
+                ):
                     return db
             except duckdb.Error:
                 pass
@@ -42,7 +45,9 @@ def build_warehouse(n_rows: int, seed: int = 0) -> Path:
     ds = generate(bench_dir() / f"ehr_{n_rows}_seed{seed}", n_rows, seed)
     with warehouse.connect() as con:
         con.execute(f"CREATE SCHEMA {TASK}")
-        con.execute(f"CREATE TABLE {TASK}.{TABLE} AS SELECT *, 'history' AS {BATCH_COLUMN} FROM read_parquet('{ds.glob('labs')}')")
+        con.execute(
+            f"CREATE TABLE {TASK}.{TABLE} AS SELECT *, 'history' AS {BATCH_COLUMN} FROM read_parquet('{ds.glob('labs')}')"
+        )
     return db
 
 
@@ -55,14 +60,23 @@ def time_appends(db: str, batch_rows: int, repeats: int) -> dict:
     from meddiag_pipelines.storage import DataRoot
 
     warehouse = Warehouse(DataRoot(Path(db).parent.parent))
-    _, _, labs, _ = _chunk(seed=99, index=0, n_patients=max(1, batch_rows // 20), first_patient=10**9, first_encounter=10**10)
+    _, _, labs, _ = _chunk(
+        seed=99, index=0, n_patients=max(1, batch_rows // 20), first_patient=10**9, first_encounter=10**10
+    )
     labs = labs.head(batch_rows)
     times = []
     for i in range(repeats):
         batch_id = f"bench_{time.time_ns()}_{i}"
         frame = labs.with_columns(pl.lit(batch_id).alias(BATCH_COLUMN))
-        row = {"batch_id": batch_id, "content_hash": batch_id, "status": "read", "n_rows": frame.height, "files": [],
-               "columns": frame.columns, "reason": None}  # fmt: skip
+        row = {
+            "batch_id": batch_id,
+            "content_hash": batch_id,
+            "status": "read",
+            "n_rows": frame.height,
+            "files": [],
+            "columns": frame.columns,
+            "reason": None,
+        }
         start = time.perf_counter()
         warehouse.append(TASK, TABLE, frame, row)
         times.append(time.perf_counter() - start)
@@ -79,11 +93,25 @@ def run(size: str = "smoke", batch_rows: int = 10_000, repeats: int = 5) -> list
         return [emit({"name": NAME, "impl": "warehouse.append", "size": size, "ok": False, "error": res["error"]})]
     times = res["times"]
     median = statistics.median(times)
-    return [emit({
-        "name": NAME, "impl": "warehouse.append", "size": size, "existing_rows": n_rows, "batch_rows": batch_rows,
-        "seconds": median, "first_s": times[0], "all_s": [round(t, 4) for t in times], "peak_rss_mb": res["peak_rss_mb"],
-        "rows_per_s": batch_rows / median, "db_mb": round(res["db_mb"], 1), "build_s": round(build_s, 1), "ok": True,
-    })]  # fmt: skip
+    return [
+        emit(
+            {
+                "name": NAME,
+                "impl": "warehouse.append",
+                "size": size,
+                "existing_rows": n_rows,
+                "batch_rows": batch_rows,
+                "seconds": median,
+                "first_s": times[0],
+                "all_s": [round(t, 4) for t in times],
+                "peak_rss_mb": res["peak_rss_mb"],
+                "rows_per_s": batch_rows / median,
+                "db_mb": round(res["db_mb"], 1),
+                "build_s": round(build_s, 1),
+                "ok": True,
+            }
+        )
+    ]
 
 
 def main(argv: list[str]) -> list[dict]:

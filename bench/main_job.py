@@ -26,8 +26,9 @@ def run_update(work: Path) -> tuple[float, int, str]:
     shutil.copy(REPO / "dagster_home" / "dagster.yaml", home / "dagster.yaml")
     env = {**os.environ, "DAGSTER_HOME": str(home), "MEDDIAG_DATA_DIR": str(work / "data")}
     start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "meddiag_pipelines", "update"], env=env, capture_output=True,
-                          text=True, cwd=REPO)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "meddiag_pipelines", "update"], env=env, capture_output=True, text=True, cwd=REPO
+    )
     return time.perf_counter() - start, done.returncode, "\n".join(done.stdout.splitlines()[-8:])
 
 
@@ -51,8 +52,16 @@ def main(argv: list[str]) -> None:
     try:
         seconds, code, tail = run_update(work)
         steps = step_seconds(work / "dagster_home")
-        print(json.dumps({"bench": "main_job", "seconds": round(seconds, 1), "exit_code": code,
-                          "task_step_seconds": {t: round(sum(s.values()), 1) for t, s in steps.items()}}))  # fmt: skip
+        print(
+            json.dumps(
+                {
+                    "bench": "main_job",
+                    "seconds": round(seconds, 1),
+                    "exit_code": code,
+                    "task_step_seconds": {t: round(sum(s.values()), 1) for t, s in steps.items()},
+                }
+            )
+        )
         for task, by_step in sorted(steps.items()):
             top = sorted(by_step.items(), key=lambda kv: -kv[1])
             print(json.dumps({"task": task, "steps": {k: round(v, 1) for k, v in top}}))

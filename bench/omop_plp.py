@@ -47,19 +47,29 @@ def run_seed(seed: int, rows, spec, storage: _Storage, out: Path) -> dict:
     start = time.perf_counter()
     split = assign_split(rows, spec)
     built = MODALITY.features(spec, split, storage)
-    trained = MODALITY.train_candidate(spec, built.frame, built.plan, TrainingRun(storage, out / f"seed{seed}",
-                                                                                  logging.getLogger(NAME)))  # fmt: skip
+    trained = MODALITY.train_candidate(
+        spec, built.frame, built.plan, TrainingRun(storage, out / f"seed{seed}", logging.getLogger(NAME))
+    )
     cache_dir = str(storage.root.path(built.plan["cache_dir"]))
     handle = {"dir": str(trained.model_dir), "plan": {**built.plan, "cache_dir": cache_dir}}
     omop = MODALITY.extra_metrics(spec, handle, split)["omop"]
-    models = {k: {"auroc": round(v["auroc"], 4), "auroc_ci": [round(x, 4) for x in v["auroc_ci"]]}
-              for k, v in omop["test_auroc"].items()}  # fmt: skip
+    models = {
+        k: {"auroc": round(v["auroc"], 4), "auroc_ci": [round(x, 4) for x in v["auroc_ci"]]}
+        for k, v in omop["test_auroc"].items()
+    }
     params = trained.meta["params"]
     n_test = split.filter(pl.col(SPLIT_COLUMN) == "test").height
-    return {"name": NAME, "seed": seed, "salt": spec.split.salt, "n_test": n_test,
-            "chosen": params["chosen"], "lasso_C": params.get("C") if params["chosen"] == "logistic" else None,
-            "n_covariates": omop["n_covariates"], **models,
-            "seconds": round(time.perf_counter() - start, 1)}  # fmt: skip
+    return {
+        "name": NAME,
+        "seed": seed,
+        "salt": spec.split.salt,
+        "n_test": n_test,
+        "chosen": params["chosen"],
+        "lasso_C": params.get("C") if params["chosen"] == "logistic" else None,
+        "n_covariates": omop["n_covariates"],
+        **models,
+        "seconds": round(time.perf_counter() - start, 1),
+    }
 
 
 def main(argv: list[str]) -> None:
@@ -86,5 +96,13 @@ def main(argv: list[str]) -> None:
         shutil.rmtree(work, ignore_errors=True)
     models = ("l1_logistic_regression", "xgboost")
     means = {k: round(statistics.mean(r[k]["auroc"] for r in results), 4) for k in models}
-    emit({"name": NAME, "summary": True, "seeds": seeds, "mean_test_auroc": means, "book_lasso_auroc": BOOK_LASSO_AUROC,
-          "chosen": [r["chosen"] for r in results]})  # fmt: skip
+    emit(
+        {
+            "name": NAME,
+            "summary": True,
+            "seeds": seeds,
+            "mean_test_auroc": means,
+            "book_lasso_auroc": BOOK_LASSO_AUROC,
+            "chosen": [r["chosen"] for r in results],
+        }
+    )

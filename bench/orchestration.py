@@ -27,12 +27,19 @@ TINY_ROWS = 2_000
 N_NUMERIC, N_CATEGORICAL = 20, 3
 
 SPEC = {
-    "name": "bench_wide", "modality": "tabular", "description": "SYNTHETIC wide table for benchmarks",
-    "label": "outcome", "positive": "yes", "classes": ["no", "yes"], "id": "rid", "patient_id": "pid",
-    "subgroups": ["group"], "promotion": {"auroc_floor": 0.55},
+    "name": "bench_wide",
+    "modality": "tabular",
+    "description": "SYNTHETIC wide table for benchmarks",
+    "label": "outcome",
+    "positive": "yes",
+    "classes": ["no", "yes"],
+    "id": "rid",
+    "patient_id": "pid",
+    "subgroups": ["group"],
+    "promotion": {"auroc_floor": 0.55},
     "training": {"trials": 1, "timeout_s": 120, "max_rounds": 30, "early_stopping_rounds": 10},
     "evaluation": {"n_bootstrap": 100},
-}  # fmt: skip
+}
 
 
 def wide_table(n: int, seed: int = 0):
@@ -48,7 +55,10 @@ def wide_table(n: int, seed: int = 0):
     logit = X[:, :5] @ np.array([1.0, -0.8, 0.6, 0.5, -0.4]) + 0.3 * (cats[0] == 1) + 0.2 * group
     y = rng.random(n) < 1 / (1 + np.exp(-logit))
     X[rng.random(X.shape) < 0.05] = np.nan
-    cols = {"rid": pl.Series(np.arange(n)).cast(pl.String), "pid": pl.Series(rng.integers(0, max(1, n // 3), n)).cast(pl.String)}
+    cols = {
+        "rid": pl.Series(np.arange(n)).cast(pl.String),
+        "pid": pl.Series(rng.integers(0, max(1, n // 3), n)).cast(pl.String),
+    }
     cols |= {f"x{i}": X[:, i] for i in range(N_NUMERIC)}
     cols |= {f"c{k}": pl.Series(cats[k]).cast(pl.String).str.replace(r"^", f"L{k}_") for k in range(N_CATEGORICAL)}
     cols |= {"group": np.where(group == 1, "A", "B"), "outcome": np.where(y, "yes", "no")}
@@ -108,12 +118,12 @@ def run_direct(rows: int, selection: list[str] | None = None) -> dict:
     import polars as pl
 
     from meddiag_pipelines.defs.assets import common, lifecycle
-    from meddiag_pipelines.tabular import modality as assets
     from meddiag_pipelines.defs.resources.storage import MeddiagStorage
-    from meddiag_pipelines.ingestion.batches import ingest_new_batches, reconcile, validate_pending_batches
-    from meddiag_pipelines.split import SPLIT_COLUMN, check_split, split_by_content
     from meddiag_pipelines.flat.features import missing_data_table
     from meddiag_pipelines.flat.models import read_meta
+    from meddiag_pipelines.ingestion.batches import ingest_new_batches, reconcile, validate_pending_batches
+    from meddiag_pipelines.split import SPLIT_COLUMN, check_split, split_by_content
+    from meddiag_pipelines.tabular import modality as assets
     from meddiag_pipelines.tabular.readers import read_tabular_batch
     from meddiag_pipelines.validation.suites import run_suite, tabular_expectations, validate_tabular
 
@@ -155,9 +165,16 @@ def run_direct(rows: int, selection: list[str] | None = None) -> dict:
     base_handle = common.handle_of(spec, version, storage.root.relative(out / "logistic"), base, plan.as_dict())
     predict_rows = lifecycle.row_predictor(assets._tabular_predictor)
     tabular = assets.MODALITY
-    metrics, _ = lifecycle.evaluate_candidate(spec, storage, split, handle, base_handle, predict_rows,
-                                              lambda rows, plan: tabular.missing_data(spec, rows, plan),
-                                              lambda candidate: tabular.card_extras(spec, candidate))  # fmt: skip
+    metrics, _ = lifecycle.evaluate_candidate(
+        spec,
+        storage,
+        split,
+        handle,
+        base_handle,
+        predict_rows,
+        lambda rows, plan: tabular.missing_data(spec, rows, plan),
+        lambda candidate: tabular.card_extras(spec, candidate),
+    )
     lap("evaluation")
     value, _ = lifecycle.decide_champion(spec, storage, split, handle, base_handle, metrics, predict_rows)
     lap("champion")
@@ -208,8 +225,13 @@ def run(size: str = "smoke", repeats: int = 1) -> list[dict]:
         if ok:
             r = min(ok, key=lambda r: r["seconds"])
             best[impl] = r["seconds"]
-            rec.update(seconds=r["seconds"], peak_rss_mb=r["peak_rss_mb"], rows_per_s=rows / r["seconds"], steps=r["steps"],
-                       all_s=[round(x["seconds"], 2) for x in ok])  # fmt: skip
+            rec.update(
+                seconds=r["seconds"],
+                peak_rss_mb=r["peak_rss_mb"],
+                rows_per_s=rows / r["seconds"],
+                steps=r["steps"],
+                all_s=[round(x["seconds"], 2) for x in ok],
+            )
         else:
             rec["error"] = runs[-1].get("error")
         out.append(rec)
@@ -217,10 +239,21 @@ def run(size: str = "smoke", repeats: int = 1) -> list[dict]:
         out[1]["overhead_pct"] = round(100 * (best["dagster"] - best["direct"]) / best["direct"], 1)
     # multiprocess executor: per-step cost on a tiny task (not in the smoke run: process starts take minutes)
     executors = () if size == "smoke" else ("in_process", "multiprocess")
-    res = {ex: measure("bench.orchestration:run_executor", {"rows": TINY_ROWS, "executor": ex}, env=env) for ex in executors}
+    res = {
+        ex: measure("bench.orchestration:run_executor", {"rows": TINY_ROWS, "executor": ex}, env=env)
+        for ex in executors
+    }
     for ex, r in res.items():
-        rec = {"name": NAME, "impl": f"executor_{ex}", "size": size, "rows": TINY_ROWS, "ok": r["ok"] and r.get("success", False),
-               "seconds": r.get("seconds"), "peak_rss_mb": r.get("peak_rss_mb"), "n_steps": r.get("n_steps")}  # fmt: skip
+        rec = {
+            "name": NAME,
+            "impl": f"executor_{ex}",
+            "size": size,
+            "rows": TINY_ROWS,
+            "ok": r["ok"] and r.get("success", False),
+            "seconds": r.get("seconds"),
+            "peak_rss_mb": r.get("peak_rss_mb"),
+            "n_steps": r.get("n_steps"),
+        }
         if ex == "multiprocess" and rec["ok"] and res["in_process"]["ok"]:
             rec["per_step_overhead_s"] = round((r["seconds"] - res["in_process"]["seconds"]) / max(1, r["n_steps"]), 3)
             rec["steps_per_s"] = r["n_steps"] / r["seconds"]

@@ -29,8 +29,16 @@ from bench import bench_dir, emit, measure, parse_rows
 NAME = "partitions"
 SMOKE_BATCHES = 50
 TASK = "bench_partitions"
-SPEC = {"name": TASK, "modality": "tabular", "label": "outcome", "positive": "yes", "classes": ["no", "yes"],
-        "id": "rid", "patient_id": "pid", "numeric": ["x1"]}  # fmt: skip
+SPEC = {
+    "name": TASK,
+    "modality": "tabular",
+    "label": "outcome",
+    "positive": "yes",
+    "classes": ["no", "yes"],
+    "id": "rid",
+    "patient_id": "pid",
+    "numeric": ["x1"],
+}
 
 
 def _land(root, n: int, start: int = 0) -> None:
@@ -39,7 +47,9 @@ def _land(root, n: int, start: int = 0) -> None:
     for i in range(start, start + n):
         folder = landing / f"batch_{i:06d}"
         folder.mkdir()
-        rows = "".join(f"r{i}_{j},p{i}_{j},{(i * 7 + j) % 10 / 10},{'yes' if (i + j) % 2 else 'no'}\n" for j in range(3))
+        rows = "".join(
+            f"r{i}_{j},p{i}_{j},{(i * 7 + j) % 10 / 10},{'yes' if (i + j) % 2 else 'no'}\n" for j in range(3)
+        )
         (folder / "records.csv").write_text("rid,pid,x1,outcome\n" + rows)
         (folder / "_READY").touch()
 
@@ -94,7 +104,9 @@ def _one_more_batch(root, n: int, sensor, job, instance, defs) -> dict:
     [add], [request] = result.dynamic_partitions_requests, result.run_requests
     instance.add_dynamic_partitions(add.partitions_def_name, list(add.partition_keys))
     launched = time.time()
-    run = job.execute_in_process(instance=instance, tags=request.tags, asset_selection=[dg.AssetKey([TASK, "raw_records"])])
+    run = job.execute_in_process(
+        instance=instance, tags=request.tags, asset_selection=[dg.AssetKey([TASK, "raw_records"])]
+    )
     return {"next_batch_tick_s": tick, "next_batch_run_start_s": _first_step_after(instance, run.run_id) - launched}
 
 
@@ -102,8 +114,8 @@ def plan_and_start(n: int) -> dict:
     """Child: land n batches in a fresh data root, tick the sensor, run their ingestion, then split."""
     import dagster as dg
 
-    from meddiag_pipelines.defs.build import build_definitions
     from meddiag_pipelines.defs.automation.landing import RANGE_END, RANGE_START, run_tags
+    from meddiag_pipelines.defs.build import build_definitions
     from meddiag_pipelines.specs import TaskSpec
 
     root = bench_dir() / f"partitions_{n}"
@@ -128,15 +140,20 @@ def plan_and_start(n: int) -> dict:
         out["batch_run_plan_s"] = _plan_seconds(defs.resolve_job_def(f"{TASK}_batches_job"), instance, requests[0].tags)
         launched = time.time()
         for i, request in enumerate(requests):
-            run = job.execute_in_process(instance=instance, tags=request.tags,
-                                         asset_selection=[dg.AssetKey([TASK, "raw_records"])])  # fmt: skip
+            run = job.execute_in_process(
+                instance=instance, tags=request.tags, asset_selection=[dg.AssetKey([TASK, "raw_records"])]
+            )
             if i == 0:
                 out["batch_run_start_s"] = _first_step_after(instance, run.run_id) - launched
         out["batch_runs_s"] = time.time() - launched
         _record_validated(defs, instance, list(add.partition_keys))
         launched = time.time()
-        split = job.execute_in_process(instance=instance, tags=run_tags(spec, "bench"),
-                                       asset_selection=[dg.AssetKey([TASK, "split"])], raise_on_error=False)  # fmt: skip
+        split = job.execute_in_process(
+            instance=instance,
+            tags=run_tags(spec, "bench"),
+            asset_selection=[dg.AssetKey([TASK, "split"])],
+            raise_on_error=False,
+        )
         out["downstream_start_s"] = _first_step_after(instance, split.run_id) - launched
         out["split_step_s"] = _step_seconds(instance, split.run_id, f"{TASK}__split")
         out["split_ok"] = split.success

@@ -96,7 +96,9 @@ def spec_text(epochs: int) -> str:
     return SPEC_YAML % {"epochs": epochs}
 
 
-def direct(npz: Path, seed: int, threads: int, epochs: int, width: int | None = None, train_n: int | None = None) -> dict:
+def direct(
+    npz: Path, seed: int, threads: int, epochs: int, width: int | None = None, train_n: int | None = None
+) -> dict:
     """``train_image_model`` on the arrays (the recipe alone, no pipeline): val and shifted-test AUROC. ``width``
     and ``train_n`` (the first ``train_n`` training images) make a cheaper proxy on a loaded machine."""
     import yaml
@@ -113,13 +115,32 @@ def direct(npz: Path, seed: int, threads: int, epochs: int, width: int | None = 
     X["train"], y["train"] = X["train"][:train_n], y["train"][:train_n]
     with tempfile.TemporaryDirectory() as tmp:
         start, cpu = time.perf_counter(), time.process_time()
-        res = train_image_model(X["train"], y["train"], X["val"], y["val"], "binary", 1, spec, Path(tmp), "cpu",
-                                width=width, num_threads=threads)  # fmt: skip
+        res = train_image_model(
+            X["train"],
+            y["train"],
+            X["val"],
+            y["val"],
+            "binary",
+            1,
+            spec,
+            Path(tmp),
+            "cpu",
+            width=width,
+            num_threads=threads,
+        )
         minutes, cpu_minutes = (time.perf_counter() - start) / 60, (time.process_time() - cpu) / 60
         test = macro_auroc(y["test"], predict_image_model(res.model_dir, X["test"], "cpu"), "binary")
-    return {"val_auroc": res.best_val_auroc, "test_auroc": test, "best_epoch": res.best_epoch, "stopped": res.stopped,
-            "epochs_run": len(res.history), "seconds": minutes * 60, "minutes": minutes, "cpu_minutes": cpu_minutes,
-            "peak_rss_mb": peak_rss_mb()}  # fmt: skip
+    return {
+        "val_auroc": res.best_val_auroc,
+        "test_auroc": test,
+        "best_epoch": res.best_epoch,
+        "stopped": res.stopped,
+        "epochs_run": len(res.history),
+        "seconds": minutes * 60,
+        "minutes": minutes,
+        "cpu_minutes": cpu_minutes,
+        "peak_rss_mb": peak_rss_mb(),
+    }
 
 
 def pipeline(npz: Path, threads: int, epochs: int) -> dict:
@@ -140,12 +161,29 @@ def main(argv: list[str]) -> None:
     npz = dataset(args.size, args.data_seed)
     epochs = 2 if args.size == "smoke" else 20
     if args.mode == "pipeline":
-        emit({"name": NAME, "impl": "update", "size": args.size, "threads": args.threads, **pipeline(npz, args.threads, epochs)})
+        emit(
+            {
+                "name": NAME,
+                "impl": "update",
+                "size": args.size,
+                "threads": args.threads,
+                **pipeline(npz, args.threads, epochs),
+            }
+        )
         return
     for seed in (int(s) for s in args.seeds.split(",")):
-        emit({"name": NAME, "impl": "train_image_model", "size": args.size, "seed": seed, "threads": args.threads,
-              "width": args.width, "train_n": args.train_n,
-              **direct(npz, seed, args.threads, epochs, args.width, args.train_n)})  # fmt: skip
+        emit(
+            {
+                "name": NAME,
+                "impl": "train_image_model",
+                "size": args.size,
+                "seed": seed,
+                "threads": args.threads,
+                "width": args.width,
+                "train_n": args.train_n,
+                **direct(npz, seed, args.threads, epochs, args.width, args.train_n),
+            }
+        )
 
 
 if __name__ == "__main__":

@@ -54,7 +54,9 @@ def tick_latency(n: int, repeats: int) -> dict:
         cold_scan_s = time.perf_counter() - start  # registering the n partitions
         for i in range(repeats):
             t0 = time.perf_counter()  # an idle tick: nothing new
-            assert isinstance(sensor(dg.build_sensor_context(instance=instance, resources={"storage": storage})), dg.SkipReason)
+            assert isinstance(
+                sensor(dg.build_sensor_context(instance=instance, resources={"storage": storage})), dg.SkipReason
+            )
             skip_s.append(time.perf_counter() - t0)
             folder = landing / f"new_{i:03d}"
             folder.mkdir()
@@ -68,8 +70,12 @@ def tick_latency(n: int, repeats: int) -> dict:
             instance.add_dynamic_partitions(batch_partitions(spec).name, [f"new_{i:03d}"])
     for extra in landing.glob("new_*"):
         shutil.rmtree(extra)
-    return {"seconds": statistics.median(latencies), "all_s": [round(x, 4) for x in latencies],
-            "idle_tick_s": statistics.median(skip_s), "register_partitions_s": cold_scan_s}  # fmt: skip
+    return {
+        "seconds": statistics.median(latencies),
+        "all_s": [round(x, 4) for x in latencies],
+        "idle_tick_s": statistics.median(skip_s),
+        "register_partitions_s": cold_scan_s,
+    }
 
 
 def run(size: str = "10k", repeats: int = 5) -> list[dict]:
@@ -77,8 +83,14 @@ def run(size: str = "10k", repeats: int = 5) -> list[dict]:
 
     n = parse_rows(size, SMOKE_BATCHES)
     r = measure("bench.sensor:tick_latency", {"n": n, "repeats": repeats if size != "smoke" else 2})
-    rec = {"name": NAME, "impl": "landing_sensor", "size": size, "batches_in_landing": n, **{k: v for k, v in r.items() if k != "wall_s"},
-           "sensor_interval_s": SENSOR_INTERVAL_S}  # fmt: skip
+    rec = {
+        "name": NAME,
+        "impl": "landing_sensor",
+        "size": size,
+        "batches_in_landing": n,
+        **{k: v for k, v in r.items() if k != "wall_s"},
+        "sensor_interval_s": SENSOR_INTERVAL_S,
+    }
     if r["ok"]:
         rec["batches_per_s"] = n / r["idle_tick_s"]  # landing folders checked per second by an idle tick
     return [emit(rec)]

@@ -44,10 +44,12 @@ def fine_tune(rows: int, threads: int, encoder: dict) -> dict:
 
     torch.set_num_threads(threads)
     spec = load_spec(SPEC).model_copy(update={"text_model": str(minilm_folder())})
-    spec = spec.model_copy(update={
-        "text_encoder": spec.text_encoder.model_copy(update=encoder),
-        "training": spec.training.model_copy(update={"time_budget_s": 1200.0}),
-    })  # fmt: skip
+    spec = spec.model_copy(
+        update={
+            "text_encoder": spec.text_encoder.model_copy(update=encoder),
+            "training": spec.training.model_copy(update={"time_budget_s": 1200.0}),
+        }
+    )
     records = pl.read_csv(RECORDS, infer_schema=False).sample(n=rows, seed=2024, shuffle=True)
     frame = assign_split(records, spec)
     classes = labels.class_list(spec, frame)
@@ -59,13 +61,21 @@ def fine_tune(rows: int, threads: int, encoder: dict) -> dict:
         minutes = (time.perf_counter() - start) / 60
         cpu_minutes = (time.process_time() - cpu_start) / 60  # wall minutes inflate on a shared machine
         test_texts, y_test = data["test"]
-        test_f1 = {kind: macro_f1(y_test, load_text_model(Path(tmp) / kind).predict(test_texts), len(classes))
-                   for kind in result.val_scores}  # fmt: skip
-    return {"seconds": minutes * 60, "minutes": round(minutes, 2), "cpu_minutes": round(cpu_minutes, 2), "chosen": result.chosen,
-            "n": {s: len(d[0]) for s, d in data.items()}, "n_classes": len(classes),
-            "val_macro_f1": {k: round(v, 4) for k, v in result.val_scores.items()},
-            "test_macro_f1": {k: round(v, 4) for k, v in test_f1.items()},
-            "encoder_minus_baseline_test": round(test_f1["encoder"] - test_f1["baseline"], 4)}  # fmt: skip
+        test_f1 = {
+            kind: macro_f1(y_test, load_text_model(Path(tmp) / kind).predict(test_texts), len(classes))
+            for kind in result.val_scores
+        }
+    return {
+        "seconds": minutes * 60,
+        "minutes": round(minutes, 2),
+        "cpu_minutes": round(cpu_minutes, 2),
+        "chosen": result.chosen,
+        "n": {s: len(d[0]) for s, d in data.items()},
+        "n_classes": len(classes),
+        "val_macro_f1": {k: round(v, 4) for k, v in result.val_scores.items()},
+        "test_macro_f1": {k: round(v, 4) for k, v in test_f1.items()},
+        "encoder_minus_baseline_test": round(test_f1["encoder"] - test_f1["baseline"], 4),
+    }
 
 
 def run(size: str = "default", threads: int = 2, epochs: int | None = None, pooling: str | None = None) -> list[dict]:
@@ -73,9 +83,19 @@ def run(size: str = "default", threads: int = 2, epochs: int | None = None, pool
     epochs = 1 if size == "smoke" and epochs is None else epochs
     encoder = {k: v for k, v in {"epochs": epochs, "pooling": pooling}.items() if v is not None}
     r = measure("bench.text_encoder:fine_tune", {"rows": rows, "threads": threads, "encoder": encoder})
-    return [emit({"name": NAME, "impl": "minilm_l6_finetuned_vs_tfidf_lr_cpu", "size": size, "rows": rows,
-                  "threads": threads, "text_encoder": encoder or "defaults",
-                  **{k: v for k, v in r.items() if k != "wall_s"}})]  # fmt: skip
+    return [
+        emit(
+            {
+                "name": NAME,
+                "impl": "minilm_l6_finetuned_vs_tfidf_lr_cpu",
+                "size": size,
+                "rows": rows,
+                "threads": threads,
+                "text_encoder": encoder or "defaults",
+                **{k: v for k, v in r.items() if k != "wall_s"},
+            }
+        )
+    ]
 
 
 def main(argv: list[str]) -> list[dict]:

@@ -14,9 +14,23 @@ from bench import emit, measure
 
 NAME = "training"
 SIZES = {
-    "smoke": {"xgb_rows": 2_000, "xgb_features": 20, "xgb_rounds": 5, "cnn_seconds": 0.2, "text_docs": 120, "text_epochs": 1},
-    "default": {"xgb_rows": 500_000, "xgb_features": 50, "xgb_rounds": 50, "cnn_seconds": 10.0, "text_docs": 6_000, "text_epochs": 3},
-}  # fmt: skip
+    "smoke": {
+        "xgb_rows": 2_000,
+        "xgb_features": 20,
+        "xgb_rounds": 5,
+        "cnn_seconds": 0.2,
+        "text_docs": 120,
+        "text_epochs": 1,
+    },
+    "default": {
+        "xgb_rows": 500_000,
+        "xgb_features": 50,
+        "xgb_rounds": 50,
+        "cnn_seconds": 10.0,
+        "text_docs": 6_000,
+        "text_epochs": 3,
+    },
+}
 
 
 def xgboost_cpu(rows: int, features: int, rounds: int, device: str = "cpu") -> dict:
@@ -29,20 +43,37 @@ def xgboost_cpu(rows: int, features: int, rounds: int, device: str = "cpu") -> d
     start = time.perf_counter()
     dtrain = xgb.QuantileDMatrix(X, label=y)
     build = time.perf_counter() - start
-    params = {"tree_method": "hist", "device": device, "max_depth": 6, "eta": 0.1, "objective": "binary:logistic",
-              "nthread": os.cpu_count(), "verbosity": 0}  # fmt: skip
+    params = {
+        "tree_method": "hist",
+        "device": device,
+        "max_depth": 6,
+        "eta": 0.1,
+        "objective": "binary:logistic",
+        "nthread": os.cpu_count(),
+        "verbosity": 0,
+    }
     start = time.perf_counter()
     booster = xgb.train(params, dtrain, num_boost_round=rounds)
     train_s = time.perf_counter() - start
     start = time.perf_counter()
     booster.inplace_predict(X)
     predict_s = time.perf_counter() - start
-    return {"seconds": train_s, "quantile_dmatrix_s": build, "predict_s": predict_s,
-            "cells_rounds_per_s": rows * features * rounds / train_s, "predict_rows_per_s": rows / predict_s}  # fmt: skip
+    return {
+        "seconds": train_s,
+        "quantile_dmatrix_s": build,
+        "predict_s": predict_s,
+        "cells_rounds_per_s": rows * features * rounds / train_s,
+        "predict_rows_per_s": rows / predict_s,
+    }
 
 
 def cnn_train_throughput(
-    width: int = 32, size: int = 28, batch: int = 128, seconds: float = 5.0, channels_last: bool = True, threads: int | None = None
+    width: int = 32,
+    size: int = 28,
+    batch: int = 128,
+    seconds: float = 5.0,
+    channels_last: bool = True,
+    threads: int | None = None,
 ) -> float:
     """Training images per second of the imaging CNN on the CPU (forward + backward + AdamW step on random data)."""
     import torch
@@ -91,8 +122,13 @@ def cnn_cpu(seconds: float, width: int = 32, batch: int = 128) -> dict:
             model(x)
             n += len(x)
         infer_s = time.perf_counter() - start
-    return {"seconds": seconds, "train_images_per_s": train_ips, "infer_images_per_s": n / infer_s, "width": width,
-            "threads": torch.get_num_threads()}  # fmt: skip
+    return {
+        "seconds": seconds,
+        "train_images_per_s": train_ips,
+        "infer_images_per_s": n / infer_s,
+        "width": width,
+        "threads": torch.get_num_threads(),
+    }
 
 
 def synthetic_notes(n: int, n_classes: int = 4, seed: int = 0) -> tuple[list[str], list[int]]:
@@ -101,8 +137,12 @@ def synthetic_notes(n: int, n_classes: int = 4, seed: int = 0) -> tuple[list[str
 
     rng = np.random.default_rng(seed)
     common = "patient presents with history of noted reports denies stable acute chronic mild severe left right".split()
-    topical = [["chest", "pain", "troponin", "ecg", "angina", "cardiac"], ["cough", "fever", "sputum", "pneumonia", "xray", "wheeze"],
-               ["glucose", "insulin", "diabetes", "thirst", "hba1c", "neuropathy"], ["fracture", "fall", "wrist", "swelling", "cast", "trauma"]]  # fmt: skip
+    topical = [
+        ["chest", "pain", "troponin", "ecg", "angina", "cardiac"],
+        ["cough", "fever", "sputum", "pneumonia", "xray", "wheeze"],
+        ["glucose", "insulin", "diabetes", "thirst", "hba1c", "neuropathy"],
+        ["fracture", "fall", "wrist", "swelling", "cast", "trauma"],
+    ]
     y = rng.integers(0, n_classes, n)
     docs = []
     for label in y:
@@ -125,16 +165,29 @@ def text_cpu(docs: int, epochs: int, device: str = "cpu") -> dict:
 
     texts, y = synthetic_notes(docs + docs // 4)
     classes = ["cardiac", "respiratory", "endocrine", "injury"]
-    spec = TaskSpec.model_validate({"name": "bench_text", "modality": "text", "label": "y", "id": "id", "text": "text",
-                                    "training": {"epochs": epochs, "patience": epochs, "time_budget_s": 600}})  # fmt: skip
+    spec = TaskSpec.model_validate(
+        {
+            "name": "bench_text",
+            "modality": "text",
+            "label": "y",
+            "id": "id",
+            "text": "text",
+            "training": {"epochs": epochs, "patience": epochs, "time_budget_s": 600},
+        }
+    )
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        result = train_text_models(texts[:docs], np.array(y[:docs]), texts[docs:], np.array(y[docs:]), classes, spec,
-                                   Path(tmp), device=device)  # fmt: skip
+        result = train_text_models(
+            texts[:docs], np.array(y[:docs]), texts[docs:], np.array(y[docs:]), classes, spec, Path(tmp), device=device
+        )
         train_s = time.perf_counter() - start
         out = {"seconds": train_s, "train_docs_per_s": docs / train_s, "chosen": result.chosen}
         for kind in ("baseline", "neural"):
-            model = load_text_model(Path(tmp) / kind, device=device) if kind == "baseline" else load_text_model(Path(tmp) / kind)
+            model = (
+                load_text_model(Path(tmp) / kind, device=device)
+                if kind == "baseline"
+                else load_text_model(Path(tmp) / kind)
+            )
             model.predict(texts[:100])
             start = time.perf_counter()
             model.predict(texts)
@@ -145,15 +198,43 @@ def text_cpu(docs: int, epochs: int, device: str = "cpu") -> dict:
 def run(size: str = "default") -> list[dict]:
     cfg = SIZES["smoke" if size == "smoke" else "default"]
     out = []
-    r = measure("bench.training:xgboost_cpu", {"rows": cfg["xgb_rows"], "features": cfg["xgb_features"], "rounds": cfg["xgb_rounds"]})
-    out.append({"name": NAME, "impl": "xgboost_hist_cpu", "size": size, "rows": cfg["xgb_rows"], "features": cfg["xgb_features"],
-                "rounds": cfg["xgb_rounds"], **{k: v for k, v in r.items() if k != "wall_s"}})  # fmt: skip
+    r = measure(
+        "bench.training:xgboost_cpu",
+        {"rows": cfg["xgb_rows"], "features": cfg["xgb_features"], "rounds": cfg["xgb_rounds"]},
+    )
+    out.append(
+        {
+            "name": NAME,
+            "impl": "xgboost_hist_cpu",
+            "size": size,
+            "rows": cfg["xgb_rows"],
+            "features": cfg["xgb_features"],
+            "rounds": cfg["xgb_rounds"],
+            **{k: v for k, v in r.items() if k != "wall_s"},
+        }
+    )
     r = measure("bench.training:cnn_cpu", {"seconds": cfg["cnn_seconds"]})
-    out.append({"name": NAME, "impl": "cnn_resnet18small_28px_cpu", "size": size, **{k: v for k, v in r.items() if k != "wall_s"},
-                "images_per_s": r.get("train_images_per_s")})  # fmt: skip
+    out.append(
+        {
+            "name": NAME,
+            "impl": "cnn_resnet18small_28px_cpu",
+            "size": size,
+            **{k: v for k, v in r.items() if k != "wall_s"},
+            "images_per_s": r.get("train_images_per_s"),
+        }
+    )
     r = measure("bench.training:text_cpu", {"docs": cfg["text_docs"], "epochs": cfg["text_epochs"]})
-    out.append({"name": NAME, "impl": "text_models_cpu", "size": size, "docs": cfg["text_docs"], "epochs": cfg["text_epochs"],
-                **{k: v for k, v in r.items() if k != "wall_s"}, "docs_per_s": r.get("train_docs_per_s")})  # fmt: skip
+    out.append(
+        {
+            "name": NAME,
+            "impl": "text_models_cpu",
+            "size": size,
+            "docs": cfg["text_docs"],
+            "epochs": cfg["text_epochs"],
+            **{k: v for k, v in r.items() if k != "wall_s"},
+            "docs_per_s": r.get("train_docs_per_s"),
+        }
+    )
     for rec in out:
         emit(rec)
     return out

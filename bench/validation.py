@@ -28,8 +28,11 @@ def _spec(suite: str):
     from meddiag_pipelines.specs import TaskSpec
 
     numeric = [f"x{i}" for i in range(N_NUMERIC)]
-    declared = {"numeric": numeric, "categorical": [f"c{k}" for k in range(N_CATEGORICAL)],
-                "ranges": {c: [-10.0, 10.0] for c in numeric}}  # fmt: skip
+    declared = {
+        "numeric": numeric,
+        "categorical": [f"c{k}" for k in range(N_CATEGORICAL)],
+        "ranges": {c: [-10.0, 10.0] for c in numeric},
+    }
     return TaskSpec.model_validate({**SPEC, **(declared if suite == "declared" else {})})
 
 
@@ -54,10 +57,12 @@ def plain_polars(frame, spec) -> list[str]:
         "id_nulls": missing[spec.id].sum() > 0,
         "id_repeated": pl.col(spec.id).drop_nulls().is_duplicated().any(),
         "label_outside": (~pl.col(spec.label).is_in(list(spec.classes)) & ~missing[spec.label]).sum() > 0,
-        **{f"range_{c}": (~pl.col(c).is_between(*spec.ranges.get(c, (-1e300, 1e300))) & ~missing[c]).sum() > 0
-           for c in spec.numeric},
+        **{
+            f"range_{c}": (~pl.col(c).is_between(*spec.ranges.get(c, (-1e300, 1e300))) & ~missing[c]).sum() > 0
+            for c in spec.numeric
+        },
         **{f"nulls_{c}": missing[c].sum() > spec.max_null_rate * n for c in declared},
-    }  # fmt: skip
+    }
     failed = frame.select(**checks).row(0, named=True)
     absent = [f"missing_{c}" for c in dict.fromkeys(keys) if c not in schema]
     untyped = [f"type_{c}" for c in spec.numeric if not schema[c].is_numeric()]
@@ -91,13 +96,21 @@ def run(size: str = "1m", repeats: int = 3) -> list[dict]:
     for suite in ("orchestration",) if size == "smoke" else ("orchestration", "declared"):  # smoke: CI time is tight
         best = {}
         for impl in IMPLS:
-            runs = [measure("bench.validation:validate", {"rows": rows, "suite": suite, "impl": impl})
-                    for _ in range(1 if size == "smoke" or impl == "gx_pandas" else repeats)]  # fmt: skip
+            runs = [
+                measure("bench.validation:validate", {"rows": rows, "suite": suite, "impl": impl})
+                for _ in range(1 if size == "smoke" or impl == "gx_pandas" else repeats)
+            ]
             ok = [r for r in runs if r["ok"]]
             r = min(ok, key=lambda r: r["seconds"]) if ok else runs[0]
             best[impl] = r.get("seconds")
-            rec = {"name": NAME, "impl": impl, "size": size, "suite": suite, "rows": rows,
-                   **{k: v for k, v in r.items() if k != "wall_s"}}  # fmt: skip
+            rec = {
+                "name": NAME,
+                "impl": impl,
+                "size": size,
+                "suite": suite,
+                "rows": rows,
+                **{k: v for k, v in r.items() if k != "wall_s"},
+            }
             if r["ok"]:
                 rec["rows_per_s"] = rows / r["seconds"]
                 if impl != "polars" and best.get("polars"):

@@ -34,8 +34,9 @@ def spec_yaml(size: int, epochs: int | None, n_classes: int) -> str:
     """The spec a user writes: the label and the format (and the size), everything else the defaults."""
     binary = 'positive: "1"\n' if n_classes == 2 else ""
     training = f"training: {{epochs: {epochs}}}\n" if epochs else ""
-    return (f"name: volume_bench\nmodality: volume\nlabel: label\n{binary}volume: {{format: npz, size: {size}}}\n"
-            f"{training}")  # fmt: skip
+    return (
+        f"name: volume_bench\nmodality: volume\nlabel: label\n{binary}volume: {{format: npz, size: {size}}}\n{training}"
+    )
 
 
 def _arrays(npz: Path, size: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
@@ -51,35 +52,55 @@ def direct(npz: Path, size: int, threads: int, epochs: int | None) -> dict:
     """Imaging's trainer on the arrays with the default volume spec: voxels/s and test AUROC."""
     from meddiag_pipelines.imaging.scoring import baseline_side, pooled_pixels
     from meddiag_pipelines.imaging.train import macro_auroc, predict_image_model, train_image_model
-    from meddiag_pipelines.specs import TaskSpec
     from meddiag_pipelines.logistic import predict_logistic, train_logistic
+    from meddiag_pipelines.specs import TaskSpec
 
     X, y = _arrays(npz, size)
     classes = sorted(set(np.concatenate(list(y.values())).tolist()))
     kind = "binary" if len(classes) == 2 else "multiclass"
-    spec = TaskSpec.model_validate({"name": "volume_bench", "modality": "volume", "label": "label",
-                                    "volume": {"format": "npz", "size": size},
-                                    "training": {"epochs": epochs} if epochs else {}})  # fmt: skip
+    spec = TaskSpec.model_validate(
+        {
+            "name": "volume_bench",
+            "modality": "volume",
+            "label": "label",
+            "volume": {"format": "npz", "size": size},
+            "training": {"epochs": epochs} if epochs else {},
+        }
+    )
     voxels = size**3
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        res = train_image_model(X["train"], y["train"], X["val"], y["val"], kind, len(classes), spec, Path(tmp),
-                                "cpu", num_threads=threads)  # fmt: skip
+        res = train_image_model(
+            X["train"], y["train"], X["val"], y["val"], kind, len(classes), spec, Path(tmp), "cpu", num_threads=threads
+        )
         seconds = time.perf_counter() - start
         start = time.perf_counter()
         proba = predict_image_model(res.model_dir, X["test"], "cpu")
         infer_s = time.perf_counter() - start
         side = baseline_side(size, 3)
         P = {s: pooled_pixels(X[s], side) for s in SPLITS}
-        train_logistic(P["train"], y["train"], P["val"], y["val"], len(classes), Path(tmp) / "baseline",
-                       [f"f{i}" for i in range(P["train"].shape[1])])  # fmt: skip
+        train_logistic(
+            P["train"],
+            y["train"],
+            P["val"],
+            y["val"],
+            len(classes),
+            Path(tmp) / "baseline",
+            [f"f{i}" for i in range(P["train"].shape[1])],
+        )
         baseline = predict_logistic(Path(tmp) / "baseline", P["test"])
     train_speed = float(np.mean([h["images_per_second"] for h in res.history]))
-    return {"test_auroc": macro_auroc(y["test"], proba, kind),
-            "baseline_test_auroc": macro_auroc(y["test"], baseline, kind), "val_auroc": res.best_val_auroc,
-            "epochs_run": len(res.history), "width": res.config["model_config"]["width"],
-            "train_seconds": seconds, "train_voxels_per_s": train_speed * voxels,
-            "infer_voxels_per_s": len(X["test"]) * voxels / infer_s, "peak_rss_mb": peak_rss_mb()}  # fmt: skip
+    return {
+        "test_auroc": macro_auroc(y["test"], proba, kind),
+        "baseline_test_auroc": macro_auroc(y["test"], baseline, kind),
+        "val_auroc": res.best_val_auroc,
+        "epochs_run": len(res.history),
+        "width": res.config["model_config"]["width"],
+        "train_seconds": seconds,
+        "train_voxels_per_s": train_speed * voxels,
+        "infer_voxels_per_s": len(X["test"]) * voxels / infer_s,
+        "peak_rss_mb": peak_rss_mb(),
+    }
 
 
 def main(argv: list[str]) -> None:
@@ -95,8 +116,14 @@ def main(argv: list[str]) -> None:
         n_classes = len(np.unique(data["train_labels"]))
     record = {"name": NAME, "impl": args.mode, "npz": args.npz.name, "size": size, "threads": args.threads}
     if args.mode == "pipeline":
-        emit({**record, **update_in_fresh_root("volume_bench", spec_yaml(size, args.epochs, n_classes), args.npz,
-                                               args.npz.name, args.threads)})  # fmt: skip
+        emit(
+            {
+                **record,
+                **update_in_fresh_root(
+                    "volume_bench", spec_yaml(size, args.epochs, n_classes), args.npz, args.npz.name, args.threads
+                ),
+            }
+        )
         return
     emit({**record, **direct(args.npz, size, args.threads, args.epochs)})
 

@@ -36,15 +36,61 @@ MAX_CATEGORIES = 50  # a text column with more distinct values is free text or a
 MIN_TEXT_CHARS = 40  # median length from which a column is free text
 LABEL_WORDS = {"label", "target", "outcome", "diagnosis", "class", "y", "dx", "disease", "result", "finding"}
 POSITIVE_WORDS = ("1", "yes", "y", "true", "positive", "pos", "malignant", "present", "abnormal", "disease")
-NEGATIVE_WORDS = ("0", "no", "n", "false", "negative", "neg", "normal", "benign", "healthy", "absent", "none", "control")
+NEGATIVE_WORDS = (
+    "0",
+    "no",
+    "n",
+    "false",
+    "negative",
+    "neg",
+    "normal",
+    "benign",
+    "healthy",
+    "absent",
+    "none",
+    "control",
+)
 ID_WORDS = {"id", "uid", "key", "identifier", "record", "mrn", "no", "number", "code"}
 PATIENT_WORDS = {"patient", "subject", "person", "pid", "participant", "individual", "mrn"}
-SUBGROUP_WORDS = {"sex", "gender", "site", "center", "centre", "hospital", "ethnicity", "race", "region", "country",
-                  "band", "agegroup", "ageband"}  # fmt: skip
+SUBGROUP_WORDS = {
+    "sex",
+    "gender",
+    "site",
+    "center",
+    "centre",
+    "hospital",
+    "ethnicity",
+    "race",
+    "region",
+    "country",
+    "band",
+    "agegroup",
+    "ageband",
+}
 # Measurements for which 0 is not a possible value, so a 0 is a "not recorded" code (Pima diabetes, UCI heart).
-ZERO_IMPLAUSIBLE = {"pressure", "bp", "bmi", "glucose", "cholesterol", "chol", "insulin", "skin", "thickness",
-                    "weight", "height", "pulse", "hr", "hemoglobin", "haemoglobin", "creatinine", "sodium",
-                    "trestbps", "restingbp", "albumin", "platelets"}  # fmt: skip
+ZERO_IMPLAUSIBLE = {
+    "pressure",
+    "bp",
+    "bmi",
+    "glucose",
+    "cholesterol",
+    "chol",
+    "insulin",
+    "skin",
+    "thickness",
+    "weight",
+    "height",
+    "pulse",
+    "hr",
+    "hemoglobin",
+    "haemoglobin",
+    "creatinine",
+    "sodium",
+    "trestbps",
+    "restingbp",
+    "albumin",
+    "platelets",
+}
 SENTINELS = (-1, 999, 9999)
 
 
@@ -161,7 +207,9 @@ DEFAULT_MAX_NULL_RATE = TaskSpec.model_fields["max_null_rate"].default
 # -- the draft ------------------------------------------------------------------------------------------------------
 def draft_spec(task: str, source: Path) -> str:
     if not TASK_NAME.match(task):
-        raise DraftError(f"task name {task!r} must be lower-case letters, digits and underscores, starting with a letter")
+        raise DraftError(
+            f"task name {task!r} must be lower-case letters, digits and underscores, starting with a letter"
+        )
     source = Path(source)
     if source.is_symlink() or not (source.is_file() or source.is_dir()):
         raise DraftError(f"{source}: not a regular file or folder")
@@ -215,7 +263,9 @@ def _draft_table(draft: Draft, frame: pl.DataFrame) -> None:
     columns = profile(frame)
     text = guess_text(columns)
     if text:
-        draft.key("modality", "text", f"column {text.name!r} holds free text (median {text.median_chars:.0f} characters)")
+        draft.key(
+            "modality", "text", f"column {text.name!r} holds free text (median {text.median_chars:.0f} characters)"
+        )
         draft.key("text", text.name)
     else:
         draft.key("modality", "tabular", f"{frame.height} rows, {frame.width} columns")
@@ -236,14 +286,19 @@ def _draft_keys(draft: Draft, frame: pl.DataFrame, columns: list[Column]) -> set
     rest = [c for c in columns if c is not label]
     ident = guess_id(rest)
     if ident is None:
-        draft.note(f"id: no unique id-like column found, so rows get {ROW_ID} = <batch>/<file>#<row>; name a "
-                   "unique record id column here if the data has one (re-exports are then recognised)")  # fmt: skip
+        draft.note(
+            f"id: no unique id-like column found, so rows get {ROW_ID} = <batch>/<file>#<row>; name a "
+            "unique record id column here if the data has one (re-exports are then recognised)"
+        )
     else:
         draft.key("id", ident.name, f"unique in all {ident.n} rows")
     patient = guess_patient([c for c in rest if c is not ident])
     if patient is not None:
-        draft.key("patient_id", patient.name, f"{patient.n_unique} patients for {patient.n} rows: a patient's "
-                  "records share a split")  # fmt: skip
+        draft.key(
+            "patient_id",
+            patient.name,
+            f"{patient.n_unique} patients for {patient.n} rows: a patient's records share a split",
+        )
     subgroups = guess_subgroups([c for c in rest if c not in (ident, patient)])
     if subgroups:
         draft.key("subgroups", [c.name for c in subgroups], "reported separately, chosen by name")
@@ -256,15 +311,25 @@ def _draft_classes(draft: Draft, frame: pl.DataFrame, label: Column) -> None:
     classes = sorted(counts)
     if len(classes) == 2:
         positive = next((c for c in classes if c.lower() in POSITIVE_WORDS), None) or next(
-            (c for c, other in (classes, classes[::-1]) if other.lower() in NEGATIVE_WORDS), None)  # fmt: skip
+            (c for c, other in (classes, classes[::-1]) if other.lower() in NEGATIVE_WORDS), None
+        )
         rarer = min(classes, key=lambda c: (counts[c], c))
-        why = ("the rarer class" if positive is None else "by its name, and the rarer class" if positive == rarer
-               else f"by its name, though {rarer!r} is rarer: check which is the finding")  # fmt: skip
+        why = (
+            "the rarer class"
+            if positive is None
+            else "by its name, and the rarer class"
+            if positive == rarer
+            else f"by its name, though {rarer!r} is rarer: check which is the finding"
+        )
         positive = positive or rarer
         draft.key("positive", positive, f"{why}; {counts[positive]} of {sum(counts.values())} labelled rows")
     rare = [c for c in classes if counts[c] < 10]
-    draft.key("classes", classes, f"{len(classes)} classes in the data" + (f"; {len(rare)} with fewer than 10 rows "
-              "(every class must reach the training split)" if rare else ""))  # fmt: skip
+    draft.key(
+        "classes",
+        classes,
+        f"{len(classes)} classes in the data"
+        + (f"; {len(rare)} with fewer than 10 rows (every class must reach the training split)" if rare else ""),
+    )
 
 
 def _draft_types(draft: Draft, frame: pl.DataFrame, columns: list[Column]) -> None:
@@ -282,16 +347,21 @@ def _draft_types(draft: Draft, frame: pl.DataFrame, columns: list[Column]) -> No
     if categorical:
         draft.key("categorical", [c.name for c in categorical], f"text with at most {MAX_CATEGORIES} distinct values")
     if excluded:
-        draft.key("exclude", [c.name for c in excluded], "many distinct text values: free text or identifiers, "
-                  "never features unless declared")  # fmt: skip
+        draft.key(
+            "exclude",
+            [c.name for c in excluded],
+            "many distinct text values: free text or identifiers, never features unless declared",
+        )
     if codes:
         draft.lines.append("null_values:  # codes suspected to mean 'not recorded'")
         for name, (values, why) in codes.items():
             draft.lines.append(f"  {_yaml(name)}: {_yaml(values)}  # {why}")
     if sparse:
         shares = ", ".join(f"{c.name} ({missing[c.name]:.0%})" for c in sparse)
-        draft.note(f"over half missing, so not declared (kept with missing indicators; declaring one makes it "
-                   f"required): {shares}")  # fmt: skip
+        draft.note(
+            f"over half missing, so not declared (kept with missing indicators; declaring one makes it "
+            f"required): {shares}"
+        )
 
 
 def _missing_share(frame: pl.DataFrame, column: Column, codes: list[int]) -> float:
@@ -341,7 +411,10 @@ def _file_column(frame: pl.DataFrame, suffixes: set[str]) -> str:
     """The labels.csv column whose values are image file names (``file`` when none is)."""
     for column in frame.columns:
         names = frame[column].cast(pl.String).str.to_lowercase()
-        if any(names.str.ends_with(s).mean() or 0 for s in suffixes) and names.str.contains(r"\.(png|jpe?g|dcm|dicom)$").mean() > 0.9:
+        if (
+            any(names.str.ends_with(s).mean() or 0 for s in suffixes)
+            and names.str.contains(r"\.(png|jpe?g|dcm|dicom)$").mean() > 0.9
+        ):
             return column
     return "file"
 
@@ -385,7 +458,9 @@ def _draft_npz(draft: Draft, folder: Path, files: list[str]) -> None:
         raise DraftError(f"{files[0]}: no (N, H, W[, C]) *_images array found")
     multi = any(a.ndim == 2 and a.shape[1] > 1 for a in labels)
     n = sum(s[0] for k, s in shapes.items() if k.endswith("_images"))
-    draft.key("modality", "image", f"MedMNIST npz: {n} images in {len(files)} file(s); its train/val/test split is kept")
+    draft.key(
+        "modality", "image", f"MedMNIST npz: {n} images in {len(files)} file(s); its train/val/test split is kept"
+    )
     draft.key("label", "label", "the class index as text")
     if labels and not multi:
         classes = sorted({str(int(v)) for a in labels for v in np.ravel(a)}, key=int)
@@ -397,8 +472,10 @@ def _draft_npz(draft: Draft, folder: Path, files: list[str]) -> None:
     draft.lines.append("  format: npz")
     side = shape[1]
     size = side if side in IMAGE_SIZES else max((s for s in IMAGE_SIZES if s <= side), default=IMAGE_SIZES[0])
-    draft.lines.append(f"  size: {size}" + ("" if side in IMAGE_SIZES else f"  # the images are {side} px: npz images "
-                                            "must match the size exactly"))  # fmt: skip
+    draft.lines.append(
+        f"  size: {size}"
+        + ("" if side in IMAGE_SIZES else f"  # the images are {side} px: npz images must match the size exactly")
+    )
     draft.lines.append(f"  channels: {3 if len(shape) == 4 and shape[3] == 3 else 1}")
     if multi:
         draft.lines.append("  multi_label: true  # the labels hold one 0/1 column per finding")

@@ -49,8 +49,9 @@ def standardiser(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return X.mean(axis=0), scale
 
 
-def train_logistic(X_train, y_train, X_val, y_val, n_classes: int, out_dir: Path, feature_names: list[str],
-                   recalibrate: bool = False) -> dict:  # fmt: skip
+def train_logistic(
+    X_train, y_train, X_val, y_val, n_classes: int, out_dir: Path, feature_names: list[str], recalibrate: bool = False
+) -> dict:
     """Standardised L2 logistic regression, C chosen on validation; saved as JSON coefficients. Computed in
     float64: float32 features near the top of their range would overflow a float32 mean or variance.
     ``recalibrate`` (binary): logistic recalibration on validation, as for XGBoost, for a model that may become
@@ -69,11 +70,18 @@ def train_logistic(X_train, y_train, X_val, y_val, n_classes: int, out_dir: Path
     if recalibrate and n_classes == 2:
         recalibration = fit_recalibration(y_val, model.predict_proba((X_val - mean) / scale)[:, 1])
     meta = {
-        "framework": "logistic", "name": "logistic_regression", "n_classes": n_classes, "feature_names": feature_names,
-        "params": {"C": c, "penalty": "l2"}, "val_score": score, "mean": mean.tolist(), "scale": scale.tolist(),
-        "coef": model.coef_.tolist(), "intercept": model.intercept_.tolist(),
+        "framework": "logistic",
+        "name": "logistic_regression",
+        "n_classes": n_classes,
+        "feature_names": feature_names,
+        "params": {"C": c, "penalty": "l2"},
+        "val_score": score,
+        "mean": mean.tolist(),
+        "scale": scale.tolist(),
+        "coef": model.coef_.tolist(),
+        "intercept": model.intercept_.tolist(),
         "recalibration": recalibration,
-    }  # fmt: skip
+    }
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out_dir / "model.json", meta)
     return meta

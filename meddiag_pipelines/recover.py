@@ -42,9 +42,11 @@ def refuse_while_running(task: str) -> None:
     for message in runs.released:
         print(message)
     if runs.live:
-        raise RecoveryError(f"{task} has {len(runs.live)} run(s) queued or running in the Dagster instance "
-                            f"({'; '.join(describe(r) for r in runs.live)}); wait until they end (or terminate them "
-                            "in the Dagster UI) and run this again")  # fmt: skip
+        raise RecoveryError(
+            f"{task} has {len(runs.live)} run(s) queued or running in the Dagster instance "
+            f"({'; '.join(describe(r) for r in runs.live)}); wait until they end (or terminate them "
+            "in the Dagster UI) and run this again"
+        )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -58,11 +60,14 @@ def run(args: argparse.Namespace) -> int:
             print(f"{args.task}: batch {args.batch} is back in {target}; the next run reads it again")
         else:
             if not args.yes:
-                raise RecoveryError(f"reset forgets every batch of {args.task} the warehouse holds; run it again "
-                                    "with --yes to confirm")  # fmt: skip
+                raise RecoveryError(
+                    f"reset forgets every batch of {args.task} the warehouse holds; run it again with --yes to confirm"
+                )
             reset(root, warehouse, args.task)
-            print(f"{args.task}: warehouse state forgotten; the batches still in landing/{args.task}/ are read again "
-                  "by the next run")  # fmt: skip
+            print(
+                f"{args.task}: warehouse state forgotten; the batches still in landing/{args.task}/ are read again "
+                "by the next run"
+            )
     except RecoveryError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

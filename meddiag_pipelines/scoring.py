@@ -21,7 +21,6 @@ from meddiag_pipelines.specs import BATCH_COLUMN, TaskSpec
 from meddiag_pipelines.storage import DataRoot, open_plan
 
 
-
 def prediction_frame(spec: TaskSpec, rows: pl.DataFrame, proba: np.ndarray, classes: list[str]) -> pl.DataFrame:
     """``id``, ``label`` and the probabilities (binary: ``probability``; else ``p_<class>``, plus ``predicted``
     for multi-class tasks)."""
@@ -64,14 +63,24 @@ class ScoringSummary:
     empty: list[BatchKey] = field(default_factory=list)  # batches without unlabelled rows
 
     def as_metadata(self) -> dict:
-        return {"champion": self.version or "none", "scored_rows": self.scored_rows,
-                "batches_written": len(self.written), "batches_already_scored": len(self.kept),
-                "batches_without_rows_to_score": len(self.empty)}  # fmt: skip
+        return {
+            "champion": self.version or "none",
+            "scored_rows": self.scored_rows,
+            "batches_written": len(self.written),
+            "batches_already_scored": len(self.kept),
+            "batches_without_rows_to_score": len(self.empty),
+        }
 
 
-def score_unlabelled(spec: TaskSpec, root: DataRoot, registry: ModelRegistry, rows: pl.DataFrame,
-                     batches: list[BatchKey], predictor_factory: PredictorFactory,
-                     explain: Explainer | None = None) -> ScoringSummary:  # fmt: skip
+def score_unlabelled(
+    spec: TaskSpec,
+    root: DataRoot,
+    registry: ModelRegistry,
+    rows: pl.DataFrame,
+    batches: list[BatchKey],
+    predictor_factory: PredictorFactory,
+    explain: Explainer | None = None,
+) -> ScoringSummary:
     """Score the unlabelled ``rows`` of each of ``batches`` with the champion, one new file per batch that this
     champion has not scored yet; files of earlier champions stay where they are."""
     pointer = registry.champion(spec.name)
@@ -91,22 +100,35 @@ def score_unlabelled(spec: TaskSpec, root: DataRoot, registry: ModelRegistry, ro
             summary.kept.append(batch)  # never rewritten
         else:
             model_dir = model_dir or registry.version_dir(spec.name, version) / "model"
-            frame = _batch_predictions(spec, version, manifest, plan, model_dir, batch, batch_rows,
-                                       predictor_factory, explain)  # fmt: skip
+            frame = _batch_predictions(
+                spec, version, manifest, plan, model_dir, batch, batch_rows, predictor_factory, explain
+            )
             root.write_parquet(target, frame, metadata={"model_version": version, "batch": batch, "task": spec.name})
             summary.written.append(batch)
             summary.scored_rows += batch_rows.height
     return summary
 
 
-def _batch_predictions(spec: TaskSpec, version: str, manifest: dict, plan: dict, model_dir: Path, batch: BatchKey,
-                       rows: pl.DataFrame, predictor_factory: PredictorFactory,
-                       explain: Explainer | None) -> pl.DataFrame:  # fmt: skip
+def _batch_predictions(
+    spec: TaskSpec,
+    version: str,
+    manifest: dict,
+    plan: dict,
+    model_dir: Path,
+    batch: BatchKey,
+    rows: pl.DataFrame,
+    predictor_factory: PredictorFactory,
+    explain: Explainer | None,
+) -> pl.DataFrame:
     proba = predictor_factory(plan)(model_dir, rows)
-    frame = prediction_frame(spec, rows.with_columns(pl.lit(None).alias(spec.label)), proba,
-                             manifest["model"]["classes"]).drop("label")  # fmt: skip
-    frame = frame.with_columns(pl.Series("risk_band", risk_bands(proba, manifest), dtype=pl.String),
-                               pl.lit(version).alias("model_version"), pl.lit(batch).alias("batch"))  # fmt: skip
+    frame = prediction_frame(
+        spec, rows.with_columns(pl.lit(None).alias(spec.label)), proba, manifest["model"]["classes"]
+    ).drop("label")
+    frame = frame.with_columns(
+        pl.Series("risk_band", risk_bands(proba, manifest), dtype=pl.String),
+        pl.lit(version).alias("model_version"),
+        pl.lit(batch).alias("batch"),
+    )
     if explain is not None:
         top = explain(model_dir, rows, plan)
         frame = frame.with_columns(pl.Series("top_features", ["; ".join(f"{n} {v:+.3f}" for n, v in r) for r in top]))

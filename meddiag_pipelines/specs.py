@@ -12,11 +12,19 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from meddiag_pipelines.dagster_checks import dagster_accepts
 
@@ -30,8 +38,9 @@ SPEC_ERRORS_GROUP = "spec_errors"
 # A task is also a DuckDB schema: these names are DuckDB's own catalogs and schemas (``system``, ``temp``,
 # ``main``, ``information_schema``, ``pg_catalog``, ``memory`` for an in-memory database) or the warehouse's
 # catalog (``meddiag``, from ``meddiag.duckdb``); a schema so named is refused or ambiguous in SQL.
-RESERVED_TASK_NAMES = frozenset({"information_schema", "pg_catalog", "main", "temp", "system", "memory", "meddiag",
-                                 SPEC_ERRORS_GROUP})  # fmt: skip
+RESERVED_TASK_NAMES = frozenset(
+    {"information_schema", "pg_catalog", "main", "temp", "system", "memory", "meddiag", SPEC_ERRORS_GROUP}
+)
 # The modalities a spec may name: the bundled ones, and any a plug-in adds (``modalities.registry.register``).
 MODALITIES = {"tabular", "image", "text", "omop", "volume"}
 # The study keys of an omop task (checked by the models of meddiag_pipelines/omop/spec.py, imported by name when a
@@ -39,8 +48,14 @@ MODALITIES = {"tabular", "image", "text", "omop", "volume"}
 OMOP_KEYS = ("cohort", "outcomes", "time_at_risk", "covariates")
 OMOP_SPEC_MODULE = "meddiag_pipelines.omop.spec"
 # The models read covariates, not these columns: excluded, so no split links two persons by their equal values.
-OMOP_DEFAULTS = {"label": "outcome", "positive": "1", "classes": ["0", "1"], "id": "person_id",
-                 "patient_id": "person_id", "exclude": ["age_at_index", "gender", "tar_days", "index_date"]}  # fmt: skip
+OMOP_DEFAULTS = {
+    "label": "outcome",
+    "positive": "1",
+    "classes": ["0", "1"],
+    "id": "person_id",
+    "patient_id": "person_id",
+    "exclude": ["age_at_index", "gender", "tar_days", "index_date"],
+}
 
 
 _INTEGRAL_DECIMAL = re.compile(r"^([+-]?\d+)\.0*$")
@@ -145,18 +160,27 @@ class TrainingSpec(_Section):
     timeout_s: float = Field(60.0, gt=0, description="wall-clock bound of the optuna search")
     max_rounds: int = Field(600, ge=10)
     early_stopping_rounds: int = Field(30, ge=1)
-    distributed: bool | None = Field(None, description="tabular: the XGBoost final fit on the Dask cluster the step "
-                                     "runs on (MEDDIAG_EXECUTOR=dask); unset: when the training table is large")  # fmt: skip
+    distributed: bool | None = Field(
+        None,
+        description="tabular: the XGBoost final fit on the Dask cluster the step "
+        "runs on (MEDDIAG_EXECUTOR=dask); unset: when the training table is large",
+    )
     # Imaging / text models (ignored by tabular tasks).
     epochs: int = Field(20, ge=1)
     batch_size: int = Field(128, ge=1)
     learning_rate: float = Field(1e-3, gt=0)
     patience: int = Field(5, ge=1)
     time_budget_s: float = Field(1200.0, gt=0, description="training stops after this many seconds")
-    tune: bool = Field(False, description="image: optuna over learning rate, optimiser, weight decay, augmentation "
-                       "and structure, `trials` trials within time_budget_s (a list of backbones tunes too)")  # fmt: skip
-    gpu: bool = Field(False, description="image: the candidate model's step runs only on a Dask worker started "
-                      "with `--resources GPU=1` (MEDDIAG_EXECUTOR=dask); the other executors ignore it")  # fmt: skip
+    tune: bool = Field(
+        False,
+        description="image: optuna over learning rate, optimiser, weight decay, augmentation "
+        "and structure, `trials` trials within time_budget_s (a list of backbones tunes too)",
+    )
+    gpu: bool = Field(
+        False,
+        description="image: the candidate model's step runs only on a Dask worker started "
+        "with `--resources GPU=1` (MEDDIAG_EXECUTOR=dask); the other executors ignore it",
+    )
 
 
 class EvaluationSpec(_Section):
@@ -191,15 +215,20 @@ class ScheduleSpec(_Section):
     @classmethod
     def _cron_dagster_runs(cls, v: str) -> str:
         if not dagster_accepts(lambda dg: dg.ScheduleDefinition(name="spec", cron_schedule=v, job_name="spec")):
-            raise ValueError(f"{v!r} is not a cron schedule Dagster can run: five fields (minute hour day-of-month "
-                             "month day-of-week) naming times that exist, e.g. '0 2 * * *' for 02:00 every day")  # fmt: skip
+            raise ValueError(
+                f"{v!r} is not a cron schedule Dagster can run: five fields (minute hour day-of-month "
+                "month day-of-week) naming times that exist, e.g. '0 2 * * *' for 02:00 every day"
+            )
         return v
 
     @field_validator("timezone")
     @classmethod
     def _timezone_known(cls, v: str) -> str:
-        if not dagster_accepts(lambda dg: dg.ScheduleDefinition(name="spec", cron_schedule="0 2 * * *",
-                                                                  job_name="spec", execution_timezone=v)):  # fmt: skip
+        if not dagster_accepts(
+            lambda dg: dg.ScheduleDefinition(
+                name="spec", cron_schedule="0 2 * * *", job_name="spec", execution_timezone=v
+            )
+        ):
             raise ValueError(f"{v!r} is not an IANA time zone name (e.g. UTC, Europe/Paris)")
         return v
 
@@ -227,11 +256,20 @@ class ImageSpec(_Section):
     max_decoded_mb_per_batch: float = Field(6144.0, gt=0, description="decoded size of all images of one batch")
     # Unset: the from-scratch ResNet18Small. A timm architecture name, or a list the tuner chooses among.
     backbone: str | list[str] | None = None
-    backbone_kwargs: dict[str, int | float | str | bool | list[int] | dict[str, int | float | str | bool | list[int]]] = Field(
-        default_factory=dict, description="timm create_model arguments (e.g. depth, embed_dim of a small ViT); "
-        "with a list of backbones, a mapping from backbone to its arguments")  # fmt: skip
-    backbone_size: int | None = Field(None, ge=8, le=1024, description="the size the backbone runs at (images "
-                                      "resized inside the model); unset: image.size rounded up to a multiple of 32")  # fmt: skip
+    backbone_kwargs: dict[
+        str, int | float | str | bool | list[int] | dict[str, int | float | str | bool | list[int]]
+    ] = Field(
+        default_factory=dict,
+        description="timm create_model arguments (e.g. depth, embed_dim of a small ViT); "
+        "with a list of backbones, a mapping from backbone to its arguments",
+    )
+    backbone_size: int | None = Field(
+        None,
+        ge=8,
+        le=1024,
+        description="the size the backbone runs at (images "
+        "resized inside the model); unset: image.size rounded up to a multiple of 32",
+    )
     # A local checkpoint (safetensors or torch state dict; relative to the spec file), "hub" / "hub:<timm name>"
     # (timm's pretrained download, online only), or one of these per backbone of a list.
     weights: str | dict[str, str] | None = None
@@ -248,6 +286,7 @@ class ImageSpec(_Section):
     @classmethod
     def _weights_found(cls, v: str | dict[str, str] | None, info: ValidationInfo) -> str | dict[str, str] | None:
         """Local weights files are resolved against the spec's folder and must exist."""
+
         def resolve(w: str) -> str:
             if names_hub(w):
                 return w
@@ -266,8 +305,12 @@ class ImageSpec(_Section):
         if isinstance(self.weights, dict) and set(self.weights) - set(names):
             raise ValueError(f"weights for backbones not listed: {sorted(set(self.weights) - set(names))}")
         if isinstance(self.backbone, list) and self.backbone_kwargs:
-            if set(self.backbone_kwargs) - set(names) or not all(isinstance(v, dict) for v in self.backbone_kwargs.values()):
-                raise ValueError("with a list of backbones, backbone_kwargs maps backbones of the list to their arguments")
+            if set(self.backbone_kwargs) - set(names) or not all(
+                isinstance(v, dict) for v in self.backbone_kwargs.values()
+            ):
+                raise ValueError(
+                    "with a list of backbones, backbone_kwargs maps backbones of the list to their arguments"
+                )
         elif any(isinstance(v, dict) for v in self.backbone_kwargs.values()):
             raise ValueError("backbone_kwargs: per-backbone arguments need a list of backbones")
         return self
@@ -313,20 +356,24 @@ class VolumeSpec(_Section):
     format: Literal["npz", "dicom_series", "nifti"]
     size: Literal[16, 28, 32, 48, 64, 96, 128] = Field(28, description="volumes are resampled to size^3 voxels")
     spacing: tuple[float, float, float] | None = Field(
-        None, description="target voxel spacing [z, y, x] in mm before the crop / pad to size^3; unset: the "
-        "volume's own")  # fmt: skip
+        None,
+        description="target voxel spacing [z, y, x] in mm before the crop / pad to size^3; unset: the volume's own",
+    )
     intensity: VolumeIntensitySpec | None = Field(None, description="unset: uint8 npz / 255, other formats min-max")
     orientation: Literal["RAS", "LPS"] = "RAS"
     file_column: str = Field("file", description="labels.csv column naming each record's series folder or file")
-    max_voxels: int = Field(512 * 512 * 1024, gt=0, description="declared voxels of one volume, checked before "
-                            "any voxel is decoded")  # fmt: skip
+    max_voxels: int = Field(
+        512 * 512 * 1024, gt=0, description="declared voxels of one volume, checked before any voxel is decoded"
+    )
     max_decoded_mb_per_batch: float = Field(6144.0, gt=0, description="decoded size of all volumes of one batch")
     augment: list[Literal["hflip", "vflip", "dflip", "affine", "intensity"]] = Field(
-        default_factory=lambda: ["hflip", "affine", "intensity"], description="flips along x / y / z, a small "
-        "rotation, scaling and shift, intensity scale and shift")  # fmt: skip
+        default_factory=lambda: ["hflip", "affine", "intensity"],
+        description="flips along x / y / z, a small rotation, scaling and shift, intensity scale and shift",
+    )
     model: Literal["resnet10", "resnet18"] = Field("resnet18", description="the 3D ResNet trained from scratch")
-    width: int | None = Field(None, ge=4, le=128, description="its base width; unset: chosen from the data size "
-                              "and the device")  # fmt: skip
+    width: int | None = Field(
+        None, ge=4, le=128, description="its base width; unset: chosen from the data size and the device"
+    )
 
     @field_validator("spacing")
     @classmethod
@@ -341,19 +388,29 @@ class TextEncoderSpec(_Section):
     mean-pooled head trained at its own, higher learning rate (bench/README.md: the measured gain)."""
 
     max_length: int = Field(256, ge=8, le=4096, description="tokens per text; longer texts are truncated")
-    pooling: Literal["mean", "cls"] = Field("mean", description="what the new head reads: the mean of the token "
-                                            "states (what sentence-transformers checkpoints are trained for) or "
-                                            "the first ([CLS]) token's state")  # fmt: skip
+    pooling: Literal["mean", "cls"] = Field(
+        "mean",
+        description="what the new head reads: the mean of the token "
+        "states (what sentence-transformers checkpoints are trained for) or "
+        "the first ([CLS]) token's state",
+    )
     lora: bool = Field(False, description="train LoRA adapters on the attention projections (peft) and the head")
     lora_rank: int = Field(8, ge=1)
     epochs: int = Field(3, ge=1)
     learning_rate: float = Field(8e-5, gt=0, description="the one-cycle peak; the first trial's, the search's centre")
-    head_learning_rate: float = Field(2e-3, gt=0, description="the new head's one-cycle peak: it starts from "
-                                      "random weights, the encoder from pretrained ones")  # fmt: skip
+    head_learning_rate: float = Field(
+        2e-3,
+        gt=0,
+        description="the new head's one-cycle peak: it starts from random weights, the encoder from pretrained ones",
+    )
     batch_size: int = Field(16, ge=1)
     weight_decay: float = Field(0.01, ge=0)
-    trials: int = Field(1, ge=1, description="optuna trials over learning rate, weight decay and warm-up, pruned "
-                        "on per-epoch validation macro-F1; all within training.time_budget_s")  # fmt: skip
+    trials: int = Field(
+        1,
+        ge=1,
+        description="optuna trials over learning rate, weight decay and warm-up, pruned "
+        "on per-epoch validation macro-F1; all within training.time_budget_s",
+    )
 
 
 class TaskSpec(_Section):
@@ -364,7 +421,9 @@ class TaskSpec(_Section):
     # Label values are kept in canonical_label text form, whatever YAML type they were written in.
     positive: Label | None = None
     classes: list[Label] | None = None
-    id: str = Field(ROW_ID, description=f"record id column; without one, tabular rows get {ROW_ID} = <batch>/<file>#<row>")
+    id: str = Field(
+        ROW_ID, description=f"record id column; without one, tabular rows get {ROW_ID} = <batch>/<file>#<row>"
+    )
     patient_id: str | None = None
     subgroups: list[str] = Field(default_factory=list)
     # Tabular: declared feature columns; undeclared columns are inferred from their type.
@@ -419,8 +478,10 @@ class TaskSpec(_Section):
         if info.field_name == "outcomes":
             outcomes = [models.Outcome.model_validate(o) for o in (v if isinstance(v, list) else [v])]
             if len(outcomes) != 1:
-                raise ValueError("give exactly one outcome: a task trains one model; for several outcomes write one "
-                                 "task per outcome (a spec of several outcomes is not supported yet)")  # fmt: skip
+                raise ValueError(
+                    "give exactly one outcome: a task trains one model; for several outcomes write one "
+                    "task per outcome (a spec of several outcomes is not supported yet)"
+                )
             return outcomes
         model = {"cohort": models.CohortSpec, "time_at_risk": models.TimeAtRisk, "covariates": models.CovariateSettings}
         return model[info.field_name].model_validate(v)
@@ -431,8 +492,9 @@ class TaskSpec(_Section):
         if not TASK_NAME.match(v):
             raise ValueError("must be lower-case letters, digits and underscores, starting with a letter")
         if v in RESERVED_TASK_NAMES:
-            raise ValueError(f"{v!r} is reserved (a DuckDB catalog or schema, or the {SPEC_ERRORS_GROUP} group); "
-                             "choose another name")
+            raise ValueError(
+                f"{v!r} is reserved (a DuckDB catalog or schema, or the {SPEC_ERRORS_GROUP} group); choose another name"
+            )
         return v
 
     @field_validator("modality")
@@ -454,7 +516,7 @@ class TaskSpec(_Section):
     def _text_model_resolved(cls, v: str | None, info: ValidationInfo) -> str | None:
         """A local folder is made absolute against the spec file's folder (``load_spec`` passes it)."""
         if v is None or v.startswith(HUB_PREFIX):
-            if v is not None and not v[len(HUB_PREFIX):].strip():
+            if v is not None and not v[len(HUB_PREFIX) :].strip():
                 raise ValueError(f"'{HUB_PREFIX}' must be followed by a model id")
             return v
         if not v.strip():
@@ -482,8 +544,10 @@ class TaskSpec(_Section):
         if self.modality == "image" and self.image is None:
             self.image = ImageSpec()
         if (self.modality == "volume") != (self.volume is not None):
-            raise ValueError("volume tasks need the 'volume' section naming its format (npz, dicom_series or "
-                             "nifti), and only they have one")  # fmt: skip
+            raise ValueError(
+                "volume tasks need the 'volume' section naming its format (npz, dicom_series or "
+                "nifti), and only they have one"
+            )
         if self.positive is not None and self.classes and self.positive not in self.classes:
             raise ValueError(f"positive class {self.positive!r} is not among classes {self.classes}")
         if self.classes is not None and len(set(self.classes)) < 2:
@@ -491,8 +555,10 @@ class TaskSpec(_Section):
         roles = [key for key in ("id", "patient_id", "text") if getattr(self, key) == self.label]
         roles += [key for key in ("numeric", "categorical", "exclude") if self.label in getattr(self, key)]
         if roles:
-            raise ValueError(f"the label column {self.label!r} is also named by {', '.join(roles)}; the label must be "
-                             "a column of its own (a model must never see it, nor an id take its place)")  # fmt: skip
+            raise ValueError(
+                f"the label column {self.label!r} is also named by {', '.join(roles)}; the label must be "
+                "a column of its own (a model must never see it, nor an id take its place)"
+            )
         return self
 
     @property
@@ -535,8 +601,7 @@ class _UniqueKeyLoader(yaml.SafeLoader):
             if not isinstance(key, (str, int, float, bool)):
                 continue  # an unhashable key is refused by SafeLoader itself
             if key in seen:
-                raise yaml.constructor.ConstructorError(None, None, f"key {key!r} is given twice",
-                                                        key_node.start_mark)  # fmt: skip
+                raise yaml.constructor.ConstructorError(None, None, f"key {key!r} is given twice", key_node.start_mark)
             seen.add(key)
         return super().construct_mapping(node, deep)
 
@@ -619,8 +684,9 @@ def scan_specs(dirs: list[Path] | None = None) -> SpecScan:
                 errors.append(exc)
                 continue
             if spec.name in specs:
-                errors.append(SpecError(path, f"key 'name': task {spec.name!r} is already defined in {specs[spec.name][1]}"))
+                errors.append(
+                    SpecError(path, f"key 'name': task {spec.name!r} is already defined in {specs[spec.name][1]}")
+                )
                 continue
             specs[spec.name] = (spec, path)
     return SpecScan([s for s, _ in specs.values()], errors, {name: path for name, (_, path) in specs.items()})
-

@@ -52,7 +52,9 @@ def row_content_key(frame: pl.DataFrame, columns: list[str]) -> pl.Series:
     if not columns:
         return pl.Series(CONTENT_COLUMN, [None] * frame.height, dtype=pl.UInt64)
     empty = pl.all_horizontal(pl.col(c).is_null() for c in columns)
-    return frame.select(pl.when(empty).then(None).otherwise(pl.struct(columns).hash(seed=0)).alias(CONTENT_COLUMN)).to_series()
+    return frame.select(
+        pl.when(empty).then(None).otherwise(pl.struct(columns).hash(seed=0)).alias(CONTENT_COLUMN)
+    ).to_series()
 
 
 def text_content_key(column: str) -> pl.Expr:
@@ -84,8 +86,11 @@ def component_roots(keys: pl.Series, contents: pl.Series | None, linked: pl.Seri
     n_keys = int(codes.max(initial=0)) + 1
     rows, cols = np.empty(0, np.int64), np.empty(0, np.int64)
     if contents is not None:
-        c = pl.DataFrame({"c": contents, "linked": frame["linked"]}).select(
-            pl.when(pl.col("linked")).then(pl.col("c")).rank("dense").cast(pl.Int64)).to_series()  # fmt: skip
+        c = (
+            pl.DataFrame({"c": contents, "linked": frame["linked"]})
+            .select(pl.when(pl.col("linked")).then(pl.col("c")).rank("dense").cast(pl.Int64))
+            .to_series()
+        )
         has = c.is_not_null().to_numpy()
         rows, cols = codes[has], c.filter(c.is_not_null()).to_numpy() - 1 + n_keys
     n_nodes = int(cols.max(initial=n_keys - 1)) + 1
@@ -111,8 +116,9 @@ def fold_groups(rows: pl.DataFrame, spec: TaskSpec, content_columns: list[str]) 
     return roots.rank("dense").to_numpy()
 
 
-def assign_split(records: pl.DataFrame, spec: TaskSpec, content_key: str | None = None,
-                 predefined: str | None = None) -> pl.DataFrame:  # fmt: skip
+def assign_split(
+    records: pl.DataFrame, spec: TaskSpec, content_key: str | None = None, predefined: str | None = None
+) -> pl.DataFrame:
     """``content_key``: a column whose equal values are copies of one content (see :func:`content_keys`);
     ``predefined``: a column holding the data's own split (``train`` / ``val`` / ``test``), kept where set;
     labelled rows without one that share a component with such rows take the first of those splits."""
@@ -128,11 +134,14 @@ def assign_split(records: pl.DataFrame, spec: TaskSpec, content_key: str | None 
     train_cut = spec.split.train
     val_cut = spec.split.train + spec.split.val
     split = (
-        pl.when(pl.col(spec.label).is_null()).then(pl.lit("score"))
-        .when(u < train_cut).then(pl.lit("train"))
-        .when(u < val_cut).then(pl.lit("val"))
+        pl.when(pl.col(spec.label).is_null())
+        .then(pl.lit("score"))
+        .when(u < train_cut)
+        .then(pl.lit("train"))
+        .when(u < val_cut)
+        .then(pl.lit("val"))
         .otherwise(pl.lit("test"))
-    )  # fmt: skip
+    )
     records = records.with_columns(split.alias(SPLIT_COLUMN))
     if predefined and predefined in records.columns:
         records = _keep_predefined(records, predefined)
@@ -140,7 +149,9 @@ def assign_split(records: pl.DataFrame, spec: TaskSpec, content_key: str | None 
 
 
 def _keep_predefined(records: pl.DataFrame, predefined: str) -> pl.DataFrame:
-    order = pl.col(predefined).replace_strict(list(SPLITS), list(range(len(SPLITS))), default=None, return_dtype=pl.Int64)
+    order = pl.col(predefined).replace_strict(
+        list(SPLITS), list(range(len(SPLITS))), default=None, return_dtype=pl.Int64
+    )
     given = pl.when(pl.col(SPLIT_COLUMN) != "score").then(order)
     first = given.min().over("_key")
     chosen = pl.coalesce(given, first)
@@ -152,8 +163,9 @@ def _keep_predefined(records: pl.DataFrame, predefined: str) -> pl.DataFrame:
     )
 
 
-def split_by_content(records: pl.DataFrame, spec: TaskSpec, predefined: str | None = None
-                     ) -> tuple[pl.DataFrame, dict[str, int]]:  # fmt: skip
+def split_by_content(
+    records: pl.DataFrame, spec: TaskSpec, predefined: str | None = None
+) -> tuple[pl.DataFrame, dict[str, int]]:
     """:func:`assign_split` over the modality's :func:`content_keys` (copies share a split), and the duplicate
     counts of :func:`duplicate_contents`; the content key is not kept."""
     keys = content_keys(records, spec)
@@ -178,7 +190,9 @@ def drop_unlearnable_classes(frame: pl.DataFrame, spec: TaskSpec) -> tuple[pl.Da
     counts = dict(sorted(lost[spec.label].value_counts().iter_rows()))
     note = ", ".join(f"{c} ({n} rows)" for c, n in counts.items())
     return frame.filter(~labelled | pl.col(spec.label).is_in(list(trained))), {
-        "unlearnable_rows": lost.height, "unlearnable_classes": f"no training row, left out: {note}"}
+        "unlearnable_rows": lost.height,
+        "unlearnable_classes": f"no training row, left out: {note}",
+    }
 
 
 def duplicate_contents(frame: pl.DataFrame, spec: TaskSpec, content_key: str) -> dict[str, int]:
@@ -186,13 +200,23 @@ def duplicate_contents(frame: pl.DataFrame, spec: TaskSpec, content_key: str) ->
     contents carrying more than one label, and contents found in more than one split (only where the data
     brought its own split; otherwise grouping makes it 0)."""
     labelled = frame.filter((pl.col(SPLIT_COLUMN) != "score") & pl.col(content_key).is_not_null())
-    groups = labelled.group_by(content_key).agg(
-        pl.len().alias("n"), pl.col(spec.label).n_unique().alias("labels"), pl.col(SPLIT_COLUMN).n_unique().alias("splits")
-    ).filter(pl.col("n") > 1)  # fmt: skip
+    groups = (
+        labelled.group_by(content_key)
+        .agg(
+            pl.len().alias("n"),
+            pl.col(spec.label).n_unique().alias("labels"),
+            pl.col(SPLIT_COLUMN).n_unique().alias("splits"),
+        )
+        .filter(pl.col("n") > 1)
+    )
     conflicting = groups.filter(pl.col("labels") > 1)
-    return {"duplicate_contents": groups.height, "duplicate_rows": int(groups["n"].sum()),
-            "conflicting_label_contents": conflicting.height, "conflicting_label_rows": int(conflicting["n"].sum()),
-            "contents_across_splits": groups.filter(pl.col("splits") > 1).height}  # fmt: skip
+    return {
+        "duplicate_contents": groups.height,
+        "duplicate_rows": int(groups["n"].sum()),
+        "conflicting_label_contents": conflicting.height,
+        "conflicting_label_rows": int(conflicting["n"].sum()),
+        "contents_across_splits": groups.filter(pl.col("splits") > 1).height,
+    }
 
 
 def check_split(frame: pl.DataFrame, spec: TaskSpec) -> dict[str, dict[str, int]]:
@@ -212,16 +236,20 @@ def check_split(frame: pl.DataFrame, spec: TaskSpec) -> dict[str, dict[str, int]
         # Multi-class val/test may lack a rare class; training may not, nor any split of a binary task.
         needed = missing if spec.is_binary or split == "train" else []
         if needed:
-            raise SplitError(f"task {spec.name}: the {split} split has no rows of class {needed}; add data or change split fractions")
+            raise SplitError(
+                f"task {spec.name}: the {split} split has no rows of class {needed}; add data or change split fractions"
+            )
     return table
 
 
 def _check_multilabel_split(labelled: pl.DataFrame, spec: TaskSpec) -> dict[str, dict[str, int]]:
     """Per split: ``n`` labelled rows and the positives of each finding (labels are '|'-joined finding indices,
     '' = no finding)."""
-    indices = labelled.select(
-        SPLIT_COLUMN, pl.col(spec.label).cast(pl.String).str.split("|").alias("_finding")
-    ).explode("_finding").filter(pl.col("_finding").is_not_null() & (pl.col("_finding") != ""))
+    indices = (
+        labelled.select(SPLIT_COLUMN, pl.col(spec.label).cast(pl.String).str.split("|").alias("_finding"))
+        .explode("_finding")
+        .filter(pl.col("_finding").is_not_null() & (pl.col("_finding") != ""))
+    )
     positives = indices.group_by(SPLIT_COLUMN, "_finding").len()
     seen = sorted({int(i) for i in indices["_finding"].to_list()})
     names = list(spec.classes) if spec.classes else [str(i) for i in range(max(seen, default=0) + 1)]
@@ -234,7 +262,11 @@ def _check_multilabel_split(labelled: pl.DataFrame, spec: TaskSpec) -> dict[str,
         table[split][names[int(finding)]] = n
     missing = [n for n in names if table["train"][n] == 0]
     if missing:
-        raise SplitError(f"task {spec.name}: the train split has no positive of finding {missing}; add data or change split fractions")
+        raise SplitError(
+            f"task {spec.name}: the train split has no positive of finding {missing}; add data or change split fractions"
+        )
     if table["val"]["n"] == 0 or table["test"]["n"] == 0:
-        raise SplitError(f"task {spec.name}: the val and test splits need labelled rows; add data or change split fractions")
+        raise SplitError(
+            f"task {spec.name}: the val and test splits need labelled rows; add data or change split fractions"
+        )
     return table

@@ -28,7 +28,14 @@ from typing import Any
 import polars as pl
 from fsspec.implementations.local import LocalFileSystem
 
-from meddiag_pipelines.atomic import atomic_create, atomic_write, atomic_write_bytes, publish_dir, publish_new_dir, staging_dir
+from meddiag_pipelines.atomic import (
+    atomic_create,
+    atomic_write,
+    atomic_write_bytes,
+    publish_dir,
+    publish_new_dir,
+    staging_dir,
+)
 
 log = logging.getLogger(__name__)
 REPO_DATA_DIR = Path(__file__).resolve().parent.parent / "data"
@@ -309,13 +316,20 @@ class DataRoot:
                 batches.setdefault(name, []).append({**info, "inner": inner})
         moved = []
         for name, objects in sorted(batches.items()):
-            complete = (any(o["inner"] == marker for o in objects) if marker else
-                        time.time() - max(o["LastModified"].timestamp() for o in objects) >= quiet_s)  # fmt: skip
+            complete = (
+                any(o["inner"] == marker for o in objects)
+                if marker
+                else time.time() - max(o["LastModified"].timestamp() for o in objects) >= quiet_s
+            )
             if not complete or (into / name).exists():
                 continue
             if not all(self._names_inside(o["inner"]) for o in objects):  # a key (data) names no file inside the batch
-                log.warning("batch %s in the object store's landing prefix %s: a file name climbs out of the batch "
-                            "('..'); left there, not ingested", name, rel)  # fmt: skip
+                log.warning(
+                    "batch %s in the object store's landing prefix %s: a file name climbs out of the batch "
+                    "('..'); left there, not ingested",
+                    name,
+                    rel,
+                )
                 continue
             self._download_batch(objects, into, name)
             self.fs.rm(self.key(f"{rel}/{name}"), recursive=True)

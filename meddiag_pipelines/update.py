@@ -121,8 +121,9 @@ def group_keys(job: dg.JobDefinition, spec: TaskSpec) -> tuple[list[dg.AssetKey]
     return sorted(batch), sorted(set(keys) - batch)
 
 
-def all_partitions_tags(job: dg.JobDefinition, keys: list[dg.AssetKey], instance: dg.DagsterInstance,
-                        spec: TaskSpec) -> dict:  # fmt: skip
+def all_partitions_tags(
+    job: dg.JobDefinition, keys: list[dg.AssetKey], instance: dg.DagsterInstance, spec: TaskSpec
+) -> dict:
     """A run of ``keys`` that holds a partitioned asset covers every partition (one run, a single-run backfill)."""
     if not any(job.asset_layer.get(k).partitions_def is not None for k in keys):
         return {}
@@ -130,8 +131,9 @@ def all_partitions_tags(job: dg.JobDefinition, keys: list[dg.AssetKey], instance
     return range_tags(partitions) if partitions else {}
 
 
-def plan_batches(spec: TaskSpec, storage: MeddiagStorage, instance: dg.DagsterInstance,
-                 partition: str | None = None) -> LandingScan:  # fmt: skip
+def plan_batches(
+    spec: TaskSpec, storage: MeddiagStorage, instance: dg.DagsterInstance, partition: str | None = None
+) -> LandingScan:
     """Register the new complete batches as partitions; with ``partition``, only that batch is considered."""
     name = batch_partitions(spec).name
     known = set(instance.get_dynamic_partitions(name))
@@ -142,12 +144,16 @@ def plan_batches(spec: TaskSpec, storage: MeddiagStorage, instance: dg.DagsterIn
     if partition is not None:
         if partition not in known and partition not in scan.new:
             ready = {d.name for d in ready_batch_dirs(storage.root.landing(spec.name), spec.landing)}
-            raise UpdateError(f"{spec.name}: batch {partition!r} is neither a partition nor a complete batch in "
-                              f"landing/{spec.name}/" + (" (its name cannot be a partition key)" if partition in ready else ""))  # fmt: skip
+            raise UpdateError(
+                f"{spec.name}: batch {partition!r} is neither a partition nor a complete batch in "
+                f"landing/{spec.name}/" + (" (its name cannot be a partition key)" if partition in ready else "")
+            )
         # the named batch runs even if nothing changed: the user asked for it
-        scan = LandingScan(new={k: v for k, v in scan.new.items() if k == partition},
-                           again={} if partition in scan.new else {partition: scan.again.get(partition, "")},
-                           refused=scan.refused)  # fmt: skip
+        scan = LandingScan(
+            new={k: v for k, v in scan.new.items() if k == partition},
+            again={} if partition in scan.new else {partition: scan.again.get(partition, "")},
+            refused=scan.refused,
+        )
     if scan.new:
         _add_partitions(instance, name, sorted(scan.new))
     return scan
@@ -180,9 +186,11 @@ def wait_for_task(instance: dg.DagsterInstance, task: str, max_wait_s: float) ->
                 log.info("%s: waiting for %s to end", task, describe(run))
                 announced.add(run.run_id)
         if time.monotonic() >= deadline:
-            raise UpdateError(f"{task}: still held after {max_wait_s:g} s by {', '.join(describe(r) for r in live)}; "
-                              "let it end (a longer --max-wait) or terminate it in the Dagster UI, then run update "
-                              "again (a run whose process is gone is released by itself)")  # fmt: skip
+            raise UpdateError(
+                f"{task}: still held after {max_wait_s:g} s by {', '.join(describe(r) for r in live)}; "
+                "let it end (a longer --max-wait) or terminate it in the Dagster UI, then run update "
+                "again (a run whose process is gone is released by itself)"
+            )
         time.sleep(POLL_S)
 
 
@@ -193,12 +201,24 @@ def console_config(verbose: bool) -> dict:
     return {"loggers": {"console": {"config": {"log_level": "DEBUG" if verbose else "INFO"}}}}
 
 
-def _execute(instance: dg.DagsterInstance, keys: list[dg.AssetKey], tags: dict, what: str,
-             defs: dg.Definitions | None, max_wait_s: float, verbose: bool) -> str:  # fmt: skip
+def _execute(
+    instance: dg.DagsterInstance,
+    keys: list[dg.AssetKey],
+    tags: dict,
+    what: str,
+    defs: dg.Definitions | None,
+    max_wait_s: float,
+    verbose: bool,
+) -> str:
     task = tags[TASK_TAG]
     wait_for_task(instance, task, max_wait_s)
-    run = {"instance": instance, "tags": {**tags, **process_tags()}, "asset_selection": keys,
-           "run_config": console_config(verbose), "raise_on_error": False}  # fmt: skip
+    run = {
+        "instance": instance,
+        "tags": {**tags, **process_tags()},
+        "asset_selection": keys,
+        "run_config": console_config(verbose),
+        "raise_on_error": False,
+    }
     with releasing_dead_runs(instance, task, log.info):
         if defs is None:
             result = dg.execute_job(update_job(), **run)
@@ -206,8 +226,11 @@ def _execute(instance: dg.DagsterInstance, keys: list[dg.AssetKey], tags: dict, 
             result = defs.resolve_implicit_global_asset_job_def().execute_in_process(**run)
     if not result.success:
         failed = [e.step_key for e in result.all_events if e.is_step_failure]
-        raise RunFailed(f"{what}: run {result.run_id} failed (steps: {', '.join(failed) or 'none started'}); "
-                        "its log in the UI, or `dagster run list`, says why", result.run_id)  # fmt: skip
+        raise RunFailed(
+            f"{what}: run {result.run_id} failed (steps: {', '.join(failed) or 'none started'}); "
+            "its log in the UI, or `dagster run list`, says why",
+            result.run_id,
+        )
     return result.run_id
 
 
@@ -220,9 +243,14 @@ def _downstream_stale(instance: dg.DagsterInstance, batch: list[dg.AssetKey], do
     return any(e is None or e.timestamp < max(upstream) for e in events)
 
 
-def update_task(spec: TaskSpec, instance: dg.DagsterInstance, partition: str | None = None,
-                defs: dg.Definitions | None = None, max_wait_s: float = MAX_WAIT_S,
-                verbose: bool = False) -> TaskUpdate:  # fmt: skip
+def update_task(
+    spec: TaskSpec,
+    instance: dg.DagsterInstance,
+    partition: str | None = None,
+    defs: dg.Definitions | None = None,
+    max_wait_s: float = MAX_WAIT_S,
+    verbose: bool = False,
+) -> TaskUpdate:
     """Bring one task up to date; its :class:`TaskSummary` says what it reached. ``defs``: run in this process on
     these definitions (tests, benches) instead of the project's reconstructable job; ``max_wait_s``: how long each
     run may wait for another run of the task; ``verbose``: show every step's events on the console."""
@@ -230,31 +258,53 @@ def update_task(spec: TaskSpec, instance: dg.DagsterInstance, partition: str | N
     job = loaded.resolve_implicit_global_asset_job_def()
     batch_keys, downstream = group_keys(job, spec)
     if not batch_keys:  # its spec loaded but Dagster refused to build it: a spec_errors asset says why
-        raise UpdateError(f"{spec.name}: the task could not be built (its error is logged at load and shown as an "
-                          f"asset of the group {SPEC_ERRORS_GROUP}); nothing was run")
+        raise UpdateError(
+            f"{spec.name}: the task could not be built (its error is logged at load and shown as an "
+            f"asset of the group {SPEC_ERRORS_GROUP}); nothing was run"
+        )
     storage = loaded.resources["storage"]
     scan = plan_batches(spec, storage, instance, partition)
     outcome = TaskUpdate(spec.name, new=sorted(scan.new), again=sorted(scan.again), refused=scan.refused)
     tags = run_tags(spec, "cli")
     if outcome.new:
-        log.info("%s: %d new batches registered as partitions: %s", spec.name, len(outcome.new),
-                 ", ".join(outcome.new[:20]))  # fmt: skip
+        log.info(
+            "%s: %d new batches registered as partitions: %s", spec.name, len(outcome.new), ", ".join(outcome.new[:20])
+        )
     for chunk in run_ranges(outcome.new):
-        outcome.batch_runs.append(_execute(instance, batch_keys, {**tags, **range_tags(chunk)},
-                                           f"{spec.name}: ingestion of {len(chunk)} new batches ({chunk[0]} to {chunk[-1]})",
-                                           defs, max_wait_s, verbose))  # fmt: skip
+        outcome.batch_runs.append(
+            _execute(
+                instance,
+                batch_keys,
+                {**tags, **range_tags(chunk)},
+                f"{spec.name}: ingestion of {len(chunk)} new batches ({chunk[0]} to {chunk[-1]})",
+                defs,
+                max_wait_s,
+                verbose,
+            )
+        )
     # known partitions to run again (after a failed run, every batch it held), by ranges of consecutive ones
     for keys in run_ranges(scan.again, instance.get_dynamic_partitions(batch_partitions(spec).name)):
-        log.info("%s: batches %s to %s run again (re-landed, changed or not ingested yet)", spec.name, keys[0], keys[-1])
-        outcome.batch_runs.append(_execute(instance, batch_keys, {**tags, **range_tags(keys)},
-                                           f"{spec.name}: ingestion of batches {keys[0]} to {keys[-1]}", defs,
-                                           max_wait_s, verbose))  # fmt: skip
+        log.info(
+            "%s: batches %s to %s run again (re-landed, changed or not ingested yet)", spec.name, keys[0], keys[-1]
+        )
+        outcome.batch_runs.append(
+            _execute(
+                instance,
+                batch_keys,
+                {**tags, **range_tags(keys)},
+                f"{spec.name}: ingestion of batches {keys[0]} to {keys[-1]}",
+                defs,
+                max_wait_s,
+                verbose,
+            )
+        )
     since = None
     if downstream and (outcome.batch_runs or _downstream_stale(instance, batch_keys, downstream)):
         scope, since = all_partitions_tags(job, downstream, instance, spec), time.time()
         try:
-            outcome.downstream_run = _execute(instance, downstream, {**tags, **scope},
-                                              f"{spec.name}: split to predictions", defs, max_wait_s, verbose)  # fmt: skip
+            outcome.downstream_run = _execute(
+                instance, downstream, {**tags, **scope}, f"{spec.name}: split to predictions", defs, max_wait_s, verbose
+            )
         except RunFailed as exc:
             raise _refused_first_model(storage.registry, spec.name, since, exc) from None
     outcome.summary = task_summary(storage.registry, spec.name, since)
@@ -267,32 +317,41 @@ def _refused_first_model(registry: ModelRegistry, task: str, since: float, failu
     summary = task_summary(registry, task, since)
     if summary.refusal is None or registry.champion(task) is not None:
         return failure
-    return UpdateError(f"{task}: not promoted: {summary.refusal}; the task has no champion, so nothing was scored "
-                       f"(run {failure.run_id} ends failed on its champion check)", summary)  # fmt: skip
+    return UpdateError(
+        f"{task}: not promoted: {summary.refusal}; the task has no champion, so nothing was scored "
+        f"(run {failure.run_id} ends failed on its champion check)",
+        summary,
+    )
 
 
-def whole_task_run(defs: dg.Definitions, spec: TaskSpec, instance: dg.DagsterInstance,
-                   selection: list[str] | None = None) -> tuple[list[dg.AssetKey], dict]:  # fmt: skip
+def whole_task_run(
+    defs: dg.Definitions, spec: TaskSpec, instance: dg.DagsterInstance, selection: list[str] | None = None
+) -> tuple[list[dg.AssetKey], dict]:
     """For tests and benches: register the task's new batches, and give the asset keys (``selection``: asset
     names of the task; default all) and tags of ONE run over every partition, as the task job ran before batches
     were partitions."""
     plan_batches(spec, defs.resources["storage"], instance)
     job = defs.resolve_implicit_global_asset_job_def()
     layer = job.asset_layer
-    chosen = [k for k in layer.executable_asset_keys if layer.get(k).group_name == spec.name
-              and (selection is None or k.path[-1] in selection)]  # fmt: skip
+    chosen = [
+        k
+        for k in layer.executable_asset_keys
+        if layer.get(k).group_name == spec.name and (selection is None or k.path[-1] in selection)
+    ]
     scope = all_partitions_tags(job, chosen, instance, spec)
     if not scope:  # nothing landed (or nothing partitioned chosen): only the unpartitioned assets can run
         chosen = [k for k in chosen if layer.get(k).partitions_def is None]
     return sorted(chosen), {**run_tags(spec, "test"), **scope}
 
 
-def run_task_in_process(defs: dg.Definitions, spec: TaskSpec, instance: dg.DagsterInstance,
-                        selection: list[str] | None = None, **kwargs) -> dg.ExecuteInProcessResult:  # fmt: skip
+def run_task_in_process(
+    defs: dg.Definitions, spec: TaskSpec, instance: dg.DagsterInstance, selection: list[str] | None = None, **kwargs
+) -> dg.ExecuteInProcessResult:
     """:func:`whole_task_run`, executed in this process."""
     chosen, tags = whole_task_run(defs, spec, instance, selection)
     return defs.resolve_implicit_global_asset_job_def().execute_in_process(
-        instance=instance, tags={**tags, **kwargs.pop("tags", {})}, asset_selection=chosen, **kwargs)
+        instance=instance, tags={**tags, **kwargs.pop("tags", {})}, asset_selection=chosen, **kwargs
+    )
 
 
 def instance_home() -> Path:
@@ -300,8 +359,10 @@ def instance_home() -> Path:
     if home:
         return Path(home)
     if not (REPO_DAGSTER_HOME / "dagster.yaml").is_file():
-        raise UpdateError("DAGSTER_HOME is not set and there is no dagster_home/ beside the package: set DAGSTER_HOME "
-                          "to the Dagster instance folder")  # fmt: skip
+        raise UpdateError(
+            "DAGSTER_HOME is not set and there is no dagster_home/ beside the package: set DAGSTER_HOME "
+            "to the Dagster instance folder"
+        )
     return REPO_DAGSTER_HOME
 
 
@@ -338,8 +399,11 @@ def run(args: argparse.Namespace) -> int:
     with command_definitions(), dg.DagsterInstance.get() as instance:
         for task in args.tasks or sorted(specs):
             try:
-                lines.append(update_task(specs[task], instance, args.partition, max_wait_s=max_wait_s,
-                                         verbose=args.verbose).summary.line())  # fmt: skip
+                lines.append(
+                    update_task(
+                        specs[task], instance, args.partition, max_wait_s=max_wait_s, verbose=args.verbose
+                    ).summary.line()
+                )
             except UpdateError as exc:
                 log.error("update: %s", exc)
                 failed.append(task)

@@ -49,8 +49,16 @@ def heart_spec() -> TaskSpec:
     return fast(load_spec(BUNDLED_TASKS_DIR / "heart_disease.yaml"))
 
 
-def land(layout: DataRoot, task: str, batch: str, frame: pl.DataFrame | None = None, *, ready: bool = True,
-         filename: str = "records.csv", raw: bytes | None = None) -> Path:  # fmt: skip
+def land(
+    layout: DataRoot,
+    task: str,
+    batch: str,
+    frame: pl.DataFrame | None = None,
+    *,
+    ready: bool = True,
+    filename: str = "records.csv",
+    raw: bytes | None = None,
+) -> Path:
     """Write one batch into the landing folder (CSV or Parquet by file name, or raw bytes)."""
     folder = layout.landing(task) / batch
     folder.mkdir(parents=True, exist_ok=True)
@@ -80,18 +88,32 @@ def synthetic_records(n: int, seed: int, start: int = 0, label_noise: float = 0.
     flip = rng.random(n) < label_noise
     y = np.where(flip, ~y, y)
     ids = np.arange(start, start + n)
-    return pl.DataFrame({
-        "rid": [f"r{i}" for i in ids], "pid": [f"p{i // 2}" for i in ids], "x1": x1, "x2": x2,
-        "x3": np.where(rng.random(n) < 0.1, np.nan, rng.normal(size=n)), "group": group,
-        "outcome": np.where(y, "yes", "no"),
-    }).with_columns(pl.col("x3").fill_nan(None))  # fmt: skip
+    return pl.DataFrame(
+        {
+            "rid": [f"r{i}" for i in ids],
+            "pid": [f"p{i // 2}" for i in ids],
+            "x1": x1,
+            "x2": x2,
+            "x3": np.where(rng.random(n) < 0.1, np.nan, rng.normal(size=n)),
+            "group": group,
+            "outcome": np.where(y, "yes", "no"),
+        }
+    ).with_columns(pl.col("x3").fill_nan(None))
 
 
 SYNTHETIC_SPEC = {
-    "name": "synthetic_risk", "modality": "tabular", "description": "SYNTHETIC test task", "label": "outcome",
-    "positive": "yes", "classes": ["no", "yes"], "id": "rid", "patient_id": "pid", "subgroups": ["group"],
-    "numeric": ["x1", "x2", "x3"], "promotion": {"auroc_floor": 0.6},
-}  # fmt: skip
+    "name": "synthetic_risk",
+    "modality": "tabular",
+    "description": "SYNTHETIC test task",
+    "label": "outcome",
+    "positive": "yes",
+    "classes": ["no", "yes"],
+    "id": "rid",
+    "patient_id": "pid",
+    "subgroups": ["group"],
+    "numeric": ["x1", "x2", "x3"],
+    "promotion": {"auroc_floor": 0.6},
+}
 
 
 @pytest.fixture

@@ -33,54 +33,82 @@ def tidy_tables() -> dict[str, pl.DataFrame]:
     takes no NSAID."""
     d = date
     return {
-        "person": pl.DataFrame({
-            "person_id": [1, 2, 3],
-            "gender_concept_id": [MALE, FEMALE, MALE],
-            "year_of_birth": [1960, 1970, 1980],
-            "month_of_birth": [5, 6, 7],
-            "day_of_birth": [1, 2, 3],
-        }),
-        "observation_period": pl.DataFrame({
-            "observation_period_id": [1, 2, 3],
-            "person_id": [1, 2, 3],
-            "observation_period_start_date": [d(2000, 1, 1)] * 3,
-            "observation_period_end_date": [d(2020, 12, 31)] * 3,
-        }),
-        "drug_exposure": pl.DataFrame({
-            "drug_exposure_id": [1, 2, 3],
-            "person_id": [1, 1, 2],
-            "drug_concept_id": [CELECOXIB, CELECOXIB, DICLOFENAC_TABLET],
-            "drug_exposure_start_date": [d(2010, 1, 1), d(2011, 1, 1), d(2012, 6, 1)],
-        }),
-        "condition_occurrence": pl.DataFrame({
-            "condition_occurrence_id": [1, 2, 3],
-            "person_id": [1, 2, 2],
-            "condition_concept_id": [GI_BLEED, 4000, 4001],
-            "condition_start_date": [d(2010, 3, 1), d(2011, 1, 1), d(2012, 5, 31)],
-        }),
-        "measurement": pl.DataFrame({
-            "measurement_id": [1, 2],
-            "person_id": [2, 2],
-            "measurement_concept_id": [3000, 3000],
-            "measurement_date": [d(2012, 1, 1), d(2012, 5, 1)],
-            "value_as_number": [5.0, 7.0],
-        }),
-        "concept_ancestor": pl.DataFrame({
-            "ancestor_concept_id": [CELECOXIB, DICLOFENAC, DICLOFENAC, GI_BLEED],
-            "descendant_concept_id": [CELECOXIB, DICLOFENAC, DICLOFENAC_TABLET, GI_BLEED],
-            "min_levels_of_separation": [0, 0, 1, 0],
-            "max_levels_of_separation": [0, 0, 1, 0],
-        }),
-        "concept": pl.DataFrame({
-            "concept_id": [CELECOXIB, DICLOFENAC, DICLOFENAC_TABLET, GI_BLEED, 4000, 4001, 3000],
-            "concept_name": ["celecoxib", "diclofenac", "diclofenac 50 MG Oral Tablet", "GI haemorrhage",
-                             "condition A", "condition B", "lab X"],
-            "domain_id": ["Drug", "Drug", "Drug", "Condition", "Condition", "Condition", "Measurement"],
-            "vocabulary_id": ["RxNorm", "RxNorm", "RxNorm", "SNOMED", "SNOMED", "SNOMED", "LOINC"],
-            "concept_class_id": ["Ingredient", "Ingredient", "Clinical Drug", "Clinical Finding",
-                                 "Clinical Finding", "Clinical Finding", "Lab Test"],
-        }),
-    }  # fmt: skip
+        "person": pl.DataFrame(
+            {
+                "person_id": [1, 2, 3],
+                "gender_concept_id": [MALE, FEMALE, MALE],
+                "year_of_birth": [1960, 1970, 1980],
+                "month_of_birth": [5, 6, 7],
+                "day_of_birth": [1, 2, 3],
+            }
+        ),
+        "observation_period": pl.DataFrame(
+            {
+                "observation_period_id": [1, 2, 3],
+                "person_id": [1, 2, 3],
+                "observation_period_start_date": [d(2000, 1, 1)] * 3,
+                "observation_period_end_date": [d(2020, 12, 31)] * 3,
+            }
+        ),
+        "drug_exposure": pl.DataFrame(
+            {
+                "drug_exposure_id": [1, 2, 3],
+                "person_id": [1, 1, 2],
+                "drug_concept_id": [CELECOXIB, CELECOXIB, DICLOFENAC_TABLET],
+                "drug_exposure_start_date": [d(2010, 1, 1), d(2011, 1, 1), d(2012, 6, 1)],
+            }
+        ),
+        "condition_occurrence": pl.DataFrame(
+            {
+                "condition_occurrence_id": [1, 2, 3],
+                "person_id": [1, 2, 2],
+                "condition_concept_id": [GI_BLEED, 4000, 4001],
+                "condition_start_date": [d(2010, 3, 1), d(2011, 1, 1), d(2012, 5, 31)],
+            }
+        ),
+        "measurement": pl.DataFrame(
+            {
+                "measurement_id": [1, 2],
+                "person_id": [2, 2],
+                "measurement_concept_id": [3000, 3000],
+                "measurement_date": [d(2012, 1, 1), d(2012, 5, 1)],
+                "value_as_number": [5.0, 7.0],
+            }
+        ),
+        "concept_ancestor": pl.DataFrame(
+            {
+                "ancestor_concept_id": [CELECOXIB, DICLOFENAC, DICLOFENAC, GI_BLEED],
+                "descendant_concept_id": [CELECOXIB, DICLOFENAC, DICLOFENAC_TABLET, GI_BLEED],
+                "min_levels_of_separation": [0, 0, 1, 0],
+                "max_levels_of_separation": [0, 0, 1, 0],
+            }
+        ),
+        "concept": pl.DataFrame(
+            {
+                "concept_id": [CELECOXIB, DICLOFENAC, DICLOFENAC_TABLET, GI_BLEED, 4000, 4001, 3000],
+                "concept_name": [
+                    "celecoxib",
+                    "diclofenac",
+                    "diclofenac 50 MG Oral Tablet",
+                    "GI haemorrhage",
+                    "condition A",
+                    "condition B",
+                    "lab X",
+                ],
+                "domain_id": ["Drug", "Drug", "Drug", "Condition", "Condition", "Condition", "Measurement"],
+                "vocabulary_id": ["RxNorm", "RxNorm", "RxNorm", "SNOMED", "SNOMED", "SNOMED", "LOINC"],
+                "concept_class_id": [
+                    "Ingredient",
+                    "Ingredient",
+                    "Clinical Drug",
+                    "Clinical Finding",
+                    "Clinical Finding",
+                    "Clinical Finding",
+                    "Lab Test",
+                ],
+            }
+        ),
+    }
 
 
 def write_cdm(folder: Path, tables: dict[str, pl.DataFrame], fmt: str = "parquet") -> Path:

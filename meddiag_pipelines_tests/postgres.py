@@ -85,14 +85,16 @@ class PostgresServer:
             argv = ["runuser", "-u", self.as_user, "--", *argv]
         done = subprocess.run(argv, cwd=self.folder, capture_output=True, text=True, timeout=START_TIMEOUT_S)
         if done.returncode != 0:
-            raise RuntimeError(f"{tool} failed ({done.returncode}): {done.stderr[-2000:]} "
-                               f"(server log: {self.folder}/server.log)")  # fmt: skip
+            raise RuntimeError(
+                f"{tool} failed ({done.returncode}): {done.stderr[-2000:]} (server log: {self.folder}/server.log)"
+            )
         return done.stdout
 
     def psql(self, database: str, sql: str) -> list[str]:
         """The rows of one query, each as its columns joined by ``|`` (psql's unaligned output)."""
-        return self.command("psql", "-X", "-At", "-v", "ON_ERROR_STOP=1", *self.address, "-U", USER, "-d", database,
-                            "-c", sql).splitlines()  # fmt: skip
+        return self.command(
+            "psql", "-X", "-At", "-v", "ON_ERROR_STOP=1", *self.address, "-U", USER, "-d", database, "-c", sql
+        ).splitlines()
 
     def pid(self) -> int | None:
         pidfile = self.folder / "data" / "postmaster.pid"
@@ -116,8 +118,19 @@ def _start(server: PostgresServer) -> None:
     data = str(server.folder / "data")
     server.command("initdb", "-D", data, "-U", USER, "-A", "trust", "-E", "UTF8", "--no-sync")
     options = f"-c listen_addresses='' -c unix_socket_directories={server.socket_dir} -p {server.port} -c fsync=off"
-    server.command("pg_ctl", "start", "-D", data, "-w", "-t", str(START_TIMEOUT_S), "-o", options,
-                   "-l", str(server.folder / "server.log"))  # fmt: skip
+    server.command(
+        "pg_ctl",
+        "start",
+        "-D",
+        data,
+        "-w",
+        "-t",
+        str(START_TIMEOUT_S),
+        "-o",
+        options,
+        "-l",
+        str(server.folder / "server.log"),
+    )
     server.command("pg_isready", *server.address)
 
 
@@ -139,8 +152,10 @@ def postgres_server():
     """One PostgreSQL server for the test module."""
     bin_dir = pg_bin()
     if bin_dir is None:
-        skip_outside_ci("PostgreSQL is not installed (no initdb on PATH or under /usr/lib/postgresql/*/bin): "
-                        "apt-get install postgresql")  # fmt: skip
+        skip_outside_ci(
+            "PostgreSQL is not installed (no initdb on PATH or under /usr/lib/postgresql/*/bin): "
+            "apt-get install postgresql"
+        )
     server = _new_server(bin_dir)
     try:
         _start(server)

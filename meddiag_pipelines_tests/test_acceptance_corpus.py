@@ -12,19 +12,21 @@ import polars as pl
 import pytest
 import yaml
 
-from meddiag_pipelines.imaging.modality import read_image_records
 from meddiag_pipelines.defs.build import build_definitions
-from meddiag_pipelines.update import run_task_in_process
 from meddiag_pipelines.draft import draft_spec
+from meddiag_pipelines.imaging.modality import read_image_records
+from meddiag_pipelines.imaging.validation import validate_images
 from meddiag_pipelines.ingestion.batches import ingest_new_batches, validate_pending_batches
 from meddiag_pipelines.ingestion.warehouse import Warehouse
-from meddiag_pipelines.storage import DataRoot
 from meddiag_pipelines.specs import TaskSpec
-from meddiag_pipelines.imaging.validation import validate_images
+from meddiag_pipelines.storage import DataRoot
+from meddiag_pipelines.update import run_task_in_process
 
 pytestmark = pytest.mark.slow
-SPEED = {"training": {"trials": 1, "timeout_s": 20, "max_rounds": 120, "epochs": 2, "time_budget_s": 60},
-         "evaluation": {"n_bootstrap": 100}}  # fmt: skip
+SPEED = {
+    "training": {"trials": 1, "timeout_s": 20, "max_rounds": 120, "epochs": 2, "time_budget_s": 60},
+    "evaluation": {"n_bootstrap": 100},
+}
 # thyroid's 32 classes grow 32 trees a round: fewer rounds keep its run in proportion (CI time)
 ROUNDS = {"thyroid_disease": 40}
 
@@ -91,10 +93,14 @@ def test_packaged_dataset_from_init_to_report(task: str, tmp_path: Path):
     (batch / "_READY").touch()
     drafted = yaml.safe_load(draft_spec(task, batch))
     assert drafted["label"] == label
-    speed = {**SPEED, "training": {**SPEED["training"], "max_rounds": ROUNDS.get(task, SPEED["training"]["max_rounds"])}}
+    speed = {
+        **SPEED,
+        "training": {**SPEED["training"], "max_rounds": ROUNDS.get(task, SPEED["training"]["max_rounds"])},
+    }
     spec = TaskSpec.model_validate({**drafted, **speed})
-    result = run_task_in_process(build_definitions([spec], layout.local), spec, dg.DagsterInstance.ephemeral(),
-                                 raise_on_error=False)  # fmt: skip
+    result = run_task_in_process(
+        build_definitions([spec], layout.local), spec, dg.DagsterInstance.ephemeral(), raise_on_error=False
+    )
     report = layout.reports(task) / "latest"
     assert (report / "report.html").is_file(), [e.message for e in result.all_events if e.is_failure]
     metrics = json.loads((report / "metrics.json").read_text())
@@ -113,7 +119,9 @@ def test_real_dicom_files_through_init_and_ingestion(tmp_path: Path):
     names = ["CT_small.dcm", "MR_small.dcm", "RG1_UNCR.dcm", "MR2_UNCR.dcm", "emri_small.dcm", "693_UNCR.dcm"]
     for name in names:
         shutil.copy(get_testdata_file(name), batch / name)
-    pl.DataFrame({"file": names, "label": ["0", "1"] * 3, "id": [f"d{i}" for i in range(6)]}).write_csv(batch / "labels.csv")
+    pl.DataFrame({"file": names, "label": ["0", "1"] * 3, "id": [f"d{i}" for i in range(6)]}).write_csv(
+        batch / "labels.csv"
+    )
     (batch / "_READY").touch()
     spec = TaskSpec.model_validate(yaml.safe_load(draft_spec("dicom_real", batch)))
     assert spec.modality == "image" and spec.image.format == "dicom"

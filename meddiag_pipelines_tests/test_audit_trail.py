@@ -13,9 +13,9 @@ import pytest
 from meddiag_pipelines.defs.build import build_definitions
 from meddiag_pipelines.defs.partitions import batch_partitions
 from meddiag_pipelines.registry.__main__ import main as registry_cli
-from meddiag_pipelines.update import run_task_in_process
 from meddiag_pipelines.registry.manifest import REPORT_FILES
 from meddiag_pipelines.registry.store import ModelRegistry
+from meddiag_pipelines.update import run_task_in_process
 from meddiag_pipelines_tests.conftest import land, synthetic_records
 
 pytestmark = pytest.mark.slow
@@ -29,8 +29,9 @@ def run(defs, instance, spec, assets=None, **kwargs) -> dg.ExecuteInProcessResul
         result = run_task_in_process(defs, spec, instance, sorted(names - {"predictions"}), **kwargs)
     else:
         keys = [dg.AssetKey([spec.name, a]) for a in assets]
-        result = defs.resolve_implicit_global_asset_job_def().execute_in_process(instance=instance, asset_selection=keys,
-                                                                                 **kwargs)  # fmt: skip
+        result = defs.resolve_implicit_global_asset_job_def().execute_in_process(
+            instance=instance, asset_selection=keys, **kwargs
+        )
     assert result.success
     return result
 
@@ -45,8 +46,12 @@ def snapshot(folder: Path) -> dict[str, bytes]:
 
 
 def test_versions_keep_their_reports_and_a_new_champion_adds_predictions(synthetic_spec, layout, monkeypatch, capsys):
-    spec = synthetic_spec.model_copy(update={"training": synthetic_spec.training.model_copy(update={"trials": 1, "max_rounds": 60}),
-                                             "evaluation": synthetic_spec.evaluation.model_copy(update={"n_bootstrap": 100})})  # fmt: skip
+    spec = synthetic_spec.model_copy(
+        update={
+            "training": synthetic_spec.training.model_copy(update={"trials": 1, "max_rounds": 60}),
+            "evaluation": synthetic_spec.evaluation.model_copy(update={"n_bootstrap": 100}),
+        }
+    )
     task = spec.name
     registry = ModelRegistry(layout)
     land(layout, task, "batch_0001", synthetic_records(400, seed=1))
@@ -78,13 +83,23 @@ def test_versions_keep_their_reports_and_a_new_champion_adds_predictions(synthet
         v2 = json.loads(latest.read_text())["version"]
         assert registry.versions(task) == [v1, v2]
         registry.set_champion(task, v2, "test: the new version in force")
-        run(defs, instance, spec, ["predictions"], tags={"dagster/asset_partition_range_start": "batch_0001",
-                                                         "dagster/asset_partition_range_end": "batch_0002"})  # fmt: skip
+        run(
+            defs,
+            instance,
+            spec,
+            ["predictions"],
+            tags={
+                "dagster/asset_partition_range_start": "batch_0001",
+                "dagster/asset_partition_range_end": "batch_0002",
+            },
+        )
         assert sorted(p.name for p in scored.iterdir()) == sorted([f"{v1}.parquet", f"{v2}.parquet"])
         assert (scored / f"{v1}.parquet").read_bytes() == old_predictions
         for version in (v1, v2):
             frame = pl.read_parquet(scored / f"{version}.parquet")
-            assert frame.height == 5 and set(frame["model_version"]) == {version} and set(frame["batch"]) == {"batch_0002"}
+            assert (
+                frame.height == 5 and set(frame["model_version"]) == {version} and set(frame["batch"]) == {"batch_0002"}
+            )
         assert not (layout.predictions(task) / "batch_0001").exists()
 
         unchanged = run(defs, instance, spec)  # no new data: nothing published, nothing left staged

@@ -8,18 +8,17 @@ import dagster as dg
 import numpy as np
 import pytest
 
+from meddiag_pipelines.definitions import defs as project_defs
 from meddiag_pipelines.defs import partitions
 from meddiag_pipelines.defs.automation.landing import RANGE_END, RANGE_START, build_landing_sensor, downstream_condition
 from meddiag_pipelines.defs.resources.storage import MeddiagStorage
-from meddiag_pipelines.definitions import defs as project_defs
 from meddiag_pipelines.evaluation import EvaluationInput, evaluate
 from meddiag_pipelines.registry.__main__ import main as registry_cli
 from meddiag_pipelines.registry.promotion import decide
-from meddiag_pipelines.storage import DataRoot
 from meddiag_pipelines.registry.store import ModelRegistry, RegistryError
 from meddiag_pipelines.specs import EvaluationSpec, PromotionSpec
+from meddiag_pipelines.storage import DataRoot
 from meddiag_pipelines_tests.conftest import land, synthetic_records
-
 
 PARTITIONS = "synthetic_risk__batches"
 
@@ -80,8 +79,13 @@ def test_a_backlog_runs_in_ranges_of_at_most_run_partitions(synthetic_spec, layo
         land(layout, "synthetic_risk", f"b{i}", synthetic_records(10, seed=i, start=10 * i))
     runs = requests(tick(sensor, storage, instance))
     assert [(r.tags[RANGE_START], r.tags[RANGE_END], r.tags["meddiag/new_batches"]) for r in runs] == [
-        ("b1", "b2", "2"), ("b3", "b4", "2"), ("b5", "b5", "1")]  # fmt: skip
-    assert len({r.run_key for r in runs}) == 3 and instance.get_dynamic_partitions(PARTITIONS) == [f"b{i}" for i in range(1, 6)]
+        ("b1", "b2", "2"),
+        ("b3", "b4", "2"),
+        ("b5", "b5", "1"),
+    ]
+    assert len({r.run_key for r in runs}) == 3 and instance.get_dynamic_partitions(PARTITIONS) == [
+        f"b{i}" for i in range(1, 6)
+    ]
 
 
 def test_batches_registered_outside_the_sensor_launch_nothing(synthetic_spec, layout, sensor_and_storage):
@@ -156,11 +160,16 @@ def test_sensors_are_pinned_and_the_nightly_retrain_is_a_cron_condition():
     assert sensors["heart_disease_automation"].run_tags["meddiag/task"] == "heart_disease"
     graph = defs.resolve_asset_graph()
     condition = graph.get(dg.AssetKey(["heart_disease", "candidate_model"])).automation_condition
-    assert "0 2 * * *" in str(condition) and graph.get(dg.AssetKey(["heart_disease", "raw_records"])).automation_condition is None
+    assert (
+        "0 2 * * *" in str(condition)
+        and graph.get(dg.AssetKey(["heart_disease", "raw_records"])).automation_condition is None
+    )
 
 
 def test_the_cron_condition_follows_the_spec_and_can_be_switched_off(synthetic_spec):
-    on = synthetic_spec.model_copy(update={"schedule": synthetic_spec.schedule.model_copy(update={"cron": "30 3 * * 1"})})
+    on = synthetic_spec.model_copy(
+        update={"schedule": synthetic_spec.schedule.model_copy(update={"cron": "30 3 * * 1"})}
+    )
     off = synthetic_spec.model_copy(update={"schedule": synthetic_spec.schedule.model_copy(update={"enabled": False})})
     assert "30 3 * * 1" in str(downstream_condition(on))
     assert str(downstream_condition(off)) == str(dg.AutomationCondition.eager())
@@ -168,9 +177,21 @@ def test_the_cron_condition_follows_the_spec_and_can_be_switched_off(synthetic_s
 
 def _metrics(y, p, comparator=None, groups=None):
     settings = EvaluationSpec(n_bootstrap=300)
-    return evaluate(EvaluationInput(task="t", model_version="v", model_name="m", kind="binary", classes=["no", "yes"],
-                                    y_true=y, proba=p, settings=settings, baseline_name="champion" if comparator is not None else None,
-                                    baseline_proba=comparator, subgroups=groups or {}))  # fmt: skip
+    return evaluate(
+        EvaluationInput(
+            task="t",
+            model_version="v",
+            model_name="m",
+            kind="binary",
+            classes=["no", "yes"],
+            y_true=y,
+            proba=p,
+            settings=settings,
+            baseline_name="champion" if comparator is not None else None,
+            baseline_proba=comparator,
+            subgroups=groups or {},
+        )
+    )
 
 
 def _scores(rng, y, strength):
@@ -207,8 +228,11 @@ def test_promotion_gate_rules():
     # A subgroup whose AUROC collapses blocks promotion even when the overall AUROC holds.
     groups = {"site": np.where(np.arange(y.size) % 4 == 0, "small", "large")}
     damaged = np.where(groups["site"] == "small", rng.random(y.size), good)
-    decision = decide(_metrics(y, damaged, good, groups), _metrics(y, good, None, groups),
-                      PromotionSpec(margin=0.5, slope_band=(0.01, 100)))  # fmt: skip
+    decision = decide(
+        _metrics(y, damaged, good, groups),
+        _metrics(y, good, None, groups),
+        PromotionSpec(margin=0.5, slope_band=(0.01, 100)),
+    )
     assert not decision.promote and any("subgroup site=small" in r for r in decision.reasons)
 
 
@@ -227,8 +251,10 @@ def test_the_reason_that_decided_comes_first():
     assert "clears the floor" in miscalibrated.reasons[1]
 
 
-@pytest.mark.parametrize(("ci", "promote"), [([2.2, None], False), ([0.5, None], True), ([None, 0.9], True),
-                                             ([None, 0.5], False), ([None, None], True)])  # fmt: skip
+@pytest.mark.parametrize(
+    ("ci", "promote"),
+    [([2.2, None], False), ([0.5, None], True), ([None, 0.9], True), ([None, 0.5], False), ([None, None], True)],
+)
 def test_an_open_slope_interval_is_judged_by_its_finite_bound(ci, promote):
     """A bound of None (resamples that separate their outcomes have no finite slope) is unbounded (issue 24)."""
     candidate = {"auroc": 0.99, "calibration_slope": 3.0 if ci[1] is None else 0.3, "calibration_slope_ci": ci}

@@ -28,10 +28,10 @@ from meddiag_pipelines.ingestion.batches import (
 )
 from meddiag_pipelines.ingestion.landing import content_hash, data_files, describe_batch
 from meddiag_pipelines.ingestion.quarantine import file_reason
-from meddiag_pipelines.tabular.readers import read_tabular_batch
 from meddiag_pipelines.ingestion.warehouse import Warehouse
-from meddiag_pipelines.storage import DataRoot
 from meddiag_pipelines.specs import TaskSpec
+from meddiag_pipelines.storage import DataRoot
+from meddiag_pipelines.tabular.readers import read_tabular_batch
 from meddiag_pipelines.text.readers import read_text_batch
 from meddiag_pipelines.validation.suites import validate_tabular
 from meddiag_pipelines_tests.conftest import land, synthetic_records
@@ -102,16 +102,25 @@ def _text_case(layout: DataRoot, tmp_path: Path):
     _ready(hostile)
     good = layout.landing("notes") / "z_good"
     good.mkdir()
-    lines = [json.dumps({"id": f"n{i}", "note": f"Patient seen for review number {i}, stable.", "label": "ab"[i % 2]})
-             for i in range(12)]  # fmt: skip
+    lines = [
+        json.dumps({"id": f"n{i}", "note": f"Patient seen for review number {i}, stable.", "label": "ab"[i % 2]})
+        for i in range(12)
+    ]
     (good / "notes.jsonl").write_text("\n".join(lines) + "\n")
     _ready(good)
     return spec, _text_reader, {"z_good": 12}
 
 
 def _image_case(layout: DataRoot, tmp_path: Path):
-    spec = TaskSpec(name="scans", modality="image", label="label", id="id", classes=["0", "1"], positive="1",
-                    image={"format": "folder"})  # fmt: skip
+    spec = TaskSpec(
+        name="scans",
+        modality="image",
+        label="label",
+        id="id",
+        classes=["0", "1"],
+        positive="1",
+        image={"format": "folder"},
+    )
     for name in ("a_fifo", "z_good"):
         folder = layout.landing("scans") / name
         folder.mkdir(parents=True)
@@ -124,7 +133,9 @@ def _image_case(layout: DataRoot, tmp_path: Path):
     return spec, read_image_records, {"a_fifo": 4, "z_good": 4}  # without labels.csv: images to score
 
 
-@pytest.mark.parametrize("case", [_tabular_case, _text_case, _image_case], ids=["records.csv", "notes.jsonl", "labels.csv"])
+@pytest.mark.parametrize(
+    "case", [_tabular_case, _text_case, _image_case], ids=["records.csv", "notes.jsonl", "labels.csv"]
+)
 def test_a_fifo_never_blocks_ingestion_and_the_good_batch_flows(case, tmp_path: Path):
     layout = DataRoot(tmp_path / "data")
     spec, reader, expected_rows = case(layout, tmp_path)
@@ -137,8 +148,9 @@ def test_a_fifo_never_blocks_ingestion_and_the_good_batch_flows(case, tmp_path: 
     assert raw.group_by("_meddiag_batch").len().sort("_meddiag_batch").rows() == sorted(expected_rows.items())
     quarantine = layout.quarantine(spec.name)
     fifos = [p.relative_to(quarantine).parts for p in quarantine.rglob("*") if p.is_fifo()]  # <batch>/files/<path>
-    assert fifos and all(file_reason(quarantine / batch, "/".join(rel)).is_file() for batch, _, *rel in fifos), \
+    assert fifos and all(file_reason(quarantine / batch, "/".join(rel)).is_file() for batch, _, *rel in fifos), (
         "the FIFO was moved, never opened"
+    )
     assert not [p for p in layout.landing(spec.name).rglob("*") if p.is_fifo()]
     counts = reconcile(spec, warehouse)
     assert counts["landed_files"] == counts["ingested_files"] + counts["quarantined_files"]
@@ -172,8 +184,14 @@ def test_a_known_batch_that_changed_is_set_aside_and_its_rows_stay(synthetic_spe
         (folder / "extra.csv").unlink()
         _touch_later(folder)
     warehouse, summary, records, _ = _ingest(layout, synthetic_spec)
-    assert summary.changed == [{"batch": "b1", "added": int(change == "added"), "changed": int(change == "changed"),
-                                "removed": int(change == "removed")}]  # fmt: skip
+    assert summary.changed == [
+        {
+            "batch": "b1",
+            "added": int(change == "added"),
+            "changed": int(change == "changed"),
+            "removed": int(change == "removed"),
+        }
+    ]
     assert records.height == 40 and folder.is_dir(), "the rows ingested and the unchanged files stay"
     moved = {"added": "late.csv", "changed": "records.csv"}.get(change)
     if moved is None:  # a removed file: nothing to set aside, the change is reported
@@ -182,8 +200,10 @@ def test_a_known_batch_that_changed_is_set_aside_and_its_rows_stay(synthetic_spe
         [aside] = list(layout.quarantine(TASK).glob("b1.changed-*"))
         assert (aside / "files" / moved).is_file() and not (folder / moved).exists()
         reason = json.loads(file_reason(aside, moved).read_text())
-        assert reason["problem"].startswith(f"changed after it was ingested: {int(change == 'added')} files added, "
-                                            f"{int(change == 'changed')} changed, 0 removed")  # fmt: skip
+        assert reason["problem"].startswith(
+            f"changed after it was ingested: {int(change == 'added')} files added, "
+            f"{int(change == 'changed')} changed, 0 removed"
+        )
         assert "land the new rows as a new batch" in reason["problem"]
         assert _ingest(layout, synthetic_spec)[1].changed == [], "reported once"
 
@@ -201,8 +221,10 @@ def test_files_the_reader_did_not_read_are_rejected_not_counted_as_ingested(synt
     (folder / "notes.md").write_text("exported by hand\n")
 
     def reader(batch, spec):  # reads only the CSV, as a reader that skips unknown formats would
-        return ReadOutcome(read_tabular_batch(batch.__class__(**{**batch.__dict__, "files": ("records.csv",)}), spec),
-                           files_read=["records.csv"])  # fmt: skip
+        return ReadOutcome(
+            read_tabular_batch(batch.__class__(**{**batch.__dict__, "files": ("records.csv",)}), spec),
+            files_read=["records.csv"],
+        )
 
     warehouse, summary, records, _ = _ingest(layout, synthetic_spec, reader)
     assert {"batch": "b1", "file": "notes.md", "problem": NOT_READ} in summary.quarantined
@@ -228,8 +250,14 @@ def test_label_domain_is_fixed_by_the_first_validated_batch(layout):
     warehouse, _, records, validation = _ingest(layout, spec)
     assert validation.validated == ["b1", "b3"] and [q["batch"] for q in validation.quarantined] == ["b2"]
     [failure] = [f for f in validation.quarantined[0]["failures"] if f["expectation"] == "label_domain"]
-    assert failure["problem"] == ("13 rows hold labels outside the task's classes (fixed by the task's first "
-                                  "validated batch: 0, 1): 1 distinct values") and failure["unexpected_count"] == 13
+    assert (
+        failure["problem"]
+        == (
+            "13 rows hold labels outside the task's classes (fixed by the task's first "
+            "validated batch: 0, 1): 1 distinct values"
+        )
+        and failure["unexpected_count"] == 13
+    )
     assert sorted(records["outcome"].cast(pl.String).unique().to_list()) == ["0", "1"]
     assert json.loads(warehouse.state(TASK, "label_domain")) == ["0", "1"]
     reason = (layout.quarantine(TASK) / "b2" / "reason.json").read_text()
@@ -241,18 +269,23 @@ def test_a_first_batch_that_cannot_fix_a_binary_domain_is_quarantined(layout):
     land(layout, TASK, "b2", _labelled(30, 2, 100, [0, 1]))
     warehouse, _, records, validation = _ingest(layout, _binary_spec())
     assert [q["batch"] for q in validation.quarantined] == ["b1"] and validation.validated == ["b2"]
-    assert "exactly one other label in the first batch to fix its domain; it holds the positive class and 2 other " \
-           "distinct values" in json.dumps(validation.quarantined)
+    assert (
+        "exactly one other label in the first batch to fix its domain; it holds the positive class and 2 other "
+        "distinct values" in json.dumps(validation.quarantined)
+    )
     assert json.loads(warehouse.state(TASK, "label_domain")) == ["0", "1"]
 
 
-@pytest.mark.parametrize("values, domain, spec_extra, outside", [
-    ([1, 0, 1], None, {}, []),
-    ([1.0, 0.0], ["0", "1"], {}, []),
-    ([True, False], ["0", "1"], {}, []),
-    (["1", "2"], ["0", "1"], {}, ["2"]),
-    (["yes", "no"], None, {"classes": ["0", "1"]}, ["no", "yes"]),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "values, domain, spec_extra, outside",
+    [
+        ([1, 0, 1], None, {}, []),
+        ([1.0, 0.0], ["0", "1"], {}, []),
+        ([True, False], ["0", "1"], {}, []),
+        (["1", "2"], ["0", "1"], {}, ["2"]),
+        (["yes", "no"], None, {"classes": ["0", "1"]}, ["no", "yes"]),
+    ],
+)
 def test_label_domain_failures_compare_canonical_labels(values, domain, spec_extra, outside):
     frame = pl.DataFrame({"outcome": values})
     failures, _ = label_domain_failures(domain, _binary_spec(**spec_extra), frame)
@@ -290,12 +323,18 @@ def test_waiting_and_quarantined_batches_are_named_on_the_materializations(synth
     land(layout, TASK, "batch-0001", synthetic_records(20, seed=1), ready=False)
     for hostile in HOSTILE_BATCH_NAMES:
         land(layout, TASK, hostile, synthetic_records(5, seed=3), ready=False)
-    land(layout, TASK, "batch-0002", synthetic_records(20, seed=2, start=100).with_columns(pl.lit("maybe").alias("outcome")))
+    land(
+        layout,
+        TASK,
+        "batch-0002",
+        synthetic_records(20, seed=2, start=100).with_columns(pl.lit("maybe").alias("outcome")),
+    )
     defs = build_definitions([synthetic_spec], layout.local)
     keys = [dg.AssetKey([TASK, "raw_records"]), dg.AssetKey([TASK, "validated_records"])]
     with dg.instance_for_test() as instance:
-        result = run_task_in_process(defs, synthetic_spec, instance, ["raw_records", "validated_records"],
-                                     raise_on_error=False)  # fmt: skip
+        result = run_task_in_process(
+            defs, synthetic_spec, instance, ["raw_records", "validated_records"], raise_on_error=False
+        )
         raw = instance.get_latest_materialization_event(keys[0]).asset_materialization.metadata
         validated = instance.get_latest_materialization_event(keys[1]).asset_materialization.metadata
         logs = [(e.level, e.user_message) for e in instance.all_logs(result.run_id) if e.level >= 20]
@@ -311,17 +350,19 @@ def test_failures_result_puts_the_reasons_in_the_description():
     from meddiag_pipelines.defs.assets.common import failures_result
     from meddiag_pipelines.validation.suites import CheckFailure
 
-    result = failures_result([CheckFailure("expect_column_values_to_be_in_set", "outcome", "3 rows outside the domain")])
+    result = failures_result(
+        [CheckFailure("expect_column_values_to_be_in_set", "outcome", "3 rows outside the domain")]
+    )
     assert not result.passed and result.description == "outcome: 3 rows outside the domain"
     assert failures_result([]).description is None
 
 
 def test_a_batch_name_too_long_for_its_outputs_is_refused_and_the_good_batch_flows(tmp_path):
     from meddiag_pipelines.ingestion.batches import MAX_BATCH_NAME_BYTES, ingest_new_batches
-    from meddiag_pipelines.tabular.readers import read_tabular_batch
     from meddiag_pipelines.ingestion.warehouse import Warehouse
-    from meddiag_pipelines.storage import DataRoot
     from meddiag_pipelines.specs import TaskSpec
+    from meddiag_pipelines.storage import DataRoot
+    from meddiag_pipelines.tabular.readers import read_tabular_batch
     from meddiag_pipelines_tests.conftest import SYNTHETIC_SPEC, land, synthetic_records
 
     layout, spec = DataRoot(tmp_path / "data"), TaskSpec.model_validate(SYNTHETIC_SPEC)
@@ -335,7 +376,9 @@ def test_a_batch_name_too_long_for_its_outputs_is_refused_and_the_good_batch_flo
 
 
 @pytest.mark.slow
-def test_a_task_whose_only_batch_is_quarantined_updates_cleanly_and_a_good_batch_later_publishes(synthetic_spec, layout):
+def test_a_task_whose_only_batch_is_quarantined_updates_cleanly_and_a_good_batch_later_publishes(
+    synthetic_spec, layout
+):
     """Issue 24: with no validated rows the split says so and the later steps are skipped (no column error, no
     failed run); the next good batch trains and is published."""
     import dagster as dg
@@ -351,8 +394,11 @@ def test_a_task_whose_only_batch_is_quarantined_updates_cleanly_and_a_good_batch
     registry = ModelRegistry(layout)
     with dg.instance_for_test() as instance:
         first = update_task(spec, instance, defs=defs)
-        skipped = [e.step_key for e in instance.all_logs(first.downstream_run) if e.is_dagster_event
-                   and e.dagster_event.event_type == dg.DagsterEventType.STEP_SKIPPED]  # fmt: skip
+        skipped = [
+            e.step_key
+            for e in instance.all_logs(first.downstream_run)
+            if e.is_dagster_event and e.dagster_event.event_type == dg.DagsterEventType.STEP_SKIPPED
+        ]
         assert f"{TASK}__features" in skipped and registry.champion(TASK) is None
         land(layout, TASK, "b2", synthetic_records(300, seed=3, start=1000))
         update_task(spec, instance, defs=defs)

@@ -18,9 +18,14 @@ COMMON = {"name", "impl", "size", "seconds", "peak_rss_mb"}
 def run_bench(name: str, tmp_path, *extra: str, module: tuple[str, ...] | None = None) -> list[dict]:
     """``module``: a script run as ``python -m <module>`` in place of ``python -m bench <name>``."""
     command = [sys.executable, "-m", *(module or ("bench", name)), "--size", "smoke", *extra]
-    proc = subprocess.run(command, cwd=REPO, capture_output=True,
-                          text=True, timeout=240, env={**__import__("os").environ, "MEDDIAG_BENCH_DIR": str(tmp_path),
-                                                        "MEDDIAG_FORCE_CPU": "1"})  # fmt: skip
+    proc = subprocess.run(
+        command,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env={**__import__("os").environ, "MEDDIAG_BENCH_DIR": str(tmp_path), "MEDDIAG_FORCE_CPU": "1"},
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     assert lines, proc.stdout + proc.stderr
@@ -38,8 +43,8 @@ def test_features_smoke_matches_pandas(tmp_path):
 
 
 def test_polars_and_duckdb_features_agree(tmp_path):
-    from bench.ehr import LAB_CODES, generate
     from bench import ehr_features as ehr
+    from bench.ehr import LAB_CODES, generate
 
     ds = generate(tmp_path / "ehr", 5_000, seed=3, chunk_rows=2_000)
     assert ds.meta["rows"]["labs"] == 5_000 and ds.meta["chunks"] > 1

@@ -42,8 +42,16 @@ def _commands(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()):
 
 def test_every_command_describes_itself_and_each_of_its_arguments(capsys):
     commands = dict(_commands(build_parser()))
-    assert {("update",), ("init",), ("requeue",), ("reset",), ("registry", "list"), ("registry", "pin"),
-            ("registry", "unpin"), ("registry", "export")} <= set(commands)  # fmt: skip
+    assert {
+        ("update",),
+        ("init",),
+        ("requeue",),
+        ("reset",),
+        ("registry", "list"),
+        ("registry", "pin"),
+        ("registry", "unpin"),
+        ("registry", "export"),
+    } <= set(commands)
     for path, parser in commands.items():
         assert parser.description, path
         arguments = [a for a in parser._actions if not isinstance(a, argparse._HelpAction)]
@@ -87,11 +95,18 @@ def test_help_imports_nothing_heavy(command):
 
 
 def test_the_registry_module_entry_point_keeps_working_and_is_light():
-    code = ("import meddiag_pipelines.registry.__main__ as cli\ntry:\n    cli.main(['pin', '--help'])\n"
-            "except SystemExit:\n    pass")  # fmt: skip
+    code = (
+        "import meddiag_pipelines.registry.__main__ as cli\ntry:\n    cli.main(['pin', '--help'])\n"
+        "except SystemExit:\n    pass"
+    )
     assert _imported_by(code) == []
-    result = subprocess.run([sys.executable, "-m", "meddiag_pipelines.registry", "list", "--help"], cwd=REPO,
-                            capture_output=True, text=True, timeout=120)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-m", "meddiag_pipelines.registry", "list", "--help"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0 and "--json" in result.stdout
 
 
@@ -107,8 +122,10 @@ def test_update_ends_on_a_line_saying_what_was_promoted_and_why_then_up_to_date(
     low, high = metrics["auroc_ci"]
     figure = f"AUROC {metrics['auroc']:.3f} ({low:.3f}-{high:.3f})"
     report = f"report {layout.reports(TASK) / 'latest' / 'report.html'}"
-    assert first == (f"{TASK}: {figure} · promoted {version} (first model: AUROC {metrics['auroc']:.3f} clears the "
-                     f"floor 0.6) · {report}")  # fmt: skip
+    assert first == (
+        f"{TASK}: {figure} · promoted {version} (first model: AUROC {metrics['auroc']:.3f} clears the "
+        f"floor 0.6) · {report}"
+    )
     assert again == f"{TASK}: up to date · champion {version}: {figure} · {report}"
     # The UI's figures are rounded to 4 significant digits; metrics.json keeps them whole.
     shown = evaluation.asset_materialization.metadata["auroc"].value
@@ -176,10 +193,20 @@ def test_update_logs_at_info_without_dagsters_step_events_and_at_debug_with_verb
         batch.mkdir(parents=True)
         bad.write_csv(batch / "records.csv")
         (batch / "_READY").touch()
-        env = {**os.environ, "DAGSTER_HOME": str(root / "home"), "MEDDIAG_DATA_DIR": str(root / "data"),
-               "MEDDIAG_TASKS_DIR": str(root / "tasks")}  # fmt: skip
-        result = subprocess.run([sys.executable, "-m", "meddiag_pipelines", "update", TASK, *flags], cwd=REPO, env=env,
-                                capture_output=True, text=True, timeout=600)  # fmt: skip
+        env = {
+            **os.environ,
+            "DAGSTER_HOME": str(root / "home"),
+            "MEDDIAG_DATA_DIR": str(root / "data"),
+            "MEDDIAG_TASKS_DIR": str(root / "tasks"),
+        }
+        result = subprocess.run(
+            [sys.executable, "-m", "meddiag_pipelines", "update", TASK, *flags],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert result.returncode == 0, result.stderr[-4000:]
         summary = f"{TASK}: no model evaluated: no validated rows yet (the log says why) · no champion"
         assert result.stdout.splitlines() == [summary]

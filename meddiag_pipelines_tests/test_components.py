@@ -21,8 +21,14 @@ from meddiag_pipelines_tests.test_defs import BAD_DAGSTER_VALUES, TASK_ASSETS, s
 
 DG = Path(sys.executable).with_name("dg")
 DAGSTER = Path(sys.executable).with_name("dagster")
-BUNDLED_TASKS = {"heart_disease", "breast_cancer", "icd10_chapters", "synthetic_chest_phantoms", "eunomia_gi_bleed",
-                 "synthetic_volume_phantoms"}
+BUNDLED_TASKS = {
+    "heart_disease",
+    "breast_cancer",
+    "icd10_chapters",
+    "synthetic_chest_phantoms",
+    "eunomia_gi_bleed",
+    "synthetic_volume_phantoms",
+}
 
 
 def cli(command: list[str], cwd: Path, tmp_path: Path, tasks_dir: Path | None = None) -> subprocess.CompletedProcess:
@@ -31,8 +37,7 @@ def cli(command: list[str], cwd: Path, tmp_path: Path, tasks_dir: Path | None = 
     home = tmp_path / "dagster_home"
     home.mkdir(exist_ok=True)
     (home / "dagster.yaml").write_text((REPO / "dagster_home" / "dagster.yaml").read_text())
-    env = {**os.environ, "DAGSTER_HOME": str(home), "PYTHONPATH": str(REPO),
-           "MEDDIAG_DATA_DIR": str(tmp_path / "data")}  # fmt: skip
+    env = {**os.environ, "DAGSTER_HOME": str(home), "PYTHONPATH": str(REPO), "MEDDIAG_DATA_DIR": str(tmp_path / "data")}
     env.pop("MEDDIAG_TASKS_DIR", None)
     if tasks_dir is not None:
         env["MEDDIAG_TASKS_DIR"] = str(tasks_dir)
@@ -47,17 +52,23 @@ def write_spec(path: Path, **updates) -> Path:
 def good_and_bad_specs(folder: Path) -> tuple[Path, Path]:
     """A folder with a good task and a spec whose cron Dagster refuses."""
     folder.mkdir(exist_ok=True)
-    return (write_spec(folder / "sepsis.yaml", name="sepsis_risk"),
-            write_spec(folder / "bad.yaml", name="bad_task", schedule={"cron": "every day at noon"}))  # fmt: skip
+    return (
+        write_spec(folder / "sepsis.yaml", name="sepsis_risk"),
+        write_spec(folder / "bad.yaml", name="bad_task", schedule={"cron": "every day at noon"}),
+    )
 
 
 def summary(defs: dg.Definitions) -> dict:
     graph = defs.resolve_asset_graph()
-    return {"assets": {k.to_user_string(): graph.get(k).description for k in graph.get_all_asset_keys()},
-            "checks": {(k.asset_key.to_user_string(), k.name) for k in graph.asset_check_keys},
-            "jobs": {j.name for j in defs.jobs or ()}, "sensors": {s.name for s in defs.sensors or ()},
-            "schedules": {s.name for s in defs.schedules or ()}, "resources": set(defs.resources or ()),
-            "executor": defs.executor.name if defs.executor else None}  # fmt: skip
+    return {
+        "assets": {k.to_user_string(): graph.get(k).description for k in graph.get_all_asset_keys()},
+        "checks": {(k.asset_key.to_user_string(), k.name) for k in graph.asset_check_keys},
+        "jobs": {j.name for j in defs.jobs or ()},
+        "sensors": {s.name for s in defs.sensors or ()},
+        "schedules": {s.name for s in defs.schedules or ()},
+        "resources": set(defs.resources or ()),
+        "executor": defs.executor.name if defs.executor else None,
+    }
 
 
 def test_dg_code_location_holds_the_same_definitions_as_the_module_entry(monkeypatch):
@@ -175,8 +186,10 @@ def test_dg_and_the_module_entry_list_and_refuse_a_bad_spec_alike(tmp_path):
     dagster_keys = set(cli([str(DAGSTER), "asset", "list", *module], REPO, tmp_path, tmp_path / "specs").stdout.split())
     assert dg_keys == dagster_keys and "sepsis_risk/champion" in dg_keys, (dg_keys, dagster_keys)
     (error_key,) = [k for k in dg_keys if k.startswith("spec_errors/bad_")]
-    for command in ([str(DG), "launch", "--assets", error_key], [str(DAGSTER), "asset", "materialize", *module,
-                                                                 "--select", error_key]):  # fmt: skip
+    for command in (
+        [str(DG), "launch", "--assets", error_key],
+        [str(DAGSTER), "asset", "materialize", *module, "--select", error_key],
+    ):
         failed = cli(command, REPO, tmp_path, tmp_path / "specs")
         output = failed.stdout + failed.stderr
         assert failed.returncode != 0 and f"task spec not loaded: {bad}: key 'schedule.cron'" in output, command

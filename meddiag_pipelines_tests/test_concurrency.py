@@ -17,8 +17,8 @@ import dagster as dg
 import pytest
 
 from meddiag_pipelines.ingestion.warehouse import Warehouse
-from meddiag_pipelines_tests.conftest import synthetic_records
 from meddiag_pipelines.storage import DataRoot, run_name
+from meddiag_pipelines_tests.conftest import synthetic_records
 from meddiag_pipelines_tests.test_crash_safety import (
     CHILD,
     TASK,
@@ -35,7 +35,7 @@ pytestmark = pytest.mark.slow
 # asset (baseline_model) returns, until that file exists, so the other run trains, evaluates and publishes
 # after this run's candidate_model and before this run's evaluation reads it (the interleaving that let
 # one run evaluate and publish the other's candidate when values were stored per asset key).
-PAUSE = r'''
+PAUSE = r"""
 import os, time
 from pathlib import Path
 import meddiag_pipelines.defs.assets.common as _common
@@ -48,7 +48,7 @@ def _paused(*args, **kwargs):
         time.sleep(0.2)
     return _real_handle(*args, **kwargs)
 _common.model_handle = _paused
-'''
+"""
 
 
 def _metadata(instance: dg.DagsterInstance, asset: str) -> dict:
@@ -88,7 +88,11 @@ def test_two_overlapping_runs_each_use_their_own_inputs(tmp_path):
         decided = _metadata(instance, "champion")
         assert len(decided) == 2
         for run_id, meta in decided.items():  # each run decided about the candidate it trained itself
-            assert meta["candidate"].value == names[run_id] == _metadata(instance, "candidate_model")[run_id]["version"].value
+            assert (
+                meta["candidate"].value
+                == names[run_id]
+                == _metadata(instance, "candidate_model")[run_id]["version"].value
+            )
 
     data = tmp_path / "data"
     ledger = Warehouse(DataRoot(data)).ledger(TASK)
@@ -105,4 +109,6 @@ def test_two_overlapping_runs_each_use_their_own_inputs(tmp_path):
     published = [run for run, c in champions.items() if c["published"]]
     assert published and set(published) <= set(state["versions"])
     for version in state["versions"]:
-        assert json.loads((data / "models" / TASK / version / "manifest.json").read_text())["model"]["version"] == version
+        assert (
+            json.loads((data / "models" / TASK / version / "manifest.json").read_text())["model"]["version"] == version
+        )

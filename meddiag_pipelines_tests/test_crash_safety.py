@@ -25,10 +25,13 @@ from meddiag_pipelines_tests.conftest import REPO, SYNTHETIC_SPEC, synthetic_rec
 
 pytestmark = pytest.mark.slow
 TASK = SYNTHETIC_SPEC["name"]
-FAST_SPEC = {**SYNTHETIC_SPEC, "training": {"trials": 1, "timeout_s": 10, "max_rounds": 40},
-             "evaluation": {"n_bootstrap": 100}}  # fmt: skip
+FAST_SPEC = {
+    **SYNTHETIC_SPEC,
+    "training": {"trials": 1, "timeout_s": 10, "max_rounds": 40},
+    "evaluation": {"n_bootstrap": 100},
+}
 
-CHILD = r'''
+CHILD = r"""
 import json, os, signal, sys
 from pathlib import Path
 
@@ -88,7 +91,7 @@ with dg.DagsterInstance.get() as instance:
                                  tags={"meddiag/test": os.environ.get("MEDDIAG_TEST_TAG", "")})
 print("RUN_SUCCESS" if result.success else "RUN_FAILED", flush=True)
 sys.exit(0 if result.success else 1)
-'''
+"""
 
 
 def make_env(root: Path, spec: dict | None = None) -> dict:
@@ -96,8 +99,13 @@ def make_env(root: Path, spec: dict | None = None) -> dict:
     home.mkdir(parents=True, exist_ok=True)
     shutil.copy(REPO / "dagster_home" / "dagster.yaml", home / "dagster.yaml")
     (root / "child.py").write_text(CHILD)
-    return {**os.environ, "DAGSTER_HOME": str(home), "MEDDIAG_DATA_DIR": str(data),
-            "MEDDIAG_TEST_SPEC": json.dumps(spec or FAST_SPEC), "PYTHONUNBUFFERED": "1"}  # fmt: skip
+    return {
+        **os.environ,
+        "DAGSTER_HOME": str(home),
+        "MEDDIAG_DATA_DIR": str(data),
+        "MEDDIAG_TEST_SPEC": json.dumps(spec or FAST_SPEC),
+        "PYTHONUNBUFFERED": "1",
+    }
 
 
 def land_batch(root: Path, name: str, frame: pl.DataFrame) -> None:
@@ -110,8 +118,13 @@ def land_batch(root: Path, name: str, frame: pl.DataFrame) -> None:
 def start_child(root: Path, env: dict, **extra) -> subprocess.Popen:
     path = root / f"child-{time.monotonic_ns()}.log"
     with open(path, "wb") as log:
-        proc = subprocess.Popen([sys.executable, str(root / "child.py")], env={**env, **extra}, cwd=REPO,
-                                stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+        proc = subprocess.Popen(
+            [sys.executable, str(root / "child.py")],
+            env={**env, **extra},
+            cwd=REPO,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     proc.log_path = path
     return proc
 
@@ -149,7 +162,9 @@ def assert_consistent(data: Path) -> dict:
             manifest = json.loads((entry / "manifest.json").read_text())  # a visible version is complete
             assert manifest["version"] == entry.name and manifest["decision"]["reasons"]
             assert (entry / "plan.json").is_file() and (entry / "model" / "chosen.json").is_file()
-            assert (entry / "model" / "xgboost" / "model.ubj").is_file() and (entry / "model" / "logistic" / "model.json").is_file()
+            assert (entry / "model" / "xgboost" / "model.ubj").is_file() and (
+                entry / "model" / "logistic" / "model.json"
+            ).is_file()
             complete.append(entry.name)
         champion = models / "champion.json"
         if champion.exists():

@@ -42,24 +42,43 @@ class DevServer:
         for folder in (self.home, tasks):
             folder.mkdir()
         shutil.copy(REPO / "dagster_home" / "dagster.yaml", self.home / "dagster.yaml")
-        spec = {**SYNTHETIC_SPEC, "training": {"trials": 2, "timeout_s": 10, "max_rounds": 100},
-                "evaluation": {"n_bootstrap": 200}}  # fmt: skip
+        spec = {
+            **SYNTHETIC_SPEC,
+            "training": {"trials": 2, "timeout_s": 10, "max_rounds": 100},
+            "evaluation": {"n_bootstrap": 200},
+        }
         (tasks / "synthetic_risk.yaml").write_text(yaml.safe_dump(spec))
-        env = {**os.environ, "DAGSTER_HOME": str(self.home), "MEDDIAG_DATA_DIR": str(self.data),
-               "MEDDIAG_TASKS_DIR": str(tasks)}  # fmt: skip
+        env = {
+            **os.environ,
+            "DAGSTER_HOME": str(self.home),
+            "MEDDIAG_DATA_DIR": str(self.data),
+            "MEDDIAG_TASKS_DIR": str(tasks),
+        }
         self.port, self.log = free_port(), root / "dagster_dev.log"
-        command = ["env", "--default-signal=INT,TERM", str(Path(sys.executable).parent / "dagster"), "dev",
-                   "-w", str(REPO / "workspace.yaml"), "-h", "127.0.0.1", "-p", str(self.port)]  # fmt: skip
+        command = [
+            "env",
+            "--default-signal=INT,TERM",
+            str(Path(sys.executable).parent / "dagster"),
+            "dev",
+            "-w",
+            str(REPO / "workspace.yaml"),
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(self.port),
+        ]
         with open(self.log, "wb") as out:
-            self.proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                         start_new_session=True)  # fmt: skip
+            self.proc = subprocess.Popen(
+                command, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.port}{path}"
 
     def graphql(self, query: str) -> dict:
-        request = urllib.request.Request(self.url("/graphql"), json.dumps({"query": query}).encode(),
-                                         {"Content-Type": "application/json"})  # fmt: skip
+        request = urllib.request.Request(
+            self.url("/graphql"), json.dumps({"query": query}).encode(), {"Content-Type": "application/json"}
+        )
         with urllib.request.urlopen(request, timeout=10) as response:
             return json.load(response)["data"]
 
@@ -80,7 +99,10 @@ class DevServer:
         return ["synthetic_risk", "raw_records"] in [n["assetKey"]["path"] for n in nodes]
 
     def run_statuses(self) -> list[str]:
-        return [r["status"] for r in self.graphql("{ runsOrError { ... on Runs { results { status } } } }")["runsOrError"]["results"]]
+        return [
+            r["status"]
+            for r in self.graphql("{ runsOrError { ... on Runs { results { status } } } }")["runsOrError"]["results"]
+        ]
 
     def stop(self, sig: int, group: bool) -> int:
         """Send ``sig`` (to the whole process group, as a terminal's Ctrl-C does, or to dagster dev alone, as a
@@ -128,8 +150,12 @@ def listening_addresses(pids: set[int]) -> set[tuple[str, int]]:
             if fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
                 address, port = fields[1].split(":")
                 raw = bytes.fromhex(address)  # each 32-bit word in host (little-endian) order
-                found.add((str(ipaddress.ip_address(b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4)))),
-                           int(port, 16)))  # fmt: skip
+                found.add(
+                    (
+                        str(ipaddress.ip_address(b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4)))),
+                        int(port, 16),
+                    )
+                )
     return found
 
 
@@ -173,8 +199,11 @@ def test_landed_batch_is_trained_decided_and_scored_without_a_click(tmp_path):
         (batch / "_READY").touch()
         models = data / "models" / "synthetic_risk"
         predictions = data / "predictions" / "synthetic_risk" / "batch_0001"  # <version>.parquet inside
-        server.wait_for(lambda: any(predictions.glob("*.parquet")) and set(server.run_statuses()) == {"SUCCESS"},
-                        time.time() + DEADLINE_S, "the batch's predictions and its run's success")  # fmt: skip
+        server.wait_for(
+            lambda: any(predictions.glob("*.parquet")) and set(server.run_statuses()) == {"SUCCESS"},
+            time.time() + DEADLINE_S,
+            "the batch's predictions and its run's success",
+        )
         versions = [p for p in models.iterdir() if (p / "manifest.json").exists()]
         assert len(versions) == 1
         manifest = json.loads((versions[0] / "manifest.json").read_text())

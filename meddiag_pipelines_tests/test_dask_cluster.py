@@ -27,12 +27,12 @@ from sklearn.metrics import roc_auc_score
 
 from meddiag_pipelines.defs.assets.common import DASK_RESOURCES_TAG, gpu_op_tags
 from meddiag_pipelines.defs.build import build_definitions, executor
+from meddiag_pipelines.flat.distributed import DISTRIBUTED_MIN_ROWS, fit_on_cluster, wants_cluster
+from meddiag_pipelines.flat.models import predict_tabular, train_xgboost
 from meddiag_pipelines.ingestion.warehouse import Warehouse
 from meddiag_pipelines.registry.store import ModelRegistry
 from meddiag_pipelines.specs import TaskSpec, TrainingSpec
 from meddiag_pipelines.storage import DataRoot
-from meddiag_pipelines.flat.distributed import DISTRIBUTED_MIN_ROWS, fit_on_cluster, wants_cluster
-from meddiag_pipelines.flat.models import predict_tabular, train_xgboost
 from meddiag_pipelines.update import update_task
 from meddiag_pipelines_tests.conftest import REPO, SYNTHETIC_SPEC, land, synthetic_records
 from meddiag_pipelines_tests.postgres import postgres_server  # noqa: F401 (fixture)
@@ -43,19 +43,39 @@ BIN = Path(sys.executable).parent
 TABULAR, TEXT = "dask_risk", "dask_notes"
 SPECS = {
     # distributed: the XGBoost final fit on the cluster from inside its step (single-node in the in-process run)
-    TABULAR: {**SYNTHETIC_SPEC, "name": TABULAR, "training": {"trials": 2, "timeout_s": 20, "max_rounds": 200,
-                                                              "distributed": True},
-              "evaluation": {"n_bootstrap": 200}},
-    TEXT: {"name": TEXT, "modality": "text", "description": "ICD-10-CM descriptions (test task)", "label": "chapter",
-           "text": "description", "id": "code", "patient_id": "category", "min_text_chars": 3,
-           "classes": ["circulatory", "eye", "infectious", "neoplasms"], "evaluation": {"n_bootstrap": 100},
-           "training": {"epochs": 3, "batch_size": 32, "learning_rate": 0.01, "patience": 2, "time_budget_s": 60},
-           "promotion": {"auroc_floor": 0.6}},
-}  # fmt: skip
+    TABULAR: {
+        **SYNTHETIC_SPEC,
+        "name": TABULAR,
+        "training": {"trials": 2, "timeout_s": 20, "max_rounds": 200, "distributed": True},
+        "evaluation": {"n_bootstrap": 200},
+    },
+    TEXT: {
+        "name": TEXT,
+        "modality": "text",
+        "description": "ICD-10-CM descriptions (test task)",
+        "label": "chapter",
+        "text": "description",
+        "id": "code",
+        "patient_id": "category",
+        "min_text_chars": 3,
+        "classes": ["circulatory", "eye", "infectious", "neoplasms"],
+        "evaluation": {"n_bootstrap": 100},
+        "training": {"epochs": 3, "batch_size": 32, "learning_rate": 0.01, "patience": 2, "time_budget_s": 60},
+        "promotion": {"auroc_floor": 0.6},
+    },
+}
 IMAGE = "dask_images"  # asks for a GPU: its candidate_model goes to the worker labelled GPU=1
-IMAGE_SPEC = {"name": IMAGE, "modality": "image", "label": "label", "id": "id", "image": {"format": "npz", "size": 28},
-              "classes": ["0", "1", "2"], "training": {"epochs": 1, "batch_size": 32, "time_budget_s": 60, "gpu": True},
-              "evaluation": {"n_bootstrap": 100}, "promotion": {"auroc_floor": 0.0}}  # fmt: skip
+IMAGE_SPEC = {
+    "name": IMAGE,
+    "modality": "image",
+    "label": "label",
+    "id": "id",
+    "image": {"format": "npz", "size": 28},
+    "classes": ["0", "1", "2"],
+    "training": {"epochs": 1, "batch_size": 32, "time_budget_s": 60, "gpu": True},
+    "evaluation": {"n_bootstrap": 100},
+    "promotion": {"auroc_floor": 0.0},
+}
 
 
 @dataclass
@@ -102,19 +122,57 @@ def cluster(tmp_path_factory, postgres_server) -> Cluster:  # noqa: F811
     for name, spec in {**SPECS, IMAGE: IMAGE_SPEC}.items():
         (root / "tasks" / f"{name}.yaml").write_text(yaml.safe_dump(spec))
     postgres_server.psql("postgres", "CREATE DATABASE dask_runs")
-    env = {**os.environ, "PYTHONPATH": str(REPO), "MEDDIAG_DATA_DIR": str(root / "data"),
-           "MEDDIAG_TASKS_DIR": str(root / "tasks"), "MEDDIAG_EXECUTOR": "dask", "MEDDIAG_FORCE_CPU": "1",
-           "MEDDIAG_POSTGRES_URL": postgres_server.url("dask_runs")}  # fmt: skip
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "MEDDIAG_DATA_DIR": str(root / "data"),
+        "MEDDIAG_TASKS_DIR": str(root / "tasks"),
+        "MEDDIAG_EXECUTOR": "dask",
+        "MEDDIAG_FORCE_CPU": "1",
+        "MEDDIAG_POSTGRES_URL": postgres_server.url("dask_runs"),
+    }
     patch = pytest.MonkeyPatch()
     patch.setenv("MEDDIAG_POSTGRES_URL", env["MEDDIAG_POSTGRES_URL"])  # this process reads the runs back from it
-    processes = [_start(["scheduler", "--host", "127.0.0.1", "--port", "0", "--dashboard-address", ":0",
-                         "--scheduler-file", str(root / "scheduler.json")], env, root / "scheduler.log")]  # fmt: skip
+    processes = [
+        _start(
+            [
+                "scheduler",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--dashboard-address",
+                ":0",
+                "--scheduler-file",
+                str(root / "scheduler.json"),
+            ],
+            env,
+            root / "scheduler.log",
+        )
+    ]
     try:
         address = _address(root / "scheduler.json", processes[0])
         env["MEDDIAG_DASK_ADDRESS"] = address
         for i, extra in enumerate([["--resources", "GPU=1"], []]):
-            processes.append(_start(["worker", address, "--nworkers", "1", "--nthreads", "1", "--no-nanny",
-                                     "--no-dashboard", "--name", f"w{i}", *extra], env, root / f"worker{i}.log"))  # fmt: skip
+            processes.append(
+                _start(
+                    [
+                        "worker",
+                        address,
+                        "--nworkers",
+                        "1",
+                        "--nthreads",
+                        "1",
+                        "--no-nanny",
+                        "--no-dashboard",
+                        "--name",
+                        f"w{i}",
+                        *extra,
+                    ],
+                    env,
+                    root / f"worker{i}.log",
+                )
+            )
         with distributed.Client(address, timeout=60) as client:
             client.wait_for_workers(2, timeout=120)
             pids = client.run(os.getpid)
@@ -139,8 +197,13 @@ def start_update(env: dict, home: Path, task: str) -> subprocess.Popen:
         home.mkdir(parents=True, exist_ok=True)
         (home / "dagster.yaml").write_text((REPO / "dagster_home" / "dagster.yaml").read_text())
     with (home / f"update_{task}.log").open("w") as log:  # a file: a full pipe would stall the other process
-        process = subprocess.Popen([sys.executable, "-m", "meddiag_pipelines", "update", task], cwd=REPO,
-                                   stdout=log, stderr=subprocess.STDOUT, env={**env, "DAGSTER_HOME": str(home)})  # fmt: skip
+        process = subprocess.Popen(
+            [sys.executable, "-m", "meddiag_pipelines", "update", task],
+            cwd=REPO,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**env, "DAGSTER_HOME": str(home)},
+        )
     process.log_path = log.name
     return process
 
@@ -190,7 +253,7 @@ def runs(cluster, tmp_path_factory) -> dict:
     # own schema creation, which is not what this tests (a deployment starts its webserver or daemon first).
     with dg.DagsterInstance.from_config(str(homes[0])):
         pass
-    started = [start_update(cluster.env, home, task) for home, task in zip(homes, SPECS)]
+    started = [start_update(cluster.env, home, task) for home, task in zip(homes, SPECS, strict=False)]
     for process in started:
         finish(process)
     specs = [TaskSpec.model_validate(spec) for spec in SPECS.values()]
@@ -210,8 +273,12 @@ def test_steps_run_in_the_worker_processes_with_the_in_process_metrics(cluster, 
         # Measured: identical figures (seeded search and models, one thread per worker); the tolerance only
         # absorbs an optuna trial cut by its timeout on a loaded machine.
         assert headline(runs["data"], task) == pytest.approx(headline(runs["local"], task), abs=0.02)
-    fits = {k: [json.loads(p.read_text())["distributed"] for p in (runs[k] / "models" / TABULAR).rglob("xgboost/model.json")]
-            for k in ("data", "local")}  # fmt: skip
+    fits = {
+        k: [
+            json.loads(p.read_text())["distributed"] for p in (runs[k] / "models" / TABULAR).rglob("xgboost/model.json")
+        ]
+        for k in ("data", "local")
+    }
     assert fits == {"data": [True], "local": [False]}, fits
 
 
@@ -243,8 +310,10 @@ def test_two_tasks_at_once_leave_every_version_pointer_and_ledger_entry_whole(ru
         assert ledger.select("batch_id", "status").rows() == [("batch_0001", "validated")]
         # the batch's history: recorded once when read, then one entry for its validation; nothing rewritten
         [entries] = [sorted(p.iterdir()) for p in (DataRoot(data).warehouse() / "ledger" / task).iterdir()]
-        assert [(p.name, json.loads(p.read_text())["status"]) for p in entries] == [("000001.json", "read"),
-                                                                                   ("000002.json", "validated")]  # fmt: skip
+        assert [(p.name, json.loads(p.read_text())["status"]) for p in entries] == [
+            ("000001.json", "read"),
+            ("000002.json", "validated"),
+        ]
     with warehouse.connect() as con:  # the SQL users' view of the same entries
         rows = con.execute("SELECT task, batch_id, status FROM ingest_ledger ORDER BY task").fetchall()
     assert rows == sorted((task, "batch_0001", "validated") for task in SPECS)
@@ -284,8 +353,9 @@ def test_xgboost_fitted_on_the_cluster_saves_ubj_with_the_single_node_auroc(clus
     (X_train, y_train), (X_val, y_val), (X_test, y_test) = _table(4000, 1), _table(1000, 2), _table(2000, 3)
     settings, names = TrainingSpec(trials=2, timeout_s=60, max_rounds=200), [f"f{i}" for i in range(8)]
     with distributed.Client(cluster.address) as client:
-        on_cluster = train_xgboost(X_train, y_train, X_val, y_val, 2, settings, tmp_path / "cluster", names,
-                                   partial(fit_on_cluster, client))  # fmt: skip
+        on_cluster = train_xgboost(
+            X_train, y_train, X_val, y_val, 2, settings, tmp_path / "cluster", names, partial(fit_on_cluster, client)
+        )
     single = train_xgboost(X_train, y_train, X_val, y_val, 2, settings, tmp_path / "single", names)
     assert on_cluster["distributed"] and not single["distributed"]
     assert on_cluster["params"] == single["params"]  # the same search, on the same rows (all below SEARCH_ROWS)
@@ -296,12 +366,16 @@ def test_xgboost_fitted_on_the_cluster_saves_ubj_with_the_single_node_auroc(clus
 
 def test_an_image_task_that_asks_for_a_gpu_tags_its_candidate_model_with_the_dask_resource():
     from dagster_dask.executor import DASK_RESOURCE_REQUIREMENTS_KEY
+
     from meddiag_pipelines.defs.assets.task_assets import build_task_assets
 
     def tags_of_candidate(gpu: bool) -> dict:
         spec = TaskSpec.model_validate({**IMAGE_SPEC, "training": {**IMAGE_SPEC["training"], "gpu": gpu}})
-        [candidate] = [a for a in build_task_assets(spec) if isinstance(a, dg.AssetsDefinition)
-                       and dg.AssetKey([IMAGE, "candidate_model"]) in a.keys]  # fmt: skip
+        [candidate] = [
+            a
+            for a in build_task_assets(spec)
+            if isinstance(a, dg.AssetsDefinition) and dg.AssetKey([IMAGE, "candidate_model"]) in a.keys
+        ]
         return dict(candidate.op.tags)
 
     assert DASK_RESOURCES_TAG == DASK_RESOURCE_REQUIREMENTS_KEY

@@ -44,8 +44,13 @@ def gone_pid() -> int:
     return proc.pid
 
 
-def add_run(instance: dg.DagsterInstance, pid: int | None, host: str | None = None,
-            status: dg.DagsterRunStatus = dg.DagsterRunStatus.STARTED, holds_slot: bool = False) -> str:  # fmt: skip
+def add_run(
+    instance: dg.DagsterInstance,
+    pid: int | None,
+    host: str | None = None,
+    status: dg.DagsterRunStatus = dg.DagsterRunStatus.STARTED,
+    holds_slot: bool = False,
+) -> str:
     tags = {TASK_TAG: TASK, HOST_TAG: host or socket.gethostname(), **({PID_TAG: str(pid)} if pid else {})}
     run_id = str(uuid.uuid4())
     instance.add_run(dg.DagsterRun(job_name="__ASSET_JOB", run_id=run_id, status=status, tags=tags))
@@ -123,7 +128,9 @@ def test_the_landing_sensor_releases_the_task_s_dead_runs(synthetic_spec, layout
     dead = add_run(instance, gone_pid(), holds_slot=True)
     job = dg.define_asset_job("synthetic_risk_batches_job", selection=dg.AssetSelection.groups(TASK))
     sensor = build_landing_sensor(synthetic_spec, job)
-    context = dg.build_sensor_context(instance=instance, resources={"storage": MeddiagStorage(data_dir=str(layout.local))})
+    context = dg.build_sensor_context(
+        instance=instance, resources={"storage": MeddiagStorage(data_dir=str(layout.local))}
+    )
     assert isinstance(sensor(context), dg.SkipReason)
     assert instance.get_run_by_id(dead).status == dg.DagsterRunStatus.FAILURE and slot_holders(instance) == set()
 
@@ -146,8 +153,13 @@ def cli_env(tmp_path: Path) -> dict:
         folder.mkdir()
     shutil.copy(REPO / "dagster_home" / "dagster.yaml", home / "dagster.yaml")  # the pools and the run queue
     (tasks / f"{TASK}.yaml").write_text(yaml.safe_dump(FAST_SPEC))
-    return {**os.environ, "DAGSTER_HOME": str(home), "MEDDIAG_DATA_DIR": str(tmp_path / "data"),
-            "MEDDIAG_TASKS_DIR": str(tasks), "PYTHONPATH": str(REPO)}  # fmt: skip
+    return {
+        **os.environ,
+        "DAGSTER_HOME": str(home),
+        "MEDDIAG_DATA_DIR": str(tmp_path / "data"),
+        "MEDDIAG_TASKS_DIR": str(tasks),
+        "PYTHONPATH": str(REPO),
+    }
 
 
 def land_csv(tmp_path: Path, name: str, frame: pl.DataFrame) -> None:
@@ -158,18 +170,32 @@ def land_csv(tmp_path: Path, name: str, frame: pl.DataFrame) -> None:
 
 
 def cli(env: dict, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "meddiag_pipelines", *args], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=timeout)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "meddiag_pipelines", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 @pytest.mark.slow
 def test_after_an_update_is_killed_requeue_update_and_reset_all_work(tmp_path):
     env = cli_env(tmp_path)
     land_csv(tmp_path, "b1", synthetic_records(400, seed=1))
-    land_csv(tmp_path, "b2_bad", synthetic_records(20, seed=2, start=900).with_columns(pl.lit("maybe").alias("outcome")))
+    land_csv(
+        tmp_path, "b2_bad", synthetic_records(20, seed=2, start=900).with_columns(pl.lit("maybe").alias("outcome"))
+    )
     (tmp_path / "killed.py").write_text(KILLED_UPDATE)
-    killed = subprocess.run([sys.executable, str(tmp_path / "killed.py"), TASK], cwd=REPO, env=env, capture_output=True,
-                            text=True, timeout=240)  # fmt: skip
+    killed = subprocess.run(
+        [sys.executable, str(tmp_path / "killed.py"), TASK],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
         [dead] = instance.get_runs(dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED]))
@@ -199,12 +225,19 @@ def test_update_waiting_for_a_live_run_stops_on_sigterm_and_after_max_wait(tmp_p
         with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
             live = add_run(instance, holder.pid, holds_slot=True)
         bounded = cli(env, "update", TASK, "--max-wait", "1", timeout=120)
-        assert bounded.returncode == 1 and f"still held after 1 s by run {live}" in bounded.stderr, bounded.stderr[-3000:]
+        assert bounded.returncode == 1 and f"still held after 1 s by run {live}" in bounded.stderr, bounded.stderr[
+            -3000:
+        ]
 
         log = tmp_path / "update.log"
         with open(log, "wb") as out:
-            waiting = subprocess.Popen([sys.executable, "-m", "meddiag_pipelines", "update", TASK], cwd=REPO, env=env,
-                                       stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
+            waiting = subprocess.Popen(
+                [sys.executable, "-m", "meddiag_pipelines", "update", TASK],
+                cwd=REPO,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
         deadline = time.monotonic() + 120
         while f"waiting for run {live}" not in log.read_text() and time.monotonic() < deadline:
             time.sleep(0.2)

@@ -14,8 +14,18 @@ from meddiag_pipelines.defs.build import build_definitions, build_task_definitio
 from meddiag_pipelines.specs import BUNDLED_TASKS_DIR, SPEC_ERRORS_GROUP, load_spec
 from meddiag_pipelines_tests.conftest import REPO
 
-TASK_ASSETS = ["raw_records", "validated_records", "split", "features", "feature_plan", "candidate_model",
-               "baseline_model", "evaluation", "champion", "predictions"]  # fmt: skip
+TASK_ASSETS = [
+    "raw_records",
+    "validated_records",
+    "split",
+    "features",
+    "feature_plan",
+    "candidate_model",
+    "baseline_model",
+    "evaluation",
+    "champion",
+    "predictions",
+]
 BUNDLED = [load_spec(path) for path in sorted(BUNDLED_TASKS_DIR.glob("*.yaml"))]
 
 
@@ -63,10 +73,18 @@ def test_every_step_of_every_task_is_in_its_pool(defs):
 
 
 # Each step's inputs, by asset name within its own task; image baselines train on the features, not the candidate.
-PARENTS = {"raw_records": set(), "validated_records": {"raw_records"}, "split": {"validated_records"},
-           "features": {"split"}, "feature_plan": {"split"}, "candidate_model": {"features", "feature_plan"},
-           "baseline_model": {"candidate_model"}, "evaluation": {"split", "candidate_model", "baseline_model"},
-           "champion": {"split", "candidate_model", "baseline_model", "evaluation"}, "predictions": {"champion", "split"}}  # fmt: skip
+PARENTS = {
+    "raw_records": set(),
+    "validated_records": {"raw_records"},
+    "split": {"validated_records"},
+    "features": {"split"},
+    "feature_plan": {"split"},
+    "candidate_model": {"features", "feature_plan"},
+    "baseline_model": {"candidate_model"},
+    "evaluation": {"split", "candidate_model", "baseline_model"},
+    "champion": {"split", "candidate_model", "baseline_model", "evaluation"},
+    "predictions": {"champion", "split"},
+}
 IMAGE_PARENTS = {**PARENTS, "baseline_model": {"features", "feature_plan"}}
 
 
@@ -89,8 +107,12 @@ def test_text_task_is_pinned(defs):
         assert node.group_name == task and node.description and node.kinds and node.owners
     assert defs.resolve_job_def(f"{task}_batches_job").name == f"{task}_batches_job"
     check_keys = {(k.asset_key.to_user_string(), k.name) for k in graph.asset_check_keys}
-    assert {(f"{task}/raw_records", "unreadable_files_quarantined"), (f"{task}/validated_records", "validated_records_suite"),
-            (f"{task}/split", "texts_unique_across_splits"), (f"{task}/champion", "champion_fit_for_use")} <= check_keys
+    assert {
+        (f"{task}/raw_records", "unreadable_files_quarantined"),
+        (f"{task}/validated_records", "validated_records_suite"),
+        (f"{task}/split", "texts_unique_across_splits"),
+        (f"{task}/champion", "champion_fit_for_use"),
+    } <= check_keys
 
 
 def test_a_bad_spec_leaves_the_other_tasks_and_stays_visible(tmp_path, monkeypatch, caplog):
@@ -102,7 +124,9 @@ def test_a_bad_spec_leaves_the_other_tasks_and_stays_visible(tmp_path, monkeypat
     problem = "range of 'a': the lower bound 3.0 is above the upper bound 1.0"
     with caplog.at_level("WARNING"):
         loaded = build_definitions(data_dir=tmp_path / "data")
-    assert any(problem in r.getMessage() and "bad.yaml" in r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+    assert any(
+        problem in r.getMessage() and "bad.yaml" in r.getMessage() for r in caplog.records if r.levelname == "WARNING"
+    )
     graph = loaded.resolve_asset_graph()
     groups = {graph.get(k).group_name for k in graph.get_all_asset_keys()}
     assert {"heart_disease", "breast_cancer", "icd10_chapters", "extra_task", SPEC_ERRORS_GROUP} <= groups
@@ -119,7 +143,6 @@ def test_a_bad_spec_leaves_the_other_tasks_and_stays_visible(tmp_path, monkeypat
 def test_bundled_definitions_have_no_spec_errors(defs):
     graph = defs.resolve_asset_graph()
     assert not [k for k in graph.get_all_asset_keys() if graph.get(k).group_name == SPEC_ERRORS_GROUP]
-
 
 
 # One spec per value Dagster refuses (or, for the time zone, accepted silently until a tick): the key it names.
@@ -179,13 +202,21 @@ def test_a_task_that_cannot_be_built_becomes_a_spec_error_and_the_others_load(tm
 
 def test_importing_the_package_leaves_the_users_dagster_warnings_shown():
     """Dagster's beta and preview warnings are silenced while a task is built, not for the user's own code."""
-    code = ("import warnings, dagster as dg, meddiag_pipelines.defs, meddiag_pipelines.update\n"
-            "with warnings.catch_warnings(record=True) as seen:\n"
-            "    warnings.warn('mine', dg.BetaWarning)\n"
-            "    warnings.warn('mine too', dg.PreviewWarning)\n"
-            "print(sorted(type(w.message).__name__ for w in seen))\n")  # fmt: skip
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO,
-                         env={**os.environ, "PYTHONPATH": str(REPO)})  # fmt: skip
+    code = (
+        "import warnings, dagster as dg, meddiag_pipelines.defs, meddiag_pipelines.update\n"
+        "with warnings.catch_warnings(record=True) as seen:\n"
+        "    warnings.warn('mine', dg.BetaWarning)\n"
+        "    warnings.warn('mine too', dg.PreviewWarning)\n"
+        "print(sorted(type(w.message).__name__ for w in seen))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     assert out.stdout.strip() == "['BetaWarning', 'PreviewWarning']", out.stderr[-2000:]
 
 

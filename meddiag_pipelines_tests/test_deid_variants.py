@@ -14,12 +14,25 @@ from hypothesis import strategies as st
 
 from bench.deid import found, icd_descriptions, synthetic_corpus, synthetic_name
 from bench.deid_grammar import cardinal_words, ordinal_suffix, ordinal_words, year_words
-from meddiag_pipelines.deid.rules import _RULES, PLACEHOLDERS, _normalise, find_phi, scrub
 from meddiag_pipelines.deid.names import FIRST_NAMES, SURNAMES
+from meddiag_pipelines.deid.rules import _RULES, PLACEHOLDERS, _normalise, find_phi, scrub
 
 DASHES = ["-", "\u2010", "\u2011", "\u2012", "\u2013", "\u2014", "\u2212"]
 SPACES = [" ", "\u00a0", "\u2009", "\u202f", "\u2007"]
-MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October", "November", "December"]
+MONTHS = [
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+]
 BEFORE = ["", "Seen ", "Noted: ", "Pt reports that ", "Hx CHF. "]
 AFTER = ["", ".", " per chart.", ", stable.", "; follow up in clinic."]
 
@@ -45,12 +58,22 @@ def dates(draw) -> str:
     sep = draw(st.sampled_from(["/", "-", ".", " ", *DASHES[1:]]))
     sp = draw(spaces)
     forms = [
-        f"{d.month:02d}/{d.day:02d}/{d.year}", f"{d.month}{sep}{d.day}{sep}{d.year}", f"{d.year}-{d.month:02d}-{d.day:02d}",
-        f"{d.day:02d}.{d.month:02d}.{d.year}", f"{month}{sp}{d.day},{sp}{d.year}", f"{month} {d.day} {d.year}",
-        f"{d.day}{sp}{month}{sp}{d.year}", f"{d.day:02d}{sep}{month}{sep}{d.year}", f"{d.day:02d}{month}{d.year}",
-        f"{d.day:02d}{sep}{month}{sep}{d.year % 100:02d}", f"{month}{sep}{d.day:02d}{sep}{d.year}", f"{month} {d.year}",
-        f"{word} {d.day}", f"{d.day} {word}", f"{word[:3]}. {d.day}",
-    ]  # fmt: skip
+        f"{d.month:02d}/{d.day:02d}/{d.year}",
+        f"{d.month}{sep}{d.day}{sep}{d.year}",
+        f"{d.year}-{d.month:02d}-{d.day:02d}",
+        f"{d.day:02d}.{d.month:02d}.{d.year}",
+        f"{month}{sp}{d.day},{sp}{d.year}",
+        f"{month} {d.day} {d.year}",
+        f"{d.day}{sp}{month}{sp}{d.year}",
+        f"{d.day:02d}{sep}{month}{sep}{d.year}",
+        f"{d.day:02d}{month}{d.year}",
+        f"{d.day:02d}{sep}{month}{sep}{d.year % 100:02d}",
+        f"{month}{sep}{d.day:02d}{sep}{d.year}",
+        f"{month} {d.year}",
+        f"{word} {d.day}",
+        f"{d.day} {word}",
+        f"{word[:3]}. {d.day}",
+    ]
     return draw(st.sampled_from(forms))
 
 
@@ -64,10 +87,20 @@ def word_dates(draw) -> str:
     TWENTY-FIRST, Sept. 3rd, Tues., Sept. 3rd, '19, March twenty-one, nineteen sixty-one."""
     d = draw(st.dates(min_value=date(1900, 1, 1), max_value=date(2099, 12, 31)))
     word = MONTHS[d.month - 1]
-    month = draw(st.sampled_from([word, word[:3], word[:3] + "." if len(word) > 3 else word, "Sept." if d.month == 9 else word]))
+    month = draw(
+        st.sampled_from([word, word[:3], word[:3] + "." if len(word) > 3 else word, "Sept." if d.month == 9 else word])
+    )
     month = draw(st.sampled_from([month, month.upper(), month.lower()]))
-    ordinal = draw(st.sampled_from([ordinal_words(d.day), ordinal_words(d.day).replace("-", " "), f"{d.day}{ordinal_suffix(d.day)}",
-                                    f"{d.day}{ordinal_suffix(d.day).upper()}"]))  # fmt: skip
+    ordinal = draw(
+        st.sampled_from(
+            [
+                ordinal_words(d.day),
+                ordinal_words(d.day).replace("-", " "),
+                f"{d.day}{ordinal_suffix(d.day)}",
+                f"{d.day}{ordinal_suffix(d.day).upper()}",
+            ]
+        )
+    )
     year = draw(st.sampled_from(["", f" {d.year}", f", {d.year}", f" '{d.year % 100:02d}", f", {year_words(d.year)}"]))
     shapes = [f"{ordinal} of {month}{year}"]  # "the" before it is no part of the date
     verb = month.lower() == "may"
@@ -89,9 +122,16 @@ def phones(draw) -> str:
     cc = draw(st.integers(2, 99))
     g = draw(st.lists(st.integers(10, 9999), min_size=3, max_size=3))
     forms = [
-        f"({a}) {b}{d}{c:04d}", f"{a}{d}{b}{d}{c:04d}", f"+1 {a} {b} {c:04d}", f"1{d}{a}{d}{b}{d}{c:04d}", f"+1 ({a}) {b}-{c:04d}",
-        f"({a}){b}{d}{c:04d}", f"+{cc} {g[0]} {g[1]} {g[2]:04d}", f"+{cc}{d}{g[0]}{d}{g[1]}{d}{g[2]:04d}", f"00{cc} {g[0]} {g[1]}{g[2]:04d}",
-    ]  # fmt: skip
+        f"({a}) {b}{d}{c:04d}",
+        f"{a}{d}{b}{d}{c:04d}",
+        f"+1 {a} {b} {c:04d}",
+        f"1{d}{a}{d}{b}{d}{c:04d}",
+        f"+1 ({a}) {b}-{c:04d}",
+        f"({a}){b}{d}{c:04d}",
+        f"+{cc} {g[0]} {g[1]} {g[2]:04d}",
+        f"+{cc}{d}{g[0]}{d}{g[1]}{d}{g[2]:04d}",
+        f"00{cc} {g[0]} {g[1]}{g[2]:04d}",
+    ]
     return draw(st.sampled_from(forms)) + ext
 
 
@@ -101,8 +141,29 @@ def ssns(draw) -> str:
     return f"{draw(st.integers(100, 899))}{sep}{draw(st.integers(0, 99)):02d}{sep}{draw(st.integers(0, 9999)):04d}"
 
 
-LABELS = ["MRN", "MRN:", "mrn #", "MR No.", "MR #", "MR:", "medical record", "Medical Record No.", "med rec #", "chart", "chart:",
-          "Chart No.", "acct", "Acct #", "account", "Account No.", "patient id", "Patient ID:", "ID#", "ID:", "ID No."]  # fmt: skip
+LABELS = [
+    "MRN",
+    "MRN:",
+    "mrn #",
+    "MR No.",
+    "MR #",
+    "MR:",
+    "medical record",
+    "Medical Record No.",
+    "med rec #",
+    "chart",
+    "chart:",
+    "Chart No.",
+    "acct",
+    "Acct #",
+    "account",
+    "Account No.",
+    "patient id",
+    "Patient ID:",
+    "ID#",
+    "ID:",
+    "ID No.",
+]
 
 
 @st.composite
@@ -116,8 +177,25 @@ def labelled_ids(draw) -> tuple[str, str]:
 @st.composite
 def ages(draw) -> tuple[str, str, str]:
     n = str(draw(st.integers(90, 115)))
-    form = draw(st.sampled_from(["{} y.o.", "{}yo", "{} yo", "{}-year-old", "{} year-old", "{}{d}year{d}old", "aged {}", "age {}", "Age: {}",
-                                 "{} y/o", "{} years old", "{} yrs", "{} years of age"]))  # fmt: skip
+    form = draw(
+        st.sampled_from(
+            [
+                "{} y.o.",
+                "{}yo",
+                "{} yo",
+                "{}-year-old",
+                "{} year-old",
+                "{}{d}year{d}old",
+                "aged {}",
+                "age {}",
+                "Age: {}",
+                "{} y/o",
+                "{} years old",
+                "{} yrs",
+                "{} years of age",
+            ]
+        )
+    )
     form = form.replace("{d}", draw(dashes))
     i = form.index("{}")
     return form[:i], n, form[i + 2 :]
@@ -162,8 +240,30 @@ def test_any_age_over_89_is_replaced(age, context):
 
 
 @settings(max_examples=200, deadline=None, database=None)
-@given(title=st.sampled_from(["Dr.", "dr.", "DR.", "Dr", "dr", "Mr.", "mr.", "Mrs", "mrs.", "Ms.", "Prof.", "prof.", "nurse", "Nurse", "Doctor"]),
-       seed=st.integers(0, 10**9), tokens=st.integers(1, 2), context=contexts)  # fmt: skip
+@given(
+    title=st.sampled_from(
+        [
+            "Dr.",
+            "dr.",
+            "DR.",
+            "Dr",
+            "dr",
+            "Mr.",
+            "mr.",
+            "Mrs",
+            "mrs.",
+            "Ms.",
+            "Prof.",
+            "prof.",
+            "nurse",
+            "Nurse",
+            "Doctor",
+        ]
+    ),
+    seed=st.integers(0, 10**9),
+    tokens=st.integers(1, 2),
+    context=contexts,
+)
 def test_a_name_after_any_title_is_replaced(title, seed, tokens, context):
     rng = random.Random(seed)
     name = " ".join(synthetic_name(rng) for _ in range(tokens))
@@ -171,8 +271,14 @@ def test_a_name_after_any_title_is_replaced(title, seed, tokens, context):
 
 
 @settings(max_examples=150, deadline=None, database=None)
-@given(seed=st.integers(0, 10**9), suffix=st.sampled_from(["St", "St.", "Street", "Ave", "Avenue", "Rd", "Road", "Blvd", "Lane", "Ln", "Dr", "Ct", "Way"]),
-       number=st.integers(1, 99999), context=st.sampled_from(["Lives at ", "Address: ", "Discharged to "]))  # fmt: skip
+@given(
+    seed=st.integers(0, 10**9),
+    suffix=st.sampled_from(
+        ["St", "St.", "Street", "Ave", "Avenue", "Rd", "Road", "Blvd", "Lane", "Ln", "Dr", "Ct", "Way"]
+    ),
+    number=st.integers(1, 99999),
+    context=st.sampled_from(["Lives at ", "Address: ", "Discharged to "]),
+)
 def test_any_street_address_is_replaced(seed, suffix, number, context):
     rng = random.Random(seed)
     assert_replaced(f"{number} {synthetic_name(rng)} {suffix}", context, ", with her son.")
@@ -181,27 +287,52 @@ def test_any_street_address_is_replaced(seed, suffix, number, context):
 @pytest.mark.parametrize(
     ("text", "value"),
     [
-        ("DOB 14MAR1931", "14MAR1931"), ("seen MARCH 14, 2023", "MARCH 14, 2023"), ("CT 17/Apr/2023", "17/Apr/2023"),
-        ("call 555\u2013123\u20134567", "555\u2013123\u20134567"), ("cell +44 20 7946 0958", "+44 20 7946 0958"),
-        ("SSN 123.45.6789", "123.45.6789"), ("SSN 123\u201345\u20136789", "123\u201345\u20136789"), ("MR No. 4455667", "4455667"),
-        ("chart: 3344556", "3344556"), ("Dr. Jos\u00e9 Canar\u00ed\u00f1ez saw her", "Jos\u00e9 Canar\u00ed\u00f1ez"),
-        ("seen by dr. Smith", "Smith"), ("93 y.o. female", "93"), ("lives at 12 Oak Street, Springfield, IL", "12 Oak Street"),
-        ("Box: P.O. Box 4411", "4411"), ("login fe80::1ff:fe23:4567:890a", "fe80::1ff:fe23:4567:890a"),
+        ("DOB 14MAR1931", "14MAR1931"),
+        ("seen MARCH 14, 2023", "MARCH 14, 2023"),
+        ("CT 17/Apr/2023", "17/Apr/2023"),
+        ("call 555\u2013123\u20134567", "555\u2013123\u20134567"),
+        ("cell +44 20 7946 0958", "+44 20 7946 0958"),
+        ("SSN 123.45.6789", "123.45.6789"),
+        ("SSN 123\u201345\u20136789", "123\u201345\u20136789"),
+        ("MR No. 4455667", "4455667"),
+        ("chart: 3344556", "3344556"),
+        ("Dr. Jos\u00e9 Canar\u00ed\u00f1ez saw her", "Jos\u00e9 Canar\u00ed\u00f1ez"),
+        ("seen by dr. Smith", "Smith"),
+        ("93 y.o. female", "93"),
+        ("lives at 12 Oak Street, Springfield, IL", "12 Oak Street"),
+        ("Box: P.O. Box 4411", "4411"),
+        ("login fe80::1ff:fe23:4567:890a", "fe80::1ff:fe23:4567:890a"),
         ("Dr.\u00a0Smith\u2009on\u00a014\u2011Mar\u20112023", "14\u2011Mar\u20112023"),
         ("Dr. Jose\u0301 Nu\u0301n\u0303ez (decomposed accents)", "Jose\u0301 Nu\u0301n\u0303ez"),
         # issue 24: dates in words and partial dates, ids with separators and spaces, a 3+7 phone
-        ("fell on the third of May", "third of May"), ("seen May the 3rd", "May the 3rd"), ("DOB 3rd of May 2021", "3rd of May 2021"),
-        ("since the twenty-first of March", "twenty-first of March"), ("on March twenty-first", "March twenty-first"),
-        ("quit mid-May 2019", "May 2019"), ("seen Sept. 3", "Sept. 3"), ("seen Tuesday, Sept. 3rd", "Tuesday, Sept. 3rd"),
-        ("Friday the 13th", "Friday the 13th"), ("born June of 1940", "June of 1940"), ("quit Dec '13", "Dec '13"),
-        ("born August nineteen sixty-one", "August nineteen sixty-one"), ("DOB 01 / 02 / 1930", "01 / 02 / 1930"),
-        ("seen 1/21/'02", "1/21/'02"), ("DOB 19470426", "19470426"), ("dx 1971-09", "1971-09"),
-        ("MRN 123 456 789 on file", "123 456 789"), ("med rec no. 014.048.411.", "014.048.411"), ("123-45-6789", "123-45-6789"),
-        ("ID A12-345-678", "A12-345-678"), ("S85-254-496 on the sheet", "S85-254-496"), ("Pt ID: AB 123 456", "AB 123 456"),
-        ("Member #: Z502 127 081", "Z502 127 081"), ("Encounter 1234-567890", "1234-567890"),
-        ("call back at 327 8440666", "327 8440666"), ("seen by dr smith today", "smith"),
+        ("fell on the third of May", "third of May"),
+        ("seen May the 3rd", "May the 3rd"),
+        ("DOB 3rd of May 2021", "3rd of May 2021"),
+        ("since the twenty-first of March", "twenty-first of March"),
+        ("on March twenty-first", "March twenty-first"),
+        ("quit mid-May 2019", "May 2019"),
+        ("seen Sept. 3", "Sept. 3"),
+        ("seen Tuesday, Sept. 3rd", "Tuesday, Sept. 3rd"),
+        ("Friday the 13th", "Friday the 13th"),
+        ("born June of 1940", "June of 1940"),
+        ("quit Dec '13", "Dec '13"),
+        ("born August nineteen sixty-one", "August nineteen sixty-one"),
+        ("DOB 01 / 02 / 1930", "01 / 02 / 1930"),
+        ("seen 1/21/'02", "1/21/'02"),
+        ("DOB 19470426", "19470426"),
+        ("dx 1971-09", "1971-09"),
+        ("MRN 123 456 789 on file", "123 456 789"),
+        ("med rec no. 014.048.411.", "014.048.411"),
+        ("123-45-6789", "123-45-6789"),
+        ("ID A12-345-678", "A12-345-678"),
+        ("S85-254-496 on the sheet", "S85-254-496"),
+        ("Pt ID: AB 123 456", "AB 123 456"),
+        ("Member #: Z502 127 081", "Z502 127 081"),
+        ("Encounter 1234-567890", "1234-567890"),
+        ("call back at 327 8440666", "327 8440666"),
+        ("seen by dr smith today", "smith"),
     ],
-)  # fmt: skip
+)
 def test_issue_examples_are_replaced(text, value):
     start = text.index(value)
     assert found([(s.start, s.end) for s in find_phi(text)], text, start, start + len(value)), scrub(text)
@@ -210,13 +341,28 @@ def test_issue_examples_are_replaced(text, value):
 def test_text_around_an_identifier_is_kept_byte_for_byte():
     text = "Na\u00efve pt, 5\u00a0mg \u00bd tab, \ufb01brosis \u2013 seen 14\u2013Mar\u20132023 by Dr.\u00a0Jos\u00e9 N\u00fa\u00f1ez \u2014 CK 12\u202f345."
     out = scrub(text)
-    assert out == "Na\u00efve pt, 5\u00a0mg \u00bd tab, \ufb01brosis \u2013 seen [DATE] by Dr.\u00a0[NAME] \u2014 CK 12\u202f345."
+    assert (
+        out
+        == "Na\u00efve pt, 5\u00a0mg \u00bd tab, \ufb01brosis \u2013 seen [DATE] by Dr.\u00a0[NAME] \u2014 CK 12\u202f345."
+    )
 
 
 # NAME: titled names, 100/100 measured; NAME_BARE: names with no context, 0/100 measured, the known gap (not promised).
-SYNTHETIC_RECALL_FLOOR = {"DATE": 0.97, "PHONE": 0.97, "SSN": 0.99, "MRN": 0.99, "ACCOUNT": 0.99, "AGE": 0.99, "NAME": 1.0,
-                          "ADDRESS": 0.97, "ZIP": 0.95, "EMAIL": 0.99, "URL": 0.97, "IP": 0.99,
-                          "NAME_BARE": 0.0}  # fmt: skip
+SYNTHETIC_RECALL_FLOOR = {
+    "DATE": 0.97,
+    "PHONE": 0.97,
+    "SSN": 0.99,
+    "MRN": 0.99,
+    "ACCOUNT": 0.99,
+    "AGE": 0.99,
+    "NAME": 1.0,
+    "ADDRESS": 0.97,
+    "ZIP": 0.95,
+    "EMAIL": 0.99,
+    "URL": 0.97,
+    "IP": 0.99,
+    "NAME_BARE": 0.0,
+}
 
 
 def test_recall_per_class_on_the_independent_synthetic_corpus():
@@ -250,7 +396,8 @@ def test_no_planted_value_survives_in_the_scrubbed_text():
 CLINICAL_LOOKALIKES = [
     "MS Contin 30 mg q12h; Depakote DR 500 mg BID; Foley 16 Fr placed.",
     "St. Anthony's fire (ergotism); St Louis encephalitis; ST elevation myocardial infarction.",
-    "May 5 mg of oxycodone be given? She may 2 tabs.", "Marfan syndrome, bone marrow biopsy, decreased septal motion.",
+    "May 5 mg of oxycodone be given? She may 2 tabs.",
+    "Marfan syndrome, bone marrow biopsy, decreased septal motion.",
     "Take 3 times a day for 14 days; 1/2 tab; BP 120/80; T2N1M0 tumour; ICD-10 I21.4.",
     "Stage 2 pressure ulcer of sacral region; Type 1 diabetes; 45-year-old; aged 65.",
     "Did not miss Doses; see doctor Monday at 3 PM Dr rounds.",

@@ -88,9 +88,15 @@ def test_every_module_of_the_package_imports():
         importlib.import_module(name)
 
 
-@pytest.mark.parametrize(("folder", "groups"), [("meddiag_pipelines", ("runtime", "scale", "large", "volume", "omop", "monitoring")),
-                                                ("meddiag_pipelines_tests", ("runtime", "dev")),
-                                                ("bench", ("runtime", "dev")), ("scripts", ("runtime", "dev"))])  # fmt: skip
+@pytest.mark.parametrize(
+    ("folder", "groups"),
+    [
+        ("meddiag_pipelines", ("runtime", "scale", "large", "volume", "omop", "monitoring")),
+        ("meddiag_pipelines_tests", ("runtime", "dev")),
+        ("bench", ("runtime", "dev")),
+        ("scripts", ("runtime", "dev")),
+    ],
+)
 def test_every_third_party_import_is_declared(folder, groups):
     declared = _declared(*groups)
     distributions = _distributions()
@@ -105,8 +111,14 @@ def test_every_third_party_import_is_declared(folder, groups):
 def test_loading_the_definitions_needs_no_optional_extra():
     """A base install (no extra) loads the project: the Dask, PostgreSQL, S3 and large-model modules load on demand."""
     probe = "import sys, meddiag_pipelines.definitions as d; d.defs(); print(sorted(m for m in ('dask', 'distributed', 'dagster_dask', 'dagster_postgres', 's3fs', 'timm', 'torchvision', 'transformers', 'peft', 'onnx', 'onnxruntime') if m in sys.modules))"
-    done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "MEDDIAG_EXECUTOR": ""})  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "MEDDIAG_EXECUTOR": ""},
+    )
     assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr[-2000:]
 
 

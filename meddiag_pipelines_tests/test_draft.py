@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
-import pytest
 import yaml
 
 from meddiag_pipelines.__main__ import main
@@ -80,15 +79,26 @@ def test_gbsg2_from_lifelines(tmp_path, capsys):
 def test_free_text_column_and_ids_are_never_printed(tmp_path, capsys):
     rng = np.random.default_rng(0)
     notes = [f"Patient CANARY{i} seen for chest pain radiating to the left arm, history {i}" for i in range(60)]
-    frame = pl.DataFrame({"note_id": [f"N-SECRET-{i:04d}" for i in range(60)], "patient": [f"P{i // 3}" for i in range(60)],
-                          "note": notes, "specialty": rng.choice(["cardio", "neuro", "gastro"], 60).tolist()})  # fmt: skip
+    frame = pl.DataFrame(
+        {
+            "note_id": [f"N-SECRET-{i:04d}" for i in range(60)],
+            "patient": [f"P{i // 3}" for i in range(60)],
+            "note": notes,
+            "specialty": rng.choice(["cardio", "neuro", "gastro"], 60).tolist(),
+        }
+    )
     source = tmp_path / "batch"
     source.mkdir()
     frame.write_parquet(source / "notes.parquet")
     (source / "_READY").touch()
     spec, text = init(tmp_path, "notes", source, capsys)
-    assert (spec["modality"], spec["text"], spec["label"], spec["id"], spec["patient_id"]) == \
-        ("text", "note", "specialty", "note_id", "patient")  # fmt: skip
+    assert (spec["modality"], spec["text"], spec["label"], spec["id"], spec["patient_id"]) == (
+        "text",
+        "note",
+        "specialty",
+        "note_id",
+        "patient",
+    )
     assert "CANARY" not in text and "SECRET" not in text
 
 
@@ -110,8 +120,15 @@ def test_png_folder_with_labels(tmp_path, capsys):
     rows = []
     for i in range(8):
         Image.fromarray(np.full((70, 80), i * 20, np.uint8)).save(source / "images" / f"x{i}.png")
-        rows.append({"path": f"images/x{i}.png", "finding": ["normal", "pneumonia"][i % 2], "id": f"x{i}",
-                     "patient_id": f"p{i // 2}", "sex": "FM"[i % 2]})  # fmt: skip
+        rows.append(
+            {
+                "path": f"images/x{i}.png",
+                "finding": ["normal", "pneumonia"][i % 2],
+                "id": f"x{i}",
+                "patient_id": f"p{i // 2}",
+                "sex": "FM"[i % 2],
+            }
+        )
     pl.DataFrame(rows).write_csv(source / "labels.csv")
     spec, _ = init(tmp_path, "png", source, capsys)
     assert spec["modality"] == "image" and spec["label"] == "finding" and spec["positive"] == "pneumonia"
@@ -121,8 +138,11 @@ def test_png_folder_with_labels(tmp_path, capsys):
 
 def test_npz_keeps_its_shape_and_classes(tmp_path, capsys):
     rng = np.random.default_rng(1)
-    arrays = {f"{s}_images": rng.integers(0, 255, (n, 28, 28), dtype=np.uint8) for s, n in (("train", 20), ("val", 5), ("test", 5))}
-    arrays |= {f"{s}_labels": rng.integers(0, 2, (len(arrays[f'{s}_images']), 1)) for s in ("train", "val", "test")}
+    arrays = {
+        f"{s}_images": rng.integers(0, 255, (n, 28, 28), dtype=np.uint8)
+        for s, n in (("train", 20), ("val", 5), ("test", 5))
+    }
+    arrays |= {f"{s}_labels": rng.integers(0, 2, (len(arrays[f"{s}_images"]), 1)) for s in ("train", "val", "test")}
     path = tmp_path / "pneumoniamnist.npz"
     np.savez(path, **arrays)
     spec, _ = init(tmp_path, "pneumonia", path, capsys)
@@ -147,7 +167,9 @@ def test_dicom_folder_with_labels(tmp_path, capsys):
     source.mkdir()
     for name in ("CT_small.dcm", "MR_small.dcm"):
         shutil.copy(get_testdata_file(name), source / name)
-    pl.DataFrame({"file": ["CT_small.dcm", "MR_small.dcm"], "label": ["0", "1"], "id": ["a", "b"]}).write_csv(source / "labels.csv")
+    pl.DataFrame({"file": ["CT_small.dcm", "MR_small.dcm"], "label": ["0", "1"], "id": ["a", "b"]}).write_csv(
+        source / "labels.csv"
+    )
     spec, _ = init(tmp_path, "dicom", source, capsys)
     assert spec["modality"] == "image" and spec["label"] == "label" and spec["positive"] == "1"
     assert spec["image"] == {"format": "dicom", "file_column": "file", "size": 64, "channels": 1}

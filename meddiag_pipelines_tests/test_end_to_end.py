@@ -28,8 +28,25 @@ def test_task_end_to_end_then_new_batch(synthetic_spec, layout):
 
     latest = layout.reports(task) / "latest"
     metrics = json.loads((latest / "metrics.json").read_text())
-    for key in ("task", "model_version", "n_train", "n_val", "n_test", "auroc", "auroc_ci", "auprc", "brier",
-                "accuracy", "macro_f1", "baseline", "calibration_slope", "decision_curve", "thresholds", "subgroups", "flow"):
+    for key in (
+        "task",
+        "model_version",
+        "n_train",
+        "n_val",
+        "n_test",
+        "auroc",
+        "auroc_ci",
+        "auprc",
+        "brier",
+        "accuracy",
+        "macro_f1",
+        "baseline",
+        "calibration_slope",
+        "decision_curve",
+        "thresholds",
+        "subgroups",
+        "flow",
+    ):
         assert key in metrics, key
     assert metrics["auroc"] > 0.8 and metrics["auroc_ci"][0] < metrics["auroc"] < metrics["auroc_ci"][1]
     assert metrics["baseline"]["name"] == "logistic_regression" and metrics["baseline"]["auroc"] > 0.8
@@ -56,7 +73,8 @@ def test_task_end_to_end_then_new_batch(synthetic_spec, layout):
 
     # A second export: more labelled rows and three cases to score.
     second = synthetic_records(300, seed=2, start=600).with_columns(
-        pl.when(pl.col("rid").is_in(["r600", "r601", "r602"])).then(None).otherwise(pl.col("outcome")).alias("outcome"))
+        pl.when(pl.col("rid").is_in(["r600", "r601", "r602"])).then(None).otherwise(pl.col("outcome")).alias("outcome")
+    )
     land(layout, task, "batch_0002", second)
     assert materialize(synthetic_spec, layout).success
     metrics2 = json.loads((latest / "metrics.json").read_text())
@@ -69,8 +87,12 @@ def test_task_end_to_end_then_new_batch(synthetic_spec, layout):
     assert newest["parent_champion"] == champion["version"]
     # More rows of the same population: the candidate is non-inferior to the champion and takes its place.
     assert newest["decision"]["promote"] is True, newest["decision"]
-    assert_reasons(newest["decision"], "AUROC difference vs champion", "is non-inferior at margin 0.01",
-                   "is compatible with the band")  # fmt: skip
+    assert_reasons(
+        newest["decision"],
+        "AUROC difference vs champion",
+        "is non-inferior at margin 0.01",
+        "is compatible with the band",
+    )
     # The old champion, re-scored on today's test split with its own feature plan, is still a good model:
     # a misaligned warehouse table or plan would show up here as a collapse.
     assert newest["decision"]["figures"]["champion_auroc"] > 0.8
@@ -84,10 +106,16 @@ def test_task_end_to_end_then_new_batch(synthetic_spec, layout):
 def test_a_first_model_below_the_floor_is_published_refused_and_never_scores(synthetic_spec, layout):
     """The refusal path: the version is kept with its reason, champion.json never appears, nothing is scored."""
     task = synthetic_spec.name
-    strict = synthetic_spec.model_copy(update={"promotion": synthetic_spec.promotion.model_copy(update={"auroc_floor": 0.99})})
+    strict = synthetic_spec.model_copy(
+        update={"promotion": synthetic_spec.promotion.model_copy(update={"auroc_floor": 0.99})}
+    )
     records = synthetic_records(300, seed=4)
-    land(layout, task, "batch_0001", records.with_columns(
-        pl.when(pl.col("rid") == "r0").then(None).otherwise(pl.col("outcome")).alias("outcome")))
+    land(
+        layout,
+        task,
+        "batch_0001",
+        records.with_columns(pl.when(pl.col("rid") == "r0").then(None).otherwise(pl.col("outcome")).alias("outcome")),
+    )
     result = materialize(strict, layout)
     assert not result.success  # the blocking champion_fit_for_use check stops scoring
     registry = layout.local / "models" / task
@@ -96,8 +124,11 @@ def test_a_first_model_below_the_floor_is_published_refused_and_never_scores(syn
     assert decision["promote"] is False
     assert_reasons(decision, "first model: AUROC", "is below the floor 0.99")
     assert not (registry / "champion.json").exists() and not layout.predictions(task).exists()
-    (shown,) = [e.materialization.metadata for e in result.get_asset_materialization_events()
-                if e.asset_key == dg.AssetKey([task, "champion"])]  # fmt: skip
+    (shown,) = [
+        e.materialization.metadata
+        for e in result.get_asset_materialization_events()
+        if e.asset_key == dg.AssetKey([task, "champion"])
+    ]
     assert shown["promoted"].value is False and "is below the floor 0.99" in shown["reasons"].value
 
 
@@ -128,7 +159,8 @@ def test_evaluation_can_be_rematerialised_alone_after_the_version_is_published(s
         assert run_task_in_process(defs, synthetic_spec, instance).success
         assert not list((layout.local / "models" / task / ".staging").iterdir())
         again = defs.resolve_implicit_global_asset_job_def().execute_in_process(
-            instance=instance, asset_selection=[dg.AssetKey([task, "evaluation"])])
+            instance=instance, asset_selection=[dg.AssetKey([task, "evaluation"])]
+        )
     assert again.success
     metrics = json.loads((layout.reports(task) / "latest" / "metrics.json").read_text())
     assert metrics["auroc"] > 0.75

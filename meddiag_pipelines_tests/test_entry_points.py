@@ -51,9 +51,15 @@ def test_importing_any_module_builds_nothing_and_scans_no_spec():
     done = subprocess.run([sys.executable, "-c", PROBE], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.splitlines()[-1])
-    assert {"meddiag_pipelines.definitions", "meddiag_pipelines.dg_definitions", "meddiag_pipelines.update",
-            "meddiag_pipelines.defs.build", "meddiag_pipelines.defs.components.task_folder",
-            "meddiag_pipelines.defs.dask_executor", "meddiag_pipelines.__main__"} <= set(result["modules"])  # fmt: skip
+    assert {
+        "meddiag_pipelines.definitions",
+        "meddiag_pipelines.dg_definitions",
+        "meddiag_pipelines.update",
+        "meddiag_pipelines.defs.build",
+        "meddiag_pipelines.defs.components.task_folder",
+        "meddiag_pipelines.defs.dask_executor",
+        "meddiag_pipelines.__main__",
+    } <= set(result["modules"])
     assert result["failed"] == {}
     # the guards work: the entry point, once called, scans the spec folders
     assert result["caught"] == "spec folders scanned"

@@ -43,8 +43,17 @@ def calibrated(n: int, seed: int, mean: float = -1.0, sd: float = 1.5):
 
 def binary_input(n: int = 1500, seed: int = 0, **kw) -> EvaluationInput:
     y, p, _ = calibrated(n, seed)
-    args = dict(task="t", model_version="v1", model_name="xgboost", kind="binary", classes=["neg", "pos"],
-                y_true=y, proba=p, settings=FAST, n_test=n)
+    args = dict(
+        task="t",
+        model_version="v1",
+        model_name="xgboost",
+        kind="binary",
+        classes=["neg", "pos"],
+        y_true=y,
+        proba=p,
+        settings=FAST,
+        n_test=n,
+    )
     args.update(kw)
     return EvaluationInput(**args)
 
@@ -168,8 +177,12 @@ def test_the_calibration_slope_lies_within_its_own_interval(case):
     """Issue 24: a slope of 263.2 was reported with a 95% CI of 59.0 to 61.0 (point and interval from two
     estimators that both gave up on a separated test set). Now one estimator gives both; a separated test set has
     no slope (None, not a number), and an interval bound that separated resamples reach is None (unbounded)."""
-    y, p = {"ordinary": lambda: calibrated(400, 11)[:2], "near_separable": lambda: near_separable(40, 3, 12),
-            "one_swap": lambda: near_separable(40, 1, 13), "separable": lambda: near_separable(40, 0, 14)}[case]()  # fmt: skip
+    y, p = {
+        "ordinary": lambda: calibrated(400, 11)[:2],
+        "near_separable": lambda: near_separable(40, 3, 12),
+        "one_swap": lambda: near_separable(40, 1, 13),
+        "separable": lambda: near_separable(40, 0, 14),
+    }[case]()
     m = evaluate(binary_input(y_true=y, proba=p, n_test=y.size))
     slope, ci = m["calibration_slope"], m["calibration_slope_ci"]
     if case == "separable":
@@ -245,11 +258,40 @@ def test_threshold_row_matches_sklearn():
 # --------------------------------------------------------------------------------------------------------
 
 
-ALWAYS = {"task", "model_version", "model_name", "kind", "classes", "n_train", "n_val", "n_test", "auroc",
-          "auroc_ci", "auprc", "auprc_ci", "brier", "accuracy", "macro_f1", "baseline", "comparison",
-          "confusion_matrix", "flow", "missing_data", "shift", "subgroups", "settings"}
-BINARY = {"scaled_brier", "calibration_intercept", "calibration_slope", "calibration_curve", "decision_curve",
-          "thresholds", "operating_threshold"}
+ALWAYS = {
+    "task",
+    "model_version",
+    "model_name",
+    "kind",
+    "classes",
+    "n_train",
+    "n_val",
+    "n_test",
+    "auroc",
+    "auroc_ci",
+    "auprc",
+    "auprc_ci",
+    "brier",
+    "accuracy",
+    "macro_f1",
+    "baseline",
+    "comparison",
+    "confusion_matrix",
+    "flow",
+    "missing_data",
+    "shift",
+    "subgroups",
+    "settings",
+}
+BINARY = {
+    "scaled_brier",
+    "calibration_intercept",
+    "calibration_slope",
+    "calibration_curve",
+    "decision_curve",
+    "thresholds",
+    "operating_threshold",
+}
 
 
 def test_binary_metrics_match_sklearn():
@@ -354,8 +396,7 @@ def test_binary_subgroups_flags_and_too_few():
     sex[6:9] = ""
     ones = np.array(["x"] * y.size, dtype=object)
     ones[np.flatnonzero(y == 1)[:40]] = "only_pos"
-    inp = binary_input(y_true=y, proba=p, n_test=y.size,
-                       subgroups={"site": site, "sex": sex, "one_class": ones})
+    inp = binary_input(y_true=y, proba=p, n_test=y.size, subgroups={"site": site, "sex": sex, "one_class": ones})
     m = evaluate(inp)
     json.dumps(m, allow_nan=False)
     sites = {r["value"]: r for r in m["subgroups"]["site"]}
@@ -401,8 +442,19 @@ def test_multiclass_metrics_match_sklearn():
     B = special.softmax(np.log(P) + rng.normal(0, 1.0, P.shape), axis=1)  # a noisier baseline
     classes = ["normal", "benign", "malignant", "other"]
     grp = np.array(["s1"] * 1000 + ["s2"] * 180 + ["s3"] * 20, dtype=object)
-    inp = EvaluationInput("mc", "v1", "resnet18_small", "multiclass", classes, y, P, FAST,
-                          baseline_name="lr", baseline_proba=B, subgroups={"site": grp})
+    inp = EvaluationInput(
+        "mc",
+        "v1",
+        "resnet18_small",
+        "multiclass",
+        classes,
+        y,
+        P,
+        FAST,
+        baseline_name="lr",
+        baseline_proba=B,
+        subgroups={"site": grp},
+    )
     m = evaluate(inp)
     json.dumps(m, allow_nan=False)
     assert ALWAYS | {"weighted_f1", "per_class"} <= set(m)
@@ -421,7 +473,9 @@ def test_multiclass_metrics_match_sklearn():
     prec, rec, f1, sup = precision_recall_fscore_support(y, pred)
     assert [row["class"] for row in m["per_class"]] == classes
     for c, row in enumerate(m["per_class"]):
-        assert (row["precision"], row["recall"], row["f1"], row["support"]) == pytest.approx((prec[c], rec[c], f1[c], sup[c]))
+        assert (row["precision"], row["recall"], row["f1"], row["support"]) == pytest.approx(
+            (prec[c], rec[c], f1[c], sup[c])
+        )
         assert row["auroc"] == pytest.approx(roc_auc_score(y == c, P[:, c]))
         assert row["auroc_ci"][0] < row["auroc"] < row["auroc_ci"][1]
     c = m["comparison"]
@@ -458,8 +512,16 @@ def multilabel_input(n: int = 900, seed: int = 16, **kw) -> EvaluationInput:
     prev = np.array([0.3, 0.15, 0.5])
     Y = (rng.random((n, 3)) < prev).astype(int)
     P = special.expit(rng.normal(0, 1, (n, 3)) + 1.8 * (Y - 0.5) + special.logit(prev))
-    args = dict(task="ml", model_version="v1", model_name="resnet18_small", kind="multilabel",
-                classes=["effusion", "nodule", "cardiomegaly"], y_true=Y, proba=P, settings=FAST)
+    args = dict(
+        task="ml",
+        model_version="v1",
+        model_name="resnet18_small",
+        kind="multilabel",
+        classes=["effusion", "nodule", "cardiomegaly"],
+        y_true=Y,
+        proba=P,
+        settings=FAST,
+    )
     args.update(kw)
     return EvaluationInput(**args)
 
@@ -503,8 +565,12 @@ def test_multilabel_metrics():
 
 
 def test_standardized_mean_differences_by_hand():
-    dev = {"age": np.array([40.0, 50.0, 60.0, np.nan]), "flat": np.ones(5), "text": np.array(["a", "b"]),
-           "only_dev": np.arange(3.0)}
+    dev = {
+        "age": np.array([40.0, 50.0, 60.0, np.nan]),
+        "flat": np.ones(5),
+        "text": np.array(["a", "b"]),
+        "only_dev": np.arange(3.0),
+    }
     test = {"age": np.array([50.0, 60.0, 70.0]), "flat": np.full(4, 2.0), "text": np.array(["a"])}
     rows = standardized_mean_differences(dev, test)
     by = {r["feature"]: r for r in rows}
@@ -531,18 +597,32 @@ def test_standardized_mean_differences_by_hand():
 )
 def test_bad_input_is_refused(change, message):
     rng = np.random.default_rng(0)
-    args = dict(task="t", model_version="v", model_name="m", kind="binary", classes=["n", "p"],
-                y_true=rng.integers(0, 2, 10), proba=rng.random(10), settings=FAST)
+    args = dict(
+        task="t",
+        model_version="v",
+        model_name="m",
+        kind="binary",
+        classes=["n", "p"],
+        y_true=rng.integers(0, 2, 10),
+        proba=rng.random(10),
+        settings=FAST,
+    )
     args.update(change)
     with pytest.raises(ValueError, match=message):
         evaluate(EvaluationInput(**args))
 
 
 def test_passthrough_is_made_json_safe():
-    m = evaluate(binary_input(n=300, flow={"landed_rows": np.int64(300), "test": 300},
-                              missing_data=[{"feature": "lactate", "n_missing": np.int64(3), "rate": np.float32(0.01),
-                                             "handling": "median"}],
-                              shift=[{"feature": "age", "dev_mean": 1.0, "test_mean": 1.0, "smd": float("nan"), "flag": np.bool_(False)}]))
+    m = evaluate(
+        binary_input(
+            n=300,
+            flow={"landed_rows": np.int64(300), "test": 300},
+            missing_data=[
+                {"feature": "lactate", "n_missing": np.int64(3), "rate": np.float32(0.01), "handling": "median"}
+            ],
+            shift=[{"feature": "age", "dev_mean": 1.0, "test_mean": 1.0, "smd": float("nan"), "flag": np.bool_(False)}],
+        )
+    )
     text = json.dumps(m, allow_nan=False)
     back = json.loads(text)
     assert back["flow"] == {"landed_rows": 300, "test": 300}
@@ -551,8 +631,10 @@ def test_passthrough_is_made_json_safe():
 
 
 def test_evaluation_package_does_not_import_dagster():
-    code = ("import sys, meddiag_pipelines.evaluation as e; "
-            "assert not any(m == 'dagster' or m.startswith('dagster.') for m in sys.modules), 'dagster imported'")
+    code = (
+        "import sys, meddiag_pipelines.evaluation as e; "
+        "assert not any(m == 'dagster' or m.startswith('dagster.') for m in sys.modules), 'dagster imported'"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 

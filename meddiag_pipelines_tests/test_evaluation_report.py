@@ -39,11 +39,29 @@ def _binary_input() -> EvaluationInput:
     dev = {"age": rng.normal(50, 10, 3000), "crp": rng.normal(10, 3, 3000)}
     test = {"age": rng.normal(56, 10, n), "crp": rng.normal(10, 3, n)}
     return EvaluationInput(
-        task="sepsis", model_version="20240101-abc", model_name="xgboost <b>bold</b>", kind="binary",
-        classes=["no sepsis", "sepsis"], y_true=y, proba=p, settings=FAST, n_train=5000, n_val=1500, n_test=n,
-        baseline_name="logistic_regression", baseline_proba=base, subgroups={"site": site},
-        flow={"landed_batches": 4, "landed_rows": 8000, "validated_rows": 7900, "quarantined_batches": 1,
-              "train": 5000, "val": 1500, "test": n},
+        task="sepsis",
+        model_version="20240101-abc",
+        model_name="xgboost <b>bold</b>",
+        kind="binary",
+        classes=["no sepsis", "sepsis"],
+        y_true=y,
+        proba=p,
+        settings=FAST,
+        n_train=5000,
+        n_val=1500,
+        n_test=n,
+        baseline_name="logistic_regression",
+        baseline_proba=base,
+        subgroups={"site": site},
+        flow={
+            "landed_batches": 4,
+            "landed_rows": 8000,
+            "validated_rows": 7900,
+            "quarantined_batches": 1,
+            "train": 5000,
+            "val": 1500,
+            "test": n,
+        },
         missing_data=[{"feature": "lactate", "n_missing": 314, "rate": 0.0393, "handling": "median + indicator"}],
         shift=standardized_mean_differences(dev, test),
     )
@@ -64,8 +82,17 @@ def multiclass():
     y = rng.integers(0, k, n)
     logits = rng.normal(0, 1, (n, k))
     logits[np.arange(n), y] += 1.5
-    inp = EvaluationInput("lesion", "v2", "resnet18_small", "multiclass", ["benign", "malignant", "normal"], y,
-                          special.softmax(logits, 1), FAST, subgroups={"sex": rng.choice(["F", "M"], n)})
+    inp = EvaluationInput(
+        "lesion",
+        "v2",
+        "resnet18_small",
+        "multiclass",
+        ["benign", "malignant", "normal"],
+        y,
+        special.softmax(logits, 1),
+        FAST,
+        subgroups={"sex": rng.choice(["F", "M"], n)},
+    )
     m = evaluate(inp)
     return inp, m, render_plots(inp, m)
 
@@ -76,8 +103,9 @@ def multilabel():
     n = 500
     Y = (rng.random((n, 2)) < 0.3).astype(int)
     P = special.expit(rng.normal(0, 1, (n, 2)) + 2 * (Y - 0.5) - 0.8)
-    inp = EvaluationInput("chest", "v1", "resnet18_small", "multilabel", ["Pleural effusion", "nodule/mass"], Y, P,
-                          FAST)
+    inp = EvaluationInput(
+        "chest", "v1", "resnet18_small", "multilabel", ["Pleural effusion", "nodule/mass"], Y, P, FAST
+    )
     m = evaluate(inp)
     return inp, m, render_plots(inp, m)
 
@@ -148,8 +176,19 @@ def test_report_is_self_contained_and_shows_the_key_numbers(binary, tmp_path):
     assert "Subgroups performing below the overall AUROC" in html and "site = b" in html
     assert fmt_ci(rows["b"]["auroc_ci"]) in html
     # engineer sections
-    for text in ("Data flow", "landed batches", "Missing data", "lactate", "median + indicator", "Dataset shift",
-                 "Evaluation settings", "Model versus baseline", "Decision curve", "Calibration", "Top terms"):
+    for text in (
+        "Data flow",
+        "landed batches",
+        "Missing data",
+        "lactate",
+        "median + indicator",
+        "Dataset shift",
+        "Evaluation settings",
+        "Model versus baseline",
+        "Decision curve",
+        "Calibration",
+        "Top terms",
+    ):
         assert text in html
     assert "<b>cough</b>" in html  # the extra fragment is inserted as HTML
     # autoescape: values from the metrics are escaped
@@ -159,8 +198,11 @@ def test_report_is_self_contained_and_shows_the_key_numbers(binary, tmp_path):
 
 def test_report_refuses_sections_that_load_external_resources(binary):
     _, m, plots = binary
-    for bad in ('<img src="https://example.org/x.png">', "<a href='//cdn.example/x'>x</a>",
-                '<div style="background:url(http://x/y.png)"></div>'):
+    for bad in (
+        '<img src="https://example.org/x.png">',
+        "<a href='//cdn.example/x'>x</a>",
+        '<div style="background:url(http://x/y.png)"></div>',
+    ):
         with pytest.raises(ValueError, match="external"):
             render_report_html(m, plots, [("Saliency", bad)])
     ok = render_report_html(m, {}, [("Saliency", '<img src="data:image/png;base64,AAAA" alt="map">')])
@@ -179,13 +221,21 @@ def test_multiclass_and_multilabel_reports(multiclass, multilabel):
 
 
 SELECTION = {
-    "chosen": "logistic", "metric": "AUROC", "z": 1.645, "cv_below_rows": 20000, "evidence": "cross-validation",
-    "method": "2 x 5-fold cross-validation over 2,314 train+validation rows", "n_rows": 2314, "n_folds": 10,
+    "chosen": "logistic",
+    "metric": "AUROC",
+    "z": 1.645,
+    "cv_below_rows": 20000,
+    "evidence": "cross-validation",
+    "method": "2 x 5-fold cross-validation over 2,314 train+validation rows",
+    "n_rows": 2314,
+    "n_folds": 10,
     "reason": "the simpler logistic baseline kept: xgboost's AUROC advantage, -0.021, does not exceed 1.645 x its "
-              "standard error 0.012 (2 x 5-fold cross-validation over 2,314 train+validation rows)",
+    "standard error 0.012 (2 x 5-fold cross-validation over 2,314 train+validation rows)",
     "candidates": {"xgboost": {"score": 0.7013, "se": 0.0151}, "logistic": {"score": 0.7224, "se": 0.0142}},
-    "difference": -0.0211, "difference_se": 0.0118, "validation": {"xgboost": 0.7325, "logistic": 0.7299},
-}  # fmt: skip
+    "difference": -0.0211,
+    "difference_se": 0.0118,
+    "validation": {"xgboost": 0.7325, "logistic": 0.7299},
+}
 
 
 def test_report_shows_both_candidates_the_rule_and_the_decision(binary):
@@ -194,8 +244,8 @@ def test_report_shows_both_candidates_the_rule_and_the_decision(binary):
     assert "Model selection" not in render_report_html(m, {})  # no choice recorded (image and text tasks)
     html = render_report_html({**m, "model_selection": SELECTION}, {})
     _assert_self_contained(html)
-    section = html[html.index("<h2>Model selection</h2>"):]
-    section = section[:section.index("<h2>", 5)]
+    section = html[html.index("<h2>Model selection</h2>") :]
+    section = section[: section.index("<h2>", 5)]
     for figure in ("0.701", "0.015", "0.722", "0.014", "0.733", "0.730", "-0.021", "0.012", "0.003"):
         assert f'<td class="n">{figure}</td>' in section, figure
     assert '<tr class="op"><td>logistic (chosen)</td>' in section and "xgboost (chosen)" not in section
@@ -204,16 +254,33 @@ def test_report_shows_both_candidates_the_rule_and_the_decision(binary):
     assert not re.search(r"\bnan\b|None", section)
 
 
-SECTIONS = ["## Model details", "## Intended use", "## Factors", "## Metrics", "## Evaluation data",
-            "## Training data", "## Quantitative analyses", "### Disaggregated (subgroup) results",
-            "## Ethical considerations", "## Caveats and recommendations"]
+SECTIONS = [
+    "## Model details",
+    "## Intended use",
+    "## Factors",
+    "## Metrics",
+    "## Evaluation data",
+    "## Training data",
+    "## Quantitative analyses",
+    "### Disaggregated (subgroup) results",
+    "## Ethical considerations",
+    "## Caveats and recommendations",
+]
 
 
 def _card(**kw) -> ModelCardInfo:
-    args = dict(task="sepsis", description="Flags likely sepsis.", intended_use="ED triage support.",
-                modality="tabular", training_data="EHR extract, 2019-2023.", model_name="xgboost",
-                model_version="20240101-abc", hyperparameters={"max_depth": 4, "objective": "a|b"},
-                limitations=["Single hospital."], ethical_notes=["Reviewed by the ethics board."])
+    args = dict(
+        task="sepsis",
+        description="Flags likely sepsis.",
+        intended_use="ED triage support.",
+        modality="tabular",
+        training_data="EHR extract, 2019-2023.",
+        model_name="xgboost",
+        model_version="20240101-abc",
+        hyperparameters={"max_depth": 4, "objective": "a|b"},
+        limitations=["Single hospital."],
+        ethical_notes=["Reviewed by the ethics board."],
+    )
     args.update(kw)
     return ModelCardInfo(**args)
 
@@ -252,9 +319,16 @@ def test_summary_markdown(binary, multiclass):
     assert f"| macro AUROC | {fmt_num(multiclass[1]['auroc'])} |" in summary_markdown(multiclass[1])
 
 
-HOSTILE = ["<script>alert(1)</script>", "[x](javascript:alert(1))", "![i](javascript:alert(2))",
-           "<img src=x onerror=alert(3)>", "a|b\n| forged | row |", "# heading\n- item", "**bold** _em_ `code`",
-           "<javascript:alert(4)>"]  # fmt: skip
+HOSTILE = [
+    "<script>alert(1)</script>",
+    "[x](javascript:alert(1))",
+    "![i](javascript:alert(2))",
+    "<img src=x onerror=alert(3)>",
+    "a|b\n| forged | row |",
+    "# heading\n- item",
+    "**bold** _em_ `code`",
+    "<javascript:alert(4)>",
+]
 
 
 def _rendered(md: str) -> _Refs:
@@ -272,15 +346,32 @@ def test_model_card_escapes_every_data_derived_string():
     y = rng.integers(0, 2, n)
     values = np.array([HOSTILE[i % len(HOSTILE)] for i in range(n)], dtype=object)
     inp = EvaluationInput(
-        task="t", model_version="v1", model_name=HOSTILE[1], kind="binary", classes=[HOSTILE[0], HOSTILE[1]],
-        y_true=y, proba=special.expit(rng.normal(2 * (y - 0.5), 1.0)), settings=EvaluationSpec(n_bootstrap=100,
-        min_subgroup_n=5), n_train=800, n_val=200, n_test=n, subgroups={HOSTILE[4]: values, HOSTILE[3]: values},
+        task="t",
+        model_version="v1",
+        model_name=HOSTILE[1],
+        kind="binary",
+        classes=[HOSTILE[0], HOSTILE[1]],
+        y_true=y,
+        proba=special.expit(rng.normal(2 * (y - 0.5), 1.0)),
+        settings=EvaluationSpec(n_bootstrap=100, min_subgroup_n=5),
+        n_train=800,
+        n_val=200,
+        n_test=n,
+        subgroups={HOSTILE[4]: values, HOSTILE[3]: values},
         missing_data=[{"feature": HOSTILE[2], "n_missing": 3, "rate": 0.01, "handling": HOSTILE[6]}],
         shift=standardized_mean_differences({HOSTILE[7]: rng.normal(0, 1, 500)}, {HOSTILE[7]: rng.normal(3, 1, n)}),
-    )  # fmt: skip
+    )
     m = evaluate(inp)
-    md = render_model_card(m, _card(description="\n".join(HOSTILE), training_data=HOSTILE[5], model_name=HOSTILE[2],
-                                    hyperparameters={HOSTILE[0]: HOSTILE[4]}, limitations=[HOSTILE[1]]))  # fmt: skip
+    md = render_model_card(
+        m,
+        _card(
+            description="\n".join(HOSTILE),
+            training_data=HOSTILE[5],
+            model_name=HOSTILE[2],
+            hyperparameters={HOSTILE[0]: HOSTILE[4]},
+            limitations=[HOSTILE[1]],
+        ),
+    )
     refs = _rendered(md)
     assert not refs.refs, refs.refs
     assert not {"script", "img", "a", "em"} & set(refs.tags)

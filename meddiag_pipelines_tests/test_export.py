@@ -24,12 +24,28 @@ from meddiag_pipelines.storage import DataRoot
 from meddiag_pipelines_tests.conftest import SYNTHETIC_SPEC, synthetic_records
 
 VERSION = "20261201T000000.000Z-abcdef12"
-TEXT_SPEC = {"name": "tiny_notes", "modality": "text", "label": "label", "text": "note", "id": "note_id",
-             "classes": ["cardiac", "infection", "trauma"], "training": {"epochs": 2, "batch_size": 8, "seed": 1}}  # fmt: skip
+TEXT_SPEC = {
+    "name": "tiny_notes",
+    "modality": "text",
+    "label": "label",
+    "text": "note",
+    "id": "note_id",
+    "classes": ["cardiac", "infection", "trauma"],
+    "training": {"epochs": 2, "batch_size": 8, "seed": 1},
+}
 
 
-def publish(root: Path, task: str, fill, plan: dict, test_ids: list[str], name: str, classes: list[str],
-            predictions=None, version: str = VERSION) -> None:  # fmt: skip
+def publish(
+    root: Path,
+    task: str,
+    fill,
+    plan: dict,
+    test_ids: list[str],
+    name: str,
+    classes: list[str],
+    predictions=None,
+    version: str = VERSION,
+) -> None:
     """A published version whose model folder ``fill(model_dir)`` writes, with its plan and test predictions
     (``predictions(model_dir)``: the frame, else only the ids)."""
     registry = ModelRegistry(DataRoot(root))
@@ -48,9 +64,18 @@ def image_root(tmp_path_factory) -> tuple[Path, list[str]]:
     from meddiag_pipelines.imaging.train import train_image_model
     from scripts.phantoms import write_phantom_batch
 
-    spec = TaskSpec.model_validate({"name": "tiny_cnn", "modality": "image", "label": "label", "id": "id",
-                                    "positive": "finding", "classes": ["normal", "finding"],
-                                    "image": {"format": "folder", "size": 28}, "training": {"epochs": 1, "batch_size": 8}})  # fmt: skip
+    spec = TaskSpec.model_validate(
+        {
+            "name": "tiny_cnn",
+            "modality": "image",
+            "label": "label",
+            "id": "id",
+            "positive": "finding",
+            "classes": ["normal", "finding"],
+            "image": {"format": "folder", "size": 28},
+            "training": {"epochs": 1, "batch_size": 8},
+        }
+    )
     root = tmp_path_factory.mktemp("export_image") / "data"
     batch = write_phantom_batch(root / "landing" / spec.name / "batch_0001", n=20, seed=5, size=28)
     records = read_image_batch(batch, spec).records.sort("id")
@@ -62,8 +87,14 @@ def image_root(tmp_path_factory) -> tuple[Path, list[str]]:
     def fill(model_dir: Path) -> None:
         train_image_model(X[:12], y[:12], X[12:16], y[12:16], "binary", 1, spec, model_dir, device="cpu", width=8)
 
-    plan = {"modality": "image", "cache_dir": f"cache/{spec.name}", "size": 28, "channels": 1, "predictor": "cnn",
-            "classes": spec.classes}  # fmt: skip
+    plan = {
+        "modality": "image",
+        "cache_dir": f"cache/{spec.name}",
+        "size": 28,
+        "channels": 1,
+        "predictor": "cnn",
+        "classes": spec.classes,
+    }
     publish(root, spec.name, fill, plan, ids[16:], "resnet18_small", spec.classes)
     return root, ids[16:]
 
@@ -124,13 +155,15 @@ def test_a_text_ngram_version_exports_with_parity(tmp_path, monkeypatch, capsys)
     y = np.array([i % 3 for i in range(30)])
     root = tmp_path / "data"
     ids = [f"n{i:03d}" for i in range(30)]
-    split = pl.DataFrame({"note_id": ids, "note": notes, "label": labels,
-                          SPLIT_COLUMN: ["train"] * 18 + ["val"] * 6 + ["test"] * 6})  # fmt: skip
+    split = pl.DataFrame(
+        {"note_id": ids, "note": notes, "label": labels, SPLIT_COLUMN: ["train"] * 18 + ["val"] * 6 + ["test"] * 6}
+    )
     DataRoot(root).write_parquet(f"warehouse/tables/{spec.name}/split/{VERSION}.parquet", split)
 
     def fill(model_dir: Path) -> None:
-        model, _ = text_models._train_neural(notes[:18], y[:18], notes[18:24], y[18:24], spec.classes, spec, "cpu",
-                                             math.inf)  # fmt: skip
+        model, _ = text_models._train_neural(
+            notes[:18], y[:18], notes[18:24], y[18:24], spec.classes, spec, "cpu", math.inf
+        )
         model.save(model_dir)
 
     plan = {"modality": "text", "text_column": "note", "min_text_chars": 1, "scrubbed_at_read": True, "binary": False}
@@ -173,31 +206,39 @@ def test_an_unknown_version_or_a_task_without_its_spec_is_refused_clearly(tmp_pa
 
 # -- tabular: XGBoost and the logistic baseline, binary and multi-class ---------------------------------------------
 LOGISTIC = "20261201T000000.000Z-abcdef13"
-GRADE_SPEC = {**{k: v for k, v in SYNTHETIC_SPEC.items() if k != "positive"}, "name": "synthetic_grade",
-              "label": "grade", "classes": ["low", "mid", "high"]}  # fmt: skip
+GRADE_SPEC = {
+    **{k: v for k, v in SYNTHETIC_SPEC.items() if k != "positive"},
+    "name": "synthetic_grade",
+    "label": "grade",
+    "classes": ["low", "mid", "high"],
+}
 
 
 def tabular_versions(root: Path, spec: TaskSpec, records: pl.DataFrame) -> None:
     """Both tabular models trained once by the project's trainer on a hand split (its split table written where
     the run's would be); version ``VERSION`` keeps XGBoost, ``LOGISTIC`` the logistic model; test predictions in
     reverse split order."""
-    from meddiag_pipelines.labels import class_list, encode_labels
     from meddiag_pipelines.flat.features import fit_plan, transform
     from meddiag_pipelines.flat.models import model_inputs, predict_tabular, train_tabular_models
+    from meddiag_pipelines.labels import class_list, encode_labels
 
     split = records.with_columns(pl.Series(SPLIT_COLUMN, ["train"] * 100 + ["val"] * 30 + ["test"] * 30))
     train, val, test = (split.filter(pl.col(SPLIT_COLUMN) == s) for s in ("train", "val", "test"))
     plan, classes = fit_plan(train, spec), class_list(spec, split)
     trained = root.parent / "trained" / spec.name
-    (X_train, y_train), (X_val, y_val) = ((transform(f, plan).to_numpy(), encode_labels(f[spec.label], classes))
-                                          for f in (train, val))  # fmt: skip
+    (X_train, y_train), (X_val, y_val) = (
+        (transform(f, plan).to_numpy(), encode_labels(f[spec.label], classes)) for f in (train, val)
+    )
     train_tabular_models(X_train, y_train, X_val, y_val, len(classes), spec.training, trained, plan.model_names)
 
     def predictions(model_dir: Path) -> pl.DataFrame:
         rows = test.reverse()
-        return prediction_frame(spec, rows, predict_tabular(model_dir, model_inputs(model_dir, rows, plan.as_dict())), classes)
+        return prediction_frame(
+            spec, rows, predict_tabular(model_dir, model_inputs(model_dir, rows, plan.as_dict())), classes
+        )
 
     for version, chosen in ((VERSION, "xgboost"), (LOGISTIC, "logistic")):
+
         def fill(model_dir: Path, chosen: str = chosen) -> None:
             shutil.copytree(trained, model_dir)
             atomic_write_json(model_dir / "chosen.json", {"chosen": chosen})
@@ -217,12 +258,15 @@ def tabular_root(tmp_path_factory) -> tuple[Path, Path]:
     tasks.mkdir()
     records = synthetic_records(160, seed=3)
     score = pl.col("x1") - pl.col("x2")
-    graded = records.with_columns(grade=pl.when(score < -0.5).then(pl.lit("low")).when(score < 0.5)
-                                  .then(pl.lit("mid")).otherwise(pl.lit("high"))).drop("outcome")  # fmt: skip
+    graded = records.with_columns(
+        grade=pl.when(score < -0.5).then(pl.lit("low")).when(score < 0.5).then(pl.lit("mid")).otherwise(pl.lit("high"))
+    ).drop("outcome")
     for raw, frame in ((SYNTHETIC_SPEC, records), (GRADE_SPEC, graded)):
         (tasks / f"{raw['name']}.yaml").write_text(json.dumps(raw))
         spec = fast(TaskSpec.model_validate(raw))
-        tabular_versions(root, spec.model_copy(update={"training": spec.training.model_copy(update={"trials": 1})}), frame)
+        tabular_versions(
+            root, spec.model_copy(update={"training": spec.training.model_copy(update={"trials": 1})}), frame
+        )
     return root, tasks
 
 
@@ -239,7 +283,9 @@ def test_a_tabular_xgboost_version_exports_with_parity_once(tabular_root, monkey
     assert "parity on 30 test rows" in out and "max |onnxruntime - xgboost| of the probabilities" in out
     folder = export_dir(root, "synthetic_risk", VERSION)
     parity = json.loads((folder / "parity.json").read_text())
-    assert parity["max_abs_diff"] <= 1e-4 and parity["output_shape"] == ["batch"] and parity["output"] == "probabilities"
+    assert (
+        parity["max_abs_diff"] <= 1e-4 and parity["output_shape"] == ["batch"] and parity["output"] == "probabilities"
+    )
     assert parity["split_probe_rows"] > 0 and parity["max_abs_diff_at_split_thresholds"] <= 1e-4
     assert parity["test_predictions_max_abs_diff"] <= 1e-4 and "recalibration" in parity["then"]
 
@@ -247,8 +293,9 @@ def test_a_tabular_xgboost_version_exports_with_parity_once(tabular_root, monkey
     model_dir = root / "models" / "synthetic_risk" / VERSION / "model"
     features = json.loads((folder / "features.json").read_text())
     assert [c["name"] for c in features["columns"]] == read_meta(model_dir)["feature_names"]
-    rows = synthetic_records(6, seed=9, start=500).with_columns(pl.lit(None, pl.Float64).alias("x3"),
-                                                                pl.Series("group", ["A", "B", "C"] * 2))  # fmt: skip
+    rows = synthetic_records(6, seed=9, start=500).with_columns(
+        pl.lit(None, pl.Float64).alias("x3"), pl.Series("group", ["A", "B", "C"] * 2)
+    )
     X = model_inputs(model_dir, rows, features["plan"]).astype(np.float32)
     session = onnxruntime.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
     (proba,) = session.run(["probabilities"], {"features": X})
@@ -259,13 +306,17 @@ def test_a_tabular_xgboost_version_exports_with_parity_once(tabular_root, monkey
     assert "already exported" in capsys.readouterr().out and (folder / "model.onnx").stat().st_mtime_ns == before
 
 
-@pytest.mark.parametrize(("task", "version", "shape", "reference"), [
-    ("synthetic_risk", LOGISTIC, ["batch"], "numpy"),
-    ("synthetic_grade", VERSION, ["batch", 3], "xgboost"),
-    ("synthetic_grade", LOGISTIC, ["batch", 3], "numpy"),
-])  # fmt: skip
-def test_logistic_and_multiclass_tabular_versions_export_with_parity(tabular_root, monkeypatch, task, version, shape,
-                                                                     reference):  # fmt: skip
+@pytest.mark.parametrize(
+    ("task", "version", "shape", "reference"),
+    [
+        ("synthetic_risk", LOGISTIC, ["batch"], "numpy"),
+        ("synthetic_grade", VERSION, ["batch", 3], "xgboost"),
+        ("synthetic_grade", LOGISTIC, ["batch", 3], "numpy"),
+    ],
+)
+def test_logistic_and_multiclass_tabular_versions_export_with_parity(
+    tabular_root, monkeypatch, task, version, shape, reference
+):
     import onnxruntime
 
     from meddiag_pipelines.registry.export import export_version
@@ -275,8 +326,9 @@ def test_logistic_and_multiclass_tabular_versions_export_with_parity(tabular_roo
     record = export_version(root, task, version)
     assert record["max_abs_diff"] <= 1e-4 and record["output_shape"] == shape and record["reference"] == reference
     assert record["n_test"] == 30 and record["test_predictions_max_abs_diff"] <= 1e-4
-    session = onnxruntime.InferenceSession(str(export_dir(root, task, version) / "model.onnx"),
-                                           providers=["CPUExecutionProvider"])  # fmt: skip
+    session = onnxruntime.InferenceSession(
+        str(export_dir(root, task, version) / "model.onnx"), providers=["CPUExecutionProvider"]
+    )
     (proba,) = session.run(["probabilities"], {"features": np.zeros((2, session.get_inputs()[0].shape[1]), np.float32)})
     if len(shape) == 2:  # per-class probabilities
         np.testing.assert_allclose(proba.sum(axis=1), 1.0, atol=1e-5)

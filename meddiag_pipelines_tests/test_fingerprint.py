@@ -12,18 +12,23 @@ import dagster as dg
 import polars as pl
 import pytest
 
+from meddiag_pipelines import __version__
 from meddiag_pipelines.atomic import STALE_AFTER_S, atomic_write_json
-from meddiag_pipelines.defs.build import build_definitions
 from meddiag_pipelines.defs.assets.lifecycle import publish_candidate, unchanged_candidate
+from meddiag_pipelines.defs.build import build_definitions
 from meddiag_pipelines.defs.resources.storage import MeddiagStorage
 from meddiag_pipelines.registry import store
+from meddiag_pipelines.registry.fingerprint import (
+    PACKAGE,
+    code_version,
+    source_digest,
+    trained_batch_hashes,
+    training_fingerprint,
+)
 from meddiag_pipelines.registry.promotion import Decision
-from meddiag_pipelines import __version__
-from meddiag_pipelines.registry.fingerprint import (PACKAGE, code_version, source_digest, trained_batch_hashes,
-                                                    training_fingerprint)  # fmt: skip
-from meddiag_pipelines.update import run_task_in_process
-from meddiag_pipelines.storage import DataRoot
 from meddiag_pipelines.registry.store import ModelRegistry
+from meddiag_pipelines.storage import DataRoot
+from meddiag_pipelines.update import run_task_in_process
 from meddiag_pipelines_tests.conftest import land, synthetic_records
 
 
@@ -32,7 +37,9 @@ def test_fingerprint_follows_data_model_settings_and_code_only(synthetic_spec):
     assert base == training_fingerprint(["h1", "h2"], synthetic_spec.model_copy(), "1.0+abc")
     unchanged = [
         synthetic_spec.model_copy(update={"description": "reworded"}),
-        synthetic_spec.model_copy(update={"schedule": synthetic_spec.schedule.model_copy(update={"cron": "0 3 * * *"})}),
+        synthetic_spec.model_copy(
+            update={"schedule": synthetic_spec.schedule.model_copy(update={"cron": "0 3 * * *"})}
+        ),
         synthetic_spec.model_copy(update={"promotion": synthetic_spec.promotion.model_copy(update={"margin": 0.05})}),
     ]
     assert all(training_fingerprint(["h1", "h2"], s, "1.0+abc") == base for s in unchanged)
@@ -40,23 +47,33 @@ def test_fingerprint_follows_data_model_settings_and_code_only(synthetic_spec):
         training_fingerprint(["h1", "h2", "h3"], synthetic_spec, "1.0+abc"),  # new data
         training_fingerprint(["h2", "h1"], synthetic_spec, "1.0+abc"),  # the same batches in another order
         training_fingerprint(["h1", "h2"], synthetic_spec, "1.0+def"),  # new code
-        training_fingerprint(["h1", "h2"], synthetic_spec.model_copy(
-            update={"training": synthetic_spec.training.model_copy(update={"seed": 7})}), "1.0+abc"),  # fmt: skip
+        training_fingerprint(
+            ["h1", "h2"],
+            synthetic_spec.model_copy(update={"training": synthetic_spec.training.model_copy(update={"seed": 7})}),
+            "1.0+abc",
+        ),
         training_fingerprint(["h1", "h2"], synthetic_spec.model_copy(update={"exclude": ["x3"]}), "1.0+abc"),
     ]
     assert base not in changed and len(set(changed)) == len(changed)
 
 
 def test_only_validated_batches_with_labelled_rows_count():
-    ledger = pl.DataFrame({"batch_id": ["b2", "b1", "b3", "b4"], "content_hash": ["h2", "h1", "h3", "h4"],
-                           "status": ["validated", "validated", "quarantined", "validated"]})  # fmt: skip
+    ledger = pl.DataFrame(
+        {
+            "batch_id": ["b2", "b1", "b3", "b4"],
+            "content_hash": ["h2", "h1", "h3", "h4"],
+            "status": ["validated", "validated", "quarantined", "validated"],
+        }
+    )
     assert trained_batch_hashes(ledger, {"b1", "b2", "b3"}) == ["h1", "h2"]  # b4: cases to score only
 
 
 def test_registry_finds_the_version_with_a_fingerprint_and_publishes_no_second_one(tmp_path):
     registry = ModelRegistry(DataRoot(tmp_path), "")
-    held = [registry.publish("t", version, {"fingerprint": fingerprint})
-            for version, fingerprint in (("v1", "f1"), ("v2", "f2"), ("v3", "f1"))]  # fmt: skip
+    held = [
+        registry.publish("t", version, {"fingerprint": fingerprint})
+        for version, fingerprint in (("v1", "f1"), ("v2", "f2"), ("v3", "f1"))
+    ]
     assert held == ["v1", "v2", "v1"] and registry.versions("t") == ["v1", "v2"]
     assert not (tmp_path / "t" / ".staging" / "v3").exists()  # the copy's staging is discarded
     assert registry.version_with_fingerprint("t", "f1") == "v1"
@@ -86,26 +103,45 @@ def test_a_fingerprint_claimed_by_a_run_that_died_elsewhere_gives_way_after_an_h
 
 
 def _candidate(version: str) -> dict:
-    return {"version": version, "name": "xgboost", "framework": "xgboost", "params": {}, "val_score": 0.9,
-            "classes": ["no", "yes"], "device": "cpu", "plan": {"columns": []}}  # fmt: skip
+    return {
+        "version": version,
+        "name": "xgboost",
+        "framework": "xgboost",
+        "params": {},
+        "val_score": 0.9,
+        "classes": ["no", "yes"],
+        "device": "cpu",
+        "plan": {"columns": []},
+    }
 
 
-def test_two_runs_publishing_the_same_inputs_at_once_publish_and_promote_one_version(tmp_path, synthetic_spec, monkeypatch):
+def test_two_runs_publishing_the_same_inputs_at_once_publish_and_promote_one_version(
+    tmp_path, synthetic_spec, monkeypatch
+):
     """As two simultaneous `update`s under an instance without pools: both decide to publish and promote their
     candidate, trained from the same inputs, at the same moment."""
     storage = MeddiagStorage(data_dir=str(tmp_path))
     registry, promoted, runs = storage.registry, [], 6
     real_set_champion = ModelRegistry.set_champion
-    monkeypatch.setattr(ModelRegistry, "set_champion",
-                        lambda self, *a, **k: promoted.append(a[1]) or real_set_champion(self, *a, **k))  # fmt: skip
+    monkeypatch.setattr(
+        ModelRegistry, "set_champion", lambda self, *a, **k: promoted.append(a[1]) or real_set_champion(self, *a, **k)
+    )
     together = threading.Barrier(runs)
 
     def publish(i: int) -> tuple[str, dict | None]:
         candidate = _candidate(f"v{i}")
         registry.staging_dir(synthetic_spec.name, candidate["version"])
         together.wait()
-        return publish_candidate(synthetic_spec, storage, candidate, candidate, {"auroc": 0.9}, None,
-                                 Decision(True, ["first model clears the floor"]), "f1")  # fmt: skip
+        return publish_candidate(
+            synthetic_spec,
+            storage,
+            candidate,
+            candidate,
+            {"auroc": 0.9},
+            None,
+            Decision(True, ["first model clears the floor"]),
+            "f1",
+        )
 
     with ThreadPoolExecutor(runs) as pool:
         results = list(pool.map(publish, range(runs)))
@@ -122,7 +158,9 @@ def _run(spec, layout) -> dict:
     with dg.instance_for_test() as instance:
         result = run_task_in_process(defs, spec, instance)
     assert result.success
-    [event] = [e for e in result.get_asset_materialization_events() if e.asset_key == dg.AssetKey([spec.name, "champion"])]
+    [event] = [
+        e for e in result.get_asset_materialization_events() if e.asset_key == dg.AssetKey([spec.name, "champion"])
+    ]
     return {k: v.value for k, v in event.materialization.metadata.items()}
 
 
@@ -150,7 +188,9 @@ def test_an_unchanged_rerun_publishes_nothing_and_a_changed_spec_retrains(synthe
     reseeded = synthetic_spec.model_copy(update={"training": synthetic_spec.training.model_copy(update={"seed": 7})})
     third = _run(reseeded, layout)
     assert third["published"] and third["fingerprint"] != first["fingerprint"] and len(registry.versions(task)) == 2
-    assert json.loads((layout.local / "models" / task / "champion.json").read_text())["version"] in registry.versions(task)
+    assert json.loads((layout.local / "models" / task / "champion.json").read_text())["version"] in registry.versions(
+        task
+    )
 
 
 def test_code_version_is_the_package_version_and_its_source_digest():

@@ -22,11 +22,22 @@ from meddiag_pipelines_tests.test_text_pipeline import _strings_of_duckdb, _stri
 pytestmark = pytest.mark.slow
 RUN_TIMEOUT_S = 600
 # One canary per PHI class, in the forms the scrubber must catch; each is unique enough to grep for.
-PHI_NOTE = ("Seen by dr. Zorbulax Quentaro on 14MAR1931 (again MARCH 14, 2023 and 17/Apr/2023); call "
-            "+44 20 7946 0958 or 555\u2013881\u20133397; SSN 321.54.9876; MR No. 4455667, chart: 3344556; "
-            "93 y.o.; lives at 4417 Wexmoor Street.")  # fmt: skip
-CANARIES = ["Zorbulax", "Quentaro", "14MAR1931", "7946 0958", "881\u20133397", "321.54.9876", "4455667", "3344556",
-            "Wexmoor"]  # fmt: skip
+PHI_NOTE = (
+    "Seen by dr. Zorbulax Quentaro on 14MAR1931 (again MARCH 14, 2023 and 17/Apr/2023); call "
+    "+44 20 7946 0958 or 555\u2013881\u20133397; SSN 321.54.9876; MR No. 4455667, chart: 3344556; "
+    "93 y.o.; lives at 4417 Wexmoor Street."
+)
+CANARIES = [
+    "Zorbulax",
+    "Quentaro",
+    "14MAR1931",
+    "7946 0958",
+    "881\u20133397",
+    "321.54.9876",
+    "4455667",
+    "3344556",
+    "Wexmoor",
+]
 ID_CANARY = "IDCANARY"
 
 
@@ -34,7 +45,8 @@ def _tabular_batches(landing: Path) -> None:
     good = synthetic_records(400, seed=1).with_columns((pl.lit(ID_CANARY) + pl.col("rid")).alias("rid"))
     _land(landing / "batch_0001", good.write_csv().encode())
     awkward = synthetic_records(120, seed=2, start=1000).with_columns(
-        pl.Series("dose[mg]", [f"<0.0{i % 3}" for i in range(120)]))
+        pl.Series("dose[mg]", [f"<0.0{i % 3}" for i in range(120)])
+    )
     _land(landing / "batch 0002 ünïcode", awkward.write_csv().encode())
     quote = good.head(3).write_csv() + f'r9999,p9999,1,2,3,A,"{PHI_NOTE}\n'
     _land(landing / "batch_0003_unterminated", quote.encode())
@@ -56,8 +68,13 @@ def _text_rows(n: int, seed: int) -> pl.DataFrame:
     for i in range(n):
         label = rng.choice(["cardiac", "respiratory"])
         body = rng.choice(cardiac if label == "cardiac" else lung) + f", case {i % 17}"
-        rows.append({"note_id": f"{ID_CANARY}{seed}-{i}", "note": body + (". " + PHI_NOTE if i % 5 == 0 else ""),
-                     "label": label})  # fmt: skip
+        rows.append(
+            {
+                "note_id": f"{ID_CANARY}{seed}-{i}",
+                "note": body + (". " + PHI_NOTE if i % 5 == 0 else ""),
+                "label": label,
+            }
+        )
     return pl.DataFrame(rows)
 
 
@@ -67,7 +84,12 @@ def _text_batches(landing: Path, outside: Path) -> None:
     folder = landing / "batch_0003_paths"
     _land(folder, None)
     (folder / "a.txt").write_text("productive cough and fever, case 3")
-    rows = ["file,label,note_id", "a.txt,respiratory,t1", f"{outside},cardiac,t2", "../../../warehouse/meddiag.duckdb,cardiac,t3"]
+    rows = [
+        "file,label,note_id",
+        "a.txt,respiratory,t1",
+        f"{outside},cardiac,t2",
+        "../../../warehouse/meddiag.duckdb,cardiac,t3",
+    ]
     (folder / "labels.csv").write_text("\n".join(rows) + "\n")
     _land(landing / "batch_0004_fifo", None)
     os.mkfifo(landing / "batch_0004_fifo" / "notes.jsonl")
@@ -81,8 +103,11 @@ def _land(folder: Path, raw: bytes | None, name: str = "records.csv") -> None:
 
 
 def _digests(root: Path, skip: tuple[Path, ...]) -> dict[str, str]:
-    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in root.rglob("*")
-            if p.is_file() and not p.is_symlink() and not any(p.is_relative_to(s) for s in skip)}  # fmt: skip
+    return {
+        str(p): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in root.rglob("*")
+        if p.is_file() and not p.is_symlink() and not any(p.is_relative_to(s) for s in skip)
+    }
 
 
 def _blob(path: Path) -> bytes:
@@ -106,11 +131,21 @@ def test_hostile_batches_through_the_cli(tmp_path: Path):
     shutil.copy(REPO / "dagster_home" / "dagster.yaml", home / "dagster.yaml")
     outside = tmp_path / "outside.txt"
     outside.write_text("nobody's business\n")
-    tabular = {**SYNTHETIC_SPEC, "training": {"trials": 1, "timeout_s": 10, "max_rounds": 60},
-               "evaluation": {"n_bootstrap": 100}}  # fmt: skip
-    text = {"name": "hostile_notes", "modality": "text", "text": "note", "label": "label", "id": "note_id",
-            "training": {"epochs": 2, "time_budget_s": 30}, "evaluation": {"n_bootstrap": 100},
-            "promotion": {"auroc_floor": 0.6}}  # fmt: skip
+    tabular = {
+        **SYNTHETIC_SPEC,
+        "training": {"trials": 1, "timeout_s": 10, "max_rounds": 60},
+        "evaluation": {"n_bootstrap": 100},
+    }
+    text = {
+        "name": "hostile_notes",
+        "modality": "text",
+        "text": "note",
+        "label": "label",
+        "id": "note_id",
+        "training": {"epochs": 2, "time_budget_s": 30},
+        "evaluation": {"n_bootstrap": 100},
+        "promotion": {"auroc_floor": 0.6},
+    }
     for spec in (tabular, text):
         (tasks / f"{spec['name']}.yaml").write_text(yaml.safe_dump(spec))
     _tabular_batches(data / "landing" / tabular["name"])
@@ -132,7 +167,7 @@ def test_hostile_batches_through_the_cli(tmp_path: Path):
     places = [home, data / "warehouse", data / "models", data / "reports", data / "cache"]
     places += list((data / "quarantine").rglob("reason.json"))
     for place in places:
-        for path in ([place] if place.is_file() else place.rglob("*")):
+        for path in [place] if place.is_file() else place.rglob("*"):
             if path.is_file() and not path.is_symlink():
                 hits = [c for c in CANARIES if c.lower().encode() in _blob(path).lower()]
                 if hits:

@@ -23,9 +23,9 @@ from meddiag_pipelines.ingestion import tables
 from meddiag_pipelines.ingestion.batches import ingest_new_batches, reconcile, validate_pending_batches
 from meddiag_pipelines.ingestion.errors import BatchRejected
 from meddiag_pipelines.ingestion.landing import LandedBatch, describe_batch
-from meddiag_pipelines.tabular.readers import read_tabular_batch
 from meddiag_pipelines.ingestion.warehouse import Warehouse
 from meddiag_pipelines.storage import DataRoot, PathOutsideDataRoot
+from meddiag_pipelines.tabular.readers import read_tabular_batch
 from meddiag_pipelines.validation.suites import validate_tabular
 from meddiag_pipelines_tests.conftest import land, synthetic_records
 
@@ -37,7 +37,8 @@ GOOD_ROWS = 40
 def records(n: int = 30, seed: int = 1, start: int = 0) -> pl.DataFrame:
     """Synthetic rows whose ids carry a canary, so any echo of an identifier is caught."""
     return synthetic_records(n, seed=seed, start=start).with_columns(
-        (pl.lit(CANARY + "-") + pl.col("rid")).alias("rid"), (pl.lit(CANARY + "-") + pl.col("pid")).alias("pid"))
+        (pl.lit(CANARY + "-") + pl.col("rid")).alias("rid"), (pl.lit(CANARY + "-") + pl.col("pid")).alias("pid")
+    )
 
 
 def csv_bytes(frame: pl.DataFrame, **kw) -> bytes:
@@ -93,7 +94,9 @@ def _parquet_bomb(layout, tmp):
 
 
 def _nested_parquet(layout, tmp):
-    land_raw(layout, "b1", parquet_bytes(records().with_columns(pl.concat_list("x1", "x2").alias("vec"))), "records.parquet")
+    land_raw(
+        layout, "b1", parquet_bytes(records().with_columns(pl.concat_list("x1", "x2").alias("vec"))), "records.parquet"
+    )
 
 
 def _semicolons(layout, tmp):
@@ -105,7 +108,9 @@ def _tabs(layout, tmp):
 
 
 def _latin1(layout, tmp):
-    land_raw(layout, "b1", records().with_columns(pl.lit("Müller-Lüdenscheidt").alias("ward")).write_csv().encode("latin-1"))
+    land_raw(
+        layout, "b1", records().with_columns(pl.lit("Müller-Lüdenscheidt").alias("ward")).write_csv().encode("latin-1")
+    )
 
 
 def _utf16_no_bom(layout, tmp):
@@ -114,7 +119,9 @@ def _utf16_no_bom(layout, tmp):
 
 def _mixed_types(layout, tmp):
     frame = records().with_columns(pl.col("x1").cast(pl.String))
-    frame = frame.with_columns(pl.when(pl.col("rid").str.ends_with("r3")).then(pl.lit("n/a")).otherwise(pl.col("x1")).alias("x1"))
+    frame = frame.with_columns(
+        pl.when(pl.col("rid").str.ends_with("r3")).then(pl.lit("n/a")).otherwise(pl.col("x1")).alias("x1")
+    )
     land_raw(layout, "b1", csv_bytes(frame))
 
 
@@ -258,8 +265,11 @@ ACCEPTED = [  # hostile-looking input that is valid data and must flow, whole
     ("UTF-8 with BOM", lambda layout, tmp: land_raw(layout, "b1", b"\xef\xbb\xbf" + csv_bytes(records())), 30),
     ("UTF-16 with BOM", lambda layout, tmp: land_raw(layout, "b1", records().write_csv().encode("utf-16")), 30),
     ("UTF-32 with BOM", lambda layout, tmp: land_raw(layout, "b1", records().write_csv().encode("utf-32")), 30),
-    ("CRLF line ends, no final newline", lambda layout, tmp: land_raw(
-        layout, "b1", csv_bytes(records(), line_terminator="\r\n").rstrip(b"\r\n")), 30),
+    (
+        "CRLF line ends, no final newline",
+        lambda layout, tmp: land_raw(layout, "b1", csv_bytes(records(), line_terminator="\r\n").rstrip(b"\r\n")),
+        30,
+    ),
     ("NaN in numeric columns (= not recorded)", _nan, 31),
     ("huge free-text field (2 MB per row)", _huge_text, 3),
 ]
@@ -401,7 +411,9 @@ def test_interrupted_quarantine_is_finished_by_the_next_run(synthetic_spec, layo
 
     land_raw(layout, "b1", b"")
     land_good(layout)
-    monkeypatch.setattr(batches, "quarantine_batch", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt("between ledger and move")))
+    monkeypatch.setattr(
+        batches, "quarantine_batch", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt("between ledger and move"))
+    )
     with pytest.raises(KeyboardInterrupt, match="between ledger and move"):
         ingest_and_validate(synthetic_spec, layout)
     monkeypatch.undo()
@@ -426,16 +438,24 @@ def _train_on(records_, spec, out):
 
 
 BLOCKING = [
-    ("finite values beyond float32", lambda f: f.with_columns(pl.when(pl.col("x1") > 1).then(1e39).otherwise(pl.col("x1")).alias("x1")),
-     "exceeds the float32"),
-    ("a column in the internal namespace", lambda f: f.with_columns(pl.lit("train").alias("_meddiag_split")), "reserved namespace"),
+    (
+        "finite values beyond float32",
+        lambda f: f.with_columns(pl.when(pl.col("x1") > 1).then(1e39).otherwise(pl.col("x1")).alias("x1")),
+        "exceeds the float32",
+    ),
+    (
+        "a column in the internal namespace",
+        lambda f: f.with_columns(pl.lit("train").alias("_meddiag_split")),
+        "reserved namespace",
+    ),
     ("two columns differing only in case", lambda f: f.with_columns(pl.col("x2").alias("X2")), "differ only in case"),
-]  # fmt: skip
+]
 
 
 @pytest.mark.parametrize(("kind", "mutate", "problem"), BLOCKING, ids=[b[0] for b in BLOCKING])
-def test_a_batch_that_would_block_training_is_quarantined_and_the_good_ones_train(kind, mutate, problem, synthetic_spec,
-                                                                                  layout, tmp_path):  # fmt: skip
+def test_a_batch_that_would_block_training_is_quarantined_and_the_good_ones_train(
+    kind, mutate, problem, synthetic_spec, layout, tmp_path
+):
     land(layout, TASK, "b1", mutate(records(60, seed=3)), filename="records.parquet")
     land(layout, TASK, "z_good", records(200, seed=9, start=5000))
     warehouse, ingest, records_, _ = ingest_and_validate(synthetic_spec, layout)
@@ -447,8 +467,10 @@ def test_a_batch_that_would_block_training_is_quarantined_and_the_good_ones_trai
 
 def test_real_headers_and_values_xgboost_refused_flow_into_training(synthetic_spec, layout, tmp_path):
     """`dose[mg]`, `<0.01` and an optional column first seen in a later batch (mostly missing overall)."""
-    first = records(200, seed=4).with_columns((pl.col("x1") * 10).alias("dose[mg]"),
-                                              pl.when(pl.col("x2") > 0).then(pl.lit("<0.01")).otherwise(pl.lit("0.2")).alias("crp"))  # fmt: skip
+    first = records(200, seed=4).with_columns(
+        (pl.col("x1") * 10).alias("dose[mg]"),
+        pl.when(pl.col("x2") > 0).then(pl.lit("<0.01")).otherwise(pl.lit("0.2")).alias("crp"),
+    )
     land(layout, TASK, "b1", first)
     land(layout, TASK, "b2", records(60, seed=5, start=3000).with_columns(pl.col("x1").alias("lactate")))
     warehouse, ingest, records_, validation = ingest_and_validate(synthetic_spec, layout)

@@ -127,7 +127,9 @@ def test_without_postgresql_a_developer_machine_skips_and_ci_fails(monkeypatch):
 
 def test_no_assert_of_a_constant():
     constant = {
-        (f, n.lineno) for f, tree in _sources().items() for n in ast.walk(tree)
+        (f, n.lineno)
+        for f, tree in _sources().items()
+        for n in ast.walk(tree)
         if isinstance(n, ast.Assert) and isinstance(n.test, ast.Constant)
     }
     assert not constant, sorted(constant)

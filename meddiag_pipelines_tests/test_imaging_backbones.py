@@ -58,10 +58,21 @@ def pretrained_file(tmp_path: Path, backbone: str, in_chans: int = 3, fmt: str =
 
 
 def write_spec(tmp_path: Path, backbone, weights=None, **image) -> Path:
-    spec = {"name": "tiny_backbone", "modality": "image", "label": "label", "positive": "finding",
-            "image": {"format": "folder", "size": 28, "backbone": backbone, "backbone_size": 32,
-                      "backbone_kwargs": TINY[backbone] if isinstance(backbone, str) else {}, **image},
-            "training": {"epochs": 2, "batch_size": 16, "learning_rate": 1e-3}}  # fmt: skip
+    spec = {
+        "name": "tiny_backbone",
+        "modality": "image",
+        "label": "label",
+        "positive": "finding",
+        "image": {
+            "format": "folder",
+            "size": 28,
+            "backbone": backbone,
+            "backbone_size": 32,
+            "backbone_kwargs": TINY[backbone] if isinstance(backbone, str) else {},
+            **image,
+        },
+        "training": {"epochs": 2, "batch_size": 16, "learning_rate": 1e-3},
+    }
     if weights:
         spec["image"]["weights"] = weights
     (tmp_path / "spec").mkdir(exist_ok=True)
@@ -84,8 +95,9 @@ def test_each_family_loads_trains_scores_and_reloads_identically(tmp_path: Path,
     spec = load_spec(write_spec(tmp_path, backbone, weights="../" + weights.name))  # relative to the spec file
     assert spec.image.weights == str(weights)
     X, y = tiny_data()
-    res = train_image_model(X[:30], y[:30], X[30:], y[30:], "binary", 1, spec, tmp_path / "model", device="cpu",
-                            num_threads=1)  # fmt: skip
+    res = train_image_model(
+        X[:30], y[:30], X[30:], y[30:], "binary", 1, spec, tmp_path / "model", device="cpu", num_threads=1
+    )
     meta = json.loads((res.model_dir / "model.json").read_text())
     assert meta["architecture"] == "timm" and meta["model_config"]["backbone"] == backbone
     assert meta["weights"] == weights.name and meta["hyperparameters"]["backbone"] == backbone
@@ -113,15 +125,24 @@ def test_one_channel_first_conv_is_the_sum_of_the_pretrained_rgb_filters(tmp_pat
 
 def test_a_vit_is_built_for_the_backbone_size_and_its_position_embeddings_resampled(tmp_path: Path) -> None:
     weights = pretrained_file(tmp_path, "vit_tiny_patch16_224")  # 32 px: a 4 x 4 grid of patches
-    model = new_backbone("vit_tiny_patch16_224", 1, 1, 28, backbone_size=48, weights=str(weights),
-                         timm_kwargs=TINY["vit_tiny_patch16_224"])  # fmt: skip
+    model = new_backbone(
+        "vit_tiny_patch16_224",
+        1,
+        1,
+        28,
+        backbone_size=48,
+        weights=str(weights),
+        timm_kwargs=TINY["vit_tiny_patch16_224"],
+    )
     assert model.body.pos_embed.shape[1] == 1 + 6 * 6
     assert model(torch.rand(2, 1, 28, 28)).shape == (2, 1)
 
 
 def test_a_wrong_checkpoint_is_refused_in_plain_words(tmp_path: Path) -> None:
     weights = pretrained_file(tmp_path, "densenet121")
-    with pytest.raises(CheckpointMismatch, match=r"densenet121\.safetensors: does not fit backbone resnet18.*weights missing"):
+    with pytest.raises(
+        CheckpointMismatch, match=r"densenet121\.safetensors: does not fit backbone resnet18.*weights missing"
+    ):
         new_backbone("resnet18", 1, 1, 32, weights=str(weights), timm_kwargs=TINY["resnet18"])
     torch.save({"not": "tensors"}, tmp_path / "junk.pt")
     with pytest.raises(CheckpointMismatch, match="not a state dict"):
@@ -145,8 +166,9 @@ def test_fine_tuning_modes_train_the_head_first(tmp_path: Path, finetune: str) -
     weights = pretrained_file(tmp_path, "resnet18")
     spec = load_spec(write_spec(tmp_path, "resnet18", weights=str(weights), finetune=finetune))
     X, y = tiny_data()
-    res = train_image_model(X[:30], y[:30], X[30:], y[30:], "binary", 1, spec, tmp_path / "model", device="cpu",
-                            num_threads=1)  # fmt: skip
+    res = train_image_model(
+        X[:30], y[:30], X[30:], y[30:], "binary", 1, spec, tmp_path / "model", device="cpu", num_threads=1
+    )
     start = new_backbone("resnet18", 1, 1, 28, 32, str(weights), TINY["resnet18"]).state_dict()
     end = torch.load(res.model_dir / "checkpoint.pt", weights_only=True)["model"]  # the last epoch's weights
     body_moved = not torch.equal(start["body.layer1.0.conv1.weight"], end["body.layer1.0.conv1.weight"])
@@ -171,12 +193,34 @@ def test_tuning_chooses_among_backbones_records_the_search_and_resumes_after_a_c
             raise RuntimeError("killed")
 
     with pytest.raises(RuntimeError, match="killed"):
-        fit_image_model(X[:30], y[:30], X[30:], y[30:], "binary", 1, spec, tmp_path / "model", "cpu", num_threads=1,
-                        on_epoch_end=crash_in_the_second_trial)  # fmt: skip
+        fit_image_model(
+            X[:30],
+            y[:30],
+            X[30:],
+            y[30:],
+            "binary",
+            1,
+            spec,
+            tmp_path / "model",
+            "cpu",
+            num_threads=1,
+            on_epoch_end=crash_in_the_second_trial,
+        )
     record = json.loads((tmp_path / "model" / "tuning.json").read_text())
     assert len(record["trials"]) == 1 and record["running"] is not None
-    res = fit_image_model(X[:30], y[:30], X[30:], y[30:], "binary", 1, spec, tmp_path / "model", "cpu",
-                          num_threads=1, on_epoch_end=lambda e, r: calls.append(e))  # fmt: skip
+    res = fit_image_model(
+        X[:30],
+        y[:30],
+        X[30:],
+        y[30:],
+        "binary",
+        1,
+        spec,
+        tmp_path / "model",
+        "cpu",
+        num_threads=1,
+        on_epoch_end=lambda e, r: calls.append(e),
+    )
     assert len(calls) == 4  # the interrupted trial resumed from its checkpoint after its first epoch
     meta = json.loads((res.model_dir / "model.json").read_text())
     tuning = meta["tuning"]
@@ -191,11 +235,16 @@ def test_tuning_the_from_scratch_cnn_varies_width_and_depth(tmp_path: Path) -> N
     from meddiag_pipelines.imaging.tuning import fit_image_model
 
     spec = load_spec(write_spec(tmp_path, "resnet18"))
-    spec = spec.model_copy(update={"image": spec.image.model_copy(update={"backbone": None, "backbone_kwargs": {}}),
-                                   "training": spec.training.model_copy(update={"trials": 2, "tune": True})})  # fmt: skip
+    spec = spec.model_copy(
+        update={
+            "image": spec.image.model_copy(update={"backbone": None, "backbone_kwargs": {}}),
+            "training": spec.training.model_copy(update={"trials": 2, "tune": True}),
+        }
+    )
     X, y = tiny_data()
-    res = fit_image_model(X[:30], y[:30], X[30:], y[30:], "binary", 1, spec, tmp_path / "model", "cpu", width=4,
-                          num_threads=1)  # fmt: skip
+    res = fit_image_model(
+        X[:30], y[:30], X[30:], y[30:], "binary", 1, spec, tmp_path / "model", "cpu", width=4, num_threads=1
+    )
     meta = json.loads((res.model_dir / "model.json").read_text())
     best = meta["tuning"]["best"]
     assert meta["architecture"] == "ResNet18Small" and best["width"] in (4, 8)
@@ -203,13 +252,18 @@ def test_tuning_the_from_scratch_cnn_varies_width_and_depth(tmp_path: Path) -> N
 
 
 def test_the_model_card_and_the_report_show_the_search_whatever_the_modality() -> None:
-    from meddiag_pipelines.evaluation.model_card import render_model_card
     from meddiag_pipelines.evaluation.metrics import evaluate
+    from meddiag_pipelines.evaluation.model_card import render_model_card
     from meddiag_pipelines.imaging.report import tuning_section
     from meddiag_pipelines_tests.test_evaluation_report import _binary_input, _card
 
-    tuning = {"best": {"learning_rate": 0.0021, "optimizer": "sgd", "backbone": "vit|x"}, "n_trials": 6, "n_pruned": 2,
-              "objective": "validation AUROC", "best_value": 0.91234}  # fmt: skip
+    tuning = {
+        "best": {"learning_rate": 0.0021, "optimizer": "sgd", "backbone": "vit|x"},
+        "n_trials": 6,
+        "n_pruned": 2,
+        "objective": "validation AUROC",
+        "best_value": 0.91234,
+    }
     md = render_model_card(evaluate(_binary_input()), _card(hyperparameters={"epochs": 3, "tuning": tuning}))
     assert "Hyperparameter search: 6 trials (2 pruned)" in md and "best 0.912" in md
     assert re.search(r"^\| optimizer \| sgd \|$", md, re.M) and "vit\\|x" in md  # a table cell cannot be injected
@@ -230,15 +284,21 @@ def test_a_task_naming_a_vit_with_a_local_weights_file_runs_end_to_end(tmp_path:
     backbone = "vit_tiny_patch16_224"
     weights = pretrained_file(tmp_path, backbone)
     spec = tiny(load_spec(BUNDLED_TASKS_DIR / "synthetic_chest_phantoms.yaml"), trials=2, tune=True)
-    image = {"backbone": backbone, "backbone_kwargs": TINY[backbone], "backbone_size": 32, "weights": str(weights),
-             "finetune": "frozen_then_unfrozen"}  # fmt: skip
+    image = {
+        "backbone": backbone,
+        "backbone_kwargs": TINY[backbone],
+        "backbone_size": 32,
+        "weights": str(weights),
+        "finetune": "frozen_then_unfrozen",
+    }
     spec = spec.model_copy(update={"image": spec.image.model_copy(update=image)})
     task, root = spec.name, tmp_path / "data"
     batch = write_phantom_batch(root / "landing" / task / "batch_0001", n=120, seed=7, size=28)
     unlabelled = pl.read_csv(batch / "labels.csv")["id"].to_list()[:3]
     labels = pl.read_csv(batch / "labels.csv")
-    labels.with_columns(pl.when(pl.col("id").is_in(unlabelled)).then(None).otherwise(pl.col("label")).alias("label")
-                        ).write_csv(batch / "labels.csv")  # fmt: skip
+    labels.with_columns(
+        pl.when(pl.col("id").is_in(unlabelled)).then(None).otherwise(pl.col("label")).alias("label")
+    ).write_csv(batch / "labels.csv")
     (batch / "_READY").touch()
     with dg.instance_for_test() as instance:
         assert run_job(spec, root, instance).success
@@ -263,7 +323,9 @@ def test_a_reexecution_adopts_the_search_its_parent_run_left(tmp_path: Path) -> 
     (parent / "trials" / "001" / "checkpoint.pt").write_bytes(b"weights")
     fresh = tmp_path / "20260102T000000Z-99999999" / "model"
     assert adopt_parent_checkpoint(fresh, tmp_path, "abcdef12-0000") is True
-    assert (fresh / "tuning.json").read_text() == "{}" and (fresh / "trials" / "001" / "checkpoint.pt").read_bytes() == b"weights"
+    assert (fresh / "tuning.json").read_text() == "{}" and (
+        fresh / "trials" / "001" / "checkpoint.pt"
+    ).read_bytes() == b"weights"
     assert adopt_parent_checkpoint(fresh, tmp_path, "abcdef12-0000") is False  # its own search wins
 
 

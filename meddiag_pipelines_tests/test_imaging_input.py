@@ -18,13 +18,6 @@ from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, 
 from meddiag_pipelines.imaging.modality import read_image_records
 from meddiag_pipelines.imaging.preprocess import load_cached, resize_square, to_uint8, update_cache
 from meddiag_pipelines.imaging.readers import ImageBatchError, load_pixels, npz_record_id, read_image_batch
-from meddiag_pipelines.ingestion.batches import ingest_new_batches, validate_pending_batches
-from meddiag_pipelines.ingestion.landing import describe_batch
-from meddiag_pipelines.ingestion.quarantine import file_reason
-from meddiag_pipelines.ingestion.warehouse import Warehouse
-from meddiag_pipelines.storage import DataRoot
-from meddiag_pipelines.specs import TaskSpec
-from meddiag_pipelines_tests.test_imaging_readers import raw_pickle_npz
 from meddiag_pipelines.imaging.validation import (
     COPY_OF_TRAIN_COLUMN,
     duplicate_warnings,
@@ -35,15 +28,31 @@ from meddiag_pipelines.imaging.validation import (
     split_copy_counts,
     validate_images,
 )
+from meddiag_pipelines.ingestion.batches import ingest_new_batches, validate_pending_batches
+from meddiag_pipelines.ingestion.landing import describe_batch
+from meddiag_pipelines.ingestion.quarantine import file_reason
+from meddiag_pipelines.ingestion.warehouse import Warehouse
+from meddiag_pipelines.specs import TaskSpec
+from meddiag_pipelines.storage import DataRoot
+from meddiag_pipelines_tests.test_imaging_readers import raw_pickle_npz
 
 CANARY = "CANARY_Jane_Roe_5551234"
 
 
 def spec_of(fmt: str | None = "folder", landing: dict | None = None, task: dict | None = None, **image) -> TaskSpec:
     image_section = {"size": 28, **image} | ({"format": fmt} if fmt else {})
-    return TaskSpec.model_validate({"name": "imgin", "modality": "image", "label": "label", "id": "id",
-                                    "patient_id": "patient_id", "image": image_section,
-                                    **({"landing": landing} if landing else {}), **(task or {})})  # fmt: skip
+    return TaskSpec.model_validate(
+        {
+            "name": "imgin",
+            "modality": "image",
+            "label": "label",
+            "id": "id",
+            "patient_id": "patient_id",
+            "image": image_section,
+            **({"landing": landing} if landing else {}),
+            **(task or {}),
+        }
+    )
 
 
 def png(path: Path, seed: int, side: int = 32) -> np.ndarray:
@@ -116,22 +125,34 @@ def test_dot_slash_and_subfolder_rows_read_and_row_problems_never_echo_the_row(t
     png(batch / "a.png", 0)
     png(batch / "sub" / "b.png", 1)
     png(batch / "c.png", 2)
-    lines = ["file,label,id,patient_id", "./a.png,1,a,p_a", "sub/b.png,0,b,p_b", f",1,{CANARY},p_{CANARY}",
-             "c.png,1.0,c,p_c", f"c.png,0,c,{CANARY}"]  # fmt: skip
+    lines = [
+        "file,label,id,patient_id",
+        "./a.png,1,a,p_a",
+        "sub/b.png,0,b,p_b",
+        f",1,{CANARY},p_{CANARY}",
+        "c.png,1.0,c,p_c",
+        f"c.png,0,c,{CANARY}",
+    ]
     (batch / "labels.csv").write_text("\n".join(lines) + "\n")
     result = read_image_batch(batch, spec_of())
     assert sorted(result.records["source"].to_list()) == ["a.png", "c.png", "sub/b.png"]
     assert result.records.filter(pl.col("id") == "c")["label"].item() == "1"  # canonical_label: 1.0 -> "1"
     problems = dict(result.rejected)
-    assert problems == {"labels.csv row 3": "empty 'file' column",
-                        "c.png": "duplicate id in labels.csv (only the first row is used)"}  # fmt: skip
+    assert problems == {
+        "labels.csv row 3": "empty 'file' column",
+        "c.png": "duplicate id in labels.csv (only the first row is used)",
+    }
     assert CANARY not in repr(result.rejected)
 
 
 def test_labels_csv_without_a_header_row_is_refused_without_quoting_its_first_row(tmp_path: Path) -> None:
     """Issue 24: the first row of a header-less labels.csv (a row of data) was echoed as its column names."""
     batch = folder_batch(tmp_path / "b")
-    rows = pl.read_csv(batch / "labels.csv").with_columns(pl.lit(CANARY).alias("patient_id")).write_csv(include_header=False)
+    rows = (
+        pl.read_csv(batch / "labels.csv")
+        .with_columns(pl.lit(CANARY).alias("patient_id"))
+        .write_csv(include_header=False)
+    )
     (batch / "labels.csv").write_text(rows)
     with pytest.raises(ImageBatchError, match="labels.csv has no header row with the columns file, label") as err:
         read_image_batch(batch, spec_of())
@@ -142,7 +163,9 @@ def test_labels_csv_repeating_a_column_name_is_refused_by_position(tmp_path: Pat
     """Issue 24: Polars renamed the second ``label`` column and the first was used silently."""
     batch = folder_batch(tmp_path / "b")
     lines = (batch / "labels.csv").read_text().splitlines()
-    (batch / "labels.csv").write_text("\n".join([lines[0] + ",label", *(f"{row},{CANARY}" for row in lines[1:])]) + "\n")
+    (batch / "labels.csv").write_text(
+        "\n".join([lines[0] + ",label", *(f"{row},{CANARY}" for row in lines[1:])]) + "\n"
+    )
     with pytest.raises(ImageBatchError, match="labels.csv: column 5 repeats the name of column 2") as err:
         read_image_batch(batch, spec_of())
     assert CANARY not in str(err.value)
@@ -182,7 +205,9 @@ def test_decoded_size_limits_per_file_and_per_batch(tmp_path: Path) -> None:
     for i in range(6):
         png(batch / f"s{i}.png", i + 1, side=32)  # 1024 bytes each
     labels_csv(batch, [("big.png", "1", "big"), *((f"s{i}.png", "0", f"s{i}") for i in range(6))])
-    result = read_image_batch(batch, spec_of(max_decoded_mb_per_file=3000 / 2**20, max_decoded_mb_per_batch=5000 / 2**20))
+    result = read_image_batch(
+        batch, spec_of(max_decoded_mb_per_file=3000 / 2**20, max_decoded_mb_per_batch=5000 / 2**20)
+    )
     problems = dict(result.rejected)
     assert "would decode to 0.0 MB, over image.max_decoded_mb_per_file" in problems["big.png"]
     assert result.records.height == 4  # 4 x 1024 bytes fit in the batch's 5000
@@ -206,8 +231,10 @@ def test_deflated_dicom_bomb_is_refused_before_inflating(tmp_path: Path) -> None
     assert (batch / "bomb.dcm").stat().st_size < 20_000
     result = read_image_batch(batch, spec_of("dicom", max_decoded_mb_per_file=1))
     problems = dict(result.rejected)
-    assert problems["bomb.dcm"] == ("DICOM pixel data of 1 frame(s) x 1048576 pixels would decode to 2.0 MB, over "
-                                    "image.max_decoded_mb_per_file (1.0 MB)")  # fmt: skip
+    assert problems["bomb.dcm"] == (
+        "DICOM pixel data of 1 frame(s) x 1048576 pixels would decode to 2.0 MB, over "
+        "image.max_decoded_mb_per_file (1.0 MB)"
+    )
     assert "inflates beyond its declared pixel data" in problems["liar.dcm"]
     assert result.records["source"].to_list() == ["ok.dcm"]
     assert CANARY not in repr(result.rejected)
@@ -272,10 +299,14 @@ def test_a_batch_not_in_the_declared_format_names_what_was_found(tmp_path: Path)
     np.savez_compressed(batch / "x.npz", **npz(batch / "x.npz", {"train": 4}))
     with pytest.raises(ImageBatchError) as err:
         read_image_batch(batch, spec_of("folder"))
-    assert str(err.value) == ("found 1 .npz file and no labels.csv; the spec's image.format is 'folder', which expects "
-                              "PNG/JPEG files and a labels.csv")  # fmt: skip
+    assert str(err.value) == (
+        "found 1 .npz file and no labels.csv; the spec's image.format is 'folder', which expects "
+        "PNG/JPEG files and a labels.csv"
+    )
     png(batch / "a.png", 0)
-    with pytest.raises(ImageBatchError, match="found 1 PNG/JPEG file, 1 .npz file and no labels.csv: one batch holds one"):
+    with pytest.raises(
+        ImageBatchError, match="found 1 PNG/JPEG file, 1 .npz file and no labels.csv: one batch holds one"
+    ):
         read_image_batch(batch, spec_of(None))
 
 
@@ -334,11 +365,16 @@ def test_copies_across_a_datasets_own_split_are_reported_not_blocked(tmp_path: P
     marked = mark_copies_of_train(split)
     assert marked.filter(pl.col(COPY_OF_TRAIN_COLUMN))["id"].sort().to_list() == sorted(
         [npz_record_id("b", "pneumonia.npz", "val", i) for i in range(2)]
-        + [npz_record_id("b", "pneumonia.npz", "test", i) for i in range(3)])
+        + [npz_record_id("b", "pneumonia.npz", "test", i) for i in range(3)]
+    )
     marked_too, meta = mark_official_copies(split)
     assert marked_too.equals(marked)
-    assert meta == {"n_predefined_split": 20, "n_copies_val_in_train": 2, "n_copies_test_in_train": 3,
-                    "n_copies_test_in_val": 0}  # fmt: skip
+    assert meta == {
+        "n_predefined_split": 20,
+        "n_copies_val_in_train": 2,
+        "n_copies_test_in_train": 3,
+        "n_copies_test_in_val": 0,
+    }
     # copies our hash split spreads, or two files' splits, still block: test_imaging_pipeline's leakage tests
 
 
@@ -348,10 +384,10 @@ def test_copies_across_a_datasets_own_split_are_reported_not_blocked(tmp_path: P
 @pytest.mark.slow
 def test_spaced_batch_with_dot_slash_rows_trains_and_a_replaced_image_is_left_out(tmp_path: Path) -> None:
     import dagster as dg
-    from meddiag_pipelines_tests.test_imaging_pipeline import run_job, tiny
 
-    from scripts.phantoms import write_phantom_batch
     from meddiag_pipelines.specs import BUNDLED_TASKS_DIR, load_spec
+    from meddiag_pipelines_tests.test_imaging_pipeline import run_job, tiny
+    from scripts.phantoms import write_phantom_batch
 
     spec = tiny(load_spec(BUNDLED_TASKS_DIR / "synthetic_chest_phantoms.yaml"))
     root = tmp_path / "data"
@@ -365,8 +401,11 @@ def test_spaced_batch_with_dot_slash_rows_trains_and_a_replaced_image_is_left_ou
         Image.fromarray(np.full((28, 28), 200, dtype=np.uint8)).save(replaced)  # after validation
         result = run_job(spec, root, instance)
         assert result.success
-        meta = next(m for m in result.asset_materializations_for_node(f"{spec.name}__features")
-                    if m.asset_key.path[-1] == "features").metadata  # fmt: skip
+        meta = next(
+            m
+            for m in result.asset_materializations_for_node(f"{spec.name}__features")
+            if m.asset_key.path[-1] == "features"
+        ).metadata
     assert meta["n_images_refused"].value == 1 and meta["n_rows"].value == 119
     tested = pl.read_parquet(root / "reports" / spec.name / "latest" / "test_predictions.parquet")["id"].to_list()
     assert tested and labels["id"][0] not in tested
@@ -374,18 +413,26 @@ def test_spaced_batch_with_dot_slash_rows_trains_and_a_replaced_image_is_left_ou
 
 def test_the_report_gives_test_metrics_without_copies_of_training_rows() -> None:
     from meddiag_pipelines.defs.assets.lifecycle import metrics_without_copies, without_copies_html
-    from meddiag_pipelines.split import COPY_OF_TRAIN_COLUMN, SPLIT_COLUMN as SPLIT
+    from meddiag_pipelines.split import COPY_OF_TRAIN_COLUMN
+    from meddiag_pipelines.split import SPLIT_COLUMN as SPLIT
 
     spec = spec_of(task={"classes": ["0", "1"], "positive": "1", "evaluation": {"n_bootstrap": 100}})
     rng = np.random.default_rng(0)
     n = 200
     labels = rng.integers(0, 2, n)
-    split = pl.DataFrame({"id": [f"r{i}" for i in range(n)], "label": [str(v) for v in labels],
-                          SPLIT: ["train"] * 80 + ["val"] * 40 + ["test"] * 80,
-                          COPY_OF_TRAIN_COLUMN: [False] * 120 + [True] * 30 + [False] * 50})  # fmt: skip
+    split = pl.DataFrame(
+        {
+            "id": [f"r{i}" for i in range(n)],
+            "label": [str(v) for v in labels],
+            SPLIT: ["train"] * 80 + ["val"] * 40 + ["test"] * 80,
+            COPY_OF_TRAIN_COLUMN: [False] * 120 + [True] * 30 + [False] * 50,
+        }
+    )
     score = {f"r{i}": float(labels[i]) * 0.6 + rng.random() * 0.4 for i in range(n)}
     candidate = {"classes": ["0", "1"], "version": "v1", "name": "cnn"}
-    without = metrics_without_copies(spec, split, candidate, lambda h, rows: np.array([score[i] for i in rows["id"]]), {})
+    without = metrics_without_copies(
+        spec, split, candidate, lambda h, rows: np.array([score[i] for i in rows["id"]]), {}
+    )
     assert without["n_removed"] == 30 and without["n_test"] == 50 and 0.5 < without["auroc"] <= 1.0
     assert "30 test rows copy a training row" in without_copies_html(without)
     assert metrics_without_copies(spec, split.drop(COPY_OF_TRAIN_COLUMN), candidate, None, {}) is None

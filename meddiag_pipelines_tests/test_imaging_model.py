@@ -10,12 +10,18 @@ import pytest
 import torch
 
 from meddiag_pipelines.imaging.model import ResNet18Small, build_model
-from scripts.phantoms import write_phantom_batch
 from meddiag_pipelines.imaging.readers import read_image_batch
 from meddiag_pipelines.imaging.saliency import grad_cam, saliency_panel_png
-from meddiag_pipelines.imaging.train import (_ema_update, augment_batch, choose_width, ema_decay, predict_image_model,
-                                             train_image_model)  # fmt: skip
+from meddiag_pipelines.imaging.train import (
+    _ema_update,
+    augment_batch,
+    choose_width,
+    ema_decay,
+    predict_image_model,
+    train_image_model,
+)
 from meddiag_pipelines_tests.test_imaging_readers import make_spec
+from scripts.phantoms import write_phantom_batch
 
 
 @pytest.fixture(autouse=True)
@@ -27,7 +33,9 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-@pytest.mark.parametrize(("size", "channels", "stem"), [(28, 1, "3x3s1"), (64, 3, "3x3s1"), (128, 1, "3x3s2"), (224, 1, "7x7s2+maxpool")])
+@pytest.mark.parametrize(
+    ("size", "channels", "stem"), [(28, 1, "3x3s1"), (64, 3, "3x3s1"), (128, 1, "3x3s2"), (224, 1, "7x7s2+maxpool")]
+)
 def test_forward_shapes(size: int, channels: int, stem: str) -> None:
     model = ResNet18Small(in_channels=channels, n_outputs=5, width=8, input_size=size).eval()
     assert model.config.stem == stem
@@ -44,12 +52,18 @@ def test_forward_shapes(size: int, channels: int, stem: str) -> None:
 
 def test_resnet18_width_and_rebuild() -> None:
     full = ResNet18Small(in_channels=3, n_outputs=1000, width=64, input_size=224)
-    assert abs(sum(p.numel() for p in full.parameters()) - 11_689_512) < 0.001 * 11_689_512  # torchvision resnet18's size
+    assert (
+        abs(sum(p.numel() for p in full.parameters()) - 11_689_512) < 0.001 * 11_689_512
+    )  # torchvision resnet18's size
     small = ResNet18Small(1, 2, 32, 28)
     clone = build_model(json.loads(json.dumps(small.config.to_dict())))
     clone.load_state_dict(small.state_dict())
     assert clone.config == small.config
-    assert choose_width(4708, 28, "cpu") == 32 and choose_width(78_468, 28, "cpu") == 16 and choose_width(10, 28, "cuda") == 64
+    assert (
+        choose_width(4708, 28, "cpu") == 32
+        and choose_width(78_468, 28, "cpu") == 16
+        and choose_width(10, 28, "cuda") == 64
+    )
 
 
 def test_hflip_tta_scores_the_mean_of_the_image_and_its_mirror_in_eval_only() -> None:
@@ -103,12 +117,18 @@ def tiny_model(tmp_path: Path, kind: str = "binary", n_outputs: int = 1):
     else:
         y = rng.integers(0, 2, (40, n_outputs))
         y[0], y[1] = 0, 1
-    spec = make_spec("folder").model_copy(update={"training": make_spec().training.model_copy(update={"epochs": 1, "batch_size": 16})})
-    res = train_image_model(X[:30], y[:30], X[30:], y[30:], kind, n_outputs, spec, tmp_path / kind, device="cpu", width=4, num_threads=1)
+    spec = make_spec("folder").model_copy(
+        update={"training": make_spec().training.model_copy(update={"epochs": 1, "batch_size": 16})}
+    )
+    res = train_image_model(
+        X[:30], y[:30], X[30:], y[30:], kind, n_outputs, spec, tmp_path / kind, device="cpu", width=4, num_threads=1
+    )
     return res, X
 
 
-@pytest.mark.parametrize(("kind", "n_outputs", "shape"), [("binary", 1, (7,)), ("multiclass", 3, (7, 3)), ("multilabel", 4, (7, 4))])
+@pytest.mark.parametrize(
+    ("kind", "n_outputs", "shape"), [("binary", 1, (7,)), ("multiclass", 3, (7, 3)), ("multilabel", 4, (7, 4))]
+)
 def test_predict_shapes_and_model_files(tmp_path: Path, kind: str, n_outputs: int, shape: tuple) -> None:
     res, X = tiny_model(tmp_path, kind, n_outputs)
     meta = json.loads((res.model_dir / "model.json").read_text())
@@ -153,18 +173,27 @@ def test_saliency_groups_follow_the_operating_threshold_and_the_predicted_class(
 
     y, proba = np.array([1, 1, 0, 0]), np.array([0.9, 0.2, 0.7, 0.1])
     groups, _, note = saliency_groups("binary", ["no", "yes"], y, proba, {"operating_threshold": {"value": 0.5}})
-    assert [(h, m.tolist()) for h, m, _ in groups] == [("True positives", [True, False, False, False]),
-                                                      ("False positives", [False, False, True, False]),
-                                                      ("False negatives", [False, True, False, False])]  # fmt: skip
+    assert [(h, m.tolist()) for h, m, _ in groups] == [
+        ("True positives", [True, False, False, False]),
+        ("False positives", [False, False, True, False]),
+        ("False negatives", [False, True, False, False]),
+    ]
     assert "0.500" in note and "yes" in note
-    groups, scores, _ = saliency_groups("multiclass", ["a", "b", "c"], np.array([0, 2]),
-                                        np.array([[0.6, 0.3, 0.1], [0.5, 0.4, 0.1]]), {})  # fmt: skip
+    groups, scores, _ = saliency_groups(
+        "multiclass", ["a", "b", "c"], np.array([0, 2]), np.array([[0.6, 0.3, 0.1], [0.5, 0.4, 0.1]]), {}
+    )
     assert [m.tolist() for _, m, _ in groups] == [[True, False], [False, True]] and scores.tolist() == [0.6, 0.5]
-    groups, _, _ = saliency_groups("multilabel", ["f0", "f1"], np.array([[1, 1], [0, 1]]),
-                                   np.array([[0.9, 0.3], [0.8, 0.6]]),
-                                   {"per_label": [{"operating_threshold": {"value": 0.5}}, {"operating_threshold": {"value": 0.5}}]})  # fmt: skip
-    assert [(h, m.tolist(), t) for h, m, t in groups] == [("True positives: f0", [True, False], 0),
-                                                         ("True positives: f1", [False, True], 1)]  # fmt: skip
+    groups, _, _ = saliency_groups(
+        "multilabel",
+        ["f0", "f1"],
+        np.array([[1, 1], [0, 1]]),
+        np.array([[0.9, 0.3], [0.8, 0.6]]),
+        {"per_label": [{"operating_threshold": {"value": 0.5}}, {"operating_threshold": {"value": 0.5}}]},
+    )
+    assert [(h, m.tolist(), t) for h, m, t in groups] == [
+        ("True positives: f0", [True, False], 0),
+        ("True positives: f1", [False, True], 1),
+    ]
 
 
 def test_the_saliency_section_draws_each_group_and_survives_a_failure(tmp_path: Path) -> None:
@@ -181,8 +210,16 @@ def test_the_saliency_section_draws_each_group_and_survives_a_failure(tmp_path: 
         asked.append(rows)
         return X[rows]
 
-    title, body = saliency_section(res.model_dir, ["no", "yes"], "binary", test_labels, proba,
-                                   {"operating_threshold": {"value": 0.5}}, images, seed=0)  # fmt: skip
+    title, body = saliency_section(
+        res.model_dir,
+        ["no", "yes"],
+        "binary",
+        test_labels,
+        proba,
+        {"operating_threshold": {"value": 0.5}},
+        images,
+        seed=0,
+    )
     assert title == SALIENCY_TITLE.format(method="Grad-CAM") and body.count("data:image/png;base64,") == 3
     assert "True positives (2 of 5)" in body and "False negatives (1 of 5)" in body
     assert sorted(r for rows in asked for r in rows) == [1, 2, 3, 4]  # every shown image is one of its group
@@ -191,7 +228,11 @@ def test_the_saliency_section_draws_each_group_and_survives_a_failure(tmp_path: 
         raise KeyError("the cache is gone")
 
     title, body = saliency_section(res.model_dir, ["no", "yes"], "binary", test_labels, proba, {}, broken, seed=0)
-    assert title == SALIENCY_TITLE.format(method="Grad-CAM") and "could not be computed (KeyError)" in body and "cache is gone" not in body
+    assert (
+        title == SALIENCY_TITLE.format(method="Grad-CAM")
+        and "could not be computed (KeyError)" in body
+        and "cache is gone" not in body
+    )
 
 
 def test_images_are_scored_in_chunks_by_either_model(tmp_path: Path) -> None:
@@ -219,6 +260,12 @@ def test_images_are_scored_in_chunks_by_either_model(tmp_path: Path) -> None:
     assert predict_images(tmp_path / "baseline", plan, [], images, "multiclass", "cpu").shape == (0, 2)
 
     res, X28 = tiny_model(tmp_path / "cnn")
-    cnn = predict_images(res.model_dir, {"channels": 1, "size": 28, "predictor": "cnn"}, ["0", "1", "2"],
-                         lambda chunk: X28[[int(i) for i in chunk]], "binary", "cpu")  # fmt: skip
+    cnn = predict_images(
+        res.model_dir,
+        {"channels": 1, "size": 28, "predictor": "cnn"},
+        ["0", "1", "2"],
+        lambda chunk: X28[[int(i) for i in chunk]],
+        "binary",
+        "cpu",
+    )
     np.testing.assert_allclose(cnn, predict_image_model(res.model_dir, X28[:3], device="cpu"))

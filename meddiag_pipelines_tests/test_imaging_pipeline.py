@@ -13,24 +13,28 @@ from PIL import Image
 from pydicom.data import get_testdata_file
 
 from meddiag_pipelines.defs.build import build_definitions
-from meddiag_pipelines.update import run_task_in_process
 from meddiag_pipelines.imaging.modality import read_image_records
 from meddiag_pipelines.imaging.readers import npz_record_id
-from meddiag_pipelines.ingestion.quarantine import file_reason
-from meddiag_pipelines.split import SPLIT_COLUMN, unit_hash
-from scripts.phantoms import write_phantom_batch
-from meddiag_pipelines.ingestion.landing import describe_batch
-from meddiag_pipelines.specs import BUNDLED_TASKS_DIR, TaskSpec, load_spec
 from meddiag_pipelines.imaging.validation import duplicate_warnings, image_split, validate_images
+from meddiag_pipelines.ingestion.landing import describe_batch
+from meddiag_pipelines.ingestion.quarantine import file_reason
+from meddiag_pipelines.specs import BUNDLED_TASKS_DIR, TaskSpec, load_spec
+from meddiag_pipelines.split import SPLIT_COLUMN, unit_hash
+from meddiag_pipelines.update import run_task_in_process
+from scripts.phantoms import write_phantom_batch
 
 
 def tiny(spec: TaskSpec, **training) -> TaskSpec:
     """A task that trains in seconds: the wiring is under test here, not the learning."""
-    return spec.model_copy(update={
-        "training": spec.training.model_copy(update={"epochs": 1, "batch_size": 32, "time_budget_s": 60, **training}),
-        "evaluation": spec.evaluation.model_copy(update={"n_bootstrap": 100}),
-        "promotion": spec.promotion.model_copy(update={"auroc_floor": 0.0}),
-    })  # fmt: skip
+    return spec.model_copy(
+        update={
+            "training": spec.training.model_copy(
+                update={"epochs": 1, "batch_size": 32, "time_budget_s": 60, **training}
+            ),
+            "evaluation": spec.evaluation.model_copy(update={"n_bootstrap": 100}),
+            "promotion": spec.promotion.model_copy(update={"auroc_floor": 0.0}),
+        }
+    )
 
 
 def run_job(spec: TaskSpec, root: Path, instance, selection: list[str] | None = None):
@@ -38,8 +42,9 @@ def run_job(spec: TaskSpec, root: Path, instance, selection: list[str] | None = 
 
 
 def image_spec(name: str, fmt: str, **extra) -> TaskSpec:
-    return TaskSpec.model_validate({"name": name, "modality": "image", "label": "label", "id": "id",
-                                    "image": {"format": fmt, "size": 28}, **extra})  # fmt: skip
+    return TaskSpec.model_validate(
+        {"name": name, "modality": "image", "label": "label", "id": "id", "image": {"format": fmt, "size": 28}, **extra}
+    )
 
 
 # ------------------------------------------------------------------------------------------------ end to end
@@ -52,7 +57,9 @@ def test_phantom_task_end_to_end(tmp_path: Path) -> None:
     batch = write_phantom_batch(root / "landing" / task / "batch_0001", n=180, seed=7, size=28)
     labels = pl.read_csv(batch / "labels.csv")
     unlabelled = labels["id"].to_list()[:4]
-    labels = labels.with_columns(pl.when(pl.col("id").is_in(unlabelled)).then(None).otherwise(pl.col("label")).alias("label"))
+    labels = labels.with_columns(
+        pl.when(pl.col("id").is_in(unlabelled)).then(None).otherwise(pl.col("label")).alias("label")
+    )
     (batch / "images" / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"not an image" * 10)
     corrupt = {"file": "images/corrupt.png", "label": "normal", "id": "corrupt", "patient_id": "p_corrupt", "sex": "F"}
     pl.concat([labels, pl.DataFrame([corrupt])], how="vertical_relaxed").write_csv(batch / "labels.csv")
@@ -72,7 +79,7 @@ def test_phantom_task_end_to_end(tmp_path: Path) -> None:
         assert metrics["flow"]["quarantined_files"] == 1 and metrics["flow"]["unlabelled"] == len(unlabelled)
         assert 0.0 <= metrics["auroc"] <= 1.0 and metrics["baseline"]["name"] == "logistic_regression_pixels"
         html = (latest / "report.html").read_text()
-        saliency = html[html.index("Saliency (Grad-CAM)"):]
+        saliency = html[html.index("Saliency (Grad-CAM)") :]
         assert "True positives" in saliency and "False negatives" in saliency
         assert "data:image/png;base64," in saliency and "https://" not in html
         assert not any(i in html for i in labels["id"].to_list())  # no record ids in the report
@@ -89,8 +96,9 @@ def test_phantom_task_end_to_end(tmp_path: Path) -> None:
         # features again: the cache of an unchanged batch is reused, not rebuilt
         again = run_job(spec, root, instance, ["features", "feature_plan"])
         assert again.success
-        meta = next(m for m in again.asset_materializations_for_node(f"{task}__features")
-                    if m.asset_key.path[-1] == "features").metadata  # fmt: skip
+        meta = next(
+            m for m in again.asset_materializations_for_node(f"{task}__features") if m.asset_key.path[-1] == "features"
+        ).metadata
         assert meta["batches_reused"].value == 1 and meta["batches_built"].value == 0
 
 
@@ -123,10 +131,14 @@ def test_npz_task_keeps_its_own_split_multiclass(tmp_path: Path) -> None:
     metrics = json.loads((latest / "metrics.json").read_text())
     assert (metrics["kind"], metrics["n_train"], metrics["n_val"], metrics["n_test"]) == ("multiclass", 60, 15, 24)
     test_ids = pl.read_parquet(latest / "test_predictions.parquet")["id"].to_list()
-    assert sorted(test_ids) == sorted(npz_record_id("batch_0001", "organmnist.npz", "test", i) for i in range(24))  # the file's split
+    assert sorted(test_ids) == sorted(
+        npz_record_id("batch_0001", "organmnist.npz", "test", i) for i in range(24)
+    )  # the file's split
     champion = json.loads((root / "models" / spec.name / "champion.json").read_text())["version"]
     scored = pl.read_parquet(root / "predictions" / spec.name / "batch_0001" / f"{champion}.parquet")
-    assert sorted(scored["id"].to_list()) == sorted(npz_record_id("batch_0001", "new_cases.npz", "test", i) for i in range(3))
+    assert sorted(scored["id"].to_list()) == sorted(
+        npz_record_id("batch_0001", "new_cases.npz", "test", i) for i in range(3)
+    )
     assert {"p_0", "p_1", "p_2", "predicted"} <= set(scored.columns)
     np.testing.assert_allclose(scored.select("p_0", "p_1", "p_2").to_numpy().sum(axis=1), 1.0, atol=1e-5)
     assert "Misclassified" in (latest / "report.html").read_text()
@@ -153,10 +165,19 @@ def write_multilabel_npz(path: Path, n: dict[str, int], seed: int, labelled: boo
 
 @pytest.mark.slow
 def test_npz_multilabel_task_end_to_end(tmp_path: Path) -> None:
-    spec = tiny(TaskSpec.model_validate({
-        "name": "tiny_chest_multilabel", "modality": "image", "label": "label", "id": "id", "classes": FINDINGS,
-        "image": {"format": "npz", "size": 28, "multi_label": True},
-    }), epochs=2)  # fmt: skip
+    spec = tiny(
+        TaskSpec.model_validate(
+            {
+                "name": "tiny_chest_multilabel",
+                "modality": "image",
+                "label": "label",
+                "id": "id",
+                "classes": FINDINGS,
+                "image": {"format": "npz", "size": 28, "multi_label": True},
+            }
+        ),
+        epochs=2,
+    )
     root = tmp_path / "data"
     batch = root / "landing" / spec.name / "batch_0001"
     batch.mkdir(parents=True)
@@ -168,7 +189,9 @@ def test_npz_multilabel_task_end_to_end(tmp_path: Path) -> None:
         # a second candidate (another seed: unchanged data and settings would publish nothing) meets the
         # champion: the gate compares macro AUROC, no calibration-slope rule
         reseeded = spec.model_copy(update={"training": spec.training.model_copy(update={"seed": 7})})
-        assert run_job(reseeded, root, instance, ["candidate_model", "baseline_model", "evaluation", "champion"]).success
+        assert run_job(
+            reseeded, root, instance, ["candidate_model", "baseline_model", "evaluation", "champion"]
+        ).success
     registry = root / "models" / spec.name
     versions = sorted(d.name for d in registry.iterdir() if d.is_dir() and not d.name.startswith("."))
     assert len(versions) == 2
@@ -186,7 +209,9 @@ def test_npz_multilabel_task_end_to_end(tmp_path: Path) -> None:
     champion = json.loads((registry / "champion.json").read_text())["version"]
     assert json.loads((registry / champion / "manifest.json").read_text())["model"]["classes"] == FINDINGS
     scored = pl.read_parquet(root / "predictions" / spec.name / "batch_0001" / f"{champion}.parquet")
-    assert sorted(scored["id"].to_list()) == sorted(npz_record_id("batch_0001", "new_cases.npz", "test", i) for i in range(3))
+    assert sorted(scored["id"].to_list()) == sorted(
+        npz_record_id("batch_0001", "new_cases.npz", "test", i) for i in range(3)
+    )
     probs = scored.select(f"p_{f}" for f in FINDINGS).to_numpy()
     assert ((probs >= 0) & (probs <= 1)).all() and "predicted" not in scored.columns
     assert scored["risk_band"].null_count() == 3
@@ -199,11 +224,18 @@ def test_real_dicom_files_through_ingestion_and_validation(tmp_path: Path) -> No
     root = tmp_path / "data"
     batch = root / "landing" / spec.name / "batch_0001"
     batch.mkdir(parents=True)
-    files = {"ct.dcm": "CT_small.dcm", "mr.dcm": "MR_small.dcm", "multi.dcm": "emri_small.dcm", "cr.dcm": "RG1_UNCR.dcm"}
+    files = {
+        "ct.dcm": "CT_small.dcm",
+        "mr.dcm": "MR_small.dcm",
+        "multi.dcm": "emri_small.dcm",
+        "cr.dcm": "RG1_UNCR.dcm",
+    }
     for dst, src in files.items():
         shutil.copy(get_testdata_file(src), batch / dst)
     (batch / "truncated.dcm").write_bytes((batch / "ct.dcm").read_bytes()[:3000])
-    rows = [{"file": f, "label": ["yes", "no"][i % 2], "id": f"case{i}"} for i, f in enumerate([*files, "truncated.dcm"])]
+    rows = [
+        {"file": f, "label": ["yes", "no"][i % 2], "id": f"case{i}"} for i, f in enumerate([*files, "truncated.dcm"])
+    ]
     pl.DataFrame(rows).write_csv(batch / "labels.csv")  # made-up labels
     (batch / "_READY").touch()
     with dg.instance_for_test() as instance:
@@ -234,16 +266,26 @@ def _png(path: Path, array: np.ndarray, mode: str | None = None) -> None:
     Image.fromarray(array, mode=mode).save(path)
 
 
-def _folder_batch(tmp_path: Path, images: dict[str, np.ndarray], labels: dict[str, str] | None = None,
-                  patients: dict[str, str] | None = None) -> Path:  # fmt: skip
+def _folder_batch(
+    tmp_path: Path,
+    images: dict[str, np.ndarray],
+    labels: dict[str, str] | None = None,
+    patients: dict[str, str] | None = None,
+) -> Path:
     batch = tmp_path / "landing" / "checks" / "b1"
     rng = np.random.default_rng(0)
     rows = []
     for i, name in enumerate(["ok1", "ok2", "ok3", *images]):
         array = images.get(name, rng.integers(0, 256, (32, 32), dtype=np.uint8))
         _png(batch / f"{name}.png", array)
-        rows.append({"file": f"{name}.png", "label": (labels or {}).get(name, ["normal", "finding"][i % 2]), "id": name,
-                     "patient_id": (patients or {}).get(name, f"p_{name}")})  # fmt: skip
+        rows.append(
+            {
+                "file": f"{name}.png",
+                "label": (labels or {}).get(name, ["normal", "finding"][i % 2]),
+                "id": name,
+                "patient_id": (patients or {}).get(name, f"p_{name}"),
+            }
+        )
     pl.DataFrame(rows).write_csv(batch / "labels.csv")
     return batch
 
@@ -268,13 +310,16 @@ def test_constant_image_fails(tmp_path: Path) -> None:
 
 def test_wrong_size_channels_and_bit_depth_fail(tmp_path: Path) -> None:
     rng = np.random.default_rng(1)
-    images = {"small": rng.integers(0, 256, (16, 40), dtype=np.uint8),
-              "colour": rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)}  # fmt: skip
+    images = {
+        "small": rng.integers(0, 256, (16, 40), dtype=np.uint8),
+        "colour": rng.integers(0, 256, (32, 32, 3), dtype=np.uint8),
+    }
     batch = _folder_batch(tmp_path, images)
     _png(batch / "mask.png", rng.integers(0, 2, (32, 32)).astype(bool), mode=None)  # a 1-bit image
     labels = pl.read_csv(batch / "labels.csv")
-    pl.concat([labels, pl.DataFrame([{"file": "mask.png", "label": "normal", "id": "mask", "patient_id": "p_m"}])]
-              ).write_csv(batch / "labels.csv")  # fmt: skip
+    pl.concat(
+        [labels, pl.DataFrame([{"file": "mask.png", "label": "normal", "id": "mask", "patient_id": "p_m"}])]
+    ).write_csv(batch / "labels.csv")
     failures = _failures(batch)
     assert set(failures) == {"image_size", "image_channels", "image_bit_depth"}
     assert "smaller than the spec's 28 px" in failures["image_size"]
@@ -282,7 +327,9 @@ def test_wrong_size_channels_and_bit_depth_fail(tmp_path: Path) -> None:
 
 
 def test_label_outside_the_domain_fails(tmp_path: Path) -> None:
-    failures = _failures(_folder_batch(tmp_path, {"x": np.arange(1024, dtype=np.uint8).reshape(32, 32)}, {"x": "maybe"}))
+    failures = _failures(
+        _folder_batch(tmp_path, {"x": np.arange(1024, dtype=np.uint8).reshape(32, 32)}, {"x": "maybe"})
+    )
     assert set(failures) == {"expect_column_values_to_be_in_set"}
 
 
@@ -308,11 +355,15 @@ def test_a_duplicate_image_of_two_patients_shares_their_split_so_cannot_leak(tmp
 
 def test_duplicates_within_a_split_warn_unless_labels_conflict(tmp_path: Path) -> None:
     same = np.random.default_rng(6).integers(0, 256, (32, 32), dtype=np.uint8)
-    batch = _folder_batch(tmp_path, {"d1": same, "d2": same}, {"d1": "normal", "d2": "normal"}, {"d1": "p_x", "d2": "p_x"})
+    batch = _folder_batch(
+        tmp_path, {"d1": same, "d2": same}, {"d1": "normal", "d2": "normal"}, {"d1": "p_x", "d2": "p_x"}
+    )
     assert _failures(batch) == {}
     records = read_image_records(describe_batch("checks", batch), CHECK_SPEC).records
     assert [w.expectation for w in duplicate_warnings(records, CHECK_SPEC)] == ["duplicate_images_within_split"]
-    conflicting = records.with_columns(pl.when(pl.col("id") == "d2").then(pl.lit("finding")).otherwise(pl.col("label")).alias("label"))
+    conflicting = records.with_columns(
+        pl.when(pl.col("id") == "d2").then(pl.lit("finding")).otherwise(pl.col("label")).alias("label")
+    )
     assert [f.expectation for f in validate_images(conflicting, CHECK_SPEC)] == ["duplicate_images_conflicting_labels"]
 
 
@@ -342,14 +393,27 @@ def test_bundled_phantom_task_is_pinned() -> None:
     defs = build_definitions([spec], Path("/nonexistent"))
     graph = defs.resolve_asset_graph()
     task = spec.name
-    for asset in ("raw_records", "validated_records", "split", "features", "feature_plan", "candidate_model",
-                  "baseline_model", "evaluation", "champion", "predictions"):  # fmt: skip
+    for asset in (
+        "raw_records",
+        "validated_records",
+        "split",
+        "features",
+        "feature_plan",
+        "candidate_model",
+        "baseline_model",
+        "evaluation",
+        "champion",
+        "predictions",
+    ):
         node = graph.get(dg.AssetKey([task, asset]))
         assert node.group_name == task and node.description and node.kinds and node.owners
         assert defs.resolve_assets_def(dg.AssetKey([task, asset])).op.pool == f"meddiag_{task}", asset
     checks = {(k.asset_key.path[-1], k.name) for k in graph.asset_check_keys}
     assert {("validated_records", "validated_records_suite"), ("champion", "champion_fit_for_use")} <= checks
-    assert {p.path[-1] for p in graph.get(dg.AssetKey([task, "candidate_model"])).parent_keys} == {"features", "feature_plan"}
+    assert {p.path[-1] for p in graph.get(dg.AssetKey([task, "candidate_model"])).parent_keys} == {
+        "features",
+        "feature_plan",
+    }
     assert {p.path[-1] for p in graph.get(dg.AssetKey([task, "features"])).parent_keys} == {"split"}
     landing = Path(__file__).resolve().parent.parent / "data" / "landing" / task / "batch_0001"
     assert (landing / "_READY").exists() and pl.read_csv(landing / "labels.csv").height >= 1000

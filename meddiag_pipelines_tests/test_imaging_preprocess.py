@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from meddiag_pipelines_tests.test_imaging_readers import make_spec, medmnist_npz
 
-from scripts.phantoms import write_phantom_batch
 from meddiag_pipelines.imaging.preprocess import load_cached, resize_square, to_uint8, update_cache
 from meddiag_pipelines.imaging.readers import load_pixels, npz_record_id, read_image_batch
+from meddiag_pipelines_tests.test_imaging_readers import make_spec, medmnist_npz
+from scripts.phantoms import write_phantom_batch
 
 
 def test_cache_is_built_once_and_read_back(tmp_path: Path) -> None:
@@ -20,7 +20,9 @@ def test_cache_is_built_once_and_read_back(tmp_path: Path) -> None:
     records = read_image_batch(batch, spec).records
     cache = tmp_path / "cache"
     first = update_cache(cache, batch, "batch_001", records, spec)
-    assert first["reused"] is False and first["n"] == 8 and first["shape"] == [8, 1, 28, 28] and first["dtype"] == "uint8"
+    assert (
+        first["reused"] is False and first["n"] == 8 and first["shape"] == [8, 1, 28, 28] and first["dtype"] == "uint8"
+    )
     npy = cache / first["path"]
     assert npy == cache / "batch_001.npy" and np.load(npy, mmap_mode="r").shape == (8, 1, 28, 28)
     mtime = npy.stat().st_mtime_ns
@@ -59,7 +61,10 @@ def test_npz_cache_roundtrips_medmnist_exactly(tmp_path: Path) -> None:
     spec = make_spec("npz", size=28)
     records = read_image_batch(batch, spec).records
     update_cache(tmp_path / "cache", batch, "npz1", records, spec)
-    X = load_cached(tmp_path / "cache", [npz_record_id("b", "breastmnist.npz", "test", 5), npz_record_id("b", "breastmnist.npz", "train", 0)])
+    X = load_cached(
+        tmp_path / "cache",
+        [npz_record_id("b", "breastmnist.npz", "test", 5), npz_record_id("b", "breastmnist.npz", "train", 0)],
+    )
     np.testing.assert_array_equal(X[0, 0], arrays["test_images"][5] / np.float32(255))
     np.testing.assert_array_equal(X[1, 0], arrays["train_images"][0] / np.float32(255))
 

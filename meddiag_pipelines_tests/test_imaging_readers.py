@@ -18,7 +18,6 @@ import pytest
 from PIL import Image
 from pydicom.data import get_testdata_file
 
-from scripts.phantoms import write_phantom_batch
 from meddiag_pipelines.imaging.readers import (
     ImageBatchError,
     ImageRejected,
@@ -29,9 +28,22 @@ from meddiag_pipelines.imaging.readers import (
 )
 from meddiag_pipelines.labels import multilabel_matrix
 from meddiag_pipelines.specs import TaskSpec
+from scripts.phantoms import write_phantom_batch
 
-BASE_COLUMNS = ["id", "label", "patient_id", "source", "sha256", "height", "width", "channels", "bit_depth", "predefined_split",
-                "intensity_min", "intensity_max"]
+BASE_COLUMNS = [
+    "id",
+    "label",
+    "patient_id",
+    "source",
+    "sha256",
+    "height",
+    "width",
+    "channels",
+    "bit_depth",
+    "predefined_split",
+    "intensity_min",
+    "intensity_max",
+]
 
 
 def make_spec(fmt: str = "folder", subgroups: list[str] | None = None, **image) -> TaskSpec:
@@ -76,7 +88,7 @@ def test_folder_reads_good_images_and_rejects_bad_ones(tmp_path: Path) -> None:
     extra = []
     # an RGB JPEG and a 16-bit PNG that are fine
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (20, 30, 3), dtype=np.uint8)).save(batch / "rgb.jpg")
-    Image.fromarray((np.arange(16 * 16, dtype=np.uint16).reshape(16, 16) * 200)).save(batch / "deep.png")
+    Image.fromarray(np.arange(16 * 16, dtype=np.uint16).reshape(16, 16) * 200).save(batch / "deep.png")
     extra += [{"file": "rgb.jpg", "label": "normal", "id": "rgb", "patient_id": "p_rgb", "sex": "F"}]
     extra += [{"file": "deep.png", "label": None, "id": "deep", "patient_id": "p_deep", "sex": None}]
     # bad ones
@@ -87,9 +99,19 @@ def test_folder_reads_good_images_and_rejects_bad_ones(tmp_path: Path) -> None:
     os.symlink(batch / labels["file"][1], batch / "link.png")
     outside = tmp_path / "outside.png"
     shutil.copy(batch / labels["file"][2], outside)
-    for name in ["corrupt.png", "truncated.png", "bomb.png", "link.png", "../outside.png", "/etc/passwd", "missing.png"]:
+    for name in [
+        "corrupt.png",
+        "truncated.png",
+        "bomb.png",
+        "link.png",
+        "../outside.png",
+        "/etc/passwd",
+        "missing.png",
+    ]:
         extra.append({"file": name, "label": "normal", "id": f"bad_{name}", "patient_id": "p", "sex": "M"})
-    extra.append({"file": labels["file"][3], "label": "normal", "id": labels["id"][0], "patient_id": "p", "sex": "M"})  # duplicate id
+    extra.append(
+        {"file": labels["file"][3], "label": "normal", "id": labels["id"][0], "patient_id": "p", "sex": "M"}
+    )  # duplicate id
     (batch / "unlisted.png").write_bytes(good_png)
     rows = [dict(r) for r in labels.iter_rows(named=True)] + extra
     write_csv(batch / "labels.csv", rows)
@@ -112,7 +134,10 @@ def test_folder_reads_good_images_and_rejects_bad_ones(tmp_path: Path) -> None:
     assert "decompression-bomb" in p["bomb.png"]
     assert "symbolic link" in p["link.png"]
     # a path that is not a file of the batch is named by its labels.csv row, never echoed
-    row = {name: f"labels.csv row {labels.height + 3 + i}" for i, name in enumerate(["../outside.png", "/etc/passwd", "missing.png"], start=4)}
+    row = {
+        name: f"labels.csv row {labels.height + 3 + i}"
+        for i, name in enumerate(["../outside.png", "/etc/passwd", "missing.png"], start=4)
+    }
     assert "escapes the batch folder" in p[row["../outside.png"]]
     assert "absolute path" in p[row["/etc/passwd"]]
     assert "not found" in p[row["missing.png"]]
@@ -199,7 +224,11 @@ def test_dicom_folder_real_files(dicom_batch: Path) -> None:
     rec = result.records
     by_source = {r["source"].split("#")[0]: r for r in rec.iter_rows(named=True)}
     assert set(by_source) == {"ct.dcm", "mr.dcm", "cr.dcm", "multi.dcm", "rle.dcm", "ybr.dcm"}
-    assert (by_source["ct.dcm"]["height"], by_source["ct.dcm"]["width"], by_source["ct.dcm"]["bit_depth"]) == (128, 128, 16)
+    assert (by_source["ct.dcm"]["height"], by_source["ct.dcm"]["width"], by_source["ct.dcm"]["bit_depth"]) == (
+        128,
+        128,
+        16,
+    )
     assert (by_source["cr.dcm"]["height"], by_source["cr.dcm"]["width"]) == (1955, 1841)
     assert by_source["ybr.dcm"]["channels"] == 3
     assert by_source["multi.dcm"]["source"] == "multi.dcm#5"  # one record per file: the middle frame
@@ -219,7 +248,9 @@ def test_dicom_folder_real_files(dicom_batch: Path) -> None:
 
 def test_dicom_multiframe_all_frames(dicom_batch: Path) -> None:
     spec = make_spec("dicom")
-    rec = read_dicom_batch(dicom_batch, spec, frames="all").records.filter(pl.col("source").str.starts_with("multi.dcm"))
+    rec = read_dicom_batch(dicom_batch, spec, frames="all").records.filter(
+        pl.col("source").str.starts_with("multi.dcm")
+    )
     assert rec.height == 10
     assert rec["source"].to_list() == [f"multi.dcm#{f}" for f in range(10)]
     assert rec["id"].n_unique() == 10
@@ -274,7 +305,9 @@ def test_dicom_bomb_guard(dicom_batch: Path) -> None:
 # ------------------------------------------------------------------------------------------------ npz
 
 
-def medmnist_npz(path: Path, n: tuple[int, int, int] = (12, 4, 6), rgb: bool = False, k: int = 1, seed: int = 0) -> dict:
+def medmnist_npz(
+    path: Path, n: tuple[int, int, int] = (12, 4, 6), rgb: bool = False, k: int = 1, seed: int = 0
+) -> dict:
     rng = np.random.default_rng(seed)
     arrays = {}
     for split, m in zip(("train", "val", "test"), n, strict=True):
@@ -294,7 +327,11 @@ def test_npz_medmnist_layout(tmp_path: Path) -> None:
     rec = result.records
     assert result.rejected == []
     assert rec.height == 22
-    assert rec.group_by("predefined_split").len().sort("predefined_split").rows() == [("test", 6), ("train", 12), ("val", 4)]
+    assert rec.group_by("predefined_split").len().sort("predefined_split").rows() == [
+        ("test", 6),
+        ("train", 12),
+        ("val", 4),
+    ]
     row = rec.filter(pl.col("id") == npz_record_id("b", "pneumoniamnist.npz", "val", 2)).row(0, named=True)
     assert row["source"] == "pneumoniamnist.npz#val:2"
     assert row["label"] == str(int(arrays["val_labels"][2, 0]))
@@ -326,9 +363,15 @@ def test_npz_bad_files_rejected(tmp_path: Path) -> None:
     medmnist_npz(batch / "good.npz")
     np.savez(batch / "wrongkeys.npz", x=np.zeros((2, 28, 28), np.uint8), y=np.zeros((2, 1)))
     np.savez(batch / "wrongshape.npz", train_images=np.zeros((2, 28), np.uint8), train_labels=np.zeros((2, 1)))
-    np.savez(batch / "mismatch.npz", train_images=np.zeros((3, 28, 28), np.uint8), train_labels=np.zeros((2, 1), np.int64))
-    np.savez(batch / "floatimg.npz", train_images=np.zeros((2, 28, 28), np.float32), train_labels=np.zeros((2, 1), np.int64))
-    np.savez(batch / "pickled.npz", train_images=np.array([object(), None], dtype=object), train_labels=np.zeros((2, 1)))
+    np.savez(
+        batch / "mismatch.npz", train_images=np.zeros((3, 28, 28), np.uint8), train_labels=np.zeros((2, 1), np.int64)
+    )
+    np.savez(
+        batch / "floatimg.npz", train_images=np.zeros((2, 28, 28), np.float32), train_labels=np.zeros((2, 1), np.int64)
+    )
+    np.savez(
+        batch / "pickled.npz", train_images=np.array([object(), None], dtype=object), train_labels=np.zeros((2, 1))
+    )
     (batch / "corrupt.npz").write_bytes(b"PK\x03\x04 not really a zip")
     np.savez(batch / "unlabelled.npz", test_images=np.zeros((2, 28, 28), np.uint8))
     result = read_image_batch(batch, make_spec("npz"))
@@ -366,8 +409,9 @@ def test_an_npz_with_a_raw_pickle_member_is_rejected_alone_and_never_unpickled(t
     medmnist_npz(batch / "good.npz")
     raw_pickle_npz(batch / "bad.npz", tmp_path / "unpickled")
     result = read_image_batch(batch, make_spec("npz"))
-    assert problems(result) == {"bad.npz": "train_images is not a NumPy array (raw bytes such as a pickle, which "
-                                           "is never loaded)"}  # fmt: skip
+    assert problems(result) == {
+        "bad.npz": "train_images is not a NumPy array (raw bytes such as a pickle, which is never loaded)"
+    }
     assert result.records.height == 22 and not (tmp_path / "unpickled").exists()
     with pytest.raises(ImageRejected, match="train_images is not a NumPy array"):
         load_pixels(batch, "bad.npz#train:0", make_spec("npz"))
@@ -416,7 +460,13 @@ def test_dicom_without_labels_csv_and_all_rejected_batches(tmp_path: Path) -> No
     bad.mkdir()
     (bad / "x.png").write_bytes(b"nope")
     result = read_image_batch(bad, make_spec("folder"))
-    assert result.records.height == 0 and result.records.columns == ["id", "label", "patient_id", "sex", *BASE_COLUMNS[3:]]
+    assert result.records.height == 0 and result.records.columns == [
+        "id",
+        "label",
+        "patient_id",
+        "sex",
+        *BASE_COLUMNS[3:],
+    ]
     assert result.records.schema["height"] == pl.Int64
     assert [f for f, _ in result.rejected] == ["x.png"]
 

@@ -9,11 +9,17 @@ import numpy as np
 import pytest
 import torch
 
-from scripts.phantoms import write_phantom_batch
 from meddiag_pipelines.imaging.preprocess import load_cached, update_cache
 from meddiag_pipelines.imaging.readers import read_image_batch
-from meddiag_pipelines.imaging.train import CHECKPOINT, adopt_parent_checkpoint, macro_auroc, predict_image_model, train_image_model
+from meddiag_pipelines.imaging.train import (
+    CHECKPOINT,
+    adopt_parent_checkpoint,
+    macro_auroc,
+    predict_image_model,
+    train_image_model,
+)
 from meddiag_pipelines.specs import TaskSpec
+from scripts.phantoms import write_phantom_batch
 
 pytestmark = pytest.mark.slow
 
@@ -49,7 +55,9 @@ def phantom_data(tmp_path_factory) -> tuple[np.ndarray, np.ndarray]:
 def test_learns_the_synthetic_finding(phantom_data, tmp_path: Path) -> None:
     X, y = phantom_data
     spec = phantom_spec(epochs=8)
-    res = train_image_model(X[:900], y[:900], X[900:], y[900:], "binary", 1, spec, tmp_path / "m", device="cpu", width=8, num_threads=1)
+    res = train_image_model(
+        X[:900], y[:900], X[900:], y[900:], "binary", 1, spec, tmp_path / "m", device="cpu", width=8, num_threads=1
+    )
     assert res.best_val_auroc > 0.8, res.history
     assert res.device == "cpu" and len(res.history) <= 8 and res.history[0]["images_per_second"] > 0
     p = predict_image_model(res.model_dir, X[900:], device="cpu")
@@ -83,12 +91,26 @@ def test_deterministic_on_cpu(phantom_data, tmp_path: Path) -> None:
     r2 = train_image_model(Xt, yt, Xv, yv, "binary", 1, spec, tmp_path / "b", device="cpu", width=8, num_threads=1)
     assert_same_weights(r1.model_dir, r2.model_dir)
     assert [h["val_auroc"] for h in r1.history] == [h["val_auroc"] for h in r2.history]
-    np.testing.assert_array_equal(predict_image_model(r1.model_dir, Xv, "cpu"), predict_image_model(r2.model_dir, Xv, "cpu"))
+    np.testing.assert_array_equal(
+        predict_image_model(r1.model_dir, Xv, "cpu"), predict_image_model(r2.model_dir, Xv, "cpu")
+    )
 
 
 def test_the_weight_average_is_what_is_saved_and_scored(phantom_data, tmp_path: Path) -> None:
     Xt, yt, Xv, yv = small(phantom_data)
-    res = train_image_model(Xt, yt, Xv, yv, "binary", 1, phantom_spec(epochs=2, patience=10), tmp_path / "m", device="cpu", width=8, num_threads=1)
+    res = train_image_model(
+        Xt,
+        yt,
+        Xv,
+        yv,
+        "binary",
+        1,
+        phantom_spec(epochs=2, patience=10),
+        tmp_path / "m",
+        device="cpu",
+        width=8,
+        num_threads=1,
+    )
     ckpt = torch.load(res.model_dir / CHECKPOINT, weights_only=True)
     saved = weights(res.model_dir)
     assert ckpt["best_state"] and all(torch.equal(saved[k], v) for k, v in ckpt["best_state"].items())
@@ -97,7 +119,9 @@ def test_the_weight_average_is_what_is_saved_and_scored(phantom_data, tmp_path: 
     assert not all(torch.equal(saved[k], ckpt["model"][k]) for k in saved if saved[k].is_floating_point())
     meta = json.loads((res.model_dir / "model.json").read_text())
     assert 0.9 <= meta["ema_decay"] < 1 and meta["model_config"]["hflip_tta"]  # trained with hflip: scored with it
-    assert macro_auroc(yv, predict_image_model(res.model_dir, Xv, "cpu"), "binary") == pytest.approx(res.best_val_auroc, abs=1e-6)
+    assert macro_auroc(yv, predict_image_model(res.model_dir, Xv, "cpu"), "binary") == pytest.approx(
+        res.best_val_auroc, abs=1e-6
+    )
 
 
 class Crash(RuntimeError):
@@ -115,20 +139,58 @@ def test_resumes_after_a_crash(phantom_data, tmp_path: Path) -> None:
 
     out = tmp_path / "crashy"
     with pytest.raises(Crash, match="simulated crash after epoch 2"):
-        train_image_model(Xt, yt, Xv, yv, "binary", 1, spec, out, device="cpu", width=8, num_threads=1, on_epoch_end=crash_after_2)
+        train_image_model(
+            Xt, yt, Xv, yv, "binary", 1, spec, out, device="cpu", width=8, num_threads=1, on_epoch_end=crash_after_2
+        )
     assert (out / "checkpoint.pt").exists() and not (out / "model.pt").exists()
     seen = []
     resumed = train_image_model(
-        Xt, yt, Xv, yv, "binary", 1, spec, out, device="cpu", width=8, num_threads=1, on_epoch_end=lambda e, r: seen.append(e)
+        Xt,
+        yt,
+        Xv,
+        yv,
+        "binary",
+        1,
+        spec,
+        out,
+        device="cpu",
+        width=8,
+        num_threads=1,
+        on_epoch_end=lambda e, r: seen.append(e),
     )
     assert resumed.resumed_from_epoch == 2 and seen == [3, 4]
     assert [h["val_auroc"] for h in resumed.history] == [h["val_auroc"] for h in full.history]
     assert resumed.best_epoch == full.best_epoch
     assert_same_weights(full.model_dir, resumed.model_dir)
     # a finished run called again does no more epochs; other data starts afresh
-    again = train_image_model(Xt, yt, Xv, yv, "binary", 1, spec, out, device="cpu", width=8, num_threads=1, on_epoch_end=lambda e, r: seen.append(e))
+    again = train_image_model(
+        Xt,
+        yt,
+        Xv,
+        yv,
+        "binary",
+        1,
+        spec,
+        out,
+        device="cpu",
+        width=8,
+        num_threads=1,
+        on_epoch_end=lambda e, r: seen.append(e),
+    )
     assert seen == [3, 4] and again.resumed_from_epoch == 4
-    other = train_image_model(Xt[:80], yt[:80], Xv, yv, "binary", 1, spec.model_copy(update={"training": spec.training.model_copy(update={"epochs": 1})}), out, device="cpu", width=8, num_threads=1)
+    other = train_image_model(
+        Xt[:80],
+        yt[:80],
+        Xv,
+        yv,
+        "binary",
+        1,
+        spec.model_copy(update={"training": spec.training.model_copy(update={"epochs": 1})}),
+        out,
+        device="cpu",
+        width=8,
+        num_threads=1,
+    )
     assert other.resumed_from_epoch == 0 and len(other.history) == 1
 
 
@@ -140,16 +202,42 @@ def test_time_budget_and_multiclass(phantom_data, tmp_path: Path) -> None:
     # three classes: the finding, normal, and a made-up third class from the sex subgroup (a shape check)
     y3 = (yt + (np.arange(len(yt)) % 3 == 0)).clip(0, 2)
     v3 = (yv + (np.arange(len(yv)) % 3 == 0)).clip(0, 2)
-    res3 = train_image_model(Xt, y3, Xv, v3, "multiclass", 3, phantom_spec(epochs=1), tmp_path / "mc", device="cpu", width=8, num_threads=1)
+    res3 = train_image_model(
+        Xt, y3, Xv, v3, "multiclass", 3, phantom_spec(epochs=1), tmp_path / "mc", device="cpu", width=8, num_threads=1
+    )
     p = predict_image_model(res3.model_dir, Xv, "cpu")
     assert p.shape == (len(Xv), 3) and np.isfinite(res3.best_val_auroc)
 
 
 def test_time_budget_run_continues_when_given_more_time(phantom_data, tmp_path: Path) -> None:
     Xt, yt, Xv, yv = small(phantom_data)
-    short = train_image_model(Xt, yt, Xv, yv, "binary", 1, phantom_spec(epochs=3, time_budget_s=0.2), tmp_path / "m", device="cpu", width=8, num_threads=1)
+    short = train_image_model(
+        Xt,
+        yt,
+        Xv,
+        yv,
+        "binary",
+        1,
+        phantom_spec(epochs=3, time_budget_s=0.2),
+        tmp_path / "m",
+        device="cpu",
+        width=8,
+        num_threads=1,
+    )
     assert short.stopped == "time_budget"
-    more = train_image_model(Xt, yt, Xv, yv, "binary", 1, phantom_spec(epochs=3, time_budget_s=600), tmp_path / "m", device="cpu", width=8, num_threads=1)
+    more = train_image_model(
+        Xt,
+        yt,
+        Xv,
+        yv,
+        "binary",
+        1,
+        phantom_spec(epochs=3, time_budget_s=600),
+        tmp_path / "m",
+        device="cpu",
+        width=8,
+        num_threads=1,
+    )
     assert more.stopped == "epochs" and len(more.history) == 3 and more.resumed_from_epoch == len(short.history)
 
 

@@ -8,9 +8,9 @@ import pytest
 from meddiag_pipelines.ingestion.batches import ingest_new_batches, reconcile, validate_pending_batches
 from meddiag_pipelines.ingestion.landing import describe_batch, ready_batch_dirs
 from meddiag_pipelines.ingestion.quarantine import file_reason
-from meddiag_pipelines.tabular.readers import read_tabular_batch
 from meddiag_pipelines.ingestion.warehouse import Warehouse
 from meddiag_pipelines.specs import LandingSpec
+from meddiag_pipelines.tabular.readers import read_tabular_batch
 from meddiag_pipelines.validation.suites import validate_tabular
 from meddiag_pipelines_tests.conftest import land, synthetic_records
 
@@ -42,8 +42,12 @@ def test_good_batch_is_read_once_and_recorded(synthetic_spec, layout):
 def test_wrong_column_type_is_quarantined_without_values(synthetic_spec, layout, bad_first):
     good, bad = ("b2_good", "b1_bad") if bad_first else ("b1_good", "b2_bad")
     land(layout, "synthetic_risk", good, synthetic_records(60, seed=1))
-    land(layout, "synthetic_risk", bad, synthetic_records(40, seed=2, start=1000).with_columns(
-        pl.col("x1").cast(pl.String) + "mg"))
+    land(
+        layout,
+        "synthetic_risk",
+        bad,
+        synthetic_records(40, seed=2, start=1000).with_columns(pl.col("x1").cast(pl.String) + "mg"),
+    )
     _, ingest, records, _ = run_ingestion(synthetic_spec, layout)
     assert set(records["_meddiag_batch"]) == {good} and records.height == 60
     why = reason(layout, "synthetic_risk", bad)
@@ -53,22 +57,37 @@ def test_wrong_column_type_is_quarantined_without_values(synthetic_spec, layout,
 
 def test_undeclared_column_changing_type_is_quarantined(synthetic_spec, layout):
     land(layout, "synthetic_risk", "b1", synthetic_records(30, seed=1).with_columns(pl.lit(1.5).alias("extra")))
-    land(layout, "synthetic_risk", "b2", synthetic_records(30, seed=2, start=100).with_columns(pl.lit("high").alias("extra")))
+    land(
+        layout,
+        "synthetic_risk",
+        "b2",
+        synthetic_records(30, seed=2, start=100).with_columns(pl.lit("high").alias("extra")),
+    )
     _, _, records, validation = run_ingestion(synthetic_spec, layout)
     assert records.height == 30
     [failure] = validation.quarantined[0]["failures"]
     assert failure["column"] == "extra"
-    assert failure["problem"] == ("column 'extra' holds text (String) where the task's validated batches hold "
-                                  "decimal numbers (Float64)")
+    assert failure["problem"] == (
+        "column 'extra' holds text (String) where the task's validated batches hold decimal numbers (Float64)"
+    )
     assert "high" not in json.dumps(validation.quarantined)
 
 
 def test_a_quarantined_first_batch_does_not_fix_column_types(synthetic_spec, layout):
     """The first batch, text in an undeclared column, fails validation (bad label); the second, numbers in it,
     must not be measured against the first one's types."""
-    land(layout, "synthetic_risk", "b1", synthetic_records(30, seed=1).with_columns(
-        pl.lit("high").alias("extra"), pl.lit("maybe").alias("outcome")))
-    land(layout, "synthetic_risk", "b2", synthetic_records(30, seed=2, start=100).with_columns(pl.lit(1.5).alias("extra")))
+    land(
+        layout,
+        "synthetic_risk",
+        "b1",
+        synthetic_records(30, seed=1).with_columns(pl.lit("high").alias("extra"), pl.lit("maybe").alias("outcome")),
+    )
+    land(
+        layout,
+        "synthetic_risk",
+        "b2",
+        synthetic_records(30, seed=2, start=100).with_columns(pl.lit(1.5).alias("extra")),
+    )
     _, _, records, validation = run_ingestion(synthetic_spec, layout)
     assert [q["batch"] for q in validation.quarantined] == ["b1"] and validation.validated == ["b2"]
     assert records.height == 30 and records.schema["extra"] == pl.Float64
@@ -161,7 +180,8 @@ def test_content_hash_tracks_bytes(synthetic_spec, layout):
 
 def test_parquet_batches_and_unlabelled_rows(synthetic_spec, layout):
     frame = synthetic_records(30, seed=1).with_columns(
-        pl.when(pl.col("rid") == "r3").then(pl.lit("")).otherwise(pl.col("outcome")).alias("outcome"))
+        pl.when(pl.col("rid") == "r3").then(pl.lit("")).otherwise(pl.col("outcome")).alias("outcome")
+    )
     land(layout, "synthetic_risk", "b1", frame, filename="records.parquet")
     _, _, records, _ = run_ingestion(synthetic_spec, layout)
     assert records.filter(pl.col("outcome").is_null())["rid"].to_list() == ["r3"]
@@ -181,8 +201,15 @@ def test_validation_suite_passes_on_clean_bundled_data(heart_spec):
 
 # -- the ledger and state as add-only objects (issue 15: no lock, no local file another host must see) ----------
 def _row(batch_id: str, status: str = "read") -> dict:
-    return {"batch_id": batch_id, "content_hash": "c" * 64, "status": status, "n_rows": 3, "files": ["a.csv"],
-            "columns": ["x"], "reason": None}  # fmt: skip
+    return {
+        "batch_id": batch_id,
+        "content_hash": "c" * 64,
+        "status": status,
+        "n_rows": 3,
+        "files": ["a.csv"],
+        "columns": ["x"],
+        "reason": None,
+    }
 
 
 def test_write_once_creates_a_file_only_if_absent(tmp_path):

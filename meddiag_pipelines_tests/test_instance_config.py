@@ -11,7 +11,9 @@ import yaml
 from meddiag_pipelines_tests.conftest import REPO
 
 DAGSTER = Path(sys.executable).with_name("dagster")
-TINY_DEFS = "import dagster as dg\n\n@dg.asset\ndef one() -> int:\n    return 1\n\ndefs = dg.Definitions(assets=[one])\n"
+TINY_DEFS = (
+    "import dagster as dg\n\n@dg.asset\ndef one() -> int:\n    return 1\n\ndefs = dg.Definitions(assets=[one])\n"
+)
 
 
 def test_repo_root_instance_config_is_the_dagster_home_one():
@@ -27,8 +29,14 @@ def test_cli_without_dagster_home_sends_no_telemetry(tmp_path):
     (with telemetry on, Dagster writes ~/.dagster/logs/event.log for later upload)."""
     (tmp_path / "defs.py").write_text(TINY_DEFS)
     env = {k: v for k, v in os.environ.items() if k != "DAGSTER_HOME"} | {"HOME": str(tmp_path / "home")}
-    done = subprocess.run([str(DAGSTER), "asset", "materialize", "-f", str(tmp_path / "defs.py"), "--select", "one"],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    done = subprocess.run(
+        [str(DAGSTER), "asset", "materialize", "-f", str(tmp_path / "defs.py"), "--select", "one"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "RUN_SUCCESS" in done.stderr
     assert not (tmp_path / "home" / ".dagster" / "logs").exists()

@@ -33,8 +33,21 @@ def test_escaped_text_renders_as_one_plain_paragraph_of_itself(text):
     assert shown == expected
 
 
-@pytest.mark.parametrize("hostile", ["<script>alert(1)</script>", "[x](javascript:alert(1))", "![i](x.png)",
-                                     "# h", "- item", "1. one", "**b** _e_ `c`", "a|b", "<http://evil>", "&lt;"])  # fmt: skip
+@pytest.mark.parametrize(
+    "hostile",
+    [
+        "<script>alert(1)</script>",
+        "[x](javascript:alert(1))",
+        "![i](x.png)",
+        "# h",
+        "- item",
+        "1. one",
+        "**b** _e_ `c`",
+        "a|b",
+        "<http://evil>",
+        "&lt;",
+    ],
+)
 def test_hostile_strings_are_shown_not_interpreted(hostile):
     blocks, shown = _inline_text(escape_markdown(hostile))
     assert blocks == ["paragraph_open", "inline", "paragraph_close"] and shown == hostile
@@ -46,8 +59,14 @@ def test_plain_names_stay_readable():
 
 
 def test_metadata_tables_escape_batch_and_file_names():
-    rows = [{"batch": "b1|<img src=x onerror=alert(1)>", "file": "[a](javascript:alert(1)).csv", "problem": "x\n| forged |"},
-            {"batch": "batch_0002", "file": "records.csv", "problem": "ok", "n": 0.5}]  # fmt: skip
+    rows = [
+        {
+            "batch": "b1|<img src=x onerror=alert(1)>",
+            "file": "[a](javascript:alert(1)).csv",
+            "problem": "x\n| forged |",
+        },
+        {"batch": "batch_0002", "file": "records.csv", "problem": "ok", "n": 0.5},
+    ]
     html = RENDERER.render(markdown_table(rows))
     assert "<img" not in html and "<a " not in html
     body = re.findall(r"<tr>(.*?)</tr>", html, re.S)

@@ -15,8 +15,15 @@ from meddiag_pipelines import labels
 from meddiag_pipelines.atomic import atomic_write_json
 from meddiag_pipelines.defs.build import build_definitions
 from meddiag_pipelines.modalities import registry
-from meddiag_pipelines.modalities.base import (BuiltFeatures, Descriptions, Modality, PlainReader, Table,
-                                               TrainedModel, TrainingRun)  # fmt: skip
+from meddiag_pipelines.modalities.base import (
+    BuiltFeatures,
+    Descriptions,
+    Modality,
+    PlainReader,
+    Table,
+    TrainedModel,
+    TrainingRun,
+)
 from meddiag_pipelines.specs import MODALITIES, SpecError, TaskSpec, load_spec
 from meddiag_pipelines.split import SPLIT_COLUMN, key_columns_in
 from meddiag_pipelines.tabular.readers import read_tabular_batch
@@ -32,8 +39,13 @@ def fit_means(rows: pl.DataFrame, plan: dict, classes: list[str], spec: TaskSpec
     X, y = inputs(rows, plan), labels.encode_labels(rows[spec.label], classes)
     means = [X[y == k].mean(axis=0).tolist() for k in range(len(classes))]
     atomic_write_json(out / "means.json", {"columns": plan["columns"], "means": means})
-    return {"framework": "numpy", "params": {"columns": plan["columns"]}, "val_score": None, "classes": classes,
-            "device": "cpu"}  # fmt: skip
+    return {
+        "framework": "numpy",
+        "params": {"columns": plan["columns"]},
+        "val_score": None,
+        "classes": classes,
+        "device": "cpu",
+    }
 
 
 def inputs(rows: pl.DataFrame, plan: dict) -> np.ndarray:
@@ -54,9 +66,15 @@ class NearestMeanModality(Modality):
     baseline_kinds = frozenset({"numpy"})
 
     def descriptions(self, spec: TaskSpec) -> Descriptions:
-        return Descriptions("landed CSV batches.", "rows that passed the spec's suite.", "The spec's suite.",
-                            "the numeric columns, nulls filled.", "the columns and their fill values.",
-                            "nearest class mean over every numeric column.", "nearest class mean over one column.")  # fmt: skip
+        return Descriptions(
+            "landed CSV batches.",
+            "rows that passed the spec's suite.",
+            "The spec's suite.",
+            "the numeric columns, nulls filled.",
+            "the columns and their fill values.",
+            "nearest class mean over every numeric column.",
+            "nearest class mean over one column.",
+        )
 
     def reader(self, spec: TaskSpec) -> PlainReader:
         return PlainReader(read_tabular_batch)
@@ -90,8 +108,13 @@ class NearestMeanModality(Modality):
 
 
 TOY_MODALITY = registry.register(NearestMeanModality())
-TOY_SPEC = {**SYNTHETIC_SPEC, "name": "toy_task", "modality": TOY, "numeric": ["x1", "x2"],
-            "promotion": {"auroc_floor": 0.6, "slope_band": [0.1, 10.0]}}  # fmt: skip
+TOY_SPEC = {
+    **SYNTHETIC_SPEC,
+    "name": "toy_task",
+    "modality": TOY,
+    "numeric": ["x1", "x2"],
+    "promotion": {"auroc_floor": 0.6, "slope_band": [0.1, 10.0]},
+}
 
 
 def test_a_registered_modality_is_a_spec_value_and_resolves_to_its_implementation(tmp_path):
@@ -116,15 +139,31 @@ def test_a_registered_modality_gets_the_whole_task_graph(layout):
     defs = build_definitions([TaskSpec.model_validate(TOY_SPEC)], layout.local)
     graph = defs.resolve_asset_graph()
     names = {k.path[-1] for k in graph.get_all_asset_keys() if k.path[0] == "toy_task"}
-    assert names == {"raw_records", "validated_records", "split", "features", "feature_plan", "candidate_model",
-                     "baseline_model", "evaluation", "champion", "predictions"}  # fmt: skip
+    assert names == {
+        "raw_records",
+        "validated_records",
+        "split",
+        "features",
+        "feature_plan",
+        "candidate_model",
+        "baseline_model",
+        "evaluation",
+        "champion",
+        "predictions",
+    }
     assert graph.get(dg.AssetKey(["toy_task", "baseline_model"])).parent_keys == {
-        dg.AssetKey(["toy_task", "features"]), dg.AssetKey(["toy_task", "feature_plan"])}
+        dg.AssetKey(["toy_task", "features"]),
+        dg.AssetKey(["toy_task", "feature_plan"]),
+    }
     assert graph.get(dg.AssetKey(["toy_task", "candidate_model"])).kinds == {"numpy"}
     checks = {(k.asset_key.path[-1], k.name) for k in graph.asset_check_keys}
-    assert checks == {("validated_records", "validated_records_suite"), ("champion", "champion_fit_for_use"),
-                      ("predictions", "batch_schema"), ("predictions", "batch_drift"),
-                      ("predictions", "realised_performance")}  # fmt: skip
+    assert checks == {
+        ("validated_records", "validated_records_suite"),
+        ("champion", "champion_fit_for_use"),
+        ("predictions", "batch_schema"),
+        ("predictions", "batch_drift"),
+        ("predictions", "realised_performance"),
+    }
     assert defs.resolve_job_def("toy_task_batches_job").name == "toy_task_batches_job"
 
 
@@ -133,7 +172,8 @@ def test_a_registered_modality_runs_end_to_end(layout):
     """Landed CSV -> champion -> scored predictions, through the same update path as the bundled tasks."""
     spec = fast(TaskSpec.model_validate(TOY_SPEC))
     records = synthetic_records(400, seed=5).with_columns(
-        pl.when(pl.col("rid").is_in(["r0", "r1", "r2"])).then(None).otherwise(pl.col("outcome")).alias("outcome"))
+        pl.when(pl.col("rid").is_in(["r0", "r1", "r2"])).then(None).otherwise(pl.col("outcome")).alias("outcome")
+    )
     land(layout, spec.name, "batch_0001", records)
     with dg.instance_for_test() as instance:
         result = run_task_in_process(build_definitions([spec], layout.local), spec, instance, raise_on_error=False)
@@ -146,5 +186,7 @@ def test_a_registered_modality_runs_end_to_end(layout):
     assert metrics["baseline"]["name"] == "nearest_mean_one_column" and metrics["baseline"]["auroc"] > 0.6
     champion = json.loads((layout.local / "models" / spec.name / "champion.json").read_text())["version"]
     scored = pl.read_parquet(layout.predictions(spec.name) / "batch_0001" / f"{champion}.parquet")
-    assert sorted(scored["id"].to_list()) == ["r0", "r1", "r2"] and scored["model_version"].unique().to_list() == [champion]
+    assert sorted(scored["id"].to_list()) == ["r0", "r1", "r2"] and scored["model_version"].unique().to_list() == [
+        champion
+    ]
     assert scored["probability"].is_between(0, 1).all()

@@ -67,12 +67,16 @@ EVAL = EvaluationSpec(n_bootstrap=200)
 def patients(n: int, seed: int, shift: float = 0.0) -> pl.DataFrame:
     """SYNTHETIC cases; ``shift`` moves three of the five columns (another site's population)."""
     rng = np.random.default_rng(seed)
-    return pl.DataFrame({
-        "rid": [f"s{seed}-{i}" for i in range(n)], "age": rng.normal(55 + 8 * shift, 9, n),
-        "bp": rng.normal(130 + 12 * shift, 15, n), "chol": rng.normal(220, 40, n),
-        "sex": rng.choice(["M", "F"], n, p=[0.6, 0.4]),
-        "pain": rng.choice(["ASY", "NAP", "ATA"], n, p=[0.5 - 0.3 * shift, 0.3, 0.2 + 0.3 * shift]),
-    })  # fmt: skip
+    return pl.DataFrame(
+        {
+            "rid": [f"s{seed}-{i}" for i in range(n)],
+            "age": rng.normal(55 + 8 * shift, 9, n),
+            "bp": rng.normal(130 + 12 * shift, 15, n),
+            "chol": rng.normal(220, 40, n),
+            "sex": rng.choice(["M", "F"], n, p=[0.6, 0.4]),
+            "pain": rng.choice(["ASY", "NAP", "ATA"], n, p=[0.5 - 0.3 * shift, 0.3, 0.2 + 0.3 * shift]),
+        }
+    )
 
 
 def scored(n: int, seed: int, strength: float = 1.5) -> tuple[pl.DataFrame, np.ndarray]:
@@ -81,8 +85,15 @@ def scored(n: int, seed: int, strength: float = 1.5) -> tuple[pl.DataFrame, np.n
     x = rng.normal(size=n)
     p = 1 / (1 + np.exp(-strength * x))
     y = (rng.random(n) < p).astype(int)
-    frame = pl.DataFrame({"id": [f"c{seed}-{i}" for i in range(n)], "probability": p, "risk_band": ["low"] * n,
-                          "model_version": "v1", "batch": f"b{seed}"})  # fmt: skip
+    frame = pl.DataFrame(
+        {
+            "id": [f"c{seed}-{i}" for i in range(n)],
+            "probability": p,
+            "risk_band": ["low"] * n,
+            "model_version": "v1",
+            "batch": f"b{seed}",
+        }
+    )
     return frame, y
 
 
@@ -143,8 +154,13 @@ def test_feature_types_leave_out_identifier_like_text_and_follow_the_spec():
     assert types == {"age": "numeric", "sex": "categorical"}
     spec = TaskSpec.model_validate({**SYNTHETIC_SPEC, "id": "rid", "categorical": ["bp"]})
     rows = frame.with_columns(outcome=pl.lit("yes"), pid=pl.lit("p"))
-    assert task_feature_types(spec, rows) == {"age": "numeric", "bp": "categorical", "chol": "numeric",
-                                              "sex": "categorical", "pain": "categorical"}  # fmt: skip
+    assert task_feature_types(spec, rows) == {
+        "age": "numeric",
+        "bp": "categorical",
+        "chol": "numeric",
+        "sex": "categorical",
+        "pain": "categorical",
+    }
 
 
 # -- drift --------------------------------------------------------------------------------------------------------
@@ -159,10 +175,13 @@ def test_a_shifted_batch_drifts_and_a_same_distribution_batch_does_not(tmp_path)
     assert other["engine"] == "evidently 0.7.23" and set(other["columns"]) == set(TYPES)
 
 
-@pytest.mark.parametrize(("rows", "numeric", "categorical", "binary"), [
-    (1_000, "K-S p_value", "chi-square p_value", "Z-test p_value"),
-    (1_001, "Wasserstein distance (normed)", "Jensen-Shannon distance", "Jensen-Shannon distance"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("rows", "numeric", "categorical", "binary"),
+    [
+        (1_000, "K-S p_value", "chi-square p_value", "Z-test p_value"),
+        (1_001, "Wasserstein distance (normed)", "Jensen-Shannon distance", "Jensen-Shannon distance"),
+    ],
+)
 def test_the_test_chosen_follows_evidentlys_rule_at_1000_reference_rows(rows, numeric, categorical, binary):
     types = {"age": "numeric", "pain": "categorical", "sex": "categorical"}
     columns = evidently_drift(patients(rows, 1), patients(200, 2), types)["columns"]
@@ -180,8 +199,13 @@ def test_a_batch_without_a_monitored_column_is_refused_naming_it(tmp_path):
 def test_a_column_without_any_value_in_the_batch_counts_as_drifted(tmp_path):
     ref = reference(tmp_path)
     result = batch_drift(ref, patients(200, 4).with_columns(pl.lit(None, dtype=pl.Float64).alias("chol")))
-    assert result["columns"]["chol"] == {"type": "numeric", "method": NO_VALUES, "threshold": None, "score": None,
-                                         "drifted": True}  # fmt: skip
+    assert result["columns"]["chol"] == {
+        "type": "numeric",
+        "method": NO_VALUES,
+        "threshold": None,
+        "score": None,
+        "drifted": True,
+    }
     assert result["n_drifted"] >= 1 and result["share"] == result["n_drifted"] / 5
 
 
@@ -230,8 +254,9 @@ print(json.dumps({"calls": calls, "drift": out["dataset_drift"], "logger": evide
 def test_computing_drift_attempts_no_outbound_connection():
     """In a fresh interpreter (Evidently imported after the guard), with the switches unset beforehand: every
     connect and name lookup is recorded and refused; none may be to a non-loopback address."""
-    done = subprocess.run([sys.executable, "-c", NO_NETWORK], check=False, cwd=REPO, capture_output=True, text=True,
-                          timeout=240)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-c", NO_NETWORK], check=False, cwd=REPO, capture_output=True, text=True, timeout=240
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     outbound = [c for c in result["calls"] if not any(h in c[1] for h in ("127.0.0.1", "localhost", "'::1'"))]
@@ -267,8 +292,9 @@ def test_realised_auroc_matches_an_independent_computation_from_the_prediction_f
     predictions = pl.read_parquet(tmp_path / "v1.parquet")
     landed = read_labels_batch([tmp_path / "labels.csv"], "rid", "outcome")
     realised = realised_performance(predictions, landed, "binary", ["0", "1"], EVAL, operating_threshold=0.5)
-    on_file = pl.read_parquet(tmp_path / "v1.parquet").join(pl.read_csv(tmp_path / "labels.csv", infer_schema=False),
-                                                            left_on="id", right_on="rid")  # fmt: skip
+    on_file = pl.read_parquet(tmp_path / "v1.parquet").join(
+        pl.read_csv(tmp_path / "labels.csv", infer_schema=False), left_on="id", right_on="rid"
+    )
     independent = roc_auc_score(on_file["outcome"].cast(pl.Int64).to_numpy(), on_file["probability"].to_numpy())
     assert abs(realised["auroc"] - independent) < 1e-9
     assert realised["n"] == 200 and realised["labels_not_in_batch"] == 1 and realised["metric"] == "auroc"
@@ -278,17 +304,25 @@ def test_realised_auroc_matches_an_independent_computation_from_the_prediction_f
 def test_a_realised_drop_breaches_the_gates_margins_and_a_steady_figure_does_not():
     frame, y = scored(500, 6)
     groups = pl.DataFrame({"id": frame["id"], "sex": ["M", "F"] * 250})
-    steady = realised_performance(frame, labels_of(frame, y).rename({"rid": "id", "outcome": "label"}), "binary",
-                                  ["0", "1"], EVAL, 0.5, groups)  # fmt: skip
+    steady = realised_performance(
+        frame, labels_of(frame, y).rename({"rid": "id", "outcome": "label"}), "binary", ["0", "1"], EVAL, 0.5, groups
+    )
     noisy = np.where(np.random.default_rng(0).random(500) < 0.3, 1 - y, y)  # outcomes no longer follow the risks
-    dropped = realised_performance(frame, labels_of(frame, noisy).rename({"rid": "id", "outcome": "label"}), "binary",
-                                   ["0", "1"], EVAL, 0.5, groups)  # fmt: skip
+    dropped = realised_performance(
+        frame,
+        labels_of(frame, noisy).rename({"rid": "id", "outcome": "label"}),
+        "binary",
+        ["0", "1"],
+        EVAL,
+        0.5,
+        groups,
+    )
     version = {"auroc": steady["auroc"], "subgroups": steady["subgroups"]}
     promotion = PromotionSpec(auroc_floor=0.7, margin=0.02, max_subgroup_drop=0.05)
     assert breach_checks(steady, version, promotion)["breach"] is False
     verdict = breach_checks(dropped, version, promotion)
     failed = [r for r in verdict["reasons"] if "below the floor" in r or "more than" in r or "lies outside" in r]
-    assert verdict["breach"] and verdict["reasons"][:len(failed)] == failed  # the failed rules come first
+    assert verdict["breach"] and verdict["reasons"][: len(failed)] == failed  # the failed rules come first
     assert any("below the version's test AUROC" in r and "more than the margin 0.02" in r for r in failed)
     assert any(r.startswith("subgroup sex=") for r in failed) and any("is below the floor 0.7" in r for r in failed)
     assert any(r.startswith("calibration slope") for r in failed)
@@ -298,8 +332,13 @@ def test_realised_macro_f1_of_a_multiclass_task_matches_sklearn():
     rng = np.random.default_rng(7)
     proba = rng.dirichlet([2, 2, 2], size=300)
     classes = ["a", "b", "c"]
-    frame = pl.DataFrame({"id": [str(i) for i in range(300)], **{f"p_{c}": proba[:, i] for i, c in enumerate(classes)},
-                          "predicted": [classes[i] for i in proba.argmax(axis=1)]})  # fmt: skip
+    frame = pl.DataFrame(
+        {
+            "id": [str(i) for i in range(300)],
+            **{f"p_{c}": proba[:, i] for i, c in enumerate(classes)},
+            "predicted": [classes[i] for i in proba.argmax(axis=1)],
+        }
+    )
     truth = np.array([rng.choice(3, p=p) for p in proba])
     labels = pl.DataFrame({"id": frame["id"], "label": [classes[i] for i in truth]})
     realised = realised_performance(frame, labels, "multiclass", classes, EVAL)
@@ -307,9 +346,15 @@ def test_realised_macro_f1_of_a_multiclass_task_matches_sklearn():
     assert abs(realised["macro_f1"] - f1_score(truth, proba.argmax(axis=1), average="macro")) < 1e-9
     assert realised["ci"][0] < realised["macro_f1"] < realised["ci"][1]
     with pytest.raises(LabelsError, match="2 label\\(s\\) are not among the task's classes"):
-        realised_performance(frame, labels.with_columns(pl.when(pl.col("id").is_in(["0", "1"])).then(pl.lit("z"))
-                                                        .otherwise(pl.col("label")).alias("label")), "multiclass",
-                             classes, EVAL)  # fmt: skip
+        realised_performance(
+            frame,
+            labels.with_columns(
+                pl.when(pl.col("id").is_in(["0", "1"])).then(pl.lit("z")).otherwise(pl.col("label")).alias("label")
+            ),
+            "multiclass",
+            classes,
+            EVAL,
+        )
 
 
 # -- the estimate without labels ------------------------------------------------------------------------------------
@@ -342,8 +387,9 @@ def test_monitoring_json_appends_per_batch_and_fills_realised_when_labels_land(t
     assert {"batch", "model_version", "drift", "realised", "estimated"} <= set(entries[0])
     assert {"dataset_drift", "share", "columns"} <= set(entries[0]["drift"])
     noisy = np.where(np.random.default_rng(0).random(300) < 0.4, 1 - y, y)
-    realised = realised_performance(frame, labels_of(frame, noisy).rename({"rid": "id", "outcome": "label"}),
-                                    "binary", ["0", "1"], EVAL, 0.5)  # fmt: skip
+    realised = realised_performance(
+        frame, labels_of(frame, noisy).rename({"rid": "id", "outcome": "label"}), "binary", ["0", "1"], EVAL, 0.5
+    )
     realised["breach"] = breach_checks(realised, {"auroc": 0.85}, PromotionSpec())
     assert record_realised(root, "t", "b1", "v1", realised) and not record_realised(root, "t", "b9", "v1", realised)
     after = read_monitoring(root, "t")
@@ -361,14 +407,31 @@ def test_the_change_control_plan_states_the_gate_and_logs_every_decision(tmp_pat
     spec = TaskSpec.model_validate({**SYNTHETIC_SPEC, "promotion": {"auroc_floor": 0.75, "margin": 0.02}})
     registry = ModelRegistry(DataRoot(tmp_path))
     ledger = pl.DataFrame({"batch_id": ["batch_0001"], "content_hash": ["h"], "n_rows": [10], "status": ["validated"]})
-    model = {"name": "xgboost", "framework": "xgboost", "params": {}, "val_score": 0.9, "classes": ["no", "yes"],
-             "version": "", "device": "cpu"}  # fmt: skip
+    model = {
+        "name": "xgboost",
+        "framework": "xgboost",
+        "params": {},
+        "val_score": 0.9,
+        "classes": ["no", "yes"],
+        "version": "",
+        "device": "cpu",
+    }
     base = {"name": "lr", "framework": "sklearn", "params": {}, "val_score": 0.8}
-    for version, ok, reason in (("v1", True, "first model: AUROC 0.810 clears the floor 0.75"),
-                                ("v2", False, "AUROC | <b>worse</b> than the champion")):  # fmt: skip
-        manifest = build_manifest("synthetic_risk", ledger, {**model, "version": version}, base,
-                                  {"auroc": 0.81, "auroc_ci": [0.7, 0.9]}, None, Decision(ok, [reason]).as_dict(),
-                                  f"fp-{version}", "1.0")  # fmt: skip
+    for version, ok, reason in (
+        ("v1", True, "first model: AUROC 0.810 clears the floor 0.75"),
+        ("v2", False, "AUROC | <b>worse</b> than the champion"),
+    ):
+        manifest = build_manifest(
+            "synthetic_risk",
+            ledger,
+            {**model, "version": version},
+            base,
+            {"auroc": 0.81, "auroc_ci": [0.7, 0.9]},
+            None,
+            Decision(ok, [reason]).as_dict(),
+            f"fp-{version}",
+            "1.0",
+        )
         registry.publish("synthetic_risk", version, manifest)
     registry.set_champion("synthetic_risk", "v1", "promoted")
     plan = change_control_plan(spec, registry)

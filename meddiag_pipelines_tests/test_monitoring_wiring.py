@@ -64,15 +64,24 @@ def preset_decisions(reference: pl.DataFrame, current: pl.DataFrame, types: dict
     from evidently.presets import DataDriftPreset
 
     names = list(types)
-    definition = DataDefinition(numerical_columns=[c for c in names if types[c] == "numeric"],
-                                categorical_columns=[c for c in names if types[c] == "categorical"])  # fmt: skip
-    snapshot = Report([DataDriftPreset(columns=names)], include_tests=True).run(
-        Dataset.from_pandas(current.to_pandas(), data_definition=definition),
-        Dataset.from_pandas(reference.to_pandas(), data_definition=definition)).dict()  # fmt: skip
+    definition = DataDefinition(
+        numerical_columns=[c for c in names if types[c] == "numeric"],
+        categorical_columns=[c for c in names if types[c] == "categorical"],
+    )
+    snapshot = (
+        Report([DataDriftPreset(columns=names)], include_tests=True)
+        .run(
+            Dataset.from_pandas(current.to_pandas(), data_definition=definition),
+            Dataset.from_pandas(reference.to_pandas(), data_definition=definition),
+        )
+        .dict()
+    )
     failed = {t["metric_config"]["metric_id"] for t in snapshot["tests"] if t["status"] == "FAIL"}
-    return {m["config"]["column"]: (m["config"]["method"], m["config"]["threshold"], float(m["value"]),
-                                    m["id"] in failed)
-            for m in snapshot["metrics"] if m["config"].get("type", "").endswith(":ValueDrift")}  # fmt: skip
+    return {
+        m["config"]["column"]: (m["config"]["method"], m["config"]["threshold"], float(m["value"]), m["id"] in failed)
+        for m in snapshot["metrics"]
+        if m["config"].get("type", "").endswith(":ValueDrift")
+    }
 
 
 @pytest.mark.parametrize("n_reference", [300, 1500])  # Evidently's rule switches tests at 1,000 reference rows
@@ -80,9 +89,14 @@ def test_drift_decisions_equal_an_evidently_report(n_reference):
     rng = np.random.default_rng(n_reference)
 
     def frame(n: int, shift: float) -> pl.DataFrame:
-        return pl.DataFrame({"x": rng.normal(shift, 1, n), "y": rng.gamma(2 + shift, 1, n),
-                             "c": rng.choice(["a", "b", "c"], n, p=[0.5 - shift / 4, 0.3, 0.2 + shift / 4]),
-                             "b": rng.choice(["0", "1"], n, p=[0.7 - shift / 4, 0.3 + shift / 4])})  # fmt: skip
+        return pl.DataFrame(
+            {
+                "x": rng.normal(shift, 1, n),
+                "y": rng.gamma(2 + shift, 1, n),
+                "c": rng.choice(["a", "b", "c"], n, p=[0.5 - shift / 4, 0.3, 0.2 + shift / 4]),
+                "b": rng.choice(["0", "1"], n, p=[0.7 - shift / 4, 0.3 + shift / 4]),
+            }
+        )
 
     types = {"x": "numeric", "y": "numeric", "c": "categorical", "b": "categorical"}
     reference = frame(n_reference, 0.0)
@@ -119,8 +133,13 @@ def test_a_labels_batch_is_kept_out_of_the_records_and_a_bad_one_is_quarantined(
 @pytest.mark.slow
 def test_monitoring_through_the_task_graph(heart_spec, layout):
     # Generous margins: the first labels must not breach; the inverted ones below must.
-    spec = heart_spec.model_copy(update={"promotion": heart_spec.promotion.model_copy(update={
-        "margin": 0.3, "max_subgroup_drop": 1.0, "slope_band": (0.01, 100.0)})})  # fmt: skip
+    spec = heart_spec.model_copy(
+        update={
+            "promotion": heart_spec.promotion.model_copy(
+                update={"margin": 0.3, "max_subgroup_drop": 1.0, "slope_band": (0.01, 100.0)}
+            )
+        }
+    )
     frame = bundled_frame(TASK).with_columns(pl.col(LABEL).cast(pl.String)).sample(fraction=1.0, shuffle=True, seed=3)
     train, same, shifted, narrow = frame[:700], frame[700:780], frame[780:860], frame[860:900]
     land(layout, TASK, "batch_0001", train)
@@ -136,17 +155,24 @@ def test_monitoring_through_the_task_graph(heart_spec, layout):
     assert entry["estimated"]["metric"] == "auroc" and 0.5 < entry["estimated"]["auroc"] <= 1
     assert checks[DRIFT_CHECK].passed and checks[SCHEMA_CHECK].passed and checks[REALISED_CHECK].passed
     assert (layout.reports(TASK) / "monitoring.html").is_file()
-    scored = next(e.materialization for e in result.get_asset_materialization_events()
-                  if e.asset_key.path[-1] == "predictions")  # fmt: skip
+    scored = next(
+        e.materialization for e in result.get_asset_materialization_events() if e.asset_key.path[-1] == "predictions"
+    )
     assert scored.metadata["monitoring_report"].value == f"reports/{TASK}/monitoring.html"
     card = (layout.local / "models" / TASK / version / "model_card.md").read_text()
     assert "\n## Change-control plan\n" in card and "| first model: test AUROC at least | 0.8 |" in card
 
     # A batch to score without a column the champion was trained with, and a shifted one.
     land(layout, TASK, "batch_0003", narrow.drop("Cholesterol", LABEL))  # cases to score, without their label column
-    moved = shifted.with_columns(pl.col("Age") + 25, pl.col("MaxHR") - 50, pl.col("Oldpeak") + 2,
-                                 pl.lit("ASY").alias("ChestPainType"), pl.lit("Flat").alias("ST_Slope"),
-                                 pl.lit("Y").alias("ExerciseAngina"), pl.lit("M").alias("Sex"))  # fmt: skip
+    moved = shifted.with_columns(
+        pl.col("Age") + 25,
+        pl.col("MaxHR") - 50,
+        pl.col("Oldpeak") + 2,
+        pl.lit("ASY").alias("ChestPainType"),
+        pl.lit("Flat").alias("ST_Slope"),
+        pl.lit("Y").alias("ExerciseAngina"),
+        pl.lit("M").alias("Sex"),
+    )
     land(layout, TASK, "batch_0004", unlabelled(moved))
     result, checks = run(spec, layout)
     assert not result.success  # the blocking schema check stops the run

@@ -10,9 +10,9 @@ import polars as pl
 import pytest
 
 from meddiag_pipelines.defs.build import build_definitions
-from meddiag_pipelines.update import run_task_in_process
-from meddiag_pipelines.storage import DataRoot
 from meddiag_pipelines.specs import BUNDLED_TASKS_DIR, TaskSpec, load_spec
+from meddiag_pipelines.storage import DataRoot
+from meddiag_pipelines.update import run_task_in_process
 from meddiag_pipelines_tests.conftest import land, synthetic_records
 from meddiag_pipelines_tests.test_imaging_pipeline import tiny
 from scripts.phantoms import write_phantom_batch
@@ -31,8 +31,11 @@ def _phantoms(root: Path, task: str, batch: str, n: int, seed: int, labelled: bo
     folder = write_phantom_batch(root / "landing" / task / batch, n=n, seed=seed, size=28)
     if not labelled:
         frame = pl.read_csv(folder / "labels.csv")
-        frame.with_columns(pl.lit(None, pl.String).alias("label"), ("new_" + pl.col("id")).alias("id"),
-                           ("new_" + pl.col("patient_id")).alias("patient_id")).write_csv(folder / "labels.csv")  # fmt: skip
+        frame.with_columns(
+            pl.lit(None, pl.String).alias("label"),
+            ("new_" + pl.col("id")).alias("id"),
+            ("new_" + pl.col("patient_id")).alias("patient_id"),
+        ).write_csv(folder / "labels.csv")
     (folder / "_READY").touch()
 
 
@@ -47,8 +50,12 @@ def test_a_moved_data_root_keeps_working_and_names_no_old_path(tmp_path, synthet
         new = tmp_path / "relocated"
         shutil.move(old, new)
         layout = DataRoot(new)
-        land(layout, synthetic_spec.name, "batch_0002",
-             synthetic_records(6, seed=3, start=900).with_columns(pl.lit(None, pl.String).alias("outcome")))
+        land(
+            layout,
+            synthetic_spec.name,
+            "batch_0002",
+            synthetic_records(6, seed=3, start=900).with_columns(pl.lit(None, pl.String).alias("outcome")),
+        )
         _phantoms(new, image_spec.name, "batch_0002", n=4, seed=8, labelled=False)
         _run(specs, new, instance)
 

@@ -32,8 +32,11 @@ def _free_port() -> int:
 def s3_endpoint():
     """moto's S3 server on a free port; stopped by its PID."""
     port = _free_port()
-    server = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    server = subprocess.Popen(
+        [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 30
         while True:
@@ -54,7 +57,7 @@ def s3_endpoint():
 def s3_root(s3_endpoint, tmp_path, monkeypatch) -> str:
     """A fresh bucket on the server, the standard AWS variables pointing at it, a local folder in tmp_path;
     returns the data root's URL."""
-    for name, value in zip(S3_ENV, (s3_endpoint, "testing", "testing", "us-east-1")):
+    for name, value in zip(S3_ENV, (s3_endpoint, "testing", "testing", "us-east-1"), strict=False):
         monkeypatch.setenv(name, value)
     monkeypatch.setenv("MEDDIAG_LOCAL_DIR", str(tmp_path / "local"))
     bucket = f"meddiag-{uuid.uuid4().hex[:12]}"
@@ -73,7 +76,7 @@ def test_round_trips_go_to_the_bucket(s3_root, tmp_path):
     assert root.read_json("t/v.json") == {"k": [1, 2]}
     assert root.list("t") == ["one.parquet", "v.json"] and root.list("absent") == []
     assert root.exists("t/v.json") and not root.exists("t/w.json")
-    assert root.fs.exists(s3_root[len("s3://"):] + "/t/one.parquet")
+    assert root.fs.exists(s3_root[len("s3://") :] + "/t/one.parquet")
     assert [p for p in (tmp_path / "local").rglob("*") if p.is_file()] == []  # nothing written locally
     with pytest.raises(ValueError, match="resolves outside the data folder"):
         root.key("../outside")
@@ -97,7 +100,7 @@ def _staged(root: DataRoot, name: str) -> Path:
     staged = root.path(f"models/t/.staging/{name}")
     (staged / "model").mkdir(parents=True)
     (staged / "model" / "weights.json").write_text("{}")
-    (staged / "manifest.json").write_text('{"version": "%s"}' % name)
+    (staged / "manifest.json").write_text(f'{{"version": "{name}"}}')
     return staged
 
 
@@ -105,8 +108,14 @@ def test_publish_dir_uploads_the_manifest_last_and_never_twice(s3_root, monkeypa
     root = DataRoot(s3_root)
     order = []
     put_file, pipe_file = root.fs.put_file, root.fs.pipe_file
-    monkeypatch.setattr(root.fs, "put_file", lambda lpath, rpath, **kw: (order.append(Path(rpath).name), put_file(lpath, rpath, **kw))[1])
-    monkeypatch.setattr(root.fs, "pipe_file", lambda path, data, **kw: (order.append(Path(path).name), pipe_file(path, data, **kw))[1])
+    monkeypatch.setattr(
+        root.fs,
+        "put_file",
+        lambda lpath, rpath, **kw: (order.append(Path(rpath).name), put_file(lpath, rpath, **kw))[1],
+    )
+    monkeypatch.setattr(
+        root.fs, "pipe_file", lambda path, data, **kw: (order.append(Path(path).name), pipe_file(path, data, **kw))[1]
+    )
     staged = _staged(root, "v1")
     root.publish_dir(staged, "models/t/v1")
     assert order == ["weights.json", "manifest.json"] and not staged.exists()
@@ -158,14 +167,23 @@ def test_a_tabular_task_on_an_s3_data_root(s3_root, tmp_path, synthetic_spec, mo
     with dg.instance_for_test() as instance:
         update_task(synthetic_spec, instance, defs=defs)
         champion = ModelRegistry(root).champion(task)
-        land(layout, task, "b3", synthetic_records(6, seed=4, start=900).with_columns(pl.lit(None, pl.String).alias("outcome")))
+        land(
+            layout,
+            task,
+            "b3",
+            synthetic_records(6, seed=4, start=900).with_columns(pl.lit(None, pl.String).alias("outcome")),
+        )
         update_task(synthetic_spec, instance, defs=defs)
 
     assert champion is not None and ModelRegistry(root).versions(task) == [champion["version"]]
     version = champion["version"]
-    for rel in (f"models/{task}/{version}/manifest.json", f"models/{task}/{version}/report.html",
-                f"reports/{task}/latest/metrics.json", f"quarantine/{task}/b2/reason.json",
-                f"quarantine/{task}/b2/files/records.csv"):  # fmt: skip
+    for rel in (
+        f"models/{task}/{version}/manifest.json",
+        f"models/{task}/{version}/report.html",
+        f"reports/{task}/latest/metrics.json",
+        f"quarantine/{task}/b2/reason.json",
+        f"quarantine/{task}/b2/files/records.csv",
+    ):
         assert root.exists(rel), rel
     assert root.read_json(f"reports/{task}/latest.json")["version_dir"] == f"models/{task}/{version}"
     assert root.list(f"warehouse/tables/{task}") == ["features", "split", "validated_records"]
@@ -216,4 +234,6 @@ def test_duckdb_reads_the_store_through_a_registered_filesystem(s3_root):
         root.write_parquet(f"warehouse/tables/t/split/{batch}/run.parquet", pl.DataFrame({"a": list(range(n))}))
     con = duckdb.connect()
     con.register_filesystem(root.fs)
-    assert con.execute(f"select count(*) from read_parquet('{s3_root}/warehouse/tables/t/split/*/*.parquet')").fetchone() == (5,)
+    assert con.execute(
+        f"select count(*) from read_parquet('{s3_root}/warehouse/tables/t/split/*/*.parquet')"
+    ).fetchone() == (5,)

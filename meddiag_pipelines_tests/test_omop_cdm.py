@@ -43,9 +43,10 @@ def test_csv_and_parquet_batches_agree(tmp_path: Path) -> None:
     with _open(tmp_path / "p", tidy_tables()) as a, _open(tmp_path / "c", tidy_tables(), "csv") as b:
         sql = "SELECT * FROM ev_drug ORDER BY ALL"
         assert a.con.execute(sql).fetchall() == b.con.execute(sql).fetchall()
-        assert a.con.execute("SELECT * FROM person ORDER BY ALL").fetchall() == b.con.execute(
-            "SELECT * FROM person ORDER BY ALL"
-        ).fetchall()
+        assert (
+            a.con.execute("SELECT * FROM person ORDER BY ALL").fetchall()
+            == b.con.execute("SELECT * FROM person ORDER BY ALL").fetchall()
+        )
 
 
 def test_upper_case_file_and_column_names(tmp_path: Path) -> None:
@@ -119,11 +120,13 @@ def test_rows_of_unknown_persons_are_dropped(tmp_path: Path) -> None:
 def test_future_and_before_birth_events_are_dropped(tmp_path: Path) -> None:
     tables = tidy_tables()
     cond = tables["condition_occurrence"]
-    tables["condition_occurrence"] = pl.concat([
-        cond,
-        cond.head(1).with_columns(condition_start_date=pl.lit(date(2031, 1, 1))),
-        cond.head(1).with_columns(condition_start_date=pl.lit(date(1950, 1, 1))),
-    ])
+    tables["condition_occurrence"] = pl.concat(
+        [
+            cond,
+            cond.head(1).with_columns(condition_start_date=pl.lit(date(2031, 1, 1))),
+            cond.head(1).with_columns(condition_start_date=pl.lit(date(1950, 1, 1))),
+        ]
+    )
     with _open(tmp_path, tables) as cdm:
         assert "condition_occurrence: 1 event(s) dated in the future (dropped)" in cdm.notes
         assert "condition_occurrence: 1 event(s) dated before birth (dropped)" in cdm.notes
@@ -144,11 +147,13 @@ def test_birth_year_in_the_future_refuses_the_person(tmp_path: Path) -> None:
 def test_events_outside_observation_and_concept_zero_are_counted(tmp_path: Path) -> None:
     tables = tidy_tables()
     cond = tables["condition_occurrence"]
-    tables["condition_occurrence"] = pl.concat([
-        cond,
-        cond.head(1).with_columns(condition_start_date=pl.lit(date(1999, 6, 1))),
-        cond.head(1).with_columns(condition_concept_id=pl.lit(0, pl.Int64)),
-    ])
+    tables["condition_occurrence"] = pl.concat(
+        [
+            cond,
+            cond.head(1).with_columns(condition_start_date=pl.lit(date(1999, 6, 1))),
+            cond.head(1).with_columns(condition_concept_id=pl.lit(0, pl.Int64)),
+        ]
+    )
     with _open(tmp_path, tables) as cdm:
         assert (
             "condition_occurrence: 1 event(s) outside any observation period (kept for cohorts, not used for "
@@ -159,12 +164,14 @@ def test_events_outside_observation_and_concept_zero_are_counted(tmp_path: Path)
 
 
 def test_v53_and_v54_visit_columns(tmp_path: Path) -> None:
-    visits = pl.DataFrame({
-        "visit_occurrence_id": [1],
-        "person_id": [1],
-        "visit_concept_id": [9201],
-        "visit_start_date": [date(2009, 1, 1)],
-    })  # fmt: skip
+    visits = pl.DataFrame(
+        {
+            "visit_occurrence_id": [1],
+            "person_id": [1],
+            "visit_concept_id": [9201],
+            "visit_start_date": [date(2009, 1, 1)],
+        }
+    )
     v53 = tidy_tables() | {"visit_occurrence": visits.with_columns(admitting_source_concept_id=pl.lit(0, pl.Int64))}
     v54 = tidy_tables() | {
         "visit_occurrence": visits.with_columns(admitted_from_concept_id=pl.lit(0, pl.Int64)),
@@ -216,13 +223,25 @@ def test_refuses_a_concept_ancestor_with_a_cycle(tmp_path: Path) -> None:
     tables = tidy_tables()
     ca = tables["concept_ancestor"]
     # Closed form: 1124300 above 40000001 and 40000001 above 1124300.
-    back = pl.DataFrame({"ancestor_concept_id": [40000001], "descendant_concept_id": [1124300],
-                         "min_levels_of_separation": [1], "max_levels_of_separation": [1]})  # fmt: skip
+    back = pl.DataFrame(
+        {
+            "ancestor_concept_id": [40000001],
+            "descendant_concept_id": [1124300],
+            "min_levels_of_separation": [1],
+            "max_levels_of_separation": [1],
+        }
+    )
     with pytest.raises(CdmRefused, match=r"concept_ancestor\.parquet: concept_ancestor has a cycle"):
         _open(tmp_path / "pair", tables | {"concept_ancestor": pl.concat([ca, back])})
     # Edges only (not a closure): 1 -> 2 -> 3 -> 1.
-    ring = pl.DataFrame({"ancestor_concept_id": [1, 2, 3], "descendant_concept_id": [2, 3, 1],
-                         "min_levels_of_separation": [1, 1, 1], "max_levels_of_separation": [1, 1, 1]})  # fmt: skip
+    ring = pl.DataFrame(
+        {
+            "ancestor_concept_id": [1, 2, 3],
+            "descendant_concept_id": [2, 3, 1],
+            "min_levels_of_separation": [1, 1, 1],
+            "max_levels_of_separation": [1, 1, 1],
+        }
+    )
     with pytest.raises(CdmRefused, match="has a cycle"):
         _open(tmp_path / "ring", tables | {"concept_ancestor": pl.concat([ca, ring])})
 
@@ -290,7 +309,6 @@ def test_the_batch_is_only_read(tmp_path: Path) -> None:
         assert scratch is not None and scratch.is_dir()
     assert {p.name: p.stat().st_mtime_ns for p in folder.iterdir()} == before
     assert not scratch.exists()
-
 
 
 def test_overlapping_observation_periods_are_merged(tmp_path: Path) -> None:

@@ -44,23 +44,39 @@ def test_book_of_ohdsi_nsaid_gi_bleed_counts_on_eunomia(domain: str) -> None:
     assert [a["persons"] for a in study.attrition] == [2694, 2630, 2630, 2630, 2578]
 
 
-def _person(pid: int, *, obs_start: date, obs_end: date = date(2020, 12, 31), birth: int = 1960,
-            drugs: tuple = ((CELECOXIB, INDEX),), bleeds: tuple = (), death: date | None = None) -> dict:  # fmt: skip
+def _person(
+    pid: int,
+    *,
+    obs_start: date,
+    obs_end: date = date(2020, 12, 31),
+    birth: int = 1960,
+    drugs: tuple = ((CELECOXIB, INDEX),),
+    bleeds: tuple = (),
+    death: date | None = None,
+) -> dict:
     return {"id": pid, "obs": (obs_start, obs_end), "birth": birth, "drugs": drugs, "bleeds": bleeds, "death": death}
 
 
 def _study(tmp_path: Path, people: list[dict], spec: dict = NSAID_SPEC):
     tables = tidy_tables()
-    tables["person"] = pl.DataFrame({"person_id": [p["id"] for p in people], "gender_concept_id": [8507] * len(people),
-                                     "year_of_birth": [p["birth"] for p in people]})  # fmt: skip
-    tables["observation_period"] = pl.DataFrame({
-        "person_id": [p["id"] for p in people],
-        "observation_period_start_date": [p["obs"][0] for p in people],
-        "observation_period_end_date": [p["obs"][1] for p in people],
-    })  # fmt: skip
+    tables["person"] = pl.DataFrame(
+        {
+            "person_id": [p["id"] for p in people],
+            "gender_concept_id": [8507] * len(people),
+            "year_of_birth": [p["birth"] for p in people],
+        }
+    )
+    tables["observation_period"] = pl.DataFrame(
+        {
+            "person_id": [p["id"] for p in people],
+            "observation_period_start_date": [p["obs"][0] for p in people],
+            "observation_period_end_date": [p["obs"][1] for p in people],
+        }
+    )
     drugs = [(p["id"], c, d) for p in people for c, d in p["drugs"]]
-    tables["drug_exposure"] = pl.DataFrame(drugs, schema=["person_id", "drug_concept_id", "drug_exposure_start_date"],
-                                           orient="row")  # fmt: skip
+    tables["drug_exposure"] = pl.DataFrame(
+        drugs, schema=["person_id", "drug_concept_id", "drug_exposure_start_date"], orient="row"
+    )
     bleeds = [(p["id"], GI_BLEED, d) for p in people for d in p["bleeds"]] or [(p["id"], 1, INDEX) for p in people]
     tables["condition_occurrence"] = pl.DataFrame(
         bleeds, schema=["person_id", "condition_concept_id", "condition_start_date"], orient="row"
@@ -84,8 +100,9 @@ def test_prior_observation_boundary(tmp_path: Path) -> None:
 def test_index_is_the_first_exposure_inside_an_observation_period(tmp_path: Path) -> None:
     """A first exposure outside any observation period is not replaced by a later one inside."""
     first_outside = ((CELECOXIB, date(1999, 1, 1)), (CELECOXIB, INDEX))
-    study = _study(tmp_path, [_person(1, obs_start=date(2000, 1, 1), drugs=first_outside),
-                              _person(2, obs_start=date(2000, 1, 1))])  # fmt: skip
+    study = _study(
+        tmp_path, [_person(1, obs_start=date(2000, 1, 1), drugs=first_outside), _person(2, obs_start=date(2000, 1, 1))]
+    )
     assert study.population["person_id"].to_list() == [2]
     assert study.population["index_date"].to_list() == [INDEX]
 
@@ -126,8 +143,11 @@ def test_time_at_risk_capped_by_observation_end_and_minimum_days(tmp_path: Path)
     study = _study(tmp_path, people)
     population = study.for_outcome("gi_bleed")
     assert population.select("person_id", "outcome", "tar_days").rows() == [(1, 0, 364), (3, 1, 100)]
-    assert study.attrition[-1] == {"criterion": "at least 364 days at risk, or gi_bleed in them", "persons": 2,
-                                   "outcome": "gi_bleed"}  # fmt: skip
+    assert study.attrition[-1] == {
+        "criterion": "at least 364 days at risk, or gi_bleed in them",
+        "persons": 2,
+        "outcome": "gi_bleed",
+    }
 
 
 def test_death_before_index_excludes_and_death_caps_time_at_risk(tmp_path: Path) -> None:
@@ -144,9 +164,13 @@ def test_death_before_index_excludes_and_death_caps_time_at_risk(tmp_path: Path)
 
 def test_age_range(tmp_path: Path) -> None:
     spec = NSAID_SPEC | {"cohort": NSAID_SPEC["cohort"] | {"age": {"min": 18, "max": 40}}}
-    people = [_person(1, obs_start=date(2000, 1, 1), birth=1970), _person(2, obs_start=date(2000, 1, 1), birth=1969),
-              _person(3, obs_start=date(2000, 1, 1), birth=1992), _person(4, obs_start=date(2000, 1, 1), birth=1993)]
-    study = _study(tmp_path, people, spec)  # fmt: skip
+    people = [
+        _person(1, obs_start=date(2000, 1, 1), birth=1970),
+        _person(2, obs_start=date(2000, 1, 1), birth=1969),
+        _person(3, obs_start=date(2000, 1, 1), birth=1992),
+        _person(4, obs_start=date(2000, 1, 1), birth=1993),
+    ]
+    study = _study(tmp_path, people, spec)
     assert study.population.select("person_id", "age_at_index").rows() == [(1, 40), (3, 18)]
 
 
@@ -159,12 +183,16 @@ def test_descendants_reach_the_tablet(tmp_path: Path) -> None:
 
 
 def test_several_outcomes_get_their_own_populations(tmp_path: Path) -> None:
-    spec = NSAID_SPEC | {"outcomes": [
-        {"name": "gi_bleed", "domain": "condition", "concepts": [GI_BLEED]},
-        {"name": "other", "domain": "condition", "concepts": [1]},
-    ]}  # fmt: skip
-    people = [_person(1, obs_start=date(2000, 1, 1), bleeds=(_days(0),)),
-              _person(2, obs_start=date(2000, 1, 1), bleeds=(_days(10),))]  # fmt: skip
+    spec = NSAID_SPEC | {
+        "outcomes": [
+            {"name": "gi_bleed", "domain": "condition", "concepts": [GI_BLEED]},
+            {"name": "other", "domain": "condition", "concepts": [1]},
+        ]
+    }
+    people = [
+        _person(1, obs_start=date(2000, 1, 1), bleeds=(_days(0),)),
+        _person(2, obs_start=date(2000, 1, 1), bleeds=(_days(10),)),
+    ]
     study = _study(tmp_path, people, spec)
     assert study.for_outcome("gi_bleed").select("person_id", "outcome").rows() == [(2, 1)]
     assert study.for_outcome("other").select("person_id", "outcome").rows() == [(1, 0), (2, 0)]

@@ -48,18 +48,28 @@ def test_windows_end_the_day_before_index(tmp_path: Path) -> None:
         FEMALE * 1000 + 1: 1.0,  # gender
         2: 42.0,  # age at index
         8 * 1000 + 3: 1.0,  # age group 40-44
-        4001_000 + 110: 1.0, 4001_000 + 111: 1.0, 4001_000 + 112: 1.0,  # the day before index: every window
+        4001_000 + 110: 1.0,
+        4001_000 + 111: 1.0,
+        4001_000 + 112: 1.0,  # the day before index: every window
         4000_000 + 112: 1.0,  # 517 days before: any time prior only
-        3000_000 + 140: 1.0, 3000_000 + 142: 1.0,  # measured 31 and 152 days before: not in the 30-day window
-        3000_000 + 150: 7.0, 3000_000 + 152: 7.0,  # the last value
-    }  # fmt: skip
+        3000_000 + 140: 1.0,
+        3000_000 + 142: 1.0,  # measured 31 and 152 days before: not in the 30-day window
+        3000_000 + 150: 7.0,
+        3000_000 + 152: 7.0,  # the last value
+    }
     assert DICLOFENAC * 1000 + 120 not in found  # the index day's exposure is not a covariate
 
 
 def test_drugs_roll_up_to_ingredients(tmp_path: Path) -> None:
     tables = tidy_tables()
-    before = pl.DataFrame({"drug_exposure_id": [9], "person_id": [2], "drug_concept_id": [DICLOFENAC_TABLET],
-                           "drug_exposure_start_date": [date(2012, 1, 15)]})  # fmt: skip
+    before = pl.DataFrame(
+        {
+            "drug_exposure_id": [9],
+            "person_id": [2],
+            "drug_concept_id": [DICLOFENAC_TABLET],
+            "drug_exposure_start_date": [date(2012, 1, 15)],
+        }
+    )
     tables["drug_exposure"] = pl.concat([tables["drug_exposure"], before])
     found = _values(_covariates(tmp_path, tables, _person2()))
     assert {DICLOFENAC * 1000 + 120, DICLOFENAC * 1000 + 122} <= set(found)
@@ -68,8 +78,14 @@ def test_drugs_roll_up_to_ingredients(tmp_path: Path) -> None:
 
 def test_events_outside_observation_are_not_covariates(tmp_path: Path) -> None:
     tables = tidy_tables()
-    outside = pl.DataFrame({"condition_occurrence_id": [9], "person_id": [2], "condition_concept_id": [4002],
-                            "condition_start_date": [date(1999, 6, 1)]})  # fmt: skip
+    outside = pl.DataFrame(
+        {
+            "condition_occurrence_id": [9],
+            "person_id": [2],
+            "condition_concept_id": [4002],
+            "condition_start_date": [date(1999, 6, 1)],
+        }
+    )
     tables["condition_occurrence"] = pl.concat([tables["condition_occurrence"], outside])
     assert not any(cid // 1000 == 4002 for cid in _values(_covariates(tmp_path, tables, _person2())))
 
@@ -87,8 +103,14 @@ def test_an_event_the_day_before_index_changes_covariates(tmp_path: Path) -> Non
     """The counterpart of the property below: the comparison it makes does see a change before index."""
     tables = tidy_tables()
     base = _values(_covariates(tmp_path / "a", tables, _person2()))
-    day_before = pl.DataFrame({"condition_occurrence_id": [9], "person_id": [2], "condition_concept_id": [GI_BLEED],
-                               "condition_start_date": [PERSON2_INDEX - timedelta(days=1)]})  # fmt: skip
+    day_before = pl.DataFrame(
+        {
+            "condition_occurrence_id": [9],
+            "person_id": [2],
+            "condition_concept_id": [GI_BLEED],
+            "condition_start_date": [PERSON2_INDEX - timedelta(days=1)],
+        }
+    )
     tables["condition_occurrence"] = pl.concat([tables["condition_occurrence"], day_before])
     changed = _values(_covariates(tmp_path / "b", tables, _person2()))
     assert set(changed) - set(base) == {GI_BLEED * 1000 + 110, GI_BLEED * 1000 + 111, GI_BLEED * 1000 + 112}
@@ -123,8 +145,12 @@ EVENT_TABLES = {
     "observation": ("observation", "observation_concept_id", "observation_date"),
     "visit": ("visit_occurrence", "visit_concept_id", "visit_start_date"),
 }
-event = st.tuples(st.sampled_from(sorted(EVENT_TABLES)), st.sampled_from(POOL), st.integers(-500, 8000),
-                  st.one_of(st.none(), st.floats(-50, 50, allow_nan=False)))  # fmt: skip
+event = st.tuples(
+    st.sampled_from(sorted(EVENT_TABLES)),
+    st.sampled_from(POOL),
+    st.integers(-500, 8000),
+    st.one_of(st.none(), st.floats(-50, 50, allow_nan=False)),
+)
 
 
 @st.composite
@@ -138,37 +164,56 @@ def cases(draw):
         start = draw(st.integers(0, 3000))
         length = draw(st.integers(prior + 1, 8000 - start))
         events = [e for e in draw(st.lists(event, max_size=12)) if e[1] != target]
-        people.append({"id": pid, "birth": draw(st.integers(1930, 1999)), "start": start, "length": length,
-                       "events": events})  # fmt: skip
+        people.append(
+            {"id": pid, "birth": draw(st.integers(1930, 1999)), "start": start, "length": length, "events": events}
+        )
     first = people[0]
     first["events"].append((target_domain, target, first["start"] + draw(st.integers(prior, first["length"])), None))
-    spec = StudySpec.model_validate({
-        "cohort": {"target": {"domain": target_domain, "concepts": [target], "descendants": draw(st.booleans())},
-                   "prior_observation_days": prior, "exclude_prior_outcome": draw(st.booleans())},
-        "outcomes": [{"name": "o", "domain": "condition", "concepts": [GI_BLEED]}],
-        "time_at_risk": {"start": draw(st.integers(0, 30)), "end": draw(st.integers(31, 400))},
-        "covariates": {"windows": draw(st.lists(st.one_of(st.none(), st.integers(1, 800)), min_size=1, max_size=3,
-                                                unique=True))},
-    })  # fmt: skip
+    spec = StudySpec.model_validate(
+        {
+            "cohort": {
+                "target": {"domain": target_domain, "concepts": [target], "descendants": draw(st.booleans())},
+                "prior_observation_days": prior,
+                "exclude_prior_outcome": draw(st.booleans()),
+            },
+            "outcomes": [{"name": "o", "domain": "condition", "concepts": [GI_BLEED]}],
+            "time_at_risk": {"start": draw(st.integers(0, 30)), "end": draw(st.integers(31, 400))},
+            "covariates": {
+                "windows": draw(
+                    st.lists(st.one_of(st.none(), st.integers(1, 800)), min_size=1, max_size=3, unique=True)
+                )
+            },
+        }
+    )
     later = draw(st.lists(st.tuples(st.integers(0, 10), event, st.integers(0, 3000)), min_size=1, max_size=10))
     return people, spec, later
 
 
 def _tables(people: list[dict], extra: list[tuple[int, tuple]] = ()) -> dict[str, pl.DataFrame]:
     tables = tidy_tables()
-    tables["person"] = pl.DataFrame({"person_id": [p["id"] for p in people], "gender_concept_id": [8507] * len(people),
-                                     "year_of_birth": [p["birth"] for p in people]})  # fmt: skip
-    tables["observation_period"] = pl.DataFrame({
-        "person_id": [p["id"] for p in people],
-        "observation_period_start_date": [EPOCH + timedelta(days=p["start"]) for p in people],
-        "observation_period_end_date": [EPOCH + timedelta(days=p["start"] + p["length"]) for p in people],
-    })  # fmt: skip
+    tables["person"] = pl.DataFrame(
+        {
+            "person_id": [p["id"] for p in people],
+            "gender_concept_id": [8507] * len(people),
+            "year_of_birth": [p["birth"] for p in people],
+        }
+    )
+    tables["observation_period"] = pl.DataFrame(
+        {
+            "person_id": [p["id"] for p in people],
+            "observation_period_start_date": [EPOCH + timedelta(days=p["start"]) for p in people],
+            "observation_period_end_date": [EPOCH + timedelta(days=p["start"] + p["length"]) for p in people],
+        }
+    )
     rows = {name: [] for name in EVENT_TABLES}
     for pid, (domain, concept, day, value) in [(p["id"], e) for p in people for e in p["events"]] + list(extra):
         rows[domain].append((pid, concept, EPOCH + timedelta(days=day), value))
     for domain, (table, concept, day) in EVENT_TABLES.items():
-        tables[table] = pl.DataFrame(rows[domain], schema={"person_id": pl.Int64, concept: pl.Int64, day: pl.Date,
-                                                           "value_as_number": pl.Float64}, orient="row")  # fmt: skip
+        tables[table] = pl.DataFrame(
+            rows[domain],
+            schema={"person_id": pl.Int64, concept: pl.Int64, day: pl.Date, "value_as_number": pl.Float64},
+            orient="row",
+        )
     return tables
 
 

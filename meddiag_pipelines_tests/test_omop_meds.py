@@ -38,9 +38,14 @@ def test_meds_codes_times_and_values(cdm, tmp_path: Path) -> None:
     rows = pl.read_parquet(out)
     person2 = rows.filter(pl.col("subject_id") == 2)
     assert person2["code"].to_list() == [
-        "GENDER//8532", "MEDS_BIRTH", "CONDITION//4000", "MEASUREMENT//3000", "MEASUREMENT//3000",
-        "CONDITION//4001", "DRUG//40000001",
-    ]  # fmt: skip
+        "GENDER//8532",
+        "MEDS_BIRTH",
+        "CONDITION//4000",
+        "MEASUREMENT//3000",
+        "MEASUREMENT//3000",
+        "CONDITION//4001",
+        "DRUG//40000001",
+    ]
     assert person2["time"][0] is None and person2["time"][1] == datetime(1970, 6, 2)
     assert person2.filter(pl.col("code") == "MEASUREMENT//3000")["numeric_value"].to_list() == [5.0, 7.0]
     death = rows.filter(pl.col("code") == meds.death_code)

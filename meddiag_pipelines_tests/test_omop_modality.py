@@ -50,8 +50,11 @@ def materialize(spec, root: Path):
     with dg.instance_for_test() as instance:
         result = run_task_in_process(build_definitions([spec], root), spec, instance, raise_on_error=False)
         texts = [str(e.materialization.metadata) for e in result.get_asset_materialization_events()]
-        texts += [str(e.event_specific_data) for e in result.all_events
-                  if e.event_type == dg.DagsterEventType.ASSET_CHECK_EVALUATION]  # fmt: skip
+        texts += [
+            str(e.event_specific_data)
+            for e in result.all_events
+            if e.event_type == dg.DagsterEventType.ASSET_CHECK_EVALUATION
+        ]
     return result, "\n".join(texts)
 
 
@@ -64,14 +67,24 @@ def test_bundled_spec_is_the_books_exercise():
     assert sum(p.stat().st_size for p in BATCH.iterdir()) < 10 * 2**20
 
 
-@pytest.mark.parametrize(("change", "message"), [
-    ({"outcomes": [{"name": "a", "domain": "condition", "concepts": [1]},
-                   {"name": "b", "domain": "condition", "concepts": [2]}]}, "key 'outcomes': .*exactly one outcome"),
-    ({"cohort": None}, "omop tasks need 'cohort'"),
-    ({"cohort": {"target": {"domain": "lab", "concepts": [1]}}}, r"key 'cohort\.target\.domain'"),
-    ({"time_at_risk": {"start": 10, "end": 1}}, "key 'time_at_risk'.*end is before"),
-    ({"modality": "tabular", "label": "y"}, "cohort, outcomes, time_at_risk: for omop tasks only"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            {
+                "outcomes": [
+                    {"name": "a", "domain": "condition", "concepts": [1]},
+                    {"name": "b", "domain": "condition", "concepts": [2]},
+                ]
+            },
+            "key 'outcomes': .*exactly one outcome",
+        ),
+        ({"cohort": None}, "omop tasks need 'cohort'"),
+        ({"cohort": {"target": {"domain": "lab", "concepts": [1]}}}, r"key 'cohort\.target\.domain'"),
+        ({"time_at_risk": {"start": 10, "end": 1}}, "key 'time_at_risk'.*end is before"),
+        ({"modality": "tabular", "label": "y"}, "cohort, outcomes, time_at_risk: for omop tasks only"),
+    ],
+)
 def test_bad_study_keys_are_spec_errors_naming_file_and_key(tmp_path: Path, change: dict, message: str):
     import yaml
 
@@ -88,16 +101,19 @@ def _later_batch(dest: Path) -> tuple[Path, int]:
     with open_cdm(BATCH) as cdm:
         population = build_study(cdm, study_spec(load_spec(SPEC_FILE))).population
     chosen = population.filter(pl.col("outcome_gi_bleed") == 0).head(40)
-    ends = chosen.select((pl.col("person_id") + LATER_OFFSET).alias("person_id"),
-                         (pl.col("index_date") + timedelta(days=100)).alias("cut"))  # fmt: skip
+    ends = chosen.select(
+        (pl.col("person_id") + LATER_OFFSET).alias("person_id"),
+        (pl.col("index_date") + timedelta(days=100)).alias("cut"),
+    )
 
     def keep_chosen(frame: pl.DataFrame) -> pl.DataFrame:
         return frame.filter(pl.col("person_id").is_in(ends["person_id"].implode()))
 
     def cut(frame: pl.DataFrame) -> pl.DataFrame:
         frame = keep_chosen(frame).join(ends, on="person_id")
-        return frame.with_columns(pl.min_horizontal("observation_period_end_date", "cut")
-                                  .alias("observation_period_end_date")).drop("cut")  # fmt: skip
+        return frame.with_columns(
+            pl.min_horizontal("observation_period_end_date", "cut").alias("observation_period_end_date")
+        ).drop("cut")
 
     tables = [p.stem for p in BATCH.glob("*.parquet")]
     edits = {t: keep_chosen for t in tables if "PERSON_ID" in pl.read_parquet_schema(BATCH / f"{t}.parquet")}
@@ -111,10 +127,12 @@ def test_eunomia_end_to_end_hostile_batches_and_scoring(tmp_path: Path):
     landing = root / "landing" / spec.name
     copy_batch(landing / "batch_0001", OFFSET)
     copy_batch(landing / "batch_0002", OFFSET, drop=("person",))
+
     def with_cycle(frame: pl.DataFrame) -> pl.DataFrame:  # a concept's child made its parent too
         edge = frame.filter(pl.col("min_levels_of_separation") == 1)
-        reverse = edge.head(1).with_columns(ancestor_concept_id=pl.col("descendant_concept_id"),
-                                            descendant_concept_id=pl.col("ancestor_concept_id"))  # fmt: skip
+        reverse = edge.head(1).with_columns(
+            ancestor_concept_id=pl.col("descendant_concept_id"), descendant_concept_id=pl.col("ancestor_concept_id")
+        )
         return pl.concat([frame, reverse.select(frame.columns).cast(frame.schema)])
 
     cycle = {"concept_ancestor": with_cycle}
@@ -122,8 +140,10 @@ def test_eunomia_end_to_end_hostile_batches_and_scoring(tmp_path: Path):
 
     result, metadata = materialize(spec, root)
     assert result.success
-    reasons = {b: json.loads((root / "quarantine" / spec.name / b / "reason.json").read_text())["problem"]
-               for b in ("batch_0002", "batch_0003")}  # fmt: skip
+    reasons = {
+        b: json.loads((root / "quarantine" / spec.name / b / "reason.json").read_text())["problem"]
+        for b in ("batch_0002", "batch_0003")
+    }
     assert "no person table" in reasons["batch_0002"]
     assert "concept_ancestor has a cycle" in reasons["batch_0003"]
     latest = root / "reports" / spec.name / "latest"
@@ -144,7 +164,7 @@ def test_eunomia_end_to_end_hostile_batches_and_scoring(tmp_path: Path):
         dates = build_study(cdm, study_spec(spec)).population["index_date"].cast(pl.String).unique().to_list()
     shown = metadata + report + json.dumps(metrics)
     found = PERSON_ID.search(shown)
-    assert not found, f"a person id in metadata or the report: {shown[max(found.start() - 300, 0):found.end() + 50]}"
+    assert not found, f"a person id in metadata or the report: {shown[max(found.start() - 300, 0) : found.end() + 50]}"
     assert not [d for d in dates if d in shown], "an index date in metadata or the report"
 
     _, n_later = _later_batch(landing / "batch_0004")
@@ -154,8 +174,14 @@ def test_eunomia_end_to_end_hostile_batches_and_scoring(tmp_path: Path):
     risks = pl.read_parquet(scored)
     assert 0 < risks.height <= n_later
     assert risks["id"].cast(pl.Int64).min() > LATER_OFFSET and risks["probability"].is_between(0, 1).all()
-    assert risks["top_features"].str.contains(r"(condition|drug|procedure|measurement|observation|visit|age|gender)"
-                                              r"[^;]* [+-]\d\.\d{3}").all()  # fmt: skip
+    assert (
+        risks["top_features"]
+        .str.contains(
+            r"(condition|drug|procedure|measurement|observation|visit|age|gender)"
+            r"[^;]* [+-]\d\.\d{3}"
+        )
+        .all()
+    )
 
 
 def test_study_rows_label_the_population_and_leave_persons_still_at_risk_unlabelled(tmp_path: Path):
@@ -167,12 +193,17 @@ def test_study_rows_label_the_population_and_leave_persons_still_at_risk_unlabel
 
     tables = tidy_tables()  # person 1 bleeds 2 months after index; person 2 starts 2012-06-01; person 3 no NSAID
     tables["observation_period"] = tables["observation_period"].with_columns(
-        pl.when(pl.col("person_id") == 2).then(date(2012, 8, 1)).otherwise(pl.col("observation_period_end_date"))
-        .alias("observation_period_end_date"))  # fmt: skip
+        pl.when(pl.col("person_id") == 2)
+        .then(date(2012, 8, 1))
+        .otherwise(pl.col("observation_period_end_date"))
+        .alias("observation_period_end_date")
+    )
     with open_cdm(write_cdm(tmp_path / "cdm", tables), today=TODAY) as cdm:
         rows = study_rows(build_study(cdm, StudySpec.model_validate(NSAID_SPEC)))
     assert rows.select("person_id", "outcome", "tar_days").to_dicts() == [
-        {"person_id": 1, "outcome": "1", "tar_days": 365}, {"person_id": 2, "outcome": None, "tar_days": 61}]
+        {"person_id": 1, "outcome": "1", "tar_days": 365},
+        {"person_id": 2, "outcome": None, "tar_days": 61},
+    ]
     assert rows["gender"].to_list() == ["male", "female"]
 
 
@@ -188,13 +219,14 @@ def test_row_checks_name_each_problem():
 
 def test_covariate_matrix_takes_each_persons_own_batch(tmp_path: Path):
     """The same person id in two batches is two persons: each row reads its own batch's covariates."""
-    from meddiag_pipelines.specs import BATCH_COLUMN
     from meddiag_pipelines.omop.modality import covariate_matrix
+    from meddiag_pipelines.specs import BATCH_COLUMN
 
     for batch, values in (("a", [1.0, 5.0]), ("b", [0.0, 7.0])):
         (tmp_path / batch).mkdir()
         pl.DataFrame({"person_id": [1, 1], "covariate_id": [1003, 2], "value": values}).filter(
-            pl.col("value") != 0).write_parquet(tmp_path / batch / "covariates.parquet")
+            pl.col("value") != 0
+        ).write_parquet(tmp_path / batch / "covariates.parquet")
     rows = pl.DataFrame({"person_id": [1, 1, 2], BATCH_COLUMN: ["b", "a", "a"]})
     X = covariate_matrix(rows, {"columns": ["c2", "c1003", "c9"]}, tmp_path)
     assert X.tolist() == [[7.0, 0.0, 0.0], [5.0, 1.0, 0.0], [0.0, 0.0, 0.0]]

@@ -11,15 +11,22 @@ import dagster as dg
 import polars as pl
 import pytest
 
-from meddiag_pipelines.defs.build import batch_job_name, build_definitions
+from meddiag_pipelines.__main__ import main
 from meddiag_pipelines.defs import partitions
 from meddiag_pipelines.defs.automation.landing import RANGE_END, RANGE_START, range_tags
+from meddiag_pipelines.defs.build import batch_job_name, build_definitions
 from meddiag_pipelines.defs.partitions import ingestion_keys, partition_key_problem, scan_landing
-from meddiag_pipelines.ingestion.landing import batch_key
 from meddiag_pipelines.defs.resources.storage import MeddiagStorage
-from meddiag_pipelines.__main__ import main
+from meddiag_pipelines.ingestion.landing import batch_key
 from meddiag_pipelines.registry.summary import TaskSummary
-from meddiag_pipelines.update import UpdateError, group_keys, plan_batches, run_task_in_process, update_task, whole_task_run
+from meddiag_pipelines.update import (
+    UpdateError,
+    group_keys,
+    plan_batches,
+    run_task_in_process,
+    update_task,
+    whole_task_run,
+)
 from meddiag_pipelines_tests.conftest import land, synthetic_records
 
 TASK = "synthetic_risk"
@@ -51,7 +58,9 @@ def test_ingestion_is_the_partitioned_assets_fed_only_by_partitioned_ones(synthe
     assert ingestion_keys({raw: [], valid: [raw], scores: [valid, model]}) == {raw, valid}  # model: unpartitioned
     defs = build_definitions([synthetic_spec], layout.local)
     batch, downstream = group_keys(defs.resolve_implicit_global_asset_job_def(), synthetic_spec)
-    assert [k.path[-1] for k in batch] == ["raw_records", "validated_records"] and "predictions" in {k.path[-1] for k in downstream}
+    assert [k.path[-1] for k in batch] == ["raw_records", "validated_records"] and "predictions" in {
+        k.path[-1] for k in downstream
+    }
     assert sorted(defs.resolve_job_def(batch_job_name(synthetic_spec)).asset_layer.executable_asset_keys) == batch
 
 
@@ -63,7 +72,10 @@ def test_a_whole_task_run_covers_every_partition_only_when_it_holds_a_partitione
         land(layout, TASK, "b1", synthetic_records(10, seed=1))
         land(layout, TASK, "b2", synthetic_records(10, seed=2, start=10))
         keys, tags = whole_task_run(defs, synthetic_spec, instance, ["raw_records", "split"])
-        assert [k.path[-1] for k in keys] == ["raw_records", "split"] and (tags[RANGE_START], tags[RANGE_END]) == ("b1", "b2")
+        assert [k.path[-1] for k in keys] == ["raw_records", "split"] and (tags[RANGE_START], tags[RANGE_END]) == (
+            "b1",
+            "b2",
+        )
         keys, tags = whole_task_run(defs, synthetic_spec, instance, ["split"])
     assert [k.path[-1] for k in keys] == ["split"] and RANGE_START not in tags and tags["meddiag/task"] == TASK
 
@@ -80,7 +92,9 @@ def test_plan_registers_new_batches_and_partition_restricts_it(synthetic_spec, l
         assert not scan_landing(synthetic_spec, layout, storage.warehouse, {"b1", "b2"}, retry_unrecorded=False).again
 
 
-def test_batches_another_update_registers_at_the_same_moment_are_planned_not_failed(synthetic_spec, layout, monkeypatch):
+def test_batches_another_update_registers_at_the_same_moment_are_planned_not_failed(
+    synthetic_spec, layout, monkeypatch
+):
     """Dagster checks, then inserts: a second ``update`` that registered the keys in between fails the insert on
     the storage's unique key (seen with two updates at once); the keys are there, so planning goes on."""
     storage = MeddiagStorage(data_dir=str(layout.local))
@@ -119,13 +133,19 @@ def test_a_partitioned_run_keeps_each_batch_apart_and_split_reads_every_valid_on
     with dg.instance_for_test() as instance:
         result = run_task_in_process(defs, synthetic_spec, instance, ["raw_records", "validated_records", "split"])
         assert result.success
-        statuses = {e.partition: e.metadata["status"].value
-                    for e in result.asset_observations_for_node(f"{TASK}__validated_records")}  # fmt: skip
+        statuses = {
+            e.partition: e.metadata["status"].value
+            for e in result.asset_observations_for_node(f"{TASK}__validated_records")
+        }
         assert statuses == {"b1": "validated", "b2": "quarantined", "b3": "validated"}
         materialized = instance.get_materialized_partitions(dg.AssetKey([TASK, "validated_records"]))
     folder = layout.table(TASK, "validated_records")  # <partition>/<run>.parquet
     parts = {p.name: pl.read_parquet(newest(p)) for p in folder.iterdir() if p.is_dir()}
-    assert materialized == {"b1", "b2", "b3"} and {k: v.height for k, v in parts.items()} == {"b1": 40, "b2": 0, "b3": 40}
+    assert materialized == {"b1", "b2", "b3"} and {k: v.height for k, v in parts.items()} == {
+        "b1": 40,
+        "b2": 0,
+        "b3": 40,
+    }
     assert parts["b2"].columns == parts["b1"].columns
     split = pl.read_parquet(newest(layout.table(TASK, "split")))
     assert split.height == 80 and set(split["_meddiag_batch"]) == {"b1", "b3"}
@@ -145,11 +165,17 @@ def test_a_new_valid_partition_requests_the_downstream_and_a_quiet_cron_tick_not
         for key in graph.get_all_asset_keys():
             if key.path[0] == TASK and key.path[-1] not in ("raw_records", "validated_records"):
                 partitioned = graph.get(key).partitions_def is not None  # predictions: per batch
-                instance.report_runless_asset_event(dg.AssetMaterialization(key, partition="b1" if partitioned else None))
-        now = datetime.datetime.now(datetime.timezone.utc)
-        settled = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=landed.cursor, evaluation_time=now)
+                instance.report_runless_asset_event(
+                    dg.AssetMaterialization(key, partition="b1" if partitioned else None)
+                )
+        now = datetime.datetime.now(datetime.UTC)
+        settled = dg.evaluate_automation_conditions(
+            defs=defs, instance=instance, cursor=landed.cursor, evaluation_time=now
+        )
         tick = (now + datetime.timedelta(days=1)).replace(hour=2, minute=1)
-        nightly = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=settled.cursor, evaluation_time=tick)
+        nightly = dg.evaluate_automation_conditions(
+            defs=defs, instance=instance, cursor=settled.cursor, evaluation_time=tick
+        )
     assert settled.total_requested == 0 and nightly.total_requested == 0
 
 
@@ -165,11 +191,16 @@ def test_each_batch_of_a_range_run_shows_in_progress_then_failed(synthetic_spec,
     batch = set(group_keys(job, synthetic_spec)[0])
     with dg.instance_for_test() as instance:
         plan_batches(synthetic_spec, defs.resources["storage"], instance)
-        runs = [instance.create_run_for_job(job.get_subset(asset_selection=batch), asset_selection=batch,
-                                            tags=range_tags(keys)) for keys in (["b1", "b2"], ["b3"])]  # fmt: skip
+        runs = [
+            instance.create_run_for_job(
+                job.get_subset(asset_selection=batch), asset_selection=batch, tags=range_tags(keys)
+            )
+            for keys in (["b1", "b2"], ["b3"])
+        ]
         instance.report_run_failed(runs[1])
-        status = instance.get_status_by_partition(dg.AssetKey([TASK, "validated_records"]), ["b1", "b2", "b3"],
-                                                  partitions.batch_partitions(synthetic_spec))  # fmt: skip
+        status = instance.get_status_by_partition(
+            dg.AssetKey([TASK, "validated_records"]), ["b1", "b2", "b3"], partitions.batch_partitions(synthetic_spec)
+        )
     progress, failed = AssetPartitionStatus.IN_PROGRESS, AssetPartitionStatus.FAILED
     assert status == {"b1": progress, "b2": progress, "b3": failed}
 
@@ -184,13 +215,15 @@ def test_a_landed_batch_is_a_partition_over_the_graphql_api(synthetic_spec, layo
     spec_file.parent.mkdir()
     spec_file.write_text(synthetic_spec.model_dump_json())  # JSON is YAML
     code = tmp_path / "code.py"
-    code.write_text(textwrap.dedent(f"""
+    code.write_text(
+        textwrap.dedent(f"""
         from pathlib import Path
         from meddiag_pipelines.defs.build import build_definitions
         from meddiag_pipelines.specs import load_spec
         defs = build_definitions([load_spec(Path({str(spec_file)!r}))], Path({str(layout.local)!r}))
-    """))
-    query = 'query { assetNodeOrError(assetKey: {path: ["%s", "raw_records"]}) { ... on AssetNode { partitionKeys } } }' % TASK
+    """)
+    )
+    query = f'query {{ assetNodeOrError(assetKey: {{path: ["{TASK}", "raw_records"]}}) {{ ... on AssetNode {{ partitionKeys }} }} }}'
     with dg.instance_for_test() as instance:
         plan_batches(synthetic_spec, MeddiagStorage(data_dir=str(layout.local)), instance)
         origin = LoadableTargetOrigin(python_file=str(code), attribute="defs")
@@ -224,11 +257,19 @@ def test_update_runs_every_task_past_a_failed_one_and_a_bad_spec_and_exits_1(tmp
 
     monkeypatch.setattr(update, "update_task", fake_update)
     assert main(["update"]) == 1
-    assert ran == ["breast_cancer", "eunomia_gi_bleed", "heart_disease", "icd10_chapters", "synthetic_chest_phantoms",
-                   "synthetic_volume_phantoms"]
+    assert ran == [
+        "breast_cancer",
+        "eunomia_gi_bleed",
+        "heart_disease",
+        "icd10_chapters",
+        "synthetic_chest_phantoms",
+        "synthetic_volume_phantoms",
+    ]
     assert "broken.yaml" in caplog.text and "breast_cancer: run x failed" in caplog.text
-    assert capsys.readouterr().out.splitlines() == ["breast_cancer: failed (the error above says why)",
-                                                    *(f"{t}: up to date" for t in ran[1:])]  # fmt: skip
+    assert capsys.readouterr().out.splitlines() == [
+        "breast_cancer: failed (the error above says why)",
+        *(f"{t}: up to date" for t in ran[1:]),
+    ]
     ran.clear()
     assert main(["update", "heart_disease"]) == 0 and ran == ["heart_disease"]  # named tasks: other specs not judged
 
@@ -256,8 +297,12 @@ def test_update_brings_a_task_up_to_date_once(synthetic_spec, layout, monkeypatc
         again = update_task(synthetic_spec, instance, defs=defs)
         n_runs = len(instance.get_runs())
     ledger = MeddiagStorage(data_dir=str(layout.local)).warehouse.ledger(TASK)
-    assert dict(zip(ledger["batch_id"], ledger["status"])) == {"b1": "validated", "b2": "quarantined", "b3": "validated",
-                                                              "b4": "validated"}  # fmt: skip
+    assert dict(zip(ledger["batch_id"], ledger["status"], strict=False)) == {
+        "b1": "validated",
+        "b2": "quarantined",
+        "b3": "validated",
+        "b4": "validated",
+    }
     assert champion is not None and (layout.quarantine(TASK) / "b2" / "reason.json").is_file()
     assert not again.batch_runs and again.downstream_run is None and n_runs == 3
 
@@ -273,7 +318,8 @@ def test_update_of_a_task_that_could_not_be_built_runs_nothing_and_says_so(synth
 
 
 def test_a_symlinked_landing_folder_is_refused_with_an_error_never_reported_up_to_date(
-        synthetic_spec, layout, tmp_path, monkeypatch, caplog):  # fmt: skip
+    synthetic_spec, layout, tmp_path, monkeypatch, caplog
+):
     """Links are never followed, even one inside the data root; scanning through it would find no batch."""
     import yaml
 
@@ -292,7 +338,9 @@ def test_a_symlinked_landing_folder_is_refused_with_an_error_never_reported_up_t
 
     job = dg.define_asset_job("synthetic_risk_batches_job", selection=dg.AssetSelection.groups(TASK))
     with dg.instance_for_test() as instance:  # the sensor's tick fails with the same reason
-        context = dg.build_sensor_context(instance=instance, resources={"storage": MeddiagStorage(data_dir=str(layout.local))})
+        context = dg.build_sensor_context(
+            instance=instance, resources={"storage": MeddiagStorage(data_dir=str(layout.local))}
+        )
         with pytest.raises(ValueError, match=f"landing/{TASK} is a symbolic link"):
             build_landing_sensor(synthetic_spec, job)(context)
         assert instance.get_dynamic_partitions(PARTITIONS) == []

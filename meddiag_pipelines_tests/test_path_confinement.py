@@ -69,8 +69,15 @@ def _run(spec: TaskSpec, layout: DataRoot, reader) -> tuple[dict, dict, list]:
 
 def test_image_labels_rows_pointing_outside_move_nothing(tmp_path: Path):
     layout = DataRoot(tmp_path / "data")
-    spec = TaskSpec(name="hostile_images", modality="image", label="label", id="id", classes=["0", "1"],
-                    positive="1", image={"format": "folder"})  # fmt: skip
+    spec = TaskSpec(
+        name="hostile_images",
+        modality="image",
+        label="label",
+        id="id",
+        classes=["0", "1"],
+        positive="1",
+        image={"format": "folder"},
+    )
     outside, _ = _victims(tmp_path, layout)
     with Warehouse(layout).connect():  # the catalog file exists before the hostile batch is read
         pass

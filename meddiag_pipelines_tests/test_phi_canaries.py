@@ -23,9 +23,9 @@ import pytest
 
 from meddiag_pipelines.defs.build import build_definitions
 from meddiag_pipelines.ingestion.warehouse import Warehouse
+from meddiag_pipelines.specs import TaskSpec
 from meddiag_pipelines.storage import DataRoot
 from meddiag_pipelines.update import run_task_in_process
-from meddiag_pipelines.specs import TaskSpec
 from meddiag_pipelines_tests.conftest import land, synthetic_records
 from meddiag_pipelines_tests.test_crash_safety import FAST_SPEC, TASK, land_batch
 from meddiag_pipelines_tests.test_text_pipeline import _strings_of_parquet
@@ -45,10 +45,14 @@ def canary_frame(n: int, seed: int, start: int) -> pl.DataFrame:
 
 def land_canary_batches(tmp_path) -> None:
     good = canary_frame(300, seed=1, start=0)
-    good = good.with_columns(pl.when(pl.col("rid").str.contains("r1[0-2]Z$")).then(None).otherwise(pl.col("outcome")).alias("outcome"))
+    good = good.with_columns(
+        pl.when(pl.col("rid").str.contains("r1[0-2]Z$")).then(None).otherwise(pl.col("outcome")).alias("outcome")
+    )
     land_batch(tmp_path, "batch_0001", good)
     bad = canary_frame(20, seed=2, start=1000)
-    land_batch(tmp_path, "batch_0002_dupes", pl.concat([bad, bad.head(2)]).with_columns(pl.lit("maybe").alias("outcome")))
+    land_batch(
+        tmp_path, "batch_0002_dupes", pl.concat([bad, bad.head(2)]).with_columns(pl.lit("maybe").alias("outcome"))
+    )
     land_batch(tmp_path, "batch_0003_reexport", good.head(15))
     ragged = tmp_path / "data" / "landing" / TASK / "batch_0004_ragged"
     ragged.mkdir()
@@ -117,12 +121,16 @@ def _land_value_canaries(layout, task: str) -> None:
     land(layout, task, "batch_0001_many", many)
     land(layout, task, "batch_0002_good", synthetic_records(200, seed=6, start=100))
     outside = synthetic_records(30, seed=7, start=400).with_columns(
-        pl.when(pl.int_range(pl.len()) % 3 == 0).then(pl.format("PHICANARYOUT{}Z", pl.int_range(pl.len())))
-        .otherwise(pl.col("outcome")).alias("outcome"))  # fmt: skip
+        pl.when(pl.int_range(pl.len()) % 3 == 0)
+        .then(pl.format("PHICANARYOUT{}Z", pl.int_range(pl.len())))
+        .otherwise(pl.col("outcome"))
+        .alias("outcome")
+    )
     land(layout, task, "batch_0003_outside", outside)
     rows = synthetic_records(5, seed=8, start=600).write_csv(include_header=False)
-    _header_less(layout.landing(task) / "batch_0004_headerless", "PHICANARYHDR_Jane_Doe,p1,1.5,2,3,A,yes", rows,
-                 "records.csv")
+    _header_less(
+        layout.landing(task) / "batch_0004_headerless", "PHICANARYHDR_Jane_Doe,p1,1.5,2,3,A,yes", rows, "records.csv"
+    )
 
 
 def _land_image_canaries(layout, task: str) -> None:
@@ -133,10 +141,16 @@ def _land_image_canaries(layout, task: str) -> None:
         folder = layout.landing(task) / batch
         folder.mkdir(parents=True)
         for i in range(6):
-            Image.fromarray(np.random.default_rng(i).integers(0, 256, (28, 28), dtype=np.uint8)).save(folder / f"i{i}.png")
+            Image.fromarray(np.random.default_rng(i).integers(0, 256, (28, 28), dtype=np.uint8)).save(
+                folder / f"i{i}.png"
+            )
         if labels is None:
-            _header_less(folder, "i0.png,PHICANARYHDR_John_Roe_1961-04-02,i0", "".join(
-                f"i{i}.png,normal,i{i}\n" for i in range(1, 6)), "labels.csv")
+            _header_less(
+                folder,
+                "i0.png,PHICANARYHDR_John_Roe_1961-04-02,i0",
+                "".join(f"i{i}.png,normal,i{i}\n" for i in range(1, 6)),
+                "labels.csv",
+            )
             continue
         rows = [{"file": f"i{i}.png", "label": labels[i % 2], "id": f"i{i}"} for i in range(6)]
         pl.DataFrame(rows).write_csv(folder / "labels.csv")
@@ -145,9 +159,20 @@ def _land_image_canaries(layout, task: str) -> None:
 
 VALUE_TASKS = {
     "tabular": ({**FAST_SPEC, "classes": None}, _land_value_canaries, 3),
-    "image": ({"name": "phantoms", "modality": "image", "label": "label", "id": "id", "positive": "finding",
-               "classes": ["normal", "finding"], "image": {"format": "folder", "size": 28}}, _land_image_canaries, 2),
-}  # fmt: skip
+    "image": (
+        {
+            "name": "phantoms",
+            "modality": "image",
+            "label": "label",
+            "id": "id",
+            "positive": "finding",
+            "classes": ["normal", "finding"],
+            "image": {"format": "folder", "size": 28},
+        },
+        _land_image_canaries,
+        2,
+    ),
+}
 
 
 @pytest.mark.parametrize("modality", list(VALUE_TASKS))
@@ -166,8 +191,13 @@ def test_no_value_of_a_bad_batch_appears_in_any_message(tmp_path, caplog, capfd,
     printed = capfd.readouterr()
     ledger = json.dumps(Warehouse(layout).ledger(spec.name).to_dicts(), default=str)
     reasons = {p: p.read_text() for p in (layout.local / "quarantine").rglob("reason.json")}
-    outputs = {"event log": events, "printed output": printed.out + printed.err, "log records": caplog.text,
-               "ledger": ledger, **{str(p.relative_to(tmp_path)): text for p, text in reasons.items()}}  # fmt: skip
+    outputs = {
+        "event log": events,
+        "printed output": printed.out + printed.err,
+        "log records": caplog.text,
+        "ledger": ledger,
+        **{str(p.relative_to(tmp_path)): text for p, text in reasons.items()},
+    }
     assert not [name for name, text in outputs.items() if VALUE_CANARY.search(text)]
     # Each bad batch was quarantined and said why, in counts and declared names.
     assert len({p.relative_to(layout.local / "quarantine" / spec.name).parts[0] for p in reasons}) == n_quarantined

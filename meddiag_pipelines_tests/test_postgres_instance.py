@@ -27,8 +27,8 @@ from dagster._daemon.run_coordinator.queued_run_coordinator_daemon import Queued
 from dagster._daemon.sensor import execute_sensor_iteration
 
 from meddiag_pipelines.defs.automation.landing import RANGE_END, RANGE_START, run_tags
-from meddiag_pipelines.storage import DataRoot
 from meddiag_pipelines.specs import TaskSpec
+from meddiag_pipelines.storage import DataRoot
 from meddiag_pipelines_tests.conftest import REPO, SYNTHETIC_SPEC, fast, land, synthetic_records
 from meddiag_pipelines_tests.postgres import postgres_server, postgres_url  # noqa: F401 (fixtures)
 
@@ -68,20 +68,33 @@ def sqlite_files(folder: Path) -> list[Path]:
 def write_spec(folder: Path) -> None:
     """The synthetic task, with a small search, as a spec file of a MEDDIAG_TASKS_DIR."""
     folder.mkdir(exist_ok=True)
-    (folder / f"{TASK}.yaml").write_text(fast(TaskSpec.model_validate(SYNTHETIC_SPEC)).model_dump_json())  # JSON is YAML
+    (folder / f"{TASK}.yaml").write_text(
+        fast(TaskSpec.model_validate(SYNTHETIC_SPEC)).model_dump_json()
+    )  # JSON is YAML
 
 
 def test_the_deploy_instance_is_the_embedded_one_with_postgres_storage():
     """Only the storage differs from dagster_home/dagster.yaml: telemetry, the run queue, pools, monitoring agree."""
     deploy = yaml.safe_load(DEPLOY_YAML.read_text())
     embedded = yaml.safe_load((REPO / "dagster_home" / "dagster.yaml").read_text())
-    assert deploy.pop("storage") == {"custom": {"module": "meddiag_pipelines.postgres_storage", "class": "PostgresStorage",
-                                                "config": {"postgres_url": {"env": "MEDDIAG_POSTGRES_URL"}}}}
+    assert deploy.pop("storage") == {
+        "custom": {
+            "module": "meddiag_pipelines.postgres_storage",
+            "class": "PostgresStorage",
+            "config": {"postgres_url": {"env": "MEDDIAG_POSTGRES_URL"}},
+        }
+    }
     assert deploy == embedded
 
 
 @pytest.mark.parametrize("scheme", ["postgresql", "postgres"])
-def test_a_plain_postgresql_url_as_dagsters_docs_write_it_is_taken(home, postgres_server, postgres_url, monkeypatch, scheme):  # noqa: F811
+def test_a_plain_postgresql_url_as_dagsters_docs_write_it_is_taken(
+    home,
+    postgres_server,  # noqa: F811 (the fixture)
+    postgres_url,  # noqa: F811
+    monkeypatch,
+    scheme,
+):
     """SQLAlchemy 2.1 reads a URL without a driver as psycopg 3, which dagster-postgres does not ship: the
     deploy instance names psycopg2 for it, in every process that loads the instance."""
     plain = postgres_url.replace("postgresql+psycopg2://", f"{scheme}://", 1)
@@ -102,8 +115,14 @@ def test_a_full_task_run_through_update_lives_in_postgres(tmp_path, home, postgr
     land(DataRoot(data), TASK, "b1", synthetic_records(120, seed=1))
     land(DataRoot(data), TASK, "b2", synthetic_records(120, seed=2, start=200))
     env = {**os.environ, "MEDDIAG_DATA_DIR": str(data), "MEDDIAG_TASKS_DIR": str(tmp_path / "tasks")}
-    done = subprocess.run([sys.executable, "-m", "meddiag_pipelines", "update", TASK], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "meddiag_pipelines", "update", TASK],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-4000:]
 
     db = database(postgres_url)
@@ -113,8 +132,9 @@ def test_a_full_task_run_through_update_lives_in_postgres(tmp_path, home, postgr
         events = postgres_server.psql(db, f"SELECT dagster_event_type FROM event_logs WHERE run_id = '{run_id}'")
         assert events.count(DagsterEventType.RUN_SUCCESS.value) == 1
         assert DagsterEventType.ASSET_MATERIALIZATION.value in events
-    partitions = postgres_server.psql(db, f"SELECT partition FROM dynamic_partitions "
-                                          f"WHERE partitions_def_name = '{PARTITIONS}' ORDER BY partition")  # fmt: skip
+    partitions = postgres_server.psql(
+        db, f"SELECT partition FROM dynamic_partitions WHERE partitions_def_name = '{PARTITIONS}' ORDER BY partition"
+    )
     assert partitions == ["b1", "b2"]
     with dg.DagsterInstance.get() as instance:  # the same rows through the instance API
         assert instance.get_dynamic_partitions(PARTITIONS) == ["b1", "b2"]
@@ -126,19 +146,26 @@ def test_a_full_task_run_through_update_lives_in_postgres(tmp_path, home, postgr
 
 @pytest.mark.slow
 def test_a_landing_sensor_tick_of_the_daemon_adds_the_partition_and_queues_its_run(
-        tmp_path, instance, home, postgres_server, postgres_url):  # noqa: F811 # fmt: skip
+    tmp_path,
+    instance,
+    home,
+    postgres_server,  # noqa: F811 (the fixture)
+    postgres_url,  # noqa: F811
+):
     """The daemon's sensor iteration, in process, over a code server: the tick, the new partition and the
     requested run (QUEUED by the run coordinator) are in PostgreSQL; a second tick requests nothing more."""
     data = tmp_path / "data"
     spec_file = tmp_path / "tasks" / f"{TASK}.yaml"
     write_spec(spec_file.parent)
     code = tmp_path / "code.py"
-    code.write_text(textwrap.dedent(f"""
+    code.write_text(
+        textwrap.dedent(f"""
         from pathlib import Path
         from meddiag_pipelines.defs.build import build_definitions
         from meddiag_pipelines.specs import load_spec
         defs = build_definitions([load_spec(Path({str(spec_file)!r}))], Path({str(data)!r}))
-    """))
+    """)
+    )
     land(DataRoot(data), TASK, "b1", synthetic_records(20, seed=1))
     target = PythonFileTarget(str(code), attribute="defs", working_directory=str(tmp_path), location_name="pg_test")
     logger = logging.getLogger("test_postgres_instance")
@@ -176,9 +203,12 @@ def test_the_run_queue_holds_a_second_run_of_a_task_while_the_first_is_in_progre
     location = InProcessCodeLocationOrigin(LoadableTargetOrigin(python_file=__file__, attribute=task_job.name))
     origin = RemoteRepositoryOrigin(location, "__repository__").get_job_origin(task_job.name)
     code = dg.reconstructable(task_job).get_python_origin()
-    first, second, elsewhere = (instance.create_run_for_job(task_job, tags=run_tags(s, "sensor"),
-                                                            remote_job_origin=origin, job_code_origin=code)
-                                for s in (spec, spec, other))  # fmt: skip
+    first, second, elsewhere = (
+        instance.create_run_for_job(
+            task_job, tags=run_tags(s, "sensor"), remote_job_origin=origin, job_code_origin=code
+        )
+        for s in (spec, spec, other)
+    )
     for run in (first, second, elsewhere):
         instance.submit_run(run.run_id, workspace=None)
         assert instance.get_run_by_id(run.run_id).status == DagsterRunStatus.QUEUED
@@ -190,8 +220,9 @@ def test_the_run_queue_holds_a_second_run_of_a_task_while_the_first_is_in_progre
         return {r.run_id for r in daemon._get_runs_to_dequeue(instance, config, fixed_iteration_time=None)}
 
     def report(run, event_type):
-        instance.report_dagster_event(DagsterEvent(event_type_value=event_type.value, job_name=task_job.name),
-                                      run_id=run.run_id)  # fmt: skip
+        instance.report_dagster_event(
+            DagsterEvent(event_type_value=event_type.value, job_name=task_job.name), run_id=run.run_id
+        )
 
     assert dequeued() == {first.run_id, elsewhere.run_id}  # two tasks, two runs; not the task's second one
     report(first, DagsterEventType.RUN_START)

@@ -9,26 +9,32 @@ import pytest
 from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
-from meddiag_pipelines.split import SPLIT_COLUMN, assign_split
 from meddiag_pipelines.ingestion.batches import ingest_new_batches, validate_pending_batches
 from meddiag_pipelines.ingestion.errors import BatchRejected
 from meddiag_pipelines.ingestion.landing import describe_batch
-from meddiag_pipelines.tabular.readers import read_tabular_batch
 from meddiag_pipelines.ingestion.warehouse import Warehouse
-from meddiag_pipelines.storage import DataRoot
 from meddiag_pipelines.specs import BATCH_COLUMN, TaskSpec
+from meddiag_pipelines.split import SPLIT_COLUMN, assign_split
+from meddiag_pipelines.storage import DataRoot
+from meddiag_pipelines.tabular.readers import read_tabular_batch
 from meddiag_pipelines.validation.suites import run_suite, tabular_expectations, validate_tabular
 from meddiag_pipelines_tests.conftest import SYNTHETIC_SPEC, fast, land, synthetic_records
 from meddiag_pipelines_tests.test_tabular_totality import train_and_score
 
 SPEC = TaskSpec.model_validate(SYNTHETIC_SPEC)
-cells = st.one_of(st.none(), st.text(max_size=12), st.integers(-10**6, 10**6), st.floats(allow_nan=True, allow_infinity=True))
+cells = st.one_of(
+    st.none(), st.text(max_size=12), st.integers(-(10**6), 10**6), st.floats(allow_nan=True, allow_infinity=True)
+)
 names = st.sampled_from(["rid", "pid", "x1", "x2", "x3", "group", "outcome", "extra", "note"])
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(columns=st.lists(names, min_size=1, max_size=7, unique=True), rows=st.lists(st.lists(cells, min_size=7, max_size=7), max_size=8),
-       raw=st.binary(max_size=200), as_raw=st.booleans())  # fmt: skip
+@given(
+    columns=st.lists(names, min_size=1, max_size=7, unique=True),
+    rows=st.lists(st.lists(cells, min_size=7, max_size=7), max_size=8),
+    raw=st.binary(max_size=200),
+    as_raw=st.booleans(),
+)
 def test_any_csv_reads_or_is_rejected_never_crashes(tmp_path_factory, columns, rows, raw, as_raw):
     folder = tmp_path_factory.mktemp("batch")
     if as_raw:
@@ -49,20 +55,32 @@ def test_any_csv_reads_or_is_rejected_never_crashes(tmp_path_factory, columns, r
 @given(keys=st.lists(st.text(alphabet=string.printable, min_size=1, max_size=20), min_size=1, max_size=30))
 def test_split_is_a_pure_function_of_the_patient_key(keys):
     frame = pl.DataFrame({"rid": [f"r{i}" for i in range(len(keys))], "pid": keys, "outcome": ["yes"] * len(keys)})
-    first = dict(zip(assign_split(frame, SPEC)["pid"], assign_split(frame, SPEC)[SPLIT_COLUMN]))
+    first = dict(zip(assign_split(frame, SPEC)["pid"], assign_split(frame, SPEC)[SPLIT_COLUMN], strict=False))
     shuffled = frame.sample(fraction=1.0, shuffle=True, seed=len(keys))
     again = assign_split(pl.concat([shuffled, frame.head(1).with_columns(pl.lit("r_extra").alias("rid"))]), SPEC)
-    for pid, split in zip(again["pid"], again[SPLIT_COLUMN]):
+    for pid, split in zip(again["pid"], again[SPLIT_COLUMN], strict=False):
         assert first[pid] == split  # order, batch mates and duplicates never move a patient
 
 
 @settings(max_examples=15, deadline=None)
-@given(ids=st.lists(st.text(alphabet=string.ascii_letters + string.digits, min_size=6, max_size=12), min_size=2, max_size=10))
+@given(
+    ids=st.lists(
+        st.text(alphabet=string.ascii_letters + string.digits, min_size=6, max_size=12), min_size=2, max_size=10
+    )
+)
 def test_validation_never_echoes_identifier_values(ids):
     canaries = [f"ZQX{i}" for i in ids]
-    frame = pl.DataFrame({"rid": canaries + canaries[:1], "pid": canaries + canaries[:1],
-                          "x1": [1.0] * (len(ids) + 1), "x2": [None] * (len(ids) + 1), "x3": [0.5] * (len(ids) + 1),
-                          "group": ["A"] * (len(ids) + 1), "outcome": ["maybe"] * (len(ids) + 1)})  # fmt: skip
+    frame = pl.DataFrame(
+        {
+            "rid": canaries + canaries[:1],
+            "pid": canaries + canaries[:1],
+            "x1": [1.0] * (len(ids) + 1),
+            "x2": [None] * (len(ids) + 1),
+            "x3": [0.5] * (len(ids) + 1),
+            "group": ["A"] * (len(ids) + 1),
+            "outcome": ["maybe"] * (len(ids) + 1),
+        }
+    )
     failures = validate_tabular(frame, SPEC, known_ids=set(canaries[1:]))
     assert failures
     text = json.dumps([f.as_dict() for f in failures])
@@ -70,36 +88,64 @@ def test_validation_never_echoes_identifier_values(ids):
 
 
 # -- the tabular path is total on validated data ------------------------------------------------------------------
-TRICKY_NAMES = ["dose[mg]", "ratio<1", "X1", "GROUP", "_meddiag_split", "_Meddiag_x", " padded ", "Größe", "a,b", 'q"uote']
-column_names = st.one_of(st.sampled_from(TRICKY_NAMES),
-                         st.text(st.characters(codec="utf-8", exclude_categories=("Cc", "Cs")), min_size=1, max_size=12))
+TRICKY_NAMES = [
+    "dose[mg]",
+    "ratio<1",
+    "X1",
+    "GROUP",
+    "_meddiag_split",
+    "_Meddiag_x",
+    " padded ",
+    "Größe",
+    "a,b",
+    'q"uote',
+]
+column_names = st.one_of(
+    st.sampled_from(TRICKY_NAMES),
+    st.text(st.characters(codec="utf-8", exclude_categories=("Cc", "Cs")), min_size=1, max_size=12),
+)
 value_kinds = st.sampled_from(["normal", "huge_ok", "huge_bad", "tiny", "mostly_nan", "lt_text", "names", "empty"])
-batch_names = st.text(st.characters(codec="utf-8", exclude_categories=("Cc", "Cs"), exclude_characters="/\\"),
-                      min_size=1, max_size=40).filter(lambda s: not s.startswith((".", "_")) and s.strip() == s)
+batch_names = st.text(
+    st.characters(codec="utf-8", exclude_categories=("Cc", "Cs"), exclude_characters="/\\"), min_size=1, max_size=40
+).filter(lambda s: not s.startswith((".", "_")) and s.strip() == s)
 
 
 def _values(kind: str, n: int, rng) -> pl.Series:
     normal = rng.normal(size=n)
     return {
-        "normal": pl.Series(normal), "tiny": pl.Series(normal * 1e-310),
-        "huge_ok": pl.Series(np.where(normal > 1, 3.0e38, normal)), "huge_bad": pl.Series(np.where(normal > 1, 1e39, normal)),
+        "normal": pl.Series(normal),
+        "tiny": pl.Series(normal * 1e-310),
+        "huge_ok": pl.Series(np.where(normal > 1, 3.0e38, normal)),
+        "huge_bad": pl.Series(np.where(normal > 1, 1e39, normal)),
         "mostly_nan": pl.Series(np.where(normal > -0.5, np.nan, normal)),
         "lt_text": pl.Series(rng.choice(["<0.01", "0.5", ">10", "<LOD"], size=n)),
-        "names": pl.Series([f"Zqx{i} Doe" for i in range(n)]), "empty": pl.Series([None] * n, dtype=pl.String),
-    }[kind]  # fmt: skip
+        "names": pl.Series([f"Zqx{i} Doe" for i in range(n)]),
+        "empty": pl.Series([None] * n, dtype=pl.String),
+    }[kind]
 
 
 @pytest.mark.slow
 # Each example is a full ingest, validation and training (~3 s): few examples, the same ones on every run.
-@settings(max_examples=10, deadline=None, derandomize=True, database=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])  # fmt: skip
-@given(extra=st.lists(st.tuples(column_names, value_kinds), max_size=4), batch=batch_names, parquet=st.booleans(),
-       seed=st.integers(0, 1000))  # fmt: skip
+@settings(
+    max_examples=10,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    extra=st.lists(st.tuples(column_names, value_kinds), max_size=4),
+    batch=batch_names,
+    parquet=st.booleans(),
+    seed=st.integers(0, 1000),
+)
 def test_a_batch_is_quarantined_with_a_reason_or_trains_and_scores(tmp_path_factory, extra, batch, parquet, seed):
     """Random column names, values and batch names beside a good batch: each batch ends quarantined with a reason
     naming its file and problem (no value), or its rows go through validation, split, features, both models and
     scoring; the good batch always does."""
-    spec = fast(SPEC, training=SPEC.training.model_copy(update={"trials": 2, "max_rounds": 20, "early_stopping_rounds": 5}))
+    spec = fast(
+        SPEC, training=SPEC.training.model_copy(update={"trials": 2, "max_rounds": 20, "early_stopping_rounds": 5})
+    )
     root = tmp_path_factory.mktemp("total")
     layout = DataRoot(root / "data")
     rng = np.random.default_rng(seed)
@@ -130,25 +176,40 @@ def _arrow_kinds() -> dict:
 
     import pyarrow as pa
 
-    utc = st.just(dt.timezone.utc)
+    utc = st.just(dt.UTC)
     instants = st.datetimes(dt.datetime(1900, 1, 1), dt.datetime(2200, 1, 1))
     small = st.integers(-(2**31), 2**31 - 1)
     return {
-        pa.int8(): st.integers(-128, 127), pa.int64(): st.integers(-(2**63), 2**63 - 1), pa.uint8(): st.integers(0, 255),
-        pa.uint64(): st.integers(0, 2**64 - 1), pa.float16(): st.floats(width=16).map(np.float16),
-        pa.float32(): st.floats(width=32), pa.float64(): st.floats(),
-        pa.decimal128(12, 3): st.decimals(-10**8, 10**8, places=3).map(decimal.Decimal),
-        pa.bool_(): st.booleans(), pa.string(): st.text(max_size=8), pa.large_string(): st.text(max_size=8),
+        pa.int8(): st.integers(-128, 127),
+        pa.int64(): st.integers(-(2**63), 2**63 - 1),
+        pa.uint8(): st.integers(0, 255),
+        pa.uint64(): st.integers(0, 2**64 - 1),
+        pa.float16(): st.floats(width=16).map(np.float16),
+        pa.float32(): st.floats(width=32),
+        pa.float64(): st.floats(),
+        pa.decimal128(12, 3): st.decimals(-(10**8), 10**8, places=3).map(decimal.Decimal),
+        pa.bool_(): st.booleans(),
+        pa.string(): st.text(max_size=8),
+        pa.large_string(): st.text(max_size=8),
         pa.binary(): st.one_of(st.binary(max_size=6), st.text(max_size=6).map(str.encode)),
-        pa.large_binary(): st.binary(max_size=6), pa.binary(3): st.binary(min_size=3, max_size=3),
-        pa.date32(): st.dates(), pa.date64(): st.dates(), pa.time32("s"): st.times().map(lambda t: t.replace(microsecond=0)),
-        pa.time64("ns"): st.times(), pa.timestamp("s"): instants, pa.timestamp("ns", tz="UTC"): instants.map(lambda d: d.replace(tzinfo=dt.timezone.utc)),
-        pa.timestamp("ms", tz="America/New_York"): st.datetimes(dt.datetime(1970, 1, 2), dt.datetime(2100, 1, 1), timezones=utc),
-        pa.duration("s"): st.timedeltas(dt.timedelta(days=-10**5), dt.timedelta(days=10**5)),
-        pa.duration("ns"): st.timedeltas(dt.timedelta(days=-10**4), dt.timedelta(days=10**4)),
-        pa.null(): st.none(), pa.dictionary(pa.int8(), pa.string()): st.sampled_from(["a", "b", "Mary Smith"]),
-        pa.list_(pa.int32()): st.lists(small, max_size=3), pa.struct([("a", pa.int32())]): st.fixed_dictionaries({"a": small}),
-    }  # fmt: skip
+        pa.large_binary(): st.binary(max_size=6),
+        pa.binary(3): st.binary(min_size=3, max_size=3),
+        pa.date32(): st.dates(),
+        pa.date64(): st.dates(),
+        pa.time32("s"): st.times().map(lambda t: t.replace(microsecond=0)),
+        pa.time64("ns"): st.times(),
+        pa.timestamp("s"): instants,
+        pa.timestamp("ns", tz="UTC"): instants.map(lambda d: d.replace(tzinfo=dt.UTC)),
+        pa.timestamp("ms", tz="America/New_York"): st.datetimes(
+            dt.datetime(1970, 1, 2), dt.datetime(2100, 1, 1), timezones=utc
+        ),
+        pa.duration("s"): st.timedeltas(dt.timedelta(days=-(10**5)), dt.timedelta(days=10**5)),
+        pa.duration("ns"): st.timedeltas(dt.timedelta(days=-(10**4)), dt.timedelta(days=10**4)),
+        pa.null(): st.none(),
+        pa.dictionary(pa.int8(), pa.string()): st.sampled_from(["a", "b", "Mary Smith"]),
+        pa.list_(pa.int32()): st.lists(small, max_size=3),
+        pa.struct([("a", pa.int32())]): st.fixed_dictionaries({"a": small}),
+    }
 
 
 ARROW_KINDS = _arrow_kinds()
@@ -160,7 +221,9 @@ def typed_columns(draw) -> dict:
     """Column name -> (Arrow type, values): a few distinct values (nulls among them) repeated over the rows, so
     categorical levels, medians and copies all occur; names may replace a key, the label or a declared column."""
     out = {}
-    for name in draw(st.lists(st.sampled_from(["extra", "Extra2", "group", "x1", "outcome", "pid"]), max_size=3, unique=True)):
+    for name in draw(
+        st.lists(st.sampled_from(["extra", "Extra2", "group", "x1", "outcome", "pid"]), max_size=3, unique=True)
+    ):
         kind = draw(st.sampled_from(list(ARROW_KINDS)))
         pool = draw(st.lists(st.one_of(st.none(), ARROW_KINDS[kind]), min_size=1, max_size=6))
         out[name] = (kind, [pool[i % len(pool)] for i in range(TYPED_ROWS)])
@@ -192,8 +255,8 @@ def _fit_and_score(features: pl.DataFrame, plan, spec: TaskSpec, split: pl.DataF
     scoring rows transformed by the plan read back from JSON (as the registry stores it)."""
     import xgboost as xgb
 
-    from meddiag_pipelines.tabular.modality import feature_matrix
     from meddiag_pipelines.flat.features import FeaturePlan, transform
+    from meddiag_pipelines.tabular.modality import feature_matrix
 
     train = features.filter(pl.col(SPLIT_COLUMN) == "train")
     X, _ = feature_matrix(train)
@@ -206,15 +269,22 @@ def _fit_and_score(features: pl.DataFrame, plan, spec: TaskSpec, split: pl.DataF
     assert proba.shape == (rows.shape[0],) and np.isfinite(proba).all()
 
 
-@settings(max_examples=20, deadline=None, derandomize=True, database=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])  # fmt: skip
+@settings(
+    max_examples=20,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 @given(first=typed_columns(), second=typed_columns())
-def test_whatever_arrow_type_passes_validation_flows_through_split_features_and_a_model(tmp_path_factory, first, second):
+def test_whatever_arrow_type_passes_validation_flows_through_split_features_and_a_model(
+    tmp_path_factory, first, second
+):
     """Two Parquet batches whose columns take random Arrow types, values and nulls (a key, the label or a
     declared column among them): each is quarantined with a reason, or its rows go through reading, the
     warehouse, validation, split, features, a model fit and scoring; no step after validation raises."""
-    from meddiag_pipelines.tabular.modality import feature_table
     from meddiag_pipelines.split import check_split, split_by_content
+    from meddiag_pipelines.tabular.modality import feature_table
 
     spec = SPEC.model_copy(update={"null_values": {"extra": ["?"], "group": ["NA"]}})
     layout = DataRoot(tmp_path_factory.mktemp("typed") / "data")

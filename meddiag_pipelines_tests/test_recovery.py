@@ -13,8 +13,8 @@ import pytest
 
 import meddiag_pipelines.__main__ as cli
 from meddiag_pipelines.ingestion.batches import ingest_new_batches, validate_pending_batches
-from meddiag_pipelines.tabular.readers import read_tabular_batch
 from meddiag_pipelines.ingestion.warehouse import Warehouse
+from meddiag_pipelines.tabular.readers import read_tabular_batch
 from meddiag_pipelines.validation.suites import validate_tabular
 from meddiag_pipelines_tests.conftest import land, synthetic_records
 
@@ -53,7 +53,10 @@ def test_requeue_after_a_spec_fix_reads_the_batch_again(synthetic_spec, layout, 
     assert (back / "_READY").is_file() and (back / "records.csv").is_file()
     assert sorted(p.relative_to(back).as_posix() for p in back.rglob("*")) == ["_READY", "records.csv"]
     [kept] = (layout.quarantine(TASK) / "_requeued").iterdir()  # the reason stays in quarantine, not as data
-    assert json.loads((kept / "reason.json").read_text())["batch"] == "b1" and not (layout.quarantine(TASK) / "b1").exists()
+    assert (
+        json.loads((kept / "reason.json").read_text())["batch"] == "b1"
+        and not (layout.quarantine(TASK) / "b1").exists()
+    )
     assert _status(layout, "b1") is None and "is back in" in capsys.readouterr().out
 
     fixed = synthetic_spec.model_copy(update={"classes": ["maybe", "no", "yes"], "positive": None})
@@ -95,7 +98,9 @@ def test_requeue_refuses_to_overwrite_a_file_and_changes_nothing(synthetic_spec,
 
     _split_batch(synthetic_spec, layout)
     [changed] = layout.quarantine(TASK).glob("b1.changed-*")
-    twice = shutil.copytree(changed, layout.quarantine(TASK) / "b1.changed-20000101T000000Z")  # late.csv set aside twice
+    twice = shutil.copytree(
+        changed, layout.quarantine(TASK) / "b1.changed-20000101T000000Z"
+    )  # late.csv set aside twice
     before = tree()
     assert cli.main(["requeue", TASK, "b1", "--data-dir", str(layout.local)]) == 1
     err = capsys.readouterr().err
@@ -107,6 +112,7 @@ def test_requeue_refuses_to_overwrite_a_file_and_changes_nothing(synthetic_spec,
     assert cli.main(["requeue", TASK, "b1", "--data-dir", str(layout.local)]) == 1
     assert "landing/synthetic_risk/b1 already exists" in capsys.readouterr().err
     assert tree() == before and _status(layout, "b1") == "quarantined"
+
 
 @pytest.mark.parametrize("batch", ["b_good", "unknown", "../b_good"])
 def test_requeue_refuses_a_batch_that_is_not_quarantined(synthetic_spec, layout, capsys, batch):
@@ -156,22 +162,35 @@ def test_recovery_refuses_while_the_task_has_a_run_in_flight(synthetic_spec, lay
     """No lock: the instance (shared by every host) says whether a run of the task is queued or running."""
     land(layout, TASK, "b1", synthetic_records(40, seed=1).with_columns(pl.lit("maybe").alias("outcome")))
     _run(synthetic_spec, layout)
-    instance.add_run(dg.DagsterRun(job_name="__ASSET_JOB", run_id="0" * 36, status=dg.DagsterRunStatus.STARTED,
-                                           tags={"meddiag/task": "another_task"}))  # fmt: skip
-    running = instance.add_run(dg.DagsterRun(job_name="__ASSET_JOB", run_id="1" * 36, status=dg.DagsterRunStatus.STARTING,
-                                             tags={"meddiag/task": TASK}))  # fmt: skip
+    instance.add_run(
+        dg.DagsterRun(
+            job_name="__ASSET_JOB",
+            run_id="0" * 36,
+            status=dg.DagsterRunStatus.STARTED,
+            tags={"meddiag/task": "another_task"},
+        )
+    )
+    running = instance.add_run(
+        dg.DagsterRun(
+            job_name="__ASSET_JOB", run_id="1" * 36, status=dg.DagsterRunStatus.STARTING, tags={"meddiag/task": TASK}
+        )
+    )
     before = sorted(p.relative_to(layout.local) for p in layout.local.rglob("*"))
     assert cli.main([*command, "--data-dir", str(layout.local)]) == 1
     assert "1 run(s) queued or running" in capsys.readouterr().err
-    assert sorted(p.relative_to(layout.local) for p in layout.local.rglob("*")) == before and _status(layout, "b1") == "quarantined"
+    assert (
+        sorted(p.relative_to(layout.local) for p in layout.local.rglob("*")) == before
+        and _status(layout, "b1") == "quarantined"
+    )
     instance.report_run_failed(running)  # the run ended; another task's run does not hold this one up
     assert cli.main([*command, "--data-dir", str(layout.local)]) == 0
     assert _status(layout, "b1") is None
 
 
 @pytest.mark.parametrize("command", [["requeue", TASK, "b1"], ["reset", TASK, "--yes"]])
-def test_recovery_releases_a_run_whose_process_is_gone_instead_of_refusing(synthetic_spec, layout, instance, capsys,
-                                                                          command):  # fmt: skip
+def test_recovery_releases_a_run_whose_process_is_gone_instead_of_refusing(
+    synthetic_spec, layout, instance, capsys, command
+):
     """A run killed with SIGKILL stays 'started' in the instance: it is marked failed, not waited for."""
     import socket
     import subprocess
@@ -180,9 +199,14 @@ def test_recovery_releases_a_run_whose_process_is_gone_instead_of_refusing(synth
     _run(synthetic_spec, layout)
     gone = subprocess.Popen(["true"])
     gone.wait()
-    killed = instance.add_run(dg.DagsterRun(job_name="__ASSET_JOB", run_id="2" * 36, status=dg.DagsterRunStatus.STARTED,
-                                            tags={"meddiag/task": TASK, "meddiag/host": socket.gethostname(),
-                                                  "meddiag/pid": str(gone.pid)}))  # fmt: skip
+    killed = instance.add_run(
+        dg.DagsterRun(
+            job_name="__ASSET_JOB",
+            run_id="2" * 36,
+            status=dg.DagsterRunStatus.STARTED,
+            tags={"meddiag/task": TASK, "meddiag/host": socket.gethostname(), "meddiag/pid": str(gone.pid)},
+        )
+    )
     assert cli.main([*command, "--data-dir", str(layout.local)]) == 0
     assert f"run {killed.run_id} (started" in capsys.readouterr().out and _status(layout, "b1") is None
     assert instance.get_run_by_id(killed.run_id).status == dg.DagsterRunStatus.FAILURE

@@ -28,11 +28,13 @@ def test_each_run_writes_its_own_table_and_the_view_shows_the_newest(tmp_path):
     """Each run's frame is its own file (reordered and new columns stay aligned), downstream steps of that run
     read it back, later runs that do not write it read the newest, and DuckDB users see it as ``task.table``;
     an empty frame leaves no rows in the view."""
-    frames = iter([
-        pl.DataFrame({"a": [1, 2], "b": ["x", "y"]}),
-        pl.DataFrame({"b": ["p", "q", "r"], "a": [7, 8, 9], "c": [0.5, 0.5, 0.5]}),
-        pl.DataFrame(),
-    ])  # fmt: skip
+    frames = iter(
+        [
+            pl.DataFrame({"a": [1, 2], "b": ["x", "y"]}),
+            pl.DataFrame({"b": ["p", "q", "r"], "a": [7, 8, 9], "c": [0.5, 0.5, 0.5]}),
+            pl.DataFrame(),
+        ]
+    )
 
     @dg.asset(key=["task", "table"], io_manager_key="warehouse_io_manager")
     def table() -> pl.DataFrame:
@@ -105,7 +107,9 @@ def test_other_values_are_json_files_of_their_run(tmp_path):
     def not_json() -> dict:
         return {"x": float("nan")}
 
-    with pytest.raises(ValueError, match="not JSON compliant: nan"):  # a value that would not come back as written is refused, not stored
+    with pytest.raises(
+        ValueError, match="not JSON compliant: nan"
+    ):  # a value that would not come back as written is refused, not stored
         dg.materialize([not_json], resources=resources)
 
 

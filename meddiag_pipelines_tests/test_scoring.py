@@ -10,7 +10,6 @@ from meddiag_pipelines.atomic import atomic_write_json
 from meddiag_pipelines.registry.store import ModelRegistry
 from meddiag_pipelines.scoring import prediction_frame, prediction_path, risk_bands, score_unlabelled
 from meddiag_pipelines.specs import BATCH_COLUMN, TaskSpec
-from meddiag_pipelines.storage import DataRoot
 from meddiag_pipelines_tests.conftest import SYNTHETIC_SPEC
 
 SPEC = TaskSpec.model_validate(SYNTHETIC_SPEC)
@@ -20,8 +19,15 @@ TASK = SPEC.name
 def publish(registry: ModelRegistry, version: str, offset: float) -> None:
     """A version whose 'model' adds ``offset`` to x1 (the plan says so), promoted to champion."""
     atomic_write_json(registry.staging_dir(TASK, version) / "plan.json", {"offset": offset})
-    registry.publish(TASK, version, {"model": {"classes": ["no", "yes"]}, "operating_threshold": {"value": 0.5},
-                                     "thresholds": [{"name": "target_sensitivity", "threshold": 0.2}]})  # fmt: skip
+    registry.publish(
+        TASK,
+        version,
+        {
+            "model": {"classes": ["no", "yes"]},
+            "operating_threshold": {"value": 0.5},
+            "thresholds": [{"name": "target_sensitivity", "threshold": 0.2}],
+        },
+    )
     registry.set_champion(TASK, version, "test")
 
 
@@ -30,8 +36,14 @@ def predictor_factory(plan: dict):
 
 
 def unlabelled(batch: str, n: int) -> pl.DataFrame:
-    return pl.DataFrame({"rid": [f"{batch}-r{i}" for i in range(n)], "x1": np.linspace(-2, 2, n),
-                         "outcome": [None] * n, BATCH_COLUMN: [batch] * n})  # fmt: skip
+    return pl.DataFrame(
+        {
+            "rid": [f"{batch}-r{i}" for i in range(n)],
+            "x1": np.linspace(-2, 2, n),
+            "outcome": [None] * n,
+            BATCH_COLUMN: [batch] * n,
+        }
+    )
 
 
 def test_a_rescore_by_a_new_champion_adds_a_file_and_keeps_the_old(layout):
@@ -51,7 +63,7 @@ def test_a_rescore_by_a_new_champion_adds_a_file_and_keeps_the_old(layout):
     files = sorted((layout.predictions(TASK) / "b1").iterdir())
     assert [f.name for f in files] == ["v1.parquet", "v2.parquet"]
     assert prediction_path(layout, TASK, "b1", "v1").read_bytes() == old
-    for path, version in zip(files, ("v1", "v2")):
+    for path, version in zip(files, ("v1", "v2"), strict=False):
         frame = pl.read_parquet(path)
         assert frame["model_version"].unique().to_list() == [version] and frame["batch"].unique().to_list() == ["b1"]
         meta = pl.read_parquet_metadata(path)
@@ -76,8 +88,13 @@ def test_no_champion_scores_nothing(layout):
 
 def test_risk_bands_and_prediction_frames():
     manifest = {"operating_threshold": {"value": 0.6}, "thresholds": [{"name": "target_sensitivity", "threshold": 0.3}]}
-    assert risk_bands(np.array([0.1, 0.3, 0.59, 0.6, 0.9]), manifest) == ["low", "intermediate", "intermediate",
-                                                                            "high", "high"]  # fmt: skip
+    assert risk_bands(np.array([0.1, 0.3, 0.59, 0.6, 0.9]), manifest) == [
+        "low",
+        "intermediate",
+        "intermediate",
+        "high",
+        "high",
+    ]
     assert risk_bands(np.array([[0.2, 0.8]]), manifest) == [None]
     rows = pl.DataFrame({"rid": ["a", "b"], "outcome": ["no", "yes"]})
     binary = prediction_frame(SPEC, rows, np.array([0.2, 0.7]), ["no", "yes"])

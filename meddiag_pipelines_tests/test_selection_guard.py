@@ -27,8 +27,14 @@ def _materialize(tmp_path: Path, selection: str, *extra: str) -> tuple[subproces
     data.mkdir(exist_ok=True)
     env = {**os.environ, "DAGSTER_HOME": str(home), "MEDDIAG_DATA_DIR": str(data), "PYTHONPATH": str(REPO)}
     env.pop("MEDDIAG_TASKS_DIR", None)
-    done = subprocess.run([str(DAGSTER), "asset", "materialize", "-m", "meddiag_pipelines.definitions", "--select",
-                           selection, *extra], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
+    done = subprocess.run(
+        [str(DAGSTER), "asset", "materialize", "-m", "meddiag_pipelines.definitions", "--select", selection, *extra],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     return done, dg.DagsterInstance.from_config(str(home))
 
 
@@ -49,8 +55,10 @@ def test_a_selection_that_matches_nothing_runs_nothing(tmp_path):
 @pytest.mark.slow
 def test_a_selection_that_names_assets_still_runs(tmp_path):
     """A batch-level asset named with its partition (a landed batch registered in the instance)."""
-    shutil.copytree(REPO / "data" / "landing" / "heart_disease" / "batch_0001",
-                    tmp_path / "data" / "landing" / "heart_disease" / "batch_0001")  # fmt: skip
+    shutil.copytree(
+        REPO / "data" / "landing" / "heart_disease" / "batch_0001",
+        tmp_path / "data" / "landing" / "heart_disease" / "batch_0001",
+    )
     with dg.DagsterInstance.from_config(str(_home(tmp_path))) as instance:
         instance.add_dynamic_partitions("heart_disease__batches", ["batch_0001"])
     done, instance = _materialize(tmp_path, "heart_disease/raw_records", "--partition", "batch_0001")
@@ -58,8 +66,9 @@ def test_a_selection_that_names_assets_still_runs(tmp_path):
     assert _materialized(instance) == {"heart_disease/raw_records"}
 
 
-@pytest.mark.parametrize("argv", [["dagster", "asset", "materialize", "--select", "group:typo"],
-                                  ["dg", "launch", "--assets=group:typo"]])  # fmt: skip
+@pytest.mark.parametrize(
+    "argv", [["dagster", "asset", "materialize", "--select", "group:typo"], ["dg", "launch", "--assets=group:typo"]]
+)
 def test_the_refusal_names_the_selection_of_either_cli(monkeypatch, argv):
     from meddiag_pipelines.defs.selection_guard import _cli_selection
 

@@ -35,15 +35,39 @@ def test_tasks_dir_adds_specs_without_code(tmp_path, monkeypatch):
         ("modality: tabular\nlabel: y\nid: rid\n", "name", "Field required"),
         ("name: t\nmodality: audio\nlabel: y\nid: rid\n", "modality", "Input should be"),
         ("name: Bad-Name\nmodality: tabular\nlabel: y\nid: rid\n", "name", "lower-case"),
-        ("name: t\nmodality: tabular\nlabel: y\nid: rid\npositive: z\nclasses: [a, b]\n", "(top level)", "positive class"),
-        ("name: t\nmodality: tabular\nlabel: y\nid: rid\nsplit: {train: 0.9, val: 0.2, test: 0.2}\n", "split", "sum to 1"),
+        (
+            "name: t\nmodality: tabular\nlabel: y\nid: rid\npositive: z\nclasses: [a, b]\n",
+            "(top level)",
+            "positive class",
+        ),
+        (
+            "name: t\nmodality: tabular\nlabel: y\nid: rid\nsplit: {train: 0.9, val: 0.2, test: 0.2}\n",
+            "split",
+            "sum to 1",
+        ),
         ("name: t\nmodality: text\nlabel: y\nid: rid\n", "(top level)", "'text' key"),
         ("name: t\nmodality: tabular\nlabel: y\nid: rid\nunknown_key: 1\n", "unknown_key", "Extra inputs"),
         # Issue 24: values Dagster refuses when it builds the task (or, the time zone, at the first tick).
-        ("name: t\nmodality: tabular\nlabel: y\nid: rid\nschedule: {cron: every day at noon}\n", "schedule.cron", "five fields"),
-        ("name: t\nmodality: tabular\nlabel: y\nid: rid\nschedule: {cron: '0 0 12 * * *'}\n", "schedule.cron", "five fields"),
-        ("name: t\nmodality: tabular\nlabel: y\nid: rid\nschedule: {cron: '0 2 30 2 *'}\n", "schedule.cron", "times that exist"),
-        ("name: t\nmodality: tabular\nlabel: y\nid: rid\nschedule: {timezone: Mars/Olympus}\n", "schedule.timezone", "time zone"),
+        (
+            "name: t\nmodality: tabular\nlabel: y\nid: rid\nschedule: {cron: every day at noon}\n",
+            "schedule.cron",
+            "five fields",
+        ),
+        (
+            "name: t\nmodality: tabular\nlabel: y\nid: rid\nschedule: {cron: '0 0 12 * * *'}\n",
+            "schedule.cron",
+            "five fields",
+        ),
+        (
+            "name: t\nmodality: tabular\nlabel: y\nid: rid\nschedule: {cron: '0 2 30 2 *'}\n",
+            "schedule.cron",
+            "times that exist",
+        ),
+        (
+            "name: t\nmodality: tabular\nlabel: y\nid: rid\nschedule: {timezone: Mars/Olympus}\n",
+            "schedule.timezone",
+            "time zone",
+        ),
         ("name: t\nmodality: tabular\nlabel: y\nid: rid\nowner: not an owner\n", "owner", "email address or 'team:"),
         ("name: t\nmodality: tabular\nlabel: y\nid: rid\nowner: 'team:'\n", "owner", "email address or 'team:"),
         # Issue 24: the label as an id, a feature or an excluded column.
@@ -70,8 +94,11 @@ def test_unreadable_yaml_names_file(tmp_path):
 
 
 def test_good_schedules_and_owners_load(tmp_path):
-    spec = load_spec(write(tmp_path, "ok.yaml", GOOD + "owner: ward@example.org\n"
-                           "schedule: {cron: '@daily', timezone: Europe/Paris}\n"))  # fmt: skip
+    spec = load_spec(
+        write(
+            tmp_path, "ok.yaml", GOOD + "owner: ward@example.org\nschedule: {cron: '@daily', timezone: Europe/Paris}\n"
+        )
+    )
     assert (spec.owner, spec.schedule.cron, spec.schedule.timezone) == ("ward@example.org", "@daily", "Europe/Paris")
 
 
@@ -218,7 +245,9 @@ def test_yaml_merge_keys_keep_safe_load_semantics():
 
     doc = "a: &x {k: 1, j: 2}\nb: {<<: *x, k: 3}\nc: [1, 1]\n"
     assert _safe_yaml(doc) == yaml.safe_load(doc) == {"a": {"k": 1, "j": 2}, "b": {"k": 3, "j": 2}, "c": [1, 1]}
-    with pytest.raises(yaml.constructor.ConstructorError, match="could not determine a constructor for the tag .*python/object/apply"):
+    with pytest.raises(
+        yaml.constructor.ConstructorError, match="could not determine a constructor for the tag .*python/object/apply"
+    ):
         _safe_yaml("!!python/object/apply:os.system [echo unsafe]\n")
 
 

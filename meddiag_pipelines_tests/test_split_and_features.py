@@ -2,8 +2,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from meddiag_pipelines.split import SPLIT_COLUMN, SplitError, assign_split, check_split
 from meddiag_pipelines.flat.features import OTHER, fit_plan, missing_data_table, transform
+from meddiag_pipelines.split import SPLIT_COLUMN, SplitError, assign_split, check_split
 from meddiag_pipelines_tests.conftest import synthetic_records
 
 
@@ -19,7 +19,8 @@ def test_split_is_stable_when_a_batch_is_added(synthetic_spec):
 
 def test_patients_never_straddle_splits_and_unlabelled_rows_are_scored(synthetic_spec):
     frame = synthetic_records(600, seed=3).with_columns(
-        pl.when(pl.col("rid").is_in(["r0", "r5"])).then(None).otherwise(pl.col("outcome")).alias("outcome"))
+        pl.when(pl.col("rid").is_in(["r0", "r5"])).then(None).otherwise(pl.col("outcome")).alias("outcome")
+    )
     split = assign_split(frame, synthetic_spec)
     labelled = split.filter(pl.col(SPLIT_COLUMN) != "score")
     assert labelled.group_by("pid").agg(pl.col(SPLIT_COLUMN).n_unique())[SPLIT_COLUMN].max() == 1
@@ -39,8 +40,16 @@ def test_split_without_a_class_fails_clearly(synthetic_spec):
 
 
 def test_features_are_fitted_on_training_rows_only(synthetic_spec):
-    train = pl.DataFrame({"rid": ["a", "b", "c", "d", "e", "f"], "x1": [1.0, 2.0, 3.0, None, 5.0, 100.0],
-                          "x2": [0.0] * 6, "x3": [1.0] * 6, "group": ["A"] * 5 + ["B"], "outcome": ["no", "yes"] * 3})  # fmt: skip
+    train = pl.DataFrame(
+        {
+            "rid": ["a", "b", "c", "d", "e", "f"],
+            "x1": [1.0, 2.0, 3.0, None, 5.0, 100.0],
+            "x2": [0.0] * 6,
+            "x3": [1.0] * 6,
+            "group": ["A"] * 5 + ["B"],
+            "outcome": ["no", "yes"] * 3,
+        }
+    )
     plan = fit_plan(train.head(5), synthetic_spec)
     assert plan.medians["x1"] == pytest.approx(2.5)  # the 100.0 of the held-back row does not leak in
     assert plan.indicators == ["x1"]
@@ -55,8 +64,17 @@ def test_features_are_fitted_on_training_rows_only(synthetic_spec):
 
 
 def test_null_codes_and_types_survive_the_plan(heart_spec):
-    frame = pl.DataFrame({"record_id": ["1", "2"], "Age": [50, 60], "Cholesterol": [None, 200], "RestingBP": [120, 130],
-                          "MaxHR": [150, 140], "Oldpeak": [0.5, np.nan], "HeartDisease": ["0", "1"]})  # fmt: skip
+    frame = pl.DataFrame(
+        {
+            "record_id": ["1", "2"],
+            "Age": [50, 60],
+            "Cholesterol": [None, 200],
+            "RestingBP": [120, 130],
+            "MaxHR": [150, 140],
+            "Oldpeak": [0.5, np.nan],
+            "HeartDisease": ["0", "1"],
+        }
+    )
     for c in ("Sex", "ChestPainType", "FastingBS", "RestingECG", "ExerciseAngina", "ST_Slope"):
         frame = frame.with_columns(pl.lit("x").alias(c))
     plan = fit_plan(frame, heart_spec)
@@ -65,30 +83,42 @@ def test_null_codes_and_types_survive_the_plan(heart_spec):
 
 
 # -- copies cannot leak: identical content shares a split with its patients ---------------------------------------
-from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
 
-from meddiag_pipelines.split import CONTENT_COLUMN, content_keys, duplicate_contents  # noqa: E402
 from meddiag_pipelines.specs import TaskSpec  # noqa: E402
+from meddiag_pipelines.split import CONTENT_COLUMN, content_keys, duplicate_contents  # noqa: E402
 
-_rows = st.lists(st.tuples(st.integers(0, 15), st.integers(0, 15), st.sampled_from(["no", "yes", None])),
-                 min_size=1, max_size=60)  # fmt: skip
+_rows = st.lists(
+    st.tuples(st.integers(0, 15), st.integers(0, 15), st.sampled_from(["no", "yes", None])), min_size=1, max_size=60
+)
 
 
 def _frame(rows: list[tuple], prefix: str) -> pl.DataFrame:
     """Records of a few patients and contents (many shared), ids unique."""
-    return pl.DataFrame({"rid": [f"{prefix}{i}" for i in range(len(rows))], "pid": [f"{prefix}p{p}" for p, _, _ in rows],
-                         CONTENT_COLUMN: [f"{prefix}c{c}" for _, c, _ in rows], "outcome": [y for _, _, y in rows]},
-                        schema_overrides={"outcome": pl.String})  # fmt: skip
+    return pl.DataFrame(
+        {
+            "rid": [f"{prefix}{i}" for i in range(len(rows))],
+            "pid": [f"{prefix}p{p}" for p, _, _ in rows],
+            CONTENT_COLUMN: [f"{prefix}c{c}" for _, c, _ in rows],
+            "outcome": [y for _, _, y in rows],
+        },
+        schema_overrides={"outcome": pl.String},
+    )
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])  # spec is read-only
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)  # spec is read-only
 @given(first=_rows, added=_rows)
 def test_no_content_and_no_patient_in_two_splits_and_added_batches_move_nothing(synthetic_spec, first, added):
     before = assign_split(_frame(first, "a"), synthetic_spec, content_key=CONTENT_COLUMN)
     labelled = before.filter(pl.col(SPLIT_COLUMN) != "score")
     for key in ("pid", CONTENT_COLUMN):
         assert labelled.group_by(key).agg(pl.col(SPLIT_COLUMN).n_unique())[SPLIT_COLUMN].max() in (None, 1)
-    assert before.filter(pl.col("outcome").is_null())[SPLIT_COLUMN].to_list() == ["score"] * before["outcome"].null_count()
+    assert (
+        before.filter(pl.col("outcome").is_null())[SPLIT_COLUMN].to_list() == ["score"] * before["outcome"].null_count()
+    )
     both = assign_split(pl.concat([_frame(first, "a"), _frame(added, "b")]), synthetic_spec, content_key=CONTENT_COLUMN)
     assert both.head(before.height)[SPLIT_COLUMN].to_list() == before[SPLIT_COLUMN].to_list()
 
@@ -96,16 +126,21 @@ def test_no_content_and_no_patient_in_two_splits_and_added_batches_move_nothing(
 def test_a_patient_without_copies_keeps_the_split_of_its_own_key(synthetic_spec):
     frame = synthetic_records(400, seed=6)
     plain = assign_split(frame, synthetic_spec)
-    grouped = assign_split(frame.with_columns(content_keys(frame, synthetic_spec).alias(CONTENT_COLUMN)), synthetic_spec,
-                           content_key=CONTENT_COLUMN)  # fmt: skip
+    grouped = assign_split(
+        frame.with_columns(content_keys(frame, synthetic_spec).alias(CONTENT_COLUMN)),
+        synthetic_spec,
+        content_key=CONTENT_COLUMN,
+    )
     assert grouped[SPLIT_COLUMN].to_list() == plain[SPLIT_COLUMN].to_list()
 
 
 def test_identical_feature_rows_share_a_split_and_conflicting_labels_are_counted(synthetic_spec):
     frame = synthetic_records(300, seed=7)
-    copies = frame.head(40).with_columns(("copy" + pl.col("rid")).alias("rid"), ("other" + pl.col("pid")).alias("pid"),
-                                         pl.when(pl.col("outcome") == "yes").then(pl.lit("no")).otherwise(pl.lit("yes"))
-                                         .alias("outcome"))  # fmt: skip
+    copies = frame.head(40).with_columns(
+        ("copy" + pl.col("rid")).alias("rid"),
+        ("other" + pl.col("pid")).alias("pid"),
+        pl.when(pl.col("outcome") == "yes").then(pl.lit("no")).otherwise(pl.lit("yes")).alias("outcome"),
+    )
     frame = pl.concat([frame, copies])
     keys = content_keys(frame, synthetic_spec)
     split = assign_split(frame.with_columns(keys.alias(CONTENT_COLUMN)), synthetic_spec, content_key=CONTENT_COLUMN)
@@ -113,8 +148,13 @@ def test_identical_feature_rows_share_a_split_and_conflicting_labels_are_counted
     assert split.tail(40)[SPLIT_COLUMN].to_list() == originals
     assert len(set(originals)) > 1  # copies moved with their originals, not all into one split
     counts = duplicate_contents(split, synthetic_spec, CONTENT_COLUMN)
-    assert counts == {"duplicate_contents": 40, "duplicate_rows": 80, "conflicting_label_contents": 40,
-                      "conflicting_label_rows": 80, "contents_across_splits": 0}  # fmt: skip
+    assert counts == {
+        "duplicate_contents": 40,
+        "duplicate_rows": 80,
+        "conflicting_label_contents": 40,
+        "conflicting_label_rows": 80,
+        "contents_across_splits": 0,
+    }
 
 
 def test_texts_differing_in_case_and_blanks_are_one_content():
@@ -125,9 +165,15 @@ def test_texts_differing_in_case_and_blanks_are_one_content():
 
 
 def test_a_predefined_split_is_kept_and_copies_outside_it_follow_it(synthetic_spec):
-    frame = pl.DataFrame({"rid": ["n0", "n1", "n2", "f0"], "pid": ["n0", "n1", "n2", "f0"],
-                          CONTENT_COLUMN: ["x", "x", "y", "y"], "outcome": ["no", "yes", "no", "yes"],
-                          "predefined_split": ["train", "test", "val", None]})  # fmt: skip
+    frame = pl.DataFrame(
+        {
+            "rid": ["n0", "n1", "n2", "f0"],
+            "pid": ["n0", "n1", "n2", "f0"],
+            CONTENT_COLUMN: ["x", "x", "y", "y"],
+            "outcome": ["no", "yes", "no", "yes"],
+            "predefined_split": ["train", "test", "val", None],
+        }
+    )
     split = assign_split(frame, synthetic_spec, content_key=CONTENT_COLUMN, predefined="predefined_split")
     assert split[SPLIT_COLUMN].to_list() == ["train", "test", "val", "val"]
 
@@ -139,16 +185,24 @@ def test_the_split_asset_groups_copied_rows_and_reports_conflicting_labels(synth
     from meddiag_pipelines.defs.assets.split import build_split_asset
 
     frame = synthetic_records(300, seed=8)
-    copies = frame.head(30).with_columns(("copy" + pl.col("rid")).alias("rid"), ("other" + pl.col("pid")).alias("pid"),
-                                         pl.when(pl.col("rid").is_in(["r0", "r1"]))
-                                         .then(pl.when(pl.col("outcome") == "yes").then(pl.lit("no")).otherwise(pl.lit("yes")))
-                                         .otherwise(pl.col("outcome")).alias("outcome"))  # fmt: skip
+    copies = frame.head(30).with_columns(
+        ("copy" + pl.col("rid")).alias("rid"),
+        ("other" + pl.col("pid")).alias("pid"),
+        pl.when(pl.col("rid").is_in(["r0", "r1"]))
+        .then(pl.when(pl.col("outcome") == "yes").then(pl.lit("no")).otherwise(pl.lit("yes")))
+        .otherwise(pl.col("outcome"))
+        .alias("outcome"),
+    )
     [split] = build_split_asset(synthetic_spec, None, asset_tags(synthetic_spec))
     [out] = split(dg.build_asset_context(), pl.concat([frame, copies]))
     assert CONTENT_COLUMN not in out.value.columns
     assert out.value.tail(30)[SPLIT_COLUMN].to_list() == out.value.head(30)[SPLIT_COLUMN].to_list()
     meta = {k: v.value if hasattr(v, "value") else v for k, v in out.metadata.items()}
-    assert (meta["duplicate_contents"], meta["conflicting_label_contents"], meta["contents_across_splits"]) == (30, 2, 0)
+    assert (meta["duplicate_contents"], meta["conflicting_label_contents"], meta["contents_across_splits"]) == (
+        30,
+        2,
+        0,
+    )
 
 
 def test_records_without_a_patient_id_are_not_one_patient(synthetic_spec):
@@ -161,10 +215,17 @@ def test_key_columns_are_the_spec_keys_and_internal_marks_a_frame_has_in_its_ord
     from meddiag_pipelines.specs import BATCH_COLUMN
     from meddiag_pipelines.split import COPY_OF_TRAIN_COLUMN, key_columns_in
 
-    frame = pl.DataFrame({c: [1] for c in [SPLIT_COLUMN, "x1", "group", "outcome", COPY_OF_TRAIN_COLUMN, "rid",
-                                           BATCH_COLUMN, "x2"]})  # fmt: skip
-    assert key_columns_in(frame, synthetic_spec) == [SPLIT_COLUMN, "group", "outcome", COPY_OF_TRAIN_COLUMN, "rid",
-                                                      BATCH_COLUMN]  # fmt: skip
+    frame = pl.DataFrame(
+        {c: [1] for c in [SPLIT_COLUMN, "x1", "group", "outcome", COPY_OF_TRAIN_COLUMN, "rid", BATCH_COLUMN, "x2"]}
+    )
+    assert key_columns_in(frame, synthetic_spec) == [
+        SPLIT_COLUMN,
+        "group",
+        "outcome",
+        COPY_OF_TRAIN_COLUMN,
+        "rid",
+        BATCH_COLUMN,
+    ]
     assert key_columns_in(frame.drop("rid"), synthetic_spec.model_copy(update={"patient_id": None}))[-1] == BATCH_COLUMN
 
 

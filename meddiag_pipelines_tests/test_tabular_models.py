@@ -4,9 +4,6 @@ import numpy as np
 import polars as pl
 from sklearn.metrics import roc_auc_score
 
-from meddiag_pipelines.tabular.modality import _tabular_predictor, model_inputs
-from meddiag_pipelines.specs import TaskSpec, TrainingSpec
-from meddiag_pipelines.split import fold_groups
 from meddiag_pipelines.flat import models
 from meddiag_pipelines.flat.features import fit_plan, transform
 from meddiag_pipelines.flat.models import (
@@ -19,6 +16,9 @@ from meddiag_pipelines.flat.models import (
     train_tabular_models,
     train_xgboost,
 )
+from meddiag_pipelines.specs import TaskSpec, TrainingSpec
+from meddiag_pipelines.split import fold_groups
+from meddiag_pipelines.tabular.modality import _tabular_predictor, model_inputs
 from meddiag_pipelines_tests.conftest import bundled_frame
 
 SEARCH = TrainingSpec(trials=3, timeout_s=60, max_rounds=200)
@@ -36,8 +36,10 @@ def test_a_plan_read_back_from_json_scores_exactly_like_the_fitted_one(heart_spe
     X = transform(train, plan)
     y = (train["HeartDisease"] == "1").to_numpy().astype(int)
     n_fit = 450
-    for trainer, out in ((lambda *a: train_xgboost(*a[:5], heart_spec.training.model_copy(update={"trials": 1}), *a[5:]), "xgb"),
-                         (train_logistic, "lr")):  # fmt: skip
+    for trainer, out in (
+        (lambda *a: train_xgboost(*a[:5], heart_spec.training.model_copy(update={"trials": 1}), *a[5:]), "xgb"),
+        (train_logistic, "lr"),
+    ):
         trainer(X.to_numpy()[:n_fit], y[:n_fit], X.to_numpy()[n_fit:], y[n_fit:], 2, tmp_path / out, X.columns)
         fitted = _tabular_predictor(plan.as_dict())(tmp_path / out, test)
         from_json = _tabular_predictor(reread)(tmp_path / out, test)
@@ -103,15 +105,18 @@ def test_multiclass_choice_is_on_macro_auroc_with_a_class_too_rare_for_every_fol
 
 def test_a_patients_rows_and_copied_rows_share_a_cross_validation_fold():
     spec = TaskSpec.model_validate({"name": "t", "modality": "tabular", "label": "y", "id": "rid", "patient_id": "pid"})
-    rows = pl.DataFrame({"rid": ["a", "b", "c", "d", "e"], "pid": ["p1", "p1", "p2", "p3", None],
-                         "f__x": [1.0, 2.0, 3.0, 4.0, 3.0]})  # fmt: skip
+    rows = pl.DataFrame(
+        {"rid": ["a", "b", "c", "d", "e"], "pid": ["p1", "p1", "p2", "p3", None], "f__x": [1.0, 2.0, 3.0, 4.0, 3.0]}
+    )
     groups = fold_groups(rows, spec, ["f__x"])
     assert groups[0] == groups[1] and groups[2] == groups[4] and len(set(groups[[0, 2, 3]])) == 3
     rng = np.random.default_rng(1)
     X = rng.normal(size=(200, 2))
     y = (X[:, 0] + rng.normal(size=200) > 0).astype(int)
-    metas = {"xgboost": {"params": models._xgb_params(2, {"max_depth": 2}, 0), "best_iteration": 9},
-             "logistic": {"params": {"C": 1.0}}}  # fmt: skip
+    metas = {
+        "xgboost": {"params": models._xgb_params(2, {"max_depth": 2}, 0), "best_iteration": 9},
+        "logistic": {"params": {"C": 1.0}},
+    }
     grouped = cross_validated(X, y, 2, metas, 0, np.arange(200) // 2)
     assert "one patient's rows" in grouped["method"] and grouped["n_folds"] == 10
     assert "one patient's rows" not in cross_validated(X, y, 2, metas, 0, np.arange(200))["method"]
@@ -122,6 +127,8 @@ def test_one_row_of_a_class_gives_no_cross_validation():
     X = np.random.default_rng(2).normal(size=(50, 2))
     y = np.zeros(50, dtype=int)
     y[7] = 1
-    metas = {"xgboost": {"params": models._xgb_params(2, {}, 0), "best_iteration": 2},
-             "logistic": {"params": {"C": 1.0}}}  # fmt: skip
+    metas = {
+        "xgboost": {"params": models._xgb_params(2, {}, 0), "best_iteration": 2},
+        "logistic": {"params": {"C": 1.0}},
+    }
     assert cross_validated(X, y, 2, metas, 0) is None

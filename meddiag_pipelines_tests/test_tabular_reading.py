@@ -22,16 +22,32 @@ def read(layout, spec, frame: pl.DataFrame, filename: str = "records.csv", batch
 def test_ids_and_subgroups_keep_their_leading_zeros(synthetic_spec, layout):
     frame = synthetic_records(6, seed=1).with_columns(
         pl.Series("rid", ["0001", "0002", "0003", "0004", "0005", "0006"]),
-        pl.Series("pid", ["007", "007", "010", "010", "0", "00"]), pl.Series("group", ["01", "1", "01", "1", "01", "1"]))
+        pl.Series("pid", ["007", "007", "010", "010", "0", "00"]),
+        pl.Series("group", ["01", "1", "01", "1", "01", "1"]),
+    )
     out = read(layout, synthetic_spec, frame)
-    assert out["rid"].to_list()[:2] == ["0001", "0002"] and out["pid"].to_list() == ["007", "007", "010", "010", "0", "00"]
+    assert out["rid"].to_list()[:2] == ["0001", "0002"] and out["pid"].to_list() == [
+        "007",
+        "007",
+        "010",
+        "010",
+        "0",
+        "00",
+    ]
     assert set(out["group"]) == {"01", "1"}
 
 
-@pytest.mark.parametrize(("values", "filename"), [
-    ([1, 0, 1, 0], "records.parquet"), ([1.0, 0.0, 1.0, 0.0], "records.parquet"), ([True, False, True, False], "records.parquet"),
-    (["1", "0", "1", "0"], "records.csv"), (["1.0", "0.0", "1.0", "0.0"], "records.csv"), ([1.0, 0.0, 1.0, 0.0], "records.csv"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("values", "filename"),
+    [
+        ([1, 0, 1, 0], "records.parquet"),
+        ([1.0, 0.0, 1.0, 0.0], "records.parquet"),
+        ([True, False, True, False], "records.parquet"),
+        (["1", "0", "1", "0"], "records.csv"),
+        (["1.0", "0.0", "1.0", "0.0"], "records.csv"),
+        ([1.0, 0.0, 1.0, 0.0], "records.csv"),
+    ],
+)
 def test_a_label_reads_as_the_same_class_whatever_its_stored_type(synthetic_spec, layout, values, filename):
     spec = synthetic_spec.model_copy(update={"positive": "1", "classes": ["0", "1"]})
     frame = synthetic_records(4, seed=2).with_columns(pl.Series("outcome", values))
@@ -45,11 +61,17 @@ def test_an_empty_label_is_a_case_to_score_in_both_formats(synthetic_spec, layou
         assert read(layout, synthetic_spec, frame, filename, batch=f"b{i}")["outcome"].to_list() == ["yes", None, None]
 
 
-@pytest.mark.parametrize(("extra", "fragment"), [
-    ({"_meddiag_split": "train"}, "reserved namespace"),
-    ({"_MEDDIAG_batch": "x"}, "reserved namespace"),
-    ({"Dose": 1.0, "dose": 2.0}, r"columns \d+ and \d+ \(in order of appearance\) have names that differ only in case"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("extra", "fragment"),
+    [
+        ({"_meddiag_split": "train"}, "reserved namespace"),
+        ({"_MEDDIAG_batch": "x"}, "reserved namespace"),
+        (
+            {"Dose": 1.0, "dose": 2.0},
+            r"columns \d+ and \d+ \(in order of appearance\) have names that differ only in case",
+        ),
+    ],
+)
 def test_column_names_the_warehouse_cannot_hold_are_refused(synthetic_spec, layout, extra, fragment):
     frame = synthetic_records(5, seed=4).with_columns(pl.lit(v).alias(k) for k, v in extra.items())
     with pytest.raises(BatchRejected, match=fragment):
@@ -59,13 +81,21 @@ def test_column_names_the_warehouse_cannot_hold_are_refused(synthetic_spec, layo
 CANARY = "PHICANARY_Jane_Roe_1961-04-02"
 
 
-@pytest.mark.parametrize(("first_row", "fragment"), [
-    (f"{CANARY},p1,1.5,2,3,A,yes", "has no header row with the task's columns (label 'outcome', id 'rid')"),
-    (f"r1,{CANARY},{CANARY},2,3,A,yes", "column 3 repeats the name of column 2"),
-    (f"r1,{CANARY.lower()},{CANARY},2,3,A,yes", "columns 2 and 3 (in order of appearance) have names that differ only"),
-    (f"r1,_meddiag_{CANARY},1,2,3,A,yes", "column 2 has a name in the pipeline's reserved namespace"),
-])  # fmt: skip
-def test_a_csv_without_a_header_row_is_refused_without_quoting_its_first_row(synthetic_spec, layout, first_row, fragment):
+@pytest.mark.parametrize(
+    ("first_row", "fragment"),
+    [
+        (f"{CANARY},p1,1.5,2,3,A,yes", "has no header row with the task's columns (label 'outcome', id 'rid')"),
+        (f"r1,{CANARY},{CANARY},2,3,A,yes", "column 3 repeats the name of column 2"),
+        (
+            f"r1,{CANARY.lower()},{CANARY},2,3,A,yes",
+            "columns 2 and 3 (in order of appearance) have names that differ only",
+        ),
+        (f"r1,_meddiag_{CANARY},1,2,3,A,yes", "column 2 has a name in the pipeline's reserved namespace"),
+    ],
+)
+def test_a_csv_without_a_header_row_is_refused_without_quoting_its_first_row(
+    synthetic_spec, layout, first_row, fragment
+):
     """Issue 24: a header-less file's first row stands where its names should be; a problem with those names
     is told by position, and a file naming none of the task's columns is refused before its names are kept."""
     rows = synthetic_records(5, seed=9).write_csv(include_header=False)
@@ -86,7 +116,8 @@ def test_case_twins_across_two_files_of_one_batch_are_refused(synthetic_spec, la
 @pytest.mark.parametrize("value", [1e39, -3.5e38, 1e300])
 def test_finite_values_beyond_float32_are_refused_with_a_count_not_the_value(synthetic_spec, layout, value):
     frame = synthetic_records(8, seed=7).with_columns(
-        pl.when(pl.col("rid").is_in(["r1", "r2"])).then(value).otherwise(pl.col("x1")).alias("x1"))
+        pl.when(pl.col("rid").is_in(["r1", "r2"])).then(value).otherwise(pl.col("x1")).alias("x1")
+    )
     with pytest.raises(BatchRejected, match="'x1' holds 2 values whose magnitude exceeds the float32") as err:
         read(layout, synthetic_spec, frame, "records.parquet")
     assert str(value) not in err.value.problem and "e+" not in err.value.problem
@@ -121,8 +152,10 @@ def _arrow_columns(n: int) -> dict:
         "dictionary": (pa.array(["a", "b"] * (n // 2)).dictionary_encode(), pl.String),
         "date": (pa.array([dt.date(2021, 3, 1 + i % 20) for i in range(n)], pa.date32()), pl.String),
         "time": (pa.array([dt.time(i % 24) for i in range(n)], pa.time64("us")), pl.String),
-        "timestamp_tz": (pa.array([dt.datetime(2021, 3, 1, i % 24) for i in range(n)], pa.timestamp("ms", tz="Europe/Paris")),
-                         pl.String),  # fmt: skip
+        "timestamp_tz": (
+            pa.array([dt.datetime(2021, 3, 1, i % 24) for i in range(n)], pa.timestamp("ms", tz="Europe/Paris")),
+            pl.String,
+        ),
         "decimal": (pa.array([decimal.Decimal(i) / 4 for i in range(n)], pa.decimal128(9, 2)), pl.Float64),
         "uint64": (pa.array([2**64 - 1 - i for i in range(n)], pa.uint64()), pl.Float64),
         "float16": (pa.array([np.float16(i / 8) for i in range(n)], pa.float16()), pl.Float64),
@@ -150,7 +183,9 @@ def test_a_binary_column_that_is_not_utf8_is_refused_naming_file_column_and_type
     import pyarrow as pa
 
     folder = layout.landing(TASK) / "b1"
-    _parquet_with(folder, synthetic_records(4, seed=10), "blob", pa.array([b"Zqx\xff\xfe", b"ok", None, b"ok"], pa.binary()))
+    _parquet_with(
+        folder, synthetic_records(4, seed=10), "blob", pa.array([b"Zqx\xff\xfe", b"ok", None, b"ok"], pa.binary())
+    )
     with pytest.raises(BatchRejected, match="column 'blob' holds binary values that are not UTF-8 text") as err:
         read_tabular_batch(describe_batch(TASK, folder), synthetic_spec)
     assert err.value.file == "records.parquet" and "Zqx" not in err.value.problem
@@ -188,10 +223,13 @@ def test_a_file_that_changes_after_the_batch_was_hashed_is_refused_not_read_beyo
     assert read_tabular_batch(describe_batch(TASK, folder), synthetic_spec).height == 7
 
 
-@pytest.mark.parametrize(("column", "values", "problem"), [
-    ("outcome", ["no", "yes", "no", "yes"], "column 8 repeats the name of column 7"),
-    ("wide", [1, 2, 3, 4], "column 'wide' has the Arrow type decimal256(50, 2), which cannot be read"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("column", "values", "problem"),
+    [
+        ("outcome", ["no", "yes", "no", "yes"], "column 8 repeats the name of column 7"),
+        ("wide", [1, 2, 3, 4], "column 'wide' has the Arrow type decimal256(50, 2), which cannot be read"),
+    ],
+)
 def test_a_parquet_column_polars_cannot_take_is_named_with_its_type(synthetic_spec, layout, column, values, problem):
     import pyarrow as pa
 

@@ -8,6 +8,9 @@ import numpy as np
 import polars as pl
 import pytest
 
+from meddiag_pipelines.flat.features import FeaturePlan, fit_plan, missing_data_table, model_column_names, transform
+from meddiag_pipelines.flat.models import CHOSEN, read_meta, top_contributions
+from meddiag_pipelines.split import SPLIT_COLUMN, assign_split, check_split
 from meddiag_pipelines.tabular.modality import (
     _tabular_predictor,
     explain_rows,
@@ -16,9 +19,6 @@ from meddiag_pipelines.tabular.modality import (
     model_inputs,
     tabular_trainer,
 )
-from meddiag_pipelines.split import SPLIT_COLUMN, assign_split, check_split
-from meddiag_pipelines.flat.features import FeaturePlan, fit_plan, missing_data_table, model_column_names, transform
-from meddiag_pipelines.flat.models import CHOSEN, read_meta, top_contributions
 from meddiag_pipelines.validation.suites import validate_tabular
 from meddiag_pipelines_tests.conftest import synthetic_records
 
@@ -49,9 +49,11 @@ def test_model_names_are_safe_unique_ignoring_case_and_deterministic():
 
 def test_brackets_and_less_than_in_names_and_values_train_and_are_reported_by_their_own_names(synthetic_spec, tmp_path):
     frame = synthetic_records(400, seed=11).with_columns(
-        (pl.col("x1") * 3).alias("dose[mg]"), pl.col("x2").alias("ratio<1"),
+        (pl.col("x1") * 3).alias("dose[mg]"),
+        pl.col("x2").alias("ratio<1"),
         pl.when(pl.col("x1") > 0).then(pl.lit("<0.01")).otherwise(pl.lit("0.5")).alias("crp_flag"),
-        pl.when(pl.col("x2") > 0).then(pl.lit("High")).otherwise(pl.lit("high")).alias("level"))  # fmt: skip
+        pl.when(pl.col("x2") > 0).then(pl.lit("High")).otherwise(pl.lit("high")).alias("level"),
+    )
     result = train_and_score(frame, synthetic_spec, tmp_path / "m")
     plan = result["plan"]
     assert {"dose[mg]", "ratio<1", "crp_flag=<0.01", "level=High", "level=high"} <= set(plan.feature_names)
@@ -63,22 +65,27 @@ def test_brackets_and_less_than_in_names_and_values_train_and_are_reported_by_th
 
 def test_patient_names_never_become_features(synthetic_spec, tmp_path):
     """Six visits per patient: each name is frequent enough to be a one-hot level, yet it names a person."""
-    frame = synthetic_records(420, seed=12).with_columns(
-        (pl.col("rid").str.slice(1).cast(pl.Int64) // 6).alias("n"))
-    frame = frame.with_columns((pl.lit("p") + pl.col("n").cast(pl.String)).alias("pid"),
-                               (pl.lit(CANARY) + pl.col("n").cast(pl.String) + pl.lit(" Smith")).alias("patient_name")).drop("n")
+    frame = synthetic_records(420, seed=12).with_columns((pl.col("rid").str.slice(1).cast(pl.Int64) // 6).alias("n"))
+    frame = frame.with_columns(
+        (pl.lit("p") + pl.col("n").cast(pl.String)).alias("pid"),
+        (pl.lit(CANARY) + pl.col("n").cast(pl.String) + pl.lit(" Smith")).alias("patient_name"),
+    ).drop("n")
     result = train_and_score(frame, synthetic_spec, tmp_path / "m")
     assert "identifier" in result["plan"].dropped["patient_name"]
-    stored = json.dumps(result["plan"].as_dict()) + "".join((tmp_path / "m" / m / "model.json").read_text()
-                                                           for m in ("xgboost", "logistic"))  # fmt: skip
+    stored = json.dumps(result["plan"].as_dict()) + "".join(
+        (tmp_path / "m" / m / "model.json").read_text() for m in ("xgboost", "logistic")
+    )
     assert CANARY not in stored and CANARY not in json.dumps(result["top"])
     assert CANARY not in json.dumps(missing_data_table(frame, result["plan"]))
 
 
-@pytest.mark.parametrize(("values", "why"), [
-    ([f"{CANARY}{i}" for i in range(300)], "distinct values"),
-    ([f"{CANARY} presented with chest pain radiating to the left arm {i % 3}" for i in range(300)], "free text"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("values", "why"),
+    [
+        ([f"{CANARY}{i}" for i in range(300)], "distinct values"),
+        ([f"{CANARY} presented with chest pain radiating to the left arm {i % 3}" for i in range(300)], "free text"),
+    ],
+)
 def test_free_text_and_identifier_columns_are_dropped_unless_declared(synthetic_spec, values, why):
     frame = synthetic_records(300, seed=13).with_columns(pl.Series("note", values))
     plan = fit_plan(frame, synthetic_spec)
@@ -89,21 +96,24 @@ def test_free_text_and_identifier_columns_are_dropped_unless_declared(synthetic_
 
 def test_categories_shared_by_many_patients_stay_features(synthetic_spec):
     frame = synthetic_records(300, seed=14).with_columns(
-        pl.Series("site", ["Cleveland", "Hungary", "Switzerland", "Long Beach"] * 75))
+        pl.Series("site", ["Cleveland", "Hungary", "Switzerland", "Long Beach"] * 75)
+    )
     plan = fit_plan(frame, synthetic_spec)
     assert plan.dropped == {} and len(plan.categorical["site"]) == 5
 
 
 def test_a_plan_saved_before_the_name_map_still_scores():
-    plan = FeaturePlan.from_dict({"numeric": ["x1"], "medians": {"x1": 0.0}, "indicators": [],
-                                  "categorical": {"group": ["A", "__other__"]}})  # fmt: skip
+    plan = FeaturePlan.from_dict(
+        {"numeric": ["x1"], "medians": {"x1": 0.0}, "indicators": [], "categorical": {"group": ["A", "__other__"]}}
+    )
     assert plan.model_names == ["x1", "group=A", "group=__other__"] and plan.dropped == {}
     assert transform(pl.DataFrame({"x1": [1.0], "group": ["A"]}), plan).row(0) == (1.0, 1.0, 0.0)
 
 
 def test_an_undeclared_column_over_max_null_rate_is_kept_and_reported_not_quarantined(synthetic_spec, tmp_path):
     frame = synthetic_records(300, seed=15).with_columns(
-        pl.when(pl.col("x1") > 0.5).then(pl.col("x2")).otherwise(None).alias("troponin"))  # ~70% missing
+        pl.when(pl.col("x1") > 0.5).then(pl.col("x2")).otherwise(None).alias("troponin")
+    )  # ~70% missing
     assert frame["troponin"].null_count() / frame.height > synthetic_spec.max_null_rate
     assert validate_tabular(frame, synthetic_spec) == []
     result = train_and_score(frame, synthetic_spec, tmp_path / "m")
@@ -120,7 +130,8 @@ def test_a_declared_column_keeps_the_hard_null_check(synthetic_spec):
 
 def test_check_failures_carry_counts_only(synthetic_spec):
     frame = synthetic_records(60, seed=17).with_columns(
-        pl.when(pl.col("rid") == "r3").then(pl.lit("maybe")).otherwise(pl.col("outcome")).alias("outcome"))
+        pl.when(pl.col("rid") == "r3").then(pl.lit("maybe")).otherwise(pl.col("outcome")).alias("outcome")
+    )
     spec = synthetic_spec.model_copy(update={"ranges": {"x2": (-0.5, 0.5)}})
     failures = {f.expectation: f for f in validate_tabular(frame, spec)}
     ranged = failures["expect_column_values_to_be_between"]
@@ -154,7 +165,8 @@ def test_an_interaction_lets_xgboost_win(synthetic_spec, tmp_path):
 
 def test_logistic_explanations_in_multiclass(synthetic_spec, tmp_path):
     frame = synthetic_records(400, seed=20).with_columns(
-        pl.when(pl.col("x1") > 0.5).then(pl.lit("c")).otherwise(pl.col("outcome")).alias("outcome"))
+        pl.when(pl.col("x1") > 0.5).then(pl.lit("c")).otherwise(pl.col("outcome")).alias("outcome")
+    )
     spec = synthetic_spec.model_copy(update={"positive": None, "classes": ["no", "yes", "c"]})
     split = assign_split(frame, spec)
     features, plan = feature_table(split, spec)
@@ -170,13 +182,22 @@ def test_the_features_step_warns_of_heavy_missingness_and_dropped_columns(synthe
     from meddiag_pipelines.defs.assets.task_assets import build_task_assets
     from meddiag_pipelines.defs.resources.storage import MeddiagStorage
 
-    step = next(a for a in build_task_assets(synthetic_spec)
-                if isinstance(a, dg.AssetsDefinition) and dg.AssetKey([synthetic_spec.name, "feature_plan"]) in a.keys)  # fmt: skip
+    step = next(
+        a
+        for a in build_task_assets(synthetic_spec)
+        if isinstance(a, dg.AssetsDefinition) and dg.AssetKey([synthetic_spec.name, "feature_plan"]) in a.keys
+    )
     frame = synthetic_records(300, seed=21).with_columns(
-        pl.when(pl.col("x1") > 0.5).then(pl.col("x2")).alias("troponin"), pl.Series("pname", [f"{CANARY}{i}" for i in range(300)]))
+        pl.when(pl.col("x1") > 0.5).then(pl.col("x2")).alias("troponin"),
+        pl.Series("pname", [f"{CANARY}{i}" for i in range(300)]),
+    )
     with dg.build_asset_context() as context:
-        outputs = {o.output_name: o for o in step(context, storage=MeddiagStorage(data_dir=str(tmp_path)),
-                                                         split=assign_split(frame, synthetic_spec))}
+        outputs = {
+            o.output_name: o
+            for o in step(
+                context, storage=MeddiagStorage(data_dir=str(tmp_path)), split=assign_split(frame, synthetic_spec)
+            )
+        }
     warnings = [line for line in capfd.readouterr().err.splitlines() if " - WARNING - " in line]
     assert any("'troponin' is missing in" in w and "over max_null_rate" in w for w in warnings), warnings
     assert any("'pname' is not a feature" in w for w in warnings) and not any(CANARY in w for w in warnings)
@@ -209,26 +230,36 @@ def _repeated(values: list[str], n: int) -> pl.Series:
     return pl.Series([values[i * len(values) // n] for i in range(n)])
 
 
-@pytest.mark.parametrize(("column", "values", "why"), [
-    # no patient id in the spec and ten visits per patient: few distinct names, each frequent (issue 24 #5)
-    ("contact", [f"{f} {CANARY}" for f in FIRST], "look like personal identifiers (NAME)"),
-    ("Surname", [f"{CANARY}{c}" for c in "abcdefghij"], "its name says it holds personal identifiers"),
-    ("patientName", [f"{CANARY}{c}" for c in "abcdefghij"], "its name says it holds personal identifiers"),
-    ("e-mail", [f"{CANARY}{c}" for c in "abcdefghij"], "its name says it holds personal identifiers"),
-    ("visit", [f"2021-03-{d:02d}" for d in range(1, 11)], "look like personal identifiers (DATE)"),
-])  # fmt: skip
-def test_identifier_like_text_columns_are_refused_even_when_their_values_repeat(synthetic_spec, tmp_path, column, values, why):
+@pytest.mark.parametrize(
+    ("column", "values", "why"),
+    [
+        # no patient id in the spec and ten visits per patient: few distinct names, each frequent (issue 24 #5)
+        ("contact", [f"{f} {CANARY}" for f in FIRST], "look like personal identifiers (NAME)"),
+        ("Surname", [f"{CANARY}{c}" for c in "abcdefghij"], "its name says it holds personal identifiers"),
+        ("patientName", [f"{CANARY}{c}" for c in "abcdefghij"], "its name says it holds personal identifiers"),
+        ("e-mail", [f"{CANARY}{c}" for c in "abcdefghij"], "its name says it holds personal identifiers"),
+        ("visit", [f"2021-03-{d:02d}" for d in range(1, 11)], "look like personal identifiers (DATE)"),
+    ],
+)
+def test_identifier_like_text_columns_are_refused_even_when_their_values_repeat(
+    synthetic_spec, tmp_path, column, values, why
+):
     spec = synthetic_spec.model_copy(update={"patient_id": None})
     frame = synthetic_records(400, seed=23).with_columns(_repeated(values, 400).alias(column))
     result = train_and_score(frame, spec, tmp_path / "m")
     assert why in result["plan"].dropped[column]
-    stored = json.dumps(result["plan"].as_dict()) + "".join((tmp_path / "m" / m / "model.json").read_text()
-                                                           for m in ("xgboost", "logistic"))  # fmt: skip
-    assert values[0] not in stored and CANARY not in stored and not any(column in n for n in result["plan"].feature_names)
+    stored = json.dumps(result["plan"].as_dict()) + "".join(
+        (tmp_path / "m" / m / "model.json").read_text() for m in ("xgboost", "logistic")
+    )
+    assert (
+        values[0] not in stored and CANARY not in stored and not any(column in n for n in result["plan"].feature_names)
+    )
 
 
 def test_a_declared_categorical_column_is_kept_whatever_its_name(synthetic_spec):
-    frame = synthetic_records(300, seed=24).with_columns(_repeated(["Henry Ford", "Mayo", "Cleveland"], 300).alias("site_name"))
+    frame = synthetic_records(300, seed=24).with_columns(
+        _repeated(["Henry Ford", "Mayo", "Cleveland"], 300).alias("site_name")
+    )
     plan = fit_plan(frame, synthetic_spec.model_copy(update={"categorical": ["site_name"]}))
     assert plan.categorical["site_name"] == ["Cleveland", "Henry Ford", "Mayo", "__other__"]
     assert "site_name" in fit_plan(frame, synthetic_spec).dropped
@@ -241,7 +272,8 @@ def test_columns_of_types_no_feature_takes_are_not_features_with_the_reason(synt
     frame = synthetic_records(60, seed=25).with_columns(
         pl.Series("stay", [dt.timedelta(hours=i) for i in range(60)]),
         pl.Series("blob", [b"\xff\xfe", b"ok"] * 30, dtype=pl.Binary),
-        pl.Series("seen", [dt.date(2021, 1, 1 + i % 28) for i in range(60)]))  # fmt: skip
+        pl.Series("seen", [dt.date(2021, 1, 1 + i % 28) for i in range(60)]),
+    )
     plan = fit_plan(frame, synthetic_spec.model_copy(update={"categorical": ["seen"]}))
     assert set(plan.dropped) == {"stay", "blob", "seen"} and "durations" in plan.dropped["stay"]
     assert transform(frame, plan).width == len(plan.feature_names)

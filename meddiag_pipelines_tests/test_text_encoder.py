@@ -22,8 +22,11 @@ from meddiag_pipelines.text.models import (
 )
 
 CLASSES = ["cardiac", "lung", "skin"]
-KEYWORDS = {"cardiac": ["heart", "angina", "infarction", "arrhythmia"], "lung": ["asthma", "pneumonia", "cough", "bronchitis"],
-            "skin": ["rash", "eczema", "psoriasis", "dermatitis"]}  # fmt: skip
+KEYWORDS = {
+    "cardiac": ["heart", "angina", "infarction", "arrhythmia"],
+    "lung": ["asthma", "pneumonia", "cough", "bronchitis"],
+    "skin": ["rash", "eczema", "psoriasis", "dermatitis"],
+}
 SHARED = ["acute", "chronic", "mild", "severe", "with", "without", "complication", "left", "right", "unspecified"]
 
 
@@ -47,8 +50,15 @@ def _bert_folder(folder: Path, head: bool = False) -> Path:
     words = sorted({w for ws in KEYWORDS.values() for w in ws} | set(SHARED))
     (folder / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]) + "\n")
     tokenizer = tf.BertTokenizerFast(vocab=str(folder / "vocab.txt"))  # transformers 5: vocab, not vocab_file
-    config = tf.BertConfig(vocab_size=len(words) + 5, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                           intermediate_size=64, max_position_embeddings=64, hidden_dropout_prob=0.0)  # fmt: skip
+    config = tf.BertConfig(
+        vocab_size=len(words) + 5,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        hidden_dropout_prob=0.0,
+    )
     torch.manual_seed(0)
     net = (tf.BertForSequenceClassification if head else tf.BertModel)(config)
     net.save_pretrained(folder)
@@ -57,11 +67,17 @@ def _bert_folder(folder: Path, head: bool = False) -> Path:
 
 
 def _spec(folder: Path, **encoder) -> TaskSpec:
-    return TaskSpec.model_validate({
-        "name": "tiny_notes", "modality": "text", "label": "y", "text": "note", "text_model": str(folder),
-        "training": {"epochs": 2, "batch_size": 16, "learning_rate": 0.01, "patience": 2, "seed": 1},
-        "text_encoder": {"max_length": 16, "epochs": 4, "batch_size": 4, "learning_rate": 3e-3, **encoder},
-    })  # fmt: skip
+    return TaskSpec.model_validate(
+        {
+            "name": "tiny_notes",
+            "modality": "text",
+            "label": "y",
+            "text": "note",
+            "text_model": str(folder),
+            "training": {"epochs": 2, "batch_size": 16, "learning_rate": 0.01, "patience": 2, "seed": 1},
+            "text_encoder": {"max_length": 16, "epochs": 4, "batch_size": 4, "learning_rate": 3e-3, **encoder},
+        }
+    )
 
 
 @pytest.fixture
@@ -161,7 +177,9 @@ def test_the_encoder_competes_and_serves_the_lifecycle(tmp_path, data, offline):
     assert result.val_scores[result.chosen] == max(result.val_scores.values())
     encoder = tmp_path / "out" / "encoder"
     words = explain_texts(encoder, xv[:2])
-    assert len(words) == 2 and all(words) and all(w.lower() in xv[i].lower() for i, ws in enumerate(words) for w, _ in ws)
+    assert (
+        len(words) == 2 and all(words) and all(w.lower() in xv[i].lower() for i, ws in enumerate(words) for w, _ in ws)
+    )
     terms = top_terms_per_class(encoder, k=3)
     assert set(terms) == set(CLASSES)
 
@@ -170,8 +188,16 @@ def test_binary_encoder_gives_one_probability_per_text(tmp_path, data, offline):
     xt, yt, xv, yv = data
     keep_t, keep_v = yt < 2, yv < 2
     spec = _spec(_bert_folder(tmp_path / "tiny_bert"), epochs=1)
-    model, _ = train_encoder([t for t, k in zip(xt, keep_t) if k], yt[keep_t], [t for t, k in zip(xv, keep_v) if k],
-                             yv[keep_v], CLASSES[:2], spec, "cpu", deadline=float("inf"))  # fmt: skip
+    model, _ = train_encoder(
+        [t for t, k in zip(xt, keep_t, strict=False) if k],
+        yt[keep_t],
+        [t for t, k in zip(xv, keep_v, strict=False) if k],
+        yv[keep_v],
+        CLASSES[:2],
+        spec,
+        "cpu",
+        deadline=float("inf"),
+    )
     p = model.predict(xv[:4])
     assert p.shape == (4,) and ((p > 0) & (p < 1)).all()
     module = model.module()
@@ -198,12 +224,19 @@ def test_a_text_task_naming_an_encoder_folder_runs_through_the_pipeline(tmp_path
     import dagster as dg
 
     from meddiag_pipelines_tests.conftest import land
-    from meddiag_pipelines_tests.test_text_pipeline import ALL_CHECKS_PASSED, check_outcomes, icd_rows, materialize, small_spec
+    from meddiag_pipelines_tests.test_text_pipeline import (
+        ALL_CHECKS_PASSED,
+        check_outcomes,
+        icd_rows,
+        materialize,
+        small_spec,
+    )
 
     rows = icd_rows(60)
     folder = _bert_folder(tmp_path / "tiny_bert")
-    spec = small_spec(text_model=str(folder), text_encoder={"max_length": 24, "epochs": 1, "batch_size": 32,
-                                                            "learning_rate": 1e-2})  # fmt: skip
+    spec = small_spec(
+        text_model=str(folder), text_encoder={"max_length": 24, "epochs": 1, "batch_size": 32, "learning_rate": 1e-2}
+    )
     land(layout, spec.name, "batch_0001", rows)
     with dg.instance_for_test() as instance:
         result = materialize(spec, layout, instance)
@@ -225,7 +258,8 @@ def test_an_encoder_exports_to_onnx_matching_torch(tmp_path, data, offline):
     from meddiag_pipelines.text.export import encoder_exportable
 
     xt, yt, xv, yv = data
-    model, _ = train_encoder(xt, yt, xv, yv, CLASSES, _spec(_bert_folder(tmp_path / "tiny_bert"), epochs=1), "cpu",
-                             deadline=float("inf"))  # fmt: skip
+    model, _ = train_encoder(
+        xt, yt, xv, yv, CLASSES, _spec(_bert_folder(tmp_path / "tiny_bert"), epochs=1), "cpu", deadline=float("inf")
+    )
     parity = _export_and_compare(encoder_exportable(model, [*xv, "heart"]), tmp_path / "model.onnx")
     assert parity["max_abs_diff"] <= 1e-4 and parity["output_shape"] == ["batch", len(CLASSES)]

@@ -16,15 +16,16 @@ import polars as pl
 import pytest
 
 from meddiag_pipelines.defs.build import build_definitions
-from meddiag_pipelines.update import run_task_in_process
 from meddiag_pipelines.ingestion.warehouse import Warehouse
 from meddiag_pipelines.specs import TaskSpec
 from meddiag_pipelines.text.readers import read_text_batch
+from meddiag_pipelines.update import run_task_in_process
 from meddiag_pipelines_tests.test_text_pipeline import _strings_of_duckdb, _strings_of_parquet
 
 CANARY = "Ottoline Farthingale QX7741Z"
-SPEC = TaskSpec(name="hostile_notes", modality="text", label="dx", text="note", id="nid", classes=["mi", "hf"],
-                min_text_chars=3)  # fmt: skip
+SPEC = TaskSpec(
+    name="hostile_notes", modality="text", label="dx", text="note", id="nid", classes=["mi", "hf"], min_text_chars=3
+)
 GOOD = "nid,dx,note\ngood1,mi,chest pain on exertion\n"
 WORD_DATE = "the twenty-third of September, nineteen thirty-one"  # issue 24: a date in words reached the warehouse
 
@@ -42,23 +43,35 @@ def _parquet_bytes(frame: pl.DataFrame) -> bytes:
 CANARY_PARQUET = _parquet_bytes(pl.DataFrame({"nid": ["1"], "dx": ["mi"], "note": [CANARY * 20]}))
 # (file, bytes, rejected rel, words expected in the problem)
 HOSTILE = [
-    ("open_quote.csv", f'nid,dx,note\n1,mi,fine text\n2,mi,"{CANARY} never closed\n3,mi,more {CANARY}\n',
-     "open_quote.csv", "line 3: a quoted field is never closed (truncated file?)"),
+    (
+        "open_quote.csv",
+        f'nid,dx,note\n1,mi,fine text\n2,mi,"{CANARY} never closed\n3,mi,more {CANARY}\n',
+        "open_quote.csv",
+        "line 3: a quoted field is never closed (truncated file?)",
+    ),
     ("after_quote.csv", f'nid,dx,note\n1,mi,"{CANARY}"x\n', "after_quote.csv", "line 2: text follows a closing quote"),
     ("ragged.csv", f"nid,dx,note\n1,mi,fine,{CANARY}\n", "ragged.csv", "line 2 has 4 fields, the header row has 3"),
     ("headerless.csv", f"1,mi,{CANARY} seen today\n", "headerless.csv", "lacks the column(s) ['nid', 'note']"),
-    ("open_string.jsonl", f'{{"nid": "1", "note": "{CANARY} unterminated\n', "open_string.jsonl",
-     "line 1 is not valid JSON: a string is never closed"),
-    ("extra.jsonl", f'{{"nid": "1", "note": "ok"}} {CANARY}\n', "extra.jsonl", "line 1 is not valid JSON: more than one"),
+    (
+        "open_string.jsonl",
+        f'{{"nid": "1", "note": "{CANARY} unterminated\n',
+        "open_string.jsonl",
+        "line 1 is not valid JSON: a string is never closed",
+    ),
+    (
+        "extra.jsonl",
+        f'{{"nid": "1", "note": "ok"}} {CANARY}\n',
+        "extra.jsonl",
+        "line 1 is not valid JSON: more than one",
+    ),
     ("deep.jsonl", "[" * 200_000 + CANARY, "deep.jsonl", "line 1 is nested too deeply"),
     ("surrogate.jsonl", f'{{"nid": "1", "note": "{CANARY} \\ud800"}}\n', "surrogate.jsonl", "lone surrogate"),
     ("bigint.jsonl", f'{{"nid": 1{"1" * 5000}, "note": "{CANARY}"}}\n', "bigint.jsonl", "a number is too long"),
     ("cut.parquet", CANARY_PARQUET[: len(CANARY_PARQUET) // 2], "cut.parquet", "not a readable Parquet file"),
     ("fake.parquet", b"PAR1" + CANARY.encode() * 30 + b"PAR1", "fake.parquet", "not a readable Parquet file"),
-    ("notes/labels.csv", f'file,dx\na.txt,"{CANARY}\n', "notes/labels.csv",
-     "line 2: a quoted field is never closed"),
+    ("notes/labels.csv", f'file,dx\na.txt,"{CANARY}\n', "notes/labels.csv", "line 2: a quoted field is never closed"),
     ("latin/n1.txt", f"Fièvre {CANARY}".encode("latin-1"), "latin/n1.txt", "not valid UTF-8"),
-]  # fmt: skip
+]
 
 
 def _write(batch: Path, name: str, data: str | bytes) -> None:
@@ -91,8 +104,20 @@ def test_labels_rows_are_problems_of_labels_csv_and_files_are_files(tmp_path: Pa
     _write(tmp_path, "notes/_hidden.txt", "a marker-like file")
     _write(tmp_path, "outside.txt", "beside the folder")
     (notes / "link.txt").symlink_to(tmp_path / "outside.txt")
-    rows = ["file,dx,nid", "a.txt,mi,a", "../outside.txt,mi,o", "/etc/passwd,mi,p", "link.txt,mi,l", "a.txt,mi,a2",
-            ",mi,e", "missing.txt,mi,m", "_hidden.txt,mi,h", "sub/c.txt,hf,c", "b.txt,mi,", "sub,mi,d"]  # fmt: skip
+    rows = [
+        "file,dx,nid",
+        "a.txt,mi,a",
+        "../outside.txt,mi,o",
+        "/etc/passwd,mi,p",
+        "link.txt,mi,l",
+        "a.txt,mi,a2",
+        ",mi,e",
+        "missing.txt,mi,m",
+        "_hidden.txt,mi,h",
+        "sub/c.txt,hf,c",
+        "b.txt,mi,",
+        "sub,mi,d",
+    ]
     _write(tmp_path, "notes/labels.csv", "\n".join(rows) + "\n")
     os.mkfifo(notes / "fifo.txt")
     res = read_text_batch(tmp_path, SPEC)
@@ -101,11 +126,16 @@ def test_labels_rows_are_problems_of_labels_csv_and_files_are_files(tmp_path: Pa
     assert set(problems) == {"notes/labels.csv", "notes/link.txt", "notes/fifo.txt", "notes/b.txt", "outside.txt"}
     labels = problems["notes/labels.csv"]
     assert labels.startswith("notes/labels.csv: 8 rows cannot be used:")
-    for expected in ["row 3 names a file that cannot be used: path escapes the batch folder",
-                     "row 4 names a file that cannot be used: absolute path", "row 6 names a file an earlier row",
-                     "row 7 has no file name", "row 8 names a file that cannot be used: file listed but not found",
-                     "row 9 names a hidden or marker file", "row 11 has an empty 'nid'",
-                     "row 12 names a file that cannot be used: not a regular file"]:  # fmt: skip
+    for expected in [
+        "row 3 names a file that cannot be used: path escapes the batch folder",
+        "row 4 names a file that cannot be used: absolute path",
+        "row 6 names a file an earlier row",
+        "row 7 has no file name",
+        "row 8 names a file that cannot be used: file listed but not found",
+        "row 9 names a hidden or marker file",
+        "row 11 has an empty 'nid'",
+        "row 12 names a file that cannot be used: not a regular file",
+    ]:
         assert expected in labels, labels
     assert "passwd" not in labels and "outside" not in labels
     assert "symbolic link refused" in problems["notes/link.txt"]  # a listed entry: rejected as the file it is
@@ -142,7 +172,11 @@ def test_labels_are_canonical_in_every_format(tmp_path: Path, raw: str, canonica
     json_value = {"1": 1, "1.0": 1.0, "true": True, "01": "01"}[raw]
     _write(tmp_path, "b.jsonl", json.dumps({"nid": "j", "dx": json_value, "note": "some text"}) + "\n")
     parquet_value = pl.Series("dx", [json_value])
-    _write(tmp_path, "c.parquet", _parquet_bytes(pl.DataFrame({"nid": ["p"], "note": ["some text"]}).with_columns(parquet_value)))
+    _write(
+        tmp_path,
+        "c.parquet",
+        _parquet_bytes(pl.DataFrame({"nid": ["p"], "note": ["some text"]}).with_columns(parquet_value)),
+    )
     res = read_text_batch(tmp_path, spec)
     assert res.rejected == []
     assert res.records.sort("id")["label"].to_list() == [canonical] * 3
@@ -178,32 +212,66 @@ def test_no_canary_leaves_the_reader_through_ingestion_logs_or_dagster(tmp_path:
     out, err = capfd.readouterr()
     with Warehouse(layout).connect():  # the catalog's views of the ledger and state objects
         pass
-    places = {"events": events, "ledger+warehouse": _strings_of_duckdb(layout.warehouse_db()),
-              "reason.json": "\n".join(reasons), "console": out + err, "logging": caplog.text}  # fmt: skip
+    places = {
+        "events": events,
+        "ledger+warehouse": _strings_of_duckdb(layout.warehouse_db()),
+        "reason.json": "\n".join(reasons),
+        "console": out + err,
+        "logging": caplog.text,
+    }
     for path in home.rglob("*"):
         if path.is_file():
             places[f"dagster:{path.name}"] = path.read_bytes().decode("utf-8", "replace")
     places["raw records"] = "\n".join(map(_strings_of_parquet, layout.local.rglob("raw_records/**/*.parquet")))
     leaks = [where for where, blob in places.items() if CANARY[:9] in blob or CANARY[-7:] in blob]
     assert leaks == [], leaks
-    dated = [where for where, blob in places.items() if "twenty-third" in blob or "thirty-one" in blob or "Tues" in blob]
+    dated = [
+        where for where, blob in places.items() if "twenty-third" in blob or "thirty-one" in blob or "Tues" in blob
+    ]
     assert dated == [] and "Fell on the [DATE] and again on [DATE]" in places["raw records"], dated
     assert "a quoted field is never closed" in places["reason.json"]  # the scan does see the reasons
 
 
 # Characters that print nothing: format (Cf), controls, separators of every kind, combining marks alone, and the
 # blank letters and symbols of Hangul and Braille. A note made of them is empty (issue 24).
-INVISIBLE = ["\u200b", "\u200c", "\u200d", "\ufeff", "\u2060", "\u00ad", "\u180e", "\u2061", "\u202e", "\u2066",
-             "\U000e0001", "\x0b", "\x1f", "\u0085", "\u00a0", "\u2007", "\u3000", "\u2028", "\u2029", "\u0301",
-             "\u3164", "\u115f", "\u2800"]  # fmt: skip
+INVISIBLE = [
+    "\u200b",
+    "\u200c",
+    "\u200d",
+    "\ufeff",
+    "\u2060",
+    "\u00ad",
+    "\u180e",
+    "\u2061",
+    "\u202e",
+    "\u2066",
+    "\U000e0001",
+    "\x0b",
+    "\x1f",
+    "\u0085",
+    "\u00a0",
+    "\u2007",
+    "\u3000",
+    "\u2028",
+    "\u2029",
+    "\u0301",
+    "\u3164",
+    "\u115f",
+    "\u2800",
+]
 
 
 @pytest.mark.parametrize("blank", INVISIBLE, ids=[f"U+{ord(c):04X}" for c in INVISIBLE])
 def test_invisible_characters_do_not_count_toward_min_text_chars(blank: str):
     from meddiag_pipelines.text.validation import short_texts
 
-    frame = pl.DataFrame({"nid": ["blank", "padded", "short", "fine"], "dx": ["mi"] * 4,
-                          "note": [blank * 500, f"{blank * 100}ab{blank * 100}", "a" + blank + "b", f"a{blank}bc"]})  # fmt: skip
+    frame = pl.DataFrame(
+        {
+            "nid": ["blank", "padded", "short", "fine"],
+            "dx": ["mi"] * 4,
+            "note": [blank * 500, f"{blank * 100}ab{blank * 100}", "a" + blank + "b", f"a{blank}bc"],
+        }
+    )
     failures = short_texts(frame, SPEC)
     assert [(f.expectation, f.unexpected_count) for f in failures] == [("text_min_length", 3)]
     assert "visible characters" in failures[0].problem
@@ -212,8 +280,8 @@ def test_invisible_characters_do_not_count_toward_min_text_chars(blank: str):
 def test_a_text_over_the_deid_time_limit_rejects_its_file_naming_the_row(tmp_path: Path, monkeypatch):
     """Issue 24: a note whose scrubbing overruns is never stored unscrubbed; its file is rejected with the row
     (never the text) and the other files of the batch flow on."""
-    from meddiag_pipelines.text import readers
     from meddiag_pipelines.deid.rules import ScrubTimeout
+    from meddiag_pipelines.text import readers
 
     def scrub_or_overrun(text: str, time_limit: float | None = None) -> str:
         if CANARY in text:  # stands for a note whose scrubbing overruns its limit
@@ -226,8 +294,10 @@ def test_a_text_over_the_deid_time_limit_rejects_its_file_naming_the_row(tmp_pat
     _write(tmp_path, "good.csv", GOOD)
     res = read_text_batch(tmp_path, SPEC)
     assert res.records["id"].to_list() == ["good1"] and res.files_read == ["good.csv"]
-    assert dict(res.rejected) == {"slow.csv": "slow.csv: row 3: its text took longer than 5 s to de-identify, so it "
-                                  "was not stored (MEDDIAG_DEID_SECONDS sets the limit)"}  # fmt: skip
+    assert dict(res.rejected) == {
+        "slow.csv": "slow.csv: row 3: its text took longer than 5 s to de-identify, so it "
+        "was not stored (MEDDIAG_DEID_SECONDS sets the limit)"
+    }
 
 
 def test_a_tiny_deid_time_limit_rejects_every_file_with_text(tmp_path: Path, monkeypatch):
@@ -241,8 +311,10 @@ def test_a_tiny_deid_time_limit_rejects_every_file_with_text(tmp_path: Path, mon
     assert res.records.is_empty() and res.files_read == ["notes/labels.csv"]
     problems = dict(res.rejected)
     assert {rel: p.split(" took longer")[0] for rel, p in problems.items()} == {
-        "a.csv": "a.csv: row 2: its text", "b.jsonl": "b.jsonl: line 1: its text",
-        "notes/n1.txt": "notes/n1.txt: labels.csv row 2: its text"}  # fmt: skip
+        "a.csv": "a.csv: row 2: its text",
+        "b.jsonl": "b.jsonl: line 1: its text",
+        "notes/n1.txt": "notes/n1.txt: labels.csv row 2: its text",
+    }
     assert all("1e-09 s to de-identify" in p for p in problems.values()) and CANARY[:9] not in str(problems)
 
 

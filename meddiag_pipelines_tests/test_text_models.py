@@ -125,7 +125,11 @@ def test_neural_is_deterministic_on_cpu(trained, tmp_path):
 @pytest.mark.slow
 def test_binary_task_shapes(tmp_path):
     rng = np.random.default_rng(0)
-    pos = ["crushing chest pain radiating to the left arm", "troponin rise with st elevation", "acute mi with chest pain"]
+    pos = [
+        "crushing chest pain radiating to the left arm",
+        "troponin rise with st elevation",
+        "acute mi with chest pain",
+    ]
     neg = ["itchy rash on the forearm", "seasonal allergic rhinitis with sneezing", "mild eczema flare"]
     texts, ys = [], []
     for i in range(160):
@@ -155,7 +159,6 @@ def test_temperature_recovers_a_known_scale():
     assert fit_temperature(true_logits * 3.0, y) == pytest.approx(3.0, rel=0.1)
 
 
-
 @pytest.mark.slow
 def test_the_report_lists_the_top_terms_of_every_class(trained):
     from meddiag_pipelines.text.report import top_terms_html
@@ -170,6 +173,7 @@ def test_missing_training_texts_are_counted():
     from meddiag_pipelines.text.report import missing_texts
 
     rows = pl.DataFrame({"note": ["chest pain", "  ", None, "rash"]})
-    assert missing_texts(rows, "note") == [{"feature": "note", "n_missing": 2, "rate": 0.5,
-                                            "handling": "empty text (blocked by validation)"}]  # fmt: skip
+    assert missing_texts(rows, "note") == [
+        {"feature": "note", "n_missing": 2, "rate": 0.5, "handling": "empty text (blocked by validation)"}
+    ]
     assert missing_texts(rows.head(1), "note")[0]["handling"] == "none needed"

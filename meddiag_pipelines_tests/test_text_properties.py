@@ -16,14 +16,15 @@ from hypothesis import strategies as st
 from meddiag_pipelines.ingestion.batches import ReadOutcome, ingest_new_batches, validate_pending_batches
 from meddiag_pipelines.ingestion.landing import display_name, is_data_file
 from meddiag_pipelines.ingestion.warehouse import Warehouse
-from meddiag_pipelines.storage import DataRoot
 from meddiag_pipelines.specs import TaskSpec, spec_columns
+from meddiag_pipelines.storage import DataRoot
 from meddiag_pipelines.text.readers import read_text_batch
 from meddiag_pipelines.text.validation import validate_texts
 
 CANARY = "QZXCANARY"  # starts every planted text: never in a problem
-SPEC = TaskSpec(name="prop_notes", modality="text", label="dx", text="note", id="nid", classes=["mi", "hf"],
-                min_text_chars=3)  # fmt: skip
+SPEC = TaskSpec(
+    name="prop_notes", modality="text", label="dx", text="note", id="nid", classes=["mi", "hf"], min_text_chars=3
+)
 FS_NAME_MAX = 255  # bytes
 # Quarantine and predictions add up to ~30 bytes to a batch name (a ".<timestamp>.<pid>.<n>" suffix when the
 # destination exists, ".<name>.<random>.tmp"); at 255 bytes those overflow (reported; not the text reader's).
@@ -37,11 +38,14 @@ def _fits(name: str, limit: int = FS_NAME_MAX) -> bool:
 name_chars = st.characters(blacklist_categories=("Cs",), blacklist_characters="/\x00")
 odd_names = ["batch 0001", "lot n°7 — ünïcode", "a b\tc", "x" * FS_NAME_MAX, "é" * (FS_NAME_MAX // 2)]
 names = st.one_of(st.text(name_chars, min_size=1, max_size=40), st.sampled_from(odd_names)).filter(_fits)
-batch_names = st.one_of(st.text(name_chars, min_size=1, max_size=40), st.sampled_from(
-    [*odd_names[:3], "x" * BATCH_NAME_MAX, "é" * (BATCH_NAME_MAX // 2)])).filter(lambda n: _fits(n, BATCH_NAME_MAX))  # fmt: skip
+batch_names = st.one_of(
+    st.text(name_chars, min_size=1, max_size=40),
+    st.sampled_from([*odd_names[:3], "x" * BATCH_NAME_MAX, "é" * (BATCH_NAME_MAX // 2)]),
+).filter(lambda n: _fits(n, BATCH_NAME_MAX))
 texts = st.text(st.characters(blacklist_categories=("Cs",)), max_size=60).map(lambda t: CANARY + t)
-labels = st.one_of(st.sampled_from(["mi", "hf", "", "MI", "1.0"]), st.integers(-3, 3), st.booleans(), st.none(),
-                   st.text(max_size=4))  # fmt: skip
+labels = st.one_of(
+    st.sampled_from(["mi", "hf", "", "MI", "1.0"]), st.integers(-3, 3), st.booleans(), st.none(), st.text(max_size=4)
+)
 ids = st.one_of(st.text(max_size=6), st.integers(0, 50))
 records = st.lists(st.tuples(ids, labels, texts), min_size=1, max_size=6)
 files = st.lists(st.tuples(st.sampled_from(["csv", "jsonl", "parquet", "txt"]), names, records), min_size=1, max_size=3)
@@ -53,8 +57,14 @@ def _as_text(value) -> str | None:
 
 def _land(batch: Path, kind: str, stem: str, rows: list[tuple]) -> None:
     """One file (or a folder of .txt files with labels.csv) holding ``rows``."""
-    frame = pl.DataFrame({"nid": [_as_text(i) for i, _, _ in rows], "dx": [_as_text(lab) for _, lab, _ in rows],
-                          "note": [t for _, _, t in rows]}, schema={c: pl.String for c in ("nid", "dx", "note")})  # fmt: skip
+    frame = pl.DataFrame(
+        {
+            "nid": [_as_text(i) for i, _, _ in rows],
+            "dx": [_as_text(lab) for _, lab, _ in rows],
+            "note": [t for _, _, t in rows],
+        },
+        schema={c: pl.String for c in ("nid", "dx", "note")},
+    )
     name = _stem(stem)
     if kind == "csv":
         (batch / f"{name}.csv").write_bytes(frame.write_csv().encode())
@@ -68,7 +78,9 @@ def _land(batch: Path, kind: str, stem: str, rows: list[tuple]) -> None:
     else:
         folder = batch / name
         folder.mkdir(exist_ok=True)
-        listing = pl.DataFrame({"file": [f"n{k}.txt" for k in range(len(rows))], "nid": frame["nid"], "dx": frame["dx"]})
+        listing = pl.DataFrame(
+            {"file": [f"n{k}.txt" for k in range(len(rows))], "nid": frame["nid"], "dx": frame["dx"]}
+        )
         for k, (_, _, t) in enumerate(rows):
             (folder / f"n{k}.txt").write_text(t, encoding="utf-8")
         (folder / "labels.csv").write_bytes(listing.write_csv().encode())
@@ -80,11 +92,14 @@ def _stem(stem: str) -> str:
 
 
 def _entries(batch: Path) -> set[str]:
-    return {p.relative_to(batch).as_posix() for p in batch.rglob("*") if p.is_file() and is_data_file(p.relative_to(batch))}
+    return {
+        p.relative_to(batch).as_posix() for p in batch.rglob("*") if p.is_file() and is_data_file(p.relative_to(batch))
+    }
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                                                 HealthCheck.too_slow])  # fmt: skip
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
 @given(batch_name=batch_names, landed=files)
 def test_any_text_batch_is_read_and_validated_or_rejected_with_a_reason(tmp_path_factory, batch_name, landed):
     layout = DataRoot(tmp_path_factory.mktemp("prop") / "data")

@@ -23,10 +23,20 @@ def _assert_no_canary(df: pl.DataFrame) -> None:
 
 
 def test_csv_parquet_jsonl_in_one_batch(tmp_path: Path):
-    rows = {"nid": ["a1", "a2"], "pid": ["p1", "p2"], "site": ["x", "y"], "dx": ["mi", ""], "note": [PHI_NOTE, "chest pain, 5 mg"]}
+    rows = {
+        "nid": ["a1", "a2"],
+        "pid": ["p1", "p2"],
+        "site": ["x", "y"],
+        "dx": ["mi", ""],
+        "note": [PHI_NOTE, "chest pain, 5 mg"],
+    }
     pl.DataFrame(rows).write_csv(tmp_path / "one.csv")
     pl.DataFrame({**rows, "nid": ["b1", "b2"]}).write_parquet(tmp_path / "two.parquet")
-    lines = [json.dumps({"nid": 3, "pid": "p3", "dx": "hf", "note": PHI_NOTE}), "", json.dumps({"nid": "c4", "note": "no label here"})]
+    lines = [
+        json.dumps({"nid": 3, "pid": "p3", "dx": "hf", "note": PHI_NOTE}),
+        "",
+        json.dumps({"nid": "c4", "note": "no label here"}),
+    ]
     (tmp_path / "three.jsonl").write_text("\n".join(lines), encoding="utf-8")
     (tmp_path / "_READY").write_text("")
     res = read_text_batch(tmp_path, SPEC)
@@ -50,7 +60,9 @@ def test_txt_folder_with_labels(tmp_path: Path):
     (folder / "n2.txt").write_bytes(b"\xef\xbb\xbfBOM note about asthma")
     (folder / "n3.txt").write_bytes("Fièvre, température élevée".encode("latin-1"))
     (folder / "stray.txt").write_text("not named", encoding="utf-8")
-    (folder / "labels.csv").write_text("file,label,pid\nn1.txt,mi,p1\nn2.txt,,p2\nn3.txt,flu,p3\nmissing.txt,x,p4\n", encoding="utf-8")
+    (folder / "labels.csv").write_text(
+        "file,label,pid\nn1.txt,mi,p1\nn2.txt,,p2\nn3.txt,flu,p3\nmissing.txt,x,p4\n", encoding="utf-8"
+    )
     res = read_text_batch(tmp_path, SPEC)
     df = res.records.sort("id")
     assert df["id"].to_list() == ["n1", "n2"]
@@ -158,8 +170,14 @@ def _parquet(path: Path, columns: dict) -> None:
 def test_a_parquet_binary_text_column_is_decoded_as_utf8(tmp_path: Path):
     import pyarrow as pa
 
-    _parquet(tmp_path / "notes.parquet", {"nid": ["a1", "a2"], "dx": pa.array([b"mi", b"hf"], pa.binary()),
-                                          "note": pa.array(["chest pain, 5 mg".encode(), "fièvre".encode()], pa.binary())})  # fmt: skip
+    _parquet(
+        tmp_path / "notes.parquet",
+        {
+            "nid": ["a1", "a2"],
+            "dx": pa.array([b"mi", b"hf"], pa.binary()),
+            "note": pa.array([b"chest pain, 5 mg", "fièvre".encode()], pa.binary()),
+        },
+    )
     res = read_text_batch(tmp_path, SPEC)
     assert res.rejected == [] and res.records.sort("id")["text"].to_list() == ["chest pain, 5 mg", "fièvre"]
     assert res.records.sort("id")["label"].to_list() == ["mi", "hf"]
@@ -190,7 +208,9 @@ def test_a_repeated_column_name_in_labels_csv_rejects_it(tmp_path: Path):
     (tmp_path / "n1.txt").write_text("chest pain", encoding="utf-8")
     (tmp_path / "labels.csv").write_text("file,label,label\nn1.txt,mi,hf\n", encoding="utf-8")
     res = read_text_batch(tmp_path, SPEC)
-    assert ("labels.csv" in dict(res.rejected)) and "repeats the column name 'label'" in dict(res.rejected)["labels.csv"]
+    assert ("labels.csv" in dict(res.rejected)) and "repeats the column name 'label'" in dict(res.rejected)[
+        "labels.csv"
+    ]
     assert res.records.is_empty()
 
 

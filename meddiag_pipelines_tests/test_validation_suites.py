@@ -8,16 +8,23 @@ from meddiag_pipelines.validation import suites
 from meddiag_pipelines.validation.suites import run_suite, tabular_expectations, validate_tabular
 from meddiag_pipelines_tests.conftest import SYNTHETIC_SPEC, synthetic_records
 
-SPEC = TaskSpec.model_validate({**SYNTHETIC_SPEC, "categorical": ["c"], "ranges": {"x1": [-5.0, 5.0]}, "max_null_rate": 0.2})
-BASE = synthetic_records(12, seed=3).with_columns(pl.Series("c", ["a", "b", "a", "a", "b", None] * 2), pl.Series("n", range(12)))
+SPEC = TaskSpec.model_validate(
+    {**SYNTHETIC_SPEC, "categorical": ["c"], "ranges": {"x1": [-5.0, 5.0]}, "max_null_rate": 0.2}
+)
+BASE = synthetic_records(12, seed=3).with_columns(
+    pl.Series("c", ["a", "b", "a", "a", "b", None] * 2), pl.Series("n", range(12))
+)
 CASES = {
     "clean": lambda f: f,
     "nulls, NaN and infinities": lambda f: f.with_columns(
         pl.when(pl.int_range(pl.len()) < 4).then(None).otherwise(pl.col("x2")).alias("x2"),
         pl.when(pl.int_range(pl.len()) == 5).then(float("nan")).otherwise(pl.col("x3")).alias("x3"),
-        pl.when(pl.int_range(pl.len()) < 2).then(float("inf")).otherwise(pl.col("x1")).alias("x1")),
+        pl.when(pl.int_range(pl.len()) < 2).then(float("inf")).otherwise(pl.col("x1")).alias("x1"),
+    ),
     "duplicate and null ids": lambda f: f.with_columns(pl.col("rid").str.slice(0, 2).replace("r1", None)),
-    "labels outside the domain": lambda f: f.with_columns(pl.Series("outcome", ["yes", "7", "no", None, "maybe", "7"] * 2)),
+    "labels outside the domain": lambda f: f.with_columns(
+        pl.Series("outcome", ["yes", "7", "no", None, "maybe", "7"] * 2)
+    ),
     "integer column with nulls": lambda f: f.with_columns(pl.Series("x1", [None, 1, 2, 0] * 3)),
     "text in a numeric column": lambda f: f.with_columns(pl.col("x2").cast(pl.String)),
     "booleans in a numeric column": lambda f: f.with_columns((pl.col("x2") > 0).alias("x2")),
@@ -60,5 +67,8 @@ def test_a_patient_id_every_row_of_a_batch_shares_is_refused_as_a_placeholder():
     (failure,) = [f for f in validate_tabular(placeholder, spec) if f.expectation == "patient_id_not_placeholder"]
     assert failure.column == spec.patient_id and failure.problem.startswith(f"every one of the {batch.height} rows")
     assert not [f for f in validate_tabular(batch, spec) if f.expectation == "patient_id_not_placeholder"]
-    assert not [f for f in validate_tabular(placeholder.head(suites.PLACEHOLDER_MIN_ROWS - 1), spec)
-                if f.expectation == "patient_id_not_placeholder"]  # a few visits of one patient are real data
+    assert not [
+        f
+        for f in validate_tabular(placeholder.head(suites.PLACEHOLDER_MIN_ROWS - 1), spec)
+        if f.expectation == "patient_id_not_placeholder"
+    ]  # a few visits of one patient are real data

@@ -180,8 +180,13 @@ def test_pydicom_data_enhanced_ct_reads_per_frame_geometry():
 
 def test_pydicom_data_enhanced_mr_without_frame_positions_is_refused():
     path = Path(get_testdata_file("emri_small.dcm"))  # its functional groups were stripped: no frame positions
-    refused(path.parent, path.name, "dicom_series", r"emri_small\.dcm: a multi-frame file without a per-frame position "
-                                                    r"for each of its 10 frames")  # fmt: skip
+    refused(
+        path.parent,
+        path.name,
+        "dicom_series",
+        r"emri_small\.dcm: a multi-frame file without a per-frame position "
+        r"for each of its 10 frames",
+    )
 
 
 def test_list_series_hashes_uids_and_counts_slices():
@@ -262,7 +267,9 @@ def small_source() -> nib.Nifti1Image:
 def test_any_file_order_gives_the_identical_volume(order):
     source = small_source()
     with tempfile.TemporaryDirectory() as tmp:
-        write_series(Path(tmp) / "s", series_datasets(source), order=list(order), seed=sum(i * o for i, o in enumerate(order)))
+        write_series(
+            Path(tmp) / "s", series_datasets(source), order=list(order), seed=sum(i * o for i, o in enumerate(order))
+        )
         vol = read_volume(Path(tmp), "s", "dicom_series", max_voxels=BIG)
     np.testing.assert_array_equal(vol.array, nib.as_closest_canonical(source).get_fdata(dtype=np.float32))
     assert vol.spacing == (2.0, 2.0, 2.0)
@@ -283,7 +290,9 @@ def hostile(tmp_path: Path, change=None) -> Path:
 def test_missing_slice_is_refused(tmp_path):
     paths = write_series(tmp_path / "series", small_series())
     paths[3].unlink()
-    refused(tmp_path, "series", "dicom_series", r"series: missing slice\(s\): a gap of 4\.00 mm where slices are 2\.00 mm")
+    refused(
+        tmp_path, "series", "dicom_series", r"series: missing slice\(s\): a gap of 4\.00 mm where slices are 2\.00 mm"
+    )
 
 
 def test_duplicated_slice_is_refused(tmp_path):
@@ -297,7 +306,9 @@ def test_uneven_spacing_is_refused(tmp_path):
         pos = list(ds[3].ImagePositionPatient)
         ds[3].ImagePositionPatient = [pos[0], pos[1], pos[2] + 0.6]
 
-    refused(hostile(tmp_path, shift), "series", "dicom_series", r"series: uneven slice spacing \(steps from 1\.40 to 2\.60")
+    refused(
+        hostile(tmp_path, shift), "series", "dicom_series", r"series: uneven slice spacing \(steps from 1\.40 to 2\.60"
+    )
 
 
 def test_mixed_orientations_are_refused(tmp_path):
@@ -319,14 +330,18 @@ def test_mixed_sizes_are_refused(tmp_path):
     def shrink(ds):
         ds[1].Rows, ds[1].Columns, ds[1].PixelData = 4, 4, np.zeros((4, 4), np.uint16).tobytes()
 
-    refused(hostile(tmp_path, shrink), "series", "dicom_series", r"series: mixed slice sizes \(Rows x Columns: 4x4, 8x8\)")
+    refused(
+        hostile(tmp_path, shrink), "series", "dicom_series", r"series: mixed slice sizes \(Rows x Columns: 4x4, 8x8\)"
+    )
 
 
 def test_slices_from_two_patients_are_refused(tmp_path):
     def other(ds):
         ds[4].PatientID = CANARY_ID + "_OTHER"
 
-    message = refused(hostile(tmp_path, other), "series", "dicom_series", r"series: the series holds slices from 2 patients")
+    message = refused(
+        hostile(tmp_path, other), "series", "dicom_series", r"series: the series holds slices from 2 patients"
+    )
     assert "OTHER" not in message
 
 
@@ -336,9 +351,14 @@ def test_declared_size_over_max_voxels_is_refused_before_decoding(tmp_path):
         for d in ds:
             d.PixelData = b"\x00\x01"
 
-    refused(hostile(tmp_path, garble), "series", "dicom_series", r"series: declares 6 slices of 8x8 = 384 voxels, "
-                                                                 r"over max_voxels 383 \(refused before decoding\)",
-            max_voxels=383)  # fmt: skip
+    refused(
+        hostile(tmp_path, garble),
+        "series",
+        "dicom_series",
+        r"series: declares 6 slices of 8x8 = 384 voxels, "
+        r"over max_voxels 383 \(refused before decoding\)",
+        max_voxels=383,
+    )
 
 
 def test_2gb_declared_in_a_1kb_file_is_refused(tmp_path):
@@ -350,9 +370,14 @@ def test_2gb_declared_in_a_1kb_file_is_refused(tmp_path):
     batch = hostile(tmp_path, huge)
     assert max(p.stat().st_size for p in (batch / "series").iterdir()) < 2048
     refused(batch, "series", "dicom_series", r"series: declares 6 slices of 18000x18000 = 1944000000 voxels")
-    refused(batch, "series", "dicom_series", r"series: file \d of 6 \(in name order\): the file \(\d+ bytes\) is shorter "
-                                             r"than the pixel data its header declares \(648000000 bytes\)",
-            max_voxels=2 * 10**9)  # fmt: skip
+    refused(
+        batch,
+        "series",
+        "dicom_series",
+        r"series: file \d of 6 \(in name order\): the file \(\d+ bytes\) is shorter "
+        r"than the pixel data its header declares \(648000000 bytes\)",
+        max_voxels=2 * 10**9,
+    )
 
 
 def test_deflate_bomb_slice_is_refused_while_it_streams(tmp_path):
@@ -363,8 +388,13 @@ def test_deflate_bomb_slice_is_refused_while_it_streams(tmp_path):
 
     batch = hostile(tmp_path, deflate)
     assert max(p.stat().st_size for p in (batch / "series").iterdir()) < 64 << 10
-    refused(batch, "series", "dicom_series", r"series: file \d of 6 \(in name order\): a deflated DICOM that inflates "
-                                             r"beyond its declared pixel data")  # fmt: skip
+    refused(
+        batch,
+        "series",
+        "dicom_series",
+        r"series: file \d of 6 \(in name order\): a deflated DICOM that inflates "
+        r"beyond its declared pixel data",
+    )
 
 
 def test_symlinked_slice_is_refused(tmp_path):
@@ -440,7 +470,9 @@ def test_nifti_with_a_non_invertible_affine_is_refused(tmp_path):
 
 def test_nifti_declared_over_max_voxels_is_refused_from_its_header(tmp_path):
     batch = nifti_with(tmp_path, "big.nii.gz", shape=(8, 8, 8))
-    refused(batch, "big.nii.gz", "nifti", r"big\.nii\.gz: declares 8x8x8 = 512 voxels, over max_voxels 511", max_voxels=511)
+    refused(
+        batch, "big.nii.gz", "nifti", r"big\.nii\.gz: declares 8x8x8 = 512 voxels, over max_voxels 511", max_voxels=511
+    )
 
 
 def test_nifti_declaring_2gb_in_a_1kb_file_is_refused(tmp_path):
@@ -452,8 +484,14 @@ def test_nifti_declaring_2gb_in_a_1kb_file_is_refused(tmp_path):
     raw = hdr.binaryblock + b"\x00" * 4 + b"\x01" * 600
     (tmp_path / "huge.nii").write_bytes(raw)
     assert len(raw) < 1024
-    refused(tmp_path, "huge.nii", "nifti", r"huge\.nii: the file is too short for the volume its header declares "
-                                          r"\(2197000352 bytes declared, 952 present\)", max_voxels=3 * 10**9)  # fmt: skip
+    refused(
+        tmp_path,
+        "huge.nii",
+        "nifti",
+        r"huge\.nii: the file is too short for the volume its header declares "
+        r"\(2197000352 bytes declared, 952 present\)",
+        max_voxels=3 * 10**9,
+    )
 
 
 def test_gzip_bomb_is_refused_without_inflating_it(tmp_path):
@@ -490,7 +528,9 @@ def test_ct_window_maps_hu_to_unit_range_and_pads_with_the_floor():
     arr = np.full((10, 10, 10), -2000.0, dtype=np.float32)
     arr[4:6, 4:6, 4:6] = 1000.0
     arr[0, 0, 0] = -300.0
-    out = to_model_input(Volume(arr, (1.0, 1.0, 1.0), "CT"), spacing=None, size=12, intensity={"ct_window": [-1000, 400]})
+    out = to_model_input(
+        Volume(arr, (1.0, 1.0, 1.0), "CT"), spacing=None, size=12, intensity={"ct_window": [-1000, 400]}
+    )
     assert out.shape == (12, 12, 12) and out.dtype == np.float32
     assert out[5:7, 5:7, 5:7].min() == 1.0  # 1000 HU clipped to the top (shifted by the 1-voxel pad)
     assert out[1, 1, 1] == pytest.approx(0.5)  # -300 HU is the window's middle
@@ -500,8 +540,9 @@ def test_ct_window_maps_hu_to_unit_range_and_pads_with_the_floor():
 def test_resampling_keeps_physical_size_and_crops_to_the_centre():
     arr = np.zeros((20, 20, 20), dtype=np.float32)
     arr[8:12, 8:12, 8:12] = 100.0  # an 8 mm cube at 2 mm spacing
-    out = to_model_input(Volume(arr, (2.0, 2.0, 2.0), "MR"), spacing=(1.0, 1.0, 1.0), size=24,
-                         intensity={"percentile": [0, 100]})  # fmt: skip
+    out = to_model_input(
+        Volume(arr, (2.0, 2.0, 2.0), "MR"), spacing=(1.0, 1.0, 1.0), size=24, intensity={"percentile": [0, 100]}
+    )
     bright = out > 0.5
     assert out.shape == (24, 24, 24)
     assert 6 <= bright.sum(axis=(1, 2)).nonzero()[0].size <= 10  # about 8 voxels of 1 mm across

@@ -34,9 +34,16 @@ SIDE = 16  # small volumes: the code paths are under test here, not the learning
 
 
 def volume_spec(**volume) -> TaskSpec:
-    return TaskSpec.model_validate({"name": "vol", "modality": "volume", "label": "label", "positive": "1",
-                                    "classes": ["0", "1"],
-                                    "volume": {"format": "npz", "size": SIDE, **volume}})  # fmt: skip
+    return TaskSpec.model_validate(
+        {
+            "name": "vol",
+            "modality": "volume",
+            "label": "label",
+            "positive": "1",
+            "classes": ["0", "1"],
+            "volume": {"format": "npz", "size": SIDE, **volume},
+        }
+    )
 
 
 def write_npz(path: Path, sizes: dict[str, int], side: int = SIDE, seed: int = 0, labelled: bool = True) -> dict:
@@ -72,14 +79,17 @@ def test_format_and_label_are_enough_and_the_defaults_are_what_a_user_expects(tm
     assert get("volume") is MODALITY
 
 
-@pytest.mark.parametrize(("volume", "problem"), [
-    (None, "volume tasks need the 'volume' section"),
-    ("{format: png}", "key 'volume.format'"),
-    ("{format: npz, size: 30}", "key 'volume.size'"),
-    ("{format: nifti, spacing: [1, 0, 1]}", "every spacing must be above 0 mm"),
-    ("{format: dicom_series, intensity: {ct_window: [-1000, 400], percentile: [1, 99]}}", "give exactly one of"),
-    ("{format: nifti, intensity: {ct_window: [400, -1000]}}", "must be below the upper bound"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("volume", "problem"),
+    [
+        (None, "volume tasks need the 'volume' section"),
+        ("{format: png}", "key 'volume.format'"),
+        ("{format: npz, size: 30}", "key 'volume.size'"),
+        ("{format: nifti, spacing: [1, 0, 1]}", "every spacing must be above 0 mm"),
+        ("{format: dicom_series, intensity: {ct_window: [-1000, 400], percentile: [1, 99]}}", "give exactly one of"),
+        ("{format: nifti, intensity: {ct_window: [400, -1000]}}", "must be below the upper bound"),
+    ],
+)
 def test_a_bad_volume_field_is_a_spec_error_naming_the_file_and_key(tmp_path: Path, volume, problem) -> None:
     with pytest.raises(SpecError, match="vol.yaml") as raised:
         load_spec(_spec_file(tmp_path, volume))
@@ -146,14 +156,19 @@ def test_the_decoded_size_of_a_batch_is_bounded(tmp_path: Path) -> None:
     assert rel == "b.npz" and "over volume.max_decoded_mb_per_batch" in problem
 
 
-@pytest.mark.parametrize(("arrays", "problem"), [
-    ({"train_images": np.zeros((2, 8, 8), np.uint8)}, r"declares shape \(2, 8, 8\); a MedMNIST 3D npz holds"),
-    ({"train_images": np.zeros((2, 8, 8, 8), np.float32)}, "declares dtype float32"),
-    ({"train_images": np.full((2, 8, 8, 8), 9, np.uint8), "train_labels": np.zeros((3, 1), np.uint8)},
-     r"train_labels has shape \(3, 1\)"),
-    ({"train_images": np.full((2, 8, 8, 8), 9, np.uint8), "extra": np.zeros(2)}, "unexpected keys"),
-    ({"train_images": np.array([{"a": 1}, None], dtype=object)}, "header cannot be read|declares"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("arrays", "problem"),
+    [
+        ({"train_images": np.zeros((2, 8, 8), np.uint8)}, r"declares shape \(2, 8, 8\); a MedMNIST 3D npz holds"),
+        ({"train_images": np.zeros((2, 8, 8, 8), np.float32)}, "declares dtype float32"),
+        (
+            {"train_images": np.full((2, 8, 8, 8), 9, np.uint8), "train_labels": np.zeros((3, 1), np.uint8)},
+            r"train_labels has shape \(3, 1\)",
+        ),
+        ({"train_images": np.full((2, 8, 8, 8), 9, np.uint8), "extra": np.zeros(2)}, "unexpected keys"),
+        ({"train_images": np.array([{"a": 1}, None], dtype=object)}, "header cannot be read|declares"),
+    ],
+)
 def test_a_malformed_npz_is_quarantined_with_its_reason(tmp_path: Path, arrays: dict, problem: str) -> None:
     batch = tmp_path / "batch_0001"
     batch.mkdir()
@@ -195,8 +210,9 @@ def tiny_3d_model(tmp_path_factory) -> tuple[Path, np.ndarray]:
     y = np.arange(24) % 2
     X[y == 1, :, 6:10, 6:10, 6:10] += 1.0
     X = np.clip(X, 0, 1)
-    spec = volume_spec(model="resnet10", width=4).model_copy(update={"training": volume_spec().training.model_copy(
-        update={"epochs": 2, "batch_size": 8})})  # fmt: skip
+    spec = volume_spec(model="resnet10", width=4).model_copy(
+        update={"training": volume_spec().training.model_copy(update={"epochs": 2, "batch_size": 8})}
+    )
     out = tmp_path_factory.mktemp("model")
     result = train_image_model(X[:16], y[:16], X[16:], y[16:], "binary", 1, spec, out, "cpu", num_threads=1)
     assert result.config["spatial_dims"] == 3 and tuple(result.config["model_config"]["blocks"]) == (1, 1, 1, 1)
@@ -217,10 +233,12 @@ def test_the_3d_resnet_is_tuned_by_the_same_search_over_volume_augmentations(tin
     _, X = tiny_3d_model
     y = np.arange(len(X)) % 2
     spec = volume_spec(model="resnet10")
-    spec = spec.model_copy(update={"training": spec.training.model_copy(update={"tune": True, "trials": 2, "epochs": 1,
-                                                                               "batch_size": 8})})  # fmt: skip
-    res = fit_image_model(X[:16], y[:16], X[16:], y[16:], "binary", 1, spec, tmp_path / "model", "cpu", width=4,
-                          num_threads=1)  # fmt: skip
+    spec = spec.model_copy(
+        update={"training": spec.training.model_copy(update={"tune": True, "trials": 2, "epochs": 1, "batch_size": 8})}
+    )
+    res = fit_image_model(
+        X[:16], y[:16], X[16:], y[16:], "binary", 1, spec, tmp_path / "model", "cpu", width=4, num_threads=1
+    )
     meta = json.loads((res.model_dir / "model.json").read_text())
     best = meta["tuning"]["best"]
     assert meta["tuning"]["n_trials"] == 2 and meta["spatial_dims"] == 3 and best["augment"] in VOLUME_AUGMENT_SETS
@@ -255,14 +273,17 @@ def test_the_bundled_task_is_synthetic_and_small() -> None:
 @pytest.mark.slow
 def test_the_synthetic_volume_task_end_to_end_with_its_onnx_export(tmp_path: Path) -> None:
     spec = load_spec(BUNDLED_TASKS_DIR / "synthetic_volume_phantoms.yaml")
-    spec = spec.model_copy(update={
-        "training": spec.training.model_copy(update={"epochs": 2}),
-        "evaluation": spec.evaluation.model_copy(update={"n_bootstrap": 100}),
-        "promotion": spec.promotion.model_copy(update={"auroc_floor": 0.0, "slope_band": (0.0, 1e9)}),
-    })  # fmt: skip
+    spec = spec.model_copy(
+        update={
+            "training": spec.training.model_copy(update={"epochs": 2}),
+            "evaluation": spec.evaluation.model_copy(update={"n_bootstrap": 100}),
+            "promotion": spec.promotion.model_copy(update={"auroc_floor": 0.0, "slope_band": (0.0, 1e9)}),
+        }
+    )
     task, root = spec.name, tmp_path / "data"
-    batch = write_volume_phantom_batch(root / "landing" / task / "batch_0001", seed=5,
-                                       split_sizes={"train": 60, "val": 24, "test": 24})  # fmt: skip
+    batch = write_volume_phantom_batch(
+        root / "landing" / task / "batch_0001", seed=5, split_sizes={"train": 60, "val": 24, "test": 24}
+    )
     write_npz(batch / "to_score.npz", {"test": 3}, side=16, labelled=False)
     (batch / "broken.npz").write_bytes(b"not a zip file at all")
     with dg.instance_for_test() as instance:
@@ -276,7 +297,7 @@ def test_the_synthetic_volume_task_end_to_end_with_its_onnx_export(tmp_path: Pat
     assert (metrics["n_train"], metrics["n_val"], metrics["n_test"]) == (60, 24, 24)
     assert metrics["baseline"]["name"] == "logistic_regression_pooled_voxels" and 0 <= metrics["auroc"] <= 1
     html = (latest / "report.html").read_text()
-    saliency = html[html.index("Saliency (Grad-CAM)"):]
+    saliency = html[html.index("Saliency (Grad-CAM)") :]
     assert "axial, coronal and sagittal slices" in saliency and saliency.count("data:image/png;base64,") >= 2
 
     registry = root / "models" / task
@@ -284,7 +305,9 @@ def test_the_synthetic_volume_task_end_to_end_with_its_onnx_export(tmp_path: Pat
     assert json.loads((registry / champion / "manifest.json").read_text())["model"]["name"] == "resnet3d"
     scored = pl.read_parquet(root / "predictions" / task / "batch_0001" / f"{champion}.parquet")
     assert scored.height == 3 and scored["probability"].is_between(0, 1).all()
-    assert all(re.fullmatch(r"Grad-CAM peak at z\d+ y\d+ x\d+ of 16\^3, share within 2 voxels \+[01]\.\d{3}", r)
-               for r in scored["top_features"].to_list())  # fmt: skip
+    assert all(
+        re.fullmatch(r"Grad-CAM peak at z\d+ y\d+ x\d+ of 16\^3, share within 2 voxels \+[01]\.\d{3}", r)
+        for r in scored["top_features"].to_list()
+    )
     exported = export_version(root, task, champion)
     assert exported["max_abs_diff"] < 1e-4 and exported["output_shape"] == ["batch", 1], exported

@@ -30,8 +30,15 @@ from meddiag_pipelines.ingestion.quarantine import file_reason
 from meddiag_pipelines.specs import TaskSpec
 from meddiag_pipelines.update import run_task_in_process
 from meddiag_pipelines_tests.test_phi_canaries import contents, event_log_text
-from meddiag_pipelines_tests.volume_data import (CANARY_NAME, PHI, ct_slices, phantom, write_nifti, write_series,
-                                                 write_volume_batch)  # fmt: skip
+from meddiag_pipelines_tests.volume_data import (
+    CANARY_NAME,
+    PHI,
+    ct_slices,
+    phantom,
+    write_nifti,
+    write_series,
+    write_volume_batch,
+)
 
 SIDE = 16
 WINDOW = (-200.0, 400.0)
@@ -39,15 +46,29 @@ LEAK = re.compile("|".join(re.escape(p) for p in (*PHI, "CANARY")).encode())
 
 
 def series_spec(fmt: str, **volume) -> TaskSpec:
-    return TaskSpec.model_validate({
-        "name": f"ct_{fmt}", "modality": "volume", "label": "label", "positive": "1", "classes": ["0", "1"],
-        "id": "case_id", "patient_id": "patient_ref",
-        "volume": {"format": fmt, "size": SIDE, "intensity": {"ct_window": list(WINDOW)}, "model": "resnet10",
-                   "width": 4, "augment": ["intensity"], **volume},
-        "training": {"seed": 1, "epochs": 2, "batch_size": 8, "learning_rate": 0.01, "time_budget_s": 60},
-        "evaluation": {"n_bootstrap": 100},
-        "promotion": {"auroc_floor": 0.0, "slope_band": [0.0, 1e9]},
-    })  # fmt: skip
+    return TaskSpec.model_validate(
+        {
+            "name": f"ct_{fmt}",
+            "modality": "volume",
+            "label": "label",
+            "positive": "1",
+            "classes": ["0", "1"],
+            "id": "case_id",
+            "patient_id": "patient_ref",
+            "volume": {
+                "format": fmt,
+                "size": SIDE,
+                "intensity": {"ct_window": list(WINDOW)},
+                "model": "resnet10",
+                "width": 4,
+                "augment": ["intensity"],
+                **volume,
+            },
+            "training": {"seed": 1, "epochs": 2, "batch_size": 8, "learning_rate": 0.01, "time_budget_s": 60},
+            "evaluation": {"n_bootstrap": 100},
+            "promotion": {"auroc_floor": 0.0, "slope_band": [0.0, 1e9]},
+        }
+    )
 
 
 def windowed(hu: np.ndarray) -> np.ndarray:
@@ -90,8 +111,10 @@ def test_ids_are_the_tasks_own_or_hashed_and_bad_labels_rows_are_named_by_number
     result = read_volume_batch(batch, spec)
     ids = result.records["id"].to_list()
     assert ids == [listed_record_id("batch_0001", f) for f in files] and not any("vol_2_" in i[4:] for i in ids)
-    assert result.rejected == [("labels.csv row 3", "empty 'file' column"),
-                               ("labels.csv row 5", "duplicate id in labels.csv (only the first row is used)")]
+    assert result.rejected == [
+        ("labels.csv row 3", "empty 'file' column"),
+        ("labels.csv row 5", "duplicate id in labels.csv (only the first row is used)"),
+    ]
 
 
 # ------------------------------------------------------------------------------------------------ hostile inputs
@@ -186,8 +209,9 @@ def _leaks(tmp_path: Path, root: Path, home: Path, texts: dict[str, str]) -> tup
     leaks = [name for name, text in texts.items() if LEAK.search(text.encode())]
     scanned = [p for p in home.rglob("*") if p.is_file()]
     raw = (root / "landing", *(root / "quarantine").glob("*/*/files"))  # the landed data itself
-    scanned += [p for p in root.rglob("*") if p.is_file() and not p.is_symlink()
-                and not any(p.is_relative_to(r) for r in raw)]  # fmt: skip
+    scanned += [
+        p for p in root.rglob("*") if p.is_file() and not p.is_symlink() and not any(p.is_relative_to(r) for r in raw)
+    ]
     leaks += [str(p.relative_to(tmp_path)) for p in scanned if LEAK.search(_scanned_bytes(root, p))]
     return leaks, len(scanned)
 
@@ -218,8 +242,11 @@ def test_series_and_nifti_tasks_end_to_end_with_hostile_inputs_and_no_phi(tmp_pa
     with caplog.at_level(logging.DEBUG):
         first, events = _run(spec, root, home)
         assert first.success
-        meta = next(m for m in first.asset_materializations_for_node(f"{spec.name}__raw_records")
-                    if m.asset_key.path[-1] == "raw_records").metadata  # fmt: skip
+        meta = next(
+            m
+            for m in first.asset_materializations_for_node(f"{spec.name}__raw_records")
+            if m.asset_key.path[-1] == "raw_records"
+        ).metadata
         table = re.sub(r"\\(.)", r"\1", meta["quarantined"].value)  # markdown escapes undone
         for rel, problem in expected.items():  # each bad record's reason, in the run's metadata
             assert re.search(rf"\| {re.escape(rel)} \|[^\n]*{problem}", table), (rel, table)
@@ -239,8 +266,11 @@ def test_series_and_nifti_tasks_end_to_end_with_hostile_inputs_and_no_phi(tmp_pa
         to_score = write_volume_batch(later, fmt, 4, seed=2, labelled=False)
         second, more_events = _run(spec, root, home)
         assert second.success
-        features = next(m for m in second.asset_materializations_for_node(f"{spec.name}__features")
-                        if m.asset_key.path[-1] == "features").metadata  # fmt: skip
+        features = next(
+            m
+            for m in second.asset_materializations_for_node(f"{spec.name}__features")
+            if m.asset_key.path[-1] == "features"
+        ).metadata
         assert (features["batches_reused"].value, features["batches_built"].value) == (1, 1)  # cached once a batch
     champion = json.loads((root / "models" / spec.name / "champion.json").read_text())["version"]
     scored = pl.read_parquet(root / "predictions" / spec.name / "batch_0002" / f"{champion}.parquet")

@@ -13,9 +13,20 @@ from pathlib import Path
 
 import duckdb
 
-TABLES = ("person", "observation_period", "death", "cdm_source", "concept", "concept_ancestor",
-          "drug_exposure", "condition_occurrence", "procedure_occurrence", "measurement", "observation",
-          "visit_occurrence")  # fmt: skip
+TABLES = (
+    "person",
+    "observation_period",
+    "death",
+    "cdm_source",
+    "concept",
+    "concept_ancestor",
+    "drug_exposure",
+    "condition_occurrence",
+    "procedure_occurrence",
+    "measurement",
+    "observation",
+    "visit_occurrence",
+)
 DEFAULT_OUT = Path("data/landing/eunomia_gi_bleed/batch_0001")
 
 

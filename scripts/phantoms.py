@@ -39,7 +39,9 @@ def _blob(x, y, cx, cy, sigma) -> np.ndarray:
     return np.exp(-(((x - cx) ** 2 + (y - cy) ** 2) / (2 * sigma**2)))
 
 
-def render_phantom(rng: np.random.Generator, size: int, positive: bool, sex: str, noise_sd: float = 0.006) -> np.ndarray:
+def render_phantom(
+    rng: np.random.Generator, size: int, positive: bool, sex: str, noise_sd: float = 0.006
+) -> np.ndarray:
     """One synthetic phantom as float32 (size, size) in [0, 1]."""
     lin = (np.arange(size) + 0.5) / size * 2 - 1
     gx, gy = np.meshgrid(lin, lin)
@@ -130,7 +132,9 @@ def write_phantom_batch(out_dir: Path, n: int, seed: int, size: int = 64, positi
         buf = io.BytesIO()
         Image.fromarray(np.rint(img * 255).astype(np.uint8), mode="L").save(buf, format="PNG", optimize=True)
         (out_dir / rel).write_bytes(buf.getvalue())  # labels.csv, written atomically last, completes the batch
-        rows.append({"file": rel, "label": POSITIVE if positive else NEGATIVE, "id": ident, "patient_id": patient, "sex": sex})
+        rows.append(
+            {"file": rel, "label": POSITIVE if positive else NEGATIVE, "id": ident, "patient_id": patient, "sex": sex}
+        )
     text = io.StringIO()
     writer = csv.DictWriter(text, fieldnames=["file", "label", "id", "patient_id", "sex"], lineterminator="\n")
     writer.writeheader()

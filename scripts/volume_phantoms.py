@@ -59,8 +59,9 @@ def render_volume_phantom(rng: np.random.Generator, size: int, positive: bool, n
     return np.clip(vol, 0.0, 1.0).astype(np.float32)
 
 
-def phantom_arrays(seed: int = 2026, size: int = 16, positive_rate: float = 0.4,
-                   split_sizes: dict[str, int] | None = None) -> dict[str, np.ndarray]:  # fmt: skip
+def phantom_arrays(
+    seed: int = 2026, size: int = 16, positive_rate: float = 0.4, split_sizes: dict[str, int] | None = None
+) -> dict[str, np.ndarray]:
     """The npz's arrays: ``<split>_images`` uint8 (n, size, size, size) and ``<split>_labels`` uint8 (n, 1)."""
     rng = np.random.default_rng(seed)
     arrays = {}
@@ -72,8 +73,13 @@ def phantom_arrays(seed: int = 2026, size: int = 16, positive_rate: float = 0.4,
     return arrays
 
 
-def write_volume_phantom_batch(out_dir: Path, seed: int = 2026, size: int = 16, positive_rate: float = 0.4,
-                               split_sizes: dict[str, int] | None = None) -> Path:  # fmt: skip
+def write_volume_phantom_batch(
+    out_dir: Path,
+    seed: int = 2026,
+    size: int = 16,
+    positive_rate: float = 0.4,
+    split_sizes: dict[str, int] | None = None,
+) -> Path:
     """Write the batch folder (the npz, then ``_READY``); returns it."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -85,8 +91,11 @@ def write_volume_phantom_batch(out_dir: Path, seed: int = 2026, size: int = 16, 
 
 
 if __name__ == "__main__":
-    print(write_volume_phantom_batch(Path(sys.argv[1] if len(sys.argv) > 1 else
-                                          "data/landing/synthetic_volume_phantoms/batch_0001")))  # fmt: skip
+    print(
+        write_volume_phantom_batch(
+            Path(sys.argv[1] if len(sys.argv) > 1 else "data/landing/synthetic_volume_phantoms/batch_0001")
+        )
+    )
 
 
 __all__ = ["FILE", "phantom_arrays", "render_volume_phantom", "write_volume_phantom_batch"]

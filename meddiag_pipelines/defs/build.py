@@ -16,9 +16,13 @@ from pathlib import Path
 
 import dagster as dg
 
-from meddiag_pipelines.defs.automation.landing import (build_automation_sensor, build_landing_sensor,
-                                                       downstream_condition, run_tags)  # fmt: skip
 from meddiag_pipelines.defs.assets.task_assets import build_task_assets
+from meddiag_pipelines.defs.automation.landing import (
+    build_automation_sensor,
+    build_landing_sensor,
+    downstream_condition,
+    run_tags,
+)
 from meddiag_pipelines.defs.automation.monitoring import build_breach_sensor
 from meddiag_pipelines.defs.partitions import ingestion_keys
 from meddiag_pipelines.defs.resources.storage import build_resources
@@ -36,8 +40,9 @@ def build_definitions(specs: list[TaskSpec] | None = None, data_dir=None) -> dg.
         tasks = [isolated_task_definitions(spec, scan.files[spec.name]) for spec in scan.specs]
     else:  # the caller's own specs (tests, benchmarks): a task that cannot be built raises
         tasks = [build_task_definitions(spec) for spec in specs]
-    shared = dg.Definitions(assets=[spec_error_asset(e) for e in errors], resources=build_resources(data_dir),
-                            executor=executor())  # fmt: skip
+    shared = dg.Definitions(
+        assets=[spec_error_asset(e) for e in errors], resources=build_resources(data_dir), executor=executor()
+    )
     return dg.Definitions.merge(shared, *tasks)
 
 
@@ -56,17 +61,29 @@ def build_task_definitions(spec: TaskSpec) -> dg.Definitions:
         if isinstance(item, dg.AssetChecksDefinition):
             checks.append(item)
         elif item.partitions_def is None or item.key.path[-1] == "predictions":
-            assets.append(item.map_asset_specs(lambda a: a.replace_attributes(automation_condition=downstream_condition(spec))))
+            assets.append(
+                item.map_asset_specs(lambda a: a.replace_attributes(automation_condition=downstream_condition(spec)))
+            )
         else:
             assets.append(item)
-    batch_level = dg.AssetSelection.assets(*sorted(ingestion_keys(
-        {key: a.asset_deps[key] for a in assets if a.partitions_def is not None for key in a.keys})))  # fmt: skip
+    batch_level = dg.AssetSelection.assets(
+        *sorted(
+            ingestion_keys({key: a.asset_deps[key] for a in assets if a.partitions_def is not None for key in a.keys})
+        )
+    )
     # The tag lets dagster.yaml's run queue hold one run per task at a time.
-    job = dg.define_asset_job(batch_job_name(spec), selection=batch_level, tags=run_tags(spec, "landing"),
-                              description=f"Register and ingest {spec.name}'s new batches (one partition each).")  # fmt: skip
-    return dg.Definitions(assets=assets, asset_checks=checks, jobs=[job],
-                          sensors=[build_landing_sensor(spec, job), build_automation_sensor(spec),
-                                   build_breach_sensor(spec)])  # fmt: skip
+    job = dg.define_asset_job(
+        batch_job_name(spec),
+        selection=batch_level,
+        tags=run_tags(spec, "landing"),
+        description=f"Register and ingest {spec.name}'s new batches (one partition each).",
+    )
+    return dg.Definitions(
+        assets=assets,
+        asset_checks=checks,
+        jobs=[job],
+        sensors=[build_landing_sensor(spec, job), build_automation_sensor(spec), build_breach_sensor(spec)],
+    )
 
 
 def isolated_task_definitions(spec: TaskSpec, path: Path) -> dg.Definitions:
@@ -88,11 +105,16 @@ def spec_error_asset(error: SpecError) -> dg.AssetsDefinition:
     UI and ``dagster asset list``, and a failed materialization naming it whenever it is selected."""
     stem = re.sub(r"[^a-z0-9_]", "_", error.path.stem.lower())[:40]
     key = f"{stem}_{hashlib.sha256(str(error.path).encode()).hexdigest()[:6]}"  # two folders may hold a.yaml
-    dg.get_dagster_logger().warning(f"task spec not loaded (asset {SPEC_ERRORS_GROUP}/{key}; the other tasks "
-                                    f"are loaded): {error}")  # fmt: skip
+    dg.get_dagster_logger().warning(
+        f"task spec not loaded (asset {SPEC_ERRORS_GROUP}/{key}; the other tasks are loaded): {error}"
+    )
 
-    @dg.asset(key=[SPEC_ERRORS_GROUP, key], group_name=SPEC_ERRORS_GROUP, description=f"Spec not loaded: {error}",
-              metadata={"spec_file": str(error.path), "error": str(error)})  # fmt: skip
+    @dg.asset(
+        key=[SPEC_ERRORS_GROUP, key],
+        group_name=SPEC_ERRORS_GROUP,
+        description=f"Spec not loaded: {error}",
+        metadata={"spec_file": str(error.path), "error": str(error)},
+    )
     def spec_error() -> None:
         raise dg.Failure(description=f"task spec not loaded: {error}")
 
@@ -110,6 +132,10 @@ def executor() -> dg.ExecutorDefinition:
 
         return dask_executor
     base = dg.multiprocess_executor if kind == "multiprocess" else dg.in_process_executor
-    return dg.ExecutorDefinition(name=base.name, config_schema=base.config_schema, requirements=base.get_requirements,
-                                 executor_creation_fn=lambda init: SelectionGuard(base.executor_creation_fn(init)),
-                                 description=base.description)  # fmt: skip
+    return dg.ExecutorDefinition(
+        name=base.name,
+        config_schema=base.config_schema,
+        requirements=base.get_requirements,
+        executor_creation_fn=lambda init: SelectionGuard(base.executor_creation_fn(init)),
+        description=base.description,
+    )

@@ -47,14 +47,23 @@ class GuardedDaskExecutor(DaskExecutor):
         with distributed.Client(self.cluster_configuration["address"]) as client:
             for level in execution_plan.get_steps_to_execute_by_level():
                 for step in level:
-                    run_step = partial(query_on_dask_worker, recon_job=plan_context.reconstructable_job,
-                                       dagster_run=plan_context.dagster_run, run_config=plan_context.run_config,
-                                       step_keys=[step.key], instance_ref=plan_context.instance.get_ref(),
-                                       known_state=execution_plan.known_state)  # fmt: skip
+                    run_step = partial(
+                        query_on_dask_worker,
+                        recon_job=plan_context.reconstructable_job,
+                        dagster_run=plan_context.dagster_run,
+                        run_config=plan_context.run_config,
+                        step_keys=[step.key],
+                        instance_ref=plan_context.instance.get_ref(),
+                        known_state=execution_plan.known_state,
+                    )
                     # the upstream futures as an argument: Dask starts a step after the steps it reads from
                     upstream = [futures[key] for step_input in step.step_inputs for key in step_input.dependency_keys]
-                    futures[step.key] = client.submit(run_step, upstream, key=f"{plan_context.job_name}.{step.key}",
-                                                      resources=get_dask_resource_requirements(step.tags))  # fmt: skip
+                    futures[step.key] = client.submit(
+                        run_step,
+                        upstream,
+                        key=f"{plan_context.job_name}.{step.key}",
+                        resources=get_dask_resource_requirements(step.tags),
+                    )
             done = distributed.as_completed(list(futures.values()), with_results=True)
             while True:
                 with dg.raise_execution_interrupts():  # a termination stops the wait, not only a step
@@ -69,6 +78,8 @@ def dask_executor(init_context) -> GuardedDaskExecutor:
     """Steps as tasks of the Dask scheduler at ``MEDDIAG_DASK_ADDRESS`` (read when a run starts)."""
     address = os.environ.get(ADDRESS_VARIABLE, "").strip()
     if not address:
-        raise dg.DagsterInvariantViolationError(f"MEDDIAG_EXECUTOR=dask needs {ADDRESS_VARIABLE}, the Dask "
-                                                "scheduler's address (tcp://host:port); nothing was run")  # fmt: skip
+        raise dg.DagsterInvariantViolationError(
+            f"MEDDIAG_EXECUTOR=dask needs {ADDRESS_VARIABLE}, the Dask "
+            "scheduler's address (tcp://host:port); nothing was run"
+        )
     return GuardedDaskExecutor("existing", {"address": address})

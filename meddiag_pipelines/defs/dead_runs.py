@@ -26,8 +26,13 @@ import dagster as dg
 
 TASK_TAG, HOST_TAG, PID_TAG = "meddiag/task", "meddiag/host", "meddiag/pid"
 # The statuses in which a run may still hold a task (a queued run holds no slot, but will start).
-IN_FLIGHT = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
-             dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING]  # fmt: skip
+IN_FLIGHT = [
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+    dg.DagsterRunStatus.CANCELING,
+]
 WATCH_INTERVAL_S = 5.0
 
 
@@ -105,8 +110,11 @@ def release_dead_runs(instance: dg.DagsterInstance, task: str) -> TaskRuns:
                 continue
             run = instance.get_run_by_id(run_id)  # its process is gone, so its last word is stored: read it again
             if not run.is_finished:
-                instance.report_run_failed(run, "its process is gone (killed, or its host restarted): marked failed "
-                                                "and its pool slots freed, so that it no longer holds the task")  # fmt: skip
+                instance.report_run_failed(
+                    run,
+                    "its process is gone (killed, or its host restarted): marked failed "
+                    "and its pool slots freed, so that it no longer holds the task",
+                )
                 found.released.append(f"{task}: {describe(run)}: its process is gone; marked failed, pool slots freed")
         elif run_id in holders:
             status = run.status.value.lower() if run is not None else "deleted"

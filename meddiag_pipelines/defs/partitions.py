@@ -24,9 +24,8 @@ from meddiag_pipelines.ingestion.landing import (
     ready_batch_dirs,
 )
 from meddiag_pipelines.ingestion.warehouse import Warehouse
-from meddiag_pipelines.storage import DataRoot
 from meddiag_pipelines.specs import TaskSpec
-
+from meddiag_pipelines.storage import DataRoot
 
 RUN_PARTITIONS = 20
 """New partitions per ingestion run. Before a run's first step Dagster OSS writes one "materialization planned"
@@ -74,8 +73,10 @@ def partition_key_problem(folder: Path) -> str | None:
         # Dagster's rule for keys, public here only (the instance stores any)
         dg.StaticPartitionsDefinition([batch_key(folder)])
     except dg.DagsterInvalidDefinitionError:
-        return ("has a folder name Dagster cannot use as a partition key (it holds '...' or a control "
-                "character such as a tab or newline); rename it")  # fmt: skip
+        return (
+            "has a folder name Dagster cannot use as a partition key (it holds '...' or a control "
+            "character such as a tab or newline); rename it"
+        )
     return None
 
 
@@ -86,8 +87,9 @@ class LandingScan:
     refused: list[BatchKey] = field(default_factory=list)  # names Dagster refuses: quarantined now
 
 
-def scan_landing(spec: TaskSpec, root: DataRoot, warehouse: Warehouse, partitions: set[str],
-                 retry_unrecorded: bool = True) -> LandingScan:  # fmt: skip
+def scan_landing(
+    spec: TaskSpec, root: DataRoot, warehouse: Warehouse, partitions: set[str], retry_unrecorded: bool = True
+) -> LandingScan:
     """Compare the landing folder with the task's partitions and its ledger. A known batch is hashed only when
     an entry of its folder is newer than the ledger's last word on it (nothing is hashed in the steady state).
     ``retry_unrecorded``: a partition the ledger does not know yet (its run failed, or is still going: the
@@ -96,8 +98,9 @@ def scan_landing(spec: TaskSpec, root: DataRoot, warehouse: Warehouse, partition
     check_landing_folder(root.landing(spec.name))
     if (store := root.object_store()) is not None:  # batches landed in the store's landing prefix
         marker = READY_MARKER if spec.landing.ready == "marker" else None
-        store.take_ready_folders(store.relative(root.landing(spec.name)), root.landing(spec.name), marker,
-                                 spec.landing.quiet_seconds)  # fmt: skip
+        store.take_ready_folders(
+            store.relative(root.landing(spec.name)), root.landing(spec.name), marker, spec.landing.quiet_seconds
+        )
     ledger = {r["batch_id"]: r for r in warehouse.ledger(spec.name).iter_rows(named=True)}
     scan = LandingScan()
     for batch_dir in ready_batch_dirs(root.landing(spec.name), spec.landing):

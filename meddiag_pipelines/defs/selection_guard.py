@@ -31,9 +31,11 @@ class SelectionGuard(dg.Executor):
 
 def refuse_empty_selection(run) -> None:
     if run.job_name == IMPLICIT_ASSET_JOB and run.asset_selection is None and not run.op_selection:
-        raise dg.DagsterInvalidSubsetError(f"{_cli_selection()} matches no asset, and Dagster would then "
-                                           "materialize every task; nothing was run. `dagster asset list "
-                                           "--select ...` shows what a selection matches.")  # fmt: skip
+        raise dg.DagsterInvalidSubsetError(
+            f"{_cli_selection()} matches no asset, and Dagster would then "
+            "materialize every task; nothing was run. `dagster asset list "
+            "--select ...` shows what a selection matches."
+        )
 
 
 def _cli_selection() -> str:

@@ -274,9 +274,18 @@ _RULES: list[_Rule] = [
         needs=_DIGIT,
     ),
     _r("IP", r"(?i)\b(?:[0-9a-f]{1,4}:){7}[0-9a-f]{1,4}\b", needs=":"),
-    _r("IP", r"(?i)(?<![\w:])(?:[0-9a-f]{1,4}(?::[0-9a-f]{1,4}){0,5}::(?:[0-9a-f]{1,4}(?::[0-9a-f]{1,4}){0,5})?|::[0-9a-f]{1,4}(?::[0-9a-f]{1,4}){0,5})(?![\w:])", needs=":"),
+    _r(
+        "IP",
+        r"(?i)(?<![\w:])(?:[0-9a-f]{1,4}(?::[0-9a-f]{1,4}){0,5}::(?:[0-9a-f]{1,4}(?::[0-9a-f]{1,4}){0,5})?|::[0-9a-f]{1,4}(?::[0-9a-f]{1,4}){0,5})(?![\w:])",
+        needs=":",
+    ),
     _r("SSN", r"(?<![\d\-.])\d{3}([\-. ])\d{2}\1\d{4}(?![\d\-]|\.\d)", needs=_DIGIT),
-    _r("SSN", rf"(?i)\b(?:SSN|SS#|social security(?: {_NUMBER_WORD})?){_SEP}(?:is\s+)?(?P<v>\d{{3}}[\s.\-]{{0,3}}\d{{2}}[\s.\-]{{0,3}}\d{{4}})\b", "v", needs=_DIGIT),
+    _r(
+        "SSN",
+        rf"(?i)\b(?:SSN|SS#|social security(?: {_NUMBER_WORD})?){_SEP}(?:is\s+)?(?P<v>\d{{3}}[\s.\-]{{0,3}}\d{{2}}[\s.\-]{{0,3}}\d{{4}})\b",
+        "v",
+        needs=_DIGIT,
+    ),
     # ---- labelled record numbers: the value after the label
     _r(
         "MRN",
@@ -305,7 +314,11 @@ _RULES: list[_Rule] = [
         needs=_DIGIT,
     ),
     # ---- phone and fax (the kind is decided by the words just before, see _phone_kind)
-    _r("PHONE", rf"(?<![\w.+])(?:\+?1[\s.\-]?)?(?:\(\d{{3}}\)[\s.\-]?|\d{{3}}[\s./\-])\d{{3}}[\s.\-]\d{{4}}{_PHONE_EXT}(?![\w])", needs=_DIGIT),
+    _r(
+        "PHONE",
+        rf"(?<![\w.+])(?:\+?1[\s.\-]?)?(?:\(\d{{3}}\)[\s.\-]?|\d{{3}}[\s./\-])\d{{3}}[\s.\-]\d{{4}}{_PHONE_EXT}(?![\w])",
+        needs=_DIGIT,
+    ),
     _r(
         "PHONE",
         rf"(?<![\w.+])(?:\+|\b00)[1-9]\d{{0,2}}(?=(?:[\s.\-()]{{0,3}}\d){{7,14}})[\s.\-]?(?:\(0?\d{{1,4}}\)[\s.\-]?)?"
@@ -394,7 +407,9 @@ _RULES: list[_Rule] = [
         needs=_DIGIT,
     ),
     _r("ZIP", r"\b(?:[A-Z]{1,2}\d[A-Z\d]?|GIR)[ \t]\d[A-Z]{2}\b", needs=_DIGIT),  # UK: SW1A 1AA
-    _r("ZIP", r"\b[ABCEGHJ-NPRSTVXY]\d[A-Z][ \t]\d[A-Z]\d\b", needs=_DIGIT),  # Canada: K1A 0B6 (the space is required: T2N1M0 is TNM)
+    _r(
+        "ZIP", r"\b[ABCEGHJ-NPRSTVXY]\d[A-Z][ \t]\d[A-Z]\d\b", needs=_DIGIT
+    ),  # Canada: K1A 0B6 (the space is required: T2N1M0 is TNM)
     # ---- ages over 89
     _r(
         "AGE",
@@ -403,7 +418,12 @@ _RULES: list[_Rule] = [
         "v",
         needs=_DIGIT,
     ),
-    _r("AGE", r"(?i)\b(?:age[ds]?)\s*:?\s*(?:of\s+)?(?P<v>9\d|1[01]\d)\b(?!\s*(?:%|mg|kg|ml|mmhg|bpm|/))", "v", needs=_DIGIT),
+    _r(
+        "AGE",
+        r"(?i)\b(?:age[ds]?)\s*:?\s*(?:of\s+)?(?P<v>9\d|1[01]\d)\b(?!\s*(?:%|mg|kg|ml|mmhg|bpm|/))",
+        "v",
+        needs=_DIGIT,
+    ),
     _r(
         "AGE",
         r"(?i)\b(?P<v>ninety(?:[\s\-]+(?:one|two|three|four|five|six|seven|eight|nine))?|one[\s\-]+hundred(?:[\s\-]+and)?"
@@ -426,7 +446,12 @@ _RULES: list[_Rule] = [
         "v",
         needs=":",
     ),
-    _r("NAME", rf"(?i:\bname)[ \t]*:[ \t]*(?P<v>{_NAME_TOKEN}(?:[ \t-]{_NAME_TOKEN})?,[ \t]*{_NAME_SEQ})", "v", needs=":"),
+    _r(
+        "NAME",
+        rf"(?i:\bname)[ \t]*:[ \t]*(?P<v>{_NAME_TOKEN}(?:[ \t-]{_NAME_TOKEN})?,[ \t]*{_NAME_SEQ})",
+        "v",
+        needs=":",
+    ),
     _r(
         "NAME",
         r"(?i:\b(?:seen\s+by|signed\s+by|electronically\s+signed\s+by|dictated\s+by|transcribed\s+by|"
@@ -455,7 +480,9 @@ _LAST_FIRST = re.compile(r"\b(?P<last>[A-Z][a-z]+(?:'[A-Z][a-z]+)?),[ \t]*(?P<fi
 
 _SCORE_LIKE = re.compile(r"\d{1,2}/(?:10|5)")  # a month/day pair that reads as a 0-10 or 0-5 score
 # Words after which "4/10" or "5/5" is a score, not a day: "pain 7/10, improved from 4/10", "strength 4/5".
-_SCORE_WORDS = re.compile(r"(?i)\b(?:pain|score|scale|rated|rates|severity|intensity|strength|power|grade|gcs|apgar|/10)\b")
+_SCORE_WORDS = re.compile(
+    r"(?i)\b(?:pain|score|scale|rated|rates|severity|intensity|strength|power|grade|gcs|apgar|/10)\b"
+)
 
 
 def _is_score(text: str, start: int, end: int) -> bool:

@@ -54,26 +54,37 @@ def _caveats(m: dict) -> list[str]:
     out = []
     subgroups = m.get("subgroups") or {}
     flagged = [f"{c} = {r['value']}" for c, rows in subgroups.items() for r in rows if r.get("flag_below")]
-    few = [f"{c} = {r['value']}" for c, rows in subgroups.items() for r in rows if r.get("status") == "too few to judge"]
+    few = [
+        f"{c} = {r['value']}" for c, rows in subgroups.items() for r in rows if r.get("status") == "too few to judge"
+    ]
     if flagged:
-        out.append("Performance is lower than overall (95% interval wholly below the overall AUROC) for: "
-                   + "; ".join(flagged) + ".")
+        out.append(
+            "Performance is lower than overall (95% interval wholly below the overall AUROC) for: "
+            + "; ".join(flagged)
+            + "."
+        )
     if few:
         out.append("Too few test cases to judge performance for: " + "; ".join(few) + ".")
     slope = m.get("calibration_slope")
     if slope is not None and not SLOPE_BAND[0] <= slope <= SLOPE_BAND[1]:
         direction = "too extreme (over-confident)" if slope < 1 else "too modest"
-        out.append(f"Calibration slope {slope:.3f}: predicted risks are {direction}; recalibrate before using them as probabilities.")
+        out.append(
+            f"Calibration slope {slope:.3f}: predicted risks are {direction}; recalibrate before using them as probabilities."
+        )
     if m.get("kind") != "multiclass" and m.get("settings", {}).get("thresholds_chosen_on") == "test":
-        out.append("Data-driven thresholds were chosen on the test set (no validation scores given): "
-                   "threshold metrics are optimistic.")
+        out.append(
+            "Data-driven thresholds were chosen on the test set (no validation scores given): "
+            "threshold metrics are optimistic."
+        )
     shifted = [r.get("feature") for r in m.get("shift") or [] if r.get("flag")]
     if shifted:
         out.append("Test data differ from development data (|SMD| > 0.1) in: " + ", ".join(map(str, shifted)) + ".")
     comp = m.get("comparison")
     if comp and comp.get("ci") and comp["ci"][0] is not None and comp["ci"][0] <= 0:
-        out.append(f"The model is not clearly better than the baseline ({comp['metric']} difference "
-                   f"{fmt_num(comp.get('difference'))}, 95% CI {fmt_ci(comp['ci'])}).")
+        out.append(
+            f"The model is not clearly better than the baseline ({comp['metric']} difference "
+            f"{fmt_num(comp.get('difference'))}, 95% CI {fmt_ci(comp['ci'])})."
+        )
     return out
 
 

@@ -45,8 +45,16 @@ def _fmt(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.3f}"
 
 
-def _roc(y: np.ndarray, p: np.ndarray, title: str, auroc: float | None, base: np.ndarray | None = None,
-         base_name: str | None = None, base_auroc: float | None = None, op: dict | None = None) -> bytes:
+def _roc(
+    y: np.ndarray,
+    p: np.ndarray,
+    title: str,
+    auroc: float | None,
+    base: np.ndarray | None = None,
+    base_name: str | None = None,
+    base_auroc: float | None = None,
+    op: dict | None = None,
+) -> bytes:
     fig, ax = _fig(title, "1 - specificity (false positive rate)", "Sensitivity (true positive rate)")
     ax.plot([0, 1], [0, 1], ls="--", color=_GREY, lw=1, label="chance")
     if 0 < y.sum() < y.size:
@@ -56,8 +64,13 @@ def _roc(y: np.ndarray, p: np.ndarray, title: str, auroc: float | None, base: np
             bf, bt, _ = roc_curve(y, base)
             ax.plot(bf, bt, color=_BASE, lw=1.5, label=f"{base_name or 'baseline'} (AUROC {_fmt(base_auroc)})")
     if op is not None and op.get("sensitivity") is not None and op.get("specificity") is not None:
-        ax.plot(1 - op["specificity"], op["sensitivity"], "o", color="black",
-                label=f"operating point (t = {op['threshold']:.3f})")
+        ax.plot(
+            1 - op["specificity"],
+            op["sensitivity"],
+            "o",
+            color="black",
+            label=f"operating point (t = {op['threshold']:.3f})",
+        )
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.01)
     ax.legend(loc="lower right", fontsize=8)
@@ -96,8 +109,14 @@ def _calibration(m: dict) -> bytes:
         ax.plot(smooth["predicted"], smooth["observed"], color=_MODEL, lw=1.5, label="smoothed (spline)")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
-    ax.text(0.02, 0.97, f"slope {_fmt(m.get('calibration_slope'))}\nintercept {_fmt(m.get('calibration_intercept'))}",
-            transform=ax.transAxes, va="top", fontsize=8)
+    ax.text(
+        0.02,
+        0.97,
+        f"slope {_fmt(m.get('calibration_slope'))}\nintercept {_fmt(m.get('calibration_intercept'))}",
+        transform=ax.transAxes,
+        va="top",
+        fontsize=8,
+    )
     ax.legend(loc="lower right", fontsize=8)
     return _png(fig)
 
@@ -143,14 +162,24 @@ def _confusion(cm: dict, title: str) -> bytes:
     if k <= 12:
         for i in range(k):
             for j in range(k):
-                ax.text(j, i, f"{int(mat[i, j])}", ha="center", va="center", fontsize=8,
-                        color="white" if frac[i, j] > 0.5 else "black")
+                ax.text(
+                    j,
+                    i,
+                    f"{int(mat[i, j])}",
+                    ha="center",
+                    va="center",
+                    fontsize=8,
+                    color="white" if frac[i, j] > 0.5 else "black",
+                )
     return _png(fig)
 
 
 def _multiclass_roc(y: np.ndarray, P: np.ndarray, m: dict) -> bytes:
-    fig, ax = _fig(f"ROC curves, one vs rest (macro AUROC {_fmt(m.get('auroc'))})",
-                   "1 - specificity (false positive rate)", "Sensitivity (true positive rate)")
+    fig, ax = _fig(
+        f"ROC curves, one vs rest (macro AUROC {_fmt(m.get('auroc'))})",
+        "1 - specificity (false positive rate)",
+        "Sensitivity (true positive rate)",
+    )
     ax.plot([0, 1], [0, 1], ls="--", color=_GREY, lw=1)
     for c, row in enumerate(m.get("per_class", [])):
         yc = (y == c).astype(int)
@@ -183,8 +212,10 @@ def render_plots(inp: EvaluationInput, metrics: dict) -> dict[str, bytes]:
             "pr": _pr(y, P, metrics.get("auprc"), B, inp.baseline_name),
             "calibration": _calibration(metrics),
             "decision_curve": _decision(metrics, inp.baseline_name),
-            "confusion": _confusion(metrics["confusion_matrix"],
-                                    f"Confusion matrix (threshold {metrics['operating_threshold']['value']:.3f})"),
+            "confusion": _confusion(
+                metrics["confusion_matrix"],
+                f"Confusion matrix (threshold {metrics['operating_threshold']['value']:.3f})",
+            ),
         }
     if kind == "multiclass":
         y = np.asarray(inp.y_true).astype(int)
@@ -199,7 +230,15 @@ def render_plots(inp: EvaluationInput, metrics: dict) -> dict[str, bytes]:
         while key in out:
             key += "_"
         op = next((r for r in row["thresholds"] if r["name"] == row["operating_threshold"]["name"]), None)
-        out[key] = _roc(Y[:, j], P[:, j], f"ROC curve: {row['label']}", row.get("auroc"),
-                        None if B is None else B[:, j], inp.baseline_name, row.get("baseline_auroc"), op)
+        out[key] = _roc(
+            Y[:, j],
+            P[:, j],
+            f"ROC curve: {row['label']}",
+            row.get("auroc"),
+            None if B is None else B[:, j],
+            inp.baseline_name,
+            row.get("baseline_auroc"),
+            op,
+        )
     out["confusion"] = _confusion(metrics["confusion_matrix"], "Confusion matrix, all labels summed")
     return out

@@ -30,8 +30,11 @@ _PLOT_TITLES = {
     "confusion": "Confusion matrix",
 }
 _PLOT_ORDER = ["roc", "pr", "calibration", "decision_curve", "confusion"]
-_EXTERNAL = re.compile(r"""(?:\b(?:src|href|srcset|action|poster|data)\s*=\s*["']?\s*|url\(\s*["']?\s*|@import\s+["']?)"""
-                       r"""(?:[a-z][a-z0-9+.-]*:(?!image/)|//)""", re.IGNORECASE)
+_EXTERNAL = re.compile(
+    r"""(?:\b(?:src|href|srcset|action|poster|data)\s*=\s*["']?\s*|url\(\s*["']?\s*|@import\s+["']?)"""
+    r"""(?:[a-z][a-z0-9+.-]*:(?!image/)|//)""",
+    re.IGNORECASE,
+)
 NET_BENEFIT_AT = (0.05, 0.1, 0.2, 0.3, 0.5)
 
 
@@ -67,8 +70,15 @@ def fmt_pct(x: Any, digits: int = 1) -> str:
 def template_env(*, autoescape: bool, wrap: Callable[[Callable], Callable] = lambda f: f, **options) -> Environment:
     """The jinja2 environment of the evaluation templates (report and model card): a missing variable fails,
     and the ``num`` / ``ci`` / ``pct`` filters format figures (passed through ``wrap``)."""
-    env = Environment(loader=FileSystemLoader(str(TEMPLATES)), autoescape=autoescape, undefined=StrictUndefined,
-                      trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True, **options)  # noqa: S701
+    env = Environment(
+        loader=FileSystemLoader(str(TEMPLATES)),
+        autoescape=autoescape,
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        **options,
+    )  # noqa: S701
     env.filters.update(num=wrap(fmt_num), ci=wrap(fmt_ci), pct=wrap(fmt_pct))
     return env
 
@@ -95,12 +105,14 @@ def _net_benefit_rows(metrics: dict) -> list[dict]:
             i = [round(x, 4) for x in dc["thresholds"]].index(round(t, 4))
         except ValueError:
             continue
-        rows.append({
-            "threshold": t,
-            "model": dc["model"][i],
-            "treat_all": dc["treat_all"][i],
-            "baseline": None if dc.get("baseline") is None else dc["baseline"][i],
-        })
+        rows.append(
+            {
+                "threshold": t,
+                "model": dc["model"][i],
+                "treat_all": dc["treat_all"][i],
+                "baseline": None if dc.get("baseline") is None else dc["baseline"][i],
+            }
+        )
     return rows
 
 
@@ -108,16 +120,18 @@ def check_fragment(fragment: str) -> None:
     """Refuse an HTML fragment that would load anything from outside the report."""
     m = _EXTERNAL.search(fragment)
     if m:
-        raise ValueError(f"report section loads an external resource near {fragment[m.start():m.start() + 60]!r}")
+        raise ValueError(f"report section loads an external resource near {fragment[m.start() : m.start() + 60]!r}")
 
 
-def render_report_html(metrics: dict, plots: dict[str, bytes],
-                       extra_sections: Iterable[tuple[str, str]] = ()) -> str:
+def render_report_html(metrics: dict, plots: dict[str, bytes], extra_sections: Iterable[tuple[str, str]] = ()) -> str:
     """One self-contained HTML report for clinicians and engineers (see the module docstring)."""
     keys = [k for k in _PLOT_ORDER if k in plots] + [k for k in plots if k not in _PLOT_ORDER]
     figures = [
-        {"key": k, "title": _plot_title(k, metrics),
-         "uri": "data:image/png;base64," + base64.b64encode(plots[k]).decode("ascii")}
+        {
+            "key": k,
+            "title": _plot_title(k, metrics),
+            "uri": "data:image/png;base64," + base64.b64encode(plots[k]).decode("ascii"),
+        }
         for k in keys
     ]
     extras = []
@@ -126,17 +140,23 @@ def render_report_html(metrics: dict, plots: dict[str, bytes],
         extras.append({"title": title, "html": Markup(fragment)})
     op_name = (metrics.get("operating_threshold") or {}).get("name")
     flagged = [
-        (col, row["value"]) for col, rows in (metrics.get("subgroups") or {}).items() for row in rows
+        (col, row["value"])
+        for col, rows in (metrics.get("subgroups") or {}).items()
+        for row in rows
         if row.get("flag_below")
     ]
-    return template_env(autoescape=True).get_template("report.html.j2").render(
-        m=metrics,
-        figures=figures,
-        extras=extras,
-        op_name=op_name,
-        flagged=flagged,
-        net_benefit=_net_benefit_rows(metrics),
-        shift_flagged=[r for r in metrics.get("shift") or [] if r.get("flag")],
+    return (
+        template_env(autoescape=True)
+        .get_template("report.html.j2")
+        .render(
+            m=metrics,
+            figures=figures,
+            extras=extras,
+            op_name=op_name,
+            flagged=flagged,
+            net_benefit=_net_benefit_rows(metrics),
+            shift_flagged=[r for r in metrics.get("shift") or [] if r.get("flag")],
+        )
     )
 
 
@@ -144,8 +164,16 @@ def summary_markdown(metrics: dict) -> str:
     """A short markdown table of the key metrics (for Dagster asset metadata)."""
     kind = metrics["kind"]
     rows: list[tuple[str, str, str]] = [
-        ("AUROC" if kind == "binary" else "macro AUROC", fmt_num(metrics.get("auroc")), fmt_ci(metrics.get("auroc_ci"))),
-        ("AUPRC" if kind == "binary" else "macro AUPRC", fmt_num(metrics.get("auprc")), fmt_ci(metrics.get("auprc_ci"))),
+        (
+            "AUROC" if kind == "binary" else "macro AUROC",
+            fmt_num(metrics.get("auroc")),
+            fmt_ci(metrics.get("auroc_ci")),
+        ),
+        (
+            "AUPRC" if kind == "binary" else "macro AUPRC",
+            fmt_num(metrics.get("auprc")),
+            fmt_ci(metrics.get("auprc_ci")),
+        ),
         ("Brier score", fmt_num(metrics.get("brier")), ""),
     ]
     if kind == "binary":
@@ -159,11 +187,21 @@ def summary_markdown(metrics: dict) -> str:
     rows += [("accuracy", fmt_num(metrics.get("accuracy")), ""), ("macro F1", fmt_num(metrics.get("macro_f1")), "")]
     base, comp = metrics.get("baseline"), metrics.get("comparison")
     if base:
-        rows.append((f"baseline ({base.get('name') or 'baseline'}) AUROC", fmt_num(base.get("auroc")), fmt_ci(base.get("auroc_ci"))))
+        rows.append(
+            (
+                f"baseline ({base.get('name') or 'baseline'}) AUROC",
+                fmt_num(base.get("auroc")),
+                fmt_ci(base.get("auroc_ci")),
+            )
+        )
     if comp:
-        rows.append((f"{comp['metric']} difference vs baseline", fmt_num(comp.get("difference")), fmt_ci(comp.get("ci"))))
+        rows.append(
+            (f"{comp['metric']} difference vs baseline", fmt_num(comp.get("difference")), fmt_ci(comp.get("ci")))
+        )
     n_flag = sum(1 for rs in (metrics.get("subgroups") or {}).values() for r in rs if r.get("flag_below"))
-    n_few = sum(1 for rs in (metrics.get("subgroups") or {}).values() for r in rs if r.get("status") == "too few to judge")
+    n_few = sum(
+        1 for rs in (metrics.get("subgroups") or {}).values() for r in rs if r.get("status") == "too few to judge"
+    )
     rows.append(("subgroups flagged below overall / too few to judge", f"{n_flag} / {n_few}", ""))
     rows.append(("test rows", fmt_num(metrics.get("n_test")), ""))
     lines = [

@@ -39,8 +39,10 @@ def on_dask_worker() -> bool:
 
 def wants_cluster(settings: TrainingSpec, n_rows: int, on_cluster: bool) -> bool:
     if settings.distributed and not on_cluster:
-        log.warning("training.distributed is true but this step does not run on a Dask worker (MEDDIAG_EXECUTOR=dask): "
-                    "XGBoost trains on this machine")  # fmt: skip
+        log.warning(
+            "training.distributed is true but this step does not run on a Dask worker (MEDDIAG_EXECUTOR=dask): "
+            "XGBoost trains on this machine"
+        )
     if settings.distributed is not None:
         return settings.distributed and on_cluster
     return on_cluster and n_rows >= DISTRIBUTED_MIN_ROWS
@@ -67,8 +69,9 @@ def search_sample(X: np.ndarray, y: np.ndarray, seed: int, rows: int = SEARCH_RO
     return X[keep], y[keep]
 
 
-def fit_on_cluster(client, params: dict, X_train, y_train, X_val, y_val, settings: TrainingSpec,
-                   feature_names: list[str]) -> xgb.Booster:  # fmt: skip
+def fit_on_cluster(
+    client, params: dict, X_train, y_train, X_val, y_val, settings: TrainingSpec, feature_names: list[str]
+) -> xgb.Booster:
     """``xgboost.dask.train`` with ``params`` over the rows split into one partition per worker, stopped early on
     the validation rows as the single-node fit is."""
     import dask.array as da
@@ -82,6 +85,13 @@ def fit_on_cluster(client, params: dict, X_train, y_train, X_val, y_val, setting
 
     dtrain = dxgb.DaskQuantileDMatrix(client, partitioned(X_train), partitioned(y_train), feature_names=feature_names)
     dval = dxgb.DaskDMatrix(client, partitioned(X_val), partitioned(y_val), feature_names=feature_names)
-    output = dxgb.train(client, params, dtrain, num_boost_round=settings.max_rounds, evals=[(dval, "val")],
-                        early_stopping_rounds=settings.early_stopping_rounds, verbose_eval=False)  # fmt: skip
+    output = dxgb.train(
+        client,
+        params,
+        dtrain,
+        num_boost_round=settings.max_rounds,
+        evals=[(dval, "val")],
+        early_stopping_rounds=settings.early_stopping_rounds,
+        verbose_eval=False,
+    )
     return output["booster"]

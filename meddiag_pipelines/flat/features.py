@@ -13,8 +13,8 @@ import polars as pl
 
 from meddiag_pipelines.deid.rules import find_phi
 from meddiag_pipelines.ingestion.warehouse import dtype_words
-from meddiag_pipelines.split import SPLIT_COLUMN
 from meddiag_pipelines.specs import TaskSpec
+from meddiag_pipelines.split import SPLIT_COLUMN
 from meddiag_pipelines.validation.suites import feature_columns
 
 OTHER = "__other__"
@@ -29,11 +29,13 @@ FREE_TEXT_MEAN_CHARS = 40
 MAX_LEVEL_CHARS = 200
 # Words of a column name that say it holds a personal identifier (HIPAA Safe Harbor: names, contact details,
 # record and account numbers, birth dates); names are split on separators and camelCase ("patientName").
-IDENTIFIER_WORDS = frozenset("""
+IDENTIFIER_WORDS = frozenset(
+    """
     name names firstname lastname surname forename fullname givenname familyname maidenname fname lname initials
     signature phone telephone tel mobile fax email mail address addr street zip zipcode postcode postal
     id ids uid uuid guid identifier mrn ssn nhs passport license licence account acct dob birthdate birthday
-""".split())  # fmt: skip
+""".split()
+)
 _NAME_WORDS = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|[^\W\d_]+")
 _XGBOOST_FORBIDDEN = str.maketrans({"[": "(", "]": ")", "<": "lt"})  # XGBoost refuses these in feature names
 
@@ -86,7 +88,7 @@ class FeaturePlan:
 
     def reported_names(self) -> dict[str, str]:
         """Model name -> reported name."""
-        return dict(zip(self.model_names, self.feature_names))
+        return dict(zip(self.model_names, self.feature_names, strict=False))
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -107,7 +109,10 @@ def _unusable_type(dtype: pl.DataType) -> str | None:
 def infer_columns(spec: TaskSpec, frame: pl.DataFrame) -> tuple[list[str], list[str], dict[str, str]]:
     """Declared columns first; any other feature column is numeric if its type is, else categorical; a column of
     a type no feature takes is neither (the third item: column -> why)."""
-    numeric, categorical = [c for c in spec.numeric if c in frame.columns], [c for c in spec.categorical if c in frame.columns]
+    numeric, categorical = (
+        [c for c in spec.numeric if c in frame.columns],
+        [c for c in spec.categorical if c in frame.columns],
+    )
     for column in feature_columns(spec, frame.columns):
         if column not in numeric and column not in categorical and column != SPLIT_COLUMN:
             (numeric if frame.schema[column].is_numeric() else categorical).append(column)
@@ -117,7 +122,9 @@ def infer_columns(spec: TaskSpec, frame: pl.DataFrame) -> tuple[list[str], list[
 
 def _identifier_name(column: str) -> bool:
     """Whether a word of the column's name says it holds a personal identifier (:data:`IDENTIFIER_WORDS`)."""
-    return any(word.lower() in IDENTIFIER_WORDS for part in re.split(r"[\W_]+", column) for word in _NAME_WORDS.findall(part))
+    return any(
+        word.lower() in IDENTIFIER_WORDS for part in re.split(r"[\W_]+", column) for word in _NAME_WORDS.findall(part)
+    )
 
 
 def _not_a_category(column: str, counts: pl.DataFrame, rows_per_key: float) -> str | None:
@@ -134,8 +141,10 @@ def _not_a_category(column: str, counts: pl.DataFrame, rows_per_key: float) -> s
     if n_distinct > MAX_DISTINCT:
         return f"{n_distinct} distinct values (over {MAX_DISTINCT}): free text or an identifier"
     if n_distinct > IDENTIFIER_SHARE * n_rows / rows_per_key:
-        return (f"{n_distinct} distinct values in {n_rows} rows: nearly one per patient or record, so an "
-                "identifier (a name, a code)")  # fmt: skip
+        return (
+            f"{n_distinct} distinct values in {n_rows} rows: nearly one per patient or record, so an "
+            "identifier (a name, a code)"
+        )
     mean_chars = float((values["value"].str.len_chars() * values["count"]).sum()) / n_rows
     if mean_chars > FREE_TEXT_MEAN_CHARS:
         return f"values of {mean_chars:.0f} characters on average (over {FREE_TEXT_MEAN_CHARS}): free text"
@@ -176,7 +185,7 @@ def fit_plan(train: pl.DataFrame, spec: TaskSpec) -> FeaturePlan:
 
 def transform(frame: pl.DataFrame, plan: FeaturePlan) -> pl.DataFrame:
     """The feature matrix (Float32, one column per ``plan.model_names``) for any rows of the task."""
-    exprs = [expr.alias(name) for (_, expr), name in zip(plan._features(), plan.model_names)]
+    exprs = [expr.alias(name) for (_, expr), name in zip(plan._features(), plan.model_names, strict=False)]
     return frame.select(exprs).cast(pl.Float32)
 
 
@@ -192,8 +201,12 @@ def missing_data_table(train: pl.DataFrame, plan: FeaturePlan, max_null_rate: fl
             handling += f"; missing in more than max_null_rate ({max_null_rate:g}) of rows: kept (not declared)"
         return {"feature": column, "n_missing": missing, "rate": missing / n, "handling": handling}
 
-    rows = [row(c, "median imputation + missing indicator" if c in plan.indicators else "none needed") for c in plan.numeric]
-    rows += [row(c, f"own category {MISSING}" if c in train.columns and train[c].null_count() else "none needed")
-             for c in plan.categorical]  # fmt: skip
+    rows = [
+        row(c, "median imputation + missing indicator" if c in plan.indicators else "none needed") for c in plan.numeric
+    ]
+    rows += [
+        row(c, f"own category {MISSING}" if c in train.columns and train[c].null_count() else "none needed")
+        for c in plan.categorical
+    ]
     rows += [row(c, f"not a feature: {why}", feature=False) for c, why in plan.dropped.items()]
     return rows

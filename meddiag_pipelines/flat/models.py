@@ -18,8 +18,8 @@ import json
 import math
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import optuna
@@ -29,7 +29,10 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
 from meddiag_pipelines.atomic import atomic_write_bytes, atomic_write_json
+from meddiag_pipelines.device import training_threads, xgboost_device
 from meddiag_pipelines.evaluation.metrics.jsonable import to_jsonable
+from meddiag_pipelines.flat.distributed import cluster_fit, search_sample
+from meddiag_pipelines.flat.features import FeaturePlan, transform
 from meddiag_pipelines.logistic import (
     apply_recalibration,
     fit_recalibration,
@@ -40,9 +43,6 @@ from meddiag_pipelines.logistic import (
     validation_score,
 )
 from meddiag_pipelines.specs import TrainingSpec
-from meddiag_pipelines.device import training_threads, xgboost_device
-from meddiag_pipelines.flat.distributed import cluster_fit, search_sample
-from meddiag_pipelines.flat.features import FeaturePlan, transform
 
 CHOSEN = "chosen.json"
 CV_BELOW_ROWS = 20_000  # train+validation rows under which the choice is cross-validated (bench/README.md)
@@ -52,9 +52,19 @@ VALIDATION_BOOTSTRAP = 200
 
 
 def _xgb_params(n_classes: int, trial_params: dict, seed: int) -> dict:
-    objective = {"objective": "binary:logistic", "eval_metric": "logloss"} if n_classes == 2 else {
-        "objective": "multi:softprob", "eval_metric": "mlogloss", "num_class": n_classes}  # fmt: skip
-    return {"tree_method": "hist", "device": xgboost_device(), "seed": seed, "verbosity": 0, **objective, **trial_params}
+    objective = (
+        {"objective": "binary:logistic", "eval_metric": "logloss"}
+        if n_classes == 2
+        else {"objective": "multi:softprob", "eval_metric": "mlogloss", "num_class": n_classes}
+    )
+    return {
+        "tree_method": "hist",
+        "device": xgboost_device(),
+        "seed": seed,
+        "verbosity": 0,
+        **objective,
+        **trial_params,
+    }
 
 
 def _suggest(trial: optuna.Trial) -> dict:
@@ -73,8 +83,17 @@ def _predict(booster: xgb.Booster, data: xgb.DMatrix, n_classes: int) -> np.ndar
     return proba if n_classes > 2 else proba.reshape(-1)
 
 
-def train_xgboost(X_train, y_train, X_val, y_val, n_classes: int, settings: TrainingSpec, out_dir: Path,
-                  feature_names: list[str], final_fit: Callable | None = None) -> dict:  # fmt: skip
+def train_xgboost(
+    X_train,
+    y_train,
+    X_val,
+    y_val,
+    n_classes: int,
+    settings: TrainingSpec,
+    out_dir: Path,
+    feature_names: list[str],
+    final_fit: Callable | None = None,
+) -> dict:
     """Tune within ``settings.trials`` and ``settings.timeout_s``, keep the best, save to ``out_dir``.
     ``final_fit`` (:func:`meddiag_pipelines.flat.distributed.fit_on_cluster` bound to a client): tune on a
     sample of the training rows, then fit the best parameters on all of them with it."""
@@ -87,9 +106,13 @@ def train_xgboost(X_train, y_train, X_val, y_val, n_classes: int, settings: Trai
 
     def fit(trial_params: dict) -> tuple[xgb.Booster, float]:
         booster = xgb.train(
-            _xgb_params(n_classes, trial_params, settings.seed), dtrain, num_boost_round=settings.max_rounds,
-            evals=[(dval, "val")], early_stopping_rounds=settings.early_stopping_rounds, verbose_eval=False,
-        )  # fmt: skip
+            _xgb_params(n_classes, trial_params, settings.seed),
+            dtrain,
+            num_boost_round=settings.max_rounds,
+            evals=[(dval, "val")],
+            early_stopping_rounds=settings.early_stopping_rounds,
+            verbose_eval=False,
+        )
         return booster, validation_score(y_val, _predict(booster, dval, n_classes))
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -106,49 +129,88 @@ def train_xgboost(X_train, y_train, X_val, y_val, n_classes: int, settings: Trai
     best_params = study.best_params  # raises, as before, when no trial gave a score
     booster, score = kept["best"]
     if final_fit is not None:
-        booster = final_fit(_xgb_params(n_classes, best_params, settings.seed), X_train_all, y_train_all, X_val, y_val,
-                            settings, feature_names)  # fmt: skip
+        booster = final_fit(
+            _xgb_params(n_classes, best_params, settings.seed),
+            X_train_all,
+            y_train_all,
+            X_val,
+            y_val,
+            settings,
+            feature_names,
+        )
         score = validation_score(y_val, _predict(booster, dval, n_classes))
     recalibration = fit_recalibration(y_val, _predict(booster, dval, n_classes)) if n_classes == 2 else None
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out_dir / "model.ubj", bytes(booster.save_raw(raw_format="ubj")))
     meta = {
-        "framework": "xgboost", "name": "xgboost", "n_classes": n_classes, "feature_names": feature_names,
-        "params": _xgb_params(n_classes, best_params, settings.seed), "best_iteration": booster.best_iteration,
-        "val_score": score, "n_trials": len(study.trials), "seconds": time.perf_counter() - start,
-        "recalibration": recalibration, "device": xgboost_device(),
-        "distributed": final_fit is not None, "search_rows": len(y_train),
-    }  # fmt: skip
+        "framework": "xgboost",
+        "name": "xgboost",
+        "n_classes": n_classes,
+        "feature_names": feature_names,
+        "params": _xgb_params(n_classes, best_params, settings.seed),
+        "best_iteration": booster.best_iteration,
+        "val_score": score,
+        "n_trials": len(study.trials),
+        "seconds": time.perf_counter() - start,
+        "recalibration": recalibration,
+        "device": xgboost_device(),
+        "distributed": final_fit is not None,
+        "search_rows": len(y_train),
+    }
     atomic_write_json(out_dir / "model.json", meta)
     return meta
 
 
-def train_tabular_models(X_train, y_train, X_val, y_val, n_classes: int, settings: TrainingSpec, out_dir: Path,
-                         feature_names: list[str], groups: np.ndarray | None = None) -> dict:  # fmt: skip
+def train_tabular_models(
+    X_train,
+    y_train,
+    X_val,
+    y_val,
+    n_classes: int,
+    settings: TrainingSpec,
+    out_dir: Path,
+    feature_names: list[str],
+    groups: np.ndarray | None = None,
+) -> dict:
     """XGBoost and the logistic baseline on the same rows; the meta of the one :func:`choose_model` keeps, whose
     params say which won and both validation scores, and whose ``selection`` holds the evidence (the baseline's
     own meta is in ``out_dir/logistic``). ``groups``: per train then validation row, equal for rows that must
     share a cross-validation fold (one patient's; see :func:`meddiag_pipelines.split.fold_groups`)."""
     with cluster_fit(settings, len(y_train)) as final_fit:
-        xgboost_meta = train_xgboost(X_train, y_train, X_val, y_val, n_classes, settings, out_dir / "xgboost",
-                                     feature_names, final_fit)  # fmt: skip
+        xgboost_meta = train_xgboost(
+            X_train, y_train, X_val, y_val, n_classes, settings, out_dir / "xgboost", feature_names, final_fit
+        )
     metas = {
         "xgboost": xgboost_meta,
-        "logistic": train_logistic(X_train, y_train, X_val, y_val, n_classes, out_dir / "logistic", feature_names,
-                                   recalibrate=True),
-    }  # fmt: skip
+        "logistic": train_logistic(
+            X_train, y_train, X_val, y_val, n_classes, out_dir / "logistic", feature_names, recalibrate=True
+        ),
+    }
     selection = choose_model(X_train, y_train, X_val, y_val, n_classes, metas, out_dir, settings.seed, groups)
     chosen = selection["chosen"]
     scores = {k: m["val_score"] for k, m in metas.items()}
     atomic_write_json(out_dir / CHOSEN, {"chosen": chosen, "val_auroc": scores, "selection": selection})
-    params = {"chosen": chosen, **{f"val_auroc_{k}": v for k, v in scores.items()},
-              "val_auroc_margin": abs(scores["xgboost"] - scores["logistic"]), **metas[chosen]["params"]}  # fmt: skip
+    params = {
+        "chosen": chosen,
+        **{f"val_auroc_{k}": v for k, v in scores.items()},
+        "val_auroc_margin": abs(scores["xgboost"] - scores["logistic"]),
+        **metas[chosen]["params"],
+    }
     return {**metas[chosen], "params": params, "selection": selection}
 
 
 # -- model choice ---------------------------------------------------------------------------------------------------
-def choose_model(X_train, y_train, X_val, y_val, n_classes: int, metas: dict[str, dict], out_dir: Path, seed: int,
-                 groups: np.ndarray | None = None) -> dict:  # fmt: skip
+def choose_model(
+    X_train,
+    y_train,
+    X_val,
+    y_val,
+    n_classes: int,
+    metas: dict[str, dict],
+    out_dir: Path,
+    seed: int,
+    groups: np.ndarray | None = None,
+) -> dict:
     """``logistic`` unless XGBoost's AUROC (multi-class: macro one-vs-rest) advantage exceeds ``SELECTION_Z``
     standard errors; ``metas``: both models as trained (and saved in ``out_dir``) on these rows. Returns the
     evidence, the rule and the decision, JSON-safe (an undefined figure is None)."""
@@ -164,19 +226,29 @@ def choose_model(X_train, y_train, X_val, y_val, n_classes: int, metas: dict[str
     wins = math.isfinite(advantage) and math.isfinite(se) and advantage > SELECTION_Z * se
     chosen = "xgboost" if wins else "logistic"
     metric = "AUROC" if n_classes == 2 else "macro one-vs-rest AUROC"
-    verdict = (f"xgboost chosen: its {metric} advantage over the logistic baseline, {advantage:+.3f}, exceeds "
-               if wins else f"the simpler logistic baseline kept: xgboost's {metric} advantage, {advantage:+.3f}, "
-               "does not exceed ")  # fmt: skip
+    verdict = (
+        f"xgboost chosen: its {metric} advantage over the logistic baseline, {advantage:+.3f}, exceeds "
+        if wins
+        else f"the simpler logistic baseline kept: xgboost's {metric} advantage, {advantage:+.3f}, does not exceed "
+    )
     reason = f"{verdict}{SELECTION_Z} x its standard error {se:.3f} ({evidence['method']})"
-    return to_jsonable({
-        "chosen": chosen, "reason": reason, "metric": metric, "z": SELECTION_Z, "cv_below_rows": CV_BELOW_ROWS,
-        "validation": {k: m["val_score"] for k, m in metas.items()}, **evidence,
-        "seconds": round(time.perf_counter() - start, 3),
-    })  # fmt: skip
+    return to_jsonable(
+        {
+            "chosen": chosen,
+            "reason": reason,
+            "metric": metric,
+            "z": SELECTION_Z,
+            "cv_below_rows": CV_BELOW_ROWS,
+            "validation": {k: m["val_score"] for k, m in metas.items()},
+            **evidence,
+            "seconds": round(time.perf_counter() - start, 3),
+        }
+    )
 
 
-def cross_validated(X: np.ndarray, y: np.ndarray, n_classes: int, metas: dict[str, dict], seed: int,
-                    groups: np.ndarray | None = None) -> dict | None:  # fmt: skip
+def cross_validated(
+    X: np.ndarray, y: np.ndarray, n_classes: int, metas: dict[str, dict], seed: int, groups: np.ndarray | None = None
+) -> dict | None:
     """Both models refitted with their tuned settings (XGBoost: its parameters and number of rounds, so no
     held-out fold stops it early; the baseline: its C) on each fold of ``CV_REPEATS`` x ``CV_FOLDS``-fold
     stratified cross-validation, grouped where rows share a group. Standard errors of the mean fold score and
@@ -189,8 +261,10 @@ def cross_validated(X: np.ndarray, y: np.ndarray, n_classes: int, metas: dict[st
         warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
         for repeat in range(CV_REPEATS):
             folds = splitter(CV_FOLDS, shuffle=True, random_state=seed + repeat)
-            pairs += [_fold_scores(X, y, n_classes, metas, fit, held)
-                      for fit, held in folds.split(X, y, groups if grouped else None)]  # fmt: skip
+            pairs += [
+                _fold_scores(X, y, n_classes, metas, fit, held)
+                for fit, held in folds.split(X, y, groups if grouped else None)
+            ]
     scores = np.array([p for p in pairs if all(map(math.isfinite, p))]).reshape(-1, 2)
     if len(scores) < 2:
         return None
@@ -202,16 +276,22 @@ def cross_validated(X: np.ndarray, y: np.ndarray, n_classes: int, metas: dict[st
     difference = scores[:, 0] - scores[:, 1]
     return {
         "method": f"{CV_REPEATS} x {CV_FOLDS}-fold cross-validation over {len(y):,} train+validation rows"
-                  + (", one patient's rows (or copies of a row) in one fold" if grouped else ""),
-        "evidence": "cross-validation", "n_rows": len(y), "n_folds": len(scores),
-        "candidates": {k: {"score": float(scores[:, i].mean()), "se": se(scores[:, i])}
-                       for i, k in enumerate(("xgboost", "logistic"))},
-        "difference": float(difference.mean()), "difference_se": se(difference),
-    }  # fmt: skip
+        + (", one patient's rows (or copies of a row) in one fold" if grouped else ""),
+        "evidence": "cross-validation",
+        "n_rows": len(y),
+        "n_folds": len(scores),
+        "candidates": {
+            k: {"score": float(scores[:, i].mean()), "se": se(scores[:, i])}
+            for i, k in enumerate(("xgboost", "logistic"))
+        },
+        "difference": float(difference.mean()),
+        "difference_se": se(difference),
+    }
 
 
-def _fold_scores(X: np.ndarray, y: np.ndarray, n_classes: int, metas: dict[str, dict], fit: np.ndarray,
-                 held: np.ndarray) -> tuple[float, float]:  # fmt: skip
+def _fold_scores(
+    X: np.ndarray, y: np.ndarray, n_classes: int, metas: dict[str, dict], fit: np.ndarray, held: np.ndarray
+) -> tuple[float, float]:
     """(XGBoost, baseline) scores on the held-out rows of one fold, each refitted on its other rows; NaN when
     those rows hold one class only."""
     if len(np.unique(y[fit])) < 2:
@@ -223,8 +303,9 @@ def _fold_scores(X: np.ndarray, y: np.ndarray, n_classes: int, metas: dict[str, 
     X_fit, X_held = np.asarray(X[fit], dtype=np.float64), np.asarray(X[held], dtype=np.float64)
     mean, scale = standardiser(X_fit)
     lasso = {"l1_ratio": 1.0, "solver": "liblinear"} if metas["logistic"]["params"].get("penalty") == "l1" else {}
-    baseline = LogisticRegression(C=metas["logistic"]["params"]["C"], max_iter=2000, **lasso).fit((X_fit - mean) / scale,
-                                                                                                   y[fit])  # fmt: skip
+    baseline = LogisticRegression(C=metas["logistic"]["params"]["C"], max_iter=2000, **lasso).fit(
+        (X_fit - mean) / scale, y[fit]
+    )
     p_lr = np.zeros((len(held), n_classes))
     p_lr[:, baseline.classes_] = baseline.predict_proba((X_held - mean) / scale)  # a class absent from the fold: 0
     if n_classes == 2:
@@ -240,12 +321,14 @@ def validation_bootstrap(y_val: np.ndarray, probas: dict[str, np.ndarray], seed:
     resampled = {k: np.array([validation_score(y_val[i], p[i]) for i in draws]) for k, p in probas.items()}
     full = {k: validation_score(y_val, p) for k, p in probas.items()}
     return {
-        "method": f"paired bootstrap of the {len(y_val):,} validation rows", "evidence": "validation",
-        "n_rows": len(y_val), "n_folds": None,
+        "method": f"paired bootstrap of the {len(y_val):,} validation rows",
+        "evidence": "validation",
+        "n_rows": len(y_val),
+        "n_folds": None,
         "candidates": {k: {"score": full[k], "se": float(np.nanstd(resampled[k]))} for k in ("xgboost", "logistic")},
         "difference": full["xgboost"] - full["logistic"],
         "difference_se": float(np.nanstd(resampled["xgboost"] - resampled["logistic"])),
-    }  # fmt: skip
+    }
 
 
 def model_folder(model_dir: Path) -> Path:
@@ -300,8 +383,11 @@ def top_contributions(model_dir: Path, X: np.ndarray, k: int = 3) -> list[list[t
     meta = read_meta(model_dir)
     if meta["framework"] == "xgboost":
         booster = load_booster(model_dir)
-        contribs = booster.predict(xgb.DMatrix(X, feature_names=meta["feature_names"]), pred_contribs=True,
-                                   iteration_range=(0, meta["best_iteration"] + 1))  # fmt: skip
+        contribs = booster.predict(
+            xgb.DMatrix(X, feature_names=meta["feature_names"]),
+            pred_contribs=True,
+            iteration_range=(0, meta["best_iteration"] + 1),
+        )
         if contribs.ndim == 3:  # multi-class: explain the predicted class
             contribs = contribs[np.arange(len(X)), contribs.sum(axis=2).argmax(axis=1)]
         contribs = contribs[:, :-1]  # the last column is the bias

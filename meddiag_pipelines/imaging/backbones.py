@@ -20,6 +20,7 @@ from meddiag_pipelines.imaging.model import ResNet18Small
 from meddiag_pipelines.specs import names_hub
 from meddiag_pipelines.torch_compat import declare_missing_torchvision_ops
 
+
 def import_timm() -> ModuleType:
     """``timm``, importable on the CPU wheel of torch too."""
     declare_missing_torchvision_ops()
@@ -43,13 +44,21 @@ class TimmClassifier(nn.Module):
     ``features`` is the backbone's last feature map (N, C', H', W') for a CNN, the token sequence for a ViT;
     ``head`` pools it and applies the classifier."""
 
-    def __init__(self, backbone: str, in_channels: int, n_outputs: int, input_size: int, backbone_size: int,
-                 timm_kwargs: dict[str, Any]) -> None:  # fmt: skip
+    def __init__(
+        self,
+        backbone: str,
+        in_channels: int,
+        n_outputs: int,
+        input_size: int,
+        backbone_size: int,
+        timm_kwargs: dict[str, Any],
+    ) -> None:
         super().__init__()
         timm = import_timm()
         self.config = BackboneConfig(backbone, in_channels, n_outputs, input_size, backbone_size, dict(timm_kwargs))
-        self.body = timm.create_model(backbone, pretrained=False, num_classes=n_outputs, in_chans=in_channels,
-                                      **timm_kwargs)  # fmt: skip
+        self.body = timm.create_model(
+            backbone, pretrained=False, num_classes=n_outputs, in_chans=in_channels, **timm_kwargs
+        )
         self.register_buffer("mean", torch.full((1, in_channels, 1, 1), 0.5))
         self.register_buffer("std", torch.full((1, in_channels, 1, 1), 0.25))
 
@@ -87,12 +96,25 @@ class BackboneConfig:
 
 def build_timm_classifier(config: dict) -> TimmClassifier:
     """The model a ``model.json``'s ``model_config`` names, randomly initialised (no download, no weights)."""
-    return TimmClassifier(str(config["backbone"]), int(config["in_channels"]), int(config["n_outputs"]),
-                          int(config["input_size"]), int(config["backbone_size"]), dict(config["timm_kwargs"]))  # fmt: skip
+    return TimmClassifier(
+        str(config["backbone"]),
+        int(config["in_channels"]),
+        int(config["n_outputs"]),
+        int(config["input_size"]),
+        int(config["backbone_size"]),
+        dict(config["timm_kwargs"]),
+    )
 
 
-def new_backbone(backbone: str, in_channels: int, n_outputs: int, input_size: int, backbone_size: int | None = None,
-                 weights: str | None = None, timm_kwargs: dict[str, Any] | None = None) -> TimmClassifier:  # fmt: skip
+def new_backbone(
+    backbone: str,
+    in_channels: int,
+    n_outputs: int,
+    input_size: int,
+    backbone_size: int | None = None,
+    weights: str | None = None,
+    timm_kwargs: dict[str, Any] | None = None,
+) -> TimmClassifier:
     """A classifier on ``backbone`` for images of ``input_size`` px, run at ``backbone_size`` (default: the input
     size rounded up to a multiple of ``BACKBONE_STRIDE``, as most zoo CNNs downsample 32-fold: a ConvNeXt cannot
     take 28 px at all). Backbones of a fixed input size (ViTs) are built for it (timm's ``img_size``), rounded up to a multiple
@@ -125,11 +147,14 @@ def _load_hub_weights(model: TimmClassifier, name: str) -> None:
     timm = import_timm()
     c = model.config
     try:
-        pretrained = timm.create_model(name, pretrained=True, num_classes=c.n_outputs, in_chans=c.in_channels,
-                                       **c.timm_kwargs)  # fmt: skip
+        pretrained = timm.create_model(
+            name, pretrained=True, num_classes=c.n_outputs, in_chans=c.in_channels, **c.timm_kwargs
+        )
     except Exception as exc:  # noqa: BLE001 - the hub's errors are many (offline, unknown tag, HTTP)
-        raise RuntimeError(f"image.weights: timm could not fetch the pretrained weights {name!r} "
-                           f"({type(exc).__name__}; the hub needs the network, a local weights file does not)") from exc  # fmt: skip
+        raise RuntimeError(
+            f"image.weights: timm could not fetch the pretrained weights {name!r} "
+            f"({type(exc).__name__}; the hub needs the network, a local weights file does not)"
+        ) from exc
     model.body.load_state_dict(pretrained.state_dict())
 
 
@@ -177,10 +202,18 @@ def load_checkpoint(model: TimmClassifier, path: Path) -> None:
     missing = [k for k in own if k not in state and not k.startswith(heads)]
     unexpected = [k for k in state if k not in own]
     reshaped = [k for k in state if k in own and state[k].shape != own[k].shape]
-    problems = [f"{len(names)} {what} (e.g. {', '.join(names[:3])})" for what, names in
-                (("weights missing", missing), ("unexpected weights", unexpected), ("weights of another shape", reshaped))
-                if names]  # fmt: skip
+    problems = [
+        f"{len(names)} {what} (e.g. {', '.join(names[:3])})"
+        for what, names in (
+            ("weights missing", missing),
+            ("unexpected weights", unexpected),
+            ("weights of another shape", reshaped),
+        )
+        if names
+    ]
     if problems:
-        raise CheckpointMismatch(f"{path.name}: does not fit backbone {model.config.backbone} "
-                                 f"({model.config.timm_kwargs or 'default settings'}): {'; '.join(problems)}")  # fmt: skip
+        raise CheckpointMismatch(
+            f"{path.name}: does not fit backbone {model.config.backbone} "
+            f"({model.config.timm_kwargs or 'default settings'}): {'; '.join(problems)}"
+        )
     body.load_state_dict(state, strict=False)

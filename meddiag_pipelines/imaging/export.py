@@ -16,17 +16,22 @@ from meddiag_pipelines.registry.export import CHUNK, Exportable, ExportRefused, 
 def exportable(version: VersionToExport) -> Exportable:
     """The version's CNN; the pixel logistic-regression baseline is refused (its coefficients are plain JSON)."""
     if version.plan.get("predictor") != "cnn":
-        raise ExportRefused(f"{version.task} {version.version}: the model is the pixel logistic-regression baseline "
-                            f"({version.manifest['model']['name']}), not a torch model; its coefficients are plain "
-                            "JSON in the version's model folder")  # fmt: skip
+        raise ExportRefused(
+            f"{version.task} {version.version}: the model is the pixel logistic-regression baseline "
+            f"({version.manifest['model']['name']}), not a torch model; its coefficients are plain "
+            "JSON in the version's model folder"
+        )
     return image_exportable(version.model_dir, version.plan, version.test_ids)
 
 
 def image_exportable(model_dir: Path, plan: dict, test_ids: list[str]) -> Exportable:
     module, meta = load_image_model(model_dir, device="cpu")
     shape = (int(meta["channels"]), *(int(meta["input_size"]),) * int(meta.get("spatial_dims", 2)))  # 2D or 3D
-    then = {"binary": "sigmoid: P(positive)", "multiclass": "softmax over the classes",
-            "multilabel": "sigmoid per finding"}[meta["kind"]]  # fmt: skip
+    then = {
+        "binary": "sigmoid: P(positive)",
+        "multiclass": "softmax over the classes",
+        "multilabel": "sigmoid per finding",
+    }[meta["kind"]]
 
     def batches() -> Iterator[dict[str, np.ndarray]]:
         for start in range(0, len(test_ids), CHUNK):

@@ -35,20 +35,11 @@ import numpy as np
 import polars as pl
 
 from meddiag_pipelines import labels
-from meddiag_pipelines.modalities.base import (BuiltFeatures, CheckOutcome, Descriptions, ExtraCheck, Modality,
-                                               PlainReader, PredictorFactory, Storage, TrainedModel, TrainingRun)  # fmt: skip
-from meddiag_pipelines.split import SPLIT_COLUMN, key_columns_in
+from meddiag_pipelines.device import torch_device
 from meddiag_pipelines.imaging.preprocess import CACHE_VERSION, load_cached, update_cache
+from meddiag_pipelines.imaging.readers import LABELS_CSV, ImageBatchError, read_image_batch, source_file
 from meddiag_pipelines.imaging.report import saliency_section, tuning_section
 from meddiag_pipelines.imaging.scoring import baseline_side, pooled_pixels, predict_images
-from meddiag_pipelines.imaging.readers import LABELS_CSV, ImageBatchError, read_image_batch, source_file
-from meddiag_pipelines.ingestion.batches import RAW_TABLE, ReadOutcome, Validator
-from meddiag_pipelines.ingestion.errors import BatchRejected
-from meddiag_pipelines.ingestion.landing import LandedBatch, display_name
-from meddiag_pipelines.registry.store import STAGING
-from meddiag_pipelines.specs import BATCH_COLUMN, TaskSpec, spec_columns
-from meddiag_pipelines.device import torch_device
-from meddiag_pipelines.validation.suites import CheckFailure
 from meddiag_pipelines.imaging.validation import (
     PREDEFINED_SPLIT,
     duplicate_warnings,
@@ -57,6 +48,25 @@ from meddiag_pipelines.imaging.validation import (
     multilabel_domain_failures,
     validate_images,
 )
+from meddiag_pipelines.ingestion.batches import RAW_TABLE, ReadOutcome, Validator
+from meddiag_pipelines.ingestion.errors import BatchRejected
+from meddiag_pipelines.ingestion.landing import LandedBatch, display_name
+from meddiag_pipelines.modalities.base import (
+    BuiltFeatures,
+    CheckOutcome,
+    Descriptions,
+    ExtraCheck,
+    Modality,
+    PlainReader,
+    PredictorFactory,
+    Storage,
+    TrainedModel,
+    TrainingRun,
+)
+from meddiag_pipelines.registry.store import STAGING
+from meddiag_pipelines.specs import BATCH_COLUMN, TaskSpec, spec_columns
+from meddiag_pipelines.split import SPLIT_COLUMN, key_columns_in
+from meddiag_pipelines.validation.suites import CheckFailure
 
 if TYPE_CHECKING:
     from meddiag_pipelines.registry.export import ModelExport, VersionToExport
@@ -84,14 +94,16 @@ def read_image_records(batch: LandedBatch, spec: TaskSpec) -> ReadOutcome:
 
 
 # -- features: the tensor cache -----------------------------------------------------------------------------------
-def log_refused(warnings: list[str], batch_id: str, records: pl.DataFrame, failed: list[list[str]],
-                what: str = "image") -> set[str]:  # fmt: skip
+def log_refused(
+    warnings: list[str], batch_id: str, records: pl.DataFrame, failed: list[list[str]], what: str = "image"
+) -> set[str]:
     """A warning per file (never per id) the cache refused, added to ``warnings``; their ids, to leave them out."""
     ids = {f[0] for f in failed}
     source_of = dict(zip(records["id"].to_list(), records["source"].to_list(), strict=True))
     for record_id, problem in failed:
-        warnings.append(f"batch {display_name(batch_id)}: {what} {source_of.get(record_id, '?')} left out of "
-                        f"training: {problem}")  # fmt: skip
+        warnings.append(
+            f"batch {display_name(batch_id)}: {what} {source_of.get(record_id, '?')} left out of training: {problem}"
+        )
     return ids
 
 
@@ -110,32 +122,50 @@ def _predictor_factory(spec: TaskSpec):
         cache_dir = Path(plan["cache_dir"])
 
         def predict(model_dir: Path, rows: pl.DataFrame) -> np.ndarray:
-            return predict_images(Path(model_dir), plan, rows[spec.id].cast(pl.String).to_list(),
-                                  lambda ids: load_cached(cache_dir, ids), labels.task_kind(spec), torch_device())  # fmt: skip
+            return predict_images(
+                Path(model_dir),
+                plan,
+                rows[spec.id].cast(pl.String).to_list(),
+                lambda ids: load_cached(cache_dir, ids),
+                labels.task_kind(spec),
+                torch_device(),
+            )
 
         return predict
 
     return factory
 
 
-def _data(storage, spec: TaskSpec, features: pl.DataFrame, plan: dict, part: str,
-          classes: list[str]) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+def _data(
+    storage, spec: TaskSpec, features: pl.DataFrame, plan: dict, part: str, classes: list[str]
+) -> tuple[np.ndarray, np.ndarray]:
     rows = features.filter(pl.col(SPLIT_COLUMN) == part)
     X = load_cached(storage.root.path(plan["cache_dir"]), rows[spec.id].cast(pl.String).to_list())
     return X, labels.encode_labels(rows[spec.label], classes, labels.task_kind(spec))
 
 
 # -- report: saliency ---------------------------------------------------------------------------------------------
-def _saliency_sections(spec: TaskSpec, candidate: dict, test: pl.DataFrame, proba: np.ndarray,
-                       metrics: dict) -> list[tuple[str, str]]:  # fmt: skip
+def _saliency_sections(
+    spec: TaskSpec, candidate: dict, test: pl.DataFrame, proba: np.ndarray, metrics: dict
+) -> list[tuple[str, str]]:
     """The Grad-CAM section of the report, over the test images in the tensor cache, after the hyperparameter
     search's when the model was tuned."""
     cache_dir = Path(candidate["plan"]["cache_dir"])
     ids = test[spec.id].cast(pl.String).to_list()
     tuning = [tuning_section(candidate["params"]["tuning"])] if candidate["params"].get("tuning") else []
-    return [*tuning, saliency_section(Path(candidate["dir"]), candidate["classes"], labels.task_kind(spec), test[spec.label],
-                             proba, metrics, lambda rows: load_cached(cache_dir, [ids[i] for i in rows]),
-                             spec.evaluation.seed)]  # fmt: skip
+    return [
+        *tuning,
+        saliency_section(
+            Path(candidate["dir"]),
+            candidate["classes"],
+            labels.task_kind(spec),
+            test[spec.label],
+            proba,
+            metrics,
+            lambda rows: load_cached(cache_dir, [ids[i] for i in rows]),
+            spec.evaluation.seed,
+        ),
+    ]
 
 
 class ImageModality(Modality):
@@ -149,8 +179,11 @@ class ImageModality(Modality):
 
     def descriptions(self, spec: TaskSpec) -> Descriptions:
         image = spec.image
-        model_text = (f"timm {' / '.join(image.backbone_names())} ({image.finetune} fine-tuning)" if image.backbone
-                      else f"ResNet-18 adapted to {image.size} px")  # fmt: skip
+        model_text = (
+            f"timm {' / '.join(image.backbone_names())} ({image.finetune} fine-tuning)"
+            if image.backbone
+            else f"ResNet-18 adapted to {image.size} px"
+        )
         search = f", optuna search of {spec.training.trials} trials" if image.tuned(spec.training) else ""
         return Descriptions(
             raw_records=f"new landed image batches ({image.format or 'format detected'}), read once and appended "
@@ -170,7 +203,7 @@ class ImageModality(Modality):
             baseline_model=f"L2 logistic regression on the cached images average-pooled to "
             f"{baseline_side(image.size)} x {baseline_side(image.size)} per channel (standardised pixels, C chosen "
             "on validation), the plain baseline; JSON coefficients.",
-        )  # fmt: skip
+        )
 
     # -- ingestion ------------------------------------------------------------------------------------------------
     def reader(self, spec: TaskSpec) -> PlainReader:
@@ -182,8 +215,10 @@ class ImageModality(Modality):
         done = ledger.filter(pl.col("status") == "validated")["batch_id"].to_list() if ledger.height else []
         earlier = storage.warehouse.read(spec.name, RAW_TABLE, done) if done else None
         if labels.task_kind(spec) == "multilabel":
-            return lambda frame, task, known_ids: [*validate_images(frame, _validation_spec(task), known_ids, earlier),
-                                                   *multilabel_domain_failures(frame, task)]  # fmt: skip
+            return lambda frame, task, known_ids: [
+                *validate_images(frame, _validation_spec(task), known_ids, earlier),
+                *multilabel_domain_failures(frame, task),
+            ]
         return lambda frame, task, known_ids: validate_images(frame, task, known_ids, earlier)
 
     def suite(self, spec: TaskSpec, records: pl.DataFrame) -> list[CheckFailure]:
@@ -195,14 +230,27 @@ class ImageModality(Modality):
     def extra_checks(self, spec: TaskSpec) -> list[ExtraCheck]:
         def duplicates_within_split(storage: Storage, validated_records: pl.DataFrame) -> CheckOutcome:
             warnings = duplicate_warnings(validated_records, spec)
-            return CheckOutcome(warnings, warn_only=True, table=False,
-                                metadata={"n_duplicate_images": int(sum(w.unexpected_count or 0 for w in warnings)),
-                                          "problems": "; ".join(w.problem for w in warnings) or "none"})  # fmt: skip
+            return CheckOutcome(
+                warnings,
+                warn_only=True,
+                table=False,
+                metadata={
+                    "n_duplicate_images": int(sum(w.unexpected_count or 0 for w in warnings)),
+                    "problems": "; ".join(w.problem for w in warnings) or "none",
+                },
+            )
 
-        return [ExtraCheck("validated_records_duplicates_within_split", "validated_records", "Identical images "
-                           "(sha256) repeated within one split with the same label, or across a dataset's own split "
-                           "(MedMNIST): not leakage we caused, but worth a look (warning only).", False,
-                           duplicates_within_split)]  # fmt: skip
+        return [
+            ExtraCheck(
+                "validated_records_duplicates_within_split",
+                "validated_records",
+                "Identical images "
+                "(sha256) repeated within one split with the same label, or across a dataset's own split "
+                "(MedMNIST): not leakage we caused, but worth a look (warning only).",
+                False,
+                duplicates_within_split,
+            )
+        ]
 
     def finish_split(self, spec: TaskSpec, frame: pl.DataFrame) -> tuple[pl.DataFrame, dict]:
         return mark_official_copies(frame)
@@ -221,16 +269,30 @@ class ImageModality(Modality):
             n_images += int(manifest["n"])
         # An image refused by the cache (its file changed or vanished since validation) is never trained on.
         frame = split.filter(~pl.col(spec.id).cast(pl.String).is_in(list(refused))).select(key_columns_in(split, spec))
-        plan = {"modality": "image", "cache_dir": storage.root.relative(cache_dir), "size": image.size, "channels": image.channels,
-                "format": image.format, "cache_version": CACHE_VERSION, "id_column": spec.id}  # fmt: skip
+        plan = {
+            "modality": "image",
+            "cache_dir": storage.root.relative(cache_dir),
+            "size": image.size,
+            "channels": image.channels,
+            "format": image.format,
+            "cache_version": CACHE_VERSION,
+            "id_column": spec.id,
+        }
         cache_bytes = sum(p.stat().st_size for p in cache_dir.glob("*.npy")) if cache_dir.is_dir() else 0
-        meta = {"n_rows": frame.height, "n_images_cached": n_images, "n_images_refused": len(refused),
-                "batches_built": built, "batches_reused": reused,
-                "image_shape": f"{image.channels}x{image.size}x{image.size}", "cache_mb": round(cache_bytes / 2**20, 2)}  # fmt: skip
+        meta = {
+            "n_rows": frame.height,
+            "n_images_cached": n_images,
+            "n_images_refused": len(refused),
+            "batches_built": built,
+            "batches_reused": reused,
+            "image_shape": f"{image.channels}x{image.size}x{image.size}",
+            "cache_mb": round(cache_bytes / 2**20, 2),
+        }
         return BuiltFeatures(frame, plan, meta, {"size": image.size, "channels": image.channels}, warnings)
 
-    def train_candidate(self, spec: TaskSpec, features: pl.DataFrame, feature_plan: dict,
-                        run: TrainingRun) -> TrainedModel:  # fmt: skip
+    def train_candidate(
+        self, spec: TaskSpec, features: pl.DataFrame, feature_plan: dict, run: TrainingRun
+    ) -> TrainedModel:
         from meddiag_pipelines.imaging.train import CHECKPOINT, adopt_parent_checkpoint
         from meddiag_pipelines.imaging.tuning import fit_image_model
 
@@ -239,53 +301,89 @@ class ImageModality(Modality):
         if adopt_parent_checkpoint(out, storage.registry.task_dir(name) / STAGING, parent):
             run.log.info(f"{name}: resuming training from the checkpoint of parent run {parent[:8]}")
         classes = labels.class_list(spec, features)
-        (X_train, y_train), (X_val, y_val) = (_data(storage, spec, features, feature_plan, p, classes) for p in ("train", "val"))
+        (X_train, y_train), (X_val, y_val) = (
+            _data(storage, spec, features, feature_plan, p, classes) for p in ("train", "val")
+        )
         kind = labels.task_kind(spec)
 
         def progress(epoch: int, row: dict) -> None:
-            run.log.info(f"{name}: epoch {epoch}: loss {row['train_loss']:.4f}, val AUROC {row['val_auroc']:.4f}, "
-                         f"{row['images_per_second']:.0f} img/s")  # fmt: skip
+            run.log.info(
+                f"{name}: epoch {epoch}: loss {row['train_loss']:.4f}, val AUROC {row['val_auroc']:.4f}, "
+                f"{row['images_per_second']:.0f} img/s"
+            )
 
-        result = fit_image_model(X_train, y_train, X_val, y_val, kind, len(classes), spec, out, torch_device(),
-                                 on_epoch_end=progress)  # fmt: skip
+        result = fit_image_model(
+            X_train, y_train, X_val, y_val, kind, len(classes), spec, out, torch_device(), on_epoch_end=progress
+        )
         (out / CHECKPOINT).unlink(missing_ok=True)  # the published version keeps the weights, not the optimizer
         cfg = result.config
         val = result.best_val_auroc
         meta = {
-            "name": self.candidate_name, "framework": "pytorch", "classes": classes, "device": result.device,
+            "name": self.candidate_name,
+            "framework": "pytorch",
+            "classes": classes,
+            "device": result.device,
             "val_score": None if np.isnan(val) else float(val),
-            "params": {**{k: v for k, v in cfg["hyperparameters"].items() if v is not None},
-                       "input_size": feature_plan["size"], "channels": feature_plan["channels"],
-                       "epochs": spec.training.epochs, "epochs_run": cfg["epochs_run"],
-                       "best_epoch": result.best_epoch, "stopped": result.stopped, "batch_size": spec.training.batch_size,
-                       "resumed_from_epoch": result.resumed_from_epoch, "seed": spec.training.seed,
-                       **({"weights": cfg["weights"]} if cfg.get("weights") else {}),
-                       **({"tuning": cfg["tuning"]} if cfg.get("tuning") else {})},
-        }  # fmt: skip
-        speeds = [r["images_per_second"] for r in result.history if r.get("images_per_second") == r.get("images_per_second")]
-        return TrainedModel(out, meta, {**feature_plan, "predictor": "cnn", "classes": classes},
-                            {"train_seconds": round(result.seconds, 1), "device": result.device,
-                             "n_train": int(len(X_train)), "n_val": int(len(X_val)),
-                             "images_per_second": float(np.mean(speeds)) if speeds else 0.0})  # fmt: skip
+            "params": {
+                **{k: v for k, v in cfg["hyperparameters"].items() if v is not None},
+                "input_size": feature_plan["size"],
+                "channels": feature_plan["channels"],
+                "epochs": spec.training.epochs,
+                "epochs_run": cfg["epochs_run"],
+                "best_epoch": result.best_epoch,
+                "stopped": result.stopped,
+                "batch_size": spec.training.batch_size,
+                "resumed_from_epoch": result.resumed_from_epoch,
+                "seed": spec.training.seed,
+                **({"weights": cfg["weights"]} if cfg.get("weights") else {}),
+                **({"tuning": cfg["tuning"]} if cfg.get("tuning") else {}),
+            },
+        }
+        speeds = [
+            r["images_per_second"] for r in result.history if r.get("images_per_second") == r.get("images_per_second")
+        ]
+        return TrainedModel(
+            out,
+            meta,
+            {**feature_plan, "predictor": "cnn", "classes": classes},
+            {
+                "train_seconds": round(result.seconds, 1),
+                "device": result.device,
+                "n_train": int(len(X_train)),
+                "n_val": int(len(X_val)),
+                "images_per_second": float(np.mean(speeds)) if speeds else 0.0,
+            },
+        )
 
-    def train_baseline(self, spec: TaskSpec, features: pl.DataFrame, feature_plan: dict,
-                       run: TrainingRun) -> TrainedModel:  # fmt: skip
+    def train_baseline(
+        self, spec: TaskSpec, features: pl.DataFrame, feature_plan: dict, run: TrainingRun
+    ) -> TrainedModel:
         from meddiag_pipelines.logistic import train_logistic
 
         out, dims = run.out_dir, int(feature_plan.get("spatial_dims", 2))
         classes = labels.class_list(spec, features)
         side = baseline_side(int(feature_plan["size"]), dims)
-        (X_train, y_train), (X_val, y_val) = (_data(run.storage, spec, features, feature_plan, p, classes) for p in ("train", "val"))
+        (X_train, y_train), (X_val, y_val) = (
+            _data(run.storage, spec, features, feature_plan, p, classes) for p in ("train", "val")
+        )
         axes = "zyx"[3 - dims :]
-        names = [f"c{c}_" + "_".join(f"{a}{i}" for a, i in zip(axes, cell, strict=True))
-                 for c in range(int(feature_plan["channels"])) for cell in np.ndindex(*(side,) * dims)]  # fmt: skip
+        names = [
+            f"c{c}_" + "_".join(f"{a}{i}" for a, i in zip(axes, cell, strict=True))
+            for c in range(int(feature_plan["channels"]))
+            for cell in np.ndindex(*(side,) * dims)
+        ]
         P_train, P_val = pooled_pixels(X_train, side), pooled_pixels(X_val, side)
         if labels.task_kind(spec) == "multilabel":  # one-vs-rest: one binary model per finding
-            per_label = [train_logistic(P_train, y_train[:, j], P_val, y_val[:, j], 2, out / f"label_{j}", names)
-                         for j in range(len(classes))]  # fmt: skip
+            per_label = [
+                train_logistic(P_train, y_train[:, j], P_val, y_val[:, j], 2, out / f"label_{j}", names)
+                for j in range(len(classes))
+            ]
             scores = [m["val_score"] for m in per_label if m["val_score"] == m["val_score"]]
-            meta = {"framework": "logistic", "val_score": float(np.mean(scores)) if scores else None,
-                    "params": {"one_vs_rest": True, "C": [m["params"]["C"] for m in per_label], "penalty": "l2"}}  # fmt: skip
+            meta = {
+                "framework": "logistic",
+                "val_score": float(np.mean(scores)) if scores else None,
+                "params": {"one_vs_rest": True, "C": [m["params"]["C"] for m in per_label], "penalty": "l2"},
+            }
             predictor = "pixel_logistic_ovr"
         else:
             meta = train_logistic(P_train, y_train, P_val, y_val, len(classes), out, names)
@@ -298,8 +396,9 @@ class ImageModality(Modality):
     def predictor_factory(self, spec: TaskSpec) -> PredictorFactory:
         return _predictor_factory(spec)
 
-    def test_sections(self, spec: TaskSpec, candidate: dict, test: pl.DataFrame, proba: np.ndarray,
-                      metrics: dict) -> list[tuple[str, str]]:  # fmt: skip
+    def test_sections(
+        self, spec: TaskSpec, candidate: dict, test: pl.DataFrame, proba: np.ndarray, metrics: dict
+    ) -> list[tuple[str, str]]:
         return _saliency_sections(spec, candidate, test, proba, metrics)
 
     def exportable(self, version: "VersionToExport") -> "ModelExport":

@@ -59,8 +59,10 @@ def stem_for(input_size: int) -> str:
 
 
 # spatial_dims -> (convolution, batch norm, max pool, adaptive average pool)
-_LAYERS = {2: (nn.Conv2d, nn.BatchNorm2d, nn.MaxPool2d, nn.AdaptiveAvgPool2d),
-           3: (nn.Conv3d, nn.BatchNorm3d, nn.MaxPool3d, nn.AdaptiveAvgPool3d)}  # fmt: skip
+_LAYERS = {
+    2: (nn.Conv2d, nn.BatchNorm2d, nn.MaxPool2d, nn.AdaptiveAvgPool2d),
+    3: (nn.Conv3d, nn.BatchNorm3d, nn.MaxPool3d, nn.AdaptiveAvgPool3d),
+}
 
 
 def _layers(spatial_dims: int) -> tuple[type, type, type, type]:
@@ -89,8 +91,9 @@ class BasicBlock(nn.Module):
 
 
 def _stage(c_in: int, c_out: int, stride: int, n_blocks: int, dims: int) -> nn.Sequential:
-    return nn.Sequential(BasicBlock(c_in, c_out, stride, dims),
-                         *(BasicBlock(c_out, c_out, 1, dims) for _ in range(n_blocks - 1)))  # fmt: skip
+    return nn.Sequential(
+        BasicBlock(c_in, c_out, stride, dims), *(BasicBlock(c_out, c_out, 1, dims) for _ in range(n_blocks - 1))
+    )
 
 
 class ResNet18Small(nn.Module):
@@ -111,8 +114,9 @@ class ResNet18Small(nn.Module):
         blocks = tuple(int(b) for b in blocks)
         if len(blocks) != 4 or min(blocks) < 1:
             raise ValueError(f"blocks must be four counts >= 1, got {blocks}")
-        self.config = ModelConfig(in_channels, n_outputs, width, input_size, stem, blocks, bool(hflip_tta),
-                                  spatial_dims)  # fmt: skip
+        self.config = ModelConfig(
+            in_channels, n_outputs, width, input_size, stem, blocks, bool(hflip_tta), spatial_dims
+        )
         w = width
         if stem == "3x3s1":
             self.stem = nn.Sequential(conv(in_channels, w, 3, 1, 1, bias=False), norm(w), nn.ReLU(inplace=True))

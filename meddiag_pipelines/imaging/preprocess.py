@@ -106,12 +106,26 @@ def update_cache(cache_dir: Path, batch_dir: Path, batch_id: str, records: pl.Da
     def load(source: str, sha256: str | None) -> np.ndarray:
         return resize_square(load_pixels(batch_dir, source, spec, sha256), size)
 
-    return cache_batch(cache_dir, batch_id, records, (channels, size, size), f"{size}|{channels}", load,
-                       {"size": size, "channels": channels})  # fmt: skip
+    return cache_batch(
+        cache_dir,
+        batch_id,
+        records,
+        (channels, size, size),
+        f"{size}|{channels}",
+        load,
+        {"size": size, "channels": channels},
+    )
 
 
-def cache_batch(cache_dir: Path, batch_id: str, records: pl.DataFrame, item_shape: tuple[int, ...], settings: str,
-                load: Callable[[str, str | None], np.ndarray], extra: dict) -> dict:  # fmt: skip
+def cache_batch(
+    cache_dir: Path,
+    batch_id: str,
+    records: pl.DataFrame,
+    item_shape: tuple[int, ...],
+    settings: str,
+    load: Callable[[str, str | None], np.ndarray],
+    extra: dict,
+) -> dict:
     """Build (or reuse) the cache of one batch of ``records`` (``id``, ``source``, ``sha256``): ``load(source,
     sha256)`` gives one record's float array of ``item_shape`` in [0, 1], or raises :class:`ImageRejected` (the
     record is listed in ``failed``); ``settings`` (what else shapes the tensors) is in the fingerprint, ``extra``

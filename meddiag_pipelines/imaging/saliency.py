@@ -34,8 +34,9 @@ INPUT_GRADIENT = "input gradient"
 def saliency_method(model: torch.nn.Module, channels: int, size: int, spatial_dims: int = 2) -> str:
     """Grad-CAM when the model's features are a spatial map (a CNN), else the input gradient (a ViT)."""
     with torch.no_grad():
-        probe = model.features(torch.zeros(1, channels, *(size,) * spatial_dims,
-                                           device=next(model.parameters()).device))  # fmt: skip
+        probe = model.features(
+            torch.zeros(1, channels, *(size,) * spatial_dims, device=next(model.parameters()).device)
+        )
     return GRAD_CAM if probe.ndim == 2 + spatial_dims else INPUT_GRADIENT
 
 
@@ -141,5 +142,13 @@ def saliency_panel_png(images: np.ndarray, heatmaps: np.ndarray, titles: list[st
     return buf.getvalue()
 
 
-__all__ = ["GRAD_CAM", "INPUT_GRADIENT", "VOLUME_VIEWS", "grad_cam", "model_saliency_method", "orthogonal_slices",
-           "saliency_method", "saliency_panel_png"]
+__all__ = [
+    "GRAD_CAM",
+    "INPUT_GRADIENT",
+    "VOLUME_VIEWS",
+    "grad_cam",
+    "model_saliency_method",
+    "orthogonal_slices",
+    "saliency_method",
+    "saliency_panel_png",
+]

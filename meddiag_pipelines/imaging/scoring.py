@@ -44,8 +44,15 @@ def _predict_chunk(model_dir: Path, X: np.ndarray, plan: dict, n_outputs: int, d
     return predict_image_model(model_dir, X, device=device)
 
 
-def predict_images(model_dir: Path, plan: dict, ids: list[str], images: Callable[[list[str]], np.ndarray], kind: str,
-                   device: str, chunk_bytes: int = PREDICT_CHUNK_BYTES) -> np.ndarray:  # fmt: skip
+def predict_images(
+    model_dir: Path,
+    plan: dict,
+    ids: list[str],
+    images: Callable[[list[str]], np.ndarray],
+    kind: str,
+    device: str,
+    chunk_bytes: int = PREDICT_CHUNK_BYTES,
+) -> np.ndarray:
     """Probabilities of the images ``images(ids)`` gives: binary (n,), multi-class or multi-label (n, k). A task
     of two classes without a positive one is multi-class, so a binary model's output gets both columns."""
     per_image = 4 * int(plan["channels"]) * int(plan["size"]) ** int(plan.get("spatial_dims", 2))

@@ -57,8 +57,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from meddiag_pipelines.atomic import atomic_write, atomic_write_json
-from meddiag_pipelines.imaging.model import DEFAULT_BLOCKS, ResNet18Small, build_model
 from meddiag_pipelines.device import cpu_threads, torch_device, torch_settings, training_threads
+from meddiag_pipelines.imaging.model import DEFAULT_BLOCKS, ResNet18Small, build_model
 from meddiag_pipelines.specs import names_hub
 
 if TYPE_CHECKING:
@@ -105,12 +105,19 @@ VOLUME_BLOCKS = {"resnet10": (1, 1, 1, 1), "resnet18": DEFAULT_BLOCKS}
 def default_params(spec: TaskSpec) -> ImageParams:
     image, volume = spec.image, spec.volume
     if volume is not None:
-        return ImageParams(spec.training.learning_rate, augment=tuple(volume.augment), width=volume.width,
-                           blocks=VOLUME_BLOCKS[volume.model])  # fmt: skip
+        return ImageParams(
+            spec.training.learning_rate,
+            augment=tuple(volume.augment),
+            width=volume.width,
+            blocks=VOLUME_BLOCKS[volume.model],
+        )
     backbones = image.backbone_names() if image is not None else []
-    return ImageParams(spec.training.learning_rate, augment=tuple(image.augment) if image is not None else (),
-                       backbone=backbones[0] if backbones else None,
-                       finetune=image.finetune if image is not None else "full")  # fmt: skip
+    return ImageParams(
+        spec.training.learning_rate,
+        augment=tuple(image.augment) if image is not None else (),
+        backbone=backbones[0] if backbones else None,
+        finetune=image.finetune if image is not None else "full",
+    )
 
 
 @dataclass
@@ -172,7 +179,9 @@ def _loss_fn(y: torch.Tensor, kind: Kind, n_outputs: int) -> nn.Module:
         return nn.CrossEntropyLoss(weight=weights)
     pos = y.sum(0)
     neg = len(y) - pos
-    pos_weight = torch.where(pos > 0, neg / pos.clamp_min(1), torch.ones_like(pos)).clamp(1.0 / MULTILABEL_POS_WEIGHT_CAP, MULTILABEL_POS_WEIGHT_CAP)
+    pos_weight = torch.where(pos > 0, neg / pos.clamp_min(1), torch.ones_like(pos)).clamp(
+        1.0 / MULTILABEL_POS_WEIGHT_CAP, MULTILABEL_POS_WEIGHT_CAP
+    )
     return nn.BCEWithLogitsLoss(pos_weight=pos_weight)
 
 
@@ -386,16 +395,31 @@ def _weights_origin(weights: str | None) -> str | None:
     return Path(weights).name
 
 
-def _new_model(params: ImageParams, spec: TaskSpec, weights: str | None, channels: int, n_outputs: int,
-               size: int, spatial_dims: int) -> nn.Module:  # fmt: skip
+def _new_model(
+    params: ImageParams,
+    spec: TaskSpec,
+    weights: str | None,
+    channels: int,
+    n_outputs: int,
+    size: int,
+    spatial_dims: int,
+) -> nn.Module:
     if params.backbone is None:
-        return ResNet18Small(channels, n_outputs, int(params.width), size, blocks=params.blocks,
-                             hflip_tta="hflip" in params.augment, spatial_dims=spatial_dims)  # fmt: skip
+        return ResNet18Small(
+            channels,
+            n_outputs,
+            int(params.width),
+            size,
+            blocks=params.blocks,
+            hflip_tta="hflip" in params.augment,
+            spatial_dims=spatial_dims,
+        )
     from meddiag_pipelines.imaging.backbones import new_backbone
 
     image = spec.image
-    return new_backbone(params.backbone, channels, n_outputs, size, image.backbone_size, weights,
-                        image.kwargs_for(params.backbone))
+    return new_backbone(
+        params.backbone, channels, n_outputs, size, image.backbone_size, weights, image.kwargs_for(params.backbone)
+    )
 
 
 def _head_and_body(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
@@ -740,7 +764,13 @@ def _train_epochs(
             run.state["bad_epochs"] += 1
         run.state["epoch"] = epoch
         run.state["elapsed"] = elapsed_before + (time.perf_counter() - run_start)
-        log.info("image epoch %d: loss %.4f val AUROC %.4f (%.0f img/s)", epoch, row["train_loss"], auroc, row["images_per_second"])
+        log.info(
+            "image epoch %d: loss %.4f val AUROC %.4f (%.0f img/s)",
+            epoch,
+            row["train_loss"],
+            auroc,
+            row["images_per_second"],
+        )
         if cut or over_budget():
             run.finished, run.stopped = True, "time_budget"
         elif run.state["bad_epochs"] >= training.patience:
@@ -858,8 +888,9 @@ def predict_image_model(model_dir: Path, X: np.ndarray, device: str | None = Non
         model = model.to(memory_format=_memory_format(dims + 2, True))
     X = _as_tensor(X)
     if X.shape[1:] != (meta["channels"], *(meta["input_size"],) * dims):
-        raise ValueError(f"inputs {tuple(X.shape[1:])} do not match the model's input "
-                         f"{meta['channels']}x{meta['input_size']}^{dims}")  # fmt: skip
+        raise ValueError(
+            f"inputs {tuple(X.shape[1:])} do not match the model's input {meta['channels']}x{meta['input_size']}^{dims}"
+        )
     with torch_settings(device, deterministic=False):
         return _predict(model, X, meta["kind"], device)
 

@@ -27,8 +27,18 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from meddiag_pipelines.atomic import atomic_write, atomic_write_json
-from meddiag_pipelines.imaging.train import (MODEL_JSON, MODEL_PT, TRIALS, TUNING_JSON, ImageParams, ImageTrainResult,
-                                             Kind, choose_width, default_params, train_image_model)  # fmt: skip
+from meddiag_pipelines.imaging.train import (
+    MODEL_JSON,
+    MODEL_PT,
+    TRIALS,
+    TUNING_JSON,
+    ImageParams,
+    ImageTrainResult,
+    Kind,
+    choose_width,
+    default_params,
+    train_image_model,
+)
 
 if TYPE_CHECKING:
     import optuna
@@ -55,8 +65,13 @@ def suggest_params(trial: optuna.Trial, spec: TaskSpec, base_width: int) -> Imag
     optimizer = trial.suggest_categorical("optimizer", ["adamw", "sgd"])
     weight_decay = trial.suggest_float("weight_decay", 1e-5, 1e-1, log=True)
     augment = trial.suggest_categorical("augment", AUGMENT_SETS if spec.volume is None else VOLUME_AUGMENT_SETS)
-    params = replace(base, learning_rate=lr, optimizer=optimizer, weight_decay=weight_decay,
-                     augment=() if augment == "none" else tuple(augment.split("+")))  # fmt: skip
+    params = replace(
+        base,
+        learning_rate=lr,
+        optimizer=optimizer,
+        weight_decay=weight_decay,
+        augment=() if augment == "none" else tuple(augment.split("+")),
+    )
     backbones = spec.image.backbone_names() if spec.image is not None else []
     if backbones:
         return replace(params, backbone=trial.suggest_categorical("backbone", backbones))
@@ -65,10 +80,21 @@ def suggest_params(trial: optuna.Trial, spec: TaskSpec, base_width: int) -> Imag
     return replace(params, width=width, blocks=DEPTHS[depth])
 
 
-def fit_image_model(X_train: np.ndarray, y_train: np.ndarray, X_val: np.ndarray, y_val: np.ndarray, kind: Kind,
-                    n_outputs: int, spec: TaskSpec, out_dir: Path, device: str, *, width: int | None = None,
-                    num_threads: int | None = None,
-                    on_epoch_end: Callable[[int, dict], None] | None = None) -> ImageTrainResult:  # fmt: skip
+def fit_image_model(
+    X_train: np.ndarray,
+    y_train: np.ndarray,
+    X_val: np.ndarray,
+    y_val: np.ndarray,
+    kind: Kind,
+    n_outputs: int,
+    spec: TaskSpec,
+    out_dir: Path,
+    device: str,
+    *,
+    width: int | None = None,
+    num_threads: int | None = None,
+    on_epoch_end: Callable[[int, dict], None] | None = None,
+) -> ImageTrainResult:
     """The candidate image model: tuned (:func:`wants_tuning`) or the spec's one configuration."""
     train = _trainer(X_train, y_train, X_val, y_val, kind, n_outputs, device, width, num_threads)
     if not wants_tuning(spec):
@@ -80,9 +106,21 @@ def fit_image_model(X_train: np.ndarray, y_train: np.ndarray, X_val: np.ndarray,
 def _trainer(X_train, y_train, X_val, y_val, kind, n_outputs, device, width, num_threads):
     def train(spec: TaskSpec, out: Path, params: ImageParams | None, on_epoch_end) -> ImageTrainResult:
         """``width`` (the caller's) fixes the spec's own configuration; a trial's params carry their own."""
-        return train_image_model(X_train, y_train, X_val, y_val, kind, n_outputs, spec, out, device,
-                                 width=width if params is None else None,
-                                 num_threads=num_threads, on_epoch_end=on_epoch_end, params=params)  # fmt: skip
+        return train_image_model(
+            X_train,
+            y_train,
+            X_val,
+            y_val,
+            kind,
+            n_outputs,
+            spec,
+            out,
+            device,
+            width=width if params is None else None,
+            num_threads=num_threads,
+            on_epoch_end=on_epoch_end,
+            params=params,
+        )
 
     return train
 
@@ -94,9 +132,14 @@ def _with_budget(spec: TaskSpec, seconds: float) -> TaskSpec:
 def _record_trial(frozen: optuna.trial.FrozenTrial, budget: float) -> dict:
     from optuna.distributions import distribution_to_json
 
-    return {"params": frozen.params, "state": frozen.state.name, "value": frozen.value, "budget": budget,
-            "intermediate": {str(k): v for k, v in frozen.intermediate_values.items()},
-            "distributions": {k: distribution_to_json(d) for k, d in frozen.distributions.items()}}  # fmt: skip
+    return {
+        "params": frozen.params,
+        "state": frozen.state.name,
+        "value": frozen.value,
+        "budget": budget,
+        "intermediate": {str(k): v for k, v in frozen.intermediate_values.items()},
+        "distributions": {k: distribution_to_json(d) for k, d in frozen.distributions.items()},
+    }
 
 
 def _replay(study: optuna.Study, record: dict) -> None:
@@ -105,10 +148,15 @@ def _replay(study: optuna.Study, record: dict) -> None:
     from optuna.distributions import json_to_distribution
 
     for t in record["trials"]:
-        study.add_trial(optuna.trial.create_trial(
-            params=t["params"], value=t["value"], state=optuna.trial.TrialState[t["state"]],
-            distributions={k: json_to_distribution(d) for k, d in t["distributions"].items()},
-            intermediate_values={int(k): v for k, v in t["intermediate"].items()}))  # fmt: skip
+        study.add_trial(
+            optuna.trial.create_trial(
+                params=t["params"],
+                value=t["value"],
+                state=optuna.trial.TrialState[t["state"]],
+                distributions={k: json_to_distribution(d) for k, d in t["distributions"].items()},
+                intermediate_values={int(k): v for k, v in t["intermediate"].items()},
+            )
+        )
     if record.get("running"):
         study.enqueue_trial(record["running"]["params"])
 
@@ -127,8 +175,11 @@ def _tune(train, spec: TaskSpec, out_dir: Path, base_width: int, on_epoch_end) -
     if record.get("result"):  # already done: the kept model is in out_dir
         return ImageTrainResult(**{**record["result"], "model_dir": out_dir})
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=training.seed),
-                                pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1))  # fmt: skip
+    study = optuna.create_study(
+        direction="maximize",
+        sampler=optuna.samplers.TPESampler(seed=training.seed),
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1),
+    )
     _replay(study, record)
     elapsed_before = float(record["elapsed"])
 
@@ -158,8 +209,12 @@ def _tune(train, spec: TaskSpec, out_dir: Path, base_width: int, on_epoch_end) -
         return result.best_val_auroc
 
     def finished(study: optuna.Study, frozen: optuna.trial.FrozenTrial) -> None:
-        log.info("image tuning: trial %d %s, validation AUROC %s", len(record["trials"]), frozen.state.name.lower(),
-                 "-" if frozen.value is None else f"{frozen.value:.4f}")  # fmt: skip
+        log.info(
+            "image tuning: trial %d %s, validation AUROC %s",
+            len(record["trials"]),
+            frozen.state.name.lower(),
+            "-" if frozen.value is None else f"{frozen.value:.4f}",
+        )
         if frozen.state != optuna.trial.TrialState.COMPLETE:
             shutil.rmtree(_trial_dir(out_dir, len(record["trials"])), ignore_errors=True)
         record["trials"].append(_record_trial(frozen, frozen.user_attrs.get("budget", record["running"]["budget"])))
@@ -188,13 +243,23 @@ def _keep_best(train, spec: TaskSpec, out_dir: Path, record: dict, t_start: floa
     trial_dir = _trial_dir(out_dir, number)
     params = _params_of(spec, best["params"])
     result = train(_with_budget(spec, best["budget"]), trial_dir, params, None)
-    tuning = {"best": {**best["params"], "trial": number}, "best_value": best["value"], "objective": OBJECTIVE,
-              "n_trials": len(record["trials"]), "n_pruned": sum(t["state"] == "PRUNED" for t in record["trials"])}  # fmt: skip
+    tuning = {
+        "best": {**best["params"], "trial": number},
+        "best_value": best["value"],
+        "objective": OBJECTIVE,
+        "n_trials": len(record["trials"]),
+        "n_pruned": sum(t["state"] == "PRUNED" for t in record["trials"]),
+    }
     config = {**result.config, "tuning": tuning}
     atomic_write(out_dir / MODEL_PT, lambda tmp: shutil.copyfile(trial_dir / MODEL_PT, tmp))
     atomic_write_json(out_dir / MODEL_JSON, config)
-    result = replace(result, model_dir=out_dir, config=config, resumed_from_epoch=0,
-                     seconds=float(record["elapsed"]) + (time.perf_counter() - t_start))  # fmt: skip
+    result = replace(
+        result,
+        model_dir=out_dir,
+        config=config,
+        resumed_from_epoch=0,
+        seconds=float(record["elapsed"]) + (time.perf_counter() - t_start),
+    )
     record["result"] = {k: v for k, v in vars(result).items() if k != "model_dir"}
     save()
     shutil.rmtree(out_dir / TRIALS, ignore_errors=True)

@@ -34,9 +34,9 @@ from typing import TYPE_CHECKING
 
 import polars as pl
 
-from meddiag_pipelines.split import COPY_OF_TRAIN_COLUMN, SPLIT_COLUMN, SPLITS, split_by_content
 from meddiag_pipelines.imaging.readers import INTENSITY_MAX, INTENSITY_MIN, source_format
 from meddiag_pipelines.specs import TaskSpec
+from meddiag_pipelines.split import COPY_OF_TRAIN_COLUMN, SPLIT_COLUMN, SPLITS, split_by_content
 from meddiag_pipelines.validation.suites import CheckFailure, record_expectations, run_suite
 
 if TYPE_CHECKING:
@@ -76,15 +76,25 @@ def image_property_failures(frame: pl.DataFrame, spec: TaskSpec) -> list[CheckFa
     missing = [c for c in IMAGE_COLUMNS if c not in frame.columns]
     if missing:
         return [CheckFailure("image_columns", None, f"image columns missing: {missing}")]
-    failures = count_failure(frame, pl.col("channels") != image.channels, "image_channels", "channels",
-                              f"have another number of channels than the spec's {image.channels}")  # fmt: skip
+    failures = count_failure(
+        frame,
+        pl.col("channels") != image.channels,
+        "image_channels",
+        "channels",
+        f"have another number of channels than the spec's {image.channels}",
+    )
     formats = _formats(frame, spec)
     for fmt in formats.unique().sort().to_list():  # a task without image.format may hold batches of each format
         failures += _format_failures(frame.filter(formats == fmt), spec, fmt)
     if INTENSITY_MIN in frame.columns and INTENSITY_MAX in frame.columns:
         spread = pl.col(INTENSITY_MAX) - pl.col(INTENSITY_MIN)
-        failures += count_failure(frame, spread.fill_null(0.0) < MIN_INTENSITY_RANGE, "image_constant", INTENSITY_MAX,
-                                   "have constant intensities (blank or saturated)")  # fmt: skip
+        failures += count_failure(
+            frame,
+            spread.fill_null(0.0) < MIN_INTENSITY_RANGE,
+            "image_constant",
+            INTENSITY_MAX,
+            "have constant intensities (blank or saturated)",
+        )
     return failures
 
 
@@ -99,11 +109,21 @@ def _format_failures(frame: pl.DataFrame, spec: TaskSpec, fmt: str) -> list[Chec
     """Size and bit depth of the records of one format."""
     size = spec.image.size
     if fmt == "npz":
-        failures = count_failure(frame, (pl.col("height") != size) | (pl.col("width") != size), "image_size", "height",
-                                  f"are not {size} x {size} px as the spec expects")  # fmt: skip
+        failures = count_failure(
+            frame,
+            (pl.col("height") != size) | (pl.col("width") != size),
+            "image_size",
+            "height",
+            f"are not {size} x {size} px as the spec expects",
+        )
     else:
-        failures = count_failure(frame, pl.min_horizontal("height", "width") < size, "image_size", "height",
-                                  f"are smaller than the spec's {size} px on a side (they would be up-sampled)")  # fmt: skip
+        failures = count_failure(
+            frame,
+            pl.min_horizontal("height", "width") < size,
+            "image_size",
+            "height",
+            f"are smaller than the spec's {size} px on a side (they would be up-sampled)",
+        )
     if fmt == "dicom":
         low, high = DICOM_BIT_DEPTHS
         bad_depth = ~pl.col("bit_depth").is_between(low, high)
@@ -112,8 +132,9 @@ def _format_failures(frame: pl.DataFrame, spec: TaskSpec, fmt: str) -> list[Chec
         depths = [8] if fmt == "npz" else list(FOLDER_BIT_DEPTHS)
         bad_depth = ~pl.col("bit_depth").is_in(depths)
         allowed = " or ".join(str(d) for d in depths) + " bits"
-    failures += count_failure(frame, bad_depth.fill_null(True), "image_bit_depth", "bit_depth",
-                               f"have a bit depth other than {allowed}")  # fmt: skip
+    failures += count_failure(
+        frame, bad_depth.fill_null(True), "image_bit_depth", "bit_depth", f"have a bit depth other than {allowed}"
+    )
     return failures
 
 
@@ -122,20 +143,26 @@ def _duplicate_groups(frame: pl.DataFrame, spec: TaskSpec) -> pl.DataFrame:
     and ``ours``: whether copies are in more than one split because of the pipeline (its hash split, or two files
     each with its own split). Copies across ONE dataset file's own split are its authors', reported, not blocked."""
     labelled = image_split(frame, spec).filter(pl.col(SPLIT_COLUMN) != "score")
-    official = (pl.col(PREDEFINED_SPLIT).is_in(list(SPLITS)) if PREDEFINED_SPLIT in labelled.columns
-                else pl.lit(False)).fill_null(False)  # fmt: skip
+    official = (
+        pl.col(PREDEFINED_SPLIT).is_in(list(SPLITS)) if PREDEFINED_SPLIT in labelled.columns else pl.lit(False)
+    ).fill_null(False)
     source_file = pl.col("source").str.replace(r"#[^#]*$", "") if "source" in labelled.columns else pl.lit("")
     groups = (
         labelled.with_columns(official.alias("_official"), source_file.alias("_file"))
         .group_by("sha256")
-        .agg(pl.len().alias("n"), pl.col(SPLIT_COLUMN).n_unique().alias("n_splits"),
-             pl.col(SPLIT_COLUMN).filter(pl.col("_official")).n_unique().alias("n_official_splits"),
-             pl.col("_file").filter(pl.col("_official")).n_unique().alias("n_official_files"),
-             (~pl.col("_official")).any().alias("has_ours"), pl.col(spec.label).n_unique().alias("n_labels"))  # fmt: skip
+        .agg(
+            pl.len().alias("n"),
+            pl.col(SPLIT_COLUMN).n_unique().alias("n_splits"),
+            pl.col(SPLIT_COLUMN).filter(pl.col("_official")).n_unique().alias("n_official_splits"),
+            pl.col("_file").filter(pl.col("_official")).n_unique().alias("n_official_files"),
+            (~pl.col("_official")).any().alias("has_ours"),
+            pl.col(spec.label).n_unique().alias("n_labels"),
+        )
         .filter(pl.col("n") > 1)
     )
-    ours = (pl.col("n_splits") > 1) & ((pl.col("n_official_files") > 1)
-                                       | (pl.col("has_ours") & (pl.col("n_splits") > pl.col("n_official_splits"))))  # fmt: skip
+    ours = (pl.col("n_splits") > 1) & (
+        (pl.col("n_official_files") > 1) | (pl.col("has_ours") & (pl.col("n_splits") > pl.col("n_official_splits")))
+    )
     return groups.with_columns(ours.alias("ours"))
 
 
@@ -151,14 +178,25 @@ def duplicate_failures(frame: pl.DataFrame, spec: TaskSpec) -> list[CheckFailure
     failures = []
     across = groups.filter(pl.col("ours"))
     if not across.is_empty():
-        failures.append(CheckFailure(
-            "duplicate_images_across_splits", "sha256", f"{across.height} images appear (identical pixels) in more "
-            f"than one of train / val / test ({int(across['n'].sum())} records): leakage between splits", across.height))  # fmt: skip
+        failures.append(
+            CheckFailure(
+                "duplicate_images_across_splits",
+                "sha256",
+                f"{across.height} images appear (identical pixels) in more "
+                f"than one of train / val / test ({int(across['n'].sum())} records): leakage between splits",
+                across.height,
+            )
+        )
     conflicting = groups.filter((pl.col("n_splits") == 1) & (pl.col("n_labels") > 1))
     if not conflicting.is_empty():
-        failures.append(CheckFailure(
-            "duplicate_images_conflicting_labels", "sha256", f"{conflicting.height} images appear twice in one "
-            "split with different labels", conflicting.height))  # fmt: skip
+        failures.append(
+            CheckFailure(
+                "duplicate_images_conflicting_labels",
+                "sha256",
+                f"{conflicting.height} images appear twice in one split with different labels",
+                conflicting.height,
+            )
+        )
     return failures
 
 
@@ -170,14 +208,29 @@ def duplicate_warnings(frame: pl.DataFrame, spec: TaskSpec) -> list[CheckFailure
     same = groups.filter((pl.col("n_splits") == 1) & (pl.col("n_labels") == 1))
     warnings = []
     if not same.is_empty():
-        warnings.append(CheckFailure("duplicate_images_within_split", "sha256", f"{same.height} images appear more "
-                                     f"than once within one split ({int(same['n'].sum())} records)", same.height))  # fmt: skip
+        warnings.append(
+            CheckFailure(
+                "duplicate_images_within_split",
+                "sha256",
+                f"{same.height} images appear more than once within one split ({int(same['n'].sum())} records)",
+                same.height,
+            )
+        )
     official = groups.filter((pl.col("n_splits") > 1) & ~pl.col("ours"))
     if not official.is_empty():
-        counts = ", ".join(f"{k.replace('_', ' ')}: {v}" for k, v in split_copy_counts(image_split(frame, spec)).items())
-        warnings.append(CheckFailure("duplicate_images_across_official_splits", "sha256", f"{official.height} images "
-                                     f"appear in more than one split of the dataset's own split ({counts}); kept, and "
-                                     "evaluated with and without the copies", official.height))  # fmt: skip
+        counts = ", ".join(
+            f"{k.replace('_', ' ')}: {v}" for k, v in split_copy_counts(image_split(frame, spec)).items()
+        )
+        warnings.append(
+            CheckFailure(
+                "duplicate_images_across_official_splits",
+                "sha256",
+                f"{official.height} images "
+                f"appear in more than one split of the dataset's own split ({counts}); kept, and "
+                "evaluated with and without the copies",
+                official.height,
+            )
+        )
     return warnings
 
 
@@ -188,8 +241,10 @@ def split_copy_counts(split_frame: pl.DataFrame) -> dict[str, int]:
     """Per pair of splits, how many records of the later split have the pixels (sha256) of a record of the
     earlier one: ``{"val_in_train": n, "test_in_train": n, "test_in_val": n}``."""
     hashes = {s: split_frame.filter(pl.col(SPLIT_COLUMN) == s)["sha256"] for s in SPLITS}
-    return {f"{later}_in_{earlier}": int(hashes[later].is_in(hashes[earlier].unique().implode()).sum())
-            for later, earlier in _SPLIT_PAIRS}  # fmt: skip
+    return {
+        f"{later}_in_{earlier}": int(hashes[later].is_in(hashes[earlier].unique().implode()).sum())
+        for later, earlier in _SPLIT_PAIRS
+    }
 
 
 def mark_copies_of_train(split_frame: pl.DataFrame) -> pl.DataFrame:
@@ -221,15 +276,22 @@ def multilabel_domain_failures(frame: pl.DataFrame, spec: TaskSpec) -> list[Chec
             bad += 1
     if not bad:
         return []
-    return [CheckFailure("multilabel_label_domain", spec.label, f"{bad} labels are not '|'-joined finding indices "
-                         f"{'below ' + str(k) if k else ''}".rstrip(), bad)]  # fmt: skip
+    return [
+        CheckFailure(
+            "multilabel_label_domain",
+            spec.label,
+            f"{bad} labels are not '|'-joined finding indices {'below ' + str(k) if k else ''}".rstrip(),
+            bad,
+        )
+    ]
 
 
 Properties = Callable[[pl.DataFrame, TaskSpec], list[CheckFailure]]
 
 
-def image_failures(frame: pl.DataFrame, spec: TaskSpec, name: str | None = None,
-                   properties: Properties = image_property_failures) -> list[CheckFailure]:  # fmt: skip
+def image_failures(
+    frame: pl.DataFrame, spec: TaskSpec, name: str | None = None, properties: Properties = image_property_failures
+) -> list[CheckFailure]:
     """Every blocking image check on ``frame`` (a batch, or all validated rows); ``properties``: the checks of
     each record's geometry against the spec (the volume modality's own for volumes)."""
     failures = run_suite(frame, image_expectations(spec), name or spec.name)
@@ -238,9 +300,13 @@ def image_failures(frame: pl.DataFrame, spec: TaskSpec, name: str | None = None,
     return failures
 
 
-def validate_images(frame: pl.DataFrame, spec: TaskSpec, known_ids: set[str] | None = None,
-                    earlier: pl.DataFrame | None = None,
-                    properties: Properties = image_property_failures) -> list[CheckFailure]:  # fmt: skip
+def validate_images(
+    frame: pl.DataFrame,
+    spec: TaskSpec,
+    known_ids: set[str] | None = None,
+    earlier: pl.DataFrame | None = None,
+    properties: Properties = image_property_failures,
+) -> list[CheckFailure]:
     """The validator of one image batch (``ingestion.batches.validate_pending_batches``).
 
     ``earlier``: rows of already validated batches, so that an image of this batch that is already in another
@@ -250,21 +316,44 @@ def validate_images(frame: pl.DataFrame, spec: TaskSpec, known_ids: set[str] | N
     if known_ids and spec.id in frame.columns:
         repeated = frame.filter(pl.col(spec.id).cast(pl.String).is_in(list(known_ids))).height
         if repeated:
-            failures.append(CheckFailure("ids_unique_across_batches", spec.id,
-                                         f"{repeated} ids were already ingested from earlier batches", repeated))  # fmt: skip
+            failures.append(
+                CheckFailure(
+                    "ids_unique_across_batches",
+                    spec.id,
+                    f"{repeated} ids were already ingested from earlier batches",
+                    repeated,
+                )
+            )
     if earlier is not None and _can_split(earlier, spec) and _can_split(frame, spec):
         shared = [c for c in frame.columns if c in earlier.columns]
         both = pl.concat([earlier.select(shared), frame.select(shared)], how="vertical_relaxed")
         new_hashes = frame["sha256"].drop_nulls().unique().to_list()
         groups = _duplicate_groups(both, spec).filter(pl.col("ours") & pl.col("sha256").is_in(new_hashes))
         if not groups.is_empty() and not any(f.expectation == "duplicate_images_across_splits" for f in failures):
-            failures.append(CheckFailure(
-                "duplicate_images_across_splits", "sha256", f"{groups.height} images of this batch are already in "
-                "another split from an earlier batch: leakage between splits", groups.height))  # fmt: skip
+            failures.append(
+                CheckFailure(
+                    "duplicate_images_across_splits",
+                    "sha256",
+                    f"{groups.height} images of this batch are already in "
+                    "another split from an earlier batch: leakage between splits",
+                    groups.height,
+                )
+            )
     return failures
 
 
-__all__ = ["COPY_OF_TRAIN_COLUMN", "count_failure",
-           "duplicate_failures", "duplicate_warnings", "image_expectations", "image_failures",
-           "image_property_failures", "image_split", "mark_copies_of_train", "mark_official_copies",
-           "multilabel_domain_failures", "split_copy_counts", "validate_images"]  # fmt: skip
+__all__ = [
+    "COPY_OF_TRAIN_COLUMN",
+    "count_failure",
+    "duplicate_failures",
+    "duplicate_warnings",
+    "image_expectations",
+    "image_failures",
+    "image_property_failures",
+    "image_split",
+    "mark_copies_of_train",
+    "mark_official_copies",
+    "multilabel_domain_failures",
+    "split_copy_counts",
+    "validate_images",
+]

@@ -99,12 +99,21 @@ def _reason(stage: str, batch: str, file: str, problem: str, **extra) -> dict:
 
 
 def _ledger_row(batch: LandedBatch, status: str, n_rows: int, columns: list[str], reason: dict | None) -> dict:
-    return {"batch_id": batch.batch_id, "content_hash": batch.content_hash, "status": status, "n_rows": n_rows,
-            "files": list(batch.files), "columns": columns, "reason": reason, "file_hashes": batch.digests}  # fmt: skip
+    return {
+        "batch_id": batch.batch_id,
+        "content_hash": batch.content_hash,
+        "status": status,
+        "n_rows": n_rows,
+        "files": list(batch.files),
+        "columns": columns,
+        "reason": reason,
+        "file_hashes": batch.digests,
+    }
 
 
-def _quarantine(spec: TaskSpec, root: DataRoot, warehouse: Warehouse, batch: LandedBatch, reason: dict,
-                *, new: bool = True) -> bool:  # fmt: skip
+def _quarantine(
+    spec: TaskSpec, root: DataRoot, warehouse: Warehouse, batch: LandedBatch, reason: dict, *, new: bool = True
+) -> bool:
     """Ledger first, then the move: a crash in between leaves a ledger entry whose folder is still in landing,
     and the next run finishes the move (:func:`_finish_interrupted`). ``False`` if another run recorded the
     batch first (then it is theirs to move). Files of the batch already set aside one by one are joined
@@ -160,16 +169,23 @@ def _finish_interrupted(spec: TaskSpec, root: DataRoot, batch_dir: Path, row: di
     if row["status"] == "quarantined":
         batch = describe_batch(spec.name, batch_dir)
         if batch.content_hash != row["content_hash"]:
-            reason = _reason("read", batch.batch_id, batch.batch_id, "was landed again, with different content, under "
-                             "the name of a batch already quarantined; land the corrected export under a new name, "
-                             "or requeue the quarantined one (meddiag requeue)")  # fmt: skip
+            reason = _reason(
+                "read",
+                batch.batch_id,
+                batch.batch_id,
+                "was landed again, with different content, under "
+                "the name of a batch already quarantined; land the corrected export under a new name, "
+                "or requeue the quarantined one (meddiag requeue)",
+            )
             summary.quarantined.append({"batch": batch.batch_id, "file": batch.batch_id, "problem": reason["problem"]})
         quarantine_batch(batch_dir, root.quarantine(spec.name), reason, row["batch_id"], store=root.object_store())
         log.warning("task %s: batch %s moved to quarantine: %s", spec.name, row["batch_id"], reason.get("problem"))
         return
     pending = [r for r in reason.get("rejected_files", []) if _movable(batch_dir, r["file"])]
     if pending:
-        batch = LandedBatch(spec.name, row["batch_id"], batch_dir, tuple(json.loads(row["files"])), row["content_hash"], 0)
+        batch = LandedBatch(
+            spec.name, row["batch_id"], batch_dir, tuple(json.loads(row["files"])), row["content_hash"], 0
+        )
         _quarantine_files(spec, root, batch, pending)
 
 
@@ -190,13 +206,16 @@ def batch_changes(batch_dir: Path, row: dict) -> dict[str, int] | None:
     return {**counts, "files": added + changed} if any(counts.values()) else None
 
 
-def _set_aside_changed(spec: TaskSpec, root: DataRoot, batch_dir: Path, batch_id: BatchKey, counts: dict,
-                       summary: IngestSummary) -> None:  # fmt: skip
+def _set_aside_changed(
+    spec: TaskSpec, root: DataRoot, batch_dir: Path, batch_id: BatchKey, counts: dict, summary: IngestSummary
+) -> None:
     """The documented rule for a batch that changed after it was ingested: its rows and unchanged files stay;
     each added or changed file goes to ``quarantine/<task>/<batch>.changed-<time>/files/<file>``, so nothing is lost."""
     files = counts.pop("files")
-    problem = (f"changed after it was ingested: {counts['added']} files added, {counts['changed']} changed, "
-               f"{counts['removed']} removed; its rows already ingested stay; land the new rows as a new batch")  # fmt: skip
+    problem = (
+        f"changed after it was ingested: {counts['added']} files added, {counts['changed']} changed, "
+        f"{counts['removed']} removed; its rows already ingested stay; land the new rows as a new batch"
+    )
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     aside = root.quarantine(spec.name) / f"{batch_id}.changed-{stamp}"
     for rel in files:
@@ -207,8 +226,9 @@ def _set_aside_changed(spec: TaskSpec, root: DataRoot, batch_dir: Path, batch_id
     log.warning("task %s: batch %s %s", spec.name, batch_id, problem)
 
 
-def _known_batch(spec: TaskSpec, root: DataRoot, warehouse: Warehouse, batch_dir: Path, row: dict,
-                 summary: IngestSummary) -> None:  # fmt: skip
+def _known_batch(
+    spec: TaskSpec, root: DataRoot, warehouse: Warehouse, batch_dir: Path, row: dict, summary: IngestSummary
+) -> None:
     summary.skipped_known += 1
     _finish_interrupted(spec, root, batch_dir, row, summary)
     if row["status"] != "quarantined" and batch_dir.is_dir() and not batch_dir.is_symlink():
@@ -216,21 +236,28 @@ def _known_batch(spec: TaskSpec, root: DataRoot, warehouse: Warehouse, batch_dir
         if counts:
             _set_aside_changed(spec, root, batch_dir, row["batch_id"], counts, summary)
             # the folder is as ingested again: a later look needs no hashing until something else changes
-            warehouse.set_status(spec.name, row["batch_id"], row["status"], json.loads(row["reason"]) if row["reason"] else None)
+            warehouse.set_status(
+                spec.name, row["batch_id"], row["status"], json.loads(row["reason"]) if row["reason"] else None
+            )
 
 
 def _describe(spec: TaskSpec, root: DataRoot, batch_dir: Path) -> LandedBatch:
     """Describe a landed batch, or refuse it (as a batch without files) when its folder is unsafe to read."""
     if batch_dir.is_symlink():
-        raise _Refused(describe_batch(spec.name, batch_dir), "is a symbolic link; a batch must be a real folder "
-                       "in the landing area (links are never followed)")  # fmt: skip
+        raise _Refused(
+            describe_batch(spec.name, batch_dir),
+            "is a symbolic link; a batch must be a real folder in the landing area (links are never followed)",
+        )
     digest = hashlib.sha256(os.fsencode(batch_dir.name)).hexdigest()
     bare = LandedBatch(spec.name, batch_key(batch_dir), batch_dir, (), digest, 0)
     if problem := batch_key_problem(batch_dir):
         raise _Refused(bare, problem)
     if len(os.fsencode(batch_dir.name)) > MAX_BATCH_NAME_BYTES:
-        raise _Refused(bare, f"has a folder name over {MAX_BATCH_NAME_BYTES} bytes; outputs named after the batch "
-                       "(predictions, quarantine) would not fit a file name: rename it")  # fmt: skip
+        raise _Refused(
+            bare,
+            f"has a folder name over {MAX_BATCH_NAME_BYTES} bytes; outputs named after the batch "
+            "(predictions, quarantine) would not fit a file name: rename it",
+        )
     root.confined(batch_dir)
     try:
         return describe_batch(spec.name, batch_dir)
@@ -252,8 +279,11 @@ def _read(reader: Reader, batch: LandedBatch, spec: TaskSpec) -> ReadOutcome:
     except BatchRejected:
         raise
     except (Exception, PanicException) as exc:
-        raise BatchRejected(batch.batch_id, f"could not be read: the reader stopped on an error it does not "
-                            f"describe ({type(exc).__name__}; its message is not kept, as it may quote the data)") from exc  # fmt: skip
+        raise BatchRejected(
+            batch.batch_id,
+            f"could not be read: the reader stopped on an error it does not "
+            f"describe ({type(exc).__name__}; its message is not kept, as it may quote the data)",
+        ) from exc
     return outcome if isinstance(outcome, ReadOutcome) else ReadOutcome(outcome)
 
 
@@ -271,8 +301,9 @@ def ingest_new_batches(spec: TaskSpec, root: DataRoot, warehouse: Warehouse, rea
     return ingest_batches(spec, root, warehouse, reader, names)
 
 
-def ingest_batches(spec: TaskSpec, root: DataRoot, warehouse: Warehouse, reader: Reader,
-                   names: list[str]) -> IngestSummary:  # fmt: skip
+def ingest_batches(
+    spec: TaskSpec, root: DataRoot, warehouse: Warehouse, reader: Reader, names: list[str]
+) -> IngestSummary:
     """Read each named batch folder (one partition each) not yet in the ledger, write its records to the
     warehouse, or quarantine it; a known batch only gets its changes set aside (or an interrupted move finished).
 
@@ -292,8 +323,15 @@ def ingest_batches(spec: TaskSpec, root: DataRoot, warehouse: Warehouse, reader:
     return summary
 
 
-def ingest_batch(spec: TaskSpec, root: DataRoot, warehouse: Warehouse, reader: Reader, batch_dir: Path,
-                 known: dict | None, summary: IngestSummary) -> None:  # fmt: skip
+def ingest_batch(
+    spec: TaskSpec,
+    root: DataRoot,
+    warehouse: Warehouse,
+    reader: Reader,
+    batch_dir: Path,
+    known: dict | None,
+    summary: IngestSummary,
+) -> None:
     """One batch folder (``known``: its ledger row, if any); what happened is added to ``summary``."""
     if known is not None:
         _known_batch(spec, root, warehouse, batch_dir, known, summary)
@@ -306,8 +344,9 @@ def ingest_batch(spec: TaskSpec, root: DataRoot, warehouse: Warehouse, reader: R
     _ingest_batch(spec, root, warehouse, reader, batch, summary)
 
 
-def refuse_batch(spec: TaskSpec, root: DataRoot, warehouse: Warehouse, batch: LandedBatch, problem: str,
-                 summary: IngestSummary) -> None:  # fmt: skip
+def refuse_batch(
+    spec: TaskSpec, root: DataRoot, warehouse: Warehouse, batch: LandedBatch, problem: str, summary: IngestSummary
+) -> None:
     """Quarantine a whole batch before reading it (``problem``: why, in plain words)."""
     reason = _reason("read", batch.batch_id, batch.batch_id, problem)
     if _quarantine(spec, root, warehouse, batch, reason):
@@ -325,8 +364,9 @@ def _set_aside_non_regular(spec: TaskSpec, root: DataRoot, batch: LandedBatch) -
     return replace(batch, files=tuple(f for f in batch.files if f not in special)), rejected
 
 
-def _labels_batch(spec: TaskSpec, root: DataRoot, warehouse: Warehouse, batch: LandedBatch,
-                  summary: IngestSummary) -> bool:  # fmt: skip
+def _labels_batch(
+    spec: TaskSpec, root: DataRoot, warehouse: Warehouse, batch: LandedBatch, summary: IngestSummary
+) -> bool:
     """Record a labels batch (every file holds only the id and label columns) in the ledger as ``labels``: no
     records, never validated or trained on; the monitoring of the predictions joins it to the cases scored. One
     that does not read as labels (blank or conflicting ones) is quarantined whole; one without any row is left
@@ -334,8 +374,14 @@ def _labels_batch(spec: TaskSpec, root: DataRoot, warehouse: Warehouse, batch: L
     try:
         labels = read_labels_batch([batch.path / f for f in batch.files], spec.id, spec.label)
     except LabelsError as exc:
-        refuse_batch(spec, root, warehouse, batch, f"a labels batch (only {spec.id!r} and {spec.label!r}) that "
-                     f"cannot be used: {exc}", summary)  # fmt: skip
+        refuse_batch(
+            spec,
+            root,
+            warehouse,
+            batch,
+            f"a labels batch (only {spec.id!r} and {spec.label!r}) that cannot be used: {exc}",
+            summary,
+        )
         return True
     if labels.is_empty():
         return False
@@ -346,16 +392,21 @@ def _labels_batch(spec: TaskSpec, root: DataRoot, warehouse: Warehouse, batch: L
     return True
 
 
-def _ingest_batch(spec: TaskSpec, root: DataRoot, warehouse: Warehouse, reader: Reader, batch: LandedBatch,
-                  summary: IngestSummary) -> None:  # fmt: skip
+def _ingest_batch(
+    spec: TaskSpec, root: DataRoot, warehouse: Warehouse, reader: Reader, batch: LandedBatch, summary: IngestSummary
+) -> None:
     readable, set_aside = _set_aside_non_regular(spec, root, batch)
-    if not set_aside and is_labels_files([batch.path / f for f in batch.files], spec.id, spec.label) \
-            and _labels_batch(spec, root, warehouse, batch, summary):  # fmt: skip
+    if (
+        not set_aside
+        and is_labels_files([batch.path / f for f in batch.files], spec.id, spec.label)
+        and _labels_batch(spec, root, warehouse, batch, summary)
+    ):
         return
     try:
         if set_aside and not readable.files:
-            raise BatchRejected(batch.batch_id, "holds no regular files (only FIFOs, sockets or devices)",
-                                {"rejected_files": set_aside})  # fmt: skip
+            raise BatchRejected(
+                batch.batch_id, "holds no regular files (only FIFOs, sockets or devices)", {"rejected_files": set_aside}
+            )
         outcome = _read(reader, readable, spec)
         found = [*outcome.rejected, *_unread(outcome, readable)]
         rejected = [*set_aside, *({"batch": batch.batch_id, "file": f, "problem": p} for f, p in found)]
@@ -381,7 +432,7 @@ def _ingest_batch(spec: TaskSpec, root: DataRoot, warehouse: Warehouse, reader: 
     if not appended:
         summary.skipped_known += 1  # another run took this batch between our ledger read and now
         return
-    _quarantine_files(spec, root, batch, rejected[len(set_aside):])
+    _quarantine_files(spec, root, batch, rejected[len(set_aside) :])
     summary.quarantined += rejected
     summary.ingested.append(batch.batch_id)
     summary.rows += frame.height
@@ -394,8 +445,9 @@ class ValidationSummary:
     records: dict[str, pl.DataFrame] = field(default_factory=dict)  # batch -> its validated rows (empty if none)
 
 
-def label_domain_failures(domain: list[str] | None, spec: TaskSpec, frame: pl.DataFrame
-                          ) -> tuple[list[CheckFailure], list[str] | None]:  # fmt: skip
+def label_domain_failures(
+    domain: list[str] | None, spec: TaskSpec, frame: pl.DataFrame
+) -> tuple[list[CheckFailure], list[str] | None]:
     """Labels of one batch outside the task's label domain, and the domain in force afterwards.
 
     The domain is ``spec.classes`` if given, else ``domain`` (recorded from the first validated batch), else
@@ -419,8 +471,10 @@ def label_domain_failures(domain: list[str] | None, spec: TaskSpec, frame: pl.Da
         return [], fixed
     count = sum(counts[v] for v in outside)
     source = "declared" if spec.classes else "fixed by the task's first validated batch"
-    problem = (f"{count} rows hold labels outside the task's classes ({source}: {', '.join(fixed)}): "
-               f"{len(outside)} distinct values")  # fmt: skip
+    problem = (
+        f"{count} rows hold labels outside the task's classes ({source}: {', '.join(fixed)}): "
+        f"{len(outside)} distinct values"
+    )
     return [CheckFailure("label_domain", spec.label, problem, count)], fixed
 
 
@@ -428,21 +482,36 @@ def _first_domain(spec: TaskSpec, seen: list[str]) -> tuple[list[CheckFailure], 
     """Fix the domain from the first batch to validate; a binary task must bring its positive class and exactly
     one other value."""
     if not spec.is_binary:
-        return ([], seen) if len(seen) >= 2 else ([CheckFailure("label_domain", spec.label,
-                f"the first batch must bring at least two label classes to fix the task's domain; found "
-                f"{len(seen)}; or declare 'classes' in the spec")], None)  # fmt: skip
+        return (
+            ([], seen)
+            if len(seen) >= 2
+            else (
+                [
+                    CheckFailure(
+                        "label_domain",
+                        spec.label,
+                        f"the first batch must bring at least two label classes to fix the task's domain; found "
+                        f"{len(seen)}; or declare 'classes' in the spec",
+                    )
+                ],
+                None,
+            )
+        )
     positive = canonical_label(spec.positive)
     others = [v for v in seen if v != positive]
     if positive in seen and len(others) == 1:
         return [], sorted([positive, others[0]])
     found = f"it holds {'the positive class and ' if positive in seen else 'no positive class and '}{len(others)} other"
-    problem = (f"a binary task needs its positive class {positive!r} and exactly one other label in the first "
-               f"batch to fix its domain; {found} distinct values; or declare 'classes' in the spec")  # fmt: skip
+    problem = (
+        f"a binary task needs its positive class {positive!r} and exactly one other label in the first "
+        f"batch to fix its domain; {found} distinct values; or declare 'classes' in the spec"
+    )
     return [CheckFailure("label_domain", spec.label, problem)], None
 
 
-def validate_pending_batches(spec: TaskSpec, root: DataRoot, warehouse: Warehouse, validator: Validator
-                             ) -> tuple[pl.DataFrame, ValidationSummary]:  # fmt: skip
+def validate_pending_batches(
+    spec: TaskSpec, root: DataRoot, warehouse: Warehouse, validator: Validator
+) -> tuple[pl.DataFrame, ValidationSummary]:
     """Validate every batch in state ``read``; return every validated row (all batches) and what happened."""
     pending = warehouse.ledger(spec.name).filter(pl.col("status") == "read")["batch_id"].to_list()
     summary = validate_batches(spec, root, warehouse, validator, pending)
@@ -459,19 +528,28 @@ def _type_failures(frame: pl.DataFrame, reference: dict) -> list[CheckFailure]:
     return []
 
 
-def _batch_failures(validator: Validator, frame: pl.DataFrame, spec: TaskSpec, known_ids: set[str],
-                    reference: dict, domain: list[str] | None) -> tuple[list[CheckFailure], list[str] | None]:  # fmt: skip
+def _batch_failures(
+    validator: Validator,
+    frame: pl.DataFrame,
+    spec: TaskSpec,
+    known_ids: set[str],
+    reference: dict,
+    domain: list[str] | None,
+) -> tuple[list[CheckFailure], list[str] | None]:
     failures = _type_failures(frame, reference)
     labels, domain_after = label_domain_failures(domain, spec, frame)
     try:
         failures += validator(frame, spec, known_ids)
     except Exception as exc:  # a validator that chokes on hostile values fails this batch, not the run
-        failures.append(CheckFailure("validator", None, f"could not be evaluated: the checks failed with {type(exc).__name__}"))
+        failures.append(
+            CheckFailure("validator", None, f"could not be evaluated: the checks failed with {type(exc).__name__}")
+        )
     return failures + labels, domain_after
 
 
-def validate_batches(spec: TaskSpec, root: DataRoot, warehouse: Warehouse, validator: Validator,
-                     batch_ids: list[BatchKey]) -> ValidationSummary:  # fmt: skip
+def validate_batches(
+    spec: TaskSpec, root: DataRoot, warehouse: Warehouse, validator: Validator, batch_ids: list[BatchKey]
+) -> ValidationSummary:
     """Validate the listed batches (one partition each) that are in state ``read``, in order, against what the
     task's batches validated before recorded (ids, column types, label domain); quarantine the failures.
     ``summary.records[b]``: batch ``b``'s validated rows, empty (no rows) when it is quarantined or unknown.
@@ -497,9 +575,17 @@ def validate_batches(spec: TaskSpec, root: DataRoot, warehouse: Warehouse, valid
         frame = stored.select(json.loads(row["columns"]))
         failures, domain_after = _batch_failures(validator, frame, spec, known_ids, reference, domain)
         if failures:
-            batch = LandedBatch(spec.name, batch_id, root.landing(spec.name) / batch_id, tuple(json.loads(row["files"])),
-                                row["content_hash"], 0)  # fmt: skip
-            reason = _reason("validate", batch_id, batch_id, "failed validation", failures=[f.as_dict() for f in failures])
+            batch = LandedBatch(
+                spec.name,
+                batch_id,
+                root.landing(spec.name) / batch_id,
+                tuple(json.loads(row["files"])),
+                row["content_hash"],
+                0,
+            )
+            reason = _reason(
+                "validate", batch_id, batch_id, "failed validation", failures=[f.as_dict() for f in failures]
+            )
             _quarantine(spec, root, warehouse, batch, reason, new=False)
             summary.quarantined.append({"batch": batch_id, "failures": [f.as_dict() for f in failures]})
             continue
@@ -517,10 +603,14 @@ def validate_batches(spec: TaskSpec, root: DataRoot, warehouse: Warehouse, valid
 def why_no_records(spec: TaskSpec, root: DataRoot, warehouse: Warehouse) -> str:
     """Why a task has no validated rows, in plain words: batches waiting for their marker, quarantined batches
     with their reasons (file and problem, never record content), or an empty landing folder."""
-    parts = [f"{batch_key(d)} {waiting_reason(spec.landing)}"
-             for d in waiting_batch_dirs(root.landing(spec.name), spec.landing)]  # fmt: skip
+    parts = [
+        f"{batch_key(d)} {waiting_reason(spec.landing)}"
+        for d in waiting_batch_dirs(root.landing(spec.name), spec.landing)
+    ]
     for row in warehouse.ledger(spec.name).filter(pl.col("status") == "quarantined").iter_rows(named=True):
-        parts.append(f"{row['batch_id']} was quarantined: {_reason_text(json.loads(row['reason']) if row['reason'] else {})}")
+        parts.append(
+            f"{row['batch_id']} was quarantined: {_reason_text(json.loads(row['reason']) if row['reason'] else {})}"
+        )
     for batch_id in warehouse.ledger(spec.name).filter(pl.col("status") == LABELS_STATUS)["batch_id"].to_list():
         parts.append(f"{batch_id} is a labels batch (ids and labels of cases already scored), not records")
     if not parts:
@@ -548,8 +638,9 @@ def reconcile(spec: TaskSpec, warehouse: Warehouse) -> dict[str, int]:
             quarantined_files += files
         elif row["reason"]:
             quarantined_files += len(json.loads(row["reason"]).get("rejected_files", []))
-    counts.update(landed_files=landed_files, quarantined_files=quarantined_files,
-                  ingested_files=landed_files - quarantined_files)  # fmt: skip
+    counts.update(
+        landed_files=landed_files, quarantined_files=quarantined_files, ingested_files=landed_files - quarantined_files
+    )
     for status in ("read", "validated", "quarantined", LABELS_STATUS):
         part = ledger.filter(pl.col("status") == status)
         counts[f"{status}_batches"] = part.height

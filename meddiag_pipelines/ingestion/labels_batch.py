@@ -60,10 +60,14 @@ def read_labels_batch(files: list[Path], id_column: str, label_column: str) -> p
             raise LabelsError(f"{path.name}: a labels batch holds CSV or Parquet files only")
         frame = _read_file(path)
         if not is_labels_batch(frame.columns, id_column, label_column):
-            raise LabelsError(f"{path.name}: a labels file holds exactly the columns {id_column!r} and "
-                              f"{label_column!r}; it has {len(frame.columns)} column(s)")  # fmt: skip
-        frame = frame.select(pl.col(id_column).cast(pl.String).str.strip_chars().alias("id"),
-                             pl.col(label_column).cast(pl.String).str.strip_chars().alias("label"))  # fmt: skip
+            raise LabelsError(
+                f"{path.name}: a labels file holds exactly the columns {id_column!r} and "
+                f"{label_column!r}; it has {len(frame.columns)} column(s)"
+            )
+        frame = frame.select(
+            pl.col(id_column).cast(pl.String).str.strip_chars().alias("id"),
+            pl.col(label_column).cast(pl.String).str.strip_chars().alias("label"),
+        )
         blank = frame.filter(pl.col("id").fill_null("").eq("") | pl.col("label").fill_null("").eq("")).height
         if blank:
             raise LabelsError(f"{path.name}: {blank} row(s) have an empty id or label")

@@ -66,8 +66,10 @@ def check_landing_folder(task_landing: Path) -> None:
     the same rule as for batches and files) or not a folder. A missing one is only a task with nothing landed."""
     where = f"landing/{display_name(task_landing.name)}"
     if task_landing.is_symlink():
-        raise LandingFolderError(f"{where} is a symbolic link, and links are never followed (one could lead outside "
-                                 "the data root): replace it with the folder itself")  # fmt: skip
+        raise LandingFolderError(
+            f"{where} is a symbolic link, and links are never followed (one could lead outside "
+            "the data root): replace it with the folder itself"
+        )
     if task_landing.exists() and not task_landing.is_dir():
         raise LandingFolderError(f"{where} is not a folder: its batches cannot be read")
 
@@ -180,8 +182,11 @@ def waiting_batch_dirs(task_landing: Path, landing: LandingSpec, now: float | No
     """Batch folders that are not complete yet (no ``_READY`` marker, or files still changing)."""
     if not task_landing.is_dir() or task_landing.is_symlink():
         return []
-    return [d for d in sorted(task_landing.iterdir()) if not d.name.startswith((".", "_")) and not d.is_symlink()
-            and d.is_dir() and not is_ready(d, landing, now)]  # fmt: skip
+    return [
+        d
+        for d in sorted(task_landing.iterdir())
+        if not d.name.startswith((".", "_")) and not d.is_symlink() and d.is_dir() and not is_ready(d, landing, now)
+    ]
 
 
 def waiting_reason(landing: LandingSpec) -> str:

@@ -79,8 +79,9 @@ def _merge_tree(source: Path, dest: Path) -> None:
     source.rmdir()
 
 
-def quarantine_batch(source: Path, quarantine_root: Path, reason: dict, name: str,
-                     store: DataRoot | None = None) -> Path | str:  # fmt: skip
+def quarantine_batch(
+    source: Path, quarantine_root: Path, reason: dict, name: str, store: DataRoot | None = None
+) -> Path | str:
     """Move the batch folder ``source`` into ``quarantine_root/<name>/files/`` and write its ``reason.json``.
 
     ``name``: the batch's safe display name (its own name may not be valid UTF-8). The folder joins a quarantine
@@ -92,8 +93,13 @@ def quarantine_batch(source: Path, quarantine_root: Path, reason: dict, name: st
     if store is not None:
         return _batch_to_store(source, store, store.relative(quarantine_root), reason, name)
     quarantine_root.mkdir(parents=True, exist_ok=True)
-    dest = quarantine_root / free_name(name, lambda n: _taken(quarantine_root / n / REASON_FILE) or (
-        _taken(quarantine_root / n) and not is_folder(quarantine_root / n)))  # fmt: skip
+    dest = quarantine_root / free_name(
+        name,
+        lambda n: (
+            _taken(quarantine_root / n / REASON_FILE)
+            or (_taken(quarantine_root / n) and not is_folder(quarantine_root / n))
+        ),
+    )
     dest.mkdir(exist_ok=True)
     if is_folder(source) and is_folder(dest / FILES_DIR):
         _merge_tree(source, dest / FILES_DIR)

@@ -27,7 +27,9 @@ from meddiag_pipelines.ingestion.quarantine import FILES_DIR, REASON_FILE, REASO
 from meddiag_pipelines.ingestion.warehouse import Warehouse
 from meddiag_pipelines.storage import DataRoot
 
-REQUEUED_DIR = "_requeued"  # quarantine/<task>/_requeued/: the reasons of batches sent back (no batch name starts with '_')
+REQUEUED_DIR = (
+    "_requeued"  # quarantine/<task>/_requeued/: the reasons of batches sent back (no batch name starts with '_')
+)
 
 
 class RecoveryError(Exception):
@@ -54,8 +56,10 @@ def requeue(root: DataRoot, warehouse: Warehouse, task: str, batch: str) -> Path
     folders = quarantine_folders(quarantine, batch)
     if status != "quarantined" or not folders:
         found = f"its ledger state is {status!r}" if status else "the ledger does not know it"
-        raise RecoveryError(f"batch {batch} of {task} is not quarantined ({found}; quarantine/{task}/{batch}/ "
-                            f"{'exists' if folders else 'does not exist'}); only a quarantined batch can be requeued")  # fmt: skip
+        raise RecoveryError(
+            f"batch {batch} of {task} is not quarantined ({found}; quarantine/{task}/{batch}/ "
+            f"{'exists' if folders else 'does not exist'}); only a quarantined batch can be requeued"
+        )
     if os.path.lexists(target):
         raise RecoveryError(f"landing/{task}/{batch} already exists; move it away or land the batch under a new name")
     files = _files_to_restore(task, [root.path(root.relative(f)) for f in folders])
@@ -106,8 +110,10 @@ def _files_to_restore(task: str, folders: list[Path]) -> dict[str, Path]:
             raise RecoveryError(f"{display_name(rel)} is in {' and in '.join(_shown(task, f) for f in holders)}{again}")
         parent = next((p.as_posix() for p in PurePosixPath(rel).parents if p.as_posix() in found), None)
         if parent is not None:
-            raise RecoveryError(f"{display_name(parent)} is a file in {_shown(task, found[parent][0])} and a folder in "
-                                f"{_shown(task, holders[0])}{again}")  # fmt: skip
+            raise RecoveryError(
+                f"{display_name(parent)} is a file in {_shown(task, found[parent][0])} and a folder in "
+                f"{_shown(task, holders[0])}{again}"
+            )
     if not found:
         raise RecoveryError(f"{_shown(task, folders[0])} holds no file to bring back")
     return {rel: holders[0] for rel, holders in found.items()}

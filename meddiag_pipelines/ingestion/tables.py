@@ -44,9 +44,12 @@ MAX_COLUMNS = 1000  # a wider export is almost certainly wrong, and each column 
 MAX_COLUMN_NAME_CHARS = 256
 PARQUET_MAX_EXPANSION = 8  # decoded Parquet may be this many times landing.max_file_mb (decompression-bomb guard)
 _BOMS = [  # longest first: the UTF-32-LE mark starts with the UTF-16-LE one
-    (codecs.BOM_UTF32_LE, "utf-32-le"), (codecs.BOM_UTF32_BE, "utf-32-be"), (codecs.BOM_UTF8, "utf-8"),
-    (codecs.BOM_UTF16_LE, "utf-16-le"), (codecs.BOM_UTF16_BE, "utf-16-be"),
-]  # fmt: skip
+    (codecs.BOM_UTF32_LE, "utf-32-le"),
+    (codecs.BOM_UTF32_BE, "utf-32-be"),
+    (codecs.BOM_UTF8, "utf-8"),
+    (codecs.BOM_UTF16_LE, "utf-16-le"),
+    (codecs.BOM_UTF16_BE, "utf-16-be"),
+]
 _OTHER_DELIMITERS = (";", "\t", "|")
 _LONE_CR = re.compile(r"\r(?!\n)")
 _DURATION_UNITS = {"ms": 1e3, "us": 1e6, "ns": 1e9}  # Polars durations: integer counts of these per second
@@ -71,16 +74,22 @@ def _decode(raw: bytes, rel: str) -> str:
     for bom, encoding in _BOMS:
         if raw.startswith(bom):
             try:
-                return raw[len(bom):].decode(encoding)
+                return raw[len(bom) :].decode(encoding)
             except UnicodeDecodeError as exc:
-                raise BatchRejected(rel, f"starts with a {encoding.upper()} byte-order mark but byte {exc.start + len(bom)} "
-                                         "is not valid in that encoding (truncated or mixed encodings?)") from exc  # fmt: skip
+                raise BatchRejected(
+                    rel,
+                    f"starts with a {encoding.upper()} byte-order mark but byte {exc.start + len(bom)} "
+                    "is not valid in that encoding (truncated or mixed encodings?)",
+                ) from exc
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         hint = " (it looks like UTF-16 without a byte-order mark)" if b"\0" in raw[:4096] else ""
-        raise BatchRejected(rel, f"is not UTF-8 text: byte {exc.start} is invalid{hint}. Re-export it as UTF-8 "
-                                 "(Latin-1 and other code pages are not guessed)") from exc  # fmt: skip
+        raise BatchRejected(
+            rel,
+            f"is not UTF-8 text: byte {exc.start} is invalid{hint}. Re-export it as UTF-8 "
+            "(Latin-1 and other code pages are not guessed)",
+        ) from exc
     if "\0" in text:
         raise BatchRejected(rel, "holds NUL characters; it is not a text CSV (UTF-16 without a byte-order mark?)")
     return text
@@ -100,8 +109,11 @@ def check_case_distinct(names: list[str], rel: str) -> None:
     repeat = first_repeat(names, key=str.casefold)
     if repeat:
         first, i, _ = repeat
-        raise BatchRejected(rel, f"columns {first} and {i} (in order of appearance) have names that differ only "
-                                 "in case; the warehouse cannot hold both (rename one)")  # fmt: skip
+        raise BatchRejected(
+            rel,
+            f"columns {first} and {i} (in order of appearance) have names that differ only "
+            "in case; the warehouse cannot hold both (rename one)",
+        )
 
 
 def first_repeat(names: list[str], key: Callable[[str], str] = str) -> tuple[int, int, str] | None:
@@ -125,8 +137,11 @@ def _check_columns(names: list[str], rel: str) -> None:
         if len(name) > MAX_COLUMN_NAME_CHARS or any(unicodedata.category(ch) in ("Cc", "Cs") for ch in name):
             raise BatchRejected(rel, f"column {i} has a name that is too long or holds control characters")
         if name.casefold().startswith(INTERNAL_PREFIX):
-            raise BatchRejected(rel, f"column {i} has a name in the pipeline's reserved namespace {INTERNAL_PREFIX!r} "
-                                     "(its own columns); rename it")  # fmt: skip
+            raise BatchRejected(
+                rel,
+                f"column {i} has a name in the pipeline's reserved namespace {INTERNAL_PREFIX!r} "
+                "(its own columns); rename it",
+            )
     repeat = first_repeat(names)
     if repeat:  # by position: in a file without a header row the names are a row of data
         first, i, _ = repeat
@@ -146,21 +161,30 @@ def _check_csv_shape(text: str, rel: str) -> list[str]:
         if len(header) == 1:
             found = [d for d in _OTHER_DELIMITERS if d in header[0]]
             if found:
-                raise BatchRejected(rel, f"has a single column whose name holds {found[0]!r}: the file looks "
-                                         f"delimited by {found[0]!r}, not by commas; re-export it as comma-separated")  # fmt: skip
+                raise BatchRejected(
+                    rel,
+                    f"has a single column whose name holds {found[0]!r}: the file looks "
+                    f"delimited by {found[0]!r}, not by commas; re-export it as comma-separated",
+                )
         _check_columns(header, rel)
         for row in reader:
             if row and len(row) != len(header):
                 line = reader.line_num
                 last = not any(rest for rest in reader)
                 if last and len(row) < len(header):
-                    raise BatchRejected(rel, f"its last row (line {line}) has {len(row)} fields where the header "
-                                             f"has {len(header)}: the file looks truncated")  # fmt: skip
+                    raise BatchRejected(
+                        rel,
+                        f"its last row (line {line}) has {len(row)} fields where the header "
+                        f"has {len(header)}: the file looks truncated",
+                    )
                 raise BatchRejected(rel, f"line {line} has {len(row)} fields where the header has {len(header)}")
     except csv.Error as exc:
         # The csv module's message names the problem (e.g. an unterminated quote), never a value.
-        raise BatchRejected(rel, f"is not well-formed CSV at line {reader.line_num}: {exc} "
-                                 "(an unterminated quote at the end usually means a truncated file)") from exc  # fmt: skip
+        raise BatchRejected(
+            rel,
+            f"is not well-formed CSV at line {reader.line_num}: {exc} "
+            "(an unterminated quote at the end usually means a truncated file)",
+        ) from exc
     return header
 
 
@@ -186,8 +210,9 @@ def _read_csv(raw: bytes, rel: str, text_columns: list[str]) -> pl.DataFrame:
     text = lf_line_endings(text)
     header = _check_csv_shape(text, rel)
     as_text = {c: pl.String for c in text_columns if c in header}
-    return pl.read_csv(io.BytesIO(text.encode("utf-8")), infer_schema_length=None, raise_if_empty=True,
-                       schema_overrides=as_text)  # fmt: skip
+    return pl.read_csv(
+        io.BytesIO(text.encode("utf-8")), infer_schema_length=None, raise_if_empty=True, schema_overrides=as_text
+    )
 
 
 def _read_parquet(raw: bytes, rel: str, max_file_mb: float) -> pl.DataFrame:
@@ -207,21 +232,27 @@ def _read_parquet(raw: bytes, rel: str, max_file_mb: float) -> pl.DataFrame:
     for piece in parquet.iter_batches(batch_size=65_536):
         decoded += piece.nbytes
         if decoded > limit:
-            raise BatchRejected(rel, f"decodes to more than {limit / 2**20:.1f} MB ({PARQUET_MAX_EXPANSION} x "
-                                     "landing.max_file_mb): refused as a decompression bomb")  # fmt: skip
+            raise BatchRejected(
+                rel,
+                f"decodes to more than {limit / 2**20:.1f} MB ({PARQUET_MAX_EXPANSION} x "
+                "landing.max_file_mb): refused as a decompression bomb",
+            )
         slices.append(piece)
     _check_columns(parquet.schema_arrow.names, rel)  # before Polars, which refuses a repeated name unnamed
     table = pa.Table.from_batches(slices, schema=parquet.schema_arrow)
     try:
         frame = pl.from_arrow(table)
     except (Exception, pl.exceptions.PanicException) as exc:
-        raise BatchRejected(rel, _unreadable_column(table) or f"cannot be read as parquet: {polars_problem(exc)}") from exc
+        raise BatchRejected(
+            rel, _unreadable_column(table) or f"cannot be read as parquet: {polars_problem(exc)}"
+        ) from exc
     if not isinstance(frame, pl.DataFrame):
         raise BatchRejected(rel, "cannot be read as parquet: it holds no table")
     nested = [c for c, t in frame.schema.items() if t.is_nested() or t == pl.Object]
     if nested:
-        raise BatchRejected(rel, f"column {nested[0]!r} holds nested values ({frame.schema[nested[0]]}); "
-                                 "only flat columns are accepted")  # fmt: skip
+        raise BatchRejected(
+            rel, f"column {nested[0]!r} holds nested values ({frame.schema[nested[0]]}); only flat columns are accepted"
+        )
     return frame
 
 
@@ -244,13 +275,17 @@ def _read_once(path: Path, rel: str, max_file_mb: float, digest: str | None) -> 
     if len(raw) > limit:
         raise BatchRejected(rel, f"grew over the limit of {max_file_mb} MB (landing.max_file_mb) while it was read")
     if digest is not None and hashlib.sha256(raw).hexdigest() != digest:
-        raise BatchRejected(rel, "changed after the batch was listed (its bytes differ from the digest recorded "
-                                 "then): it was still being written; land the batch again once it is complete")  # fmt: skip
+        raise BatchRejected(
+            rel,
+            "changed after the batch was listed (its bytes differ from the digest recorded "
+            "then): it was still being written; land the batch again once it is complete",
+        )
     return raw
 
 
-def read_table_file(path: Path, rel: str, text_columns: list[str] = (), max_file_mb: float = float("inf"),
-                    digest: str | None = None) -> pl.DataFrame:  # fmt: skip
+def read_table_file(
+    path: Path, rel: str, text_columns: list[str] = (), max_file_mb: float = float("inf"), digest: str | None = None
+) -> pl.DataFrame:
     """One CSV or Parquet file as a frame, or :class:`BatchRejected`; ``text_columns`` are read as text (CSV);
     ``digest``: see :func:`_read_once`."""
     kind = READERS.get(path.suffix.lower())
@@ -287,8 +322,15 @@ def settled_types(frame: pl.DataFrame, spec: TaskSpec, rel: str) -> pl.DataFrame
         try:
             frame[column].cast(pl.String, strict=True)
         except (pl.exceptions.InvalidOperationError, pl.exceptions.ComputeError) as exc:
-            what = "binary values that are not UTF-8 text" if dtype == pl.Binary else f"values of type {dtype} that are not text"
-            raise BatchRejected(rel, f"column {column!r} holds {what}; only numbers, text and true/false values are "
-                                     "read (re-export the column as text)") from exc  # fmt: skip
+            what = (
+                "binary values that are not UTF-8 text"
+                if dtype == pl.Binary
+                else f"values of type {dtype} that are not text"
+            )
+            raise BatchRejected(
+                rel,
+                f"column {column!r} holds {what}; only numbers, text and true/false values are "
+                "read (re-export the column as text)",
+            ) from exc
         casts.append(pl.col(column).cast(pl.String))
     return frame.with_columns(casts) if casts else frame

@@ -35,12 +35,33 @@ from meddiag_pipelines.ingestion.landing import BatchKey
 from meddiag_pipelines.storage import DataRoot
 
 LEDGER_FOLDER, STATE_FOLDER = "ledger", "state"  # inside the warehouse folder
-_LEDGER_COLUMNS = ("task", "batch_id", "content_hash", "status", "n_rows", "files", "columns", "reason", "updated_at",
-                   "file_hashes", "records_file")  # fmt: skip
+_LEDGER_COLUMNS = (
+    "task",
+    "batch_id",
+    "content_hash",
+    "status",
+    "n_rows",
+    "files",
+    "columns",
+    "reason",
+    "updated_at",
+    "file_hashes",
+    "records_file",
+)
 _JSON_COLUMNS = ("files", "columns", "reason", "file_hashes")  # JSON in an entry, JSON text in the frame and view
-_LEDGER_SCHEMA = {"task": pl.String, "batch_id": pl.String, "content_hash": pl.String, "status": pl.String,
-                  "n_rows": pl.Int64, "files": pl.String, "columns": pl.String, "reason": pl.String,
-                  "updated_at": pl.Float64, "file_hashes": pl.String, "records_file": pl.String}  # fmt: skip
+_LEDGER_SCHEMA = {
+    "task": pl.String,
+    "batch_id": pl.String,
+    "content_hash": pl.String,
+    "status": pl.String,
+    "n_rows": pl.Int64,
+    "files": pl.String,
+    "columns": pl.String,
+    "reason": pl.String,
+    "updated_at": pl.Float64,
+    "file_hashes": pl.String,
+    "records_file": pl.String,
+}
 FORGOTTEN = "forgotten"  # the status of an entry that forgets its batch (requeue): the batch is read again
 _CAS_ATTEMPTS = 50  # concurrent writers of one batch's next entry: each retry means another one won a turn
 
@@ -83,8 +104,11 @@ def conform(frame: pl.DataFrame, existing: dict) -> pl.DataFrame:
         try:
             frame[name].cast(want, strict=True)
         except (pl.exceptions.InvalidOperationError, pl.exceptions.ComputeError) as exc:
-            raise SchemaConflict(name, f"column {name!r} holds {dtype_words(dtype)} ({dtype}) where the task's validated "
-                                 f"batches hold {dtype_words(want)} ({want})") from exc  # fmt: skip
+            raise SchemaConflict(
+                name,
+                f"column {name!r} holds {dtype_words(dtype)} ({dtype}) where the task's validated "
+                f"batches hold {dtype_words(want)} ({want})",
+            ) from exc
         casts.append(pl.col(name).cast(want))
     return frame.with_columns(casts) if casts else frame
 
@@ -131,10 +155,19 @@ def _encode(obj: dict) -> bytes:
 
 def _ledger_entry(task: str, row: dict) -> dict:
     """A ledger entry as stored: the JSON fields as JSON."""
-    return {"task": task, "batch_id": row["batch_id"], "content_hash": row["content_hash"], "status": row["status"],
-            "n_rows": row["n_rows"], "files": list(row["files"]), "columns": list(row["columns"]),
-            "reason": row.get("reason") or None, "updated_at": time.time(), "file_hashes": row.get("file_hashes") or None,
-            "records_file": row.get("records_file")}  # fmt: skip
+    return {
+        "task": task,
+        "batch_id": row["batch_id"],
+        "content_hash": row["content_hash"],
+        "status": row["status"],
+        "n_rows": row["n_rows"],
+        "files": list(row["files"]),
+        "columns": list(row["columns"]),
+        "reason": row.get("reason") or None,
+        "updated_at": time.time(),
+        "file_hashes": row.get("file_hashes") or None,
+        "records_file": row.get("records_file"),
+    }
 
 
 def _frame_row(entry: dict) -> dict:
@@ -186,9 +219,17 @@ class Warehouse:
             con.close()
 
     def _catalog_views(self, con: duckdb.DuckDBPyConnection) -> None:
-        views = {row[0] for row in con.execute("SELECT table_name FROM information_schema.tables WHERE table_schema = "
-                                               "'main' AND table_name IN ('ingest_ledger', 'task_state')").fetchall()}  # fmt: skip
-        for name, ddl, folder in (("ingest_ledger", _LEDGER_VIEW, LEDGER_FOLDER), ("task_state", _STATE_VIEW, STATE_FOLDER)):
+        views = {
+            row[0]
+            for row in con.execute(
+                "SELECT table_name FROM information_schema.tables WHERE table_schema = "
+                "'main' AND table_name IN ('ingest_ledger', 'task_state')"
+            ).fetchall()
+        }
+        for name, ddl, folder in (
+            ("ingest_ledger", _LEDGER_VIEW, LEDGER_FOLDER),
+            ("task_state", _STATE_VIEW, STATE_FOLDER),
+        ):
             # DuckDB refuses a glob matching nothing; over an object store it has no local files to view
             if name not in views and not self.data.remote and self.data.list(self._rel(folder)):
                 con.execute(ddl)
@@ -227,7 +268,9 @@ class Warehouse:
         taking the number first means a retry on top of its entry."""
         for _ in range(_CAS_ATTEMPTS):
             seq, entry = self._recorded(task, batch_id)
-            if entry is None or self._add_entry(task, batch_id, seq + 1, {**entry, **change, "updated_at": time.time()}):
+            if entry is None or self._add_entry(
+                task, batch_id, seq + 1, {**entry, **change, "updated_at": time.time()}
+            ):
                 return
         raise RuntimeError(f"task {task}: the ledger entry of a batch kept changing under {_CAS_ATTEMPTS} attempts")
 
@@ -260,7 +303,9 @@ class Warehouse:
     def set_state_once(self, task: str, key: str, value: str) -> str:
         """Record ``value`` unless the task already holds one (another run may have set it a moment before);
         return the value in force."""
-        self.data.write_once(self._rel(STATE_FOLDER, task, f"{key}.json"), _encode({"task": task, "key": key, "value": value}))
+        self.data.write_once(
+            self._rel(STATE_FOLDER, task, f"{key}.json"), _encode({"task": task, "key": key, "value": value})
+        )
         return self.state(task, key)
 
     # -- record files -------------------------------------------------------------------------------
@@ -302,4 +347,6 @@ class Warehouse:
                 return
             con.execute(f"CREATE SCHEMA IF NOT EXISTS {_quote(task)}")
             sources = ", ".join(_sql_text(str(p)) for p in parquet)
-            con.execute(f"CREATE OR REPLACE VIEW {target} AS SELECT * FROM read_parquet([{sources}], union_by_name = true)")
+            con.execute(
+                f"CREATE OR REPLACE VIEW {target} AS SELECT * FROM read_parquet([{sources}], union_by_name = true)"
+            )

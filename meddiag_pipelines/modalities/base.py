@@ -231,8 +231,9 @@ class Modality(ABC):
         report and ``test_sections`` see the metrics."""
         return {}
 
-    def test_sections(self, spec: TaskSpec, candidate: dict, test: pl.DataFrame, proba: np.ndarray,
-                      metrics: dict) -> list[tuple[str, str]]:  # fmt: skip
+    def test_sections(
+        self, spec: TaskSpec, candidate: dict, test: pl.DataFrame, proba: np.ndarray, metrics: dict
+    ) -> list[tuple[str, str]]:
         """(title, HTML) report sections that need the test rows and their scores (e.g. saliency maps)."""
         return []
 

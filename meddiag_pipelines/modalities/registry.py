@@ -12,9 +12,13 @@ from meddiag_pipelines import specs
 from meddiag_pipelines.modalities.base import Modality
 
 # name -> the module whose MODALITY implements it
-BUNDLED = {"tabular": "meddiag_pipelines.tabular.modality", "image": "meddiag_pipelines.imaging.modality",
-           "text": "meddiag_pipelines.text.modality", "omop": "meddiag_pipelines.omop.modality",
-           "volume": "meddiag_pipelines.imaging.volume.modality"}  # fmt: skip
+BUNDLED = {
+    "tabular": "meddiag_pipelines.tabular.modality",
+    "image": "meddiag_pipelines.imaging.modality",
+    "text": "meddiag_pipelines.text.modality",
+    "omop": "meddiag_pipelines.omop.modality",
+    "volume": "meddiag_pipelines.imaging.volume.modality",
+}
 _registered: dict[str, Modality] = {}
 
 

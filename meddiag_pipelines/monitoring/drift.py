@@ -51,13 +51,21 @@ def check_schema(reference: Reference, batch: pl.DataFrame, source: str) -> None
     """Refuse a batch without every monitored column, or with text in a numeric one (``source`` names it)."""
     missing = [c for c in reference.types if c not in batch.columns]
     if missing:
-        raise SchemaError(f"{source}: missing column(s) {missing} that model version "
-                          f"{reference.meta['model_version']} was trained with")  # fmt: skip
-    textual = [c for c, t in reference.types.items() if t == NUMERIC and batch.schema[c] in (pl.String, pl.Categorical)
-               and batch[c].cast(pl.Float64, strict=False).null_count() > batch[c].null_count()]  # fmt: skip
+        raise SchemaError(
+            f"{source}: missing column(s) {missing} that model version "
+            f"{reference.meta['model_version']} was trained with"
+        )
+    textual = [
+        c
+        for c, t in reference.types.items()
+        if t == NUMERIC
+        and batch.schema[c] in (pl.String, pl.Categorical)
+        and batch[c].cast(pl.Float64, strict=False).null_count() > batch[c].null_count()
+    ]
     if textual:
-        raise SchemaError(f"{source}: column(s) {textual} hold values that are not numbers, where the training data "
-                          "held numbers")  # fmt: skip
+        raise SchemaError(
+            f"{source}: column(s) {textual} hold values that are not numbers, where the training data held numbers"
+        )
 
 
 def evidently_drift(reference: pl.DataFrame, current: pl.DataFrame, types: dict[str, str]) -> dict:
@@ -65,15 +73,22 @@ def evidently_drift(reference: pl.DataFrame, current: pl.DataFrame, types: dict[
     ``{dataset_drift, share, n_columns, n_drifted, columns: {col: {type, method, threshold, score, drifted}}}``."""
     empty = [c for c in types if current[c].drop_nulls().is_empty()]
     tested = {c: t for c, t in types.items() if c not in empty}
-    columns = {c: {"type": types[c], "method": NO_VALUES, "threshold": None, "score": None, "drifted": True}
-               for c in empty}  # fmt: skip
+    columns = {
+        c: {"type": types[c], "method": NO_VALUES, "threshold": None, "score": None, "drifted": True} for c in empty
+    }
     if tested:
         columns.update(_run_preset(reference, current, tested))
     n_drifted = sum(r["drifted"] for r in columns.values())
     share = n_drifted / len(columns) if columns else 0.0
     ordered = {c: columns[c] for c in types}
-    return {"dataset_drift": bool(columns) and share >= DRIFT_SHARE, "share": share, "drift_share": DRIFT_SHARE,
-            "n_columns": len(columns), "n_drifted": n_drifted, "columns": ordered}  # fmt: skip
+    return {
+        "dataset_drift": bool(columns) and share >= DRIFT_SHARE,
+        "share": share,
+        "drift_share": DRIFT_SHARE,
+        "n_columns": len(columns),
+        "n_drifted": n_drifted,
+        "columns": ordered,
+    }
 
 
 def _run_preset(reference: pl.DataFrame, current: pl.DataFrame, types: dict[str, str]) -> dict[str, dict]:
@@ -93,16 +108,32 @@ def _run_preset(reference: pl.DataFrame, current: pl.DataFrame, types: dict[str,
         numeric = types[column] == NUMERIC
         columns = DatasetColumns(
             utility_columns=DatasetUtilityColumns(date=None, id=None, target=None, prediction=None),
-            target_type=None, task=None, num_feature_names=[column] if numeric else [],
-            cat_feature_names=[] if numeric else [column], text_feature_names=[], datetime_feature_names=[],
-            target_names=None)  # fmt: skip
+            target_type=None,
+            task=None,
+            num_feature_names=[column] if numeric else [],
+            cat_feature_names=[] if numeric else [column],
+            text_feature_names=[],
+            datetime_feature_names=[],
+            target_names=None,
+        )
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # pandas / scipy chatter on small samples
-            drift = get_one_column_drift(current_data=cur, reference_data=ref, column_name=column,
-                                         options=DataDriftOptions(), dataset_columns=columns, agg_data=True,
-                                         column_type=ColumnType.Numerical if numeric else ColumnType.Categorical)  # fmt: skip
-        out[column] = {"type": types[column], "method": drift.stattest_name, "threshold": drift.stattest_threshold,
-                       "score": float(drift.drift_score), "drifted": bool(drift.drift_detected)}  # fmt: skip
+            drift = get_one_column_drift(
+                current_data=cur,
+                reference_data=ref,
+                column_name=column,
+                options=DataDriftOptions(),
+                dataset_columns=columns,
+                agg_data=True,
+                column_type=ColumnType.Numerical if numeric else ColumnType.Categorical,
+            )
+        out[column] = {
+            "type": types[column],
+            "method": drift.stattest_name,
+            "threshold": drift.stattest_threshold,
+            "score": float(drift.drift_score),
+            "drifted": bool(drift.drift_detected),
+        }
     return out
 
 
@@ -111,15 +142,21 @@ def embedding_drift(reference: np.ndarray, current: np.ndarray) -> dict:
     from evidently.metrics.embeddings import ModelDriftMethod
 
     if current.ndim != 2 or current.shape[1] != reference.shape[1]:
-        raise SchemaError(f"embeddings of the batch have shape {current.shape}; the reference's have "
-                          f"{reference.shape[1]} dimensions")  # fmt: skip
+        raise SchemaError(
+            f"embeddings of the batch have shape {current.shape}; the reference's have {reference.shape[1]} dimensions"
+        )
     bootstrap = reference.shape[0] < 1000  # Evidently's EmbeddingsDriftMetric default
     method = ModelDriftMethod(bootstrap=bootstrap)
     columns = [f"e{i}" for i in range(reference.shape[1])]
     score, drifted, _ = method(pd.DataFrame(current, columns=columns), pd.DataFrame(reference, columns=columns))
-    return {"method": "domain classifier ROC AUC (Evidently 'model')", "score": float(score), "drifted": bool(drifted),
-            "threshold": "95th percentile of random AUROC" if bootstrap else method.threshold,
-            "n_reference": int(reference.shape[0]), "n_batch": int(current.shape[0])}  # fmt: skip
+    return {
+        "method": "domain classifier ROC AUC (Evidently 'model')",
+        "score": float(score),
+        "drifted": bool(drifted),
+        "threshold": "95th percentile of random AUROC" if bootstrap else method.threshold,
+        "n_reference": int(reference.shape[0]),
+        "n_batch": int(current.shape[0]),
+    }
 
 
 def prediction_drift(reference: Reference, predictions: pl.DataFrame) -> dict | None:
@@ -133,8 +170,13 @@ def prediction_drift(reference: Reference, predictions: pl.DataFrame) -> dict | 
     return evidently_drift(monitored_frame(reference.predictions, types), monitored_frame(predictions, types), types)
 
 
-def batch_drift(reference: Reference, batch: pl.DataFrame, predictions: pl.DataFrame | None = None,
-                embeddings: np.ndarray | None = None, source: str = "batch") -> dict:  # fmt: skip
+def batch_drift(
+    reference: Reference,
+    batch: pl.DataFrame,
+    predictions: pl.DataFrame | None = None,
+    embeddings: np.ndarray | None = None,
+    source: str = "batch",
+) -> dict:
     """Drift of one scored batch: ``{dataset_drift, share, drift_share, n_columns, n_drifted, columns, n_rows,
     n_reference, prediction, embedding, engine}`` (``prediction`` and ``embedding`` ``None`` when not given or
     not in the reference). ``batch``: the scored rows (features as read); ``source``: how errors name it."""
@@ -145,8 +187,13 @@ def batch_drift(reference: Reference, batch: pl.DataFrame, predictions: pl.DataF
     out = evidently_drift(reference.features, monitored_frame(batch, types), types)
     evidently = _evidently()
     prediction = None if predictions is None else prediction_drift(reference, predictions)
-    out.update(n_rows=batch.height, n_reference=reference.features.height, engine=f"evidently {evidently.__version__}",
-               prediction=prediction, embedding=None)  # fmt: skip
+    out.update(
+        n_rows=batch.height,
+        n_reference=reference.features.height,
+        engine=f"evidently {evidently.__version__}",
+        prediction=prediction,
+        embedding=None,
+    )
     if embeddings is not None and reference.embeddings is not None:
         out["embedding"] = embedding_drift(reference.embeddings, np.asarray(embeddings, dtype=np.float32))
     return out

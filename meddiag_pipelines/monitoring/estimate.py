@@ -78,8 +78,9 @@ def expected_macro_f1_draws(proba: np.ndarray, draws: int, seed: int) -> np.ndar
     return np.concatenate(out)
 
 
-def estimate_performance(reference: Reference, predictions: pl.DataFrame, kind: str, classes: list[str],
-                         draws: int = DRAWS, seed: int = 0) -> dict | None:  # fmt: skip
+def estimate_performance(
+    reference: Reference, predictions: pl.DataFrame, kind: str, classes: list[str], draws: int = DRAWS, seed: int = 0
+) -> dict | None:
     """``{metric, <metric>, ci, n, method, assumes}`` for one batch's predictions; ``None`` for multi-label tasks
     or an empty batch."""
     if kind == "multilabel" or predictions.is_empty():
@@ -97,6 +98,13 @@ def estimate_performance(reference: Reference, predictions: pl.DataFrame, kind: 
         metric, method = "macro_f1", "CBPE-like: mean macro-F1 over labels drawn from the class probabilities"
     finite = values[np.isfinite(values)]
     value = float(finite.mean()) if finite.size else None
-    return {"metric": metric, metric: value, "ci": percentile_ci(values), "n": predictions.height,
-            "draws": draws, "method": method, "assumes": ASSUMES,
-            "label": "estimated (assumes no concept drift)"}  # fmt: skip
+    return {
+        "metric": metric,
+        metric: value,
+        "ci": percentile_ci(values),
+        "n": predictions.height,
+        "draws": draws,
+        "method": method,
+        "assumes": ASSUMES,
+        "label": "estimated (assumes no concept drift)",
+    }

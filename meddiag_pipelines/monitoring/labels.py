@@ -44,9 +44,15 @@ def join_labels(predictions: pl.DataFrame, labels: pl.DataFrame) -> tuple[pl.Dat
     return joined, {"labels_matched": joined.height, "labels_not_in_batch": labels.height - joined.height}
 
 
-def realised_performance(predictions: pl.DataFrame, labels: pl.DataFrame, kind: str, classes: list[str],
-                         evaluation: EvaluationSpec, operating_threshold: float | None = None,
-                         subgroups: pl.DataFrame | None = None) -> dict | None:  # fmt: skip
+def realised_performance(
+    predictions: pl.DataFrame,
+    labels: pl.DataFrame,
+    kind: str,
+    classes: list[str],
+    evaluation: EvaluationSpec,
+    operating_threshold: float | None = None,
+    subgroups: pl.DataFrame | None = None,
+) -> dict | None:
     """Realised performance of one prediction file once labels landed (``None``: none of its cases has a label).
     ``subgroups``: ``id`` and the task's subgroup columns of the scored rows (the prediction file has none);
     ``operating_threshold``: the version's (``manifest["operating_threshold"]["value"]``)."""
@@ -58,21 +64,41 @@ def realised_performance(predictions: pl.DataFrame, labels: pl.DataFrame, kind: 
         raise LabelsError(f"labels batch: {unknown} label(s) are not among the task's classes")
     y = encode_labels(joined["label"], classes, kind)
     proba = probability_matrix(joined, classes)
-    settings = evaluation.model_copy(update={"operating_threshold": operating_threshold}) \
-        if operating_threshold is not None and kind != "multiclass" else evaluation  # fmt: skip
+    settings = (
+        evaluation.model_copy(update={"operating_threshold": operating_threshold})
+        if operating_threshold is not None and kind != "multiclass"
+        else evaluation
+    )
     groups = {}
     if subgroups is not None:
         found = joined.select("id").join(subgroups.with_columns(pl.col("id").cast(pl.String)), on="id", how="left")
-        groups = {c: np.asarray(found[c].cast(pl.String).to_list(), dtype=object)
-                  for c in subgroups.columns if c != "id"}  # fmt: skip
-    metrics = evaluate(EvaluationInput(task="", model_version="", model_name="", kind=kind, classes=classes,
-                                       y_true=y, proba=proba, settings=settings, n_test=joined.height,
-                                       subgroups=groups))  # fmt: skip
-    out = {"n": joined.height, **counts, "auroc": metrics["auroc"], "auroc_ci": metrics["auroc_ci"],
-           "calibration_slope": metrics.get("calibration_slope"),
-           "calibration_slope_ci": metrics.get("calibration_slope_ci"),
-           "calibration_intercept": metrics.get("calibration_intercept"),
-           "subgroups": metrics["subgroups"]}  # fmt: skip
+        groups = {
+            c: np.asarray(found[c].cast(pl.String).to_list(), dtype=object) for c in subgroups.columns if c != "id"
+        }
+    metrics = evaluate(
+        EvaluationInput(
+            task="",
+            model_version="",
+            model_name="",
+            kind=kind,
+            classes=classes,
+            y_true=y,
+            proba=proba,
+            settings=settings,
+            n_test=joined.height,
+            subgroups=groups,
+        )
+    )
+    out = {
+        "n": joined.height,
+        **counts,
+        "auroc": metrics["auroc"],
+        "auroc_ci": metrics["auroc_ci"],
+        "calibration_slope": metrics.get("calibration_slope"),
+        "calibration_slope_ci": metrics.get("calibration_slope_ci"),
+        "calibration_intercept": metrics.get("calibration_intercept"),
+        "subgroups": metrics["subgroups"],
+    }
     if kind == "multiclass":
         f1_ci = macro_f1_ci(y, proba.argmax(axis=1), len(classes), evaluation.n_bootstrap, evaluation.seed)
         out.update(metric="macro_f1", macro_f1=metrics["macro_f1"], macro_f1_ci=f1_ci, ci=f1_ci)
@@ -95,14 +121,25 @@ def breach_checks(realised: dict, version_metrics: dict, promotion: PromotionSpe
         if test_auroc is not None:
             ok = test_auroc - auroc <= promotion.margin
             within = "within" if ok else "more than"
-            checks.append((ok, (f"realised AUROC {auroc:.3f} is {test_auroc - auroc:+.3f} below the version's test "
-                               f"AUROC {test_auroc:.3f}: {within} the margin {promotion.margin}")))  # fmt: skip
+            checks.append(
+                (
+                    ok,
+                    (
+                        f"realised AUROC {auroc:.3f} is {test_auroc - auroc:+.3f} below the version's test "
+                        f"AUROC {test_auroc:.3f}: {within} the margin {promotion.margin}"
+                    ),
+                )
+            )
     checks += slope_check(realised, promotion)
     before = subgroup_aurocs(version_metrics)
     for key, value in subgroup_aurocs(realised).items():
         if key in before and before[key] - value > promotion.max_subgroup_drop:
-            text = (f"subgroup {key[0]}={key[1]}: realised AUROC {value:.3f} falls more than "
-                    f"{promotion.max_subgroup_drop} below its test AUROC {before[key]:.3f}")  # fmt: skip
+            text = (
+                f"subgroup {key[0]}={key[1]}: realised AUROC {value:.3f} falls more than "
+                f"{promotion.max_subgroup_drop} below its test AUROC {before[key]:.3f}"
+            )
             checks.append((False, text))
-    return {"breach": not all(ok for ok, _ in checks),
-            "reasons": [t for ok, t in checks if not ok] + [t for ok, t in checks if ok]}
+    return {
+        "breach": not all(ok for ok, _ in checks),
+        "reasons": [t for ok, t in checks if not ok] + [t for ok, t in checks if ok],
+    }

@@ -45,25 +45,40 @@ def entry_alerts(entry: dict) -> list[dict]:
     """WARN for drift of the features, the predictions or the embeddings; ERROR for a realised breach."""
     drift, alerts = entry.get("drift") or {}, []
     if drift.get("dataset_drift"):
-        text = (f"{drift['n_drifted']} of {drift['n_columns']} columns drifted (share {drift['share']:.2f} >= "
-                f"{drift['drift_share']})")  # fmt: skip
+        text = (
+            f"{drift['n_drifted']} of {drift['n_columns']} columns drifted (share {drift['share']:.2f} >= "
+            f"{drift['drift_share']})"
+        )
         alerts.append({"severity": WARN, "kind": "feature_drift", "text": text})
     if (drift.get("prediction") or {}).get("dataset_drift"):
         alerts.append({"severity": WARN, "kind": "prediction_drift", "text": "the predictions drifted"})
     embedding = drift.get("embedding") or {}
     if embedding.get("drifted"):
-        alerts.append({"severity": WARN, "kind": "embedding_drift",
-                       "text": f"embeddings drifted ({embedding['method']} {embedding['score']:.3f})"})  # fmt: skip
+        alerts.append(
+            {
+                "severity": WARN,
+                "kind": "embedding_drift",
+                "text": f"embeddings drifted ({embedding['method']} {embedding['score']:.3f})",
+            }
+        )
     breach = (entry.get("realised") or {}).get("breach") or {}
     if breach.get("breach"):
         alerts.append({"severity": ERROR, "kind": "realised_breach", "text": breach["reasons"][0]})
     return alerts
 
 
-def monitoring_entry(batch: str, model_version: str, drift: dict, estimated: dict | None,
-                     at: float | None = None) -> dict:  # fmt: skip
-    entry = {"batch": batch, "model_version": model_version, "at": time.time() if at is None else at,
-             "n_rows": drift.get("n_rows"), "drift": drift, "estimated": estimated, "realised": None}  # fmt: skip
+def monitoring_entry(
+    batch: str, model_version: str, drift: dict, estimated: dict | None, at: float | None = None
+) -> dict:
+    entry = {
+        "batch": batch,
+        "model_version": model_version,
+        "at": time.time() if at is None else at,
+        "n_rows": drift.get("n_rows"),
+        "drift": drift,
+        "estimated": estimated,
+        "realised": None,
+    }
     return to_jsonable({**entry, "alerts": entry_alerts(entry)})
 
 
@@ -109,8 +124,15 @@ def _version_bands(ax, entries: list[dict]) -> None:
     for i in range(1, len(entries)):
         if entries[i]["model_version"] != entries[i - 1]["model_version"]:
             ax.axvline(i - 0.5, color="#777777", ls=":", lw=1)
-            ax.text(i - 0.45, 0.02, entries[i]["model_version"][:16], rotation=90, fontsize=7, color="#555555",
-                    transform=ax.get_xaxis_transform())  # fmt: skip
+            ax.text(
+                i - 0.45,
+                0.02,
+                entries[i]["model_version"][:16],
+                rotation=90,
+                fontsize=7,
+                color="#555555",
+                transform=ax.get_xaxis_transform(),
+            )
 
 
 def plot_drift(entries: list[dict]) -> bytes:
@@ -123,8 +145,12 @@ def plot_drift(entries: list[dict]) -> bytes:
     ax.bar(range(len(entries)), share, color=colours)
     ax.axhline(entries[0]["drift"]["drift_share"], color="#c2571a", ls="--", lw=1, label="dataset drift at this share")
     _version_bands(ax, entries)
-    ax.set(title="Share of drifted columns per scored batch", xlabel="scored batch (in order)",
-           ylabel="share of columns drifted", ylim=(0, 1.05))  # fmt: skip
+    ax.set(
+        title="Share of drifted columns per scored batch",
+        xlabel="scored batch (in order)",
+        ylabel="share of columns drifted",
+        ylim=(0, 1.05),
+    )
     ax.legend(loc="upper left", fontsize=8)
     return _png(fig)
 
@@ -178,11 +204,24 @@ def _batch_rows(entries: list[dict]) -> str:
     for e in entries:
         alerts = "; ".join(f"{a['severity']}: {a['text']}" for a in e.get("alerts") or []) or "none"
         when = time.strftime("%Y-%m-%d %H:%M", time.gmtime(e["at"]))
-        cells = [e["batch"], e["model_version"], when, str(e.get("n_rows")), f"{e['drift']['share']:.2f}",
-                 "yes" if e["drift"]["dataset_drift"] else "no", _figure_text(e.get("estimated")),
-                 _figure_text(e.get("realised")), alerts]  # fmt: skip
-        css = ' class="error"' if any(a["severity"] == ERROR for a in e.get("alerts") or []) else \
-            ' class="warn"' if e.get("alerts") else ""  # fmt: skip
+        cells = [
+            e["batch"],
+            e["model_version"],
+            when,
+            str(e.get("n_rows")),
+            f"{e['drift']['share']:.2f}",
+            "yes" if e["drift"]["dataset_drift"] else "no",
+            _figure_text(e.get("estimated")),
+            _figure_text(e.get("realised")),
+            alerts,
+        ]
+        css = (
+            ' class="error"'
+            if any(a["severity"] == ERROR for a in e.get("alerts") or [])
+            else ' class="warn"'
+            if e.get("alerts")
+            else ""
+        )
         rows.append(f"<tr{css}>" + "".join(f"<td>{escape(c)}</td>" for c in cells) + "</tr>")
     return "\n".join(rows)
 
@@ -193,43 +232,57 @@ def _versions(entries: list[dict]) -> str:
         if not spans or spans[-1][0] != e["model_version"]:
             spans.append([e["model_version"], e["batch"], e["batch"], 0])
         spans[-1][2], spans[-1][3] = e["batch"], spans[-1][3] + 1
-    return "\n".join(f"<tr><td>{escape(v)}</td><td>{escape(a)}</td><td>{escape(b)}</td><td>{n}</td></tr>"
-                     for v, a, b, n in spans)  # fmt: skip
+    return "\n".join(
+        f"<tr><td>{escape(v)}</td><td>{escape(a)}</td><td>{escape(b)}</td><td>{n}</td></tr>" for v, a, b, n in spans
+    )
 
 
-_STYLE = ("body{font-family:system-ui,sans-serif;max-width:1180px;margin:0 auto;padding:24px;font-size:14px}"
-          "table{border-collapse:collapse;font-size:13px}"
-          "th,td{border:1px solid #d5dae0;padding:4px 8px;text-align:left}"
-          "th{background:#f6f8fa}tr.warn td{background:#fff1e6}tr.error td{background:#fde2e2}"
-          "figure{margin:8px 0}figcaption,.note{color:#5b6470;font-size:12px}")  # fmt: skip
+_STYLE = (
+    "body{font-family:system-ui,sans-serif;max-width:1180px;margin:0 auto;padding:24px;font-size:14px}"
+    "table{border-collapse:collapse;font-size:13px}"
+    "th,td{border:1px solid #d5dae0;padding:4px 8px;text-align:left}"
+    "th{background:#f6f8fa}tr.warn td{background:#fff1e6}tr.error td{background:#fde2e2}"
+    "figure{margin:8px 0}figcaption,.note{color:#5b6470;font-size:12px}"
+)
 
 
 def render_monitoring_html(task: str, entries: list[dict]) -> str:
     """One self-contained HTML page (plots embedded as PNG data URIs, no script, nothing loaded from outside):
     drift share and realised / estimated performance per scored batch with their intervals, the alerts, and the
     versions in use over time. Aggregates only: no record, id or value of a case."""
-    head = f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>Monitoring: {escape(task)}</title>" \
-           f"<style>{_STYLE}</style></head><body><h1>Monitoring: {escape(task)}</h1>"  # fmt: skip
+    head = (
+        f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>Monitoring: {escape(task)}</title>"
+        f"<style>{_STYLE}</style></head><body><h1>Monitoring: {escape(task)}</h1>"
+    )
     if not entries:
         return head + "<p>No batch has been scored yet.</p></body></html>\n"
     n_alerts = sum(len(e.get("alerts") or []) for e in entries)
     body = [
-        (f"<p>{len(entries)} scored batch(es); {n_alerts} alert(s). Drift is Evidently's decision with its defaults "
-        "(a batch drifts when half its columns do): a WARN. A realised breach of the promotion gate's criteria: an "
-        "ERROR. Estimated performance assumes no concept drift.</p>"),
+        (
+            f"<p>{len(entries)} scored batch(es); {n_alerts} alert(s). Drift is Evidently's decision with its defaults "
+            "(a batch drifts when half its columns do): a WARN. A realised breach of the promotion gate's criteria: an "
+            "ERROR. Estimated performance assumes no concept drift.</p>"
+        ),
         _figure(plot_drift(entries), "Share of drifted columns per scored batch"),
         _figure(plot_performance(entries), "Estimated and realised performance with 95% intervals"),
-        ("<h2>Batches</h2><table><tr><th>batch</th><th>version</th><th>recorded (UTC)</th><th>rows</th>"
-        "<th>drift share</th><th>dataset drift</th><th>estimated</th><th>realised</th><th>alerts</th></tr>"),
-        _batch_rows(entries), "</table>",
-        ("<h2>Versions in use</h2><table><tr><th>version</th><th>first batch</th><th>last batch</th>"
-        "<th>batches</th></tr>"),
-        _versions(entries), "</table>",
-    ]  # fmt: skip
+        (
+            "<h2>Batches</h2><table><tr><th>batch</th><th>version</th><th>recorded (UTC)</th><th>rows</th>"
+            "<th>drift share</th><th>dataset drift</th><th>estimated</th><th>realised</th><th>alerts</th></tr>"
+        ),
+        _batch_rows(entries),
+        "</table>",
+        (
+            "<h2>Versions in use</h2><table><tr><th>version</th><th>first batch</th><th>last batch</th>"
+            "<th>batches</th></tr>"
+        ),
+        _versions(entries),
+        "</table>",
+    ]
     return head + "\n".join(body) + "</body></html>\n"
 
 
 def write_monitoring_report(root: DataRoot, task: str) -> str:
     """Render ``monitoring.html`` from ``monitoring.json`` beside it (replaced whole); its path relative to the root."""
-    return root.write_bytes(monitoring_rel(task, MONITORING_HTML),
-                            render_monitoring_html(task, read_monitoring(root, task)).encode())  # fmt: skip
+    return root.write_bytes(
+        monitoring_rel(task, MONITORING_HTML), render_monitoring_html(task, read_monitoring(root, task)).encode()
+    )

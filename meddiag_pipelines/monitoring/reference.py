@@ -67,8 +67,9 @@ class Reference:
         return self.meta["feature_types"]
 
 
-def feature_types(frame: pl.DataFrame, features: Sequence[str], numeric: Sequence[str] = (),
-                  categorical: Sequence[str] = ()) -> dict[str, str]:  # fmt: skip
+def feature_types(
+    frame: pl.DataFrame, features: Sequence[str], numeric: Sequence[str] = (), categorical: Sequence[str] = ()
+) -> dict[str, str]:
     """``{column: "numeric" | "categorical"}`` for the monitored ``features``: the declared ones as declared, the
     others by type (numbers and booleans numeric, strings categorical); string columns with more than
     :data:`MAX_CATEGORIES` distinct values (identifiers, free text) and other types (images, lists) are left out."""
@@ -94,8 +95,12 @@ def task_feature_types(spec: TaskSpec, frame: pl.DataFrame) -> dict[str, str]:
 
 def monitored_frame(frame: pl.DataFrame, types: dict[str, str]) -> pl.DataFrame:
     """The monitored columns as drift compares them: numeric as Float64, categorical as strings."""
-    return frame.select([pl.col(c).cast(pl.Float64).fill_nan(None) if t == NUMERIC else pl.col(c).cast(pl.String)
-                         for c, t in types.items()])  # fmt: skip
+    return frame.select(
+        [
+            pl.col(c).cast(pl.Float64).fill_nan(None) if t == NUMERIC else pl.col(c).cast(pl.String)
+            for c, t in types.items()
+        ]
+    )
 
 
 def prediction_columns(frame: pl.DataFrame) -> dict[str, str]:
@@ -114,9 +119,14 @@ def _numeric_stats(values: pl.Series) -> dict:
     out = {"type": NUMERIC, "n": int(x.size), "missing_share": float(1 - finite.size / x.size) if x.size else None}
     if finite.size:
         counts, edges = np.histogram(finite, bins=HISTOGRAM_BINS)
-        out.update(mean=finite.mean(), sd=finite.std(ddof=1) if finite.size > 1 else None, min=finite.min(),
-                   max=finite.max(), quantiles=dict(zip(map(str, QUANTILES), np.quantile(finite, QUANTILES))),
-                   histogram={"edges": edges, "counts": counts})  # fmt: skip
+        out.update(
+            mean=finite.mean(),
+            sd=finite.std(ddof=1) if finite.size > 1 else None,
+            min=finite.min(),
+            max=finite.max(),
+            quantiles=dict(zip(map(str, QUANTILES), np.quantile(finite, QUANTILES), strict=False)),
+            histogram={"edges": edges, "counts": counts},
+        )
     return out
 
 
@@ -124,8 +134,13 @@ def _categorical_stats(values: pl.Series) -> dict:
     values = values.cast(pl.String)
     n, present = values.len(), values.drop_nulls()
     counts = present.value_counts(sort=True, name="count").head(TOP_VALUES)
-    return {"type": CATEGORICAL, "n": n, "missing_share": (n - present.len()) / n if n else None,
-            "n_values": present.n_unique(), "frequencies": {str(v): c / n for v, c in counts.iter_rows()}}  # fmt: skip
+    return {
+        "type": CATEGORICAL,
+        "n": n,
+        "missing_share": (n - present.len()) / n if n else None,
+        "n_values": present.n_unique(),
+        "frequencies": {str(v): c / n for v, c in counts.iter_rows()},
+    }
 
 
 def column_stats(frame: pl.DataFrame, types: dict[str, str]) -> dict[str, dict]:
@@ -137,9 +152,17 @@ def _sample(n: int, cap: int, seed: int) -> np.ndarray:
     return rows if n <= cap else np.sort(np.random.default_rng(seed).choice(n, cap, replace=False))
 
 
-def build_reference(task: str, model_version: str, kind: str, classes: list[str], train: pl.DataFrame,
-                    types: dict[str, str], validation_predictions: pl.DataFrame | None = None,
-                    embeddings: np.ndarray | None = None, seed: int = 0) -> Reference:  # fmt: skip
+def build_reference(
+    task: str,
+    model_version: str,
+    kind: str,
+    classes: list[str],
+    train: pl.DataFrame,
+    types: dict[str, str],
+    validation_predictions: pl.DataFrame | None = None,
+    embeddings: np.ndarray | None = None,
+    seed: int = 0,
+) -> Reference:
     """The reference of ``model_version``. ``train``: its training rows (``types``: :func:`feature_types`);
     ``validation_predictions``: its predictions on its validation rows (``scoring.prediction_frame``: the id is
     dropped here); ``embeddings``: (n, d) embeddings of training rows, from the model (images, text)."""
@@ -152,26 +175,38 @@ def build_reference(task: str, model_version: str, kind: str, classes: list[str]
     unmonitored = [c for c in types if features[c].drop_nulls().is_empty()]  # nothing to compare a batch with
     types = {c: t for c, t in types.items() if c not in unmonitored}
     features = features.select(list(types))
-    meta = {"task": task, "model_version": model_version, "kind": kind, "classes": list(classes),
-            "created_at": time.time(), "n_train": train.height, "seed": seed,
-            "sample_rows": min(train.height, SAMPLE_ROWS),
-            "feature_types": dict(types), "features": column_stats(features, types), "predictions": None,
-            "unmonitored": {c: "no value in the training rows" for c in unmonitored},
-            "embeddings": None}  # fmt: skip
+    meta = {
+        "task": task,
+        "model_version": model_version,
+        "kind": kind,
+        "classes": list(classes),
+        "created_at": time.time(),
+        "n_train": train.height,
+        "seed": seed,
+        "sample_rows": min(train.height, SAMPLE_ROWS),
+        "feature_types": dict(types),
+        "features": column_stats(features, types),
+        "predictions": None,
+        "unmonitored": {c: "no value in the training rows" for c in unmonitored},
+        "embeddings": None,
+    }
     predictions = None
     if validation_predictions is not None:
         cols = prediction_columns(validation_predictions)
         keep = [*cols, *[c for c in validation_predictions.columns if c.startswith("p_") and c not in cols], "label"]
         present = validation_predictions.columns
         predictions = validation_predictions.select([c for c in dict.fromkeys(keep) if c in present])
-        meta["predictions"] = {"rows": PREDICTION_ROWS, "n": predictions.height, "types": cols,
-                               "stats": column_stats(predictions, cols)}  # fmt: skip
+        meta["predictions"] = {
+            "rows": PREDICTION_ROWS,
+            "n": predictions.height,
+            "types": cols,
+            "stats": column_stats(predictions, cols),
+        }
     if embeddings is not None:
         embeddings = np.asarray(embeddings, dtype=np.float32)
         if embeddings.ndim != 2 or not np.isfinite(embeddings).all():
             raise ReferenceError(f"{task} {model_version}: embeddings must be a finite (rows, dimensions) array")
-        meta["embeddings"] = {"n": embeddings.shape[0], "dim": embeddings.shape[1],
-                              "mean": embeddings.mean(axis=0)}  # fmt: skip
+        meta["embeddings"] = {"n": embeddings.shape[0], "dim": embeddings.shape[1], "mean": embeddings.mean(axis=0)}
         embeddings = embeddings[_sample(embeddings.shape[0], EMBEDDING_ROWS, seed)]
         meta["embeddings"]["sample_rows"] = embeddings.shape[0]
     sample = features[_sample(features.height, SAMPLE_ROWS, seed)]
@@ -222,9 +257,14 @@ def load_reference(version_dir: Path) -> Reference:
     for name, digest in meta["files"].items():
         data = (folder / name).read_bytes()
         if hashlib.sha256(data).hexdigest() != digest:
-            raise ReferenceError(f"{folder / name}: does not match its digest in reference.json (changed after "
-                                 "freezing)")  # fmt: skip
+            raise ReferenceError(
+                f"{folder / name}: does not match its digest in reference.json (changed after freezing)"
+            )
         loaded[name] = pl.read_parquet(io.BytesIO(data))
     embeddings = loaded.get("embeddings.parquet")
-    return Reference(meta, loaded["features.parquet"], loaded.get("predictions.parquet"),
-                     None if embeddings is None else embeddings.to_numpy().astype(np.float32))  # fmt: skip
+    return Reference(
+        meta,
+        loaded["features.parquet"],
+        loaded.get("predictions.parquet"),
+        None if embeddings is None else embeddings.to_numpy().astype(np.float32),
+    )

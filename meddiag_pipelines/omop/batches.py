@@ -32,8 +32,12 @@ CACHE_FILES = ("meds.parquet", "covariates.parquet", "covariate_ref.parquet", "s
 
 def study_spec(spec: TaskSpec) -> StudySpec:
     """The study part of an omop task spec."""
-    return StudySpec(cohort=spec.cohort, outcomes=spec.outcomes, time_at_risk=spec.time_at_risk or TimeAtRisk(),
-                     covariates=spec.covariates or CovariateSettings())  # fmt: skip
+    return StudySpec(
+        cohort=spec.cohort,
+        outcomes=spec.outcomes,
+        time_at_risk=spec.time_at_risk or TimeAtRisk(),
+        covariates=spec.covariates or CovariateSettings(),
+    )
 
 
 def study_rows(study: Study) -> pl.DataFrame:
@@ -42,13 +46,17 @@ def study_rows(study: Study) -> pl.DataFrame:
     (build_study does not keep the prior-outcome flag, so one with an earlier outcome is scored too)."""
     name = study.spec.outcomes[0].name
     eligible = pl.col(f"eligible_{name}")
-    short = (~eligible & (pl.col(f"tar_days_{name}") < max(study.spec.time_at_risk.min_days, 1))
-             & pl.col(f"days_to_{name}").is_null())  # fmt: skip
+    short = (
+        ~eligible
+        & (pl.col(f"tar_days_{name}") < max(study.spec.time_at_risk.min_days, 1))
+        & pl.col(f"days_to_{name}").is_null()
+    )
     return study.population.filter(eligible | short).select(
         pl.col("person_id").cast(pl.Int64),
         pl.when(eligible).then(pl.col(f"outcome_{name}").cast(pl.String)).alias("outcome"),
         pl.col("age_at_index").cast(pl.Int32),
-        pl.col("gender_concept_id").replace_strict(GENDERS, default="other or unknown", return_dtype=pl.String)
+        pl.col("gender_concept_id")
+        .replace_strict(GENDERS, default="other or unknown", return_dtype=pl.String)
         .alias("gender"),
         pl.col(f"tar_days_{name}").cast(pl.Int32).alias("tar_days"),
         pl.col("index_date").cast(pl.Date),
@@ -91,9 +99,13 @@ def prepare_batch(landed: Path, cache: Path, spec: TaskSpec, persons: pl.DataFra
         built = build_study(cdm, study)
         write_meds(cdm, cache / "meds.parquet")
         covariates = build_covariates(cdm, persons.select("person_id", "index_date"), study.covariates)
-        summary = {"attrition": built.attrition, "outcome_counts": built.outcome_counts,
-                   "cdm_version": cdm.version, "notes": {k: n for k, n in cdm.counts.items() if n},
-                   "covariate_notes": covariates.notes}  # fmt: skip
+        summary = {
+            "attrition": built.attrition,
+            "outcome_counts": built.outcome_counts,
+            "cdm_version": cdm.version,
+            "notes": {k: n for k, n in cdm.counts.items() if n},
+            "covariate_notes": covariates.notes,
+        }
     _write_parquet(cache / "covariates.parquet", covariates.data)
     _write_parquet(cache / "covariate_ref.parquet", covariates.ref)
     atomic_write_json(cache / "study.json", summary)

@@ -394,8 +394,12 @@ def _build_person(cdm: Cdm, columns: list[str], death_columns: list[str]) -> Non
 def _build_observation_period(cdm: Cdm, columns: list[str]) -> None:
     """``observation_period``: usable periods of known persons, overlapping ones merged (so an event falls in
     at most one)."""
-    _require(cdm, "observation_period", columns, ("person_id", "observation_period_start_date",
-                                                  "observation_period_end_date"))  # fmt: skip
+    _require(
+        cdm,
+        "observation_period",
+        columns,
+        ("person_id", "observation_period_start_date", "observation_period_end_date"),
+    )
     con = cdm.con
     con.execute(
         """
@@ -422,12 +426,21 @@ def _build_observation_period(cdm: Cdm, columns: list[str]) -> None:
         " FROM typed_observation_period"
     ).fetchone()
     kept, merged = con.execute("SELECT count(*), coalesce(sum(merged), 0) FROM observation_period").fetchone()
-    cdm.note("observation_period.unknown_person", orphans,
-             "observation_period: {n} row(s) of persons not in person (dropped)")  # fmt: skip
-    cdm.note("observation_period.bad_dates", total - orphans - merged,
-             "observation_period: {n} row(s) without dates or ending before they start (dropped)")  # fmt: skip
-    cdm.note("observation_period.overlapping", merged - kept,
-             "observation_period: {n} overlapping period(s) merged into the one they overlap")  # fmt: skip
+    cdm.note(
+        "observation_period.unknown_person",
+        orphans,
+        "observation_period: {n} row(s) of persons not in person (dropped)",
+    )
+    cdm.note(
+        "observation_period.bad_dates",
+        total - orphans - merged,
+        "observation_period: {n} row(s) without dates or ending before they start (dropped)",
+    )
+    cdm.note(
+        "observation_period.overlapping",
+        merged - kept,
+        "observation_period: {n} overlapping period(s) merged into the one they overlap",
+    )
     if kept == 0:
         raise CdmRefused(f"{cdm.files['observation_period']}: no usable observation_period rows")
 
@@ -477,8 +490,11 @@ def _build_events(cdm: Cdm, name: str, dom: EventDomain, columns: list[str]) -> 
     t = dom.table
     for (reason, text_), n in zip(DROP_REASONS.items(), found, strict=False):
         cdm.note(f"{name}.{reason}", n, f"{t}: {text_}")
-    cdm.note(f"{name}.outside_observation", found[-2],
-             f"{t}: {{n}} event(s) outside any observation period (kept for cohorts, not used for covariates)")
+    cdm.note(
+        f"{name}.outside_observation",
+        found[-2],
+        f"{t}: {{n}} event(s) outside any observation period (kept for cohorts, not used for covariates)",
+    )
     cdm.note(f"{name}.concept_zero", found[-1], f"{t}: {{n}} event(s) with concept 0 (unmapped)")
 
 
@@ -569,4 +585,3 @@ def open_cdm(
         con.close()
         shutil.rmtree(scratch, ignore_errors=True)
         raise
-

@@ -106,11 +106,13 @@ def _target_cohort(cdm: Cdm, spec: StudySpec) -> list[dict]:
         f"WHERE date_diff('day', o.start_date, f.index_date) >= {cohort.prior_observation_days} "
         "QUALIFY row_number() OVER (PARTITION BY f.person_id ORDER BY o.start_date, o.end_date DESC) = 1"
     )
-    attrition.append({
-        "criterion": f"observed at index with at least {cohort.prior_observation_days} days before it",
-        "persons": _count(cdm, "_observed"),
-        "outcome": None,
-    })
+    attrition.append(
+        {
+            "criterion": f"observed at index with at least {cohort.prior_observation_days} days before it",
+            "persons": _count(cdm, "_observed"),
+            "outcome": None,
+        }
+    )
     age = cohort.age
     age_filter = f"age_at_index BETWEEN {age.min} AND {age.max}" if age else "true"
     con.execute(
@@ -119,11 +121,13 @@ def _target_cohort(cdm: Cdm, spec: StudySpec) -> list[dict]:
         f"WHERE {age_filter}"
     )
     if age:
-        attrition.append({
-            "criterion": f"aged {age.min} to {age.max} at index",
-            "persons": _count(cdm, "_aged"),
-            "outcome": None,
-        })
+        attrition.append(
+            {
+                "criterion": f"aged {age.min} to {age.max} at index",
+                "persons": _count(cdm, "_aged"),
+                "outcome": None,
+            }
+        )
     con.execute(
         "CREATE OR REPLACE TEMP TABLE _target AS SELECT * FROM _aged "
         "WHERE death_date IS NULL OR death_date >= index_date"
@@ -186,17 +190,21 @@ def build_study(cdm: Cdm, spec: StudySpec) -> Study:
         population = population.join(cols, on="person_id", how="left")
         name = out.name
         if spec.cohort.exclude_prior_outcome:
-            attrition.append({
-                "criterion": f"no {name} before the time at risk",
-                "persons": population.filter(~pl.col(f"_prior_{name}")).height,
-                "outcome": name,
-            })
+            attrition.append(
+                {
+                    "criterion": f"no {name} before the time at risk",
+                    "persons": population.filter(~pl.col(f"_prior_{name}")).height,
+                    "outcome": name,
+                }
+            )
         eligible = population.filter(pl.col(f"eligible_{name}"))
-        attrition.append({
-            "criterion": f"at least {min_days} days at risk, or {name} in them",
-            "persons": eligible.height,
-            "outcome": name,
-        })
+        attrition.append(
+            {
+                "criterion": f"at least {min_days} days at risk, or {name} in them",
+                "persons": eligible.height,
+                "outcome": name,
+            }
+        )
         counts[name] = int(eligible[f"outcome_{name}"].sum())
         population = population.drop(f"_prior_{name}")
     return Study(spec, population, attrition, counts)

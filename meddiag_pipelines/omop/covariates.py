@@ -106,8 +106,11 @@ def _demographics_sql(settings: CovariateSettings) -> str:
 
 def _reference(cdm: Cdm, settings: CovariateSettings) -> pl.DataFrame:
     """Names of the covariates in ``_covariates``."""
-    analyses = [(1, "demographics", None, "gender"), (2, "demographics", None, "age"), (3, "demographics", None,
-                                                                                          "age group")]
+    analyses = [
+        (1, "demographics", None, "gender"),
+        (2, "demographics", None, "age"),
+        (3, "demographics", None, "age group"),
+    ]
     for domain, k in DOMAIN_CODES.items():
         codes = [(k, domain)] + ([(MEASUREMENT_VALUE, "measurement")] if domain == "measurement" else [])
         for code, dom in codes:

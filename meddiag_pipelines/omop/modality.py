@@ -18,16 +18,23 @@ import polars as pl
 
 from meddiag_pipelines import labels
 from meddiag_pipelines.evaluation.metrics.bootstrap import bootstrap_auroc_ci
+from meddiag_pipelines.flat.models import predict_tabular, read_meta, top_contributions, validation_score
 from meddiag_pipelines.ingestion.batches import Validator
-from meddiag_pipelines.specs import BATCH_COLUMN
-from meddiag_pipelines.modalities.base import (BuiltFeatures, Descriptions, Explainer, Modality, PredictorFactory,
-                                               Storage, TrainedModel, TrainingRun)  # fmt: skip
+from meddiag_pipelines.modalities.base import (
+    BuiltFeatures,
+    Descriptions,
+    Explainer,
+    Modality,
+    PredictorFactory,
+    Storage,
+    TrainedModel,
+    TrainingRun,
+)
 from meddiag_pipelines.omop.batches import OmopReader, prepare_batch
 from meddiag_pipelines.omop.models import train_omop_models
 from meddiag_pipelines.omop.report import attrition_html, study_html, top_covariates, top_covariates_html
-from meddiag_pipelines.specs import TaskSpec
+from meddiag_pipelines.specs import BATCH_COLUMN, TaskSpec
 from meddiag_pipelines.split import SPLIT_COLUMN, key_columns_in
-from meddiag_pipelines.flat.models import predict_tabular, read_meta, top_contributions, validation_score
 from meddiag_pipelines.validation.suites import CheckFailure
 
 FEATURE_PREFIX = "f__"
@@ -40,8 +47,9 @@ def row_failures(rows: pl.DataFrame, spec: TaskSpec, known_ids: set[str] | None 
     failures = []
     ids = rows[spec.id]
     if ids.null_count():
-        failures.append(CheckFailure("ids_present", spec.id, f"{ids.null_count()} rows without a person id",
-                                     ids.null_count()))  # fmt: skip
+        failures.append(
+            CheckFailure("ids_present", spec.id, f"{ids.null_count()} rows without a person id", ids.null_count())
+        )
     repeated = rows.height - ids.n_unique()
     if repeated:
         failures.append(CheckFailure("ids_unique", spec.id, f"{repeated} repeated person ids", repeated))
@@ -51,9 +59,15 @@ def row_failures(rows: pl.DataFrame, spec: TaskSpec, known_ids: set[str] | None 
     if known_ids:
         again = rows.filter(pl.col(spec.id).cast(pl.String).is_in(list(known_ids))).height
         if again:
-            failures.append(CheckFailure("ids_unique_across_batches", spec.id, f"{again} persons were already "
-                                         "ingested from an earlier batch; a later CDM batch brings new persons",
-                                         again))  # fmt: skip
+            failures.append(
+                CheckFailure(
+                    "ids_unique_across_batches",
+                    spec.id,
+                    f"{again} persons were already "
+                    "ingested from an earlier batch; a later CDM batch brings new persons",
+                    again,
+                )
+            )
     return failures
 
 
@@ -103,15 +117,22 @@ def _summary(values: pl.Series) -> dict:
     if values.is_empty():
         return {"n": 0}
     q = [float(values.quantile(p, "nearest")) for p in (0.25, 0.5, 0.75)]
-    return {"n": values.len(), "mean": round(float(values.mean()), 1), "min": int(values.min()), "p25": q[0],
-            "median": q[1], "p75": q[2], "max": int(values.max())}  # fmt: skip
+    return {
+        "n": values.len(),
+        "mean": round(float(values.mean()), 1),
+        "min": int(values.min()),
+        "p25": q[0],
+        "median": q[1],
+        "p75": q[2],
+        "max": int(values.max()),
+    }
 
 
 def summed_attrition(studies: list[dict]) -> list[dict]:
     """Persons after each criterion over the batches (each person is in one batch)."""
     rows = [dict(r) for r in studies[0]["attrition"]]
     for study in studies[1:]:
-        for row, other in zip(rows, study["attrition"]):
+        for row, other in zip(rows, study["attrition"], strict=False):
             row["persons"] += other["persons"]
     return rows
 
@@ -142,7 +163,7 @@ class OmopModality(Modality):
             "(cross-validated); both saved in safe formats (JSON, UBJ).",
             baseline_model="the L1 logistic regression (PatientLevelPrediction's default) trained by "
             "candidate_model in the same call; this asset points at it.",
-        )  # fmt: skip
+        )
 
     def reader(self, spec: TaskSpec) -> OmopReader:
         return OmopReader()
@@ -159,23 +180,37 @@ class OmopModality(Modality):
         for (batch,), rows in split.group_by(BATCH_COLUMN):
             studies[batch] = prepare_batch(storage.root.landing(spec.name) / batch, cache_dir / batch, spec, rows)
         train = split.filter(pl.col(SPLIT_COLUMN) == "train")
-        held = pl.concat([pl.read_parquet(cache_dir / b / "covariates.parquet").join(
-            rows.select(pl.col("person_id").cast(pl.Int64)), on="person_id")
-            for (b,), rows in train.group_by(BATCH_COLUMN)])  # fmt: skip
+        held = pl.concat(
+            [
+                pl.read_parquet(cache_dir / b / "covariates.parquet").join(
+                    rows.select(pl.col("person_id").cast(pl.Int64)), on="person_id"
+                )
+                for (b,), rows in train.group_by(BATCH_COLUMN)
+            ]
+        )
         counts = held.group_by("covariate_id").len().filter(pl.col("len") >= MIN_PERSONS)
         ids = sorted(counts["covariate_id"].to_list())
         refs = pl.concat([pl.read_parquet(cache_dir / b / "covariate_ref.parquet") for b in studies]).unique(
-            "covariate_id", keep="first")
-        names = dict(zip(refs["covariate_id"].to_list(), refs["name"].to_list()))
+            "covariate_id", keep="first"
+        )
+        names = dict(zip(refs["covariate_id"].to_list(), refs["name"].to_list(), strict=False))
         labelled = [studies[b] for b in sorted(studies)]
-        plan = {"modality": "omop", "cache_dir": storage.root.relative(cache_dir), "columns": [f"c{i}" for i in ids],
-                "names": {f"c{i}": names.get(i, f"covariate {i}") for i in ids},
-                "study": {"attrition": summed_attrition(labelled), "batches": len(labelled)}}  # fmt: skip
+        plan = {
+            "modality": "omop",
+            "cache_dir": storage.root.relative(cache_dir),
+            "columns": [f"c{i}" for i in ids],
+            "names": {f"c{i}": names.get(i, f"covariate {i}") for i in ids},
+            "study": {"attrition": summed_attrition(labelled), "batches": len(labelled)},
+        }
         X = covariate_matrix(split, {**plan, "cache_dir": str(cache_dir)}, cache_dir)
         inputs = pl.DataFrame(X, schema=[FEATURE_PREFIX + c for c in plan["columns"]])
         frame = pl.concat([split.select(key_columns_in(split, spec)), inputs], how="horizontal")
-        meta = {"n_rows": frame.height, "n_covariates": len(ids), "n_covariates_seen": held["covariate_id"].n_unique(),
-                "batches": len(studies)}  # fmt: skip
+        meta = {
+            "n_rows": frame.height,
+            "n_covariates": len(ids),
+            "n_covariates_seen": held["covariate_id"].n_unique(),
+            "batches": len(studies),
+        }
         return BuiltFeatures(frame, plan, meta, {"n_covariates": len(ids), "min_persons": MIN_PERSONS})
 
     def train_candidate(self, spec: TaskSpec, features: pl.DataFrame, plan: dict, run: TrainingRun) -> TrainedModel:
@@ -187,8 +222,12 @@ class OmopModality(Modality):
             parts[part] = (rows.select(columns).to_numpy(), labels.encode_labels(rows[spec.label], classes))
         meta = train_omop_models(*parts["train"], *parts["val"], spec.training, run.out_dir, plan["columns"])
         run.log.info(f"{spec.name}: {meta['selection']['reason']}")
-        return TrainedModel(run.out_dir, {**meta, "classes": classes}, plan,
-                            {"chosen": meta["params"]["chosen"], "selection": meta["selection"]["reason"]})  # fmt: skip
+        return TrainedModel(
+            run.out_dir,
+            {**meta, "classes": classes},
+            plan,
+            {"chosen": meta["params"]["chosen"], "selection": meta["selection"]["reason"]},
+        )
 
     def baseline_of_candidate(self, spec: TaskSpec, candidate_dir, candidate: dict) -> TrainedModel:
         out = Path(candidate_dir) / "logistic"
@@ -212,24 +251,36 @@ class OmopModality(Modality):
         for folder, shown in (("logistic", "l1_logistic_regression"), ("xgboost", "xgboost")):
             proba = predict_tabular(Path(candidate["dir"]) / folder, X)
             auroc = validation_score(y, proba)
-            models[shown] = {"auroc": auroc, "auroc_ci": bootstrap_auroc_ci(y, proba, spec.evaluation.n_bootstrap,
-                                                                            spec.evaluation.seed)}  # fmt: skip
-        return {"omop": {
-            "outcome": spec.outcomes[0].name, "attrition": plan["study"]["attrition"], "persons": n,
-            "outcome_count": cases, "incidence": cases / n if n else None,
-            "time_at_risk_days": _summary(labelled["tar_days"].drop_nulls()),
-            "persons_to_score": split.height - n, "n_covariates": len(plan["columns"]), "test_auroc": models,
-        }}  # fmt: skip
+            models[shown] = {
+                "auroc": auroc,
+                "auroc_ci": bootstrap_auroc_ci(y, proba, spec.evaluation.n_bootstrap, spec.evaluation.seed),
+            }
+        return {
+            "omop": {
+                "outcome": spec.outcomes[0].name,
+                "attrition": plan["study"]["attrition"],
+                "persons": n,
+                "outcome_count": cases,
+                "incidence": cases / n if n else None,
+                "time_at_risk_days": _summary(labelled["tar_days"].drop_nulls()),
+                "persons_to_score": split.height - n,
+                "n_covariates": len(plan["columns"]),
+                "test_auroc": models,
+            }
+        }
 
     def card_extras(self, spec: TaskSpec, candidate: dict) -> list[tuple[str, str]]:
         top = top_covariates(Path(candidate["dir"]), candidate["plan"])
         return [("Top covariates by effect", top_covariates_html(top))]
 
-    def test_sections(self, spec: TaskSpec, candidate: dict, test: pl.DataFrame, proba: np.ndarray,
-                      metrics: dict) -> list[tuple[str, str]]:  # fmt: skip
+    def test_sections(
+        self, spec: TaskSpec, candidate: dict, test: pl.DataFrame, proba: np.ndarray, metrics: dict
+    ) -> list[tuple[str, str]]:
         omop = metrics.get("omop") or {}
-        return [("Cohort attrition", attrition_html(omop.get("attrition") or [])),
-                ("Outcome, time at risk and both models", study_html(omop))]
+        return [
+            ("Cohort attrition", attrition_html(omop.get("attrition") or [])),
+            ("Outcome, time at risk and both models", study_html(omop)),
+        ]
 
 
 MODALITY = OmopModality()

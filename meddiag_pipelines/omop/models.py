@@ -15,8 +15,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold
 
 from meddiag_pipelines.atomic import atomic_write_json
-from meddiag_pipelines.specs import TrainingSpec
 from meddiag_pipelines.flat.models import CHOSEN, choose_model, train_xgboost, validation_score
+from meddiag_pipelines.specs import TrainingSpec
 
 # C = 1 / the LASSO's penalty weight, on standardised covariates; chosen by cross-validated AUROC on the training
 # rows (PLP searches its prior variance by cross-validation too).
@@ -39,8 +39,14 @@ def cross_validated_c(X: np.ndarray, y: np.ndarray, seed: int) -> tuple[float, d
     folds = list(StratifiedKFold(L1_CV_FOLDS, shuffle=True, random_state=seed).split(X, y))
     scores = {}
     for c in L1_C_GRID:
-        scores[c] = float(np.mean([validation_score(y[held], _lasso(c).fit(X[fit], y[fit]).predict_proba(X[held])[:, 1])
-                                   for fit, held in folds]))  # fmt: skip
+        scores[c] = float(
+            np.mean(
+                [
+                    validation_score(y[held], _lasso(c).fit(X[fit], y[fit]).predict_proba(X[held])[:, 1])
+                    for fit, held in folds
+                ]
+            )
+        )
     return max(scores, key=scores.get), scores
 
 
@@ -53,27 +59,39 @@ def train_l1_logistic(X_train, y_train, X_val, y_val, out_dir: Path, feature_nam
     c, cv_scores = cross_validated_c(Z_train, y_train, seed)
     model = _lasso(c).fit(Z_train, y_train)
     meta = {
-        "framework": "logistic", "name": "l1_logistic_regression", "n_classes": 2, "feature_names": feature_names,
-        "params": {"C": c, "penalty": "l1", "cv_auroc": {str(k): v for k, v in cv_scores.items()},
-                   "nonzero_coefficients": int(np.count_nonzero(model.coef_))},
-        "val_score": validation_score(y_val, model.predict_proba(Z_val)[:, 1]), "mean": mean.tolist(),
-        "scale": scale.tolist(), "coef": model.coef_.tolist(), "intercept": model.intercept_.tolist(),
+        "framework": "logistic",
+        "name": "l1_logistic_regression",
+        "n_classes": 2,
+        "feature_names": feature_names,
+        "params": {
+            "C": c,
+            "penalty": "l1",
+            "cv_auroc": {str(k): v for k, v in cv_scores.items()},
+            "nonzero_coefficients": int(np.count_nonzero(model.coef_)),
+        },
+        "val_score": validation_score(y_val, model.predict_proba(Z_val)[:, 1]),
+        "mean": mean.tolist(),
+        "scale": scale.tolist(),
+        "coef": model.coef_.tolist(),
+        "intercept": model.intercept_.tolist(),
         "recalibration": None,
-    }  # fmt: skip
+    }
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out_dir / "model.json", meta)
     return meta
 
 
-def train_omop_models(X_train, y_train, X_val, y_val, settings: TrainingSpec, out_dir: Path,
-                      feature_names: list[str]) -> dict:  # fmt: skip
+def train_omop_models(
+    X_train, y_train, X_val, y_val, settings: TrainingSpec, out_dir: Path, feature_names: list[str]
+) -> dict:
     """XGBoost and the L1 baseline into ``out_dir/xgboost`` and ``out_dir/logistic``; the meta of the one the
     tabular rule keeps (``choose_model``: cross-validated on small data), with both validation scores."""
     metas = {
         "xgboost": train_xgboost(X_train, y_train, X_val, y_val, 2, settings, out_dir / "xgboost", feature_names),
-        "logistic": train_l1_logistic(X_train, y_train, X_val, y_val, out_dir / "logistic", feature_names,
-                                      settings.seed),
-    }  # fmt: skip
+        "logistic": train_l1_logistic(
+            X_train, y_train, X_val, y_val, out_dir / "logistic", feature_names, settings.seed
+        ),
+    }
     selection = choose_model(X_train, y_train, X_val, y_val, 2, metas, out_dir, settings.seed)
     chosen = selection["chosen"]
     scores = {k: m["val_score"] for k, m in metas.items()}

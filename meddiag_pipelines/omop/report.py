@@ -34,10 +34,13 @@ def study_html(omop: dict) -> str:
         return "<p>No study summary.</p>"
     tar = omop["time_at_risk_days"]
     incidence = f"{omop['incidence']:.1%}" if omop.get("incidence") is not None else "n/a"
-    rows = [["outcome", omop["outcome"]], ["persons in the study population", f"{omop['persons']:,}"],
-            ["persons with the outcome", f"{omop['outcome_count']:,} ({incidence})"],
-            ["persons still at risk (scored, not trained on)", f"{omop['persons_to_score']:,}"],
-            ["covariates used", f"{omop['n_covariates']:,}"]]  # fmt: skip
+    rows = [
+        ["outcome", omop["outcome"]],
+        ["persons in the study population", f"{omop['persons']:,}"],
+        ["persons with the outcome", f"{omop['outcome_count']:,} ({incidence})"],
+        ["persons still at risk (scored, not trained on)", f"{omop['persons_to_score']:,}"],
+        ["covariates used", f"{omop['n_covariates']:,}"],
+    ]
     if tar.get("n"):
         spread = f"{tar['median']:g} ({tar['p25']:g} to {tar['p75']:g}), {tar['min']} to {tar['max']}"
         rows.append(["days at risk: mean, median (quartiles), range", f"{tar['mean']}, {spread}"])
@@ -52,17 +55,26 @@ def top_covariates(model_dir: Path, plan: dict, k: int = TOP_COVARIATES) -> dict
     meta = json.loads((Path(model_dir) / "logistic" / "model.json").read_text(encoding="utf-8"))
     coef = np.asarray(meta["coef"])[0]
     order = [i for i in np.argsort(-np.abs(coef)) if coef[i] != 0][:k]
-    lasso = [{"covariate": names.get(meta["feature_names"][i], meta["feature_names"][i]), "coefficient": float(coef[i]),
-              "odds_ratio_per_sd": float(np.exp(coef[i]))} for i in order]  # fmt: skip
+    lasso = [
+        {
+            "covariate": names.get(meta["feature_names"][i], meta["feature_names"][i]),
+            "coefficient": float(coef[i]),
+            "odds_ratio_per_sd": float(np.exp(coef[i])),
+        }
+        for i in order
+    ]
     gain = load_booster(Path(model_dir) / "xgboost").get_score(importance_type="total_gain")
     best = sorted(gain.items(), key=lambda kv: -kv[1])[:k]
     return {"lasso": lasso, "xgboost": [{"covariate": names.get(n, n), "total_gain": float(g)} for n, g in best]}
 
 
 def top_covariates_html(top: dict[str, list[dict]]) -> str:
-    lasso = _table(["covariate", "coefficient (per SD)", "odds ratio per SD"],
-                   [[r["covariate"], f"{r['coefficient']:+.3f}", f"{r['odds_ratio_per_sd']:.2f}"]
-                    for r in top["lasso"]])  # fmt: skip
+    lasso = _table(
+        ["covariate", "coefficient (per SD)", "odds ratio per SD"],
+        [[r["covariate"], f"{r['coefficient']:+.3f}", f"{r['odds_ratio_per_sd']:.2f}"] for r in top["lasso"]],
+    )
     boost = _table(["covariate", "total gain"], [[r["covariate"], f"{r['total_gain']:.1f}"] for r in top["xgboost"]])
-    return (f"<p>L1 logistic regression: the non-zero coefficients of largest size.</p>{lasso}"
-            f"<p>XGBoost: the covariates of most total gain.</p>{boost}")
+    return (
+        f"<p>L1 logistic regression: the non-zero coefficients of largest size.</p>{lasso}"
+        f"<p>XGBoost: the covariates of most total gain.</p>{boost}"
+    )

@@ -17,27 +17,40 @@ import sys
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = __doc__.splitlines()[0]
-    sub = parser.add_subparsers(dest="registry_command", required=True, metavar="<command>",
-                                help="`<command> --help` describes it")  # fmt: skip
-    listing = sub.add_parser("list", help="every version: created, data partitions, code, AUROC, decision, reasons",
-                             description="Every published version of a task (or of every task): created, data "
-                             "partitions, code version, headline figure with its 95% CI, the decision and its "
-                             "reasons; * marks the champion.")  # fmt: skip
+    sub = parser.add_subparsers(
+        dest="registry_command", required=True, metavar="<command>", help="`<command> --help` describes it"
+    )
+    listing = sub.add_parser(
+        "list",
+        help="every version: created, data partitions, code, AUROC, decision, reasons",
+        description="Every published version of a task (or of every task): created, data "
+        "partitions, code version, headline figure with its 95% CI, the decision and its "
+        "reasons; * marks the champion.",
+    )
     listing.add_argument("task", nargs="?", help="one task (default: every task with a registry folder)")
     listing.add_argument("--json", action="store_true", help="one JSON list, for machines")
-    pin = sub.add_parser("pin", help="make an earlier version the champion and keep it (a rollback)",
-                         description="Point champion.json at a published version and pin it: no candidate replaces "
-                         "it automatically until `registry unpin`.")  # fmt: skip
+    pin = sub.add_parser(
+        "pin",
+        help="make an earlier version the champion and keep it (a rollback)",
+        description="Point champion.json at a published version and pin it: no candidate replaces "
+        "it automatically until `registry unpin`.",
+    )
     pin.add_argument("task", help="the task's name")
     pin.add_argument("version", help="a published version, as `registry list` shows it")
-    unpin = sub.add_parser("unpin", help="let promotion replace the pinned champion again",
-                           description="Keep the current champion but unpin it, so that the next candidate that "
-                           "passes the promotion gate replaces it.")  # fmt: skip
+    unpin = sub.add_parser(
+        "unpin",
+        help="let promotion replace the pinned champion again",
+        description="Keep the current champion but unpin it, so that the next candidate that "
+        "passes the promotion gate replaces it.",
+    )
     unpin.add_argument("task", help="the task's name")
-    export = sub.add_parser("export", help="a version's model to ONNX, checked against onnxruntime",
-                            description="Export a version's model to ONNX with an onnxruntime parity check on its "
-                            "test split: exports/<task>/<version>/model.onnx and parity.json (the `large` "
-                            "extra).")  # fmt: skip
+    export = sub.add_parser(
+        "export",
+        help="a version's model to ONNX, checked against onnxruntime",
+        description="Export a version's model to ONNX with an onnxruntime parity check on its "
+        "test split: exports/<task>/<version>/model.onnx and parity.json (the `large` "
+        "extra).",
+    )
     export.add_argument("task", help="the task's name")
     export.add_argument("version", help="a published version, as `registry list` shows it")
 

@@ -45,13 +45,22 @@ def format_table(rows: list[dict]) -> str:
     lines: list[str] = []
     for task in dict.fromkeys(r["task"] for r in rows):
         mine = [r for r in rows if r["task"] == task]
-        cells = [(r["version"], r["created_utc"] or "?", _partitions(r["partitions"]), r["code_version"] or "?",
-                  figure_text(r["metric"], r["value"], r["ci"]), _decision(r)) for r in mine]  # fmt: skip
+        cells = [
+            (
+                r["version"],
+                r["created_utc"] or "?",
+                _partitions(r["partitions"]),
+                r["code_version"] or "?",
+                figure_text(r["metric"], r["value"], r["ci"]),
+                _decision(r),
+            )
+            for r in mine
+        ]
         widths = [max(len(c[i]) for c in [COLUMNS, *cells]) for i in range(len(COLUMNS))]
-        lines += [f"{task}:", "  " + "  ".join(h.ljust(w) for h, w in zip(COLUMNS, widths)).rstrip()]
-        for row, fields in zip(mine, cells):
+        lines += [f"{task}:", "  " + "  ".join(h.ljust(w) for h, w in zip(COLUMNS, widths, strict=False)).rstrip()]
+        for row, fields in zip(mine, cells, strict=False):
             mark = "*" if row["champion"] else " "
-            lines.append(f"{mark} " + "  ".join(f.ljust(w) for f, w in zip(fields, widths)).rstrip())
+            lines.append(f"{mark} " + "  ".join(f.ljust(w) for f, w in zip(fields, widths, strict=False)).rstrip())
             lines += [f"      - {reason}" for reason in row["reasons"]]
     return "\n".join(lines) if lines else "no published versions"
 
@@ -69,8 +78,10 @@ def export_command(task: str, version: str) -> int:
     state = "already exported (unchanged)" if record["already_exported"] else "exported"
     print(f"{task} {version}: {state} to {where}")
     reference = record.get("reference", "torch")  # exports before tabular models were: torch's
-    print(f"  parity on {record['n_test']} test rows: max |onnxruntime - {reference}| of the {record['compared']} = "
-          f"{record['max_abs_diff']:.3g} (tolerance {record['tolerance']:g})")
+    print(
+        f"  parity on {record['n_test']} test rows: max |onnxruntime - {reference}| of the {record['compared']} = "
+        f"{record['max_abs_diff']:.3g} (tolerance {record['tolerance']:g})"
+    )
     inputs = ", ".join(f"{name} (dynamic {', '.join(axes.values())})" for name, axes in record["inputs"].items())
     print(f"  inputs: {inputs}; output: {record['output']} {record['output_shape']}, then {record['then']}")
     return 0

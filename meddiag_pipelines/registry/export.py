@@ -83,13 +83,26 @@ def export_version(data_dir: Path | str, task: str, version: str) -> dict:
     try:
         parity = exportable.export_to(staged / ONNX_FILE)
         output = exportable.output
-        record = {"task": task, "version": version, "model": manifest["model"]["name"],
-                  "classes": manifest["model"]["classes"], "inputs": exportable.axes, "output": output,
-                  "then": exportable.then, "compared": output, "reference": exportable.reference,
-                  "n_test": exportable.n_test, **parity, "tolerance": TOLERANCE, "exported_at": time.time()}  # fmt: skip
+        record = {
+            "task": task,
+            "version": version,
+            "model": manifest["model"]["name"],
+            "classes": manifest["model"]["classes"],
+            "inputs": exportable.axes,
+            "output": output,
+            "then": exportable.then,
+            "compared": output,
+            "reference": exportable.reference,
+            "n_test": exportable.n_test,
+            **parity,
+            "tolerance": TOLERANCE,
+            "exported_at": time.time(),
+        }
         if not record["max_abs_diff"] <= TOLERANCE:
-            raise ExportRefused(f"{task} {version}: onnxruntime's {output} differ from {exportable.reference}'s by up "
-                                f"to {record['max_abs_diff']:.3g} on the test split (tolerance {TOLERANCE:g}): not exported")  # fmt: skip
+            raise ExportRefused(
+                f"{task} {version}: onnxruntime's {output} differ from {exportable.reference}'s by up "
+                f"to {record['max_abs_diff']:.3g} on the test split (tolerance {TOLERANCE:g}): not exported"
+            )
         for name, content in exportable.files.items():
             atomic_write_json(staged / name, content)
         atomic_write_json(staged / PARITY_FILE, record)
@@ -113,11 +126,19 @@ def _export_and_compare(exportable: Exportable, target: Path) -> dict:
 
     names = list(exportable.axes)
     dims: dict[str, object] = {}
-    shapes = tuple({axis: dims.setdefault(n, torch.export.Dim(n)) for axis, n in exportable.axes[i].items()}
-                   for i in names)  # fmt: skip
+    shapes = tuple(
+        {axis: dims.setdefault(n, torch.export.Dim(n)) for axis, n in exportable.axes[i].items()} for i in names
+    )
     example = tuple(torch.from_numpy(exportable.example[n]) for n in names)
-    program = torch.onnx.export(exportable.module, example, dynamo=True, input_names=names, output_names=["logits"],
-                                dynamic_shapes=shapes, verbose=False)  # fmt: skip
+    program = torch.onnx.export(
+        exportable.module,
+        example,
+        dynamo=True,
+        input_names=names,
+        output_names=["logits"],
+        dynamic_shapes=shapes,
+        verbose=False,
+    )
     program.save(str(target))
     session = onnxruntime.InferenceSession(str(target), providers=["CPUExecutionProvider"])
     worst, shape = 0.0, None
@@ -126,12 +147,18 @@ def _export_and_compare(exportable: Exportable, target: Path) -> dict:
             expected = exportable.module(*(torch.from_numpy(batch[n]) for n in names)).numpy()
             diff, shape = max_abs_diff(session, "logits", batch, expected, "torch")
             worst = max(worst, diff)
-    return {"max_abs_diff": worst, "output_shape": ["batch", *shape], "opset": onnx_opset(target),
-            "torch": torch.__version__, "onnxruntime": onnxruntime.__version__}  # fmt: skip
+    return {
+        "max_abs_diff": worst,
+        "output_shape": ["batch", *shape],
+        "opset": onnx_opset(target),
+        "torch": torch.__version__,
+        "onnxruntime": onnxruntime.__version__,
+    }
 
 
-def max_abs_diff(session, output: str, feeds: dict[str, np.ndarray], expected: np.ndarray,
-                  reference: str) -> tuple[float, tuple]:  # fmt: skip
+def max_abs_diff(
+    session, output: str, feeds: dict[str, np.ndarray], expected: np.ndarray, reference: str
+) -> tuple[float, tuple]:
     """onnxruntime's ``output`` on ``feeds`` against ``expected`` (the reference's): the largest absolute difference
     (infinite where either has a NaN) and the output's shape past the batch axis."""
     (got,) = session.run([output], feeds)
@@ -223,5 +250,6 @@ def _test_rows(root: DataRoot, task: str, version: str, test_ids: list[str], col
         position = {key: n for n, key in enumerate(test[spec.id].cast(pl.String).to_list())}
         if all(i in position for i in test_ids):
             return test[[position[i] for i in test_ids]]
-    raise ExportRefused(f"{task} {version}: no split table under {folder} holds the version's {len(test_ids)} test "
-                        "rows")  # fmt: skip
+    raise ExportRefused(
+        f"{task} {version}: no split table under {folder} holds the version's {len(test_ids)} test rows"
+    )

@@ -9,26 +9,54 @@ import polars as pl
 
 # The report files of a version, written in staging by the evaluation and published with the version.
 REPORT_FILES = ("metrics.json", "report.html", "model_card.md", "test_predictions.parquet")
-SUMMARY_METRICS = ("auroc", "auroc_ci", "auprc", "brier", "calibration_slope", "calibration_intercept", "macro_f1",
-                   "accuracy", "n_test")  # fmt: skip
+SUMMARY_METRICS = (
+    "auroc",
+    "auroc_ci",
+    "auprc",
+    "brier",
+    "calibration_slope",
+    "calibration_intercept",
+    "macro_f1",
+    "accuracy",
+    "n_test",
+)
 
 
-def build_manifest(task: str, ledger: pl.DataFrame, candidate: dict, baseline: dict, metrics: dict,
-                   parent: dict | None, decision: dict, fingerprint: str | None, code_version: str) -> dict:  # fmt: skip
+def build_manifest(
+    task: str,
+    ledger: pl.DataFrame,
+    candidate: dict,
+    baseline: dict,
+    metrics: dict,
+    parent: dict | None,
+    decision: dict,
+    fingerprint: str | None,
+    code_version: str,
+) -> dict:
     """``ledger``: the task's ingestion ledger (its validated batches are the version's data partitions);
     ``parent``: the champion pointer in force when the version was decided."""
     validated = ledger.filter(pl.col("status") == "validated").sort("batch_id")
     return {
-        "task": task, "created_at": time.time(), "code_version": code_version, "fingerprint": fingerprint,
-        "batches": [{"batch_id": r["batch_id"], "content_hash": r["content_hash"], "n_rows": r["n_rows"]}
-                    for r in validated.iter_rows(named=True)],
-        "model": {k: candidate[k] for k in ("name", "framework", "params", "val_score", "classes", "version", "device")},
+        "task": task,
+        "created_at": time.time(),
+        "code_version": code_version,
+        "fingerprint": fingerprint,
+        "batches": [
+            {"batch_id": r["batch_id"], "content_hash": r["content_hash"], "n_rows": r["n_rows"]}
+            for r in validated.iter_rows(named=True)
+        ],
+        "model": {
+            k: candidate[k] for k in ("name", "framework", "params", "val_score", "classes", "version", "device")
+        },
         "baseline": {k: baseline[k] for k in ("name", "framework", "params", "val_score")},
-        "hyperparameters": candidate["params"], "metrics": {k: metrics.get(k) for k in SUMMARY_METRICS},
-        "thresholds": metrics.get("thresholds"), "operating_threshold": metrics.get("operating_threshold"),
-        "parent_champion": parent["version"] if parent else None, "decision": decision,
+        "hyperparameters": candidate["params"],
+        "metrics": {k: metrics.get(k) for k in SUMMARY_METRICS},
+        "thresholds": metrics.get("thresholds"),
+        "operating_threshold": metrics.get("operating_threshold"),
+        "parent_champion": parent["version"] if parent else None,
+        "decision": decision,
         "report_files": list(REPORT_FILES),
-    }  # fmt: skip
+    }
 
 
 def headline(metrics: dict) -> tuple[str, float | None, list | None]:
@@ -55,10 +83,16 @@ def summarize(manifest: dict, champion: dict | None = None) -> dict:
     is_champion = bool(champion and champion.get("version") == manifest.get("version"))
     return {
         "version": manifest.get("version"),
-        "created_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(manifest["created_at"])) if manifest.get("created_at") else None,
-        "partitions": batches, "code_version": manifest.get("code_version"),
-        "metric": name, "value": value, "ci": list(ci) if ci else None,
+        "created_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(manifest["created_at"]))
+        if manifest.get("created_at")
+        else None,
+        "partitions": batches,
+        "code_version": manifest.get("code_version"),
+        "metric": name,
+        "value": value,
+        "ci": list(ci) if ci else None,
         "decision": "promoted" if decision.get("promote") else "refused",
         "reasons": list(decision.get("reasons") or []),
-        "champion": is_champion, "pinned": bool(is_champion and champion.get("pinned")),
-    }  # fmt: skip
+        "champion": is_champion,
+        "pinned": bool(is_champion and champion.get("pinned")),
+    }

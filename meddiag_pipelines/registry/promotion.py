@@ -54,14 +54,24 @@ def _gate_checks(candidate: dict, champion: dict | None, settings: PromotionSpec
         checks = [(False, "the paired AUROC difference against the champion could not be computed")]
     else:
         ok = ci[0] > -settings.margin
-        checks = [(ok, f"AUROC difference vs champion {diff:+.3f} (95% CI {ci[0]:+.3f} to {ci[1]:+.3f}) "
-                       f"{'is' if ok else 'is not'} non-inferior at margin {settings.margin}")]  # fmt: skip
+        checks = [
+            (
+                ok,
+                f"AUROC difference vs champion {diff:+.3f} (95% CI {ci[0]:+.3f} to {ci[1]:+.3f}) "
+                f"{'is' if ok else 'is not'} non-inferior at margin {settings.margin}",
+            )
+        ]
     checks += slope_check(candidate, settings)
     before = subgroup_aurocs(champion)
     for key, value in subgroup_aurocs(candidate).items():
         if key in before and before[key] - value > settings.max_subgroup_drop:
-            checks.append((False, f"subgroup {key[0]}={key[1]}: AUROC falls {before[key]:.3f} -> {value:.3f}, "
-                                  f"more than {settings.max_subgroup_drop}"))  # fmt: skip
+            checks.append(
+                (
+                    False,
+                    f"subgroup {key[0]}={key[1]}: AUROC falls {before[key]:.3f} -> {value:.3f}, "
+                    f"more than {settings.max_subgroup_drop}",
+                )
+            )
     return checks
 
 
@@ -73,11 +83,19 @@ def slope_check(candidate: dict, settings: PromotionSpec) -> list[tuple[bool, st
     # Judged by the slope's CI: a slope fails when the data show it outside the band, not when a small,
     # nearly separable test set merely cannot pin it down.
     # A bound of None is unbounded: resamples whose risks separate their outcomes have no finite slope.
-    span = [-math.inf if slope_ci[0] is None else slope_ci[0], math.inf if slope_ci[1] is None else slope_ci[1]] \
-        if slope_ci else [slope, slope]  # fmt: skip
+    span = (
+        [-math.inf if slope_ci[0] is None else slope_ci[0], math.inf if slope_ci[1] is None else slope_ci[1]]
+        if slope_ci
+        else [slope, slope]
+    )
     ok = span[0] <= high and span[1] >= low
-    return [(ok, f"calibration slope {slope:.3f} (95% CI {span[0]:.3f} to {span[1]:.3f}) "
-                 f"{'is compatible with' if ok else 'lies outside'} the band [{low}, {high}]")]  # fmt: skip
+    return [
+        (
+            ok,
+            f"calibration slope {slope:.3f} (95% CI {span[0]:.3f} to {span[1]:.3f}) "
+            f"{'is compatible with' if ok else 'lies outside'} the band [{low}, {high}]",
+        )
+    ]
 
 
 def decide(candidate: dict, champion: dict | None, settings: PromotionSpec, pinned: bool = False) -> Decision:
@@ -90,6 +108,9 @@ def decide(candidate: dict, champion: dict | None, settings: PromotionSpec, pinn
     if pinned and promote:
         promote = False
         reasons.insert(0, "the champion is pinned (rollback); unpin it to allow promotion")
-    figures = {"candidate_auroc": candidate.get("auroc"), "champion_auroc": champion.get("auroc") if champion else None,
-               "calibration_slope": candidate.get("calibration_slope")}  # fmt: skip
+    figures = {
+        "candidate_auroc": candidate.get("auroc"),
+        "champion_auroc": champion.get("auroc") if champion else None,
+        "calibration_slope": candidate.get("calibration_slope"),
+    }
     return Decision(promote, reasons, figures)

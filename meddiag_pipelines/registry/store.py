@@ -146,7 +146,9 @@ class ModelRegistry:
         try:
             return self.root.read_json(self.rel(task, version, MANIFEST))
         except FileNotFoundError:
-            raise RegistryError(f"task {task!r} has no published version {version!r}; known: {self.versions(task)}") from None
+            raise RegistryError(
+                f"task {task!r} has no published version {version!r}; known: {self.versions(task)}"
+            ) from None
 
     def read_file(self, task: str, version: str, name: str) -> bytes | None:
         """One file of a published version (``None``: it has none of that name)."""

@@ -43,12 +43,23 @@ def task_summary(registry: ModelRegistry, task: str, since: float | None) -> Tas
         state = "up to date" if since is None else "no model evaluated: no validated rows yet (the log says why)"
         parts, refusal = [state, _in_force(registry, task, champion, version)], None
     elif latest.get("unchanged_candidate"):
-        parts, refusal = [f"no new data, spec or code since {version}: nothing published",
-                          _in_force(registry, task, champion, version)], None  # fmt: skip
+        parts, refusal = (
+            [
+                f"no new data, spec or code since {version}: nothing published",
+                _in_force(registry, task, champion, version),
+            ],
+            None,
+        )
     elif not registry.published(task, version):
         metrics = root.read_json(f"reports/{task}/latest/metrics.json")
-        parts, refusal = [metrics_figure(metrics), f"{version} evaluated but not published (see the run's "
-                          "champion step)", _in_force(registry, task, champion, version)], None  # fmt: skip
+        parts, refusal = (
+            [
+                metrics_figure(metrics),
+                f"{version} evaluated but not published (see the run's champion step)",
+                _in_force(registry, task, champion, version),
+            ],
+            None,
+        )
     else:
         row = summarize(registry.manifest(task, version), champion)
         figure = _figure(registry, task, version)

@@ -15,6 +15,8 @@ from typing import ClassVar
 import numpy as np
 import polars as pl
 
+from meddiag_pipelines.flat.features import MISSING, OTHER, FeaturePlan
+from meddiag_pipelines.flat.models import load_booster, model_inputs, predict_tabular, read_meta
 from meddiag_pipelines.registry.export import (
     FEATURES_FILE,
     TOLERANCE,
@@ -23,8 +25,6 @@ from meddiag_pipelines.registry.export import (
     max_abs_diff,
     onnx_opset,
 )
-from meddiag_pipelines.flat.features import MISSING, OTHER, FeaturePlan
-from meddiag_pipelines.flat.models import load_booster, model_inputs, predict_tabular, read_meta
 
 
 def exportable(version: VersionToExport) -> TabularExportable:
@@ -71,8 +71,9 @@ class TabularExportable:
         return _tabular_export_and_compare(self, target)
 
 
-def tabular_exportable(model_dir: Path, plan: dict, rows: pl.DataFrame, test_predictions: Path,
-                       classes: list[str]) -> TabularExportable:  # fmt: skip
+def tabular_exportable(
+    model_dir: Path, plan: dict, rows: pl.DataFrame, test_predictions: Path, classes: list[str]
+) -> TabularExportable:
     meta = read_meta(model_dir)
     matrix = np.ascontiguousarray(model_inputs(model_dir, rows, plan), dtype=np.float32)
 
@@ -83,14 +84,18 @@ def tabular_exportable(model_dir: Path, plan: dict, rows: pl.DataFrame, test_pre
     what = f"P({classes[-1]!r})" if meta["n_classes"] == 2 else "one probability per class, in the order of 'classes'"
     inside = ["the trees of the rounds predict uses (to the best iteration)"] if meta["framework"] == "xgboost" else []
     inside += ["the logistic recalibration fitted on validation"] if meta.get("recalibration") else []
-    then = f"none: {what}, as the version's predictor gives it" + (f"; in the graph: {', '.join(inside)}" if inside else "")
+    then = f"none: {what}, as the version's predictor gives it" + (
+        f"; in the graph: {', '.join(inside)}" if inside else ""
+    )
     if meta["framework"] == "xgboost":
         graph, probes, made_with = xgboost_graph(model_dir, meta, matrix)
-        return TabularExportable(graph, matrix, predict, then, "xgboost", feature_doc(plan, meta), probes, recorded_diff,
-                                 made_with)  # fmt: skip
+        return TabularExportable(
+            graph, matrix, predict, then, "xgboost", feature_doc(plan, meta), probes, recorded_diff, made_with
+        )
     if meta["framework"] == "logistic":
-        return TabularExportable(logistic_graph(meta), matrix, predict, then, "numpy", feature_doc(plan, meta),
-                                 matrix[:0], recorded_diff, {})  # fmt: skip
+        return TabularExportable(
+            logistic_graph(meta), matrix, predict, then, "numpy", feature_doc(plan, meta), matrix[:0], recorded_diff, {}
+        )
     raise ExportRefused(f"{model_dir.parent.name}: no ONNX export for a {meta['framework']!r} tabular model")
 
 
@@ -104,9 +109,11 @@ def _recorded_diff(expected: np.ndarray, test_predictions: Path, classes: list[s
     diff = float(np.abs(recorded.select(columns).to_numpy().reshape(expected.shape) - expected).max(initial=0.0))
     if not diff <= TOLERANCE:
         version = test_predictions.parent
-        raise ExportRefused(f"{version.parent.name} {version.name}: the version's predictor on the test rows of the "
-                            f"split table differs from its {test_predictions.name} by up to {diff:.3g}: those rows are "
-                            "not the ones it was evaluated on; not exported")  # fmt: skip
+        raise ExportRefused(
+            f"{version.parent.name} {version.name}: the version's predictor on the test rows of the "
+            f"split table differs from its {test_predictions.name} by up to {diff:.3g}: those rows are "
+            "not the ones it was evaluated on; not exported"
+        )
     return diff
 
 
@@ -114,14 +121,22 @@ def feature_doc(plan: dict, meta: dict) -> dict:
     """features.json: the input's columns in order and how a record becomes a row (the version's feature plan)."""
     reported = FeaturePlan.from_dict(plan).reported_names()
     columns = meta["feature_names"]
-    how = ("One row per record, by the version's feature plan (`plan`; meddiag_pipelines.flat.models.model_inputs "
-           "does it): a numeric column as a number (booleans 1.0 / 0.0), a missing value (or NaN) replaced by its "
-           "training median (plan.medians); '<column>__missing' is 1.0 where that column is missing, else 0.0 "
-           "(plan.indicators); '<column>=<level>' is 1.0 where the column's value as text equals the level, else "
-           f"0.0, a missing value counting as '{MISSING}' and a value not among plan.categorical[column] as "
-           f"'{OTHER}'. The plan imputes every value, so no NaN reaches the model.")  # fmt: skip
-    return {"input": "features", "dtype": "float32", "shape": ["batch", len(columns)],
-            "columns": [{"name": c, "reported": reported.get(c, c)} for c in columns], "how": how, "plan": plan}  # fmt: skip
+    how = (
+        "One row per record, by the version's feature plan (`plan`; meddiag_pipelines.flat.models.model_inputs "
+        "does it): a numeric column as a number (booleans 1.0 / 0.0), a missing value (or NaN) replaced by its "
+        "training median (plan.medians); '<column>__missing' is 1.0 where that column is missing, else 0.0 "
+        "(plan.indicators); '<column>=<level>' is 1.0 where the column's value as text equals the level, else "
+        f"0.0, a missing value counting as '{MISSING}' and a value not among plan.categorical[column] as "
+        f"'{OTHER}'. The plan imputes every value, so no NaN reaches the model."
+    )
+    return {
+        "input": "features",
+        "dtype": "float32",
+        "shape": ["batch", len(columns)],
+        "columns": [{"name": c, "reported": reported.get(c, c)} for c in columns],
+        "how": how,
+        "plan": plan,
+    }
 
 
 def _tabular_export_and_compare(exportable: TabularExportable, target: Path) -> dict:
@@ -136,14 +151,23 @@ def _tabular_export_and_compare(exportable: TabularExportable, target: Path) -> 
 
     at_splits = worst(exportable.probes)[0] if len(exportable.probes) else 0.0
     if not at_splits <= TOLERANCE:
-        raise ExportRefused(f"onnxruntime's probabilities differ from {exportable.reference}'s by up to "
-                            f"{at_splits:.3g} on rows set on the trees' split thresholds: a threshold or a missing "
-                            "value's branch moved in the export; not exported")  # fmt: skip
+        raise ExportRefused(
+            f"onnxruntime's probabilities differ from {exportable.reference}'s by up to "
+            f"{at_splits:.3g} on rows set on the trees' split thresholds: a threshold or a missing "
+            "value's branch moved in the export; not exported"
+        )
     diff, shape = worst(exportable.matrix)
-    return {"max_abs_diff": diff, "output_shape": ["batch", *shape], "split_probe_rows": len(exportable.probes),
-            "max_abs_diff_at_split_thresholds": at_splits, "test_predictions_max_abs_diff": exportable.recorded_diff,
-            "opset": onnx_opset(target), "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
-            **exportable.made_with}  # fmt: skip
+    return {
+        "max_abs_diff": diff,
+        "output_shape": ["batch", *shape],
+        "split_probe_rows": len(exportable.probes),
+        "max_abs_diff_at_split_thresholds": at_splits,
+        "test_predictions_max_abs_diff": exportable.recorded_diff,
+        "opset": onnx_opset(target),
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        **exportable.made_with,
+    }
 
 
 def xgboost_graph(model_dir: Path, meta: dict, matrix: np.ndarray) -> tuple[object, np.ndarray, dict[str, str]]:
@@ -158,8 +182,9 @@ def xgboost_graph(model_dir: Path, meta: dict, matrix: np.ndarray) -> tuple[obje
     booster = booster[: booster.best_iteration + 1]  # early stopping trained further than the rounds predict uses
     booster.feature_names = None  # the converter reads features as f0, f1, ...: the input's columns in order
     n_features = matrix.shape[1]
-    trees = onnxmltools.convert_xgboost(booster, initial_types=[("features", FloatTensorType([None, n_features]))],
-                                        target_opset=CONVERTER_OPSET)  # fmt: skip
+    trees = onnxmltools.convert_xgboost(
+        booster, initial_types=[("features", FloatTensorType([None, n_features]))], target_opset=CONVERTER_OPSET
+    )
     renamed = {o.name: f"tree_{o.name}" for o in trees.graph.output}  # its "label" output is left unused
     nodes = list(trees.graph.node)
     for node in nodes:
@@ -169,8 +194,10 @@ def xgboost_graph(model_dir: Path, meta: dict, matrix: np.ndarray) -> tuple[obje
     inits = list(trees.graph.initializer)
     if meta["n_classes"] == 2:
         inits.append(numpy_helper.from_array(np.array(1, dtype=np.int64), "positive"))
-        nodes += [helper.make_node("Gather", [renamed["probabilities"], "positive"], ["p_positive_float"], axis=1),
-                  helper.make_node("Cast", ["p_positive_float"], ["p_positive"], to=TensorProto.DOUBLE)]  # fmt: skip
+        nodes += [
+            helper.make_node("Gather", [renamed["probabilities"], "positive"], ["p_positive_float"], axis=1),
+            helper.make_node("Cast", ["p_positive_float"], ["p_positive"], to=TensorProto.DOUBLE),
+        ]
         tail, more = _binary_tail("p_positive", meta.get("recalibration"))
         graph = _tabular_model(nodes + tail, inits + more, n_features, ["batch"], ml_opset)
     else:
@@ -185,8 +212,14 @@ def split_probe_rows(booster, matrix: np.ndarray) -> np.ndarray:
     that feature on the threshold, one just below it (XGBoost goes left when value < threshold, in float32) and
     one with it missing (NaN: the split's default direction)."""
     trees = json.loads(booster.save_raw("json"))["learner"]["gradient_booster"]["model"]["trees"]
-    splits = sorted({(f, c) for t in trees for f, c, left in zip(t["split_indices"], t["split_conditions"],
-                                                                 t["left_children"]) if left != -1})  # fmt: skip
+    splits = sorted(
+        {
+            (f, c)
+            for t in trees
+            for f, c, left in zip(t["split_indices"], t["split_conditions"], t["left_children"], strict=False)
+            if left != -1
+        }
+    )
     splits = splits[:: max(1, math.ceil(len(splits) / MAX_SPLITS_CHECKED))]
     rows = matrix[np.arange(3 * len(splits)) % len(matrix)].copy()
     for i, (feature, threshold) in enumerate(splits):
@@ -200,23 +233,33 @@ def logistic_graph(meta: dict) -> object:
     the one score for a binary task, the softmax of the class scores otherwise."""
     from onnx import TensorProto, helper, numpy_helper
 
-    weights = {"mean": meta["mean"], "scale": meta["scale"], "coef": np.asarray(meta["coef"]).T,
-               "intercept": meta["intercept"]}  # fmt: skip
+    weights = {
+        "mean": meta["mean"],
+        "scale": meta["scale"],
+        "coef": np.asarray(meta["coef"]).T,
+        "intercept": meta["intercept"],
+    }
     inits = [numpy_helper.from_array(np.asarray(v, dtype=np.float64), k) for k, v in weights.items()]
-    nodes = [helper.make_node("Cast", ["features"], ["x"], to=TensorProto.DOUBLE),
-             helper.make_node("Sub", ["x", "mean"], ["centred"]),
-             helper.make_node("Div", ["centred", "scale"], ["standardised"]),
-             helper.make_node("MatMul", ["standardised", "coef"], ["weighted"]),
-             helper.make_node("Add", ["weighted", "intercept"], ["scores"])]  # fmt: skip
+    nodes = [
+        helper.make_node("Cast", ["features"], ["x"], to=TensorProto.DOUBLE),
+        helper.make_node("Sub", ["x", "mean"], ["centred"]),
+        helper.make_node("Div", ["centred", "scale"], ["standardised"]),
+        helper.make_node("MatMul", ["standardised", "coef"], ["weighted"]),
+        helper.make_node("Add", ["weighted", "intercept"], ["scores"]),
+    ]
     n_features = len(meta["mean"])
     if meta["n_classes"] == 2:
         inits.append(numpy_helper.from_array(np.array([-1], dtype=np.int64), "flat"))
-        nodes += [helper.make_node("Reshape", ["scores", "flat"], ["score"]),
-                  helper.make_node("Sigmoid", ["score"], ["p_positive"])]  # fmt: skip
+        nodes += [
+            helper.make_node("Reshape", ["scores", "flat"], ["score"]),
+            helper.make_node("Sigmoid", ["score"], ["p_positive"]),
+        ]
         tail, more = _binary_tail("p_positive", meta.get("recalibration"))
         return _tabular_model(nodes + tail, inits + more, n_features, ["batch"])
-    nodes += [helper.make_node("Softmax", ["scores"], ["p_classes"], axis=1),
-              helper.make_node("Cast", ["p_classes"], ["probabilities"], to=TensorProto.FLOAT)]  # fmt: skip
+    nodes += [
+        helper.make_node("Softmax", ["scores"], ["p_classes"], axis=1),
+        helper.make_node("Cast", ["p_classes"], ["probabilities"], to=TensorProto.FLOAT),
+    ]
     return _tabular_model(nodes, inits, n_features, ["batch", meta["n_classes"]])
 
 
@@ -229,16 +272,23 @@ def _binary_tail(p: str, recalibration: dict | None) -> tuple[list, list]:
 
     nodes, inits = [], []
     if recalibration:
-        constants = {"clip_low": CLIP, "clip_high": 1.0 - CLIP, "one": 1.0, "recalibration_a": recalibration["a"],
-                     "recalibration_b": recalibration["b"]}  # fmt: skip
+        constants = {
+            "clip_low": CLIP,
+            "clip_high": 1.0 - CLIP,
+            "one": 1.0,
+            "recalibration_a": recalibration["a"],
+            "recalibration_b": recalibration["b"],
+        }
         inits = [numpy_helper.from_array(np.array(v, dtype=np.float64), k) for k, v in constants.items()]
-        nodes = [helper.make_node("Clip", [p, "clip_low", "clip_high"], ["p_clipped"]),
-                 helper.make_node("Sub", ["one", "p_clipped"], ["p_rest"]),
-                 helper.make_node("Div", ["p_clipped", "p_rest"], ["odds"]),
-                 helper.make_node("Log", ["odds"], ["logit"]),
-                 helper.make_node("Mul", ["logit", "recalibration_b"], ["logit_scaled"]),
-                 helper.make_node("Add", ["logit_scaled", "recalibration_a"], ["logit_recalibrated"]),
-                 helper.make_node("Sigmoid", ["logit_recalibrated"], ["p_recalibrated"])]  # fmt: skip
+        nodes = [
+            helper.make_node("Clip", [p, "clip_low", "clip_high"], ["p_clipped"]),
+            helper.make_node("Sub", ["one", "p_clipped"], ["p_rest"]),
+            helper.make_node("Div", ["p_clipped", "p_rest"], ["odds"]),
+            helper.make_node("Log", ["odds"], ["logit"]),
+            helper.make_node("Mul", ["logit", "recalibration_b"], ["logit_scaled"]),
+            helper.make_node("Add", ["logit_scaled", "recalibration_a"], ["logit_recalibrated"]),
+            helper.make_node("Sigmoid", ["logit_recalibrated"], ["p_recalibrated"]),
+        ]
         p = "p_recalibrated"
     return [*nodes, helper.make_node("Cast", [p], ["probabilities"], to=TensorProto.FLOAT)], inits
 
@@ -246,12 +296,19 @@ def _binary_tail(p: str, recalibration: dict | None) -> tuple[list, list]:
 def _tabular_model(nodes: list, inits: list, n_features: int, output_shape: list, ml_opset: int | None = None):
     from onnx import TensorProto, checker, helper
 
-    graph = helper.make_graph(nodes, "meddiag_tabular",
-                              [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["batch", n_features])],
-                              [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, output_shape)],
-                              initializer=inits)  # fmt: skip
+    graph = helper.make_graph(
+        nodes,
+        "meddiag_tabular",
+        [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["batch", n_features])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, output_shape)],
+        initializer=inits,
+    )
     opsets = [helper.make_opsetid("", ONNX_OPSET), *([helper.make_opsetid("ai.onnx.ml", ml_opset)] if ml_opset else [])]
-    model = helper.make_model(graph, opset_imports=opsets, producer_name="meddiag_pipelines",
-                              ir_version=helper.find_min_ir_version_for(opsets))  # onnx's newest: unknown to onnxruntime  # fmt: skip
+    model = helper.make_model(
+        graph,
+        opset_imports=opsets,
+        producer_name="meddiag_pipelines",
+        ir_version=helper.find_min_ir_version_for(opsets),
+    )  # onnx's newest: unknown to onnxruntime
     checker.check_model(model, full_check=True)
     return model

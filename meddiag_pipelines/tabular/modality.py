@@ -12,13 +12,7 @@ import numpy as np
 import polars as pl
 
 from meddiag_pipelines import labels
-from meddiag_pipelines.ingestion.batches import Validator
-from meddiag_pipelines.modalities.base import (BuiltFeatures, Descriptions, Explainer, Modality, PlainReader,
-                                               PredictorFactory, Storage, Table, TrainedModel, TrainingRun)  # fmt: skip
-from meddiag_pipelines.split import SPLIT_COLUMN, fold_groups, key_columns_in
 from meddiag_pipelines.flat.features import FeaturePlan, fit_plan, missing_data_table, transform
-from meddiag_pipelines.tabular.readers import read_tabular_batch
-from meddiag_pipelines.specs import TaskSpec
 from meddiag_pipelines.flat.models import (
     model_inputs,
     predict_tabular,
@@ -26,6 +20,22 @@ from meddiag_pipelines.flat.models import (
     top_contributions,
     train_tabular_models,
 )
+from meddiag_pipelines.ingestion.batches import Validator
+from meddiag_pipelines.modalities.base import (
+    BuiltFeatures,
+    Descriptions,
+    Explainer,
+    Modality,
+    PlainReader,
+    PredictorFactory,
+    Storage,
+    Table,
+    TrainedModel,
+    TrainingRun,
+)
+from meddiag_pipelines.specs import TaskSpec
+from meddiag_pipelines.split import SPLIT_COLUMN, fold_groups, key_columns_in
+from meddiag_pipelines.tabular.readers import read_tabular_batch
 from meddiag_pipelines.validation.suites import CheckFailure, run_suite, tabular_expectations, validate_tabular
 
 if TYPE_CHECKING:
@@ -36,7 +46,7 @@ FEATURE_PREFIX = "f__"
 
 def feature_matrix(frame: pl.DataFrame) -> tuple[np.ndarray, list[str]]:
     columns = [c for c in frame.columns if c.startswith(FEATURE_PREFIX)]
-    return frame.select(columns).to_numpy().astype(np.float32, copy=False), [c[len(FEATURE_PREFIX):] for c in columns]
+    return frame.select(columns).to_numpy().astype(np.float32, copy=False), [c[len(FEATURE_PREFIX) :] for c in columns]
 
 
 def explain_rows(model_dir, rows: pl.DataFrame, plan: dict) -> list[list[tuple[str, float]]]:
@@ -56,7 +66,10 @@ def _tabular_predictor(plan: dict):
 def feature_table(split: pl.DataFrame, spec: TaskSpec) -> tuple[pl.DataFrame, FeaturePlan]:
     """The plan fitted on training rows, and every row's model inputs (prefixed) beside its keys and split."""
     plan = fit_plan(split.filter(pl.col(SPLIT_COLUMN) == "train"), spec)
-    frame = pl.concat([split.select(key_columns_in(split, spec)), transform(split, plan).rename(lambda c: FEATURE_PREFIX + c)], how="horizontal")
+    frame = pl.concat(
+        [split.select(key_columns_in(split, spec)), transform(split, plan).rename(lambda c: FEATURE_PREFIX + c)],
+        how="horizontal",
+    )
     return frame, plan
 
 
@@ -100,7 +113,7 @@ class TabularModality(Modality):
             baseline_model="L2 logistic regression on standardised features (C chosen on validation), the plain "
             "baseline every model is compared with; trained by candidate_model in the same call (never twice), "
             "this asset points at it.",
-        )  # fmt: skip
+        )
 
     def reader(self, spec: TaskSpec) -> PlainReader:
         return PlainReader(read_tabular_batch)
@@ -118,20 +131,27 @@ class TabularModality(Modality):
         warnings = []
         for row in missing:
             if "kept (not declared)" in row["handling"]:
-                warnings.append(f"{name}: column {row['feature']!r} is missing in {row['rate']:.0%} of training "
-                                f"rows, over max_null_rate {spec.max_null_rate:g}; not declared, so kept with its "
-                                "missingness handled (see the missing-data table)")  # fmt: skip
+                warnings.append(
+                    f"{name}: column {row['feature']!r} is missing in {row['rate']:.0%} of training "
+                    f"rows, over max_null_rate {spec.max_null_rate:g}; not declared, so kept with its "
+                    "missingness handled (see the missing-data table)"
+                )
         for column, why in plan.dropped.items():
             warnings.append(f"{name}: column {column!r} is not a feature: {why}")
-        meta = {"n_features": len(plan.feature_names), "n_rows": frame.height, "missing_data": Table(missing),
-                "dropped_columns": Table([{"column": c, "why": why} for c, why in plan.dropped.items()])}  # fmt: skip
+        meta = {
+            "n_features": len(plan.feature_names),
+            "n_rows": frame.height,
+            "missing_data": Table(missing),
+            "dropped_columns": Table([{"column": c, "why": why} for c, why in plan.dropped.items()]),
+        }
         return BuiltFeatures(frame, plan.as_dict(), meta, {"features": plan.feature_names[:50]}, warnings)
 
     def train_candidate(self, spec: TaskSpec, features: pl.DataFrame, plan: dict, run: TrainingRun) -> TrainedModel:
         meta = fit_model(spec, tabular_trainer(spec), features, run.out_dir)
         run.log.info(f"{spec.name}: {meta['selection']['reason']}")
-        return TrainedModel(run.out_dir, meta, plan, {"chosen": meta["params"]["chosen"],
-                                                      "selection": meta["selection"]["reason"]})  # fmt: skip
+        return TrainedModel(
+            run.out_dir, meta, plan, {"chosen": meta["params"]["chosen"], "selection": meta["selection"]["reason"]}
+        )
 
     def baseline_of_candidate(self, spec: TaskSpec, candidate_dir, candidate: dict) -> TrainedModel:
         out = candidate_dir / "logistic"

@@ -35,8 +35,11 @@ def _names_a_task_column(frame: pl.DataFrame, spec: TaskSpec, rel: str) -> None:
     another export: refused before its names reach the ledger, and without quoting them."""
     declared = {spec.label, spec.id, spec.patient_id, *spec.subgroups, *spec.numeric, *spec.categorical, *spec.exclude}
     if not declared & set(frame.columns):
-        raise BatchRejected(rel, f"has no header row with the task's columns (label {spec.label!r}, id {spec.id!r}): "
-                                 "its first row names none of them and is not shown, as it may be a row of data")  # fmt: skip
+        raise BatchRejected(
+            rel,
+            f"has no header row with the task's columns (label {spec.label!r}, id {spec.id!r}): "
+            "its first row names none of them and is not shown, as it may be a row of data",
+        )
 
 
 def key_columns(spec: TaskSpec) -> list[str]:
@@ -50,8 +53,9 @@ def _as_float(frame: pl.DataFrame, column: str, rel: str) -> pl.Expr:
     try:
         frame[column].cast(pl.Float64, strict=True)
     except (pl.exceptions.InvalidOperationError, pl.exceptions.ComputeError) as exc:
-        raise BatchRejected(rel, f"column {column!r} is declared numeric but holds {frame.schema[column]} values "
-                                 "that are not numbers") from exc  # fmt: skip
+        raise BatchRejected(
+            rel, f"column {column!r} is declared numeric but holds {frame.schema[column]} values that are not numbers"
+        ) from exc
     return pl.col(column).cast(pl.Float64)
 
 
@@ -69,15 +73,18 @@ def _check_magnitudes(frame: pl.DataFrame, numeric: list[str], rel: str) -> None
     counts = frame.select(
         *(pl.col(c).is_infinite().sum().alias(f"inf{i}") for i, c in enumerate(numeric)),
         *((pl.col(c).abs() > FLOAT32_MAX).sum().alias(f"big{i}") for i, c in enumerate(numeric)),
-    ).row(0)  # fmt: skip
+    ).row(0)
     for i, column in enumerate(numeric):
         infinite, beyond = counts[i], counts[len(numeric) + i] - counts[i]
         if infinite:
             raise BatchRejected(rel, f"column {column!r} holds {infinite} infinite values")
         if beyond:
-            raise BatchRejected(rel, f"column {column!r} holds {beyond} values whose magnitude exceeds the float32 "
-                                     "range (about 3.4e38) the models compute in; rescale the column or mark them "
-                                     "as not recorded")  # fmt: skip
+            raise BatchRejected(
+                rel,
+                f"column {column!r} holds {beyond} values whose magnitude exceeds the float32 "
+                "range (about 3.4e38) the models compute in; rescale the column or mark them "
+                "as not recorded",
+            )
 
 
 def normalise(frame: pl.DataFrame, spec: TaskSpec, rel: str) -> pl.DataFrame:

@@ -48,8 +48,19 @@ N_TERMS = 1000  # frequent training words scored one by one for the top-terms ta
 EVAL_BATCH = 64
 # Names of the attention projections LoRA adapts, across BERT / RoBERTa (query, key, value), DistilBERT (q_lin
 # ...), and decoder-style or fused blocks (q_proj ..., qkv, Wqkv).
-ATTENTION_PROJECTIONS = ("query", "key", "value", "q_lin", "k_lin", "v_lin", "q_proj", "k_proj", "v_proj",
-                         "qkv", "Wqkv")  # fmt: skip
+ATTENTION_PROJECTIONS = (
+    "query",
+    "key",
+    "value",
+    "q_lin",
+    "k_lin",
+    "v_lin",
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "qkv",
+    "Wqkv",
+)
 TUNING_OBJECTIVE = "validation macro-F1 (best epoch); trials pruned below the median of earlier trials per epoch"
 
 
@@ -72,8 +83,10 @@ def encoder_source(text_model: str) -> tuple[str, bool]:
         return text_model[len(HUB_PREFIX) :].strip(), False
     folder = Path(text_model)
     if not (folder / "config.json").is_file():
-        raise ValueError(f"text_model {folder}: not a Hugging Face model folder (no config.json); "
-                         f"name a hub model as {HUB_PREFIX}<id>")  # fmt: skip
+        raise ValueError(
+            f"text_model {folder}: not a Hugging Face model folder (no config.json); "
+            f"name a hub model as {HUB_PREFIX}<id>"
+        )
     return str(folder), True
 
 
@@ -107,12 +120,22 @@ def _classifier(encoder, n_labels: int, pooling: str):
 def _lora(net, cfg: TextEncoderSpec):
     from peft import LoraConfig, TaskType, get_peft_model
 
-    targets = sorted({n.rsplit(".", 1)[-1] for n, m in net.named_modules()
-                      if n.rsplit(".", 1)[-1] in ATTENTION_PROJECTIONS and hasattr(m, "weight")})  # fmt: skip
+    targets = sorted(
+        {
+            n.rsplit(".", 1)[-1]
+            for n, m in net.named_modules()
+            if n.rsplit(".", 1)[-1] in ATTENTION_PROJECTIONS and hasattr(m, "weight")
+        }
+    )
     if not targets:
         raise ValueError("text_encoder.lora: no attention projections found in this model")
-    config = LoraConfig(task_type=TaskType.FEATURE_EXTRACTION, r=cfg.lora_rank, lora_alpha=2 * cfg.lora_rank,
-                        lora_dropout=0.1, target_modules=targets)  # fmt: skip
+    config = LoraConfig(
+        task_type=TaskType.FEATURE_EXTRACTION,
+        r=cfg.lora_rank,
+        lora_alpha=2 * cfg.lora_rank,
+        lora_dropout=0.1,
+        target_modules=targets,
+    )
     return get_peft_model(net, config)
 
 
@@ -136,8 +159,9 @@ class _Encoder:
     device: str = "cpu"
 
     def _inputs(self, texts: list[str]):
-        enc = self.tokenizer([t or "" for t in texts], truncation=True, max_length=self.max_length, padding=True,
-                             return_tensors="pt")  # fmt: skip
+        enc = self.tokenizer(
+            [t or "" for t in texts], truncation=True, max_length=self.max_length, padding=True, return_tensors="pt"
+        )
         return enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device)
 
     def full_logits(self, texts: list[str]) -> np.ndarray:
@@ -179,11 +203,19 @@ class _Encoder:
         save_file({k: v.contiguous() for k, v in net.classifier.state_dict().items()}, str(staging / HEAD_FILE))
         self.tokenizer.save_pretrained(staging)
         atomic_write_json(staging / "terms.json", self.terms)
-        atomic_write_json(staging / "model.json", {
-            "format_version": FORMAT_VERSION, "kind": KIND, "classes": self.classes, "temperature": self.temperature,
-            "max_length": self.max_length, "pooling": net.pooling, "tuning": self.tuning,
-            "architecture": type(net.encoder).__name__,
-        })  # fmt: skip
+        atomic_write_json(
+            staging / "model.json",
+            {
+                "format_version": FORMAT_VERSION,
+                "kind": KIND,
+                "classes": self.classes,
+                "temperature": self.temperature,
+                "max_length": self.max_length,
+                "pooling": net.pooling,
+                "tuning": self.tuning,
+                "architecture": type(net.encoder).__name__,
+            },
+        )
         publish_new_dir(staging, folder)
 
     @classmethod
@@ -192,8 +224,16 @@ class _Encoder:
         tokenizer = tf.AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
         net = _load_net(tf, folder, config, len(config["classes"])).to(device)
         terms = json.loads((folder / "terms.json").read_text(encoding="utf-8"))
-        return cls(net, tokenizer, list(config["classes"]), float(config["temperature"]), int(config["max_length"]),
-                   terms, dict(config.get("tuning") or {}), device)  # fmt: skip
+        return cls(
+            net,
+            tokenizer,
+            list(config["classes"]),
+            float(config["temperature"]),
+            int(config["max_length"]),
+            terms,
+            dict(config.get("tuning") or {}),
+            device,
+        )
 
 
 def _load_net(tf, folder: Path, config: dict, n_labels: int):
@@ -211,12 +251,15 @@ def _trainable_state(net) -> dict:
 
 def _param_groups(net, head_lr: float, encoder_lr: float) -> list[dict]:
     """The new head at its own peak learning rate, the encoder's trainable weights (all, or LoRA's) at theirs."""
-    return [{"params": list(net.classifier.parameters()), "lr": head_lr},
-            {"params": [p for p in net.encoder.parameters() if p.requires_grad], "lr": encoder_lr}]  # fmt: skip
+    return [
+        {"params": list(net.classifier.parameters()), "lr": head_lr},
+        {"params": [p for p in net.encoder.parameters() if p.requires_grad], "lr": encoder_lr},
+    ]
 
 
-def _fit_trial(spec: TaskSpec, params: dict, data: tuple, classes: list[str], device: str, deadline: float,
-               report=None) -> tuple[_Encoder, float]:  # fmt: skip
+def _fit_trial(
+    spec: TaskSpec, params: dict, data: tuple, classes: list[str], device: str, deadline: float, report=None
+) -> tuple[_Encoder, float]:
     """One fine-tuning run; ``report(f1, epoch)`` may raise optuna's TrialPruned. The best epoch is kept."""
     import torch
 
@@ -230,8 +273,13 @@ def _fit_trial(spec: TaskSpec, params: dict, data: tuple, classes: list[str], de
     groups = _param_groups(net, cfg.head_learning_rate, params["learning_rate"])
     opt = torch.optim.AdamW(groups, weight_decay=params["weight_decay"])
     steps_per_epoch = math.ceil(len(train_texts) / cfg.batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[g["lr"] for g in groups], pct_start=params["warmup"],
-                                                total_steps=cfg.epochs * steps_per_epoch, anneal_strategy="linear")  # fmt: skip
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt,
+        max_lr=[g["lr"] for g in groups],
+        pct_start=params["warmup"],
+        total_steps=cfg.epochs * steps_per_epoch,
+        anneal_strategy="linear",
+    )
     weights = torch.tensor(class_weights(y_train, len(classes)), dtype=torch.float32, device=device)
     loss_fn = torch.nn.CrossEntropyLoss(weight=weights)
     y_t = torch.tensor(y_train, dtype=torch.long)
@@ -268,8 +316,16 @@ def _suggest(trial, cfg: TextEncoderSpec) -> dict:
     }
 
 
-def train_encoder(train_texts: list[str], y_train: np.ndarray, val_texts: list[str], y_val: np.ndarray,
-                  classes: list[str], spec: TaskSpec, device: str, deadline: float) -> tuple[_Encoder, float]:  # fmt: skip
+def train_encoder(
+    train_texts: list[str],
+    y_train: np.ndarray,
+    val_texts: list[str],
+    y_val: np.ndarray,
+    classes: list[str],
+    spec: TaskSpec,
+    device: str,
+    deadline: float,
+) -> tuple[_Encoder, float]:
     """The optuna search (``text_encoder.trials``, the spec's settings first), the best trial's best epoch kept,
     temperature-scaled; returns it with its validation macro-F1 (after scaling, as the other models report)."""
     import optuna
@@ -277,8 +333,11 @@ def train_encoder(train_texts: list[str], y_train: np.ndarray, val_texts: list[s
     cfg = spec.text_encoder
     data = (list(train_texts), np.asarray(y_train), list(val_texts), np.asarray(y_val))
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=spec.training.seed),
-                                pruner=optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=0))  # fmt: skip
+    study = optuna.create_study(
+        direction="maximize",
+        sampler=optuna.samplers.TPESampler(seed=spec.training.seed),
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=0),
+    )
     study.enqueue_trial({"learning_rate": cfg.learning_rate, "weight_decay": cfg.weight_decay, "warmup": 0.1})
     kept: dict[str, tuple[_Encoder, float]] = {}  # the best trial's model, so it is not trained twice
 
@@ -302,9 +361,12 @@ def train_encoder(train_texts: list[str], y_train: np.ndarray, val_texts: list[s
     study.optimize(objective, n_trials=cfg.trials, callbacks=[within_budget])
     model, _ = kept["best"]
     pruned = sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials)
-    model.tuning = {"best": dict(study.best_params), "n_trials": len(study.trials), "n_pruned": pruned,
-                    "objective": TUNING_OBJECTIVE}  # fmt: skip
+    model.tuning = {
+        "best": dict(study.best_params),
+        "n_trials": len(study.trials),
+        "n_pruned": pruned,
+        "objective": TUNING_OBJECTIVE,
+    }
     model.temperature = fit_temperature(model.logits(val_texts), data[3])
     model.terms = frequent_terms(train_texts, N_TERMS)
     return model, macro_f1(data[3], model.predict(val_texts), len(classes))
-

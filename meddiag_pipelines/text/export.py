@@ -25,8 +25,13 @@ def exportable(version: VersionToExport) -> Exportable:
 EXAMPLE_TEXTS = ["chest pain on exertion", "no acute findings"]  # traced only: the example's values do not matter
 
 
-def text_inputs_exportable(module, axes: dict[str, dict[int, str]], encode: Callable[[list[str]], dict[str, np.ndarray]],
-                           texts: list[str], then: str) -> Exportable:  # fmt: skip
+def text_inputs_exportable(
+    module,
+    axes: dict[str, dict[int, str]],
+    encode: Callable[[list[str]], dict[str, np.ndarray]],
+    texts: list[str],
+    then: str,
+) -> Exportable:
     """A text model whose inputs ``encode(texts)`` makes in Python (hashing, a tokenizer), chunk by chunk. An
     encoder passes a module returning the logits tensor, ``axes`` {0: "batch", 1: "sequence"} for input_ids and
     attention_mask, and its tokenizer (padded, as int64 arrays) as ``encode``."""
@@ -42,12 +47,18 @@ def encoder_exportable(model, texts: list[str]) -> Exportable:
     """A Hugging Face encoder: its tokenizer runs before the session (padded to the longest text of a chunk)."""
 
     def tokens(chunk: list[str]) -> dict[str, np.ndarray]:
-        enc = model.tokenizer([t or "" for t in chunk], truncation=True, max_length=model.max_length, padding=True,
-                              return_tensors="np")  # fmt: skip
-        return {"input_ids": enc["input_ids"].astype(np.int64), "attention_mask": enc["attention_mask"].astype(np.int64)}
+        enc = model.tokenizer(
+            [t or "" for t in chunk], truncation=True, max_length=model.max_length, padding=True, return_tensors="np"
+        )
+        return {
+            "input_ids": enc["input_ids"].astype(np.int64),
+            "attention_mask": enc["attention_mask"].astype(np.int64),
+        }
 
-    then = (f"divide by the temperature {model.temperature:.6g}, then softmax over the classes; inputs: the "
-            f"tokenizer of the version's model/encoder/ folder, truncated at {model.max_length} tokens")
+    then = (
+        f"divide by the temperature {model.temperature:.6g}, then softmax over the classes; inputs: the "
+        f"tokenizer of the version's model/encoder/ folder, truncated at {model.max_length} tokens"
+    )
     axes = {"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"}}
     return text_inputs_exportable(model.module(), axes, tokens, texts, then)
 
@@ -60,8 +71,10 @@ def text_exportable(model_dir: Path, test_texts: Callable[[], list[str]]) -> Exp
     if isinstance(model, _Encoder):
         return encoder_exportable(model, test_texts())
     if not isinstance(model, _Neural):
-        raise ExportRefused(f"{model_dir.parent.name}: the chosen text model is the TF-IDF + logistic-regression "
-                            "baseline, not a torch model; its vocab.json and weights.npz are portable as they are")  # fmt: skip
+        raise ExportRefused(
+            f"{model_dir.parent.name}: the chosen text model is the TF-IDF + logistic-regression "
+            "baseline, not a torch model; its vocab.json and weights.npz are portable as they are"
+        )
     model.net.eval()
 
     def hashed(chunk: list[str]) -> dict[str, np.ndarray]:
@@ -69,7 +82,9 @@ def text_exportable(model_dir: Path, test_texts: Callable[[], list[str]]) -> Exp
         return {"indices": ids.numpy(), "offsets": offsets.numpy()}
 
     sigmoid = "sigmoid: P(second class)" if model.n_out == 1 else "softmax over the classes"
-    then = (f"divide by the temperature {model.temperature:.6g}, then {sigmoid}; indices: CRC32 buckets of the "
-            "n-grams of each text (text.models.hashed_features), offsets: where each text starts")
+    then = (
+        f"divide by the temperature {model.temperature:.6g}, then {sigmoid}; indices: CRC32 buckets of the "
+        "n-grams of each text (text.models.hashed_features), offsets: where each text starts"
+    )
     axes = {"indices": {0: "n_indices"}, "offsets": {0: "batch"}}
     return text_inputs_exportable(model.net, axes, hashed, test_texts(), then)

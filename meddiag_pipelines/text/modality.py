@@ -17,18 +17,28 @@ import numpy as np
 import polars as pl
 
 from meddiag_pipelines import labels
-from meddiag_pipelines.modalities.base import (BuiltFeatures, CheckOutcome, Descriptions, Explainer, ExtraCheck,
-                                               Modality, PredictorFactory, Storage, TrainedModel, TrainingRun)  # fmt: skip
-from meddiag_pipelines.split import SPLIT_COLUMN, key_columns_in
+from meddiag_pipelines.device import torch_device
 from meddiag_pipelines.ingestion.batches import ReadOutcome, Validator
 from meddiag_pipelines.ingestion.landing import LandedBatch
+from meddiag_pipelines.modalities.base import (
+    BuiltFeatures,
+    CheckOutcome,
+    Descriptions,
+    Explainer,
+    ExtraCheck,
+    Modality,
+    PredictorFactory,
+    Storage,
+    TrainedModel,
+    TrainingRun,
+)
 from meddiag_pipelines.specs import HUB_PREFIX, TaskSpec, spec_columns
+from meddiag_pipelines.split import SPLIT_COLUMN, key_columns_in
 from meddiag_pipelines.text.models import class_probabilities, explain_texts, texts_of, train_text_models
-from meddiag_pipelines.text.report import missing_texts, top_terms_html
 from meddiag_pipelines.text.readers import read_text_batch
-from meddiag_pipelines.device import torch_device
-from meddiag_pipelines.validation.suites import CheckFailure
+from meddiag_pipelines.text.report import missing_texts, top_terms_html
 from meddiag_pipelines.text.validation import text_duplicates, unreadable_files, validate_texts
+from meddiag_pipelines.validation.suites import CheckFailure
 
 if TYPE_CHECKING:
     from meddiag_pipelines.registry.export import ModelExport, VersionToExport
@@ -58,7 +68,9 @@ class TextReader:
     def __call__(self, batch: LandedBatch, spec: TaskSpec) -> ReadOutcome:
         result = read_text_batch(batch.path, spec)
         self.truncated += result.truncated
-        return ReadOutcome(spec_columns(result.records, spec), list(result.rejected), files_read=list(result.files_read))
+        return ReadOutcome(
+            spec_columns(result.records, spec), list(result.rejected), files_read=list(result.files_read)
+        )
 
     def metadata(self) -> dict:
         return {"truncated_texts": self.truncated}
@@ -87,7 +99,7 @@ class TextModality(Modality):
             "saved in safe formats in the registry's staging area.",
             baseline_model="the TF-IDF (word 1-2-grams, char 2-5-grams) + logistic-regression baseline every model "
             "is compared with; trained by candidate_model in the same call (never twice), this asset points at it.",
-        )  # fmt: skip
+        )
 
     # -- ingestion ------------------------------------------------------------------------------------------------
     def reader(self, spec: TaskSpec) -> TextReader:
@@ -102,8 +114,11 @@ class TextModality(Modality):
     def extra_checks(self, spec: TaskSpec) -> list[ExtraCheck]:
         def unreadable_files_quarantined(storage: Storage, _) -> CheckOutcome:
             root = storage.root
-            n_rejected, failures = unreadable_files(storage.warehouse.ledger(spec.name), storage.root.quarantine(spec.name),
-                                                    lambda path: root.exists(root.relative(path)))  # fmt: skip
+            n_rejected, failures = unreadable_files(
+                storage.warehouse.ledger(spec.name),
+                storage.root.quarantine(spec.name),
+                lambda path: root.exists(root.relative(path)),
+            )
             return CheckOutcome(failures, metadata={"rejected_files": n_rejected})
 
         def texts_unique_across_splits(storage: Storage, split: pl.DataFrame) -> CheckOutcome:
@@ -111,56 +126,108 @@ class TextModality(Modality):
             return CheckOutcome(duplicates.failures(spec), duplicates.summary(), duplicates.metadata())
 
         return [
-            ExtraCheck("unreadable_files_quarantined", "raw_records", "Every landed file the reader rejected (not "
-                       "UTF-8, unreadable) is in quarantine with its reason and counted in the ledger; the good "
-                       "files of its batch flow on.", True, unreadable_files_quarantined),
-            ExtraCheck("texts_unique_across_splits", "split", "Duplicated texts (Unicode, case and blanks folded) "
-                       "and identical texts with conflicting labels are counted; it fails only if copies of one text "
-                       "sit in more than one of train / val / test, which would leak training data into the test.",
-                       True, texts_unique_across_splits),
-        ]  # fmt: skip
+            ExtraCheck(
+                "unreadable_files_quarantined",
+                "raw_records",
+                "Every landed file the reader rejected (not "
+                "UTF-8, unreadable) is in quarantine with its reason and counted in the ledger; the good "
+                "files of its batch flow on.",
+                True,
+                unreadable_files_quarantined,
+            ),
+            ExtraCheck(
+                "texts_unique_across_splits",
+                "split",
+                "Duplicated texts (Unicode, case and blanks folded) "
+                "and identical texts with conflicting labels are counted; it fails only if copies of one text "
+                "sit in more than one of train / val / test, which would leak training data into the test.",
+                True,
+                texts_unique_across_splits,
+            ),
+        ]
 
     # -- features and models --------------------------------------------------------------------------------------
     def features(self, spec: TaskSpec, split: pl.DataFrame, storage: Storage) -> BuiltFeatures:
         frame = split.select(*key_columns_in(split, spec), pl.col(spec.text).cast(pl.String))
-        plan = {"modality": "text", "text_column": spec.text, "min_text_chars": spec.min_text_chars,
-                "scrubbed_at_read": True, "binary": spec.is_binary}  # fmt: skip
+        plan = {
+            "modality": "text",
+            "text_column": spec.text,
+            "min_text_chars": spec.min_text_chars,
+            "scrubbed_at_read": True,
+            "binary": spec.is_binary,
+        }
         lengths = frame[spec.text].str.len_chars()
-        meta = {"n_rows": frame.height, "median_text_chars": float(lengths.median() or 0),
-                "max_text_chars": int(lengths.max() or 0)}  # fmt: skip
+        meta = {
+            "n_rows": frame.height,
+            "median_text_chars": float(lengths.median() or 0),
+            "max_text_chars": int(lengths.max() or 0),
+        }
         return BuiltFeatures(frame, plan, meta, {"text_column": spec.text})
 
-    def train_candidate(self, spec: TaskSpec, features: pl.DataFrame, feature_plan: dict,
-                        run: TrainingRun) -> TrainedModel:  # fmt: skip
+    def train_candidate(
+        self, spec: TaskSpec, features: pl.DataFrame, feature_plan: dict, run: TrainingRun
+    ) -> TrainedModel:
         out = run.out_dir
         classes = labels.class_list(spec, features)
         train = features.filter(pl.col(SPLIT_COLUMN) == "train")
         val = features.filter(pl.col(SPLIT_COLUMN) == "val")
         column = feature_plan["text_column"]
-        result = train_text_models(texts_of(train, column), labels.encode_labels(train[spec.label], classes),
-                                   texts_of(val, column), labels.encode_labels(val[spec.label], classes),
-                                   classes, spec, out, device=torch_device())  # fmt: skip
+        result = train_text_models(
+            texts_of(train, column),
+            labels.encode_labels(train[spec.label], classes),
+            texts_of(val, column),
+            labels.encode_labels(val[spec.label], classes),
+            classes,
+            spec,
+            out,
+            device=torch_device(),
+        )
         chosen = json.loads((out / "chosen.json").read_text(encoding="utf-8"))
-        params = {"chosen": result.chosen, **{f"val_macro_f1_{m}": f1 for m, f1 in result.val_scores.items()},
-                  "baseline_C": chosen["baseline_C"], "temperature": chosen["temperature"][result.chosen],
-                  "epochs": spec.training.epochs, "batch_size": spec.training.batch_size,
-                  "learning_rate": spec.training.learning_rate, "patience": spec.training.patience,
-                  "time_budget_s": spec.training.time_budget_s}  # fmt: skip
+        params = {
+            "chosen": result.chosen,
+            **{f"val_macro_f1_{m}": f1 for m, f1 in result.val_scores.items()},
+            "baseline_C": chosen["baseline_C"],
+            "temperature": chosen["temperature"][result.chosen],
+            "epochs": spec.training.epochs,
+            "batch_size": spec.training.batch_size,
+            "learning_rate": spec.training.learning_rate,
+            "patience": spec.training.patience,
+            "time_budget_s": spec.training.time_budget_s,
+        }
         if spec.text_model is not None:  # the encoder's settings; its search's best trial shows in the card
             shown = spec.text_model if spec.text_model.startswith(HUB_PREFIX) else Path(spec.text_model).name
-            params.update({"text_model": shown, "text_encoder": spec.text_encoder.model_dump(),
-                           "tuning": chosen["tuning"]["encoder"]})  # fmt: skip
-        meta = {"name": MODEL_NAMES[result.chosen], "framework": FRAMEWORKS[result.chosen], "params": params,
-                "val_score": result.val_scores[result.chosen], "classes": classes, "device": result.device}  # fmt: skip
-        return TrainedModel(out, meta, feature_plan, {"train_seconds": round(result.seconds, 1), "chosen": result.chosen,
-                                                      "device": result.device})  # fmt: skip
+            params.update(
+                {
+                    "text_model": shown,
+                    "text_encoder": spec.text_encoder.model_dump(),
+                    "tuning": chosen["tuning"]["encoder"],
+                }
+            )
+        meta = {
+            "name": MODEL_NAMES[result.chosen],
+            "framework": FRAMEWORKS[result.chosen],
+            "params": params,
+            "val_score": result.val_scores[result.chosen],
+            "classes": classes,
+            "device": result.device,
+        }
+        return TrainedModel(
+            out,
+            meta,
+            feature_plan,
+            {"train_seconds": round(result.seconds, 1), "chosen": result.chosen, "device": result.device},
+        )
 
     def baseline_of_candidate(self, spec: TaskSpec, candidate_dir: Path, candidate: dict) -> TrainedModel:
         chosen = json.loads((candidate_dir / "chosen.json").read_text(encoding="utf-8"))
-        meta = {"name": MODEL_NAMES["baseline"], "framework": FRAMEWORKS["baseline"],
-                "params": {"C": chosen["baseline_C"], "temperature": chosen["temperature"]["baseline"]},
-                "val_score": chosen["val_macro_f1"]["baseline"], "classes": candidate["classes"],
-                "device": "cpu"}  # fmt: skip
+        meta = {
+            "name": MODEL_NAMES["baseline"],
+            "framework": FRAMEWORKS["baseline"],
+            "params": {"C": chosen["baseline_C"], "temperature": chosen["temperature"]["baseline"]},
+            "val_score": chosen["val_macro_f1"]["baseline"],
+            "classes": candidate["classes"],
+            "device": "cpu",
+        }
         return TrainedModel(candidate_dir / "baseline", meta, candidate["plan"])
 
     # -- scoring and the report -----------------------------------------------------------------------------------

@@ -45,8 +45,8 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import scipy.sparse as sp
-from sklearn.feature_extraction.text import CountVectorizer
 from sklearn.exceptions import ConvergenceWarning
+from sklearn.feature_extraction.text import CountVectorizer
 from sklearn.linear_model import LogisticRegression
 
 from meddiag_pipelines.atomic import atomic_write, atomic_write_json
@@ -129,7 +129,10 @@ class TfidfFeatures:
     @classmethod
     def fit(cls, texts: list[str]) -> TfidfFeatures:
         parts = []
-        for analyzer, ngrams, cap in (("word", WORD_NGRAMS, MAX_WORD_FEATURES), ("char_wb", CHAR_NGRAMS, MAX_CHAR_FEATURES)):
+        for analyzer, ngrams, cap in (
+            ("word", WORD_NGRAMS, MAX_WORD_FEATURES),
+            ("char_wb", CHAR_NGRAMS, MAX_CHAR_FEATURES),
+        ):
             min_df = MIN_DF if len(texts) >= 50 else 1
             cv = CountVectorizer(analyzer=analyzer, ngram_range=ngrams, min_df=min_df, max_features=cap)
             x = cv.fit_transform(texts)
@@ -201,7 +204,14 @@ class _Baseline:
         with np.load(folder / "weights.npz", allow_pickle=False) as w:
             arrays = {k: w[k] for k in w.files}
         features = TfidfFeatures(vocab["word"], vocab["char"], arrays["idf_word"], arrays["idf_char"])
-        return cls(features, arrays["coef"], arrays["intercept"], float(config["temperature"]), list(config["classes"]), float(config["C"]))
+        return cls(
+            features,
+            arrays["coef"],
+            arrays["intercept"],
+            float(config["temperature"]),
+            list(config["classes"]),
+            float(config["C"]),
+        )
 
 
 def _train_baseline(
@@ -242,7 +252,9 @@ def _bucket(feature: str, n_buckets: int) -> int:
     return zlib.crc32(feature.encode("utf-8")) % n_buckets
 
 
-def hashed_features(text: str, n_buckets: int = N_BUCKETS, char_ngrams: tuple[int, int] = NEURAL_CHAR_NGRAMS) -> list[int]:
+def hashed_features(
+    text: str, n_buckets: int = N_BUCKETS, char_ngrams: tuple[int, int] = NEURAL_CHAR_NGRAMS
+) -> list[int]:
     """Bucket ids of the word unigrams, bigrams and per-word character n-grams of one text."""
     words = WORD.findall((text or "").lower())
     ids = [_bucket("w:" + w, n_buckets) for w in words]
@@ -355,8 +367,16 @@ class _Neural:
         net.load_state_dict(state)
         net.to(device)
         terms = json.loads((folder / "terms.json").read_text(encoding="utf-8"))
-        return cls(net, classes, float(config["temperature"]), int(config["n_buckets"]), int(config["dim"]),
-                   tuple(config["char_ngrams"]), terms, device)
+        return cls(
+            net,
+            classes,
+            float(config["temperature"]),
+            int(config["n_buckets"]),
+            int(config["dim"]),
+            tuple(config["char_ngrams"]),
+            terms,
+            device,
+        )
 
 
 def _train_neural(
@@ -461,8 +481,10 @@ def train_text_models(
     baseline.save(out_dir / "baseline")
     deadline = start + spec.training.time_budget_s
     # Deterministic algorithms on the CPU, at the caller's thread count; torch's settings are restored after.
-    with torch_settings(device, deterministic=device == "cpu", threads=torch.get_num_threads()), \
-            warnings.catch_warnings():  # fmt: skip
+    with (
+        torch_settings(device, deterministic=device == "cpu", threads=torch.get_num_threads()),
+        warnings.catch_warnings(),
+    ):
         warnings.filterwarnings("ignore", message="Sparse invariant checks")
         neural, f1_neural = _train_neural(train_texts, y_train, val_texts, y_val, classes, spec, device, deadline)
     neural.save(out_dir / "neural")
@@ -472,15 +494,22 @@ def train_text_models(
         from meddiag_pipelines.text.encoder import train_encoder
 
         with torch_settings(device, deterministic=device == "cpu", threads=torch.get_num_threads()):
-            models["encoder"], scores["encoder"] = train_encoder(train_texts, y_train, val_texts, y_val, classes, spec,
-                                                                 device, deadline)  # fmt: skip
+            models["encoder"], scores["encoder"] = train_encoder(
+                train_texts, y_train, val_texts, y_val, classes, spec, device, deadline
+            )
         models["encoder"].save(out_dir / "encoder")
     chosen = max(scores, key=lambda name: (scores[name], -list(scores).index(name)))  # a tie: the simpler model
     extra = {"tuning": {"encoder": models["encoder"].tuning}} if "encoder" in models else {}
     atomic_write_json(
         out_dir / "chosen.json",
-        {"chosen": chosen, "val_macro_f1": scores, "classes": list(classes), "baseline_C": baseline.C,
-         "temperature": {name: model.temperature for name, model in models.items()}, **extra},
+        {
+            "chosen": chosen,
+            "val_macro_f1": scores,
+            "classes": list(classes),
+            "baseline_C": baseline.C,
+            "temperature": {name: model.temperature for name, model in models.items()},
+            **extra,
+        },
     )
     return TextTrainResult(out_dir / chosen, chosen, scores, out_dir / "baseline", time.monotonic() - start, device)
 

@@ -107,7 +107,9 @@ def decode_utf8(data: bytes) -> str:
     if data.startswith(b"\xef\xbb\xbf"):
         data = data[3:]
     if b"\x00" in data[:4096]:
-        raise _Reject("contains NUL bytes: it looks like UTF-16 (without a byte-order mark) or binary; re-save it as UTF-8")
+        raise _Reject(
+            "contains NUL bytes: it looks like UTF-16 (without a byte-order mark) or binary; re-save it as UTF-8"
+        )
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -188,8 +190,10 @@ class _Collector:
                 return text
             return scrub(raw, self.deid_seconds)
         except ScrubTimeout:
-            raise _Reject(f"{where}: its text took longer than {self.deid_seconds:g} s to de-identify, so it was not "
-                          f"stored ({DEID_SECONDS_VARIABLE} sets the limit)") from None  # fmt: skip
+            raise _Reject(
+                f"{where}: its text took longer than {self.deid_seconds:g} s to de-identify, so it was not "
+                f"stored ({DEID_SECONDS_VARIABLE} sets the limit)"
+            ) from None
 
 
 def _check_columns(columns: list[str], spec: TaskSpec) -> None:
@@ -406,11 +410,14 @@ class _BatchReader:
         path = confined_file(self.batch_dir, rel)
         suffix = PurePosixPath(rel).suffix.lower()
         if suffix == ".txt":
-            raise _Reject(f"is a .txt file that no readable {LABELS_FILE} names (a folder of .txt files needs a "
-                          f"{LABELS_FILE})")  # fmt: skip
+            raise _Reject(
+                f"is a .txt file that no readable {LABELS_FILE} names (a folder of .txt files needs a {LABELS_FILE})"
+            )
         if suffix not in _READERS:
-            raise _Reject(f"has an unsupported format {suffix or '(no extension)'!r}; use CSV, Parquet, JSONL or "
-                          f".txt files + {LABELS_FILE}")  # fmt: skip
+            raise _Reject(
+                f"has an unsupported format {suffix or '(no extension)'!r}; use CSV, Parquet, JSONL or "
+                f".txt files + {LABELS_FILE}"
+            )
         return _READERS[suffix](path, self.spec, self.col)
 
     def _txt_folder(self, labels_rel: str) -> list[dict]:

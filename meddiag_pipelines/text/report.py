@@ -20,14 +20,22 @@ def top_terms_html(model_dir: Path, k: int = TOP_TERMS) -> str:
         f"<tr><td>{html.escape(str(c))}</td><td>{html.escape(', '.join(t for t, _ in pairs)) or '&mdash;'}</td></tr>"
         for c, pairs in terms.items()
     )
-    return (f"<p>The {k} terms most indicative of each class (relative to the mean over classes), as the "
-            "chosen model weighs them. Terms come from scrubbed training text.</p>"
-            f"<table><tr><th>class</th><th>top terms</th></tr>{rows}</table>")  # fmt: skip
+    return (
+        f"<p>The {k} terms most indicative of each class (relative to the mean over classes), as the "
+        "chosen model weighs them. Terms come from scrubbed training text.</p>"
+        f"<table><tr><th>class</th><th>top terms</th></tr>{rows}</table>"
+    )
 
 
 def missing_texts(train_rows: pl.DataFrame, column: str) -> list[dict]:
     """The missing-data row of the text column: training texts empty or blank (validation blocks them)."""
     n = max(train_rows.height, 1)
     missing = train_rows.filter(pl.col(column).cast(pl.String).str.strip_chars().fill_null("") == "").height
-    return [{"feature": column, "n_missing": missing, "rate": missing / n,
-             "handling": "none needed" if not missing else "empty text (blocked by validation)"}]  # fmt: skip
+    return [
+        {
+            "feature": column,
+            "n_missing": missing,
+            "rate": missing / n,
+            "handling": "none needed" if not missing else "empty text (blocked by validation)",
+        }
+    ]

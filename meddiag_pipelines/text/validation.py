@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING
 import polars as pl
 
 from meddiag_pipelines.ingestion.quarantine import REASON_FILE, file_reason
-from meddiag_pipelines.split import SPLIT_COLUMN, SPLITS, text_content_key
 from meddiag_pipelines.specs import TaskSpec
+from meddiag_pipelines.split import SPLIT_COLUMN, SPLITS, text_content_key
 from meddiag_pipelines.validation.suites import CheckFailure, record_expectations, run_suite
 
 if TYPE_CHECKING:
@@ -53,8 +53,14 @@ def short_texts(frame: pl.DataFrame, spec: TaskSpec) -> list[CheckFailure]:
     n = frame.filter(length < spec.min_text_chars).height
     if not n:
         return []
-    return [CheckFailure("text_min_length", spec.text,
-                         f"{n} texts are empty or have fewer than {spec.min_text_chars} visible characters", n)]  # fmt: skip
+    return [
+        CheckFailure(
+            "text_min_length",
+            spec.text,
+            f"{n} texts are empty or have fewer than {spec.min_text_chars} visible characters",
+            n,
+        )
+    ]
 
 
 def decoding_damage(frame: pl.DataFrame, spec: TaskSpec) -> list[CheckFailure]:
@@ -66,8 +72,15 @@ def decoding_damage(frame: pl.DataFrame, spec: TaskSpec) -> list[CheckFailure]:
     n = frame.filter(text.str.contains(REPLACEMENT_CHAR, literal=True) | text.str.contains("\x00", literal=True)).height
     if not n:
         return []
-    return [CheckFailure("text_decodes_cleanly", spec.text, f"{n} texts carry decoding damage (U+FFFD replacement "
-                         "characters or NUL bytes): re-export them from the source as UTF-8", n)]  # fmt: skip
+    return [
+        CheckFailure(
+            "text_decodes_cleanly",
+            spec.text,
+            f"{n} texts carry decoding damage (U+FFFD replacement "
+            "characters or NUL bytes): re-export them from the source as UTF-8",
+            n,
+        )
+    ]
 
 
 def ids_already_ingested(frame: pl.DataFrame, spec: TaskSpec, known_ids: set[str] | None) -> list[CheckFailure]:
@@ -76,14 +89,22 @@ def ids_already_ingested(frame: pl.DataFrame, spec: TaskSpec, known_ids: set[str
     repeated = frame.filter(pl.col(spec.id).cast(pl.String).is_in(list(known_ids))).height
     if not repeated:
         return []
-    return [CheckFailure("ids_unique_across_batches", spec.id,
-                         f"{repeated} ids were already ingested from earlier batches", repeated)]  # fmt: skip
+    return [
+        CheckFailure(
+            "ids_unique_across_batches", spec.id, f"{repeated} ids were already ingested from earlier batches", repeated
+        )
+    ]
 
 
 def validate_texts(frame: pl.DataFrame, spec: TaskSpec, known_ids: set[str] | None = None) -> list[CheckFailure]:
     """The per-batch validator of a text task (``validate_pending_batches``); also run over all validated rows."""
     failures = run_suite(frame, text_expectations(spec), spec.name)
-    return failures + short_texts(frame, spec) + decoding_damage(frame, spec) + ids_already_ingested(frame, spec, known_ids)
+    return (
+        failures
+        + short_texts(frame, spec)
+        + decoding_damage(frame, spec)
+        + ids_already_ingested(frame, spec, known_ids)
+    )
 
 
 def _rejected_files(ledger: pl.DataFrame) -> list[tuple[str, str, bool]]:
@@ -100,8 +121,9 @@ def _rejected_files(ledger: pl.DataFrame) -> list[tuple[str, str, bool]]:
     return out
 
 
-def unreadable_files(ledger: pl.DataFrame, quarantine_dir: Path,
-                     is_file: Callable[[Path], bool] = Path.is_file) -> tuple[int, list[CheckFailure]]:  # fmt: skip
+def unreadable_files(
+    ledger: pl.DataFrame, quarantine_dir: Path, is_file: Callable[[Path], bool] = Path.is_file
+) -> tuple[int, list[CheckFailure]]:
     """How many landed files were rejected at read (decoding errors, unreadable formats), and a failure for
     any of them that is not in quarantine with its ``reason.json``. A batch with some good files still flows.
     ``is_file``: whether a file of the quarantine exists (it may be in an object store)."""
@@ -113,9 +135,14 @@ def unreadable_files(ledger: pl.DataFrame, quarantine_dir: Path,
             missing += 1
     failures = []
     if missing:
-        failures.append(CheckFailure("rejected_files_quarantined", None,
-                                     f"{missing} of {len(rejected)} files rejected at read are not in quarantine "
-                                     "with a reason.json", missing))  # fmt: skip
+        failures.append(
+            CheckFailure(
+                "rejected_files_quarantined",
+                None,
+                f"{missing} of {len(rejected)} files rejected at read are not in quarantine with a reason.json",
+                missing,
+            )
+        )
     return len(rejected), failures
 
 
@@ -139,8 +166,7 @@ class TextDuplicates:
             return "No text appears twice among the labelled rows."
         words = f"{self.duplicated_texts} distinct texts appear more than once ({self.extra_copies} extra copies)"
         if self.conflicting_texts:
-            words += (f"; {self.conflicting_texts} of them carry conflicting labels ({self.conflicting_rows} "
-                      "rows)")  # fmt: skip
+            words += f"; {self.conflicting_texts} of them carry conflicting labels ({self.conflicting_rows} rows)"
         if self.texts_across_splits:
             return f"{words}; {self.texts_across_splits} of them are in more than one of train/val/test."
         return f"{words}; the copies of each text share one split, so none leaks into evaluation."
@@ -150,27 +176,40 @@ class TextDuplicates:
         this means the test split would score texts seen in training."""
         if not self.texts_across_splits:
             return []
-        return [CheckFailure("texts_unique_across_splits", spec.text,
-                             f"{self.texts_across_splits} distinct texts appear in more than one of train/val/test "
-                             f"({self.rows_across_splits} rows): the test split would score texts seen in "
-                             "training; the split must keep the copies of a text (text_content_key) together",
-                             self.texts_across_splits)]  # fmt: skip
+        return [
+            CheckFailure(
+                "texts_unique_across_splits",
+                spec.text,
+                f"{self.texts_across_splits} distinct texts appear in more than one of train/val/test "
+                f"({self.rows_across_splits} rows): the test split would score texts seen in "
+                "training; the split must keep the copies of a text (text_content_key) together",
+                self.texts_across_splits,
+            )
+        ]
 
 
 def text_duplicates(split: pl.DataFrame, spec: TaskSpec) -> TextDuplicates:
     """Duplicate texts of the labelled rows (train / val / test; rows to score may repeat a training text)."""
     labelled = split.filter(pl.col(SPLIT_COLUMN).is_in(list(SPLITS)) & pl.col(spec.text).is_not_null())
-    keyed = labelled.select(text_content_key(spec.text).alias("_key"), pl.col(spec.label).cast(pl.String).alias("_label"), SPLIT_COLUMN)  # fmt: skip
+    keyed = labelled.select(
+        text_content_key(spec.text).alias("_key"), pl.col(spec.label).cast(pl.String).alias("_label"), SPLIT_COLUMN
+    )
     groups = (
         keyed.group_by("_key")
-        .agg(pl.len().alias("rows"), pl.col("_label").drop_nulls().n_unique().alias("labels"),
-             pl.col(SPLIT_COLUMN).n_unique().alias("splits"))  # fmt: skip
+        .agg(
+            pl.len().alias("rows"),
+            pl.col("_label").drop_nulls().n_unique().alias("labels"),
+            pl.col(SPLIT_COLUMN).n_unique().alias("splits"),
+        )
         .filter(pl.col("rows") > 1)
     )
     conflicting = groups.filter(pl.col("labels") > 1)
     across = groups.filter(pl.col("splits") > 1)
     return TextDuplicates(
-        duplicated_texts=groups.height, extra_copies=int(groups["rows"].sum()) - groups.height,
-        conflicting_texts=conflicting.height, conflicting_rows=int(conflicting["rows"].sum()),
-        texts_across_splits=across.height, rows_across_splits=int(across["rows"].sum()),
-    )  # fmt: skip
+        duplicated_texts=groups.height,
+        extra_copies=int(groups["rows"].sum()) - groups.height,
+        conflicting_texts=conflicting.height,
+        conflicting_rows=int(conflicting["rows"].sum()),
+        texts_across_splits=across.height,
+        rows_across_splits=int(across["rows"].sum()),
+    )

@@ -30,8 +30,24 @@ from meddiag_pipelines.specs import INTERNAL_PREFIX, TaskSpec
 if TYPE_CHECKING:
     import great_expectations.expectations as gxe
 
-NUMERIC_TYPES = ["int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "float32", "float64",
-                 "Int8", "Int16", "Int32", "Int64", "Float32", "Float64"]  # fmt: skip
+NUMERIC_TYPES = [
+    "int8",
+    "int16",
+    "int32",
+    "int64",
+    "uint8",
+    "uint16",
+    "uint32",
+    "uint64",
+    "float32",
+    "float64",
+    "Int8",
+    "Int16",
+    "Int32",
+    "Int64",
+    "Float32",
+    "Float64",
+]
 FINITE_LIMIT = 1e300  # a bound that only infinities exceed
 LABEL_DOMAIN = "expect_column_values_to_be_in_set"  # suites check only the label against a value set
 
@@ -81,11 +97,13 @@ def tabular_expectations(spec: TaskSpec, columns: list[str]) -> list[gxe.Expecta
     for c in spec.numeric:
         exps.append(gxe.ExpectColumnValuesToBeInTypeList(column=c, type_list=NUMERIC_TYPES))
         low, high = spec.ranges.get(c, (None, None))
-        exps.append(gxe.ExpectColumnValuesToBeBetween(
-            column=c,
-            min_value=-FINITE_LIMIT if low is None else low,
-            max_value=FINITE_LIMIT if high is None else high,
-        ))
+        exps.append(
+            gxe.ExpectColumnValuesToBeBetween(
+                column=c,
+                min_value=-FINITE_LIMIT if low is None else low,
+                max_value=FINITE_LIMIT if high is None else high,
+            )
+        )
     declared = [*spec.numeric, *spec.categorical, *spec.subgroups]
     for c in dict.fromkeys(c for c in declared if c in columns and c not in spec.exclude):
         exps.append(gxe.ExpectColumnValuesToNotBeNull(column=c, mostly=round(1.0 - spec.max_null_rate, 6)))
@@ -102,8 +120,9 @@ def _context():
     return context
 
 
-def _describe(kind: str, column: str | None, schema: pl.Schema, unexpected_count: int | None,
-              raised: bool = False) -> CheckFailure:  # fmt: skip
+def _describe(
+    kind: str, column: str | None, schema: pl.Schema, unexpected_count: int | None, raised: bool = False
+) -> CheckFailure:
     if raised:  # GX's message may quote the values it stopped on
         problem = f"could not be evaluated ({kind} raised an error; its message is not kept, as it may quote the data)"
     elif kind == "expect_column_to_exist":
@@ -144,8 +163,18 @@ def _run_gx(frame: pl.DataFrame, expectations: list[gxe.Expectation], name: str)
 
 # Polars dtypes that pandas receives as numpy numbers (the dtypes in NUMERIC_TYPES); GX's verdict on any other
 # dtype depends on the values of an object column, so those expectations stay with GX.
-PLAIN_NUMBERS = (pl.Int8, pl.Int16, pl.Int32, pl.Int64, pl.UInt8, pl.UInt16, pl.UInt32, pl.UInt64,
-                 pl.Float32, pl.Float64)  # fmt: skip
+PLAIN_NUMBERS = (
+    pl.Int8,
+    pl.Int16,
+    pl.Int32,
+    pl.Int64,
+    pl.UInt8,
+    pl.UInt16,
+    pl.UInt32,
+    pl.UInt64,
+    pl.Float32,
+    pl.Float64,
+)
 
 
 @dataclass
@@ -190,14 +219,23 @@ def _compile(exp: gxe.Expectation, schema: pl.Schema) -> _Compiled | None:
         return _Compiled(exp, passed=_pandas_dtypes(dtype) <= set(kwargs["type_list"]))
     if kind == "expect_column_values_to_be_unique" and not kwargs and (plain or dtype == pl.String):
         rows = col.is_duplicated()
-    elif kind == LABEL_DOMAIN and set(kwargs) == {"value_set"} and dtype == pl.String \
-            and all(isinstance(v, str) for v in kwargs["value_set"]):  # fmt: skip
+    elif (
+        kind == LABEL_DOMAIN
+        and set(kwargs) == {"value_set"}
+        and dtype == pl.String
+        and all(isinstance(v, str) for v in kwargs["value_set"])
+    ):
         rows = ~col.is_in(list(kwargs["value_set"]))
-    elif kind == "expect_column_values_to_be_between" and plain and set(kwargs) in ({"min_value"}, {"max_value"},
-                                                                                   {"min_value", "max_value"}) \
-            and all(isinstance(v, int | float) and not isinstance(v, bool) for v in kwargs.values()):  # fmt: skip
-        bounds = [*([col < kwargs["min_value"]] if "min_value" in kwargs else []),
-                  *([col > kwargs["max_value"]] if "max_value" in kwargs else [])]  # fmt: skip
+    elif (
+        kind == "expect_column_values_to_be_between"
+        and plain
+        and set(kwargs) in ({"min_value"}, {"max_value"}, {"min_value", "max_value"})
+        and all(isinstance(v, int | float) and not isinstance(v, bool) for v in kwargs.values())
+    ):
+        bounds = [
+            *([col < kwargs["min_value"]] if "min_value" in kwargs else []),
+            *([col > kwargs["max_value"]] if "max_value" in kwargs else []),
+        ]
         rows = pl.any_horizontal(bounds)
     else:
         return None
@@ -210,8 +248,9 @@ def _source(data: pl.DataFrame | pl.LazyFrame | str | Path) -> pl.LazyFrame:
     return pl.scan_parquet(data) if isinstance(data, str | Path) else data
 
 
-def run_suite(data: pl.DataFrame | pl.LazyFrame | str | Path, expectations: list[gxe.Expectation],
-              name: str) -> list[CheckFailure]:  # fmt: skip
+def run_suite(
+    data: pl.DataFrame | pl.LazyFrame | str | Path, expectations: list[gxe.Expectation], name: str
+) -> list[CheckFailure]:
     """Validate one frame, or a Parquet file read where it lies (only the columns the suite names are read);
     an empty list means it passed. Failures: the compiled ones in the suite's order, then GX's.
 
@@ -221,8 +260,13 @@ def run_suite(data: pl.DataFrame | pl.LazyFrame | str | Path, expectations: list
     schema = frame.collect_schema()
     compiled = [(e, _compile(e, schema)) for e in expectations]
     _count(frame, [c for _, c in compiled if c is not None and c.rows is not None])
-    failures = [_describe(c.expectation.expectation_type, c.expectation.configuration.kwargs.get("column"), schema,
-                          c.unexpected_count) for _, c in compiled if c is not None and not c.passed]  # fmt: skip
+    failures = [
+        _describe(
+            c.expectation.expectation_type, c.expectation.configuration.kwargs.get("column"), schema, c.unexpected_count
+        )
+        for _, c in compiled
+        if c is not None and not c.passed
+    ]
     left = [e for e, c in compiled if c is None]
     if left:
         needed = [c for c in dict.fromkeys(e.configuration.kwargs.get("column") for e in left) if c in schema]
@@ -235,10 +279,12 @@ def _count(frame: pl.LazyFrame, counted: list[_Compiled]) -> None:
     rule: the share of considered rows that are expected, vacuously true when none is considered)."""
     if not counted:
         return
-    sums = frame.select(*(c.rows.sum().alias(f"u{i}") for i, c in enumerate(counted)),
-                        *(c.considered.sum().alias(f"n{i}") for i, c in enumerate(counted)))  # fmt: skip
+    sums = frame.select(
+        *(c.rows.sum().alias(f"u{i}") for i, c in enumerate(counted)),
+        *(c.considered.sum().alias(f"n{i}") for i, c in enumerate(counted)),
+    )
     sums = sums.collect().row(0)
-    for c, unexpected, considered in zip(counted, sums[:len(counted)], sums[len(counted):], strict=True):
+    for c, unexpected, considered in zip(counted, sums[: len(counted)], sums[len(counted) :], strict=True):
         c.unexpected_count = unexpected
         c.passed = considered == 0 or (considered - unexpected) / considered >= c.mostly
 
@@ -255,13 +301,20 @@ def placeholder_patient_id(frame: pl.LazyFrame, spec: TaskSpec, columns: list[st
     n, distinct = frame.select(pl.len(), pl.col(spec.patient_id).drop_nulls().n_unique()).collect().row(0)
     if n < PLACEHOLDER_MIN_ROWS or distinct != 1:
         return []
-    return [CheckFailure("patient_id_not_placeholder", spec.patient_id,
-                         f"every one of the {n} rows has the same patient id: a placeholder, not patient ids "
-                         "(the split keeps a patient's rows together)", n)]
+    return [
+        CheckFailure(
+            "patient_id_not_placeholder",
+            spec.patient_id,
+            f"every one of the {n} rows has the same patient id: a placeholder, not patient ids "
+            "(the split keeps a patient's rows together)",
+            n,
+        )
+    ]
 
 
-def validate_tabular(data: pl.DataFrame | pl.LazyFrame | str | Path, spec: TaskSpec,
-                     known_ids: set[str] | None = None) -> list[CheckFailure]:  # fmt: skip
+def validate_tabular(
+    data: pl.DataFrame | pl.LazyFrame | str | Path, spec: TaskSpec, known_ids: set[str] | None = None
+) -> list[CheckFailure]:
     """The spec's suite on one batch (a frame or a Parquet path), plus ids already ingested from earlier batches
     (a re-export)."""
     frame = _source(data)
@@ -271,6 +324,12 @@ def validate_tabular(data: pl.DataFrame | pl.LazyFrame | str | Path, spec: TaskS
     if known_ids and spec.id in columns:
         repeated = frame.filter(pl.col(spec.id).is_in(list(known_ids))).select(pl.len()).collect().item()
         if repeated:
-            failures.append(CheckFailure("ids_unique_across_batches", spec.id,
-                                         f"{repeated} ids were already ingested from earlier batches", repeated))
+            failures.append(
+                CheckFailure(
+                    "ids_unique_across_batches",
+                    spec.id,
+                    f"{repeated} ids were already ingested from earlier batches",
+                    repeated,
+                )
+            )
     return failures

@@ -10,17 +10,25 @@ import dagster as dg
 
 from meddiag_pipelines.defs.dead_runs import task_pool
 from meddiag_pipelines.defs.resources.storage import MeddiagStorage
+from meddiag_pipelines.device import torch_device
 from meddiag_pipelines.markup import escape_markdown
 from meddiag_pipelines.modalities.base import CheckOutcome, Table
 from meddiag_pipelines.registry.store import STAGING
 from meddiag_pipelines.specs import TaskSpec
 from meddiag_pipelines.storage import DataRoot, open_plan, run_name
-from meddiag_pipelines.device import torch_device
 from meddiag_pipelines.validation.suites import CheckFailure
 
 # predictor_factory(plan) -> predict(model_dir, rows) -> probabilities
-NUMERIC_METRICS = ("auroc", "auprc", "brier", "scaled_brier", "accuracy", "macro_f1", "calibration_slope",
-                   "calibration_intercept")  # fmt: skip
+NUMERIC_METRICS = (
+    "auroc",
+    "auprc",
+    "brier",
+    "scaled_brier",
+    "accuracy",
+    "macro_f1",
+    "calibration_slope",
+    "calibration_intercept",
+)
 METADATA_DIGITS = 4  # significant digits of a float shown in the UI, which otherwise shows all 16 or 17
 
 
@@ -56,15 +64,23 @@ def run_version(context: dg.AssetExecutionContext) -> str:
     return run_name(record.create_timestamp.timestamp() if record else time.time(), context.run_id)
 
 
-def feature_outs(spec: TaskSpec, tags: dict, features: str, plan: str, kinds: frozenset = frozenset({"polars"})) -> dict:
+def feature_outs(
+    spec: TaskSpec, tags: dict, features: str, plan: str, kinds: frozenset = frozenset({"polars"})
+) -> dict:
     """The two outputs of every modality's ``features`` step: the rows the models read (a table) and the plan
     that makes them (a value); ``features`` and ``plan`` describe them."""
     return {
-        "features": dg.AssetOut(key=[spec.name, "features"], io_manager_key="warehouse_io_manager", kinds=set(kinds),
-                                description=f"{spec.name}: {features}", **tags),
-        "feature_plan": dg.AssetOut(key=[spec.name, "feature_plan"], kinds={"python"}, description=f"{spec.name}: {plan}",
-                                    **tags),
-    }  # fmt: skip
+        "features": dg.AssetOut(
+            key=[spec.name, "features"],
+            io_manager_key="warehouse_io_manager",
+            kinds=set(kinds),
+            description=f"{spec.name}: {features}",
+            **tags,
+        ),
+        "feature_plan": dg.AssetOut(
+            key=[spec.name, "feature_plan"], kinds={"python"}, description=f"{spec.name}: {plan}", **tags
+        ),
+    }
 
 
 def markdown_table(rows: list[dict], limit: int = 40) -> str:
@@ -86,16 +102,21 @@ def png_markdown(png: bytes, title: str) -> dg.MetadataValue:
 def ui_metadata(metadata: dict) -> dict:
     """A modality's plain metadata for Dagster: a :class:`Table` becomes a Markdown table, floats are
     :func:`rounded`, the rest stays."""
-    return rounded({k: dg.MetadataValue.md(markdown_table(v.rows)) if isinstance(v, Table) else v
-                    for k, v in metadata.items()})
+    return rounded(
+        {k: dg.MetadataValue.md(markdown_table(v.rows)) if isinstance(v, Table) else v for k, v in metadata.items()}
+    )
 
 
 def outcome_result(outcome: CheckOutcome) -> dg.AssetCheckResult:
     """A modality's check outcome as a check result (the failures' table as :func:`failures_result` shows it)."""
     table = failures_result(outcome.failures).metadata if outcome.table else {}
     severity = dg.AssetCheckSeverity.WARN if outcome.warn_only else dg.AssetCheckSeverity.ERROR
-    return dg.AssetCheckResult(passed=not outcome.failures, severity=severity, description=outcome.description,
-                               metadata={**table, **ui_metadata(outcome.metadata)})  # fmt: skip
+    return dg.AssetCheckResult(
+        passed=not outcome.failures,
+        severity=severity,
+        description=outcome.description,
+        metadata={**table, **ui_metadata(outcome.metadata)},
+    )
 
 
 def failures_result(failures: list[CheckFailure]) -> dg.AssetCheckResult:
@@ -103,9 +124,11 @@ def failures_result(failures: list[CheckFailure]) -> dg.AssetCheckResult:
     rows = [{"column": f.column, "problem": f.problem} for f in failures]
     description = "; ".join(f"{f.column or f.expectation}: {f.problem}" for f in failures[:20]) or None
     return dg.AssetCheckResult(
-        passed=not failures, severity=dg.AssetCheckSeverity.ERROR, description=description,
+        passed=not failures,
+        severity=dg.AssetCheckSeverity.ERROR,
+        description=description,
         metadata={"n_failures": len(failures), "failures": dg.MetadataValue.md(markdown_table(rows))},
-    )  # fmt: skip
+    )
 
 
 # -- model handles ------------------------------------------------------------------------------------------------
@@ -131,19 +154,34 @@ def open_handle(handle: dict, root: DataRoot) -> dict:
 
 def handle_of(spec: TaskSpec, version: str, model_dir: str, meta: dict, plan: dict) -> dict:
     """What a model asset passes on: where the weights are (relative to the data root) and how to use them."""
-    return {"task": spec.name, "version": version, "dir": model_dir, "name": meta["name"],
-            "framework": meta["framework"], "params": meta.get("params", {}), "val_score": meta.get("val_score"),
-            "plan": plan, "classes": meta.get("classes"), "device": meta.get("device", torch_device()),
-            "selection": meta.get("selection")}  # fmt: skip
+    return {
+        "task": spec.name,
+        "version": version,
+        "dir": model_dir,
+        "name": meta["name"],
+        "framework": meta["framework"],
+        "params": meta.get("params", {}),
+        "val_score": meta.get("val_score"),
+        "plan": plan,
+        "classes": meta.get("classes"),
+        "device": meta.get("device", torch_device()),
+        "selection": meta.get("selection"),
+    }
 
 
-def model_handle(context, storage: MeddiagStorage, spec: TaskSpec, version: str, model_dir: Path, meta: dict,
-                 plan: dict) -> dict:  # fmt: skip
+def model_handle(
+    context, storage: MeddiagStorage, spec: TaskSpec, version: str, model_dir: Path, meta: dict, plan: dict
+) -> dict:
     """:func:`handle_of` of ``model_dir`` (under the data root), with its version and parameters as metadata."""
     handle = handle_of(spec, version, storage.root.relative(model_dir), meta, plan)
-    context.add_output_metadata(rounded({"version": version, "model": meta["name"],
-                                         "val_score": float(meta.get("val_score") or 0),
-                                         "params": dg.MetadataValue.json(meta.get("params", {}))}))  # fmt: skip
+    context.add_output_metadata(
+        rounded(
+            {
+                "version": version,
+                "model": meta["name"],
+                "val_score": float(meta.get("val_score") or 0),
+                "params": dg.MetadataValue.json(meta.get("params", {})),
+            }
+        )
+    )
     return handle
-
-

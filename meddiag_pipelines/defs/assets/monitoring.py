@@ -73,26 +73,37 @@ PREDICTIONS_FRESHNESS = dg.FreshnessPolicy.time_window(fail_window=timedelta(day
 
 
 # -- the reference, frozen at evaluation ----------------------------------------------------------------------
-def freeze_candidate_reference(spec: TaskSpec, storage: MeddiagStorage, split: pl.DataFrame, candidate: dict,
-                               val_rows: pl.DataFrame, val_proba) -> None:  # fmt: skip
+def freeze_candidate_reference(
+    spec: TaskSpec, storage: MeddiagStorage, split: pl.DataFrame, candidate: dict, val_rows: pl.DataFrame, val_proba
+) -> None:
     """Freeze the candidate's reference into its staging folder (before ``champion`` publishes it); a version
     already published, or a reference already frozen, is left as it is. What happened is logged, with its cost."""
     started = time.perf_counter()
     note = _freeze(spec, storage, split, candidate, val_rows, val_proba)
-    log.info("%s %s: monitoring reference %s (%.2f s)", spec.name, candidate["version"], note,
-             time.perf_counter() - started)  # fmt: skip
+    log.info(
+        "%s %s: monitoring reference %s (%.2f s)", spec.name, candidate["version"], note, time.perf_counter() - started
+    )
 
 
-def _freeze(spec: TaskSpec, storage: MeddiagStorage, split: pl.DataFrame, candidate: dict, val_rows: pl.DataFrame,
-            val_proba) -> str:  # fmt: skip
+def _freeze(
+    spec: TaskSpec, storage: MeddiagStorage, split: pl.DataFrame, candidate: dict, val_rows: pl.DataFrame, val_proba
+) -> str:
     registry, version = storage.registry, candidate["version"]
     if registry.published(spec.name, version):
         return "not rewritten: the version is published with it"
     staged = registry.staging_dir(spec.name, version)
     train = split.filter(pl.col(SPLIT_COLUMN) == "train")
     predictions = prediction_frame(spec, val_rows, val_proba, candidate["classes"])
-    reference = build_reference(spec.name, version, task_kind(spec), candidate["classes"], train,
-                                task_feature_types(spec, train), predictions, seed=spec.evaluation.seed)  # fmt: skip
+    reference = build_reference(
+        spec.name,
+        version,
+        task_kind(spec),
+        candidate["classes"],
+        train,
+        task_feature_types(spec, train),
+        predictions,
+        seed=spec.evaluation.seed,
+    )
     try:
         freeze_reference(staged, reference)
     except FileExistsError:
@@ -133,8 +144,9 @@ def champion_reference(storage: MeddiagStorage, task: str) -> tuple[str | None, 
     return version, load_reference(storage.registry.version_dir(task, version)), ""
 
 
-def rows_to_check(spec: TaskSpec, storage: MeddiagStorage, rows: pl.DataFrame, batches: list[BatchKey],
-                  partitioned: bool) -> dict[BatchKey, pl.DataFrame]:  # fmt: skip
+def rows_to_check(
+    spec: TaskSpec, storage: MeddiagStorage, rows: pl.DataFrame, batches: list[BatchKey], partitioned: bool
+) -> dict[BatchKey, pl.DataFrame]:
     """Each batch's rows to score with only the batch's own columns, as the ledger recorded them at reading (the
     warehouse's table holds the union of every batch's columns, so a column one batch lacks reads there as
     empty): the validated ``batches`` from ``rows``, and the batches quarantined at validation (those among
@@ -145,16 +157,20 @@ def rows_to_check(spec: TaskSpec, storage: MeddiagStorage, rows: pl.DataFrame, b
         batch, columns = r["batch_id"], json.loads(r["columns"] or "[]")
         if batch in batches and r["status"] == "validated":
             found[batch] = rows.filter(pl.col(BATCH_COLUMN) == batch).select([c for c in columns if c in rows.columns])
-        elif r["status"] == "quarantined" and (batch in batches or not partitioned) \
-                and json.loads(r["reason"] or "{}").get("stage") == "validate":  # fmt: skip
+        elif (
+            r["status"] == "quarantined"
+            and (batch in batches or not partitioned)
+            and json.loads(r["reason"] or "{}").get("stage") == "validate"
+        ):
             raw = warehouse.read(task, RAW_TABLE, [batch])
             unlabelled = raw.filter(pl.col(spec.label).is_null()) if spec.label in raw.columns else raw
             found[batch] = unlabelled.select([c for c in columns if c in raw.columns])
     return {b: frame for b, frame in found.items() if not frame.is_empty()}
 
 
-def schema_problems(spec: TaskSpec, storage: MeddiagStorage, reference: Reference, version: str,
-                    to_check: dict[BatchKey, pl.DataFrame]) -> tuple[set[BatchKey], dict[BatchKey, str]]:  # fmt: skip
+def schema_problems(
+    spec: TaskSpec, storage: MeddiagStorage, reference: Reference, version: str, to_check: dict[BatchKey, pl.DataFrame]
+) -> tuple[set[BatchKey], dict[BatchKey, str]]:
     """(every batch the champion's reference refuses, :func:`drift.check_schema`; those refused for the first
     time by this version, with the problem). Each is reported once per version, so one bad batch does not fail
     every later run, while it stays unscored by that version."""
@@ -170,8 +186,15 @@ def schema_problems(spec: TaskSpec, storage: MeddiagStorage, reference: Referenc
     return refused, first
 
 
-def record_scored(spec: TaskSpec, storage: MeddiagStorage, reference: Reference, version: str,
-                  rows: pl.DataFrame, batches: list[BatchKey], outcome: MonitoringOutcome) -> None:  # fmt: skip
+def record_scored(
+    spec: TaskSpec,
+    storage: MeddiagStorage,
+    reference: Reference,
+    version: str,
+    rows: pl.DataFrame,
+    batches: list[BatchKey],
+    outcome: MonitoringOutcome,
+) -> None:
     """Drift and estimated performance of each batch ``version`` scored now, appended to ``monitoring.json``."""
     root, kind, classes = storage.root, task_kind(spec), reference.meta["classes"]
     for batch in batches:
@@ -191,8 +214,11 @@ def landed_labels(spec: TaskSpec, storage: MeddiagStorage) -> pl.DataFrame | Non
     ledger = storage.warehouse.ledger(spec.name).filter(pl.col("status") == LABELS_STATUS)
     if ledger.is_empty():
         return None
-    files = [storage.root.landing(spec.name) / r["batch_id"] / f for r in ledger.iter_rows(named=True)
-             for f in json.loads(r["files"])]  # fmt: skip
+    files = [
+        storage.root.landing(spec.name) / r["batch_id"] / f
+        for r in ledger.iter_rows(named=True)
+        for f in json.loads(r["files"])
+    ]
     return read_labels_batch(files, spec.id, spec.label)
 
 
@@ -215,16 +241,26 @@ def join_landed_labels(spec: TaskSpec, storage: MeddiagStorage, outcome: Monitor
         manifest = registry.manifest(spec.name, version)
         threshold = (manifest.get("operating_threshold") or {}).get("value")
         try:
-            realised = realised_performance(predictions, labels, task_kind(spec), manifest["model"]["classes"],
-                                            spec.evaluation, threshold)  # fmt: skip
+            realised = realised_performance(
+                predictions, labels, task_kind(spec), manifest["model"]["classes"], spec.evaluation, threshold
+            )
         except LabelsError as err:
             outcome.labels_problems.append(f"batch {batch}: {err}")
             continue
         realised["breach"] = breach_checks(realised, manifest["metrics"], spec.promotion)
         record_realised(root, spec.name, batch, version, realised)
         metric = realised["metric"]
-        outcome.realised.append({"batch": batch, "model_version": version, "metric": metric, "value": realised[metric],
-                                 "ci": realised["ci"], "n": realised["n"], **realised["breach"]})  # fmt: skip
+        outcome.realised.append(
+            {
+                "batch": batch,
+                "model_version": version,
+                "metric": metric,
+                "value": realised[metric],
+                "ci": realised["ci"],
+                "n": realised["n"],
+                **realised["breach"],
+            }
+        )
 
 
 def breached_versions(storage: MeddiagStorage, task: str) -> dict[str, str]:
@@ -237,9 +273,15 @@ def breached_versions(storage: MeddiagStorage, task: str) -> dict[str, str]:
     return out
 
 
-def score_and_monitor(spec: TaskSpec, storage: MeddiagStorage, rows: pl.DataFrame, batches: list[BatchKey],
-                      partitioned: bool, predictor_factory: PredictorFactory, explain: Explainer | None
-                      ) -> tuple[ScoringSummary, MonitoringOutcome, dict[str, str]]:  # fmt: skip
+def score_and_monitor(
+    spec: TaskSpec,
+    storage: MeddiagStorage,
+    rows: pl.DataFrame,
+    batches: list[BatchKey],
+    partitioned: bool,
+    predictor_factory: PredictorFactory,
+    explain: Explainer | None,
+) -> tuple[ScoringSummary, MonitoringOutcome, dict[str, str]]:
     """The ``predictions`` asset's work: join landed labels to the predictions; unless the champion's realised
     performance is then in breach, refuse the batches its schema refuses, score the others and record their
     drift (and join labels again, for the batches scored now).
@@ -256,8 +298,15 @@ def score_and_monitor(spec: TaskSpec, storage: MeddiagStorage, rows: pl.DataFram
             to_check = rows_to_check(spec, storage, rows, batches, partitioned)
             refused, outcome.refused = schema_problems(spec, storage, reference, version, to_check)
             outcome.unscored = len(refused)
-        summary = score_unlabelled(spec, storage.root, storage.registry, rows, [b for b in batches if b not in refused],
-                                   predictor_factory, explain)  # fmt: skip
+        summary = score_unlabelled(
+            spec,
+            storage.root,
+            storage.registry,
+            rows,
+            [b for b in batches if b not in refused],
+            predictor_factory,
+            explain,
+        )
         if reference is not None and summary.written:
             record_scored(spec, storage, reference, version, rows, summary.written, outcome)
             join_landed_labels(spec, storage, outcome)  # labels for the batches scored just now
@@ -270,44 +319,73 @@ def score_and_monitor(spec: TaskSpec, storage: MeddiagStorage, rows: pl.DataFram
 # -- the checks and metadata ----------------------------------------------------------------------------------
 def check_specs(key: dg.AssetKey) -> list[dg.AssetCheckSpec]:
     return [
-        dg.AssetCheckSpec(SCHEMA_CHECK, asset=key, blocking=True, description="Every batch to score holds the "
-                          "columns the champion was trained with, with numbers where it had numbers (ERROR: that "
-                          "batch is not scored with this champion)."),
-        dg.AssetCheckSpec(DRIFT_CHECK, asset=key, description="No batch scored now drifted from the champion's "
-                          "frozen reference (Evidently's defaults: a batch drifts when half its columns do; or its "
-                          "predictions drifted): WARN."),
-        dg.AssetCheckSpec(REALISED_CHECK, asset=key, blocking=True, description="Labels that arrived later show no breach of the "
-                          "promotion gate's criteria by the version that scored them (ERROR: scoring with it stops "
-                          "and the task's breach sensor requests a retrain)."),
-    ]  # fmt: skip
+        dg.AssetCheckSpec(
+            SCHEMA_CHECK,
+            asset=key,
+            blocking=True,
+            description="Every batch to score holds the "
+            "columns the champion was trained with, with numbers where it had numbers (ERROR: that "
+            "batch is not scored with this champion).",
+        ),
+        dg.AssetCheckSpec(
+            DRIFT_CHECK,
+            asset=key,
+            description="No batch scored now drifted from the champion's "
+            "frozen reference (Evidently's defaults: a batch drifts when half its columns do; or its "
+            "predictions drifted): WARN.",
+        ),
+        dg.AssetCheckSpec(
+            REALISED_CHECK,
+            asset=key,
+            blocking=True,
+            description="Labels that arrived later show no breach of the "
+            "promotion gate's criteria by the version that scored them (ERROR: scoring with it stops "
+            "and the task's breach sensor requests a retrain).",
+        ),
+    ]
 
 
 def check_results(outcome: MonitoringOutcome, breached: dict[str, str]) -> list[dg.AssetCheckResult]:
-    schema = dg.AssetCheckResult(check_name=SCHEMA_CHECK, passed=not outcome.refused,
-                                 severity=dg.AssetCheckSeverity.ERROR,
-                                 description="; ".join(outcome.refused.values()) or "every batch to score fits",
-                                 metadata={"refused_batches": len(outcome.refused)})  # fmt: skip
-    drift = dg.AssetCheckResult(check_name=DRIFT_CHECK, passed=not outcome.drifted, severity=dg.AssetCheckSeverity.WARN,
-                                description=(f"drift in batch(es) {', '.join(outcome.drifted)}" if outcome.drifted
-                                             else outcome.reference_note or "no drift in the batches scored now"),
-                                metadata={"drifted_batches": len(outcome.drifted),
-                                          "recorded_batches": len(outcome.recorded)})  # fmt: skip
+    schema = dg.AssetCheckResult(
+        check_name=SCHEMA_CHECK,
+        passed=not outcome.refused,
+        severity=dg.AssetCheckSeverity.ERROR,
+        description="; ".join(outcome.refused.values()) or "every batch to score fits",
+        metadata={"refused_batches": len(outcome.refused)},
+    )
+    drift = dg.AssetCheckResult(
+        check_name=DRIFT_CHECK,
+        passed=not outcome.drifted,
+        severity=dg.AssetCheckSeverity.WARN,
+        description=(
+            f"drift in batch(es) {', '.join(outcome.drifted)}"
+            if outcome.drifted
+            else outcome.reference_note or "no drift in the batches scored now"
+        ),
+        metadata={"drifted_batches": len(outcome.drifted), "recorded_batches": len(outcome.recorded)},
+    )
     problems = list(dict.fromkeys([f"{v}: {r}" for v, r in breached.items()] + outcome.labels_problems))
-    realised = dg.AssetCheckResult(check_name=REALISED_CHECK, passed=not problems,
-                                   severity=dg.AssetCheckSeverity.ERROR,
-                                   description="; ".join(problems) or "no breach of the gate's criteria",
-                                   metadata={"breached_versions": len(breached),
-                                             "batches_joined_now": len(outcome.realised)})  # fmt: skip
+    realised = dg.AssetCheckResult(
+        check_name=REALISED_CHECK,
+        passed=not problems,
+        severity=dg.AssetCheckSeverity.ERROR,
+        description="; ".join(problems) or "no breach of the gate's criteria",
+        metadata={"breached_versions": len(breached), "batches_joined_now": len(outcome.realised)},
+    )
     return [schema, drift, realised]
 
 
 def monitoring_metadata(storage: MeddiagStorage, task: str, outcome: MonitoringOutcome) -> dict:
-    meta = {"monitoring": dg.MetadataValue.path(monitoring_rel(task)),
-            "monitoring_report": dg.MetadataValue.path(monitoring_rel(task, MONITORING_HTML)),
-            "batches_refused_by_schema": outcome.unscored, "batches_drifted": len(outcome.drifted)}  # fmt: skip
+    meta = {
+        "monitoring": dg.MetadataValue.path(monitoring_rel(task)),
+        "monitoring_report": dg.MetadataValue.path(monitoring_rel(task, MONITORING_HTML)),
+        "batches_refused_by_schema": outcome.unscored,
+        "batches_drifted": len(outcome.drifted),
+    }
     for row in outcome.realised:
-        meta[f"realised_{row['batch']}"] = dg.MetadataValue.json({k: row[k] for k in ("model_version", "metric",
-                                                                                       "value", "ci", "n", "breach")})
+        meta[f"realised_{row['batch']}"] = dg.MetadataValue.json(
+            {k: row[k] for k in ("model_version", "metric", "value", "ci", "n", "breach")}
+        )
     return meta
 
 

@@ -22,30 +22,48 @@ def build_task_assets(spec: TaskSpec) -> list:
     text = modality.descriptions(spec)
     raw_records = raw_records_asset(spec, modality, tags, text.raw_records)
     validated_records = ingest.build_validated_records_asset(
-        spec, raw_records, tags, text.validated_records, lambda storage: modality.validator(spec, storage))
-    split = build_split_asset(spec, validated_records, tags, predefined=modality.predefined_split,
-                              finish=lambda frame: modality.finish_split(spec, frame))  # fmt: skip
+        spec, raw_records, tags, text.validated_records, lambda storage: modality.validator(spec, storage)
+    )
+    split = build_split_asset(
+        spec,
+        validated_records,
+        tags,
+        predefined=modality.predefined_split,
+        finish=lambda frame: modality.finish_split(spec, frame),
+    )
     targets = {"raw_records": raw_records, "validated_records": validated_records, "split": split[0]}
-    checks = [suite_check(spec, modality, validated_records, text.suite),
-              *(extra_check(spec, check, targets[check.asset]) for check in modality.extra_checks(spec))]  # fmt: skip
+    checks = [
+        suite_check(spec, modality, validated_records, text.suite),
+        *(extra_check(spec, check, targets[check.asset]) for check in modality.extra_checks(spec)),
+    ]
     features = features_asset(spec, modality, tags, text.features, text.feature_plan)
     candidate_model = candidate_asset(spec, modality, tags, text.candidate_model)
     baseline_model = baseline_asset(spec, modality, tags, text.baseline_model)
     downstream = lifecycle.build_model_lifecycle_assets(
-        spec, tags, predictor_factory=modality.predictor_factory(spec),
+        spec,
+        tags,
+        predictor_factory=modality.predictor_factory(spec),
         explain=modality.explainer(spec),
         missing_data=lambda train_rows, plan: modality.missing_data(spec, train_rows, plan),
         card_extras=lambda candidate: modality.card_extras(spec, candidate),
         extra_metrics=lambda candidate, split: modality.extra_metrics(spec, candidate, split),
-        test_sections=lambda candidate, test, proba, metrics: modality.test_sections(spec, candidate, test, proba, metrics),
-    )  # fmt: skip
+        test_sections=lambda candidate, test, proba, metrics: modality.test_sections(
+            spec, candidate, test, proba, metrics
+        ),
+    )
     return [raw_records, validated_records, *checks, *split, features, candidate_model, baseline_model, *downstream]
 
 
 # -- ingestion ----------------------------------------------------------------------------------------------------
 def raw_records_asset(spec: TaskSpec, modality: Modality, tags: dict, description: str) -> dg.AssetsDefinition:
-    @dg.asset(key=[spec.name, "raw_records"], description=f"{spec.name}: {description}", kinds={"duckdb", "polars"},
-              pool=common.pool(spec), **ingest.partitioned(spec), **tags)  # fmt: skip
+    @dg.asset(
+        key=[spec.name, "raw_records"],
+        description=f"{spec.name}: {description}",
+        kinds={"duckdb", "polars"},
+        pool=common.pool(spec),
+        **ingest.partitioned(spec),
+        **tags,
+    )
     def raw_records(context: dg.AssetExecutionContext, storage: MeddiagStorage) -> dg.MaterializeResult:
         reader = modality.reader(spec)
         result = ingest.ingest_partitions(context, spec, storage, reader)
@@ -67,8 +85,13 @@ def suite_check(spec: TaskSpec, modality: Modality, validated_records, descripti
 def extra_check(spec: TaskSpec, check: ExtraCheck, target) -> dg.AssetChecksDefinition:
     """A modality's own check of raw_records (no input: the asset has no value), validated_records (per batch)
     or split."""
-    options = {"name": check.name, "asset": target, "blocking": check.blocking, "description": check.description,
-               **(ingest.check_partitions(spec) if check.asset != "split" else {})}  # fmt: skip
+    options = {
+        "name": check.name,
+        "asset": target,
+        "blocking": check.blocking,
+        "description": check.description,
+        **(ingest.check_partitions(spec) if check.asset != "split" else {}),
+    }
     if check.asset == "raw_records":
 
         @dg.asset_check(**options)
@@ -86,8 +109,11 @@ def extra_check(spec: TaskSpec, check: ExtraCheck, target) -> dg.AssetChecksDefi
 
 # -- features and models ------------------------------------------------------------------------------------------
 def features_asset(spec: TaskSpec, modality: Modality, tags: dict, features: str, plan: str) -> dg.AssetsDefinition:
-    @dg.multi_asset(name=f"{spec.name}__features", pool=common.pool(spec),
-                    outs=common.feature_outs(spec, tags, features, plan, modality.feature_kinds))  # fmt: skip
+    @dg.multi_asset(
+        name=f"{spec.name}__features",
+        pool=common.pool(spec),
+        outs=common.feature_outs(spec, tags, features, plan, modality.feature_kinds),
+    )
     def features_step(context: dg.AssetExecutionContext, storage: MeddiagStorage, split: pl.DataFrame):
         built = modality.features(spec, split, storage)
         for warning in built.warnings:
@@ -98,8 +124,9 @@ def features_asset(spec: TaskSpec, modality: Modality, tags: dict, features: str
     return features_step
 
 
-def training_run(context: dg.AssetExecutionContext, storage: MeddiagStorage, spec: TaskSpec, version: str,
-                 folder: str) -> TrainingRun:  # fmt: skip
+def training_run(
+    context: dg.AssetExecutionContext, storage: MeddiagStorage, spec: TaskSpec, version: str, folder: str
+) -> TrainingRun:
     """A training step of this run: its model goes into the version's staging folder, ``<version>/<folder>``."""
     out = storage.registry.staging_dir(spec.name, version) / folder
     return TrainingRun(storage, out, context.log, context.run.parent_run_id)
@@ -112,13 +139,21 @@ def trained_handle(context, storage: MeddiagStorage, spec: TaskSpec, version: st
 
 
 def candidate_asset(spec: TaskSpec, modality: Modality, tags: dict, description: str) -> dg.AssetsDefinition:
-    @dg.asset(key=[spec.name, "candidate_model"], description=f"{spec.name}: {description}",
-              kinds=set(modality.candidate_kinds), pool=common.pool(spec),
-              op_tags=common.gpu_op_tags(spec) if modality.gpu_candidate else None, **tags)  # fmt: skip
-    def candidate_model(context: dg.AssetExecutionContext, storage: MeddiagStorage, features: pl.DataFrame,
-                        feature_plan: dict) -> dict:  # fmt: skip
+    @dg.asset(
+        key=[spec.name, "candidate_model"],
+        description=f"{spec.name}: {description}",
+        kinds=set(modality.candidate_kinds),
+        pool=common.pool(spec),
+        op_tags=common.gpu_op_tags(spec) if modality.gpu_candidate else None,
+        **tags,
+    )
+    def candidate_model(
+        context: dg.AssetExecutionContext, storage: MeddiagStorage, features: pl.DataFrame, feature_plan: dict
+    ) -> dict:
         version = common.run_version(context)
-        trained = modality.train_candidate(spec, features, feature_plan, training_run(context, storage, spec, version, "model"))
+        trained = modality.train_candidate(
+            spec, features, feature_plan, training_run(context, storage, spec, version, "model")
+        )
         return trained_handle(context, storage, spec, version, trained)
 
     return candidate_model
@@ -126,8 +161,13 @@ def candidate_asset(spec: TaskSpec, modality: Modality, tags: dict, description:
 
 def baseline_asset(spec: TaskSpec, modality: Modality, tags: dict, description: str) -> dg.AssetsDefinition:
     """The baseline trained beside the candidate (this asset points at it), or trained here from the features."""
-    options = {"key": [spec.name, "baseline_model"], "description": f"{spec.name}: {description}",
-               "kinds": set(modality.baseline_kinds), "pool": common.pool(spec), **tags}  # fmt: skip
+    options = {
+        "key": [spec.name, "baseline_model"],
+        "description": f"{spec.name}: {description}",
+        "kinds": set(modality.baseline_kinds),
+        "pool": common.pool(spec),
+        **tags,
+    }
     if modality.baseline_trained_by_candidate:
 
         @dg.asset(**options)
@@ -139,10 +179,13 @@ def baseline_asset(spec: TaskSpec, modality: Modality, tags: dict, description: 
         return baseline_model
 
     @dg.asset(**options)
-    def baseline_model(context: dg.AssetExecutionContext, storage: MeddiagStorage, features: pl.DataFrame,
-                       feature_plan: dict) -> dict:  # fmt: skip
+    def baseline_model(
+        context: dg.AssetExecutionContext, storage: MeddiagStorage, features: pl.DataFrame, feature_plan: dict
+    ) -> dict:
         version = common.run_version(context)
         run = training_run(context, storage, spec, version, "baseline")
-        return trained_handle(context, storage, spec, version, modality.train_baseline(spec, features, feature_plan, run))
+        return trained_handle(
+            context, storage, spec, version, modality.train_baseline(spec, features, feature_plan, run)
+        )
 
     return baseline_model

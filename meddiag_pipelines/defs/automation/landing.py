@@ -20,8 +20,12 @@ RANGE_START, RANGE_END = "dagster/asset_partition_range_start", "dagster/asset_p
 def run_tags(spec: TaskSpec, trigger: str) -> dict[str, str]:
     """The tags of every run of a task, whoever starts it (the run queue holds one run per task at a time), with
     the host that creates it (where a run of ``update`` or of the default run launcher runs: ``dead_runs``)."""
-    return {TASK_TAG: spec.name, "dagster/priority": registry.get(spec.modality).run_priority, TRIGGER_TAG: trigger,
-            **host_tag()}
+    return {
+        TASK_TAG: spec.name,
+        "dagster/priority": registry.get(spec.modality).run_priority,
+        TRIGGER_TAG: trigger,
+        **host_tag(),
+    }
 
 
 def range_tags(keys: list[str]) -> dict[str, str]:
@@ -36,18 +40,26 @@ def batch_run_requests(spec: TaskSpec, scan: LandingScan, tags: dict[str, str]) 
     requests = []
     for keys in run_ranges(sorted(scan.new)):
         content = hashlib.sha256("\n".join(f"{k}@{scan.new[k]}" for k in keys).encode()).hexdigest()[:16]
-        requests.append(dg.RunRequest(run_key=f"{spec.name}:new:{keys[0]}..{len(keys)}@{content}",
-                                      tags={**tags, **range_tags(keys), "meddiag/new_batches": str(len(keys))}))  # fmt: skip
+        requests.append(
+            dg.RunRequest(
+                run_key=f"{spec.name}:new:{keys[0]}..{len(keys)}@{content}",
+                tags={**tags, **range_tags(keys), "meddiag/new_batches": str(len(keys))},
+            )
+        )
     for key, digest in sorted(scan.again.items()):
         requests.append(dg.RunRequest(run_key=f"{spec.name}:{key}@{digest[:16]}", partition_key=key, tags=dict(tags)))
     return requests
 
 
 def build_landing_sensor(spec: TaskSpec, job) -> dg.SensorDefinition:
-    @dg.sensor(name=f"{spec.name}_landing_sensor", job=job, minimum_interval_seconds=SENSOR_INTERVAL_S,
-               default_status=dg.DefaultSensorStatus.RUNNING,
-               description=f"Registers each complete batch of {spec.name} as a partition and ingests it "
-               f"({'a _READY marker' if spec.landing.ready == 'marker' else 'quiet files'}).")  # fmt: skip
+    @dg.sensor(
+        name=f"{spec.name}_landing_sensor",
+        job=job,
+        minimum_interval_seconds=SENSOR_INTERVAL_S,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description=f"Registers each complete batch of {spec.name} as a partition and ingests it "
+        f"({'a _READY marker' if spec.landing.ready == 'marker' else 'quiet files'}).",
+    )
     def landing_sensor(context: dg.SensorEvaluationContext, storage: MeddiagStorage):
         for message in release_dead_runs(context.instance, spec.name).released:
             context.log.info(message)
@@ -58,8 +70,10 @@ def build_landing_sensor(spec: TaskSpec, job) -> dg.SensorDefinition:
             context.log.warning(f"{spec.name}: batch {name} quarantined: its name cannot be a partition key")
         if not scan.new and not scan.again:
             return dg.SkipReason(f"no new or changed complete batch in landing/{spec.name}")
-        return dg.SensorResult(run_requests=batch_run_requests(spec, scan, run_tags(spec, "landing")),
-                               dynamic_partitions_requests=[partitions.build_add_request(sorted(scan.new))] if scan.new else [])  # fmt: skip
+        return dg.SensorResult(
+            run_requests=batch_run_requests(spec, scan, run_tags(spec, "landing")),
+            dynamic_partitions_requests=[partitions.build_add_request(sorted(scan.new))] if scan.new else [],
+        )
 
     return landing_sensor
 
@@ -75,7 +89,9 @@ def downstream_condition(spec: TaskSpec) -> dg.AutomationCondition:
 
 def build_automation_sensor(spec: TaskSpec) -> dg.AutomationConditionSensorDefinition:
     return dg.AutomationConditionSensorDefinition(
-        name=f"{spec.name}_automation", target=dg.AssetSelection.groups(spec.name),
-        default_status=dg.DefaultSensorStatus.RUNNING, run_tags=run_tags(spec, "automation"),
+        name=f"{spec.name}_automation",
+        target=dg.AssetSelection.groups(spec.name),
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        run_tags=run_tags(spec, "automation"),
         description=f"Updates {spec.name}'s assets downstream of its batches by their automation conditions.",
-    )  # fmt: skip
+    )

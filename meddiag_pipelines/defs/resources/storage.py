@@ -126,7 +126,11 @@ class RunScopedFiles(dg.IOManager):
         _, _, folder = self._asset_folder(context.asset_key)
         run_id = _run_id(context.upstream_output)
         own = self._run_name(_instance(context), run_id) + self.suffix if run_id else None
-        folders = {k: f"{folder}/{k}" for k in context.asset_partition_keys} if context.has_asset_partitions else {None: folder}
+        folders = (
+            {k: f"{folder}/{k}" for k in context.asset_partition_keys}
+            if context.has_asset_partitions
+            else {None: folder}
+        )
         found, missing = {}, []
         for key, sub in folders.items():
             mine = f"{sub}/{own}" if own else None
@@ -139,8 +143,9 @@ class RunScopedFiles(dg.IOManager):
         if not found:
             raise FileNotFoundError(f"{folder}: no value for asset {asset} yet; materialize it first")
         if missing:
-            context.log.warning(f"{asset}: {len(missing)} of {len(folders)} partitions not materialized yet; read "
-                                "the others")  # fmt: skip
+            context.log.warning(
+                f"{asset}: {len(missing)} of {len(folders)} partitions not materialized yet; read the others"
+            )
         return found
 
 
@@ -176,8 +181,14 @@ class ParquetTables(RunScopedFiles):
                 self._kept[path] = part
         self._register_view(task, name, context.has_asset_partitions)
         path = next(iter(files.values())) if len(files) == 1 else self.root.relative(self.folder(task, name))
-        context.add_output_metadata({"dagster/row_count": obj.height, "column_count": obj.width,
-                                     "dagster/table_name": f"{task}.{name}", "path": dg.MetadataValue.path(path)})  # fmt: skip
+        context.add_output_metadata(
+            {
+                "dagster/row_count": obj.height,
+                "column_count": obj.width,
+                "dagster/table_name": f"{task}.{name}",
+                "path": dg.MetadataValue.path(path),
+            }
+        )
 
     def _register_view(self, task: str, name: str, partitioned: bool) -> None:
         """The newest file (of each partition), relative to the DuckDB file's folder. DuckDB cannot read a Parquet
@@ -187,7 +198,9 @@ class ParquetTables(RunScopedFiles):
         if self.root.remote:
             return
         folder = self.root.relative(self.folder(task, name))
-        newest = [self.newest(f"{folder}/{p}") for p in self.root.list(folder)] if partitioned else [self.newest(folder)]
+        newest = (
+            [self.newest(f"{folder}/{p}") for p in self.root.list(folder)] if partitioned else [self.newest(folder)]
+        )
         files = [f for f in newest if f and (self._widths[f] if f in self._widths else self.root.parquet_width(f))]
         warehouse = self.root.relative(self.root.warehouse_dir())
         self._warehouse.register_view(task, name, [str(Path(f).relative_to(warehouse)) for f in files])
@@ -199,8 +212,10 @@ class ParquetTables(RunScopedFiles):
         if n_keys == 1 or not obj.height:
             return obj
         if BATCH_COLUMN not in obj.columns:
-            raise ValueError(f"{context.asset_key.to_user_string()}: a frame over several partitions needs the column "
-                             f"{BATCH_COLUMN} to be split into them")  # fmt: skip
+            raise ValueError(
+                f"{context.asset_key.to_user_string()}: a frame over several partitions needs the column "
+                f"{BATCH_COLUMN} to be split into them"
+            )
         return obj.filter(pl.col(BATCH_COLUMN) == key)
 
     def load_input(self, context: dg.InputContext) -> pl.DataFrame:
@@ -231,10 +246,12 @@ class JsonValues(RunScopedFiles):
         return {key: self.root.read_json(path) for key, path in files.items()}
 
 
-
 def build_resources(data_dir: Path | str | None = None) -> dict:
     """``data_dir``: a local folder or an object store URL (default: ``MEDDIAG_DATA_DIR``)."""
     root = str(data_dir or default_data_root())
     storage = MeddiagStorage(data_dir=root if is_object_store(root) else str(Path(root).resolve()))
-    return {"storage": storage, "warehouse_io_manager": WarehouseIOManager(storage=storage),
-            "io_manager": ValuesIOManager(storage=storage)}  # fmt: skip
+    return {
+        "storage": storage,
+        "warehouse_io_manager": WarehouseIOManager(storage=storage),
+        "io_manager": ValuesIOManager(storage=storage),
+    }

@@ -14,7 +14,6 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from meddiag_pipelines.specs import EvaluationSpec
 from meddiag_pipelines.evaluation.metrics.bootstrap import _bootstrap, _Scores, percentile_ci
 from meddiag_pipelines.evaluation.metrics.calibration import (
     calibration_curve_bins,
@@ -23,6 +22,7 @@ from meddiag_pipelines.evaluation.metrics.calibration import (
     smooth_calibration,
 )
 from meddiag_pipelines.evaluation.metrics.thresholds import choose_threshold, decision_curve, threshold_row
+from meddiag_pipelines.specs import EvaluationSpec
 
 
 def _auc_or_nan(y: np.ndarray, s: np.ndarray) -> float:

@@ -105,7 +105,9 @@ def percentile_ci(values: np.ndarray, confidence: float = CONFIDENCE) -> list[fl
     return [float(lo), float(hi)]
 
 
-def bootstrap_auroc_ci(y_true: np.ndarray, score: np.ndarray, n_bootstrap: int = 1000, seed: Any = 0) -> list[float] | None:
+def bootstrap_auroc_ci(
+    y_true: np.ndarray, score: np.ndarray, n_bootstrap: int = 1000, seed: Any = 0
+) -> list[float] | None:
     """Stratified percentile bootstrap 95% CI of the AUROC (vectorised; fast for large n)."""
     y = np.asarray(y_true).astype(int)
     if y.min(initial=0) == y.max(initial=0):

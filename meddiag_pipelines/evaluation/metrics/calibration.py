@@ -12,8 +12,8 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import SplineTransformer
 
-from meddiag_pipelines.probability import CLIP, logit
 from meddiag_pipelines.evaluation.metrics.bootstrap import CONFIDENCE, _bootstrap
+from meddiag_pipelines.probability import CLIP, logit
 
 CALIBRATION_BINS = 10
 
@@ -81,7 +81,11 @@ def _logistic_slopes(x: np.ndarray, y: np.ndarray, iterations: int = 100, tol: f
             if worse.size == 0:
                 break
             t[worse] /= 2.0
-            new_eta[worse] = eta[active[worse]] + (t[worse] * step_a[worse])[:, None] + (t[worse] * step_b[worse])[:, None] * xs[worse]
+            new_eta[worse] = (
+                eta[active[worse]]
+                + (t[worse] * step_a[worse])[:, None]
+                + (t[worse] * step_b[worse])[:, None] * xs[worse]
+            )
             new_ll[worse] = _log_likelihood(new_eta[worse], ys[worse])
         a[active] += t * step_a
         b[active] += t * step_b
@@ -102,7 +106,9 @@ def calibration_slope_ci(y_true: np.ndarray, proba: np.ndarray, n_bootstrap: int
     lp = logit(proba)
     if not math.isfinite(_logistic_slopes(lp[None, :], y[None, :].astype(float))[0]):
         return None
-    res = _bootstrap(y, n_bootstrap, seed, lambda idx, order: {"slope": _logistic_slopes(lp[idx], y[idx].astype(float))})
+    res = _bootstrap(
+        y, n_bootstrap, seed, lambda idx, order: {"slope": _logistic_slopes(lp[idx], y[idx].astype(float))}
+    )
     slopes = res["slope"][~np.isnan(res["slope"])]
     if slopes.size < 10:
         return None

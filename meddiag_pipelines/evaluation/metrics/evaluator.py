@@ -6,7 +6,6 @@ from typing import Any
 
 import numpy as np
 
-from meddiag_pipelines.specs import EvaluationSpec
 from meddiag_pipelines.evaluation.metrics.binary import _binary
 from meddiag_pipelines.evaluation.metrics.bootstrap import CONFIDENCE
 from meddiag_pipelines.evaluation.metrics.inputs import EvaluationInput
@@ -14,6 +13,7 @@ from meddiag_pipelines.evaluation.metrics.jsonable import to_jsonable
 from meddiag_pipelines.evaluation.metrics.multiclass import _multiclass
 from meddiag_pipelines.evaluation.metrics.multilabel import _multilabel
 from meddiag_pipelines.evaluation.metrics.subgroups import _subgroups
+from meddiag_pipelines.specs import EvaluationSpec
 
 
 def _check(inp: EvaluationInput) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
@@ -86,10 +86,12 @@ def evaluate(inp: EvaluationInput) -> dict:
     settings = {
         **s.model_dump(),
         "confidence": CONFIDENCE,
-        "ci_method": "stratified percentile bootstrap" if inp.kind != "multilabel" else
-        "percentile bootstrap (per label stratified; macro figures resample rows)",
-        "thresholds_chosen_on": "validation" if has_val and inp.kind != "multiclass" else
-        ("argmax" if inp.kind == "multiclass" else "test"),
+        "ci_method": "stratified percentile bootstrap"
+        if inp.kind != "multilabel"
+        else "percentile bootstrap (per label stratified; macro figures resample rows)",
+        "thresholds_chosen_on": "validation"
+        if has_val and inp.kind != "multiclass"
+        else ("argmax" if inp.kind == "multiclass" else "test"),
     }
     metrics = {
         **head,

@@ -7,10 +7,10 @@ import warnings
 import numpy as np
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
-from meddiag_pipelines.specs import EvaluationSpec
 from meddiag_pipelines.evaluation.metrics.binary import _ap_or_nan, _auc_or_nan
 from meddiag_pipelines.evaluation.metrics.bootstrap import _bootstrap, _bucket_counts, _Scores, percentile_ci
 from meddiag_pipelines.evaluation.metrics.inputs import EvaluationInput
+from meddiag_pipelines.specs import EvaluationSpec
 
 
 def multiclass_brier(y: np.ndarray, proba: np.ndarray) -> float:
@@ -33,7 +33,9 @@ def macro_f1_ci(y: np.ndarray, pred: np.ndarray, k: int, n_bootstrap: int, seed)
     """Stratified percentile bootstrap 95% CI of the macro-F1 of class indices ``pred`` against ``y`` (the
     evaluator's resampling: each class resampled separately)."""
     y, pred = np.asarray(y).astype(int), np.asarray(pred).astype(int)
-    res = _bootstrap(y, n_bootstrap, seed, lambda idx, order: {"f1": _macro_f1_from_codes(y[order][None, :] * k + pred[idx], k)})
+    res = _bootstrap(
+        y, n_bootstrap, seed, lambda idx, order: {"f1": _macro_f1_from_codes(y[order][None, :] * k + pred[idx], k)}
+    )
     return percentile_ci(res["f1"])
 
 
@@ -107,8 +109,13 @@ def _multiclass(inp: EvaluationInput, y: np.ndarray, P: np.ndarray, B: np.ndarra
 
 
 def _multiclass_bootstrap(
-    y: np.ndarray, P: np.ndarray, B: np.ndarray | None, pred: np.ndarray, b_pred: np.ndarray | None,
-    present: list[int], s: EvaluationSpec,
+    y: np.ndarray,
+    P: np.ndarray,
+    B: np.ndarray | None,
+    pred: np.ndarray,
+    b_pred: np.ndarray | None,
+    present: list[int],
+    s: EvaluationSpec,
 ) -> dict:
     """Per-class stratified bootstrap, paired for model and baseline: per-class and macro AUROC, macro AUPRC and,
     with a baseline, its macro AUROC and the AUROC and macro-F1 differences."""

@@ -7,10 +7,10 @@ import warnings
 import numpy as np
 from sklearn.metrics import accuracy_score, f1_score
 
-from meddiag_pipelines.specs import EvaluationSpec
 from meddiag_pipelines.evaluation.metrics.binary import _binary
 from meddiag_pipelines.evaluation.metrics.bootstrap import _bootstrap, _Scores, percentile_ci
 from meddiag_pipelines.evaluation.metrics.inputs import EvaluationInput
+from meddiag_pipelines.specs import EvaluationSpec
 
 
 def _multilabel(inp: EvaluationInput, Y: np.ndarray, P: np.ndarray, B: np.ndarray | None, s: EvaluationSpec) -> dict:

@@ -26,14 +26,25 @@ def standardized_mean_differences(dev: dict[str, np.ndarray], test: dict[str, np
         if a.size == 0 or b.size == 0:
             continue
         ma, mb = float(a.mean()), float(b.mean())
-        sd = math.sqrt((float(a.var(ddof=1)) if a.size > 1 else 0.0) / 2 + (float(b.var(ddof=1)) if b.size > 1 else 0.0) / 2)
+        sd = math.sqrt(
+            (float(a.var(ddof=1)) if a.size > 1 else 0.0) / 2 + (float(b.var(ddof=1)) if b.size > 1 else 0.0) / 2
+        )
         if sd > 0:
             smd: float | None = (mb - ma) / sd
             flag = abs(smd) > 0.1
         else:
             smd = 0.0 if ma == mb else None
             flag = ma != mb
-        rows.append({"feature": str(name), "dev_mean": ma, "test_mean": mb, "smd": smd, "flag": bool(flag),
-                     "n_dev": int(a.size), "n_test": int(b.size)})
+        rows.append(
+            {
+                "feature": str(name),
+                "dev_mean": ma,
+                "test_mean": mb,
+                "smd": smd,
+                "flag": bool(flag),
+                "n_dev": int(a.size),
+                "n_test": int(b.size),
+            }
+        )
     rows.sort(key=lambda r: (-(math.inf if r["smd"] is None else abs(r["smd"])), r["feature"]))
     return rows

@@ -8,11 +8,11 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
 
-from meddiag_pipelines.specs import EvaluationSpec
 from meddiag_pipelines.evaluation.metrics.binary import _auc_or_nan
 from meddiag_pipelines.evaluation.metrics.bootstrap import bootstrap_auroc_ci
 from meddiag_pipelines.evaluation.metrics.inputs import EvaluationInput
 from meddiag_pipelines.evaluation.metrics.thresholds import threshold_row
+from meddiag_pipelines.specs import EvaluationSpec
 
 TOO_FEW = "too few to judge"
 MISSING = "missing"
@@ -22,7 +22,11 @@ def subgroup_values(values: np.ndarray) -> np.ndarray:
     """Values as strings; None, NaN and empty strings become "missing"."""
     out = []
     for v in np.asarray(values, dtype=object).ravel():
-        if v is None or (isinstance(v, (float, np.floating)) and math.isnan(v)) or (isinstance(v, str) and not v.strip()):
+        if (
+            v is None
+            or (isinstance(v, (float, np.floating)) and math.isnan(v))
+            or (isinstance(v, str) and not v.strip())
+        ):
             out.append(MISSING)
         else:
             out.append(str(v))

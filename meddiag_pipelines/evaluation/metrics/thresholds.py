@@ -38,7 +38,9 @@ def decision_curve(y_true: np.ndarray, proba: np.ndarray, baseline: np.ndarray |
     }
 
 
-def choose_threshold(y_true: np.ndarray, proba: np.ndarray, rule: str | float, target_sensitivity: float = 0.9) -> float:
+def choose_threshold(
+    y_true: np.ndarray, proba: np.ndarray, rule: str | float, target_sensitivity: float = 0.9
+) -> float:
     """The threshold a rule gives: "0.5", a number, "youden" or "target_sensitivity" (highest threshold whose
     sensitivity >= target). Data-driven rules fall back to 0.5 when y has one class only."""
     if not isinstance(rule, str):

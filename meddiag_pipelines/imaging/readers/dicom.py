@@ -8,7 +8,13 @@ from typing import TYPE_CHECKING, BinaryIO, Literal
 
 import numpy as np
 
-from meddiag_pipelines.imaging.readers.dicom_safety import DEFLATED, HEADER_MAX, check_decoder, inflates_within, read_header
+from meddiag_pipelines.imaging.readers.dicom_safety import (
+    DEFLATED,
+    HEADER_MAX,
+    check_decoder,
+    inflates_within,
+    read_header,
+)
 from meddiag_pipelines.imaging.readers.listing import _image_file, _listed_files, _read_labels
 from meddiag_pipelines.imaging.readers.records import (
     DecodedBudget,
@@ -27,6 +33,7 @@ DICOM_SUFFIXES = {".dcm", ".dicom"}
 
 # A DICOM file may hold many frames: its whole pixel data is bounded by this many times max_pixels.
 DICOM_TOTAL_PIXELS_FACTOR = 16
+
 
 def _decoded_dicom_bytes(ds) -> tuple[int, int, int]:
     """(frames, rows x columns, decoded bytes) from the header: Rows*Columns*NumberOfFrames*SamplesPerPixel*
@@ -65,7 +72,9 @@ def _dcm_read(fh: BinaryIO, spec: TaskSpec, budget: DecodedBudget):
         raise ImageRejected("unreadable or truncated DICOM header") from exc
     frames, pixels, nbytes = _decoded_dicom_bytes(header)
     if pixels > max_pixels or pixels * frames > max_pixels * DICOM_TOTAL_PIXELS_FACTOR:
-        raise ImageRejected(f"decompression-bomb guard: {frames} frame(s) of {pixels} pixels exceed max_pixels {max_pixels}")
+        raise ImageRejected(
+            f"decompression-bomb guard: {frames} frame(s) of {pixels} pixels exceed max_pixels {max_pixels}"
+        )
     budget.take(nbytes, f"DICOM pixel data of {frames} frame(s) x {pixels} pixels")
     tsyntax = header.file_meta.get("TransferSyntaxUID") if hasattr(header, "file_meta") else None
     if str(tsyntax or "") == DEFLATED and not inflates_within(fh, nbytes + HEADER_MAX):
@@ -87,7 +96,9 @@ def _dcm_frame(ds, frame: int) -> np.ndarray:
     try:
         arr = pixel_array(ds, index=frame)
     except Exception as exc:  # noqa: BLE001 - pydicom's messages can quote header values
-        raise ImageRejected("cannot decode the pixel data (truncated, corrupt, or inconsistent with its header)") from exc
+        raise ImageRejected(
+            "cannot decode the pixel data (truncated, corrupt, or inconsistent with its header)"
+        ) from exc
     return arr
 
 
@@ -131,7 +142,11 @@ def _voi_lut_range(ds) -> tuple[float, float]:
     item = ds.VOILUTSequence[0]
     data = item.LUTData
     if isinstance(data, bytes | bytearray):
-        big = str(ds.file_meta.get("TransferSyntaxUID", "")) == "1.2.840.10008.1.2.2" if hasattr(ds, "file_meta") else False
+        big = (
+            str(ds.file_meta.get("TransferSyntaxUID", "")) == "1.2.840.10008.1.2.2"
+            if hasattr(ds, "file_meta")
+            else False
+        )
         lut = np.frombuffer(data, dtype=">u2" if big else "<u2").astype(np.float64)
     else:
         lut = np.asarray(data if isinstance(data, list | tuple) else [data], dtype=np.float64)
@@ -162,9 +177,7 @@ def _dcm_decode(ds, frame: int) -> tuple[np.ndarray, np.ndarray]:
         raise ImageRejected("the DICOM's rescale, window or LUT values are malformed and cannot be applied") from exc
 
 
-def read_dicom_batch(
-    batch_dir: Path, spec: TaskSpec, frames: Literal["middle", "all"] = "middle"
-) -> ImageReadResult:
+def read_dicom_batch(batch_dir: Path, spec: TaskSpec, frames: Literal["middle", "all"] = "middle") -> ImageReadResult:
     channels = _image_spec(spec).channels
     labels = _read_labels(batch_dir, spec)
     # Without labels.csv, DICOM files without an extension are common: take every file but hidden ones.

@@ -10,11 +10,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from meddiag_pipelines.ingestion.landing import UnsafePath, confined_file
 from meddiag_pipelines.imaging.readers.dicom import DICOM_SUFFIXES, _dcm_decode, _dcm_open, read_dicom_batch
 from meddiag_pipelines.imaging.readers.folder import FOLDER_SUFFIXES, _open_pil, _pil_to_unit, read_folder_batch
 from meddiag_pipelines.imaging.readers.listing import LABELS_CSV, _image_file, walk_files
-from meddiag_pipelines.imaging.readers.npz import cached_npz_array, _npz_unit, read_npz_batch
+from meddiag_pipelines.imaging.readers.npz import _npz_unit, cached_npz_array, read_npz_batch
 from meddiag_pipelines.imaging.readers.records import (
     DecodedBudget,
     ImageBatchError,
@@ -24,13 +23,17 @@ from meddiag_pipelines.imaging.readers.records import (
     _sha256,
     _to_channels,
 )
+from meddiag_pipelines.ingestion.landing import UnsafePath, confined_file
 
 if TYPE_CHECKING:
     from meddiag_pipelines.specs import TaskSpec
 
 FORMATS = ("folder", "dicom", "npz")
-_EXPECTS = {"folder": "PNG/JPEG files and a labels.csv", "dicom": "DICOM files (and a labels.csv)",
-            "npz": "MedMNIST .npz files"}  # fmt: skip
+_EXPECTS = {
+    "folder": "PNG/JPEG files and a labels.csv",
+    "dicom": "DICOM files (and a labels.csv)",
+    "npz": "MedMNIST .npz files",
+}
 
 _NPZ_SOURCE = re.compile(r"^(?P<file>.+\.npz)#(?P<split>train|val|test):(?P<i>\d+)$")
 _FRAME_SOURCE = re.compile(r"^(?P<file>.+)#(?P<frame>\d+)$")
@@ -71,12 +74,16 @@ def detect_format(batch_dir: Path, declared: str | None = None) -> str:
     has_labels = os.path.lexists(batch_dir / LABELS_CSV)
     if declared is not None:
         if found and not counts[declared]:
-            raise ImageBatchError(f"found {_found(counts, has_labels)}; the spec's image.format is {declared!r}, which "
-                                  f"expects {_EXPECTS[declared]}")  # fmt: skip
+            raise ImageBatchError(
+                f"found {_found(counts, has_labels)}; the spec's image.format is {declared!r}, which "
+                f"expects {_EXPECTS[declared]}"
+            )
         return declared
     if len(found) > 1:
-        raise ImageBatchError(f"found {_found(counts, has_labels)}: one batch holds one image format (set "
-                              "image.format to choose one, or land each format in its own batch)")  # fmt: skip
+        raise ImageBatchError(
+            f"found {_found(counts, has_labels)}: one batch holds one image format (set "
+            "image.format to choose one, or land each format in its own batch)"
+        )
     return found[0] if found else "folder"
 
 

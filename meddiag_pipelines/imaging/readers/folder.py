@@ -10,7 +10,14 @@ from typing import TYPE_CHECKING, BinaryIO
 import numpy as np
 
 from meddiag_pipelines.imaging.readers.listing import _image_file, _listed_files, _read_labels
-from meddiag_pipelines.imaging.readers.records import DecodedBudget, ImageReadResult, ImageRejected, _frame, _image_spec, _pixel_fields
+from meddiag_pipelines.imaging.readers.records import (
+    DecodedBudget,
+    ImageReadResult,
+    ImageRejected,
+    _frame,
+    _image_spec,
+    _pixel_fields,
+)
 
 if TYPE_CHECKING:
     from meddiag_pipelines.specs import TaskSpec
@@ -20,8 +27,14 @@ FOLDER_SUFFIXES = {".png", ".jpg", ".jpeg"}
 _BAND_BYTES = {"I;16": 2, "I;16B": 2, "I;16L": 2, "I": 4, "F": 4}
 
 _SUFFIX_FORMAT = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}
-_SIGNATURES = {"PNG": (b"\x89PNG\r\n\x1a\n",), "JPEG": (b"\xff\xd8\xff",), "GIF": (b"GIF87a", b"GIF89a"),
-               "TIFF": (b"II*\x00", b"MM\x00*"), "BMP": (b"BM",), "a zip archive": (b"PK\x03\x04",)}  # fmt: skip
+_SIGNATURES = {
+    "PNG": (b"\x89PNG\r\n\x1a\n",),
+    "JPEG": (b"\xff\xd8\xff",),
+    "GIF": (b"GIF87a", b"GIF89a"),
+    "TIFF": (b"II*\x00", b"MM\x00*"),
+    "BMP": (b"BM",),
+    "a zip archive": (b"PK\x03\x04",),
+}
 
 
 def _signature(head: bytes) -> str:
@@ -42,8 +55,9 @@ def _expected_format(fh: BinaryIO, suffix: str) -> str:
     found = _signature(fh.read(132))
     fh.seek(0)
     if found != expected:
-        raise ImageRejected(f"file signature mismatch: its first bytes are {found}, not {expected} as its "
-                            f"{suffix} extension says")  # fmt: skip
+        raise ImageRejected(
+            f"file signature mismatch: its first bytes are {found}, not {expected} as its {suffix} extension says"
+        )
     return expected
 
 

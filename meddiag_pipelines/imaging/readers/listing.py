@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING
 
 import polars as pl
 
-from meddiag_pipelines.ingestion.landing import UnsafePath, confined_file
-from meddiag_pipelines.specs import INTERNAL_PREFIX, canonical_label
-from meddiag_pipelines.ingestion.tables import first_repeat, lf_line_endings
 from meddiag_pipelines.imaging.readers.records import _MB, ImageBatchError, ImageRejected, _image_spec, _mb
+from meddiag_pipelines.ingestion.landing import UnsafePath, confined_file
+from meddiag_pipelines.ingestion.tables import first_repeat, lf_line_endings
+from meddiag_pipelines.specs import INTERNAL_PREFIX, canonical_label
 
 if TYPE_CHECKING:
     from meddiag_pipelines.specs import TaskSpec
@@ -75,13 +75,17 @@ def _read_labels(batch_dir: Path, spec: TaskSpec) -> pl.DataFrame | None:
     if file_col not in df.columns:
         # Its first row is then likely data (a file without a header row): its values are never quoted.
         named = ", ".join(dict.fromkeys(c for c in (file_col, spec.label) if c))
-        raise ImageBatchError(f"{LABELS_CSV} has no header row with the columns {named}: its first row does not "
-                              f"name the file column {file_col!r} (image.file_column; the row's {len(df.columns)} "
-                              "values are not shown)")  # fmt: skip
+        raise ImageBatchError(
+            f"{LABELS_CSV} has no header row with the columns {named}: its first row does not "
+            f"name the file column {file_col!r} (image.file_column; the row's {len(df.columns)} "
+            "values are not shown)"
+        )
     internal = [c for c in df.columns if c.startswith(INTERNAL_PREFIX)]
     if internal:
-        raise ImageBatchError(f"{LABELS_CSV}: {len(internal)} columns use the pipeline's reserved prefix "
-                              f"{INTERNAL_PREFIX!r} (rename them)")  # fmt: skip
+        raise ImageBatchError(
+            f"{LABELS_CSV}: {len(internal)} columns use the pipeline's reserved prefix "
+            f"{INTERNAL_PREFIX!r} (rename them)"
+        )
     return df.with_columns(pl.col(c).str.strip_chars().replace("", None) for c in df.columns)
 
 
@@ -92,8 +96,10 @@ def _check_labels_header(text: str) -> None:
     repeat = first_repeat(header)
     if repeat:
         first, i, _ = repeat
-        raise ImageBatchError(f"{LABELS_CSV}: column {i} repeats the name of column {first}; "
-                              "which of them to use is ambiguous (rename one)")
+        raise ImageBatchError(
+            f"{LABELS_CSV}: column {i} repeats the name of column {first}; "
+            "which of them to use is ambiguous (rename one)"
+        )
 
 
 def _row_meta(row: dict, rel: str, spec: TaskSpec) -> dict:

@@ -11,10 +11,17 @@ from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
 
+from meddiag_pipelines.imaging.readers.listing import _image_file, walk_files
+from meddiag_pipelines.imaging.readers.records import (
+    DecodedBudget,
+    ImageReadResult,
+    ImageRejected,
+    _frame,
+    _image_spec,
+    _pixel_fields,
+)
 from meddiag_pipelines.ingestion.landing import batch_key
 from meddiag_pipelines.specs import canonical_label
-from meddiag_pipelines.imaging.readers.listing import _image_file, walk_files
-from meddiag_pipelines.imaging.readers.records import DecodedBudget, ImageReadResult, ImageRejected, _frame, _image_spec, _pixel_fields
 
 if TYPE_CHECKING:
     from meddiag_pipelines.specs import TaskSpec
@@ -47,7 +54,9 @@ def _check_npz(path: Path, spec: TaskSpec, budget: DecodedBudget) -> dict[str, t
         return _check_npz_file(fh, spec, budget)
 
 
-def _check_npz_file(fh: BinaryIO, spec: TaskSpec, budget: DecodedBudget) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
+def _check_npz_file(
+    fh: BinaryIO, spec: TaskSpec, budget: DecodedBudget
+) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
     image_spec = _image_spec(spec)
     members = npz_members(fh)
     check_npz_keys(members)
@@ -94,7 +103,9 @@ def load_npz_arrays(fh: BinaryIO, members: dict[str, int]) -> dict[str, tuple[np
     except ImageRejected:
         raise
     except ValueError as exc:  # object arrays refused by allow_pickle=False land here too
-        raise ImageRejected("an npz array cannot be read (object arrays are refused, or its header is malformed)") from exc
+        raise ImageRejected(
+            "an npz array cannot be read (object arrays are refused, or its header is malformed)"
+        ) from exc
     except Exception as exc:  # noqa: BLE001
         raise ImageRejected("unreadable or corrupt npz (a member does not inflate or is truncated)") from exc
     return out

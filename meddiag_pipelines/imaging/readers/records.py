@@ -95,11 +95,14 @@ class DecodedBudget:
 
     def take(self, nbytes: float, what: str) -> None:
         if nbytes > self.per_file:
-            raise ImageRejected(f"{what} would decode to {_mb(nbytes)}, over image.max_decoded_mb_per_file "
-                                f"({_mb(self.per_file)})")  # fmt: skip
+            raise ImageRejected(
+                f"{what} would decode to {_mb(nbytes)}, over image.max_decoded_mb_per_file ({_mb(self.per_file)})"
+            )
         if self.used + nbytes > self.per_batch:
-            raise ImageRejected(f"{what} would decode to {_mb(nbytes)}, taking the batch over "
-                                f"image.max_decoded_mb_per_batch ({_mb(self.per_batch)}); land it in another batch")  # fmt: skip
+            raise ImageRejected(
+                f"{what} would decode to {_mb(nbytes)}, taking the batch over "
+                f"image.max_decoded_mb_per_batch ({_mb(self.per_batch)}); land it in another batch"
+            )
         self.used += nbytes
 
 

@@ -35,9 +35,8 @@ from meddiag_pipelines.imaging.volume.validation import volume_property_failures
 from meddiag_pipelines.ingestion.batches import RAW_TABLE, ReadOutcome, Validator
 from meddiag_pipelines.ingestion.errors import BatchRejected
 from meddiag_pipelines.ingestion.landing import LandedBatch
-from meddiag_pipelines.specs import BATCH_COLUMN
 from meddiag_pipelines.modalities.base import BuiltFeatures, Descriptions, Explainer, PlainReader, Storage
-from meddiag_pipelines.specs import TaskSpec, spec_columns
+from meddiag_pipelines.specs import BATCH_COLUMN, TaskSpec, spec_columns
 from meddiag_pipelines.split import key_columns_in
 from meddiag_pipelines.validation.suites import CheckFailure
 
@@ -101,7 +100,7 @@ class VolumeModality(ImageModality):
             "present), checkpointed every epoch in the registry's staging area; weights as a torch state dict.",
             baseline_model=f"L2 logistic regression on the cached volumes average-pooled to {side}^3 blocks "
             "(standardised, C chosen on validation), the plain baseline; JSON coefficients.",
-        )  # fmt: skip
+        )
 
     def reader(self, spec: TaskSpec) -> PlainReader:
         return PlainReader(read_volume_records)
@@ -111,8 +110,9 @@ class VolumeModality(ImageModality):
         ledger = storage.warehouse.ledger(spec.name)
         done = ledger.filter(pl.col("status") == "validated")["batch_id"].to_list() if ledger.height else []
         earlier = storage.warehouse.read(spec.name, RAW_TABLE, done) if done else None
-        return lambda frame, task, known_ids: validate_images(frame, task, known_ids, earlier,
-                                                              properties=volume_property_failures)  # fmt: skip
+        return lambda frame, task, known_ids: validate_images(
+            frame, task, known_ids, earlier, properties=volume_property_failures
+        )
 
     def suite(self, spec: TaskSpec, records: pl.DataFrame) -> list[CheckFailure]:
         return image_failures(records, spec, spec.name, properties=volume_property_failures)
@@ -128,20 +128,40 @@ class VolumeModality(ImageModality):
             def load(source: str, sha256: str | None, batch_dir: Path = batch_dir):
                 return load_volume(batch_dir, source, spec, sha256)
 
-            manifest = cache_batch(cache_dir, batch_id, records, (1, v.size, v.size, v.size), _cache_settings(spec),
-                                   load, {"size": v.size, "channels": 1, "spatial_dims": 3})  # fmt: skip
+            manifest = cache_batch(
+                cache_dir,
+                batch_id,
+                records,
+                (1, v.size, v.size, v.size),
+                _cache_settings(spec),
+                load,
+                {"size": v.size, "channels": 1, "spatial_dims": 3},
+            )
             refused |= log_refused(warnings, batch_id, records, manifest["failed"], "volume")
             reused += bool(manifest["reused"])
             built += not manifest["reused"]
             n_volumes += int(manifest["n"])
         frame = split.filter(~pl.col(spec.id).cast(pl.String).is_in(list(refused))).select(key_columns_in(split, spec))
-        plan = {"modality": "volume", "cache_dir": storage.root.relative(cache_dir), "size": v.size, "channels": 1,
-                "spatial_dims": 3, "format": v.format, "cache_version": CACHE_VERSION,
-                "id_column": spec.id}  # fmt: skip
+        plan = {
+            "modality": "volume",
+            "cache_dir": storage.root.relative(cache_dir),
+            "size": v.size,
+            "channels": 1,
+            "spatial_dims": 3,
+            "format": v.format,
+            "cache_version": CACHE_VERSION,
+            "id_column": spec.id,
+        }
         cache_bytes = sum(p.stat().st_size for p in cache_dir.glob("*.npy")) if cache_dir.is_dir() else 0
-        meta = {"n_rows": frame.height, "n_volumes_cached": n_volumes, "n_volumes_refused": len(refused),
-                "batches_built": built, "batches_reused": reused, "volume_shape": f"1x{v.size}x{v.size}x{v.size}",
-                "cache_mb": round(cache_bytes / 2**20, 2)}  # fmt: skip
+        meta = {
+            "n_rows": frame.height,
+            "n_volumes_cached": n_volumes,
+            "n_volumes_refused": len(refused),
+            "batches_built": built,
+            "batches_reused": reused,
+            "volume_shape": f"1x{v.size}x{v.size}x{v.size}",
+            "cache_mb": round(cache_bytes / 2**20, 2),
+        }
         return BuiltFeatures(frame, plan, meta, {"size": v.size, "channels": 1, "spatial_dims": 3}, warnings)
 
     def explainer(self, spec: TaskSpec) -> Explainer:

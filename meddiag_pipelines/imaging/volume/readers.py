@@ -29,11 +29,24 @@ from typing import TYPE_CHECKING
 import numpy as np
 import polars as pl
 
-from meddiag_pipelines.imaging.readers import (INTENSITY_MAX, INTENSITY_MIN, LABELS_CSV, ImageReadResult,
-                                               ImageRejected, records_schema)  # fmt: skip
-from meddiag_pipelines.imaging.readers.listing import _image_file, _read_labels, _row_meta, walk_files, normalise_rel
-from meddiag_pipelines.imaging.readers.npz import (cached_npz_array, check_npz_keys, checked_labels, load_npz_arrays,
-                                                   npz_label, npz_members, npz_record_id)  # fmt: skip
+from meddiag_pipelines.imaging.readers import (
+    INTENSITY_MAX,
+    INTENSITY_MIN,
+    LABELS_CSV,
+    ImageReadResult,
+    ImageRejected,
+    records_schema,
+)
+from meddiag_pipelines.imaging.readers.listing import _image_file, _read_labels, _row_meta, normalise_rel, walk_files
+from meddiag_pipelines.imaging.readers.npz import (
+    cached_npz_array,
+    check_npz_keys,
+    checked_labels,
+    load_npz_arrays,
+    npz_label,
+    npz_members,
+    npz_record_id,
+)
 from meddiag_pipelines.ingestion.landing import display_name
 
 if TYPE_CHECKING:
@@ -73,8 +86,10 @@ def _check_declared(zf: zipfile.ZipFile, members: dict[str, int], volume: Volume
             raise ImageRejected(f"{key} declares dtype {dtype}; MedMNIST volumes are uint8")
         voxels = math.prod(shape[1:])
         if voxels > volume.max_voxels:
-            raise ImageRejected(f"{key} declares {'x'.join(map(str, shape[1:]))} volumes ({voxels:,} voxels), over "
-                                f"volume.max_voxels ({volume.max_voxels:,})")  # fmt: skip
+            raise ImageRejected(
+                f"{key} declares {'x'.join(map(str, shape[1:]))} volumes ({voxels:,} voxels), over "
+                f"volume.max_voxels ({volume.max_voxels:,})"
+            )
 
 
 def _check_npz(path: Path, volume: VolumeSpec, used: list[float]) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
@@ -90,13 +105,17 @@ def _check_npz(path: Path, volume: VolumeSpec, used: list[float]) -> dict[str, t
             raise ImageRejected("not a valid npz file (its zip directory cannot be read)") from exc
         nbytes = sum(members.values())
         if used[0] + nbytes > volume.max_decoded_mb_per_batch * _MB:
-            raise ImageRejected(f"its arrays would decode to {nbytes / _MB:.1f} MB, taking the batch over "
-                                f"volume.max_decoded_mb_per_batch ({volume.max_decoded_mb_per_batch:g} MB); land it "
-                                "in another batch")  # fmt: skip
+            raise ImageRejected(
+                f"its arrays would decode to {nbytes / _MB:.1f} MB, taking the batch over "
+                f"volume.max_decoded_mb_per_batch ({volume.max_decoded_mb_per_batch:g} MB); land it "
+                "in another batch"
+            )
         used[0] += nbytes
         arrays = load_npz_arrays(fh, members)
-    return {split: (images, None if labels is None else checked_labels(split, labels, len(images), False))
-            for split, (images, labels) in arrays.items()}  # fmt: skip
+    return {
+        split: (images, None if labels is None else checked_labels(split, labels, len(images), False))
+        for split, (images, labels) in arrays.items()
+    }
 
 
 def _npz_rows(batch: str, rel: str, arrays: dict[str, tuple[np.ndarray, np.ndarray | None]]) -> list[dict]:
@@ -104,11 +123,23 @@ def _npz_rows(batch: str, rel: str, arrays: dict[str, tuple[np.ndarray, np.ndarr
     for split, (volumes, labels) in arrays.items():
         d, h, w = volumes.shape[1:]
         for i, vol in enumerate(volumes):
-            rows.append({"id": npz_record_id(batch, rel, split, i), "patient_id": None,
-                         "label": None if labels is None else npz_label(labels[i], False),
-                         "source": f"{rel}#{split}:{i}", "sha256": _voxel_sha(vol), "depth": int(d), "height": int(h),
-                         "width": int(w), "channels": 1, "bit_depth": 8, "predefined_split": split,
-                         INTENSITY_MIN: float(vol.min()) / 255.0, INTENSITY_MAX: float(vol.max()) / 255.0})  # fmt: skip
+            rows.append(
+                {
+                    "id": npz_record_id(batch, rel, split, i),
+                    "patient_id": None,
+                    "label": None if labels is None else npz_label(labels[i], False),
+                    "source": f"{rel}#{split}:{i}",
+                    "sha256": _voxel_sha(vol),
+                    "depth": int(d),
+                    "height": int(h),
+                    "width": int(w),
+                    "channels": 1,
+                    "bit_depth": 8,
+                    "predefined_split": split,
+                    INTENSITY_MIN: float(vol.min()) / 255.0,
+                    INTENSITY_MAX: float(vol.max()) / 255.0,
+                }
+            )
     return rows
 
 
@@ -166,9 +197,21 @@ def read_listed_volumes(batch_dir: Path, spec: TaskSpec) -> ImageReadResult:
         seen.add(meta["id"])
         d, h, w = volume.array.shape
         low, high = float(np.nanmin(volume.array)), float(np.nanmax(volume.array))
-        rows.append({**meta, "source": rel, "sha256": _voxel_sha(volume.array), "depth": d, "height": h, "width": w,
-                     "channels": 1, "bit_depth": 16, "predefined_split": None, INTENSITY_MIN: 0.0,
-                     INTENSITY_MAX: 1.0 if high > low else 0.0})  # fmt: skip
+        rows.append(
+            {
+                **meta,
+                "source": rel,
+                "sha256": _voxel_sha(volume.array),
+                "depth": d,
+                "height": h,
+                "width": w,
+                "channels": 1,
+                "bit_depth": 16,
+                "predefined_split": None,
+                INTENSITY_MIN: 0.0,
+                INTENSITY_MAX: 1.0 if high > low else 0.0,
+            }
+        )
     return ImageReadResult(_frame(rows, spec), rejected)
 
 
@@ -216,8 +259,9 @@ def load_volume(batch_dir: Path, source: str, spec: TaskSpec, sha256: str | None
         rel, _, where = source.rpartition("#")
         split, _, index = where.partition(":")
         path = _image_file(batch_dir, rel, spec)
-        arrays = cached_npz_array(str(path), path.stat().st_mtime_ns, f"{split}_images",
-                                  volume_spec.max_decoded_mb_per_batch * _MB)  # fmt: skip
+        arrays = cached_npz_array(
+            str(path), path.stat().st_mtime_ns, f"{split}_images", volume_spec.max_decoded_mb_per_batch * _MB
+        )
         if not index.isdigit() or int(index) >= len(arrays):
             raise ImageRejected(f"the npz no longer holds volume {index} of {split}")
         native = arrays[int(index)]
@@ -234,8 +278,16 @@ def load_volume(batch_dir: Path, source: str, spec: TaskSpec, sha256: str | None
         except VolumeRefused as exc:
             raise ImageRejected(str(exc)) from exc
         native = read.array
-        unit = np.clip(to_model_input(model_axes(read, volume_spec.orientation), spacing=volume_spec.spacing,
-                                      size=volume_spec.size, intensity=_intensity(volume_spec)), 0.0, 1.0)  # fmt: skip
+        unit = np.clip(
+            to_model_input(
+                model_axes(read, volume_spec.orientation),
+                spacing=volume_spec.spacing,
+                size=volume_spec.size,
+                intensity=_intensity(volume_spec),
+            ),
+            0.0,
+            1.0,
+        )
     if sha256 is not None and _voxel_sha(native) != sha256:
         raise ImageRejected("its voxels changed since the batch was validated")
     return unit[None].astype(np.float32, copy=False)

@@ -28,12 +28,26 @@ def volume_property_failures(frame: pl.DataFrame, spec: TaskSpec) -> list[CheckF
     failures: list[CheckFailure] = []
     if volume.format == "npz":
         small = pl.min_horizontal("depth", "height", "width") < volume.size
-        failures += count_failure(frame, small, "volume_size", "depth",
-                                  f"are smaller than the spec's {volume.size} voxels along an axis (they would be "
-                                  "up-sampled)")  # fmt: skip
-        failures += count_failure(frame, (pl.col("bit_depth") != 8).fill_null(True), "volume_bit_depth", "bit_depth",
-                                  "have a bit depth other than 8 bits")  # fmt: skip
+        failures += count_failure(
+            frame,
+            small,
+            "volume_size",
+            "depth",
+            f"are smaller than the spec's {volume.size} voxels along an axis (they would be up-sampled)",
+        )
+        failures += count_failure(
+            frame,
+            (pl.col("bit_depth") != 8).fill_null(True),
+            "volume_bit_depth",
+            "bit_depth",
+            "have a bit depth other than 8 bits",
+        )
     spread = pl.col(INTENSITY_MAX) - pl.col(INTENSITY_MIN)
-    failures += count_failure(frame, spread.fill_null(0.0) < MIN_INTENSITY_RANGE, "image_constant", INTENSITY_MAX,
-                              "have constant intensities (blank or saturated volumes)")  # fmt: skip
+    failures += count_failure(
+        frame,
+        spread.fill_null(0.0) < MIN_INTENSITY_RANGE,
+        "image_constant",
+        INTENSITY_MAX,
+        "have constant intensities (blank or saturated volumes)",
+    )
     return failures

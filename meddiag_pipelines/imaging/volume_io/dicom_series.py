@@ -13,7 +13,13 @@ from pathlib import Path
 
 import numpy as np
 
-from meddiag_pipelines.imaging.readers.dicom_safety import DEFLATED, HEADER_MAX, check_decoder, inflates_within, read_header
+from meddiag_pipelines.imaging.readers.dicom_safety import (
+    DEFLATED,
+    HEADER_MAX,
+    check_decoder,
+    inflates_within,
+    read_header,
+)
 from meddiag_pipelines.imaging.readers.listing import walk_files
 from meddiag_pipelines.imaging.readers.records import ImageRejected
 from meddiag_pipelines.imaging.volume_io.geometry import Volume, VolumeRefused, canonical
@@ -109,8 +115,10 @@ def _one_series(rel: str, files: list[tuple[str, Path, object]]) -> list[tuple[s
     if not groups:
         raise VolumeRefused(f"{rel} is or holds no DICOM image")
     if len(groups) > 1:
-        raise VolumeRefused(f"{rel} holds {len(groups)} DICOM series: one record is one series (name the series' "
-                            "own folder in labels.csv)")  # fmt: skip
+        raise VolumeRefused(
+            f"{rel} holds {len(groups)} DICOM series: one record is one series (name the series' "
+            "own folder in labels.csv)"
+        )
     return next(iter(groups.values()))
 
 
@@ -135,14 +143,16 @@ def _check_size(rel: str, headers: list, max_voxels: int) -> tuple[int, int]:
     if len(sizes) > 1:
         shown = ", ".join(f"{r}x{c}" for r, c in sorted(sizes))
         raise VolumeRefused(f"{rel}: mixed slice sizes (Rows x Columns: {shown}) in one series")
-    (rows, cols), = sizes
+    ((rows, cols),) = sizes
     if rows <= 0 or cols <= 0 or frames <= 0:
         raise VolumeRefused(f"{rel}: empty slices ({rows}x{cols}, {frames} frames)")
     if samples != {1}:
         raise VolumeRefused(f"{rel}: colour slices (SamplesPerPixel {max(samples)}); a volume is greyscale")
     if rows * cols * frames > max_voxels:
-        raise VolumeRefused(f"{rel}: declares {frames} slices of {rows}x{cols} = {rows * cols * frames} voxels, over "
-                            f"max_voxels {max_voxels} (refused before decoding)")  # fmt: skip
+        raise VolumeRefused(
+            f"{rel}: declares {frames} slices of {rows}x{cols} = {rows * cols * frames} voxels, over "
+            f"max_voxels {max_voxels} (refused before decoding)"
+        )
     return rows, cols
 
 
@@ -161,8 +171,10 @@ def _classic_frames(rel: str, series: list) -> list[_Frame]:
         pos, ori = _floats(ds.get("ImagePositionPatient"), 3), _floats(ds.get("ImageOrientationPatient"), 6)
         ps = _floats(ds.get("PixelSpacing"), 2)
         if pos is None or ori is None or ps is None:
-            raise VolumeRefused(f"{where}: no valid ImagePositionPatient, ImageOrientationPatient or PixelSpacing "
-                                "(the slice cannot be placed in the volume)")  # fmt: skip
+            raise VolumeRefused(
+                f"{where}: no valid ImagePositionPatient, ImageOrientationPatient or PixelSpacing "
+                "(the slice cannot be placed in the volume)"
+            )
         frames.append(_Frame(i, 0, pos, ori, ps, *_rescale(ds)))
     return frames
 
@@ -181,8 +193,10 @@ def _enhanced_frames(where: str, ds) -> list[_Frame]:
     per_frame = ds.get("PerFrameFunctionalGroupsSequence")
     n = int(ds.get("NumberOfFrames", 1) or 1)
     if not per_frame or len(per_frame) != n:
-        raise VolumeRefused(f"{where}: a multi-frame file without a per-frame position for each of its {n} frames "
-                            "(PerFrameFunctionalGroupsSequence): its frames cannot be placed in a volume")  # fmt: skip
+        raise VolumeRefused(
+            f"{where}: a multi-frame file without a per-frame position for each of its {n} frames "
+            "(PerFrameFunctionalGroupsSequence): its frames cannot be placed in a volume"
+        )
     frames = []
     for f, item in enumerate(per_frame):
         pos_item = _group_item(ds, item, "PlanePositionSequence")
@@ -192,8 +206,10 @@ def _enhanced_frames(where: str, ds) -> list[_Frame]:
         ori = _floats(ori_item.get("ImageOrientationPatient"), 6) if ori_item else None
         ps = _floats(ps_item.get("PixelSpacing"), 2) if ps_item else None
         if pos is None or ori is None or ps is None:
-            raise VolumeRefused(f"{where}: frame {f + 1} has no valid plane position, plane orientation or pixel "
-                                "spacing (the frame cannot be placed in the volume)")  # fmt: skip
+            raise VolumeRefused(
+                f"{where}: frame {f + 1} has no valid plane position, plane orientation or pixel "
+                "spacing (the frame cannot be placed in the volume)"
+            )
         tr = _group_item(ds, item, "PixelValueTransformationSequence")
         frames.append(_Frame(0, f, pos, ori, ps, *_rescale(tr if tr is not None else ds)))
     return frames
@@ -204,8 +220,10 @@ def _frames(rel: str, series: list) -> list[_Frame]:
     if not multi:
         return _classic_frames(rel, series)
     if len(series) > 1:
-        raise VolumeRefused(f"{rel}: a series of {len(series)} files of which {len(multi)} are multi-frame; a "
-                            "volume is either one enhanced multi-frame file or single-frame slices")  # fmt: skip
+        raise VolumeRefused(
+            f"{rel}: a series of {len(series)} files of which {len(multi)} are multi-frame; a "
+            "volume is either one enhanced multi-frame file or single-frame slices"
+        )
     return _enhanced_frames(series[0][0], series[0][2])
 
 
@@ -231,11 +249,13 @@ def _order(rel: str, frames: list[_Frame]) -> tuple[list[_Frame], np.ndarray]:
     median = float(np.median(steps))
     if median <= 1e-3 or (steps <= max(1e-3, 0.01 * median)).any():
         shared = len(frames) - len(np.unique(np.round(depth, 3)))
-        raise VolumeRefused(f"{rel}: duplicated slice position ({shared} slice(s) at a position another slice already "
-                            "has)")  # fmt: skip
+        raise VolumeRefused(
+            f"{rel}: duplicated slice position ({shared} slice(s) at a position another slice already has)"
+        )
     if steps.max() > GAP_FACTOR * median:
-        raise VolumeRefused(f"{rel}: missing slice(s): a gap of {steps.max():.2f} mm where slices are {median:.2f} mm "
-                            "apart")  # fmt: skip
+        raise VolumeRefused(
+            f"{rel}: missing slice(s): a gap of {steps.max():.2f} mm where slices are {median:.2f} mm apart"
+        )
     if np.abs(steps - median).max() > max(UNEVEN_TOLERANCE * median, 1e-3):
         raise VolumeRefused(f"{rel}: uneven slice spacing (steps from {steps.min():.2f} to {steps.max():.2f} mm)")
     inplane = np.array([f.position - (f.position @ normal) * normal for f in frames])
@@ -255,8 +275,10 @@ def _check_lengths(series: list) -> None:
         bits = int(ds.get("BitsAllocated", 16) or 16)
         declared = -(-int(ds.Rows) * int(ds.Columns) * frames * bits // 8)
         if path.lstat().st_size < declared:
-            raise VolumeRefused(f"{where}: the file ({path.lstat().st_size} bytes) is shorter than the pixel data its "
-                                f"header declares ({declared} bytes)")  # fmt: skip
+            raise VolumeRefused(
+                f"{where}: the file ({path.lstat().st_size} bytes) is shorter than the pixel data its "
+                f"header declares ({declared} bytes)"
+            )
 
 
 def _is_compressed(tsyntax) -> bool:
@@ -302,8 +324,9 @@ def _pixels(where: str, ds, rows: int, cols: int, frames: int) -> np.ndarray:
     try:
         arr = pixel_array(ds)
     except Exception:  # noqa: BLE001 - pydicom's messages can quote header values
-        raise VolumeRefused(f"{where}: cannot decode the pixel data (truncated, corrupt, or inconsistent with its "
-                            "header)") from None  # fmt: skip
+        raise VolumeRefused(
+            f"{where}: cannot decode the pixel data (truncated, corrupt, or inconsistent with its header)"
+        ) from None
     arr = arr.reshape((frames, rows, cols)) if arr.size == frames * rows * cols else None
     if arr is None:
         raise VolumeRefused(f"{where}: the decoded pixel data does not match its declared size")
@@ -366,8 +389,9 @@ def list_dicom_series(batch_dir: Path) -> list[SeriesInfo]:
             continue
         if ds is None:
             continue
-        entry = found.setdefault(str(ds.SeriesInstanceUID), {"folders": set(), "slices": 0, "files": 0,
-                                                             "modality": ds.get("Modality")})  # fmt: skip
+        entry = found.setdefault(
+            str(ds.SeriesInstanceUID), {"folders": set(), "slices": 0, "files": 0, "modality": ds.get("Modality")}
+        )
         entry["folders"].add(Path(rel).parent.as_posix())
         entry["files"] += 1
         try:
@@ -375,8 +399,13 @@ def list_dicom_series(batch_dir: Path) -> list[SeriesInfo]:
         except (TypeError, ValueError):
             entry["slices"] += 1
     infos = [
-        SeriesInfo(series_key(uid), tuple(sorted(e["folders"])), e["slices"], e["files"],
-                   str(e["modality"]) if e["modality"] else None)
+        SeriesInfo(
+            series_key(uid),
+            tuple(sorted(e["folders"])),
+            e["slices"],
+            e["files"],
+            str(e["modality"]) if e["modality"] else None,
+        )
         for uid, e in found.items()
-    ]  # fmt: skip
+    ]
     return sorted(infos, key=lambda s: (s.folders, s.key))

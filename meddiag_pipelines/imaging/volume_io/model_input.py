@@ -25,8 +25,9 @@ def _resample(volume: Volume, spacing: tuple[float, float, float] | None):
         raise VolumeRefused(f"target spacing {list(spacing)} is not three finite positive numbers (mm)")
     grown = float(np.prod(np.asarray(volume.spacing) / target))
     if grown > MAX_RESAMPLE_FACTOR:
-        raise VolumeRefused(f"resampling to {list(spacing)} mm would grow the volume {grown:.0f} times (at most "
-                            f"{MAX_RESAMPLE_FACTOR})")  # fmt: skip
+        raise VolumeRefused(
+            f"resampling to {list(spacing)} mm would grow the volume {grown:.0f} times (at most {MAX_RESAMPLE_FACTOR})"
+        )
     return Spacing(pixdim=tuple(float(t) for t in target), mode="bilinear", padding_mode="border")(image)
 
 
@@ -43,11 +44,14 @@ def _intensity(intensity: dict):
         if not 0 <= lo < hi <= 100:
             raise ValueError(f"percentile {[lo, hi]}: expected 0 <= low < high <= 100")
         return ScaleIntensityRangePercentiles(lower=lo, upper=hi, b_min=0.0, b_max=1.0, clip=True)
-    raise ValueError(f"intensity must be {{'ct_window': [lo, hi]}} or {{'percentile': [p_lo, p_hi]}}, got keys "
-                     f"{sorted(intensity)}")  # fmt: skip
+    raise ValueError(
+        f"intensity must be {{'ct_window': [lo, hi]}} or {{'percentile': [p_lo, p_hi]}}, got keys {sorted(intensity)}"
+    )
 
 
-def to_model_input(volume: Volume, *, spacing: tuple[float, float, float] | None, size: int, intensity: dict) -> np.ndarray:
+def to_model_input(
+    volume: Volume, *, spacing: tuple[float, float, float] | None, size: int, intensity: dict
+) -> np.ndarray:
     """float32 (size, size, size) in [0, 1]: resampled to ``spacing`` (None: kept), intensities mapped to [0, 1]
     (``{"ct_window": [lo, hi]}``: HU clipped to the window; ``{"percentile": [p_lo, p_hi]}``: the volume's own
     percentiles, for MR), then centre-padded (with 0, the window's floor) and centre-cropped to ``size`` cubed.

@@ -44,8 +44,9 @@ def _header(head: bytes, rel: str):
     except Exception:  # noqa: BLE001 - nibabel's messages can quote header fields
         raise VolumeRefused(f"{rel}: unreadable NIfTI header") from None
     if bytes(hdr["magic"]).rstrip(b"\x00") not in (b"n+1", b"n+2"):
-        raise VolumeRefused(f"{rel}: not a single-file NIfTI (its magic is not 'n+1' / 'n+2'; .hdr/.img pairs are "
-                            "not read)")  # fmt: skip
+        raise VolumeRefused(
+            f"{rel}: not a single-file NIfTI (its magic is not 'n+1' / 'n+2'; .hdr/.img pairs are not read)"
+        )
     return hdr
 
 
@@ -67,8 +68,10 @@ def _check_header(hdr, rel: str, max_voxels: int) -> tuple[tuple[int, ...], int]
         raise VolumeRefused(f"{rel}: a NIfTI with {what}, shape {shape}: one record is one 3D volume")
     voxels = int(np.prod(shape[:3], dtype=np.int64))
     if voxels > max_voxels:
-        raise VolumeRefused(f"{rel}: declares {'x'.join(map(str, shape[:3]))} = {voxels} voxels, over max_voxels "
-                            f"{max_voxels} (refused before reading its data)")  # fmt: skip
+        raise VolumeRefused(
+            f"{rel}: declares {'x'.join(map(str, shape[:3]))} = {voxels} voxels, over max_voxels "
+            f"{max_voxels} (refused before reading its data)"
+        )
     pixdim = np.asarray(hdr["pixdim"][1:4], dtype=np.float64)
     if not (np.isfinite(pixdim).all() and (pixdim > 0).all()):
         raise VolumeRefused(f"{rel}: voxel spacing (pixdim) {pixdim.tolist()} is not finite and positive")
@@ -89,11 +92,15 @@ def read_nifti(rel: str, path: Path, max_voxels: int) -> Volume:
         shape, declared = _check_header(hdr, rel, max_voxels)
         data = head + _read_at_most(stream, max(declared - len(head), 0) + _TRAILING_SLACK + 1, rel)
     if len(data) < declared:
-        raise VolumeRefused(f"{rel}: the file is too short for the volume its header declares ({declared} bytes "
-                            f"declared, {len(data)} {'after decompression' if gz else 'present'})")  # fmt: skip
+        raise VolumeRefused(
+            f"{rel}: the file is too short for the volume its header declares ({declared} bytes "
+            f"declared, {len(data)} {'after decompression' if gz else 'present'})"
+        )
     if len(data) > declared + _TRAILING_SLACK:
-        raise VolumeRefused(f"{rel}: {'decompresses' if gz else 'runs'} beyond the size its header declares "
-                            f"({declared} bytes){' (a gzip bomb?)' if gz else ''}; read no further")  # fmt: skip
+        raise VolumeRefused(
+            f"{rel}: {'decompresses' if gz else 'runs'} beyond the size its header declares "
+            f"({declared} bytes){' (a gzip bomb?)' if gz else ''}; read no further"
+        )
     klass = nib.Nifti2Image if isinstance(hdr, nib.Nifti2Header) else nib.Nifti1Image
     try:
         img = klass.from_bytes(data[:declared])
@@ -101,6 +108,8 @@ def read_nifti(rel: str, path: Path, max_voxels: int) -> Volume:
     except Exception:  # noqa: BLE001
         raise VolumeRefused(f"{rel}: the NIfTI data cannot be read") from None
     if not np.isfinite(array).all():
-        raise VolumeRefused(f"{rel}: the volume holds NaN or infinite intensities (often left outside the field of "
-                            "view by resampling: fill them with the background value before landing)")
+        raise VolumeRefused(
+            f"{rel}: the volume holds NaN or infinite intensities (often left outside the field of "
+            "view by resampling: fill them with the background value before landing)"
+        )
     return canonical(array, np.asarray(img.affine, dtype=np.float64), None)
