@@ -309,7 +309,7 @@ def test_two_tasks_at_once_leave_every_version_pointer_and_ledger_entry_whole(ru
         ledger = warehouse.ledger(task)
         assert ledger.select("batch_id", "status").rows() == [("batch_0001", "validated")]
         # the batch's history: recorded once when read, then one entry for its validation; nothing rewritten
-        [entries] = [sorted(p.iterdir()) for p in (DataRoot(data).warehouse() / "ledger" / task).iterdir()]
+        [entries] = [sorted(p.iterdir()) for p in (DataRoot(data).warehouse_dir() / "ledger" / task).iterdir()]
         assert [(p.name, json.loads(p.read_text())["status"]) for p in entries] == [
             ("000001.json", "read"),
             ("000002.json", "validated"),
