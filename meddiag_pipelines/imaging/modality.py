@@ -209,11 +209,16 @@ class ImageModality(Modality):
     def reader(self, spec: TaskSpec) -> PlainReader:
         return PlainReader(read_image_records)
 
-    def validator(self, spec: TaskSpec, storage: Storage) -> Validator:
-        """Images are also compared with batches validated before (leakage across splits and batches)."""
+    @staticmethod
+    def earlier_records(spec: TaskSpec, storage: Storage) -> pl.DataFrame | None:
+        """The raw records of the batches validated before (a new batch is compared with them for leakage)."""
         ledger = storage.warehouse.ledger(spec.name)
         done = ledger.filter(pl.col("status") == "validated")["batch_id"].to_list() if ledger.height else []
-        earlier = storage.warehouse.read(spec.name, RAW_TABLE, done) if done else None
+        return storage.warehouse.read(spec.name, RAW_TABLE, done) if done else None
+
+    def validator(self, spec: TaskSpec, storage: Storage) -> Validator:
+        """Images are also compared with batches validated before (leakage across splits and batches)."""
+        earlier = self.earlier_records(spec, storage)
         if labels.task_kind(spec) == "multilabel":
             return lambda frame, task, known_ids: [
                 *validate_images(frame, _validation_spec(task), known_ids, earlier),

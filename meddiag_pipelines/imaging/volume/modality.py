@@ -32,7 +32,7 @@ from meddiag_pipelines.imaging.scoring import baseline_side
 from meddiag_pipelines.imaging.validation import image_failures, validate_images
 from meddiag_pipelines.imaging.volume.readers import load_volume, read_volume_batch
 from meddiag_pipelines.imaging.volume.validation import volume_property_failures
-from meddiag_pipelines.ingestion.batches import RAW_TABLE, ReadOutcome, Validator
+from meddiag_pipelines.ingestion.batches import ReadOutcome, Validator
 from meddiag_pipelines.ingestion.errors import BatchRejected
 from meddiag_pipelines.ingestion.landing import LandedBatch
 from meddiag_pipelines.modalities.base import BuiltFeatures, Descriptions, Explainer, PlainReader, Storage
@@ -107,9 +107,7 @@ class VolumeModality(ImageModality):
 
     def validator(self, spec: TaskSpec, storage: Storage) -> Validator:
         """Volumes are also compared with batches validated before (leakage across splits and batches)."""
-        ledger = storage.warehouse.ledger(spec.name)
-        done = ledger.filter(pl.col("status") == "validated")["batch_id"].to_list() if ledger.height else []
-        earlier = storage.warehouse.read(spec.name, RAW_TABLE, done) if done else None
+        earlier = self.earlier_records(spec, storage)
         return lambda frame, task, known_ids: validate_images(
             frame, task, known_ids, earlier, properties=volume_property_failures
         )
