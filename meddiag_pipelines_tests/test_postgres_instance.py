@@ -180,7 +180,8 @@ def test_a_landing_sensor_tick_of_the_daemon_adds_the_partition_and_queues_its_r
     assert run.tags["meddiag/task"] == TASK and run.tags[RANGE_START] == run.tags[RANGE_END] == "b1"
     assert run.tags["dagster/sensor_name"] == f"{TASK}_landing_sensor"
     ticks = postgres_server.psql(database(postgres_url), "SELECT status FROM job_ticks ORDER BY id")
-    assert ticks == ["SUCCESS", "SKIPPED"]
+    # the landing sensor's request, then nothing more (the retrain-on-breach sensor's ticks skip: no breach)
+    assert ticks.count("SUCCESS") == 1 and set(ticks) == {"SUCCESS", "SKIPPED"}
     assert not sqlite_files(home)
 
 

@@ -26,12 +26,13 @@ def file_columns(path: Path) -> list[str] | None:
     """The columns of a CSV or Parquet file, read from its header alone; ``None`` for another file, or one whose
     header cannot be read (the records reader then says why)."""
     suffix = path.suffix.lower()
+    if suffix not in LABEL_FILES or path.is_symlink() or not path.is_file():
+        return None  # links and special files are the records reader's to refuse, never opened here
     try:
         if suffix == ".csv":
             return pl.read_csv(path, n_rows=0, infer_schema=False).columns
-        if suffix == ".parquet":
-            return list(pl.read_parquet_schema(path))
-    except (pl.exceptions.PolarsError, OSError):
+        return list(pl.read_parquet_schema(path))
+    except (pl.exceptions.PolarsError, OSError, TypeError, ValueError):  # TypeError: a name polars cannot take
         return None
     return None
 

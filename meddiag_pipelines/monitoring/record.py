@@ -155,8 +155,10 @@ def plot_drift(entries: list[dict]) -> bytes:
     return _png(fig)
 
 
-def _series(entries: list[dict], key: str) -> tuple[list[int], list[float], np.ndarray]:
-    xs, ys, errs = [], [], []
+def _series(entries: list[dict], key: str) -> tuple[list[int], list[float], list[float], list[float]]:
+    """Per entry with a ``key`` figure: its index, the figure and its 95% interval (the figure itself when none;
+    a bootstrap interval may lie beside its point on few rows, so it is drawn as it is, not as +/- errors)."""
+    xs, ys, lows, highs = [], [], [], []
     for i, e in enumerate(entries):
         block = e.get(key) or {}
         value = block.get(block.get("metric", ""))
@@ -165,8 +167,9 @@ def _series(entries: list[dict], key: str) -> tuple[list[int], list[float], np.n
         low, high = block.get("ci") or (value, value)
         xs.append(i)
         ys.append(value)
-        errs.append((value - (low if low is not None else value), (high if high is not None else value) - value))
-    return xs, ys, np.asarray(errs, dtype=float).T.reshape(2, -1)
+        lows.append(value if low is None else low)
+        highs.append(value if high is None else high)
+    return xs, ys, lows, highs
 
 
 def plot_performance(entries: list[dict]) -> bytes:
@@ -175,10 +178,12 @@ def plot_performance(entries: list[dict]) -> bytes:
     fig = Figure(figsize=(8, 3.4), layout="constrained")
     ax = fig.add_subplot()
     for key, colour, offset in (("estimated", "#777777", -0.12), ("realised", "#1f5fa8", 0.12)):
-        xs, ys, errs = _series(entries, key)
+        xs, ys, lows, highs = _series(entries, key)
         if xs:
             label = f"{key} (95% interval)" + (", assumes no concept drift" if key == "estimated" else "")
-            ax.errorbar(np.asarray(xs) + offset, ys, yerr=errs, fmt="o", color=colour, capsize=3, label=label)
+            at = np.asarray(xs) + offset
+            ax.vlines(at, lows, highs, color=colour)
+            ax.plot(at, ys, "o", color=colour, label=label)
     _version_bands(ax, entries)
     ax.set(title="Performance per scored batch", xlabel="scored batch (in order)", ylabel="AUROC / macro-F1")
     if ax.get_legend_handles_labels()[0]:
