@@ -2,9 +2,10 @@
 
 The draft is YAML (loadable with ``specs.load_spec``) with a comment on every guess: the modality (tabular
 CSV / Parquet; text = a long free-text column, or ``.txt`` files with a ``labels.csv``; image = PNG / JPEG or
-DICOM files with a ``labels.csv``, or a MedMNIST ``.npz``), the label and its classes, the id and patient-id
+DICOM files with a ``labels.csv``, or a MedMNIST ``.npz``; volume = a MedMNIST 3D ``.npz`` (N, D, H, W), NIfTI
+files, or DICOM series folders named by a ``labels.csv``), the label and its classes, the id and patient-id
 columns, declared types, codes that probably mean "not recorded", subgroup columns. Only column names, counts
-and class labels are ever printed, never a value of an id-like or free-text column.
+and class labels are ever printed, never a value of an id-like or free-text column nor a file name.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import polars as pl
 
 from meddiag_pipelines.atomic import atomic_write_text
 from meddiag_pipelines.ingestion.errors import BatchRejected
-from meddiag_pipelines.ingestion.landing import UnsafePath, confined_file, data_files
+from meddiag_pipelines.ingestion.landing import UnsafePath, confined_file, confined_path, data_files
 from meddiag_pipelines.ingestion.tables import read_table_file
 from meddiag_pipelines.specs import ROW_ID, TASK_NAME, TaskSpec, canonical_label
 
@@ -30,6 +31,8 @@ TABLE_SUFFIXES = {".csv", ".parquet"}
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 DICOM_SUFFIXES = {".dcm", ".dicom"}
 IMAGE_SIZES = (28, 64, 128, 224)  # the sizes the image cache supports (specs.ImageSpec.size)
+VOLUME_SIZES = (16, 28, 32, 48, 64, 96, 128)  # specs.VolumeSpec.size
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
 LABELS_CSV = "labels.csv"
 MAX_CLASSES = 50  # a label with more distinct values is not a class label
 MAX_CATEGORIES = 50  # a text column with more distinct values is free text or an identifier, not a category
@@ -219,6 +222,8 @@ def draft_spec(task: str, source: Path) -> str:
     suffixes = {Path(f).suffix.lower() for f in files}
     if ".npz" in suffixes:
         _draft_npz(draft, folder, [f for f in files if f.lower().endswith(".npz")])
+    elif listed := _listed_volumes(folder, files):
+        _draft_volumes(draft, *listed)
     elif suffixes & (IMAGE_SUFFIXES | DICOM_SUFFIXES):
         _draft_images(draft, folder, files, "dicom" if suffixes & DICOM_SUFFIXES else "folder")
     elif ".txt" in suffixes and LABELS_CSV in {Path(f).name for f in files}:
@@ -407,16 +412,59 @@ def _draft_images(draft: Draft, folder: Path, files: list[str], fmt: str) -> Non
     draft.lines.append(f"  channels: {channels}")
 
 
-def _file_column(frame: pl.DataFrame, suffixes: set[str]) -> str:
-    """The labels.csv column whose values are image file names (``file`` when none is)."""
+def _file_column(frame: pl.DataFrame, suffixes: set[str] | tuple[str, ...]) -> str:
+    """The labels.csv column whose values are file names ending in one of ``suffixes`` (``file`` when none is)."""
     for column in frame.columns:
         names = frame[column].cast(pl.String).str.to_lowercase()
-        if (
-            any(names.str.ends_with(s).mean() or 0 for s in suffixes)
-            and names.str.contains(r"\.(png|jpe?g|dcm|dicom)$").mean() > 0.9
-        ):
+        if (names.str.contains("(" + "|".join(map(re.escape, sorted(suffixes))) + ")$").mean() or 0) > 0.9:
             return column
     return "file"
+
+
+def _folder_column(folder: Path, frame: pl.DataFrame) -> str | None:
+    """The labels.csv column whose values are (mostly) folders of the batch: DICOM series, one per row."""
+    for column in frame.columns:
+        names = frame[column].cast(pl.String).drop_nulls().to_list()
+        if names and sum(_is_batch_folder(folder, n) for n in names) > 0.9 * frame.height:
+            return column
+    return None
+
+
+def _is_batch_folder(folder: Path, rel: str) -> bool:
+    try:
+        return confined_path(folder, rel.rstrip("/")).is_dir()
+    except UnsafePath:
+        return False
+
+
+def _listed_volumes(folder: Path, files: list[str]) -> tuple[str, pl.DataFrame, str, int] | None:
+    """(format, labels.csv, its file column, volumes) for NIfTI files or DICOM series folders that a labels.csv
+    names; ``None`` for any other source."""
+    nifti = [f for f in files if f.lower().endswith(NIFTI_SUFFIXES)]
+    labels = next((f for f in files if Path(f).name == LABELS_CSV), None)
+    if labels is None:
+        if nifti:
+            raise DraftError(f"{len(nifti)} NIfTI files but no {LABELS_CSV} naming each volume in a 'file' column")
+        return None
+    frame = _read_table(folder, labels)
+    if nifti:
+        return "nifti", frame, _file_column(frame, NIFTI_SUFFIXES), len(nifti)
+    column = _folder_column(folder, frame)
+    return None if column is None else ("dicom_series", frame, column, frame.height)
+
+
+def _draft_volumes(draft: Draft, fmt: str, frame: pl.DataFrame, file_column: str, n: int) -> None:
+    what = f"{n} NIfTI files" if fmt == "nifti" else f"{n} DICOM series folders"
+    draft.key("modality", "volume", f"{what} named by {LABELS_CSV}")
+    _draft_keys(draft, frame, [c for c in profile(frame) if c.name != file_column])
+    draft.lines.append("volume:")
+    draft.lines.append(f"  format: {fmt}")
+    draft.lines.append(f"  file_column: {_yaml(file_column)}  # the column of {LABELS_CSV} naming each volume")
+    draft.lines.append("  # size: 28 (the default; 64 for finer detail), resampled to size^3 voxels")
+    draft.lines.append(
+        "  # intensity: {ct_window: [-1000, 400]} for CT in HU, {percentile: [0.5, 99.5]} for MR; "
+        "unset: each volume's own range"
+    )
 
 
 def _image_shape(folder: Path, images: list[str], fmt: str) -> tuple[int, int]:
@@ -455,11 +503,15 @@ def _draft_npz(draft: Draft, folder: Path, files: list[str]) -> None:
             raise DraftError(f"{rel}: not a readable MedMNIST npz ({type(exc).__name__})") from None
     shape = next((s for k, s in shapes.items() if k.endswith("_images")), None)
     if shape is None or len(shape) not in (3, 4):
-        raise DraftError(f"{files[0]}: no (N, H, W[, C]) *_images array found")
+        raise DraftError(f"{files[0]}: no (N, H, W[, C]) or (N, D, H, W) *_images array found")
+    volume = len(shape) == 4 and shape[3] not in (1, 3)  # MedMNIST 3D: (N, D, H, W), no channel axis
     multi = any(a.ndim == 2 and a.shape[1] > 1 for a in labels)
     n = sum(s[0] for k, s in shapes.items() if k.endswith("_images"))
+    noun = "volumes" if volume else "images"
     draft.key(
-        "modality", "image", f"MedMNIST npz: {n} images in {len(files)} file(s); its train/val/test split is kept"
+        "modality",
+        "volume" if volume else "image",
+        f"MedMNIST npz: {n} {noun} in {len(files)} file(s); its train/val/test split is kept",
     )
     draft.key("label", "label", "the class index as text")
     if labels and not multi:
@@ -468,6 +520,9 @@ def _draft_npz(draft: Draft, folder: Path, files: list[str]) -> None:
         if len(classes) == 2:
             draft.key("positive", classes[1], "the higher index")
     draft.key("id", "id", "<file>_<split>_<index>")
+    if volume:
+        _npz_volume_section(draft, min(shape[1:]))
+        return
     draft.lines.append("image:")
     draft.lines.append("  format: npz")
     side = shape[1]
@@ -479,6 +534,15 @@ def _draft_npz(draft: Draft, folder: Path, files: list[str]) -> None:
     draft.lines.append(f"  channels: {3 if len(shape) == 4 and shape[3] == 3 else 1}")
     if multi:
         draft.lines.append("  multi_label: true  # the labels hold one 0/1 column per finding")
+
+
+def _npz_volume_section(draft: Draft, side: int) -> None:
+    """``volume:`` for a MedMNIST 3D npz whose smallest axis is ``side`` voxels (its volumes must be at least
+    ``size`` along every axis)."""
+    size = max((s for s in VOLUME_SIZES if s <= side), default=VOLUME_SIZES[0])
+    draft.lines.append("volume:")
+    draft.lines.append("  format: npz")
+    draft.lines.append(f"  size: {size}" + ("" if size == side else f"  # the volumes are {side} voxels on a side"))
 
 
 def _npz_shapes(path: Path) -> dict[str, tuple[int, ...]]:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+import pytest
 import yaml
 
 from meddiag_pipelines.__main__ import main
@@ -173,3 +174,48 @@ def test_dicom_folder_with_labels(tmp_path, capsys):
     spec, _ = init(tmp_path, "dicom", source, capsys)
     assert spec["modality"] == "image" and spec["label"] == "label" and spec["positive"] == "1"
     assert spec["image"] == {"format": "dicom", "file_column": "file", "size": 64, "channels": 1}
+
+
+def test_a_3d_npz_drafts_a_volume_task(tmp_path, capsys):
+    rng = np.random.default_rng(2)
+    arrays = {
+        f"{s}_images": rng.integers(0, 255, (n, 28, 28, 28), dtype=np.uint8) for s, n in (("train", 6), ("val", 2))
+    }
+    arrays |= {f"{s}_labels": np.array([[0], [1]] * (len(arrays[f"{s}_images"]) // 2)) for s in ("train", "val")}
+    path = tmp_path / "nodulemnist3d.npz"
+    np.savez(path, **arrays)
+    spec, text = init(tmp_path, "nodule", path, capsys)
+    assert spec["modality"] == "volume" and "image" not in spec
+    assert spec["volume"] == {"format": "npz", "size": 28}
+    assert spec["classes"] == ["0", "1"] and "8 volumes in 1 file(s)" in text
+
+
+@pytest.mark.parametrize("fmt", ["nifti", "dicom_series"])
+def test_nifti_files_and_dicom_series_folders_draft_a_volume_task(tmp_path, capsys, fmt):
+    from meddiag_pipelines_tests.volume_data import CANARY_NAME, ct_slices, phantom, write_nifti, write_series
+
+    source, rng = tmp_path / "batch", np.random.default_rng(3)
+    rows = []
+    for i in range(4):
+        hu = phantom(rng, i % 2 == 1, 4, 8)
+        rel = f"case{i}.nii.gz" if fmt == "nifti" else f"study/series{i}"
+        if fmt == "nifti":
+            write_nifti(source / rel, hu)
+        else:
+            write_series(source / rel, ct_slices(hu))
+        rows.append({"volume_path": rel, "finding": ["normal", "nodule"][i % 2], "case_id": f"c{i}"})
+    pl.DataFrame(rows).write_csv(source / "labels.csv")
+    spec, text = init(tmp_path, "ct", source, capsys)
+    assert spec["modality"] == "volume" and spec["label"] == "finding" and spec["positive"] == "nodule"
+    assert spec["volume"] == {"format": fmt, "file_column": "volume_path"}
+    assert spec["id"] == "case_id" and CANARY_NAME not in text  # the slice file names are never printed
+    if fmt == "dicom_series":
+        assert all(CANARY_NAME in p.name for p in (source / "study" / "series0").iterdir())
+
+
+def test_nifti_files_without_labels_are_refused_with_a_reason(tmp_path, capsys):
+    from meddiag_pipelines_tests.volume_data import phantom, write_nifti
+
+    write_nifti(tmp_path / "batch" / "a.nii.gz", phantom(np.random.default_rng(4), False, 4, 8))
+    assert main(["init", "ct", str(tmp_path / "batch")]) == 2
+    assert "1 NIfTI files but no labels.csv" in capsys.readouterr().err
