@@ -26,8 +26,11 @@ from meddiag_pipelines.imaging.volume.readers import (
     load_volume,
     read_volume_batch,
 )
+from meddiag_pipelines.ingestion.batches import ingest_new_batches, reconcile
 from meddiag_pipelines.ingestion.quarantine import file_reason
+from meddiag_pipelines.ingestion.warehouse import Warehouse
 from meddiag_pipelines.specs import TaskSpec
+from meddiag_pipelines.storage import DataRoot
 from meddiag_pipelines.update import run_task_in_process
 from meddiag_pipelines_tests.test_phi_canaries import contents, event_log_text
 from meddiag_pipelines_tests.volume_data import (
@@ -120,6 +123,84 @@ def test_ids_are_the_tasks_own_or_hashed_and_bad_labels_rows_are_named_by_number
 # ------------------------------------------------------------------------------------------------ hostile inputs
 
 
+def _ingest(spec: TaskSpec, root: DataRoot, warehouse: Warehouse):
+    from meddiag_pipelines.imaging.volume.modality import read_volume_records
+
+    return ingest_new_batches(spec, root, warehouse, read_volume_records)
+
+
+def test_a_refused_series_folder_is_quarantined_whole_and_no_slice_name_reaches_the_ledger(tmp_path, caplog) -> None:
+    spec, root = series_spec("dicom_series"), DataRoot(tmp_path / "data")
+    warehouse, batch = Warehouse(root), root.landing(spec.name) / "batch_0001"
+    good = write_volume_batch(batch, "dicom_series", 2, seed=1, side=SIDE)
+    slices = ct_slices(phantom(np.random.default_rng(3), True, 6, SIDE))
+    slices[2].PatientID = "CANARY_OTHER_PATIENT"
+    write_series(batch / "bad_two_patients", slices)
+    write_series(batch / good[0] / "nested", ct_slices(phantom(np.random.default_rng(4), True, 6, SIDE)))
+    _add_rows(batch, ["bad_two_patients", f"{good[0]}/nested"])
+    os.mkfifo(batch / good[1] / f"{CANARY_NAME}_fifo.dcm")  # set aside before any reader runs, never opened
+    landed = sum(1 for p in batch.rglob("*") if not p.is_dir() and p.name != "_READY")
+    with caplog.at_level(logging.INFO):
+        summary = _ingest(spec, root, warehouse)
+    assert summary.ingested == ["batch_0001"] and summary.rows == 2
+    aside = root.quarantine(spec.name) / "batch_0001"
+    assert (
+        not (batch / "bad_two_patients").exists() and len(list((aside / "files" / "bad_two_patients").iterdir())) == 6
+    )
+    reason = json.loads(file_reason(aside, "bad_two_patients").read_text())
+    assert reason["problem"] == "bad_two_patients: the series holds slices from 2 patients (PatientID differs)"
+    # a refused folder inside a record that was read stays where that record's slices are, and says so
+    assert (batch / good[0] / "nested").is_dir()
+    left = "(left in landing: another record's volume is read there)"
+    shown = {(q["file"], q["problem"].endswith(left)) for q in summary.quarantined if "FIFO" not in q["problem"]}
+    assert shown == {("bad_two_patients", False), ("labels.csv entry", True)}
+    fifo = [q["file"] for q in summary.quarantined if "FIFO" in q["problem"]]
+    assert len(fifo) == 1 and re.fullmatch(r"h[0-9a-f]{16}/h[0-9a-f]{16}", fifo[0])  # named by its stand-in
+    assert (aside / "files" / good[1] / f"{CANARY_NAME}_fifo.dcm").is_fifo()
+    counts = reconcile(spec, warehouse)
+    assert (counts["landed_files"], counts["quarantined_files"]) == (landed, 6 + 1 + 1)
+    entry = warehouse.ledger(spec.name).row(0, named=True)
+    assert len(json.loads(entry["files"])) == landed and not LEAK.search(json.dumps(entry).encode())
+    assert not LEAK.search(caplog.text.encode()) and "bad_two_patients" in caplog.text
+
+    again = _ingest(spec, root, warehouse)  # the folder set aside is no change to the batch
+    assert again.changed == [] and again.skipped_known == 1
+    extra = next((batch / good[1]).iterdir())
+    (extra.parent / f"{CANARY_NAME}_added.dcm").write_bytes(extra.read_bytes())
+    changed = _ingest(spec, root, warehouse)
+    assert [(c["added"], c["changed"], c["removed"]) for c in changed.changed] == [(1, 0, 0)]
+    assert not (extra.parent / f"{CANARY_NAME}_added.dcm").exists()
+    set_aside = list(root.quarantine(spec.name).glob(f"batch_0001.changed-*/files/{good[1]}/{CANARY_NAME}_added.dcm"))
+    assert len(set_aside) == 1 and not LEAK.search(json.dumps(warehouse.ledger(spec.name).to_dicts()).encode())
+
+
+def test_a_run_that_stopped_before_moving_a_refused_series_folder_is_finished_by_the_next(
+    tmp_path, monkeypatch
+) -> None:
+    import meddiag_pipelines.ingestion.batches as batches
+
+    spec, root = series_spec("dicom_series"), DataRoot(tmp_path / "data")
+    warehouse, batch = Warehouse(root), root.landing(spec.name) / "batch_0001"
+    write_volume_batch(batch, "dicom_series", 2, seed=1, side=SIDE)
+    slices = ct_slices(phantom(np.random.default_rng(3), True, 6, SIDE))
+    slices[0].Rows = 8
+    write_series(batch / "bad_sizes", slices)
+    _add_rows(batch, ["bad_sizes"])
+
+    def crash(*args, **kwargs):
+        raise OSError("stopped")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(batches, "quarantine_file", crash)
+        with pytest.raises(OSError, match="stopped"):
+            _ingest(spec, root, warehouse)
+    assert (batch / "bad_sizes").is_dir()  # recorded as rejected, not moved yet
+    assert _ingest(spec, root, warehouse).skipped_known == 1
+    aside = root.quarantine(spec.name) / "batch_0001"
+    assert not (batch / "bad_sizes").exists() and len(list((aside / "files" / "bad_sizes").iterdir())) == 6
+    assert "mixed slice sizes" in json.loads(file_reason(aside, "bad_sizes").read_text())["problem"]
+
+
 def _dicom_hostile(batch: Path, outside: Path) -> dict[str, str]:
     """Bad series beside the good ones; their labels.csv value -> the reason expected."""
     rng = np.random.default_rng(9)
@@ -205,25 +286,16 @@ def _run(spec: TaskSpec, root: Path, home: Path):
 
 
 def _leaks(tmp_path: Path, root: Path, home: Path, texts: dict[str, str]) -> tuple[list[str], int]:
-    """Where a canary appears: the texts, and every file of the run but the landed data and its quarantined copy."""
+    """Where a canary appears: the texts, and every file of the run (the ingestion ledger whole, slice file names
+    included) but the landed data and its quarantined copy."""
     leaks = [name for name, text in texts.items() if LEAK.search(text.encode())]
     scanned = [p for p in home.rglob("*") if p.is_file()]
     raw = (root / "landing", *(root / "quarantine").glob("*/*/files"))  # the landed data itself
     scanned += [
         p for p in root.rglob("*") if p.is_file() and not p.is_symlink() and not any(p.is_relative_to(r) for r in raw)
     ]
-    leaks += [str(p.relative_to(tmp_path)) for p in scanned if LEAK.search(_scanned_bytes(root, p))]
+    leaks += [str(p.relative_to(tmp_path)) for p in scanned if LEAK.search(contents(p))]
     return leaks, len(scanned)
-
-
-def _scanned_bytes(root: Path, path: Path) -> bytes:
-    """A file's contents as :func:`contents`, except that a batch ledger entry is scanned without its listing of
-    the landed files (``files``, ``file_hashes``): the ingestion ledger keeps the names as landed, file-name PHI
-    included (an ingestion matter, outside the volume modality; reported to the lead)."""
-    if path.is_relative_to(root / "warehouse" / "ledger") and path.suffix == ".json":
-        entry = json.loads(path.read_text())
-        return json.dumps({k: v for k, v in entry.items() if k not in ("files", "file_hashes")}).encode()
-    return contents(path)
 
 
 @pytest.mark.slow
@@ -238,6 +310,7 @@ def test_series_and_nifti_tasks_end_to_end_with_hostile_inputs_and_no_phi(tmp_pa
     expected = (_dicom_hostile if fmt == "dicom_series" else _nifti_hostile)(batch, outside)
     _add_rows(batch, list(expected))
     outside_bytes = outside.read_bytes()
+    bad_files = sum(len(list((batch / rel).iterdir())) if (batch / rel).is_dir() else 1 for rel in expected)
 
     with caplog.at_level(logging.DEBUG):
         first, events = _run(spec, root, home)
@@ -250,17 +323,18 @@ def test_series_and_nifti_tasks_end_to_end_with_hostile_inputs_and_no_phi(tmp_pa
         table = re.sub(r"\\(.)", r"\1", meta["quarantined"].value)  # markdown escapes undone
         for rel, problem in expected.items():  # each bad record's reason, in the run's metadata
             assert re.search(rf"\| {re.escape(rel)} \|[^\n]*{problem}", table), (rel, table)
-            if fmt == "nifti":  # a file is moved to quarantine beside its reason; a series folder stays in landing
-                reason = json.loads(file_reason(root / "quarantine" / spec.name / "batch_0001", rel).read_text())
-                assert re.search(problem, reason["problem"]) and not os.path.lexists(batch / rel)
-            else:
-                assert (batch / rel).is_dir() and not (root / "quarantine" / spec.name).exists()
+            # a file, or a series folder with its slices, is moved to quarantine beside its reason
+            reason = json.loads(file_reason(root / "quarantine" / spec.name / "batch_0001", rel).read_text())
+            assert re.search(problem, reason["problem"]) and not os.path.lexists(batch / rel)
+            if fmt == "dicom_series":
+                aside = root / "quarantine" / spec.name / "batch_0001" / "files" / rel
+                assert len(list(aside.iterdir())) == 16
         assert outside.read_bytes() == outside_bytes and not outside.is_symlink()  # nothing outside was touched
         assert all((batch / rel).exists() for rel in good[:3])
 
         metrics = json.loads((root / "reports" / spec.name / "latest" / "metrics.json").read_text())
         assert metrics["n_train"] + metrics["n_val"] + metrics["n_test"] == len(good)
-        assert metrics["flow"]["quarantined_files"] == len(expected) and 0.0 <= metrics["auroc"] <= 1.0
+        assert metrics["flow"]["quarantined_files"] == bad_files and 0.0 <= metrics["auroc"] <= 1.0
 
         later = root / "landing" / spec.name / "batch_0002"
         to_score = write_volume_batch(later, fmt, 4, seed=2, labelled=False)
@@ -272,12 +346,16 @@ def test_series_and_nifti_tasks_end_to_end_with_hostile_inputs_and_no_phi(tmp_pa
             if m.asset_key.path[-1] == "features"
         ).metadata
         assert (features["batches_reused"].value, features["batches_built"].value) == (1, 1)  # cached once a batch
+        assert (features["volume_shape"].value, features["n_volumes_refused"].value) == (f"1x{SIDE}x{SIDE}x{SIDE}", 0)
+        assert features["n_volumes_cached"].value == len(good) + len(to_score)
     champion = json.loads((root / "models" / spec.name / "champion.json").read_text())["version"]
     scored = pl.read_parquet(root / "predictions" / spec.name / "batch_0002" / f"{champion}.parquet")
     assert sorted(scored["id"].to_list()) == [f"case_2_{i:03d}" for i in range(len(to_score))]
     assert scored["probability"].is_between(0, 1).all()
 
     printed = capfd.readouterr()
+    for rel, problem in expected.items():  # the plain reason, as the run printed it
+        assert re.search(rf"quarantined: {re.escape(rel)}: {problem}", printed.err), rel
     texts = {"event log": events + more_events, "printed output": printed.out + printed.err, "logs": caplog.text}
     leaks, n_scanned = _leaks(tmp_path, root, home, texts)
     assert not leaks, f"canaries leaked into: {leaks}"

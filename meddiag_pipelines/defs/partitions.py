@@ -13,7 +13,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from meddiag_pipelines.ingestion.batches import IngestSummary, batch_changes, refuse_batch
+from meddiag_pipelines.ingestion.batches import IngestSummary, batch_changes, private_names, refuse_batch
 from meddiag_pipelines.ingestion.landing import (
     READY_MARKER,
     BatchKey,
@@ -102,7 +102,7 @@ def scan_landing(
             store.relative(root.landing(spec.name)), root.landing(spec.name), marker, spec.landing.quiet_seconds
         )
     ledger = {r["batch_id"]: r for r in warehouse.ledger(spec.name).iter_rows(named=True)}
-    scan = LandingScan()
+    scan, private = LandingScan(), private_names(spec)
     for batch_dir in ready_batch_dirs(root.landing(spec.name), spec.landing):
         name = batch_key(batch_dir)
         if problem := partition_key_problem(batch_dir):
@@ -112,12 +112,14 @@ def scan_landing(
         row = ledger.get(name)
         if name not in partitions:
             scan.new[name] = describe_batch(spec.name, batch_dir).content_hash
-        elif (row is None and retry_unrecorded) or (row is not None and _needs_run(batch_dir, row)):
+        elif (row is None and retry_unrecorded) or (row is not None and _needs_run(batch_dir, row, private)):
             scan.again[name] = describe_batch(spec.name, batch_dir).content_hash
     return scan
 
 
-def _needs_run(batch_dir, row: dict) -> bool:
+def _needs_run(batch_dir, row: dict, private: bool) -> bool:
     """Re-landed under a quarantined name (the run quarantines it again), or changed since it was ingested (the
-    run sets the change aside)."""
-    return row["status"] == "quarantined" or (not batch_dir.is_symlink() and batch_changes(batch_dir, row) is not None)
+    run sets the change aside); ``private``: the ledger lists the files under stand-ins (``private_names``)."""
+    return row["status"] == "quarantined" or (
+        not batch_dir.is_symlink() and batch_changes(batch_dir, row, private) is not None
+    )

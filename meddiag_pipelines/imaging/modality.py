@@ -261,39 +261,53 @@ class ImageModality(Modality):
         return mark_official_copies(frame)
 
     # -- features and models --------------------------------------------------------------------------------------
+    noun = "image"  # what one record holds, in the features' metadata (``n_images_cached``) and warnings
+
+    def model_input(self, spec: TaskSpec) -> dict:
+        """The cached tensor's shape: ``size``, ``channels`` (and ``spatial_dims`` when not 2)."""
+        return {"size": spec.image.size, "channels": spec.image.channels}
+
+    def cache_batch(
+        self, spec: TaskSpec, cache_dir: Path, batch_dir: Path, batch_id: str, records: pl.DataFrame
+    ) -> dict:
+        """Cache one batch's records; returns the cache manifest (``n``, ``reused``, ``failed``)."""
+        return update_cache(cache_dir, batch_dir, batch_id, records, spec)
+
     def features(self, spec: TaskSpec, split: pl.DataFrame, storage: Storage) -> BuiltFeatures:
-        name, image = spec.name, spec.image
+        """The rows whose images (volumes) are in the tensor cache, built or reused one batch at a time; the plan
+        and metadata name what one record holds by :attr:`noun`."""
+        name, noun, shape = spec.name, self.noun, self.model_input(spec)
         cache_dir = storage.root.cache(name)
-        built, reused, n_images, refused, warnings = 0, 0, 0, set(), []
+        built, reused, n_cached, refused, warnings = 0, 0, 0, set(), []
         for (batch_id,), rows in split.group_by(BATCH_COLUMN, maintain_order=False):
             records = cache_records(rows, spec)
-            manifest = update_cache(cache_dir, storage.root.landing(name) / batch_id, batch_id, records, spec)
-            refused |= log_refused(warnings, batch_id, records, manifest["failed"])
+            manifest = self.cache_batch(spec, cache_dir, storage.root.landing(name) / batch_id, batch_id, records)
+            refused |= log_refused(warnings, batch_id, records, manifest["failed"], noun)
             reused += bool(manifest["reused"])
             built += not manifest["reused"]
-            n_images += int(manifest["n"])
+            n_cached += int(manifest["n"])
         # An image refused by the cache (its file changed or vanished since validation) is never trained on.
         frame = split.filter(~pl.col(spec.id).cast(pl.String).is_in(list(refused))).select(key_columns_in(split, spec))
         plan = {
-            "modality": "image",
+            "modality": self.name,
             "cache_dir": storage.root.relative(cache_dir),
-            "size": image.size,
-            "channels": image.channels,
-            "format": image.format,
+            **shape,
+            "format": getattr(spec, self.name).format,  # the spec section named as the modality: image, volume
             "cache_version": CACHE_VERSION,
             "id_column": spec.id,
         }
         cache_bytes = sum(p.stat().st_size for p in cache_dir.glob("*.npy")) if cache_dir.is_dir() else 0
+        sides = "x".join([str(shape["size"])] * int(shape.get("spatial_dims", 2)))
         meta = {
             "n_rows": frame.height,
-            "n_images_cached": n_images,
-            "n_images_refused": len(refused),
+            f"n_{noun}s_cached": n_cached,
+            f"n_{noun}s_refused": len(refused),
             "batches_built": built,
             "batches_reused": reused,
-            "image_shape": f"{image.channels}x{image.size}x{image.size}",
+            f"{noun}_shape": f"{shape['channels']}x{sides}",
             "cache_mb": round(cache_bytes / 2**20, 2),
         }
-        return BuiltFeatures(frame, plan, meta, {"size": image.size, "channels": image.channels}, warnings)
+        return BuiltFeatures(frame, plan, meta, shape, warnings)
 
     def train_candidate(
         self, spec: TaskSpec, features: pl.DataFrame, feature_plan: dict, run: TrainingRun

@@ -51,7 +51,7 @@ from meddiag_pipelines.ingestion.landing import (
     waiting_batch_dirs,
     waiting_reason,
 )
-from meddiag_pipelines.ingestion.quarantine import quarantine_batch, quarantine_file
+from meddiag_pipelines.ingestion.quarantine import is_folder, quarantine_batch, quarantine_file
 from meddiag_pipelines.ingestion.warehouse import SchemaConflict, Warehouse, conform
 from meddiag_pipelines.specs import BATCH_COLUMN, TaskSpec, canonical_label
 from meddiag_pipelines.storage import DataRoot
@@ -77,6 +77,17 @@ class ReadOutcome:
     records: pl.DataFrame
     rejected: list[tuple[str, str]] = field(default_factory=list)  # (file relative to the batch, problem)
     files_read: list[str] | None = None
+    moves_folders: bool = False  # a rejected folder goes to quarantine whole: no record read inside it (volumes)
+
+
+def _rejection(batch: LandedBatch, rel: str, problem: str, folders: bool) -> dict:
+    """A rejected entry as the ledger keeps it; ``folder_files`` marks a folder set aside whole (``folders``:
+    :attr:`ReadOutcome.moves_folders`) with the count of its files, so that a run that finishes an interrupted
+    one moves it too and :func:`reconcile` counts every file."""
+    listed = set(batch.files)
+    whole = folders and _movable_folder(batch.path, rel, listed)
+    inside = sum(f.startswith(rel + "/") for f in listed) if whole else 0
+    return {"batch": batch.batch_id, "file": rel, "problem": problem, **({"folder_files": inside} if whole else {})}
 
 
 Reader = Callable[[LandedBatch, TaskSpec], pl.DataFrame | ReadOutcome]
@@ -98,16 +109,38 @@ def _reason(stage: str, batch: str, file: str, problem: str, **extra) -> dict:
     return {"stage": stage, "batch": batch, "file": file, "problem": problem, "at": time.time(), **extra}
 
 
-def _ledger_row(batch: LandedBatch, status: str, n_rows: int, columns: list[str], reason: dict | None) -> dict:
+def private_names(spec: TaskSpec) -> bool:
+    """Whether the names of a batch's files stay out of the ledger, logs and messages: a DICOM series' slice files
+    are named by the export (often after the patient), not by the user, who names only the series folder (in
+    labels.csv). Each is then recorded under :func:`ledger_name`."""
+    return spec.volume is not None and spec.volume.format == "dicom_series"
+
+
+def ledger_name(batch_id: str, rel: str) -> str:
+    """A name-free stand-in for the entry ``rel`` of batch ``batch_id``: each path part becomes 64 bits of a
+    SHA-256 over the batch and the path up to it, so an entry under a folder stays under that folder's stand-in
+    (a folder set aside takes its files with it) and the same file has the same stand-in on every scan."""
+    parts = PurePosixPath(rel).parts
+    return "/".join(
+        "h" + hashlib.sha256(json.dumps([batch_id, *parts[: i + 1]]).encode()).hexdigest()[:16]
+        for i in range(len(parts))
+    )
+
+
+def _ledger_row(
+    batch: LandedBatch, status: str, n_rows: int, columns: list[str], reason: dict | None, private: bool = False
+) -> dict:
+    """The batch's ledger entry; ``private``: its files under their :func:`ledger_name` (:func:`private_names`)."""
+    name = (lambda rel: ledger_name(batch.batch_id, rel)) if private else str
     return {
         "batch_id": batch.batch_id,
         "content_hash": batch.content_hash,
         "status": status,
         "n_rows": n_rows,
-        "files": list(batch.files),
+        "files": [name(f) for f in batch.files],
         "columns": columns,
         "reason": reason,
-        "file_hashes": batch.digests,
+        "file_hashes": {name(f): d for f, d in batch.digests.items()},
     }
 
 
@@ -119,7 +152,7 @@ def _quarantine(
     batch first (then it is theirs to move). Files of the batch already set aside one by one are joined
     (:func:`~meddiag_pipelines.ingestion.quarantine.quarantine_batch`)."""
     if new:
-        if not warehouse.add_batch(spec.name, _ledger_row(batch, "quarantined", 0, [], reason)):
+        if not warehouse.add_batch(spec.name, _ledger_row(batch, "quarantined", 0, [], reason, private_names(spec))):
             return False
     else:
         warehouse.set_status(spec.name, batch.batch_id, "quarantined", reason)
@@ -129,18 +162,37 @@ def _quarantine(
 
 
 def _quarantine_files(spec: TaskSpec, root: DataRoot, batch: LandedBatch, rejected: list[dict]) -> None:
-    """Move each rejected file (not its batch) to ``quarantine/<task>/<batch>/files/<file>`` with its reason.
+    """Move each rejected file (not its batch) to ``quarantine/<task>/<batch>/files/<file>`` with its reason;
+    a rejected folder marked ``folder_files`` (:func:`_rejection`) goes there whole.
 
     A rejection's ``file`` comes from data (a labels.csv row may name ``../../warehouse/x`` or an absolute
-    path): only an entry this batch's own listing found, still inside the batch, is ever moved; any other name
-    stays a rejected row with its reason, never a file operation."""
+    path): only an entry this batch's own listing found (a listed file, or a folder holding listed files), still
+    inside the batch, is ever moved; any other name stays a rejected row with its reason, never a file
+    operation."""
     listed = set(batch.files)
     for item in rejected:
         rel = item["file"]
-        if rel in listed and _movable(batch.path, rel):
+        if (rel in listed and _movable(batch.path, rel)) or (
+            item.get("folder_files") and _movable_folder(batch.path, rel, listed)
+        ):
             reason = _reason("read", batch.batch_id, rel, item["problem"])
             quarantine_file(batch.path, rel, root.quarantine(spec.name) / batch.batch_id, reason, root.object_store())
         log.warning("task %s: batch %s: file %s quarantined: %s", spec.name, batch.batch_id, rel, item["problem"])
+
+
+def _movable_folder(batch_dir: Path, rel: str, listed: set[str]) -> bool:
+    """``rel`` is a real folder of the batch (no link on the way) that holds files of its listing."""
+    if not rel or rel.endswith("/") or not any(f.startswith(rel + "/") for f in listed):
+        return False
+    pure = PurePosixPath(rel)
+    if pure.is_absolute() or ".." in pure.parts or "\\" in rel or "\x00" in rel:
+        return False
+    folder = batch_dir
+    for part in pure.parts:
+        folder = folder / part
+        if not is_folder(folder):
+            return False
+    return True
 
 
 def _movable(batch_dir: Path, rel: str) -> bool:
@@ -181,29 +233,43 @@ def _finish_interrupted(spec: TaskSpec, root: DataRoot, batch_dir: Path, row: di
         quarantine_batch(batch_dir, root.quarantine(spec.name), reason, row["batch_id"], store=root.object_store())
         log.warning("task %s: batch %s moved to quarantine: %s", spec.name, row["batch_id"], reason.get("problem"))
         return
-    pending = [r for r in reason.get("rejected_files", []) if _movable(batch_dir, r["file"])]
+    # The batch's own listing, not the ledger's (which may hold stand-ins, :func:`ledger_name`), says what exists.
+    listed = tuple(str(f) for f in data_files(batch_dir))
+    pending = [
+        r
+        for r in reason.get("rejected_files", [])
+        if _movable(batch_dir, r["file"])
+        or (r.get("folder_files") and _movable_folder(batch_dir, r["file"], set(listed)))
+    ]
     if pending:
-        batch = LandedBatch(
-            spec.name, row["batch_id"], batch_dir, tuple(json.loads(row["files"])), row["content_hash"], 0
-        )
+        batch = LandedBatch(spec.name, row["batch_id"], batch_dir, listed, row["content_hash"], 0)
         _quarantine_files(spec, root, batch, pending)
 
 
-def batch_changes(batch_dir: Path, row: dict) -> dict[str, int] | None:
+def batch_changes(batch_dir: Path, row: dict, private: bool = False) -> dict[str, int] | None:
     """How a known, not quarantined batch differs from what was ingested: ``{added, changed, removed}`` file
-    counts and the ``files`` added or changed, or ``None`` when it is unchanged (or was recorded before per-file digests were kept). Files
-    rejected at read were moved out on purpose and do not count. Nothing is hashed while no entry of the folder
-    is newer than the ledger's last word on the batch (``updated_at``)."""
+    counts and the ``files`` added or changed, or ``None`` when it is unchanged (or was recorded before per-file
+    digests were kept). Files (and folders) rejected at read were moved out on purpose and do not count.
+    ``private``: the ledger holds the files under :func:`ledger_name`. Nothing is hashed while no entry of the
+    folder is newer than the ledger's last word on the batch (``updated_at``)."""
     if not row.get("file_hashes") or not changed_since(batch_dir, row["updated_at"]):
         return None
     reason = json.loads(row["reason"]) if row["reason"] else {}
+    name = (lambda rel: ledger_name(row["batch_id"], rel)) if private else str
     moved = {r["file"] for r in reason.get("rejected_files", [])}
-    recorded = {f: d for f, d in json.loads(row["file_hashes"]).items() if f not in moved}
-    current = {f: d for f, d in file_digests(batch_dir, data_files(batch_dir)).items() if f not in moved}
+    moved |= {name(m) for m in moved}
+
+    def kept(key: str) -> bool:
+        return not any(key == m or key.startswith(m + "/") for m in moved)
+
+    recorded = {f: d for f, d in json.loads(row["file_hashes"]).items() if kept(f)}
+    real = {name(f): f for f in map(str, data_files(batch_dir))}
+    current = {name(f): d for f, d in file_digests(batch_dir, [Path(f) for f in real.values()]).items()}
+    current = {k: d for k, d in current.items() if kept(k)}
     added = sorted(current.keys() - recorded.keys())
     changed = sorted(f for f in current.keys() & recorded.keys() if current[f] != recorded[f])
     counts = {"added": len(added), "removed": len(recorded.keys() - current.keys()), "changed": len(changed)}
-    return {**counts, "files": added + changed} if any(counts.values()) else None
+    return {**counts, "files": sorted(real[k] for k in added + changed)} if any(counts.values()) else None
 
 
 def _set_aside_changed(
@@ -232,7 +298,7 @@ def _known_batch(
     summary.skipped_known += 1
     _finish_interrupted(spec, root, batch_dir, row, summary)
     if row["status"] != "quarantined" and batch_dir.is_dir() and not batch_dir.is_symlink():
-        counts = batch_changes(batch_dir, row)
+        counts = batch_changes(batch_dir, row, private_names(spec))
         if counts:
             _set_aside_changed(spec, root, batch_dir, row["batch_id"], counts, summary)
             # the folder is as ingested again: a later look needs no hashing until something else changes
@@ -359,8 +425,14 @@ def _set_aside_non_regular(spec: TaskSpec, root: DataRoot, batch: LandedBatch) -
     special = non_regular_files(batch)
     if not special:
         return batch, []
-    rejected = [{"batch": batch.batch_id, "file": f, "problem": NOT_REGULAR} for f in special]
-    _quarantine_files(spec, root, batch, rejected)
+    for rel in (f for f in special if _movable(batch.path, f)):
+        reason = _reason("read", batch.batch_id, rel, NOT_REGULAR)
+        quarantine_file(batch.path, rel, root.quarantine(spec.name) / batch.batch_id, reason, root.object_store())
+    # named in the ledger and logs as the ledger lists them (:func:`private_names`)
+    shown = [ledger_name(batch.batch_id, f) if private_names(spec) else f for f in special]
+    rejected = [{"batch": batch.batch_id, "file": f, "problem": NOT_REGULAR} for f in shown]
+    for item in rejected:
+        log.warning("task %s: batch %s: file %s quarantined: %s", spec.name, batch.batch_id, item["file"], NOT_REGULAR)
     return replace(batch, files=tuple(f for f in batch.files if f not in special)), rejected
 
 
@@ -409,12 +481,13 @@ def _ingest_batch(
             )
         outcome = _read(reader, readable, spec)
         found = [*outcome.rejected, *_unread(outcome, readable)]
-        rejected = [*set_aside, *({"batch": batch.batch_id, "file": f, "problem": p} for f, p in found)]
+        rejected = [*set_aside, *(_rejection(readable, f, p, outcome.moves_folders) for f, p in found)]
         if outcome.records.is_empty():
             raise BatchRejected(batch.batch_id, "holds no readable records", {"rejected_files": rejected})
         frame = outcome.records.with_columns(pl.lit(batch.batch_id).alias(BATCH_COLUMN))
         columns = [c for c in frame.columns if c != BATCH_COLUMN]
-        row = _ledger_row(batch, "read", frame.height, columns, {"rejected_files": rejected} if rejected else None)
+        reason = {"rejected_files": rejected} if rejected else None
+        row = _ledger_row(batch, "read", frame.height, columns, reason, private_names(spec))
         appended = warehouse.append(spec.name, RAW_TABLE, frame, row)
     except BatchRejected as exc:
         reason = _reason("read", batch.batch_id, exc.file, exc.problem, **exc.details)
@@ -637,7 +710,8 @@ def reconcile(spec: TaskSpec, warehouse: Warehouse) -> dict[str, int]:
         if row["status"] == "quarantined":
             quarantined_files += files
         elif row["reason"]:
-            quarantined_files += len(json.loads(row["reason"]).get("rejected_files", []))
+            rejected = json.loads(row["reason"]).get("rejected_files", [])
+            quarantined_files += sum(r.get("folder_files", 1) for r in rejected)  # a series folder: its files
     counts.update(
         landed_files=landed_files, quarantined_files=quarantined_files, ingested_files=landed_files - quarantined_files
     )

@@ -110,7 +110,7 @@ def quarantine_batch(
 
 
 def quarantine_file(batch_dir: Path, rel: str, folder: Path, reason: dict, store: DataRoot | None = None) -> Path | str:
-    """Move the entry ``rel`` of ``batch_dir`` (a file, or a link or FIFO moved as itself, never opened) to
+    """Move the entry ``rel`` of ``batch_dir`` (a file, a folder, or a link or FIFO moved as itself, never opened) to
     ``folder/files/rel`` and write its reason at :func:`file_reason`. An entry already set aside under that path
     is kept: the new one gets a unique suffix, and its reason the same path. Returns where the entry went."""
     source = batch_dir / rel
@@ -151,6 +151,8 @@ def _file_to_store(source: Path, rel: str, store: DataRoot, folder: str, reason:
     dest = _free_key(store, f"{folder}/{FILES_DIR}/{rel}")
     store.upload_tree(source, dest)
     store.write_json(f"{folder}/{REASONS_DIR}/{dest.removeprefix(f'{folder}/{FILES_DIR}/')}/{REASON_FILE}", reason)
-    if _taken(source):
+    if is_folder(source):  # a refused DICOM series folder, set aside whole
+        shutil.rmtree(source)
+    elif _taken(source):
         source.unlink()
     return dest

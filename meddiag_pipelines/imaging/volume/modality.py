@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from meddiag_pipelines.imaging.modality import ImageModality, cache_records, log_refused
-from meddiag_pipelines.imaging.preprocess import CACHE_VERSION, cache_batch, load_cached
+from meddiag_pipelines.imaging.modality import ImageModality
+from meddiag_pipelines.imaging.preprocess import cache_batch, load_cached
 from meddiag_pipelines.imaging.readers import LABELS_CSV, ImageBatchError
 from meddiag_pipelines.imaging.scoring import baseline_side
 from meddiag_pipelines.imaging.validation import image_failures, validate_images
@@ -35,20 +35,19 @@ from meddiag_pipelines.imaging.volume.validation import volume_property_failures
 from meddiag_pipelines.ingestion.batches import ReadOutcome, Validator
 from meddiag_pipelines.ingestion.errors import BatchRejected
 from meddiag_pipelines.ingestion.landing import LandedBatch
-from meddiag_pipelines.modalities.base import BuiltFeatures, Descriptions, Explainer, PlainReader, Storage
-from meddiag_pipelines.specs import BATCH_COLUMN, TaskSpec, spec_columns
-from meddiag_pipelines.split import key_columns_in
+from meddiag_pipelines.modalities.base import Descriptions, Explainer, PlainReader, Storage
+from meddiag_pipelines.specs import TaskSpec, spec_columns
 from meddiag_pipelines.validation.suites import CheckFailure
 
 
 def read_volume_records(batch: LandedBatch, spec: TaskSpec) -> ReadOutcome:
     """Reader for ``ingest_new_batches``: records in the spec's column names; each file that does not read is a
-    per-file rejection naming the problem."""
+    per-file rejection naming the problem; a refused series folder goes to quarantine whole."""
     try:
         result = read_volume_batch(batch.path, spec)
     except ImageBatchError as exc:
         raise BatchRejected(LABELS_CSV if str(exc).startswith(LABELS_CSV) else batch.batch_id, str(exc)) from exc
-    return ReadOutcome(spec_columns(result.records, spec), result.rejected)
+    return ReadOutcome(spec_columns(result.records, spec), result.rejected, moves_folders=True)
 
 
 def _cache_settings(spec: TaskSpec) -> str:
@@ -115,52 +114,21 @@ class VolumeModality(ImageModality):
     def suite(self, spec: TaskSpec, records: pl.DataFrame) -> list[CheckFailure]:
         return image_failures(records, spec, spec.name, properties=volume_property_failures)
 
-    def features(self, spec: TaskSpec, split: pl.DataFrame, storage: Storage) -> BuiltFeatures:
-        v = spec.volume
-        cache_dir = storage.root.cache(spec.name)
-        built, reused, n_volumes, refused, warnings = 0, 0, 0, set(), []
-        for (batch_id,), rows in split.group_by(BATCH_COLUMN, maintain_order=False):
-            records = cache_records(rows, spec)
-            batch_dir = storage.root.landing(spec.name) / batch_id
+    noun = "volume"
 
-            def load(source: str, sha256: str | None, batch_dir: Path = batch_dir):
-                return load_volume(batch_dir, source, spec, sha256)
+    def model_input(self, spec: TaskSpec) -> dict:
+        return {"size": spec.volume.size, "channels": 1, "spatial_dims": 3}
 
-            manifest = cache_batch(
-                cache_dir,
-                batch_id,
-                records,
-                (1, v.size, v.size, v.size),
-                _cache_settings(spec),
-                load,
-                {"size": v.size, "channels": 1, "spatial_dims": 3},
-            )
-            refused |= log_refused(warnings, batch_id, records, manifest["failed"], "volume")
-            reused += bool(manifest["reused"])
-            built += not manifest["reused"]
-            n_volumes += int(manifest["n"])
-        frame = split.filter(~pl.col(spec.id).cast(pl.String).is_in(list(refused))).select(key_columns_in(split, spec))
-        plan = {
-            "modality": "volume",
-            "cache_dir": storage.root.relative(cache_dir),
-            "size": v.size,
-            "channels": 1,
-            "spatial_dims": 3,
-            "format": v.format,
-            "cache_version": CACHE_VERSION,
-            "id_column": spec.id,
-        }
-        cache_bytes = sum(p.stat().st_size for p in cache_dir.glob("*.npy")) if cache_dir.is_dir() else 0
-        meta = {
-            "n_rows": frame.height,
-            "n_volumes_cached": n_volumes,
-            "n_volumes_refused": len(refused),
-            "batches_built": built,
-            "batches_reused": reused,
-            "volume_shape": f"1x{v.size}x{v.size}x{v.size}",
-            "cache_mb": round(cache_bytes / 2**20, 2),
-        }
-        return BuiltFeatures(frame, plan, meta, {"size": v.size, "channels": 1, "spatial_dims": 3}, warnings)
+    def cache_batch(
+        self, spec: TaskSpec, cache_dir: Path, batch_dir: Path, batch_id: str, records: pl.DataFrame
+    ) -> dict:
+        size = spec.volume.size
+
+        def load(source: str, sha256: str | None) -> np.ndarray:
+            return load_volume(batch_dir, source, spec, sha256)
+
+        shape = (1, size, size, size)
+        return cache_batch(cache_dir, batch_id, records, shape, _cache_settings(spec), load, self.model_input(spec))
 
     def explainer(self, spec: TaskSpec) -> Explainer:
         return explain_volumes

@@ -212,7 +212,23 @@ def read_listed_volumes(batch_dir: Path, spec: TaskSpec) -> ImageReadResult:
                 INTENSITY_MAX: 1.0 if high > low else 0.0,
             }
         )
-    return ImageReadResult(_frame(rows, spec), rejected)
+    return ImageReadResult(_frame(rows, spec), _kept_apart(rejected, [r["source"] for r in rows]))
+
+
+def _kept_apart(rejected: list[tuple[str, str]], read: list[str]) -> list[tuple[str, str]]:
+    """Rejections as ingestion may act on them: a refused series folder or file goes to quarantine whole, so one
+    that holds, or lies inside, a volume read for another record is named by its labels.csv value in the problem
+    instead (it stays in landing, where that record's voxels are)."""
+
+    def overlaps(rel: str) -> bool:
+        return any(rel == s or s.startswith(rel + "/") or rel.startswith(s + "/") for s in read)
+
+    return [
+        (f"{LABELS_CSV} entry", f"{problem} (left in landing: another record's volume is read there)")
+        if overlaps(rel)
+        else (rel, problem)
+        for rel, problem in rejected
+    ]
 
 
 def read_volume_batch(batch_dir: Path, spec: TaskSpec) -> ImageReadResult:
