@@ -237,3 +237,18 @@ def test_duckdb_reads_the_store_through_a_registered_filesystem(s3_root):
     assert con.execute(
         f"select count(*) from read_parquet('{s3_root}/warehouse/tables/t/split/*/*.parquet')"
     ).fetchone() == (5,)
+
+
+def test_a_refused_series_folder_goes_to_the_stores_quarantine_whole(s3_root):
+    from meddiag_pipelines.ingestion.quarantine import quarantine_file
+
+    root = DataRoot(s3_root)
+    batch = root.landing("t") / "b1"
+    (batch / "series_1").mkdir(parents=True)
+    for i in range(3):
+        (batch / "series_1" / f"slice_{i}.dcm").write_bytes(bytes([i]) * 8)
+    folder = root.quarantine("t") / "b1"
+    where = quarantine_file(batch, "series_1", folder, {"problem": "mixed slice sizes"}, root.object_store())
+    assert where == "quarantine/t/b1/files/series_1" and not (batch / "series_1").exists()
+    assert [root.read_bytes(f"{where}/slice_{i}.dcm") for i in range(3)] == [bytes([i]) * 8 for i in range(3)]
+    assert root.read_json("quarantine/t/b1/reasons/series_1/reason.json") == {"problem": "mixed slice sizes"}
