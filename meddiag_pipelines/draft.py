@@ -237,15 +237,18 @@ def draft_spec(task: str, source: Path) -> str:
 
 
 def _batch_files(folder: Path) -> list[str]:
-    """Regular data files of a batch folder (markers, hidden files, links and FIFOs left out)."""
-    found = []
+    """Regular data files of a batch folder (markers, hidden files, links and FIFOs left out, counted by the
+    problem, never named: a DICOM slice's file name may hold the patient's)."""
+    found, skipped = [], {}
     for rel in data_files(folder):
         try:
             confined_file(folder, rel.as_posix())
         except UnsafePath as exc:
-            print(f"init: skipped {rel.as_posix()}: {exc}", file=sys.stderr)
+            skipped[str(exc)] = skipped.get(str(exc), 0) + 1
             continue
         found.append(rel.as_posix())
+    for problem, n in sorted(skipped.items()):
+        print(f"init: skipped {n} file(s): {problem}", file=sys.stderr)
     return found
 
 

@@ -209,6 +209,14 @@ def test_nifti_files_and_dicom_series_folders_draft_a_volume_task(tmp_path, caps
     assert spec["modality"] == "volume" and spec["label"] == "finding" and spec["positive"] == "nodule"
     assert spec["volume"] == {"format": fmt, "file_column": "volume_path"}
     assert spec["id"] == "case_id" and CANARY_NAME not in text  # the slice file names are never printed
+    if fmt == "dicom_series":  # a symbolic link among the slices is skipped, counted, never named
+        victim = sorted((source / "study" / "series1").iterdir())[0]
+        victim.unlink()
+        victim.symlink_to(tmp_path / "elsewhere.dcm")
+        assert main(["init", "ct", str(source)]) == 0
+        printed = capsys.readouterr()
+        assert "init: skipped 1 file(s): symbolic link refused" in printed.err
+        assert CANARY_NAME not in printed.out + printed.err and 'modality: "volume"' in printed.out
     if fmt == "dicom_series":
         assert all(CANARY_NAME in p.name for p in (source / "study" / "series0").iterdir())
 
