@@ -201,6 +201,20 @@ def test_a_run_that_stopped_before_moving_a_refused_series_folder_is_finished_by
     assert "mixed slice sizes" in json.loads(file_reason(aside, "bad_sizes").read_text())["problem"]
 
 
+def test_a_ledger_entry_written_with_slice_names_is_still_compared_by_name(tmp_path, monkeypatch) -> None:
+    import meddiag_pipelines.ingestion.batches as batches
+
+    spec, root = series_spec("dicom_series"), DataRoot(tmp_path / "data")
+    warehouse, batch = Warehouse(root), root.landing(spec.name) / "batch_0001"
+    write_volume_batch(batch, "dicom_series", 2, seed=1, side=SIDE)
+    with monkeypatch.context() as patch:  # as ingestion wrote it before the stand-ins
+        patch.setattr(batches, "private_names", lambda spec: False)
+        assert _ingest(spec, root, warehouse).ingested == ["batch_0001"]
+    assert CANARY_NAME in warehouse.ledger(spec.name)["files"][0]
+    os.utime(batch, None)  # newer than the ledger entry: the batch is compared, not skipped unhashed
+    assert _ingest(spec, root, warehouse).changed == []
+
+
 def _dicom_hostile(batch: Path, outside: Path) -> dict[str, str]:
     """Bad series beside the good ones; their labels.csv value -> the reason expected."""
     rng = np.random.default_rng(9)

@@ -20,6 +20,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import stat
 import time
 from collections.abc import Callable
@@ -114,6 +115,9 @@ def private_names(spec: TaskSpec) -> bool:
     are named by the export (often after the patient), not by the user, who names only the series folder (in
     labels.csv). Each is then recorded under :func:`ledger_name`."""
     return spec.volume is not None and spec.volume.format == "dicom_series"
+
+
+STAND_IN = re.compile(r"h[0-9a-f]{16}(/h[0-9a-f]{16})*")  # what :func:`ledger_name` writes
 
 
 def ledger_name(batch_id: str, rel: str) -> str:
@@ -255,6 +259,8 @@ def batch_changes(batch_dir: Path, row: dict, private: bool = False) -> dict[str
     if not row.get("file_hashes") or not changed_since(batch_dir, row["updated_at"]):
         return None
     reason = json.loads(row["reason"]) if row["reason"] else {}
+    hashes = json.loads(row["file_hashes"])
+    private = private and all(STAND_IN.fullmatch(f) for f in hashes)  # entries written before stand-ins: names
     name = (lambda rel: ledger_name(row["batch_id"], rel)) if private else str
     moved = {r["file"] for r in reason.get("rejected_files", [])}
     moved |= {name(m) for m in moved}
@@ -262,7 +268,7 @@ def batch_changes(batch_dir: Path, row: dict, private: bool = False) -> dict[str
     def kept(key: str) -> bool:
         return not any(key == m or key.startswith(m + "/") for m in moved)
 
-    recorded = {f: d for f, d in json.loads(row["file_hashes"]).items() if kept(f)}
+    recorded = {f: d for f, d in hashes.items() if kept(f)}
     real = {name(f): f for f in map(str, data_files(batch_dir))}
     current = {name(f): d for f, d in file_digests(batch_dir, [Path(f) for f in real.values()]).items()}
     current = {k: d for k, d in current.items() if kept(k)}
