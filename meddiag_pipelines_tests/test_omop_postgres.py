@@ -111,6 +111,36 @@ def test_wrong_password_names_the_variable_never_the_password(cdm_server, tmp_pa
     assert not snapshot.parent.exists() or not any(snapshot.parent.iterdir())
 
 
+def test_untidy_and_incomplete_schemas_get_the_file_batches_handling(cdm_server, tmp_path, monkeypatch):
+    """A concept id column of text (one value not a number) is repaired and counted; a schema without
+    observation periods is refused, as a folder of files would be."""
+    superuser = f"postgresql://meddiag@/cdm_src?host={cdm_server.socket_dir}&port={cdm_server.port}"
+    with psycopg2.connect(superuser) as con, con.cursor() as cur:
+        cur.execute(
+            "CREATE SCHEMA untidy; CREATE SCHEMA partial; "
+            'CREATE VIEW untidy.person AS SELECT * FROM cdm."PERSON"; '
+            "CREATE VIEW untidy.observation_period AS SELECT * FROM cdm.observation_period; "
+            'CREATE TABLE untidy.condition_occurrence AS SELECT "PERSON_ID", '
+            '"CONDITION_CONCEPT_ID"::text AS "CONDITION_CONCEPT_ID", "CONDITION_START_DATE" '
+            "FROM cdm.condition_occurrence; "
+            "UPDATE untidy.condition_occurrence SET \"CONDITION_CONCEPT_ID\" = 'not a number' "
+            'WHERE "PERSON_ID" = (SELECT min("PERSON_ID") FROM untidy.condition_occurrence); '
+            'CREATE VIEW partial.person AS SELECT * FROM cdm."PERSON"; '
+            f"GRANT USAGE ON SCHEMA untidy, partial TO {READER}; "
+            f"GRANT SELECT ON ALL TABLES IN SCHEMA untidy TO {READER}; "
+            f"GRANT SELECT ON ALL TABLES IN SCHEMA partial TO {READER}"
+        )
+        cur.execute("SELECT count(*) FROM untidy.condition_occurrence WHERE \"CONDITION_CONCEPT_ID\" = 'not a number'")
+        changed = cur.fetchone()[0]
+    con.close()
+    monkeypatch.setenv(URL_ENV, _url(cdm_server, PASSWORD))
+    with open_cdm(_pg_batch(tmp_path / "untidy", schema="untidy")) as cdm:
+        assert 0 < changed == cdm.counts["condition_occurrence.condition_concept_id.not_converted"]
+        assert cdm.counts["condition.no_concept"] == changed and cdm.domains == {"condition"}
+    with pytest.raises(CdmRefused, match=r"no observation_period table"):
+        open_cdm(_pg_batch(tmp_path / "partial", schema="partial"))
+
+
 @pytest.mark.parametrize(
     ("marker", "env", "message"),
     [
