@@ -173,3 +173,27 @@ def test_batch_cache_is_the_data_roots_cache_folder(tmp_path):
 
     batch = _pg_batch(tmp_path / "landing" / "gi" / "batch_0007")
     assert batch_cache(describe_batch("gi", batch)) == tmp_path / "cache" / "gi" / "batch_0007"
+
+
+@pytest.mark.slow
+def test_a_postgres_batch_trains_through_the_pipeline(cdm_server, tmp_path, monkeypatch):
+    """The bundled spec over a PostgreSQL batch: the Book's counts in metrics.json, one snapshot in the batch's
+    cache read by every step, and neither the URL nor the password in metadata or the report."""
+    from meddiag_pipelines.specs import BUNDLED_TASKS_DIR, load_spec
+    from meddiag_pipelines_tests.conftest import fast
+    from meddiag_pipelines_tests.test_omop_modality import materialize
+
+    spec = fast(load_spec(BUNDLED_TASKS_DIR / "eunomia_gi_bleed.yaml"))
+    root = tmp_path / "data"
+    _pg_batch(root / "landing" / spec.name / "batch_0001")
+    url = _url(cdm_server, PASSWORD)
+    monkeypatch.setenv(URL_ENV, url)
+    result, metadata = materialize(spec, root)
+    assert result.success
+    latest = root / "reports" / spec.name / "latest"
+    metrics = (latest / "metrics.json").read_text()
+    omop = json.loads(metrics)["omop"]
+    assert (omop["persons"], omop["outcome_count"]) == (2578, 479)
+    assert (root / "cache" / spec.name / "batch_0001" / SNAPSHOT).is_file()
+    shown = metadata + metrics + (latest / "report.html").read_text()
+    assert PASSWORD not in shown and str(cdm_server.socket_dir) not in shown
