@@ -1,19 +1,20 @@
-"""OMOP CDM: cohort, MEDS events and covariates (meddiag_pipelines/omop) against the same covariates in pandas.
+"""OMOP CDM: cohort, MEDS events and covariates (meddiag_pipelines/omop) against the same three steps in pandas.
 
 ``python -m bench omop --persons N --events M`` writes a SYNTHETIC CDM batch (one Parquet file per table,
 written in chunks so 50M events never sit in memory) and times, each in its own process:
 
 * ``omop``: :func:`open_cdm`, :func:`build_study` (NSAID new users -> GI bleed, the Book's spec),
   :func:`write_meds` and :func:`build_covariates` on that study population (DuckDB);
-* ``pandas``: the same covariates (demographics; conditions, drugs rolled up to ingredients, procedures,
-  measurements with their last value, visit counts; windows 365, 30 and any time prior, ending the day before
-  index; events inside the observation period) for the same population, read from Parquet with plain pandas.
+* ``pandas``: the same study population (:func:`pandas_cohort`), the same MEDS table (:func:`pandas_meds`) and
+  the same covariates (demographics; conditions, drugs rolled up to ingredients, procedures, measurements with
+  their last value, visit counts; windows 365, 30 and any time prior, ending the day before index; events
+  inside the observation period), read from Parquet with plain pandas.
 
-``--memory-limit 2GB --budget-mb 4000`` runs both under an address-space limit with DuckDB told to spill (the
-larger-than-memory run). ``--size smoke`` (2,000 persons, 200,000 events) also checks that both give the same
-covariates. Shape of the data: events per person log-normal, dates uniform in the person's one observation
-period (1% a year before it), concepts Zipf-distributed over 300 per domain, 1 in 50 drug events an NSAID and 1
-in 100 condition events a GI bleed, 10% of drug concepts clinical drugs under an ingredient.
+``--memory-limit 1GB --budget-mb 6000`` runs both under an address-space limit with DuckDB told to spill (the
+larger-than-memory run). Every run checks that both give the same population and MEDS row count, and up to 5M
+events the same covariates. Shape of the data: events per person log-normal, dates uniform in the person's one
+observation period (1% a year before it), concepts Zipf-distributed over 300 per domain, 1 in 50 drug events an
+NSAID and 1 in 100 condition events a GI bleed, 10% of drug concepts clinical drugs under an ingredient.
 """
 
 from __future__ import annotations
