@@ -85,9 +85,19 @@ def read_marker(path: Path) -> PgSource:
     return PgSource(schema, url_env)
 
 
-def _connect(source: PgSource, marker: str):
-    import psycopg2  # the omop extra's driver, imported only for a PostgreSQL batch
+def _driver(marker: str):
+    """psycopg2, the omop extra's driver, imported only for a PostgreSQL batch."""
+    try:
+        import psycopg2
+    except ImportError:
+        raise SourceRefused(
+            f"{marker}: a PostgreSQL batch needs psycopg2: pip install 'meddiag_pipelines[omop]'"
+        ) from None
+    return psycopg2
 
+
+def _connect(source: PgSource, marker: str):
+    psycopg2 = _driver(marker)
     url = os.environ.get(source.url_env, "")
     if not url:
         raise SourceRefused(f"{marker}: the environment variable {source.url_env} (the PostgreSQL URL) is not set")
@@ -156,8 +166,7 @@ def _copy_table(cur, duck: duckdb.DuckDBPyConnection, schema: str, table: str, s
 def snapshot(marker: Path, target: Path, wanted: frozenset[str]) -> dict[str, str]:
     """Copy the ``wanted`` tables (lower-case names) of the schema ``marker`` names into a new DuckDB file at
     ``target`` (written beside it, then renamed). Returns lower-case name -> the table's name in the schema."""
-    import psycopg2
-
+    psycopg2 = _driver(marker.name)
     source = read_marker(marker)
     con = _connect(source, marker.name)
     target.parent.mkdir(parents=True, exist_ok=True)
