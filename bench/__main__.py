@@ -6,7 +6,6 @@ import importlib
 import sys
 
 BENCHMARKS = {
-    "features": "bench.features",  # long EHR rows -> patient features: Polars / DuckDB vs pandas
     "ingest": "bench.ingest",  # Warehouse.append of a batch when N rows are already there
     "orchestration": "bench.orchestration",  # Dagster vs direct calls; multiprocess executor per-step cost
     "training": "bench.training",  # XGBoost, CNN, text model throughput
@@ -19,7 +18,7 @@ BENCHMARKS = {
     "pneumonia_like": "bench.pneumonia_like",  # the from-scratch CNN on PneumoniaMNIST-like data, shifted test split
     "model_choice": "bench.model_choice",  # XGBoost vs the logistic baseline chosen on a first Framingham batch
     "omop_plp": "bench.omop_plp",  # the Book of OHDSI's NSAID -> GI bleed exercise on Eunomia over split seeds
-    "omop": "bench.omop",  # OMOP CDM cohort + MEDS + covariates (DuckDB) vs the same covariates in pandas
+    "omop": "bench.omop",  # OMOP CDM cohort + MEDS + covariates (DuckDB) vs the same three steps in pandas
     "monitoring": "bench.monitoring",  # drift, estimate: cost per 10k rows; false alarms vs detections across sites
     "main_job": "bench.main_job",  # the README main job (meddiag update, every bundled task): total, by task and step
     "volume": "bench.volume",  # the 3D ResNet on a MedMNIST-3D-layout npz: CPU voxels/s, test AUROC

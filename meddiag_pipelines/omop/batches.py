@@ -6,7 +6,8 @@ id and the patient), ``outcome`` ("1"/"0"; null for a person whose time at risk 
 case to score), ``age_at_index``, ``gender``, ``tar_days`` and ``index_date`` (kept for the covariates, never
 shown). The features step fills ``cache/<task>/<batch>/`` once per batch: the MEDS events (``meds.parquet``),
 the covariates before each person's index (``covariates.parquet``, long, and ``covariate_ref.parquet``) and the
-study's aggregates (``study.json``: attrition, outcome count, untidy-data counts)."""
+study's aggregates (``study.json``: attrition, outcome count, untidy-data counts). A PostgreSQL batch's snapshot
+(``cdm_snapshot.duckdb``) is taken there when the reader first opens it, and read by every later step."""
 
 from __future__ import annotations
 
@@ -28,6 +29,12 @@ from meddiag_pipelines.specs import TaskSpec
 
 GENDERS = {8507: "male", 8532: "female"}  # OMOP gender concepts; others are "other or unknown"
 CACHE_FILES = ("meds.parquet", "covariates.parquet", "covariate_ref.parquet", "study.json")
+SNAPSHOT = "cdm_snapshot.duckdb"  # a PostgreSQL batch's copy (omop/pgsource.py), taken on its first reading
+
+
+def batch_cache(batch: LandedBatch) -> Path:
+    """The batch's ``cache/<task>/<batch>/`` in the data root it landed in (``<root>/landing/<task>/<batch>``)."""
+    return batch.path.parents[2] / "cache" / batch.task / batch.batch_id
 
 
 def study_spec(spec: TaskSpec) -> StudySpec:
@@ -71,7 +78,7 @@ class OmopReader:
 
     def __call__(self, batch: LandedBatch, spec: TaskSpec) -> pl.DataFrame:
         try:
-            with open_cdm(batch.path) as cdm:
+            with open_cdm(batch.path, snapshot=batch_cache(batch) / SNAPSHOT) as cdm:
                 study = build_study(cdm, study_spec(spec))
                 for key, n in cdm.counts.items():
                     if n and not key.endswith(".persons"):
@@ -95,7 +102,7 @@ def prepare_batch(landed: Path, cache: Path, spec: TaskSpec, persons: pl.DataFra
         return json.loads((cache / "study.json").read_text(encoding="utf-8"))
     study = study_spec(spec)
     cache.mkdir(parents=True, exist_ok=True)
-    with open_cdm(landed) as cdm:
+    with open_cdm(landed, snapshot=cache / SNAPSHOT) as cdm:
         built = build_study(cdm, study)
         write_meds(cdm, cache / "meds.parquet")
         covariates = build_covariates(cdm, persons.select("person_id", "index_date"), study.covariates)

@@ -31,6 +31,8 @@ from pathlib import Path
 import duckdb
 import pyarrow.parquet as pq
 
+from meddiag_pipelines.omop import pgsource
+
 
 class CdmRefused(ValueError):
     """The batch would corrupt a cohort; the message names the file and the problem."""
@@ -139,7 +141,8 @@ def _literal(text: str) -> str:
 
 
 def _discover(batch: Path) -> tuple[str, dict[str, Path]]:
-    """("duckdb", {"": file}) or ("files", {table: file}); refuses an empty or ambiguous batch."""
+    """("duckdb", {"": file}), ("postgres", {"": marker}) or ("files", {table: file}); refuses an empty or
+    ambiguous batch."""
     batch = Path(batch)
     if batch.is_file():
         files = [batch]
@@ -148,6 +151,11 @@ def _discover(batch: Path) -> tuple[str, dict[str, Path]]:
     else:
         raise CdmRefused(f"{batch.name}: no such CDM batch")
     dbs = [p for p in files if p.suffix.lower() in (".duckdb", ".db")]
+    markers = [p for p in files if p.name.lower() == pgsource.MARKER]
+    if markers:
+        if dbs or any(p.suffix.lower() in (".csv", ".parquet") for p in files):
+            raise CdmRefused(f"{markers[0].name}: a PostgreSQL batch holds no CDM file besides its marker")
+        return "postgres", {"": markers[0]}
     if len(dbs) > 1:
         raise CdmRefused(f"{batch.name}: more than one DuckDB file; a batch holds one")
     if dbs:
@@ -178,6 +186,17 @@ def _check_parquet(path: Path) -> None:
             f"{path.name}: the Parquet footer declares {meta.num_rows} rows in a {path.stat().st_size}-byte file "
             f"(row groups sum to {grouped}); refused unread"
         )
+
+
+def _pg_snapshot(marker: Path, snapshot: Path, scratch: Path) -> Path:
+    """The DuckDB snapshot of a PostgreSQL batch, taken when ``snapshot`` does not exist yet."""
+    if not snapshot.is_file():
+        try:
+            pgsource.snapshot(marker, snapshot, USED_TABLES)
+        except pgsource.SourceRefused as exc:
+            shutil.rmtree(scratch, ignore_errors=True)
+            raise CdmRefused(str(exc)) from None
+    return snapshot
 
 
 def _attach_sources(con: duckdb.DuckDBPyConnection, kind: str, found: dict[str, Path]) -> dict[str, str]:
@@ -545,16 +564,22 @@ def open_cdm(
     today: date | None = None,
     memory_limit: str | None = None,
     temp_dir: Path | None = None,
+    snapshot: Path | None = None,
 ) -> Cdm:
     """Open the CDM batch at ``batch`` (a folder, or one DuckDB file). ``today`` dates "the future" (default:
     the system date). The batch is only read: the typed events are written once into a working DuckDB database
     in a private folder (under ``temp_dir``, default the system's temporary folder) that :meth:`Cdm.close`
-    removes; ``memory_limit`` bounds DuckDB's memory, past which it spills there. Raises :class:`CdmRefused`."""
+    removes; ``memory_limit`` bounds DuckDB's memory, past which it spills there. A PostgreSQL batch
+    (:mod:`.pgsource`) is read from its DuckDB snapshot at ``snapshot``, taken first when that file is absent
+    (without ``snapshot``: taken into the private folder, so each opening reads the live schema again).
+    Raises :class:`CdmRefused`."""
     batch = Path(batch)
     kind, found = _discover(batch)
     if temp_dir is not None:
         Path(temp_dir).mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix="omop-cdm-", dir=temp_dir))
+    if kind == "postgres":
+        kind, found = "duckdb", {"": _pg_snapshot(found[""], snapshot or scratch / "pgsource.duckdb", scratch)}
     con = duckdb.connect(str(scratch / "work.duckdb"), config={"temp_directory": str(scratch / "spill")})
     if memory_limit:
         con.execute(f"SET memory_limit = {_literal(memory_limit)}")
