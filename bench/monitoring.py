@@ -177,7 +177,7 @@ def site_shift(draws: int, batch: int, seed: int = 0) -> list[dict]:
         labels = pl.DataFrame({"id": pool["id"], "label": pool["y"].cast(pl.String)})
         realised = realised_performance(scores, labels, "binary", ["0", "1"], spec.evaluation, 0.5)
         independent = roc_auc_score(pool["y"].to_numpy(), scores["probability"].to_numpy())
-        verdict = breach_checks(realised, {"auroc": test_auroc}, spec.promotion)
+        verdict = breach_checks(realised, {"auroc": test_auroc}, spec.promotion, spec.evaluation.min_subgroup_n)
         out.append(
             {
                 "impl": "site_shift",

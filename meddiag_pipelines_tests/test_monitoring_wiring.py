@@ -178,7 +178,7 @@ def test_monitoring_through_the_task_graph(heart_spec, layout):
     assert not result.success  # the blocking schema check stops the run
     schema = checks[SCHEMA_CHECK]
     assert not schema.passed and schema.severity == dg.AssetCheckSeverity.ERROR and schema.blocking
-    assert "batch batch_0003: missing column(s) ['Cholesterol']" in schema.description
+    assert "batch batch_0003 (file records.csv): missing column(s) ['Cholesterol']" in schema.description
     assert "batch_0003" not in entries(layout)
     assert not list((layout.local / "predictions" / TASK).glob("batch_0003/*.parquet"))  # not scored
     drift = checks[DRIFT_CHECK]
