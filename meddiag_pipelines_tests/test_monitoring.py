@@ -482,4 +482,4 @@ def test_the_change_control_plan_states_the_gate_and_logs_every_decision(tmp_pat
 @pytest.mark.slow
 def test_bench_monitoring_smoke(tmp_path):
     lines = run_bench("monitoring", tmp_path)
-    assert {line["impl"] for line in lines} >= {"cost", "site_shift"}
+    assert {line["impl"] for line in lines} >= {"cost", "site_shift", "resplit_alarms"}
