@@ -226,8 +226,13 @@ def _execute(
             result = defs.resolve_implicit_global_asset_job_def().execute_in_process(**run)
     if not result.success:
         failed = [e.step_key for e in result.all_events if e.is_step_failure]
+        checks = [
+            f"; check {e.check_name} failed: {e.description}"
+            for e in result.get_asset_check_evaluations()
+            if not e.passed and e.severity == dg.AssetCheckSeverity.ERROR and e.description
+        ]
         raise RunFailed(
-            f"{what}: run {result.run_id} failed (steps: {', '.join(failed) or 'none started'}); "
+            f"{what}: run {result.run_id} failed (steps: {', '.join(failed) or 'none started'}){''.join(checks)}; "
             "its log in the UI, or `dagster run list`, says why",
             result.run_id,
         )

@@ -301,31 +301,66 @@ def test_realised_auroc_matches_an_independent_computation_from_the_prediction_f
     assert realised["ci"][0] < realised["auroc"] < realised["ci"][1] and realised["calibration_slope"] is not None
 
 
+def realised_of(frame: pl.DataFrame, y: np.ndarray, groups: pl.DataFrame | None = None) -> dict:
+    labels = labels_of(frame, y).rename({"rid": "id", "outcome": "label"})
+    return realised_performance(frame, labels, "binary", ["0", "1"], EVAL, 0.5, groups)
+
+
 def test_a_realised_drop_breaches_the_gates_margins_and_a_steady_figure_does_not():
     frame, y = scored(500, 6)
     groups = pl.DataFrame({"id": frame["id"], "sex": ["M", "F"] * 250})
-    steady = realised_performance(
-        frame, labels_of(frame, y).rename({"rid": "id", "outcome": "label"}), "binary", ["0", "1"], EVAL, 0.5, groups
-    )
+    steady = realised_of(frame, y, groups)
     noisy = np.where(np.random.default_rng(0).random(500) < 0.3, 1 - y, y)  # outcomes no longer follow the risks
-    dropped = realised_performance(
-        frame,
-        labels_of(frame, noisy).rename({"rid": "id", "outcome": "label"}),
-        "binary",
-        ["0", "1"],
-        EVAL,
-        0.5,
-        groups,
-    )
+    dropped = realised_of(frame, noisy, groups)
     version = {"auroc": steady["auroc"], "subgroups": steady["subgroups"]}
-    promotion = PromotionSpec(auroc_floor=0.7, margin=0.02, max_subgroup_drop=0.05)
-    assert breach_checks(steady, version, promotion)["breach"] is False
-    verdict = breach_checks(dropped, version, promotion)
-    failed = [r for r in verdict["reasons"] if "below the floor" in r or "more than" in r or "lies outside" in r]
+    promotion = PromotionSpec(auroc_floor=0.75, margin=0.02, max_subgroup_drop=0.05)
+    calm = breach_checks(steady, version, promotion, EVAL.min_subgroup_n)
+    assert calm["breach"] is False and calm["judged"] is True
+    verdict = breach_checks(dropped, version, promotion, EVAL.min_subgroup_n)
+    failed = [r for r in verdict["reasons"] if any(w in r for w in ("lies below", "is more than", "falls more", "outside"))]
     assert verdict["breach"] and verdict["reasons"][: len(failed)] == failed  # the failed rules come first
-    assert any("below the version's test AUROC" in r and "more than the margin 0.02" in r for r in failed)
-    assert any(r.startswith("subgroup sex=") for r in failed) and any("is below the floor 0.7" in r for r in failed)
-    assert any(r.startswith("calibration slope") for r in failed)
+    assert dropped["auroc_ci"][1] < 0.75 and steady["auroc"] - dropped["auroc_ci"][1] > 0.02  # shown at this n
+    assert any("its CI lies below the floor 0.75" in r for r in failed)
+    assert any("test AUROC" in r and "is more than the margin 0.02 below it" in r for r in failed)
+    assert any(r.startswith("subgroup sex=") for r in failed) and any(r.startswith("calibration slope") for r in failed)
+
+
+def test_a_drop_within_its_confidence_interval_is_no_breach_the_same_drop_at_a_larger_n_is():
+    """The gate's 0.01 margin judged on the CI, not the point: 120 labels of a model 0.04 worse than its test
+    figure do not show the drop (the point alone would breach); the same model over 3,000 labels does."""
+    frame, y = scored(3000, 8)
+    whole = realised_of(frame, y)
+    version = {"auroc": whole["auroc"] + 0.04}
+    promotion = PromotionSpec(auroc_floor=0.7, margin=0.01)
+    few = realised_of(frame[:120], y[:120])
+    assert version["auroc"] - few["auroc"] > promotion.margin  # the point estimate alone would call it a breach
+    verdict = breach_checks(few, version, promotion, EVAL.min_subgroup_n)
+    assert verdict["breach"] is False and verdict["judged"] is True
+    assert "is not more than the margin 0.01 below it" in verdict["reasons"][1]
+    many = breach_checks(whole, version, promotion, EVAL.min_subgroup_n)
+    assert many["breach"] is True and "is more than the margin 0.01 below it" in many["reasons"][0]
+
+
+@pytest.mark.parametrize(
+    ("n", "outcomes", "why"),
+    [
+        (29, None, "too few labels to judge: n 29 < 30"),
+        (40, "0", "too few labels to judge: only one outcome among the 40 labelled cases"),
+    ],
+)
+def test_too_few_labels_are_not_judged_however_bad_they_look(n, outcomes, why):
+    frame, y = scored(n, 9)
+    inverted = 1 - y if outcomes is None else np.zeros(n, dtype=int)
+    realised = realised_of(frame, inverted)
+    verdict = breach_checks(realised, {"auroc": 0.95}, PromotionSpec(auroc_floor=0.8), EVAL.min_subgroup_n)
+    assert verdict == {"breach": False, "judged": False, "reasons": [why]}
+
+
+def test_at_the_minimum_n_inverted_outcomes_are_judged_and_breach():
+    frame, y = scored(30, 9)
+    verdict = breach_checks(realised_of(frame, 1 - y), {"auroc": 0.95}, PromotionSpec(auroc_floor=0.8), 30)
+    assert verdict["judged"] is True and verdict["breach"] is True
+    assert verdict["reasons"][0].endswith("its CI lies below the floor 0.8")
 
 
 def test_realised_macro_f1_of_a_multiclass_task_matches_sklearn():
@@ -390,7 +425,7 @@ def test_monitoring_json_appends_per_batch_and_fills_realised_when_labels_land(t
     realised = realised_performance(
         frame, labels_of(frame, noisy).rename({"rid": "id", "outcome": "label"}), "binary", ["0", "1"], EVAL, 0.5
     )
-    realised["breach"] = breach_checks(realised, {"auroc": 0.85}, PromotionSpec())
+    realised["breach"] = breach_checks(realised, {"auroc": 0.85}, PromotionSpec(), EVAL.min_subgroup_n)
     assert record_realised(root, "t", "b1", "v1", realised) and not record_realised(root, "t", "b9", "v1", realised)
     after = read_monitoring(root, "t")
     assert after[1] == entries[1] and after[0]["realised"]["auroc"] == pytest.approx(realised["auroc"])
@@ -447,4 +482,4 @@ def test_the_change_control_plan_states_the_gate_and_logs_every_decision(tmp_pat
 @pytest.mark.slow
 def test_bench_monitoring_smoke(tmp_path):
     lines = run_bench("monitoring", tmp_path)
-    assert {line["impl"] for line in lines} >= {"cost", "site_shift"}
+    assert {line["impl"] for line in lines} >= {"cost", "site_shift", "resplit_alarms"}

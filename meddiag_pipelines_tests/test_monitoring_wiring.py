@@ -15,6 +15,8 @@ from meddiag_pipelines.defs.assets.monitoring import (
     DRIFT_CHECK,
     REALISED_CHECK,
     SCHEMA_CHECK,
+    MonitoringOutcome,
+    check_results,
 )
 from meddiag_pipelines.defs.automation.monitoring import build_breach_sensor
 from meddiag_pipelines.defs.build import build_definitions
@@ -26,8 +28,9 @@ from meddiag_pipelines.ingestion.batches import (
 )
 from meddiag_pipelines.ingestion.warehouse import Warehouse
 from meddiag_pipelines.monitoring.drift import evidently_drift
+from meddiag_pipelines.monitoring.labels import breach_checks
 from meddiag_pipelines.monitoring.reference import load_reference
-from meddiag_pipelines.specs import BATCH_COLUMN
+from meddiag_pipelines.specs import BATCH_COLUMN, PromotionSpec
 from meddiag_pipelines.tabular.readers import read_tabular_batch
 from meddiag_pipelines.update import run_task_in_process
 from meddiag_pipelines.validation.suites import validate_tabular
@@ -130,6 +133,14 @@ def test_a_labels_batch_is_kept_out_of_the_records_and_a_bad_one_is_quarantined(
     assert counts["labels_batches"] == 1 and counts["labels_rows"] == 10 and counts["landed_batches"] == 3
 
 
+def test_the_realised_check_passes_on_too_few_labels_and_says_so():
+    verdict = breach_checks({"n": 12, "n_positive": 0, "auroc": None}, {"auroc": 0.9}, PromotionSpec(), 30)
+    outcome = MonitoringOutcome(realised=[{"batch": "b7", "model_version": "v1", **verdict}])
+    realised = next(r for r in check_results(outcome, {}) if r.check_name == REALISED_CHECK)
+    assert realised.passed and realised.severity == dg.AssetCheckSeverity.ERROR
+    assert realised.description == "no breach of the gate's criteria; batch b7: too few labels to judge: n 12 < 30"
+
+
 @pytest.mark.slow
 def test_monitoring_through_the_task_graph(heart_spec, layout):
     # Generous margins: the first labels must not breach; the inverted ones below must.
@@ -178,7 +189,7 @@ def test_monitoring_through_the_task_graph(heart_spec, layout):
     assert not result.success  # the blocking schema check stops the run
     schema = checks[SCHEMA_CHECK]
     assert not schema.passed and schema.severity == dg.AssetCheckSeverity.ERROR and schema.blocking
-    assert "batch batch_0003: missing column(s) ['Cholesterol']" in schema.description
+    assert "batch batch_0003 (file records.csv): missing column(s) ['Cholesterol']" in schema.description
     assert "batch_0003" not in entries(layout)
     assert not list((layout.local / "predictions" / TASK).glob("batch_0003/*.parquet"))  # not scored
     drift = checks[DRIFT_CHECK]

@@ -116,9 +116,11 @@ def _monitoring(spec: TaskSpec) -> list[str]:
         ),
         (
             f"When labels land: realised AUROC (macro-F1 for several classes) with its 95% CI, calibration slope and "
-            f"the subgroup table; a breach is a realised AUROC below {p.auroc_floor}, more than {p.margin} below the "
-            f"version's test AUROC, a slope CI outside [{p.slope_band[0]}, {p.slope_band[1]}], or a subgroup "
-            f"more than {p.max_subgroup_drop} below its test AUROC."
+            f"the subgroup table; judged on the evidence at that n (the CI, not the point), a breach is a realised "
+            f"AUROC whose CI lies below {p.auroc_floor} or more than {p.margin} below the version's test AUROC, a "
+            f"slope CI outside [{p.slope_band[0]}, {p.slope_band[1]}], or a subgroup whose CI lies more than "
+            f"{p.max_subgroup_drop} below its test AUROC; under {spec.evaluation.min_subgroup_n} labelled cases, "
+            "too few labels to judge."
         ),
     ]
 

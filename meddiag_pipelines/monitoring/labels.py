@@ -4,9 +4,10 @@ Parquet; the task's ``id`` and ``label`` names) gives the outcomes of cases a ve
 They are joined by id to that version's predictions (``predictions/<task>/<batch>/<version>.parquet``), and the
 realised performance is computed by the project's own evaluator (``evaluation.metrics.evaluate``: the same AUROC,
 bootstrap CIs, calibration slope and subgroup table as at evaluation), at the version's own operating threshold.
-The promotion gate's settings then judge it (:func:`breach_checks`): realised AUROC below ``auroc_floor``, or
-below the version's test AUROC by more than ``margin``; a calibration slope whose CI lies outside ``slope_band``;
-a subgroup whose AUROC falls more than ``max_subgroup_drop`` below its test figure.
+The promotion gate's settings then judge it (:func:`breach_checks`), on evidence at that n as the gate judges: a
+realised AUROC whose 95% CI lies below ``auroc_floor``, or more than ``margin`` below the version's test AUROC; a
+calibration slope whose CI lies outside ``slope_band``; a subgroup whose CI falls more than ``max_subgroup_drop``
+below its test figure. Under the evaluation's ``min_subgroup_n`` labelled cases nothing is judged (too few labels).
 
 The labels batch's layout and reading live with ingestion (``ingestion.labels_batch``, re-exported here). Errors
 name the file and the problem, never an id or a label value.
@@ -25,7 +26,7 @@ from meddiag_pipelines.ingestion.labels_batch import (  # noqa: F401  (the layou
     read_labels_batch,
 )
 from meddiag_pipelines.labels import encode_labels
-from meddiag_pipelines.registry.promotion import slope_check, subgroup_aurocs
+from meddiag_pipelines.registry.promotion import slope_check, subgroup_aurocs, subgroup_rows
 from meddiag_pipelines.specs import EvaluationSpec, PromotionSpec
 
 
@@ -107,39 +108,63 @@ def realised_performance(
     return out
 
 
-def breach_checks(realised: dict, version_metrics: dict, promotion: PromotionSpec) -> dict:
-    """The promotion gate's rules applied to realised performance: ``{breach, reasons}``, failed rules first.
-    ``version_metrics``: the version's own test metrics (its ``metrics.json``)."""
+def _upper(figure: dict) -> float | None:
+    """The upper bound of a figure's AUROC 95% CI (``auroc_ci``), or the figure itself when it has none."""
+    ci = figure.get("auroc_ci")
+    return figure.get("auroc") if not ci or ci[1] is None else ci[1]
+
+
+def too_few_labels(realised: dict, min_n: int) -> str | None:
+    """Why the realised figure cannot be judged (fewer than ``min_n`` labelled cases, or one outcome only), or
+    ``None``. ``min_n``: the evaluation's ``min_subgroup_n``, the least n it judges a subgroup on."""
+    n, positives = realised["n"], realised.get("n_positive")
+    if n < min_n:
+        return f"too few labels to judge: n {n} < {min_n}"
+    if positives is not None and positives in (0, n):
+        return f"too few labels to judge: only one outcome among the {n} labelled cases"
+    return None
+
+
+def breach_checks(realised: dict, version_metrics: dict, promotion: PromotionSpec, min_n: int) -> dict:
+    """The promotion gate's rules applied to realised performance: ``{breach, judged, reasons}``, failed rules
+    first. ``version_metrics``: the version's own test metrics (its ``metrics.json``).
+
+    As at the gate, a rule fails only on evidence at this n: the realised AUROC breaches when the upper bound of
+    its 95% CI lies below ``auroc_floor``, or more than ``margin`` below the version's test AUROC (the gate's
+    non-inferiority rule, the burden reversed: the drop must be shown, not its absence); a subgroup when its CI's
+    upper bound falls more than ``max_subgroup_drop`` below its test AUROC; the calibration slope when its CI
+    lies outside ``slope_band`` (the gate's own rule). Under ``min_n`` labelled cases (or with one outcome only)
+    nothing is judged: ``judged`` is false and the reason says "too few labels"."""
+    few = too_few_labels(realised, min_n)
+    if few is not None:
+        return {"breach": False, "judged": False, "reasons": [few]}
     checks = []
-    auroc, test_auroc = realised.get("auroc"), version_metrics.get("auroc")
+    auroc, test_auroc, upper = realised.get("auroc"), version_metrics.get("auroc"), _upper(realised)
     ci = realised.get("auroc_ci") or [None, None]
     ci_text = f" (95% CI {ci[0]:.3f} to {ci[1]:.3f})" if None not in ci else ""
     if auroc is not None:
-        ok = auroc >= promotion.auroc_floor
-        verb = "clears" if ok else "is below"
-        checks.append((ok, f"realised AUROC {auroc:.3f}{ci_text} {verb} the floor {promotion.auroc_floor}"))
+        ok = upper >= promotion.auroc_floor
+        where = "reaches" if ok else "lies below"
+        checks.append((ok, f"realised AUROC {auroc:.3f}{ci_text}: its CI {where} the floor {promotion.auroc_floor}"))
         if test_auroc is not None:
-            ok = test_auroc - auroc <= promotion.margin
-            within = "within" if ok else "more than"
-            checks.append(
-                (
-                    ok,
-                    (
-                        f"realised AUROC {auroc:.3f} is {test_auroc - auroc:+.3f} below the version's test "
-                        f"AUROC {test_auroc:.3f}: {within} the margin {promotion.margin}"
-                    ),
-                )
+            ok = test_auroc - upper <= promotion.margin
+            text = (
+                f"realised AUROC {auroc:.3f} vs the version's test AUROC {test_auroc:.3f}: its CI's upper bound "
+                f"{upper:.3f} is {'not ' if ok else ''}more than the margin {promotion.margin} below it"
             )
+            checks.append((ok, text))
     checks += slope_check(realised, promotion)
     before = subgroup_aurocs(version_metrics)
-    for key, value in subgroup_aurocs(realised).items():
-        if key in before and before[key] - value > promotion.max_subgroup_drop:
+    for row_key, row in subgroup_rows(realised).items():
+        if row_key in before and before[row_key] - _upper(row) > promotion.max_subgroup_drop:
             text = (
-                f"subgroup {key[0]}={key[1]}: realised AUROC {value:.3f} falls more than "
-                f"{promotion.max_subgroup_drop} below its test AUROC {before[key]:.3f}"
+                f"subgroup {row_key[0]}={row_key[1]}: realised AUROC {row['auroc']:.3f} (CI upper bound "
+                f"{_upper(row):.3f}) falls more than {promotion.max_subgroup_drop} below its test AUROC "
+                f"{before[row_key]:.3f}"
             )
             checks.append((False, text))
     return {
         "breach": not all(ok for ok, _ in checks),
+        "judged": True,
         "reasons": [t for ok, t in checks if not ok] + [t for ok, t in checks if ok],
     }

@@ -29,13 +29,18 @@ class Decision:
         return asdict(self)
 
 
-def subgroup_aurocs(metrics: dict) -> dict[tuple[str, str], float]:
+def subgroup_rows(metrics: dict) -> dict[tuple[str, str], dict]:
+    """The subgroup rows judged (status ok, with an AUROC), by (column, value)."""
     out = {}
     for column, rows in (metrics.get("subgroups") or {}).items():
         for row in rows:
             if row.get("status") == "ok" and row.get("auroc") is not None:
-                out[(column, str(row["value"]))] = row["auroc"]
+                out[(column, str(row["value"]))] = row
     return out
+
+
+def subgroup_aurocs(metrics: dict) -> dict[tuple[str, str], float]:
+    return {key: row["auroc"] for key, row in subgroup_rows(metrics).items()}
 
 
 def _gate_checks(candidate: dict, champion: dict | None, settings: PromotionSpec) -> list[tuple[bool, str]]:

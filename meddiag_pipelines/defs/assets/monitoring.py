@@ -25,7 +25,7 @@ import polars as pl
 
 from meddiag_pipelines.defs.resources.storage import MeddiagStorage
 from meddiag_pipelines.ingestion.batches import LABELS_STATUS, RAW_TABLE
-from meddiag_pipelines.ingestion.landing import BatchKey
+from meddiag_pipelines.ingestion.landing import BatchKey, display_name
 from meddiag_pipelines.labels import task_kind
 from meddiag_pipelines.modalities.base import Explainer, PredictorFactory
 from meddiag_pipelines.monitoring.change_control import (
@@ -168,6 +168,13 @@ def rows_to_check(
     return {b: frame for b, frame in found.items() if not frame.is_empty()}
 
 
+def batch_source(batch: BatchKey, files: list[str]) -> str:
+    """A batch as an error names it: the batch and its files' names (as safe text)."""
+    if not files:
+        return f"batch {batch}"
+    return f"batch {batch} ({'file' if len(files) == 1 else 'files'} {', '.join(display_name(f) for f in files)})"
+
+
 def schema_problems(
     spec: TaskSpec, storage: MeddiagStorage, reference: Reference, version: str, to_check: dict[BatchKey, pl.DataFrame]
 ) -> tuple[set[BatchKey], dict[BatchKey, str]]:
@@ -175,9 +182,12 @@ def schema_problems(
     time by this version, with the problem). Each is reported once per version, so one bad batch does not fail
     every later run, while it stays unscored by that version."""
     refused, first = set(), {}
+    files = {
+        r["batch_id"]: json.loads(r["files"] or "[]") for r in storage.warehouse.ledger(spec.name).iter_rows(named=True)
+    }
     for batch, frame in to_check.items():
         try:
-            check_schema(reference, frame, f"batch {batch}")
+            check_schema(reference, frame, batch_source(batch, files.get(batch, [])))
         except SchemaError as err:
             refused.add(batch)
             stamp = f"{time.time()}:{uuid.uuid4().hex}"
@@ -247,7 +257,9 @@ def join_landed_labels(spec: TaskSpec, storage: MeddiagStorage, outcome: Monitor
         except LabelsError as err:
             outcome.labels_problems.append(f"batch {batch}: {err}")
             continue
-        realised["breach"] = breach_checks(realised, manifest["metrics"], spec.promotion)
+        realised["breach"] = breach_checks(
+            realised, manifest["metrics"], spec.promotion, spec.evaluation.min_subgroup_n
+        )
         record_realised(root, spec.name, batch, version, realised)
         metric = realised["metric"]
         outcome.realised.append(
@@ -365,11 +377,12 @@ def check_results(outcome: MonitoringOutcome, breached: dict[str, str]) -> list[
         metadata={"drifted_batches": len(outcome.drifted), "recorded_batches": len(outcome.recorded)},
     )
     problems = list(dict.fromkeys([f"{v}: {r}" for v, r in breached.items()] + outcome.labels_problems))
+    unjudged = [f"batch {r['batch']}: {r['reasons'][0]}" for r in outcome.realised if not r["judged"]]
     realised = dg.AssetCheckResult(
         check_name=REALISED_CHECK,
         passed=not problems,
         severity=dg.AssetCheckSeverity.ERROR,
-        description="; ".join(problems) or "no breach of the gate's criteria",
+        description="; ".join(problems or ["no breach of the gate's criteria", *unjudged]),
         metadata={"breached_versions": len(breached), "batches_joined_now": len(outcome.realised)},
     )
     return [schema, drift, realised]
