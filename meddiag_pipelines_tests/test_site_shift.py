@@ -68,7 +68,7 @@ def sites() -> dict[str, pl.DataFrame]:
 
 
 def unlabelled(frame: pl.DataFrame) -> pl.DataFrame:
-    """Cases to score: the label column is there, empty (a batch without it fails validation)."""
+    """Cases to score: the label column is there, empty (a file may also leave it out)."""
     return frame.with_columns(pl.lit(None, pl.String).alias(LABEL))
 
 

@@ -61,6 +61,11 @@ def test_an_empty_label_is_a_case_to_score_in_both_formats(synthetic_spec, layou
         assert read(layout, synthetic_spec, frame, filename, batch=f"b{i}")["outcome"].to_list() == ["yes", None, None]
 
 
+def test_a_batch_without_the_label_column_is_all_cases_to_score(synthetic_spec, layout):
+    out = read(layout, synthetic_spec, synthetic_records(3, seed=4).drop("outcome"))
+    assert out.height == 3 and out.schema["outcome"] == pl.String and out["outcome"].null_count() == 3
+
+
 @pytest.mark.parametrize(
     ("extra", "fragment"),
     [

@@ -90,7 +90,8 @@ def _check_magnitudes(frame: pl.DataFrame, numeric: list[str], rel: str) -> None
 def normalise(frame: pl.DataFrame, spec: TaskSpec, rel: str) -> pl.DataFrame:
     """Key columns as text; declared-numeric and all numeric columns as Float64 (so batches agree whether a
     column came as integers or decimals) with NaN as null, infinities and values beyond float32 refused; labels
-    in canonical form, empty labels as null (cases to score); 'not recorded' codes as null."""
+    in canonical form, empty labels as null (cases to score), as are all rows of a file without the label column;
+    'not recorded' codes as null."""
     frame = settled_types(frame, spec, rel)
     keys = [c for c in key_columns(spec) if c in frame.columns]
     frame = frame.with_columns(pl.col(c).cast(pl.String).str.strip_chars() for c in keys if c != spec.label)
@@ -101,6 +102,8 @@ def normalise(frame: pl.DataFrame, spec: TaskSpec, rel: str) -> pl.DataFrame:
         _check_magnitudes(frame, numeric, rel)
     if spec.label in frame.columns:
         frame = _canonical_labels(frame, spec.label)
+    else:  # new cases as a hospital exports them, without the outcome: every row is a case to score
+        frame = frame.with_columns(pl.lit(None, dtype=pl.String).alias(spec.label))
     for column, codes in spec.null_values.items():
         if column in frame.columns:
             dtype = frame.schema[column]
