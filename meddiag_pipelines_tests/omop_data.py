@@ -175,12 +175,12 @@ def two_outcome_tables(
         [i + timedelta(days=follow_days) for i in index] if follow_days is not None else [date(2020, 12, 31)] * persons
     )
     concepts = {
-        CELECOXIB: ("celecoxib", "Drug"),
-        STATIN: ("statin", "Drug"),
-        GI_BLEED: ("GI haemorrhage", "Condition"),
-        KIDNEY: ("kidney condition", "Condition"),
-        HYPERTENSION: ("hypertension", "Condition"),
-        RASH: ("rash", "Condition"),
+        CELECOXIB: ("celecoxib", "Drug", "Ingredient"),
+        STATIN: ("statin", "Drug", "Ingredient"),
+        GI_BLEED: ("GI haemorrhage", "Condition", "Clinical Finding"),
+        KIDNEY: ("kidney condition", "Condition", "Clinical Finding"),
+        HYPERTENSION: ("hypertension", "Condition", "Clinical Finding"),
+        RASH: ("rash", "Condition", "Clinical Finding"),
     }
     tables = {
         "person": pl.DataFrame(
@@ -203,8 +203,9 @@ def two_outcome_tables(
         "concept": pl.DataFrame(
             {
                 "concept_id": list(concepts),
-                "concept_name": [n for n, _ in concepts.values()],
-                "domain_id": [d for _, d in concepts.values()],
+                "concept_name": [n for n, _, _ in concepts.values()],
+                "domain_id": [d for _, d, _ in concepts.values()],
+                "concept_class_id": [c for _, _, c in concepts.values()],
             }
         ),
     }

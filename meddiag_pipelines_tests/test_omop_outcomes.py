@@ -33,7 +33,7 @@ SPEC = {
     "time_at_risk": {"start": 1, "end": 365, "min_days": 364},
     "training": {"trials": 2, "timeout_s": 20, "max_rounds": 200},
     "evaluation": {"n_bootstrap": 200},
-    "promotion": {"auroc_floor": 0.6},
+    "promotion": {"auroc_floor": 0.6, "slope_band": [0.2, 5.0]},  # a small cohort: the L1 model shrinks hard
 }
 
 
