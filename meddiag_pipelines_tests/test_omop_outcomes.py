@@ -14,6 +14,9 @@ import polars as pl
 import pytest
 import yaml
 
+from meddiag_pipelines.defs.partitions import scan_landing
+from meddiag_pipelines.ingestion.batches import ingest_new_batches
+from meddiag_pipelines.ingestion.errors import BatchRejected
 from meddiag_pipelines.ingestion.recovery import requeue
 from meddiag_pipelines.ingestion.warehouse import Warehouse
 from meddiag_pipelines.omop.batches import study_spec
@@ -107,6 +110,32 @@ def test_a_spec_may_read_the_shared_folder_of_another(tmp_path: Path):
     write_spec(tmp_path, SPEC | {"name": "late", "outcomes": TWO_OUTCOMES[:1], "landing": {"folder": NAME}}, "b.yaml")
     scan = scan_specs([tmp_path])
     assert scan.errors == [] and {s.landing_folder for s in scan.specs} == {NAME}
+
+
+def test_a_batch_one_task_refuses_stays_in_the_shared_folder_for_the_others(tmp_path: Path):
+    """Two tasks read one landing folder; the second refuses the batch: it is not moved (the first has read it
+    and its features read it again), only its reason is written, and no later scan of the second reads it."""
+    root, (first, second) = DataRoot(tmp_path / "data"), load_spec(write_spec(tmp_path, SPEC)).tasks()
+    warehouse = Warehouse(root)
+    batch = root.landing(NAME) / "b1"
+    land(batch, two_outcome_tables(5, 1, seed=0))
+    rows = pl.DataFrame({"person_id": [1, 2], "outcome": ["0", "1"]})
+
+    def refuse(landed, spec):
+        raise BatchRejected(landed.batch_id, "not for this outcome")
+
+    assert ingest_new_batches(first, root, warehouse, lambda landed, spec: rows).ingested == ["b1"]
+    assert [q["problem"] for q in ingest_new_batches(second, root, warehouse, refuse).quarantined] == [
+        "not for this outcome"
+    ]
+    reason = json.loads((root.quarantine(second.name) / "b1" / "reason.json").read_text())
+    assert (reason["problem"], reason["kept_in_landing"]) == ("not for this outcome", f"landing/{NAME}/b1")
+    assert (batch / "person.parquet").is_file() and (batch / "_READY").is_file()
+    assert ingest_new_batches(second, root, warehouse, refuse).skipped_known == 1
+    assert scan_landing(second, root, warehouse, {"b1"}) == scan_landing(first, root, warehouse, {"b1"})
+    assert scan_landing(second, root, warehouse, {"b1"}).again == {}
+    assert sorted(p.name for p in root.quarantine(second.name).iterdir()) == ["b1"]
+    assert (batch / "person.parquet").is_file()
 
 
 def meddiag_update(root: Path, *tasks: str) -> str:
