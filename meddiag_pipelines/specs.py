@@ -98,6 +98,7 @@ def _label_text(value: object) -> object:
 Label = Annotated[str, BeforeValidator(_label_text)]
 
 
+FAMILY_SEPARATOR = "__"  # <spec name>__<outcome>: the task of one outcome of an omop spec of several
 ROW_ID = "row_id"  # the id column tabular readers make when the spec names none and the data has none
 INTERNAL_PREFIX = "_meddiag_"  # the pipeline's own columns; readers refuse user columns in this namespace
 BATCH_COLUMN = f"{INTERNAL_PREFIX}batch"  # added by ingestion to every record: which batch it came from
@@ -237,6 +238,32 @@ class LandingSpec(_Section):
     ready: Literal["marker", "quiet"] = "marker"
     quiet_seconds: float = Field(60.0, ge=0)
     max_file_mb: float = Field(512.0, gt=0)
+    folder: str | None = Field(
+        None,
+        description="omop: the folder under landing/ the task reads (default: landing/<task>/); tasks naming the "
+        "same folder share its batches, and a batch one of them refuses stays there for the others (see "
+        "ingestion/batches.py)",
+    )
+
+    @field_validator("folder")
+    @classmethod
+    def _folder_is_a_name(cls, v: str | None) -> str | None:
+        if v is not None and (not TASK_NAME.match(v) or v in RESERVED_TASK_NAMES):
+            raise ValueError("must be a folder name like a task's: lower-case letters, digits and underscores")
+        return v
+
+    @property
+    def shared(self) -> bool:
+        """Whether the folder is named, so other tasks may read it too: nothing is moved out of it."""
+        return self.folder is not None
+
+
+class TaskFamily(_Section):
+    """The tasks one spec file expands into (an omop spec of several outcomes: one task per outcome), set by the
+    loader (:meth:`TaskSpec.tasks`): the spec's name and every task's name. Never written in a spec."""
+
+    name: str
+    tasks: list[str]
 
 
 class ImageSpec(_Section):
@@ -457,6 +484,7 @@ class TaskSpec(_Section):
     promotion: PromotionSpec = Field(default_factory=PromotionSpec)
     schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
     landing: LandingSpec = Field(default_factory=LandingSpec)
+    family: TaskFamily | None = None  # set by tasks(), never by a spec
 
     @model_validator(mode="before")
     @classmethod
@@ -477,14 +505,19 @@ class TaskSpec(_Section):
             raise ValueError(f"omop tasks need the omop extra (pip install 'meddiag_pipelines[omop]'): {exc}") from None
         if info.field_name == "outcomes":
             outcomes = [models.Outcome.model_validate(o) for o in (v if isinstance(v, list) else [v])]
-            if len(outcomes) != 1:
-                raise ValueError(
-                    "give exactly one outcome: a task trains one model; for several outcomes write one "
-                    "task per outcome (a spec of several outcomes is not supported yet)"
-                )
+            names = [o.name for o in outcomes]
+            if not outcomes or len(set(names)) != len(names):
+                raise ValueError("give one or more outcomes, each under its own name")
             return outcomes
         model = {"cohort": models.CohortSpec, "time_at_risk": models.TimeAtRisk, "covariates": models.CovariateSettings}
         return model[info.field_name].model_validate(v)
+
+    @field_validator("family")
+    @classmethod
+    def _family_is_the_loaders(cls, v: TaskFamily | None) -> TaskFamily | None:
+        if v is not None:
+            raise ValueError("is set by the loader when a spec holds several outcomes, never written in a spec")
+        return v
 
     @field_validator("name")
     @classmethod
@@ -541,6 +574,14 @@ class TaskSpec(_Section):
             raise ValueError("omop tasks need 'cohort' (the target cohort) and 'outcomes' (the outcome)")
         if self.modality != "omop" and given:
             raise ValueError(f"{', '.join(given)}: for omop tasks only")
+        if self.modality != "omop" and self.landing.folder is not None:
+            raise ValueError("landing.folder: for omop tasks only (the other modalities read landing/<task>/)")
+        too_long = [t for t in self._task_names() if not TASK_NAME.match(t)]
+        if too_long:
+            raise ValueError(
+                f"outcomes: the task of each outcome is named <name>{FAMILY_SEPARATOR}<outcome>, at most 63 "
+                f"characters; shorten the spec's name or the outcome's ({too_long[0]!r} is too long)"
+            )
         if self.modality == "image" and self.image is None:
             self.image = ImageSpec()
         if (self.modality == "volume") != (self.volume is not None):
@@ -564,6 +605,31 @@ class TaskSpec(_Section):
     @property
     def is_binary(self) -> bool:
         return self.positive is not None
+
+    @property
+    def landing_folder(self) -> str:
+        """The folder under ``landing/`` the task reads its batches from."""
+        return self.landing.folder or self.name
+
+    def _task_names(self) -> list[str]:
+        outcomes = self.outcomes or []
+        if len(outcomes) < 2:
+            return [self.name]
+        return [f"{self.name}{FAMILY_SEPARATOR}{o.name}" for o in outcomes]
+
+    def tasks(self) -> list[TaskSpec]:
+        """The tasks of this spec: itself, or, for an omop spec of several outcomes, one task per outcome, named
+        ``<name>__<outcome>``, each holding its one outcome, reading the spec's landing folder
+        (``landing.folder``, default the spec's name) and knowing its family (the comparison report's)."""
+        names = self._task_names()
+        if len(names) == 1:
+            return [self]
+        landing = self.landing.model_copy(update={"folder": self.landing_folder})
+        family = TaskFamily(name=self.name, tasks=names)
+        return [
+            self.model_copy(update={"name": name, "outcomes": [outcome], "landing": landing, "family": family})
+            for name, outcome in zip(names, self.outcomes, strict=True)
+        ]
 
 
 def spec_columns(records: pl.DataFrame, spec: TaskSpec) -> pl.DataFrame:
@@ -668,10 +734,31 @@ class SpecScan:
     files: dict[str, Path]
 
 
+def _clash(spec: TaskSpec, specs: dict[str, tuple[TaskSpec, Path]], taken: dict[str, tuple[bool, Path]]) -> str:
+    """Why the tasks of ``spec`` cannot join those already loaded (``specs``: task -> spec and file; ``taken``:
+    each name in use as a task, spec or landing folder -> whether it is a landing folder that tasks share, and
+    its file), or ``""``. A folder is shared only by tasks that all name it (``landing.folder``); the spec's name
+    of several tasks names their comparison report's folder, so it is taken too."""
+    tasks = spec.tasks()
+    for task in tasks:
+        if task.name in specs:
+            return f"key 'name': task {task.name!r} is already defined in {specs[task.name][1]}"
+    names = {spec.name, *(t.name for t in tasks)} - {spec.landing.folder}
+    for name in sorted(names):
+        if name in taken:
+            return f"key 'name': {name!r} is already a task, spec or landing folder of {taken[name][1]}"
+    folder = spec.landing_folder
+    if folder in taken and not (taken[folder][0] and tasks[0].landing.shared):
+        return f"key 'landing.folder': landing/{folder}/ is already read by {taken[folder][1]} and is not shared"
+    return ""
+
+
 def scan_specs(dirs: list[Path] | None = None) -> SpecScan:
-    """Every spec that loads, bundled first; a bad file (or a name already used, or a missing folder) becomes
-    an error of its own and never hides the good specs."""
+    """Every task of every spec that loads, bundled first (an omop spec of several outcomes gives one task per
+    outcome: :meth:`TaskSpec.tasks`); a bad file (or a name already used, or a missing folder) becomes an error
+    of its own and never hides the good specs."""
     specs: dict[str, tuple[TaskSpec, Path]] = {}
+    taken: dict[str, tuple[bool, Path]] = {}
     errors: list[SpecError] = []
     for folder in dirs if dirs is not None else spec_dirs():
         if not folder.is_dir():
@@ -683,10 +770,12 @@ def scan_specs(dirs: list[Path] | None = None) -> SpecScan:
             except SpecError as exc:
                 errors.append(exc)
                 continue
-            if spec.name in specs:
-                errors.append(
-                    SpecError(path, f"key 'name': task {spec.name!r} is already defined in {specs[spec.name][1]}")
-                )
+            if problem := _clash(spec, specs, taken):
+                errors.append(SpecError(path, problem))
                 continue
-            specs[spec.name] = (spec, path)
+            tasks = spec.tasks()
+            for name in {spec.name, *(t.name for t in tasks)}:
+                taken.setdefault(name, (False, path))
+            taken[spec.landing_folder] = (tasks[0].landing.shared, path)
+            specs.update((task.name, (task, path)) for task in tasks)
     return SpecScan([s for s, _ in specs.values()], errors, {name: path for name, (_, path) in specs.items()})

@@ -143,10 +143,11 @@ def plan_batches(
         raise UpdateError(f"{spec.name}: {exc}") from None
     if partition is not None:
         if partition not in known and partition not in scan.new:
-            ready = {d.name for d in ready_batch_dirs(storage.root.landing(spec.name), spec.landing)}
+            ready = {d.name for d in ready_batch_dirs(storage.root.landing(spec.landing_folder), spec.landing)}
             raise UpdateError(
                 f"{spec.name}: batch {partition!r} is neither a partition nor a complete batch in "
-                f"landing/{spec.name}/" + (" (its name cannot be a partition key)" if partition in ready else "")
+                f"landing/{spec.landing_folder}/"
+                + (" (its name cannot be a partition key)" if partition in ready else "")
             )
         # the named batch runs even if nothing changed: the user asked for it
         scan = LandingScan(
@@ -379,17 +380,20 @@ def configure_logging(verbose: bool) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Every named task (default: all) in turn, then one line per task; one that fails, or a spec that does not
-    load, does not stop the others, and the exit status is 1."""
+    """Every named task (default: all; the name of a spec of several outcomes names its tasks) in turn, then one
+    line per task; one that fails, or a spec that does not load, does not stop the others, and the exit status
+    is 1."""
     configure_logging(args.verbose)
     scan = scan_specs()
     specs = {s.name: s for s in scan.specs}
-    unknown = [t for t in args.tasks if t not in specs]
-    if unknown or (args.partition and len(args.tasks) != 1):
+    families = {s.family.name: s.family.tasks for s in scan.specs if s.family}
+    named = [t for name in args.tasks for t in families.get(name, [name])]
+    unknown = [t for t in named if t not in specs]
+    if unknown or (args.partition and len(named) != 1):
         why = f"unknown tasks: {', '.join(unknown)}" if unknown else "--partition needs exactly one task"
         log.error("update: %s", why)
         return 2
-    failed = [] if args.tasks else [str(e) for e in scan.errors]
+    failed = [] if named else [str(e) for e in scan.errors]
     for error in failed:
         log.error("update: task spec not loaded (the other tasks run): %s", error)
     try:
@@ -402,7 +406,7 @@ def run(args: argparse.Namespace) -> int:
     max_wait_s = MAX_WAIT_S if args.max_wait is None else args.max_wait
     lines = []
     with command_definitions(), dg.DagsterInstance.get() as instance:
-        for task in args.tasks or sorted(specs):
+        for task in named or sorted(specs):
             try:
                 lines.append(
                     update_task(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 
 import polars as pl
@@ -120,3 +120,97 @@ def write_cdm(folder: Path, tables: dict[str, pl.DataFrame], fmt: str = "parquet
         else:
             frame.write_parquet(folder / f"{name}.parquet")
     return folder
+
+
+KIDNEY, HYPERTENSION, STATIN, RASH = 4100, 5001, 6001, 5002  # SYNTHETIC concept ids of the two-outcome study
+TWO_OUTCOMES = [
+    {"name": "gi_bleed", "domain": "condition", "concepts": [GI_BLEED]},
+    {"name": "kidney", "domain": "condition", "concepts": [KIDNEY], "descendants": True},
+]
+
+
+def two_outcome_tables(
+    persons: int, first_id: int, seed: int, follow_days: int | None = None, ancestor: bool = True
+) -> dict[str, pl.DataFrame]:
+    """A SYNTHETIC CDM for a study of two outcomes: every person starts celecoxib (the index) between 2005 and
+    2015, observed from 2000; an earlier hypertension makes a GI bleed likely in the year after index, an earlier
+    statin a kidney condition (45% against 5%). ``follow_days``: observation ends that many days after index and
+    no outcome is recorded (persons still at risk, to score); ``ancestor``: with a ``concept_ancestor`` table."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    ids = np.arange(first_id, first_id + persons)
+    index = [date(2005, 1, 1) + timedelta(days=int(d)) for d in rng.integers(0, 3650, persons)]
+    days = lambda low, high: [timedelta(days=int(d)) for d in rng.integers(low, high, persons)]  # noqa: E731
+    hypertension, statin, rash = (rng.random(persons) < p for p in (0.4, 0.4, 0.5))
+    conditions = [
+        (HYPERTENSION, hypertension, [i - d for i, d in zip(index, days(30, 300), strict=True)]),
+        (RASH, rash, [i - d for i, d in zip(index, days(30, 300), strict=True)]),
+    ]
+    if follow_days is None:
+        after = [i + d for i, d in zip(index, days(1, 300), strict=True)]
+        conditions += [
+            (GI_BLEED, rng.random(persons) < np.where(hypertension, 0.45, 0.05), after),
+            (KIDNEY, rng.random(persons) < np.where(statin, 0.45, 0.05), after),
+        ]
+    drugs = [
+        (CELECOXIB, np.ones(persons, dtype=bool), index),
+        (STATIN, statin, [i - d for i, d in zip(index, days(10, 200), strict=True)]),
+    ]
+
+    def events(rows: list, concept: str, start: str) -> pl.DataFrame:
+        frame = pl.concat(
+            [
+                pl.DataFrame(
+                    {"person_id": ids[has], concept: c, start: [d for d, h in zip(when, has, strict=True) if h]}
+                )
+                for c, has, when in rows
+            ]
+        )
+        return frame.with_row_index(concept.replace("concept_id", "id"), offset=1).with_columns(
+            pl.col(concept).cast(pl.Int64), pl.col(start).cast(pl.Date)
+        )
+
+    end = (
+        [i + timedelta(days=follow_days) for i in index] if follow_days is not None else [date(2020, 12, 31)] * persons
+    )
+    concepts = {
+        CELECOXIB: ("celecoxib", "Drug", "Ingredient"),
+        STATIN: ("statin", "Drug", "Ingredient"),
+        GI_BLEED: ("GI haemorrhage", "Condition", "Clinical Finding"),
+        KIDNEY: ("kidney condition", "Condition", "Clinical Finding"),
+        HYPERTENSION: ("hypertension", "Condition", "Clinical Finding"),
+        RASH: ("rash", "Condition", "Clinical Finding"),
+    }
+    tables = {
+        "person": pl.DataFrame(
+            {
+                "person_id": ids,
+                "gender_concept_id": rng.choice([MALE, FEMALE], persons),
+                "year_of_birth": rng.integers(1940, 1980, persons),
+            }
+        ),
+        "observation_period": pl.DataFrame(
+            {
+                "observation_period_id": ids,
+                "person_id": ids,
+                "observation_period_start_date": [date(2000, 1, 1)] * persons,
+                "observation_period_end_date": end,
+            }
+        ),
+        "drug_exposure": events(drugs, "drug_concept_id", "drug_exposure_start_date"),
+        "condition_occurrence": events(conditions, "condition_concept_id", "condition_start_date"),
+        "concept": pl.DataFrame(
+            {
+                "concept_id": list(concepts),
+                "concept_name": [n for n, _, _ in concepts.values()],
+                "domain_id": [d for _, d, _ in concepts.values()],
+                "concept_class_id": [c for _, _, c in concepts.values()],
+            }
+        ),
+    }
+    if ancestor:
+        tables["concept_ancestor"] = pl.DataFrame(
+            {"ancestor_concept_id": list(concepts), "descendant_concept_id": list(concepts)}
+        )
+    return tables

@@ -39,7 +39,7 @@ def build_definitions(specs: list[TaskSpec] | None = None, data_dir=None) -> dg.
         errors = scan.errors
         tasks = [isolated_task_definitions(spec, scan.files[spec.name]) for spec in scan.specs]
     else:  # the caller's own specs (tests, benchmarks): a task that cannot be built raises
-        tasks = [build_task_definitions(spec) for spec in specs]
+        tasks = [build_task_definitions(task) for spec in specs for task in spec.tasks()]
     shared = dg.Definitions(
         assets=[spec_error_asset(e) for e in errors], resources=build_resources(data_dir), executor=executor()
     )

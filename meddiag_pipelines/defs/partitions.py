@@ -95,21 +95,26 @@ def scan_landing(
     ``retry_unrecorded``: a partition the ledger does not know yet (its run failed, or is still going: the
     sensor passes ``False``) runs again. A landing folder that is a link or not a folder is refused
     (:class:`~meddiag_pipelines.ingestion.landing.LandingFolderError`), never scanned as empty."""
-    check_landing_folder(root.landing(spec.name))
+    check_landing_folder(root.landing(spec.landing_folder))
     if (store := root.object_store()) is not None:  # batches landed in the store's landing prefix
         marker = READY_MARKER if spec.landing.ready == "marker" else None
         store.take_ready_folders(
-            store.relative(root.landing(spec.name)), root.landing(spec.name), marker, spec.landing.quiet_seconds
+            store.relative(root.landing(spec.landing_folder)),
+            root.landing(spec.landing_folder),
+            marker,
+            spec.landing.quiet_seconds,
         )
     ledger = {r["batch_id"]: r for r in warehouse.ledger(spec.name).iter_rows(named=True)}
     scan, private = LandingScan(), private_names(spec)
-    for batch_dir in ready_batch_dirs(root.landing(spec.name), spec.landing):
+    for batch_dir in ready_batch_dirs(root.landing(spec.landing_folder), spec.landing):
         name = batch_key(batch_dir)
+        row = ledger.get(name)
+        if spec.landing.shared and row is not None and row["status"] == "quarantined":
+            continue  # refused by this task, kept for the others that share the folder
         if problem := partition_key_problem(batch_dir):
             refuse_batch(spec, root, warehouse, describe_batch(spec.name, batch_dir), problem, IngestSummary())
             scan.refused.append(name)
             continue
-        row = ledger.get(name)
         if name not in partitions:
             scan.new[name] = describe_batch(spec.name, batch_dir).content_hash
         elif (row is None and retry_unrecorded) or (row is not None and _needs_run(batch_dir, row, private)):

@@ -1,7 +1,9 @@
 """Batch bookkeeping shared by every modality: read new batches once, validate them, quarantine failures.
 
 Each landed batch ends in exactly one ledger state: ``read`` (waiting for validation), ``validated`` or
-``quarantined`` (moved to ``<data>/quarantine/<task>/`` with a ``reason.json``), or ``labels``: a batch whose
+``quarantined`` (moved to ``<data>/quarantine/<task>/`` with a ``reason.json``; in a landing folder that several
+tasks share, ``landing.folder``, left in place with only the reason there, since the same batch may pass the
+other tasks' checks: the ledger is each task's own), or ``labels``: a batch whose
 every file is a CSV or Parquet file holding only the task's id and label columns gives the outcomes of cases
 already scored (``monitoring.labels``); it holds no records, is never validated or trained on, and stays in
 landing for the monitoring of the predictions to join. :func:`reconcile` proves that every landed batch is
@@ -52,7 +54,7 @@ from meddiag_pipelines.ingestion.landing import (
     waiting_batch_dirs,
     waiting_reason,
 )
-from meddiag_pipelines.ingestion.quarantine import is_folder, quarantine_batch, quarantine_file
+from meddiag_pipelines.ingestion.quarantine import is_folder, keep_in_landing, quarantine_batch, quarantine_file
 from meddiag_pipelines.ingestion.warehouse import SchemaConflict, Warehouse, conform
 from meddiag_pipelines.specs import BATCH_COLUMN, TaskSpec, canonical_label
 from meddiag_pipelines.storage import DataRoot
@@ -160,7 +162,10 @@ def _quarantine(
             return False
     else:
         warehouse.set_status(spec.name, batch.batch_id, "quarantined", reason)
-    quarantine_batch(batch.path, root.quarantine(spec.name), reason, batch.batch_id, store=root.object_store())
+    if spec.landing.shared:  # the other tasks of the folder may read the batch (or have): it stays
+        keep_in_landing(root, root.quarantine(spec.name), reason, batch.batch_id, batch.path)
+    else:
+        quarantine_batch(batch.path, root.quarantine(spec.name), reason, batch.batch_id, store=root.object_store())
     log.warning("task %s: batch %s quarantined: %s: %s", spec.name, batch.batch_id, reason["file"], reason["problem"])
     return True
 
@@ -222,6 +227,8 @@ def _finish_interrupted(spec: TaskSpec, root: DataRoot, batch_dir: Path, row: di
     """A known batch still in landing: finish what a crashed run began (moving a quarantined batch or its
     rejected files), or quarantine a different export re-landed under the name of a quarantined batch."""
     reason = json.loads(row["reason"]) if row["reason"] else {}
+    if row["status"] == "quarantined" and spec.landing.shared:
+        return  # kept in its shared landing folder on purpose (_quarantine): nothing to finish
     if row["status"] == "quarantined":
         batch = describe_batch(spec.name, batch_dir)
         if batch.content_hash != row["content_hash"]:
@@ -369,7 +376,7 @@ def _unread(outcome: ReadOutcome, batch: LandedBatch) -> list[tuple[str, str]]:
 
 def ingest_new_batches(spec: TaskSpec, root: DataRoot, warehouse: Warehouse, reader: Reader) -> IngestSummary:
     """:func:`ingest_batches` over every ready batch of the landing folder."""
-    names = [d.name for d in ready_batch_dirs(root.landing(spec.name), spec.landing)]
+    names = [d.name for d in ready_batch_dirs(root.landing(spec.landing_folder), spec.landing)]
     return ingest_batches(spec, root, warehouse, reader, names)
 
 
@@ -382,7 +389,7 @@ def ingest_batches(
     One step at a time per task (the task's Dagster pool, instance-wide); without it, a batch is still ingested
     once even if two runs race or one is killed half-way: its ledger entry is created once, by one of them
     (:meth:`Warehouse.add_batch`), and names its records file."""
-    task_landing = root.landing(spec.name)
+    task_landing = root.landing(spec.landing_folder)
     if task_landing.exists():
         root.confined(task_landing)  # a landing folder that is a link out of the data root is a setup error
     check_landing_folder(task_landing)  # so is a link inside it, or a file: either would read as "nothing landed"
@@ -657,7 +664,7 @@ def validate_batches(
             batch = LandedBatch(
                 spec.name,
                 batch_id,
-                root.landing(spec.name) / batch_id,
+                root.landing(spec.landing_folder) / batch_id,
                 tuple(json.loads(row["files"])),
                 row["content_hash"],
                 0,
@@ -684,7 +691,7 @@ def why_no_records(spec: TaskSpec, root: DataRoot, warehouse: Warehouse) -> str:
     with their reasons (file and problem, never record content), or an empty landing folder."""
     parts = [
         f"{batch_key(d)} {waiting_reason(spec.landing)}"
-        for d in waiting_batch_dirs(root.landing(spec.name), spec.landing)
+        for d in waiting_batch_dirs(root.landing(spec.landing_folder), spec.landing)
     ]
     for row in warehouse.ledger(spec.name).filter(pl.col("status") == "quarantined").iter_rows(named=True):
         parts.append(
@@ -693,7 +700,7 @@ def why_no_records(spec: TaskSpec, root: DataRoot, warehouse: Warehouse) -> str:
     for batch_id in warehouse.ledger(spec.name).filter(pl.col("status") == LABELS_STATUS)["batch_id"].to_list():
         parts.append(f"{batch_id} is a labels batch (ids and labels of cases already scored), not records")
     if not parts:
-        parts.append(f"no complete batch has landed in landing/{spec.name}/ yet")
+        parts.append(f"no complete batch has landed in landing/{spec.landing_folder}/ yet")
     return "no validated rows: " + "; ".join(parts)
 
 

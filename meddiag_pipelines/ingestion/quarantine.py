@@ -14,7 +14,8 @@ were set aside one by one and which is then refused as a whole joins the same fo
 is under one ``files/`` tree, at its own path (``requeue`` brings them back from there).
 
 On an object-store data root the quarantine is in the store: what is set aside is uploaded there (its reason
-last), and only then removed from the local landing folder."""
+last), and only then removed from the local landing folder. A batch of a landing folder that several tasks share
+is never moved: the task that refuses it writes only its ``reason.json`` (:func:`keep_in_landing`)."""
 
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ from meddiag_pipelines.storage import DataRoot
 REASON_FILE = "reason.json"
 FILES_DIR = "files"
 REASONS_DIR = "reasons"
+KEPT_IN_LANDING = "kept_in_landing"  # a batch of a shared landing folder refused but left there: where it is
 
 
 def file_reason(folder: Path, rel: str) -> Path:
@@ -106,6 +108,16 @@ def quarantine_batch(
     elif _taken(source):  # the folder, or a link in place of it (moved as the link, never followed)
         shutil.move(str(source), str(_free_place(dest, FILES_DIR)))
     atomic_write_json(dest / REASON_FILE, reason)
+    return dest
+
+
+def keep_in_landing(root: DataRoot, quarantine_root: Path, reason: dict, name: str, landed: Path) -> str:
+    """The quarantine of a batch of a shared landing folder (``landing.folder``: other tasks read it): the batch
+    stays where it landed, ``landed``; ``quarantine/<task>/<name>/reason.json`` says why this task refused it and
+    where it is (``kept_in_landing``). Returns that folder relative to the data root."""
+    rel = root.relative(quarantine_root)
+    dest = f"{rel}/{free_name(name, lambda n: root.exists(f'{rel}/{n}/{REASON_FILE}'))}"
+    root.write_json(f"{dest}/{REASON_FILE}", {**reason, KEPT_IN_LANDING: root.relative(landed)})
     return dest
 
 

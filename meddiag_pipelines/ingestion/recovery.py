@@ -23,7 +23,14 @@ from pathlib import Path, PurePosixPath
 
 from meddiag_pipelines.atomic import staging_dir
 from meddiag_pipelines.ingestion.landing import READY_MARKER, display_name
-from meddiag_pipelines.ingestion.quarantine import FILES_DIR, REASON_FILE, REASONS_DIR, free_name, is_folder
+from meddiag_pipelines.ingestion.quarantine import (
+    FILES_DIR,
+    KEPT_IN_LANDING,
+    REASON_FILE,
+    REASONS_DIR,
+    free_name,
+    is_folder,
+)
 from meddiag_pipelines.ingestion.warehouse import Warehouse
 from meddiag_pipelines.storage import DataRoot
 
@@ -44,8 +51,9 @@ def check_plain_name(kind: str, name: str) -> None:
 def requeue(root: DataRoot, warehouse: Warehouse, task: str, batch: str) -> Path:
     """Bring every file of a quarantined batch back to ``landing/<task>/<batch>/``, each at the path it landed at,
     from all of the batch's quarantine folders (:func:`quarantine_folders`), with a fresh ``_READY``, and forget
-    its ledger entry and records. The quarantine's reasons are not data: they stay, in
-    ``quarantine/<task>/_requeued/``. Refused (nothing changed) unless the ledger holds the batch as quarantined
+    its ledger entry and records; returns the batch's landing folder. A batch of a shared landing folder, never
+    moved (``kept_in_landing``), is only forgotten, to be read again. The quarantine's reasons are not data: they
+    stay, in ``quarantine/<task>/_requeued/``. Refused (nothing changed) unless the ledger holds the batch as quarantined
     and quarantine holds its files, when landing already holds a folder of that name, or when two of its
     quarantine folders hold a file at the same path."""
     check_plain_name("task", task)
@@ -60,6 +68,11 @@ def requeue(root: DataRoot, warehouse: Warehouse, task: str, batch: str) -> Path
             f"batch {batch} of {task} is not quarantined ({found}; quarantine/{task}/{batch}/ "
             f"{'exists' if folders else 'does not exist'}); only a quarantined batch can be requeued"
         )
+    kept = _kept_in_landing(quarantine / batch)
+    if kept is not None:  # a batch of a shared landing folder never left it: this task reads it again
+        _set_reasons_aside(quarantine, folders)
+        warehouse.forget_batch(task, batch)
+        return root.path(kept)
     if os.path.lexists(target):
         raise RecoveryError(f"landing/{task}/{batch} already exists; move it away or land the batch under a new name")
     files = _files_to_restore(task, [root.path(root.relative(f)) for f in folders])
@@ -67,14 +80,27 @@ def requeue(root: DataRoot, warehouse: Warehouse, task: str, batch: str) -> Path
     for rel, folder in files.items():
         (staging / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.move(str(folder / FILES_DIR / rel), str(staging / rel))
-    for folder in folders:
-        kept = quarantine / REQUEUED_DIR
-        kept.mkdir(exist_ok=True)
-        folder.rename(kept / free_name(folder.name, lambda n, at=kept: os.path.lexists(at / n)))
+    _set_reasons_aside(quarantine, folders)
     warehouse.forget_batch(task, batch)  # before the marker: a sensor tick finds the batch only once it is forgotten
     staging.rename(target)
     (target / READY_MARKER).touch()
     return target
+
+
+def _set_reasons_aside(quarantine: Path, folders: list[Path]) -> None:
+    kept = quarantine / REQUEUED_DIR
+    kept.mkdir(exist_ok=True)
+    for folder in folders:
+        folder.rename(kept / free_name(folder.name, lambda n, at=kept: os.path.lexists(at / n)))
+
+
+def _kept_in_landing(folder: Path) -> str | None:
+    """Where a batch refused in a shared landing folder was left (relative to the data root), or ``None``."""
+    try:
+        kept = json.loads((folder / REASON_FILE).read_text(encoding="utf-8")).get(KEPT_IN_LANDING)
+    except (OSError, ValueError, AttributeError):
+        return None
+    return kept if isinstance(kept, str) else None
 
 
 def quarantine_folders(quarantine: Path, batch: str) -> list[Path]:

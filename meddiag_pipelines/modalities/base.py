@@ -237,6 +237,12 @@ class Modality(ABC):
         """(title, HTML) report sections that need the test rows and their scores (e.g. saliency maps)."""
         return []
 
+    def family_report(self, spec: TaskSpec, storage: Storage) -> None:
+        """After each champion decision of a task of a family (``spec.family``: the tasks one spec file expands
+        into, e.g. an omop spec's one task per outcome), write the report comparing the family's tasks under
+        ``reports/<family>/``; nothing by default."""
+        return None
+
     # -- export ---------------------------------------------------------------------------------------------------
     def exportable(self, version: VersionToExport) -> ModelExport | None:
         """A published version's model as ONNX (``meddiag registry export``), or ``ExportRefused`` naming what to

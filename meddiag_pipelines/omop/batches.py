@@ -24,7 +24,7 @@ from meddiag_pipelines.omop.cdm import CdmRefused, open_cdm
 from meddiag_pipelines.omop.cohort import Study, build_study
 from meddiag_pipelines.omop.covariates import build_covariates
 from meddiag_pipelines.omop.meds import write_meds
-from meddiag_pipelines.omop.spec import CovariateSettings, StudySpec, TimeAtRisk
+from meddiag_pipelines.omop.spec import CovariateSettings, Outcome, StudySpec, TimeAtRisk
 from meddiag_pipelines.specs import TaskSpec
 
 GENDERS = {8507: "male", 8532: "female"}  # OMOP gender concepts; others are "other or unknown"
@@ -37,11 +37,20 @@ def batch_cache(batch: LandedBatch) -> Path:
     return batch.path.parents[2] / "cache" / batch.task / batch.batch_id
 
 
+def task_outcome(spec: TaskSpec) -> Outcome:
+    """The one outcome of an omop task (a spec of several outcomes is one task per outcome: ``spec.tasks()``)."""
+    if len(spec.outcomes) != 1:
+        raise ValueError(
+            f"{spec.name}: a task has one outcome; a spec of several is one task per outcome (TaskSpec.tasks())"
+        )
+    return spec.outcomes[0]
+
+
 def study_spec(spec: TaskSpec) -> StudySpec:
-    """The study part of an omop task spec."""
+    """The study part of an omop task spec: its target cohort and its one outcome."""
     return StudySpec(
         cohort=spec.cohort,
-        outcomes=spec.outcomes,
+        outcomes=[task_outcome(spec)],
         time_at_risk=spec.time_at_risk or TimeAtRisk(),
         covariates=spec.covariates or CovariateSettings(),
     )

@@ -30,9 +30,16 @@ from meddiag_pipelines.modalities.base import (
     TrainedModel,
     TrainingRun,
 )
-from meddiag_pipelines.omop.batches import OmopReader, prepare_batch
+from meddiag_pipelines.omop.batches import OmopReader, prepare_batch, task_outcome
 from meddiag_pipelines.omop.models import train_omop_models
-from meddiag_pipelines.omop.report import attrition_html, study_html, top_covariates, top_covariates_html
+from meddiag_pipelines.omop.report import (
+    attrition_html,
+    outcome_comparison,
+    study_html,
+    top_covariates,
+    top_covariates_html,
+    write_comparison,
+)
 from meddiag_pipelines.specs import BATCH_COLUMN, TaskSpec
 from meddiag_pipelines.split import SPLIT_COLUMN, key_columns_in
 from meddiag_pipelines.validation.suites import CheckFailure
@@ -145,7 +152,7 @@ class OmopModality(Modality):
     baseline_trained_by_candidate = True
 
     def descriptions(self, spec: TaskSpec) -> Descriptions:
-        outcome = spec.outcomes[0].name
+        outcome = task_outcome(spec).name
         return Descriptions(
             raw_records="new landed OMOP CDM batches (one DuckDB file, or one CSV/Parquet file per table): the "
             f"study population of {outcome!r}, one row per person; untidy data repaired and counted, a CDM that "
@@ -178,7 +185,9 @@ class OmopModality(Modality):
         cache_dir = storage.root.cache(spec.name)
         studies = {}
         for (batch,), rows in split.group_by(BATCH_COLUMN):
-            studies[batch] = prepare_batch(storage.root.landing(spec.name) / batch, cache_dir / batch, spec, rows)
+            studies[batch] = prepare_batch(
+                storage.root.landing(spec.landing_folder) / batch, cache_dir / batch, spec, rows
+            )
         train = split.filter(pl.col(SPLIT_COLUMN) == "train")
         held = pl.concat(
             [
@@ -257,7 +266,7 @@ class OmopModality(Modality):
             }
         return {
             "omop": {
-                "outcome": spec.outcomes[0].name,
+                "outcome": task_outcome(spec).name,
                 "attrition": plan["study"]["attrition"],
                 "persons": n,
                 "outcome_count": cases,
@@ -281,6 +290,10 @@ class OmopModality(Modality):
             ("Cohort attrition", attrition_html(omop.get("attrition") or [])),
             ("Outcome, time at risk and both models", study_html(omop)),
         ]
+
+    def family_report(self, spec: TaskSpec, storage: Storage) -> None:
+        """``reports/<spec>/outcomes.json`` and ``outcomes.html``: the outcomes of the spec side by side."""
+        write_comparison(storage.root, spec.family.name, outcome_comparison(storage, spec.family))
 
 
 MODALITY = OmopModality()

@@ -1,15 +1,20 @@
 """The omop task's report sections: cohort attrition, outcome incidence and time at risk, both models' test
-AUROC, and the covariates with the largest effect (aggregates and covariate names only, never a person's data)."""
+AUROC, and the covariates with the largest effect; and, for a spec of several outcomes, the report comparing
+them (aggregates and covariate names only, never a person's data)."""
 
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
 from markupsafe import escape
 
 from meddiag_pipelines.flat.models import load_booster
+from meddiag_pipelines.modalities.base import Storage
+from meddiag_pipelines.specs import FAMILY_SEPARATOR, TaskFamily
+from meddiag_pipelines.storage import DataRoot
 
 TOP_COVARIATES = 15
 
@@ -78,3 +83,96 @@ def top_covariates_html(top: dict[str, list[dict]]) -> str:
         f"<p>L1 logistic regression: the non-zero coefficients of largest size.</p>{lasso}"
         f"<p>XGBoost: the covariates of most total gain.</p>{boost}"
     )
+
+
+# -- a spec of several outcomes: one model each, compared ---------------------------------------------------------
+def outcome_comparison(storage: Storage, family: TaskFamily) -> dict:
+    """Per outcome (one task each) of the spec ``family``, from its latest evaluated model: the study population,
+    the cases and incidence, the test AUROC with its 95% CI (the chosen model and both models), the gate's
+    decision and the champion in force."""
+    return {
+        "spec": family.name,
+        "at": time.time(),
+        "outcomes": [_outcome_entry(storage, t, family) for t in family.tasks],
+    }
+
+
+def _outcome_entry(storage: Storage, task: str, family: TaskFamily) -> dict:
+    root, registry = storage.root, storage.registry
+    entry = {"outcome": task.removeprefix(family.name + FAMILY_SEPARATOR), "task": task}
+    reports = root.relative(root.reports(task))
+    try:
+        version = root.read_json(f"{reports}/latest.json")["version"]
+        metrics = root.read_json(f"{reports}/latest/metrics.json")
+    except FileNotFoundError:
+        return {**entry, "version": None, "decision": "no model evaluated yet"}
+    omop = metrics.get("omop") or {}
+    decision = registry.manifest(task, version).get("decision") if registry.published(task, version) else None
+    champion = registry.champion(task)
+    return {
+        **entry,
+        "version": version,
+        **{k: omop.get(k) for k in ("persons", "outcome_count", "incidence", "persons_to_score")},
+        "model": metrics.get("model_name"),
+        "test_auroc": metrics.get("auroc"),
+        "test_auroc_ci": metrics.get("auroc_ci"),
+        "models": omop.get("test_auroc") or {},
+        "promoted": decision.get("promote") if decision else None,
+        "decision": "; ".join(decision.get("reasons") or []) if decision else "not published",
+        "champion": champion["version"] if champion else None,
+    }
+
+
+def _auroc_text(auroc: float | None, ci: list | None) -> str:
+    if auroc is None:
+        return "n/a"
+    return _ci({"auroc": auroc, "auroc_ci": ci})
+
+
+def comparison_html(comparison: dict) -> str:
+    """One self-contained page: the outcomes of the spec side by side."""
+    rows = []
+    for e in comparison["outcomes"]:
+        if e["version"] is None:
+            rows.append([e["outcome"], "", "", "", "", e["decision"], ""])
+            continue
+        incidence = f" ({e['incidence']:.1%})" if e.get("incidence") is not None else ""
+        models = ", ".join(
+            f"{name} {_auroc_text(m.get('auroc'), m.get('auroc_ci'))}" for name, m in e["models"].items()
+        )
+        verdict = {True: "promoted", False: "not promoted", None: ""}[e["promoted"]]
+        rows.append(
+            [
+                e["outcome"],
+                f"{e['persons']:,}" if e.get("persons") is not None else "n/a",
+                f"{e['outcome_count']:,}{incidence}" if e.get("outcome_count") is not None else "n/a",
+                f"{e['model']}: {_auroc_text(e['test_auroc'], e['test_auroc_ci'])}",
+                models,
+                f"{verdict}: {e['decision']}" if verdict else e["decision"],
+                e["champion"] or "none",
+            ]
+        )
+    header = [
+        "outcome",
+        "study population",
+        "cases (incidence)",
+        "test AUROC (95% CI)",
+        "both models",
+        "decision",
+        "champion",
+    ]
+    name = escape(comparison["spec"])
+    return (
+        f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>Outcomes: {name}</title></head><body>"
+        f"<h1>Outcomes of {name}</h1><p>Which outcomes the target cohort may develop: one model per outcome, each "
+        "trained, gated and promoted on its own study population (the same target cohort, less the persons with that "
+        "outcome before the time at risk), from each task's latest evaluated version.</p>"
+        f"{_table(header, rows)}</body></html>\n"
+    )
+
+
+def write_comparison(root: DataRoot, spec_name: str, comparison: dict) -> None:
+    """``reports/<spec>/outcomes.json`` and ``outcomes.html``, each replaced whole (atomically)."""
+    folder = root.relative(root.reports(spec_name))
+    root.write_json(f"{folder}/outcomes.json", comparison)
+    root.write_bytes(f"{folder}/outcomes.html", comparison_html(comparison).encode())

@@ -20,7 +20,7 @@ from meddiag_pipelines import __version__
 from meddiag_pipelines.specs import TaskSpec
 
 # Settings that change no trained model nor the thresholds a version carries.
-MODEL_IRRELEVANT = {"description", "owner", "schedule", "landing", "promotion"}
+MODEL_IRRELEVANT = {"description", "owner", "schedule", "landing", "promotion", "family"}
 PACKAGE = Path(__file__).resolve().parent.parent
 # The code: Python source, and the templates of the report and model card a version holds. Not the bundled specs
 # (a spec counts through its model settings) nor compiled files.

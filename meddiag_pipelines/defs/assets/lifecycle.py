@@ -172,10 +172,12 @@ def build_model_lifecycle_assets(
     card_extras: Callable[[dict], list[tuple[str, str]]] | None = None,
     extra_metrics: Callable[[dict, pl.DataFrame], dict] | None = None,
     test_sections: Callable[[dict, pl.DataFrame, np.ndarray, dict], list[tuple[str, str]]] | None = None,
+    family_report: Callable[[MeddiagStorage], None] | None = None,
 ) -> list:
     """``test_sections(candidate_handle, test_rows, test_proba, metrics)``: extra report sections that need the
     test split (e.g. imaging saliency over true / false positives); ``card_extras(candidate_handle)`` those
-    that do not."""
+    that do not; ``family_report(storage)``: after each champion decision, the report comparing the tasks of the
+    task's spec file (``spec.family``)."""
     name = spec.name
     split_key = dg.AssetKey([name, "split"])
 
@@ -225,7 +227,12 @@ def build_model_lifecycle_assets(
         description=f"{name}: champion/challenger decision on the current test set; publishes the candidate "
         f"as an immutable registry version (models/{name}/<version>/: model, plan, manifest with its decision, "
         "and its own report files) and moves champion.json when it wins. A candidate trained from the inputs "
-        f"of a published version is discarded, and reports/{name}/latest.json then names that version.",
+        f"of a published version is discarded, and reports/{name}/latest.json then names that version."
+        + (
+            f" Then the report comparing the tasks of its spec file, in reports/{spec.family.name}/."
+            if spec.family
+            else ""
+        ),
         **tags,
     )
     def champion(
@@ -242,6 +249,8 @@ def build_model_lifecycle_assets(
         reasons = value["decision"]["reasons"]
         for reason in reasons:
             context.log.info(f"{name} {value['candidate']}: {reason}")
+        if family_report:
+            family_report(storage)
         context.add_output_metadata(
             {
                 "candidate": value["candidate"],

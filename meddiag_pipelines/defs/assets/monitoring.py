@@ -225,7 +225,7 @@ def landed_labels(spec: TaskSpec, storage: MeddiagStorage) -> pl.DataFrame | Non
     if ledger.is_empty():
         return None
     files = [
-        storage.root.landing(spec.name) / r["batch_id"] / f
+        storage.root.landing(spec.landing_folder) / r["batch_id"] / f
         for r in ledger.iter_rows(named=True)
         for f in json.loads(r["files"])
     ]

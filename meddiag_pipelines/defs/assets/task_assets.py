@@ -50,6 +50,7 @@ def build_task_assets(spec: TaskSpec) -> list:
         test_sections=lambda candidate, test, proba, metrics: modality.test_sections(
             spec, candidate, test, proba, metrics
         ),
+        family_report=(lambda storage: modality.family_report(spec, storage)) if spec.family else None,
     )
     return [raw_records, validated_records, *checks, *split, features, candidate_model, baseline_model, *downstream]
 

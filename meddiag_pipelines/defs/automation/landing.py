@@ -69,7 +69,7 @@ def build_landing_sensor(spec: TaskSpec, job) -> dg.SensorDefinition:
         for name in scan.refused:
             context.log.warning(f"{spec.name}: batch {name} quarantined: its name cannot be a partition key")
         if not scan.new and not scan.again:
-            return dg.SkipReason(f"no new or changed complete batch in landing/{spec.name}")
+            return dg.SkipReason(f"no new or changed complete batch in landing/{spec.landing_folder}")
         return dg.SensorResult(
             run_requests=batch_run_requests(spec, scan, run_tags(spec, "landing")),
             dynamic_partitions_requests=[partitions.build_add_request(sorted(scan.new))] if scan.new else [],
