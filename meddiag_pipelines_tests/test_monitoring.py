@@ -317,7 +317,9 @@ def test_a_realised_drop_breaches_the_gates_margins_and_a_steady_figure_does_not
     calm = breach_checks(steady, version, promotion, EVAL.min_subgroup_n)
     assert calm["breach"] is False and calm["judged"] is True
     verdict = breach_checks(dropped, version, promotion, EVAL.min_subgroup_n)
-    failed = [r for r in verdict["reasons"] if any(w in r for w in ("lies below", "is more than", "falls more", "outside"))]
+    failed = [
+        r for r in verdict["reasons"] if any(w in r for w in ("lies below", "is more than", "falls more", "outside"))
+    ]
     assert verdict["breach"] and verdict["reasons"][: len(failed)] == failed  # the failed rules come first
     assert dropped["auroc_ci"][1] < 0.75 and steady["auroc"] - dropped["auroc_ci"][1] > 0.02  # shown at this n
     assert any("its CI lies below the floor 0.75" in r for r in failed)
