@@ -201,3 +201,54 @@ def other_domain(n: int) -> pl.DataFrame:
             ],
         }
     )
+
+
+# -- what each model embeds -------------------------------------------------------------------------------------
+def test_an_image_model_embeds_what_its_classifier_reads(tmp_path):
+    import torch
+
+    from meddiag_pipelines.imaging.scoring import embed_images, pooled_pixels
+    from meddiag_pipelines.imaging.train import load_image_model
+    from meddiag_pipelines_tests.test_imaging_model import tiny_model
+
+    res, X = tiny_model(tmp_path)
+    plan = {"channels": 1, "size": 28, "predictor": "cnn"}
+    emb = embed_images(res.model_dir, plan, ["0", "1", "2"], lambda ids: X[[int(i) for i in ids]], "cpu")
+    model, _ = load_image_model(res.model_dir, "cpu")
+    with torch.no_grad():
+        logits = model.head(model.features(torch.from_numpy(X[:3])))
+        np.testing.assert_allclose(model.fc(torch.from_numpy(emb)).numpy(), logits.numpy(), atol=1e-5)
+    assert emb.dtype == np.float32 and emb.shape == (3, model.fc.in_features)
+    pixels = {**plan, "predictor": "pixel_logistic", "baseline_side": 14}
+    pooled = embed_images(tmp_path, pixels, ["0", "1"], lambda ids: X[[int(i) for i in ids]], "cpu")
+    np.testing.assert_allclose(pooled, pooled_pixels(X[:2], 14))
+
+
+def test_each_text_model_embeds_what_its_output_layer_reads(tmp_path):
+    """The encoder's pooled states and the fastText mean embedding give the logits through their heads (texts of
+    different lengths, scored in length order, come back in the given order); the baseline's projection is fixed."""
+    import torch
+
+    from meddiag_pipelines.text.models import EMBED_DIM, embed_texts, load_text_model, train_text_models
+    from meddiag_pipelines_tests.test_text_encoder import CLASSES, _bert_folder, _spec, _texts
+
+    xt, yt = _texts(12, seed=0)
+    xv, yv = _texts(6, seed=1)
+    spec = _spec(_bert_folder(tmp_path / "tiny_bert"), epochs=1)
+    train_text_models(xt, yt, xv, yv, CLASSES, spec, tmp_path / "out", device="cpu")
+    texts = ["severe heart angina with infarction left", "rash", "mild cough asthma"]
+    encoder = load_text_model(tmp_path / "out" / "encoder")
+    emb = embed_texts(tmp_path / "out" / "encoder", texts)
+    with torch.no_grad():
+        np.testing.assert_allclose(
+            encoder.net.classifier(torch.from_numpy(emb)).numpy(), encoder.full_logits(texts), atol=1e-4
+        )
+    neural = load_text_model(tmp_path / "out" / "neural")
+    emb = embed_texts(tmp_path / "out" / "neural", texts)
+    with torch.no_grad():
+        np.testing.assert_allclose(neural.net.out(torch.from_numpy(emb)).numpy(), neural.logits(texts), atol=1e-4)
+    baseline = embed_texts(tmp_path / "out" / "baseline", texts)
+    assert baseline.shape == (3, EMBED_DIM) and np.array_equal(
+        baseline, embed_texts(tmp_path / "out" / "baseline", texts)
+    )
+    assert not np.allclose(baseline[0], baseline[1])
