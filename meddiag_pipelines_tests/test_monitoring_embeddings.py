@@ -224,6 +224,7 @@ def test_an_image_model_embeds_what_its_classifier_reads(tmp_path):
     np.testing.assert_allclose(pooled, pooled_pixels(X[:2], 14))
 
 
+@pytest.mark.slow
 def test_each_text_model_embeds_what_its_output_layer_reads(tmp_path):
     """The encoder's pooled states and the fastText mean embedding give the logits through their heads (texts of
     different lengths, scored in length order, come back in the given order); the baseline's projection is fixed."""

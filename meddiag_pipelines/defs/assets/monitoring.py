@@ -229,13 +229,15 @@ def record_scored(
     """Drift and estimated performance of each batch ``version`` scored now, appended to ``monitoring.json``; the
     embeddings' drift too where the reference holds the model's embeddings."""
     root, kind, classes, seed = storage.root, task_kind(spec), reference.meta["classes"], spec.evaluation.seed
-    registry = storage.registry
-    embed = embed if reference.embeddings is not None else None
-    plan = open_plan(root.read_json(f"{registry.version_rel(spec.name, version)}/plan.json"), root) if embed else {}
+    embed = embed if reference.embeddings is not None else None  # nothing frozen to compare with: not embedded
+    model_dir, plan = None, {}
+    if embed is not None:
+        registry = storage.registry
+        plan = open_plan(root.read_json(f"{registry.version_rel(spec.name, version)}/plan.json"), root)
+        model_dir = registry.version_dir(spec.name, version) / "model"
     for batch in batches:
         predictions = root.read_parquet(root.relative(prediction_path(root, spec.name, batch, version)))
         batch_rows = rows.filter(pl.col(BATCH_COLUMN) == batch)
-        model_dir = registry.version_dir(spec.name, version) / "model" if embed else None
         embeddings = embedded_sample(embed, model_dir, plan, batch_rows, seed)
         drift = batch_drift(reference, batch_rows, predictions, embeddings, f"batch {batch}", seed)
         estimated = estimate_performance(reference, predictions, kind, classes, seed=spec.evaluation.seed)
