@@ -147,7 +147,7 @@ def test_an_image_task_drifts_on_inverted_images_not_on_more_of_the_same(tmp_pat
         folder = champion_reference_dir(root, task)
         frozen = (folder / EMBEDDINGS_FILE).read_bytes()
         meta = json.loads((folder / "reference.json").read_text())["embeddings"]
-        assert meta["sample_rows"] == meta["n"] > 50 and meta["dim"] >= 8  # the CNN's pooled features
+        assert meta["sample_rows"] == meta["n"] >= 10 and meta["dim"] >= 8  # the CNN's features of validation rows
         same = recorded(root, task)["batch_0002"]["drift"]["embeddings"]
         assert same["method"] == MMD_METHOD and not same["drifted"], same
 
@@ -162,7 +162,7 @@ def test_an_image_task_drifts_on_inverted_images_not_on_more_of_the_same(tmp_pat
 
 @pytest.mark.slow
 def test_a_text_task_drifts_on_texts_of_another_domain_not_on_held_back_notes(layout):
-    spec = small_spec()
+    spec = small_spec(patient_id=None)  # rows split one by one: the held-back notes are exchangeable with training's
     task = spec.name
     rows = icd_rows(110)
     held_back = rows.filter(pl.int_range(pl.len()) % 11 == 0)

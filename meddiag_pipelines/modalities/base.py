@@ -222,7 +222,7 @@ class Modality(ABC):
 
     def embed(self, spec: TaskSpec, model_dir: Path, plan: dict, rows: pl.DataFrame) -> np.ndarray | None:
         """The model's own (rows, dimensions) embeddings of ``rows`` (as ``predictor_factory(plan)`` reads them),
-        for embedding drift (``monitoring``): a sample of the training rows' is frozen with the version, each
+        for embedding drift (``monitoring``): a sample of the validation rows' is frozen with the version, each
         scored batch's is tested against it. None: this modality is watched through its columns only."""
         return None
 

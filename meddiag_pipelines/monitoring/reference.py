@@ -14,8 +14,8 @@ exists:
 * ``predictions.parquet``: the model's predictions on its validation rows (the prediction columns and the
   label; no id): the reference of prediction drift and the calibration the estimate without labels relies on;
 * ``embeddings.npy`` (images and text): the model's own embeddings (``Modality.embed``) of a seeded sample of at
-  most :data:`EMBEDDING_ROWS` training rows, a (rows, dimensions) float32 array written and read by numpy without
-  pickle.
+  most :data:`EMBEDDING_ROWS` validation rows (never trained on), a (rows, dimensions) float32 array written and
+  read by numpy without pickle.
 
 The sample keeps more than 1,000 rows whenever the training data have more, so Evidently chooses the test it
 would choose on the full data (its rule switches at 1,000 reference rows).
@@ -168,7 +168,7 @@ def build_reference(
 ) -> Reference:
     """The reference of ``model_version``. ``train``: its training rows (``types``: :func:`feature_types`);
     ``validation_predictions``: its predictions on its validation rows (``scoring.prediction_frame``: the id is
-    dropped here); ``embeddings``: (n, d) embeddings of training rows, from the model (images, text)."""
+    dropped here); ``embeddings``: (n, d) the model's embeddings of held-out (validation) rows (images, text)."""
     if train.is_empty():
         raise ReferenceError(f"{task} {model_version}: no training rows to build a monitoring reference from")
     missing = [c for c in types if c not in train.columns]

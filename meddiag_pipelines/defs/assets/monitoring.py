@@ -3,8 +3,11 @@
 
 * ``evaluation`` freezes the candidate's monitoring reference (its training rows' monitored features, its
   validation predictions and, where the modality embeds (``Modality.embed``), the model's own embeddings of a
-  seeded sample of its training rows) into its staging folder, so it is published with the version and never
-  recomputed; each scored batch's embeddings (of a seeded sample of it) are tested against those.
+  seeded sample of its validation rows) into its staging folder, so it is published with the version and never
+  recomputed; each scored batch's embeddings (of a seeded sample of it) are tested against those. Validation
+  rows, not training rows: a learned embedding sets the rows it was fitted to apart from new ones (the
+  fastText-style text model's training rows drifted from unseen notes of the same chapters at p 0.002, its
+  held-out rows did not), so only rows the model never trained on are a reference for new cases.
 * ``predictions`` refuses a batch to score that lacks a column the champion was trained with (a blocking ERROR
   check: that batch is not scored with that champion), records the drift and the estimated performance of each
   batch it scores in ``reports/<task>/monitoring.json`` (drift: a WARN check), joins labels batches to the
@@ -127,14 +130,14 @@ def _freeze(
         train,
         task_feature_types(spec, train),
         predictions,
-        embedded_sample(embed, Path(candidate["dir"]), candidate["plan"], train, spec.evaluation.seed),
+        embedded_sample(embed, Path(candidate["dir"]), candidate["plan"], val_rows, spec.evaluation.seed),
         seed=spec.evaluation.seed,
     )
     try:
         freeze_reference(staged, reference)
     except FileExistsError:
         return "not rewritten: frozen by an earlier evaluation of this candidate"
-    embedded = "" if reference.embeddings is None else f", {reference.embeddings.shape[0]} training embeddings"
+    embedded = "" if reference.embeddings is None else f", {reference.embeddings.shape[0]} validation embeddings"
     return (
         f"frozen: {len(reference.types)} monitored column(s), {reference.predictions.height} validation predictions"
         f"{embedded}"
