@@ -21,6 +21,7 @@ from meddiag_pipelines.monitoring.change_control import (
     change_control_plan,
 )
 from meddiag_pipelines.monitoring.drift import (
+    MMD_METHOD,
     NO_VALUES,
     SchemaError,
     batch_drift,
@@ -218,10 +219,9 @@ def test_prediction_and_embedding_drift_name_their_method(tmp_path):
     quiet = batch_drift(ref, patients(300, 13), calm, rng.normal(size=(300, 8)))
     loud = batch_drift(ref, patients(300, 14), shifted, rng.normal(0.6, 1.0, size=(300, 8)))
     assert not quiet["prediction"]["dataset_drift"] and loud["prediction"]["dataset_drift"]
-    method = "domain classifier ROC AUC (Evidently 'model')"
-    assert quiet["embedding"]["method"] == loud["embedding"]["method"] == method
-    assert not quiet["embedding"]["drifted"] and loud["embedding"]["drifted"]
-    assert loud["embedding"]["score"] > quiet["embedding"]["score"]
+    assert quiet["embeddings"]["method"] == loud["embeddings"]["method"] == MMD_METHOD
+    assert not quiet["embeddings"]["drifted"] and loud["embeddings"]["drifted"]
+    assert loud["embeddings"]["statistic"] > quiet["embeddings"]["statistic"]
 
 
 NO_NETWORK = r"""

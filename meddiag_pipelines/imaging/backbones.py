@@ -77,6 +77,10 @@ class TimmClassifier(nn.Module):
     def head(self, feats: torch.Tensor) -> torch.Tensor:
         return self.body.forward_head(feats)
 
+    def penultimate(self, feats: torch.Tensor) -> torch.Tensor:
+        """The pooled features the classifier reads (the model's embedding), from :meth:`features`' output."""
+        return self.body.forward_head(feats, pre_logits=True)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
 

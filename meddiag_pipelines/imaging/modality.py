@@ -39,7 +39,7 @@ from meddiag_pipelines.device import torch_device
 from meddiag_pipelines.imaging.preprocess import CACHE_VERSION, load_cached, update_cache
 from meddiag_pipelines.imaging.readers import LABELS_CSV, ImageBatchError, read_image_batch, source_file
 from meddiag_pipelines.imaging.report import saliency_section, tuning_section
-from meddiag_pipelines.imaging.scoring import baseline_side, pooled_pixels, predict_images
+from meddiag_pipelines.imaging.scoring import baseline_side, embed_images, pooled_pixels, predict_images
 from meddiag_pipelines.imaging.validation import (
     PREDEFINED_SPLIT,
     duplicate_warnings,
@@ -414,6 +414,12 @@ class ImageModality(Modality):
     # -- scoring and the report -----------------------------------------------------------------------------------
     def predictor_factory(self, spec: TaskSpec) -> PredictorFactory:
         return _predictor_factory(spec)
+
+    def embed(self, spec: TaskSpec, model_dir: Path, plan: dict, rows: pl.DataFrame) -> np.ndarray:
+        """The CNN's pooled penultimate features of the cached images (the baseline's: its pooled pixels)."""
+        cache_dir = Path(plan["cache_dir"])
+        ids = rows[spec.id].cast(pl.String).to_list()
+        return embed_images(Path(model_dir), plan, ids, lambda part: load_cached(cache_dir, part), torch_device())
 
     def test_sections(
         self, spec: TaskSpec, candidate: dict, test: pl.DataFrame, proba: np.ndarray, metrics: dict

@@ -169,7 +169,11 @@ class ResNet18Small(nn.Module):
         return self.layer4(x)
 
     def head(self, feats: torch.Tensor) -> torch.Tensor:
-        return self.fc(torch.flatten(self.pool(feats), 1))
+        return self.fc(self.penultimate(feats))
+
+    def penultimate(self, feats: torch.Tensor) -> torch.Tensor:
+        """The pooled features the classifier reads (the model's embedding), from :meth:`features`' map."""
+        return torch.flatten(self.pool(feats), 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training or not self.config.hflip_tta:

@@ -44,6 +44,34 @@ def _predict_chunk(model_dir: Path, X: np.ndarray, plan: dict, n_outputs: int, d
     return predict_image_model(model_dir, X, device=device)
 
 
+def _chunks(plan: dict, ids: list[str], chunk_bytes: int):
+    per_image = 4 * int(plan["channels"]) * int(plan["size"]) ** int(plan.get("spatial_dims", 2))
+    chunk = max(MIN_CHUNK, chunk_bytes // per_image)
+    return (ids[start : start + chunk] for start in range(0, len(ids), chunk))
+
+
+def embed_images(
+    model_dir: Path,
+    plan: dict,
+    ids: list[str],
+    images: Callable[[list[str]], np.ndarray],
+    device: str,
+    chunk_bytes: int = PREDICT_CHUNK_BYTES,
+) -> np.ndarray:
+    """(n, d) float32 embeddings of the images ``images(ids)`` gives, as the model in ``model_dir`` sees them: the
+    CNN's pooled penultimate features; for the pixel logistic baseline, the pooled pixels it reads."""
+    parts = []
+    for part in _chunks(plan, ids, chunk_bytes):
+        X = images(part)
+        if str(plan.get("predictor", "")).startswith("pixel_logistic"):
+            parts.append(pooled_pixels(X, int(plan["baseline_side"])).astype(np.float32))
+        else:
+            from meddiag_pipelines.imaging.train import embed_image_model
+
+            parts.append(embed_image_model(Path(model_dir), X, device=device))
+    return np.concatenate(parts) if parts else np.empty((0, 0), dtype=np.float32)
+
+
 def predict_images(
     model_dir: Path,
     plan: dict,
@@ -55,12 +83,10 @@ def predict_images(
 ) -> np.ndarray:
     """Probabilities of the images ``images(ids)`` gives: binary (n,), multi-class or multi-label (n, k). A task
     of two classes without a positive one is multi-class, so a binary model's output gets both columns."""
-    per_image = 4 * int(plan["channels"]) * int(plan["size"]) ** int(plan.get("spatial_dims", 2))
-    chunk = max(MIN_CHUNK, chunk_bytes // per_image)
     k = len(plan.get("classes") or []) or 2
     parts = []
-    for start in range(0, len(ids), chunk):
-        p = _predict_chunk(Path(model_dir), images(ids[start : start + chunk]), plan, k, device)
+    for part in _chunks(plan, ids, chunk_bytes):
+        p = _predict_chunk(Path(model_dir), images(part), plan, k, device)
         if kind == "multiclass" and p.ndim == 1:
             p = np.stack([1.0 - p, p], axis=1)
         parts.append(np.asarray(p, dtype=np.float64))

@@ -895,11 +895,24 @@ def predict_image_model(model_dir: Path, X: np.ndarray, device: str | None = Non
         return _predict(model, X, meta["kind"], device)
 
 
+def embed_image_model(model_dir: Path, X: np.ndarray, device: str | None = None) -> np.ndarray:
+    """(n, d) float32 embeddings: the pooled features the classifier reads (no test-time flip)."""
+    device = device or torch_device()
+    model, _ = load_image_model(model_dir, device)
+    X, outs = _as_tensor(X), []
+    with torch_settings(device, deterministic=False), torch.no_grad():
+        for start in range(0, len(X), EVAL_BATCH):
+            xb = X[start : start + EVAL_BATCH].to(device)
+            outs.append(model.penultimate(model.features(xb)).float().cpu())
+    return torch.cat(outs).numpy() if outs else np.empty((0, 0), dtype=np.float32)
+
+
 __all__ = [
     "ImageParams",
     "ImageTrainResult",
     "build_image_model",
     "default_params",
+    "embed_image_model",
     "augment_batch",
     "choose_width",
     "load_image_model",

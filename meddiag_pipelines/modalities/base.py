@@ -33,6 +33,8 @@ Predictor = Callable[[Path, pl.DataFrame], np.ndarray]
 PredictorFactory = Callable[[dict], Predictor]
 # explain(model_dir, rows, plan) -> per row, the top (feature, contribution) pairs
 Explainer = Callable[[Path, pl.DataFrame, dict], list[list[tuple[str, float]]]]
+# embed(model_dir, plan, rows) -> the model's (rows, dimensions) embeddings, or None (Modality.embed)
+Embedder = Callable[[Path, dict, pl.DataFrame], "np.ndarray | None"]
 
 
 class Storage(Protocol):
@@ -216,6 +218,12 @@ class Modality(ABC):
 
     def explainer(self, spec: TaskSpec) -> Explainer | None:
         """Per scored row, what pushed its score (None: predictions carry no explanation)."""
+        return None
+
+    def embed(self, spec: TaskSpec, model_dir: Path, plan: dict, rows: pl.DataFrame) -> np.ndarray | None:
+        """The model's own (rows, dimensions) embeddings of ``rows`` (as ``predictor_factory(plan)`` reads them),
+        for embedding drift (``monitoring``): a sample of the validation rows' is frozen with the version, each
+        scored batch's is tested against it. None: this modality is watched through its columns only."""
         return None
 
     def missing_data(self, spec: TaskSpec, train_rows: pl.DataFrame, plan: dict) -> list[dict]:

@@ -4,7 +4,7 @@
 order they were recorded::
 
     {"batch", "model_version", "at", "n_rows",
-     "drift": {"dataset_drift", "share", "columns": {...}, "prediction", "embedding", ...},   # drift.batch_drift
+     "drift": {"dataset_drift", "share", "columns": {...}, "prediction", "embeddings", ...},   # drift.batch_drift
      "estimated": {"metric", "auroc" | "macro_f1", "ci", "n", "assumes", ...} | null,       # estimate
      "realised": null until labels land, then {"metric", "auroc" | "macro_f1", "ci", "n", ..., "breach"},
      "alerts": [{"severity": "WARN" | "ERROR", "kind", "text"}]}
@@ -52,19 +52,26 @@ def entry_alerts(entry: dict) -> list[dict]:
         alerts.append({"severity": WARN, "kind": "feature_drift", "text": text})
     if (drift.get("prediction") or {}).get("dataset_drift"):
         alerts.append({"severity": WARN, "kind": "prediction_drift", "text": "the predictions drifted"})
-    embedding = drift.get("embedding") or {}
-    if embedding.get("drifted"):
+    embeddings = drift.get("embeddings") or {}
+    if embeddings.get("drifted"):
         alerts.append(
-            {
-                "severity": WARN,
-                "kind": "embedding_drift",
-                "text": f"embeddings drifted ({embedding['method']} {embedding['score']:.3f})",
-            }
+            {"severity": WARN, "kind": "embedding_drift", "text": f"embeddings drifted ({_mmd_text(embeddings)})"}
         )
     breach = (entry.get("realised") or {}).get("breach") or {}
     if breach.get("breach"):
         alerts.append({"severity": ERROR, "kind": "realised_breach", "text": breach["reasons"][0]})
     return alerts
+
+
+def _mmd_text(embeddings: dict | None) -> str:
+    if not embeddings:
+        return "\u2014"
+    if embeddings.get("p_value") is None:
+        return "too few rows to test"
+    return (
+        f"MMD\u00b2 {embeddings['statistic']:.4f}, p {embeddings['p_value']:.3f}"
+        f"{' <' if embeddings['drifted'] else ' >='} {embeddings['threshold']}"
+    )
 
 
 def monitoring_entry(
@@ -216,6 +223,7 @@ def _batch_rows(entries: list[dict]) -> str:
             str(e.get("n_rows")),
             f"{e['drift']['share']:.2f}",
             "yes" if e["drift"]["dataset_drift"] else "no",
+            _mmd_text(e["drift"].get("embeddings")),
             _figure_text(e.get("estimated")),
             _figure_text(e.get("realised")),
             alerts,
@@ -229,6 +237,18 @@ def _batch_rows(entries: list[dict]) -> str:
         )
         rows.append(f"<tr{css}>" + "".join(f"<td>{escape(c)}</td>" for c in cells) + "</tr>")
     return "\n".join(rows)
+
+
+def _embedding_note(entries: list[dict]) -> str:
+    """The embedding test's name and level, when some batch was tested on the model's embeddings."""
+    tested = [e["drift"]["embeddings"] for e in entries if e["drift"].get("embeddings")]
+    if not tested:
+        return ""
+    methods = ", ".join(dict.fromkeys(t["method"] for t in tested))
+    return (
+        f"<p>Embedding drift (the model's own embeddings against those frozen with its version): {escape(methods)}; "
+        f"a batch drifts on its embeddings when p &lt; {tested[-1]['threshold']}: a WARN.</p>"
+    )
 
 
 def _versions(entries: list[dict]) -> str:
@@ -268,11 +288,12 @@ def render_monitoring_html(task: str, entries: list[dict]) -> str:
             "(a batch drifts when half its columns do): a WARN. A realised breach of the promotion gate's criteria: an "
             "ERROR. Estimated performance assumes no concept drift.</p>"
         ),
+        _embedding_note(entries),
         _figure(plot_drift(entries), "Share of drifted columns per scored batch"),
         _figure(plot_performance(entries), "Estimated and realised performance with 95% intervals"),
         (
             "<h2>Batches</h2><table><tr><th>batch</th><th>version</th><th>recorded (UTC)</th><th>rows</th>"
-            "<th>drift share</th><th>dataset drift</th><th>estimated</th><th>realised</th><th>alerts</th></tr>"
+            "<th>drift share</th><th>dataset drift</th><th>embedding drift</th><th>estimated</th><th>realised</th><th>alerts</th></tr>"
         ),
         _batch_rows(entries),
         "</table>",

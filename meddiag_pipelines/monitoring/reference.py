@@ -13,8 +13,9 @@ exists:
   id, patient id, label or text): what Evidently's tests compare a batch with;
 * ``predictions.parquet``: the model's predictions on its validation rows (the prediction columns and the
   label; no id): the reference of prediction drift and the calibration the estimate without labels relies on;
-* ``embeddings.parquet`` (images and text): a sample of at most :data:`EMBEDDING_ROWS` embeddings of training
-  rows, one float32 column per dimension.
+* ``embeddings.npy`` (images and text): the model's own embeddings (``Modality.embed``) of a seeded sample of at
+  most :data:`EMBEDDING_ROWS` validation rows (never trained on), a (rows, dimensions) float32 array written and
+  read by numpy without pickle.
 
 The sample keeps more than 1,000 rows whenever the training data have more, so Evidently chooses the test it
 would choose on the full data (its rule switches at 1,000 reference rows).
@@ -41,7 +42,8 @@ from meddiag_pipelines.validation.suites import feature_columns
 
 REFERENCE_DIR = "monitoring_reference"
 SAMPLE_ROWS = 5_000
-EMBEDDING_ROWS = 2_000
+EMBEDDING_ROWS = 1_000
+EMBEDDINGS_FILE = "embeddings.npy"
 QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
 HISTOGRAM_BINS = 20
 TOP_VALUES = 50
@@ -147,7 +149,8 @@ def column_stats(frame: pl.DataFrame, types: dict[str, str]) -> dict[str, dict]:
     return {c: _numeric_stats(frame[c]) if t == NUMERIC else _categorical_stats(frame[c]) for c, t in types.items()}
 
 
-def _sample(n: int, cap: int, seed: int) -> np.ndarray:
+def sample_rows(n: int, cap: int, seed: int) -> np.ndarray:
+    """Sorted indices of a uniform sample of at most ``cap`` of ``n`` rows (all of them when ``n <= cap``)."""
     rows = np.arange(n)
     return rows if n <= cap else np.sort(np.random.default_rng(seed).choice(n, cap, replace=False))
 
@@ -165,7 +168,7 @@ def build_reference(
 ) -> Reference:
     """The reference of ``model_version``. ``train``: its training rows (``types``: :func:`feature_types`);
     ``validation_predictions``: its predictions on its validation rows (``scoring.prediction_frame``: the id is
-    dropped here); ``embeddings``: (n, d) embeddings of training rows, from the model (images, text)."""
+    dropped here); ``embeddings``: (n, d) the model's embeddings of held-out (validation) rows (images, text)."""
     if train.is_empty():
         raise ReferenceError(f"{task} {model_version}: no training rows to build a monitoring reference from")
     missing = [c for c in types if c not in train.columns]
@@ -207,9 +210,9 @@ def build_reference(
         if embeddings.ndim != 2 or not np.isfinite(embeddings).all():
             raise ReferenceError(f"{task} {model_version}: embeddings must be a finite (rows, dimensions) array")
         meta["embeddings"] = {"n": embeddings.shape[0], "dim": embeddings.shape[1], "mean": embeddings.mean(axis=0)}
-        embeddings = embeddings[_sample(embeddings.shape[0], EMBEDDING_ROWS, seed)]
+        embeddings = embeddings[sample_rows(embeddings.shape[0], EMBEDDING_ROWS, seed)]
         meta["embeddings"]["sample_rows"] = embeddings.shape[0]
-    sample = features[_sample(features.height, SAMPLE_ROWS, seed)]
+    sample = features[sample_rows(features.height, SAMPLE_ROWS, seed)]
     return Reference(to_jsonable(meta), sample, predictions, embeddings)
 
 
@@ -219,8 +222,10 @@ def _parquet(frame: pl.DataFrame) -> bytes:
     return buffer.getvalue()
 
 
-def _embedding_frame(embeddings: np.ndarray) -> pl.DataFrame:
-    return pl.DataFrame({f"e{i}": embeddings[:, i] for i in range(embeddings.shape[1])})
+def _npy(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(array, dtype=np.float32), allow_pickle=False)
+    return buffer.getvalue()
 
 
 def freeze_reference(version_dir: Path, reference: Reference) -> Path:
@@ -233,7 +238,7 @@ def freeze_reference(version_dir: Path, reference: Reference) -> Path:
     if reference.predictions is not None:
         files["predictions.parquet"] = _parquet(reference.predictions)
     if reference.embeddings is not None:
-        files["embeddings.parquet"] = _parquet(_embedding_frame(reference.embeddings))
+        files[EMBEDDINGS_FILE] = _npy(reference.embeddings)
     meta = {**reference.meta, "files": {name: hashlib.sha256(data).hexdigest() for name, data in files.items()}}
     staged = staging_dir(final)
     for name, data in files.items():
@@ -260,11 +265,9 @@ def load_reference(version_dir: Path) -> Reference:
             raise ReferenceError(
                 f"{folder / name}: does not match its digest in reference.json (changed after freezing)"
             )
-        loaded[name] = pl.read_parquet(io.BytesIO(data))
-    embeddings = loaded.get("embeddings.parquet")
-    return Reference(
-        meta,
-        loaded["features.parquet"],
-        loaded.get("predictions.parquet"),
-        None if embeddings is None else embeddings.to_numpy().astype(np.float32),
-    )
+        loaded[name] = (
+            np.load(io.BytesIO(data), allow_pickle=False)
+            if name == EMBEDDINGS_FILE
+            else pl.read_parquet(io.BytesIO(data))
+        )
+    return Reference(meta, loaded["features.parquet"], loaded.get("predictions.parquet"), loaded.get(EMBEDDINGS_FILE))

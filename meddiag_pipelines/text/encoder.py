@@ -93,6 +93,11 @@ def encoder_source(text_model: str) -> tuple[str, bool]:
 HEAD_FILE = "head.safetensors"
 
 
+def _length_order(texts: list[str]) -> np.ndarray:
+    """The order texts are scored in: by length (less padding per batch)."""
+    return np.argsort([len(t or "") for t in texts], kind="stable")
+
+
 def _classifier(encoder, n_labels: int, pooling: str):
     """``encoder`` (an ``AutoModel``) with a linear head: ``(input_ids, attention_mask) -> (n, k)`` logits."""
     import torch
@@ -169,7 +174,7 @@ class _Encoder:
         import torch
 
         self.net.eval()
-        order = np.argsort([len(t or "") for t in texts], kind="stable")
+        order = _length_order(texts)
         out = np.zeros((len(texts), len(self.classes)))
         with torch.no_grad():
             for i in range(0, len(order), EVAL_BATCH):
@@ -185,6 +190,19 @@ class _Encoder:
 
     def predict(self, texts: list[str]) -> np.ndarray:
         return probs_from_logits(self.logits(texts), self.temperature)
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        """(n, hidden) pooled encoder states: what the linear head reads (its input, caught by a hook)."""
+        texts, caught = list(texts), []
+        hook = self.net.classifier.register_forward_pre_hook(lambda _, args: caught.append(args[0].float().cpu()))
+        try:
+            self.full_logits(texts)
+        finally:
+            hook.remove()
+        out = np.zeros((len(texts), self.net.classifier.in_features), dtype=np.float32)
+        if caught:
+            out[_length_order(texts)] = np.concatenate([c.numpy() for c in caught])
+        return out
 
     def module(self):
         """The encoder as an ``nn.Module``: ``(input_ids, attention_mask) -> (n, k)`` logits before the

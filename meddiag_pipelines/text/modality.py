@@ -34,7 +34,13 @@ from meddiag_pipelines.modalities.base import (
 )
 from meddiag_pipelines.specs import HUB_PREFIX, TaskSpec, spec_columns
 from meddiag_pipelines.split import SPLIT_COLUMN, key_columns_in
-from meddiag_pipelines.text.models import class_probabilities, explain_texts, texts_of, train_text_models
+from meddiag_pipelines.text.models import (
+    class_probabilities,
+    embed_texts,
+    explain_texts,
+    texts_of,
+    train_text_models,
+)
 from meddiag_pipelines.text.readers import read_text_batch
 from meddiag_pipelines.text.report import missing_texts, top_terms_html
 from meddiag_pipelines.text.validation import text_duplicates, unreadable_files, validate_texts
@@ -236,6 +242,11 @@ class TextModality(Modality):
 
     def explainer(self, spec: TaskSpec) -> Explainer:
         return _explain
+
+    def embed(self, spec: TaskSpec, model_dir: Path, plan: dict, rows: pl.DataFrame) -> np.ndarray:
+        """The model's representation of each text: the encoder's pooled states, the fastText model's mean n-gram
+        embedding, or the baseline's TF-IDF vector through a fixed random projection (``text.models``)."""
+        return embed_texts(Path(model_dir), texts_of(rows, plan["text_column"]))
 
     def missing_data(self, spec: TaskSpec, train_rows: pl.DataFrame, plan: dict) -> list[dict]:
         return missing_texts(train_rows, plan["text_column"])

@@ -74,6 +74,7 @@ N_BUCKETS = 2**18
 EMBED_DIM = 64
 DROPOUT = 0.2
 EMBED_LR = 0.1  # sparse Adagrad on the embedding table; the output layer uses Adam at the spec's rate
+EMBED_DIM, EMBED_SEED = 256, 0  # the baseline's embedding for drift: TF-IDF through a fixed random projection
 NEURAL_CHAR_NGRAMS = (3, 5)
 N_TERMS = 5000
 MAX_EXPLAIN_WORDS = 150
@@ -175,6 +176,16 @@ class _Baseline:
 
     def predict(self, texts: list[str]) -> np.ndarray:
         return probs_from_logits(self.logits(texts), self.temperature)
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        """The TF-IDF vectors the regression reads, through a sparse random projection to
+        :data:`EMBED_DIM` dimensions fixed by its seed and the vocabulary's size: nothing to fit or store, and
+        it keeps pairwise distances (Johnson-Lindenstrauss), which is all a kernel MMD test reads."""
+        from sklearn.random_projection import SparseRandomProjection
+
+        x = self.features.transform(texts)
+        projection = SparseRandomProjection(n_components=EMBED_DIM, dense_output=True, random_state=EMBED_SEED)
+        return projection.fit(x[:1]).transform(x).astype(np.float32)
 
     def save(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
@@ -327,6 +338,16 @@ class _Neural:
 
     def logits(self, texts: list[str]) -> np.ndarray:
         return self.logits_from_bags(_bags(texts, self.n_buckets, self.char_ngrams))
+
+    def embed(self, texts: list[str], batch: int = 2048) -> np.ndarray:
+        """The mean of each text's n-gram embeddings: what the output layer reads."""
+        import torch
+
+        bags, out = _bags(texts, self.n_buckets, self.char_ngrams), []
+        with torch.no_grad():
+            for i in range(0, len(bags), batch):
+                out.append(self.net.embedding(*_batch_tensors(bags[i : i + batch], self.device)).float().cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0, self.dim), dtype=np.float32)
 
     def predict(self, texts: list[str]) -> np.ndarray:
         return probs_from_logits(self.logits(texts), self.temperature)
@@ -531,6 +552,11 @@ def load_text_model(model_dir: Path, device: str = "cpu"):
 def predict_text(model_dir: Path, texts: list[str]) -> np.ndarray:
     """Calibrated probabilities: binary (n,) P(classes[1]); multi-class (n, k)."""
     return load_text_model(model_dir).predict(list(texts))
+
+
+def embed_texts(model_dir: Path, texts: list[str]) -> np.ndarray:
+    """(n, d) float32 embeddings of ``texts`` by the saved model (each model's ``embed``)."""
+    return np.asarray(load_text_model(model_dir).embed(list(texts)), dtype=np.float32)
 
 
 def texts_of(rows: pl.DataFrame, column: str) -> list[str]:

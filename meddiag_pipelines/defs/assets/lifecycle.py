@@ -26,7 +26,7 @@ from meddiag_pipelines.defs.resources.storage import MeddiagStorage
 from meddiag_pipelines.ingestion.batches import reconcile
 from meddiag_pipelines.labels import encode_labels, task_kind
 from meddiag_pipelines.markup import escape_markdown
-from meddiag_pipelines.modalities.base import Explainer, PredictorFactory
+from meddiag_pipelines.modalities.base import Embedder, Explainer, PredictorFactory
 from meddiag_pipelines.registry.fingerprint import code_version, trained_batch_hashes, training_fingerprint
 from meddiag_pipelines.registry.manifest import REPORT_FILES, build_manifest
 from meddiag_pipelines.registry.promotion import Decision, decide
@@ -173,11 +173,13 @@ def build_model_lifecycle_assets(
     extra_metrics: Callable[[dict, pl.DataFrame], dict] | None = None,
     test_sections: Callable[[dict, pl.DataFrame, np.ndarray, dict], list[tuple[str, str]]] | None = None,
     family_report: Callable[[MeddiagStorage], None] | None = None,
+    embed: Embedder | None = None,
 ) -> list:
     """``test_sections(candidate_handle, test_rows, test_proba, metrics)``: extra report sections that need the
     test split (e.g. imaging saliency over true / false positives); ``card_extras(candidate_handle)`` those
     that do not; ``family_report(storage)``: after each champion decision, the report comparing the tasks of the
-    task's spec file (``spec.family``)."""
+    task's spec file (``spec.family``); ``embed(model_dir, plan, rows)``: the model's embeddings of rows (None:
+    none), for embedding drift."""
     name = spec.name
     split_key = dg.AssetKey([name, "split"])
 
@@ -214,6 +216,7 @@ def build_model_lifecycle_assets(
             card_extras,
             test_sections,
             extra_metrics,
+            embed,
         )
         report = report_metadata(storage, name, candidate_model["version"])
         context.add_output_metadata(rounded({**_ui_metadata(metrics, plots), **report}))
@@ -298,7 +301,7 @@ def build_model_lifecycle_assets(
         partitioned = context.has_partition_key or context.has_partition_key_range
         batches = list(context.partition_keys) if partitioned else sorted(split[BATCH_COLUMN].unique().to_list())
         summary, watched, breached = monitoring.score_and_monitor(
-            spec, storage, rows, batches, partitioned, predictor_factory, explain
+            spec, storage, rows, batches, partitioned, predictor_factory, explain, embed
         )
         if summary.version in breached:
             note = f"scoring with {summary.version} stopped: its realised performance breached the gate's criteria"
@@ -359,6 +362,7 @@ def evaluate_candidate(
     card_extras: Callable[[dict], list[tuple[str, str]]] | None = None,
     test_sections: Callable | None = None,
     extra_metrics: Callable | None = None,
+    embed: Embedder | None = None,
 ) -> tuple[dict, dict[str, bytes]]:
     """The evaluation asset's work: the candidate's metrics and plots on the test split; its report files
     (``REPORT_FILES``) stored with the staged version, and ``reports/<task>/latest`` pointed at them."""
@@ -378,7 +382,7 @@ def evaluate_candidate(
     )
     metrics = evaluator.evaluate(inp)
     val = split.filter(pl.col(SPLIT_COLUMN) == "val")
-    monitoring.freeze_candidate_reference(spec, storage, split, candidate_model, val, inp.val_proba)
+    monitoring.freeze_candidate_reference(spec, storage, split, candidate_model, val, inp.val_proba, embed)
     if extra_metrics:  # the modality's own aggregates (an omop task's cohort attrition)
         metrics.update(extra_metrics(candidate_model, split))
     if candidate_model.get("selection"):  # how the candidate was chosen over the other model(s) it was trained with

@@ -1,9 +1,13 @@
 """Watching the champion in use (issue 28), wired into the lifecycle of every modality: the work that the
 ``evaluation`` and ``predictions`` assets do with :mod:`meddiag_pipelines.monitoring`, and the checks they report.
 
-* ``evaluation`` freezes the candidate's monitoring reference (its training rows' monitored features and its
-  validation predictions) into its staging folder, so it is published with the version and never recomputed.
-  Images and text get a reference of their tabular columns and predictions only (no embeddings).
+* ``evaluation`` freezes the candidate's monitoring reference (its training rows' monitored features, its
+  validation predictions and, where the modality embeds (``Modality.embed``), the model's own embeddings of a
+  seeded sample of its validation rows) into its staging folder, so it is published with the version and never
+  recomputed; each scored batch's embeddings (of a seeded sample of it) are tested against those. Validation
+  rows, not training rows: a learned embedding sets the rows it was fitted to apart from new ones (the
+  fastText-style text model's training rows drifted from unseen notes of the same chapters at p 0.002, its
+  held-out rows did not), so only rows the model never trained on are a reference for new cases.
 * ``predictions`` refuses a batch to score that lacks a column the champion was trained with (a blocking ERROR
   check: that batch is not scored with that champion), records the drift and the estimated performance of each
   batch it scores in ``reports/<task>/monitoring.json`` (drift: a WARN check), joins labels batches to the
@@ -19,6 +23,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import timedelta
+from pathlib import Path
 
 import dagster as dg
 import polars as pl
@@ -27,7 +32,7 @@ from meddiag_pipelines.defs.resources.storage import MeddiagStorage
 from meddiag_pipelines.ingestion.batches import LABELS_STATUS, RAW_TABLE
 from meddiag_pipelines.ingestion.landing import BatchKey, display_name
 from meddiag_pipelines.labels import task_kind
-from meddiag_pipelines.modalities.base import Explainer, PredictorFactory
+from meddiag_pipelines.modalities.base import Embedder, Explainer, PredictorFactory
 from meddiag_pipelines.monitoring.change_control import (
     change_control_markdown,
     change_control_plan,
@@ -50,11 +55,13 @@ from meddiag_pipelines.monitoring.record import (
     write_monitoring_report,
 )
 from meddiag_pipelines.monitoring.reference import (
+    EMBEDDING_ROWS,
     REFERENCE_DIR,
     Reference,
     build_reference,
     freeze_reference,
     load_reference,
+    sample_rows,
     task_feature_types,
 )
 from meddiag_pipelines.scoring import (
@@ -65,6 +72,7 @@ from meddiag_pipelines.scoring import (
 )
 from meddiag_pipelines.specs import BATCH_COLUMN, TaskSpec
 from meddiag_pipelines.split import SPLIT_COLUMN
+from meddiag_pipelines.storage import open_plan
 
 log = logging.getLogger(__name__)
 DRIFT_CHECK, SCHEMA_CHECK, REALISED_CHECK = "batch_drift", "batch_schema", "realised_performance"
@@ -74,19 +82,39 @@ PREDICTIONS_FRESHNESS = dg.FreshnessPolicy.time_window(fail_window=timedelta(day
 
 # -- the reference, frozen at evaluation ----------------------------------------------------------------------
 def freeze_candidate_reference(
-    spec: TaskSpec, storage: MeddiagStorage, split: pl.DataFrame, candidate: dict, val_rows: pl.DataFrame, val_proba
+    spec: TaskSpec,
+    storage: MeddiagStorage,
+    split: pl.DataFrame,
+    candidate: dict,
+    val_rows: pl.DataFrame,
+    val_proba,
+    embed: Embedder | None = None,
 ) -> None:
     """Freeze the candidate's reference into its staging folder (before ``champion`` publishes it); a version
     already published, or a reference already frozen, is left as it is. What happened is logged, with its cost."""
     started = time.perf_counter()
-    note = _freeze(spec, storage, split, candidate, val_rows, val_proba)
+    note = _freeze(spec, storage, split, candidate, val_rows, val_proba, embed)
     log.info(
         "%s %s: monitoring reference %s (%.2f s)", spec.name, candidate["version"], note, time.perf_counter() - started
     )
 
 
+def embedded_sample(embed: Embedder | None, model_dir, plan: dict, rows: pl.DataFrame, seed: int):
+    """The model's embeddings of a seeded sample of at most ``EMBEDDING_ROWS`` of ``rows`` (None: no ``embed``,
+    or the modality does not embed)."""
+    if embed is None or rows.is_empty():
+        return None
+    return embed(model_dir, plan, rows[sample_rows(rows.height, EMBEDDING_ROWS, seed)])
+
+
 def _freeze(
-    spec: TaskSpec, storage: MeddiagStorage, split: pl.DataFrame, candidate: dict, val_rows: pl.DataFrame, val_proba
+    spec: TaskSpec,
+    storage: MeddiagStorage,
+    split: pl.DataFrame,
+    candidate: dict,
+    val_rows: pl.DataFrame,
+    val_proba,
+    embed: Embedder | None,
 ) -> str:
     registry, version = storage.registry, candidate["version"]
     if registry.published(spec.name, version):
@@ -102,13 +130,18 @@ def _freeze(
         train,
         task_feature_types(spec, train),
         predictions,
+        embedded_sample(embed, Path(candidate["dir"]), candidate["plan"], val_rows, spec.evaluation.seed),
         seed=spec.evaluation.seed,
     )
     try:
         freeze_reference(staged, reference)
     except FileExistsError:
         return "not rewritten: frozen by an earlier evaluation of this candidate"
-    return f"frozen: {len(reference.types)} monitored column(s), {reference.predictions.height} validation predictions"
+    embedded = "" if reference.embeddings is None else f", {reference.embeddings.shape[0]} validation embeddings"
+    return (
+        f"frozen: {len(reference.types)} monitored column(s), {reference.predictions.height} validation predictions"
+        f"{embedded}"
+    )
 
 
 def card_with_plan(spec: TaskSpec, storage: MeddiagStorage, card: str) -> str:
@@ -204,12 +237,22 @@ def record_scored(
     rows: pl.DataFrame,
     batches: list[BatchKey],
     outcome: MonitoringOutcome,
+    embed: Embedder | None = None,
 ) -> None:
-    """Drift and estimated performance of each batch ``version`` scored now, appended to ``monitoring.json``."""
-    root, kind, classes = storage.root, task_kind(spec), reference.meta["classes"]
+    """Drift and estimated performance of each batch ``version`` scored now, appended to ``monitoring.json``; the
+    embeddings' drift too where the reference holds the model's embeddings."""
+    root, kind, classes, seed = storage.root, task_kind(spec), reference.meta["classes"], spec.evaluation.seed
+    embed = embed if reference.embeddings is not None else None  # nothing frozen to compare with: not embedded
+    model_dir, plan = None, {}
+    if embed is not None:
+        registry = storage.registry
+        plan = open_plan(root.read_json(f"{registry.version_rel(spec.name, version)}/plan.json"), root)
+        model_dir = registry.version_dir(spec.name, version) / "model"
     for batch in batches:
         predictions = root.read_parquet(root.relative(prediction_path(root, spec.name, batch, version)))
-        drift = batch_drift(reference, rows.filter(pl.col(BATCH_COLUMN) == batch), predictions, source=f"batch {batch}")
+        batch_rows = rows.filter(pl.col(BATCH_COLUMN) == batch)
+        embeddings = embedded_sample(embed, model_dir, plan, batch_rows, seed)
+        drift = batch_drift(reference, batch_rows, predictions, embeddings, f"batch {batch}", seed)
         estimated = estimate_performance(reference, predictions, kind, classes, seed=spec.evaluation.seed)
         entry = monitoring_entry(batch, version, drift, estimated)
         if append_entry(root, spec.name, entry):
@@ -293,6 +336,7 @@ def score_and_monitor(
     partitioned: bool,
     predictor_factory: PredictorFactory,
     explain: Explainer | None,
+    embed: Embedder | None = None,
 ) -> tuple[ScoringSummary, MonitoringOutcome, dict[str, str]]:
     """The ``predictions`` asset's work: join landed labels to the predictions; unless the champion's realised
     performance is then in breach, refuse the batches its schema refuses, score the others and record their
@@ -320,7 +364,7 @@ def score_and_monitor(
             explain,
         )
         if reference is not None and summary.written:
-            record_scored(spec, storage, reference, version, rows, summary.written, outcome)
+            record_scored(spec, storage, reference, version, rows, summary.written, outcome, embed)
             join_landed_labels(spec, storage, outcome)  # labels for the batches scored just now
     breached = breached_versions(storage, spec.name)
     found_now = {r["model_version"] for r in outcome.realised if r["breach"]}
@@ -344,7 +388,8 @@ def check_specs(key: dg.AssetKey) -> list[dg.AssetCheckSpec]:
             asset=key,
             description="No batch scored now drifted from the champion's "
             "frozen reference (Evidently's defaults: a batch drifts when half its columns do; or its "
-            "predictions drifted): WARN.",
+            "predictions drifted; or, for images and text, the model's embeddings, by a kernel MMD "
+            "permutation test at p < 0.05): WARN.",
         ),
         dg.AssetCheckSpec(
             REALISED_CHECK,

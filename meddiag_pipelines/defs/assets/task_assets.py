@@ -44,6 +44,7 @@ def build_task_assets(spec: TaskSpec) -> list:
         tags,
         predictor_factory=modality.predictor_factory(spec),
         explain=modality.explainer(spec),
+        embed=lambda model_dir, plan, rows: modality.embed(spec, model_dir, plan, rows),
         missing_data=lambda train_rows, plan: modality.missing_data(spec, train_rows, plan),
         card_extras=lambda candidate: modality.card_extras(spec, candidate),
         extra_metrics=lambda candidate, split: modality.extra_metrics(spec, candidate, split),
