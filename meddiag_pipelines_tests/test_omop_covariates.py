@@ -76,6 +76,15 @@ def test_drugs_roll_up_to_ingredients(tmp_path: Path) -> None:
     assert not any(cid // 1000 == DICLOFENAC_TABLET for cid in found)
 
 
+def test_a_concept_table_without_classes_or_names_uses_drugs_as_recorded(tmp_path: Path) -> None:
+    tables = tidy_tables()
+    tables["concept"] = tables["concept"].select("concept_id")  # an extract that kept the ids only
+    with open_cdm(write_cdm(tmp_path, tables), today=TODAY) as cdm:
+        covariates = build_covariates(cdm, _person2())
+    assert DICLOFENAC * 1000 + 120 not in _values(covariates)  # not rolled up: the recorded drug is kept
+    assert any("no concept_class_id" in note for note in covariates.notes)
+
+
 def test_events_outside_observation_are_not_covariates(tmp_path: Path) -> None:
     tables = tidy_tables()
     outside = pl.DataFrame(

@@ -45,9 +45,16 @@ def _window_table(settings: CovariateSettings) -> str:
     return f"(SELECT * FROM (VALUES {rows}) AS w(window_index, days))"
 
 
+def _concept_columns(cdm: Cdm) -> set[str]:
+    """The columns the CDM's ``concept`` table holds (none without the table): an extract may leave some out."""
+    if not cdm.has("concept"):
+        return set()
+    return {row[0] for row in cdm.con.execute("DESCRIBE typed_concept").fetchall()}
+
+
 def _ingredients_sql(cdm: Cdm) -> str | None:
-    """drug concept -> RxNorm ingredient, or None without the vocabulary tables."""
-    if not (cdm.has("concept_ancestor") and cdm.has("concept")):
+    """drug concept -> RxNorm ingredient, or None without the vocabulary tables (or the concept classes)."""
+    if not (cdm.has("concept_ancestor") and {"concept_id", "concept_class_id"} <= _concept_columns(cdm)):
         return None
     return (
         "SELECT ca.descendant_concept_id AS drug, ca.ancestor_concept_id AS ingredient FROM concept_ancestor ca "
@@ -117,7 +124,8 @@ def _reference(cdm: Cdm, settings: CovariateSettings) -> pl.DataFrame:
             for i, w in enumerate(settings.windows):
                 analyses.append((100 + 10 * code + i, dom, w, KINDS[code]))
     values = ", ".join(f"({a}, '{d}', {'NULL' if w is None else w}, '{kind}')" for a, d, w, kind in analyses)
-    names = "typed_concept" if cdm.has("concept") else "(SELECT NULL::BIGINT AS concept_id, NULL AS concept_name)"
+    named = {"concept_id", "concept_name"} <= _concept_columns(cdm)
+    names = "typed_concept" if named else "(SELECT NULL::BIGINT AS concept_id, NULL AS concept_name)"
     g = settings.age_group_years
     return cdm.con.execute(
         f"""
@@ -155,7 +163,10 @@ def build_covariates(cdm: Cdm, population: pl.DataFrame, settings: CovariateSett
     notes = []
     ingredients = _ingredients_sql(cdm)
     if ingredients is None and "drug" in settings.domains:
-        notes.append("no concept/concept_ancestor: drugs are used as recorded, not rolled up to ingredients")
+        notes.append(
+            "no concept/concept_ancestor (or no concept_class_id): drugs are used as recorded, not rolled up to "
+            "ingredients"
+        )
     parts = [_demographics_sql(settings)] if settings.demographics else []
     parts += [_domain_sql(cdm, d, settings, ingredients) for d in settings.domains if d in cdm.domains]
     if not parts:
