@@ -324,7 +324,7 @@ class ImageModality(Modality):
         cfg = result.config
         if result.stopped == "time_budget":  # the figures are of a shorter training than the spec asks for
             run.log.warning(
-                f"{name}: the time budget of {spec.training.time_budget_s:.0f} s stopped training after "
+                f"{name}: the time budget of {spec.training.time_budget_s:g} s stopped training after "
                 f"{cfg['epochs_run']} of {spec.training.epochs} epochs"
             )
         val = result.best_val_auroc
