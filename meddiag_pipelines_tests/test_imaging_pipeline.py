@@ -2,6 +2,7 @@
 DICOM files through ingestion and validation, and each image check on the input it exists to catch."""
 
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -100,6 +101,27 @@ def test_phantom_task_end_to_end(tmp_path: Path) -> None:
             m for m in again.asset_materializations_for_node(f"{task}__features") if m.asset_key.path[-1] == "features"
         ).metadata
         assert meta["batches_reused"].value == 1 and meta["batches_built"].value == 0
+
+
+@pytest.mark.slow
+def test_a_training_the_time_budget_cut_says_so(tmp_path: Path) -> None:
+    """The budget is a safety cap: a run it cuts is not passed off as the spec's training."""
+    spec = tiny(load_spec(BUNDLED_TASKS_DIR / "synthetic_chest_phantoms.yaml"), epochs=5, time_budget_s=1e-3)
+    task, root = spec.name, tmp_path / "data"
+    write_phantom_batch(root / "landing" / task / "batch_0001", n=120, seed=7, size=28)
+    (root / "landing" / task / "batch_0001" / "_READY").touch()
+    with dg.instance_for_test() as instance:
+        result = run_job(
+            spec,
+            root,
+            instance,
+            ["raw_records", "validated_records", "split", "features", "feature_plan", "candidate_model"],
+        )
+        assert result.success
+        meta = next(m for m in result.asset_materializations_for_node(f"{task}__candidate_model")).metadata
+        assert meta["stopped"].value == "time_budget"
+        warnings = [e.message for e in instance.all_logs(result.run_id) if e.level == logging.WARNING and e.message]
+        assert any("time budget of 0.001 s stopped training after 1 of 5 epochs" in m for m in warnings), warnings
 
 
 def write_npz(path: Path, n: dict[str, int], seed: int, labelled: bool = True) -> dict:

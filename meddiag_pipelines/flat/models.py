@@ -297,7 +297,7 @@ def _fold_scores(
     if len(np.unique(y[fit])) < 2:
         return math.nan, math.nan
     tuned = metas["xgboost"]
-    params = {**tuned["params"], "nthread": training_threads()}  # OpenMP threads on a busy CPU spin: see device.py
+    params = {**tuned["params"], "nthread": training_threads()}  # the same count whatever the load: see device.py
     booster = xgb.train(params, xgb.DMatrix(X[fit], label=y[fit]), num_boost_round=tuned["best_iteration"] + 1)
     p_xgb = booster.predict(xgb.DMatrix(X[held]))
     X_fit, X_held = np.asarray(X[fit], dtype=np.float64), np.asarray(X[held], dtype=np.float64)

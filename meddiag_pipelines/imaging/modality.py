@@ -336,6 +336,11 @@ class ImageModality(Modality):
         )
         (out / CHECKPOINT).unlink(missing_ok=True)  # the published version keeps the weights, not the optimizer
         cfg = result.config
+        if result.stopped == "time_budget":  # the figures are of a shorter training than the spec asks for
+            run.log.warning(
+                f"{name}: the time budget of {spec.training.time_budget_s:g} s stopped training after "
+                f"{cfg['epochs_run']} of {spec.training.epochs} epochs"
+            )
         val = result.best_val_auroc
         meta = {
             "name": self.candidate_name,
@@ -371,6 +376,7 @@ class ImageModality(Modality):
                 "n_train": int(len(X_train)),
                 "n_val": int(len(X_val)),
                 "images_per_second": float(np.mean(speeds)) if speeds else 0.0,
+                "stopped": result.stopped,
             },
         )
 

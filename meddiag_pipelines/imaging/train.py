@@ -551,7 +551,7 @@ def train_image_model(
 
     ``params``: the configuration (default :func:`default_params`). ``width``: base width of the ResNet (default
     ``params.width``, else :func:`choose_width`). ``num_threads``: CPU threads (default
-    :func:`training_threads`; fix it for bit-identical reruns, the thread count can change float reductions).
+    :func:`training_threads`, the same on every run whatever the load: the thread count changes float reductions).
     ``on_epoch_end(epoch, row)`` is called
     after each epoch's checkpoint is on disk (progress logging; tests raise from it to simulate a crash).
     """
