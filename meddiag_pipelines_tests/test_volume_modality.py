@@ -75,8 +75,11 @@ def test_format_and_label_are_enough_and_the_defaults_are_what_a_user_expects(tm
     volume = spec.volume
     assert (volume.format, volume.size, volume.spacing, volume.intensity) == ("npz", 28, None, None)
     assert volume.orientation == "RAS"
-    assert volume.file_column == "file" and volume.max_voxels == 512 * 512 * 1024 and volume.model == "resnet18"
+    assert volume.file_column == "file" and volume.max_voxels == 512 * 512 * 1024 and volume.model == "resnet10"
+    assert volume.conv == "3d" and (spec.training.epochs, spec.training.time_budget_s) == (12, 780.0)
     assert get("volume") is MODALITY
+    given = load_spec(_spec_file(tmp_path, "{format: npz}\ntraining: {epochs: 3}"))
+    assert (given.training.epochs, given.training.time_budget_s) == (3, 780.0)
 
 
 @pytest.mark.parametrize(
@@ -295,7 +298,7 @@ def test_the_synthetic_volume_task_end_to_end_with_its_onnx_export(tmp_path: Pat
     latest = root / "reports" / task / "latest"
     metrics = json.loads((latest / "metrics.json").read_text())
     assert (metrics["n_train"], metrics["n_val"], metrics["n_test"]) == (60, 24, 24)
-    assert metrics["baseline"]["name"] == "logistic_regression_pooled_voxels" and 0 <= metrics["auroc"] <= 1
+    assert metrics["baseline"]["name"] == "pooled_voxels_intensity_statistics" and 0 <= metrics["auroc"] <= 1
     html = (latest / "report.html").read_text()
     saliency = html[html.index("Saliency (Grad-CAM)") :]
     assert "axial, coronal and sagittal slices" in saliency and saliency.count("data:image/png;base64,") >= 2

@@ -11,7 +11,9 @@ from the image modality (``imaging.modality``, whose steps it inherits) is said 
 * candidate_model    the 3D ResNet (``imaging.model`` with ``spatial_dims`` 3: ResNet-10 or -18, ``volume.model``)
                      trained by imaging's trainer: AdamW, cosine schedule, 3D augmentation, class weights, EMA,
                      early stopping, optional optuna search (``training.tune``), checkpoints and resume.
-* baseline_model     L2 logistic regression on the cached volumes average-pooled to 7^3 (8^3) blocks.
+* baseline_model     the cached volumes average-pooled to 7^3 (8^3) blocks beside intensity statistics (mean, sd,
+                     quantiles, histogram of the volume and of its centre), XGBoost (optuna) or L2 logistic
+                     regression on them, one kept by flat's model-choice rule (``flat.models.choose_model``).
 * evaluation ...     the shared lifecycle; the report gains Grad-CAM 3D as axial, coronal and sagittal slices
                      through each shown volume's saliency peak.
 * predictions        each scored volume's reason (``top_features``): where its Grad-CAM 3D peaks (voxel z, y, x of
@@ -25,17 +27,26 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from meddiag_pipelines.imaging.modality import ImageModality, cache_records, log_refused
+from meddiag_pipelines import labels
+from meddiag_pipelines.imaging.modality import ImageModality, _data, cache_records, log_refused
 from meddiag_pipelines.imaging.preprocess import CACHE_VERSION, cache_batch, load_cached
 from meddiag_pipelines.imaging.readers import LABELS_CSV, ImageBatchError
-from meddiag_pipelines.imaging.scoring import baseline_side
+from meddiag_pipelines.imaging.scoring import baseline_side, volume_feature_names, volume_features
 from meddiag_pipelines.imaging.validation import image_failures, validate_images
 from meddiag_pipelines.imaging.volume.readers import load_volume, read_volume_batch
 from meddiag_pipelines.imaging.volume.validation import volume_property_failures
 from meddiag_pipelines.ingestion.batches import ReadOutcome, Validator
 from meddiag_pipelines.ingestion.errors import BatchRejected
 from meddiag_pipelines.ingestion.landing import LandedBatch
-from meddiag_pipelines.modalities.base import BuiltFeatures, Descriptions, Explainer, PlainReader, Storage
+from meddiag_pipelines.modalities.base import (
+    BuiltFeatures,
+    Descriptions,
+    Explainer,
+    PlainReader,
+    Storage,
+    TrainedModel,
+    TrainingRun,
+)
 from meddiag_pipelines.specs import BATCH_COLUMN, TaskSpec, spec_columns
 from meddiag_pipelines.split import key_columns_in
 from meddiag_pipelines.validation.suites import CheckFailure
@@ -78,7 +89,7 @@ def explain_volumes(model_dir: Path, rows: pl.DataFrame, plan: dict) -> list[lis
 class VolumeModality(ImageModality):
     name = "volume"
     candidate_name = "resnet3d"
-    baseline_name = "logistic_regression_pooled_voxels"
+    baseline_name = "pooled_voxels_intensity_statistics"
 
     def descriptions(self, spec: TaskSpec) -> Descriptions:
         v = spec.volume
@@ -98,8 +109,10 @@ class VolumeModality(ImageModality):
             candidate_model=f"3D {v.model.replace('resnet', 'ResNet-')} at {v.size}^3 (AdamW, cosine schedule, 3D "
             f"augmentation, class weights, weight EMA, early stopping on validation AUROC{search}; CUDA when "
             "present), checkpointed every epoch in the registry's staging area; weights as a torch state dict.",
-            baseline_model=f"L2 logistic regression on the cached volumes average-pooled to {side}^3 blocks "
-            "(standardised, C chosen on validation), the plain baseline; JSON coefficients.",
+            baseline_model=f"the cached volumes average-pooled to {side}^3 blocks with intensity statistics (mean, "
+            "sd, quantiles, histogram of the volume and of its centre): XGBoost (optuna) and L2 logistic regression "
+            "on them, the logistic kept unless XGBoost's advantage exceeds 2 standard errors (cross-validated); "
+            "UBJ or JSON.",
         )
 
     def reader(self, spec: TaskSpec) -> PlainReader:
@@ -161,6 +174,27 @@ class VolumeModality(ImageModality):
             "cache_mb": round(cache_bytes / 2**20, 2),
         }
         return BuiltFeatures(frame, plan, meta, {"size": v.size, "channels": 1, "spatial_dims": 3}, warnings)
+
+    def train_baseline(
+        self, spec: TaskSpec, features: pl.DataFrame, feature_plan: dict, run: TrainingRun
+    ) -> TrainedModel:
+        """Pooled voxels and intensity statistics through flat's two models and its choice (multi-label tasks:
+        imaging's per-finding pixel logistic regressions)."""
+        if labels.task_kind(spec) == "multilabel":
+            return super().train_baseline(spec, features, feature_plan, run)
+        from meddiag_pipelines.flat.models import train_tabular_models
+
+        classes = labels.class_list(spec, features)
+        side, channels = baseline_side(int(feature_plan["size"]), 3), int(feature_plan["channels"])
+        (X_train, y_train), (X_val, y_val) = (
+            _data(run.storage, spec, features, feature_plan, p, classes) for p in ("train", "val")
+        )
+        F_train, F_val = volume_features(X_train, side), volume_features(X_val, side)
+        names = volume_feature_names(channels, side)
+        meta = train_tabular_models(F_train, y_train, F_val, y_val, len(classes), spec.training, run.out_dir, names)
+        meta = {**meta, "name": self.baseline_name, "classes": classes}
+        plan = {**feature_plan, "predictor": "voxel_features", "baseline_side": side, "classes": classes}
+        return TrainedModel(run.out_dir, meta, plan)
 
     def explainer(self, spec: TaskSpec) -> Explainer:
         return explain_volumes
