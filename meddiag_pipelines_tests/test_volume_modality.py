@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from meddiag_pipelines.definitions import build_definitions
+from meddiag_pipelines.imaging.model import _conv_factory
 from meddiag_pipelines.imaging.readers import npz_record_id
 from meddiag_pipelines.imaging.saliency import grad_cam, orthogonal_slices
 from meddiag_pipelines.imaging.scoring import pooled_pixels
@@ -25,7 +26,7 @@ from meddiag_pipelines.imaging.volume.readers import load_volume, read_volume_ba
 from meddiag_pipelines.ingestion.landing import LandedBatch
 from meddiag_pipelines.ingestion.quarantine import file_reason
 from meddiag_pipelines.modalities.registry import get
-from meddiag_pipelines.registry.export import export_version
+from meddiag_pipelines.registry.export import ExportRefused, export_version
 from meddiag_pipelines.specs import BUNDLED_TASKS_DIR, SpecError, TaskSpec, load_spec
 from meddiag_pipelines.update import run_task_in_process
 from scripts.volume_phantoms import FILE, phantom_arrays, write_volume_phantom_batch
@@ -314,3 +315,81 @@ def test_the_synthetic_volume_task_end_to_end_with_its_onnx_export(tmp_path: Pat
     )
     exported = export_version(root, task, champion)
     assert exported["max_abs_diff"] < 1e-4 and exported["output_shape"] == ["batch", 1], exported
+
+
+# ------------------------------------------------------------------------------------------------ ACS and 2.5D
+
+
+@pytest.mark.parametrize(("kind", "planes"), [("2.5d", (0,)), ("acs", (0, 1, 2))])
+def test_planar_convolutions_equal_3d_convolutions_with_flat_kernels(kind: str, planes: tuple[int, ...]) -> None:
+    conv = _conv_factory(3, kind)(4, 6, 3, 2, 1)
+    x = torch.rand(2, 4, 7, 9, 8)
+    expected = []
+    for plane, conv2d in zip(planes, conv.convs, strict=True):
+        kernel, padding = [3, 3, 3], [1, 1, 1]
+        kernel[plane], padding[plane] = 1, 0
+        flat = torch.nn.Conv3d(4, conv2d.out_channels, tuple(kernel), 2, tuple(padding), bias=False)
+        flat.weight.data = conv2d.weight.data.unsqueeze(2 + plane)
+        expected.append(flat(x))
+    assert torch.allclose(conv(x), torch.cat(expected, 1), atol=1e-5)
+    assert sum(c.out_channels for c in conv.convs) == 6
+    with pytest.raises(ValueError, match="volumes only for acs / 2.5d"):
+        _conv_factory(2, kind)
+
+
+def test_a_volume_model_of_acs_convolutions_trains_and_explains(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    X = rng.random((20, 1, SIDE, SIDE, SIDE)).astype(np.float32)
+    y = np.arange(20) % 2
+    spec = volume_spec(width=6, conv="acs").model_copy(
+        update={"training": volume_spec().training.model_copy(update={"epochs": 1, "batch_size": 8})}
+    )
+    train_image_model(X[:12], y[:12], X[12:], y[12:], "binary", 1, spec, tmp_path, "cpu", num_threads=1)
+    meta = json.loads((tmp_path / "model.json").read_text())
+    assert meta["model_config"]["conv"] == "acs" and meta["hyperparameters"]["conv"] == "acs"
+    assert predict_image_model(tmp_path, X[:3], "cpu").shape == (3,)
+    assert grad_cam(tmp_path, X[:2]).shape == (2, SIDE, SIDE, SIDE)
+
+
+# ------------------------------------------------------------------------------------------------ multi-class
+
+
+@pytest.mark.slow
+def test_an_eleven_class_npz_end_to_end_with_macro_auroc_and_the_acs_models_onnx_export(tmp_path: Path) -> None:
+    """OrganMNIST3D's shape of task (labels 0..10, no positive class) through the spec a user writes."""
+    spec = TaskSpec.model_validate(
+        {
+            "name": "organs",
+            "modality": "volume",
+            "label": "label",
+            "volume": {"format": "npz", "size": SIDE, "conv": "acs", "width": 4},
+            "training": {"epochs": 2, "batch_size": 16},
+            "evaluation": {"n_bootstrap": 100},
+            "promotion": {"auroc_floor": 0.0, "slope_band": (0.0, 1e9)},
+        }
+    )
+    rng = np.random.default_rng(3)
+    arrays = {}
+    for split, per_class in {"train": 6, "val": 3, "test": 3}.items():
+        y = np.repeat(np.arange(11), per_class)
+        arrays[f"{split}_images"] = 10 * y[:, None, None, None] + rng.integers(0, 100, (len(y), SIDE, SIDE, SIDE))
+        arrays[f"{split}_images"] = arrays[f"{split}_images"].astype(np.uint8)
+        arrays[f"{split}_labels"] = y[:, None].astype(np.uint8)
+    root = tmp_path / "data"
+    batch = root / "landing" / spec.name / "batch_0001"
+    batch.mkdir(parents=True)
+    np.savez_compressed(batch / "organs.npz", **arrays)
+    (batch / "_READY").touch()
+    with dg.instance_for_test() as instance:
+        assert run_task_in_process(build_definitions([spec], root), spec, instance, None, raise_on_error=False).success
+    metrics = json.loads((root / "reports" / spec.name / "latest" / "metrics.json").read_text())
+    assert metrics["n_test"] == 33 and len(metrics["classes"]) == 11 and 0.5 < metrics["auroc"] <= 1
+    assert metrics["candidate_choice"]["chosen"] in ("cnn", "voxel_features")
+    registry = root / "models" / spec.name
+    champion = json.loads((registry / "champion.json").read_text())["version"]
+    if metrics["candidate_choice"]["chosen"] == "cnn":
+        exported = export_version(root, spec.name, champion)
+        assert exported["max_abs_diff"] < 1e-4 and exported["output_shape"] == ["batch", 11], exported
+    else:  # the voxel-feature model won on validation: not a torch model
+        with pytest.raises(ExportRefused, match="not a torch model"):
+            export_version(root, spec.name, champion)

@@ -11,9 +11,13 @@ from the image modality (``imaging.modality``, whose steps it inherits) is said 
 * candidate_model    the 3D ResNet (``imaging.model`` with ``spatial_dims`` 3: ResNet-10 or -18, ``volume.model``)
                      trained by imaging's trainer: AdamW, cosine schedule, 3D augmentation, class weights, EMA,
                      early stopping, optional optuna search (``training.tune``), checkpoints and resume.
-* baseline_model     the cached volumes average-pooled to 7^3 (8^3) blocks beside intensity statistics (mean, sd,
-                     quantiles, histogram of the volume and of its centre), XGBoost (optuna) or L2 logistic
-                     regression on them, one kept by flat's model-choice rule (``flat.models.choose_model``).
+* candidate_model    (also) the voxel-feature model of ``baseline_model`` in ``voxel_features/``; the CNN is the
+                     candidate unless that model's validation AUROC beats it by more than ``SELECTION_Z`` standard
+                     errors (a paired bootstrap of the validation rows; flat's rule, the CNN as the default).
+* baseline_model     trained by the candidate step: the cached volumes average-pooled to 7^3 (8^3) blocks beside
+                     intensity statistics (mean, sd, quantiles, histogram of the volume and of its centre), XGBoost
+                     (optuna) or L2 logistic regression on them, one kept by flat's model-choice rule
+                     (``flat.models.choose_model``).
 * evaluation ...     the shared lifecycle; the report gains Grad-CAM 3D as axial, coronal and sagittal slices
                      through each shown volume's saliency peak.
 * predictions        each scored volume's reason (``top_features``): where its Grad-CAM 3D peaks (voxel z, y, x of
@@ -22,12 +26,14 @@ from the image modality (``imaging.modality``, whose steps it inherits) is said 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 
 from meddiag_pipelines import labels
+from meddiag_pipelines.atomic import atomic_write_json
 from meddiag_pipelines.imaging.modality import ImageModality, _data, cache_records, log_refused
 from meddiag_pipelines.imaging.preprocess import CACHE_VERSION, cache_batch, load_cached
 from meddiag_pipelines.imaging.readers import LABELS_CSV, ImageBatchError
@@ -50,6 +56,10 @@ from meddiag_pipelines.modalities.base import (
 from meddiag_pipelines.specs import BATCH_COLUMN, TaskSpec, spec_columns
 from meddiag_pipelines.split import key_columns_in
 from meddiag_pipelines.validation.suites import CheckFailure
+
+VOXEL_FEATURES = "voxel_features"  # the voxel-feature model's folder inside the candidate's
+BASELINE_JSON = "baseline.json"  # its meta, for the baseline asset
+CANDIDATE_CHOICE = "candidate_choice"  # the CNN-or-voxel-features evidence, in the candidate's params and metrics
 
 
 def read_volume_records(batch: LandedBatch, spec: TaskSpec) -> ReadOutcome:
@@ -90,6 +100,7 @@ class VolumeModality(ImageModality):
     name = "volume"
     candidate_name = "resnet3d"
     baseline_name = "pooled_voxels_intensity_statistics"
+    baseline_trained_by_candidate = True
 
     def descriptions(self, spec: TaskSpec) -> Descriptions:
         v = spec.volume
@@ -109,10 +120,11 @@ class VolumeModality(ImageModality):
             candidate_model=f"3D {v.model.replace('resnet', 'ResNet-')} at {v.size}^3 (AdamW, cosine schedule, 3D "
             f"augmentation, class weights, weight EMA, early stopping on validation AUROC{search}; CUDA when "
             "present), checkpointed every epoch in the registry's staging area; weights as a torch state dict.",
-            baseline_model=f"the cached volumes average-pooled to {side}^3 blocks with intensity statistics (mean, "
-            "sd, quantiles, histogram of the volume and of its centre): XGBoost (optuna) and L2 logistic regression "
-            "on them, the logistic kept unless XGBoost's advantage exceeds 2 standard errors (cross-validated); "
-            "UBJ or JSON.",
+            baseline_model="trained by the candidate step beside the CNN (and the candidate itself when its "
+            "validation AUROC is better by more than 1.645 standard errors): the cached volumes average-pooled to "
+            f"{side}^3 blocks with intensity statistics (mean, sd, quantiles, histogram of the volume and of its "
+            "centre): XGBoost (optuna) and L2 logistic regression on them, the logistic kept unless XGBoost's "
+            "advantage exceeds 1.645 standard errors (cross-validated); UBJ or JSON.",
         )
 
     def reader(self, spec: TaskSpec) -> PlainReader:
@@ -175,13 +187,41 @@ class VolumeModality(ImageModality):
         }
         return BuiltFeatures(frame, plan, meta, {"size": v.size, "channels": 1, "spatial_dims": 3}, warnings)
 
-    def train_baseline(
+    def train_candidate(
         self, spec: TaskSpec, features: pl.DataFrame, feature_plan: dict, run: TrainingRun
     ) -> TrainedModel:
-        """Pooled voxels and intensity statistics through flat's two models and its choice (multi-label tasks:
-        imaging's per-finding pixel logistic regressions)."""
-        if labels.task_kind(spec) == "multilabel":
-            return super().train_baseline(spec, features, feature_plan, run)
+        """The 3D CNN, and beside it (in ``voxel_features/``) the voxel-feature model; the CNN is the candidate
+        unless the other's validation AUROC beats it by more than ``SELECTION_Z`` standard errors (flat's rule:
+        a paired bootstrap of the validation rows), as on small sets where a classical model can win."""
+        from meddiag_pipelines.flat.models import SELECTION_Z, predict_tabular, validation_bootstrap
+        from meddiag_pipelines.imaging.train import predict_image_model
+
+        cnn = super().train_candidate(spec, features, feature_plan, run)
+        voxel = self._train_voxel_features(spec, features, feature_plan, run)
+        classes = cnn.meta["classes"]
+        X_val, y_val = _data(run.storage, spec, features, feature_plan, "val", classes)
+        probas = {
+            "cnn": predict_image_model(cnn.model_dir, X_val, cnn.meta["device"]),
+            "voxel_features": predict_tabular(voxel.model_dir, volume_features(X_val, voxel.plan["baseline_side"])),
+        }
+        evidence = validation_bootstrap(y_val, probas, spec.training.seed, pair=("voxel_features", "cnn"))
+        advantage, se = evidence["difference"], evidence["difference_se"]
+        wins = bool(np.isfinite(advantage) and np.isfinite(se) and advantage > SELECTION_Z * se)
+        chosen = voxel if wins else cnn
+        reason = (
+            f"{'the voxel-feature model' if wins else 'the 3D CNN'} kept: the voxel-feature model's validation AUROC "
+            f"advantage, {advantage:+.3f}, {'exceeds' if wins else 'does not exceed'} {SELECTION_Z} x its standard "
+            f"error {se:.3f} ({evidence['method']})"
+        )
+        choice = {"chosen": "voxel_features" if wins else "cnn", "reason": reason, "z": SELECTION_Z, **evidence}
+        meta = {**chosen.meta, "params": {**chosen.meta.get("params", {}), CANDIDATE_CHOICE: choice}}
+        return TrainedModel(chosen.model_dir, meta, chosen.plan, cnn.metadata)
+
+    def _train_voxel_features(
+        self, spec: TaskSpec, features: pl.DataFrame, feature_plan: dict, run: TrainingRun
+    ) -> TrainedModel:
+        """Pooled voxels and intensity statistics through flat's two models and its choice, in the candidate's
+        ``voxel_features/`` folder."""
         from meddiag_pipelines.flat.models import train_tabular_models
 
         classes = labels.class_list(spec, features)
@@ -190,11 +230,39 @@ class VolumeModality(ImageModality):
             _data(run.storage, spec, features, feature_plan, p, classes) for p in ("train", "val")
         )
         F_train, F_val = volume_features(X_train, side), volume_features(X_val, side)
+        out = run.out_dir / VOXEL_FEATURES
         names = volume_feature_names(channels, side)
-        meta = train_tabular_models(F_train, y_train, F_val, y_val, len(classes), spec.training, run.out_dir, names)
+        meta = train_tabular_models(F_train, y_train, F_val, y_val, len(classes), spec.training, out, names)
         meta = {**meta, "name": self.baseline_name, "classes": classes}
+        atomic_write_json(out / BASELINE_JSON, meta)
         plan = {**feature_plan, "predictor": "voxel_features", "baseline_side": side, "classes": classes}
-        return TrainedModel(run.out_dir, meta, plan)
+        return TrainedModel(out, meta, plan)
+
+    def baseline_of_candidate(self, spec: TaskSpec, candidate_dir: Path, candidate: dict) -> TrainedModel:
+        """The voxel-feature model trained beside the CNN (the candidate itself when it was chosen)."""
+        out = (
+            candidate_dir if candidate["plan"].get("predictor") == "voxel_features" else candidate_dir / VOXEL_FEATURES
+        )
+        meta = json.loads((out / BASELINE_JSON).read_text(encoding="utf-8"))
+        plan = {
+            **candidate["plan"],
+            "predictor": "voxel_features",
+            "baseline_side": baseline_side(int(candidate["plan"]["size"]), 3),
+        }
+        return TrainedModel(out, meta, plan)
+
+    def test_sections(
+        self, spec: TaskSpec, candidate: dict, test: pl.DataFrame, proba: np.ndarray, metrics: dict
+    ) -> list[tuple[str, str]]:
+        """Grad-CAM 3D when the candidate is the CNN (the voxel-feature model has no saliency map)."""
+        if candidate["plan"].get("predictor") != "cnn":
+            return []
+        return super().test_sections(spec, candidate, test, proba, metrics)
+
+    def extra_metrics(self, spec: TaskSpec, candidate: dict, split: pl.DataFrame) -> dict:
+        """Why the candidate is the CNN or the voxel-feature model (``metrics.json``'s ``candidate_choice``)."""
+        choice = candidate.get("params", {}).get(CANDIDATE_CHOICE)
+        return {CANDIDATE_CHOICE: choice} if choice else {}
 
     def explainer(self, spec: TaskSpec) -> Explainer:
         return explain_volumes
