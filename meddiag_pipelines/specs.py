@@ -383,6 +383,11 @@ class VolumeSpec(_Section):
     width: int | None = Field(
         None, ge=4, le=128, description="its base width; unset: chosen from the data size and the device"
     )
+    candidate: Literal["auto", "cnn"] = Field(
+        "auto",
+        description="auto: the CNN or the voxel-feature model (pooled voxels and intensity statistics), the higher "
+        "validation AUROC; cnn: always the CNN (Grad-CAM and ONNX export need it)",
+    )
 
     @field_validator("spacing")
     @classmethod

@@ -256,20 +256,22 @@ def augment_batch(x: torch.Tensor, ops: list[str], gen: torch.Generator) -> torc
 @functools.lru_cache(maxsize=8)
 def _volume_transforms(ops: tuple[str, ...], size: int):
     """MONAI's 3D random transforms for ``ops`` on one (C, D, H, W) volume: ``RandFlip`` per flipped axis
-    (p = 0.5), ``RandAffine`` (rotation +-10 deg about each axis, scale 0.9-1.1, shift +-6 % of the side, zeros
-    outside), ``RandScaleIntensity`` (gain 0.9-1.1) and ``RandShiftIntensity`` (offset +-0.05)."""
+    (p = 0.5), ``RandAffine`` (p = 0.5: rotation +-10 deg about each axis, scale 0.9-1.1, shift +-6 % of the side,
+    zeros outside), ``RandScaleIntensity`` (gain 0.9-1.1) and ``RandShiftIntensity`` (offset +-0.05)."""
     from monai.transforms import Compose, RandAffine, RandFlip, RandScaleIntensity, RandShiftIntensity
 
     steps = [RandFlip(prob=0.5, spatial_axis=3 + axis) for op, axis in _FLIP_AXES.items() if op in ops]
     if "affine" in ops:
         steps.append(
             RandAffine(
-                prob=1.0,
+                prob=0.5,  # per volume ~24 ms at 28^3 on CPU (~0.3 of a training step): half of them
                 rotate_range=(math.radians(10),) * 3,
                 scale_range=(0.1,) * 3,
                 translate_range=(0.06 * size,) * 3,
                 padding_mode="zeros",
                 mode="bilinear",
+                spatial_size=(size,) * 3,
+                cache_grid=True,
             )
         )
     if "intensity" in ops:

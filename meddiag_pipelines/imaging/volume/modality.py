@@ -11,9 +11,8 @@ from the image modality (``imaging.modality``, whose steps it inherits) is said 
 * candidate_model    the 3D ResNet (``imaging.model`` with ``spatial_dims`` 3: ResNet-10 or -18, ``volume.model``)
                      trained by imaging's trainer: AdamW, cosine schedule, 3D augmentation, class weights, EMA,
                      early stopping, optional optuna search (``training.tune``), checkpoints and resume.
-* candidate_model    (also) the voxel-feature model of ``baseline_model`` in ``voxel_features/``; the CNN is the
-                     candidate unless that model's validation AUROC beats it by more than ``SELECTION_Z`` standard
-                     errors (a paired bootstrap of the validation rows; flat's rule, the CNN as the default).
+* candidate_model    (also) the voxel-feature model of ``baseline_model`` in ``voxel_features/``; the candidate is
+                     the one of the higher validation AUROC (``volume.candidate: cnn`` keeps the CNN).
 * baseline_model     trained by the candidate step: the cached volumes average-pooled to 7^3 (8^3) blocks beside
                      intensity statistics (mean, sd, quantiles, histogram of the volume and of its centre), XGBoost
                      (optuna) or L2 logistic regression on them, one kept by flat's model-choice rule
@@ -96,6 +95,23 @@ def explain_volumes(model_dir: Path, rows: pl.DataFrame, plan: dict) -> list[lis
     return reasons
 
 
+def candidate_choice(y_val: np.ndarray, probas: dict[str, np.ndarray], seed: int, setting: str = "auto") -> dict:
+    """The CNN or the voxel-feature model (``probas``' two keys) as the candidate: the higher validation AUROC
+    (the CNN on a tie), or the CNN when ``setting`` is ``cnn``; with the paired-bootstrap evidence (flat's)."""
+    from meddiag_pipelines.flat.models import validation_bootstrap
+
+    evidence = validation_bootstrap(y_val, probas, seed, pair=("voxel_features", "cnn"))
+    advantage = evidence["difference"]
+    wins = setting == "auto" and bool(np.isfinite(advantage) and advantage > 0)
+    why = "volume.candidate is cnn" if setting == "cnn" else "the higher validation AUROC"
+    reason = (
+        f"{'the voxel-feature model' if wins else 'the 3D CNN'} kept ({why}): the voxel-feature model's validation "
+        f"AUROC minus the CNN's is {advantage:+.3f} (standard error {evidence['difference_se']:.3f}, "
+        f"{evidence['method']})"
+    )
+    return {"chosen": "voxel_features" if wins else "cnn", "reason": reason, **evidence}
+
+
 class VolumeModality(ImageModality):
     name = "volume"
     candidate_name = "resnet3d"
@@ -121,7 +137,7 @@ class VolumeModality(ImageModality):
             f"augmentation, class weights, weight EMA, early stopping on validation AUROC{search}; CUDA when "
             "present), checkpointed every epoch in the registry's staging area; weights as a torch state dict.",
             baseline_model="trained by the candidate step beside the CNN (and the candidate itself when its "
-            "validation AUROC is better by more than 1.645 standard errors): the cached volumes average-pooled to "
+            "validation AUROC is the higher): the cached volumes average-pooled to "
             f"{side}^3 blocks with intensity statistics (mean, sd, quantiles, histogram of the volume and of its "
             "centre): XGBoost (optuna) and L2 logistic regression on them, the logistic kept unless XGBoost's "
             "advantage exceeds 1.645 standard errors (cross-validated); UBJ or JSON.",
@@ -190,30 +206,20 @@ class VolumeModality(ImageModality):
     def train_candidate(
         self, spec: TaskSpec, features: pl.DataFrame, feature_plan: dict, run: TrainingRun
     ) -> TrainedModel:
-        """The 3D CNN, and beside it (in ``voxel_features/``) the voxel-feature model; the CNN is the candidate
-        unless the other's validation AUROC beats it by more than ``SELECTION_Z`` standard errors (flat's rule:
-        a paired bootstrap of the validation rows), as on small sets where a classical model can win."""
-        from meddiag_pipelines.flat.models import SELECTION_Z, predict_tabular, validation_bootstrap
+        """The 3D CNN, and beside it (in ``voxel_features/``) the voxel-feature model; the candidate is the one of
+        the higher validation AUROC (:func:`candidate_choice`), or the CNN when ``volume.candidate`` says so."""
+        from meddiag_pipelines.flat.models import predict_tabular
         from meddiag_pipelines.imaging.train import predict_image_model
 
         cnn = super().train_candidate(spec, features, feature_plan, run)
         voxel = self._train_voxel_features(spec, features, feature_plan, run)
-        classes = cnn.meta["classes"]
-        X_val, y_val = _data(run.storage, spec, features, feature_plan, "val", classes)
+        X_val, y_val = _data(run.storage, spec, features, feature_plan, "val", cnn.meta["classes"])
         probas = {
             "cnn": predict_image_model(cnn.model_dir, X_val, cnn.meta["device"]),
             "voxel_features": predict_tabular(voxel.model_dir, volume_features(X_val, voxel.plan["baseline_side"])),
         }
-        evidence = validation_bootstrap(y_val, probas, spec.training.seed, pair=("voxel_features", "cnn"))
-        advantage, se = evidence["difference"], evidence["difference_se"]
-        wins = bool(np.isfinite(advantage) and np.isfinite(se) and advantage > SELECTION_Z * se)
-        chosen = voxel if wins else cnn
-        reason = (
-            f"{'the voxel-feature model' if wins else 'the 3D CNN'} kept: the voxel-feature model's validation AUROC "
-            f"advantage, {advantage:+.3f}, {'exceeds' if wins else 'does not exceed'} {SELECTION_Z} x its standard "
-            f"error {se:.3f} ({evidence['method']})"
-        )
-        choice = {"chosen": "voxel_features" if wins else "cnn", "reason": reason, "z": SELECTION_Z, **evidence}
+        choice = candidate_choice(y_val, probas, spec.training.seed, spec.volume.candidate)
+        chosen = voxel if choice["chosen"] == "voxel_features" else cnn
         meta = {**chosen.meta, "params": {**chosen.meta.get("params", {}), CANDIDATE_CHOICE: choice}}
         return TrainedModel(chosen.model_dir, meta, chosen.plan, cnn.metadata)
 
