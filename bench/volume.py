@@ -1,16 +1,18 @@
 """The volume modality on a MedMNIST-3D-layout npz (``{train,val,test}_{images,labels}``, uint8 (N, D, H, W)):
 CPU voxels per second for training and inference of the 3D ResNet, and test AUROC.
 
-``--mode direct`` trains with imaging's trainer (``train_image_model``, the volume spec's defaults) on the
-arrays: training voxels/s (forward + backward + AdamW over the epochs), inference voxels/s (forward only, the
-test split), test AUROC of the CNN and of the pooled-voxel logistic baseline. ``--mode pipeline`` lands the npz
+``--mode direct`` trains with imaging's trainer (``train_image_model``, the volume spec's defaults, ``--conv``
+3d | acs | 2.5d) on the arrays: training voxels/s (forward + backward + AdamW over the epochs), inference
+voxels/s (forward only, the test split), test AUROC of the CNN and of the voxel-feature model (pooled voxels and
+intensity statistics, XGBoost or logistic by flat's choice: the baseline, and the candidate when it wins). ``--mode pipeline`` lands the npz
 as a batch and runs ``python -m meddiag_pipelines update`` with the spec a user writes (``modality: volume``,
 ``volume: {format: npz, size: ...}`` and the label): minutes and test AUROC (the issue-26 figure).
 
-    python -m bench volume PATH.npz [--mode direct|pipeline] [--size 28] [--threads 2] [--epochs N]
+    python -m bench volume PATH.npz [--mode direct|pipeline] [--size 28] [--threads 2] [--epochs N] [--conv 3d]
 
 With no PATH, the bundled SYNTHETIC phantoms (``data/landing/synthetic_volume_phantoms``). Real MedMNIST 3D sets
-are kept by the maintainers, outside the repository.
+are kept by the maintainers, outside the repository; ``python -m bench.volume_synthetic`` writes a SYNTHETIC
+stand-in in their layout (28^3 or 64^3, binary or K classes).
 """
 
 from __future__ import annotations
@@ -48,11 +50,11 @@ def _arrays(npz: Path, size: int) -> tuple[dict[str, np.ndarray], dict[str, np.n
     return X, y
 
 
-def direct(npz: Path, size: int, threads: int, epochs: int | None) -> dict:
+def direct(npz: Path, size: int, threads: int, epochs: int | None, conv: str) -> dict:
     """Imaging's trainer on the arrays with the default volume spec: voxels/s and test AUROC."""
-    from meddiag_pipelines.imaging.scoring import baseline_side, pooled_pixels
+    from meddiag_pipelines.flat.models import predict_tabular, train_tabular_models
+    from meddiag_pipelines.imaging.scoring import baseline_side, volume_feature_names, volume_features
     from meddiag_pipelines.imaging.train import macro_auroc, predict_image_model, train_image_model
-    from meddiag_pipelines.logistic import predict_logistic, train_logistic
     from meddiag_pipelines.specs import TaskSpec
 
     X, y = _arrays(npz, size)
@@ -63,7 +65,7 @@ def direct(npz: Path, size: int, threads: int, epochs: int | None) -> dict:
             "name": "volume_bench",
             "modality": "volume",
             "label": "label",
-            "volume": {"format": "npz", "size": size},
+            "volume": {"format": "npz", "size": size, "conv": conv},
             "training": {"epochs": epochs} if epochs else {},
         }
     )
@@ -77,25 +79,26 @@ def direct(npz: Path, size: int, threads: int, epochs: int | None) -> dict:
         start = time.perf_counter()
         proba = predict_image_model(res.model_dir, X["test"], "cpu")
         infer_s = time.perf_counter() - start
+        start = time.perf_counter()
         side = baseline_side(size, 3)
-        P = {s: pooled_pixels(X[s], side) for s in SPLITS}
-        train_logistic(
-            P["train"],
-            y["train"],
-            P["val"],
-            y["val"],
-            len(classes),
-            Path(tmp) / "baseline",
-            [f"f{i}" for i in range(P["train"].shape[1])],
+        P = {s: volume_features(X[s], side) for s in SPLITS}
+        out, names = Path(tmp) / "baseline", volume_feature_names(1, side)
+        chosen = train_tabular_models(
+            P["train"], y["train"], P["val"], y["val"], len(classes), spec.training, out, names
         )
-        baseline = predict_logistic(Path(tmp) / "baseline", P["test"])
+        baseline = predict_tabular(out, P["test"])
+        baseline_seconds = time.perf_counter() - start
     train_speed = float(np.mean([h["images_per_second"] for h in res.history]))
     return {
         "test_auroc": macro_auroc(y["test"], proba, kind),
         "baseline_test_auroc": macro_auroc(y["test"], baseline, kind),
+        "baseline_chosen": chosen["params"]["chosen"],
+        "baseline_seconds": baseline_seconds,
         "val_auroc": res.best_val_auroc,
         "epochs_run": len(res.history),
         "width": res.config["model_config"]["width"],
+        "conv": conv,
+        "stopped": res.stopped,
         "train_seconds": seconds,
         "train_voxels_per_s": train_speed * voxels,
         "infer_voxels_per_s": len(X["test"]) * voxels / infer_s,
@@ -110,6 +113,7 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--size", type=int, default=None, help="volume.size (default: the npz's own side)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--epochs", type=int, default=None, help="training.epochs (default: the spec default)")
+    parser.add_argument("--conv", default="3d", choices=["3d", "acs", "2.5d"], help="volume.conv (direct mode)")
     args = parser.parse_args(argv)
     with np.load(args.npz, allow_pickle=False) as data:
         size = args.size or int(data["train_images"].shape[1])
@@ -125,7 +129,7 @@ def main(argv: list[str]) -> None:
             }
         )
         return
-    emit({**record, **direct(args.npz, size, args.threads, args.epochs)})
+    emit({**record, **direct(args.npz, size, args.threads, args.epochs, args.conv)})
 
 
 if __name__ == "__main__":

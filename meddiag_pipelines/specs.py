@@ -397,9 +397,23 @@ class VolumeSpec(_Section):
         default_factory=lambda: ["hflip", "affine", "intensity"],
         description="flips along x / y / z, a small rotation, scaling and shift, intensity scale and shift",
     )
-    model: Literal["resnet10", "resnet18"] = Field("resnet18", description="the 3D ResNet trained from scratch")
+    model: Literal["resnet10", "resnet18"] = Field(
+        "resnet10",
+        description="the 3D ResNet trained from scratch (ResNet-10 by default: twice ResNet-18's epochs in the "
+        "same CPU minutes, bench/README.md)",
+    )
+    conv: Literal["3d", "acs", "2.5d"] = Field(
+        "3d",
+        description="its k^3 convolutions: full 3D kernels, ACS (2D kernels, a third of the channels in each of "
+        "the axial, coronal and sagittal planes) or 2.5D (2D kernels in the axial plane)",
+    )
     width: int | None = Field(
         None, ge=4, le=128, description="its base width; unset: chosen from the data size and the device"
+    )
+    candidate: Literal["auto", "cnn"] = Field(
+        "auto",
+        description="auto: the CNN or the voxel-feature model (pooled voxels and intensity statistics), the higher "
+        "validation AUROC; cnn: always the CNN (Grad-CAM and ONNX export need it)",
     )
 
     @field_validator("spacing")
@@ -589,6 +603,8 @@ class TaskSpec(_Section):
                 "volume tasks need the 'volume' section naming its format (npz, dicom_series or "
                 "nifti), and only they have one"
             )
+        if self.modality == "volume":
+            self.training = _volume_training(self.training)
         if self.positive is not None and self.classes and self.positive not in self.classes:
             raise ValueError(f"positive class {self.positive!r} is not among classes {self.classes}")
         if self.classes is not None and len(set(self.classes)) < 2:
@@ -630,6 +646,16 @@ class TaskSpec(_Section):
             self.model_copy(update={"name": name, "outcomes": [outcome], "landing": landing, "family": family})
             for name, outcome in zip(names, self.outcomes, strict=True)
         ]
+
+
+VOLUME_TRAINING = {"epochs": 12, "time_budget_s": 780.0}
+
+
+def _volume_training(training: TrainingSpec) -> TrainingSpec:
+    """Volume tasks' defaults where the spec leaves them: a 28^3 set of ~1,300 volumes trains within 13 minutes
+    of 2 CPU cores, so the whole run fits 20 (bench/README.md, Volumes)."""
+    unset = {k: v for k, v in VOLUME_TRAINING.items() if k not in training.model_fields_set}
+    return training.model_copy(update=unset) if unset else training
 
 
 def spec_columns(records: pl.DataFrame, spec: TaskSpec) -> pl.DataFrame:

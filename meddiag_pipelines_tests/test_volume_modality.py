@@ -15,12 +15,13 @@ import pytest
 import torch
 
 from meddiag_pipelines.definitions import build_definitions
+from meddiag_pipelines.imaging.model import _conv_factory
 from meddiag_pipelines.imaging.readers import npz_record_id
 from meddiag_pipelines.imaging.saliency import grad_cam, orthogonal_slices
-from meddiag_pipelines.imaging.scoring import pooled_pixels
+from meddiag_pipelines.imaging.scoring import pooled_pixels, volume_feature_names, volume_features
 from meddiag_pipelines.imaging.train import augment_batch, predict_image_model, train_image_model
 from meddiag_pipelines.imaging.tuning import VOLUME_AUGMENT_SETS, fit_image_model
-from meddiag_pipelines.imaging.volume.modality import MODALITY, read_volume_records
+from meddiag_pipelines.imaging.volume.modality import MODALITY, candidate_choice, read_volume_records
 from meddiag_pipelines.imaging.volume.readers import load_volume, read_volume_batch
 from meddiag_pipelines.ingestion.landing import LandedBatch
 from meddiag_pipelines.ingestion.quarantine import file_reason
@@ -75,8 +76,11 @@ def test_format_and_label_are_enough_and_the_defaults_are_what_a_user_expects(tm
     volume = spec.volume
     assert (volume.format, volume.size, volume.spacing, volume.intensity) == ("npz", 28, None, None)
     assert volume.orientation == "RAS"
-    assert volume.file_column == "file" and volume.max_voxels == 512 * 512 * 1024 and volume.model == "resnet18"
+    assert volume.file_column == "file" and volume.max_voxels == 512 * 512 * 1024 and volume.model == "resnet10"
+    assert volume.conv == "3d" and (spec.training.epochs, spec.training.time_budget_s) == (12, 780.0)
     assert get("volume") is MODALITY
+    given = load_spec(_spec_file(tmp_path, "{format: npz}\ntraining: {epochs: 3}"))
+    assert (given.training.epochs, given.training.time_budget_s) == (3, 780.0)
 
 
 @pytest.mark.parametrize(
@@ -275,6 +279,7 @@ def test_the_synthetic_volume_task_end_to_end_with_its_onnx_export(tmp_path: Pat
     spec = load_spec(BUNDLED_TASKS_DIR / "synthetic_volume_phantoms.yaml")
     spec = spec.model_copy(
         update={
+            "volume": spec.volume.model_copy(update={"candidate": "cnn"}),  # the CNN's Grad-CAM and export
             "training": spec.training.model_copy(update={"epochs": 2}),
             "evaluation": spec.evaluation.model_copy(update={"n_bootstrap": 100}),
             "promotion": spec.promotion.model_copy(update={"auroc_floor": 0.0, "slope_band": (0.0, 1e9)}),
@@ -295,7 +300,7 @@ def test_the_synthetic_volume_task_end_to_end_with_its_onnx_export(tmp_path: Pat
     latest = root / "reports" / task / "latest"
     metrics = json.loads((latest / "metrics.json").read_text())
     assert (metrics["n_train"], metrics["n_val"], metrics["n_test"]) == (60, 24, 24)
-    assert metrics["baseline"]["name"] == "logistic_regression_pooled_voxels" and 0 <= metrics["auroc"] <= 1
+    assert metrics["baseline"]["name"] == "pooled_voxels_intensity_statistics" and 0 <= metrics["auroc"] <= 1
     html = (latest / "report.html").read_text()
     saliency = html[html.index("Saliency (Grad-CAM)") :]
     assert "axial, coronal and sagittal slices" in saliency and saliency.count("data:image/png;base64,") >= 2
@@ -311,3 +316,101 @@ def test_the_synthetic_volume_task_end_to_end_with_its_onnx_export(tmp_path: Pat
     )
     exported = export_version(root, task, champion)
     assert exported["max_abs_diff"] < 1e-4 and exported["output_shape"] == ["batch", 1], exported
+
+
+# ------------------------------------------------------------------------------------------------ ACS and 2.5D
+
+
+@pytest.mark.parametrize(("kind", "planes"), [("2.5d", (0,)), ("acs", (0, 1, 2))])
+def test_planar_convolutions_equal_3d_convolutions_with_flat_kernels(kind: str, planes: tuple[int, ...]) -> None:
+    conv = _conv_factory(3, kind)(4, 6, 3, 2, 1)
+    x = torch.rand(2, 4, 7, 9, 8)
+    expected = []
+    for plane, conv2d in zip(planes, conv.convs, strict=True):
+        kernel, padding = [3, 3, 3], [1, 1, 1]
+        kernel[plane], padding[plane] = 1, 0
+        flat = torch.nn.Conv3d(4, conv2d.out_channels, tuple(kernel), 2, tuple(padding), bias=False)
+        flat.weight.data = conv2d.weight.data.unsqueeze(2 + plane)
+        expected.append(flat(x))
+    assert torch.allclose(conv(x), torch.cat(expected, 1), atol=1e-5)
+    assert sum(c.out_channels for c in conv.convs) == 6
+    with pytest.raises(ValueError, match="volumes only for acs / 2.5d"):
+        _conv_factory(2, kind)
+
+
+def test_a_volume_model_of_acs_convolutions_trains_and_explains(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    X = rng.random((20, 1, SIDE, SIDE, SIDE)).astype(np.float32)
+    y = np.arange(20) % 2
+    spec = volume_spec(width=6, conv="acs").model_copy(
+        update={"training": volume_spec().training.model_copy(update={"epochs": 1, "batch_size": 8})}
+    )
+    train_image_model(X[:12], y[:12], X[12:], y[12:], "binary", 1, spec, tmp_path, "cpu", num_threads=1)
+    meta = json.loads((tmp_path / "model.json").read_text())
+    assert meta["model_config"]["conv"] == "acs" and meta["hyperparameters"]["conv"] == "acs"
+    assert predict_image_model(tmp_path, X[:3], "cpu").shape == (3,)
+    assert grad_cam(tmp_path, X[:2]).shape == (2, SIDE, SIDE, SIDE)
+
+
+def test_the_candidate_is_the_model_of_the_higher_validation_auroc_unless_the_cnn_is_asked_for() -> None:
+    y = np.arange(40) % 2
+    good, poor = np.where(y == 1, 0.8, 0.2), np.where(np.arange(40) % 4 == 1, 0.8, 0.3)  # AUROC 1.0 and 0.75
+    assert candidate_choice(y, {"cnn": poor, "voxel_features": good}, 0)["chosen"] == "voxel_features"
+    assert candidate_choice(y, {"cnn": good, "voxel_features": poor}, 0)["chosen"] == "cnn"
+    assert candidate_choice(y, {"cnn": good, "voxel_features": good}, 0)["chosen"] == "cnn"  # a tie keeps the CNN
+    forced = candidate_choice(y, {"cnn": poor, "voxel_features": good}, 0, "cnn")
+    assert forced["chosen"] == "cnn" and forced["difference"] == pytest.approx(0.25)
+    assert "volume.candidate is cnn" in forced["reason"]
+
+
+def test_volume_features_are_pooled_voxels_then_named_intensity_statistics() -> None:
+    X = np.zeros((2, 1, 16, 16, 16), np.float32)
+    X[1, 0, 4:12, 4:12, 4:12] = 1.0  # the centre cube bright
+    F, names = volume_features(X, 4), volume_feature_names(1, 4)
+    assert F.shape == (2, len(names)) and names[64] == "c0_all_mean" and names[-1] == "c0_centre_hist15"
+    assert F[1, names.index("c0_all_mean")] == pytest.approx(512 / 4096)
+    assert F[1, names.index("c0_centre_mean")] == 1.0 and F[0, names.index("c0_centre_hist00")] == 1.0
+
+
+# ------------------------------------------------------------------------------------------------ multi-class
+
+
+@pytest.mark.slow
+def test_an_eleven_class_npz_end_to_end_with_macro_auroc_and_the_acs_models_onnx_export(tmp_path: Path) -> None:
+    """OrganMNIST3D's shape of task (labels 0..10, no positive class) through the spec a user writes."""
+    spec = TaskSpec.model_validate(
+        {
+            "name": "organs",
+            "modality": "volume",
+            "label": "label",
+            "volume": {"format": "npz", "size": SIDE, "conv": "acs", "width": 4, "candidate": "cnn"},
+            "training": {"epochs": 2, "batch_size": 16},
+            "evaluation": {"n_bootstrap": 100},
+            "promotion": {"auroc_floor": 0.0, "slope_band": (0.0, 1e9)},
+        }
+    )
+    rng = np.random.default_rng(3)
+    arrays = {}
+    for split, per_class in {"train": 6, "val": 3, "test": 3}.items():
+        y = np.repeat(np.arange(11), per_class)
+        arrays[f"{split}_images"] = 10 * y[:, None, None, None] + rng.integers(0, 100, (len(y), SIDE, SIDE, SIDE))
+        arrays[f"{split}_images"] = arrays[f"{split}_images"].astype(np.uint8)
+        arrays[f"{split}_labels"] = y[:, None].astype(np.uint8)
+    root = tmp_path / "data"
+    batch = root / "landing" / spec.name / "batch_0001"
+    batch.mkdir(parents=True)
+    np.savez_compressed(batch / "organs.npz", **arrays)
+    (batch / "_READY").touch()
+    with dg.instance_for_test() as instance:
+        assert run_task_in_process(build_definitions([spec], root), spec, instance, None, raise_on_error=False).success
+    metrics = json.loads((root / "reports" / spec.name / "latest" / "metrics.json").read_text())
+    assert metrics["n_test"] == 33 and len(metrics["classes"]) == 11 and 0.5 < metrics["auroc"] <= 1
+    assert (
+        metrics["candidate_choice"]["chosen"] == "cnn"
+        and "volume.candidate is cnn" in metrics["candidate_choice"]["reason"]
+    )
+    assert metrics["baseline"]["name"] == "pooled_voxels_intensity_statistics"
+    registry = root / "models" / spec.name
+    champion = json.loads((registry / "champion.json").read_text())["version"]
+    exported = export_version(root, spec.name, champion)
+    assert exported["max_abs_diff"] < 1e-4 and exported["output_shape"] == ["batch", 11], exported

@@ -313,9 +313,12 @@ def _fold_scores(
     return validation_score(y[held], p_xgb), validation_score(y[held], p_lr)
 
 
-def validation_bootstrap(y_val: np.ndarray, probas: dict[str, np.ndarray], seed: int) -> dict:
-    """The models' validation scores, their paired difference, and standard errors from ``VALIDATION_BOOTSTRAP``
-    resamples of the validation rows (the same rows for both models)."""
+def validation_bootstrap(
+    y_val: np.ndarray, probas: dict[str, np.ndarray], seed: int, pair: tuple[str, str] = ("xgboost", "logistic")
+) -> dict:
+    """The models' validation scores, their paired difference (``pair``: challenger minus incumbent), and standard
+    errors from ``VALIDATION_BOOTSTRAP`` resamples of the validation rows (the same rows for both models)."""
+    challenger, incumbent = pair
     rng = np.random.default_rng(seed)
     draws = [rng.integers(0, len(y_val), len(y_val)) for _ in range(VALIDATION_BOOTSTRAP)]
     resampled = {k: np.array([validation_score(y_val[i], p[i]) for i in draws]) for k, p in probas.items()}
@@ -325,9 +328,9 @@ def validation_bootstrap(y_val: np.ndarray, probas: dict[str, np.ndarray], seed:
         "evidence": "validation",
         "n_rows": len(y_val),
         "n_folds": None,
-        "candidates": {k: {"score": full[k], "se": float(np.nanstd(resampled[k]))} for k in ("xgboost", "logistic")},
-        "difference": full["xgboost"] - full["logistic"],
-        "difference_se": float(np.nanstd(resampled["xgboost"] - resampled["logistic"])),
+        "candidates": {k: {"score": full[k], "se": float(np.nanstd(resampled[k]))} for k in pair},
+        "difference": full[challenger] - full[incumbent],
+        "difference_se": float(np.nanstd(resampled[challenger] - resampled[incumbent])),
     }
 
 

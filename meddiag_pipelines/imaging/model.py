@@ -14,7 +14,12 @@ on two cores; see ``DEFAULT_WIDTH`` and the throughput notes in ``train.py``. On
 
 ``spatial_dims`` 3 makes the same network of 3D convolutions, batch norms and pooling for volumes (N, C, S, S, S):
 a 3D ResNet-18 (or ResNet-10 with ``blocks`` (1, 1, 1, 1)) as MedMNIST v2's 3D baselines, the stem adapted the same
-way.
+way. ``conv`` chooses its k x k x k convolutions as MedMNIST v2's three variants: ``3d`` (full 3D kernels), ``acs``
+(Yang et al., "Reinventing 2D convolutions for 3D images", 2021: the output channels split in three, each third a
+2D k x k kernel in the axial, coronal or sagittal plane; a third of the 3D multiply-adds) or ``2.5d`` (every kernel
+a 2D k x k one in the axial plane, the slices mixed only by the 1 x 1 x 1 shortcuts and the pooling). The planar
+kernels run as ``nn.Conv2d`` over the slices (:class:`PlanarConv3d`), so Grad-CAM, the ONNX export and checkpoints
+need nothing of their own.
 
 Input: float in [0, 1], shape (N, C, S, S) (volumes: (N, C, S, S, S)). The per-channel mean / std
 normalisation (fitted on the training images) is stored in the model's buffers so ``model.pt`` is self-contained.
@@ -45,6 +50,7 @@ class ModelConfig:
     blocks: tuple[int, int, int, int] = DEFAULT_BLOCKS
     hflip_tta: bool = False
     spatial_dims: int = 2
+    conv: str = "3d"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -65,16 +71,64 @@ _LAYERS = {
 }
 
 
+CONV_KINDS = ("3d", "acs", "2.5d")
+
+
 def _layers(spatial_dims: int) -> tuple[type, type, type, type]:
     if spatial_dims not in _LAYERS:
         raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
     return _LAYERS[spatial_dims]
 
 
-class BasicBlock(nn.Module):
-    def __init__(self, c_in: int, c_out: int, stride: int, spatial_dims: int = 2) -> None:
+class PlanarConv3d(nn.Module):
+    """k x k 2D convolutions across the planes of a volume (N, C, D, H, W): per slicing axis (2: axial, 3:
+    coronal, 4: sagittal) an ``nn.Conv2d`` over every slice, the slicing axis subsampled by the stride (a 3D kernel
+    of depth 1 along it), the outputs stacked along the channels. One axis (2) is the 2.5D convolution; all three,
+    the output channels split in thirds, the ACS one. Slices batched through ``conv2d`` rather than ``conv3d`` with
+    a flat kernel: oneDNN's 3D path is 2-3x slower on CPU for flat kernels (measured, bench/README.md)."""
+
+    def __init__(self, c_in: int, c_out: int, k: int, stride: int, padding: int, axes: tuple[int, ...]) -> None:
         super().__init__()
-        conv, norm = _layers(spatial_dims)[:2]
+        split = [c_out // len(axes)] * len(axes)
+        split[0] += c_out - sum(split)
+        self.axes, self.stride = axes, stride
+        self.convs = nn.ModuleList(nn.Conv2d(c_in, n, k, stride, padding, bias=False) for n in split)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        outs = []
+        for axis, conv in zip(self.axes, self.convs, strict=True):
+            index = [slice(None)] * 5
+            index[axis] = slice(None, None, self.stride)
+            slices = x[tuple(index)].movedim(axis, 1)  # (N, D', C, H, W), the slicing axis second
+            n, d = slices.shape[:2]
+            y = conv(slices.reshape(n * d, *slices.shape[2:]))
+            outs.append(y.reshape(n, d, *y.shape[1:]).movedim(1, axis))
+        return outs[0] if len(outs) == 1 else torch.cat(outs, 1)
+
+
+_PLANAR_AXES = {"acs": (2, 3, 4), "2.5d": (2,)}
+
+
+def _conv_factory(spatial_dims: int, kind: str):
+    """The convolution constructor ``(c_in, c_out, k, stride, padding, bias=...)`` of ``kind`` (``CONV_KINDS``)."""
+    if kind not in CONV_KINDS or (spatial_dims == 2 and kind != "3d"):
+        raise ValueError(f"conv must be one of {CONV_KINDS} (volumes only for acs / 2.5d), got {kind!r}")
+    base = _layers(spatial_dims)[0]
+    if kind == "3d":
+        return base
+
+    def make(c_in: int, c_out: int, k: int, stride: int = 1, padding: int = 0, bias: bool = False) -> nn.Module:
+        if k == 1:  # a 1 x 1 x 1 kernel is the same in every variant
+            return nn.Conv3d(c_in, c_out, 1, stride, 0, bias=bias)
+        return PlanarConv3d(c_in, c_out, k, stride, padding, _PLANAR_AXES[kind])
+
+    return make
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, c_in: int, c_out: int, stride: int, spatial_dims: int = 2, conv_kind: str = "3d") -> None:
+        super().__init__()
+        conv, norm = _conv_factory(spatial_dims, conv_kind), _layers(spatial_dims)[1]
         self.conv1 = conv(c_in, c_out, 3, stride, 1, bias=False)
         self.bn1 = norm(c_out)
         self.conv2 = conv(c_out, c_out, 3, 1, 1, bias=False)
@@ -90,9 +144,10 @@ class BasicBlock(nn.Module):
         return self.relu(out + self.downsample(x))
 
 
-def _stage(c_in: int, c_out: int, stride: int, n_blocks: int, dims: int) -> nn.Sequential:
+def _stage(c_in: int, c_out: int, stride: int, n_blocks: int, dims: int, kind: str) -> nn.Sequential:
     return nn.Sequential(
-        BasicBlock(c_in, c_out, stride, dims), *(BasicBlock(c_out, c_out, 1, dims) for _ in range(n_blocks - 1))
+        BasicBlock(c_in, c_out, stride, dims, kind),
+        *(BasicBlock(c_out, c_out, 1, dims, kind) for _ in range(n_blocks - 1)),
     )
 
 
@@ -107,15 +162,17 @@ class ResNet18Small(nn.Module):
         blocks: tuple[int, int, int, int] = DEFAULT_BLOCKS,
         hflip_tta: bool = False,
         spatial_dims: int = 2,
+        conv: str = "3d",
     ) -> None:
         super().__init__()
-        conv, norm, max_pool, avg_pool = _layers(spatial_dims)
+        norm, max_pool, avg_pool = _layers(spatial_dims)[1:]
+        conv_kind, conv = conv, _conv_factory(spatial_dims, conv)
         stem = stem or stem_for(input_size)
         blocks = tuple(int(b) for b in blocks)
         if len(blocks) != 4 or min(blocks) < 1:
             raise ValueError(f"blocks must be four counts >= 1, got {blocks}")
         self.config = ModelConfig(
-            in_channels, n_outputs, width, input_size, stem, blocks, bool(hflip_tta), spatial_dims
+            in_channels, n_outputs, width, input_size, stem, blocks, bool(hflip_tta), spatial_dims, conv_kind
         )
         w = width
         if stem == "3x3s1":
@@ -132,16 +189,16 @@ class ResNet18Small(nn.Module):
         else:
             raise ValueError(f"unknown stem {stem!r}")
         d = spatial_dims
-        self.layer1 = _stage(w, w, 1, blocks[0], d)
-        self.layer2 = _stage(w, 2 * w, 2, blocks[1], d)
-        self.layer3 = _stage(2 * w, 4 * w, 2, blocks[2], d)
-        self.layer4 = _stage(4 * w, 8 * w, 2, blocks[3], d)
+        self.layer1 = _stage(w, w, 1, blocks[0], d, conv_kind)
+        self.layer2 = _stage(w, 2 * w, 2, blocks[1], d, conv_kind)
+        self.layer3 = _stage(2 * w, 4 * w, 2, blocks[2], d, conv_kind)
+        self.layer4 = _stage(4 * w, 8 * w, 2, blocks[3], d, conv_kind)
         self.pool = avg_pool(1)
         self.fc = nn.Linear(8 * w, n_outputs)
         self.register_buffer("mean", torch.full(self._channel_shape(), 0.5))
         self.register_buffer("std", torch.full(self._channel_shape(), 0.25))
         for m in self.modules():
-            if isinstance(m, conv):
+            if isinstance(m, (nn.Conv2d, nn.Conv3d)):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
             elif isinstance(m, norm):
                 nn.init.ones_(m.weight)
@@ -192,7 +249,8 @@ def build_model(config: dict) -> ResNet18Small:
         blocks=tuple(config.get("blocks", DEFAULT_BLOCKS)),
         hflip_tta=bool(config.get("hflip_tta", False)),
         spatial_dims=int(config.get("spatial_dims", 2)),
+        conv=str(config.get("conv", "3d")),
     )
 
 
-__all__ = ["DEFAULT_BLOCKS", "DEFAULT_WIDTH", "ModelConfig", "ResNet18Small", "build_model", "stem_for"]
+__all__ = ["CONV_KINDS", "DEFAULT_BLOCKS", "DEFAULT_WIDTH", "ModelConfig", "ResNet18Small", "build_model", "stem_for"]

@@ -31,11 +31,55 @@ def pooled_pixels(X: np.ndarray, side: int) -> np.ndarray:
     return blocks.mean(axis=tuple(range(3, 3 + 2 * dims, 2))).reshape(n, c * side**dims)
 
 
+QUANTILES = (0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99)
+HISTOGRAM_BINS = 16
+
+
+def _intensity_statistics(X: np.ndarray) -> np.ndarray:
+    """(n, C, ...) -> (n, C, k): mean, standard deviation, quantiles and a normalised histogram over [0, 1] of each
+    volume's voxels, then the same of its central half-side cube (where MedMNIST's 3D sets centre the finding)."""
+    n, c = X.shape[:2]
+    s = X.shape[2]
+    centre = X[(slice(None), slice(None), *(slice(s // 4, s - s // 4),) * (X.ndim - 2))]
+    parts = []
+    for region in (X, centre):
+        flat = region.reshape(n * c, -1).astype(np.float32)
+        bins = np.minimum((np.clip(flat, 0.0, 1.0) * HISTOGRAM_BINS).astype(np.int64), HISTOGRAM_BINS - 1)
+        bins += HISTOGRAM_BINS * np.arange(n * c)[:, None]
+        hist = np.bincount(bins.ravel(), minlength=n * c * HISTOGRAM_BINS).reshape(n * c, HISTOGRAM_BINS)
+        stats = [
+            flat.mean(-1, keepdims=True),
+            flat.std(-1, keepdims=True),
+            np.quantile(flat, QUANTILES, axis=-1).T,
+            hist / flat.shape[1],
+        ]
+        parts.append(np.concatenate(stats, -1).reshape(n, c, -1))
+    return np.concatenate(parts, -1)
+
+
+def volume_features(X: np.ndarray, side: int) -> np.ndarray:
+    """The volume baseline's inputs: the pooled voxels (:func:`pooled_pixels`) then the intensity statistics of
+    each volume and of its centre, per channel."""
+    return np.concatenate([pooled_pixels(X, side), _intensity_statistics(X).reshape(len(X), -1)], 1)
+
+
+def volume_feature_names(channels: int, side: int) -> list[str]:
+    """:func:`volume_features`' column names, in its order."""
+    pooled = [f"c{c}_z{z}_y{y}_x{x}" for c in range(channels) for z, y, x in np.ndindex(side, side, side)]
+    stats = ["mean", "std", *(f"q{round(q * 100):02d}" for q in QUANTILES)]
+    stats += [f"hist{b:02d}" for b in range(HISTOGRAM_BINS)]
+    return pooled + [f"c{c}_{region}_{stat}" for c in range(channels) for region in ("all", "centre") for stat in stats]
+
+
 def _predict_chunk(model_dir: Path, X: np.ndarray, plan: dict, n_outputs: int, device: str) -> np.ndarray:
     from meddiag_pipelines.logistic import predict_logistic
 
     if plan.get("predictor") == "pixel_logistic":
         return predict_logistic(model_dir, pooled_pixels(X, int(plan["baseline_side"])))
+    if plan.get("predictor") == "voxel_features":  # the volume baseline: XGBoost or logistic, flat's model choice
+        from meddiag_pipelines.flat.models import predict_tabular
+
+        return predict_tabular(model_dir, volume_features(X, int(plan["baseline_side"])))
     if plan.get("predictor") == "pixel_logistic_ovr":  # multi-label: one model per finding
         pooled = pooled_pixels(X, int(plan["baseline_side"]))
         return np.stack([predict_logistic(model_dir / f"label_{j}", pooled) for j in range(n_outputs)], axis=1)

@@ -13,8 +13,9 @@ configuration (:class:`ImageParams`) per call; ``imaging.tuning`` searches them.
   (binary ``pos_weight = n_neg / n_pos``, multiclass inverse-frequency weights, multilabel per-label
   ``pos_weight`` capped at ``MULTILABEL_POS_WEIGHT_CAP``); augmentation of each batch in torch from
   ``spec.image.augment`` / ``spec.volume.augment`` (hflip / vflip / dflip: a flip of the last / second last / third
-  last axis with p = 0.5; affine: rotation +-10 deg (about a random axis for volumes), scale 0.9-1.1, shift +-6 %;
-  intensity: a gain of 0.9-1.1 and an offset of +-0.05).
+  last axis with p = 0.5; affine: rotation +-10 deg, scale 0.9-1.1, shift +-6 %; intensity: a gain of 0.9-1.1 and
+  an offset of +-0.05): images batch-wise in torch, volumes one by one through MONAI's 3D random transforms
+  (``RandFlip``, ``RandAffine`` rotating about all three axes, ``RandScaleIntensity``, ``RandShiftIntensity``).
 * An exponential moving average of the weights and batch-norm statistics (``torch.optim.swa_utils.AveragedModel``,
   updated after every step, averaging over about one epoch, :func:`ema_decay`, with a warm-up so a short run is
   not dominated by the initial weights) is what is validated, saved and scored; the raw weights only train.
@@ -40,6 +41,7 @@ epoch instead of ~6-10 min), and 64 (the original ResNet-18 width) on CUDA.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -79,7 +81,7 @@ TIMM = "timm"  # model.json "architecture" of a timm backbone
 UNFROZEN_LR_SCALE = 0.1  # frozen_then_unfrozen: the backbone's learning rate once it trains, relative to the head's
 SGD_MOMENTUM = 0.9
 EMA_DECAY_RANGE = (0.9, 0.9999)  # the average's decay, whatever the epoch's length
-RECIPE = "ema+hflip_tta"  # in the checkpoint's fingerprint: a checkpoint of another recipe is not resumed
+RECIPE = "ema+hflip_tta+monai3d"  # in the checkpoint's fingerprint: a checkpoint of another recipe is not resumed
 
 
 @dataclass(frozen=True)
@@ -92,6 +94,7 @@ class ImageParams:
     augment: tuple[str, ...] = ()
     width: int | None = None  # ResNet18Small only; None: choose_width
     blocks: tuple[int, ...] = DEFAULT_BLOCKS  # ResNet18Small only
+    conv: str = "3d"  # ResNet18Small volumes: 3d | acs | 2.5d (model.CONV_KINDS)
     backbone: str | None = None  # a timm architecture, or None for ResNet18Small
     finetune: Literal["full", "linear_probe", "frozen_then_unfrozen"] = "full"
 
@@ -110,6 +113,7 @@ def default_params(spec: TaskSpec) -> ImageParams:
             augment=tuple(volume.augment),
             width=volume.width,
             blocks=VOLUME_BLOCKS[volume.model],
+            conv=volume.conv,
         )
     backbones = image.backbone_names() if image is not None else []
     return ImageParams(
@@ -216,25 +220,20 @@ def macro_auroc(y: np.ndarray, p: np.ndarray, kind: str) -> float:
 _FLIP_AXES = {"hflip": -1, "vflip": -2, "dflip": -3}  # dflip: volumes only (their depth axis)
 
 
-def _rotation(angle: torch.Tensor, dims: int, axis: torch.Tensor | None) -> torch.Tensor:
-    """(n, dims, dims) rotations by ``angle``: in the plane for images; for volumes about ``axis`` (0, 1, 2 per
-    volume), i.e. in the plane of the two other axes."""
+def _rotation(angle: torch.Tensor) -> torch.Tensor:
+    """(n, 2, 2) rotations of images by ``angle``."""
     cos, sin = torch.cos(angle), torch.sin(angle)
-    if dims == 2:
-        return torch.stack([torch.stack([cos, -sin], 1), torch.stack([sin, cos], 1)], 1)
-    rot = torch.eye(3).repeat(len(angle), 1, 1)
-    for k, (i, j) in enumerate(((1, 2), (0, 2), (0, 1))):
-        on = axis == k
-        rot[on, i, i], rot[on, j, j], rot[on, i, j], rot[on, j, i] = cos[on], cos[on], -sin[on], sin[on]
-    return rot
+    return torch.stack([torch.stack([cos, -sin], 1), torch.stack([sin, cos], 1)], 1)
 
 
 def augment_batch(x: torch.Tensor, ops: list[str], gen: torch.Generator) -> torch.Tensor:
     """Random flips / small affine / intensity jitter of a batch (N, C, H, W) or (N, C, D, H, W) in [0, 1]; random
-    numbers drawn from ``gen`` (CPU)."""
+    numbers drawn from ``gen`` (CPU). Volumes go through MONAI's transforms (:func:`_volume_transforms`)."""
     n, dims = x.shape[0], x.ndim - 2
     if n == 0 or not ops:
         return x
+    if dims == 3:
+        return _augment_volumes(x, tuple(ops), gen)
     per_sample = (-1, *(1,) * (x.ndim - 1))
     for op, axis in _FLIP_AXES.items():
         if op in ops and -axis <= dims:
@@ -242,10 +241,9 @@ def augment_batch(x: torch.Tensor, ops: list[str], gen: torch.Generator) -> torc
             x = torch.where(m, x.flip(axis), x)
     if "affine" in ops:
         angle = (torch.rand(n, generator=gen) * 2 - 1) * math.radians(10)
-        axis = torch.randint(0, 3, (n,), generator=gen) if dims == 3 else None
         scale = 0.9 + 0.2 * torch.rand(n, generator=gen)
         shift = (torch.rand(n, dims, generator=gen) * 2 - 1) * 0.12  # +-6 % of the side in [-1, 1] coordinates
-        theta = torch.cat([_rotation(angle, dims, axis) / scale.view(-1, 1, 1), shift[:, :, None]], 2)
+        theta = torch.cat([_rotation(angle) / scale.view(-1, 1, 1), shift[:, :, None]], 2)
         grid = F.affine_grid(theta.to(x.device, x.dtype), list(x.shape), align_corners=False)
         x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     if "intensity" in ops:
@@ -253,6 +251,43 @@ def augment_batch(x: torch.Tensor, ops: list[str], gen: torch.Generator) -> torc
         offset = ((torch.rand(n, generator=gen) * 2 - 1) * 0.05).to(x.device, x.dtype).view(per_sample)
         x = (x * gain + offset).clamp(0.0, 1.0)
     return x
+
+
+@functools.lru_cache(maxsize=8)
+def _volume_transforms(ops: tuple[str, ...], size: int):
+    """MONAI's 3D random transforms for ``ops`` on one (C, D, H, W) volume: ``RandFlip`` per flipped axis
+    (p = 0.5), ``RandAffine`` (p = 0.5: rotation +-10 deg about each axis, scale 0.9-1.1, shift +-6 % of the side,
+    zeros outside), ``RandScaleIntensity`` (gain 0.9-1.1) and ``RandShiftIntensity`` (offset +-0.05)."""
+    from monai.transforms import Compose, RandAffine, RandFlip, RandScaleIntensity, RandShiftIntensity
+
+    steps = [RandFlip(prob=0.5, spatial_axis=3 + axis) for op, axis in _FLIP_AXES.items() if op in ops]
+    if "affine" in ops:
+        steps.append(
+            RandAffine(
+                prob=0.5,  # per volume ~24 ms at 28^3 on CPU (~0.3 of a training step): half of them
+                rotate_range=(math.radians(10),) * 3,
+                scale_range=(0.1,) * 3,
+                translate_range=(0.06 * size,) * 3,
+                padding_mode="zeros",
+                mode="bilinear",
+                spatial_size=(size,) * 3,
+                cache_grid=True,
+            )
+        )
+    if "intensity" in ops:
+        steps += [RandScaleIntensity(factors=0.1, prob=1.0), RandShiftIntensity(offsets=0.05, prob=1.0)]
+    return Compose(steps)
+
+
+def _augment_volumes(x: torch.Tensor, ops: tuple[str, ...], gen: torch.Generator) -> torch.Tensor:
+    """Each volume of the batch through :func:`_volume_transforms`, seeded per batch from ``gen`` (so a run, and
+    a resumed one, is reproducible), clipped to [0, 1]."""
+    from monai.utils import convert_to_tensor
+
+    transforms = _volume_transforms(ops, int(x.shape[-1]))
+    transforms.set_random_state(seed=int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
+    out = torch.stack([convert_to_tensor(transforms(v), track_meta=False) for v in x])
+    return out.to(x.device, x.dtype).clamp(0.0, 1.0)
 
 
 class _Batches(torch.utils.data.Dataset):
@@ -327,6 +362,14 @@ def _predict(model: nn.Module, X: torch.Tensor, kind: str, device: str) -> np.nd
     if not outs:
         return np.empty((0,) if kind == "binary" else (0, 0), dtype=np.float32)
     return torch.cat(outs).numpy().astype(np.float32)
+
+
+def _in_layout(model: nn.Module, ndim: int, cuda: bool) -> nn.Module:
+    """The model in :func:`_memory_format`'s layout; a volume model of planar (2D) kernels keeps its own (a 3D
+    layout does not apply to their 4D weights)."""
+    if ndim == 5 and getattr(getattr(model, "config", None), "conv", "3d") != "3d":
+        return model
+    return model.to(memory_format=_memory_format(ndim, cuda))
 
 
 def _memory_format(ndim: int, cuda: bool) -> torch.memory_format:
@@ -413,6 +456,7 @@ def _new_model(
             blocks=params.blocks,
             hflip_tta="hflip" in params.augment,
             spatial_dims=spatial_dims,
+            conv=params.conv,
         )
     from meddiag_pipelines.imaging.backbones import new_backbone
 
@@ -660,7 +704,7 @@ def _set_up(plan: _Plan, spec: TaskSpec, Xt: torch.Tensor, yt: torch.Tensor, dev
     model.set_normalisation(mean, std)
     model = model.to(device)
     if cuda or (plan.params.width or 64) <= 32:  # measured faster on CPU at widths 16 / 32, slower at 64
-        model = model.to(memory_format=_memory_format(plan.spatial_dims + 2, cuda))
+        model = _in_layout(model, plan.spatial_dims + 2, cuda)
     loss_fn = _loss_fn(yt, plan.kind, plan.n_outputs).to(device)
     frozen_steps = plan.frozen_epochs * plan.steps_per_epoch
     optimizer, scheduler = _optimizer(model, plan.params, plan.total_steps, plan.warmup, frozen_steps)
@@ -885,7 +929,7 @@ def predict_image_model(model_dir: Path, X: np.ndarray, device: str | None = Non
     model, meta = load_image_model(model_dir, device)
     dims = int(meta.get("spatial_dims", 2))
     if device.startswith("cuda"):
-        model = model.to(memory_format=_memory_format(dims + 2, True))
+        model = _in_layout(model, dims + 2, True)
     X = _as_tensor(X)
     if X.shape[1:] != (meta["channels"], *(meta["input_size"],) * dims):
         raise ValueError(

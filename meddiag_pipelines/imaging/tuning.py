@@ -4,7 +4,8 @@ momentum), the weight decay (log), the augmentation set and the structure (the f
 depth, or the backbone among the spec's list), with a median pruner on the per-epoch validation AUROC, at most
 ``training.trials`` trials within ``training.time_budget_s`` seconds (the trials together).
 
-Volumes (the 3D ResNet of the volume modality) are searched the same way, over their own augmentation sets.
+Volumes (the 3D ResNet of the volume modality) are searched the same way, over their own augmentation sets and
+the convolution (3D, ACS or 2.5D).
 
 Each trial trains in ``out_dir/trials/<n>/`` with its own checkpoint; ``out_dir/tuning.json`` (written
 atomically after each trial) records the finished trials and the one in flight, so a rerun after a crash replays
@@ -27,6 +28,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from meddiag_pipelines.atomic import atomic_write, atomic_write_json
+from meddiag_pipelines.imaging.model import CONV_KINDS
 from meddiag_pipelines.imaging.train import (
     MODEL_JSON,
     MODEL_PT,
@@ -77,7 +79,10 @@ def suggest_params(trial: optuna.Trial, spec: TaskSpec, base_width: int) -> Imag
         return replace(params, backbone=trial.suggest_categorical("backbone", backbones))
     width = trial.suggest_categorical("width", sorted({max(4, base_width // 2), base_width, 2 * base_width}))
     depth = trial.suggest_categorical("depth", list(DEPTHS))
-    return replace(params, width=width, blocks=DEPTHS[depth])
+    params = replace(params, width=width, blocks=DEPTHS[depth])
+    if spec.volume is not None:
+        params = replace(params, conv=trial.suggest_categorical("conv", list(CONV_KINDS)))
+    return params
 
 
 def fit_image_model(
