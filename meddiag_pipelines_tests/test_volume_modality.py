@@ -18,7 +18,7 @@ from meddiag_pipelines.definitions import build_definitions
 from meddiag_pipelines.imaging.model import _conv_factory
 from meddiag_pipelines.imaging.readers import npz_record_id
 from meddiag_pipelines.imaging.saliency import grad_cam, orthogonal_slices
-from meddiag_pipelines.imaging.scoring import pooled_pixels, volume_feature_names, volume_features
+from meddiag_pipelines.imaging.scoring import embed_images, pooled_pixels, volume_feature_names, volume_features
 from meddiag_pipelines.imaging.train import augment_batch, predict_image_model, train_image_model
 from meddiag_pipelines.imaging.tuning import VOLUME_AUGMENT_SETS, fit_image_model
 from meddiag_pipelines.imaging.volume.modality import MODALITY, candidate_choice, read_volume_records
@@ -370,6 +370,15 @@ def test_volume_features_are_pooled_voxels_then_named_intensity_statistics() -> 
     assert F.shape == (2, len(names)) and names[64] == "c0_all_mean" and names[-1] == "c0_centre_hist15"
     assert F[1, names.index("c0_all_mean")] == pytest.approx(512 / 4096)
     assert F[1, names.index("c0_centre_mean")] == 1.0 and F[0, names.index("c0_centre_hist00")] == 1.0
+
+
+def test_the_voxel_feature_models_embeddings_are_the_features_it_reads(tmp_path: Path) -> None:
+    """Embedding drift (issue 28) for a volume champion that is the voxel-feature model, not the CNN."""
+    X = np.random.default_rng(0).random((5, 1, 16, 16, 16), dtype=np.float32)
+    plan = {"predictor": "voxel_features", "baseline_side": 4, "channels": 1, "size": 16, "spatial_dims": 3}
+    ids = [str(i) for i in range(5)]
+    embedded = embed_images(tmp_path, plan, ids, lambda part: X[[int(i) for i in part]], "cpu")
+    assert embedded.dtype == np.float32 and np.allclose(embedded, volume_features(X, 4))
 
 
 # ------------------------------------------------------------------------------------------------ multi-class

@@ -103,12 +103,15 @@ def embed_images(
     chunk_bytes: int = PREDICT_CHUNK_BYTES,
 ) -> np.ndarray:
     """(n, d) float32 embeddings of the images ``images(ids)`` gives, as the model in ``model_dir`` sees them: the
-    CNN's pooled penultimate features; for the pixel logistic baseline, the pooled pixels it reads."""
+    CNN's pooled penultimate features; for the pixel logistic baseline and the volume's voxel-feature model, the
+    features they read."""
     parts = []
     for part in _chunks(plan, ids, chunk_bytes):
         X = images(part)
         if str(plan.get("predictor", "")).startswith("pixel_logistic"):
             parts.append(pooled_pixels(X, int(plan["baseline_side"])).astype(np.float32))
+        elif plan.get("predictor") == "voxel_features":
+            parts.append(volume_features(X, int(plan["baseline_side"])).astype(np.float32))
         else:
             from meddiag_pipelines.imaging.train import embed_image_model
 
