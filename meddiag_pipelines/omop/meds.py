@@ -45,10 +45,16 @@ def _prefixes() -> pa.Array:
     return pa.array(["GENDER//", birth, death, *(f"{d.upper()}//" for d in MEDS_DOMAINS)])
 
 
-def meds_sql(cdm: Cdm, subjects: tuple[int, int] | None = None) -> str:
+def _has_text(cdm: Cdm) -> bool:
+    """Whether any event holds a text value (without one, the sort need not carry an all-null text column)."""
+    found = [f"SELECT 1 FROM ev_{d} WHERE text_value IS NOT NULL" for d in MEDS_DOMAINS if d in cdm.domains]
+    return bool(found) and cdm.con.execute(f"SELECT EXISTS ({' UNION ALL '.join(found)})").fetchone()[0]
+
+
+def meds_sql(cdm: Cdm, subjects: tuple[int, int] | None = None, *, text: bool = True) -> str:
     """The MEDS rows of the batch (of subjects in ``(low, high]`` when given) as one DuckDB query, sorted, with
     the code as a row kind (its position in :func:`_prefixes`) and a concept id: the sort then moves numbers
-    only, and :func:`_to_meds` builds the code strings after it."""
+    only, and :func:`_to_meds` builds the code strings after it. ``text=False`` leaves out ``text_value``."""
     parts = [
         (
             "SELECT person_id AS subject_id, CAST(NULL AS TIMESTAMP) AS time, 0::UTINYINT AS kind, "
@@ -65,15 +71,18 @@ def meds_sql(cdm: Cdm, subjects: tuple[int, int] | None = None) -> str:
                 f"text_value FROM ev_{domain}"
             )
     where = f"WHERE subject_id > {int(subjects[0])} AND subject_id <= {int(subjects[1])} " if subjects else ""
-    return f"SELECT * FROM ({' UNION ALL '.join(parts)}) {where}ORDER BY subject_id, time NULLS FIRST"
+    columns = "*" if text else "* EXCLUDE (text_value)"
+    return f"SELECT {columns} FROM ({' UNION ALL '.join(parts)}) {where}ORDER BY subject_id, time NULLS FIRST"
 
 
 def _to_meds(batch: pa.RecordBatch, prefixes: pa.Array, schema: pa.Schema) -> pa.Table:
     """A batch of :func:`meds_sql` rows in MEDS's schema: code = the kind's prefix followed by the concept id
-    (the prefix alone for birth and death, which have none)."""
+    (the prefix alone for birth and death, which have none); a null text value where the batch has none."""
     concept = pc.cast(batch.column("concept_id"), pa.string())
     code = pc.binary_join_element_wise(pc.take(prefixes, batch.column("kind")), concept, "", null_handling="skip")
-    columns = [batch.column("subject_id"), batch.column("time"), code, *batch.columns[4:]]
+    names = batch.schema.names
+    text = batch.column("text_value") if "text_value" in names else pa.nulls(batch.num_rows, pa.large_string())
+    columns = [batch.column("subject_id"), batch.column("time"), code, batch.column("numeric_value"), text]
     return pa.Table.from_arrays(columns, names=schema.names).cast(schema)
 
 
@@ -117,10 +126,10 @@ def write_meds(cdm: Cdm, path: Path, *, batch_rows: int = BATCH_ROWS, chunk_rows
     def write(tmp: Path) -> None:
         # Streamed from DuckDB's sort as Arrow batches straight into one Parquet file: no intermediate file.
         nonlocal rows
-        prefixes = _prefixes()
+        prefixes, text = _prefixes(), _has_text(cdm)
         with pq.ParquetWriter(tmp, schema) as writer:
             for subjects in _subject_ranges(cdm, chunk_rows):
-                for batch in cdm.con.execute(meds_sql(cdm, subjects)).to_arrow_reader(batch_rows):
+                for batch in cdm.con.execute(meds_sql(cdm, subjects, text=text)).to_arrow_reader(batch_rows):
                     table = _to_meds(batch, prefixes, schema)
                     writer.write_table(table)
                     rows += table.num_rows
