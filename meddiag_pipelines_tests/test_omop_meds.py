@@ -77,3 +77,25 @@ def test_meds_written_in_subject_chunks_is_the_same_table(cdm, tmp_path: Path) -
     key = ["subject_id", "time", "code", "numeric_value"]
     assert pl.from_arrow(chunked).sort(key, nulls_last=False).equals(pl.from_arrow(one).sort(key, nulls_last=False))
     assert pl.from_arrow(chunked)["subject_id"].is_sorted()
+
+
+def test_meds_carries_observation_text_values(tmp_path: Path) -> None:
+    tables = tidy_tables()
+    tables["observation"] = pl.DataFrame(
+        {
+            "observation_id": [1, 2],
+            "person_id": [1, 3],
+            "observation_concept_id": [5000, 5001],
+            "observation_date": [datetime(2011, 2, 1).date(), datetime(2015, 3, 1).date()],
+            "value_as_string": ["positive", None],
+        }
+    )
+    with open_cdm(write_cdm(tmp_path / "batch", tables), today=TODAY) as cdm:
+        write_meds(cdm, tmp_path / "data.parquet")
+    rows = pl.read_parquet(tmp_path / "data.parquet")
+    observed = rows.filter(pl.col("code").str.starts_with("OBSERVATION//")).sort("subject_id")
+    assert observed.select("subject_id", "code", "text_value").rows() == [
+        (1, "OBSERVATION//5000", "positive"),
+        (3, "OBSERVATION//5001", None),
+    ]
+    assert rows["text_value"].null_count() == rows.height - 1

@@ -12,10 +12,10 @@ persons, dated between birth and today).
 from __future__ import annotations
 
 import itertools
-import uuid
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from meddiag_pipelines.atomic import atomic_write
@@ -39,29 +39,51 @@ def _schema():
     return meds.DataSchema.schema()
 
 
-def meds_sql(cdm: Cdm, subjects: tuple[int, int] | None = None) -> str:
-    """The MEDS rows of the batch (of subjects in ``(low, high]`` when given) as one DuckDB query."""
+def _prefixes() -> pa.Array:
+    """The code (static and birth/death rows) or code prefix of each row kind that :func:`meds_sql` numbers."""
     birth, death = ("MEDS_BIRTH", "MEDS_DEATH") if meds is None else (meds.birth_code, meds.death_code)
+    return pa.array(["GENDER//", birth, death, *(f"{d.upper()}//" for d in MEDS_DOMAINS)])
+
+
+def _has_text(cdm: Cdm) -> bool:
+    """Whether any event holds a text value (without one, the sort need not carry an all-null text column)."""
+    found = [f"SELECT 1 FROM ev_{d} WHERE text_value IS NOT NULL" for d in MEDS_DOMAINS if d in cdm.domains]
+    return bool(found) and cdm.con.execute(f"SELECT EXISTS ({' UNION ALL '.join(found)})").fetchone()[0]
+
+
+def meds_sql(cdm: Cdm, subjects: tuple[int, int] | None = None, *, text: bool = True) -> str:
+    """The MEDS rows of the batch (of subjects in ``(low, high]`` when given) as one DuckDB query, sorted, with
+    the code as a row kind (its position in :func:`_prefixes`) and a concept id: the sort then moves numbers
+    only, and :func:`_to_meds` builds the code strings after it. ``text=False`` leaves out ``text_value``."""
     parts = [
         (
-            "SELECT person_id AS subject_id, CAST(NULL AS TIMESTAMP) AS time, 'GENDER//' || gender_concept_id AS code, "
-            "CAST(NULL AS FLOAT) AS numeric_value, CAST(NULL AS VARCHAR) AS text_value FROM person "
-            "WHERE gender_concept_id IS NOT NULL"
+            "SELECT person_id AS subject_id, CAST(NULL AS TIMESTAMP) AS time, 0::UTINYINT AS kind, "
+            "gender_concept_id AS concept_id, CAST(NULL AS FLOAT) AS numeric_value, "
+            "CAST(NULL AS VARCHAR) AS text_value FROM person WHERE gender_concept_id IS NOT NULL"
         ),
-        f"SELECT person_id, CAST(birth_date AS TIMESTAMP), '{birth}', NULL, NULL FROM person",
-        (
-            f"SELECT person_id, CAST(death_date AS TIMESTAMP), '{death}', NULL, NULL FROM person "
-            "WHERE death_date IS NOT NULL"
-        ),
+        "SELECT person_id, CAST(birth_date AS TIMESTAMP), 1, NULL, NULL, NULL FROM person",
+        "SELECT person_id, CAST(death_date AS TIMESTAMP), 2, NULL, NULL, NULL FROM person WHERE death_date IS NOT NULL",
     ]
-    for domain in MEDS_DOMAINS:
+    for kind, domain in enumerate(MEDS_DOMAINS, start=3):
         if domain in cdm.domains:
             parts.append(
-                f"SELECT person_id, CAST(event_date AS TIMESTAMP), '{domain.upper()}//' || concept_id, "
-                f"CAST(value AS FLOAT), text_value FROM ev_{domain}"
+                f"SELECT person_id, CAST(event_date AS TIMESTAMP), {kind}, concept_id, CAST(value AS FLOAT), "
+                f"text_value FROM ev_{domain}"
             )
     where = f"WHERE subject_id > {int(subjects[0])} AND subject_id <= {int(subjects[1])} " if subjects else ""
-    return f"SELECT * FROM ({' UNION ALL '.join(parts)}) {where}ORDER BY subject_id, time NULLS FIRST"
+    columns = "*" if text else "* EXCLUDE (text_value)"
+    return f"SELECT {columns} FROM ({' UNION ALL '.join(parts)}) {where}ORDER BY subject_id, time NULLS FIRST"
+
+
+def _to_meds(batch: pa.RecordBatch, prefixes: pa.Array, schema: pa.Schema) -> pa.Table:
+    """A batch of :func:`meds_sql` rows in MEDS's schema: code = the kind's prefix followed by the concept id
+    (the prefix alone for birth and death, which have none); a null text value where the batch has none."""
+    concept = pc.cast(batch.column("concept_id"), pa.string())
+    code = pc.binary_join_element_wise(pc.take(prefixes, batch.column("kind")), concept, "", null_handling="skip")
+    names = batch.schema.names
+    text = batch.column("text_value") if "text_value" in names else pa.nulls(batch.num_rows, pa.large_string())
+    columns = [batch.column("subject_id"), batch.column("time"), code, batch.column("numeric_value"), text]
+    return pa.Table.from_arrays(columns, names=schema.names).cast(schema)
 
 
 def _subject_ranges(cdm: Cdm, chunk_rows: int) -> list[tuple[int, int]]:
@@ -102,20 +124,15 @@ def write_meds(cdm: Cdm, path: Path, *, batch_rows: int = BATCH_ROWS, chunk_rows
     rows = 0
 
     def write(tmp: Path) -> None:
-        # DuckDB writes Parquet in parallel; pyarrow then gives it MEDS's exact types (large_string, not null).
+        # Streamed from DuckDB's sort as Arrow batches straight into one Parquet file: no intermediate file.
         nonlocal rows
-        raw = cdm.scratch / f"meds-{uuid.uuid4().hex}.parquet"
-        try:
-            with pq.ParquetWriter(tmp, schema) as writer:
-                for subjects in _subject_ranges(cdm, chunk_rows):
-                    sql = meds_sql(cdm, subjects)
-                    cdm.con.execute(f"COPY ({sql}) TO '{raw}' (FORMAT parquet, ROW_GROUP_SIZE 122880)")
-                    for batch in pq.ParquetFile(raw).iter_batches(batch_size=batch_rows):
-                        table = pa.Table.from_batches([batch]).rename_columns(schema.names).cast(schema)
-                        writer.write_table(table)
-                        rows += table.num_rows
-        finally:
-            raw.unlink(missing_ok=True)
+        prefixes, text = _prefixes(), _has_text(cdm)
+        with pq.ParquetWriter(tmp, schema) as writer:
+            for subjects in _subject_ranges(cdm, chunk_rows):
+                for batch in cdm.con.execute(meds_sql(cdm, subjects, text=text)).to_arrow_reader(batch_rows):
+                    table = _to_meds(batch, prefixes, schema)
+                    writer.write_table(table)
+                    rows += table.num_rows
 
     atomic_write(path, write)
     check_meds(path)
