@@ -141,7 +141,7 @@ def test_the_main_job_as_written_ends_on_a_line_per_bundled_task_then_is_up_to_d
     first = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=1800)
     lines = sorted(first.stdout.splitlines())
     assert [line.split(":")[0] for line in lines] == tasks, first.stdout + first.stderr[-4000:]
-    figure = r"AUROC 0\.\d{3} \(0\.\d{3}-[01]\.\d{3}\)(, macro-F1 0\.\d{3})?"
+    figure = r"AUROC [01]\.\d{3} \([01]\.\d{3}-[01]\.\d{3}\)(, macro-F1 0\.\d{3})?"
     decision = r"(promoted \S+ \(.+\)|not promoted: .+ · (no champion|champion \S+ stays))"
     for task, line in zip(tasks, lines, strict=True):
         report = data / "reports" / task / "latest" / "report.html"
