@@ -37,7 +37,7 @@ import polars as pl
 from meddiag_pipelines.imaging.readers import INTENSITY_MAX, INTENSITY_MIN, source_format
 from meddiag_pipelines.specs import TaskSpec
 from meddiag_pipelines.split import COPY_OF_TRAIN_COLUMN, SPLIT_COLUMN, SPLITS, split_by_content
-from meddiag_pipelines.validation.suites import CheckFailure, record_expectations, run_suite
+from meddiag_pipelines.validation.suites import CheckFailure, ids_already_ingested, record_expectations, run_suite
 
 if TYPE_CHECKING:
     import great_expectations.expectations as gxe
@@ -86,16 +86,17 @@ def image_property_failures(frame: pl.DataFrame, spec: TaskSpec) -> list[CheckFa
     formats = _formats(frame, spec)
     for fmt in formats.unique().sort().to_list():  # a task without image.format may hold batches of each format
         failures += _format_failures(frame.filter(formats == fmt), spec, fmt)
-    if INTENSITY_MIN in frame.columns and INTENSITY_MAX in frame.columns:
-        spread = pl.col(INTENSITY_MAX) - pl.col(INTENSITY_MIN)
-        failures += count_failure(
-            frame,
-            spread.fill_null(0.0) < MIN_INTENSITY_RANGE,
-            "image_constant",
-            INTENSITY_MAX,
-            "have constant intensities (blank or saturated)",
-        )
+    failures += constant_intensity_failures(frame)
     return failures
+
+
+def constant_intensity_failures(frame: pl.DataFrame, blank: str = "blank or saturated") -> list[CheckFailure]:
+    """Records whose pixels (or voxels) span less than one grey level: nothing to learn from."""
+    if INTENSITY_MIN not in frame.columns or INTENSITY_MAX not in frame.columns:
+        return []
+    spread = pl.col(INTENSITY_MAX) - pl.col(INTENSITY_MIN)
+    constant = spread.fill_null(0.0) < MIN_INTENSITY_RANGE
+    return count_failure(frame, constant, "image_constant", INTENSITY_MAX, f"have constant intensities ({blank})")
 
 
 def _formats(frame: pl.DataFrame, spec: TaskSpec) -> pl.Series:
@@ -313,17 +314,7 @@ def validate_images(
     split (leakage) quarantines this batch rather than blocking the task.
     """
     failures = image_failures(frame, spec, properties=properties)
-    if known_ids and spec.id in frame.columns:
-        repeated = frame.filter(pl.col(spec.id).cast(pl.String).is_in(list(known_ids))).height
-        if repeated:
-            failures.append(
-                CheckFailure(
-                    "ids_unique_across_batches",
-                    spec.id,
-                    f"{repeated} ids were already ingested from earlier batches",
-                    repeated,
-                )
-            )
+    failures += ids_already_ingested(frame, spec, known_ids)
     if earlier is not None and _can_split(earlier, spec) and _can_split(frame, spec):
         shared = [c for c in frame.columns if c in earlier.columns]
         both = pl.concat([earlier.select(shared), frame.select(shared)], how="vertical_relaxed")

@@ -42,7 +42,7 @@ from meddiag_pipelines.omop.report import (
 )
 from meddiag_pipelines.specs import BATCH_COLUMN, TaskSpec
 from meddiag_pipelines.split import SPLIT_COLUMN, key_columns_in
-from meddiag_pipelines.validation.suites import CheckFailure
+from meddiag_pipelines.validation.suites import CheckFailure, ids_already_ingested
 
 FEATURE_PREFIX = "f__"
 MIN_PERSONS = 10  # a covariate held by fewer training persons is left out (too rare to learn from)
@@ -63,18 +63,12 @@ def row_failures(rows: pl.DataFrame, spec: TaskSpec, known_ids: set[str] | None 
     bad = rows.filter(pl.col(spec.label).is_not_null() & ~pl.col(spec.label).is_in(["0", "1"])).height
     if bad:
         failures.append(CheckFailure("label_domain", spec.label, f"{bad} outcomes other than 0 or 1", bad))
-    if known_ids:
-        again = rows.filter(pl.col(spec.id).cast(pl.String).is_in(list(known_ids))).height
-        if again:
-            failures.append(
-                CheckFailure(
-                    "ids_unique_across_batches",
-                    spec.id,
-                    f"{again} persons were already "
-                    "ingested from an earlier batch; a later CDM batch brings new persons",
-                    again,
-                )
-            )
+    failures += ids_already_ingested(
+        rows,
+        spec,
+        known_ids,
+        "persons were already ingested from an earlier batch; a later CDM batch brings new persons",
+    )
     return failures
 
 

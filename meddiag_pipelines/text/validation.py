@@ -28,7 +28,7 @@ import polars as pl
 from meddiag_pipelines.ingestion.quarantine import REASON_FILE, file_reason
 from meddiag_pipelines.specs import TaskSpec
 from meddiag_pipelines.split import SPLIT_COLUMN, SPLITS, text_content_key
-from meddiag_pipelines.validation.suites import CheckFailure, record_expectations, run_suite
+from meddiag_pipelines.validation.suites import CheckFailure, ids_already_ingested, record_expectations, run_suite
 
 if TYPE_CHECKING:
     import great_expectations.expectations as gxe
@@ -79,19 +79,6 @@ def decoding_damage(frame: pl.DataFrame, spec: TaskSpec) -> list[CheckFailure]:
             f"{n} texts carry decoding damage (U+FFFD replacement "
             "characters or NUL bytes): re-export them from the source as UTF-8",
             n,
-        )
-    ]
-
-
-def ids_already_ingested(frame: pl.DataFrame, spec: TaskSpec, known_ids: set[str] | None) -> list[CheckFailure]:
-    if not known_ids or spec.id not in frame.columns:
-        return []
-    repeated = frame.filter(pl.col(spec.id).cast(pl.String).is_in(list(known_ids))).height
-    if not repeated:
-        return []
-    return [
-        CheckFailure(
-            "ids_unique_across_batches", spec.id, f"{repeated} ids were already ingested from earlier batches", repeated
         )
     ]
 

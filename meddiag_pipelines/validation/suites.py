@@ -321,15 +321,19 @@ def validate_tabular(
     columns = frame.collect_schema().names()
     failures = run_suite(frame, tabular_expectations(spec, columns), spec.name)
     failures += placeholder_patient_id(frame, spec, columns)
-    if known_ids and spec.id in columns:
-        repeated = frame.filter(pl.col(spec.id).is_in(list(known_ids))).select(pl.len()).collect().item()
-        if repeated:
-            failures.append(
-                CheckFailure(
-                    "ids_unique_across_batches",
-                    spec.id,
-                    f"{repeated} ids were already ingested from earlier batches",
-                    repeated,
-                )
-            )
+    failures += ids_already_ingested(frame, spec, known_ids)
     return failures
+
+
+def ids_already_ingested(
+    frame: pl.DataFrame | pl.LazyFrame,
+    spec: TaskSpec,
+    known_ids: set[str] | None,
+    problem: str = "ids were already ingested from earlier batches",
+) -> list[CheckFailure]:
+    """Rows whose id an earlier batch already brought (a re-export): every modality's per-batch check."""
+    if not known_ids or spec.id not in frame.collect_schema().names():
+        return []
+    hits = frame.lazy().filter(pl.col(spec.id).cast(pl.String).is_in(list(known_ids)))
+    repeated = hits.select(pl.len()).collect().item()
+    return [CheckFailure("ids_unique_across_batches", spec.id, f"{repeated} {problem}", repeated)] if repeated else []

@@ -13,7 +13,7 @@ from __future__ import annotations
 import polars as pl
 
 from meddiag_pipelines.imaging.readers import INTENSITY_MAX, INTENSITY_MIN
-from meddiag_pipelines.imaging.validation import MIN_INTENSITY_RANGE, count_failure
+from meddiag_pipelines.imaging.validation import constant_intensity_failures, count_failure
 from meddiag_pipelines.specs import TaskSpec
 from meddiag_pipelines.validation.suites import CheckFailure
 
@@ -42,12 +42,5 @@ def volume_property_failures(frame: pl.DataFrame, spec: TaskSpec) -> list[CheckF
             "bit_depth",
             "have a bit depth other than 8 bits",
         )
-    spread = pl.col(INTENSITY_MAX) - pl.col(INTENSITY_MIN)
-    failures += count_failure(
-        frame,
-        spread.fill_null(0.0) < MIN_INTENSITY_RANGE,
-        "image_constant",
-        INTENSITY_MAX,
-        "have constant intensities (blank or saturated volumes)",
-    )
+    failures += constant_intensity_failures(frame, "blank or saturated volumes")
     return failures
