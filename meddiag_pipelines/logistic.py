@@ -70,17 +70,26 @@ def train_logistic(
     if recalibrate and n_classes == 2:
         recalibration = fit_recalibration(y_val, model.predict_proba((X_val - mean) / scale)[:, 1])
     meta = {
-        "framework": "logistic",
         "name": "logistic_regression",
         "n_classes": n_classes,
         "feature_names": feature_names,
         "params": {"C": c, "penalty": "l2"},
         "val_score": score,
+        "recalibration": recalibration,
+    }
+    return save_logistic(out_dir, model, mean, scale, meta)
+
+
+def save_logistic(out_dir: Path, model: LogisticRegression, mean: np.ndarray, scale: np.ndarray, meta: dict) -> dict:
+    """``model.json``: the fitted coefficients with the standardisation they expect, beside ``meta`` (name,
+    classes, feature names, params, scores): what :func:`logistic_probabilities` reads. No pickle."""
+    meta = {
+        "framework": "logistic",
+        **meta,
         "mean": mean.tolist(),
         "scale": scale.tolist(),
         "coef": model.coef_.tolist(),
         "intercept": model.intercept_.tolist(),
-        "recalibration": recalibration,
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out_dir / "model.json", meta)

@@ -16,6 +16,7 @@ from sklearn.model_selection import StratifiedKFold
 
 from meddiag_pipelines.atomic import atomic_write_json
 from meddiag_pipelines.flat.models import CHOSEN, choose_model, train_xgboost, validation_score
+from meddiag_pipelines.logistic import save_logistic
 from meddiag_pipelines.specs import TrainingSpec
 
 # C = 1 / the LASSO's penalty weight, on standardised covariates; chosen by cross-validated AUROC on the training
@@ -59,7 +60,6 @@ def train_l1_logistic(X_train, y_train, X_val, y_val, out_dir: Path, feature_nam
     c, cv_scores = cross_validated_c(Z_train, y_train, seed)
     model = _lasso(c).fit(Z_train, y_train)
     meta = {
-        "framework": "logistic",
         "name": "l1_logistic_regression",
         "n_classes": 2,
         "feature_names": feature_names,
@@ -70,15 +70,9 @@ def train_l1_logistic(X_train, y_train, X_val, y_val, out_dir: Path, feature_nam
             "nonzero_coefficients": int(np.count_nonzero(model.coef_)),
         },
         "val_score": validation_score(y_val, model.predict_proba(Z_val)[:, 1]),
-        "mean": mean.tolist(),
-        "scale": scale.tolist(),
-        "coef": model.coef_.tolist(),
-        "intercept": model.intercept_.tolist(),
         "recalibration": None,
     }
-    out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out_dir / "model.json", meta)
-    return meta
+    return save_logistic(out_dir, model, mean, scale, meta)
 
 
 def train_omop_models(
