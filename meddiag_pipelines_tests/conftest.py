@@ -49,6 +49,21 @@ def heart_spec() -> TaskSpec:
     return fast(load_spec(BUNDLED_TASKS_DIR / "heart_disease.yaml"))
 
 
+# Every task's assets, in graph order: what the generic wiring in defs/ builds for any modality.
+TASK_ASSETS = [
+    "raw_records",
+    "validated_records",
+    "split",
+    "features",
+    "feature_plan",
+    "candidate_model",
+    "baseline_model",
+    "evaluation",
+    "champion",
+    "predictions",
+]
+
+
 def land(
     layout: DataRoot,
     task: str,

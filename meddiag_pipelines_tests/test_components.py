@@ -16,8 +16,8 @@ from dagster.components.testing import create_defs_folder_sandbox
 from meddiag_pipelines import definitions, dg_definitions
 from meddiag_pipelines.defs import build
 from meddiag_pipelines.defs.components.task_folder import TaskFolderComponent
-from meddiag_pipelines_tests.conftest import REPO, SYNTHETIC_SPEC
-from meddiag_pipelines_tests.test_defs import BAD_DAGSTER_VALUES, TASK_ASSETS, spec_error_descriptions
+from meddiag_pipelines_tests.conftest import REPO, SYNTHETIC_SPEC, TASK_ASSETS
+from meddiag_pipelines_tests.test_defs import BAD_DAGSTER_VALUES, spec_error_descriptions
 
 DG = Path(sys.executable).with_name("dg")
 DAGSTER = Path(sys.executable).with_name("dagster")

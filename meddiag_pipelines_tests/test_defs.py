@@ -12,20 +12,8 @@ from meddiag_pipelines import definitions
 from meddiag_pipelines.defs import build
 from meddiag_pipelines.defs.build import build_definitions, build_task_definitions
 from meddiag_pipelines.specs import BUNDLED_TASKS_DIR, SPEC_ERRORS_GROUP, load_spec
-from meddiag_pipelines_tests.conftest import REPO
+from meddiag_pipelines_tests.conftest import REPO, TASK_ASSETS
 
-TASK_ASSETS = [
-    "raw_records",
-    "validated_records",
-    "split",
-    "features",
-    "feature_plan",
-    "candidate_model",
-    "baseline_model",
-    "evaluation",
-    "champion",
-    "predictions",
-]
 BUNDLED = [load_spec(path) for path in sorted(BUNDLED_TASKS_DIR.glob("*.yaml"))]
 
 

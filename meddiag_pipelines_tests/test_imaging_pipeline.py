@@ -22,6 +22,7 @@ from meddiag_pipelines.ingestion.quarantine import file_reason
 from meddiag_pipelines.specs import BUNDLED_TASKS_DIR, TaskSpec, load_spec
 from meddiag_pipelines.split import SPLIT_COLUMN, unit_hash
 from meddiag_pipelines.update import run_task_in_process
+from meddiag_pipelines_tests.conftest import TASK_ASSETS
 from scripts.phantoms import write_phantom_batch
 
 
@@ -415,18 +416,7 @@ def test_bundled_phantom_task_is_pinned() -> None:
     defs = build_definitions([spec], Path("/nonexistent"))
     graph = defs.resolve_asset_graph()
     task = spec.name
-    for asset in (
-        "raw_records",
-        "validated_records",
-        "split",
-        "features",
-        "feature_plan",
-        "candidate_model",
-        "baseline_model",
-        "evaluation",
-        "champion",
-        "predictions",
-    ):
+    for asset in TASK_ASSETS:
         node = graph.get(dg.AssetKey([task, asset]))
         assert node.group_name == task and node.description and node.kinds and node.owners
         assert defs.resolve_assets_def(dg.AssetKey([task, asset])).op.pool == f"meddiag_{task}", asset

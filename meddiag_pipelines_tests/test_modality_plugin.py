@@ -29,7 +29,7 @@ from meddiag_pipelines.split import SPLIT_COLUMN, key_columns_in
 from meddiag_pipelines.tabular.readers import read_tabular_batch
 from meddiag_pipelines.update import run_task_in_process
 from meddiag_pipelines.validation.suites import validate_tabular
-from meddiag_pipelines_tests.conftest import SYNTHETIC_SPEC, fast, land, synthetic_records
+from meddiag_pipelines_tests.conftest import SYNTHETIC_SPEC, TASK_ASSETS, fast, land, synthetic_records
 
 TOY = "toy_nearest_mean"
 
@@ -139,18 +139,7 @@ def test_a_registered_modality_gets_the_whole_task_graph(layout):
     defs = build_definitions([TaskSpec.model_validate(TOY_SPEC)], layout.local)
     graph = defs.resolve_asset_graph()
     names = {k.path[-1] for k in graph.get_all_asset_keys() if k.path[0] == "toy_task"}
-    assert names == {
-        "raw_records",
-        "validated_records",
-        "split",
-        "features",
-        "feature_plan",
-        "candidate_model",
-        "baseline_model",
-        "evaluation",
-        "champion",
-        "predictions",
-    }
+    assert names == set(TASK_ASSETS)
     assert graph.get(dg.AssetKey(["toy_task", "baseline_model"])).parent_keys == {
         dg.AssetKey(["toy_task", "features"]),
         dg.AssetKey(["toy_task", "feature_plan"]),

@@ -21,7 +21,7 @@ from meddiag_pipelines.text.validation import (
     validate_texts,
 )
 from meddiag_pipelines.update import run_task_in_process
-from meddiag_pipelines_tests.conftest import REPO, land
+from meddiag_pipelines_tests.conftest import REPO, TASK_ASSETS, land
 
 BUNDLED = REPO / "data" / "landing" / "icd10_chapters" / "batch_0001" / "records.csv"
 CHAPTERS = ["circulatory", "eye", "infectious", "neoplasms"]
@@ -408,16 +408,5 @@ def test_every_step_of_a_text_task_is_in_its_pool(tmp_path):
     """The features step too (issue 14 §9): one pool per task, so two runs never write a task's tables at once."""
     spec = small_spec("pooled_notes")
     defs = build_definitions([spec], tmp_path)
-    for asset in (
-        "raw_records",
-        "validated_records",
-        "split",
-        "features",
-        "feature_plan",
-        "candidate_model",
-        "baseline_model",
-        "evaluation",
-        "champion",
-        "predictions",
-    ):
+    for asset in TASK_ASSETS:
         assert defs.resolve_assets_def(dg.AssetKey([spec.name, asset])).op.pool == f"meddiag_{spec.name}", asset
