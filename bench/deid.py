@@ -15,6 +15,7 @@ lower-case names, ids with separators) and PHI-free lookalike sentences for the 
 from __future__ import annotations
 
 import argparse
+import calendar
 import functools
 import random
 import time
@@ -96,20 +97,7 @@ def _case(rng: random.Random, word: str) -> str:
     return rng.choice([word, word.upper(), word.lower(), word.title()])
 
 
-_MONTHS = [
-    "January",
-    "February",
-    "March",
-    "April",
-    "May",
-    "June",
-    "July",
-    "August",
-    "September",
-    "October",
-    "November",
-    "December",
-]
+_MONTHS = list(calendar.month_name)[1:]  # English: Python leaves the C locale unless told
 
 
 def _date(rng: random.Random) -> str:

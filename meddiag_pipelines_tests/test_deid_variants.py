@@ -4,6 +4,7 @@ survives; every ICD-10-CM description comes out unaltered; text around an identi
 
 from __future__ import annotations
 
+import calendar
 import random
 import re
 from datetime import date
@@ -19,20 +20,7 @@ from meddiag_pipelines.deid.rules import _RULES, PLACEHOLDERS, _normalise, find_
 
 DASHES = ["-", "\u2010", "\u2011", "\u2012", "\u2013", "\u2014", "\u2212"]
 SPACES = [" ", "\u00a0", "\u2009", "\u202f", "\u2007"]
-MONTHS = [
-    "January",
-    "February",
-    "March",
-    "April",
-    "May",
-    "June",
-    "July",
-    "August",
-    "September",
-    "October",
-    "November",
-    "December",
-]
+MONTHS = list(calendar.month_name)[1:]  # English: Python leaves the C locale unless told
 BEFORE = ["", "Seen ", "Noted: ", "Pt reports that ", "Hx CHF. "]
 AFTER = ["", ".", " per chart.", ", stable.", "; follow up in clinic."]
 

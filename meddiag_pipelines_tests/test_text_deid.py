@@ -8,6 +8,7 @@ also reports how often the kind was right. Run this file directly to print the t
 
 from __future__ import annotations
 
+import calendar
 import random
 import re
 from collections import defaultdict
@@ -51,20 +52,7 @@ RARE_LAST = [
     "Marchetti",
 ]
 
-MONTHS = [
-    "January",
-    "February",
-    "March",
-    "April",
-    "May",
-    "June",
-    "July",
-    "August",
-    "September",
-    "October",
-    "November",
-    "December",
-]
+MONTHS = list(calendar.month_name)[1:]  # English: Python leaves the C locale unless told
 
 
 def _rand_date(rng: random.Random) -> date:
