@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -138,59 +139,22 @@ def test_resumes_after_a_crash(phantom_data, tmp_path: Path) -> None:
             raise Crash("simulated crash after epoch 2")
 
     out = tmp_path / "crashy"
+    train = partial(train_image_model, device="cpu", width=8, num_threads=1)  # the same data into the same folder
+    crashy = partial(train, Xt, yt, Xv, yv, "binary", 1, spec, out)
     with pytest.raises(Crash, match="simulated crash after epoch 2"):
-        train_image_model(
-            Xt, yt, Xv, yv, "binary", 1, spec, out, device="cpu", width=8, num_threads=1, on_epoch_end=crash_after_2
-        )
+        crashy(on_epoch_end=crash_after_2)
     assert (out / "checkpoint.pt").exists() and not (out / "model.pt").exists()
     seen = []
-    resumed = train_image_model(
-        Xt,
-        yt,
-        Xv,
-        yv,
-        "binary",
-        1,
-        spec,
-        out,
-        device="cpu",
-        width=8,
-        num_threads=1,
-        on_epoch_end=lambda e, r: seen.append(e),
-    )
+    resumed = crashy(on_epoch_end=lambda e, r: seen.append(e))
     assert resumed.resumed_from_epoch == 2 and seen == [3, 4]
     assert [h["val_auroc"] for h in resumed.history] == [h["val_auroc"] for h in full.history]
     assert resumed.best_epoch == full.best_epoch
     assert_same_weights(full.model_dir, resumed.model_dir)
     # a finished run called again does no more epochs; other data starts afresh
-    again = train_image_model(
-        Xt,
-        yt,
-        Xv,
-        yv,
-        "binary",
-        1,
-        spec,
-        out,
-        device="cpu",
-        width=8,
-        num_threads=1,
-        on_epoch_end=lambda e, r: seen.append(e),
-    )
+    again = crashy(on_epoch_end=lambda e, r: seen.append(e))
     assert seen == [3, 4] and again.resumed_from_epoch == 4
-    other = train_image_model(
-        Xt[:80],
-        yt[:80],
-        Xv,
-        yv,
-        "binary",
-        1,
-        spec.model_copy(update={"training": spec.training.model_copy(update={"epochs": 1})}),
-        out,
-        device="cpu",
-        width=8,
-        num_threads=1,
-    )
+    one_epoch = spec.model_copy(update={"training": spec.training.model_copy(update={"epochs": 1})})
+    other = train(Xt[:80], yt[:80], Xv, yv, "binary", 1, one_epoch, out)
     assert other.resumed_from_epoch == 0 and len(other.history) == 1
 
 
