@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 import pytest
+import yaml
 
 from meddiag_pipelines.specs import BUNDLED_TASKS_DIR, TaskSpec, load_spec
 from meddiag_pipelines.storage import DataRoot
@@ -17,6 +22,8 @@ REPO = Path(__file__).resolve().parent.parent
 # OpenMP threads sharing an oversubscribed CPU spin against each other (meddiag_pipelines/device.py). Torch's
 # training honours MEDDIAG_TORCH_THREADS; torch's default and XGBoost's `nthread` come from OMP_NUM_THREADS.
 WORKER_THREADS = {"MEDDIAG_TORCH_THREADS": "1", "OMP_NUM_THREADS": "1"}
+# The command line as `meddiag` runs it, from this checkout's code.
+MEDDIAG = (sys.executable, "-m", "meddiag_pipelines")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -134,3 +141,46 @@ SYNTHETIC_SPEC = {
 @pytest.fixture
 def synthetic_spec() -> TaskSpec:
     return fast(TaskSpec.model_validate(SYNTHETIC_SPEC))
+
+
+def instance_env(
+    home: Path, data: Path, tasks: Path | None = None, specs: Iterable[dict] = ()
+) -> dict[str, str | None]:
+    """What points a command at a throwaway instance and data root: ``home`` made a DAGSTER_HOME holding the
+    project's dagster.yaml (its run queue and pools), ``data`` the MEDDIAG_DATA_DIR, and ``tasks`` (made, with each
+    of ``specs`` written there as ``<name>.yaml``) the MEDDIAG_TASKS_DIR; without ``tasks`` it is unset, so only the
+    bundled specs load. For `run_cli`'s ``env``."""
+    home.mkdir(parents=True, exist_ok=True)
+    shutil.copy(REPO / "dagster_home" / "dagster.yaml", home / "dagster.yaml")
+    env: dict[str, str | None] = {"DAGSTER_HOME": str(home), "MEDDIAG_DATA_DIR": str(data), "MEDDIAG_TASKS_DIR": None}
+    if tasks is not None:
+        tasks.mkdir(parents=True, exist_ok=True)
+        for spec in specs:
+            (tasks / f"{spec['name']}.yaml").write_text(yaml.safe_dump(spec))
+        env["MEDDIAG_TASKS_DIR"] = str(tasks)
+    return env
+
+
+def command_env(env: Mapping[str, str | None]) -> dict[str, str]:
+    """This process's environment with ``env`` over it (a None value unsets the variable) and PYTHONPATH at this
+    checkout, so a command started from a test runs this checkout's code."""
+    merged = {**os.environ, "PYTHONPATH": str(REPO), **env}
+    return {name: value for name, value in merged.items() if value is not None}
+
+
+def run_cli(
+    command: Sequence[str],
+    *,
+    env: Mapping[str, str | None] | None = None,
+    cwd: Path = REPO,
+    timeout: float = 600,
+    expect_rc: int | None = None,
+) -> subprocess.CompletedProcess:
+    """``command`` (e.g. ``[*MEDDIAG, "update", task]``, `dg`, a ``python -c`` probe) in a fresh process as a user
+    runs it, in `command_env(env)`, its output captured as text. ``expect_rc``: the exit status it must end with
+    (the output's tail says why not)."""
+    variables = command_env(env or {})
+    done = subprocess.run(list(command), cwd=cwd, env=variables, capture_output=True, text=True, timeout=timeout)
+    if expect_rc is not None:
+        assert done.returncode == expect_rc, done.stdout[-2000:] + done.stderr[-4000:]
+    return done

@@ -7,15 +7,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import os
-import shutil
-import subprocess
 import sys
 import tomllib
 
 import dagster as dg
 import pytest
-import yaml
 
 from meddiag_pipelines.__main__ import build_parser, main
 from meddiag_pipelines.defs.build import build_definitions
@@ -24,7 +20,15 @@ from meddiag_pipelines.registry.store import ModelRegistry
 from meddiag_pipelines.registry.summary import metrics_figure, task_summary
 from meddiag_pipelines.storage import DataRoot
 from meddiag_pipelines.update import MAX_WAIT_S, UpdateError, update_task
-from meddiag_pipelines_tests.conftest import REPO, SYNTHETIC_SPEC, land, synthetic_records
+from meddiag_pipelines_tests.conftest import (
+    MEDDIAG,
+    REPO,
+    SYNTHETIC_SPEC,
+    instance_env,
+    land,
+    run_cli,
+    synthetic_records,
+)
 from meddiag_pipelines_tests.test_registry_listing import publish
 
 TASK = "synthetic_risk"
@@ -82,8 +86,7 @@ def test_the_meddiag_script_is_the_command_line(capsys):
 
 def _imported_by(code: str) -> list[str]:
     probe = f"import json, sys\n{code}\nprint(json.dumps(sorted(m for m in {HEAVY!r} if m in sys.modules)))"
-    result = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr[-2000:]
+    result = run_cli([sys.executable, "-c", probe], timeout=120, expect_rc=0)
     return json.loads(result.stdout.splitlines()[-1])
 
 
@@ -100,14 +103,8 @@ def test_the_registry_module_entry_point_keeps_working_and_is_light():
         "except SystemExit:\n    pass"
     )
     assert _imported_by(code) == []
-    result = subprocess.run(
-        [sys.executable, "-m", "meddiag_pipelines.registry", "list", "--help"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0 and "--json" in result.stdout
+    result = run_cli([sys.executable, "-m", "meddiag_pipelines.registry", "list", "--help"], timeout=120, expect_rc=0)
+    assert "--json" in result.stdout
 
 
 def test_update_ends_on_a_line_saying_what_was_promoted_and_why_then_up_to_date(synthetic_spec, layout):
@@ -184,30 +181,13 @@ def test_update_logs_at_info_without_dagsters_step_events_and_at_debug_with_verb
     outputs = {}
     for flags in ([], ["-v"]):
         root = tmp_path / ("verbose" if flags else "default")
-        (root / "home").mkdir(parents=True)
-        (root / "tasks").mkdir()
-        shutil.copy(REPO / "dagster_home" / "dagster.yaml", root / "home" / "dagster.yaml")
-        (root / "tasks" / f"{TASK}.yaml").write_text(yaml.safe_dump(spec))
+        env = instance_env(root / "home", root / "data", root / "tasks", [spec])
         bad = synthetic_records(20, seed=1).with_columns(outcome=synthetic_records(20, seed=1)["rid"])
         batch = root / "data" / "landing" / TASK / "b1"
         batch.mkdir(parents=True)
         bad.write_csv(batch / "records.csv")
         (batch / "_READY").touch()
-        env = {
-            **os.environ,
-            "DAGSTER_HOME": str(root / "home"),
-            "MEDDIAG_DATA_DIR": str(root / "data"),
-            "MEDDIAG_TASKS_DIR": str(root / "tasks"),
-        }
-        result = subprocess.run(
-            [sys.executable, "-m", "meddiag_pipelines", "update", TASK, *flags],
-            cwd=REPO,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
-        assert result.returncode == 0, result.stderr[-4000:]
+        result = run_cli([*MEDDIAG, "update", TASK, *flags], env=env, expect_rc=0)
         summary = f"{TASK}: no model evaluated: no validated rows yet (the log says why) · no champion"
         assert result.stdout.splitlines() == [summary]
         outputs[bool(flags)] = result.stderr

@@ -3,8 +3,6 @@ bundled specs and MEDDIAG_TASKS_DIR's, resources and executor), and a bad spec t
 tasks load, and the error is a `spec_errors` asset naming the file."""
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -16,7 +14,7 @@ from dagster.components.testing import create_defs_folder_sandbox
 from meddiag_pipelines import definitions, dg_definitions
 from meddiag_pipelines.defs import build
 from meddiag_pipelines.defs.components.task_folder import TaskFolderComponent
-from meddiag_pipelines_tests.conftest import REPO, SYNTHETIC_SPEC, TASK_ASSETS
+from meddiag_pipelines_tests.conftest import REPO, SYNTHETIC_SPEC, TASK_ASSETS, instance_env, run_cli
 from meddiag_pipelines_tests.test_defs import BAD_DAGSTER_VALUES, spec_error_descriptions
 
 DG = Path(sys.executable).with_name("dg")
@@ -29,19 +27,6 @@ BUNDLED_TASKS = {
     "eunomia_gi_bleed",
     "synthetic_volume_phantoms",
 }
-
-
-def cli(command: list[str], cwd: Path, tmp_path: Path, tasks_dir: Path | None = None) -> subprocess.CompletedProcess:
-    """`dg` or `dagster` as a user runs it (the project's DAGSTER_HOME config, telemetry off), on a throwaway
-    instance and data root; ``tasks_dir``: MEDDIAG_TASKS_DIR."""
-    home = tmp_path / "dagster_home"
-    home.mkdir(exist_ok=True)
-    (home / "dagster.yaml").write_text((REPO / "dagster_home" / "dagster.yaml").read_text())
-    env = {**os.environ, "DAGSTER_HOME": str(home), "PYTHONPATH": str(REPO), "MEDDIAG_DATA_DIR": str(tmp_path / "data")}
-    env.pop("MEDDIAG_TASKS_DIR", None)
-    if tasks_dir is not None:
-        env["MEDDIAG_TASKS_DIR"] = str(tasks_dir)
-    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
 
 def write_spec(path: Path, **updates) -> Path:
@@ -166,8 +151,8 @@ def test_dg_telemetry_is_off_with_the_project_dagster_home(monkeypatch, tmp_path
 
 @pytest.mark.slow
 def test_dg_check_defs_passes_from_the_repo_root(tmp_path):
-    result = cli([str(DG), "check", "defs"], REPO, tmp_path)
-    assert result.returncode == 0, result.stdout + result.stderr
+    # the project's DAGSTER_HOME config (telemetry off), on a throwaway instance and data root
+    run_cli([str(DG), "check", "defs"], env=instance_env(tmp_path / "home", tmp_path / "data"), expect_rc=0)
 
 
 @pytest.mark.slow
@@ -177,19 +162,19 @@ def test_dg_and_the_module_entry_list_and_refuse_a_bad_spec_alike(tmp_path):
     assets (the good task and the bad spec's spec_errors asset); materializing that asset fails naming the file,
     with `dg launch` as with `dagster asset materialize`."""
     _, bad = good_and_bad_specs(tmp_path / "specs")
-    checked = cli([str(DG), "check", "defs"], REPO, tmp_path, tmp_path / "specs")
-    assert checked.returncode == 0, checked.stdout + checked.stderr
+    env = instance_env(tmp_path / "home", tmp_path / "data", tmp_path / "specs")
+    checked = run_cli([str(DG), "check", "defs"], env=env, expect_rc=0)
     assert f"{bad}: key 'schedule.cron'" in checked.stdout + checked.stderr
-    listed = cli([str(DG), "list", "defs", "--json"], REPO, tmp_path, tmp_path / "specs")
+    listed = run_cli([str(DG), "list", "defs", "--json"], env=env)
     dg_keys = {a["asset_key"] for a in json.loads(listed.stdout)["assets"]}
     module = ["-m", "meddiag_pipelines.definitions"]
-    dagster_keys = set(cli([str(DAGSTER), "asset", "list", *module], REPO, tmp_path, tmp_path / "specs").stdout.split())
+    dagster_keys = set(run_cli([str(DAGSTER), "asset", "list", *module], env=env).stdout.split())
     assert dg_keys == dagster_keys and "sepsis_risk/champion" in dg_keys, (dg_keys, dagster_keys)
     (error_key,) = [k for k in dg_keys if k.startswith("spec_errors/bad_")]
     for command in (
         [str(DG), "launch", "--assets", error_key],
         [str(DAGSTER), "asset", "materialize", *module, "--select", error_key],
     ):
-        failed = cli(command, REPO, tmp_path, tmp_path / "specs")
+        failed = run_cli(command, env=env)
         output = failed.stdout + failed.stderr
         assert failed.returncode != 0 and f"task spec not loaded: {bad}: key 'schedule.cron'" in output, command

@@ -5,7 +5,6 @@ live run is waited for at most `--max-wait` seconds, and SIGTERM stops the wait.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -17,14 +16,13 @@ from pathlib import Path
 import dagster as dg
 import polars as pl
 import pytest
-import yaml
 
 from meddiag_pipelines.defs import dead_runs
 from meddiag_pipelines.defs.automation.landing import build_landing_sensor
 from meddiag_pipelines.defs.dead_runs import HOST_TAG, PID_TAG, TASK_TAG, process_alive, release_dead_runs, task_pool
 from meddiag_pipelines.defs.resources.storage import MeddiagStorage
 from meddiag_pipelines.update import UpdateError, wait_for_task
-from meddiag_pipelines_tests.conftest import REPO, synthetic_records
+from meddiag_pipelines_tests.conftest import MEDDIAG, REPO, command_env, instance_env, run_cli, synthetic_records
 from meddiag_pipelines_tests.test_crash_safety import FAST_SPEC
 
 TASK = "synthetic_risk"
@@ -147,21 +145,6 @@ sys.exit(main(["update", sys.argv[1]]))
 """
 
 
-def cli_env(tmp_path: Path) -> dict:
-    home, tasks = tmp_path / "dagster_home", tmp_path / "tasks"
-    for folder in (home, tasks):
-        folder.mkdir()
-    shutil.copy(REPO / "dagster_home" / "dagster.yaml", home / "dagster.yaml")  # the pools and the run queue
-    (tasks / f"{TASK}.yaml").write_text(yaml.safe_dump(FAST_SPEC))
-    return {
-        **os.environ,
-        "DAGSTER_HOME": str(home),
-        "MEDDIAG_DATA_DIR": str(tmp_path / "data"),
-        "MEDDIAG_TASKS_DIR": str(tasks),
-        "PYTHONPATH": str(REPO),
-    }
-
-
 def land_csv(tmp_path: Path, name: str, frame: pl.DataFrame) -> None:
     folder = tmp_path / "data" / "landing" / TASK / name
     folder.mkdir(parents=True)
@@ -169,47 +152,28 @@ def land_csv(tmp_path: Path, name: str, frame: pl.DataFrame) -> None:
     (folder / "_READY").touch()
 
 
-def cli(env: dict, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "meddiag_pipelines", *args],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
 @pytest.mark.slow
 def test_after_an_update_is_killed_requeue_update_and_reset_all_work(tmp_path):
-    env = cli_env(tmp_path)
+    env = instance_env(tmp_path / "dagster_home", tmp_path / "data", tmp_path / "tasks", [FAST_SPEC])
     land_csv(tmp_path, "b1", synthetic_records(400, seed=1))
     land_csv(
         tmp_path, "b2_bad", synthetic_records(20, seed=2, start=900).with_columns(pl.lit("maybe").alias("outcome"))
     )
     (tmp_path / "killed.py").write_text(KILLED_UPDATE)
-    killed = subprocess.run(
-        [sys.executable, str(tmp_path / "killed.py"), TASK],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
-    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    run_cli([sys.executable, str(tmp_path / "killed.py"), TASK], env=env, timeout=240, expect_rc=-signal.SIGKILL)
     with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
         [dead] = instance.get_runs(dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED]))
         assert dead.run_id in slot_holders(instance)
     models = tmp_path / "data" / "models" / TASK
     assert not (models / "champion.json").exists()
 
-    requeued = cli(env, "requeue", TASK, "b2_bad", timeout=60)  # releases the dead run instead of refusing
-    assert requeued.returncode == 0 and dead.run_id in requeued.stdout, requeued.stdout + requeued.stderr
+    # requeue releases the dead run instead of refusing
+    requeued = run_cli([*MEDDIAG, "requeue", TASK, "b2_bad"], env=env, timeout=60, expect_rc=0)
+    assert dead.run_id in requeued.stdout, requeued.stdout
     start = time.monotonic()
-    updated = cli(env, "update", TASK)
-    assert updated.returncode == 0, updated.stderr[-3000:]
+    run_cli([*MEDDIAG, "update", TASK], env=env, timeout=240, expect_rc=0)
     assert time.monotonic() - start < 180 and (models / "champion.json").is_file()  # trained and published
-    assert cli(env, "reset", TASK, "--yes", timeout=60).returncode == 0
+    run_cli([*MEDDIAG, "reset", TASK, "--yes"], env=env, timeout=60, expect_rc=0)
     with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
         assert instance.get_run_by_id(dead.run_id).status == dg.DagsterRunStatus.FAILURE
         assert slot_holders(instance) == set()
@@ -217,26 +181,20 @@ def test_after_an_update_is_killed_requeue_update_and_reset_all_work(tmp_path):
 
 @pytest.mark.slow
 def test_update_waiting_for_a_live_run_stops_on_sigterm_and_after_max_wait(tmp_path):
-    env = cli_env(tmp_path)
+    env = instance_env(tmp_path / "dagster_home", tmp_path / "data", tmp_path / "tasks", [FAST_SPEC])
     land_csv(tmp_path, "b1", synthetic_records(50, seed=1))
     holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
     waiting = None
     try:
         with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
             live = add_run(instance, holder.pid, holds_slot=True)
-        bounded = cli(env, "update", TASK, "--max-wait", "1", timeout=120)
-        assert bounded.returncode == 1 and f"still held after 1 s by run {live}" in bounded.stderr, bounded.stderr[
-            -3000:
-        ]
+        bounded = run_cli([*MEDDIAG, "update", TASK, "--max-wait", "1"], env=env, timeout=120, expect_rc=1)
+        assert f"still held after 1 s by run {live}" in bounded.stderr, bounded.stderr[-3000:]
 
         log = tmp_path / "update.log"
         with open(log, "wb") as out:
             waiting = subprocess.Popen(
-                [sys.executable, "-m", "meddiag_pipelines", "update", TASK],
-                cwd=REPO,
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
+                [*MEDDIAG, "update", TASK], cwd=REPO, env=command_env(env), stdout=out, stderr=subprocess.STDOUT
             )
         deadline = time.monotonic() + 120
         while f"waiting for run {live}" not in log.read_text() and time.monotonic() < deadline:

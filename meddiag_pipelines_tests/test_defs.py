@@ -1,7 +1,6 @@
 """Pin the code location: a renamed asset, group, job or check shows up here, not in production."""
 
 import os
-import subprocess
 import sys
 import warnings
 
@@ -12,7 +11,7 @@ from meddiag_pipelines import definitions
 from meddiag_pipelines.defs import build
 from meddiag_pipelines.defs.build import build_definitions, build_task_definitions
 from meddiag_pipelines.specs import BUNDLED_TASKS_DIR, SPEC_ERRORS_GROUP, load_spec
-from meddiag_pipelines_tests.conftest import REPO, TASK_ASSETS
+from meddiag_pipelines_tests.conftest import TASK_ASSETS, run_cli
 
 BUNDLED = [load_spec(path) for path in sorted(BUNDLED_TASKS_DIR.glob("*.yaml"))]
 
@@ -198,14 +197,7 @@ def test_importing_the_package_leaves_the_users_dagster_warnings_shown():
         "    warnings.warn('mine too', dg.PreviewWarning)\n"
         "print(sorted(type(w.message).__name__ for w in seen))\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        check=True,
-        cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-    )
+    out = run_cli([sys.executable, "-c", code], expect_rc=0)
     assert out.stdout.strip() == "['BetaWarning', 'PreviewWarning']", out.stderr[-2000:]
 
 

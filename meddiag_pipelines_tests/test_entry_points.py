@@ -2,15 +2,13 @@
 scans no spec folder; the code location is built when Dagster (or a caller) asks for it."""
 
 import json
-import os
-import subprocess
 import sys
 
 import pytest
 import yaml
 
 from meddiag_pipelines.defs.build import build_definitions
-from meddiag_pipelines_tests.conftest import REPO, SYNTHETIC_SPEC, synthetic_records
+from meddiag_pipelines_tests.conftest import SYNTHETIC_SPEC, run_cli, synthetic_records
 
 # In a fresh process: make building a Definitions and reading a spec raise, import every module of the package
 # (each module's top level runs once, at its first import), then check that the guards do catch a build.
@@ -47,9 +45,7 @@ print(json.dumps({"modules": names, "failed": failed, "caught": caught}))
 
 
 def test_importing_any_module_builds_nothing_and_scans_no_spec():
-    env = {**os.environ, "PYTHONPATH": str(REPO), "MEDDIAG_EXECUTOR": ""}
-    done = subprocess.run([sys.executable, "-c", PROBE], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = run_cli([sys.executable, "-c", PROBE], env={"MEDDIAG_EXECUTOR": ""}, expect_rc=0)
     result = json.loads(done.stdout.splitlines()[-1])
     assert {
         "meddiag_pipelines.definitions",

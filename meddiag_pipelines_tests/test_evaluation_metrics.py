@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
 import sys
 
 import numpy as np
@@ -28,6 +27,7 @@ from meddiag_pipelines.evaluation.metrics.bootstrap import _resamples, _Scores
 from meddiag_pipelines.evaluation.metrics.calibration import _logistic_slopes
 from meddiag_pipelines.evaluation.metrics.multiclass import _macro_f1_from_codes
 from meddiag_pipelines.specs import EvaluationSpec
+from meddiag_pipelines_tests.conftest import run_cli
 
 FAST = EvaluationSpec(n_bootstrap=200)
 
@@ -635,7 +635,7 @@ def test_evaluation_package_does_not_import_dagster():
         "import sys, meddiag_pipelines.evaluation as e; "
         "assert not any(m == 'dagster' or m.startswith('dagster.') for m in sys.modules), 'dagster imported'"
     )
-    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+    run_cli([sys.executable, "-c", code], timeout=60, expect_rc=0)
 
 
 def test_absent_class_and_absent_label_do_not_break_evaluation():

@@ -7,16 +7,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import polars as pl
 import pytest
-import yaml
 
-from meddiag_pipelines_tests.conftest import REPO, SYNTHETIC_SPEC, synthetic_records
+from meddiag_pipelines_tests.conftest import MEDDIAG, SYNTHETIC_SPEC, instance_env, run_cli, synthetic_records
 from meddiag_pipelines_tests.test_text_pipeline import _strings_of_duckdb, _strings_of_parquet
 
 pytestmark = pytest.mark.slow
@@ -118,17 +114,8 @@ def _blob(path: Path) -> bytes:
     return path.read_bytes()
 
 
-def _update(env: dict, task: str) -> subprocess.CompletedProcess:
-    """The project's one command that brings a task up to date (new batches as partitions, then the rest)."""
-    command = [sys.executable, "-m", "meddiag_pipelines", "update", task]
-    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
-
-
 def test_hostile_batches_through_the_cli(tmp_path: Path):
-    data, home, tasks = tmp_path / "data", tmp_path / "dagster_home", tmp_path / "tasks"
-    for folder in (home, tasks):
-        folder.mkdir()
-    shutil.copy(REPO / "dagster_home" / "dagster.yaml", home / "dagster.yaml")
+    data, home = tmp_path / "data", tmp_path / "dagster_home"
     outside = tmp_path / "outside.txt"
     outside.write_text("nobody's business\n")
     tabular = {
@@ -146,18 +133,16 @@ def test_hostile_batches_through_the_cli(tmp_path: Path):
         "evaluation": {"n_bootstrap": 100},
         "promotion": {"auroc_floor": 0.6},
     }
-    for spec in (tabular, text):
-        (tasks / f"{spec['name']}.yaml").write_text(yaml.safe_dump(spec))
+    env = instance_env(home, data, tmp_path / "tasks", [tabular, text])
     _tabular_batches(data / "landing" / tabular["name"])
     _text_batches(data / "landing" / text["name"], outside)
     before = _digests(tmp_path, skip=(data,))
-    env = {**os.environ, "DAGSTER_HOME": str(home), "MEDDIAG_DATA_DIR": str(data), "MEDDIAG_TASKS_DIR": str(tasks)}
 
     outputs = []
     for spec in (tabular, text):
-        result = _update(env, spec["name"])
+        # the project's one command that brings a task up to date (new batches as partitions, then the rest)
+        result = run_cli([*MEDDIAG, "update", spec["name"]], env=env, timeout=RUN_TIMEOUT_S, expect_rc=0)
         outputs.append(result.stdout + result.stderr)
-        assert result.returncode == 0, outputs[-1][-4000:]
         assert (data / "models" / spec["name"] / "champion.json").is_file(), f"{spec['name']}: the good batch trained"
 
     assert _digests(tmp_path, skip=(data, home)) == {k: v for k, v in before.items() if not k.startswith(str(home))}

@@ -5,9 +5,6 @@ refuses stays in the shared folder for the others. The data are a SYNTHETIC CDM 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import polars as pl
@@ -22,7 +19,7 @@ from meddiag_pipelines.ingestion.warehouse import Warehouse
 from meddiag_pipelines.omop.batches import study_spec
 from meddiag_pipelines.specs import BUNDLED_TASKS_DIR, SpecError, load_spec, scan_specs
 from meddiag_pipelines.storage import DataRoot
-from meddiag_pipelines_tests.conftest import REPO
+from meddiag_pipelines_tests.conftest import MEDDIAG, instance_env, run_cli
 from meddiag_pipelines_tests.omop_data import CELECOXIB, TWO_OUTCOMES, two_outcome_tables, write_cdm
 
 NAME = "nsaid_risks"
@@ -138,26 +135,6 @@ def test_a_batch_one_task_refuses_stays_in_the_shared_folder_for_the_others(tmp_
     assert (batch / "person.parquet").is_file()
 
 
-def meddiag_update(root: Path, *tasks: str) -> str:
-    env = {
-        **os.environ,
-        "DAGSTER_HOME": str(root / "home"),
-        "MEDDIAG_DATA_DIR": str(root / "data"),
-        "MEDDIAG_TASKS_DIR": str(root / "tasks"),
-    }
-    (root / "home").mkdir(exist_ok=True)
-    result = subprocess.run(
-        [sys.executable, "-m", "meddiag_pipelines", "update", *tasks],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
-    return result.stdout
-
-
 def land(folder: Path, tables: dict) -> None:
     write_cdm(folder, tables)
     (folder / "_READY").touch()
@@ -167,10 +144,11 @@ def land(folder: Path, tables: dict) -> None:
 def test_two_outcomes_end_to_end_through_meddiag_update(tmp_path: Path):
     write_spec(tmp_path / "tasks", SPEC)
     data = tmp_path / "data"
+    env = instance_env(tmp_path / "home", data, tmp_path / "tasks")
     landing = data / "landing" / NAME
     land(landing / "batch_0001", two_outcome_tables(700, 1_000, seed=0))
 
-    lines = meddiag_update(tmp_path, NAME).splitlines()
+    lines = run_cli([*MEDDIAG, "update", NAME], env=env, timeout=900, expect_rc=0).stdout.splitlines()
     assert [line.split(":")[0] for line in lines] == TASKS
     comparison = json.loads((data / "reports" / NAME / "outcomes.json").read_text())
     entries = {e["outcome"]: e for e in comparison["outcomes"]}
@@ -194,7 +172,7 @@ def test_two_outcomes_end_to_end_through_meddiag_update(tmp_path: Path):
     # (its concept set asks for descendants) refuses: it stays in the shared folder and the other task scores it
     land(landing / "batch_0002", two_outcome_tables(30, 50_000, seed=1, follow_days=100))
     land(landing / "batch_0003", two_outcome_tables(20, 60_000, seed=2, follow_days=100, ancestor=False))
-    meddiag_update(tmp_path, NAME)
+    run_cli([*MEDDIAG, "update", NAME], env=env, timeout=900, expect_rc=0)
     for task in TASKS:
         [scored] = (data / "predictions" / task / "batch_0002").glob("*.parquet")
         risks = pl.read_parquet(scored)
@@ -209,7 +187,8 @@ def test_two_outcomes_end_to_end_through_meddiag_update(tmp_path: Path):
     assert sorted(p.name for p in kept.iterdir()) == ["reason.json"]
     assert (landing / "batch_0003" / "person.parquet").is_file()
 
-    meddiag_update(tmp_path, *TASKS)  # nothing new: the refused batch is not read again, nor moved
+    # nothing new: the refused batch is not read again, nor moved
+    run_cli([*MEDDIAG, "update", *TASKS], env=env, timeout=900, expect_rc=0)
     assert sorted(p.name for p in (data / "quarantine" / TASKS[1]).iterdir()) == ["batch_0003"]
     assert (landing / "batch_0003" / "person.parquet").is_file()
     warehouse = Warehouse(DataRoot(data))

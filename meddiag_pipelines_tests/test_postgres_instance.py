@@ -5,10 +5,7 @@ one-run-per-task limit, each with nothing of the instance outside PostgreSQL."""
 from __future__ import annotations
 
 import logging
-import os
 import shutil
-import subprocess
-import sys
 import textwrap
 import time
 from pathlib import Path
@@ -29,7 +26,7 @@ from dagster._daemon.sensor import execute_sensor_iteration
 from meddiag_pipelines.defs.automation.landing import RANGE_END, RANGE_START, run_tags
 from meddiag_pipelines.specs import TaskSpec
 from meddiag_pipelines.storage import DataRoot
-from meddiag_pipelines_tests.conftest import REPO, SYNTHETIC_SPEC, fast, land, synthetic_records
+from meddiag_pipelines_tests.conftest import MEDDIAG, REPO, SYNTHETIC_SPEC, fast, land, run_cli, synthetic_records
 from meddiag_pipelines_tests.postgres import postgres_server, postgres_url  # noqa: F401 (fixtures)
 
 TASK = SYNTHETIC_SPEC["name"]
@@ -114,16 +111,8 @@ def test_a_full_task_run_through_update_lives_in_postgres(tmp_path, home, postgr
     write_spec(tmp_path / "tasks")
     land(DataRoot(data), TASK, "b1", synthetic_records(120, seed=1))
     land(DataRoot(data), TASK, "b2", synthetic_records(120, seed=2, start=200))
-    env = {**os.environ, "MEDDIAG_DATA_DIR": str(data), "MEDDIAG_TASKS_DIR": str(tmp_path / "tasks")}
-    done = subprocess.run(
-        [sys.executable, "-m", "meddiag_pipelines", "update", TASK],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stderr[-4000:]
+    env = {"MEDDIAG_DATA_DIR": str(data), "MEDDIAG_TASKS_DIR": str(tmp_path / "tasks")}  # DAGSTER_HOME: home's
+    run_cli([*MEDDIAG, "update", TASK], env=env, expect_rc=0)
 
     db = database(postgres_url)
     runs = dict(row.split("|") for row in postgres_server.psql(db, "SELECT run_id, status FROM runs"))

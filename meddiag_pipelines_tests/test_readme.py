@@ -5,18 +5,16 @@ README.md and docs/ resolves, the page stays under 10 KB, and its asset graph is
 from __future__ import annotations
 
 import ast
-import os
 import re
 import shlex
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
 from meddiag_pipelines.__main__ import COMMANDS, build_parser, main
-from meddiag_pipelines_tests.conftest import REPO
+from meddiag_pipelines_tests.conftest import REPO, instance_env, run_cli
 from scripts.asset_graph import block, committed_block, task_definitions
 
 README = REPO / "README.md"
@@ -106,8 +104,7 @@ def test_the_fast_loop_leaves_out_the_slow_tests_only():
     _, argv = split_command(FAST_LOOP)
     module = "meddiag_pipelines_tests/test_cli.py"  # holds both slow and fast tests
     command = [sys.executable, "-m", "pytest", *argv[1:], "-n0", "--collect-only", module]
-    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    result = run_cli(command, timeout=300, expect_rc=0)
     collected = set(re.findall(r"::(test_\w+)", result.stdout))
     assert "test_update_help_states_the_default_wait" in collected
     assert "test_update_logs_at_info_without_dagsters_step_events_and_at_debug_with_verbose" not in collected
@@ -116,8 +113,7 @@ def test_the_fast_loop_leaves_out_the_slow_tests_only():
 
 def test_meddiag_help_as_written_lists_every_command():
     _, argv = split_command(HELP)
-    result = subprocess.run([executable(argv[0]), *argv[1:]], cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr[-2000:]
+    result = run_cli([executable(argv[0]), *argv[1:]], timeout=120, expect_rc=0)
     assert result.stdout.startswith("usage: meddiag")
     assert [c for c in COMMANDS if not re.search(rf"^\s+{c}\s", result.stdout, re.M)] == []
 
@@ -130,15 +126,12 @@ def test_the_main_job_as_written_ends_on_a_line_per_bundled_task_then_is_up_to_d
     env_assignments, argv = split_command(MAIN_JOB)
     assert env_assignments == {"DAGSTER_HOME": "$PWD/dagster_home"}
     home, data = tmp_path / "dagster_home", tmp_path / "data"
-    home.mkdir()
-    shutil.copy(REPO / "dagster_home" / "dagster.yaml", home / "dagster.yaml")
+    env = instance_env(home, data)  # the bundled specs only
     shutil.copytree(REPO / "data" / "landing", data / "landing")
     tasks = sorted(p.name for p in (data / "landing").iterdir() if p.is_dir())
     assert len(tasks) >= 4, tasks
-    env = {k: v for k, v in os.environ.items() if k != "MEDDIAG_TASKS_DIR"}
-    env |= {"DAGSTER_HOME": str(home), "MEDDIAG_DATA_DIR": str(data)}
     command = [executable(argv[0]), *argv[1:]]
-    first = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=1800)
+    first = run_cli(command, env=env, timeout=1800)
     lines = sorted(first.stdout.splitlines())
     assert [line.split(":")[0] for line in lines] == tasks, first.stdout + first.stderr[-4000:]
     figure = r"AUROC [01]\.\d{3} \([01]\.\d{3}-[01]\.\d{3}\)(, macro-F1 0\.\d{3})?"
@@ -149,8 +142,7 @@ def test_the_main_job_as_written_ends_on_a_line_per_bundled_task_then_is_up_to_d
         assert report.is_file(), line
     refused_first = [line for line in lines if " · no champion · " in line]
     assert first.returncode == (1 if refused_first else 0), first.stderr[-4000:]
-    again = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    assert again.returncode == 0, again.stderr[-4000:]
+    again = run_cli(command, env=env, expect_rc=0)
     assert [line.split(" · ")[0] for line in sorted(again.stdout.splitlines())] == [f"{t}: up to date" for t in tasks]
 
 

@@ -8,23 +8,18 @@ is flagged (a blocking ERROR) and the breach sensor requests a retrain, while th
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import dagster as dg
 import numpy as np
 import polars as pl
 import pytest
-import yaml
 from sklearn.metrics import roc_auc_score
 
 from meddiag_pipelines.defs.automation.monitoring import build_breach_sensor
 from meddiag_pipelines.defs.resources.storage import MeddiagStorage
 from meddiag_pipelines.specs import TaskSpec
-from meddiag_pipelines_tests.conftest import REPO
+from meddiag_pipelines_tests.conftest import MEDDIAG, instance_env, run_cli
 
 TASK, ID, LABEL = "heart_sites", "record_id", "HeartDisease"
 NUMERIC = ["age", "trestbps", "chol", "thalch", "oldpeak"]
@@ -80,34 +75,20 @@ def land(root: Path, batch: str, frame: pl.DataFrame, filename: str = "records.c
     return folder / filename
 
 
-def update(root: Path) -> subprocess.CompletedProcess:
-    env = {
-        **os.environ,
-        "DAGSTER_HOME": str(root / "home"),
-        "MEDDIAG_DATA_DIR": str(root / "data"),
-        "MEDDIAG_TASKS_DIR": str(root / "tasks"),
-    }
-    command = [sys.executable, "-m", "meddiag_pipelines", "update", TASK]
-    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
-
-
 def entries(root: Path) -> dict[str, dict]:
     return {e["batch"]: e for e in json.loads((root / "data" / "reports" / TASK / "monitoring.json").read_text())}
 
 
 @pytest.mark.slow
 def test_site_shift_through_the_command_line(tmp_path):
-    (tmp_path / "home").mkdir()
-    (tmp_path / "tasks").mkdir()
-    shutil.copy(REPO / "dagster_home" / "dagster.yaml", tmp_path / "home" / "dagster.yaml")
-    (tmp_path / "tasks" / f"{TASK}.yaml").write_text(yaml.safe_dump(SPEC))
+    env = instance_env(tmp_path / "home", tmp_path / "data", tmp_path / "tasks", [SPEC])
+    update = [*MEDDIAG, "update", TASK]
     data = sites()
     land(tmp_path, "b1_sites_train", data["train"])
     land(tmp_path, "b2_held_back", unlabelled(data["held"]))
     land(tmp_path, "b3_va_long_beach", unlabelled(data["va"]))
 
-    first = update(tmp_path)
-    assert first.returncode == 0, first.stderr[-4000:]  # drift is a WARN: the run succeeds
+    first = run_cli(update, env=env, timeout=900, expect_rc=0)  # drift is a WARN: the run succeeds
     assert first.stdout.startswith(f"{TASK}: AUROC ") and " · promoted " in first.stdout
     version = json.loads((tmp_path / "data" / "models" / TASK / "champion.json").read_text())["version"]
     held, va = entries(tmp_path)["b2_held_back"], entries(tmp_path)["b3_va_long_beach"]
@@ -119,8 +100,7 @@ def test_site_shift_through_the_command_line(tmp_path):
 
     # A batch to score without a column the champion was trained with: a blocking ERROR naming both.
     land(tmp_path, "b4_held_back_no_chol", unlabelled(data["held"]).drop("chol"))
-    refused = update(tmp_path)
-    assert refused.returncode == 1
+    refused = run_cli(update, env=env, timeout=900, expect_rc=1)
     assert (
         "check batch_schema failed: batch b4_held_back_no_chol (file records.csv): missing column(s) ['chol'] "
         f"that model version {version} was trained with"
@@ -130,8 +110,7 @@ def test_site_shift_through_the_command_line(tmp_path):
 
     # The outcomes arrive: a labels batch (only the id and label columns) for both scored batches.
     labels_file = land(tmp_path, "b5_labels", pl.concat([data["held"], data["va"]]).select(ID, LABEL), "labels.csv")
-    breached = update(tmp_path)
-    assert breached.returncode == 1
+    breached = run_cli(update, env=env, timeout=900, expect_rc=1)
     assert f"check realised_performance failed: {version}: batch b3_va_long_beach: realised AUROC" in breached.stderr
     va = entries(tmp_path)["b3_va_long_beach"]
     prediction_file = tmp_path / "data" / "predictions" / TASK / "b3_va_long_beach" / f"{version}.parquet"
