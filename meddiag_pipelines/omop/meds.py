@@ -82,7 +82,7 @@ def meds_sql(cdm: Cdm, subjects: tuple[int, int] | None = None, *, text: bool = 
 def _codes(kind: pa.Array, concept: pa.Array, prefixes: pa.Array) -> pa.Array:
     """The code of each row: its kind's prefix followed by its concept id (the prefix alone for birth and death,
     which have none). A batch holds few distinct (kind, concept) pairs, so the strings are built once per pair
-    and gathered (three times faster than building one per row)."""
+    and gathered (faster than building one string per row)."""
     try:
         key = pc.add_checked(pc.multiply_checked(pc.fill_null(concept, 0), KINDS), pc.cast(kind, pa.int64()))
     except pa.ArrowInvalid:  # a concept id too large to pack with its kind: build each row's string
