@@ -323,3 +323,37 @@ def test_overlapping_observation_periods_are_merged(tmp_path: Path) -> None:
         periods = cdm.con.execute("SELECT start_date, end_date FROM observation_period WHERE person_id = 1")
         assert periods.fetchall() == [(date(2000, 1, 1), date(2022, 1, 1))]
         assert _scalar(cdm, "SELECT count(*) FROM ev_condition WHERE person_id = 1") == 1
+
+
+def test_in_observation_with_several_periods_and_none(tmp_path: Path) -> None:
+    """Person 1 observed in 2000-2004 and 2010-2020 (events in each, in the gap, before and on the bounds);
+    person 3 has no period at all: the events stay (for cohorts), only those inside a period are observed."""
+    tables = tidy_tables()
+    d = date
+    tables["observation_period"] = pl.DataFrame(
+        {
+            "observation_period_id": [1, 2, 3],
+            "person_id": [1, 1, 2],
+            "observation_period_start_date": [d(2000, 1, 1), d(2010, 1, 1), d(2000, 1, 1)],
+            "observation_period_end_date": [d(2004, 12, 31), d(2020, 12, 31), d(2020, 12, 31)],
+        }
+    )
+    days = [d(1999, 12, 31), d(2000, 1, 1), d(2004, 12, 31), d(2005, 1, 1), d(2009, 12, 31), d(2010, 1, 1)]
+    days += [d(2020, 12, 31), d(2021, 1, 1), d(2015, 1, 1)]
+    tables["condition_occurrence"] = pl.DataFrame(
+        {
+            "condition_occurrence_id": list(range(1, len(days) + 1)),
+            "person_id": [1] * (len(days) - 1) + [3],
+            "condition_concept_id": [4000] * len(days),
+            "condition_start_date": days,
+        }
+    )
+    with _open(tmp_path, tables) as cdm:
+        rows = cdm.con.execute(
+            "SELECT person_id, event_date, in_observation FROM ev_condition ORDER BY person_id, event_date"
+        ).fetchall()
+        expected = [False, True, True, False, False, True, True, False]
+        assert rows == [(1, day, seen) for day, seen in zip(sorted(days[:-1]), expected, strict=True)] + [
+            (3, d(2015, 1, 1), False)
+        ]
+        assert cdm.counts["condition.outside_observation"] == 5

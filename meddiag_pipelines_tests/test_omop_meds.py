@@ -99,3 +99,30 @@ def test_meds_carries_observation_text_values(tmp_path: Path) -> None:
         (3, "OBSERVATION//5001", None),
     ]
     assert rows["text_value"].null_count() == rows.height - 1
+
+
+def test_codes_of_negative_huge_and_missing_concepts() -> None:
+    """Codes are built per distinct (kind, concept) pair: negative ids, ids too large to pack with their kind
+    (built row by row instead) and birth/death rows without a concept all get the code they would row by row."""
+    import pyarrow as pa
+
+    from meddiag_pipelines.omop.meds import _codes, _prefixes
+
+    kinds = pa.array([3, 3, 4, 1, 2, 0, 3, 4], pa.uint8())
+    concepts = pa.array([-7, 192671, 192671, None, None, 8507, -7, 0], pa.int64())
+    assert _codes(kinds, concepts, _prefixes()).to_pylist() == [
+        "CONDITION//-7",
+        "CONDITION//192671",
+        "DRUG//192671",
+        meds.birth_code,
+        meds.death_code,
+        "GENDER//8507",
+        "CONDITION//-7",
+        "DRUG//0",
+    ]
+    huge = pa.array([2**62, -(2**62), None], pa.int64())
+    assert _codes(pa.array([3, 5, 1], pa.uint8()), huge, _prefixes()).to_pylist() == [
+        f"CONDITION//{2**62}",
+        f"PROCEDURE//{-(2**62)}",
+        meds.birth_code,
+    ]

@@ -12,6 +12,7 @@ persons, dated between birth and today).
 from __future__ import annotations
 
 import itertools
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pyarrow as pa
@@ -31,6 +32,9 @@ BATCH_ROWS = 1_000_000
 # Rows sorted at once: the table is written in ranges of subjects holding about this many rows each, so the
 # sort's memory does not grow with the batch.
 CHUNK_ROWS = 2_000_000
+# Row kinds (positions in :func:`_prefixes`): a code packs concept_id * KINDS + kind; birth and death have no concept.
+KINDS = 16
+NO_CONCEPT_KINDS = (1, 2)
 
 
 def _schema():
@@ -75,11 +79,30 @@ def meds_sql(cdm: Cdm, subjects: tuple[int, int] | None = None, *, text: bool = 
     return f"SELECT {columns} FROM ({' UNION ALL '.join(parts)}) {where}ORDER BY subject_id, time NULLS FIRST"
 
 
+def _codes(kind: pa.Array, concept: pa.Array, prefixes: pa.Array) -> pa.Array:
+    """The code of each row: its kind's prefix followed by its concept id (the prefix alone for birth and death,
+    which have none). A batch holds few distinct (kind, concept) pairs, so the strings are built once per pair
+    and gathered (faster than building one string per row)."""
+    try:
+        key = pc.add_checked(pc.multiply_checked(pc.fill_null(concept, 0), KINDS), pc.cast(kind, pa.int64()))
+    except pa.ArrowInvalid:  # a concept id too large to pack with its kind: build each row's string
+        text = pc.cast(concept, pa.string())
+        return pc.binary_join_element_wise(pc.take(prefixes, kind), text, "", null_handling="skip")
+    encoded = pc.dictionary_encode(key)
+    pairs = encoded.dictionary
+    kinds = pc.subtract(pairs, pc.multiply(pc.divide(pairs, KINDS), KINDS))  # key mod KINDS, sign-safe below
+    negative = pc.less(kinds, 0)
+    kinds = pc.if_else(negative, pc.add(kinds, KINDS), kinds)
+    concepts = pc.divide(pc.subtract(pairs, kinds), KINDS)
+    without_concept = pc.is_in(kinds, pa.array(NO_CONCEPT_KINDS, pa.int64()))
+    text = pc.if_else(without_concept, pa.scalar(None, pa.string()), pc.cast(concepts, pa.string()))
+    strings = pc.binary_join_element_wise(pc.take(prefixes, kinds), text, "", null_handling="skip")
+    return pc.take(strings, encoded.indices)
+
+
 def _to_meds(batch: pa.RecordBatch, prefixes: pa.Array, schema: pa.Schema) -> pa.Table:
-    """A batch of :func:`meds_sql` rows in MEDS's schema: code = the kind's prefix followed by the concept id
-    (the prefix alone for birth and death, which have none); a null text value where the batch has none."""
-    concept = pc.cast(batch.column("concept_id"), pa.string())
-    code = pc.binary_join_element_wise(pc.take(prefixes, batch.column("kind")), concept, "", null_handling="skip")
+    """A batch of :func:`meds_sql` rows in MEDS's schema (a null text value where the batch has none)."""
+    code = _codes(batch.column("kind"), batch.column("concept_id"), prefixes)
     names = batch.schema.names
     text = batch.column("text_value") if "text_value" in names else pa.nulls(batch.num_rows, pa.large_string())
     columns = [batch.column("subject_id"), batch.column("time"), code, batch.column("numeric_value"), text]
@@ -125,14 +148,21 @@ def write_meds(cdm: Cdm, path: Path, *, batch_rows: int = BATCH_ROWS, chunk_rows
 
     def write(tmp: Path) -> None:
         # Streamed from DuckDB's sort as Arrow batches straight into one Parquet file: no intermediate file.
+        # Each batch is written by a second thread while DuckDB sorts and hands over the next (both release
+        # the GIL); one write at a time, so the file's order is the sort's.
         nonlocal rows
         prefixes, text = _prefixes(), _has_text(cdm)
-        with pq.ParquetWriter(tmp, schema) as writer:
+        with pq.ParquetWriter(tmp, schema) as writer, ThreadPoolExecutor(1) as pool:
+            pending = None
             for subjects in _subject_ranges(cdm, chunk_rows):
                 for batch in cdm.con.execute(meds_sql(cdm, subjects, text=text)).to_arrow_reader(batch_rows):
                     table = _to_meds(batch, prefixes, schema)
-                    writer.write_table(table)
+                    if pending is not None:
+                        pending.result()
+                    pending = pool.submit(writer.write_table, table)
                     rows += table.num_rows
+            if pending is not None:
+                pending.result()
 
     atomic_write(path, write)
     check_meds(path)
