@@ -77,10 +77,11 @@ def test_format_and_label_are_enough_and_the_defaults_are_what_a_user_expects(tm
     assert (volume.format, volume.size, volume.spacing, volume.intensity) == ("npz", 28, None, None)
     assert volume.orientation == "RAS"
     assert volume.file_column == "file" and volume.max_voxels == 512 * 512 * 1024 and volume.model == "resnet10"
-    assert volume.conv == "3d" and (spec.training.epochs, spec.training.time_budget_s) == (12, 780.0)
+    training = spec.training
+    assert volume.conv == "3d" and (training.epochs, training.time_budget_s, training.batch_size) == (12, 780.0, 32)
     assert get("volume") is MODALITY
-    given = load_spec(_spec_file(tmp_path, "{format: npz}\ntraining: {epochs: 3}"))
-    assert (given.training.epochs, given.training.time_budget_s) == (3, 780.0)
+    given = load_spec(_spec_file(tmp_path, "{format: npz}\ntraining: {epochs: 3, batch_size: 8}"))
+    assert (given.training.epochs, given.training.time_budget_s, given.training.batch_size) == (3, 780.0, 8)
 
 
 @pytest.mark.parametrize(
