@@ -9,8 +9,9 @@ configuration (:class:`ImageParams`) per call; ``imaging.tuning`` searches them.
 * AdamW (weight decay 1e-2; or SGD with Nesterov momentum) with a short linear warm-up then cosine decay over
   ``epochs x steps``, or over the epochs the time budget allows at the pace measured so far when fewer (so the
   learning rate has annealed when the budget stops a slow CPU run); fine-tuning modes: ``full``, ``linear_probe``
-  (only the classifier trains, the backbone's batch-norm statistics frozen) and ``frozen_then_unfrozen`` (the classifier alone for the first quarter of the
-  epochs, then everything, the backbone at ``UNFROZEN_LR_SCALE`` of the learning rate); class weighting
+  (only the classifier trains, the backbone's batch-norm statistics frozen) and ``frozen_then_unfrozen`` (the
+  classifier alone for the first quarter of the epochs, then everything, the backbone at ``UNFROZEN_LR_SCALE`` of
+  the learning rate); class weighting
   (binary ``pos_weight = n_neg / n_pos``, multiclass inverse-frequency weights, multilabel per-label
   ``pos_weight`` capped at ``MULTILABEL_POS_WEIGHT_CAP``); augmentation of each batch in torch from
   ``spec.image.augment`` / ``spec.volume.augment`` (hflip / vflip / dflip: a flip of the last / second last / third
