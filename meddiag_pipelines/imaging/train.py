@@ -7,9 +7,11 @@ configuration (:class:`ImageParams`) per call; ``imaging.tuning`` searches them.
   multiclass (N,) class indices, multilabel (N, k) 0/1. A binary model has ONE logit whatever ``n_outputs`` says
   (1 or 2).
 * AdamW (weight decay 1e-2; or SGD with Nesterov momentum) with a short linear warm-up then cosine decay over
-  ``epochs x steps``; fine-tuning modes: ``full``, ``linear_probe`` (only the classifier trains, the backbone's
-  batch-norm statistics frozen) and ``frozen_then_unfrozen`` (the classifier alone for the first quarter of the
-  epochs, then everything, the backbone at ``UNFROZEN_LR_SCALE`` of the learning rate); class weighting
+  ``epochs x steps``, or over the epochs the time budget allows at the pace measured so far when fewer (so the
+  learning rate has annealed when the budget stops a slow CPU run); fine-tuning modes: ``full``, ``linear_probe``
+  (only the classifier trains, the backbone's batch-norm statistics frozen) and ``frozen_then_unfrozen`` (the
+  classifier alone for the first quarter of the epochs, then everything, the backbone at ``UNFROZEN_LR_SCALE`` of
+  the learning rate); class weighting
   (binary ``pos_weight = n_neg / n_pos``, multiclass inverse-frequency weights, multilabel per-label
   ``pos_weight`` capped at ``MULTILABEL_POS_WEIGHT_CAP``); augmentation of each batch in torch from
   ``spec.image.augment`` / ``spec.volume.augment`` (hflip / vflip / dflip: a flip of the last / second last / third
@@ -409,14 +411,35 @@ def _averaged(model: nn.Module, decay: float) -> torch.optim.swa_utils.AveragedM
     return torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=_ema_update(decay), use_buffers=True)
 
 
-def _lr_lambda(total_steps: int, warmup: int) -> Callable[[int], float]:
-    def f(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+class _Cosine:
+    """The learning-rate factor at a step: a linear warm-up, then a cosine down to 2 % at ``total_steps`` (at most
+    ``planned``, the epochs' steps). A callable object, not a closure, so that ``LambdaLR``'s checkpoint keeps the
+    ``total_steps`` :func:`_fit_schedule_to_budget` set."""
+
+    def __init__(self, planned: int, warmup: int) -> None:
+        self.planned, self.total_steps, self.warmup = planned, planned, warmup
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup:
+            return (step + 1) / self.warmup
+        progress = min(1.0, (step - self.warmup) / max(1, self.total_steps - self.warmup))
         return 0.02 + 0.98 * 0.5 * (1.0 + math.cos(math.pi * progress))
 
-    return f
+
+def _fit_schedule_to_budget(run: _Run, steps_per_epoch: int, budget_s: float) -> None:
+    """After each epoch: the cosine ends with the last epoch that fits the time budget at the pace of the recent
+    epochs (training and validation), never after the planned epochs. On a slow or loaded CPU, or a large set, the
+    learning rate has thus annealed when the budget stops training, instead of being cut near its peak; a run
+    whose budget is ample keeps its planned schedule (and its determinism), and a run resumed with more time
+    gets its horizon back."""
+    cosine = run.scheduler.lr_lambdas[0]
+    pace = float(np.mean([h["seconds"] for h in run.history[-3:]]))
+    done = int(run.state["epoch"]) * steps_per_epoch
+    epochs_fit = int(max(0.0, budget_s - float(run.state["elapsed"])) // max(pace, 1e-9))
+    horizon = min(cosine.planned, max(done + 1, done + epochs_fit * steps_per_epoch))
+    if horizon != cosine.total_steps:
+        log.info("learning-rate schedule fitted to the time budget: %d steps (planned %d)", horizon, cosine.planned)
+        cosine.total_steps = horizon
 
 
 def _frozen_epochs(finetune: str, epochs: int) -> int:
@@ -482,7 +505,7 @@ def _optimizer(model: nn.Module, params: ImageParams, total_steps: int, warmup: 
         optimizer = torch.optim.SGD(groups, lr=lr, momentum=SGD_MOMENTUM, nesterov=True, weight_decay=wd)
     else:
         optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=wd)
-    cosine = _lr_lambda(total_steps, warmup)
+    cosine = _Cosine(total_steps, warmup)
     scale = 1.0 if frozen_steps == 0 else UNFROZEN_LR_SCALE
 
     def body_lr(step: int) -> float:
@@ -808,6 +831,7 @@ def _train_epochs(
             run.state["bad_epochs"] += 1
         run.state["epoch"] = epoch
         run.state["elapsed"] = elapsed_before + (time.perf_counter() - run_start)
+        _fit_schedule_to_budget(run, plan.steps_per_epoch, training.time_budget_s)
         log.info(
             "image epoch %d: loss %.4f val AUROC %.4f (%.0f img/s)",
             epoch,

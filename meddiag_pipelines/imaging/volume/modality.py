@@ -9,8 +9,9 @@ from the image modality (``imaging.modality``, whose steps it inherits) is said 
 * split              the patient-level hash split, except that an npz record keeps its file's own split.
 * features           the memory-mapped uint8 cache of (1, S, S, S) volumes per batch (``imaging.preprocess``).
 * candidate_model    the 3D ResNet (``imaging.model`` with ``spatial_dims`` 3: ResNet-10 or -18, ``volume.model``)
-                     trained by imaging's trainer: AdamW, cosine schedule, 3D augmentation, class weights, EMA,
-                     early stopping, optional optuna search (``training.tune``), checkpoints and resume.
+                     trained by imaging's trainer: AdamW, batches of 32, cosine schedule fitted to the time budget,
+                     3D augmentation, class weights, EMA, early stopping, optional optuna search (``training.tune``),
+                     checkpoints and resume.
 * candidate_model    (also) the voxel-feature model of ``baseline_model`` in ``voxel_features/``; the candidate is
                      the one of the higher validation AUROC (``volume.candidate: cnn`` keeps the CNN).
 * baseline_model     trained by the candidate step: the cached volumes average-pooled to 7^3 (8^3) blocks beside
