@@ -10,7 +10,6 @@ queue, no task pool): each step of one run may interleave with any step of the o
 """
 
 import json
-import subprocess
 import sys
 
 import dagster as dg
@@ -18,7 +17,7 @@ import pytest
 
 from meddiag_pipelines.ingestion.warehouse import Warehouse
 from meddiag_pipelines.storage import DataRoot, run_name
-from meddiag_pipelines_tests.conftest import synthetic_records
+from meddiag_pipelines_tests.conftest import run_cli, synthetic_records
 from meddiag_pipelines_tests.test_crash_safety import (
     CHILD,
     TASK,
@@ -68,7 +67,7 @@ def test_two_overlapping_runs_each_use_their_own_inputs(tmp_path):
     (tmp_path / "dagster_home" / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")  # no limits at all
     # Create the SQLite instance first, as `dagster dev` does at start: two processes bootstrapping a fresh
     # DAGSTER_HOME at the same instant race on Dagster's own schema creation, which is not what this tests.
-    subprocess.run([sys.executable, "-c", "import dagster; dagster.DagsterInstance.get()"], env=env, check=True)
+    run_cli([sys.executable, "-c", "import dagster; dagster.DagsterInstance.get()"], env=env, expect_rc=0)
     land_batch(tmp_path, "batch_0001", synthetic_records(300, seed=1))
     land_batch(tmp_path, "batch_0002", synthetic_records(150, seed=2, start=300))
     (tmp_path / "child.py").write_text(PAUSE + CHILD)

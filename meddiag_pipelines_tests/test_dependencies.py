@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import ast
 import importlib
-import os
 import pkgutil
 import re
-import subprocess
 import sys
 import tomllib
 from functools import cache
@@ -21,6 +19,7 @@ from pathlib import Path
 import pytest
 
 import meddiag_pipelines
+from meddiag_pipelines_tests.conftest import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 FIRST_PARTY = {"meddiag_pipelines", "meddiag_pipelines_tests", "bench", "scripts"}
@@ -111,14 +110,7 @@ def test_every_third_party_import_is_declared(folder, groups):
 def test_loading_the_definitions_needs_no_optional_extra():
     """A base install (no extra) loads the project: the Dask, PostgreSQL, S3 and large-model modules load on demand."""
     probe = "import sys, meddiag_pipelines.definitions as d; d.defs(); print(sorted(m for m in ('dask', 'distributed', 'dagster_dask', 'dagster_postgres', 's3fs', 'timm', 'torchvision', 'transformers', 'peft', 'onnx', 'onnxruntime') if m in sys.modules))"
-    done = subprocess.run(
-        [sys.executable, "-c", probe],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "MEDDIAG_EXECUTOR": ""},
-    )
+    done = run_cli([sys.executable, "-c", probe], env={"MEDDIAG_EXECUTOR": ""}, timeout=300)
     assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr[-2000:]
 
 

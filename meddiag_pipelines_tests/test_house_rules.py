@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import ast
-import os
 import shutil
 import subprocess
 import sys
@@ -22,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from meddiag_pipelines_tests.conftest import run_cli
 from meddiag_pipelines_tests.postgres import skip_outside_ci
 
 TESTS = Path(__file__).resolve().parent
@@ -156,9 +156,8 @@ def test_the_rules_tell_a_pinned_raises_from_an_unpinned_one(source, unpinned, b
 
 def _lint_imports(root: Path) -> subprocess.CompletedProcess:
     """``lint-imports`` on the package under ``root`` with ``root/pyproject.toml``'s contracts."""
-    env = {**os.environ, "PYTHONPATH": str(root), "COLUMNS": "240"}  # this copy of the package; lines unwrapped
-    command = [str(LINT_IMPORTS), "--no-cache"]
-    return subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=120)
+    env = {"PYTHONPATH": str(root), "COLUMNS": "240"}  # this copy of the package, over run_cli's; lines unwrapped
+    return run_cli([str(LINT_IMPORTS), "--no-cache"], env=env, cwd=root, timeout=120)
 
 
 def _contract_names() -> dict[str, str]:

@@ -1,14 +1,12 @@
 """The Dagster instance the CLI uses has telemetry off, with or without DAGSTER_HOME."""
 
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from meddiag_pipelines_tests.conftest import REPO
+from meddiag_pipelines_tests.conftest import REPO, run_cli
 
 DAGSTER = Path(sys.executable).with_name("dagster")
 TINY_DEFS = (
@@ -28,13 +26,9 @@ def test_cli_without_dagster_home_sends_no_telemetry(tmp_path):
     """The real CLI, DAGSTER_HOME unset, run from the repo root as the README does: no telemetry log is written
     (with telemetry on, Dagster writes ~/.dagster/logs/event.log for later upload)."""
     (tmp_path / "defs.py").write_text(TINY_DEFS)
-    env = {k: v for k, v in os.environ.items() if k != "DAGSTER_HOME"} | {"HOME": str(tmp_path / "home")}
-    done = subprocess.run(
+    done = run_cli(
         [str(DAGSTER), "asset", "materialize", "-f", str(tmp_path / "defs.py"), "--select", "one"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
+        env={"DAGSTER_HOME": None, "HOME": str(tmp_path / "home")},
         timeout=300,
     )
     assert done.returncode == 0, done.stderr[-2000:]

@@ -5,7 +5,6 @@ report, the change-control plan, and no outbound connection. SYNTHETIC data thro
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 
 import numpy as np
@@ -58,7 +57,7 @@ from meddiag_pipelines.registry.promotion import Decision
 from meddiag_pipelines.registry.store import ModelRegistry
 from meddiag_pipelines.specs import EvaluationSpec, PromotionSpec, TaskSpec
 from meddiag_pipelines.storage import DataRoot
-from meddiag_pipelines_tests.conftest import REPO, SYNTHETIC_SPEC
+from meddiag_pipelines_tests.conftest import SYNTHETIC_SPEC, run_cli
 from meddiag_pipelines_tests.test_bench_smoke import run_bench
 
 TYPES = {"age": "numeric", "bp": "numeric", "chol": "numeric", "sex": "categorical", "pain": "categorical"}
@@ -254,9 +253,7 @@ print(json.dumps({"calls": calls, "drift": out["dataset_drift"], "logger": evide
 def test_computing_drift_attempts_no_outbound_connection():
     """In a fresh interpreter (Evidently imported after the guard), with the switches unset beforehand: every
     connect and name lookup is recorded and refused; none may be to a non-loopback address."""
-    done = subprocess.run(
-        [sys.executable, "-c", NO_NETWORK], check=False, cwd=REPO, capture_output=True, text=True, timeout=240
-    )
+    done = run_cli([sys.executable, "-c", NO_NETWORK], timeout=240)
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     outbound = [c for c in result["calls"] if not any(h in c[1] for h in ("127.0.0.1", "localhost", "'::1'"))]

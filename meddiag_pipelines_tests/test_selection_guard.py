@@ -1,7 +1,6 @@
 """`dagster asset materialize --select <typo>`: Dagster hands an empty selection on as "the whole job", which
 would retrain and promote every task. The project's executor refuses that run before its first step."""
 
-import os
 import shutil
 import subprocess
 import sys
@@ -10,31 +9,16 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from meddiag_pipelines_tests.conftest import REPO
+from meddiag_pipelines_tests.conftest import REPO, instance_env, run_cli
 
 DAGSTER = Path(sys.executable).with_name("dagster")
 
 
-def _home(tmp_path: Path) -> Path:
-    home = tmp_path / "home"
-    home.mkdir(exist_ok=True)
-    (home / "dagster.yaml").write_text((REPO / "dagster_home" / "dagster.yaml").read_text())
-    return home
-
-
 def _materialize(tmp_path: Path, selection: str, *extra: str) -> tuple[subprocess.CompletedProcess, dg.DagsterInstance]:
-    home, data = _home(tmp_path), tmp_path / "data"
+    home, data = tmp_path / "home", tmp_path / "data"
     data.mkdir(exist_ok=True)
-    env = {**os.environ, "DAGSTER_HOME": str(home), "MEDDIAG_DATA_DIR": str(data), "PYTHONPATH": str(REPO)}
-    env.pop("MEDDIAG_TASKS_DIR", None)
-    done = subprocess.run(
-        [str(DAGSTER), "asset", "materialize", "-m", "meddiag_pipelines.definitions", "--select", selection, *extra],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    command = [str(DAGSTER), "asset", "materialize", "-m", "meddiag_pipelines.definitions", "--select", selection]
+    done = run_cli([*command, *extra], env=instance_env(home, data))
     return done, dg.DagsterInstance.from_config(str(home))
 
 
@@ -59,7 +43,8 @@ def test_a_selection_that_names_assets_still_runs(tmp_path):
         REPO / "data" / "landing" / "heart_disease" / "batch_0001",
         tmp_path / "data" / "landing" / "heart_disease" / "batch_0001",
     )
-    with dg.DagsterInstance.from_config(str(_home(tmp_path))) as instance:
+    instance_env(tmp_path / "home", tmp_path / "data")  # the instance `_materialize` runs in, to register the batch
+    with dg.DagsterInstance.from_config(str(tmp_path / "home")) as instance:
         instance.add_dynamic_partitions("heart_disease__batches", ["batch_0001"])
     done, instance = _materialize(tmp_path, "heart_disease/raw_records", "--partition", "batch_0001")
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]

@@ -2,12 +2,12 @@
 makes OpenMP wait passively so that a fixed count does not crawl on CPUs other processes share."""
 
 import os
-import subprocess
 import sys
 
 import pytest
 
 from meddiag_pipelines import device
+from meddiag_pipelines_tests.conftest import run_cli
 
 
 def test_the_thread_count_is_the_same_whatever_the_load(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -22,14 +22,7 @@ def test_the_thread_count_is_the_same_whatever_the_load(monkeypatch: pytest.Monk
 
 def test_importing_the_package_makes_openmp_wait_passively_unless_told_otherwise() -> None:
     probe = "import os, meddiag_pipelines; print(os.environ['OMP_WAIT_POLICY'])"
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-    done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
+    done = run_cli([sys.executable, "-c", probe], env={"OMP_WAIT_POLICY": None}, expect_rc=0)
     assert done.stdout.split() == ["PASSIVE"]
-    done = subprocess.run(
-        [sys.executable, "-c", probe],
-        env={**env, "OMP_WAIT_POLICY": "ACTIVE"},
-        capture_output=True,
-        text=True,
-        check=True,
-    )
+    done = run_cli([sys.executable, "-c", probe], env={"OMP_WAIT_POLICY": "ACTIVE"}, expect_rc=0)
     assert done.stdout.split() == ["ACTIVE"]
