@@ -93,46 +93,28 @@ def freeze_candidate_reference(
     """Freeze the candidate's reference into its staging folder (before ``champion`` publishes it); a version
     already published, or a reference already frozen, is left as it is. What happened is logged, with its cost."""
     started = time.perf_counter()
-    note = _freeze(spec, storage, split, candidate, val_rows, val_proba, embed)
-    log.info(
-        "%s %s: monitoring reference %s (%.2f s)", spec.name, candidate["version"], note, time.perf_counter() - started
-    )
-
-
-def embedded_sample(embed: Embedder | None, model_dir, plan: dict, rows: pl.DataFrame, seed: int):
-    """The model's embeddings of a seeded sample of at most ``EMBEDDING_ROWS`` of ``rows`` (None: no ``embed``,
-    or the modality does not embed)."""
-    if embed is None or rows.is_empty():
-        return None
-    return embed(model_dir, plan, rows[sample_rows(rows.height, EMBEDDING_ROWS, seed)])
-
-
-def _freeze(
-    spec: TaskSpec,
-    storage: MeddiagStorage,
-    split: pl.DataFrame,
-    candidate: dict,
-    val_rows: pl.DataFrame,
-    val_proba,
-    embed: Embedder | None,
-) -> str:
     registry, version = storage.registry, candidate["version"]
     if registry.published(spec.name, version):
-        return "not rewritten: the version is published with it"
-    staged = registry.staging_dir(spec.name, version)
-    train = split.filter(pl.col(SPLIT_COLUMN) == "train")
-    predictions = prediction_frame(spec, val_rows, val_proba, candidate["classes"])
-    reference = build_reference(
-        spec.name,
-        version,
-        task_kind(spec),
-        candidate["classes"],
-        train,
-        task_feature_types(spec, train),
-        predictions,
-        embedded_sample(embed, Path(candidate["dir"]), candidate["plan"], val_rows, spec.evaluation.seed),
-        seed=spec.evaluation.seed,
-    )
+        note = "not rewritten: the version is published with it"
+    else:
+        train = split.filter(pl.col(SPLIT_COLUMN) == "train")
+        reference = build_reference(
+            spec.name,
+            version,
+            task_kind(spec),
+            candidate["classes"],
+            train,
+            task_feature_types(spec, train),
+            prediction_frame(spec, val_rows, val_proba, candidate["classes"]),
+            embedded_sample(embed, Path(candidate["dir"]), candidate["plan"], val_rows, spec.evaluation.seed),
+            seed=spec.evaluation.seed,
+        )
+        note = _frozen_note(registry.staging_dir(spec.name, version), reference)
+    log.info("%s %s: monitoring reference %s (%.2f s)", spec.name, version, note, time.perf_counter() - started)
+
+
+def _frozen_note(staged: Path, reference: Reference) -> str:
+    """Freeze ``reference`` into ``staged``; what happened, in words (never a record's content)."""
     try:
         freeze_reference(staged, reference)
     except FileExistsError:
@@ -142,6 +124,14 @@ def _freeze(
         f"frozen: {len(reference.types)} monitored column(s), {reference.predictions.height} validation predictions"
         f"{embedded}"
     )
+
+
+def embedded_sample(embed: Embedder | None, model_dir, plan: dict, rows: pl.DataFrame, seed: int):
+    """The model's embeddings of a seeded sample of at most ``EMBEDDING_ROWS`` of ``rows`` (None: no ``embed``,
+    or the modality does not embed)."""
+    if embed is None or rows.is_empty():
+        return None
+    return embed(model_dir, plan, rows[sample_rows(rows.height, EMBEDDING_ROWS, seed)])
 
 
 def card_with_plan(spec: TaskSpec, storage: MeddiagStorage, card: str) -> str:
