@@ -151,8 +151,11 @@ def test_pydicom_ct_series_reads_with_its_geometry():
         ("77654033/CT2", r"77654033/CT2: missing slice\(s\): a gap of 202\.50 mm where slices are 1\.25 mm apart"),
         ("98892001/CT2N", r"98892001/CT2N: mixed slice orientations"),
         ("98892003/MR700", r"98892003/MR700: mixed slice orientations"),
-        ("98892003/MR2", r"98892003/MR2 holds 3 DICOM series"),
-        ("98892001", r"98892001 holds 2 DICOM series"),
+        (
+            "98892003/MR2",
+            r"98892003/MR2 holds 2 DICOM series that could be volumes besides 1 localizer or single-image",
+        ),
+        ("98892003/MR1", r"98892003/MR1 holds no DICOM series that can be a volume \(3 localizer or single-image\)"),
     ],
 )
 def test_pydicom_real_series_that_are_not_volumes_are_refused(rel, match):
@@ -425,10 +428,26 @@ def test_what_is_not_a_dicom_image_is_refused(tmp_path):
     refused(tmp_path, "empty", "nifti", r"empty: a NIfTI volume is a \.nii or \.nii\.gz file")
 
 
+def test_a_real_study_folder_reads_its_axial_series_beside_the_scout():
+    # 98892001 holds a CT scout (ImageType LOCALIZER, 2 images) beside the 5-slice axial series CT5N.
+    study = read_volume(DICOMDIR_TESTS, "98892001", "dicom_series", max_voxels=BIG)
+    np.testing.assert_array_equal(
+        study.array, read_volume(DICOMDIR_TESTS, "98892001/CT5N", "dicom_series", max_voxels=BIG).array
+    )
+
+
+def test_a_lone_image_beside_a_series_is_set_aside(tmp_path):
+    write_series(tmp_path / "study" / "a", small_series())
+    write_series(tmp_path / "study" / "b", small_series()[:1])
+    assert read_volume(tmp_path, "study", "dicom_series", max_voxels=BIG).array.shape[2] == 6
+
+
 def test_two_series_in_a_study_folder_are_refused_with_their_count(tmp_path):
     write_series(tmp_path / "study" / "a", small_series())
     write_series(tmp_path / "study" / "b", small_series())
-    refused(tmp_path, "study", "dicom_series", r"study holds 2 DICOM series: one record is one series")
+    refused(
+        tmp_path, "study", "dicom_series", r"study holds 2 DICOM series that could be volumes: one record is one series"
+    )
 
 
 # ---------------------------------------------------------------- hostile NIfTI

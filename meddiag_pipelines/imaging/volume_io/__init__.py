@@ -2,8 +2,9 @@
 
 ``read_volume(batch_dir, rel, fmt, max_voxels=...)`` reads the labels.csv ``file`` value ``rel`` of one record:
 
-``dicom_series``  a series folder, a study / patient folder holding exactly one series (several: refused with their
-                  count), or one enhanced multi-frame file. Files are grouped by SeriesInstanceUID, slices ordered by
+``dicom_series``  a series folder, a study / patient folder holding exactly one series that can be a volume (its
+                  localizers, ImageType LOCALIZER, and lone single-frame images are set aside and left in landing;
+                  several candidates: refused with their count), or one enhanced multi-frame file. Files are grouped by SeriesInstanceUID, slices ordered by
                   ImagePositionPatient projected on the slice normal (row x column direction cosines; never by file
                   name or InstanceNumber), RescaleSlope / RescaleIntercept applied per slice (per frame for
                   enhanced files), spacing from PixelSpacing and the slice positions. Refused (quarantined, never

@@ -114,12 +114,29 @@ def _one_series(rel: str, files: list[tuple[str, Path, object]]) -> list[tuple[s
         groups[str(item[2].SeriesInstanceUID)].append(item)
     if not groups:
         raise VolumeRefused(f"{rel} is or holds no DICOM image")
-    if len(groups) > 1:
-        raise VolumeRefused(
-            f"{rel} holds {len(groups)} DICOM series: one record is one series (name the series' "
-            "own folder in labels.csv)"
-        )
-    return next(iter(groups.values()))
+    if len(groups) == 1:
+        return next(iter(groups.values()))
+    # A study folder holds its scouts (and the odd lone image) beside the volume: those are set aside, not chosen.
+    volumes = [files for files in groups.values() if _can_be_volume(files)]
+    if len(volumes) == 1:
+        return volumes[0]
+    aside = len(groups) - len(volumes)
+    if not volumes:
+        raise VolumeRefused(f"{rel} holds no DICOM series that can be a volume ({aside} localizer or single-image)")
+    besides = f" besides {aside} localizer or single-image series" if aside else ""
+    raise VolumeRefused(
+        f"{rel} holds {len(volumes)} DICOM series that could be volumes{besides}: one record is one series "
+        "(name the series' own folder in labels.csv)"
+    )
+
+
+def _can_be_volume(files: list[tuple[str, Path, object]]) -> bool:
+    """Not a localizer (ImageType LOCALIZER: a CT scout) and not one single-frame image."""
+    for _, _, ds in files:
+        image_type = ds.get("ImageType") or []
+        if "LOCALIZER" in ([image_type] if isinstance(image_type, str) else [str(v) for v in image_type]):
+            return False
+    return len(files) > 1 or str(files[0][2].get("NumberOfFrames", "1") or "1").strip() not in ("0", "1")
 
 
 def _check_same_source(rel: str, headers: list) -> None:
