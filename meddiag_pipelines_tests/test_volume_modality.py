@@ -179,7 +179,10 @@ def test_the_decoded_size_of_a_batch_is_bounded(tmp_path: Path) -> None:
             r"train_labels has shape \(3, 1\)",
         ),
         ({"train_images": np.full((2, 8, 8, 8), 9, np.uint8), "extra": np.zeros(2)}, "unexpected keys"),
-        ({"train_images": np.array([{"a": 1}, None], dtype=object)}, "header cannot be read|declares"),
+        (
+            {"train_images": np.array([{"a": 1}, None], dtype=object)},
+            r"train_images is an object array \(stored as a pickle",
+        ),
     ],
 )
 def test_a_malformed_npz_is_quarantined_with_its_reason(tmp_path: Path, arrays: dict, problem: str) -> None:

@@ -22,8 +22,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import zipfile
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -33,6 +34,7 @@ from meddiag_pipelines.imaging.readers import (
     INTENSITY_MAX,
     INTENSITY_MIN,
     LABELS_CSV,
+    ImageBatchError,
     ImageReadResult,
     ImageRejected,
     records_schema,
@@ -47,7 +49,8 @@ from meddiag_pipelines.imaging.readers.npz import (
     npz_members,
     npz_record_id,
 )
-from meddiag_pipelines.ingestion.landing import display_name
+from meddiag_pipelines.ingestion.landing import UnsafePath, confined_path, display_name
+from meddiag_pipelines.specs import canonical_label
 
 if TYPE_CHECKING:
     from meddiag_pipelines.imaging.volume_io import Volume
@@ -64,22 +67,30 @@ def _voxel_sha(array: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
 
 
-def _declared(zf: zipfile.ZipFile, key: str) -> tuple[tuple[int, ...], np.dtype]:
-    """The shape and dtype an npz member's ``.npy`` header declares, read without inflating its data."""
+def _declared(zf: zipfile.ZipFile, key: str, size: int) -> tuple[tuple[int, ...], np.dtype, int]:
+    """The shape and dtype an npz member's ``.npy`` header declares, read without inflating its data, and the bytes
+    its zip entry holds after that header (``size``: from the zip directory); an object array is refused."""
     try:
         with zf.open(f"{key}.npy") as member:
             version = np.lib.format.read_magic(member)
             read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
             shape, _, dtype = read(member)
-    except (ValueError, OSError, zipfile.BadZipFile, KeyError) as exc:
-        raise ImageRejected(f"{key}: its .npy header cannot be read (malformed or not an array)") from exc
-    return tuple(int(d) for d in shape), dtype
+            held = max(size - member.tell(), 0)
+    # zipfile: RuntimeError for an encrypted member, NotImplementedError for an unknown compression method
+    except (ValueError, OSError, zipfile.BadZipFile, KeyError, RuntimeError, NotImplementedError) as exc:
+        raise ImageRejected(f"{key}: its .npy header cannot be read (malformed, encrypted or not an array)") from exc
+    if dtype.hasobject:
+        raise ImageRejected(f"{key} is an object array (stored as a pickle, which is never loaded)")
+    return tuple(int(d) for d in shape), dtype, held
 
 
 def _check_declared(zf: zipfile.ZipFile, members: dict[str, int], volume: VolumeSpec) -> None:
-    """Every images array declares uint8 (N, D, H, W) volumes within ``volume.max_voxels``."""
-    for key in sorted(k for k in members if k.endswith("_images")):
-        shape, dtype = _declared(zf, key)
+    """Every images array declares uint8 (N, D, H, W) volumes within ``volume.max_voxels``; no array declares more
+    data than its zip entry holds (NumPy would allocate the declared size before finding the data missing)."""
+    declared = {key: _declared(zf, key, size) for key, size in sorted(members.items())}
+    for key, (shape, dtype, _) in declared.items():
+        if not key.endswith("_images"):
+            continue
         if len(shape) != 4:
             raise ImageRejected(f"{key} declares shape {shape}; a MedMNIST 3D npz holds (N, D, H, W) volumes")
         if dtype != np.uint8:
@@ -89,6 +100,11 @@ def _check_declared(zf: zipfile.ZipFile, members: dict[str, int], volume: Volume
             raise ImageRejected(
                 f"{key} declares {'x'.join(map(str, shape[1:]))} volumes ({voxels:,} voxels), over "
                 f"volume.max_voxels ({volume.max_voxels:,})"
+            )
+    for key, (shape, dtype, held) in declared.items():
+        if math.prod(shape) * dtype.itemsize > held:
+            raise ImageRejected(
+                f"{key} declares {math.prod(shape) * dtype.itemsize:,} bytes of data but its zip entry holds {held:,}"
             )
 
 
@@ -155,8 +171,25 @@ def read_npz_volumes(batch_dir: Path, spec: TaskSpec) -> ImageReadResult:
         except ImageRejected as exc:
             rejected.append((rel, str(exc)))
             continue
-        rows += _npz_rows(display_name(batch_dir.name), rel, arrays)
+        file_rows = _npz_rows(display_name(batch_dir.name), rel, arrays)
+        outside = _outside_classes([r["label"] for r in file_rows], spec)
+        if outside:
+            rejected.append(
+                (rel, f"{outside} of its labels are outside the task's classes ({', '.join(spec.classes)})")
+            )
+            continue
+        rows += file_rows
     return ImageReadResult(_frame(rows, spec), rejected)
+
+
+def _outside_classes(labels: list[str | None], spec: TaskSpec) -> int:
+    """How many ``labels`` lie outside the spec's declared classes, so that the file or series holding them is
+    rejected alone (validation would refuse the whole batch); 0 when the spec declares none (the first validated
+    batch then fixes the domain). Counted, never shown: a stray label may be another column's content."""
+    if not spec.classes:
+        return 0
+    classes = {canonical_label(c) for c in spec.classes}
+    return sum(label is not None and label not in classes for label in labels)
 
 
 def _frame(rows: list[dict], spec: TaskSpec) -> pl.DataFrame:
@@ -172,15 +205,21 @@ def listed_record_id(batch: str, rel: str) -> str:
 
 def read_listed_volumes(batch_dir: Path, spec: TaskSpec) -> ImageReadResult:
     """``dicom_series`` / ``nifti``: one record per labels.csv row, read by ``imaging.volume_io``; a row with no
-    file, or repeating an id, is rejected under its row number (never under an empty or repeated name)."""
+    file, repeating an id or naming a volume an earlier row named, is rejected under its row number (never under an
+    empty or repeated name). A batch without labels.csv is refused whole; a NIfTI file no row names is rejected."""
     from meddiag_pipelines.imaging.volume_io import VolumeRefused, read_volume
 
     labels = _read_labels(batch_dir, spec)
     file_col, batch = spec.volume.file_column, display_name(batch_dir.name)
+    if labels is None:
+        raise ImageBatchError(
+            f"no {LABELS_CSV}: a {spec.volume.format} batch names each record's volume in its {file_col!r} column"
+        )
     rows: list[dict] = []
     rejected: list[tuple[str, str]] = []
     seen: set[str] = set()
-    for n, row in enumerate([] if labels is None else labels.iter_rows(named=True), start=1):
+    named: dict[str, int] = {}  # volume -> the row that named it first
+    for n, row in enumerate(labels.iter_rows(named=True), start=1):
         rel = normalise_rel(row.get(file_col) or "").rstrip("/")
         meta = {**_row_meta(row, rel, spec), "id": row.get(spec.id) or listed_record_id(batch, rel)}
         if not rel:
@@ -188,6 +227,20 @@ def read_listed_volumes(batch_dir: Path, spec: TaskSpec) -> ImageReadResult:
             continue
         if meta["id"] in seen:
             rejected.append((f"{LABELS_CSV} row {n}", f"duplicate id in {LABELS_CSV} (only the first row is used)"))
+            continue
+        if rel in named:
+            rejected.append(
+                (f"{LABELS_CSV} row {n}", f"names the volume of row {named[rel]} again (one volume is one record)")
+            )
+            continue
+        named[rel] = n
+        try:
+            confined_path(batch_dir, rel)
+        except UnsafePath as exc:  # a path outside the batch, or one it lacks, is data: named by its row only
+            rejected.append((rel if _batch_entry(batch_dir, rel) else f"{LABELS_CSV} row {n}", str(exc)))
+            continue
+        if _outside_classes([meta["label"]], spec):
+            rejected.append((rel, f"its label is outside the task's classes ({', '.join(spec.classes)})"))
             continue
         try:
             volume = read_volume(batch_dir, rel, spec.volume.format, max_voxels=spec.volume.max_voxels)
@@ -212,7 +265,26 @@ def read_listed_volumes(batch_dir: Path, spec: TaskSpec) -> ImageReadResult:
                 INTENSITY_MAX: 1.0 if high > low else 0.0,
             }
         )
+    if spec.volume.format == "nifti":
+        rejected += _unlisted_nifti(batch_dir, set(named))
     return ImageReadResult(_frame(rows, spec), _kept_apart(rejected, [r["source"] for r in rows]))
+
+
+def _batch_entry(batch_dir: Path, rel: str) -> bool:
+    """``rel`` names an entry of the batch (a link in it included), never a path above or outside it."""
+    pure = PurePosixPath(rel)
+    return not pure.is_absolute() and ".." not in pure.parts and os.path.lexists(batch_dir / rel)
+
+
+def _unlisted_nifti(batch_dir: Path, named: set[str]) -> list[tuple[str, str]]:
+    """NIfTI files of the batch that no labels.csv row names (as imaging's listing rejects unlisted images)."""
+    from meddiag_pipelines.imaging.volume_io import NIFTI_SUFFIXES
+
+    return [
+        (rel, f"volume file not listed in {LABELS_CSV}")
+        for rel, _ in walk_files(batch_dir)
+        if rel.lower().endswith(NIFTI_SUFFIXES) and rel not in named
+    ]
 
 
 def _kept_apart(rejected: list[tuple[str, str]], read: list[str]) -> list[tuple[str, str]]:

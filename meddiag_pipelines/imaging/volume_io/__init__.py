@@ -66,4 +66,13 @@ def list_series(batch_dir: Path) -> list[SeriesInfo]:
     return list_dicom_series(Path(batch_dir))
 
 
-__all__ = ["VOLUME_FORMATS", "SeriesInfo", "Volume", "VolumeRefused", "list_series", "read_volume", "to_model_input"]
+__all__ = [
+    "NIFTI_SUFFIXES",
+    "VOLUME_FORMATS",
+    "SeriesInfo",
+    "Volume",
+    "VolumeRefused",
+    "list_series",
+    "read_volume",
+    "to_model_input",
+]
