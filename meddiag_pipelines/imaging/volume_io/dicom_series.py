@@ -337,6 +337,7 @@ def _pixels(where: str, ds, rows: int, cols: int, frames: int) -> np.ndarray:
 
     if not any(t in ds for t in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
         raise VolumeRefused(f"{where}: no pixel data")
+    _check_native_length(where, ds, rows * cols * frames)
     try:
         arr = pixel_array(ds)
     except Exception:  # noqa: BLE001 - pydicom's messages can quote header values
@@ -347,6 +348,20 @@ def _pixels(where: str, ds, rows: int, cols: int, frames: int) -> np.ndarray:
     if arr is None:
         raise VolumeRefused(f"{where}: the decoded pixel data does not match its declared size")
     return arr
+
+
+def _check_native_length(where: str, ds, voxels: int) -> None:
+    """Uncompressed pixel data must be exactly what Rows x Columns x frames x BitsAllocated declare (one pad byte
+    allowed): pydicom drops excess bytes as padding, so a header that understates the image would be read cut."""
+    tsyntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
+    if "PixelData" not in ds or tsyntax is None or _is_compressed(tsyntax):
+        return
+    declared = -(-voxels * int(ds.get("BitsAllocated", 16) or 16) // 8)
+    held = len(ds.PixelData)
+    if held not in (declared, declared + 1):
+        raise VolumeRefused(
+            f"{where}: its pixel data is {held} bytes where Rows x Columns x BitsAllocated declare {declared}"
+        )
 
 
 def _stack(rel: str, series: list, frames: list[_Frame], rows: int, cols: int) -> np.ndarray:
