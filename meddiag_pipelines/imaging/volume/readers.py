@@ -5,12 +5,15 @@
 file's own split in ``predefined_split``; ``source`` = ``file.npz#<split>:<i>``; ``id`` = ``<hash>_<split>_<i>``
 (the hash over the batch and the file's path, as imaging's npz: :func:`npz_record_id`). Before any voxel is
 decoded, each images array's ``.npy`` header (read from the zip member, nothing inflated beyond it) must declare
-uint8 (N, D, H, W) volumes of at most ``volume.max_voxels`` voxels, and the file's arrays (their sizes from the zip
-directory) must fit ``volume.max_decoded_mb_per_batch`` with the batch's other files. A file that fails any check
-is rejected whole with the reason (quarantined), the batch's other files are read.
+uint8 (N, D, H, W) volumes of at most ``volume.max_voxels`` voxels, no array may be an object array or declare
+more data than its zip entry holds, and the file's arrays (their sizes from the zip directory) must fit
+``volume.max_decoded_mb_per_batch`` with the batch's other files. A file that fails any check, or holds a label
+outside the spec's ``classes``, is rejected whole with the reason (quarantined), the batch's other files are read.
 
-``dicom_series`` / ``nifti``: ``labels.csv`` names each record's series folder or file in ``volume.file_column``;
-each is read by ``imaging.volume_io.read_volume`` (imported when used) and refused there with a reason.
+``dicom_series`` / ``nifti``: ``labels.csv`` (required) names each record's series folder or file in
+``volume.file_column``; each is read by ``imaging.volume_io.read_volume`` (imported when used) and refused there
+with a reason. A row whose label is outside the spec's ``classes`` rejects its volume alone; a row repeating an
+earlier row's volume, or naming a path that is not an entry of the batch, is rejected under its row number.
 
 Each volume is decoded once here: its record carries the sha256 of its voxels and their range in [0, 1];
 :func:`load_volume` given that sha256 refuses a volume that changed since, so the voxels validated are the ones
