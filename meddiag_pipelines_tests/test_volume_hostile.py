@@ -242,6 +242,11 @@ NPZ_CASES = [
     ("namesake_members", _namesakes, r"its zip holds 1 member\(s\) under a name already used"),
     ("encrypted_member", _encrypted, r"train_images: its \.npy header cannot be read"),
     (
+        "volumes_smaller_than_the_spec_size",
+        _members(train_images=_npy(np.full((2, 8, 16, 16), 50, np.uint8))),
+        r"train_images holds 8x16x16 volumes, smaller than volume.size \(16\) along an axis",
+    ),
+    (
         "label_outside_the_classes",
         _members(train_images=_npy(VOLUMES), train_labels=_npy(np.array([[0], [7]], np.uint8))),
         r"1 of its labels are outside the task's classes \(0, 1\)",

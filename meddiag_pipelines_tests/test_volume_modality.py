@@ -175,7 +175,7 @@ def test_the_decoded_size_of_a_batch_is_bounded(tmp_path: Path) -> None:
         ({"train_images": np.zeros((2, 8, 8), np.uint8)}, r"declares shape \(2, 8, 8\); a MedMNIST 3D npz holds"),
         ({"train_images": np.zeros((2, 8, 8, 8), np.float32)}, "declares dtype float32"),
         (
-            {"train_images": np.full((2, 8, 8, 8), 9, np.uint8), "train_labels": np.zeros((3, 1), np.uint8)},
+            {"train_images": np.full((2, 16, 16, 16), 9, np.uint8), "train_labels": np.zeros((3, 1), np.uint8)},
             r"train_labels has shape \(3, 1\)",
         ),
         ({"train_images": np.full((2, 8, 8, 8), 9, np.uint8), "extra": np.zeros(2)}, "unexpected keys"),

@@ -5,9 +5,9 @@
 file's own split in ``predefined_split``; ``source`` = ``file.npz#<split>:<i>``; ``id`` = ``<hash>_<split>_<i>``
 (the hash over the batch and the file's path, as imaging's npz: :func:`npz_record_id`). Before any voxel is
 decoded, each images array's ``.npy`` header (read from the zip member, nothing inflated beyond it) must declare
-uint8 (N, D, H, W) volumes of at most ``volume.max_voxels`` voxels, no array may be an object array or declare
-more data than its zip entry holds, and the file's arrays (their sizes from the zip directory) must fit
-``volume.max_decoded_mb_per_batch`` with the batch's other files. A file that fails any check, or holds a label
+uint8 (N, D, H, W) volumes of at least ``volume.size`` along each axis and at most ``volume.max_voxels`` voxels,
+no array may be an object array or declare more data than its zip entry holds, and the file's arrays (their sizes
+from the zip directory) must fit ``volume.max_decoded_mb_per_batch`` with the batch's other files. A file that fails any check, or holds a label
 outside the spec's ``classes``, is rejected whole with the reason (quarantined), the batch's other files are read.
 
 ``dicom_series`` / ``nifti``: ``labels.csv`` (required) names each record's series folder or file in
@@ -98,6 +98,11 @@ def _check_declared(zf: zipfile.ZipFile, members: dict[str, int], volume: Volume
             raise ImageRejected(f"{key} declares shape {shape}; a MedMNIST 3D npz holds (N, D, H, W) volumes")
         if dtype != np.uint8:
             raise ImageRejected(f"{key} declares dtype {dtype}; MedMNIST volumes are uint8")
+        if min(shape[1:]) < volume.size:  # the file alone, not its batch (validation's volume_size would be)
+            raise ImageRejected(
+                f"{key} holds {'x'.join(map(str, shape[1:]))} volumes, smaller than volume.size ({volume.size}) "
+                "along an axis (they would be up-sampled)"
+            )
         voxels = math.prod(shape[1:])
         if voxels > volume.max_voxels:
             raise ImageRejected(
