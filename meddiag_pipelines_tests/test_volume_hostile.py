@@ -73,11 +73,21 @@ def _no_pixels(datasets):
     del datasets[2].PixelData
 
 
+def _no_spacing(datasets):
+    del datasets[4].PixelSpacing
+
+
+def _one_slice(datasets):
+    del datasets[1:]
+
+
 DICOM_CASES = [
     ("spacing_zero", _spacing([0.0, 0.0]), r"PixelSpacing \[0\.0, 0\.0\] is not positive"),
     ("spacing_negative", _spacing([-2.0, -2.0]), r"PixelSpacing \[-2\.0, -2\.0\] is not positive"),
     ("mixed_modality", _one(3, Modality="MR"), r"slices from 2 modalities \(Modality differs\)"),
     ("slope_zero", _one(1, RescaleSlope=0), r"a slice has a malformed or zero RescaleSlope"),
+    ("spacing_missing", _no_spacing, r"file \d of 6 \(in name order\): no valid .*PixelSpacing"),
+    ("one_slice", _one_slice, r"a single slice is not a volume"),
     ("no_decoder", _compressed, r"file 1 of 6 \(in name order\): compressed transfer syntax .* cannot be decoded"),
     ("no_pixel_data", _no_pixels, r"file \d of 6 \(in name order\): no pixel data"),
     ("bits_mismatch", _each(BitsAllocated=8, BitsStored=8, HighBit=7), r"pixel data is 128 bytes where .* declare 64"),

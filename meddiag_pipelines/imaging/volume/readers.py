@@ -245,7 +245,8 @@ def read_listed_volumes(batch_dir: Path, spec: TaskSpec) -> ImageReadResult:
         try:
             confined_path(batch_dir, rel)
         except UnsafePath as exc:  # a path outside the batch, or one it lacks, is data: named by its row only
-            rejected.append((rel if _batch_entry(batch_dir, rel) else f"{LABELS_CSV} row {n}", str(exc)))
+            inside = _batch_entry(batch_dir, rel)
+            rejected.append((rel, f"{rel}: {exc}") if inside else (f"{LABELS_CSV} row {n}", str(exc)))
             continue
         if _outside_classes([meta["label"]], spec):
             rejected.append((rel, f"its label is outside the task's classes ({', '.join(spec.classes)})"))
