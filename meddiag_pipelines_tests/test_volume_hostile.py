@@ -301,6 +301,7 @@ def test_labels_csv_rows_outside_the_batch_repeated_or_out_of_domain_are_rejecte
     write_nifti(outside, phantom(np.random.default_rng(0), False, 8, 10))
     shutil.copy(batch / "v0.nii.gz", batch / "unlisted.nii.gz")
     rows += [f"../{outside.name},0,c4", f"{outside},1,c5", "v1.nii.gz,0,c6", f"{CANARY}_missing.nii.gz,1,c7"]
+    rows += ["v\x000.nii.gz,1,c8"]
     (batch / "labels.csv").write_text("\n".join(rows) + "\n")
     before = hashlib.sha256(outside.read_bytes()).hexdigest()
     result = read_volume_batch(batch, _listed_spec())
@@ -311,6 +312,7 @@ def test_labels_csv_rows_outside_the_batch_repeated_or_out_of_domain_are_rejecte
         "labels.csv row 5": "absolute path: files must be named relative to the batch folder",
         "labels.csv row 6": "names the volume of row 2 again (one volume is one record)",
         "labels.csv row 7": "file listed but not found",
+        "labels.csv row 8": "file name contains a backslash or a NUL byte",
         "unlisted.nii.gz": "volume file not listed in labels.csv",
     }
     assert CANARY not in repr(result.rejected) and hashlib.sha256(outside.read_bytes()).hexdigest() == before

@@ -282,7 +282,9 @@ def read_listed_volumes(batch_dir: Path, spec: TaskSpec) -> ImageReadResult:
 def _batch_entry(batch_dir: Path, rel: str) -> bool:
     """``rel`` names an entry of the batch (a link in it included), never a path above or outside it."""
     pure = PurePosixPath(rel)
-    return not pure.is_absolute() and ".." not in pure.parts and os.path.lexists(batch_dir / rel)
+    if pure.is_absolute() or ".." in pure.parts or "\x00" in rel:  # lexists raises on a NUL byte
+        return False
+    return os.path.lexists(batch_dir / rel)
 
 
 def _unlisted_nifti(batch_dir: Path, named: set[str]) -> list[tuple[str, str]]:
