@@ -388,7 +388,7 @@ def test_hostile_series_through_the_cli_are_quarantined_alone_and_the_good_ones_
         "id": "case_id",
         "patient_id": "patient_ref",
         "volume": {"format": "dicom_series", "size": 16, "width": 4, "intensity": {"ct_window": [-200, 400]}},
-        "training": {"seed": 1, "epochs": 1, "batch_size": 8, "time_budget_s": 20, "trials": 1},
+        "training": {"seed": 1, "epochs": 1, "batch_size": 8, "time_budget_s": 10, "trials": 1},
         "evaluation": {"n_bootstrap": 100},
         "promotion": {"auroc_floor": 0.0, "slope_band": [0.0, 1e9]},
     }
