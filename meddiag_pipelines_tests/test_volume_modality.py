@@ -175,11 +175,14 @@ def test_the_decoded_size_of_a_batch_is_bounded(tmp_path: Path) -> None:
         ({"train_images": np.zeros((2, 8, 8), np.uint8)}, r"declares shape \(2, 8, 8\); a MedMNIST 3D npz holds"),
         ({"train_images": np.zeros((2, 8, 8, 8), np.float32)}, "declares dtype float32"),
         (
-            {"train_images": np.full((2, 8, 8, 8), 9, np.uint8), "train_labels": np.zeros((3, 1), np.uint8)},
+            {"train_images": np.full((2, 16, 16, 16), 9, np.uint8), "train_labels": np.zeros((3, 1), np.uint8)},
             r"train_labels has shape \(3, 1\)",
         ),
         ({"train_images": np.full((2, 8, 8, 8), 9, np.uint8), "extra": np.zeros(2)}, "unexpected keys"),
-        ({"train_images": np.array([{"a": 1}, None], dtype=object)}, "header cannot be read|declares"),
+        (
+            {"train_images": np.array([{"a": 1}, None], dtype=object)},
+            r"train_images is an object array \(stored as a pickle",
+        ),
     ],
 )
 def test_a_malformed_npz_is_quarantined_with_its_reason(tmp_path: Path, arrays: dict, problem: str) -> None:

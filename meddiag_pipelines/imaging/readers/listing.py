@@ -77,8 +77,8 @@ def _read_labels(batch_dir: Path, spec: TaskSpec) -> pl.DataFrame | None:
         named = ", ".join(dict.fromkeys(c for c in (file_col, spec.label) if c))
         raise ImageBatchError(
             f"{LABELS_CSV} has no header row with the columns {named}: its first row does not "
-            f"name the file column {file_col!r} (image.file_column; the row's {len(df.columns)} "
-            "values are not shown)"
+            f"name the file column {file_col!r} ({'volume' if spec.volume else 'image'}.file_column; the row's "
+            f"{len(df.columns)} values are not shown)"
         )
     internal = [c for c in df.columns if c.startswith(INTERNAL_PREFIX)]
     if internal:

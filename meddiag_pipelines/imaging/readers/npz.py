@@ -34,9 +34,13 @@ def npz_members(fh: BinaryIO) -> dict[str, int]:
     member never inflates beyond the size its directory entry declares)."""
     try:
         with zipfile.ZipFile(fh) as zf:
-            return {info.filename.removesuffix(".npy"): info.file_size for info in zf.infolist()}
+            infos = zf.infolist()
     except (zipfile.BadZipFile, OSError, ValueError) as exc:
         raise ImageRejected("not a valid npz file (its zip directory cannot be read)") from exc
+    members = {info.filename.removesuffix(".npy"): info.file_size for info in infos}
+    if len(members) < len(infos):  # NumPy would read one of the namesakes, the others never checked
+        raise ImageRejected(f"its zip holds {len(infos) - len(members)} member(s) under a name already used")
+    return members
 
 
 def _npz_member(npz, key: str) -> np.ndarray:

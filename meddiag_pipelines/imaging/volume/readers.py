@@ -5,12 +5,15 @@
 file's own split in ``predefined_split``; ``source`` = ``file.npz#<split>:<i>``; ``id`` = ``<hash>_<split>_<i>``
 (the hash over the batch and the file's path, as imaging's npz: :func:`npz_record_id`). Before any voxel is
 decoded, each images array's ``.npy`` header (read from the zip member, nothing inflated beyond it) must declare
-uint8 (N, D, H, W) volumes of at most ``volume.max_voxels`` voxels, and the file's arrays (their sizes from the zip
-directory) must fit ``volume.max_decoded_mb_per_batch`` with the batch's other files. A file that fails any check
-is rejected whole with the reason (quarantined), the batch's other files are read.
+uint8 (N, D, H, W) volumes of at least ``volume.size`` along each axis and at most ``volume.max_voxels`` voxels,
+no array may be an object array or declare more data than its zip entry holds, and the file's arrays (their sizes
+from the zip directory) must fit ``volume.max_decoded_mb_per_batch`` with the batch's other files. A file that fails any check, or holds a label
+outside the spec's ``classes``, is rejected whole with the reason (quarantined), the batch's other files are read.
 
-``dicom_series`` / ``nifti``: ``labels.csv`` names each record's series folder or file in ``volume.file_column``;
-each is read by ``imaging.volume_io.read_volume`` (imported when used) and refused there with a reason.
+``dicom_series`` / ``nifti``: ``labels.csv`` (required) names each record's series folder or file in
+``volume.file_column``; each is read by ``imaging.volume_io.read_volume`` (imported when used) and refused there
+with a reason. A row whose label is outside the spec's ``classes`` rejects its volume alone; a row repeating an
+earlier row's volume, or naming a path that is not an entry of the batch, is rejected under its row number.
 
 Each volume is decoded once here: its record carries the sha256 of its voxels and their range in [0, 1];
 :func:`load_volume` given that sha256 refuses a volume that changed since, so the voxels validated are the ones
@@ -22,8 +25,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import zipfile
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -33,6 +37,7 @@ from meddiag_pipelines.imaging.readers import (
     INTENSITY_MAX,
     INTENSITY_MIN,
     LABELS_CSV,
+    ImageBatchError,
     ImageReadResult,
     ImageRejected,
     records_schema,
@@ -47,7 +52,8 @@ from meddiag_pipelines.imaging.readers.npz import (
     npz_members,
     npz_record_id,
 )
-from meddiag_pipelines.ingestion.landing import display_name
+from meddiag_pipelines.ingestion.landing import UnsafePath, confined_path, display_name
+from meddiag_pipelines.specs import canonical_label
 
 if TYPE_CHECKING:
     from meddiag_pipelines.imaging.volume_io import Volume
@@ -64,31 +70,49 @@ def _voxel_sha(array: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
 
 
-def _declared(zf: zipfile.ZipFile, key: str) -> tuple[tuple[int, ...], np.dtype]:
-    """The shape and dtype an npz member's ``.npy`` header declares, read without inflating its data."""
+def _declared(zf: zipfile.ZipFile, key: str, size: int) -> tuple[tuple[int, ...], np.dtype, int]:
+    """The shape and dtype an npz member's ``.npy`` header declares, read without inflating its data, and the bytes
+    its zip entry holds after that header (``size``: from the zip directory); an object array is refused."""
     try:
         with zf.open(f"{key}.npy") as member:
             version = np.lib.format.read_magic(member)
             read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
             shape, _, dtype = read(member)
-    except (ValueError, OSError, zipfile.BadZipFile, KeyError) as exc:
-        raise ImageRejected(f"{key}: its .npy header cannot be read (malformed or not an array)") from exc
-    return tuple(int(d) for d in shape), dtype
+            held = max(size - member.tell(), 0)
+    # zipfile: RuntimeError for an encrypted member, NotImplementedError for an unknown compression method
+    except (ValueError, OSError, zipfile.BadZipFile, KeyError, RuntimeError, NotImplementedError) as exc:
+        raise ImageRejected(f"{key}: its .npy header cannot be read (malformed, encrypted or not an array)") from exc
+    if dtype.hasobject:
+        raise ImageRejected(f"{key} is an object array (stored as a pickle, which is never loaded)")
+    return tuple(int(d) for d in shape), dtype, held
 
 
 def _check_declared(zf: zipfile.ZipFile, members: dict[str, int], volume: VolumeSpec) -> None:
-    """Every images array declares uint8 (N, D, H, W) volumes within ``volume.max_voxels``."""
-    for key in sorted(k for k in members if k.endswith("_images")):
-        shape, dtype = _declared(zf, key)
+    """Every images array declares uint8 (N, D, H, W) volumes within ``volume.max_voxels``; no array declares more
+    data than its zip entry holds (NumPy would allocate the declared size before finding the data missing)."""
+    declared = {key: _declared(zf, key, size) for key, size in sorted(members.items())}
+    for key, (shape, dtype, _) in declared.items():
+        if not key.endswith("_images"):
+            continue
         if len(shape) != 4:
             raise ImageRejected(f"{key} declares shape {shape}; a MedMNIST 3D npz holds (N, D, H, W) volumes")
         if dtype != np.uint8:
             raise ImageRejected(f"{key} declares dtype {dtype}; MedMNIST volumes are uint8")
+        if min(shape[1:]) < volume.size:  # the file alone, not its batch (validation's volume_size would be)
+            raise ImageRejected(
+                f"{key} holds {'x'.join(map(str, shape[1:]))} volumes, smaller than volume.size ({volume.size}) "
+                "along an axis (they would be up-sampled)"
+            )
         voxels = math.prod(shape[1:])
         if voxels > volume.max_voxels:
             raise ImageRejected(
                 f"{key} declares {'x'.join(map(str, shape[1:]))} volumes ({voxels:,} voxels), over "
                 f"volume.max_voxels ({volume.max_voxels:,})"
+            )
+    for key, (shape, dtype, held) in declared.items():
+        if math.prod(shape) * dtype.itemsize > held:
+            raise ImageRejected(
+                f"{key} declares {math.prod(shape) * dtype.itemsize:,} bytes of data but its zip entry holds {held:,}"
             )
 
 
@@ -155,8 +179,25 @@ def read_npz_volumes(batch_dir: Path, spec: TaskSpec) -> ImageReadResult:
         except ImageRejected as exc:
             rejected.append((rel, str(exc)))
             continue
-        rows += _npz_rows(display_name(batch_dir.name), rel, arrays)
+        file_rows = _npz_rows(display_name(batch_dir.name), rel, arrays)
+        outside = _outside_classes([r["label"] for r in file_rows], spec)
+        if outside:
+            rejected.append(
+                (rel, f"{outside} of its labels are outside the task's classes ({', '.join(spec.classes)})")
+            )
+            continue
+        rows += file_rows
     return ImageReadResult(_frame(rows, spec), rejected)
+
+
+def _outside_classes(labels: list[str | None], spec: TaskSpec) -> int:
+    """How many ``labels`` lie outside the spec's declared classes, so that the file or series holding them is
+    rejected alone (validation would refuse the whole batch); 0 when the spec declares none (the first validated
+    batch then fixes the domain). Counted, never shown: a stray label may be another column's content."""
+    if not spec.classes:
+        return 0
+    classes = {canonical_label(c) for c in spec.classes}
+    return sum(label is not None and label not in classes for label in labels)
 
 
 def _frame(rows: list[dict], spec: TaskSpec) -> pl.DataFrame:
@@ -172,15 +213,21 @@ def listed_record_id(batch: str, rel: str) -> str:
 
 def read_listed_volumes(batch_dir: Path, spec: TaskSpec) -> ImageReadResult:
     """``dicom_series`` / ``nifti``: one record per labels.csv row, read by ``imaging.volume_io``; a row with no
-    file, or repeating an id, is rejected under its row number (never under an empty or repeated name)."""
+    file, repeating an id or naming a volume an earlier row named, is rejected under its row number (never under an
+    empty or repeated name). A batch without labels.csv is refused whole; a NIfTI file no row names is rejected."""
     from meddiag_pipelines.imaging.volume_io import VolumeRefused, read_volume
 
     labels = _read_labels(batch_dir, spec)
     file_col, batch = spec.volume.file_column, display_name(batch_dir.name)
+    if labels is None:
+        raise ImageBatchError(
+            f"no {LABELS_CSV}: a {spec.volume.format} batch names each record's volume in its {file_col!r} column"
+        )
     rows: list[dict] = []
     rejected: list[tuple[str, str]] = []
     seen: set[str] = set()
-    for n, row in enumerate([] if labels is None else labels.iter_rows(named=True), start=1):
+    named: dict[str, int] = {}  # volume -> the row that named it first
+    for n, row in enumerate(labels.iter_rows(named=True), start=1):
         rel = normalise_rel(row.get(file_col) or "").rstrip("/")
         meta = {**_row_meta(row, rel, spec), "id": row.get(spec.id) or listed_record_id(batch, rel)}
         if not rel:
@@ -188,6 +235,21 @@ def read_listed_volumes(batch_dir: Path, spec: TaskSpec) -> ImageReadResult:
             continue
         if meta["id"] in seen:
             rejected.append((f"{LABELS_CSV} row {n}", f"duplicate id in {LABELS_CSV} (only the first row is used)"))
+            continue
+        if rel in named:
+            rejected.append(
+                (f"{LABELS_CSV} row {n}", f"names the volume of row {named[rel]} again (one volume is one record)")
+            )
+            continue
+        named[rel] = n
+        try:
+            confined_path(batch_dir, rel)
+        except UnsafePath as exc:  # a path outside the batch, or one it lacks, is data: named by its row only
+            inside = _batch_entry(batch_dir, rel)
+            rejected.append((rel, f"{rel}: {exc}") if inside else (f"{LABELS_CSV} row {n}", str(exc)))
+            continue
+        if _outside_classes([meta["label"]], spec):
+            rejected.append((rel, f"its label is outside the task's classes ({', '.join(spec.classes)})"))
             continue
         try:
             volume = read_volume(batch_dir, rel, spec.volume.format, max_voxels=spec.volume.max_voxels)
@@ -212,7 +274,28 @@ def read_listed_volumes(batch_dir: Path, spec: TaskSpec) -> ImageReadResult:
                 INTENSITY_MAX: 1.0 if high > low else 0.0,
             }
         )
+    if spec.volume.format == "nifti":
+        rejected += _unlisted_nifti(batch_dir, set(named))
     return ImageReadResult(_frame(rows, spec), _kept_apart(rejected, [r["source"] for r in rows]))
+
+
+def _batch_entry(batch_dir: Path, rel: str) -> bool:
+    """``rel`` names an entry of the batch (a link in it included), never a path above or outside it."""
+    pure = PurePosixPath(rel)
+    if pure.is_absolute() or ".." in pure.parts or "\x00" in rel:  # lexists raises on a NUL byte
+        return False
+    return os.path.lexists(batch_dir / rel)
+
+
+def _unlisted_nifti(batch_dir: Path, named: set[str]) -> list[tuple[str, str]]:
+    """NIfTI files of the batch that no labels.csv row names (as imaging's listing rejects unlisted images)."""
+    from meddiag_pipelines.imaging.volume_io import NIFTI_SUFFIXES
+
+    return [
+        (rel, f"volume file not listed in {LABELS_CSV}")
+        for rel, _ in walk_files(batch_dir)
+        if rel.lower().endswith(NIFTI_SUFFIXES) and rel not in named
+    ]
 
 
 def _kept_apart(rejected: list[tuple[str, str]], read: list[str]) -> list[tuple[str, str]]:

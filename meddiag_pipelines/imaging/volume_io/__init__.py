@@ -9,14 +9,18 @@
                   name or InstanceNumber), RescaleSlope / RescaleIntercept applied per slice (per frame for
                   enhanced files), spacing from PixelSpacing and the slice positions. Refused (quarantined, never
                   guessed at): a missing slice (a step over 1.5x the median), a duplicated position, uneven
-                  spacing, mixed orientations, pixel spacings or sizes, slices from two patients or studies, a
-                  declared size over ``max_voxels`` (from the headers, before any pixel is decoded), a symbolic
-                  link, an unreadable DICOM file, a multi-frame file without per-frame positions, a single slice.
-                  Files that are not DICOM images (a DICOMDIR, a README) are skipped.
+                  spacing, mixed orientations, pixel spacings or sizes, a PixelSpacing not positive, slices from
+                  two patients, studies or modalities, a zero RescaleSlope, a declared size over ``max_voxels``
+                  (from the headers, before any pixel is decoded), a symbolic link, an unreadable or truncated DICOM
+                  file (an image header cut short included), pixel data longer or shorter than its header declares,
+                  a multi-frame file without per-frame positions, a single slice. Files that are not DICOM images
+                  (a DICOMDIR, a README, a viewer's Thumbs.db, a structured report) are skipped.
 ``nifti``         a ``.nii`` / ``.nii.gz`` file (NIfTI-1 or -2); its header is checked first (3D, or 4D with one
-                  volume; pixdim finite and positive; an invertible affine; voxels within ``max_voxels``), then the
-                  file is read or inflated only as far as the header declares (a gzip bomb is refused without
-                  inflating it; a file shorter than its header declares is refused).
+                  volume, at least 2 voxels along each axis; pixdim finite and positive; voxels within
+                  ``max_voxels``), then the file is read or inflated only as far as the header declares (a gzip
+                  bomb is refused without inflating it; a file shorter than its header declares is refused), then
+                  its geometry: a qform or an sform set (both codes 0: the orientation is unknown), the two alike
+                  in axes and voxel sizes when both are set, invertible and not sheared.
 
 Every volume comes back in RAS+ (see :class:`Volume`): DICOM's LPS patient axes are converted, then axes are
 permuted and flipped to the closest canonical orientation, as nibabel's ``as_closest_canonical`` (no resampling).
@@ -67,4 +71,13 @@ def list_series(batch_dir: Path) -> list[SeriesInfo]:
     return list_dicom_series(Path(batch_dir))
 
 
-__all__ = ["VOLUME_FORMATS", "SeriesInfo", "Volume", "VolumeRefused", "list_series", "read_volume", "to_model_input"]
+__all__ = [
+    "NIFTI_SUFFIXES",
+    "VOLUME_FORMATS",
+    "SeriesInfo",
+    "Volume",
+    "VolumeRefused",
+    "list_series",
+    "read_volume",
+    "to_model_input",
+]

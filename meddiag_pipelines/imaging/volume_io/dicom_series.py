@@ -83,7 +83,22 @@ def _header(path: Path, where: str, max_bytes: float | None):
         return None  # no DICM prefix: not a slice (a missing slice inside the stack is caught as a gap)
     except Exception:  # noqa: BLE001 - pydicom / zlib messages can quote header bytes
         raise VolumeRefused(f"{where} has an unreadable or truncated DICOM header") from None
-    return ds if "Rows" in ds and "SeriesInstanceUID" in ds else None
+    if "Rows" in ds and "SeriesInstanceUID" in ds:
+        return ds
+    if _is_image_storage(ds):  # pydicom reads a truncated header without error: the slice would vanish unseen
+        raise VolumeRefused(
+            f"{where} is a DICOM image whose header stops short of Rows / SeriesInstanceUID (truncated)"
+        )
+    return None  # a DICOMDIR, a structured report, a presentation state beside the slices
+
+
+def _is_image_storage(ds) -> bool:
+    """Whether the file declares an image SOP class ("CT Image Storage", "Enhanced MR Image Storage", ...)."""
+    from pydicom.uid import UID
+
+    meta = getattr(ds, "file_meta", None)
+    sop = (meta.get("MediaStorageSOPClassUID") if meta is not None else None) or ds.get("SOPClassUID")
+    return sop is not None and "Image Storage" in UID(str(sop)).name
 
 
 def _series_files(batch_dir: Path, rel: str, path: Path, max_bytes: float) -> list[tuple[str, Path, object]]:
@@ -140,13 +155,11 @@ def _can_be_volume(files: list[tuple[str, Path, object]]) -> bool:
 
 
 def _check_same_source(rel: str, headers: list) -> None:
-    """Slices of one series must come from one patient and one study (compared here, never shown)."""
-    patients = {str(ds.get("PatientID", "")) for ds in headers}
-    if len(patients) > 1:
-        raise VolumeRefused(f"{rel}: the series holds slices from {len(patients)} patients (PatientID differs)")
-    studies = {str(ds.get("StudyInstanceUID", "")) for ds in headers}
-    if len(studies) > 1:
-        raise VolumeRefused(f"{rel}: the series holds slices from {len(studies)} studies (StudyInstanceUID differs)")
+    """Slices of one series must come from one patient, one study and one modality (compared here, never shown)."""
+    for tag, what in (("PatientID", "patients"), ("StudyInstanceUID", "studies"), ("Modality", "modalities")):
+        values = {str(ds.get(tag, "")) for ds in headers}
+        if len(values) > 1:
+            raise VolumeRefused(f"{rel}: the series holds slices from {len(values)} {what} ({tag} differs)")
 
 
 def _check_size(rel: str, headers: list, max_voxels: int) -> tuple[int, int]:
@@ -176,8 +189,9 @@ def _check_size(rel: str, headers: list, max_voxels: int) -> tuple[int, int]:
 def _rescale(item) -> tuple[float, float]:
     seq = item.get("PixelValueTransformationSequence") if item is not None else None
     src = seq[0] if seq else item
-    try:
-        return float(src.get("RescaleSlope", 1) or 1), float(src.get("RescaleIntercept", 0) or 0)
+    slope, intercept = src.get("RescaleSlope"), src.get("RescaleIntercept")
+    try:  # absent or empty: the identity; a slope of 0 is kept (and refused): it would blank the slice
+        return 1.0 if slope in (None, "") else float(slope), 0.0 if intercept in (None, "") else float(intercept)
     except (TypeError, ValueError):
         return float("nan"), float("nan")
 
@@ -252,8 +266,10 @@ def _order(rel: str, frames: list[_Frame]) -> tuple[list[_Frame], np.ndarray]:
         raise VolumeRefused(f"{rel}: mixed slice orientations (ImageOrientationPatient differs between slices)")
     if any(not np.allclose(f.pixel_spacing, first.pixel_spacing, rtol=1e-3, atol=1e-4) for f in frames):
         raise VolumeRefused(f"{rel}: mixed pixel spacings (PixelSpacing differs between slices)")
-    if any(not (np.isfinite(f.slope) and np.isfinite(f.intercept)) for f in frames):
-        raise VolumeRefused(f"{rel}: a slice has a malformed RescaleSlope / RescaleIntercept")
+    if not (first.pixel_spacing > 0).all():
+        raise VolumeRefused(f"{rel}: PixelSpacing {first.pixel_spacing.tolist()} is not positive (mm)")
+    if any(not (np.isfinite(f.slope) and np.isfinite(f.intercept)) or f.slope == 0 for f in frames):
+        raise VolumeRefused(f"{rel}: a slice has a malformed or zero RescaleSlope / RescaleIntercept")
     if len(frames) < 2:
         raise VolumeRefused(f"{rel}: a single slice is not a volume (its slice spacing is unknown)")
     row, col = first.orientation[:3], first.orientation[3:]
@@ -338,6 +354,7 @@ def _pixels(where: str, ds, rows: int, cols: int, frames: int) -> np.ndarray:
 
     if not any(t in ds for t in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
         raise VolumeRefused(f"{where}: no pixel data")
+    _check_native_length(where, ds, rows * cols * frames)
     try:
         arr = pixel_array(ds)
     except Exception:  # noqa: BLE001 - pydicom's messages can quote header values
@@ -348,6 +365,20 @@ def _pixels(where: str, ds, rows: int, cols: int, frames: int) -> np.ndarray:
     if arr is None:
         raise VolumeRefused(f"{where}: the decoded pixel data does not match its declared size")
     return arr
+
+
+def _check_native_length(where: str, ds, voxels: int) -> None:
+    """Uncompressed pixel data must be exactly what Rows x Columns x frames x BitsAllocated declare (one pad byte
+    allowed): pydicom drops excess bytes as padding, so a header that understates the image would be read cut."""
+    tsyntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
+    if "PixelData" not in ds or tsyntax is None or _is_compressed(tsyntax):
+        return
+    declared = -(-voxels * int(ds.get("BitsAllocated", 16) or 16) // 8)
+    held = len(ds.PixelData)
+    if held not in (declared, declared + 1):
+        raise VolumeRefused(
+            f"{where}: its pixel data is {held} bytes where Rows x Columns x BitsAllocated declare {declared}"
+        )
 
 
 def _stack(rel: str, series: list, frames: list[_Frame], rows: int, cols: int) -> np.ndarray:

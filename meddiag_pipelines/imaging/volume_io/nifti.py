@@ -20,6 +20,7 @@ NIFTI_SUFFIXES = (".nii", ".nii.gz")
 _HEADER_BYTES = 540  # a NIfTI-2 header; a NIfTI-1 header is the first 348 bytes
 _TRAILING_SLACK = 1 << 16  # bytes tolerated after the voxel data (padding some writers add)
 _MAX_OFFSET = 1 << 24  # header + extensions before the voxel data
+_SHEAR_TOLERANCE = 1e-3  # |cos| between two voxel axes above this: a sheared grid (not reoriented without resampling)
 
 
 def _read_at_most(stream: BinaryIO, n: int, rel: str) -> bytes:
@@ -52,6 +53,8 @@ def _header(head: bytes, rel: str):
 
 def _check_header(hdr, rel: str, max_voxels: int) -> tuple[tuple[int, ...], int]:
     """(3D shape, bytes of header + voxel data declared); refuses a bad dimension, type, spacing or affine."""
+    if not 1 <= int(hdr["dim"][0]) <= 7:
+        raise VolumeRefused(f"{rel}: the header's dim[0] is not a dimension count of 1 to 7 (a malformed header)")
     try:
         shape = tuple(int(d) for d in hdr.get_data_shape())
         dtype = hdr.get_data_dtype()
@@ -64,8 +67,10 @@ def _check_header(hdr, rel: str, max_voxels: int) -> tuple[tuple[int, ...], int]
         raise VolumeRefused(f"{rel}: the header places its voxel data at byte {offset} (vox_offset out of range)")
     extra = shape[3:]
     if len(shape) < 3 or any(d != 1 for d in extra) or min(shape[:3]) < 1:
-        what = f"{int(np.prod(extra))} volumes (4D)" if len(shape) > 3 else f"{len(shape)} dimension(s)"
+        what = f"{int(np.prod(extra))} volumes ({len(shape)}D)" if len(shape) > 3 else f"{len(shape)} dimension(s)"
         raise VolumeRefused(f"{rel}: a NIfTI with {what}, shape {shape}: one record is one 3D volume")
+    if min(shape[:3]) < 2:
+        raise VolumeRefused(f"{rel}: shape {shape[:3]} is a single slice, not a volume (one voxel along an axis)")
     voxels = int(np.prod(shape[:3], dtype=np.int64))
     if voxels > max_voxels:
         raise VolumeRefused(
@@ -75,10 +80,45 @@ def _check_header(hdr, rel: str, max_voxels: int) -> tuple[tuple[int, ...], int]
     pixdim = np.asarray(hdr["pixdim"][1:4], dtype=np.float64)
     if not (np.isfinite(pixdim).all() and (pixdim > 0).all()):
         raise VolumeRefused(f"{rel}: voxel spacing (pixdim) {pixdim.tolist()} is not finite and positive")
-    affine = np.asarray(hdr.get_best_affine(), dtype=np.float64)
-    if not np.isfinite(affine).all() or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
-        raise VolumeRefused(f"{rel}: its affine (qform / sform) is not invertible: no orientation can be derived")
     return shape[:3], offset + voxels * dtype.itemsize
+
+
+def _check_affine(hdr, rel: str) -> None:
+    """The voxel-to-world affine nibabel uses (sform, else qform) gives one orientation without guessing: a qform or
+    an sform is set, they agree on axes and voxel sizes when both are, and the grid is invertible and not sheared."""
+    from nibabel.orientations import io_orientation
+
+    codes = {form: int(hdr[f"{form}_code"]) for form in ("qform", "sform")}
+    if not any(codes.values()):
+        raise VolumeRefused(
+            f"{rel}: qform_code and sform_code are both 0: the orientation is unknown (an ANALYZE-style header); "
+            "set the qform or sform to the scanner's geometry before landing"
+        )
+    try:
+        affines = {form: np.asarray(getattr(hdr, f"get_{form}")(), dtype=np.float64) for form in codes if codes[form]}
+    except Exception:  # noqa: BLE001 - nibabel's messages can quote header fields
+        raise VolumeRefused(f"{rel}: its qform or sform cannot be computed (malformed quaternion or qfac)") from None
+    for affine in affines.values():
+        if not np.isfinite(affine).all() or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
+            raise VolumeRefused(f"{rel}: its affine (qform / sform) is not invertible: no orientation can be derived")
+    if len(affines) == 2:
+        q, s = affines["qform"], affines["sform"]
+        if not ((io_orientation(q) == io_orientation(s)).all() and np.allclose(_zooms(q), _zooms(s), rtol=1e-2)):
+            raise VolumeRefused(
+                f"{rel}: its qform and sform disagree on the axes or voxel sizes: which geometry is right is "
+                "ambiguous (set one of them, or both alike)"
+            )
+    best = affines["sform"] if "sform" in affines else affines["qform"]  # nibabel's choice (get_best_affine)
+    axes = best[:3, :3] / _zooms(best)
+    if np.abs(axes.T @ axes - np.eye(3)).max() > _SHEAR_TOLERANCE:
+        raise VolumeRefused(
+            f"{rel}: its voxel axes are not orthogonal (a sheared affine, e.g. an uncorrected gantry tilt): it "
+            "cannot be reoriented without resampling; resample it to an orthogonal grid before landing"
+        )
+
+
+def _zooms(affine: np.ndarray) -> np.ndarray:
+    return np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
 
 
 def read_nifti(rel: str, path: Path, max_voxels: int) -> Volume:
@@ -101,6 +141,7 @@ def read_nifti(rel: str, path: Path, max_voxels: int) -> Volume:
             f"{rel}: {'decompresses' if gz else 'runs'} beyond the size its header declares "
             f"({declared} bytes){' (a gzip bomb?)' if gz else ''}; read no further"
         )
+    _check_affine(hdr, rel)  # after the size checks: a bomb or a 2 GB header is refused as such
     klass = nib.Nifti2Image if isinstance(hdr, nib.Nifti2Header) else nib.Nifti1Image
     try:
         img = klass.from_bytes(data[:declared])
