@@ -656,7 +656,7 @@ VOLUME_BATCH_VOXELS = 8 * 64**3
 
 def volume_batch_size(size: int) -> int:
     """The default training batch of ``size``^3 volumes: 32 (MedMNIST v2's), fewer where 32 would hold more than
-    :data:`VOLUME_BATCH_VOXELS` voxels (19 at 48^3, 8 at 64^3), never under 2 (batch norm needs two)."""
+    :data:`VOLUME_BATCH_VOXELS` voxels (18 at 48^3, 8 at 64^3), never under 2 (batch norm needs two)."""
     return max(2, min(VOLUME_TRAINING["batch_size"], VOLUME_BATCH_VOXELS // size**3))
 
 

@@ -352,12 +352,13 @@ def _channel_stats(X: torch.Tensor) -> tuple[list[float], list[float]]:
     return mean.tolist(), std.tolist()
 
 
-def batch_for(shape: tuple[int, ...], cap: int = EVAL_BATCH, voxels: int = EVAL_VOXELS) -> int:
+def batch_for(shape: tuple[int, ...], cap: int = EVAL_BATCH, voxels: int | None = None) -> int:
     """How many inputs of ``shape`` (C, S, S) or (C, S, S, S) go through the model at once: ``cap``; volumes also
-    at most ``voxels`` voxels together (at least one), so that a large size does not multiply the activations."""
+    at most ``voxels`` (default :data:`EVAL_VOXELS`) voxels together (at least one), so that a large size does not
+    multiply the activations."""
     if len(shape) < 4:
         return cap
-    return max(1, min(cap, voxels // math.prod(int(s) for s in shape[1:])))
+    return max(1, min(cap, (voxels or EVAL_VOXELS) // math.prod(int(s) for s in shape[1:])))
 
 
 @torch.inference_mode()
