@@ -22,6 +22,7 @@ BENCHMARKS = {
     "monitoring": "bench.monitoring",  # drift, estimate: cost per 10k rows; false alarms vs detections across sites
     "main_job": "bench.main_job",  # the README main job (meddiag update, every bundled task): total, by task and step
     "volume": "bench.volume",  # the 3D ResNet on a MedMNIST-3D-layout npz: CPU voxels/s, test AUROC
+    "volume_memory": "bench.volume_memory",  # the volume task step by step: peak RSS of each
 }
 
 

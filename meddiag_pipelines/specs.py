@@ -604,7 +604,7 @@ class TaskSpec(_Section):
                 "nifti), and only they have one"
             )
         if self.modality == "volume":
-            self.training = _volume_training(self.training)
+            self.training = _volume_training(self.training, self.volume.size)
         if self.positive is not None and self.classes and self.positive not in self.classes:
             raise ValueError(f"positive class {self.positive!r} is not among classes {self.classes}")
         if self.classes is not None and len(set(self.classes)) < 2:
@@ -649,13 +649,24 @@ class TaskSpec(_Section):
 
 
 VOLUME_TRAINING = {"epochs": 12, "time_budget_s": 780.0, "batch_size": 32}
+# A default training batch holds at most this many voxels: 8 volumes at 64^3 (~1.5 GB of activations at width 8,
+# against ~4 GB for 32), every one of the 32 up to 40^3 (bench/README.md, Volumes: memory).
+VOLUME_BATCH_VOXELS = 8 * 64**3
 
 
-def _volume_training(training: TrainingSpec) -> TrainingSpec:
+def volume_batch_size(size: int) -> int:
+    """The default training batch of ``size``^3 volumes: 32 (MedMNIST v2's), fewer where 32 would hold more than
+    :data:`VOLUME_BATCH_VOXELS` voxels (18 at 48^3, 8 at 64^3), never under 2 (batch norm needs two)."""
+    return max(2, min(VOLUME_TRAINING["batch_size"], VOLUME_BATCH_VOXELS // size**3))
+
+
+def _volume_training(training: TrainingSpec, size: int) -> TrainingSpec:
     """Volume tasks' defaults where the spec leaves them: a 28^3 set of ~1,300 volumes trains within 13 minutes
     of 2 CPU cores, so the whole run fits 20; batches of 32 volumes (MedMNIST v2's), not the images' 128: four
-    times the optimiser steps in the same CPU time, which a few hundred volumes need (bench/README.md, Volumes)."""
-    unset = {k: v for k, v in VOLUME_TRAINING.items() if k not in training.model_fields_set}
+    times the optimiser steps in the same CPU time, which a few hundred volumes need (bench/README.md, Volumes);
+    at large sizes fewer (:func:`volume_batch_size`), so a step's activations fit a small machine's memory."""
+    defaults = {**VOLUME_TRAINING, "batch_size": volume_batch_size(size)}
+    unset = {k: v for k, v in defaults.items() if k not in training.model_fields_set}
     return training.model_copy(update=unset) if unset else training
 
 

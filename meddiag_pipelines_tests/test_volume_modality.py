@@ -17,14 +17,20 @@ import torch
 from torch.optim.lr_scheduler import LambdaLR
 
 from meddiag_pipelines.definitions import build_definitions
-from meddiag_pipelines.imaging.model import _conv_factory
+from meddiag_pipelines.imaging import saliency, scoring
+from meddiag_pipelines.imaging import train as imaging_train
+from meddiag_pipelines.imaging.model import ResNet18Small, _conv_factory
 from meddiag_pipelines.imaging.readers import npz_record_id
 from meddiag_pipelines.imaging.saliency import grad_cam, orthogonal_slices
 from meddiag_pipelines.imaging.scoring import embed_images, pooled_pixels, volume_feature_names, volume_features
 from meddiag_pipelines.imaging.train import (
+    EVAL_BATCH,
+    _channel_stats,
     _Cosine,
     _fit_schedule_to_budget,
     augment_batch,
+    batch_for,
+    embed_image_model,
     predict_image_model,
     train_image_model,
 )
@@ -35,7 +41,7 @@ from meddiag_pipelines.ingestion.landing import LandedBatch
 from meddiag_pipelines.ingestion.quarantine import file_reason
 from meddiag_pipelines.modalities.registry import get
 from meddiag_pipelines.registry.export import export_version
-from meddiag_pipelines.specs import BUNDLED_TASKS_DIR, SpecError, TaskSpec, load_spec
+from meddiag_pipelines.specs import BUNDLED_TASKS_DIR, SpecError, TaskSpec, load_spec, volume_batch_size
 from meddiag_pipelines.update import run_task_in_process
 from scripts.volume_phantoms import FILE, phantom_arrays, write_volume_phantom_batch
 
@@ -90,6 +96,15 @@ def test_format_and_label_are_enough_and_the_defaults_are_what_a_user_expects(tm
     assert get("volume") is MODALITY
     given = load_spec(_spec_file(tmp_path, "{format: npz}\ntraining: {epochs: 3, batch_size: 8}"))
     assert (given.training.epochs, given.training.time_budget_s, given.training.batch_size) == (3, 780.0, 8)
+
+
+def test_the_default_training_batch_of_large_volumes_comes_from_a_voxel_budget(tmp_path: Path) -> None:
+    """32 volumes up to 40^3 (the 28^3 recipe), fewer above so that a step's activations fit; a batch the spec
+    gives is kept."""
+    assert [volume_batch_size(s) for s in (16, 28, 32, 48, 64, 96, 128)] == [32, 32, 32, 18, 8, 2, 2]
+    assert load_spec(_spec_file(tmp_path, "{format: npz, size: 64}")).training.batch_size == 8
+    given = load_spec(_spec_file(tmp_path, "{format: npz, size: 64}\ntraining: {batch_size: 32}"))
+    assert given.training.batch_size == 32
 
 
 @pytest.mark.parametrize(
@@ -259,6 +274,46 @@ def test_the_3d_resnet_is_tuned_by_the_same_search_over_volume_augmentations(tin
     best = meta["tuning"]["best"]
     assert meta["tuning"]["n_trials"] == 2 and meta["spatial_dims"] == 3 and best["augment"] in VOLUME_AUGMENT_SETS
     assert meta["model_config"]["width"] == best["width"] and meta["model_config"]["spatial_dims"] == 3
+
+
+def test_volumes_go_through_the_model_a_few_at_a_time_with_the_same_results(tiny_3d_model, monkeypatch) -> None:
+    """Scoring, embeddings, Grad-CAM 3D, the voxel features and the input statistics, in small batches (a voxel
+    budget) as in one: the same values."""
+    model_dir, X = tiny_3d_model
+    assert (batch_for((1, 64, 64, 64)), batch_for((1, 28, 28, 28)), batch_for((3, 224, 224))) == (16, 191, EVAL_BATCH)
+    assert batch_for((1, 64, 64, 64), 64, saliency.GRAD_VOXELS) == 8
+    seen: list[int] = []
+    features = ResNet18Small.features
+
+    def counted(self, x):
+        seen.append(len(x))
+        return features(self, x)
+
+    monkeypatch.setattr(ResNet18Small, "features", counted)
+    statistics = scoring._intensity_statistics
+    monkeypatch.setattr(scoring, "_intensity_statistics", lambda part: seen.append(len(part)) or statistics(part))
+
+    def outputs() -> list[np.ndarray]:
+        seen.clear()
+        mean, std = _channel_stats(torch.from_numpy(X))
+        return [
+            predict_image_model(model_dir, X, "cpu"),
+            embed_image_model(model_dir, X, "cpu"),
+            grad_cam(model_dir, X),
+            volume_features(X, 4),
+            np.array([*mean, *std]),
+        ]
+
+    whole = outputs()
+    assert max(seen) >= len(X)
+    for name in ("EVAL_VOXELS", "STATS_ELEMENTS"):
+        monkeypatch.setattr(imaging_train, name, 5 * SIDE**3)
+    monkeypatch.setattr(saliency, "GRAD_VOXELS", 5 * SIDE**3)
+    monkeypatch.setattr(scoring, "FEATURE_VOXELS", 5 * SIDE**3)
+    batched = outputs()
+    assert 0 < max(seen) <= 2 * 5  # 5 volumes at most (10 with the mirrored view of the test-time flip)
+    for one, many in zip(whole, batched, strict=True):
+        np.testing.assert_allclose(many, one, rtol=1e-5, atol=1e-6)
 
 
 def test_grad_cam_3d_and_its_slices_through_the_peak(tiny_3d_model) -> None:

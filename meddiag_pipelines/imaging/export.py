@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from meddiag_pipelines.imaging.preprocess import load_cached
-from meddiag_pipelines.imaging.train import load_image_model
+from meddiag_pipelines.imaging.train import batch_for, load_image_model
 from meddiag_pipelines.registry.export import CHUNK, Exportable, ExportRefused, VersionToExport
 
 
@@ -33,9 +33,11 @@ def image_exportable(model_dir: Path, plan: dict, test_ids: list[str]) -> Export
         "multilabel": "sigmoid per finding",
     }[meta["kind"]]
 
+    step = batch_for(shape, CHUNK)  # volumes: a few at a time, so both runtimes' activations stay small
+
     def batches() -> Iterator[dict[str, np.ndarray]]:
-        for start in range(0, len(test_ids), CHUNK):
-            yield {"images": load_cached(Path(plan["cache_dir"]), test_ids[start : start + CHUNK])}
+        for start in range(0, len(test_ids), step):
+            yield {"images": load_cached(Path(plan["cache_dir"]), test_ids[start : start + step])}
 
     example = np.random.default_rng(0).random((2, *shape), dtype=np.float32)
     return Exportable(module, {"images": {0: "batch"}}, {"images": example}, batches, len(test_ids), then)

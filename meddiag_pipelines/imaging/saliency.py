@@ -24,9 +24,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from meddiag_pipelines.imaging.train import load_image_model
+from meddiag_pipelines.imaging.train import EVAL_VOXELS, batch_for, load_image_model
 
 BATCH = 64
+GRAD_VOXELS = EVAL_VOXELS // 2  # volumes through the backward pass at once: 8 at 64^3 (the activations are kept)
 GRAD_CAM = "Grad-CAM"
 INPUT_GRADIENT = "input gradient"
 
@@ -60,9 +61,9 @@ def grad_cam(model_dir: Path, X: np.ndarray, target_index: int | None = None, de
     size = X.shape[2:]
     spatial = tuple(range(2, X.ndim))
     method = saliency_method(model, X.shape[1], X.shape[2], X.ndim - 2) if len(X) else GRAD_CAM
-    maps = []
-    for start in range(0, len(X), BATCH):
-        xb = torch.from_numpy(X[start : start + BATCH]).to(device)
+    maps, step = [], batch_for(X.shape[1:], BATCH, GRAD_VOXELS)
+    for start in range(0, len(X), step):
+        xb = torch.from_numpy(X[start : start + step]).to(device)
         with torch.enable_grad():
             xb.requires_grad_(method == INPUT_GRADIENT)
             feats = model.features(xb)

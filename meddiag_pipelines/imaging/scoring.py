@@ -57,10 +57,18 @@ def _intensity_statistics(X: np.ndarray) -> np.ndarray:
     return np.concatenate(parts, -1)
 
 
+FEATURE_VOXELS = 1 << 24  # voxels whose features are computed at once (64 volumes at 64^3): the copies stay small
+
+
 def volume_features(X: np.ndarray, side: int) -> np.ndarray:
     """The volume baseline's inputs: the pooled voxels (:func:`pooled_pixels`) then the intensity statistics of
-    each volume and of its centre, per channel."""
-    return np.concatenate([pooled_pixels(X, side), _intensity_statistics(X).reshape(len(X), -1)], 1)
+    each volume and of its centre, per channel; a few volumes at a time (each row is its volume's own)."""
+    step = max(1, FEATURE_VOXELS // max(1, int(np.prod(X.shape[1:]))))
+    parts = [
+        np.concatenate([pooled_pixels(part, side), _intensity_statistics(part).reshape(len(part), -1)], 1)
+        for part in (X[start : start + step] for start in range(0, max(1, len(X)), step))
+    ]
+    return np.concatenate(parts)
 
 
 def volume_feature_names(channels: int, side: int) -> list[str]:

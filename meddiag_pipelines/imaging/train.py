@@ -77,6 +77,8 @@ CHECKPOINT = "checkpoint.pt"
 MODEL_PT = "model.pt"
 MODEL_JSON = "model.json"
 EVAL_BATCH = 512
+STATS_CHUNK, STATS_ELEMENTS = 4096, 1 << 25  # inputs, values in one float64 chunk of the channel statistics
+EVAL_VOXELS = 1 << 22  # voxels scored at once at most: 16 volumes at 64^3 (~1 GB at width 8), 191 at 28^3
 TUNING_JSON = "tuning.json"  # imaging.tuning's record of a search, and its trials' folders
 TRIALS = "trials"
 TIMM = "timm"  # model.json "architecture" of a timm backbone
@@ -338,8 +340,9 @@ def _channel_stats(X: torch.Tensor) -> tuple[list[float], list[float]]:
     c = X.shape[1]
     s = torch.zeros(c, dtype=torch.float64)
     s2 = torch.zeros(c, dtype=torch.float64)
-    for start in range(0, len(X), 4096):
-        chunk = X[start : start + 4096].double()
+    step = max(1, min(STATS_CHUNK, STATS_ELEMENTS // max(1, X[0].numel()))) if len(X) else 1  # 128 at 64^3
+    for start in range(0, len(X), step):
+        chunk = X[start : start + step].double()
         axes = (0, *range(2, X.ndim))
         s += chunk.sum(dim=axes)
         s2 += (chunk**2).sum(dim=axes)
@@ -349,13 +352,23 @@ def _channel_stats(X: torch.Tensor) -> tuple[list[float], list[float]]:
     return mean.tolist(), std.tolist()
 
 
+def batch_for(shape: tuple[int, ...], cap: int = EVAL_BATCH, voxels: int | None = None) -> int:
+    """How many inputs of ``shape`` (C, S, S) or (C, S, S, S) go through the model at once: ``cap``; volumes also
+    at most ``voxels`` (default :data:`EVAL_VOXELS`) voxels together (at least one), so that a large size does not
+    multiply the activations."""
+    if len(shape) < 4:
+        return cap
+    return max(1, min(cap, (voxels or EVAL_VOXELS) // math.prod(int(s) for s in shape[1:])))
+
+
 @torch.inference_mode()
 def _predict(model: nn.Module, X: torch.Tensor, kind: str, device: str) -> np.ndarray:
     model.eval()
     outs = []
     cuda = device.startswith("cuda")
-    for start in range(0, len(X), EVAL_BATCH):
-        xb = X[start : start + EVAL_BATCH].to(device, non_blocking=cuda)
+    step = batch_for(tuple(X.shape[1:]))
+    for start in range(0, len(X), step):
+        xb = X[start : start + step].to(device, non_blocking=cuda)
         if cuda:
             xb = xb.contiguous(memory_format=_memory_format(xb.ndim, cuda))
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
@@ -968,9 +981,10 @@ def embed_image_model(model_dir: Path, X: np.ndarray, device: str | None = None)
     device = device or torch_device()
     model, _ = load_image_model(model_dir, device)
     X, outs = _as_tensor(X), []
+    step = batch_for(tuple(X.shape[1:]))
     with torch_settings(device, deterministic=False), torch.no_grad():
-        for start in range(0, len(X), EVAL_BATCH):
-            xb = X[start : start + EVAL_BATCH].to(device)
+        for start in range(0, len(X), step):
+            xb = X[start : start + step].to(device)
             outs.append(model.penultimate(model.features(xb)).float().cpu())
     return torch.cat(outs).numpy() if outs else np.empty((0, 0), dtype=np.float32)
 
@@ -982,6 +996,7 @@ __all__ = [
     "default_params",
     "embed_image_model",
     "augment_batch",
+    "batch_for",
     "choose_width",
     "load_image_model",
     "macro_auroc",
