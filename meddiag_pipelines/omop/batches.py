@@ -79,6 +79,19 @@ def study_rows(study: Study) -> pl.DataFrame:
     )
 
 
+def empty_study_reason(study: Study) -> str:
+    """Why a batch gives no person to learn from or to score: the first criterion that leaves no one."""
+    spec = study.spec
+    emptied = next((a for a in study.attrition if a["persons"] == 0), study.attrition[-1])
+    reason = f"no person in the study population: '{emptied['criterion']}' leaves none"
+    if emptied is study.attrition[0]:
+        target = spec.cohort.target
+        concepts = ", ".join(str(c) for c in target.concepts)
+        below = " or their descendants" if target.descendants else ""
+        reason += f" (the CDM holds no {target.domain} event of concept(s) {concepts}{below})"
+    return reason
+
+
 @dataclass
 class OmopReader:
     """Reads one run's CDM batches into study rows, summing the untidy-data counts (never values)."""
@@ -94,7 +107,10 @@ class OmopReader:
                         self.counts[key] = self.counts.get(key, 0) + n
         except CdmRefused as exc:
             raise BatchRejected(batch.batch_id, f"CDM refused: {exc}") from None
-        return study_rows(study)
+        rows = study_rows(study)
+        if rows.is_empty():
+            raise BatchRejected(batch.batch_id, empty_study_reason(study))
+        return rows
 
     def metadata(self) -> dict:
         return {"cdm_repairs": sum(self.counts.values()), **{f"cdm.{k}": n for k, n in sorted(self.counts.items())}}

@@ -87,6 +87,7 @@ V53_RENAMES = {
 # even a column of one repeated value takes more than a bit per row once pages and row groups are counted.
 MAX_ROWS_PER_BYTE = 1000
 MIN_ROW_LIMIT = 1_000_000
+PEEL_ROUNDS = 100  # rounds of concept_ancestor's cycle check in DuckDB (OHDSI's hierarchies are far less deep)
 INT_TYPES = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT", "UINTEGER", "UBIGINT")
 FLOAT_TYPES = ("FLOAT", "DOUBLE", "REAL")
 _GENERIC_COLUMN = re.compile(r"column\d+")
@@ -510,7 +511,10 @@ def _build_person(cdm: Cdm, columns: list[str], death_columns: list[str]) -> Non
     )
     cdm.counts["person.persons"] = kept
     if kept == 0:
-        raise CdmRefused(f"{cdm.files['person']}: no usable person rows")
+        raise CdmRefused(
+            f"{cdm.files['person']}: no usable person rows (of {null_ids + kept_firsts + dups}: {null_ids} without a "
+            f"usable person_id, {kept_firsts} with no birth year or born in the future)"
+        )
     if cdm.has("death"):
         bad = con.execute("SELECT count(*) FROM person WHERE death_date < birth_date").fetchone()[0]
         con.execute("UPDATE person SET death_date = NULL WHERE death_date < birth_date")
@@ -568,7 +572,10 @@ def _build_observation_period(cdm: Cdm, columns: list[str]) -> None:
         "observation_period: {n} overlapping period(s) merged into the one they overlap",
     )
     if kept == 0:
-        raise CdmRefused(f"{cdm.files['observation_period']}: no usable observation_period rows")
+        raise CdmRefused(
+            f"{cdm.files['observation_period']}: no usable observation_period rows (of {total}: {orphans} of persons "
+            f"not in person, {total - orphans} without dates or ending before they start)"
+        )
 
 
 # Why an event row is not used (``dropped`` in ``_all_<domain>``), with its note.
@@ -654,6 +661,31 @@ def _build_events(cdm: Cdm, name: str, dom: EventDomain, columns: list[str]) -> 
     cdm.note(f"{name}.concept_zero", found[-1], f"{t}: {{n}} event(s) with concept 0 (unmapped)")
 
 
+def _cycle_of_direct_links(con: duckdb.DuckDBPyConnection) -> tuple[int, int] | None:
+    """Two concepts on a cycle of the direct links (``min_levels_of_separation = 1``), or None. The links into a
+    concept with no parent left, or out of one with no child left, are on no cycle: DuckDB drops them round by
+    round (a vocabulary's tens of millions of rows are gone in as many rounds as its hierarchy is deep) and only
+    what remains, a cycle or a hierarchy deeper than the rounds allowed, is sorted in Python."""
+    con.execute(
+        "CREATE OR REPLACE TEMP TABLE _links AS SELECT DISTINCT ancestor_concept_id AS a, descendant_concept_id AS d "
+        "FROM typed_concept_ancestor WHERE min_levels_of_separation = 1 AND ancestor_concept_id <> descendant_concept_id"
+        " AND ancestor_concept_id IS NOT NULL AND descendant_concept_id IS NOT NULL"
+    )
+    for _ in range(PEEL_ROUNDS):
+        dropped = con.execute(
+            "DELETE FROM _links WHERE a NOT IN (SELECT d FROM _links) OR d NOT IN (SELECT a FROM _links)"
+        ).fetchall()[0][0]
+        if not dropped:
+            break
+    edges = con.execute("SELECT d, list(a) FROM _links GROUP BY d").fetchall()
+    con.execute("DROP TABLE _links")
+    try:
+        graphlib.TopologicalSorter(dict(edges)).prepare()
+    except graphlib.CycleError as exc:
+        return exc.args[1][0], exc.args[1][1]
+    return None
+
+
 def _check_ancestor(cdm: Cdm, columns: list[str]) -> None:
     """Refuse a concept hierarchy with a cycle: descendants of a concept on it are not defined."""
     _require(cdm, "concept_ancestor", columns, ("ancestor_concept_id", "descendant_concept_id"))
@@ -665,14 +697,7 @@ def _check_ancestor(cdm: Cdm, columns: list[str]) -> None:
         "ORDER BY 1, 2 LIMIT 1"
     ).fetchone()
     if pair is None and "min_levels_of_separation" in columns:
-        edges = con.execute(
-            "SELECT descendant_concept_id, list(ancestor_concept_id) FROM typed_concept_ancestor "
-            "WHERE min_levels_of_separation = 1 AND ancestor_concept_id <> descendant_concept_id GROUP BY 1"
-        ).fetchall()
-        try:
-            graphlib.TopologicalSorter(dict(edges)).prepare()
-        except graphlib.CycleError as exc:
-            pair = (exc.args[1][0], exc.args[1][1])
+        pair = _cycle_of_direct_links(con)
     if pair is not None:
         raise CdmRefused(
             f"{cdm.files['concept_ancestor']}: concept_ancestor has a cycle (concepts {pair[0]} and {pair[1]} are "
