@@ -12,6 +12,7 @@ study's aggregates (``study.json``: attrition, outcome count, untidy-data counts
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from meddiag_pipelines.specs import TaskSpec
 
 GENDERS = {8507: "male", 8532: "female"}  # OMOP gender concepts; others are "other or unknown"
 CACHE_FILES = ("meds.parquet", "covariates.parquet", "covariate_ref.parquet", "study.json")
+log = logging.getLogger(__name__)
 SNAPSHOT = "cdm_snapshot.duckdb"  # a PostgreSQL batch's copy (omop/pgsource.py), taken on its first reading
 
 
@@ -105,6 +107,8 @@ class OmopReader:
                 for key, n in cdm.counts.items():
                     if n and not key.endswith(".persons"):
                         self.counts[key] = self.counts.get(key, 0) + n
+                repairs = f"{len(cdm.notes)} untidy part(s) repaired or set aside: " + "; ".join(cdm.notes)
+                log.info(f"{spec.name}: batch {batch.batch_id}: CDM {cdm.version}, {repairs if cdm.notes else 'tidy'}")
         except CdmRefused as exc:
             raise BatchRejected(batch.batch_id, f"CDM refused: {exc}") from None
         rows = study_rows(study)

@@ -144,6 +144,13 @@ def _literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
+def _refuse_links(entries: list[Path]) -> None:
+    """A batch holds its own files: a symbolic link (perhaps to a file outside it) is refused, not followed."""
+    for path in entries:
+        if path.is_symlink():
+            raise CdmRefused(f"{path.name}: a symbolic link; a batch holds its own files, so it is not followed")
+
+
 def _table_file(path: Path) -> tuple[str, bool] | None:
     """(lower-cased name, whether CSV) of a table file (``person.csv``, ``PERSON.tsv.gz``, ``person.parquet``)."""
     found = _TABLE_FILE.fullmatch(path.name)
@@ -166,7 +173,8 @@ def _table_of(path: Path) -> tuple[str, bool] | None:
 
 def _folder_parts(folder: Path) -> list[Path]:
     """The CSV or Parquet files of a ``<table>/`` folder (markers such as ``_SUCCESS`` and hidden files aside)."""
-    inside = [p for p in sorted(folder.iterdir()) if not p.name.startswith((".", "_")) and not p.is_symlink()]
+    inside = [p for p in sorted(folder.iterdir()) if not p.name.startswith((".", "_"))]
+    _refuse_links(inside)
     parts = [p for p in inside if p.is_file() and _table_file(p) is not None]
     if len(parts) != len(inside):
         raise CdmRefused(f"{folder.name}/: a table folder holds only its CSV or Parquet parts (one level)")
@@ -201,7 +209,8 @@ def _discover(batch: Path) -> tuple[str, dict[str, list[Path]]]:
     if batch.is_file():
         entries = [batch]
     elif batch.is_dir():
-        entries = sorted(p for p in batch.iterdir() if not p.name.startswith(".") and not p.is_symlink())
+        entries = sorted(p for p in batch.iterdir() if not p.name.startswith("."))
+        _refuse_links(entries)
     else:
         raise CdmRefused(f"{batch.name}: no such CDM batch")
     files = [p for p in entries if p.is_file()]
