@@ -294,7 +294,10 @@ def _attach_sources(con: duckdb.DuckDBPyConnection, kind: str, found: dict[str, 
     files: dict[str, str] = {}
     if kind == "duckdb":
         [path] = found[""]
-        con.execute(f"ATTACH {_literal(str(path))} AS src (READ_ONLY)")
+        try:  # TYPE duckdb: a SQLite file (or any other) is not handed to an extension DuckDB would download
+            con.execute(f"ATTACH {_literal(str(path))} AS src (TYPE duckdb, READ_ONLY)")
+        except duckdb.Error as exc:
+            raise CdmRefused(f"{path.name}: not a readable DuckDB database ({type(exc).__name__})") from None
         for name, (schema, table) in _duckdb_schemas(con, path).items():
             con.execute(f"CREATE VIEW {_quote('raw_' + name)} AS SELECT * FROM src.{_quote(schema)}.{_quote(table)}")
             files[name] = f"{path.name}:{'' if schema == 'main' else schema + '.'}{table}"
@@ -753,7 +756,10 @@ def open_cdm(
         kind, found = "duckdb", {"": [_pg_snapshot(found[""][0], snapshot or scratch / "pgsource.duckdb", scratch)]}
     # A file, not an in-memory database: in memory the typed events stay resident up to ``memory_limit`` (the
     # opening was a third faster at 10M events, but the process held 300 MB more).
-    con = duckdb.connect(str(scratch / "work.duckdb"), config={"temp_directory": str(scratch / "spill")})
+    con = duckdb.connect(
+        str(scratch / "work.duckdb"),
+        config={"temp_directory": str(scratch / "spill"), "autoinstall_known_extensions": False},
+    )
     if memory_limit:
         con.execute(f"SET memory_limit = {_literal(memory_limit)}")
     try:
