@@ -1,8 +1,10 @@
 """Open a landed OMOP CDM batch as DuckDB views with normalised names and types, reporting what is untidy and
 refusing what would corrupt a cohort.
 
-A batch is a folder holding either one DuckDB file (``*.duckdb``/``*.db``) or one CSV or Parquet file per CDM
-table, named by the table in any case (``PERSON.csv``, ``person.parquet``). :func:`open_cdm` gives a
+A batch is a folder holding either one DuckDB file (``*.duckdb``/``*.db``; the CDM in the schema holding
+``person``) or CSV or Parquet files named by their table in any case (``PERSON.csv``, ``person.tsv.gz``,
+``person.parquet``; a table may come as numbered parts or a ``<table>/`` folder of parts; docs/omop.md, "What a
+batch may hold"). Files of tables the pipeline does not use are never opened. :func:`open_cdm` gives a
 :class:`Cdm`: an in-memory DuckDB connection where
 
 * ``person`` (one row per person: ``person_id``, ``gender_concept_id``, ``year_of_birth``, ``birth_date``,
