@@ -21,7 +21,7 @@ from meddiag_pipelines.omop.batches import OmopReader
 from meddiag_pipelines.omop.cdm import PEEL_ROUNDS, CdmRefused, open_cdm
 from meddiag_pipelines.omop.cohort import build_study
 from meddiag_pipelines.omop.spec import StudySpec
-from meddiag_pipelines.specs import load_spec
+from meddiag_pipelines.specs import SpecError, load_spec
 from meddiag_pipelines.split import SPLIT_COLUMN, SplitError, check_split
 from meddiag_pipelines_tests.conftest import MEDDIAG, instance_env, run_cli
 from meddiag_pipelines_tests.omop_data import (
@@ -308,3 +308,19 @@ def test_meddiag_update_on_a_cdm_schema_with_an_outcome_never_seen(tmp_path: Pat
 
     done = run_cli([*MEDDIAG, "update", "broken"], env=env, timeout=300, expect_rc=2)
     assert "broken.yaml: key 'time_at_risk': Value error, time_at_risk.end is before time_at_risk.start" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"time_at_risk": {"start": -30, "end": 365}}, r"key 'time_at_risk'.*start is before index"),
+        (
+            {"cohort": NSAID_SPEC["cohort"] | {"target": {"domain": "drug", "concepts": [10**20]}}},
+            r"key 'cohort\.target\.concepts\.0'",
+        ),
+        ({"covariates": {"domains": [], "demographics": False}}, "covariates: no domain and no demographics"),
+    ],
+)
+def test_specs_a_cdm_cannot_answer_are_spec_errors(tmp_path: Path, change: dict, message: str) -> None:
+    with pytest.raises(SpecError, match=f"probe.yaml: .*{message}"):
+        _task_spec(tmp_path, **change)
