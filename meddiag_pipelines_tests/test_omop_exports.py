@@ -270,8 +270,8 @@ def test_one_outcome_class_is_a_split_error(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_meddiag_update_on_a_cdm_schema_with_an_outcome_never_seen(tmp_path: Path) -> None:
     """Through the command line: a DuckDB extract with its tables in a ``cdm`` schema, a spec of two outcomes of
-    which one never happens (its task fails saying so, the other trains), its repairs at INFO; a spec error is
-    named plainly when its task is asked for."""
+    which one never happens (its task fails saying so, the other trains), its repairs at INFO; a spec whose
+    covariates find nothing fails saying so; a spec error is named plainly when its task is asked for."""
     outcomes = [
         {"name": "gi_bleed", "domain": "condition", "concepts": [GI_BLEED]},
         {"name": "never", "domain": "procedure", "concepts": [999_999_999]},
@@ -288,22 +288,30 @@ def test_meddiag_update_on_a_cdm_schema_with_an_outcome_never_seen(tmp_path: Pat
         "promotion": {"auroc_floor": 0.5, "slope_band": [0.05, 20.0]},
     }
     broken = spec | {"name": "broken", "time_at_risk": {"start": 30, "end": 10}}
+    # covariates from visits only, and the CDM has none: nothing to learn from
+    sparse = spec | {
+        "name": "sparse",
+        "outcomes": outcomes[:1],
+        "covariates": {"domains": ["visit"], "demographics": False},
+    }
     data = tmp_path / "data"
-    env = instance_env(tmp_path / "home", data, tmp_path / "tasks", specs=[spec, broken])
+    env = instance_env(tmp_path / "home", data, tmp_path / "tasks", specs=[spec, broken, sparse])
     tables = two_outcome_tables(400, 1_000, seed=0)
     tables["procedure_occurrence"] = pl.DataFrame(
         {"person_id": [1_000], "procedure_concept_id": [4_000_000], "procedure_date": [TODAY.replace(year=2001)]}
     )
-    batch = data / "landing" / "risks" / "batch_0001"
-    _duckdb_schemas(batch, tables, lambda name: "cdm")
-    (batch / "_READY").touch()
+    for task in ("risks", "sparse"):
+        batch = data / "landing" / task / "batch_0001"
+        _duckdb_schemas(batch, tables, lambda name: "cdm")
+        (batch / "_READY").touch()
 
-    done = run_cli([*MEDDIAG, "update", "risks"], env=env, timeout=900, expect_rc=1)
+    done = run_cli([*MEDDIAG, "update", "risks", "sparse"], env=env, timeout=900, expect_rc=1)
     out = done.stdout + done.stderr
     assert "risks__gi_bleed: AUROC" in out
     assert (data / "reports" / "risks__gi_bleed" / "latest" / "metrics.json").is_file()
     assert "task risks__never: every one of the 400 labelled rows is of class '0'" in out
     assert "INFO meddiag_pipelines.omop.batches: risks__gi_bleed: batch batch_0001: CDM" in out
+    assert "sparse: no covariate is held by 10 or more of the" in out
     assert not (data / "quarantine").exists()
 
     done = run_cli([*MEDDIAG, "update", "broken"], env=env, timeout=300, expect_rc=2)

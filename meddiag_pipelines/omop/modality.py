@@ -193,6 +193,11 @@ class OmopModality(Modality):
         )
         counts = held.group_by("covariate_id").len().filter(pl.col("len") >= MIN_PERSONS)
         ids = sorted(counts["covariate_id"].to_list())
+        if not ids:
+            raise ValueError(
+                f"{spec.name}: no covariate is held by {MIN_PERSONS} or more of the {train.height} training persons; "
+                "nothing to learn from (a larger cohort, or more covariate domains)"
+            )
         refs = pl.concat([pl.read_parquet(cache_dir / b / "covariate_ref.parquet") for b in studies]).unique(
             "covariate_id", keep="first"
         )
