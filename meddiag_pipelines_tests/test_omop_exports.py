@@ -135,6 +135,14 @@ def _two_cdm_schemas(folder: Path, tables: Tables) -> None:
     _duckdb_schemas(folder, {"person": tables["person"]}, lambda name: "main")
 
 
+def _view_of_a_dropped_table(folder: Path, tables: Tables) -> None:
+    _duckdb_schemas(folder, {n: f for n, f in tables.items() if n != "measurement"}, lambda name: "main")
+    with duckdb.connect(str(folder / "extract.duckdb")) as con:
+        con.execute("CREATE TABLE gone AS SELECT 1 AS person_id")
+        con.execute("CREATE VIEW measurement AS SELECT * FROM gone")
+        con.execute("DROP TABLE gone")
+
+
 def _not_a_database(folder: Path, tables: Tables) -> None:
     (folder / "cdm.duckdb").write_bytes(b"no database here" * 64)
 
@@ -188,6 +196,7 @@ def _periods_ending_before_they_start(folder: Path, tables: Tables) -> None:
     ("layout", "message"),
     [
         (_two_cdm_schemas, r"extract\.duckdb: schemas cdm, main each hold a person table; a batch holds one CDM"),
+        (_view_of_a_dropped_table, r"extract\.duckdb:measurement: not readable as a table"),
         (_not_a_database, r"cdm\.duckdb: not a readable DuckDB database"),
         (_sqlite_file, r"cdm\.db: not a readable DuckDB database"),
         (

@@ -301,8 +301,13 @@ def _attach_sources(con: duckdb.DuckDBPyConnection, kind: str, found: dict[str, 
         except duckdb.Error as exc:
             raise CdmRefused(f"{path.name}: not a readable DuckDB database ({type(exc).__name__})") from None
         for name, (schema, table) in _duckdb_schemas(con, path).items():
-            con.execute(f"CREATE VIEW {_quote('raw_' + name)} AS SELECT * FROM src.{_quote(schema)}.{_quote(table)}")
             files[name] = f"{path.name}:{'' if schema == 'main' else schema + '.'}{table}"
+            try:  # a view of the file may name a table that is gone
+                con.execute(
+                    f"CREATE VIEW {_quote('raw_' + name)} AS SELECT * FROM src.{_quote(schema)}.{_quote(table)}"
+                )
+            except duckdb.Error as exc:
+                raise CdmRefused(f"{files[name]}: not readable as a table ({type(exc).__name__})") from None
         return files
     for name, paths in found.items():
         paths = [p for p in paths if p.stat().st_size > 0]  # an empty file is no rows (an absent table if all are)
