@@ -341,3 +341,16 @@ def test_meddiag_update_on_a_cdm_schema_with_an_outcome_never_seen(tmp_path: Pat
 def test_specs_a_cdm_cannot_answer_are_spec_errors(tmp_path: Path, change: dict, message: str) -> None:
     with pytest.raises(SpecError, match=f"probe.yaml: .*{message}"):
         _task_spec(tmp_path, **change)
+
+
+def test_zoned_timestamps_give_the_same_dates_in_any_time_zone(tmp_path: Path) -> None:
+    """Midnight UTC read on a machine west of Greenwich is the evening before, unless DuckDB works in UTC."""
+    folder = write_cdm(tmp_path / "batch", _dates(tidy_tables(), lambda c: c.cast(pl.Datetime("us", "UTC"))))
+    code = (
+        "from datetime import date; from pathlib import Path; from meddiag_pipelines.omop.cdm import open_cdm\n"
+        f"with open_cdm(Path({str(folder)!r}), today=date(2024, 1, 1)) as cdm:\n"
+        "    print(cdm.con.execute('SELECT min(start_date), min(event_date) FROM observation_period, ev_drug')"
+        ".fetchone())"
+    )
+    done = run_cli([MEDDIAG[0], "-c", code], env={"TZ": "America/New_York"}, expect_rc=0)
+    assert done.stdout.strip() == "(datetime.date(2000, 1, 1), datetime.date(2010, 1, 1))"

@@ -769,6 +769,7 @@ def open_cdm(
     )
     if memory_limit:
         con.execute(f"SET memory_limit = {_literal(memory_limit)}")
+    con.execute("SET TimeZone = 'UTC'")  # a timestamp with a zone gives the same date on any machine
     try:
         files = _attach_sources(con, kind, found)
         cdm = Cdm(con, batch, "unknown", today or date.today(), files, frozenset(), scratch=scratch)
