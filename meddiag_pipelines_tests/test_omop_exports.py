@@ -354,3 +354,13 @@ def test_zoned_timestamps_give_the_same_dates_in_any_time_zone(tmp_path: Path) -
     )
     done = run_cli([MEDDIAG[0], "-c", code], env={"TZ": "America/New_York"}, expect_rc=0)
     assert done.stdout.strip() == "(datetime.date(2000, 1, 1), datetime.date(2010, 1, 1))"
+
+
+def test_a_refusal_shows_an_odd_file_name_escaped(tmp_path: Path) -> None:
+    folder = write_cdm(tmp_path / "batch", tidy_tables())
+    odd = os.fsdecode(b"x\x1b[2J\xff.parquet")
+    (folder / odd).symlink_to(folder / "person.parquet")
+    spec = _task_spec(tmp_path)
+    with pytest.raises(BatchRejected, match=r"CDM refused: x\\x1b\[2J\\xff\.parquet: a symbolic link") as refused:
+        OmopReader()(LandedBatch("probe", "batch_0001", folder, (), "", 0), spec)
+    assert "\x1b" not in str(refused.value)

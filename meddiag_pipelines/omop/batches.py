@@ -20,7 +20,7 @@ import polars as pl
 
 from meddiag_pipelines.atomic import atomic_write, atomic_write_json
 from meddiag_pipelines.ingestion.errors import BatchRejected
-from meddiag_pipelines.ingestion.landing import LandedBatch
+from meddiag_pipelines.ingestion.landing import LandedBatch, display_name
 from meddiag_pipelines.omop.cdm import CdmRefused, open_cdm
 from meddiag_pipelines.omop.cohort import Study, build_study
 from meddiag_pipelines.omop.covariates import build_covariates
@@ -110,7 +110,8 @@ class OmopReader:
                 repairs = f"{len(cdm.notes)} untidy part(s) repaired or set aside: " + "; ".join(cdm.notes)
                 log.info(f"{spec.name}: batch {batch.batch_id}: CDM {cdm.version}, {repairs if cdm.notes else 'tidy'}")
         except CdmRefused as exc:
-            raise BatchRejected(batch.batch_id, f"CDM refused: {exc}") from None
+            # display_name: a file or schema name it quotes may hold control characters or bytes that are not text
+            raise BatchRejected(batch.batch_id, f"CDM refused: {display_name(str(exc))}") from None
         rows = study_rows(study)
         if rows.is_empty():
             raise BatchRejected(batch.batch_id, empty_study_reason(study))
