@@ -364,3 +364,13 @@ def test_a_refusal_shows_an_odd_file_name_escaped(tmp_path: Path) -> None:
     with pytest.raises(BatchRejected, match=r"CDM refused: x\\x1b\[2J\\xff\.parquet: a symbolic link") as refused:
         OmopReader()(LandedBatch("probe", "batch_0001", folder, (), "", 0), spec)
     assert "\x1b" not in str(refused.value)
+
+
+def test_birth_years_before_the_plausible_floor_refuse_the_person(tmp_path: Path) -> None:
+    tables = tidy_tables()
+    years = [-(2**31), 1970, 1]  # the first overflowed the age at index (a 32-bit integer)
+    tables["person"] = tables["person"].with_columns(pl.Series("year_of_birth", years, pl.Int64))
+    with open_cdm(write_cdm(tmp_path / "batch", tables), today=TODAY) as cdm:
+        population = build_study(cdm, StudySpec.model_validate(NSAID_SPEC)).population
+        assert "person: 2 person(s) born before 1850, OHDSI's data-quality floor (refused)" in cdm.notes
+    assert population["person_id"].to_list() == [2] and cdm.counts["person.persons"] == 1

@@ -89,6 +89,7 @@ V53_RENAMES = {
 # even a column of one repeated value takes more than a bit per row once pages and row groups are counted.
 MAX_ROWS_PER_BYTE = 1000
 MIN_ROW_LIMIT = 1_000_000
+MIN_BIRTH_YEAR = 1850  # the Data Quality Dashboard's plausible low for year_of_birth
 PEEL_ROUNDS = 100  # rounds of concept_ancestor's cycle check in DuckDB (OHDSI's hierarchies are far less deep)
 INT_TYPES = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT", "UINTEGER", "UBIGINT")
 FLOAT_TYPES = ("FLOAT", "DOUBLE", "REAL")
@@ -492,13 +493,16 @@ def _or_null(columns: list[str], name: str, sql_type: str) -> str:
 
 
 def _build_person(cdm: Cdm, columns: list[str], death_columns: list[str]) -> None:
-    """``person``: first row per id kept, persons born in the future or with no birth year refused."""
+    """``person``: first row per id kept, persons with no birth year, born before :data:`MIN_BIRTH_YEAR` or in
+    the future refused."""
     _require(cdm, "person", columns, ("person_id", "year_of_birth"))
     month = _or_null(columns, "month_of_birth", "BIGINT")
     day = _or_null(columns, "day_of_birth", "BIGINT")
+    plausible = f"year_of_birth BETWEEN {MIN_BIRTH_YEAR} AND 9999"
     made = (
-        f"make_date(CAST(year_of_birth AS INTEGER), CASE WHEN {month} BETWEEN 1 AND 12 THEN CAST({month} AS INTEGER)"
-        f" ELSE 1 END, CASE WHEN {day} BETWEEN 1 AND 28 THEN CAST({day} AS INTEGER) ELSE 1 END)"
+        f"make_date(CAST(CASE WHEN {plausible} THEN year_of_birth END AS INTEGER), CASE WHEN {month} BETWEEN 1 AND 12 "
+        f"THEN CAST({month} AS INTEGER) ELSE 1 END, CASE WHEN {day} BETWEEN 1 AND 28 THEN CAST({day} AS INTEGER) "
+        "ELSE 1 END)"
     )
     birth = f"coalesce(CAST({_or_null(columns, 'birth_datetime', 'TIMESTAMP')} AS DATE), {made})"
     today = f"DATE {_literal(cdm.today.isoformat())}"
@@ -514,25 +518,31 @@ def _build_person(cdm: Cdm, columns: list[str], death_columns: list[str]) -> Non
         f"CREATE TABLE person AS SELECT p.person_id, {_or_null(columns, 'gender_concept_id', 'BIGINT')} "
         f"AS gender_concept_id, year_of_birth, {birth} AS birth_date, d.death_date "
         f"FROM person_ranked p LEFT JOIN ({deaths}) d USING (person_id) "
-        f"WHERE _k = 1 AND year_of_birth IS NOT NULL AND year_of_birth <= year({today}) AND {birth} <= {today}"
+        f"WHERE _k = 1 AND {plausible} AND year_of_birth <= year({today}) AND {birth} <= {today}"
     )
-    null_ids, dups, kept_firsts = con.execute(
-        "SELECT (SELECT count(*) FROM typed_person WHERE person_id IS NULL), "
-        "count(*) FILTER (WHERE _k > 1), count(*) FILTER (WHERE _k = 1) FROM person_ranked"
+    null_ids, dups, kept_firsts, ancient = con.execute(
+        "SELECT (SELECT count(*) FROM typed_person WHERE person_id IS NULL), count(*) FILTER (WHERE _k > 1), "
+        f"count(*) FILTER (WHERE _k = 1), count(*) FILTER (WHERE _k = 1 AND year_of_birth < {MIN_BIRTH_YEAR}) "
+        "FROM person_ranked"
     ).fetchone()
     kept = con.execute("SELECT count(*) FROM person").fetchone()[0]
     cdm.note("person.no_id", null_ids, "person: {n} row(s) without a usable person_id (dropped)")
     cdm.note("person.duplicate_id", dups, "person: {n} repeated person_id row(s) (the first kept)")
     cdm.note(
         "person.refused_birth",
-        kept_firsts - kept,
+        kept_firsts - kept - ancient,
         "person: {n} person(s) with no birth year or born in the future (refused)",
+    )
+    cdm.note(
+        "person.born_before_floor",
+        ancient,
+        f"person: {{n}} person(s) born before {MIN_BIRTH_YEAR}, OHDSI's data-quality floor (refused)",
     )
     cdm.counts["person.persons"] = kept
     if kept == 0:
         raise CdmRefused(
             f"{cdm.files['person']}: no usable person rows (of {null_ids + kept_firsts + dups}: {null_ids} without a "
-            f"usable person_id, {kept_firsts} with no birth year or born in the future)"
+            f"usable person_id, {kept_firsts} with no birth year, born before {MIN_BIRTH_YEAR} or in the future)"
         )
     if cdm.has("death"):
         bad = con.execute("SELECT count(*) FROM person WHERE death_date < birth_date").fetchone()[0]
