@@ -260,7 +260,7 @@ def _pg_snapshot(marker: Path, snapshot: Path, scratch: Path) -> Path:
 
 
 def _duckdb_schemas(con: duckdb.DuckDBPyConnection, path: Path) -> dict[str, tuple[str, str]]:
-    """Used table -> (schema, table name) in the attached DuckDB file ``src`` it is read from. The CDM is the schema holding
+    """Used table -> (schema, table name) in the attached DuckDB file ``src``. The CDM is the schema holding
     ``person`` (``main``, or ``cdm`` as many extracts name it); a table it lacks (the vocabulary, often in a schema
     of its own) is taken from the one other schema holding it. Two schemas holding ``person``, or a table
     missing from the CDM's schema and held by two others, is refused: which is meant is not knowable here."""
@@ -697,8 +697,8 @@ def _cycle_of_direct_links(con: duckdb.DuckDBPyConnection) -> tuple[int, int] | 
     what remains, a cycle or a hierarchy deeper than the rounds allowed, is sorted in Python."""
     con.execute(
         "CREATE OR REPLACE TEMP TABLE _links AS SELECT DISTINCT ancestor_concept_id AS a, descendant_concept_id AS d "
-        "FROM typed_concept_ancestor WHERE min_levels_of_separation = 1 AND ancestor_concept_id <> descendant_concept_id"
-        " AND ancestor_concept_id IS NOT NULL AND descendant_concept_id IS NOT NULL"
+        "FROM typed_concept_ancestor WHERE min_levels_of_separation = 1 "
+        "AND ancestor_concept_id <> descendant_concept_id"  # no null passes <> (NOT IN over one would keep all)
     )
     for _ in range(PEEL_ROUNDS):
         dropped = con.execute(
