@@ -148,7 +148,7 @@ class OmopModality(Modality):
     def descriptions(self, spec: TaskSpec) -> Descriptions:
         outcome = task_outcome(spec).name
         return Descriptions(
-            raw_records="new landed OMOP CDM batches (one DuckDB file, or one CSV/Parquet file per table): the "
+            raw_records="new landed OMOP CDM batches (one DuckDB file, or CSV/Parquet files named by their tables): the "
             f"study population of {outcome!r}, one row per person; untidy data repaired and counted, a CDM that "
             "would corrupt the cohort quarantined with its reason.",
             validated_records="persons of every batch that passed the checks (one row per person, 0/1 outcome, "
