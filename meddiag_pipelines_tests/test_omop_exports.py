@@ -159,6 +159,12 @@ def _ragged_csv(folder: Path, tables: Tables) -> None:
     (folder / "measurement.csv").write_text("\n".join(lines[:2] + ["2,3000", *lines[2:]]) + "\n")
 
 
+def _no_header_line(folder: Path, tables: Tables) -> None:
+    write_cdm(folder, tables, "csv")
+    text = (folder / "drug_exposure.csv").read_text()
+    (folder / "drug_exposure.csv").write_text(text.split("\n", 1)[1])
+
+
 def _linked_table(folder: Path, tables: Tables) -> None:
     outside = folder.parent / "outside.parquet"
     tables["measurement"].write_parquet(outside)
@@ -203,6 +209,7 @@ def _periods_ending_before_they_start(folder: Path, tables: Tables) -> None:
             _ragged_csv,
             r"measurement\.csv: 2 malformed line\(s\) \(missing columns, too many columns\), the first at line 2",
         ),
+        (_no_header_line, r"drug_exposure\.csv: its first line holds no column names \(a file without a header"),
         (_linked_table, r"measurement\.parquet: a symbolic link; a batch holds its own files"),
         (_whole_and_parts, r"table person is given more than once \(person\.parquet, person_2\.parquet\)"),
         (_mixed_formats, r"the parts of table condition_occurrence mix CSV and Parquet files"),

@@ -484,6 +484,8 @@ def _fetch(cdm: Cdm, table: str, sql: str) -> tuple:
 
 def _require(cdm: Cdm, table: str, columns: list[str], needed: tuple[str, ...]) -> None:
     missing = [c for c in needed if c not in columns]
+    if missing and not any(_IDENTIFIER.fullmatch(c) for c in columns):  # its names would be values: not shown
+        raise CdmRefused(f"{cdm.files[table]}: its first line holds no column names (a file without a header line?)")
     if missing:
         raise CdmRefused(f"{cdm.files[table]}: table {table} lacks column(s) {', '.join(missing)}")
 
