@@ -198,6 +198,10 @@ def _periods_ending_before_they_start(folder: Path, tables: Tables) -> None:
     )
 
 
+def _month_first_dates(folder: Path, tables: Tables) -> None:
+    write_cdm(folder, _dates(tables, lambda c: c.dt.strftime("%m/%d/%Y")), "csv")
+
+
 @pytest.mark.parametrize(
     ("layout", "message"),
     [
@@ -218,6 +222,12 @@ def _periods_ending_before_they_start(folder: Path, tables: Tables) -> None:
             _periods_ending_before_they_start,
             r"observation_period\.parquet: no usable observation_period rows \(of 3: 0 of persons not in person, "
             r"3 without dates or ending before they start\)",
+        ),
+        (
+            _month_first_dates,
+            r"observation_period\.csv: no usable observation_period rows \(of 3: 0 of persons not in person, 3 without "
+            r"dates or ending before they start; 6 date\(s\) in no form read here: ISO, with or without a time, or "
+            r"YYYYMMDD\)",
         ),
     ],
 )

@@ -603,9 +603,12 @@ def _build_observation_period(cdm: Cdm, columns: list[str]) -> None:
         "observation_period: {n} overlapping period(s) merged into the one they overlap",
     )
     if kept == 0:
+        dates = ("observation_period_start_date", "observation_period_end_date")
+        unread = sum(cdm.counts.get(f"observation_period.{c}.not_converted", 0) for c in dates)
+        forms = f"; {unread} date(s) in no form read here: ISO, with or without a time, or YYYYMMDD" if unread else ""
         raise CdmRefused(
             f"{cdm.files['observation_period']}: no usable observation_period rows (of {total}: {orphans} of persons "
-            f"not in person, {total - orphans} without dates or ending before they start)"
+            f"not in person, {total - orphans} without dates or ending before they start{forms})"
         )
 
 
