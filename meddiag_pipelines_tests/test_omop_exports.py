@@ -143,6 +143,11 @@ def _view_of_a_dropped_table(folder: Path, tables: Tables) -> None:
         con.execute("DROP TABLE gone")
 
 
+def _database_beside_table_files(folder: Path, tables: Tables) -> None:
+    _duckdb_schemas(folder, tables, lambda name: "main")
+    tables["person"].write_csv(folder / "person.csv")
+
+
 def _not_a_database(folder: Path, tables: Tables) -> None:
     (folder / "cdm.duckdb").write_bytes(b"no database here" * 64)
 
@@ -207,6 +212,7 @@ def _month_first_dates(folder: Path, tables: Tables) -> None:
     [
         (_two_cdm_schemas, r"extract\.duckdb: schemas cdm, main each hold a person table; a batch holds one CDM"),
         (_view_of_a_dropped_table, r"extract\.duckdb:measurement: not readable as a table"),
+        (_database_beside_table_files, r"extract\.duckdb: beside table files \(person\.csv\); a batch holds"),
         (_not_a_database, r"cdm\.duckdb: not a readable DuckDB database"),
         (_sqlite_file, r"cdm\.db: not a readable DuckDB database"),
         (

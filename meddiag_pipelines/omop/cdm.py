@@ -226,6 +226,12 @@ def _discover(batch: Path) -> tuple[str, dict[str, list[Path]]]:
     if len(dbs) > 1:
         raise CdmRefused(f"{batch.name}: more than one DuckDB file; a batch holds one")
     if dbs:
+        tables = [p.name for p in entries if _table_of(p) is not None]
+        if tables:
+            raise CdmRefused(
+                f"{dbs[0].name}: beside table files ({', '.join(tables[:3])}); a batch holds a DuckDB file or table "
+                "files, and which one is the CDM is not knowable"
+            )
         return "duckdb", {"": dbs}
     tables = _table_parts(entries)
     if not tables:
