@@ -170,6 +170,14 @@ def _no_header_line(folder: Path, tables: Tables) -> None:
     (folder / "drug_exposure.csv").write_text(text.split("\n", 1)[1])
 
 
+def _header_name_twice(folder: Path, tables: Tables) -> None:
+    write_cdm(folder, tables, "csv")
+    lines = (folder / "person.csv").read_text().splitlines()
+    lines = [f"{line},{line.split(',')[0]}" for line in lines]
+    lines[0] = lines[0].rsplit(",", 1)[0] + ",PERSON_ID"  # the same column twice, once in upper case
+    (folder / "person.csv").write_text("\n".join(lines) + "\n")
+
+
 def _linked_table(folder: Path, tables: Tables) -> None:
     outside = folder.parent / "outside.parquet"
     tables["measurement"].write_parquet(outside)
@@ -220,6 +228,7 @@ def _month_first_dates(folder: Path, tables: Tables) -> None:
             r"measurement\.csv: 2 malformed line\(s\) \(missing columns, too many columns\), the first at line 2",
         ),
         (_no_header_line, r"drug_exposure\.csv: its first line holds no column names \(a file without a header"),
+        (_header_name_twice, r"person\.csv: two columns share a name when case is ignored"),
         (_linked_table, r"measurement\.parquet: a symbolic link; a batch holds its own files"),
         (_whole_and_parts, r"table person is given more than once \(person\.parquet, person_2\.parquet\)"),
         (_mixed_formats, r"the parts of table condition_occurrence mix CSV and Parquet files"),

@@ -98,6 +98,7 @@ _GENERIC_COLUMN = re.compile(r"column\d+")
 _TABLE_FILE = re.compile(r"(?P<stem>[^.]+)(?:\.(?P<csv>csv|tsv)(?:\.gz)?|(?:\.snappy)?\.parquet)", re.IGNORECASE)
 _NUMBERED_PART = re.compile(r"(?P<table>[a-z_]+?)[_.-]?(?:part[_-]?)?\d+")
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_RENAMED_TWIN = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)_\d+")
 
 
 @dataclass
@@ -423,7 +424,9 @@ def _type_table(cdm: Cdm, table: str, csv: bool) -> list[str]:
         con.execute(f"CREATE VIEW {_quote(raw + '_h')} AS SELECT {select} WHERE false")
         raw, cols = raw + "_h", [(n, "VARCHAR") for n in names]
     lowered = [c.lower() for c, _ in cols]
-    if len(set(lowered)) != len(lowered):
+    # DuckDB's CSV reader renames a repeated header name (in any case) to <name>_<n>
+    renamed = csv and any((m := _RENAMED_TWIN.fullmatch(c)) and m.group(1) in lowered for c in lowered)
+    if len(set(lowered)) != len(lowered) or renamed:
         raise CdmRefused(f"{cdm.files[table]}: two columns share a name when case is ignored")
     if any(c != c.lower() for c, _ in cols):
         cdm.note(f"{table}.upper_case", 1, f"{table}: column names not in lower case (lower-cased)")
