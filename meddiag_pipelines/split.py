@@ -231,6 +231,11 @@ def check_split(frame: pl.DataFrame, spec: TaskSpec) -> dict[str, dict[str, int]
     for split, label, n in counts.iter_rows():
         table[split][label] = n
     classes = sorted(labelled[spec.label].unique().to_list())
+    if len(classes) == 1:
+        raise SplitError(
+            f"task {spec.name}: every one of the {labelled.height} labelled rows is of class {classes[0]!r}; a "
+            "model needs rows of at least two classes (add data, or check how the label is defined)"
+        )
     for split in SPLITS:
         missing = [c for c in classes if c not in table[split]]
         # Multi-class val/test may lack a rare class; training may not, nor any split of a binary task.

@@ -392,6 +392,8 @@ def run(args: argparse.Namespace) -> int:
     if unknown or (args.partition and len(named) != 1):
         why = f"unknown tasks: {', '.join(unknown)}" if unknown else "--partition needs exactly one task"
         log.error("update: %s", why)
+        for error in scan.errors:  # a named task is unknown most often because its spec does not load
+            log.error("update: task spec not loaded: %s", error)
         return 2
     failed = [] if named else [str(e) for e in scan.errors]
     for error in failed:

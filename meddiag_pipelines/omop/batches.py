@@ -12,6 +12,7 @@ study's aggregates (``study.json``: attrition, outcome count, untidy-data counts
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,7 +20,7 @@ import polars as pl
 
 from meddiag_pipelines.atomic import atomic_write, atomic_write_json
 from meddiag_pipelines.ingestion.errors import BatchRejected
-from meddiag_pipelines.ingestion.landing import LandedBatch
+from meddiag_pipelines.ingestion.landing import LandedBatch, display_name
 from meddiag_pipelines.omop.cdm import CdmRefused, open_cdm
 from meddiag_pipelines.omop.cohort import Study, build_study
 from meddiag_pipelines.omop.covariates import build_covariates
@@ -29,6 +30,7 @@ from meddiag_pipelines.specs import TaskSpec
 
 GENDERS = {8507: "male", 8532: "female"}  # OMOP gender concepts; others are "other or unknown"
 CACHE_FILES = ("meds.parquet", "covariates.parquet", "covariate_ref.parquet", "study.json")
+log = logging.getLogger(__name__)
 SNAPSHOT = "cdm_snapshot.duckdb"  # a PostgreSQL batch's copy (omop/pgsource.py), taken on its first reading
 
 
@@ -79,6 +81,19 @@ def study_rows(study: Study) -> pl.DataFrame:
     )
 
 
+def empty_study_reason(study: Study) -> str:
+    """Why a batch gives no person to learn from or to score: the first criterion that leaves no one."""
+    spec = study.spec
+    emptied = next((a for a in study.attrition if a["persons"] == 0), study.attrition[-1])
+    reason = f"no person in the study population: '{emptied['criterion']}' leaves none"
+    if emptied is study.attrition[0]:
+        target = spec.cohort.target
+        concepts = ", ".join(str(c) for c in target.concepts)
+        below = " or their descendants" if target.descendants else ""
+        reason += f" (the CDM holds no {target.domain} event of concept(s) {concepts}{below})"
+    return reason
+
+
 @dataclass
 class OmopReader:
     """Reads one run's CDM batches into study rows, summing the untidy-data counts (never values)."""
@@ -92,9 +107,15 @@ class OmopReader:
                 for key, n in cdm.counts.items():
                     if n and not key.endswith(".persons"):
                         self.counts[key] = self.counts.get(key, 0) + n
+                repairs = f"{len(cdm.notes)} untidy part(s) repaired or set aside: " + "; ".join(cdm.notes)
+                log.info(f"{spec.name}: batch {batch.batch_id}: CDM {cdm.version}, {repairs if cdm.notes else 'tidy'}")
         except CdmRefused as exc:
-            raise BatchRejected(batch.batch_id, f"CDM refused: {exc}") from None
-        return study_rows(study)
+            # display_name: a file or schema name it quotes may hold control characters or bytes that are not text
+            raise BatchRejected(batch.batch_id, f"CDM refused: {display_name(str(exc))}") from None
+        rows = study_rows(study)
+        if rows.is_empty():
+            raise BatchRejected(batch.batch_id, empty_study_reason(study))
+        return rows
 
     def metadata(self) -> dict:
         return {"cdm_repairs": sum(self.counts.values()), **{f"cdm.{k}": n for k, n in sorted(self.counts.items())}}

@@ -1,8 +1,10 @@
 """Open a landed OMOP CDM batch as DuckDB views with normalised names and types, reporting what is untidy and
 refusing what would corrupt a cohort.
 
-A batch is a folder holding either one DuckDB file (``*.duckdb``/``*.db``) or one CSV or Parquet file per CDM
-table, named by the table in any case (``PERSON.csv``, ``person.parquet``). :func:`open_cdm` gives a
+A batch is a folder holding either one DuckDB file (``*.duckdb``/``*.db``; the CDM in the schema holding
+``person``) or CSV or Parquet files named by their table in any case (``PERSON.csv``, ``person.tsv.gz``,
+``person.parquet``; a table may come as numbered parts or a ``<table>/`` folder of parts; docs/omop.md, "What a
+batch may hold"). Files of tables the pipeline does not use are never opened. :func:`open_cdm` gives a
 :class:`Cdm`: an in-memory DuckDB connection where
 
 * ``person`` (one row per person: ``person_id``, ``gender_concept_id``, ``year_of_birth``, ``birth_date``,
@@ -87,10 +89,16 @@ V53_RENAMES = {
 # even a column of one repeated value takes more than a bit per row once pages and row groups are counted.
 MAX_ROWS_PER_BYTE = 1000
 MIN_ROW_LIMIT = 1_000_000
+MIN_BIRTH_YEAR = 1850  # the Data Quality Dashboard's plausible low for year_of_birth
+PEEL_ROUNDS = 100  # rounds of concept_ancestor's cycle check in DuckDB (OHDSI's hierarchies are far less deep)
 INT_TYPES = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT", "UINTEGER", "UBIGINT")
 FLOAT_TYPES = ("FLOAT", "DOUBLE", "REAL")
 _GENERIC_COLUMN = re.compile(r"column\d+")
+# A table file: CSV (any delimiter DuckDB detects; ``.tsv``; gzipped or not) or Parquet.
+_TABLE_FILE = re.compile(r"(?P<stem>[^.]+)(?:\.(?P<csv>csv|tsv)(?:\.gz)?|(?:\.snappy)?\.parquet)", re.IGNORECASE)
+_NUMBERED_PART = re.compile(r"(?P<table>[a-z_]+?)[_.-]?(?:part[_-]?)?\d+")
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_RENAMED_TWIN = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)_\d+")
 
 
 @dataclass
@@ -140,36 +148,95 @@ def _literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def _discover(batch: Path) -> tuple[str, dict[str, Path]]:
-    """("duckdb", {"": file}), ("postgres", {"": marker}) or ("files", {table: file}); refuses an empty or
-    ambiguous batch."""
+def _refuse_links(entries: list[Path]) -> None:
+    """A batch holds its own files: a symbolic link (perhaps to a file outside it) is refused, not followed."""
+    for path in entries:
+        if path.is_symlink():
+            raise CdmRefused(f"{path.name}: a symbolic link; a batch holds its own files, so it is not followed")
+
+
+def _table_file(path: Path) -> tuple[str, bool] | None:
+    """(lower-cased name, whether CSV) of a table file (``person.csv``, ``PERSON.tsv.gz``, ``person.parquet``)."""
+    found = _TABLE_FILE.fullmatch(path.name)
+    return None if found is None else (found.group("stem").lower(), found.group("csv") is not None)
+
+
+def _table_of(path: Path) -> tuple[str, bool] | None:
+    """(the used CDM table a batch entry holds, whether it is the whole table), or None: ``<table>.<ext>`` and a
+    ``<table>/`` folder of parts are whole, numbered parts (``<table>_1.csv``, ``<table>-002.parquet``) are not."""
+    if path.is_dir():
+        return (path.name.lower(), True) if path.name.lower() in USED_TABLES else None
+    found = _table_file(path)
+    if found is None:
+        return None
+    if found[0] in USED_TABLES:
+        return found[0], True
+    part = _NUMBERED_PART.fullmatch(found[0])
+    return (part.group("table"), False) if part is not None and part.group("table") in USED_TABLES else None
+
+
+def _folder_parts(folder: Path) -> list[Path]:
+    """The CSV or Parquet files of a ``<table>/`` folder (markers such as ``_SUCCESS`` and hidden files aside)."""
+    inside = [p for p in sorted(folder.iterdir()) if not p.name.startswith((".", "_"))]
+    _refuse_links(inside)
+    parts = [p for p in inside if p.is_file() and _table_file(p) is not None]
+    if len(parts) != len(inside):
+        raise CdmRefused(f"{folder.name}/: a table folder holds only its CSV or Parquet parts (one level)")
+    return parts
+
+
+def _table_parts(entries: list[Path]) -> dict[str, list[Path]]:
+    """The files of each CDM table the pipeline reads (one format per table). Other files (a README, the
+    vocabulary tables not used) are never opened."""
+    found: dict[str, list[tuple[Path, bool]]] = {}
+    for path in entries:
+        table = _table_of(path)
+        if table is not None:
+            found.setdefault(table[0], []).append((path, table[1]))
+    tables = {}
+    for table, sources in found.items():
+        if len(sources) > 1 and any(whole for _, whole in sources):
+            names = ", ".join(p.name for p, _ in sources)
+            raise CdmRefused(f"{sources[0][0].name}: table {table} is given more than once ({names})")
+        files = [f for p, _ in sources for f in (_folder_parts(p) if p.is_dir() else [p])]
+        if len({_table_file(f)[1] for f in files}) > 1:
+            raise CdmRefused(f"{sources[0][0].name}: the parts of table {table} mix CSV and Parquet files")
+        if files:
+            tables[table] = files
+    return tables
+
+
+def _discover(batch: Path) -> tuple[str, dict[str, list[Path]]]:
+    """("duckdb", {"": [file]}), ("postgres", {"": [marker]}) or ("files", {table: its files}); refuses an empty
+    or ambiguous batch."""
     batch = Path(batch)
     if batch.is_file():
-        files = [batch]
+        entries = [batch]
     elif batch.is_dir():
-        files = sorted(p for p in batch.iterdir() if p.is_file() and not p.name.startswith("."))
+        entries = sorted(p for p in batch.iterdir() if not p.name.startswith("."))
+        _refuse_links(entries)
     else:
         raise CdmRefused(f"{batch.name}: no such CDM batch")
+    files = [p for p in entries if p.is_file()]
     dbs = [p for p in files if p.suffix.lower() in (".duckdb", ".db")]
     markers = [p for p in files if p.name.lower() == pgsource.MARKER]
     if markers:
-        if dbs or any(p.suffix.lower() in (".csv", ".parquet") for p in files):
+        if dbs or any(_table_file(p) is not None for p in files):
             raise CdmRefused(f"{markers[0].name}: a PostgreSQL batch holds no CDM file besides its marker")
-        return "postgres", {"": markers[0]}
+        return "postgres", {"": markers[:1]}
     if len(dbs) > 1:
         raise CdmRefused(f"{batch.name}: more than one DuckDB file; a batch holds one")
     if dbs:
-        return "duckdb", {"": dbs[0]}
-    tables: dict[str, Path] = {}
-    for path in files:
-        if path.suffix.lower() not in (".csv", ".parquet"):
-            continue
-        name = path.stem.lower()
-        if name in tables:
-            raise CdmRefused(f"{path.name}: table {name} is given twice ({tables[name].name} too)")
-        tables[name] = path
+        tables = [p.name for p in entries if _table_of(p) is not None]
+        if tables:
+            raise CdmRefused(
+                f"{dbs[0].name}: beside table files ({', '.join(tables[:3])}); a batch holds a DuckDB file or table "
+                "files, and which one is the CDM is not knowable"
+            )
+        return "duckdb", {"": dbs}
+    tables = _table_parts(entries)
     if not tables:
-        raise CdmRefused(f"{batch.name}: no DuckDB, CSV or Parquet file")
+        raise CdmRefused(f"{batch.name}: no DuckDB file, and no CSV or Parquet file named by a CDM table")
     return "files", tables
 
 
@@ -199,37 +266,78 @@ def _pg_snapshot(marker: Path, snapshot: Path, scratch: Path) -> Path:
     return snapshot
 
 
-def _attach_sources(con: duckdb.DuckDBPyConnection, kind: str, found: dict[str, Path]) -> dict[str, str]:
-    """Create ``raw_<table>`` views over the batch's files; returns table -> file name."""
+def _duckdb_schemas(con: duckdb.DuckDBPyConnection, path: Path) -> dict[str, tuple[str, str]]:
+    """Used table -> (schema, table name) in the attached DuckDB file ``src``. The CDM is the schema holding
+    ``person`` (``main``, or ``cdm`` as many extracts name it); a table it lacks (the vocabulary, often in a schema
+    of its own) is taken from the one other schema holding it. Two schemas holding ``person``, or a table
+    missing from the CDM's schema and held by two others, is refused: which is meant is not knowable here."""
+    held: dict[str, dict[str, str]] = {}
+    for schema, table in con.execute(
+        "SELECT schema_name, table_name FROM duckdb_tables() WHERE database_name = 'src' "
+        "UNION ALL SELECT schema_name, view_name FROM duckdb_views() WHERE database_name = 'src' ORDER BY 1, 2"
+    ).fetchall():
+        if table.lower() in USED_TABLES:
+            held.setdefault(table.lower(), {}).setdefault(schema, table)
+    persons = sorted(held.get("person", {}))
+    if len(persons) > 1:
+        raise CdmRefused(
+            f"{path.name}: schemas {', '.join(persons)} each hold a person table; a batch holds one CDM "
+            "(keep one of them, or land each as its own batch)"
+        )
+    chosen = {}
+    for table, schemas in held.items():
+        if persons and persons[0] in schemas:
+            schema = persons[0]
+        elif len(schemas) == 1:
+            [schema] = schemas
+        else:
+            raise CdmRefused(
+                f"{path.name}: table {table} is in schemas {', '.join(sorted(schemas))} and not beside person; "
+                "which one is meant is not knowable"
+            )
+        chosen[table] = (schema, schemas[schema])
+    return chosen
+
+
+def _attach_sources(con: duckdb.DuckDBPyConnection, kind: str, found: dict[str, list[Path]]) -> dict[str, str]:
+    """Create ``raw_<table>`` views over the batch's files; returns table -> where it is (for messages)."""
     files: dict[str, str] = {}
     if kind == "duckdb":
-        path = found[""]
-        con.execute(f"ATTACH {_literal(str(path))} AS src (READ_ONLY)")
-        rows = con.execute(
-            "SELECT * FROM (SELECT schema_name, table_name FROM duckdb_tables() WHERE database_name = 'src' "
-            "UNION ALL SELECT schema_name, view_name FROM duckdb_views() WHERE database_name = 'src') "
-            "ORDER BY schema_name <> 'main', schema_name, table_name"
-        ).fetchall()
-        for schema, table in rows:
-            name = table.lower()
-            if name in files:
-                continue  # the main schema wins over others; a same-named twin elsewhere is not the CDM
-            con.execute(f"CREATE VIEW {_quote('raw_' + name)} AS SELECT * FROM src.{_quote(schema)}.{_quote(table)}")
-            files[name] = f"{path.name}:{table}"
+        [path] = found[""]
+        try:  # TYPE duckdb: a SQLite file (or any other) is not handed to an extension DuckDB would download
+            con.execute(f"ATTACH {_literal(str(path))} AS src (TYPE duckdb, READ_ONLY)")
+        except duckdb.Error as exc:
+            raise CdmRefused(f"{path.name}: not a readable DuckDB database ({type(exc).__name__})") from None
+        for name, (schema, table) in _duckdb_schemas(con, path).items():
+            files[name] = f"{path.name}:{'' if schema == 'main' else schema + '.'}{table}"
+            try:  # a view of the file may name a table that is gone
+                con.execute(
+                    f"CREATE VIEW {_quote('raw_' + name)} AS SELECT * FROM src.{_quote(schema)}.{_quote(table)}"
+                )
+            except duckdb.Error as exc:
+                raise CdmRefused(f"{files[name]}: not readable as a table ({type(exc).__name__})") from None
         return files
-    for name, path in found.items():
-        if path.stat().st_size == 0:
-            continue  # an empty file is an absent table (noted by the caller when it matters)
-        if path.suffix.lower() == ".parquet":
-            _check_parquet(path)
-            src = f"read_parquet({_literal(str(path))})"
+    for name, paths in found.items():
+        paths = [p for p in paths if p.stat().st_size > 0]  # an empty file is no rows (an absent table if all are)
+        if not paths:
+            continue
+        shown = paths[0].name if len(paths) == 1 else f"{paths[0].parent.name}/{paths[0].name} (+{len(paths) - 1})"
+        listed = "[" + ", ".join(_literal(str(p)) for p in paths) + "]"
+        if _table_file(paths[0])[1]:
+            # Lines of the wrong shape are set aside in _rejects_<table> (_type_table refuses them), not guessed at.
+            src = (
+                f"read_csv({listed}, header = true, all_varchar = true, store_rejects = true, "
+                f"rejects_table = {_literal('_rejects_' + name)}, rejects_scan = {_literal('_rejscan_' + name)})"
+            )
         else:
-            src = f"read_csv({_literal(str(path))}, header = true, all_varchar = true)"
+            for path in paths:
+                _check_parquet(path)
+            src = f"read_parquet({listed}, union_by_name = true)"
         try:
             con.execute(f"CREATE VIEW {_quote('raw_' + name)} AS SELECT * FROM {src}")
         except duckdb.Error as exc:
-            raise CdmRefused(f"{path.name}: not readable as a table ({type(exc).__name__})") from None
-        files[name] = path.name
+            raise CdmRefused(f"{shown}: not readable as a table ({type(exc).__name__})") from None
+        files[name] = shown
     return files
 
 
@@ -280,11 +388,16 @@ def _typed_expr(src: str, dtype: str, kind: str) -> tuple[str, str | None]:
     elif kind == "date":
         if dtype == "DATE":
             return src, None
-        expr = (
-            f"coalesce(TRY_CAST(trim({src}) AS DATE), CAST(TRY_CAST(trim({src}) AS TIMESTAMP) AS DATE))"
-            if text
-            else f"TRY_CAST({src} AS DATE)"
-        )
+        # ISO dates, dates with a time, and YYYYMMDD (text or a number, as some ETL tools write them)
+        if text:
+            expr = (
+                f"coalesce(TRY_CAST(trim({src}) AS DATE), CAST(TRY_CAST(trim({src}) AS TIMESTAMP) AS DATE), "
+                f"CAST(try_strptime(trim({src}), '%Y%m%d') AS DATE))"
+            )
+        elif dtype.startswith(INT_TYPES):
+            expr = f"CAST(try_strptime(CAST({src} AS VARCHAR), '%Y%m%d') AS DATE)"
+        else:
+            expr = f"TRY_CAST({src} AS DATE)"
     elif kind == "timestamp":
         expr = f"TRY_CAST({'trim(' + src + ')' if text else src} AS TIMESTAMP)"
     elif kind == "number":
@@ -311,7 +424,9 @@ def _type_table(cdm: Cdm, table: str, csv: bool) -> list[str]:
         con.execute(f"CREATE VIEW {_quote(raw + '_h')} AS SELECT {select} WHERE false")
         raw, cols = raw + "_h", [(n, "VARCHAR") for n in names]
     lowered = [c.lower() for c, _ in cols]
-    if len(set(lowered)) != len(lowered):
+    # DuckDB's CSV reader renames a repeated header name (in any case) to <name>_<n>
+    renamed = csv and any((m := _RENAMED_TWIN.fullmatch(c)) and m.group(1) in lowered for c in lowered)
+    if len(set(lowered)) != len(lowered) or renamed:
         raise CdmRefused(f"{cdm.files[table]}: two columns share a name when case is ignored")
     if any(c != c.lower() for c, _ in cols):
         cdm.note(f"{table}.upper_case", 1, f"{table}: column names not in lower case (lower-cased)")
@@ -340,6 +455,8 @@ def _type_table(cdm: Cdm, table: str, csv: bool) -> list[str]:
                 f"{table}.{target}: {{n}} value(s) of the wrong type (dropped from that column)",
             )
     total = _fetch(cdm, table, f"SELECT count(*) FROM {_quote(raw)}")[0]
+    if csv:
+        _refuse_malformed_lines(cdm, table)
     if total == 0 and header is None:
         cdm.note(f"{table}.header_only", 1, f"{table}: header only (no rows)")
     renamed = sum(t != n for t, n in zip(targets, lowered, strict=True))
@@ -347,15 +464,37 @@ def _type_table(cdm: Cdm, table: str, csv: bool) -> list[str]:
     return targets
 
 
+def _refuse_malformed_lines(cdm: Cdm, table: str) -> None:
+    """Refuse a CSV table with lines DuckDB set aside (too many or too few fields, an unclosed quote), naming the
+    first by its number and kind, never its content: a line of the wrong shape may shift an id or a date into
+    another column, and where the fields belong is not knowable here."""
+    rejects = "_rejects_" + table
+    if not cdm.con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = ?", [rejects]).fetchone()[0]:
+        return  # never scanned (a header-only table)
+    n, first, kinds = cdm.con.execute(
+        "SELECT count(*), min(line), string_agg(DISTINCT lower(error_type), ', ' ORDER BY lower(error_type)) "
+        f"FROM (SELECT DISTINCT s.file_path, e.line, e.error_type FROM {_quote(rejects)} e "
+        f"JOIN {_quote('_rejscan_' + table)} s USING (scan_id, file_id))"
+    ).fetchone()
+    if n:
+        raise CdmRefused(
+            f"{cdm.files[table]}: {n} malformed line(s) ({kinds}), the first at line {first}; refused, since a "
+            "field out of place would misplace an id or a date"
+        )
+
+
 def _fetch(cdm: Cdm, table: str, sql: str) -> tuple:
+    """The one row of ``sql``, read to its end (so a CSV scan's set-aside lines are stored when it returns)."""
     try:
-        return cdm.con.execute(sql).fetchone()
+        return cdm.con.execute(sql).fetchall()[0]
     except duckdb.Error as exc:  # a malformed CSV line, an unreadable page: name the file, not the content
         raise CdmRefused(f"{cdm.files[table]}: could not be read ({type(exc).__name__})") from None
 
 
 def _require(cdm: Cdm, table: str, columns: list[str], needed: tuple[str, ...]) -> None:
     missing = [c for c in needed if c not in columns]
+    if missing and not any(_IDENTIFIER.fullmatch(c) for c in columns):  # its names would be values: not shown
+        raise CdmRefused(f"{cdm.files[table]}: its first line holds no column names (a file without a header line?)")
     if missing:
         raise CdmRefused(f"{cdm.files[table]}: table {table} lacks column(s) {', '.join(missing)}")
 
@@ -365,13 +504,16 @@ def _or_null(columns: list[str], name: str, sql_type: str) -> str:
 
 
 def _build_person(cdm: Cdm, columns: list[str], death_columns: list[str]) -> None:
-    """``person``: first row per id kept, persons born in the future or with no birth year refused."""
+    """``person``: first row per id kept, persons with no birth year, born before :data:`MIN_BIRTH_YEAR` or in
+    the future refused."""
     _require(cdm, "person", columns, ("person_id", "year_of_birth"))
     month = _or_null(columns, "month_of_birth", "BIGINT")
     day = _or_null(columns, "day_of_birth", "BIGINT")
+    plausible = f"year_of_birth BETWEEN {MIN_BIRTH_YEAR} AND 9999"
     made = (
-        f"make_date(CAST(year_of_birth AS INTEGER), CASE WHEN {month} BETWEEN 1 AND 12 THEN CAST({month} AS INTEGER)"
-        f" ELSE 1 END, CASE WHEN {day} BETWEEN 1 AND 28 THEN CAST({day} AS INTEGER) ELSE 1 END)"
+        f"make_date(CAST(CASE WHEN {plausible} THEN year_of_birth END AS INTEGER), CASE WHEN {month} BETWEEN 1 AND 12 "
+        f"THEN CAST({month} AS INTEGER) ELSE 1 END, CASE WHEN {day} BETWEEN 1 AND 28 THEN CAST({day} AS INTEGER) "
+        "ELSE 1 END)"
     )
     birth = f"coalesce(CAST({_or_null(columns, 'birth_datetime', 'TIMESTAMP')} AS DATE), {made})"
     today = f"DATE {_literal(cdm.today.isoformat())}"
@@ -387,23 +529,32 @@ def _build_person(cdm: Cdm, columns: list[str], death_columns: list[str]) -> Non
         f"CREATE TABLE person AS SELECT p.person_id, {_or_null(columns, 'gender_concept_id', 'BIGINT')} "
         f"AS gender_concept_id, year_of_birth, {birth} AS birth_date, d.death_date "
         f"FROM person_ranked p LEFT JOIN ({deaths}) d USING (person_id) "
-        f"WHERE _k = 1 AND year_of_birth IS NOT NULL AND year_of_birth <= year({today}) AND {birth} <= {today}"
+        f"WHERE _k = 1 AND {plausible} AND year_of_birth <= year({today}) AND {birth} <= {today}"
     )
-    null_ids, dups, kept_firsts = con.execute(
-        "SELECT (SELECT count(*) FROM typed_person WHERE person_id IS NULL), "
-        "count(*) FILTER (WHERE _k > 1), count(*) FILTER (WHERE _k = 1) FROM person_ranked"
+    null_ids, dups, kept_firsts, ancient = con.execute(
+        "SELECT (SELECT count(*) FROM typed_person WHERE person_id IS NULL), count(*) FILTER (WHERE _k > 1), "
+        f"count(*) FILTER (WHERE _k = 1), count(*) FILTER (WHERE _k = 1 AND year_of_birth < {MIN_BIRTH_YEAR}) "
+        "FROM person_ranked"
     ).fetchone()
     kept = con.execute("SELECT count(*) FROM person").fetchone()[0]
     cdm.note("person.no_id", null_ids, "person: {n} row(s) without a usable person_id (dropped)")
     cdm.note("person.duplicate_id", dups, "person: {n} repeated person_id row(s) (the first kept)")
     cdm.note(
         "person.refused_birth",
-        kept_firsts - kept,
+        kept_firsts - kept - ancient,
         "person: {n} person(s) with no birth year or born in the future (refused)",
+    )
+    cdm.note(
+        "person.born_before_floor",
+        ancient,
+        f"person: {{n}} person(s) born before {MIN_BIRTH_YEAR}, OHDSI's data-quality floor (refused)",
     )
     cdm.counts["person.persons"] = kept
     if kept == 0:
-        raise CdmRefused(f"{cdm.files['person']}: no usable person rows")
+        raise CdmRefused(
+            f"{cdm.files['person']}: no usable person rows (of {null_ids + kept_firsts + dups}: {null_ids} without a "
+            f"usable person_id, {kept_firsts} with no birth year, born before {MIN_BIRTH_YEAR} or in the future)"
+        )
     if cdm.has("death"):
         bad = con.execute("SELECT count(*) FROM person WHERE death_date < birth_date").fetchone()[0]
         con.execute("UPDATE person SET death_date = NULL WHERE death_date < birth_date")
@@ -461,7 +612,13 @@ def _build_observation_period(cdm: Cdm, columns: list[str]) -> None:
         "observation_period: {n} overlapping period(s) merged into the one they overlap",
     )
     if kept == 0:
-        raise CdmRefused(f"{cdm.files['observation_period']}: no usable observation_period rows")
+        dates = ("observation_period_start_date", "observation_period_end_date")
+        unread = sum(cdm.counts.get(f"observation_period.{c}.not_converted", 0) for c in dates)
+        forms = f"; {unread} date(s) in no form read here: ISO, with or without a time, or YYYYMMDD" if unread else ""
+        raise CdmRefused(
+            f"{cdm.files['observation_period']}: no usable observation_period rows (of {total}: {orphans} of persons "
+            f"not in person, {total - orphans} without dates or ending before they start{forms})"
+        )
 
 
 # Why an event row is not used (``dropped`` in ``_all_<domain>``), with its note.
@@ -547,6 +704,31 @@ def _build_events(cdm: Cdm, name: str, dom: EventDomain, columns: list[str]) -> 
     cdm.note(f"{name}.concept_zero", found[-1], f"{t}: {{n}} event(s) with concept 0 (unmapped)")
 
 
+def _cycle_of_direct_links(con: duckdb.DuckDBPyConnection) -> tuple[int, int] | None:
+    """Two concepts on a cycle of the direct links (``min_levels_of_separation = 1``), or None. The links into a
+    concept with no parent left, or out of one with no child left, are on no cycle: DuckDB drops them round by
+    round (a vocabulary's tens of millions of rows are gone in as many rounds as its hierarchy is deep) and only
+    what remains, a cycle or a hierarchy deeper than the rounds allowed, is sorted in Python."""
+    con.execute(
+        "CREATE OR REPLACE TEMP TABLE _links AS SELECT DISTINCT ancestor_concept_id AS a, descendant_concept_id AS d "
+        "FROM typed_concept_ancestor WHERE min_levels_of_separation = 1 "
+        "AND ancestor_concept_id <> descendant_concept_id"  # no null passes <> (NOT IN over one would keep all)
+    )
+    for _ in range(PEEL_ROUNDS):
+        dropped = con.execute(
+            "DELETE FROM _links WHERE a NOT IN (SELECT d FROM _links) OR d NOT IN (SELECT a FROM _links)"
+        ).fetchall()[0][0]
+        if not dropped:
+            break
+    edges = con.execute("SELECT d, list(a) FROM _links GROUP BY d").fetchall()
+    con.execute("DROP TABLE _links")
+    try:
+        graphlib.TopologicalSorter(dict(edges)).prepare()
+    except graphlib.CycleError as exc:
+        return exc.args[1][0], exc.args[1][1]
+    return None
+
+
 def _check_ancestor(cdm: Cdm, columns: list[str]) -> None:
     """Refuse a concept hierarchy with a cycle: descendants of a concept on it are not defined."""
     _require(cdm, "concept_ancestor", columns, ("ancestor_concept_id", "descendant_concept_id"))
@@ -558,14 +740,7 @@ def _check_ancestor(cdm: Cdm, columns: list[str]) -> None:
         "ORDER BY 1, 2 LIMIT 1"
     ).fetchone()
     if pair is None and "min_levels_of_separation" in columns:
-        edges = con.execute(
-            "SELECT descendant_concept_id, list(ancestor_concept_id) FROM typed_concept_ancestor "
-            "WHERE min_levels_of_separation = 1 AND ancestor_concept_id <> descendant_concept_id GROUP BY 1"
-        ).fetchall()
-        try:
-            graphlib.TopologicalSorter(dict(edges)).prepare()
-        except graphlib.CycleError as exc:
-            pair = (exc.args[1][0], exc.args[1][1])
+        pair = _cycle_of_direct_links(con)
     if pair is not None:
         raise CdmRefused(
             f"{cdm.files['concept_ancestor']}: concept_ancestor has a cycle (concepts {pair[0]} and {pair[1]} are "
@@ -609,12 +784,16 @@ def open_cdm(
         Path(temp_dir).mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix="omop-cdm-", dir=temp_dir))
     if kind == "postgres":
-        kind, found = "duckdb", {"": _pg_snapshot(found[""], snapshot or scratch / "pgsource.duckdb", scratch)}
+        kind, found = "duckdb", {"": [_pg_snapshot(found[""][0], snapshot or scratch / "pgsource.duckdb", scratch)]}
     # A file, not an in-memory database: in memory the typed events stay resident up to ``memory_limit`` (the
     # opening was a third faster at 10M events, but the process held 300 MB more).
-    con = duckdb.connect(str(scratch / "work.duckdb"), config={"temp_directory": str(scratch / "spill")})
+    con = duckdb.connect(
+        str(scratch / "work.duckdb"),
+        config={"temp_directory": str(scratch / "spill"), "autoinstall_known_extensions": False},
+    )
     if memory_limit:
         con.execute(f"SET memory_limit = {_literal(memory_limit)}")
+    con.execute("SET TimeZone = 'UTC'")  # a timestamp with a zone gives the same date on any machine
     try:
         files = _attach_sources(con, kind, found)
         cdm = Cdm(con, batch, "unknown", today or date.today(), files, frozenset(), scratch=scratch)
@@ -622,7 +801,8 @@ def open_cdm(
             if table not in files:
                 raise CdmRefused(f"{batch.name}: no {table} table (or its file is empty)")
         used = sorted(t for t in files if t in USED_TABLES)
-        typed = {t: _type_table(cdm, t, csv=files[t].lower().endswith(".csv")) for t in used}
+        csv = {t for t, paths in found.items() if kind == "files" and _table_file(paths[0])[1]}
+        typed = {t: _type_table(cdm, t, csv=t in csv) for t in used}
         cdm.version = _detect_version(cdm, typed)
         _build_person(cdm, typed["person"], typed.get("death", []))
         # "The first row of a repeated person_id" needed the file's order; nothing after does, and keeping

@@ -148,7 +148,7 @@ class OmopModality(Modality):
     def descriptions(self, spec: TaskSpec) -> Descriptions:
         outcome = task_outcome(spec).name
         return Descriptions(
-            raw_records="new landed OMOP CDM batches (one DuckDB file, or one CSV/Parquet file per table): the "
+            raw_records="new landed OMOP CDM batches (one DuckDB file, or CSV/Parquet files named by their tables): the "
             f"study population of {outcome!r}, one row per person; untidy data repaired and counted, a CDM that "
             "would corrupt the cohort quarantined with its reason.",
             validated_records="persons of every batch that passed the checks (one row per person, 0/1 outcome, "
@@ -193,6 +193,11 @@ class OmopModality(Modality):
         )
         counts = held.group_by("covariate_id").len().filter(pl.col("len") >= MIN_PERSONS)
         ids = sorted(counts["covariate_id"].to_list())
+        if not ids:
+            raise ValueError(
+                f"{spec.name}: no covariate is held by {MIN_PERSONS} or more of the {train.height} training persons; "
+                "nothing to learn from (a larger cohort, or more covariate domains)"
+            )
         refs = pl.concat([pl.read_parquet(cache_dir / b / "covariate_ref.parquet") for b in studies]).unique(
             "covariate_id", keep="first"
         )

@@ -9,20 +9,21 @@ Matches the ``cohort:``/``outcomes:``/``time_at_risk:``/``covariates:`` part of 
       exclude_prior_outcome: true   # drop persons with any outcome event before the time at risk starts
     outcomes:
       - {name: gi_bleed, domain: condition, concepts: [192671], descendants: true}
-    time_at_risk: {start: 1, end: 365, min_days: 364}   # days from index, both ends included
+    time_at_risk: {start: 1, end: 365, min_days: 364}   # days from index, both ends included; start >= 0
 
 Semantics follow OHDSI PatientLevelPrediction's ``createStudyPopulation`` (see :mod:`.cohort`).
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from meddiag_pipelines.omop.cdm import DOMAINS
 
 Domain = Literal[tuple(DOMAINS)]  # type: ignore[valid-type]
+ConceptId = Annotated[int, Field(ge=0, lt=2**63)]  # a CDM concept id is a (BIG)INT
 
 
 class _Strict(BaseModel):
@@ -34,7 +35,7 @@ class ConceptSet(_Strict):
     in ``concept_ancestor``)."""
 
     domain: Domain
-    concepts: list[int] = Field(min_length=1)
+    concepts: list[ConceptId] = Field(min_length=1)
     descendants: bool = False
 
 
@@ -71,6 +72,11 @@ class TimeAtRisk(_Strict):
 
     @model_validator(mode="after")
     def _ordered(self) -> TimeAtRisk:
+        if self.start < 0:
+            raise ValueError(
+                "time_at_risk.start is before index: the outcome would be read from days the covariates also "
+                "read (start at 0, the index day, or later)"
+            )
         if self.end < self.start:
             raise ValueError("time_at_risk.end is before time_at_risk.start")
         if self.min_days > self.end - self.start + 1:
@@ -95,6 +101,12 @@ class CovariateSettings(_Strict):
         if any(w is not None and w < 1 for w in windows) or len(set(windows)) != len(windows):
             raise ValueError("covariate windows are distinct positive day counts (or null for any time prior)")
         return windows
+
+    @model_validator(mode="after")
+    def _something(self) -> CovariateSettings:
+        if not self.domains and not self.demographics:
+            raise ValueError("covariates: no domain and no demographics leave nothing to learn from")
+        return self
 
 
 class StudySpec(_Strict):
