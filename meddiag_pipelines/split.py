@@ -219,13 +219,16 @@ def duplicate_contents(frame: pl.DataFrame, spec: TaskSpec, content_key: str) ->
     }
 
 
-def check_split(frame: pl.DataFrame, spec: TaskSpec) -> dict[str, dict[str, int]]:
+def check_split(frame: pl.DataFrame, spec: TaskSpec, predefined: str | None = None) -> dict[str, dict[str, int]]:
     """Counts per split and class; every split must hold every class it needs to be learnt and judged.
     Multi-label tasks (``image.multi_label``): positives per finding, and only training must hold a positive of
-    every finding (a finding absent from val / test is left out of the macro figures by the evaluator)."""
+    every finding (a finding absent from val / test is left out of the macro figures by the evaluator).
+    ``predefined``: the column holding the data's own split (as for :func:`assign_split`); the error's advice
+    names it where the rows keep that split, which no split fraction changes."""
     labelled = frame.filter(pl.col(SPLIT_COLUMN) != "score")
+    own = _own_split_rows(labelled, predefined)
     if spec.image is not None and spec.image.multi_label:
-        return _check_multilabel_split(labelled, spec)
+        return _check_multilabel_split(labelled, spec, predefined, own)
     counts = labelled.group_by(SPLIT_COLUMN, spec.label).len()
     table: dict[str, dict[str, int]] = {s: {} for s in SPLITS}
     for split, label, n in counts.iter_rows():
@@ -241,13 +244,40 @@ def check_split(frame: pl.DataFrame, spec: TaskSpec) -> dict[str, dict[str, int]
         # Multi-class val/test may lack a rare class; training may not, nor any split of a binary task.
         needed = missing if spec.is_binary or split == "train" else []
         if needed:
-            raise SplitError(
-                f"task {spec.name}: the {split} split has no rows of class {needed}; add data or change split fractions"
-            )
+            lacks = f"no rows of class {needed}" if table[split] else "no labelled rows"
+            raise SplitError(_short_split(spec, split, lacks, predefined, own, labelled.height))
     return table
 
 
-def _check_multilabel_split(labelled: pl.DataFrame, spec: TaskSpec) -> dict[str, dict[str, int]]:
+def _own_split_rows(labelled: pl.DataFrame, predefined: str | None) -> int:
+    """How many labelled rows keep the data's own split (column ``predefined``)."""
+    if not predefined or predefined not in labelled.columns:
+        return 0
+    return int(labelled[predefined].is_in(list(SPLITS)).sum())
+
+
+def _short_split(spec: TaskSpec, split: str, lacks: str, predefined: str | None, own: int, labelled: int) -> str:
+    """The split error of a split that ``lacks`` something, with the advice that fits where its rows come from:
+    the spec's split fractions, or the data's own split (an npz's train_ / val_ / test_ arrays), which they do not
+    change."""
+    if not own:
+        return f"task {spec.name}: the {split} split has {lacks}; add data or change split fractions"
+    if own == labelled:
+        return (
+            f"task {spec.name}: the data's own {split} split (column {predefined!r}, which every labelled row "
+            f"keeps) has {lacks}; add such rows to the data's {split} split (an npz's {split}_images / {split}_labels): "
+            "the spec's split fractions do not apply to a split the data brings"
+        )
+    return (
+        f"task {spec.name}: the {split} split has {lacks}; {own} of the {labelled} labelled rows keep the data's "
+        f"own split (column {predefined!r}), which the spec's split fractions do not change: add data, to the "
+        f"data's own {split} split or to the rows without one, or change split fractions"
+    )
+
+
+def _check_multilabel_split(
+    labelled: pl.DataFrame, spec: TaskSpec, predefined: str | None, own: int
+) -> dict[str, dict[str, int]]:
     """Per split: ``n`` labelled rows and the positives of each finding (labels are '|'-joined finding indices,
     '' = no finding)."""
     indices = (
@@ -267,11 +297,9 @@ def _check_multilabel_split(labelled: pl.DataFrame, spec: TaskSpec) -> dict[str,
         table[split][names[int(finding)]] = n
     missing = [n for n in names if table["train"][n] == 0]
     if missing:
-        raise SplitError(
-            f"task {spec.name}: the train split has no positive of finding {missing}; add data or change split fractions"
-        )
-    if table["val"]["n"] == 0 or table["test"]["n"] == 0:
-        raise SplitError(
-            f"task {spec.name}: the val and test splits need labelled rows; add data or change split fractions"
-        )
+        lacks = f"no positive of finding {missing}"
+        raise SplitError(_short_split(spec, "train", lacks, predefined, own, labelled.height))
+    for split in ("val", "test"):
+        if table[split]["n"] == 0:
+            raise SplitError(_short_split(spec, split, "no labelled rows", predefined, own, labelled.height))
     return table

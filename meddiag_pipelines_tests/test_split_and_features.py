@@ -39,6 +39,45 @@ def test_split_without_a_class_fails_clearly(synthetic_spec):
         check_split(assign_split(frame, synthetic_spec), synthetic_spec)
 
 
+def _own_split(labels: dict[str, list[str]]) -> pl.DataFrame:
+    """Rows keeping the data's own split (as an npz's train_ / val_ / test_ arrays give it): ``labels`` per split."""
+    rows = [(split, label) for split, values in labels.items() for label in values]
+    return pl.DataFrame(
+        {
+            "rid": [f"r{i}" for i in range(len(rows))],
+            "outcome": [label for _, label in rows],
+            "predefined_split": [split for split, _ in rows],
+            SPLIT_COLUMN: [split for split, _ in rows],
+        }
+    )
+
+
+def test_a_split_the_data_brings_is_not_fixed_by_split_fractions(synthetic_spec):
+    no_yes_in_test = _own_split({"train": ["no", "yes"], "val": ["no", "yes"], "test": ["no", "no"]})
+    with pytest.raises(SplitError, match=r"the test split has no rows of class \['yes'\]; add data or change split"):
+        check_split(no_yes_in_test, synthetic_spec)  # a hash split: the fractions are the advice
+    own = (
+        r"task synthetic_risk: the data's own test split \(column 'predefined_split', which every labelled row keeps\) "
+        r"has no rows of class \['yes'\]; add such rows to the data's test split \(an npz's test_images / "
+        r"test_labels\): the spec's split fractions do not apply to a split the data brings$"
+    )
+    with pytest.raises(SplitError, match=own):
+        check_split(no_yes_in_test, synthetic_spec, "predefined_split")
+    no_val = _own_split({"train": ["no", "yes"], "test": ["no", "yes"]})
+    with pytest.raises(SplitError, match=r"the data's own val split \(.*\) has no labelled rows; .* npz's val_images"):
+        check_split(no_val, synthetic_spec, "predefined_split")
+    # a folder batch beside the npz: some rows take the hash split, which the fractions do change
+    mixed = no_yes_in_test.with_columns(
+        pl.when(pl.col("rid") == "r0").then(None).otherwise(pl.col("predefined_split")).alias("predefined_split")
+    )
+    with pytest.raises(
+        SplitError, match=r"has no rows of class \['yes'\]; 5 of the 6 labelled rows keep the data's own"
+    ):
+        check_split(mixed, synthetic_spec, "predefined_split")
+    complete = _own_split({"train": ["no", "yes"], "val": ["no", "yes"], "test": ["no", "yes"]})
+    assert check_split(complete, synthetic_spec, "predefined_split")["test"] == {"no": 1, "yes": 1}
+
+
 def test_features_are_fitted_on_training_rows_only(synthetic_spec):
     train = pl.DataFrame(
         {

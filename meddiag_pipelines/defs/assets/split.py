@@ -59,7 +59,7 @@ def build_split_asset(
         if finish is not None:
             frame, extra = finish(frame)
             metadata = {**metadata, **extra}
-        table = check_split(frame, spec)
+        table = check_split(frame, spec, predefined)
         rows = [{"split": s, **{str(k): v for k, v in sorted(table[s].items())}} for s in SPLITS]
         counts = {f"n_{s}": int(frame.filter(pl.col(SPLIT_COLUMN) == s).height) for s in (*SPLITS, "score")}
         yield dg.Output(frame, metadata={**counts, **metadata, "by_class": dg.MetadataValue.md(markdown_table(rows))})
