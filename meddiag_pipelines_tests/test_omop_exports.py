@@ -5,6 +5,8 @@ or one outcome class only, says so. The data are SYNTHETIC (omop_data)."""
 from __future__ import annotations
 
 import gzip
+import html
+import json
 import os
 import sqlite3
 from collections.abc import Callable
@@ -308,6 +310,11 @@ def test_one_outcome_class_is_a_split_error(tmp_path: Path) -> None:
     check_split(frame.with_columns(pl.lit("1").alias(spec.label)).vstack(frame), spec)
 
 
+def _comparison(data: Path, spec: str) -> dict[str, dict]:
+    """The entries of ``reports/<spec>/outcomes.json`` by outcome."""
+    return {e["outcome"]: e for e in json.loads((data / "reports" / spec / "outcomes.json").read_text())["outcomes"]}
+
+
 @pytest.mark.slow
 def test_meddiag_update_on_a_cdm_schema_with_an_outcome_never_seen(tmp_path: Path) -> None:
     """Through the command line: a DuckDB extract with its tables in a ``cdm`` schema, a spec of two outcomes of
@@ -329,12 +336,8 @@ def test_meddiag_update_on_a_cdm_schema_with_an_outcome_never_seen(tmp_path: Pat
         "promotion": {"auroc_floor": 0.5, "slope_band": [0.05, 20.0]},
     }
     broken = spec | {"name": "broken", "time_at_risk": {"start": 30, "end": 10}}
-    # covariates from visits only, and the CDM has none: nothing to learn from
-    sparse = spec | {
-        "name": "sparse",
-        "outcomes": outcomes[:1],
-        "covariates": {"domains": ["visit"], "demographics": False},
-    }
+    # covariates from visits only, and the CDM has none: nothing to learn from (nor, for 'never', anything to split)
+    sparse = spec | {"name": "sparse", "covariates": {"domains": ["visit"], "demographics": False}}
     data = tmp_path / "data"
     env = instance_env(tmp_path / "home", data, tmp_path / "tasks", specs=[spec, broken, sparse])
     tables = two_outcome_tables(400, 1_000, seed=0)
@@ -350,10 +353,26 @@ def test_meddiag_update_on_a_cdm_schema_with_an_outcome_never_seen(tmp_path: Pat
     out = done.stdout + done.stderr
     assert "risks__gi_bleed: AUROC" in out
     assert (data / "reports" / "risks__gi_bleed" / "latest" / "metrics.json").is_file()
-    assert "task risks__never: every one of the 400 labelled rows is of class '0'" in out
+    never = "task risks__never: every one of the 400 labelled rows is of class '0'"
+    assert never in out
     assert "INFO meddiag_pipelines.omop.batches: risks__gi_bleed: batch batch_0001: CDM" in out
-    assert "sparse: no covariate is held by 10 or more of the" in out
+    sparse_reason = "sparse__gi_bleed: no covariate is held by 10 or more of the"
+    assert sparse_reason in out
     assert not (data / "quarantine").exists()
+    # the comparison of each spec: an outcome without a model says why (the words its run logged) and its count
+    risks = _comparison(data, "risks")
+    assert risks["gi_bleed"]["version"] and risks["gi_bleed"]["test_auroc"] > 0.5
+    assert risks["gi_bleed"]["persons"] == 400 and "no_model" not in risks["gi_bleed"]
+    assert (risks["never"]["version"], risks["never"]["persons"], risks["never"]["outcome_count"]) == (None, 400, 0)
+    assert risks["never"]["no_model"]["step"] == "split" and never in risks["never"]["decision"]
+    sparse_report = _comparison(data, "sparse")
+    assert sparse_report["gi_bleed"]["no_model"]["step"] == "features"
+    assert sparse_reason in sparse_report["gi_bleed"]["decision"]
+    assert sparse_report["gi_bleed"]["outcome_count"] == risks["gi_bleed"]["outcome_count"] > 0
+    assert sparse_report["never"]["no_model"]["step"] == "split"
+    shown = html.unescape((data / "reports" / "risks" / "outcomes.html").read_text())
+    assert f"<td>400</td><td>0 (0.0%)</td><td></td><td></td><td>no model: {never}" in shown
+    assert sparse_reason in html.unescape((data / "reports" / "sparse" / "outcomes.html").read_text())
 
     done = run_cli([*MEDDIAG, "update", "broken"], env=env, timeout=300, expect_rc=2)
     assert "broken.yaml: key 'time_at_risk': Value error, time_at_risk.end is before time_at_risk.start" in done.stderr

@@ -6,24 +6,32 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import polars as pl
 import pytest
 import yaml
+from markupsafe import escape
 
+from meddiag_pipelines.defs.assets.common import no_model_recorded
 from meddiag_pipelines.defs.partitions import scan_landing
 from meddiag_pipelines.ingestion.batches import ingest_new_batches
 from meddiag_pipelines.ingestion.errors import BatchRejected
 from meddiag_pipelines.ingestion.recovery import requeue
 from meddiag_pipelines.ingestion.warehouse import Warehouse
+from meddiag_pipelines.modalities.base import FeaturesRefused
 from meddiag_pipelines.omop.batches import study_spec
+from meddiag_pipelines.omop.report import comparison_html, outcome_comparison
+from meddiag_pipelines.registry.summary import no_model
 from meddiag_pipelines.specs import BUNDLED_TASKS_DIR, SpecError, load_spec, scan_specs
+from meddiag_pipelines.split import SplitError
 from meddiag_pipelines.storage import DataRoot
 from meddiag_pipelines_tests.conftest import MEDDIAG, instance_env, run_cli
 from meddiag_pipelines_tests.omop_data import CELECOXIB, TWO_OUTCOMES, two_outcome_tables, write_cdm
 
 NAME = "nsaid_risks"
 TASKS = [f"{NAME}__gi_bleed", f"{NAME}__kidney"]
+NO_MODEL = "no model evaluated yet"
 SPEC = {
     "name": NAME,
     "modality": "omop",
@@ -133,6 +141,52 @@ def test_a_batch_one_task_refuses_stays_in_the_shared_folder_for_the_others(tmp_
     assert scan_landing(second, root, warehouse, {"b1"}).again == {}
     assert sorted(p.name for p in root.quarantine(second.name).iterdir()) == ["b1"]
     assert (batch / "person.parquet").is_file()
+
+
+def test_an_outcome_that_cannot_be_modelled_says_why_until_a_run_gets_past_it(tmp_path: Path):
+    """The step's own error (a split or features refusal) and the labelled rows per class are recorded and the
+    comparison written again, naming them; any other error is not recorded; a later run past the step clears it."""
+    root = DataRoot(tmp_path / "data")
+    first, second = load_spec(write_spec(tmp_path, SPEC)).tasks()
+    storage, written = SimpleNamespace(root=root, registry=None), []
+    rows = pl.DataFrame({first.label: ["0", "1", "0", None]})
+    reason = "task x: every one of the 3 labelled rows is of class '0'"
+
+    def comparison_writer(storage) -> None:
+        written.append(outcome_comparison(storage, first.family))
+
+    with pytest.raises(SplitError, match=reason):
+        with no_model_recorded(second, storage, "split", rows, comparison_writer):
+            raise SplitError(reason)
+    [entries] = [{e["outcome"]: e for e in c["outcomes"]} for c in written]
+    kidney = {k: v for k, v in entries["kidney"].items() if k != "no_model"}
+    assert kidney == {
+        "outcome": "kidney",
+        "task": TASKS[1],
+        "version": None,
+        "persons": 3,
+        "outcome_count": 1,
+        "incidence": 1 / 3,
+        "decision": f"no model: {reason}",
+    }
+    assert entries["kidney"]["no_model"]["step"] == "split"
+    assert entries["gi_bleed"] == {"outcome": "gi_bleed", "task": TASKS[0], "version": None, "decision": NO_MODEL}
+    assert f"<td>3</td><td>1 (33.3%)</td><td></td><td></td><td>no model: {escape(reason)}</td>" in comparison_html(
+        written[0]
+    )
+    with pytest.raises(FeaturesRefused, match="nothing to learn"):
+        with no_model_recorded(second, storage, "features", rows, comparison_writer):
+            raise FeaturesRefused("nothing to learn")
+    assert no_model(root, TASKS[1])["step"] == "features" and len(written) == 2
+
+    with no_model_recorded(second, storage, "split", rows, comparison_writer):
+        pass
+    assert no_model(root, TASKS[1]) is None
+    assert outcome_comparison(storage, first.family)["outcomes"][1]["decision"] == NO_MODEL
+    with pytest.raises(KeyError):  # not a refusal of the data: its words are not meant for a report
+        with no_model_recorded(second, storage, "split", rows, comparison_writer):
+            raise KeyError("person 12")
+    assert no_model(root, TASKS[1]) is None and len(written) == 2
 
 
 def land(folder: Path, tables: dict) -> None:

@@ -122,6 +122,11 @@ class ExtraCheck:
     run: Callable[[Storage, pl.DataFrame | None], CheckOutcome]
 
 
+class FeaturesRefused(ValueError):
+    """A modality's features step finds nothing a model can learn from. Its message says why in plain words and
+    counts (never record content): for a task of a family the wiring records it as why the task has no model."""
+
+
 @dataclass
 class BuiltFeatures:
     """The features step's outputs: the rows the models read (keys and split kept) and the plan that makes them

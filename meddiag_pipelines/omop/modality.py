@@ -24,6 +24,7 @@ from meddiag_pipelines.modalities.base import (
     BuiltFeatures,
     Descriptions,
     Explainer,
+    FeaturesRefused,
     Modality,
     PredictorFactory,
     Storage,
@@ -194,7 +195,7 @@ class OmopModality(Modality):
         counts = held.group_by("covariate_id").len().filter(pl.col("len") >= MIN_PERSONS)
         ids = sorted(counts["covariate_id"].to_list())
         if not ids:
-            raise ValueError(
+            raise FeaturesRefused(
                 f"{spec.name}: no covariate is held by {MIN_PERSONS} or more of the {train.height} training persons; "
                 "nothing to learn from (a larger cohort, or more covariate domains)"
             )

@@ -13,6 +13,7 @@ from markupsafe import escape
 
 from meddiag_pipelines.flat.models import load_booster
 from meddiag_pipelines.modalities.base import Storage
+from meddiag_pipelines.registry.summary import no_model
 from meddiag_pipelines.specs import FAMILY_SEPARATOR, TaskFamily
 from meddiag_pipelines.storage import DataRoot
 
@@ -105,7 +106,7 @@ def _outcome_entry(storage: Storage, task: str, family: TaskFamily) -> dict:
         version = root.read_json(f"{reports}/latest.json")["version"]
         metrics = root.read_json(f"{reports}/latest/metrics.json")
     except FileNotFoundError:
-        return {**entry, "version": None, "decision": "no model evaluated yet"}
+        return {**entry, "version": None, **_no_model_entry(root, task)}
     omop = metrics.get("omop") or {}
     decision = registry.manifest(task, version).get("decision") if registry.published(task, version) else None
     champion = registry.champion(task)
@@ -123,6 +124,22 @@ def _outcome_entry(storage: Storage, task: str, family: TaskFamily) -> dict:
     }
 
 
+def _no_model_entry(root: DataRoot, task: str) -> dict:
+    """A task without an evaluated model: the reason its run could not model the data, when one recorded it
+    (the step's error, as logged), with its study population and outcome count."""
+    note = no_model(root, task)
+    if note is None:
+        return {"decision": "no model evaluated yet"}
+    persons, cases = sum(note["classes"].values()), note["classes"].get("1", 0)
+    return {
+        "persons": persons,
+        "outcome_count": cases,
+        "incidence": cases / persons if persons else None,
+        "decision": f"no model: {note['reason']}",
+        "no_model": {k: note[k] for k in ("step", "reason", "at")},
+    }
+
+
 def _auroc_text(auroc: float | None, ci: list | None) -> str:
     if auroc is None:
         return "n/a"
@@ -133,10 +150,12 @@ def comparison_html(comparison: dict) -> str:
     """One self-contained page: the outcomes of the spec side by side."""
     rows = []
     for e in comparison["outcomes"]:
-        if e["version"] is None:
-            rows.append([e["outcome"], "", "", "", "", e["decision"], ""])
-            continue
         incidence = f" ({e['incidence']:.1%})" if e.get("incidence") is not None else ""
+        if e["version"] is None:
+            persons = f"{e['persons']:,}" if e.get("persons") is not None else ""
+            cases = f"{e['outcome_count']:,}{incidence}" if e.get("outcome_count") is not None else ""
+            rows.append([e["outcome"], persons, cases, "", "", e["decision"], ""])
+            continue
         models = ", ".join(
             f"{name} {_auroc_text(m.get('auroc'), m.get('auroc_ci'))}" for name, m in e["models"].items()
         )

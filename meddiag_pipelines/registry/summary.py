@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from meddiag_pipelines.registry.store import ModelRegistry
 from meddiag_pipelines.storage import DataRoot
 
 SEPARATOR = " · "
+NO_MODEL = "no_model.json"  # under reports/<task>/: why the task's data could not be modelled (record_no_model)
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,24 @@ def latest_pointer(root: DataRoot, task: str) -> dict:
     """``reports/<task>/latest.json``: the latest evaluated version (empty before the first evaluation)."""
     rel = f"reports/{task}/latest.json"
     return root.read_json(rel) if root.exists(rel) else {}
+
+
+def record_no_model(root: DataRoot, task: str, step: str, reason: str, classes: dict[str, int]) -> str:
+    """``reports/<task>/no_model.json``, replaced whole: why the task's latest run could not model its data (the
+    ``step``'s error, as the run logged it: plain words, no record content) and its labelled rows per class."""
+    note = {"task": task, "step": step, "reason": reason, "classes": classes, "at": time.time()}
+    return root.write_json(f"reports/{task}/{NO_MODEL}", note)
+
+
+def no_model(root: DataRoot, task: str) -> dict | None:
+    """What :func:`record_no_model` recorded, while no later run of the task got past that step (None)."""
+    rel = f"reports/{task}/{NO_MODEL}"
+    return root.read_json(rel) if root.exists(rel) else None
+
+
+def clear_no_model(root: DataRoot, task: str) -> None:
+    """A run got past the step that had failed: its reason no longer holds."""
+    root.remove(f"reports/{task}/{NO_MODEL}")
 
 
 def task_summary(registry: ModelRegistry, task: str, since: float | None) -> TaskSummary:

@@ -4,17 +4,22 @@ model handles."""
 import base64
 import json
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 
 import dagster as dg
+import polars as pl
 
 from meddiag_pipelines.defs.dead_runs import task_pool
 from meddiag_pipelines.defs.resources.storage import MeddiagStorage
 from meddiag_pipelines.device import torch_device
 from meddiag_pipelines.markup import escape_markdown
-from meddiag_pipelines.modalities.base import CheckOutcome, Table
+from meddiag_pipelines.modalities.base import CheckOutcome, FeaturesRefused, Table
 from meddiag_pipelines.registry.store import STAGING
+from meddiag_pipelines.registry.summary import clear_no_model, record_no_model
 from meddiag_pipelines.specs import TaskSpec
+from meddiag_pipelines.split import SplitError
 from meddiag_pipelines.storage import DataRoot, open_plan, run_name
 from meddiag_pipelines.validation.suites import CheckFailure
 
@@ -129,6 +134,33 @@ def failures_result(failures: list[CheckFailure]) -> dg.AssetCheckResult:
         description=description,
         metadata={"n_failures": len(failures), "failures": dg.MetadataValue.md(markdown_table(rows))},
     )
+
+
+# -- a task of a family that cannot be modelled --------------------------------------------------------------------
+@contextmanager
+def no_model_recorded(
+    spec: TaskSpec,
+    storage: MeddiagStorage,
+    step: str,
+    rows: pl.DataFrame,
+    family_report: Callable[[MeddiagStorage], None] | None,
+) -> Iterator[None]:
+    """For a task of a family (``family_report`` set; e.g. one outcome of an omop spec of several): when ``step``
+    cannot model the data (a split short of a class, features with nothing to learn from), its error, as the run
+    logs it, and the labelled ``rows`` per class are recorded (``reports/<task>/no_model.json``) and the family's
+    comparison is written again (this run reaches no champion step to do it); then the step fails with that error.
+    A run that gets past the step clears an earlier reason."""
+    if family_report is None:
+        yield
+        return
+    try:
+        yield
+    except (SplitError, FeaturesRefused) as exc:
+        classes = rows[spec.label].drop_nulls().cast(pl.String).value_counts(sort=True).iter_rows()
+        record_no_model(storage.root, spec.name, step, str(exc), dict(classes))
+        family_report(storage)
+        raise
+    clear_no_model(storage.root, spec.name)
 
 
 # -- model handles ------------------------------------------------------------------------------------------------

@@ -5,7 +5,8 @@ from collections.abc import Callable
 import dagster as dg
 import polars as pl
 
-from meddiag_pipelines.defs.assets.common import markdown_table, pool
+from meddiag_pipelines.defs.assets.common import markdown_table, no_model_recorded, pool
+from meddiag_pipelines.defs.resources.storage import MeddiagStorage
 from meddiag_pipelines.specs import TaskSpec
 from meddiag_pipelines.split import SPLIT_COLUMN, SPLITS, check_split, split_by_content
 
@@ -29,9 +30,11 @@ def build_split_asset(
     tags: dict,
     predefined: str | None = None,
     finish: Callable[[pl.DataFrame], tuple[pl.DataFrame, dict]] | None = None,
+    family_report: Callable[[MeddiagStorage], None] | None = None,
 ) -> list:
     """The split asset of every modality. ``predefined``: a column holding the data's own split, kept where set
-    (MedMNIST npz); ``finish(frame) -> (frame, metadata)``: a modality's own last step."""
+    (MedMNIST npz); ``finish(frame) -> (frame, metadata)``: a modality's own last step; ``family_report``: for a
+    task of a family, what rewrites the family's comparison (a split error is recorded for it)."""
     name = spec.name
     own = f", except that rows holding their dataset's own split ({predefined}) keep it" if predefined else ""
 
@@ -46,7 +49,7 @@ def build_split_asset(
         output_required=False,
         **tags,
     )
-    def split(context: dg.AssetExecutionContext, validated_records: pl.DataFrame):
+    def split(context: dg.AssetExecutionContext, storage: MeddiagStorage, validated_records: pl.DataFrame):
         if validated_records.width == 0:  # every batch so far quarantined or waiting: validated_records says why
             context.log.warning(
                 f"{name}: no validated rows yet (the task's batches are quarantined or waiting; "
@@ -54,12 +57,13 @@ def build_split_asset(
                 "validates"
             )
             return
-        frame, metadata = split_by_content(validated_records, spec, predefined)
-        warn_split_findings(context, spec, metadata)
-        if finish is not None:
-            frame, extra = finish(frame)
-            metadata = {**metadata, **extra}
-        table = check_split(frame, spec, predefined)
+        with no_model_recorded(spec, storage, "split", validated_records, family_report):
+            frame, metadata = split_by_content(validated_records, spec, predefined)
+            warn_split_findings(context, spec, metadata)
+            if finish is not None:
+                frame, extra = finish(frame)
+                metadata = {**metadata, **extra}
+            table = check_split(frame, spec, predefined)
         rows = [{"split": s, **{str(k): v for k, v in sorted(table[s].items())}} for s in SPLITS]
         counts = {f"n_{s}": int(frame.filter(pl.col(SPLIT_COLUMN) == s).height) for s in (*SPLITS, "score")}
         yield dg.Output(frame, metadata={**counts, **metadata, "by_class": dg.MetadataValue.md(markdown_table(rows))})

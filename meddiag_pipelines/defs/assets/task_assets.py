@@ -4,6 +4,8 @@ evaluation -> champion -> predictions. What differs between modalities comes fro
 :class:`~meddiag_pipelines.modalities.base.Modality` (``modalities/registry.py``); this file only wires inputs,
 resources, partitions, checks and metadata."""
 
+from collections.abc import Callable
+
 import dagster as dg
 import polars as pl
 
@@ -20,6 +22,7 @@ def build_task_assets(spec: TaskSpec) -> list:
     modality = registry.get(spec.modality)
     tags = common.asset_tags(spec)
     text = modality.descriptions(spec)
+    family_report = (lambda storage: modality.family_report(spec, storage)) if spec.family else None
     raw_records = raw_records_asset(spec, modality, tags, text.raw_records)
     validated_records = ingest.build_validated_records_asset(
         spec, raw_records, tags, text.validated_records, lambda storage: modality.validator(spec, storage)
@@ -30,13 +33,14 @@ def build_task_assets(spec: TaskSpec) -> list:
         tags,
         predefined=modality.predefined_split,
         finish=lambda frame: modality.finish_split(spec, frame),
+        family_report=family_report,
     )
     targets = {"raw_records": raw_records, "validated_records": validated_records, "split": split[0]}
     checks = [
         suite_check(spec, modality, validated_records, text.suite),
         *(extra_check(spec, check, targets[check.asset]) for check in modality.extra_checks(spec)),
     ]
-    features = features_asset(spec, modality, tags, text.features, text.feature_plan)
+    features = features_asset(spec, modality, tags, text.features, text.feature_plan, family_report)
     candidate_model = candidate_asset(spec, modality, tags, text.candidate_model)
     baseline_model = baseline_asset(spec, modality, tags, text.baseline_model)
     downstream = lifecycle.build_model_lifecycle_assets(
@@ -51,7 +55,7 @@ def build_task_assets(spec: TaskSpec) -> list:
         test_sections=lambda candidate, test, proba, metrics: modality.test_sections(
             spec, candidate, test, proba, metrics
         ),
-        family_report=(lambda storage: modality.family_report(spec, storage)) if spec.family else None,
+        family_report=family_report,
     )
     return [raw_records, validated_records, *checks, *split, features, candidate_model, baseline_model, *downstream]
 
@@ -110,14 +114,25 @@ def extra_check(spec: TaskSpec, check: ExtraCheck, target) -> dg.AssetChecksDefi
 
 
 # -- features and models ------------------------------------------------------------------------------------------
-def features_asset(spec: TaskSpec, modality: Modality, tags: dict, features: str, plan: str) -> dg.AssetsDefinition:
+def features_asset(
+    spec: TaskSpec,
+    modality: Modality,
+    tags: dict,
+    features: str,
+    plan: str,
+    family_report: Callable[[MeddiagStorage], None] | None = None,
+) -> dg.AssetsDefinition:
+    """``family_report``: for a task of a family, what rewrites the family's comparison (a refusal to build the
+    features is recorded for it)."""
+
     @dg.multi_asset(
         name=f"{spec.name}__features",
         pool=common.pool(spec),
         outs=common.feature_outs(spec, tags, features, plan, modality.feature_kinds),
     )
     def features_step(context: dg.AssetExecutionContext, storage: MeddiagStorage, split: pl.DataFrame):
-        built = modality.features(spec, split, storage)
+        with common.no_model_recorded(spec, storage, "features", split, family_report):
+            built = modality.features(spec, split, storage)
         for warning in built.warnings:
             context.log.warning(warning)
         yield dg.Output(built.frame, output_name="features", metadata=common.ui_metadata(built.metadata))
