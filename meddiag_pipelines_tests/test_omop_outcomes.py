@@ -183,7 +183,7 @@ def test_an_outcome_that_cannot_be_modelled_says_why_until_a_run_gets_past_it(tm
         pass
     assert no_model(root, TASKS[1]) is None
     assert outcome_comparison(storage, first.family)["outcomes"][1]["decision"] == NO_MODEL
-    with pytest.raises(KeyError):  # not a refusal of the data: its words are not meant for a report
+    with pytest.raises(KeyError, match="person 12"):  # not a refusal of the data: its words are not for a report
         with no_model_recorded(second, storage, "split", rows, comparison_writer):
             raise KeyError("person 12")
     assert no_model(root, TASKS[1]) is None and len(written) == 2

@@ -2,6 +2,7 @@ import numpy as np
 import polars as pl
 import pytest
 
+from meddiag_pipelines.defs.resources.storage import MeddiagStorage
 from meddiag_pipelines.flat.features import OTHER, fit_plan, missing_data_table, transform
 from meddiag_pipelines.split import SPLIT_COLUMN, SplitError, assign_split, check_split
 from meddiag_pipelines_tests.conftest import synthetic_records
@@ -217,7 +218,7 @@ def test_a_predefined_split_is_kept_and_copies_outside_it_follow_it(synthetic_sp
     assert split[SPLIT_COLUMN].to_list() == ["train", "test", "val", "val"]
 
 
-def test_the_split_asset_groups_copied_rows_and_reports_conflicting_labels(synthetic_spec):
+def test_the_split_asset_groups_copied_rows_and_reports_conflicting_labels(synthetic_spec, tmp_path):
     import dagster as dg
 
     from meddiag_pipelines.defs.assets.common import asset_tags
@@ -233,7 +234,8 @@ def test_the_split_asset_groups_copied_rows_and_reports_conflicting_labels(synth
         .alias("outcome"),
     )
     [split] = build_split_asset(synthetic_spec, None, asset_tags(synthetic_spec))
-    [out] = split(dg.build_asset_context(), pl.concat([frame, copies]))
+    storage = MeddiagStorage(data_dir=str(tmp_path))
+    [out] = split(dg.build_asset_context(), storage=storage, validated_records=pl.concat([frame, copies]))
     assert CONTENT_COLUMN not in out.value.columns
     assert out.value.tail(30)[SPLIT_COLUMN].to_list() == out.value.head(30)[SPLIT_COLUMN].to_list()
     meta = {k: v.value if hasattr(v, "value") else v for k, v in out.metadata.items()}
@@ -268,7 +270,7 @@ def test_key_columns_are_the_spec_keys_and_internal_marks_a_frame_has_in_its_ord
     assert key_columns_in(frame.drop("rid"), synthetic_spec.model_copy(update={"patient_id": None}))[-1] == BATCH_COLUMN
 
 
-def test_the_split_asset_without_validated_rows_says_so_and_materializes_nothing(synthetic_spec, capfd):
+def test_the_split_asset_without_validated_rows_says_so_and_materializes_nothing(synthetic_spec, capfd, tmp_path):
     """Issue 24: a task whose only batch is quarantined has no validated rows (a frame without columns); the split
     says so plainly and yields nothing, so the later steps are skipped rather than failing on a missing column."""
     import dagster as dg
@@ -277,6 +279,7 @@ def test_the_split_asset_without_validated_rows_says_so_and_materializes_nothing
     from meddiag_pipelines.defs.assets.split import build_split_asset
 
     [split] = build_split_asset(synthetic_spec, None, asset_tags(synthetic_spec))
-    assert list(split(dg.build_asset_context(), pl.DataFrame())) == []
+    storage = MeddiagStorage(data_dir=str(tmp_path))
+    assert list(split(dg.build_asset_context(), storage=storage, validated_records=pl.DataFrame())) == []
     warnings = [line for line in capfd.readouterr().err.splitlines() if " - WARNING - " in line]
     assert any("no validated rows yet" in w for w in warnings), warnings
