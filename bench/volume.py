@@ -2,13 +2,14 @@
 CPU voxels per second for training and inference of the 3D ResNet, and test AUROC.
 
 ``--mode direct`` trains with imaging's trainer (``train_image_model``, the volume spec's defaults, ``--conv``
-3d | acs | 2.5d) on the arrays: training voxels/s (forward + backward + AdamW over the epochs), inference
+3d | acs | 2.5d, ``--pool`` avg | avgmax, ``--seed``) on the arrays: training voxels/s (forward + backward + AdamW over the epochs), inference
 voxels/s (forward only, the test split), test AUROC of the CNN and of the voxel-feature model (pooled voxels and
 intensity statistics, XGBoost or logistic by flat's choice: the baseline, and the candidate when it wins). ``--mode pipeline`` lands the npz
 as a batch and runs ``python -m meddiag_pipelines update`` with the spec a user writes (``modality: volume``,
 ``volume: {format: npz, size: ...}`` and the label): minutes and test AUROC (the issue-26 figure).
 
     python -m bench volume PATH.npz [--mode direct|pipeline] [--size 28] [--threads 2] [--epochs N] [--conv 3d]
+        [--pool avg] [--seed 42]
 
 With no PATH, the bundled SYNTHETIC phantoms (``data/landing/synthetic_volume_phantoms``). Real MedMNIST 3D sets
 are kept by the maintainers, outside the repository; ``python -m bench.volume_synthetic`` writes a SYNTHETIC
@@ -50,7 +51,7 @@ def _arrays(npz: Path, size: int) -> tuple[dict[str, np.ndarray], dict[str, np.n
     return X, y
 
 
-def direct(npz: Path, size: int, threads: int, epochs: int | None, conv: str) -> dict:
+def direct(npz: Path, size: int, threads: int, epochs: int | None, conv: str, pool: str, seed: int) -> dict:
     """Imaging's trainer on the arrays with the default volume spec: voxels/s and test AUROC."""
     from meddiag_pipelines.flat.models import predict_tabular, train_tabular_models
     from meddiag_pipelines.imaging.scoring import baseline_side, volume_feature_names, volume_features
@@ -65,8 +66,8 @@ def direct(npz: Path, size: int, threads: int, epochs: int | None, conv: str) ->
             "name": "volume_bench",
             "modality": "volume",
             "label": "label",
-            "volume": {"format": "npz", "size": size, "conv": conv},
-            "training": {"epochs": epochs} if epochs else {},
+            "volume": {"format": "npz", "size": size, "conv": conv, "pool": pool},
+            "training": {"seed": seed, **({"epochs": epochs} if epochs else {})},
         }
     )
     voxels = size**3
@@ -98,6 +99,8 @@ def direct(npz: Path, size: int, threads: int, epochs: int | None, conv: str) ->
         "epochs_run": len(res.history),
         "width": res.config["model_config"]["width"],
         "conv": conv,
+        "pool": pool,
+        "seed": seed,
         "stopped": res.stopped,
         "train_seconds": seconds,
         "train_voxels_per_s": train_speed * voxels,
@@ -114,6 +117,8 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--epochs", type=int, default=None, help="training.epochs (default: the spec default)")
     parser.add_argument("--conv", default="3d", choices=["3d", "acs", "2.5d"], help="volume.conv (direct mode)")
+    parser.add_argument("--pool", default="avg", choices=["avg", "avgmax"], help="volume.pool (direct mode)")
+    parser.add_argument("--seed", type=int, default=42, help="training.seed (direct mode)")
     args = parser.parse_args(argv)
     with np.load(args.npz, allow_pickle=False) as data:
         size = args.size or int(data["train_images"].shape[1])
@@ -129,7 +134,7 @@ def main(argv: list[str]) -> None:
             }
         )
         return
-    emit({**record, **direct(args.npz, size, args.threads, args.epochs, args.conv)})
+    emit({**record, **direct(args.npz, size, args.threads, args.epochs, args.conv, args.pool, args.seed)})
 
 
 if __name__ == "__main__":

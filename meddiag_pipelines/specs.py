@@ -407,6 +407,11 @@ class VolumeSpec(_Section):
         description="its k^3 convolutions: full 3D kernels, ACS (2D kernels, a third of the channels in each of "
         "the axial, coronal and sagittal planes) or 2.5D (2D kernels in the axial plane)",
     )
+    pool: Literal["avg", "avgmax"] = Field(
+        "avg",
+        description="its head's global pooling of the last feature map: the average, or the average and the "
+        "maximum concatenated (avgmax: a small bright finding is not averaged away; bench/README.md)",
+    )
     width: int | None = Field(
         None, ge=4, le=128, description="its base width; unset: chosen from the data size and the device"
     )

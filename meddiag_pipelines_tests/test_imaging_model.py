@@ -66,6 +66,29 @@ def test_resnet18_width_and_rebuild() -> None:
     )
 
 
+def test_a_config_saved_before_the_pool_option_loads_as_the_average_head() -> None:
+    old = ResNet18Small(1, 2, 8, 28).eval()
+    config = json.loads(json.dumps(old.config.to_dict()))
+    del config["pool"]  # a model.json written before the option
+    clone = build_model(config).eval()
+    clone.load_state_dict(old.state_dict())  # strict: the same parameters, the classifier reads 8w features
+    x = torch.rand(3, 1, 28, 28)
+    with torch.no_grad():
+        assert clone.config.pool == "avg" and torch.equal(clone(x), old(x))
+        assert torch.allclose(clone.penultimate(clone.features(x)), clone.features(x).mean(dim=(2, 3)), atol=1e-6)
+
+
+def test_the_avgmax_head_reads_the_average_then_the_maximum_of_each_channel() -> None:
+    model = ResNet18Small(1, 3, 4, 16, blocks=(1, 1, 1, 1), spatial_dims=3, pool="avgmax").eval()
+    feats = torch.zeros(2, 32, 2, 2, 2)
+    feats[1, 5, 0, 1, 1] = 8.0  # one bright voxel: an eighth of it in the average, all of it in the maximum
+    pooled = model.penultimate(feats)
+    assert pooled.shape == (2, 64) and model.fc.in_features == 64
+    assert pooled[1, 5] == 1.0 and pooled[1, 32 + 5] == 8.0 and pooled[0].abs().sum() == 0
+    with pytest.raises(ValueError, match="pool must be one of"):
+        ResNet18Small(1, 1, 4, 16, pool="max")
+
+
 def test_hflip_tta_scores_the_mean_of_the_image_and_its_mirror_in_eval_only() -> None:
     torch.manual_seed(0)
     model = ResNet18Small(1, 1, 8, 28, hflip_tta=True)

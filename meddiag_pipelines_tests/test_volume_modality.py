@@ -40,7 +40,7 @@ from meddiag_pipelines.imaging.volume.readers import load_volume, read_volume_ba
 from meddiag_pipelines.ingestion.landing import LandedBatch
 from meddiag_pipelines.ingestion.quarantine import file_reason
 from meddiag_pipelines.modalities.registry import get
-from meddiag_pipelines.registry.export import export_version
+from meddiag_pipelines.registry.export import Exportable, export_version
 from meddiag_pipelines.specs import BUNDLED_TASKS_DIR, SpecError, TaskSpec, load_spec, volume_batch_size
 from meddiag_pipelines.update import run_task_in_process
 from scripts.volume_phantoms import FILE, phantom_arrays, write_volume_phantom_batch
@@ -116,6 +116,7 @@ def test_the_default_training_batch_of_large_volumes_comes_from_a_voxel_budget(t
         ("{format: nifti, spacing: [1, 0, 1]}", "every spacing must be above 0 mm"),
         ("{format: dicom_series, intensity: {ct_window: [-1000, 400], percentile: [1, 99]}}", "give exactly one of"),
         ("{format: nifti, intensity: {ct_window: [400, -1000]}}", "must be below the upper bound"),
+        ("{format: npz, pool: max}", "key 'volume.pool'"),
     ],
 )
 def test_a_bad_volume_field_is_a_spec_error_naming_the_file_and_key(tmp_path: Path, volume, problem) -> None:
@@ -458,6 +459,28 @@ def test_a_volume_model_of_acs_convolutions_trains_and_explains(tmp_path: Path) 
     assert meta["model_config"]["conv"] == "acs" and meta["hyperparameters"]["conv"] == "acs"
     assert predict_image_model(tmp_path, X[:3], "cpu").shape == (3,)
     assert grad_cam(tmp_path, X[:2]).shape == (2, SIDE, SIDE, SIDE)
+
+
+@pytest.mark.parametrize("pool", ["avg", "avgmax"])
+def test_either_head_pooling_trains_embeds_explains_and_exports_to_onnx_with_parity(tmp_path: Path, pool) -> None:
+    X = np.random.default_rng(2).random((16, 1, SIDE, SIDE, SIDE)).astype(np.float32)
+    y = np.arange(16) % 2
+    spec = volume_spec(width=4, pool=pool).model_copy(
+        update={"training": volume_spec().training.model_copy(update={"epochs": 1, "batch_size": 8})}
+    )
+    train_image_model(X[:10], y[:10], X[10:], y[10:], "binary", 1, spec, tmp_path / "model", "cpu", num_threads=1)
+    meta = json.loads((tmp_path / "model" / "model.json").read_text())
+    assert meta["model_config"]["pool"] == pool and meta["hyperparameters"]["pool"] == pool
+    features = 32 * (2 if pool == "avgmax" else 1)  # 8 x width 4, twice with the maximum beside the average
+    assert embed_image_model(tmp_path / "model", X[:3], "cpu").shape == (3, features)
+    maps = grad_cam(tmp_path / "model", X[:2])
+    assert maps.shape == (2, SIDE, SIDE, SIDE) and np.isfinite(maps).all() and maps.max() <= 1
+    module, _ = imaging_train.load_image_model(tmp_path / "model", "cpu")
+    exportable = Exportable(
+        module, {"images": {0: "batch"}}, {"images": X[:2]}, lambda: iter([{"images": X[:5]}]), 5, "sigmoid"
+    )
+    parity = exportable.export_to(tmp_path / "model.onnx")
+    assert parity["max_abs_diff"] < 1e-4 and parity["output_shape"] == ["batch", 1], parity
 
 
 def test_the_candidate_is_the_model_of_the_higher_validation_auroc_unless_the_cnn_is_asked_for() -> None:

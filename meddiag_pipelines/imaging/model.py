@@ -1,7 +1,8 @@
 """ResNet-18-style CNN for small medical images and volumes, written with torch alone (no torchvision).
 
 BasicBlock x ``blocks`` (default [2, 2, 2, 2], the tuner may change it) at widths ``w, 2w, 4w, 8w`` with strides 1, 2, 2, 2, then global average pooling and a
-linear head giving ``n_outputs`` logits. The stem is adapted to the input size:
+linear head giving ``n_outputs`` logits. ``pool`` ``avgmax`` concatenates global max pooling beside the average
+(``8w`` features each; a small bright finding is not averaged away), ``avg`` (the default) is the average alone. The stem is adapted to the input size:
 
 * 28 and 64 px: one 3x3 stride-1 convolution, no max-pool (the MedMNIST-style adaptation: a 28 px image keeps
   28x28 maps in the first stage and reaches 4x4 in the last),
@@ -51,6 +52,7 @@ class ModelConfig:
     hflip_tta: bool = False
     spatial_dims: int = 2
     conv: str = "3d"
+    pool: str = "avg"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -72,6 +74,7 @@ _LAYERS = {
 
 
 CONV_KINDS = ("3d", "acs", "2.5d")
+POOL_KINDS = ("avg", "avgmax")  # the head's global pooling: average, or average and max concatenated
 
 
 def _layers(spatial_dims: int) -> tuple[type, type, type, type]:
@@ -163,8 +166,11 @@ class ResNet18Small(nn.Module):
         hflip_tta: bool = False,
         spatial_dims: int = 2,
         conv: str = "3d",
+        pool: str = "avg",
     ) -> None:
         super().__init__()
+        if pool not in POOL_KINDS:
+            raise ValueError(f"pool must be one of {POOL_KINDS}, got {pool!r}")
         norm, max_pool, avg_pool = _layers(spatial_dims)[1:]
         conv_kind, conv = conv, _conv_factory(spatial_dims, conv)
         stem = stem or stem_for(input_size)
@@ -172,7 +178,7 @@ class ResNet18Small(nn.Module):
         if len(blocks) != 4 or min(blocks) < 1:
             raise ValueError(f"blocks must be four counts >= 1, got {blocks}")
         self.config = ModelConfig(
-            in_channels, n_outputs, width, input_size, stem, blocks, bool(hflip_tta), spatial_dims, conv_kind
+            in_channels, n_outputs, width, input_size, stem, blocks, bool(hflip_tta), spatial_dims, conv_kind, pool
         )
         w = width
         if stem == "3x3s1":
@@ -194,7 +200,7 @@ class ResNet18Small(nn.Module):
         self.layer3 = _stage(2 * w, 4 * w, 2, blocks[2], d, conv_kind)
         self.layer4 = _stage(4 * w, 8 * w, 2, blocks[3], d, conv_kind)
         self.pool = avg_pool(1)
-        self.fc = nn.Linear(8 * w, n_outputs)
+        self.fc = nn.Linear(8 * w * (2 if pool == "avgmax" else 1), n_outputs)
         self.register_buffer("mean", torch.full(self._channel_shape(), 0.5))
         self.register_buffer("std", torch.full(self._channel_shape(), 0.25))
         for m in self.modules():
@@ -229,8 +235,12 @@ class ResNet18Small(nn.Module):
         return self.fc(self.penultimate(feats))
 
     def penultimate(self, feats: torch.Tensor) -> torch.Tensor:
-        """The pooled features the classifier reads (the model's embedding), from :meth:`features`' map."""
-        return torch.flatten(self.pool(feats), 1)
+        """The pooled features the classifier reads (the model's embedding), from :meth:`features`' map: the
+        average, then (``avgmax``) the maximum over the spatial dims (``amax``: one ONNX ReduceMax)."""
+        pooled = torch.flatten(self.pool(feats), 1)
+        if self.config.pool == "avg":
+            return pooled
+        return torch.cat([pooled, feats.amax(dim=tuple(range(2, feats.ndim)))], 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training or not self.config.hflip_tta:
@@ -250,7 +260,17 @@ def build_model(config: dict) -> ResNet18Small:
         hflip_tta=bool(config.get("hflip_tta", False)),
         spatial_dims=int(config.get("spatial_dims", 2)),
         conv=str(config.get("conv", "3d")),
+        pool=str(config.get("pool", "avg")),  # saved before the option: the average alone
     )
 
 
-__all__ = ["CONV_KINDS", "DEFAULT_BLOCKS", "DEFAULT_WIDTH", "ModelConfig", "ResNet18Small", "build_model", "stem_for"]
+__all__ = [
+    "CONV_KINDS",
+    "DEFAULT_BLOCKS",
+    "DEFAULT_WIDTH",
+    "POOL_KINDS",
+    "ModelConfig",
+    "ResNet18Small",
+    "build_model",
+    "stem_for",
+]

@@ -99,6 +99,7 @@ class ImageParams:
     width: int | None = None  # ResNet18Small only; None: choose_width
     blocks: tuple[int, ...] = DEFAULT_BLOCKS  # ResNet18Small only
     conv: str = "3d"  # ResNet18Small volumes: 3d | acs | 2.5d (model.CONV_KINDS)
+    pool: str = "avg"  # ResNet18Small: avg | avgmax (model.POOL_KINDS)
     backbone: str | None = None  # a timm architecture, or None for ResNet18Small
     finetune: Literal["full", "linear_probe", "frozen_then_unfrozen"] = "full"
 
@@ -118,6 +119,7 @@ def default_params(spec: TaskSpec) -> ImageParams:
             width=volume.width,
             blocks=VOLUME_BLOCKS[volume.model],
             conv=volume.conv,
+            pool=volume.pool,
         )
     backbones = image.backbone_names() if image is not None else []
     return ImageParams(
@@ -493,6 +495,7 @@ def _new_model(
             hflip_tta="hflip" in params.augment,
             spatial_dims=spatial_dims,
             conv=params.conv,
+            pool=params.pool,
         )
     from meddiag_pipelines.imaging.backbones import new_backbone
 
