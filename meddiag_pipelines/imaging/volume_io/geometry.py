@@ -27,10 +27,11 @@ class Volume:
 def canonical(array: np.ndarray, affine_ras: np.ndarray, modality: str | None) -> Volume:
     """``array`` (voxel axes i, j, k) with its voxel-to-RAS affine, as a :class:`Volume` in RAS+ order: axes are
     only permuted and flipped (nibabel's orientation code, as ``as_closest_canonical``), never resampled."""
+    from nibabel.affines import voxel_sizes
     from nibabel.orientations import apply_orientation, io_orientation
 
     ornt = io_orientation(affine_ras)
-    zooms = np.sqrt((affine_ras[:3, :3] ** 2).sum(axis=0))
+    zooms = voxel_sizes(affine_ras)
     out = np.ascontiguousarray(apply_orientation(array, ornt), dtype=np.float32)
     spacing = tuple(float(zooms[int(src)]) for src in np.argsort(ornt[:, 0]))
     return Volume(out, spacing, modality)  # type: ignore[arg-type]

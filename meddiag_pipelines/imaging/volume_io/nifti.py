@@ -86,6 +86,7 @@ def _check_header(hdr, rel: str, max_voxels: int) -> tuple[tuple[int, ...], int]
 def _check_affine(hdr, rel: str) -> None:
     """The voxel-to-world affine nibabel uses (sform, else qform) gives one orientation without guessing: a qform or
     an sform is set, they agree on axes and voxel sizes when both are, and the grid is invertible and not sheared."""
+    from nibabel.affines import voxel_sizes
     from nibabel.orientations import io_orientation
 
     codes = {form: int(hdr[f"{form}_code"]) for form in ("qform", "sform")}
@@ -103,22 +104,20 @@ def _check_affine(hdr, rel: str) -> None:
             raise VolumeRefused(f"{rel}: its affine (qform / sform) is not invertible: no orientation can be derived")
     if len(affines) == 2:
         q, s = affines["qform"], affines["sform"]
-        if not ((io_orientation(q) == io_orientation(s)).all() and np.allclose(_zooms(q), _zooms(s), rtol=1e-2)):
+        if not (
+            (io_orientation(q) == io_orientation(s)).all() and np.allclose(voxel_sizes(q), voxel_sizes(s), rtol=1e-2)
+        ):
             raise VolumeRefused(
                 f"{rel}: its qform and sform disagree on the axes or voxel sizes: which geometry is right is "
                 "ambiguous (set one of them, or both alike)"
             )
     best = affines["sform"] if "sform" in affines else affines["qform"]  # nibabel's choice (get_best_affine)
-    axes = best[:3, :3] / _zooms(best)
+    axes = best[:3, :3] / voxel_sizes(best)
     if np.abs(axes.T @ axes - np.eye(3)).max() > _SHEAR_TOLERANCE:
         raise VolumeRefused(
             f"{rel}: its voxel axes are not orthogonal (a sheared affine, e.g. an uncorrected gantry tilt): it "
             "cannot be reoriented without resampling; resample it to an orthogonal grid before landing"
         )
-
-
-def _zooms(affine: np.ndarray) -> np.ndarray:
-    return np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
 
 
 def read_nifti(rel: str, path: Path, max_voxels: int) -> Volume:
